@@ -1,0 +1,467 @@
+//! Command-line interface (see the contract's CLI section). Exit codes: 0 ok,
+//! 1 runtime failure, 2 bad config or usage.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, Endpoint};
+use crate::dead_letter::DeadLetters;
+use crate::delivery::{Deliverer, Request};
+use crate::envelope::{self, MessageFacts};
+use crate::secret::Secret;
+use crate::signing::{Scheme, Signer};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "natshook",
+    version,
+    about = "NATS JetStream messages in, signed webhooks out"
+)]
+pub struct Cli {
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Config file (.toml, .yaml or .yml).
+    #[arg(long, short = 'c', env = "NATSHOOK_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the bridge.
+    Run(ConfigArg),
+    /// Validate the config (and resolve secrets) without connecting.
+    Check(ConfigArg),
+    /// Print the headers a receiver would get for the body on stdin.
+    Sign(SignArgs),
+    /// Check a signature for the body on stdin.
+    Verify(VerifyArgs),
+    /// Inspect and replay dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    /// Take scheme and secrets from this endpoint of --config.
+    #[arg(long, requires = "config")]
+    pub endpoint: Option<String>,
+    #[arg(long, short = 'c', env = "NATSHOOK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Signature scheme when no --endpoint is given.
+    #[arg(long, default_value = "hex")]
+    pub scheme: String,
+    /// Secret when no --endpoint is given (repeat for rotation, newest first).
+    #[arg(long, env = "NATSHOOK_SECRET")]
+    pub secret: Vec<String>,
+    /// Signature header for hex/sha256.
+    #[arg(long, default_value = "X-Webhook-Signature")]
+    pub header: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Message id (webhook-id / X-Webhook-Id).
+    #[arg(long, default_value = "msg_test")]
+    pub id: String,
+    /// Unix seconds; default now.
+    #[arg(long)]
+    pub timestamp: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// A received header, "Name: value" (repeat).
+    #[arg(long = "header-value", short = 'H')]
+    pub headers: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Print dead-letter records, one JSON object per line (oldest first).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Deliver dead letters again (same id); each record is removed only after a 2xx.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        endpoint: String,
+        /// Replay only the record with this id.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Replay every record of the endpoint.
+        #[arg(long)]
+        all: bool,
+        /// Only records dead-lettered since this RFC 3339 time or this long ago ("2h").
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+/// Runtime failures (exit 1) versus config and usage problems (exit 2).
+pub enum Failure {
+    Config(ConfigError),
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl Failure {
+    pub fn report(self) -> ExitCode {
+        match self {
+            Failure::Config(e) => {
+                eprint!("natshook: {e}");
+                ExitCode::from(2)
+            }
+            Failure::Usage(e) => {
+                eprintln!("natshook: {e:#}");
+                ExitCode::from(2)
+            }
+            Failure::Runtime(e) => {
+                eprintln!("natshook: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .map_err(|e| Failure::Runtime(anyhow!("cannot read stdin: {e}")))?;
+    Ok(body)
+}
+
+fn signer_for(key: &KeyArgs) -> Result<Signer, Failure> {
+    if let Some(name) = &key.endpoint {
+        let path = key
+            .config
+            .as_deref()
+            .ok_or_else(|| Failure::Usage(anyhow!("--endpoint needs --config")))?;
+        let config = Config::load(path)?;
+        let ep = find_endpoint(&config, name)?;
+        return Ok(ep.signer.clone());
+    }
+    if key.secret.is_empty() {
+        return Err(Failure::Usage(anyhow!(
+            "give --secret (or NATSHOOK_SECRET), or --config with --endpoint"
+        )));
+    }
+    let scheme: Scheme = key
+        .scheme
+        .parse()
+        .map_err(|()| Failure::Usage(anyhow!("--scheme must be hex, sha256 or standard")))?;
+    let header = HeaderName::from_bytes(key.header.as_bytes())
+        .map_err(|_| Failure::Usage(anyhow!("--header is not a valid header name")))?;
+    let secrets = key
+        .secret
+        .iter()
+        .map(|s| Secret::new(s.as_bytes()))
+        .collect();
+    Signer::new(scheme, header, secrets).map_err(|e| Failure::Usage(anyhow!("--secret: {e}")))
+}
+
+fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Failure> {
+    config
+        .endpoints
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| Failure::Usage(anyhow!("no endpoint named '{name}' in the config")))
+}
+
+fn sign(args: SignArgs) -> Result<(), Failure> {
+    let signer = signer_for(&args.key)?;
+    let body = read_stdin()?;
+    let ts = args.timestamp.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    let mut headers = HeaderMap::new();
+    signer.sign_into(&args.id, ts, &body, &mut headers);
+    let mut out = std::io::stdout().lock();
+    for (name, value) in &headers {
+        let _ = writeln!(out, "{}: {}", name, value.to_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
+    let signer = signer_for(&args.key)?;
+    let mut headers = HeaderMap::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| Failure::Usage(anyhow!("-H '{h}': expected \"Name: value\"")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| Failure::Usage(anyhow!("-H '{h}': bad header name")))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| Failure::Usage(anyhow!("-H '{h}': bad header value")))?;
+        headers.append(name, value);
+    }
+    let body = read_stdin()?;
+    match signer.verify(&body, &headers) {
+        Ok(()) => {
+            println!("valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("invalid: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn check(path: &Path) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    println!(
+        "config OK: stream {}, {} mapping(s), {} endpoint(s)",
+        config.nats.stream,
+        config.router.rules().len(),
+        config.endpoints.len()
+    );
+    for e in &config.endpoints {
+        let subjects = match config.router.filter_subjects(&e.events) {
+            Some(s) => s.join(", "),
+            None => "(whole stream)".to_string(),
+        };
+        println!(
+            "  {} -> {} [{} signature; subjects: {}]",
+            e.name,
+            e.url,
+            e.signer.scheme(),
+            subjects
+        );
+    }
+    Ok(())
+}
+
+fn parse_since(text: &str) -> Result<SystemTime, Failure> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        Failure::Usage(anyhow!(
+            "--since '{text}': use an RFC 3339 time or a duration such as 2h"
+        ))
+    })?;
+    Ok(SystemTime::now() - ago)
+}
+
+async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
+    let path = match &cmd {
+        DlqCommand::List { config, .. } | DlqCommand::Replay { config, .. } => {
+            config.config.clone()
+        }
+    };
+    let config = Config::load(&path)?;
+    let client = crate::bridge::connect(&config.nats, false, None)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let dlq = DeadLetters::new(async_nats::jetstream::new(client.clone()));
+    match cmd {
+        DlqCommand::List {
+            endpoint, limit, ..
+        } => {
+            let records = dlq
+                .list(endpoint.as_deref(), limit)
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            let mut out = std::io::stdout().lock();
+            for r in &records {
+                let line = serde_json::to_string(&r.record).unwrap_or_default();
+                let _ = writeln!(out, "{line}");
+            }
+            eprintln!("{} record(s)", records.len());
+        }
+        DlqCommand::Replay {
+            endpoint,
+            id,
+            since,
+            ..
+        } => {
+            let ep = Arc::new(find_endpoint(&config, &endpoint)?.clone());
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let deliverer = Deliverer::new(ep.clone()).map_err(|e| Failure::Runtime(e.into()))?;
+            let records = dlq
+                .list(Some(&endpoint), usize::MAX)
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            let (mut ok, mut failed) = (0usize, 0usize);
+            for stored in records {
+                let r = &stored.record;
+                if id.as_deref().is_some_and(|want| want != r.id) {
+                    continue;
+                }
+                if let Some(since) = since {
+                    let at = humantime::parse_rfc3339(&r.dead_lettered_at)
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    if at < since {
+                        continue;
+                    }
+                }
+                match replay_one(&deliverer, &ep, r).await {
+                    Ok(()) => {
+                        dlq.remove(stored.sequence)
+                            .await
+                            .map_err(|e| Failure::Runtime(e.into()))?;
+                        ok += 1;
+                        eprintln!("replayed {}", r.id);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("replay of {} failed: {e:#}; record kept", r.id);
+                    }
+                }
+            }
+            eprintln!("{ok} replayed, {failed} failed");
+            let _ = client.flush().await;
+            if failed > 0 {
+                return Err(Failure::Runtime(anyhow!("{failed} replay(s) failed")));
+            }
+            if ok == 0 && id.is_some() {
+                return Err(Failure::Runtime(anyhow!("no dead letter with that id")));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replay_one(
+    deliverer: &Deliverer,
+    ep: &Endpoint,
+    r: &crate::dead_letter::DeadLetter,
+) -> anyhow::Result<()> {
+    let payload = r.payload_bytes()?;
+    let event = r.event.clone().unwrap_or_default();
+    let attempt = r.attempts + 1;
+    let facts = MessageFacts {
+        id: &r.id,
+        event: &event,
+        subject: &r.subject,
+        stream_sequence: r.stream_sequence,
+        attempt,
+        published: r.published_time(),
+        payload: &payload,
+    };
+    let body = envelope::build(ep.envelope, &ep.envelope_fields, &facts)
+        .context("cannot build the request body")?;
+    let result = deliverer
+        .send(Request {
+            id: &r.id,
+            event: &event,
+            attempt,
+            body,
+        })
+        .await;
+    if result.is_success() {
+        Ok(())
+    } else {
+        bail!("{}", result.describe())
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn execute(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(a) => run(&a.config).await,
+        Command::Check(a) => check(&a.config),
+        Command::Sign(a) => sign(a),
+        Command::Verify(a) => match verify(a) {
+            Ok(code) => return code,
+            Err(f) => Err(f),
+        },
+        Command::Dlq(cmd) => dlq(cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.report(),
+    }
+}
+
+async fn run(path: &Path) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        trigger.cancel();
+    });
+    crate::bridge::run(config, shutdown)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    // Keep the unused-import lint quiet on platforms without SIGTERM.
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,1202 @@
+//! The config file: loading (TOML or YAML plus `NATSHOOK__…` env overrides, merged by
+//! figment), and validation into the typed [`Config`] the rest of natshook uses.
+//!
+//! Validation collects every problem instead of stopping at the first, each named by
+//! its key path (`endpoints[1].url: …`), because `natshook check` runs in CI pipelines
+//! where one round trip per typo is painful. Unknown keys are errors: a misspelt key
+//! must never silently change where webhooks go.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml, Yaml};
+use figment::value::Value;
+use figment::Figment;
+use http::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use crate::routing::{EventFilter, EventRule, EventTemplate, Pattern, Router};
+use crate::secret::{Secret, SecretList, SecretRef, SECRET_KEYS};
+use crate::signing::{Scheme, Signer};
+
+/// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
+pub const ENV_PREFIX: &str = "NATSHOOK__";
+
+/// One problem found in the config, named by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid config ({} problem(s)):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(path: &str, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                path: path.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// How a receiver gets the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// The JSON envelope of the contract.
+    Standard,
+    /// The payload bytes unchanged.
+    Raw,
+}
+
+/// NATS authentication, at most one kind.
+#[derive(Debug, Clone)]
+pub enum NatsAuth {
+    None,
+    Token(Secret),
+    UserPassword(String, Secret),
+    CredsFile(PathBuf),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub urls: Vec<String>,
+    pub auth: NatsAuth,
+    pub tls: Option<NatsTls>,
+    pub stream: String,
+    pub create_stream: bool,
+    pub consumer_prefix: String,
+}
+
+/// Everything natshook needs to deliver to one endpoint, defaults applied.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: http::Uri,
+    pub events: EventFilter,
+    pub signer: Signer,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub allow_http: bool,
+    pub allow_private: bool,
+    pub timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub max_attempts: u32,
+    /// 0 disables pausing.
+    pub disable_after_failures: u32,
+    pub concurrency: usize,
+    pub envelope: Envelope,
+    pub envelope_fields: serde_json::Map<String, serde_json::Value>,
+    pub ordered: bool,
+    pub max_body: usize,
+    pub probe_interval: Duration,
+    pub probe_max_interval: Duration,
+}
+
+impl Endpoint {
+    /// The delay before the retry that follows failed attempt `attempt` (1-based).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let idx = attempt.saturating_sub(1) as usize;
+        self.retry_schedule
+            .get(idx)
+            .or(self.retry_schedule.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub listen: SocketAddr,
+    pub router: Router,
+    pub endpoints: Vec<Endpoint>,
+    pub dead_letter: DeadLetterConfig,
+    pub shutdown_grace: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// Raw shapes, as written. Types are lenient (durations and URLs are strings) so that
+// one wrong value does not hide the others: the typed checks below report them all.
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    nats: Option<RawNats>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    defaults: RawSettings,
+    #[serde(default)]
+    events: Vec<RawEvent>,
+    #[serde(default)]
+    endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    dead_letter: RawDeadLetter,
+    shutdown_grace: Option<String>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "nats",
+    "http",
+    "defaults",
+    "events",
+    "endpoints",
+    "dead_letter",
+    "shutdown_grace",
+];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawNats {
+    url: Option<String>,
+    stream: Option<String>,
+    create_stream: Option<bool>,
+    consumer_prefix: Option<String>,
+    creds_file: Option<PathBuf>,
+    token: Option<SecretRef>,
+    user: Option<String>,
+    password: Option<SecretRef>,
+    tls: Option<RawNatsTls>,
+}
+
+const NATS_KEYS: &[&str] = &[
+    "url",
+    "stream",
+    "create_stream",
+    "consumer_prefix",
+    "creds_file",
+    "token",
+    "user",
+    "password",
+    "tls",
+];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawNatsTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+const TLS_KEYS: &[&str] = &["ca_file", "cert_file", "key_file"];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+const HTTP_KEYS: &[&str] = &["listen"];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawDeadLetter {
+    max_age: Option<String>,
+}
+
+const DEAD_LETTER_KEYS: &[&str] = &["max_age"];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawEvent {
+    subject: Option<String>,
+    event: Option<String>,
+}
+
+const EVENT_KEYS: &[&str] = &["subject", "event"];
+
+/// Keys allowed both in `[defaults]` and on an endpoint.
+#[derive(Debug, Default, Clone, Deserialize)]
+struct RawSettings {
+    timeout: Option<String>,
+    retry_schedule: Option<Vec<String>>,
+    max_attempts: Option<i64>,
+    disable_after_failures: Option<i64>,
+    concurrency: Option<i64>,
+    signature: Option<RawSignature>,
+    envelope: Option<String>,
+    envelope_fields: Option<serde_json::Map<String, serde_json::Value>>,
+    ordered: Option<bool>,
+    max_body: Option<i64>,
+    probe_interval: Option<String>,
+    probe_max_interval: Option<String>,
+    allow_http: Option<bool>,
+    allow_private: Option<bool>,
+    headers: Option<BTreeMap<String, SecretRef>>,
+}
+
+const SETTINGS_KEYS: &[&str] = &[
+    "timeout",
+    "retry_schedule",
+    "max_attempts",
+    "disable_after_failures",
+    "concurrency",
+    "signature",
+    "envelope",
+    "envelope_fields",
+    "ordered",
+    "max_body",
+    "probe_interval",
+    "probe_max_interval",
+    "allow_http",
+    "allow_private",
+    "headers",
+];
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct RawSignature {
+    scheme: Option<String>,
+    header: Option<String>,
+}
+
+const SIGNATURE_KEYS: &[&str] = &["scheme", "header"];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawEndpoint {
+    name: Option<String>,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    secret: Option<SecretList>,
+    #[serde(flatten)]
+    settings: RawSettings,
+}
+
+const ENDPOINT_KEYS: &[&str] = &["name", "url", "events", "secret"];
+
+/// Headers natshook sets itself; config `headers` may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+];
+const RESERVED_HEADER_PREFIXES: &[&str] = &["x-webhook-", "webhook-"];
+
+/// Top-level envelope keys natshook writes; `envelope_fields` may not shadow them.
+const ENVELOPE_KEYS: &[&str] = &["id", "event", "timestamp", "data", "metadata"];
+
+// ---------------------------------------------------------------------------
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl fmt::Display) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.to_string(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.add(path, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.add(
+                    path,
+                    format_args!("'{text}' is not a duration ({e}); use e.g. \"500ms\", \"5s\", \"2m\", \"2h\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, value: i64, min: i64) -> Option<u32> {
+        if value < min || value > i64::from(u32::MAX) {
+            self.add(path, format_args!("must be at least {min} (got {value})"));
+            None
+        } else {
+            Some(value as u32)
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (TOML or YAML by extension) with env overrides and validates it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let figment = figment_for(path)?;
+        Self::from_figment(&figment)
+    }
+
+    /// Parses a config from text, for tests and tools. `format` is "toml" or "yaml".
+    pub fn from_str(text: &str, format: &str) -> Result<Self, ConfigError> {
+        let figment = match format {
+            "yaml" => Figment::from(Yaml::string(text)),
+            _ => Figment::from(Toml::string(text)),
+        };
+        Self::from_figment(&figment)
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        match figment.extract::<Value>() {
+            Ok(value) => check_unknown_keys(&value, &mut problems),
+            Err(e) => return Err(figment_problems(e)),
+        }
+        let raw: RawConfig = match figment.extract() {
+            Ok(raw) => raw,
+            Err(e) => {
+                let mut err = figment_problems(e);
+                problems.0.append(&mut err.problems);
+                return Err(ConfigError {
+                    problems: problems.0,
+                });
+            }
+        };
+        let config = validate(raw, &mut problems);
+        match config {
+            Some(c) if problems.0.is_empty() => Ok(c),
+            _ => Err(ConfigError {
+                problems: problems.0,
+            }),
+        }
+    }
+}
+
+fn figment_for(path: &Path) -> Result<Figment, ConfigError> {
+    let shown = path.display().to_string();
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(ConfigError::single(
+            "--config",
+            format!("cannot read {shown}: {e}"),
+        ));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let file = match ext.as_str() {
+        "toml" => Figment::from(Toml::file_exact(path)),
+        "yaml" | "yml" => Figment::from(Yaml::file_exact(path)),
+        _ => {
+            return Err(ConfigError::single(
+                "--config",
+                format!("{shown}: unknown extension '{ext}' (use .toml, .yaml or .yml)"),
+            ))
+        }
+    };
+    Ok(file.merge(Env::prefixed(ENV_PREFIX).split("__")))
+}
+
+fn figment_problems(e: figment::Error) -> ConfigError {
+    let problems = e
+        .into_iter()
+        .map(|e| Problem {
+            path: if e.path.is_empty() {
+                "config".to_string()
+            } else {
+                render_path(&e.path)
+            },
+            message: e.kind.to_string(),
+        })
+        .collect();
+    ConfigError { problems }
+}
+
+fn render_path(segments: &[String]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        if s.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(s);
+        }
+    }
+    out
+}
+
+fn check_unknown_keys(value: &Value, problems: &mut Problems) {
+    fn keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], problems: &mut Problems) {
+        let Some(Value::Dict(_, dict)) = value else {
+            return;
+        };
+        for key in dict.keys() {
+            if !allowed.iter().any(|set| set.contains(&key.as_str())) {
+                let all: Vec<&str> = allowed.iter().flat_map(|s| s.iter().copied()).collect();
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                problems.add(
+                    at,
+                    format_args!("unknown key (expected one of: {})", all.join(", ")),
+                );
+            }
+        }
+    }
+    fn items(value: Option<&Value>) -> Vec<&Value> {
+        match value {
+            Some(Value::Array(_, v)) => v.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn settings(value: &Value, path: &str, extra: &[&str], problems: &mut Problems) {
+        keys(Some(value), path, &[SETTINGS_KEYS, extra], problems);
+        keys(
+            value.find_ref("signature"),
+            &format!("{path}.signature"),
+            &[SIGNATURE_KEYS],
+            problems,
+        );
+        if let Some(Value::Dict(_, headers)) = value.find_ref("headers") {
+            for (name, v) in headers {
+                keys(
+                    Some(v),
+                    &format!("{path}.headers.{name}"),
+                    &[SECRET_KEYS],
+                    problems,
+                );
+            }
+        }
+    }
+
+    keys(Some(value), "", &[TOP_KEYS], problems);
+    keys(value.find_ref("nats"), "nats", &[NATS_KEYS], problems);
+    for k in ["token", "password"] {
+        keys(
+            value.find_ref(&format!("nats.{k}")),
+            &format!("nats.{k}"),
+            &[SECRET_KEYS],
+            problems,
+        );
+    }
+    keys(
+        value.find_ref("nats.tls"),
+        "nats.tls",
+        &[TLS_KEYS],
+        problems,
+    );
+    keys(value.find_ref("http"), "http", &[HTTP_KEYS], problems);
+    keys(
+        value.find_ref("dead_letter"),
+        "dead_letter",
+        &[DEAD_LETTER_KEYS],
+        problems,
+    );
+    if let Some(defaults) = value.find_ref("defaults") {
+        settings(defaults, "defaults", &[], problems);
+    }
+    for (i, ev) in items(value.find_ref("events")).into_iter().enumerate() {
+        keys(Some(ev), &format!("events[{i}]"), &[EVENT_KEYS], problems);
+    }
+    for (i, ep) in items(value.find_ref("endpoints")).into_iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        settings(ep, &path, ENDPOINT_KEYS, problems);
+        let secret = ep.find_ref("secret");
+        let secrets = match secret {
+            Some(Value::Array(_, v)) => v.iter().collect(),
+            Some(v) => vec![v],
+            None => vec![],
+        };
+        for s in secrets {
+            keys(Some(s), &format!("{path}.secret"), &[SECRET_KEYS], problems);
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn valid_stream_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+}
+
+fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
+    let nats = validate_nats(raw.nats, p);
+
+    let listen_text = raw.http.listen.as_deref().unwrap_or("0.0.0.0:9464");
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(
+                "http.listen",
+                format_args!("'{listen_text}' is not an address:port such as 0.0.0.0:9464"),
+            );
+            None
+        }
+    };
+
+    let mut rules = Vec::new();
+    if raw.events.is_empty() {
+        p.add(
+            "events",
+            "at least one [[events]] mapping (subject → event) is required",
+        );
+    }
+    for (i, ev) in raw.events.iter().enumerate() {
+        let path = format!("events[{i}]");
+        let subject = match ev.subject.as_deref() {
+            None => {
+                p.add(format!("{path}.subject"), "required");
+                None
+            }
+            Some(s) => Pattern::parse(s)
+                .map_err(|e| p.add(format!("{path}.subject"), format_args!("'{s}' {e}")))
+                .ok(),
+        };
+        let Some(subject) = subject else { continue };
+        match ev.event.as_deref() {
+            None => p.add(format!("{path}.event"), "required"),
+            Some(t) => match EventTemplate::parse(t, &subject) {
+                Ok(event) => rules.push(EventRule { subject, event }),
+                Err(e) => p.add(format!("{path}.event"), format_args!("'{t}' {e}")),
+            },
+        }
+    }
+    let router = Router::new(rules);
+
+    let defaults = raw.defaults;
+    let mut endpoints = Vec::new();
+    let mut names = HashSet::new();
+    if raw.endpoints.is_empty() {
+        p.add("endpoints", "at least one [[endpoints]] entry is required");
+    }
+    for (i, ep) in raw.endpoints.into_iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        if let Some(name) = &ep.name {
+            if !names.insert(name.clone()) {
+                p.add(
+                    format!("{path}.name"),
+                    format_args!("'{name}' is used by an earlier endpoint; names must be unique"),
+                );
+            }
+        }
+        if let Some(e) = validate_endpoint(ep, &defaults, &router, &path, p) {
+            endpoints.push(e);
+        }
+    }
+
+    let max_age = match raw.dead_letter.max_age.as_deref() {
+        None => Some(Duration::from_secs(14 * 24 * 3600)),
+        Some(t) => p.duration("dead_letter.max_age", t),
+    };
+    let shutdown_grace = match raw.shutdown_grace.as_deref() {
+        None => Some(Duration::from_secs(25)),
+        Some(t) => p.duration("shutdown_grace", t),
+    };
+
+    Some(Config {
+        nats: nats?,
+        listen: listen?,
+        router,
+        endpoints,
+        dead_letter: DeadLetterConfig { max_age: max_age? },
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<NatsConfig> {
+    let Some(raw) = raw else {
+        p.add(
+            "nats",
+            "required: the [nats] section with at least `stream`",
+        );
+        return None;
+    };
+    let url_text = raw.url.as_deref().unwrap_or("nats://127.0.0.1:4222");
+    let mut urls = Vec::new();
+    for u in url_text.split(',').map(str::trim) {
+        match u.parse::<async_nats::ServerAddr>() {
+            Ok(_) => urls.push(u.to_string()),
+            Err(e) => p.add("nats.url", format_args!("'{u}' is not a NATS URL: {e}")),
+        }
+    }
+    let stream = match raw.stream {
+        Some(s) if valid_stream_name(&s) => Some(s),
+        Some(s) => {
+            p.add(
+                "nats.stream",
+                format_args!("'{s}' is not a valid stream name (no spaces, '.', '*', '>', '/')"),
+            );
+            None
+        }
+        None => {
+            p.add("nats.stream", "required: the JetStream stream to consume");
+            None
+        }
+    };
+    let consumer_prefix = raw.consumer_prefix.unwrap_or_else(|| "natshook".into());
+    if !valid_stream_name(&consumer_prefix) {
+        p.add(
+            "nats.consumer_prefix",
+            format_args!("'{consumer_prefix}' is not a valid consumer name prefix"),
+        );
+    }
+    let mut resolve =
+        |path: &str, r: &SecretRef| r.resolve().map_err(|e| p.add(path.to_string(), e)).ok();
+    let auth = match (raw.creds_file, raw.token, raw.user, raw.password) {
+        (None, None, None, None) => Some(NatsAuth::None),
+        (Some(f), None, None, None) => Some(NatsAuth::CredsFile(f)),
+        (None, Some(t), None, None) => resolve("nats.token", &t).map(NatsAuth::Token),
+        (None, None, Some(u), Some(pw)) => {
+            resolve("nats.password", &pw).map(|pw| NatsAuth::UserPassword(u, pw))
+        }
+        (None, None, Some(_), None) => {
+            p.add("nats.password", "required when nats.user is set");
+            None
+        }
+        (None, None, None, Some(_)) => {
+            p.add("nats.user", "required when nats.password is set");
+            None
+        }
+        _ => {
+            p.add(
+                "nats",
+                "set at most one of creds_file, token, or user + password",
+            );
+            None
+        }
+    };
+    let tls = raw.tls.map(|t| {
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            p.add("nats.tls", "cert_file and key_file must be set together");
+        }
+        for (key, file) in [
+            ("ca_file", &t.ca_file),
+            ("cert_file", &t.cert_file),
+            ("key_file", &t.key_file),
+        ] {
+            if let Some(f) = file {
+                if let Err(e) = std::fs::metadata(f) {
+                    p.add(
+                        format!("nats.tls.{key}"),
+                        format_args!("cannot read {}: {e}", f.display()),
+                    );
+                }
+            }
+        }
+        NatsTls {
+            ca_file: t.ca_file,
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+        }
+    });
+    Some(NatsConfig {
+        urls,
+        auth: auth?,
+        tls,
+        stream: stream?,
+        create_stream: raw.create_stream.unwrap_or(false),
+        consumer_prefix,
+    })
+}
+
+fn validate_endpoint(
+    ep: RawEndpoint,
+    defaults: &RawSettings,
+    router: &Router,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Endpoint> {
+    let at = |key: &str| format!("{path}.{key}");
+    let s = &ep.settings;
+    // Endpoint value, else [defaults] value: one key at a time.
+    macro_rules! pick {
+        ($field:ident) => {
+            match &s.$field {
+                Some(v) => (Some(v.clone()), at(stringify!($field))),
+                None => (
+                    defaults.$field.clone(),
+                    format!("defaults.{}", stringify!($field)),
+                ),
+            }
+        };
+    }
+
+    let name = match &ep.name {
+        Some(n) if valid_name(n) => Some(n.clone()),
+        Some(n) => {
+            p.add(at("name"), format_args!("'{n}' must match [a-z0-9_-]+"));
+            None
+        }
+        None => {
+            p.add(at("name"), "required");
+            None
+        }
+    };
+
+    let (allow_http, _) = pick!(allow_http);
+    let allow_http = allow_http.unwrap_or(false);
+    let (allow_private, _) = pick!(allow_private);
+    let allow_private = allow_private.unwrap_or(false);
+    let url = match &ep.url {
+        None => {
+            p.add(at("url"), "required");
+            None
+        }
+        Some(u) => validate_url(u, allow_http, allow_private)
+            .map_err(|m| p.add(at("url"), m))
+            .ok(),
+    };
+
+    let events = match &ep.events {
+        None => {
+            p.add(
+                at("events"),
+                "required: the event names to deliver (\"*\" for all)",
+            );
+            None
+        }
+        Some(list) if list.is_empty() => {
+            p.add(
+                at("events"),
+                "must list at least one event pattern (\"*\" for all)",
+            );
+            None
+        }
+        Some(list) => match EventFilter::parse(list) {
+            Err((j, e)) => {
+                p.add(
+                    format!("{path}.events[{j}]"),
+                    format_args!("'{}' {e}", list[j]),
+                );
+                None
+            }
+            Ok(filter) => {
+                if !router.rules().is_empty()
+                    && router
+                        .filter_subjects(&filter)
+                        .is_some_and(|s| s.is_empty())
+                {
+                    p.add(
+                        at("events"),
+                        "no [[events]] mapping produces any of these event names",
+                    );
+                }
+                Some(filter)
+            }
+        },
+    };
+
+    let secrets = match &ep.secret {
+        None => {
+            p.add(
+                at("secret"),
+                "required: webhooks are always signed ({ env = \"…\" }, { file = \"…\" } or { value = \"…\" })",
+            );
+            None
+        }
+        Some(list) => {
+            let refs = list.refs();
+            if refs.is_empty() {
+                p.add(at("secret"), "must list at least one secret");
+            }
+            let mut out = Vec::new();
+            for r in refs {
+                match r.resolve() {
+                    Ok(s) => out.push(s),
+                    Err(e) => p.add(at("secret"), e),
+                }
+            }
+            Some(out)
+        }
+    };
+
+    let (sig, _) = pick!(signature);
+    let sig = sig.unwrap_or_default();
+    let dsig = defaults.signature.clone().unwrap_or_default();
+    let scheme_text = sig
+        .scheme
+        .or(dsig.scheme)
+        .unwrap_or_else(|| "hex".to_string());
+    let scheme = match scheme_text.parse::<Scheme>() {
+        Ok(s) => Some(s),
+        Err(()) => {
+            p.add(
+                at("signature.scheme"),
+                format_args!("'{scheme_text}' is not one of hex, sha256, standard"),
+            );
+            None
+        }
+    };
+    let header_text = sig
+        .header
+        .or(dsig.header)
+        .unwrap_or_else(|| "X-Webhook-Signature".to_string());
+    let sig_header = match HeaderName::from_bytes(header_text.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            p.add(
+                at("signature.header"),
+                format_args!("'{header_text}' is not a valid header name"),
+            );
+            None
+        }
+    };
+    let signer = match (scheme, sig_header, secrets) {
+        (Some(scheme), Some(header), Some(secrets)) if !secrets.is_empty() => {
+            match Signer::new(scheme, header, secrets) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    p.add(at("secret"), e);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let (headers_raw, headers_path) = pick!(headers);
+    let mut headers = Vec::new();
+    for (hname, value) in headers_raw.unwrap_or_default() {
+        let hpath = format!("{headers_path}.{hname}");
+        let lower = hname.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || RESERVED_HEADER_PREFIXES
+                .iter()
+                .any(|pre| lower.starts_with(pre))
+        {
+            p.add(
+                hpath,
+                "natshook sets this header itself; it cannot be overridden",
+            );
+            continue;
+        }
+        let Ok(n) = HeaderName::from_bytes(hname.as_bytes()) else {
+            p.add(hpath, "is not a valid header name");
+            continue;
+        };
+        match value.resolve() {
+            Err(e) => p.add(hpath, e),
+            Ok(secret) => match HeaderValue::from_bytes(secret.expose()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.push((n, v));
+                }
+                Err(_) => p.add(hpath, "value contains characters not allowed in a header (CR, LF, control characters)"),
+            },
+        }
+    }
+
+    let (timeout, tpath) = pick!(timeout);
+    let timeout = match timeout {
+        Some(t) => p.duration(&tpath, &t),
+        None => Some(Duration::from_secs(10)),
+    };
+    let (schedule, spath) = pick!(retry_schedule);
+    let schedule_text = schedule.unwrap_or_else(|| {
+        ["1s", "5s", "30s", "5m", "30m", "2h"]
+            .map(String::from)
+            .to_vec()
+    });
+    let mut retry_schedule = Vec::new();
+    for (j, t) in schedule_text.iter().enumerate() {
+        if let Some(d) = p.duration(&format!("{spath}[{j}]"), t) {
+            retry_schedule.push(d);
+        }
+    }
+    let (max_attempts, mpath) = pick!(max_attempts);
+    let max_attempts = match max_attempts {
+        Some(n) => p.positive(&mpath, n, 1),
+        None => Some(schedule_text.len() as u32 + 1),
+    };
+    if max_attempts.is_some_and(|n| n > 1) && schedule_text.is_empty() {
+        p.add(&spath, "must not be empty when max_attempts > 1");
+    }
+    let (daf, dpath) = pick!(disable_after_failures);
+    let disable_after_failures = match daf {
+        Some(n) => p.positive(&dpath, n, 0),
+        None => Some(10),
+    };
+    let (ordered, _) = pick!(ordered);
+    let ordered = ordered.unwrap_or(false);
+    let (concurrency, cpath) = pick!(concurrency);
+    let concurrency = match concurrency {
+        Some(n) => p.positive(&cpath, n, 1),
+        None => Some(64),
+    };
+    let concurrency = if ordered { Some(1) } else { concurrency };
+    let (envelope, epath) = pick!(envelope);
+    let envelope = match envelope.as_deref() {
+        None | Some("standard") => Some(Envelope::Standard),
+        Some("raw") => Some(Envelope::Raw),
+        Some(other) => {
+            p.add(epath, format_args!("'{other}' is not one of standard, raw"));
+            None
+        }
+    };
+    let (fields, fpath) = pick!(envelope_fields);
+    let envelope_fields = fields.unwrap_or_default();
+    for key in envelope_fields.keys() {
+        if ENVELOPE_KEYS.contains(&key.as_str()) {
+            p.add(
+                format!("{fpath}.{key}"),
+                "natshook writes this envelope field itself",
+            );
+        }
+    }
+    let (max_body, bpath) = pick!(max_body);
+    let max_body = match max_body {
+        Some(n) => p.positive(&bpath, n, 1).map(|n| n as usize),
+        None => Some(1024 * 1024),
+    };
+    let (probe, ppath) = pick!(probe_interval);
+    let probe_interval = match probe {
+        Some(t) => p.duration(&ppath, &t),
+        None => Some(Duration::from_secs(30)),
+    };
+    let (probe_max, pmpath) = pick!(probe_max_interval);
+    let probe_max_interval = match probe_max {
+        Some(t) => p.duration(&pmpath, &t),
+        None => Some(Duration::from_secs(600)),
+    };
+
+    Some(Endpoint {
+        name: name?,
+        url: url?,
+        events: events?,
+        signer: signer?,
+        headers,
+        allow_http,
+        allow_private,
+        timeout: timeout?,
+        retry_schedule,
+        max_attempts: max_attempts?,
+        disable_after_failures: disable_after_failures?,
+        concurrency: concurrency? as usize,
+        envelope: envelope?,
+        envelope_fields,
+        ordered,
+        max_body: max_body?,
+        probe_interval: probe_interval?,
+        probe_max_interval: probe_max_interval?,
+    })
+}
+
+/// Checks the URL text; literal private addresses need `allow_private` (names are
+/// checked again on every resolved address at connect time).
+fn validate_url(text: &str, allow_http: bool, allow_private: bool) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => {
+            return Err("scheme must be https (set allow_http = true to permit http)".into())
+        }
+        _ => return Err(format!("'{text}' must be an absolute http(s) URL")),
+    }
+    let host = uri.host().ok_or_else(|| format!("'{text}' has no host"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        if !allow_private && crate::delivery::is_private(ip) {
+            return Err(format!(
+                "{ip} is a private, loopback or link-local address (set allow_private = true to permit it)"
+            ));
+        }
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [nats]
+        stream = "EVENTS"
+        [[events]]
+        subject = "crm.lead.created"
+        event = "lead.created"
+        [[events]]
+        subject = "helpdesk.ticket.*"
+        event = "ticket.{3}"
+        [[endpoints]]
+        name = "crm"
+        url = "https://crm.example.com/hooks"
+        events = ["lead.created", "ticket.*"]
+        secret = { value = "s3cret" }
+    "#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_str(text, "toml") {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_str(GOOD, "toml").unwrap();
+        assert_eq!(c.nats.urls, vec!["nats://127.0.0.1:4222"]);
+        assert_eq!(c.nats.consumer_prefix, "natshook");
+        assert_eq!(c.listen, "0.0.0.0:9464".parse().unwrap());
+        let e = &c.endpoints[0];
+        assert_eq!(e.timeout, Duration::from_secs(10));
+        assert_eq!(e.max_attempts, 7);
+        assert_eq!(e.retry_schedule.len(), 6);
+        assert_eq!(e.retry_delay(1), Duration::from_secs(1));
+        assert_eq!(e.retry_delay(6), Duration::from_secs(7200));
+        assert_eq!(e.retry_delay(60), Duration::from_secs(7200));
+        assert_eq!(e.disable_after_failures, 10);
+        assert_eq!(e.concurrency, 64);
+        assert_eq!(e.signer.scheme(), Scheme::Hex);
+        assert_eq!(e.signer.header().as_str(), "x-webhook-signature");
+        assert_eq!(e.envelope, Envelope::Standard);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn endpoint_overrides_defaults_key_by_key() {
+        let text = GOOD.replacen(
+            "[[events]]",
+            "[defaults]\ntimeout = \"2s\"\nsignature = { scheme = \"sha256\", header = \"X-Sig\" }\n[[events]]",
+            1,
+        ) + "signature = { scheme = \"standard\" }\nretry_schedule = [\"1s\"]\n";
+        let c = Config::from_str(&text, "toml").unwrap();
+        let e = &c.endpoints[0];
+        assert_eq!(e.timeout, Duration::from_secs(2));
+        assert_eq!(e.signer.scheme(), Scheme::Standard);
+        assert_eq!(e.max_attempts, 2);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key_path() {
+        let text = r#"
+            shutdown_grace = "soon"
+            [nats]
+            stream = "EVENTS"
+            [[events]]
+            subject = "a..b"
+            event = "x"
+            [[endpoints]]
+            name = "Bad Name"
+            url = "http://example.com/x"
+            events = ["x"]
+            secret = { env = "NATSHOOK_TEST_UNSET_SECRET" }
+            timout = "5s"
+            [[endpoints]]
+            name = "ok"
+            url = "https://10.0.0.1/x"
+            events = []
+            secret = "v"
+            timeout = "fast"
+            headers = { "X-Webhook-Id" = "spoof" }
+            signature = { scheme = "md5" }
+        "#;
+        let got = problems(text);
+        let expect = [
+            "shutdown_grace: 'soon' is not a duration",
+            "events[0].subject: 'a..b' has an empty token",
+            "endpoints[0].name: 'Bad Name' must match [a-z0-9_-]+",
+            "endpoints[0].url: scheme must be https (set allow_http = true to permit http)",
+            "endpoints[0].secret: environment variable NATSHOOK_TEST_UNSET_SECRET is not set",
+            "endpoints[0].timout: unknown key",
+            "endpoints[1].url: 10.0.0.1 is a private",
+            "endpoints[1].events: must list at least one",
+            "endpoints[1].timeout: 'fast' is not a duration",
+            "endpoints[1].headers.X-Webhook-Id: natshook sets this header itself",
+            "endpoints[1].signature.scheme: 'md5' is not one of hex, sha256, standard",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_and_nested_keys_are_errors() {
+        let got = problems(&format!(
+            "{GOOD}\n[http]\nlisten = \"0.0.0.0:1\"\nlissten = 1\n"
+        ));
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("http.lissten: unknown key")),
+            "{got:?}"
+        );
+        let got = problems(&GOOD.replace("secret = { value", "secret = { valeu"));
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("endpoints[0].secret.valeu: unknown key")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn events_no_mapping_produces_is_an_error() {
+        let got = problems(&GOOD.replace("[\"lead.created\", \"ticket.*\"]", "[\"lead.craeted\"]"));
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("endpoints[0].events: no [[events]] mapping")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn yaml_twin_parses() {
+        let yaml = r#"
+nats:
+  stream: EVENTS
+events:
+  - subject: crm.lead.created
+    event: lead.created
+endpoints:
+  - name: crm
+    url: https://crm.example.com/hooks
+    events: ["*"]
+    secret: { value: s3cret }
+    envelope: raw
+"#;
+        let c = Config::from_str(yaml, "yaml").unwrap();
+        assert_eq!(c.endpoints[0].envelope, Envelope::Raw);
+    }
+
+    #[test]
+    fn ordered_forces_concurrency_one() {
+        let c = Config::from_str(&format!("{GOOD}ordered = true\n"), "toml").unwrap();
+        assert_eq!(c.endpoints[0].concurrency, 1);
+    }
+}

@@ -1,0 +1,524 @@
+//! One endpoint's JetStream consumer: fetch, deliver, then ack, NAK or dead-letter.
+//!
+//! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
+//! receiver only ever holds its own messages. `max_ack_pending` equals the endpoint's
+//! concurrency, which bounds both in-flight requests and messages buffered in the
+//! client (a buffered message is invisible to the receiver but its ack timer runs).
+//!
+//! Retries are JetStream redeliveries: a failed attempt NAKs with the delay for that
+//! attempt, and the delivery count is the attempt number. `max_deliver` is unlimited
+//! on purpose: natshook dead-letters at `max_attempts` itself, and a message whose
+//! dead-letter publish failed must still come back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    message::AckKind,
+};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::breaker::{Breaker, PauseReason};
+use crate::config::Endpoint;
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::delivery::{AttemptResult, Deliverer, Request, RESPONSE_BODY_LIMIT};
+use crate::envelope::{self, MessageFacts};
+use crate::metrics::{EndpointMetrics, Metrics, Outcome};
+use crate::routing::Router;
+
+type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
+
+/// Shutdown signals for a worker.
+#[derive(Clone)]
+pub struct Stop {
+    /// Stop fetching; let in-flight deliveries finish.
+    pub drain: CancellationToken,
+    /// Grace period over: NAK whatever is still in flight.
+    pub abort: CancellationToken,
+}
+
+/// The durable consumer name for an endpoint.
+pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
+    format!("{prefix}-{endpoint}")
+}
+
+/// How long JetStream waits for an ack before redelivering. Longer than one attempt
+/// so a delivery in progress is not handed out twice; progress acks extend it further
+/// for anything that still runs long (e.g. waiting on a dead-letter publish).
+pub fn ack_wait(endpoint: &Endpoint) -> Duration {
+    (endpoint.timeout + Duration::from_secs(20)).max(Duration::from_secs(30))
+}
+
+/// ±10 % so that many messages failing together do not come back together.
+pub fn jitter(d: Duration) -> Duration {
+    let factor = 0.9 + fastrand::f64() * 0.2;
+    d.mul_f64(factor)
+}
+
+/// Facts the delivery path needs from a NATS message, extracted once.
+struct Incoming {
+    subject: String,
+    attempt: u32,
+    stream: String,
+    sequence: u64,
+    published: SystemTime,
+}
+
+pub struct Worker {
+    pub endpoint: Arc<Endpoint>,
+    deliverer: Deliverer,
+    router: Arc<Router>,
+    js: jetstream::Context,
+    stream_name: String,
+    consumer_name: String,
+    metrics: EndpointMetrics,
+    unmapped: prometheus::IntCounter,
+    dead_letters: DeadLetters,
+    pub breaker: Arc<Breaker>,
+    bound: AtomicBool,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        endpoint: Arc<Endpoint>,
+        deliverer: Deliverer,
+        router: Arc<Router>,
+        js: jetstream::Context,
+        stream_name: String,
+        consumer_prefix: &str,
+        metrics: &Metrics,
+        dead_letters: DeadLetters,
+    ) -> Self {
+        let em = metrics.endpoint(&endpoint.name);
+        let breaker = Arc::new(Breaker::new(
+            &endpoint.name,
+            endpoint.disable_after_failures,
+            em.clone(),
+        ));
+        Self {
+            consumer_name: consumer_name(consumer_prefix, &endpoint.name),
+            endpoint,
+            deliverer,
+            router,
+            js,
+            stream_name,
+            metrics: em,
+            unmapped: metrics.unmapped.clone(),
+            dead_letters,
+            breaker,
+            bound: AtomicBool::new(false),
+        }
+    }
+
+    /// True once the durable consumer exists and fetching works.
+    pub fn is_bound(&self) -> bool {
+        self.bound.load(Ordering::Relaxed)
+    }
+
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer_name
+    }
+
+    fn consumer_config(&self) -> pull::Config {
+        let subjects = self
+            .router
+            .filter_subjects(&self.endpoint.events)
+            .unwrap_or_default();
+        let (filter_subject, filter_subjects) = match subjects.len() {
+            1 => (subjects[0].clone(), Vec::new()),
+            _ => (String::new(), subjects),
+        };
+        pull::Config {
+            durable_name: Some(self.consumer_name.clone()),
+            description: Some(format!(
+                "natshook deliveries to endpoint {}",
+                self.endpoint.name
+            )),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ack_wait(&self.endpoint),
+            max_deliver: -1,
+            filter_subject,
+            filter_subjects,
+            max_ack_pending: self.endpoint.concurrency as i64,
+            ..Default::default()
+        }
+    }
+
+    /// Creates or updates the durable consumer so its filters follow the config.
+    async fn bind(&self) -> Result<PullConsumer, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| format!("stream {}: {e}", self.stream_name))?;
+        stream
+            .create_consumer(self.consumer_config())
+            .await
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+    }
+
+    /// Polls consumer info for `natshook_consumer_pending`.
+    pub async fn refresh_pending(&self) {
+        let Ok(stream) = self.js.get_stream(&self.stream_name).await else {
+            return;
+        };
+        if let Ok(info) = stream.consumer_info(&self.consumer_name).await {
+            let pending = info.num_pending + info.num_ack_pending as u64;
+            self.metrics.pending.set(pending as i64);
+        }
+    }
+
+    /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`.
+    pub async fn run(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
+        let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
+        let mut paused = self.breaker.watch();
+        let mut retry = Duration::from_millis(500);
+        'bind: loop {
+            if stop.drain.is_cancelled() {
+                break;
+            }
+            let consumer = match self.bind().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.bound.store(false, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot bind consumer; retrying");
+                    tokio::select! {
+                        _ = stop.drain.cancelled() => break,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            self.bound.store(true, Ordering::Relaxed);
+            retry = Duration::from_millis(500);
+
+            if self.breaker.is_paused() {
+                self.probe(&consumer, &stop).await;
+                continue;
+            }
+
+            let batch = self.endpoint.concurrency.clamp(1, 256);
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot start fetching; retrying");
+                    tokio::select! {
+                        _ = stop.drain.cancelled() => break,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    continue;
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    _ = stop.drain.cancelled() => break 'bind,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break 'bind,
+                    },
+                };
+                if self.breaker.is_paused() {
+                    continue 'bind;
+                }
+                let next = tokio::select! {
+                    _ = stop.drain.cancelled() => break 'bind,
+                    _ = paused.wait_for(|p| *p) => continue 'bind,
+                    m = messages.next() => m,
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        let this = self.clone();
+                        let abort = stop.abort.clone();
+                        tracker.spawn(async move {
+                            this.handle(msg, &abort).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                        match e.kind() {
+                            K::MissingHeartbeat => {
+                                tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; continuing");
+                            }
+                            _ => {
+                                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "fetch failed; re-binding");
+                                self.bound.store(false, Ordering::Relaxed);
+                                tokio::select! {
+                                    _ = stop.drain.cancelled() => break 'bind,
+                                    _ = tokio::time::sleep(retry) => {}
+                                }
+                                continue 'bind;
+                            }
+                        }
+                    }
+                    None => continue 'bind,
+                }
+            }
+        }
+        self.bound.store(false, Ordering::Relaxed);
+    }
+
+    /// While paused: wait, then try one message. Success resumes the endpoint (the
+    /// breaker does that); no message waiting means there is nothing to protect, so
+    /// the endpoint resumes and the next failure pauses it again at once.
+    async fn probe(&self, consumer: &PullConsumer, stop: &Stop) {
+        let mut wait = self.endpoint.probe_interval;
+        let mut paused = self.breaker.watch();
+        while self.breaker.is_paused() {
+            tokio::select! {
+                _ = stop.drain.cancelled() => return,
+                _ = paused.wait_for(|p| !*p) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let batch = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "probe fetch failed");
+                    return;
+                }
+            };
+            match batch.next().await {
+                Some(Ok(msg)) => {
+                    tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
+                    self.handle(msg, &stop.abort).await;
+                    wait = (wait * 2).min(self.endpoint.probe_max_interval);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "probe fetch failed");
+                    return;
+                }
+                None => self.breaker.resume(),
+            }
+        }
+    }
+
+    fn incoming(msg: &jetstream::Message) -> Option<Incoming> {
+        let info = msg.info().ok()?;
+        let published = SystemTime::from(info.published);
+        Some(Incoming {
+            subject: msg.subject.to_string(),
+            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+            stream: info.stream.to_string(),
+            sequence: info.stream_sequence,
+            published,
+        })
+    }
+
+    async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {
+        if let Err(e) = msg.ack_with(kind).await {
+            // The message comes back after ack_wait: a duplicate with the same id,
+            // never a loss.
+            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ack failed; message will be redelivered");
+        }
+    }
+
+    /// Delivers one message and settles it with JetStream. Never panics, never
+    /// leaves a message without an ack, NAK or dead letter (except when NATS itself is
+    /// unreachable, where JetStream redelivers after ack_wait).
+    async fn handle(&self, msg: jetstream::Message, abort: &CancellationToken) {
+        let Some(inc) = Self::incoming(&msg) else {
+            tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
+            self.ack(&msg, AckKind::Nak(None)).await;
+            return;
+        };
+        let Some(event) = self.router.route(&inc.subject) else {
+            self.unmapped.inc();
+            tracing::debug!(endpoint = %self.endpoint.name, subject = %inc.subject, "unmapped subject; acked");
+            self.ack(&msg, AckKind::Ack).await;
+            return;
+        };
+        if !self.endpoint.events.wants(&event) {
+            self.ack(&msg, AckKind::Ack).await;
+            return;
+        }
+        let msg_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str());
+        let id = envelope::message_id(msg_id, &inc.stream, inc.sequence);
+
+        if msg.payload.len() > self.endpoint.max_body {
+            let reason = format!(
+                "payload of {} bytes exceeds max_body ({} bytes)",
+                msg.payload.len(),
+                self.endpoint.max_body
+            );
+            self.dead_letter(&msg, &inc, &id, &event, 0, None, &reason)
+                .await;
+            return;
+        }
+        let facts = MessageFacts {
+            id: &id,
+            event: &event,
+            subject: &inc.subject,
+            stream_sequence: inc.sequence,
+            attempt: inc.attempt,
+            published: inc.published,
+            payload: &msg.payload,
+        };
+        let body = match envelope::build(
+            self.endpoint.envelope,
+            &self.endpoint.envelope_fields,
+            &facts,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                self.dead_letter(&msg, &inc, &id, &event, 0, None, &e.to_string())
+                    .await;
+                return;
+            }
+        };
+
+        self.metrics.inflight.inc();
+        let send = self.deliverer.send(Request {
+            id: &id,
+            event: &event,
+            attempt: inc.attempt,
+            body,
+        });
+        tokio::pin!(send);
+        let every = ack_wait(&self.endpoint) / 3;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let result = loop {
+            tokio::select! {
+                r = &mut send => break Some(r),
+                _ = progress.tick() => self.ack(&msg, AckKind::Progress).await,
+                _ = abort.cancelled() => break None,
+            }
+        };
+        self.metrics.inflight.dec();
+        let Some(result) = result else {
+            tracing::info!(endpoint = %self.endpoint.name, id = %id, "shutdown grace over; NAK for immediate redelivery");
+            self.ack(&msg, AckKind::Nak(None)).await;
+            return;
+        };
+        self.settle(&msg, &inc, &id, &event, result).await;
+    }
+
+    async fn settle(
+        &self,
+        msg: &jetstream::Message,
+        inc: &Incoming,
+        id: &str,
+        event: &str,
+        result: AttemptResult,
+    ) {
+        self.metrics.attempt(result.status);
+        self.metrics.duration.observe(result.duration.as_secs_f64());
+        if result.is_success() {
+            self.ack(msg, AckKind::Ack).await;
+            self.breaker.record_success();
+            self.metrics.delivery(event, Outcome::Success);
+            if let Ok(age) = SystemTime::now().duration_since(inc.published) {
+                self.metrics.end_to_end.observe(age.as_secs_f64());
+            }
+            tracing::debug!(endpoint = %self.endpoint.name, id, attempt = inc.attempt, "delivered");
+            return;
+        }
+        tracing::warn!(
+            endpoint = %self.endpoint.name, id, event, attempt = inc.attempt,
+            status = ?result.http_status, error = %result.describe(),
+            "delivery attempt failed"
+        );
+        self.breaker.record_failure();
+        if result.is_gone() {
+            self.breaker.pause(PauseReason::Gone);
+            self.metrics.delivery(event, Outcome::Retry);
+            self.ack(msg, AckKind::Nak(Some(self.endpoint.probe_interval)))
+                .await;
+            return;
+        }
+        if inc.attempt >= self.endpoint.max_attempts {
+            let reason = format!("failed after {} attempts", inc.attempt);
+            self.dead_letter(msg, inc, id, event, inc.attempt, Some(&result), &reason)
+                .await;
+            return;
+        }
+        let delay = result
+            .retry_after
+            .unwrap_or_else(|| jitter(self.endpoint.retry_delay(inc.attempt)));
+        self.metrics.delivery(event, Outcome::Retry);
+        self.ack(msg, AckKind::Nak(Some(delay))).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        inc: &Incoming,
+        id: &str,
+        event: &str,
+        attempts: u32,
+        last: Option<&AttemptResult>,
+        reason: &str,
+    ) {
+        let mut headers = std::collections::BTreeMap::new();
+        if let Some(h) = &msg.headers {
+            for (name, values) in h.iter() {
+                headers.insert(
+                    name.to_string(),
+                    values.iter().map(|v| v.as_str().to_string()).collect(),
+                );
+            }
+        }
+        let record = DeadLetter {
+            endpoint: self.endpoint.name.clone(),
+            event: Some(event.to_string()),
+            id: id.to_string(),
+            subject: inc.subject.clone(),
+            stream: inc.stream.clone(),
+            stream_sequence: inc.sequence,
+            published: envelope::rfc3339_millis(inc.published),
+            attempts,
+            last_status: last.and_then(|r| r.http_status),
+            last_error: last.map(|r| r.describe()),
+            response_body: last
+                .map(|r| {
+                    let b = &r.response_body[..r.response_body.len().min(RESPONSE_BODY_LIMIT)];
+                    String::from_utf8_lossy(b).into_owned()
+                })
+                .unwrap_or_default(),
+            reason: reason.to_string(),
+            payload: DeadLetter::encode_payload(&msg.payload),
+            headers,
+            dead_lettered_at: envelope::rfc3339_millis(SystemTime::now()),
+        };
+        match self.dead_letters.publish(&record).await {
+            Ok(()) => {
+                tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
+                self.ack(msg, AckKind::Ack).await;
+                self.metrics.dead_letters.inc();
+                self.metrics.delivery(event, Outcome::DeadLetter);
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
+                self.metrics.delivery(event, Outcome::Retry);
+                self.ack(msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The request body a receiver gets, and the message id receivers deduplicate on.
+//!
+//! The standard envelope is written straight into one buffer: the payload is checked
+//! to be JSON and copied once, never parsed into a tree and re-serialised, so large
+//! payloads cost a validation pass and a memcpy.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::config::Envelope;
+
+/// The facts about one message that go into its envelope.
+#[derive(Debug, Clone)]
+pub struct MessageFacts<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+    pub subject: &'a str,
+    pub stream_sequence: u64,
+    pub attempt: u32,
+    /// When JetStream stored the message (stable across attempts).
+    pub published: SystemTime,
+    pub payload: &'a Bytes,
+}
+
+/// Why a message cannot be put into an envelope; it goes to the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("payload is neither JSON nor UTF-8 text; use envelope = \"raw\" for binary payloads")]
+    NotUtf8,
+}
+
+/// Envelope version written in `metadata.version`.
+pub const ENVELOPE_VERSION: &str = "1";
+
+/// The id for a message: its `Nats-Msg-Id` when it has a usable one (publishers set it
+/// for JetStream de-duplication, so it is the id they know), else `<stream>-<sequence>`,
+/// which is the same on every redelivery.
+pub fn message_id(nats_msg_id: Option<&str>, stream: &str, sequence: u64) -> String {
+    match nats_msg_id {
+        Some(id)
+            if !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
+        _ => format!("{stream}-{sequence}"),
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, as in the contract: `2026-04-01T12:05:00.000Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Builds the request body.
+pub fn build(
+    kind: Envelope,
+    fields: &serde_json::Map<String, serde_json::Value>,
+    m: &MessageFacts<'_>,
+) -> Result<Bytes, EnvelopeError> {
+    if kind == Envelope::Raw {
+        return Ok(m.payload.clone());
+    }
+    let mut out = Vec::with_capacity(m.payload.len() + 256 + m.subject.len());
+    out.extend_from_slice(b"{\"id\":");
+    json_str(&mut out, m.id);
+    out.extend_from_slice(b",\"event\":");
+    json_str(&mut out, m.event);
+    out.extend_from_slice(b",\"timestamp\":\"");
+    out.extend_from_slice(rfc3339_millis(m.published).as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    if !m.payload.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(m.payload).is_ok() {
+        out.extend_from_slice(m.payload.trim_ascii());
+    } else {
+        let text = std::str::from_utf8(m.payload).map_err(|_| EnvelopeError::NotUtf8)?;
+        json_str(&mut out, text);
+    }
+    out.extend_from_slice(b",\"metadata\":{\"subject\":");
+    json_str(&mut out, m.subject);
+    let _ = write!(
+        out,
+        ",\"stream_sequence\":{},\"attempt\":{},\"version\":\"{ENVELOPE_VERSION}\"}}",
+        m.stream_sequence, m.attempt
+    );
+    for (k, v) in fields {
+        out.push(b',');
+        json_str(&mut out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, v);
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn facts(payload: &Bytes) -> MessageFacts<'_> {
+        MessageFacts {
+            id: "EVENTS-42",
+            event: "lead.created",
+            subject: "crm.lead.created",
+            stream_sequence: 42,
+            attempt: 1,
+            published: UNIX_EPOCH + Duration::from_millis(1_775_045_100_000),
+            payload,
+        }
+    }
+
+    #[test]
+    fn standard_envelope_matches_the_contract() {
+        let payload = Bytes::from_static(br#" {"lead": 7} "#);
+        let mut fields = serde_json::Map::new();
+        fields.insert("organization_id".into(), "org_1".into());
+        let body = build(Envelope::Standard, &fields, &facts(&payload)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "id": "EVENTS-42", "event": "lead.created",
+                "timestamp": "2026-04-01T12:05:00.000Z",
+                "data": {"lead": 7},
+                "metadata": {"subject": "crm.lead.created", "stream_sequence": 42, "attempt": 1, "version": "1"},
+                "organization_id": "org_1"
+            })
+        );
+    }
+
+    #[test]
+    fn non_json_payload_becomes_a_string_and_binary_is_refused() {
+        let text = Bytes::from_static(b"hello \"world\"\n");
+        let body = build(Envelope::Standard, &Default::default(), &facts(&text)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["data"], "hello \"world\"\n");
+        let empty = Bytes::new();
+        let body = build(Envelope::Standard, &Default::default(), &facts(&empty)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["data"], "");
+        let bin = Bytes::from_static(&[0xff, 0xfe, 0x00]);
+        assert_eq!(
+            build(Envelope::Standard, &Default::default(), &facts(&bin)),
+            Err(EnvelopeError::NotUtf8)
+        );
+        assert_eq!(
+            build(Envelope::Raw, &Default::default(), &facts(&bin)).unwrap(),
+            bin
+        );
+    }
+
+    #[test]
+    fn ids_come_from_nats_msg_id_or_stream_and_sequence() {
+        assert_eq!(message_id(Some("order-1"), "EVENTS", 3), "order-1");
+        assert_eq!(message_id(None, "EVENTS", 3), "EVENTS-3");
+        assert_eq!(message_id(Some("bad id\r\n"), "EVENTS", 3), "EVENTS-3");
+    }
+}

@@ -1,0 +1,287 @@
+//! Prometheus metrics, named exactly as in the contract (dashboards and alert rules
+//! depend on the names and labels).
+//!
+//! Label sets stay bounded: `endpoint` comes from config, `event` from the mapping
+//! table's templates, `outcome`/`status` from fixed lists. Per-endpoint children are
+//! resolved once so the delivery path does not hash label values for them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Attempt latency buckets: 5 ms … 30 s.
+const ATTEMPT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// End-to-end includes queueing and retries, so it reaches from loopback latency to
+/// the longest retry delays.
+const E2E_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 1800.0, 7200.0,
+];
+
+/// Final outcome of one delivery (attempt) of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Retry,
+    DeadLetter,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Retry => "retry",
+            Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// The `status` label of `natshook_delivery_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStatus {
+    Class(u16),
+    Timeout,
+    ConnectError,
+}
+
+impl AttemptStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptStatus::Class(c) => match c / 100 {
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                _ => "5xx",
+            },
+            AttemptStatus::Timeout => "timeout",
+            AttemptStatus::ConnectError => "connect_error",
+        }
+    }
+}
+
+/// All process metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    deliveries: IntCounterVec,
+    attempts: IntCounterVec,
+    duration: HistogramVec,
+    end_to_end: HistogramVec,
+    paused: IntGaugeVec,
+    consecutive_failures: IntGaugeVec,
+    inflight: IntGaugeVec,
+    pending: IntGaugeVec,
+    dead_letters: IntCounterVec,
+    pub unmapped: IntCounter,
+    pub nats_connected: IntGauge,
+}
+
+/// One endpoint's pre-resolved children.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    name: String,
+    deliveries: IntCounterVec,
+    attempts: IntCounterVec,
+    pub duration: Histogram,
+    pub end_to_end: Histogram,
+    pub paused: IntGauge,
+    pub consecutive_failures: IntGauge,
+    pub inflight: IntGauge,
+    pub pending: IntGauge,
+    pub dead_letters: IntCounter,
+}
+
+impl EndpointMetrics {
+    pub fn delivery(&self, event: &str, outcome: Outcome) {
+        self.deliveries
+            .with_label_values(&[self.name.as_str(), event, outcome.as_str()])
+            .inc();
+    }
+
+    pub fn attempt(&self, status: AttemptStatus) {
+        self.attempts
+            .with_label_values(&[self.name.as_str(), status.label()])
+            .inc();
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), &["endpoint"]).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["endpoint"],
+    )
+    .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let deliveries = counter_vec(
+            &r,
+            "natshook_deliveries_total",
+            "Deliveries by final outcome of the attempt: success, retry or dead_letter.",
+            &["endpoint", "event", "outcome"],
+        );
+        let attempts = counter_vec(
+            &r,
+            "natshook_delivery_attempts_total",
+            "HTTP attempts by response class, timeout or connect_error.",
+            &["endpoint", "status"],
+        );
+        let dead_letters = counter_vec(
+            &r,
+            "natshook_dead_letters_total",
+            "Messages written to the dead-letter stream.",
+            &["endpoint"],
+        );
+        let duration = histogram_vec(
+            &r,
+            "natshook_delivery_duration_seconds",
+            "Duration of one HTTP attempt.",
+            ATTEMPT_BUCKETS,
+        );
+        let end_to_end = histogram_vec(
+            &r,
+            "natshook_end_to_end_seconds",
+            "From NATS publish to the receiver's 2xx.",
+            E2E_BUCKETS,
+        );
+        let paused = gauge_vec(
+            &r,
+            "natshook_endpoint_paused",
+            "1 while the endpoint is paused.",
+        );
+        let consecutive_failures = gauge_vec(
+            &r,
+            "natshook_endpoint_consecutive_failures",
+            "Failed attempts since the last success.",
+        );
+        let inflight = gauge_vec(&r, "natshook_inflight", "Deliveries in flight.");
+        let pending = gauge_vec(
+            &r,
+            "natshook_consumer_pending",
+            "Messages not yet delivered (consumer lag).",
+        );
+        let unmapped = IntCounter::new(
+            "natshook_unmapped_messages_total",
+            "Messages on a subject no [[events]] mapping matches.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(unmapped.clone()))
+            .expect("metric registered once");
+        let nats_connected = IntGauge::new("natshook_nats_connected", "1 when connected to NATS.")
+            .expect("static metric definition");
+        r.register(Box::new(nats_connected.clone()))
+            .expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("natshook_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Self {
+            registry: r,
+            deliveries,
+            attempts,
+            duration,
+            end_to_end,
+            paused,
+            consecutive_failures,
+            inflight,
+            pending,
+            dead_letters,
+            unmapped,
+            nats_connected,
+        }
+    }
+
+    /// Children for `endpoint`; the per-endpoint series exist (at 0) from start-up so
+    /// alerts see them before the first delivery.
+    pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let e = [endpoint];
+        EndpointMetrics {
+            name: endpoint.to_string(),
+            deliveries: self.deliveries.clone(),
+            attempts: self.attempts.clone(),
+            duration: self.duration.with_label_values(&e),
+            end_to_end: self.end_to_end.with_label_values(&e),
+            paused: self.paused.with_label_values(&e),
+            consecutive_failures: self.consecutive_failures.with_label_values(&e),
+            inflight: self.inflight.with_label_values(&e),
+            pending: self.pending.with_label_values(&e),
+            dead_letters: self.dead_letters.with_label_values(&e),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec only fails on invalid metric families, which the
+        // registry prevents.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_are_exposed() {
+        let m = Metrics::new();
+        let e = m.endpoint("crm");
+        e.delivery("lead.created", Outcome::Success);
+        e.attempt(AttemptStatus::Class(503));
+        e.attempt(AttemptStatus::Timeout);
+        let text = String::from_utf8(m.render()).unwrap();
+        for needle in [
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"lead.created\",outcome=\"success\"} 1",
+            "natshook_delivery_attempts_total{endpoint=\"crm\",status=\"5xx\"} 1",
+            "natshook_delivery_attempts_total{endpoint=\"crm\",status=\"timeout\"} 1",
+            "natshook_delivery_duration_seconds_bucket{endpoint=\"crm\",le=\"0.005\"} 0",
+            "natshook_end_to_end_seconds_count{endpoint=\"crm\"} 0",
+            "natshook_endpoint_paused{endpoint=\"crm\"} 0",
+            "natshook_endpoint_consecutive_failures{endpoint=\"crm\"} 0",
+            "natshook_inflight{endpoint=\"crm\"} 0",
+            "natshook_consumer_pending{endpoint=\"crm\"} 0",
+            "natshook_dead_letters_total{endpoint=\"crm\"} 0",
+            "natshook_unmapped_messages_total 0",
+            "natshook_nats_connected 0",
+            "natshook_build_info{version=\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle}\n{text}");
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! Subject → event-name mapping and endpoint event filters.
+//!
+//! Subjects use NATS wildcard rules (`*` one token, `>` one or more trailing tokens).
+//! Event names are dot-separated too, and endpoint filters reuse the same token rules,
+//! with `*` alone meaning "every event" so that multi-token names are included.
+//!
+//! The mapping is evaluated once per message, so patterns are pre-split at start-up and
+//! matching allocates only the resulting event name.
+
+use std::fmt;
+
+/// Why a pattern or template from the config was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("has an empty token (check for '..' or a leading/trailing '.')")]
+    EmptyToken,
+    #[error("'>' may only be the last token")]
+    GtNotLast,
+    #[error("wildcards must be a whole token ('{0}')")]
+    PartialWildcard(String),
+    #[error("must not contain whitespace")]
+    Whitespace,
+    #[error("placeholder {{{0}}} is out of range: the subject pattern has {1} token(s)")]
+    PlaceholderOutOfRange(usize, usize),
+    #[error("bad placeholder '{0}': use {{1}}..{{n}}")]
+    BadPlaceholder(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    /// `*`: exactly one token.
+    One,
+    /// `>`: one or more trailing tokens.
+    Rest,
+}
+
+/// A NATS-style pattern over dot-separated names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        if text.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if text.chars().any(char::is_whitespace) {
+            return Err(PatternError::Whitespace);
+        }
+        let parts: Vec<&str> = text.split('.').collect();
+        let mut tokens = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let token = match *part {
+                "" => return Err(PatternError::EmptyToken),
+                "*" => Token::One,
+                ">" if i + 1 == parts.len() => Token::Rest,
+                ">" => return Err(PatternError::GtNotLast),
+                p if p.contains('*') || p.contains('>') => {
+                    return Err(PatternError::PartialWildcard(p.to_string()))
+                }
+                p => Token::Literal(p.to_string()),
+            };
+            tokens.push(token);
+        }
+        Ok(Self {
+            text: text.to_string(),
+            tokens,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        let mut parts = name.split('.');
+        for token in &self.tokens {
+            match token {
+                Token::Rest => return parts.next().is_some_and(|p| !p.is_empty()),
+                Token::One => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Token::Literal(lit) => match parts.next() {
+                    Some(p) if p == lit => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// True when every name this pattern matches is also matched by `other`.
+    pub fn is_subset_of(&self, other: &Pattern) -> bool {
+        let mut a = self.tokens.iter();
+        for b_tok in &other.tokens {
+            let Some(a_tok) = a.next() else {
+                return false;
+            };
+            match (a_tok, b_tok) {
+                (_, Token::Rest) => return true,
+                (Token::Rest, _) => return false,
+                (_, Token::One) => {}
+                (Token::One, Token::Literal(_)) => return false,
+                (Token::Literal(x), Token::Literal(y)) if x == y => {}
+                _ => return false,
+            }
+        }
+        a.next().is_none()
+    }
+
+    /// True when some name is matched by both patterns.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (mut a, mut b) = (self.tokens.iter(), other.tokens.iter());
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(Token::Rest), Some(_)) | (Some(_), Some(Token::Rest)) => return true,
+                (Some(Token::One), Some(_)) | (Some(_), Some(Token::One)) => {}
+                (Some(Token::Literal(x)), Some(Token::Literal(y))) if x == y => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// 1-based subject token index.
+    SubjectToken(usize),
+}
+
+/// An event-name template such as `ticket.{3}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTemplate {
+    text: String,
+    pieces: Vec<Piece>,
+}
+
+impl EventTemplate {
+    /// Parses `text`; placeholders must refer to tokens the subject pattern always has.
+    pub fn parse(text: &str, subject: &Pattern) -> Result<Self, PatternError> {
+        if text.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if text.chars().any(char::is_whitespace) {
+            return Err(PatternError::Whitespace);
+        }
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_string()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| PatternError::BadPlaceholder(rest[open..].to_string()))?;
+            let inner = &after[..close];
+            let index: usize = inner
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| PatternError::BadPlaceholder(format!("{{{inner}}}")))?;
+            if index > subject.token_count() {
+                return Err(PatternError::PlaceholderOutOfRange(
+                    index,
+                    subject.token_count(),
+                ));
+            }
+            pieces.push(Piece::SubjectToken(index));
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(PatternError::BadPlaceholder(rest.to_string()));
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        if text.split('.').any(str::is_empty) {
+            return Err(PatternError::EmptyToken);
+        }
+        Ok(Self {
+            text: text.to_string(),
+            pieces,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Renders the event name for `subject`, which must match the rule's pattern.
+    fn render(&self, subject: &str) -> String {
+        if let [Piece::Text(only)] = self.pieces.as_slice() {
+            return only.clone();
+        }
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let mut out = String::with_capacity(self.text.len() + subject.len());
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::SubjectToken(i) => out.push_str(tokens.get(i - 1).copied().unwrap_or("")),
+            }
+        }
+        out
+    }
+
+    /// Conservative: true unless no rendering of this template can match `filter`.
+    /// Placeholders expand to one subject token (no dots), so the template's dot
+    /// structure is fixed and only tokens containing a placeholder are unknown.
+    fn may_match(&self, filter: &EventFilter) -> bool {
+        let shape: Vec<Option<&str>> = self
+            .text
+            .split('.')
+            .map(|t| (!t.contains('{')).then_some(t))
+            .collect();
+        filter.patterns.iter().any(|p| match p {
+            None => true,
+            Some(pattern) => shape_may_match(&shape, pattern),
+        })
+    }
+}
+
+fn shape_may_match(shape: &[Option<&str>], pattern: &Pattern) -> bool {
+    let mut parts = shape.iter();
+    for token in &pattern.tokens {
+        match (token, parts.next()) {
+            (_, None) => return false,
+            (Token::Rest, Some(_)) => return true,
+            (Token::One, Some(_)) => {}
+            (Token::Literal(_), Some(None)) => {}
+            (Token::Literal(lit), Some(Some(t))) if lit == t => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
+}
+
+/// One `[[events]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRule {
+    pub subject: Pattern,
+    pub event: EventTemplate,
+}
+
+/// The ordered `[[events]]` table: first match wins.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    rules: Vec<EventRule>,
+}
+
+impl Router {
+    pub fn new(rules: Vec<EventRule>) -> Self {
+        Self { rules }
+    }
+
+    pub fn rules(&self) -> &[EventRule] {
+        &self.rules
+    }
+
+    /// The event name for `subject`, or `None` when no rule maps it.
+    pub fn route(&self, subject: &str) -> Option<String> {
+        self.rules
+            .iter()
+            .find(|r| r.subject.matches(subject))
+            .map(|r| r.event.render(subject))
+    }
+
+    /// Consumer filter subjects for an endpoint: the subjects of every rule that can
+    /// produce an event the endpoint wants. Returns `None` when the consumer must read
+    /// the whole stream (the subjects overlap in a way JetStream refuses as filters);
+    /// delivery re-checks every message, so a wider filter only costs reads.
+    pub fn filter_subjects(&self, filter: &EventFilter) -> Option<Vec<String>> {
+        let wanted: Vec<&Pattern> = self
+            .rules
+            .iter()
+            .filter(|r| r.event.may_match(filter))
+            .map(|r| &r.subject)
+            .collect();
+        let mut kept: Vec<&Pattern> = Vec::new();
+        for (i, p) in wanted.iter().enumerate() {
+            let covered = wanted
+                .iter()
+                .enumerate()
+                .any(|(j, q)| i != j && p.is_subset_of(q) && (!q.is_subset_of(p) || j < i));
+            if !covered {
+                kept.push(p);
+            }
+        }
+        for (i, a) in kept.iter().enumerate() {
+            if kept[i + 1..].iter().any(|b| a.overlaps(b)) {
+                return None;
+            }
+        }
+        Some(kept.iter().map(|p| p.as_str().to_string()).collect())
+    }
+}
+
+/// An endpoint's `events` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    /// `None` stands for `*` alone: every event.
+    patterns: Vec<Option<Pattern>>,
+}
+
+impl EventFilter {
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, (usize, PatternError)> {
+        let mut patterns = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item = item.as_ref();
+            if item == "*" {
+                patterns.push(None);
+            } else {
+                patterns.push(Some(Pattern::parse(item).map_err(|e| (i, e))?));
+            }
+        }
+        Ok(Self { patterns })
+    }
+
+    pub fn wants(&self, event: &str) -> bool {
+        self.patterns.iter().any(|p| match p {
+            None => true,
+            Some(pattern) => pattern.matches(event),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(subject: &str, event: &str) -> EventRule {
+        let subject = Pattern::parse(subject).unwrap();
+        let event = EventTemplate::parse(event, &subject).unwrap();
+        EventRule { subject, event }
+    }
+
+    fn filter(items: &[&str]) -> EventFilter {
+        EventFilter::parse(items).unwrap()
+    }
+
+    #[test]
+    fn subject_patterns_follow_nats_rules() {
+        let p = Pattern::parse("helpdesk.ticket.*").unwrap();
+        assert!(p.matches("helpdesk.ticket.created"));
+        assert!(!p.matches("helpdesk.ticket"));
+        assert!(!p.matches("helpdesk.ticket.a.b"));
+        let gt = Pattern::parse("crm.>").unwrap();
+        assert!(gt.matches("crm.lead.created"));
+        assert!(gt.matches("crm.x"));
+        assert!(!gt.matches("crm"));
+        assert!(!gt.matches("crm."));
+        assert!(!gt.matches("other.x"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_a_reason() {
+        assert_eq!(Pattern::parse(""), Err(PatternError::Empty));
+        assert_eq!(Pattern::parse("a..b"), Err(PatternError::EmptyToken));
+        assert_eq!(Pattern::parse("a.>.b"), Err(PatternError::GtNotLast));
+        assert_eq!(
+            Pattern::parse("a.b*"),
+            Err(PatternError::PartialWildcard("b*".into()))
+        );
+        assert_eq!(Pattern::parse("a b"), Err(PatternError::Whitespace));
+    }
+
+    #[test]
+    fn templates_render_subject_tokens() {
+        let r = Router::new(vec![
+            rule("crm.lead.created", "lead.created"),
+            rule("helpdesk.ticket.*", "ticket.{3}"),
+            rule("billing.>", "billing.{2}.x{1}"),
+        ]);
+        assert_eq!(r.route("crm.lead.created").as_deref(), Some("lead.created"));
+        assert_eq!(
+            r.route("helpdesk.ticket.status_changed").as_deref(),
+            Some("ticket.status_changed")
+        );
+        assert_eq!(
+            r.route("billing.invoice.paid").as_deref(),
+            Some("billing.invoice.xbilling")
+        );
+        assert_eq!(r.route("crm.lead.deleted"), None);
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let r = Router::new(vec![
+            rule("helpdesk.ticket.created", "ticket.opened"),
+            rule("helpdesk.ticket.*", "ticket.{3}"),
+        ]);
+        assert_eq!(
+            r.route("helpdesk.ticket.created").as_deref(),
+            Some("ticket.opened")
+        );
+        assert_eq!(
+            r.route("helpdesk.ticket.closed").as_deref(),
+            Some("ticket.closed")
+        );
+    }
+
+    #[test]
+    fn template_placeholders_are_checked_against_the_pattern() {
+        let p = Pattern::parse("a.*").unwrap();
+        assert_eq!(
+            EventTemplate::parse("x.{3}", &p),
+            Err(PatternError::PlaceholderOutOfRange(3, 2))
+        );
+        assert!(matches!(
+            EventTemplate::parse("x.{0}", &p),
+            Err(PatternError::BadPlaceholder(_))
+        ));
+        assert!(matches!(
+            EventTemplate::parse("x.{2", &p),
+            Err(PatternError::BadPlaceholder(_))
+        ));
+        assert!(matches!(
+            EventTemplate::parse("x.2}", &p),
+            Err(PatternError::BadPlaceholder(_))
+        ));
+    }
+
+    #[test]
+    fn endpoint_filters() {
+        let f = filter(&["lead.created", "ticket.*"]);
+        assert!(f.wants("lead.created"));
+        assert!(f.wants("ticket.created"));
+        assert!(!f.wants("ticket.sla.breached"));
+        assert!(!f.wants("lead.updated"));
+        assert!(filter(&["*"]).wants("a.b.c"));
+        assert!(filter(&["ticket.>"]).wants("ticket.sla.breached"));
+    }
+
+    #[test]
+    fn filter_subjects_cover_exactly_the_wanted_rules() {
+        let r = Router::new(vec![
+            rule("crm.lead.created", "lead.created"),
+            rule("helpdesk.ticket.*", "ticket.{3}"),
+            rule("billing.invoice.*", "invoice.{3}"),
+        ]);
+        assert_eq!(
+            r.filter_subjects(&filter(&["lead.created"])),
+            Some(vec!["crm.lead.created".to_string()])
+        );
+        assert_eq!(
+            r.filter_subjects(&filter(&["ticket.status_changed"])),
+            Some(vec!["helpdesk.ticket.*".to_string()])
+        );
+        assert_eq!(
+            r.filter_subjects(&filter(&["*"])),
+            Some(vec![
+                "crm.lead.created".to_string(),
+                "helpdesk.ticket.*".to_string(),
+                "billing.invoice.*".to_string()
+            ])
+        );
+        assert_eq!(r.filter_subjects(&filter(&["nothing.here"])), Some(vec![]));
+    }
+
+    #[test]
+    fn filter_subjects_drop_covered_patterns_and_give_up_on_partial_overlap() {
+        let r = Router::new(vec![
+            rule("helpdesk.ticket.created", "ticket.opened"),
+            rule("helpdesk.ticket.*", "ticket.{3}"),
+        ]);
+        assert_eq!(
+            r.filter_subjects(&filter(&["*"])),
+            Some(vec!["helpdesk.ticket.*".to_string()])
+        );
+        let r = Router::new(vec![rule("a.*.c", "x"), rule("a.b.*", "y")]);
+        assert_eq!(r.filter_subjects(&filter(&["*"])), None);
+        let dup = Router::new(vec![rule("a.b", "x"), rule("a.b", "y")]);
+        assert_eq!(
+            dup.filter_subjects(&filter(&["*"])),
+            Some(vec!["a.b".to_string()])
+        );
+    }
+
+    #[test]
+    fn subset_and_overlap() {
+        let p = |s| Pattern::parse(s).unwrap();
+        assert!(p("a.b").is_subset_of(&p("a.*")));
+        assert!(p("a.b.c").is_subset_of(&p("a.>")));
+        assert!(!p("a.>").is_subset_of(&p("a.*")));
+        assert!(!p("a.*").is_subset_of(&p("a.b")));
+        assert!(p("a.*.c").overlaps(&p("a.b.*")));
+        assert!(!p("a.x").overlaps(&p("a.y")));
+        assert!(p("a.>").overlaps(&p("*.b.c")));
+        assert!(!p("a").overlaps(&p("a.>")));
+    }
+}

@@ -1,0 +1,180 @@
+//! Secret references (`{ env }`, `{ file }`, `{ value }`) and the resolved secret bytes.
+//!
+//! Secrets are resolved at start-up so that a missing variable or unreadable file stops
+//! start-up (and `natshook check`) instead of producing unsigned or wrongly signed
+//! requests later. The resolved bytes never appear in `Debug` output or errors.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Where a secret comes from, as written in the config.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SecretRef {
+    /// A plain string in the config: the value itself.
+    Plain(String),
+    Ref(SecretRefTable),
+}
+
+/// The `{ env = … }` / `{ file = … }` / `{ value = … }` table.
+#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+pub struct SecretRefTable {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+    pub value: Option<String>,
+}
+
+/// Keys a secret table may hold (for unknown-key checks).
+pub const SECRET_KEYS: &[&str] = &["env", "file", "value"];
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Plain(_) => f.write_str("SecretRef::Plain(<redacted>)"),
+            SecretRef::Ref(t) => match (&t.env, &t.file, &t.value) {
+                (Some(env), _, _) => write!(f, "SecretRef::Env({env})"),
+                (_, Some(file), _) => write!(f, "SecretRef::File({})", file.display()),
+                _ => f.write_str("SecretRef::Value(<redacted>)"),
+            },
+        }
+    }
+}
+
+/// Why a secret reference could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("set exactly one of env, file or value")]
+    Ambiguous,
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secret is empty")]
+    Empty,
+}
+
+/// Resolved secret bytes. Debug output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret now. File contents lose one trailing newline, since
+    /// Kubernetes Secrets and `echo > file` commonly add one.
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
+        let bytes = match self {
+            SecretRef::Plain(v) => v.as_bytes().to_vec(),
+            SecretRef::Ref(t) => match (&t.env, &t.file, &t.value) {
+                (Some(name), None, None) => std::env::var(name)
+                    .map_err(|_| SecretError::EnvMissing(name.clone()))?
+                    .into_bytes(),
+                (None, Some(path), None) => {
+                    let mut b = std::fs::read(path).map_err(|source| SecretError::File {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if b.last() == Some(&b'\n') {
+                        b.pop();
+                        if b.last() == Some(&b'\r') {
+                            b.pop();
+                        }
+                    }
+                    b
+                }
+                (None, None, Some(v)) => v.as_bytes().to_vec(),
+                _ => return Err(SecretError::Ambiguous),
+            },
+        };
+        if bytes.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        Ok(Secret(bytes))
+    }
+}
+
+/// `secret = …` may be one reference or a list (newest first, for rotation).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SecretList {
+    One(SecretRef),
+    Many(Vec<SecretRef>),
+}
+
+impl SecretList {
+    pub fn refs(&self) -> Vec<&SecretRef> {
+        match self {
+            SecretList::One(r) => vec![r],
+            SecretList::Many(v) => v.iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secret_bytes() {
+        let s = SecretRef::Plain("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let r = SecretRef::Ref(SecretRefTable {
+            value: Some("hunter2".into()),
+            ..Default::default()
+        });
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let resolved = r.resolve().unwrap();
+        assert!(!format!("{resolved:?}").contains("hunter2"));
+        assert_eq!(resolved.expose(), b"hunter2");
+    }
+
+    #[test]
+    fn file_secret_loses_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "abc\n").unwrap();
+        let r = SecretRef::Ref(SecretRefTable {
+            file: Some(path),
+            ..Default::default()
+        });
+        assert_eq!(r.resolve().unwrap().expose(), b"abc");
+    }
+
+    #[test]
+    fn unresolvable_refs_say_why() {
+        let r = SecretRef::Ref(SecretRefTable {
+            env: Some("NATSHOOK_TEST_SURELY_UNSET_VAR".into()),
+            ..Default::default()
+        });
+        assert!(matches!(r.resolve(), Err(SecretError::EnvMissing(_))));
+        let both = SecretRef::Ref(SecretRefTable {
+            env: Some("A".into()),
+            value: Some("b".into()),
+            ..Default::default()
+        });
+        assert!(matches!(both.resolve(), Err(SecretError::Ambiguous)));
+        assert!(matches!(
+            SecretRef::Plain(String::new()).resolve(),
+            Err(SecretError::Empty)
+        ));
+    }
+}
