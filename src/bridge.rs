@@ -243,6 +243,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
         tracing::info!(endpoint = %w.endpoint.name, consumer = %w.consumer_name(), url = %w.endpoint.url, "starting endpoint");
         loops.push(tokio::spawn(w.clone().run(stop.clone(), tracker.clone())));
     }
+    let unmapped = tokio::spawn(crate::consumer::watch_unmapped(
+        js.clone(),
+        config.nats.stream.clone(),
+        config.nats.consumer_prefix.clone(),
+        router.clone(),
+        metrics.unmapped.clone(),
+        shutdown.clone(),
+    ));
     let poller = {
         let workers = workers.clone();
         let stop = shutdown.clone();
@@ -265,6 +273,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
         let _ = l.await;
     }
     poller.abort();
+    unmapped.abort();
     tracker.close();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait())
         .await

@@ -78,7 +78,6 @@ pub struct Worker {
     stream_name: String,
     consumer_name: String,
     metrics: EndpointMetrics,
-    unmapped: prometheus::IntCounter,
     dead_letters: DeadLetters,
     pub breaker: Arc<Breaker>,
     bound: AtomicBool,
@@ -110,7 +109,6 @@ impl Worker {
             js,
             stream_name,
             metrics: em,
-            unmapped: metrics.unmapped.clone(),
             dead_letters,
             breaker,
             bound: AtomicBool::new(false),
@@ -344,7 +342,7 @@ impl Worker {
             return;
         };
         let Some(event) = self.router.route(&inc.subject) else {
-            self.unmapped.inc();
+            // Counted once per message by `watch_unmapped`, not once per endpoint.
             tracing::debug!(endpoint = %self.endpoint.name, subject = %inc.subject, "unmapped subject; acked");
             self.ack(&msg, AckKind::Ack).await;
             return;
@@ -518,6 +516,86 @@ impl Worker {
                 self.metrics.delivery(event, Outcome::Retry);
                 self.ack(msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
                     .await;
+            }
+        }
+    }
+}
+
+/// Counts messages on subjects no mapping matches. Endpoint consumers are filtered to
+/// mapped subjects, so they never see these; this headers-only, ack-less durable
+/// consumer reads subjects and headers of every new stream message (no payloads),
+/// which keeps its cost small. Its name cannot collide with an endpoint consumer
+/// (`<prefix>-<name>`).
+pub async fn watch_unmapped(
+    js: jetstream::Context,
+    stream_name: String,
+    prefix: String,
+    router: Arc<Router>,
+    counter: prometheus::IntCounter,
+    stop: CancellationToken,
+) {
+    let name = format!("{prefix}_unmapped");
+    let mut retry = Duration::from_millis(500);
+    loop {
+        let bound = async {
+            let stream = js
+                .get_stream(&stream_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let consumer: PullConsumer = stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some("natshook: counts messages on unmapped subjects".into()),
+                    deliver_policy: DeliverPolicy::New,
+                    ack_policy: AckPolicy::None,
+                    headers_only: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer
+                .stream()
+                .max_messages_per_batch(512)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut messages = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = bound => match r {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "unmapped-subject counter not bound yet");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            },
+        };
+        retry = Duration::from_millis(500);
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = messages.next() => m,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    if router.route(&msg.subject).is_none() {
+                        counter.inc();
+                    }
+                }
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    if !matches!(e.kind(), K::MissingHeartbeat) {
+                        break;
+                    }
+                }
+                None => break,
             }
         }
     }

@@ -1,0 +1,657 @@
+//! Test harness: a real nats-server (JetStream, free port, temp store), a real HTTP
+//! receiver (hyper, in-process) that records every request, and the natshook binary
+//! run as a child process. Nothing is mocked.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::{TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::task::JoinSet;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Where the test tools live: `.venv/bin` (made by scripts/test.sh) or PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from(name)
+}
+
+pub fn python() -> PathBuf {
+    tool("python3")
+}
+
+fn wait_port(port: u16, up: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let open = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if open == up {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} never became {}",
+            if up { "open" } else { "closed" }
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A nats-server with JetStream on a free port and a temp store dir.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let bin = tool("nats-server");
+        let child = Command::new(&bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); run scripts/test.sh, which installs it",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        wait_port(self.port, true, Duration::from_secs(20));
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server hard (SIGKILL), keeping the store.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_port(self.port, false, Duration::from_secs(10));
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats")
+    }
+
+    /// Creates a stream over `subjects`.
+    pub async fn create_stream(&self, name: &str, subjects: &[&str]) {
+        let js = jetstream::new(self.client().await);
+        js.create_stream(jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Publishes `(subject, payload, msg_id)` messages and waits for every JetStream ack.
+pub async fn publish_all(js: &jetstream::Context, messages: Vec<(String, Bytes, Option<String>)>) {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (subject, payload, id) in messages {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
+        let ack = js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .expect("publish");
+        acks.push(ack);
+        if acks.len() >= 256 {
+            for a in acks.drain(..) {
+                a.await.expect("publish ack");
+            }
+        }
+    }
+    for a in acks {
+        a.await.expect("publish ack");
+    }
+}
+
+/// What the receiver answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: vec![],
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn ok() -> Self {
+        Self::status(200)
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn body(mut self, b: impl Into<String>) -> Self {
+        self.body = b.into();
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+    /// 1 for the first request with this X-Webhook-Id, 2 for the second, …
+    pub nth_for_id: usize,
+    pub replied: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn id(&self) -> &str {
+        self.header("x-webhook-id")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+}
+
+type Behaviour = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
+
+#[derive(Default)]
+struct Log {
+    all: Vec<Received>,
+    per_id: HashMap<String, usize>,
+}
+
+/// An in-process hyper receiver. Behaviour can be swapped while it runs.
+pub struct Receiver {
+    pub port: u16,
+    log: Arc<Mutex<Log>>,
+    behaviour: Arc<RwLock<Behaviour>>,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::start_on(0, |_| Reply::ok()).await
+    }
+
+    pub async fn with(f: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_on(0, f).await
+    }
+
+    pub async fn start_on(
+        port: u16,
+        f: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let mut r = Self {
+            port,
+            log: Arc::default(),
+            behaviour: Arc::new(RwLock::new(Arc::new(f))),
+            tasks: None,
+        };
+        r.listen().await;
+        r
+    }
+
+    async fn listen(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("receiver bind");
+        self.port = listener.local_addr().expect("addr").port();
+        let log = self.log.clone();
+        let behaviour = self.behaviour.clone();
+        self.tasks = Some(tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                let behaviour = behaviour.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        let behaviour = behaviour.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let headers = req.headers().clone();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let id = headers
+                                .get("x-webhook-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let mut rec = Received {
+                                path,
+                                headers,
+                                body,
+                                at: Instant::now(),
+                                nth_for_id: 0,
+                                replied: 0,
+                            };
+                            {
+                                let mut l = log.lock().unwrap();
+                                let n = l.per_id.entry(id).or_insert(0);
+                                *n += 1;
+                                rec.nth_for_id = *n;
+                            }
+                            let f = behaviour.read().unwrap().clone();
+                            let reply = f(&rec);
+                            // Logged on arrival; counted as answered only once the
+                            // (possibly delayed) reply is actually sent.
+                            let idx = {
+                                let mut l = log.lock().unwrap();
+                                l.all.push(rec);
+                                l.all.len() - 1
+                            };
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            log.lock().unwrap().all[idx].replied = reply.status;
+                            let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+                            *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                            for (k, v) in reply.headers {
+                                resp.headers_mut().insert(
+                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    http::HeaderValue::from_str(&v).unwrap(),
+                                );
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    /// Closes the listener and every open connection: connections are then refused.
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.tasks.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn resume(&mut self) {
+        self.listen().await;
+    }
+
+    pub fn set(&self, f: impl Fn(&Received) -> Reply + Send + Sync + 'static) {
+        *self.behaviour.write().unwrap() = Arc::new(f);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().all.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.log.lock().unwrap().all.len()
+    }
+
+    /// Distinct ids that got a 2xx.
+    pub fn delivered_ids(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.log.lock().unwrap().all.iter() {
+            if (200..300).contains(&r.replied) {
+                *out.entry(r.id().to_string()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// Waits until `pred` holds for the log, or panics after `within`.
+    pub async fn wait_for(&self, within: Duration, what: &str, pred: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !pred(self) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}: receiver has {} request(s), {} delivered id(s)",
+                    self.count(),
+                    self.delivered_ids().len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(t) = self.tasks.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The natshook binary, run with a config file.
+pub struct Natshook {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+    runs: usize,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_natshook")
+}
+
+impl Natshook {
+    /// Writes the config (with `{http_port}` substituted) and starts natshook, waiting
+    /// for /readyz.
+    pub async fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let path = dir.path().join("natshook.toml");
+        std::fs::write(&path, config.replace("{http_port}", &http_port.to_string()))
+            .expect("write config");
+        let mut n = Self {
+            child: None,
+            http_port,
+            dir,
+            config: path,
+            runs: 0,
+        };
+        n.spawn().await;
+        n
+    }
+
+    pub fn log_path(&self, run: usize) -> PathBuf {
+        self.dir.path().join(format!("natshook-{run}.log"))
+    }
+
+    /// Every log line so far, all runs.
+    pub fn logs(&self) -> String {
+        (1..=self.runs)
+            .map(|i| std::fs::read_to_string(self.log_path(i)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    pub async fn spawn(&mut self) {
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "natshook=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn natshook");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30)).await;
+    }
+
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("natshook exited early with {status}:\n{}", self.logs());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natshook never became ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(&format!("http://127.0.0.1:{}{path}", self.http_port)).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// The value of one metric series, e.g. `natshook_endpoint_paused{endpoint="a"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l[series.len()..].trim().parse().ok())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait for exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60)).await
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.child = None;
+                return s;
+            }
+            assert!(Instant::now() < deadline, "natshook did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Natshook {
+    fn drop(&mut self) {
+        self.sigkill();
+        if std::thread::panicking() {
+            eprintln!("---- natshook logs ----\n{}", self.logs());
+        }
+    }
+}
+
+/// A plain GET with hyper's client.
+pub async fn http_get(url: &str) -> Result<(u16, String), String> {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A config for tests: receivers on loopback over http.
+pub struct TestConfig {
+    pub nats_url: String,
+    pub stream: String,
+    pub create_stream: bool,
+    pub events: Vec<(String, String)>,
+    pub endpoints: Vec<String>,
+    pub top: String,
+}
+
+impl TestConfig {
+    pub fn new(nats_url: String) -> Self {
+        Self {
+            nats_url,
+            stream: "EVENTS".into(),
+            create_stream: true,
+            events: vec![
+                ("crm.lead.created".into(), "lead.created".into()),
+                ("helpdesk.ticket.*".into(), "ticket.{3}".into()),
+            ],
+            endpoints: vec![],
+            top: String::new(),
+        }
+    }
+
+    /// Adds an endpoint; `extra` is raw TOML lines for it.
+    pub fn endpoint(mut self, name: &str, url: &str, events: &[&str], extra: &str) -> Self {
+        let events = events
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.endpoints.push(format!(
+            "[[endpoints]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = [{events}]\nsecret = {{ value = \"secret-{name}\" }}\nallow_http = true\nallow_private = true\n{extra}\n"
+        ));
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&self.top);
+        s.push_str(&format!(
+            "\n[nats]\nurl = \"{}\"\nstream = \"{}\"\ncreate_stream = {}\n\n[http]\nlisten = \"127.0.0.1:{{http_port}}\"\n\n",
+            self.nats_url, self.stream, self.create_stream
+        ));
+        for (subject, event) in &self.events {
+            s.push_str(&format!(
+                "[[events]]\nsubject = \"{subject}\"\nevent = \"{event}\"\n"
+            ));
+        }
+        for e in &self.endpoints {
+            s.push('\n');
+            s.push_str(e);
+        }
+        s
+    }
+}
+
+/// `n` lead.created messages with JSON payloads and distinct `Nats-Msg-Id`s.
+pub fn leads(n: usize, prefix: &str) -> Vec<(String, Bytes, Option<String>)> {
+    (0..n)
+        .map(|i| {
+            (
+                "crm.lead.created".to_string(),
+                Bytes::from(format!("{{\"lead\":{i},\"name\":\"lead {i}\"}}")),
+                Some(format!("{prefix}-{i}")),
+            )
+        })
+        .collect()
+}
