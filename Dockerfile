@@ -1,0 +1,20 @@
+# Multi-stage build: a release binary, then a small Debian runtime with CA roots
+# (for https receivers) and a non-root user.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY examples ./examples
+RUN cargo build --release --locked --bin natshook
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home natshook
+COPY --from=build /src/target/release/natshook /usr/local/bin/natshook
+COPY config/natshook.example.toml /etc/natshook/natshook.example.toml
+USER 10001
+EXPOSE 9464
+ENTRYPOINT ["natshook"]
+CMD ["run", "--config", "/etc/natshook/natshook.toml"]
