@@ -549,6 +549,27 @@ impl Natshook {
         }
     }
 
+    /// Runs another natshook command against the same config file.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg("--config").arg(&self.config);
+        cmd.output().expect("run natshook")
+    }
+
+    /// The dead-letter records of `endpoint`, via `natshook dlq list`.
+    pub fn dead_letters(&self, endpoint: &str) -> Vec<serde_json::Value> {
+        let out = self.cli(&["dlq", "list", "--endpoint", endpoint, "--limit", "100000"]);
+        assert!(
+            out.status.success(),
+            "dlq list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("dlq record is JSON"))
+            .collect()
+    }
+
     pub fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

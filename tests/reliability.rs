@@ -1,0 +1,586 @@
+//! Fault tests: receivers that fail, hang, refuse, throttle or are gone; nats-server
+//! and natshook killed mid-stream; SIGTERM with deliveries in flight. Every test ends
+//! with the same assertion: each published id reached the receiver at least once or
+//! sits, complete, in the dead letters, and nothing else arrived.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use base64::Engine;
+use bytes::Bytes;
+use common::*;
+
+/// Each published id was delivered (2xx) or dead-lettered, and no other id arrived.
+/// Every request carrying an id carried the same event and subject.
+fn assert_nothing_lost(rx: &Receiver, published: &[String], dead: &[serde_json::Value]) {
+    let delivered = rx.delivered_ids();
+    let dead_ids: BTreeSet<String> = dead
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = published
+        .iter()
+        .filter(|id| !delivered.contains_key(*id) && !dead_ids.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} id(s) lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let known: BTreeSet<&String> = published.iter().collect();
+    let unknown: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.id().to_string())
+        .filter(|id| !known.contains(id))
+        .collect();
+    assert!(unknown.is_empty(), "unexpected ids: {unknown:?}");
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for r in rx.received() {
+        let b = r.json();
+        let key = (b["event"].to_string(), b["metadata"]["subject"].to_string());
+        let prev = seen
+            .entry(r.id().to_string())
+            .or_insert_with(|| key.clone());
+        assert_eq!(*prev, key, "a duplicate of {} differs", r.id());
+        assert_eq!(b["id"], r.id());
+    }
+}
+
+fn ids(messages: &[(String, Bytes, Option<String>)]) -> Vec<String> {
+    messages.iter().map(|m| m.2.clone().unwrap()).collect()
+}
+
+async fn setup(rx: &Receiver, extra: &str) -> (NatsServer, Natshook, jetstream::Context) {
+    let nats = NatsServer::start();
+    let config = TestConfig::new(nats.url()).endpoint("e", &rx.url("/hook"), &["*"], extra);
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    (nats, natshook, js)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_failing_the_first_attempts_gets_every_message_with_counting_attempts() {
+    let rx = Receiver::with(|r| match r.nth_for_id {
+        1 => Reply::status(500),
+        2 => Reply::status(503),
+        _ => Reply::ok(),
+    })
+    .await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "retry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\ndisable_after_failures = 0",
+    )
+    .await;
+    let msgs = leads(1000, "k");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(90), "1000 delivered", |r| {
+        r.delivered_ids().len() >= 1000
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    let mut by_id: BTreeMap<String, Vec<(usize, String, u64)>> = BTreeMap::new();
+    for r in rx.received() {
+        by_id.entry(r.id().to_string()).or_default().push((
+            r.nth_for_id,
+            r.header("x-webhook-attempt").to_string(),
+            r.json()["metadata"]["attempt"].as_u64().unwrap(),
+        ));
+    }
+    for (id, mut tries) in by_id {
+        tries.sort();
+        let attempts: Vec<String> = tries.iter().map(|t| t.1.clone()).collect();
+        assert_eq!(
+            attempts,
+            ["1", "2", "3"],
+            "{id}: X-Webhook-Attempt counts up"
+        );
+        assert!(
+            tries.iter().all(|t| t.1 == t.2.to_string()),
+            "{id}: body attempt matches header"
+        );
+    }
+    let m = natshook.metrics().await;
+    assert!(m.contains("natshook_deliveries_total{endpoint=\"e\",event=\"lead.created\",outcome=\"retry\"} 2000"), "{m}");
+    assert!(m.contains("natshook_deliveries_total{endpoint=\"e\",event=\"lead.created\",outcome=\"success\"} 1000"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_500_dead_letters_complete_records_and_replay_delivers_them() {
+    let long_body = "x".repeat(10_000);
+    let body = long_body.clone();
+    let rx = Receiver::with(move |_| Reply::status(500).body(body.clone())).await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "retry_schedule = [\"50ms\"]\nmax_attempts = 3\ndisable_after_failures = 0",
+    )
+    .await;
+    let msgs = leads(200, "d");
+    let published = ids(&msgs);
+    let payloads: BTreeMap<String, Bytes> = msgs
+        .iter()
+        .map(|m| (m.2.clone().unwrap(), m.1.clone()))
+        .collect();
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(60), "3 attempts each", |r| {
+        r.count() >= 600
+    })
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = natshook.dead_letters("e");
+        if dead.len() >= 200 || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(dead.len(), 200);
+    assert_eq!(rx.count(), 600, "exactly max_attempts tries each");
+    for d in &dead {
+        let id = d["id"].as_str().unwrap();
+        assert_eq!(d["endpoint"], "e");
+        assert_eq!(d["event"], "lead.created");
+        assert_eq!(d["subject"], "crm.lead.created");
+        assert_eq!(d["attempts"], 3);
+        assert_eq!(d["last_status"], 500);
+        assert_eq!(d["last_error"], "HTTP 500");
+        assert_eq!(d["response_body"].as_str().unwrap(), &long_body[..4096]);
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(d["payload"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(payload, payloads[id].as_ref(), "original payload kept");
+        assert!(d["reason"].as_str().unwrap().contains("after 3 attempts"));
+    }
+    assert_nothing_lost(&rx, &published, &dead);
+    assert_eq!(
+        natshook
+            .metric("natshook_dead_letters_total{endpoint=\"e\"}")
+            .await,
+        Some(200.0)
+    );
+
+    // The receiver is fixed; replay one by id, then the rest.
+    rx.set(|_| Reply::ok());
+    let out = natshook.cli(&["dlq", "replay", "--endpoint", "e", "--id", "d-7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(natshook.dead_letters("e").len(), 199);
+    let out = natshook.cli(&["dlq", "replay", "--endpoint", "e", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rx.delivered_ids().len(),
+        200,
+        "every dead letter delivered by replay"
+    );
+    assert!(
+        natshook.dead_letters("e").is_empty(),
+        "replayed records are removed"
+    );
+    let replayed = rx
+        .received()
+        .into_iter()
+        .find(|r| r.id() == "d-7" && r.replied == 200)
+        .unwrap();
+    assert_eq!(replayed.json()["data"]["lead"], 7);
+    assert_eq!(replayed.header("x-webhook-attempt"), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_hanging_past_the_timeout_is_retried() {
+    let rx = Receiver::with(|r| {
+        if r.nth_for_id == 1 {
+            Reply::ok().delay(Duration::from_secs(5))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "timeout = \"300ms\"\nretry_schedule = [\"100ms\"]\nmax_attempts = 5\ndisable_after_failures = 0",
+    )
+    .await;
+    let msgs = leads(300, "h");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(60), "300 delivered", |r| {
+        r.received()
+            .iter()
+            .filter(|x| x.nth_for_id == 2 && x.replied == 200)
+            .count()
+            >= 300
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    let timeouts = natshook
+        .metric("natshook_delivery_attempts_total{endpoint=\"e\",status=\"timeout\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(timeouts >= 300.0, "timeouts counted: {timeouts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_retried_until_the_receiver_is_back() {
+    let mut rx = Receiver::start().await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "retry_schedule = [\"200ms\"]\nmax_attempts = 1000\ndisable_after_failures = 0",
+    )
+    .await;
+    rx.stop().await;
+    let msgs = leads(1000, "c");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while natshook
+        .metric("natshook_delivery_attempts_total{endpoint=\"e\",status=\"connect_error\"}")
+        .await
+        .unwrap_or(0.0)
+        < 1000.0
+    {
+        assert!(Instant::now() < deadline, "connect errors not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rx.resume().await;
+    rx.wait_for(Duration::from_secs(60), "1000 delivered", |r| {
+        r.delivered_ids().len() >= 1000
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_sets_the_delay() {
+    let rx = Receiver::with(|r| {
+        if r.nth_for_id == 1 {
+            Reply::status(429).header("Retry-After", "2")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    // Without Retry-After the retry would wait 60 s.
+    let (_nats, _natshook, js) = setup(
+        &rx,
+        "retry_schedule = [\"60s\"]\ndisable_after_failures = 0",
+    )
+    .await;
+    let msgs = leads(20, "r");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(30), "20 delivered", |r| {
+        r.delivered_ids().len() >= 20
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    let got = rx.received();
+    for id in &published {
+        let first = got
+            .iter()
+            .find(|r| r.id() == id && r.nth_for_id == 1)
+            .unwrap();
+        let second = got
+            .iter()
+            .find(|r| r.id() == id && r.nth_for_id == 2)
+            .unwrap();
+        let gap = second.at - first.at;
+        assert!(
+            gap >= Duration::from_millis(1900) && gap < Duration::from_secs(10),
+            "{id}: retried after {gap:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_pauses_at_once_and_loses_nothing() {
+    let rx = Receiver::with(|_| Reply::status(410)).await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "concurrency = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\ndisable_after_failures = 1000\nmax_attempts = 3\nretry_schedule = [\"100ms\"]",
+    )
+    .await;
+    let msgs = leads(100, "g");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while natshook
+        .metric("natshook_endpoint_paused{endpoint=\"e\"}")
+        .await
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "410 did not pause the endpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // At most the in-flight requests of the moment plus one probe per second.
+    assert!(
+        rx.count() <= 4 + 4,
+        "fetching stopped while paused: {} requests",
+        rx.count()
+    );
+    assert!(
+        natshook.dead_letters("e").is_empty(),
+        "a pause never dead-letters"
+    );
+    rx.set(|_| Reply::ok());
+    rx.wait_for(
+        Duration::from_secs(30),
+        "100 delivered after the receiver is back",
+        |r| r.delivered_ids().len() >= 100,
+    )
+    .await;
+    assert_eq!(
+        natshook
+            .metric("natshook_endpoint_paused{endpoint=\"e\"}")
+            .await,
+        Some(0.0)
+    );
+    assert_nothing_lost(&rx, &published, &[]);
+    assert!(natshook.dead_letters("e").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_dead_letters() {
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "disable_after_failures = 5\nprobe_interval = \"300ms\"\nprobe_max_interval = \"1s\"\nmax_attempts = 20\nretry_schedule = [\"100ms\"]",
+    )
+    .await;
+    let msgs = leads(2000, "p");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while natshook
+        .metric("natshook_endpoint_paused{endpoint=\"e\"}")
+        .await
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "endpoint did not pause");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_pause = rx.count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = rx.count() - at_pause;
+    assert!(
+        during <= 64 + 10,
+        "paused endpoint kept receiving: {during} requests in 3 s"
+    );
+    assert!(natshook.logs().matches("endpoint paused").count() >= 1);
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(60), "2000 delivered", |r| {
+        r.delivered_ids().len() >= 2000
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert!(
+        natshook.dead_letters("e").is_empty(),
+        "the pause caused dead letters"
+    );
+    assert_eq!(
+        natshook
+            .metric("natshook_endpoint_paused{endpoint=\"e\"}")
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_restarted_mid_stream_loses_nothing() {
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let mut nats = NatsServer::start();
+    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
+    let js = jetstream::new(nats.client().await);
+    let msgs = leads(5000, "n");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    let mut config =
+        TestConfig::new(nats.url()).endpoint("e", &rx.url("/"), &["*"], "concurrency = 16");
+    config.create_stream = false;
+    let mut natshook = Natshook::start(&config.render()).await;
+    rx.wait_for(Duration::from_secs(60), "1000 delivered", |r| {
+        r.delivered_ids().len() >= 1000
+    })
+    .await;
+    nats.restart();
+    assert!(
+        rx.delivered_ids().len() < 5000,
+        "restart happened mid-stream"
+    );
+    rx.wait_for(Duration::from_secs(120), "5000 delivered", |r| {
+        r.delivered_ids().len() >= 5000
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    natshook.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(natshook.metric("natshook_nats_connected").await, Some(1.0));
+    assert!(natshook.logs().contains("disconnected from NATS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natshook_sigkilled_mid_stream_and_restarted_loses_nothing() {
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let (_nats, mut natshook, js) = setup(&rx, "concurrency = 32").await;
+    let msgs = leads(5000, "s");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(60), "1500 delivered", |r| {
+        r.delivered_ids().len() >= 1500
+    })
+    .await;
+    natshook.sigkill();
+    let at_kill = rx.delivered_ids().len();
+    assert!(at_kill < 5000, "kill happened mid-stream");
+    natshook.spawn().await;
+    rx.wait_for(Duration::from_secs(120), "5000 delivered", |r| {
+        r.delivered_ids().len() >= 5000
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    // Only messages in flight at the kill may come twice.
+    let dups = rx.delivered_ids().values().filter(|n| **n > 1).count();
+    assert!(dups <= 32 * 2, "{dups} duplicates after SIGKILL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_deliveries_finish_then_exits_0() {
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(1500))).await;
+    let (_nats, mut natshook, js) = setup(&rx, "concurrency = 10").await;
+    let msgs = leads(50, "t");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(10), "10 in flight", |r| r.count() >= 10)
+        .await;
+    let start = Instant::now();
+    let status = natshook.terminate().await;
+    assert!(status.success(), "exit {status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "drained in {:?}",
+        start.elapsed()
+    );
+    let finished = rx.delivered_ids();
+    assert!(
+        finished.len() >= 10,
+        "in-flight deliveries completed: {}",
+        finished.len()
+    );
+
+    rx.set(|_| Reply::ok());
+    natshook.spawn().await;
+    rx.wait_for(Duration::from_secs(30), "50 delivered", |r| {
+        r.delivered_ids().len() >= 50
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    let again: Vec<_> = finished
+        .keys()
+        .filter(|id| rx.delivered_ids()[*id] > 1)
+        .collect();
+    assert!(
+        again.is_empty(),
+        "completed before SIGTERM yet sent again: {again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_secs(20))).await;
+    let nats = NatsServer::start();
+    let mut config = TestConfig::new(nats.url()).endpoint(
+        "e",
+        &rx.url("/"),
+        &["*"],
+        "concurrency = 5\ntimeout = \"30s\"",
+    );
+    config.top = "shutdown_grace = \"1s\"\n".into();
+    let mut natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let msgs = leads(5, "x");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(10), "5 in flight", |r| r.count() >= 5)
+        .await;
+    let start = Instant::now();
+    let status = natshook.terminate().await;
+    assert!(status.success(), "exit {status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "exited in {:?}",
+        start.elapsed()
+    );
+    assert!(natshook.logs().contains("grace period over"));
+    rx.set(|_| Reply::ok());
+    let restarted = Instant::now();
+    natshook.spawn().await;
+    rx.wait_for(Duration::from_secs(15), "5 delivered", |r| {
+        r.delivered_ids().len() >= 5
+    })
+    .await;
+    // NAKed without delay: back at once, not after ack_wait.
+    assert!(restarted.elapsed() < Duration::from_secs(10));
+    assert_nothing_lost(&rx, &published, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_messages_go_straight_to_dead_letters_with_the_reason() {
+    let rx = Receiver::start().await;
+    let (_nats, natshook, js) = setup(&rx, "max_body = 100").await;
+    publish_all(
+        &js,
+        vec![
+            (
+                "crm.lead.created".into(),
+                Bytes::from(vec![b'x'; 200]),
+                Some("big".into()),
+            ),
+            (
+                "crm.lead.created".into(),
+                Bytes::from_static(&[0xff, 0xfe, 0x00]),
+                Some("binary".into()),
+            ),
+            (
+                "crm.lead.created".into(),
+                Bytes::from_static(b"{\"ok\":1}"),
+                Some("fine".into()),
+            ),
+        ],
+    )
+    .await;
+    rx.wait_for(Duration::from_secs(10), "1 delivered", |r| {
+        r.delivered_ids().len() >= 1
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let d = natshook.dead_letters("e");
+        if d.len() >= 2 || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let big = dead.iter().find(|d| d["id"] == "big").unwrap();
+    assert!(big["reason"].as_str().unwrap().contains("exceeds max_body"));
+    assert_eq!(big["attempts"], 0);
+    let bin = dead.iter().find(|d| d["id"] == "binary").unwrap();
+    assert!(bin["reason"]
+        .as_str()
+        .unwrap()
+        .contains("neither JSON nor UTF-8"));
+    assert_eq!(bin["payload"], "//4A");
+    assert_nothing_lost(&rx, &["big".into(), "binary".into(), "fine".into()], &dead);
+}
