@@ -191,7 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
     )
     .await?;
     let js = jetstream::new(client.clone());
-    let dead_letters = DeadLetters::new(js.clone());
+    let dead_letters = DeadLetters::new(js.clone(), config.dead_letter.max_age);
     let router = Arc::new(config.router.clone());
 
     let mut workers = Vec::new();
@@ -221,7 +221,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
 
     ensure_stream(&js, &config, &shutdown).await?;
     loop {
-        match dead_letters.ensure_stream(config.dead_letter.max_age).await {
+        match dead_letters.ensure_stream().await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot set up dead-letter stream yet; retrying");

@@ -308,7 +308,10 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
     let client = crate::bridge::connect(&config.nats, false, None)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let dlq = DeadLetters::new(async_nats::jetstream::new(client.clone()));
+    let dlq = DeadLetters::new(
+        async_nats::jetstream::new(client.clone()),
+        config.dead_letter.max_age,
+    );
     match cmd {
         DlqCommand::List {
             endpoint, limit, ..

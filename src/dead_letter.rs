@@ -88,15 +88,17 @@ pub struct StoredDeadLetter {
 #[derive(Clone)]
 pub struct DeadLetters {
     js: jetstream::Context,
+    max_age: Duration,
 }
 
 impl DeadLetters {
-    pub fn new(js: jetstream::Context) -> Self {
-        Self { js }
+    pub fn new(js: jetstream::Context, max_age: Duration) -> Self {
+        Self { js, max_age }
     }
 
     /// Creates the stream if missing; an existing stream is left as the operator set it.
-    pub async fn ensure_stream(&self, max_age: Duration) -> Result<(), DeadLetterError> {
+    pub async fn ensure_stream(&self) -> Result<(), DeadLetterError> {
+        let max_age = self.max_age;
         self.js
             .get_or_create_stream(stream::Config {
                 name: DLQ_STREAM.to_string(),
@@ -112,11 +114,27 @@ impl DeadLetters {
     }
 
     /// Publishes and waits for JetStream's ack: only then may the original be acked.
+    /// If the stream has gone (deleted by hand), it is created again once.
     pub async fn publish(&self, record: &DeadLetter) -> Result<(), DeadLetterError> {
-        let body =
-            serde_json::to_vec(record).map_err(|e| DeadLetterError::Publish(e.to_string()))?;
+        let body: Bytes = serde_json::to_vec(record)
+            .map_err(|e| DeadLetterError::Publish(e.to_string()))?
+            .into();
+        match self.publish_once(&record.endpoint, body.clone()).await {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                if self.js.get_stream(DLQ_STREAM).await.is_ok() {
+                    return Err(first);
+                }
+                tracing::warn!("dead-letter stream {DLQ_STREAM} is missing; creating it again");
+                self.ensure_stream().await?;
+                self.publish_once(&record.endpoint, body).await
+            }
+        }
+    }
+
+    async fn publish_once(&self, endpoint: &str, body: Bytes) -> Result<(), DeadLetterError> {
         self.js
-            .publish(dlq_subject(&record.endpoint), body.into())
+            .publish(dlq_subject(endpoint), body)
             .await
             .map_err(|e| DeadLetterError::Publish(e.to_string()))?
             .await

@@ -483,3 +483,57 @@ async fn missing_stream_is_a_clear_startup_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stream EVENTS does not exist"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_authentication_from_an_env_secret() {
+    let nats = NatsServer::start_with(&["--auth", "s3cr3t-token"]);
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("crm", &rx.url("/"), &["*"], "");
+    let text = config.render().replace(
+        "create_stream = true",
+        "create_stream = true\ntoken = { env = \"NATSHOOK_TEST_NATS_TOKEN\" }",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text.replace("{http_port}", &free_port().to_string())).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("NATSHOOK_TEST_NATS_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing token variable is a config error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("nats.token: environment variable NATSHOOK_TEST_NATS_TOKEN is not set"));
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NATSHOOK_TEST_NATS_TOKEN", "s3cr3t-token")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = async_nats::ConnectOptions::with_token("s3cr3t-token".into())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while js.get_stream("EVENTS").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "natshook never created the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_all(&js, leads(3, "tok")).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        r.delivered_ids().len() >= 3
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -415,7 +415,23 @@ async fn nats_server_restarted_mid_stream_loses_nothing() {
         r.delivered_ids().len() >= 1000
     })
     .await;
-    nats.restart();
+    nats.kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, body) = natshook.get("/readyz").await.unwrap();
+        if code == 503 {
+            assert!(body.contains("NATS is not connected"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed ready while NATS was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(natshook.metric("natshook_nats_connected").await, Some(0.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.spawn();
     assert!(
         rx.delivered_ids().len() < 5000,
         "restart happened mid-stream"
@@ -583,4 +599,112 @@ async fn undeliverable_messages_go_straight_to_dead_letters_with_the_reason() {
         .contains("neither JSON nor UTF-8"));
     assert_eq!(bin["payload"], "//4A");
     assert_nothing_lost(&rx, &["big".into(), "binary".into(), "fine".into()], &dead);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_failed_attempts_and_never_followed() {
+    let target = Receiver::start().await;
+    let location = target.url("/elsewhere");
+    let rx = Receiver::with(move |_| Reply::status(302).header("Location", &location)).await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0",
+    )
+    .await;
+    let msgs = leads(10, "redir");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(20), "2 attempts each", |r| {
+        r.count() >= 20
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let d = natshook.dead_letters("e");
+        if d.len() >= 10 || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 10);
+    assert!(dead.iter().all(|d| d["last_status"] == 302));
+    assert_eq!(target.count(), 0, "the redirect was followed");
+    assert_eq!(
+        natshook
+            .metric("natshook_delivery_attempts_total{endpoint=\"e\",status=\"3xx\"}")
+            .await,
+        Some(20.0)
+    );
+    assert_nothing_lost(&rx, &published, &dead);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_endpoint_delivers_in_stream_order_despite_a_failure() {
+    let rx = Receiver::with(|r| {
+        if r.id() == "o-5" && r.nth_for_id <= 2 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let (_nats, _natshook, js) = setup(
+        &rx,
+        "ordered = true\nretry_schedule = [\"200ms\"]\nmax_attempts = 5\ndisable_after_failures = 0",
+    )
+    .await;
+    let msgs = leads(30, "o");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(30), "30 delivered", |r| {
+        r.delivered_ids().len() >= 30
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    let order: Vec<u64> = rx
+        .received()
+        .iter()
+        .map(|r| r.json()["metadata"]["stream_sequence"].as_u64().unwrap())
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(
+        order, sorted,
+        "head-of-line: nothing overtakes the failing message"
+    );
+    assert_eq!(
+        order.len(),
+        32,
+        "one message at a time: 30 deliveries + 2 retries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dead_letter_stream_is_created_again() {
+    let rx = Receiver::with(|_| Reply::status(500)).await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0",
+    )
+    .await;
+    js.delete_stream("NATSHOOK_DLQ")
+        .await
+        .expect("delete dlq stream");
+    let msgs = leads(5, "dd");
+    let published = ids(&msgs);
+    publish_all(&js, msgs).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        let out = natshook.cli(&["dlq", "list", "--endpoint", "e"]);
+        let d: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if d.len() >= 5 || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 5, "dead letters after the stream was deleted");
+    assert_nothing_lost(&rx, &published, &dead);
 }

@@ -64,32 +64,35 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra nats-server arguments (e.g. `--auth TOKEN`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
         let mut s = Self {
             child: None,
             port: free_port(),
             store,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
     }
 
-    fn spawn(&mut self) {
+    /// Starts the (killed) server again on the same port with the same store.
+    pub fn spawn(&mut self) {
         let bin = tool("nats-server");
+        let port = self.port.to_string();
         let child = Command::new(&bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
