@@ -34,6 +34,10 @@ pub enum BridgeError {
     Client(#[from] ClientError),
 }
 
+/// How often `{ file }` secrets are re-read. Kubernetes updates mounted Secrets
+/// within about a minute; a few seconds more is not noticeable, a read is cheap.
+const SECRET_POLL: Duration = Duration::from_secs(2);
+
 struct BridgeStatus {
     connected: Arc<AtomicBool>,
     workers: Vec<Arc<Worker>>,
@@ -198,6 +202,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
     for endpoint in &config.endpoints {
         let endpoint = Arc::new(endpoint.clone());
         let deliverer = Deliverer::new(endpoint.clone())?;
+        tokio::spawn(
+            deliverer
+                .clone()
+                .watch_secrets(SECRET_POLL, shutdown.clone()),
+        );
         workers.push(Arc::new(Worker::new(
             endpoint,
             deliverer,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Endpoint};
 use crate::dead_letter::DeadLetters;
-use crate::delivery::{Deliverer, Request};
+use crate::delivery::{forwarded_headers, Deliverer, Request};
 use crate::envelope::{self, MessageFacts};
 use crate::secret::Secret;
 use crate::signing::{Scheme, Signer};
@@ -405,6 +405,12 @@ async fn replay_one(
             event: &event,
             attempt,
             body,
+            forwarded: forwarded_headers(
+                ep,
+                r.headers
+                    .iter()
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str()))),
+            ),
         })
         .await;
     if result.is_success() {

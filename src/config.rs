@@ -18,6 +18,7 @@ use figment::Figment;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use crate::guard::TargetPolicy;
 use crate::routing::{EventFilter, EventRule, EventTemplate, Pattern, Router};
 use crate::secret::{Secret, SecretList, SecretRef, SECRET_KEYS};
 use crate::signing::{Scheme, Signer};
@@ -109,7 +110,13 @@ pub struct Endpoint {
     pub signer: Signer,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub allow_http: bool,
-    pub allow_private: bool,
+    /// Which resolved addresses this endpoint may reach (SSRF guard).
+    pub target: TargetPolicy,
+    /// The secret references, re-read when a `{ file }` secret changes.
+    pub secret_refs: Vec<SecretRef>,
+    /// NATS message headers copied onto the request (besides W3C trace context).
+    pub forward_headers: Vec<HeaderName>,
+    pub tls: EndpointTls,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub max_attempts: u32,
@@ -134,6 +141,15 @@ impl Endpoint {
             .copied()
             .unwrap_or(Duration::from_secs(1))
     }
+}
+
+/// TLS to one receiver: a private CA instead of the system roots, and a client
+/// certificate for receivers that require mutual TLS.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,7 +270,12 @@ struct RawSettings {
     probe_max_interval: Option<String>,
     allow_http: Option<bool>,
     allow_private: Option<bool>,
+    allow_cidrs: Option<Vec<String>>,
     headers: Option<BTreeMap<String, SecretRef>>,
+    forward_headers: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 const SETTINGS_KEYS: &[&str] = &[
@@ -272,7 +293,12 @@ const SETTINGS_KEYS: &[&str] = &[
     "probe_max_interval",
     "allow_http",
     "allow_private",
+    "allow_cidrs",
     "headers",
+    "forward_headers",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -768,13 +794,29 @@ fn validate_endpoint(
     let (allow_http, _) = pick!(allow_http);
     let allow_http = allow_http.unwrap_or(false);
     let (allow_private, _) = pick!(allow_private);
-    let allow_private = allow_private.unwrap_or(false);
+    let (cidrs, cidrs_path) = pick!(allow_cidrs);
+    let mut target = TargetPolicy {
+        allow_private: allow_private.unwrap_or(false),
+        allow_cidrs: Vec::new(),
+    };
+    for (j, c) in cidrs.unwrap_or_default().iter().enumerate() {
+        match c.parse::<ipnet::IpNet>() {
+            Ok(net) => target.allow_cidrs.push(net),
+            Err(_) => match c.parse::<IpAddr>() {
+                Ok(ip) => target.allow_cidrs.push(ipnet::IpNet::from(ip)),
+                Err(_) => p.add(
+                    format!("{cidrs_path}[{j}]"),
+                    format_args!("'{c}' is not a CIDR range such as 10.1.0.0/16"),
+                ),
+            },
+        }
+    }
     let url = match &ep.url {
         None => {
             p.add(at("url"), "required");
             None
         }
-        Some(u) => validate_url(u, allow_http, allow_private)
+        Some(u) => validate_url(u, allow_http, &target)
             .map_err(|m| p.add(at("url"), m))
             .ok(),
     };
@@ -832,10 +874,14 @@ fn validate_endpoint(
                 p.add(at("secret"), "must list at least one secret");
             }
             let mut out = Vec::new();
-            for r in refs {
+            for (j, r) in refs.iter().enumerate() {
+                let path = match list {
+                    SecretList::One(_) => at("secret"),
+                    SecretList::Many(_) => format!("{path}.secret[{j}]"),
+                };
                 match r.resolve() {
                     Ok(s) => out.push(s),
-                    Err(e) => p.add(at("secret"), e),
+                    Err(e) => p.add(path, e),
                 }
             }
             Some(out)
@@ -918,6 +964,54 @@ fn validate_endpoint(
         }
     }
 
+    let (forward, fwd_path) = pick!(forward_headers);
+    let mut forward_headers = Vec::new();
+    for (j, name) in forward.unwrap_or_default().iter().enumerate() {
+        let lower = name.to_ascii_lowercase();
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => p.add(
+                format!("{fwd_path}[{j}]"),
+                format_args!("'{name}' is not a valid header name"),
+            ),
+            Ok(_)
+                if RESERVED_HEADERS.contains(&lower.as_str())
+                    || RESERVED_HEADER_PREFIXES
+                        .iter()
+                        .any(|pre| lower.starts_with(pre)) =>
+            {
+                p.add(
+                    format!("{fwd_path}[{j}]"),
+                    "natshook sets this header itself; it cannot be forwarded",
+                )
+            }
+            Ok(h) => forward_headers.push(h),
+        }
+    }
+    let mut tls = EndpointTls::default();
+    for (key, slot) in [
+        ("ca_file", &mut tls.ca_file),
+        ("cert_file", &mut tls.cert_file),
+        ("key_file", &mut tls.key_file),
+    ] {
+        let (file, fpath) = match key {
+            "ca_file" => pick!(ca_file),
+            "cert_file" => pick!(cert_file),
+            _ => pick!(key_file),
+        };
+        if let Some(f) = file {
+            if let Err(e) = std::fs::metadata(&f) {
+                p.add(fpath, format_args!("cannot read {}: {e}", f.display()));
+            }
+            *slot = Some(f);
+        }
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        p.add(
+            at("cert_file"),
+            "cert_file and key_file must be set together",
+        );
+    }
+
     let (timeout, tpath) = pick!(timeout);
     let timeout = match timeout {
         Some(t) => p.duration(&tpath, &t),
@@ -998,7 +1092,14 @@ fn validate_endpoint(
         signer: signer?,
         headers,
         allow_http,
-        allow_private,
+        target,
+        secret_refs: ep
+            .secret
+            .as_ref()
+            .map(|l| l.refs().into_iter().cloned().collect())
+            .unwrap_or_default(),
+        forward_headers,
+        tls,
         timeout: timeout?,
         retry_schedule,
         max_attempts: max_attempts?,
@@ -1015,7 +1116,7 @@ fn validate_endpoint(
 
 /// Checks the URL text; literal private addresses need `allow_private` (names are
 /// checked again on every resolved address at connect time).
-fn validate_url(text: &str, allow_http: bool, allow_private: bool) -> Result<http::Uri, String> {
+fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<http::Uri, String> {
     let uri: http::Uri = text
         .parse()
         .map_err(|e| format!("'{text}' is not a URL: {e}"))?;
@@ -1030,11 +1131,15 @@ fn validate_url(text: &str, allow_http: bool, allow_private: bool) -> Result<htt
     let host = uri.host().ok_or_else(|| format!("'{text}' has no host"))?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
-        if !allow_private && crate::delivery::is_private(ip) {
+        if !target.permits_ip(ip) {
             return Err(format!(
-                "{ip} is a private, loopback or link-local address (set allow_private = true to permit it)"
+                "{ip} is a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"
             ));
         }
+    } else if !target.permits_host(bare) {
+        return Err(format!(
+            "{bare} is an internal host name (set allow_private = true to permit it)"
+        ));
     }
     Ok(uri)
 }

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::breaker::{Breaker, PauseReason};
 use crate::config::Endpoint;
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::delivery::{AttemptResult, Deliverer, Request, RESPONSE_BODY_LIMIT};
+use crate::delivery::{forwarded_headers, AttemptResult, Deliverer, Request, RESPONSE_BODY_LIMIT};
 use crate::envelope::{self, MessageFacts};
 use crate::metrics::{EndpointMetrics, Metrics, Outcome};
 use crate::routing::Router;
@@ -391,11 +391,21 @@ impl Worker {
         };
 
         self.metrics.inflight.inc();
+        let forwarded = match &msg.headers {
+            Some(h) => forwarded_headers(
+                &self.endpoint,
+                h.iter().flat_map(|(name, values)| {
+                    values.iter().map(move |v| (name.as_ref(), v.as_str()))
+                }),
+            ),
+            None => Vec::new(),
+        };
         let send = self.deliverer.send(Request {
             id: &id,
             event: &event,
             attempt: inc.attempt,
             body,
+            forwarded,
         });
         tokio::pin!(send);
         let every = ack_wait(&self.endpoint) / 3;

@@ -5,28 +5,29 @@
 //! needs. Redirects are never followed: a 3xx is a failed attempt, since following it
 //! could send signed events somewhere the operator did not configure.
 //!
-//! Name resolution goes through [`GuardedResolver`], which refuses private and
-//! loopback addresses at connect time unless the endpoint allows them, so a DNS
-//! answer that changes after start-up cannot redirect deliveries into the cluster.
+//! Name resolution goes through [`GuardedResolver`](crate::guard::GuardedResolver),
+//! which applies the SSRF rules to every resolved address at connect time.
 
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::Endpoint;
+use crate::config::{Endpoint, EndpointTls};
+use crate::guard::GuardedResolver;
 use crate::metrics::AttemptStatus;
+use crate::secret::SecretRef;
+use crate::signing::Signer;
 
 /// Response bytes kept for logs and dead letters.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
@@ -40,107 +41,6 @@ pub const X_WEBHOOK_EVENT: HeaderName = HeaderName::from_static("x-webhook-event
 pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
 pub const X_WEBHOOK_ATTEMPT: HeaderName = HeaderName::from_static("x-webhook-attempt");
 pub const X_WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("x-webhook-timestamp");
-
-/// True for addresses a webhook must not reach without `allow_private`: loopback,
-/// RFC 1918, CGNAT, link-local (cloud metadata), ULA, unspecified, multicast,
-/// broadcast/reserved, and IPv4 addresses embedded in IPv6 forms of these.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_v4(v4);
-            }
-            let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) and deprecated IPv4-compatible (::a.b.c.d).
-            if (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0; 4])
-                || (seg[0..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
-            {
-                let o = v6.octets();
-                return is_private_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
-                || v6 == Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)
-        }
-    }
-}
-
-fn is_private_v4(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_multicast()
-        || ip.is_broadcast()
-        || o[0] == 0 // "this network", incl. 0.0.0.0
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
-        || o[0] >= 240 // reserved
-}
-
-/// Host names that only make sense inside a cluster or LAN.
-pub fn is_internal_host(host: &str) -> bool {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
-    h == "localhost"
-        || [
-            ".localhost",
-            ".internal",
-            ".local",
-            ".svc",
-            ".cluster.local",
-            ".lan",
-        ]
-        .iter()
-        .any(|s| h.ends_with(s))
-}
-
-/// DNS resolution that applies the SSRF rules to every resolved address.
-#[derive(Clone)]
-pub struct GuardedResolver {
-    allow_private: bool,
-}
-
-impl tower_service::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let refuse =
-                |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-            if !allow_private && is_internal_host(&host) {
-                return Err(refuse(format!(
-                    "refused: {host} is an internal host name (set allow_private = true to permit it)"
-                )));
-            }
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if allow_private {
-                return Ok(addrs.into_iter());
-            }
-            let (ok, bad): (Vec<SocketAddr>, Vec<SocketAddr>) =
-                addrs.into_iter().partition(|a| !is_private(a.ip()));
-            if ok.is_empty() {
-                let shown = bad.first().map(|a| a.ip().to_string()).unwrap_or_default();
-                return Err(refuse(format!(
-                    "refused: {host} resolves to private address {shown} (set allow_private = true to permit it)"
-                )));
-            }
-            Ok(ok.into_iter())
-        })
-    }
-}
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
@@ -185,6 +85,35 @@ pub struct Request<'a> {
     pub event: &'a str,
     pub attempt: u32,
     pub body: Bytes,
+    /// Headers carried over from the NATS message (trace context, `forward_headers`).
+    pub forwarded: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// W3C trace context: always carried from the NATS message to the request.
+pub const TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// The headers to carry over from a message's headers: trace context plus the
+/// endpoint's `forward_headers`. Names match case-insensitively; values that are not
+/// valid in HTTP (CR, LF, control characters) are dropped, never sent.
+pub fn forwarded_headers<'a>(
+    endpoint: &Endpoint,
+    message_headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let trace = TRACE_HEADERS;
+    let mut out = Vec::new();
+    for (name, value) in message_headers {
+        let wanted = trace
+            .iter()
+            .chain(endpoint.forward_headers.iter())
+            .find(|h| h.as_str().eq_ignore_ascii_case(name));
+        if let (Some(h), Ok(v)) = (wanted, HeaderValue::from_str(value)) {
+            out.push((h.clone(), v));
+        }
+    }
+    out
 }
 
 /// Sends signed requests to one endpoint.
@@ -192,6 +121,8 @@ pub struct Request<'a> {
 pub struct Deliverer {
     client: Client<Connector, Full<Bytes>>,
     endpoint: Arc<Endpoint>,
+    /// Swapped when a `{ file }` secret changes (see [`Deliverer::reload_secrets`]).
+    signer: Arc<ArcSwap<Signer>>,
 }
 
 static USER_AGENT_VALUE: &str = concat!("natshook/", env!("CARGO_PKG_VERSION"));
@@ -201,37 +132,70 @@ static USER_AGENT_VALUE: &str = concat!("natshook/", env!("CARGO_PKG_VERSION"));
 pub enum ClientError {
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("cannot load {0}: {1}")]
+    Pem(String, String),
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
+fn pem_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Pem(path.display().to_string(), e.to_string())
+}
+
+/// System roots, or only the endpoint's `ca_file` when set (a private CA should not
+/// also trust the public ones); a client certificate when configured.
+fn tls_config(tls: &EndpointTls) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A single unparsable system certificate should not disable TLS entirely.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        tracing::warn!("no system CA certificates found; https endpoints will fail to verify");
+    match &tls.ca_file {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| pem_error(ca, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem_error(ca, e))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(pem_error(ca, "no certificate found"));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            // A single unparsable system certificate should not disable TLS entirely.
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no system CA certificates found; https endpoints will fail to verify"
+                );
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| pem_error(cert, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem_error(cert, e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(config)
 }
 
 impl Deliverer {
     pub fn new(endpoint: Arc<Endpoint>) -> Result<Self, ClientError> {
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-            allow_private: endpoint.allow_private,
-        });
+        let mut http =
+            HttpConnector::new_with_resolver(GuardedResolver::new(endpoint.target.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(endpoint.timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
+            .with_tls_config(tls_config(&endpoint.tls)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -240,7 +204,57 @@ impl Deliverer {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(endpoint.concurrency.max(1))
             .build(connector);
-        Ok(Self { client, endpoint })
+        let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
+        Ok(Self {
+            client,
+            endpoint,
+            signer,
+        })
+    }
+
+    /// Re-reads the endpoint's secrets and swaps the signer when they changed, so a
+    /// rotated Kubernetes Secret takes effect without a restart. A secret that cannot
+    /// be read right now (e.g. mid-update) keeps the current signer.
+    pub fn reload_secrets(&self) -> Result<bool, String> {
+        let mut secrets = Vec::with_capacity(self.endpoint.secret_refs.len());
+        for r in &self.endpoint.secret_refs {
+            secrets.push(r.resolve().map_err(|e| e.to_string())?);
+        }
+        let current = self.signer.load();
+        let next = Signer::new(current.scheme(), current.header().clone(), secrets)
+            .map_err(|e| e.to_string())?;
+        if next.same_keys(&current) {
+            return Ok(false);
+        }
+        self.signer.store(Arc::new(next));
+        Ok(true)
+    }
+
+    /// Polls `{ file }` secrets until `stop`.
+    pub async fn watch_secrets(self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        let has_files = self.endpoint.secret_refs.iter().any(SecretRef::is_file);
+        if !has_files {
+            return;
+        }
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.reload_secrets() {
+                Ok(true) => {
+                    failing = false;
+                    tracing::info!(endpoint = %self.endpoint.name, "secret file changed; signing with the new secret");
+                }
+                Ok(false) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot re-read secret; keeping the current one");
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     pub fn endpoint(&self) -> &Arc<Endpoint> {
@@ -256,6 +270,9 @@ impl Deliverer {
         let mut h = HeaderMap::with_capacity(12 + self.endpoint.headers.len());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        for (name, value) in &req.forwarded {
+            h.append(name.clone(), value.clone());
+        }
         for (name, value) in &self.endpoint.headers {
             h.insert(name.clone(), value.clone());
         }
@@ -267,9 +284,7 @@ impl Deliverer {
         }
         h.insert(X_WEBHOOK_ATTEMPT, HeaderValue::from(req.attempt));
         h.insert(X_WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
-        self.endpoint
-            .signer
-            .sign_into(req.id, ts, &req.body, &mut h);
+        self.signer.load().sign_into(req.id, ts, &req.body, &mut h);
         h
     }
 
@@ -396,49 +411,6 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_ranges_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a00:1",
-            "ff02::1",
-        ] {
-            assert!(is_private(ip.parse().unwrap()), "{ip} should be private");
-        }
-        for ip in [
-            "93.184.216.34",
-            "8.8.8.8",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-            "100.128.0.1",
-        ] {
-            assert!(!is_private(ip.parse().unwrap()), "{ip} should be public");
-        }
-    }
-
-    #[test]
-    fn internal_host_names() {
-        assert!(is_internal_host("localhost"));
-        assert!(is_internal_host("api.default.svc.cluster.local"));
-        assert!(is_internal_host("metadata.google.internal"));
-        assert!(is_internal_host("printer.local."));
-        assert!(!is_internal_host("hooks.example.com"));
-    }
 
     #[test]
     fn retry_after_seconds_dates_and_cap() {

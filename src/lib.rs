@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delivery;
 pub mod envelope;
+pub mod guard;
 pub mod metrics;
 pub mod routing;
 pub mod secret;

@@ -79,6 +79,10 @@ impl fmt::Debug for Secret {
 }
 
 impl SecretRef {
+    pub fn is_file(&self) -> bool {
+        matches!(self, SecretRef::Ref(t) if t.file.is_some())
+    }
+
     /// Reads the secret now. File contents lose one trailing newline, since
     /// Kubernetes Secrets and `echo > file` commonly add one.
     pub fn resolve(&self) -> Result<Secret, SecretError> {

@@ -125,6 +125,15 @@ impl Signer {
         })
     }
 
+    /// True when both sign with the same keys (compared by a test MAC, so key bytes
+    /// are never kept around for comparison).
+    pub fn same_keys(&self, other: &Signer) -> bool {
+        self.keys.len() == other.keys.len()
+            && self.keys.iter().zip(&other.keys).all(|(a, b)| {
+                Self::mac(a, &[b"natshook-key-check"]) == Self::mac(b, &[b"natshook-key-check"])
+            })
+    }
+
     pub fn scheme(&self) -> Scheme {
         self.scheme
     }

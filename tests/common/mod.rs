@@ -216,6 +216,7 @@ impl Reply {
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
@@ -253,6 +254,9 @@ pub struct Receiver {
     log: Arc<Mutex<Log>>,
     behaviour: Arc<RwLock<Behaviour>>,
     tasks: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS handshakes that failed (e.g. no client certificate).
+    pub tls_failures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -273,9 +277,29 @@ impl Receiver {
             log: Arc::default(),
             behaviour: Arc::new(RwLock::new(Arc::new(f))),
             tasks: None,
+            tls: None,
+            tls_failures: Arc::default(),
         };
         r.listen().await;
         r
+    }
+
+    /// An https receiver with the given rustls server config.
+    pub async fn start_tls(config: rustls::ServerConfig) -> Self {
+        let mut r = Self {
+            port: 0,
+            log: Arc::default(),
+            behaviour: Arc::new(RwLock::new(Arc::new(|_: &Received| Reply::ok()))),
+            tasks: None,
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            tls_failures: Arc::default(),
+        };
+        r.listen().await;
+        r
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
     }
 
     async fn listen(&mut self) {
@@ -285,6 +309,8 @@ impl Receiver {
         self.port = listener.local_addr().expect("addr").port();
         let log = self.log.clone();
         let behaviour = self.behaviour.clone();
+        let tls = self.tls.clone();
+        let tls_failures = self.tls_failures.clone();
         self.tasks = Some(tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -293,12 +319,15 @@ impl Receiver {
                 };
                 let log = log.clone();
                 let behaviour = behaviour.clone();
+                let tls = tls.clone();
+                let tls_failures = tls_failures.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let log = log.clone();
                         let behaviour = behaviour.clone();
                         async move {
                             let path = req.uri().path().to_string();
+                            let version = req.version();
                             let headers = req.headers().clone();
                             let body = req
                                 .into_body()
@@ -313,6 +342,7 @@ impl Receiver {
                                 .to_string();
                             let mut rec = Received {
                                 path,
+                                version,
                                 headers,
                                 body,
                                 at: Instant::now(),
@@ -349,9 +379,23 @@ impl Receiver {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(tcp), svc)
+                                .await;
+                        }
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => {
+                                let _ = auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                            Err(_) => {
+                                tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        },
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }

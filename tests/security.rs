@@ -1,0 +1,476 @@
+//! Signatures and security, end to end: the official Standard Webhooks verifier,
+//! secret rotation (config lists and rotated files), the SSRF guard, TLS with a
+//! private CA and mutual TLS, header forwarding, and secrets kept out of logs.
+
+mod common;
+
+use std::net::ToSocketAddrs;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::*;
+
+/// Verifies each request with the official `standardwebhooks` package (PyPI).
+fn python_standardwebhooks_verify(secret: &str, requests: &[Received]) -> (usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reqs.json");
+    let items: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "body": String::from_utf8_lossy(&r.body),
+                "headers": {
+                    "webhook-id": r.header("webhook-id"),
+                    "webhook-timestamp": r.header("webhook-timestamp"),
+                    "webhook-signature": r.header("webhook-signature"),
+                }
+            })
+        })
+        .collect();
+    std::fs::write(&path, serde_json::to_vec(&items).unwrap()).unwrap();
+    let script = r#"
+import json, sys
+from standardwebhooks import Webhook
+wh = Webhook(sys.argv[2])
+ok = bad = 0
+for item in json.load(open(sys.argv[1])):
+    try:
+        wh.verify(item["body"], item["headers"])
+        ok += 1
+    except Exception as e:
+        bad += 1
+print(ok, bad)
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&path)
+        .arg(secret)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_standardwebhooks_library_verifies_requests_with_every_rotated_secret() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let new = "whsec_bmV3LXNlY3JldC1mb3ItbmF0c2hvb2s=";
+    let old = "whsec_b2xkLXNlY3JldC1mb3ItbmF0c2hvb2s=";
+    let mut config = TestConfig::new(nats.url());
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"std\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = [{{ value = \"{new}\" }}, {{ value = \"{old}\" }}]\nsignature = {{ scheme = \"standard\" }}\nallow_http = true\nallow_private = true\n",
+        rx.url("/")
+    ));
+    let _natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let mut msgs = leads(100, "sw");
+    msgs.push((
+        "helpdesk.ticket.created".into(),
+        Bytes::from_static("unicode \u{2713} and \"quotes\"".as_bytes()),
+        Some("sw-text".into()),
+    ));
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(20), "101 delivered", |r| {
+        r.delivered_ids().len() >= 101
+    })
+    .await;
+    let got = rx.received();
+    for r in &got {
+        assert_eq!(r.header("webhook-id"), r.id());
+        assert_eq!(
+            r.header("webhook-timestamp"),
+            r.header("x-webhook-timestamp")
+        );
+        assert_eq!(
+            r.header("webhook-signature").split(' ').count(),
+            2,
+            "one signature per secret"
+        );
+    }
+    assert_eq!(python_standardwebhooks_verify(new, &got), (101, 0));
+    assert_eq!(python_standardwebhooks_verify(old, &got), (101, 0));
+    let (ok, bad) = python_standardwebhooks_verify("whsec_b3RoZXItc2VjcmV0", &got);
+    assert_eq!((ok, bad), (0, 101), "a wrong secret must not verify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_file_rotated_mid_traffic_signs_with_the_new_secret() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "old-secret\n").unwrap();
+    let mut config = TestConfig::new(nats.url());
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"f\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = {{ file = \"{}\" }}\nallow_http = true\nallow_private = true\n",
+        rx.url("/"),
+        secret_file.display()
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(50, "before")).await;
+    rx.wait_for(Duration::from_secs(20), "50", |r| {
+        r.delivered_ids().len() >= 50
+    })
+    .await;
+
+    // Rotate the way Kubernetes does: a new file swapped in atomically.
+    let tmp = dir.path().join("secret.new");
+    std::fs::write(&tmp, "new-secret\n").unwrap();
+    std::fs::rename(&tmp, &secret_file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !natshook.logs().contains("secret file changed") {
+        assert!(Instant::now() < deadline, "rotation not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_all(&js, leads(50, "after")).await;
+    rx.wait_for(Duration::from_secs(20), "100", |r| {
+        r.delivered_ids().len() >= 100
+    })
+    .await;
+
+    let key = |s: &str| {
+        natshook::signing::Signer::new(
+            natshook::signing::Scheme::Hex,
+            http::HeaderName::from_static("x-webhook-signature"),
+            vec![natshook::secret::Secret::new(s.as_bytes())],
+        )
+        .unwrap()
+    };
+    let (old, new) = (key("old-secret"), key("new-secret"));
+    for r in rx.received() {
+        let (want, other) = if r.id().starts_with("before") {
+            (&old, &new)
+        } else {
+            (&new, &old)
+        };
+        assert!(
+            want.verify(&r.body, &r.headers).is_ok(),
+            "{} not signed with the expected secret",
+            r.id()
+        );
+        assert!(other.verify(&r.body, &r.headers).is_err());
+    }
+    assert!(!natshook.logs().contains("old-secret") && !natshook.logs().contains("new-secret"));
+}
+
+#[test]
+fn urls_to_private_or_internal_targets_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, needle) in [
+        (
+            "https://[::ffff:127.0.0.1]/x",
+            "::ffff:127.0.0.1 is a private",
+        ),
+        (
+            "https://169.254.169.254/latest/meta-data",
+            "169.254.169.254 is a private",
+        ),
+        ("https://[::1]:8443/", "::1 is a private"),
+        ("https://10.0.0.7/", "10.0.0.7 is a private"),
+        ("https://localhost/", "localhost is an internal host name"),
+        (
+            "https://api.default.svc.cluster.local/",
+            "is an internal host name",
+        ),
+        ("http://example.com/", "scheme must be https"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!("[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"s\"\n"),
+        )
+        .unwrap();
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("endpoints[0].url: ") && err.contains(needle),
+            "{url}: {err}"
+        );
+    }
+    // allow_cidrs opens exactly its range.
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://10.1.2.3/\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_cidrs = [\"10.1.0.0/16\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A host name (not an IP literal, not an internal suffix) that resolves only to
+/// loopback here: the machine's own name usually does.
+fn loopback_name() -> Option<String> {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .ok()?
+        .trim()
+        .to_string();
+    if name.is_empty() || name.contains('.') && natshook::guard::is_internal_host(&name) {
+        return None;
+    }
+    let addrs: Vec<_> = (name.as_str(), 80).to_socket_addrs().ok()?.collect();
+    (!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())).then_some(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolving_to_loopback_is_refused_at_connect_time() {
+    let Some(name) = loopback_name() else {
+        eprintln!("no host name resolving to loopback here; the resolver's unit test covers this");
+        return;
+    };
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let mut config = TestConfig::new(nats.url());
+    let guarded = format!("http://{name}:{}/", rx.port);
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"guarded\"\nurl = \"{guarded}\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_http = true\nretry_schedule = [\"100ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\n"
+    ));
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"allowed\"\nurl = \"{guarded}\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_http = true\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n"
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(5, "ssrf")).await;
+    rx.wait_for(Duration::from_secs(20), "5 via allow_cidrs", |r| {
+        r.count() >= 5
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let d = natshook.dead_letters("guarded");
+        if d.len() >= 5 || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        dead.len(),
+        5,
+        "refusals are failed attempts that end in dead letters"
+    );
+    for d in &dead {
+        let err = d["last_error"].as_str().unwrap();
+        assert!(err.contains("resolves to private address"), "{err}");
+    }
+    assert_eq!(
+        rx.count(),
+        5,
+        "only the allow_cidrs endpoint reached the receiver"
+    );
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    server: rustls::ServerConfig,
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate, with a
+/// server that requires the client certificate and offers HTTP/2.
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["natshook".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("client-key.pem"),
+        client_key.serialize_pem(),
+    )
+    .unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server_cert.der().clone()], key)
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Pki {
+        dir,
+        ca_pem: ca.pem(),
+        server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_receiver_with_a_private_ca_and_mutual_tls_over_http2() {
+    let pki = pki();
+    assert!(pki.ca_pem.contains("BEGIN CERTIFICATE"));
+    let rx = Receiver::start_tls(pki.server.clone()).await;
+    let nats = NatsServer::start();
+    let d = pki.dir.path().display();
+    let url = rx.https_url("/secure");
+    let mut config = TestConfig::new(nats.url());
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"mtls\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_private = true\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client-key.pem\"\n"
+    ));
+    // Same receiver without a client certificate, and without the private CA.
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"nocert\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_private = true\nca_file = \"{d}/ca.pem\"\nretry_schedule = [\"100ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\n"
+    ));
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"systemroots\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_private = true\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client-key.pem\"\nretry_schedule = [\"100ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\n"
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(20, "tls")).await;
+    rx.wait_for(Duration::from_secs(20), "20 over mTLS", |r| {
+        r.delivered_ids().len() >= 20
+    })
+    .await;
+    assert!(
+        rx.received()
+            .iter()
+            .all(|r| r.version == http::Version::HTTP_2),
+        "ALPN negotiated HTTP/2"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = natshook.dead_letters("nocert").len();
+        let b = natshook.dead_letters("systemroots").len();
+        if a >= 20 && b >= 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nocert {a}, systemroots {b} dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rx.count(), 20, "only the mTLS endpoint got through");
+    let err = natshook.dead_letters("systemroots")[0]["last_error"].to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_and_listed_nats_headers_are_forwarded_and_nothing_else() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint(
+        "fw",
+        &rx.url("/"),
+        &["*"],
+        "forward_headers = [\"X-Tenant\"]",
+    );
+    let _natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    headers.insert("tracestate", "vendor=abc");
+    headers.insert("X-Tenant", "acme");
+    headers.insert("X-Internal-Token", "must-not-leak");
+    headers.insert("Nats-Msg-Id", "fw-1");
+    js.publish_with_headers("crm.lead.created", headers, Bytes::from_static(b"{}"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    rx.wait_for(Duration::from_secs(20), "1", |r| r.count() >= 1)
+        .await;
+    let r = &rx.received()[0];
+    assert_eq!(
+        r.header("traceparent"),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(r.header("tracestate"), "vendor=abc");
+    assert_eq!(r.header("x-tenant"), "acme");
+    assert_eq!(r.header("x-internal-token"), "");
+    assert_eq!(r.header("nats-msg-id"), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_metrics_or_errors() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(500).body("nope")).await;
+    let mut config = TestConfig::new(nats.url());
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"s\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = \"SUPERSECRET-signing-key\"\nheaders = {{ \"X-Api-Key\" = \"SUPERSECRET-api-key\" }}\nallow_http = true\nallow_private = true\nretry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\n",
+        rx.url("/")
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(5, "sec")).await;
+    rx.wait_for(Duration::from_secs(20), "10 attempts", |r| r.count() >= 10)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = natshook.dead_letters("s");
+    let everything = format!(
+        "{}\n{}\n{}",
+        natshook.logs(),
+        natshook.metrics().await,
+        serde_json::to_string(&dead).unwrap()
+    );
+    assert!(!everything.contains("SUPERSECRET"), "a secret leaked");
+    assert!(natshook.logs().contains("delivery attempt failed"));
+    // A bad secret reference names the key, never a value.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = { value = \"SUPERSECRET\", env = \"ALSO\" }\nheaders = { \"X-Bad\" = \"SUPERSECRET\\r\\nInjected: 1\" }\n").unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("endpoints[0].secret: set exactly one of env, file or value"),
+        "{err}"
+    );
+    assert!(
+        err.contains("endpoints[0].headers.X-Bad: value contains characters not allowed"),
+        "{err}"
+    );
+    assert!(!err.contains("SUPERSECRET"), "{err}");
+}
