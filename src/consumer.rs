@@ -1,9 +1,10 @@
 //! One endpoint's JetStream consumer: fetch, deliver, then ack, NAK or dead-letter.
 //!
 //! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
-//! receiver only ever holds its own messages. `max_ack_pending` equals the endpoint's
-//! concurrency, which bounds both in-flight requests and messages buffered in the
-//! client (a buffered message is invisible to the receiver but its ack timer runs).
+//! receiver only ever holds its own messages. `max_ack_pending` is twice the endpoint's
+//! concurrency: the next batch is already in the client while the current one is in
+//! flight (without that, every ack round trip stalls the pipeline), yet the buffer
+//! stays small enough that a buffered message never waits out its ack timer.
 //!
 //! Retries are JetStream redeliveries: a failed attempt NAKs with the delay for that
 //! attempt, and the delivery count is the attempt number. `max_deliver` is unlimited
@@ -145,7 +146,11 @@ impl Worker {
             max_deliver: -1,
             filter_subject,
             filter_subjects,
-            max_ack_pending: self.endpoint.concurrency as i64,
+            max_ack_pending: if self.endpoint.ordered {
+                1
+            } else {
+                (self.endpoint.concurrency * 2) as i64
+            },
             ..Default::default()
         }
     }
@@ -409,11 +414,15 @@ impl Worker {
         });
         tokio::pin!(send);
         let every = ack_wait(&self.endpoint) / 3;
-        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let progress = tokio::time::sleep(every);
+        tokio::pin!(progress);
         let result = loop {
             tokio::select! {
                 r = &mut send => break Some(r),
-                _ = progress.tick() => self.ack(&msg, AckKind::Progress).await,
+                () = &mut progress => {
+                    self.ack(&msg, AckKind::Progress).await;
+                    progress.as_mut().reset(tokio::time::Instant::now() + every);
+                }
                 _ = abort.cancelled() => break None,
             }
         };

@@ -9,7 +9,7 @@
 //! which applies the SSRF rules to every resolved address at connect time.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -143,29 +143,21 @@ fn pem_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
 /// System roots, or only the endpoint's `ca_file` when set (a private CA should not
 /// also trust the public ones); a client certificate when configured.
 fn tls_config(tls: &EndpointTls) -> Result<rustls::ClientConfig, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
+    let roots = match &tls.ca_file {
+        None => system_roots(),
         Some(ca) => {
             let certs = CertificateDer::pem_file_iter(ca)
                 .map_err(|e| pem_error(ca, e))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| pem_error(ca, e))?;
+            let mut roots = rustls::RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(pem_error(ca, "no certificate found"));
             }
+            Arc::new(roots)
         }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            // A single unparsable system certificate should not disable TLS entirely.
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                tracing::warn!(
-                    "no system CA certificates found; https endpoints will fail to verify"
-                );
-            }
-        }
-    }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -185,6 +177,25 @@ fn tls_config(tls: &EndpointTls) -> Result<rustls::ClientConfig, ClientError> {
         _ => builder.with_no_client_auth(),
     };
     Ok(config)
+}
+
+/// The system roots, loaded once: parsing them per endpoint would cost memory and
+/// start-up time per endpoint for identical data.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            // A single unparsable system certificate should not disable TLS entirely.
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no system CA certificates found; https endpoints will fail to verify"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
 }
 
 impl Deliverer {

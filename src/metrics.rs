@@ -47,7 +47,23 @@ pub enum AttemptStatus {
     ConnectError,
 }
 
+/// Every `status` label, in [`AttemptStatus::index`] order.
+const ATTEMPT_LABELS: [&str; 6] = ["2xx", "3xx", "4xx", "5xx", "timeout", "connect_error"];
+
 impl AttemptStatus {
+    fn index(self) -> usize {
+        match self {
+            AttemptStatus::Class(c) => match c / 100 {
+                2 => 0,
+                3 => 1,
+                4 => 2,
+                _ => 3,
+            },
+            AttemptStatus::Timeout => 4,
+            AttemptStatus::ConnectError => 5,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             AttemptStatus::Class(c) => match c / 100 {
@@ -84,7 +100,9 @@ pub struct Metrics {
 pub struct EndpointMetrics {
     name: String,
     deliveries: IntCounterVec,
+    /// Indexed by [`AttemptStatus::index`]; created lazily so only seen statuses appear.
     attempts: IntCounterVec,
+    attempt_children: std::sync::Arc<[std::sync::OnceLock<IntCounter>; 6]>,
     pub duration: Histogram,
     pub end_to_end: Histogram,
     pub paused: IntGauge,
@@ -102,8 +120,11 @@ impl EndpointMetrics {
     }
 
     pub fn attempt(&self, status: AttemptStatus) {
-        self.attempts
-            .with_label_values(&[self.name.as_str(), status.label()])
+        self.attempt_children[status.index()]
+            .get_or_init(|| {
+                self.attempts
+                    .with_label_values(&[self.name.as_str(), ATTEMPT_LABELS[status.index()]])
+            })
             .inc();
     }
 }
@@ -228,6 +249,7 @@ impl Metrics {
             name: endpoint.to_string(),
             deliveries: self.deliveries.clone(),
             attempts: self.attempts.clone(),
+            attempt_children: Default::default(),
             duration: self.duration.with_label_values(&e),
             end_to_end: self.end_to_end.with_label_values(&e),
             paused: self.paused.with_label_values(&e),

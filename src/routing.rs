@@ -73,6 +73,19 @@ impl Pattern {
         })
     }
 
+    fn from_tokens(tokens: Vec<Token>) -> Self {
+        let text = tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(l) => l.as_str(),
+                Token::One => "*",
+                Token::Rest => ">",
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        Self { text, tokens }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -223,35 +236,87 @@ impl EventTemplate {
         out
     }
 
-    /// Conservative: true unless no rendering of this template can match `filter`.
-    /// Placeholders expand to one subject token (no dots), so the template's dot
-    /// structure is fixed and only tokens containing a placeholder are unknown.
-    fn may_match(&self, filter: &EventFilter) -> bool {
-        let shape: Vec<Option<&str>> = self
+    /// The subject patterns (narrowed from `subject`) whose messages this template can
+    /// turn into an event `filter` wants. Conservative: a subject left in may still
+    /// produce an unwanted event (delivery re-checks), but a wanted one is never left
+    /// out. Placeholders expand to one subject token (no dots), so the template's dot
+    /// structure is fixed; a whole-token placeholder `{n}` facing a literal in the
+    /// filter pins subject token n, which keeps `ticket.{3}` + `ticket.created` down
+    /// to `helpdesk.ticket.created` instead of every ticket subject.
+    fn subjects_for(&self, subject: &Pattern, filter: &EventFilter) -> Vec<Pattern> {
+        enum Shape<'a> {
+            Text(&'a str),
+            Token(usize),
+            Unknown,
+        }
+        let shape: Vec<Shape<'_>> = self
             .text
             .split('.')
-            .map(|t| (!t.contains('{')).then_some(t))
+            .map(|t| {
+                if !t.contains('{') {
+                    Shape::Text(t)
+                } else if let Some(n) = t
+                    .strip_prefix('{')
+                    .and_then(|r| r.strip_suffix('}'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    Shape::Token(n)
+                } else {
+                    Shape::Unknown
+                }
+            })
             .collect();
-        filter.patterns.iter().any(|p| match p {
-            None => true,
-            Some(pattern) => shape_may_match(&shape, pattern),
-        })
-    }
-}
-
-fn shape_may_match(shape: &[Option<&str>], pattern: &Pattern) -> bool {
-    let mut parts = shape.iter();
-    for token in &pattern.tokens {
-        match (token, parts.next()) {
-            (_, None) => return false,
-            (Token::Rest, Some(_)) => return true,
-            (Token::One, Some(_)) => {}
-            (Token::Literal(_), Some(None)) => {}
-            (Token::Literal(lit), Some(Some(t))) if lit == t => {}
-            _ => return false,
+        let mut out: Vec<Pattern> = Vec::new();
+        for fp in &filter.patterns {
+            let Some(fp) = fp else {
+                return vec![subject.clone()];
+            };
+            let mut pins: Vec<(usize, &str)> = Vec::new();
+            let mut parts = shape.iter();
+            let mut matched = true;
+            let mut rest = false;
+            for token in &fp.tokens {
+                match (token, parts.next()) {
+                    (_, None) => {
+                        matched = false;
+                        break;
+                    }
+                    (Token::Rest, Some(_)) => {
+                        rest = true;
+                        break;
+                    }
+                    (Token::One, Some(_)) | (Token::Literal(_), Some(Shape::Unknown)) => {}
+                    (Token::Literal(lit), Some(Shape::Text(t))) if lit == t => {}
+                    (Token::Literal(lit), Some(Shape::Token(n))) => pins.push((*n, lit)),
+                    _ => {
+                        matched = false;
+                        break;
+                    }
+                }
+            }
+            if !matched || (!rest && parts.next().is_some()) {
+                continue;
+            }
+            let mut tokens = subject.tokens.clone();
+            for (n, lit) in pins {
+                match tokens.get(n - 1) {
+                    Some(Token::One) => tokens[n - 1] = Token::Literal(lit.to_string()),
+                    Some(Token::Literal(x)) if x != lit => {
+                        matched = false;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if matched {
+                let p = Pattern::from_tokens(tokens);
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
         }
+        out
     }
-    parts.next().is_none()
 }
 
 /// One `[[events]]` entry.
@@ -289,11 +354,10 @@ impl Router {
     /// the whole stream (the subjects overlap in a way JetStream refuses as filters);
     /// delivery re-checks every message, so a wider filter only costs reads.
     pub fn filter_subjects(&self, filter: &EventFilter) -> Option<Vec<String>> {
-        let wanted: Vec<&Pattern> = self
+        let wanted: Vec<Pattern> = self
             .rules
             .iter()
-            .filter(|r| r.event.may_match(filter))
-            .map(|r| &r.subject)
+            .flat_map(|r| r.event.subjects_for(&r.subject, filter))
             .collect();
         let mut kept: Vec<&Pattern> = Vec::new();
         for (i, p) in wanted.iter().enumerate() {
@@ -463,7 +527,20 @@ mod tests {
         );
         assert_eq!(
             r.filter_subjects(&filter(&["ticket.status_changed"])),
+            Some(vec!["helpdesk.ticket.status_changed".to_string()]),
+            "a placeholder facing a literal pins the subject token"
+        );
+        assert_eq!(
+            r.filter_subjects(&filter(&["ticket.*"])),
             Some(vec!["helpdesk.ticket.*".to_string()])
+        );
+        assert_eq!(
+            r.filter_subjects(&filter(&["ticket.created", "invoice.paid", "lead.created"])),
+            Some(vec![
+                "crm.lead.created".to_string(),
+                "helpdesk.ticket.created".to_string(),
+                "billing.invoice.paid".to_string()
+            ])
         );
         assert_eq!(
             r.filter_subjects(&filter(&["*"])),
@@ -492,6 +569,32 @@ mod tests {
         assert_eq!(
             dup.filter_subjects(&filter(&["*"])),
             Some(vec!["a.b".to_string()])
+        );
+    }
+
+    #[test]
+    fn narrowing_respects_literals_and_partial_placeholders() {
+        let r = Router::new(vec![
+            rule("orders.*.*", "order.{3}"),
+            rule("crm.lead.created", "lead.created"),
+            rule("x.*", "ev.v{2}"),
+        ]);
+        // {3} pinned to "shipped"; token 2 stays open.
+        assert_eq!(
+            r.filter_subjects(&filter(&["order.shipped"])),
+            Some(vec!["orders.*.shipped".to_string()])
+        );
+        // A literal subject token that disagrees excludes the rule.
+        let lit = Router::new(vec![rule("a.b", "e.{2}")]);
+        assert_eq!(lit.filter_subjects(&filter(&["e.c"])), Some(vec![]));
+        assert_eq!(
+            lit.filter_subjects(&filter(&["e.b"])),
+            Some(vec!["a.b".to_string()])
+        );
+        // Partial placeholders ("v{2}") cannot pin anything.
+        assert_eq!(
+            r.filter_subjects(&filter(&["ev.v1"])),
+            Some(vec!["x.*".to_string()])
         );
     }
 

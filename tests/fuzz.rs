@@ -90,11 +90,13 @@ proptest! {
     #[test]
     fn consumer_filters_never_hide_a_wanted_message(
         rules in prop::collection::vec((pattern_text(), prop_oneof![
-            Just("lead.created".to_string()), Just("ev.{1}".to_string()), Just("ev.{2}.x".to_string())
+            Just("lead.created".to_string()), Just("ev.{1}".to_string()), Just("ev.{2}.x".to_string()),
+            Just("ev.{1}.{2}".to_string()), Just("ev.x{1}".to_string()), Just("ev.{3}".to_string())
         ]), 1..5),
         wants in prop::collection::vec(prop_oneof![
             Just("*".to_string()), Just("ev.*".to_string()), Just("lead.created".to_string()),
-            Just("ev.a".to_string()), Just("ev.>".to_string()), Just("ev.*.x".to_string())
+            Just("ev.a".to_string()), Just("ev.>".to_string()), Just("ev.*.x".to_string()),
+            Just("ev.a.b".to_string()), Just("ev.xa".to_string()), Just("ev.lead.c".to_string())
         ], 1..3),
         subjects in prop::collection::vec(subject(), 1..20),
     ) {

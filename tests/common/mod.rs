@@ -110,6 +110,10 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server hard (SIGKILL), keeping the store.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

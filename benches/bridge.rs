@@ -1,0 +1,559 @@
+//! natshook benchmark: everything measured side by side in one run on this machine.
+//!
+//!   ./scripts/bench.sh                 (= cargo bench --bench bridge, release build)
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs in smoke mode:
+//! tiny counts, checks that every phase delivers everything, reports no speed claims.
+//!
+//! Phases, each on its own stream of the same nats-server, 1 KiB JSON messages, one
+//! minimal hyper receiver answering 200:
+//!   A  raw JetStream consume + ack with async-nats (no HTTP)
+//!   B  raw HTTP POSTs with hyper-util's pooled client, 64 in flight (no NATS)
+//!   N  natshook draining a stream published in full beforehand (1 endpoint)
+//!   L  natshook at a fixed publish rate: publish-to-receiver latency
+//!   M  natshook with 50 endpoints sharing the same total load
+//!   P  a hand-written Python bridge (bench/python_bridge.py) draining the same load
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use common::{free_port, tool, NatsServer};
+
+struct Opts {
+    smoke: bool,
+    /// Messages per throughput phase.
+    n: usize,
+    /// Seconds of the fixed-rate latency phase.
+    latency_secs: u64,
+    /// Messages per second in the latency phase.
+    rate: u64,
+    endpoints_many: usize,
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    count: AtomicU64,
+    window: Mutex<Option<(Instant, Instant)>>,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Seen {
+    fn reset(&self) {
+        self.count.store(0, Ordering::SeqCst);
+        *self.window.lock().unwrap() = None;
+        self.latencies_us.lock().unwrap().clear();
+    }
+
+    /// Deliveries per second between the first and the last arrival.
+    fn rate(&self) -> f64 {
+        let n = self.count.load(Ordering::SeqCst) as f64;
+        match *self.window.lock().unwrap() {
+            Some((a, b)) if b > a => (n - 1.0) / (b - a).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Finds `"t":<digits>` in a body without parsing it, so the receiver stays cheap.
+fn publish_micros(body: &[u8]) -> Option<u64> {
+    let pos = body.windows(4).position(|w| w == b"\"t\":")?;
+    let digits: Vec<u8> = body[pos + 4..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+async fn start_receiver(seen: Arc<Seen>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let now = Instant::now();
+                        if let Some(t) = publish_micros(&body) {
+                            let lat = unix_micros().saturating_sub(t);
+                            seen.latencies_us.lock().unwrap().push(lat);
+                        }
+                        {
+                            let mut w = seen.window.lock().unwrap();
+                            *w = Some(match *w {
+                                None => (now, now),
+                                Some((a, _)) => (a, now),
+                            });
+                        }
+                        seen.count.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A 1 KiB JSON payload; `t` carries the publish time in the latency phase.
+fn payload(i: usize, t: Option<u64>) -> Bytes {
+    let head = match t {
+        Some(t) => format!("{{\"t\":{t},\"i\":{i},\"pad\":\""),
+        None => format!("{{\"i\":{i},\"pad\":\""),
+    };
+    let mut s = head;
+    while s.len() < 1022 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    Bytes::from(s)
+}
+
+async fn create_stream(js: &jetstream::Context, name: &str, subject: &str) {
+    js.create_stream(stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+}
+
+async fn publish(js: &jetstream::Context, subjects: &[String], n: usize) {
+    let mut acks = Vec::with_capacity(512);
+    for i in 0..n {
+        let subject = subjects[i % subjects.len()].clone();
+        acks.push(
+            js.publish(subject, payload(i, None))
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == 512 {
+            for a in acks.drain(..) {
+                a.await.expect("publish ack");
+            }
+        }
+    }
+    for a in acks {
+        a.await.expect("publish ack");
+    }
+}
+
+async fn wait_count(seen: &Seen, n: u64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while seen.count.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: only {} of {n} delivered",
+            seen.count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Phase A: consume + ack with async-nats, nothing else.
+async fn ceiling_nats(js: &jetstream::Context, n: usize) -> f64 {
+    create_stream(js, "BENCH_A", "bench.a").await;
+    publish(js, &["bench.a".to_string()], n).await;
+    let stream = js.get_stream("BENCH_A").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let start = Instant::now();
+    let mut got = 0;
+    while got < n {
+        let m = messages
+            .next()
+            .await
+            .expect("stream ended")
+            .expect("message");
+        m.ack().await.expect("ack");
+        got += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Phase B: POSTs with the pooled client natshook uses, 64 in flight.
+async fn ceiling_http(port: u16, n: usize) -> f64 {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http::<Full<Bytes>>();
+    let uri: http::Uri = format!("http://127.0.0.1:{port}/b").parse().unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = client.clone();
+        let uri = uri.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                if i >= n {
+                    return;
+                }
+                let req = http::Request::post(uri.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(payload(i, None)))
+                    .unwrap();
+                let resp = client.request(req).await.expect("post");
+                let _ = resp.into_body().collect().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Process {
+    child: Child,
+    http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn rss_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &str) -> Process {
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let config = format!(
+        "[nats]\nurl = \"{nats_url}\"\nstream = \"{stream}\"\nconsumer_prefix = \"bench\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[defaults]\nallow_http = true\nallow_private = true\n{events}\n{endpoints}"
+    );
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_natshook"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start natshook");
+    let p = Process {
+        child,
+        http_port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) =
+            common::http_get(&format!("http://127.0.0.1:{}/readyz", p.http_port)).await
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "natshook not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+#[derive(Default, serde::Serialize)]
+struct Results {
+    mode: &'static str,
+    messages: usize,
+    ceiling_nats_per_s: f64,
+    ceiling_http_per_s: f64,
+    natshook_per_s: f64,
+    natshook_50_endpoints_per_s: f64,
+    python_per_s: f64,
+    latency_rate_per_s: u64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+    rss_idle_mib: f64,
+    rss_peak_mib: f64,
+    rss_peak_50_endpoints_mib: f64,
+    cpu_us_per_delivery_natshook: f64,
+    cpu_us_per_delivery_nats_server: f64,
+    cpu_us_per_delivery_receiver: f64,
+}
+
+async fn run(opts: Opts) -> Results {
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    let seen = Arc::new(Seen::default());
+    let port = start_receiver(seen.clone()).await;
+    let mut r = Results {
+        mode: if opts.smoke { "smoke" } else { "full" },
+        messages: opts.n,
+        ..Default::default()
+    };
+    let n = opts.n;
+    let secs = |n: usize| Duration::from_secs(60 + n as u64 / 500);
+
+    eprintln!("A: raw JetStream consume + ack, {n} messages");
+    r.ceiling_nats_per_s = ceiling_nats(&js, n).await;
+
+    eprintln!("B: raw HTTP POST, {n} requests");
+    r.ceiling_http_per_s = ceiling_http(port, n).await;
+    seen.reset();
+
+    eprintln!("N: natshook drains {n} messages (1 endpoint)");
+    create_stream(&js, "BENCH_N", "bench.n.>").await;
+    publish(&js, &["bench.n.x".to_string()], n).await;
+    let events = "[[events]]\nsubject = \"bench.n.>\"\nevent = \"bench.{3}\"\n";
+    let endpoint = format!(
+        "[[endpoints]]\nname = \"one\"\nurl = \"http://127.0.0.1:{port}/n\"\nevents = [\"*\"]\nsecret = \"bench-secret\"\n"
+    );
+    let one = start_natshook(&nats.url(), "BENCH_N", events, &endpoint).await;
+    r.rss_idle_mib = one.rss_kib("VmRSS:") as f64 / 1024.0;
+    let nats_pid = nats.pid().unwrap_or(0);
+    let (cpu_hook, cpu_nats, cpu_self) = (
+        cpu_seconds(one.child.id()),
+        cpu_seconds(nats_pid),
+        cpu_seconds(std::process::id()),
+    );
+    wait_count(&seen, n as u64, secs(n), "natshook drain").await;
+    r.natshook_per_s = seen.rate();
+    let per = |before: f64, pid: u32| (cpu_seconds(pid) - before) * 1e6 / n as f64;
+    r.cpu_us_per_delivery_natshook = per(cpu_hook, one.child.id());
+    r.cpu_us_per_delivery_nats_server = per(cpu_nats, nats_pid);
+    r.cpu_us_per_delivery_receiver = per(cpu_self, std::process::id());
+    seen.reset();
+
+    eprintln!(
+        "L: natshook at {} msg/s for {} s",
+        opts.rate, opts.latency_secs
+    );
+    let total = (opts.rate * opts.latency_secs) as usize;
+    let interval = Duration::from_secs_f64(1.0 / opts.rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut acks = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        let ack = js
+            .publish("bench.n.lat", payload(i, Some(unix_micros())))
+            .await
+            .expect("publish");
+        // Awaited concurrently: holding them all would exhaust the client's
+        // in-flight publish permits and stall the publisher.
+        acks.push(tokio::spawn(ack.into_future()));
+    }
+    for a in acks {
+        a.await.expect("join").expect("publish ack");
+    }
+    wait_count(&seen, total as u64, secs(total), "natshook latency").await;
+    r.latency_rate_per_s = opts.rate;
+    let mut lat = seen.latencies_us.lock().unwrap().clone();
+    lat.sort_unstable();
+    r.latency_p50_ms = percentile(&lat, 0.50);
+    r.latency_p99_ms = percentile(&lat, 0.99);
+    r.latency_max_ms = percentile(&lat, 1.0);
+    r.rss_peak_mib = one.rss_kib("VmHWM:") as f64 / 1024.0;
+    drop(one);
+    seen.reset();
+
+    let k = opts.endpoints_many;
+    eprintln!("M: natshook with {k} endpoints, {n} messages in total");
+    create_stream(&js, "BENCH_M", "bench.m.*").await;
+    let subjects: Vec<String> = (0..k).map(|i| format!("bench.m.e{i}")).collect();
+    publish(&js, &subjects, n).await;
+    let events = "[[events]]\nsubject = \"bench.m.*\"\nevent = \"m.{3}\"\n";
+    let endpoints: String = (0..k)
+        .map(|i| {
+            format!(
+                "[[endpoints]]\nname = \"e{i}\"\nurl = \"http://127.0.0.1:{port}/m{i}\"\nevents = [\"m.e{i}\"]\nsecret = \"bench-secret-{i}\"\n"
+            )
+        })
+        .collect();
+    let many = start_natshook(&nats.url(), "BENCH_M", events, &endpoints).await;
+    wait_count(&seen, n as u64, secs(n), "natshook 50 endpoints").await;
+    r.natshook_50_endpoints_per_s = seen.rate();
+    r.rss_peak_50_endpoints_mib = many.rss_kib("VmHWM:") as f64 / 1024.0;
+    drop(many);
+    seen.reset();
+
+    eprintln!("P: hand-written Python bridge drains {n} messages");
+    create_stream(&js, "BENCH_P", "bench.p").await;
+    publish(&js, &["bench.p".to_string()], n).await;
+    let mut py = Command::new(tool("python3"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/bench/python_bridge.py"
+        ))
+        .args([
+            nats.url(),
+            "BENCH_P".into(),
+            "bench.p".into(),
+            format!("http://127.0.0.1:{port}/p"),
+            "bench-secret".into(),
+            n.to_string(),
+        ])
+        .spawn()
+        .expect("python bridge (run scripts/setup-tools.sh)");
+    wait_count(&seen, n as u64, secs(n) * 4, "python bridge").await;
+    r.python_per_s = seen.rate();
+    let _ = py.wait();
+    r
+}
+
+fn report(r: &Results) {
+    let min_ceiling = r.ceiling_nats_per_s.min(r.ceiling_http_per_s);
+    println!(
+        "natshook benchmark ({} mode, {} messages of 1 KiB per phase)",
+        r.mode, r.messages
+    );
+    println!(
+        "  A  raw JetStream consume+ack     {:>10.0} msg/s",
+        r.ceiling_nats_per_s
+    );
+    println!(
+        "  B  raw HTTP POST (64 in flight)  {:>10.0} req/s",
+        r.ceiling_http_per_s
+    );
+    println!(
+        "  N  natshook, 1 endpoint          {:>10.0} deliveries/s",
+        r.natshook_per_s
+    );
+    println!(
+        "  M  natshook, 50 endpoints        {:>10.0} deliveries/s",
+        r.natshook_50_endpoints_per_s
+    );
+    println!(
+        "  P  Python bridge                 {:>10.0} deliveries/s",
+        r.python_per_s
+    );
+    println!(
+        "  natshook / min(A, B)             {:>10.2}",
+        r.natshook_per_s / min_ceiling
+    );
+    println!(
+        "  natshook / Python                {:>10.1}x",
+        r.natshook_per_s / r.python_per_s
+    );
+    println!(
+        "  50 endpoints / 1 endpoint        {:>10.2}",
+        r.natshook_50_endpoints_per_s / r.natshook_per_s
+    );
+    println!(
+        "  latency at {} msg/s              p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        r.latency_rate_per_s, r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms
+    );
+    println!(
+        "  CPU per delivery (phase N)       natshook {:.1} us, nats-server {:.1} us, receiver {:.1} us",
+        r.cpu_us_per_delivery_natshook, r.cpu_us_per_delivery_nats_server, r.cpu_us_per_delivery_receiver
+    );
+    println!(
+        "  natshook RSS                     idle {:.1} MiB, peak {:.1} MiB (1 endpoint), {:.1} MiB (50 endpoints)",
+        r.rss_idle_mib, r.rss_peak_mib, r.rss_peak_50_endpoints_mib
+    );
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let opts = if full {
+        Opts {
+            smoke: false,
+            n: std::env::var("BENCH_MESSAGES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50_000),
+            latency_secs: 10,
+            rate: 1000,
+            endpoints_many: 50,
+        }
+    } else {
+        Opts {
+            smoke: true,
+            n: 300,
+            latency_secs: 1,
+            rate: 200,
+            endpoints_many: 50,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run(opts));
+    report(&r);
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-results.json");
+    let _ = std::fs::write(out, serde_json::to_vec_pretty(&r).unwrap_or_default());
+    if r.mode == "smoke" {
+        println!(
+            "bench smoke: every phase delivered every message (speed is not judged in smoke mode)"
+        );
+    }
+}

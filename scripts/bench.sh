@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The benchmark (release build): ceilings, natshook, 50 endpoints, latency, RSS and
+# the hand-written Python bridge, side by side in one run. BENCH_MESSAGES=N to change
+# the per-phase message count (default 50000). Results also in target/bench-results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup-tools.sh
+export PATH="$PWD/.venv/bin:$PATH"
+cargo bench --bench bridge "$@"
