@@ -1,8 +1,11 @@
 //! Wires the parts together for `natshook run`: NATS connection, stream checks, one
-//! worker per endpoint, the HTTP server, and graceful shutdown.
+//! worker per endpoint (kept in step with the config by hot reload), the HTTP
+//! server, and graceful shutdown.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream, ErrorCode};
@@ -10,13 +13,14 @@ use async_nats::{ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, NatsAuth, NatsConfig};
-use crate::consumer::{Stop, Worker};
+use crate::config::{Config, Endpoint, NatsAuth, NatsConfig};
+use crate::consumer::{Shared, Stop, Worker};
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{ClientError, Deliverer};
+use crate::delivery_log::DeliveryLog;
 use crate::metrics::Metrics;
 use crate::routing::{EventFilter, Router};
-use crate::server::{self, ServerError, Status};
+use crate::server::{self, ServerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -37,30 +41,6 @@ pub enum BridgeError {
 /// How often `{ file }` secrets are re-read. Kubernetes updates mounted Secrets
 /// within about a minute; a few seconds more is not noticeable, a read is cheap.
 const SECRET_POLL: Duration = Duration::from_secs(2);
-
-struct BridgeStatus {
-    connected: Arc<AtomicBool>,
-    workers: Vec<Arc<Worker>>,
-}
-
-impl Status for BridgeStatus {
-    fn readiness(&self) -> Result<(), Vec<String>> {
-        let mut reasons = Vec::new();
-        if !self.connected.load(Ordering::Relaxed) {
-            reasons.push("NATS is not connected".to_string());
-        }
-        for w in &self.workers {
-            if !w.is_bound() {
-                reasons.push(format!("consumer {} is not bound", w.consumer_name()));
-            }
-        }
-        if reasons.is_empty() {
-            Ok(())
-        } else {
-            Err(reasons)
-        }
-    }
-}
 
 /// Connects with the configured auth and TLS. Reconnects forever with backoff: a
 /// sidecar outlives NATS restarts.
@@ -183,9 +163,315 @@ async fn ensure_stream(
     }
 }
 
+/// How often the config file is checked for changes (besides SIGHUP).
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// One running endpoint: its worker and the handles to stop it without losing
+/// in-flight deliveries.
+struct Running {
+    worker: Arc<Worker>,
+    stop: Stop,
+    tracker: TaskTracker,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops fetching and waits for in-flight deliveries (they finish and are acked
+    /// or NAKed as usual). Used for removed and changed endpoints on reload.
+    async fn drain(self) {
+        self.stop.drain.cancel();
+        let _ = self.handle.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// What reload compares to decide whether an endpoint must restart. Debug output of
+/// an endpoint redacts secrets, so signing keys and header values are compared too.
+fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+        && a.signer.same_keys(&b.signer)
+        && a.headers.len() == b.headers.len()
+        && a.headers
+            .iter()
+            .zip(&b.headers)
+            .all(|((n1, v1), (n2, v2))| n1 == n2 && v1.as_bytes() == v2.as_bytes())
+}
+
+fn same_router(a: &Router, b: &Router) -> bool {
+    a.rules() == b.rules()
+}
+
+/// Owns the workers; the HTTP server and the admin API read from it.
+pub struct Supervisor {
+    shared: Shared,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    /// The config in force (endpoints and mappings follow reloads).
+    config: tokio::sync::Mutex<Config>,
+    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    /// Snapshot for readiness and the admin API.
+    snapshot: RwLock<Vec<Arc<Worker>>>,
+    /// The mapping in force, for the unmapped-subject counter.
+    router: RwLock<Arc<Router>>,
+    /// Streams set up and endpoints started: until then /readyz says no, even
+    /// though no worker exists yet whose binding it could check.
+    started: AtomicBool,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+}
+
+impl Supervisor {
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.shared.dead_letters
+    }
+
+    pub fn delivery_log(&self) -> Option<&DeliveryLog> {
+        self.shared.delivery_log.as_ref()
+    }
+
+    pub fn workers(&self) -> Vec<Arc<Worker>> {
+        self.snapshot.read().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    pub fn worker(&self, name: &str) -> Option<Arc<Worker>> {
+        self.workers().into_iter().find(|w| w.endpoint.name == name)
+    }
+
+    /// `Ok` when NATS is connected and every consumer is bound.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if !self.started.load(Ordering::Relaxed) {
+            reasons.push("starting: streams and consumers are being set up".to_string());
+        }
+        if !self.connected.load(Ordering::Relaxed) {
+            reasons.push("NATS is not connected".to_string());
+        }
+        for w in self.workers() {
+            if !w.is_bound() {
+                reasons.push(format!("consumer {} is not bound", w.consumer_name()));
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn start(&self, endpoint: Endpoint, router: Arc<Router>) -> Result<Running, ClientError> {
+        let endpoint = Arc::new(endpoint);
+        let deliverer = Deliverer::new(endpoint.clone())?;
+        let stop = Stop {
+            drain: self.shutdown.child_token(),
+            abort: CancellationToken::new(),
+        };
+        tokio::spawn(
+            deliverer
+                .clone()
+                .watch_secrets(SECRET_POLL, stop.drain.clone()),
+        );
+        let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
+        let tracker = TaskTracker::new();
+        tracing::info!(endpoint = %worker.endpoint.name, consumer = %worker.consumer_name(), url = %worker.endpoint.url, "starting endpoint");
+        let handle = tokio::spawn(worker.clone().run(stop.clone(), tracker.clone()));
+        Ok(Running {
+            worker,
+            stop,
+            tracker,
+            handle,
+        })
+    }
+
+    fn publish_snapshot(&self, running: &BTreeMap<String, Running>) {
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = running.values().map(|r| r.worker.clone()).collect();
+        }
+    }
+
+    /// Applies a new config: added endpoints start, removed ones drain and stop,
+    /// changed ones (or all, when the mappings changed) restart. Draining happens in
+    /// the background, so in-flight deliveries finish and nothing is dropped.
+    /// Settings that need a restart (NATS, listen address, stores) are reported.
+    pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ClientError> {
+        let mut current = self.config.lock().await;
+        for (what, changed) in [
+            (
+                "nats",
+                format!("{:?}", current.nats) != format!("{:?}", new.nats),
+            ),
+            ("http.listen", current.listen != new.listen),
+            ("admin", current.admin.is_some() != new.admin.is_some()),
+            (
+                "delivery_log",
+                format!("{:?}", current.delivery_log) != format!("{:?}", new.delivery_log),
+            ),
+            (
+                "dead_letter",
+                current.dead_letter.max_age != new.dead_letter.max_age,
+            ),
+            (
+                "shutdown_grace",
+                current.shutdown_grace != new.shutdown_grace,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    section = what,
+                    "config change needs a restart to take effect"
+                );
+            }
+        }
+        let router_changed = !same_router(&current.router, &new.router);
+        let router = Arc::new(new.router.clone());
+        let mut running = self.running.lock().await;
+        let mut summary = ReloadSummary::default();
+        let wanted: BTreeMap<&str, &Endpoint> =
+            new.endpoints.iter().map(|e| (e.name.as_str(), e)).collect();
+
+        let mut to_drain = Vec::new();
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            match wanted.get(name.as_str()) {
+                None => {
+                    summary.removed.push(name.clone());
+                    to_drain.extend(running.remove(&name));
+                }
+                Some(e) => {
+                    let same = running
+                        .get(&name)
+                        .is_some_and(|r| same_endpoint(&r.worker.endpoint, e));
+                    if !same || router_changed {
+                        let fresh = self.start((*e).clone(), router.clone())?;
+                        summary.restarted.push(name.clone());
+                        to_drain.extend(running.insert(name.clone(), fresh));
+                    }
+                }
+            }
+        }
+        for (name, e) in &wanted {
+            if !running.contains_key(*name) {
+                running.insert(name.to_string(), self.start((*e).clone(), router.clone())?);
+                summary.added.push(name.to_string());
+            }
+        }
+        self.publish_snapshot(&running);
+        for old in to_drain {
+            tokio::spawn(old.drain());
+        }
+        if let Ok(mut r) = self.router.write() {
+            *r = router;
+        }
+        current.router = new.router.clone();
+        current.endpoints = new.endpoints.clone();
+        Ok(summary)
+    }
+
+    /// Re-reads the config file; an invalid one is logged and the running one stays.
+    pub async fn reload(&self, path: &std::path::Path) {
+        match Config::load(path) {
+            Err(e) => {
+                for p in &e.problems {
+                    tracing::error!(problem = %p, "config reload rejected; keeping the running config");
+                }
+            }
+            Ok(config) => match self.apply(config).await {
+                Ok(s) => {
+                    tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "config reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload failed; keeping the running config")
+                }
+            },
+        }
+    }
+
+    /// Stops every worker: drain within `grace`, then NAK what is still in flight.
+    async fn stop_all(&self, grace: Duration) {
+        let mut running = self.running.lock().await;
+        let all: Vec<Running> = std::mem::take(&mut *running).into_values().collect();
+        self.publish_snapshot(&running);
+        drop(running);
+        for r in &all {
+            r.stop.drain.cancel();
+        }
+        let mut aborts = Vec::new();
+        let mut trackers = Vec::new();
+        for r in all {
+            let _ = r.handle.await;
+            r.tracker.close();
+            aborts.push(r.stop.abort);
+            trackers.push(r.tracker);
+        }
+        let wait_all = async {
+            for t in &trackers {
+                t.wait().await;
+            }
+        };
+        if tokio::time::timeout(grace, wait_all).await.is_err() {
+            tracing::warn!("grace period over; NAKing deliveries still in flight");
+            for a in &aborts {
+                a.cancel();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                for t in &trackers {
+                    t.wait().await;
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// Watches for SIGHUP and config file changes and reloads.
+async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: CancellationToken) {
+    let read = |p: &PathBuf| std::fs::read(p).ok();
+    let mut last = read(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<()>();
+        let by_signal = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup_recv => true,
+            _ = tokio::time::sleep(CONFIG_POLL) => false,
+        };
+        let now = read(&path);
+        if by_signal || now != last {
+            tracing::info!(path = %path.display(), trigger = if by_signal { "SIGHUP" } else { "file changed" }, "reloading config");
+            last = now;
+            sup.reload(&path).await;
+        }
+    }
+}
+
 /// Runs the bridge until `shutdown` is cancelled, then drains within
-/// `shutdown_grace`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
+/// `shutdown_grace`. With `config_path`, SIGHUP or a change of the file reloads it.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), BridgeError> {
     let metrics = Metrics::new();
     let connected = Arc::new(AtomicBool::new(false));
     let client = connect(
@@ -195,45 +481,60 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
     )
     .await?;
     let js = jetstream::new(client.clone());
-    let dead_letters = DeadLetters::new(js.clone(), config.dead_letter.max_age);
-    let router = Arc::new(config.router.clone());
-
-    let mut workers = Vec::new();
-    for endpoint in &config.endpoints {
-        let endpoint = Arc::new(endpoint.clone());
-        let deliverer = Deliverer::new(endpoint.clone())?;
-        tokio::spawn(
-            deliverer
-                .clone()
-                .watch_secrets(SECRET_POLL, shutdown.clone()),
-        );
-        workers.push(Arc::new(Worker::new(
-            endpoint,
-            deliverer,
-            router.clone(),
-            js.clone(),
-            config.nats.stream.clone(),
-            &config.nats.consumer_prefix,
-            &metrics,
-            dead_letters.clone(),
-        )));
-    }
+    let shared = Shared {
+        js: js.clone(),
+        stream_name: config.nats.stream.clone(),
+        consumer_prefix: config.nats.consumer_prefix.clone(),
+        metrics: metrics.clone(),
+        dead_letters: DeadLetters::new(js.clone(), config.dead_letter.max_age),
+        delivery_log: config
+            .delivery_log
+            .as_ref()
+            .map(|_| DeliveryLog::new(client.clone())),
+    };
+    let sup = Arc::new(Supervisor {
+        shared,
+        connected,
+        shutdown: shutdown.clone(),
+        config: tokio::sync::Mutex::new(Config {
+            endpoints: Vec::new(),
+            ..config.clone()
+        }),
+        running: tokio::sync::Mutex::new(BTreeMap::new()),
+        snapshot: RwLock::new(Vec::new()),
+        router: RwLock::new(Arc::new(config.router.clone())),
+        started: AtomicBool::new(false),
+    });
 
     let server_stop = CancellationToken::new();
-    let status = Arc::new(BridgeStatus {
-        connected: connected.clone(),
-        workers: workers.clone(),
-    });
+    let admin = config
+        .admin
+        .clone()
+        .map(|a| crate::admin::Admin::new(sup.clone(), a.token));
     let (addr, server) =
-        server::serve(config.listen, metrics.clone(), status, server_stop.clone()).await?;
+        server::serve(config.listen, sup.clone(), admin, server_stop.clone()).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
 
     ensure_stream(&js, &config, &shutdown).await?;
     loop {
-        match dead_letters.ensure_stream().await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot set up dead-letter stream yet; retrying");
+        let dlq = sup.dead_letters().ensure_stream().await;
+        let log = match (sup.delivery_log(), &config.delivery_log) {
+            (Some(log), Some(settings)) => {
+                log.ensure_stream(settings).await.map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        };
+        let counter = crate::consumer::bind_unmapped_counter(
+            &js,
+            &config.nats.stream,
+            &config.nats.consumer_prefix,
+        )
+        .await
+        .map(|_| ());
+        match (dlq, log, counter) {
+            (Ok(()), Ok(()), Ok(())) => break,
+            (d, l, c) => {
+                tracing::warn!(dead_letters = ?d.err().map(|e| e.to_string()), delivery_log = ?l.err(), unmapped_counter = ?c.err(), "cannot set up natshook's streams yet; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -242,30 +543,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
         }
     }
 
-    let stop = Stop {
-        drain: shutdown.clone(),
-        abort: CancellationToken::new(),
-    };
-    let tracker = TaskTracker::new();
-    let mut loops = Vec::new();
-    for w in &workers {
-        tracing::info!(endpoint = %w.endpoint.name, consumer = %w.consumer_name(), url = %w.endpoint.url, "starting endpoint");
-        loops.push(tokio::spawn(w.clone().run(stop.clone(), tracker.clone())));
-    }
+    sup.apply(config.clone()).await?;
+    sup.started.store(true, Ordering::Relaxed);
     let unmapped = tokio::spawn(crate::consumer::watch_unmapped(
         js.clone(),
         config.nats.stream.clone(),
         config.nats.consumer_prefix.clone(),
-        router.clone(),
+        {
+            let sup = sup.clone();
+            move || sup.current_router()
+        },
         metrics.unmapped.clone(),
         shutdown.clone(),
     ));
     let poller = {
-        let workers = workers.clone();
+        let sup = sup.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
-                for w in &workers {
+                for w in sup.workers() {
                     w.refresh_pending().await;
                 }
                 tokio::select! {
@@ -275,22 +571,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
             }
         })
     };
+    let watcher = config_path.map(|p| tokio::spawn(watch_config(sup.clone(), p, shutdown.clone())));
 
     shutdown.cancelled().await;
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
-    for l in loops {
-        let _ = l.await;
-    }
+    sup.stop_all(config.shutdown_grace).await;
     poller.abort();
     unmapped.abort();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; NAKing deliveries still in flight");
-        stop.abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+    if let Some(w) = watcher {
+        w.abort();
     }
     // Acks are fire-and-forget publishes: flush them before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), client.flush()).await;
@@ -298,4 +587,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Brid
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+impl Supervisor {
+    /// The mapping in force.
+    pub fn current_router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
 }

@@ -7,15 +7,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::anyhow;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Endpoint};
-use crate::dead_letter::DeadLetters;
-use crate::delivery::{forwarded_headers, Deliverer, Request};
-use crate::envelope::{self, MessageFacts};
+use crate::dead_letter::{DeadLetters, ReplayFilter};
+use crate::delivery::Deliverer;
 use crate::secret::Secret;
 use crate::signing::{Scheme, Signer};
 
@@ -336,37 +335,23 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
             let ep = Arc::new(find_endpoint(&config, &endpoint)?.clone());
             let since = since.as_deref().map(parse_since).transpose()?;
             let deliverer = Deliverer::new(ep.clone()).map_err(|e| Failure::Runtime(e.into()))?;
-            let records = dlq
-                .list(Some(&endpoint), usize::MAX)
+            let summary = dlq
+                .replay(
+                    &deliverer,
+                    &ReplayFilter {
+                        id: id.clone(),
+                        since,
+                    },
+                )
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            let (mut ok, mut failed) = (0usize, 0usize);
-            for stored in records {
-                let r = &stored.record;
-                if id.as_deref().is_some_and(|want| want != r.id) {
-                    continue;
-                }
-                if let Some(since) = since {
-                    let at = humantime::parse_rfc3339(&r.dead_lettered_at)
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    if at < since {
-                        continue;
-                    }
-                }
-                match replay_one(&deliverer, &ep, r).await {
-                    Ok(()) => {
-                        dlq.remove(stored.sequence)
-                            .await
-                            .map_err(|e| Failure::Runtime(e.into()))?;
-                        ok += 1;
-                        eprintln!("replayed {}", r.id);
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("replay of {} failed: {e:#}; record kept", r.id);
-                    }
-                }
+            for r in &summary.replayed {
+                eprintln!("replayed {r}");
             }
+            for (r, why) in &summary.failures {
+                eprintln!("replay of {r} failed: {why}; record kept");
+            }
+            let (ok, failed) = (summary.replayed.len(), summary.failures.len());
             eprintln!("{ok} replayed, {failed} failed");
             let _ = client.flush().await;
             if failed > 0 {
@@ -378,46 +363,6 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-async fn replay_one(
-    deliverer: &Deliverer,
-    ep: &Endpoint,
-    r: &crate::dead_letter::DeadLetter,
-) -> anyhow::Result<()> {
-    let payload = r.payload_bytes()?;
-    let event = r.event.clone().unwrap_or_default();
-    let attempt = r.attempts + 1;
-    let facts = MessageFacts {
-        id: &r.id,
-        event: &event,
-        subject: &r.subject,
-        stream_sequence: r.stream_sequence,
-        attempt,
-        published: r.published_time(),
-        payload: &payload,
-    };
-    let body = envelope::build(ep.envelope, &ep.envelope_fields, &facts)
-        .context("cannot build the request body")?;
-    let result = deliverer
-        .send(Request {
-            id: &r.id,
-            event: &event,
-            attempt,
-            body,
-            forwarded: forwarded_headers(
-                ep,
-                r.headers
-                    .iter()
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str()))),
-            ),
-        })
-        .await;
-    if result.is_success() {
-        Ok(())
-    } else {
-        bail!("{}", result.describe())
-    }
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -446,7 +391,7 @@ async fn run(path: &Path) -> Result<(), Failure> {
         wait_for_signal().await;
         trigger.cancel();
     });
-    crate::bridge::run(config, shutdown)
+    crate::bridge::run(config, Some(path.to_path_buf()), shutdown)
         .await
         .map_err(|e| Failure::Runtime(e.into()))
 }

@@ -157,6 +157,12 @@ pub struct DeadLetterConfig {
     pub max_age: Duration,
 }
 
+/// The admin API: off unless enabled, always behind a bearer token.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub token: Secret,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats: NatsConfig,
@@ -164,6 +170,10 @@ pub struct Config {
     pub router: Router,
     pub endpoints: Vec<Endpoint>,
     pub dead_letter: DeadLetterConfig,
+    /// `None` when `[delivery_log] enabled = false`.
+    pub delivery_log: Option<crate::delivery_log::LogSettings>,
+    /// `None` unless `[admin] enabled = true`.
+    pub admin: Option<AdminConfig>,
     pub shutdown_grace: Duration,
 }
 
@@ -184,8 +194,29 @@ struct RawConfig {
     endpoints: Vec<RawEndpoint>,
     #[serde(default)]
     dead_letter: RawDeadLetter,
+    #[serde(default)]
+    delivery_log: RawDeliveryLog,
+    #[serde(default)]
+    admin: RawAdmin,
     shutdown_grace: Option<String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+struct RawDeliveryLog {
+    enabled: Option<bool>,
+    max_per_endpoint: Option<i64>,
+    max_age: Option<String>,
+}
+
+const DELIVERY_LOG_KEYS: &[&str] = &["enabled", "max_per_endpoint", "max_age"];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    token: Option<SecretRef>,
+}
+
+const ADMIN_KEYS: &[&str] = &["enabled", "token"];
 
 const TOP_KEYS: &[&str] = &[
     "nats",
@@ -194,6 +225,8 @@ const TOP_KEYS: &[&str] = &[
     "events",
     "endpoints",
     "dead_letter",
+    "delivery_log",
+    "admin",
     "shutdown_grace",
 ];
 
@@ -543,6 +576,19 @@ fn check_unknown_keys(value: &Value, problems: &mut Problems) {
         &[DEAD_LETTER_KEYS],
         problems,
     );
+    keys(
+        value.find_ref("delivery_log"),
+        "delivery_log",
+        &[DELIVERY_LOG_KEYS],
+        problems,
+    );
+    keys(value.find_ref("admin"), "admin", &[ADMIN_KEYS], problems);
+    keys(
+        value.find_ref("admin.token"),
+        "admin.token",
+        &[SECRET_KEYS],
+        problems,
+    );
     if let Some(defaults) = value.find_ref("defaults") {
         settings(defaults, "defaults", &[], problems);
     }
@@ -646,6 +692,47 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         None => Some(Duration::from_secs(14 * 24 * 3600)),
         Some(t) => p.duration("dead_letter.max_age", t),
     };
+    let delivery_log = if raw.delivery_log.enabled.unwrap_or(true) {
+        let max = raw.delivery_log.max_per_endpoint.unwrap_or(1000);
+        let max = p.positive("delivery_log.max_per_endpoint", max, 1);
+        let age = match raw.delivery_log.max_age.as_deref() {
+            None => Some(Duration::from_secs(7 * 24 * 3600)),
+            Some(t) => p.duration("delivery_log.max_age", t),
+        };
+        match (max, age) {
+            (Some(max), Some(age)) => Some(Some(crate::delivery_log::LogSettings {
+                max_per_endpoint: i64::from(max),
+                max_age: age,
+            })),
+            _ => None,
+        }
+    } else {
+        Some(None)
+    };
+    let admin = if raw.admin.enabled.unwrap_or(false) {
+        match &raw.admin.token {
+            None => {
+                p.add(
+                    "admin.token",
+                    "required when admin.enabled = true (e.g. { env = \"NATSHOOK_ADMIN_TOKEN\" })",
+                );
+                None
+            }
+            Some(t) => match t.resolve() {
+                Ok(token) if token.expose().len() >= 16 => Some(Some(AdminConfig { token })),
+                Ok(_) => {
+                    p.add("admin.token", "must be at least 16 characters");
+                    None
+                }
+                Err(e) => {
+                    p.add("admin.token", e);
+                    None
+                }
+            },
+        }
+    } else {
+        Some(None)
+    };
     let shutdown_grace = match raw.shutdown_grace.as_deref() {
         None => Some(Duration::from_secs(25)),
         Some(t) => p.duration("shutdown_grace", t),
@@ -657,6 +744,8 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         router,
         endpoints,
         dead_letter: DeadLetterConfig { max_age: max_age? },
+        delivery_log: delivery_log?,
+        admin: admin?,
         shutdown_grace: shutdown_grace?,
     })
 }

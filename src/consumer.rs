@@ -11,8 +11,8 @@
 //! on purpose: natshook dead-letters at `max_attempts` itself, and a message whose
 //! dead-letter publish failed must still come back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{
@@ -29,6 +29,7 @@ use crate::breaker::{Breaker, PauseReason};
 use crate::config::Endpoint;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::delivery::{forwarded_headers, AttemptResult, Deliverer, Request, RESPONSE_BODY_LIMIT};
+use crate::delivery_log::DeliveryLog;
 use crate::envelope::{self, MessageFacts};
 use crate::metrics::{EndpointMetrics, Metrics, Outcome};
 use crate::routing::Router;
@@ -71,48 +72,105 @@ struct Incoming {
     published: SystemTime,
 }
 
+/// What every worker shares: the NATS side and the process-wide stores.
+#[derive(Clone)]
+pub struct Shared {
+    pub js: jetstream::Context,
+    pub stream_name: String,
+    pub consumer_prefix: String,
+    pub metrics: Metrics,
+    pub dead_letters: DeadLetters,
+    pub delivery_log: Option<DeliveryLog>,
+}
+
+/// An endpoint's state for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointState {
+    pub name: String,
+    pub url: String,
+    pub consumer: String,
+    pub bound: bool,
+    pub paused: bool,
+    pub pause_reason: Option<String>,
+    pub consecutive_failures: u32,
+    pub inflight: i64,
+    pub pending: i64,
+    pub last_success: Option<String>,
+    pub last_failure: Option<String>,
+    pub last_error: Option<String>,
+}
+
 pub struct Worker {
     pub endpoint: Arc<Endpoint>,
     deliverer: Deliverer,
     router: Arc<Router>,
-    js: jetstream::Context,
-    stream_name: String,
+    shared: Shared,
     consumer_name: String,
     metrics: EndpointMetrics,
-    dead_letters: DeadLetters,
     pub breaker: Arc<Breaker>,
     bound: AtomicBool,
+    /// Unix milliseconds; 0 = never.
+    last_success_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn from_unix_ms(ms: u64) -> Option<String> {
+    (ms > 0).then(|| envelope::rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         endpoint: Arc<Endpoint>,
         deliverer: Deliverer,
         router: Arc<Router>,
-        js: jetstream::Context,
-        stream_name: String,
-        consumer_prefix: &str,
-        metrics: &Metrics,
-        dead_letters: DeadLetters,
+        shared: &Shared,
     ) -> Self {
-        let em = metrics.endpoint(&endpoint.name);
+        let em = shared.metrics.endpoint(&endpoint.name);
         let breaker = Arc::new(Breaker::new(
             &endpoint.name,
             endpoint.disable_after_failures,
             em.clone(),
         ));
         Self {
-            consumer_name: consumer_name(consumer_prefix, &endpoint.name),
+            consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
             endpoint,
             deliverer,
             router,
-            js,
-            stream_name,
+            shared: shared.clone(),
             metrics: em,
-            dead_letters,
             breaker,
             bound: AtomicBool::new(false),
+            last_success_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn deliverer(&self) -> &Deliverer {
+        &self.deliverer
+    }
+
+    pub fn state(&self) -> EndpointState {
+        EndpointState {
+            name: self.endpoint.name.clone(),
+            url: self.endpoint.url.to_string(),
+            consumer: self.consumer_name.clone(),
+            bound: self.is_bound(),
+            paused: self.breaker.is_paused(),
+            pause_reason: self.breaker.pause_reason().map(|r| r.to_string()),
+            consecutive_failures: self.breaker.consecutive_failures(),
+            inflight: self.metrics.inflight.get(),
+            pending: self.metrics.pending.get(),
+            last_success: from_unix_ms(self.last_success_ms.load(Ordering::Relaxed)),
+            last_failure: from_unix_ms(self.last_failure_ms.load(Ordering::Relaxed)),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
 
@@ -158,10 +216,11 @@ impl Worker {
     /// Creates or updates the durable consumer so its filters follow the config.
     async fn bind(&self) -> Result<PullConsumer, String> {
         let stream = self
+            .shared
             .js
-            .get_stream(&self.stream_name)
+            .get_stream(&self.shared.stream_name)
             .await
-            .map_err(|e| format!("stream {}: {e}", self.stream_name))?;
+            .map_err(|e| format!("stream {}: {e}", self.shared.stream_name))?;
         stream
             .create_consumer(self.consumer_config())
             .await
@@ -170,7 +229,7 @@ impl Worker {
 
     /// Polls consumer info for `natshook_consumer_pending`.
     pub async fn refresh_pending(&self) {
-        let Ok(stream) = self.js.get_stream(&self.stream_name).await else {
+        let Ok(stream) = self.shared.js.get_stream(&self.shared.stream_name).await else {
             return;
         };
         if let Ok(info) = stream.consumer_info(&self.consumer_name).await {
@@ -283,6 +342,14 @@ impl Worker {
     async fn probe(&self, consumer: &PullConsumer, stop: &Stop) {
         let mut wait = self.endpoint.probe_interval;
         let mut paused = self.breaker.watch();
+        if self.breaker.pause_reason() == Some(PauseReason::Manual) {
+            // Paused by an operator: no probes, only an explicit resume.
+            tokio::select! {
+                _ = stop.drain.cancelled() => {}
+                _ = paused.wait_for(|p| !*p) => {}
+            }
+            return;
+        }
         while self.breaker.is_paused() {
             tokio::select! {
                 _ = stop.drain.cancelled() => return,
@@ -411,6 +478,7 @@ impl Worker {
             attempt: inc.attempt,
             body,
             forwarded,
+            capture_headers: self.shared.delivery_log.is_some(),
         });
         tokio::pin!(send);
         let every = ack_wait(&self.endpoint) / 3;
@@ -427,11 +495,23 @@ impl Worker {
             }
         };
         self.metrics.inflight.dec();
-        let Some(result) = result else {
+        let Some(mut result) = result else {
             tracing::info!(endpoint = %self.endpoint.name, id = %id, "shutdown grace over; NAK for immediate redelivery");
             self.ack(&msg, AckKind::Nak(None)).await;
             return;
         };
+        if let Some(log) = &self.shared.delivery_log {
+            let headers = std::mem::take(&mut result.request_headers);
+            log.record(
+                &self.endpoint.name,
+                &event,
+                &id,
+                inc.attempt,
+                &result,
+                headers,
+            )
+            .await;
+        }
         self.settle(&msg, &inc, &id, &event, result).await;
     }
 
@@ -445,8 +525,10 @@ impl Worker {
     ) {
         self.metrics.attempt(result.status);
         self.metrics.duration.observe(result.duration.as_secs_f64());
+        let now = unix_ms(SystemTime::now());
         if result.is_success() {
             self.ack(msg, AckKind::Ack).await;
+            self.last_success_ms.store(now, Ordering::Relaxed);
             self.breaker.record_success();
             self.metrics.delivery(event, Outcome::Success);
             if let Ok(age) = SystemTime::now().duration_since(inc.published) {
@@ -460,6 +542,10 @@ impl Worker {
             status = ?result.http_status, error = %result.describe(),
             "delivery attempt failed"
         );
+        self.last_failure_ms.store(now, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(result.describe());
+        }
         self.breaker.record_failure();
         if result.is_gone() {
             self.breaker.pause(PauseReason::Gone);
@@ -523,7 +609,7 @@ impl Worker {
             headers,
             dead_lettered_at: envelope::rfc3339_millis(SystemTime::now()),
         };
-        match self.dead_letters.publish(&record).await {
+        match self.shared.dead_letters.publish(&record).await {
             Ok(()) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.ack(msg, AckKind::Ack).await;
@@ -545,34 +631,43 @@ impl Worker {
 /// consumer reads subjects and headers of every new stream message (no payloads),
 /// which keeps its cost small. Its name cannot collide with an endpoint consumer
 /// (`<prefix>-<name>`).
+pub async fn bind_unmapped_counter(
+    js: &jetstream::Context,
+    stream_name: &str,
+    prefix: &str,
+) -> Result<PullConsumer, String> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(format!("{prefix}_unmapped")),
+            description: Some("natshook: counts messages on unmapped subjects".into()),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the counter bound by [`bind_unmapped_counter`] (bound before the endpoints
+/// start, so nothing published after start-up escapes it); re-binds after errors.
 pub async fn watch_unmapped(
     js: jetstream::Context,
     stream_name: String,
     prefix: String,
-    router: Arc<Router>,
+    router: impl Fn() -> Arc<Router>,
     counter: prometheus::IntCounter,
     stop: CancellationToken,
 ) {
-    let name = format!("{prefix}_unmapped");
     let mut retry = Duration::from_millis(500);
     loop {
         let bound = async {
-            let stream = js
-                .get_stream(&stream_name)
-                .await
-                .map_err(|e| e.to_string())?;
-            let consumer: PullConsumer = stream
-                .create_consumer(pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some("natshook: counts messages on unmapped subjects".into()),
-                    deliver_policy: DeliverPolicy::New,
-                    ack_policy: AckPolicy::None,
-                    headers_only: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            consumer
+            bind_unmapped_counter(&js, &stream_name, &prefix)
+                .await?
                 .stream()
                 .max_messages_per_batch(512)
                 .heartbeat(Duration::from_secs(5))
@@ -604,7 +699,7 @@ pub async fn watch_unmapped(
             };
             match next {
                 Some(Ok(msg)) => {
-                    if router.route(&msg.subject).is_none() {
+                    if router().route(&msg.subject).is_none() {
                         counter.inc();
                     }
                 }

@@ -202,3 +202,93 @@ impl DeadLetters {
             .map_err(|e| DeadLetterError::Read(e.to_string()))
     }
 }
+
+/// Which records a replay takes.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// Only the record with this id.
+    pub id: Option<String>,
+    /// Only records dead-lettered at or after this time.
+    pub since: Option<SystemTime>,
+}
+
+/// What a replay did; `failures` holds (id, reason) of records that were kept.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplaySummary {
+    pub replayed: Vec<String>,
+    pub failures: Vec<(String, String)>,
+}
+
+impl DeadLetters {
+    /// Delivers the endpoint's matching records again, with the same id and the next
+    /// attempt number; each record is removed only after a 2xx.
+    pub async fn replay(
+        &self,
+        deliverer: &crate::delivery::Deliverer,
+        filter: &ReplayFilter,
+    ) -> Result<ReplaySummary, DeadLetterError> {
+        let endpoint = deliverer.endpoint().clone();
+        let records = self.list(Some(&endpoint.name), usize::MAX).await?;
+        let mut summary = ReplaySummary::default();
+        for stored in records {
+            let r = &stored.record;
+            if filter.id.as_deref().is_some_and(|want| want != r.id) {
+                continue;
+            }
+            if let Some(since) = filter.since {
+                let at =
+                    humantime::parse_rfc3339(&r.dead_lettered_at).unwrap_or(SystemTime::UNIX_EPOCH);
+                if at < since {
+                    continue;
+                }
+            }
+            match replay_one(deliverer, r).await {
+                Ok(()) => {
+                    self.remove(stored.sequence).await?;
+                    summary.replayed.push(r.id.clone());
+                }
+                Err(reason) => summary.failures.push((r.id.clone(), reason)),
+            }
+        }
+        Ok(summary)
+    }
+}
+
+async fn replay_one(deliverer: &crate::delivery::Deliverer, r: &DeadLetter) -> Result<(), String> {
+    let ep = deliverer.endpoint();
+    let payload = r.payload_bytes().map_err(|e| e.to_string())?;
+    let event = r.event.clone().unwrap_or_default();
+    let attempt = r.attempts + 1;
+    let facts = crate::envelope::MessageFacts {
+        id: &r.id,
+        event: &event,
+        subject: &r.subject,
+        stream_sequence: r.stream_sequence,
+        attempt,
+        published: r.published_time(),
+        payload: &payload,
+    };
+    let body = crate::envelope::build(ep.envelope, &ep.envelope_fields, &facts)
+        .map_err(|e| e.to_string())?;
+    let forwarded = crate::delivery::forwarded_headers(
+        ep,
+        r.headers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str()))),
+    );
+    let result = deliverer
+        .send(crate::delivery::Request {
+            id: &r.id,
+            event: &event,
+            attempt,
+            body,
+            forwarded,
+            capture_headers: false,
+        })
+        .await;
+    if result.is_success() {
+        Ok(())
+    } else {
+        Err(result.describe())
+    }
+}

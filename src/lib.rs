@@ -5,6 +5,7 @@
 //! The user-facing contract (CLI, config, request format, metrics) is in
 //! `docs/CONTRACT.md`.
 
+pub mod admin;
 pub mod breaker;
 pub mod bridge;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod delivery;
+pub mod delivery_log;
 pub mod envelope;
 pub mod guard;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! natshook's own HTTP server: `/metrics`, `/healthz`, `/readyz`.
+//! natshook's own HTTP server: `/metrics`, `/healthz`, `/readyz`, and the admin API
+//! under `/api/` when enabled.
 //!
 //! `/healthz` answers as long as the process serves requests (liveness must not fail
 //! because NATS is down, or Kubernetes would restart a healthy sidecar in a loop);
@@ -18,13 +19,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-
-/// What the server needs to know about the rest of the process.
-pub trait Status: Send + Sync + 'static {
-    /// `Ok` when ready, else the reasons it is not.
-    fn readiness(&self) -> Result<(), Vec<String>>;
-}
+use crate::admin::Admin;
+use crate::bridge::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -32,7 +28,7 @@ pub enum ServerError {
     Bind(SocketAddr, std::io::Error),
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -42,14 +38,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-fn route(
-    req: &http::Request<Incoming>,
-    metrics: &Metrics,
-    status: &dyn Status,
+async fn route(
+    req: http::Request<Incoming>,
+    sup: &Supervisor,
+    admin: Option<&Admin>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, metrics.render());
+            let mut r = text(StatusCode::OK, sup.metrics().render());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -57,7 +53,7 @@ fn route(
             r
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => match status.readiness() {
+        (&Method::GET, "/readyz") => match sup.readiness() {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(reasons) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -67,6 +63,13 @@ fn route(
         (_, "/metrics" | "/healthz" | "/readyz") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
+        (_, path) if path.starts_with("/api/") => match admin {
+            Some(admin) => admin.handle(req).await,
+            None => text(
+                StatusCode::NOT_FOUND,
+                "the admin API is off ([admin] enabled = true)\n",
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -74,8 +77,8 @@ fn route(
 /// Binds now (so a taken port fails start-up) and serves until `stop`.
 pub async fn serve(
     listen: SocketAddr,
-    metrics: Metrics,
-    status: Arc<dyn Status>,
+    sup: Arc<Supervisor>,
+    admin: Option<Admin>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
     let listener = TcpListener::bind(listen)
@@ -84,6 +87,7 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| ServerError::Bind(listen, e))?;
+    let admin = admin.map(Arc::new);
     let handle = tokio::spawn(async move {
         loop {
             let (tcp, _) = tokio::select! {
@@ -97,12 +101,13 @@ pub async fn serve(
                     }
                 },
             };
-            let metrics = metrics.clone();
-            let status = status.clone();
+            let sup = sup.clone();
+            let admin = admin.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let r = route(&req, &metrics, status.as_ref());
-                    async move { Ok::<_, Infallible>(r) }
+                    let sup = sup.clone();
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(route(req, &sup, admin.as_deref()).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)

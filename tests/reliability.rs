@@ -687,9 +687,12 @@ async fn a_deleted_dead_letter_stream_is_created_again() {
         "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0",
     )
     .await;
-    js.delete_stream("NATSHOOK_DLQ")
-        .await
-        .expect("delete dlq stream");
+    let mut tries = 0;
+    while let Err(e) = js.delete_stream("NATSHOOK_DLQ").await {
+        tries += 1;
+        assert!(tries < 10, "cannot delete the dead-letter stream: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let msgs = leads(5, "dd");
     let published = ids(&msgs);
     publish_all(&js, msgs).await;

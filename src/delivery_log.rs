@@ -1,0 +1,216 @@
+//! The delivery log ("webhook logs"): the last attempts per endpoint, kept in a
+//! JetStream stream with per-subject limits so it survives restarts, is shared by
+//! replicas, and needs no other database.
+//!
+//! Records are published with core NATS (no ack wait): the log is for people
+//! debugging receivers, so it must never slow or block a delivery. A record lost
+//! while NATS is unreachable is acceptable; a delivery delayed by logging is not.
+
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::AttemptResult;
+
+pub const LOG_STREAM: &str = "NATSHOOK_LOG";
+pub const LOG_SUBJECT_PREFIX: &str = "natshook.log";
+
+/// Value shown instead of a secret-bearing header.
+pub const REDACTED: &str = "[redacted]";
+
+fn subject(endpoint: &str) -> String {
+    format!("{LOG_SUBJECT_PREFIX}.{endpoint}")
+}
+
+/// One attempt, as stored and served by the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub endpoint: String,
+    pub event: String,
+    pub id: String,
+    pub attempt: u32,
+    /// When the attempt started (RFC 3339).
+    pub time: String,
+    /// `2xx`, `4xx`, `timeout`, `connect_error`, …
+    pub status: String,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: f64,
+    /// At most 4,096 bytes (lossy UTF-8).
+    pub response_body: String,
+    /// Request headers; signatures and configured header values redacted.
+    pub request_headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub max_per_endpoint: i64,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot set up stream {LOG_STREAM}: {0}")]
+    Stream(String),
+    #[error("cannot read the delivery log: {0}")]
+    Read(String),
+}
+
+/// Writes and reads the delivery log.
+#[derive(Clone)]
+pub struct DeliveryLog {
+    js: jetstream::Context,
+    client: async_nats::Client,
+}
+
+/// Headers natshook itself sends whose values are safe to show.
+fn shown_as_is(name: &str) -> bool {
+    matches!(
+        name,
+        "content-type"
+            | "user-agent"
+            | "x-webhook-event"
+            | "x-webhook-id"
+            | "x-webhook-attempt"
+            | "x-webhook-timestamp"
+            | "webhook-id"
+            | "webhook-timestamp"
+            | "traceparent"
+            | "tracestate"
+    )
+}
+
+/// The request headers with every value redacted except natshook's own
+/// non-secret ones: signatures and configured extra headers may be credentials.
+pub fn redact(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let shown = if shown_as_is(name.as_str()) && !value.is_sensitive() {
+                value.to_str().unwrap_or(REDACTED).to_string()
+            } else {
+                REDACTED.to_string()
+            };
+            (name.as_str().to_string(), shown)
+        })
+        .collect()
+}
+
+impl DeliveryLog {
+    pub fn new(client: async_nats::Client) -> Self {
+        Self {
+            js: jetstream::new(client.clone()),
+            client,
+        }
+    }
+
+    /// Creates the stream if missing; limits keep it at the last N attempts per endpoint.
+    pub async fn ensure_stream(&self, settings: &LogSettings) -> Result<(), LogError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: LOG_STREAM.to_string(),
+                subjects: vec![format!("{LOG_SUBJECT_PREFIX}.>")],
+                max_messages_per_subject: settings.max_per_endpoint,
+                max_age: settings.max_age,
+                discard: stream::DiscardPolicy::Old,
+                storage: stream::StorageType::File,
+                description: Some("natshook delivery log".into()),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| LogError::Stream(e.to_string()))
+    }
+
+    /// Records one attempt; never waits for the server.
+    pub async fn record(
+        &self,
+        endpoint: &str,
+        event: &str,
+        id: &str,
+        attempt: u32,
+        result: &AttemptResult,
+        request_headers: Vec<(String, String)>,
+    ) {
+        let now = SystemTime::now();
+        let started = now.checked_sub(result.duration).unwrap_or(now);
+        let record = LogRecord {
+            endpoint: endpoint.to_string(),
+            event: event.to_string(),
+            id: id.to_string(),
+            attempt,
+            time: crate::envelope::rfc3339_millis(started),
+            status: result.status.label().to_string(),
+            http_status: result.http_status,
+            error: result.error.clone(),
+            duration_ms: result.duration.as_secs_f64() * 1000.0,
+            response_body: String::from_utf8_lossy(&result.response_body).into_owned(),
+            request_headers,
+        };
+        if let Ok(body) = serde_json::to_vec(&record) {
+            if let Err(e) = self.client.publish(subject(endpoint), body.into()).await {
+                tracing::debug!(error = %e, "delivery log record not written");
+            }
+        }
+    }
+
+    /// The newest `limit` records of `endpoint`, newest first.
+    pub async fn recent(&self, endpoint: &str, limit: usize) -> Result<Vec<LogRecord>, LogError> {
+        let read = |e: &dyn std::fmt::Display| LogError::Read(e.to_string());
+        let stream = self.js.get_stream(LOG_STREAM).await.map_err(|e| read(&e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject(endpoint),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| read(&e))?;
+        let mut out = std::collections::VecDeque::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+            let msg = match next {
+                Err(_) | Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(read(&e)),
+                Ok(Some(Ok(m))) => m,
+            };
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            if let Ok(r) = serde_json::from_slice::<LogRecord>(&msg.payload) {
+                out.push_back(r);
+                if out.len() > limit {
+                    out.pop_front();
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out.into_iter().rev().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn signatures_and_configured_headers_are_redacted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-webhook-id", HeaderValue::from_static("id-1"));
+        h.insert("x-webhook-signature", HeaderValue::from_static("abcdef"));
+        h.insert("webhook-signature", HeaderValue::from_static("v1,xyz"));
+        let mut key = HeaderValue::from_static("api-key-123");
+        key.set_sensitive(true);
+        h.insert("x-api-key", key);
+        let shown = redact(&h);
+        let get = |n: &str| shown.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("x-webhook-id"), Some("id-1"));
+        assert_eq!(get("x-webhook-signature"), Some(REDACTED));
+        assert_eq!(get("webhook-signature"), Some(REDACTED));
+        assert_eq!(get("x-api-key"), Some(REDACTED));
+    }
+}
