@@ -600,6 +600,48 @@ impl Natshook {
         }
     }
 
+    /// Replaces the config file (with `{http_port}` substituted), e.g. for reload.
+    pub fn rewrite_config(&self, config: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            config.replace("{http_port}", &self.http_port.to_string()),
+        )
+        .expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("swap config");
+    }
+
+    /// An admin API call: (status, JSON body).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{}{path}", self.http_port));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+            .await
+            .expect("admin API timed out")
+            .expect("admin API request");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        (status, value)
+    }
+
     /// Runs another natshook command against the same config file.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(bin());

@@ -1,0 +1,426 @@
+//! Operations: every admin API route, the delivery log, and hot reload (file change
+//! and SIGHUP) while traffic flows.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn with_admin(mut config: TestConfig) -> TestConfig {
+    config.top = format!(
+        "{}\n[admin]\nenabled = true\ntoken = {{ value = \"{TOKEN}\" }}\n",
+        config.top
+    );
+    config
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_is_off_by_default_and_needs_the_token() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let off = Natshook::start(
+        &TestConfig::new(nats.url())
+            .endpoint("a", &rx.url("/"), &["*"], "")
+            .render(),
+    )
+    .await;
+    assert_eq!(
+        off.api("GET", "/api/endpoints", Some(TOKEN), None).await.0,
+        404
+    );
+
+    let nats2 = NatsServer::start();
+    let on = Natshook::start(
+        &with_admin(TestConfig::new(nats2.url()).endpoint("a", &rx.url("/"), &["*"], "")).render(),
+    )
+    .await;
+    assert_eq!(on.api("GET", "/api/endpoints", None, None).await.0, 401);
+    assert_eq!(
+        on.api(
+            "GET",
+            "/api/endpoints",
+            Some("wrong-token-wrong-token"),
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, body) = on.api("GET", "/api/endpoints", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "a");
+    assert_eq!(list[0]["paused"], false);
+    assert_eq!(list[0]["bound"], true);
+    assert_eq!(
+        on.api("GET", "/api/endpoints/nope", Some(TOKEN), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        on.api("POST", "/api/endpoints/nope/pause", Some(TOKEN), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        on.api("GET", "/api/nothing", Some(TOKEN), None).await.0,
+        404
+    );
+    // Token problems are config errors.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[admin]\nenabled = true\n[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("admin.token: required when admin.enabled = true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_state_deliveries_and_test_ping() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|r| {
+        if r.id() == "st-3" && r.nth_for_id == 1 {
+            Reply::status(503).body("busy")
+        } else {
+            Reply::ok().body("thanks")
+        }
+    })
+    .await;
+    let config = with_admin(TestConfig::new(nats.url()).endpoint(
+        "a",
+        &rx.url("/"),
+        &["*"],
+        "retry_schedule = [\"100ms\"]\nheaders = { \"X-Api-Key\" = \"k-secret\" }",
+    ));
+    let mut natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(5, "st")).await;
+    rx.wait_for(Duration::from_secs(20), "5", |r| {
+        r.delivered_ids().len() >= 5
+    })
+    .await;
+
+    let (_, state) = natshook
+        .api("GET", "/api/endpoints/a", Some(TOKEN), None)
+        .await;
+    assert!(
+        state["last_success"].as_str().unwrap().ends_with('Z'),
+        "{state}"
+    );
+    assert_eq!(state["last_error"], "HTTP 503");
+    assert_eq!(state["consecutive_failures"], 0);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let (s, body) = natshook
+            .api("GET", "/api/endpoints/a/deliveries", Some(TOKEN), None)
+            .await;
+        if s == 200 && body.as_array().is_some_and(|a| a.len() >= 6) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "6 log records: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let records = records.as_array().unwrap();
+    let failed = records
+        .iter()
+        .find(|r| r["id"] == "st-3" && r["attempt"] == 1)
+        .expect("failed attempt logged");
+    assert_eq!(failed["http_status"], 503);
+    assert_eq!(failed["status"], "5xx");
+    assert_eq!(failed["response_body"], "busy");
+    let headers = failed["request_headers"].as_array().unwrap();
+    let header = |n: &str| {
+        headers
+            .iter()
+            .find(|h| h[0] == n)
+            .map(|h| h[1].as_str().unwrap().to_string())
+    };
+    assert_eq!(header("x-webhook-id").as_deref(), Some("st-3"));
+    assert_eq!(header("x-webhook-signature").as_deref(), Some("[redacted]"));
+    assert_eq!(header("x-api-key").as_deref(), Some("[redacted]"));
+    assert!(!serde_json::to_string(records).unwrap().contains("k-secret"));
+    // Newest first, limit honoured.
+    let (_, two) = natshook
+        .api(
+            "GET",
+            "/api/endpoints/a/deliveries?limit=2",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(two.as_array().unwrap().len(), 2);
+    assert!(two[0]["time"].as_str() >= two[1]["time"].as_str());
+
+    let (status, ping) = natshook
+        .api("POST", "/api/endpoints/a/test", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ping["success"], true);
+    assert_eq!(ping["http_status"], 200);
+    assert_eq!(ping["response_body"], "thanks");
+    let got = rx.received();
+    let test = got
+        .iter()
+        .find(|r| r.header("x-webhook-event") == "webhook.test")
+        .expect("test event");
+    assert_eq!(test.json()["data"]["endpoint"], "a");
+    assert_eq!(test.id(), ping["id"].as_str().unwrap());
+
+    // The log lives in JetStream: it survives a restart.
+    natshook.terminate().await;
+    natshook.spawn().await;
+    let (_, after) = natshook
+        .api("GET", "/api/endpoints/a/deliveries", Some(TOKEN), None)
+        .await;
+    assert!(after.as_array().unwrap().len() >= 6, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_pause_resume_and_dead_letter_replay() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(500)).await;
+    let config = with_admin(TestConfig::new(nats.url()).endpoint(
+        "a",
+        &rx.url("/"),
+        &["*"],
+        "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\nprobe_interval = \"200ms\"",
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(10, "dl")).await;
+    wait_until(Duration::from_secs(20), "10 dead letters", || async {
+        natshook.dead_letters("a").len() >= 10
+    })
+    .await;
+    rx.set(|_| Reply::ok());
+    let (status, summary) = natshook
+        .api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(TOKEN),
+            Some("{\"id\": \"dl-4\"}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["replayed"], serde_json::json!(["dl-4"]));
+    let (status, summary) = natshook
+        .api("POST", "/api/endpoints/a/dlq/replay", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(summary["replayed"].as_array().unwrap().len(), 9);
+    assert!(natshook.dead_letters("a").is_empty());
+    assert_eq!(rx.delivered_ids().len(), 10);
+    let (status, _) = natshook
+        .api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(TOKEN),
+            Some("{\"bogus\": 1}"),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // Manual pause: nothing is fetched (no probes either) until resume.
+    let (status, state) = natshook
+        .api("POST", "/api/endpoints/a/pause", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(state["paused"], true);
+    assert_eq!(state["pause_reason"], "paused by an operator");
+    assert_eq!(
+        natshook
+            .metric("natshook_endpoint_paused{endpoint=\"a\"}")
+            .await,
+        Some(1.0)
+    );
+    let before = rx.count();
+    publish_all(&js, leads(20, "pz")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.count(),
+        before,
+        "a manually paused endpoint received requests"
+    );
+    let (_, state) = natshook
+        .api("POST", "/api/endpoints/a/resume", Some(TOKEN), None)
+        .await;
+    assert_eq!(state["paused"], false);
+    rx.wait_for(Duration::from_secs(20), "20 after resume", |r| {
+        r.delivered_ids().len() >= 30
+    })
+    .await;
+    assert_eq!(
+        natshook
+            .metric("natshook_endpoint_paused{endpoint=\"a\"}")
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_endpoints_during_traffic_and_loses_nothing() {
+    let nats = NatsServer::start();
+    let keep = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let gone = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let new = Receiver::start().await;
+    let before = TestConfig::new(nats.url())
+        .endpoint("keep", &keep.url("/"), &["*"], "concurrency = 8")
+        .endpoint("gone", &gone.url("/"), &["*"], "concurrency = 8");
+    let after = TestConfig::new(nats.url())
+        .endpoint("keep", &keep.url("/"), &["*"], "concurrency = 8")
+        .endpoint("new", &new.url("/"), &["lead.created"], "");
+    let natshook = Natshook::start(&before.render()).await;
+    let js = jetstream::new(nats.client().await);
+
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for chunk in 0..20 {
+                publish_all(&js, leads(100, &format!("r{chunk}"))).await;
+                // Slow enough that the reload (file polled every 2 s) lands mid-stream.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    keep.wait_for(Duration::from_secs(20), "traffic under way", |r| {
+        r.count() >= 300
+    })
+    .await;
+    natshook.rewrite_config(&after.render());
+    let natshook_logs = || natshook.logs();
+    wait_until(Duration::from_secs(15), "reload", || {
+        let logs = natshook_logs();
+        async move { logs.contains("config reloaded") }
+    })
+    .await;
+    publisher.await.unwrap();
+    let all: Vec<String> = (0..20)
+        .flat_map(|c| (0..100).map(move |i| format!("r{c}-{i}")))
+        .collect();
+
+    keep.wait_for(Duration::from_secs(60), "keep: all 2000", |r| {
+        r.delivered_ids().len() >= 2000
+    })
+    .await;
+    new.wait_for(Duration::from_secs(60), "new: all 2000", |r| {
+        r.delivered_ids().len() >= 2000
+    })
+    .await;
+    let keep_ids: BTreeSet<String> = keep.delivered_ids().into_keys().collect();
+    let new_ids: BTreeSet<String> = new.delivered_ids().into_keys().collect();
+    for id in &all {
+        assert!(keep_ids.contains(id), "keep lost {id}");
+        assert!(new_ids.contains(id), "new missed {id}");
+    }
+    // The unchanged endpoint was not restarted by the reload.
+    let logs = natshook.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap();
+    assert!(line.contains("restarted=[]"), "{line}");
+    assert!(
+        line.contains("added=[\"new\"]") && line.contains("removed=[\"gone\"]"),
+        "{line}"
+    );
+    // The removed endpoint finished what it had in flight: every request it got was
+    // answered and acked, so a later re-add resumes after them, without a gap.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        gone.received().iter().all(|r| r.replied == 200),
+        "a removed endpoint's in-flight delivery was cut off"
+    );
+    let gone_count = gone.delivered_ids().len();
+    assert!(gone_count > 0 && gone_count < 2000, "gone got {gone_count}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gone.delivered_ids().len(),
+        gone_count,
+        "a removed endpoint kept receiving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_changed_endpoint_and_an_invalid_config_is_rejected() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let rx2 = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/one"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(10, "h1")).await;
+    rx.wait_for(Duration::from_secs(20), "10", |r| {
+        r.delivered_ids().len() >= 10
+    })
+    .await;
+
+    // An invalid config is rejected and the running one keeps delivering.
+    natshook.rewrite_config(&config.render().replace("events = [\"*\"]", "events = []"));
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), "rejection logged", || {
+        let logs = natshook.logs();
+        async move { logs.contains("config reload rejected") }
+    })
+    .await;
+    assert!(natshook
+        .logs()
+        .contains("endpoints[0].events: must list at least one"));
+    publish_all(&js, leads(10, "h2")).await;
+    rx.wait_for(Duration::from_secs(20), "20", |r| {
+        r.delivered_ids().len() >= 20
+    })
+    .await;
+
+    // A changed URL restarts that endpoint; the next messages go to the new URL.
+    let moved = TestConfig::new(nats.url()).endpoint("a", &rx2.url("/two"), &["*"], "");
+    natshook.rewrite_config(&moved.render());
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), "restart logged", || {
+        let logs = natshook.logs();
+        async move { logs.contains("restarted=[\"a\"]") }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_all(
+        &js,
+        vec![(
+            "crm.lead.created".into(),
+            Bytes::from_static(b"{}"),
+            Some("moved".into()),
+        )],
+    )
+    .await;
+    rx2.wait_for(Duration::from_secs(20), "moved", |r| {
+        r.delivered_ids().contains_key("moved")
+    })
+    .await;
+    assert!(!rx.delivered_ids().contains_key("moved"));
+    assert_eq!(rx2.received()[0].path, "/two");
+}
