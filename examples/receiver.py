@@ -27,6 +27,7 @@ def verify(scheme, secret, headers, body):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--route", nargs=3, action="append", metavar=("PATH", "SCHEME", "SECRET"), default=[])
     ap.add_argument("--fail-first", action="append", default=[], metavar="EVENT")
     args = ap.parse_args()
@@ -56,7 +57,7 @@ def main():
         def log_message(self, *a):
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

