@@ -268,7 +268,9 @@ impl Worker {
                 continue;
             }
 
-            let batch = self.endpoint.concurrency.clamp(1, 256);
+            // The server never sends more than max_ack_pending unacked messages, so a
+            // larger batch only saves pull round trips (ordered endpoints included).
+            let batch = self.endpoint.concurrency.clamp(16, 256);
             let mut messages = match consumer
                 .stream()
                 .max_messages_per_batch(batch)
@@ -316,7 +318,11 @@ impl Worker {
                         use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
                         match e.kind() {
                             K::MissingHeartbeat => {
-                                tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; continuing");
+                                // The server stopped answering this pull (seen with
+                                // max_ack_pending = 1 after a burst): a fresh pull
+                                // stream recovers at once instead of idling.
+                                tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; pulling again");
+                                continue 'bind;
                             }
                             _ => {
                                 tracing::warn!(endpoint = %self.endpoint.name, error = %e, "fetch failed; re-binding");

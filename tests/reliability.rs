@@ -132,14 +132,9 @@ async fn always_500_dead_letters_complete_records_and_replay_delivers_them() {
     })
     .await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let dead = natshook.dead_letters("e");
-        if dead.len() >= 200 || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let dead = natshook
+        .wait_dead_letters("e", 200, Duration::from_secs(30))
+        .await;
     assert_eq!(dead.len(), 200);
     assert_eq!(rx.count(), 600, "exactly max_attempts tries each");
     for d in &dead {
@@ -315,15 +310,14 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
     let msgs = leads(100, "g");
     let published = ids(&msgs);
     publish_all(&js, msgs).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while natshook
-        .metric("natshook_endpoint_paused{endpoint=\"e\"}")
-        .await
-        != Some(1.0)
-    {
-        assert!(Instant::now() < deadline, "410 did not pause the endpoint");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    natshook
+        .wait_metric(
+            "natshook_endpoint_paused{endpoint=\"e\"}",
+            1.0,
+            Duration::from_secs(10),
+            "410 did not pause the endpoint",
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // At most the in-flight requests of the moment plus one probe per second.
     assert!(
@@ -363,15 +357,14 @@ async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_de
     let msgs = leads(2000, "p");
     let published = ids(&msgs);
     publish_all(&js, msgs).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while natshook
-        .metric("natshook_endpoint_paused{endpoint=\"e\"}")
-        .await
-        != Some(1.0)
-    {
-        assert!(Instant::now() < deadline, "endpoint did not pause");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    natshook
+        .wait_metric(
+            "natshook_endpoint_paused{endpoint=\"e\"}",
+            1.0,
+            Duration::from_secs(10),
+            "endpoint did not pause",
+        )
+        .await;
     let at_pause = rx.count();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = rx.count() - at_pause;
@@ -580,14 +573,9 @@ async fn undeliverable_messages_go_straight_to_dead_letters_with_the_reason() {
         !r.delivered_ids().is_empty()
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let dead = loop {
-        let d = natshook.dead_letters("e");
-        if d.len() >= 2 || Instant::now() > deadline {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead = natshook
+        .wait_dead_letters("e", 2, Duration::from_secs(10))
+        .await;
     assert_eq!(dead.len(), 2, "{dead:?}");
     let big = dead.iter().find(|d| d["id"] == "big").unwrap();
     assert!(big["reason"].as_str().unwrap().contains("exceeds max_body"));
@@ -618,14 +606,9 @@ async fn redirects_are_failed_attempts_and_never_followed() {
         r.count() >= 20
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let dead = loop {
-        let d = natshook.dead_letters("e");
-        if d.len() >= 10 || Instant::now() > deadline {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead = natshook
+        .wait_dead_letters("e", 10, Duration::from_secs(10))
+        .await;
     assert_eq!(dead.len(), 10);
     assert!(dead.iter().all(|d| d["last_status"] == 302));
     assert_eq!(target.count(), 0, "the redirect was followed");
@@ -696,18 +679,9 @@ async fn a_deleted_dead_letter_stream_is_created_again() {
     let msgs = leads(5, "dd");
     let published = ids(&msgs);
     publish_all(&js, msgs).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let dead = loop {
-        let out = natshook.cli(&["dlq", "list", "--endpoint", "e"]);
-        let d: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if d.len() >= 5 || Instant::now() > deadline {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead = natshook
+        .wait_dead_letters("e", 5, Duration::from_secs(15))
+        .await;
     assert_eq!(dead.len(), 5, "dead letters after the stream was deleted");
     assert_nothing_lost(&rx, &published, &dead);
 }

@@ -260,14 +260,9 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_time() {
         r.count() >= 5
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        let d = natshook.dead_letters("guarded");
-        if d.len() >= 5 || Instant::now() > deadline {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead = natshook
+        .wait_dead_letters("guarded", 5, Duration::from_secs(20))
+        .await;
     assert_eq!(
         dead.len(),
         5,

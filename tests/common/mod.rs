@@ -651,16 +651,47 @@ impl Natshook {
 
     /// The dead-letter records of `endpoint`, via `natshook dlq list`.
     pub fn dead_letters(&self, endpoint: &str) -> Vec<serde_json::Value> {
+        self.try_dead_letters(endpoint)
+            .unwrap_or_else(|e| panic!("dlq list failed: {e}"))
+    }
+
+    fn try_dead_letters(&self, endpoint: &str) -> Result<Vec<serde_json::Value>, String> {
         let out = self.cli(&["dlq", "list", "--endpoint", endpoint, "--limit", "100000"]);
-        assert!(
-            out.status.success(),
-            "dlq list failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).expect("dlq record is JSON"))
-            .collect()
+            .collect())
+    }
+
+    /// Waits until `endpoint` has at least `n` dead letters (or `within` passed) and
+    /// returns them; a moment where the list fails (stream being re-created) is retried.
+    pub async fn wait_dead_letters(
+        &self,
+        endpoint: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.try_dead_letters(endpoint);
+            match got {
+                Ok(d) if d.len() >= n || Instant::now() > deadline => return d,
+                Err(e) if Instant::now() > deadline => panic!("dlq list failed: {e}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Waits until a metric series has `want`, or panics with `what`.
+    pub async fn wait_metric(&self, series: &str, want: f64, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        while self.metric(series).await != Some(want) {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn sigkill(&mut self) {
