@@ -296,10 +296,12 @@ impl Deliverer {
         for (name, value) in &self.endpoint.headers {
             h.insert(name.clone(), value.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(req.event) {
+        // from_bytes, not from_str: an event name built from non-ASCII subject tokens
+        // is sent as its UTF-8 bytes instead of silently losing the header.
+        if let Ok(v) = HeaderValue::from_bytes(req.event.as_bytes()) {
             h.insert(X_WEBHOOK_EVENT, v);
         }
-        if let Ok(v) = HeaderValue::from_str(req.id) {
+        if let Ok(v) = HeaderValue::from_bytes(req.id.as_bytes()) {
             h.insert(X_WEBHOOK_ID, v);
         }
         h.insert(X_WEBHOOK_ATTEMPT, HeaderValue::from(req.attempt));

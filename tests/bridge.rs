@@ -537,3 +537,137 @@ async fn token_authentication_from_an_env_secret() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_mutual_tls_with_user_and_password() {
+    let pki = pki();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &pki.path("server.pem"),
+        "--tlskey",
+        &pki.path("server-key.pem"),
+        "--tlsverify",
+        "--tlscacert",
+        &pki.path("ca.pem"),
+        "--user",
+        "hook",
+        "--pass",
+        "s3cret-pass",
+    ]);
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(format!("tls://127.0.0.1:{}", nats.port)).endpoint(
+        "crm",
+        &rx.url("/"),
+        &["*"],
+        "",
+    );
+    let text = config.render().replace(
+        "create_stream = true",
+        &format!(
+            "create_stream = true\nuser = \"hook\"\npassword = {{ env = \"NATSHOOK_TEST_NATS_PASS\" }}\n[nats.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            pki.path("ca.pem"),
+            pki.path("client.pem"),
+            pki.path("client-key.pem")
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let http_port = free_port();
+    std::fs::write(&path, text.replace("{http_port}", &http_port.to_string())).unwrap();
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NATSHOOK_TEST_NATS_PASS", "s3cret-pass")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("hook".into(), "s3cret-pass".into())
+            .add_root_certificates(pki.path("ca.pem").into())
+            .add_client_certificate(
+                pki.path("client.pem").into(),
+                pki.path("client-key.pem").into(),
+            )
+            .require_tls(true)
+            .connect(format!("tls://127.0.0.1:{}", nats.port))
+            .await
+            .unwrap();
+    let js = jetstream::new(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = http_get(&format!("http://127.0.0.1:{http_port}/readyz")).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "natshook never became ready over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_all(&js, leads(3, "tls")).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        r.delivered_ids().len() >= 3
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_failed_attempt_fields() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = TestConfig::new(nats.url()).endpoint(
+        "j",
+        &rx.url("/"),
+        &["*"],
+        "retry_schedule = [\"1h\"]",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let http_port = free_port();
+    std::fs::write(
+        &path,
+        config
+            .render()
+            .replace("{http_port}", &http_port.to_string()),
+    )
+    .unwrap();
+    let log = dir.path().join("log.jsonl");
+    let mut child = Command::new(bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        http_get(&format!("http://127.0.0.1:{http_port}/readyz")).await,
+        Ok((200, _))
+    ) {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(1, "jl")).await;
+    rx.wait_for(Duration::from_secs(20), "1 attempt", |r| r.count() >= 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "delivery attempt failed")
+        .expect("a failed-attempt line");
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["fields"]["endpoint"], "j");
+    assert_eq!(failed["fields"]["id"], "jl-0");
+    assert_eq!(failed["fields"]["attempt"], 1);
+    assert_eq!(failed["fields"]["error"], "HTTP 503");
+}

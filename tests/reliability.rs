@@ -160,8 +160,28 @@ async fn always_500_dead_letters_complete_records_and_replay_delivers_them() {
         Some(200.0)
     );
 
-    // The receiver is fixed; replay one by id, then the rest.
+    // The receiver is fixed; --since in the future selects nothing, then replay one
+    // by id, then the rest.
     rx.set(|_| Reply::ok());
+    let out = natshook.cli(&[
+        "dlq",
+        "replay",
+        "--endpoint",
+        "e",
+        "--all",
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        natshook.dead_letters("e").len(),
+        200,
+        "--since kept every older record"
+    );
     let out = natshook.cli(&["dlq", "replay", "--endpoint", "e", "--id", "d-7"]);
     assert!(
         out.status.success(),

@@ -6,7 +6,6 @@ mod common;
 
 use std::net::ToSocketAddrs;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -277,62 +276,6 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_time() {
         5,
         "only the allow_cidrs endpoint reached the receiver"
     );
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca_pem: String,
-    server: rustls::ServerConfig,
-}
-
-/// A private CA, a server certificate for 127.0.0.1 and a client certificate, with a
-/// server that requires the client certificate and offers HTTP/2.
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = CertificateParams::new(vec!["natshook".to_string()])
-        .unwrap()
-        .signed_by(&client_key, &ca)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("client-key.pem"),
-        client_key.serialize_pem(),
-    )
-    .unwrap();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server_cert.der().clone()], key)
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Pki {
-        dir,
-        ca_pem: ca.pem(),
-        server,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
