@@ -494,9 +494,17 @@ fn report(r: &Results) {
         "  P  Python bridge                 {:>10.0} deliveries/s",
         r.python_per_s
     );
+    // Doing A's and B's work one after the other on the same cores: the best a
+    // bridge that must both consume and POST each message could do here.
+    let serial = 1.0 / (1.0 / r.ceiling_nats_per_s + 1.0 / r.ceiling_http_per_s);
     println!(
         "  natshook / min(A, B)             {:>10.2}",
         r.natshook_per_s / min_ceiling
+    );
+    println!(
+        "  natshook / serial(A, B)          {:>10.2}   (1/(1/A + 1/B) = {:.0}/s)",
+        r.natshook_per_s / serial,
+        serial
     );
     println!(
         "  natshook / Python                {:>10.1}x",
