@@ -491,6 +491,11 @@ pub async fn run(
             .delivery_log
             .as_ref()
             .map(|_| DeliveryLog::new(client.clone())),
+        log_successes_per_second: config
+            .delivery_log
+            .as_ref()
+            .map(|l| l.max_successes_per_second)
+            .unwrap_or(0),
     };
     let sup = Arc::new(Supervisor {
         shared,

@@ -206,9 +206,15 @@ struct RawDeliveryLog {
     enabled: Option<bool>,
     max_per_endpoint: Option<i64>,
     max_age: Option<String>,
+    max_successes_per_second: Option<i64>,
 }
 
-const DELIVERY_LOG_KEYS: &[&str] = &["enabled", "max_per_endpoint", "max_age"];
+const DELIVERY_LOG_KEYS: &[&str] = &[
+    "enabled",
+    "max_per_endpoint",
+    "max_age",
+    "max_successes_per_second",
+];
 
 #[derive(Debug, Default, Deserialize)]
 struct RawAdmin {
@@ -699,11 +705,19 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             None => Some(Duration::from_secs(7 * 24 * 3600)),
             Some(t) => p.duration("delivery_log.max_age", t),
         };
-        match (max, age) {
-            (Some(max), Some(age)) => Some(Some(crate::delivery_log::LogSettings {
-                max_per_endpoint: i64::from(max),
-                max_age: age,
-            })),
+        let per_second = p.positive(
+            "delivery_log.max_successes_per_second",
+            raw.delivery_log.max_successes_per_second.unwrap_or(100),
+            0,
+        );
+        match (max, age, per_second) {
+            (Some(max), Some(age), Some(per_second)) => {
+                Some(Some(crate::delivery_log::LogSettings {
+                    max_per_endpoint: i64::from(max),
+                    max_age: age,
+                    max_successes_per_second: per_second,
+                }))
+            }
             _ => None,
         }
     } else {

@@ -81,6 +81,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub dead_letters: DeadLetters,
     pub delivery_log: Option<DeliveryLog>,
+    /// Successful attempts logged per endpoint and second at most.
+    pub log_successes_per_second: u32,
 }
 
 /// An endpoint's state for the admin API.
@@ -113,6 +115,64 @@ pub struct Worker {
     last_success_ms: AtomicU64,
     last_failure_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    success_log: RateLimit,
+}
+
+/// At most `limit` events per wall-clock second, lock-free: the second and the count
+/// share one atomic word (count in the low 20 bits).
+pub struct RateLimit {
+    limit: u64,
+    state: AtomicU64,
+}
+
+impl RateLimit {
+    const COUNT_BITS: u32 = 20;
+
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit: u64::from(limit).min((1 << Self::COUNT_BITS) - 1),
+            state: AtomicU64::new(0),
+        }
+    }
+
+    fn now_second() -> u64 {
+        unix_ms(SystemTime::now()) / 1000
+    }
+
+    /// True when `take` would succeed now (without taking).
+    pub fn has_room(&self) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let s = self.state.load(Ordering::Relaxed);
+        s >> Self::COUNT_BITS != Self::now_second()
+            || (s & ((1 << Self::COUNT_BITS) - 1)) < self.limit
+    }
+
+    pub fn take(&self) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let now = Self::now_second();
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            let (second, count) = (s >> Self::COUNT_BITS, s & ((1 << Self::COUNT_BITS) - 1));
+            let next = if second != now {
+                (now << Self::COUNT_BITS) | 1
+            } else if count < self.limit {
+                s + 1
+            } else {
+                return false;
+            };
+            match self
+                .state
+                .compare_exchange_weak(s, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => s = actual,
+            }
+        }
+    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -150,6 +210,7 @@ impl Worker {
             last_success_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            success_log: RateLimit::new(shared.log_successes_per_second),
         }
     }
 
@@ -484,7 +545,7 @@ impl Worker {
             attempt: inc.attempt,
             body,
             forwarded,
-            capture_headers: self.shared.delivery_log.is_some(),
+            capture_headers: self.shared.delivery_log.is_some() && self.success_log.has_room(),
         });
         tokio::pin!(send);
         let every = ack_wait(&self.endpoint) / 3;
@@ -506,7 +567,11 @@ impl Worker {
             self.ack(&msg, AckKind::Nak(None)).await;
             return;
         };
-        if let Some(log) = &self.shared.delivery_log {
+        let log = self.shared.delivery_log.as_ref().filter(|_| {
+            // Every failed attempt is kept; successes are sampled under heavy load.
+            !result.is_success() || self.success_log.take()
+        });
+        if let Some(log) = log {
             let headers = std::mem::take(&mut result.request_headers);
             log.record(
                 &self.endpoint.name,
@@ -718,5 +783,21 @@ pub async fn watch_unmapped(
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn rate_limit_allows_the_limit_per_second() {
+        let r = RateLimit::new(3);
+        assert!(r.has_room());
+        let taken = (0..10).filter(|_| r.take()).count();
+        // All ten calls normally fall in one second; a second boundary may add some.
+        assert!((3..=6).contains(&taken), "{taken}");
+        let none = RateLimit::new(0);
+        assert!(!none.take());
     }
 }

@@ -49,6 +49,10 @@ pub struct LogRecord {
 pub struct LogSettings {
     pub max_per_endpoint: i64,
     pub max_age: Duration,
+    /// Successful attempts recorded per endpoint and second at most; failed attempts
+    /// are always recorded. Storing every success at thousands per second would cost
+    /// nats-server as much as the deliveries themselves.
+    pub max_successes_per_second: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
