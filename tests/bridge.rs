@@ -493,12 +493,11 @@ async fn token_authentication_from_an_env_secret() {
         "create_stream = true",
         "create_stream = true\ntoken = { env = \"NATSHOOK_TEST_NATS_TOKEN\" }",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text.replace("{http_port}", &free_port().to_string())).unwrap();
+    let natshook =
+        Natshook::start_with(&text, &[("NATSHOOK_TEST_NATS_TOKEN", "s3cr3t-token")], &[]).await;
     let out = Command::new(bin())
         .args(["check", "--config"])
-        .arg(&path)
+        .arg(natshook.config_path())
         .env_remove("NATSHOOK_TEST_NATS_TOKEN")
         .output()
         .unwrap();
@@ -509,33 +508,15 @@ async fn token_authentication_from_an_env_secret() {
     );
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("nats.token: environment variable NATSHOOK_TEST_NATS_TOKEN is not set"));
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("NATSHOOK_TEST_NATS_TOKEN", "s3cr3t-token")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let client = async_nats::ConnectOptions::with_token("s3cr3t-token".into())
         .connect(nats.url())
         .await
         .unwrap();
-    let js = jetstream::new(client);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while js.get_stream("EVENTS").await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "natshook never created the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    publish_all(&js, leads(3, "tok")).await;
+    publish_all(&jetstream::new(client), leads(3, "tok")).await;
     rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
         r.delivered_ids().len() >= 3
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,17 +552,8 @@ async fn nats_over_mutual_tls_with_user_and_password() {
             pki.path("client-key.pem")
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    let http_port = free_port();
-    std::fs::write(&path, text.replace("{http_port}", &http_port.to_string())).unwrap();
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("NATSHOOK_TEST_NATS_PASS", "s3cret-pass")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _natshook =
+        Natshook::start_with(&text, &[("NATSHOOK_TEST_NATS_PASS", "s3cret-pass")], &[]).await;
     let client =
         async_nats::ConnectOptions::with_user_and_password("hook".into(), "s3cret-pass".into())
             .add_root_certificates(pki.path("ca.pem").into())
@@ -594,24 +566,11 @@ async fn nats_over_mutual_tls_with_user_and_password() {
             .await
             .unwrap();
     let js = jetstream::new(client);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok((200, _)) = http_get(&format!("http://127.0.0.1:{http_port}/readyz")).await {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "natshook never became ready over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     publish_all(&js, leads(3, "tls")).await;
     rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
         r.delivered_ids().len() >= 3
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,39 +583,13 @@ async fn json_logs_carry_the_failed_attempt_fields() {
         &["*"],
         "retry_schedule = [\"1h\"]",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    let http_port = free_port();
-    std::fs::write(
-        &path,
-        config
-            .render()
-            .replace("{http_port}", &http_port.to_string()),
-    )
-    .unwrap();
-    let log = dir.path().join("log.jsonl");
-    let mut child = Command::new(bin())
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        http_get(&format!("http://127.0.0.1:{http_port}/readyz")).await,
-        Ok((200, _))
-    ) {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let natshook = Natshook::start_with(&config.render(), &[], &["--log-format", "json"]).await;
     let js = jetstream::new(nats.client().await);
     publish_all(&js, leads(1, "jl")).await;
     rx.wait_for(Duration::from_secs(20), "1 attempt", |r| r.count() >= 1)
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = natshook.logs();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -477,6 +477,9 @@ pub struct Natshook {
     pub dir: tempfile::TempDir,
     config: PathBuf,
     runs: usize,
+    /// Environment and arguments before `run` (e.g. `--log-format json`).
+    env: Vec<(String, String)>,
+    global_args: Vec<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -487,6 +490,11 @@ impl Natshook {
     /// Writes the config (with `{http_port}` substituted) and starts natshook, waiting
     /// for /readyz.
     pub async fn start(config: &str) -> Self {
+        Self::start_with(config, &[], &[]).await
+    }
+
+    /// Like `start`, with extra environment variables and global arguments.
+    pub async fn start_with(config: &str, env: &[(&str, &str)], global_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let http_port = free_port();
         let path = dir.path().join("natshook.toml");
@@ -498,9 +506,18 @@ impl Natshook {
             dir,
             config: path,
             runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            global_args: global_args.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn().await;
         n
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     pub fn log_path(&self, run: usize) -> PathBuf {
@@ -519,9 +536,11 @@ impl Natshook {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
         let child = Command::new(bin())
+            .args(&self.global_args)
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "natshook=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
