@@ -88,17 +88,15 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
         404
     );
     // Token problems are config errors.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, "[admin]\nenabled = true\n[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n").unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("admin.token: required when admin.enabled = true"));
+    let (code, err) = check_config(&format!(
+        "[admin]\nenabled = true\n{}",
+        one_endpoint("url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n")
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("admin.token: required when admin.enabled = true"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

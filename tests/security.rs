@@ -165,7 +165,6 @@ async fn a_secret_file_rotated_mid_traffic_signs_with_the_new_secret() {
 
 #[test]
 fn urls_to_private_or_internal_targets_are_refused_by_check() {
-    let dir = tempfile::tempdir().unwrap();
     for (url, needle) in [
         (
             "https://[::ffff:127.0.0.1]/x",
@@ -184,42 +183,20 @@ fn urls_to_private_or_internal_targets_are_refused_by_check() {
         ),
         ("http://example.com/", "scheme must be https"),
     ] {
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            format!("[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"s\"\n"),
-        )
-        .unwrap();
-        let out = Command::new(bin())
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{url}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = check_config(&one_endpoint(&format!(
+            "url = \"{url}\"\nevents = [\"*\"]\nsecret = \"s\"\n"
+        )));
+        assert_eq!(code, 2, "{url}");
         assert!(
             err.contains("endpoints[0].url: ") && err.contains(needle),
             "{url}: {err}"
         );
     }
     // allow_cidrs opens exactly its range.
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://10.1.2.3/\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_cidrs = [\"10.1.0.0/16\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = check_config(&one_endpoint(
+        "url = \"https://10.1.2.3/\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_cidrs = [\"10.1.0.0/16\"]\n",
+    ));
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A host name (not an IP literal, not an internal suffix) that resolves only to
@@ -392,16 +369,10 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
     assert!(!everything.contains("SUPERSECRET"), "a secret leaked");
     assert!(natshook.logs().contains("delivery attempt failed"));
     // A bad secret reference names the key, never a value.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = { value = \"SUPERSECRET\", env = \"ALSO\" }\nheaders = { \"X-Bad\" = \"SUPERSECRET\\r\\nInjected: 1\" }\n").unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let (code, err) = check_config(&one_endpoint(
+        "url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = { value = \"SUPERSECRET\", env = \"ALSO\" }\nheaders = { \"X-Bad\" = \"SUPERSECRET\\r\\nInjected: 1\" }\n",
+    ));
+    assert_eq!(code, 2);
     assert!(
         err.contains("endpoints[0].secret: set exactly one of env, file or value"),
         "{err}"

@@ -882,3 +882,25 @@ pub fn pki() -> Pki {
         server,
     }
 }
+
+/// Runs `natshook check` on config text (TOML): (exit code, stderr).
+pub fn check_config(toml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run natshook check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config with one mapping and one endpoint `x`; `endpoint` is appended to the
+/// endpoint's table (its url, events, secret, …).
+pub fn one_endpoint(endpoint: &str) -> String {
+    format!("[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\n{endpoint}")
+}
