@@ -5,6 +5,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
+# Declared in Cargo.toml, so the manifest needs it even for --bin builds.
+COPY benches ./benches
 RUN cargo build --release --locked --bin natshook
 
 FROM debian:bookworm-slim
