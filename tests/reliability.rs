@@ -55,6 +55,14 @@ fn ids(messages: &[(String, Bytes, Option<String>)]) -> Vec<String> {
     messages.iter().map(|m| m.2.clone().unwrap()).collect()
 }
 
+/// Publishes `n` lead.created messages and returns their ids.
+async fn publish_leads(js: &jetstream::Context, n: usize, prefix: &str) -> Vec<String> {
+    let msgs = leads(n, prefix);
+    let published = ids(&msgs);
+    publish_all(js, msgs).await;
+    published
+}
+
 async fn setup(rx: &Receiver, extra: &str) -> (NatsServer, Natshook, jetstream::Context) {
     let nats = NatsServer::start();
     let config = TestConfig::new(nats.url()).endpoint("e", &rx.url("/hook"), &["*"], extra);
@@ -76,9 +84,7 @@ async fn receiver_failing_the_first_attempts_gets_every_message_with_counting_at
         "retry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\ndisable_after_failures = 0",
     )
     .await;
-    let msgs = leads(1000, "k");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 1000, "k").await;
     rx.wait_for(Duration::from_secs(90), "1000 delivered", |r| {
         r.delivered_ids().len() >= 1000
     })
@@ -228,9 +234,7 @@ async fn receiver_hanging_past_the_timeout_is_retried() {
         "timeout = \"300ms\"\nretry_schedule = [\"100ms\"]\nmax_attempts = 5\ndisable_after_failures = 0",
     )
     .await;
-    let msgs = leads(300, "h");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 300, "h").await;
     rx.wait_for(Duration::from_secs(60), "300 delivered", |r| {
         r.received()
             .iter()
@@ -256,9 +260,7 @@ async fn refused_connections_are_retried_until_the_receiver_is_back() {
     )
     .await;
     rx.stop().await;
-    let msgs = leads(1000, "c");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 1000, "c").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while natshook
         .metric("natshook_delivery_attempts_total{endpoint=\"e\",status=\"connect_error\"}")
@@ -293,9 +295,7 @@ async fn retry_after_on_429_sets_the_delay() {
         "retry_schedule = [\"60s\"]\ndisable_after_failures = 0",
     )
     .await;
-    let msgs = leads(20, "r");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 20, "r").await;
     rx.wait_for(Duration::from_secs(30), "20 delivered", |r| {
         r.delivered_ids().len() >= 20
     })
@@ -327,9 +327,7 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
         "concurrency = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\ndisable_after_failures = 1000\nmax_attempts = 3\nretry_schedule = [\"100ms\"]",
     )
     .await;
-    let msgs = leads(100, "g");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 100, "g").await;
     natshook
         .wait_metric(
             "natshook_endpoint_paused{endpoint=\"e\"}",
@@ -374,9 +372,7 @@ async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_de
         "disable_after_failures = 5\nprobe_interval = \"300ms\"\nprobe_max_interval = \"1s\"\nmax_attempts = 20\nretry_schedule = [\"100ms\"]",
     )
     .await;
-    let msgs = leads(2000, "p");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 2000, "p").await;
     natshook
         .wait_metric(
             "natshook_endpoint_paused{endpoint=\"e\"}",
@@ -417,9 +413,7 @@ async fn nats_server_restarted_mid_stream_loses_nothing() {
     let mut nats = NatsServer::start();
     nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
     let js = jetstream::new(nats.client().await);
-    let msgs = leads(5000, "n");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 5000, "n").await;
     let mut config =
         TestConfig::new(nats.url()).endpoint("e", &rx.url("/"), &["*"], "concurrency = 16");
     config.create_stream = false;
@@ -463,9 +457,7 @@ async fn nats_server_restarted_mid_stream_loses_nothing() {
 async fn natshook_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
     let (_nats, mut natshook, js) = setup(&rx, "concurrency = 32").await;
-    let msgs = leads(5000, "s");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 5000, "s").await;
     rx.wait_for(Duration::from_secs(60), "1500 delivered", |r| {
         r.delivered_ids().len() >= 1500
     })
@@ -488,9 +480,7 @@ async fn natshook_sigkilled_mid_stream_and_restarted_loses_nothing() {
 async fn sigterm_lets_in_flight_deliveries_finish_then_exits_0() {
     let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(1500))).await;
     let (_nats, mut natshook, js) = setup(&rx, "concurrency = 10").await;
-    let msgs = leads(50, "t");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 50, "t").await;
     rx.wait_for(Duration::from_secs(10), "10 in flight", |r| r.count() >= 10)
         .await;
     let start = Instant::now();
@@ -538,9 +528,7 @@ async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
     config.top = "shutdown_grace = \"1s\"\n".into();
     let mut natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    let msgs = leads(5, "x");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 5, "x").await;
     rx.wait_for(Duration::from_secs(10), "5 in flight", |r| r.count() >= 5)
         .await;
     let start = Instant::now();
@@ -619,9 +607,7 @@ async fn redirects_are_failed_attempts_and_never_followed() {
         "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0",
     )
     .await;
-    let msgs = leads(10, "redir");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 10, "redir").await;
     rx.wait_for(Duration::from_secs(20), "2 attempts each", |r| {
         r.count() >= 20
     })
@@ -656,9 +642,7 @@ async fn ordered_endpoint_delivers_in_stream_order_despite_a_failure() {
         "ordered = true\nretry_schedule = [\"200ms\"]\nmax_attempts = 5\ndisable_after_failures = 0",
     )
     .await;
-    let msgs = leads(30, "o");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 30, "o").await;
     rx.wait_for(Duration::from_secs(30), "30 delivered", |r| {
         r.delivered_ids().len() >= 30
     })
@@ -696,9 +680,7 @@ async fn a_deleted_dead_letter_stream_is_created_again() {
         assert!(tries < 10, "cannot delete the dead-letter stream: {e}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let msgs = leads(5, "dd");
-    let published = ids(&msgs);
-    publish_all(&js, msgs).await;
+    let published = publish_leads(&js, 5, "dd").await;
     let dead = natshook
         .wait_dead_letters("e", 5, Duration::from_secs(15))
         .await;
