@@ -217,6 +217,11 @@ pub struct Supervisor {
     /// Streams set up and endpoints started: until then /readyz says no, even
     /// though no worker exists yet whose binding it could check.
     started: AtomicBool,
+    /// Parent of every worker's abort token: cancelled once the shutdown grace is over.
+    abort: CancellationToken,
+    /// Workers removed or replaced by a reload that are still finishing in-flight
+    /// deliveries; shutdown waits for them within the same grace period.
+    draining: TaskTracker,
 }
 
 /// What a reload changed.
@@ -274,7 +279,7 @@ impl Supervisor {
         let deliverer = Deliverer::new(endpoint.clone())?;
         let stop = Stop {
             drain: self.shutdown.child_token(),
-            abort: CancellationToken::new(),
+            abort: self.abort.child_token(),
         };
         tokio::spawn(
             deliverer
@@ -367,7 +372,7 @@ impl Supervisor {
         }
         self.publish_snapshot(&running);
         for old in to_drain {
-            tokio::spawn(old.drain());
+            self.draining.spawn(old.drain());
         }
         if let Ok(mut r) = self.router.write() {
             *r = router;
@@ -396,7 +401,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops every worker: drain within `grace`, then NAK what is still in flight.
+    /// Stops every worker, including ones still draining after a reload: drain within
+    /// `grace`, then NAK what is still in flight.
     async fn stop_all(&self, grace: Duration) {
         let mut running = self.running.lock().await;
         let all: Vec<Running> = std::mem::take(&mut *running).into_values().collect();
@@ -405,30 +411,22 @@ impl Supervisor {
         for r in &all {
             r.stop.drain.cancel();
         }
-        let mut aborts = Vec::new();
-        let mut trackers = Vec::new();
+        let mut trackers = vec![self.draining.clone()];
         for r in all {
             let _ = r.handle.await;
             r.tracker.close();
-            aborts.push(r.stop.abort);
             trackers.push(r.tracker);
         }
-        let wait_all = async {
+        self.draining.close();
+        let wait_all = || async {
             for t in &trackers {
                 t.wait().await;
             }
         };
-        if tokio::time::timeout(grace, wait_all).await.is_err() {
+        if tokio::time::timeout(grace, wait_all()).await.is_err() {
             tracing::warn!("grace period over; NAKing deliveries still in flight");
-            for a in &aborts {
-                a.cancel();
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                for t in &trackers {
-                    t.wait().await;
-                }
-            })
-            .await;
+            self.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), wait_all()).await;
         }
     }
 }
@@ -509,6 +507,8 @@ pub async fn run(
         snapshot: RwLock::new(Vec::new()),
         router: RwLock::new(Arc::new(config.router.clone())),
         started: AtomicBool::new(false),
+        abort: CancellationToken::new(),
+        draining: TaskTracker::new(),
     });
 
     let server_stop = CancellationToken::new();
