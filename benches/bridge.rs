@@ -11,8 +11,12 @@
 //!   B  raw HTTP POSTs with hyper-util's pooled client, 64 in flight (no NATS)
 //!   N  natshook draining a stream published in full beforehand (1 endpoint)
 //!   L  natshook at a fixed publish rate: publish-to-receiver latency
-//!   M  natshook with 50 endpoints sharing the same total load
+//!   M  natshook with 50 endpoints sharing the same total load, each its own event
+//!   F  natshook with 50 endpoints that all receive every message (fan-out), same total
 //!   P  a hand-written Python bridge (bench/python_bridge.py) draining the same load
+//!
+//! BENCH_MESSAGES=N changes the per-phase count, BENCH_PHASES=NF runs only some
+//! phases (for profiling), BENCH_NATSHOOK_BIN=path measures another natshook build.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -42,6 +46,14 @@ struct Opts {
     /// Messages per second in the latency phase.
     rate: u64,
     endpoints_many: usize,
+    /// Phase letters to run (`BENCH_PHASES=N`, e.g. while profiling); all by default.
+    phases: String,
+}
+
+impl Opts {
+    fn runs(&self, phase: char) -> bool {
+        self.phases.contains(phase)
+    }
 }
 
 /// What the receiver saw.
@@ -189,7 +201,11 @@ async fn wait_count(seen: &Seen, n: u64, within: Duration, what: &str) {
 }
 
 /// Phase A: consume + ack with async-nats, nothing else.
-async fn ceiling_nats(js: &jetstream::Context, n: usize) -> f64 {
+async fn ceiling_nats(
+    js: &jetstream::Context,
+    nats: &NatsServer,
+    n: usize,
+) -> (f64, CpuPerDelivery) {
     create_stream(js, "BENCH_A", "bench.a").await;
     publish(js, &["bench.a".to_string()], n).await;
     let stream = js.get_stream("BENCH_A").await.unwrap();
@@ -201,6 +217,7 @@ async fn ceiling_nats(js: &jetstream::Context, n: usize) -> f64 {
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
+    let cpu = CpuSample::start(None, nats);
     let start = Instant::now();
     let mut got = 0;
     while got < n {
@@ -213,16 +230,18 @@ async fn ceiling_nats(js: &jetstream::Context, n: usize) -> f64 {
         m.ack().await.expect("ack");
         got += 1;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu.per_delivery(n))
 }
 
 /// Phase B: POSTs with the pooled client natshook uses, 64 in flight.
-async fn ceiling_http(port: u16, n: usize) -> f64 {
+async fn ceiling_http(port: u16, nats: &NatsServer, n: usize) -> (f64, CpuPerDelivery) {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(64)
         .build_http::<Full<Bytes>>();
     let uri: http::Uri = format!("http://127.0.0.1:{port}/b").parse().unwrap();
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = CpuSample::start(None, nats);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -247,7 +266,8 @@ async fn ceiling_http(port: u16, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu.per_delivery(n))
 }
 
 struct Process {
@@ -279,8 +299,62 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU microseconds per delivery of each process taking part.
+#[derive(Default, serde::Serialize)]
+struct CpuPerDelivery {
+    natshook: f64,
+    nats_server: f64,
+    /// The bench process, which is the receiver while natshook drains.
+    receiver: f64,
+}
+
+/// CPU seconds of natshook, nats-server and this process at the start of a phase.
+struct CpuSample {
+    pids: [u32; 3],
+    before: [f64; 3],
+}
+
+impl CpuSample {
+    /// `natshook` is None for the ceilings, where this process is the client.
+    fn start(natshook: Option<&Process>, nats: &NatsServer) -> Self {
+        let pids = [
+            natshook.map(|p| p.child.id()).unwrap_or(0),
+            nats.pid().unwrap_or(0),
+            std::process::id(),
+        ];
+        Self {
+            pids,
+            before: pids.map(cpu_seconds),
+        }
+    }
+
+    fn per_delivery(&self, n: usize) -> CpuPerDelivery {
+        let per = |i: usize| match self.pids[i] {
+            0 => 0.0,
+            pid => (cpu_seconds(pid) - self.before[i]) * 1e6 / n as f64,
+        };
+        CpuPerDelivery {
+            natshook: per(0),
+            nats_server: per(1),
+            receiver: per(2),
+        }
+    }
+}
+
 impl Drop for Process {
+    /// SIGTERM first, so a natshook run under a profiler (BENCH_NATSHOOK_BIN pointing
+    /// at a valgrind wrapper) writes its output; SIGKILL if it does not exit.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -294,7 +368,10 @@ async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &
     );
     let path = dir.path().join("natshook.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_natshook"))
+    // BENCH_NATSHOOK_BIN runs another build (e.g. main's) against the same ceilings.
+    let bin = std::env::var("BENCH_NATSHOOK_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").to_string());
+    let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn")
@@ -307,7 +384,7 @@ async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &
         http_port,
         _dir: dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((200, _)) =
             common::http_get(&format!("http://127.0.0.1:{}/readyz", p.http_port)).await
@@ -336,6 +413,7 @@ struct Results {
     ceiling_http_per_s: f64,
     natshook_per_s: f64,
     natshook_50_endpoints_per_s: f64,
+    natshook_fan_out_per_s: f64,
     python_per_s: f64,
     latency_rate_per_s: u64,
     latency_p50_ms: f64,
@@ -344,9 +422,14 @@ struct Results {
     rss_idle_mib: f64,
     rss_peak_mib: f64,
     rss_peak_50_endpoints_mib: f64,
-    cpu_us_per_delivery_natshook: f64,
-    cpu_us_per_delivery_nats_server: f64,
-    cpu_us_per_delivery_receiver: f64,
+    rss_peak_fan_out_mib: f64,
+    /// Phase A: `receiver` is the raw consumer (this process).
+    cpu_us_ceiling_nats: CpuPerDelivery,
+    /// Phase B: `receiver` is the raw client and the receiver together (this process).
+    cpu_us_ceiling_http: CpuPerDelivery,
+    cpu_us_per_delivery: CpuPerDelivery,
+    cpu_us_per_delivery_50_endpoints: CpuPerDelivery,
+    cpu_us_per_delivery_fan_out: CpuPerDelivery,
 }
 
 async fn run(opts: Opts) -> Results {
@@ -362,122 +445,158 @@ async fn run(opts: Opts) -> Results {
     let n = opts.n;
     let secs = |n: usize| Duration::from_secs(60 + n as u64 / 500);
 
-    eprintln!("A: raw JetStream consume + ack, {n} messages");
-    r.ceiling_nats_per_s = ceiling_nats(&js, n).await;
+    if opts.runs('A') {
+        eprintln!("A: raw JetStream consume + ack, {n} messages");
+        (r.ceiling_nats_per_s, r.cpu_us_ceiling_nats) = ceiling_nats(&js, &nats, n).await;
+    }
 
-    eprintln!("B: raw HTTP POST, {n} requests");
-    r.ceiling_http_per_s = ceiling_http(port, n).await;
-    seen.reset();
+    if opts.runs('B') {
+        eprintln!("B: raw HTTP POST, {n} requests");
+        (r.ceiling_http_per_s, r.cpu_us_ceiling_http) = ceiling_http(port, &nats, n).await;
+        seen.reset();
+    }
 
-    eprintln!("I: natshook idle (empty stream, 1 endpoint)");
-    create_stream(&js, "BENCH_I", "bench.i.>").await;
-    let idle = start_natshook(
-        &nats.url(),
-        "BENCH_I",
-        "[[events]]\nsubject = \"bench.i.>\"\nevent = \"idle\"\n",
-        &format!("[[endpoints]]\nname = \"idle\"\nurl = \"http://127.0.0.1:{port}/i\"\nevents = [\"*\"]\nsecret = \"s\"\n"),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    r.rss_idle_mib = idle.rss_kib("VmRSS:") as f64 / 1024.0;
-    drop(idle);
+    if opts.runs('I') {
+        eprintln!("I: natshook idle (empty stream, 1 endpoint)");
+        create_stream(&js, "BENCH_I", "bench.i.>").await;
+        let idle = start_natshook(
+            &nats.url(),
+            "BENCH_I",
+            "[[events]]\nsubject = \"bench.i.>\"\nevent = \"idle\"\n",
+            &format!("[[endpoints]]\nname = \"idle\"\nurl = \"http://127.0.0.1:{port}/i\"\nevents = [\"*\"]\nsecret = \"s\"\n"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        r.rss_idle_mib = idle.rss_kib("VmRSS:") as f64 / 1024.0;
+        drop(idle);
+    }
 
-    eprintln!("N: natshook drains {n} messages (1 endpoint)");
-    create_stream(&js, "BENCH_N", "bench.n.>").await;
-    publish(&js, &["bench.n.x".to_string()], n).await;
-    let events = "[[events]]\nsubject = \"bench.n.>\"\nevent = \"bench.{3}\"\n";
-    let endpoint = format!(
+    if opts.runs('N') || opts.runs('L') {
+        create_stream(&js, "BENCH_N", "bench.n.>").await;
+        if opts.runs('N') {
+            publish(&js, &["bench.n.x".to_string()], n).await;
+        }
+        let events = "[[events]]\nsubject = \"bench.n.>\"\nevent = \"bench.{3}\"\n";
+        let endpoint = format!(
         "[[endpoints]]\nname = \"one\"\nurl = \"http://127.0.0.1:{port}/n\"\nevents = [\"*\"]\nsecret = \"bench-secret\"\n"
     );
-    let one = start_natshook(&nats.url(), "BENCH_N", events, &endpoint).await;
-    let nats_pid = nats.pid().unwrap_or(0);
-    let (cpu_hook, cpu_nats, cpu_self) = (
-        cpu_seconds(one.child.id()),
-        cpu_seconds(nats_pid),
-        cpu_seconds(std::process::id()),
-    );
-    wait_count(&seen, n as u64, secs(n), "natshook drain").await;
-    r.natshook_per_s = seen.rate();
-    let per = |before: f64, pid: u32| (cpu_seconds(pid) - before) * 1e6 / n as f64;
-    r.cpu_us_per_delivery_natshook = per(cpu_hook, one.child.id());
-    r.cpu_us_per_delivery_nats_server = per(cpu_nats, nats_pid);
-    r.cpu_us_per_delivery_receiver = per(cpu_self, std::process::id());
-    seen.reset();
-
-    eprintln!(
-        "L: natshook at {} msg/s for {} s",
-        opts.rate, opts.latency_secs
-    );
-    let total = (opts.rate * opts.latency_secs) as usize;
-    let interval = Duration::from_secs_f64(1.0 / opts.rate as f64);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut acks = Vec::new();
-    for i in 0..total {
-        tick.tick().await;
-        let ack = js
-            .publish("bench.n.lat", payload(i, Some(unix_micros())))
-            .await
-            .expect("publish");
-        // Awaited concurrently: holding them all would exhaust the client's
-        // in-flight publish permits and stall the publisher.
-        acks.push(tokio::spawn(ack.into_future()));
+        let one = start_natshook(&nats.url(), "BENCH_N", events, &endpoint).await;
+        if opts.runs('N') {
+            eprintln!("N: natshook drains {n} messages (1 endpoint)");
+            let cpu = CpuSample::start(Some(&one), &nats);
+            wait_count(&seen, n as u64, secs(n), "natshook drain").await;
+            r.natshook_per_s = seen.rate();
+            r.cpu_us_per_delivery = cpu.per_delivery(n);
+            seen.reset();
+        }
+        if opts.runs('L') {
+            eprintln!(
+                "L: natshook at {} msg/s for {} s",
+                opts.rate, opts.latency_secs
+            );
+            let total = (opts.rate * opts.latency_secs) as usize;
+            let interval = Duration::from_secs_f64(1.0 / opts.rate as f64);
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut acks = Vec::new();
+            for i in 0..total {
+                tick.tick().await;
+                let ack = js
+                    .publish("bench.n.lat", payload(i, Some(unix_micros())))
+                    .await
+                    .expect("publish");
+                // Awaited concurrently: holding them all would exhaust the client's
+                // in-flight publish permits and stall the publisher.
+                acks.push(tokio::spawn(ack.into_future()));
+            }
+            for a in acks {
+                a.await.expect("join").expect("publish ack");
+            }
+            wait_count(&seen, total as u64, secs(total), "natshook latency").await;
+            r.latency_rate_per_s = opts.rate;
+            let mut lat = seen.latencies_us.lock().unwrap().clone();
+            lat.sort_unstable();
+            r.latency_p50_ms = percentile(&lat, 0.50);
+            r.latency_p99_ms = percentile(&lat, 0.99);
+            r.latency_max_ms = percentile(&lat, 1.0);
+        }
+        r.rss_peak_mib = one.rss_kib("VmHWM:") as f64 / 1024.0;
+        drop(one);
+        seen.reset();
     }
-    for a in acks {
-        a.await.expect("join").expect("publish ack");
+
+    if opts.runs('M') {
+        let k = opts.endpoints_many;
+        eprintln!("M: natshook with {k} endpoints, {n} messages in total");
+        create_stream(&js, "BENCH_M", "bench.m.*").await;
+        let subjects: Vec<String> = (0..k).map(|i| format!("bench.m.e{i}")).collect();
+        publish(&js, &subjects, n).await;
+        let events = "[[events]]\nsubject = \"bench.m.*\"\nevent = \"m.{3}\"\n";
+        let endpoints: String = (0..k)
+            .map(|i| {
+                format!(
+                    "[[endpoints]]\nname = \"e{i}\"\nurl = \"http://127.0.0.1:{port}/m{i}\"\nevents = [\"m.e{i}\"]\nsecret = \"bench-secret-{i}\"\n"
+                )
+            })
+            .collect();
+        let many = start_natshook(&nats.url(), "BENCH_M", events, &endpoints).await;
+        let cpu = CpuSample::start(Some(&many), &nats);
+        wait_count(&seen, n as u64, secs(n), "natshook 50 endpoints").await;
+        r.cpu_us_per_delivery_50_endpoints = cpu.per_delivery(n);
+        r.natshook_50_endpoints_per_s = seen.rate();
+        r.rss_peak_50_endpoints_mib = many.rss_kib("VmHWM:") as f64 / 1024.0;
+        drop(many);
+        seen.reset();
     }
-    wait_count(&seen, total as u64, secs(total), "natshook latency").await;
-    r.latency_rate_per_s = opts.rate;
-    let mut lat = seen.latencies_us.lock().unwrap().clone();
-    lat.sort_unstable();
-    r.latency_p50_ms = percentile(&lat, 0.50);
-    r.latency_p99_ms = percentile(&lat, 0.99);
-    r.latency_max_ms = percentile(&lat, 1.0);
-    r.rss_peak_mib = one.rss_kib("VmHWM:") as f64 / 1024.0;
-    drop(one);
-    seen.reset();
 
-    let k = opts.endpoints_many;
-    eprintln!("M: natshook with {k} endpoints, {n} messages in total");
-    create_stream(&js, "BENCH_M", "bench.m.*").await;
-    let subjects: Vec<String> = (0..k).map(|i| format!("bench.m.e{i}")).collect();
-    publish(&js, &subjects, n).await;
-    let events = "[[events]]\nsubject = \"bench.m.*\"\nevent = \"m.{3}\"\n";
-    let endpoints: String = (0..k)
-        .map(|i| {
-            format!(
-                "[[endpoints]]\nname = \"e{i}\"\nurl = \"http://127.0.0.1:{port}/m{i}\"\nevents = [\"m.e{i}\"]\nsecret = \"bench-secret-{i}\"\n"
-            )
-        })
-        .collect();
-    let many = start_natshook(&nats.url(), "BENCH_M", events, &endpoints).await;
-    wait_count(&seen, n as u64, secs(n), "natshook 50 endpoints").await;
-    r.natshook_50_endpoints_per_s = seen.rate();
-    r.rss_peak_50_endpoints_mib = many.rss_kib("VmHWM:") as f64 / 1024.0;
-    drop(many);
-    seen.reset();
+    if opts.runs('F') {
+        let k = opts.endpoints_many;
+        let per_endpoint = n / k;
+        eprintln!("F: natshook with {k} endpoints each receiving all of {per_endpoint} messages");
+        create_stream(&js, "BENCH_F", "bench.f").await;
+        publish(&js, &["bench.f".to_string()], per_endpoint).await;
+        let events = "[[events]]\nsubject = \"bench.f\"\nevent = \"fan\"\n";
+        let endpoints: String = (0..k)
+            .map(|i| {
+                format!(
+                    "[[endpoints]]\nname = \"f{i}\"\nurl = \"http://127.0.0.1:{port}/f{i}\"\nevents = [\"*\"]\nsecret = \"bench-secret-{i}\"\n"
+                )
+            })
+            .collect();
+        let fan = start_natshook(&nats.url(), "BENCH_F", events, &endpoints).await;
+        let total = per_endpoint * k;
+        let cpu = CpuSample::start(Some(&fan), &nats);
+        wait_count(&seen, total as u64, secs(total), "natshook fan-out").await;
+        r.cpu_us_per_delivery_fan_out = cpu.per_delivery(total);
+        r.natshook_fan_out_per_s = seen.rate();
+        r.rss_peak_fan_out_mib = fan.rss_kib("VmHWM:") as f64 / 1024.0;
+        drop(fan);
+        seen.reset();
+    }
 
-    eprintln!("P: hand-written Python bridge drains {n} messages");
-    create_stream(&js, "BENCH_P", "bench.p").await;
-    publish(&js, &["bench.p".to_string()], n).await;
-    let mut py = Command::new(tool("python3"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/bench/python_bridge.py"
-        ))
-        .args([
-            nats.url(),
-            "BENCH_P".into(),
-            "bench.p".into(),
-            format!("http://127.0.0.1:{port}/p"),
-            "bench-secret".into(),
-            n.to_string(),
-        ])
-        .spawn()
-        .expect("python bridge (run scripts/setup-tools.sh)");
-    wait_count(&seen, n as u64, secs(n) * 4, "python bridge").await;
-    r.python_per_s = seen.rate();
-    let _ = py.wait();
+    if opts.runs('P') {
+        eprintln!("P: hand-written Python bridge drains {n} messages");
+        create_stream(&js, "BENCH_P", "bench.p").await;
+        publish(&js, &["bench.p".to_string()], n).await;
+        let mut py = Command::new(tool("python3"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/bench/python_bridge.py"
+            ))
+            .args([
+                nats.url(),
+                "BENCH_P".into(),
+                "bench.p".into(),
+                format!("http://127.0.0.1:{port}/p"),
+                "bench-secret".into(),
+                n.to_string(),
+            ])
+            .spawn()
+            .expect("python bridge (run scripts/setup-tools.sh)");
+        wait_count(&seen, n as u64, secs(n) * 4, "python bridge").await;
+        r.python_per_s = seen.rate();
+        let _ = py.wait();
+    }
     r
 }
 
@@ -500,8 +619,12 @@ fn report(r: &Results) {
         r.natshook_per_s
     );
     println!(
-        "  M  natshook, 50 endpoints        {:>10.0} deliveries/s",
+        "  M  natshook, 50 endpoints        {:>10.0} deliveries/s (each endpoint its own event)",
         r.natshook_50_endpoints_per_s
+    );
+    println!(
+        "  F  natshook, 50 endpoints        {:>10.0} deliveries/s (fan-out: every endpoint every message)",
+        r.natshook_fan_out_per_s
     );
     println!(
         "  P  Python bridge                 {:>10.0} deliveries/s",
@@ -524,20 +647,35 @@ fn report(r: &Results) {
         r.natshook_per_s / r.python_per_s
     );
     println!(
-        "  50 endpoints / 1 endpoint        {:>10.2}",
-        r.natshook_50_endpoints_per_s / r.natshook_per_s
+        "  50 endpoints / 1 endpoint        {:>10.2} (M), {:.2} (F)",
+        r.natshook_50_endpoints_per_s / r.natshook_per_s,
+        r.natshook_fan_out_per_s / r.natshook_per_s
     );
     println!(
         "  latency at {} msg/s              p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         r.latency_rate_per_s, r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms
     );
     println!(
-        "  CPU per delivery (phase N)       natshook {:.1} us, nats-server {:.1} us, receiver {:.1} us",
-        r.cpu_us_per_delivery_natshook, r.cpu_us_per_delivery_nats_server, r.cpu_us_per_delivery_receiver
+        "  CPU per message (A, raw)        consumer {:.1} us, nats-server {:.1} us",
+        r.cpu_us_ceiling_nats.receiver, r.cpu_us_ceiling_nats.nats_server
     );
     println!(
-        "  natshook RSS                     idle {:.1} MiB, peak {:.1} MiB (1 endpoint), {:.1} MiB (50 endpoints)",
-        r.rss_idle_mib, r.rss_peak_mib, r.rss_peak_50_endpoints_mib
+        "  CPU per request (B, raw)        client + receiver {:.1} us",
+        r.cpu_us_ceiling_http.receiver
+    );
+    for (phase, c) in [
+        ("N, 1 endpoint", &r.cpu_us_per_delivery),
+        ("M, 50 endpoints", &r.cpu_us_per_delivery_50_endpoints),
+        ("F, fan-out", &r.cpu_us_per_delivery_fan_out),
+    ] {
+        println!(
+            "  CPU per delivery ({phase:<15}) natshook {:.1} us, nats-server {:.1} us, receiver {:.1} us",
+            c.natshook, c.nats_server, c.receiver
+        );
+    }
+    println!(
+        "  natshook RSS                     idle {:.1} MiB, peak {:.1} MiB (1 endpoint), {:.1} MiB (M), {:.1} MiB (F)",
+        r.rss_idle_mib, r.rss_peak_mib, r.rss_peak_50_endpoints_mib, r.rss_peak_fan_out_mib
     );
 }
 
@@ -553,6 +691,7 @@ fn main() {
             latency_secs: 10,
             rate: 1000,
             endpoints_many: 50,
+            phases: std::env::var("BENCH_PHASES").unwrap_or_else(|_| "ABINLMFP".into()),
         }
     } else {
         Opts {
@@ -561,6 +700,7 @@ fn main() {
             latency_secs: 1,
             rate: 200,
             endpoints_many: 50,
+            phases: "ABINLMFP".into(),
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
