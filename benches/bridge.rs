@@ -420,6 +420,8 @@ struct Results {
     latency_p99_ms: f64,
     latency_max_ms: f64,
     rss_idle_mib: f64,
+    /// The private part of idle RSS; the rest is the binary's and libc's mapped pages.
+    rss_idle_anon_mib: f64,
     rss_peak_mib: f64,
     rss_peak_50_endpoints_mib: f64,
     rss_peak_fan_out_mib: f64,
@@ -468,6 +470,7 @@ async fn run(opts: Opts) -> Results {
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         r.rss_idle_mib = idle.rss_kib("VmRSS:") as f64 / 1024.0;
+        r.rss_idle_anon_mib = idle.rss_kib("RssAnon:") as f64 / 1024.0;
         drop(idle);
     }
 
@@ -674,8 +677,8 @@ fn report(r: &Results) {
         );
     }
     println!(
-        "  natshook RSS                     idle {:.1} MiB, peak {:.1} MiB (1 endpoint), {:.1} MiB (M), {:.1} MiB (F)",
-        r.rss_idle_mib, r.rss_peak_mib, r.rss_peak_50_endpoints_mib, r.rss_peak_fan_out_mib
+        "  natshook RSS                     idle {:.1} MiB ({:.1} MiB anonymous), peak {:.1} MiB (1 endpoint), {:.1} MiB (M), {:.1} MiB (F)",
+        r.rss_idle_mib, r.rss_idle_anon_mib, r.rss_peak_mib, r.rss_peak_50_endpoints_mib, r.rss_peak_fan_out_mib
     );
 }
 
