@@ -538,8 +538,8 @@ impl Worker {
             None => Vec::new(),
         };
         // The request future, the dead-letter and log paths and the progress ack are
-        // boxed: inline they made every spawned delivery task 9.6 KiB, and copying and
-        // allocating that per message was a tenth of natshook's CPU (now ~3 KiB).
+        // boxed: inline they made every spawned delivery task 9.6 KiB (now ~3 KiB), and
+        // copying that per message cost ~5 % of natshook's cycles (memmove 11.7 → 6.7 %).
         let mut send = Box::pin(self.deliverer.send(Request {
             id: &id,
             event: &event,
