@@ -397,6 +397,39 @@ async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &
     p
 }
 
+/// `k` endpoints named `<prefix><i>`, each posting to its own path with its own secret.
+fn many_endpoints(k: usize, port: u16, prefix: &str, event: impl Fn(usize) -> String) -> String {
+    (0..k)
+        .map(|i| {
+            format!(
+                "[[endpoints]]\nname = \"{prefix}{i}\"\nurl = \"http://127.0.0.1:{port}/{prefix}{i}\"\nevents = [\"{}\"]\nsecret = \"bench-secret-{i}\"\n",
+                event(i)
+            )
+        })
+        .collect()
+}
+
+/// Waits for `deliveries` at the receiver: the rate and natshook's, nats-server's and
+/// the receiver's CPU per delivery meanwhile.
+async fn measure_drain(
+    seen: &Seen,
+    nats: &NatsServer,
+    natshook: &Process,
+    deliveries: usize,
+    what: &str,
+) -> (f64, CpuPerDelivery) {
+    let cpu = CpuSample::start(Some(natshook), nats);
+    wait_count(seen, deliveries as u64, drain_timeout(deliveries), what).await;
+    let measured = (seen.rate(), cpu.per_delivery(deliveries));
+    seen.reset();
+    measured
+}
+
+/// Generous: a phase that stalls fails instead of hanging CI.
+fn drain_timeout(deliveries: usize) -> Duration {
+    Duration::from_secs(60 + deliveries as u64 / 500)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -445,7 +478,6 @@ async fn run(opts: Opts) -> Results {
         ..Default::default()
     };
     let n = opts.n;
-    let secs = |n: usize| Duration::from_secs(60 + n as u64 / 500);
 
     if opts.runs('A') {
         eprintln!("A: raw JetStream consume + ack, {n} messages");
@@ -486,11 +518,8 @@ async fn run(opts: Opts) -> Results {
         let one = start_natshook(&nats.url(), "BENCH_N", events, &endpoint).await;
         if opts.runs('N') {
             eprintln!("N: natshook drains {n} messages (1 endpoint)");
-            let cpu = CpuSample::start(Some(&one), &nats);
-            wait_count(&seen, n as u64, secs(n), "natshook drain").await;
-            r.natshook_per_s = seen.rate();
-            r.cpu_us_per_delivery = cpu.per_delivery(n);
-            seen.reset();
+            (r.natshook_per_s, r.cpu_us_per_delivery) =
+                measure_drain(&seen, &nats, &one, n, "natshook drain").await;
         }
         if opts.runs('L') {
             eprintln!(
@@ -515,7 +544,13 @@ async fn run(opts: Opts) -> Results {
             for a in acks {
                 a.await.expect("join").expect("publish ack");
             }
-            wait_count(&seen, total as u64, secs(total), "natshook latency").await;
+            wait_count(
+                &seen,
+                total as u64,
+                drain_timeout(total),
+                "natshook latency",
+            )
+            .await;
             r.latency_rate_per_s = opts.rate;
             let mut lat = seen.latencies_us.lock().unwrap().clone();
             lat.sort_unstable();
@@ -535,21 +570,13 @@ async fn run(opts: Opts) -> Results {
         let subjects: Vec<String> = (0..k).map(|i| format!("bench.m.e{i}")).collect();
         publish(&js, &subjects, n).await;
         let events = "[[events]]\nsubject = \"bench.m.*\"\nevent = \"m.{3}\"\n";
-        let endpoints: String = (0..k)
-            .map(|i| {
-                format!(
-                    "[[endpoints]]\nname = \"e{i}\"\nurl = \"http://127.0.0.1:{port}/m{i}\"\nevents = [\"m.e{i}\"]\nsecret = \"bench-secret-{i}\"\n"
-                )
-            })
-            .collect();
+        let endpoints = many_endpoints(k, port, "m", |i| format!("m.e{i}"));
         let many = start_natshook(&nats.url(), "BENCH_M", events, &endpoints).await;
-        let cpu = CpuSample::start(Some(&many), &nats);
-        wait_count(&seen, n as u64, secs(n), "natshook 50 endpoints").await;
-        r.cpu_us_per_delivery_50_endpoints = cpu.per_delivery(n);
-        r.natshook_50_endpoints_per_s = seen.rate();
+        (
+            r.natshook_50_endpoints_per_s,
+            r.cpu_us_per_delivery_50_endpoints,
+        ) = measure_drain(&seen, &nats, &many, n, "natshook 50 endpoints").await;
         r.rss_peak_50_endpoints_mib = many.rss_kib("VmHWM:") as f64 / 1024.0;
-        drop(many);
-        seen.reset();
     }
 
     if opts.runs('F') {
@@ -559,22 +586,11 @@ async fn run(opts: Opts) -> Results {
         create_stream(&js, "BENCH_F", "bench.f").await;
         publish(&js, &["bench.f".to_string()], per_endpoint).await;
         let events = "[[events]]\nsubject = \"bench.f\"\nevent = \"fan\"\n";
-        let endpoints: String = (0..k)
-            .map(|i| {
-                format!(
-                    "[[endpoints]]\nname = \"f{i}\"\nurl = \"http://127.0.0.1:{port}/f{i}\"\nevents = [\"*\"]\nsecret = \"bench-secret-{i}\"\n"
-                )
-            })
-            .collect();
+        let endpoints = many_endpoints(k, port, "f", |_| "*".to_string());
         let fan = start_natshook(&nats.url(), "BENCH_F", events, &endpoints).await;
-        let total = per_endpoint * k;
-        let cpu = CpuSample::start(Some(&fan), &nats);
-        wait_count(&seen, total as u64, secs(total), "natshook fan-out").await;
-        r.cpu_us_per_delivery_fan_out = cpu.per_delivery(total);
-        r.natshook_fan_out_per_s = seen.rate();
+        (r.natshook_fan_out_per_s, r.cpu_us_per_delivery_fan_out) =
+            measure_drain(&seen, &nats, &fan, per_endpoint * k, "natshook fan-out").await;
         r.rss_peak_fan_out_mib = fan.rss_kib("VmHWM:") as f64 / 1024.0;
-        drop(fan);
-        seen.reset();
     }
 
     if opts.runs('P') {
@@ -596,7 +612,7 @@ async fn run(opts: Opts) -> Results {
             ])
             .spawn()
             .expect("python bridge (run scripts/setup-tools.sh)");
-        wait_count(&seen, n as u64, secs(n) * 4, "python bridge").await;
+        wait_count(&seen, n as u64, drain_timeout(n) * 4, "python bridge").await;
         r.python_per_s = seen.rate();
         let _ = py.wait();
     }
