@@ -34,6 +34,9 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 /// Response bytes read at most; reading a short body to its end keeps the connection
 /// reusable, a longer one is cut and its connection dropped.
 const RESPONSE_DRAIN_LIMIT: usize = 64 * 1024;
+/// Largest response head (status line and headers) accepted; a larger one fails the
+/// attempt with "message head is too large".
+const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 /// Longest delay a receiver may ask for with `Retry-After`.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
@@ -223,13 +226,14 @@ impl Deliverer {
             .enable_http2()
             .wrap_connector(http);
         // Queued writes send the body from its own buffer (writev) instead of
-        // copying it behind the headers; a fixed 8 KiB read buffer suits short webhook
-        // responses and keeps memory per pooled connection flat.
+        // copying it behind the headers. The read buffer starts at 8 KiB and may grow
+        // to RESPONSE_HEAD_LIMIT: a fixed buffer would also cap the response head, and
+        // a receiver behind a proxy can answer 200 with more than 8 KiB of headers.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(endpoint.concurrency.max(1))
             .http1_writev(true)
-            .http1_read_buf_exact_size(8192)
+            .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
             .build(connector);
         let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
         Ok(Self {

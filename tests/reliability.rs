@@ -687,3 +687,31 @@ async fn a_deleted_dead_letter_stream_is_created_again() {
     assert_eq!(dead.len(), 5, "dead letters after the stream was deleted");
     assert_nothing_lost(&rx, &published, &dead);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_response_headers_and_body_are_still_a_success() {
+    // Receivers behind proxies and frameworks can answer with big cookies, CSP headers
+    // or a full HTML page: 2xx is 2xx, whatever the size of the rest.
+    let cookie = "c".repeat(2000);
+    let page = "<p>ok</p>".repeat(20_000);
+    let rx = Receiver::with(move |_| {
+        let mut reply = Reply::ok().body(page.clone());
+        for i in 0..12 {
+            reply = reply.header(&format!("x-large-{i}"), &cookie);
+        }
+        reply
+    })
+    .await;
+    let (_nats, natshook, js) = setup(&rx, "disable_after_failures = 0").await;
+    let published = publish_leads(&js, 20, "large").await;
+    natshook
+        .wait_metric(
+            "natshook_deliveries_total{endpoint=\"e\",event=\"lead.created\",outcome=\"success\"}",
+            20.0,
+            Duration::from_secs(30),
+            "20 successes",
+        )
+        .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert_eq!(rx.count(), 20, "each message once: no attempt failed");
+}
