@@ -6,6 +6,7 @@
 //! `docs/CONTRACT.md`.
 
 pub mod admin;
+mod allocator;
 pub mod breaker;
 pub mod bridge;
 pub mod cli;
