@@ -6,6 +6,7 @@
 //! `docs/CONTRACT.md`.
 
 pub mod admin;
+#[cfg(feature = "jemalloc")]
 mod allocator;
 pub mod breaker;
 pub mod bridge;
