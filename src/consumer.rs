@@ -370,10 +370,13 @@ impl Worker {
                     Some(Ok(msg)) => {
                         let this = self.clone();
                         let abort = stop.abort.clone();
-                        tracker.spawn(async move {
+                        // Boxed, so the ~3 KiB delivery future is copied once into
+                        // the heap and the task moves a pointer, not the future, through
+                        // spawn and its stage changes.
+                        tracker.spawn(Box::pin(async move {
                             this.handle(msg, &abort).await;
                             drop(permit);
-                        });
+                        }));
                     }
                     Some(Err(e)) => {
                         use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
