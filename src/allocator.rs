@@ -4,7 +4,7 @@
 //! payload, the signed body, hyper's 8 KiB response read buffer), so they went through
 //! glibc's shared bins; with 50 endpoints in flight that was a fifth of natshook's
 //! cycles. jemalloc serves them from thread caches. The trade, measured side by side
-//! (docs/performance.md): CPU per delivery down 13 % (1 endpoint) to 29 % (50
+//! (docs/performance.md): CPU per delivery down 9-13 % (1 endpoint) to 29 % (50
 //! endpoints), about 1 MiB more idle RSS.
 //!
 //! Set here, in the library, so the binary, the benchmark's ceilings and receiver, and
