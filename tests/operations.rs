@@ -32,6 +32,26 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// Rewrites the config, sends SIGHUP and waits until the log shows `logged`.
+async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str) {
+    natshook.rewrite_config(config);
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), what, || {
+        let logs = natshook.logs();
+        async move { logs.contains(logged) }
+    })
+    .await;
+}
+
+/// Publishes one `{}` message on `subject` with the message id `id`.
+async fn publish_one(js: &jetstream::Context, subject: &str, id: &str) {
+    publish_all(
+        js,
+        vec![(subject.into(), Bytes::from_static(b"{}"), Some(id.into()))],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_is_off_by_default_and_needs_the_token() {
     let nats = NatsServer::start();
@@ -380,12 +400,12 @@ async fn sighup_reloads_a_changed_endpoint_and_an_invalid_config_is_rejected() {
     .await;
 
     // An invalid config is rejected and the running one keeps delivering.
-    natshook.rewrite_config(&config.render().replace("events = [\"*\"]", "events = []"));
-    natshook.signal("HUP");
-    wait_until(Duration::from_secs(10), "rejection logged", || {
-        let logs = natshook.logs();
-        async move { logs.contains("config reload rejected") }
-    })
+    reload(
+        &natshook,
+        &config.render().replace("events = [\"*\"]", "events = []"),
+        "config reload rejected",
+        "rejection logged",
+    )
     .await;
     assert!(natshook
         .logs()
@@ -398,23 +418,15 @@ async fn sighup_reloads_a_changed_endpoint_and_an_invalid_config_is_rejected() {
 
     // A changed URL restarts that endpoint; the next messages go to the new URL.
     let moved = TestConfig::new(nats.url()).endpoint("a", &rx2.url("/two"), &["*"], "");
-    natshook.rewrite_config(&moved.render());
-    natshook.signal("HUP");
-    wait_until(Duration::from_secs(10), "restart logged", || {
-        let logs = natshook.logs();
-        async move { logs.contains("restarted=[\"a\"]") }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    publish_all(
-        &js,
-        vec![(
-            "crm.lead.created".into(),
-            Bytes::from_static(b"{}"),
-            Some("moved".into()),
-        )],
+    reload(
+        &natshook,
+        &moved.render(),
+        "restarted=[\"a\"]",
+        "restart logged",
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_one(&js, "crm.lead.created", "moved").await;
     rx2.wait_for(Duration::from_secs(20), "moved", |r| {
         r.delivered_ids().contains_key("moved")
     })
@@ -432,35 +444,13 @@ async fn reload_applies_a_new_mapping() {
     config.create_stream = false;
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(
-        &js,
-        vec![(
-            "crm.lead.deleted".into(),
-            Bytes::from_static(b"{}"),
-            Some("before".into()),
-        )],
-    )
-    .await;
+    publish_one(&js, "crm.lead.deleted", "before").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(rx.received().is_empty(), "unmapped subject delivered");
 
     config.events.push(("crm.lead.*".into(), "lead.{3}".into()));
-    natshook.rewrite_config(&config.render());
-    natshook.signal("HUP");
-    wait_until(Duration::from_secs(10), "reload", || {
-        let logs = natshook.logs();
-        async move { logs.contains("restarted=[\"a\"]") }
-    })
-    .await;
-    publish_all(
-        &js,
-        vec![(
-            "crm.lead.deleted".into(),
-            Bytes::from_static(b"{}"),
-            Some("after".into()),
-        )],
-    )
-    .await;
+    reload(&natshook, &config.render(), "restarted=[\"a\"]", "reload").await;
+    publish_one(&js, "crm.lead.deleted", "after").await;
     rx.wait_for(Duration::from_secs(20), "the newly mapped event", |r| {
         r.delivered_ids().contains_key("after")
     })
