@@ -351,6 +351,25 @@ async fn restart_resumes_without_resending_acked_messages() {
     assert_eq!(rx.count(), 400);
 }
 
+/// Names, not addresses, for both NATS and the endpoint: resolution goes through the
+/// system resolver (statically linked glibc in the shipped binary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_resolve_for_nats_and_endpoints() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let nats_url = nats.url().replace("127.0.0.1", "localhost");
+    let url = rx.url("/named").replace("127.0.0.1", "localhost");
+    let config = TestConfig::new(nats_url).endpoint("crm", &url, &["*"], "");
+    let _natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(50, "n")).await;
+    rx.wait_for(Duration::from_secs(20), "50 deliveries", |r| {
+        r.delivered_ids().len() >= 50
+    })
+    .await;
+    assert!(rx.received().iter().all(|r| r.path == "/named"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_endpoints() {
     let nats = NatsServer::start();

@@ -482,8 +482,13 @@ pub struct Natshook {
     global_args: Vec<String>,
 }
 
+/// The natshook binary under test: cargo's build, or `NATSHOOK_BIN` (CI runs the
+/// end-to-end tests once more against the statically linked release binary).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_natshook")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("NATSHOOK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").into())
+    })
 }
 
 impl Natshook {
