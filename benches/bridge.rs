@@ -360,6 +360,13 @@ impl Drop for Process {
     }
 }
 
+/// BENCH_NATSHOOK_BIN runs another build (scripts/bench.sh sets the shipped, static
+/// one) against the same ceilings; cargo's own build otherwise.
+fn natshook_bin() -> String {
+    std::env::var("BENCH_NATSHOOK_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").to_string())
+}
+
 async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &str) -> Process {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
@@ -368,9 +375,7 @@ async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &
     );
     let path = dir.path().join("natshook.toml");
     std::fs::write(&path, config).unwrap();
-    // BENCH_NATSHOOK_BIN runs another build (e.g. main's) against the same ceilings.
-    let bin = std::env::var("BENCH_NATSHOOK_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").to_string());
+    let bin = natshook_bin();
     let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(&path)
@@ -442,6 +447,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 struct Results {
     mode: &'static str,
     messages: usize,
+    /// The natshook binary measured.
+    natshook: String,
     ceiling_nats_per_s: f64,
     ceiling_http_per_s: f64,
     natshook_per_s: f64,
@@ -475,6 +482,7 @@ async fn run(opts: Opts) -> Results {
     let mut r = Results {
         mode: if opts.smoke { "smoke" } else { "full" },
         messages: opts.n,
+        natshook: natshook_bin(),
         ..Default::default()
     };
     let n = opts.n;
@@ -619,12 +627,22 @@ async fn run(opts: Opts) -> Results {
     r
 }
 
+/// `a / b` with two decimals, or "n/a" when a phase it needs did not run.
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".to_string()
+    }
+}
+
 fn report(r: &Results) {
     let min_ceiling = r.ceiling_nats_per_s.min(r.ceiling_http_per_s);
     println!(
         "natshook benchmark ({} mode, {} messages of 1 KiB per phase)",
         r.mode, r.messages
     );
+    println!("  natshook binary: {}", r.natshook);
     println!(
         "  A  raw JetStream consume+ack     {:>10.0} msg/s",
         r.ceiling_nats_per_s
@@ -653,22 +671,21 @@ fn report(r: &Results) {
     // bridge that must both consume and POST each message could do here.
     let serial = 1.0 / (1.0 / r.ceiling_nats_per_s + 1.0 / r.ceiling_http_per_s);
     println!(
-        "  natshook / min(A, B)             {:>10.2}",
-        r.natshook_per_s / min_ceiling
+        "  natshook / min(A, B)             {:>10}",
+        ratio(r.natshook_per_s, min_ceiling)
     );
     println!(
-        "  natshook / serial(A, B)          {:>10.2}   (1/(1/A + 1/B) = {:.0}/s)",
-        r.natshook_per_s / serial,
+        "  natshook / serial(A, B)          {:>10}   (1/(1/A + 1/B) = {:.0}/s)",
+        ratio(r.natshook_per_s, serial),
         serial
     );
+    let python = ratio(r.natshook_per_s, r.python_per_s);
+    let times = if python == "n/a" { "" } else { "x" };
+    println!("  natshook / Python                {python:>10}{times}");
     println!(
-        "  natshook / Python                {:>10.1}x",
-        r.natshook_per_s / r.python_per_s
-    );
-    println!(
-        "  50 endpoints / 1 endpoint        {:>10.2} (M), {:.2} (F)",
-        r.natshook_50_endpoints_per_s / r.natshook_per_s,
-        r.natshook_fan_out_per_s / r.natshook_per_s
+        "  50 endpoints / 1 endpoint        {:>10} (M), {} (F)",
+        ratio(r.natshook_50_endpoints_per_s, r.natshook_per_s),
+        ratio(r.natshook_fan_out_per_s, r.natshook_per_s)
     );
     println!(
         "  latency at {} msg/s              p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
