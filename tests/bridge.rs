@@ -538,6 +538,118 @@ async fn token_authentication_from_an_env_secret() {
     .await;
 }
 
+/// A NATS JWT (`ed25519-nkey`), signed by `issuer`, as nsc would write it.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{subject}"),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = issuer.sign(body.as_bytes()).expect("sign");
+    format!("{body}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// Decentralized auth (operator, account and user JWTs, a memory resolver): natshook
+/// connects with `creds_file`, as against Synadia Cloud or an nsc-managed server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_file_authentication() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "app",
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "natshook",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                           "type": "user", "version": 2}),
+    );
+    // JetStream needs the system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {sys}: \"{system_jwt}\"\n  {app}: \"{account_jwt}\"\n}}\n",
+            sys = system.public_key(),
+            app = account.public_key()
+        ),
+    )
+    .unwrap();
+    let creds = dir.path().join("natshook.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("crm", &rx.url("/"), &["*"], "");
+    let text = config.render().replace(
+        "create_stream = true",
+        &format!(
+            "create_stream = true\ncreds_file = {:?}",
+            creds.to_str().unwrap()
+        ),
+    );
+    let _natshook = Natshook::start(&text).await;
+
+    let client = async_nats::ConnectOptions::with_credentials_file(&creds)
+        .await
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    publish_all(&jetstream::new(client), leads(3, "creds")).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        r.delivered_ids().len() >= 3
+    })
+    .await;
+
+    // Without credentials the same server refuses the connection.
+    let anonymous = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats.url()));
+    assert!(
+        !matches!(anonymous.await, Ok(Ok(_))),
+        "the server must require credentials"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_over_mutual_tls_with_user_and_password() {
     let pki = pki();
