@@ -414,6 +414,15 @@ fn many_endpoints(k: usize, port: u16, prefix: &str, event: impl Fn(usize) -> St
         .collect()
 }
 
+/// What one natshook phase measured.
+struct Drain {
+    rate: f64,
+    cpu: CpuPerDelivery,
+    /// Attempts that did not get a 2xx (each one a retry): none are expected against
+    /// the bench receiver, so a non-zero count explains an outlier rate.
+    failed_attempts: u64,
+}
+
 /// Waits for `deliveries` at the receiver: the rate and natshook's, nats-server's and
 /// the receiver's CPU per delivery meanwhile.
 async fn measure_drain(
@@ -422,12 +431,33 @@ async fn measure_drain(
     natshook: &Process,
     deliveries: usize,
     what: &str,
-) -> (f64, CpuPerDelivery) {
+) -> Drain {
     let cpu = CpuSample::start(Some(natshook), nats);
     wait_count(seen, deliveries as u64, drain_timeout(deliveries), what).await;
-    let measured = (seen.rate(), cpu.per_delivery(deliveries));
+    let rate = seen.rate();
+    let cpu = cpu.per_delivery(deliveries);
+    let failed_attempts = failed_attempts(natshook).await;
+    if failed_attempts > 0 {
+        eprintln!("{what}: {failed_attempts} attempt(s) without a 2xx (see natshook's log above)");
+    }
     seen.reset();
-    measured
+    Drain {
+        rate,
+        cpu,
+        failed_attempts,
+    }
+}
+
+/// Sum of `natshook_delivery_attempts_total` over every status but 2xx.
+async fn failed_attempts(natshook: &Process) -> u64 {
+    let url = format!("http://127.0.0.1:{}/metrics", natshook.http_port);
+    let Ok((200, text)) = common::http_get(&url).await else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with("natshook_delivery_attempts_total{") && !l.contains("\"2xx\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Generous: a phase that stalls fails instead of hanging CI.
@@ -472,6 +502,8 @@ struct Results {
     cpu_us_per_delivery: CpuPerDelivery,
     cpu_us_per_delivery_50_endpoints: CpuPerDelivery,
     cpu_us_per_delivery_fan_out: CpuPerDelivery,
+    /// Attempts without a 2xx in N, M and F.
+    failed_attempts: [u64; 3],
 }
 
 async fn run(opts: Opts) -> Results {
@@ -526,8 +558,9 @@ async fn run(opts: Opts) -> Results {
         let one = start_natshook(&nats.url(), "BENCH_N", events, &endpoint).await;
         if opts.runs('N') {
             eprintln!("N: natshook drains {n} messages (1 endpoint)");
-            (r.natshook_per_s, r.cpu_us_per_delivery) =
-                measure_drain(&seen, &nats, &one, n, "natshook drain").await;
+            let d = measure_drain(&seen, &nats, &one, n, "natshook drain").await;
+            (r.natshook_per_s, r.cpu_us_per_delivery) = (d.rate, d.cpu);
+            r.failed_attempts[0] = d.failed_attempts;
         }
         if opts.runs('L') {
             eprintln!(
@@ -580,10 +613,12 @@ async fn run(opts: Opts) -> Results {
         let events = "[[events]]\nsubject = \"bench.m.*\"\nevent = \"m.{3}\"\n";
         let endpoints = many_endpoints(k, port, "m", |i| format!("m.e{i}"));
         let many = start_natshook(&nats.url(), "BENCH_M", events, &endpoints).await;
+        let d = measure_drain(&seen, &nats, &many, n, "natshook 50 endpoints").await;
         (
             r.natshook_50_endpoints_per_s,
             r.cpu_us_per_delivery_50_endpoints,
-        ) = measure_drain(&seen, &nats, &many, n, "natshook 50 endpoints").await;
+        ) = (d.rate, d.cpu);
+        r.failed_attempts[1] = d.failed_attempts;
         r.rss_peak_50_endpoints_mib = many.rss_kib("VmHWM:") as f64 / 1024.0;
     }
 
@@ -596,8 +631,9 @@ async fn run(opts: Opts) -> Results {
         let events = "[[events]]\nsubject = \"bench.f\"\nevent = \"fan\"\n";
         let endpoints = many_endpoints(k, port, "f", |_| "*".to_string());
         let fan = start_natshook(&nats.url(), "BENCH_F", events, &endpoints).await;
-        (r.natshook_fan_out_per_s, r.cpu_us_per_delivery_fan_out) =
-            measure_drain(&seen, &nats, &fan, per_endpoint * k, "natshook fan-out").await;
+        let d = measure_drain(&seen, &nats, &fan, per_endpoint * k, "natshook fan-out").await;
+        (r.natshook_fan_out_per_s, r.cpu_us_per_delivery_fan_out) = (d.rate, d.cpu);
+        r.failed_attempts[2] = d.failed_attempts;
         r.rss_peak_fan_out_mib = fan.rss_kib("VmHWM:") as f64 / 1024.0;
     }
 
@@ -709,6 +745,10 @@ fn report(r: &Results) {
             c.natshook, c.nats_server, c.receiver
         );
     }
+    println!(
+        "  natshook attempts without 2xx    N {}, M {}, F {} (each is a retry; 0 expected)",
+        r.failed_attempts[0], r.failed_attempts[1], r.failed_attempts[2]
+    );
     println!(
         "  natshook RSS                     idle {:.1} MiB ({:.1} MiB anonymous), peak {:.1} MiB (1 endpoint), {:.1} MiB (M), {:.1} MiB (F)",
         r.rss_idle_mib, r.rss_idle_anon_mib, r.rss_peak_mib, r.rss_peak_50_endpoints_mib, r.rss_peak_fan_out_mib
