@@ -458,7 +458,7 @@ impl Worker {
         let info = msg.info().ok()?;
         let published = SystemTime::from(info.published);
         Some(Incoming {
-            subject: msg.subject.to_string(),
+            subject: msg.subject.as_str().to_owned(),
             attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
             stream: info.stream.to_string(),
             sequence: info.stream_sequence,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -130,6 +132,23 @@ pub struct Deliverer {
     endpoint: Arc<Endpoint>,
     /// Swapped when a `{ file }` secret changes (see [`Deliverer::reload_secrets`]).
     signer: Arc<ArcSwap<Signer>>,
+    /// The `Host` header, built once: hyper-util would format it for every request.
+    host: Option<HeaderValue>,
+}
+
+/// `Host` as hyper-util's client would send it: the host, plus the port when it is not
+/// the scheme's default.
+fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    match uri.port_u16() {
+        Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
+    }
 }
 
 static USER_AGENT_VALUE: &str = concat!("natshook/", env!("CARGO_PKG_VERSION"));
@@ -238,6 +257,7 @@ impl Deliverer {
         let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
         Ok(Self {
             client,
+            host: host_header(&endpoint.url),
             endpoint,
             signer,
         })
@@ -306,6 +326,10 @@ impl Deliverer {
         }
         for (name, value) in &self.endpoint.headers {
             h.insert(name.clone(), value.clone());
+        }
+        // A configured or forwarded Host wins, as it would in hyper-util.
+        if let Some(host) = &self.host {
+            h.entry(HOST).or_insert_with(|| host.clone());
         }
         // from_bytes, not from_str: an event name built from non-ASCII subject tokens
         // is sent as its UTF-8 bytes instead of silently losing the header.
@@ -443,6 +467,21 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_header_carries_only_non_default_ports() {
+        for (url, host) in [
+            ("http://127.0.0.1:8080/x", "127.0.0.1:8080"),
+            ("http://example.com/x", "example.com"),
+            ("http://example.com:80/x", "example.com"),
+            ("https://example.com:443/x", "example.com"),
+            ("https://example.com:80/x", "example.com:80"),
+            ("https://[::1]:8443/", "[::1]:8443"),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(host_header(&uri).unwrap(), host, "{url}");
+        }
+    }
 
     #[test]
     fn retry_after_seconds_dates_and_cap() {

@@ -44,7 +44,17 @@ pub fn message_id(nats_msg_id: Option<&str>, stream: &str, sequence: u64) -> Str
         {
             id.to_string()
         }
-        _ => format!("{stream}-{sequence}"),
+        _ => {
+            // Built by hand: this runs once per message and core::fmt showed up in
+            // profiles (~0.8 % of natshook's cycles).
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(sequence);
+            let mut id = String::with_capacity(stream.len() + 1 + digits.len());
+            id.push_str(stream);
+            id.push('-');
+            id.push_str(digits);
+            id
+        }
     }
 }
 

@@ -247,6 +247,11 @@ async fn envelope_and_headers_follow_the_contract() {
 
     assert_eq!(lead.header("content-type"), "application/json");
     assert_eq!(
+        lead.header("host"),
+        rx.url("").trim_start_matches("http://"),
+        "host:port of the endpoint URL"
+    );
+    assert_eq!(
         lead.header("user-agent"),
         concat!("natshook/", env!("CARGO_PKG_VERSION"))
     );
