@@ -6,8 +6,11 @@ Prints each delivery and whether its signature verified. Standard library only.
     receiver.py --port 8080 --route /crm hex SECRET --route /helpdesk standard whsec_...
     [--fail-first EVENT]   answer 503 to the first attempt of EVENT (shows retries)
 """
-import argparse, base64, hashlib, hmac, json, sys
+import argparse, base64, hashlib, hmac, json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# One request per thread: without a lock two lines can interleave on stdout.
+print_lock = threading.Lock()
 
 
 def verify(scheme, secret, headers, body):
@@ -47,9 +50,10 @@ def main():
                 data = json.dumps(json.loads(body).get("data"))
             except ValueError:
                 data = body[:60]
-            print(f"[receiver] {self.path:<10} event={event:<22} id={self.headers.get('X-Webhook-Id')} "
-                  f"attempt={attempt} signature={'valid' if ok else 'INVALID'} ({scheme}) -> {status}  data={data}",
-                  flush=True)
+            with print_lock:
+                print(f"[receiver] {self.path:<10} event={event:<22} id={self.headers.get('X-Webhook-Id')} "
+                      f"attempt={attempt} signature={'valid' if ok else 'INVALID'} ({scheme}) -> {status}  data={data}",
+                      flush=True)
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
