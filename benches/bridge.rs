@@ -18,7 +18,8 @@
 //! BENCH_MESSAGES=N changes the per-phase count, BENCH_PHASES=NF runs only some
 //! phases (for profiling), BENCH_NATSHOOK_BIN=path measures another natshook build,
 //! BENCH_ROUNDS=K repeats the throughput phases K times (default 3) and reports the
-//! median of each headline figure next to every round's value.
+//! median of each headline figure next to every round's value,
+//! BENCH_MANY_CONCURRENCY=C sets `concurrency` on the 50 endpoints of M and F.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -406,11 +407,16 @@ async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &
 }
 
 /// `k` endpoints named `<prefix><i>`, each posting to its own path with its own secret.
+/// BENCH_MANY_CONCURRENCY=N sets `concurrency` on every one of those endpoints (the
+/// tuning knob for many endpoints); the contract default (64) otherwise.
 fn many_endpoints(k: usize, port: u16, prefix: &str, event: impl Fn(usize) -> String) -> String {
+    let concurrency = std::env::var("BENCH_MANY_CONCURRENCY")
+        .map(|c| format!("concurrency = {c}\n"))
+        .unwrap_or_default();
     (0..k)
         .map(|i| {
             format!(
-                "[[endpoints]]\nname = \"{prefix}{i}\"\nurl = \"http://127.0.0.1:{port}/{prefix}{i}\"\nevents = [\"{}\"]\nsecret = \"bench-secret-{i}\"\n",
+                "[[endpoints]]\nname = \"{prefix}{i}\"\nurl = \"http://127.0.0.1:{port}/{prefix}{i}\"\nevents = [\"{}\"]\nsecret = \"bench-secret-{i}\"\n{concurrency}",
                 event(i)
             )
         })
