@@ -330,11 +330,7 @@ async fn restart_resumes_without_resending_acked_messages() {
     let config = TestConfig::new(nats.url()).endpoint("crm", &rx.url("/"), &["*"], "");
     let mut natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(200, "a")).await;
-    rx.wait_for(Duration::from_secs(20), "first 200", |r| {
-        r.delivered_ids().len() >= 200
-    })
-    .await;
+    deliver_leads(&js, &rx, 200, "a").await;
     let status = natshook.terminate().await;
     assert!(status.success(), "SIGTERM exits 0, got {status}");
 
@@ -367,11 +363,7 @@ async fn host_names_resolve_for_nats_and_endpoints() {
     let config = TestConfig::new(nats_url).endpoint("crm", &url, &["*"], "");
     let _natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(50, "n")).await;
-    rx.wait_for(Duration::from_secs(20), "50 deliveries", |r| {
-        r.delivered_ids().len() >= 50
-    })
-    .await;
+    deliver_leads(&js, &rx, 50, "n").await;
     assert!(rx.received().iter().all(|r| r.path == "/named"));
 }
 
@@ -385,11 +377,7 @@ async fn health_ready_and_metrics_endpoints() {
     assert_eq!(natshook.get("/readyz").await.unwrap().0, 200);
     assert_eq!(natshook.get("/nope").await.unwrap().0, 404);
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(5, "m")).await;
-    rx.wait_for(Duration::from_secs(20), "5", |r| {
-        r.delivered_ids().len() >= 5
-    })
-    .await;
+    deliver_leads(&js, &rx, 5, "m").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = natshook.metrics().await;
     for needle in [
@@ -536,11 +524,7 @@ async fn token_authentication_from_an_env_secret() {
         .connect(nats.url())
         .await
         .unwrap();
-    publish_all(&jetstream::new(client), leads(3, "tok")).await;
-    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
-        r.delivered_ids().len() >= 3
-    })
-    .await;
+    deliver_leads(&jetstream::new(client), &rx, 3, "tok").await;
 }
 
 /// A NATS JWT (`ed25519-nkey`), signed by `issuer`, as nsc would write it.
@@ -641,11 +625,7 @@ async fn creds_file_authentication() {
         .connect(nats.url())
         .await
         .unwrap();
-    publish_all(&jetstream::new(client), leads(3, "creds")).await;
-    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
-        r.delivered_ids().len() >= 3
-    })
-    .await;
+    deliver_leads(&jetstream::new(client), &rx, 3, "creds").await;
 
     // Without credentials the same server refuses the connection.
     let anonymous = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats.url()));
@@ -702,11 +682,7 @@ async fn nats_over_mutual_tls_with_user_and_password() {
             .await
             .unwrap();
     let js = jetstream::new(client);
-    publish_all(&js, leads(3, "tls")).await;
-    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
-        r.delivered_ids().len() >= 3
-    })
-    .await;
+    deliver_leads(&js, &rx, 3, "tls").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

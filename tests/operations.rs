@@ -138,11 +138,7 @@ async fn admin_state_deliveries_and_test_ping() {
     ));
     let mut natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(5, "st")).await;
-    rx.wait_for(Duration::from_secs(20), "5", |r| {
-        r.delivered_ids().len() >= 5
-    })
-    .await;
+    deliver_leads(&js, &rx, 5, "st").await;
 
     let (_, state) = natshook
         .api("GET", "/api/endpoints/a", Some(TOKEN), None)
@@ -393,11 +389,7 @@ async fn sighup_reloads_a_changed_endpoint_and_an_invalid_config_is_rejected() {
     let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/one"), &["*"], "");
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(10, "h1")).await;
-    rx.wait_for(Duration::from_secs(20), "10", |r| {
-        r.delivered_ids().len() >= 10
-    })
-    .await;
+    deliver_leads(&js, &rx, 10, "h1").await;
 
     // An invalid config is rejected and the running one keeps delivering.
     reload(

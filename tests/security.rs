@@ -117,11 +117,7 @@ async fn a_secret_file_rotated_mid_traffic_signs_with_the_new_secret() {
     ));
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(50, "before")).await;
-    rx.wait_for(Duration::from_secs(20), "50", |r| {
-        r.delivered_ids().len() >= 50
-    })
-    .await;
+    deliver_leads(&js, &rx, 50, "before").await;
 
     // Rotate the way Kubernetes does: a new file swapped in atomically.
     let tmp = dir.path().join("secret.new");
@@ -276,11 +272,7 @@ async fn tls_receiver_with_a_private_ca_and_mutual_tls_over_http2() {
     ));
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(20, "tls")).await;
-    rx.wait_for(Duration::from_secs(20), "20 over mTLS", |r| {
-        r.delivered_ids().len() >= 20
-    })
-    .await;
+    deliver_leads(&js, &rx, 20, "tls").await;
     assert!(
         rx.received()
             .iter()

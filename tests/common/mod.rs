@@ -812,6 +812,15 @@ impl TestConfig {
     }
 }
 
+/// Publishes `n` leads and waits (up to 20 s) until the receiver holds `n` distinct ids.
+pub async fn deliver_leads(js: &jetstream::Context, rx: &Receiver, n: usize, prefix: &str) {
+    publish_all(js, leads(n, prefix)).await;
+    rx.wait_for(Duration::from_secs(20), &format!("{n} delivered"), |r| {
+        r.delivered_ids().len() >= n
+    })
+    .await;
+}
+
 /// `n` lead.created messages with JSON payloads and distinct `Nats-Msg-Id`s.
 pub fn leads(n: usize, prefix: &str) -> Vec<(String, Bytes, Option<String>)> {
     (0..n)
