@@ -515,6 +515,19 @@ struct Results {
     failed_attempts: [u64; 3],
 }
 
+impl Results {
+    /// The slower ceiling: what the "natshook ÷ min(A, B)" divides by.
+    fn min_ceiling(&self) -> f64 {
+        self.ceiling_nats_per_s.min(self.ceiling_http_per_s)
+    }
+
+    /// Doing A's and B's work one after the other on the same cores: the best a
+    /// bridge that must both consume and POST each message could do here.
+    fn serial_ceiling(&self) -> f64 {
+        1.0 / (1.0 / self.ceiling_nats_per_s + 1.0 / self.ceiling_http_per_s)
+    }
+}
+
 async fn run(opts: Opts) -> Results {
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
@@ -682,7 +695,6 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 fn report(r: &Results) {
-    let min_ceiling = r.ceiling_nats_per_s.min(r.ceiling_http_per_s);
     println!(
         "natshook benchmark ({} mode, {} messages of 1 KiB per phase)",
         r.mode, r.messages
@@ -712,12 +724,10 @@ fn report(r: &Results) {
         "  P  Python bridge                 {:>10.0} deliveries/s",
         r.python_per_s
     );
-    // Doing A's and B's work one after the other on the same cores: the best a
-    // bridge that must both consume and POST each message could do here.
-    let serial = 1.0 / (1.0 / r.ceiling_nats_per_s + 1.0 / r.ceiling_http_per_s);
+    let serial = r.serial_ceiling();
     println!(
         "  natshook / min(A, B)             {:>10}",
-        ratio(r.natshook_per_s, min_ceiling)
+        ratio(r.natshook_per_s, r.min_ceiling())
     );
     println!(
         "  natshook / serial(A, B)          {:>10}   (1/(1/A + 1/B) = {:.0}/s)",
@@ -774,12 +784,12 @@ fn report_rounds(all: &[Results]) {
         ("N natshook, 1 endpoint (/s)", |r| r.natshook_per_s, 0),
         (
             "natshook / min(A, B)",
-            |r| r.natshook_per_s / r.ceiling_nats_per_s.min(r.ceiling_http_per_s),
+            |r| r.natshook_per_s / r.min_ceiling(),
             2,
         ),
         (
             "natshook / serial(A, B)",
-            |r| r.natshook_per_s * (1.0 / r.ceiling_nats_per_s + 1.0 / r.ceiling_http_per_s),
+            |r| r.natshook_per_s / r.serial_ceiling(),
             2,
         ),
         (
