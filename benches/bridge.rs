@@ -103,10 +103,19 @@ fn publish_micros(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-async fn start_receiver(seen: Arc<Seen>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Name prefix of the receiver's threads: their CPU is read per thread, so the
+/// receiver's share of this process can be told apart from the raw client's in B.
+const RECEIVER_THREADS: &str = "bench-receiver";
+
+/// The receiver, on its own runtime (`receiver`), whose threads are named
+/// [`RECEIVER_THREADS`].
+fn start_receiver(receiver: &tokio::runtime::Handle, seen: Arc<Seen>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
+    listener.set_nonblocking(true).unwrap();
+    receiver.spawn(async move {
+        // Registered here, so accepted connections belong to the receiver's runtime.
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
@@ -293,9 +302,9 @@ impl Process {
     }
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// CPU seconds (user + system) from a `/proc/.../stat` file: a process's or a thread's.
+fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are 14th and 15th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -303,19 +312,44 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU seconds the receiver's threads have used so far.
+fn receiver_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(RECEIVER_THREADS))
+        })
+        .map(|t| stat_cpu_seconds(&t.path().join("stat")))
+        .sum()
+}
+
 /// CPU microseconds per delivery of each process taking part.
 #[derive(Default, serde::Serialize)]
 struct CpuPerDelivery {
     natshook: f64,
     nats_server: f64,
-    /// The bench process, which is the receiver while natshook drains.
+    /// The receiver's threads in this process.
     receiver: f64,
+    /// The rest of this process: the raw consumer in A, the raw client in B, nearly
+    /// nothing while natshook drains.
+    bench: f64,
 }
 
-/// CPU seconds of natshook, nats-server and this process at the start of a phase.
+/// CPU seconds of natshook, nats-server, this process and the receiver's threads at
+/// the start of a phase.
 struct CpuSample {
     pids: [u32; 3],
     before: [f64; 3],
+    receiver_before: f64,
 }
 
 impl CpuSample {
@@ -329,6 +363,7 @@ impl CpuSample {
         Self {
             pids,
             before: pids.map(cpu_seconds),
+            receiver_before: receiver_cpu_seconds(),
         }
     }
 
@@ -337,10 +372,12 @@ impl CpuSample {
             0 => 0.0,
             pid => (cpu_seconds(pid) - self.before[i]) * 1e6 / n as f64,
         };
+        let receiver = (receiver_cpu_seconds() - self.receiver_before) * 1e6 / n as f64;
         CpuPerDelivery {
             natshook: per(0),
             nats_server: per(1),
-            receiver: per(2),
+            receiver,
+            bench: per(2) - receiver,
         }
     }
 }
@@ -504,9 +541,9 @@ struct Results {
     rss_peak_mib: f64,
     rss_peak_50_endpoints_mib: f64,
     rss_peak_fan_out_mib: f64,
-    /// Phase A: `receiver` is the raw consumer (this process).
+    /// Phase A: `bench` is the raw consumer.
     cpu_us_ceiling_nats: CpuPerDelivery,
-    /// Phase B: `receiver` is the raw client and the receiver together (this process).
+    /// Phase B: `bench` is the raw client.
     cpu_us_ceiling_http: CpuPerDelivery,
     cpu_us_per_delivery: CpuPerDelivery,
     cpu_us_per_delivery_50_endpoints: CpuPerDelivery,
@@ -526,13 +563,20 @@ impl Results {
     fn serial_ceiling(&self) -> f64 {
         1.0 / (1.0 / self.ceiling_nats_per_s + 1.0 / self.ceiling_http_per_s)
     }
+
+    /// CPU per message of the raw parts a bridge is made of: A's consumer plus B's
+    /// client. natshook's CPU per delivery divided by this is the bridge's overhead,
+    /// free of how the two cores are shared with nats-server and the receiver.
+    fn raw_parts_cpu(&self) -> f64 {
+        self.cpu_us_ceiling_nats.bench + self.cpu_us_ceiling_http.bench
+    }
 }
 
-async fn run(opts: Opts) -> Results {
+async fn run(opts: Opts, receiver: tokio::runtime::Handle) -> Results {
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
     let seen = Arc::new(Seen::default());
-    let port = start_receiver(seen.clone()).await;
+    let port = start_receiver(&receiver, seen.clone());
     let mut r = Results {
         mode: if opts.smoke { "smoke" } else { "full" },
         messages: opts.n,
@@ -748,11 +792,17 @@ fn report(r: &Results) {
     );
     println!(
         "  CPU per message (A, raw)        consumer {:.1} us, nats-server {:.1} us",
-        r.cpu_us_ceiling_nats.receiver, r.cpu_us_ceiling_nats.nats_server
+        r.cpu_us_ceiling_nats.bench, r.cpu_us_ceiling_nats.nats_server
     );
     println!(
-        "  CPU per request (B, raw)        client + receiver {:.1} us",
-        r.cpu_us_ceiling_http.receiver
+        "  CPU per request (B, raw)        client {:.1} us, receiver {:.1} us",
+        r.cpu_us_ceiling_http.bench, r.cpu_us_ceiling_http.receiver
+    );
+    println!(
+        "  natshook CPU / raw parts (N)    {:>10}   (natshook {:.1} us per delivery; A's consumer + B's client {:.1} us)",
+        ratio(r.cpu_us_per_delivery.natshook, r.raw_parts_cpu()),
+        r.cpu_us_per_delivery.natshook,
+        r.raw_parts_cpu()
     );
     for (phase, c) in [
         ("N, 1 endpoint", &r.cpu_us_per_delivery),
@@ -780,7 +830,7 @@ fn report(r: &Results) {
 /// to quote.
 fn report_rounds(all: &[Results]) {
     type Figure = fn(&Results) -> f64;
-    let figures: [(&str, Figure, usize); 8] = [
+    let figures: [(&str, Figure, usize); 9] = [
         ("N natshook, 1 endpoint (/s)", |r| r.natshook_per_s, 0),
         (
             "natshook / min(A, B)",
@@ -816,6 +866,11 @@ fn report_rounds(all: &[Results]) {
             "natshook CPU per delivery, F (us)",
             |r| r.cpu_us_per_delivery_fan_out.natshook,
             1,
+        ),
+        (
+            "natshook CPU / raw parts (N)",
+            |r| r.cpu_us_per_delivery.natshook / r.raw_parts_cpu(),
+            2,
         ),
     ];
     println!("{} rounds back to back: median (each round)", all.len());
@@ -881,6 +936,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let receiver = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(RECEIVER_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut all = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut o = opts.clone();
@@ -891,7 +952,7 @@ fn main() {
         if rounds > 1 {
             eprintln!("== round {} of {rounds}", round + 1);
         }
-        all.push(rt.block_on(run(o)));
+        all.push(rt.block_on(run(o, receiver.handle().clone())));
     }
     let r = &all[0];
     report(r);
