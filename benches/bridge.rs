@@ -531,6 +531,9 @@ struct Results {
     natshook_50_endpoints_per_s: f64,
     natshook_fan_out_per_s: f64,
     python_per_s: f64,
+    /// The Python bridge's CPU per delivery, from its first delivery on (start-up and
+    /// imports left out, as natshook's start-up is before its drain).
+    cpu_us_per_delivery_python: f64,
     latency_rate_per_s: u64,
     latency_p50_ms: f64,
     latency_p99_ms: f64,
@@ -722,7 +725,11 @@ async fn run(opts: Opts, receiver: tokio::runtime::Handle) -> Results {
             ])
             .spawn()
             .expect("python bridge (run scripts/setup-tools.sh)");
+        wait_count(&seen, 1, drain_timeout(n) * 4, "python bridge").await;
+        let (first, cpu_before) = (seen.count.load(Ordering::SeqCst), cpu_seconds(py.id()));
         wait_count(&seen, n as u64, drain_timeout(n) * 4, "python bridge").await;
+        r.cpu_us_per_delivery_python =
+            (cpu_seconds(py.id()) - cpu_before) * 1e6 / (n as u64 - first).max(1) as f64;
         r.python_per_s = seen.rate();
         let _ = py.wait();
     }
@@ -782,6 +789,12 @@ fn report(r: &Results) {
     let times = if python == "n/a" { "" } else { "x" };
     println!("  natshook / Python                {python:>10}{times}");
     println!(
+        "  Python CPU / natshook CPU        {:>10}   (per delivery: Python {:.1} us, natshook {:.1} us in N)",
+        ratio(r.cpu_us_per_delivery_python, r.cpu_us_per_delivery.natshook),
+        r.cpu_us_per_delivery_python,
+        r.cpu_us_per_delivery.natshook
+    );
+    println!(
         "  50 endpoints / 1 endpoint        {:>10} (M), {} (F)",
         ratio(r.natshook_50_endpoints_per_s, r.natshook_per_s),
         ratio(r.natshook_fan_out_per_s, r.natshook_per_s)
@@ -830,7 +843,7 @@ fn report(r: &Results) {
 /// to quote.
 fn report_rounds(all: &[Results]) {
     type Figure = fn(&Results) -> f64;
-    let figures: [(&str, Figure, usize); 9] = [
+    let figures: [(&str, Figure, usize); 10] = [
         ("N natshook, 1 endpoint (/s)", |r| r.natshook_per_s, 0),
         (
             "natshook / min(A, B)",
@@ -871,6 +884,11 @@ fn report_rounds(all: &[Results]) {
             "natshook CPU / raw parts (N)",
             |r| r.cpu_us_per_delivery.natshook / r.raw_parts_cpu(),
             2,
+        ),
+        (
+            "Python CPU / natshook CPU",
+            |r| r.cpu_us_per_delivery_python / r.cpu_us_per_delivery.natshook,
+            1,
         ),
     ];
     println!("{} rounds back to back: median (each round)", all.len());
