@@ -500,11 +500,10 @@ async fn missing_stream_is_a_clear_startup_error() {
 async fn token_authentication_from_an_env_secret() {
     let nats = NatsServer::start_with(&["--auth", "s3cr3t-token"]);
     let rx = Receiver::start().await;
-    let config = TestConfig::new(nats.url()).endpoint("crm", &rx.url("/"), &["*"], "");
-    let text = config.render().replace(
-        "create_stream = true",
-        "create_stream = true\ntoken = { env = \"NATSHOOK_TEST_NATS_TOKEN\" }",
-    );
+    let text = TestConfig::new(nats.url())
+        .nats("token = { env = \"NATSHOOK_TEST_NATS_TOKEN\" }")
+        .endpoint("crm", &rx.url("/"), &["*"], "")
+        .render();
     let natshook =
         Natshook::start_with(&text, &[("NATSHOOK_TEST_NATS_TOKEN", "s3cr3t-token")], &[]).await;
     let out = Command::new(bin())
@@ -609,14 +608,10 @@ async fn creds_file_authentication() {
 
     let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
     let rx = Receiver::start().await;
-    let config = TestConfig::new(nats.url()).endpoint("crm", &rx.url("/"), &["*"], "");
-    let text = config.render().replace(
-        "create_stream = true",
-        &format!(
-            "create_stream = true\ncreds_file = {:?}",
-            creds.to_str().unwrap()
-        ),
-    );
+    let text = TestConfig::new(nats.url())
+        .nats(&format!("creds_file = {:?}", creds.to_str().unwrap()))
+        .endpoint("crm", &rx.url("/"), &["*"], "")
+        .render();
     let _natshook = Natshook::start(&text).await;
 
     let client = async_nats::ConnectOptions::with_credentials_file(&creds)
@@ -653,21 +648,15 @@ async fn nats_over_mutual_tls_with_user_and_password() {
         "s3cret-pass",
     ]);
     let rx = Receiver::start().await;
-    let config = TestConfig::new(format!("tls://127.0.0.1:{}", nats.port)).endpoint(
-        "crm",
-        &rx.url("/"),
-        &["*"],
-        "",
-    );
-    let text = config.render().replace(
-        "create_stream = true",
-        &format!(
-            "create_stream = true\nuser = \"hook\"\npassword = {{ env = \"NATSHOOK_TEST_NATS_PASS\" }}\n[nats.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+    let text = TestConfig::new(format!("tls://127.0.0.1:{}", nats.port))
+        .nats(&format!(
+            "user = \"hook\"\npassword = {{ env = \"NATSHOOK_TEST_NATS_PASS\" }}\n[nats.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
             pki.path("ca.pem"),
             pki.path("client.pem"),
             pki.path("client-key.pem")
-        ),
-    );
+        ))
+        .endpoint("crm", &rx.url("/"), &["*"], "")
+        .render();
     let _natshook =
         Natshook::start_with(&text, &[("NATSHOOK_TEST_NATS_PASS", "s3cret-pass")], &[]).await;
     let client =

@@ -762,6 +762,8 @@ pub struct TestConfig {
     pub events: Vec<(String, String)>,
     pub endpoints: Vec<String>,
     pub top: String,
+    /// Raw TOML lines for the `[nats]` section (auth, TLS).
+    pub nats_extra: String,
 }
 
 impl TestConfig {
@@ -776,7 +778,15 @@ impl TestConfig {
             ],
             endpoints: vec![],
             top: String::new(),
+            nats_extra: String::new(),
         }
+    }
+
+    /// Adds raw TOML lines to `[nats]` (auth, TLS); a `[nats.tls]` table may follow.
+    pub fn nats(mut self, extra: &str) -> Self {
+        self.nats_extra.push_str(extra);
+        self.nats_extra.push('\n');
+        self
     }
 
     /// Adds an endpoint; `extra` is raw TOML lines for it.
@@ -796,8 +806,8 @@ impl TestConfig {
         let mut s = String::new();
         s.push_str(&self.top);
         s.push_str(&format!(
-            "\n[nats]\nurl = \"{}\"\nstream = \"{}\"\ncreate_stream = {}\n\n[http]\nlisten = \"127.0.0.1:{{http_port}}\"\n\n",
-            self.nats_url, self.stream, self.create_stream
+            "\n[nats]\nurl = \"{}\"\nstream = \"{}\"\ncreate_stream = {}\n{}\n[http]\nlisten = \"127.0.0.1:{{http_port}}\"\n\n",
+            self.nats_url, self.stream, self.create_stream, self.nats_extra
         ));
         for (subject, event) in &self.events {
             s.push_str(&format!(
