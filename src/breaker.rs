@@ -1,8 +1,9 @@
 //! Per-endpoint circuit breaker: pauses an endpoint after too many consecutive failed
 //! attempts (or at once on 410 Gone) and resumes it after a successful probe.
 //!
-//! Pausing only stops fetching: paused messages stay in the stream, so a receiver that
-//! is down for hours loses nothing and nothing is dead-lettered because of the pause.
+//! Pausing only stops sending: messages stay in the stream (the few already fetched are
+//! held by the consumer), so a receiver that is down for hours loses nothing and nothing
+//! is dead-lettered because of the pause.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -93,7 +94,7 @@ impl Breaker {
             return;
         }
         tracing::warn!(endpoint = %self.endpoint, reason = %reason,
-            "endpoint paused: fetching stopped, messages wait in the stream");
+            "endpoint paused: deliveries stopped, messages wait in the stream");
         if let Ok(mut r) = self.reason.lock() {
             *r = Some(reason);
         }

@@ -9,8 +9,13 @@
 //! Retries are JetStream redeliveries: a failed attempt NAKs with the delay for that
 //! attempt, and the delivery count is the attempt number. `max_deliver` is unlimited
 //! on purpose: natshook dead-letters at `max_attempts` itself, and a message whose
-//! dead-letter publish failed must still come back.
+//! dead-letter publish failed must still come back. Because the delivery count is the
+//! attempt number, fetched messages are never dropped unattempted: a pause holds them,
+//! a re-bind keeps them, and shutdown NAKs them for immediate redelivery.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -20,7 +25,7 @@ use async_nats::jetstream::{
     consumer::{pull, AckPolicy, DeliverPolicy},
     message::AckKind,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,6 +66,19 @@ pub fn ack_wait(endpoint: &Endpoint) -> Duration {
 pub fn jitter(d: Duration) -> Duration {
     let factor = 0.9 + fastrand::f64() * 0.2;
     d.mul_f64(factor)
+}
+
+/// Messages fetched but not started. They survive pauses and re-binds, so a message
+/// the endpoint never tried costs no attempt and never waits out its ack timer.
+type Held = VecDeque<jetstream::Message>;
+
+/// Why feeding one pull stream ended.
+enum Leave {
+    Drain,
+    /// Pull again at once (missed heartbeat, stream ended).
+    Rebind,
+    /// Pull again after a back-off.
+    RebindAfterError,
 }
 
 /// Facts the delivery path needs from a NATS message, extracted once.
@@ -302,12 +320,9 @@ impl Worker {
     /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`.
     pub async fn run(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
-        let mut paused = self.breaker.watch();
+        let mut held = Held::new();
         let mut retry = Duration::from_millis(500);
-        'bind: loop {
-            if stop.drain.is_cancelled() {
-                break;
-            }
+        while !stop.drain.is_cancelled() {
             let consumer = match self.bind().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -323,11 +338,9 @@ impl Worker {
             };
             self.bound.store(true, Ordering::Relaxed);
             retry = Duration::from_millis(500);
-
-            if self.breaker.is_paused() {
-                self.probe(&consumer, &stop).await;
-                continue;
-            }
+            // Held messages may have waited through a re-bind: restart their ack timer
+            // before they queue for a permit.
+            self.extend_ack_wait(&held).await;
 
             // The server never sends more than max_ack_pending unacked messages, so a
             // larger batch only saves pull round trips (ordered endpoints included).
@@ -350,107 +363,172 @@ impl Worker {
                     continue;
                 }
             };
-            loop {
-                let permit = tokio::select! {
-                    _ = stop.drain.cancelled() => break 'bind,
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break 'bind,
-                    },
-                };
-                if self.breaker.is_paused() {
-                    continue 'bind;
-                }
-                let next = tokio::select! {
-                    _ = stop.drain.cancelled() => break 'bind,
-                    _ = paused.wait_for(|p| *p) => continue 'bind,
-                    m = messages.next() => m,
-                };
-                match next {
-                    Some(Ok(msg)) => {
-                        let this = self.clone();
-                        let abort = stop.abort.clone();
-                        // Boxed, so the ~3 KiB delivery future is copied once into
-                        // the heap and the task moves a pointer, not the future, through
-                        // spawn and its stage changes.
-                        tracker.spawn(Box::pin(async move {
-                            this.handle(msg, &abort).await;
-                            drop(permit);
-                        }));
+            let leave = self
+                .fetch(&mut messages, &mut held, &permits, &stop, &tracker)
+                .await;
+            // What the stream already received is ours: dropping it would cost each
+            // message an attempt and an ack_wait.
+            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+                held.push_back(msg);
+            }
+            drop(messages);
+            match leave {
+                Leave::Drain => break,
+                Leave::Rebind => {}
+                Leave::RebindAfterError => {
+                    self.bound.store(false, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = stop.drain.cancelled() => break,
+                        _ = tokio::time::sleep(retry) => {}
                     }
-                    Some(Err(e)) => {
-                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                        match e.kind() {
-                            K::MissingHeartbeat => {
-                                // The server stopped answering this pull (seen with
-                                // max_ack_pending = 1 after a burst): a fresh pull
-                                // stream recovers at once instead of idling.
-                                tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; pulling again");
-                                continue 'bind;
-                            }
-                            _ => {
-                                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "fetch failed; re-binding");
-                                self.bound.store(false, Ordering::Relaxed);
-                                tokio::select! {
-                                    _ = stop.drain.cancelled() => break 'bind,
-                                    _ = tokio::time::sleep(retry) => {}
-                                }
-                                continue 'bind;
-                            }
-                        }
-                    }
-                    None => continue 'bind,
                 }
             }
+        }
+        // Fetched but never started: NAK for immediate redelivery (to the restarted or
+        // reloaded worker, or another replica) instead of after ack_wait.
+        for msg in held.drain(..) {
+            self.ack(&msg, AckKind::Nak(None)).await;
         }
         self.bound.store(false, Ordering::Relaxed);
     }
 
-    /// While paused: wait, then try one message. Success resumes the endpoint (the
-    /// breaker does that); no message waiting means there is nothing to protect, so
-    /// the endpoint resumes and the next failure pauses it again at once.
-    async fn probe(&self, consumer: &PullConsumer, stop: &Stop) {
-        let mut wait = self.endpoint.probe_interval;
+    /// Feeds one pull stream to delivery tasks, held messages first, until the worker
+    /// drains or the stream must be replaced.
+    async fn fetch(
+        self: &Arc<Self>,
+        messages: &mut pull::Stream,
+        held: &mut Held,
+        permits: &Arc<Semaphore>,
+        stop: &Stop,
+        tracker: &TaskTracker,
+    ) -> Leave {
         let mut paused = self.breaker.watch();
-        if self.breaker.pause_reason() == Some(PauseReason::Manual) {
-            // Paused by an operator: no probes, only an explicit resume.
-            tokio::select! {
-                _ = stop.drain.cancelled() => {}
-                _ = paused.wait_for(|p| !*p) => {}
+        loop {
+            if self.breaker.is_paused() {
+                match self.hold_while_paused(messages, held, stop).await {
+                    Some(leave) => return leave,
+                    None => continue,
+                }
             }
-            return;
-        }
-        while self.breaker.is_paused() {
-            tokio::select! {
-                _ = stop.drain.cancelled() => return,
-                _ = paused.wait_for(|p| !*p) => return,
-                _ = tokio::time::sleep(wait) => {}
+            let permit = tokio::select! {
+                _ = stop.drain.cancelled() => return Leave::Drain,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return Leave::Drain,
+                },
+            };
+            if self.breaker.is_paused() {
+                continue;
             }
-            let batch = consumer
-                .fetch()
-                .max_messages(1)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "probe fetch failed");
-                    return;
+            let msg = match held.pop_front() {
+                Some(msg) => msg,
+                None => {
+                    let next = tokio::select! {
+                        _ = stop.drain.cancelled() => return Leave::Drain,
+                        _ = paused.wait_for(|p| *p) => continue,
+                        m = messages.next() => m,
+                    };
+                    match next {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return self.fetch_failed(&e),
+                        None => return Leave::Rebind,
+                    }
                 }
             };
-            match batch.next().await {
-                Some(Ok(msg)) => {
-                    tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
-                    self.handle(msg, &stop.abort).await;
-                    wait = (wait * 2).min(self.endpoint.probe_max_interval);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "probe fetch failed");
-                    return;
-                }
-                None => self.breaker.resume(),
+            let this = Arc::clone(self);
+            let abort = stop.abort.clone();
+            // Boxed, so the ~3 KiB delivery future is copied once into the heap and
+            // the task moves a pointer, not the future, through spawn and its stage
+            // changes.
+            tracker.spawn(Box::pin(async move {
+                this.handle(msg, &abort).await;
+                drop(permit);
+            }));
+        }
+    }
+
+    fn fetch_failed(&self, e: &pull::MessagesError) -> Leave {
+        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+        match e.kind() {
+            K::MissingHeartbeat => {
+                // The server stopped answering this pull (seen with max_ack_pending = 1
+                // after a burst): a fresh pull stream recovers at once instead of idling.
+                tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; pulling again");
+                Leave::Rebind
             }
+            _ => {
+                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "fetch failed; re-binding");
+                Leave::RebindAfterError
+            }
+        }
+    }
+
+    /// While paused: keep what the stream brings (JetStream never sends more than
+    /// max_ack_pending), extend its ack timers, and every probe interval try the oldest
+    /// held message. A probe's success resumes the endpoint (the breaker does that);
+    /// nothing held means there is nothing to protect, so the endpoint resumes and the
+    /// next failure pauses it again at once. Returns `None` once resumed.
+    ///
+    /// Holding, rather than dropping the stream, is what keeps a pause from costing
+    /// fetched messages an attempt and an ack_wait of delay.
+    async fn hold_while_paused(
+        &self,
+        messages: &mut pull::Stream,
+        held: &mut Held,
+        stop: &Stop,
+    ) -> Option<Leave> {
+        let mut paused = self.breaker.watch();
+        // Paused by an operator: no probes, only an explicit resume.
+        let probing = self.breaker.pause_reason() != Some(PauseReason::Manual);
+        let mut wait = self.endpoint.probe_interval;
+        let probe_due = tokio::time::sleep(wait);
+        tokio::pin!(probe_due);
+        let every = ack_wait(&self.endpoint) / 3;
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        let leave = loop {
+            tokio::select! {
+                _ = stop.drain.cancelled() => break Some(Leave::Drain),
+                // Mapped to (): the watch guard must not live across the awaits below.
+                () = paused.wait_for(|p| !*p).map(drop), if probe.is_none() => break None,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => held.push_back(msg),
+                    Some(Err(e)) => break Some(self.fetch_failed(&e)),
+                    None => break Some(Leave::Rebind),
+                },
+                _ = keep_alive.tick() => self.extend_ack_wait(held).await,
+                () = &mut probe_due, if probing && probe.is_none() => match held.pop_front() {
+                    Some(msg) => {
+                        tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
+                        probe = Some(Box::pin(self.handle(msg, &stop.abort)));
+                    }
+                    None => {
+                        self.breaker.resume();
+                        break None;
+                    }
+                },
+                () = async { if let Some(p) = probe.as_mut() { p.await } }, if probe.is_some() => {
+                    probe = None;
+                    wait = (wait * 2).min(self.endpoint.probe_max_interval);
+                    probe_due.as_mut().reset(tokio::time::Instant::now() + wait);
+                }
+            }
+        };
+        // A probe under way settles its message itself (NAK once the grace is over).
+        if let Some(p) = probe {
+            p.await;
+        }
+        if leave.is_none() {
+            // Held messages now queue for permits behind the in-flight ones.
+            self.extend_ack_wait(held).await;
+        }
+        leave
+    }
+
+    /// Restarts the ack timer of messages that are ours but not started.
+    async fn extend_ack_wait(&self, held: &Held) {
+        for msg in held {
+            self.ack(msg, AckKind::Progress).await;
         }
     }
 

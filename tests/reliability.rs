@@ -51,6 +51,21 @@ fn assert_nothing_lost(rx: &Receiver, published: &[String], dead: &[serde_json::
     }
 }
 
+/// Every id's X-Webhook-Attempt values, sorted, are 1, 2, 3, …: each counts a real
+/// attempt, none was spent on a message the receiver never got.
+fn assert_attempts_count_up(rx: &Receiver) {
+    let mut by_id: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in rx.received() {
+        let attempt = r.header("x-webhook-attempt").parse().unwrap();
+        by_id.entry(r.id().to_string()).or_default().push(attempt);
+    }
+    for (id, mut attempts) in by_id {
+        attempts.sort_unstable();
+        let expected: Vec<u32> = (1..=attempts.len() as u32).collect();
+        assert_eq!(attempts, expected, "{id}: attempts seen by the receiver");
+    }
+}
+
 fn ids(messages: &[(String, Bytes, Option<String>)]) -> Vec<String> {
     messages.iter().map(|m| m.2.clone().unwrap()).collect()
 }
@@ -340,7 +355,7 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
     // At most the in-flight requests of the moment plus one probe per second.
     assert!(
         rx.count() <= 4 + 4,
-        "fetching stopped while paused: {} requests",
+        "deliveries stopped while paused: {} requests",
         rx.count()
     );
     assert!(
@@ -361,6 +376,7 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
         Some(0.0)
     );
     assert_nothing_lost(&rx, &published, &[]);
+    assert_attempts_count_up(&rx);
     assert!(natshook.dead_letters("e").is_empty());
 }
 
@@ -395,6 +411,7 @@ async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_de
     })
     .await;
     assert_nothing_lost(&rx, &published, &[]);
+    assert_attempts_count_up(&rx);
     assert!(
         natshook.dead_letters("e").is_empty(),
         "the pause caused dead letters"
@@ -405,6 +422,63 @@ async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_de
             .await,
         Some(0.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_spends_no_attempts_and_held_messages_go_out_at_once_on_resume() {
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "concurrency = 4\ndisable_after_failures = 4\nprobe_interval = \"400ms\"\nprobe_max_interval = \"400ms\"\nmax_attempts = 50\nretry_schedule = [\"100ms\"]",
+    )
+    .await;
+    let published = publish_leads(&js, 200, "h").await;
+    natshook
+        .wait_metric(
+            "natshook_endpoint_paused{endpoint=\"e\"}",
+            1.0,
+            Duration::from_secs(10),
+            "endpoint did not pause",
+        )
+        .await;
+    // A few probes fail: those are real attempts and must count.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rx.set(|_| Reply::ok());
+    // Well inside ack_wait (30 s): nothing the paused endpoint had fetched was left
+    // to time out.
+    rx.wait_for(Duration::from_secs(12), "200 delivered", |r| {
+        r.delivered_ids().len() >= 200
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert_attempts_count_up(&rx);
+    assert!(natshook.dead_letters("e").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_fetched_but_unstarted_messages_back_at_once() {
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(1000))).await;
+    let (_nats, mut natshook, js) = setup(&rx, "concurrency = 4").await;
+    let published = publish_leads(&js, 40, "u").await;
+    rx.wait_for(Duration::from_secs(10), "4 in flight", |r| r.count() >= 4)
+        .await;
+    let status = natshook.terminate().await;
+    assert!(status.success(), "exit {status}");
+    rx.set(|_| Reply::ok());
+    let restarted = Instant::now();
+    natshook.spawn().await;
+    rx.wait_for(Duration::from_secs(40), "40 delivered", |r| {
+        r.delivered_ids().len() >= 40
+    })
+    .await;
+    // The window (2 × concurrency) held 4 fetched messages nobody had started: NAKed
+    // at shutdown, they come back at once instead of after ack_wait (30 s).
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    assert_nothing_lost(&rx, &published, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
