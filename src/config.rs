@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml, Yaml};
+use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::value::Value;
 use figment::Figment;
 use http::header::{HeaderName, HeaderValue};
@@ -418,8 +418,8 @@ impl Problems {
 impl Config {
     /// Loads `path` (TOML or YAML by extension) with env overrides and validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let figment = figment_for(path)?;
-        Self::from_figment(&figment)
+        let (figment, env_problems) = figment_for(path)?;
+        Self::from_figment(&figment, env_problems)
     }
 
     /// Parses a config from text, for tests and tools. `format` is "toml" or "yaml".
@@ -428,16 +428,16 @@ impl Config {
             "yaml" => Figment::from(Yaml::string(text)),
             _ => Figment::from(Toml::string(text)),
         };
-        Self::from_figment(&figment)
+        Self::from_figment(&figment, Vec::new())
     }
 
-    fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        let mut problems = Problems::default();
-        match figment.extract::<Value>() {
-            Ok(value) => check_unknown_keys(&value, &mut problems),
-            Err(e) => return Err(figment_problems(e)),
-        }
-        let raw: RawConfig = match figment.extract() {
+    /// `problems`: found before, by the env overrides.
+    fn from_figment(figment: &Figment, problems: Vec<Problem>) -> Result<Self, ConfigError> {
+        let mut problems = Problems(problems);
+        let mut value = figment.extract::<Value>().map_err(figment_problems)?;
+        check_unknown_keys(&value, &mut problems);
+        take_mistyped_endpoint_settings(&mut value, &mut problems);
+        let raw: RawConfig = match Figment::from(Serialized::defaults(&value)).extract() {
             Ok(raw) => raw,
             Err(e) => {
                 let mut err = figment_problems(e);
@@ -457,7 +457,8 @@ impl Config {
     }
 }
 
-fn figment_for(path: &Path) -> Result<Figment, ConfigError> {
+/// The file with env overrides merged, and the overrides that could not be applied.
+fn figment_for(path: &Path) -> Result<(Figment, Vec<Problem>), ConfigError> {
     let shown = path.display().to_string();
     if let Err(e) = std::fs::metadata(path) {
         return Err(ConfigError::single(
@@ -480,10 +481,10 @@ fn figment_for(path: &Path) -> Result<Figment, ConfigError> {
             ))
         }
     };
-    Ok(file.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    Ok(crate::env_override::apply(file))
 }
 
-fn figment_problems(e: figment::Error) -> ConfigError {
+pub(crate) fn figment_problems(e: figment::Error) -> ConfigError {
     let problems = e
         .into_iter()
         .map(|e| Problem {
@@ -511,6 +512,46 @@ fn render_path(segments: &[String]) -> String {
         }
     }
     out
+}
+
+/// An endpoint's settings are flattened into it, and serde's flatten forgets the key
+/// of a type error (`endpoints[0]: invalid type`) and stops all validation there. So
+/// each endpoint's settings are type-checked on their own first, where the error names
+/// the key, and a mistyped key is taken out so that the rest is still validated.
+fn take_mistyped_endpoint_settings(value: &mut Value, problems: &mut Problems) {
+    let Value::Dict(_, top) = value else {
+        return;
+    };
+    let Some(Value::Array(_, endpoints)) = top.get_mut("endpoints") else {
+        return;
+    };
+    for (i, endpoint) in endpoints.iter_mut().enumerate() {
+        let Value::Dict(_, keys) = endpoint else {
+            continue;
+        };
+        // One error per extraction: repeat until the settings parse.
+        while let Err(e) = Figment::from(Serialized::defaults(&*keys)).extract::<RawSettings>() {
+            let mut taken = false;
+            for p in figment_problems(e).problems {
+                let key = p
+                    .path
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let path = if p.path == "config" {
+                    format!("endpoints[{i}]")
+                } else {
+                    format!("endpoints[{i}].{}", p.path)
+                };
+                problems.add(path, p.message);
+                taken |= keys.remove(&key).is_some();
+            }
+            if !taken {
+                break;
+            }
+        }
+    }
 }
 
 fn check_unknown_keys(value: &Value, problems: &mut Problems) {
@@ -1271,6 +1312,22 @@ mod tests {
         match Config::from_str(text, "toml") {
             Ok(_) => vec![],
             Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_mistyped_endpoint_setting_is_named_and_the_rest_still_validated() {
+        let text = format!(
+            "{GOOD}concurrency = \"many\"\nordered = 1\n[[endpoints]]\nname = \"b\"\nurl = \"ftp://x\"\nevents = [\"*\"]\nsecret = \"s\"\nmax_attempts = \"7\"\n"
+        );
+        let p = problems(&text);
+        for needle in [
+            "endpoints[0].concurrency: invalid type: found string \"many\"",
+            "endpoints[0].ordered: invalid type: found signed int `1`, expected a boolean",
+            "endpoints[1].max_attempts: invalid type: found string \"7\"",
+            "endpoints[1].url:",
+        ] {
+            assert!(p.iter().any(|x| x.starts_with(needle)), "{needle} in {p:?}");
         }
     }
 

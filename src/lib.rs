@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delivery;
 pub mod delivery_log;
+pub mod env_override;
 pub mod envelope;
 pub mod guard;
 pub mod metrics;

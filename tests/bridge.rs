@@ -367,6 +367,33 @@ async fn host_names_resolve_for_nats_and_endpoints() {
     assert!(rx.received().iter().all(|r| r.path == "/named"));
 }
 
+/// A deployment points an endpoint elsewhere from the environment, by its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_override_moves_one_endpoint_by_name() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url())
+        .endpoint("crm-prod", "http://127.0.0.1:1/refused", &["*"], "")
+        .endpoint("other", &rx.url("/other"), &["*"], "");
+    let url = rx.url("/moved");
+    let _natshook = Natshook::start_with(
+        &config.render(),
+        &[("NATSHOOK__ENDPOINTS__CRM_PROD__URL", url.as_str())],
+        &[],
+    )
+    .await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(20, "env")).await;
+    rx.wait_for(
+        Duration::from_secs(20),
+        "20 messages at each endpoint",
+        |r| r.received().len() >= 40,
+    )
+    .await;
+    let at = |path: &str| rx.received().iter().filter(|r| r.path == path).count();
+    assert_eq!((at("/moved"), at("/other")), (20, 20));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_endpoints() {
     let nats = NatsServer::start();
@@ -416,6 +443,7 @@ url = "https://crm.example.com/hooks"
 events = ["lead.created"]
 secret = "x"
 retry_schedule = ["1s", "soon"]
+concurrency = "many"
 "#,
     )
     .unwrap();
@@ -434,6 +462,7 @@ retry_schedule = ["1s", "soon"]
             "endpoints[0].timout: unknown key",
             "endpoints[1].name: 'crm' is used by an earlier endpoint",
             "endpoints[1].retry_schedule[1]: 'soon' is not a duration",
+            "endpoints[1].concurrency: invalid type: found string \"many\"",
         ] {
             assert!(err.contains(needle), "{cmd}: missing {needle:?} in\n{err}");
         }

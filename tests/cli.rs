@@ -110,3 +110,81 @@ fn shipped_example_configs_pass_check() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+/// `NATSHOOK__ENDPOINTS__<name or index>__KEY` and `NATSHOOK__EVENTS__<index>__KEY`
+/// reach single entries; a variable that names no entry stops start-up, named.
+#[test]
+fn env_overrides_address_endpoint_and_event_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        r#"
+[nats]
+stream = "EVENTS"
+[[events]]
+subject = "crm.lead.created"
+event = "lead.created"
+[[events]]
+subject = "crm.deal.won"
+event = "deal.won"
+[[endpoints]]
+name = "crm-prod"
+url = "https://crm.example.com/hooks"
+events = ["lead.created"]
+secret = "s"
+[[endpoints]]
+name = "billing"
+url = "https://billing.example.com/hooks"
+events = ["*"]
+secret = "s"
+"#,
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let (code, out, err) = run(
+        &["check", "--config", config],
+        b"",
+        &[
+            (
+                "NATSHOOK__ENDPOINTS__CRM_PROD__URL",
+                "https://crm-eu.example.com/hooks",
+            ),
+            ("NATSHOOK__ENDPOINTS__1__EVENTS", "[deal.won]"),
+            ("NATSHOOK__EVENTS__0__SUBJECT", "crm.leads.new"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "crm-prod -> https://crm-eu.example.com/hooks [hex signature; subjects: crm.leads.new]"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "billing -> https://billing.example.com/hooks [hex signature; subjects: crm.deal.won]"
+        ),
+        "{out}"
+    );
+
+    let (code, _, err) = run(
+        &["check", "--config", config],
+        b"",
+        &[
+            ("NATSHOOK__ENDPOINTS__CRM__URL", "https://x.example/"),
+            ("NATSHOOK__ENDPOINTS__2__URL", "https://x.example/"),
+            ("NATSHOOK__EVENTS__LEADS__SUBJECT", "x"),
+            ("NATSHOOK__ENDPOINTS__BILLING__CONCURRENCY", "lots"),
+        ],
+    );
+    assert_eq!(code, 2);
+    for needle in [
+        "NATSHOOK__ENDPOINTS__CRM: no endpoint named 'crm' (endpoints: crm-prod, billing;",
+        "NATSHOOK__ENDPOINTS__2: no entry 2: the config has 2 endpoints",
+        "NATSHOOK__EVENTS__LEADS: events entries are addressed by index",
+        "endpoints[1].concurrency: invalid type: found string \"lots\"",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+    }
+}
