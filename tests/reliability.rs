@@ -455,6 +455,51 @@ async fn a_pause_spends_no_attempts_and_held_messages_go_out_at_once_on_resume()
     assert!(natshook.dead_letters("e").is_empty());
 }
 
+/// Held messages outlive a nats-server restart during the pause: the pull stream is
+/// replaced, what was held is kept, and everything arrives once the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_endpoint_rides_out_a_nats_server_restart() {
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let (mut nats, mut natshook, js) = setup(
+        &rx,
+        "concurrency = 4\ndisable_after_failures = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\nmax_attempts = 1000\nretry_schedule = [\"100ms\"]",
+    )
+    .await;
+    let published = publish_leads(&js, 200, "r").await;
+    natshook
+        .wait_metric(
+            "natshook_endpoint_paused{endpoint=\"e\"}",
+            1.0,
+            Duration::from_secs(10),
+            "endpoint did not pause",
+        )
+        .await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.spawn();
+    natshook.wait_ready(Duration::from_secs(20)).await;
+    rx.set(|_| Reply::ok());
+    // Held messages were kept through the restart: they go out at once. Only a NAK
+    // that was sent while NATS was down is lost, and its message (at most the
+    // in-flight ones and a probe) comes back after ack_wait (30 s).
+    rx.wait_for(Duration::from_secs(10), "most delivered at once", |r| {
+        r.delivered_ids().len() >= 200 - 2 * 4
+    })
+    .await;
+    rx.wait_for(Duration::from_secs(60), "200 delivered", |r| {
+        r.delivered_ids().len() >= 200
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert!(natshook.dead_letters("e").is_empty());
+    assert_eq!(
+        natshook
+            .metric("natshook_endpoint_paused{endpoint=\"e\"}")
+            .await,
+        Some(0.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_fetched_but_unstarted_messages_back_at_once() {
     let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(1000))).await;
