@@ -436,18 +436,38 @@ impl Config {
         let mut problems = Problems(problems);
         let mut value = figment.extract::<Value>().map_err(figment_problems)?;
         check_unknown_keys(&value, &mut problems);
-        take_mistyped_endpoint_settings(&mut value, &mut problems);
-        let raw: RawConfig = match Figment::from(Serialized::defaults(&value)).extract() {
-            Ok(raw) => raw,
-            Err(e) => {
-                let mut err = figment_problems(e);
-                problems.0.append(&mut err.problems);
-                return Err(ConfigError {
-                    problems: problems.0,
-                });
+        let before_types = problems.0.len();
+        // Flattened settings lose the key of a type error, so each endpoint's are
+        // checked on their own first.
+        if let Some(Value::Array(_, endpoints)) = dict_mut(&mut value, "endpoints") {
+            for (i, endpoint) in endpoints.iter_mut().enumerate() {
+                if !matches!(endpoint, Value::Dict(..)) {
+                    continue; // reported once, below
+                }
+                extract_taking_mistyped::<RawSettings>(
+                    endpoint,
+                    &format!("endpoints[{i}]"),
+                    &mut problems,
+                );
             }
+        }
+        let Some(raw) = extract_taking_mistyped::<RawConfig>(&mut value, "", &mut problems) else {
+            return Err(ConfigError {
+                problems: problems.0,
+            });
         };
-        let config = validate(raw, &mut problems);
+        let mistyped: HashSet<String> = problems
+            .0
+            .iter()
+            .skip(before_types)
+            .map(|p| p.path.clone())
+            .collect();
+        let mut found = Problems::default();
+        let config = validate(raw, &mut found);
+        // A key taken out for its type is not also "missing".
+        problems
+            .0
+            .extend(found.0.into_iter().filter(|p| !mistyped.contains(&p.path)));
         match config {
             Some(c) if problems.0.is_empty() => Ok(c),
             _ => Err(ConfigError {
@@ -514,43 +534,71 @@ fn render_path(segments: &[String]) -> String {
     out
 }
 
-/// An endpoint's settings are flattened into it, and serde's flatten forgets the key
-/// of a type error (`endpoints[0]: invalid type`) and stops all validation there. So
-/// each endpoint's settings are type-checked on their own first, where the error names
-/// the key, and a mistyped key is taken out so that the rest is still validated.
-fn take_mistyped_endpoint_settings(value: &mut Value, problems: &mut Problems) {
-    let Value::Dict(_, top) = value else {
-        return;
-    };
-    let Some(Value::Array(_, endpoints)) = top.get_mut("endpoints") else {
-        return;
-    };
-    for (i, endpoint) in endpoints.iter_mut().enumerate() {
-        let Value::Dict(_, keys) = endpoint else {
-            continue;
+/// Extracts a `T` from `value`. A type error does not stop validation: it is recorded
+/// under its key (`prefix` in front), the key is taken out of `value`, and the
+/// extraction repeated, so that one run of `natshook check` names every mistyped key
+/// and still validates the rest. `None` when an error has no key to take out.
+fn extract_taking_mistyped<T: serde::de::DeserializeOwned>(
+    value: &mut Value,
+    prefix: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    loop {
+        let errors = match Figment::from(Serialized::defaults(&*value)).extract::<T>() {
+            Ok(t) => return Some(t),
+            Err(e) => e,
         };
-        // One error per extraction: repeat until the settings parse.
-        while let Err(e) = Figment::from(Serialized::defaults(&*keys)).extract::<RawSettings>() {
-            let mut taken = false;
-            for p in figment_problems(e).problems {
-                let key = p
-                    .path
-                    .split(['.', '['])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let path = if p.path == "config" {
-                    format!("endpoints[{i}]")
-                } else {
-                    format!("endpoints[{i}].{}", p.path)
-                };
-                problems.add(path, p.message);
-                taken |= keys.remove(&key).is_some();
-            }
-            if !taken {
-                break;
-            }
+        let mut taken = false;
+        for e in errors {
+            let at = render_path(&e.path);
+            let path = match (prefix, at.as_str()) {
+                ("", "") => "config".to_string(),
+                (p, "") => p.to_string(),
+                ("", a) => a.to_string(),
+                (p, a) if a.starts_with('[') => format!("{p}{a}"),
+                (p, a) => format!("{p}.{a}"),
+            };
+            problems.add(path, &e.kind);
+            taken |= take_key(value, &e.path);
         }
+        if !taken {
+            return None;
+        }
+    }
+}
+
+/// Removes the innermost table key on `path` (a list element goes with its list), but
+/// never a whole `[[events]]` or `[[endpoints]]` array: its entries' indexes name
+/// their problems.
+fn take_key(value: &mut Value, path: &[String]) -> bool {
+    let Some(depth) = path.iter().rposition(|s| s.parse::<usize>().is_err()) else {
+        return false;
+    };
+    if depth == 0 && path.len() > 1 && ["events", "endpoints"].contains(&path[0].as_str()) {
+        return false;
+    }
+    let mut at = value;
+    for segment in &path[..depth] {
+        let next = match at {
+            Value::Dict(_, d) => d.get_mut(segment),
+            Value::Array(_, a) => segment.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match at {
+        Value::Dict(_, d) => d.remove(&path[depth]).is_some(),
+        _ => false,
+    }
+}
+
+fn dict_mut<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    match value {
+        Value::Dict(_, d) => d.get_mut(key),
+        _ => None,
     }
 }
 
@@ -1316,19 +1364,26 @@ mod tests {
     }
 
     #[test]
-    fn a_mistyped_endpoint_setting_is_named_and_the_rest_still_validated() {
+    fn every_mistyped_key_is_named_and_the_rest_still_validated() {
         let text = format!(
-            "{GOOD}concurrency = \"many\"\nordered = 1\n[[endpoints]]\nname = \"b\"\nurl = \"ftp://x\"\nevents = [\"*\"]\nsecret = \"s\"\nmax_attempts = \"7\"\n"
+            "shutdown_grace = 5\n{GOOD}concurrency = \"many\"\nordered = 1\n[[endpoints]]\nname = 5\nurl = \"ftp://x\"\nevents = [\"*\"]\nsecret = \"s\"\nmax_attempts = \"7\"\n"
         );
         let p = problems(&text);
         for needle in [
+            "shutdown_grace: invalid type: found signed int `5`, expected a string",
             "endpoints[0].concurrency: invalid type: found string \"many\"",
             "endpoints[0].ordered: invalid type: found signed int `1`, expected a boolean",
             "endpoints[1].max_attempts: invalid type: found string \"7\"",
+            "endpoints[1].name: invalid type: found signed int `5`, expected a string",
             "endpoints[1].url:",
         ] {
             assert!(p.iter().any(|x| x.starts_with(needle)), "{needle} in {p:?}");
         }
+        // Taken out for its type, the name is not reported missing as well.
+        assert!(
+            !p.iter().any(|x| x == "endpoints[1].name: required"),
+            "{p:?}"
+        );
     }
 
     #[test]
