@@ -334,23 +334,40 @@ async fn retry_after_on_429_sets_the_delay() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_410_pauses_at_once_and_loses_nothing() {
-    let rx = Receiver::with(|_| Reply::status(410)).await;
-    let (_nats, natshook, js) = setup(
-        &rx,
-        "concurrency = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\ndisable_after_failures = 1000\nmax_attempts = 3\nretry_schedule = [\"100ms\"]",
-    )
-    .await;
-    let published = publish_leads(&js, 100, "g").await;
+/// The paused-endpoint gauge of the one endpoint `setup` configures.
+const PAUSED: &str = "natshook_endpoint_paused{endpoint=\"e\"}";
+
+/// A receiver answering `status`, natshook with `extra` endpoint settings, `n` messages
+/// published, and the endpoint paused by the failures.
+async fn paused_with_backlog(
+    status: u16,
+    extra: &str,
+    n: usize,
+    prefix: &str,
+) -> (Receiver, NatsServer, Natshook, Vec<String>) {
+    let rx = Receiver::with(move |_| Reply::status(status)).await;
+    let (nats, natshook, js) = setup(&rx, extra).await;
+    let published = publish_leads(&js, n, prefix).await;
     natshook
         .wait_metric(
-            "natshook_endpoint_paused{endpoint=\"e\"}",
+            PAUSED,
             1.0,
             Duration::from_secs(10),
-            "410 did not pause the endpoint",
+            "endpoint did not pause",
         )
         .await;
+    (rx, nats, natshook, published)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_pauses_at_once_and_loses_nothing() {
+    let (rx, _nats, natshook, published) = paused_with_backlog(
+        410,
+        "concurrency = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\ndisable_after_failures = 1000\nmax_attempts = 3\nretry_schedule = [\"100ms\"]",
+        100,
+        "g",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // At most the in-flight requests of the moment plus one probe per second.
     assert!(
@@ -369,12 +386,7 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
         |r| r.delivered_ids().len() >= 100,
     )
     .await;
-    assert_eq!(
-        natshook
-            .metric("natshook_endpoint_paused{endpoint=\"e\"}")
-            .await,
-        Some(0.0)
-    );
+    assert_eq!(natshook.metric(PAUSED).await, Some(0.0));
     assert_nothing_lost(&rx, &published, &[]);
     assert_attempts_count_up(&rx);
     assert!(natshook.dead_letters("e").is_empty());
@@ -382,21 +394,13 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_dead_letters() {
-    let rx = Receiver::with(|_| Reply::status(503)).await;
-    let (_nats, natshook, js) = setup(
-        &rx,
+    let (rx, _nats, natshook, published) = paused_with_backlog(
+        503,
         "disable_after_failures = 5\nprobe_interval = \"300ms\"\nprobe_max_interval = \"1s\"\nmax_attempts = 20\nretry_schedule = [\"100ms\"]",
+        2000,
+        "p",
     )
     .await;
-    let published = publish_leads(&js, 2000, "p").await;
-    natshook
-        .wait_metric(
-            "natshook_endpoint_paused{endpoint=\"e\"}",
-            1.0,
-            Duration::from_secs(10),
-            "endpoint did not pause",
-        )
-        .await;
     let at_pause = rx.count();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = rx.count() - at_pause;
@@ -416,31 +420,18 @@ async fn endpoint_down_long_enough_to_pause_then_back_gets_everything_without_de
         natshook.dead_letters("e").is_empty(),
         "the pause caused dead letters"
     );
-    assert_eq!(
-        natshook
-            .metric("natshook_endpoint_paused{endpoint=\"e\"}")
-            .await,
-        Some(0.0)
-    );
+    assert_eq!(natshook.metric(PAUSED).await, Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_spends_no_attempts_and_held_messages_go_out_at_once_on_resume() {
-    let rx = Receiver::with(|_| Reply::status(503)).await;
-    let (_nats, natshook, js) = setup(
-        &rx,
+    let (rx, _nats, natshook, published) = paused_with_backlog(
+        503,
         "concurrency = 4\ndisable_after_failures = 4\nprobe_interval = \"400ms\"\nprobe_max_interval = \"400ms\"\nmax_attempts = 50\nretry_schedule = [\"100ms\"]",
+        200,
+        "h",
     )
     .await;
-    let published = publish_leads(&js, 200, "h").await;
-    natshook
-        .wait_metric(
-            "natshook_endpoint_paused{endpoint=\"e\"}",
-            1.0,
-            Duration::from_secs(10),
-            "endpoint did not pause",
-        )
-        .await;
     // A few probes fail: those are real attempts and must count.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     rx.set(|_| Reply::ok());
@@ -459,21 +450,13 @@ async fn a_pause_spends_no_attempts_and_held_messages_go_out_at_once_on_resume()
 /// replaced, what was held is kept, and everything arrives once the receiver is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_endpoint_rides_out_a_nats_server_restart() {
-    let rx = Receiver::with(|_| Reply::status(503)).await;
-    let (mut nats, mut natshook, js) = setup(
-        &rx,
+    let (rx, mut nats, mut natshook, published) = paused_with_backlog(
+        503,
         "concurrency = 4\ndisable_after_failures = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\nmax_attempts = 1000\nretry_schedule = [\"100ms\"]",
+        200,
+        "r",
     )
     .await;
-    let published = publish_leads(&js, 200, "r").await;
-    natshook
-        .wait_metric(
-            "natshook_endpoint_paused{endpoint=\"e\"}",
-            1.0,
-            Duration::from_secs(10),
-            "endpoint did not pause",
-        )
-        .await;
     nats.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     nats.spawn();
@@ -492,12 +475,7 @@ async fn a_paused_endpoint_rides_out_a_nats_server_restart() {
     .await;
     assert_nothing_lost(&rx, &published, &[]);
     assert!(natshook.dead_letters("e").is_empty());
-    assert_eq!(
-        natshook
-            .metric("natshook_endpoint_paused{endpoint=\"e\"}")
-            .await,
-        Some(0.0)
-    );
+    assert_eq!(natshook.metric(PAUSED).await, Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
