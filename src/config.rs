@@ -26,6 +26,9 @@ use crate::signing::{Scheme, Signer};
 /// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
 pub const ENV_PREFIX: &str = "NATSHOOK__";
 
+/// The arrays of tables: their entries are addressed by index (`endpoints[1].url`).
+pub(crate) const TABLE_ARRAYS: &[&str] = &["endpoints", "events"];
+
 /// One problem found in the config, named by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -574,7 +577,7 @@ fn take_key(value: &mut Value, path: &[String]) -> bool {
     let Some(depth) = path.iter().rposition(|s| s.parse::<usize>().is_err()) else {
         return false;
     };
-    if depth == 0 && path.len() > 1 && ["events", "endpoints"].contains(&path[0].as_str()) {
+    if depth == 0 && path.len() > 1 && TABLE_ARRAYS.contains(&path[0].as_str()) {
         return false;
     }
     let mut at = value;

@@ -7,15 +7,13 @@ use figment::providers::{Env, Serialized};
 use figment::value::{Dict, Value};
 use figment::Figment;
 
-use crate::config::{figment_problems, Problem, ENV_PREFIX};
+use crate::config::{figment_problems, Problem, ENV_PREFIX, TABLE_ARRAYS};
 
-/// Arrays of tables whose entries an override addresses:
+/// Whether `key` lies in one of the arrays whose entries an override addresses:
 /// `NATSHOOK__ENDPOINTS__CRM__URL` (by name) or `NATSHOOK__EVENTS__0__SUBJECT` (by index).
-const ARRAYS: &[&str] = &["endpoints", "events"];
-
 fn in_array(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ARRAYS.iter().any(|a| {
+    TABLE_ARRAYS.iter().any(|a| {
         key.strip_prefix(a)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     })
