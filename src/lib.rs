@@ -3,7 +3,36 @@
 //! so natshook keeps no database of its own.
 //!
 //! The user-facing contract (CLI, config, request format, metrics) is in
-//! `docs/CONTRACT.md`.
+//! `docs/CONTRACT.md`; `docs/architecture.md` explains the parts and the design.
+//!
+//! # Layout
+//!
+//! * `cli`: the commands (`run`, `check`, `sign`, `verify`, `dlq`) and exit codes.
+//! * `config`: loading the config file (TOML or YAML) and validating every key at once.
+//! * `env_override`: `NATSHOOK__…` variables, single `[[endpoints]]`/`[[events]]` entries too.
+//! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
+//! * `bridge`: `natshook run` wired together; its `Supervisor` runs, reloads and stops workers.
+//! * `consumer`: one endpoint's `Worker`: fetch, hold while paused, probe, ack/NAK/dead-letter.
+//! * `breaker`: when an endpoint pauses (consecutive failures, `410 Gone`, by hand) and resumes.
+//! * `routing`: subject → event name, endpoint event filters, consumer filter subjects.
+//! * `envelope`: the request body and the message id receivers deduplicate on.
+//! * `signing`: `hex`, `sha256` and Standard Webhooks signatures, with rotation.
+//! * `delivery`: one HTTP attempt: pooled client, TLS, headers, timeout, result.
+//! * `guard`: the SSRF policy, applied to every resolved address at connect time.
+//! * `dead_letter`: the `NATSHOOK_DLQ` stream: records, listing, replay.
+//! * `delivery_log`: the `NATSHOOK_LOG` stream: recent attempts per endpoint.
+//! * `server`: natshook's own HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! * `admin`: the admin API under `/api/`, behind a bearer token.
+//! * `metrics`: the contract's Prometheus metrics.
+//! * `allocator`: jemalloc as the global allocator (feature `jemalloc`).
+//!
+//! # The path of one message
+//!
+//! A `consumer::Worker` fetches the message from its endpoint's durable consumer,
+//! `routing` names its event, `envelope` builds the body, `delivery` signs it
+//! (`signing`) and POSTs it through the `guard`. A 2xx is acked; a failure is NAKed
+//! with the delay for that attempt, so JetStream redelivers it later; after
+//! `max_attempts` it goes to `dead_letter` and only then is acked.
 
 pub mod admin;
 #[cfg(feature = "jemalloc")]
