@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::guard::TargetPolicy;
 use crate::routing::{EventFilter, EventRule, EventTemplate, Pattern, Router};
 use crate::secret::{Secret, SecretList, SecretRef, SECRET_KEYS};
-use crate::signing::{Scheme, Signer};
+use crate::signing::{check_signing_secret, Scheme, Signer};
 
 /// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
 pub const ENV_PREFIX: &str = "NATSHOOK__";
@@ -1075,7 +1075,7 @@ fn validate_endpoint(
                     SecretList::Many(_) => format!("{path}.secret[{j}]"),
                 };
                 match r.resolve() {
-                    Ok(s) => out.push(s),
+                    Ok(s) => out.push((path, s)),
                     Err(e) => p.add(path, e),
                 }
             }
@@ -1116,12 +1116,29 @@ fn validate_endpoint(
     };
     let signer = match (scheme, sig_header, secrets) {
         (Some(scheme), Some(header), Some(secrets)) if !secrets.is_empty() => {
-            match Signer::new(scheme, header, secrets) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    p.add(at("secret"), e);
-                    None
+            // Each entry on its own first, so the error names the one of a rotation
+            // list that is wrong (a whpk_ public key, a whsk_ key under hex, bad base64).
+            let mut keys_ok = true;
+            for (path, s) in &secrets {
+                if let Err(e) = check_signing_secret(scheme, s) {
+                    p.add(path.clone(), e);
+                    keys_ok = false;
                 }
+            }
+            if keys_ok {
+                match Signer::new(
+                    scheme,
+                    header,
+                    secrets.into_iter().map(|(_, s)| s).collect(),
+                ) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        p.add(at("secret"), e);
+                        None
+                    }
+                }
+            } else {
+                None
             }
         }
         _ => None,
