@@ -55,6 +55,11 @@ pub enum Command {
     Sign(SignArgs),
     /// Check a signature for the body on stdin.
     Verify(VerifyArgs),
+    /// Print a new Ed25519 key pair for the standard scheme.
+    ///
+    /// Line 1 is the whsk_ secret key (the endpoint's secret), line 2 the whpk_ public
+    /// key that receivers verify with.
+    Keygen(KeygenArgs),
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -70,7 +75,8 @@ pub struct KeyArgs {
     /// Signature scheme when no --endpoint is given.
     #[arg(long, default_value = "hex")]
     pub scheme: String,
-    /// Secret when no --endpoint is given (repeat for rotation, newest first).
+    /// Secret when no --endpoint is given (repeat for rotation, newest first). `verify`
+    /// also takes a whpk_ public key.
     #[arg(long, env = "NATSHOOK_SECRET")]
     pub secret: Vec<String>,
     /// Signature header for hex/sha256.
@@ -97,6 +103,13 @@ pub struct VerifyArgs {
     /// A received header, "Name: value" (repeat).
     #[arg(long = "header-value", short = 'H')]
     pub headers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Read a whsk_ secret key from stdin and print only its whpk_ public key.
+    #[arg(long)]
+    pub public: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,7 +197,9 @@ fn read_stdin() -> Result<Vec<u8>, Failure> {
     Ok(body)
 }
 
-fn signer_for(key: &KeyArgs) -> Result<Signer, Failure> {
+/// The endpoint's signer, or one from --scheme/--secret; `verify_only` also admits
+/// `whpk_` public keys.
+fn signer_for(key: &KeyArgs, verify_only: bool) -> Result<Signer, Failure> {
     if let Some(name) = &key.endpoint {
         let path = key
             .config
@@ -210,7 +225,12 @@ fn signer_for(key: &KeyArgs) -> Result<Signer, Failure> {
         .iter()
         .map(|s| Secret::new(s.as_bytes()))
         .collect();
-    Signer::new(scheme, header, secrets).map_err(|e| Failure::Usage(anyhow!("--secret: {e}")))
+    let signer = if verify_only {
+        Signer::verifier(scheme, header, secrets)
+    } else {
+        Signer::new(scheme, header, secrets)
+    };
+    signer.map_err(|e| Failure::Usage(anyhow!("--secret: {e}")))
 }
 
 fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Failure> {
@@ -222,7 +242,7 @@ fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Fai
 }
 
 fn sign(args: SignArgs) -> Result<(), Failure> {
-    let signer = signer_for(&args.key)?;
+    let signer = signer_for(&args.key, false)?;
     let body = read_stdin()?;
     let ts = args.timestamp.unwrap_or_else(|| {
         SystemTime::now()
@@ -240,7 +260,7 @@ fn sign(args: SignArgs) -> Result<(), Failure> {
 }
 
 fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
-    let signer = signer_for(&args.key)?;
+    let signer = signer_for(&args.key, true)?;
     let mut headers = HeaderMap::new();
     for h in &args.headers {
         let (name, value) = h
@@ -263,6 +283,22 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Secret keys go through stdin, never argv, so they stay out of `ps` and shell history.
+fn keygen(args: KeygenArgs) -> Result<(), Failure> {
+    if args.public {
+        let input = read_stdin()?;
+        let secret = Secret::new(input.trim_ascii());
+        let public = crate::signing::ed25519_public_key(&secret)
+            .map_err(|e| Failure::Usage(anyhow!("stdin: {e}")))?;
+        println!("{public}");
+        return Ok(());
+    }
+    let (secret, public) = crate::signing::generate_ed25519()
+        .map_err(|e| Failure::Runtime(anyhow!("no OS randomness: {e}")))?;
+    println!("{secret}\n{public}");
+    Ok(())
 }
 
 fn check(path: &Path) -> Result<(), Failure> {
@@ -379,6 +415,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(code) => return code,
             Err(f) => Err(f),
         },
+        Command::Keygen(a) => keygen(a),
         Command::Dlq(cmd) => dlq(cmd).await,
     };
     match result {
