@@ -1,11 +1,13 @@
 //! Signatures and security, end to end: the official Standard Webhooks verifier,
-//! secret rotation (config lists and rotated files), the SSRF guard, TLS with a
-//! private CA and mutual TLS, header forwarding, and secrets kept out of logs.
+//! Ed25519 (`v1a`) signatures checked by Python's `cryptography`, secret rotation
+//! (config lists and rotated files), the SSRF guard, TLS with a private CA and mutual
+//! TLS, header forwarding, and secrets kept out of logs.
 
 mod common;
 
+use std::io::Write;
 use std::net::ToSocketAddrs;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -100,6 +102,214 @@ async fn official_standardwebhooks_library_verifies_requests_with_every_rotated_
     assert_eq!(python_standardwebhooks_verify(old, &got), (101, 0));
     let (ok, bad) = python_standardwebhooks_verify("whsec_b3RoZXItc2VjcmV0", &got);
     assert_eq!((ok, bad), (0, 101), "a wrong secret must not verify");
+}
+
+/// Runs the natshook binary with `stdin`: (exit code, stdout, stderr).
+fn natshook_cli(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run natshook");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Checks the `v1a` entries of each request with Python's `cryptography` (OpenSSL's
+/// Ed25519), independent of the crate natshook signs with: (verified, not verified).
+/// Also checks that the `whsk_` secret key's seed derives the `whpk_` public key there.
+fn python_ed25519_verify(whsk: &str, whpk: &str, requests: &[Received]) -> (usize, usize) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reqs.json");
+    let items: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "body": b64.encode(&r.body),
+                "id": r.header("webhook-id"),
+                "ts": r.header("webhook-timestamp"),
+                "sig": r.header("webhook-signature"),
+            })
+        })
+        .collect();
+    std::fs::write(&path, serde_json::to_vec(&items).unwrap()).unwrap();
+    let script = r#"
+import base64, json, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+raw = lambda k: k.public_bytes(Encoding.Raw, PublicFormat.Raw)
+pair = base64.b64decode(sys.argv[2].removeprefix("whsk_"))
+public = base64.b64decode(sys.argv[3].removeprefix("whpk_"))
+assert len(pair) == 64 and raw(Ed25519PrivateKey.from_private_bytes(pair[:32]).public_key()) == pair[32:]
+key = Ed25519PublicKey.from_public_bytes(public)
+ok = bad = 0
+for item in json.load(open(sys.argv[1])):
+    content = f"{item['id']}.{item['ts']}.".encode() + base64.b64decode(item["body"])
+    good = False
+    for entry in item["sig"].split(" "):
+        version, _, sig = entry.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(sig), content)
+            good = True
+        except InvalidSignature:
+            pass
+    ok, bad = ok + good, bad + (not good)
+print(ok, bad)
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&path)
+        .args([whsk, whpk])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_signatures_verify_with_the_public_key_in_python_cryptography() {
+    // The key pair comes from `natshook keygen`, as an operator gets it.
+    let keys = |stdin: &[u8], args: &[&str]| {
+        let (code, out, err) = natshook_cli(args, stdin);
+        assert_eq!(code, 0, "{err}");
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let pair = keys(b"", &["keygen"]);
+    let (whsk, whpk) = (pair[0].as_str(), pair[1].as_str());
+    assert!(
+        whsk.starts_with("whsk_") && whpk.starts_with("whpk_"),
+        "{pair:?}"
+    );
+    assert_eq!(keys(whsk.as_bytes(), &["keygen", "--public"]), [whpk]);
+    let other_whpk = keys(b"", &["keygen"])[1].clone();
+
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let hmac = "whsec_b2xkLXNlY3JldC1mb3ItbmF0c2hvb2s=";
+    let mut config = TestConfig::new(nats.url());
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"ed\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = [{{ value = \"{whsk}\" }}, {{ value = \"{hmac}\" }}]\nsignature = {{ scheme = \"standard\" }}\nallow_http = true\nallow_private = true\n",
+        rx.url("/")
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let mut msgs = leads(100, "ed");
+    msgs.push((
+        "helpdesk.ticket.created".into(),
+        Bytes::from_static("unicode \u{2713} and \"quotes\"".as_bytes()),
+        Some("ed-text".into()),
+    ));
+    publish_all(&js, msgs).await;
+    rx.wait_for(Duration::from_secs(20), "101 delivered", |r| {
+        r.delivered_ids().len() >= 101
+    })
+    .await;
+    let got = rx.received();
+    for r in &got {
+        let sigs: Vec<&str> = r.header("webhook-signature").split(' ').collect();
+        assert_eq!(sigs.len(), 2, "one signature per secret: {sigs:?}");
+        assert!(sigs[0].starts_with("v1a,") && sigs[1].starts_with("v1,"));
+    }
+    // Every request verifies with the public key alone, and not with another one.
+    assert_eq!(python_ed25519_verify(whsk, whpk, &got), (101, 0));
+    assert_eq!(python_ed25519_verify(whsk, &other_whpk, &got), (0, 101));
+    // The HMAC secret of the same rotation list still verifies with the official
+    // library, which skips the v1a entry it does not know.
+    assert_eq!(python_standardwebhooks_verify(hmac, &got), (101, 0));
+
+    // `natshook verify` on a received request: with the public key, with the endpoint
+    // of the config (secret key), and a tampered body.
+    let r = &got[0];
+    let headers: Vec<String> = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        .iter()
+        .map(|h| format!("{h}: {}", r.header(h)))
+        .collect();
+    let mut args = vec!["verify", "--scheme", "standard", "--secret", whpk];
+    for h in &headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    assert_eq!(natshook_cli(&args, &r.body).1.trim(), "valid");
+    let mut tampered = r.body.to_vec();
+    tampered.push(b' ');
+    let (code, out, _) = natshook_cli(&args, &tampered);
+    assert_eq!(
+        (code, out.trim()),
+        (1, "invalid: no signature matches any configured secret")
+    );
+    let config_path = natshook.config_path().to_str().unwrap().to_string();
+    let mut args = vec![
+        "verify",
+        "--config",
+        config_path.as_str(),
+        "--endpoint",
+        "ed",
+    ];
+    for h in &headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    assert_eq!(natshook_cli(&args, &r.body).1.trim(), "valid");
+    assert!(
+        !natshook.logs().contains(&whsk[5..]),
+        "the secret key leaked"
+    );
+}
+
+#[test]
+fn ed25519_keys_in_the_wrong_place_are_config_errors_naming_the_entry() {
+    let whpk = "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let whsk = "whsk_nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";
+    let endpoint = |secret: &str, scheme: &str| {
+        one_endpoint(&format!(
+            "url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = {secret}\nsignature = {{ scheme = \"{scheme}\" }}\n"
+        ))
+    };
+    for (secret, scheme, want) in [
+        (
+            format!("\"{whpk}\""),
+            "standard",
+            "endpoints[0].secret: whpk_ is a public key; sign with the whsk_ secret key",
+        ),
+        (
+            format!("[\"{whsk}\", {{ value = \"{whpk}\" }}]"),
+            "standard",
+            "endpoints[0].secret[1]: whpk_ is a public key; sign with the whsk_ secret key",
+        ),
+        (
+            format!("\"{whsk}\""),
+            "hex",
+            "endpoints[0].secret: whsk_ keys are Ed25519 keys for the standard scheme (v1a signatures), not hex",
+        ),
+        (
+            "[\"whsec_b2xk\", \"whsk_AAAA\"]".to_string(),
+            "standard",
+            "endpoints[0].secret[1]: a whsk_ secret key must be base64 of the 64-byte Ed25519 key pair",
+        ),
+    ] {
+        let (code, err) = check_config(&endpoint(&secret, scheme));
+        assert_eq!(code, 2, "{secret}: {err}");
+        assert!(err.contains(want), "{secret}: {err}");
+        assert!(!err.contains(&whsk[5..]), "{err}");
+    }
+    let (code, err) = check_config(&endpoint(&format!("\"{whsk}\""), "standard"));
+    assert_eq!(code, 0, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
