@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -158,15 +159,15 @@ impl Failure {
     pub fn report(self) -> ExitCode {
         match self {
             Failure::Config(e) => {
-                eprint!("natshook: {e}");
+                let _ = write!(std::io::stderr(), "natshook: {e}");
                 ExitCode::from(2)
             }
             Failure::Usage(e) => {
-                eprintln!("natshook: {e:#}");
+                to_stderr(format_args!("natshook: {e:#}"));
                 ExitCode::from(2)
             }
             Failure::Runtime(e) => {
-                eprintln!("natshook: {e:#}");
+                to_stderr(format_args!("natshook: {e:#}"));
                 ExitCode::from(1)
             }
         }
@@ -182,11 +183,49 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogSink);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Set once stderr turned out to be a pipe nobody reads any more; it cannot come back.
+static STDERR_GONE: AtomicBool = AtomicBool::new(false);
+
+/// stderr for the log, where a failed write is dropped: a log sink that goes away
+/// (the reader of a pipe exits) must not stop deliveries. With `std::io::stderr`
+/// tracing-subscriber reports the failed write with `eprintln!`, which panics on the
+/// same closed stderr.
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !STDERR_GONE.load(Ordering::Relaxed) {
+            if let Err(e) = std::io::stderr().write_all(buf) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    STDERR_GONE.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A line on stderr; unlike `eprintln!`, a closed stderr is not a panic (that would
+/// turn exit code 1 or 2 into 101).
+pub fn to_stderr(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A line on stdout; unlike `println!`, a reader that went away (`| head`) is not a
+/// panic.
+fn to_stdout(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn read_stdin() -> Result<Vec<u8>, Failure> {
@@ -275,11 +314,11 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
     let body = read_stdin()?;
     match signer.verify(&body, &headers) {
         Ok(()) => {
-            println!("valid");
+            to_stdout(format_args!("valid"));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("invalid: {e}");
+            to_stdout(format_args!("invalid: {e}"));
             Ok(ExitCode::from(1))
         }
     }
@@ -303,24 +342,24 @@ fn keygen(args: KeygenArgs) -> Result<(), Failure> {
 
 fn check(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path)?;
-    println!(
+    to_stdout(format_args!(
         "config OK: stream {}, {} mapping(s), {} endpoint(s)",
         config.nats.stream,
         config.router.rules().len(),
         config.endpoints.len()
-    );
+    ));
     for e in &config.endpoints {
         let subjects = match config.router.filter_subjects(&e.events) {
             Some(s) => s.join(", "),
             None => "(whole stream)".to_string(),
         };
-        println!(
+        to_stdout(format_args!(
             "  {} -> {} [{} signature; subjects: {}]",
             e.name,
             e.url,
             e.signer.scheme(),
             subjects
-        );
+        ));
     }
     Ok(())
 }
@@ -364,7 +403,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
                 let line = serde_json::to_string(&r.record).unwrap_or_default();
                 let _ = writeln!(out, "{line}");
             }
-            eprintln!("{} record(s)", records.len());
+            to_stderr(format_args!("{} record(s)", records.len()));
         }
         DlqCommand::Replay {
             endpoint,
@@ -386,13 +425,13 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
             for r in &summary.replayed {
-                eprintln!("replayed {r}");
+                to_stderr(format_args!("replayed {r}"));
             }
             for (r, why) in &summary.failures {
-                eprintln!("replay of {r} failed: {why}; record kept");
+                to_stderr(format_args!("replay of {r} failed: {why}; record kept"));
             }
             let (ok, failed) = (summary.replayed.len(), summary.failures.len());
-            eprintln!("{ok} replayed, {failed} failed");
+            to_stderr(format_args!("{ok} replayed, {failed} failed"));
             let _ = client.flush().await;
             if failed > 0 {
                 return Err(Failure::Runtime(anyhow!("{failed} replay(s) failed")));

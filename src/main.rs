@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("natshook: cannot start the runtime: {e}");
+            cli::to_stderr(format_args!("natshook: cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };

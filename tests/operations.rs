@@ -1,5 +1,5 @@
-//! Operations: every admin API route, the delivery log, and hot reload (file change
-//! and SIGHUP) while traffic flows.
+//! Operations: every admin API route, the delivery log, hot reload (file change and
+//! SIGHUP) while traffic flows, and a log sink that goes away.
 
 mod common;
 
@@ -453,4 +453,72 @@ async fn reload_applies_a_new_mapping() {
     // "before" was on no mapped subject when it was stored; whether it is delivered now
     // depends on whether the endpoint's consumer had already passed it (here it had
     // not: nothing had matched its old filter), as with any JetStream filter change.
+}
+
+/// Kills the child when the test ends, passed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_does_not_stop_deliveries() {
+    use std::process::{Command, Stdio};
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        config.render().replace("{http_port}", &port.to_string()),
+    )
+    .unwrap();
+    // stderr is a pipe whose reader is gone, as after `natshook run … 2>&1 | head -1`;
+    // every log line (successes at debug) is a failed write.
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "natshook=debug,info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn natshook");
+    drop(child.stderr.take());
+    let mut natshook = Running(child);
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http_get(&readyz).await, Ok((200, _))) {
+        if let Ok(Some(status)) = natshook.0.try_wait() {
+            panic!("natshook exited with {status} once stderr was closed");
+        }
+        assert!(Instant::now() < deadline, "natshook never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 100, "epipe").await;
+    assert!(
+        natshook.0.try_wait().unwrap().is_none(),
+        "natshook exited while delivering"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &natshook.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = natshook.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "natshook did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0), "shutdown with a closed stderr");
 }
