@@ -4,23 +4,52 @@
 //! `/healthz` answers as long as the process serves requests (liveness must not fail
 //! because NATS is down, or Kubernetes would restart a healthy sidecar in a loop);
 //! `/readyz` is ready only when NATS is connected and every consumer is bound.
+//!
+//! Whoever reaches the port (all interfaces by default) must not be able to hold the
+//! listener: connections are capped, one without a request in progress is closed
+//! after `IDLE_TIMEOUT`, and when every slot is taken a new connection replaces the
+//! longest idle one, so `/healthz` keeps answering under a flood of stalled clients.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::bridge::Supervisor;
+
+/// Most connections held open at once. Prometheus, the kubelet's probes and the admin
+/// API need a handful; the cap keeps a flood of connections from taking the file
+/// descriptors that deliveries and NATS need (it stays well under the common limit
+/// of 1,024, and under 256 with room to spare).
+const MAX_CONNECTIONS: usize = 128;
+
+/// A connection without a request in progress (nothing sent yet, a partial request
+/// head, keep-alive between requests, a response the client does not read) is closed
+/// after this long. Probes and scrapes send their request at once; a stalled or
+/// trickling client cannot hold a slot.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 32;
+
+/// Pause after a failed `accept`, doubling up to the maximum while it keeps failing.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Listener warnings that repeat under load are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -88,32 +117,307 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| ServerError::Bind(listen, e))?;
     let admin = admin.map(Arc::new);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Slots::default());
     let handle = tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut accept_failed = Throttle::default();
+        let mut made_room = Throttle::default();
+        let mut refused = Throttle::default();
         loop {
-            let (tcp, _) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+                r = listener.accept() => r,
             };
+            let tcp = match accepted {
+                Ok((tcp, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    tcp
+                }
+                // The client gave up before it was accepted: nothing to wait for.
+                Err(e) if per_connection(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors (or memory). The error repeats until
+                    // something is closed, so the loop pauses instead of spinning; an
+                    // idle connection makes room for the one waiting, so a probe still
+                    // gets in when the descriptors went elsewhere.
+                    let freed = slots.close_idlest();
+                    if let Some(skipped) = accept_failed.due() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed = skipped,
+                            "accept failed; pausing the listener briefly"
+                        );
+                    }
+                    let pause = if freed { ACCEPT_BACKOFF_MIN } else { backoff };
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            let Some((id, conn, closed_one)) = slots.admit() else {
+                if let Some(skipped) = refused.due() {
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        suppressed = skipped,
+                        "HTTP connection refused: every connection has a request in progress"
+                    );
+                }
+                continue;
+            };
+            if closed_one {
+                if let Some(skipped) = made_room.due() {
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        suppressed = skipped,
+                        "HTTP connection limit reached; closed the longest idle connection"
+                    );
+                }
+            }
             let sup = sup.clone();
             let admin = admin.clone();
+            let builder = builder.clone();
+            let slots = slots.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let sup = sup.clone();
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(route(req, &sup, admin.as_deref()).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let svc = {
+                    let conn = conn.clone();
+                    service_fn(move |req| {
+                        let busy = conn.begin();
+                        let sup = sup.clone();
+                        let admin = admin.clone();
+                        async move {
+                            let response = route(req, &sup, admin.as_deref()).await;
+                            drop(busy);
+                            Ok::<_, Infallible>(response)
+                        }
+                    })
+                };
+                let serving = builder.serve_connection(TokioIo::new(tcp), svc);
+                // Dropping the connection future closes the socket; it only happens
+                // between requests, so no response is cut off.
+                tokio::select! {
+                    _ = serving => {}
+                    _ = conn.close.cancelled() => {}
+                    _ = conn.idle_too_long() => {}
+                }
+                slots.remove(id);
             });
         }
     });
     Ok((local, handle))
+}
+
+/// Errors of one pending connection (it was reset or aborted before `accept`), as
+/// opposed to errors of the listener or the process, which repeat until something
+/// changes.
+fn per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every
+/// critical section here is a few assignments).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The open connections, so that a new one can take the place of the longest idle
+/// one when all slots are used: an attacker's stalled connections are then the ones
+/// that go, and a probe, which sends its request at once, gets in.
+#[derive(Default)]
+struct Slots {
+    inner: Mutex<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    next_id: u64,
+    open: HashMap<u64, Arc<Conn>>,
+}
+
+impl SlotsInner {
+    fn close_idlest(&mut self) -> bool {
+        let idlest = self
+            .open
+            .iter()
+            .filter_map(|(id, c)| c.idle_since().map(|since| (since, *id)))
+            .min();
+        let Some((_, id)) = idlest else {
+            return false;
+        };
+        if let Some(conn) = self.open.remove(&id) {
+            conn.close.cancel();
+        }
+        true
+    }
+}
+
+impl Slots {
+    /// A slot for a new connection, closing the longest idle connection when all are
+    /// taken (the `bool`); `None` when every connection has a request in progress.
+    fn admit(&self) -> Option<(u64, Arc<Conn>, bool)> {
+        let mut s = lock(&self.inner);
+        let mut closed_one = false;
+        if s.open.len() >= MAX_CONNECTIONS {
+            if !s.close_idlest() {
+                return None;
+            }
+            closed_one = true;
+        }
+        s.next_id += 1;
+        let id = s.next_id;
+        let conn = Arc::new(Conn {
+            activity: Mutex::new(Activity {
+                in_progress: 0,
+                since: Instant::now(),
+            }),
+            close: CancellationToken::new(),
+        });
+        s.open.insert(id, conn.clone());
+        Some((id, conn, closed_one))
+    }
+
+    fn close_idlest(&self) -> bool {
+        lock(&self.inner).close_idlest()
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.inner).open.remove(&id);
+    }
+}
+
+struct Conn {
+    activity: Mutex<Activity>,
+    close: CancellationToken,
+}
+
+struct Activity {
+    /// Requests whose response is not ready yet (HTTP/2 runs several at once).
+    in_progress: usize,
+    /// When the connection was opened or its last request was answered.
+    since: Instant,
+}
+
+/// Marks a request in progress until dropped (also when the connection is dropped
+/// mid-request).
+struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut a = lock(&self.0.activity);
+        a.in_progress = a.in_progress.saturating_sub(1);
+        a.since = Instant::now();
+    }
+}
+
+impl Conn {
+    fn begin(self: &Arc<Self>) -> Busy {
+        lock(&self.activity).in_progress += 1;
+        Busy(self.clone())
+    }
+
+    /// `None` while a request is in progress.
+    fn idle_since(&self) -> Option<Instant> {
+        let a = lock(&self.activity);
+        (a.in_progress == 0).then_some(a.since)
+    }
+
+    /// Resolves once the connection has been without a request for `IDLE_TIMEOUT`.
+    /// hyper's `header_read_timeout` bounds an HTTP/1 request head; this also covers
+    /// what hyper has no timer for: a client that sends nothing at all (hyper-util is
+    /// still waiting to tell HTTP/1 from HTTP/2) and an HTTP/2 connection between
+    /// streams.
+    async fn idle_too_long(&self) {
+        loop {
+            let wake = match self.idle_since() {
+                Some(since) if since.elapsed() >= IDLE_TIMEOUT => return,
+                Some(since) => since + IDLE_TIMEOUT,
+                None => Instant::now() + IDLE_TIMEOUT,
+            };
+            tokio::time::sleep_until(wake.into()).await;
+        }
+    }
+}
+
+/// A warning that can repeat many times a second (a flood of connections) is logged
+/// at most once per `WARN_EVERY`, with the number left out since.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl Throttle {
+    fn due(&mut self) -> Option<u64> {
+        match self.last {
+            Some(t) if t.elapsed() < WARN_EVERY => {
+                self.skipped += 1;
+                None
+            }
+            _ => {
+                self.last = Some(Instant::now());
+                Some(std::mem::take(&mut self.skipped))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_listener_closes_the_longest_idle_connection_never_a_busy_one() {
+        let slots = Slots::default();
+        let mut conns = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let (id, conn, closed_one) = slots.admit().expect("a free slot");
+            assert!(!closed_one);
+            conns.push((id, conn));
+        }
+        // The oldest is busy, so the second oldest is the longest idle.
+        let busy = conns[0].1.begin();
+        let (_, _, closed_one) = slots.admit().expect("room made");
+        assert!(closed_one);
+        assert!(!conns[0].1.close.is_cancelled());
+        assert!(conns[1].1.close.is_cancelled());
+        // With every connection busy, a new one is refused.
+        let _all_busy: Vec<_> = conns[2..].iter().map(|(_, c)| c.begin()).collect();
+        let newest = lock(&slots.inner)
+            .open
+            .values()
+            .find(|c| c.idle_since().is_some())
+            .cloned();
+        let _newest_busy = newest.map(|c| c.begin());
+        assert!(slots.admit().is_none());
+        drop(busy);
+        assert!(conns[0].1.idle_since().is_some());
+        assert!(slots.admit().is_some());
+        assert!(conns[0].1.close.is_cancelled());
+    }
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_interval_with_the_count_left_out() {
+        let mut t = Throttle::default();
+        assert_eq!(t.due(), Some(0));
+        for _ in 0..10 {
+            assert_eq!(t.due(), None);
+        }
+        t.last = Instant::now().checked_sub(WARN_EVERY);
+        assert_eq!(t.due(), Some(10));
+    }
 }

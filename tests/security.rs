@@ -1,13 +1,16 @@
 //! Signatures and security, end to end: the official Standard Webhooks verifier,
 //! Ed25519 (`v1a`) signatures checked by Python's `cryptography`, secret rotation
 //! (config lists and rotated files), the SSRF guard, TLS with a private CA and mutual
-//! TLS, header forwarding, and secrets kept out of logs.
+//! TLS, header forwarding, secrets kept out of logs, and natshook's own listener under
+//! a flood of stalled connections.
 
 mod common;
 
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -584,4 +587,138 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
         "{err}"
     );
     assert!(!err.contains("SUPERSECRET"), "{err}");
+}
+
+/// The listener's idle timeout (`IDLE_TIMEOUT` in src/server.rs).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets the open-file limit of a running process, as a small container would.
+fn limit_open_files(pid: u32, limit: usize) {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .count()
+}
+
+/// Opens `n` connections that each send half a request head and stall, and waits
+/// until all have sent it. Each handle resolves with how long the server took to
+/// close its connection, or an error if it was still open after `within`.
+async fn stall(
+    port: u16,
+    n: usize,
+    within: Duration,
+) -> Vec<tokio::task::JoinHandle<Result<Duration, String>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sent = Arc::new(AtomicUsize::new(0));
+    let handles = (0..n)
+        .map(|_| {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let written = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if written.is_err() {
+                    return Ok(start.elapsed());
+                }
+                let mut buf = [0u8; 1024];
+                loop {
+                    match tokio::time::timeout_at((start + within).into(), tcp.read(&mut buf)).await
+                    {
+                        Err(_) => return Err(format!("still open after {within:?}")),
+                        Ok(Ok(0)) | Ok(Err(_)) => return Ok(start.elapsed()),
+                        Ok(Ok(_)) => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connections never got out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handles
+}
+
+/// `/healthz` answers 200, and quickly (the kubelet's default probe timeout is 1 s).
+async fn assert_healthz_answers(natshook: &Natshook, what: &str) {
+    for _ in 0..5 {
+        let start = Instant::now();
+        let got = natshook.get("/healthz").await;
+        assert_eq!(
+            got.as_ref().map(|(status, _)| *status),
+            Ok(200),
+            "/healthz {what}: {got:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "/healthz {what} took {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_heads_are_closed_and_healthz_keeps_answering() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    limit_open_files(natshook.pid(), 256);
+    let stalled = stall(
+        natshook.http_port,
+        300,
+        IDLE_TIMEOUT + Duration::from_secs(5),
+    )
+    .await;
+
+    assert_healthz_answers(&natshook, "with 300 stalled connections").await;
+    // Deliveries still get the file descriptors they need.
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 20, "flood").await;
+
+    for (i, h) in stalled.into_iter().enumerate() {
+        let closed = h.await.expect("stalled connection task");
+        assert!(closed.is_ok(), "stalled connection {i}: {closed:?}");
+    }
+    assert_healthz_answers(&natshook, "after the flood").await;
+    let logs = natshook.logs();
+    assert!(!logs.contains("Too many open files"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_listener_backs_off_and_healthz_still_answers() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    // Fewer descriptors left than the listener's connection cap: accept fails.
+    let pid = natshook.pid();
+    limit_open_files(pid, open_files(pid) + 12);
+    let _stalled = stall(natshook.http_port, 60, Duration::from_secs(60)).await;
+
+    assert_healthz_answers(&natshook, "out of file descriptors").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logs = natshook.logs();
+    let warnings = logs.matches("accept failed").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "expected one accept warning, got {warnings}:\n{logs}"
+    );
 }
