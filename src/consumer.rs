@@ -134,6 +134,9 @@ pub struct Worker {
     last_failure_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     success_log: RateLimit,
+    /// Set once a `Nats-Msg-Id` was replaced by another id: a publisher that sets an
+    /// unusable id usually does so for every message, so it is said once, not per message.
+    msg_id_warned: AtomicBool,
 }
 
 /// At most `limit` events per wall-clock second, lock-free: the second and the count
@@ -229,6 +232,7 @@ impl Worker {
             last_failure_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             success_log: RateLimit::new(shared.log_successes_per_second),
+            msg_id_warned: AtomicBool::new(false),
         }
     }
 
@@ -577,6 +581,9 @@ impl Worker {
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
             .map(|v| v.as_str());
         let id = envelope::message_id(msg_id, &inc.stream, inc.sequence);
+        if let Some(header) = msg_id.filter(|h| *h != id) {
+            self.warn_replaced_msg_id(header, &id);
+        }
 
         if msg.payload.len() > self.endpoint.max_body {
             let reason = format!(
@@ -665,6 +672,30 @@ impl Worker {
             .await;
         }
         self.settle(&msg, &inc, &id, &event, result).await;
+    }
+
+    /// Logs, once per endpoint, that a `Nats-Msg-Id` was not used as the id, and why.
+    #[cold]
+    fn warn_replaced_msg_id(&self, header: &str, id: &str) {
+        if self.msg_id_warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let problem = envelope::msg_id_problem(header)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        // A header value can be as long as a message: the log gets its start.
+        let mut shown: String = header.chars().take(80).collect();
+        if shown.len() < header.len() {
+            shown.push('…');
+        }
+        let rule = envelope::MSG_ID_RULE;
+        tracing::warn!(
+            endpoint = %self.endpoint.name,
+            nats_msg_id = ?shown,
+            id,
+            "Nats-Msg-Id {problem}: a usable one is {rule}, so this message's id is {id} \
+             (<stream>-<sequence>) instead; further messages with such an id are not logged"
+        );
     }
 
     async fn settle(

@@ -34,16 +34,41 @@ pub enum EnvelopeError {
 /// Envelope version written in `metadata.version`.
 pub const ENVELOPE_VERSION: &str = "1";
 
-/// The id for a message: its `Nats-Msg-Id` when it has a usable one (publishers set it
-/// for JetStream de-duplication, so it is the id they know), else `<stream>-<sequence>`,
-/// which is the same on every redelivery.
+/// What a `Nats-Msg-Id` must be to become the id. The id goes into headers
+/// (`X-Webhook-Id`, `webhook-id`), into the signed content of the `standard` scheme and
+/// into receivers' de-duplication keys, so it is kept to what all of them take as is.
+pub const MSG_ID_RULE: &str = "1 to 256 printable ASCII characters without spaces";
+
+/// Why a `Nats-Msg-Id` is not used as the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MsgIdProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than 256 bytes")]
+    TooLong,
+    #[error("has a space, a control character or a non-ASCII character")]
+    NotPrintableAscii,
+}
+
+/// `None` when `id` follows [`MSG_ID_RULE`].
+pub fn msg_id_problem(id: &str) -> Option<MsgIdProblem> {
+    if id.is_empty() {
+        Some(MsgIdProblem::Empty)
+    } else if id.len() > 256 {
+        Some(MsgIdProblem::TooLong)
+    } else if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        Some(MsgIdProblem::NotPrintableAscii)
+    } else {
+        None
+    }
+}
+
+/// The id for a message: its `Nats-Msg-Id` when it follows [`MSG_ID_RULE`] (publishers
+/// set it for JetStream de-duplication, so it is the id they know), else
+/// `<stream>-<sequence>`, which is the same on every redelivery.
 pub fn message_id(nats_msg_id: Option<&str>, stream: &str, sequence: u64) -> String {
     match nats_msg_id {
-        Some(id)
-            if !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.to_string()
-        }
+        Some(id) if msg_id_problem(id).is_none() => id.to_string(),
         _ => {
             // Built by hand: this runs once per message and core::fmt showed up in
             // profiles (~0.8 % of natshook's cycles).
@@ -170,5 +195,26 @@ mod tests {
         assert_eq!(message_id(Some("order-1"), "EVENTS", 3), "order-1");
         assert_eq!(message_id(None, "EVENTS", 3), "EVENTS-3");
         assert_eq!(message_id(Some("bad id\r\n"), "EVENTS", 3), "EVENTS-3");
+    }
+
+    #[test]
+    fn nats_msg_id_rule() {
+        let longest = "a".repeat(256);
+        for good in ["x", "order-1", "a/b:c=d~!{}", longest.as_str()] {
+            assert_eq!(msg_id_problem(good), None, "{good}");
+            assert_eq!(message_id(Some(good), "EVENTS", 9), good);
+        }
+        let too_long = "a".repeat(257);
+        for (bad, problem) in [
+            ("", MsgIdProblem::Empty),
+            (too_long.as_str(), MsgIdProblem::TooLong),
+            ("has space", MsgIdProblem::NotPrintableAscii),
+            ("tab\there", MsgIdProblem::NotPrintableAscii),
+            ("caf\u{e9}", MsgIdProblem::NotPrintableAscii),
+            ("\u{1F600}", MsgIdProblem::NotPrintableAscii),
+        ] {
+            assert_eq!(msg_id_problem(bad), Some(problem), "{bad:?}");
+            assert_eq!(message_id(Some(bad), "EVENTS", 9), "EVENTS-9");
+        }
     }
 }

@@ -812,3 +812,49 @@ async fn large_response_headers_and_body_are_still_a_success() {
     assert_nothing_lost(&rx, &published, &[]);
     assert_eq!(rx.count(), 20, "each message once: no attempt failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_nats_msg_id_is_replaced_and_said_once() {
+    let rx = Receiver::start().await;
+    let (_nats, natshook, js) = setup(&rx, "").await;
+    let messages: Vec<(String, Bytes, Option<String>)> = ["has space", "ünïcode", &"l".repeat(300)]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                "crm.lead.created".to_string(),
+                Bytes::from(format!("{{\"n\":{i}}}")),
+                Some(id.to_string()),
+            )
+        })
+        .collect();
+    publish_all(&js, messages).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        r.delivered_ids().len() >= 3
+    })
+    .await;
+    assert_nothing_lost(
+        &rx,
+        &["EVENTS-1".into(), "EVENTS-2".into(), "EVENTS-3".into()],
+        &[],
+    );
+    let logs = natshook.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("Nats-Msg-Id"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0].contains("1 to 256 printable ASCII characters without spaces"),
+        "names the rule: {}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("endpoint=e"), "{}", warnings[0]);
+    assert!(
+        ["EVENTS-1", "EVENTS-2", "EVENTS-3"]
+            .iter()
+            .any(|id| warnings[0].contains(&format!("id is {id} "))),
+        "names the id used instead: {}",
+        warnings[0]
+    );
+}
