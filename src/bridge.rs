@@ -548,6 +548,7 @@ pub async fn run(
         }
     }
 
+    crate::dead_letter::log_size_limits(&client, &config.endpoints);
     sup.apply(config.clone()).await?;
     sup.started.store(true, Ordering::Relaxed);
     let unmapped = tokio::spawn(crate::consumer::watch_unmapped(

@@ -788,11 +788,14 @@ impl Worker {
                 })
                 .unwrap_or_default(),
             reason: reason.to_string(),
-            payload: DeadLetter::encode_payload(&msg.payload),
+            // Filled by `publish`: inline, or a reference when the record would not fit.
+            payload: String::new(),
+            payload_object: None,
             headers,
+            headers_truncated: false,
             dead_lettered_at: envelope::rfc3339_millis(SystemTime::now()),
         };
-        match self.shared.dead_letters.publish(&record).await {
+        match self.shared.dead_letters.publish(record, &msg.payload).await {
             Ok(()) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.ack(msg, AckKind::Ack).await;

@@ -813,6 +813,171 @@ async fn large_response_headers_and_body_are_still_a_success() {
     assert_eq!(rx.count(), 20, "each message once: no attempt failed");
 }
 
+/// A JSON payload of about `len` bytes whose text does not repeat (a stored copy that
+/// were shifted or cut would not compare equal).
+fn json_blob(len: usize, seed: u64) -> Bytes {
+    let mut state = seed;
+    let text: String = (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(state >> 33) as usize % 36])
+        })
+        .collect();
+    Bytes::from(format!("{{\"blob\":\"{text}\"}}"))
+}
+
+/// Where `payload` sits in a standard envelope: it is copied in unchanged after `"data":`.
+fn envelope_data(body: &[u8], len: usize) -> &[u8] {
+    let at = body
+        .windows(7)
+        .position(|w| w == b"\"data\":")
+        .expect("envelope has data")
+        + 7;
+    &body[at..(at + len).min(body.len())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_too_large_for_one_nats_message_keep_their_payload_in_the_object_store() {
+    // The record carries the payload as base64 (4/3 of it): with nats-server's default
+    // max_payload (1 MiB) a 900 KB payload's record cannot be one NATS message. Before,
+    // such a message was retried forever and never dead-lettered.
+    let rx = Receiver::with(|_| Reply::status(500)).await;
+    let nats = NatsServer::start();
+    let mut config = TestConfig::new(nats.url()).endpoint(
+        "e",
+        &rx.url("/hook"),
+        &["*"],
+        "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\nmax_body = 950000",
+    );
+    let token = "test-admin-token-0123456789";
+    config.top = format!("[admin]\nenabled = true\ntoken = {{ value = \"{token}\" }}\n");
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let large = json_blob(900_000, 1);
+    // Above max_body: dead-lettered without an attempt, through the same path.
+    let over = json_blob(1_000_000, 2);
+    let small = Bytes::from_static(b"{\"small\":1}");
+    let messages = vec![
+        (
+            "crm.lead.created".to_string(),
+            large.clone(),
+            Some("large".to_string()),
+        ),
+        (
+            "crm.lead.created".to_string(),
+            small.clone(),
+            Some("small".to_string()),
+        ),
+        (
+            "crm.lead.created".to_string(),
+            over.clone(),
+            Some("over".to_string()),
+        ),
+    ];
+    let published = ids(&messages);
+    publish_all(&js, messages).await;
+
+    let dead = natshook
+        .wait_dead_letters("e", 3, Duration::from_secs(30))
+        .await;
+    assert_eq!(dead.len(), 3, "every message dead-lettered: {}", rx.count());
+    assert_eq!(
+        natshook
+            .metric("natshook_dead_letters_total{endpoint=\"e\"}")
+            .await,
+        Some(3.0)
+    );
+    let record = |id: &str| dead.iter().find(|d| d["id"] == id).unwrap().clone();
+    let (large_dl, small_dl, over_dl) = (record("large"), record("small"), record("over"));
+    for (d, attempts) in [(&large_dl, 2), (&over_dl, 0)] {
+        assert_eq!(d["payload"], "", "{}: payload not inline", d["id"]);
+        assert!(
+            d["payload_object"]
+                .as_str()
+                .unwrap()
+                .starts_with("NATSHOOK_DLQ_PAYLOADS/e/"),
+            "{d}"
+        );
+        assert_eq!(d["attempts"], attempts);
+    }
+    assert_eq!(large_dl["last_status"], 500);
+    assert!(over_dl["reason"]
+        .as_str()
+        .unwrap()
+        .contains("exceeds max_body"));
+    assert!(small_dl.get("payload_object").is_none(), "{small_dl}");
+    let inline = base64::engine::general_purpose::STANDARD
+        .decode(small_dl["payload"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(inline, small.as_ref());
+
+    // Attempts stop at max_attempts: no more requests come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rx.count(),
+        4,
+        "2 attempts each for large and small, none for over"
+    );
+    assert_attempts_count_up(&rx);
+
+    // The receiver is fixed: the admin API replays one, the CLI the rest.
+    rx.set(|_| Reply::ok());
+    let (status, summary) = natshook
+        .api(
+            "POST",
+            "/api/endpoints/e/dlq/replay",
+            Some(token),
+            Some("{\"id\": \"large\"}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        summary["replayed"],
+        serde_json::json!(["large"]),
+        "{summary}"
+    );
+    let out = natshook.cli(&["dlq", "replay", "--endpoint", "e", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_lost(&rx, &published, &[]);
+    for (id, payload, attempt) in [("large", &large, "3"), ("over", &over, "1")] {
+        let got = rx
+            .received()
+            .into_iter()
+            .find(|r| r.id() == id && r.replied == 200)
+            .unwrap();
+        assert!(
+            envelope_data(&got.body, payload.len()) == payload.as_ref(),
+            "{id}: replayed payload is byte-identical"
+        );
+        assert_eq!(got.header("x-webhook-attempt"), attempt);
+    }
+    assert!(natshook.dead_letters("e").is_empty());
+    let store = js.get_object_store("NATSHOOK_DLQ_PAYLOADS").await.unwrap();
+    for d in [&large_dl, &over_dl] {
+        let name = d["payload_object"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("NATSHOOK_DLQ_PAYLOADS/")
+            .unwrap();
+        assert!(
+            store.get(name).await.is_err(),
+            "{name}: removed with its record"
+        );
+    }
+    assert!(
+        natshook
+            .logs()
+            .contains("is stored in the object store NATSHOOK_DLQ_PAYLOADS"),
+        "start-up says what happens to large dead letters"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_nats_msg_id_is_replaced_and_said_once() {
     let rx = Receiver::start().await;
