@@ -198,36 +198,33 @@ pub fn inline_payload_limit(max_payload: usize) -> usize {
     max_payload.saturating_sub(HEADROOM + TYPICAL_RECORD) / 4 * 3
 }
 
-/// Says at start, per endpoint, what the NATS server's `max_payload` means for its
-/// `max_body` and its dead letters: neither is a failure, but both change what an
-/// operator sees (a limit that never applies, a record without its payload inline).
+/// Says at start what the NATS server's `max_payload` means for the endpoints'
+/// `max_body` and their dead letters: a `max_body` that can never apply is worth a
+/// warning per endpoint; a record without its payload inline is normal operation.
 pub fn log_size_limits(client: &async_nats::Client, endpoints: &[Endpoint]) {
     let max_payload = client.max_payload();
+    for ep in endpoints.iter().filter(|ep| ep.max_body > max_payload) {
+        tracing::warn!(
+            endpoint = %ep.name,
+            max_body = ep.max_body,
+            max_payload,
+            "max_body is above the NATS server's max_payload: a larger message cannot be \
+             published to the stream, so max_body never applies"
+        );
+    }
+    // The threshold depends on the server alone, so one line says it for every endpoint;
+    // it is information, not a fault (the defaults cross it).
     let inline = inline_payload_limit(max_payload);
-    for ep in endpoints {
-        let mut what = Vec::new();
-        if ep.max_body > max_payload {
-            what.push(format!(
-                "max_body is above the NATS server's max_payload ({max_payload} bytes): a \
-                 larger message cannot be published to the stream, so max_body never applies"
-            ));
-        }
-        if ep.max_body.min(max_payload) > inline {
-            what.push(format!(
-                "a dead letter's record must fit one NATS message and carries the payload \
-                 as base64: the payload of a dead letter above about {inline} bytes is stored \
-                 in the object store {PAYLOAD_BUCKET} and the record names it in payload_object"
-            ));
-        }
-        if !what.is_empty() {
-            tracing::warn!(
-                endpoint = %ep.name,
-                max_body = ep.max_body,
-                max_payload,
-                "{}",
-                what.join("; ")
-            );
-        }
+    if endpoints
+        .iter()
+        .any(|ep| ep.max_body.min(max_payload) > inline)
+    {
+        tracing::info!(
+            max_payload,
+            "a dead letter's record must fit one NATS message and carries the payload as \
+             base64: the payload of a dead letter above about {inline} bytes is stored in the \
+             object store {PAYLOAD_BUCKET} and the record names it in payload_object"
+        );
     }
 }
 
