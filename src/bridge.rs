@@ -35,7 +35,21 @@ pub enum BridgeError {
     #[error("cannot create stream {0}: {1}")]
     CreateStream(String, String),
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Apply(#[from] ApplyError),
+}
+
+/// Why a config could not be applied: the endpoints whose HTTP client could not be
+/// built, each named by its place in the config. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ApplyError(pub Vec<EndpointError>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("endpoints[{index}] ({name}): {error}")]
+pub struct EndpointError {
+    pub index: usize,
+    pub name: String,
+    pub error: ClientError,
 }
 
 /// How often `{ file }` secrets are re-read. Kubernetes updates mounted Secrets
@@ -186,22 +200,6 @@ impl Running {
     }
 }
 
-/// What reload compares to decide whether an endpoint must restart. Debug output of
-/// an endpoint redacts secrets, so signing keys and header values are compared too.
-fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-        && a.signer.same_keys(&b.signer)
-        && a.headers.len() == b.headers.len()
-        && a.headers
-            .iter()
-            .zip(&b.headers)
-            .all(|((n1, v1), (n2, v2))| n1 == n2 && v1.as_bytes() == v2.as_bytes())
-}
-
-fn same_router(a: &Router, b: &Router) -> bool {
-    a.rules() == b.rules()
-}
-
 /// Owns the workers; the HTTP server and the admin API read from it.
 pub struct Supervisor {
     shared: Shared,
@@ -274,9 +272,10 @@ impl Supervisor {
         }
     }
 
-    fn start(&self, endpoint: Endpoint, router: Arc<Router>) -> Result<Running, ClientError> {
-        let endpoint = Arc::new(endpoint);
-        let deliverer = Deliverer::new(endpoint.clone())?;
+    /// Starts a worker for a deliverer built beforehand: this part cannot fail, so a
+    /// reload builds every deliverer first and starts workers only when all were built.
+    fn start(&self, deliverer: Deliverer, router: Arc<Router>) -> Running {
+        let endpoint = deliverer.endpoint().clone();
         let stop = Stop {
             drain: self.shutdown.child_token(),
             abort: self.abort.child_token(),
@@ -290,12 +289,12 @@ impl Supervisor {
         let tracker = TaskTracker::new();
         tracing::info!(endpoint = %worker.endpoint.name, consumer = %worker.consumer_name(), url = %worker.endpoint.url, "starting endpoint");
         let handle = tokio::spawn(worker.clone().run(stop.clone(), tracker.clone()));
-        Ok(Running {
+        Running {
             worker,
             stop,
             tracker,
             handle,
-        })
+        }
     }
 
     fn publish_snapshot(&self, running: &BTreeMap<String, Running>) {
@@ -308,23 +307,53 @@ impl Supervisor {
     /// changed ones (or all, when the mappings changed) restart. Draining happens in
     /// the background, so in-flight deliveries finish and nothing is dropped.
     /// Settings that need a restart (NATS, listen address, stores) are reported.
-    pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ClientError> {
+    ///
+    /// All or nothing: what can fail (each new endpoint's HTTP client, with its TLS
+    /// files) is built before any running endpoint is touched. On an error the running
+    /// set stays exactly as it was, and no worker is left running outside it.
+    pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ApplyError> {
         let mut current = self.config.lock().await;
+        let router_changed = current.router != new.router;
+        let mut running = self.running.lock().await;
+
+        let mut summary = ReloadSummary::default();
+        let mut built = Vec::new();
+        let mut failed = Vec::new();
+        let mut wanted: Vec<(usize, &Endpoint)> = new.endpoints.iter().enumerate().collect();
+        wanted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        for (index, e) in wanted {
+            let changes = match running.get(&e.name) {
+                None => &mut summary.added,
+                Some(r) if router_changed || *r.worker.endpoint != *e => &mut summary.restarted,
+                Some(_) => continue,
+            };
+            changes.push(e.name.clone());
+            match Deliverer::new(Arc::new(e.clone())) {
+                Ok(d) => built.push(d),
+                Err(error) => failed.push(EndpointError {
+                    index,
+                    name: e.name.clone(),
+                    error,
+                }),
+            }
+        }
+        if !failed.is_empty() {
+            failed.sort_by_key(|e| e.index);
+            return Err(ApplyError(failed));
+        }
+        summary.removed = running
+            .keys()
+            .filter(|name| !new.endpoints.iter().any(|e| e.name == **name))
+            .cloned()
+            .collect();
+
+        // From here on nothing fails.
         for (what, changed) in [
-            (
-                "nats",
-                format!("{:?}", current.nats) != format!("{:?}", new.nats),
-            ),
+            ("nats", current.nats != new.nats),
             ("http.listen", current.listen != new.listen),
-            ("admin", current.admin.is_some() != new.admin.is_some()),
-            (
-                "delivery_log",
-                format!("{:?}", current.delivery_log) != format!("{:?}", new.delivery_log),
-            ),
-            (
-                "dead_letter",
-                current.dead_letter.max_age != new.dead_letter.max_age,
-            ),
+            ("admin", current.admin != new.admin),
+            ("delivery_log", current.delivery_log != new.delivery_log),
+            ("dead_letter", current.dead_letter != new.dead_letter),
             (
                 "shutdown_grace",
                 current.shutdown_grace != new.shutdown_grace,
@@ -337,38 +366,15 @@ impl Supervisor {
                 );
             }
         }
-        let router_changed = !same_router(&current.router, &new.router);
         let router = Arc::new(new.router.clone());
-        let mut running = self.running.lock().await;
-        let mut summary = ReloadSummary::default();
-        let wanted: BTreeMap<&str, &Endpoint> =
-            new.endpoints.iter().map(|e| (e.name.as_str(), e)).collect();
-
         let mut to_drain = Vec::new();
-        let names: Vec<String> = running.keys().cloned().collect();
-        for name in names {
-            match wanted.get(name.as_str()) {
-                None => {
-                    summary.removed.push(name.clone());
-                    to_drain.extend(running.remove(&name));
-                }
-                Some(e) => {
-                    let same = running
-                        .get(&name)
-                        .is_some_and(|r| same_endpoint(&r.worker.endpoint, e));
-                    if !same || router_changed {
-                        let fresh = self.start((*e).clone(), router.clone())?;
-                        summary.restarted.push(name.clone());
-                        to_drain.extend(running.insert(name.clone(), fresh));
-                    }
-                }
-            }
+        for name in &summary.removed {
+            to_drain.extend(running.remove(name));
         }
-        for (name, e) in &wanted {
-            if !running.contains_key(*name) {
-                running.insert(name.to_string(), self.start((*e).clone(), router.clone())?);
-                summary.added.push(name.to_string());
-            }
+        for deliverer in built {
+            let name = deliverer.endpoint().name.clone();
+            let fresh = self.start(deliverer, router.clone());
+            to_drain.extend(running.insert(name, fresh));
         }
         self.publish_snapshot(&running);
         for old in to_drain {
@@ -377,8 +383,8 @@ impl Supervisor {
         if let Ok(mut r) = self.router.write() {
             *r = router;
         }
-        current.router = new.router.clone();
-        current.endpoints = new.endpoints.clone();
+        current.router = new.router;
+        current.endpoints = new.endpoints;
         Ok(summary)
     }
 
@@ -395,7 +401,9 @@ impl Supervisor {
                     tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "config reloaded")
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; keeping the running config")
+                    for problem in &e.0 {
+                        tracing::error!(%problem, "config reload failed; keeping the running config");
+                    }
                 }
             },
         }
@@ -602,5 +610,57 @@ impl Supervisor {
             .read()
             .map(|r| r.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(settings: &str) -> Endpoint {
+        let text = format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n{settings}\n"
+        );
+        match Config::from_str(&text, "toml") {
+            Ok(mut c) => c.endpoints.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn reload_sees_changes_that_debug_output_hides() {
+        let base = endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }");
+        assert!(base == endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }"));
+        assert_eq!(
+            format!("{base:?}"),
+            format!(
+                "{:?}",
+                endpoint("secret = \"two\"\nheaders = { \"X-Key\" = \"k2\" }")
+            ),
+            "Debug output hides secrets and header values"
+        );
+        assert!(base != endpoint("secret = \"two\"\nheaders = { \"X-Key\" = \"k1\" }"));
+        assert!(base != endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k2\" }"));
+        assert!(base != endpoint("secret = [\"one\", \"two\"]\nheaders = { \"X-Key\" = \"k1\" }"));
+        assert!(
+            base != endpoint(
+                "secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }\nsignature = { scheme = \"sha256\" }"
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_secret_compares_by_its_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let settings = format!("secret = {{ file = \"{}\" }}", path.display());
+        std::fs::write(&path, "one").unwrap();
+        let before = endpoint(&settings);
+        // The running endpoint re-reads the file itself: new content needs no restart.
+        std::fs::write(&path, "two").unwrap();
+        assert!(before == endpoint(&settings));
+        let other = dir.path().join("other");
+        std::fs::write(&other, "one").unwrap();
+        assert!(before != endpoint(&format!("secret = {{ file = \"{}\" }}", other.display())));
     }
 }

@@ -79,7 +79,7 @@ pub enum Envelope {
 }
 
 /// NATS authentication, at most one kind.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NatsAuth {
     None,
     Token(Secret),
@@ -87,14 +87,14 @@ pub enum NatsAuth {
     CredsFile(PathBuf),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NatsTls {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NatsConfig {
     pub urls: Vec<String>,
     pub auth: NatsAuth,
@@ -146,22 +146,78 @@ impl Endpoint {
     }
 }
 
+/// Equality as a reload sees it: an endpoint equal to the running one keeps running.
+/// Secrets compare by their references (`secret_refs`), not by the keys read from
+/// them: the running endpoint picks up a `{ file }` secret's new content itself
+/// (`Deliverer::watch_secrets`), so that is no reason to restart it. Header values are
+/// compared as read: nothing re-reads them but a restart.
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a field added to Endpoint cannot be left out here.
+        let Endpoint {
+            name,
+            url,
+            events,
+            signer,
+            headers,
+            allow_http,
+            target,
+            secret_refs,
+            forward_headers,
+            tls,
+            timeout,
+            retry_schedule,
+            max_attempts,
+            disable_after_failures,
+            concurrency,
+            envelope,
+            envelope_fields,
+            ordered,
+            max_body,
+            probe_interval,
+            probe_max_interval,
+        } = self;
+        *name == other.name
+            && *url == other.url
+            && *events == other.events
+            && signer.scheme() == other.signer.scheme()
+            && signer.header() == other.signer.header()
+            && *headers == other.headers
+            && *allow_http == other.allow_http
+            && *target == other.target
+            && *secret_refs == other.secret_refs
+            && *forward_headers == other.forward_headers
+            && *tls == other.tls
+            && *timeout == other.timeout
+            && *retry_schedule == other.retry_schedule
+            && *max_attempts == other.max_attempts
+            && *disable_after_failures == other.disable_after_failures
+            && *concurrency == other.concurrency
+            && *envelope == other.envelope
+            && *envelope_fields == other.envelope_fields
+            && *ordered == other.ordered
+            && *max_body == other.max_body
+            && *probe_interval == other.probe_interval
+            && *probe_max_interval == other.probe_max_interval
+    }
+}
+
 /// TLS to one receiver: a private CA instead of the system roots, and a client
 /// certificate for receivers that require mutual TLS.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EndpointTls {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetterConfig {
     pub max_age: Duration,
 }
 
 /// The admin API: off unless enabled, always behind a bearer token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub token: Secret,
 }

@@ -45,7 +45,7 @@ pub struct LogRecord {
     pub request_headers: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogSettings {
     pub max_per_endpoint: i64,
     pub max_age: Duration,

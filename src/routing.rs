@@ -327,7 +327,7 @@ pub struct EventRule {
 }
 
 /// The ordered `[[events]]` table: first match wins.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Router {
     rules: Vec<EventRule>,
 }

@@ -522,3 +522,134 @@ async fn a_closed_stderr_does_not_stop_deliveries() {
     };
     assert_eq!(exit.code(), Some(0), "shutdown with a closed stderr");
 }
+
+/// The names of the endpoints the admin API lists.
+async fn listed_endpoints(natshook: &Natshook) -> Vec<String> {
+    let (status, body) = natshook
+        .api("GET", "/api/endpoints", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| e["name"].as_str().expect("a name").to_string())
+        .collect()
+}
+
+/// The last log line that contains `what`.
+fn last_line(natshook: &Natshook, what: &str) -> String {
+    natshook
+        .logs()
+        .lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no log line with {what:?}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_fails_half_way_leaves_the_running_set_as_it_was() {
+    let nats = NatsServer::start();
+    let pki = pki();
+    let a = Receiver::start().await;
+    let b = Receiver::start().await;
+    let b_moved = Receiver::start().await;
+    let c = Receiver::start().await;
+    let endpoint =
+        |name: &str, rx: &Receiver, extra: &str| (name.to_string(), rx.url("/"), extra.to_string());
+    let config = |endpoints: &[(String, String, String)]| {
+        let mut config = TestConfig::new(nats.url());
+        for (name, url, extra) in endpoints {
+            config = config.endpoint(name, url, &["*"], extra);
+        }
+        with_admin(config).render()
+    };
+    let before = config(&[
+        endpoint("a", &a, ""),
+        endpoint("b", &b, ""),
+        endpoint("c", &c, ""),
+    ]);
+    let natshook = Natshook::start(&before).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(5, "pre")).await;
+    for (rx, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        rx.wait_for(
+            Duration::from_secs(20),
+            &format!("{name}: 5 before the reload"),
+            |r| r.delivered_ids().len() >= 5,
+        )
+        .await;
+    }
+
+    // The new config removes a, moves b and gives c a client certificate with a key
+    // that is not its own: valid as config, refused by the TLS set-up. Endpoints are
+    // applied in name order, so a and b come before c's failure.
+    let wrong_key = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"",
+        pki.path("client.pem"),
+        pki.path("server-key.pem")
+    );
+    let failing = config(&[endpoint("b", &b_moved, ""), endpoint("c", &c, &wrong_key)]);
+    reload(
+        &natshook,
+        &failing,
+        "config reload failed",
+        "the failed reload",
+    )
+    .await;
+    let failed = last_line(&natshook, "config reload failed");
+    assert!(failed.contains("endpoints[1] (c)"), "{failed}");
+
+    // Every endpoint of the old set still runs, once, with its old settings.
+    assert_eq!(listed_endpoints(&natshook).await, ["a", "b", "c"]);
+    assert_eq!(natshook.get("/readyz").await.map(|r| r.0), Ok(200));
+    publish_all(&js, leads(20, "post")).await;
+    for (rx, name) in [(&a, "a"), (&c, "c"), (&b, "b")] {
+        rx.wait_for(Duration::from_secs(20), &format!("{name}: all 25"), |r| {
+            r.delivered_ids().len() >= 25
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b_moved.count(),
+        0,
+        "b also ran with the settings of the failed reload"
+    );
+
+    // The running set is the old config: reloading that changes nothing.
+    reload(
+        &natshook,
+        &before,
+        "config reloaded",
+        "reload of the old config",
+    )
+    .await;
+    let line = last_line(&natshook, "config reloaded");
+    assert!(
+        line.contains("added=[]") && line.contains("removed=[]") && line.contains("restarted=[]"),
+        "{line}"
+    );
+
+    // Removing a stops its one worker: a gets nothing more, the others get everything.
+    let without_a = config(&[endpoint("b", &b, ""), endpoint("c", &c, "")]);
+    reload(&natshook, &without_a, "removed=[\"a\"]", "removal of a").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a_count = a.count();
+    publish_all(&js, leads(20, "later")).await;
+    for (rx, name) in [(&b, "b"), (&c, "c")] {
+        rx.wait_for(Duration::from_secs(20), &format!("{name}: all 45"), |r| {
+            r.delivered_ids().len() >= 45
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.count(), a_count, "a removed endpoint kept receiving");
+    for rx in [&a, &b, &c] {
+        assert!(
+            rx.received().iter().all(|r| r.nth_for_id == 1),
+            "a message was delivered twice"
+        );
+    }
+    assert_eq!(listed_endpoints(&natshook).await, ["b", "c"]);
+}
