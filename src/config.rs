@@ -1267,8 +1267,8 @@ fn validate_endpoint(
             _ => pick!(key_file),
         };
         if let Some(f) = file {
-            if let Err(e) = std::fs::metadata(&f) {
-                p.add(fpath, format_args!("cannot read {}: {e}", f.display()));
+            if let Err(e) = crate::delivery::check_tls_file(key, &f) {
+                p.add(fpath, e);
             }
             *slot = Some(f);
         }

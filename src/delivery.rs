@@ -160,10 +160,58 @@ pub enum ClientError {
     Tls(String),
     #[error("cannot load {0}: {1}")]
     Pem(String, String),
+    #[error("no certificate in {0}")]
+    NoCertificate(String),
+    #[error("no private key in {0}")]
+    NoPrivateKey(String),
 }
 
 fn pem_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
     ClientError::Pem(path.display().to_string(), e.to_string())
+}
+
+/// The certificates of a PEM file. A file without any is an error: a key file given
+/// as `ca_file` would otherwise trust nothing, and as `cert_file` fail every handshake.
+fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(ClientError::NoCertificate(path.display().to_string()));
+    }
+    Ok(certs)
+}
+
+/// A `ca_file` as trust roots: at least one certificate rustls can use.
+fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(load_certificates(path)?);
+    if added == 0 {
+        return Err(pem_error(path, "no certificate usable as a trust root"));
+    }
+    Ok(roots)
+}
+
+fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            ClientError::NoPrivateKey(path.display().to_string())
+        }
+        e => pem_error(path, e),
+    })
+}
+
+/// Loads one endpoint TLS file (`ca_file`, `cert_file` or `key_file`) as the client
+/// set-up will, so that `natshook check` and a reload refuse a file without what its
+/// key names instead of the endpoint failing to start. Whether a key belongs to its
+/// certificate is left to the set-up itself.
+pub fn check_tls_file(key: &str, path: &Path) -> Result<(), ClientError> {
+    match key {
+        "ca_file" => load_roots(path).map(drop),
+        "key_file" => load_private_key(path).map(drop),
+        _ => load_certificates(path).map(drop),
+    }
 }
 
 /// System roots, or only the endpoint's `ca_file` when set (a private CA should not
@@ -175,18 +223,7 @@ fn tls_config(tls: &EndpointTls, https: bool) -> Result<rustls::ClientConfig, Cl
     let roots = match &tls.ca_file {
         None if !https => Arc::new(rustls::RootCertStore::empty()),
         None => system_roots(),
-        Some(ca) => {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| pem_error(ca, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| pem_error(ca, e))?;
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(pem_error(ca, "no certificate found"));
-            }
-            Arc::new(roots)
-        }
+        Some(ca) => Arc::new(load_roots(ca)?),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -194,16 +231,15 @@ fn tls_config(tls: &EndpointTls, https: bool) -> Result<rustls::ClientConfig, Cl
         .map_err(|e| ClientError::Tls(e.to_string()))?
         .with_root_certificates(roots);
     let config = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| pem_error(cert, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| pem_error(cert, e))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| ClientError::Tls(e.to_string()))?
-        }
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(load_certificates(cert)?, load_private_key(key)?)
+            .map_err(|e| {
+                ClientError::Tls(format!(
+                    "client certificate {} with key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?,
         _ => builder.with_no_client_auth(),
     };
     Ok(config)

@@ -653,3 +653,34 @@ async fn a_reload_that_fails_half_way_leaves_the_running_set_as_it_was() {
     }
     assert_eq!(listed_endpoints(&natshook).await, ["b", "c"]);
 }
+
+#[test]
+fn check_refuses_tls_files_without_what_their_key_names() {
+    let pki = pki();
+    let key = pki.path("client-key.pem");
+    let cert = pki.path("client.pem");
+    let (code, err) = check_config(&one_endpoint(&format!(
+        "url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\nca_file = \"{key}\"\ncert_file = \"{key}\"\nkey_file = \"{cert}\"\n"
+    )));
+    assert_eq!(code, 2, "{err}");
+    for problem in [
+        format!("endpoints[0].ca_file: no certificate in {key}"),
+        format!("endpoints[0].cert_file: no certificate in {key}"),
+        format!("endpoints[0].key_file: no private key in {cert}"),
+    ] {
+        assert!(err.contains(&problem), "{problem} not in:\n{err}");
+    }
+    let (code, err) = check_config(&format!(
+        "[defaults]\nca_file = \"{}\"\n{}",
+        pki.path("missing.pem"),
+        one_endpoint("url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n")
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("defaults.ca_file: cannot load"), "{err}");
+    // The real files pass.
+    let (code, err) = check_config(&one_endpoint(&format!(
+        "url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\nca_file = \"{}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+        pki.path("ca.pem")
+    )));
+    assert_eq!(code, 0, "{err}");
+}
