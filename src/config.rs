@@ -1382,8 +1382,10 @@ fn validate_endpoint(
     })
 }
 
-/// Checks the URL text; literal private addresses need `allow_private` (names are
-/// checked again on every resolved address at connect time).
+/// Checks the URL text with the guard's own policy: an address, in any spelling the
+/// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
+/// would be refused at connect time; names are checked again on every resolved
+/// address at connect time.
 fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<http::Uri, String> {
     let uri: http::Uri = text
         .parse()
@@ -1397,18 +1399,9 @@ fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<h
         _ => return Err(format!("'{text}' must be an absolute http(s) URL")),
     }
     let host = uri.host().ok_or_else(|| format!("'{text}' has no host"))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        if !target.permits_ip(ip) {
-            return Err(format!(
-                "{ip} is a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"
-            ));
-        }
-    } else if !target.permits_host(bare) {
-        return Err(format!(
-            "{bare} is an internal host name (set allow_private = true to permit it)"
-        ));
-    }
+    target
+        .check_host(host)
+        .map_err(|refusal| refusal.to_string())?;
     Ok(uri)
 }
 
@@ -1588,6 +1581,29 @@ endpoints:
 "#;
         let c = Config::from_str(yaml, "yaml").unwrap();
         assert_eq!(c.endpoints[0].envelope, Envelope::Raw);
+    }
+
+    #[test]
+    fn other_spellings_of_a_private_address_are_refused_as_the_guard_refuses_them() {
+        for (host, words) in [
+            ("2130706433", "2130706433 is 127.0.0.1, a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"),
+            ("0x7f000001", "0x7f000001 is 127.0.0.1, a private"),
+            ("017700000001", "017700000001 is 127.0.0.1, a private"),
+            ("127.1", "127.1 is 127.0.0.1, a private"),
+            ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a private"),
+            ("0xa9fea9fe", "0xa9fea9fe is 169.254.169.254, a private"),
+            ("[fe80::1%25lo]", "fe80::1%25lo is an IPv6 address with a zone id, which a webhook URL cannot use"),
+        ] {
+            let text = GOOD.replace("https://crm.example.com/hooks", &format!("https://{host}/hooks"));
+            let got = problems(&text);
+            let expected = format!("endpoints[0].url: {words}");
+            assert!(
+                got.iter().any(|g| g.starts_with(&expected)),
+                "{host}: missing {expected:?} in {got:#?}"
+            );
+        }
+        let text = GOOD.replace("https://crm.example.com/hooks", "https://134744072/hooks");
+        assert!(Config::from_str(&text, "toml").is_ok());
     }
 
     #[test]

@@ -74,6 +74,86 @@ pub fn is_internal_host(host: &str) -> bool {
         .any(|s| h.ends_with(s))
 }
 
+/// Parses an IPv4 address as the C library's resolver does (`inet_aton`): one to four
+/// parts separated by dots, each decimal, octal (leading `0`) or hexadecimal (`0x`),
+/// the last part filling the bytes that remain. `getaddrinfo` turns such a name into
+/// an address without asking DNS, so `127.1`, `2130706433`, `0x7f000001` and
+/// `0177.0.0.1` all reach 127.0.0.1 and the guard must read them the same way.
+pub fn parse_ipv4_like_resolver(text: &str) -> Option<Ipv4Addr> {
+    let mut parts = [0u32; 4];
+    let mut count = 0;
+    for part in text.split('.') {
+        if count == parts.len() {
+            return None;
+        }
+        parts[count] = parse_ipv4_part(part)?;
+        count += 1;
+    }
+    let (head, last) = (&parts[..count - 1], parts[count - 1]);
+    if head.iter().any(|&b| b > 0xff) {
+        return None;
+    }
+    // The last part fills 32, 24, 16 or 8 bits.
+    let bits = 32 - 8 * head.len() as u32;
+    if bits < 32 && last >> bits != 0 {
+        return None;
+    }
+    let mut value = last;
+    for (i, &b) in head.iter().enumerate() {
+        value |= b << (24 - 8 * i as u32);
+    }
+    Some(Ipv4Addr::from(value))
+}
+
+/// One part of [`parse_ipv4_like_resolver`]: like `strtoul(part, _, 0)`, which must
+/// use up the whole part and stay within 32 bits.
+fn parse_ipv4_part(part: &str) -> Option<u32> {
+    let (digits, radix) = match part.as_bytes() {
+        [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
+        [b'0', rest @ ..] => (rest, 8),
+        _ => (part.as_bytes(), 10),
+    };
+    if digits.is_empty() && radix != 8 {
+        return None; // "" and "0x"; a lone "0" is zero
+    }
+    let mut value: u64 = 0;
+    for &c in digits {
+        let digit = char::from(c).to_digit(radix)?;
+        value = value * u64::from(radix) + u64::from(digit);
+        if value > u64::from(u32::MAX) {
+            return None;
+        }
+    }
+    Some(value as u32)
+}
+
+/// Why the guard refuses a target. The same words serve `natshook check` and the
+/// connect-time refusal, so a config that passes check is not refused later for a
+/// reason check could have seen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} is an internal host name (set allow_private = true to permit it)")]
+    InternalName(String),
+    /// An address written in the URL, perhaps in another spelling (`0x7f000001`).
+    #[error("{}", private_address(.host, .ip))]
+    PrivateAddress { host: String, ip: IpAddr },
+    #[error("{host} resolves to private address {ip} (set allow_private = true or allow_cidrs to permit it)")]
+    ResolvesToPrivate { host: String, ip: IpAddr },
+    /// A scope (`[fe80::1%25eth0]`) names an interface of this machine: never a
+    /// webhook receiver, and not something the resolver reads from a URL.
+    #[error("{0} is an IPv6 address with a zone id, which a webhook URL cannot use")]
+    ZoneId(String),
+}
+
+fn private_address(host: &str, ip: &IpAddr) -> String {
+    let written = if *host == ip.to_string() {
+        format!("{ip} is")
+    } else {
+        format!("{host} is {ip},")
+    };
+    format!("{written} a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)")
+}
+
 /// Where one endpoint may connect.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetPolicy {
@@ -96,24 +176,54 @@ impl TargetPolicy {
         self.allow_private || !is_internal_host(host)
     }
 
+    /// Decides on the host of a URL before any lookup, for config validation and the
+    /// resolver alike: an address in any spelling the system resolver accepts is
+    /// judged as the address it is (and returned, so no lookup is needed), a name by
+    /// its suffix (`None`: its addresses are judged by [`Self::filter`]).
+    pub fn check_host(&self, host: &str) -> Result<Option<IpAddr>, Refusal> {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Some((addr, _zone)) = bare.split_once('%') {
+            if addr.parse::<Ipv6Addr>().is_ok() {
+                return Err(Refusal::ZoneId(bare.to_string()));
+            }
+        }
+        let literal = bare
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| parse_ipv4_like_resolver(bare).map(IpAddr::V4));
+        match literal {
+            Some(ip) if self.permits_ip(ip) => Ok(Some(ip)),
+            Some(ip) => Err(Refusal::PrivateAddress {
+                host: bare.to_string(),
+                ip,
+            }),
+            None if self.permits_host(bare) => Ok(None),
+            None => Err(Refusal::InternalName(bare.to_string())),
+        }
+    }
+
     /// Applies the policy to the addresses `host` resolved to.
     pub fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
-        let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
         if !self.permits_host(host) {
-            return Err(refuse(format!(
-                "refused: {host} is an internal host name (set allow_private = true to permit it)"
-            )));
+            return Err(refused(Refusal::InternalName(host.to_string())));
         }
         let (ok, bad): (Vec<SocketAddr>, Vec<SocketAddr>) =
             addrs.into_iter().partition(|a| self.permits_ip(a.ip()));
-        if ok.is_empty() {
-            let shown = bad.first().map(|a| a.ip().to_string()).unwrap_or_default();
-            return Err(refuse(format!(
-                "refused: {host} resolves to private address {shown} (set allow_private = true or allow_cidrs to permit it)"
-            )));
+        match (ok.is_empty(), bad.first()) {
+            (true, Some(first)) => Err(refused(Refusal::ResolvesToPrivate {
+                host: host.to_string(),
+                ip: first.ip(),
+            })),
+            _ => Ok(ok),
         }
-        Ok(ok)
     }
+}
+
+fn refused(why: Refusal) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, format!("refused: {why}"))
 }
 
 type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
@@ -165,11 +275,11 @@ impl tower_service::Service<Name> for GuardedResolver {
         let lookup = self.lookup.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            if !policy.permits_host(&host) {
-                return policy.filter(&host, Vec::new()).map(Vec::into_iter);
-            }
-            let addrs = lookup(host.clone()).await?;
-            policy.filter(&host, addrs).map(Vec::into_iter)
+            let addrs = match policy.check_host(&host).map_err(refused)? {
+                Some(ip) => vec![SocketAddr::new(ip, 0)],
+                None => policy.filter(&host, lookup(host.clone()).await?)?,
+            };
+            Ok(addrs.into_iter())
         })
     }
 }
@@ -213,6 +323,107 @@ mod tests {
         ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip} should be public");
         }
+    }
+
+    #[test]
+    fn ipv4_is_read_as_the_resolver_reads_it() {
+        for (text, ip) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7f000001", "127.0.0.1"),
+            ("0X7F000001", "127.0.0.1"),
+            ("017700000001", "127.0.0.1"),
+            ("127.1", "127.0.0.1"),
+            ("127.0.1", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0xa9fea9fe", "169.254.169.254"),
+            ("169.254.43518", "169.254.169.254"),
+            ("010.0.0.1", "8.0.0.1"),
+            ("127.000.0.1", "127.0.0.1"),
+            ("0", "0.0.0.0"),
+            ("4294967295", "255.255.255.255"),
+            ("0x00000000000000000000000008080808", "8.8.8.8"),
+        ] {
+            assert_eq!(
+                parse_ipv4_like_resolver(text),
+                Some(ip.parse().unwrap()),
+                "{text}"
+            );
+        }
+        // What inet_aton refuses is a name, looked up (and its answers checked).
+        for text in [
+            "",
+            ".",
+            "1.2.3.4.5",
+            "1.2.3.",
+            ".1.2.3",
+            "1..2",
+            "0x",
+            "0x.1",
+            "08",
+            "09.1.1.1",
+            "256.0.0.1",
+            "1.256.0.1",
+            "1.2.65536",
+            "1.16777216",
+            "4294967296",
+            "0x100000000",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1e3",
+            "0xg",
+            "hooks.example.com",
+            "1.2.3.4.example.com",
+        ] {
+            assert_eq!(parse_ipv4_like_resolver(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_judged_as_the_addresses_they_spell() {
+        let policy = TargetPolicy::default();
+        for (host, words) in [
+            ("2130706433", "2130706433 is 127.0.0.1, a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"),
+            ("0x7f000001", "0x7f000001 is 127.0.0.1, a private"),
+            ("017700000001", "017700000001 is 127.0.0.1, a private"),
+            ("127.1", "127.1 is 127.0.0.1, a private"),
+            ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a private"),
+            ("0xa9fea9fe", "0xa9fea9fe is 169.254.169.254, a private"),
+            ("10.0.0.1", "10.0.0.1 is a private, loopback or link-local address"),
+            ("[::1]", "::1 is a private"),
+            ("[fe80::1%25lo]", "fe80::1%25lo is an IPv6 address with a zone id"),
+            ("[2001:db8::1%eth0]", "2001:db8::1%eth0 is an IPv6 address with a zone id"),
+            ("metadata.google.internal", "metadata.google.internal is an internal host name"),
+        ] {
+            let refusal = policy.check_host(host).unwrap_err().to_string();
+            assert!(refusal.starts_with(words), "{host}: {refusal}");
+        }
+        assert_eq!(
+            policy.check_host("134744072"),
+            Ok(Some("8.8.8.8".parse().unwrap()))
+        );
+        assert_eq!(policy.check_host("hooks.example.com"), Ok(None));
+        let open = TargetPolicy {
+            allow_private: true,
+            allow_cidrs: vec![],
+        };
+        assert_eq!(
+            open.check_host("127.1"),
+            Ok(Some("127.0.0.1".parse().unwrap()))
+        );
+        // A zone id is refused even where private addresses are allowed.
+        assert!(matches!(
+            open.check_host("[fe80::1%25lo]"),
+            Err(Refusal::ZoneId(_))
+        ));
+        let cidr = TargetPolicy {
+            allow_private: false,
+            allow_cidrs: vec![IpNet::from_str("127.0.0.0/8").unwrap()],
+        };
+        assert!(cidr.check_host("0x7f000001").is_ok());
     }
 
     #[test]
@@ -300,5 +511,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("internal host name"), "{err}");
+    }
+
+    /// The resolver reads another spelling of an address as that address, whatever a
+    /// lookup would answer, with the words `natshook check` uses.
+    #[test]
+    fn an_address_in_another_spelling_is_refused_at_connect_time() {
+        for host in ["0x7f000001", "2130706433", "127.1", "0xa9fea9fe"] {
+            let err = resolve(TargetPolicy::default(), host, &["93.184.216.34"]).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+            let expected = TargetPolicy::default()
+                .check_host(host)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err.to_string(), format!("refused: {expected}"));
+        }
+        let public = resolve(TargetPolicy::default(), "134744072", &["127.0.0.1"]).unwrap();
+        assert_eq!(public, vec![SocketAddr::new("8.8.8.8".parse().unwrap(), 0)]);
     }
 }

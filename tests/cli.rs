@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::bin;
+use common::{bin, check_config, one_endpoint};
 
 fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut child = Command::new(bin())
@@ -186,5 +186,29 @@ secret = "s"
         "endpoints[1].concurrency: invalid type: found string \"lots\"",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+    }
+}
+
+/// The resolver reads these as private addresses; check says so, with the words the
+/// connect-time guard uses.
+#[test]
+fn check_refuses_other_spellings_of_private_addresses() {
+    for (host, words) in [
+        ("2130706433", "2130706433 is 127.0.0.1, a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"),
+        ("0x7f000001", "0x7f000001 is 127.0.0.1, a private"),
+        ("017700000001", "017700000001 is 127.0.0.1, a private"),
+        ("127.1", "127.1 is 127.0.0.1, a private"),
+        ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a private"),
+        ("0xa9fea9fe", "0xa9fea9fe is 169.254.169.254, a private"),
+        ("[fe80::1%25lo]", "fe80::1%25lo is an IPv6 address with a zone id, which a webhook URL cannot use"),
+    ] {
+        let (code, err) = check_config(&one_endpoint(&format!(
+            "url = \"http://{host}/\"\nallow_http = true\nevents = [\"*\"]\nsecret = \"s\"\n"
+        )));
+        assert_eq!(code, 2, "{host}: {err}");
+        assert!(
+            err.contains(&format!("endpoints[0].url: {words}")),
+            "{host}: missing {words:?} in\n{err}"
+        );
     }
 }
