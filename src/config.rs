@@ -922,10 +922,20 @@ fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<NatsConfig> {
     };
     let url_text = raw.url.as_deref().unwrap_or("nats://127.0.0.1:4222");
     let mut urls = Vec::new();
-    for u in url_text.split(',').map(str::trim) {
-        match u.parse::<async_nats::ServerAddr>() {
-            Ok(_) => urls.push(u.to_string()),
-            Err(e) => p.add("nats.url", format_args!("'{u}' is not a NATS URL: {e}")),
+    if url_text.trim().is_empty() {
+        p.add(
+            "nats.url",
+            "must name at least one server (e.g. nats://127.0.0.1:4222)",
+        );
+    }
+    for u in url_text
+        .split(',')
+        .map(str::trim)
+        .filter(|_| !url_text.trim().is_empty())
+    {
+        match check_nats_url(u) {
+            Ok(()) => urls.push(u.to_string()),
+            Err(why) => p.add("nats.url", why),
         }
     }
     let stream = match raw.stream {
@@ -1006,6 +1016,60 @@ fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<NatsConfig> {
         create_stream: raw.create_stream.unwrap_or(false),
         consumer_prefix,
     })
+}
+
+/// One server of `nats.url`. async-nats takes nearly any text (`x`, `nats://`, a host
+/// with control characters) and only fails at run time, sending the name to the
+/// resolver again on every reconnect; so its parse is one step here, and the address
+/// must also have a host name or IP address and a port in range. Without a scheme
+/// async-nats reads `host:port` as `nats://host:port`; a bare word without a port is
+/// refused, being more likely a typo than a server.
+fn check_nats_url(u: &str) -> Result<(), String> {
+    let shown = u.escape_debug();
+    if u.is_empty() {
+        return Err(
+            "an entry is empty (a list is comma-separated, e.g. nats://a:4222,nats://b:4222)"
+                .into(),
+        );
+    }
+    if u.chars().any(char::is_control) {
+        return Err(format!("'{shown}' contains a control character"));
+    }
+    let addr = u
+        .parse::<async_nats::ServerAddr>()
+        .map_err(|e| format!("'{shown}' is not a NATS URL: {e}"))?;
+    let url = addr.clone().into_inner();
+    let host = addr.host();
+    if host.is_empty() {
+        return Err(format!(
+            "'{shown}' has no host (e.g. nats://127.0.0.1:4222)"
+        ));
+    }
+    if !u.contains("://") && url.port().is_none() {
+        return Err(format!(
+            "'{shown}' is neither a URL nor host:port (e.g. nats://{shown}:4222)"
+        ));
+    }
+    let valid_name = host.len() <= 253
+        && host.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid_name && host.parse::<IpAddr>().is_err() {
+        return Err(format!(
+            "'{shown}': '{}' is not a host name or IP address",
+            host.escape_debug()
+        ));
+    }
+    if url.port() == Some(0) {
+        return Err(format!(
+            "'{shown}': port 0 is not a port a server listens on"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_endpoint(
@@ -1581,6 +1645,71 @@ endpoints:
 "#;
         let c = Config::from_str(yaml, "yaml").unwrap();
         assert_eq!(c.endpoints[0].envelope, Envelope::Raw);
+    }
+
+    #[test]
+    fn nats_urls_are_checked_one_by_one() {
+        let with_url = |url: &str| {
+            GOOD.replace(
+                "stream = \"EVENTS\"",
+                &format!("stream = \"EVENTS\"\nurl = \"{url}\""),
+            )
+        };
+        for (url, words) in [
+            ("", "nats.url: must name at least one server"),
+            (" ", "nats.url: must name at least one server"),
+            (
+                "x",
+                "nats.url: 'x' is neither a URL nor host:port (e.g. nats://x:4222)",
+            ),
+            ("nats://", "nats.url: 'nats://' has no host"),
+            ("nats://:4222", "nats.url: 'nats://:4222' is not a NATS URL"),
+            (
+                "nats://a\\u0001b:4222",
+                "nats.url: 'nats://a\\u{1}b:4222' contains a control character",
+            ),
+            (
+                "nats://a\\nb:4222",
+                "nats.url: 'nats://a\\nb:4222' contains a control character",
+            ),
+            (
+                "nats://%41:4222",
+                "nats.url: 'nats://%41:4222': '%41' is not a host name or IP address",
+            ),
+            ("nats://h:0", "nats.url: 'nats://h:0': port 0"),
+            (
+                "nats://h:65536",
+                "nats.url: 'nats://h:65536' is not a NATS URL",
+            ),
+            (
+                "http://h:4222",
+                "nats.url: 'http://h:4222' is not a NATS URL: invalid scheme",
+            ),
+            (
+                "nats://a:4222,,nats://b:4222",
+                "nats.url: an entry is empty",
+            ),
+        ] {
+            let got = problems(&with_url(url));
+            assert!(
+                got.iter().any(|g| g.starts_with(words)),
+                "{url:?}: missing {words:?} in {got:#?}"
+            );
+        }
+        for url in [
+            "nats://x",
+            "nats://nats:4222",
+            "localhost:4222",
+            "[::1]:4222",
+            "tls://user:pw@nats.example.com:4222",
+            "ws://127.0.0.1",
+            "wss://nats.example.com:443",
+            "nats://a:4222, nats://[::1]:4223",
+        ] {
+            let c =
+                Config::from_str(&with_url(url), "toml").unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(c.nats.urls.join(","), url.replace(", ", ","));
+        }
     }
 
     #[test]

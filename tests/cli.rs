@@ -189,6 +189,42 @@ secret = "s"
     }
 }
 
+/// async-nats accepts these and only fails at run time, looking the garbage up again
+/// on every reconnect.
+#[test]
+fn check_validates_every_nats_url() {
+    let endpoint = "url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n";
+    for (url, words) in [
+        ("", "nats.url: must name at least one server"),
+        (" ", "nats.url: must name at least one server"),
+        ("x", "nats.url: 'x' is neither a URL nor host:port"),
+        ("nats://", "nats.url: 'nats://' has no host"),
+        (
+            "nats://a\\u0007b:4222",
+            "nats.url: 'nats://a\\u{7}b:4222' contains a control character",
+        ),
+        (
+            "nats://ok:4222, nats://:4222",
+            "nats.url: 'nats://:4222' is not a NATS URL",
+        ),
+        ("nats://h:0", "nats.url: 'nats://h:0': port 0"),
+    ] {
+        let config = one_endpoint(endpoint).replace(
+            "stream = \"E\"",
+            &format!("stream = \"E\"\nurl = \"{url}\""),
+        );
+        let (code, err) = check_config(&config);
+        assert_eq!(code, 2, "{url:?}: {err}");
+        assert!(err.contains(words), "{url:?}: missing {words:?} in\n{err}");
+    }
+    let config = one_endpoint(endpoint).replace(
+        "stream = \"E\"",
+        "stream = \"E\"\nurl = \"nats://a:4222,b.example:4222,tls://[::1]:4223\"",
+    );
+    let (code, err) = check_config(&config);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// The resolver reads these as private addresses; check says so, with the words the
 /// connect-time guard uses.
 #[test]
