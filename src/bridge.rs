@@ -389,8 +389,18 @@ impl Supervisor {
     }
 
     /// Re-reads the config file; an invalid one is logged and the running one stays.
+    /// Reading and validating run on a blocking thread: they read files and parse,
+    /// and the async workers serve `/healthz` and deliveries meanwhile.
     pub async fn reload(&self, path: &std::path::Path) {
-        match Config::load(path) {
+        let owned = path.to_path_buf();
+        let loaded = match tokio::task::spawn_blocking(move || Config::load(&owned)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the running config");
+                return;
+            }
+        };
+        match loaded {
             Err(e) => {
                 for p in &e.problems {
                     tracing::error!(problem = %p, "config reload rejected; keeping the running config");

@@ -23,6 +23,8 @@ use crate::routing::{EventFilter, EventRule, EventTemplate, Pattern, Router};
 use crate::secret::{Secret, SecretList, SecretRef, SECRET_KEYS};
 use crate::signing::{check_signing_secret, Scheme, Signer};
 
+mod shape;
+
 /// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
 pub const ENV_PREFIX: &str = "NATSHOOK__";
 
@@ -477,23 +479,21 @@ impl Problems {
 impl Config {
     /// Loads `path` (TOML or YAML by extension) with env overrides and validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (figment, env_problems) = figment_for(path)?;
-        Self::from_figment(&figment, env_problems)
+        let (figment, problems) = figment_for(path)?;
+        Self::from_figment(&figment, problems)
     }
 
     /// Parses a config from text, for tests and tools. `format` is "toml" or "yaml".
     pub fn from_str(text: &str, format: &str) -> Result<Self, ConfigError> {
-        let figment = match format {
-            "yaml" => Figment::from(Yaml::string(text)),
-            _ => Figment::from(Toml::string(text)),
-        };
-        Self::from_figment(&figment, Vec::new())
+        let (figment, problems) = figment_for_text(text, format)?;
+        Self::from_figment(&figment, problems)
     }
 
-    /// `problems`: found before, by the env overrides.
+    /// `problems`: found before (repeated YAML keys, env overrides that name no entry).
     fn from_figment(figment: &Figment, problems: Vec<Problem>) -> Result<Self, ConfigError> {
         let mut problems = Problems(problems);
         let mut value = figment.extract::<Value>().map_err(figment_problems)?;
+        shape::check_value(&value)?;
         check_unknown_keys(&value, &mut problems);
         let before_types = problems.0.len();
         // Flattened settings lose the key of a type error, so each endpoint's are
@@ -536,23 +536,19 @@ impl Config {
     }
 }
 
-/// The file with env overrides merged, and the overrides that could not be applied.
+/// The file with env overrides merged, and the problems found on the way that do not
+/// stop validation (repeated YAML keys, overrides that could not be applied). The file
+/// is read once, so that what is checked is what figment reads.
 fn figment_for(path: &Path) -> Result<(Figment, Vec<Problem>), ConfigError> {
     let shown = path.display().to_string();
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(ConfigError::single(
-            "--config",
-            format!("cannot read {shown}: {e}"),
-        ));
-    }
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let file = match ext.as_str() {
-        "toml" => Figment::from(Toml::file_exact(path)),
-        "yaml" | "yml" => Figment::from(Yaml::file_exact(path)),
+    let format = match ext.as_str() {
+        "toml" => "toml",
+        "yaml" | "yml" => "yaml",
         _ => {
             return Err(ConfigError::single(
                 "--config",
@@ -560,7 +556,31 @@ fn figment_for(path: &Path) -> Result<(Figment, Vec<Problem>), ConfigError> {
             ))
         }
     };
-    Ok(crate::env_override::apply(file))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single("--config", format!("cannot read {shown}: {e}")))?;
+    let (file, mut problems) = figment_for_text(&text, format)?;
+    for (name, value) in std::env::vars_os() {
+        if let (Some(name), Some(value)) = (name.to_str(), value.to_str()) {
+            if name.starts_with(ENV_PREFIX) {
+                shape::check_env_value(name, value)?;
+            }
+        }
+    }
+    let (figment, env_problems) = crate::env_override::apply(file);
+    problems.extend(env_problems);
+    Ok((figment, problems))
+}
+
+/// The config text as a figment, once its shape has passed (`format`: "toml" or
+/// "yaml"); the problems are repeated YAML keys.
+fn figment_for_text(text: &str, format: &str) -> Result<(Figment, Vec<Problem>), ConfigError> {
+    if format == "yaml" {
+        let problems = shape::check_yaml(text)?;
+        Ok((Figment::from(Yaml::string(text)), problems))
+    } else {
+        shape::check_toml(text)?;
+        Ok((Figment::from(Toml::string(text)), Vec::new()))
+    }
 }
 
 pub(crate) fn figment_problems(e: figment::Error) -> ConfigError {
@@ -1645,6 +1665,168 @@ endpoints:
 "#;
         let c = Config::from_str(yaml, "yaml").unwrap();
         assert_eq!(c.endpoints[0].envelope, Envelope::Raw);
+    }
+
+    const GOOD_YAML: &str = "nats:\n  stream: EVENTS\nevents:\n  - subject: a\n    event: a\nendpoints:\n  - name: x\n    url: https://example.com/\n    events: [\"*\"]\n    secret: s\n";
+
+    fn problems_in(text: &str, format: &str) -> Vec<String> {
+        match Config::from_str(text, format) {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_repeated_yaml_key_is_an_error_named_by_its_path() {
+        let text = format!(
+            "{GOOD_YAML}    allow_private: false\n    allow_private: true\n    headers: {{ X-A: a, \"X-A\": b }}\n    envelope_fields:\n      env: prod\n      nested: {{ k: 1, k: 2 }}\n      env: dev\n    timeout: fast\n"
+        );
+        let got = problems_in(&text, "yaml");
+        for needle in [
+            "endpoints[0].allow_private: repeated key (lines 11 and 12)",
+            "endpoints[0].headers.X-A: repeated key (twice on line 13)",
+            "endpoints[0].envelope_fields.nested.k: repeated key (twice on line 16)",
+            "endpoints[0].envelope_fields.env: repeated key (lines 15 and 17)",
+            // The rest is still validated.
+            "endpoints[0].timeout: 'fast' is not a duration",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(needle)),
+                "missing {needle:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), 5, "{got:#?}");
+        // The same key in different mappings, or a value repeated, is fine.
+        let text = format!(
+            "{GOOD_YAML}    envelope_fields: {{ a: {{ x: 1 }}, b: {{ x: 1 }}, c: [x, x] }}\n"
+        );
+        assert!(Config::from_str(&text, "yaml").is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_once() {
+        let n = 100_000;
+        for (format, text) in [
+            ("yaml", format!("a: {}{}\n", "[".repeat(n), "]".repeat(n))),
+            (
+                "yaml",
+                format!("a: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)),
+            ),
+            ("yaml", format!("a:\n{}x\n", "- ".repeat(n))),
+            ("toml", format!("a = {}{}\n", "[".repeat(n), "]".repeat(n))),
+            // toml_edit's limits (80 levels, 80-part keys) multiply: 79 x 79 deep.
+            (
+                "toml",
+                format!(
+                    "a = {}1{}\n",
+                    format!("{{ {} = ", ["k"; 79].join(".")).repeat(79),
+                    "}".repeat(79)
+                ),
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let got = problems_in(&text, format);
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{format}: {:?}",
+                started.elapsed()
+            );
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(
+                got[0].starts_with("config: nests deeper than 64 levels"),
+                "{got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_one_line_with_its_place() {
+        assert_eq!(
+            problems("a = 1\n[nats\n"),
+            vec!["config: TOML syntax error at line 2, column 6: invalid table header; expected `.`, `]`"]
+        );
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_passes_and_brackets_in_strings_do_not_count() {
+        // The top-level table, endpoints and the endpoint are 3 levels.
+        let nested = |levels: usize| "{ a = ".repeat(levels) + "1" + &" }".repeat(levels);
+        let at = |levels: usize| format!("{GOOD}envelope_fields = {}\n", nested(levels));
+        assert!(Config::from_str(&at(61), "toml").is_ok());
+        let got = problems(&at(62));
+        assert!(
+            got[0].starts_with(
+                "config: nests deeper than 64 levels (under endpoints[0].envelope_fields.a.a"
+            ),
+            "{got:?}"
+        );
+        let yaml = |levels: usize| {
+            format!(
+                "{GOOD_YAML}    envelope_fields: {}\n",
+                nested(levels).replace(" =", ":")
+            )
+        };
+        assert!(Config::from_str(&yaml(61), "yaml").is_ok());
+        let got = problems_in(&yaml(62), "yaml");
+        assert!(
+            got[0].starts_with("config: nests deeper than 64 levels at line 11, column "),
+            "{got:?}"
+        );
+
+        let brackets = "[{".repeat(5000);
+        let text = format!(
+            "{GOOD_YAML}    envelope_fields:\n      quoted: \"{brackets}\"\n      single: '{brackets}'\n      plain: a{brackets}\n      block: |\n        {brackets}\n    # {brackets}\n"
+        );
+        assert!(Config::from_str(&text, "yaml").is_ok());
+        let text = format!(
+            "{GOOD}envelope_fields = {{ basic = \"{brackets}\", literal = '{brackets}', multi = \"\"\"\n{brackets}\"\"\" }}\n# {brackets}\n"
+        );
+        assert!(Config::from_str(&text, "toml").is_ok());
+    }
+
+    /// Aliases repeat a collection inside another: the merged config is checked too.
+    #[test]
+    fn nesting_through_yaml_aliases_is_refused() {
+        let text = format!(
+            "{GOOD_YAML}    envelope_fields:\n      a: &deep {}1{}\n      b: {}*deep{}\n",
+            "[".repeat(40),
+            "]".repeat(40),
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let got = problems_in(&text, "yaml");
+        assert!(
+            got[0].starts_with(
+                "config: nests deeper than 64 levels (under endpoints[0].envelope_fields.b[0]"
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn env_values_figment_would_parse_too_deep_are_refused() {
+        let deep = "[".repeat(65) + &"]".repeat(65);
+        let err = shape::check_env_value("NATSHOOK__X", &deep).unwrap_err();
+        assert_eq!(
+            err.problems[0].to_string(),
+            "NATSHOOK__X: nests deeper than 64 levels"
+        );
+        let deep_dict = "{a=".repeat(65) + "1" + &"}".repeat(65);
+        assert!(shape::check_env_value("NATSHOOK__X", &deep_dict).is_err());
+        for fine in [
+            "[".repeat(64) + &"]".repeat(64),
+            format!("\"{}\"", "[".repeat(1000)),
+            format!("[\"\\\"{}\", 1]", "[".repeat(1000)),
+            "['[', ']', '{'],".repeat(100),
+            format!("secret{}", "[".repeat(1000)),
+            format!("{{\"{}\" = 1}}", "{".repeat(1000)),
+            "[[[[]]]],".repeat(1000),
+        ] {
+            assert!(
+                shape::check_env_value("NATSHOOK__X", &fine).is_ok(),
+                "{fine}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{bin, check_config, one_endpoint};
 
@@ -24,6 +25,19 @@ fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs `natshook check` on `text` written to a file named `name` (its extension picks
+/// the format): (exit code, stderr, how long it took).
+fn check_file(name: &str, text: &str, env: &[(&str, &str)]) -> (i32, String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let started = Instant::now();
+    let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()], b"", env);
+    (code, err, started.elapsed())
+}
+
+const GOOD_YAML: &str = "nats:\n  stream: EVENTS\nevents:\n  - subject: a\n    event: a\nendpoints:\n  - name: x\n    url: https://example.com/\n    events: [\"*\"]\n    secret: s\n";
 
 #[test]
 fn sign_then_verify_round_trips_and_detects_tampering() {
@@ -187,6 +201,83 @@ secret = "s"
     ] {
         assert!(err.contains(needle), "missing {needle:?} in\n{err}");
     }
+}
+
+/// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
+/// took half a minute over it, and toml_edit's limits multiply to a depth that
+/// overflowed the stack; figment's parse of an env value overflowed it too.
+#[test]
+fn check_refuses_deep_nesting_at_once() {
+    let n = 100_000;
+    let toml_inline = format!(
+        "a = {}1{}\n",
+        format!("{{ {} = ", ["k"; 79].join(".")).repeat(79),
+        "}".repeat(79)
+    );
+    let toml_good =
+        one_endpoint("url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n");
+    // An environment variable holds at most 128 KiB.
+    let env_value = "[".repeat(10_000) + &"]".repeat(10_000);
+    for (name, text, env, words) in [
+        (
+            "flow.yaml",
+            format!("a: {}{}\n", "[".repeat(n), "]".repeat(n)),
+            None,
+            "config: nests deeper than 64 levels at line 1, column 67",
+        ),
+        (
+            "map.yaml",
+            format!("a: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)),
+            None,
+            "config: nests deeper than 64 levels at line 1",
+        ),
+        (
+            "flow.toml",
+            format!("a = {}{}\n", "[".repeat(n), "]".repeat(n)),
+            None,
+            "config: nests deeper than 64 levels at line 1",
+        ),
+        (
+            "inline.toml",
+            toml_inline,
+            None,
+            "config: nests deeper than 64 levels (under a.k.k.k",
+        ),
+        (
+            "env.toml",
+            toml_good,
+            Some(("NATSHOOK__SHUTDOWN_GRACE", env_value.as_str())),
+            "NATSHOOK__SHUTDOWN_GRACE: nests deeper than 64 levels",
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        let (code, err, took) = check_file(name, &text, &env);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(words), "{name}: missing {words:?} in\n{err}");
+        assert!(err.len() < 1000, "{name}: {} bytes of errors", err.len());
+        assert!(took < Duration::from_secs(5), "{name}: took {took:?}");
+    }
+}
+
+/// YAML keeps the last of two equal keys; a second `allow_private` would turn the
+/// SSRF guard off unnoticed.
+#[test]
+fn check_refuses_a_repeated_yaml_key() {
+    let text = GOOD_YAML.replace("https://example.com/", "https://10.0.0.1/")
+        + "    allow_private: false\n    allow_private: true\n";
+    let (code, err, _) = check_file("natshook.yaml", &text, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("endpoints[0].allow_private: repeated key (lines 11 and 12): a key may appear only once in a mapping"),
+        "{err}"
+    );
+    let (code, err, _) = check_file(
+        "natshook.yaml",
+        &format!("{GOOD_YAML}nats:\n  stream: OTHER\n"),
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nats: repeated key (lines 1 and 11)"), "{err}");
 }
 
 /// async-nats accepts these and only fails at run time, looking the garbage up again

@@ -157,6 +157,13 @@ proptest! {
         let _ = Config::from_str(&text, "yaml");
     }
 
+    /// YAML's punctuation, anchors and aliases, block and flow, through the event walk
+    /// that checks depth and repeated keys before figment parses the same text.
+    #[test]
+    fn arbitrary_yaml_text_never_panics(text in "([-?:,\\[\\]{}|>'\"# \n]|[a-z]{1,3}|&a |\\*a|  |\n  - |: ){0,80}") {
+        let _ = Config::from_str(&text, "yaml");
+    }
+
     #[test]
     fn mutated_good_configs_never_panic(key in "[a-z_]{1,16}", value in "(\"[^\"\n]{0,20}\"|-?[0-9]{1,12}|true|\\[\"[a-z0-9.*>{}]{0,10}\"\\])", section in 0usize..4) {
         let sections = ["[nats]", "[defaults]", "[[events]]", "[[endpoints]]"];

@@ -684,3 +684,63 @@ fn check_refuses_tls_files_without_what_their_key_names() {
     )));
     assert_eq!(code, 0, "{err}");
 }
+
+/// A config nested thousands of levels deep (toml_edit's limits of 80 nested tables and
+/// 80-part keys multiply) overflowed the stack of the worker that reloaded it and took
+/// natshook down. Now it is refused at once, off the async workers: /healthz keeps
+/// answering and delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_config_is_refused_on_reload_without_stalling() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let mut config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 5, "d1").await;
+
+    config.top = format!(
+        "deep = {}1{}\n",
+        format!("{{ {} = ", ["k"; 79].join(".")).repeat(79),
+        "}".repeat(79)
+    );
+    natshook.rewrite_config(&config.render());
+    natshook.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !natshook.logs().contains("config reload rejected") {
+        let asked = Instant::now();
+        let health = natshook.get("/healthz").await;
+        assert_eq!(
+            health.map(|(status, _)| status),
+            Ok(200),
+            "{}",
+            natshook.logs()
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?}",
+            asked.elapsed()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            natshook.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        natshook
+            .logs()
+            .contains("config: nests deeper than 64 levels"),
+        "{}",
+        natshook.logs()
+    );
+    publish_all(&js, leads(5, "d2")).await;
+    rx.wait_for(Duration::from_secs(20), "all 10", |r| {
+        r.delivered_ids().len() >= 10
+    })
+    .await;
+    let ids = rx.delivered_ids();
+    for id in (1..=2).flat_map(|run| (0..5).map(move |i| format!("d{run}-{i}"))) {
+        assert!(ids.contains_key(&id), "{id} lost: {ids:?}");
+    }
+}
