@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -24,6 +25,10 @@ type HmacSha256 = Hmac<Sha256>;
 pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// How far a Standard Webhooks timestamp may be from the receiver's clock, either way,
+/// before the request counts as a replay (the specification's recommended window).
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// The signature scheme of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,8 @@ pub enum VerifyError {
     Malformed(String, String),
     #[error("no signature matches any configured secret")]
     Mismatch,
+    #[error("webhook-timestamp is {0} s away from this clock (tolerance {1} s)")]
+    Stale(u64, u64),
 }
 
 /// Signs request bodies for one endpoint.
@@ -423,6 +430,35 @@ impl Signer {
         }
     }
 
+    /// `verify`, and for `standard` also the replay check: `webhook-timestamp` must lie
+    /// within `tolerance` of `now` (unix seconds). The timestamp is checked first, as it
+    /// is cheaper; it is covered by the signature, so a sender cannot move it.
+    pub fn verify_fresh(
+        &self,
+        body: &[u8],
+        headers: &HeaderMap,
+        now: u64,
+        tolerance: Duration,
+    ) -> Result<(), VerifyError> {
+        if self.scheme == Scheme::Standard {
+            let name = WEBHOOK_TIMESTAMP.to_string();
+            let ts = headers
+                .get(&WEBHOOK_TIMESTAMP)
+                .ok_or_else(|| VerifyError::MissingHeader(name.clone()))?
+                .to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| VerifyError::Malformed(name, "not unix seconds".into()))?;
+            let off = ts.abs_diff(now);
+            if off > tolerance.as_secs() {
+                return Err(VerifyError::Stale(off, tolerance.as_secs()));
+            }
+        }
+        self.verify(body, headers)
+    }
+
+    /// `verify_slice` compares in constant time, so the time to refuse a signature
+    /// does not tell a forger how many of its bytes were right.
     fn any_key_verifies(&self, parts: &[&[u8]], sig: &[u8]) -> Result<(), VerifyError> {
         for key in &self.keys {
             let Key::Hmac(key) = key else {
@@ -716,6 +752,39 @@ mod tests {
         assert!(matches!(bad("whpk_!!"), Err(SignError::BadWhpk)));
         assert!(check_signing_secret(Scheme::Standard, &Secret::new(whsk_from_seed())).is_ok());
         assert!(check_signing_secret(Scheme::Hex, &Secret::new("plain")).is_ok());
+    }
+
+    #[test]
+    fn verify_fresh_refuses_timestamps_outside_the_tolerance_either_way() {
+        let s = signer(Scheme::Standard, &["whsec_bmV3"]);
+        let tol = TIMESTAMP_TOLERANCE;
+        let mut h = HeaderMap::new();
+        s.sign_into("id1", 1_000_000, b"{}", &mut h);
+        assert_eq!(s.verify_fresh(b"{}", &h, 1_000_000 + 300, tol), Ok(()));
+        assert_eq!(s.verify_fresh(b"{}", &h, 1_000_000 - 300, tol), Ok(()));
+        assert_eq!(
+            s.verify_fresh(b"{}", &h, 1_000_000 + 301, tol),
+            Err(VerifyError::Stale(301, 300))
+        );
+        assert_eq!(
+            s.verify_fresh(b"{}", &h, 1_000_000 - 301, tol),
+            Err(VerifyError::Stale(301, 300))
+        );
+        // A fresh timestamp does not excuse a bad signature.
+        assert_eq!(
+            s.verify_fresh(b"{ }", &h, 1_000_000, tol),
+            Err(VerifyError::Mismatch)
+        );
+        h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from_static("soon"));
+        assert!(matches!(
+            s.verify_fresh(b"{}", &h, 1_000_000, tol),
+            Err(VerifyError::Malformed(..))
+        ));
+        // hex and sha256 carry no timestamp: only the signature counts.
+        let hex = signer(Scheme::Hex, &["k"]);
+        let mut h = HeaderMap::new();
+        hex.sign_into("id", 0, b"b", &mut h);
+        assert_eq!(hex.verify_fresh(b"b", &h, u64::MAX, tol), Ok(()));
     }
 
     #[test]
