@@ -21,6 +21,57 @@ const E2E_BUCKETS: &[f64] = &[
     300.0, 1800.0, 7200.0,
 ];
 
+/// Ingress latency buckets, request in → answer out (the JetStream publish ack
+/// included): 0.5 ms … 10 s.
+const INGRESS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `outcome` label of `natshook_ingress_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressOutcome {
+    /// Verified and stored (publish acked).
+    Stored,
+    /// Verified; JetStream already held this sender id (a provider retry).
+    Duplicate,
+    /// Missing or bad signature, or a stale timestamp.
+    Unauthorized,
+    TooLarge,
+    /// Verified, but the subject could not be made from it (missing or unusable value).
+    BadRequest,
+    MethodNotAllowed,
+    /// JetStream could not store it (down, slow, no stream): answered 503.
+    Unavailable,
+    /// No route has this path (dedicated ingress listener only).
+    NotFound,
+}
+
+/// Every `outcome` label, in [`IngressOutcome::index`] order.
+const INGRESS_OUTCOMES: [&str; 8] = [
+    "stored",
+    "duplicate",
+    "unauthorized",
+    "too_large",
+    "bad_request",
+    "method_not_allowed",
+    "unavailable",
+    "not_found",
+];
+
+impl IngressOutcome {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        INGRESS_OUTCOMES[self.index()]
+    }
+}
+
+/// `route` label for requests to a path no ingress route has: one fixed value keeps
+/// the label set bounded whatever scanners try.
+pub const INGRESS_UNMATCHED_ROUTE: &str = "unmatched";
+
 /// Final outcome of one delivery (attempt) of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -93,6 +144,31 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     pub unmapped: IntCounter,
     pub nats_connected: IntGauge,
+    ingress_requests: IntCounterVec,
+    ingress_duration: HistogramVec,
+}
+
+/// One ingress route's pre-resolved children.
+#[derive(Clone)]
+pub struct IngressRouteMetrics {
+    route: String,
+    requests: IntCounterVec,
+    /// Indexed by [`IngressOutcome::index`]; created lazily except the two that alert
+    /// rules watch, so only seen outcomes appear.
+    children: std::sync::Arc<[std::sync::OnceLock<IntCounter>; 8]>,
+    pub duration: Histogram,
+}
+
+impl IngressRouteMetrics {
+    pub fn request(&self, outcome: IngressOutcome, took: std::time::Duration) {
+        self.children[outcome.index()]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[self.route.as_str(), outcome.as_str()])
+            })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
+    }
 }
 
 /// One endpoint's pre-resolved children.
@@ -145,9 +221,19 @@ fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    labelled_histogram_vec(r, name, help, buckets, "endpoint")
+}
+
+fn labelled_histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    label: &str,
+) -> HistogramVec {
     let h = HistogramVec::new(
         HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        &["endpoint"],
+        &[label],
     )
     .expect("static metric definition");
     r.register(Box::new(h.clone()))
@@ -225,6 +311,19 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let ingress_requests = counter_vec(
+            &r,
+            "natshook_ingress_requests_total",
+            "Incoming webhook requests by route (the configured path) and outcome.",
+            &["route", "outcome"],
+        );
+        let ingress_duration = labelled_histogram_vec(
+            &r,
+            "natshook_ingress_duration_seconds",
+            "From an incoming webhook request to natshook's answer (publish ack included).",
+            INGRESS_BUCKETS,
+            "route",
+        );
         Self {
             registry: r,
             deliveries,
@@ -238,6 +337,26 @@ impl Metrics {
             dead_letters,
             unmapped,
             nats_connected,
+            ingress_requests,
+            ingress_duration,
+        }
+    }
+
+    /// Children for the ingress route `route`; `stored` and `unauthorized` exist (at 0)
+    /// from the start, so alert rules see a rise from the first failure on.
+    pub fn ingress_route(&self, route: &str) -> IngressRouteMetrics {
+        let children: [std::sync::OnceLock<IntCounter>; 8] = Default::default();
+        for o in [IngressOutcome::Stored, IngressOutcome::Unauthorized] {
+            let _ = children[o.index()].set(
+                self.ingress_requests
+                    .with_label_values(&[route, o.as_str()]),
+            );
+        }
+        IngressRouteMetrics {
+            route: route.to_string(),
+            requests: self.ingress_requests.clone(),
+            children: std::sync::Arc::new(children),
+            duration: self.ingress_duration.with_label_values(&[route]),
         }
     }
 
@@ -279,6 +398,26 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingress_series_are_named_as_in_the_contract() {
+        let m = Metrics::new();
+        let r = m.ingress_route("/in/sendgrid");
+        r.request(
+            IngressOutcome::Duplicate,
+            std::time::Duration::from_millis(2),
+        );
+        let text = String::from_utf8(m.render()).unwrap();
+        for needle in [
+            "natshook_ingress_requests_total{outcome=\"stored\",route=\"/in/sendgrid\"} 0",
+            "natshook_ingress_requests_total{outcome=\"unauthorized\",route=\"/in/sendgrid\"} 0",
+            "natshook_ingress_requests_total{outcome=\"duplicate\",route=\"/in/sendgrid\"} 1",
+            "natshook_ingress_duration_seconds_count{route=\"/in/sendgrid\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle}\n{text}");
+        }
+        assert!(!text.contains("outcome=\"too_large\""));
+    }
 
     #[test]
     fn contract_names_are_exposed() {
