@@ -36,6 +36,8 @@ pub enum BridgeError {
     CreateStream(String, String),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::IngressError),
 }
 
 /// Why a config could not be applied: the endpoints whose HTTP client could not be
@@ -220,6 +222,8 @@ pub struct Supervisor {
     /// Workers removed or replaced by a reload that are still finishing in-flight
     /// deliveries; shutdown waits for them within the same grace period.
     draining: TaskTracker,
+    /// Incoming webhooks: the route table follows reloads.
+    ingress: Arc<crate::ingress::Ingress>,
 }
 
 /// What a reload changed.
@@ -406,8 +410,9 @@ impl Supervisor {
                     tracing::error!(problem = %p, "config reload rejected; keeping the running config");
                 }
             }
-            Ok(config) => match self.apply(config).await {
+            Ok(config) => match self.apply(config.clone()).await {
                 Ok(s) => {
+                    self.ingress.apply(&config.ingress);
                     tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "config reloaded")
                 }
                 Err(e) => {
@@ -527,6 +532,12 @@ pub async fn run(
         started: AtomicBool::new(false),
         abort: CancellationToken::new(),
         draining: TaskTracker::new(),
+        ingress: Arc::new(crate::ingress::Ingress::new(
+            client.clone(),
+            metrics.clone(),
+            &config.ingress,
+            &config.nats,
+        )),
     });
 
     let server_stop = CancellationToken::new();
@@ -537,8 +548,20 @@ pub async fn run(
     let (addr, server) =
         server::serve(config.listen, sup.clone(), admin, server_stop.clone()).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    let ingress_server = match sup.ingress.listen() {
+        Some(listen) => {
+            let (addr, handle) =
+                crate::ingress::serve_dedicated(sup.ingress.clone(), listen, server_stop.clone())
+                    .await?;
+            tracing::info!(%addr, "serving incoming webhooks");
+            Some(handle)
+        }
+        None => None,
+    };
 
     ensure_stream(&js, &config, &shutdown).await?;
+    crate::ingress::ensure_streams_at_start(&js, &config.nats, &config.ingress.routes, &shutdown)
+        .await?;
     loop {
         let dlq = sup.dead_letters().ensure_stream().await;
         let log = match (sup.delivery_log(), &config.delivery_log) {
@@ -609,11 +632,19 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), client.flush()).await;
     server_stop.cancel();
     let _ = server.await;
+    if let Some(s) = ingress_server {
+        let _ = s.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
 impl Supervisor {
+    /// Incoming webhooks (the route table in force).
+    pub fn ingress(&self) -> &Arc<crate::ingress::Ingress> {
+        &self.ingress
+    }
+
     /// The mapping in force.
     pub fn current_router(&self) -> Arc<Router> {
         self.router

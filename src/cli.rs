@@ -361,6 +361,29 @@ fn check(path: &Path) -> Result<(), Failure> {
             subjects
         ));
     }
+    let ingress = &config.ingress;
+    if !ingress.routes.is_empty() {
+        let listener = ingress
+            .listen
+            .map_or_else(|| format!("{} ([http])", config.listen), |a| a.to_string());
+        println!("ingress on {listener}:");
+        for r in &ingress.routes {
+            let verify = match &r.verify {
+                crate::ingress::Verify::None => "no verification".to_string(),
+                crate::ingress::Verify::Signed(s) => format!("{} verification", s.scheme()),
+            };
+            println!(
+                "  POST {} -> {} [{verify}; dedupe on {}; stream must capture {}]",
+                r.path,
+                r.subject,
+                r.id_header,
+                r.subject.pattern()
+            );
+        }
+        if !config.nats.create_stream {
+            println!("  (natshook checks at start that a stream captures these subjects)");
+        }
+    }
     Ok(())
 }
 

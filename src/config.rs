@@ -236,6 +236,8 @@ pub struct Config {
     /// `None` unless `[admin] enabled = true`.
     pub admin: Option<AdminConfig>,
     pub shutdown_grace: Duration,
+    /// Incoming webhooks (no routes unless configured).
+    pub ingress: crate::ingress::IngressConfig,
 }
 
 // ---------------------------------------------------------------------------
@@ -260,6 +262,8 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     shutdown_grace: Option<String>,
+    #[serde(default)]
+    ingress: crate::ingress::RawIngress,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +299,7 @@ const TOP_KEYS: &[&str] = &[
     "delivery_log",
     "admin",
     "shutdown_grace",
+    "ingress",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -763,6 +768,7 @@ fn check_unknown_keys(value: &Value, problems: &mut Problems) {
         &[SECRET_KEYS],
         problems,
     );
+    crate::ingress::check_unknown_keys(value.find_ref("ingress"), &mut problems.0);
     if let Some(defaults) = value.find_ref("defaults") {
         settings(defaults, "defaults", &[], problems);
     }
@@ -919,6 +925,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         None => Some(Duration::from_secs(25)),
         Some(t) => p.duration("shutdown_grace", t),
     };
+    let ingress = crate::ingress::validate(raw.ingress, listen, &mut p.0);
 
     Some(Config {
         nats: nats?,
@@ -929,6 +936,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         delivery_log: delivery_log?,
         admin: admin?,
         shutdown_grace: shutdown_grace?,
+        ingress: ingress?,
     })
 }
 

@@ -48,6 +48,7 @@ pub mod delivery_log;
 pub mod env_override;
 pub mod envelope;
 pub mod guard;
+pub mod ingress;
 pub mod metrics;
 pub mod routing;
 pub mod secret;

@@ -9,6 +9,10 @@
 //! listener: connections are capped, one without a request in progress is closed
 //! after `IDLE_TIMEOUT`, and when every slot is taken a new connection replaces the
 //! longest idle one, so `/healthz` keeps answering under a flood of stalled clients.
+//!
+//! Incoming-webhook routes are served here too, unless `[ingress] listen` gives them
+//! a listener of their own (the same accept loop and limits, with only the ingress
+//! handler).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -99,6 +103,7 @@ async fn route(
                 "the admin API is off ([admin] enabled = true)\n",
             ),
         },
+        (_, path) if sup.ingress().serves_on_http(path) => sup.ingress().handle(req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -110,13 +115,32 @@ pub async fn serve(
     admin: Option<Admin>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
+    let admin = admin.map(Arc::new);
+    serve_with(listen, stop, move |req| {
+        let sup = sup.clone();
+        let admin = admin.clone();
+        async move { route(req, &sup, admin.as_deref()).await }
+    })
+    .await
+}
+
+/// Like [`serve`], with `handler` answering every request: the dedicated ingress
+/// listener shares the accept loop, the connection cap and the timeouts.
+pub async fn serve_with<H, F>(
+    listen: SocketAddr,
+    stop: CancellationToken,
+    handler: H,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError>
+where
+    H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| ServerError::Bind(listen, e))?;
     let local = listener
         .local_addr()
         .map_err(|e| ServerError::Bind(listen, e))?;
-    let admin = admin.map(Arc::new);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -185,8 +209,7 @@ pub async fn serve(
                     );
                 }
             }
-            let sup = sup.clone();
-            let admin = admin.clone();
+            let handler = handler.clone();
             let builder = builder.clone();
             let slots = slots.clone();
             tokio::spawn(async move {
@@ -194,10 +217,9 @@ pub async fn serve(
                     let conn = conn.clone();
                     service_fn(move |req| {
                         let busy = conn.begin();
-                        let sup = sup.clone();
-                        let admin = admin.clone();
+                        let response = handler(req);
                         async move {
-                            let response = route(req, &sup, admin.as_deref()).await;
+                            let response = response.await;
                             drop(busy);
                             Ok::<_, Infallible>(response)
                         }

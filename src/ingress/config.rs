@@ -1,0 +1,687 @@
+//! `[ingress]` and `[[ingress.routes]]`: the raw shapes as written, the typed routes,
+//! and their validation. Problems are named by key path (`ingress.routes[0].verify.scheme`)
+//! and collected with the rest of the config's, so `natshook check` lists them all.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use figment::value::Value;
+use http::header::HeaderName;
+use serde::Deserialize;
+
+use super::template::SubjectTemplate;
+use crate::config::Problem;
+use crate::secret::{SecretList, SecretRef, SECRET_KEYS};
+use crate::signing::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+
+/// Default largest body a route accepts.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Default wait for the JetStream publish ack before answering 503.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Paths natshook's own server answers on the `[http]` listener.
+const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
+const RESERVED_PREFIX: &str = "/api/";
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawIngress {
+    listen: Option<String>,
+    publish_timeout: Option<String>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+const INGRESS_KEYS: &[&str] = &["listen", "publish_timeout", "routes"];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRoute {
+    path: Option<String>,
+    subject: Option<String>,
+    verify: Option<RawVerify>,
+    id_header: Option<String>,
+    max_body: Option<i64>,
+    forward_headers: Option<Vec<String>>,
+}
+
+const ROUTE_KEYS: &[&str] = &[
+    "path",
+    "subject",
+    "verify",
+    "id_header",
+    "max_body",
+    "forward_headers",
+];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawVerify {
+    scheme: Option<String>,
+    secret: Option<SecretList>,
+    header: Option<String>,
+}
+
+const VERIFY_KEYS: &[&str] = &["scheme", "secret", "header"];
+
+/// How a route checks its sender.
+#[derive(Debug, Clone)]
+pub enum Verify {
+    /// `scheme = "none"`, written out: the route accepts unsigned requests.
+    None,
+    Signed(Signer),
+}
+
+/// A route's path: literal segments, `*` for any one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePath {
+    text: String,
+    segments: Vec<Option<String>>,
+}
+
+impl RoutePath {
+    fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') {
+            return Err(format!("'{text}' must start with '/'"));
+        }
+        if text.contains(['?', '#']) || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "'{text}' must be a plain path (no query, fragment or whitespace)"
+            ));
+        }
+        let segments: Vec<Option<String>> = text
+            .split('/')
+            .skip(1)
+            .map(|s| (s != "*").then(|| s.to_string()))
+            .collect();
+        if segments.iter().any(|s| s.as_deref() == Some("")) {
+            return Err(format!(
+                "'{text}' has an empty segment ('//' or a trailing '/')"
+            ));
+        }
+        if text.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(format!("'{text}' is not a valid URL path"));
+        }
+        Ok(Self {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn is_exact(&self) -> bool {
+        self.segments.iter().all(Option::is_some)
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/').skip(1);
+        for seg in &self.segments {
+            match (parts.next(), seg) {
+                (Some(p), Some(lit)) if p == lit => {}
+                (Some(p), None) if !p.is_empty() => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+
+    fn overlaps(&self, other: &RoutePath) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| a.is_none() || b.is_none() || a == b)
+    }
+}
+
+impl fmt::Display for RoutePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// One request header copied into the NATS message: looked up by `name`, written
+/// under `written` (as configured, since NATS header names keep their case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedHeader {
+    pub name: HeaderName,
+    pub written: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: RoutePath,
+    pub subject: SubjectTemplate,
+    pub verify: Verify,
+    /// The sender's message id, stored as `Nats-Msg-Id` so JetStream drops retries.
+    pub id_header: HeaderName,
+    pub max_body: usize,
+    /// The scheme's signature headers first (so a consumer can verify the stored body
+    /// again), then `forward_headers`.
+    pub copy_headers: Vec<CopiedHeader>,
+    /// The secret references, compared on reload.
+    pub secret_refs: Vec<SecretRef>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IngressConfig {
+    /// `None`: the routes are served on the `[http]` listener.
+    pub listen: Option<SocketAddr>,
+    pub publish_timeout: Duration,
+    pub routes: Vec<Route>,
+}
+
+fn add(p: &mut Vec<Problem>, path: impl Into<String>, message: impl fmt::Display) {
+    p.push(Problem {
+        path: path.into(),
+        message: message.to_string(),
+    });
+}
+
+/// Validates `[ingress]`; `http_listen` is the `[http]` listener (when valid), which
+/// a separate ingress listener may not share.
+pub fn validate(
+    raw: RawIngress,
+    http_listen: Option<SocketAddr>,
+    p: &mut Vec<Problem>,
+) -> Option<IngressConfig> {
+    let before = p.len();
+    let listen = match raw.listen.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(a) if Some(a) == http_listen => {
+                add(
+                    p,
+                    "ingress.listen",
+                    format_args!("'{text}' is the [http] listener; leave ingress.listen out to serve the routes there"),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                add(
+                    p,
+                    "ingress.listen",
+                    format_args!("'{text}' is not an address:port such as 0.0.0.0:9465"),
+                );
+                None
+            }
+        },
+    };
+    let publish_timeout = match raw.publish_timeout.as_deref() {
+        None => DEFAULT_PUBLISH_TIMEOUT,
+        Some(text) => match humantime::parse_duration(text.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                add(
+                    p,
+                    "ingress.publish_timeout",
+                    format_args!("'{text}' is not a duration greater than zero (e.g. \"5s\")"),
+                );
+                DEFAULT_PUBLISH_TIMEOUT
+            }
+        },
+    };
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = format!("ingress.routes[{i}]");
+        if let Some(route) = validate_route(r, &at, p) {
+            if let Some(j) = routes.iter().position(|o| o.path.overlaps(&route.path)) {
+                add(
+                    p,
+                    format!("{at}.path"),
+                    format_args!(
+                        "'{}' also matches the path of ingress.routes[{j}] ('{}'); each request must have one route",
+                        route.path, routes[j].path
+                    ),
+                );
+                continue;
+            }
+            routes.push(route);
+        }
+    }
+    (p.len() == before).then_some(IngressConfig {
+        listen,
+        publish_timeout,
+        routes,
+    })
+}
+
+fn validate_route(r: RawRoute, at: &str, p: &mut Vec<Problem>) -> Option<Route> {
+    let key = |k: &str| format!("{at}.{k}");
+    let path = match r.path.as_deref() {
+        None => {
+            add(p, key("path"), "required: the URL path senders post to");
+            None
+        }
+        Some(text) => match RoutePath::parse(text) {
+            Err(e) => {
+                add(p, key("path"), e);
+                None
+            }
+            Ok(rp)
+                if RESERVED_PATHS.iter().any(|r| rp.matches(r))
+                    || text.starts_with(RESERVED_PREFIX)
+                    || rp.segments.first() == Some(&Some("api".to_string()))
+                    || (rp.segments.first() == Some(&None) && rp.segments.len() > 1) =>
+            {
+                add(
+                    p,
+                    key("path"),
+                    format_args!("'{text}' collides with natshook's own /metrics, /healthz, /readyz or /api/"),
+                );
+                None
+            }
+            Ok(rp) => Some(rp),
+        },
+    };
+    let subject = match (r.subject.as_deref(), &path) {
+        (None, _) => {
+            add(
+                p,
+                key("subject"),
+                "required: the NATS subject to store requests on",
+            );
+            None
+        }
+        (Some(text), path) => {
+            // Without a valid path, {path:N} is checked against no bound at all.
+            let segments = path.as_ref().map_or(usize::MAX, RoutePath::segment_count);
+            match SubjectTemplate::parse(text, segments) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    add(p, key("subject"), e);
+                    None
+                }
+            }
+        }
+    };
+    let verify = validate_verify(r.verify.as_ref(), at, p);
+    let id_text = r.id_header.as_deref().unwrap_or("webhook-id");
+    let id_header = match HeaderName::from_bytes(id_text.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            add(
+                p,
+                key("id_header"),
+                format_args!("'{id_text}' is not a valid header name"),
+            );
+            None
+        }
+    };
+    let max_body = match r.max_body {
+        None => Some(DEFAULT_MAX_BODY),
+        Some(n) if n >= 1 && n <= i64::from(u32::MAX) => Some(n as usize),
+        Some(n) => {
+            add(
+                p,
+                key("max_body"),
+                format_args!("must be at least 1 (got {n})"),
+            );
+            None
+        }
+    };
+    let mut copy_headers = verify
+        .as_ref()
+        .map(|(_, _, headers)| headers.clone())
+        .unwrap_or_default();
+    let mut seen: HashSet<HeaderName> = copy_headers.iter().map(|h| h.name.clone()).collect();
+    for (j, name) in r.forward_headers.unwrap_or_default().iter().enumerate() {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => add(
+                p,
+                format!("{at}.forward_headers[{j}]"),
+                format_args!("'{name}' is not a valid header name"),
+            ),
+            Ok(h) if h.as_str().starts_with("nats-") => add(
+                p,
+                format!("{at}.forward_headers[{j}]"),
+                format_args!("'{name}': Nats-* headers steer JetStream (dedupe, expected sequence) and cannot come from senders"),
+            ),
+            Ok(h) => {
+                if seen.insert(h.clone()) {
+                    copy_headers.push(CopiedHeader {
+                        name: h,
+                        written: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let (verify, secret_refs, _) = verify?;
+    Some(Route {
+        path: path?,
+        subject: subject?,
+        verify,
+        id_header: id_header?,
+        max_body: max_body?,
+        copy_headers,
+        secret_refs,
+    })
+}
+
+/// The verifier, its secret references, and the signature headers a consumer needs to
+/// verify the stored body again.
+fn validate_verify(
+    raw: Option<&RawVerify>,
+    at: &str,
+    p: &mut Vec<Problem>,
+) -> Option<(Verify, Vec<SecretRef>, Vec<CopiedHeader>)> {
+    let key = |k: &str| format!("{at}.verify.{k}");
+    let Some(v) = raw else {
+        add(
+            p,
+            format!("{at}.verify"),
+            "required: { scheme = \"hex\" | \"sha256\" | \"standard\", secret = … }, or { scheme = \"none\" } to accept unsigned requests",
+        );
+        return None;
+    };
+    let scheme_text = match v.scheme.as_deref() {
+        Some(s) => s,
+        None => {
+            add(
+                p,
+                key("scheme"),
+                "required: hex, sha256, standard, or none (written out, to accept unsigned requests)",
+            );
+            return None;
+        }
+    };
+    if scheme_text == "none" {
+        let mut ok = true;
+        if v.secret.is_some() {
+            add(
+                p,
+                key("secret"),
+                "scheme none checks no signature; remove the secret (or pick a scheme)",
+            );
+            ok = false;
+        }
+        if v.header.is_some() {
+            add(p, key("header"), "scheme none checks no signature header");
+            ok = false;
+        }
+        return ok.then_some((Verify::None, Vec::new(), Vec::new()));
+    }
+    let Ok(scheme) = scheme_text.parse::<Scheme>() else {
+        add(
+            p,
+            key("scheme"),
+            format_args!("'{scheme_text}' is not one of hex, sha256, standard, none"),
+        );
+        return None;
+    };
+    let header_text = match (scheme, v.header.as_deref()) {
+        (Scheme::Standard, Some(_)) => {
+            add(
+                p,
+                key("header"),
+                "standard uses the webhook-id, webhook-timestamp and webhook-signature headers; header applies to hex and sha256",
+            );
+            return None;
+        }
+        (_, h) => h.unwrap_or("X-Webhook-Signature"),
+    };
+    let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
+        add(
+            p,
+            key("header"),
+            format_args!("'{header_text}' is not a valid header name"),
+        );
+        return None;
+    };
+    let Some(list) = &v.secret else {
+        add(
+            p,
+            key("secret"),
+            "required: { env = \"…\" }, { file = \"…\" } or { value = \"…\" }, or a list of them (newest first) while rotating",
+        );
+        return None;
+    };
+    let refs = list.refs();
+    if refs.is_empty() {
+        add(p, key("secret"), "must list at least one secret");
+        return None;
+    }
+    let mut secrets = Vec::new();
+    for (j, r) in refs.iter().enumerate() {
+        let path = match list {
+            SecretList::One(_) => key("secret"),
+            SecretList::Many(_) => format!("{at}.verify.secret[{j}]"),
+        };
+        match r.resolve() {
+            Ok(s) => secrets.push(s),
+            Err(e) => add(p, path, e),
+        }
+    }
+    if secrets.len() != refs.len() {
+        return None;
+    }
+    let signer = match Signer::new(scheme, header.clone(), secrets) {
+        Ok(s) => s,
+        Err(e) => {
+            add(p, key("secret"), e);
+            return None;
+        }
+    };
+    let copied = match scheme {
+        Scheme::Standard => [WEBHOOK_ID, WEBHOOK_TIMESTAMP, WEBHOOK_SIGNATURE]
+            .into_iter()
+            .map(|h| CopiedHeader {
+                written: h.as_str().to_string(),
+                name: h,
+            })
+            .collect(),
+        Scheme::Hex | Scheme::Sha256 => vec![CopiedHeader {
+            name: header,
+            written: header_text.to_string(),
+        }],
+    };
+    Some((
+        Verify::Signed(signer),
+        refs.into_iter().cloned().collect(),
+        copied,
+    ))
+}
+
+/// Unknown keys under `[ingress]`, reported like the rest of the config's.
+pub fn check_unknown_keys(ingress: Option<&Value>, p: &mut Vec<Problem>) {
+    fn keys(value: Option<&Value>, path: &str, allowed: &[&str], p: &mut Vec<Problem>) {
+        let Some(Value::Dict(_, dict)) = value else {
+            return;
+        };
+        for k in dict.keys() {
+            if !allowed.contains(&k.as_str()) {
+                add(
+                    p,
+                    format!("{path}.{k}"),
+                    format_args!("unknown key (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+    }
+    keys(ingress, "ingress", INGRESS_KEYS, p);
+    let Some(Value::Array(_, routes)) = ingress.and_then(|i| i.find_ref("routes")) else {
+        return;
+    };
+    for (i, r) in routes.iter().enumerate() {
+        let at = format!("ingress.routes[{i}]");
+        keys(Some(r), &at, ROUTE_KEYS, p);
+        let verify = r.find_ref("verify");
+        keys(verify, &format!("{at}.verify"), VERIFY_KEYS, p);
+        match verify.and_then(|v| v.find_ref("secret")) {
+            Some(Value::Array(_, list)) => {
+                for (j, s) in list.iter().enumerate() {
+                    keys(Some(s), &format!("{at}.verify.secret[{j}]"), SECRET_KEYS, p);
+                }
+            }
+            other => keys(other, &format!("{at}.verify.secret"), SECRET_KEYS, p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+        [nats]
+        stream = "EVENTS"
+        [[events]]
+        subject = "crm.lead.created"
+        event = "lead.created"
+        [[endpoints]]
+        name = "crm"
+        url = "https://crm.example.com/hooks"
+        events = ["*"]
+        secret = "s"
+    "#;
+
+    fn problems(ingress: &str) -> Vec<String> {
+        match Config::from_str(&format!("{ingress}\n{BASE}"), "toml") {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_valid_ingress_section_parses_with_the_contract_defaults() {
+        let text = r#"
+            [ingress]
+            listen = "0.0.0.0:9465"
+            [[ingress.routes]]
+            path = "/in/sendgrid"
+            subject = "inbound.sendgrid.{header:X-Event-Type}"
+            verify = { scheme = "standard", secret = { value = "whsec_c2VjcmV0" } }
+            [[ingress.routes]]
+            path = "/in/*/github"
+            subject = "inbound.github.{path:2}.{json:action}"
+            verify = { scheme = "sha256", header = "X-Hub-Signature-256", secret = ["new", "old"] }
+            id_header = "X-GitHub-Delivery"
+            forward_headers = ["X-GitHub-Event"]
+            max_body = 4096
+        "#;
+        let c = Config::from_str(&format!("{text}\n{BASE}"), "toml").unwrap();
+        let i = &c.ingress;
+        assert_eq!(i.listen, Some("0.0.0.0:9465".parse().unwrap()));
+        assert_eq!(i.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
+        let sendgrid = &i.routes[0];
+        assert_eq!(sendgrid.max_body, 1024 * 1024);
+        assert_eq!(sendgrid.id_header.as_str(), "webhook-id");
+        let copied: Vec<&str> = sendgrid
+            .copy_headers
+            .iter()
+            .map(|h| h.written.as_str())
+            .collect();
+        assert_eq!(
+            copied,
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        );
+        let github = &i.routes[1];
+        assert_eq!(github.subject.pattern().as_str(), "inbound.github.*.*");
+        let copied: Vec<&str> = github
+            .copy_headers
+            .iter()
+            .map(|h| h.written.as_str())
+            .collect();
+        assert_eq!(copied, ["X-Hub-Signature-256", "X-GitHub-Event"]);
+        assert!(matches!(&github.verify, Verify::Signed(s) if s.scheme() == Scheme::Sha256));
+    }
+
+    #[test]
+    fn every_ingress_problem_is_named_by_its_key_path() {
+        let got = problems(
+            r#"
+            [ingress]
+            listen = "0.0.0.0:9464"
+            publish_timeout = "soon"
+            lisen = "x"
+            [[ingress.routes]]
+            path = "/metrics"
+            subject = "in.x"
+            verify = { scheme = "md5", secret = "x" }
+            [[ingress.routes]]
+            path = "/in/a"
+            subject = "in.a"
+            verify = { scheme = "hex", secret = { env = "NATSHOOK_TEST_UNSET_INGRESS" }, secrte = 1 }
+            max_body = 0
+            forward_headers = ["Nats-Msg-Id", "bad header"]
+            [[ingress.routes]]
+            path = "/in/*"
+            subject = "in.{path:3}"
+            verify = { scheme = "none", secret = "x" }
+            [[ingress.routes]]
+            path = "/in/c"
+            subject = "in.c"
+            id_header = "bad id"
+            "#,
+        );
+        let expect = [
+            "ingress.listen: '0.0.0.0:9464' is the [http] listener",
+            "ingress.publish_timeout: 'soon' is not a duration",
+            "ingress.lisen: unknown key",
+            "ingress.routes[0].path: '/metrics' collides with natshook's own",
+            "ingress.routes[2].subject: {path:3} is out of range: the route's path has 2 segment(s)",
+            "ingress.routes[0].verify.scheme: 'md5' is not one of hex, sha256, standard, none",
+            "ingress.routes[1].verify.secrte: unknown key",
+            "ingress.routes[1].verify.secret: environment variable NATSHOOK_TEST_UNSET_INGRESS is not set",
+            "ingress.routes[1].max_body: must be at least 1",
+            "ingress.routes[1].forward_headers[0]: 'Nats-Msg-Id': Nats-* headers",
+            "ingress.routes[1].forward_headers[1]: 'bad header' is not a valid header name",
+            "ingress.routes[2].verify.secret: scheme none checks no signature",
+            "ingress.routes[3].verify: required",
+            "ingress.routes[3].id_header: 'bad id' is not a valid header name",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        // /in/* and /in/a overlap, but /in/a was refused for its own problems first.
+        let got = problems(
+            r#"
+            [[ingress.routes]]
+            path = "/in/a"
+            subject = "in.a"
+            verify = { scheme = "none" }
+            [[ingress.routes]]
+            path = "/in/*"
+            subject = "in.b"
+            verify = { scheme = "none" }
+            "#,
+        );
+        assert!(
+            got.iter().any(|g| g.starts_with(
+                "ingress.routes[1].path: '/in/*' also matches the path of ingress.routes[0]"
+            )),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn route_paths_match_whole_segments_and_star_takes_one() {
+        let exact = RoutePath::parse("/in/sendgrid").unwrap();
+        assert!(exact.matches("/in/sendgrid"));
+        assert!(!exact.matches("/in/sendgrid/"));
+        assert!(!exact.matches("/in/sendgrid/x"));
+        assert!(!exact.matches("/in"));
+        let star = RoutePath::parse("/in/*/twilio").unwrap();
+        assert!(star.matches("/in/acme/twilio"));
+        assert!(!star.matches("/in//twilio"));
+        assert!(!star.matches("/in/a/b/twilio"));
+        assert!(star.overlaps(&RoutePath::parse("/in/x/twilio").unwrap()));
+        assert!(!star.overlaps(&exact));
+        for bad in ["in", "/a//b", "/a/", "/a?b=1", "/a b"] {
+            assert!(RoutePath::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

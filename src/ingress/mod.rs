@@ -1,0 +1,477 @@
+//! Incoming webhooks: verified HTTP in → JetStream, the reverse of the bridge.
+//!
+//! Each `[[ingress.routes]]` entry is a URL path with its own signature check and a
+//! subject template. A request is answered `2xx` only after JetStream acked the
+//! publish, so a `2xx` means stored; everything else is an error status a provider
+//! retries (`503`) or gives up on (`4xx`), so nothing is lost between the two.
+//!
+//! Order of checks, cheapest first and verification before anything is derived from
+//! the request: path (`404`), method (`405`), declared size (`413`), signature
+//! headers present (`401`), body read within `max_body` (`413`), signature and
+//! timestamp (`401`), subject (`400`), NATS connected (`503`), publish ack (`503`).
+//! The route table is swapped whole on reload, so a request sees one table.
+
+pub mod config;
+pub mod template;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_nats::connection::State;
+use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, context::PublishErrorKind};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{check_unknown_keys, validate, IngressConfig, RawIngress, Route, Verify};
+
+use crate::config::NatsConfig;
+use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics, INGRESS_UNMATCHED_ROUTE};
+use crate::routing::Pattern;
+use crate::server::text;
+use crate::signing::{
+    Scheme, TIMESTAMP_TOLERANCE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
+};
+use template::Values;
+
+/// What a `503` asks the sender to wait before retrying (most providers retry on
+/// their own schedule anyway).
+const RETRY_AFTER_SECS: &str = "5";
+
+/// Longest wait for a request body: a sender trickling bytes holds a connection and
+/// up to `max_body` of memory, so it gets `408` instead of unbounded patience.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("no JetStream stream captures {0} (create one over these subjects, or set nats.create_stream = true to add them to nats.stream)")]
+    NoStream(String),
+    #[error("cannot add ingress subjects {subjects} to stream {stream}: {error}")]
+    ExtendStream {
+        stream: String,
+        subjects: String,
+        error: String,
+    },
+    #[error("cannot look up the stream for ingress subject {0}: {1}")]
+    Lookup(String, String),
+}
+
+/// A route and its metric children.
+struct Live {
+    route: Route,
+    metrics: IngressRouteMetrics,
+}
+
+/// The routes in force: exact paths by hash, `*` paths in config order.
+struct Table {
+    routes: Vec<Live>,
+    exact: HashMap<String, usize>,
+    wildcard: Vec<usize>,
+    publish_timeout: Duration,
+}
+
+impl Table {
+    fn new(config: &IngressConfig, metrics: &Metrics) -> Self {
+        let mut t = Table {
+            routes: Vec::with_capacity(config.routes.len()),
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+            publish_timeout: config.publish_timeout,
+        };
+        for (i, route) in config.routes.iter().enumerate() {
+            if route.path.is_exact() {
+                t.exact.insert(route.path.as_str().to_string(), i);
+            } else {
+                t.wildcard.push(i);
+            }
+            t.routes.push(Live {
+                metrics: metrics.ingress_route(route.path.as_str()),
+                route: route.clone(),
+            });
+        }
+        t
+    }
+
+    fn find(&self, path: &str) -> Option<&Live> {
+        match self.exact.get(path) {
+            Some(&i) => self.routes.get(i),
+            None => self
+                .wildcard
+                .iter()
+                .map(|&i| &self.routes[i])
+                .find(|l| l.route.path.matches(path)),
+        }
+    }
+}
+
+/// The ingress handler, shared by the listener(s) and the supervisor (for reload).
+pub struct Ingress {
+    table: ArcSwap<Table>,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    metrics: Metrics,
+    unmatched: IngressRouteMetrics,
+    /// The dedicated listener natshook started with (`None`: the `[http]` one). A
+    /// change needs a restart.
+    listen: Option<SocketAddr>,
+    nats: NatsConfig,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    text(status, body)
+}
+
+fn unavailable(why: &str) -> (IngressOutcome, Response<Full<Bytes>>) {
+    let mut r = answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not stored ({why}); retry later\n"),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    (IngressOutcome::Unavailable, r)
+}
+
+fn too_large(max: usize) -> (IngressOutcome, Response<Full<Bytes>>) {
+    (
+        IngressOutcome::TooLarge,
+        answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than this route's max_body ({max} bytes)\n"),
+        ),
+    )
+}
+
+fn unauthorized(why: impl std::fmt::Display) -> (IngressOutcome, Response<Full<Bytes>>) {
+    (
+        IngressOutcome::Unauthorized,
+        answer(StatusCode::UNAUTHORIZED, format!("not verified: {why}\n")),
+    )
+}
+
+impl Ingress {
+    /// `client` is natshook's NATS connection; ingress publishes on its own JetStream
+    /// context so its ack timeout (`publish_timeout`) does not change the consumers'.
+    pub fn new(
+        client: async_nats::Client,
+        metrics: Metrics,
+        config: &IngressConfig,
+        nats: &NatsConfig,
+    ) -> Self {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.publish_timeout);
+        Self {
+            table: ArcSwap::from_pointee(Table::new(config, &metrics)),
+            js,
+            client,
+            unmatched: metrics.ingress_route(INGRESS_UNMATCHED_ROUTE),
+            metrics,
+            listen: config.listen,
+            nats: nats.clone(),
+        }
+    }
+
+    /// The dedicated ingress listener, if natshook started with one.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.listen
+    }
+
+    /// Whether the `[http]` listener hands `path` to ingress: only without a dedicated
+    /// listener (which keeps the public port free of everything else, and the internal
+    /// one free of public routes).
+    pub fn serves_on_http(&self, path: &str) -> bool {
+        self.listen.is_none() && self.table.load().find(path).is_some()
+    }
+
+    /// Swaps in the routes of a reloaded config and checks (in the background) that
+    /// streams capture their subjects. A changed `listen` needs a restart.
+    pub fn apply(self: &Arc<Self>, config: &IngressConfig) {
+        if config.listen != self.listen {
+            tracing::warn!(
+                section = "ingress.listen",
+                "config change needs a restart to take effect"
+            );
+        }
+        let old: Vec<String> = self
+            .table
+            .load()
+            .routes
+            .iter()
+            .map(|l| l.route.path.to_string())
+            .collect();
+        self.table
+            .store(Arc::new(Table::new(config, &self.metrics)));
+        let new: Vec<String> = config.routes.iter().map(|r| r.path.to_string()).collect();
+        let added: Vec<&String> = new.iter().filter(|p| !old.contains(p)).collect();
+        let removed: Vec<&String> = old.iter().filter(|p| !new.contains(p)).collect();
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(?added, ?removed, "ingress routes reloaded");
+        }
+        let me = self.clone();
+        let routes = config.routes.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ensure_streams(&me.js, &me.nats, &routes).await {
+                tracing::error!(error = %e, "ingress requests on these subjects are answered 503 until a stream captures them");
+            }
+        });
+    }
+
+    /// Answers one request (any path: unknown ones get `404`).
+    pub async fn handle(&self, req: http::Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let table = self.table.load_full();
+        let Some(live) = table.find(req.uri().path()) else {
+            self.unmatched
+                .request(IngressOutcome::NotFound, started.elapsed());
+            return answer(StatusCode::NOT_FOUND, "not found\n");
+        };
+        let (outcome, response) = self.serve(&live.route, table.publish_timeout, req).await;
+        live.metrics.request(outcome, started.elapsed());
+        response
+    }
+
+    async fn serve(
+        &self,
+        route: &Route,
+        publish_timeout: Duration,
+        req: http::Request<Incoming>,
+    ) -> (IngressOutcome, Response<Full<Bytes>>) {
+        if req.method() != Method::POST {
+            let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            return (IngressOutcome::MethodNotAllowed, r);
+        }
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.max_body as u64) {
+            return too_large(route.max_body);
+        }
+        // Without its signature headers a request cannot verify: refuse it before
+        // reading (and holding) its body.
+        if let Verify::Signed(signer) = &route.verify {
+            let needed: &[&http::HeaderName] = match signer.scheme() {
+                Scheme::Standard => &[&WEBHOOK_ID, &WEBHOOK_TIMESTAMP, &WEBHOOK_SIGNATURE],
+                Scheme::Hex | Scheme::Sha256 => &[signer.header()],
+            };
+            if let Some(h) = needed.iter().find(|h| !req.headers().contains_key(**h)) {
+                return unauthorized(format_args!("missing header {h}"));
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, route.max_body).collect());
+        let body = match read.await {
+            Err(_) => {
+                return (
+                    IngressOutcome::BadRequest,
+                    answer(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"),
+                )
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return too_large(route.max_body)
+            }
+            Ok(Err(_)) => {
+                return (
+                    IngressOutcome::BadRequest,
+                    answer(StatusCode::BAD_REQUEST, "body could not be read\n"),
+                )
+            }
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+        if let Verify::Signed(signer) = &route.verify {
+            if let Err(e) =
+                signer.verify_fresh(&body, &parts.headers, unix_now(), TIMESTAMP_TOLERANCE)
+            {
+                tracing::debug!(route = %route.path, error = %e, "incoming webhook refused");
+                return unauthorized(e);
+            }
+        }
+        let subject = match route.subject.render(&Values {
+            headers: &parts.headers,
+            path: parts.uri.path(),
+            body: &body,
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(route = %route.path, error = %e, "incoming webhook has no usable subject");
+                return (
+                    IngressOutcome::BadRequest,
+                    answer(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot make the subject: {e}\n"),
+                    ),
+                );
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        for h in &route.copy_headers {
+            for v in parts.headers.get_all(&h.name) {
+                if let Ok(v) = v.to_str() {
+                    headers.append(h.written.as_str(), v);
+                }
+            }
+        }
+        let id = parts
+            .headers
+            .get(&route.id_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        if let Some(id) = id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        // Published while disconnected, the message would wait in the client's buffer
+        // past our answer; a quick 503 lets the sender retry instead.
+        if self.client.connection_state() != State::Connected {
+            return unavailable("NATS is not connected");
+        }
+        let publish = async {
+            let ack = self.js.publish_with_headers(subject, headers, body).await?;
+            ack.await
+        };
+        // The context's ack timeout is `publish_timeout`; this bound also covers a
+        // publish that waits for room in the client's buffer.
+        match tokio::time::timeout(publish_timeout + Duration::from_millis(250), publish).await {
+            Ok(Ok(ack)) if ack.duplicate => (
+                IngressOutcome::Duplicate,
+                answer(StatusCode::OK, "duplicate: already stored\n"),
+            ),
+            Ok(Ok(_)) => (IngressOutcome::Stored, answer(StatusCode::OK, "stored\n")),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                tracing::warn!(route = %route.path, error = %e, "incoming webhook larger than the NATS server's max_payload");
+                (
+                    IngressOutcome::TooLarge,
+                    answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body larger than the NATS server accepts\n",
+                    ),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.path, error = %e, "incoming webhook not stored; answered 503");
+                unavailable("JetStream did not store it")
+            }
+            Err(_) => {
+                tracing::warn!(route = %route.path, "incoming webhook: no publish ack in time; answered 503");
+                unavailable("JetStream did not ack in time")
+            }
+        }
+    }
+}
+
+/// Checks that a stream captures every route's subjects. Subjects no stream holds are
+/// added to `nats.stream` when `create_stream = true` (the development convenience);
+/// otherwise that is an error, since every request on them would be answered 503.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    routes: &[Route],
+) -> Result<(), IngressError> {
+    let mut missing: Vec<Pattern> = Vec::new();
+    for r in routes {
+        let pattern = r.subject.pattern();
+        match js.stream_by_subject(pattern.as_str()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
+                if !missing.contains(pattern) {
+                    missing.push(pattern.clone());
+                }
+            }
+            Err(e) => return Err(IngressError::Lookup(pattern.to_string(), e.to_string())),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names = || {
+        missing
+            .iter()
+            .map(Pattern::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !nats.create_stream {
+        return Err(IngressError::NoStream(names()));
+    }
+    let extend_error = |error: String| IngressError::ExtendStream {
+        stream: nats.stream.clone(),
+        subjects: names(),
+        error,
+    };
+    let mut stream = js
+        .get_stream(&nats.stream)
+        .await
+        .map_err(|e| extend_error(e.to_string()))?;
+    let mut cfg = stream
+        .info()
+        .await
+        .map_err(|e| extend_error(e.to_string()))?
+        .config
+        .clone();
+    for p in &missing {
+        // A subject the new one covers would overlap it, which JetStream refuses.
+        cfg.subjects
+            .retain(|s| !Pattern::parse(s).is_ok_and(|s| s.is_subset_of(p)));
+        if !missing.iter().any(|q| q != p && p.is_subset_of(q)) {
+            cfg.subjects.push(p.to_string());
+        }
+    }
+    tracing::info!(stream = %nats.stream, subjects = %names(), "adding ingress subjects to the stream (create_stream = true)");
+    js.update_stream(cfg)
+        .await
+        .map(|_| ())
+        .map_err(|e| extend_error(e.to_string()))
+}
+
+/// [`ensure_streams`] at start-up: a stream that cannot be looked up yet is waited
+/// for (as the bridge's own stream is); a missing one stops start-up.
+pub async fn ensure_streams_at_start(
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    routes: &[Route],
+    stop: &CancellationToken,
+) -> Result<(), IngressError> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match ensure_streams(js, nats, routes).await {
+            Err(IngressError::Lookup(subject, error)) => {
+                tracing::warn!(%subject, %error, "cannot look up the ingress stream yet; retrying");
+            }
+            other => return other,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Serves only the ingress routes on their own listener until `stop`.
+pub async fn serve_dedicated(
+    ingress: Arc<Ingress>,
+    listen: SocketAddr,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::server::ServerError> {
+    crate::server::serve_with(listen, stop, move |req| {
+        let ingress = ingress.clone();
+        async move { ingress.handle(req).await }
+    })
+    .await
+}

@@ -1,0 +1,836 @@
+//! Incoming webhooks, end to end: real senders (curl, and the official
+//! `standardwebhooks` Python library signing with urllib posting), the real natshook
+//! binary, a real nats-server. What is stored is read back from the stream.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::*;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioExecutor;
+
+const STD_SECRET: &str = "whsec_c2VuZGVyLXNlY3JldC1mb3ItaW5ncmVzcy10ZXN0cw==";
+const HEX_NEW: &str = "hex-secret-new";
+const HEX_OLD: &str = "hex-secret-old";
+
+/// Three routes: Standard Webhooks (subject from a JSON field), hex with a rotation
+/// list (subject from a header, its own id header, a small max_body), and an unsigned
+/// one (subject from a path segment).
+fn routes(publish_timeout: &str) -> String {
+    format!(
+        r#"
+[ingress]
+publish_timeout = "{publish_timeout}"
+[[ingress.routes]]
+path = "/in/std"
+subject = "inbound.std.{{json:type}}"
+verify = {{ scheme = "standard", secret = {{ value = "{STD_SECRET}" }} }}
+forward_headers = ["X-Provider-Note"]
+[[ingress.routes]]
+path = "/in/hex"
+subject = "inbound.hex.{{header:X-Event-Type}}"
+verify = {{ scheme = "hex", header = "X-Signature", secret = [{{ value = "{HEX_NEW}" }}, {{ value = "{HEX_OLD}" }}] }}
+id_header = "X-Delivery-Id"
+max_body = 256
+[[ingress.routes]]
+path = "/in/*/open"
+subject = "inbound.open.{{path:2}}"
+verify = {{ scheme = "none" }}
+"#
+    )
+}
+
+/// A config with the ingress routes and one (idle) endpoint, as the config requires.
+fn config(nats: &NatsServer, rx: &Receiver, top: &str) -> TestConfig {
+    let mut c = TestConfig::new(nats.url()).endpoint("crm", &rx.url("/"), &["lead.created"], "");
+    c.top = top.to_string();
+    c
+}
+
+fn hex_sig(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// What curl got: status, response headers (lower-cased names), body.
+struct CurlReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl CurlReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Posts `body` with curl (method `-X`, headers `-H`).
+fn curl(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> CurlReply {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(body).unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "30", "-X", method]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    if method == "POST" {
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", file.path().display()));
+    }
+    let out = cmd.arg(url).output().expect("curl (apt-get install curl)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    CurlReply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// One request for the Python sender: signed with `secret` (Standard Webhooks) unless
+/// it is `None`; `signed_body` differs from `body` to tamper; `ts_offset` moves the
+/// timestamp.
+#[derive(serde::Serialize, Default, Clone)]
+struct Send {
+    url: String,
+    body: String,
+    id: String,
+    secret: Option<String>,
+    signed_body: Option<String>,
+    ts_offset: i64,
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Send {
+    fn signed(url: String, id: &str, body: &str) -> Self {
+        Self {
+            url,
+            body: body.into(),
+            id: id.into(),
+            secret: Some(STD_SECRET.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Signs with the official `standardwebhooks` package and posts with urllib, like a
+/// provider does; returns (status, body) per request.
+fn python_send(requests: &[Send]) -> Vec<(u16, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("requests.json");
+    std::fs::write(&path, serde_json::to_vec(requests).unwrap()).unwrap();
+    let script = r#"
+import datetime, json, sys, time, urllib.error, urllib.request
+from standardwebhooks import Webhook
+out = []
+for r in json.load(open(sys.argv[1])):
+    headers = dict(r["headers"])
+    if r["secret"]:
+        ts = datetime.datetime.fromtimestamp(int(time.time()) + r["ts_offset"], tz=datetime.timezone.utc)
+        signed = r["signed_body"] if r["signed_body"] is not None else r["body"]
+        headers["webhook-id"] = r["id"]
+        headers["webhook-timestamp"] = str(int(ts.timestamp()))
+        headers["webhook-signature"] = Webhook(r["secret"]).sign(r["id"], ts, signed)
+    headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(r["url"], data=r["body"].encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            out.append([resp.status, resp.read().decode()])
+    except urllib.error.HTTPError as e:
+        out.append([e.code, e.read().decode()])
+print(json.dumps(out))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sender output")
+}
+
+/// Verifies each (body, headers) with the official `standardwebhooks` package, as a
+/// consumer re-verifying what is stored would; returns how many verified.
+fn python_verify(secret: &str, items: &[(Bytes, Vec<(String, String)>)]) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("items.json");
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(body, headers)| {
+            serde_json::json!({
+                "body": String::from_utf8_lossy(body),
+                "headers": headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            })
+        })
+        .collect();
+    std::fs::write(&path, serde_json::to_vec(&items).unwrap()).unwrap();
+    let script = r#"
+import json, sys
+from standardwebhooks import Webhook
+wh = Webhook(sys.argv[2])
+ok = 0
+for item in json.load(open(sys.argv[1])):
+    try:
+        wh.verify(item["body"], item["headers"])
+        ok += 1
+    except Exception as e:
+        print(e, file=sys.stderr)
+print(ok)
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&path)
+        .arg(secret)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A message as stored: subject, headers, payload.
+struct Stored {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+}
+
+impl Stored {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.as_str().to_string())
+    }
+
+    fn std_headers(&self) -> Vec<(String, String)> {
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|h| (h.to_string(), self.header(h).unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// Every message of `stream` whose subject starts with `inbound.`.
+async fn stored(nats: &NatsServer, stream: &str) -> Vec<Stored> {
+    let js = jetstream::new(nats.client().await);
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let state = s.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            if m.subject.starts_with("inbound.") {
+                out.push(Stored {
+                    subject: m.subject.to_string(),
+                    headers: m.headers,
+                    payload: m.payload,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn url(n: &Natshook, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", n.http_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standardwebhooks_sender_retries_are_stored_once_body_and_signature_unchanged() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let first = r#"{"type":"delivered","email":"a@example.com","note":"caf\u00e9 ✓"}"#;
+    let mut retry = Send::signed(url(&n, "/in/std"), "msg_1", first);
+    retry
+        .headers
+        .insert("X-Provider-Note".into(), "retry 1".into());
+    let mut first_send = Send::signed(url(&n, "/in/std"), "msg_1", first);
+    first_send
+        .headers
+        .insert("X-Provider-Note".into(), "first".into());
+    let answers = python_send(&[
+        first_send,
+        // A provider's retry: same id, signed again (a later timestamp).
+        retry,
+        Send::signed(url(&n, "/in/std"), "msg_2", r#"{"type":"bounce"}"#),
+    ]);
+    assert_eq!(
+        answers,
+        [
+            (200, "stored\n".to_string()),
+            (200, "duplicate: already stored\n".to_string()),
+            (200, "stored\n".to_string())
+        ]
+    );
+    let got = stored(&nats, "EVENTS").await;
+    assert_eq!(got.len(), 2, "the retry is stored once");
+    assert_eq!(got[0].subject, "inbound.std.delivered");
+    assert_eq!(got[1].subject, "inbound.std.bounce");
+    assert_eq!(got[0].payload, Bytes::from(first), "raw body unchanged");
+    assert_eq!(got[0].header("Nats-Msg-Id").as_deref(), Some("msg_1"));
+    assert_eq!(got[0].header("webhook-id").as_deref(), Some("msg_1"));
+    assert_eq!(got[0].header("X-Provider-Note").as_deref(), Some("first"));
+    // A consumer verifies what is stored with the sender's secret, as the sender signed it.
+    let items: Vec<_> = got
+        .iter()
+        .map(|m| (m.payload.clone(), m.std_headers()))
+        .collect();
+    assert_eq!(python_verify(STD_SECRET, &items), 2);
+    assert_eq!(
+        n.metric("natshook_ingress_requests_total{outcome=\"stored\",route=\"/in/std\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        n.metric("natshook_ingress_requests_total{outcome=\"duplicate\",route=\"/in/std\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        n.metric("natshook_ingress_duration_seconds_count{route=\"/in/std\"}")
+            .await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_stale_and_unsigned_requests_are_401_and_nothing_is_stored() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let u = url(&n, "/in/std");
+    let body = r#"{"type":"delivered","amount":10}"#;
+    let tampered = Send {
+        signed_body: Some(body.into()),
+        ..Send::signed(u.clone(), "t1", r#"{"type":"delivered","amount":1000}"#)
+    };
+    let stale = Send {
+        ts_offset: -6 * 60,
+        ..Send::signed(u.clone(), "t2", body)
+    };
+    let future = Send {
+        ts_offset: 6 * 60,
+        ..Send::signed(u.clone(), "t3", body)
+    };
+    let wrong_secret = Send {
+        secret: Some("whsec_b3RoZXItc2VjcmV0".into()),
+        ..Send::signed(u.clone(), "t4", body)
+    };
+    let unsigned = Send {
+        secret: None,
+        ..Send::signed(u.clone(), "t5", body)
+    };
+    let answers = python_send(&[tampered, stale, future, wrong_secret, unsigned]);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [401; 5], "{answers:?}");
+    assert!(
+        answers[1].1.contains("webhook-timestamp is 360 s away"),
+        "{answers:?}"
+    );
+    assert!(
+        answers[4].1.contains("missing header webhook-id"),
+        "{answers:?}"
+    );
+    // A fresh, correctly signed request right after is stored: the 401s were the
+    // signatures', not the route's.
+    assert_eq!(python_send(&[Send::signed(u, "t6", body)])[0].0, 200);
+    let got = stored(&nats, "EVENTS").await;
+    assert_eq!(got.len(), 1, "nothing unverified is stored");
+    assert_eq!(got[0].header("Nats-Msg-Id").as_deref(), Some("t6"));
+    assert_eq!(
+        n.metric("natshook_ingress_requests_total{outcome=\"unauthorized\",route=\"/in/std\"}")
+            .await,
+        Some(5.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_every_answer_of_the_contract() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let hex = url(&n, "/in/hex");
+    let body = br#"{"event":"opened"}"#;
+    let sig_new = hex_sig(HEX_NEW, body);
+    let sig_old = hex_sig(HEX_OLD, body);
+
+    let r = curl(
+        "POST",
+        &hex,
+        &[
+            ("X-Signature", &sig_new),
+            ("X-Event-Type", "opened"),
+            ("X-Delivery-Id", "d-1"),
+        ],
+        body,
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "stored\n"));
+    // The same delivery id again (signed with the old secret of the rotation list).
+    let r = curl(
+        "POST",
+        &hex,
+        &[
+            ("X-Signature", &sig_old),
+            ("X-Event-Type", "opened"),
+            ("X-Delivery-Id", "d-1"),
+        ],
+        body,
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "duplicate: already stored\n")
+    );
+    let r = curl(
+        "POST",
+        &hex,
+        &[
+            ("X-Signature", &sig_old),
+            ("X-Event-Type", "clicked"),
+            ("X-Delivery-Id", "d-2"),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let r = curl("GET", &hex, &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = curl("POST", &url(&n, "/in/unknown"), &[], body);
+    assert_eq!(r.status, 404);
+    let big = vec![b'x'; 257];
+    let r = curl(
+        "POST",
+        &hex,
+        &[
+            ("X-Signature", &hex_sig(HEX_NEW, &big)),
+            ("X-Event-Type", "opened"),
+        ],
+        &big,
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = curl(
+        "POST",
+        &hex,
+        &[
+            ("X-Signature", &hex_sig("guess", body)),
+            ("X-Event-Type", "opened"),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = curl("POST", &hex, &[("X-Event-Type", "opened")], body);
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Verified, but the header value would add subject tokens: refused, not rewritten.
+    for bad in ["a.b", "*", ">"] {
+        let r = curl(
+            "POST",
+            &hex,
+            &[("X-Signature", &sig_new), ("X-Event-Type", bad)],
+            body,
+        );
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let r = curl("POST", &hex, &[("X-Signature", &sig_new)], body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("header x-event-type is missing"),
+        "{}",
+        r.body
+    );
+    // The unsigned route (scheme = "none", written out), subject from the path.
+    let r = curl("POST", &url(&n, "/in/acme/open"), &[], b"hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // natshook's own routes still answer on the shared listener.
+    assert_eq!(curl("GET", &url(&n, "/healthz"), &[], b"").status, 200);
+
+    let got = stored(&nats, "EVENTS").await;
+    let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "inbound.hex.opened",
+            "inbound.hex.clicked",
+            "inbound.open.acme"
+        ]
+    );
+    assert_eq!(got[0].header("X-Signature"), Some(sig_new));
+    assert_eq!(got[0].header("Nats-Msg-Id").as_deref(), Some("d-1"));
+    assert_eq!(got[2].payload, Bytes::from_static(b"hello"));
+    for (outcome, count) in [
+        ("stored", 2.0),
+        ("duplicate", 1.0),
+        ("method_not_allowed", 1.0),
+        ("too_large", 1.0),
+        ("unauthorized", 2.0),
+        ("bad_request", 4.0),
+    ] {
+        let series =
+            format!("natshook_ingress_requests_total{{outcome=\"{outcome}\",route=\"/in/hex\"}}");
+        assert_eq!(n.metric(&series).await, Some(count), "{series}");
+    }
+    assert_eq!(
+        n.metric("natshook_ingress_requests_total{outcome=\"stored\",route=\"/in/*/open\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_unavailable_is_503_with_retry_after_and_the_senders_retry_is_stored() {
+    let mut nats = NatsServer::start();
+    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
+    nats.create_stream("INBOUND", &["inbound.>"]).await;
+    let rx = Receiver::start().await;
+    let mut c = config(&nats, &rx, &routes("1s"));
+    c.create_stream = false;
+    let n = Natshook::start(&c.render()).await;
+    let hex = url(&n, "/in/hex");
+    let body = br#"{"n":1}"#;
+    let send = |id: &str| {
+        curl(
+            "POST",
+            &hex,
+            &[
+                ("X-Signature", &hex_sig(HEX_NEW, body)),
+                ("X-Event-Type", "opened"),
+                ("X-Delivery-Id", id),
+            ],
+            body,
+        )
+    };
+
+    // NATS down: 503 with Retry-After, at once (nothing waits in a client buffer).
+    nats.kill();
+    let started = Instant::now();
+    let r = send("down-1");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    nats.spawn();
+    // The sender retries until it gets a 2xx.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send("down-1");
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "never stored after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Connected, but no stream captures the subject (it was deleted): 503 as well,
+    // until an operator restores it; then the retry is stored.
+    let js = jetstream::new(nats.client().await);
+    assert_eq!(stored(&nats, "INBOUND").await.len(), 1);
+    js.delete_stream("INBOUND").await.unwrap();
+    let r = send("gone-1");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    nats.create_stream("INBOUND", &["inbound.>"]).await;
+    assert_eq!(send("gone-1").status, 200);
+    let got = stored(&nats, "INBOUND").await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("Nats-Msg-Id").as_deref(), Some("gone-1"));
+    assert!(n
+        .metric("natshook_ingress_requests_total{outcome=\"unavailable\",route=\"/in/hex\"}")
+        .await
+        .is_some_and(|v| v >= 2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_ingress_to_jetstream_to_an_endpoint_with_both_signatures_valid() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let endpoint_secret = "whsec_ZW5kcG9pbnQtc2VjcmV0LWZvci1yb3VuZC10cmlw";
+    let mut c = TestConfig::new(nats.url());
+    c.events = vec![("inbound.std.*".into(), "inbound.{3}".into())];
+    c.endpoints.push(format!(
+        "[[endpoints]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"inbound.*\"]\nsecret = {{ value = \"{endpoint_secret}\" }}\nsignature = {{ scheme = \"standard\" }}\nenvelope = \"raw\"\nallow_http = true\nallow_private = true\n",
+        rx.url("/hooks")
+    ));
+    c.top = routes("5s");
+    let n = Natshook::start(&c.render()).await;
+    let body = r#"{"type":"delivered","to":"a@example.com"}"#;
+    let answers = python_send(&[
+        Send::signed(url(&n, "/in/std"), "rt-1", body),
+        Send::signed(url(&n, "/in/std"), "rt-1", body),
+    ]);
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(answers[1], (200, "duplicate: already stored\n".into()));
+    rx.wait_for(Duration::from_secs(20), "the round trip", |r| {
+        r.delivered_ids().len() == 1
+    })
+    .await;
+    let got = rx.received();
+    let req = &got[0];
+    assert_eq!(
+        req.body,
+        Bytes::from(body),
+        "raw envelope: the sender's bytes"
+    );
+    assert_eq!(req.id(), "rt-1", "the sender's id is the delivery id");
+    assert_eq!(req.header("x-webhook-event"), "inbound.delivered");
+    // The receiver verifies natshook's signature with the endpoint secret …
+    let outgoing: Vec<(String, String)> = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        .iter()
+        .map(|h| (h.to_string(), req.header(h).to_string()))
+        .collect();
+    assert_eq!(
+        python_verify(endpoint_secret, &[(req.body.clone(), outgoing.clone())]),
+        1
+    );
+    assert_eq!(
+        python_verify(STD_SECRET, &[(req.body.clone(), outgoing)]),
+        0
+    );
+    // … and the stored message still carries the sender's, valid with the sender's.
+    let kept = stored(&nats, "EVENTS").await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        python_verify(
+            STD_SECRET,
+            &[(kept[0].payload.clone(), kept[0].std_headers())]
+        ),
+        1
+    );
+    // Once, even though the sender posted twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.count(), 1);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `count` requests with bad signatures over `connections` keep-alive connections;
+/// returns how many were answered 401.
+async fn flood(url: &str, count: usize, connections: usize) -> usize {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build_http::<Full<Bytes>>();
+    let body = Bytes::from(format!(
+        "{{\"type\":\"delivered\",\"pad\":\"{}\"}}",
+        "x".repeat(1000)
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        let client = client.clone();
+        let body = body.clone();
+        let url = url.to_string();
+        tasks.spawn(async move {
+            let mut unauthorized = 0;
+            for i in (c..count).step_by(connections) {
+                let req = http::Request::post(&url)
+                    .header("webhook-id", format!("flood-{i}"))
+                    .header("webhook-timestamp", unix_now().to_string())
+                    .header(
+                        "webhook-signature",
+                        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                    )
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let resp = client.request(req).await.expect("request");
+                if resp.status() == 401 {
+                    unauthorized += 1;
+                }
+                let _ = resp.into_body().collect().await;
+            }
+            unauthorized
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap();
+    }
+    total
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_signatures_stores_nothing_and_memory_stays_flat() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let u = url(&n, "/in/std");
+    // Warm up: allocator arenas, connection buffers, metric children.
+    assert_eq!(flood(&u, 1_000, 4).await, 1_000);
+    let before = rss_kib(n.pid());
+    let started = Instant::now();
+    assert_eq!(flood(&u, 10_000, 4).await, 10_000);
+    let took = started.elapsed();
+    let after = rss_kib(n.pid());
+    eprintln!("10000 bad signatures in {took:?}; natshook RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 3 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(stored(&nats, "EVENTS").await.len(), 0);
+    assert_eq!(
+        n.metric("natshook_ingress_requests_total{outcome=\"unauthorized\",route=\"/in/std\"}")
+            .await,
+        Some(11_000.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_listener_serves_only_ingress_and_reload_adds_and_removes_routes() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let port = free_port();
+    let first = format!(
+        "[ingress]\nlisten = \"127.0.0.1:{port}\"\n[[ingress.routes]]\npath = \"/in/a\"\nsubject = \"inbound.a\"\nverify = {{ scheme = \"none\" }}\n"
+    );
+    let c = config(&nats, &rx, &first);
+    let n = Natshook::start(&c.render()).await;
+    let public = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    assert_eq!(curl("POST", &public("/in/a"), &[], b"1").status, 200);
+    // The public port exposes nothing else; the internal one no ingress route.
+    for path in ["/metrics", "/healthz", "/readyz", "/api/endpoints"] {
+        assert_eq!(curl("GET", &public(path), &[], b"").status, 404, "{path}");
+    }
+    assert_eq!(curl("POST", &url(&n, "/in/a"), &[], b"1").status, 404);
+    assert_eq!(
+        n.metric("natshook_ingress_requests_total{outcome=\"not_found\",route=\"unmatched\"}")
+            .await,
+        Some(4.0)
+    );
+
+    // Reload: /in/a goes, /in/b comes (its subject outside the stream so far: added,
+    // since create_stream = true).
+    let second = format!(
+        "[ingress]\nlisten = \"127.0.0.1:{port}\"\n[[ingress.routes]]\npath = \"/in/b\"\nsubject = \"inbound.b.{{header:X-Kind}}\"\nverify = {{ scheme = \"none\" }}\n"
+    );
+    n.rewrite_config(&config(&nats, &rx, &second).render());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = curl("POST", &public("/in/b"), &[("X-Kind", "k1")], b"2");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload did not add /in/b: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(curl("POST", &public("/in/a"), &[], b"1").status, 404);
+    let subjects: Vec<String> = stored(&nats, "EVENTS")
+        .await
+        .into_iter()
+        .map(|m| m.subject)
+        .collect();
+    assert_eq!(subjects, ["inbound.a", "inbound.b.k1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stops_when_no_stream_captures_an_ingress_subject() {
+    let nats = NatsServer::start();
+    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
+    let rx = Receiver::start().await;
+    let mut c = config(&nats, &rx, &routes("5s"));
+    c.create_stream = false;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        c.render().replace("{http_port}", &free_port().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no JetStream stream captures inbound.std.*, inbound.hex.*, inbound.open.*"),
+        "{err}"
+    );
+}
+
+#[test]
+fn natshook_check_lists_ingress_problems_with_their_key_paths() {
+    let base = "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/x\"\nevents = [\"*\"]\nsecret = \"s\"\n";
+    let (code, err) = check_config(&format!(
+        "[[ingress.routes]]\npath = \"/api/in\"\nsubject = \"in.{{json:}}\"\nverify = {{ scheme = \"standard\", secret = {{ env = \"NATSHOOK_TEST_UNSET_IN\" }}, header = \"X\" }}\nid_hedaer = \"x\"\n{base}"
+    ));
+    assert_eq!(code, 2, "{err}");
+    for needle in [
+        "ingress.routes[0].id_hedaer: unknown key",
+        "ingress.routes[0].path: '/api/in' collides",
+        "ingress.routes[0].subject: '{json:}' is not a placeholder",
+        "ingress.routes[0].verify.header: standard uses the webhook-id",
+    ] {
+        assert!(err.contains(needle), "{needle} in {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        format!("[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x.{{header:X-T}}\"\nverify = {{ scheme = \"sha256\", header = \"X-Hub-Signature-256\", secret = \"s\" }}\n{base}"),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("POST /in/x -> in.x.{header:X-T} [sha256 verification; dedupe on webhook-id; stream must capture in.x.*]"),
+        "{text}"
+    );
+}
