@@ -773,29 +773,60 @@ async fn a_dedicated_listener_serves_only_ingress_and_reload_adds_and_removes_ro
     assert_eq!(subjects, ["inbound.a", "inbound.b.k1"]);
 }
 
+/// Runs natshook until it exits (within 30 s); returns (exit code, stderr).
+fn run_until_exit(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        config.replace("{http_port}", &free_port().to_string()),
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_stops_when_no_stream_captures_an_ingress_subject() {
+async fn start_stops_when_no_stream_captures_all_of_an_ingress_subject() {
     let nats = NatsServer::start();
     nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
     let rx = Receiver::start().await;
     let mut c = config(&nats, &rx, &routes("5s"));
     c.create_stream = false;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("natshook.toml");
-    std::fs::write(
-        &path,
-        c.render().replace("{http_port}", &free_port().to_string()),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_until_exit(&c.render());
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("no JetStream stream captures inbound.std.*, inbound.hex.*, inbound.open.*"),
+        "{err}"
+    );
+    // A stream holding only some of a route's subjects is not enough: requests on
+    // the others would be answered 503 for ever.
+    nats.create_stream(
+        "PART",
+        &["inbound.std.delivered", "inbound.hex.*", "inbound.open.*"],
+    )
+    .await;
+    let (code, err) = run_until_exit(&c.render());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("stream(s) PART capture only part of ingress subject inbound.std.*"),
         "{err}"
     );
 }

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_nats::connection::State;
-use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, context::PublishErrorKind};
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -57,8 +58,10 @@ pub enum IngressError {
         subjects: String,
         error: String,
     },
-    #[error("cannot look up the stream for ingress subject {0}: {1}")]
-    Lookup(String, String),
+    #[error("stream(s) {streams} capture only part of ingress subject {subject}; widen one stream's subjects to {subject}")]
+    Partial { subject: String, streams: String },
+    #[error("cannot list the JetStream streams to check the ingress subjects: {0}")]
+    Lookup(String),
 }
 
 /// A route and its metric children.
@@ -375,25 +378,56 @@ impl Ingress {
     }
 }
 
-/// Checks that a stream captures every route's subjects. Subjects no stream holds are
-/// added to `nats.stream` when `create_stream = true` (the development convenience);
-/// otherwise that is an error, since every request on them would be answered 503.
+/// Checks that a stream captures all of every route's subjects (the template's
+/// pattern must lie within one stream subject: JetStream's own lookup by subject also
+/// names streams that hold only part of it). Subjects no stream holds are added to
+/// `nats.stream` when `create_stream = true` (the development convenience); otherwise
+/// that is an error, since every request on them would be answered 503.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     nats: &NatsConfig,
     routes: &[Route],
 ) -> Result<(), IngressError> {
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let mut streams: Vec<(String, Vec<Pattern>)> = Vec::new();
+    let mut list = js.streams();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| IngressError::Lookup(e.to_string()))?;
+        let subjects = info
+            .config
+            .subjects
+            .iter()
+            .filter_map(|s| Pattern::parse(s).ok())
+            .collect();
+        streams.push((info.config.name, subjects));
+    }
     let mut missing: Vec<Pattern> = Vec::new();
     for r in routes {
-        let pattern = r.subject.pattern();
-        match js.stream_by_subject(pattern.as_str()).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
-                if !missing.contains(pattern) {
-                    missing.push(pattern.clone());
-                }
+        let p = r.subject.pattern();
+        if missing.contains(p)
+            || streams
+                .iter()
+                .any(|(_, s)| s.iter().any(|s| p.is_subset_of(s)))
+        {
+            continue;
+        }
+        let partial: Vec<&str> = streams
+            .iter()
+            .filter(|(_, s)| s.iter().any(|s| s.overlaps(p)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        match partial.as_slice() {
+            [] if nats.create_stream => missing.push(p.clone()),
+            [own] if nats.create_stream && *own == nats.stream => missing.push(p.clone()),
+            [] => missing.push(p.clone()),
+            _ => {
+                return Err(IngressError::Partial {
+                    subject: p.to_string(),
+                    streams: partial.join(", "),
+                })
             }
-            Err(e) => return Err(IngressError::Lookup(pattern.to_string(), e.to_string())),
         }
     }
     if missing.is_empty() {
@@ -450,8 +484,8 @@ pub async fn ensure_streams_at_start(
     let mut wait = Duration::from_millis(250);
     loop {
         match ensure_streams(js, nats, routes).await {
-            Err(IngressError::Lookup(subject, error)) => {
-                tracing::warn!(%subject, %error, "cannot look up the ingress stream yet; retrying");
+            Err(IngressError::Lookup(error)) => {
+                tracing::warn!(%error, "cannot check the ingress streams yet; retrying");
             }
             other => return other,
         }
