@@ -540,6 +540,11 @@ pub async fn run(
         )),
     });
 
+    tokio::spawn(
+        sup.ingress
+            .clone()
+            .watch_secrets(SECRET_POLL, shutdown.clone()),
+    );
     let server_stop = CancellationToken::new();
     let admin = config
         .admin

@@ -865,3 +865,42 @@ fn natshook_check_lists_ingress_problems_with_their_key_paths() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_is_picked_up_without_a_reload() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ingress-secret");
+    std::fs::write(&secret, "first-secret\n").unwrap();
+    let top = format!(
+        "[[ingress.routes]]\npath = \"/in/f\"\nsubject = \"inbound.f\"\nverify = {{ scheme = \"sha256\", header = \"X-Hub-Signature-256\", secret = {{ file = \"{}\" }} }}\nid_header = \"X-Id\"\n",
+        secret.display()
+    );
+    let n = Natshook::start(&config(&nats, &rx, &top).render()).await;
+    let post = |key: &str, id: &str| {
+        curl(
+            "POST",
+            &url(&n, "/in/f"),
+            &[
+                (
+                    "X-Hub-Signature-256",
+                    &format!("sha256={}", hex_sig(key, b"{}")),
+                ),
+                ("X-Id", id),
+            ],
+            b"{}",
+        )
+        .status
+    };
+    assert_eq!(post("first-secret", "1"), 200);
+    std::fs::write(&secret, "second-secret\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while post("second-secret", "2") != 200 {
+        assert!(Instant::now() < deadline, "the new secret never verified");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(post("first-secret", "3"), 401);
+    assert_eq!(stored(&nats, "EVENTS").await.len(), 2);
+    assert!(n.logs().contains("ingress secret file changed"));
+}

@@ -232,6 +232,78 @@ impl Ingress {
         });
     }
 
+    /// Re-reads `{ file }` secrets every `every` (as endpoints do, so a rotated
+    /// Kubernetes Secret takes effect without a reload) and swaps in the routes whose
+    /// keys changed. A file that cannot be read keeps the current keys.
+    pub async fn watch_secrets(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let current = self.table.load_full();
+            let mut changed = Vec::new();
+            let mut routes: Vec<Route> = Vec::with_capacity(current.routes.len());
+            let mut error = None;
+            for live in &current.routes {
+                let mut route = live.route.clone();
+                if let (Verify::Signed(signer), true) = (
+                    &route.verify,
+                    route
+                        .secret_refs
+                        .iter()
+                        .any(crate::secret::SecretRef::is_file),
+                ) {
+                    let fresh = route
+                        .secret_refs
+                        .iter()
+                        .map(|r| r.resolve().map_err(|e| e.to_string()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .and_then(|secrets| {
+                            crate::signing::Signer::new(
+                                signer.scheme(),
+                                signer.header().clone(),
+                                secrets,
+                            )
+                            .map_err(|e| e.to_string())
+                        });
+                    match fresh {
+                        Ok(fresh) if !fresh.same_keys(signer) => {
+                            changed.push(route.path.to_string());
+                            route.verify = Verify::Signed(fresh);
+                        }
+                        Ok(_) => {}
+                        Err(e) => error = Some((route.path.to_string(), e)),
+                    }
+                }
+                routes.push(route);
+            }
+            match error {
+                Some((route, e)) if !failing => {
+                    tracing::warn!(%route, error = %e, "cannot re-read an ingress secret; keeping the current one");
+                    failing = true;
+                }
+                Some(_) => {}
+                None => failing = false,
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            let config = IngressConfig {
+                listen: self.listen,
+                publish_timeout: current.publish_timeout,
+                routes,
+            };
+            let fresh = Arc::new(Table::new(&config, &self.metrics));
+            // A reload that swapped the table meanwhile wins; the next poll sees it.
+            let previous = self.table.compare_and_swap(&current, fresh);
+            if Arc::ptr_eq(&previous, &current) {
+                tracing::info!(routes = ?changed, "ingress secret file changed; verifying with the new secret");
+            }
+        }
+    }
+
     /// Answers one request (any path: unknown ones get `404`).
     pub async fn handle(&self, req: http::Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
