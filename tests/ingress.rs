@@ -904,3 +904,50 @@ async fn a_rotated_secret_file_is_picked_up_without_a_reload() {
     assert_eq!(stored(&nats, "EVENTS").await.len(), 2);
     assert!(n.logs().contains("ingress secret file changed"));
 }
+
+/// The commented `[ingress]` examples in config/, uncommented, pass `natshook check`.
+#[test]
+fn the_commented_ingress_examples_pass_check() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, next) in [
+        ("natshook.example.toml", "[defaults]"),
+        ("natshook.example.yaml", "defaults:"),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/config/{name}")).unwrap();
+        let start = text.find("# Incoming webhooks").expect("ingress example");
+        let end = start + text[start..].find(next).unwrap();
+        let example: String = text[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let text = format!("{}{example}{}", &text[..start], &text[end..])
+            .replace("/var/run/secrets/audit/current", "/etc/hostname")
+            .replace("/var/run/secrets/audit/previous", "/etc/hostname");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .envs([
+                ("CRM_WEBHOOK_SECRET", "x"),
+                ("CRM_API_KEY", "y"),
+                ("SENDGRID_SECRET", "whsec_c2VjcmV0"),
+                ("GH_NEW", "a"),
+                ("GH_OLD", "b"),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("POST /in/github -> inbound.github.{json:action}"),
+            "{stdout}"
+        );
+    }
+}
