@@ -951,3 +951,52 @@ fn the_commented_ingress_examples_pass_check() {
         );
     }
 }
+
+/// A Standard Webhooks sender signing with Ed25519 (`v1a`) gives out only its `whpk_`
+/// public key; a route verifies with that, and refuses a signature by another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_signed_requests_verify_with_the_senders_public_key() {
+    let keys = Command::new(bin()).arg("keygen").output().unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    let mut lines = keys.lines();
+    let (whsk, whpk) = (lines.next().unwrap(), lines.next().unwrap());
+    let other = Command::new(bin()).arg("keygen").output().unwrap();
+    let other_whsk = String::from_utf8(other.stdout).unwrap();
+    let other_whsk = other_whsk.lines().next().unwrap().to_string();
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let top = format!(
+        "[[ingress.routes]]\npath = \"/in/ed\"\nsubject = \"inbound.ed\"\nverify = {{ scheme = \"standard\", secret = {{ value = \"{whpk}\" }} }}\n"
+    );
+    let n = Natshook::start(&config(&nats, &rx, &top).render()).await;
+    let body = br#"{"type":"x"}"#;
+    let post = |secret: &str, id: &str| {
+        let mut sign = Command::new(bin())
+            .args([
+                "sign", "--scheme", "standard", "--id", id, "--secret", secret,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        sign.stdin.take().unwrap().write_all(body).unwrap();
+        let headers = String::from_utf8(sign.wait_with_output().unwrap().stdout).unwrap();
+        let headers: Vec<(String, String)> = headers
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(
+            headers.iter().any(|(_, v)| v.starts_with("v1a,")),
+            "{headers:?}"
+        );
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        curl("POST", &url(&n, "/in/ed"), &refs, body).status
+    };
+    assert_eq!(post(whsk, "ed-1"), 200);
+    assert_eq!(post(&other_whsk, "ed-2"), 401);
+    assert_eq!(stored(&nats, "EVENTS").await.len(), 1);
+}

@@ -464,7 +464,9 @@ fn validate_verify(
     if secrets.len() != refs.len() {
         return None;
     }
-    let signer = match Signer::new(scheme, header.clone(), secrets) {
+    // A verifier also takes `whpk_` public keys: a sender signing with Ed25519 (`v1a`)
+    // hands out only those.
+    let signer = match Signer::verifier(scheme, header.clone(), secrets) {
         Ok(s) => s,
         Err(e) => {
             add(p, key("secret"), e);

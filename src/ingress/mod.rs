@@ -261,7 +261,7 @@ impl Ingress {
                         .map(|r| r.resolve().map_err(|e| e.to_string()))
                         .collect::<Result<Vec<_>, _>>()
                         .and_then(|secrets| {
-                            crate::signing::Signer::new(
+                            crate::signing::Signer::verifier(
                                 signer.scheme(),
                                 signer.header().clone(),
                                 secrets,
