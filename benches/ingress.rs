@@ -344,7 +344,12 @@ async fn run(o: Opts) {
         "every 200 stored once"
     );
     let (lat, bad_l) = fixed_rate(&client, &url, o.rate, o.seconds).await;
-    assert_eq!(bad_l, 0, "every fixed-rate request answered 200");
+    // Above natshook's capacity, requests queue, connections pile up past the
+    // listener's cap and are refused: reported, not a failure of the benchmark.
+    assert!(
+        !o.smoke || bad_l == 0,
+        "every fixed-rate request answered 200"
+    );
     let peak = rss_kib(pid);
 
     println!(
@@ -368,6 +373,12 @@ async fn run(o: Opts) {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(0.0)
     );
+    if bad_l > 0 {
+        println!(
+            "    {bad_l} of {} not answered 200 (over capacity: refused connections or 503)",
+            o.rate * o.seconds
+        );
+    }
     println!(
         "  natshook RSS                            idle {idle} KiB, after the phases {peak} KiB"
     );
