@@ -23,6 +23,7 @@
 //! * `delivery_log`: the `NATSHOOK_LOG` stream: recent attempts per endpoint.
 //! * `server`: natshook's own HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! * `admin`: the admin API under `/api/`, behind a bearer token.
+//! * `ingress`: incoming webhooks: verified requests stored in JetStream before the 2xx.
 //! * `metrics`: the contract's Prometheus metrics.
 //! * `allocator`: jemalloc as the global allocator (feature `jemalloc`).
 //!
