@@ -331,12 +331,12 @@ fn keygen(args: KeygenArgs) -> Result<(), Failure> {
         let secret = Secret::new(input.trim_ascii());
         let public = crate::signing::ed25519_public_key(&secret)
             .map_err(|e| Failure::Usage(anyhow!("stdin: {e}")))?;
-        println!("{public}");
+        to_stdout(format_args!("{public}"));
         return Ok(());
     }
     let (secret, public) = crate::signing::generate_ed25519()
         .map_err(|e| Failure::Runtime(anyhow!("no OS randomness: {e}")))?;
-    println!("{secret}\n{public}");
+    to_stdout(format_args!("{secret}\n{public}"));
     Ok(())
 }
 
@@ -366,22 +366,24 @@ fn check(path: &Path) -> Result<(), Failure> {
         let listener = ingress
             .listen
             .map_or_else(|| format!("{} ([http])", config.listen), |a| a.to_string());
-        println!("ingress on {listener}:");
+        to_stdout(format_args!("ingress on {listener}:"));
         for r in &ingress.routes {
             let verify = match &r.verify {
                 crate::ingress::Verify::None => "no verification".to_string(),
                 crate::ingress::Verify::Signed(s) => format!("{} verification", s.scheme()),
             };
-            println!(
+            to_stdout(format_args!(
                 "  POST {} -> {} [{verify}; dedupe on {}; stream must capture {}]",
                 r.path,
                 r.subject,
                 r.id_header,
                 r.subject.pattern()
-            );
+            ));
         }
         if !config.nats.create_stream {
-            println!("  (natshook checks at start that a stream captures these subjects)");
+            to_stdout(format_args!(
+                "  (natshook checks at start that a stream captures these subjects)"
+            ));
         }
     }
     Ok(())

@@ -339,3 +339,26 @@ fn check_refuses_other_spellings_of_private_addresses() {
         );
     }
 }
+
+/// A reader that went away before the output (`natshook keygen | head -c0`) is not a
+/// panic (exit 101): the key pair is simply not shown. The pipe's read end is closed
+/// before natshook starts, so the write fails every time, not by a race.
+#[test]
+fn output_to_a_closed_pipe_is_not_a_panic() {
+    let script = "import os, subprocess, sys\n\
+                  r, w = os.pipe()\n\
+                  os.close(r)\n\
+                  sys.exit(subprocess.run(sys.argv[1:], stdout=w).returncode)\n";
+    for args in [&["keygen"][..], &["sign", "--secret", "s"][..]] {
+        let status = Command::new(common::python())
+            .arg("-c")
+            .arg(script)
+            .arg(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("python runs");
+        assert_ne!(status.code(), Some(101), "natshook {args:?} panicked");
+    }
+}
