@@ -8,8 +8,8 @@
 //! # Layout
 //!
 //! * `cli`: the commands (`run`, `check`, `sign`, `verify`, `dlq`) and exit codes.
-//! * `config`: loading the config file (TOML or YAML) and validating every key at once.
-//! * `env_override`: `NATSHOOK__…` variables, single `[[endpoints]]`/`[[events]]` entries too.
+//! * `config`: loading the config file (TOML or YAML, `NATSHOOK__…` variables over it, single
+//!   `[[endpoints]]`/`[[events]]` entries too) and validating every key at once.
 //! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
 //! * `bridge`: `natshook run` wired together; its `Supervisor` runs, reloads and stops workers.
 //! * `consumer`: one endpoint's `Worker`: fetch, hold while paused, probe, ack/NAK/dead-letter.
@@ -46,7 +46,6 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delivery;
 pub mod delivery_log;
-pub mod env_override;
 pub mod envelope;
 pub mod guard;
 pub mod ingress;

@@ -7,7 +7,8 @@ use figment::providers::{Env, Serialized};
 use figment::value::{Dict, Value};
 use figment::Figment;
 
-use crate::config::{figment_problems, Problem, ENV_PREFIX, TABLE_ARRAYS};
+use super::load::figment_problems;
+use super::{Problem, ENV_PREFIX, TABLE_ARRAYS};
 
 /// Whether `key` lies in one of the arrays whose entries an override addresses:
 /// `NATSHOOK__ENDPOINTS__CRM__URL` (by name) or `NATSHOOK__EVENTS__0__SUBJECT` (by index).

@@ -1,0 +1,51 @@
+//! Every default value of the config, in one place: what a key is when it is left
+//! out. Validation reads them from here, and README's key tables list the same values
+//! (a changed default changes both).
+
+use std::time::Duration;
+
+// [nats]
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const CONSUMER_PREFIX: &str = "natshook";
+pub const CREATE_STREAM: bool = false;
+
+// [http]
+pub const HTTP_LISTEN: &str = "0.0.0.0:9464";
+
+// [defaults] and [[endpoints]]
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// The delays between attempts; `max_attempts` defaults to one more than it lists.
+pub const RETRY_SCHEDULE: &[&str] = &["1s", "5s", "30s", "5m", "30m", "2h"];
+pub const DISABLE_AFTER_FAILURES: u32 = 10;
+pub const CONCURRENCY: u32 = 64;
+pub const SIGNATURE_SCHEME: &str = "hex";
+pub const SIGNATURE_HEADER: &str = "X-Webhook-Signature";
+pub const ENVELOPE: &str = "standard";
+pub const ORDERED: bool = false;
+pub const MAX_BODY: usize = 1024 * 1024;
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+pub const PROBE_MAX_INTERVAL: Duration = Duration::from_secs(600);
+pub const ALLOW_HTTP: bool = false;
+pub const ALLOW_PRIVATE: bool = false;
+
+// [dead_letter]
+pub const DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+// [delivery_log]
+pub const DELIVERY_LOG_ENABLED: bool = true;
+pub const DELIVERY_LOG_MAX_PER_ENDPOINT: i64 = 1000;
+pub const DELIVERY_LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND: i64 = 100;
+
+// [admin]
+pub const ADMIN_ENABLED: bool = false;
+
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+// [ingress] and [[ingress.routes]]
+/// The largest body a route accepts.
+pub const INGRESS_MAX_BODY: usize = 1024 * 1024;
+/// The wait for the JetStream publish ack before answering 503.
+pub const INGRESS_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const INGRESS_ID_HEADER: &str = "webhook-id";
+pub const INGRESS_SIGNATURE_HEADER: &str = SIGNATURE_HEADER;

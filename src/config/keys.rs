@@ -1,0 +1,117 @@
+//! Unknown keys are errors: a misspelt key must never silently change where webhooks
+//! go. The allowed keys of each table are the fields of its raw shape
+//! ([`field_names`]), so they cannot drift apart.
+
+use figment::value::Value;
+
+use super::raw::{
+    field_names, RawAdmin, RawConfig, RawDeadLetter, RawDeliveryLog, RawEndpoint, RawEvent,
+    RawHttp, RawNats, RawSettings, RawSignature, RawTls,
+};
+use super::Problems;
+use crate::secret::SecretRefTable;
+
+/// Reports each key of the table `value` (at key path `path`) that none of `allowed`
+/// lists. Anything but a table is left to the type checks.
+pub fn unknown_keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], p: &mut Problems) {
+    let Some(Value::Dict(_, dict)) = value else {
+        return;
+    };
+    for key in dict.keys() {
+        if !allowed.iter().any(|set| set.contains(&key.as_str())) {
+            let all: Vec<&str> = allowed.iter().flat_map(|s| s.iter().copied()).collect();
+            let at = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            p.add(
+                at,
+                format_args!("unknown key (expected one of: {})", all.join(", ")),
+            );
+        }
+    }
+}
+
+/// The keys of a secret table (`{ env }`, `{ file }`, `{ value }`).
+pub fn secret_keys() -> &'static [&'static str] {
+    field_names::<SecretRefTable>()
+}
+
+/// Unknown keys of each secret of a secret list: one secret (at `path`) or several
+/// (at `path[j]`).
+pub fn unknown_secret_list_keys(value: Option<&Value>, path: &str, p: &mut Problems) {
+    match value {
+        Some(Value::Array(_, list)) => {
+            for (j, s) in list.iter().enumerate() {
+                unknown_keys(Some(s), &format!("{path}[{j}]"), &[secret_keys()], p);
+            }
+        }
+        other => unknown_keys(other, path, &[secret_keys()], p),
+    }
+}
+
+fn items(value: Option<&Value>) -> Vec<&Value> {
+    match value {
+        Some(Value::Array(_, v)) => v.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[defaults]` or an endpoint (whose own keys are `extra`).
+fn settings(value: &Value, path: &str, extra: &[&str], p: &mut Problems) {
+    unknown_keys(Some(value), path, &[field_names::<RawSettings>(), extra], p);
+    unknown_keys(
+        value.find_ref("signature"),
+        &format!("{path}.signature"),
+        &[field_names::<RawSignature>()],
+        p,
+    );
+    if let Some(Value::Dict(_, headers)) = value.find_ref("headers") {
+        for (name, v) in headers {
+            let at = format!("{path}.headers.{name}");
+            unknown_keys(Some(v), &at, &[secret_keys()], p);
+        }
+    }
+}
+
+pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
+    let section = |key: &str| value.find_ref(key);
+    let secret = |key: &str, p: &mut Problems| unknown_keys(section(key), key, &[secret_keys()], p);
+    unknown_keys(Some(value), "", &[field_names::<RawConfig>()], p);
+    unknown_keys(section("nats"), "nats", &[field_names::<RawNats>()], p);
+    secret("nats.token", p);
+    secret("nats.password", p);
+    unknown_keys(
+        section("nats.tls"),
+        "nats.tls",
+        &[field_names::<RawTls>()],
+        p,
+    );
+    for (key, allowed) in [
+        ("http", field_names::<RawHttp>()),
+        ("dead_letter", field_names::<RawDeadLetter>()),
+        ("delivery_log", field_names::<RawDeliveryLog>()),
+        ("admin", field_names::<RawAdmin>()),
+    ] {
+        unknown_keys(section(key), key, &[allowed], p);
+    }
+    secret("admin.token", p);
+    crate::ingress::check_unknown_keys(section("ingress"), &mut p.0);
+    if let Some(defaults) = section("defaults") {
+        settings(defaults, "defaults", &[], p);
+    }
+    for (i, ev) in items(section("events")).into_iter().enumerate() {
+        unknown_keys(
+            Some(ev),
+            &format!("events[{i}]"),
+            &[field_names::<RawEvent>()],
+            p,
+        );
+    }
+    for (i, ep) in items(section("endpoints")).into_iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        settings(ep, &path, field_names::<RawEndpoint>(), p);
+        unknown_secret_list_keys(ep.find_ref("secret"), &format!("{path}.secret"), p);
+    }
+}

@@ -1,0 +1,63 @@
+//! The config file: loading (TOML or YAML plus `NATSHOOK__…` env overrides, merged by
+//! figment), and validation into the typed [`Config`] the rest of natshook uses.
+//!
+//! Validation collects every problem instead of stopping at the first, each named by
+//! its key path (`endpoints[1].url: …`), because `natshook check` runs in CI pipelines
+//! where one round trip per typo is painful. Unknown keys are errors: a misspelt key
+//! must never silently change where webhooks go.
+//!
+//! How the parts fit, in the order a config passes through them:
+//!
+//! * `load`: reads the text, has `shape` check its nesting (and YAML's repeated keys)
+//!   before figment parses it, merges the overrides of `env_override`, and extracts
+//!   the raw shapes, taking every mistyped key out with its problem.
+//! * `keys`: unknown keys, against the fields of the raw shapes.
+//! * `raw`: the shapes as written (lenient types), which are also the lists of keys.
+//! * `validate`: one module per section turns the raw shapes into the `model`, taking
+//!   what is left out from `defaults`.
+//! * `problems`: the [`Problem`]s, their collector and the checks sections share.
+//!
+//! `[ingress]` is the ingress's own section (`crate::ingress::config`), checked with
+//! the helpers exported here.
+
+pub mod defaults;
+pub mod env_override;
+mod keys;
+mod load;
+mod model;
+mod problems;
+mod raw;
+mod shape;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::path::Path;
+
+pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
+pub use model::{
+    AdminConfig, Config, DeadLetterConfig, Endpoint, EndpointTls, Envelope, NatsAuth, NatsConfig,
+    NatsTls,
+};
+pub use problems::{ConfigError, Problem, Problems};
+pub use raw::field_names;
+
+/// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
+pub const ENV_PREFIX: &str = "NATSHOOK__";
+
+/// The arrays of tables: their entries are addressed by index (`endpoints[1].url`).
+pub(crate) const TABLE_ARRAYS: &[&str] = &["endpoints", "events"];
+
+impl Config {
+    /// Loads `path` (TOML or YAML by extension) with env overrides and validates it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (figment, problems) = load::figment_for(path)?;
+        load::from_figment(&figment, problems)
+    }
+
+    /// Parses a config from text, for tests and tools. `format` is "toml" or "yaml".
+    pub fn from_str(text: &str, format: &str) -> Result<Self, ConfigError> {
+        let (figment, problems) = load::figment_for_text(text, format)?;
+        load::from_figment(&figment, problems)
+    }
+}

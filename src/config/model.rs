@@ -1,0 +1,182 @@
+//! The typed config the rest of natshook reads: every key checked and every default
+//! applied, so no user of it parses or guesses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::guard::TargetPolicy;
+use crate::routing::{EventFilter, Router};
+use crate::secret::{Secret, SecretRef};
+use crate::signing::Signer;
+
+/// How a receiver gets the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// The JSON envelope of the contract.
+    Standard,
+    /// The payload bytes unchanged.
+    Raw,
+}
+
+/// NATS authentication, at most one kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    None,
+    Token(Secret),
+    UserPassword(String, Secret),
+    CredsFile(PathBuf),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NatsTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConfig {
+    pub urls: Vec<String>,
+    pub auth: NatsAuth,
+    pub tls: Option<NatsTls>,
+    pub stream: String,
+    pub create_stream: bool,
+    pub consumer_prefix: String,
+}
+
+/// Everything natshook needs to deliver to one endpoint, defaults applied.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: http::Uri,
+    pub events: EventFilter,
+    pub signer: Signer,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub allow_http: bool,
+    /// Which resolved addresses this endpoint may reach (SSRF guard).
+    pub target: TargetPolicy,
+    /// The secret references, re-read when a `{ file }` secret changes.
+    pub secret_refs: Vec<SecretRef>,
+    /// NATS message headers copied onto the request (besides W3C trace context).
+    pub forward_headers: Vec<HeaderName>,
+    pub tls: EndpointTls,
+    pub timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub max_attempts: u32,
+    /// 0 disables pausing.
+    pub disable_after_failures: u32,
+    pub concurrency: usize,
+    pub envelope: Envelope,
+    pub envelope_fields: serde_json::Map<String, serde_json::Value>,
+    pub ordered: bool,
+    pub max_body: usize,
+    pub probe_interval: Duration,
+    pub probe_max_interval: Duration,
+}
+
+impl Endpoint {
+    /// The delay before the retry that follows failed attempt `attempt` (1-based).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let idx = attempt.saturating_sub(1) as usize;
+        self.retry_schedule
+            .get(idx)
+            .or(self.retry_schedule.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Equality as a reload sees it: an endpoint equal to the running one keeps running.
+/// Secrets compare by their references (`secret_refs`), not by the keys read from
+/// them: the running endpoint picks up a `{ file }` secret's new content itself
+/// (`Deliverer::watch_secrets`), so that is no reason to restart it. Header values are
+/// compared as read: nothing re-reads them but a restart.
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a field added to Endpoint cannot be left out here.
+        let Endpoint {
+            name,
+            url,
+            events,
+            signer,
+            headers,
+            allow_http,
+            target,
+            secret_refs,
+            forward_headers,
+            tls,
+            timeout,
+            retry_schedule,
+            max_attempts,
+            disable_after_failures,
+            concurrency,
+            envelope,
+            envelope_fields,
+            ordered,
+            max_body,
+            probe_interval,
+            probe_max_interval,
+        } = self;
+        *name == other.name
+            && *url == other.url
+            && *events == other.events
+            && signer.scheme() == other.signer.scheme()
+            && signer.header() == other.signer.header()
+            && *headers == other.headers
+            && *allow_http == other.allow_http
+            && *target == other.target
+            && *secret_refs == other.secret_refs
+            && *forward_headers == other.forward_headers
+            && *tls == other.tls
+            && *timeout == other.timeout
+            && *retry_schedule == other.retry_schedule
+            && *max_attempts == other.max_attempts
+            && *disable_after_failures == other.disable_after_failures
+            && *concurrency == other.concurrency
+            && *envelope == other.envelope
+            && *envelope_fields == other.envelope_fields
+            && *ordered == other.ordered
+            && *max_body == other.max_body
+            && *probe_interval == other.probe_interval
+            && *probe_max_interval == other.probe_max_interval
+    }
+}
+
+/// TLS to one receiver: a private CA instead of the system roots, and a client
+/// certificate for receivers that require mutual TLS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterConfig {
+    pub max_age: Duration,
+}
+
+/// The admin API: off unless enabled, always behind a bearer token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub listen: SocketAddr,
+    pub router: Router,
+    pub endpoints: Vec<Endpoint>,
+    pub dead_letter: DeadLetterConfig,
+    /// `None` when `[delivery_log] enabled = false`.
+    pub delivery_log: Option<crate::delivery_log::LogSettings>,
+    /// `None` unless `[admin] enabled = true`.
+    pub admin: Option<AdminConfig>,
+    pub shutdown_grace: Duration,
+    /// Incoming webhooks (no routes unless configured).
+    pub ingress: crate::ingress::IngressConfig,
+}

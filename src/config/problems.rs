@@ -1,0 +1,134 @@
+//! What validation reports: each [`Problem`] named by its key path, all of them
+//! together in one [`ConfigError`], and the [`Problems`] collector the section checks
+//! write to, with the checks several sections share (durations, counts, header names,
+//! secret lists) so that each is worded the same everywhere.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use crate::secret::{Secret, SecretList};
+
+/// One problem found in the config, named by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid config ({} problem(s)):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn single(path: &str, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                path: path.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Collects problems while validating.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, path: impl Into<String>, message: impl fmt::Display) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.to_string(),
+        });
+    }
+
+    /// How many problems so far: a section compares before and after its checks.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A duration greater than zero (`"500ms"`, `"5s"`, `"2m"`).
+    pub fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.add(path, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.add(
+                    path,
+                    format_args!("'{text}' is not a duration ({e}); use e.g. \"500ms\", \"5s\", \"2m\", \"2h\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// A count of at least `min` that fits a `u32`.
+    pub fn positive(&mut self, path: &str, value: i64, min: i64) -> Option<u32> {
+        if value < min || value > i64::from(u32::MAX) {
+            self.add(path, format_args!("must be at least {min} (got {value})"));
+            None
+        } else {
+            Some(value as u32)
+        }
+    }
+
+    /// An HTTP header name as written in the config.
+    pub fn header_name(&mut self, path: impl Into<String>, text: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(text.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.add(path, format_args!("'{text}' is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    /// The secrets of a list (one reference or several, newest first), each with the
+    /// key path its problems are named by; an entry that cannot be read is reported and
+    /// left out, so a caller compares the count with the list's.
+    pub fn secrets(&mut self, list: &SecretList, path: &str) -> Vec<(String, Secret)> {
+        let refs = list.refs();
+        if refs.is_empty() {
+            self.add(path, "must list at least one secret");
+        }
+        let mut out = Vec::new();
+        for (j, r) in refs.iter().enumerate() {
+            let at = match list {
+                SecretList::One(_) => path.to_string(),
+                SecretList::Many(_) => format!("{path}[{j}]"),
+            };
+            match r.resolve() {
+                Ok(s) => out.push((at, s)),
+                Err(e) => self.add(at, e),
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,202 @@
+//! The config's raw shapes, as written. Types are lenient (durations and URLs are
+//! strings) so that one wrong value does not hide the others: validation reports them
+//! all. Each struct is also its section's list of allowed keys ([`field_names`]), so a
+//! new key is one field here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::secret::{SecretList, SecretRef};
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawConfig {
+    pub nats: Option<RawNats>,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub defaults: RawSettings,
+    #[serde(default)]
+    pub events: Vec<RawEvent>,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    pub dead_letter: RawDeadLetter,
+    #[serde(default)]
+    pub delivery_log: RawDeliveryLog,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    pub shutdown_grace: Option<String>,
+    #[serde(default)]
+    pub ingress: crate::ingress::RawIngress,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawDeliveryLog {
+    pub enabled: Option<bool>,
+    pub max_per_endpoint: Option<i64>,
+    pub max_age: Option<String>,
+    pub max_successes_per_second: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub token: Option<SecretRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawNats {
+    pub url: Option<String>,
+    pub stream: Option<String>,
+    pub create_stream: Option<bool>,
+    pub consumer_prefix: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub token: Option<SecretRef>,
+    pub user: Option<String>,
+    pub password: Option<SecretRef>,
+    pub tls: Option<RawTls>,
+}
+
+/// TLS files: `[nats] tls`, and an endpoint's (written among its settings).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(super) struct RawTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawDeadLetter {
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawEvent {
+    pub subject: Option<String>,
+    pub event: Option<String>,
+}
+
+/// Keys allowed both in `[defaults]` and on an endpoint.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(super) struct RawSettings {
+    pub timeout: Option<String>,
+    pub retry_schedule: Option<Vec<String>>,
+    pub max_attempts: Option<i64>,
+    pub disable_after_failures: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub signature: Option<RawSignature>,
+    pub envelope: Option<String>,
+    pub envelope_fields: Option<serde_json::Map<String, serde_json::Value>>,
+    pub ordered: Option<bool>,
+    pub max_body: Option<i64>,
+    pub probe_interval: Option<String>,
+    pub probe_max_interval: Option<String>,
+    pub allow_http: Option<bool>,
+    pub allow_private: Option<bool>,
+    pub allow_cidrs: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, SecretRef>>,
+    pub forward_headers: Option<Vec<String>>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(super) struct RawSignature {
+    pub scheme: Option<String>,
+    pub header: Option<String>,
+}
+
+/// An endpoint's own keys. Its settings ([`RawSettings`]) are written beside them and
+/// read from the same table on their own, so that a type error among them is named by
+/// its key (serde's `flatten` would lose it).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawEndpoint {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub secret: Option<SecretList>,
+}
+
+/// The keys of a struct that derives `Deserialize`: the field names serde's derive
+/// passes to `deserialize_struct`, recorded by a deserializer that reads nothing else.
+/// A struct with a `#[serde(flatten)]` field is read as a map and has no such list:
+/// it yields none, which the unit tests below catch for every raw shape.
+pub fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut names));
+    names
+}
+
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldNames<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("field names recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_raw_shape_lists_its_keys() {
+        let lists = [
+            field_names::<RawConfig>(),
+            field_names::<RawNats>(),
+            field_names::<RawTls>(),
+            field_names::<RawHttp>(),
+            field_names::<RawDeadLetter>(),
+            field_names::<RawDeliveryLog>(),
+            field_names::<RawAdmin>(),
+            field_names::<RawEvent>(),
+            field_names::<RawSettings>(),
+            field_names::<RawSignature>(),
+            field_names::<RawEndpoint>(),
+            field_names::<crate::secret::SecretRefTable>(),
+        ];
+        for list in lists {
+            assert!(!list.is_empty());
+        }
+        assert_eq!(
+            field_names::<RawTls>(),
+            ["ca_file", "cert_file", "key_file"]
+        );
+        assert_eq!(
+            field_names::<RawEndpoint>(),
+            ["name", "url", "events", "secret"]
+        );
+        assert_eq!(
+            field_names::<crate::secret::SecretRefTable>(),
+            ["env", "file", "value"]
+        );
+        assert!(field_names::<RawSettings>().contains(&"probe_max_interval"));
+    }
+}

@@ -1,0 +1,434 @@
+//! The config as `natshook check` sees it: every problem named by its key path.
+
+use std::time::Duration;
+
+use super::*;
+use crate::signing::Scheme;
+
+const GOOD: &str = r#"
+        [nats]
+        stream = "EVENTS"
+        [[events]]
+        subject = "crm.lead.created"
+        event = "lead.created"
+        [[events]]
+        subject = "helpdesk.ticket.*"
+        event = "ticket.{3}"
+        [[endpoints]]
+        name = "crm"
+        url = "https://crm.example.com/hooks"
+        events = ["lead.created", "ticket.*"]
+        secret = { value = "s3cret" }
+    "#;
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_str(text, "toml") {
+        Ok(_) => vec![],
+        Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn every_mistyped_key_is_named_and_the_rest_still_validated() {
+    let text = format!(
+            "shutdown_grace = 5\n{GOOD}concurrency = \"many\"\nordered = 1\n[[endpoints]]\nname = 5\nurl = \"ftp://x\"\nevents = [\"*\"]\nsecret = \"s\"\nmax_attempts = \"7\"\n"
+        );
+    let p = problems(&text);
+    for needle in [
+        "shutdown_grace: invalid type: found signed int `5`, expected a string",
+        "endpoints[0].concurrency: invalid type: found string \"many\"",
+        "endpoints[0].ordered: invalid type: found signed int `1`, expected a boolean",
+        "endpoints[1].max_attempts: invalid type: found string \"7\"",
+        "endpoints[1].name: invalid type: found signed int `5`, expected a string",
+        "endpoints[1].url:",
+    ] {
+        assert!(p.iter().any(|x| x.starts_with(needle)), "{needle} in {p:?}");
+    }
+    // Taken out for its type, the name is not reported missing as well.
+    assert!(
+        !p.iter().any(|x| x == "endpoints[1].name: required"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = Config::from_str(GOOD, "toml").unwrap();
+    assert_eq!(c.nats.urls, vec!["nats://127.0.0.1:4222"]);
+    assert_eq!(c.nats.consumer_prefix, "natshook");
+    assert_eq!(c.listen, "0.0.0.0:9464".parse().unwrap());
+    let e = &c.endpoints[0];
+    assert_eq!(e.timeout, Duration::from_secs(10));
+    assert_eq!(e.max_attempts, 7);
+    assert_eq!(e.retry_schedule.len(), 6);
+    assert_eq!(e.retry_delay(1), Duration::from_secs(1));
+    assert_eq!(e.retry_delay(6), Duration::from_secs(7200));
+    assert_eq!(e.retry_delay(60), Duration::from_secs(7200));
+    assert_eq!(e.disable_after_failures, 10);
+    assert_eq!(e.concurrency, 64);
+    assert_eq!(e.signer.scheme(), Scheme::Hex);
+    assert_eq!(e.signer.header().as_str(), "x-webhook-signature");
+    assert_eq!(e.envelope, Envelope::Standard);
+    assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+}
+
+#[test]
+fn endpoint_overrides_defaults_key_by_key() {
+    let text = GOOD.replacen(
+            "[[events]]",
+            "[defaults]\ntimeout = \"2s\"\nsignature = { scheme = \"sha256\", header = \"X-Sig\" }\n[[events]]",
+            1,
+        ) + "signature = { scheme = \"standard\" }\nretry_schedule = [\"1s\"]\n";
+    let c = Config::from_str(&text, "toml").unwrap();
+    let e = &c.endpoints[0];
+    assert_eq!(e.timeout, Duration::from_secs(2));
+    assert_eq!(e.signer.scheme(), Scheme::Standard);
+    assert_eq!(e.max_attempts, 2);
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key_path() {
+    let text = r#"
+            shutdown_grace = "soon"
+            [nats]
+            stream = "EVENTS"
+            [[events]]
+            subject = "a..b"
+            event = "x"
+            [[endpoints]]
+            name = "Bad Name"
+            url = "http://example.com/x"
+            events = ["x"]
+            secret = { env = "NATSHOOK_TEST_UNSET_SECRET" }
+            timout = "5s"
+            [[endpoints]]
+            name = "ok"
+            url = "https://10.0.0.1/x"
+            events = []
+            secret = "v"
+            timeout = "fast"
+            headers = { "X-Webhook-Id" = "spoof" }
+            signature = { scheme = "md5" }
+        "#;
+    let got = problems(text);
+    let expect = [
+        "shutdown_grace: 'soon' is not a duration",
+        "events[0].subject: 'a..b' has an empty token",
+        "endpoints[0].name: 'Bad Name' must match [a-z0-9_-]+",
+        "endpoints[0].url: scheme must be https (set allow_http = true to permit http)",
+        "endpoints[0].secret: environment variable NATSHOOK_TEST_UNSET_SECRET is not set",
+        "endpoints[0].timout: unknown key",
+        "endpoints[1].url: 10.0.0.1 is a private",
+        "endpoints[1].events: must list at least one",
+        "endpoints[1].timeout: 'fast' is not a duration",
+        "endpoints[1].headers.X-Webhook-Id: natshook sets this header itself",
+        "endpoints[1].signature.scheme: 'md5' is not one of hex, sha256, standard",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_top_level_and_nested_keys_are_errors() {
+    let got = problems(&format!(
+        "{GOOD}\n[http]\nlisten = \"0.0.0.0:1\"\nlissten = 1\n"
+    ));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("http.lissten: unknown key")),
+        "{got:?}"
+    );
+    let got = problems(&GOOD.replace("secret = { value", "secret = { valeu"));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("endpoints[0].secret.valeu: unknown key")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn events_no_mapping_produces_is_an_error() {
+    let got = problems(&GOOD.replace("[\"lead.created\", \"ticket.*\"]", "[\"lead.craeted\"]"));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("endpoints[0].events: no [[events]] mapping")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn yaml_twin_parses() {
+    let yaml = r#"
+nats:
+  stream: EVENTS
+events:
+  - subject: crm.lead.created
+    event: lead.created
+endpoints:
+  - name: crm
+    url: https://crm.example.com/hooks
+    events: ["*"]
+    secret: { value: s3cret }
+    envelope: raw
+"#;
+    let c = Config::from_str(yaml, "yaml").unwrap();
+    assert_eq!(c.endpoints[0].envelope, Envelope::Raw);
+}
+
+const GOOD_YAML: &str = "nats:\n  stream: EVENTS\nevents:\n  - subject: a\n    event: a\nendpoints:\n  - name: x\n    url: https://example.com/\n    events: [\"*\"]\n    secret: s\n";
+
+fn problems_in(text: &str, format: &str) -> Vec<String> {
+    match Config::from_str(text, format) {
+        Ok(_) => vec![],
+        Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_repeated_yaml_key_is_an_error_named_by_its_path() {
+    let text = format!(
+            "{GOOD_YAML}    allow_private: false\n    allow_private: true\n    headers: {{ X-A: a, \"X-A\": b }}\n    envelope_fields:\n      env: prod\n      nested: {{ k: 1, k: 2 }}\n      env: dev\n    timeout: fast\n"
+        );
+    let got = problems_in(&text, "yaml");
+    for needle in [
+        "endpoints[0].allow_private: repeated key (lines 11 and 12)",
+        "endpoints[0].headers.X-A: repeated key (twice on line 13)",
+        "endpoints[0].envelope_fields.nested.k: repeated key (twice on line 16)",
+        "endpoints[0].envelope_fields.env: repeated key (lines 15 and 17)",
+        // The rest is still validated.
+        "endpoints[0].timeout: 'fast' is not a duration",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(needle)),
+            "missing {needle:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 5, "{got:#?}");
+    // The same key in different mappings, or a value repeated, is fine.
+    let text =
+        format!("{GOOD_YAML}    envelope_fields: {{ a: {{ x: 1 }}, b: {{ x: 1 }}, c: [x, x] }}\n");
+    assert!(Config::from_str(&text, "yaml").is_ok());
+}
+
+#[test]
+fn deep_nesting_is_refused_at_once() {
+    let n = 100_000;
+    for (format, text) in [
+        ("yaml", format!("a: {}{}\n", "[".repeat(n), "]".repeat(n))),
+        (
+            "yaml",
+            format!("a: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)),
+        ),
+        ("yaml", format!("a:\n{}x\n", "- ".repeat(n))),
+        ("toml", format!("a = {}{}\n", "[".repeat(n), "]".repeat(n))),
+        // toml_edit's limits (80 levels, 80-part keys) multiply: 79 x 79 deep.
+        (
+            "toml",
+            format!(
+                "a = {}1{}\n",
+                format!("{{ {} = ", ["k"; 79].join(".")).repeat(79),
+                "}".repeat(79)
+            ),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let got = problems_in(&text, format);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{format}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("config: nests deeper than 64 levels"),
+            "{got:?}"
+        );
+    }
+}
+
+#[test]
+fn a_toml_syntax_error_is_one_line_with_its_place() {
+    assert_eq!(
+            problems("a = 1\n[nats\n"),
+            vec!["config: TOML syntax error at line 2, column 6: invalid table header; expected `.`, `]`"]
+        );
+}
+
+#[test]
+fn nesting_up_to_the_limit_passes_and_brackets_in_strings_do_not_count() {
+    // The top-level table, endpoints and the endpoint are 3 levels.
+    let nested = |levels: usize| "{ a = ".repeat(levels) + "1" + &" }".repeat(levels);
+    let at = |levels: usize| format!("{GOOD}envelope_fields = {}\n", nested(levels));
+    assert!(Config::from_str(&at(61), "toml").is_ok());
+    let got = problems(&at(62));
+    assert!(
+        got[0].starts_with(
+            "config: nests deeper than 64 levels (under endpoints[0].envelope_fields.a.a"
+        ),
+        "{got:?}"
+    );
+    let yaml = |levels: usize| {
+        format!(
+            "{GOOD_YAML}    envelope_fields: {}\n",
+            nested(levels).replace(" =", ":")
+        )
+    };
+    assert!(Config::from_str(&yaml(61), "yaml").is_ok());
+    let got = problems_in(&yaml(62), "yaml");
+    assert!(
+        got[0].starts_with("config: nests deeper than 64 levels at line 11, column "),
+        "{got:?}"
+    );
+
+    let brackets = "[{".repeat(5000);
+    let text = format!(
+            "{GOOD_YAML}    envelope_fields:\n      quoted: \"{brackets}\"\n      single: '{brackets}'\n      plain: a{brackets}\n      block: |\n        {brackets}\n    # {brackets}\n"
+        );
+    assert!(Config::from_str(&text, "yaml").is_ok());
+    let text = format!(
+            "{GOOD}envelope_fields = {{ basic = \"{brackets}\", literal = '{brackets}', multi = \"\"\"\n{brackets}\"\"\" }}\n# {brackets}\n"
+        );
+    assert!(Config::from_str(&text, "toml").is_ok());
+}
+
+/// Aliases repeat a collection inside another: the merged config is checked too.
+#[test]
+fn nesting_through_yaml_aliases_is_refused() {
+    let text = format!(
+        "{GOOD_YAML}    envelope_fields:\n      a: &deep {}1{}\n      b: {}*deep{}\n",
+        "[".repeat(40),
+        "]".repeat(40),
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let got = problems_in(&text, "yaml");
+    assert!(
+        got[0].starts_with(
+            "config: nests deeper than 64 levels (under endpoints[0].envelope_fields.b[0]"
+        ),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn env_values_figment_would_parse_too_deep_are_refused() {
+    let deep = "[".repeat(65) + &"]".repeat(65);
+    let err = shape::check_env_value("NATSHOOK__X", &deep).unwrap_err();
+    assert_eq!(
+        err.problems[0].to_string(),
+        "NATSHOOK__X: nests deeper than 64 levels"
+    );
+    let deep_dict = "{a=".repeat(65) + "1" + &"}".repeat(65);
+    assert!(shape::check_env_value("NATSHOOK__X", &deep_dict).is_err());
+    for fine in [
+        "[".repeat(64) + &"]".repeat(64),
+        format!("\"{}\"", "[".repeat(1000)),
+        format!("[\"\\\"{}\", 1]", "[".repeat(1000)),
+        "['[', ']', '{'],".repeat(100),
+        format!("secret{}", "[".repeat(1000)),
+        format!("{{\"{}\" = 1}}", "{".repeat(1000)),
+        "[[[[]]]],".repeat(1000),
+    ] {
+        assert!(
+            shape::check_env_value("NATSHOOK__X", &fine).is_ok(),
+            "{fine}"
+        );
+    }
+}
+
+#[test]
+fn nats_urls_are_checked_one_by_one() {
+    let with_url = |url: &str| {
+        GOOD.replace(
+            "stream = \"EVENTS\"",
+            &format!("stream = \"EVENTS\"\nurl = \"{url}\""),
+        )
+    };
+    for (url, words) in [
+        ("", "nats.url: must name at least one server"),
+        (" ", "nats.url: must name at least one server"),
+        (
+            "x",
+            "nats.url: 'x' is neither a URL nor host:port (e.g. nats://x:4222)",
+        ),
+        ("nats://", "nats.url: 'nats://' has no host"),
+        ("nats://:4222", "nats.url: 'nats://:4222' is not a NATS URL"),
+        (
+            "nats://a\\u0001b:4222",
+            "nats.url: 'nats://a\\u{1}b:4222' contains a control character",
+        ),
+        (
+            "nats://a\\nb:4222",
+            "nats.url: 'nats://a\\nb:4222' contains a control character",
+        ),
+        (
+            "nats://%41:4222",
+            "nats.url: 'nats://%41:4222': '%41' is not a host name or IP address",
+        ),
+        ("nats://h:0", "nats.url: 'nats://h:0': port 0"),
+        (
+            "nats://h:65536",
+            "nats.url: 'nats://h:65536' is not a NATS URL",
+        ),
+        (
+            "http://h:4222",
+            "nats.url: 'http://h:4222' is not a NATS URL: invalid scheme",
+        ),
+        (
+            "nats://a:4222,,nats://b:4222",
+            "nats.url: an entry is empty",
+        ),
+    ] {
+        let got = problems(&with_url(url));
+        assert!(
+            got.iter().any(|g| g.starts_with(words)),
+            "{url:?}: missing {words:?} in {got:#?}"
+        );
+    }
+    for url in [
+        "nats://x",
+        "nats://nats:4222",
+        "localhost:4222",
+        "[::1]:4222",
+        "tls://user:pw@nats.example.com:4222",
+        "ws://127.0.0.1",
+        "wss://nats.example.com:443",
+        "nats://a:4222, nats://[::1]:4223",
+    ] {
+        let c = Config::from_str(&with_url(url), "toml").unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.nats.urls.join(","), url.replace(", ", ","));
+    }
+}
+
+#[test]
+fn other_spellings_of_a_private_address_are_refused_as_the_guard_refuses_them() {
+    for (host, words) in [
+            ("2130706433", "2130706433 is 127.0.0.1, a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"),
+            ("0x7f000001", "0x7f000001 is 127.0.0.1, a private"),
+            ("017700000001", "017700000001 is 127.0.0.1, a private"),
+            ("127.1", "127.1 is 127.0.0.1, a private"),
+            ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a private"),
+            ("0xa9fea9fe", "0xa9fea9fe is 169.254.169.254, a private"),
+            ("[fe80::1%25lo]", "fe80::1%25lo is an IPv6 address with a zone id, which a webhook URL cannot use"),
+        ] {
+            let text = GOOD.replace("https://crm.example.com/hooks", &format!("https://{host}/hooks"));
+            let got = problems(&text);
+            let expected = format!("endpoints[0].url: {words}");
+            assert!(
+                got.iter().any(|g| g.starts_with(&expected)),
+                "{host}: missing {expected:?} in {got:#?}"
+            );
+        }
+    let text = GOOD.replace("https://crm.example.com/hooks", "https://134744072/hooks");
+    assert!(Config::from_str(&text, "toml").is_ok());
+}
+
+#[test]
+fn ordered_forces_concurrency_one() {
+    let c = Config::from_str(&format!("{GOOD}ordered = true\n"), "toml").unwrap();
+    assert_eq!(c.endpoints[0].concurrency, 1);
+}

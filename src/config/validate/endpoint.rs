@@ -1,0 +1,525 @@
+//! `[[endpoints]]`: each key is the endpoint's own value, else `[defaults]`' (one key
+//! at a time), else the default in [`defaults`]. A problem is named by the key path
+//! the value came from, so a bad `[defaults]` value is reported once per endpoint
+//! that uses it, under `defaults.…`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use super::super::defaults;
+use super::super::model::{Endpoint, EndpointTls, Envelope};
+use super::super::raw::{RawEndpoint, RawSettings};
+use super::super::Problems;
+use super::valid_name;
+use crate::guard::TargetPolicy;
+use crate::routing::{EventFilter, Router};
+use crate::secret::{Secret, SecretList};
+use crate::signing::{check_signing_secret, Scheme, Signer};
+
+/// Headers natshook sets itself; config `headers` may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+];
+const RESERVED_HEADER_PREFIXES: &[&str] = &["x-webhook-", "webhook-"];
+
+/// Top-level envelope keys natshook writes; `envelope_fields` may not shadow them.
+const ENVELOPE_KEYS: &[&str] = &["id", "event", "timestamp", "data", "metadata"];
+
+fn reserved_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    RESERVED_HEADERS.contains(&lower.as_str())
+        || RESERVED_HEADER_PREFIXES
+            .iter()
+            .any(|pre| lower.starts_with(pre))
+}
+
+/// One endpoint's settings over `[defaults]`.
+struct Settings<'a> {
+    own: &'a RawSettings,
+    defaults: &'a RawSettings,
+    /// The endpoint's key path (`endpoints[1]`).
+    path: &'a str,
+}
+
+impl Settings<'_> {
+    /// The endpoint's value of a key, else `[defaults]`' value, and the key path it
+    /// came from.
+    fn pick<T: Clone>(
+        &self,
+        key: &str,
+        field: fn(&RawSettings) -> &Option<T>,
+    ) -> (Option<T>, String) {
+        match field(self.own) {
+            Some(v) => (Some(v.clone()), format!("{}.{key}", self.path)),
+            None => (field(self.defaults).clone(), format!("defaults.{key}")),
+        }
+    }
+
+    fn at(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+}
+
+/// `settings.pick("field", |r| &r.field)`, the key named once.
+macro_rules! pick {
+    ($settings:expr, $field:ident) => {
+        $settings.pick(stringify!($field), |r| &r.$field)
+    };
+}
+
+/// Every `[[endpoints]]` entry that is valid; `settings` holds each entry's settings,
+/// read on their own.
+pub(super) fn endpoints(
+    raw: Vec<RawEndpoint>,
+    settings: Vec<RawSettings>,
+    defaults: &RawSettings,
+    router: &Router,
+    p: &mut Problems,
+) -> Vec<Endpoint> {
+    let mut endpoints = Vec::new();
+    let mut names = HashSet::new();
+    if raw.is_empty() {
+        p.add("endpoints", "at least one [[endpoints]] entry is required");
+    }
+    let settings = settings
+        .into_iter()
+        .chain(std::iter::repeat_with(RawSettings::default));
+    for (i, (ep, own)) in raw.into_iter().zip(settings).enumerate() {
+        let path = format!("endpoints[{i}]");
+        if let Some(name) = &ep.name {
+            if !names.insert(name.clone()) {
+                p.add(
+                    format!("{path}.name"),
+                    format_args!("'{name}' is used by an earlier endpoint; names must be unique"),
+                );
+            }
+        }
+        let s = Settings {
+            own: &own,
+            defaults,
+            path: &path,
+        };
+        if let Some(e) = validate_endpoint(ep, &s, router, p) {
+            endpoints.push(e);
+        }
+    }
+    endpoints
+}
+
+fn validate_endpoint(
+    ep: RawEndpoint,
+    s: &Settings,
+    router: &Router,
+    p: &mut Problems,
+) -> Option<Endpoint> {
+    let name = match &ep.name {
+        Some(n) if valid_name(n) => Some(n.clone()),
+        Some(n) => {
+            p.add(s.at("name"), format_args!("'{n}' must match [a-z0-9_-]+"));
+            None
+        }
+        None => {
+            p.add(s.at("name"), "required");
+            None
+        }
+    };
+    let (allow_http, target) = target(s, p);
+    let url = match &ep.url {
+        None => {
+            p.add(s.at("url"), "required");
+            None
+        }
+        Some(u) => validate_url(u, allow_http, &target)
+            .map_err(|m| p.add(s.at("url"), m))
+            .ok(),
+    };
+    let events = event_filter(ep.events.as_deref(), s, router, p);
+    let signer = signer(ep.secret.as_ref(), s, p);
+    let headers = headers(s, p);
+    let forward_headers = forward_headers(s, p);
+    let tls = tls(s, p);
+    let attempts = attempts(s, p);
+    let shape = request_shape(s, p);
+    let (probe, probe_path) = pick!(s, probe_interval);
+    let probe_interval = match probe {
+        Some(t) => p.duration(&probe_path, &t),
+        None => Some(defaults::PROBE_INTERVAL),
+    };
+    let (probe_max, probe_max_path) = pick!(s, probe_max_interval);
+    let probe_max_interval = match probe_max {
+        Some(t) => p.duration(&probe_max_path, &t),
+        None => Some(defaults::PROBE_MAX_INTERVAL),
+    };
+    let (attempts, shape) = (attempts?, shape?);
+    Some(Endpoint {
+        name: name?,
+        url: url?,
+        events: events?,
+        signer: signer?,
+        headers,
+        allow_http,
+        target,
+        secret_refs: ep
+            .secret
+            .as_ref()
+            .map(|l| l.refs().into_iter().cloned().collect())
+            .unwrap_or_default(),
+        forward_headers,
+        tls,
+        timeout: attempts.timeout,
+        retry_schedule: attempts.retry_schedule,
+        max_attempts: attempts.max_attempts,
+        disable_after_failures: attempts.disable_after_failures,
+        concurrency: shape.concurrency,
+        envelope: shape.envelope,
+        envelope_fields: shape.envelope_fields,
+        ordered: shape.ordered,
+        max_body: shape.max_body,
+        probe_interval: probe_interval?,
+        probe_max_interval: probe_max_interval?,
+    })
+}
+
+/// `allow_http`, and which addresses the endpoint may reach (`allow_private`,
+/// `allow_cidrs`).
+fn target(s: &Settings, p: &mut Problems) -> (bool, TargetPolicy) {
+    let (allow_http, _) = pick!(s, allow_http);
+    let (allow_private, _) = pick!(s, allow_private);
+    let (cidrs, cidrs_path) = pick!(s, allow_cidrs);
+    let mut target = TargetPolicy {
+        allow_private: allow_private.unwrap_or(defaults::ALLOW_PRIVATE),
+        allow_cidrs: Vec::new(),
+    };
+    for (j, c) in cidrs.unwrap_or_default().iter().enumerate() {
+        match c.parse::<ipnet::IpNet>() {
+            Ok(net) => target.allow_cidrs.push(net),
+            Err(_) => match c.parse::<IpAddr>() {
+                Ok(ip) => target.allow_cidrs.push(ipnet::IpNet::from(ip)),
+                Err(_) => p.add(
+                    format!("{cidrs_path}[{j}]"),
+                    format_args!("'{c}' is not a CIDR range such as 10.1.0.0/16"),
+                ),
+            },
+        }
+    }
+    (allow_http.unwrap_or(defaults::ALLOW_HTTP), target)
+}
+
+/// Checks the URL text with the guard's own policy: an address, in any spelling the
+/// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
+/// would be refused at connect time; names are checked again on every resolved
+/// address at connect time.
+fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => {
+            return Err("scheme must be https (set allow_http = true to permit http)".into())
+        }
+        _ => return Err(format!("'{text}' must be an absolute http(s) URL")),
+    }
+    let host = uri.host().ok_or_else(|| format!("'{text}' has no host"))?;
+    target
+        .check_host(host)
+        .map_err(|refusal| refusal.to_string())?;
+    Ok(uri)
+}
+
+/// The event names the endpoint takes; a list no `[[events]]` mapping can produce is
+/// a problem (a typo would otherwise deliver nothing, silently).
+fn event_filter(
+    list: Option<&[String]>,
+    s: &Settings,
+    router: &Router,
+    p: &mut Problems,
+) -> Option<EventFilter> {
+    match list {
+        None => {
+            p.add(
+                s.at("events"),
+                "required: the event names to deliver (\"*\" for all)",
+            );
+            None
+        }
+        Some([]) => {
+            p.add(
+                s.at("events"),
+                "must list at least one event pattern (\"*\" for all)",
+            );
+            None
+        }
+        Some(list) => match EventFilter::parse(list) {
+            Err((j, e)) => {
+                p.add(
+                    format!("{}.events[{j}]", s.path),
+                    format_args!("'{}' {e}", list[j]),
+                );
+                None
+            }
+            Ok(filter) => {
+                if !router.rules().is_empty()
+                    && router
+                        .filter_subjects(&filter)
+                        .is_some_and(|subjects| subjects.is_empty())
+                {
+                    p.add(
+                        s.at("events"),
+                        "no [[events]] mapping produces any of these event names",
+                    );
+                }
+                Some(filter)
+            }
+        },
+    }
+}
+
+/// The signer: `secret` (a rotation list, newest first) under `signature`'s scheme and
+/// header, merged with `[defaults]` key by key.
+fn signer(list: Option<&SecretList>, s: &Settings, p: &mut Problems) -> Option<Signer> {
+    let secrets = match list {
+        None => {
+            p.add(
+                s.at("secret"),
+                "required: webhooks are always signed ({ env = \"…\" }, { file = \"…\" } or { value = \"…\" })",
+            );
+            None
+        }
+        Some(list) => Some(p.secrets(list, &s.at("secret"))),
+    };
+    let (scheme, header) = signature(s, p);
+    let (scheme, header, secrets) = (scheme?, header?, secrets?);
+    if secrets.is_empty() {
+        return None;
+    }
+    // Each entry on its own first, so the error names the one of a rotation list that
+    // is wrong (a whpk_ public key, a whsk_ key under hex, bad base64).
+    let mut keys_ok = true;
+    for (path, secret) in &secrets {
+        if let Err(e) = check_signing_secret(scheme, secret) {
+            p.add(path.clone(), e);
+            keys_ok = false;
+        }
+    }
+    if !keys_ok {
+        return None;
+    }
+    let secrets: Vec<Secret> = secrets.into_iter().map(|(_, s)| s).collect();
+    Signer::new(scheme, header, secrets)
+        .map_err(|e| p.add(s.at("secret"), e))
+        .ok()
+}
+
+/// `signature.scheme` and `signature.header`.
+fn signature(s: &Settings, p: &mut Problems) -> (Option<Scheme>, Option<HeaderName>) {
+    let (sig, _) = pick!(s, signature);
+    let sig = sig.unwrap_or_default();
+    let dsig = s.defaults.signature.clone().unwrap_or_default();
+    let scheme_text = sig
+        .scheme
+        .or(dsig.scheme)
+        .unwrap_or_else(|| defaults::SIGNATURE_SCHEME.to_string());
+    let scheme = match scheme_text.parse::<Scheme>() {
+        Ok(scheme) => Some(scheme),
+        Err(()) => {
+            p.add(
+                s.at("signature.scheme"),
+                format_args!("'{scheme_text}' is not one of hex, sha256, standard"),
+            );
+            None
+        }
+    };
+    let header_text = sig
+        .header
+        .or(dsig.header)
+        .unwrap_or_else(|| defaults::SIGNATURE_HEADER.to_string());
+    let header = p.header_name(s.at("signature.header"), &header_text);
+    (scheme, header)
+}
+
+/// `headers`: extra request headers, their values read like secrets.
+fn headers(s: &Settings, p: &mut Problems) -> Vec<(HeaderName, HeaderValue)> {
+    let (headers_raw, headers_path) = pick!(s, headers);
+    let mut headers = Vec::new();
+    for (hname, value) in headers_raw.unwrap_or_default() {
+        let hpath = format!("{headers_path}.{hname}");
+        if reserved_header(&hname) {
+            p.add(
+                hpath,
+                "natshook sets this header itself; it cannot be overridden",
+            );
+            continue;
+        }
+        let Ok(n) = HeaderName::from_bytes(hname.as_bytes()) else {
+            p.add(hpath, "is not a valid header name");
+            continue;
+        };
+        match value.resolve() {
+            Err(e) => p.add(hpath, e),
+            Ok(secret) => match HeaderValue::from_bytes(secret.expose()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.push((n, v));
+                }
+                Err(_) => p.add(hpath, "value contains characters not allowed in a header (CR, LF, control characters)"),
+            },
+        }
+    }
+    headers
+}
+
+/// `forward_headers`: NATS message headers copied onto the request.
+fn forward_headers(s: &Settings, p: &mut Problems) -> Vec<HeaderName> {
+    let (forward, fwd_path) = pick!(s, forward_headers);
+    let mut forward_headers = Vec::new();
+    for (j, name) in forward.unwrap_or_default().iter().enumerate() {
+        let path = format!("{fwd_path}[{j}]");
+        match p.header_name(&path, name) {
+            None => {}
+            Some(_) if reserved_header(name) => p.add(
+                path,
+                "natshook sets this header itself; it cannot be forwarded",
+            ),
+            Some(h) => forward_headers.push(h),
+        }
+    }
+    forward_headers
+}
+
+/// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will.
+fn tls(s: &Settings, p: &mut Problems) -> EndpointTls {
+    let mut tls = EndpointTls::default();
+    for (key, slot) in [
+        ("ca_file", &mut tls.ca_file),
+        ("cert_file", &mut tls.cert_file),
+        ("key_file", &mut tls.key_file),
+    ] {
+        let (file, fpath) = match key {
+            "ca_file" => pick!(s, ca_file),
+            "cert_file" => pick!(s, cert_file),
+            _ => pick!(s, key_file),
+        };
+        if let Some(f) = file {
+            if let Err(e) = crate::delivery::check_tls_file(key, &f) {
+                p.add(fpath, e);
+            }
+            *slot = Some(f);
+        }
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        p.add(
+            s.at("cert_file"),
+            "cert_file and key_file must be set together",
+        );
+    }
+    tls
+}
+
+/// When attempts are made and given up on.
+struct Attempts {
+    timeout: Duration,
+    retry_schedule: Vec<Duration>,
+    max_attempts: u32,
+    disable_after_failures: u32,
+}
+
+fn attempts(s: &Settings, p: &mut Problems) -> Option<Attempts> {
+    let (timeout, tpath) = pick!(s, timeout);
+    let timeout = match timeout {
+        Some(t) => p.duration(&tpath, &t),
+        None => Some(defaults::TIMEOUT),
+    };
+    let (schedule, spath) = pick!(s, retry_schedule);
+    let schedule_text = schedule.unwrap_or_else(|| {
+        defaults::RETRY_SCHEDULE
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    });
+    let mut retry_schedule = Vec::new();
+    for (j, t) in schedule_text.iter().enumerate() {
+        if let Some(d) = p.duration(&format!("{spath}[{j}]"), t) {
+            retry_schedule.push(d);
+        }
+    }
+    let (max_attempts, mpath) = pick!(s, max_attempts);
+    let max_attempts = match max_attempts {
+        Some(n) => p.positive(&mpath, n, 1),
+        None => Some(schedule_text.len() as u32 + 1),
+    };
+    if max_attempts.is_some_and(|n| n > 1) && schedule_text.is_empty() {
+        p.add(&spath, "must not be empty when max_attempts > 1");
+    }
+    let (daf, dpath) = pick!(s, disable_after_failures);
+    let disable_after_failures = match daf {
+        Some(n) => p.positive(&dpath, n, 0),
+        None => Some(defaults::DISABLE_AFTER_FAILURES),
+    };
+    Some(Attempts {
+        timeout: timeout?,
+        retry_schedule,
+        max_attempts: max_attempts?,
+        disable_after_failures: disable_after_failures?,
+    })
+}
+
+/// How requests are made: in parallel or in order, and what their body holds.
+struct RequestShape {
+    concurrency: usize,
+    ordered: bool,
+    envelope: Envelope,
+    envelope_fields: serde_json::Map<String, serde_json::Value>,
+    max_body: usize,
+}
+
+fn request_shape(s: &Settings, p: &mut Problems) -> Option<RequestShape> {
+    let (ordered, _) = pick!(s, ordered);
+    let ordered = ordered.unwrap_or(defaults::ORDERED);
+    let (concurrency, cpath) = pick!(s, concurrency);
+    let concurrency = match concurrency {
+        Some(n) => p.positive(&cpath, n, 1),
+        None => Some(defaults::CONCURRENCY),
+    };
+    let concurrency = if ordered { Some(1) } else { concurrency };
+    let (envelope, epath) = pick!(s, envelope);
+    let envelope = match envelope.as_deref().unwrap_or(defaults::ENVELOPE) {
+        "standard" => Some(Envelope::Standard),
+        "raw" => Some(Envelope::Raw),
+        other => {
+            p.add(epath, format_args!("'{other}' is not one of standard, raw"));
+            None
+        }
+    };
+    let (fields, fpath) = pick!(s, envelope_fields);
+    let envelope_fields = fields.unwrap_or_default();
+    for key in envelope_fields.keys() {
+        if ENVELOPE_KEYS.contains(&key.as_str()) {
+            p.add(
+                format!("{fpath}.{key}"),
+                "natshook writes this envelope field itself",
+            );
+        }
+    }
+    let (max_body, bpath) = pick!(s, max_body);
+    let max_body = match max_body {
+        Some(n) => p.positive(&bpath, n, 1).map(|n| n as usize),
+        None => Some(defaults::MAX_BODY),
+    };
+    Some(RequestShape {
+        concurrency: concurrency? as usize,
+        ordered,
+        envelope: envelope?,
+        envelope_fields,
+        max_body: max_body?,
+    })
+}

@@ -1,0 +1,58 @@
+//! Validation of the raw shapes into the typed [`Config`], one section per module.
+//! Every problem is collected, none stops the others; a key left out takes its value
+//! from [`super::defaults`].
+
+mod endpoint;
+mod events;
+mod nats;
+mod sections;
+
+use super::defaults;
+use super::model::{Config, DeadLetterConfig};
+use super::raw::{RawConfig, RawSettings};
+use super::Problems;
+
+/// Endpoint names: they name consumers, metrics and log lines.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-' || b.is_ascii_digit())
+}
+
+/// `settings`: each endpoint's settings, read from its table on their own.
+pub(super) fn validate(
+    raw: RawConfig,
+    settings: Vec<RawSettings>,
+    p: &mut Problems,
+) -> Option<Config> {
+    let nats = nats::validate_nats(raw.nats, p);
+    let listen = sections::listen(&raw.http, p);
+    let router = events::router(&raw.events, p);
+    let endpoints = endpoint::endpoints(raw.endpoints, settings, &raw.defaults, &router, p);
+    let max_age = sections::duration_or(
+        raw.dead_letter.max_age.as_deref(),
+        "dead_letter.max_age",
+        defaults::DEAD_LETTER_MAX_AGE,
+        p,
+    );
+    let delivery_log = sections::delivery_log(&raw.delivery_log, p);
+    let admin = sections::admin(&raw.admin, p);
+    let shutdown_grace = sections::duration_or(
+        raw.shutdown_grace.as_deref(),
+        "shutdown_grace",
+        defaults::SHUTDOWN_GRACE,
+        p,
+    );
+    let ingress = crate::ingress::validate(raw.ingress, listen, &mut p.0);
+    Some(Config {
+        nats: nats?,
+        listen: listen?,
+        router,
+        endpoints,
+        dead_letter: DeadLetterConfig { max_age: max_age? },
+        delivery_log: delivery_log?,
+        admin: admin?,
+        shutdown_grace: shutdown_grace?,
+        ingress: ingress?,
+    })
+}

@@ -1,0 +1,93 @@
+//! The small sections: `[http]`, `[dead_letter]`, `[delivery_log]`, `[admin]` and
+//! `shutdown_grace`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::super::defaults;
+use super::super::model::AdminConfig;
+use super::super::raw::{RawAdmin, RawDeliveryLog, RawHttp};
+use super::super::Problems;
+
+pub(super) fn listen(http: &RawHttp, p: &mut Problems) -> Option<SocketAddr> {
+    let text = http.listen.as_deref().unwrap_or(defaults::HTTP_LISTEN);
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(
+                "http.listen",
+                format_args!("'{text}' is not an address:port such as 0.0.0.0:9464"),
+            );
+            None
+        }
+    }
+}
+
+/// A duration key left out takes `default`.
+pub(super) fn duration_or(
+    text: Option<&str>,
+    path: &str,
+    default: Duration,
+    p: &mut Problems,
+) -> Option<Duration> {
+    match text {
+        None => Some(default),
+        Some(t) => p.duration(path, t),
+    }
+}
+
+/// `Some(None)` when the delivery log is off; `None` when a key is invalid.
+pub(super) fn delivery_log(
+    raw: &RawDeliveryLog,
+    p: &mut Problems,
+) -> Option<Option<crate::delivery_log::LogSettings>> {
+    if !raw.enabled.unwrap_or(defaults::DELIVERY_LOG_ENABLED) {
+        return Some(None);
+    }
+    let max = raw
+        .max_per_endpoint
+        .unwrap_or(defaults::DELIVERY_LOG_MAX_PER_ENDPOINT);
+    let max = p.positive("delivery_log.max_per_endpoint", max, 1);
+    let age = duration_or(
+        raw.max_age.as_deref(),
+        "delivery_log.max_age",
+        defaults::DELIVERY_LOG_MAX_AGE,
+        p,
+    );
+    let per_second = p.positive(
+        "delivery_log.max_successes_per_second",
+        raw.max_successes_per_second
+            .unwrap_or(defaults::DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND),
+        0,
+    );
+    Some(Some(crate::delivery_log::LogSettings {
+        max_per_endpoint: i64::from(max?),
+        max_age: age?,
+        max_successes_per_second: per_second?,
+    }))
+}
+
+/// `Some(None)` when the admin API is off; `None` when a key is invalid.
+pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> Option<Option<AdminConfig>> {
+    if !raw.enabled.unwrap_or(defaults::ADMIN_ENABLED) {
+        return Some(None);
+    }
+    let Some(t) = &raw.token else {
+        p.add(
+            "admin.token",
+            "required when admin.enabled = true (e.g. { env = \"NATSHOOK_ADMIN_TOKEN\" })",
+        );
+        return None;
+    };
+    match t.resolve() {
+        Ok(token) if token.expose().len() >= 16 => Some(Some(AdminConfig { token })),
+        Ok(_) => {
+            p.add("admin.token", "must be at least 16 characters");
+            None
+        }
+        Err(e) => {
+            p.add("admin.token", e);
+            None
+        }
+    }
+}
