@@ -25,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{Endpoint, EndpointTls};
+use crate::config::{Endpoint, TlsFiles};
 use crate::guard::GuardedResolver;
 use crate::metrics::AttemptStatus;
 use crate::secret::SecretRef;
@@ -219,7 +219,7 @@ pub fn check_tls_file(key: &str, path: &Path) -> Result<(), ClientError> {
 /// `https` is false for a plain `http://` endpoint, whose TLS settings are never used:
 /// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
 /// certificate bundle (start-up time and about a megabyte of RSS).
-fn tls_config(tls: &EndpointTls, https: bool) -> Result<rustls::ClientConfig, ClientError> {
+fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
     let roots = match &tls.ca_file {
         None if !https => Arc::new(rustls::RootCertStore::empty()),
         None => system_roots(),

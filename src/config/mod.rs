@@ -36,8 +36,7 @@ use std::path::Path;
 
 pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
-    AdminConfig, Config, DeadLetterConfig, Endpoint, EndpointTls, Envelope, NatsAuth, NatsConfig,
-    NatsTls,
+    AdminConfig, Config, DeadLetterConfig, Endpoint, Envelope, NatsAuth, NatsConfig, TlsFiles,
 };
 pub use problems::{ConfigError, Problem, Problems};
 pub use raw::field_names;

@@ -30,8 +30,10 @@ pub enum NatsAuth {
     CredsFile(PathBuf),
 }
 
+/// TLS to NATS or to one receiver: a private CA instead of the system roots, and a
+/// client certificate for a server that requires mutual TLS.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NatsTls {
+pub struct TlsFiles {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -41,7 +43,7 @@ pub struct NatsTls {
 pub struct NatsConfig {
     pub urls: Vec<String>,
     pub auth: NatsAuth,
-    pub tls: Option<NatsTls>,
+    pub tls: Option<TlsFiles>,
     pub stream: String,
     pub create_stream: bool,
     pub consumer_prefix: String,
@@ -62,7 +64,7 @@ pub struct Endpoint {
     pub secret_refs: Vec<SecretRef>,
     /// NATS message headers copied onto the request (besides W3C trace context).
     pub forward_headers: Vec<HeaderName>,
-    pub tls: EndpointTls,
+    pub tls: TlsFiles,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub max_attempts: u32,
@@ -143,15 +145,6 @@ impl PartialEq for Endpoint {
             && *probe_interval == other.probe_interval
             && *probe_max_interval == other.probe_max_interval
     }
-}
-
-/// TLS to one receiver: a private CA instead of the system roots, and a client
-/// certificate for receivers that require mutual TLS.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EndpointTls {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,9 +10,10 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 
 use super::super::defaults;
-use super::super::model::{Endpoint, EndpointTls, Envelope};
-use super::super::raw::{RawEndpoint, RawSettings};
+use super::super::model::{Endpoint, Envelope, TlsFiles};
+use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
+use super::tls::{tls_files, FileCheck, TlsPaths};
 use super::valid_name;
 use crate::guard::TargetPolicy;
 use crate::routing::{EventFilter, Router};
@@ -397,32 +398,24 @@ fn forward_headers(s: &Settings, p: &mut Problems) -> Vec<HeaderName> {
 }
 
 /// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will.
-fn tls(s: &Settings, p: &mut Problems) -> EndpointTls {
-    let mut tls = EndpointTls::default();
-    for (key, slot) in [
-        ("ca_file", &mut tls.ca_file),
-        ("cert_file", &mut tls.cert_file),
-        ("key_file", &mut tls.key_file),
-    ] {
-        let (file, fpath) = match key {
-            "ca_file" => pick!(s, ca_file),
-            "cert_file" => pick!(s, cert_file),
-            _ => pick!(s, key_file),
-        };
-        if let Some(f) = file {
-            if let Err(e) = crate::delivery::check_tls_file(key, &f) {
-                p.add(fpath, e);
-            }
-            *slot = Some(f);
-        }
-    }
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        p.add(
-            s.at("cert_file"),
-            "cert_file and key_file must be set together",
-        );
-    }
-    tls
+fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
+    let (ca_file, ca_path) = pick!(s, ca_file);
+    let (cert_file, cert_path) = pick!(s, cert_file);
+    let (key_file, key_path) = pick!(s, key_file);
+    let raw = RawTls {
+        ca_file,
+        cert_file,
+        key_file,
+    };
+    let at = TlsPaths {
+        ca_file: ca_path,
+        cert_file: cert_path,
+        key_file: key_path,
+        pair: s.at("cert_file"),
+    };
+    let loadable: FileCheck =
+        |key, f| crate::delivery::check_tls_file(key, f).map_err(|e| e.to_string());
+    tls_files(raw, &at, loadable, p)
 }
 
 /// When attempts are made and given up on.

@@ -6,6 +6,7 @@ mod endpoint;
 mod events;
 mod nats;
 mod sections;
+mod tls;
 
 use super::defaults;
 use super::model::{Config, DeadLetterConfig};

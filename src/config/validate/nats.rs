@@ -4,9 +4,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::super::defaults;
-use super::super::model::{NatsAuth, NatsConfig, NatsTls};
+use super::super::model::{NatsAuth, NatsConfig, TlsFiles};
 use super::super::raw::{RawNats, RawTls};
 use super::super::Problems;
+use super::tls::{tls_files, FileCheck, TlsPaths};
 use crate::secret::SecretRef;
 
 pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<NatsConfig> {
@@ -107,29 +108,20 @@ fn auth(
     }
 }
 
-fn tls(t: RawTls, p: &mut Problems) -> NatsTls {
-    if t.cert_file.is_some() != t.key_file.is_some() {
-        p.add("nats.tls", "cert_file and key_file must be set together");
-    }
-    for (key, file) in [
-        ("ca_file", &t.ca_file),
-        ("cert_file", &t.cert_file),
-        ("key_file", &t.key_file),
-    ] {
-        if let Some(f) = file {
-            if let Err(e) = std::fs::metadata(f) {
-                p.add(
-                    format!("nats.tls.{key}"),
-                    format_args!("cannot read {}: {e}", f.display()),
-                );
-            }
-        }
-    }
-    NatsTls {
-        ca_file: t.ca_file,
-        cert_file: t.cert_file,
-        key_file: t.key_file,
-    }
+/// NATS TLS files are checked for being readable; async-nats loads them on connect.
+fn tls(t: RawTls, p: &mut Problems) -> TlsFiles {
+    let at = TlsPaths {
+        ca_file: "nats.tls.ca_file".into(),
+        cert_file: "nats.tls.cert_file".into(),
+        key_file: "nats.tls.key_file".into(),
+        pair: "nats.tls".into(),
+    };
+    let readable: FileCheck = |_, f| {
+        std::fs::metadata(f)
+            .map(drop)
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))
+    };
+    tls_files(t, &at, readable, p)
 }
 
 fn valid_stream_name(s: &str) -> bool {
