@@ -26,9 +26,6 @@ pub struct SecretRefTable {
     pub value: Option<String>,
 }
 
-/// Keys a secret table may hold (for unknown-key checks).
-pub const SECRET_KEYS: &[&str] = &["env", "file", "value"];
-
 impl fmt::Debug for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -97,7 +97,7 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
         unknown_keys(section(key), key, &[allowed], p);
     }
     secret("admin.token", p);
-    crate::ingress::check_unknown_keys(section("ingress"), &mut p.0);
+    crate::ingress::check_unknown_keys(section("ingress"), p);
     if let Some(defaults) = section("defaults") {
         settings(defaults, "defaults", &[], p);
     }

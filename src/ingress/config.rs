@@ -12,14 +12,9 @@ use http::header::HeaderName;
 use serde::Deserialize;
 
 use super::template::SubjectTemplate;
-use crate::config::Problem;
-use crate::secret::{SecretList, SecretRef, SECRET_KEYS};
+use crate::config::{defaults, field_names, unknown_keys, unknown_secret_list_keys, Problems};
+use crate::secret::{SecretList, SecretRef};
 use crate::signing::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
-
-/// Default largest body a route accepts.
-pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
-/// Default wait for the JetStream publish ack before answering 503.
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Paths natshook's own server answers on the `[http]` listener.
 const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
@@ -33,8 +28,6 @@ pub struct RawIngress {
     routes: Vec<RawRoute>,
 }
 
-const INGRESS_KEYS: &[&str] = &["listen", "publish_timeout", "routes"];
-
 #[derive(Debug, Default, Deserialize)]
 struct RawRoute {
     path: Option<String>,
@@ -45,23 +38,12 @@ struct RawRoute {
     forward_headers: Option<Vec<String>>,
 }
 
-const ROUTE_KEYS: &[&str] = &[
-    "path",
-    "subject",
-    "verify",
-    "id_header",
-    "max_body",
-    "forward_headers",
-];
-
 #[derive(Debug, Default, Deserialize)]
 struct RawVerify {
     scheme: Option<String>,
     secret: Option<SecretList>,
     header: Option<String>,
 }
-
-const VERIFY_KEYS: &[&str] = &["scheme", "secret", "header"];
 
 /// How a route checks its sender.
 #[derive(Debug, Clone)]
@@ -178,36 +160,26 @@ pub struct IngressConfig {
     pub routes: Vec<Route>,
 }
 
-fn add(p: &mut Vec<Problem>, path: impl Into<String>, message: impl fmt::Display) {
-    p.push(Problem {
-        path: path.into(),
-        message: message.to_string(),
-    });
-}
-
 /// Validates `[ingress]`; `http_listen` is the `[http]` listener (when valid), which
 /// a separate ingress listener may not share.
 pub fn validate(
     raw: RawIngress,
     http_listen: Option<SocketAddr>,
-    p: &mut Vec<Problem>,
+    p: &mut Problems,
 ) -> Option<IngressConfig> {
     let before = p.len();
     let listen = match raw.listen.as_deref() {
         None => None,
         Some(text) => match text.parse::<SocketAddr>() {
             Ok(a) if Some(a) == http_listen => {
-                add(
-                    p,
-                    "ingress.listen",
+                p.add("ingress.listen",
                     format_args!("'{text}' is the [http] listener; leave ingress.listen out to serve the routes there"),
                 );
                 None
             }
             Ok(a) => Some(a),
             Err(_) => {
-                add(
-                    p,
+                p.add(
                     "ingress.listen",
                     format_args!("'{text}' is not an address:port such as 0.0.0.0:9465"),
                 );
@@ -216,27 +188,17 @@ pub fn validate(
         },
     };
     let publish_timeout = match raw.publish_timeout.as_deref() {
-        None => DEFAULT_PUBLISH_TIMEOUT,
-        Some(text) => match humantime::parse_duration(text.trim()) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                add(
-                    p,
-                    "ingress.publish_timeout",
-                    format_args!("'{text}' is not a duration greater than zero (e.g. \"5s\")"),
-                );
-                DEFAULT_PUBLISH_TIMEOUT
-            }
-        },
+        None => defaults::INGRESS_PUBLISH_TIMEOUT,
+        Some(text) => p
+            .duration("ingress.publish_timeout", text)
+            .unwrap_or(defaults::INGRESS_PUBLISH_TIMEOUT),
     };
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("ingress.routes[{i}]");
         if let Some(route) = validate_route(r, &at, p) {
             if let Some(j) = routes.iter().position(|o| o.path.overlaps(&route.path)) {
-                add(
-                    p,
-                    format!("{at}.path"),
+                p.add(format!("{at}.path"),
                     format_args!(
                         "'{}' also matches the path of ingress.routes[{j}] ('{}'); each request must have one route",
                         route.path, routes[j].path
@@ -254,16 +216,16 @@ pub fn validate(
     })
 }
 
-fn validate_route(r: RawRoute, at: &str, p: &mut Vec<Problem>) -> Option<Route> {
+fn validate_route(r: RawRoute, at: &str, p: &mut Problems) -> Option<Route> {
     let key = |k: &str| format!("{at}.{k}");
     let path = match r.path.as_deref() {
         None => {
-            add(p, key("path"), "required: the URL path senders post to");
+            p.add(key("path"), "required: the URL path senders post to");
             None
         }
         Some(text) => match RoutePath::parse(text) {
             Err(e) => {
-                add(p, key("path"), e);
+                p.add(key("path"), e);
                 None
             }
             Ok(rp)
@@ -272,9 +234,7 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Vec<Problem>) -> Option<Route> 
                     || rp.segments.first() == Some(&Some("api".to_string()))
                     || (rp.segments.first() == Some(&None) && rp.segments.len() > 1) =>
             {
-                add(
-                    p,
-                    key("path"),
+                p.add(key("path"),
                     format_args!("'{text}' collides with natshook's own /metrics, /healthz, /readyz or /api/"),
                 );
                 None
@@ -284,8 +244,7 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Vec<Problem>) -> Option<Route> 
     };
     let subject = match (r.subject.as_deref(), &path) {
         (None, _) => {
-            add(
-                p,
+            p.add(
                 key("subject"),
                 "required: the NATS subject to store requests on",
             );
@@ -297,64 +256,28 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Vec<Problem>) -> Option<Route> 
             match SubjectTemplate::parse(text, segments) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    add(p, key("subject"), e);
+                    p.add(key("subject"), e);
                     None
                 }
             }
         }
     };
     let verify = validate_verify(r.verify.as_ref(), at, p);
-    let id_text = r.id_header.as_deref().unwrap_or("webhook-id");
-    let id_header = match HeaderName::from_bytes(id_text.as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            add(
-                p,
-                key("id_header"),
-                format_args!("'{id_text}' is not a valid header name"),
-            );
-            None
-        }
-    };
+    let id_text = r
+        .id_header
+        .as_deref()
+        .unwrap_or(defaults::INGRESS_ID_HEADER);
+    let id_header = p.header_name(key("id_header"), id_text);
     let max_body = match r.max_body {
-        None => Some(DEFAULT_MAX_BODY),
-        Some(n) if n >= 1 && n <= i64::from(u32::MAX) => Some(n as usize),
-        Some(n) => {
-            add(
-                p,
-                key("max_body"),
-                format_args!("must be at least 1 (got {n})"),
-            );
-            None
-        }
+        None => Some(defaults::INGRESS_MAX_BODY),
+        Some(n) => p.positive(&key("max_body"), n, 1).map(|n| n as usize),
     };
-    let mut copy_headers = verify
+    let signature_headers = verify
         .as_ref()
         .map(|(_, _, headers)| headers.clone())
         .unwrap_or_default();
-    let mut seen: HashSet<HeaderName> = copy_headers.iter().map(|h| h.name.clone()).collect();
-    for (j, name) in r.forward_headers.unwrap_or_default().iter().enumerate() {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Err(_) => add(
-                p,
-                format!("{at}.forward_headers[{j}]"),
-                format_args!("'{name}' is not a valid header name"),
-            ),
-            Ok(h) if h.as_str().starts_with("nats-") => add(
-                p,
-                format!("{at}.forward_headers[{j}]"),
-                format_args!("'{name}': Nats-* headers steer JetStream (dedupe, expected sequence) and cannot come from senders"),
-            ),
-            Ok(h) => {
-                if seen.insert(h.clone()) {
-                    copy_headers.push(CopiedHeader {
-                        name: h,
-                        written: name.clone(),
-                    });
-                }
-            }
-        }
-    }
+    let forward = r.forward_headers.unwrap_or_default();
+    let copy_headers = copy_headers(signature_headers, &forward, at, p);
     let (verify, secret_refs, _) = verify?;
     Some(Route {
         path: path?,
@@ -367,18 +290,44 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Vec<Problem>) -> Option<Route> 
     })
 }
 
+/// The headers copied into the NATS message: the scheme's signature headers, then
+/// `forward_headers` (each once).
+fn copy_headers(
+    mut copied: Vec<CopiedHeader>,
+    forward: &[String],
+    at: &str,
+    p: &mut Problems,
+) -> Vec<CopiedHeader> {
+    let mut seen: HashSet<HeaderName> = copied.iter().map(|h| h.name.clone()).collect();
+    for (j, name) in forward.iter().enumerate() {
+        let path = format!("{at}.forward_headers[{j}]");
+        match p.header_name(&path, name) {
+            None => {}
+            Some(h) if h.as_str().starts_with("nats-") => p.add(
+                path,
+                format_args!("'{name}': Nats-* headers steer JetStream (dedupe, expected sequence) and cannot come from senders"),
+            ),
+            Some(h) if seen.insert(h.clone()) => copied.push(CopiedHeader {
+                name: h,
+                written: name.clone(),
+            }),
+            Some(_) => {} // copied already
+
+        }
+    }
+    copied
+}
+
 /// The verifier, its secret references, and the signature headers a consumer needs to
 /// verify the stored body again.
 fn validate_verify(
     raw: Option<&RawVerify>,
     at: &str,
-    p: &mut Vec<Problem>,
+    p: &mut Problems,
 ) -> Option<(Verify, Vec<SecretRef>, Vec<CopiedHeader>)> {
     let key = |k: &str| format!("{at}.verify.{k}");
     let Some(v) = raw else {
-        add(
-            p,
-            format!("{at}.verify"),
+        p.add(format!("{at}.verify"),
             "required: { scheme = \"hex\" | \"sha256\" | \"standard\", secret = … }, or { scheme = \"none\" } to accept unsigned requests",
         );
         return None;
@@ -386,9 +335,7 @@ fn validate_verify(
     let scheme_text = match v.scheme.as_deref() {
         Some(s) => s,
         None => {
-            add(
-                p,
-                key("scheme"),
+            p.add(key("scheme"),
                 "required: hex, sha256, standard, or none (written out, to accept unsigned requests)",
             );
             return None;
@@ -397,22 +344,20 @@ fn validate_verify(
     if scheme_text == "none" {
         let mut ok = true;
         if v.secret.is_some() {
-            add(
-                p,
+            p.add(
                 key("secret"),
                 "scheme none checks no signature; remove the secret (or pick a scheme)",
             );
             ok = false;
         }
         if v.header.is_some() {
-            add(p, key("header"), "scheme none checks no signature header");
+            p.add(key("header"), "scheme none checks no signature header");
             ok = false;
         }
         return ok.then_some((Verify::None, Vec::new(), Vec::new()));
     }
     let Ok(scheme) = scheme_text.parse::<Scheme>() else {
-        add(
-            p,
+        p.add(
             key("scheme"),
             format_args!("'{scheme_text}' is not one of hex, sha256, standard, none"),
         );
@@ -420,56 +365,32 @@ fn validate_verify(
     };
     let header_text = match (scheme, v.header.as_deref()) {
         (Scheme::Standard, Some(_)) => {
-            add(
-                p,
-                key("header"),
+            p.add(key("header"),
                 "standard uses the webhook-id, webhook-timestamp and webhook-signature headers; header applies to hex and sha256",
             );
             return None;
         }
-        (_, h) => h.unwrap_or("X-Webhook-Signature"),
+        (_, h) => h.unwrap_or(defaults::INGRESS_SIGNATURE_HEADER),
     };
-    let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
-        add(
-            p,
-            key("header"),
-            format_args!("'{header_text}' is not a valid header name"),
-        );
-        return None;
-    };
+    let header = p.header_name(key("header"), header_text)?;
     let Some(list) = &v.secret else {
-        add(
-            p,
-            key("secret"),
+        p.add(key("secret"),
             "required: { env = \"…\" }, { file = \"…\" } or { value = \"…\" }, or a list of them (newest first) while rotating",
         );
         return None;
     };
     let refs = list.refs();
-    if refs.is_empty() {
-        add(p, key("secret"), "must list at least one secret");
+    let secrets = p.secrets(list, &key("secret"));
+    if refs.is_empty() || secrets.len() != refs.len() {
         return None;
     }
-    let mut secrets = Vec::new();
-    for (j, r) in refs.iter().enumerate() {
-        let path = match list {
-            SecretList::One(_) => key("secret"),
-            SecretList::Many(_) => format!("{at}.verify.secret[{j}]"),
-        };
-        match r.resolve() {
-            Ok(s) => secrets.push(s),
-            Err(e) => add(p, path, e),
-        }
-    }
-    if secrets.len() != refs.len() {
-        return None;
-    }
+    let secrets = secrets.into_iter().map(|(_, s)| s).collect();
     // A verifier also takes `whpk_` public keys: a sender signing with Ed25519 (`v1a`)
     // hands out only those.
     let signer = match Signer::verifier(scheme, header.clone(), secrets) {
         Ok(s) => s,
         Err(e) => {
-            add(p, key("secret"), e);
+            p.add(key("secret"), e);
             return None;
         }
     };
@@ -494,38 +415,19 @@ fn validate_verify(
 }
 
 /// Unknown keys under `[ingress]`, reported like the rest of the config's.
-pub fn check_unknown_keys(ingress: Option<&Value>, p: &mut Vec<Problem>) {
-    fn keys(value: Option<&Value>, path: &str, allowed: &[&str], p: &mut Vec<Problem>) {
-        let Some(Value::Dict(_, dict)) = value else {
-            return;
-        };
-        for k in dict.keys() {
-            if !allowed.contains(&k.as_str()) {
-                add(
-                    p,
-                    format!("{path}.{k}"),
-                    format_args!("unknown key (expected one of: {})", allowed.join(", ")),
-                );
-            }
-        }
-    }
-    keys(ingress, "ingress", INGRESS_KEYS, p);
+pub fn check_unknown_keys(ingress: Option<&Value>, p: &mut Problems) {
+    unknown_keys(ingress, "ingress", &[field_names::<RawIngress>()], p);
     let Some(Value::Array(_, routes)) = ingress.and_then(|i| i.find_ref("routes")) else {
         return;
     };
     for (i, r) in routes.iter().enumerate() {
         let at = format!("ingress.routes[{i}]");
-        keys(Some(r), &at, ROUTE_KEYS, p);
+        unknown_keys(Some(r), &at, &[field_names::<RawRoute>()], p);
         let verify = r.find_ref("verify");
-        keys(verify, &format!("{at}.verify"), VERIFY_KEYS, p);
-        match verify.and_then(|v| v.find_ref("secret")) {
-            Some(Value::Array(_, list)) => {
-                for (j, s) in list.iter().enumerate() {
-                    keys(Some(s), &format!("{at}.verify.secret[{j}]"), SECRET_KEYS, p);
-                }
-            }
-            other => keys(other, &format!("{at}.verify.secret"), SECRET_KEYS, p),
-        }
+        let verify_at = format!("{at}.verify");
+        unknown_keys(verify, &verify_at, &[field_names::<RawVerify>()], p);
+        let secret = verify.and_then(|v| v.find_ref("secret"));
+        unknown_secret_list_keys(secret, &format!("{verify_at}.secret"), p);
     }
 }
 
@@ -574,7 +476,7 @@ mod tests {
         let c = Config::from_str(&format!("{text}\n{BASE}"), "toml").unwrap();
         let i = &c.ingress;
         assert_eq!(i.listen, Some("0.0.0.0:9465".parse().unwrap()));
-        assert_eq!(i.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
+        assert_eq!(i.publish_timeout, defaults::INGRESS_PUBLISH_TIMEOUT);
         let sendgrid = &i.routes[0];
         assert_eq!(sendgrid.max_body, 1024 * 1024);
         assert_eq!(sendgrid.id_header.as_str(), "webhook-id");

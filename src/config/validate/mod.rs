@@ -44,7 +44,7 @@ pub(super) fn validate(
         defaults::SHUTDOWN_GRACE,
         p,
     );
-    let ingress = crate::ingress::validate(raw.ingress, listen, &mut p.0);
+    let ingress = crate::ingress::validate(raw.ingress, listen, p);
     Some(Config {
         nats: nats?,
         listen: listen?,
