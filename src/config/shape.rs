@@ -69,35 +69,36 @@ fn push_key(path: &mut String, key: &str) {
 // ---------------------------------------------------------------------------
 // YAML
 
+/// One open YAML collection. A mapping alternates between expecting a key and a value.
+enum Frame {
+    Seq {
+        index: usize,
+    },
+    Map {
+        /// Each key's text and the line it first appears on.
+        seen: HashMap<Vec<u8>, usize>,
+        /// The current key while its value is read (`?` for a non-text key).
+        key: Option<String>,
+    },
+}
+
+fn yaml_path(stack: &[Frame]) -> String {
+    let mut out = String::new();
+    for frame in stack {
+        match frame {
+            Frame::Seq { index } => out.push_str(&format!("[{index}]")),
+            Frame::Map { key: Some(k), .. } => push_key(&mut out, k),
+            Frame::Map { key: None, .. } => {}
+        }
+    }
+    out
+}
+
 /// Reads a YAML config as libyaml's events: a collection deeper than [`MAX_DEPTH`] is
 /// an error (reading stops there, so the scanner's cost stays linear), a repeated key
 /// a problem to report with the others. A syntax error ends the walk quietly: figment,
 /// reading the same text with the same parser, reports it.
 pub(super) fn check_yaml(text: &str) -> Result<Vec<Problem>, ConfigError> {
-    /// One open collection. A mapping alternates between expecting a key and a value.
-    enum Frame {
-        Seq {
-            index: usize,
-        },
-        Map {
-            /// Each key's text and the line it first appears on.
-            seen: HashMap<Vec<u8>, usize>,
-            /// The current key while its value is read (`?` for a non-text key).
-            key: Option<String>,
-        },
-    }
-    fn path(stack: &[Frame]) -> String {
-        let mut out = String::new();
-        for frame in stack {
-            match frame {
-                Frame::Seq { index } => out.push_str(&format!("[{index}]")),
-                Frame::Map { key: Some(k), .. } => push_key(&mut out, k),
-                Frame::Map { key: None, .. } => {}
-            }
-        }
-        out
-    }
-
     let mut problems = Vec::new();
     let Some(mut events) = libyaml::Events::new(text) else {
         return Ok(problems); // libyaml could not allocate; figment's read reports it
@@ -110,7 +111,7 @@ pub(super) fn check_yaml(text: &str) -> Result<Vec<Problem>, ConfigError> {
             libyaml::Event::Other => continue,
             libyaml::Event::SequenceStart | libyaml::Event::MappingStart => {
                 if stack.len() == MAX_DEPTH {
-                    return Err(too_deep(&path(&stack), Some((line, column))));
+                    return Err(too_deep(&yaml_path(&stack), Some((line, column))));
                 }
                 stack.push(match event {
                     libyaml::Event::SequenceStart => Frame::Seq { index: 0 },
@@ -128,46 +129,51 @@ pub(super) fn check_yaml(text: &str) -> Result<Vec<Problem>, ConfigError> {
             libyaml::Event::Alias => None,
             libyaml::Event::Scalar(text) => Some(text),
         };
-        // A complete node: the next item of a sequence, or a mapping's key or value.
-        let repeated = match stack.last_mut() {
-            None => None,
-            Some(Frame::Seq { index }) => {
-                *index += 1;
-                None
-            }
-            Some(Frame::Map {
-                key: key @ Some(_), ..
-            }) => {
-                *key = None;
-                None
-            }
-            Some(Frame::Map { seen, key }) => {
-                *key = Some(match &scalar {
-                    Some(text) => String::from_utf8_lossy(text).into_owned(),
-                    None => "?".to_string(),
-                });
-                scalar.and_then(|text| match seen.get(&text) {
-                    Some(&first) => Some(first),
-                    None => {
-                        seen.insert(text, line);
-                        None
-                    }
-                })
-            }
-        };
-        if let Some(first) = repeated {
+        if let Some(first) = complete(stack.last_mut(), scalar, line) {
             let lines = if first == line {
                 format!("twice on line {line}")
             } else {
                 format!("lines {first} and {line}")
             };
             problems.push(Problem {
-                path: path(&stack),
+                path: yaml_path(&stack),
                 message: format!("repeated key ({lines}): a key may appear only once in a mapping"),
             });
         }
     }
     Ok(problems)
+}
+
+/// A complete node (`scalar`: its text, if it is a scalar) in the collection `top`:
+/// the next item of a sequence, or a mapping's key or value. For a key the mapping
+/// already holds, the line it first appeared on.
+fn complete(top: Option<&mut Frame>, scalar: Option<Vec<u8>>, line: usize) -> Option<usize> {
+    match top {
+        None => None,
+        Some(Frame::Seq { index }) => {
+            *index += 1;
+            None
+        }
+        Some(Frame::Map {
+            key: key @ Some(_), ..
+        }) => {
+            *key = None;
+            None
+        }
+        Some(Frame::Map { seen, key }) => {
+            *key = Some(match &scalar {
+                Some(text) => String::from_utf8_lossy(text).into_owned(),
+                None => "?".to_string(),
+            });
+            scalar.and_then(|text| match seen.get(&text) {
+                Some(&first) => Some(first),
+                None => {
+                    seen.insert(text, line);
+                    None
+                }
+            })
+        }
+    }
 }
 
 /// The unsafe part: libyaml's event parser (what serde_yaml, under figment's YAML

@@ -172,7 +172,8 @@ pub fn validate(
         None => None,
         Some(text) => match text.parse::<SocketAddr>() {
             Ok(a) if Some(a) == http_listen => {
-                p.add("ingress.listen",
+                p.add(
+                    "ingress.listen",
                     format_args!("'{text}' is the [http] listener; leave ingress.listen out to serve the routes there"),
                 );
                 None
@@ -198,7 +199,8 @@ pub fn validate(
         let at = format!("ingress.routes[{i}]");
         if let Some(route) = validate_route(r, &at, p) {
             if let Some(j) = routes.iter().position(|o| o.path.overlaps(&route.path)) {
-                p.add(format!("{at}.path"),
+                p.add(
+                    format!("{at}.path"),
                     format_args!(
                         "'{}' also matches the path of ingress.routes[{j}] ('{}'); each request must have one route",
                         route.path, routes[j].path
@@ -234,7 +236,8 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Problems) -> Option<Route> {
                     || rp.segments.first() == Some(&Some("api".to_string()))
                     || (rp.segments.first() == Some(&None) && rp.segments.len() > 1) =>
             {
-                p.add(key("path"),
+                p.add(
+                    key("path"),
                     format_args!("'{text}' collides with natshook's own /metrics, /healthz, /readyz or /api/"),
                 );
                 None
@@ -327,7 +330,8 @@ fn validate_verify(
 ) -> Option<(Verify, Vec<SecretRef>, Vec<CopiedHeader>)> {
     let key = |k: &str| format!("{at}.verify.{k}");
     let Some(v) = raw else {
-        p.add(format!("{at}.verify"),
+        p.add(
+            format!("{at}.verify"),
             "required: { scheme = \"hex\" | \"sha256\" | \"standard\", secret = … }, or { scheme = \"none\" } to accept unsigned requests",
         );
         return None;
@@ -335,26 +339,15 @@ fn validate_verify(
     let scheme_text = match v.scheme.as_deref() {
         Some(s) => s,
         None => {
-            p.add(key("scheme"),
+            p.add(
+                key("scheme"),
                 "required: hex, sha256, standard, or none (written out, to accept unsigned requests)",
             );
             return None;
         }
     };
     if scheme_text == "none" {
-        let mut ok = true;
-        if v.secret.is_some() {
-            p.add(
-                key("secret"),
-                "scheme none checks no signature; remove the secret (or pick a scheme)",
-            );
-            ok = false;
-        }
-        if v.header.is_some() {
-            p.add(key("header"), "scheme none checks no signature header");
-            ok = false;
-        }
-        return ok.then_some((Verify::None, Vec::new(), Vec::new()));
+        return verify_none(v, at, p);
     }
     let Ok(scheme) = scheme_text.parse::<Scheme>() else {
         p.add(
@@ -365,7 +358,8 @@ fn validate_verify(
     };
     let header_text = match (scheme, v.header.as_deref()) {
         (Scheme::Standard, Some(_)) => {
-            p.add(key("header"),
+            p.add(
+                key("header"),
                 "standard uses the webhook-id, webhook-timestamp and webhook-signature headers; header applies to hex and sha256",
             );
             return None;
@@ -374,7 +368,8 @@ fn validate_verify(
     };
     let header = p.header_name(key("header"), header_text)?;
     let Some(list) = &v.secret else {
-        p.add(key("secret"),
+        p.add(
+            key("secret"),
             "required: { env = \"…\" }, { file = \"…\" } or { value = \"…\" }, or a list of them (newest first) while rotating",
         );
         return None;
@@ -387,14 +382,43 @@ fn validate_verify(
     let secrets = secrets.into_iter().map(|(_, s)| s).collect();
     // A verifier also takes `whpk_` public keys: a sender signing with Ed25519 (`v1a`)
     // hands out only those.
-    let signer = match Signer::verifier(scheme, header.clone(), secrets) {
-        Ok(s) => s,
-        Err(e) => {
-            p.add(key("secret"), e);
-            return None;
-        }
-    };
-    let copied = match scheme {
+    let signer = Signer::verifier(scheme, header.clone(), secrets)
+        .map_err(|e| p.add(key("secret"), e))
+        .ok()?;
+    Some((
+        Verify::Signed(signer),
+        refs.into_iter().cloned().collect(),
+        signature_headers(scheme, header, header_text),
+    ))
+}
+
+/// `scheme = "none"`: no secret and no header, which would suggest a check.
+fn verify_none(
+    v: &RawVerify,
+    at: &str,
+    p: &mut Problems,
+) -> Option<(Verify, Vec<SecretRef>, Vec<CopiedHeader>)> {
+    let mut ok = true;
+    if v.secret.is_some() {
+        p.add(
+            format!("{at}.verify.secret"),
+            "scheme none checks no signature; remove the secret (or pick a scheme)",
+        );
+        ok = false;
+    }
+    if v.header.is_some() {
+        p.add(
+            format!("{at}.verify.header"),
+            "scheme none checks no signature header",
+        );
+        ok = false;
+    }
+    ok.then_some((Verify::None, Vec::new(), Vec::new()))
+}
+
+/// The headers a consumer needs to verify the stored body again.
+fn signature_headers(scheme: Scheme, header: HeaderName, written: &str) -> Vec<CopiedHeader> {
+    match scheme {
         Scheme::Standard => [WEBHOOK_ID, WEBHOOK_TIMESTAMP, WEBHOOK_SIGNATURE]
             .into_iter()
             .map(|h| CopiedHeader {
@@ -404,14 +428,9 @@ fn validate_verify(
             .collect(),
         Scheme::Hex | Scheme::Sha256 => vec![CopiedHeader {
             name: header,
-            written: header_text.to_string(),
+            written: written.to_string(),
         }],
-    };
-    Some((
-        Verify::Signed(signer),
-        refs.into_iter().cloned().collect(),
-        copied,
-    ))
+    }
 }
 
 /// Unknown keys under `[ingress]`, reported like the rest of the config's.
