@@ -3,7 +3,6 @@
 //! and collected with the rest of the config's, so `natshook check` lists them all.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,14 +10,11 @@ use figment::value::Value;
 use http::header::HeaderName;
 use serde::Deserialize;
 
+use super::route_path::RoutePath;
 use super::template::SubjectTemplate;
 use crate::config::{defaults, field_names, unknown_keys, unknown_secret_list_keys, Problems};
 use crate::secret::{SecretList, SecretRef};
 use crate::signing::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
-
-/// Paths natshook's own server answers on the `[http]` listener.
-const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
-const RESERVED_PREFIX: &str = "/api/";
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawIngress {
@@ -51,82 +47,6 @@ pub enum Verify {
     /// `scheme = "none"`, written out: the route accepts unsigned requests.
     None,
     Signed(Signer),
-}
-
-/// A route's path: literal segments, `*` for any one segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoutePath {
-    text: String,
-    segments: Vec<Option<String>>,
-}
-
-impl RoutePath {
-    fn parse(text: &str) -> Result<Self, String> {
-        if !text.starts_with('/') {
-            return Err(format!("'{text}' must start with '/'"));
-        }
-        if text.contains(['?', '#']) || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "'{text}' must be a plain path (no query, fragment or whitespace)"
-            ));
-        }
-        let segments: Vec<Option<String>> = text
-            .split('/')
-            .skip(1)
-            .map(|s| (s != "*").then(|| s.to_string()))
-            .collect();
-        if segments.iter().any(|s| s.as_deref() == Some("")) {
-            return Err(format!(
-                "'{text}' has an empty segment ('//' or a trailing '/')"
-            ));
-        }
-        if text.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(format!("'{text}' is not a valid URL path"));
-        }
-        Ok(Self {
-            text: text.to_string(),
-            segments,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
-    }
-
-    pub fn is_exact(&self) -> bool {
-        self.segments.iter().all(Option::is_some)
-    }
-
-    pub fn matches(&self, path: &str) -> bool {
-        let mut parts = path.split('/').skip(1);
-        for seg in &self.segments {
-            match (parts.next(), seg) {
-                (Some(p), Some(lit)) if p == lit => {}
-                (Some(p), None) if !p.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
-    }
-
-    fn overlaps(&self, other: &RoutePath) -> bool {
-        self.segments.len() == other.segments.len()
-            && self
-                .segments
-                .iter()
-                .zip(&other.segments)
-                .all(|(a, b)| a.is_none() || b.is_none() || a == b)
-    }
-}
-
-impl fmt::Display for RoutePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
 }
 
 /// One request header copied into the NATS message: looked up by `name`, written
@@ -230,12 +150,7 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Problems) -> Option<Route> {
                 p.add(key("path"), e);
                 None
             }
-            Ok(rp)
-                if RESERVED_PATHS.iter().any(|r| rp.matches(r))
-                    || text.starts_with(RESERVED_PREFIX)
-                    || rp.segments.first() == Some(&Some("api".to_string()))
-                    || (rp.segments.first() == Some(&None) && rp.segments.len() > 1) =>
-            {
+            Ok(rp) if rp.collides_with_own() => {
                 p.add(
                     key("path"),
                     format_args!("'{text}' collides with natshook's own /metrics, /healthz, /readyz or /api/"),
@@ -588,23 +503,5 @@ mod tests {
             )),
             "{got:?}"
         );
-    }
-
-    #[test]
-    fn route_paths_match_whole_segments_and_star_takes_one() {
-        let exact = RoutePath::parse("/in/sendgrid").unwrap();
-        assert!(exact.matches("/in/sendgrid"));
-        assert!(!exact.matches("/in/sendgrid/"));
-        assert!(!exact.matches("/in/sendgrid/x"));
-        assert!(!exact.matches("/in"));
-        let star = RoutePath::parse("/in/*/twilio").unwrap();
-        assert!(star.matches("/in/acme/twilio"));
-        assert!(!star.matches("/in//twilio"));
-        assert!(!star.matches("/in/a/b/twilio"));
-        assert!(star.overlaps(&RoutePath::parse("/in/x/twilio").unwrap()));
-        assert!(!star.overlaps(&exact));
-        for bad in ["in", "/a//b", "/a/", "/a?b=1", "/a b"] {
-            assert!(RoutePath::parse(bad).is_err(), "{bad}");
-        }
     }
 }

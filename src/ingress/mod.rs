@@ -12,6 +12,7 @@
 //! The route table is swapped whole on reload, so a request sees one table.
 
 pub mod config;
+pub mod route_path;
 pub mod template;
 
 use std::collections::HashMap;
