@@ -152,12 +152,7 @@ impl Admin {
             return not_found(name);
         };
         let now = SystemTime::now();
-        let id = format!(
-            "test_{}",
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
+        let id = format!("test_{}", crate::time::unix_nanos(now));
         let payload = Bytes::from(
             serde_json::json!({"message": "natshook test event", "endpoint": name}).to_string(),
         );

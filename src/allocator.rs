@@ -1,11 +1,10 @@
 //! The process allocator: jemalloc instead of glibc malloc.
 //!
 //! Every delivery allocates buffers just over glibc's 1 KiB per-thread cache (the
-//! payload, the signed body, hyper's 8 KiB response read buffer), so they went through
-//! glibc's shared bins; with 50 endpoints in flight that was a fifth of natshook's
-//! cycles. jemalloc serves them from thread caches. The trade, measured side by side
-//! (docs/performance.md): CPU per delivery down 9-13 % (1 endpoint) to 29 % (50
-//! endpoints), about 1 MiB more idle RSS.
+//! payload, the signed body, hyper's 8 KiB response read buffer), so under glibc they
+//! go through its shared bins, which all threads contend on; jemalloc serves them from
+//! thread caches. The trade is less CPU per delivery for a little more idle memory
+//! (docs/performance.md has the measurements).
 //!
 //! Set here, in the library, so the binary, the benchmark's ceilings and receiver, and
 //! the tests all run on the same allocator.

@@ -13,6 +13,7 @@ use async_nats::{ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, Endpoint, NatsAuth, NatsConfig};
 use crate::consumer::{Shared, Stop, Worker};
 use crate::dead_letter::DeadLetters;
@@ -146,7 +147,7 @@ async fn ensure_stream(
     stop: &CancellationToken,
 ) -> Result<(), BridgeError> {
     let name = &config.nats.stream;
-    let mut wait = Duration::from_millis(250);
+    let mut wait = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match js.get_stream(name).await {
             Ok(_) => return Ok(()),
@@ -173,9 +174,8 @@ async fn ensure_stream(
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait.next_delay()) => {}
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 

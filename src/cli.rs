@@ -283,12 +283,9 @@ fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Fai
 fn sign(args: SignArgs) -> Result<(), Failure> {
     let signer = signer_for(&args.key, false)?;
     let body = read_stdin()?;
-    let ts = args.timestamp.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
+    let ts = args
+        .timestamp
+        .unwrap_or_else(|| crate::time::unix_secs(SystemTime::now()));
     let mut headers = HeaderMap::new();
     signer.sign_into(&args.id, ts, &body, &mut headers);
     let mut out = std::io::stdout().lock();

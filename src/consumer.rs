@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::{jitter, Backoff};
 use crate::breaker::{Breaker, PauseReason};
 use crate::config::Endpoint;
 use crate::dead_letter::{DeadLetter, DeadLetters};
@@ -37,7 +38,9 @@ use crate::delivery::{forwarded_headers, AttemptResult, Deliverer, Request, RESP
 use crate::delivery_log::DeliveryLog;
 use crate::envelope::{self, MessageFacts};
 use crate::metrics::{EndpointMetrics, Metrics, Outcome};
+use crate::rate_limit::RateLimit;
 use crate::routing::Router;
+use crate::time;
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
 
@@ -60,12 +63,6 @@ pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
 /// for anything that still runs long (e.g. waiting on a dead-letter publish).
 pub fn ack_wait(endpoint: &Endpoint) -> Duration {
     (endpoint.timeout + Duration::from_secs(20)).max(Duration::from_secs(30))
-}
-
-/// ±10 % so that many messages failing together do not come back together.
-pub fn jitter(d: Duration) -> Duration {
-    let factor = 0.9 + fastrand::f64() * 0.2;
-    d.mul_f64(factor)
 }
 
 /// Messages fetched but not started. They survive pauses and re-binds, so a message
@@ -139,71 +136,8 @@ pub struct Worker {
     msg_id_warned: AtomicBool,
 }
 
-/// At most `limit` events per wall-clock second, lock-free: the second and the count
-/// share one atomic word (count in the low 20 bits).
-pub struct RateLimit {
-    limit: u64,
-    state: AtomicU64,
-}
-
-impl RateLimit {
-    const COUNT_BITS: u32 = 20;
-
-    pub fn new(limit: u32) -> Self {
-        Self {
-            limit: u64::from(limit).min((1 << Self::COUNT_BITS) - 1),
-            state: AtomicU64::new(0),
-        }
-    }
-
-    fn now_second() -> u64 {
-        unix_ms(SystemTime::now()) / 1000
-    }
-
-    /// True when `take` would succeed now (without taking).
-    pub fn has_room(&self) -> bool {
-        if self.limit == 0 {
-            return false;
-        }
-        let s = self.state.load(Ordering::Relaxed);
-        s >> Self::COUNT_BITS != Self::now_second()
-            || (s & ((1 << Self::COUNT_BITS) - 1)) < self.limit
-    }
-
-    pub fn take(&self) -> bool {
-        if self.limit == 0 {
-            return false;
-        }
-        let now = Self::now_second();
-        let mut s = self.state.load(Ordering::Relaxed);
-        loop {
-            let (second, count) = (s >> Self::COUNT_BITS, s & ((1 << Self::COUNT_BITS) - 1));
-            let next = if second != now {
-                (now << Self::COUNT_BITS) | 1
-            } else if count < self.limit {
-                s + 1
-            } else {
-                return false;
-            };
-            match self
-                .state
-                .compare_exchange_weak(s, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(actual) => s = actual,
-            }
-        }
-    }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn from_unix_ms(ms: u64) -> Option<String> {
-    (ms > 0).then(|| envelope::rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+    (ms > 0).then(|| time::rfc3339_millis(time::from_unix_millis(ms)))
 }
 
 impl Worker {
@@ -325,7 +259,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
         let mut held = Held::new();
-        let mut retry = Duration::from_millis(500);
+        let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         while !stop.drain.is_cancelled() {
             let consumer = match self.bind().await {
                 Ok(c) => c,
@@ -334,14 +268,13 @@ impl Worker {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot bind consumer; retrying");
                     tokio::select! {
                         _ = stop.drain.cancelled() => break,
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
                     }
-                    retry = (retry * 2).min(Duration::from_secs(10));
                     continue;
                 }
             };
             self.bound.store(true, Ordering::Relaxed);
-            retry = Duration::from_millis(500);
+            retry.reset();
             // Held messages may have waited through a re-bind: restart their ack timer
             // before they queue for a permit.
             self.extend_ack_wait(&held).await;
@@ -362,7 +295,7 @@ impl Worker {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot start fetching; retrying");
                     tokio::select! {
                         _ = stop.drain.cancelled() => break,
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
                     }
                     continue;
                 }
@@ -383,7 +316,7 @@ impl Worker {
                     self.bound.store(false, Ordering::Relaxed);
                     tokio::select! {
                         _ = stop.drain.cancelled() => break,
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
                     }
                 }
             }
@@ -441,9 +374,8 @@ impl Worker {
             };
             let this = Arc::clone(self);
             let abort = stop.abort.clone();
-            // Boxed, so the ~3 KiB delivery future is copied once into the heap and
-            // the task moves a pointer, not the future, through spawn and its stage
-            // changes.
+            // Boxed, so the delivery future is copied once into the heap and the task
+            // moves a pointer, not the future, through spawn and its stage changes.
             tracker.spawn(Box::pin(async move {
                 this.handle(msg, &abort).await;
                 drop(permit);
@@ -484,8 +416,11 @@ impl Worker {
         let mut paused = self.breaker.watch();
         // Paused by an operator: no probes, only an explicit resume.
         let probing = self.breaker.pause_reason() != Some(PauseReason::Manual);
-        let mut wait = self.endpoint.probe_interval;
-        let probe_due = tokio::time::sleep(wait);
+        let mut wait = Backoff::new(
+            self.endpoint.probe_interval,
+            self.endpoint.probe_max_interval,
+        );
+        let probe_due = tokio::time::sleep(wait.next_delay());
         tokio::pin!(probe_due);
         let every = ack_wait(&self.endpoint) / 3;
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -513,8 +448,7 @@ impl Worker {
                 },
                 () = async { if let Some(p) = probe.as_mut() { p.await } }, if probe.is_some() => {
                     probe = None;
-                    wait = (wait * 2).min(self.endpoint.probe_max_interval);
-                    probe_due.as_mut().reset(tokio::time::Instant::now() + wait);
+                    probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay());
                 }
             }
         };
@@ -626,8 +560,8 @@ impl Worker {
             None => Vec::new(),
         };
         // The request future, the dead-letter and log paths and the progress ack are
-        // boxed: inline they made every spawned delivery task 9.6 KiB (now ~3 KiB), and
-        // copying that per message cost ~5 % of natshook's cycles (memmove 11.7 → 6.7 %).
+        // boxed: inline they would make every spawned delivery task several times
+        // larger, and the task is copied (moved) per message.
         let mut send = Box::pin(self.deliverer.send(Request {
             id: &id,
             event: &event,
@@ -708,7 +642,7 @@ impl Worker {
     ) {
         self.metrics.attempt(result.status);
         self.metrics.duration.observe(result.duration.as_secs_f64());
-        let now = unix_ms(SystemTime::now());
+        let now = time::unix_millis(SystemTime::now());
         if result.is_success() {
             self.ack(msg, AckKind::Ack).await;
             self.last_success_ms.store(now, Ordering::Relaxed);
@@ -777,7 +711,7 @@ impl Worker {
             subject: inc.subject.clone(),
             stream: inc.stream.clone(),
             stream_sequence: inc.sequence,
-            published: envelope::rfc3339_millis(inc.published),
+            published: time::rfc3339_millis(inc.published),
             attempts,
             last_status: last.and_then(|r| r.http_status),
             last_error: last.map(|r| r.describe()),
@@ -793,7 +727,7 @@ impl Worker {
             payload_object: None,
             headers,
             headers_truncated: false,
-            dead_lettered_at: envelope::rfc3339_millis(SystemTime::now()),
+            dead_lettered_at: time::rfc3339_millis(SystemTime::now()),
         };
         match self.shared.dead_letters.publish(record, &msg.payload).await {
             Ok(()) => {
@@ -849,7 +783,7 @@ pub async fn watch_unmapped(
     counter: prometheus::IntCounter,
     stop: CancellationToken,
 ) {
-    let mut retry = Duration::from_millis(500);
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         let bound = async {
             bind_unmapped_counter(&js, &stream_name, &prefix)
@@ -870,14 +804,13 @@ pub async fn watch_unmapped(
                     tracing::debug!(error = %e, "unmapped-subject counter not bound yet");
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
                     }
-                    retry = (retry * 2).min(Duration::from_secs(10));
                     continue;
                 }
             },
         };
-        retry = Duration::from_millis(500);
+        retry.reset();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -898,21 +831,5 @@ pub async fn watch_unmapped(
                 None => break,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RateLimit;
-
-    #[test]
-    fn rate_limit_allows_the_limit_per_second() {
-        let r = RateLimit::new(3);
-        assert!(r.has_room());
-        let taken = (0..10).filter(|_| r.take()).count();
-        // All ten calls normally fall in one second; a second boundary may add some.
-        assert!((3..=6).contains(&taken), "{taken}");
-        let none = RateLimit::new(0);
-        assert!(!none.take());
     }
 }

@@ -5,8 +5,8 @@
 //! (`natshook dlq replay`), so JetStream is the only store natshook needs.
 //!
 //! A record is one NATS message, so it must fit the server's `max_payload`, while the
-//! payload travels in it as base64 (4/3 of its size): with the defaults (1 MiB each) a
-//! payload above ~780 KB could never be dead-lettered and came back forever. A record
+//! payload travels in it as base64 (4/3 of its size): with the defaults (1 MiB each) the
+//! record of a payload above about 780 KB does not fit. A record
 //! that would not fit keeps its payload in the JetStream object store instead (bucket
 //! `NATSHOOK_DLQ_PAYLOADS`, which chunks it, so any size fits) and names the object in
 //! `payload_object`; every other field is bounded. Writing a dead letter therefore never

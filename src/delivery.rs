@@ -8,7 +8,6 @@
 //! Name resolution goes through [`GuardedResolver`](crate::guard::GuardedResolver),
 //! which applies the SSRF rules to every resolved address at connect time.
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,12 +21,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Endpoint, TlsFiles};
 use crate::guard::GuardedResolver;
 use crate::metrics::AttemptStatus;
+use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
 use crate::secret::SecretRef;
 use crate::signing::Signer;
 
@@ -158,67 +156,15 @@ static USER_AGENT_VALUE: &str = concat!("natshook/", env!("CARGO_PKG_VERSION"));
 pub enum ClientError {
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("cannot load {0}: {1}")]
-    Pem(String, String),
-    #[error("no certificate in {0}")]
-    NoCertificate(String),
-    #[error("no private key in {0}")]
-    NoPrivateKey(String),
-}
-
-fn pem_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Pem(path.display().to_string(), e.to_string())
-}
-
-/// The certificates of a PEM file. A file without any is an error: a key file given
-/// as `ca_file` would otherwise trust nothing, and as `cert_file` fail every handshake.
-fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
-    if certs.is_empty() {
-        return Err(ClientError::NoCertificate(path.display().to_string()));
-    }
-    Ok(certs)
-}
-
-/// A `ca_file` as trust roots: at least one certificate rustls can use.
-fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(load_certificates(path)?);
-    if added == 0 {
-        return Err(pem_error(path, "no certificate usable as a trust root"));
-    }
-    Ok(roots)
-}
-
-fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            ClientError::NoPrivateKey(path.display().to_string())
-        }
-        e => pem_error(path, e),
-    })
-}
-
-/// Loads one endpoint TLS file (`ca_file`, `cert_file` or `key_file`) as the client
-/// set-up will, so that `natshook check` and a reload refuse a file without what its
-/// key names instead of the endpoint failing to start. Whether a key belongs to its
-/// certificate is left to the set-up itself.
-pub fn check_tls_file(key: &str, path: &Path) -> Result<(), ClientError> {
-    match key {
-        "ca_file" => load_roots(path).map(drop),
-        "key_file" => load_private_key(path).map(drop),
-        _ => load_certificates(path).map(drop),
-    }
+    #[error(transparent)]
+    File(#[from] PemError),
 }
 
 /// System roots, or only the endpoint's `ca_file` when set (a private CA should not
 /// also trust the public ones); a client certificate when configured.
 /// `https` is false for a plain `http://` endpoint, whose TLS settings are never used:
 /// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
-/// certificate bundle (start-up time and about a megabyte of RSS).
+/// certificate bundle, which costs start-up time and memory.
 fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
     let roots = match &tls.ca_file {
         None if !https => Arc::new(rustls::RootCertStore::empty()),
@@ -350,10 +296,7 @@ impl Deliverer {
 
     /// The full header set for one attempt, signature included.
     pub fn headers(&self, req: &Request<'_>, now: SystemTime) -> HeaderMap {
-        let ts = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let ts = crate::time::unix_secs(now);
         let mut h = HeaderMap::with_capacity(12 + self.endpoint.headers.len());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));

@@ -14,6 +14,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::AttemptResult;
+use crate::settings::LogSettings;
 
 pub const LOG_STREAM: &str = "NATSHOOK_LOG";
 pub const LOG_SUBJECT_PREFIX: &str = "natshook.log";
@@ -43,16 +44,6 @@ pub struct LogRecord {
     pub response_body: String,
     /// Request headers; signatures and configured header values redacted.
     pub request_headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogSettings {
-    pub max_per_endpoint: i64,
-    pub max_age: Duration,
-    /// Successful attempts recorded per endpoint and second at most; failed attempts
-    /// are always recorded. Storing every success at thousands per second would cost
-    /// nats-server as much as the deliveries themselves.
-    pub max_successes_per_second: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +137,7 @@ impl DeliveryLog {
             event: event.to_string(),
             id: id.to_string(),
             attempt,
-            time: crate::envelope::rfc3339_millis(started),
+            time: crate::time::rfc3339_millis(started),
             status: result.status.label().to_string(),
             http_status: result.http_status,
             error: result.error.clone(),

@@ -9,7 +9,16 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::config::Envelope;
+use crate::time::rfc3339_millis;
+
+/// How a receiver gets the message (`envelope` of an endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// The JSON envelope of the contract.
+    Standard,
+    /// The payload bytes unchanged.
+    Raw,
+}
 
 /// The facts about one message that go into its envelope.
 #[derive(Debug, Clone)]
@@ -70,8 +79,8 @@ pub fn message_id(nats_msg_id: Option<&str>, stream: &str, sequence: u64) -> Str
     match nats_msg_id {
         Some(id) if msg_id_problem(id).is_none() => id.to_string(),
         _ => {
-            // Built by hand: this runs once per message and core::fmt showed up in
-            // profiles (~0.8 % of natshook's cycles).
+            // Built by hand: this runs once per message, where core::fmt costs more
+            // than the copy.
             let mut digits = itoa::Buffer::new();
             let digits = digits.format(sequence);
             let mut id = String::with_capacity(stream.len() + 1 + digits.len());
@@ -81,11 +90,6 @@ pub fn message_id(nats_msg_id: Option<&str>, stream: &str, sequence: u64) -> Str
             id
         }
     }
-}
-
-/// RFC 3339 UTC with milliseconds, as in the contract: `2026-04-01T12:05:00.000Z`.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {

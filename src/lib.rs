@@ -38,6 +38,7 @@
 pub mod admin;
 #[cfg(feature = "jemalloc")]
 mod allocator;
+pub mod backoff;
 pub mod breaker;
 pub mod bridge;
 pub mod cli;
@@ -50,7 +51,11 @@ pub mod envelope;
 pub mod guard;
 pub mod ingress;
 pub mod metrics;
+pub mod pem;
+pub mod rate_limit;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod settings;
 pub mod signing;
+pub mod time;

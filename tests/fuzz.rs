@@ -4,8 +4,8 @@
 //! consumer gets never hides a message its endpoint wants.
 
 use bytes::Bytes;
-use natshook::config::{Config, Envelope};
-use natshook::envelope::{build, MessageFacts};
+use natshook::config::Config;
+use natshook::envelope::{build, Envelope, MessageFacts};
 use natshook::routing::{EventFilter, EventRule, EventTemplate, Pattern, Router};
 use proptest::prelude::*;
 

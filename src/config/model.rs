@@ -12,14 +12,7 @@ use crate::routing::{EventFilter, Router};
 use crate::secret::{Secret, SecretRef};
 use crate::signing::Signer;
 
-/// How a receiver gets the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Envelope {
-    /// The JSON envelope of the contract.
-    Standard,
-    /// The payload bytes unchanged.
-    Raw,
-}
+pub use crate::envelope::Envelope;
 
 /// NATS authentication, at most one kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,7 +159,7 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     pub dead_letter: DeadLetterConfig,
     /// `None` when `[delivery_log] enabled = false`.
-    pub delivery_log: Option<crate::delivery_log::LogSettings>,
+    pub delivery_log: Option<crate::settings::LogSettings>,
     /// `None` unless `[admin] enabled = true`.
     pub admin: Option<AdminConfig>,
     pub shutdown_grace: Duration,

@@ -414,7 +414,7 @@ fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
         pair: s.at("cert_file"),
     };
     let loadable: FileCheck =
-        |key, f| crate::delivery::check_tls_file(key, f).map_err(|e| e.to_string());
+        |key, f| crate::pem::check_tls_file(key, f).map_err(|e| e.to_string());
     tls_files(raw, &at, loadable, p)
 }
 

@@ -40,7 +40,7 @@ pub(super) fn duration_or(
 pub(super) fn delivery_log(
     raw: &RawDeliveryLog,
     p: &mut Problems,
-) -> Option<Option<crate::delivery_log::LogSettings>> {
+) -> Option<Option<crate::settings::LogSettings>> {
     if !raw.enabled.unwrap_or(defaults::DELIVERY_LOG_ENABLED) {
         return Some(None);
     }
@@ -60,7 +60,7 @@ pub(super) fn delivery_log(
             .unwrap_or(defaults::DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND),
         0,
     );
-    Some(Some(crate::delivery_log::LogSettings {
+    Some(Some(crate::settings::LogSettings {
         max_per_endpoint: i64::from(max?),
         max_age: age?,
         max_successes_per_second: per_second?,

@@ -1,0 +1,15 @@
+//! Settings the config owns and the parts below it read. They live in this leaf so
+//! that `config` imports nothing from the modules that use them.
+
+use std::time::Duration;
+
+/// The delivery log's limits (`[delivery_log]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub max_per_endpoint: i64,
+    pub max_age: Duration,
+    /// Successful attempts recorded per endpoint and second at most; failed attempts
+    /// are always recorded. Storing every success at thousands per second would cost
+    /// nats-server as much as the deliveries themselves.
+    pub max_successes_per_second: u32,
+}
