@@ -15,8 +15,7 @@ use serde::Serialize;
 use crate::breaker::PauseReason;
 use crate::bridge::Supervisor;
 use crate::dead_letter::ReplayFilter;
-use crate::delivery::Request;
-use crate::envelope::{self, MessageFacts};
+use crate::envelope::MessageFacts;
 use crate::secret::Secret;
 
 /// Largest request body the admin API reads.
@@ -156,7 +155,6 @@ impl Admin {
         let payload = Bytes::from(
             serde_json::json!({"message": "natshook test event", "endpoint": name}).to_string(),
         );
-        let ep = w.endpoint.clone();
         let facts = MessageFacts {
             id: &id,
             event: "webhook.test",
@@ -166,21 +164,10 @@ impl Admin {
             published: now,
             payload: &payload,
         };
-        let body = match envelope::build(ep.envelope, &ep.envelope_fields, &facts) {
-            Ok(b) => b,
+        let result = match w.deliverer().deliver(&facts, [], false) {
+            Ok(send) => send.await,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
-        let result = w
-            .deliverer()
-            .send(Request {
-                id: &id,
-                event: "webhook.test",
-                attempt: 1,
-                body,
-                forwarded: Vec::new(),
-                capture_headers: false,
-            })
-            .await;
         json(
             StatusCode::OK,
             &serde_json::json!({

@@ -34,7 +34,7 @@ use crate::backoff::{jitter, Backoff};
 use crate::breaker::{Breaker, PauseReason};
 use crate::config::Endpoint;
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::delivery::{forwarded_headers, AttemptResult, Deliverer, Request, RESPONSE_BODY_LIMIT};
+use crate::delivery::{AttemptResult, Deliverer, RESPONSE_BODY_LIMIT};
 use crate::delivery_log::DeliveryLog;
 use crate::envelope::{self, MessageFacts};
 use crate::metrics::{EndpointMetrics, Metrics, Outcome};
@@ -537,12 +537,16 @@ impl Worker {
             published: inc.published,
             payload: &msg.payload,
         };
-        let body = match envelope::build(
-            self.endpoint.envelope,
-            &self.endpoint.envelope_fields,
-            &facts,
-        ) {
-            Ok(b) => b,
+        let message_headers = msg.headers.iter().flat_map(|h| {
+            h.iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+        });
+        let capture_headers = self.shared.delivery_log.is_some() && self.success_log.has_room();
+        let send = match self
+            .deliverer
+            .deliver(&facts, message_headers, capture_headers)
+        {
+            Ok(send) => send,
             Err(e) => {
                 Box::pin(self.dead_letter(&msg, &inc, &id, &event, 0, None, &e.to_string())).await;
                 return;
@@ -550,26 +554,10 @@ impl Worker {
         };
 
         self.metrics.inflight.inc();
-        let forwarded = match &msg.headers {
-            Some(h) => forwarded_headers(
-                &self.endpoint,
-                h.iter().flat_map(|(name, values)| {
-                    values.iter().map(move |v| (name.as_ref(), v.as_str()))
-                }),
-            ),
-            None => Vec::new(),
-        };
         // The request future, the dead-letter and log paths and the progress ack are
         // boxed: inline they would make every spawned delivery task several times
         // larger, and the task is copied (moved) per message.
-        let mut send = Box::pin(self.deliverer.send(Request {
-            id: &id,
-            event: &event,
-            attempt: inc.attempt,
-            body,
-            forwarded,
-            capture_headers: self.shared.delivery_log.is_some() && self.success_log.has_room(),
-        }));
+        let mut send = Box::pin(send);
         let every = ack_wait(&self.endpoint) / 3;
         let progress = tokio::time::sleep(every);
         tokio::pin!(progress);

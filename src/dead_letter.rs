@@ -556,7 +556,6 @@ async fn replay_one(
     r: &DeadLetter,
     payload: &Bytes,
 ) -> Result<(), String> {
-    let ep = deliverer.endpoint();
     let event = r.event.clone().unwrap_or_default();
     let attempt = r.attempts + 1;
     let facts = crate::envelope::MessageFacts {
@@ -568,23 +567,13 @@ async fn replay_one(
         published: r.published_time(),
         payload,
     };
-    let body = crate::envelope::build(ep.envelope, &ep.envelope_fields, &facts)
-        .map_err(|e| e.to_string())?;
-    let forwarded = crate::delivery::forwarded_headers(
-        ep,
-        r.headers
-            .iter()
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str()))),
-    );
+    let headers = r
+        .headers
+        .iter()
+        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str())));
     let result = deliverer
-        .send(crate::delivery::Request {
-            id: &r.id,
-            event: &event,
-            attempt,
-            body,
-            forwarded,
-            capture_headers: false,
-        })
+        .deliver(&facts, headers, false)
+        .map_err(|e| e.to_string())?
         .await;
     if result.is_success() {
         Ok(())

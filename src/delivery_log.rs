@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
-use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::AttemptResult;
@@ -18,9 +17,6 @@ use crate::settings::LogSettings;
 
 pub const LOG_STREAM: &str = "NATSHOOK_LOG";
 pub const LOG_SUBJECT_PREFIX: &str = "natshook.log";
-
-/// Value shown instead of a secret-bearing header.
-pub const REDACTED: &str = "[redacted]";
 
 fn subject(endpoint: &str) -> String {
     format!("{LOG_SUBJECT_PREFIX}.{endpoint}")
@@ -59,39 +55,6 @@ pub enum LogError {
 pub struct DeliveryLog {
     js: jetstream::Context,
     client: async_nats::Client,
-}
-
-/// Headers natshook itself sends whose values are safe to show.
-fn shown_as_is(name: &str) -> bool {
-    matches!(
-        name,
-        "content-type"
-            | "user-agent"
-            | "x-webhook-event"
-            | "x-webhook-id"
-            | "x-webhook-attempt"
-            | "x-webhook-timestamp"
-            | "webhook-id"
-            | "webhook-timestamp"
-            | "traceparent"
-            | "tracestate"
-    )
-}
-
-/// The request headers with every value redacted except natshook's own
-/// non-secret ones: signatures and configured extra headers may be credentials.
-pub fn redact(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let shown = if shown_as_is(name.as_str()) && !value.is_sensitive() {
-                value.to_str().unwrap_or(REDACTED).to_string()
-            } else {
-                REDACTED.to_string()
-            };
-            (name.as_str().to_string(), shown)
-        })
-        .collect()
 }
 
 impl DeliveryLog {
@@ -184,28 +147,5 @@ impl DeliveryLog {
             }
         }
         Ok(out.into_iter().rev().collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn signatures_and_configured_headers_are_redacted() {
-        let mut h = HeaderMap::new();
-        h.insert("x-webhook-id", HeaderValue::from_static("id-1"));
-        h.insert("x-webhook-signature", HeaderValue::from_static("abcdef"));
-        h.insert("webhook-signature", HeaderValue::from_static("v1,xyz"));
-        let mut key = HeaderValue::from_static("api-key-123");
-        key.set_sensitive(true);
-        h.insert("x-api-key", key);
-        let shown = redact(&h);
-        let get = |n: &str| shown.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-        assert_eq!(get("x-webhook-id"), Some("id-1"));
-        assert_eq!(get("x-webhook-signature"), Some(REDACTED));
-        assert_eq!(get("webhook-signature"), Some(REDACTED));
-        assert_eq!(get("x-api-key"), Some(REDACTED));
     }
 }

@@ -1,4 +1,7 @@
-//! One HTTP attempt to an endpoint, and how its result is classified.
+//! Delivering one message to an endpoint: [`Deliverer::deliver`] builds the body,
+//! carries headers over, signs and makes one HTTP attempt, and classifies the result.
+//! `client` builds the endpoint's HTTP client (TLS, SSRF guard), `headers` the
+//! request's headers and their redacted copy for the delivery log.
 //!
 //! Each endpoint gets its own pooled hyper client (keep-alive, HTTP/1.1 and HTTP/2 by
 //! ALPN), so one endpoint's slow or dead receiver never holds connections another
@@ -8,24 +11,28 @@
 //! Name resolution goes through [`GuardedResolver`](crate::guard::GuardedResolver),
 //! which applies the SSRF rules to every resolved address at connect time.
 
-use std::sync::{Arc, OnceLock};
+mod client;
+mod headers;
+
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT,
-};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
-use crate::config::{Endpoint, TlsFiles};
-use crate::guard::GuardedResolver;
+pub use self::client::ClientError;
+use self::client::HttpClient;
+use self::headers::{forwarded_headers, host_header, request_headers};
+pub use self::headers::{
+    redact, REDACTED, TRACE_HEADERS, X_WEBHOOK_ATTEMPT, X_WEBHOOK_EVENT, X_WEBHOOK_ID,
+    X_WEBHOOK_TIMESTAMP,
+};
+use crate::config::Endpoint;
+use crate::envelope::{self, EnvelopeError, MessageFacts};
 use crate::metrics::AttemptStatus;
-use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
 use crate::secret::SecretRef;
 use crate::signing::Signer;
 
@@ -34,18 +41,8 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 /// Response bytes read at most; reading a short body to its end keeps the connection
 /// reusable, a longer one is cut and its connection dropped.
 const RESPONSE_DRAIN_LIMIT: usize = 64 * 1024;
-/// Largest response head (status line and headers) accepted; a larger one fails the
-/// attempt with "message head is too large".
-const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 /// Longest delay a receiver may ask for with `Retry-After`.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
-
-pub const X_WEBHOOK_EVENT: HeaderName = HeaderName::from_static("x-webhook-event");
-pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
-pub const X_WEBHOOK_ATTEMPT: HeaderName = HeaderName::from_static("x-webhook-attempt");
-pub const X_WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("x-webhook-timestamp");
-
-type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
 /// The result of one HTTP attempt.
 #[derive(Debug, Clone)]
@@ -96,37 +93,10 @@ pub struct Request<'a> {
     pub capture_headers: bool,
 }
 
-/// W3C trace context: always carried from the NATS message to the request.
-pub const TRACE_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static("traceparent"),
-    HeaderName::from_static("tracestate"),
-];
-
-/// The headers to carry over from a message's headers: trace context plus the
-/// endpoint's `forward_headers`. Names match case-insensitively; values that are not
-/// valid in HTTP (CR, LF, control characters) are dropped, never sent.
-pub fn forwarded_headers<'a>(
-    endpoint: &Endpoint,
-    message_headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Vec<(HeaderName, HeaderValue)> {
-    let trace = TRACE_HEADERS;
-    let mut out = Vec::new();
-    for (name, value) in message_headers {
-        let wanted = trace
-            .iter()
-            .chain(endpoint.forward_headers.iter())
-            .find(|h| h.as_str().eq_ignore_ascii_case(name));
-        if let (Some(h), Ok(v)) = (wanted, HeaderValue::from_str(value)) {
-            out.push((h.clone(), v));
-        }
-    }
-    out
-}
-
 /// Sends signed requests to one endpoint.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: Client<Connector, Full<Bytes>>,
+    client: HttpClient,
     endpoint: Arc<Endpoint>,
     /// Swapped when a `{ file }` secret changes (see [`Deliverer::reload_secrets`]).
     signer: Arc<ArcSwap<Signer>>,
@@ -134,108 +104,9 @@ pub struct Deliverer {
     host: Option<HeaderValue>,
 }
 
-/// `Host` as hyper-util's client would send it: the host, plus the port when it is not
-/// the scheme's default.
-fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
-    let host = uri.host()?;
-    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        443
-    } else {
-        80
-    };
-    match uri.port_u16() {
-        Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
-        _ => HeaderValue::from_str(host).ok(),
-    }
-}
-
-static USER_AGENT_VALUE: &str = concat!("natshook/", env!("CARGO_PKG_VERSION"));
-
-/// Why a client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("TLS setup: {0}")]
-    Tls(String),
-    #[error(transparent)]
-    File(#[from] PemError),
-}
-
-/// System roots, or only the endpoint's `ca_file` when set (a private CA should not
-/// also trust the public ones); a client certificate when configured.
-/// `https` is false for a plain `http://` endpoint, whose TLS settings are never used:
-/// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
-/// certificate bundle, which costs start-up time and memory.
-fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
-    let roots = match &tls.ca_file {
-        None if !https => Arc::new(rustls::RootCertStore::empty()),
-        None => system_roots(),
-        Some(ca) => Arc::new(load_roots(ca)?),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    let config = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(load_certificates(cert)?, load_private_key(key)?)
-            .map_err(|e| {
-                ClientError::Tls(format!(
-                    "client certificate {} with key {}: {e}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?,
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(config)
-}
-
-/// The system roots, loaded once: parsing them per endpoint would cost memory and
-/// start-up time per endpoint for identical data.
-fn system_roots() -> Arc<rustls::RootCertStore> {
-    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            // A single unparsable system certificate should not disable TLS entirely.
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            if roots.is_empty() {
-                tracing::warn!(
-                    "no system CA certificates found; https endpoints will fail to verify"
-                );
-            }
-            Arc::new(roots)
-        })
-        .clone()
-}
-
 impl Deliverer {
     pub fn new(endpoint: Arc<Endpoint>) -> Result<Self, ClientError> {
-        let mut http =
-            HttpConnector::new_with_resolver(GuardedResolver::new(endpoint.target.clone()));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(endpoint.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(
-                &endpoint.tls,
-                endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
-            )?)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        // Queued writes send the body from its own buffer (writev) instead of
-        // copying it behind the headers. The read buffer starts at 8 KiB and may grow
-        // to RESPONSE_HEAD_LIMIT: a fixed buffer would also cap the response head, and
-        // a receiver behind a proxy can answer 200 with more than 8 KiB of headers.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(endpoint.concurrency.max(1))
-            .http1_writev(true)
-            .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
-            .build(connector);
+        let client = client::build(&endpoint)?;
         let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
         Ok(Self {
             client,
@@ -294,41 +165,45 @@ impl Deliverer {
         &self.endpoint
     }
 
-    /// The full header set for one attempt, signature included.
-    pub fn headers(&self, req: &Request<'_>, now: SystemTime) -> HeaderMap {
-        let ts = crate::time::unix_secs(now);
-        let mut h = HeaderMap::with_capacity(12 + self.endpoint.headers.len());
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        for (name, value) in &req.forwarded {
-            h.append(name.clone(), value.clone());
-        }
-        for (name, value) in &self.endpoint.headers {
-            h.insert(name.clone(), value.clone());
-        }
-        // A configured or forwarded Host wins, as it would in hyper-util.
-        if let Some(host) = &self.host {
-            h.entry(HOST).or_insert_with(|| host.clone());
-        }
-        // from_bytes, not from_str: an event name built from non-ASCII subject tokens
-        // is sent as its UTF-8 bytes instead of silently losing the header.
-        if let Ok(v) = HeaderValue::from_bytes(req.event.as_bytes()) {
-            h.insert(X_WEBHOOK_EVENT, v);
-        }
-        if let Ok(v) = HeaderValue::from_bytes(req.id.as_bytes()) {
-            h.insert(X_WEBHOOK_ID, v);
-        }
-        h.insert(X_WEBHOOK_ATTEMPT, HeaderValue::from(req.attempt));
-        h.insert(X_WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
-        self.signer.load().sign_into(req.id, ts, &req.body, &mut h);
-        h
+    /// One delivery of a message: its body (the endpoint's envelope around `facts`),
+    /// the headers carried over from `message_headers`, then the signed attempt. The
+    /// worker, the admin API's test ping and dead-letter replay all deliver this way,
+    /// so a receiver cannot tell them apart. The body is built before the attempt
+    /// starts: a message that cannot be put in an envelope is an error at once, and the
+    /// attempt is the future returned.
+    pub fn deliver<'a, 'h>(
+        &'a self,
+        facts: &MessageFacts<'a>,
+        message_headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+        capture_headers: bool,
+    ) -> Result<impl Future<Output = AttemptResult> + 'a, EnvelopeError> {
+        let body = envelope::build(
+            self.endpoint.envelope,
+            &self.endpoint.envelope_fields,
+            facts,
+        )?;
+        let forwarded = forwarded_headers(&self.endpoint, message_headers);
+        Ok(self.send(Request {
+            id: facts.id,
+            event: facts.event,
+            attempt: facts.attempt,
+            body,
+            forwarded,
+            capture_headers,
+        }))
     }
 
     /// One attempt, bounded by the endpoint's timeout (connect, send and response).
-    pub async fn send(&self, req: Request<'_>) -> AttemptResult {
-        let headers = self.headers(&req, SystemTime::now());
+    async fn send(&self, req: Request<'_>) -> AttemptResult {
+        let headers = request_headers(
+            &self.endpoint,
+            self.host.as_ref(),
+            &self.signer.load(),
+            &req,
+            SystemTime::now(),
+        );
         let request_headers = if req.capture_headers {
-            crate::delivery_log::redact(&headers)
+            redact(&headers)
         } else {
             Vec::new()
         };
@@ -446,21 +321,6 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_header_carries_only_non_default_ports() {
-        for (url, host) in [
-            ("http://127.0.0.1:8080/x", "127.0.0.1:8080"),
-            ("http://example.com/x", "example.com"),
-            ("http://example.com:80/x", "example.com"),
-            ("https://example.com:443/x", "example.com"),
-            ("https://example.com:80/x", "example.com:80"),
-            ("https://[::1]:8443/", "[::1]:8443"),
-        ] {
-            let uri: http::Uri = url.parse().unwrap();
-            assert_eq!(host_header(&uri).unwrap(), host, "{url}");
-        }
-    }
 
     #[test]
     fn retry_after_seconds_dates_and_cap() {

@@ -1,0 +1,111 @@
+//! The HTTP client of one endpoint: a pooled hyper-util client whose connector
+//! resolves names through the SSRF guard and speaks TLS with the endpoint's settings.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Endpoint, TlsFiles};
+use crate::guard::GuardedResolver;
+use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
+
+/// Largest response head (status line and headers) accepted; a larger one fails the
+/// attempt with "message head is too large".
+const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+
+type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
+pub(super) type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    File(#[from] PemError),
+}
+
+/// A pooled client for `endpoint`: connect timeout and keep-alive pool from its
+/// settings, names resolved through the SSRF guard, its TLS files loaded.
+pub(super) fn build(endpoint: &Endpoint) -> Result<HttpClient, ClientError> {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(endpoint.target.clone()));
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(endpoint.timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(
+            &endpoint.tls,
+            endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
+        )?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    // Queued writes send the body from its own buffer (writev) instead of
+    // copying it behind the headers. The read buffer starts at 8 KiB and may grow
+    // to RESPONSE_HEAD_LIMIT: a fixed buffer would also cap the response head, and
+    // a receiver behind a proxy can answer 200 with more than 8 KiB of headers.
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(endpoint.concurrency.max(1))
+        .http1_writev(true)
+        .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
+        .build(connector))
+}
+
+/// System roots, or only the endpoint's `ca_file` when set (a private CA should not
+/// also trust the public ones); a client certificate when configured.
+/// `https` is false for a plain `http://` endpoint, whose TLS settings are never used:
+/// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
+/// certificate bundle, which costs start-up time and memory.
+fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
+    let roots = match &tls.ca_file {
+        None if !https => Arc::new(rustls::RootCertStore::empty()),
+        None => system_roots(),
+        Some(ca) => Arc::new(load_roots(ca)?),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(load_certificates(cert)?, load_private_key(key)?)
+            .map_err(|e| {
+                ClientError::Tls(format!(
+                    "client certificate {} with key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?,
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// The system roots, loaded once: parsing them per endpoint would cost memory and
+/// start-up time per endpoint for identical data.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            // A single unparsable system certificate should not disable TLS entirely.
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no system CA certificates found; https endpoints will fail to verify"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
