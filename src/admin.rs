@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::breaker::PauseReason;
 use crate::bridge::Supervisor;
-use crate::dead_letter::ReplayFilter;
 use crate::envelope::MessageFacts;
 use crate::secret::Secret;
+use crate::store::dead_letters::ReplayFilter;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;

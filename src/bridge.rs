@@ -16,12 +16,12 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::{Config, Endpoint, NatsAuth, NatsConfig};
 use crate::consumer::{Shared, Stop, Worker};
-use crate::dead_letter::DeadLetters;
 use crate::delivery::{ClientError, Deliverer};
-use crate::delivery_log::DeliveryLog;
 use crate::metrics::Metrics;
 use crate::routing::{EventFilter, Router};
 use crate::server::{self, ServerError};
+use crate::store::dead_letters::DeadLetters;
+use crate::store::delivery_log::DeliveryLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -594,7 +594,7 @@ pub async fn run(
         }
     }
 
-    crate::dead_letter::log_size_limits(&client, &config.endpoints);
+    crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
     sup.apply(config.clone()).await?;
     sup.started.store(true, Ordering::Relaxed);
     let unmapped = tokio::spawn(crate::consumer::watch_unmapped(

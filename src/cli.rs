@@ -14,10 +14,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Endpoint};
-use crate::dead_letter::{DeadLetters, ReplayFilter};
 use crate::delivery::Deliverer;
 use crate::secret::Secret;
 use crate::signing::{Scheme, Signer};
+use crate::store::dead_letters::{DeadLetters, ReplayFilter};
 
 #[derive(Parser, Debug)]
 #[command(

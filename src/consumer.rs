@@ -33,13 +33,13 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::{jitter, Backoff};
 use crate::breaker::{Breaker, PauseReason};
 use crate::config::Endpoint;
-use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::delivery::{AttemptResult, Deliverer, RESPONSE_BODY_LIMIT};
-use crate::delivery_log::DeliveryLog;
 use crate::envelope::{self, MessageFacts};
 use crate::metrics::{EndpointMetrics, Metrics, Outcome};
 use crate::rate_limit::RateLimit;
 use crate::routing::Router;
+use crate::store::dead_letters::{DeadLetter, DeadLetters};
+use crate::store::delivery_log::DeliveryLog;
 use crate::time;
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;

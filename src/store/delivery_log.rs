@@ -8,15 +8,19 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 
+use super::{read_to_end, ReadError};
 use crate::delivery::AttemptResult;
 use crate::settings::LogSettings;
 
 pub const LOG_STREAM: &str = "NATSHOOK_LOG";
 pub const LOG_SUBJECT_PREFIX: &str = "natshook.log";
+
+/// How long reading waits for the next record before it takes the log as read: the
+/// admin API answers a person waiting for it.
+const READ_IDLE: Duration = Duration::from_millis(500);
 
 fn subject(endpoint: &str) -> String {
     format!("{LOG_SUBJECT_PREFIX}.{endpoint}")
@@ -117,33 +121,17 @@ impl DeliveryLog {
 
     /// The newest `limit` records of `endpoint`, newest first.
     pub async fn recent(&self, endpoint: &str, limit: usize) -> Result<Vec<LogRecord>, LogError> {
-        let read = |e: &dyn std::fmt::Display| LogError::Read(e.to_string());
-        let stream = self.js.get_stream(LOG_STREAM).await.map_err(|e| read(&e))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject(endpoint),
-                ..Default::default()
-            })
+        let read = |e: ReadError| LogError::Read(e.to_string());
+        let mut messages = read_to_end(&self.js, LOG_STREAM, subject(endpoint), READ_IDLE)
             .await
-            .map_err(|e| read(&e))?;
-        let mut messages = consumer.messages().await.map_err(|e| read(&e))?;
+            .map_err(read)?;
         let mut out = std::collections::VecDeque::new();
-        loop {
-            let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
-            let msg = match next {
-                Err(_) | Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(read(&e)),
-                Ok(Some(Ok(m))) => m,
-            };
-            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            if let Ok(r) = serde_json::from_slice::<LogRecord>(&msg.payload) {
+        while let Some(stored) = messages.next().await.map_err(read)? {
+            if let Ok(r) = serde_json::from_slice::<LogRecord>(&stored.payload) {
                 out.push_back(r);
                 if out.len() > limit {
                     out.pop_front();
                 }
-            }
-            if pending == 0 {
-                break;
             }
         }
         Ok(out.into_iter().rev().collect())

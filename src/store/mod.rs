@@ -1,0 +1,85 @@
+//! natshook's own JetStream streams: the dead letters and the delivery log. JetStream
+//! is the only store natshook has, so everything kept beyond one delivery lives here.
+
+pub mod dead_letters;
+pub mod delivery_log;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+/// Why a stream could not be read; the text is the client's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadError(String);
+
+fn read_error(e: impl std::fmt::Display) -> ReadError {
+    ReadError(e.to_string())
+}
+
+/// One message read from a stream.
+pub struct Stored {
+    pub sequence: u64,
+    pub payload: Bytes,
+}
+
+/// The messages of a stream on one subject filter, oldest first, up to the last one
+/// there was when reading reached it. See [`read_to_end`].
+pub struct ToEnd {
+    messages: consumer::pull::Ordered,
+    idle: Duration,
+    done: bool,
+}
+
+/// Reads `stream` on `filter_subject` through an ordered (ephemeral) consumer until no
+/// message is pending, or none arrives for `idle`: an empty or vanished stream ends
+/// the read after `idle` instead of waiting forever. Nothing is acked or changed.
+pub async fn read_to_end(
+    js: &jetstream::Context,
+    stream: &str,
+    filter_subject: String,
+    idle: Duration,
+) -> Result<ToEnd, ReadError> {
+    let stream = js.get_stream(stream).await.map_err(read_error)?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject,
+            ..Default::default()
+        })
+        .await
+        .map_err(read_error)?;
+    let messages = consumer.messages().await.map_err(read_error)?;
+    Ok(ToEnd {
+        messages,
+        idle,
+        done: false,
+    })
+}
+
+impl ToEnd {
+    /// The next message; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Stored>, ReadError> {
+        if self.done {
+            return Ok(None);
+        }
+        let msg = match tokio::time::timeout(self.idle, self.messages.next()).await {
+            Err(_) | Ok(None) => {
+                self.done = true;
+                return Ok(None);
+            }
+            Ok(Some(Err(e))) => return Err(read_error(e)),
+            Ok(Some(Ok(m))) => m,
+        };
+        let (sequence, pending) = {
+            let info = msg.info().map_err(read_error)?;
+            (info.stream_sequence, info.pending)
+        };
+        self.done = pending == 0;
+        Ok(Some(Stored {
+            sequence,
+            payload: msg.message.payload,
+        }))
+    }
+}
