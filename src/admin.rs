@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::breaker::PauseReason;
 use crate::bridge::Supervisor;
 use crate::envelope::MessageFacts;
 use crate::secret::Secret;
@@ -95,14 +94,14 @@ impl Admin {
             (Method::POST, ["endpoints", name, "test"]) => self.test(name).await,
             (Method::POST, ["endpoints", name, "pause"]) => match self.sup.worker(name) {
                 Some(w) => {
-                    w.breaker.pause(PauseReason::Manual);
+                    w.pause();
                     json(StatusCode::OK, &w.state())
                 }
                 None => not_found(name),
             },
             (Method::POST, ["endpoints", name, "resume"]) => match self.sup.worker(name) {
                 Some(w) => {
-                    w.breaker.resume();
+                    w.resume();
                     json(StatusCode::OK, &w.state())
                 }
                 None => not_found(name),

@@ -15,13 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Endpoint, NatsAuth, NatsConfig};
-use crate::consumer::{Shared, Stop, Worker};
 use crate::delivery::{ClientError, Deliverer};
 use crate::metrics::Metrics;
 use crate::routing::{EventFilter, Router};
 use crate::server::{self, ServerError};
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
+use crate::worker::{Shared, Stop, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -236,15 +236,15 @@ pub struct ReloadSummary {
 
 impl Supervisor {
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        self.shared.metrics()
     }
 
     pub fn dead_letters(&self) -> &DeadLetters {
-        &self.shared.dead_letters
+        self.shared.dead_letters()
     }
 
     pub fn delivery_log(&self) -> Option<&DeliveryLog> {
-        self.shared.delivery_log.as_ref()
+        self.shared.delivery_log()
     }
 
     pub fn workers(&self) -> Vec<Arc<Worker>> {
@@ -252,7 +252,9 @@ impl Supervisor {
     }
 
     pub fn worker(&self, name: &str) -> Option<Arc<Worker>> {
-        self.workers().into_iter().find(|w| w.endpoint.name == name)
+        self.workers()
+            .into_iter()
+            .find(|w| w.endpoint().name == name)
     }
 
     /// `Ok` when NATS is connected and every consumer is bound.
@@ -291,7 +293,7 @@ impl Supervisor {
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
         let tracker = TaskTracker::new();
-        tracing::info!(endpoint = %worker.endpoint.name, consumer = %worker.consumer_name(), url = %worker.endpoint.url, "starting endpoint");
+        tracing::info!(endpoint = %worker.endpoint().name, consumer = %worker.consumer_name(), url = %worker.endpoint().url, "starting endpoint");
         let handle = tokio::spawn(worker.clone().run(stop.clone(), tracker.clone()));
         Running {
             worker,
@@ -328,7 +330,7 @@ impl Supervisor {
         for (index, e) in wanted {
             let changes = match running.get(&e.name) {
                 None => &mut summary.added,
-                Some(r) if router_changed || *r.worker.endpoint != *e => &mut summary.restarted,
+                Some(r) if router_changed || **r.worker.endpoint() != *e => &mut summary.restarted,
                 Some(_) => continue,
             };
             changes.push(e.name.clone());
@@ -502,22 +504,21 @@ pub async fn run(
     )
     .await?;
     let js = jetstream::new(client.clone());
-    let shared = Shared {
-        js: js.clone(),
-        stream_name: config.nats.stream.clone(),
-        consumer_prefix: config.nats.consumer_prefix.clone(),
-        metrics: metrics.clone(),
-        dead_letters: DeadLetters::new(js.clone(), config.dead_letter.max_age),
-        delivery_log: config
+    let shared = Shared::new(
+        js.clone(),
+        &config.nats,
+        metrics.clone(),
+        DeadLetters::new(js.clone(), config.dead_letter.max_age),
+        config
             .delivery_log
             .as_ref()
             .map(|_| DeliveryLog::new(client.clone())),
-        log_successes_per_second: config
+        config
             .delivery_log
             .as_ref()
             .map(|l| l.max_successes_per_second)
             .unwrap_or(0),
-    };
+    );
     let sup = Arc::new(Supervisor {
         shared,
         connected,
@@ -575,7 +576,7 @@ pub async fn run(
             }
             _ => Ok(()),
         };
-        let counter = crate::consumer::bind_unmapped_counter(
+        let counter = crate::worker::bind_unmapped_counter(
             &js,
             &config.nats.stream,
             &config.nats.consumer_prefix,
@@ -597,7 +598,7 @@ pub async fn run(
     crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
     sup.apply(config.clone()).await?;
     sup.started.store(true, Ordering::Relaxed);
-    let unmapped = tokio::spawn(crate::consumer::watch_unmapped(
+    let unmapped = tokio::spawn(crate::worker::watch_unmapped(
         js.clone(),
         config.nats.stream.clone(),
         config.nats.consumer_prefix.clone(),

@@ -1,4 +1,6 @@
 //! One endpoint's JetStream consumer: fetch, deliver, then ack, NAK or dead-letter.
+//! This module binds and fetches, holds messages while the endpoint is paused and
+//! probes it; `message` delivers and settles one message, as `outcome` decides.
 //!
 //! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
 //! receiver only ever holds its own messages. `max_ack_pending` is twice the endpoint's
@@ -13,12 +15,17 @@
 //! attempt number, fetched messages are never dropped unattempted: a pause holds them,
 //! a re-bind keeps them, and shutdown NAKs them for immediate redelivery.
 
+pub mod breaker;
+mod message;
+pub mod outcome;
+pub mod unmapped;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
@@ -30,15 +37,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::{jitter, Backoff};
-use crate::breaker::{Breaker, PauseReason};
-use crate::config::Endpoint;
-use crate::delivery::{AttemptResult, Deliverer, RESPONSE_BODY_LIMIT};
-use crate::envelope::{self, MessageFacts};
-use crate::metrics::{EndpointMetrics, Metrics, Outcome};
+use self::breaker::{Breaker, PauseReason};
+pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
+use crate::backoff::Backoff;
+use crate::config::{Endpoint, NatsConfig};
+use crate::delivery::Deliverer;
+use crate::metrics::{EndpointMetrics, Metrics};
 use crate::rate_limit::RateLimit;
 use crate::routing::Router;
-use crate::store::dead_letters::{DeadLetter, DeadLetters};
+use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::time;
 
@@ -78,26 +85,52 @@ enum Leave {
     RebindAfterError,
 }
 
-/// Facts the delivery path needs from a NATS message, extracted once.
-struct Incoming {
-    subject: String,
-    attempt: u32,
-    stream: String,
-    sequence: u64,
-    published: SystemTime,
-}
-
 /// What every worker shares: the NATS side and the process-wide stores.
 #[derive(Clone)]
 pub struct Shared {
-    pub js: jetstream::Context,
-    pub stream_name: String,
-    pub consumer_prefix: String,
-    pub metrics: Metrics,
-    pub dead_letters: DeadLetters,
-    pub delivery_log: Option<DeliveryLog>,
+    js: jetstream::Context,
+    stream_name: String,
+    consumer_prefix: String,
+    metrics: Metrics,
+    dead_letters: DeadLetters,
+    delivery_log: Option<DeliveryLog>,
     /// Successful attempts logged per endpoint and second at most.
-    pub log_successes_per_second: u32,
+    log_successes_per_second: u32,
+}
+
+impl Shared {
+    /// `log_successes_per_second` caps the successful attempts each endpoint writes to
+    /// `delivery_log` (failed ones are always written).
+    pub fn new(
+        js: jetstream::Context,
+        nats: &NatsConfig,
+        metrics: Metrics,
+        dead_letters: DeadLetters,
+        delivery_log: Option<DeliveryLog>,
+        log_successes_per_second: u32,
+    ) -> Self {
+        Self {
+            js,
+            stream_name: nats.stream.clone(),
+            consumer_prefix: nats.consumer_prefix.clone(),
+            metrics,
+            dead_letters,
+            delivery_log,
+            log_successes_per_second,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    pub fn delivery_log(&self) -> Option<&DeliveryLog> {
+        self.delivery_log.as_ref()
+    }
 }
 
 /// An endpoint's state for the admin API.
@@ -117,14 +150,16 @@ pub struct EndpointState {
     pub last_error: Option<String>,
 }
 
+/// One endpoint's worker: binds its durable consumer, fetches, holds messages while
+/// the endpoint is paused and probes it, and hands each message to a delivery task.
 pub struct Worker {
-    pub endpoint: Arc<Endpoint>,
+    endpoint: Arc<Endpoint>,
     deliverer: Deliverer,
     router: Arc<Router>,
     shared: Shared,
     consumer_name: String,
     metrics: EndpointMetrics,
-    pub breaker: Arc<Breaker>,
+    breaker: Arc<Breaker>,
     bound: AtomicBool,
     /// Unix milliseconds; 0 = never.
     last_success_ms: AtomicU64,
@@ -170,8 +205,21 @@ impl Worker {
         }
     }
 
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
     pub fn deliverer(&self) -> &Deliverer {
         &self.deliverer
+    }
+
+    /// Paused by an operator: no probes, only [`Worker::resume`] ends it.
+    pub fn pause(&self) {
+        self.breaker.pause(PauseReason::Manual);
+    }
+
+    pub fn resume(&self) {
+        self.breaker.resume();
     }
 
     pub fn state(&self) -> EndpointState {
@@ -279,17 +327,7 @@ impl Worker {
             // before they queue for a permit.
             self.extend_ack_wait(&held).await;
 
-            // The server never sends more than max_ack_pending unacked messages, so a
-            // larger batch only saves pull round trips (ordered endpoints included).
-            let batch = self.endpoint.concurrency.clamp(16, 256);
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-            {
+            let mut messages = match self.pull(&consumer).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot start fetching; retrying");
@@ -327,6 +365,21 @@ impl Worker {
             self.ack(&msg, AckKind::Nak(None)).await;
         }
         self.bound.store(false, Ordering::Relaxed);
+    }
+
+    /// A pull stream on the bound consumer. The server never sends more than
+    /// max_ack_pending unacked messages, so a larger batch only saves pull round trips
+    /// (ordered endpoints included).
+    async fn pull(&self, consumer: &PullConsumer) -> Result<pull::Stream, String> {
+        let batch = self.endpoint.concurrency.clamp(16, 256);
+        consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Feeds one pull stream to delivery tasks, held messages first, until the worker
@@ -470,354 +523,11 @@ impl Worker {
         }
     }
 
-    fn incoming(msg: &jetstream::Message) -> Option<Incoming> {
-        let info = msg.info().ok()?;
-        let published = SystemTime::from(info.published);
-        Some(Incoming {
-            subject: msg.subject.as_str().to_owned(),
-            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
-            stream: info.stream.to_string(),
-            sequence: info.stream_sequence,
-            published,
-        })
-    }
-
     async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {
         if let Err(e) = msg.ack_with(kind).await {
             // The message comes back after ack_wait: a duplicate with the same id,
             // never a loss.
             tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ack failed; message will be redelivered");
-        }
-    }
-
-    /// Delivers one message and settles it with JetStream. Never panics, never
-    /// leaves a message without an ack, NAK or dead letter (except when NATS itself is
-    /// unreachable, where JetStream redelivers after ack_wait).
-    async fn handle(&self, msg: jetstream::Message, abort: &CancellationToken) {
-        let Some(inc) = Self::incoming(&msg) else {
-            tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
-            self.ack(&msg, AckKind::Nak(None)).await;
-            return;
-        };
-        let Some(event) = self.router.route(&inc.subject) else {
-            // Counted once per message by `watch_unmapped`, not once per endpoint.
-            tracing::debug!(endpoint = %self.endpoint.name, subject = %inc.subject, "unmapped subject; acked");
-            self.ack(&msg, AckKind::Ack).await;
-            return;
-        };
-        if !self.endpoint.events.wants(&event) {
-            self.ack(&msg, AckKind::Ack).await;
-            return;
-        }
-        let msg_id = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str());
-        let id = envelope::message_id(msg_id, &inc.stream, inc.sequence);
-        if let Some(header) = msg_id.filter(|h| *h != id) {
-            self.warn_replaced_msg_id(header, &id);
-        }
-
-        if msg.payload.len() > self.endpoint.max_body {
-            let reason = format!(
-                "payload of {} bytes exceeds max_body ({} bytes)",
-                msg.payload.len(),
-                self.endpoint.max_body
-            );
-            Box::pin(self.dead_letter(&msg, &inc, &id, &event, 0, None, &reason)).await;
-            return;
-        }
-        let facts = MessageFacts {
-            id: &id,
-            event: &event,
-            subject: &inc.subject,
-            stream_sequence: inc.sequence,
-            attempt: inc.attempt,
-            published: inc.published,
-            payload: &msg.payload,
-        };
-        let message_headers = msg.headers.iter().flat_map(|h| {
-            h.iter()
-                .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
-        });
-        let capture_headers = self.shared.delivery_log.is_some() && self.success_log.has_room();
-        let send = match self
-            .deliverer
-            .deliver(&facts, message_headers, capture_headers)
-        {
-            Ok(send) => send,
-            Err(e) => {
-                Box::pin(self.dead_letter(&msg, &inc, &id, &event, 0, None, &e.to_string())).await;
-                return;
-            }
-        };
-
-        self.metrics.inflight.inc();
-        // The request future, the dead-letter and log paths and the progress ack are
-        // boxed: inline they would make every spawned delivery task several times
-        // larger, and the task is copied (moved) per message.
-        let mut send = Box::pin(send);
-        let every = ack_wait(&self.endpoint) / 3;
-        let progress = tokio::time::sleep(every);
-        tokio::pin!(progress);
-        let result = loop {
-            tokio::select! {
-                r = &mut send => break Some(r),
-                () = &mut progress => {
-                    Box::pin(self.ack(&msg, AckKind::Progress)).await;
-                    progress.as_mut().reset(tokio::time::Instant::now() + every);
-                }
-                _ = abort.cancelled() => break None,
-            }
-        };
-        self.metrics.inflight.dec();
-        let Some(mut result) = result else {
-            tracing::info!(endpoint = %self.endpoint.name, id = %id, "shutdown grace over; NAK for immediate redelivery");
-            self.ack(&msg, AckKind::Nak(None)).await;
-            return;
-        };
-        let log = self.shared.delivery_log.as_ref().filter(|_| {
-            // Every failed attempt is kept; successes are sampled under heavy load.
-            !result.is_success() || self.success_log.take()
-        });
-        if let Some(log) = log {
-            let headers = std::mem::take(&mut result.request_headers);
-            Box::pin(log.record(
-                &self.endpoint.name,
-                &event,
-                &id,
-                inc.attempt,
-                &result,
-                headers,
-            ))
-            .await;
-        }
-        self.settle(&msg, &inc, &id, &event, result).await;
-    }
-
-    /// Logs, once per endpoint, that a `Nats-Msg-Id` was not used as the id, and why.
-    #[cold]
-    fn warn_replaced_msg_id(&self, header: &str, id: &str) {
-        if self.msg_id_warned.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let problem = envelope::msg_id_problem(header)
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        // A header value can be as long as a message: the log gets its start.
-        let mut shown: String = header.chars().take(80).collect();
-        if shown.len() < header.len() {
-            shown.push('…');
-        }
-        let rule = envelope::MSG_ID_RULE;
-        tracing::warn!(
-            endpoint = %self.endpoint.name,
-            nats_msg_id = ?shown,
-            id,
-            "Nats-Msg-Id {problem}: a usable one is {rule}, so this message's id is {id} \
-             (<stream>-<sequence>) instead; further messages with such an id are not logged"
-        );
-    }
-
-    async fn settle(
-        &self,
-        msg: &jetstream::Message,
-        inc: &Incoming,
-        id: &str,
-        event: &str,
-        result: AttemptResult,
-    ) {
-        self.metrics.attempt(result.status);
-        self.metrics.duration.observe(result.duration.as_secs_f64());
-        let now = time::unix_millis(SystemTime::now());
-        if result.is_success() {
-            self.ack(msg, AckKind::Ack).await;
-            self.last_success_ms.store(now, Ordering::Relaxed);
-            self.breaker.record_success();
-            self.metrics.delivery(event, Outcome::Success);
-            if let Ok(age) = SystemTime::now().duration_since(inc.published) {
-                self.metrics.end_to_end.observe(age.as_secs_f64());
-            }
-            tracing::debug!(endpoint = %self.endpoint.name, id, attempt = inc.attempt, "delivered");
-            return;
-        }
-        tracing::warn!(
-            endpoint = %self.endpoint.name, id, event, attempt = inc.attempt,
-            status = ?result.http_status, error = %result.describe(),
-            "delivery attempt failed"
-        );
-        self.last_failure_ms.store(now, Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(result.describe());
-        }
-        self.breaker.record_failure();
-        if result.is_gone() {
-            self.breaker.pause(PauseReason::Gone);
-            self.metrics.delivery(event, Outcome::Retry);
-            self.ack(msg, AckKind::Nak(Some(self.endpoint.probe_interval)))
-                .await;
-            return;
-        }
-        if inc.attempt >= self.endpoint.max_attempts {
-            let reason = format!("failed after {} attempts", inc.attempt);
-            Box::pin(self.dead_letter(msg, inc, id, event, inc.attempt, Some(&result), &reason))
-                .await;
-            return;
-        }
-        let delay = result
-            .retry_after
-            .unwrap_or_else(|| jitter(self.endpoint.retry_delay(inc.attempt)));
-        self.metrics.delivery(event, Outcome::Retry);
-        self.ack(msg, AckKind::Nak(Some(delay))).await;
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn dead_letter(
-        &self,
-        msg: &jetstream::Message,
-        inc: &Incoming,
-        id: &str,
-        event: &str,
-        attempts: u32,
-        last: Option<&AttemptResult>,
-        reason: &str,
-    ) {
-        let mut headers = std::collections::BTreeMap::new();
-        if let Some(h) = &msg.headers {
-            for (name, values) in h.iter() {
-                headers.insert(
-                    name.to_string(),
-                    values.iter().map(|v| v.as_str().to_string()).collect(),
-                );
-            }
-        }
-        let record = DeadLetter {
-            endpoint: self.endpoint.name.clone(),
-            event: Some(event.to_string()),
-            id: id.to_string(),
-            subject: inc.subject.clone(),
-            stream: inc.stream.clone(),
-            stream_sequence: inc.sequence,
-            published: time::rfc3339_millis(inc.published),
-            attempts,
-            last_status: last.and_then(|r| r.http_status),
-            last_error: last.map(|r| r.describe()),
-            response_body: last
-                .map(|r| {
-                    let b = &r.response_body[..r.response_body.len().min(RESPONSE_BODY_LIMIT)];
-                    String::from_utf8_lossy(b).into_owned()
-                })
-                .unwrap_or_default(),
-            reason: reason.to_string(),
-            // Filled by `publish`: inline, or a reference when the record would not fit.
-            payload: String::new(),
-            payload_object: None,
-            headers,
-            headers_truncated: false,
-            dead_lettered_at: time::rfc3339_millis(SystemTime::now()),
-        };
-        match self.shared.dead_letters.publish(record, &msg.payload).await {
-            Ok(()) => {
-                tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
-                self.ack(msg, AckKind::Ack).await;
-                self.metrics.dead_letters.inc();
-                self.metrics.delivery(event, Outcome::DeadLetter);
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
-                self.metrics.delivery(event, Outcome::Retry);
-                self.ack(msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
-                    .await;
-            }
-        }
-    }
-}
-
-/// Counts messages on subjects no mapping matches. Endpoint consumers are filtered to
-/// mapped subjects, so they never see these; this headers-only, ack-less durable
-/// consumer reads subjects and headers of every new stream message (no payloads),
-/// which keeps its cost small. Its name cannot collide with an endpoint consumer
-/// (`<prefix>-<name>`).
-pub async fn bind_unmapped_counter(
-    js: &jetstream::Context,
-    stream_name: &str,
-    prefix: &str,
-) -> Result<PullConsumer, String> {
-    let stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(format!("{prefix}_unmapped")),
-            description: Some("natshook: counts messages on unmapped subjects".into()),
-            deliver_policy: DeliverPolicy::New,
-            ack_policy: AckPolicy::None,
-            headers_only: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Runs the counter bound by [`bind_unmapped_counter`] (bound before the endpoints
-/// start, so nothing published after start-up escapes it); re-binds after errors.
-pub async fn watch_unmapped(
-    js: jetstream::Context,
-    stream_name: String,
-    prefix: String,
-    router: impl Fn() -> Arc<Router>,
-    counter: prometheus::IntCounter,
-    stop: CancellationToken,
-) {
-    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    loop {
-        let bound = async {
-            bind_unmapped_counter(&js, &stream_name, &prefix)
-                .await?
-                .stream()
-                .max_messages_per_batch(512)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let mut messages = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = bound => match r {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "unmapped-subject counter not bound yet");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(retry.next_delay()) => {}
-                    }
-                    continue;
-                }
-            },
-        };
-        retry.reset();
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return,
-                m = messages.next() => m,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    if router().route(&msg.subject).is_none() {
-                        counter.inc();
-                    }
-                }
-                Some(Err(e)) => {
-                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                    if !matches!(e.kind(), K::MissingHeartbeat) {
-                        break;
-                    }
-                }
-                None => break,
-            }
         }
     }
 }

@@ -1,0 +1,324 @@
+//! One fetched message: route it, deliver it, settle it with JetStream (ack, NAK with
+//! the delay for that attempt, pause, or dead letter). Never panics, never leaves a
+//! message without an ack, NAK or dead letter (except when NATS itself is unreachable,
+//! where JetStream redelivers after ack_wait).
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use async_nats::jetstream::{self, message::AckKind};
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::PauseReason;
+use super::outcome::{decide, Decision};
+use super::{ack_wait, Worker};
+use crate::backoff::jitter;
+use crate::delivery::{AttemptResult, RESPONSE_BODY_LIMIT};
+use crate::envelope::{self, MessageFacts};
+use crate::metrics::Outcome;
+use crate::store::dead_letters::DeadLetter;
+use crate::time;
+
+/// The JetStream metadata of a fetched message, read once.
+struct MessageMeta {
+    subject: String,
+    /// The delivery count, which is the attempt number.
+    attempt: u32,
+    stream: String,
+    sequence: u64,
+    published: SystemTime,
+}
+
+impl MessageMeta {
+    fn of(msg: &jetstream::Message) -> Option<Self> {
+        let info = msg.info().ok()?;
+        let published = SystemTime::from(info.published);
+        Some(Self {
+            subject: msg.subject.as_str().to_owned(),
+            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+            stream: info.stream.to_string(),
+            sequence: info.stream_sequence,
+            published,
+        })
+    }
+}
+
+/// A message this endpoint delivers: its metadata, its event and its id.
+struct Routed {
+    msg: jetstream::Message,
+    meta: MessageMeta,
+    event: String,
+    id: String,
+}
+
+impl Worker {
+    /// Delivers one message and settles it with JetStream.
+    pub(super) async fn handle(&self, msg: jetstream::Message, abort: &CancellationToken) {
+        let Some(m) = self.route(msg).await else {
+            return;
+        };
+        if m.msg.payload.len() > self.endpoint.max_body {
+            let reason = format!(
+                "payload of {} bytes exceeds max_body ({} bytes)",
+                m.msg.payload.len(),
+                self.endpoint.max_body
+            );
+            Box::pin(self.dead_letter(&m, 0, None, &reason)).await;
+            return;
+        }
+        self.deliver(&m, abort).await;
+    }
+
+    /// The message with its event and id when this endpoint delivers it; otherwise it
+    /// is settled here: NAK without JetStream metadata, ack when unmapped or filtered.
+    async fn route(&self, msg: jetstream::Message) -> Option<Routed> {
+        let Some(meta) = MessageMeta::of(&msg) else {
+            tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
+            self.ack(&msg, AckKind::Nak(None)).await;
+            return None;
+        };
+        let Some(event) = self.router.route(&meta.subject) else {
+            // Counted once per message by `watch_unmapped`, not once per endpoint.
+            tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, "unmapped subject; acked");
+            self.ack(&msg, AckKind::Ack).await;
+            return None;
+        };
+        if !self.endpoint.events.wants(&event) {
+            self.ack(&msg, AckKind::Ack).await;
+            return None;
+        }
+        let msg_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str());
+        let id = envelope::message_id(msg_id, &meta.stream, meta.sequence);
+        if let Some(header) = msg_id.filter(|h| *h != id) {
+            self.warn_replaced_msg_id(header, &id);
+        }
+        Some(Routed {
+            msg,
+            meta,
+            event,
+            id,
+        })
+    }
+
+    /// One attempt, logged, then settled.
+    async fn deliver(&self, m: &Routed, abort: &CancellationToken) {
+        let facts = MessageFacts {
+            id: &m.id,
+            event: &m.event,
+            subject: &m.meta.subject,
+            stream_sequence: m.meta.sequence,
+            attempt: m.meta.attempt,
+            published: m.meta.published,
+            payload: &m.msg.payload,
+        };
+        let message_headers = m.msg.headers.iter().flat_map(|h| {
+            h.iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+        });
+        let capture_headers = self.shared.delivery_log.is_some() && self.success_log.has_room();
+        let send = match self
+            .deliverer
+            .deliver(&facts, message_headers, capture_headers)
+        {
+            Ok(send) => send,
+            Err(e) => {
+                Box::pin(self.dead_letter(m, 0, None, &e.to_string())).await;
+                return;
+            }
+        };
+        self.metrics.inflight.inc();
+        let result = self.attempt(&m.msg, send, abort).await;
+        self.metrics.inflight.dec();
+        let Some(mut result) = result else {
+            tracing::info!(endpoint = %self.endpoint.name, id = %m.id, "shutdown grace over; NAK for immediate redelivery");
+            self.ack(&m.msg, AckKind::Nak(None)).await;
+            return;
+        };
+        let log = self.shared.delivery_log.as_ref().filter(|_| {
+            // Every failed attempt is kept; successes are sampled under heavy load.
+            !result.is_success() || self.success_log.take()
+        });
+        if let Some(log) = log {
+            let headers = std::mem::take(&mut result.request_headers);
+            let (endpoint, attempt) = (&self.endpoint.name, m.meta.attempt);
+            Box::pin(log.record(endpoint, &m.event, &m.id, attempt, &result, headers)).await;
+        }
+        self.settle(m, result).await;
+    }
+
+    /// Runs `send`, extending the message's ack timer while it runs; `None` when the
+    /// shutdown grace ran out first.
+    async fn attempt(
+        &self,
+        msg: &jetstream::Message,
+        send: impl Future<Output = AttemptResult>,
+        abort: &CancellationToken,
+    ) -> Option<AttemptResult> {
+        // The request future, the dead-letter and log paths and the progress ack are
+        // boxed: inline they would make every spawned delivery task several times
+        // larger, and the task is copied (moved) per message.
+        let mut send = Box::pin(send);
+        let every = ack_wait(&self.endpoint) / 3;
+        let progress = tokio::time::sleep(every);
+        tokio::pin!(progress);
+        loop {
+            tokio::select! {
+                r = &mut send => return Some(r),
+                () = &mut progress => {
+                    Box::pin(self.ack(msg, AckKind::Progress)).await;
+                    progress.as_mut().reset(tokio::time::Instant::now() + every);
+                }
+                _ = abort.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Logs, once per endpoint, that a `Nats-Msg-Id` was not used as the id, and why.
+    #[cold]
+    fn warn_replaced_msg_id(&self, header: &str, id: &str) {
+        if self.msg_id_warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let problem = envelope::msg_id_problem(header)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        // A header value can be as long as a message: the log gets its start.
+        let mut shown: String = header.chars().take(80).collect();
+        if shown.len() < header.len() {
+            shown.push('…');
+        }
+        let rule = envelope::MSG_ID_RULE;
+        tracing::warn!(
+            endpoint = %self.endpoint.name,
+            nats_msg_id = ?shown,
+            id,
+            "Nats-Msg-Id {problem}: a usable one is {rule}, so this message's id is {id} \
+             (<stream>-<sequence>) instead; further messages with such an id are not logged"
+        );
+    }
+
+    async fn settle(&self, m: &Routed, result: AttemptResult) {
+        let (msg, id, event, attempt) = (&m.msg, m.id.as_str(), m.event.as_str(), m.meta.attempt);
+        self.metrics.attempt(result.status);
+        self.metrics.duration.observe(result.duration.as_secs_f64());
+        let now = time::unix_millis(SystemTime::now());
+        let decision = decide(&result, attempt, &self.endpoint, jitter);
+        if decision == Decision::Ack {
+            self.ack(msg, AckKind::Ack).await;
+            self.last_success_ms.store(now, Ordering::Relaxed);
+            self.breaker.record_success();
+            self.metrics.delivery(event, Outcome::Success);
+            if let Ok(age) = SystemTime::now().duration_since(m.meta.published) {
+                self.metrics.end_to_end.observe(age.as_secs_f64());
+            }
+            tracing::debug!(endpoint = %self.endpoint.name, id, attempt, "delivered");
+            return;
+        }
+        tracing::warn!(
+            endpoint = %self.endpoint.name, id, event, attempt,
+            status = ?result.http_status, error = %result.describe(),
+            "delivery attempt failed"
+        );
+        self.last_failure_ms.store(now, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(result.describe());
+        }
+        self.breaker.record_failure();
+        match decision {
+            Decision::Ack => {}
+            Decision::Pause(delay) => {
+                self.breaker.pause(PauseReason::Gone);
+                self.metrics.delivery(event, Outcome::Retry);
+                self.ack(msg, AckKind::Nak(Some(delay))).await;
+            }
+            Decision::DeadLetter => {
+                let reason = format!("failed after {attempt} attempts");
+                Box::pin(self.dead_letter(m, attempt, Some(&result), &reason)).await;
+            }
+            Decision::Retry(delay) => {
+                self.metrics.delivery(event, Outcome::Retry);
+                self.ack(msg, AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+
+    /// Writes the dead letter, then acks; if the write fails, the message comes back
+    /// after the first retry delay and is dead-lettered then.
+    async fn dead_letter(
+        &self,
+        m: &Routed,
+        attempts: u32,
+        last: Option<&AttemptResult>,
+        reason: &str,
+    ) {
+        let record = self.dead_letter_record(m, attempts, last, reason);
+        let (id, event) = (m.id.as_str(), m.event.as_str());
+        match self
+            .shared
+            .dead_letters
+            .publish(record, &m.msg.payload)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
+                self.ack(&m.msg, AckKind::Ack).await;
+                self.metrics.dead_letters.inc();
+                self.metrics.delivery(event, Outcome::DeadLetter);
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
+                self.metrics.delivery(event, Outcome::Retry);
+                self.ack(&m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
+                    .await;
+            }
+        }
+    }
+
+    fn dead_letter_record(
+        &self,
+        m: &Routed,
+        attempts: u32,
+        last: Option<&AttemptResult>,
+        reason: &str,
+    ) -> DeadLetter {
+        let mut headers = std::collections::BTreeMap::new();
+        if let Some(h) = &m.msg.headers {
+            for (name, values) in h.iter() {
+                headers.insert(
+                    name.to_string(),
+                    values.iter().map(|v| v.as_str().to_string()).collect(),
+                );
+            }
+        }
+        DeadLetter {
+            endpoint: self.endpoint.name.clone(),
+            event: Some(m.event.clone()),
+            id: m.id.clone(),
+            subject: m.meta.subject.clone(),
+            stream: m.meta.stream.clone(),
+            stream_sequence: m.meta.sequence,
+            published: time::rfc3339_millis(m.meta.published),
+            attempts,
+            last_status: last.and_then(|r| r.http_status),
+            last_error: last.map(|r| r.describe()),
+            response_body: last
+                .map(|r| {
+                    let b = &r.response_body[..r.response_body.len().min(RESPONSE_BODY_LIMIT)];
+                    String::from_utf8_lossy(b).into_owned()
+                })
+                .unwrap_or_default(),
+            reason: reason.to_string(),
+            // Filled by `publish`: inline, or a reference when the record would not fit.
+            payload: String::new(),
+            payload_object: None,
+            headers,
+            headers_truncated: false,
+            dead_lettered_at: time::rfc3339_millis(SystemTime::now()),
+        }
+    }
+}
