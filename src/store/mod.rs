@@ -25,8 +25,8 @@ pub struct Stored {
     pub payload: Bytes,
 }
 
-/// The messages of a stream on one subject filter, oldest first, up to the last one
-/// there was when reading reached it. See [`read_to_end`].
+/// The messages of a stream on one subject filter, oldest first, until none is
+/// pending. See [`read_to_end`].
 pub struct ToEnd {
     messages: consumer::pull::Ordered,
     idle: Duration,

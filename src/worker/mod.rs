@@ -440,8 +440,8 @@ impl Worker {
         use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
         match e.kind() {
             K::MissingHeartbeat => {
-                // The server stopped answering this pull (seen with max_ack_pending = 1
-                // after a burst): a fresh pull stream recovers at once instead of idling.
+                // The server stopped answering this pull (it happens with max_ack_pending
+                // = 1 after a burst): a fresh pull stream recovers at once, not after idling.
                 tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; pulling again");
                 Leave::Rebind
             }
