@@ -41,6 +41,24 @@ impl Backoff {
         }
     }
 
+    /// The delay before attempt `n + 1` (`n` failures so far) of a loop that counts its
+    /// attempts itself and keeps no `Backoff`, such as a client's reconnect callback:
+    /// the same sequence [`next_delay`](Self::next_delay) gives.
+    pub fn delay_after(&self, n: usize) -> Duration {
+        let delay = match n {
+            0 => self.start,
+            n => 1u32
+                .checked_shl(u32::try_from(n).unwrap_or(u32::MAX))
+                .and_then(|factor| self.start.checked_mul(factor))
+                .map_or(self.cap, |d| d.min(self.cap)),
+        };
+        if self.jitter {
+            jitter(delay)
+        } else {
+            delay
+        }
+    }
+
     /// After a success: the next delay is `start` again.
     pub fn reset(&mut self) {
         self.next = self.start;
@@ -68,6 +86,23 @@ mod tests {
         // A start above the cap is kept once, as the loops it replaces did.
         let mut high = Backoff::new(ms(50), ms(10));
         assert_eq!((high.next_delay(), high.next_delay()), (ms(50), ms(10)));
+    }
+
+    #[test]
+    fn the_nth_delay_is_the_one_next_delay_gives_after_n_failures() {
+        let ms = Duration::from_millis;
+        let fresh = Backoff::new(ms(100), ms(5000));
+        let mut stepped = fresh.clone();
+        for n in 0..100 {
+            assert_eq!(fresh.delay_after(n), stepped.next_delay(), "n = {n}");
+            // The reconnect formula it replaces.
+            assert_eq!(
+                fresh.delay_after(n),
+                ms((100u64 << n.min(6)).min(5_000)),
+                "n = {n}"
+            );
+        }
+        assert_eq!(fresh.delay_after(usize::MAX), ms(5000));
     }
 
     #[test]
