@@ -21,14 +21,14 @@
 //! * `store`: natshook's JetStream streams: `dead_letters` (`NATSHOOK_DLQ`: records,
 //!   listing, replay) and `delivery_log` (`NATSHOOK_LOG`: recent attempts per endpoint).
 //! * `delivery`: one `deliver` (body, headers, signature, one HTTP attempt, its result);
-//!   `client` (pooled client, TLS, the SSRF guard's resolver), `headers`.
+//!   `client` (pooled client, TLS, resolving through `ssrf`), `headers`.
 //! * `config`: loading the config file (TOML or YAML, `NATSHOOK__…` variables over it, single
 //!   `[[endpoints]]`/`[[events]]` entries too) and validating every key at once.
 //! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
 //! * `routing`: subject → event name, endpoint event filters, consumer filter subjects.
 //! * `envelope`: the request body and the message id receivers deduplicate on.
 //! * `signing`: `hex`, `sha256` and Standard Webhooks signatures, with rotation.
-//! * `guard`: the SSRF policy, applied to every resolved address at connect time.
+//! * `ssrf`: the SSRF policy, applied to every resolved address at connect time.
 //! * `metrics`: the contract's Prometheus metrics.
 //! * Leaves: `backoff` (the one retry back-off), `time` (epoch and RFC 3339), `rate_limit`,
 //!   `pem` (endpoint TLS files), `settings` (settings the config owns, e.g. the delivery
@@ -38,9 +38,10 @@
 //!
 //! A `worker::Worker` fetches the message from its endpoint's durable consumer,
 //! `routing` names its event, `delivery` builds the body (`envelope`), signs it
-//! (`signing`) and POSTs it through the `guard`. A 2xx is acked; a failure is NAKed
-//! with the delay for that attempt, so JetStream redelivers it later; after
-//! `max_attempts` it goes to `store::dead_letters` and only then is acked.
+//! (`signing`) and POSTs it, every resolved address checked by `ssrf`. A 2xx is
+//! acked; a failure is NAKed with the delay for that attempt, so JetStream
+//! redelivers it later; after `max_attempts` it goes to `store::dead_letters` and
+//! only then is acked.
 
 pub mod admin;
 #[cfg(feature = "jemalloc")]
@@ -51,7 +52,6 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
-pub mod guard;
 pub mod ingress;
 pub mod metrics;
 pub mod pem;
@@ -61,6 +61,7 @@ pub mod secret;
 pub mod server;
 pub mod settings;
 pub mod signing;
+pub mod ssrf;
 pub mod store;
 pub mod time;
 pub mod worker;

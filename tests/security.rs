@@ -415,7 +415,7 @@ fn loopback_name() -> Option<String> {
         .ok()?
         .trim()
         .to_string();
-    if name.is_empty() || name.contains('.') && natshook::guard::is_internal_host(&name) {
+    if name.is_empty() || name.contains('.') && natshook::ssrf::is_internal_host(&name) {
         return None;
     }
     let addrs: Vec<_> = (name.as_str(), 80).to_socket_addrs().ok()?.collect();

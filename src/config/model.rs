@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::guard::TargetPolicy;
 use crate::routing::{EventFilter, Router};
 use crate::secret::{Secret, SecretRef};
 use crate::signing::Signer;
+use crate::ssrf::TargetPolicy;
 
 pub use crate::envelope::Envelope;
 

@@ -12,8 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Endpoint, TlsFiles};
-use crate::guard::GuardedResolver;
 use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
+use crate::ssrf::GuardedResolver;
 
 /// Largest response head (status line and headers) accepted; a larger one fails the
 /// attempt with "message head is too large".

@@ -8,7 +8,7 @@
 //! needs. Redirects are never followed: a 3xx is a failed attempt, since following it
 //! could send signed events somewhere the operator did not configure.
 //!
-//! Name resolution goes through [`GuardedResolver`](crate::guard::GuardedResolver),
+//! Name resolution goes through [`GuardedResolver`](crate::ssrf::GuardedResolver),
 //! which applies the SSRF rules to every resolved address at connect time.
 
 mod client;

@@ -15,10 +15,10 @@ use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
 use super::tls::{tls_files, FileCheck, TlsPaths};
 use super::valid_name;
-use crate::guard::TargetPolicy;
 use crate::routing::{EventFilter, Router};
 use crate::secret::{Secret, SecretList};
 use crate::signing::{check_signing_secret, Scheme, Signer};
+use crate::ssrf::TargetPolicy;
 
 /// Headers natshook sets itself; config `headers` may not replace them.
 const RESERVED_HEADERS: &[&str] = &[

@@ -1,4 +1,4 @@
-//! The SSRF guard: which addresses and host names a webhook may be sent to.
+//! The SSRF policy: which addresses and host names a webhook may be sent to.
 //!
 //! natshook runs inside clusters, so a webhook URL (or a DNS answer for it) must not
 //! become a way to reach the cluster's own services or the cloud metadata endpoint.
