@@ -405,7 +405,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
         }
     };
     let config = Config::load(&path)?;
-    let client = crate::bridge::connect(&config.nats, false, None)
+    let client = crate::app::connect(&config.nats, false, None)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     let dlq = DeadLetters::new(
@@ -493,7 +493,7 @@ async fn run(path: &Path) -> Result<(), Failure> {
         wait_for_signal().await;
         trigger.cancel();
     });
-    crate::bridge::run(config, Some(path.to_path_buf()), shutdown)
+    crate::app::run(config, Some(path.to_path_buf()), shutdown)
         .await
         .map_err(|e| Failure::Runtime(e.into()))
 }

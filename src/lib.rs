@@ -10,10 +10,13 @@
 //! From the top down; a module imports only from modules below it.
 //!
 //! * `cli`: the commands (`run`, `check`, `sign`, `verify`, `dlq`) and exit codes.
-//! * `bridge`: `natshook run` wired together; its `Supervisor` runs, reloads and stops workers.
-//! * `server`: natshook's own HTTP listener: `/metrics`, `/healthz`, `/readyz`.
-//! * `admin`: the admin API under `/api/`, behind a bearer token.
+//! * `app`: `natshook run` wired together, with its start-up and shutdown order;
+//!   `supervisor` (the `Supervisor`: applies, reloads, starts and stops workers),
+//!   `nats` (connect, auth, TLS, stream checks), `watch` (SIGHUP and file changes).
 //! * `ingress`: incoming webhooks: verified requests stored in JetStream before the 2xx.
+//! * `http`: natshook's own HTTP server, reading the app through `http::AppView`:
+//!   `listener` (accept loop, connection limits), `routes` (`/metrics`, `/healthz`,
+//!   `/readyz`), `admin` (the admin API under `/api/`, behind a bearer token).
 //! * `worker`: one endpoint's `Worker`: bind, fetch, hold while paused, probe; `message`
 //!   (one message: route, deliver, settle), `outcome` (ack, NAK, pause or dead letter,
 //!   as a pure function), `breaker` (when an endpoint pauses and resumes), `unmapped`
@@ -24,13 +27,13 @@
 //!   `client` (pooled client, TLS, resolving through `ssrf`), `headers`.
 //! * `config`: loading the config file (TOML or YAML, `NATSHOOK__…` variables over it, single
 //!   `[[endpoints]]`/`[[events]]` entries too) and validating every key at once.
-//! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
 //! * `routing`: subject → event name, endpoint event filters, consumer filter subjects.
 //! * `envelope`: the request body and the message id receivers deduplicate on.
 //! * `signing`: `hex`, `sha256` and Standard Webhooks signatures, with rotation.
+//! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
 //! * `ssrf`: the SSRF policy, applied to every resolved address at connect time.
 //! * `metrics`: the contract's Prometheus metrics.
-//! * Leaves: `backoff` (the one retry back-off), `time` (epoch and RFC 3339), `rate_limit`,
+//! * Leaves: `backoff` (the one retry back-off), `rate_limit`, `time` (epoch and RFC 3339),
 //!   `pem` (endpoint TLS files), `settings` (settings the config owns, e.g. the delivery
 //!   log's), `allocator` (jemalloc as the global allocator, feature `jemalloc`).
 //!
@@ -43,22 +46,21 @@
 //! redelivers it later; after `max_attempts` it goes to `store::dead_letters` and
 //! only then is acked.
 
-pub mod admin;
 #[cfg(feature = "jemalloc")]
 mod allocator;
+pub mod app;
 pub mod backoff;
-pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod http;
 pub mod ingress;
 pub mod metrics;
 pub mod pem;
 pub mod rate_limit;
 pub mod routing;
 pub mod secret;
-pub mod server;
 pub mod settings;
 pub mod signing;
 pub mod ssrf;

@@ -589,7 +589,7 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
     assert!(!err.contains("SUPERSECRET"), "{err}");
 }
 
-/// The listener's idle timeout (`IDLE_TIMEOUT` in src/server.rs).
+/// The listener's idle timeout (`IDLE_TIMEOUT` in src/http/listener.rs).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sets the open-file limit of a running process, as a small container would.

@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::{check_unknown_keys, validate, IngressConfig, RawIngress, Route, Verify};
 
 use crate::config::NatsConfig;
+use crate::http::text;
 use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics, INGRESS_UNMATCHED_ROUTE};
 use crate::routing::Pattern;
-use crate::server::text;
 use crate::signing::{
     Scheme, TIMESTAMP_TOLERANCE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 };
@@ -124,13 +124,6 @@ pub struct Ingress {
     /// change needs a restart.
     listen: Option<SocketAddr>,
     nats: NatsConfig,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -371,9 +364,12 @@ impl Ingress {
             Ok(Ok(c)) => c.to_bytes(),
         };
         if let Verify::Signed(signer) = &route.verify {
-            if let Err(e) =
-                signer.verify_fresh(&body, &parts.headers, unix_now(), TIMESTAMP_TOLERANCE)
-            {
+            if let Err(e) = signer.verify_fresh(
+                &body,
+                &parts.headers,
+                crate::time::unix_secs(SystemTime::now()),
+                TIMESTAMP_TOLERANCE,
+            ) {
                 tracing::debug!(route = %route.path, error = %e, "incoming webhook refused");
                 return unauthorized(e);
             }
@@ -568,17 +564,4 @@ pub async fn ensure_streams_at_start(
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-}
-
-/// Serves only the ingress routes on their own listener until `stop`.
-pub async fn serve_dedicated(
-    ingress: Arc<Ingress>,
-    listen: SocketAddr,
-    stop: CancellationToken,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::server::ServerError> {
-    crate::server::serve_with(listen, stop, move |req| {
-        let ingress = ingress.clone();
-        async move { ingress.handle(req).await }
-    })
-    .await
 }

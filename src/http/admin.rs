@@ -1,4 +1,4 @@
-//! The admin API (`/api/…` on natshook's HTTP listener): endpoint state, the delivery
+//! The admin API (`/api/…` on natshook's `[http]` listener): endpoint state, the delivery
 //! log, test pings, pause/resume and dead-letter replay. Off unless
 //! `[admin] enabled = true`; every route needs `Authorization: Bearer <token>`.
 //! The routes are described in `docs/openapi.yaml`.
@@ -12,16 +12,18 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::bridge::Supervisor;
+use super::AppView;
+
 use crate::envelope::MessageFacts;
 use crate::secret::Secret;
 use crate::store::dead_letters::ReplayFilter;
+use crate::worker::Worker;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
 pub struct Admin {
-    sup: Arc<Supervisor>,
+    app: Arc<dyn AppView>,
     token: Secret,
 }
 
@@ -56,8 +58,15 @@ struct ReplayRequest {
 }
 
 impl Admin {
-    pub fn new(sup: Arc<Supervisor>, token: Secret) -> Self {
-        Self { sup, token }
+    pub fn new(app: Arc<dyn AppView>, token: Secret) -> Self {
+        Self { app, token }
+    }
+
+    fn worker(&self, name: &str) -> Option<Arc<Worker>> {
+        self.app
+            .workers()
+            .into_iter()
+            .find(|w| w.endpoint().name == name)
     }
 
     fn authorized(&self, req: &http::Request<Incoming>) -> bool {
@@ -83,23 +92,23 @@ impl Admin {
         let method = req.method().clone();
         match (method, parts.as_slice()) {
             (Method::GET, ["endpoints"]) => {
-                let states: Vec<_> = self.sup.workers().iter().map(|w| w.state()).collect();
+                let states: Vec<_> = self.app.workers().iter().map(|w| w.state()).collect();
                 json(StatusCode::OK, &states)
             }
-            (Method::GET, ["endpoints", name]) => match self.sup.worker(name) {
+            (Method::GET, ["endpoints", name]) => match self.worker(name) {
                 Some(w) => json(StatusCode::OK, &w.state()),
                 None => not_found(name),
             },
             (Method::GET, ["endpoints", name, "deliveries"]) => self.deliveries(name, &query).await,
             (Method::POST, ["endpoints", name, "test"]) => self.test(name).await,
-            (Method::POST, ["endpoints", name, "pause"]) => match self.sup.worker(name) {
+            (Method::POST, ["endpoints", name, "pause"]) => match self.worker(name) {
                 Some(w) => {
                     w.pause();
                     json(StatusCode::OK, &w.state())
                 }
                 None => not_found(name),
             },
-            (Method::POST, ["endpoints", name, "resume"]) => match self.sup.worker(name) {
+            (Method::POST, ["endpoints", name, "resume"]) => match self.worker(name) {
                 Some(w) => {
                     w.resume();
                     json(StatusCode::OK, &w.state())
@@ -122,10 +131,10 @@ impl Admin {
     }
 
     async fn deliveries(&self, name: &str, query: &str) -> Response<Full<Bytes>> {
-        if self.sup.worker(name).is_none() {
+        if self.worker(name).is_none() {
             return not_found(name);
         }
-        let Some(log) = self.sup.delivery_log() else {
+        let Some(log) = self.app.delivery_log() else {
             return error(
                 StatusCode::NOT_FOUND,
                 "the delivery log is off ([delivery_log] enabled = false)",
@@ -146,7 +155,7 @@ impl Admin {
     /// Sends a `webhook.test` event (as Svix and the seeds' platforms do) and reports
     /// what the receiver answered. Not retried, not dead-lettered, not in metrics.
     async fn test(&self, name: &str) -> Response<Full<Bytes>> {
-        let Some(w) = self.sup.worker(name) else {
+        let Some(w) = self.worker(name) else {
             return not_found(name);
         };
         let now = SystemTime::now();
@@ -182,7 +191,7 @@ impl Admin {
     }
 
     async fn replay(&self, name: &str, req: http::Request<Incoming>) -> Response<Full<Bytes>> {
-        let Some(w) = self.sup.worker(name) else {
+        let Some(w) = self.worker(name) else {
             return not_found(name);
         };
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -211,7 +220,7 @@ impl Admin {
             id: request.id,
             since,
         };
-        match self.sup.dead_letters().replay(w.deliverer(), &filter).await {
+        match self.app.dead_letters().replay(w.deliverer(), &filter).await {
             Ok(summary) => json(StatusCode::OK, &summary),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }

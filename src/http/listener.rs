@@ -1,37 +1,32 @@
-//! natshook's own HTTP server: `/metrics`, `/healthz`, `/readyz`, and the admin API
-//! under `/api/` when enabled.
-//!
-//! `/healthz` answers as long as the process serves requests (liveness must not fail
-//! because NATS is down, or Kubernetes would restart a healthy sidecar in a loop);
-//! `/readyz` is ready only when NATS is connected and every consumer is bound.
+//! The accept loop every natshook listener runs, with its limits.
 //!
 //! Whoever reaches the port (all interfaces by default) must not be able to hold the
 //! listener: connections are capped, one without a request in progress is closed
 //! after `IDLE_TIMEOUT`, and when every slot is taken a new connection replaces the
 //! longest idle one, so `/healthz` keeps answering under a flood of stalled clients.
 //!
-//! Incoming-webhook routes are served here too, unless `[ingress] listen` gives them
-//! a listener of their own (the same accept loop and limits, with only the ingress
-//! handler).
+//! The `[http]` listener and a dedicated `[ingress] listen` one both run it, each
+//! with its own handler.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::Response;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Admin;
-use crate::bridge::Supervisor;
+use super::ListenError;
+use crate::backoff::Backoff;
 
 /// Most connections held open at once. Prometheus, the kubelet's probes and the admin
 /// API need a handful; the cap keeps a flood of connections from taking the file
@@ -55,92 +50,30 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Listener warnings that repeat under load are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
-}
+type Builder = Arc<auto::Builder<TokioExecutor>>;
 
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-async fn route(
-    req: http::Request<Incoming>,
-    sup: &Supervisor,
-    admin: Option<&Admin>,
-) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, sup.metrics().render());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => match sup.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(reasons) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready:\n{}\n", reasons.join("\n")),
-            ),
-        },
-        (_, "/metrics" | "/healthz" | "/readyz") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
-        }
-        (_, path) if path.starts_with("/api/") => match admin {
-            Some(admin) => admin.handle(req).await,
-            None => text(
-                StatusCode::NOT_FOUND,
-                "the admin API is off ([admin] enabled = true)\n",
-            ),
-        },
-        (_, path) if sup.ingress().serves_on_http(path) => sup.ingress().handle(req).await,
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    }
-}
-
-/// Binds now (so a taken port fails start-up) and serves until `stop`.
-pub async fn serve(
-    listen: SocketAddr,
-    sup: Arc<Supervisor>,
-    admin: Option<Admin>,
-    stop: CancellationToken,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
-    let admin = admin.map(Arc::new);
-    serve_with(listen, stop, move |req| {
-        let sup = sup.clone();
-        let admin = admin.clone();
-        async move { route(req, &sup, admin.as_deref()).await }
-    })
-    .await
-}
-
-/// Like [`serve`], with `handler` answering every request: the dedicated ingress
-/// listener shares the accept loop, the connection cap and the timeouts.
+/// Binds now (so a taken port fails start-up) and serves until `stop`, with
+/// `handler` answering every request.
 pub async fn serve_with<H, F>(
     listen: SocketAddr,
     stop: CancellationToken,
     handler: H,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError>
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenError>
 where
     H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| ServerError::Bind(listen, e))?;
+        .map_err(|e| ListenError::Bind(listen, e))?;
     let local = listener
         .local_addr()
-        .map_err(|e| ServerError::Bind(listen, e))?;
+        .map_err(|e| ListenError::Bind(listen, e))?;
+    let handle = tokio::spawn(accept_loop(listener, builder(), handler, stop));
+    Ok((local, handle))
+}
+
+fn builder() -> Builder {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -150,94 +83,146 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS);
-    let builder = Arc::new(builder);
+    Arc::new(builder)
+}
+
+/// The warnings the loop repeats, each throttled on its own.
+#[derive(Default)]
+struct Warnings {
+    accept_failed: Throttle,
+    made_room: Throttle,
+    refused: Throttle,
+}
+
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    builder: Builder,
+    handler: H,
+    stop: CancellationToken,
+) where
+    H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let slots = Arc::new(Slots::default());
-    let handle = tokio::spawn(async move {
-        let mut backoff = ACCEPT_BACKOFF_MIN;
-        let mut accept_failed = Throttle::default();
-        let mut made_room = Throttle::default();
-        let mut refused = Throttle::default();
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => r,
-            };
-            let tcp = match accepted {
-                Ok((tcp, _)) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    tcp
-                }
-                // The client gave up before it was accepted: nothing to wait for.
-                Err(e) if per_connection(&e) => continue,
-                Err(e) => {
-                    // Out of file descriptors (or memory). The error repeats until
-                    // something is closed, so the loop pauses instead of spinning; an
-                    // idle connection makes room for the one waiting, so a probe still
-                    // gets in when the descriptors went elsewhere.
-                    let freed = slots.close_idlest();
-                    if let Some(skipped) = accept_failed.due() {
-                        tracing::warn!(
-                            error = %e,
-                            suppressed = skipped,
-                            "accept failed; pausing the listener briefly"
-                        );
-                    }
-                    let pause = if freed { ACCEPT_BACKOFF_MIN } else { backoff };
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
-                }
-            };
-            let Some((id, conn, closed_one)) = slots.admit() else {
-                if let Some(skipped) = refused.due() {
-                    tracing::warn!(
-                        limit = MAX_CONNECTIONS,
-                        suppressed = skipped,
-                        "HTTP connection refused: every connection has a request in progress"
-                    );
-                }
-                continue;
-            };
-            if closed_one {
-                if let Some(skipped) = made_room.due() {
-                    tracing::warn!(
-                        limit = MAX_CONNECTIONS,
-                        suppressed = skipped,
-                        "HTTP connection limit reached; closed the longest idle connection"
-                    );
+    let mut backoff = Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+    let mut warnings = Warnings::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => {
+                backoff.reset();
+                tcp
+            }
+            // The client gave up before it was accepted: nothing to wait for.
+            Err(e) if per_connection(&e) => continue,
+            Err(e) => {
+                let pause = accept_failed(&e, &slots, &mut backoff, &mut warnings);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => continue,
                 }
             }
-            let handler = handler.clone();
-            let builder = builder.clone();
-            let slots = slots.clone();
-            tokio::spawn(async move {
-                let svc = {
-                    let conn = conn.clone();
-                    service_fn(move |req| {
-                        let busy = conn.begin();
-                        let response = handler(req);
-                        async move {
-                            let response = response.await;
-                            drop(busy);
-                            Ok::<_, Infallible>(response)
-                        }
-                    })
-                };
-                let serving = builder.serve_connection(TokioIo::new(tcp), svc);
-                // Dropping the connection future closes the socket; it only happens
-                // between requests, so no response is cut off.
-                tokio::select! {
-                    _ = serving => {}
-                    _ = conn.close.cancelled() => {}
-                    _ = conn.idle_too_long() => {}
-                }
-                slots.remove(id);
-            });
+        };
+        let Some((id, conn)) = admit(&slots, &mut warnings) else {
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            tcp,
+            id,
+            conn,
+            slots.clone(),
+            builder.clone(),
+            handler.clone(),
+        ));
+    }
+}
+
+/// Out of file descriptors (or memory). The error repeats until something is
+/// closed, so the loop pauses instead of spinning; an idle connection makes room for
+/// the one waiting, so a probe still gets in when the descriptors went elsewhere.
+/// Returns the pause.
+fn accept_failed(
+    e: &std::io::Error,
+    slots: &Slots,
+    backoff: &mut Backoff,
+    warnings: &mut Warnings,
+) -> Duration {
+    let freed = slots.close_idlest();
+    if let Some(skipped) = warnings.accept_failed.due() {
+        tracing::warn!(
+            error = %e,
+            suppressed = skipped,
+            "accept failed; pausing the listener briefly"
+        );
+    }
+    let delay = backoff.next_delay();
+    if freed {
+        ACCEPT_BACKOFF_MIN
+    } else {
+        delay
+    }
+}
+
+/// A slot for the accepted connection, with the warnings for a full listener.
+fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>)> {
+    let Some((id, conn, closed_one)) = slots.admit() else {
+        if let Some(skipped) = warnings.refused.due() {
+            tracing::warn!(
+                limit = MAX_CONNECTIONS,
+                suppressed = skipped,
+                "HTTP connection refused: every connection has a request in progress"
+            );
         }
-    });
-    Ok((local, handle))
+        return None;
+    };
+    if closed_one {
+        if let Some(skipped) = warnings.made_room.due() {
+            tracing::warn!(
+                limit = MAX_CONNECTIONS,
+                suppressed = skipped,
+                "HTTP connection limit reached; closed the longest idle connection"
+            );
+        }
+    }
+    Some((id, conn))
+}
+
+/// Serves one connection until it ends, is closed to make room, or idles too long.
+async fn serve_connection<H, F>(
+    tcp: TcpStream,
+    id: u64,
+    conn: Arc<Conn>,
+    slots: Arc<Slots>,
+    builder: Builder,
+    handler: H,
+) where
+    H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let svc = {
+        let conn = conn.clone();
+        service_fn(move |req| {
+            let busy = conn.begin();
+            let response = handler(req);
+            async move {
+                let response = response.await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let serving = builder.serve_connection(TokioIo::new(tcp), svc);
+    // Dropping the connection future closes the socket; it only happens
+    // between requests, so no response is cut off.
+    tokio::select! {
+        _ = serving => {}
+        _ = conn.close.cancelled() => {}
+        _ = conn.idle_too_long() => {}
+    }
+    slots.remove(id);
 }
 
 /// Errors of one pending connection (it was reset or aborted before `accept`), as

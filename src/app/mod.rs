@@ -1,0 +1,211 @@
+//! `natshook run` wired together: the NATS connection and stream checks (`nats`), one
+//! worker per endpoint kept in step with the config (`supervisor`, reloaded by
+//! `watch`), the HTTP listeners, and graceful shutdown.
+//!
+//! The order matters: the listeners come first (a taken port fails start-up, and
+//! `/healthz` answers while NATS is still being reached), then the streams, then the
+//! workers; on shutdown fetching stops first, in-flight deliveries drain within
+//! `shutdown_grace`, acks are flushed, and the listeners close last.
+
+mod nats;
+mod supervisor;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use nats::connect;
+pub use supervisor::{ApplyError, EndpointError, ReloadSummary, Supervisor};
+
+use crate::config::Config;
+use crate::http::{self, Admin, AppView, ListenError};
+use crate::metrics::Metrics;
+use supervisor::SECRET_POLL;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error(
+        "stream {0} does not exist (create it, or set nats.create_stream = true for development)"
+    )]
+    StreamMissing(String),
+    #[error("cannot create stream {0}: {1}")]
+    CreateStream(String, String),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::IngressError),
+}
+
+/// How often `natshook_consumer_pending` is refreshed.
+const PENDING_POLL: Duration = Duration::from_secs(5);
+
+/// Runs natshook until `shutdown` is cancelled, then drains within `shutdown_grace`.
+/// With `config_path`, SIGHUP or a change of the file reloads it.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let metrics = Metrics::new();
+    let connected = Arc::new(AtomicBool::new(false));
+    let client = nats::connect(
+        &config.nats,
+        true,
+        Some((metrics.clone(), connected.clone())),
+    )
+    .await?;
+    let sup = Arc::new(Supervisor::new(
+        &config,
+        &client,
+        metrics,
+        connected,
+        shutdown.clone(),
+    ));
+    tokio::spawn(
+        sup.ingress()
+            .clone()
+            .watch_secrets(SECRET_POLL, shutdown.clone()),
+    );
+    let listeners = Listeners::start(&config, &sup).await?;
+    let js = jetstream::new(client.clone());
+    set_up_streams(&js, &config, &sup, &shutdown).await?;
+    crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
+    sup.apply(config.clone()).await?;
+    sup.mark_started();
+    let background = Background::start(&js, &config, &sup, config_path, &shutdown);
+
+    shutdown.cancelled().await;
+    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
+    sup.stop_all(config.shutdown_grace).await;
+    background.abort();
+    // Acks are fire-and-forget publishes: flush them before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_secs(3), client.flush()).await;
+    listeners.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The `[http]` listener and, with `[ingress] listen`, the dedicated ingress one.
+struct Listeners {
+    stop: CancellationToken,
+    http: JoinHandle<()>,
+    ingress: Option<JoinHandle<()>>,
+}
+
+impl Listeners {
+    async fn start(config: &Config, sup: &Arc<Supervisor>) -> Result<Self, AppError> {
+        let stop = CancellationToken::new();
+        let view: Arc<dyn AppView> = sup.clone();
+        let admin = config
+            .admin
+            .clone()
+            .map(|a| Admin::new(view.clone(), a.token));
+        let (addr, http) = http::serve(config.listen, view, admin, stop.clone()).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        let ingress = match sup.ingress().listen() {
+            Some(listen) => {
+                let ingress = sup.ingress().clone();
+                let (addr, handle) = http::serve_with(listen, stop.clone(), move |req| {
+                    let ingress = ingress.clone();
+                    async move { ingress.handle(req).await }
+                })
+                .await?;
+                tracing::info!(%addr, "serving incoming webhooks");
+                Some(handle)
+            }
+            None => None,
+        };
+        Ok(Self {
+            stop,
+            http,
+            ingress,
+        })
+    }
+
+    /// Closes both and waits for them.
+    async fn close(self) {
+        self.stop.cancel();
+        let _ = self.http.await;
+        if let Some(s) = self.ingress {
+            let _ = s.await;
+        }
+    }
+}
+
+/// The configured stream, the streams behind the ingress routes, and natshook's own
+/// streams: each waited for while it cannot be looked up, until `shutdown`.
+async fn set_up_streams(
+    js: &jetstream::Context,
+    config: &Config,
+    sup: &Supervisor,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
+    nats::ensure_stream(js, config, shutdown).await?;
+    crate::ingress::ensure_streams_at_start(js, &config.nats, &config.ingress.routes, shutdown)
+        .await?;
+    nats::ensure_own_streams(js, config, sup.dead_letters(), sup.delivery_log(), shutdown).await;
+    Ok(())
+}
+
+/// Tasks that run beside the workers until shutdown: the unmapped-subject counter,
+/// the `natshook_consumer_pending` poller and the config watcher.
+struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(
+        js: &jetstream::Context,
+        config: &Config,
+        sup: &Arc<Supervisor>,
+        config_path: Option<PathBuf>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let unmapped = tokio::spawn(crate::worker::watch_unmapped(
+            js.clone(),
+            config.nats.stream.clone(),
+            config.nats.consumer_prefix.clone(),
+            {
+                let sup = sup.clone();
+                move || sup.current_router()
+            },
+            sup.metrics().unmapped.clone(),
+            shutdown.clone(),
+        ));
+        let poller = tokio::spawn(poll_pending(sup.clone(), shutdown.clone()));
+        let watcher = config_path
+            .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
+        Self {
+            tasks: [poller, unmapped].into_iter().chain(watcher).collect(),
+        }
+    }
+
+    fn abort(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Refreshes every worker's pending count until `stop`.
+async fn poll_pending(sup: Arc<Supervisor>, stop: CancellationToken) {
+    loop {
+        for w in sup.workers() {
+            w.refresh_pending().await;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PENDING_POLL) => {}
+        }
+    }
+}

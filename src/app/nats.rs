@@ -1,0 +1,187 @@
+//! natshook's NATS connection (auth, TLS, reconnect forever) and the streams it
+//! needs before any worker starts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::GetStreamErrorKind, stream, ErrorCode};
+use async_nats::{ConnectOptions, Event};
+use tokio_util::sync::CancellationToken;
+
+use super::AppError;
+use crate::backoff::Backoff;
+use crate::config::{Config, NatsAuth, NatsConfig};
+use crate::metrics::Metrics;
+use crate::routing::{EventFilter, Router};
+use crate::store::dead_letters::DeadLetters;
+use crate::store::delivery_log::DeliveryLog;
+
+/// Delay before each reconnect: 100 ms, doubling up to 5 s.
+fn reconnect_delay() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// Connects with the configured auth and TLS. Reconnects forever with backoff: a
+/// sidecar outlives NATS restarts.
+pub async fn connect(
+    nats: &NatsConfig,
+    retry_initial: bool,
+    on_event: Option<(Metrics, Arc<AtomicBool>)>,
+) -> Result<async_nats::Client, AppError> {
+    let reconnect = reconnect_delay();
+    let mut opts = ConnectOptions::new()
+        .name(concat!("natshook/", env!("CARGO_PKG_VERSION")))
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(move |attempts| reconnect.delay_after(attempts));
+    if retry_initial {
+        opts = opts.retry_on_initial_connect();
+    }
+    opts = with_auth(opts, nats).await?;
+    if let Some(tls) = &nats.tls {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    if let Some((metrics, connected)) = on_event {
+        opts = opts.event_callback(move |event| {
+            let metrics = metrics.clone();
+            let connected = connected.clone();
+            async move { on_connection_event(event, &metrics, &connected) }
+        });
+    }
+    let addrs = nats
+        .urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AppError::Connect(e.to_string()))?;
+    opts.connect(addrs)
+        .await
+        .map_err(|e| AppError::Connect(e.to_string()))
+}
+
+async fn with_auth(opts: ConnectOptions, nats: &NatsConfig) -> Result<ConnectOptions, AppError> {
+    Ok(match &nats.auth {
+        NatsAuth::None => opts,
+        NatsAuth::Token(t) => opts.token(String::from_utf8_lossy(t.expose()).into_owned()),
+        NatsAuth::UserPassword(u, p) => {
+            opts.user_and_password(u.clone(), String::from_utf8_lossy(p.expose()).into_owned())
+        }
+        NatsAuth::CredsFile(path) => opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| AppError::Connect(format!("creds_file {}: {e}", path.display())))?,
+    })
+}
+
+/// Keeps `natshook_nats_connected` and readiness in step with the connection.
+fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool) {
+    match event {
+        Event::Connected => {
+            tracing::info!("connected to NATS");
+            metrics.nats_connected.set(1);
+            connected.store(true, Ordering::Relaxed);
+        }
+        Event::Disconnected => {
+            tracing::warn!("disconnected from NATS; reconnecting");
+            metrics.nats_connected.set(0);
+            connected.store(false, Ordering::Relaxed);
+        }
+        other => tracing::info!(event = %other, "NATS event"),
+    }
+}
+
+/// Subjects for a stream natshook creates itself: every mapped subject.
+fn stream_subjects(router: &Router) -> Vec<String> {
+    let all = EventFilter::parse(&["*"]).unwrap_or_else(|_| unreachable!("'*' is valid"));
+    router.filter_subjects(&all).unwrap_or_else(|| {
+        router
+            .rules()
+            .iter()
+            .map(|r| r.subject.as_str().to_string())
+            .collect()
+    })
+}
+
+/// Waits until the stream can be looked up; creates it when allowed.
+pub(super) async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<(), AppError> {
+    let name = &config.nats.stream;
+    let mut wait = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match js.get_stream(name).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                if missing && config.nats.create_stream {
+                    let subjects = stream_subjects(&config.router);
+                    tracing::info!(stream = %name, ?subjects, "creating stream (create_stream = true)");
+                    return js
+                        .get_or_create_stream(stream::Config {
+                            name: name.clone(),
+                            subjects,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| AppError::CreateStream(name.clone(), e.to_string()));
+                }
+                if missing {
+                    return Err(AppError::StreamMissing(name.clone()));
+                }
+                tracing::warn!(stream = %name, error = %e, "cannot look up stream yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait.next_delay()) => {}
+        }
+    }
+}
+
+/// Sets up natshook's own streams (dead letters, the delivery log when it is on) and
+/// the unmapped-subject counter's consumer, retrying every second until they are
+/// there or `stop`.
+pub(super) async fn ensure_own_streams(
+    js: &jetstream::Context,
+    config: &Config,
+    dead_letters: &DeadLetters,
+    delivery_log: Option<&DeliveryLog>,
+    stop: &CancellationToken,
+) {
+    loop {
+        let dlq = dead_letters.ensure_stream().await;
+        let log = match (delivery_log, &config.delivery_log) {
+            (Some(log), Some(settings)) => {
+                log.ensure_stream(settings).await.map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        };
+        let counter = crate::worker::bind_unmapped_counter(
+            js,
+            &config.nats.stream,
+            &config.nats.consumer_prefix,
+        )
+        .await
+        .map(|_| ());
+        match (dlq, log, counter) {
+            (Ok(()), Ok(()), Ok(())) => return,
+            (d, l, c) => {
+                tracing::warn!(dead_letters = ?d.err().map(|e| e.to_string()), delivery_log = ?l.err(), unmapped_counter = ?c.err(), "cannot set up natshook's streams yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

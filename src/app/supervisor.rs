@@ -1,0 +1,471 @@
+//! The `Supervisor`: one worker per endpoint, kept in step with the config (apply,
+//! reload), started and stopped without losing in-flight deliveries.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::Response;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Endpoint};
+use crate::delivery::{ClientError, Deliverer};
+use crate::http::AppView;
+use crate::ingress::Ingress;
+use crate::metrics::Metrics;
+use crate::routing::Router;
+use crate::store::dead_letters::DeadLetters;
+use crate::store::delivery_log::DeliveryLog;
+use crate::worker::{Shared, Stop, Worker};
+
+/// Why a config could not be applied: the endpoints whose HTTP client could not be
+/// built, each named by its place in the config. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ApplyError(pub Vec<EndpointError>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("endpoints[{index}] ({name}): {error}")]
+pub struct EndpointError {
+    pub index: usize,
+    pub name: String,
+    pub error: ClientError,
+}
+
+/// How often `{ file }` secrets are re-read. Kubernetes updates mounted Secrets
+/// within about a minute; a few seconds more is not noticeable, a read is cheap.
+pub(super) const SECRET_POLL: Duration = Duration::from_secs(2);
+
+/// One running endpoint: its worker and the handles to stop it without losing
+/// in-flight deliveries.
+struct Running {
+    worker: Arc<Worker>,
+    stop: Stop,
+    tracker: TaskTracker,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops fetching and waits for in-flight deliveries (they finish and are acked
+    /// or NAKed as usual). Used for removed and changed endpoints on reload.
+    async fn drain(self) {
+        self.stop.drain.cancel();
+        let _ = self.handle.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Owns the workers; the HTTP server and the admin API read from it.
+pub struct Supervisor {
+    shared: Shared,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    /// The config in force (endpoints and mappings follow reloads).
+    config: tokio::sync::Mutex<Config>,
+    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    /// Snapshot for readiness and the admin API.
+    snapshot: RwLock<Vec<Arc<Worker>>>,
+    /// The mapping in force, for the unmapped-subject counter.
+    router: RwLock<Arc<Router>>,
+    /// Streams set up and endpoints started: until then /readyz says no, even
+    /// though no worker exists yet whose binding it could check.
+    started: AtomicBool,
+    /// Parent of every worker's abort token: cancelled once the shutdown grace is over.
+    abort: CancellationToken,
+    /// Workers removed or replaced by a reload that are still finishing in-flight
+    /// deliveries; shutdown waits for them within the same grace period.
+    draining: TaskTracker,
+    /// Incoming webhooks: the route table follows reloads.
+    ingress: Arc<Ingress>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+}
+
+impl Supervisor {
+    /// A supervisor with no endpoints running yet: [`apply`](Self::apply) starts them.
+    pub(super) fn new(
+        config: &Config,
+        client: &async_nats::Client,
+        metrics: Metrics,
+        connected: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let js = jetstream::new(client.clone());
+        let shared = Shared::new(
+            js.clone(),
+            &config.nats,
+            metrics.clone(),
+            DeadLetters::new(js, config.dead_letter.max_age),
+            config
+                .delivery_log
+                .as_ref()
+                .map(|_| DeliveryLog::new(client.clone())),
+            config
+                .delivery_log
+                .as_ref()
+                .map(|l| l.max_successes_per_second)
+                .unwrap_or(0),
+        );
+        Supervisor {
+            shared,
+            connected,
+            shutdown,
+            config: tokio::sync::Mutex::new(Config {
+                endpoints: Vec::new(),
+                ..config.clone()
+            }),
+            running: tokio::sync::Mutex::new(BTreeMap::new()),
+            snapshot: RwLock::new(Vec::new()),
+            router: RwLock::new(Arc::new(config.router.clone())),
+            started: AtomicBool::new(false),
+            abort: CancellationToken::new(),
+            draining: TaskTracker::new(),
+            ingress: Arc::new(Ingress::new(
+                client.clone(),
+                metrics,
+                &config.ingress,
+                &config.nats,
+            )),
+        }
+    }
+
+    /// Streams are set up and the endpoints started: readiness now checks the workers.
+    pub(super) fn mark_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.shared.metrics()
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        self.shared.dead_letters()
+    }
+
+    pub fn delivery_log(&self) -> Option<&DeliveryLog> {
+        self.shared.delivery_log()
+    }
+
+    pub fn workers(&self) -> Vec<Arc<Worker>> {
+        self.snapshot.read().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    pub fn worker(&self, name: &str) -> Option<Arc<Worker>> {
+        self.workers()
+            .into_iter()
+            .find(|w| w.endpoint().name == name)
+    }
+
+    /// `Ok` when NATS is connected and every consumer is bound.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if !self.started.load(Ordering::Relaxed) {
+            reasons.push("starting: streams and consumers are being set up".to_string());
+        }
+        if !self.connected.load(Ordering::Relaxed) {
+            reasons.push("NATS is not connected".to_string());
+        }
+        for w in self.workers() {
+            if !w.is_bound() {
+                reasons.push(format!("consumer {} is not bound", w.consumer_name()));
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    /// Starts a worker for a deliverer built beforehand: this part cannot fail, so a
+    /// reload builds every deliverer first and starts workers only when all were built.
+    fn start(&self, deliverer: Deliverer, router: Arc<Router>) -> Running {
+        let endpoint = deliverer.endpoint().clone();
+        let stop = Stop {
+            drain: self.shutdown.child_token(),
+            abort: self.abort.child_token(),
+        };
+        tokio::spawn(
+            deliverer
+                .clone()
+                .watch_secrets(SECRET_POLL, stop.drain.clone()),
+        );
+        let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
+        let tracker = TaskTracker::new();
+        tracing::info!(endpoint = %worker.endpoint().name, consumer = %worker.consumer_name(), url = %worker.endpoint().url, "starting endpoint");
+        let handle = tokio::spawn(worker.clone().run(stop.clone(), tracker.clone()));
+        Running {
+            worker,
+            stop,
+            tracker,
+            handle,
+        }
+    }
+
+    fn publish_snapshot(&self, running: &BTreeMap<String, Running>) {
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = running.values().map(|r| r.worker.clone()).collect();
+        }
+    }
+
+    /// Applies a new config: added endpoints start, removed ones drain and stop,
+    /// changed ones (or all, when the mappings changed) restart. Draining happens in
+    /// the background, so in-flight deliveries finish and nothing is dropped.
+    /// Settings that need a restart (NATS, listen address, stores) are reported.
+    ///
+    /// All or nothing: what can fail (each new endpoint's HTTP client, with its TLS
+    /// files) is built before any running endpoint is touched. On an error the running
+    /// set stays exactly as it was, and no worker is left running outside it.
+    pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ApplyError> {
+        let mut current = self.config.lock().await;
+        let router_changed = current.router != new.router;
+        let mut running = self.running.lock().await;
+
+        let mut summary = ReloadSummary::default();
+        let mut built = Vec::new();
+        let mut failed = Vec::new();
+        let mut wanted: Vec<(usize, &Endpoint)> = new.endpoints.iter().enumerate().collect();
+        wanted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        for (index, e) in wanted {
+            let changes = match running.get(&e.name) {
+                None => &mut summary.added,
+                Some(r) if router_changed || **r.worker.endpoint() != *e => &mut summary.restarted,
+                Some(_) => continue,
+            };
+            changes.push(e.name.clone());
+            match Deliverer::new(Arc::new(e.clone())) {
+                Ok(d) => built.push(d),
+                Err(error) => failed.push(EndpointError {
+                    index,
+                    name: e.name.clone(),
+                    error,
+                }),
+            }
+        }
+        if !failed.is_empty() {
+            failed.sort_by_key(|e| e.index);
+            return Err(ApplyError(failed));
+        }
+        summary.removed = running
+            .keys()
+            .filter(|name| !new.endpoints.iter().any(|e| e.name == **name))
+            .cloned()
+            .collect();
+
+        // From here on nothing fails.
+        warn_restart_needed(&current, &new);
+        let router = Arc::new(new.router.clone());
+        let mut to_drain = Vec::new();
+        for name in &summary.removed {
+            to_drain.extend(running.remove(name));
+        }
+        for deliverer in built {
+            let name = deliverer.endpoint().name.clone();
+            let fresh = self.start(deliverer, router.clone());
+            to_drain.extend(running.insert(name, fresh));
+        }
+        self.publish_snapshot(&running);
+        for old in to_drain {
+            self.draining.spawn(old.drain());
+        }
+        if let Ok(mut r) = self.router.write() {
+            *r = router;
+        }
+        current.router = new.router;
+        current.endpoints = new.endpoints;
+        Ok(summary)
+    }
+
+    /// Re-reads the config file; an invalid one is logged and the running one stays.
+    /// Reading and validating run on a blocking thread: they read files and parse,
+    /// and the async workers serve `/healthz` and deliveries meanwhile.
+    pub async fn reload(&self, path: &std::path::Path) {
+        let owned = path.to_path_buf();
+        let loaded = match tokio::task::spawn_blocking(move || Config::load(&owned)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the running config");
+                return;
+            }
+        };
+        match loaded {
+            Err(e) => {
+                for p in &e.problems {
+                    tracing::error!(problem = %p, "config reload rejected; keeping the running config");
+                }
+            }
+            Ok(config) => match self.apply(config.clone()).await {
+                Ok(s) => {
+                    self.ingress.apply(&config.ingress);
+                    tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "config reloaded")
+                }
+                Err(e) => {
+                    for problem in &e.0 {
+                        tracing::error!(%problem, "config reload failed; keeping the running config");
+                    }
+                }
+            },
+        }
+    }
+
+    /// Stops every worker, including ones still draining after a reload: drain within
+    /// `grace`, then NAK what is still in flight.
+    pub(super) async fn stop_all(&self, grace: Duration) {
+        let mut running = self.running.lock().await;
+        let all: Vec<Running> = std::mem::take(&mut *running).into_values().collect();
+        self.publish_snapshot(&running);
+        drop(running);
+        for r in &all {
+            r.stop.drain.cancel();
+        }
+        let mut trackers = vec![self.draining.clone()];
+        for r in all {
+            let _ = r.handle.await;
+            r.tracker.close();
+            trackers.push(r.tracker);
+        }
+        self.draining.close();
+        let wait_all = || async {
+            for t in &trackers {
+                t.wait().await;
+            }
+        };
+        if tokio::time::timeout(grace, wait_all()).await.is_err() {
+            tracing::warn!("grace period over; NAKing deliveries still in flight");
+            self.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), wait_all()).await;
+        }
+    }
+
+    /// Incoming webhooks (the route table in force).
+    pub fn ingress(&self) -> &Arc<Ingress> {
+        &self.ingress
+    }
+
+    /// The mapping in force.
+    pub fn current_router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+}
+
+/// Logs the settings a reload changed that take effect only after a restart.
+fn warn_restart_needed(current: &Config, new: &Config) {
+    for (what, changed) in [
+        ("nats", current.nats != new.nats),
+        ("http.listen", current.listen != new.listen),
+        ("admin", current.admin != new.admin),
+        ("delivery_log", current.delivery_log != new.delivery_log),
+        ("dead_letter", current.dead_letter != new.dead_letter),
+        (
+            "shutdown_grace",
+            current.shutdown_grace != new.shutdown_grace,
+        ),
+    ] {
+        if changed {
+            tracing::warn!(
+                section = what,
+                "config change needs a restart to take effect"
+            );
+        }
+    }
+}
+
+impl AppView for Supervisor {
+    fn metrics(&self) -> &Metrics {
+        Supervisor::metrics(self)
+    }
+
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        Supervisor::readiness(self)
+    }
+
+    fn workers(&self) -> Vec<Arc<Worker>> {
+        Supervisor::workers(self)
+    }
+
+    fn dead_letters(&self) -> &DeadLetters {
+        Supervisor::dead_letters(self)
+    }
+
+    fn delivery_log(&self) -> Option<&DeliveryLog> {
+        Supervisor::delivery_log(self)
+    }
+
+    /// Incoming webhooks share the `[http]` listener unless they have their own.
+    fn serves(&self, path: &str) -> bool {
+        self.ingress.serves_on_http(path)
+    }
+
+    fn handle(&self, req: http::Request<Incoming>) -> BoxFuture<'_, Response<Full<Bytes>>> {
+        Box::pin(self.ingress.handle(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(settings: &str) -> Endpoint {
+        let text = format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n{settings}\n"
+        );
+        match Config::from_str(&text, "toml") {
+            Ok(mut c) => c.endpoints.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn reload_sees_changes_that_debug_output_hides() {
+        let base = endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }");
+        assert!(base == endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }"));
+        assert_eq!(
+            format!("{base:?}"),
+            format!(
+                "{:?}",
+                endpoint("secret = \"two\"\nheaders = { \"X-Key\" = \"k2\" }")
+            ),
+            "Debug output hides secrets and header values"
+        );
+        assert!(base != endpoint("secret = \"two\"\nheaders = { \"X-Key\" = \"k1\" }"));
+        assert!(base != endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k2\" }"));
+        assert!(base != endpoint("secret = [\"one\", \"two\"]\nheaders = { \"X-Key\" = \"k1\" }"));
+        assert!(
+            base != endpoint(
+                "secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }\nsignature = { scheme = \"sha256\" }"
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_secret_compares_by_its_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let settings = format!("secret = {{ file = \"{}\" }}", path.display());
+        std::fs::write(&path, "one").unwrap();
+        let before = endpoint(&settings);
+        // The running endpoint re-reads the file itself: new content needs no restart.
+        std::fs::write(&path, "two").unwrap();
+        assert!(before == endpoint(&settings));
+        let other = dir.path().join("other");
+        std::fs::write(&other, "one").unwrap();
+        assert!(before != endpoint(&format!("secret = {{ file = \"{}\" }}", other.display())));
+    }
+}

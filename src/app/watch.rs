@@ -1,0 +1,44 @@
+//! The config watcher: SIGHUP or a change of the config file reloads it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::supervisor::Supervisor;
+
+/// How often the config file is checked for changes (besides SIGHUP).
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Watches for SIGHUP and config file changes and reloads.
+pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: CancellationToken) {
+    let read = |p: &PathBuf| std::fs::read(p).ok();
+    let mut last = read(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<()>();
+        let by_signal = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup_recv => true,
+            _ = tokio::time::sleep(CONFIG_POLL) => false,
+        };
+        let now = read(&path);
+        if by_signal || now != last {
+            tracing::info!(path = %path.display(), trigger = if by_signal { "SIGHUP" } else { "file changed" }, "reloading config");
+            last = now;
+            sup.reload(&path).await;
+        }
+    }
+}

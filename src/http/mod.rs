@@ -1,0 +1,76 @@
+//! natshook's own HTTP server: `/metrics`, `/healthz`, `/readyz`, the admin API under
+//! `/api/` when enabled, and whatever routes the app adds (incoming webhooks).
+//!
+//! `listener` is the accept loop with its connection limits, shared by every
+//! listener natshook opens; `routes` answers natshook's own paths; `admin` is the
+//! admin API. This layer reads the running application only through [`AppView`], so
+//! it imports nothing of `app`.
+
+mod admin;
+mod listener;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+pub use admin::Admin;
+pub use listener::serve_with;
+
+use crate::metrics::Metrics;
+use crate::store::dead_letters::DeadLetters;
+use crate::store::delivery_log::DeliveryLog;
+use crate::worker::Worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// What natshook's own routes and the admin API read from the running application.
+pub trait AppView: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+    /// `Ok` when NATS is connected and every consumer is bound; otherwise the reasons.
+    fn readiness(&self) -> Result<(), Vec<String>>;
+    /// The endpoints' workers in force.
+    fn workers(&self) -> Vec<Arc<Worker>>;
+    fn dead_letters(&self) -> &DeadLetters;
+    fn delivery_log(&self) -> Option<&DeliveryLog>;
+    /// Whether `path` belongs to a route the app adds to this listener.
+    fn serves(&self, path: &str) -> bool;
+    /// Answers a request on such a route.
+    fn handle(&self, req: http::Request<Incoming>) -> BoxFuture<'_, Response<Full<Bytes>>>;
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Binds now (so a taken port fails start-up) and serves until `stop`.
+pub async fn serve(
+    listen: SocketAddr,
+    app: Arc<dyn AppView>,
+    admin: Option<Admin>,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
+    let admin = admin.map(Arc::new);
+    serve_with(listen, stop, move |req| {
+        let app = app.clone();
+        let admin = admin.clone();
+        async move { routes::route(req, app.as_ref(), admin.as_deref()).await }
+    })
+    .await
+}

@@ -1,0 +1,50 @@
+//! natshook's own routes: `/metrics`, `/healthz`, `/readyz`, then `/api/` and the
+//! routes the app adds.
+//!
+//! `/healthz` answers as long as the process serves requests (liveness must not fail
+//! because NATS is down, or Kubernetes would restart a healthy sidecar in a loop);
+//! `/readyz` is ready only when NATS is connected and every consumer is bound.
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::{text, Admin, AppView};
+
+pub(super) async fn route(
+    req: http::Request<Incoming>,
+    app: &dyn AppView,
+    admin: Option<&Admin>,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, app.metrics().render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match app.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(reasons) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready:\n{}\n", reasons.join("\n")),
+            ),
+        },
+        (_, "/metrics" | "/healthz" | "/readyz") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+        }
+        (_, path) if path.starts_with("/api/") => match admin {
+            Some(admin) => admin.handle(req).await,
+            None => text(
+                StatusCode::NOT_FOUND,
+                "the admin API is off ([admin] enabled = true)\n",
+            ),
+        },
+        (_, path) if app.serves(path) => app.handle(req).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
