@@ -28,6 +28,8 @@
 //! * `config`: loading the config file (TOML or YAML, `NATSHOOK__…` variables over it, single
 //!   `[[endpoints]]`/`[[events]]` entries too) and validating every key at once.
 //! * `routing`: subject → event name, endpoint event filters, consumer filter subjects.
+//! * `subject_template`: an ingress route's subject template, rendered from a request.
+//! * `route_path`: an ingress route's URL path, matched against request paths.
 //! * `envelope`: the request body and the message id receivers deduplicate on.
 //! * `signing`: `hex`, `sha256` and Standard Webhooks signatures, with rotation.
 //! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
@@ -59,11 +61,13 @@ pub mod ingress;
 pub mod metrics;
 pub mod pem;
 pub mod rate_limit;
+pub mod route_path;
 pub mod routing;
 pub mod secret;
 pub mod settings;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
+pub mod subject_template;
 pub mod time;
 pub mod worker;

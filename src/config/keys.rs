@@ -6,7 +6,7 @@ use figment::value::Value;
 
 use super::raw::{
     field_names, RawAdmin, RawConfig, RawDeadLetter, RawDeliveryLog, RawEndpoint, RawEvent,
-    RawHttp, RawNats, RawSettings, RawSignature, RawTls,
+    RawHttp, RawIngress, RawNats, RawRoute, RawSettings, RawSignature, RawTls, RawVerify,
 };
 use super::Problems;
 use crate::secret::SecretRefTable;
@@ -75,6 +75,23 @@ fn settings(value: &Value, path: &str, extra: &[&str], p: &mut Problems) {
     }
 }
 
+/// Unknown keys under `[ingress]`, reported like the rest of the config's.
+fn ingress(ingress: Option<&Value>, p: &mut Problems) {
+    unknown_keys(ingress, "ingress", &[field_names::<RawIngress>()], p);
+    let Some(Value::Array(_, routes)) = ingress.and_then(|i| i.find_ref("routes")) else {
+        return;
+    };
+    for (i, r) in routes.iter().enumerate() {
+        let at = format!("ingress.routes[{i}]");
+        unknown_keys(Some(r), &at, &[field_names::<RawRoute>()], p);
+        let verify = r.find_ref("verify");
+        let verify_at = format!("{at}.verify");
+        unknown_keys(verify, &verify_at, &[field_names::<RawVerify>()], p);
+        let secret = verify.and_then(|v| v.find_ref("secret"));
+        unknown_secret_list_keys(secret, &format!("{verify_at}.secret"), p);
+    }
+}
+
 pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
     let section = |key: &str| value.find_ref(key);
     let secret = |key: &str, p: &mut Problems| unknown_keys(section(key), key, &[secret_keys()], p);
@@ -97,7 +114,7 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
         unknown_keys(section(key), key, &[allowed], p);
     }
     secret("admin.token", p);
-    crate::ingress::check_unknown_keys(section("ingress"), p);
+    ingress(section("ingress"), p);
     if let Some(defaults) = section("defaults") {
         settings(defaults, "defaults", &[], p);
     }

@@ -17,8 +17,8 @@
 //!   what is left out from `defaults`.
 //! * `problems`: the [`Problem`]s, their collector and the checks sections share.
 //!
-//! `[ingress]` is the ingress's own section (`crate::ingress::config`), checked with
-//! the helpers exported here.
+//! `[ingress]` is validated here like every other section; the `ingress` module serves
+//! the typed routes.
 
 pub mod defaults;
 pub mod env_override;
@@ -36,7 +36,8 @@ use std::path::Path;
 
 pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
-    AdminConfig, Config, DeadLetterConfig, Endpoint, Envelope, NatsAuth, NatsConfig, TlsFiles,
+    AdminConfig, Config, CopiedHeader, DeadLetterConfig, Endpoint, Envelope, IngressConfig,
+    NatsAuth, NatsConfig, Route, TlsFiles, Verify,
 };
 pub use problems::{ConfigError, Problem, Problems};
 pub use raw::field_names;

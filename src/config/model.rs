@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::route_path::RoutePath;
 use crate::routing::{EventFilter, Router};
 use crate::secret::{Secret, SecretRef};
 use crate::signing::Signer;
 use crate::ssrf::TargetPolicy;
+use crate::subject_template::SubjectTemplate;
 
 pub use crate::envelope::Envelope;
 
@@ -164,5 +166,44 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub shutdown_grace: Duration,
     /// Incoming webhooks (no routes unless configured).
-    pub ingress: crate::ingress::IngressConfig,
+    pub ingress: IngressConfig,
+}
+
+/// How a route checks its sender.
+#[derive(Debug, Clone)]
+pub enum Verify {
+    /// `scheme = "none"`, written out: the route accepts unsigned requests.
+    None,
+    Signed(Signer),
+}
+
+/// One request header copied into the NATS message: looked up by `name`, written
+/// under `written` (as configured, since NATS header names keep their case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedHeader {
+    pub name: HeaderName,
+    pub written: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: RoutePath,
+    pub subject: SubjectTemplate,
+    pub verify: Verify,
+    /// The sender's message id, stored as `Nats-Msg-Id` so JetStream drops retries.
+    pub id_header: HeaderName,
+    pub max_body: usize,
+    /// The scheme's signature headers first (so a consumer can verify the stored body
+    /// again), then `forward_headers`.
+    pub copy_headers: Vec<CopiedHeader>,
+    /// The secret references, compared on reload.
+    pub secret_refs: Vec<SecretRef>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IngressConfig {
+    /// `None`: the routes are served on the `[http]` listener.
+    pub listen: Option<SocketAddr>,
+    pub publish_timeout: Duration,
+    pub routes: Vec<Route>,
 }

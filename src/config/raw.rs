@@ -30,7 +30,7 @@ pub(super) struct RawConfig {
     pub admin: RawAdmin,
     pub shutdown_grace: Option<String>,
     #[serde(default)]
-    pub ingress: crate::ingress::RawIngress,
+    pub ingress: RawIngress,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +126,31 @@ pub(super) struct RawEndpoint {
     pub secret: Option<SecretList>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawIngress {
+    pub listen: Option<String>,
+    pub publish_timeout: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawRoute {
+    pub path: Option<String>,
+    pub subject: Option<String>,
+    pub verify: Option<RawVerify>,
+    pub id_header: Option<String>,
+    pub max_body: Option<i64>,
+    pub forward_headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawVerify {
+    pub scheme: Option<String>,
+    pub secret: Option<SecretList>,
+    pub header: Option<String>,
+}
+
 /// The keys of a struct that derives `Deserialize`: the field names serde's derive
 /// passes to `deserialize_struct`, recorded by a deserializer that reads nothing else.
 /// A struct with a `#[serde(flatten)]` field is read as a map and has no such list:
@@ -180,6 +205,9 @@ mod tests {
             field_names::<RawSettings>(),
             field_names::<RawSignature>(),
             field_names::<RawEndpoint>(),
+            field_names::<RawIngress>(),
+            field_names::<RawRoute>(),
+            field_names::<RawVerify>(),
             field_names::<crate::secret::SecretRefTable>(),
         ];
         for list in lists {

@@ -11,10 +11,6 @@
 //! timestamp (`401`), subject (`400`), NATS connected (`503`), publish ack (`503`).
 //! The route table is swapped whole on reload, so a request sees one table.
 
-pub mod config;
-pub mod route_path;
-pub mod template;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +26,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{check_unknown_keys, validate, IngressConfig, RawIngress, Route, Verify};
+pub use crate::config::{IngressConfig, Route, Verify};
 
 use crate::config::NatsConfig;
 use crate::http::text;
@@ -39,7 +35,7 @@ use crate::routing::Pattern;
 use crate::signing::{
     Scheme, TIMESTAMP_TOLERANCE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 };
-use template::Values;
+use crate::subject_template::Values;
 
 /// What a `503` asks the sender to wait before retrying (most providers retry on
 /// their own schedule anyway).

@@ -4,6 +4,7 @@
 
 mod endpoint;
 mod events;
+mod ingress;
 mod nats;
 mod sections;
 mod tls;
@@ -44,7 +45,7 @@ pub(super) fn validate(
         defaults::SHUTDOWN_GRACE,
         p,
     );
-    let ingress = crate::ingress::validate(raw.ingress, listen, p);
+    let ingress = ingress::validate(raw.ingress, listen, p);
     Some(Config {
         nats: nats?,
         listen: listen?,

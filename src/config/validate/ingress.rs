@@ -1,88 +1,24 @@
-//! `[ingress]` and `[[ingress.routes]]`: the raw shapes as written, the typed routes,
-//! and their validation. Problems are named by key path (`ingress.routes[0].verify.scheme`)
-//! and collected with the rest of the config's, so `natshook check` lists them all.
+//! `[ingress]` and `[[ingress.routes]]`: the typed routes from their raw shapes. Problems
+//! are named by key path (`ingress.routes[0].verify.scheme`) and collected with the
+//! rest of the config's, so `natshook check` lists them all.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use figment::value::Value;
 use http::header::HeaderName;
-use serde::Deserialize;
 
-use super::route_path::RoutePath;
-use super::template::SubjectTemplate;
-use crate::config::{defaults, field_names, unknown_keys, unknown_secret_list_keys, Problems};
-use crate::secret::{SecretList, SecretRef};
+use super::super::defaults;
+use super::super::model::{CopiedHeader, IngressConfig, Route, Verify};
+use super::super::raw::{RawIngress, RawRoute, RawVerify};
+use super::super::Problems;
+use crate::route_path::RoutePath;
+use crate::secret::SecretRef;
 use crate::signing::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
-
-#[derive(Debug, Default, Deserialize)]
-pub struct RawIngress {
-    listen: Option<String>,
-    publish_timeout: Option<String>,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawRoute {
-    path: Option<String>,
-    subject: Option<String>,
-    verify: Option<RawVerify>,
-    id_header: Option<String>,
-    max_body: Option<i64>,
-    forward_headers: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawVerify {
-    scheme: Option<String>,
-    secret: Option<SecretList>,
-    header: Option<String>,
-}
-
-/// How a route checks its sender.
-#[derive(Debug, Clone)]
-pub enum Verify {
-    /// `scheme = "none"`, written out: the route accepts unsigned requests.
-    None,
-    Signed(Signer),
-}
-
-/// One request header copied into the NATS message: looked up by `name`, written
-/// under `written` (as configured, since NATS header names keep their case).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopiedHeader {
-    pub name: HeaderName,
-    pub written: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub path: RoutePath,
-    pub subject: SubjectTemplate,
-    pub verify: Verify,
-    /// The sender's message id, stored as `Nats-Msg-Id` so JetStream drops retries.
-    pub id_header: HeaderName,
-    pub max_body: usize,
-    /// The scheme's signature headers first (so a consumer can verify the stored body
-    /// again), then `forward_headers`.
-    pub copy_headers: Vec<CopiedHeader>,
-    /// The secret references, compared on reload.
-    pub secret_refs: Vec<SecretRef>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct IngressConfig {
-    /// `None`: the routes are served on the `[http]` listener.
-    pub listen: Option<SocketAddr>,
-    pub publish_timeout: Duration,
-    pub routes: Vec<Route>,
-}
+use crate::subject_template::SubjectTemplate;
 
 /// Validates `[ingress]`; `http_listen` is the `[http]` listener (when valid), which
 /// a separate ingress listener may not share.
-pub fn validate(
+pub(super) fn validate(
     raw: RawIngress,
     http_listen: Option<SocketAddr>,
     p: &mut Problems,
@@ -345,23 +281,6 @@ fn signature_headers(scheme: Scheme, header: HeaderName, written: &str) -> Vec<C
             name: header,
             written: written.to_string(),
         }],
-    }
-}
-
-/// Unknown keys under `[ingress]`, reported like the rest of the config's.
-pub fn check_unknown_keys(ingress: Option<&Value>, p: &mut Problems) {
-    unknown_keys(ingress, "ingress", &[field_names::<RawIngress>()], p);
-    let Some(Value::Array(_, routes)) = ingress.and_then(|i| i.find_ref("routes")) else {
-        return;
-    };
-    for (i, r) in routes.iter().enumerate() {
-        let at = format!("ingress.routes[{i}]");
-        unknown_keys(Some(r), &at, &[field_names::<RawRoute>()], p);
-        let verify = r.find_ref("verify");
-        let verify_at = format!("{at}.verify");
-        unknown_keys(verify, &verify_at, &[field_names::<RawVerify>()], p);
-        let secret = verify.and_then(|v| v.find_ref("secret"));
-        unknown_secret_list_keys(secret, &format!("{verify_at}.secret"), p);
     }
 }
 

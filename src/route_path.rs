@@ -15,7 +15,7 @@ pub struct RoutePath {
 }
 
 impl RoutePath {
-    pub(super) fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         if !text.starts_with('/') {
             return Err(format!("'{text}' must start with '/'"));
         }
@@ -67,7 +67,7 @@ impl RoutePath {
         parts.next().is_none()
     }
 
-    pub(super) fn overlaps(&self, other: &RoutePath) -> bool {
+    pub fn overlaps(&self, other: &RoutePath) -> bool {
         self.segments.len() == other.segments.len()
             && self
                 .segments
@@ -86,7 +86,7 @@ impl fmt::Display for RoutePath {
 impl RoutePath {
     /// Whether the path could take a request meant for natshook's own `/metrics`,
     /// `/healthz`, `/readyz` or `/api/` (a route may share their listener).
-    pub(super) fn collides_with_own(&self) -> bool {
+    pub fn collides_with_own(&self) -> bool {
         RESERVED_PATHS.iter().any(|r| self.matches(r))
             || self.text.starts_with(RESERVED_PREFIX)
             || self.segments.first() == Some(&Some("api".to_string()))
