@@ -1,0 +1,145 @@
+//! Verifying: the signature headers a receiver got, against every configured key.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use ed25519_dalek::Signature;
+use hmac::Mac;
+use http::header::{HeaderMap, HeaderName};
+
+use super::key::{signed_content, Key};
+use super::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+
+/// Why `verify` refused a request.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing header {0}")]
+    MissingHeader(String),
+    #[error("header {0} is malformed: {1}")]
+    Malformed(String, String),
+    #[error("no signature matches any configured secret")]
+    Mismatch,
+    #[error("webhook-timestamp is {0} s away from this clock (tolerance {1} s)")]
+    Stale(u64, u64),
+}
+
+impl Signer {
+    /// Checks the signature headers a receiver got against every configured secret.
+    /// Timestamp freshness is the receiver's policy and is not checked here.
+    pub fn verify(&self, body: &[u8], headers: &HeaderMap) -> Result<(), VerifyError> {
+        let get = |name: &HeaderName| -> Result<&str, VerifyError> {
+            let v = headers
+                .get(name)
+                .ok_or_else(|| VerifyError::MissingHeader(name.to_string()))?;
+            v.to_str()
+                .map_err(|_| VerifyError::Malformed(name.to_string(), "not ASCII".into()))
+        };
+        match self.scheme {
+            Scheme::Hex | Scheme::Sha256 => {
+                let value = get(&self.header)?;
+                let hex_part = if self.scheme == Scheme::Sha256 {
+                    value.strip_prefix("sha256=").ok_or_else(|| {
+                        VerifyError::Malformed(
+                            self.header.to_string(),
+                            "expected sha256=<hex>".into(),
+                        )
+                    })?
+                } else {
+                    value
+                };
+                let sig = hex::decode(hex_part.trim()).map_err(|_| {
+                    VerifyError::Malformed(self.header.to_string(), "not hex".into())
+                })?;
+                self.any_key_verifies(&[body], &sig)
+            }
+            Scheme::Standard => {
+                let id = get(&WEBHOOK_ID)?;
+                let ts = get(&WEBHOOK_TIMESTAMP)?;
+                let sigs = get(&WEBHOOK_SIGNATURE)?;
+                let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", body];
+                let mut content = None;
+                for entry in sigs.split(' ').filter(|s| !s.is_empty()) {
+                    if let Some(b64) = entry.strip_prefix("v1a,") {
+                        let msg = content.get_or_insert_with(|| signed_content(id, ts, body));
+                        if self.any_ed25519_key_verifies(msg, b64) {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    let Some(b64) = entry.strip_prefix("v1,") else {
+                        continue;
+                    };
+                    let Ok(sig) = BASE64.decode(b64) else {
+                        continue;
+                    };
+                    if self.any_key_verifies(&parts, &sig).is_ok() {
+                        return Ok(());
+                    }
+                }
+                Err(VerifyError::Mismatch)
+            }
+        }
+    }
+
+    /// `verify`, and for `standard` also the replay check: `webhook-timestamp` must lie
+    /// within `tolerance` of `now` (unix seconds). The timestamp is checked first, as it
+    /// is cheaper; it is covered by the signature, so a sender cannot move it.
+    pub fn verify_fresh(
+        &self,
+        body: &[u8],
+        headers: &HeaderMap,
+        now: u64,
+        tolerance: Duration,
+    ) -> Result<(), VerifyError> {
+        if self.scheme == Scheme::Standard {
+            let name = WEBHOOK_TIMESTAMP.to_string();
+            let ts = headers
+                .get(&WEBHOOK_TIMESTAMP)
+                .ok_or_else(|| VerifyError::MissingHeader(name.clone()))?
+                .to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| VerifyError::Malformed(name, "not unix seconds".into()))?;
+            let off = ts.abs_diff(now);
+            if off > tolerance.as_secs() {
+                return Err(VerifyError::Stale(off, tolerance.as_secs()));
+            }
+        }
+        self.verify(body, headers)
+    }
+
+    /// `verify_slice` compares in constant time, so the time to refuse a signature
+    /// does not tell a forger how many of its bytes were right.
+    fn any_key_verifies(&self, parts: &[&[u8]], sig: &[u8]) -> Result<(), VerifyError> {
+        for key in &self.keys {
+            let Key::Hmac(key) = key else {
+                continue;
+            };
+            let mut mac = key.clone();
+            for p in parts {
+                mac.update(p);
+            }
+            if mac.verify_slice(sig).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(VerifyError::Mismatch)
+    }
+
+    /// Strict verification: rejects non-canonical signatures and small-order keys, which
+    /// a signer following RFC 8032 never produces.
+    fn any_ed25519_key_verifies(&self, msg: &[u8], b64: &str) -> bool {
+        let Ok(bytes) = BASE64.decode(b64) else {
+            return false;
+        };
+        let Ok(sig) = Signature::from_slice(&bytes) else {
+            return false;
+        };
+        self.keys.iter().any(|key| match key {
+            Key::Ed25519(k) => k.verifying_key().verify_strict(msg, &sig).is_ok(),
+            Key::Ed25519Public(k) => k.verify_strict(msg, &sig).is_ok(),
+            Key::Hmac(_) => false,
+        })
+    }
+}
