@@ -5,6 +5,7 @@
 //! table's templates, `outcome`/`status` from fixed lists. Per-endpoint children are
 //! resolved once so the delivery path does not hash label values for them.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -205,19 +206,23 @@ impl EndpointMetrics {
     }
 }
 
+/// Registers `m` with `r`; the definitions are static, so a failure is a programming
+/// error caught by the first test that builds [`Metrics`].
+fn register<M: Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(r, c)
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
     let g =
         IntGaugeVec::new(Opts::new(name, help), &["endpoint"]).expect("static metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(r, g)
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -236,9 +241,46 @@ fn labelled_histogram_vec(
         &[label],
     )
     .expect("static metric definition");
-    r.register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    register(r, h)
+}
+
+/// The process-wide families: `natshook_unmapped_messages_total`,
+/// `natshook_nats_connected`, and `natshook_build_info` (set to 1 here).
+fn process_families(r: &Registry) -> (IntCounter, IntGauge) {
+    let unmapped = IntCounter::new(
+        "natshook_unmapped_messages_total",
+        "Messages on a subject no [[events]] mapping matches.",
+    )
+    .expect("static metric definition");
+    let nats_connected = IntGauge::new("natshook_nats_connected", "1 when connected to NATS.")
+        .expect("static metric definition");
+    let build_info = IntGaugeVec::new(
+        Opts::new("natshook_build_info", "Build information; always 1."),
+        &["version"],
+    )
+    .expect("static metric definition");
+    register(r, build_info)
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    (register(r, unmapped), register(r, nats_connected))
+}
+
+/// The ingress families: requests by route and outcome, and their duration.
+fn ingress_families(r: &Registry) -> (IntCounterVec, HistogramVec) {
+    let requests = counter_vec(
+        r,
+        "natshook_ingress_requests_total",
+        "Incoming webhook requests by route (the configured path) and outcome.",
+        &["route", "outcome"],
+    );
+    let duration = labelled_histogram_vec(
+        r,
+        "natshook_ingress_duration_seconds",
+        "From an incoming webhook request to natshook's answer (publish ack included).",
+        INGRESS_BUCKETS,
+        "route",
+    );
+    (requests, duration)
 }
 
 impl Metrics {
@@ -290,40 +332,8 @@ impl Metrics {
             "natshook_consumer_pending",
             "Messages not yet delivered (consumer lag).",
         );
-        let unmapped = IntCounter::new(
-            "natshook_unmapped_messages_total",
-            "Messages on a subject no [[events]] mapping matches.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(unmapped.clone()))
-            .expect("metric registered once");
-        let nats_connected = IntGauge::new("natshook_nats_connected", "1 when connected to NATS.")
-            .expect("static metric definition");
-        r.register(Box::new(nats_connected.clone()))
-            .expect("metric registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new("natshook_build_info", "Build information; always 1."),
-            &["version"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(build_info.clone()))
-            .expect("metric registered once");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let ingress_requests = counter_vec(
-            &r,
-            "natshook_ingress_requests_total",
-            "Incoming webhook requests by route (the configured path) and outcome.",
-            &["route", "outcome"],
-        );
-        let ingress_duration = labelled_histogram_vec(
-            &r,
-            "natshook_ingress_duration_seconds",
-            "From an incoming webhook request to natshook's answer (publish ack included).",
-            INGRESS_BUCKETS,
-            "route",
-        );
+        let (unmapped, nats_connected) = process_families(&r);
+        let (ingress_requests, ingress_duration) = ingress_families(&r);
         Self {
             registry: r,
             deliveries,
