@@ -12,7 +12,7 @@ use std::fmt;
 
 use http::header::{HeaderMap, HeaderName};
 
-use crate::routing::Pattern;
+use crate::routing::{split_template, Pattern};
 
 /// Longest value one placeholder may render to: subjects stay short enough to index
 /// and to read in `nats stream view`.
@@ -69,53 +69,40 @@ fn valid_token(v: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
 }
 
+impl Piece {
+    /// The placeholder between `{` and `}`; `path_segments` bounds `{path:N}`.
+    fn placeholder(inner: &str, path_segments: usize) -> Result<Self, String> {
+        let not_one = || {
+            format!("'{{{inner}}}' is not a placeholder: use {{header:Name}}, {{path:N}} or {{json:field}}")
+        };
+        let (kind, arg) = inner.split_once(':').ok_or_else(not_one)?;
+        match kind {
+            "header" => HeaderName::from_bytes(arg.as_bytes())
+                .map(Piece::Header)
+                .map_err(|_| format!("'{arg}' in {{header:{arg}}} is not a header name")),
+            "path" => match arg.parse::<usize>() {
+                Ok(n) if n >= 1 && n <= path_segments => Ok(Piece::Path(n)),
+                _ => Err(format!(
+                    "{{path:{arg}}} is out of range: the route's path has {path_segments} segment(s), counted from 1"
+                )),
+            },
+            "json" if !arg.is_empty() => Ok(Piece::Json(arg.to_string())),
+            _ => Err(not_one()),
+        }
+    }
+}
+
 impl SubjectTemplate {
     /// Parses `text`; `path_segments` is the number of segments of the route's path,
     /// the upper bound of `{path:N}`.
     pub fn parse(text: &str, path_segments: usize) -> Result<Self, String> {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_string()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("'{text}' has a '{{' without '}}'"))?;
-            let inner = &after[..close];
-            let (kind, arg) = inner.split_once(':').ok_or_else(|| {
-                format!("'{{{inner}}}' is not a placeholder: use {{header:Name}}, {{path:N}} or {{json:field}}")
-            })?;
-            let piece = match kind {
-                "header" => Piece::Header(
-                    HeaderName::from_bytes(arg.as_bytes())
-                        .map_err(|_| format!("'{arg}' in {{header:{arg}}} is not a header name"))?,
-                ),
-                "path" => match arg.parse::<usize>() {
-                    Ok(n) if n >= 1 && n <= path_segments => Piece::Path(n),
-                    _ => {
-                        return Err(format!(
-                            "{{path:{arg}}} is out of range: the route's path has {path_segments} segment(s), counted from 1"
-                        ))
-                    }
-                },
-                "json" if !arg.is_empty() => Piece::Json(arg.to_string()),
-                _ => {
-                    return Err(format!(
-                        "'{{{inner}}}' is not a placeholder: use {{header:Name}}, {{path:N}} or {{json:field}}"
-                    ))
-                }
-            };
-            pieces.push(piece);
-            rest = &after[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("'{text}' has a '}}' without '{{'"));
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_string()));
-        }
+        let pieces = split_template(
+            text,
+            |t| Piece::Text(t.to_string()),
+            |inner| Piece::placeholder(inner, path_segments),
+            |_| format!("'{text}' has a '{{' without '}}'"),
+            |_| format!("'{text}' has a '}}' without '{{'"),
+        )?;
         // The subject with placeholders as `*` tokens must be a plain subject pattern:
         // no wildcards of its own, no empty tokens.
         let mut shape = String::new();

@@ -153,6 +153,40 @@ impl fmt::Display for Pattern {
     }
 }
 
+/// Splits a template at its `{…}` placeholders, in order: `literal` makes the piece of
+/// each run of text, `placeholder` the piece of what stands between `{` and `}`. An
+/// error names the text from a `{` that has no `}` (`unclosed`), or the text after the
+/// last placeholder when it holds a `}` (`stray`). Event templates and ingress subject
+/// templates share it, so both read braces alike.
+pub fn split_template<P, E>(
+    text: &str,
+    mut literal: impl FnMut(&str) -> P,
+    mut placeholder: impl FnMut(&str) -> Result<P, E>,
+    unclosed: impl FnOnce(&str) -> E,
+    stray: impl FnOnce(&str) -> E,
+) -> Result<Vec<P>, E> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(literal(&rest[..open]));
+        }
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(unclosed(&rest[open..]));
+        };
+        pieces.push(placeholder(&after[..close])?);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(stray(rest));
+    }
+    if !rest.is_empty() {
+        pieces.push(literal(rest));
+    }
+    Ok(pieces)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Text(String),
@@ -176,37 +210,24 @@ impl EventTemplate {
         if text.chars().any(char::is_whitespace) {
             return Err(PatternError::Whitespace);
         }
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_string()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| PatternError::BadPlaceholder(rest[open..].to_string()))?;
-            let inner = &after[..close];
-            let index: usize = inner
-                .parse()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| PatternError::BadPlaceholder(format!("{{{inner}}}")))?;
-            if index > subject.token_count() {
-                return Err(PatternError::PlaceholderOutOfRange(
-                    index,
-                    subject.token_count(),
-                ));
-            }
-            pieces.push(Piece::SubjectToken(index));
-            rest = &after[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(PatternError::BadPlaceholder(rest.to_string()));
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_string()));
-        }
+        let count = subject.token_count();
+        let pieces = split_template(
+            text,
+            |t| Piece::Text(t.to_string()),
+            |inner| {
+                let index: usize = inner
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| PatternError::BadPlaceholder(format!("{{{inner}}}")))?;
+                if index > count {
+                    return Err(PatternError::PlaceholderOutOfRange(index, count));
+                }
+                Ok(Piece::SubjectToken(index))
+            },
+            |from_open| PatternError::BadPlaceholder(from_open.to_string()),
+            |tail| PatternError::BadPlaceholder(tail.to_string()),
+        )?;
         if text.split('.').any(str::is_empty) {
             return Err(PatternError::EmptyToken);
         }
