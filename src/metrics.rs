@@ -117,16 +117,7 @@ impl AttemptStatus {
     }
 
     pub fn label(self) -> &'static str {
-        match self {
-            AttemptStatus::Class(c) => match c / 100 {
-                2 => "2xx",
-                3 => "3xx",
-                4 => "4xx",
-                _ => "5xx",
-            },
-            AttemptStatus::Timeout => "timeout",
-            AttemptStatus::ConnectError => "connect_error",
-        }
+        ATTEMPT_LABELS[self.index()]
     }
 }
 
@@ -200,7 +191,7 @@ impl EndpointMetrics {
         self.attempt_children[status.index()]
             .get_or_init(|| {
                 self.attempts
-                    .with_label_values(&[self.name.as_str(), ATTEMPT_LABELS[status.index()]])
+                    .with_label_values(&[self.name.as_str(), status.label()])
             })
             .inc();
     }

@@ -132,11 +132,17 @@ pub(super) fn signed_content(id: &str, ts: &str, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// HMAC-SHA256 of the parts, from the key schedule computed when the key was built.
-pub(super) fn mac(key: &HmacSha256, parts: &[&[u8]]) -> [u8; 32] {
+/// The key's MAC state after hashing the parts; the key schedule was computed when the
+/// key was built, so this costs only the hash.
+pub(super) fn hashed(key: &HmacSha256, parts: &[&[u8]]) -> HmacSha256 {
     let mut mac = key.clone();
     for p in parts {
         mac.update(p);
     }
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+/// HMAC-SHA256 of the parts.
+pub(super) fn mac(key: &HmacSha256, parts: &[&[u8]]) -> [u8; 32] {
+    hashed(key, parts).finalize().into_bytes().into()
 }

@@ -8,7 +8,7 @@ use ed25519_dalek::Signature;
 use hmac::Mac;
 use http::header::{HeaderMap, HeaderName};
 
-use super::key::{signed_content, Key};
+use super::key::{hashed, signed_content, Key};
 use super::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 
 /// Why `verify` refused a request.
@@ -116,11 +116,7 @@ impl Signer {
             let Key::Hmac(key) = key else {
                 continue;
             };
-            let mut mac = key.clone();
-            for p in parts {
-                mac.update(p);
-            }
-            if mac.verify_slice(sig).is_ok() {
+            if hashed(key, parts).verify_slice(sig).is_ok() {
                 return Ok(());
             }
         }
