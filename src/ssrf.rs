@@ -284,6 +284,19 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
+/// Other spellings of private addresses, each with the start of its refusal: `check`
+/// (config validation) and the connect-time guard must refuse them in the same words.
+#[cfg(test)]
+pub(crate) const PRIVATE_SPELLINGS: &[(&str, &str)] = &[
+    ("2130706433", "2130706433 is 127.0.0.1, a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"),
+    ("0x7f000001", "0x7f000001 is 127.0.0.1, a private"),
+    ("017700000001", "017700000001 is 127.0.0.1, a private"),
+    ("127.1", "127.1 is 127.0.0.1, a private"),
+    ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a private"),
+    ("0xa9fea9fe", "0xa9fea9fe is 169.254.169.254, a private"),
+    ("[fe80::1%25lo]", "fe80::1%25lo is an IPv6 address with a zone id, which a webhook URL cannot use"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,19 +398,22 @@ mod tests {
     #[test]
     fn hosts_are_judged_as_the_addresses_they_spell() {
         let policy = TargetPolicy::default();
-        for (host, words) in [
-            ("2130706433", "2130706433 is 127.0.0.1, a private, loopback or link-local address (set allow_private = true or allow_cidrs to permit it)"),
-            ("0x7f000001", "0x7f000001 is 127.0.0.1, a private"),
-            ("017700000001", "017700000001 is 127.0.0.1, a private"),
-            ("127.1", "127.1 is 127.0.0.1, a private"),
-            ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a private"),
-            ("0xa9fea9fe", "0xa9fea9fe is 169.254.169.254, a private"),
-            ("10.0.0.1", "10.0.0.1 is a private, loopback or link-local address"),
+        let more = [
+            (
+                "10.0.0.1",
+                "10.0.0.1 is a private, loopback or link-local address",
+            ),
             ("[::1]", "::1 is a private"),
-            ("[fe80::1%25lo]", "fe80::1%25lo is an IPv6 address with a zone id"),
-            ("[2001:db8::1%eth0]", "2001:db8::1%eth0 is an IPv6 address with a zone id"),
-            ("metadata.google.internal", "metadata.google.internal is an internal host name"),
-        ] {
+            (
+                "[2001:db8::1%eth0]",
+                "2001:db8::1%eth0 is an IPv6 address with a zone id",
+            ),
+            (
+                "metadata.google.internal",
+                "metadata.google.internal is an internal host name",
+            ),
+        ];
+        for &(host, words) in PRIVATE_SPELLINGS.iter().chain(&more) {
             let refusal = policy.check_host(host).unwrap_err().to_string();
             assert!(refusal.starts_with(words), "{host}: {refusal}");
         }

@@ -64,31 +64,46 @@ print(ok, bad)
     (it.next().unwrap(), it.next().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_standardwebhooks_library_verifies_requests_with_every_rotated_secret() {
+/// Runs a `standard`-scheme endpoint `name` signing with the rotation list `secrets`
+/// and delivers 101 messages to it (100 JSON leads, and a text payload with non-ASCII
+/// characters and quotes): the requests the independent verifiers then check.
+async fn deliver_101_signed_with(
+    name: &str,
+    secrets: &[&str],
+) -> (NatsServer, Natshook, Vec<Received>) {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
-    let new = "whsec_bmV3LXNlY3JldC1mb3ItbmF0c2hvb2s=";
-    let old = "whsec_b2xkLXNlY3JldC1mb3ItbmF0c2hvb2s=";
+    let list: Vec<String> = secrets
+        .iter()
+        .map(|s| format!("{{ value = \"{s}\" }}"))
+        .collect();
     let mut config = TestConfig::new(nats.url());
     config.endpoints.push(format!(
-        "[[endpoints]]\nname = \"std\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = [{{ value = \"{new}\" }}, {{ value = \"{old}\" }}]\nsignature = {{ scheme = \"standard\" }}\nallow_http = true\nallow_private = true\n",
-        rx.url("/")
+        "[[endpoints]]\nname = \"{name}\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = [{}]\nsignature = {{ scheme = \"standard\" }}\nallow_http = true\nallow_private = true\n",
+        rx.url("/"),
+        list.join(", ")
     ));
-    let _natshook = Natshook::start(&config.render()).await;
+    let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    let mut msgs = leads(100, "sw");
+    let mut msgs = leads(100, name);
     msgs.push((
         "helpdesk.ticket.created".into(),
         Bytes::from_static("unicode \u{2713} and \"quotes\"".as_bytes()),
-        Some("sw-text".into()),
+        Some(format!("{name}-text")),
     ));
     publish_all(&js, msgs).await;
     rx.wait_for(Duration::from_secs(20), "101 delivered", |r| {
         r.delivered_ids().len() >= 101
     })
     .await;
-    let got = rx.received();
+    (nats, natshook, rx.received())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_standardwebhooks_library_verifies_requests_with_every_rotated_secret() {
+    let new = "whsec_bmV3LXNlY3JldC1mb3ItbmF0c2hvb2s=";
+    let old = "whsec_b2xkLXNlY3JldC1mb3ItbmF0c2hvb2s=";
+    let (_nats, _natshook, got) = deliver_101_signed_with("std", &[new, old]).await;
     for r in &got {
         assert_eq!(r.header("webhook-id"), r.id());
         assert_eq!(
@@ -204,28 +219,8 @@ async fn ed25519_signatures_verify_with_the_public_key_in_python_cryptography() 
     assert_eq!(keys(whsk.as_bytes(), &["keygen", "--public"]), [whpk]);
     let other_whpk = keys(b"", &["keygen"])[1].clone();
 
-    let nats = NatsServer::start();
-    let rx = Receiver::start().await;
     let hmac = "whsec_b2xkLXNlY3JldC1mb3ItbmF0c2hvb2s=";
-    let mut config = TestConfig::new(nats.url());
-    config.endpoints.push(format!(
-        "[[endpoints]]\nname = \"ed\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = [{{ value = \"{whsk}\" }}, {{ value = \"{hmac}\" }}]\nsignature = {{ scheme = \"standard\" }}\nallow_http = true\nallow_private = true\n",
-        rx.url("/")
-    ));
-    let natshook = Natshook::start(&config.render()).await;
-    let js = jetstream::new(nats.client().await);
-    let mut msgs = leads(100, "ed");
-    msgs.push((
-        "helpdesk.ticket.created".into(),
-        Bytes::from_static("unicode \u{2713} and \"quotes\"".as_bytes()),
-        Some("ed-text".into()),
-    ));
-    publish_all(&js, msgs).await;
-    rx.wait_for(Duration::from_secs(20), "101 delivered", |r| {
-        r.delivered_ids().len() >= 101
-    })
-    .await;
-    let got = rx.received();
+    let (_nats, natshook, got) = deliver_101_signed_with("ed", &[whsk, hmac]).await;
     for r in &got {
         let sigs: Vec<&str> = r.header("webhook-signature").split(' ').collect();
         assert_eq!(sigs.len(), 2, "one signature per secret: {sigs:?}");
