@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{IngressConfig, Route, Verify};
 
+use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 use crate::http::text;
 use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics, INGRESS_UNMATCHED_ROUTE};
@@ -122,11 +123,14 @@ pub struct Ingress {
     nats: NatsConfig,
 }
 
+/// An outcome for the metrics and the response that says it.
+type Answer = (IngressOutcome, Response<Full<Bytes>>);
+
 fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     text(status, body)
 }
 
-fn unavailable(why: &str) -> (IngressOutcome, Response<Full<Bytes>>) {
+fn unavailable(why: &str) -> Answer {
     let mut r = answer(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("not stored ({why}); retry later\n"),
@@ -138,21 +142,54 @@ fn unavailable(why: &str) -> (IngressOutcome, Response<Full<Bytes>>) {
     (IngressOutcome::Unavailable, r)
 }
 
-fn too_large(max: usize) -> (IngressOutcome, Response<Full<Bytes>>) {
-    (
-        IngressOutcome::TooLarge,
-        answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body larger than this route's max_body ({max} bytes)\n"),
-        ),
-    )
+/// Why a request is refused before it is published: the rows of the answer table
+/// that need no NATS.
+enum Refusal {
+    NotPost,
+    TooLarge(usize),
+    Unverified(String),
+    BodyTimeout,
+    BodyUnreadable,
+    NoSubject(String),
 }
 
-fn unauthorized(why: impl std::fmt::Display) -> (IngressOutcome, Response<Full<Bytes>>) {
-    (
-        IngressOutcome::Unauthorized,
-        answer(StatusCode::UNAUTHORIZED, format!("not verified: {why}\n")),
-    )
+impl Refusal {
+    fn answer(self) -> Answer {
+        match self {
+            Refusal::NotPost => {
+                let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+                r.headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+                (IngressOutcome::MethodNotAllowed, r)
+            }
+            Refusal::TooLarge(max) => (
+                IngressOutcome::TooLarge,
+                answer(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body larger than this route's max_body ({max} bytes)\n"),
+                ),
+            ),
+            Refusal::Unverified(why) => (
+                IngressOutcome::Unauthorized,
+                answer(StatusCode::UNAUTHORIZED, format!("not verified: {why}\n")),
+            ),
+            Refusal::BodyTimeout => (
+                IngressOutcome::BadRequest,
+                answer(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"),
+            ),
+            Refusal::BodyUnreadable => (
+                IngressOutcome::BadRequest,
+                answer(StatusCode::BAD_REQUEST, "body could not be read\n"),
+            ),
+            Refusal::NoSubject(why) => (
+                IngressOutcome::BadRequest,
+                answer(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot make the subject: {why}\n"),
+                ),
+            ),
+        }
+    }
 }
 
 impl Ingress {
@@ -308,107 +345,32 @@ impl Ingress {
         response
     }
 
+    /// The answer table in order: what [`accept`] refuses (`405`, `413`,
+    /// `401`, `408`, `400`), then what [`publish`](Self::publish) answers.
     async fn serve(
         &self,
         route: &Route,
         publish_timeout: Duration,
         req: http::Request<Incoming>,
-    ) -> (IngressOutcome, Response<Full<Bytes>>) {
-        if req.method() != Method::POST {
-            let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
-            r.headers_mut()
-                .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
-            return (IngressOutcome::MethodNotAllowed, r);
+    ) -> Answer {
+        match accept(route, req).await {
+            Ok(message) => self.publish(route, publish_timeout, message).await,
+            Err(refused) => refused.answer(),
         }
-        let declared = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > route.max_body as u64) {
-            return too_large(route.max_body);
-        }
-        // Without its signature headers a request cannot verify: refuse it before
-        // reading (and holding) its body.
-        if let Verify::Signed(signer) = &route.verify {
-            let needed: &[&http::HeaderName] = match signer.scheme() {
-                Scheme::Standard => &[&WEBHOOK_ID, &WEBHOOK_TIMESTAMP, &WEBHOOK_SIGNATURE],
-                Scheme::Hex | Scheme::Sha256 => &[signer.header()],
-            };
-            if let Some(h) = needed.iter().find(|h| !req.headers().contains_key(**h)) {
-                return unauthorized(format_args!("missing header {h}"));
-            }
-        }
-        let (parts, body) = req.into_parts();
-        let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, route.max_body).collect());
-        let body = match read.await {
-            Err(_) => {
-                return (
-                    IngressOutcome::BadRequest,
-                    answer(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"),
-                )
-            }
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return too_large(route.max_body)
-            }
-            Ok(Err(_)) => {
-                return (
-                    IngressOutcome::BadRequest,
-                    answer(StatusCode::BAD_REQUEST, "body could not be read\n"),
-                )
-            }
-            Ok(Ok(c)) => c.to_bytes(),
-        };
-        if let Verify::Signed(signer) = &route.verify {
-            if let Err(e) = signer.verify_fresh(
-                &body,
-                &parts.headers,
-                crate::time::unix_secs(SystemTime::now()),
-                TIMESTAMP_TOLERANCE,
-            ) {
-                tracing::debug!(route = %route.path, error = %e, "incoming webhook refused");
-                return unauthorized(e);
-            }
-        }
-        let subject = match route.subject.render(&Values {
-            headers: &parts.headers,
-            path: parts.uri.path(),
-            body: &body,
-        }) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(route = %route.path, error = %e, "incoming webhook has no usable subject");
-                return (
-                    IngressOutcome::BadRequest,
-                    answer(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot make the subject: {e}\n"),
-                    ),
-                );
-            }
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        for h in &route.copy_headers {
-            for v in parts.headers.get_all(&h.name) {
-                if let Ok(v) = v.to_str() {
-                    headers.append(h.written.as_str(), v);
-                }
-            }
-        }
-        let id = parts
-            .headers
-            .get(&route.id_header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty());
-        if let Some(id) = id {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-        }
+    }
+
+    /// Stores a verified message; `2xx` only once JetStream acked it.
+    async fn publish(&self, route: &Route, publish_timeout: Duration, message: Message) -> Answer {
         // Published while disconnected, the message would wait in the client's buffer
         // past our answer; a quick 503 lets the sender retry instead.
         if self.client.connection_state() != State::Connected {
             return unavailable("NATS is not connected");
         }
+        let Message {
+            subject,
+            headers,
+            body,
+        } = message;
         let publish = async {
             let ack = self.js.publish_with_headers(subject, headers, body).await?;
             ack.await
@@ -443,6 +405,121 @@ impl Ingress {
     }
 }
 
+/// A verified request, ready to publish.
+struct Message {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+}
+
+/// Runs the checks that need no NATS, cheapest first, and verifies before anything is
+/// derived from the request.
+async fn accept(route: &Route, req: http::Request<Incoming>) -> Result<Message, Refusal> {
+    check_head(route, &req)?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(route, body).await?;
+    verify(route, &parts.headers, &body)?;
+    let subject = subject(route, &parts, &body)?;
+    Ok(Message {
+        subject,
+        headers: nats_headers(route, &parts.headers),
+        body,
+    })
+}
+
+/// Method, declared size and signature headers: all refused before the body is read.
+fn check_head(route: &Route, req: &http::Request<Incoming>) -> Result<(), Refusal> {
+    if req.method() != Method::POST {
+        return Err(Refusal::NotPost);
+    }
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_body as u64) {
+        return Err(Refusal::TooLarge(route.max_body));
+    }
+    // Without its signature headers a request cannot verify: refuse it before
+    // reading (and holding) its body.
+    if let Verify::Signed(signer) = &route.verify {
+        let needed: &[&http::HeaderName] = match signer.scheme() {
+            Scheme::Standard => &[&WEBHOOK_ID, &WEBHOOK_TIMESTAMP, &WEBHOOK_SIGNATURE],
+            Scheme::Hex | Scheme::Sha256 => &[signer.header()],
+        };
+        if let Some(h) = needed.iter().find(|h| !req.headers().contains_key(**h)) {
+            return Err(Refusal::Unverified(format!("missing header {h}")));
+        }
+    }
+    Ok(())
+}
+
+/// The body, within `max_body` and [`BODY_TIMEOUT`].
+async fn read_body(route: &Route, body: Incoming) -> Result<Bytes, Refusal> {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, route.max_body).collect());
+    match read.await {
+        Err(_) => Err(Refusal::BodyTimeout),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Refusal::TooLarge(route.max_body))
+        }
+        Ok(Err(_)) => Err(Refusal::BodyUnreadable),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Signature and timestamp, for routes that are not `scheme = "none"`.
+fn verify(route: &Route, headers: &http::HeaderMap, body: &Bytes) -> Result<(), Refusal> {
+    if let Verify::Signed(signer) = &route.verify {
+        if let Err(e) = signer.verify_fresh(
+            body,
+            headers,
+            crate::time::unix_secs(SystemTime::now()),
+            TIMESTAMP_TOLERANCE,
+        ) {
+            tracing::debug!(route = %route.path, error = %e, "incoming webhook refused");
+            return Err(Refusal::Unverified(e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The route's subject template filled in from the verified request.
+fn subject(route: &Route, parts: &http::request::Parts, body: &Bytes) -> Result<String, Refusal> {
+    route
+        .subject
+        .render(&Values {
+            headers: &parts.headers,
+            path: parts.uri.path(),
+            body,
+        })
+        .map_err(|e| {
+            tracing::debug!(route = %route.path, error = %e, "incoming webhook has no usable subject");
+            Refusal::NoSubject(e.to_string())
+        })
+}
+
+/// The forwarded request headers, and the sender's id as `Nats-Msg-Id` so JetStream
+/// drops a second copy.
+fn nats_headers(route: &Route, request: &http::HeaderMap) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    for h in &route.copy_headers {
+        for v in request.get_all(&h.name) {
+            if let Ok(v) = v.to_str() {
+                headers.append(h.written.as_str(), v);
+            }
+        }
+    }
+    let id = request
+        .get(&route.id_header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    if let Some(id) = id {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    }
+    headers
+}
+
 /// Checks that a stream captures all of every route's subjects (the template's
 /// pattern must lie within one stream subject: JetStream's own lookup by subject also
 /// names streams that hold only part of it). Subjects no stream holds are added to
@@ -456,7 +533,22 @@ pub async fn ensure_streams(
     if routes.is_empty() {
         return Ok(());
     }
-    let mut streams: Vec<(String, Vec<Pattern>)> = Vec::new();
+    let streams = stream_subjects(js).await?;
+    let missing = uncaptured(&streams, nats, routes)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nats.create_stream {
+        return Err(IngressError::NoStream(joined(&missing)));
+    }
+    extend_stream(js, nats, &missing).await
+}
+
+/// Every stream's name and subjects.
+async fn stream_subjects(
+    js: &jetstream::Context,
+) -> Result<Vec<(String, Vec<Pattern>)>, IngressError> {
+    let mut streams = Vec::new();
     let mut list = js.streams();
     while let Some(info) = list.next().await {
         let info = info.map_err(|e| IngressError::Lookup(e.to_string()))?;
@@ -468,6 +560,16 @@ pub async fn ensure_streams(
             .collect();
         streams.push((info.config.name, subjects));
     }
+    Ok(streams)
+}
+
+/// The route subjects no stream holds; one that streams hold only part of is an error
+/// (unless that part is `nats.stream` itself under `create_stream`, which is widened).
+fn uncaptured(
+    streams: &[(String, Vec<Pattern>)],
+    nats: &NatsConfig,
+    routes: &[Route],
+) -> Result<Vec<Pattern>, IngressError> {
     let mut missing: Vec<Pattern> = Vec::new();
     for r in routes {
         let p = r.subject.pattern();
@@ -495,22 +597,26 @@ pub async fn ensure_streams(
             }
         }
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let names = || {
-        missing
-            .iter()
-            .map(Pattern::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !nats.create_stream {
-        return Err(IngressError::NoStream(names()));
-    }
+    Ok(missing)
+}
+
+fn joined(subjects: &[Pattern]) -> String {
+    subjects
+        .iter()
+        .map(Pattern::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Adds `missing` to `nats.stream` (`create_stream = true`).
+async fn extend_stream(
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    missing: &[Pattern],
+) -> Result<(), IngressError> {
     let extend_error = |error: String| IngressError::ExtendStream {
         stream: nats.stream.clone(),
-        subjects: names(),
+        subjects: joined(missing),
         error,
     };
     let mut stream = js
@@ -523,7 +629,7 @@ pub async fn ensure_streams(
         .map_err(|e| extend_error(e.to_string()))?
         .config
         .clone();
-    for p in &missing {
+    for p in missing {
         // A subject the new one covers would overlap it, which JetStream refuses.
         cfg.subjects
             .retain(|s| !Pattern::parse(s).is_ok_and(|s| s.is_subset_of(p)));
@@ -531,7 +637,7 @@ pub async fn ensure_streams(
             cfg.subjects.push(p.to_string());
         }
     }
-    tracing::info!(stream = %nats.stream, subjects = %names(), "adding ingress subjects to the stream (create_stream = true)");
+    tracing::info!(stream = %nats.stream, subjects = %joined(missing), "adding ingress subjects to the stream (create_stream = true)");
     js.update_stream(cfg)
         .await
         .map(|_| ())
@@ -546,7 +652,7 @@ pub async fn ensure_streams_at_start(
     routes: &[Route],
     stop: &CancellationToken,
 ) -> Result<(), IngressError> {
-    let mut wait = Duration::from_millis(250);
+    let mut wait = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match ensure_streams(js, nats, routes).await {
             Err(IngressError::Lookup(error)) => {
@@ -556,8 +662,7 @@ pub async fn ensure_streams_at_start(
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait.next_delay()) => {}
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
