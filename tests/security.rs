@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::process::{Command, Stdio};
@@ -19,49 +20,17 @@ use common::*;
 
 /// Verifies each request with the official `standardwebhooks` package (PyPI).
 fn python_standardwebhooks_verify(secret: &str, requests: &[Received]) -> (usize, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("reqs.json");
-    let items: Vec<serde_json::Value> = requests
+    let items: Vec<(&[u8], BTreeMap<String, String>)> = requests
         .iter()
         .map(|r| {
-            serde_json::json!({
-                "body": String::from_utf8_lossy(&r.body),
-                "headers": {
-                    "webhook-id": r.header("webhook-id"),
-                    "webhook-timestamp": r.header("webhook-timestamp"),
-                    "webhook-signature": r.header("webhook-signature"),
-                }
-            })
+            let headers = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                .iter()
+                .map(|h| (h.to_string(), r.header(h).to_string()))
+                .collect();
+            (&r.body[..], headers)
         })
         .collect();
-    std::fs::write(&path, serde_json::to_vec(&items).unwrap()).unwrap();
-    let script = r#"
-import json, sys
-from standardwebhooks import Webhook
-wh = Webhook(sys.argv[2])
-ok = bad = 0
-for item in json.load(open(sys.argv[1])):
-    try:
-        wh.verify(item["body"], item["headers"])
-        ok += 1
-    except Exception as e:
-        bad += 1
-print(ok, bad)
-"#;
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(&path)
-        .arg(secret)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
-    (it.next().unwrap(), it.next().unwrap())
+    standardwebhooks_verify(secret, &items)
 }
 
 /// Runs a `standard`-scheme endpoint `name` signing with the rotation list `secrets`
@@ -146,8 +115,6 @@ fn natshook_cli(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
 fn python_ed25519_verify(whsk: &str, whpk: &str, requests: &[Received]) -> (usize, usize) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("reqs.json");
     let items: Vec<serde_json::Value> = requests
         .iter()
         .map(|r| {
@@ -159,7 +126,6 @@ fn python_ed25519_verify(whsk: &str, whpk: &str, requests: &[Received]) -> (usiz
             })
         })
         .collect();
-    std::fs::write(&path, serde_json::to_vec(&items).unwrap()).unwrap();
     let script = r#"
 import base64, json, sys
 from cryptography.exceptions import InvalidSignature
@@ -186,20 +152,7 @@ for item in json.load(open(sys.argv[1])):
     ok, bad = ok + good, bad + (not good)
 print(ok, bad)
 "#;
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(&path)
-        .args([whsk, whpk])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
-    (it.next().unwrap(), it.next().unwrap())
+    two_counts(&python_over_json(script, &items, &[whsk, whpk]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

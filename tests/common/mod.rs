@@ -928,3 +928,59 @@ pub fn check_config(toml: &str) -> (i32, String) {
 pub fn one_endpoint(endpoint: &str) -> String {
     format!("[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\n{endpoint}")
 }
+
+/// Runs the Python `script` with a JSON file holding `items` as `argv[1]` and `args`
+/// after it, and returns what it printed: the independent verifiers of the signature
+/// tests read requests this way.
+pub fn python_over_json(script: &str, items: &[serde_json::Value], args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("items.json");
+    std::fs::write(&path, serde_json::to_vec(items).unwrap()).unwrap();
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two counts printed as `ok bad`.
+pub fn two_counts(text: &str) -> (usize, usize) {
+    let mut it = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Verifies each (body, headers) with the official `standardwebhooks` package (PyPI):
+/// (verified, not verified).
+pub fn standardwebhooks_verify(
+    secret: &str,
+    items: &[(&[u8], BTreeMap<String, String>)],
+) -> (usize, usize) {
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(body, headers)| {
+            serde_json::json!({ "body": String::from_utf8_lossy(body), "headers": headers })
+        })
+        .collect();
+    let script = r#"
+import json, sys
+from standardwebhooks import Webhook
+wh = Webhook(sys.argv[2])
+ok = bad = 0
+for item in json.load(open(sys.argv[1])):
+    try:
+        wh.verify(item["body"], item["headers"])
+        ok += 1
+    except Exception as e:
+        print(e, file=sys.stderr)
+        bad += 1
+print(ok, bad)
+"#;
+    two_counts(&python_over_json(script, &items, &[secret]))
+}
