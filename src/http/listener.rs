@@ -47,6 +47,9 @@ const MAX_STREAMS: u32 = 32;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Longest wait for a connection closed to make room to drop its socket.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// Listener warnings that repeat under load are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -126,9 +129,19 @@ async fn accept_loop<H, F>(
                 }
             }
         };
-        let Some((id, conn)) = admit(&slots, &mut warnings) else {
+        let Some((id, conn, closed)) = admit(&slots, &mut warnings) else {
             continue;
         };
+        // The slot is free once the closed connection's socket is: wait for its task to
+        // drop it (it wakes at once), or accepting faster than closed connections go
+        // would hold more descriptors than the cap allows. The bound only guards
+        // against a task that never ran to its end.
+        if let Some(closed) = closed {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::timeout(CLOSE_WAIT, closed.gone.cancelled()) => {}
+            }
+        }
         tokio::spawn(serve_connection(
             tcp,
             id,
@@ -167,8 +180,8 @@ fn accept_failed(
 }
 
 /// A slot for the accepted connection, with the warnings for a full listener.
-fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>)> {
-    let Some((id, conn, closed_one)) = slots.admit() else {
+fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>, Option<Arc<Conn>>)> {
+    let Some((id, conn, closed)) = slots.admit() else {
         if let Some(skipped) = warnings.refused.due() {
             tracing::warn!(
                 limit = MAX_CONNECTIONS,
@@ -178,7 +191,7 @@ fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>)> {
         }
         return None;
     };
-    if closed_one {
+    if closed.is_some() {
         if let Some(skipped) = warnings.made_room.due() {
             tracing::warn!(
                 limit = MAX_CONNECTIONS,
@@ -187,7 +200,7 @@ fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>)> {
             );
         }
     }
-    Some((id, conn))
+    Some((id, conn, closed))
 }
 
 /// Serves one connection until it ends, is closed to make room, or idles too long.
@@ -202,6 +215,8 @@ async fn serve_connection<H, F>(
     H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    // Says the socket is gone once this task ends, however it ends.
+    let _gone = conn.gone.clone().drop_guard();
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| {
@@ -257,33 +272,28 @@ struct SlotsInner {
 }
 
 impl SlotsInner {
-    fn close_idlest(&mut self) -> bool {
+    fn close_idlest(&mut self) -> Option<Arc<Conn>> {
         let idlest = self
             .open
             .iter()
             .filter_map(|(id, c)| c.idle_since().map(|since| (since, *id)))
             .min();
-        let Some((_, id)) = idlest else {
-            return false;
-        };
-        if let Some(conn) = self.open.remove(&id) {
-            conn.close.cancel();
-        }
-        true
+        let (_, id) = idlest?;
+        let conn = self.open.remove(&id)?;
+        conn.close.cancel();
+        Some(conn)
     }
 }
 
 impl Slots {
     /// A slot for a new connection, closing the longest idle connection when all are
-    /// taken (the `bool`); `None` when every connection has a request in progress.
-    fn admit(&self) -> Option<(u64, Arc<Conn>, bool)> {
+    /// taken (returned, so the caller can wait for its socket to go); `None` when every
+    /// connection has a request in progress.
+    fn admit(&self) -> Option<(u64, Arc<Conn>, Option<Arc<Conn>>)> {
         let mut s = lock(&self.inner);
-        let mut closed_one = false;
+        let mut closed = None;
         if s.open.len() >= MAX_CONNECTIONS {
-            if !s.close_idlest() {
-                return None;
-            }
-            closed_one = true;
+            closed = Some(s.close_idlest()?);
         }
         s.next_id += 1;
         let id = s.next_id;
@@ -293,13 +303,14 @@ impl Slots {
                 since: Instant::now(),
             }),
             close: CancellationToken::new(),
+            gone: CancellationToken::new(),
         });
         s.open.insert(id, conn.clone());
-        Some((id, conn, closed_one))
+        Some((id, conn, closed))
     }
 
     fn close_idlest(&self) -> bool {
-        lock(&self.inner).close_idlest()
+        lock(&self.inner).close_idlest().is_some()
     }
 
     fn remove(&self, id: u64) {
@@ -310,6 +321,8 @@ impl Slots {
 struct Conn {
     activity: Mutex<Activity>,
     close: CancellationToken,
+    /// Cancelled when the connection's task has dropped the socket.
+    gone: CancellationToken,
 }
 
 struct Activity {
@@ -392,14 +405,14 @@ mod tests {
         let slots = Slots::default();
         let mut conns = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
-            let (id, conn, closed_one) = slots.admit().expect("a free slot");
-            assert!(!closed_one);
+            let (id, conn, closed) = slots.admit().expect("a free slot");
+            assert!(closed.is_none());
             conns.push((id, conn));
         }
         // The oldest is busy, so the second oldest is the longest idle.
         let busy = conns[0].1.begin();
-        let (_, _, closed_one) = slots.admit().expect("room made");
-        assert!(closed_one);
+        let (_, _, closed) = slots.admit().expect("room made");
+        assert!(closed.is_some());
         assert!(!conns[0].1.close.is_cancelled());
         assert!(conns[1].1.close.is_cancelled());
         // With every connection busy, a new one is refused.
