@@ -411,6 +411,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
     let dlq = DeadLetters::new(
         async_nats::jetstream::new(client.clone()),
         config.dead_letter.max_age,
+        config.nats.replicas,
     );
     match cmd {
         DlqCommand::List {

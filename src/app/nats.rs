@@ -129,6 +129,7 @@ pub(super) async fn ensure_stream(
                         .get_or_create_stream(stream::Config {
                             name: name.clone(),
                             subjects,
+                            num_replicas: config.nats.replicas,
                             ..Default::default()
                         })
                         .await

@@ -109,11 +109,11 @@ impl Supervisor {
             js.clone(),
             &config.nats,
             metrics.clone(),
-            DeadLetters::new(js, config.dead_letter.max_age),
+            DeadLetters::new(js, config.dead_letter.max_age, config.nats.replicas),
             config
                 .delivery_log
                 .as_ref()
-                .map(|_| DeliveryLog::new(client.clone())),
+                .map(|_| DeliveryLog::new(client.clone(), config.nats.replicas)),
             config
                 .delivery_log
                 .as_ref()

@@ -8,6 +8,9 @@ use std::time::Duration;
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const CONSUMER_PREFIX: &str = "natshook";
 pub const CREATE_STREAM: bool = false;
+/// Copies of each stream and bucket natshook creates (1 on a single server; 3 on a
+/// three-node cluster so that losing a node loses nothing).
+pub const REPLICAS: usize = 1;
 
 // [http]
 pub const HTTP_LISTEN: &str = "0.0.0.0:9464";

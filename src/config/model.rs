@@ -41,6 +41,8 @@ pub struct NatsConfig {
     pub tls: Option<TlsFiles>,
     pub stream: String,
     pub create_stream: bool,
+    /// Replicas of every stream and bucket natshook creates.
+    pub replicas: usize,
     pub consumer_prefix: String,
 }
 

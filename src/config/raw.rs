@@ -52,6 +52,7 @@ pub(super) struct RawNats {
     pub url: Option<String>,
     pub stream: Option<String>,
     pub create_stream: Option<bool>,
+    pub replicas: Option<i64>,
     pub consumer_prefix: Option<String>,
     pub creds_file: Option<PathBuf>,
     pub token: Option<SecretRef>,

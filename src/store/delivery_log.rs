@@ -59,13 +59,16 @@ pub enum LogError {
 pub struct DeliveryLog {
     js: jetstream::Context,
     client: async_nats::Client,
+    /// Replicas of the stream when natshook creates it.
+    replicas: usize,
 }
 
 impl DeliveryLog {
-    pub fn new(client: async_nats::Client) -> Self {
+    pub fn new(client: async_nats::Client, replicas: usize) -> Self {
         Self {
             js: jetstream::new(client.clone()),
             client,
+            replicas,
         }
     }
 
@@ -79,6 +82,7 @@ impl DeliveryLog {
                 max_age: settings.max_age,
                 discard: stream::DiscardPolicy::Old,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 description: Some("natshook delivery log".into()),
                 ..Default::default()
             })

@@ -500,6 +500,17 @@ impl Natshook {
 
     /// Like `start`, with extra environment variables and global arguments.
     pub async fn start_with(config: &str, env: &[(&str, &str)], global_args: &[&str]) -> Self {
+        Self::start_ready_within(config, env, global_args, Duration::from_secs(30)).await
+    }
+
+    /// Like `start_with`, waiting up to `within` for /readyz (many endpoints on a
+    /// cluster take longer to bind).
+    pub async fn start_ready_within(
+        config: &str,
+        env: &[(&str, &str)],
+        global_args: &[&str],
+        within: Duration,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let http_port = free_port();
         let path = dir.path().join("natshook.toml");
@@ -517,7 +528,7 @@ impl Natshook {
                 .collect(),
             global_args: global_args.iter().map(|a| a.to_string()).collect(),
         };
-        n.spawn().await;
+        n.spawn_ready_within(within).await;
         n
     }
 
@@ -538,6 +549,10 @@ impl Natshook {
     }
 
     pub async fn spawn(&mut self) {
+        self.spawn_ready_within(Duration::from_secs(30)).await;
+    }
+
+    pub async fn spawn_ready_within(&mut self, within: Duration) {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
         let child = Command::new(bin())
@@ -551,7 +566,7 @@ impl Natshook {
             .spawn()
             .expect("spawn natshook");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30)).await;
+        self.wait_ready(within).await;
     }
 
     pub async fn wait_ready(&mut self, within: Duration) {
@@ -983,4 +998,96 @@ for item in json.load(open(sys.argv[1])):
 print(ok, bad)
 "#;
     two_counts(&python_over_json(script, &items, &[secret]))
+}
+
+/// Several nats-servers with JetStream on loopback, routed to each other as one
+/// cluster (own client and cluster ports, own store directories).
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes and waits until JetStream can place a stream with `n` replicas.
+    pub async fn start(n: usize) -> Self {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let routes = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let listen = format!("nats://127.0.0.1:{}", cluster_ports[i]);
+                let name = format!("node-{i}");
+                NatsServer::start_with(&[
+                    "--cluster_name",
+                    "natshook-test",
+                    "--cluster",
+                    &listen,
+                    "--routes",
+                    &routes,
+                    "-n",
+                    &name,
+                ])
+            })
+            .collect();
+        let cluster = Self { nodes };
+        cluster.wait_for_jetstream(n).await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated (as `nats.url` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client that may connect to any node and reconnects to the survivors.
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("node URL"))
+            .collect();
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(addrs.as_slice())
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// JetStream answers once the nodes have elected a meta leader; until then
+    /// creating a replicated stream fails.
+    async fn wait_for_jetstream(&self, replicas: usize) {
+        let js = jetstream::new(self.client().await);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = js
+                .create_stream(jetstream::stream::Config {
+                    name: "CLUSTER_PROBE".into(),
+                    subjects: vec!["cluster-probe.>".into()],
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await;
+            match probe {
+                Ok(_) => {
+                    let _ = js.delete_stream("CLUSTER_PROBE").await;
+                    return;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the test cluster never offered JetStream with {replicas} replicas: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
 }

@@ -42,6 +42,17 @@ pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<Na
             format_args!("'{consumer_prefix}' is not a valid consumer name prefix"),
         );
     }
+    let replicas = match raw.replicas {
+        None => defaults::REPLICAS,
+        Some(n @ 1..=5) => n as usize,
+        Some(n) => {
+            p.add(
+                "nats.replicas",
+                format_args!("{n} is out of range: JetStream keeps 1 to 5 replicas"),
+            );
+            defaults::REPLICAS
+        }
+    };
     let auth = auth(raw.creds_file, raw.token, raw.user, raw.password, p);
     let tls = raw.tls.map(|t| tls(t, p));
     Some(NatsConfig {
@@ -50,6 +61,7 @@ pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<Na
         tls,
         stream: stream?,
         create_stream: raw.create_stream.unwrap_or(defaults::CREATE_STREAM),
+        replicas,
         consumer_prefix,
     })
 }

@@ -118,11 +118,17 @@ pub struct StoredDeadLetter {
 pub struct DeadLetters {
     js: jetstream::Context,
     max_age: Duration,
+    /// Replicas of the stream and the payload bucket when natshook creates them.
+    replicas: usize,
 }
 
 impl DeadLetters {
-    pub fn new(js: jetstream::Context, max_age: Duration) -> Self {
-        Self { js, max_age }
+    pub fn new(js: jetstream::Context, max_age: Duration, replicas: usize) -> Self {
+        Self {
+            js,
+            max_age,
+            replicas,
+        }
     }
 
     /// Creates the stream if missing; an existing stream is left as the operator set it.
@@ -134,6 +140,7 @@ impl DeadLetters {
                 subjects: vec![format!("{DLQ_SUBJECT_PREFIX}.>")],
                 max_age,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 description: Some("natshook dead letters".into()),
                 ..Default::default()
             })
@@ -217,6 +224,7 @@ impl DeadLetters {
                 ),
                 max_age,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
