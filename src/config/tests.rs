@@ -427,3 +427,22 @@ fn ordered_forces_concurrency_one() {
     let c = Config::from_str(&format!("{GOOD}ordered = true\n"), "toml").unwrap();
     assert_eq!(c.endpoints[0].concurrency, 1);
 }
+
+#[test]
+fn nats_replicas_defaults_to_one_and_stays_within_what_jetstream_keeps() {
+    assert_eq!(Config::from_str(GOOD, "toml").unwrap().nats.replicas, 1);
+    let three = GOOD.replace("stream = \"EVENTS\"", "stream = \"EVENTS\"\nreplicas = 3");
+    assert_eq!(Config::from_str(&three, "toml").unwrap().nats.replicas, 3);
+    for bad in ["0", "6", "-1"] {
+        let text = GOOD.replace(
+            "stream = \"EVENTS\"",
+            &format!("stream = \"EVENTS\"\nreplicas = {bad}"),
+        );
+        assert_eq!(
+            problems(&text),
+            vec![format!(
+                "nats.replicas: {bad} is out of range: JetStream keeps 1 to 5 replicas"
+            )]
+        );
+    }
+}
