@@ -41,6 +41,12 @@ impl Backoff {
         }
     }
 
+    /// The delay [`next_delay`](Self::next_delay) gives next, without jitter and
+    /// without advancing.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
     /// The delay before attempt `n + 1` (`n` failures so far) of a loop that counts its
     /// attempts itself and keeps no `Backoff`, such as a client's reconnect callback:
     /// the same sequence [`next_delay`](Self::next_delay) gives.

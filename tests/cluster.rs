@@ -124,3 +124,140 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
         "nats.replicas applies to NATSHOOK_DLQ"
     );
 }
+
+const TOKEN: &str = "replica-admin-token";
+const PAUSED_A: &str = "natshook_endpoint_paused{endpoint=\"a\"}";
+
+/// One endpoint `a` with the admin API on, for two replicas on one server.
+fn replica_config(nats: &NatsServer, rx: &Receiver, extra: &str) -> String {
+    let mut config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/a"), &["*"], extra);
+    config.top = format!("[admin]\nenabled = true\ntoken = {{ value = \"{TOKEN}\" }}\n");
+    config.render()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pause_on_one_replica_holds_every_replica_until_a_resume_on_any() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = replica_config(&nats, &rx, "");
+    let one = Natshook::start(&config).await;
+    let two = Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+
+    let (status, _) = one
+        .api("POST", "/api/endpoints/a/pause", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    two.wait_metric(
+        PAUSED_A,
+        1.0,
+        Duration::from_secs(2),
+        "replica two did not follow the pause within 2 s",
+    )
+    .await;
+    let (_, state) = two.api("GET", "/api/endpoints/a", Some(TOKEN), None).await;
+    assert_eq!(state["pause_reason"], "paused by an operator", "{state}");
+
+    publish_all(&js, leads(30, "rp")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.count(),
+        0,
+        "a paused endpoint received requests on some replica"
+    );
+
+    let (status, _) = two
+        .api("POST", "/api/endpoints/a/resume", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    one.wait_metric(
+        PAUSED_A,
+        0.0,
+        Duration::from_secs(2),
+        "replica one did not follow the resume within 2 s",
+    )
+    .await;
+    rx.wait_for(
+        Duration::from_secs(20),
+        "30 delivered after the resume",
+        |r| r.delivered_ids().len() >= 30,
+    )
+    .await;
+
+    // The pause is kept in JetStream: a replica started while it holds starts paused.
+    one.api("POST", "/api/endpoints/a/pause", Some(TOKEN), None)
+        .await;
+    two.wait_metric(PAUSED_A, 1.0, Duration::from_secs(2), "pause not followed")
+        .await;
+    let three = Natshook::start(&config).await;
+    three
+        .wait_metric(
+            PAUSED_A,
+            1.0,
+            Duration::from_secs(2),
+            "a new replica ignored the shared pause",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_receiver_pauses_every_replica_one_probes_at_a_time_and_a_success_resumes_all() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = replica_config(
+        &nats,
+        &rx,
+        "concurrency = 2\ndisable_after_failures = 3\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\n\
+         max_attempts = 1000\nretry_schedule = [\"100ms\"]",
+    );
+    let one = Natshook::start(&config).await;
+    let two = Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let published: Vec<String> = (0..50).map(|i| format!("fp-{i}")).collect();
+    publish_all(&js, leads(50, "fp")).await;
+    for (name, replica) in [("one", &one), ("two", &two)] {
+        replica
+            .wait_metric(
+                PAUSED_A,
+                1.0,
+                Duration::from_secs(20),
+                &format!("replica {name} did not pause"),
+            )
+            .await;
+    }
+
+    // Paused everywhere: only probes reach the receiver, one per interval between both
+    // replicas (each probing on its own would send two).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = rx.count();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let probes = rx.count() - before;
+    assert!(
+        (1..=8).contains(&probes),
+        "{probes} probes in 6 s with a 1 s probe interval on two replicas"
+    );
+
+    rx.set(|_| Reply::ok());
+    for (name, replica) in [("one", &one), ("two", &two)] {
+        replica
+            .wait_metric(
+                PAUSED_A,
+                0.0,
+                Duration::from_secs(10),
+                &format!("replica {name} did not resume"),
+            )
+            .await;
+    }
+    rx.wait_for(
+        Duration::from_secs(30),
+        "50 delivered after the receiver is back",
+        |r| r.delivered_ids().len() >= 50,
+    )
+    .await;
+    let delivered = rx.delivered_ids();
+    assert!(published.iter().all(|id| delivered.contains_key(id)));
+    assert!(
+        one.dead_letters("a").is_empty(),
+        "the pause caused dead letters"
+    );
+}

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use nats::connect;
 pub use supervisor::{ApplyError, EndpointError, ReloadSummary, Supervisor};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::http::{self, Admin, AppView, ListenError};
 use crate::metrics::Metrics;
@@ -153,7 +155,15 @@ async fn set_up_streams(
     nats::ensure_stream(js, config, shutdown).await?;
     crate::ingress::ensure_streams_at_start(js, &config.nats, &config.ingress.routes, shutdown)
         .await?;
-    nats::ensure_own_streams(js, config, sup.dead_letters(), sup.delivery_log(), shutdown).await;
+    nats::ensure_own_streams(
+        js,
+        config,
+        sup.dead_letters(),
+        sup.delivery_log(),
+        sup.pause_state(),
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
@@ -183,16 +193,50 @@ impl Background {
             shutdown.clone(),
         ));
         let poller = tokio::spawn(poll_pending(sup.clone(), shutdown.clone()));
+        let pauses = tokio::spawn(follow_shared_pauses(sup.clone(), shutdown.clone()));
         let watcher = config_path
             .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
         Self {
-            tasks: [poller, unmapped].into_iter().chain(watcher).collect(),
+            tasks: [poller, unmapped, pauses]
+                .into_iter()
+                .chain(watcher)
+                .collect(),
         }
     }
 
     fn abort(self) {
         for t in self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Applies pauses and resumes other replicas share (`store::pause_state`) to this
+/// process's workers until `stop`; a broken watch is opened again.
+async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
+    let mut retry = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    while !stop.is_cancelled() {
+        match sup.pause_state().watch().await {
+            Ok(changes) => {
+                let mut changes = std::pin::pin!(changes);
+                loop {
+                    let change = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = changes.next() => c,
+                    };
+                    let Some(change) = change else { break };
+                    retry.reset();
+                    if let Some(w) = sup.worker(&change.endpoint) {
+                        w.follow(change.record.as_ref());
+                    }
+                }
+                tracing::debug!("shared pause state watch ended; watching again");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the shared pause state; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retry.next_delay()) => {}
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::routing::{EventFilter, Router};
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
+use crate::store::pause_state::PauseState;
 
 /// Delay before each reconnect: 100 ms, doubling up to 5 s.
 fn reconnect_delay() -> Backoff {
@@ -157,6 +158,7 @@ pub(super) async fn ensure_own_streams(
     config: &Config,
     dead_letters: &DeadLetters,
     delivery_log: Option<&DeliveryLog>,
+    pause_state: &PauseState,
     stop: &CancellationToken,
 ) {
     loop {
@@ -167,6 +169,7 @@ pub(super) async fn ensure_own_streams(
             }
             _ => Ok(()),
         };
+        let pauses = pause_state.ensure_bucket().await.map_err(|e| e.to_string());
         let counter = crate::worker::bind_unmapped_counter(
             js,
             &config.nats.stream,
@@ -174,10 +177,10 @@ pub(super) async fn ensure_own_streams(
         )
         .await
         .map(|_| ());
-        match (dlq, log, counter) {
-            (Ok(()), Ok(()), Ok(())) => return,
-            (d, l, c) => {
-                tracing::warn!(dead_letters = ?d.err().map(|e| e.to_string()), delivery_log = ?l.err(), unmapped_counter = ?c.err(), "cannot set up natshook's streams yet; retrying");
+        match (dlq, log, pauses, counter) {
+            (Ok(()), Ok(()), Ok(()), Ok(())) => return,
+            (d, l, p, c) => {
+                tracing::warn!(dead_letters = ?d.err().map(|e| e.to_string()), delivery_log = ?l.err(), pause_state = ?p.err(), unmapped_counter = ?c.err(), "cannot set up natshook's streams yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

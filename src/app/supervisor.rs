@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
+use crate::store::pause_state::PauseState;
 use crate::worker::{Shared, Stop, Worker};
 
 /// Why a config could not be applied: the endpoints whose HTTP client could not be
@@ -109,7 +110,7 @@ impl Supervisor {
             js.clone(),
             &config.nats,
             metrics.clone(),
-            DeadLetters::new(js, config.dead_letter.max_age, config.nats.replicas),
+            DeadLetters::new(js.clone(), config.dead_letter.max_age, config.nats.replicas),
             config
                 .delivery_log
                 .as_ref()
@@ -119,6 +120,7 @@ impl Supervisor {
                 .as_ref()
                 .map(|l| l.max_successes_per_second)
                 .unwrap_or(0),
+            PauseState::new(js.clone(), config.nats.replicas),
         );
         Supervisor {
             shared,
@@ -154,6 +156,10 @@ impl Supervisor {
 
     pub fn dead_letters(&self) -> &DeadLetters {
         self.shared.dead_letters()
+    }
+
+    pub fn pause_state(&self) -> &PauseState {
+        self.shared.pause_state()
     }
 
     pub fn delivery_log(&self) -> Option<&DeliveryLog> {

@@ -1,8 +1,10 @@
-//! natshook's own JetStream streams: the dead letters and the delivery log. JetStream
-//! is the only store natshook has, so everything kept beyond one delivery lives here.
+//! natshook's own JetStream streams and buckets: the dead letters, the delivery log and
+//! the pause state replicas share. JetStream is the only store natshook has, so
+//! everything kept beyond one delivery lives here.
 
 pub mod dead_letters;
 pub mod delivery_log;
+pub mod pause_state;
 
 use std::time::Duration;
 

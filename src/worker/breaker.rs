@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use tokio::sync::watch;
 
 use crate::metrics::EndpointMetrics;
+use crate::store::pause_state::PauseCause;
 
 /// Why an endpoint is paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,32 @@ impl std::fmt::Display for PauseReason {
     }
 }
 
+impl From<&PauseReason> for PauseCause {
+    fn from(reason: &PauseReason) -> Self {
+        match reason {
+            PauseReason::ConsecutiveFailures(failures) => PauseCause::Failures {
+                failures: *failures,
+            },
+            PauseReason::Gone => PauseCause::Gone,
+            PauseReason::Manual => PauseCause::Manual,
+        }
+    }
+}
+
+impl From<&PauseCause> for PauseReason {
+    fn from(cause: &PauseCause) -> Self {
+        match cause {
+            PauseCause::Failures { failures } => PauseReason::ConsecutiveFailures(*failures),
+            PauseCause::Gone => PauseReason::Gone,
+            PauseCause::Manual => PauseReason::Manual,
+        }
+    }
+}
+
+/// Told of every pause (`Some`) and resume (`None`) this breaker decides itself, so
+/// that the other replicas follow; changes applied from them are not told again.
+pub type Announce = Box<dyn Fn(Option<&PauseReason>) + Send + Sync>;
+
 pub struct Breaker {
     endpoint: String,
     /// 0 disables pausing on failures.
@@ -38,6 +65,7 @@ pub struct Breaker {
     reason: Mutex<Option<PauseReason>>,
     paused_tx: watch::Sender<bool>,
     metrics: EndpointMetrics,
+    announce: Option<Announce>,
 }
 
 impl Breaker {
@@ -50,7 +78,14 @@ impl Breaker {
             reason: Mutex::new(None),
             paused_tx,
             metrics,
+            announce: None,
         }
+    }
+
+    /// Shares this breaker's own pauses and resumes through `announce`.
+    pub fn announcing(mut self, announce: Announce) -> Self {
+        self.announce = Some(announce);
+        self
     }
 
     pub fn is_paused(&self) -> bool {
@@ -89,34 +124,69 @@ impl Breaker {
         }
     }
 
+    /// Pauses on this replica's own decision (failures, 410, an operator here).
     pub fn pause(&self, reason: PauseReason) {
         if self.is_paused() {
             return;
         }
         tracing::warn!(endpoint = %self.endpoint, reason = %reason,
             "endpoint paused: deliveries stopped, messages wait in the stream");
-        if let Ok(mut r) = self.reason.lock() {
-            *r = Some(reason);
+        if let Some(announce) = &self.announce {
+            announce(Some(&reason));
         }
-        self.metrics.paused.set(1);
-        self.paused_tx.send_replace(true);
+        self.set_paused(Some(reason));
     }
 
+    /// Resumes on this replica's own decision (a successful attempt, an operator here).
     pub fn resume(&self) {
         if !self.is_paused() {
             return;
         }
         tracing::info!(endpoint = %self.endpoint, "endpoint resumed");
-        if let Ok(mut r) = self.reason.lock() {
-            *r = None;
+        if let Some(announce) = &self.announce {
+            announce(None);
         }
-        self.metrics.paused.set(0);
-        self.paused_tx.send_replace(false);
+        self.set_paused(None);
+    }
+
+    /// Follows a pause or resume another replica decided (or one that outlived a
+    /// restart). A shared resume also clears this replica's failure count: the
+    /// receiver answered, so the next failure starts counting afresh.
+    pub fn follow(&self, reason: Option<PauseReason>) {
+        match reason {
+            Some(reason) => {
+                if self.pause_reason().as_ref() == Some(&reason) {
+                    return;
+                }
+                tracing::warn!(endpoint = %self.endpoint, reason = %reason,
+                    "endpoint paused by another replica: deliveries stopped, messages wait in the stream");
+                self.set_paused(Some(reason));
+            }
+            None => {
+                self.consecutive.store(0, Ordering::Relaxed);
+                self.metrics.consecutive_failures.set(0);
+                if self.is_paused() {
+                    tracing::info!(endpoint = %self.endpoint, "endpoint resumed by another replica");
+                    self.set_paused(None);
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, reason: Option<PauseReason>) {
+        let paused = reason.is_some();
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason;
+        }
+        self.metrics.paused.set(i64::from(paused));
+        self.paused_tx.send_replace(paused);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::metrics::Metrics;
 
@@ -133,6 +203,29 @@ mod tests {
         b.record_success();
         assert!(!b.is_paused());
         assert_eq!(b.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn announces_its_own_decisions_and_follows_others_silently() {
+        let m = Metrics::new();
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&told);
+        let b = Breaker::new("e", 2, m.endpoint("e")).announcing(Box::new(move |r| {
+            log.lock().unwrap().push(r.cloned());
+        }));
+        b.record_failure();
+        b.record_failure();
+        b.record_success();
+        b.follow(Some(PauseReason::Manual));
+        assert!(b.is_paused());
+        b.record_failure();
+        b.follow(None);
+        assert!(!b.is_paused());
+        assert_eq!(b.consecutive_failures(), 0);
+        assert_eq!(
+            *told.lock().unwrap(),
+            vec![Some(PauseReason::ConsecutiveFailures(2)), None]
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ use crate::rate_limit::RateLimit;
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
+use crate::store::pause_state::{PauseRecord, PauseState, ProbeGuard};
 use crate::time;
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
@@ -96,6 +97,7 @@ pub struct Shared {
     delivery_log: Option<DeliveryLog>,
     /// Successful attempts logged per endpoint and second at most.
     log_successes_per_second: u32,
+    pause_state: PauseState,
 }
 
 impl Shared {
@@ -108,6 +110,7 @@ impl Shared {
         dead_letters: DeadLetters,
         delivery_log: Option<DeliveryLog>,
         log_successes_per_second: u32,
+        pause_state: PauseState,
     ) -> Self {
         Self {
             js,
@@ -117,7 +120,12 @@ impl Shared {
             dead_letters,
             delivery_log,
             log_successes_per_second,
+            pause_state,
         }
+    }
+
+    pub fn pause_state(&self) -> &PauseState {
+        &self.pause_state
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -183,11 +191,15 @@ impl Worker {
         shared: &Shared,
     ) -> Self {
         let em = shared.metrics.endpoint(&endpoint.name);
-        let breaker = Arc::new(Breaker::new(
-            &endpoint.name,
-            endpoint.disable_after_failures,
-            em.clone(),
-        ));
+        let state = shared.pause_state.clone();
+        let name = endpoint.name.clone();
+        let breaker = Arc::new(
+            Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone()).announcing(
+                Box::new(move |reason| {
+                    state.announce(&name, reason.map(|r| state.record(r.into())));
+                }),
+            ),
+        );
         Self {
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
             endpoint,
@@ -220,6 +232,26 @@ impl Worker {
 
     pub fn resume(&self) {
         self.breaker.resume();
+    }
+
+    /// Follows a pause or resume shared by another replica.
+    pub fn follow(&self, record: Option<&PauseRecord>) {
+        self.breaker
+            .follow(record.map(|r| PauseReason::from(&r.cause)));
+    }
+
+    /// Starts from the shared pause state: a pause outlives restarts and reloads.
+    async fn follow_current(&self) {
+        match self.shared.pause_state.current(&self.endpoint.name).await {
+            Ok(record) => {
+                if record.is_some() {
+                    self.follow(record.as_ref());
+                }
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "shared pause state not readable at start");
+            }
+        }
     }
 
     pub fn state(&self) -> EndpointState {
@@ -308,6 +340,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
         let mut held = Held::new();
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        self.follow_current().await;
         while !stop.drain.is_cancelled() {
             let consumer = match self.bind().await {
                 Ok(c) => c,
@@ -454,9 +487,11 @@ impl Worker {
 
     /// While paused: keep what the stream brings (JetStream never sends more than
     /// max_ack_pending), extend its ack timers, and every probe interval try the oldest
-    /// held message. A probe's success resumes the endpoint (the breaker does that);
-    /// nothing held means there is nothing to protect, so the endpoint resumes and the
-    /// next failure pauses it again at once. Returns `None` once resumed.
+    /// held message, if this replica holds the endpoint's probe lock. A probe's success
+    /// resumes the endpoint on every replica (the breaker announces it). With nothing
+    /// held there is nothing to probe with: the stream keeps being read, and the next
+    /// message that comes is the probe (another replica may hold the rest). Returns
+    /// `None` once resumed.
     ///
     /// Holding, rather than dropping the stream, is what keeps a pause from costing
     /// fetched messages an attempt and an ack_wait of delay.
@@ -467,8 +502,6 @@ impl Worker {
         stop: &Stop,
     ) -> Option<Leave> {
         let mut paused = self.breaker.watch();
-        // Paused by an operator: no probes, only an explicit resume.
-        let probing = self.breaker.pause_reason() != Some(PauseReason::Manual);
         let mut wait = Backoff::new(
             self.endpoint.probe_interval,
             self.endpoint.probe_max_interval,
@@ -478,6 +511,7 @@ impl Worker {
         let every = ack_wait(&self.endpoint) / 3;
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        let mut probe_lock = None;
         let leave = loop {
             tokio::select! {
                 _ = stop.drain.cancelled() => break Some(Leave::Drain),
@@ -489,18 +523,34 @@ impl Worker {
                     None => break Some(Leave::Rebind),
                 },
                 _ = keep_alive.tick() => self.extend_ack_wait(held).await,
-                () = &mut probe_due, if probing && probe.is_none() => match held.pop_front() {
-                    Some(msg) => {
-                        tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
-                        probe = Some(Box::pin(self.handle(msg, &stop.abort)));
-                    }
-                    None => {
-                        self.breaker.resume();
-                        break None;
+                () = &mut probe_due, if probe.is_none() => {
+                    // Paused by an operator (here or on another replica, maybe since
+                    // this pause began): no probes, only an explicit resume.
+                    let manual = self.breaker.pause_reason() == Some(PauseReason::Manual);
+                    let lock = if held.is_empty() || manual {
+                        None
+                    } else {
+                        self.probe_turn(wait.peek()).await
+                    };
+                    match lock {
+                        Some(lock) => {
+                            let msg = held.pop_front();
+                            if let Some(msg) = msg {
+                                tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
+                                probe_lock = lock;
+                                probe = Some(Box::pin(self.handle(msg, &stop.abort)));
+                            }
+                        }
+                        None => probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay()),
                     }
                 },
                 () = async { if let Some(p) = probe.as_mut() { p.await } }, if probe.is_some() => {
                     probe = None;
+                    if !self.breaker.is_paused() {
+                        if let Some(lock) = probe_lock.take() {
+                            self.shared.pause_state.release_probe(lock).await;
+                        }
+                    }
                     probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay());
                 }
             }
@@ -509,11 +559,41 @@ impl Worker {
         if let Some(p) = probe {
             p.await;
         }
+        if let Some(lock) = probe_lock.take() {
+            if !self.breaker.is_paused() {
+                self.shared.pause_state.release_probe(lock).await;
+            }
+        }
         if leave.is_none() {
             // Held messages now queue for permits behind the in-flight ones.
             self.extend_ack_wait(held).await;
         }
         leave
+    }
+
+    /// Whether this replica may probe now: `Some(lock)` when it may (`Some(None)` if the
+    /// shared lock cannot be reached: probing twice costs an attempt, never probing
+    /// would stall the endpoint), `None` while another replica has the turn.
+    async fn probe_turn(&self, interval: Duration) -> Option<Option<ProbeGuard>> {
+        // The turn covers this probe's attempt and the interval to the next one; a
+        // replica that dies mid-probe leaves it to expire.
+        let hold = interval + self.endpoint.timeout + Duration::from_secs(1);
+        match self
+            .shared
+            .pause_state
+            .try_probe(&self.endpoint.name, hold)
+            .await
+        {
+            Ok(Some(lock)) => Some(Some(lock)),
+            Ok(None) => {
+                tracing::debug!(endpoint = %self.endpoint.name, "another replica is probing");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "probing without the shared probe lock");
+                Some(None)
+            }
+        }
     }
 
     /// Restarts the ack timer of messages that are ours but not started.

@@ -1,0 +1,311 @@
+//! Pause state shared by every natshook process on the same NATS system, in the
+//! JetStream KV bucket `NATSHOOK_STATE`. Replicas with the same config share each
+//! endpoint's durable consumer, so a pause must be shared too: one replica pausing an
+//! endpoint pauses it on all, a success or an operator's resume on any replica resumes
+//! all, and a probe lock lets one replica at a time send a probe. Because the state
+//! lives in JetStream, a pause also outlives a restart.
+//!
+//! Keys: `paused.<endpoint>` holds a [`PauseRecord`] while the endpoint is paused and is
+//! deleted on resume; `probe.<endpoint>` is the probe lock. Writes go through one
+//! background task in the order they were made, so a pause quickly followed by a
+//! resume never lands as resume-then-pause.
+
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, OnceCell};
+
+use crate::backoff::Backoff;
+use crate::time;
+
+pub const STATE_BUCKET: &str = "NATSHOOK_STATE";
+const PAUSED_PREFIX: &str = "paused.";
+const PROBE_PREFIX: &str = "probe.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot set up bucket {STATE_BUCKET}: {0}")]
+    Bucket(String),
+    #[error("pause state in {STATE_BUCKET}: {0}")]
+    Access(String),
+}
+
+fn access(e: impl std::fmt::Display) -> StateError {
+    StateError::Access(e.to_string())
+}
+
+/// Why an endpoint is paused, as every replica reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum PauseCause {
+    /// `disable_after_failures` consecutive failed attempts.
+    Failures { failures: u32 },
+    /// The receiver answered 410 Gone.
+    Gone,
+    /// An operator paused it (admin API); only a resume ends it, no probes.
+    Manual,
+}
+
+/// The value of `paused.<endpoint>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    #[serde(flatten)]
+    pub cause: PauseCause,
+    /// RFC 3339, when the pause began.
+    pub at: String,
+    /// The replica that paused it (host name and process id).
+    pub by: String,
+}
+
+/// A pause or resume seen in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseChange {
+    pub endpoint: String,
+    /// `None`: resumed.
+    pub record: Option<PauseRecord>,
+}
+
+/// The probe lock's value: who holds it and until when (unix milliseconds). A lock
+/// past its time is taken over, so a replica that died mid-probe blocks no one.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProbeLock {
+    by: String,
+    until_ms: u64,
+}
+
+/// A held probe lock; [`PauseState::release_probe`] gives it back.
+#[derive(Debug)]
+pub struct ProbeGuard {
+    endpoint: String,
+    revision: u64,
+}
+
+/// Access to the shared pause state. Cheap to clone.
+#[derive(Clone)]
+pub struct PauseState {
+    js: jetstream::Context,
+    replicas: usize,
+    store: std::sync::Arc<OnceCell<kv::Store>>,
+    writes: mpsc::UnboundedSender<PauseChange>,
+    replica: std::sync::Arc<str>,
+}
+
+/// Names this process among the replicas, for records and locks.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{host}/{}", std::process::id())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl PauseState {
+    /// Starts the writer task; must be called within a tokio runtime.
+    pub fn new(js: jetstream::Context, replicas: usize) -> Self {
+        let (writes, rx) = mpsc::unbounded_channel();
+        let state = Self {
+            js,
+            replicas,
+            store: std::sync::Arc::default(),
+            writes,
+            replica: replica_name().into(),
+        };
+        tokio::spawn(state.clone().write_in_order(rx));
+        state
+    }
+
+    /// Creates the bucket if missing (history 1: only the current state matters).
+    pub async fn ensure_bucket(&self) -> Result<(), StateError> {
+        self.store().await.map(drop)
+    }
+
+    async fn store(&self) -> Result<&kv::Store, StateError> {
+        self.store
+            .get_or_try_init(|| async {
+                if let Ok(store) = self.js.get_key_value(STATE_BUCKET).await {
+                    return Ok(store);
+                }
+                self.js
+                    .create_key_value(kv::Config {
+                        bucket: STATE_BUCKET.to_string(),
+                        description: "natshook: endpoint pause state shared by replicas"
+                            .to_string(),
+                        history: 1,
+                        num_replicas: self.replicas,
+                        storage: jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| StateError::Bucket(e.to_string()))
+            })
+            .await
+    }
+
+    /// A record for a pause this replica decides now.
+    pub fn record(&self, cause: PauseCause) -> PauseRecord {
+        PauseRecord {
+            cause,
+            at: time::rfc3339_millis(SystemTime::now()),
+            by: self.replica.to_string(),
+        }
+    }
+
+    /// Queues a pause (`Some`) or resume (`None`) for every replica; never blocks.
+    pub fn announce(&self, endpoint: &str, record: Option<PauseRecord>) {
+        let _ = self.writes.send(PauseChange {
+            endpoint: endpoint.to_string(),
+            record,
+        });
+    }
+
+    /// Writes announced changes one after the other, retrying each until it lands
+    /// (or a newer change for the same endpoint supersedes it).
+    async fn write_in_order(self, mut rx: mpsc::UnboundedReceiver<PauseChange>) {
+        while let Some(change) = rx.recv().await {
+            let mut wait = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                match self.write(&change).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %change.endpoint, error = %e, "cannot share pause state yet; retrying");
+                        tokio::time::sleep(wait.next_delay()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write(&self, change: &PauseChange) -> Result<(), StateError> {
+        let store = self.store().await?;
+        let key = format!("{PAUSED_PREFIX}{}", change.endpoint);
+        match &change.record {
+            Some(record) => {
+                let value = serde_json::to_vec(record).map_err(access)?;
+                store.put(key, Bytes::from(value)).await.map_err(access)?;
+            }
+            None => store.delete(key).await.map_err(access)?,
+        }
+        Ok(())
+    }
+
+    /// The endpoint's shared pause, if any (read when its worker starts).
+    pub async fn current(&self, endpoint: &str) -> Result<Option<PauseRecord>, StateError> {
+        let store = self.store().await?;
+        let value = store
+            .get(format!("{PAUSED_PREFIX}{endpoint}"))
+            .await
+            .map_err(access)?;
+        Ok(value.and_then(|v| serde_json::from_slice(v.as_ref()).ok()))
+    }
+
+    /// Every pause and resume from now on (current pauses first).
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = PauseChange> + Send + 'static, StateError> {
+        let store = self.store().await?;
+        let watch = store
+            .watch_with_history(format!("{PAUSED_PREFIX}>"))
+            .await
+            .map_err(access)?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            let endpoint = entry.key.strip_prefix(PAUSED_PREFIX)?.to_string();
+            let record = match entry.operation {
+                kv::Operation::Put => Some(serde_json::from_slice(&entry.value).ok()?),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            Some(PauseChange { endpoint, record })
+        }))
+    }
+
+    /// Takes the endpoint's probe turn for `hold`: `Ok(None)` while another replica
+    /// holds it. The turn is held across probes (kept for the probe interval and the
+    /// attempt's timeout), so the replicas together probe once per interval, not once
+    /// each; it is given back when the endpoint resumes. An error means the bucket cannot be reached; the caller probes anyway,
+    /// since a second probe costs one attempt and never probing would stall the
+    /// endpoint.
+    pub async fn try_probe(
+        &self,
+        endpoint: &str,
+        hold: Duration,
+    ) -> Result<Option<ProbeGuard>, StateError> {
+        let store = self.store().await?;
+        let key = format!("{PROBE_PREFIX}{endpoint}");
+        let value = Bytes::from(
+            serde_json::to_vec(&ProbeLock {
+                by: self.replica.to_string(),
+                until_ms: now_ms().saturating_add(hold.as_millis() as u64),
+            })
+            .map_err(access)?,
+        );
+        let guard = |revision| ProbeGuard {
+            endpoint: endpoint.to_string(),
+            revision,
+        };
+        if let Ok(revision) = store.create(&key, value.clone()).await {
+            return Ok(Some(guard(revision)));
+        }
+        // Ours from the last probe, held by another replica, or left behind by one that
+        // died: another's is taken over once its time is up. `update` on the revision
+        // read makes the takeover atomic.
+        let Some(entry) = store.entry(&key).await.map_err(access)? else {
+            return Ok(None);
+        };
+        let free = match entry.operation {
+            kv::Operation::Put => serde_json::from_slice::<ProbeLock>(&entry.value)
+                .map(|l| l.until_ms < now_ms() || *l.by == *self.replica)
+                .unwrap_or(true),
+            kv::Operation::Delete | kv::Operation::Purge => true,
+        };
+        if !free {
+            return Ok(None);
+        }
+        Ok(store
+            .update(&key, value, entry.revision)
+            .await
+            .ok()
+            .map(guard))
+    }
+
+    /// Gives the probe turn back (unless another replica took it over meanwhile).
+    pub async fn release_probe(&self, guard: ProbeGuard) {
+        if let Ok(store) = self.store().await {
+            let key = format!("{PROBE_PREFIX}{}", guard.endpoint);
+            let _ = store
+                .delete_expect_revision(key, Some(guard.revision))
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_as_every_replica_writes_them() {
+        let record = PauseRecord {
+            cause: PauseCause::Failures { failures: 10 },
+            at: "2026-12-02T07:00:00.000Z".into(),
+            by: "pod-a/1".into(),
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cause":"failures","failures":10,"at":"2026-12-02T07:00:00.000Z","by":"pod-a/1"}"#
+        );
+        assert_eq!(serde_json::from_str::<PauseRecord>(&text).unwrap(), record);
+        let manual: PauseRecord =
+            serde_json::from_str(r#"{"cause":"manual","at":"x","by":"y"}"#).unwrap();
+        assert_eq!(manual.cause, PauseCause::Manual);
+    }
+}
