@@ -346,12 +346,20 @@ fn check(path: &Path) -> Result<(), Failure> {
         config.endpoints.len()
     ));
     for e in &config.endpoints {
-        let subjects = match config.router.filter_subjects(&e.events) {
+        let subjects = match config
+            .router
+            .filter_subjects(&e.events, e.tenant.as_deref())
+        {
             Some(s) => s.join(", "),
             None => "(whole stream)".to_string(),
         };
+        let tenant = e
+            .tenant
+            .as_deref()
+            .map(|t| format!("tenant {t}; "))
+            .unwrap_or_default();
         to_stdout(format_args!(
-            "  {} -> {} [{} signature; subjects: {}]",
+            "  {} -> {} [{} signature; {tenant}subjects: {}]",
             e.name,
             e.url,
             e.signer.scheme(),

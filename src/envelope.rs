@@ -31,6 +31,8 @@ pub struct MessageFacts<'a> {
     /// When JetStream stored the message (stable across attempts).
     pub published: SystemTime,
     pub payload: &'a Bytes,
+    /// The message's tenant, when its mapping gives it one.
+    pub tenant: Option<&'a str>,
 }
 
 /// Why a message cannot be put into an envelope; it goes to the dead letters.
@@ -97,10 +99,13 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// Builds the request body.
+/// Builds the request body. The standard envelope carries the message's tenant in
+/// `tenant_field` (left out when either is `None`); a static field of `fields` with
+/// that name gives way to it, so the body never repeats a key.
 pub fn build(
     kind: Envelope,
     fields: &serde_json::Map<String, serde_json::Value>,
+    tenant_field: Option<&str>,
     m: &MessageFacts<'_>,
 ) -> Result<Bytes, EnvelopeError> {
     if kind == Envelope::Raw {
@@ -127,7 +132,17 @@ pub fn build(
         ",\"stream_sequence\":{},\"attempt\":{},\"version\":\"{ENVELOPE_VERSION}\"}}",
         m.stream_sequence, m.attempt
     );
+    let tenant_field = tenant_field.filter(|_| m.tenant.is_some());
+    if let (Some(field), Some(tenant)) = (tenant_field, m.tenant) {
+        out.push(b',');
+        json_str(&mut out, field);
+        out.push(b':');
+        json_str(&mut out, tenant);
+    }
     for (k, v) in fields {
+        if tenant_field == Some(k.as_str()) {
+            continue;
+        }
         out.push(b',');
         json_str(&mut out, k);
         out.push(b':');
@@ -151,6 +166,7 @@ mod tests {
             attempt: 1,
             published: UNIX_EPOCH + Duration::from_millis(1_775_045_100_000),
             payload,
+            tenant: None,
         }
     }
 
@@ -159,7 +175,7 @@ mod tests {
         let payload = Bytes::from_static(br#" {"lead": 7} "#);
         let mut fields = serde_json::Map::new();
         fields.insert("organization_id".into(), "org_1".into());
-        let body = build(Envelope::Standard, &fields, &facts(&payload)).unwrap();
+        let body = build(Envelope::Standard, &fields, None, &facts(&payload)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
@@ -174,22 +190,55 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_is_a_top_level_field_when_the_message_has_one() {
+        let payload = Bytes::from_static(br#"{"t": 1}"#);
+        let mut fields = serde_json::Map::new();
+        fields.insert("organization_id".into(), "static".into());
+        fields.insert("region".into(), "eu".into());
+        let mut m = facts(&payload);
+        m.tenant = Some("org_\"7");
+        let field = Some("organization_id");
+        let body = build(Envelope::Standard, &fields, field, &m).unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert_eq!(text.matches("organization_id").count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["organization_id"], "org_\"7");
+        assert_eq!(v["region"], "eu");
+        // No tenant on the message: no tenant field, the static field stays.
+        let body = build(Envelope::Standard, &fields, field, &facts(&payload)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["organization_id"], "static");
+        // tenant_field = "": never written.
+        let body = build(Envelope::Standard, &Default::default(), None, &m).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 5, "{v}");
+        // The raw envelope is the payload, tenant or not.
+        assert_eq!(build(Envelope::Raw, &fields, field, &m).unwrap(), payload);
+    }
+
+    #[test]
     fn non_json_payload_becomes_a_string_and_binary_is_refused() {
         let text = Bytes::from_static(b"hello \"world\"\n");
-        let body = build(Envelope::Standard, &Default::default(), &facts(&text)).unwrap();
+        let body = build(Envelope::Standard, &Default::default(), None, &facts(&text)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["data"], "hello \"world\"\n");
         let empty = Bytes::new();
-        let body = build(Envelope::Standard, &Default::default(), &facts(&empty)).unwrap();
+        let body = build(
+            Envelope::Standard,
+            &Default::default(),
+            None,
+            &facts(&empty),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["data"], "");
         let bin = Bytes::from_static(&[0xff, 0xfe, 0x00]);
         assert_eq!(
-            build(Envelope::Standard, &Default::default(), &facts(&bin)),
+            build(Envelope::Standard, &Default::default(), None, &facts(&bin)),
             Err(EnvelopeError::NotUtf8)
         );
         assert_eq!(
-            build(Envelope::Raw, &Default::default(), &facts(&bin)).unwrap(),
+            build(Envelope::Raw, &Default::default(), None, &facts(&bin)).unwrap(),
             bin
         );
     }

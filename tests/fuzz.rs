@@ -6,7 +6,9 @@
 use bytes::Bytes;
 use natshook::config::Config;
 use natshook::envelope::{build, Envelope, MessageFacts};
-use natshook::routing::{EventFilter, EventRule, EventTemplate, Pattern, Router};
+use natshook::routing::{
+    EventFilter, EventRule, EventTemplate, Pattern, Router, TenantSource, Verdict,
+};
 use proptest::prelude::*;
 
 fn token() -> impl Strategy<Value = String> {
@@ -54,7 +56,22 @@ fn reference_match(pattern: &str, subject: &str) -> bool {
 fn rule(subject: &str, event: &str) -> Option<EventRule> {
     let subject = Pattern::parse(subject).ok()?;
     let event = EventTemplate::parse(event, &subject).ok()?;
-    Some(EventRule { subject, event })
+    Some(EventRule {
+        subject,
+        event,
+        tenant: None,
+    })
+}
+
+/// A rule whose messages take their tenant from `tenant` (`{n}`, a literal, or
+/// `header:<name>`).
+fn tenant_rule(subject: &str, event: &str, tenant: &str) -> Option<EventRule> {
+    let mut r = rule(subject, event)?;
+    r.tenant = Some(match tenant.strip_prefix("header:") {
+        Some(name) => TenantSource::Header(name.to_string()),
+        None => TenantSource::parse(tenant, &r.subject).ok()?,
+    });
+    Some(r)
 }
 
 proptest! {
@@ -80,7 +97,7 @@ proptest! {
         let template = format!("x.{{{n}}}.y");
         if let Some(r) = rule(&p, &template) {
             let router = Router::new(vec![r]);
-            if let Some(ev) = router.route(&s) {
+            if let Some(ev) = router.route(&s, []).map(|m| m.event) {
                 let token = s.split('.').nth(n - 1).unwrap_or("");
                 prop_assert_eq!(ev, format!("x.{token}.y"));
             }
@@ -103,7 +120,7 @@ proptest! {
         let rules: Vec<EventRule> = rules.iter().filter_map(|(s, e)| rule(s, e)).collect();
         let router = Router::new(rules);
         let filter = EventFilter::parse(&wants).unwrap();
-        let filters = router.filter_subjects(&filter);
+        let filters = router.filter_subjects(&filter, None);
         if let Some(fs) = &filters {
             let parsed: Vec<Pattern> = fs.iter().map(|f| Pattern::parse(f).unwrap()).collect();
             for (i, a) in parsed.iter().enumerate() {
@@ -113,7 +130,7 @@ proptest! {
             }
         }
         for s in &subjects {
-            if let Some(ev) = router.route(s) {
+            if let Some(ev) = router.route(s, []).map(|m| m.event) {
                 if filter.wants(&ev) {
                     let covered = match &filters {
                         None => true,
@@ -121,6 +138,55 @@ proptest! {
                     };
                     prop_assert!(covered, "{} ({}) wanted but filtered out by {:?}", s, ev, filters);
                 }
+            }
+        }
+    }
+
+    /// A tenant's consumer filter never hides a message `decide` would deliver to it,
+    /// and never overlaps itself.
+    #[test]
+    fn tenant_filters_never_hide_a_tenant_message(
+        rules in prop::collection::vec((pattern_text(), prop_oneof![
+            Just("lead.created".to_string()), Just("ev.{1}".to_string()), Just("ev.{2}.x".to_string()),
+            Just("ev.{3}".to_string())
+        ], prop_oneof![
+            Just(None), Just(Some("{1}")), Just(Some("{2}")), Just(Some("{3}")),
+            Just(Some("a")), Just(Some("header:T"))
+        ]), 1..5),
+        wants in prop::collection::vec(prop_oneof![
+            Just("*".to_string()), Just("ev.*".to_string()), Just("lead.created".to_string()),
+            Just("ev.a".to_string()), Just("ev.>".to_string())
+        ], 1..3),
+        tenant in prop_oneof![Just("a"), Just("b"), Just("x")],
+        subjects in prop::collection::vec((subject(), prop_oneof![Just(None), Just(Some("a")), Just(Some("b"))]), 1..20),
+    ) {
+        let rules: Vec<EventRule> = rules
+            .iter()
+            .filter_map(|(s, e, t)| match t {
+                None => rule(s, e),
+                Some(t) => tenant_rule(s, e, t),
+            })
+            .collect();
+        let router = Router::new(rules);
+        let filter = EventFilter::parse(&wants).unwrap();
+        let filters = router.filter_subjects(&filter, Some(tenant));
+        if let Some(fs) = &filters {
+            let parsed: Vec<Pattern> = fs.iter().map(|f| Pattern::parse(f).unwrap()).collect();
+            for (i, a) in parsed.iter().enumerate() {
+                for b in &parsed[i + 1..] {
+                    prop_assert!(!a.overlaps(b), "JetStream refuses overlapping filters {} {}", a, b);
+                }
+            }
+        }
+        for (s, header) in &subjects {
+            let headers: Vec<(&str, &str)> = header.iter().map(|h| ("T", *h)).collect();
+            if let Verdict::Deliver(m) = router.decide(s, headers, &filter, Some(tenant)) {
+                prop_assert_eq!(m.tenant.as_deref(), Some(tenant));
+                let covered = match &filters {
+                    None => true,
+                    Some(fs) => fs.iter().any(|f| Pattern::parse(f).unwrap().matches(s)),
+                };
+                prop_assert!(covered, "{} ({:?}) wanted but filtered out by {:?}", s, m, filters);
             }
         }
     }
@@ -136,8 +202,9 @@ proptest! {
                 attempt: 1,
                 published: std::time::SystemTime::UNIX_EPOCH,
                 payload: &bytes,
+                tenant: None,
             };
-            match build(Envelope::Standard, &Default::default(), &facts) {
+            match build(Envelope::Standard, &Default::default(), None, &facts) {
                 Ok(body) => {
                     let v: serde_json::Value = serde_json::from_slice(&body).expect("always valid JSON");
                     prop_assert_eq!(v["id"].as_str(), Some("id\"\\\n"));

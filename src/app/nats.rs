@@ -101,7 +101,7 @@ fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool) 
 /// Subjects for a stream natshook creates itself: every mapped subject.
 fn stream_subjects(router: &Router) -> Vec<String> {
     let all = EventFilter::parse(&["*"]).unwrap_or_else(|_| unreachable!("'*' is valid"));
-    router.filter_subjects(&all).unwrap_or_else(|| {
+    router.filter_subjects(&all, None).unwrap_or_else(|| {
         router
             .rules()
             .iter()

@@ -24,6 +24,10 @@ pub const CONCURRENCY: u32 = 64;
 pub const SIGNATURE_SCHEME: &str = "hex";
 pub const SIGNATURE_HEADER: &str = "X-Webhook-Signature";
 pub const ENVELOPE: &str = "standard";
+/// The envelope field that carries a message's tenant: the name the contract's
+/// `envelope_fields` example gives a tenant, so a receiver that got its tenant as a
+/// static field gets the same body from a tenant mapping.
+pub const TENANT_FIELD: &str = "organization_id";
 pub const ORDERED: bool = false;
 pub const MAX_BODY: usize = 1024 * 1024;
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);

@@ -70,6 +70,10 @@ pub struct Endpoint {
     pub concurrency: usize,
     pub envelope: Envelope,
     pub envelope_fields: serde_json::Map<String, serde_json::Value>,
+    /// Only messages of this tenant; `None`: every message, whatever its tenant.
+    pub tenant: Option<String>,
+    /// The standard envelope's field for the message's tenant; `None`: not written.
+    pub tenant_field: Option<String>,
     pub ordered: bool,
     pub max_body: usize,
     pub probe_interval: Duration,
@@ -114,6 +118,8 @@ impl PartialEq for Endpoint {
             concurrency,
             envelope,
             envelope_fields,
+            tenant,
+            tenant_field,
             ordered,
             max_body,
             probe_interval,
@@ -137,6 +143,8 @@ impl PartialEq for Endpoint {
             && *concurrency == other.concurrency
             && *envelope == other.envelope
             && *envelope_fields == other.envelope_fields
+            && *tenant == other.tenant
+            && *tenant_field == other.tenant_field
             && *ordered == other.ordered
             && *max_body == other.max_body
             && *probe_interval == other.probe_interval

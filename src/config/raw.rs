@@ -83,6 +83,8 @@ pub(super) struct RawDeadLetter {
 pub(super) struct RawEvent {
     pub subject: Option<String>,
     pub event: Option<String>,
+    pub tenant: Option<String>,
+    pub tenant_header: Option<String>,
 }
 
 /// Keys allowed both in `[defaults]` and on an endpoint.
@@ -96,6 +98,7 @@ pub(super) struct RawSettings {
     pub signature: Option<RawSignature>,
     pub envelope: Option<String>,
     pub envelope_fields: Option<serde_json::Map<String, serde_json::Value>>,
+    pub tenant_field: Option<String>,
     pub ordered: Option<bool>,
     pub max_body: Option<i64>,
     pub probe_interval: Option<String>,
@@ -125,6 +128,7 @@ pub(super) struct RawEndpoint {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
     pub secret: Option<SecretList>,
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             field_names::<RawEndpoint>(),
-            ["name", "url", "events", "secret"]
+            ["name", "url", "events", "secret", "tenant"]
         );
         assert_eq!(
             field_names::<crate::secret::SecretRefTable>(),

@@ -180,6 +180,7 @@ impl Deliverer {
         let body = envelope::build(
             self.endpoint.envelope,
             &self.endpoint.envelope_fields,
+            self.endpoint.tenant_field.as_deref(),
             facts,
         )?;
         let forwarded = forwarded_headers(&self.endpoint, message_headers);

@@ -171,6 +171,8 @@ impl Admin {
             attempt: 1,
             published: now,
             payload: &payload,
+            // A tenant's receiver sees its tenant in the test event as in real ones.
+            tenant: w.deliverer().endpoint().tenant.as_deref(),
         };
         let result = match w.deliverer().deliver(&facts, [], false) {
             Ok(send) => send.await,

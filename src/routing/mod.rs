@@ -1,4 +1,6 @@
-//! Subject → event-name mapping and endpoint event filters.
+//! Subject → event-name mapping, tenants, and endpoint event filters: what one
+//! message is (its event and tenant) and which endpoints take it are decided here, for
+//! the worker, the consumer filters and `natshook check` alike.
 //!
 //! Subjects use NATS wildcard rules (`*` one token, `>` one or more trailing tokens).
 //! Event names are dot-separated too, and endpoint filters reuse the same token rules,
@@ -7,7 +9,15 @@
 //! The mapping is evaluated once per message, so patterns are pre-split at start-up and
 //! matching allocates only the resulting event name.
 
+mod tenant;
+
 use std::fmt;
+
+use self::tenant::Pin;
+pub use self::tenant::{
+    tenant_admits, tenant_id_problem, TenantError, TenantIdProblem, TenantSource, TENANT_ID_MAX,
+    TENANT_ID_RULE,
+};
 
 /// Why a pattern or template from the config was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,7 +274,15 @@ impl EventTemplate {
     /// structure is fixed; a whole-token placeholder `{n}` facing a literal in the
     /// filter pins subject token n, which keeps `ticket.{3}` + `ticket.created` down
     /// to `helpdesk.ticket.created` instead of every ticket subject.
-    fn subjects_for(&self, subject: &Pattern, filter: &EventFilter) -> Vec<Pattern> {
+    ///
+    /// `tenant_pin` (an endpoint tenant facing a rule's `tenant = "{n}"`) pins subject
+    /// token n the same way.
+    fn subjects_for(
+        &self,
+        subject: &Pattern,
+        filter: &EventFilter,
+        tenant_pin: Option<(usize, &str)>,
+    ) -> Vec<Pattern> {
         enum Shape<'a> {
             Text(&'a str),
             Token(usize),
@@ -289,14 +307,12 @@ impl EventTemplate {
             .collect();
         let mut out: Vec<Pattern> = Vec::new();
         for fp in &filter.patterns {
-            let Some(fp) = fp else {
-                return vec![subject.clone()];
-            };
-            let mut pins: Vec<(usize, &str)> = Vec::new();
+            let mut pins: Vec<(usize, &str)> = tenant_pin.into_iter().collect();
             let mut parts = shape.iter();
             let mut matched = true;
-            let mut rest = false;
-            for token in &fp.tokens {
+            // `*` alone wants every event: only the tenant pins.
+            let mut rest = fp.is_none();
+            for token in fp.iter().flat_map(|fp| &fp.tokens) {
                 match (token, parts.next()) {
                     (_, None) => {
                         matched = false;
@@ -345,6 +361,45 @@ impl EventTemplate {
 pub struct EventRule {
     pub subject: Pattern,
     pub event: EventTemplate,
+    /// `None`: the rule's messages have no tenant.
+    pub tenant: Option<TenantSource>,
+}
+
+impl EventRule {
+    /// The subjects of this rule whose messages an endpoint with `filter` and
+    /// `tenant` may take (see [`EventTemplate::subjects_for`]). A rule without a
+    /// tenant source gives a tenant's endpoint nothing.
+    fn subjects_for(&self, filter: &EventFilter, tenant: Option<&str>) -> Vec<Pattern> {
+        let pin = match (tenant, &self.tenant) {
+            (None, _) => None,
+            (Some(_), None) => return Vec::new(),
+            (Some(t), Some(source)) => match source.pin(t) {
+                Pin::Open => None,
+                Pin::Token(n, t) => Some((n, t)),
+                Pin::Excluded => return Vec::new(),
+            },
+        };
+        self.event.subjects_for(&self.subject, filter, pin)
+    }
+}
+
+/// What the mapping makes of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    pub event: String,
+    /// `None` when the rule has no tenant source, or the message lacks a usable one.
+    pub tenant: Option<String>,
+}
+
+/// What one endpoint does with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No rule maps the subject.
+    Unmapped,
+    /// Mapped, but the endpoint does not want its event or it is another tenant's
+    /// (possible when the consumer filter is wider than the endpoint).
+    Unwanted,
+    Deliver(Mapped),
 }
 
 /// The ordered `[[events]]` table: first match wins.
@@ -362,23 +417,67 @@ impl Router {
         &self.rules
     }
 
-    /// The event name for `subject`, or `None` when no rule maps it.
-    pub fn route(&self, subject: &str) -> Option<String> {
-        self.rules
-            .iter()
-            .find(|r| r.subject.matches(subject))
-            .map(|r| r.event.render(subject))
+    /// The event and tenant of a message on `subject` with `headers` (name, value),
+    /// or `None` when no rule maps the subject.
+    pub fn route<'h>(
+        &self,
+        subject: &str,
+        headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    ) -> Option<Mapped> {
+        let rule = self.rules.iter().find(|r| r.subject.matches(subject))?;
+        Some(Mapped {
+            event: rule.event.render(subject),
+            tenant: rule
+                .tenant
+                .as_ref()
+                .and_then(|source| source.tenant_of(subject, headers)),
+        })
+    }
+
+    /// True when some rule maps `subject`.
+    pub fn maps(&self, subject: &str) -> bool {
+        self.rules.iter().any(|r| r.subject.matches(subject))
+    }
+
+    /// True when some rule gives its messages a tenant.
+    pub fn has_tenants(&self) -> bool {
+        self.rules.iter().any(|r| r.tenant.is_some())
+    }
+
+    /// Whether an endpoint that wants `events` for `tenant` (`None`: every tenant)
+    /// delivers this message. Every message is decided here, whatever the consumer
+    /// filter let through.
+    pub fn decide<'h>(
+        &self,
+        subject: &str,
+        headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+        events: &EventFilter,
+        tenant: Option<&str>,
+    ) -> Verdict {
+        match self.route(subject, headers) {
+            None => Verdict::Unmapped,
+            Some(m) if events.wants(&m.event) && tenant_admits(tenant, m.tenant.as_deref()) => {
+                Verdict::Deliver(m)
+            }
+            Some(_) => Verdict::Unwanted,
+        }
     }
 
     /// Consumer filter subjects for an endpoint: the subjects of every rule that can
-    /// produce an event the endpoint wants. Returns `None` when the consumer must read
-    /// the whole stream (the subjects overlap in a way JetStream refuses as filters);
+    /// produce an event the endpoint wants, for its tenant when it has one (a rule's
+    /// `tenant = "{n}"` pins subject token n to it, so each tenant's endpoint reads
+    /// only its tenant's subjects). Returns `None` when the consumer must read the
+    /// whole stream (the subjects overlap in a way JetStream refuses as filters);
     /// delivery re-checks every message, so a wider filter only costs reads.
-    pub fn filter_subjects(&self, filter: &EventFilter) -> Option<Vec<String>> {
+    pub fn filter_subjects(
+        &self,
+        filter: &EventFilter,
+        tenant: Option<&str>,
+    ) -> Option<Vec<String>> {
         let wanted: Vec<Pattern> = self
             .rules
             .iter()
-            .flat_map(|r| r.event.subjects_for(&r.subject, filter))
+            .flat_map(|r| r.subjects_for(filter, tenant))
             .collect();
         let mut kept: Vec<&Pattern> = Vec::new();
         for (i, p) in wanted.iter().enumerate() {

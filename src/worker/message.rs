@@ -17,6 +17,7 @@ use crate::backoff::jitter;
 use crate::delivery::{AttemptResult, RESPONSE_BODY_LIMIT};
 use crate::envelope::{self, MessageFacts};
 use crate::metrics::Outcome;
+use crate::routing::Verdict;
 use crate::store::dead_letters::DeadLetter;
 use crate::time;
 
@@ -44,12 +45,21 @@ impl MessageMeta {
     }
 }
 
-/// A message this endpoint delivers: its metadata, its event and its id.
+/// A message this endpoint delivers: its metadata, its event, tenant and id.
 struct Routed {
     msg: jetstream::Message,
     meta: MessageMeta,
     event: String,
+    tenant: Option<String>,
     id: String,
+}
+
+/// A message's NATS headers as (name, value) pairs, each value of a repeated name.
+fn header_pairs(msg: &jetstream::Message) -> impl Iterator<Item = (&str, &str)> {
+    msg.headers.iter().flat_map(|h| {
+        h.iter()
+            .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+    })
 }
 
 impl Worker {
@@ -70,24 +80,35 @@ impl Worker {
         self.deliver(&m, abort).await;
     }
 
-    /// The message with its event and id when this endpoint delivers it; otherwise it
-    /// is settled here: NAK without JetStream metadata, ack when unmapped or filtered.
+    /// The message with its event, tenant and id when this endpoint delivers it
+    /// (`routing` decides, whatever the consumer filter let through); otherwise it is
+    /// settled here: NAK without JetStream metadata, ack when unmapped, another
+    /// event or another tenant's.
     async fn route(&self, msg: jetstream::Message) -> Option<Routed> {
         let Some(meta) = MessageMeta::of(&msg) else {
             tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
             self.ack(&msg, AckKind::Nak(None)).await;
             return None;
         };
-        let Some(event) = self.router.route(&meta.subject) else {
-            // Counted once per message by `watch_unmapped`, not once per endpoint.
-            tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, "unmapped subject; acked");
-            self.ack(&msg, AckKind::Ack).await;
-            return None;
+        let verdict = self.router.decide(
+            &meta.subject,
+            header_pairs(&msg),
+            &self.endpoint.events,
+            self.endpoint.tenant.as_deref(),
+        );
+        let mapped = match verdict {
+            Verdict::Deliver(mapped) => mapped,
+            Verdict::Unmapped => {
+                // Counted once per message by `watch_unmapped`, not once per endpoint.
+                tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, "unmapped subject; acked");
+                self.ack(&msg, AckKind::Ack).await;
+                return None;
+            }
+            Verdict::Unwanted => {
+                self.ack(&msg, AckKind::Ack).await;
+                return None;
+            }
         };
-        if !self.endpoint.events.wants(&event) {
-            self.ack(&msg, AckKind::Ack).await;
-            return None;
-        }
         let msg_id = msg
             .headers
             .as_ref()
@@ -100,7 +121,8 @@ impl Worker {
         Some(Routed {
             msg,
             meta,
-            event,
+            event: mapped.event,
+            tenant: mapped.tenant,
             id,
         })
     }
@@ -115,11 +137,9 @@ impl Worker {
             attempt: m.meta.attempt,
             published: m.meta.published,
             payload: &m.msg.payload,
+            tenant: m.tenant.as_deref(),
         };
-        let message_headers = m.msg.headers.iter().flat_map(|h| {
-            h.iter()
-                .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
-        });
+        let message_headers = header_pairs(&m.msg);
         let capture_headers = self.shared.delivery_log.is_some() && self.success_log.has_room();
         let send = match self
             .deliverer
@@ -298,6 +318,7 @@ impl Worker {
         DeadLetter {
             endpoint: self.endpoint.name.clone(),
             event: Some(m.event.clone()),
+            tenant: m.tenant.clone(),
             id: m.id.clone(),
             subject: m.meta.subject.clone(),
             stream: m.meta.stream.clone(),

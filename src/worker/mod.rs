@@ -283,7 +283,7 @@ impl Worker {
     fn consumer_config(&self) -> pull::Config {
         let subjects = self
             .router
-            .filter_subjects(&self.endpoint.events)
+            .filter_subjects(&self.endpoint.events, self.endpoint.tenant.as_deref())
             .unwrap_or_default();
         let (filter_subject, filter_subjects) = match subjects.len() {
             1 => (subjects[0].clone(), Vec::new()),

@@ -88,7 +88,7 @@ pub async fn watch_unmapped(
             };
             match next {
                 Some(Ok(msg)) => {
-                    if router().route(&msg.subject).is_none() {
+                    if !router().maps(&msg.subject) {
                         counter.inc();
                     }
                 }

@@ -15,7 +15,7 @@ use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
 use super::tls::{tls_files, FileCheck, TlsPaths};
 use super::valid_name;
-use crate::routing::{EventFilter, Router};
+use crate::routing::{tenant_id_problem, EventFilter, Router, TENANT_ID_RULE};
 use crate::secret::{Secret, SecretList};
 use crate::signing::{check_signing_secret, Scheme, Signer};
 use crate::ssrf::TargetPolicy;
@@ -143,12 +143,13 @@ fn validate_endpoint(
             .ok(),
     };
     let events = event_filter(ep.events.as_deref(), s, router, p);
+    let tenant = tenant(ep.tenant, events.as_ref(), s, router, p);
     let signer = signer(ep.secret.as_ref(), s, p);
     let headers = headers(s, p);
     let forward_headers = forward_headers(s, p);
     let tls = tls(s, p);
     let attempts = attempts(s, p);
-    let shape = request_shape(s, p);
+    let shape = request_shape(s, router.has_tenants(), p);
     let (probe, probe_path) = pick!(s, probe_interval);
     let probe_interval = match probe {
         Some(t) => p.duration(&probe_path, &t),
@@ -182,6 +183,8 @@ fn validate_endpoint(
         concurrency: shape.concurrency,
         envelope: shape.envelope,
         envelope_fields: shape.envelope_fields,
+        tenant: tenant?,
+        tenant_field: shape.tenant_field,
         ordered: shape.ordered,
         max_body: shape.max_body,
         probe_interval: probe_interval?,
@@ -271,7 +274,7 @@ fn event_filter(
             Ok(filter) => {
                 if !router.rules().is_empty()
                     && router
-                        .filter_subjects(&filter)
+                        .filter_subjects(&filter, None)
                         .is_some_and(|subjects| subjects.is_empty())
                 {
                     p.add(
@@ -283,6 +286,43 @@ fn event_filter(
             }
         },
     }
+}
+
+/// `tenant`: the one tenant whose messages the endpoint takes. A tenant that no
+/// mapping producing the endpoint's events can give a message is a problem: the
+/// endpoint would silently receive nothing. `None` when invalid, `Some(None)` when
+/// the endpoint takes every message.
+fn tenant(
+    tenant: Option<String>,
+    events: Option<&EventFilter>,
+    s: &Settings,
+    router: &Router,
+    p: &mut Problems,
+) -> Option<Option<String>> {
+    let Some(tenant) = tenant else {
+        return Some(None);
+    };
+    if let Some(problem) = tenant_id_problem(&tenant) {
+        p.add(
+            s.at("tenant"),
+            format_args!("'{tenant}' is not a tenant id: it {problem} ({TENANT_ID_RULE})"),
+        );
+        return None;
+    }
+    if let Some(events) = events {
+        let any = router.filter_subjects(events, None);
+        let theirs = router.filter_subjects(events, Some(&tenant));
+        if any.is_some_and(|a| !a.is_empty()) && theirs.is_some_and(|t| t.is_empty()) {
+            p.add(
+                s.at("tenant"),
+                format_args!(
+                    "no [[events]] mapping that produces these events gives a message the \
+                     tenant '{tenant}' (set tenant or tenant_header on the mapping)"
+                ),
+            );
+        }
+    }
+    Some(Some(tenant))
 }
 
 /// The signer: `secret` (a rotation list, newest first) under `signature`'s scheme and
@@ -472,10 +512,12 @@ struct RequestShape {
     ordered: bool,
     envelope: Envelope,
     envelope_fields: serde_json::Map<String, serde_json::Value>,
+    tenant_field: Option<String>,
     max_body: usize,
 }
 
-fn request_shape(s: &Settings, p: &mut Problems) -> Option<RequestShape> {
+/// `tenants`: some mapping gives messages a tenant, so `tenant_field` is written.
+fn request_shape(s: &Settings, tenants: bool, p: &mut Problems) -> Option<RequestShape> {
     let (ordered, _) = pick!(s, ordered);
     let ordered = ordered.unwrap_or(defaults::ORDERED);
     let (concurrency, cpath) = pick!(s, concurrency);
@@ -503,6 +545,16 @@ fn request_shape(s: &Settings, p: &mut Problems) -> Option<RequestShape> {
             );
         }
     }
+    let tenant_field = tenant_field(s, p);
+    if let (Some(field), true, Some(Envelope::Standard)) = (&tenant_field, tenants, envelope) {
+        if envelope_fields.contains_key(field) {
+            p.add(
+                format!("{fpath}.{field}"),
+                "is also tenant_field, the field that carries the message's tenant; \
+                 remove it, or set tenant_field to another name (\"\" for none)",
+            );
+        }
+    }
     let (max_body, bpath) = pick!(s, max_body);
     let max_body = match max_body {
         Some(n) => p.positive(&bpath, n, 1).map(|n| n as usize),
@@ -513,6 +565,24 @@ fn request_shape(s: &Settings, p: &mut Problems) -> Option<RequestShape> {
         ordered,
         envelope: envelope?,
         envelope_fields,
+        tenant_field,
         max_body: max_body?,
     })
+}
+
+/// `tenant_field`: the standard envelope's top-level field for the message's tenant;
+/// `""` writes none.
+fn tenant_field(s: &Settings, p: &mut Problems) -> Option<String> {
+    let (field, path) = pick!(s, tenant_field);
+    match field.as_deref().unwrap_or(defaults::TENANT_FIELD) {
+        "" => None,
+        f if ENVELOPE_KEYS.contains(&f) => {
+            p.add(
+                path,
+                format_args!("'{f}' is a field natshook writes itself"),
+            );
+            None
+        }
+        f => Some(f.to_string()),
+    }
 }

@@ -1,8 +1,9 @@
-//! `[[events]]`: subject patterns mapped to event names, the router's rules.
+//! `[[events]]`: subject patterns mapped to event names (and to tenants), the
+//! router's rules.
 
 use super::super::raw::RawEvent;
 use super::super::Problems;
-use crate::routing::{EventRule, EventTemplate, Pattern, Router};
+use crate::routing::{EventRule, EventTemplate, Pattern, Router, TenantSource};
 
 pub(super) fn router(events: &[RawEvent], p: &mut Problems) -> Router {
     let mut rules = Vec::new();
@@ -24,13 +25,55 @@ pub(super) fn router(events: &[RawEvent], p: &mut Problems) -> Router {
                 .ok(),
         };
         let Some(subject) = subject else { continue };
-        match ev.event.as_deref() {
-            None => p.add(format!("{path}.event"), "required"),
-            Some(t) => match EventTemplate::parse(t, &subject) {
-                Ok(event) => rules.push(EventRule { subject, event }),
-                Err(e) => p.add(format!("{path}.event"), format_args!("'{t}' {e}")),
-            },
+        let event = match ev.event.as_deref() {
+            None => {
+                p.add(format!("{path}.event"), "required");
+                None
+            }
+            Some(t) => EventTemplate::parse(t, &subject)
+                .map_err(|e| p.add(format!("{path}.event"), format_args!("'{t}' {e}")))
+                .ok(),
+        };
+        let tenant = tenant(ev, &subject, &path, p);
+        if let (Some(event), Some(tenant)) = (event, tenant) {
+            rules.push(EventRule {
+                subject,
+                event,
+                tenant,
+            });
         }
     }
     Router::new(rules)
+}
+
+/// Where the rule's messages get their tenant: `tenant` (a subject token or a
+/// literal) or `tenant_header`, at most one. `None` when it is invalid; `Some(None)`
+/// when the rule has no tenant.
+fn tenant(
+    ev: &RawEvent,
+    subject: &Pattern,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Option<TenantSource>> {
+    match (ev.tenant.as_deref(), ev.tenant_header.as_deref()) {
+        (None, None) => Some(None),
+        (Some(_), Some(_)) => {
+            p.add(
+                format!("{path}.tenant_header"),
+                "set either tenant (a subject token or a literal) or tenant_header, not both",
+            );
+            None
+        }
+        (Some(t), None) => match TenantSource::parse(t, subject) {
+            Ok(source) => Some(Some(source)),
+            Err(e) => {
+                p.add(format!("{path}.tenant"), format_args!("'{t}' {e}"));
+                None
+            }
+        },
+        (None, Some(h)) => {
+            let _ = p.header_name(format!("{path}.tenant_header"), h)?;
+            Some(Some(TenantSource::Header(h.to_string())))
+        }
+    }
 }

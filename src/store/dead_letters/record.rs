@@ -20,6 +20,9 @@ const TEXT_LIMIT: usize = 1024;
 pub struct DeadLetter {
     pub endpoint: String,
     pub event: Option<String>,
+    /// The message's tenant, when its mapping gave it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub id: String,
     pub subject: String,
     pub stream: String,
@@ -164,6 +167,7 @@ mod tests {
         DeadLetter {
             endpoint: "crm".into(),
             event: Some("lead.created".into()),
+            tenant: None,
             id: "lead-1".into(),
             subject: "crm.lead.created".into(),
             stream: "EVENTS".into(),
@@ -192,6 +196,7 @@ mod tests {
             .map(|k| k.as_str())
             .collect();
         assert!(!keys.contains(&"payload_object"), "{keys:?}");
+        assert!(!keys.contains(&"tenant"), "{keys:?}");
         assert!(!keys.contains(&"headers_truncated"), "{keys:?}");
         // Records written before either field existed still read.
         let back: DeadLetter = serde_json::from_value(json).unwrap();

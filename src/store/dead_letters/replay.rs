@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{DeadLetter, DeadLetterError, DeadLetters};
 use crate::delivery::Deliverer;
 use crate::envelope::MessageFacts;
+use crate::routing::tenant_admits;
 
 /// Which records a replay takes.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +67,16 @@ impl DeadLetters {
 }
 
 async fn replay_one(deliverer: &Deliverer, r: &DeadLetter, payload: &Bytes) -> Result<(), String> {
+    // The endpoint's tenant may have changed since the record was written: a record
+    // never goes to another tenant's receiver.
+    let tenant = deliverer.endpoint().tenant.as_deref();
+    if !tenant_admits(tenant, r.tenant.as_deref()) {
+        return Err(format!(
+            "the record's tenant ({}) is not the endpoint's tenant ({}); kept",
+            r.tenant.as_deref().unwrap_or("none"),
+            tenant.unwrap_or("none")
+        ));
+    }
     let event = r.event.clone().unwrap_or_default();
     let attempt = r.attempts + 1;
     let facts = MessageFacts {
@@ -76,6 +87,7 @@ async fn replay_one(deliverer: &Deliverer, r: &DeadLetter, payload: &Bytes) -> R
         attempt,
         published: r.published_time(),
         payload,
+        tenant: r.tenant.as_deref(),
     };
     let headers = r
         .headers
