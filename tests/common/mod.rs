@@ -159,12 +159,23 @@ impl Drop for NatsServer {
 
 /// Publishes `(subject, payload, msg_id)` messages and waits for every JetStream ack.
 pub async fn publish_all(js: &jetstream::Context, messages: Vec<(String, Bytes, Option<String>)>) {
-    let mut acks = Vec::with_capacity(messages.len());
-    for (subject, payload, id) in messages {
+    let messages = messages.into_iter().map(|(subject, payload, id)| {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = id {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         }
+        (subject, payload, headers)
+    });
+    publish_with_headers(js, messages).await;
+}
+
+/// Publishes `(subject, payload, headers)` messages and waits for every JetStream ack.
+pub async fn publish_with_headers(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, Bytes, async_nats::HeaderMap)>,
+) {
+    let mut acks = Vec::new();
+    for (subject, payload, headers) in messages {
         let ack = js
             .publish_with_headers(subject, headers, payload)
             .await
@@ -179,6 +190,21 @@ pub async fn publish_all(js: &jetstream::Context, messages: Vec<(String, Bytes, 
     for a in acks {
         a.await.expect("publish ack");
     }
+}
+
+/// The durable consumer `name` of `stream`, as JetStream reports it (filters, what it
+/// delivered and what is still unacked).
+pub async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> jetstream::consumer::Info {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .consumer_info(name)
+        .await
+        .expect("consumer info")
 }
 
 /// What the receiver answers.
@@ -775,6 +801,8 @@ pub struct TestConfig {
     pub stream: String,
     pub create_stream: bool,
     pub events: Vec<(String, String)>,
+    /// `[[events]]` tables with keys beyond subject and event, after `events`.
+    pub mappings: Vec<String>,
     pub endpoints: Vec<String>,
     pub top: String,
     /// Raw TOML lines for the `[nats]` section (auth, TLS).
@@ -791,6 +819,7 @@ impl TestConfig {
                 ("crm.lead.created".into(), "lead.created".into()),
                 ("helpdesk.ticket.*".into(), "ticket.{3}".into()),
             ],
+            mappings: vec![],
             endpoints: vec![],
             top: String::new(),
             nats_extra: String::new(),
@@ -801,6 +830,15 @@ impl TestConfig {
     pub fn nats(mut self, extra: &str) -> Self {
         self.nats_extra.push_str(extra);
         self.nats_extra.push('\n');
+        self
+    }
+
+    /// Adds an `[[events]]` mapping; `extra` is raw TOML lines for it (e.g. its
+    /// tenant).
+    pub fn mapping(mut self, subject: &str, event: &str, extra: &str) -> Self {
+        self.mappings.push(format!(
+            "[[events]]\nsubject = \"{subject}\"\nevent = \"{event}\"\n{extra}\n"
+        ));
         self
     }
 
@@ -828,6 +866,9 @@ impl TestConfig {
             s.push_str(&format!(
                 "[[events]]\nsubject = \"{subject}\"\nevent = \"{event}\"\n"
             ));
+        }
+        for m in &self.mappings {
+            s.push_str(m);
         }
         for e in &self.endpoints {
             s.push('\n');
