@@ -103,3 +103,71 @@ async fn replay_one(deliverer: &Deliverer, r: &DeadLetter, payload: &Bytes) -> R
         Err(result.describe())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A deliverer for an endpoint of tenant `tenant` (`None`: every tenant). Its URL is
+    /// a loopback port nothing listens on: a record that were sent would fail to connect.
+    fn deliverer(tenant: Option<&str>) -> Deliverer {
+        let tenant = tenant
+            .map(|t| format!("tenant = \"{t}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"e.*\"\nevent = \"e\"\ntenant = \"{{2}}\"\n\
+             [[endpoints]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/\"\nallow_http = true\n\
+             allow_private = true\nevents = [\"*\"]\nsecret = \"s\"\ntimeout = \"1s\"\n{tenant}"
+        );
+        let config = Config::from_str(&text, "toml").unwrap();
+        Deliverer::new(Arc::new(config.endpoints[0].clone())).unwrap()
+    }
+
+    fn record(tenant: Option<&str>) -> DeadLetter {
+        DeadLetter {
+            endpoint: "x".into(),
+            event: Some("e".into()),
+            tenant: tenant.map(str::to_string),
+            id: "m-1".into(),
+            subject: "e.a".into(),
+            stream: "E".into(),
+            stream_sequence: 1,
+            published: "2026-04-01T12:05:00.000Z".into(),
+            attempts: 3,
+            last_status: Some(500),
+            last_error: None,
+            response_body: String::new(),
+            reason: "failed after 3 attempts".into(),
+            payload: DeadLetter::encode_payload(b"{}"),
+            payload_object: None,
+            headers: BTreeMap::new(),
+            headers_truncated: false,
+            dead_lettered_at: "2026-04-01T12:06:00.000Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_never_goes_to_another_tenants_endpoint() {
+        let payload = Bytes::from_static(b"{}");
+        for (endpoint, rec) in [(Some("b"), Some("a")), (Some("b"), None)] {
+            let err = replay_one(&deliverer(endpoint), &record(rec), &payload)
+                .await
+                .unwrap_err();
+            assert!(err.contains("is not the endpoint's tenant"), "{err}");
+        }
+        // Its own tenant's record, or any record for an endpoint without a tenant, is
+        // sent (and fails here only because nothing listens).
+        for (endpoint, rec) in [(Some("a"), Some("a")), (None, Some("a")), (None, None)] {
+            let err = replay_one(&deliverer(endpoint), &record(rec), &payload)
+                .await
+                .unwrap_err();
+            assert!(!err.contains("tenant"), "{err}");
+        }
+        let json = serde_json::to_value(record(Some("a"))).unwrap();
+        assert_eq!(json["tenant"], "a");
+    }
+}
