@@ -7,7 +7,7 @@
 //! with `*` alone meaning "every event" so that multi-token names are included.
 //!
 //! The mapping is evaluated once per message, so patterns are pre-split at start-up and
-//! matching allocates only the resulting event name.
+//! matching allocates only the resulting event name (and tenant).
 
 mod tenant;
 
