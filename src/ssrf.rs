@@ -205,6 +205,12 @@ impl TargetPolicy {
         }
     }
 
+    /// [`Self::check_host`] where natshook resolves no name (a proxy does): the URL's
+    /// host is all the policy can judge, refused in the connect-time words.
+    pub fn check_unresolved_host(&self, host: &str) -> io::Result<()> {
+        self.check_host(host).map(|_| ()).map_err(refused)
+    }
+
     /// Applies the policy to the addresses `host` resolved to.
     pub fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
         if !self.permits_host(host) {

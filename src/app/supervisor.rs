@@ -212,7 +212,12 @@ impl Supervisor {
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
         let tracker = TaskTracker::new();
-        tracing::info!(endpoint = %worker.endpoint().name, consumer = %worker.consumer_name(), url = %worker.endpoint().url, "starting endpoint");
+        let proxy = match &worker.endpoint().proxy {
+            None => "none".to_string(),
+            Some(p) if p.from_env => format!("{} (from the environment)", p.uri),
+            Some(p) => p.uri.to_string(),
+        };
+        tracing::info!(endpoint = %worker.endpoint().name, consumer = %worker.consumer_name(), url = %worker.endpoint().url, %proxy, "starting endpoint");
         let handle = tokio::spawn(worker.clone().run(stop.clone(), tracker.clone()));
         Running {
             worker,

@@ -6,7 +6,8 @@ use figment::value::Value;
 
 use super::raw::{
     field_names, RawAdmin, RawConfig, RawDeadLetter, RawDeliveryLog, RawEndpoint, RawEvent,
-    RawHttp, RawIngress, RawNats, RawRoute, RawSettings, RawSignature, RawTls, RawVerify,
+    RawHttp, RawIngress, RawNats, RawProxyTable, RawRoute, RawSettings, RawSignature, RawTls,
+    RawVerify,
 };
 use super::Problems;
 use crate::secret::SecretRefTable;
@@ -65,6 +66,15 @@ fn settings(value: &Value, path: &str, extra: &[&str], p: &mut Problems) {
         value.find_ref("signature"),
         &format!("{path}.signature"),
         &[field_names::<RawSignature>()],
+        p,
+    );
+    let proxy = value.find_ref("proxy");
+    let proxy_at = format!("{path}.proxy");
+    unknown_keys(proxy, &proxy_at, &[field_names::<RawProxyTable>()], p);
+    unknown_keys(
+        proxy.and_then(|v| v.find_ref("password")),
+        &format!("{proxy_at}.password"),
+        &[secret_keys()],
         p,
     );
     if let Some(Value::Dict(_, headers)) = value.find_ref("headers") {

@@ -34,6 +34,32 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
+/// The HTTP proxy an endpoint's connections go through: configured, or taken from the
+/// environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) for this
+/// endpoint's URL when the config loads.
+#[derive(Clone, PartialEq)]
+pub struct Proxy {
+    /// `http://host:port/` or `https://host:port/`, without credentials.
+    pub uri: http::Uri,
+    /// The `Proxy-Authorization` value (Basic), marked sensitive.
+    pub authorization: Option<HeaderValue>,
+    /// Read from the environment rather than the config (said in start-up logs).
+    pub from_env: bool,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("uri", &self.uri)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("from_env", &self.from_env)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NatsConfig {
     pub urls: Vec<String>,
@@ -62,6 +88,8 @@ pub struct Endpoint {
     /// NATS message headers copied onto the request (besides W3C trace context).
     pub forward_headers: Vec<HeaderName>,
     pub tls: TlsFiles,
+    /// `None`: connections go straight to the receiver.
+    pub proxy: Option<Proxy>,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub max_attempts: u32,
@@ -111,6 +139,7 @@ impl PartialEq for Endpoint {
             secret_refs,
             forward_headers,
             tls,
+            proxy,
             timeout,
             retry_schedule,
             max_attempts,
@@ -136,6 +165,7 @@ impl PartialEq for Endpoint {
             && *secret_refs == other.secret_refs
             && *forward_headers == other.forward_headers
             && *tls == other.tls
+            && *proxy == other.proxy
             && *timeout == other.timeout
             && *retry_schedule == other.retry_schedule
             && *max_attempts == other.max_attempts

@@ -111,6 +111,47 @@ pub(super) struct RawSettings {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub proxy: Option<RawProxy>,
+}
+
+/// `proxy = "http://proxy:3128"`, `proxy = "none"` or `false` (no proxy, not even the
+/// environment's), or the table with credentials. A hand-written `Deserialize`, so a
+/// wrong type is reported in these words rather than as "no variant matched".
+#[derive(Debug, Clone)]
+pub(super) enum RawProxy {
+    Url(String),
+    Flag(bool),
+    Table(RawProxyTable),
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(super) struct RawProxyTable {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+}
+
+impl<'de> Deserialize<'de> for RawProxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ProxyVisitor;
+        impl<'de> Visitor<'de> for ProxyVisitor {
+            type Value = RawProxy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a proxy URL, \"none\", false, or a table { url, username, password }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawProxy, E> {
+                Ok(RawProxy::Url(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawProxy, E> {
+                Ok(RawProxy::Flag(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawProxy, A::Error> {
+                RawProxyTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawProxy::Table)
+            }
+        }
+        d.deserialize_any(ProxyVisitor)
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -209,6 +250,7 @@ mod tests {
             field_names::<RawEvent>(),
             field_names::<RawSettings>(),
             field_names::<RawSignature>(),
+            field_names::<RawProxyTable>(),
             field_names::<RawEndpoint>(),
             field_names::<RawIngress>(),
             field_names::<RawRoute>(),

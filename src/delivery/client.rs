@@ -1,5 +1,6 @@
 //! The HTTP client of one endpoint: a pooled hyper-util client whose connector
-//! resolves names through the SSRF guard and speaks TLS with the endpoint's settings.
+//! resolves names through the SSRF guard, or tunnels through the endpoint's proxy
+//! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{Endpoint, TlsFiles};
+use super::proxy::Route;
+use crate::config::{Endpoint, Proxy, TlsFiles};
 use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
 use crate::ssrf::GuardedResolver;
 
@@ -19,7 +21,7 @@ use crate::ssrf::GuardedResolver;
 /// attempt with "message head is too large".
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 
-type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+type Connector = HttpsConnector<Route>;
 
 pub(super) type HttpClient = Client<Connector, Full<Bytes>>;
 
@@ -33,12 +35,16 @@ pub enum ClientError {
 }
 
 /// A pooled client for `endpoint`: connect timeout and keep-alive pool from its
-/// settings, names resolved through the SSRF guard, its TLS files loaded.
+/// settings, names resolved through the SSRF guard (or the proxy's tunnel), its TLS
+/// files loaded.
 pub(super) fn build(endpoint: &Endpoint) -> Result<HttpClient, ClientError> {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(endpoint.target.clone()));
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(endpoint.timeout));
+    let route = match &endpoint.proxy {
+        None => {
+            let resolver = GuardedResolver::new(endpoint.target.clone());
+            Route::direct(tcp(HttpConnector::new_with_resolver(resolver), endpoint))
+        }
+        Some(proxy) => Route::tunnel(proxy, to_proxy(proxy, endpoint)?, endpoint.target.clone()),
+    };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(
             &endpoint.tls,
@@ -47,7 +53,7 @@ pub(super) fn build(endpoint: &Endpoint) -> Result<HttpClient, ClientError> {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(route);
     // Queued writes send the body from its own buffer (writev) instead of
     // copying it behind the headers. The read buffer starts at 8 KiB and may grow
     // to RESPONSE_HEAD_LIMIT: a fixed buffer would also cap the response head, and
@@ -58,6 +64,27 @@ pub(super) fn build(endpoint: &Endpoint) -> Result<HttpClient, ClientError> {
         .http1_writev(true)
         .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
         .build(connector))
+}
+
+fn tcp<R>(mut http: HttpConnector<R>, endpoint: &Endpoint) -> HttpConnector<R> {
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(endpoint.timeout));
+    http
+}
+
+/// The connection to a proxy: TLS with the system roots when its URL is `https`
+/// (HTTP/1.1 only, as CONNECT needs), plain otherwise.
+fn to_proxy(
+    proxy: &Proxy,
+    endpoint: &Endpoint,
+) -> Result<HttpsConnector<HttpConnector>, ClientError> {
+    let https = proxy.uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(&TlsFiles::default(), https)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp(HttpConnector::new(), endpoint)))
 }
 
 /// System roots, or only the endpoint's `ca_file` when set (a private CA should not

@@ -13,6 +13,7 @@
 
 mod client;
 mod headers;
+mod proxy;
 
 use std::future::Future;
 use std::sync::Arc;

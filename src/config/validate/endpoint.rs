@@ -8,11 +8,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
+use hyper_util::client::proxy::matcher::Matcher;
 
 use super::super::defaults;
 use super::super::model::{Endpoint, Envelope, TlsFiles};
 use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
+use super::proxy;
 use super::tls::{tls_files, FileCheck, TlsPaths};
 use super::valid_name;
 use crate::routing::{tenant_id_problem, EventFilter, Router, TENANT_ID_RULE};
@@ -87,6 +89,8 @@ pub(super) fn endpoints(
 ) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
     let mut names = HashSet::new();
+    // Read once: every endpoint sees the same environment.
+    let env_proxy = Matcher::from_env();
     if raw.is_empty() {
         p.add("endpoints", "at least one [[endpoints]] entry is required");
     }
@@ -108,7 +112,7 @@ pub(super) fn endpoints(
             defaults,
             path: &path,
         };
-        if let Some(e) = validate_endpoint(ep, &s, router, p) {
+        if let Some(e) = validate_endpoint(ep, &s, router, &env_proxy, p) {
             endpoints.push(e);
         }
     }
@@ -119,6 +123,7 @@ fn validate_endpoint(
     ep: RawEndpoint,
     s: &Settings,
     router: &Router,
+    env_proxy: &Matcher,
     p: &mut Problems,
 ) -> Option<Endpoint> {
     let name = match &ep.name {
@@ -148,6 +153,14 @@ fn validate_endpoint(
     let headers = headers(s, p);
     let forward_headers = forward_headers(s, p);
     let tls = tls(s, p);
+    let (raw_proxy, proxy_path) = pick!(s, proxy);
+    // Left out everywhere, the environment decides; its problems belong to the endpoint.
+    let proxy_path = if raw_proxy.is_none() {
+        s.at("proxy")
+    } else {
+        proxy_path
+    };
+    let proxy = proxy::proxy(raw_proxy, &proxy_path, url.as_ref(), env_proxy, p);
     let attempts = attempts(s, p);
     let shape = request_shape(s, router.has_tenants(), p);
     let (probe, probe_path) = pick!(s, probe_interval);
@@ -176,6 +189,7 @@ fn validate_endpoint(
             .unwrap_or_default(),
         forward_headers,
         tls,
+        proxy: proxy?,
         timeout: attempts.timeout,
         retry_schedule: attempts.retry_schedule,
         max_attempts: attempts.max_attempts,

@@ -6,6 +6,7 @@ mod endpoint;
 mod events;
 mod ingress;
 mod nats;
+mod proxy;
 mod sections;
 mod tls;
 
