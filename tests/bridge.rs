@@ -448,7 +448,7 @@ concurrency = "many"
     )
     .unwrap();
     for cmd in ["check", "run"] {
-        let out = Command::new(bin())
+        let out = natshook_command()
             .args([cmd, "--config"])
             .arg(&path)
             .env_remove("NATSHOOK_TEST_MISSING_SECRET")
@@ -474,7 +474,7 @@ concurrency = "many"
         "nats: {stream: EVENTS}\nevents: [{subject: a.b, event: a.b}]\nendpoints: [{name: a, url: 'https://example.com/', events: ['*'], secret: s}]\n",
     )
     .unwrap();
-    let out = Command::new(bin())
+    let out = natshook_command()
         .args(["check", "--config"])
         .arg(&good)
         .output()
@@ -485,7 +485,7 @@ concurrency = "many"
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(bin())
+    let out = natshook_command()
         .args(["check", "--config"])
         .arg(&good)
         .env("NATSHOOK__DEFAULTS__TIMEOUT", "later")
@@ -494,7 +494,7 @@ concurrency = "many"
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("defaults.timeout: 'later' is not a duration"));
-    let missing = Command::new(bin())
+    let missing = natshook_command()
         .args(["check", "--config", "/nonexistent.toml"])
         .output()
         .unwrap();
@@ -515,7 +515,7 @@ async fn missing_stream_is_a_clear_startup_error() {
             .replace("{http_port}", &free_port().to_string()),
     )
     .unwrap();
-    let out = Command::new(bin())
+    let out = natshook_command()
         .args(["run", "--config"])
         .arg(&path)
         .output()
@@ -535,7 +535,7 @@ async fn token_authentication_from_an_env_secret() {
         .render();
     let natshook =
         Natshook::start_with(&text, &[("NATSHOOK_TEST_NATS_TOKEN", "s3cr3t-token")], &[]).await;
-    let out = Command::new(bin())
+    let out = natshook_command()
         .args(["check", "--config"])
         .arg(natshook.config_path())
         .env_remove("NATSHOOK_TEST_NATS_TOKEN")

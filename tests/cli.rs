@@ -6,10 +6,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, check_config, one_endpoint};
+use common::{bin, check_config, natshook_command, one_endpoint};
 
 fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut child = Command::new(bin())
+    let mut child = natshook_command()
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())

@@ -737,7 +737,7 @@ fn run_until_exit(config: &str) -> (Option<i32>, String) {
         config.replace("{http_port}", &free_port().to_string()),
     )
     .unwrap();
-    let mut child = Command::new(bin())
+    let mut child = natshook_command()
         .args(["run", "--config"])
         .arg(&path)
         .stderr(std::process::Stdio::piped())
@@ -808,7 +808,7 @@ fn natshook_check_lists_ingress_problems_with_their_key_paths() {
         format!("[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x.{{header:X-T}}\"\nverify = {{ scheme = \"sha256\", header = \"X-Hub-Signature-256\", secret = \"s\" }}\n{base}"),
     )
     .unwrap();
-    let out = Command::new(bin())
+    let out = natshook_command()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -882,7 +882,7 @@ fn the_commented_ingress_examples_pass_check() {
             .replace("/var/run/secrets/audit/previous", "/etc/hostname");
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin())
+        let out = natshook_command()
             .args(["check", "--config"])
             .arg(&path)
             .envs([
@@ -911,11 +911,11 @@ fn the_commented_ingress_examples_pass_check() {
 /// public key; a route verifies with that, and refuses a signature by another key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_signed_requests_verify_with_the_senders_public_key() {
-    let keys = Command::new(bin()).arg("keygen").output().unwrap();
+    let keys = natshook_command().arg("keygen").output().unwrap();
     let keys = String::from_utf8(keys.stdout).unwrap();
     let mut lines = keys.lines();
     let (whsk, whpk) = (lines.next().unwrap(), lines.next().unwrap());
-    let other = Command::new(bin()).arg("keygen").output().unwrap();
+    let other = natshook_command().arg("keygen").output().unwrap();
     let other_whsk = String::from_utf8(other.stdout).unwrap();
     let other_whsk = other_whsk.lines().next().unwrap().to_string();
     let nats = NatsServer::start();
@@ -926,7 +926,7 @@ async fn ed25519_signed_requests_verify_with_the_senders_public_key() {
     let n = Natshook::start(&config(&nats, &rx, &top).render()).await;
     let body = br#"{"type":"x"}"#;
     let post = |secret: &str, id: &str| {
-        let mut sign = Command::new(bin())
+        let mut sign = natshook_command()
             .args([
                 "sign", "--scheme", "standard", "--id", id, "--secret", secret,
             ])

@@ -481,7 +481,7 @@ async fn a_closed_stderr_does_not_stop_deliveries() {
     .unwrap();
     // stderr is a pipe whose reader is gone, as after `natshook run … 2>&1 | head -1`;
     // every log line (successes at debug) is a failed write.
-    let mut child = Command::new(bin())
+    let mut child = natshook_command()
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "natshook=debug,info")

@@ -93,7 +93,7 @@ async fn official_standardwebhooks_library_verifies_requests_with_every_rotated_
 
 /// Runs the natshook binary with `stdin`: (exit code, stdout, stderr).
 fn natshook_cli(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(bin())
+    let mut child = natshook_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

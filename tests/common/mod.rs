@@ -21,6 +21,33 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::task::JoinSet;
 
+mod proxy;
+// Each test binary compiles common/ on its own; most use no proxy.
+#[allow(unused_imports)]
+pub use proxy::ConnectProxy;
+
+/// The proxy variables natshook reads (curl's, in both cases). A CI machine may set
+/// them; each test starts natshook without them unless it sets them itself.
+pub const PROXY_VARIABLES: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// A command running the natshook binary, without the environment's proxy variables.
+pub fn natshook_command() -> Command {
+    let mut cmd = Command::new(bin());
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -581,7 +608,7 @@ impl Natshook {
     pub async fn spawn_ready_within(&mut self, within: Duration) {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
-        let child = Command::new(bin())
+        let child = natshook_command()
             .args(&self.global_args)
             .args(["run", "--config"])
             .arg(&self.config)
@@ -709,7 +736,7 @@ impl Natshook {
 
     /// Runs another natshook command against the same config file.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(bin());
+        let mut cmd = natshook_command();
         cmd.args(args).arg("--config").arg(&self.config);
         cmd.output().expect("run natshook")
     }
@@ -907,6 +934,8 @@ pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
     pub server: rustls::ServerConfig,
+    /// The same certificate without asking for a client's (a TLS proxy).
+    pub server_any_client: rustls::ServerConfig,
 }
 
 impl Pki {
@@ -956,10 +985,20 @@ pub fn pki() -> Pki {
         .with_single_cert(vec![server_cert.der().clone()], key)
         .unwrap();
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
+    let server_any_client = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![server_cert.der().clone()], key)
+    .unwrap();
     Pki {
         dir,
         ca_pem: ca.pem(),
         server,
+        server_any_client,
     }
 }
 
@@ -968,7 +1007,7 @@ pub fn check_config(toml: &str) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("natshook.toml");
     std::fs::write(&path, toml).expect("write config");
-    let out = Command::new(bin())
+    let out = natshook_command()
         .args(["check", "--config"])
         .arg(&path)
         .output()
