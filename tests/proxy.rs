@@ -10,6 +10,7 @@ use async_nats::jetstream;
 use common::*;
 
 const PROXY_PASSWORD: &str = "pr0xy-pa55-4d9e";
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// An https endpoint of the test PKI (mutual TLS) with `extra` TOML lines.
 fn tls_endpoint(pki: &Pki, name: &str, url: &str, extra: &str) -> String {
@@ -93,14 +94,23 @@ async fn wrong_proxy_credentials_fail_attempts_that_are_retried_without_loss() {
     let proxy = ConnectProxy::with_credentials("natshook", "the-right-one").await;
     let nats = NatsServer::start();
     let mut config = TestConfig::new(nats.url());
+    config.top = format!("[admin]\nenabled = true\ntoken = {{ value = \"{ADMIN_TOKEN}\" }}\n");
+    let wrong = format!(
+        "proxy = {{ url = \"{}\", username = \"natshook\", password = {{ value = \"{PROXY_PASSWORD}\" }} }}\nretry_schedule = [\"200ms\"]\ndisable_after_failures = 0",
+        proxy.url()
+    );
     config.endpoints.push(tls_endpoint(
         &pki,
         "wrong",
         &rx.https_url("/"),
-        &format!(
-            "proxy = {{ url = \"{}\", username = \"natshook\", password = {{ value = \"{PROXY_PASSWORD}\" }} }}\nretry_schedule = [\"200ms\"]\nmax_attempts = 1000\ndisable_after_failures = 0",
-            proxy.url()
-        ),
+        &format!("{wrong}\nmax_attempts = 1000"),
+    ));
+    // The same mistake with two attempts: dead letters and delivery log entries.
+    config.endpoints.push(tls_endpoint(
+        &pki,
+        "gives-up",
+        &rx.https_url("/"),
+        &format!("{wrong}\nmax_attempts = 2"),
     ));
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
@@ -108,19 +118,35 @@ async fn wrong_proxy_credentials_fail_attempts_that_are_retried_without_loss() {
     rx.wait_for(
         Duration::from_secs(30),
         "retries refused by the proxy",
-        |_| proxy.refused() >= 15,
+        |_| proxy.refused() >= 25,
     )
     .await;
     assert_eq!(rx.count(), 0, "nothing got past the proxy");
     assert_eq!(proxy.tunnels(), 0);
-    let logs = natshook.logs();
-    assert!(
-        logs.contains(&format!(
-            "through proxy {}: tunnel error: proxy authorization required",
-            proxy.url()
-        )),
-        "{logs}"
+    let error = format!(
+        "connect error: through proxy {}: tunnel error: proxy authorization required",
+        proxy.url()
     );
+    let logs = natshook.logs();
+    assert!(logs.contains(&error), "{logs}");
+    let dead = natshook
+        .wait_dead_letters("gives-up", 5, Duration::from_secs(20))
+        .await;
+    assert!(
+        dead.iter().all(|d| d["last_error"] == error.as_str()),
+        "{dead:?}"
+    );
+    let (status, log) = natshook
+        .api(
+            "GET",
+            "/api/endpoints/gives-up/deliveries",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let log = log.to_string();
+    assert!(log.contains("proxy authorization required"), "{log}");
     // The operator fixes the proxy's side: every message arrives, none was lost.
     proxy.set_credentials("natshook", PROXY_PASSWORD);
     rx.wait_for(Duration::from_secs(30), "5 delivered", |r| {
@@ -128,11 +154,17 @@ async fn wrong_proxy_credentials_fail_attempts_that_are_retried_without_loss() {
     })
     .await;
     assert!(natshook.dead_letters("wrong").is_empty());
+    let metrics = natshook.metrics().await;
     let failed = natshook
         .metric("natshook_delivery_attempts_total{endpoint=\"wrong\",status=\"connect_error\"}")
         .await
         .unwrap_or(0.0);
-    assert!(failed >= 15.0, "{failed} failed attempts counted");
+    assert!(failed >= 10.0, "{failed} failed attempts counted");
+    let everything = format!(
+        "{metrics}\n{log}\n{}",
+        serde_json::to_string(&dead).unwrap()
+    );
+    assert!(!everything.contains(PROXY_PASSWORD), "the password leaked");
     assert_no_password(&natshook, PROXY_PASSWORD);
 }
 

@@ -73,9 +73,10 @@ impl Route {
     }
 }
 
-/// Why a tunnel failed, naming the proxy (its URL holds no credentials).
+/// Why a tunnel failed, naming the proxy (its URL holds no credentials). The
+/// reason is the source, which error chains print after this.
 #[derive(Debug, thiserror::Error)]
-#[error("through proxy {proxy}: {source}")]
+#[error("through proxy {proxy}")]
 pub(super) struct ProxyError {
     proxy: Arc<str>,
     /// hyper-util's `TunnelError` (not exported by name).
