@@ -266,7 +266,7 @@ fn check_embedded(config: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("natshook.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(common::bin())
+    let out = common::natshook_command()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -328,7 +328,7 @@ fn compose_file_and_its_config() {
             "compose lacks {service}"
         );
     }
-    let out = Command::new(common::bin())
+    let out = common::natshook_command()
         .args(["check", "--config"])
         .arg(Path::new(ROOT).join("examples/compose-natshook.toml"))
         .env("CRM_WEBHOOK_SECRET", "x")
