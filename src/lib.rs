@@ -59,6 +59,7 @@ pub mod envelope;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
+pub mod otel;
 pub mod pem;
 pub mod rate_limit;
 pub mod route_path;

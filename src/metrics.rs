@@ -138,6 +138,8 @@ pub struct Metrics {
     pub nats_connected: IntGauge,
     ingress_requests: IntCounterVec,
     ingress_duration: HistogramVec,
+    /// Registered only when `[tracing]` is on (see [`Metrics::tracing_spans_dropped`]).
+    tracing_dropped: std::sync::Arc<std::sync::OnceLock<IntCounterVec>>,
 }
 
 /// One ingress route's pre-resolved children.
@@ -340,7 +342,28 @@ impl Metrics {
             nats_connected,
             ingress_requests,
             ingress_duration,
+            tracing_dropped: Default::default(),
         }
+    }
+
+    /// `natshook_tracing_spans_dropped_total{reason}`: trace spans lost because the
+    /// export queue was full (`queue_full`) or their export failed (`export_failed`).
+    /// Registered on first use, so a natshook without `[tracing]` does not show it.
+    pub fn tracing_spans_dropped(&self) -> IntCounterVec {
+        self.tracing_dropped
+            .get_or_init(|| {
+                let c = counter_vec(
+                    &self.registry,
+                    "natshook_tracing_spans_dropped_total",
+                    "Trace spans lost: export queue full or export failed.",
+                    &["reason"],
+                );
+                for reason in ["queue_full", "export_failed"] {
+                    let _ = c.with_label_values(&[reason]);
+                }
+                c
+            })
+            .clone()
     }
 
     /// Children for the ingress route `route`; `stored` and `unauthorized` exist (at 0)

@@ -3,6 +3,20 @@
 
 use std::time::Duration;
 
+/// OpenTelemetry export of delivery attempts (`[tracing]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's OTLP/HTTP traces URL: `otlp_endpoint` plus `/v1/traces`.
+    pub traces_url: http::Uri,
+    pub service_name: String,
+    /// The share of new traces (messages without a trace context) that are recorded.
+    pub sample_ratio: f64,
+    /// The longest one export may take, retries included.
+    pub timeout: Duration,
+    /// Finished spans waiting for export at most.
+    pub max_queue: usize,
+}
+
 /// The delivery log's limits (`[delivery_log]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSettings {

@@ -46,6 +46,8 @@ pub enum AppError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Ingress(#[from] crate::ingress::IngressError),
+    #[error(transparent)]
+    Tracing(#[from] crate::otel::TracingError),
 }
 
 /// How often `natshook_consumer_pending` is refreshed.
@@ -59,6 +61,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let metrics = Metrics::new();
+    let traces = config
+        .tracing
+        .as_ref()
+        .map(|t| crate::otel::Tracing::start(t, metrics.tracing_spans_dropped()))
+        .transpose()?;
+    if let Some(t) = &config.tracing {
+        tracing::info!(collector = %t.traces_url, sample_ratio = t.sample_ratio, "exporting delivery traces");
+    }
     let connected = Arc::new(AtomicBool::new(false));
     let client = nats::connect(
         &config.nats,
@@ -72,6 +82,7 @@ pub async fn run(
         metrics,
         connected,
         shutdown.clone(),
+        traces.as_ref().map(crate::otel::Tracing::tracer),
     ));
     tokio::spawn(
         sup.ingress()
@@ -90,6 +101,10 @@ pub async fn run(
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
     sup.stop_all(config.shutdown_grace).await;
     background.abort();
+    // Every attempt has ended: the spans still queued go out before the runtime does.
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
     // Acks are fire-and-forget publishes: flush them before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), client.flush()).await;
     listeners.close().await;

@@ -20,6 +20,7 @@ use crate::delivery::{ClientError, Deliverer};
 use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::otel::AttemptTracer;
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
@@ -86,6 +87,8 @@ pub struct Supervisor {
     draining: TaskTracker,
     /// Incoming webhooks: the route table follows reloads.
     ingress: Arc<Ingress>,
+    /// With `[tracing]`: traces every endpoint's attempts (read at start-up only).
+    tracer: Option<AttemptTracer>,
 }
 
 /// What a reload changed.
@@ -104,6 +107,7 @@ impl Supervisor {
         metrics: Metrics,
         connected: Arc<AtomicBool>,
         shutdown: CancellationToken,
+        tracer: Option<AttemptTracer>,
     ) -> Self {
         let js = jetstream::new(client.clone());
         let shared = Shared::new(
@@ -142,6 +146,7 @@ impl Supervisor {
                 &config.ingress,
                 &config.nats,
             )),
+            tracer,
         }
     }
 
@@ -259,7 +264,7 @@ impl Supervisor {
             };
             changes.push(e.name.clone());
             match Deliverer::new(Arc::new(e.clone())) {
-                Ok(d) => built.push(d),
+                Ok(d) => built.push(d.with_tracer(self.tracer.clone())),
                 Err(error) => failed.push(EndpointError {
                     index,
                     name: e.name.clone(),
@@ -384,6 +389,7 @@ fn warn_restart_needed(current: &Config, new: &Config) {
         ("admin", current.admin != new.admin),
         ("delivery_log", current.delivery_log != new.delivery_log),
         ("dead_letter", current.dead_letter != new.dead_letter),
+        ("tracing", current.tracing != new.tracing),
         (
             "shutdown_grace",
             current.shutdown_grace != new.shutdown_grace,

@@ -49,6 +49,16 @@ pub const ADMIN_ENABLED: bool = false;
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
+// [tracing] (off unless `otlp_endpoint` is set)
+/// The OpenTelemetry `service.name` of the exported spans.
+pub const TRACING_SERVICE_NAME: &str = "natshook";
+/// The share of new traces recorded; a message's own sampled flag decides for its trace.
+pub const TRACING_SAMPLE_RATIO: f64 = 1.0;
+/// The longest one export to the collector may take, retries included.
+pub const TRACING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Finished spans waiting for export at most; more are dropped and counted.
+pub const TRACING_MAX_QUEUE: i64 = 2048;
+
 // [ingress] and [[ingress.routes]]
 /// The largest body a route accepts.
 pub const INGRESS_MAX_BODY: usize = 1024 * 1024;

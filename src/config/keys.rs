@@ -7,7 +7,7 @@ use figment::value::Value;
 use super::raw::{
     field_names, RawAdmin, RawConfig, RawDeadLetter, RawDeliveryLog, RawEndpoint, RawEvent,
     RawHttp, RawIngress, RawNats, RawProxyTable, RawRoute, RawSettings, RawSignature, RawTls,
-    RawVerify,
+    RawTracing, RawVerify,
 };
 use super::Problems;
 use crate::secret::SecretRefTable;
@@ -120,6 +120,7 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
         ("dead_letter", field_names::<RawDeadLetter>()),
         ("delivery_log", field_names::<RawDeliveryLog>()),
         ("admin", field_names::<RawAdmin>()),
+        ("tracing", field_names::<RawTracing>()),
     ] {
         unknown_keys(section(key), key, &[allowed], p);
     }

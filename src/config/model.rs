@@ -207,6 +207,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Incoming webhooks (no routes unless configured).
     pub ingress: IngressConfig,
+    /// `None` without `[tracing]`: no spans, trace context forwarded as received.
+    pub tracing: Option<crate::settings::TracingSettings>,
 }
 
 /// How a route checks its sender.

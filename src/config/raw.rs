@@ -31,6 +31,17 @@ pub(super) struct RawConfig {
     pub shutdown_grace: Option<String>,
     #[serde(default)]
     pub ingress: RawIngress,
+    /// `None` when the section is absent: tracing is off.
+    pub tracing: Option<RawTracing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub timeout: Option<String>,
+    pub max_queue: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +266,7 @@ mod tests {
             field_names::<RawIngress>(),
             field_names::<RawRoute>(),
             field_names::<RawVerify>(),
+            field_names::<RawTracing>(),
             field_names::<crate::secret::SecretRefTable>(),
         ];
         for list in lists {

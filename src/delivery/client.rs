@@ -120,7 +120,7 @@ fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, Clien
 
 /// The system roots, loaded once: parsing them per endpoint would cost memory and
 /// start-up time per endpoint for identical data.
-fn system_roots() -> Arc<rustls::RootCertStore> {
+pub(crate) fn system_roots() -> Arc<rustls::RootCertStore> {
     static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

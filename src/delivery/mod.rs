@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
 
+pub(crate) use self::client::system_roots;
 pub use self::client::ClientError;
 use self::client::HttpClient;
 use self::headers::{forwarded_headers, host_header, request_headers};
@@ -34,6 +35,7 @@ pub use self::headers::{
 use crate::config::Endpoint;
 use crate::envelope::{self, EnvelopeError, MessageFacts};
 use crate::metrics::AttemptStatus;
+use crate::otel::{AttemptEnd, AttemptFacts, AttemptTracer};
 use crate::secret::SecretRef;
 use crate::signing::Signer;
 
@@ -103,6 +105,9 @@ pub struct Deliverer {
     signer: Arc<ArcSwap<Signer>>,
     /// The `Host` header, built once: hyper-util would format it for every request.
     host: Option<HeaderValue>,
+    /// With `[tracing]`: the tracer and the endpoint's name as a span attribute value,
+    /// made once. `None` costs nothing per attempt.
+    tracer: Option<(AttemptTracer, opentelemetry::StringValue)>,
 }
 
 impl Deliverer {
@@ -114,7 +119,16 @@ impl Deliverer {
             host: host_header(&endpoint.url),
             endpoint,
             signer,
+            tracer: None,
         })
+    }
+
+    /// Traces every attempt with `tracer` (see [`crate::otel`]); `None` leaves the
+    /// trace context as the message carried it.
+    pub fn with_tracer(mut self, tracer: Option<AttemptTracer>) -> Self {
+        let name = opentelemetry::StringValue::from(self.endpoint.name.clone());
+        self.tracer = tracer.map(|t| (t, name));
+        self
     }
 
     /// Re-reads the endpoint's secrets and swaps the signer when they changed, so a
@@ -196,7 +210,16 @@ impl Deliverer {
     }
 
     /// One attempt, bounded by the endpoint's timeout (connect, send and response).
-    async fn send(&self, req: Request<'_>) -> AttemptResult {
+    async fn send(&self, mut req: Request<'_>) -> AttemptResult {
+        let span = self.tracer.as_ref().map(|(tracer, endpoint)| {
+            let facts = AttemptFacts {
+                endpoint,
+                event: req.event,
+                id: req.id,
+                attempt: req.attempt,
+            };
+            tracer.start(&facts, &mut req.forwarded)
+        });
         let headers = request_headers(
             &self.endpoint,
             self.host.as_ref(),
@@ -232,7 +255,7 @@ impl Deliverer {
             )),
         };
         let duration = start.elapsed();
-        match outcome {
+        let result = match outcome {
             Ok((status, retry_after, body)) => AttemptResult {
                 status: AttemptStatus::Class(status),
                 http_status: Some(status),
@@ -251,7 +274,20 @@ impl Deliverer {
                 duration,
                 request_headers,
             },
+        };
+        if let Some(span) = span {
+            span.end(AttemptEnd {
+                status: match result.http_status {
+                    Some(s) => s.to_string().into(),
+                    None => result.status.label().into(),
+                },
+                http_status: result.http_status,
+                success: result.is_success(),
+                error: result.error.as_deref(),
+                duration,
+            });
         }
+        result
     }
 
     async fn exchange(

@@ -786,6 +786,15 @@ impl Natshook {
         }
     }
 
+    /// Waits until a metric series reaches at least `min`, or panics with `what`.
+    pub async fn wait_metric_at_least(&self, series: &str, min: f64, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        while self.metric(series).await.is_none_or(|v| v < min) {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -6,6 +6,7 @@ mod endpoint;
 mod events;
 mod ingress;
 mod nats;
+mod otlp;
 mod proxy;
 mod sections;
 mod tls;
@@ -47,6 +48,7 @@ pub(super) fn validate(
         p,
     );
     let ingress = ingress::validate(raw.ingress, listen, p);
+    let tracing = otlp::validate(raw.tracing.as_ref(), p);
     Some(Config {
         nats: nats?,
         listen: listen?,
@@ -57,5 +59,6 @@ pub(super) fn validate(
         admin: admin?,
         shutdown_grace: shutdown_grace?,
         ingress: ingress?,
+        tracing: tracing?,
     })
 }
