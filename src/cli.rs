@@ -366,6 +366,12 @@ fn check(path: &Path) -> Result<(), Failure> {
             subjects
         ));
     }
+    if let Some(t) = &config.tracing {
+        to_stdout(format_args!(
+            "tracing: spans of {} to {} (sample ratio {})",
+            t.service_name, t.traces_url, t.sample_ratio
+        ));
+    }
     let ingress = &config.ingress;
     if !ingress.routes.is_empty() {
         let listener = ingress

@@ -259,3 +259,72 @@ async fn a_hanging_collector_costs_deliveries_nothing() {
         })
         .await;
 }
+
+/// The commented `[tracing]` examples in config/, uncommented, pass `natshook check`,
+/// and a `NATSHOOK__TRACING__…` variable overrides a key, named when it is wrong.
+#[test]
+fn the_commented_tracing_examples_pass_check_and_env_overrides_apply() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, start, prefix) in [
+        ("natshook.example.toml", "# [tracing]", "# "),
+        ("natshook.example.yaml", "# tracing:", "# "),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/config/{name}")).unwrap();
+        let at = text.find(start).expect("tracing example");
+        let end = at + text[at..].find("\n\n").expect("end of the example");
+        let example: String = text[at..end]
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix(prefix).unwrap_or(l)))
+            .collect();
+        let text = format!("{}{example}{}", &text[..at], &text[end..])
+            .replace("/var/run/secrets/audit/current", "/etc/hostname")
+            .replace("/var/run/secrets/audit/previous", "/etc/hostname");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let check = |env: &[(&str, &str)]| {
+            let out = std::process::Command::new(bin())
+                .args(["check", "--config"])
+                .arg(&path)
+                .envs([("CRM_WEBHOOK_SECRET", "x"), ("CRM_API_KEY", "y")])
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, out, err) = check(&[]);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert!(
+            out.contains(
+                "tracing: spans of natshook to http://127.0.0.1:4318/v1/traces (sample ratio 1)"
+            ),
+            "{name}: {out}"
+        );
+        let (code, out, err) = check(&[
+            (
+                "NATSHOOK__TRACING__OTLP_ENDPOINT",
+                "https://otel.example.com/otlp/",
+            ),
+            ("NATSHOOK__TRACING__SAMPLE_RATIO", "0.25"),
+        ]);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert!(
+            out.contains("to https://otel.example.com/otlp/v1/traces (sample ratio 0.25)"),
+            "{name}: {out}"
+        );
+        let (code, _, err) = check(&[
+            ("NATSHOOK__TRACING__SAMPLE_RATIO", "2"),
+            ("NATSHOOK__TRACING__MAX_QUEUE", "none"),
+        ]);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(
+            err.contains("tracing.sample_ratio: must be between 0 and 1 (got 2)"),
+            "{name}: {err}"
+        );
+        assert!(err.contains("tracing.max_queue: "), "{name}: {err}");
+    }
+}

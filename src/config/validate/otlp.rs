@@ -90,6 +90,14 @@ fn traces_url(text: &str, p: &mut Problems) -> Option<http::Uri> {
         p.add(KEY, format_args!("'{text}' must not have a query"));
         return None;
     }
+    // The URL is logged at start-up; credentials belong in OTEL_EXPORTER_OTLP_HEADERS.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        p.add(
+            KEY,
+            "must not carry credentials (user@host); send them as headers with OTEL_EXPORTER_OTLP_HEADERS",
+        );
+        return None;
+    }
     let path = format!("{}{TRACES_PATH}", uri.path().trim_end_matches('/'));
     let mut parts = uri.into_parts();
     match path.parse() {
@@ -182,12 +190,17 @@ allow_private = true
                 .any(|p| p.starts_with("tracing.otlp_endpoint: required")),
             "{got:?}"
         );
-        let got = problems(&format!(
-            "{BASE}\n[tracing]\notlp_endpoint = \"http://c:4318/?a=1\"\n"
-        ));
-        assert!(
-            got.iter().any(|p| p.starts_with("tracing.otlp_endpoint: ")),
-            "{got:?}"
-        );
+        for bad in [
+            "http://c:4318/?a=1",
+            "http://u:secret@c:4318",
+            "127.0.0.1:4318",
+        ] {
+            let got = problems(&format!("{BASE}\n[tracing]\notlp_endpoint = \"{bad}\"\n"));
+            assert!(
+                got.iter().any(|p| p.starts_with("tracing.otlp_endpoint: ")),
+                "{bad}: {got:?}"
+            );
+            assert!(!got.iter().any(|p| p.contains("secret")), "{got:?}");
+        }
     }
 }
