@@ -228,7 +228,7 @@ async fn a_hanging_collector_costs_deliveries_nothing() {
         "[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\ntimeout = \"1s\"\nmax_queue = 8\n",
         collector.port
     );
-    let natshook = Natshook::start(&config.render()).await;
+    let mut natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
     deliver_leads(&js, &rx, 200, "hang").await;
     natshook
@@ -258,6 +258,10 @@ async fn a_hanging_collector_costs_deliveries_nothing() {
             c.count() >= 1
         })
         .await;
+    // Shutdown waits for the last export within `timeout`, then exits cleanly.
+    let stopping = std::time::Instant::now();
+    assert!(natshook.terminate().await.success());
+    assert!(stopping.elapsed() < Duration::from_secs(15));
 }
 
 /// The commented `[tracing]` examples in config/, uncommented, pass `natshook check`,

@@ -27,13 +27,15 @@ const RESPONSE_LIMIT: usize = 64 * 1024;
 /// Lost spans are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// The OTLP/HTTP protobuf exporter for `settings`, sending through [`ExportClient`].
+/// The OTLP/HTTP protobuf exporter for `settings`, sending through [`ExportClient`]
+/// on `runtime`.
 pub(super) fn exporter(
     settings: &TracingSettings,
+    runtime: tokio::runtime::Handle,
 ) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
     opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_http_client(ExportClient::new(settings.timeout))
+        .with_http_client(ExportClient::new(settings.timeout, runtime))
         .with_endpoint(settings.traces_url.to_string())
         .with_protocol(Protocol::HttpBinary)
         .with_timeout(settings.timeout)
@@ -51,7 +53,7 @@ struct ExportClient {
 }
 
 impl ExportClient {
-    fn new(timeout: Duration) -> Self {
+    fn new(timeout: Duration, runtime: tokio::runtime::Handle) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -80,7 +82,7 @@ impl ExportClient {
         .wrap_connector(http);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
-            runtime: tokio::runtime::Handle::current(),
+            runtime,
             timeout,
         }
     }
@@ -188,14 +190,28 @@ impl Drops {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.last_log_ms.load(Ordering::Relaxed);
         let due = last == u64::MAX || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
-        if !due
-            || self
+        if due
+            && self
                 .last_log_ms
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
+                .is_ok()
         {
-            return;
+            self.log();
         }
+    }
+
+    /// Logs the losses not logged yet, if any: at shutdown, so none goes unreported.
+    pub(super) fn log_unreported(&self) {
+        let full = self.queue_full.load(Ordering::Relaxed);
+        let failed = self.export_failed.load(Ordering::Relaxed);
+        if full > self.logged_queue_full.load(Ordering::Relaxed)
+            || failed > self.logged_export_failed.load(Ordering::Relaxed)
+        {
+            self.log();
+        }
+    }
+
+    fn log(&self) {
         let full = self.queue_full.load(Ordering::Relaxed);
         let failed = self.export_failed.load(Ordering::Relaxed);
         let full_new = full - self.logged_queue_full.swap(full, Ordering::Relaxed);

@@ -39,12 +39,17 @@ const SPAN_NAME: &str = "deliver";
 const EXPORT_EVERY: Duration = Duration::from_secs(2);
 /// Spans in one export request at most.
 const BATCH_SIZE: usize = 512;
+/// The longest shutdown waits for the last export: a hanging collector must not eat
+/// into the time Kubernetes grants between SIGTERM and SIGKILL.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TracingError {
     #[error("tracing: cannot build the OTLP exporter: {0}")]
     Exporter(String),
+    #[error("tracing: must start inside the tokio runtime that runs the exports")]
+    NoRuntime,
 }
 
 /// The running trace pipeline: the SDK provider (sampler, batch processor, exporter),
@@ -53,6 +58,7 @@ pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: AttemptTracer,
     timeout: Duration,
+    drops: Arc<Drops>,
 }
 
 impl Tracing {
@@ -62,9 +68,10 @@ impl Tracing {
         settings: &TracingSettings,
         dropped: prometheus::IntCounterVec,
     ) -> Result<Self, TracingError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TracingError::NoRuntime)?;
         let drops = Arc::new(Drops::new(settings.max_queue, dropped));
-        let exporter =
-            export::exporter(settings).map_err(|e| TracingError::Exporter(e.to_string()))?;
+        let exporter = export::exporter(settings, runtime)
+            .map_err(|e| TracingError::Exporter(e.to_string()))?;
         // The SDK's queue is one span larger than natshook's own bound (`Bounded`), so
         // every drop is natshook's and is counted.
         let batch = BatchConfigBuilder::default()
@@ -74,7 +81,7 @@ impl Tracing {
             .build();
         let processor = Bounded::new(
             BatchSpanProcessor::new(Counted::new(exporter, drops.clone()), batch),
-            drops,
+            drops.clone(),
         );
         let resource = Resource::builder()
             .with_service_name(settings.service_name.clone())
@@ -94,6 +101,7 @@ impl Tracing {
             provider,
             tracer,
             timeout: settings.timeout,
+            drops,
         })
     }
 
@@ -101,12 +109,12 @@ impl Tracing {
         self.tracer.clone()
     }
 
-    /// Exports what is still queued (within the export timeout and a little more) and
-    /// stops the pipeline. The SDK's shutdown blocks, so it runs off the runtime's
+    /// Exports what is still queued (within the export timeout, at most
+    /// [`FLUSH_WAIT`]) and stops the pipeline; logs losses not logged yet. The SDK's shutdown blocks, so it runs off the runtime's
     /// worker threads, while the runtime still serves the export requests.
     pub async fn shutdown(self) {
         let provider = self.provider;
-        let wait = self.timeout + Duration::from_secs(1);
+        let wait = self.timeout.min(FLUSH_WAIT);
         let flushed =
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(wait)).await;
         match flushed {
@@ -114,6 +122,7 @@ impl Tracing {
             Ok(Err(e)) => tracing::warn!(error = %e, "trace export not flushed at shutdown"),
             Err(e) => tracing::warn!(error = %e, "trace export not flushed at shutdown"),
         }
+        self.drops.log_unreported();
     }
 }
 
