@@ -105,10 +105,12 @@ impl Breaker {
         self.reason.lock().ok().and_then(|r| r.clone())
     }
 
+    /// A 2xx resumes an endpoint paused for its failures (a probe, or an attempt still
+    /// in flight when the pause came), never one an operator paused.
     pub fn record_success(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
         self.metrics.consecutive_failures.set(0);
-        if self.is_paused() {
+        if self.is_paused() && self.pause_reason() != Some(PauseReason::Manual) {
             self.resume();
         }
     }
@@ -226,6 +228,19 @@ mod tests {
             *told.lock().unwrap(),
             vec![Some(PauseReason::ConsecutiveFailures(2)), None]
         );
+    }
+
+    #[test]
+    fn a_success_in_flight_does_not_undo_an_operators_pause() {
+        let m = Metrics::new();
+        let b = Breaker::new("e", 3, m.endpoint("e"));
+        b.pause(PauseReason::Manual);
+        b.record_success();
+        assert!(b.is_paused());
+        b.resume();
+        b.pause(PauseReason::Gone);
+        b.record_success();
+        assert!(!b.is_paused());
     }
 
     #[test]
