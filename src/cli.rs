@@ -358,8 +358,12 @@ fn check(path: &Path) -> Result<(), Failure> {
             .as_deref()
             .map(|t| format!("tenant {t}; "))
             .unwrap_or_default();
+        let rate = e
+            .rate_limit
+            .map(|r| format!("; rate_limit {r}"))
+            .unwrap_or_default();
         to_stdout(format_args!(
-            "  {} -> {} [{} signature; {tenant}subjects: {}]",
+            "  {} -> {} [{} signature{rate}; {tenant}subjects: {}]",
             e.name,
             e.url,
             e.signer.scheme(),

@@ -32,6 +32,8 @@ pub const ORDERED: bool = false;
 pub const MAX_BODY: usize = 1024 * 1024;
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 pub const PROBE_MAX_INTERVAL: Duration = Duration::from_secs(600);
+/// `rate_limit`: none, so deliveries are bounded by `concurrency` alone.
+pub const RATE_LIMIT: Option<super::model::Rate> = None;
 pub const ALLOW_HTTP: bool = false;
 pub const ALLOW_PRIVATE: bool = false;
 

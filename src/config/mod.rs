@@ -37,7 +37,7 @@ use std::path::Path;
 pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
     AdminConfig, Config, CopiedHeader, DeadLetterConfig, Endpoint, Envelope, IngressConfig,
-    NatsAuth, NatsConfig, Proxy, Route, TlsFiles, Verify,
+    NatsAuth, NatsConfig, Proxy, Rate, Route, TlsFiles, Verify,
 };
 pub use problems::{ConfigError, Problem, Problems};
 pub use raw::field_names;

@@ -106,6 +106,43 @@ pub struct Endpoint {
     pub max_body: usize,
     pub probe_interval: Duration,
     pub probe_max_interval: Duration,
+    /// Deliveries started per period at most, evenly spaced; `None` = unlimited.
+    pub rate_limit: Option<Rate>,
+}
+
+/// `rate_limit = "50/s"`: at most `count` deliveries started in any window of `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The gap between two deliveries. Rounded up to the nanosecond, so `count + 1`
+    /// deliveries never fit into one `per` (with 3/s, 333,333,334 ns, not …333).
+    pub fn interval(&self) -> Duration {
+        let per = self.per.as_nanos();
+        let count = u128::from(self.count.max(1));
+        let nanos = per.div_ceil(count).max(1);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// How many deliveries the rate allows within `span` (at least one).
+    pub fn within(&self, span: Duration) -> u64 {
+        let n = span.as_nanos() / self.interval().as_nanos().max(1);
+        u64::try_from(n).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            60 => "m",
+            3600 => "h",
+            _ => "s",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
 }
 
 impl Endpoint {
@@ -153,6 +190,7 @@ impl PartialEq for Endpoint {
             max_body,
             probe_interval,
             probe_max_interval,
+            rate_limit,
         } = self;
         *name == other.name
             && *url == other.url
@@ -179,6 +217,7 @@ impl PartialEq for Endpoint {
             && *max_body == other.max_body
             && *probe_interval == other.probe_interval
             && *probe_max_interval == other.probe_max_interval
+            && *rate_limit == other.rate_limit
     }
 }
 

@@ -114,6 +114,7 @@ pub(super) struct RawSettings {
     pub max_body: Option<i64>,
     pub probe_interval: Option<String>,
     pub probe_max_interval: Option<String>,
+    pub rate_limit: Option<String>,
     pub allow_http: Option<bool>,
     pub allow_private: Option<bool>,
     pub allow_cidrs: Option<Vec<String>>,

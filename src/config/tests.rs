@@ -652,3 +652,96 @@ fn a_changed_tenant_restarts_the_endpoint() {
     assert_ne!(a.endpoints[0], c.endpoints[0]);
     assert_eq!(a.endpoints[0], a.endpoints[0].clone());
 }
+
+#[test]
+fn rate_limit_reads_per_second_minute_and_hour_and_defaults_to_none() {
+    let c = Config::from_str(GOOD, "toml").unwrap();
+    assert_eq!(c.endpoints[0].rate_limit, None);
+    for (text, count, secs) in [
+        ("50/s", 50, 1),
+        (" 300/m ", 300, 60),
+        ("1000/h", 1000, 3600),
+    ] {
+        let c = Config::from_str(&format!("{GOOD}rate_limit = \"{text}\"\n"), "toml").unwrap();
+        let rate = c.endpoints[0].rate_limit.unwrap();
+        assert_eq!((rate.count, rate.per), (count, Duration::from_secs(secs)));
+        assert_eq!(rate.to_string(), text.trim());
+    }
+    // [defaults] applies, an endpoint overrides it, and "none" lifts it.
+    let with_default = GOOD.replacen(
+        "[[events]]",
+        "[defaults]\nrate_limit = \"20/s\"\n[[events]]",
+        1,
+    );
+    let two = format!("{with_default}[[endpoints]]\nname = \"b\"\nurl = \"https://b.example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\nrate_limit = \"none\"\n");
+    let c = Config::from_str(&two, "toml").unwrap();
+    assert_eq!(c.endpoints[0].rate_limit.unwrap().count, 20);
+    assert_eq!(c.endpoints[1].rate_limit, None);
+    let c = Config::from_str(&format!("{with_default}rate_limit = \"2/m\"\n"), "toml").unwrap();
+    assert_eq!(
+        c.endpoints[0].rate_limit,
+        Some(Rate {
+            count: 2,
+            per: Duration::from_secs(60)
+        })
+    );
+}
+
+#[test]
+fn a_bad_rate_limit_is_named_by_its_key() {
+    for (text, words) in [
+        (
+            "50",
+            "'50' is not a rate; use e.g. \"50/s\", \"300/m\" or \"1000/h\"",
+        ),
+        ("50/x", "'50/x': 'x' is not one of s, m, h"),
+        ("50/sec", "'50/sec': 'sec' is not one of s, m, h"),
+        ("/s", "'/s': '' is not a whole number"),
+        ("-5/s", "'-5/s': '-5' is not a whole number"),
+        ("1.5/s", "'1.5/s': '1.5' is not a whole number"),
+        ("0/s", "'0/s': must allow at least 1 delivery"),
+        ("2000000/s", "'2000000/s': at most 1000000/s"),
+        (
+            "99999999999/h",
+            "'99999999999/h': '99999999999' is too large",
+        ),
+        ("unlimited", "'unlimited' is not a rate"),
+    ] {
+        let got = problems(&format!("{GOOD}rate_limit = \"{text}\"\n"));
+        let expected = format!("endpoints[0].rate_limit: {words}");
+        assert!(
+            got.iter().any(|g| g.starts_with(&expected)),
+            "{text}: missing {expected:?} in {got:#?}"
+        );
+    }
+    let got = problems(&format!("{GOOD}rate_limit = 50\n"));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("endpoints[0].rate_limit: invalid type")),
+        "{got:#?}"
+    );
+    let got = problems(&GOOD.replacen(
+        "[[events]]",
+        "[defaults]\nrate_limit = \"fast\"\n[[events]]",
+        1,
+    ));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("defaults.rate_limit: 'fast' is not a rate")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn a_rate_spaces_its_deliveries_by_the_interval_rounded_up() {
+    let rate = |count, secs| Rate {
+        count,
+        per: Duration::from_secs(secs),
+    };
+    assert_eq!(rate(200, 1).interval(), Duration::from_millis(5));
+    assert_eq!(rate(3, 1).interval(), Duration::from_nanos(333_333_334));
+    assert_eq!(rate(1, 3600).interval(), Duration::from_secs(3600));
+    assert_eq!(rate(200, 1).within(Duration::from_secs(10)), 2000);
+    assert_eq!(rate(2, 1).within(Duration::from_secs(10)), 20);
+    assert_eq!(rate(1, 60).within(Duration::from_secs(10)), 1);
+}

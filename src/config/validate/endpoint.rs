@@ -11,7 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 use hyper_util::client::proxy::matcher::Matcher;
 
 use super::super::defaults;
-use super::super::model::{Endpoint, Envelope, TlsFiles};
+use super::super::model::{Endpoint, Envelope, Rate, TlsFiles};
 use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
 use super::proxy;
@@ -173,6 +173,7 @@ fn validate_endpoint(
         Some(t) => p.duration(&probe_max_path, &t),
         None => Some(defaults::PROBE_MAX_INTERVAL),
     };
+    let rate_limit = rate_limit(s, p);
     let (attempts, shape) = (attempts?, shape?);
     Some(Endpoint {
         name: name?,
@@ -203,6 +204,7 @@ fn validate_endpoint(
         max_body: shape.max_body,
         probe_interval: probe_interval?,
         probe_max_interval: probe_max_interval?,
+        rate_limit: rate_limit?,
     })
 }
 
@@ -471,6 +473,63 @@ fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
         |key, f| crate::pem::check_tls_file(key, f).map_err(|e| e.to_string());
     tls_files(raw, &at, loadable, p)
 }
+
+/// `rate_limit`: `"N/s"`, `"N/m"` or `"N/h"`, or `"none"` (so an endpoint can lift a
+/// `[defaults]` limit). `Some(None)` is no limit.
+fn rate_limit(s: &Settings, p: &mut Problems) -> Option<Option<Rate>> {
+    let (text, path) = pick!(s, rate_limit);
+    let Some(text) = text else {
+        return Some(defaults::RATE_LIMIT);
+    };
+    match parse_rate(&text) {
+        Ok(rate) => Some(rate),
+        Err(e) => {
+            p.add(path, e);
+            None
+        }
+    }
+}
+
+/// Reads a `rate_limit` value; the error is the problem's message.
+pub(crate) fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
+    let t = text.trim();
+    if t == "none" {
+        return Ok(None);
+    }
+    let usage = "use e.g. \"50/s\", \"300/m\" or \"1000/h\" (or \"none\")";
+    let Some((count, unit)) = t.split_once('/') else {
+        return Err(format!("'{text}' is not a rate; {usage}"));
+    };
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        other => {
+            return Err(format!(
+                "'{text}': '{other}' is not one of s, m, h; {usage}"
+            ))
+        }
+    };
+    let count = count.trim();
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "'{text}': '{count}' is not a whole number; {usage}"
+        ));
+    }
+    match count.parse::<u32>() {
+        Ok(0) => Err(format!(
+            "'{text}': must allow at least 1 delivery (leave rate_limit out, or \"none\", for no limit)"
+        )),
+        Ok(count) if u64::from(count) > MAX_RATE_PER_SECOND * per.as_secs() => Err(format!(
+            "'{text}': at most {MAX_RATE_PER_SECOND}/s (leave rate_limit out for no limit)"
+        )),
+        Ok(count) => Ok(Some(Rate { count, per })),
+        Err(_) => Err(format!("'{text}': '{count}' is too large")),
+    }
+}
+
+/// Above this a limit is no limit in practice (one delivery every microsecond).
+const MAX_RATE_PER_SECOND: u64 = 1_000_000;
 
 /// When attempts are made and given up on.
 struct Attempts {
