@@ -7,8 +7,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Attempt latency buckets: 5 ms … 30 s.
@@ -134,6 +134,7 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     pending: IntGaugeVec,
     dead_letters: IntCounterVec,
+    rate_limit_wait: CounterVec,
     pub unmapped: IntCounter,
     pub nats_connected: IntGauge,
     ingress_requests: IntCounterVec,
@@ -180,6 +181,8 @@ pub struct EndpointMetrics {
     pub inflight: IntGauge,
     pub pending: IntGauge,
     pub dead_letters: IntCounter,
+    /// Seconds messages waited for a `rate_limit` token.
+    pub rate_limit_wait: Counter,
 }
 
 impl EndpointMetrics {
@@ -325,6 +328,15 @@ impl Metrics {
             "natshook_consumer_pending",
             "Messages not yet delivered (consumer lag).",
         );
+        let rate_limit_wait = CounterVec::new(
+            Opts::new(
+                "natshook_rate_limit_wait_seconds_total",
+                "Time fetched messages waited for a rate_limit token before their attempt.",
+            ),
+            &["endpoint"],
+        )
+        .expect("static metric definition");
+        let rate_limit_wait = register(&r, rate_limit_wait);
         let (unmapped, nats_connected) = process_families(&r);
         let (ingress_requests, ingress_duration) = ingress_families(&r);
         Self {
@@ -338,6 +350,7 @@ impl Metrics {
             inflight,
             pending,
             dead_letters,
+            rate_limit_wait,
             unmapped,
             nats_connected,
             ingress_requests,
@@ -400,6 +413,7 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&e),
             pending: self.pending.with_label_values(&e),
             dead_letters: self.dead_letters.with_label_values(&e),
+            rate_limit_wait: self.rate_limit_wait.with_label_values(&e),
         }
     }
 
@@ -462,6 +476,7 @@ mod tests {
             "natshook_inflight{endpoint=\"crm\"} 0",
             "natshook_consumer_pending{endpoint=\"crm\"} 0",
             "natshook_dead_letters_total{endpoint=\"crm\"} 0",
+            "natshook_rate_limit_wait_seconds_total{endpoint=\"crm\"} 0",
             "natshook_unmapped_messages_total 0",
             "natshook_nats_connected 0",
             "natshook_build_info{version=\"",

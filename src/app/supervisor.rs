@@ -97,6 +97,18 @@ pub struct ReloadSummary {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub restarted: Vec<String>,
+    /// Changed in place, without a restart (only `rate_limit` differed).
+    pub updated: Vec<String>,
+}
+
+/// Whether `new` differs from the running `old` in more than what a worker applies in
+/// place (`rate_limit`), so that the endpoint must restart.
+fn needs_restart(old: &Endpoint, new: &Endpoint) -> bool {
+    let in_place = |e: &Endpoint| Endpoint {
+        rate_limit: None,
+        ..e.clone()
+    };
+    in_place(old) != in_place(new)
 }
 
 impl Supervisor {
@@ -254,13 +266,21 @@ impl Supervisor {
         let mut summary = ReloadSummary::default();
         let mut built = Vec::new();
         let mut failed = Vec::new();
+        let mut in_place = Vec::new();
         let mut wanted: Vec<(usize, &Endpoint)> = new.endpoints.iter().enumerate().collect();
         wanted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         for (index, e) in wanted {
             let changes = match running.get(&e.name) {
                 None => &mut summary.added,
-                Some(r) if router_changed || **r.worker.endpoint() != *e => &mut summary.restarted,
-                Some(_) => continue,
+                Some(r) if router_changed || needs_restart(r.worker.endpoint(), e) => {
+                    &mut summary.restarted
+                }
+                Some(r) => {
+                    if r.worker.rate_limit() != e.rate_limit {
+                        in_place.push((r.worker.clone(), e.rate_limit));
+                    }
+                    continue;
+                }
             };
             changes.push(e.name.clone());
             match Deliverer::new(Arc::new(e.clone())) {
@@ -284,6 +304,10 @@ impl Supervisor {
 
         // From here on nothing fails.
         warn_restart_needed(&current, &new);
+        for (worker, rate) in in_place {
+            summary.updated.push(worker.endpoint().name.clone());
+            worker.set_rate_limit(rate);
+        }
         let router = Arc::new(new.router.clone());
         let mut to_drain = Vec::new();
         for name in &summary.removed {
@@ -327,7 +351,7 @@ impl Supervisor {
             Ok(config) => match self.apply(config.clone()).await {
                 Ok(s) => {
                     self.ingress.apply(&config.ingress);
-                    tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "config reloaded")
+                    tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, updated = ?s.updated, "config reloaded")
                 }
                 Err(e) => {
                     for problem in &e.0 {
@@ -469,6 +493,19 @@ mod tests {
                 "secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }\nsignature = { scheme = \"sha256\" }"
             )
         );
+    }
+
+    #[test]
+    fn a_changed_rate_limit_alone_needs_no_restart() {
+        let base = endpoint("secret = \"one\"\nrate_limit = \"50/s\"");
+        let slower = endpoint("secret = \"one\"\nrate_limit = \"5/s\"");
+        assert!(base != slower);
+        assert!(!needs_restart(&base, &slower));
+        assert!(!needs_restart(&base, &endpoint("secret = \"one\"")));
+        assert!(needs_restart(
+            &base,
+            &endpoint("secret = \"one\"\nrate_limit = \"5/s\"\nconcurrency = 2")
+        ));
     }
 
     #[test]

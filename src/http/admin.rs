@@ -19,6 +19,9 @@ use crate::secret::Secret;
 use crate::store::dead_letters::ReplayFilter;
 use crate::worker::Worker;
 
+/// The longest a test event waits for a `rate_limit` token before answering 429.
+const TEST_TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -154,10 +157,24 @@ impl Admin {
 
     /// Sends a `webhook.test` event (as Svix and the seeds' platforms do) and reports
     /// what the receiver answered. Not retried, not dead-lettered, not in metrics.
+    /// It takes a `rate_limit` token like a delivery (the receiver's limit counts every
+    /// request); when none is free within [`TEST_TOKEN_WAIT`], it answers 429 with
+    /// `Retry-After`.
     async fn test(&self, name: &str) -> Response<Full<Bytes>> {
         let Some(w) = self.worker(name) else {
             return not_found(name);
         };
+        if let Err(wait) = w.take_token_within(TEST_TOKEN_WAIT).await {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let rate = w.rate_limit().map(|r| r.to_string()).unwrap_or_default();
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("endpoint '{name}' is at its rate_limit ({rate}); the next request may go in {secs} s"),
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            return r;
+        }
         let now = SystemTime::now();
         let id = format!("test_{}", crate::time::unix_nanos(now));
         let payload = Bytes::from(

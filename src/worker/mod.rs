@@ -14,10 +14,17 @@
 //! dead-letter publish failed must still come back. Because the delivery count is the
 //! attempt number, fetched messages are never dropped unattempted: a pause holds them,
 //! a re-bind keeps them, and shutdown NAKs them for immediate redelivery.
+//!
+//! With a `rate_limit`, a message waits for its token after it is taken and before
+//! it is started (`throttle`): the wait costs no attempt, and the message and the
+//! others fetched meanwhile get their ack timers extended while they wait. The
+//! window (`max_ack_pending`) is then also bounded by what the rate delivers in a
+//! third of `ack_wait`, so few messages are fetched ahead of their token.
 
 pub mod breaker;
 mod message;
 pub mod outcome;
+pub mod throttle;
 pub mod unmapped;
 
 use std::collections::VecDeque;
@@ -33,14 +40,16 @@ use async_nats::jetstream::{
     message::AckKind,
 };
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason};
+use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
-use crate::config::{Endpoint, NatsConfig};
+use crate::config::{Endpoint, NatsConfig, Rate};
 use crate::delivery::Deliverer;
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::rate_limit::RateLimit;
@@ -73,11 +82,27 @@ pub fn ack_wait(endpoint: &Endpoint) -> Duration {
     (endpoint.timeout + Duration::from_secs(20)).max(Duration::from_secs(30))
 }
 
+/// The consumer's window: at most this many messages unacked. Twice the concurrency
+/// (one for `ordered`), and with a rate limit no more than the rate delivers in a third
+/// of `ack_wait`, so a fetched message is started well within its ack timer.
+pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
+    if endpoint.ordered {
+        return 1;
+    }
+    let window = endpoint.concurrency as u64 * 2;
+    let window = match rate {
+        Some(rate) => window.min(rate.within(ack_wait(endpoint) / 3)),
+        None => window,
+    };
+    i64::try_from(window).unwrap_or(i64::MAX)
+}
+
 /// Messages fetched but not started. They survive pauses and re-binds, so a message
 /// the endpoint never tried costs no attempt and never waits out its ack timer.
 type Held = VecDeque<jetstream::Message>;
 
 /// Why feeding one pull stream ended.
+#[derive(Debug)]
 enum Leave {
     Drain,
     /// Pull again at once (missed heartbeat, stream ended).
@@ -177,6 +202,20 @@ pub struct Worker {
     /// Set once a `Nats-Msg-Id` was replaced by another id: a publisher that sets an
     /// unusable id usually does so for every message, so it is said once, not per message.
     msg_id_warned: AtomicBool,
+    /// The `rate_limit` in force: it follows reloads without a restart, so a waiting
+    /// message is never NAKed (which would cost it an attempt) for a new rate.
+    throttle: watch::Sender<Option<Arc<Throttle>>>,
+}
+
+/// Why a message did not get its token.
+enum NoToken {
+    Leave(Leave),
+    /// The endpoint paused meanwhile; the message is held again.
+    Paused,
+}
+
+fn endpoint_throttle(endpoint: &Endpoint) -> Option<Arc<Throttle>> {
+    endpoint.rate_limit.map(|r| Arc::new(Throttle::new(r)))
 }
 
 fn from_unix_ms(ms: u64) -> Option<String> {
@@ -202,7 +241,6 @@ impl Worker {
         );
         Self {
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
-            endpoint,
             deliverer,
             router,
             shared: shared.clone(),
@@ -214,11 +252,50 @@ impl Worker {
             last_error: Mutex::new(None),
             success_log: RateLimit::new(shared.log_successes_per_second),
             msg_id_warned: AtomicBool::new(false),
+            throttle: watch::Sender::new(endpoint_throttle(&endpoint)),
+            endpoint,
         }
     }
 
+    /// The endpoint as the worker was started. Its `rate_limit` follows reloads in
+    /// place: read that one through [`Worker::rate_limit`].
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
+    }
+
+    /// The `rate_limit` in force.
+    pub fn rate_limit(&self) -> Option<Rate> {
+        self.throttle.borrow().as_ref().map(|t| t.rate())
+    }
+
+    /// Applies a new `rate_limit` without a restart: the next token comes at the new
+    /// rate, and the consumer's window follows (the pull stream and the messages
+    /// already fetched stay, so none of them is redelivered or costs an attempt).
+    pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>) {
+        self.throttle
+            .send_replace(rate.map(|r| Arc::new(Throttle::new(r))));
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            match this.bind().await {
+                Ok(_) => {
+                    tracing::info!(endpoint = %this.endpoint.name, rate_limit = ?rate.map(|r| r.to_string()), "rate limit changed")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %this.endpoint.name, error = %e, "rate limit changed; the consumer window follows at the next bind")
+                }
+            }
+        });
+    }
+
+    /// Waits (at most `max_wait`) for a token of the endpoint's rate limit, for a
+    /// request outside the fetch loop (the admin API's test event); `Err` is how long
+    /// until one is free.
+    pub async fn take_token_within(&self, max_wait: Duration) -> Result<(), Duration> {
+        let throttle = self.throttle.borrow().clone();
+        match throttle {
+            Some(t) => t.take_within(max_wait).await,
+            None => Ok(()),
+        }
     }
 
     pub fn deliverer(&self) -> &Deliverer {
@@ -301,11 +378,7 @@ impl Worker {
             max_deliver: -1,
             filter_subject,
             filter_subjects,
-            max_ack_pending: if self.endpoint.ordered {
-                1
-            } else {
-                (self.endpoint.concurrency * 2) as i64
-            },
+            max_ack_pending: window(&self.endpoint, self.rate_limit()),
             ..Default::default()
         }
     }
@@ -426,6 +499,11 @@ impl Worker {
         tracker: &TaskTracker,
     ) -> Leave {
         let mut paused = self.breaker.watch();
+        // Held messages waiting for a token: their ack timers are extended on this
+        // schedule (kept across messages, since one message may wait through many).
+        let every = ack_wait(&self.endpoint) / 3;
+        let mut keep_alive = tokio::time::interval_at(Instant::now() + every, every);
+        keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             if self.breaker.is_paused() {
                 match self.hold_while_paused(messages, held, stop).await {
@@ -458,6 +536,14 @@ impl Worker {
                     }
                 }
             };
+            let msg = match self
+                .wait_for_token(msg, messages, held, stop, &mut keep_alive)
+                .await
+            {
+                Ok(msg) => msg,
+                Err(NoToken::Leave(leave)) => return leave,
+                Err(NoToken::Paused) => continue,
+            };
             let this = Arc::clone(self);
             let abort = stop.abort.clone();
             // Boxed, so the delivery future is copied once into the heap and the task
@@ -466,6 +552,65 @@ impl Worker {
                 this.handle(msg, &abort).await;
                 drop(permit);
             }));
+        }
+    }
+
+    /// Holds `msg` until the rate limit gives it a token (at once without one). While
+    /// it waits, what the stream brings joins `held`, and the ack timers of `msg` and
+    /// of everything held are extended on `keep_alive`'s schedule: waiting costs no
+    /// attempt and no redelivery. On the way out without a token, `msg` goes back to
+    /// the front of `held`.
+    async fn wait_for_token(
+        &self,
+        msg: jetstream::Message,
+        messages: &mut pull::Stream,
+        held: &mut Held,
+        stop: &Stop,
+        keep_alive: &mut Interval,
+    ) -> Result<jetstream::Message, NoToken> {
+        if self.throttle.borrow().is_none() {
+            return Ok(msg);
+        }
+        let mut changed = self.throttle.subscribe();
+        let mut paused = self.breaker.watch();
+        let mut waited_since = None;
+        let leave = loop {
+            let Some(throttle) = changed.borrow_and_update().clone() else {
+                break None;
+            };
+            let next = match throttle.try_take() {
+                Ok(()) => break None,
+                Err(next) => next,
+            };
+            waited_since.get_or_insert_with(Instant::now);
+            tokio::select! {
+                _ = stop.drain.cancelled() => break Some(NoToken::Leave(Leave::Drain)),
+                () = paused.wait_for(|p| *p).map(drop) => break Some(NoToken::Paused),
+                () = tokio::time::sleep_until(next) => {}
+                // A new rate (or none) applies to this message too.
+                _ = changed.changed() => {}
+                _ = keep_alive.tick() => {
+                    self.ack(&msg, AckKind::Progress).await;
+                    self.extend_ack_wait(held).await;
+                }
+                next = messages.next() => match next {
+                    Some(Ok(m)) => held.push_back(m),
+                    Some(Err(e)) => break Some(NoToken::Leave(self.fetch_failed(&e))),
+                    None => break Some(NoToken::Leave(Leave::Rebind)),
+                },
+            }
+        };
+        if let Some(since) = waited_since {
+            self.metrics
+                .rate_limit_wait
+                .inc_by(since.elapsed().as_secs_f64());
+        }
+        match leave {
+            None => Ok(msg),
+            Some(why) => {
+                held.push_front(msg);
+                Err(why)
+            }
         }
     }
 
@@ -530,7 +675,15 @@ impl Worker {
                     let lock = if held.is_empty() || manual {
                         None
                     } else {
-                        self.probe_turn(wait.peek()).await
+                        // A probe is a request like any other: it takes a token, or
+                        // comes when the next one is free.
+                        match self.try_take_token() {
+                            Ok(()) => self.probe_turn(wait.peek()).await,
+                            Err(next) => {
+                                probe_due.as_mut().reset(next);
+                                continue;
+                            }
+                        }
                     };
                     match lock {
                         Some(lock) => {
@@ -596,6 +749,14 @@ impl Worker {
         }
     }
 
+    /// A token now, or when the next one is free (always one without a rate limit).
+    fn try_take_token(&self) -> Result<(), Instant> {
+        match self.throttle.borrow().as_ref() {
+            Some(t) => t.try_take(),
+            None => Ok(()),
+        }
+    }
+
     /// Restarts the ack timer of messages that are ours but not started.
     async fn extend_ack_wait(&self, held: &Held) {
         for msg in held {
@@ -609,5 +770,39 @@ impl Worker {
             // never a loss.
             tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ack failed; message will be redelivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn endpoint(settings: &str) -> Endpoint {
+        let text = format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n{settings}\n"
+        );
+        match Config::from_str(&text, "toml") {
+            Ok(mut c) => c.endpoints.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_window_is_what_the_rate_delivers_in_a_third_of_ack_wait() {
+        let e = endpoint("");
+        assert_eq!(window(&e, None), 128);
+        // ack_wait is 30 s: 10 s at 200/s is more than twice the concurrency.
+        let e = endpoint("rate_limit = \"200/s\"");
+        assert_eq!(window(&e, e.rate_limit), 128);
+        let e = endpoint("rate_limit = \"2/s\"");
+        assert_eq!(window(&e, e.rate_limit), 20);
+        // Slower than one per ten seconds: one message at a time.
+        let e = endpoint("rate_limit = \"1/m\"");
+        assert_eq!(window(&e, e.rate_limit), 1);
+        let e = endpoint("rate_limit = \"2/s\"\ntimeout = \"40s\"");
+        assert_eq!(window(&e, e.rate_limit), 40);
+        let e = endpoint("rate_limit = \"2/s\"\nordered = true");
+        assert_eq!(window(&e, e.rate_limit), 1);
     }
 }
