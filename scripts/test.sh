@@ -18,7 +18,7 @@ if [ "${NATSHOOK_SKIP_SHIPPED:-0}" != 1 ]; then
     echo "==> end-to-end tests against the shipped (static release) binary"
     if shipped=$(./scripts/build-release.sh --locked); then
         NATSHOOK_BIN="$PWD/$shipped" cargo test --no-fail-fast \
-            --test bridge --test cli --test ingress --test operations --test reliability --test security --test tracing \
+            --test bridge --test cli --test ingress --test operations --test rate_limit --test reliability --test security --test tracing \
             --test proxy --test tenants --test cluster \
             "$@" 2>&1 | tee -a "$log"
         [ "${PIPESTATUS[0]}" = 0 ] || status=1

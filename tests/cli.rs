@@ -362,3 +362,39 @@ fn output_to_a_closed_pipe_is_not_a_panic() {
         assert_ne!(status.code(), Some(101), "natshook {args:?} panicked");
     }
 }
+
+#[test]
+fn check_names_a_bad_rate_limit_by_its_key_from_the_file_and_the_environment() {
+    let (code, err) = check_config(&one_endpoint(
+        "url = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\nrate_limit = \"50/x\"\n",
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("endpoints[0].rate_limit: '50/x': 'x' is not one of s, m, h"),
+        "{err}"
+    );
+    let good = "nats = { stream = \"E\" }\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n";
+    let (code, err, _) = check_file(
+        "natshook.toml",
+        good,
+        &[("NATSHOOK__DEFAULTS__RATE_LIMIT", "fast")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("defaults.rate_limit: 'fast' is not a rate; use e.g. \"50/s\""),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, good).unwrap();
+    let (code, out, err) = run(
+        &["check", "--config", path.to_str().unwrap()],
+        b"",
+        &[("NATSHOOK__DEFAULTS__RATE_LIMIT", "50/s")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[hex signature; rate_limit 50/s; subjects: a]"),
+        "{out}"
+    );
+}

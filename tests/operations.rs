@@ -10,16 +10,6 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
-fn with_admin(mut config: TestConfig) -> TestConfig {
-    config.top = format!(
-        "{}\n[admin]\nenabled = true\ntoken = {{ value = \"{TOKEN}\" }}\n",
-        config.top
-    );
-    config
-}
-
 async fn wait_until<F: std::future::Future<Output = bool>>(
     within: Duration,
     what: &str,
@@ -63,7 +53,9 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
     )
     .await;
     assert_eq!(
-        off.api("GET", "/api/endpoints", Some(TOKEN), None).await.0,
+        off.api("GET", "/api/endpoints", Some(ADMIN_TOKEN), None)
+            .await
+            .0,
         404
     );
 
@@ -84,7 +76,9 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
         .0,
         401
     );
-    let (status, body) = on.api("GET", "/api/endpoints", Some(TOKEN), None).await;
+    let (status, body) = on
+        .api("GET", "/api/endpoints", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(status, 200);
     let list = body.as_array().unwrap();
     assert_eq!(list.len(), 1);
@@ -92,19 +86,21 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
     assert_eq!(list[0]["paused"], false);
     assert_eq!(list[0]["bound"], true);
     assert_eq!(
-        on.api("GET", "/api/endpoints/nope", Some(TOKEN), None)
+        on.api("GET", "/api/endpoints/nope", Some(ADMIN_TOKEN), None)
             .await
             .0,
         404
     );
     assert_eq!(
-        on.api("POST", "/api/endpoints/nope/pause", Some(TOKEN), None)
+        on.api("POST", "/api/endpoints/nope/pause", Some(ADMIN_TOKEN), None)
             .await
             .0,
         404
     );
     assert_eq!(
-        on.api("GET", "/api/nothing", Some(TOKEN), None).await.0,
+        on.api("GET", "/api/nothing", Some(ADMIN_TOKEN), None)
+            .await
+            .0,
         404
     );
     // Token problems are config errors.
@@ -141,7 +137,7 @@ async fn admin_state_deliveries_and_test_ping() {
     deliver_leads(&js, &rx, 5, "st").await;
 
     let (_, state) = natshook
-        .api("GET", "/api/endpoints/a", Some(TOKEN), None)
+        .api("GET", "/api/endpoints/a", Some(ADMIN_TOKEN), None)
         .await;
     assert!(
         state["last_success"].as_str().unwrap().ends_with('Z'),
@@ -153,7 +149,12 @@ async fn admin_state_deliveries_and_test_ping() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let records = loop {
         let (s, body) = natshook
-            .api("GET", "/api/endpoints/a/deliveries", Some(TOKEN), None)
+            .api(
+                "GET",
+                "/api/endpoints/a/deliveries",
+                Some(ADMIN_TOKEN),
+                None,
+            )
             .await;
         if s == 200 && body.as_array().is_some_and(|a| a.len() >= 6) {
             break body;
@@ -185,7 +186,7 @@ async fn admin_state_deliveries_and_test_ping() {
         .api(
             "GET",
             "/api/endpoints/a/deliveries?limit=2",
-            Some(TOKEN),
+            Some(ADMIN_TOKEN),
             None,
         )
         .await;
@@ -193,7 +194,7 @@ async fn admin_state_deliveries_and_test_ping() {
     assert!(two[0]["time"].as_str() >= two[1]["time"].as_str());
 
     let (status, ping) = natshook
-        .api("POST", "/api/endpoints/a/test", Some(TOKEN), None)
+        .api("POST", "/api/endpoints/a/test", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(ping["success"], true);
@@ -211,7 +212,12 @@ async fn admin_state_deliveries_and_test_ping() {
     natshook.terminate().await;
     natshook.spawn().await;
     let (_, after) = natshook
-        .api("GET", "/api/endpoints/a/deliveries", Some(TOKEN), None)
+        .api(
+            "GET",
+            "/api/endpoints/a/deliveries",
+            Some(ADMIN_TOKEN),
+            None,
+        )
         .await;
     assert!(after.as_array().unwrap().len() >= 6, "{after}");
 }
@@ -238,14 +244,19 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         .api(
             "POST",
             "/api/endpoints/a/dlq/replay",
-            Some(TOKEN),
+            Some(ADMIN_TOKEN),
             Some("{\"id\": \"dl-4\"}"),
         )
         .await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["replayed"], serde_json::json!(["dl-4"]));
     let (status, summary) = natshook
-        .api("POST", "/api/endpoints/a/dlq/replay", Some(TOKEN), None)
+        .api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(ADMIN_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(summary["replayed"].as_array().unwrap().len(), 9);
@@ -255,7 +266,7 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         .api(
             "POST",
             "/api/endpoints/a/dlq/replay",
-            Some(TOKEN),
+            Some(ADMIN_TOKEN),
             Some("{\"bogus\": 1}"),
         )
         .await;
@@ -263,7 +274,7 @@ async fn admin_pause_resume_and_dead_letter_replay() {
 
     // Manual pause: nothing is fetched (no probes either) until resume.
     let (status, state) = natshook
-        .api("POST", "/api/endpoints/a/pause", Some(TOKEN), None)
+        .api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(state["paused"], true);
@@ -283,7 +294,7 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         "a manually paused endpoint received requests"
     );
     let (_, state) = natshook
-        .api("POST", "/api/endpoints/a/resume", Some(TOKEN), None)
+        .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(state["paused"], false);
     rx.wait_for(Duration::from_secs(20), "20 after resume", |r| {
@@ -526,7 +537,7 @@ async fn a_closed_stderr_does_not_stop_deliveries() {
 /// The names of the endpoints the admin API lists.
 async fn listed_endpoints(natshook: &Natshook) -> Vec<String> {
     let (status, body) = natshook
-        .api("GET", "/api/endpoints", Some(TOKEN), None)
+        .api("GET", "/api/endpoints", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200, "{body}");
     body.as_array()

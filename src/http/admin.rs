@@ -158,8 +158,8 @@ impl Admin {
     /// Sends a `webhook.test` event (as Svix and the seeds' platforms do) and reports
     /// what the receiver answered. Not retried, not dead-lettered, not in metrics.
     /// It takes a `rate_limit` token like a delivery (the receiver's limit counts every
-    /// request); when none is free within [`TEST_TOKEN_WAIT`], it answers 429 with
-    /// `Retry-After`.
+    /// request), waiting for it when it is due within [`TEST_TOKEN_WAIT`]; otherwise it
+    /// answers 429 at once, with `Retry-After`.
     async fn test(&self, name: &str) -> Response<Full<Bytes>> {
         let Some(w) = self.worker(name) else {
             return not_found(name);

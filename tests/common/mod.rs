@@ -277,6 +277,8 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// Wall-clock time the request head arrived (before its body was read).
+    pub wall: std::time::SystemTime,
     /// 1 for the first request with this X-Webhook-Id, 2 for the second, …
     pub nth_for_id: usize,
     pub replied: u16,
@@ -383,6 +385,7 @@ impl Receiver {
                         let log = log.clone();
                         let behaviour = behaviour.clone();
                         async move {
+                            let wall = std::time::SystemTime::now();
                             let path = req.uri().path().to_string();
                             let version = req.version();
                             let headers = req.headers().clone();
@@ -403,6 +406,7 @@ impl Receiver {
                                 headers,
                                 body,
                                 at: Instant::now(),
+                                wall,
                                 nth_for_id: 0,
                                 replied: 0,
                             };
@@ -912,6 +916,18 @@ impl TestConfig {
         }
         s
     }
+}
+
+/// The admin API's bearer token in tests that enable it ([`with_admin`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// `config` with the admin API on, behind [`ADMIN_TOKEN`].
+pub fn with_admin(mut config: TestConfig) -> TestConfig {
+    config.top = format!(
+        "{}\n[admin]\nenabled = true\ntoken = {{ value = \"{ADMIN_TOKEN}\" }}\n",
+        config.top
+    );
+    config
 }
 
 /// Publishes `n` leads and waits (up to 20 s) until the receiver holds `n` distinct ids.
