@@ -214,3 +214,46 @@ async fn the_admin_test_event_takes_a_token_too() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(rx.count(), 1);
 }
+
+/// With a header tenant every message of the stream reaches each tenant's endpoint;
+/// the other tenants' are acked without a request and take no token, so they do not
+/// slow the endpoint's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_become_no_request_take_no_token() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let mut config = TestConfig::new(nats.url());
+    config.events = vec![];
+    config = config
+        .mapping("orders.*", "order.{2}", "tenant_header = \"Nats-Tenant\"")
+        .endpoint(
+            "acme",
+            &rx.url("/"),
+            &["order.*"],
+            "tenant = \"acme\"\nrate_limit = \"1/s\"",
+        );
+    let _natshook = Natshook::start(&config.render()).await;
+    // 200 of another tenant first: with a token each, acme's 3 would wait 200 s.
+    let messages = (0..203).map(|i| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("o-{i}").as_str(),
+        );
+        headers.insert("Nats-Tenant", if i < 200 { "other" } else { "acme" });
+        (
+            "orders.paid".to_string(),
+            bytes::Bytes::from(format!("{{\"i\":{i}}}")),
+            headers,
+        )
+    });
+    let js = jetstream::new(nats.client().await);
+    publish_with_headers(&js, messages).await;
+    rx.wait_for(Duration::from_secs(20), "acme's 3", |r| r.count() >= 3)
+        .await;
+    let ids: BTreeSet<String> = rx.received().iter().map(|r| r.id().to_string()).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["o-200", "o-201", "o-202"].map(String::from))
+    );
+}

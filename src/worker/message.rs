@@ -127,6 +127,21 @@ impl Worker {
         })
     }
 
+    /// Whether `msg` becomes a request, the verdict `route` and `handle` reach, without
+    /// settling anything: only such a message takes a `rate_limit` token. Another
+    /// tenant's message (every one, with a header tenant), an unwanted event or an
+    /// oversized payload is settled without a request, and must not slow the
+    /// endpoint's own messages.
+    pub(super) fn becomes_request(&self, msg: &jetstream::Message) -> bool {
+        let verdict = self.router.decide(
+            msg.subject.as_str(),
+            header_pairs(msg),
+            &self.endpoint.events,
+            self.endpoint.tenant.as_deref(),
+        );
+        matches!(verdict, Verdict::Deliver(_)) && msg.payload.len() <= self.endpoint.max_body
+    }
+
     /// One attempt, logged, then settled.
     async fn deliver(&self, m: &Routed, abort: &CancellationToken) {
         let facts = MessageFacts {

@@ -555,11 +555,11 @@ impl Worker {
         }
     }
 
-    /// Holds `msg` until the rate limit gives it a token (at once without one). While
-    /// it waits, what the stream brings joins `held`, and the ack timers of `msg` and
-    /// of everything held are extended on `keep_alive`'s schedule: waiting costs no
-    /// attempt and no redelivery. On the way out without a token, `msg` goes back to
-    /// the front of `held`.
+    /// Holds `msg` until the rate limit gives it a token (at once without a limit, or
+    /// for a message that becomes no request). While it waits, what the stream brings
+    /// joins `held`, and the ack timers of `msg` and of everything held are extended on
+    /// `keep_alive`'s schedule: waiting costs no attempt and no redelivery. On the way
+    /// out without a token, `msg` goes back to the front of `held`.
     async fn wait_for_token(
         &self,
         msg: jetstream::Message,
@@ -568,7 +568,7 @@ impl Worker {
         stop: &Stop,
         keep_alive: &mut Interval,
     ) -> Result<jetstream::Message, NoToken> {
-        if self.throttle.borrow().is_none() {
+        if self.throttle.borrow().is_none() || !self.becomes_request(&msg) {
             return Ok(msg);
         }
         let mut changed = self.throttle.subscribe();
