@@ -115,6 +115,112 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
     );
 }
 
+/// Every admin API error, routing's and the extractors' included, is one JSON shape:
+/// `{"error": "..."}` (with `problems` only for an invalid endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_errors_share_one_json_shape() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let natshook = Natshook::start(
+        &with_admin(TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "")).render(),
+    )
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let big = format!("{{\"id\": \"{}\"}}", "x".repeat(70 * 1024));
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        ("GET", "/api/endpoints", vec![], None, 401, "bearer token"),
+        (
+            "GET",
+            "/api/nothing",
+            vec![("authorization", &auth)],
+            None,
+            404,
+            "no such route",
+        ),
+        (
+            "PUT",
+            "/api/endpoints/a/pause",
+            vec![("authorization", &auth)],
+            None,
+            405,
+            "method not allowed",
+        ),
+        (
+            "GET",
+            "/api/endpoints/nope",
+            vec![("authorization", &auth)],
+            None,
+            404,
+            "no endpoint named 'nope'",
+        ),
+        (
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            vec![("authorization", &auth), ("content-type", "text/plain")],
+            Some("{}"),
+            415,
+            "must be JSON",
+        ),
+        (
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            vec![
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some(&big),
+            413,
+            "request body over",
+        ),
+        (
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            vec![
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some("{not json"),
+            400,
+            "",
+        ),
+        (
+            "GET",
+            "/api/endpoints/a/deliveries?limit=many",
+            vec![("authorization", &auth)],
+            None,
+            400,
+            "limit",
+        ),
+    ];
+    for (method, path, headers, body, status, says) in cases {
+        let ((got, body), response_headers) = natshook.api_with(method, path, &headers, body).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        let error = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: {body}"));
+        assert!(error.contains(says), "{method} {path}: {body}");
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+        assert_eq!(
+            response_headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        if status == 401 {
+            assert_eq!(response_headers.get("www-authenticate").unwrap(), "Bearer");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_state_deliveries_and_test_ping() {
     let nats = NatsServer::start();

@@ -39,10 +39,7 @@ pub(super) async fn route(
         }
         (_, path) if path.starts_with("/api/") => match admin {
             Some(admin) => admin.handle(req).await,
-            None => text(
-                StatusCode::NOT_FOUND,
-                "the admin API is off ([admin] enabled = true)\n",
-            ),
+            None => super::admin::off().await,
         },
         (_, path) if app.serves(path) => app.handle(req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

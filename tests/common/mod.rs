@@ -715,13 +715,28 @@ impl Natshook {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        self.api_with(method, path, &headers, body).await.0
+    }
+
+    /// An admin API request with the given headers; the status, the body (as JSON when
+    /// it is JSON, else as a string) and the response headers.
+    pub async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> ((u16, serde_json::Value), http::HeaderMap) {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .build_http::<Full<Bytes>>();
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://127.0.0.1:{}{path}", self.http_port));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
@@ -731,11 +746,12 @@ impl Natshook {
             .expect("admin API timed out")
             .expect("admin API request");
         let status = resp.status().as_u16();
+        let response_headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
         });
-        (status, value)
+        ((status, value), response_headers)
     }
 
     /// Runs another natshook command against the same config file.

@@ -1,0 +1,175 @@
+//! Routes on one running endpoint: its state, delivery log, test ping, pause/resume and
+//! dead-letter replay.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::Json;
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+
+use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
+use crate::envelope::MessageFacts;
+use crate::store::dead_letters::{ReplayFilter, ReplaySummary};
+use crate::store::delivery_log::LogRecord;
+use crate::worker::{EndpointState, Worker};
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+impl AdminState {
+    fn worker(&self, name: &str) -> Result<Arc<Worker>, ApiError> {
+        self.app
+            .workers()
+            .into_iter()
+            .find(|w| w.endpoint().name == name)
+            .ok_or_else(|| ApiError::not_found(name))
+    }
+}
+
+pub(super) async fn list(State(s): State<AdminState>) -> Json<Vec<EndpointState>> {
+    Json(s.app.workers().iter().map(|w| w.state()).collect())
+}
+
+pub(super) async fn one(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<EndpointState> {
+    Ok(Json(s.worker(&name)?.state()))
+}
+
+pub(super) async fn pause(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<EndpointState> {
+    let w = s.worker(&name)?;
+    w.pause();
+    Ok(Json(w.state()))
+}
+
+pub(super) async fn resume(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<EndpointState> {
+    let w = s.worker(&name)?;
+    w.resume();
+    Ok(Json(w.state()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DeliveriesQuery {
+    limit: Option<usize>,
+}
+
+pub(super) async fn deliveries(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeliveriesQuery>,
+) -> ApiResult<Vec<LogRecord>> {
+    s.worker(&name)?;
+    let Some(log) = s.app.delivery_log() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the delivery log is off ([delivery_log] enabled = false)",
+        ));
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    log.recent(&name, limit)
+        .await
+        .map(Json)
+        .map_err(ApiError::unavailable)
+}
+
+/// The longest a test event waits for a `rate_limit` token before answering 429.
+const TEST_TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends a `webhook.test` event (as Svix and the seeds' platforms do) and reports
+/// what the receiver answered. Not retried, not dead-lettered, not in metrics.
+/// It takes a `rate_limit` token like a delivery (the receiver's limit counts every
+/// request), waiting for it when it is due within [`TEST_TOKEN_WAIT`]; otherwise it
+/// answers 429 at once, with `Retry-After`.
+pub(super) async fn test(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let w = s.worker(&name)?;
+    if let Err(wait) = w.take_token_within(TEST_TOKEN_WAIT).await {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let rate = w.rate_limit().map(|r| r.to_string()).unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("endpoint '{name}' is at its rate_limit ({rate}); the next request may go in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    let now = SystemTime::now();
+    let id = format!("test_{}", crate::time::unix_nanos(now));
+    let payload = Bytes::from(
+        serde_json::json!({"message": "natshook test event", "endpoint": name}).to_string(),
+    );
+    let facts = MessageFacts {
+        id: &id,
+        event: "webhook.test",
+        subject: "natshook.test",
+        stream_sequence: 0,
+        attempt: 1,
+        published: now,
+        payload: &payload,
+        // A tenant's receiver sees its tenant in the test event as in real ones.
+        tenant: w.deliverer().endpoint().tenant.as_deref(),
+    };
+    let result = match w.deliverer().deliver(&facts, [], false) {
+        Ok(send) => send.await,
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ))
+        }
+    };
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "success": result.is_success(),
+        "status": result.status.label(),
+        "http_status": result.http_status,
+        "error": result.error,
+        "duration_ms": result.duration.as_secs_f64() * 1000.0,
+        "response_body": String::from_utf8_lossy(&result.response_body),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayRequest {
+    id: Option<String>,
+    since: Option<String>,
+}
+
+pub(super) async fn replay(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(request): JsonBody<ReplayRequest>,
+) -> ApiResult<ReplaySummary> {
+    let w = s.worker(&name)?;
+    let since = match request.since.as_deref().map(humantime::parse_rfc3339_weak) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("since: {e}"),
+            ))
+        }
+    };
+    let filter = ReplayFilter {
+        id: request.id,
+        since,
+    };
+    s.app
+        .dead_letters()
+        .replay(w.deliverer(), &filter)
+        .await
+        .map(Json)
+        .map_err(ApiError::unavailable)
+}
