@@ -10,18 +10,6 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    within: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Rewrites the config, sends SIGHUP and waits until the log shows `logged`.
 async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str) {
     natshook.rewrite_config(config);
@@ -80,11 +68,13 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
         .api("GET", "/api/endpoints", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200);
-    let list = body.as_array().unwrap();
+    let list = body["endpoints"].as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["name"], "a");
     assert_eq!(list[0]["paused"], false);
     assert_eq!(list[0]["bound"], true);
+    assert_eq!(list[0]["source"], "file");
+    assert_eq!(list[0]["enabled"], true);
     assert_eq!(
         on.api("GET", "/api/endpoints/nope", Some(ADMIN_TOKEN), None)
             .await
@@ -125,7 +115,7 @@ async fn admin_api_errors_share_one_json_shape() {
         &with_admin(TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "")).render(),
     )
     .await;
-    let auth = format!("Bearer {TOKEN}");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
     let big = format!("{{\"id\": \"{}\"}}", "x".repeat(70 * 1024));
     type Case<'a> = (
         &'a str,
@@ -646,7 +636,8 @@ async fn listed_endpoints(natshook: &Natshook) -> Vec<String> {
         .api("GET", "/api/endpoints", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200, "{body}");
-    body.as_array()
+    body["endpoints"]
+        .as_array()
         .expect("a list")
         .iter()
         .map(|e| e["name"].as_str().expect("a name").to_string())

@@ -8,6 +8,7 @@
 //! `shutdown_grace`, acks are flushed, and the listeners close last.
 
 mod nats;
+mod registry;
 mod supervisor;
 mod watch;
 
@@ -95,6 +96,14 @@ pub async fn run(
     crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
     sup.apply(config.clone()).await?;
     sup.mark_started();
+    let registry = config.registry.as_ref().map(|r| {
+        tokio::spawn(open_registry(
+            js.clone(),
+            r.clone(),
+            sup.clone(),
+            shutdown.clone(),
+        ))
+    });
     let background = Background::start(&js, &config, &sup, config_path, &shutdown);
 
     shutdown.cancelled().await;
@@ -104,6 +113,9 @@ pub async fn run(
     // Every attempt has ended: the spans still queued go out before the runtime does.
     if let Some(t) = traces {
         t.shutdown().await;
+    }
+    if let Some(r) = registry {
+        r.abort();
     }
     // Acks are fire-and-forget publishes: flush them before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), client.flush()).await;
@@ -267,4 +279,31 @@ async fn poll_pending(sup: Arc<Supervisor>, stop: CancellationToken) {
             _ = tokio::time::sleep(PENDING_POLL) => {}
         }
     }
+}
+
+/// Opens the registry bucket (creating it, retrying while JetStream refuses) and
+/// watches it until `stop`.
+async fn open_registry(
+    js: jetstream::Context,
+    config: crate::config::RegistryConfig,
+    sup: Arc<Supervisor>,
+    stop: CancellationToken,
+) {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let registry = loop {
+        match crate::store::registry::Registry::open(&js, &config).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(bucket = %config.bucket, error = %e, "cannot open the endpoint registry; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(bucket = %config.bucket, "watching the endpoint registry");
+    sup.set_registry(registry.clone());
+    registry::watch(sup, registry, stop).await;
 }

@@ -1,9 +1,9 @@
 //! The `Supervisor`: one worker per endpoint, kept in step with the config (apply,
 //! reload), started and stopped without losing in-flight deliveries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Endpoint};
+use super::registry::Runtime;
+use crate::config::{Config, Endpoint, EndpointDefaults, Problem};
 use crate::delivery::{ClientError, Deliverer};
 use crate::http::AppView;
 use crate::ingress::Ingress;
@@ -25,6 +26,7 @@ use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
+use crate::store::registry::{Record, Registry};
 use crate::worker::{Shared, Stop, Worker};
 
 /// Why a config could not be applied: the endpoints whose HTTP client could not be
@@ -89,6 +91,25 @@ pub struct Supervisor {
     ingress: Arc<Ingress>,
     /// With `[tracing]`: traces every endpoint's attempts (read at start-up only).
     tracer: Option<AttemptTracer>,
+    /// The config file as last applied: runtime endpoints are validated against it and
+    /// served beside its endpoints.
+    pub(super) file: tokio::sync::Mutex<Config>,
+    /// The registry's records as this process saw them last.
+    pub(super) runtime: tokio::sync::Mutex<Runtime>,
+    /// Snapshots for the admin API: the records, and what a new one is checked against.
+    records: RwLock<Vec<Record>>,
+    checks: RwLock<Checks>,
+    /// Set once the bucket is open (with `[registry] enabled = true`).
+    registry: OnceLock<Registry>,
+}
+
+/// What a runtime endpoint is validated against: the file's `[defaults]` and mappings,
+/// and the names its endpoints hold.
+#[derive(Clone, Default)]
+struct Checks {
+    defaults: EndpointDefaults,
+    router: Router,
+    file_names: BTreeSet<String>,
 }
 
 /// What a reload changed.
@@ -159,6 +180,22 @@ impl Supervisor {
                 &config.nats,
             )),
             tracer,
+            file: tokio::sync::Mutex::new(config.clone()),
+            runtime: tokio::sync::Mutex::new(Runtime::default()),
+            records: RwLock::new(Vec::new()),
+            checks: RwLock::new(Checks::default()),
+            registry: OnceLock::new(),
+        }
+    }
+
+    /// The registry, once its bucket is open: the admin API's runtime routes use it.
+    pub(super) fn set_registry(&self, registry: Registry) {
+        let _ = self.registry.set(registry);
+    }
+
+    pub(super) fn publish_records(&self, runtime: &Runtime) {
+        if let Ok(mut r) = self.records.write() {
+            *r = runtime.records();
         }
     }
 
@@ -259,6 +296,29 @@ impl Supervisor {
     /// files) is built before any running endpoint is touched. On an error the running
     /// set stays exactly as it was, and no worker is left running outside it.
     pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ApplyError> {
+        let mut runtime = self.runtime.lock().await;
+        let mut file = self.file.lock().await;
+        runtime.revalidate(&new);
+        let summary = self.apply_merged(runtime.merged(&new), &[]).await?;
+        if let Ok(mut c) = self.checks.write() {
+            *c = Checks {
+                defaults: new.endpoint_defaults.clone(),
+                router: new.router.clone(),
+                file_names: new.endpoints.iter().map(|e| e.name.clone()).collect(),
+            };
+        }
+        *file = new;
+        Ok(summary)
+    }
+
+    /// Applies the file's endpoints and the runtime ones together (`new`); the
+    /// consumers of `forget` (runtime endpoints deleted) are deleted once their
+    /// workers have drained.
+    pub(super) async fn apply_merged(
+        &self,
+        new: Config,
+        forget: &[String],
+    ) -> Result<ReloadSummary, ApplyError> {
         let mut current = self.config.lock().await;
         let router_changed = current.router != new.router;
         let mut running = self.running.lock().await;
@@ -320,7 +380,22 @@ impl Supervisor {
         }
         self.publish_snapshot(&running);
         for old in to_drain {
-            self.draining.spawn(old.drain());
+            let name = old.worker.endpoint().name.clone();
+            let consumer = old.worker.consumer_name().to_string();
+            let drained = old.drain();
+            if forget.contains(&name) && !running.contains_key(&name) {
+                let js = self.shared.js().clone();
+                let stream = current.nats.stream.clone();
+                self.draining.spawn(async move {
+                    drained.await;
+                    match js.delete_consumer_from_stream(&consumer, &stream).await {
+                        Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
+                        Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
+                    }
+                });
+            } else {
+                self.draining.spawn(drained);
+            }
         }
         if let Ok(mut r) = self.router.write() {
             *r = router;
@@ -456,6 +531,33 @@ impl AppView for Supervisor {
 
     fn handle(&self, req: http::Request<Incoming>) -> BoxFuture<'_, Response<Full<Bytes>>> {
         Box::pin(self.ingress.handle(req))
+    }
+
+    fn registry(&self) -> Option<&Registry> {
+        self.registry.get()
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.records.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn is_file_endpoint(&self, name: &str) -> bool {
+        self.checks
+            .read()
+            .map(|c| c.file_names.contains(name))
+            .unwrap_or(false)
+    }
+
+    fn check_endpoint(
+        &self,
+        entry: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Endpoint, Vec<Problem>> {
+        let checks = self.checks.read().map(|c| c.clone()).unwrap_or_default();
+        crate::config::api::endpoint_from_json(entry, &checks.defaults, &checks.router)
+    }
+
+    fn router(&self) -> Arc<Router> {
+        self.current_router()
     }
 }
 

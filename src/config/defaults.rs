@@ -49,6 +49,14 @@ pub const DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND: i64 = 100;
 // [admin]
 pub const ADMIN_ENABLED: bool = false;
 
+// [registry]
+pub const REGISTRY_ENABLED: bool = false;
+/// The KV bucket of endpoints created at runtime.
+pub const REGISTRY_BUCKET: &str = "NATSHOOK_ENDPOINTS";
+pub const REGISTRY_REPLICAS: i64 = 1;
+/// Revisions kept per endpoint (JetStream allows at most 64).
+pub const REGISTRY_HISTORY: i64 = 5;
+
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 // [tracing] (off unless `otlp_endpoint` is set)

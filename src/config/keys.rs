@@ -6,8 +6,8 @@ use figment::value::Value;
 
 use super::raw::{
     field_names, RawAdmin, RawConfig, RawDeadLetter, RawDeliveryLog, RawEndpoint, RawEvent,
-    RawHttp, RawIngress, RawNats, RawProxyTable, RawRoute, RawSettings, RawSignature, RawTls,
-    RawTracing, RawVerify,
+    RawHttp, RawIngress, RawNats, RawProxyTable, RawRegistry, RawRoute, RawSettings, RawSignature,
+    RawTls, RawTracing, RawVerify,
 };
 use super::Problems;
 use crate::secret::SecretRefTable;
@@ -121,6 +121,7 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
         ("delivery_log", field_names::<RawDeliveryLog>()),
         ("admin", field_names::<RawAdmin>()),
         ("tracing", field_names::<RawTracing>()),
+        ("registry", field_names::<RawRegistry>()),
     ] {
         unknown_keys(section(key), key, &[allowed], p);
     }

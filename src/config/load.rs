@@ -10,6 +10,7 @@ use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::value::Value;
 use figment::Figment;
 
+use super::model::{Endpoint, EndpointDefaults};
 use super::raw::{RawConfig, RawSettings};
 use super::{env_override, keys, shape, validate};
 use super::{Config, ConfigError, Problem, Problems, ENV_PREFIX, TABLE_ARRAYS};
@@ -37,6 +38,12 @@ pub(super) fn from_figment(
         .skip(before_types)
         .map(|p| p.path.clone())
         .collect();
+    let endpoint_defaults = EndpointDefaults(
+        value
+            .find_ref("defaults")
+            .cloned()
+            .unwrap_or_else(|| Value::from(figment::value::Dict::new())),
+    );
     let mut found = Problems::default();
     let config = validate::validate(raw, settings, &mut found);
     // A key taken out for its type is not also "missing".
@@ -44,10 +51,44 @@ pub(super) fn from_figment(
         .0
         .extend(found.0.into_iter().filter(|p| !mistyped.contains(&p.path)));
     match config {
-        Some(c) if problems.is_empty() => Ok(c),
+        Some(mut c) if problems.is_empty() => {
+            c.endpoint_defaults = endpoint_defaults;
+            Ok(c)
+        }
         _ => Err(ConfigError {
             problems: problems.0,
         }),
+    }
+}
+
+/// One `[[endpoints]]` entry given as a value (an endpoint created at runtime),
+/// checked exactly as the file's entries are: unknown keys, types, then validation
+/// over `defaults` and the mappings of `router`. Problems are named as in the file,
+/// `endpoints[0].…`.
+pub(super) fn endpoint_entry(
+    entry: Value,
+    defaults: &EndpointDefaults,
+    router: &crate::routing::Router,
+) -> Result<Endpoint, Vec<Problem>> {
+    let mut doc = figment::value::Dict::new();
+    doc.insert("defaults".into(), defaults.0.clone());
+    doc.insert("endpoints".into(), Value::from(vec![entry]));
+    let mut value = Value::from(doc);
+    let mut problems = Problems::default();
+    keys::check_unknown_keys(&value, &mut problems);
+    let settings = endpoint_settings(&mut value, &mut problems);
+    let Some(raw) = extract_taking_mistyped::<RawConfig>(&mut value, "", &mut problems) else {
+        return Err(problems.0);
+    };
+    let mistyped: HashSet<String> = problems.0.iter().map(|p| p.path.clone()).collect();
+    let mut found = Problems::default();
+    let endpoint = validate::one_endpoint(raw, settings, router, &mut found);
+    problems
+        .0
+        .extend(found.0.into_iter().filter(|p| !mistyped.contains(&p.path)));
+    match endpoint {
+        Some(e) if problems.is_empty() => Ok(e),
+        _ => Err(problems.0),
     }
 }
 

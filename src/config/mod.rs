@@ -20,6 +20,7 @@
 //! `[ingress]` is validated here like every other section; the `ingress` module serves
 //! the typed routes.
 
+pub mod api;
 pub mod defaults;
 pub mod env_override;
 mod keys;
@@ -36,8 +37,8 @@ use std::path::Path;
 
 pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
-    AdminConfig, Config, CopiedHeader, DeadLetterConfig, Endpoint, Envelope, IngressConfig,
-    NatsAuth, NatsConfig, Proxy, Rate, Route, TlsFiles, Verify,
+    AdminConfig, Config, CopiedHeader, DeadLetterConfig, Endpoint, EndpointDefaults, Envelope,
+    IngressConfig, NatsAuth, NatsConfig, Proxy, Rate, RegistryConfig, Route, TlsFiles, Verify,
 };
 pub use problems::{ConfigError, Problem, Problems};
 pub use raw::field_names;

@@ -232,6 +232,25 @@ pub struct AdminConfig {
     pub token: Secret,
 }
 
+/// `[registry]`: where endpoints created at runtime live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryConfig {
+    pub bucket: String,
+    pub replicas: usize,
+    pub history: i64,
+}
+
+/// The `[defaults]` section as written (mistyped keys taken out), kept so that an
+/// endpoint created at runtime is validated over the same defaults as a file entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointDefaults(pub(super) figment::value::Value);
+
+impl Default for EndpointDefaults {
+    fn default() -> Self {
+        Self(figment::value::Value::from(figment::value::Dict::new()))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats: NatsConfig,
@@ -248,6 +267,9 @@ pub struct Config {
     pub ingress: IngressConfig,
     /// `None` without `[tracing]`: no spans, trace context forwarded as received.
     pub tracing: Option<crate::settings::TracingSettings>,
+    /// `None` unless `[registry] enabled = true`.
+    pub registry: Option<RegistryConfig>,
+    pub endpoint_defaults: EndpointDefaults,
 }
 
 /// How a route checks its sender.

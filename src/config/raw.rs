@@ -33,6 +33,16 @@ pub(super) struct RawConfig {
     pub ingress: RawIngress,
     /// `None` when the section is absent: tracing is off.
     pub tracing: Option<RawTracing>,
+    #[serde(default)]
+    pub registry: RawRegistry,
+}
+
+/// `[registry]`: endpoints created at runtime, kept in a JetStream KV bucket.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawRegistry {
+    pub enabled: Option<bool>,
+    pub replicas: Option<i64>,
+    pub history: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +269,7 @@ mod tests {
             field_names::<RawDeadLetter>(),
             field_names::<RawDeliveryLog>(),
             field_names::<RawAdmin>(),
+            field_names::<RawRegistry>(),
             field_names::<RawEvent>(),
             field_names::<RawSettings>(),
             field_names::<RawSignature>(),

@@ -5,6 +5,7 @@
 pub mod dead_letters;
 pub mod delivery_log;
 pub mod pause_state;
+pub mod registry;
 
 use std::time::Duration;
 

@@ -164,6 +164,10 @@ impl Shared {
     pub fn delivery_log(&self) -> Option<&DeliveryLog> {
         self.delivery_log.as_ref()
     }
+
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
 }
 
 /// An endpoint's state for the admin API.

@@ -1212,3 +1212,31 @@ impl NatsCluster {
         }
     }
 }
+
+/// Polls `f` every 50 ms until it holds; fails the test after `within`.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Verifies each request with the official `standardwebhooks` package (PyPI).
+pub fn verify_received(secret: &str, requests: &[Received]) -> (usize, usize) {
+    let items: Vec<(&[u8], BTreeMap<String, String>)> = requests
+        .iter()
+        .map(|r| {
+            let headers = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                .iter()
+                .map(|h| (h.to_string(), r.header(h).to_string()))
+                .collect();
+            (&r.body[..], headers)
+        })
+        .collect();
+    standardwebhooks_verify(secret, &items)
+}

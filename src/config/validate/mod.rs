@@ -23,6 +23,17 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-' || b.is_ascii_digit())
 }
 
+/// The endpoints of `raw` alone (one created at runtime), over its `[defaults]` and
+/// the mappings in force.
+pub(super) fn one_endpoint(
+    raw: RawConfig,
+    settings: Vec<RawSettings>,
+    router: &crate::routing::Router,
+    p: &mut Problems,
+) -> Option<super::model::Endpoint> {
+    endpoint::endpoints(raw.endpoints, settings, &raw.defaults, router, p).pop()
+}
+
 /// `settings`: each endpoint's settings, read from its table on their own.
 pub(super) fn validate(
     raw: RawConfig,
@@ -49,6 +60,7 @@ pub(super) fn validate(
     );
     let ingress = ingress::validate(raw.ingress, listen, p);
     let tracing = otlp::validate(raw.tracing.as_ref(), p);
+    let registry = sections::registry(&raw.registry, p);
     Some(Config {
         nats: nats?,
         listen: listen?,
@@ -60,5 +72,7 @@ pub(super) fn validate(
         shutdown_grace: shutdown_grace?,
         ingress: ingress?,
         tracing: tracing?,
+        registry: registry?,
+        endpoint_defaults: Default::default(),
     })
 }

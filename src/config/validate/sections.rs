@@ -1,12 +1,12 @@
 //! The small sections: `[http]`, `[dead_letter]`, `[delivery_log]`, `[admin]` and
-//! `shutdown_grace`.
+//! `[registry]` and `shutdown_grace`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::super::defaults;
-use super::super::model::AdminConfig;
-use super::super::raw::{RawAdmin, RawDeliveryLog, RawHttp};
+use super::super::model::{AdminConfig, RegistryConfig};
+use super::super::raw::{RawAdmin, RawDeliveryLog, RawHttp, RawRegistry};
 use super::super::Problems;
 
 pub(super) fn listen(http: &RawHttp, p: &mut Problems) -> Option<SocketAddr> {
@@ -90,4 +90,32 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> Option<Option<AdminConf
             None
         }
     }
+}
+
+/// `Some(None)` when the registry is off; `None` when a key is invalid.
+pub(super) fn registry(raw: &RawRegistry, p: &mut Problems) -> Option<Option<RegistryConfig>> {
+    if !raw.enabled.unwrap_or(defaults::REGISTRY_ENABLED) {
+        return Some(None);
+    }
+    let replicas = p.positive(
+        "registry.replicas",
+        raw.replicas.unwrap_or(defaults::REGISTRY_REPLICAS),
+        1,
+    );
+    let history = raw.history.unwrap_or(defaults::REGISTRY_HISTORY);
+    let history = match history {
+        1..=64 => Some(history),
+        _ => {
+            p.add(
+                "registry.history",
+                format_args!("must be 1 to 64 (got {history})"),
+            );
+            None
+        }
+    };
+    Some(Some(RegistryConfig {
+        bucket: defaults::REGISTRY_BUCKET.to_string(),
+        replicas: replicas? as usize,
+        history: history?,
+    }))
 }

@@ -28,17 +28,6 @@ impl AdminState {
     }
 }
 
-pub(super) async fn list(State(s): State<AdminState>) -> Json<Vec<EndpointState>> {
-    Json(s.app.workers().iter().map(|w| w.state()).collect())
-}
-
-pub(super) async fn one(
-    State(s): State<AdminState>,
-    ApiPath(name): ApiPath<String>,
-) -> ApiResult<EndpointState> {
-    Ok(Json(s.worker(&name)?.state()))
-}
-
 pub(super) async fn pause(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,

@@ -52,6 +52,11 @@ impl ApiError {
         self
     }
 
+    pub fn with_problems(mut self, problems: Vec<Problem>) -> Self {
+        self.problems = problems;
+        self
+    }
+
     pub fn not_found(name: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("no endpoint named '{name}'"))
     }

@@ -10,6 +10,7 @@
 
 mod endpoints;
 mod error;
+mod registry;
 
 use std::sync::Arc;
 
@@ -83,8 +84,14 @@ impl Admin {
     pub fn new(app: Arc<dyn AppView>, token: Secret) -> Self {
         let state = AdminState { app };
         let router = axum::Router::new()
-            .route("/api/endpoints", get(endpoints::list))
-            .route("/api/endpoints/{name}", get(endpoints::one))
+            .route("/api/endpoints", get(registry::list).post(registry::create))
+            .route(
+                "/api/endpoints/{name}",
+                get(registry::one)
+                    .patch(registry::patch)
+                    .delete(registry::delete),
+            )
+            .route("/api/events", get(registry::events))
             .route(
                 "/api/endpoints/{name}/deliveries",
                 get(endpoints::deliveries),

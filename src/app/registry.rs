@@ -1,0 +1,188 @@
+//! Runtime endpoints in the running process: the registry's records as this process
+//! last saw them, each validated against the config file in force (its `[defaults]`
+//! and mappings), and the watch that keeps them current. The `Supervisor` serves the
+//! file's endpoints and the valid, enabled records together, names unique across both:
+//! a record with a file endpoint's name is skipped, the file's endpoint is served.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::Supervisor;
+use crate::backoff::Backoff;
+use crate::config::{api, Config, Endpoint};
+use crate::store::registry::{Change, Record, Registry, GATHER};
+
+/// Most changes applied in one go; the rest follow at once in the next batch.
+const MAX_BATCH: usize = 1000;
+
+/// One record and what it serves.
+struct Entry {
+    record: Record,
+    /// `None`: invalid, or shadowed by a file endpoint (logged when seen).
+    endpoint: Option<Endpoint>,
+}
+
+/// The registry's records as last seen.
+#[derive(Default)]
+pub(super) struct Runtime {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Runtime {
+    /// Takes `record` in, validated against `file`.
+    fn put(&mut self, record: Record, file: &Config) {
+        let endpoint = validate(&record, file);
+        self.entries
+            .insert(record.name.clone(), Entry { record, endpoint });
+    }
+
+    /// Validates every record again against a new config file.
+    pub(super) fn revalidate(&mut self, file: &Config) {
+        for e in self.entries.values_mut() {
+            e.endpoint = validate(&e.record, file);
+        }
+    }
+
+    /// Takes out the records whose endpoint cannot be started (its HTTP client failed).
+    pub(super) fn disable_failed(&mut self, names: &[String]) {
+        for n in names {
+            if let Some(e) = self.entries.get_mut(n) {
+                e.endpoint = None;
+            }
+        }
+    }
+
+    /// The file's config with the valid, enabled records' endpoints after its own.
+    pub(super) fn merged(&self, file: &Config) -> Config {
+        let mut merged = file.clone();
+        merged.endpoints.extend(
+            self.entries
+                .values()
+                .filter(|e| e.record.enabled())
+                .filter_map(|e| e.endpoint.clone()),
+        );
+        merged
+    }
+
+    pub(super) fn records(&self) -> Vec<Record> {
+        self.entries.values().map(|e| e.record.clone()).collect()
+    }
+
+    /// Applies `changes`; returns the names deleted (their consumers go too).
+    fn apply(&mut self, changes: Vec<Change>, file: &Config) -> Vec<String> {
+        let mut deleted = Vec::new();
+        for c in changes {
+            match c {
+                Change::Put(r) => {
+                    deleted.retain(|n| *n != r.name);
+                    self.put(r, file);
+                }
+                Change::Delete(name) => {
+                    if self.entries.remove(&name).is_some() {
+                        deleted.push(name);
+                    }
+                }
+            }
+        }
+        deleted
+    }
+}
+
+/// The record's endpoint, or `None` with the reasons logged.
+fn validate(record: &Record, file: &Config) -> Option<Endpoint> {
+    if file.endpoints.iter().any(|e| e.name == record.name) {
+        tracing::warn!(endpoint = %record.name, "registry endpoint has the name of a config-file endpoint; serving the file's");
+        return None;
+    }
+    if record.value.get("name").and_then(|v| v.as_str()) != Some(record.name.as_str()) {
+        tracing::warn!(endpoint = %record.name, "registry entry's name differs from its key; skipped");
+        return None;
+    }
+    match api::endpoint_from_json(&record.value, &file.endpoint_defaults, &file.router) {
+        Ok(e) => Some(e),
+        Err(problems) => {
+            for problem in problems {
+                tracing::warn!(endpoint = %record.name, %problem, "invalid registry endpoint; skipped");
+            }
+            None
+        }
+    }
+}
+
+impl Supervisor {
+    /// Applies changes seen in the registry: the file's endpoints with the records'.
+    pub(super) async fn apply_registry(&self, changes: Vec<Change>) {
+        let mut runtime = self.runtime.lock().await;
+        let file = self.file.lock().await.clone();
+        let deleted = runtime.apply(changes, &file);
+        self.publish_records(&runtime);
+        loop {
+            match self.apply_merged(runtime.merged(&file), &deleted).await {
+                Ok(s) => {
+                    if s != Default::default() {
+                        tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "registry change applied");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let failed: Vec<String> = e.0.iter().map(|f| f.name.clone()).collect();
+                    for problem in &e.0 {
+                        tracing::error!(%problem, "registry endpoint cannot start; skipped");
+                    }
+                    // A file endpoint that fails was not changed by the registry:
+                    // nothing more to take out.
+                    if failed
+                        .iter()
+                        .all(|n| file.endpoints.iter().any(|f| f.name == *n))
+                    {
+                        return;
+                    }
+                    runtime.disable_failed(&failed);
+                }
+            }
+        }
+    }
+}
+
+/// Opens the registry (retrying while JetStream cannot create or find the bucket) and
+/// applies every change until `stop`; a watch that ends is started again, and its
+/// replay of every record changes nothing that is already served.
+pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let mut changes = match registry.watch().await {
+            Ok(w) => {
+                backoff.reset();
+                w
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the endpoint registry; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                }
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = changes.next() => c,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            // Gather what arrives together (a replay, a burst of writes).
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(GATHER, changes.next()).await {
+                    Ok(Some(c)) => batch.push(c),
+                    _ => break,
+                }
+            }
+            sup.apply_registry(batch).await;
+        }
+        tracing::warn!("endpoint registry watch ended; watching again");
+    }
+}

@@ -1,0 +1,175 @@
+//! An endpoint described as JSON (an admin API body, a registry entry): the keys of a
+//! file `[[endpoints]]` entry, checked by the same code as the file's entries, so a
+//! runtime endpoint can be nothing a file entry could not. Problems are named by the
+//! entry's own key (`url`, `events[0]`, `headers.X-Key`) in the words `natshook check`
+//! uses; a problem of `[defaults]` keeps its `defaults.…` path.
+//!
+//! Besides the file's keys (`tenant` among them, checked and served as in the file) an
+//! entry carries `enabled` and `description`, which say how the registry keeps it, not
+//! how it delivers.
+
+use figment::providers::Serialized;
+use figment::Figment;
+use serde_json::{Map, Value};
+
+use super::model::{Endpoint, EndpointDefaults};
+use super::{load, Problem, Problems};
+use crate::routing::Router;
+
+/// Keys of a runtime endpoint that a file entry does not have.
+pub const RUNTIME_KEYS: &[&str] = &["enabled", "description"];
+
+/// Keys that name natshook's own files: a caller of the API must not make natshook
+/// read them.
+const FILE_KEYS: &[&str] = &["ca_file", "cert_file", "key_file"];
+
+const OWN_REFERENCE: &str = "{ env } and { file } are not allowed here: they would read natshook's own environment and files; send the value itself";
+
+/// The endpoint `entry` describes, over the `[defaults]` and mappings in force.
+pub fn endpoint_from_json(
+    entry: &Map<String, Value>,
+    defaults: &EndpointDefaults,
+    router: &Router,
+) -> Result<Endpoint, Vec<Problem>> {
+    let mut p = Problems::default();
+    runtime_keys(entry, &mut p);
+    let mut file_entry: Map<String, Value> = entry
+        .iter()
+        .filter(|(k, _)| !RUNTIME_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // Taken out before validation, which would read them.
+    take_own_references(&mut file_entry, &mut p);
+    let value = Figment::from(Serialized::defaults(&file_entry))
+        .extract::<figment::value::Value>()
+        .map_err(|e| vec![problem("body", e.to_string())])?;
+    let endpoint = match load::endpoint_entry(value, defaults, router) {
+        Ok(e) => Some(e),
+        Err(found) => {
+            p.0.extend(found);
+            None
+        }
+    };
+    match endpoint {
+        Some(e) if p.is_empty() => Ok(e),
+        _ => Err(p.0.into_iter().map(by_field).collect()),
+    }
+}
+
+fn problem(path: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+/// `endpoints[0].url` is the entry's `url`.
+fn by_field(mut p: Problem) -> Problem {
+    if let Some(rest) = p.path.strip_prefix("endpoints[0].") {
+        p.path = rest.to_string();
+    } else if p.path == "endpoints[0]" || p.path == "endpoints" {
+        p.path = "body".to_string();
+    }
+    p
+}
+
+fn refers_to_own(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.contains_key("env") || o.contains_key("file"),
+        Value::Array(a) => a.iter().any(refers_to_own),
+        _ => false,
+    }
+}
+
+/// Takes out, as problems, whatever would make natshook read its own environment or
+/// files. A secret taken out leaves a placeholder so that it is not also "required".
+fn take_own_references(entry: &mut Map<String, Value>, p: &mut Problems) {
+    if entry.get("secret").is_some_and(refers_to_own) {
+        p.add("secret", OWN_REFERENCE);
+        entry.insert("secret".into(), Value::String("taken-out".into()));
+    }
+    if let Some(Value::Object(headers)) = entry.get_mut("headers") {
+        headers.retain(|name, v| {
+            let own = refers_to_own(v);
+            if own {
+                p.add(format!("headers.{name}"), OWN_REFERENCE);
+            }
+            !own
+        });
+    }
+    for key in FILE_KEYS {
+        if entry.remove(*key).is_some() {
+            p.add(*key, "not allowed here: it would read natshook's own files");
+        }
+    }
+}
+
+fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
+    match entry.get("enabled") {
+        None | Some(Value::Bool(_)) => {}
+        Some(_) => p.add("enabled", "must be true or false"),
+    }
+    match entry.get("description") {
+        None | Some(Value::Null | Value::String(_)) => {}
+        Some(_) => p.add("description", "must be a string"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> super::super::Config {
+        let text = "[nats]\nstream = \"E\"\n[defaults]\ntimeout = \"3s\"\n[[events]]\nsubject = \"events.*.lead.created\"\nevent = \"lead.created\"\ntenant = \"{2}\"\n[[endpoints]]\nname = \"file\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n";
+        match super::super::Config::from_str(text, "toml") {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn check(entry: Value) -> Result<Endpoint, Vec<String>> {
+        let c = config();
+        let Value::Object(entry) = entry else {
+            panic!("not an object")
+        };
+        endpoint_from_json(&entry, &c.endpoint_defaults, &c.router)
+            .map_err(|ps| ps.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn a_valid_entry_takes_the_file_defaults() {
+        let e = check(serde_json::json!({
+            "name": "acme", "url": "https://acme.example.com/hook", "events": ["lead.created"],
+            "secret": "whsec_c2VjcmV0", "signature": {"scheme": "standard"},
+            "tenant": "org_1", "enabled": true, "description": "Acme CRM", "concurrency": 4
+        }))
+        .unwrap();
+        assert_eq!(e.name, "acme");
+        assert_eq!(e.timeout, std::time::Duration::from_secs(3));
+        assert_eq!(e.concurrency, 4);
+        assert_eq!(e.tenant.as_deref(), Some("org_1"));
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_field_in_check_words() {
+        let problems = check(serde_json::json!({
+            "name": "Bad Name", "url": "http://10.0.0.1/", "events": ["nothing.maps.this"],
+            "secret": {"env": "HOME"}, "headers": {"X-Key": {"file": "/etc/passwd"}},
+            "timeout": 5, "bogus": 1, "ca_file": "/etc/ssl/x.pem"
+        }))
+        .unwrap_err();
+        let text = problems.join("\n");
+        for expected in [
+            "name: 'Bad Name' must match [a-z0-9_-]+",
+            "url: scheme must be https (set allow_http = true to permit http)",
+            "secret: { env } and { file } are not allowed here",
+            "headers.X-Key: { env } and { file } are not allowed here",
+            "ca_file: not allowed here",
+            "bogus: unknown key",
+            "timeout:",
+            "events: no [[events]] mapping produces any of these event names",
+        ] {
+            assert!(text.contains(expected), "{expected}\nin:\n{text}");
+        }
+    }
+}

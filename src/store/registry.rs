@@ -1,0 +1,171 @@
+//! The registry of endpoints created at runtime: the JetStream KV bucket
+//! `NATSHOOK_ENDPOINTS`, key = endpoint name, value = the endpoint as JSON (the keys of
+//! a file `[[endpoints]]` entry, its secret included, plus `enabled`, `description` and
+//! `tenant`). Every natshook process on the bucket watches it, so the bucket is the
+//! one place a runtime endpoint lives; a write names the revision it replaces, so two
+//! writers cannot overwrite each other silently.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value};
+
+use crate::config::RegistryConfig;
+
+/// Largest endpoint record: far more than any endpoint needs, far less than a NATS
+/// message may be.
+const MAX_VALUE: i32 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("an endpoint named '{0}' exists")]
+    Exists(String),
+    #[error("the endpoint changed since revision {0}")]
+    Stale(u64),
+    #[error("the registry cannot be reached: {0}")]
+    Nats(String),
+}
+
+fn nats(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Nats(e.to_string())
+}
+
+/// One endpoint as the bucket holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub name: String,
+    pub revision: u64,
+    pub value: Map<String, Value>,
+}
+
+impl Record {
+    pub fn enabled(&self) -> bool {
+        self.value
+            .get("enabled")
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    }
+}
+
+/// What the watch saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Put(Record),
+    /// Also an entry that is not a JSON object: what cannot be read is not served.
+    Delete(String),
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    kv: kv::Store,
+}
+
+impl Registry {
+    /// Opens the bucket, creating it when it is missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        config: &RegistryConfig,
+    ) -> Result<Self, RegistryError> {
+        let kv = match js.get_key_value(&config.bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: config.bucket.clone(),
+                    description: "natshook endpoints created at runtime (holds secrets)".into(),
+                    history: config.history,
+                    num_replicas: config.replicas,
+                    max_value_size: MAX_VALUE,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats)?,
+        };
+        Ok(Self { kv })
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Record>, RegistryError> {
+        let entry = self.kv.entry(name).await.map_err(nats)?;
+        Ok(entry.and_then(|e| match change(e) {
+            Change::Put(r) => Some(r),
+            Change::Delete(_) => None,
+        }))
+    }
+
+    /// Creates `name`; [`RegistryError::Exists`] when it is taken. Returns the revision.
+    pub async fn create(
+        &self,
+        name: &str,
+        value: &Map<String, Value>,
+    ) -> Result<u64, RegistryError> {
+        match self.kv.create(name, encode(value)).await {
+            Ok(rev) => Ok(rev),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(RegistryError::Exists(name.to_string()))
+            }
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Replaces `name` if it is still at `revision`. Returns the new revision.
+    pub async fn update(
+        &self,
+        name: &str,
+        value: &Map<String, Value>,
+        revision: u64,
+    ) -> Result<u64, RegistryError> {
+        match self.kv.update(name, encode(value), revision).await {
+            Ok(rev) => Ok(rev),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(RegistryError::Stale(revision))
+            }
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Deletes `name` if it is still at `revision`.
+    pub async fn delete(&self, name: &str, revision: u64) -> Result<(), RegistryError> {
+        match self.kv.delete_expect_revision(name, Some(revision)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                Err(RegistryError::Stale(revision))
+            }
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Every endpoint now in the bucket, then every change as it happens.
+    pub async fn watch(&self) -> Result<impl Stream<Item = Change> + Unpin, RegistryError> {
+        let watch = self.kv.watch_with_history(">").await.map_err(nats)?;
+        Ok(watch
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok().map(change))))
+    }
+}
+
+fn encode(value: &Map<String, Value>) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn change(e: kv::Entry) -> Change {
+    match e.operation {
+        kv::Operation::Put => match serde_json::from_slice::<Map<String, Value>>(&e.value) {
+            Ok(value) => Change::Put(Record {
+                name: e.key,
+                revision: e.revision,
+                value,
+            }),
+            Err(err) => {
+                tracing::warn!(endpoint = %e.key, error = %err, "registry entry is not a JSON object; skipped");
+                Change::Delete(e.key)
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => Change::Delete(e.key),
+    }
+}
+
+/// How long a burst of changes is gathered before it is applied at once (a start-up
+/// replay of many endpoints, a script creating several): one reload instead of many.
+pub const GATHER: Duration = Duration::from_millis(100);
