@@ -137,6 +137,19 @@ mod tests {
     }
 
     #[test]
+    fn with_the_registry_the_file_needs_no_endpoint() {
+        let base = "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n";
+        let without = super::super::Config::from_str(base, "toml").unwrap_err();
+        assert!(without
+            .to_string()
+            .contains("at least one [[endpoints]] entry"));
+        let with = format!("[registry]\nenabled = true\nreplicas = 3\n{base}");
+        let c = super::super::Config::from_str(&with, "toml").unwrap();
+        assert!(c.endpoints.is_empty());
+        assert_eq!(c.registry.map(|r| r.replicas), Some(3));
+    }
+
+    #[test]
     fn a_valid_entry_takes_the_file_defaults() {
         let e = check(serde_json::json!({
             "name": "acme", "url": "https://acme.example.com/hook", "events": ["lead.created"],

@@ -85,13 +85,14 @@ pub(super) fn endpoints(
     settings: Vec<RawSettings>,
     defaults: &RawSettings,
     router: &Router,
+    require_one: bool,
     p: &mut Problems,
 ) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
     let mut names = HashSet::new();
     // Read once: every endpoint sees the same environment.
     let env_proxy = Matcher::from_env();
-    if raw.is_empty() {
+    if raw.is_empty() && require_one {
         p.add("endpoints", "at least one [[endpoints]] entry is required");
     }
     let settings = settings

@@ -31,7 +31,7 @@ pub(super) fn one_endpoint(
     router: &crate::routing::Router,
     p: &mut Problems,
 ) -> Option<super::model::Endpoint> {
-    endpoint::endpoints(raw.endpoints, settings, &raw.defaults, router, p).pop()
+    endpoint::endpoints(raw.endpoints, settings, &raw.defaults, router, false, p).pop()
 }
 
 /// `settings`: each endpoint's settings, read from its table on their own.
@@ -43,7 +43,17 @@ pub(super) fn validate(
     let nats = nats::validate_nats(raw.nats, p);
     let listen = sections::listen(&raw.http, p);
     let router = events::router(&raw.events, p);
-    let endpoints = endpoint::endpoints(raw.endpoints, settings, &raw.defaults, &router, p);
+    let registry = sections::registry(&raw.registry, p);
+    // With a registry, endpoints can all be created at runtime.
+    let require_one = !matches!(registry, Some(Some(_)));
+    let endpoints = endpoint::endpoints(
+        raw.endpoints,
+        settings,
+        &raw.defaults,
+        &router,
+        require_one,
+        p,
+    );
     let max_age = sections::duration_or(
         raw.dead_letter.max_age.as_deref(),
         "dead_letter.max_age",
@@ -60,7 +70,6 @@ pub(super) fn validate(
     );
     let ingress = ingress::validate(raw.ingress, listen, p);
     let tracing = otlp::validate(raw.tracing.as_ref(), p);
-    let registry = sections::registry(&raw.registry, p);
     Some(Config {
         nats: nats?,
         listen: listen?,
