@@ -326,3 +326,69 @@ async fn two_processes_share_the_registry_and_a_restart_keeps_it() {
     let js = jetstream::new(nats.client().await);
     deliver_org_1(&js, &rx, 10, "r", 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &file_rx)).await;
+    let js = jetstream::new(nats.client().await);
+    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&body("acme", &rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let old = created["secret"].as_str().unwrap().to_string();
+    wait_bound(&n, "acme").await;
+
+    let (status, err) = api(
+        &n,
+        "POST",
+        "/api/endpoints/acme/secret/rotate",
+        Some("{\"grace\": \"soon\"}"),
+    )
+    .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["problems"][0]["field"], "grace");
+    let (status, rotated) = api(
+        &n,
+        "POST",
+        "/api/endpoints/acme/secret/rotate",
+        Some("{\"grace\": \"6s\"}"),
+    )
+    .await;
+    let rotated_at = Instant::now();
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert!(new.starts_with("whsec_") && new != old);
+    let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+    assert!(!one.to_string().contains(&new) && !one.to_string().contains(&old));
+
+    // Within the grace both secrets sign every request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deliver_org_1(&js, &rx, 5, "during", 5).await;
+    let during: Vec<Received> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.id().starts_with("during"))
+        .collect();
+    assert!(
+        rotated_at.elapsed() < Duration::from_secs(6),
+        "too slow to test the grace"
+    );
+    assert_eq!(verify_received(&new, &during), (5, 0));
+    assert_eq!(verify_received(&old, &during), (5, 0));
+
+    // After it, only the new one.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(rotated_at.elapsed())).await;
+    publish_all(&js, tenant_leads("org_1", 5, "after")).await;
+    rx.wait_for(Duration::from_secs(20), "5 after the grace", |r| {
+        r.delivered_ids().len() >= 10
+    })
+    .await;
+    let after: Vec<Received> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.id().starts_with("after"))
+        .collect();
+    assert_eq!(verify_received(&new, &after), (5, 0));
+    assert_eq!(verify_received(&old, &after).0, 0);
+}

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,9 @@ use super::Supervisor;
 use crate::backoff::Backoff;
 use crate::config::{api, Config, Endpoint};
 use crate::store::registry::{Change, Record, Registry, GATHER};
+
+/// Longest sleep before a rotated secret's grace end is checked again.
+const IDLE_CHECK: Duration = Duration::from_secs(60);
 
 /// Most changes applied in one go; the rest follow at once in the next batch.
 const MAX_BATCH: usize = 1000;
@@ -68,6 +71,15 @@ impl Runtime {
         merged
     }
 
+    /// When the next rotated secret's grace ends.
+    fn next_grace_end(&self) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        self.entries
+            .values()
+            .filter_map(|e| api::grace_until(&e.record.value, now))
+            .min()
+    }
+
     pub(super) fn records(&self) -> Vec<Record> {
         self.entries.values().map(|e| e.record.clone()).collect()
     }
@@ -118,7 +130,13 @@ impl Supervisor {
     pub(super) async fn apply_registry(&self, changes: Vec<Change>) {
         let mut runtime = self.runtime.lock().await;
         let file = self.file.lock().await.clone();
-        let deleted = runtime.apply(changes, &file);
+        let deleted = if changes.is_empty() {
+            // A grace ended: the records' secrets are read again.
+            runtime.revalidate(&file);
+            Vec::new()
+        } else {
+            runtime.apply(changes, &file)
+        };
         self.publish_records(&runtime);
         loop {
             match self.apply_merged(runtime.merged(&file), &deleted).await {
@@ -153,6 +171,10 @@ impl Supervisor {
 /// replay of every record changes nothing that is already served.
 pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    // An empty bucket sends nothing to wait for.
+    if registry.is_empty().await.unwrap_or(false) {
+        sup.mark_registry_synced();
+    }
     loop {
         let mut changes = match registry.watch().await {
             Ok(w) => {
@@ -168,9 +190,18 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
             }
         };
         loop {
+            let grace_end = sup.runtime.lock().await.next_grace_end();
+            let wake = grace_end
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or(IDLE_CHECK)
+                .min(IDLE_CHECK);
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 c = changes.next() => c,
+                _ = tokio::time::sleep(wake), if grace_end.is_some() => {
+                    sup.apply_registry(Vec::new()).await;
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             let mut batch = vec![first];
@@ -182,6 +213,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 }
             }
             sup.apply_registry(batch).await;
+            sup.mark_registry_synced();
         }
         tracing::warn!("endpoint registry watch ended; watching again");
     }

@@ -101,6 +101,9 @@ pub struct Supervisor {
     checks: RwLock<Checks>,
     /// Set once the bucket is open (with `[registry] enabled = true`).
     registry: OnceLock<Registry>,
+    /// `[registry] enabled = true` and the registry's records not applied yet: not ready,
+    /// or a restart would answer for a moment without its runtime endpoints.
+    registry_pending: AtomicBool,
 }
 
 /// What a runtime endpoint is validated against: the file's `[defaults]` and mappings,
@@ -185,12 +188,18 @@ impl Supervisor {
             records: RwLock::new(Vec::new()),
             checks: RwLock::new(Checks::default()),
             registry: OnceLock::new(),
+            registry_pending: AtomicBool::new(config.registry.is_some()),
         }
     }
 
     /// The registry, once its bucket is open: the admin API's runtime routes use it.
     pub(super) fn set_registry(&self, registry: Registry) {
         let _ = self.registry.set(registry);
+    }
+
+    /// The registry's records present at start-up are applied.
+    pub(super) fn mark_registry_synced(&self) {
+        self.registry_pending.store(false, Ordering::Relaxed);
     }
 
     pub(super) fn publish_records(&self, runtime: &Runtime) {
@@ -235,6 +244,9 @@ impl Supervisor {
         let mut reasons = Vec::new();
         if !self.started.load(Ordering::Relaxed) {
             reasons.push("starting: streams and consumers are being set up".to_string());
+        }
+        if self.registry_pending.load(Ordering::Relaxed) {
+            reasons.push("the endpoint registry is being read".to_string());
         }
         if !self.connected.load(Ordering::Relaxed) {
             reasons.push("NATS is not connected".to_string());

@@ -17,7 +17,21 @@ use super::{load, Problem, Problems};
 use crate::routing::Router;
 
 /// Keys of a runtime endpoint that a file entry does not have.
-pub const RUNTIME_KEYS: &[&str] = &["enabled", "description"];
+pub const RUNTIME_KEYS: &[&str] = &["enabled", "description", GRACE_KEY];
+
+/// When a rotated secret's older secrets stop signing (RFC 3339): until then `secret`
+/// lists the new one first and the older ones after it.
+pub const GRACE_KEY: &str = "previous_secrets_until";
+
+/// When the older secrets of `entry` stop signing, if they still do at `now`.
+pub fn grace_until(
+    entry: &Map<String, Value>,
+    now: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    let until = entry.get(GRACE_KEY)?.as_str()?;
+    let until = humantime::parse_rfc3339_weak(until).ok()?;
+    (until > now).then_some(until)
+}
 
 /// Keys that name natshook's own files: a caller of the API must not make natshook
 /// read them.
@@ -40,6 +54,12 @@ pub fn endpoint_from_json(
         .collect();
     // Taken out before validation, which would read them.
     take_own_references(&mut file_entry, &mut p);
+    // Once the grace is over, only the newest secret signs.
+    if entry.contains_key(GRACE_KEY) && grace_until(entry, std::time::SystemTime::now()).is_none() {
+        if let Some(Value::Array(secrets)) = file_entry.get_mut("secret") {
+            secrets.truncate(1);
+        }
+    }
     let value = Figment::from(Serialized::defaults(&file_entry))
         .extract::<figment::value::Value>()
         .map_err(|e| vec![problem("body", e.to_string())])?;
@@ -108,6 +128,12 @@ fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
     match entry.get("enabled") {
         None | Some(Value::Bool(_)) => {}
         Some(_) => p.add("enabled", "must be true or false"),
+    }
+    if entry.get(GRACE_KEY).is_some_and(|v| {
+        v.as_str()
+            .is_none_or(|t| humantime::parse_rfc3339_weak(t).is_err())
+    }) {
+        p.add(GRACE_KEY, "must be an RFC 3339 time");
     }
     match entry.get("description") {
         None | Some(Value::Null | Value::String(_)) => {}

@@ -86,6 +86,11 @@ impl Registry {
         Ok(Self { kv })
     }
 
+    /// Whether the bucket holds no entry at all (not even a delete marker).
+    pub async fn is_empty(&self) -> Result<bool, RegistryError> {
+        Ok(self.kv.status().await.map_err(nats)?.values() == 0)
+    }
+
     pub async fn get(&self, name: &str) -> Result<Option<Record>, RegistryError> {
         let entry = self.kv.entry(name).await.map_err(nats)?;
         Ok(entry.and_then(|e| match change(e) {

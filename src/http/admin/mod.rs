@@ -93,6 +93,10 @@ impl Admin {
             )
             .route("/api/events", get(registry::events))
             .route(
+                "/api/endpoints/{name}/secret/rotate",
+                post(registry::rotate),
+            )
+            .route(
                 "/api/endpoints/{name}/deliveries",
                 get(endpoints::deliveries),
             )

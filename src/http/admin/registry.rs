@@ -294,6 +294,72 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RotateRequest {
+    grace: Option<String>,
+}
+
+/// How long the old secret keeps signing after a rotation by default: receivers
+/// usually take a day to roll out a new secret.
+const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A new secret, first in the list; the one it replaces signs too until the grace
+/// ends (with `standard`, which signs with every secret; `hex` and `sha256` sign with
+/// the newest only).
+pub(super) async fn rotate(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<RotateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let (registry, mut record, expected) = current(&s, &name, &headers).await?;
+    let grace = match request.grace.as_deref() {
+        None => DEFAULT_GRACE,
+        Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the rotation is invalid")
+                .with_problems(vec![Problem {
+                    field: "grace".into(),
+                    message: format!("'{t}' is not a duration such as \"24h\": {e}"),
+                }])
+        })?,
+    };
+    let scheme = s.check(&record.value)?.signer.scheme();
+    let secret = new_secret(scheme)?;
+    let previous = match record.value.get("secret") {
+        Some(Value::String(old)) => Some(old.clone()),
+        Some(Value::Array(list)) => list.first().and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    };
+    let now = std::time::SystemTime::now();
+    let until = now + grace;
+    match previous {
+        Some(old) if !grace.is_zero() => {
+            record
+                .value
+                .insert("secret".into(), serde_json::json!([secret, old]));
+            record.value.insert(
+                crate::config::api::GRACE_KEY.into(),
+                crate::time::rfc3339_millis(until).into(),
+            );
+        }
+        _ => {
+            record.value.insert("secret".into(), secret.clone().into());
+            record.value.remove(crate::config::api::GRACE_KEY);
+        }
+    }
+    s.check(&record.value)?;
+    record.revision = registry
+        .update(&name, &record.value, expected)
+        .await
+        .map_err(registry_error)?;
+    let mut view = api_view(&record, s.running(&name));
+    if let Value::Object(v) = &mut view {
+        v.insert("secret".into(), secret.into());
+    }
+    Ok(Json(view))
+}
+
 /// The event names the mappings produce, a `{n}` token shown as `*`, in mapping order.
 pub(super) async fn events(State(s): State<AdminState>) -> Json<Value> {
     let router = s.app.router();
