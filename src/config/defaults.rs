@@ -53,7 +53,6 @@ pub const ADMIN_ENABLED: bool = false;
 pub const REGISTRY_ENABLED: bool = false;
 /// The KV bucket of endpoints created at runtime.
 pub const REGISTRY_BUCKET: &str = "NATSHOOK_ENDPOINTS";
-pub const REGISTRY_REPLICAS: i64 = 1;
 /// Revisions kept per endpoint (JetStream allows at most 64).
 pub const REGISTRY_HISTORY: i64 = 5;
 

@@ -43,7 +43,8 @@ pub(super) fn validate(
     let nats = nats::validate_nats(raw.nats, p);
     let listen = sections::listen(&raw.http, p);
     let router = events::router(&raw.events, p);
-    let registry = sections::registry(&raw.registry, p);
+    let nats_replicas = nats.as_ref().map_or(1, |n| n.replicas);
+    let registry = sections::registry(&raw.registry, nats_replicas, p);
     // With a registry, endpoints can all be created at runtime.
     let require_one = !matches!(registry, Some(Some(_)));
     let endpoints = endpoint::endpoints(

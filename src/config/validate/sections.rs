@@ -93,15 +93,26 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> Option<Option<AdminConf
 }
 
 /// `Some(None)` when the registry is off; `None` when a key is invalid.
-pub(super) fn registry(raw: &RawRegistry, p: &mut Problems) -> Option<Option<RegistryConfig>> {
+/// `nats_replicas`: the replicas of natshook's other stores, the default here too.
+pub(super) fn registry(
+    raw: &RawRegistry,
+    nats_replicas: usize,
+    p: &mut Problems,
+) -> Option<Option<RegistryConfig>> {
     if !raw.enabled.unwrap_or(defaults::REGISTRY_ENABLED) {
         return Some(None);
     }
-    let replicas = p.positive(
-        "registry.replicas",
-        raw.replicas.unwrap_or(defaults::REGISTRY_REPLICAS),
-        1,
-    );
+    let replicas = match raw.replicas {
+        None => Some(nats_replicas as u32),
+        Some(n @ 1..=5) => Some(n as u32),
+        Some(n) => {
+            p.add(
+                "registry.replicas",
+                format_args!("{n} is out of range: JetStream keeps 1 to 5 replicas"),
+            );
+            None
+        }
+    };
     let history = raw.history.unwrap_or(defaults::REGISTRY_HISTORY);
     let history = match history {
         1..=64 => Some(history),
