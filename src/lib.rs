@@ -31,6 +31,8 @@
 //! * `subject_template`: an ingress route's subject template, rendered from a request.
 //! * `route_path`: an ingress route's URL path, matched against request paths.
 //! * `envelope`: the request body and the message id receivers deduplicate on.
+//! * `events`: operator events (`natshook.events.…`): endpoint pauses, resumes and dead
+//!   letters, published without waiting.
 //! * `signing`: `hex`, `sha256` and Standard Webhooks signatures, with rotation.
 //! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
 //! * `ssrf`: the SSRF policy, applied to every resolved address at connect time.
@@ -56,6 +58,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod events;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

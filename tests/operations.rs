@@ -10,15 +10,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
-fn with_admin(mut config: TestConfig) -> TestConfig {
-    config.top = format!(
-        "{}\n[admin]\nenabled = true\ntoken = {{ value = \"{TOKEN}\" }}\n",
-        config.top
-    );
-    config
-}
+const TOKEN: &str = ADMIN_TOKEN;
 
 async fn wait_until<F: std::future::Future<Output = bool>>(
     within: Duration,

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Endpoint};
 use crate::delivery::{ClientError, Deliverer};
+use crate::events::OperatorEvents;
 use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
@@ -125,6 +126,7 @@ impl Supervisor {
                 .map(|l| l.max_successes_per_second)
                 .unwrap_or(0),
             PauseState::new(js.clone(), config.nats.replicas),
+            OperatorEvents::new(client.clone()),
         );
         Supervisor {
             shared,

@@ -37,11 +37,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::breaker::{Breaker, PauseReason};
+use self::breaker::{Breaker, PauseReason, ResumeCause};
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
 use crate::config::{Endpoint, NatsConfig};
 use crate::delivery::Deliverer;
+use crate::events::OperatorEvents;
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::rate_limit::RateLimit;
 use crate::routing::Router;
@@ -98,6 +99,7 @@ pub struct Shared {
     /// Successful attempts logged per endpoint and second at most.
     log_successes_per_second: u32,
     pause_state: PauseState,
+    events: OperatorEvents,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl Shared {
         delivery_log: Option<DeliveryLog>,
         log_successes_per_second: u32,
         pause_state: PauseState,
+        events: OperatorEvents,
     ) -> Self {
         Self {
             js,
@@ -121,6 +124,7 @@ impl Shared {
             delivery_log,
             log_successes_per_second,
             pause_state,
+            events,
         }
     }
 
@@ -198,7 +202,8 @@ impl Worker {
                 Box::new(move |reason| {
                     state.announce(&name, reason.map(|r| state.record(r.into())));
                 }),
-            ),
+            )
+            .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
         Self {
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
@@ -230,8 +235,9 @@ impl Worker {
         self.breaker.pause(PauseReason::Manual);
     }
 
+    /// Resumed by an operator, whatever paused it.
     pub fn resume(&self) {
-        self.breaker.resume();
+        self.breaker.resume(ResumeCause::Manual);
     }
 
     /// Follows a pause or resume shared by another replica.
@@ -543,7 +549,7 @@ impl Worker {
                         }
                         None => probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay()),
                     }
-                },
+                }
                 () = async { if let Some(p) = probe.as_mut() { p.await } }, if probe.is_some() => {
                     probe = None;
                     if !self.breaker.is_paused() {

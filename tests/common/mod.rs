@@ -914,6 +914,18 @@ impl TestConfig {
     }
 }
 
+/// The admin API token [`with_admin`] configures.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// `config` with the admin API on, behind [`ADMIN_TOKEN`].
+pub fn with_admin(mut config: TestConfig) -> TestConfig {
+    config.top = format!(
+        "{}\n[admin]\nenabled = true\ntoken = {{ value = \"{ADMIN_TOKEN}\" }}\n",
+        config.top
+    );
+    config
+}
+
 /// Publishes `n` leads and waits (up to 20 s) until the receiver holds `n` distinct ids.
 pub async fn deliver_leads(js: &jetstream::Context, rx: &Receiver, n: usize, prefix: &str) {
     publish_all(js, leads(n, prefix)).await;
@@ -1178,5 +1190,72 @@ impl NatsCluster {
                 }
             }
         }
+    }
+}
+
+/// Operator events natshook publishes on `natshook.events.>`, collected in the order
+/// they arrive as (subject, raw body).
+pub struct EventWatch {
+    seen: Arc<Mutex<Vec<(String, Bytes)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventWatch {
+    /// Subscribes before returning, so no event published afterwards is missed.
+    pub async fn start(nats: &NatsServer) -> Self {
+        use futures_util::StreamExt;
+        let client = nats.client().await;
+        let mut sub = client
+            .subscribe("natshook.events.>")
+            .await
+            .expect("subscribe to operator events");
+        client.flush().await.expect("flush subscription");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                sink.lock()
+                    .unwrap()
+                    .push((m.subject.to_string(), m.payload));
+            }
+        });
+        Self { seen, task }
+    }
+
+    pub fn all(&self) -> Vec<(String, Bytes)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The bodies of the events on `subject` whose `endpoint` is `endpoint`.
+    pub fn of(&self, subject: &str, endpoint: &str) -> Vec<serde_json::Value> {
+        self.all()
+            .into_iter()
+            .filter(|(s, _)| s == subject)
+            .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).expect("event is JSON"))
+            .filter(|v| v["endpoint"] == endpoint)
+            .collect()
+    }
+
+    /// Waits (up to `within`) for the first event on `subject` for `endpoint`.
+    pub async fn wait(&self, within: Duration, subject: &str, endpoint: &str) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.of(subject, endpoint).into_iter().next() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {subject} event for {endpoint}; events so far: {:?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
