@@ -12,29 +12,6 @@ use common::*;
 
 const TOKEN: &str = ADMIN_TOKEN;
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    within: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Rewrites the config, sends SIGHUP and waits until the log shows `logged`.
-async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str) {
-    natshook.rewrite_config(config);
-    natshook.signal("HUP");
-    wait_until(Duration::from_secs(10), what, || {
-        let logs = natshook.logs();
-        async move { logs.contains(logged) }
-    })
-    .await;
-}
-
 /// Publishes one `{}` message on `subject` with the message id `id`.
 async fn publish_one(js: &jetstream::Context, subject: &str, id: &str) {
     publish_all(

@@ -914,6 +914,30 @@ impl TestConfig {
     }
 }
 
+/// Polls `f` every 50 ms until it holds, or panics after `within`.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rewrites the config, sends SIGHUP and waits until the log shows `logged`.
+pub async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str) {
+    natshook.rewrite_config(config);
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), what, || {
+        let logs = natshook.logs();
+        async move { logs.contains(logged) }
+    })
+    .await;
+}
+
 /// The admin API token [`with_admin`] configures.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
