@@ -60,7 +60,7 @@ pub struct EndpointEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// A stable code: `consecutive_failures`, `gone`, `delivery_succeeded`,
-    /// `nothing_held`, `admin_api`.
+    /// `admin_api`.
     pub reason: &'static str,
     /// The same in words, for people reading a log of events.
     pub detail: String,

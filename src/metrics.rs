@@ -134,6 +134,7 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     pending: IntGaugeVec,
     dead_letters: IntCounterVec,
+    filtered: IntCounterVec,
     pub unmapped: IntCounter,
     pub nats_connected: IntGauge,
     ingress_requests: IntCounterVec,
@@ -180,6 +181,8 @@ pub struct EndpointMetrics {
     pub inflight: IntGauge,
     pub pending: IntGauge,
     pub dead_letters: IntCounter,
+    /// Messages the endpoint's payload filter did not let through.
+    pub filtered: IntCounter,
 }
 
 impl EndpointMetrics {
@@ -297,6 +300,12 @@ impl Metrics {
             "Messages written to the dead-letter stream.",
             &["endpoint"],
         );
+        let filtered = counter_vec(
+            &r,
+            "natshook_filtered_messages_total",
+            "Messages acked without a request because the endpoint's payload filter did not match.",
+            &["endpoint"],
+        );
         let duration = histogram_vec(
             &r,
             "natshook_delivery_duration_seconds",
@@ -338,6 +347,7 @@ impl Metrics {
             inflight,
             pending,
             dead_letters,
+            filtered,
             unmapped,
             nats_connected,
             ingress_requests,
@@ -400,6 +410,7 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&e),
             pending: self.pending.with_label_values(&e),
             dead_letters: self.dead_letters.with_label_values(&e),
+            filtered: self.filtered.with_label_values(&e),
         }
     }
 
@@ -462,6 +473,7 @@ mod tests {
             "natshook_inflight{endpoint=\"crm\"} 0",
             "natshook_consumer_pending{endpoint=\"crm\"} 0",
             "natshook_dead_letters_total{endpoint=\"crm\"} 0",
+            "natshook_filtered_messages_total{endpoint=\"crm\"} 0",
             "natshook_unmapped_messages_total 0",
             "natshook_nats_connected 0",
             "natshook_build_info{version=\"",

@@ -110,6 +110,12 @@ impl Worker {
                 return None;
             }
         };
+        if !self.endpoint.filter.matches(&msg.payload) {
+            self.metrics.filtered.inc();
+            tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, event = %mapped.event, "payload filter did not match; acked");
+            self.ack(&msg, AckKind::Ack).await;
+            return None;
+        }
         let msg_id = msg
             .headers
             .as_ref()

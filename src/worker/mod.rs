@@ -198,12 +198,11 @@ impl Worker {
         let state = shared.pause_state.clone();
         let name = endpoint.name.clone();
         let breaker = Arc::new(
-            Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone()).announcing(
-                Box::new(move |reason| {
+            Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone())
+                .announcing(Box::new(move |reason| {
                     state.announce(&name, reason.map(|r| state.record(r.into())));
-                }),
-            )
-            .raising(shared.events.clone(), endpoint.tenant.clone()),
+                }))
+                .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
         Self {
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
