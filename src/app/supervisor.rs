@@ -126,8 +126,8 @@ impl Supervisor {
                 .map(|l| l.max_successes_per_second)
                 .unwrap_or(0),
             PauseState::new(js.clone(), config.nats.replicas),
-            OperatorEvents::new(client.clone()),
-        );
+        )
+        .raising(OperatorEvents::new(client.clone()));
         Supervisor {
             shared,
             connected,

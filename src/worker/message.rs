@@ -301,7 +301,7 @@ impl Worker {
                 self.metrics.delivery(event, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {
                     endpoint: self.endpoint.name.clone(),
-                    tenant: None,
+                    tenant: m.tenant.clone(),
                     reason: code,
                     detail: reason.to_string(),
                     at: time::rfc3339_millis(SystemTime::now()),

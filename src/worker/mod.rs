@@ -113,7 +113,6 @@ impl Shared {
         delivery_log: Option<DeliveryLog>,
         log_successes_per_second: u32,
         pause_state: PauseState,
-        events: OperatorEvents,
     ) -> Self {
         Self {
             js,
@@ -124,8 +123,14 @@ impl Shared {
             delivery_log,
             log_successes_per_second,
             pause_state,
-            events,
+            events: OperatorEvents::off(),
         }
+    }
+
+    /// Publishes the workers' operator events through `events` (off until then).
+    pub fn raising(mut self, events: OperatorEvents) -> Self {
+        self.events = events;
+        self
     }
 
     pub fn pause_state(&self) -> &PauseState {
