@@ -28,9 +28,12 @@
 //! * `config`: loading the config file (TOML or YAML, `NATSHOOK__…` variables over it, single
 //!   `[[endpoints]]`/`[[events]]` entries too) and validating every key at once.
 //! * `routing`: subject → event name, endpoint event filters, consumer filter subjects.
+//! * `payload_filter`: an endpoint's `filter`: allowed values at paths in the JSON payload.
 //! * `subject_template`: an ingress route's subject template, rendered from a request.
 //! * `route_path`: an ingress route's URL path, matched against request paths.
 //! * `envelope`: the request body and the message id receivers deduplicate on.
+//! * `events`: operator events (`natshook.events.…`): endpoint pauses, resumes and dead
+//!   letters, published without waiting.
 //! * `signing`: `hex`, `sha256` and Standard Webhooks signatures, with rotation.
 //! * `secret`: secret references (`{ env }`, `{ file }`, `{ value }`), resolved at start-up.
 //! * `ssrf`: the SSRF policy, applied to every resolved address at connect time.
@@ -56,10 +59,12 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod events;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
 pub mod otel;
+pub mod payload_filter;
 pub mod pem;
 pub mod rate_limit;
 pub mod route_path;

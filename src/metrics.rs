@@ -135,6 +135,7 @@ pub struct Metrics {
     pending: IntGaugeVec,
     dead_letters: IntCounterVec,
     rate_limit_wait: CounterVec,
+    filtered: IntCounterVec,
     pub unmapped: IntCounter,
     pub nats_connected: IntGauge,
     ingress_requests: IntCounterVec,
@@ -183,6 +184,8 @@ pub struct EndpointMetrics {
     pub dead_letters: IntCounter,
     /// Seconds messages waited for a `rate_limit` token.
     pub rate_limit_wait: Counter,
+    /// Messages the endpoint's payload filter did not let through.
+    pub filtered: IntCounter,
 }
 
 impl EndpointMetrics {
@@ -300,6 +303,12 @@ impl Metrics {
             "Messages written to the dead-letter stream.",
             &["endpoint"],
         );
+        let filtered = counter_vec(
+            &r,
+            "natshook_filtered_messages_total",
+            "Messages acked without a request because the endpoint's payload filter did not match.",
+            &["endpoint"],
+        );
         let duration = histogram_vec(
             &r,
             "natshook_delivery_duration_seconds",
@@ -351,6 +360,7 @@ impl Metrics {
             pending,
             dead_letters,
             rate_limit_wait,
+            filtered,
             unmapped,
             nats_connected,
             ingress_requests,
@@ -414,6 +424,7 @@ impl Metrics {
             pending: self.pending.with_label_values(&e),
             dead_letters: self.dead_letters.with_label_values(&e),
             rate_limit_wait: self.rate_limit_wait.with_label_values(&e),
+            filtered: self.filtered.with_label_values(&e),
         }
     }
 
@@ -477,6 +488,7 @@ mod tests {
             "natshook_consumer_pending{endpoint=\"crm\"} 0",
             "natshook_dead_letters_total{endpoint=\"crm\"} 0",
             "natshook_rate_limit_wait_seconds_total{endpoint=\"crm\"} 0",
+            "natshook_filtered_messages_total{endpoint=\"crm\"} 0",
             "natshook_unmapped_messages_total 0",
             "natshook_nats_connected 0",
             "natshook_build_info{version=\"",

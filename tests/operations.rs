@@ -10,17 +10,6 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
 
-/// Rewrites the config, sends SIGHUP and waits until the log shows `logged`.
-async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str) {
-    natshook.rewrite_config(config);
-    natshook.signal("HUP");
-    wait_until(Duration::from_secs(10), what, || {
-        let logs = natshook.logs();
-        async move { logs.contains(logged) }
-    })
-    .await;
-}
-
 /// Publishes one `{}` message on `subject` with the message id `id`.
 async fn publish_one(js: &jetstream::Context, subject: &str, id: &str) {
     publish_all(

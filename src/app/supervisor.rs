@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::registry::Runtime;
 use crate::config::{Config, Endpoint, EndpointDefaults, Problem};
 use crate::delivery::{ClientError, Deliverer};
+use crate::events::OperatorEvents;
 use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
@@ -161,7 +162,8 @@ impl Supervisor {
                 .map(|l| l.max_successes_per_second)
                 .unwrap_or(0),
             PauseState::new(js.clone(), config.nats.replicas),
-        );
+        )
+        .raising(OperatorEvents::new(client.clone()));
         Supervisor {
             shared,
             connected,

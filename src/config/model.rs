@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::payload_filter::PayloadFilter;
 use crate::route_path::RoutePath;
 use crate::routing::{EventFilter, Router};
 use crate::secret::{Secret, SecretRef};
@@ -78,6 +79,8 @@ pub struct Endpoint {
     pub name: String,
     pub url: http::Uri,
     pub events: EventFilter,
+    /// Messages whose payload does not match are acked without a request.
+    pub filter: PayloadFilter,
     pub signer: Signer,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub allow_http: bool,
@@ -169,6 +172,7 @@ impl PartialEq for Endpoint {
             name,
             url,
             events,
+            filter,
             signer,
             headers,
             allow_http,
@@ -195,6 +199,7 @@ impl PartialEq for Endpoint {
         *name == other.name
             && *url == other.url
             && *events == other.events
+            && *filter == other.filter
             && signer.scheme() == other.signer.scheme()
             && signer.header() == other.signer.header()
             && *headers == other.headers

@@ -192,6 +192,9 @@ pub(super) struct RawEndpoint {
     pub events: Option<Vec<String>>,
     pub secret: Option<SecretList>,
     pub tenant: Option<String>,
+    /// Payload path → allowed values; the endpoint's own, never in `[defaults]`: what
+    /// an endpoint wants is no default for others.
+    pub filter: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,7 +293,7 @@ mod tests {
         );
         assert_eq!(
             field_names::<RawEndpoint>(),
-            ["name", "url", "events", "secret", "tenant"]
+            ["name", "url", "events", "secret", "tenant", "filter"]
         );
         assert_eq!(
             field_names::<crate::secret::SecretRefTable>(),

@@ -745,3 +745,69 @@ fn a_rate_spaces_its_deliveries_by_the_interval_rounded_up() {
     assert_eq!(rate(2, 1).within(Duration::from_secs(10)), 20);
     assert_eq!(rate(1, 60).within(Duration::from_secs(10)), 1);
 }
+#[test]
+fn payload_filters_in_toml_and_yaml() {
+    let toml = format!(
+        "{GOOD}filter = {{ \"data.priority\" = [\"high\", \"urgent\"], \"data.n\" = [1, 2.5, true] }}\n"
+    );
+    let c = Config::from_str(&toml, "toml").unwrap();
+    let f = &c.endpoints[0].filter;
+    assert!(f.matches(br#"{"priority":"urgent","n":1.0}"#));
+    assert!(!f.matches(br#"{"priority":"low","n":1}"#));
+    let yaml =
+        format!("{GOOD_YAML}    filter:\n      data.priority: [high]\n      data.owner: [null]\n");
+    let c = Config::from_str(&yaml, "yaml").unwrap();
+    let f = &c.endpoints[0].filter;
+    assert!(f.matches(br#"{"priority":"high","owner":null}"#));
+    assert!(!f.matches(br#"{"priority":"high"}"#));
+    // No filter: everything goes through, and a changed filter is a changed endpoint.
+    let plain = Config::from_str(GOOD, "toml").unwrap();
+    assert!(plain.endpoints[0].filter.is_empty());
+    let other = Config::from_str(&toml.replace("urgent", "low"), "toml").unwrap();
+    let same = Config::from_str(&toml, "toml").unwrap();
+    assert_eq!(
+        same.endpoints[0],
+        Config::from_str(&toml, "toml").unwrap().endpoints[0]
+    );
+    assert_ne!(same.endpoints[0], other.endpoints[0]);
+    assert_ne!(same.endpoints[0], plain.endpoints[0]);
+}
+
+#[test]
+fn payload_filter_problems_name_the_key() {
+    let toml = format!(
+        "{GOOD}filter = {{ \"data.priority\" = \"high\", \"priority\" = [\"x\"], \"data..a\" = [1], \"data.b\" = [], \"data.c\" = [1, {{ x = 1 }}, [2]] }}\n"
+    );
+    let got = problems(&toml);
+    for needle in [
+        "endpoints[0].filter.\"data.priority\": must be a list of allowed values",
+        "endpoints[0].filter.\"priority\": must be `data` or start with `data.`",
+        "endpoints[0].filter.\"data..a\": has an empty path segment",
+        "endpoints[0].filter.\"data.c\"[1]: must be a string, number, boolean or null",
+        "endpoints[0].filter.\"data.c\"[2]: must be a string, number, boolean or null",
+    ] {
+        assert!(
+            got.iter().any(|x| x.starts_with(needle)),
+            "{needle} in {got:?}"
+        );
+    }
+    let got = problems(&format!("{GOOD}filter = {{ \"data.b\" = [] }}\n"));
+    assert_eq!(
+        got,
+        ["endpoints[0].filter.\"data.b\": needs at least one allowed value"]
+    );
+    let got = problems(&format!("{GOOD}filter = [\"data.x\"]\n"));
+    assert!(
+        got[0].starts_with("endpoints[0].filter: invalid type"),
+        "{got:?}"
+    );
+    // What one endpoint wants is no default for the others.
+    let got = problems(&GOOD.replace(
+        "[nats]",
+        "[defaults]\nfilter = { \"data.x\" = [1] }\n[nats]",
+    ));
+    assert!(
+        got[0].starts_with("defaults.filter: unknown key"),
+        "{got:?}"
+    );
+}

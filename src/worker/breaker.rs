@@ -7,9 +7,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::events::{EndpointChange, EndpointEvent, OperatorEvents};
 use crate::metrics::EndpointMetrics;
 use crate::store::pause_state::PauseCause;
 
@@ -19,6 +21,42 @@ pub enum PauseReason {
     ConsecutiveFailures(u32),
     Gone,
     Manual,
+}
+
+impl PauseReason {
+    /// The operator event's `reason` code.
+    fn code(&self) -> &'static str {
+        match self {
+            PauseReason::ConsecutiveFailures(_) => "consecutive_failures",
+            PauseReason::Gone => "gone",
+            PauseReason::Manual => "admin_api",
+        }
+    }
+}
+
+/// Why a paused endpoint resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeCause {
+    /// A delivery succeeded: a probe, or one that was in flight when the pause began.
+    Succeeded,
+    /// An operator resumed it (admin API).
+    Manual,
+}
+
+impl ResumeCause {
+    fn code(self) -> &'static str {
+        match self {
+            ResumeCause::Succeeded => "delivery_succeeded",
+            ResumeCause::Manual => "admin_api",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            ResumeCause::Succeeded => "a delivery succeeded",
+            ResumeCause::Manual => "resumed by an operator",
+        }
+    }
 }
 
 impl std::fmt::Display for PauseReason {
@@ -66,6 +104,11 @@ pub struct Breaker {
     paused_tx: watch::Sender<bool>,
     metrics: EndpointMetrics,
     announce: Option<Announce>,
+    /// When this replica's view of the pause began.
+    since: Mutex<Option<SystemTime>>,
+    /// Operator events for this replica's own decisions, and the endpoint's tenant.
+    events: OperatorEvents,
+    tenant: Option<String>,
 }
 
 impl Breaker {
@@ -79,7 +122,18 @@ impl Breaker {
             paused_tx,
             metrics,
             announce: None,
+            since: Mutex::new(None),
+            events: OperatorEvents::off(),
+            tenant: None,
         }
+    }
+
+    /// Raises an operator event for each pause and resume this breaker decides
+    /// itself; those followed from other replicas were raised where they were decided.
+    pub fn raising(mut self, events: OperatorEvents, tenant: Option<String>) -> Self {
+        self.events = events;
+        self.tenant = tenant;
+        self
     }
 
     /// Shares this breaker's own pauses and resumes through `announce`.
@@ -105,13 +159,13 @@ impl Breaker {
         self.reason.lock().ok().and_then(|r| r.clone())
     }
 
-    /// A 2xx resumes an endpoint paused for its failures (a probe, or an attempt still
-    /// in flight when the pause came), never one an operator paused.
+    /// A success resumes an automatic pause, never an operator's: a delivery that was
+    /// in flight when the operator paused must not undo the pause.
     pub fn record_success(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
         self.metrics.consecutive_failures.set(0);
         if self.is_paused() && self.pause_reason() != Some(PauseReason::Manual) {
-            self.resume();
+            self.resume(ResumeCause::Succeeded);
         }
     }
 
@@ -126,29 +180,63 @@ impl Breaker {
         }
     }
 
-    /// Pauses on this replica's own decision (failures, 410, an operator here).
+    /// Pauses on this replica's own decision (failures, 410, an operator here). An
+    /// operator's pause also takes over an automatic one, so that no probe resumes
+    /// what the operator stopped.
     pub fn pause(&self, reason: PauseReason) {
-        if self.is_paused() {
-            return;
+        match self.pause_reason() {
+            None => {}
+            Some(current) if current != PauseReason::Manual && reason == PauseReason::Manual => {}
+            Some(_) => return,
         }
         tracing::warn!(endpoint = %self.endpoint, reason = %reason,
             "endpoint paused: deliveries stopped, messages wait in the stream");
         if let Some(announce) = &self.announce {
             announce(Some(&reason));
         }
-        self.set_paused(Some(reason));
+        self.set_paused(Some(reason.clone()));
+        let mut event = EndpointEvent::new(
+            &self.endpoint,
+            self.tenant.as_deref(),
+            reason.code(),
+            reason.to_string(),
+        );
+        event.consecutive_failures = self.consecutive_failures();
+        let change = match reason {
+            PauseReason::Manual => EndpointChange::Disabled,
+            PauseReason::Gone => {
+                event.last_status = Some(410);
+                EndpointChange::Paused
+            }
+            PauseReason::ConsecutiveFailures(_) => EndpointChange::Paused,
+        };
+        self.events.endpoint(change, &event);
     }
 
     /// Resumes on this replica's own decision (a successful attempt, an operator here).
-    pub fn resume(&self) {
+    pub fn resume(&self, cause: ResumeCause) {
         if !self.is_paused() {
             return;
         }
-        tracing::info!(endpoint = %self.endpoint, "endpoint resumed");
+        tracing::info!(endpoint = %self.endpoint, cause = cause.detail(), "endpoint resumed");
         if let Some(announce) = &self.announce {
             announce(None);
         }
+        let since = self.since.lock().ok().and_then(|s| *s);
         self.set_paused(None);
+        let mut event = EndpointEvent::new(
+            &self.endpoint,
+            self.tenant.as_deref(),
+            cause.code(),
+            cause.detail(),
+        );
+        event.consecutive_failures = self.consecutive_failures();
+        event.paused_at = since.map(crate::time::rfc3339_millis);
+        let change = match cause {
+            ResumeCause::Manual => EndpointChange::Enabled,
+            ResumeCause::Succeeded => EndpointChange::Resumed,
+        };
+        self.events.endpoint(change, &event);
     }
 
     /// Follows a pause or resume another replica decided (or one that outlived a
@@ -177,6 +265,13 @@ impl Breaker {
 
     fn set_paused(&self, reason: Option<PauseReason>) {
         let paused = reason.is_some();
+        if let Ok(mut since) = self.since.lock() {
+            match (paused, since.is_some()) {
+                (true, false) => *since = Some(SystemTime::now()),
+                (false, _) => *since = None,
+                (true, true) => {}
+            }
+        }
         if let Ok(mut r) = self.reason.lock() {
             *r = reason;
         }
@@ -237,7 +332,7 @@ mod tests {
         b.pause(PauseReason::Manual);
         b.record_success();
         assert!(b.is_paused());
-        b.resume();
+        b.resume(ResumeCause::Manual);
         b.pause(PauseReason::Gone);
         b.record_success();
         assert!(!b.is_paused());
@@ -253,5 +348,22 @@ mod tests {
         assert!(!b.is_paused());
         b.pause(PauseReason::Gone);
         assert!(b.is_paused());
+    }
+
+    #[test]
+    fn an_operator_pause_takes_over_and_only_an_operator_resumes_it() {
+        let m = Metrics::new();
+        let b = Breaker::new("e", 1, m.endpoint("e"));
+        b.record_failure();
+        assert_eq!(b.pause_reason(), Some(PauseReason::ConsecutiveFailures(1)));
+        b.pause(PauseReason::Manual);
+        assert_eq!(b.pause_reason(), Some(PauseReason::Manual));
+        b.pause(PauseReason::Gone);
+        assert_eq!(b.pause_reason(), Some(PauseReason::Manual));
+        b.record_success();
+        assert!(b.is_paused(), "an in-flight success resumed a manual pause");
+        b.resume(ResumeCause::Manual);
+        assert!(!b.is_paused());
+        assert_eq!(b.pause_reason(), None);
     }
 }

@@ -16,6 +16,7 @@ use super::{ack_wait, Worker};
 use crate::backoff::jitter;
 use crate::delivery::{AttemptResult, RESPONSE_BODY_LIMIT};
 use crate::envelope::{self, MessageFacts};
+use crate::events::DeadLetterEvent;
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
 use crate::store::dead_letters::DeadLetter;
@@ -74,7 +75,7 @@ impl Worker {
                 m.msg.payload.len(),
                 self.endpoint.max_body
             );
-            Box::pin(self.dead_letter(&m, 0, None, &reason)).await;
+            Box::pin(self.dead_letter(&m, 0, None, ("max_body", &reason))).await;
             return;
         }
         self.deliver(&m, abort).await;
@@ -109,6 +110,12 @@ impl Worker {
                 return None;
             }
         };
+        if !self.endpoint.filter.matches(&msg.payload) {
+            self.metrics.filtered.inc();
+            tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, event = %mapped.event, "payload filter did not match; acked");
+            self.ack(&msg, AckKind::Ack).await;
+            return None;
+        }
         let msg_id = msg
             .headers
             .as_ref()
@@ -162,7 +169,8 @@ impl Worker {
         {
             Ok(send) => send,
             Err(e) => {
-                Box::pin(self.dead_letter(m, 0, None, &e.to_string())).await;
+                let reason = e.to_string();
+                Box::pin(self.dead_letter(m, 0, None, ("undeliverable", &reason))).await;
                 return;
             }
         };
@@ -273,7 +281,8 @@ impl Worker {
             }
             Decision::DeadLetter => {
                 let reason = format!("failed after {attempt} attempts");
-                Box::pin(self.dead_letter(m, attempt, Some(&result), &reason)).await;
+                let reason = ("max_attempts", reason.as_str());
+                Box::pin(self.dead_letter(m, attempt, Some(&result), reason)).await;
             }
             Decision::Retry(delay) => {
                 self.metrics.delivery(event, Outcome::Retry);
@@ -282,14 +291,15 @@ impl Worker {
         }
     }
 
-    /// Writes the dead letter, then acks; if the write fails, the message comes back
-    /// after the first retry delay and is dead-lettered then.
+    /// Writes the dead letter, then acks and raises the operator event; if the write
+    /// fails, the message comes back after the first retry delay and is dead-lettered
+    /// then. `(code, reason)`: the event's reason code and the record's reason.
     async fn dead_letter(
         &self,
         m: &Routed,
         attempts: u32,
         last: Option<&AttemptResult>,
-        reason: &str,
+        (code, reason): (&'static str, &str),
     ) {
         let record = self.dead_letter_record(m, attempts, last, reason);
         let (id, event) = (m.id.as_str(), m.event.as_str());
@@ -304,6 +314,20 @@ impl Worker {
                 self.ack(&m.msg, AckKind::Ack).await;
                 self.metrics.dead_letters.inc();
                 self.metrics.delivery(event, Outcome::DeadLetter);
+                self.shared.events.dead_letter(&DeadLetterEvent {
+                    endpoint: self.endpoint.name.clone(),
+                    tenant: m.tenant.clone(),
+                    reason: code,
+                    detail: reason.to_string(),
+                    at: time::rfc3339_millis(SystemTime::now()),
+                    id: m.id.clone(),
+                    event: m.event.clone(),
+                    subject: m.meta.subject.clone(),
+                    stream_sequence: m.meta.sequence,
+                    attempts,
+                    last_status: last.and_then(|r| r.http_status),
+                    last_result: last.map(|r| r.status.label()),
+                });
             }
             Err(e) => {
                 tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");

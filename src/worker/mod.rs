@@ -45,12 +45,13 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::breaker::{Breaker, PauseReason};
+use self::breaker::{Breaker, PauseReason, ResumeCause};
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
 use crate::config::{Endpoint, NatsConfig, Rate};
 use crate::delivery::Deliverer;
+use crate::events::OperatorEvents;
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::rate_limit::RateLimit;
 use crate::routing::Router;
@@ -123,6 +124,7 @@ pub struct Shared {
     /// Successful attempts logged per endpoint and second at most.
     log_successes_per_second: u32,
     pause_state: PauseState,
+    events: OperatorEvents,
 }
 
 impl Shared {
@@ -146,7 +148,14 @@ impl Shared {
             delivery_log,
             log_successes_per_second,
             pause_state,
+            events: OperatorEvents::off(),
         }
+    }
+
+    /// Publishes the workers' operator events through `events` (off until then).
+    pub fn raising(mut self, events: OperatorEvents) -> Self {
+        self.events = events;
+        self
     }
 
     pub fn pause_state(&self) -> &PauseState {
@@ -237,11 +246,11 @@ impl Worker {
         let state = shared.pause_state.clone();
         let name = endpoint.name.clone();
         let breaker = Arc::new(
-            Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone()).announcing(
-                Box::new(move |reason| {
+            Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone())
+                .announcing(Box::new(move |reason| {
                     state.announce(&name, reason.map(|r| state.record(r.into())));
-                }),
-            ),
+                }))
+                .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
         Self {
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
@@ -311,8 +320,9 @@ impl Worker {
         self.breaker.pause(PauseReason::Manual);
     }
 
+    /// Resumed by an operator, whatever paused it.
     pub fn resume(&self) {
-        self.breaker.resume();
+        self.breaker.resume(ResumeCause::Manual);
     }
 
     /// Follows a pause or resume shared by another replica.
@@ -700,7 +710,7 @@ impl Worker {
                         }
                         None => probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay()),
                     }
-                },
+                }
                 () = async { if let Some(p) = probe.as_mut() { p.await } }, if probe.is_some() => {
                     probe = None;
                     if !self.breaker.is_paused() {

@@ -934,7 +934,31 @@ impl TestConfig {
     }
 }
 
-/// The admin API's bearer token in tests that enable it ([`with_admin`]).
+/// Polls `f` every 50 ms until it holds, or panics after `within`.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rewrites the config, sends SIGHUP and waits until the log shows `logged`.
+pub async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str) {
+    natshook.rewrite_config(config);
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), what, || {
+        let logs = natshook.logs();
+        async move { logs.contains(logged) }
+    })
+    .await;
+}
+
+/// The admin API token [`with_admin`] configures.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// `config` with the admin API on, behind [`ADMIN_TOKEN`].
@@ -1213,19 +1237,6 @@ impl NatsCluster {
     }
 }
 
-/// Polls `f` every 50 ms until it holds; fails the test after `within`.
-pub async fn wait_until<F: std::future::Future<Output = bool>>(
-    within: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Verifies each request with the official `standardwebhooks` package (PyPI).
 pub fn verify_received(secret: &str, requests: &[Received]) -> (usize, usize) {
     let items: Vec<(&[u8], BTreeMap<String, String>)> = requests
@@ -1239,4 +1250,71 @@ pub fn verify_received(secret: &str, requests: &[Received]) -> (usize, usize) {
         })
         .collect();
     standardwebhooks_verify(secret, &items)
+}
+
+/// Operator events natshook publishes on `natshook.events.>`, collected in the order
+/// they arrive as (subject, raw body).
+pub struct EventWatch {
+    seen: Arc<Mutex<Vec<(String, Bytes)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventWatch {
+    /// Subscribes before returning, so no event published afterwards is missed.
+    pub async fn start(nats: &NatsServer) -> Self {
+        use futures_util::StreamExt;
+        let client = nats.client().await;
+        let mut sub = client
+            .subscribe("natshook.events.>")
+            .await
+            .expect("subscribe to operator events");
+        client.flush().await.expect("flush subscription");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                sink.lock()
+                    .unwrap()
+                    .push((m.subject.to_string(), m.payload));
+            }
+        });
+        Self { seen, task }
+    }
+
+    pub fn all(&self) -> Vec<(String, Bytes)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The bodies of the events on `subject` whose `endpoint` is `endpoint`.
+    pub fn of(&self, subject: &str, endpoint: &str) -> Vec<serde_json::Value> {
+        self.all()
+            .into_iter()
+            .filter(|(s, _)| s == subject)
+            .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).expect("event is JSON"))
+            .filter(|v| v["endpoint"] == endpoint)
+            .collect()
+    }
+
+    /// Waits (up to `within`) for the first event on `subject` for `endpoint`.
+    pub async fn wait(&self, within: Duration, subject: &str, endpoint: &str) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.of(subject, endpoint).into_iter().next() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {subject} event for {endpoint}; events so far: {:?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

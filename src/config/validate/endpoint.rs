@@ -3,7 +3,7 @@
 //! the value came from, so a bad `[defaults]` value is reported once per endpoint
 //! that uses it, under `defaults.…`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::super::Problems;
 use super::proxy;
 use super::tls::{tls_files, FileCheck, TlsPaths};
 use super::valid_name;
+use crate::payload_filter::{PayloadFilter, Scalar};
 use crate::routing::{tenant_id_problem, EventFilter, Router, TENANT_ID_RULE};
 use crate::secret::{Secret, SecretList};
 use crate::signing::{check_signing_secret, Scheme, Signer};
@@ -150,6 +151,7 @@ fn validate_endpoint(
     };
     let events = event_filter(ep.events.as_deref(), s, router, p);
     let tenant = tenant(ep.tenant, events.as_ref(), s, router, p);
+    let filter = payload_filter(ep.filter.as_ref(), &s.at("filter"), p);
     let signer = signer(ep.secret.as_ref(), s, p);
     let headers = headers(s, p);
     let forward_headers = forward_headers(s, p);
@@ -180,6 +182,7 @@ fn validate_endpoint(
         name: name?,
         url: url?,
         events: events?,
+        filter: filter?,
         signer: signer?,
         headers,
         allow_http,
@@ -659,4 +662,53 @@ fn tenant_field(s: &Settings, p: &mut Problems) -> Option<String> {
         }
         f => Some(f.to_string()),
     }
+}
+
+/// `filter`: each key a path into the payload, each value a list of JSON scalars.
+/// Problems name the key quoted, since it holds dots: `endpoints[0].filter."data.x"`.
+fn payload_filter(
+    raw: Option<&BTreeMap<String, serde_json::Value>>,
+    path: &str,
+    p: &mut Problems,
+) -> Option<PayloadFilter> {
+    let Some(raw) = raw else {
+        return Some(PayloadFilter::default());
+    };
+    let before = p.len();
+    let mut keys = Vec::new();
+    for (key, value) in raw {
+        // A JSON string: quoted, with any quote or control character escaped.
+        let at = format!("{path}.{}", serde_json::Value::from(key.as_str()));
+        if let Err(e) = PayloadFilter::check_key(key) {
+            p.add(&at, e);
+            continue;
+        }
+        let Some(list) = value.as_array() else {
+            p.add(
+                &at,
+                "must be a list of allowed values (strings, numbers, booleans, null)",
+            );
+            continue;
+        };
+        let mut values = Vec::with_capacity(list.len());
+        for (i, v) in list.iter().enumerate() {
+            match Scalar::from_json(v) {
+                Some(s) => values.push(s),
+                None => p.add(
+                    format!("{at}[{i}]"),
+                    "must be a string, number, boolean or null (objects and lists cannot be compared)",
+                ),
+            }
+        }
+        keys.push((key.as_str(), values));
+    }
+    if p.len() > before {
+        return None;
+    }
+    PayloadFilter::new(keys)
+        .map_err(|(key, e)| {
+            let at = format!("{path}.{}", serde_json::Value::from(key.as_str()));
+            p.add(at, e);
+        })
+        .ok()
 }
