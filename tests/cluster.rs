@@ -125,14 +125,11 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
     );
 }
 
-const TOKEN: &str = "replica-admin-token";
 const PAUSED_A: &str = "natshook_endpoint_paused{endpoint=\"a\"}";
 
 /// One endpoint `a` with the admin API on, for two replicas on one server.
 fn replica_config(nats: &NatsServer, rx: &Receiver, extra: &str) -> String {
-    let mut config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/a"), &["*"], extra);
-    config.top = format!("[admin]\nenabled = true\ntoken = {{ value = \"{TOKEN}\" }}\n");
-    config.render()
+    with_admin(TestConfig::new(nats.url()).endpoint("a", &rx.url("/a"), &["*"], extra)).render()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +142,7 @@ async fn an_operator_pause_on_one_replica_holds_every_replica_until_a_resume_on_
     let js = jetstream::new(nats.client().await);
 
     let (status, _) = one
-        .api("POST", "/api/endpoints/a/pause", Some(TOKEN), None)
+        .api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200);
     two.wait_metric(
@@ -155,7 +152,9 @@ async fn an_operator_pause_on_one_replica_holds_every_replica_until_a_resume_on_
         "replica two did not follow the pause within 2 s",
     )
     .await;
-    let (_, state) = two.api("GET", "/api/endpoints/a", Some(TOKEN), None).await;
+    let (_, state) = two
+        .api("GET", "/api/endpoints/a", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(state["pause_reason"], "paused by an operator", "{state}");
 
     publish_all(&js, leads(30, "rp")).await;
@@ -167,7 +166,7 @@ async fn an_operator_pause_on_one_replica_holds_every_replica_until_a_resume_on_
     );
 
     let (status, _) = two
-        .api("POST", "/api/endpoints/a/resume", Some(TOKEN), None)
+        .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200);
     one.wait_metric(
@@ -185,7 +184,7 @@ async fn an_operator_pause_on_one_replica_holds_every_replica_until_a_resume_on_
     .await;
 
     // The pause is kept in JetStream: a replica started while it holds starts paused.
-    one.api("POST", "/api/endpoints/a/pause", Some(TOKEN), None)
+    one.api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
         .await;
     two.wait_metric(PAUSED_A, 1.0, Duration::from_secs(2), "pause not followed")
         .await;
