@@ -28,6 +28,17 @@ async fn consumer_backlog(js: &jetstream::Context, endpoint: &str) -> u64 {
     info.num_pending + info.num_ack_pending as u64
 }
 
+/// Waits (up to 20 s) until `endpoint`'s consumer has nothing pending or unacked:
+/// every message, matching or not, was settled.
+async fn wait_drained(js: &jetstream::Context, endpoint: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        "the consumer to be drained",
+        || async { consumer_backlog(js, endpoint).await == 0 },
+    )
+    .await;
+}
+
 const FILTER: &str =
     r#"filter = { "data.priority" = ["high", "urgent"], "data.lead.region" = ["eu", 7] }"#;
 
@@ -68,15 +79,7 @@ async fn only_matching_payloads_are_delivered_and_the_rest_acked() {
         r.delivered_ids().len() >= matching.len()
     })
     .await;
-    wait_until(
-        Duration::from_secs(20),
-        "the consumer to be drained",
-        || {
-            let js = js.clone();
-            async move { consumer_backlog(&js, "f").await == 0 }
-        },
-    )
-    .await;
+    wait_drained(&js, "f").await;
     natshook
         .wait_metric(
             "natshook_filtered_messages_total{endpoint=\"f\"}",
@@ -113,15 +116,7 @@ async fn only_matching_payloads_are_delivered_and_the_rest_acked() {
         r.delivered_ids().contains_key("after-low")
     })
     .await;
-    wait_until(
-        Duration::from_secs(20),
-        "the consumer to be drained",
-        || {
-            let js = js.clone();
-            async move { consumer_backlog(&js, "f").await == 0 }
-        },
-    )
-    .await;
+    wait_drained(&js, "f").await;
     assert!(!rx.delivered_ids().contains_key("after-high"));
     assert_eq!(rx.count(), matching.len() + 1);
     natshook.terminate().await;
