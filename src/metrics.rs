@@ -138,6 +138,10 @@ pub struct Metrics {
     filtered: IntCounterVec,
     pub unmapped: IntCounter,
     pub nats_connected: IntGauge,
+    /// Deliveries in flight over all endpoints, against `inflight_limit`.
+    pub inflight_total: IntGauge,
+    /// `[delivery] max_inflight`.
+    pub inflight_limit: IntGauge,
     ingress_requests: IntCounterVec,
     ingress_duration: HistogramVec,
     /// Registered only when `[tracing]` is on (see [`Metrics::tracing_spans_dropped`]).
@@ -264,6 +268,21 @@ fn process_families(r: &Registry) -> (IntCounter, IntGauge) {
     (register(r, unmapped), register(r, nats_connected))
 }
 
+/// The process-wide bound on deliveries in flight: its use and its size.
+fn inflight_families(r: &Registry) -> (IntGauge, IntGauge) {
+    let total = IntGauge::new(
+        "natshook_inflight_total",
+        "Deliveries in flight over all endpoints (bounded by natshook_inflight_limit).",
+    )
+    .expect("static metric definition");
+    let limit = IntGauge::new(
+        "natshook_inflight_limit",
+        "The process-wide bound on deliveries in flight ([delivery] max_inflight).",
+    )
+    .expect("static metric definition");
+    (register(r, total), register(r, limit))
+}
+
 /// The ingress families: requests by route and outcome, and their duration.
 fn ingress_families(r: &Registry) -> (IntCounterVec, HistogramVec) {
     let requests = counter_vec(
@@ -347,6 +366,7 @@ impl Metrics {
         .expect("static metric definition");
         let rate_limit_wait = register(&r, rate_limit_wait);
         let (unmapped, nats_connected) = process_families(&r);
+        let (inflight_total, inflight_limit) = inflight_families(&r);
         let (ingress_requests, ingress_duration) = ingress_families(&r);
         Self {
             registry: r,
@@ -363,6 +383,8 @@ impl Metrics {
             filtered,
             unmapped,
             nats_connected,
+            inflight_total,
+            inflight_limit,
             ingress_requests,
             ingress_duration,
             tracing_dropped: Default::default(),

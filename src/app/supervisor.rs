@@ -162,6 +162,7 @@ impl Supervisor {
                 .map(|l| l.max_successes_per_second)
                 .unwrap_or(0),
             PauseState::new(js.clone(), config.nats.replicas),
+            config.max_inflight,
         )
         .raising(OperatorEvents::new(client.clone()));
         Supervisor {
@@ -503,6 +504,10 @@ fn warn_restart_needed(current: &Config, new: &Config) {
         ("delivery_log", current.delivery_log != new.delivery_log),
         ("dead_letter", current.dead_letter != new.dead_letter),
         ("tracing", current.tracing != new.tracing),
+        (
+            "delivery.max_inflight",
+            current.max_inflight != new.max_inflight,
+        ),
         (
             "shutdown_grace",
             current.shutdown_grace != new.shutdown_grace,

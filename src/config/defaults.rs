@@ -37,6 +37,13 @@ pub const RATE_LIMIT: Option<super::model::Rate> = None;
 pub const ALLOW_HTTP: bool = false;
 pub const ALLOW_PRIVATE: bool = false;
 
+// [delivery]
+/// Deliveries in flight over all endpoints, shared fairly between the busy ones. Each
+/// costs ~35 KiB over HTTP/1.1 (its connection and buffers), so this bound, not the sum
+/// of every endpoint's `concurrency`, sizes natshook's peak memory: 50 endpoints at the
+/// default `concurrency` of 64 would otherwise hold 3,200.
+pub const MAX_INFLIGHT: usize = 256;
+
 // [dead_letter]
 pub const DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 

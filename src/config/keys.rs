@@ -5,9 +5,9 @@
 use figment::value::Value;
 
 use super::raw::{
-    field_names, RawAdmin, RawConfig, RawDeadLetter, RawDeliveryLog, RawEndpoint, RawEvent,
-    RawHttp, RawIngress, RawNats, RawProxyTable, RawRegistry, RawRoute, RawSettings, RawSignature,
-    RawTls, RawTracing, RawVerify,
+    field_names, RawAdmin, RawConfig, RawDeadLetter, RawDelivery, RawDeliveryLog, RawEndpoint,
+    RawEvent, RawHttp, RawIngress, RawNats, RawProxyTable, RawRegistry, RawRoute, RawSettings,
+    RawSignature, RawTls, RawTracing, RawVerify,
 };
 use super::Problems;
 use crate::secret::SecretRefTable;
@@ -117,6 +117,7 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
     );
     for (key, allowed) in [
         ("http", field_names::<RawHttp>()),
+        ("delivery", field_names::<RawDelivery>()),
         ("dead_letter", field_names::<RawDeadLetter>()),
         ("delivery_log", field_names::<RawDeliveryLog>()),
         ("admin", field_names::<RawAdmin>()),

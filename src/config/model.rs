@@ -262,6 +262,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub router: Router,
     pub endpoints: Vec<Endpoint>,
+    /// `[delivery] max_inflight`: deliveries in flight over all endpoints.
+    pub max_inflight: usize,
     pub dead_letter: DeadLetterConfig,
     /// `None` when `[delivery_log] enabled = false`.
     pub delivery_log: Option<crate::settings::LogSettings>,

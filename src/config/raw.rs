@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
     #[serde(default)]
+    pub delivery: RawDelivery,
+    #[serde(default)]
     pub dead_letter: RawDeadLetter,
     #[serde(default)]
     pub delivery_log: RawDeliveryLog,
@@ -52,6 +54,11 @@ pub(super) struct RawTracing {
     pub sample_ratio: Option<f64>,
     pub timeout: Option<String>,
     pub max_queue: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawDelivery {
+    pub max_inflight: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +277,7 @@ mod tests {
             field_names::<RawTls>(),
             field_names::<RawHttp>(),
             field_names::<RawDeadLetter>(),
+            field_names::<RawDelivery>(),
             field_names::<RawDeliveryLog>(),
             field_names::<RawAdmin>(),
             field_names::<RawRegistry>(),

@@ -22,6 +22,7 @@
 //! third of `ack_wait`, so few messages are fetched ahead of their token.
 
 pub mod breaker;
+pub mod inflight;
 mod message;
 pub mod outcome;
 pub mod throttle;
@@ -46,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
+use self::inflight::{InflightLimit, Share};
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
@@ -102,6 +104,14 @@ pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
 /// the endpoint never tried costs no attempt and never waits out its ack timer.
 type Held = VecDeque<jetstream::Message>;
 
+/// How a wait for a permit ended.
+enum Waited<T> {
+    Done(T),
+    /// The endpoint paused meanwhile.
+    Paused,
+    Leave(Leave),
+}
+
 /// Why feeding one pull stream ended.
 #[derive(Debug)]
 enum Leave {
@@ -125,11 +135,15 @@ pub struct Shared {
     log_successes_per_second: u32,
     pause_state: PauseState,
     events: OperatorEvents,
+    /// `[delivery] max_inflight`, shared fairly by the endpoints.
+    inflight: InflightLimit,
 }
 
 impl Shared {
     /// `log_successes_per_second` caps the successful attempts each endpoint writes to
-    /// `delivery_log` (failed ones are always written).
+    /// `delivery_log` (failed ones are always written); `max_inflight` bounds the
+    /// deliveries in flight over all endpoints.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         js: jetstream::Context,
         nats: &NatsConfig,
@@ -138,7 +152,10 @@ impl Shared {
         delivery_log: Option<DeliveryLog>,
         log_successes_per_second: u32,
         pause_state: PauseState,
+        max_inflight: usize,
     ) -> Self {
+        metrics.inflight_limit.set(max_inflight as i64);
+        let inflight = InflightLimit::new(max_inflight, metrics.inflight_total.clone());
         Self {
             js,
             stream_name: nats.stream.clone(),
@@ -149,6 +166,7 @@ impl Shared {
             log_successes_per_second,
             pause_state,
             events: OperatorEvents::off(),
+            inflight,
         }
     }
 
@@ -425,6 +443,7 @@ impl Worker {
     /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`.
     pub async fn run(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
+        let share = self.shared.inflight.share();
         let mut held = Held::new();
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         self.follow_current().await;
@@ -459,7 +478,7 @@ impl Worker {
                 }
             };
             let leave = self
-                .fetch(&mut messages, &mut held, &permits, &stop, &tracker)
+                .fetch(&mut messages, &mut held, &permits, &share, &stop, &tracker)
                 .await;
             // What the stream already received is ours: dropping it would cost each
             // message an attempt and an ack_wait.
@@ -503,17 +522,20 @@ impl Worker {
     }
 
     /// Feeds one pull stream to delivery tasks, held messages first, until the worker
-    /// drains or the stream must be replaced.
+    /// drains or the stream must be replaced. A delivery starts with two permits: one of
+    /// the endpoint's `concurrency`, then, once a message is there to send, one of the
+    /// process-wide bound (an idle endpoint holds none).
     async fn fetch(
         self: &Arc<Self>,
         messages: &mut pull::Stream,
         held: &mut Held,
         permits: &Arc<Semaphore>,
+        share: &Share,
         stop: &Stop,
         tracker: &TaskTracker,
     ) -> Leave {
         let mut paused = self.breaker.watch();
-        // Held messages waiting for a token: their ack timers are extended on this
+        // Held messages waiting for a token or a permit: their ack timers are extended on this
         // schedule (kept across messages, since one message may wait through many).
         let every = ack_wait(&self.endpoint) / 3;
         let mut keep_alive = tokio::time::interval_at(Instant::now() + every, every);
@@ -525,31 +547,33 @@ impl Worker {
                     None => continue,
                 }
             }
-            let permit = tokio::select! {
-                _ = stop.drain.cancelled() => return Leave::Drain,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return Leave::Drain,
-                },
+            let acquire = std::pin::pin!(permits.clone().acquire_owned());
+            let permit = match self
+                .wait(acquire, messages, held, &mut keep_alive, stop)
+                .await
+            {
+                Waited::Done(Ok(p)) => p,
+                Waited::Done(Err(_)) => return Leave::Drain,
+                Waited::Paused => continue,
+                Waited::Leave(leave) => return leave,
             };
-            if self.breaker.is_paused() {
-                continue;
-            }
-            let msg = match held.pop_front() {
-                Some(msg) => msg,
-                None => {
-                    let next = tokio::select! {
-                        _ = stop.drain.cancelled() => return Leave::Drain,
-                        _ = paused.wait_for(|p| *p) => continue,
-                        m = messages.next() => m,
-                    };
-                    match next {
-                        Some(Ok(msg)) => msg,
-                        Some(Err(e)) => return self.fetch_failed(&e),
-                        None => return Leave::Rebind,
-                    }
+            if held.is_empty() {
+                let next = tokio::select! {
+                    _ = stop.drain.cancelled() => return Leave::Drain,
+                    _ = paused.wait_for(|p| *p) => continue,
+                    m = messages.next() => m,
+                };
+                match next {
+                    Some(Ok(msg)) => held.push_back(msg),
+                    Some(Err(e)) => return self.fetch_failed(&e),
+                    None => return Leave::Rebind,
                 }
+            }
+            let Some(msg) = held.pop_front() else {
+                continue;
             };
+            // The token first: a message waiting for its rate holds no place in the
+            // shared bound.
             let msg = match self
                 .wait_for_token(msg, messages, held, stop, &mut keep_alive)
                 .await
@@ -558,12 +582,29 @@ impl Worker {
                 Err(NoToken::Leave(leave)) => return leave,
                 Err(NoToken::Paused) => continue,
             };
+            held.push_front(msg);
+            let global = std::pin::pin!(share.acquire());
+            let global = match self
+                .wait(global, messages, held, &mut keep_alive, stop)
+                .await
+            {
+                Waited::Done(p) => p,
+                Waited::Paused => continue,
+                Waited::Leave(leave) => return leave,
+            };
+            if self.breaker.is_paused() {
+                continue;
+            }
+            let Some(msg) = held.pop_front() else {
+                continue;
+            };
             let this = Arc::clone(self);
             let abort = stop.abort.clone();
             // Boxed, so the delivery future is copied once into the heap and the task
             // moves a pointer, not the future, through spawn and its stage changes.
             tracker.spawn(Box::pin(async move {
                 this.handle(msg, &abort).await;
+                drop(global);
                 drop(permit);
             }));
         }
@@ -624,6 +665,34 @@ impl Worker {
             Some(why) => {
                 held.push_front(msg);
                 Err(why)
+            }
+        }
+    }
+
+    /// Waits for a permit while keeping what the stream brings, and the ack timers of
+    /// everything held, alive: a wait for the shared bound may outlast `ack_wait`, and
+    /// a message that waited it out would come back as a second attempt.
+    async fn wait<F: Future>(
+        &self,
+        mut permit: Pin<&mut F>,
+        messages: &mut pull::Stream,
+        held: &mut Held,
+        keep_alive: &mut Interval,
+        stop: &Stop,
+    ) -> Waited<F::Output> {
+        let mut paused = self.breaker.watch();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.drain.cancelled() => return Waited::Leave(Leave::Drain),
+                p = permit.as_mut() => return Waited::Done(p),
+                () = paused.wait_for(|p| *p).map(drop) => return Waited::Paused,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => held.push_back(msg),
+                    Some(Err(e)) => return Waited::Leave(self.fetch_failed(&e)),
+                    None => return Waited::Leave(Leave::Rebind),
+                },
+                _ = keep_alive.tick() => self.extend_ack_wait(held).await,
             }
         }
     }

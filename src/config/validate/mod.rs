@@ -61,6 +61,13 @@ pub(super) fn validate(
         defaults::DEAD_LETTER_MAX_AGE,
         p,
     );
+    let max_inflight = p.positive(
+        "delivery.max_inflight",
+        raw.delivery
+            .max_inflight
+            .unwrap_or(defaults::MAX_INFLIGHT as i64),
+        1,
+    );
     let delivery_log = sections::delivery_log(&raw.delivery_log, p);
     let admin = sections::admin(&raw.admin, p);
     let shutdown_grace = sections::duration_or(
@@ -76,6 +83,7 @@ pub(super) fn validate(
         listen: listen?,
         router,
         endpoints,
+        max_inflight: max_inflight? as usize,
         dead_letter: DeadLetterConfig { max_age: max_age? },
         delivery_log: delivery_log?,
         admin: admin?,
