@@ -73,6 +73,23 @@ fn defaults_match_the_contract() {
 }
 
 #[test]
+fn the_inflight_bound_defaults_to_256_and_must_be_positive() {
+    let c = Config::from_str(GOOD, "toml").unwrap();
+    assert_eq!(c.max_inflight, 256);
+    let set = format!("[delivery]\nmax_inflight = 32\n{GOOD}");
+    assert_eq!(Config::from_str(&set, "toml").unwrap().max_inflight, 32);
+    assert_eq!(
+        problems(&format!(
+            "[delivery]\nmax_inflight = 0\nmax_flight = 1\n{GOOD}"
+        )),
+        vec![
+            "delivery.max_flight: unknown key (expected one of: max_inflight)".to_string(),
+            "delivery.max_inflight: must be at least 1 (got 0)".to_string(),
+        ]
+    );
+}
+
+#[test]
 fn endpoint_overrides_defaults_key_by_key() {
     let text = GOOD.replacen(
             "[[events]]",
