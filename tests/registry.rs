@@ -11,16 +11,59 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = ADMIN_TOKEN;
 
-/// Admin API and registry on, one file endpoint `file` (to `file_rx`); besides the
-/// usual mappings, `events.<tenant>.lead.created` gives leads a tenant.
-fn config(nats: &NatsServer, file_rx: &Receiver) -> String {
+/// Admin API and registry on, one file endpoint `file` (to `file_rx`, `file_extra` its
+/// extra TOML lines); besides the usual mappings, `events.<tenant>.lead.created` gives
+/// leads a tenant.
+fn config(nats: &NatsServer, file_rx: &Receiver, file_extra: &str) -> String {
     let mut c = with_admin(
         TestConfig::new(nats.url())
             .mapping("events.*.lead.created", "lead.created", "tenant = \"{2}\"")
-            .endpoint("file", &file_rx.url("/file"), &["lead.created"], ""),
+            .endpoint("file", &file_rx.url("/file"), &["lead.created"], file_extra),
     );
     c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
     c.render()
+}
+
+/// What every test here starts with: a nats-server, natshook with the admin API and
+/// the registry on, the file endpoint's receiver and one for runtime endpoints (each
+/// endpoint on its own path).
+struct Setup {
+    /// Runs as long as the test holds the setup.
+    _nats: NatsServer,
+    file_rx: Receiver,
+    rx: Receiver,
+    n: Natshook,
+    js: jetstream::Context,
+    config: String,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// With extra TOML lines for the file endpoint.
+    async fn start_with(file_extra: &str) -> Self {
+        let nats = NatsServer::start();
+        let file_rx = Receiver::start().await;
+        let rx = Receiver::start().await;
+        let config = config(&nats, &file_rx, file_extra);
+        let n = Natshook::start(&config).await;
+        let js = jetstream::new(nats.client().await);
+        Self {
+            _nats: nats,
+            file_rx,
+            rx,
+            n,
+            js,
+            config,
+        }
+    }
+
+    /// Another natshook process on the same server, stream and bucket (its own port).
+    async fn another(&self) -> Natshook {
+        Natshook::start(&self.config).await
+    }
 }
 
 fn body(name: &str, rx: &Receiver) -> String {
@@ -100,14 +143,11 @@ async fn wait_bound(n: &Natshook, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let n = Natshook::start(&config(&nats, &file_rx)).await;
-    let js = jetstream::new(nats.client().await);
+    let s = Setup::start().await;
+    let (n, rx, js, file_rx) = (&s.n, &s.rx, &s.js, &s.file_rx);
 
     // Create: 201 with the secret, shown this once.
-    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&body("acme", &rx))).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().expect("a secret").to_string();
     assert!(secret.starts_with("whsec_"), "{secret}");
@@ -115,49 +155,49 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
     assert_eq!(created["enabled"], true);
     assert_eq!(created["tenant"], "org_1");
     let revision = created["revision"].as_u64().expect("a revision");
-    wait_bound(&n, "acme").await;
+    wait_bound(n, "acme").await;
 
     // It delivers, signed with that secret.
-    deliver_org_1(&js, &rx, 5, "a", 5).await;
+    deliver_org_1(js, rx, 5, "a", 5).await;
     // Another tenant's leads never reach it.
-    publish_all(&js, tenant_leads("org_2", 3, "other")).await;
+    publish_all(js, tenant_leads("org_2", 3, "other")).await;
     let got = rx.received();
     let verified = verify_received(&secret, &got);
     assert_eq!(verified, (5, 0), "verified / failed");
 
     // Read: never the secret; the tenant filter; the catalog.
-    let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+    let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
     assert_eq!(one["revision"], revision);
     assert_eq!(one["description"], "Acme's CRM");
-    let (_, all) = api(&n, "GET", "/api/endpoints", None).await;
+    let (_, all) = api(n, "GET", "/api/endpoints", None).await;
     assert!(!all.to_string().contains(&secret), "{all}");
     assert!(!one.to_string().contains(&secret), "{one}");
-    assert_eq!(listed(&n, "?tenant=org_1").await, ["acme"]);
-    assert!(listed(&n, "?tenant=org_2").await.is_empty());
-    let mut names = listed(&n, "").await;
+    assert_eq!(listed(n, "?tenant=org_1").await, ["acme"]);
+    assert!(listed(n, "?tenant=org_2").await.is_empty());
+    let mut names = listed(n, "").await;
     names.sort();
     assert_eq!(names, ["acme", "file"]);
-    let (_, events) = api(&n, "GET", "/api/events", None).await;
+    let (_, events) = api(n, "GET", "/api/events", None).await;
     assert_eq!(events["events"], json!(["lead.created", "ticket.*"]));
 
     // Taken names: another runtime endpoint's, a file endpoint's.
-    let (status, err) = api(&n, "POST", "/api/endpoints", Some(&body("acme", &rx))).await;
+    let (status, err) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
     assert_eq!(status, 409, "{err}");
-    let (status, err) = api(&n, "POST", "/api/endpoints", Some(&body("file", &rx))).await;
+    let (status, err) = api(n, "POST", "/api/endpoints", Some(&body("file", rx))).await;
     assert_eq!(status, 409, "{err}");
     assert!(
         err["error"].as_str().unwrap().contains("config file"),
         "{err}"
     );
-    let (status, _) = api(&n, "PATCH", "/api/endpoints/file", Some("{}")).await;
+    let (status, _) = api(n, "PATCH", "/api/endpoints/file", Some("{}")).await;
     assert_eq!(status, 409);
-    let (status, _) = api(&n, "DELETE", "/api/endpoints/file", None).await;
+    let (status, _) = api(n, "DELETE", "/api/endpoints/file", None).await;
     assert_eq!(status, 409);
 
     // Invalid: every problem by field, in `natshook check`'s words.
     let bad = json!({"name": "Bad!", "url": "http://10.1.2.3/x", "events": ["nothing.maps"],
         "timeout": "soon", "secret": {"env": "HOME"}, "bogus": true});
-    let (status, err) = api(&n, "POST", "/api/endpoints", Some(&bad.to_string())).await;
+    let (status, err) = api(n, "POST", "/api/endpoints", Some(&bad.to_string())).await;
     assert_eq!(status, 422, "{err}");
     let problems: Vec<(String, String)> = err["problems"]
         .as_array()
@@ -223,7 +263,7 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
         .await;
     assert_eq!(status, 412);
     let (status, err) = api(
-        &n,
+        n,
         "PATCH",
         "/api/endpoints/acme",
         Some("{\"url\": \"ftp://x\"}"),
@@ -233,14 +273,14 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
 
     // Disabled: messages wait; enabled again: they arrive.
     wait_until(Duration::from_secs(10), "acme stopped", || async {
-        api(&n, "GET", "/api/endpoints/acme", None)
+        api(n, "GET", "/api/endpoints/acme", None)
             .await
             .1
             .get("bound")
             .is_none()
     })
     .await;
-    publish_all(&js, tenant_leads("org_1", 3, "held")).await;
+    publish_all(js, tenant_leads("org_1", 3, "held")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         rx.delivered_ids().len(),
@@ -248,7 +288,7 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
         "a disabled endpoint received requests"
     );
     let (status, _) = api(
-        &n,
+        n,
         "PATCH",
         "/api/endpoints/acme",
         Some("{\"enabled\": true}"),
@@ -261,7 +301,7 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
     .await;
 
     // Delete: 204, the worker stops and its consumer goes.
-    let (status, _) = api(&n, "DELETE", "/api/endpoints/acme", None).await;
+    let (status, _) = api(n, "DELETE", "/api/endpoints/acme", None).await;
     assert_eq!(status, 204);
     let stream = js.get_stream("EVENTS").await.unwrap();
     wait_until(Duration::from_secs(20), "acme's consumer removed", || {
@@ -269,8 +309,8 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
         async move { stream.consumer_info("natshook-acme").await.is_err() }
     })
     .await;
-    assert_eq!(api(&n, "GET", "/api/endpoints/acme", None).await.0, 404);
-    assert_eq!(listed(&n, "").await, ["file"]);
+    assert_eq!(api(n, "GET", "/api/endpoints/acme", None).await.0, 404);
+    assert_eq!(listed(n, "").await, ["file"]);
     // The file endpoint delivered all along.
     file_rx
         .wait_for(Duration::from_secs(10), "file endpoint's 8", |r| {
@@ -281,13 +321,11 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_the_registry_and_a_restart_keeps_it() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let mut a = Natshook::start(&config(&nats, &file_rx)).await;
-    let b = Natshook::start(&config(&nats, &file_rx)).await;
+    let mut s = Setup::start().await;
+    let b = s.another().await;
+    let (a, rx, js) = (&mut s.n, &s.rx, &s.js);
 
-    let (status, created) = api(&a, "POST", "/api/endpoints", Some(&body("shared", &rx))).await;
+    let (status, created) = api(a, "POST", "/api/endpoints", Some(&body("shared", rx))).await;
     assert_eq!(status, 201, "{created}");
     let start = Instant::now();
     wait_until(
@@ -322,25 +360,21 @@ async fn two_processes_share_the_registry_and_a_restart_keeps_it() {
     // A restart keeps the runtime endpoint, and it delivers.
     a.terminate().await;
     a.spawn().await;
-    wait_bound(&a, "shared").await;
-    let js = jetstream::new(nats.client().await);
-    deliver_org_1(&js, &rx, 10, "r", 10).await;
+    wait_bound(a, "shared").await;
+    deliver_org_1(js, rx, 10, "r", 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let n = Natshook::start(&config(&nats, &file_rx)).await;
-    let js = jetstream::new(nats.client().await);
-    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&body("acme", &rx))).await;
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
     assert_eq!(status, 201, "{created}");
     let old = created["secret"].as_str().unwrap().to_string();
-    wait_bound(&n, "acme").await;
+    wait_bound(n, "acme").await;
 
     let (status, err) = api(
-        &n,
+        n,
         "POST",
         "/api/endpoints/acme/secret/rotate",
         Some("{\"grace\": \"soon\"}"),
@@ -349,7 +383,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     assert_eq!(status, 422, "{err}");
     assert_eq!(err["problems"][0]["field"], "grace");
     let (status, rotated) = api(
-        &n,
+        n,
         "POST",
         "/api/endpoints/acme/secret/rotate",
         Some("{\"grace\": \"6s\"}"),
@@ -359,12 +393,12 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     assert_eq!(status, 200, "{rotated}");
     let new = rotated["secret"].as_str().unwrap().to_string();
     assert!(new.starts_with("whsec_") && new != old);
-    let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+    let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
     assert!(!one.to_string().contains(&new) && !one.to_string().contains(&old));
 
     // Within the grace both secrets sign every request.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    deliver_org_1(&js, &rx, 5, "during", 5).await;
+    deliver_org_1(js, rx, 5, "during", 5).await;
     let during: Vec<Received> = rx
         .received()
         .into_iter()
@@ -379,7 +413,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
 
     // After it, only the new one.
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(rotated_at.elapsed())).await;
-    publish_all(&js, tenant_leads("org_1", 5, "after")).await;
+    publish_all(js, tenant_leads("org_1", 5, "after")).await;
     rx.wait_for(Duration::from_secs(20), "5 after the grace", |r| {
         r.delivered_ids().len() >= 10
     })
