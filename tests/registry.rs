@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -425,4 +428,585 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
         .collect();
     assert_eq!(verify_received(&new, &after), (5, 0));
     assert_eq!(verify_received(&old, &after).0, 0);
+}
+
+/// A runtime endpoint without a tenant that takes every lead, standard signatures,
+/// on its own path of `rx`.
+fn plain_body(name: &str, rx: &Receiver) -> String {
+    json!({
+        "name": name,
+        "url": rx.url(&format!("/{name}")),
+        "events": ["lead.created"],
+        "signature": {"scheme": "standard"},
+        "allow_http": true,
+        "allow_private": true,
+        "retry_schedule": ["100ms"],
+    })
+    .to_string()
+}
+
+/// How `n` lists `name` now (its own view of the registry, with the worker's state
+/// while the worker runs there), or `None` when `n` does not list it.
+async fn entry(n: &Natshook, name: &str) -> Option<Value> {
+    let (status, body) = api(n, "GET", "/api/endpoints", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+/// Whether the worker runs (the state fields are there only while it does).
+fn runs(e: Option<&Value>) -> bool {
+    e.is_some_and(|e| e.get("consumer").is_some())
+}
+
+/// Polls every process (each in its own loop, so a slow answer from one does not delay
+/// seeing the other) until `applied` holds for it, and returns how long each took from
+/// `since` (when the API answered the change: it is in the bucket then).
+async fn lags(
+    procs: &[&Natshook],
+    since: Instant,
+    what: &str,
+    applied: impl Fn(&Natshook, Option<&Value>) -> bool,
+    name: &str,
+) -> Vec<Duration> {
+    let applied = &applied;
+    let lags = futures_util::future::join_all(procs.iter().map(|n| async move {
+        while !applied(n, entry(n, name).await.as_ref()) {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "{what}: not seen by {} within 30 s",
+                n.http_port
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        since.elapsed()
+    }))
+    .await;
+    eprintln!("{what}: seen after {lags:?}");
+    lags
+}
+
+/// The requests `rx` got on `path`.
+fn on_path(rx: &Receiver, path: &str) -> Vec<Received> {
+    rx.received()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect()
+}
+
+/// The distinct ids of `requests` answered 2xx, after checking that every request of
+/// an id (a duplicate) carries that id and the same event as the first.
+fn ids_checked(requests: &[Received]) -> BTreeSet<String> {
+    let mut first: BTreeMap<String, Value> = BTreeMap::new();
+    for r in requests {
+        let body = r.json();
+        assert_eq!(body["id"], r.id(), "{}: body id vs header", r.path);
+        let seen = first.entry(r.id().to_string()).or_insert(body.clone());
+        assert_eq!(
+            seen["data"],
+            body["data"],
+            "{}: a duplicate of {}",
+            r.path,
+            r.id()
+        );
+        assert_eq!(
+            seen["metadata"]["stream_sequence"],
+            body["metadata"]["stream_sequence"]
+        );
+    }
+    requests
+        .iter()
+        .filter(|r| (200..300).contains(&r.replied))
+        .map(|r| r.id().to_string())
+        .collect()
+}
+
+const CHURN: usize = 1000;
+
+/// The churn test's message `i`: a lead of `org_1`, id `c-<i>`.
+fn churn_message(i: usize) -> (String, bytes::Bytes, Option<String>) {
+    (
+        "events.org_1.lead.created".to_string(),
+        bytes::Bytes::from(format!("{{\"lead\":{i}}}")),
+        Some(format!("c-{i}")),
+    )
+}
+
+/// Two natshook processes on one bucket and stream. While 1,000 messages flow (25
+/// every 200 ms), runtime endpoints are created, changed (url and headers), disabled,
+/// enabled again and deleted through process A's API. Every change is seen by both
+/// processes within 1 s (each one's own list: its records and its workers' state);
+/// the staying endpoints get every id; the deleted one's consumer goes; the disabled
+/// one gets nothing while disabled and its held messages after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_during_traffic_reach_both_processes_within_a_second_and_lose_nothing() {
+    let s = Setup::start().await;
+    let b = s.another().await;
+    let (a, rx, js) = (&s.n, &s.rx, &s.js);
+    let both = [a, &b];
+    let mut max_lag = Duration::ZERO;
+    let mut note = |l: Vec<Duration>| {
+        for l in l {
+            max_lag = max_lag.max(l);
+        }
+    };
+
+    // Before the traffic: keep (unchanged), edit (url and headers change), toggle
+    // (disabled, enabled), gone (deleted).
+    let mut secrets = BTreeMap::new();
+    for name in ["keep", "edit", "toggle", "gone"] {
+        let (status, created) = api(a, "POST", "/api/endpoints", Some(&plain_body(name, rx))).await;
+        let at = Instant::now();
+        assert_eq!(status, 201, "{created}");
+        secrets.insert(name, created["secret"].as_str().unwrap().to_string());
+        note(lags(&both, at, &format!("create {name}"), |_, e| runs(e), name).await);
+    }
+    for n in both {
+        for name in ["keep", "edit", "toggle", "gone"] {
+            wait_bound(n, name).await;
+        }
+    }
+
+    let published = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let (js, published) = (js.clone(), published.clone());
+        tokio::spawn(async move {
+            for batch in 0..CHURN / 25 {
+                publish_all(
+                    &js,
+                    (batch * 25..(batch + 1) * 25).map(churn_message).collect(),
+                )
+                .await;
+                published.store((batch + 1) * 25, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let progress = |what: &str| {
+        let p = published.load(Ordering::SeqCst);
+        eprintln!("{what} with {p} of {CHURN} published");
+        p
+    };
+    wait_until(Duration::from_secs(10), "traffic started", || async {
+        published.load(Ordering::SeqCst) >= 100
+    })
+    .await;
+    let first_change = progress("first change");
+
+    // Create during traffic: it starts from the stream's first message.
+    let (status, created) = api(a, "POST", "/api/endpoints", Some(&plain_body("late", rx))).await;
+    let at = Instant::now();
+    assert_eq!(status, 201, "{created}");
+    note(lags(&both, at, "create late", |_, e| runs(e), "late").await);
+
+    // Update: a new url and a header; each process restarts the worker with them.
+    let new_url = rx.url("/edit-v2");
+    let change = json!({"url": new_url, "headers": {"X-Version": "2"}}).to_string();
+    let (status, changed) = api(a, "PATCH", "/api/endpoints/edit", Some(&change)).await;
+    let at = Instant::now();
+    assert_eq!(status, 200, "{changed}");
+    let revision = changed["revision"].clone();
+    let started_line = format!("url={new_url}");
+    note(
+        lags(
+            &both,
+            at,
+            "update edit",
+            |n, e| {
+                e.is_some_and(|e| e["revision"] == revision)
+                    && runs(e)
+                    && n.logs()
+                        .lines()
+                        .any(|l| l.contains("starting endpoint") && l.contains(&started_line))
+            },
+            "edit",
+        )
+        .await,
+    );
+    let edit_applied = Instant::now();
+
+    // Disable: both workers stop; what was in flight finishes.
+    let (status, _) = api(
+        a,
+        "PATCH",
+        "/api/endpoints/toggle",
+        Some("{\"enabled\": false}"),
+    )
+    .await;
+    let at = Instant::now();
+    assert_eq!(status, 200);
+    note(
+        lags(
+            &both,
+            at,
+            "disable toggle",
+            |_, e| e.is_some_and(|e| e["enabled"] == false) && !runs(e),
+            "toggle",
+        )
+        .await,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let off = Instant::now();
+    let off_published = progress("toggle off");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let on_published = progress("toggle on again");
+    // Requests may start before the answer arrives: the window ends when it is sent.
+    let on_sent = Instant::now();
+    let (status, _) = api(
+        a,
+        "PATCH",
+        "/api/endpoints/toggle",
+        Some("{\"enabled\": true}"),
+    )
+    .await;
+    let on = Instant::now();
+    assert_eq!(status, 200);
+    note(
+        lags(
+            &both,
+            on,
+            "enable toggle",
+            |_, e| e.is_some_and(|e| e["enabled"] == true) && runs(e),
+            "toggle",
+        )
+        .await,
+    );
+
+    // Delete: both workers stop, the consumer goes.
+    let (status, _) = api(a, "DELETE", "/api/endpoints/gone", None).await;
+    let at = Instant::now();
+    assert_eq!(status, 204);
+    note(
+        lags(
+            &both,
+            at,
+            "delete gone",
+            |n, e| {
+                e.is_none()
+                    && n.logs().lines().any(|l| {
+                        l.contains("registry change applied") && l.contains("removed=[\"gone\"]")
+                    })
+            },
+            "gone",
+        )
+        .await,
+    );
+    let gone_applied = Instant::now();
+    let last_change = progress("last change");
+
+    publisher.await.unwrap();
+    assert!(
+        first_change < CHURN && last_change < CHURN,
+        "the changes were not made while messages flowed ({first_change}, {last_change})"
+    );
+    eprintln!("max lag seen: {max_lag:?}");
+    assert!(max_lag < Duration::from_secs(1), "max lag {max_lag:?}");
+
+    // Nothing lost for the endpoints that stay.
+    let all: BTreeSet<String> = (0..CHURN).map(|i| format!("c-{i}")).collect();
+    let wait_all = |paths: &'static [&'static str]| {
+        let all = all.clone();
+        async move {
+            rx.wait_for(
+                Duration::from_secs(60),
+                &format!("every id on {paths:?}"),
+                |r| {
+                    let got: BTreeSet<String> = r
+                        .received()
+                        .into_iter()
+                        .filter(|q| {
+                            paths.contains(&q.path.as_str()) && (200..300).contains(&q.replied)
+                        })
+                        .map(|q| q.id().to_string())
+                        .collect();
+                    got.is_superset(&all)
+                },
+            )
+            .await;
+        }
+    };
+    wait_all(&["/keep"]).await;
+    wait_all(&["/late"]).await;
+    wait_all(&["/toggle"]).await;
+    wait_all(&["/edit", "/edit-v2"]).await;
+    s.file_rx
+        .wait_for(Duration::from_secs(60), "the file endpoint's 1,000", |r| {
+            r.delivered_ids().len() >= CHURN
+        })
+        .await;
+    // Anything late would show now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for path in ["/keep", "/late", "/toggle"] {
+        let got = ids_checked(&on_path(rx, path));
+        assert_eq!(got, all, "{path}");
+    }
+    let old = on_path(rx, "/edit");
+    let new = on_path(rx, "/edit-v2");
+    let mut edit_ids = ids_checked(&old);
+    edit_ids.extend(ids_checked(&new));
+    assert_eq!(edit_ids, all, "edit: old and new url together");
+    let late_old: Vec<&Received> = old
+        .iter()
+        .filter(|r| r.at > edit_applied + Duration::from_secs(1))
+        .collect();
+    assert!(
+        late_old.is_empty(),
+        "{} requests to the old url after the change",
+        late_old.len()
+    );
+    assert!(!new.is_empty());
+    assert!(new.iter().all(|r| r.header("x-version") == "2"));
+    assert!(old.iter().all(|r| r.header("x-version").is_empty()));
+    eprintln!(
+        "edit: {} requests to the old url, {} to the new",
+        old.len(),
+        new.len()
+    );
+
+    // Disabled: nothing arrived; what was published meanwhile came after.
+    let toggle = on_path(rx, "/toggle");
+    let while_off = toggle
+        .iter()
+        .filter(|r| r.at > off && r.at < on_sent)
+        .count();
+    assert_eq!(while_off, 0, "the disabled endpoint got requests");
+    let held: BTreeSet<String> = (off_published..on_published)
+        .map(|i| format!("c-{i}"))
+        .collect();
+    assert!(
+        !held.is_empty(),
+        "nothing was published while toggle was off"
+    );
+    let after_on: BTreeSet<String> = toggle
+        .iter()
+        .filter(|r| r.at > on_sent)
+        .map(|r| r.id().to_string())
+        .collect();
+    assert!(
+        after_on.is_superset(&held),
+        "held messages after re-enabling"
+    );
+
+    // Deleted: its consumer is gone (and stays gone), nothing more arrives.
+    let gone = on_path(rx, "/gone");
+    assert!(gone
+        .iter()
+        .all(|r| r.at < gone_applied + Duration::from_secs(1)));
+    eprintln!("gone: {} requests in all", gone.len());
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    wait_until(Duration::from_secs(20), "gone's consumer removed", || {
+        let stream = stream.clone();
+        async move { stream.consumer_info("natshook-gone").await.is_err() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stream.consumer_info("natshook-gone").await.is_err(),
+        "gone's consumer came back"
+    );
+    for name in ["keep", "late", "toggle", "edit"] {
+        assert!(
+            stream
+                .consumer_info(&format!("natshook-{name}"))
+                .await
+                .is_ok(),
+            "{name}"
+        );
+    }
+
+    // Signed with the secret the create returned: an independent verifier agrees.
+    let keep = on_path(rx, "/keep");
+    assert_eq!(verify_received(&secrets["keep"], &keep), (keep.len(), 0));
+    let sample: Vec<Received> = new.into_iter().take(50).collect();
+    assert_eq!(
+        verify_received(&secrets["edit"], &sample),
+        (sample.len(), 0)
+    );
+}
+
+const MANY: usize = 500;
+
+fn many_tenant(i: usize) -> String {
+    format!("t{i:03}")
+}
+
+/// `round`'s message for every one of the many tenants: id `<tenant>-<round>`.
+fn many_messages(round: usize) -> Vec<(String, bytes::Bytes, Option<String>)> {
+    (0..MANY)
+        .map(|i| {
+            let t = many_tenant(i);
+            (
+                format!("events.{t}.lead.created"),
+                bytes::Bytes::from(format!("{{\"tenant\":\"{t}\",\"round\":{round}}}")),
+                Some(format!("{t}-{round}")),
+            )
+        })
+        .collect()
+}
+
+/// The runtime endpoints `n` lists and how many of them have a bound consumer.
+async fn api_endpoints(n: &Natshook) -> (Vec<Value>, usize) {
+    let (status, body) = api(n, "GET", "/api/endpoints", None).await;
+    assert_eq!(status, 200, "{body}");
+    let all: Vec<Value> = body["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "api")
+        .cloned()
+        .collect();
+    let bound = all.iter().filter(|e| e["bound"] == true).count();
+    (all, bound)
+}
+
+/// Waits until `n` serves `want` runtime endpoints, all bound.
+async fn wait_all_bound(n: &Natshook, want: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (all, bound) = api_endpoints(n).await;
+        if all.len() == want && bound == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} listed, {bound} bound, {want} wanted",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Checks that each tenant's path got exactly the ids of `rounds` (each at least once,
+/// no other id), and no other path got anything.
+fn each_got_its_own(rx: &Receiver, rounds: &[usize], skip: &[usize]) {
+    let mut by_path: BTreeMap<String, Vec<Received>> = BTreeMap::new();
+    for r in rx.received() {
+        by_path.entry(r.path.clone()).or_default().push(r);
+    }
+    let want_paths: BTreeSet<String> = (0..MANY)
+        .filter(|i| !skip.contains(i))
+        .map(|i| format!("/{}", many_tenant(i)))
+        .collect();
+    let got_paths: BTreeSet<String> = by_path.keys().cloned().collect();
+    assert!(got_paths.is_superset(&want_paths), "paths without requests");
+    for (path, requests) in &by_path {
+        let t = path.trim_start_matches('/');
+        let ids = ids_checked(requests);
+        let want: BTreeSet<String> = rounds.iter().map(|r| format!("{t}-{r}")).collect();
+        if skip.iter().any(|i| many_tenant(*i) == t) {
+            assert!(ids.is_subset(&want), "{path}: {ids:?}");
+            continue;
+        }
+        assert_eq!(ids, want, "{path}: its own messages only");
+        for r in requests {
+            assert_eq!(r.json()["organization_id"], t, "{path}");
+        }
+    }
+}
+
+/// 500 endpoints created through the API, each its own tenant and path: each delivers
+/// exactly its tenant's message. A restart keeps every one of them (and keeps a
+/// disabled one disabled, holding its message until it is enabled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_runtime_endpoints_each_deliver_their_own_message_and_survive_a_restart() {
+    use futures_util::StreamExt;
+    let mut s = Setup::start().await;
+    let (rx, js) = (&s.rx, &s.js);
+
+    let started = Instant::now();
+    let n = &s.n;
+    let statuses: Vec<u16> = futures_util::stream::iter(0..MANY)
+        .map(|i| async move {
+            let t = many_tenant(i);
+            let body = json!({
+                "name": format!("ep-{t}"),
+                "url": rx.url(&format!("/{t}")),
+                "events": ["lead.created"],
+                "tenant": t,
+                "allow_http": true,
+                "allow_private": true,
+            })
+            .to_string();
+            let (status, created) = api(n, "POST", "/api/endpoints", Some(&body)).await;
+            assert_eq!(status, 201, "{created}");
+            status
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert_eq!(statuses.len(), MANY);
+    let created = started.elapsed();
+    wait_all_bound(n, MANY, Duration::from_secs(180)).await;
+    let ready = started.elapsed();
+    eprintln!("{MANY} endpoints: created in {created:?}, all bound after {ready:?}");
+
+    let sent = Instant::now();
+    publish_all(js, many_messages(1)).await;
+    rx.wait_for(Duration::from_secs(120), "one delivery each", |r| {
+        r.delivered_ids().len() >= MANY
+    })
+    .await;
+    eprintln!("{MANY} messages delivered in {:?}", sent.elapsed());
+    // The file endpoint takes every tenant's leads.
+    s.file_rx
+        .wait_for(Duration::from_secs(60), "the file endpoint's 500", |r| {
+            r.delivered_ids().len() >= MANY
+        })
+        .await;
+    // A cross-delivery would arrive on top; give it a moment to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    each_got_its_own(rx, &[1], &[]);
+
+    // A restart keeps every runtime endpoint; a disabled one stays disabled.
+    let (status, _) = api(
+        n,
+        "PATCH",
+        "/api/endpoints/ep-t000",
+        Some("{\"enabled\": false}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(10), "ep-t000 stopped", || async {
+        !runs(entry(&s.n, "ep-t000").await.as_ref())
+    })
+    .await;
+    s.n.terminate().await;
+    let restart = Instant::now();
+    s.n.spawn_ready_within(Duration::from_secs(180)).await;
+    eprintln!(
+        "restart with {MANY} runtime endpoints: ready after {:?}",
+        restart.elapsed()
+    );
+    let n = &s.n;
+    let (all, bound) = api_endpoints(n).await;
+    assert_eq!((all.len(), bound), (MANY, MANY - 1), "after the restart");
+    let t000 = entry(n, "ep-t000").await.expect("ep-t000 kept");
+    assert_eq!(t000["enabled"], false);
+    assert!(!runs(Some(&t000)));
+
+    publish_all(js, many_messages(2)).await;
+    rx.wait_for(Duration::from_secs(120), "the second round", |r| {
+        r.delivered_ids().len() >= 2 * MANY - 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    each_got_its_own(rx, &[1, 2], &[0]);
+    assert!(on_path(rx, "/t000").iter().all(|r| r.id() == "t000-1"));
+
+    let (status, _) = api(
+        n,
+        "PATCH",
+        "/api/endpoints/ep-t000",
+        Some("{\"enabled\": true}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    rx.wait_for(Duration::from_secs(30), "ep-t000's held message", |r| {
+        r.delivered_ids().contains_key("t000-2")
+    })
+    .await;
+    each_got_its_own(rx, &[1, 2], &[]);
 }
