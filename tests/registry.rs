@@ -1010,3 +1010,316 @@ async fn five_hundred_runtime_endpoints_each_deliver_their_own_message_and_survi
     .await;
     each_got_its_own(rx, &[1, 2], &[]);
 }
+
+/// The state fields of a running endpoint (`GET /api/endpoints/{name}` and its entry in
+/// the list).
+const STATE: &[&str] = &[
+    "name",
+    "url",
+    "consumer",
+    "bound",
+    "paused",
+    "pause_reason",
+    "consecutive_failures",
+    "inflight",
+    "pending",
+    "last_success",
+    "last_failure",
+    "last_error",
+];
+
+/// `n` leads of `org_1` with ids `<prefix>-<i>`: both test endpoints take them.
+async fn publish_org_1(js: &jetstream::Context, n: usize, prefix: &str) {
+    publish_all(js, tenant_leads("org_1", n, prefix)).await;
+}
+
+/// The ids starting with `prefix` that `rx` delivered (2xx) on `path`.
+fn delivered_on(rx: &Receiver, path: &str, prefix: &str) -> BTreeSet<String> {
+    on_path(rx, path)
+        .into_iter()
+        .filter(|r| r.id().starts_with(prefix) && (200..300).contains(&r.replied))
+        .map(|r| r.id().to_string())
+        .collect()
+}
+
+fn ids(prefix: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Runs the per-endpoint routes on `name` (served on `rx` at `/<name>`): state, the
+/// delivery log, the test event, pause/resume and dead-letter replay. Returns the
+/// test event's request.
+async fn per_endpoint_routes(s: &Setup, name: &str, rx: &Receiver) -> Received {
+    let (n, js) = (&s.n, &s.js);
+    let path = format!("/{name}");
+
+    // State: one endpoint, and its entry in the list.
+    let (status, state) = api(n, "GET", &format!("/api/endpoints/{name}"), None).await;
+    assert_eq!(status, 200, "{state}");
+    let listed = entry(n, name).await.expect("listed");
+    for field in STATE {
+        assert!(state.get(*field).is_some(), "{name}: no {field} in {state}");
+        assert!(
+            listed.get(*field).is_some(),
+            "{name}: no {field} in {listed}"
+        );
+    }
+    assert_eq!(state["consumer"], format!("natshook-{name}"));
+    assert_eq!(state["bound"], true);
+    assert_eq!(state["paused"], false);
+
+    // Deliveries, and the log of them.
+    let ok = format!("{name}-ok");
+    publish_org_1(js, 3, &ok).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        delivered_on(r, &path, &ok) == ids(&ok, 3)
+    })
+    .await;
+    let (_, state) = api(n, "GET", &format!("/api/endpoints/{name}"), None).await;
+    assert!(
+        state["last_success"].as_str().unwrap().ends_with('Z'),
+        "{state}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, log) = api(n, "GET", &format!("/api/endpoints/{name}/deliveries"), None).await;
+        assert_eq!(status, 200, "{log}");
+        let logged: BTreeSet<String> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["http_status"] == 200 && r["attempt"] == 1)
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .filter(|id| id.starts_with(&ok))
+            .collect();
+        if logged == ids(&ok, 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name}: delivery log {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The test event.
+    let (status, ping) = api(n, "POST", &format!("/api/endpoints/{name}/test"), None).await;
+    assert_eq!(status, 200, "{ping}");
+    assert_eq!(ping["success"], true, "{ping}");
+    assert_eq!(ping["http_status"], 200);
+    let test = on_path(rx, &path)
+        .into_iter()
+        .find(|r| r.id() == ping["id"].as_str().unwrap())
+        .expect("the test event");
+    assert_eq!(test.header("x-webhook-event"), "webhook.test");
+    assert_eq!(test.json()["data"]["endpoint"], name);
+
+    // Pause: nothing is fetched until resume.
+    let (status, paused) = api(n, "POST", &format!("/api/endpoints/{name}/pause"), None).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"], true);
+    assert_eq!(paused["pause_reason"], "paused by an operator");
+    let (_, state) = api(n, "GET", &format!("/api/endpoints/{name}"), None).await;
+    assert_eq!(state["paused"], true);
+    let held = format!("{name}-held");
+    publish_org_1(js, 3, &held).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        delivered_on(rx, &path, &held).is_empty(),
+        "{name} delivered while paused"
+    );
+    let (status, resumed) = api(n, "POST", &format!("/api/endpoints/{name}/resume"), None).await;
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["paused"], false);
+    rx.wait_for(Duration::from_secs(20), "the held 3 after resume", |r| {
+        delivered_on(r, &path, &held) == ids(&held, 3)
+    })
+    .await;
+
+    // Dead letters: two messages fail their 2 attempts; replay one, then the rest.
+    let dl = format!("{name}-dl");
+    let failing = dl.clone();
+    rx.set(move |r| {
+        if r.id().starts_with(&failing) {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    publish_org_1(js, 2, &dl).await;
+    let dead = n.wait_dead_letters(name, 2, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    rx.set(|_| Reply::ok());
+    let first = format!("{dl}-0");
+    let (status, summary) = api(
+        n,
+        "POST",
+        &format!("/api/endpoints/{name}/dlq/replay"),
+        Some(&json!({"id": first}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["replayed"], json!([first]));
+    let (status, summary) = api(
+        n,
+        "POST",
+        &format!("/api/endpoints/{name}/dlq/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["replayed"], json!([format!("{dl}-1")]));
+    assert!(n.dead_letters(name).is_empty());
+    rx.wait_for(Duration::from_secs(10), "the replayed 2", |r| {
+        delivered_on(r, &path, &dl) == ids(&dl, 2)
+    })
+    .await;
+    test
+}
+
+/// The per-endpoint routes (state, delivery log, test, pause/resume, dead-letter
+/// replay) work for an endpoint created through the API as for a file endpoint; the
+/// runtime endpoint's test event is signed with the secret its create returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_endpoint_routes_work_for_runtime_endpoints_as_for_file_ones() {
+    let settings = "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0";
+    let s = Setup::start_with(settings).await;
+    let mut body: Value = serde_json::from_str(&body("acme", &s.rx)).unwrap();
+    body["retry_schedule"] = json!(["50ms"]);
+    body["max_attempts"] = json!(2);
+    body["disable_after_failures"] = json!(0);
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    wait_bound(&s.n, "acme").await;
+
+    per_endpoint_routes(&s, "file", &s.file_rx).await;
+    let test = per_endpoint_routes(&s, "acme", &s.rx).await;
+    assert_eq!(
+        verify_received(&secret, std::slice::from_ref(&test)),
+        (1, 0)
+    );
+    // A tenant's receiver sees its tenant in the test event too.
+    assert_eq!(test.json()["organization_id"], "org_1");
+
+    // The same state fields, where the runtime one adds its record's keys.
+    let (_, file) = api(&s.n, "GET", "/api/endpoints/file", None).await;
+    let (_, acme) = api(&s.n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(file["source"], "file");
+    assert_eq!(acme["source"], "api");
+    let keys = |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert!(keys(&acme).is_superset(&keys(&file)), "{file}\n{acme}");
+}
+
+/// The fields a 422 names.
+fn problem_fields(err: &Value) -> BTreeSet<String> {
+    err["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems in {err}"))
+        .iter()
+        .map(|p| p["field"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `method path` with `If-Match: <revision>`.
+async fn with_if_match(
+    n: &Natshook,
+    method: &str,
+    path: &str,
+    revision: u64,
+    body: Option<&str>,
+) -> (u16, Value) {
+    n.api_with(
+        method,
+        path,
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("if-match", &revision.to_string()),
+        ],
+        body,
+    )
+    .await
+    .0
+}
+
+/// A delete and a rotation with a stale `If-Match` get 412 and change nothing (the
+/// first test covers PATCH); with the current revision they go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_rotate_refuse_a_stale_revision() {
+    let s = Setup::start().await;
+    let n = &s.n;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let first = created["revision"].as_u64().unwrap();
+    let (status, changed) = api(
+        n,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"description\": \"second\"}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    let current = changed["revision"].as_u64().unwrap();
+
+    let rotate = "/api/endpoints/acme/secret/rotate";
+    let (status, err) = with_if_match(n, "POST", rotate, first, None).await;
+    assert_eq!(status, 412, "{err}");
+    assert!(err.get("secret").is_none(), "{err}");
+    let (status, err) = with_if_match(n, "DELETE", "/api/endpoints/acme", first, None).await;
+    assert_eq!(status, 412, "{err}");
+    let (status, still) = api(n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        still["revision"], current,
+        "a refused write changed the record"
+    );
+
+    let (status, rotated) = with_if_match(n, "POST", rotate, current, None).await;
+    assert_eq!(status, 200, "{rotated}");
+    let rotated = rotated["revision"].as_u64().unwrap();
+    let (status, err) = with_if_match(n, "DELETE", "/api/endpoints/acme", current, None).await;
+    assert_eq!(status, 412, "{err}");
+    let (status, _) = with_if_match(n, "DELETE", "/api/endpoints/acme", rotated, None).await;
+    assert_eq!(status, 204);
+    assert_eq!(api(n, "GET", "/api/endpoints/acme", None).await.0, 404);
+}
+
+/// A bad change gets 422 naming every problem at once, the ones only a change can
+/// have (a new name) beside the ones the config checks find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_change_gets_422_listing_every_problem() {
+    let s = Setup::start().await;
+    let n = &s.n;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+
+    let bad = json!({"url": "ftp://x", "timeout": "soon", "bogus": 1, "events": ["nothing.maps"]});
+    let (status, err) = api(n, "PATCH", "/api/endpoints/acme", Some(&bad.to_string())).await;
+    assert_eq!(status, 422, "{err}");
+    let want: BTreeSet<String> = ["url", "timeout", "bogus", "events"]
+        .map(String::from)
+        .into();
+    assert!(problem_fields(&err).is_superset(&want), "{err}");
+    // Nothing was written.
+    let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(one["revision"], created["revision"]);
+}
+
+/// A change of name (or `skip_backlog`) is listed beside the config checks' problems,
+/// not instead of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug in src/http/admin/registry.rs patch(): the name/skip_backlog problems answer 422 before the config checks run, so the other problems are not listed"]
+async fn a_change_of_name_is_listed_beside_every_other_problem() {
+    let s = Setup::start().await;
+    let n = &s.n;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let bad = json!({"name": "other", "skip_backlog": true, "url": "ftp://x",
+        "timeout": "soon", "bogus": 1, "events": ["nothing.maps"]});
+    let (status, err) = api(n, "PATCH", "/api/endpoints/acme", Some(&bad.to_string())).await;
+    assert_eq!(status, 422, "{err}");
+    let want: BTreeSet<String> = ["name", "skip_backlog", "url", "timeout", "bogus", "events"]
+        .map(String::from)
+        .into();
+    assert!(problem_fields(&err).is_superset(&want), "{err}");
+    // Nothing was written.
+    let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(one["revision"], created["revision"]);
+}
