@@ -17,6 +17,8 @@
 //! * `http`: natshook's own HTTP server, reading the app through `http::AppView`:
 //!   `listener` (accept loop, connection limits), `routes` (`/metrics`, `/healthz`,
 //!   `/readyz`), `admin` (the admin API under `/api/`, behind a bearer token).
+//! * `registrar`: the operations on runtime endpoints (create, change, delete, rotate a
+//!   secret), shared by the admin API and `natshook endpoints`.
 //! * `worker`: one endpoint's `Worker`: bind, fetch, hold while paused, probe; `message`
 //!   (one message: route, deliver, settle), `outcome` (ack, NAK, pause or dead letter,
 //!   as a pure function), `breaker` (when an endpoint pauses and resumes), `unmapped`
@@ -67,6 +69,7 @@ pub mod otel;
 pub mod payload_filter;
 pub mod pem;
 pub mod rate_limit;
+pub mod registrar;
 pub mod route_path;
 pub mod routing;
 pub mod secret;

@@ -1,7 +1,7 @@
 //! The `Supervisor`: one worker per endpoint, kept in step with the config (apply,
 //! reload), started and stopped without losing in-flight deliveries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::registry::Runtime;
-use crate::config::{Config, Endpoint, EndpointDefaults, Problem};
+use crate::config::{Config, Endpoint};
 use crate::delivery::{ClientError, Deliverer};
 use crate::events::OperatorEvents;
 use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::otel::AttemptTracer;
+use crate::registrar::{FileRules, Registrar};
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
@@ -99,21 +100,12 @@ pub struct Supervisor {
     pub(super) runtime: tokio::sync::Mutex<Runtime>,
     /// Snapshots for the admin API: the records, and what a new one is checked against.
     records: RwLock<Vec<Record>>,
-    checks: RwLock<Checks>,
+    rules: RwLock<Arc<FileRules>>,
     /// Set once the bucket is open (with `[registry] enabled = true`).
     registry: OnceLock<Registry>,
     /// `[registry] enabled = true` and the registry's records not applied yet: not ready,
     /// or a restart would answer for a moment without its runtime endpoints.
     registry_pending: AtomicBool,
-}
-
-/// What a runtime endpoint is validated against: the file's `[defaults]` and mappings,
-/// and the names its endpoints hold.
-#[derive(Clone, Default)]
-struct Checks {
-    defaults: EndpointDefaults,
-    router: Router,
-    file_names: BTreeSet<String>,
 }
 
 /// What a reload changed.
@@ -189,7 +181,7 @@ impl Supervisor {
             file: tokio::sync::Mutex::new(config.clone()),
             runtime: tokio::sync::Mutex::new(Runtime::default()),
             records: RwLock::new(Vec::new()),
-            checks: RwLock::new(Checks::default()),
+            rules: RwLock::new(Arc::default()),
             registry: OnceLock::new(),
             registry_pending: AtomicBool::new(config.registry.is_some()),
         }
@@ -315,12 +307,8 @@ impl Supervisor {
         let mut file = self.file.lock().await;
         runtime.revalidate(&new);
         let summary = self.apply_merged(runtime.merged(&new), &[]).await?;
-        if let Ok(mut c) = self.checks.write() {
-            *c = Checks {
-                defaults: new.endpoint_defaults.clone(),
-                router: new.router.clone(),
-                file_names: new.endpoints.iter().map(|e| e.name.clone()).collect(),
-            };
+        if let Ok(mut r) = self.rules.write() {
+            *r = Arc::new(FileRules::of(&new));
         }
         *file = new;
         Ok(summary)
@@ -552,8 +540,9 @@ impl AppView for Supervisor {
         Box::pin(self.ingress.handle(req))
     }
 
-    fn registry(&self) -> Option<&Registry> {
-        self.registry.get()
+    fn registrar(&self) -> Option<Registrar> {
+        let rules = self.rules.read().map(|r| r.clone()).unwrap_or_default();
+        Some(Registrar::new(self.registry.get()?.clone(), rules))
     }
 
     fn records(&self) -> Vec<Record> {
@@ -561,18 +550,10 @@ impl AppView for Supervisor {
     }
 
     fn is_file_endpoint(&self, name: &str) -> bool {
-        self.checks
+        self.rules
             .read()
-            .map(|c| c.file_names.contains(name))
+            .map(|r| r.is_file_endpoint(name))
             .unwrap_or(false)
-    }
-
-    fn check_endpoint(
-        &self,
-        entry: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Endpoint, Vec<Problem>> {
-        let checks = self.checks.read().map(|c| c.clone()).unwrap_or_default();
-        crate::config::api::endpoint_from_json(entry, &checks.defaults, &checks.router)
     }
 
     fn router(&self) -> Arc<Router> {

@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 pub use admin::Admin;
 pub use listener::serve_with;
 
-use crate::config::{Endpoint, Problem};
 use crate::metrics::Metrics;
+use crate::registrar::Registrar;
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
-use crate::store::registry::{Record, Registry};
+use crate::store::registry::Record;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,18 +50,13 @@ pub trait AppView: Send + Sync + 'static {
     fn serves(&self, path: &str) -> bool;
     /// Answers a request on such a route.
     fn handle(&self, req: http::Request<Incoming>) -> BoxFuture<'_, Response<Full<Bytes>>>;
-    /// The registry of runtime endpoints, when `[registry] enabled = true` and its
-    /// bucket is open.
-    fn registry(&self) -> Option<&Registry>;
+    /// The operations on runtime endpoints, when `[registry] enabled = true` and the
+    /// registry's bucket is open; checked against the config file in force.
+    fn registrar(&self) -> Option<Registrar>;
     /// The registry's records as this process last saw them.
     fn records(&self) -> Vec<Record>;
     /// Whether the config file has an endpoint named `name`.
     fn is_file_endpoint(&self, name: &str) -> bool;
-    /// The endpoint `entry` describes, checked as a file entry would be.
-    fn check_endpoint(
-        &self,
-        entry: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Endpoint, Vec<Problem>>;
     /// The mappings in force.
     fn router(&self) -> Arc<Router>;
 }

@@ -99,6 +99,25 @@ impl Registry {
         }))
     }
 
+    /// Every endpoint in the bucket, by name (for `natshook endpoints list`; a running
+    /// process follows [`Registry::watch`] instead).
+    pub async fn all(&self) -> Result<Vec<Record>, RegistryError> {
+        let mut names: Vec<String> = match self.kv.keys().await {
+            Ok(keys) => {
+                keys.filter_map(|k| std::future::ready(k.ok()))
+                    .collect()
+                    .await
+            }
+            Err(e) => return Err(nats(e)),
+        };
+        names.sort();
+        let mut records = Vec::with_capacity(names.len());
+        for name in names {
+            records.extend(self.get(&name).await?);
+        }
+        Ok(records)
+    }
+
     /// Creates `name`; [`RegistryError::Exists`] when it is taken. Returns the revision.
     pub async fn create(
         &self,

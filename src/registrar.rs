@@ -1,0 +1,302 @@
+//! Operations on runtime endpoints, the registry's records: create (with a generated
+//! secret), change (a JSON merge patch guarded by the revision), delete, and secret
+//! rotation with a grace period. The admin API and `natshook endpoints` both call
+//! these, so a record written by either is checked, stored and announced the same
+//! way; each caller only renders the outcome (JSON and status codes, or lines and exit
+//! codes).
+//!
+//! A record is checked by the same code as a file `[[endpoints]]` entry, over the
+//! config file in force ([`FileRules`]), before anything is written; the registry's
+//! watch then starts, restarts or stops the worker in every natshook process on the
+//! bucket.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use crate::config::{api, Config, Endpoint, EndpointDefaults, Problem};
+use crate::routing::Router;
+use crate::signing::Scheme;
+use crate::store::registry::{Record, Registry, RegistryError};
+
+/// How long the old secret keeps signing after a rotation by default: receivers
+/// usually take a day to roll out a new secret.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrarError {
+    #[error("endpoint '{0}' is managed by the config file; change it there")]
+    FileEndpoint(String),
+    #[error("no endpoint named '{0}'")]
+    NotFound(String),
+    /// Every problem of a body, a change or a rotation, named by its field.
+    #[error("the {what} is invalid")]
+    Invalid {
+        what: &'static str,
+        problems: Vec<Problem>,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("no randomness for a secret: {0}")]
+    Randomness(String),
+}
+
+fn invalid(what: &'static str, problems: Vec<Problem>) -> RegistrarError {
+    RegistrarError::Invalid { what, problems }
+}
+
+fn problem(field: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        path: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What a runtime endpoint is checked against: the config file's `[defaults]` and
+/// mappings, and the names its endpoints hold.
+#[derive(Clone, Default)]
+pub struct FileRules {
+    pub defaults: EndpointDefaults,
+    pub router: Router,
+    pub file_names: BTreeSet<String>,
+}
+
+impl FileRules {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            defaults: config.endpoint_defaults.clone(),
+            router: config.router.clone(),
+            file_names: config.endpoints.iter().map(|e| e.name.clone()).collect(),
+        }
+    }
+
+    pub fn is_file_endpoint(&self, name: &str) -> bool {
+        self.file_names.contains(name)
+    }
+
+    /// The endpoint `entry` describes, checked as a file entry would be.
+    pub fn check(&self, entry: &Map<String, Value>) -> Result<Endpoint, Vec<Problem>> {
+        api::endpoint_from_json(entry, &self.defaults, &self.router)
+    }
+}
+
+/// A created endpoint and the secret it signs with (a string, or the list a body
+/// gave), the one time it is shown.
+pub struct Created {
+    pub record: Record,
+    pub secret: Value,
+}
+
+/// A rotated endpoint and its new secret, the one time it is shown.
+pub struct Rotated {
+    pub record: Record,
+    pub secret: String,
+}
+
+/// The operations, over one registry and the config file in force.
+#[derive(Clone)]
+pub struct Registrar {
+    registry: Registry,
+    rules: Arc<FileRules>,
+}
+
+impl Registrar {
+    pub fn new(registry: Registry, rules: Arc<FileRules>) -> Self {
+        Self { registry, rules }
+    }
+
+    pub fn rules(&self) -> &FileRules {
+        &self.rules
+    }
+
+    fn not_file(&self, name: &str) -> Result<(), RegistrarError> {
+        if self.rules.is_file_endpoint(name) {
+            return Err(RegistrarError::FileEndpoint(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn check(&self, entry: &Map<String, Value>) -> Result<Endpoint, RegistrarError> {
+        self.rules.check(entry).map_err(|p| invalid("endpoint", p))
+    }
+
+    /// Every runtime endpoint in the bucket, by name.
+    pub async fn list(&self) -> Result<Vec<Record>, RegistrarError> {
+        Ok(self.registry.all().await?)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Record, RegistrarError> {
+        self.registry
+            .get(name)
+            .await?
+            .ok_or_else(|| RegistrarError::NotFound(name.to_string()))
+    }
+
+    /// Stores a new endpoint, enabled unless the body says otherwise; without a
+    /// `secret` one is generated in the form its signature scheme takes.
+    pub async fn create(&self, mut body: Map<String, Value>) -> Result<Created, RegistrarError> {
+        let name = body.get("name").and_then(Value::as_str).map(str::to_string);
+        if let Some(name) = &name {
+            self.not_file(name)?;
+        }
+        if !body.contains_key("secret") {
+            // The scheme decides the secret's form: check with a stand-in first.
+            let mut probe = body.clone();
+            probe.insert("secret".into(), "stand-in".into());
+            let scheme = self.check(&probe)?.signer.scheme();
+            body.insert("secret".into(), new_secret(scheme)?.into());
+        }
+        self.check(&body)?;
+        let name = name.unwrap_or_default();
+        body.entry("enabled").or_insert(true.into());
+        let revision = self.registry.create(&name, &body).await?;
+        let secret = body.get("secret").cloned().unwrap_or(Value::Null);
+        Ok(Created {
+            record: Record {
+                name,
+                revision,
+                value: body,
+            },
+            secret,
+        })
+    }
+
+    /// The stored record and the revision a write must replace: `if_match` when given
+    /// (stale → [`RegistryError::Stale`]), else the one just read.
+    async fn current(
+        &self,
+        name: &str,
+        if_match: Option<u64>,
+    ) -> Result<(Record, u64), RegistrarError> {
+        self.not_file(name)?;
+        let record = self.get(name).await?;
+        let expected = if_match.unwrap_or(record.revision);
+        if expected != record.revision {
+            return Err(RegistryError::Stale(expected).into());
+        }
+        Ok((record, expected))
+    }
+
+    /// Applies `patch` as a JSON merge patch (a `null` removes a key); `name` cannot
+    /// change.
+    pub async fn update(
+        &self,
+        name: &str,
+        patch: Map<String, Value>,
+        if_match: Option<u64>,
+    ) -> Result<Record, RegistrarError> {
+        let (mut record, expected) = self.current(name, if_match).await?;
+        let mut problems = Vec::new();
+        for (key, value) in patch {
+            match (key.as_str(), value) {
+                ("name", Value::String(n)) if n == name => {}
+                ("name", _) => problems.push(problem(
+                    "name",
+                    "cannot be changed (create a new endpoint instead)",
+                )),
+                ("skip_backlog", Value::Bool(false)) => {}
+                ("skip_backlog", _) => problems.push(problem(
+                    "skip_backlog",
+                    "not supported yet: a re-enabled endpoint delivers its backlog",
+                )),
+                (_, Value::Null) => {
+                    record.value.remove(&key);
+                }
+                (_, v) => {
+                    record.value.insert(key, v);
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(invalid("change", problems));
+        }
+        self.check(&record.value)?;
+        record.revision = self.registry.update(name, &record.value, expected).await?;
+        Ok(record)
+    }
+
+    pub async fn delete(&self, name: &str, if_match: Option<u64>) -> Result<(), RegistrarError> {
+        let (_, expected) = self.current(name, if_match).await?;
+        self.registry.delete(name, expected).await?;
+        Ok(())
+    }
+
+    /// A new secret, first in the list; the one it replaces signs too until `grace`
+    /// (a duration such as `"24h"`, [`DEFAULT_GRACE`] when `None`) ends (with
+    /// `standard`, which signs with every secret; `hex` and `sha256` sign with the
+    /// newest only).
+    pub async fn rotate(
+        &self,
+        name: &str,
+        grace: Option<&str>,
+        if_match: Option<u64>,
+    ) -> Result<Rotated, RegistrarError> {
+        let (mut record, expected) = self.current(name, if_match).await?;
+        let grace = match grace {
+            None => DEFAULT_GRACE,
+            Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                invalid(
+                    "rotation",
+                    vec![problem(
+                        "grace",
+                        format!("'{t}' is not a duration such as \"24h\": {e}"),
+                    )],
+                )
+            })?,
+        };
+        let scheme = self.check(&record.value)?.signer.scheme();
+        let secret = new_secret(scheme)?;
+        let previous = match record.value.get("secret") {
+            Some(Value::String(old)) => Some(old.clone()),
+            Some(Value::Array(list)) => list.first().and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        let until = SystemTime::now() + grace;
+        match previous {
+            Some(old) if !grace.is_zero() => {
+                record
+                    .value
+                    .insert("secret".into(), serde_json::json!([secret, old]));
+                record.value.insert(
+                    api::GRACE_KEY.into(),
+                    crate::time::rfc3339_millis(until).into(),
+                );
+            }
+            _ => {
+                record.value.insert("secret".into(), secret.clone().into());
+                record.value.remove(api::GRACE_KEY);
+            }
+        }
+        self.check(&record.value)?;
+        record.revision = self.registry.update(name, &record.value, expected).await?;
+        Ok(Rotated { record, secret })
+    }
+}
+
+/// A runtime endpoint as callers show it: its keys, never its secret, with `source`,
+/// `enabled` and `revision`.
+pub fn view(record: &Record) -> Map<String, Value> {
+    let mut view = record.value.clone();
+    view.remove("secret");
+    view.insert("source".into(), "api".into());
+    view.insert("enabled".into(), record.enabled().into());
+    view.insert("revision".into(), record.revision.into());
+    view
+}
+
+/// A new secret: `whsec_` and 32 random bytes in base64 for Standard Webhooks, else
+/// 32 random bytes as 64 hex characters.
+fn new_secret(scheme: Scheme) -> Result<String, RegistrarError> {
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key).map_err(|e| RegistrarError::Randomness(e.to_string()))?;
+    Ok(match scheme {
+        Scheme::Standard => format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ),
+        _ => hex::encode(key),
+    })
+}
