@@ -1,5 +1,9 @@
 //! Command-line interface (see the contract's CLI section). Exit codes: 0 ok,
 //! 1 runtime failure, 2 bad config or usage.
+//!
+//! `endpoints` (runtime endpoints in the registry) has its own module.
+
+mod endpoints;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -64,6 +68,15 @@ pub enum Command {
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Manage runtime endpoints in the registry bucket the config names ([registry]).
+    ///
+    /// Works on the bucket directly (no natshook process needs to run) with the checks
+    /// of the admin API and `check`. Exit 2 when what was asked cannot be done (an
+    /// invalid endpoint, every problem listed; a config-file endpoint; an unknown or
+    /// taken name), 1 when the registry cannot be reached or another writer changed
+    /// the endpoint meanwhile.
+    #[command(subcommand)]
+    Endpoints(endpoints::EndpointsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -497,6 +510,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         },
         Command::Keygen(a) => keygen(a),
         Command::Dlq(cmd) => dlq(cmd).await,
+        Command::Endpoints(cmd) => endpoints::run(cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

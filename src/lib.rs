@@ -9,7 +9,8 @@
 //!
 //! From the top down; a module imports only from modules below it.
 //!
-//! * `cli`: the commands (`run`, `check`, `sign`, `verify`, `dlq`) and exit codes.
+//! * `cli`: the commands (`run`, `check`, `sign`, `verify`, `keygen`, `dlq`, `endpoints`)
+//!   and exit codes.
 //! * `app`: `natshook run` wired together, with its start-up and shutdown order;
 //!   `supervisor` (the `Supervisor`: applies, reloads, starts and stops workers),
 //!   `nats` (connect, auth, TLS, stream checks), `watch` (SIGHUP and file changes).

@@ -519,6 +519,14 @@ impl EventFilter {
         Ok(Self { patterns })
     }
 
+    /// The patterns as written (`*` for every event).
+    pub fn items(&self) -> Vec<&str> {
+        self.patterns
+            .iter()
+            .map(|p| p.as_ref().map_or("*", Pattern::as_str))
+            .collect()
+    }
+
     pub fn wants(&self, event: &str) -> bool {
         self.patterns.iter().any(|p| match p {
             None => true,

@@ -761,6 +761,27 @@ impl Natshook {
         cmd.output().expect("run natshook")
     }
 
+    /// Like [`Natshook::cli`], with `stdin` written to the command's standard input.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = natshook_command()
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run natshook");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write stdin");
+        child.wait_with_output().expect("natshook output")
+    }
+
     /// The dead-letter records of `endpoint`, via `natshook dlq list`.
     pub fn dead_letters(&self, endpoint: &str) -> Vec<serde_json::Value> {
         self.try_dead_letters(endpoint)

@@ -1,0 +1,338 @@
+//! Runtime endpoints from the operator's side: `natshook endpoints …` against the
+//! registry bucket, skipping a disabled endpoint's backlog on re-enabling, the
+//! operator events of enabling and disabling, and re-enabling a paused endpoint.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+use serde_json::{json, Value};
+
+/// Admin API and registry on, one file endpoint `file` (to `file_rx`); leads on
+/// `events.<tenant>.lead.created` carry a tenant.
+fn config(nats: &NatsServer, file_rx: &Receiver) -> String {
+    let mut c = with_admin(
+        TestConfig::new(nats.url())
+            .mapping("events.*.lead.created", "lead.created", "tenant = \"{2}\"")
+            .endpoint("file", &file_rx.url("/file"), &["lead.created"], ""),
+    );
+    c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
+    c.render()
+}
+
+async fn api(n: &Natshook, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    n.api(method, path, Some(ADMIN_TOKEN), body).await
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `natshook endpoints <args> --config …`: (exit code, stdout, stderr).
+fn endpoints(n: &Natshook, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["endpoints"];
+    all.extend_from_slice(args);
+    let out = n.cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Waits until `name` runs on `n` with its consumer bound.
+async fn wait_bound(n: &Natshook, name: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{name} bound"),
+        || async {
+            api(n, "GET", &format!("/api/endpoints/{name}"), None)
+                .await
+                .1["bound"]
+                == true
+        },
+    )
+    .await;
+}
+
+/// Waits until `name` no longer runs on `n` (disabled or deleted).
+async fn wait_stopped(n: &Natshook, name: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{name} stopped"),
+        || async {
+            api(n, "GET", &format!("/api/endpoints/{name}"), None)
+                .await
+                .1
+                .get("bound")
+                .is_none()
+        },
+    )
+    .await;
+}
+
+/// `n` leads of `tenant`, ids `<prefix>-<i>`.
+fn tenant_leads(
+    tenant: &str,
+    n: usize,
+    prefix: &str,
+) -> Vec<(String, bytes::Bytes, Option<String>)> {
+    leads(n, prefix)
+        .into_iter()
+        .map(|(_, payload, id)| (format!("events.{tenant}.lead.created"), payload, id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_lists_disables_enables_rotates_and_removes_runtime_endpoints() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &file_rx)).await;
+    let js = jetstream::new(nats.client().await);
+
+    // add with flags: the secret alone on stdout, this once.
+    let url = rx.url("/acme");
+    let (code, out, err) = endpoints(
+        &n,
+        &[
+            "add",
+            "--name",
+            "acme",
+            "--url",
+            &url,
+            "--event",
+            "lead.created",
+            "--tenant",
+            "org_1",
+            "--scheme",
+            "standard",
+            "--allow-http",
+            "--allow-private",
+            "--description",
+            "Acme's CRM",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let secret = out.trim().to_string();
+    assert!(
+        secret.starts_with("whsec_") && !secret.contains('\n'),
+        "{out}"
+    );
+    assert!(err.contains("created endpoint 'acme'"), "{err}");
+    wait_bound(&n, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 3, "a")).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        r.delivered_ids().len() >= 3
+    })
+    .await;
+    assert_eq!(verify_received(&secret, &rx.received()), (3, 0));
+
+    // add with a JSON body on stdin, its own secret, flags over the body.
+    let body = json!({
+        "name": "beta", "url": rx.url("/beta"), "events": ["lead.created"],
+        "secret": "beta-secret-0123456789", "allow_http": true, "allow_private": true,
+        "tenant": "org_9",
+    });
+    let out = n.cli_with_stdin(
+        &[
+            "endpoints",
+            "add",
+            "--json",
+            "-",
+            "--tenant",
+            "org_2",
+            "--disabled",
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "beta-secret-0123456789");
+
+    // list: a table and JSON, file and runtime endpoints, never a secret.
+    let (code, table, err) = endpoints(&n, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("TENANT"),
+        "{table}"
+    );
+    let row = |name: &str| -> Vec<String> {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        row("acme")[..5],
+        ["acme", "api", "yes", "org_1", "lead.created"]
+    );
+    assert_eq!(row("beta")[..4], ["beta", "api", "no", "org_2"]);
+    assert_eq!(row("file")[..3], ["file", "file", "yes"]);
+    let (code, listed, _) = endpoints(&n, &["list", "--json", "--tenant", "org_1"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&listed).expect("list --json is JSON");
+    let all = listed["endpoints"].as_array().expect("a list");
+    assert_eq!(all.len(), 1, "{listed}");
+    assert_eq!(all[0]["name"], "acme");
+    assert_eq!(all[0]["source"], "api");
+    assert!(all[0]["revision"].as_u64().is_some());
+    let (_, everything, _) = endpoints(&n, &["list", "--json"]);
+    for s in [&secret, "beta-secret-0123456789"] {
+        assert!(
+            !table.contains(s) && !everything.contains(s),
+            "a secret was listed"
+        );
+    }
+
+    // disable: the endpoint stops and its messages wait; enable: they arrive.
+    let (code, _, err) = endpoints(&n, &["disable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    wait_stopped(&n, "acme").await;
+    assert_eq!(
+        api(&n, "GET", "/api/endpoints/acme", None).await.1["enabled"],
+        false
+    );
+    publish_all(&js, tenant_leads("org_1", 4, "held")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.delivered_ids().len(), 3, "a disabled endpoint delivered");
+    let (code, _, err) = endpoints(&n, &["enable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    rx.wait_for(Duration::from_secs(20), "the held 4 delivered", |r| {
+        r.delivered_ids().len() >= 7
+    })
+    .await;
+
+    // rotate-secret: a new secret, printed once; the old one signs too meanwhile.
+    let (code, out, err) = endpoints(&n, &["rotate-secret", "acme", "--grace", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let new_secret = out.trim().to_string();
+    assert!(
+        new_secret.starts_with("whsec_") && new_secret != secret,
+        "{out}"
+    );
+    assert!(err.contains("the old one signs too until"), "{err}");
+    let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+    assert!(one["previous_secrets_until"].is_string(), "{one}");
+
+    // rm: gone from the registry.
+    let (code, _, err) = endpoints(&n, &["rm", "beta"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(api(&n, "GET", "/api/endpoints/beta", None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_what_the_api_refuses_in_the_same_words() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &file_rx)).await;
+
+    // An invalid endpoint: every problem, in `natshook check`'s words; exit 2.
+    let (code, out, err) = endpoints(
+        &n,
+        &[
+            "add",
+            "--name",
+            "Bad Name",
+            "--url",
+            "http://10.0.0.1/",
+            "--event",
+            "nothing.maps.this",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    for expected in [
+        "the endpoint is invalid (",
+        "  name: 'Bad Name' must match [a-z0-9_-]+",
+        "  url: scheme must be https (set allow_http = true to permit http)",
+        "  events: no [[events]] mapping produces any of these event names",
+    ] {
+        assert!(err.contains(expected), "{expected}\nin:\n{err}");
+    }
+    // The API says the same about the same body.
+    let body =
+        json!({"name": "Bad Name", "url": "http://10.0.0.1/", "events": ["nothing.maps.this"]});
+    let (status, answer) = api(&n, "POST", "/api/endpoints", Some(&body.to_string())).await;
+    assert_eq!(status, 422);
+    for p in answer["problems"].as_array().expect("problems") {
+        let line = format!(
+            "  {}: {}",
+            p["field"].as_str().unwrap(),
+            p["message"].as_str().unwrap()
+        );
+        assert!(err.contains(&line), "{line}\nnot in:\n{err}");
+    }
+
+    // A file endpoint: the API's 409 sentence; exit 2.
+    let (_, refused) = api(
+        &n,
+        "PATCH",
+        "/api/endpoints/file",
+        Some("{\"enabled\": false}"),
+    )
+    .await;
+    let sentence = refused["error"].as_str().expect("an error").to_string();
+    assert!(
+        sentence.contains("managed by the config file"),
+        "{sentence}"
+    );
+    for args in [
+        &["disable", "file"][..],
+        &["enable", "file"],
+        &["rm", "file"],
+        &["rotate-secret", "file"],
+    ] {
+        let (code, _, err) = endpoints(&n, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(&sentence), "{args:?}: {err}");
+    }
+    let (code, _, err) = endpoints(
+        &n,
+        &[
+            "add",
+            "--name",
+            "file",
+            "--url",
+            "https://example.com/",
+            "--event",
+            "lead.created",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains(&sentence), "{err}");
+
+    // Unknown names, a bad --json, a config without [registry]: exit 2.
+    let (code, _, err) = endpoints(&n, &["rm", "nobody"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no endpoint named 'nobody'"), "{err}");
+    let (code, _, err) = endpoints(&n, &["add", "--json", "[1]"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--json: not a JSON object"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        TestConfig::new(nats.url())
+            .endpoint("file", &file_rx.url("/file"), &["lead.created"], "")
+            .render()
+            .replace("{http_port}", &free_port().to_string()),
+    )
+    .unwrap();
+    let out = natshook_command()
+        .args(["endpoints", "list", "--config"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no [registry] enabled = true"),
+        "{}",
+        text(&out.stderr)
+    );
+}
