@@ -181,7 +181,8 @@ impl Registrar {
     }
 
     /// Applies `patch` as a JSON merge patch (a `null` removes a key); `name` cannot
-    /// change.
+    /// change. `"skip_backlog": true`, with `"enabled": true`, makes the endpoint start
+    /// from now: what it held while disabled (or paused) is not delivered.
     pub async fn update(
         &self,
         name: &str,
@@ -189,7 +190,9 @@ impl Registrar {
         if_match: Option<u64>,
     ) -> Result<Record, RegistrarError> {
         let (mut record, expected) = self.current(name, if_match).await?;
+        let enabling = patch.get("enabled") == Some(&Value::Bool(true));
         let mut problems = Vec::new();
+        let mut skip_backlog = false;
         for (key, value) in patch {
             match (key.as_str(), value) {
                 ("name", Value::String(n)) if n == name => {}
@@ -197,11 +200,10 @@ impl Registrar {
                     "name",
                     "cannot be changed (create a new endpoint instead)",
                 )),
-                ("skip_backlog", Value::Bool(false)) => {}
-                ("skip_backlog", _) => problems.push(problem(
-                    "skip_backlog",
-                    "not supported yet: a re-enabled endpoint delivers its backlog",
-                )),
+                ("skip_backlog", Value::Bool(skip)) => skip_backlog = skip,
+                ("skip_backlog", _) => {
+                    problems.push(problem("skip_backlog", "must be true or false"))
+                }
                 (_, Value::Null) => {
                     record.value.remove(&key);
                 }
@@ -210,8 +212,22 @@ impl Registrar {
                 }
             }
         }
+        if skip_backlog && !enabling {
+            problems.push(problem(
+                "skip_backlog",
+                "goes with \"enabled\": true (it starts a re-enabled endpoint from now)",
+            ));
+        }
         if !problems.is_empty() {
             return Err(invalid("change", problems));
+        }
+        if skip_backlog {
+            // Stored, not acted on here: every replica's worker, and every later
+            // start, acks what was stored before this time without a request.
+            record.value.insert(
+                api::SKIP_KEY.into(),
+                crate::time::rfc3339_millis(SystemTime::now()).into(),
+            );
         }
         self.check(&record.value)?;
         record.revision = self.registry.update(name, &record.value, expected).await?;

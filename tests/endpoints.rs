@@ -336,3 +336,141 @@ async fn the_cli_refuses_what_the_api_refuses_in_the_same_words() {
         text(&out.stderr)
     );
 }
+
+/// A runtime endpoint `name` of tenant `org_1`, retried quickly, created through `n`.
+async fn create(n: &Natshook, name: &str, rx: &Receiver, extra: Value) {
+    let mut body = json!({
+        "name": name, "url": rx.url(&format!("/{name}")), "events": ["lead.created"],
+        "tenant": "org_1", "allow_http": true, "allow_private": true,
+        "retry_schedule": ["100ms"],
+    });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+}
+
+/// How often each id with `prefix` reached `rx`.
+fn ids_with(rx: &Receiver, prefix: &str) -> Vec<usize> {
+    rx.delivered_ids()
+        .into_iter()
+        .filter(|(id, _)| id.starts_with(prefix))
+        .map(|(_, n)| n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_enabling_with_skip_backlog_starts_from_now_on_every_replica() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let text = config(&nats, &file_rx);
+    let a = Natshook::start(&text).await;
+    let mut b = Natshook::start(&text).await;
+    let js = jetstream::new(nats.client().await);
+    create(&a, "acme", &rx, json!({})).await;
+    wait_bound(&a, "acme").await;
+    wait_bound(&b, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 3, "before")).await;
+    rx.wait_for(Duration::from_secs(20), "3 delivered", |r| {
+        r.delivered_ids().len() >= 3
+    })
+    .await;
+
+    // skip_backlog goes with enabled: true, and is true or false.
+    for body in [
+        "{\"skip_backlog\": true}",
+        "{\"enabled\": false, \"skip_backlog\": true}",
+        "{\"enabled\": true, \"skip_backlog\": \"yes\"}",
+    ] {
+        let (status, err) = api(&a, "PATCH", "/api/endpoints/acme", Some(body)).await;
+        assert_eq!(status, 422, "{body}: {err}");
+        assert_eq!(err["problems"][0]["field"], "skip_backlog", "{err}");
+    }
+
+    // Disabled on one replica: both stop, and what is published now is held.
+    let (status, _) = api(
+        &a,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"enabled\": false}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_stopped(&a, "acme").await;
+    wait_stopped(&b, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 20, "held")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        ids_with(&rx, "held").is_empty(),
+        "a disabled endpoint delivered"
+    );
+
+    // Re-enabled on the other with skip_backlog: none of the 20 comes, later ones do.
+    let (status, changed) = api(
+        &b,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"enabled\": true, \"skip_backlog\": true}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert!(changed["skip_before"].is_string(), "{changed}");
+    assert!(changed.get("skip_backlog").is_none(), "{changed}");
+    wait_bound(&a, "acme").await;
+    wait_bound(&b, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 5, "after")).await;
+    rx.wait_for(Duration::from_secs(20), "the 5 after delivered", |r| {
+        ids_with(r, "after").len() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        ids_with(&rx, "held").is_empty(),
+        "the skipped backlog was delivered"
+    );
+    let consumer = api(&a, "GET", "/api/endpoints/acme", None).await.1["consumer"]
+        .as_str()
+        .expect("a consumer")
+        .to_string();
+    let info = consumer_info(&js, "EVENTS", &consumer).await;
+    assert_eq!(info.num_pending, 0, "the skipped messages are not pending");
+
+    // A plain disable and re-enable (here with the CLI) delivers what was held.
+    let (code, _, err) = endpoints(&a, &["disable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    wait_stopped(&a, "acme").await;
+    wait_stopped(&b, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 6, "again")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        ids_with(&rx, "again").is_empty(),
+        "a disabled endpoint delivered"
+    );
+    let (code, _, err) = endpoints(&a, &["enable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    rx.wait_for(Duration::from_secs(20), "the 6 held delivered", |r| {
+        ids_with(r, "again").len() >= 6
+    })
+    .await;
+
+    // A restart binds the same consumer: nothing since skip_before comes again.
+    b.terminate().await;
+    b.spawn().await;
+    wait_bound(&b, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 2, "last")).await;
+    rx.wait_for(Duration::from_secs(20), "the last 2 delivered", |r| {
+        ids_with(r, "last").len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for prefix in ["after", "again", "last"] {
+        assert!(
+            ids_with(&rx, prefix).iter().all(|n| *n == 1),
+            "{prefix}: delivered again: {:?}",
+            rx.delivered_ids()
+        );
+    }
+    assert!(ids_with(&rx, "held").is_empty());
+}

@@ -6,7 +6,8 @@
 //!
 //! Besides the file's keys (`tenant` among them, checked and served as in the file) an
 //! entry carries `enabled` and `description`, which say how the registry keeps it, not
-//! how it delivers.
+//! how it delivers, and the keys the registrar writes itself: when a rotated secret's
+//! grace ends, and which messages a re-enabled endpoint skips.
 
 use figment::providers::Serialized;
 use figment::Figment;
@@ -17,11 +18,21 @@ use super::{load, Problem, Problems};
 use crate::routing::Router;
 
 /// Keys of a runtime endpoint that a file entry does not have.
-pub const RUNTIME_KEYS: &[&str] = &["enabled", "description", GRACE_KEY];
+pub const RUNTIME_KEYS: &[&str] = &["enabled", "description", GRACE_KEY, SKIP_KEY];
 
 /// When a rotated secret's older secrets stop signing (RFC 3339): until then `secret`
 /// lists the new one first and the older ones after it.
 pub const GRACE_KEY: &str = "previous_secrets_until";
+
+/// An endpoint re-enabled with `skip_backlog` acks the messages stored before this
+/// time (RFC 3339, the time of the request) without a request; it stays in the
+/// record, so every replica and every restart skips the same messages.
+pub const SKIP_KEY: &str = "skip_before";
+
+/// The time `entry` skips its backlog before, if it has one.
+pub fn skip_before(entry: &Map<String, Value>) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(entry.get(SKIP_KEY)?.as_str()?).ok()
+}
 
 /// When the older secrets of `entry` stop signing, if they still do at `now`.
 pub fn grace_until(
@@ -64,7 +75,10 @@ pub fn endpoint_from_json(
         .extract::<figment::value::Value>()
         .map_err(|e| vec![problem("body", e.to_string())])?;
     let endpoint = match load::endpoint_entry(value, defaults, router) {
-        Ok(e) => Some(e),
+        Ok(e) => Some(Endpoint {
+            skip_before: skip_before(entry),
+            ..e
+        }),
         Err(found) => {
             p.0.extend(found);
             None
@@ -129,11 +143,13 @@ fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
         None | Some(Value::Bool(_)) => {}
         Some(_) => p.add("enabled", "must be true or false"),
     }
-    if entry.get(GRACE_KEY).is_some_and(|v| {
-        v.as_str()
-            .is_none_or(|t| humantime::parse_rfc3339_weak(t).is_err())
-    }) {
-        p.add(GRACE_KEY, "must be an RFC 3339 time");
+    for key in [GRACE_KEY, SKIP_KEY] {
+        if entry.get(key).is_some_and(|v| {
+            v.as_str()
+                .is_none_or(|t| humantime::parse_rfc3339_weak(t).is_err())
+        }) {
+            p.add(key, "must be an RFC 3339 time");
+        }
     }
     match entry.get("description") {
         None | Some(Value::Null | Value::String(_)) => {}
@@ -187,6 +203,23 @@ mod tests {
         assert_eq!(e.timeout, std::time::Duration::from_secs(3));
         assert_eq!(e.concurrency, 4);
         assert_eq!(e.tenant.as_deref(), Some("org_1"));
+    }
+
+    #[test]
+    fn skip_before_is_read_from_the_record_and_checked() {
+        let base = serde_json::json!({
+            "name": "acme", "url": "https://acme.example.com/hook", "events": ["lead.created"],
+            "secret": "s",
+        });
+        assert_eq!(check(base.clone()).unwrap().skip_before, None);
+        let mut with = base.clone();
+        with["skip_before"] = "2026-12-02T10:00:00.250Z".into();
+        let at = humantime::parse_rfc3339("2026-12-02T10:00:00.250Z").unwrap();
+        assert_eq!(check(with).unwrap().skip_before, Some(at));
+        let mut bad = base;
+        bad["skip_before"] = "yesterday".into();
+        let problems = check(bad).unwrap_err();
+        assert_eq!(problems, ["skip_before: must be an RFC 3339 time"]);
     }
 
     #[test]

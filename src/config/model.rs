@@ -111,6 +111,9 @@ pub struct Endpoint {
     pub probe_max_interval: Duration,
     /// Deliveries started per period at most, evenly spaced; `None` = unlimited.
     pub rate_limit: Option<Rate>,
+    /// A runtime endpoint re-enabled with `skip_backlog`: messages stored before this
+    /// time are acked without a request. Never set by a config file.
+    pub skip_before: Option<std::time::SystemTime>,
 }
 
 /// `rate_limit = "50/s"`: at most `count` deliveries started in any window of `per`.
@@ -195,6 +198,7 @@ impl PartialEq for Endpoint {
             probe_interval,
             probe_max_interval,
             rate_limit,
+            skip_before,
         } = self;
         *name == other.name
             && *url == other.url
@@ -223,6 +227,7 @@ impl PartialEq for Endpoint {
             && *probe_interval == other.probe_interval
             && *probe_max_interval == other.probe_max_interval
             && *rate_limit == other.rate_limit
+            && *skip_before == other.skip_before
     }
 }
 

@@ -91,6 +91,11 @@ impl Worker {
             self.ack(&msg, AckKind::Nak(None)).await;
             return None;
         };
+        if self.skips(meta.published) {
+            tracing::debug!(endpoint = %self.endpoint.name, sequence = meta.sequence, "stored before the endpoint was re-enabled with skip_backlog; acked");
+            self.ack(&msg, AckKind::Ack).await;
+            return None;
+        }
         let verdict = self.router.decide(
             &meta.subject,
             header_pairs(&msg),
@@ -146,7 +151,23 @@ impl Worker {
             &self.endpoint.events,
             self.endpoint.tenant.as_deref(),
         );
-        matches!(verdict, Verdict::Deliver(_)) && msg.payload.len() <= self.endpoint.max_body
+        matches!(verdict, Verdict::Deliver(_))
+            && msg.payload.len() <= self.endpoint.max_body
+            && !msg
+                .info()
+                .is_ok_and(|i| self.skips(SystemTime::from(i.published)))
+    }
+
+    /// Whether a message stored at `published` is part of the backlog the endpoint
+    /// skipped when it was re-enabled (`skip_before`): acked without a request.
+    ///
+    /// Skipping happens here, message by message, rather than by creating the
+    /// consumer again from that time: the acks cost little, and every replica and
+    /// restart reaches the same verdict with nothing to coordinate, whereas deleting
+    /// and creating a consumer under the same name while another replica does the same
+    /// can leave nats-server with a consumer it cannot update.
+    fn skips(&self, published: SystemTime) -> bool {
+        self.endpoint.skip_before.is_some_and(|t| published < t)
     }
 
     /// One attempt, logged, then settled.
