@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::rate_limit::RateLimit;
 use crate::time::rfc3339_millis;
@@ -33,9 +33,10 @@ pub enum EndpointChange {
     Paused,
     /// natshook started deliveries again on its own (a delivery succeeded).
     Resumed,
-    /// An operator stopped deliveries (admin API pause).
+    /// An operator stopped deliveries (admin API pause, a runtime endpoint disabled).
     Disabled,
-    /// An operator started deliveries again (admin API resume).
+    /// An operator started deliveries again (admin API resume, a runtime endpoint
+    /// enabled).
     Enabled,
 }
 
@@ -60,7 +61,7 @@ pub struct EndpointEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// A stable code: `consecutive_failures`, `gone`, `delivery_succeeded`,
-    /// `admin_api`.
+    /// `admin_api`, `cli`.
     pub reason: &'static str,
     /// The same in words, for people reading a log of events.
     pub detail: String,
@@ -121,10 +122,17 @@ pub struct DeadLetterEvent {
     pub last_result: Option<&'static str>,
 }
 
+/// What the publishing task is handed.
+enum Item {
+    Event(&'static str, Bytes),
+    /// Answered once everything queued before it reached the server.
+    Flush(oneshot::Sender<()>),
+}
+
 /// Publishes operator events; cheap to clone, shared by every worker.
 #[derive(Clone)]
 pub struct OperatorEvents {
-    queue: Option<mpsc::Sender<(&'static str, Bytes)>>,
+    queue: Option<mpsc::Sender<Item>>,
     dropped: Arc<Dropped>,
 }
 
@@ -137,16 +145,24 @@ impl OperatorEvents {
     /// Starts the publishing task on the current tokio runtime; it ends when the last
     /// clone is dropped, after publishing what is queued.
     pub fn new(client: async_nats::Client) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(&'static str, Bytes)>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
         let dropped = Arc::new(Dropped {
             count: AtomicU64::new(0),
             log: RateLimit::new(1),
         });
         let failed = Arc::clone(&dropped);
         tokio::spawn(async move {
-            while let Some((subject, body)) = rx.recv().await {
-                if let Err(e) = client.publish(subject, body).await {
-                    failed.note(&e);
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Item::Event(subject, body) => {
+                        if let Err(e) = client.publish(subject, body).await {
+                            failed.note(&e);
+                        }
+                    }
+                    Item::Flush(done) => {
+                        let _ = client.flush().await;
+                        let _ = done.send(());
+                    }
                 }
             }
         });
@@ -168,10 +184,23 @@ impl OperatorEvents {
     }
 
     /// Raises an endpoint event. Every state change goes through here, whatever made
-    /// it (the breaker, the admin API, later a runtime endpoint API).
+    /// it (the breaker, the admin API's pause and resume, the registrar's enable and
+    /// disable).
     pub fn endpoint(&self, change: EndpointChange, event: &EndpointEvent) {
         tracing::debug!(endpoint = %event.endpoint, subject = change.subject(), reason = event.reason, "operator event");
         self.send(change.subject(), event);
+    }
+
+    /// Waits until the events raised so far reached the server: a short-lived process
+    /// (`natshook endpoints`) calls it before it exits. The only wait in this type.
+    pub async fn flush(&self) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let (done, flushed) = oneshot::channel();
+        if queue.send(Item::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     pub fn dead_letter(&self, event: &DeadLetterEvent) {
@@ -185,7 +214,7 @@ impl OperatorEvents {
         let Ok(body) = serde_json::to_vec(event) else {
             return;
         };
-        if let Err(e) = queue.try_send((subject, Bytes::from(body))) {
+        if let Err(e) = queue.try_send(Item::Event(subject, Bytes::from(body))) {
             self.dropped.note(&e);
         }
     }

@@ -8,7 +8,9 @@
 //! A record is checked by the same code as a file `[[endpoints]]` entry, over the
 //! config file in force ([`FileRules`]), before anything is written; the registry's
 //! watch then starts, restarts or stops the worker in every natshook process on the
-//! bucket.
+//! bucket. What a write means beyond the record is done here, once, by the process
+//! that made it, not by every replica that sees it: the operator event of a disable or
+//! enable, and the end of a pause when an endpoint is enabled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use crate::config::{api, Config, Endpoint, EndpointDefaults, Problem};
+use crate::events::{EndpointChange, EndpointEvent, OperatorEvents};
 use crate::routing::Router;
 use crate::signing::Scheme;
+use crate::store::pause_state::{PauseCause, PauseState};
 use crate::store::registry::{Record, Registry, RegistryError};
 
 /// How long the old secret keeps signing after a rotation by default: receivers
@@ -96,16 +100,64 @@ pub struct Rotated {
     pub secret: String,
 }
 
+/// Who makes a change, as operator events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    AdminApi,
+    Cli,
+}
+
+impl Actor {
+    /// The event's `reason` code.
+    fn reason(self) -> &'static str {
+        match self {
+            Actor::AdminApi => "admin_api",
+            Actor::Cli => "cli",
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Actor::AdminApi => "through the admin API",
+            Actor::Cli => "with natshook endpoints",
+        }
+    }
+}
+
 /// The operations, over one registry and the config file in force.
 #[derive(Clone)]
 pub struct Registrar {
     registry: Registry,
     rules: Arc<FileRules>,
+    by: Actor,
+    events: OperatorEvents,
+    /// Where a pause is ended when an endpoint is enabled; `None`: not reachable here.
+    pauses: Option<PauseState>,
 }
 
 impl Registrar {
-    pub fn new(registry: Registry, rules: Arc<FileRules>) -> Self {
-        Self { registry, rules }
+    /// Raises no events and ends no pauses until [`Registrar::raising`] and
+    /// [`Registrar::resuming`].
+    pub fn new(registry: Registry, rules: Arc<FileRules>, by: Actor) -> Self {
+        Self {
+            registry,
+            rules,
+            by,
+            events: OperatorEvents::off(),
+            pauses: None,
+        }
+    }
+
+    /// Publishes `disabled` and `enabled` events through `events`.
+    pub fn raising(mut self, events: OperatorEvents) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Ends an endpoint's shared pause when it is enabled.
+    pub fn resuming(mut self, pauses: PauseState) -> Self {
+        self.pauses = Some(pauses);
+        self
     }
 
     pub fn rules(&self) -> &FileRules {
@@ -183,6 +235,11 @@ impl Registrar {
     /// Applies `patch` as a JSON merge patch (a `null` removes a key); `name` cannot
     /// change. `"skip_backlog": true`, with `"enabled": true`, makes the endpoint start
     /// from now: what it held while disabled (or paused) is not delivered.
+    ///
+    /// `"enabled": false` on an enabled endpoint raises `disabled`. `"enabled": true`
+    /// also ends a pause (an operator's or the breaker's): whoever enables an endpoint
+    /// means it to deliver, and a dashboard's switch shows no pause to lift besides.
+    /// It raises `enabled` when it turned the endpoint on or ended a pause.
     pub async fn update(
         &self,
         name: &str,
@@ -190,6 +247,7 @@ impl Registrar {
         if_match: Option<u64>,
     ) -> Result<Record, RegistrarError> {
         let (mut record, expected) = self.current(name, if_match).await?;
+        let was_enabled = record.enabled();
         let enabling = patch.get("enabled") == Some(&Value::Bool(true));
         let mut problems = Vec::new();
         let mut skip_backlog = false;
@@ -231,7 +289,68 @@ impl Registrar {
         }
         self.check(&record.value)?;
         record.revision = self.registry.update(name, &record.value, expected).await?;
+        if enabling {
+            self.enabled(&record, was_enabled, skip_backlog).await;
+        } else if was_enabled && !record.enabled() {
+            let detail = format!(
+                "disabled {}: its messages wait in the stream",
+                self.by.words()
+            );
+            self.raise(EndpointChange::Disabled, &record, detail, None);
+        }
         Ok(record)
+    }
+
+    /// After `record` was written enabled: ends its pause, if any, and raises
+    /// `enabled` when something changed.
+    async fn enabled(&self, record: &Record, was_enabled: bool, skipped: bool) {
+        let mut pause = None;
+        if let Some(pauses) = &self.pauses {
+            match pauses.current(&record.name).await {
+                Ok(Some(p)) => match pauses.resume_now(&record.name).await {
+                    Ok(()) => pause = Some(p),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %record.name, error = %e, "endpoint enabled, but its pause could not be ended; resume it with POST /api/endpoints/{{name}}/resume")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %record.name, error = %e, "endpoint enabled; whether it is paused cannot be read")
+                }
+            }
+        }
+        if was_enabled && pause.is_none() {
+            return;
+        }
+        let mut detail = format!("enabled {}", self.by.words());
+        if let Some(p) = &pause {
+            let cause = match p.cause {
+                PauseCause::Failures { failures } => {
+                    format!("after {failures} consecutive failures")
+                }
+                PauseCause::Gone => "on 410 Gone".to_string(),
+                PauseCause::Manual => "by an operator".to_string(),
+            };
+            detail.push_str(&format!("; its pause ({cause}) ended"));
+        }
+        if skipped {
+            detail.push_str("; what it held is skipped");
+        }
+        self.raise(EndpointChange::Enabled, record, detail, pause.map(|p| p.at));
+    }
+
+    fn raise(
+        &self,
+        change: EndpointChange,
+        record: &Record,
+        detail: String,
+        paused_at: Option<String>,
+    ) {
+        let tenant = record.value.get("tenant").and_then(Value::as_str);
+        let mut event = EndpointEvent::new(&record.name, tenant, self.by.reason(), detail);
+        event.paused_at = paused_at;
+        tracing::info!(endpoint = %record.name, reason = event.reason, "{}", event.detail);
+        self.events.endpoint(change, &event);
     }
 
     pub async fn delete(&self, name: &str, if_match: Option<u64>) -> Result<(), RegistrarError> {

@@ -474,3 +474,198 @@ async fn re_enabling_with_skip_backlog_starts_from_now_on_every_replica() {
     }
     assert!(ids_with(&rx, "held").is_empty());
 }
+
+/// The `paused` field of `name`'s state on `n`.
+async fn paused(n: &Natshook, name: &str) -> Value {
+    api(n, "GET", &format!("/api/endpoints/{name}"), None)
+        .await
+        .1["paused"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_and_enabling_raise_one_operator_event_whichever_process_wrote_it() {
+    let nats = NatsServer::start();
+    let events = EventWatch::start(&nats).await;
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let text = config(&nats, &file_rx);
+    let a = Natshook::start(&text).await;
+    let b = Natshook::start(&text).await;
+    create(&a, "acme", &rx, json!({})).await;
+    wait_bound(&b, "acme").await;
+    const DISABLED: &str = "natshook.events.endpoint.disabled";
+    const ENABLED: &str = "natshook.events.endpoint.enabled";
+
+    // Through the API on one process: one event, not one per replica.
+    let (status, _) = api(
+        &a,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"enabled\": false}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let e = events.wait(Duration::from_secs(10), DISABLED, "acme").await;
+    assert_eq!(e["reason"], "admin_api", "{e}");
+    assert_eq!(e["tenant"], "org_1", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("disabled through the admin API"),
+        "{e}"
+    );
+    wait_stopped(&b, "acme").await;
+    // Disabling a disabled endpoint, or changing another key, changes nothing.
+    api(
+        &b,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"enabled\": false}"),
+    )
+    .await;
+    api(
+        &b,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"description\": \"x\"}"),
+    )
+    .await;
+
+    // With the CLI: reason `cli`.
+    let (code, _, err) = endpoints(&b, &["enable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    let e = events.wait(Duration::from_secs(10), ENABLED, "acme").await;
+    assert_eq!(e["reason"], "cli", "{e}");
+    assert!(e.get("paused_at").is_none(), "{e}");
+    wait_bound(&a, "acme").await;
+    // Enabling an enabled endpoint that is not paused says nothing.
+    api(
+        &a,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"enabled\": true}"),
+    )
+    .await;
+    let (code, _, err) = endpoints(&a, &["disable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        Duration::from_secs(10),
+        "the CLI's disabled event",
+        || async { events.of(DISABLED, "acme").len() >= 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let disabled = events.of(DISABLED, "acme");
+    assert_eq!(disabled.len(), 2, "{disabled:?}");
+    assert_eq!(disabled[1]["reason"], "cli");
+    assert_eq!(events.of(ENABLED, "acme").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_a_paused_endpoint_resumes_it_on_every_replica() {
+    let nats = NatsServer::start();
+    let events = EventWatch::start(&nats).await;
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let text = config(&nats, &file_rx);
+    let a = Natshook::start(&text).await;
+    let b = Natshook::start(&text).await;
+    let js = jetstream::new(nats.client().await);
+    // Paused after two failures, and no probe within the test: only enabling resumes it.
+    create(
+        &a,
+        "acme",
+        &rx,
+        json!({"disable_after_failures": 2, "probe_interval": "1h", "probe_max_interval": "1h",
+               "max_attempts": 1000}),
+    )
+    .await;
+    wait_bound(&a, "acme").await;
+    wait_bound(&b, "acme").await;
+    publish_all(&js, tenant_leads("org_1", 4, "p")).await;
+    events
+        .wait(
+            Duration::from_secs(20),
+            "natshook.events.endpoint.paused",
+            "acme",
+        )
+        .await;
+    for n in [&a, &b] {
+        wait_until(Duration::from_secs(10), "paused everywhere", || async {
+            paused(n, "acme").await == true
+        })
+        .await;
+    }
+
+    // The receiver is back; enabling (it never was disabled) ends the pause.
+    rx.set(|_| Reply::ok());
+    let (status, _) = api(
+        &b,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"enabled\": true}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let e = events
+        .wait(
+            Duration::from_secs(10),
+            "natshook.events.endpoint.enabled",
+            "acme",
+        )
+        .await;
+    assert_eq!(e["reason"], "admin_api");
+    assert!(e["paused_at"].is_string(), "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("consecutive failures) ended"),
+        "{e}"
+    );
+    for n in [&a, &b] {
+        wait_until(Duration::from_secs(10), "resumed everywhere", || async {
+            paused(n, "acme").await == false
+        })
+        .await;
+    }
+    rx.wait_for(Duration::from_secs(20), "the 4 delivered", |r| {
+        r.delivered_ids().len() >= 4
+    })
+    .await;
+
+    // An operator's pause ends the same way, here with the CLI.
+    let (status, _) = api(&a, "POST", "/api/endpoints/acme/pause", None).await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(10), "paused on b", || async {
+        paused(&b, "acme").await == true
+    })
+    .await;
+    let (code, _, err) = endpoints(&a, &["enable", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    for n in [&a, &b] {
+        wait_until(Duration::from_secs(10), "resumed everywhere", || async {
+            paused(n, "acme").await == false
+        })
+        .await;
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the CLI's enabled event",
+        || async { events.of("natshook.events.endpoint.enabled", "acme").len() >= 2 },
+    )
+    .await;
+    let enabled = events.of("natshook.events.endpoint.enabled", "acme");
+    assert_eq!(enabled.len(), 2, "{enabled:?}");
+    let last = enabled.last().unwrap();
+    assert_eq!(last["reason"], "cli", "{enabled:?}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(by an operator) ended"),
+        "{last}"
+    );
+}

@@ -23,7 +23,7 @@ use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::otel::AttemptTracer;
-use crate::registrar::{FileRules, Registrar};
+use crate::registrar::{Actor, FileRules, Registrar};
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
@@ -542,7 +542,12 @@ impl AppView for Supervisor {
 
     fn registrar(&self) -> Option<Registrar> {
         let rules = self.rules.read().map(|r| r.clone()).unwrap_or_default();
-        Some(Registrar::new(self.registry.get()?.clone(), rules))
+        let registry = self.registry.get()?.clone();
+        Some(
+            Registrar::new(registry, rules, Actor::AdminApi)
+                .raising(self.shared.events().clone())
+                .resuming(self.pause_state().clone()),
+        )
     }
 
     fn records(&self) -> Vec<Record> {

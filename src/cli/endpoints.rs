@@ -19,7 +19,9 @@ use serde_json::{Map, Value};
 
 use super::{read_stdin, to_stderr, to_stdout, ConfigArg, Failure};
 use crate::config::Config;
-use crate::registrar::{self, FileRules, Registrar, RegistrarError};
+use crate::events::OperatorEvents;
+use crate::registrar::{self, Actor, FileRules, Registrar, RegistrarError};
+use crate::store::pause_state::PauseState;
 use crate::store::registry::{Registry, RegistryError};
 
 #[derive(Subcommand, Debug)]
@@ -177,7 +179,10 @@ pub async fn run(cmd: EndpointsCommand) -> Result<(), Failure> {
     let registry = Registry::open(&js, registry_config)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let registrar = Registrar::new(registry, Arc::new(FileRules::of(&config)));
+    let events = OperatorEvents::new(client.clone());
+    let registrar = Registrar::new(registry, Arc::new(FileRules::of(&config)), Actor::Cli)
+        .raising(events.clone())
+        .resuming(PauseState::new(js, config.nats.replicas));
     let result = match (cmd, body) {
         (EndpointsCommand::List { tenant, json, .. }, _) => {
             list(&registrar, &config, tenant.as_deref(), json).await
@@ -247,6 +252,7 @@ pub async fn run(cmd: EndpointsCommand) -> Result<(), Failure> {
             Ok(())
         }
     };
+    events.flush().await;
     let _ = client.flush().await;
     result
 }

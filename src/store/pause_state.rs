@@ -197,6 +197,18 @@ impl PauseState {
         Ok(())
     }
 
+    /// Resumes the endpoint on every replica now, waiting for the write: for a caller
+    /// that ends a pause it did not make (the registrar re-enabling an endpoint, from a
+    /// process that may exit right after). A pause the breaker queued meanwhile lands
+    /// after it, which is the order the two happened in.
+    pub async fn resume_now(&self, endpoint: &str) -> Result<(), StateError> {
+        self.write(&PauseChange {
+            endpoint: endpoint.to_string(),
+            record: None,
+        })
+        .await
+    }
+
     /// The endpoint's shared pause, if any (read when its worker starts).
     pub async fn current(&self, endpoint: &str) -> Result<Option<PauseRecord>, StateError> {
         let store = self.store().await?;

@@ -195,6 +195,10 @@ impl Shared {
     pub fn js(&self) -> &jetstream::Context {
         &self.js
     }
+
+    pub fn events(&self) -> &OperatorEvents {
+        &self.events
+    }
 }
 
 /// An endpoint's state for the admin API.
