@@ -276,9 +276,11 @@ impl Registrar {
                 "goes with \"enabled\": true (it starts a re-enabled endpoint from now)",
             ));
         }
-        if !problems.is_empty() {
-            return Err(invalid("change", problems));
-        }
+        let what = if problems.is_empty() {
+            "endpoint"
+        } else {
+            "change"
+        };
         if skip_backlog {
             // Stored, not acted on here: every replica's worker, and every later
             // start, acks what was stored before this time without a request.
@@ -287,7 +289,13 @@ impl Registrar {
                 crate::time::rfc3339_millis(SystemTime::now()).into(),
             );
         }
-        self.check(&record.value)?;
+        // Every problem at once: the change's own beside the endpoint's.
+        if let Err(found) = self.rules.check(&record.value) {
+            problems.extend(found);
+        }
+        if !problems.is_empty() {
+            return Err(invalid(what, problems));
+        }
         record.revision = self.registry.update(name, &record.value, expected).await?;
         if enabling {
             self.enabled(&record, was_enabled, skip_backlog).await;
