@@ -1305,7 +1305,6 @@ async fn a_bad_change_gets_422_listing_every_problem() {
 /// A change of name (or `skip_backlog`) is listed beside the config checks' problems,
 /// not instead of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in src/http/admin/registry.rs patch(): the name/skip_backlog problems answer 422 before the config checks run, so the other problems are not listed"]
 async fn a_change_of_name_is_listed_beside_every_other_problem() {
     let s = Setup::start().await;
     let n = &s.n;
