@@ -23,22 +23,26 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::convert::Infallible;
 use std::future::IntoFuture;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 
-use common::{free_port, tool, NatsServer};
+use common::{tool, NatsServer};
+use support::{
+    cpu_seconds, create_stream, drain_timeout, failed_attempts, natshook_bin, payload, publish,
+    start_natshook, start_receiver, unix_micros, wait_count, CpuPerDelivery, CpuSample, Process,
+    Seen, RECEIVER_THREADS,
+};
 
 #[derive(Clone)]
 struct Opts {
@@ -60,159 +64,6 @@ impl Opts {
     }
 }
 
-/// What the receiver saw.
-#[derive(Default)]
-struct Seen {
-    count: AtomicU64,
-    window: Mutex<Option<(Instant, Instant)>>,
-    latencies_us: Mutex<Vec<u64>>,
-}
-
-impl Seen {
-    fn reset(&self) {
-        self.count.store(0, Ordering::SeqCst);
-        *self.window.lock().unwrap() = None;
-        self.latencies_us.lock().unwrap().clear();
-    }
-
-    /// Deliveries per second between the first and the last arrival.
-    fn rate(&self) -> f64 {
-        let n = self.count.load(Ordering::SeqCst) as f64;
-        match *self.window.lock().unwrap() {
-            Some((a, b)) if b > a => (n - 1.0) / (b - a).as_secs_f64(),
-            _ => 0.0,
-        }
-    }
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// Finds `"t":<digits>` in a body without parsing it, so the receiver stays cheap.
-fn publish_micros(body: &[u8]) -> Option<u64> {
-    let pos = body.windows(4).position(|w| w == b"\"t\":")?;
-    let digits: Vec<u8> = body[pos + 4..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-/// Name prefix of the receiver's threads: their CPU is read per thread, so the
-/// receiver's share of this process can be told apart from the raw client's in B.
-const RECEIVER_THREADS: &str = "bench-receiver";
-
-/// The receiver, on its own runtime (`receiver`), whose threads are named
-/// [`RECEIVER_THREADS`].
-fn start_receiver(receiver: &tokio::runtime::Handle, seen: Arc<Seen>) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    receiver.spawn(async move {
-        // Registered here, so accepted connections belong to the receiver's runtime.
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let now = Instant::now();
-                        if let Some(t) = publish_micros(&body) {
-                            let lat = unix_micros().saturating_sub(t);
-                            seen.latencies_us.lock().unwrap().push(lat);
-                        }
-                        {
-                            let mut w = seen.window.lock().unwrap();
-                            *w = Some(match *w {
-                                None => (now, now),
-                                Some((a, _)) => (a, now),
-                            });
-                        }
-                        seen.count.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-/// A 1 KiB JSON payload; `t` carries the publish time in the latency phase.
-fn payload(i: usize, t: Option<u64>) -> Bytes {
-    let head = match t {
-        Some(t) => format!("{{\"t\":{t},\"i\":{i},\"pad\":\""),
-        None => format!("{{\"i\":{i},\"pad\":\""),
-    };
-    let mut s = head;
-    while s.len() < 1022 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    Bytes::from(s)
-}
-
-async fn create_stream(js: &jetstream::Context, name: &str, subject: &str) {
-    js.create_stream(stream::Config {
-        name: name.to_string(),
-        subjects: vec![subject.to_string()],
-        ..Default::default()
-    })
-    .await
-    .expect("create stream");
-}
-
-async fn publish(js: &jetstream::Context, subjects: &[String], n: usize) {
-    let mut acks = Vec::with_capacity(512);
-    for i in 0..n {
-        let subject = subjects[i % subjects.len()].clone();
-        acks.push(
-            js.publish(subject, payload(i, None))
-                .await
-                .expect("publish"),
-        );
-        if acks.len() == 512 {
-            for a in acks.drain(..) {
-                a.await.expect("publish ack");
-            }
-        }
-    }
-    for a in acks {
-        a.await.expect("publish ack");
-    }
-}
-
-async fn wait_count(seen: &Seen, n: u64, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while seen.count.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: only {} of {n} delivered",
-            seen.count.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Phase A: consume + ack with async-nats, nothing else.
 async fn ceiling_nats(
     js: &jetstream::Context,
@@ -230,7 +81,7 @@ async fn ceiling_nats(
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    let cpu = CpuSample::start(None, nats);
+    let cpu = CpuSample::start(&[], nats);
     let start = Instant::now();
     let mut got = 0;
     while got < n {
@@ -254,7 +105,7 @@ async fn ceiling_http(port: u16, nats: &NatsServer, n: usize) -> (f64, CpuPerDel
         .build_http::<Full<Bytes>>();
     let uri: http::Uri = format!("http://127.0.0.1:{port}/b").parse().unwrap();
     let next = Arc::new(AtomicU64::new(0));
-    let cpu = CpuSample::start(None, nats);
+    let cpu = CpuSample::start(&[], nats);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -283,181 +134,14 @@ async fn ceiling_http(port: u16, nats: &NatsServer, n: usize) -> (f64, CpuPerDel
     (rate, cpu.per_delivery(n))
 }
 
-struct Process {
-    child: Child,
-    http_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Process {
-    fn rss_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-/// CPU seconds (user + system) from a `/proc/.../stat` file: a process's or a thread's.
-fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// CPU seconds a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
-}
-
-/// CPU seconds the receiver's threads have used so far.
-fn receiver_cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|name| name.starts_with(RECEIVER_THREADS))
-        })
-        .map(|t| stat_cpu_seconds(&t.path().join("stat")))
-        .sum()
-}
-
-/// CPU microseconds per delivery of each process taking part.
-#[derive(Default, serde::Serialize)]
-struct CpuPerDelivery {
-    natshook: f64,
-    nats_server: f64,
-    /// The receiver's threads in this process.
-    receiver: f64,
-    /// The rest of this process: the raw consumer in A, the raw client in B, nearly
-    /// nothing while natshook drains.
-    bench: f64,
-}
-
-/// CPU seconds of natshook, nats-server, this process and the receiver's threads at
-/// the start of a phase.
-struct CpuSample {
-    pids: [u32; 3],
-    before: [f64; 3],
-    receiver_before: f64,
-}
-
-impl CpuSample {
-    /// `natshook` is None for the ceilings, where this process is the client.
-    fn start(natshook: Option<&Process>, nats: &NatsServer) -> Self {
-        let pids = [
-            natshook.map(|p| p.child.id()).unwrap_or(0),
-            nats.pid().unwrap_or(0),
-            std::process::id(),
-        ];
-        Self {
-            pids,
-            before: pids.map(cpu_seconds),
-            receiver_before: receiver_cpu_seconds(),
-        }
-    }
-
-    fn per_delivery(&self, n: usize) -> CpuPerDelivery {
-        let per = |i: usize| match self.pids[i] {
-            0 => 0.0,
-            pid => (cpu_seconds(pid) - self.before[i]) * 1e6 / n as f64,
-        };
-        let receiver = (receiver_cpu_seconds() - self.receiver_before) * 1e6 / n as f64;
-        CpuPerDelivery {
-            natshook: per(0),
-            nats_server: per(1),
-            receiver,
-            bench: per(2) - receiver,
-        }
-    }
-}
-
-impl Drop for Process {
-    /// SIGTERM first, so a natshook run under a profiler (BENCH_NATSHOOK_BIN pointing
-    /// at a valgrind wrapper) writes its output; SIGKILL if it does not exit.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// BENCH_NATSHOOK_BIN runs another build (scripts/bench.sh sets the shipped, static
-/// one) against the same ceilings; cargo's own build otherwise.
-fn natshook_bin() -> String {
-    std::env::var("BENCH_NATSHOOK_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").to_string())
-}
-
-async fn start_natshook(nats_url: &str, stream: &str, events: &str, endpoints: &str) -> Process {
-    let dir = tempfile::tempdir().unwrap();
-    let http_port = free_port();
-    let config = format!(
-        "[nats]\nurl = \"{nats_url}\"\nstream = \"{stream}\"\nconsumer_prefix = \"bench\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[defaults]\nallow_http = true\nallow_private = true\n{events}\n{endpoints}"
-    );
-    let path = dir.path().join("natshook.toml");
-    std::fs::write(&path, config).unwrap();
-    let bin = natshook_bin();
-    let child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start natshook");
-    let p = Process {
-        child,
-        http_port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((200, _)) =
-            common::http_get(&format!("http://127.0.0.1:{}/readyz", p.http_port)).await
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "natshook not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    p
-}
-
-/// `k` endpoints named `<prefix><i>`, each posting to its own path with its own secret.
-/// BENCH_MANY_CONCURRENCY=N sets `concurrency` on every one of those endpoints (the
-/// tuning knob for many endpoints); the contract default (64) otherwise.
+/// `k` endpoints of [`support::many_endpoints`]. BENCH_MANY_CONCURRENCY=N sets
+/// `concurrency` on every one of them (the tuning knob for many endpoints); the
+/// contract default (64) otherwise.
 fn many_endpoints(k: usize, port: u16, prefix: &str, event: impl Fn(usize) -> String) -> String {
     let concurrency = std::env::var("BENCH_MANY_CONCURRENCY")
         .map(|c| format!("concurrency = {c}\n"))
         .unwrap_or_default();
-    (0..k)
-        .map(|i| {
-            format!(
-                "[[endpoints]]\nname = \"{prefix}{i}\"\nurl = \"http://127.0.0.1:{port}/{prefix}{i}\"\nevents = [\"{}\"]\nsecret = \"bench-secret-{i}\"\n{concurrency}",
-                event(i)
-            )
-        })
-        .collect()
+    support::many_endpoints(k, port, prefix, event, &concurrency)
 }
 
 /// What one natshook phase measured.
@@ -478,7 +162,7 @@ async fn measure_drain(
     deliveries: usize,
     what: &str,
 ) -> Drain {
-    let cpu = CpuSample::start(Some(natshook), nats);
+    let cpu = CpuSample::start(&[natshook], nats);
     wait_count(seen, deliveries as u64, drain_timeout(deliveries), what).await;
     let rate = seen.rate();
     let cpu = cpu.per_delivery(deliveries);
@@ -492,23 +176,6 @@ async fn measure_drain(
         cpu,
         failed_attempts,
     }
-}
-
-/// Sum of `natshook_delivery_attempts_total` over every status but 2xx.
-async fn failed_attempts(natshook: &Process) -> u64 {
-    let url = format!("http://127.0.0.1:{}/metrics", natshook.http_port);
-    let Ok((200, text)) = common::http_get(&url).await else {
-        return 0;
-    };
-    text.lines()
-        .filter(|l| l.starts_with("natshook_delivery_attempts_total{") && !l.contains("\"2xx\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-/// Generous: a phase that stalls fails instead of hanging CI.
-fn drain_timeout(deliveries: usize) -> Duration {
-    Duration::from_secs(60 + deliveries as u64 / 500)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {

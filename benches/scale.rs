@@ -1,0 +1,851 @@
+//! natshook at scale: many endpoints in one process, and replicas sharing one stream,
+//! for each delivery design under test, in one run on this machine.
+//!
+//!   ./scripts/bench-scale.sh          (= cargo bench --bench scale, shipped natshook)
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs in smoke mode: tiny
+//! sizes, and it checks only that every message is delivered.
+//!
+//! Every phase has its own nats-server (so one phase's consumers do not weigh on the
+//! next), natshook runs as its own process, and one minimal hyper receiver in this
+//! process answers `200` on a path per endpoint; messages are 1 KiB of JSON, each
+//! endpoint has its own event, so a message goes to exactly one endpoint.
+//!   S0  one endpoint drains the backlog: the baseline of rate and CPU per delivery
+//!   S1  E endpoints (BENCH_SCALE_ENDPOINTS, default 10000; a list such as
+//!       `1000,2000,5000` runs each size), A of them active (BENCH_SCALE_ACTIVE, 1000):
+//!       time to `/readyz`, idle RSS after 10 s, idle CPU over 20 s; then the backlog
+//!       is published over the A endpoints: rate, CPU per delivery, peak RSS
+//!   R   10 endpoints, the same backlog drained by 1, 2 and 3 natshook processes with
+//!       the same config (the same durable consumers)
+//!
+//! BENCH_SCALE_MESSAGES (default 100000) is the backlog of every phase, published once
+//! natshook is ready (see `deliver`).
+//! BENCH_SCALE_PHASES picks phases (`0`, `1`, `R`; all by default).
+//! BENCH_SCALE_READY_TIMEOUT (seconds, default 300) bounds the wait for `/readyz`.
+//! BENCH_SCALE_DESIGNS (default `direct`) names the delivery designs to measure, each
+//! a text appended to natshook's config: `direct` none, `fanout` BENCH_FANOUT_CONFIG
+//! (default `[delivery]\nfan_out = true\n`), any other name BENCH_SCALE_CONFIG_<NAME>.
+//! A design whose config `natshook check` refuses is skipped with its reason.
+//! BENCH_NATSHOOK_BIN=path measures another natshook build.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+use common::NatsServer;
+use support::{
+    attempts, create_stream_for, drain_timeout, failed_attempts, loadavg, many_endpoints,
+    natshook_bin, natshook_config, publish, spawn_natshook, start_receiver, status_kib,
+    wait_distinct, wait_ready, CpuPerDelivery, CpuSample, NotReady, Process, Seen,
+    RECEIVER_THREADS,
+};
+
+struct Opts {
+    smoke: bool,
+    /// S1's endpoint counts, one run each.
+    endpoints: Vec<usize>,
+    active: usize,
+    messages: usize,
+    /// R's endpoints and replica counts.
+    replica_endpoints: usize,
+    replicas: Vec<usize>,
+    settle: Duration,
+    idle_window: Duration,
+    ready_within: Duration,
+    phases: String,
+    designs: Vec<Design>,
+}
+
+#[derive(Clone)]
+struct Design {
+    name: String,
+    /// Appended to natshook's config.
+    config: String,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A config text from the environment; a text without line breaks may spell them `\n`.
+fn config_text(value: String) -> String {
+    if value.contains('\n') {
+        value
+    } else {
+        value.replace("\\n", "\n")
+    }
+}
+
+fn designs() -> Vec<Design> {
+    let names = std::env::var("BENCH_SCALE_DESIGNS").unwrap_or_else(|_| "direct".into());
+    names
+        .split([',', ' '])
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let config = match name {
+                "direct" => String::new(),
+                "fanout" => config_text(
+                    std::env::var("BENCH_FANOUT_CONFIG")
+                        .unwrap_or_else(|_| "[delivery]\nfan_out = true\n".into()),
+                ),
+                other => {
+                    let var = format!(
+                        "BENCH_SCALE_CONFIG_{}",
+                        other.to_ascii_uppercase().replace('-', "_")
+                    );
+                    config_text(std::env::var(&var).unwrap_or_else(|_| {
+                        panic!("design {other}: set {var} to the config text it appends")
+                    }))
+                }
+            };
+            Design {
+                name: name.to_string(),
+                config,
+            }
+        })
+        .collect()
+}
+
+impl Opts {
+    fn from_env(full: bool) -> Self {
+        let phases = std::env::var("BENCH_SCALE_PHASES").unwrap_or_else(|_| "01R".into());
+        if full {
+            let endpoints = std::env::var("BENCH_SCALE_ENDPOINTS")
+                .ok()
+                .map(|v| {
+                    v.split([',', ' '])
+                        .filter_map(|e| e.trim().parse().ok())
+                        .collect::<Vec<usize>>()
+                })
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| vec![10_000]);
+            Opts {
+                smoke: false,
+                endpoints,
+                active: env_or("BENCH_SCALE_ACTIVE", 1_000),
+                messages: env_or("BENCH_SCALE_MESSAGES", 100_000),
+                replica_endpoints: 10,
+                replicas: vec![1, 2, 3],
+                settle: Duration::from_secs(10),
+                idle_window: Duration::from_secs(20),
+                ready_within: Duration::from_secs(env_or("BENCH_SCALE_READY_TIMEOUT", 300)),
+                phases,
+                designs: designs(),
+            }
+        } else {
+            Opts {
+                smoke: true,
+                endpoints: vec![50],
+                active: 10,
+                messages: 300,
+                replica_endpoints: 10,
+                replicas: vec![1, 2, 3],
+                settle: Duration::from_millis(200),
+                idle_window: Duration::from_secs(1),
+                ready_within: Duration::from_secs(120),
+                phases,
+                designs: designs(),
+            }
+        }
+    }
+
+    fn runs(&self, phase: char) -> bool {
+        self.phases.contains(phase)
+    }
+}
+
+/// One backlog published to ready natshook processes and delivered.
+#[derive(Default, Clone, serde::Serialize)]
+struct Drain {
+    /// From spawning natshook (all replicas at once) to every `/readyz` answering 200;
+    /// 0 in S1, which has its own.
+    ready_s: f64,
+    /// How long publishing the backlog took (natshook delivers meanwhile).
+    publish_s: f64,
+    /// Deliveries per second between the first and the last arrival.
+    rate_per_s: f64,
+    /// CPU from the first publish to the last arrival, per delivery. nats-server's
+    /// includes storing the messages.
+    cpu_us: CpuPerDelivery,
+    /// VmHWM of each natshook process (its start-up included).
+    peak_rss_mib: Vec<f64>,
+    /// 2xx attempts each natshook process counted.
+    deliveries_per_process: Vec<u64>,
+    /// Deliveries beyond one per message.
+    duplicates: u64,
+    /// Attempts without a 2xx (retries); none are expected against this receiver.
+    failed_attempts: u64,
+    load_before: String,
+    load_after: String,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct Scale {
+    endpoints: usize,
+    active: usize,
+    /// Start to `/readyz` 200 with every consumer bound, on an empty stream.
+    ready_s: Option<f64>,
+    /// When not ready within the timeout: consumers bound by then, and why not ready.
+    bound_at_timeout: Option<usize>,
+    not_ready: Option<String>,
+    idle_rss_natshook_mib: f64,
+    idle_rss_natshook_anon_mib: f64,
+    idle_rss_nats_server_mib: f64,
+    /// Percent of one core over the idle window.
+    idle_cpu_natshook_pct: f64,
+    idle_cpu_nats_server_pct: f64,
+    /// VmHWM after start-up and the idle window (no delivery yet).
+    startup_peak_rss_mib: f64,
+    /// The backlog published to the same natshook, every consumer bound.
+    drain: Option<Drain>,
+    load_idle: String,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct Replicas {
+    replicas: usize,
+    endpoints: usize,
+    drain: Drain,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct DesignResults {
+    design: String,
+    config: String,
+    /// Why the design was not measured.
+    skipped: Option<String>,
+    s0: Option<Drain>,
+    s1: Vec<Scale>,
+    r: Vec<Replicas>,
+}
+
+#[derive(Default, serde::Serialize)]
+struct Results {
+    mode: &'static str,
+    natshook: String,
+    messages: usize,
+    idle_settle_s: f64,
+    idle_window_s: f64,
+    load_start: String,
+    load_end: String,
+    designs: Vec<DesignResults>,
+}
+
+/// `natshook check` on a small config with the design's text: a key this build does
+/// not know makes natshook refuse to start, and the design is skipped with the reason.
+fn check_design(design: &Design) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let endpoints = many_endpoints(1, 9, "check", |_| "*".into(), "");
+    let events = "[[events]]\nsubject = \"bench.check.>\"\nevent = \"check\"\n";
+    let config = natshook_config(
+        "nats://127.0.0.1:4222",
+        9,
+        "CHECK",
+        events,
+        &endpoints,
+        &design.config,
+    );
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    let out = Command::new(natshook_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("cannot run natshook check: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "natshook check refuses its config ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The events of a phase: `bench.<phase>.<token>` maps to the event `<phase>.<token>`,
+/// so an endpoint subscribed to one event gets a consumer filtered to its subject.
+fn events(phase: &str) -> String {
+    format!("[[events]]\nsubject = \"bench.{phase}.*\"\nevent = \"{phase}.{{3}}\"\n")
+}
+
+/// Endpoint `i` of a phase: name `<phase>e<i>`, event `<phase>.e<i>`, subject
+/// `bench.<phase>.e<i>`, path `/<phase>e<i>`.
+fn endpoints(phase: &str, k: usize, port: u16) -> String {
+    many_endpoints(
+        k,
+        port,
+        &format!("{phase}e"),
+        |i| format!("{phase}.e{i}"),
+        "",
+    )
+}
+
+fn subject(phase: &str, i: usize) -> String {
+    format!("bench.{phase}.e{i}")
+}
+
+/// Spawns `k` natshook processes with the same config and waits until all are ready:
+/// the processes and the seconds from spawning to the last `/readyz` 200.
+async fn start(
+    nats: &NatsServer,
+    stream: &str,
+    events: &str,
+    endpoints: &str,
+    design: &Design,
+    k: usize,
+    ready_within: Duration,
+) -> Result<(Vec<Process>, f64), NotReady> {
+    let spawned = Instant::now();
+    let mut procs: Vec<Process> = (0..k)
+        .map(|_| spawn_natshook(&nats.url(), stream, events, endpoints, &design.config))
+        .collect();
+    for p in procs.iter_mut() {
+        wait_ready(p, ready_within.saturating_sub(spawned.elapsed())).await?;
+    }
+    Ok((procs, spawned.elapsed().as_secs_f64()))
+}
+
+/// Publishes the backlog (`n` messages round-robin over `subjects`) to natshook
+/// processes that are ready, every consumer bound, and waits until every message
+/// arrived. Publishing to running processes rather than starting them on a full
+/// stream keeps the binding of consumers out of the drain: with thousands of
+/// endpoints, start-up and delivery would overlap for most of the backlog.
+async fn deliver(
+    seen: &Seen,
+    nats: &NatsServer,
+    js: &jetstream::Context,
+    procs: &[Process],
+    subjects: &[String],
+    n: usize,
+    what: &str,
+) -> Drain {
+    seen.reset();
+    seen.track_ids(n);
+    let load_before = loadavg();
+    let refs: Vec<&Process> = procs.iter().collect();
+    let cpu = CpuSample::start(&refs, nats);
+    let published = Instant::now();
+    publish(js, subjects, n).await;
+    let publish_s = published.elapsed().as_secs_f64();
+    wait_distinct(seen, n as u64, drain_timeout(n) * 2, what).await;
+    let count = seen.count.load(Ordering::SeqCst);
+    let mut d = Drain {
+        publish_s,
+        rate_per_s: seen.rate(),
+        cpu_us: cpu.per_delivery(count as usize),
+        duplicates: count.saturating_sub(n as u64),
+        load_before,
+        load_after: loadavg(),
+        ..Default::default()
+    };
+    for p in procs {
+        d.peak_rss_mib.push(p.rss_mib("VmHWM:"));
+        d.deliveries_per_process
+            .push(attempts(p, |l| l.contains("\"2xx\"")).await);
+        d.failed_attempts += failed_attempts(p).await;
+    }
+    if d.failed_attempts > 0 {
+        eprintln!(
+            "{what}: {} attempt(s) without a 2xx (see natshook's log above)",
+            d.failed_attempts
+        );
+    }
+    seen.reset();
+    d
+}
+
+/// S0: one endpoint drains the backlog.
+async fn one_endpoint(
+    opts: &Opts,
+    design: &Design,
+    seen: &Seen,
+    port: u16,
+) -> Result<Drain, String> {
+    let n = opts.messages;
+    eprintln!("[{}] S0: 1 endpoint drains {n} messages", design.name);
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    create_stream_for(&js, "SCALE_S0", "bench.s0.*", None).await;
+    let (procs, ready_s) = start(
+        &nats,
+        "SCALE_S0",
+        &events("s0"),
+        &endpoints("s0", 1, port),
+        design,
+        1,
+        opts.ready_within,
+    )
+    .await
+    .map_err(|e| format!("S0: not ready: {}", e.reasons))?;
+    let mut d = deliver(seen, &nats, &js, &procs, &[subject("s0", 0)], n, "S0").await;
+    d.ready_s = ready_s;
+    Ok(d)
+}
+
+/// S1: `e` endpoints, `opts.active` of them with traffic.
+async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) -> Scale {
+    let n = opts.messages;
+    let a = opts.active.clamp(1, e);
+    let mut s = Scale {
+        endpoints: e,
+        active: a,
+        ..Default::default()
+    };
+    eprintln!("[{}] S1: {e} endpoints, start and idle", design.name);
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    // Room for a consumer per endpoint and natshook's own (unmapped subjects) above
+    // nats-server 2.15's default of 1,000 per stream.
+    create_stream_for(&js, "SCALE_S1", "bench.s1.*", Some(e + 16)).await;
+    let (events, endpoints) = (events("s1"), endpoints("s1", e, port));
+    seen.reset();
+    let procs = match start(
+        &nats,
+        "SCALE_S1",
+        &events,
+        &endpoints,
+        design,
+        1,
+        opts.ready_within,
+    )
+    .await
+    {
+        Ok((procs, ready_s)) => {
+            s.ready_s = Some(ready_s);
+            procs
+        }
+        Err(not) => {
+            if !not.exited {
+                s.bound_at_timeout = Some(e.saturating_sub(not.unbound));
+            }
+            s.not_ready = Some(not.reasons);
+            eprintln!(
+                "[{}] S1: {e} endpoints not ready within {} s ({} bound); skipping the rest of S1",
+                design.name,
+                opts.ready_within.as_secs(),
+                s.bound_at_timeout.unwrap_or(0)
+            );
+            return s;
+        }
+    };
+    let natshook = &procs[0];
+    tokio::time::sleep(opts.settle).await;
+    s.idle_rss_natshook_mib = natshook.rss_mib("VmRSS:");
+    s.idle_rss_natshook_anon_mib = natshook.rss_mib("RssAnon:");
+    s.idle_rss_nats_server_mib = status_kib(nats.pid().unwrap_or(0), "VmRSS:") as f64 / 1024.0;
+    let cpu = CpuSample::start(&[natshook], &nats);
+    tokio::time::sleep(opts.idle_window).await;
+    (s.idle_cpu_natshook_pct, s.idle_cpu_nats_server_pct) = cpu.percent_of_core();
+    s.startup_peak_rss_mib = natshook.rss_mib("VmHWM:");
+    s.load_idle = loadavg();
+    let early = seen.count.load(Ordering::SeqCst);
+    assert_eq!(early, 0, "S1: {early} deliveries with nothing published");
+
+    eprintln!(
+        "[{}] S1: {n} messages over {a} of {e} endpoints",
+        design.name
+    );
+    let active: Vec<String> = (0..a).map(|j| subject("s1", j * e / a)).collect();
+    s.drain = Some(deliver(seen, &nats, &js, &procs, &active, n, "S1").await);
+    s
+}
+
+/// R: the same backlog over `opts.replica_endpoints` endpoints, drained by `k`
+/// natshook processes sharing the consumers.
+async fn replicas(
+    opts: &Opts,
+    design: &Design,
+    seen: &Seen,
+    port: u16,
+    k: usize,
+) -> Result<Replicas, String> {
+    let (n, e) = (opts.messages, opts.replica_endpoints);
+    eprintln!(
+        "[{}] R: {n} messages over {e} endpoints, {k} natshook process(es)",
+        design.name
+    );
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    create_stream_for(&js, "SCALE_R", "bench.r.*", None).await;
+    let (procs, ready_s) = start(
+        &nats,
+        "SCALE_R",
+        &events("r"),
+        &endpoints("r", e, port),
+        design,
+        k,
+        opts.ready_within,
+    )
+    .await
+    .map_err(|e| format!("R: not ready: {}", e.reasons))?;
+    let subjects: Vec<String> = (0..e).map(|i| subject("r", i)).collect();
+    let mut d = deliver(seen, &nats, &js, &procs, &subjects, n, "R").await;
+    d.ready_s = ready_s;
+    Ok(Replicas {
+        replicas: k,
+        endpoints: e,
+        drain: d,
+    })
+}
+
+async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
+    let seen = Arc::new(Seen::default());
+    let port = start_receiver(&receiver, seen.clone());
+    let mut r = Results {
+        mode: if opts.smoke { "smoke" } else { "full" },
+        natshook: natshook_bin(),
+        messages: opts.messages,
+        idle_settle_s: opts.settle.as_secs_f64(),
+        idle_window_s: opts.idle_window.as_secs_f64(),
+        load_start: loadavg(),
+        ..Default::default()
+    };
+    for design in &opts.designs {
+        let mut d = DesignResults {
+            design: design.name.clone(),
+            config: design.config.clone(),
+            ..Default::default()
+        };
+        if let Err(why) = check_design(design) {
+            eprintln!("[{}] design skipped: {why}", design.name);
+            d.skipped = Some(why);
+            r.designs.push(d);
+            continue;
+        }
+        if opts.runs('0') {
+            match one_endpoint(opts, design, &seen, port).await {
+                Ok(s0) => d.s0 = Some(s0),
+                Err(why) => eprintln!("[{}] {why}", design.name),
+            }
+        }
+        if opts.runs('1') {
+            for &e in &opts.endpoints {
+                d.s1.push(many(opts, design, &seen, port, e).await);
+            }
+        }
+        if opts.runs('R') {
+            for &k in &opts.replicas {
+                match replicas(opts, design, &seen, port, k).await {
+                    Ok(rep) => d.r.push(rep),
+                    Err(why) => eprintln!("[{}] {why}", design.name),
+                }
+            }
+        }
+        r.designs.push(d);
+    }
+    r.load_end = loadavg();
+    r
+}
+
+fn fmt(v: Option<f64>, precision: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.precision$}"),
+        _ => "n/a".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// One row of the report: a figure, its value per design, the issue's target.
+struct Row {
+    label: String,
+    values: Vec<String>,
+    target: &'static str,
+}
+
+fn rows(r: &Results) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let designs = &r.designs;
+    let mut add = |label: String, target: &'static str, f: &dyn Fn(&DesignResults) -> String| {
+        rows.push(Row {
+            label,
+            values: designs.iter().map(f).collect(),
+            target,
+        });
+    };
+    let s0 = |d: &DesignResults| d.s0.clone();
+    add("S0  1 endpoint: ready (s)".into(), "", &|d| {
+        fmt(s0(d).map(|x| x.ready_s), 2)
+    });
+    add("S0  rate (deliveries/s)".into(), "", &|d| {
+        fmt(s0(d).map(|x| x.rate_per_s), 0)
+    });
+    add("S0  CPU/delivery natshook (us)".into(), "", &|d| {
+        fmt(s0(d).map(|x| x.cpu_us.natshook), 1)
+    });
+    add("S0  CPU/delivery nats-server (us)".into(), "", &|d| {
+        fmt(s0(d).map(|x| x.cpu_us.nats_server), 1)
+    });
+    add("S0  peak RSS natshook (MiB)".into(), "", &|d| {
+        fmt(s0(d).and_then(|x| x.peak_rss_mib.first().copied()), 1)
+    });
+    let sizes: Vec<(usize, usize)> = designs
+        .iter()
+        .flat_map(|d| d.s1.iter().map(|s| (s.endpoints, s.active)))
+        .fold(Vec::new(), |mut v, s| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            v
+        });
+    for (e, a) in sizes {
+        let s1 = move |d: &DesignResults| d.s1.iter().find(|s| s.endpoints == e).cloned();
+        let dr = move |d: &DesignResults| s1(d).and_then(|s| s.drain);
+        let p = format!("S1  {e} endpoints");
+        add(format!("{p}: ready (s)"), "< 30", &|d| match s1(d) {
+            Some(s) if s.ready_s.is_none() => match s.bound_at_timeout {
+                Some(b) => format!("not ready ({b} bound)"),
+                None => "not ready".into(),
+            },
+            s => fmt(s.and_then(|s| s.ready_s), 1),
+        });
+        add(format!("{p}: idle RSS natshook (MiB)"), "< 64", &|d| {
+            fmt(
+                s1(d)
+                    .filter(|s| s.ready_s.is_some())
+                    .map(|s| s.idle_rss_natshook_mib),
+                1,
+            )
+        });
+        add(format!("{p}: idle RSS nats-server (MiB)"), "", &|d| {
+            fmt(
+                s1(d)
+                    .filter(|s| s.ready_s.is_some())
+                    .map(|s| s.idle_rss_nats_server_mib),
+                1,
+            )
+        });
+        add(format!("{p}: idle CPU natshook (% core)"), "< 2", &|d| {
+            fmt(
+                s1(d)
+                    .filter(|s| s.ready_s.is_some())
+                    .map(|s| s.idle_cpu_natshook_pct),
+                2,
+            )
+        });
+        add(format!("{p}: idle CPU nats-server (% core)"), "< 5", &|d| {
+            fmt(
+                s1(d)
+                    .filter(|s| s.ready_s.is_some())
+                    .map(|s| s.idle_cpu_nats_server_pct),
+                2,
+            )
+        });
+        add(format!("{p}: start-up peak RSS (MiB)"), "", &|d| {
+            fmt(
+                s1(d)
+                    .filter(|s| s.ready_s.is_some())
+                    .map(|s| s.startup_peak_rss_mib),
+                1,
+            )
+        });
+        add(format!("{p}: rate over {a} (deliveries/s)"), "", &|d| {
+            fmt(dr(d).map(|x| x.rate_per_s), 0)
+        });
+        add(format!("{p}: rate / S0 rate"), ">= 0.7", &|d| {
+            fmt(
+                ratio(dr(d).map(|x| x.rate_per_s), s0(d).map(|x| x.rate_per_s)),
+                2,
+            )
+        });
+        add(format!("{p}: CPU/delivery natshook (us)"), "", &|d| {
+            fmt(dr(d).map(|x| x.cpu_us.natshook), 1)
+        });
+        add(format!("{p}: CPU/delivery natshook / S0"), "<= 1.5", &|d| {
+            fmt(
+                ratio(
+                    dr(d).map(|x| x.cpu_us.natshook),
+                    s0(d).map(|x| x.cpu_us.natshook),
+                ),
+                2,
+            )
+        });
+        add(format!("{p}: CPU/delivery nats-server (us)"), "", &|d| {
+            fmt(dr(d).map(|x| x.cpu_us.nats_server), 1)
+        });
+        add(format!("{p}: CPU/delivery both / S0"), "", &|d| {
+            let both = |x: Drain| x.cpu_us.natshook + x.cpu_us.nats_server;
+            fmt(ratio(dr(d).map(both), s0(d).map(both)), 2)
+        });
+        add(format!("{p}: peak RSS natshook (MiB)"), "< 160", &|d| {
+            fmt(dr(d).and_then(|x| x.peak_rss_mib.first().copied()), 1)
+        });
+    }
+    let counts: Vec<(usize, usize)> = designs
+        .iter()
+        .flat_map(|d| d.r.iter().map(|x| (x.replicas, x.endpoints)))
+        .fold(Vec::new(), |mut v, s| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            v
+        });
+    for (k, e) in counts {
+        let rep = move |d: &DesignResults| {
+            d.r.iter()
+                .find(|x| x.replicas == k)
+                .map(|x| x.drain.clone())
+        };
+        let p = format!("R   {k} replica(s), {e} endpoints");
+        add(format!("{p}: rate (deliveries/s)"), "", &|d| {
+            fmt(rep(d).map(|x| x.rate_per_s), 0)
+        });
+        add(format!("{p}: CPU/delivery natshook, sum (us)"), "", &|d| {
+            fmt(rep(d).map(|x| x.cpu_us.natshook), 1)
+        });
+        add(format!("{p}: CPU/delivery nats-server (us)"), "", &|d| {
+            fmt(rep(d).map(|x| x.cpu_us.nats_server), 1)
+        });
+        add(format!("{p}: deliveries per process"), "", &|d| {
+            rep(d).map_or("n/a".into(), |x| {
+                x.deliveries_per_process
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+        });
+        add(format!("{p}: duplicates"), "", &|d| {
+            rep(d).map_or("n/a".into(), |x| x.duplicates.to_string())
+        });
+    }
+    add("attempts without 2xx (all phases)".into(), "0", &|d| {
+        let s0 = d.s0.iter().map(|x| x.failed_attempts);
+        let s1 =
+            d.s1.iter()
+                .filter_map(|s| s.drain.as_ref())
+                .map(|x| x.failed_attempts);
+        let r = d.r.iter().map(|x| x.drain.failed_attempts);
+        s0.chain(s1).chain(r).sum::<u64>().to_string()
+    });
+    rows
+}
+
+fn report(r: &Results) {
+    println!(
+        "natshook scale benchmark ({} mode, {} messages of 1 KiB per drain)",
+        r.mode, r.messages
+    );
+    println!("  natshook binary: {}", r.natshook);
+    println!(
+        "  load average at start {}, at end {} (2 cores: S1 idle settles {:.0} s, then idle CPU over {:.0} s)",
+        r.load_start, r.load_end, r.idle_settle_s, r.idle_window_s
+    );
+    for d in &r.designs {
+        if let Some(why) = &d.skipped {
+            println!("  design {}: skipped: {why}", d.design);
+        }
+    }
+    let measured: Vec<&DesignResults> = r.designs.iter().filter(|d| d.skipped.is_none()).collect();
+    if measured.is_empty() {
+        return;
+    }
+    let view = Results {
+        designs: measured.into_iter().cloned().collect(),
+        ..Default::default()
+    };
+    let rows = rows(&view);
+    let width = rows.iter().map(|r| r.label.len()).max().unwrap_or(10);
+    let col = 18;
+    print!("  {:<width$}", "figure");
+    for d in &view.designs {
+        print!(" {:>col$}", d.design);
+    }
+    println!(" {:>8}", "target");
+    for row in &rows {
+        print!("  {:<width$}", row.label);
+        for v in &row.values {
+            print!(" {v:>col$}");
+        }
+        println!(" {:>8}", row.target);
+    }
+    for d in &view.designs {
+        for s in &d.s1 {
+            if let Some(why) = &s.not_ready {
+                println!("  [{}] S1 {} endpoints: {why}", d.design, s.endpoints);
+            }
+        }
+        let loads: Vec<String> =
+            d.s0.iter()
+                .map(|x| format!("S0 {} -> {}", x.load_before, x.load_after))
+                .chain(d.s1.iter().map(|s| format!("S1 idle {}", s.load_idle)))
+                .chain(
+                    d.s1.iter()
+                        .filter_map(|s| s.drain.as_ref())
+                        .map(|x| format!("S1 drain {} -> {}", x.load_before, x.load_after)),
+                )
+                .chain(d.r.iter().map(|x| {
+                    format!(
+                        "R{} {} -> {}",
+                        x.replicas, x.drain.load_before, x.drain.load_after
+                    )
+                }))
+                .collect();
+        println!("  [{}] load averages: {}", d.design, loads.join("; "));
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let opts = Opts::from_env(full);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(RECEIVER_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run(&opts, receiver.handle().clone()));
+    report(&r);
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/scale-results.json");
+    let _ = std::fs::write(out, serde_json::to_vec_pretty(&r).unwrap_or_default());
+    if r.mode == "smoke" {
+        for d in &r.designs {
+            if d.skipped.is_some() {
+                continue;
+            }
+            let s1_drained = d.s1.iter().all(|s| s.drain.is_some());
+            assert!(
+                d.s0.is_some() || !opts.runs('0'),
+                "[{}] S0 did not drain",
+                d.design
+            );
+            assert!(
+                s1_drained || !opts.runs('1'),
+                "[{}] S1 did not drain",
+                d.design
+            );
+            assert_eq!(
+                d.r.len(),
+                if opts.runs('R') {
+                    opts.replicas.len()
+                } else {
+                    0
+                },
+                "[{}] a replica round did not drain",
+                d.design
+            );
+        }
+        println!("scale smoke: every message delivered in every phase (speed is not judged in smoke mode)");
+    }
+}
