@@ -14,7 +14,9 @@
 //!   S1  E endpoints (BENCH_SCALE_ENDPOINTS, default 10000; a list such as
 //!       `1000,2000,5000` runs each size), A of them active (BENCH_SCALE_ACTIVE, 1000):
 //!       time to `/readyz`, idle RSS after 10 s, idle CPU over 20 s; then the backlog
-//!       is published over the A endpoints: rate, CPU per delivery, peak RSS
+//!       is published over the A endpoints: rate, CPU per delivery, peak RSS; then
+//!       natshook stops, the backlog is published again and a new natshook with the
+//!       same config starts on it: ready time, time to drain, CPU (start-up included)
 //!   R   10 endpoints, the same backlog drained by 1, 2 and 3 natshook processes with
 //!       the same config (the same durable consumers)
 //!
@@ -208,7 +210,27 @@ struct Scale {
     startup_peak_rss_mib: f64,
     /// The backlog published to the same natshook, every consumer bound.
     drain: Option<Drain>,
+    /// The backlog published while natshook is stopped, then a new natshook with the
+    /// same config started on it: start-up (binding) and delivery overlap.
+    restart: Option<Restart>,
     load_idle: String,
+}
+
+/// S1's backlog drained by a natshook started on it.
+#[derive(Default, Clone, serde::Serialize)]
+struct Restart {
+    /// Spawn to `/readyz` 200.
+    ready_s: f64,
+    delivered_before_ready: u64,
+    /// Spawn to the last message delivered.
+    drained_s: f64,
+    /// CPU from spawn to the last message, start-up included, per delivery.
+    cpu_us: CpuPerDelivery,
+    peak_rss_mib: f64,
+    duplicates: u64,
+    failed_attempts: u64,
+    load_before: String,
+    load_after: String,
 }
 
 #[derive(Default, Clone, serde::Serialize)]
@@ -458,6 +480,40 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     );
     let active: Vec<String> = (0..a).map(|j| subject("s1", j * e / a)).collect();
     s.drain = Some(deliver(seen, &nats, &js, &procs, &active, n, "S1").await);
+    drop(procs);
+
+    eprintln!(
+        "[{}] S1: {n} messages published while stopped, drained by a new natshook",
+        design.name
+    );
+    seen.reset();
+    publish(&js, &active, n).await;
+    seen.track_ids(n);
+    let load_before = loadavg();
+    let spawned = Instant::now();
+    let mut p = spawn_natshook(&nats.url(), "SCALE_S1", &events, &endpoints, &design.config);
+    let cpu = CpuSample::start(&[&p], &nats);
+    let ready = wait_ready(&mut p, opts.ready_within).await;
+    let ready_s = spawned.elapsed().as_secs_f64();
+    let delivered_before_ready = seen.count.load(Ordering::SeqCst);
+    if let Err(not) = ready {
+        s.not_ready = Some(format!("restart on the backlog: {}", not.reasons));
+        return s;
+    }
+    wait_distinct(seen, n as u64, drain_timeout(n) * 2, "S1 restart").await;
+    let count = seen.count.load(Ordering::SeqCst);
+    s.restart = Some(Restart {
+        ready_s,
+        delivered_before_ready,
+        drained_s: spawned.elapsed().as_secs_f64(),
+        cpu_us: cpu.per_delivery(count as usize),
+        peak_rss_mib: p.rss_mib("VmHWM:"),
+        duplicates: count.saturating_sub(n as u64),
+        failed_attempts: failed_attempts(&p).await,
+        load_before,
+        load_after: loadavg(),
+    });
+    seen.reset();
     s
 }
 
@@ -686,6 +742,29 @@ fn rows(r: &Results) -> Vec<Row> {
         add(format!("{p}: peak RSS natshook (MiB)"), "< 160", &|d| {
             fmt(dr(d).and_then(|x| x.peak_rss_mib.first().copied()), 1)
         });
+        add(format!("{p}: publish of the backlog (s)"), "", &|d| {
+            fmt(dr(d).map(|x| x.publish_s), 1)
+        });
+        let re = move |d: &DesignResults| s1(d).and_then(|s| s.restart);
+        let q = format!("S1  {e}, restart on the backlog");
+        add(format!("{q}: ready (s)"), "", &|d| {
+            fmt(re(d).map(|x| x.ready_s), 1)
+        });
+        add(format!("{q}: delivered before ready"), "", &|d| {
+            re(d).map_or("n/a".into(), |x| x.delivered_before_ready.to_string())
+        });
+        add(format!("{q}: all delivered after (s)"), "", &|d| {
+            fmt(re(d).map(|x| x.drained_s), 1)
+        });
+        add(format!("{q}: CPU/delivery natshook (us)"), "", &|d| {
+            fmt(re(d).map(|x| x.cpu_us.natshook), 1)
+        });
+        add(format!("{q}: CPU/delivery nats-server (us)"), "", &|d| {
+            fmt(re(d).map(|x| x.cpu_us.nats_server), 1)
+        });
+        add(format!("{q}: peak RSS natshook (MiB)"), "< 160", &|d| {
+            fmt(re(d).map(|x| x.peak_rss_mib), 1)
+        });
     }
     let counts: Vec<(usize, usize)> = designs
         .iter()
@@ -727,10 +806,11 @@ fn rows(r: &Results) -> Vec<Row> {
     }
     add("attempts without 2xx (all phases)".into(), "0", &|d| {
         let s0 = d.s0.iter().map(|x| x.failed_attempts);
-        let s1 =
-            d.s1.iter()
-                .filter_map(|s| s.drain.as_ref())
-                .map(|x| x.failed_attempts);
+        let s1 = d.s1.iter().flat_map(|s| {
+            let live = s.drain.as_ref().map(|x| x.failed_attempts);
+            live.into_iter()
+                .chain(s.restart.as_ref().map(|x| x.failed_attempts))
+        });
         let r = d.r.iter().map(|x| x.drain.failed_attempts);
         s0.chain(s1).chain(r).sum::<u64>().to_string()
     });
@@ -790,6 +870,11 @@ fn report(r: &Results) {
                         .filter_map(|s| s.drain.as_ref())
                         .map(|x| format!("S1 drain {} -> {}", x.load_before, x.load_after)),
                 )
+                .chain(
+                    d.s1.iter()
+                        .filter_map(|s| s.restart.as_ref())
+                        .map(|x| format!("S1 restart {} -> {}", x.load_before, x.load_after)),
+                )
                 .chain(d.r.iter().map(|x| {
                     format!(
                         "R{} {} -> {}",
@@ -824,7 +909,9 @@ fn main() {
             if d.skipped.is_some() {
                 continue;
             }
-            let s1_drained = d.s1.iter().all(|s| s.drain.is_some());
+            let s1_drained =
+                d.s1.iter()
+                    .all(|s| s.drain.is_some() && s.restart.is_some());
             assert!(
                 d.s0.is_some() || !opts.runs('0'),
                 "[{}] S0 did not drain",
