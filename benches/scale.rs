@@ -45,7 +45,7 @@ use common::NatsServer;
 use support::{
     attempts, create_stream_for, drain_timeout, failed_attempts, loadavg, many_endpoints,
     natshook_bin, natshook_config, publish, spawn_natshook, start_receiver, status_kib,
-    wait_distinct, wait_ready, CpuPerDelivery, CpuSample, NotReady, Process, Seen,
+    wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NotReady, Process, Seen,
     RECEIVER_THREADS,
 };
 
@@ -174,6 +174,12 @@ struct Drain {
     ready_s: f64,
     /// How long publishing the backlog took (natshook delivers meanwhile).
     publish_s: f64,
+    /// Set when not every message arrived in time; the figures then cover what did.
+    error: Option<String>,
+    /// Distinct messages delivered.
+    delivered: u64,
+    /// The most file descriptors the (first) natshook process held: connections.
+    max_fds: u64,
     /// Deliveries per second between the first and the last arrival.
     rate_per_s: f64,
     /// CPU from the first publish to the last arrival, per delivery. nats-server's
@@ -219,6 +225,11 @@ struct Scale {
 /// S1's backlog drained by a natshook started on it.
 #[derive(Default, Clone, serde::Serialize)]
 struct Restart {
+    /// Set when not every message arrived in time; the figures then cover what did.
+    error: Option<String>,
+    delivered: u64,
+    /// The most file descriptors natshook held: connections, mostly.
+    max_fds: u64,
     /// Spawn to `/readyz` 200.
     ready_s: f64,
     delivered_before_ready: u64,
@@ -357,12 +368,16 @@ async fn deliver(
     let load_before = loadavg();
     let refs: Vec<&Process> = procs.iter().collect();
     let cpu = CpuSample::start(&refs, nats);
+    let fds = FdWatch::start(procs[0].pid());
     let published = Instant::now();
     publish(js, subjects, n).await;
     let publish_s = published.elapsed().as_secs_f64();
-    wait_distinct(seen, n as u64, drain_timeout(n) * 2, what).await;
+    let done = wait_distinct(seen, n as u64, drain_timeout(n), what).await;
     let count = seen.count.load(Ordering::SeqCst);
     let mut d = Drain {
+        error: done.err(),
+        delivered: seen.distinct.load(Ordering::SeqCst),
+        max_fds: fds.max(),
         publish_s,
         rate_per_s: seen.rate(),
         cpu_us: cpu.per_delivery(count as usize),
@@ -493,6 +508,7 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     let spawned = Instant::now();
     let mut p = spawn_natshook(&nats.url(), "SCALE_S1", &events, &endpoints, &design.config);
     let cpu = CpuSample::start(&[&p], &nats);
+    let fds = FdWatch::start(p.pid());
     let ready = wait_ready(&mut p, opts.ready_within).await;
     let ready_s = spawned.elapsed().as_secs_f64();
     let delivered_before_ready = seen.count.load(Ordering::SeqCst);
@@ -500,9 +516,15 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
         s.not_ready = Some(format!("restart on the backlog: {}", not.reasons));
         return s;
     }
-    wait_distinct(seen, n as u64, drain_timeout(n) * 2, "S1 restart").await;
+    let done = wait_distinct(seen, n as u64, drain_timeout(n), "S1 restart").await;
     let count = seen.count.load(Ordering::SeqCst);
+    if let Err(e) = &done {
+        eprintln!("[{}] {e}", design.name);
+    }
     s.restart = Some(Restart {
+        error: done.err(),
+        delivered: seen.distinct.load(Ordering::SeqCst),
+        max_fds: fds.max(),
         ready_s,
         delivered_before_ready,
         drained_s: spawned.elapsed().as_secs_f64(),
@@ -742,6 +764,9 @@ fn rows(r: &Results) -> Vec<Row> {
         add(format!("{p}: peak RSS natshook (MiB)"), "< 160", &|d| {
             fmt(dr(d).and_then(|x| x.peak_rss_mib.first().copied()), 1)
         });
+        add(format!("{p}: most open fds natshook"), "", &|d| {
+            dr(d).map_or("n/a".into(), |x| x.max_fds.to_string())
+        });
         add(format!("{p}: publish of the backlog (s)"), "", &|d| {
             fmt(dr(d).map(|x| x.publish_s), 1)
         });
@@ -749,6 +774,12 @@ fn rows(r: &Results) -> Vec<Row> {
         let q = format!("S1  {e}, restart on the backlog");
         add(format!("{q}: ready (s)"), "", &|d| {
             fmt(re(d).map(|x| x.ready_s), 1)
+        });
+        add(format!("{q}: delivered (of the backlog)"), "", &|d| {
+            re(d).map_or("n/a".into(), |x| x.delivered.to_string())
+        });
+        add(format!("{q}: most open fds natshook"), "", &|d| {
+            re(d).map_or("n/a".into(), |x| x.max_fds.to_string())
         });
         add(format!("{q}: delivered before ready"), "", &|d| {
             re(d).map_or("n/a".into(), |x| x.delivered_before_ready.to_string())
@@ -817,6 +848,32 @@ fn rows(r: &Results) -> Vec<Row> {
     rows
 }
 
+/// What did not finish in a design: phases not ready, drains that timed out.
+fn errors(d: &DesignResults) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(e) = d.s0.as_ref().and_then(|x| x.error.clone()) {
+        out.push(e);
+    }
+    for s in &d.s1 {
+        let p = format!("S1 {} endpoints", s.endpoints);
+        if let Some(why) = &s.not_ready {
+            out.push(format!("{p}: {why}"));
+        }
+        if let Some(e) = s.drain.as_ref().and_then(|x| x.error.clone()) {
+            out.push(format!("{p}: {e}"));
+        }
+        if let Some(e) = s.restart.as_ref().and_then(|x| x.error.clone()) {
+            out.push(format!("{p}: {e}"));
+        }
+    }
+    for r in &d.r {
+        if let Some(e) = &r.drain.error {
+            out.push(format!("R{}: {e}", r.replicas));
+        }
+    }
+    out
+}
+
 fn report(r: &Results) {
     println!(
         "natshook scale benchmark ({} mode, {} messages of 1 KiB per drain)",
@@ -856,10 +913,8 @@ fn report(r: &Results) {
         println!(" {:>8}", row.target);
     }
     for d in &view.designs {
-        for s in &d.s1 {
-            if let Some(why) = &s.not_ready {
-                println!("  [{}] S1 {} endpoints: {why}", d.design, s.endpoints);
-            }
+        for why in errors(d) {
+            println!("  [{}] {why}", d.design);
         }
         let loads: Vec<String> =
             d.s0.iter()
@@ -909,6 +964,8 @@ fn main() {
             if d.skipped.is_some() {
                 continue;
             }
+            let failed = errors(d);
+            assert!(failed.is_empty(), "[{}] {}", d.design, failed.join("; "));
             let s1_drained =
                 d.s1.iter()
                     .all(|s| s.drain.is_some() && s.restart.is_some());

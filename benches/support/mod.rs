@@ -112,6 +112,9 @@ pub fn start_receiver(receiver: &tokio::runtime::Handle, seen: Arc<Seen>) -> u16
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
+                // Out of file descriptors, say: wait for connections to close rather
+                // than spin on the error.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -213,24 +216,72 @@ pub async fn publish(js: &jetstream::Context, subjects: &[String], n: usize) {
 }
 
 pub async fn wait_count(seen: &Seen, n: u64, within: Duration, what: &str) {
-    wait_for(&seen.count, n, within, what).await;
+    if let Err(e) = wait_for(&seen.count, n, within, what).await {
+        panic!("{e}");
+    }
 }
 
 /// Waits until `n` distinct messages arrived (see [`Seen::track_ids`]).
-pub async fn wait_distinct(seen: &Seen, n: u64, within: Duration, what: &str) {
-    wait_for(&seen.distinct, n, within, what).await;
+pub async fn wait_distinct(
+    seen: &Seen,
+    n: u64,
+    within: Duration,
+    what: &str,
+) -> Result<(), String> {
+    wait_for(&seen.distinct, n, within, what).await
 }
 
-async fn wait_for(counter: &AtomicU64, n: u64, within: Duration, what: &str) {
+async fn wait_for(counter: &AtomicU64, n: u64, within: Duration, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while counter.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: only {} of {n} delivered",
-            counter.load(Ordering::SeqCst)
-        );
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what}: only {} of {n} delivered within {} s",
+                counter.load(Ordering::SeqCst),
+                within.as_secs()
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
+}
+
+/// The most file descriptors (connections, mostly) a process held, sampled every
+/// 250 ms until dropped.
+pub struct FdWatch {
+    max: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FdWatch {
+    pub fn start(pid: u32) -> Self {
+        let max = Arc::new(AtomicU64::new(open_fds(pid)));
+        let task = tokio::spawn({
+            let max = max.clone();
+            async move {
+                loop {
+                    max.fetch_max(open_fds(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        });
+        Self { max, task }
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FdWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Open file descriptors of a process, 0 when unreadable.
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 /// Generous: a phase that stalls fails instead of hanging CI.
