@@ -512,11 +512,15 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     let ready = wait_ready(&mut p, opts.ready_within).await;
     let ready_s = spawned.elapsed().as_secs_f64();
     let delivered_before_ready = seen.count.load(Ordering::SeqCst);
-    if let Err(not) = ready {
-        s.not_ready = Some(format!("restart on the backlog: {}", not.reasons));
-        return s;
-    }
-    let done = wait_distinct(seen, n as u64, drain_timeout(n), "S1 restart").await;
+    let done = match ready {
+        Ok(_) => wait_distinct(seen, n as u64, drain_timeout(n), "S1 restart").await,
+        Err(not) => Err(format!(
+            "restart on the backlog: not ready within {} s ({} consumers not bound): {}",
+            opts.ready_within.as_secs(),
+            not.unbound,
+            not.reasons
+        )),
+    };
     let count = seen.count.load(Ordering::SeqCst);
     if let Err(e) = &done {
         eprintln!("[{}] {e}", design.name);
