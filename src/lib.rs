@@ -63,6 +63,7 @@ pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod events;
+pub mod fanout;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

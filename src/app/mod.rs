@@ -104,7 +104,13 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let background = Background::start(&js, &config, &sup, config_path, &shutdown);
+    let mut background = Background::start(&js, &config, &sup, config_path, &shutdown);
+    if let Some((fan_out, scan)) = sup.fan_out(shutdown.clone()) {
+        background
+            .tasks
+            .push(tokio::spawn(fan_out.run(shutdown.clone())));
+        background.tasks.push(tokio::spawn(scan));
+    }
 
     shutdown.cancelled().await;
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
@@ -188,6 +194,7 @@ async fn set_up_streams(
         sup.dead_letters(),
         sup.delivery_log(),
         sup.pause_state(),
+        sup.work_stream(),
         shutdown,
     )
     .await;

@@ -17,6 +17,7 @@ use crate::routing::{EventFilter, Router};
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
+use crate::store::work_stream::WorkStream;
 
 /// Delay before each reconnect: 100 ms, doubling up to 5 s.
 fn reconnect_delay() -> Backoff {
@@ -159,9 +160,14 @@ pub(super) async fn ensure_own_streams(
     dead_letters: &DeadLetters,
     delivery_log: Option<&DeliveryLog>,
     pause_state: &PauseState,
+    work: Option<&WorkStream>,
     stop: &CancellationToken,
 ) {
     loop {
+        let work_stream = match work {
+            Some(w) => w.ensure(js).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
         let dlq = dead_letters.ensure_stream().await;
         let log = match (delivery_log, &config.delivery_log) {
             (Some(log), Some(settings)) => {
@@ -177,10 +183,10 @@ pub(super) async fn ensure_own_streams(
         )
         .await
         .map(|_| ());
-        match (dlq, log, pauses, counter) {
-            (Ok(()), Ok(()), Ok(()), Ok(())) => return,
-            (d, l, p, c) => {
-                tracing::warn!(dead_letters = ?d.err().map(|e| e.to_string()), delivery_log = ?l.err(), pause_state = ?p.err(), unmapped_counter = ?c.err(), "cannot set up natshook's streams yet; retrying");
+        match (dlq, log, pauses, counter, work_stream) {
+            (Ok(()), Ok(()), Ok(()), Ok(()), Ok(())) => return,
+            (d, l, p, c, w) => {
+                tracing::warn!(dead_letters = ?d.err().map(|e| e.to_string()), delivery_log = ?l.err(), pause_state = ?p.err(), unmapped_counter = ?c.err(), work_stream = ?w.err(), "cannot set up natshook's streams yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

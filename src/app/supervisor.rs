@@ -19,6 +19,7 @@ use super::registry::Runtime;
 use crate::config::{Config, Endpoint};
 use crate::delivery::{ClientError, Deliverer};
 use crate::events::OperatorEvents;
+use crate::fanout::{FanOut, Targets};
 use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
@@ -29,6 +30,7 @@ use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
 use crate::store::registry::{Record, Registry};
+use crate::store::work_stream::WorkStream;
 use crate::worker::{Shared, Stop, Worker};
 
 /// Why a config could not be applied: the endpoints whose HTTP client could not be
@@ -106,6 +108,11 @@ pub struct Supervisor {
     /// `[registry] enabled = true` and the registry's records not applied yet: not ready,
     /// or a restart would answer for a moment without its runtime endpoints.
     registry_pending: AtomicBool,
+    /// With `[delivery] fan_out`: the endpoints the fan-out copies to, kept in step
+    /// with the running workers and the mapping.
+    targets: tokio::sync::watch::Sender<Arc<Targets>>,
+    /// With `[delivery] fan_out`: whether the fan-out consumer is bound (readiness).
+    fan_out_bound: OnceLock<Arc<AtomicBool>>,
 }
 
 /// What a reload changed.
@@ -157,7 +164,13 @@ impl Supervisor {
             config.max_inflight,
         )
         .raising(OperatorEvents::new(client.clone()));
+        let shared = match config.fan_out {
+            true => shared.fanning_out(WorkStream::new(&config.nats)),
+            false => shared,
+        };
         Supervisor {
+            targets: tokio::sync::watch::Sender::new(Arc::new(Targets::default())),
+            fan_out_bound: OnceLock::new(),
             shared,
             connected,
             shutdown,
@@ -220,6 +233,10 @@ impl Supervisor {
         self.shared.pause_state()
     }
 
+    pub fn work_stream(&self) -> Option<&WorkStream> {
+        self.shared.work_stream()
+    }
+
     pub fn delivery_log(&self) -> Option<&DeliveryLog> {
         self.shared.delivery_log()
     }
@@ -245,6 +262,11 @@ impl Supervisor {
         }
         if !self.connected.load(Ordering::Relaxed) {
             reasons.push("NATS is not connected".to_string());
+        }
+        if let Some(bound) = self.fan_out_bound.get() {
+            if !bound.load(Ordering::Relaxed) {
+                reasons.push("the fan-out consumer is not bound".to_string());
+            }
         }
         for w in self.workers() {
             if !w.is_bound() {
@@ -385,15 +407,30 @@ impl Supervisor {
         for old in to_drain {
             let name = old.worker.endpoint().name.clone();
             let consumer = old.worker.consumer_name().to_string();
+            let stream = old.worker.consumer_stream().to_string();
+            // A deleted endpoint's copies on the work stream go with it.
+            let copies = self
+                .shared
+                .work_stream()
+                .filter(|_| old.worker.fans_out())
+                .map(|w| w.subject(&name));
             let drained = old.drain();
             if forget.contains(&name) && !running.contains_key(&name) {
                 let js = self.shared.js().clone();
-                let stream = current.nats.stream.clone();
                 self.draining.spawn(async move {
                     drained.await;
                     match js.delete_consumer_from_stream(&consumer, &stream).await {
                         Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
                         Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
+                    }
+                    if let Some(subject) = copies {
+                        let purged = match js.get_stream(&stream).await {
+                            Ok(s) => s.purge().filter(subject.as_str()).await.map(drop).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        if let Err(e) = purged {
+                            tracing::warn!(%subject, error = %e, "deleted endpoint's copies not purged");
+                        }
                     }
                 });
             } else {
@@ -402,6 +439,11 @@ impl Supervisor {
         }
         if let Ok(mut r) = self.router.write() {
             *r = router;
+        }
+        if self.shared.work_stream().is_some() {
+            let workers = running.values().map(|r| r.worker.clone()).collect();
+            self.targets
+                .send_replace(Arc::new(Targets::new(new.router.clone(), workers)));
         }
         current.router = new.router;
         current.endpoints = new.endpoints;
@@ -467,6 +509,27 @@ impl Supervisor {
             self.abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(3), wait_all()).await;
         }
+    }
+
+    /// With `[delivery] fan_out`: the fan-out consumer and the scan that wakes endpoints
+    /// with work, to run until shutdown; `None` without fan-out.
+    pub(super) fn fan_out(
+        &self,
+        stop: CancellationToken,
+    ) -> Option<(FanOut, BoxFuture<'static, ()>)> {
+        let work = self.shared.work_stream()?.clone();
+        let config = self.file.try_lock().ok()?.nats.clone();
+        let js = self.shared.js().clone();
+        let fan_out = FanOut::new(
+            js.clone(),
+            config.stream.clone(),
+            &config.consumer_prefix,
+            work.clone(),
+            self.targets.subscribe(),
+        );
+        let _ = self.fan_out_bound.set(fan_out.bound());
+        let scan = crate::fanout::scan(js, work, self.targets.subscribe(), stop);
+        Some((fan_out, Box::pin(scan)))
     }
 
     /// Incoming webhooks (the route table in force).

@@ -269,6 +269,9 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     /// `[delivery] max_inflight`: deliveries in flight over all endpoints.
     pub max_inflight: usize,
+    /// `[delivery] fan_out`: one consumer on the source stream copies each message to
+    /// a work stream keyed by endpoint, instead of one source consumer per endpoint.
+    pub fan_out: bool,
     pub dead_letter: DeadLetterConfig,
     /// `None` when `[delivery_log] enabled = false`.
     pub delivery_log: Option<crate::settings::LogSettings>,

@@ -59,6 +59,7 @@ pub(super) struct RawTracing {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawDelivery {
     pub max_inflight: Option<i64>,
+    pub fan_out: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -527,6 +527,25 @@ impl EventFilter {
             .collect()
     }
 
+    /// The events wanted, when each is a plain name (no `*` or `>`): such an endpoint
+    /// can be found by its event names instead of being asked about every event.
+    pub fn literals(&self) -> Option<Vec<&str>> {
+        self.patterns
+            .iter()
+            .map(|p| match p {
+                Some(pattern)
+                    if pattern
+                        .tokens
+                        .iter()
+                        .all(|t| matches!(t, Token::Literal(_))) =>
+                {
+                    Some(pattern.as_str())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn wants(&self, event: &str) -> bool {
         self.patterns.iter().any(|p| match p {
             None => true,

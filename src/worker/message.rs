@@ -20,9 +20,11 @@ use crate::events::DeadLetterEvent;
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
 use crate::store::dead_letters::DeadLetter;
+use crate::store::work_stream::{as_source_header, WorkStream, NATS_MSG_ID};
 use crate::time;
 
-/// The JetStream metadata of a fetched message, read once.
+/// The JetStream metadata of a fetched message, read once: for a copy on the work
+/// stream (`[delivery] fan_out`), the source message's.
 struct MessageMeta {
     subject: String,
     /// The delivery count, which is the attempt number.
@@ -30,18 +32,31 @@ struct MessageMeta {
     stream: String,
     sequence: u64,
     published: SystemTime,
+    /// A copy on the work stream: its headers are read through `as_source_header`.
+    copy: bool,
 }
 
 impl MessageMeta {
-    fn of(msg: &jetstream::Message) -> Option<Self> {
+    fn of(msg: &jetstream::Message, work: Option<&WorkStream>) -> Option<Self> {
         let info = msg.info().ok()?;
-        let published = SystemTime::from(info.published);
+        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1);
+        if let Some(source) = work.and_then(|w| w.source_of(msg, info.stream)) {
+            return Some(Self {
+                subject: source.subject,
+                attempt,
+                stream: source.stream,
+                sequence: source.sequence,
+                published: source.published,
+                copy: true,
+            });
+        }
         Some(Self {
             subject: msg.subject.as_str().to_owned(),
-            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+            attempt,
             stream: info.stream.to_string(),
             sequence: info.stream_sequence,
-            published,
+            published: SystemTime::from(info.published),
+            copy: false,
         })
     }
 }
@@ -55,11 +70,16 @@ struct Routed {
     id: String,
 }
 
-/// A message's NATS headers as (name, value) pairs, each value of a repeated name.
-fn header_pairs(msg: &jetstream::Message) -> impl Iterator<Item = (&str, &str)> {
-    msg.headers.iter().flat_map(|h| {
+/// A message's NATS headers as (name, value) pairs, each value of a repeated name; a
+/// copy's as its source message had them.
+fn header_pairs(msg: &jetstream::Message, copy: bool) -> impl Iterator<Item = (&str, &str)> {
+    msg.headers.iter().flat_map(move |h| {
         h.iter()
-            .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+            .filter_map(move |(name, values)| {
+                let name = as_source_header(name.as_ref(), copy)?;
+                Some(values.iter().map(move |v| (name, v.as_str())))
+            })
+            .flatten()
     })
 }
 
@@ -86,7 +106,7 @@ impl Worker {
     /// settled here: NAK without JetStream metadata, ack when unmapped, another
     /// event or another tenant's.
     async fn route(&self, msg: jetstream::Message) -> Option<Routed> {
-        let Some(meta) = MessageMeta::of(&msg) else {
+        let Some(meta) = MessageMeta::of(&msg, self.shared.work.as_ref()) else {
             tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
             self.ack(&msg, AckKind::Nak(None)).await;
             return None;
@@ -98,7 +118,7 @@ impl Worker {
         }
         let verdict = self.router.decide(
             &meta.subject,
-            header_pairs(&msg),
+            header_pairs(&msg, meta.copy),
             &self.endpoint.events,
             self.endpoint.tenant.as_deref(),
         );
@@ -121,11 +141,9 @@ impl Worker {
             self.ack(&msg, AckKind::Ack).await;
             return None;
         }
-        let msg_id = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str());
+        let msg_id = header_pairs(&msg, meta.copy)
+            .find(|(name, _)| *name == NATS_MSG_ID)
+            .map(|(_, v)| v);
         let id = envelope::message_id(msg_id, &meta.stream, meta.sequence);
         if let Some(header) = msg_id.filter(|h| *h != id) {
             self.warn_replaced_msg_id(header, &id);
@@ -145,9 +163,12 @@ impl Worker {
     /// oversized payload is settled without a request, and must not slow the
     /// endpoint's own messages.
     pub(super) fn becomes_request(&self, msg: &jetstream::Message) -> bool {
+        let Some(meta) = MessageMeta::of(msg, self.shared.work.as_ref()) else {
+            return false;
+        };
         let verdict = self.router.decide(
-            msg.subject.as_str(),
-            header_pairs(msg),
+            &meta.subject,
+            header_pairs(msg, meta.copy),
             &self.endpoint.events,
             self.endpoint.tenant.as_deref(),
         );
@@ -182,7 +203,7 @@ impl Worker {
             payload: &m.msg.payload,
             tenant: m.tenant.as_deref(),
         };
-        let message_headers = header_pairs(&m.msg);
+        let message_headers = header_pairs(&m.msg, m.meta.copy);
         let capture_headers = self.shared.delivery_log.is_some() && self.success_log.has_room();
         let send = match self
             .deliverer
@@ -366,14 +387,12 @@ impl Worker {
         last: Option<&AttemptResult>,
         reason: &str,
     ) -> DeadLetter {
-        let mut headers = std::collections::BTreeMap::new();
-        if let Some(h) = &m.msg.headers {
-            for (name, values) in h.iter() {
-                headers.insert(
-                    name.to_string(),
-                    values.iter().map(|v| v.as_str().to_string()).collect(),
-                );
-            }
+        let mut headers = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (name, value) in header_pairs(&m.msg, m.meta.copy) {
+            headers
+                .entry(name.to_string())
+                .or_default()
+                .push(value.to_string());
         }
         DeadLetter {
             endpoint: self.endpoint.name.clone(),

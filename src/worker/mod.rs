@@ -60,6 +60,7 @@ use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::{PauseRecord, PauseState, ProbeGuard};
+use crate::store::work_stream::WorkStream;
 use crate::time;
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
@@ -120,7 +121,14 @@ enum Leave {
     Rebind,
     /// Pull again after a back-off.
     RebindAfterError,
+    /// Nothing came for `IDLE_AFTER` and nothing is in flight: a fan-out endpoint may
+    /// let its consumer go.
+    Idle,
 }
+
+/// How long a fan-out endpoint's consumer waits for work before the worker checks
+/// whether it can let it go.
+const IDLE_AFTER: Duration = Duration::from_secs(10);
 
 /// What every worker shares: the NATS side and the process-wide stores.
 #[derive(Clone)]
@@ -137,6 +145,8 @@ pub struct Shared {
     events: OperatorEvents,
     /// `[delivery] max_inflight`, shared fairly by the endpoints.
     inflight: InflightLimit,
+    /// With `[delivery] fan_out`: where endpoints read their copies.
+    work: Option<WorkStream>,
 }
 
 impl Shared {
@@ -167,7 +177,20 @@ impl Shared {
             pause_state,
             events: OperatorEvents::off(),
             inflight,
+            work: None,
         }
+    }
+
+    /// Endpoints read their copies from `work` (`[delivery] fan_out`), except ordered
+    /// ones, which keep their own consumer on the source stream: copies made by
+    /// several fan-out consumers in parallel would not keep the source's order.
+    pub fn fanning_out(mut self, work: WorkStream) -> Self {
+        self.work = Some(work);
+        self
+    }
+
+    pub fn work_stream(&self) -> Option<&WorkStream> {
+        self.work.as_ref()
     }
 
     /// Publishes the workers' operator events through `events` (off until then).
@@ -240,6 +263,12 @@ pub struct Worker {
     /// The `rate_limit` in force: it follows reloads without a restart, so a waiting
     /// message is never NAKed (which would cost it an attempt) for a new rate.
     throttle: watch::Sender<Option<Arc<Throttle>>>,
+    /// With fan-out: the endpoint's copies are on the work stream, and its consumer
+    /// exists only while it has work.
+    lazy: bool,
+    /// A lazy worker without a consumer, waiting for [`Worker::wake`].
+    parked: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 /// Why a message did not get its token.
@@ -274,7 +303,11 @@ impl Worker {
                 }))
                 .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
+        let lazy = shared.work.is_some() && !endpoint.ordered;
         Self {
+            lazy,
+            parked: AtomicBool::new(lazy),
+            wake: tokio::sync::Notify::new(),
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
             deliverer,
             router,
@@ -384,9 +417,36 @@ impl Worker {
         }
     }
 
-    /// True once the durable consumer exists and fetching works.
+    /// True once the durable consumer exists and fetching works, or while a fan-out
+    /// endpoint has no work and so needs no consumer.
     pub fn is_bound(&self) -> bool {
-        self.bound.load(Ordering::Relaxed)
+        self.bound.load(Ordering::Relaxed) || self.is_parked()
+    }
+
+    /// A fan-out endpoint without work: no consumer, no fetching.
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// With fan-out: the endpoint has work on the work stream (a copy was just stored,
+    /// or a scan found some). A worker that runs takes it as it comes anyway.
+    pub fn wake(&self) {
+        if self.lazy {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether the endpoint reads copies from the work stream.
+    pub fn fans_out(&self) -> bool {
+        self.lazy
+    }
+
+    /// The stream the endpoint's consumer is on.
+    pub fn consumer_stream(&self) -> &str {
+        match &self.shared.work {
+            Some(work) if self.lazy => work.name(),
+            _ => &self.shared.stream_name,
+        }
     }
 
     pub fn consumer_name(&self) -> &str {
@@ -394,10 +454,13 @@ impl Worker {
     }
 
     fn consumer_config(&self) -> pull::Config {
-        let subjects = self
-            .router
-            .filter_subjects(&self.endpoint.events, self.endpoint.tenant.as_deref())
-            .unwrap_or_default();
+        let subjects = match &self.shared.work {
+            Some(work) if self.lazy => vec![work.subject(&self.endpoint.name)],
+            _ => self
+                .router
+                .filter_subjects(&self.endpoint.events, self.endpoint.tenant.as_deref())
+                .unwrap_or_default(),
+        };
         let (filter_subject, filter_subjects) = match subjects.len() {
             1 => (subjects[0].clone(), Vec::new()),
             _ => (String::new(), subjects),
@@ -421,12 +484,13 @@ impl Worker {
 
     /// Creates or updates the durable consumer so its filters follow the config.
     async fn bind(&self) -> Result<PullConsumer, String> {
+        let name = self.consumer_stream();
         let stream = self
             .shared
             .js
-            .get_stream(&self.shared.stream_name)
+            .get_stream(name)
             .await
-            .map_err(|e| format!("stream {}: {e}", self.shared.stream_name))?;
+            .map_err(|e| format!("stream {name}: {e}"))?;
         stream
             .create_consumer(self.consumer_config())
             .await
@@ -435,7 +499,11 @@ impl Worker {
 
     /// Polls consumer info for `natshook_consumer_pending`.
     pub async fn refresh_pending(&self) {
-        let Ok(stream) = self.shared.js.get_stream(&self.shared.stream_name).await else {
+        if self.is_parked() {
+            self.metrics.pending.set(0);
+            return;
+        }
+        let Ok(stream) = self.shared.js.get_stream(self.consumer_stream()).await else {
             return;
         };
         if let Ok(info) = stream.consumer_info(&self.consumer_name).await {
@@ -452,6 +520,12 @@ impl Worker {
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         self.follow_current().await;
         while !stop.drain.is_cancelled() {
+            if self.is_parked() {
+                tokio::select! {
+                    _ = stop.drain.cancelled() => break,
+                    () = self.wake.notified() => self.parked.store(false, Ordering::Relaxed),
+                }
+            }
             let consumer = match self.bind().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -493,6 +567,12 @@ impl Worker {
             match leave {
                 Leave::Drain => break,
                 Leave::Rebind => {}
+                Leave::Idle => {
+                    if held.is_empty() && self.let_consumer_go(&permits).await {
+                        self.bound.store(false, Ordering::Relaxed);
+                        self.parked.store(true, Ordering::Relaxed);
+                    }
+                }
                 Leave::RebindAfterError => {
                     self.bound.store(false, Ordering::Relaxed);
                     tokio::select! {
@@ -508,6 +588,34 @@ impl Worker {
             self.ack(&msg, AckKind::Nak(None)).await;
         }
         self.bound.store(false, Ordering::Relaxed);
+    }
+
+    /// Deletes a fan-out endpoint's consumer when it holds nothing: no copy waiting, none
+    /// delivered and unacked (a retry waiting out its delay counts as unacked), none in
+    /// flight here. A copy stored meanwhile stays on the work stream, and its wake
+    /// starts a new consumer, which reads the subject from its start.
+    async fn let_consumer_go(&self, permits: &Semaphore) -> bool {
+        if permits.available_permits() < self.endpoint.concurrency {
+            return false;
+        }
+        let Ok(stream) = self.shared.js.get_stream(self.consumer_stream()).await else {
+            return false;
+        };
+        match stream.consumer_info(&self.consumer_name).await {
+            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+            _ => return false,
+        }
+        match stream.delete_consumer(&self.consumer_name).await {
+            Ok(_) => {
+                self.metrics.pending.set(0);
+                tracing::debug!(endpoint = %self.endpoint.name, "no work; consumer let go");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "idle consumer not deleted");
+                false
+            }
+        }
     }
 
     /// A pull stream on the bound consumer. The server never sends more than
@@ -566,6 +674,13 @@ impl Worker {
                     _ = stop.drain.cancelled() => return Leave::Drain,
                     _ = paused.wait_for(|p| *p) => continue,
                     m = messages.next() => m,
+                    () = tokio::time::sleep(IDLE_AFTER), if self.lazy => {
+                        // Idle only with nothing in flight (this permit aside).
+                        if permits.available_permits() + 1 >= self.endpoint.concurrency {
+                            return Leave::Idle;
+                        }
+                        continue;
+                    }
                 };
                 match next {
                     Some(Ok(msg)) => held.push_back(msg),

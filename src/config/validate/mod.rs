@@ -84,6 +84,7 @@ pub(super) fn validate(
         router,
         endpoints,
         max_inflight: max_inflight? as usize,
+        fan_out: raw.delivery.fan_out.unwrap_or(false),
         dead_letter: DeadLetterConfig { max_age: max_age? },
         delivery_log: delivery_log?,
         admin: admin?,

@@ -1,0 +1,298 @@
+//! `[delivery] fan_out`: one durable consumer on the source stream copies each message
+//! to the work stream, once per endpoint that delivers it, and acks the source
+//! message only when every copy is stored. Each endpoint then reads its own subject
+//! of the work stream (see `worker`), with a consumer that exists only while it has
+//! work: the source stream needs one consumer however many endpoints there are, and
+//! an idle endpoint costs no consumer, no pull request and no heartbeat.
+//!
+//! Nothing is lost on the way: a source message whose copies were not all stored is
+//! NAKed and copied again, and the work stream drops a copy it already holds (its
+//! `Nats-Msg-Id` names the source message and the endpoint). Retries, holds and pauses
+//! happen on the endpoint's copies, exactly as on a consumer of the source stream.
+//!
+//! An endpoint learns that it has work from the copy this process stored, or from a
+//! scan of the work stream's subjects, every few seconds and at start: that scan finds
+//! work stored by another replica, or left by a process that died.
+
+pub mod targets;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    message::AckKind,
+};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use self::targets::Targets;
+use crate::backoff::Backoff;
+use crate::store::work_stream::{SourceFacts, WorkStream};
+
+/// Source messages being copied at once: enough to keep the work stream's publish
+/// acks pipelined, few enough that a stalled JetStream holds little.
+const IN_FLIGHT: usize = 256;
+
+/// How often every replica looks for endpoints with work it was not told about.
+const SCAN_EVERY: Duration = Duration::from_secs(3);
+
+/// How long a failed copy waits before its source message comes back.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The fan-out consumer of one natshook deployment (shared by its replicas).
+pub struct FanOut {
+    js: jetstream::Context,
+    stream: String,
+    consumer: String,
+    work: WorkStream,
+    targets: watch::Receiver<Arc<Targets>>,
+    bound: Arc<AtomicBool>,
+}
+
+impl FanOut {
+    pub fn new(
+        js: jetstream::Context,
+        stream: String,
+        consumer_prefix: &str,
+        work: WorkStream,
+        targets: watch::Receiver<Arc<Targets>>,
+    ) -> Self {
+        Self {
+            js,
+            stream,
+            consumer: format!("{consumer_prefix}-fanout"),
+            work,
+            targets,
+            bound: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// True while the fan-out consumer is bound: readiness waits for it.
+    pub fn bound(&self) -> Arc<AtomicBool> {
+        self.bound.clone()
+    }
+
+    fn consumer_config(&self) -> pull::Config {
+        let targets = self.targets.borrow().clone();
+        let rules = targets.router().rules();
+        let subjects: Vec<String> = rules
+            .iter()
+            .map(|r| r.subject.as_str().to_string())
+            .collect();
+        // Overlapping filters are refused by JetStream: read the whole stream then.
+        let overlapping = rules.iter().enumerate().any(|(i, a)| {
+            rules[i + 1..]
+                .iter()
+                .any(|b| a.subject.overlaps(&b.subject))
+        });
+        let (filter_subject, filter_subjects) = match subjects.len() {
+            _ if overlapping => (String::new(), Vec::new()),
+            1 => (subjects[0].clone(), Vec::new()),
+            _ => (String::new(), subjects),
+        };
+        pull::Config {
+            durable_name: Some(self.consumer.clone()),
+            description: Some("natshook: copies each message to its endpoints".into()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            filter_subject,
+            filter_subjects,
+            max_ack_pending: (IN_FLIGHT * 2) as i64,
+            ..Default::default()
+        }
+    }
+
+    /// Copies messages until `stop`; re-binds after errors and when the mapping changes
+    /// (the consumer's filters follow it).
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        while !stop.is_cancelled() {
+            let messages = match self.bind().await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.bound.store(false, Ordering::Relaxed);
+                    tracing::warn!(consumer = %self.consumer, error = %e, "cannot bind the fan-out consumer; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(retry.next_delay()) => continue,
+                    }
+                }
+            };
+            self.bound.store(true, Ordering::Relaxed);
+            retry.reset();
+            let failed = self.copy_all(messages, &stop).await;
+            if failed {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(retry.next_delay()) => {}
+                }
+            }
+        }
+        self.bound.store(false, Ordering::Relaxed);
+    }
+
+    async fn bind(&self) -> Result<pull::Stream, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| format!("stream {}: {e}", self.stream))?;
+        let consumer = stream
+            .create_consumer(self.consumer_config())
+            .await
+            .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(IN_FLIGHT)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
+    /// finish (or NAK) before it returns, so none is left to wait out its ack timer.
+    async fn copy_all(&mut self, mut messages: pull::Stream, stop: &CancellationToken) -> bool {
+        let mut copying = FuturesUnordered::new();
+        let failed = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break false,
+                Ok(()) = self.targets.changed() => {
+                    // New endpoints or mappings: the consumer's filters follow.
+                    break false;
+                }
+                Some(()) = copying.next(), if !copying.is_empty() => {}
+                next = messages.next(), if copying.len() < IN_FLIGHT => match next {
+                    Some(Ok(msg)) => {
+                        let targets = self.targets.borrow().clone();
+                        copying.push(copy(self.js.clone(), self.work.clone(), targets, msg));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(consumer = %self.consumer, error = %e, "fan-out fetch ended; pulling again");
+                        break !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
+                    }
+                    None => break false,
+                },
+            }
+        };
+        while copying.next().await.is_some() {}
+        failed
+    }
+}
+
+/// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
+/// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
+/// (`watch_unmapped` counts the unmapped ones).
+async fn copy(
+    js: jetstream::Context,
+    work: WorkStream,
+    targets: Arc<Targets>,
+    msg: jetstream::Message,
+) {
+    let Ok(info) = msg.info() else {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        return;
+    };
+    let facts = SourceFacts {
+        subject: msg.subject.to_string(),
+        stream: info.stream.to_string(),
+        sequence: info.stream_sequence,
+        published: SystemTime::from(info.published),
+    };
+    let headers = msg.headers.iter().flat_map(|h| {
+        h.iter()
+            .flat_map(|(n, vs)| vs.iter().map(move |v| (n.as_ref(), v.as_str())))
+    });
+    let Some(mapped) = targets.router().route(&facts.subject, headers) else {
+        let _ = msg.ack().await;
+        return;
+    };
+    let mut acks = Vec::new();
+    let mut woken = Vec::new();
+    for worker in targets.of(&mapped) {
+        let name = &worker.endpoint().name;
+        let h = work.copy_headers(msg.headers.as_ref(), &facts, name);
+        match js
+            .publish_with_headers(work.subject(name), h, msg.payload.clone())
+            .await
+        {
+            Ok(ack) => {
+                acks.push(ack);
+                woken.push(worker.clone());
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
+                let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                return;
+            }
+        }
+    }
+    for ack in acks {
+        if let Err(e) = ack.await {
+            tracing::warn!(error = %e, subject = %facts.subject, "the work stream did not store a copy; the message comes back");
+            let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+            return;
+        }
+    }
+    if let Err(e) = msg.double_ack().await {
+        // Copied but not acked: it comes back, and its copies are duplicates the work
+        // stream drops within its window.
+        tracing::debug!(error = %e, "fan-out ack not confirmed");
+    }
+    for w in woken {
+        w.wake();
+    }
+}
+
+/// Wakes every endpoint that has copies waiting, every `SCAN_EVERY` until `stop`: the
+/// copies another replica stored, or a stopped process left behind.
+pub async fn scan(
+    js: jetstream::Context,
+    work: WorkStream,
+    targets: watch::Receiver<Arc<Targets>>,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Err(e) = scan_once(&js, &work, &targets).await {
+            tracing::debug!(stream = %work.name(), error = %e, "work stream scan failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SCAN_EVERY) => {}
+        }
+    }
+}
+
+async fn scan_once(
+    js: &jetstream::Context,
+    work: &WorkStream,
+    targets: &watch::Receiver<Arc<Targets>>,
+) -> Result<(), String> {
+    let stream = js
+        .get_stream(work.name())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut subjects = stream
+        .info_with_subjects(work.all_subjects())
+        .await
+        .map_err(|e| e.to_string())?;
+    let targets = targets.borrow().clone();
+    while let Some(next) = subjects.next().await {
+        let (subject, count) = next.map_err(|e| e.to_string())?;
+        if count == 0 {
+            continue;
+        }
+        if let Some(w) = work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
+            w.wake();
+        }
+    }
+    Ok(())
+}

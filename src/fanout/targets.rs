@@ -1,0 +1,87 @@
+//! Which endpoints deliver a message, found without asking every endpoint: endpoints
+//! whose `events` are plain names are looked up by the message's event, the others
+//! (patterns such as `lead.*` or `*`) are asked one by one. With thousands of
+//! endpoints that each want a few named events, a message costs a hash lookup.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::routing::{tenant_admits, Mapped, Router};
+use crate::worker::Worker;
+
+/// The endpoints that read copies from the work stream, indexed for routing.
+#[derive(Default)]
+pub struct Targets {
+    router: Router,
+    workers: Vec<Arc<Worker>>,
+    by_event: HashMap<String, Vec<usize>>,
+    /// Endpoints with a pattern among their events.
+    by_pattern: Vec<usize>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Targets {
+    /// `workers` that do not fan out (ordered endpoints) are left out: they read the
+    /// source stream themselves.
+    pub fn new(router: Router, workers: Vec<Arc<Worker>>) -> Self {
+        let workers: Vec<Arc<Worker>> = workers.into_iter().filter(|w| w.fans_out()).collect();
+        let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_pattern = Vec::new();
+        let mut by_name = HashMap::with_capacity(workers.len());
+        for (i, w) in workers.iter().enumerate() {
+            by_name.insert(w.endpoint().name.clone(), i);
+            match w.endpoint().events.literals() {
+                Some(events) => {
+                    for e in events {
+                        let list = by_event.entry(e.to_string()).or_default();
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+                None => by_pattern.push(i),
+            }
+        }
+        Self {
+            router,
+            workers,
+            by_event,
+            by_pattern,
+            by_name,
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The endpoints that deliver a message mapped to `mapped`, each once.
+    pub fn of<'a>(&'a self, mapped: &'a Mapped) -> impl Iterator<Item = &'a Arc<Worker>> + 'a {
+        let named = self
+            .by_event
+            .get(&mapped.event)
+            .map(|v| v.as_slice())
+            .unwrap_or_default();
+        named
+            .iter()
+            .copied()
+            .chain(
+                self.by_pattern
+                    .iter()
+                    .copied()
+                    .filter(move |&i| self.workers[i].endpoint().events.wants(&mapped.event)),
+            )
+            .map(|i| &self.workers[i])
+            .filter(move |w| {
+                tenant_admits(w.endpoint().tenant.as_deref(), mapped.tenant.as_deref())
+            })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Worker>> {
+        self.by_name.get(name).map(|&i| &self.workers[i])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+}

@@ -1,0 +1,288 @@
+//! `[delivery] fan_out = true`: one consumer on the source stream copies each message
+//! to a work stream, once per endpoint that delivers it; each endpoint reads its own
+//! copies with a consumer that exists only while it has work. Real nats-server, real
+//! receivers, the natshook binary: every message reaches every endpoint that wants it
+//! with the source message's id, retries count attempts 1, 2, 3 on the copies, dead
+//! letters name the source message, and a SIGKILL loses nothing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+
+const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+const FAN_OUT: &str = "[delivery]\nfan_out = true\n";
+
+fn fan_out(config: TestConfig) -> TestConfig {
+    let mut config = config;
+    config.top = format!("{}\n{FAN_OUT}", config.top);
+    config
+}
+
+/// The consumers on `stream`, by name.
+async fn consumers(js: &jetstream::Context, stream: &str) -> BTreeSet<String> {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return BTreeSet::new();
+    };
+    let mut names = BTreeSet::new();
+    let mut list = stream.consumer_names();
+    while let Some(Ok(name)) = list.next().await {
+        names.insert(name);
+    }
+    let _ = stream.info().await;
+    names
+}
+
+/// Requests per path, as distinct ids and the number of requests.
+fn per_path(rx: &Receiver) -> BTreeMap<String, (BTreeSet<String>, usize)> {
+    let mut out: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
+    for r in rx.received() {
+        let e = out.entry(r.path.clone()).or_default();
+        e.0.insert(r.id().to_string());
+        e.1 += 1;
+    }
+    out
+}
+
+/// 30 endpoints: 20 that name `lead.created`, 5 that take `*`, 5 that take
+/// `ticket.*`. 200 leads and 100 tickets: each endpoint gets exactly what it wants,
+/// with the source message's id and a valid signature; the source stream has one
+/// delivery consumer (the fan-out), not one per endpoint; once the work is done, the
+/// endpoints let their consumers on the work stream go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let mut config = fan_out(TestConfig::new(nats.url()));
+    for i in 0..20 {
+        if i == 0 {
+            // Signs with Standard Webhooks, checked by that project's own package.
+            config.endpoints.push(format!(
+                "[[endpoints]]\nname = \"lead-00\"\nurl = \"{}\"\nevents = [\"lead.created\"]\nsecret = \"{STANDARD_SECRET}\"\nsignature = {{ scheme = \"standard\" }}\nallow_http = true\nallow_private = true\n",
+                rx.url("/lead/0")
+            ));
+            continue;
+        }
+        config = config.endpoint(
+            &format!("lead-{i:02}"),
+            &rx.url(&format!("/lead/{i}")),
+            &["lead.created"],
+            "concurrency = 8",
+        );
+    }
+    for i in 0..5 {
+        config = config.endpoint(
+            &format!("all-{i}"),
+            &rx.url(&format!("/all/{i}")),
+            &["*"],
+            "",
+        );
+        config = config.endpoint(
+            &format!("ticket-{i}"),
+            &rx.url(&format!("/ticket/{i}")),
+            &["ticket.*"],
+            "",
+        );
+    }
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+
+    let mut messages = leads(200, "lead");
+    messages.extend((0..100).map(|i| {
+        (
+            "helpdesk.ticket.opened".to_string(),
+            Bytes::from(format!("{{\"ticket\":{i}}}")),
+            Some(format!("ticket-{i}")),
+        )
+    }));
+    publish_all(&js, messages).await;
+    let want = 20 * 200 + 5 * 300 + 5 * 100;
+    rx.wait_for(Duration::from_secs(120), "every copy delivered", |r| {
+        per_path(r).values().map(|v| v.0.len()).sum::<usize>() >= want
+    })
+    .await;
+
+    let lead_ids: BTreeSet<String> = (0..200).map(|i| format!("lead-{i}")).collect();
+    let ticket_ids: BTreeSet<String> = (0..100).map(|i| format!("ticket-{i}")).collect();
+    let all_ids: BTreeSet<String> = lead_ids.union(&ticket_ids).cloned().collect();
+    let got = per_path(&rx);
+    for i in 0..20 {
+        assert_eq!(got[&format!("/lead/{i}")].0, lead_ids, "lead-{i:02}");
+    }
+    for i in 0..5 {
+        assert_eq!(got[&format!("/all/{i}")].0, all_ids, "all-{i}");
+        assert_eq!(got[&format!("/ticket/{i}")].0, ticket_ids, "ticket-{i}");
+    }
+    // The envelope names the source message, not its copy.
+    for r in rx.received().iter().take(50) {
+        let body = r.json();
+        let subject = body["metadata"]["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            subject == "crm.lead.created" || subject == "helpdesk.ticket.opened",
+            "{body}"
+        );
+        assert!(
+            body["metadata"]["stream_sequence"].as_u64().unwrap_or(0) >= 1,
+            "{body}"
+        );
+        assert!(!r
+            .headers
+            .keys()
+            .any(|k| k.as_str().starts_with("natshook-source")));
+    }
+    let lead0: Vec<Received> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/lead/0")
+        .collect();
+    let (ok, bad) = verify_received(STANDARD_SECRET, &lead0);
+    assert_eq!((ok, bad), (lead0.len(), 0), "signatures verify");
+
+    let source = consumers(&js, "EVENTS").await;
+    assert!(source.contains("natshook-fanout"), "{source:?}");
+    assert!(
+        !source.iter().any(|c| c.starts_with("natshook-lead")),
+        "no per-endpoint consumer on the source stream: {source:?}"
+    );
+    wait_until(
+        Duration::from_secs(40),
+        "idle endpoints let their consumers go",
+        || {
+            let js = js.clone();
+            async move { consumers(&js, "EVENTS_natshook_WORK").await.is_empty() }
+        },
+    )
+    .await;
+    let ready = natshook.get("/readyz").await.unwrap();
+    assert_eq!(ready.0, 200, "ready with every endpoint idle: {}", ready.1);
+
+    // Work after idling wakes the endpoint again.
+    publish_all(&js, leads(10, "again")).await;
+    rx.wait_for(Duration::from_secs(30), "new work after idling", |r| {
+        per_path(r)["/lead/7"]
+            .0
+            .iter()
+            .filter(|id| id.starts_with("again"))
+            .count()
+            == 10
+    })
+    .await;
+}
+
+/// Retries happen on the copies: attempts count 1, 2, 3 per endpoint, and a message
+/// that never succeeds is dead-lettered with the source message's subject, stream and
+/// sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_count_attempts_and_dead_letters_name_the_source() {
+    let nats = NatsServer::start();
+    // `nth_for_id` counts over every path: count per path here.
+    let tries = std::sync::Mutex::new(BTreeMap::<(String, String), usize>::new());
+    let rx = Receiver::with(move |r| {
+        let mut tries = tries.lock().unwrap();
+        let n = tries
+            .entry((r.path.clone(), r.id().to_string()))
+            .or_default();
+        *n += 1;
+        match (r.path.as_str(), *n) {
+            ("/flaky", 1) => Reply::status(500),
+            ("/flaky", 2) => Reply::status(503),
+            ("/dead", _) => Reply::status(500),
+            _ => Reply::ok(),
+        }
+    })
+    .await;
+    let settings = "retry_schedule = [\"100ms\"]\nmax_attempts = 3\ndisable_after_failures = 0";
+    let config = fan_out(TestConfig::new(nats.url()))
+        .endpoint("flaky", &rx.url("/flaky"), &["lead.created"], settings)
+        .endpoint("dead", &rx.url("/dead"), &["lead.created"], settings)
+        .endpoint("fine", &rx.url("/fine"), &["lead.created"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(100, "r")).await;
+
+    let dead = natshook
+        .wait_dead_letters("dead", 100, Duration::from_secs(90))
+        .await;
+    rx.wait_for(Duration::from_secs(60), "flaky delivered", |r| {
+        r.received().iter().filter(|x| x.path == "/flaky").count() >= 300
+    })
+    .await;
+    let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in rx.received().iter().filter(|r| r.path == "/flaky") {
+        attempts
+            .entry(r.id().to_string())
+            .or_default()
+            .push(r.header("x-webhook-attempt").parse().unwrap());
+    }
+    assert_eq!(attempts.len(), 100);
+    for (id, mut a) in attempts {
+        a.sort_unstable();
+        assert_eq!(a, [1, 2, 3], "{id}");
+    }
+    let fine = per_path(&rx)["/fine"].clone();
+    assert_eq!(
+        fine.0.len(),
+        100,
+        "a failing endpoint does not hold the others"
+    );
+    let mut sequences = BTreeSet::new();
+    for d in &dead {
+        assert_eq!(d["subject"], "crm.lead.created", "{d}");
+        assert_eq!(d["stream"], "EVENTS", "{d}");
+        assert_eq!(d["attempts"], 3, "{d}");
+        sequences.insert(d["stream_sequence"].as_u64().unwrap());
+        assert!(d["id"].as_str().unwrap().starts_with("r-"), "{d}");
+    }
+    assert_eq!(sequences, (1..=100).collect(), "source sequences");
+}
+
+/// natshook killed with SIGKILL while 3,000 messages fan out to 5 endpoints, then
+/// started again: every endpoint gets every id, duplicates carry the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_mid_fan_out_loses_nothing() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let mut config = fan_out(TestConfig::new(nats.url()));
+    for i in 0..5 {
+        config = config.endpoint(
+            &format!("e{i}"),
+            &rx.url(&format!("/e/{i}")),
+            &["lead.created"],
+            "concurrency = 16",
+        );
+    }
+    let mut natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(3000, "k")).await;
+    rx.wait_for(Duration::from_secs(60), "some delivered", |r| {
+        r.count() >= 2000
+    })
+    .await;
+    natshook.sigkill();
+    let before = rx.count();
+    natshook.spawn_ready_within(Duration::from_secs(30)).await;
+    rx.wait_for(
+        Duration::from_secs(120),
+        "every copy after the restart",
+        |r| per_path(r).values().map(|v| v.0.len()).sum::<usize>() >= 5 * 3000,
+    )
+    .await;
+    let want: BTreeSet<String> = (0..3000).map(|i| format!("k-{i}")).collect();
+    let got = per_path(&rx);
+    let mut duplicates = 0;
+    for i in 0..5 {
+        let (ids, requests) = &got[&format!("/e/{i}")];
+        assert_eq!(ids, &want, "e{i}");
+        duplicates += requests - ids.len();
+    }
+    println!("killed after {before} requests; {duplicates} duplicates (same ids)");
+}
