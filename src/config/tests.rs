@@ -83,10 +83,17 @@ fn the_inflight_bound_defaults_to_256_and_must_be_positive() {
             "[delivery]\nmax_inflight = 0\nmax_flight = 1\n{GOOD}"
         )),
         vec![
-            "delivery.max_flight: unknown key (expected one of: max_inflight)".to_string(),
+            "delivery.max_flight: unknown key (expected one of: max_inflight, fan_out)".to_string(),
             "delivery.max_inflight: must be at least 1 (got 0)".to_string(),
         ]
     );
+}
+
+#[test]
+fn fan_out_is_off_unless_switched_on() {
+    assert!(!Config::from_str(GOOD, "toml").unwrap().fan_out);
+    let on = format!("[delivery]\nfan_out = true\n{GOOD}");
+    assert!(Config::from_str(&on, "toml").unwrap().fan_out);
 }
 
 #[test]

@@ -512,8 +512,20 @@ impl Worker {
         }
     }
 
-    /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`.
+    /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`. A fan-out
+    /// endpoint waits for its first work before anything else: until then its task
+    /// holds only this wait, not the fetch loop's state, and it reads nothing from NATS.
     pub async fn run(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
+        if self.is_parked() {
+            tokio::select! {
+                _ = stop.drain.cancelled() => return,
+                () = self.wake.notified() => self.parked.store(false, Ordering::Relaxed),
+            }
+        }
+        Box::pin(self.serve(stop, tracker)).await;
+    }
+
+    async fn serve(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
         let share = self.shared.inflight.share();
         let mut held = Held::new();
