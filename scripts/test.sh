@@ -19,7 +19,7 @@ if [ "${NATSHOOK_SKIP_SHIPPED:-0}" != 1 ]; then
     if shipped=$(./scripts/build-release.sh --locked); then
         NATSHOOK_BIN="$PWD/$shipped" cargo test --no-fail-fast \
             --test bridge --test cli --test ingress --test operations --test rate_limit --test reliability --test security --test tracing \
-            --test proxy --test tenants --test cluster --test registry --test operator_events --test filters --test endpoints \
+            --test proxy --test tenants --test cluster --test registry --test operator_events --test filters --test endpoints --test fan_out \
             "$@" 2>&1 | tee -a "$log"
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
     else
