@@ -290,6 +290,7 @@ fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Fai
         .endpoints
         .iter()
         .find(|e| e.name == name)
+        .map(|e| &**e)
         .ok_or_else(|| Failure::Usage(anyhow!("no endpoint named '{name}' in the config")))
 }
 

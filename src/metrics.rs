@@ -121,9 +121,21 @@ impl AttemptStatus {
     }
 }
 
-/// All process metrics.
+/// All process metrics: a handle, cloned into every endpoint's metrics and worker, so
+/// a clone is one pointer, not one per family.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// The metric families behind [`Metrics`].
+pub struct Families {
     registry: Registry,
     deliveries: IntCounterVec,
     attempts: IntCounterVec,
@@ -171,14 +183,20 @@ impl IngressRouteMetrics {
     }
 }
 
-/// One endpoint's pre-resolved children.
+/// One endpoint's children, resolved at first use: an endpoint that never works (with
+/// `fan_out`, thousands may sit idle) adds no series to the registry or the scrape.
+/// Fields read through `Deref`, which creates them.
 #[derive(Clone)]
 pub struct EndpointMetrics {
     name: String,
-    deliveries: IntCounterVec,
+    families: Metrics,
+    children: std::sync::Arc<std::sync::OnceLock<EndpointChildren>>,
+}
+
+/// The series of one endpoint.
+pub struct EndpointChildren {
     /// Indexed by [`AttemptStatus::index`]; created lazily so only seen statuses appear.
-    attempts: IntCounterVec,
-    attempt_children: std::sync::Arc<[std::sync::OnceLock<IntCounter>; 6]>,
+    attempt_children: [std::sync::OnceLock<IntCounter>; 6],
     pub duration: Histogram,
     pub end_to_end: Histogram,
     pub paused: IntGauge,
@@ -192,9 +210,44 @@ pub struct EndpointMetrics {
     pub filtered: IntCounter,
 }
 
+impl std::ops::Deref for EndpointMetrics {
+    type Target = EndpointChildren;
+
+    fn deref(&self) -> &EndpointChildren {
+        self.children.get_or_init(|| {
+            let m = &self.families;
+            let e = [self.name.as_str()];
+            EndpointChildren {
+                attempt_children: Default::default(),
+                duration: m.duration.with_label_values(&e),
+                end_to_end: m.end_to_end.with_label_values(&e),
+                paused: m.paused.with_label_values(&e),
+                consecutive_failures: m.consecutive_failures.with_label_values(&e),
+                inflight: m.inflight.with_label_values(&e),
+                pending: m.pending.with_label_values(&e),
+                dead_letters: m.dead_letters.with_label_values(&e),
+                rate_limit_wait: m.rate_limit_wait.with_label_values(&e),
+                filtered: m.filtered.with_label_values(&e),
+            }
+        })
+    }
+}
+
 impl EndpointMetrics {
+    /// Creates the endpoint's series now (at 0), so alerts see them before its first
+    /// delivery.
+    pub fn create(&self) {
+        let _ = &**self;
+    }
+
+    /// Whether the series exist (an idle fan-out endpoint's do not).
+    pub fn created(&self) -> bool {
+        self.children.get().is_some()
+    }
+
     pub fn delivery(&self, event: &str, outcome: Outcome) {
-        self.deliveries
+        self.families
+            .deliveries
             .with_label_values(&[self.name.as_str(), event, outcome.as_str()])
             .inc();
     }
@@ -202,7 +255,8 @@ impl EndpointMetrics {
     pub fn attempt(&self, status: AttemptStatus) {
         self.attempt_children[status.index()]
             .get_or_init(|| {
-                self.attempts
+                self.families
+                    .attempts
                     .with_label_values(&[self.name.as_str(), status.label()])
             })
             .inc();
@@ -368,7 +422,7 @@ impl Metrics {
         let (unmapped, nats_connected) = process_families(&r);
         let (inflight_total, inflight_limit) = inflight_families(&r);
         let (ingress_requests, ingress_duration) = ingress_families(&r);
-        Self {
+        Self(std::sync::Arc::new(Families {
             registry: r,
             deliveries,
             attempts,
@@ -388,7 +442,7 @@ impl Metrics {
             ingress_requests,
             ingress_duration,
             tracing_dropped: Default::default(),
-        }
+        }))
     }
 
     /// `natshook_tracing_spans_dropped_total{reason}`: trace spans lost because the
@@ -429,24 +483,12 @@ impl Metrics {
         }
     }
 
-    /// Children for `endpoint`; the per-endpoint series exist (at 0) from start-up so
-    /// alerts see them before the first delivery.
+    /// Children for `endpoint`, created at first use (see [`EndpointMetrics::create`]).
     pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
-        let e = [endpoint];
         EndpointMetrics {
             name: endpoint.to_string(),
-            deliveries: self.deliveries.clone(),
-            attempts: self.attempts.clone(),
-            attempt_children: Default::default(),
-            duration: self.duration.with_label_values(&e),
-            end_to_end: self.end_to_end.with_label_values(&e),
-            paused: self.paused.with_label_values(&e),
-            consecutive_failures: self.consecutive_failures.with_label_values(&e),
-            inflight: self.inflight.with_label_values(&e),
-            pending: self.pending.with_label_values(&e),
-            dead_letters: self.dead_letters.with_label_values(&e),
-            rate_limit_wait: self.rate_limit_wait.with_label_values(&e),
-            filtered: self.filtered.with_label_values(&e),
+            families: self.clone(),
+            children: Default::default(),
         }
     }
 

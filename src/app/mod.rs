@@ -94,7 +94,10 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     set_up_streams(&js, &config, &sup, &shutdown).await?;
     crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
+    let mut config = config;
     sup.apply(config.clone()).await?;
+    // The supervisor keeps the endpoints; thousands of them are worth not copying.
+    config.endpoints = Vec::new();
     sup.mark_started();
     let registry = config.registry.as_ref().map(|r| {
         tokio::spawn(open_registry(

@@ -26,7 +26,7 @@ const MAX_BATCH: usize = 1000;
 struct Entry {
     record: Record,
     /// `None`: invalid, or shadowed by a file endpoint (logged when seen).
-    endpoint: Option<Endpoint>,
+    endpoint: Option<Arc<Endpoint>>,
 }
 
 /// The registry's records as last seen.
@@ -105,7 +105,7 @@ impl Runtime {
 }
 
 /// The record's endpoint, or `None` with the reasons logged.
-fn validate(record: &Record, file: &Config) -> Option<Endpoint> {
+fn validate(record: &Record, file: &Config) -> Option<Arc<Endpoint>> {
     if file.endpoints.iter().any(|e| e.name == record.name) {
         tracing::warn!(endpoint = %record.name, "registry endpoint has the name of a config-file endpoint; serving the file's");
         return None;
@@ -115,7 +115,7 @@ fn validate(record: &Record, file: &Config) -> Option<Endpoint> {
         return None;
     }
     match api::endpoint_from_json(&record.value, &file.endpoint_defaults, &file.router) {
-        Ok(e) => Some(e),
+        Ok(e) => Some(Arc::new(e)),
         Err(problems) => {
             for problem in problems {
                 tracing::warn!(endpoint = %record.name, %problem, "invalid registry endpoint; skipped");

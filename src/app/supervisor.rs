@@ -1,7 +1,7 @@
 //! The `Supervisor`: one worker per endpoint, kept in step with the config (apply,
 //! reload), started and stopped without losing in-flight deliveries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -73,10 +73,11 @@ impl Running {
 
 /// Owns the workers; the HTTP server and the admin API read from it.
 pub struct Supervisor {
-    shared: Shared,
+    shared: Arc<Shared>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
-    /// The config in force (endpoints and mappings follow reloads).
+    /// The config in force, but for its endpoints, which the workers hold (the
+    /// mappings follow reloads).
     config: tokio::sync::Mutex<Config>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     /// Snapshot for readiness and the admin API.
@@ -164,10 +165,10 @@ impl Supervisor {
             config.max_inflight,
         )
         .raising(OperatorEvents::new(client.clone()));
-        let shared = match config.fan_out {
+        let shared = Arc::new(match config.fan_out {
             true => shared.fanning_out(WorkStream::new(&config.nats)),
             false => shared,
-        };
+        });
         Supervisor {
             targets: tokio::sync::watch::Sender::new(Arc::new(Targets::default())),
             fan_out_bound: OnceLock::new(),
@@ -352,7 +353,7 @@ impl Supervisor {
         let mut built = Vec::new();
         let mut failed = Vec::new();
         let mut in_place = Vec::new();
-        let mut wanted: Vec<(usize, &Endpoint)> = new.endpoints.iter().enumerate().collect();
+        let mut wanted: Vec<(usize, &Arc<Endpoint>)> = new.endpoints.iter().enumerate().collect();
         wanted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         for (index, e) in wanted {
             let changes = match running.get(&e.name) {
@@ -368,7 +369,7 @@ impl Supervisor {
                 }
             };
             changes.push(e.name.clone());
-            match Deliverer::new(Arc::new(e.clone())) {
+            match Deliverer::new(Arc::clone(e)) {
                 Ok(d) => built.push(d.with_tracer(self.tracer.clone())),
                 Err(error) => failed.push(EndpointError {
                     index,
@@ -381,9 +382,10 @@ impl Supervisor {
             failed.sort_by_key(|e| e.index);
             return Err(ApplyError(failed));
         }
+        let names: BTreeSet<&str> = new.endpoints.iter().map(|e| e.name.as_str()).collect();
         summary.removed = running
             .keys()
-            .filter(|name| !new.endpoints.iter().any(|e| e.name == **name))
+            .filter(|name| !names.contains(name.as_str()))
             .cloned()
             .collect();
 
@@ -445,8 +447,8 @@ impl Supervisor {
             self.targets
                 .send_replace(Arc::new(Targets::new(new.router.clone(), workers)));
         }
+        // The workers hold the endpoints: no second copy of thousands here.
         current.router = new.router;
-        current.endpoints = new.endpoints;
         Ok(summary)
     }
 
@@ -638,7 +640,7 @@ mod tests {
             "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n{settings}\n"
         );
         match Config::from_str(&text, "toml") {
-            Ok(mut c) => c.endpoints.remove(0),
+            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
             Err(e) => panic!("{e}"),
         }
     }

@@ -266,7 +266,8 @@ pub struct Config {
     pub nats: NatsConfig,
     pub listen: SocketAddr,
     pub router: Router,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared with the workers that serve them: thousands of endpoints are held once.
+    pub endpoints: Vec<std::sync::Arc<Endpoint>>,
     /// `[delivery] max_inflight`: deliveries in flight over all endpoints.
     pub max_inflight: usize,
     /// `[delivery] fan_out`: one consumer on the source stream copies each message to

@@ -2,7 +2,7 @@
 //! resolves names through the SSRF guard, or tunnels through the endpoint's proxy
 //! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +32,45 @@ pub enum ClientError {
     Tls(String),
     #[error(transparent)]
     File(#[from] PemError),
+}
+
+/// What makes two endpoints' clients interchangeable: no proxy and no TLS files of
+/// their own, and the same scheme, connect timeout, pool size and SSRF policy.
+#[derive(PartialEq)]
+struct Shape {
+    https: bool,
+    timeout: Duration,
+    max_idle: usize,
+    target: crate::ssrf::TargetPolicy,
+}
+
+/// The client for `endpoint`, shared with every endpoint of the same [`Shape`] (its
+/// pool keeps connections per receiver host, so sharing changes no connection): with
+/// thousands of endpoints, a client each would cost more than the rest of an idle
+/// endpoint. An endpoint with a proxy or TLS files gets its own.
+pub(super) fn shared(endpoint: &Endpoint) -> Result<Arc<HttpClient>, ClientError> {
+    static CLIENTS: Mutex<Vec<(Shape, Weak<HttpClient>)>> = Mutex::new(Vec::new());
+    if endpoint.proxy.is_some() || endpoint.tls != TlsFiles::default() {
+        return build(endpoint).map(Arc::new);
+    }
+    let shape = Shape {
+        https: endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
+        timeout: endpoint.timeout,
+        max_idle: endpoint.concurrency.max(1),
+        target: endpoint.target.clone(),
+    };
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    clients.retain(|(_, c)| c.strong_count() > 0);
+    if let Some(client) = clients
+        .iter()
+        .find(|(s, _)| *s == shape)
+        .and_then(|(_, c)| c.upgrade())
+    {
+        return Ok(client);
+    }
+    let client = Arc::new(build(endpoint)?);
+    clients.push((shape, Arc::downgrade(&client)));
+    Ok(client)
 }
 
 /// A pooled client for `endpoint`: connect timeout and keep-alive pool from its
@@ -93,6 +132,26 @@ fn to_proxy(
 /// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
 /// certificate bundle, which costs start-up time and memory.
 fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
+    if *tls == TlsFiles::default() {
+        return shared_tls_config(https);
+    }
+    new_tls_config(tls, https)
+}
+
+/// The configuration of every endpoint without TLS files of its own, built once and
+/// cloned (a clone shares the provider, the roots and the session cache): with
+/// thousands of endpoints, one each would cost more than the rest of an idle endpoint.
+fn shared_tls_config(https: bool) -> Result<rustls::ClientConfig, ClientError> {
+    static SHARED: [OnceLock<rustls::ClientConfig>; 2] = [OnceLock::new(), OnceLock::new()];
+    let slot = &SHARED[usize::from(https)];
+    if let Some(c) = slot.get() {
+        return Ok(c.clone());
+    }
+    let built = new_tls_config(&TlsFiles::default(), https)?;
+    Ok(slot.get_or_init(|| built).clone())
+}
+
+fn new_tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
     let roots = match &tls.ca_file {
         None if !https => Arc::new(rustls::RootCertStore::empty()),
         None => system_roots(),

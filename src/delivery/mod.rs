@@ -99,7 +99,7 @@ pub struct Request<'a> {
 /// Sends signed requests to one endpoint.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: HttpClient,
+    client: Arc<HttpClient>,
     endpoint: Arc<Endpoint>,
     /// Swapped when a `{ file }` secret changes (see [`Deliverer::reload_secrets`]).
     signer: Arc<ArcSwap<Signer>>,
@@ -112,7 +112,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(endpoint: Arc<Endpoint>) -> Result<Self, ClientError> {
-        let client = client::build(&endpoint)?;
+        let client = client::shared(&endpoint)?;
         let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
         Ok(Self {
             client,

@@ -247,7 +247,8 @@ pub struct Worker {
     endpoint: Arc<Endpoint>,
     deliverer: Deliverer,
     router: Arc<Router>,
-    shared: Shared,
+    /// Shared by every worker: one allocation, not a copy of its names per endpoint.
+    shared: Arc<Shared>,
     consumer_name: String,
     metrics: EndpointMetrics,
     breaker: Arc<Breaker>,
@@ -291,7 +292,7 @@ impl Worker {
         endpoint: Arc<Endpoint>,
         deliverer: Deliverer,
         router: Arc<Router>,
-        shared: &Shared,
+        shared: &Arc<Shared>,
     ) -> Self {
         let em = shared.metrics.endpoint(&endpoint.name);
         let state = shared.pause_state.clone();
@@ -304,6 +305,9 @@ impl Worker {
                 .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
         let lazy = shared.work.is_some() && !endpoint.ordered;
+        if !lazy {
+            em.create();
+        }
         Self {
             lazy,
             parked: AtomicBool::new(lazy),
@@ -311,7 +315,7 @@ impl Worker {
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
             deliverer,
             router,
-            shared: shared.clone(),
+            shared: Arc::clone(shared),
             metrics: em,
             breaker,
             bound: AtomicBool::new(false),
@@ -409,11 +413,20 @@ impl Worker {
             paused: self.breaker.is_paused(),
             pause_reason: self.breaker.pause_reason().map(|r| r.to_string()),
             consecutive_failures: self.breaker.consecutive_failures(),
-            inflight: self.metrics.inflight.get(),
-            pending: self.metrics.pending.get(),
+            inflight: self.gauge(|m| m.inflight.get()),
+            pending: self.gauge(|m| m.pending.get()),
             last_success: from_unix_ms(self.last_success_ms.load(Ordering::Relaxed)),
             last_failure: from_unix_ms(self.last_failure_ms.load(Ordering::Relaxed)),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    /// A gauge's value, 0 for an endpoint whose series were never created.
+    fn gauge(&self, read: impl Fn(&EndpointMetrics) -> i64) -> i64 {
+        if self.metrics.created() {
+            read(&self.metrics)
+        } else {
+            0
         }
     }
 
@@ -500,7 +513,9 @@ impl Worker {
     /// Polls consumer info for `natshook_consumer_pending`.
     pub async fn refresh_pending(&self) {
         if self.is_parked() {
-            self.metrics.pending.set(0);
+            if self.metrics.created() {
+                self.metrics.pending.set(0);
+            }
             return;
         }
         let Ok(stream) = self.shared.js.get_stream(self.consumer_stream()).await else {
@@ -526,6 +541,7 @@ impl Worker {
     }
 
     async fn serve(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
+        self.metrics.create();
         let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
         let share = self.shared.inflight.share();
         let mut held = Held::new();
@@ -997,7 +1013,7 @@ mod tests {
             "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n{settings}\n"
         );
         match Config::from_str(&text, "toml") {
-            Ok(mut c) => c.endpoints.remove(0),
+            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
             Err(e) => panic!("{e}"),
         }
     }

@@ -56,7 +56,7 @@ mod tests {
                     [[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n\
                     secret = \"s\"\nmax_attempts = 3\nretry_schedule = [\"1s\", \"5s\"]\nprobe_interval = \"30s\"\n";
         match Config::from_str(text, "toml") {
-            Ok(mut c) => c.endpoints.remove(0),
+            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
             Err(e) => panic!("{e}"),
         }
     }

@@ -54,7 +54,10 @@ pub(super) fn validate(
         &router,
         require_one,
         p,
-    );
+    )
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect();
     let max_age = sections::duration_or(
         raw.dead_letter.max_age.as_deref(),
         "dead_letter.max_age",

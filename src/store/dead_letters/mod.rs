@@ -63,7 +63,7 @@ pub fn inline_payload_limit(max_payload: usize) -> usize {
 /// Says at start what the NATS server's `max_payload` means for the endpoints'
 /// `max_body` and their dead letters: a `max_body` that can never apply is worth a
 /// warning per endpoint; a record without its payload inline is normal operation.
-pub fn log_size_limits(client: &async_nats::Client, endpoints: &[Endpoint]) {
+pub fn log_size_limits(client: &async_nats::Client, endpoints: &[std::sync::Arc<Endpoint>]) {
     let max_payload = client.max_payload();
     for ep in endpoints.iter().filter(|ep| ep.max_body > max_payload) {
         tracing::warn!(

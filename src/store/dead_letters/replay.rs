@@ -107,7 +107,6 @@ async fn replay_one(deliverer: &Deliverer, r: &DeadLetter, payload: &Bytes) -> R
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use super::*;
     use crate::config::Config;
@@ -124,7 +123,7 @@ mod tests {
              allow_private = true\nevents = [\"*\"]\nsecret = \"s\"\ntimeout = \"1s\"\n{tenant}"
         );
         let config = Config::from_str(&text, "toml").unwrap();
-        Deliverer::new(Arc::new(config.endpoints[0].clone())).unwrap()
+        Deliverer::new(config.endpoints[0].clone()).unwrap()
     }
 
     fn record(tenant: Option<&str>) -> DeadLetter {
