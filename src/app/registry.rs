@@ -115,7 +115,7 @@ fn validate(record: &Record, file: &Config) -> Option<Arc<Endpoint>> {
         return None;
     }
     match api::endpoint_from_json(&record.value, &file.endpoint_defaults, &file.router) {
-        Ok(e) => Some(Arc::new(e)),
+        Ok(e) => Some(e.into_shared()),
         Err(problems) => {
             for problem in problems {
                 tracing::warn!(endpoint = %record.name, %problem, "invalid registry endpoint; skipped");

@@ -107,7 +107,8 @@ pub struct Deliverer {
     host: Option<HeaderValue>,
     /// With `[tracing]`: the tracer and the endpoint's name as a span attribute value,
     /// made once. `None` costs nothing per attempt.
-    tracer: Option<(AttemptTracer, opentelemetry::StringValue)>,
+    /// Boxed: the tracer is large, and every endpoint holds a deliverer.
+    tracer: Option<Box<(AttemptTracer, opentelemetry::StringValue)>>,
 }
 
 impl Deliverer {
@@ -127,7 +128,7 @@ impl Deliverer {
     /// trace context as the message carried it.
     pub fn with_tracer(mut self, tracer: Option<AttemptTracer>) -> Self {
         let name = opentelemetry::StringValue::from(self.endpoint.name.clone());
-        self.tracer = tracer.map(|t| (t, name));
+        self.tracer = tracer.map(|t| Box::new((t, name)));
         self
     }
 
@@ -211,7 +212,7 @@ impl Deliverer {
 
     /// One attempt, bounded by the endpoint's timeout (connect, send and response).
     async fn send(&self, mut req: Request<'_>) -> AttemptResult {
-        let span = self.tracer.as_ref().map(|(tracer, endpoint)| {
+        let span = self.tracer.as_deref().map(|(tracer, endpoint)| {
             let facts = AttemptFacts {
                 endpoint,
                 event: req.event,

@@ -295,11 +295,12 @@ impl Worker {
         shared: &Arc<Shared>,
     ) -> Self {
         let em = shared.metrics.endpoint(&endpoint.name);
-        let state = shared.pause_state.clone();
+        let announcer = Arc::clone(shared);
         let name = endpoint.name.clone();
         let breaker = Arc::new(
             Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone())
                 .announcing(Box::new(move |reason| {
+                    let state = &announcer.pause_state;
                     state.announce(&name, reason.map(|r| state.record(r.into())));
                 }))
                 .raising(shared.events.clone(), endpoint.tenant.clone()),

@@ -56,7 +56,7 @@ pub(super) fn validate(
         p,
     )
     .into_iter()
-    .map(std::sync::Arc::new)
+    .map(super::Endpoint::into_shared)
     .collect();
     let max_age = sections::duration_or(
         raw.dead_letter.max_age.as_deref(),
