@@ -24,7 +24,7 @@
 //! natshook is ready (see `deliver`).
 //! BENCH_SCALE_PHASES picks phases (`0`, `1`, `R`; all by default).
 //! BENCH_SCALE_READY_TIMEOUT (seconds, default 300) bounds the wait for `/readyz`.
-//! BENCH_SCALE_DESIGNS (default `direct`) names the delivery designs to measure, each
+//! BENCH_SCALE_DESIGNS (default `direct,fanout`) names the delivery designs to measure, each
 //! a text appended to natshook's config: `direct` none, `fanout` BENCH_FANOUT_CONFIG
 //! (default `[delivery]\nfan_out = true\n`), any other name BENCH_SCALE_CONFIG_<NAME>.
 //! A design whose config `natshook check` refuses is skipped with its reason.
@@ -89,7 +89,7 @@ fn config_text(value: String) -> String {
 }
 
 fn designs() -> Vec<Design> {
-    let names = std::env::var("BENCH_SCALE_DESIGNS").unwrap_or_else(|_| "direct".into());
+    let names = std::env::var("BENCH_SCALE_DESIGNS").unwrap_or_else(|_| "direct,fanout".into());
     names
         .split([',', ' '])
         .filter(|n| !n.is_empty())
