@@ -1322,3 +1322,45 @@ async fn a_change_of_name_is_listed_beside_every_other_problem() {
     let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
     assert_eq!(one["revision"], created["revision"]);
 }
+
+/// A runtime endpoint's secrets (the generated one and the one a rotation returns)
+/// appear in the answers that return them and nowhere else: not in the endpoint views,
+/// the delivery log, the metrics or natshook's logs, after deliveries signed with both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_appear_only_in_the_answers_that_return_them() {
+    let s = Setup::start().await;
+    let n = &s.n;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let first = created["secret"].as_str().unwrap().to_string();
+    let (status, rotated) = api(
+        n,
+        "POST",
+        "/api/endpoints/acme/secret/rotate",
+        Some(r#"{"grace": "1h"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["secret"].as_str().unwrap().to_string();
+    // The first deliveries may race the rotation: either secret may sign them.
+    deliver_org_1(&s.js, &s.rx, 20, "s", 20).await;
+
+    let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+    let (_, all) = api(n, "GET", "/api/endpoints", None).await;
+    let (_, log) = api(n, "GET", "/api/endpoints/acme/deliveries", None).await;
+    let seen = [
+        ("the endpoint view", one.to_string()),
+        ("the list", all.to_string()),
+        ("the delivery log", log.to_string()),
+        ("the metrics", n.metrics().await),
+        ("the logs", n.logs()),
+    ];
+    for secret in [&first, &second] {
+        let key = secret.trim_start_matches("whsec_");
+        for (place, text) in &seen {
+            assert!(!text.contains(key), "a secret appears in {place}");
+        }
+    }
+    let attempts = log.as_array().map_or(0, Vec::len);
+    assert!(attempts > 0, "the delivery log holds the attempts: {log}");
+}
