@@ -269,7 +269,9 @@ impl Supervisor {
                 reasons.push("the fan-out consumer is not bound".to_string());
             }
         }
-        for w in self.workers() {
+        // A fan-out endpoint binds whenever it has work and lets go when it has none:
+        // readiness follows the fan-out consumer, not these comings and goings.
+        for w in self.workers().iter().filter(|w| !w.fans_out()) {
             if !w.is_bound() {
                 reasons.push(format!("consumer {} is not bound", w.consumer_name()));
             }

@@ -147,7 +147,12 @@ pub struct Shared {
     inflight: InflightLimit,
     /// With `[delivery] fan_out`: where endpoints read their copies.
     work: Option<WorkStream>,
+    /// Consumer creations under way, over all endpoints.
+    binds: Arc<Semaphore>,
 }
+
+/// Consumers created at once, over all endpoints.
+const CONCURRENT_BINDS: usize = 16;
 
 impl Shared {
     /// `log_successes_per_second` caps the successful attempts each endpoint writes to
@@ -178,6 +183,7 @@ impl Shared {
             events: OperatorEvents::off(),
             inflight,
             work: None,
+            binds: Arc::new(Semaphore::new(CONCURRENT_BINDS)),
         }
     }
 
@@ -498,6 +504,10 @@ impl Worker {
 
     /// Creates or updates the durable consumer so its filters follow the config.
     async fn bind(&self) -> Result<PullConsumer, String> {
+        // A few at a time: JetStream creates consumers one after another, and a
+        // thousand requests at once (every endpoint at start, or woken by one burst)
+        // time out and come back after a back-off.
+        let _turn = self.shared.binds.acquire().await;
         let name = self.consumer_stream();
         let stream = self
             .shared
