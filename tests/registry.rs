@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -571,10 +571,18 @@ async fn changes_during_traffic_reach_both_processes_within_a_second_and_lose_no
     }
 
     let published = Arc::new(AtomicUsize::new(0));
+    // The last batch waits for the last change: on a loaded machine the changes may
+    // take longer than the steady publishing, and they must happen while it flows.
+    let changes_done = Arc::new(AtomicBool::new(false));
     let publisher = {
-        let (js, published) = (js.clone(), published.clone());
+        let (js, published, done) = (js.clone(), published.clone(), changes_done.clone());
         tokio::spawn(async move {
             for batch in 0..CHURN / 25 {
+                if batch + 1 == CHURN / 25 {
+                    while !done.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 publish_all(
                     &js,
                     (batch * 25..(batch + 1) * 25).map(churn_message).collect(),
@@ -696,6 +704,7 @@ async fn changes_during_traffic_reach_both_processes_within_a_second_and_lose_no
     );
     let gone_applied = Instant::now();
     let last_change = progress("last change");
+    changes_done.store(true, Ordering::SeqCst);
 
     publisher.await.unwrap();
     assert!(
