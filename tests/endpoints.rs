@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use common::admin_api as api;
 use common::*;
 use serde_json::{json, Value};
 
@@ -20,10 +21,6 @@ fn config(nats: &NatsServer, file_rx: &Receiver) -> String {
     );
     c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
     c.render()
-}
-
-async fn api(n: &Natshook, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    n.api(method, path, Some(ADMIN_TOKEN), body).await
 }
 
 fn text(b: &[u8]) -> String {
@@ -42,21 +39,6 @@ fn endpoints(n: &Natshook, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Waits until `name` runs on `n` with its consumer bound.
-async fn wait_bound(n: &Natshook, name: &str) {
-    wait_until(
-        Duration::from_secs(20),
-        &format!("{name} bound"),
-        || async {
-            api(n, "GET", &format!("/api/endpoints/{name}"), None)
-                .await
-                .1["bound"]
-                == true
-        },
-    )
-    .await;
-}
-
 /// Waits until `name` no longer runs on `n` (disabled or deleted).
 async fn wait_stopped(n: &Natshook, name: &str) {
     wait_until(
@@ -71,18 +53,6 @@ async fn wait_stopped(n: &Natshook, name: &str) {
         },
     )
     .await;
-}
-
-/// `n` leads of `tenant`, ids `<prefix>-<i>`.
-fn tenant_leads(
-    tenant: &str,
-    n: usize,
-    prefix: &str,
-) -> Vec<(String, bytes::Bytes, Option<String>)> {
-    leads(n, prefix)
-        .into_iter()
-        .map(|(_, payload, id)| (format!("events.{tenant}.lead.created"), payload, id))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

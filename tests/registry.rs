@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use common::admin_api as api;
 use common::*;
 use serde_json::{json, Value};
 
@@ -84,18 +85,6 @@ fn body(name: &str, rx: &Receiver) -> String {
     .to_string()
 }
 
-/// `n` leads of `tenant`, ids `<prefix>-<i>`.
-fn tenant_leads(
-    tenant: &str,
-    n: usize,
-    prefix: &str,
-) -> Vec<(String, bytes::Bytes, Option<String>)> {
-    leads(n, prefix)
-        .into_iter()
-        .map(|(_, payload, id)| (format!("events.{tenant}.lead.created"), payload, id))
-        .collect()
-}
-
 /// Publishes `n` leads of `org_1` and waits until `rx` holds `total` distinct ids.
 async fn deliver_org_1(
     js: &jetstream::Context,
@@ -113,10 +102,6 @@ async fn deliver_org_1(
     .await;
 }
 
-async fn api(n: &Natshook, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    n.api(method, path, Some(TOKEN), body).await
-}
-
 /// The names `GET /api/endpoints` lists on `n`.
 async fn listed(n: &Natshook, query: &str) -> Vec<String> {
     let (status, body) = api(n, "GET", &format!("/api/endpoints{query}"), None).await;
@@ -127,21 +112,6 @@ async fn listed(n: &Natshook, query: &str) -> Vec<String> {
         .iter()
         .map(|e| e["name"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-/// Waits until `name` runs on `n` with its consumer bound.
-async fn wait_bound(n: &Natshook, name: &str) {
-    wait_until(
-        Duration::from_secs(20),
-        &format!("{name} bound"),
-        || async {
-            api(n, "GET", &format!("/api/endpoints/{name}"), None)
-                .await
-                .1["bound"]
-                == true
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

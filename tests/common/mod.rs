@@ -1339,3 +1339,36 @@ impl Drop for EventWatch {
         self.task.abort();
     }
 }
+
+/// The admin API of `n` behind [`ADMIN_TOKEN`]: its status and JSON body.
+pub async fn admin_api(
+    n: &Natshook,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    n.api(method, path, Some(ADMIN_TOKEN), body).await
+}
+
+/// Waits until endpoint `name` runs on `n` with its consumer bound.
+pub async fn wait_bound(n: &Natshook, name: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{name} bound"),
+        || async {
+            admin_api(n, "GET", &format!("/api/endpoints/{name}"), None)
+                .await
+                .1["bound"]
+                == true
+        },
+    )
+    .await;
+}
+
+/// `n` leads of `tenant` (on `events.<tenant>.lead.created`), ids `<prefix>-<i>`.
+pub fn tenant_leads(tenant: &str, n: usize, prefix: &str) -> Vec<(String, Bytes, Option<String>)> {
+    leads(n, prefix)
+        .into_iter()
+        .map(|(_, payload, id)| (format!("events.{tenant}.lead.created"), payload, id))
+        .collect()
+}
