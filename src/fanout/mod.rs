@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::targets::Targets;
 use crate::backoff::Backoff;
-use crate::store::work_stream::{SourceFacts, WorkStream};
+use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
 
 /// Source messages being copied at once: enough to keep the work stream's publish
 /// acks pipelined, few enough that a stalled JetStream holds little.
@@ -207,10 +207,7 @@ async fn copy(
         sequence: info.stream_sequence,
         published: SystemTime::from(info.published),
     };
-    let headers = msg.headers.iter().flat_map(|h| {
-        h.iter()
-            .flat_map(|(n, vs)| vs.iter().map(move |v| (n.as_ref(), v.as_str())))
-    });
+    let headers = header_pairs(&msg, false);
     let Some(mapped) = targets.router().route(&facts.subject, headers) else {
         let _ = msg.ack().await;
         return;

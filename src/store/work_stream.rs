@@ -179,6 +179,19 @@ pub fn is_internal(name: &str) -> bool {
         && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
 }
 
+/// A message's NATS headers as (name, value) pairs, each value of a repeated name; a
+/// copy's (`copy`) as its source message had them.
+pub fn header_pairs(msg: &jetstream::Message, copy: bool) -> impl Iterator<Item = (&str, &str)> {
+    msg.headers.iter().flat_map(move |h| {
+        h.iter()
+            .filter_map(move |(name, values)| {
+                let name = as_source_header(name.as_ref(), copy)?;
+                Some(values.iter().map(move |v| (name, v.as_str())))
+            })
+            .flatten()
+    })
+}
+
 /// A copy's header as the source message had it: `Natshook-Source-Msg-Id` is the
 /// source's `Nats-Msg-Id`, the copy's own `Nats-Msg-Id` and the other source facts
 /// are not message headers. `None`: leave the header out.

@@ -20,7 +20,7 @@ use crate::events::DeadLetterEvent;
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
 use crate::store::dead_letters::DeadLetter;
-use crate::store::work_stream::{as_source_header, WorkStream, NATS_MSG_ID};
+use crate::store::work_stream::{header_pairs, WorkStream, NATS_MSG_ID};
 use crate::time;
 
 /// The JetStream metadata of a fetched message, read once: for a copy on the work
@@ -32,7 +32,7 @@ struct MessageMeta {
     stream: String,
     sequence: u64,
     published: SystemTime,
-    /// A copy on the work stream: its headers are read through `as_source_header`.
+    /// A copy on the work stream: its headers are read through `work_stream::header_pairs`.
     copy: bool,
 }
 
@@ -68,19 +68,6 @@ struct Routed {
     event: String,
     tenant: Option<String>,
     id: String,
-}
-
-/// A message's NATS headers as (name, value) pairs, each value of a repeated name; a
-/// copy's as its source message had them.
-fn header_pairs(msg: &jetstream::Message, copy: bool) -> impl Iterator<Item = (&str, &str)> {
-    msg.headers.iter().flat_map(move |h| {
-        h.iter()
-            .filter_map(move |(name, values)| {
-                let name = as_source_header(name.as_ref(), copy)?;
-                Some(values.iter().map(move |v| (name, v.as_str())))
-            })
-            .flatten()
-    })
 }
 
 impl Worker {
