@@ -109,20 +109,33 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
         killed_at.elapsed().as_secs_f64()
     );
 
-    // The faults caused no dead letters.
-    let dlq = js
-        .get_stream("NATSHOOK_DLQ")
-        .await
-        .expect("the replicated dead-letter stream")
-        .info()
-        .await
-        .expect("dead-letter stream info")
-        .clone();
+    // The faults caused no dead letters. Right after a node dies the stream may be
+    // electing a new leader, and JetStream answers "unavailable" until it has one.
+    let dlq = dead_letter_info(&js).await;
     assert_eq!(dlq.state.messages, 0, "dead letters caused by the faults");
     assert_eq!(
         dlq.config.num_replicas, 3,
         "nats.replicas applies to NATSHOOK_DLQ"
     );
+}
+
+/// `NATSHOOK_DLQ`'s info, asked again while the cluster elects leaders after a fault.
+async fn dead_letter_info(js: &jetstream::Context) -> jetstream::stream::Info {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = match js.get_stream("NATSHOOK_DLQ").await {
+            Ok(mut stream) => stream.info().await.cloned().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match info {
+            Ok(info) => return info,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("dead-letter stream info not yet available: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the replicated dead-letter stream: {e}"),
+        }
+    }
 }
 
 const PAUSED_A: &str = "natshook_endpoint_paused{endpoint=\"a\"}";
