@@ -12,6 +12,7 @@ mod registry;
 mod supervisor;
 mod watch;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -229,7 +230,7 @@ impl Background {
             sup.metrics().unmapped.clone(),
             shutdown.clone(),
         ));
-        let poller = tokio::spawn(poll_pending(sup.clone(), shutdown.clone()));
+        let poller = tokio::spawn(poll_pending(js.clone(), sup.clone(), shutdown.clone()));
         let pauses = tokio::spawn(follow_shared_pauses(sup.clone(), shutdown.clone()));
         let watcher = config_path
             .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
@@ -278,17 +279,48 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
     }
 }
 
-/// Refreshes every worker's pending count until `stop`.
-async fn poll_pending(sup: Arc<Supervisor>, stop: CancellationToken) {
+/// Refreshes every worker's pending count until `stop`. One consumer listing per
+/// stream (a page per 256 consumers) rather than one request per endpoint: with
+/// thousands of endpoints, per-consumer polling is most of what an idle nats-server does.
+async fn poll_pending(js: jetstream::Context, sup: Arc<Supervisor>, stop: CancellationToken) {
     loop {
-        for w in sup.workers() {
-            w.refresh_pending().await;
+        let workers = sup.workers();
+        let mut streams: Vec<&str> = workers.iter().map(|w| w.consumer_stream()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for stream in streams {
+            match consumer_infos(&js, stream).await {
+                Ok(infos) => {
+                    for w in workers.iter().filter(|w| w.consumer_stream() == stream) {
+                        w.show_pending(infos.get(w.consumer_name()));
+                    }
+                }
+                Err(e) => tracing::debug!(stream, error = %e, "cannot list consumers"),
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PENDING_POLL) => {}
         }
     }
+}
+
+/// Every consumer of `stream` by name.
+async fn consumer_infos(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<HashMap<String, jetstream::consumer::Info>, String> {
+    let stream = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut infos = HashMap::new();
+    let mut list = stream.consumers();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| e.to_string())?;
+        infos.insert(info.name.clone(), info);
+    }
+    Ok(infos)
 }
 
 /// Opens the registry bucket (creating it, retrying while JetStream refuses) and

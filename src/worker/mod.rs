@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::{pull, AckPolicy, DeliverPolicy},
+    consumer::{self, pull, AckPolicy, DeliverPolicy},
     message::AckKind,
 };
 use futures_util::{FutureExt, StreamExt};
@@ -512,7 +512,7 @@ impl Worker {
         let stream = self
             .shared
             .js
-            .get_stream(name)
+            .get_stream_no_info(name)
             .await
             .map_err(|e| format!("stream {name}: {e}"))?;
         stream
@@ -521,18 +521,16 @@ impl Worker {
             .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
 
-    /// Polls consumer info for `natshook_consumer_pending`.
-    pub async fn refresh_pending(&self) {
+    /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
+    /// worker of a stream at once (`None`: the consumer does not exist).
+    pub fn show_pending(&self, info: Option<&consumer::Info>) {
         if self.is_parked() {
             if self.metrics.created() {
                 self.metrics.pending.set(0);
             }
             return;
         }
-        let Ok(stream) = self.shared.js.get_stream(self.consumer_stream()).await else {
-            return;
-        };
-        if let Ok(info) = stream.consumer_info(&self.consumer_name).await {
+        if let Some(info) = info {
             let pending = info.num_pending + info.num_ack_pending as u64;
             self.metrics.pending.set(pending as i64);
         }
@@ -637,7 +635,12 @@ impl Worker {
         if permits.available_permits() < self.endpoint.concurrency {
             return false;
         }
-        let Ok(stream) = self.shared.js.get_stream(self.consumer_stream()).await else {
+        let Ok(stream) = self
+            .shared
+            .js
+            .get_stream_no_info(self.consumer_stream())
+            .await
+        else {
             return false;
         };
         match stream.consumer_info(&self.consumer_name).await {
