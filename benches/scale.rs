@@ -29,6 +29,8 @@
 //! (default `[delivery]\nfan_out = true\n`), any other name BENCH_SCALE_CONFIG_<NAME>.
 //! A design whose config `natshook check` refuses is skipped with its reason.
 //! BENCH_NATSHOOK_BIN=path measures another natshook build.
+//! BENCH_NATS_PROFILE=port serves nats-server's Go profiler during S1
+//! (`go tool pprof http://127.0.0.1:port/debug/pprof/profile`), to see where its CPU goes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -441,7 +443,10 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
         ..Default::default()
     };
     eprintln!("[{}] S1: {e} endpoints, start and idle", design.name);
-    let nats = NatsServer::start();
+    let nats = match std::env::var("BENCH_NATS_PROFILE") {
+        Ok(port) => NatsServer::start_with(&["--profile", &port]),
+        Err(_) => NatsServer::start(),
+    };
     let js = jetstream::new(nats.client().await);
     // Room for a consumer per endpoint and natshook's own (unmapped subjects) above
     // nats-server 2.15's default of 1,000 per stream.
