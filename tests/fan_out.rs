@@ -3,7 +3,8 @@
 //! copies with a consumer that exists only while it has work. Real nats-server, real
 //! receivers, the natshook binary: every message reaches every endpoint that wants it
 //! with the source message's id, retries count attempts 1, 2, 3 on the copies, dead
-//! letters name the source message, and a SIGKILL loses nothing.
+//! letters name the source message, and neither a SIGKILL of natshook nor a restart
+//! of nats-server loses anything.
 
 mod common;
 
@@ -37,6 +38,18 @@ async fn consumers(js: &jetstream::Context, stream: &str) -> BTreeSet<String> {
     }
     let _ = stream.info().await;
     names
+}
+
+/// The consumers on every work stream (`EVENTS_natshook_WORK_0` to `_15`), each of
+/// which must exist.
+async fn work_consumers(js: &jetstream::Context) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for i in 0..16 {
+        let name = format!("EVENTS_natshook_WORK_{i}");
+        assert!(js.get_stream(&name).await.is_ok(), "work stream {name}");
+        all.extend(consumers(js, &name).await);
+    }
+    all
 }
 
 /// Requests per path, as distinct ids and the number of requests.
@@ -158,7 +171,7 @@ async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
         "idle endpoints let their consumers go",
         || {
             let js = js.clone();
-            async move { consumers(&js, "EVENTS_natshook_WORK").await.is_empty() }
+            async move { work_consumers(&js).await.is_empty() }
         },
     )
     .await;
@@ -285,4 +298,50 @@ async fn a_sigkill_mid_fan_out_loses_nothing() {
         duplicates += requests - ids.len();
     }
     println!("killed after {before} requests; {duplicates} duplicates (same ids)");
+}
+
+/// The endpoints' consumers keep their state in nats-server's memory: a restarted
+/// server forgets them, natshook creates them again, and every copy not acked yet is
+/// delivered (again); the copies themselves are on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_server_restart_mid_fan_out_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let mut config = fan_out(TestConfig::new(nats.url()));
+    for i in 0..5 {
+        config = config.endpoint(
+            &format!("e{i}"),
+            &rx.url(&format!("/e/{i}")),
+            &["lead.created"],
+            "concurrency = 16",
+        );
+    }
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(3000, "r")).await;
+    rx.wait_for(Duration::from_secs(60), "some delivered", |r| {
+        r.count() >= 2000
+    })
+    .await;
+    nats.restart();
+    let before = rx.count();
+    rx.wait_for(
+        Duration::from_secs(120),
+        "every copy after the server restart",
+        |r| per_path(r).values().map(|v| v.0.len()).sum::<usize>() >= 5 * 3000,
+    )
+    .await;
+    let want: BTreeSet<String> = (0..3000).map(|i| format!("r-{i}")).collect();
+    let got = per_path(&rx);
+    let mut duplicates = 0;
+    for i in 0..5 {
+        let (ids, requests) = &got[&format!("/e/{i}")];
+        assert_eq!(ids, &want, "e{i}");
+        duplicates += requests - ids.len();
+    }
+    assert!(
+        natshook.dead_letters("e0").is_empty(),
+        "the restart caused dead letters"
+    );
+    println!("server restarted after {before} requests; {duplicates} duplicates (same ids)");
 }

@@ -141,7 +141,7 @@ impl FanOut {
     async fn bind(&self) -> Result<pull::Stream, String> {
         let stream = self
             .js
-            .get_stream(&self.stream)
+            .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| format!("stream {}: {e}", self.stream))?;
         let consumer = stream
@@ -239,10 +239,12 @@ async fn copy(
             return;
         }
     }
-    if let Err(e) = msg.double_ack().await {
-        // Copied but not acked: it comes back, and its copies are duplicates the work
-        // stream drops within its window.
-        tracing::debug!(error = %e, "fan-out ack not confirmed");
+    // A plain ack, not one JetStream confirms: a lost ack brings the message back
+    // after ack_wait (30 s), well within the duplicate window (2 min) in which the work
+    // stream drops its copies, so a confirmation would cost a reply per message for
+    // nothing.
+    if let Err(e) = msg.ack().await {
+        tracing::debug!(error = %e, "fan-out ack not sent");
     }
     for w in woken {
         w.wake();
@@ -259,7 +261,7 @@ pub async fn scan(
 ) {
     loop {
         if let Err(e) = scan_once(&js, &work, &targets).await {
-            tracing::debug!(stream = %work.name(), error = %e, "work stream scan failed");
+            tracing::debug!(error = %e, "work stream scan failed");
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -273,22 +275,24 @@ async fn scan_once(
     work: &WorkStream,
     targets: &watch::Receiver<Arc<Targets>>,
 ) -> Result<(), String> {
-    let stream = js
-        .get_stream(work.name())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut subjects = stream
-        .info_with_subjects(work.all_subjects())
-        .await
-        .map_err(|e| e.to_string())?;
     let targets = targets.borrow().clone();
-    while let Some(next) = subjects.next().await {
-        let (subject, count) = next.map_err(|e| e.to_string())?;
-        if count == 0 {
-            continue;
-        }
-        if let Some(w) = work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
-            w.wake();
+    for (i, name) in work.names().iter().enumerate() {
+        let stream = js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut subjects = stream
+            .info_with_subjects(work.subjects_of(i))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(next) = subjects.next().await {
+            let (subject, count) = next.map_err(|e| e.to_string())?;
+            if count == 0 {
+                continue;
+            }
+            if let Some(w) = work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
+                w.wake();
+            }
         }
     }
     Ok(())

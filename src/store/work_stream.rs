@@ -38,10 +38,18 @@ pub struct WorkStreamError {
     message: String,
 }
 
-/// Where the copies live: the stream and its subjects.
+/// How many work streams the copies are spread over, by endpoint. On every ack,
+/// JetStream asks each consumer of a work-queue stream whether it still needs the
+/// message: with a thousand busy endpoints on one stream, that is a thousand checks
+/// per delivery and the largest part of nats-server's CPU; spread over 16 streams,
+/// about 60.
+pub const SHARDS: usize = 16;
+
+/// Where the copies live: the streams and their subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkStream {
-    name: String,
+    /// `<stream>_<prefix>_WORK_<shard>`, by shard.
+    names: Vec<String>,
     /// `<prefix>.work.<stream>.`
     subject_prefix: String,
     replicas: usize,
@@ -59,58 +67,74 @@ pub struct SourceFacts {
 
 impl WorkStream {
     pub fn new(nats: &NatsConfig) -> Self {
+        Self::named(&nats.stream, &nats.consumer_prefix, nats.replicas)
+    }
+
+    fn named(stream: &str, prefix: &str, replicas: usize) -> Self {
         Self {
-            name: format!("{}_{}_WORK", nats.stream, nats.consumer_prefix),
-            subject_prefix: format!("{}.work.{}.", nats.consumer_prefix, nats.stream),
-            replicas: nats.replicas,
+            names: (0..SHARDS)
+                .map(|i| format!("{stream}_{prefix}_WORK_{i}"))
+                .collect(),
+            subject_prefix: format!("{prefix}.work.{stream}."),
+            replicas,
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The work streams, by shard.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
-    /// The subject of `endpoint`'s copies.
+    /// The stream that holds `endpoint`'s copies.
+    pub fn name_of(&self, endpoint: &str) -> &str {
+        &self.names[shard(endpoint)]
+    }
+
+    /// The subject of `endpoint`'s copies: `<prefix>.work.<stream>.<shard>.<endpoint>`.
     pub fn subject(&self, endpoint: &str) -> String {
-        format!("{}{endpoint}", self.subject_prefix)
+        format!("{}{}.{endpoint}", self.subject_prefix, shard(endpoint))
     }
 
-    /// Every endpoint's subject, for listing which endpoints have work.
-    pub fn all_subjects(&self) -> String {
-        format!("{}>", self.subject_prefix)
+    /// Every endpoint's subject on shard `i`'s stream, for listing which have work.
+    pub fn subjects_of(&self, i: usize) -> String {
+        format!("{}{i}.>", self.subject_prefix)
     }
 
-    /// The endpoint a copy's subject names.
+    /// The endpoint whose copies `subject` holds.
     pub fn endpoint_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject
-            .strip_prefix(self.subject_prefix.as_str())
-            .filter(|e| !e.is_empty() && !e.contains('.'))
+        let (i, endpoint) = subject
+            .strip_prefix(self.subject_prefix.as_str())?
+            .split_once('.')?;
+        let i: usize = i.parse().ok()?;
+        Some(endpoint).filter(|e| !e.is_empty() && !e.contains('.') && shard(e) == i)
     }
 
-    /// Creates the stream when it is missing. Work-queue retention: a copy is removed
-    /// once its endpoint acked it, so the stream holds exactly the work not done yet.
+    /// Creates the streams that are missing. Work-queue retention: a copy is removed
+    /// once its endpoint acked it, so the streams hold exactly the work not done yet.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), WorkStreamError> {
-        js.get_or_create_stream(stream::Config {
-            name: self.name.clone(),
-            description: Some(
-                "natshook: each message copied once per endpoint that delivers it".into(),
-            ),
-            subjects: vec![self.all_subjects()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: self.replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            // One consumer per endpoint with work; the server's default (1,000) would
-            // cap the endpoints that can be busy at once.
-            max_consumers: i32::MAX,
-            ..Default::default()
-        })
-        .await
-        .map(drop)
-        .map_err(|e| WorkStreamError {
-            stream: self.name.clone(),
-            message: e.to_string(),
-        })
+        for (i, name) in self.names.iter().enumerate() {
+            js.get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some(
+                    "natshook: each message copied once per endpoint that delivers it".into(),
+                ),
+                subjects: vec![self.subjects_of(i)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                // One consumer per endpoint with work; the server's default (1,000)
+                // would cap the endpoints that can be busy at once.
+                max_consumers: i32::MAX,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| WorkStreamError {
+                stream: name.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 
     /// The headers of `endpoint`'s copy of a source message: its own headers (less any
@@ -158,7 +182,7 @@ impl WorkStream {
     /// A copy's source facts, or `None` when `msg` is not from this work stream (a
     /// message on the source stream is read as it is, whatever headers it has).
     pub fn source_of(&self, msg: &jetstream::Message, stream: &str) -> Option<SourceFacts> {
-        if stream != self.name {
+        if !self.names.iter().any(|n| n == stream) {
             return None;
         }
         let h = msg.headers.as_ref()?;
@@ -171,6 +195,14 @@ impl WorkStream {
             published: UNIX_EPOCH + Duration::from_nanos(nanos),
         })
     }
+}
+
+/// An endpoint's shard: FNV-1a of its name, the same in every replica and release.
+fn shard(endpoint: &str) -> usize {
+    let hash = endpoint.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % SHARDS as u64) as usize
 }
 
 /// A header natshook puts on a copy: never passed on to a receiver or a record.
@@ -213,21 +245,41 @@ mod tests {
     use super::*;
 
     fn work() -> WorkStream {
-        WorkStream {
-            name: "EVENTS_natshook_WORK".into(),
-            subject_prefix: "natshook.work.EVENTS.".into(),
-            replicas: 1,
-        }
+        WorkStream::named("EVENTS", "natshook", 1)
     }
 
     #[test]
-    fn subjects_name_their_endpoint() {
+    fn subjects_name_their_shard_and_endpoint() {
         let w = work();
-        assert_eq!(w.subject("crm"), "natshook.work.EVENTS.crm");
-        assert_eq!(w.endpoint_of("natshook.work.EVENTS.crm"), Some("crm"));
-        assert_eq!(w.endpoint_of("natshook.work.EVENTS."), None);
-        assert_eq!(w.endpoint_of("natshook.work.OTHER.crm"), None);
-        assert_eq!(w.endpoint_of("natshook.work.EVENTS.a.b"), None);
+        let i = shard("crm");
+        let subject = w.subject("crm");
+        assert_eq!(subject, format!("natshook.work.EVENTS.{i}.crm"));
+        assert_eq!(w.endpoint_of(&subject), Some("crm"));
+        assert_eq!(w.name_of("crm"), format!("EVENTS_natshook_WORK_{i}"));
+        assert_eq!(w.endpoint_of(&format!("natshook.work.EVENTS.{i}.")), None);
+        assert_eq!(w.endpoint_of(&format!("natshook.work.OTHER.{i}.crm")), None);
+        assert_eq!(
+            w.endpoint_of(&format!("natshook.work.EVENTS.{i}.a.b")),
+            None
+        );
+        let other = (i + 1) % SHARDS;
+        assert_eq!(
+            w.endpoint_of(&format!("natshook.work.EVENTS.{other}.crm")),
+            None
+        );
+        assert_eq!(w.endpoint_of("natshook.work.EVENTS.crm"), None);
+    }
+
+    #[test]
+    fn endpoints_spread_over_every_shard() {
+        let mut counts = [0usize; SHARDS];
+        for i in 0..1000 {
+            counts[shard(&format!("e{i}"))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (30..=100).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

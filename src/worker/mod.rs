@@ -464,7 +464,7 @@ impl Worker {
     /// The stream the endpoint's consumer is on.
     pub fn consumer_stream(&self) -> &str {
         match &self.shared.work {
-            Some(work) if self.lazy => work.name(),
+            Some(work) if self.lazy => work.name_of(&self.endpoint.name),
             _ => &self.shared.stream_name,
         }
     }
@@ -498,6 +498,13 @@ impl Worker {
             filter_subject,
             filter_subjects,
             max_ack_pending: window(&self.endpoint, self.rate_limit()),
+            // A fan-out endpoint's consumer keeps its state in memory: on the work
+            // stream an acked copy is gone, so the state holds only what is in flight,
+            // and a file per consumer rewritten ten times a second is most of what
+            // nats-server spends while a thousand endpoints drain. A server restart
+            // forgets the consumer; the worker creates it again and everything not
+            // acked comes back.
+            memory_storage: self.lazy,
             ..Default::default()
         }
     }
