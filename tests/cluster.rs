@@ -12,15 +12,24 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
 
-const ENDPOINTS: usize = 200;
-const MESSAGES: usize = 20_000;
+/// What one run puts through the cluster.
+struct Load {
+    endpoints: usize,
+    messages: usize,
+    /// `[delivery] fan_out`: copies on the (R3) work streams, endpoint consumers that
+    /// keep their state in memory.
+    fan_out: bool,
+}
 
-fn cluster_config(urls: &str, rx: &Receiver) -> String {
+fn cluster_config(urls: &str, rx: &Receiver, load: &Load) -> String {
     let mut config = TestConfig::new(urls.to_string());
     config.create_stream = false;
     config.events = vec![("cluster.*".into(), "item.{2}".into())];
     config = config.nats("replicas = 3");
-    for i in 0..ENDPOINTS {
+    if load.fan_out {
+        config.top = format!("{}\n[delivery]\nfan_out = true\n", config.top);
+    }
+    for i in 0..load.endpoints {
         config = config.endpoint(
             &format!("e{i}"),
             &rx.url(&format!("/e{i}")),
@@ -37,6 +46,29 @@ fn cluster_config(urls: &str, rx: &Receiver) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
+    lose_nothing_on_a_cluster(Load {
+        endpoints: 200,
+        messages: 20_000,
+        fan_out: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
+    lose_nothing_on_a_cluster(Load {
+        endpoints: 60,
+        messages: 6_000,
+        fan_out: true,
+    })
+    .await;
+}
+
+/// Three natshook replicas on a three-node cluster with an R3 stream; once a third of
+/// the messages arrived, one replica and one node die (SIGKILL). Every id must still
+/// arrive at its own endpoint, and the faults must cause no dead letter.
+async fn lose_nothing_on_a_cluster(load: Load) {
+    let (endpoints, messages) = (load.endpoints, load.messages);
     let mut cluster = NatsCluster::start(3).await;
     let client = cluster.client().await;
     let js = jetstream::new(client);
@@ -49,22 +81,22 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
     .await
     .expect("create the R3 stream");
 
-    let ids: Vec<String> = (0..MESSAGES).map(|i| format!("c-{i}")).collect();
-    let messages = ids
+    let ids: Vec<String> = (0..messages).map(|i| format!("c-{i}")).collect();
+    let batch = ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
             (
-                format!("cluster.e{}", i % ENDPOINTS),
+                format!("cluster.e{}", i % endpoints),
                 Bytes::from(format!("{{\"n\":{i}}}")),
                 Some(id.clone()),
             )
         })
         .collect();
-    publish_all(&js, messages).await;
+    publish_all(&js, batch).await;
 
     let rx = Receiver::start().await;
-    let config = cluster_config(&cluster.urls(), &rx);
+    let config = cluster_config(&cluster.urls(), &rx, &load);
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas
@@ -72,7 +104,7 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
     }
 
     rx.wait_for(Duration::from_secs(120), "a third delivered", |r| {
-        r.delivered_ids().len() >= MESSAGES / 3
+        r.delivered_ids().len() >= messages / 3
     })
     .await;
     replicas[2].sigkill();
@@ -80,7 +112,7 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
     let killed_at = Instant::now();
 
     rx.wait_for(Duration::from_secs(240), "every id delivered", |r| {
-        r.delivered_ids().len() >= MESSAGES
+        r.delivered_ids().len() >= messages
     })
     .await;
     let delivered = rx.delivered_ids();
@@ -99,13 +131,14 @@ async fn replicas_on_a_cluster_lose_nothing_when_a_node_and_a_replica_die() {
         .iter()
         .filter(|r| {
             let n: usize = r.id()[2..].parse().expect("test id");
-            r.path != format!("/e{}", n % ENDPOINTS)
+            r.path != format!("/e{}", n % endpoints)
         })
         .count();
     assert_eq!(wrong_path, 0, "a message reached another endpoint");
     eprintln!(
-        "{MESSAGES} ids over {ENDPOINTS} endpoints delivered; {duplicates} duplicate deliveries \
-         (same id); all delivered {:.1} s after the faults",
+        "{messages} ids over {endpoints} endpoints delivered (fan_out = {}); {duplicates} \
+         duplicate deliveries (same id); all delivered {:.1} s after the faults",
+        load.fan_out,
         killed_at.elapsed().as_secs_f64()
     );
 
