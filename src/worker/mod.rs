@@ -1,6 +1,8 @@
 //! One endpoint's JetStream consumer: fetch, deliver, then ack, NAK or dead-letter.
-//! This module binds and fetches, holds messages while the endpoint is paused and
-//! probes it; `message` delivers and settles one message, as `outcome` decides.
+//! This module binds the consumer and keeps it (or, with fan-out, lets it go when idle);
+//! `fetch` feeds its pull stream to delivery tasks, holding messages while the endpoint
+//! is paused or waits for a permit or a token; `message` delivers and settles one
+//! message, as `outcome` decides; `shared` is what every worker shares.
 //!
 //! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
 //! receiver only ever holds its own messages. `max_ack_pending` is twice the endpoint's
@@ -22,15 +24,14 @@
 //! third of `ack_wait`, so few messages are fetched ahead of their token.
 
 pub mod breaker;
+mod fetch;
 pub mod inflight;
 mod message;
 pub mod outcome;
+mod shared;
 pub mod throttle;
 pub mod unmapped;
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,25 +43,21 @@ use async_nats::jetstream::{
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{watch, Semaphore};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
-use self::inflight::{InflightLimit, Share};
+use self::fetch::{Held, Leave};
+pub use self::shared::Shared;
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
-use crate::config::{Endpoint, NatsConfig, Rate};
+use crate::config::{Endpoint, Rate};
 use crate::delivery::Deliverer;
-use crate::events::OperatorEvents;
-use crate::metrics::{EndpointMetrics, Metrics};
+use crate::metrics::EndpointMetrics;
 use crate::rate_limit::RateLimit;
 use crate::routing::Router;
-use crate::store::dead_letters::DeadLetters;
-use crate::store::delivery_log::DeliveryLog;
-use crate::store::pause_state::{PauseRecord, PauseState, ProbeGuard};
-use crate::store::work_stream::WorkStream;
+use crate::store::pause_state::PauseRecord;
 use crate::time;
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
@@ -99,135 +96,6 @@ pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
         None => window,
     };
     i64::try_from(window).unwrap_or(i64::MAX)
-}
-
-/// Messages fetched but not started. They survive pauses and re-binds, so a message
-/// the endpoint never tried costs no attempt and never waits out its ack timer.
-type Held = VecDeque<jetstream::Message>;
-
-/// How a wait for a permit ended.
-enum Waited<T> {
-    Done(T),
-    /// The endpoint paused meanwhile.
-    Paused,
-    Leave(Leave),
-}
-
-/// Why feeding one pull stream ended.
-#[derive(Debug)]
-enum Leave {
-    Drain,
-    /// Pull again at once (missed heartbeat, stream ended).
-    Rebind,
-    /// Pull again after a back-off.
-    RebindAfterError,
-    /// Nothing came for `IDLE_AFTER` and nothing is in flight: a fan-out endpoint may
-    /// let its consumer go.
-    Idle,
-}
-
-/// How long a fan-out endpoint's consumer waits for work before the worker checks
-/// whether it can let it go.
-const IDLE_AFTER: Duration = Duration::from_secs(10);
-
-/// What every worker shares: the NATS side and the process-wide stores.
-#[derive(Clone)]
-pub struct Shared {
-    js: jetstream::Context,
-    stream_name: String,
-    consumer_prefix: String,
-    metrics: Metrics,
-    dead_letters: DeadLetters,
-    delivery_log: Option<DeliveryLog>,
-    /// Successful attempts logged per endpoint and second at most.
-    log_successes_per_second: u32,
-    pause_state: PauseState,
-    events: OperatorEvents,
-    /// `[delivery] max_inflight`, shared fairly by the endpoints.
-    inflight: InflightLimit,
-    /// With `[delivery] fan_out`: where endpoints read their copies.
-    work: Option<WorkStream>,
-    /// Consumer creations under way, over all endpoints.
-    binds: Arc<Semaphore>,
-}
-
-/// Consumers created at once, over all endpoints.
-const CONCURRENT_BINDS: usize = 16;
-
-impl Shared {
-    /// `log_successes_per_second` caps the successful attempts each endpoint writes to
-    /// `delivery_log` (failed ones are always written); `max_inflight` bounds the
-    /// deliveries in flight over all endpoints.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        js: jetstream::Context,
-        nats: &NatsConfig,
-        metrics: Metrics,
-        dead_letters: DeadLetters,
-        delivery_log: Option<DeliveryLog>,
-        log_successes_per_second: u32,
-        pause_state: PauseState,
-        max_inflight: usize,
-    ) -> Self {
-        metrics.inflight_limit.set(max_inflight as i64);
-        let inflight = InflightLimit::new(max_inflight, metrics.inflight_total.clone());
-        Self {
-            js,
-            stream_name: nats.stream.clone(),
-            consumer_prefix: nats.consumer_prefix.clone(),
-            metrics,
-            dead_letters,
-            delivery_log,
-            log_successes_per_second,
-            pause_state,
-            events: OperatorEvents::off(),
-            inflight,
-            work: None,
-            binds: Arc::new(Semaphore::new(CONCURRENT_BINDS)),
-        }
-    }
-
-    /// Endpoints read their copies from `work` (`[delivery] fan_out`), except ordered
-    /// ones, which keep their own consumer on the source stream: copies made by
-    /// several fan-out consumers in parallel would not keep the source's order.
-    pub fn fanning_out(mut self, work: WorkStream) -> Self {
-        self.work = Some(work);
-        self
-    }
-
-    pub fn work_stream(&self) -> Option<&WorkStream> {
-        self.work.as_ref()
-    }
-
-    /// Publishes the workers' operator events through `events` (off until then).
-    pub fn raising(mut self, events: OperatorEvents) -> Self {
-        self.events = events;
-        self
-    }
-
-    pub fn pause_state(&self) -> &PauseState {
-        &self.pause_state
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    pub fn dead_letters(&self) -> &DeadLetters {
-        &self.dead_letters
-    }
-
-    pub fn delivery_log(&self) -> Option<&DeliveryLog> {
-        self.delivery_log.as_ref()
-    }
-
-    pub fn js(&self) -> &jetstream::Context {
-        &self.js
-    }
-
-    pub fn events(&self) -> &OperatorEvents {
-        &self.events
-    }
 }
 
 /// An endpoint's state for the admin API.
@@ -276,13 +144,6 @@ pub struct Worker {
     /// A lazy worker without a consumer, waiting for [`Worker::wake`].
     parked: AtomicBool,
     wake: tokio::sync::Notify,
-}
-
-/// Why a message did not get its token.
-enum NoToken {
-    Leave(Leave),
-    /// The endpoint paused meanwhile; the message is held again.
-    Paused,
 }
 
 fn endpoint_throttle(endpoint: &Endpoint) -> Option<Arc<Throttle>> {
@@ -680,339 +541,6 @@ impl Worker {
             .messages()
             .await
             .map_err(|e| e.to_string())
-    }
-
-    /// Feeds one pull stream to delivery tasks, held messages first, until the worker
-    /// drains or the stream must be replaced. A delivery starts with two permits: one of
-    /// the endpoint's `concurrency`, then, once a message is there to send, one of the
-    /// process-wide bound (an idle endpoint holds none).
-    async fn fetch(
-        self: &Arc<Self>,
-        messages: &mut pull::Stream,
-        held: &mut Held,
-        permits: &Arc<Semaphore>,
-        share: &Share,
-        stop: &Stop,
-        tracker: &TaskTracker,
-    ) -> Leave {
-        let mut paused = self.breaker.watch();
-        // Held messages waiting for a token or a permit: their ack timers are extended on this
-        // schedule (kept across messages, since one message may wait through many).
-        let every = ack_wait(&self.endpoint) / 3;
-        let mut keep_alive = tokio::time::interval_at(Instant::now() + every, every);
-        keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            if self.breaker.is_paused() {
-                match self.hold_while_paused(messages, held, stop).await {
-                    Some(leave) => return leave,
-                    None => continue,
-                }
-            }
-            let acquire = std::pin::pin!(permits.clone().acquire_owned());
-            let permit = match self
-                .wait(acquire, messages, held, &mut keep_alive, stop)
-                .await
-            {
-                Waited::Done(Ok(p)) => p,
-                Waited::Done(Err(_)) => return Leave::Drain,
-                Waited::Paused => continue,
-                Waited::Leave(leave) => return leave,
-            };
-            if held.is_empty() {
-                let next = tokio::select! {
-                    _ = stop.drain.cancelled() => return Leave::Drain,
-                    _ = paused.wait_for(|p| *p) => continue,
-                    m = messages.next() => m,
-                    () = tokio::time::sleep(IDLE_AFTER), if self.lazy => {
-                        // Idle only with nothing in flight (this permit aside).
-                        if permits.available_permits() + 1 >= self.endpoint.concurrency {
-                            return Leave::Idle;
-                        }
-                        continue;
-                    }
-                };
-                match next {
-                    Some(Ok(msg)) => held.push_back(msg),
-                    Some(Err(e)) => return self.fetch_failed(&e),
-                    None => return Leave::Rebind,
-                }
-            }
-            let Some(msg) = held.pop_front() else {
-                continue;
-            };
-            // The token first: a message waiting for its rate holds no place in the
-            // shared bound.
-            let msg = match self
-                .wait_for_token(msg, messages, held, stop, &mut keep_alive)
-                .await
-            {
-                Ok(msg) => msg,
-                Err(NoToken::Leave(leave)) => return leave,
-                Err(NoToken::Paused) => continue,
-            };
-            held.push_front(msg);
-            let global = std::pin::pin!(share.acquire());
-            let global = match self
-                .wait(global, messages, held, &mut keep_alive, stop)
-                .await
-            {
-                Waited::Done(p) => p,
-                Waited::Paused => continue,
-                Waited::Leave(leave) => return leave,
-            };
-            if self.breaker.is_paused() {
-                continue;
-            }
-            let Some(msg) = held.pop_front() else {
-                continue;
-            };
-            let this = Arc::clone(self);
-            let abort = stop.abort.clone();
-            // Boxed, so the delivery future is copied once into the heap and the task
-            // moves a pointer, not the future, through spawn and its stage changes.
-            tracker.spawn(Box::pin(async move {
-                this.handle(msg, &abort).await;
-                drop(global);
-                drop(permit);
-            }));
-        }
-    }
-
-    /// Holds `msg` until the rate limit gives it a token (at once without a limit, or
-    /// for a message that becomes no request). While it waits, what the stream brings
-    /// joins `held`, and the ack timers of `msg` and of everything held are extended on
-    /// `keep_alive`'s schedule: waiting costs no attempt and no redelivery. On the way
-    /// out without a token, `msg` goes back to the front of `held`.
-    async fn wait_for_token(
-        &self,
-        msg: jetstream::Message,
-        messages: &mut pull::Stream,
-        held: &mut Held,
-        stop: &Stop,
-        keep_alive: &mut Interval,
-    ) -> Result<jetstream::Message, NoToken> {
-        if self.throttle.borrow().is_none() || !self.becomes_request(&msg) {
-            return Ok(msg);
-        }
-        let mut changed = self.throttle.subscribe();
-        let mut paused = self.breaker.watch();
-        let mut waited_since = None;
-        let leave = loop {
-            let Some(throttle) = changed.borrow_and_update().clone() else {
-                break None;
-            };
-            let next = match throttle.try_take() {
-                Ok(()) => break None,
-                Err(next) => next,
-            };
-            waited_since.get_or_insert_with(Instant::now);
-            tokio::select! {
-                _ = stop.drain.cancelled() => break Some(NoToken::Leave(Leave::Drain)),
-                () = paused.wait_for(|p| *p).map(drop) => break Some(NoToken::Paused),
-                () = tokio::time::sleep_until(next) => {}
-                // A new rate (or none) applies to this message too.
-                _ = changed.changed() => {}
-                _ = keep_alive.tick() => {
-                    self.ack(&msg, AckKind::Progress).await;
-                    self.extend_ack_wait(held).await;
-                }
-                next = messages.next() => match next {
-                    Some(Ok(m)) => held.push_back(m),
-                    Some(Err(e)) => break Some(NoToken::Leave(self.fetch_failed(&e))),
-                    None => break Some(NoToken::Leave(Leave::Rebind)),
-                },
-            }
-        };
-        if let Some(since) = waited_since {
-            self.metrics
-                .rate_limit_wait
-                .inc_by(since.elapsed().as_secs_f64());
-        }
-        match leave {
-            None => Ok(msg),
-            Some(why) => {
-                held.push_front(msg);
-                Err(why)
-            }
-        }
-    }
-
-    /// Waits for a permit while keeping what the stream brings, and the ack timers of
-    /// everything held, alive: a wait for the shared bound may outlast `ack_wait`, and
-    /// a message that waited it out would come back as a second attempt.
-    async fn wait<F: Future>(
-        &self,
-        mut permit: Pin<&mut F>,
-        messages: &mut pull::Stream,
-        held: &mut Held,
-        keep_alive: &mut Interval,
-        stop: &Stop,
-    ) -> Waited<F::Output> {
-        let mut paused = self.breaker.watch();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.drain.cancelled() => return Waited::Leave(Leave::Drain),
-                p = permit.as_mut() => return Waited::Done(p),
-                () = paused.wait_for(|p| *p).map(drop) => return Waited::Paused,
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => held.push_back(msg),
-                    Some(Err(e)) => return Waited::Leave(self.fetch_failed(&e)),
-                    None => return Waited::Leave(Leave::Rebind),
-                },
-                _ = keep_alive.tick() => self.extend_ack_wait(held).await,
-            }
-        }
-    }
-
-    fn fetch_failed(&self, e: &pull::MessagesError) -> Leave {
-        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-        match e.kind() {
-            K::MissingHeartbeat => {
-                // The server stopped answering this pull (it happens with max_ack_pending
-                // = 1 after a burst): a fresh pull stream recovers at once, not after idling.
-                tracing::debug!(endpoint = %self.endpoint.name, "missed heartbeat; pulling again");
-                Leave::Rebind
-            }
-            _ => {
-                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "fetch failed; re-binding");
-                Leave::RebindAfterError
-            }
-        }
-    }
-
-    /// While paused: keep what the stream brings (JetStream never sends more than
-    /// max_ack_pending), extend its ack timers, and every probe interval try the oldest
-    /// held message, if this replica holds the endpoint's probe lock. A probe's success
-    /// resumes the endpoint on every replica (the breaker announces it). With nothing
-    /// held there is nothing to probe with: the stream keeps being read, and the next
-    /// message that comes is the probe (another replica may hold the rest). Returns
-    /// `None` once resumed.
-    ///
-    /// Holding, rather than dropping the stream, is what keeps a pause from costing
-    /// fetched messages an attempt and an ack_wait of delay.
-    async fn hold_while_paused(
-        &self,
-        messages: &mut pull::Stream,
-        held: &mut Held,
-        stop: &Stop,
-    ) -> Option<Leave> {
-        let mut paused = self.breaker.watch();
-        let mut wait = Backoff::new(
-            self.endpoint.probe_interval,
-            self.endpoint.probe_max_interval,
-        );
-        let probe_due = tokio::time::sleep(wait.next_delay());
-        tokio::pin!(probe_due);
-        let every = ack_wait(&self.endpoint) / 3;
-        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
-        let mut probe_lock = None;
-        let leave = loop {
-            tokio::select! {
-                _ = stop.drain.cancelled() => break Some(Leave::Drain),
-                // Mapped to (): the watch guard must not live across the awaits below.
-                () = paused.wait_for(|p| !*p).map(drop), if probe.is_none() => break None,
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => held.push_back(msg),
-                    Some(Err(e)) => break Some(self.fetch_failed(&e)),
-                    None => break Some(Leave::Rebind),
-                },
-                _ = keep_alive.tick() => self.extend_ack_wait(held).await,
-                () = &mut probe_due, if probe.is_none() => {
-                    // Paused by an operator (here or on another replica, maybe since
-                    // this pause began): no probes, only an explicit resume.
-                    let manual = self.breaker.pause_reason() == Some(PauseReason::Manual);
-                    let lock = if held.is_empty() || manual {
-                        None
-                    } else {
-                        // A probe is a request like any other: it takes a token, or
-                        // comes when the next one is free.
-                        match self.try_take_token() {
-                            Ok(()) => self.probe_turn(wait.peek()).await,
-                            Err(next) => {
-                                probe_due.as_mut().reset(next);
-                                continue;
-                            }
-                        }
-                    };
-                    match lock {
-                        Some(lock) => {
-                            let msg = held.pop_front();
-                            if let Some(msg) = msg {
-                                tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
-                                probe_lock = lock;
-                                probe = Some(Box::pin(self.handle(msg, &stop.abort)));
-                            }
-                        }
-                        None => probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay()),
-                    }
-                }
-                () = async { if let Some(p) = probe.as_mut() { p.await } }, if probe.is_some() => {
-                    probe = None;
-                    if !self.breaker.is_paused() {
-                        if let Some(lock) = probe_lock.take() {
-                            self.shared.pause_state.release_probe(lock).await;
-                        }
-                    }
-                    probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay());
-                }
-            }
-        };
-        // A probe under way settles its message itself (NAK once the grace is over).
-        if let Some(p) = probe {
-            p.await;
-        }
-        if let Some(lock) = probe_lock.take() {
-            if !self.breaker.is_paused() {
-                self.shared.pause_state.release_probe(lock).await;
-            }
-        }
-        if leave.is_none() {
-            // Held messages now queue for permits behind the in-flight ones.
-            self.extend_ack_wait(held).await;
-        }
-        leave
-    }
-
-    /// Whether this replica may probe now: `Some(lock)` when it may (`Some(None)` if the
-    /// shared lock cannot be reached: probing twice costs an attempt, never probing
-    /// would stall the endpoint), `None` while another replica has the turn.
-    async fn probe_turn(&self, interval: Duration) -> Option<Option<ProbeGuard>> {
-        // The turn covers this probe's attempt and the interval to the next one; a
-        // replica that dies mid-probe leaves it to expire.
-        let hold = interval + self.endpoint.timeout + Duration::from_secs(1);
-        match self
-            .shared
-            .pause_state
-            .try_probe(&self.endpoint.name, hold)
-            .await
-        {
-            Ok(Some(lock)) => Some(Some(lock)),
-            Ok(None) => {
-                tracing::debug!(endpoint = %self.endpoint.name, "another replica is probing");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "probing without the shared probe lock");
-                Some(None)
-            }
-        }
-    }
-
-    /// A token now, or when the next one is free (always one without a rate limit).
-    fn try_take_token(&self) -> Result<(), Instant> {
-        match self.throttle.borrow().as_ref() {
-            Some(t) => t.try_take(),
-            None => Ok(()),
-        }
-    }
-
-    /// Restarts the ack timer of messages that are ours but not started.
-    async fn extend_ack_wait(&self, held: &Held) {
-        for msg in held {
-            self.ack(msg, AckKind::Progress).await;
-        }
     }
 
     async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {

@@ -1,0 +1,117 @@
+//! What every worker shares: the NATS side, the process-wide stores and bounds. One
+//! allocation behind an `Arc`, so ten thousand workers hold a pointer each, not a copy
+//! of its names.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use tokio::sync::Semaphore;
+
+use super::inflight::InflightLimit;
+use crate::config::NatsConfig;
+use crate::events::OperatorEvents;
+use crate::metrics::Metrics;
+use crate::store::dead_letters::DeadLetters;
+use crate::store::delivery_log::DeliveryLog;
+use crate::store::pause_state::PauseState;
+use crate::store::work_stream::WorkStream;
+
+/// What every worker shares: the NATS side and the process-wide stores.
+#[derive(Clone)]
+pub struct Shared {
+    pub(super) js: jetstream::Context,
+    pub(super) stream_name: String,
+    pub(super) consumer_prefix: String,
+    pub(super) metrics: Metrics,
+    pub(super) dead_letters: DeadLetters,
+    pub(super) delivery_log: Option<DeliveryLog>,
+    /// Successful attempts logged per endpoint and second at most.
+    pub(super) log_successes_per_second: u32,
+    pub(super) pause_state: PauseState,
+    pub(super) events: OperatorEvents,
+    /// `[delivery] max_inflight`, shared fairly by the endpoints.
+    pub(super) inflight: InflightLimit,
+    /// With `[delivery] fan_out`: where endpoints read their copies.
+    pub(super) work: Option<WorkStream>,
+    /// Consumer creations under way, over all endpoints.
+    pub(super) binds: Arc<Semaphore>,
+}
+
+/// Consumers created at once, over all endpoints.
+const CONCURRENT_BINDS: usize = 16;
+
+impl Shared {
+    /// `log_successes_per_second` caps the successful attempts each endpoint writes to
+    /// `delivery_log` (failed ones are always written); `max_inflight` bounds the
+    /// deliveries in flight over all endpoints.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        js: jetstream::Context,
+        nats: &NatsConfig,
+        metrics: Metrics,
+        dead_letters: DeadLetters,
+        delivery_log: Option<DeliveryLog>,
+        log_successes_per_second: u32,
+        pause_state: PauseState,
+        max_inflight: usize,
+    ) -> Self {
+        metrics.inflight_limit.set(max_inflight as i64);
+        let inflight = InflightLimit::new(max_inflight, metrics.inflight_total.clone());
+        Self {
+            js,
+            stream_name: nats.stream.clone(),
+            consumer_prefix: nats.consumer_prefix.clone(),
+            metrics,
+            dead_letters,
+            delivery_log,
+            log_successes_per_second,
+            pause_state,
+            events: OperatorEvents::off(),
+            inflight,
+            work: None,
+            binds: Arc::new(Semaphore::new(CONCURRENT_BINDS)),
+        }
+    }
+
+    /// Endpoints read their copies from `work` (`[delivery] fan_out`), except ordered
+    /// ones, which keep their own consumer on the source stream: copies made by
+    /// several fan-out consumers in parallel would not keep the source's order.
+    pub fn fanning_out(mut self, work: WorkStream) -> Self {
+        self.work = Some(work);
+        self
+    }
+
+    pub fn work_stream(&self) -> Option<&WorkStream> {
+        self.work.as_ref()
+    }
+
+    /// Publishes the workers' operator events through `events` (off until then).
+    pub fn raising(mut self, events: OperatorEvents) -> Self {
+        self.events = events;
+        self
+    }
+
+    pub fn pause_state(&self) -> &PauseState {
+        &self.pause_state
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    pub fn delivery_log(&self) -> Option<&DeliveryLog> {
+        self.delivery_log.as_ref()
+    }
+
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn events(&self) -> &OperatorEvents {
+        &self.events
+    }
+}
