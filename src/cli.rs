@@ -468,7 +468,8 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
         } => {
             let ep = Arc::new(find_endpoint(&config, &endpoint)?.clone());
             let since = since.as_deref().map(parse_since).transpose()?;
-            let deliverer = Deliverer::new(ep.clone()).map_err(|e| Failure::Runtime(e.into()))?;
+            let deliverer = Deliverer::new(ep.clone(), config.max_inflight)
+                .map_err(|e| Failure::Runtime(e.into()))?;
             let summary = dlq
                 .replay(
                     &deliverer,

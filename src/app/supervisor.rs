@@ -371,7 +371,7 @@ impl Supervisor {
                 }
             };
             changes.push(e.name.clone());
-            match Deliverer::new(Arc::clone(e)) {
+            match Deliverer::new(Arc::clone(e), new.max_inflight) {
                 Ok(d) => built.push(d.with_tracer(self.tracer.clone())),
                 Err(error) => failed.push(EndpointError {
                     index,

@@ -35,7 +35,7 @@ pub enum ClientError {
 }
 
 /// What makes two endpoints' clients interchangeable: no proxy and no TLS files of
-/// their own, and the same scheme, connect timeout, pool size and SSRF policy.
+/// their own, and the same scheme, connect timeout and SSRF policy.
 #[derive(PartialEq)]
 struct Shape {
     https: bool,
@@ -48,15 +48,25 @@ struct Shape {
 /// pool keeps connections per receiver host, so sharing changes no connection): with
 /// thousands of endpoints, a client each would cost more than the rest of an idle
 /// endpoint. An endpoint with a proxy or TLS files gets its own.
-pub(super) fn shared(endpoint: &Endpoint) -> Result<Arc<HttpClient>, ClientError> {
+///
+/// A shared pool keeps up to `max_inflight` idle connections per host, the most that
+/// endpoints sharing it can use at once: many endpoints of one receiver host (a
+/// platform's customers behind one gateway) together run far more requests than one
+/// endpoint's `concurrency`, and a pool capped at that would close most connections
+/// after their request and open new ones (a sixth of all requests, measured with a
+/// thousand endpoints of one host). It never holds more than were in use at once.
+pub(super) fn shared(
+    endpoint: &Endpoint,
+    max_inflight: usize,
+) -> Result<Arc<HttpClient>, ClientError> {
     static CLIENTS: Mutex<Vec<(Shape, Weak<HttpClient>)>> = Mutex::new(Vec::new());
     if endpoint.proxy.is_some() || endpoint.tls != TlsFiles::default() {
-        return build(endpoint).map(Arc::new);
+        return build(endpoint, endpoint.concurrency).map(Arc::new);
     }
     let shape = Shape {
         https: endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
         timeout: endpoint.timeout,
-        max_idle: endpoint.concurrency.max(1),
+        max_idle: max_inflight.max(1),
         target: endpoint.target.clone(),
     };
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -68,15 +78,15 @@ pub(super) fn shared(endpoint: &Endpoint) -> Result<Arc<HttpClient>, ClientError
     {
         return Ok(client);
     }
-    let client = Arc::new(build(endpoint)?);
+    let client = Arc::new(build(endpoint, shape.max_idle)?);
     clients.push((shape, Arc::downgrade(&client)));
     Ok(client)
 }
 
-/// A pooled client for `endpoint`: connect timeout and keep-alive pool from its
-/// settings, names resolved through the SSRF guard (or the proxy's tunnel), its TLS
-/// files loaded.
-pub(super) fn build(endpoint: &Endpoint) -> Result<HttpClient, ClientError> {
+/// A pooled client for `endpoint`: connect timeout from its settings, up to
+/// `max_idle` idle connections per host, names resolved through the SSRF guard (or the
+/// proxy's tunnel), its TLS files loaded.
+pub(super) fn build(endpoint: &Endpoint, max_idle: usize) -> Result<HttpClient, ClientError> {
     let route = match &endpoint.proxy {
         None => {
             let resolver = GuardedResolver::new(endpoint.target.clone());
@@ -99,7 +109,7 @@ pub(super) fn build(endpoint: &Endpoint) -> Result<HttpClient, ClientError> {
     // a receiver behind a proxy can answer 200 with more than 8 KiB of headers.
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(endpoint.concurrency.max(1))
+        .pool_max_idle_per_host(max_idle.max(1))
         .http1_writev(true)
         .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
         .build(connector))

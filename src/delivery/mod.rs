@@ -112,8 +112,10 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(endpoint: Arc<Endpoint>) -> Result<Self, ClientError> {
-        let client = client::shared(&endpoint)?;
+    /// `max_inflight` is the process-wide bound on deliveries in flight, which sizes
+    /// the connection pool an endpoint shares with others of the same receiver host.
+    pub fn new(endpoint: Arc<Endpoint>, max_inflight: usize) -> Result<Self, ClientError> {
+        let client = client::shared(&endpoint, max_inflight)?;
         let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
         Ok(Self {
             client,

@@ -123,7 +123,7 @@ mod tests {
              allow_private = true\nevents = [\"*\"]\nsecret = \"s\"\ntimeout = \"1s\"\n{tenant}"
         );
         let config = Config::from_str(&text, "toml").unwrap();
-        Deliverer::new(config.endpoints[0].clone()).unwrap()
+        Deliverer::new(config.endpoints[0].clone(), config.max_inflight).unwrap()
     }
 
     fn record(tenant: Option<&str>) -> DeadLetter {
