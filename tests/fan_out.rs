@@ -260,10 +260,8 @@ async fn retries_count_attempts_and_dead_letters_name_the_source() {
 
 /// natshook killed with SIGKILL while 3,000 messages fan out to 5 endpoints, then
 /// started again: every endpoint gets every id, duplicates carry the same id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_sigkill_mid_fan_out_loses_nothing() {
-    let nats = NatsServer::start();
-    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+/// Five endpoints that each want every `lead.created`, for the fault tests.
+fn five_endpoints(nats: &NatsServer, rx: &Receiver) -> String {
     let mut config = fan_out(TestConfig::new(nats.url()));
     for i in 0..5 {
         config = config.endpoint(
@@ -273,30 +271,53 @@ async fn a_sigkill_mid_fan_out_loses_nothing() {
             "concurrency = 16",
         );
     }
-    let mut natshook = Natshook::start(&config.render()).await;
-    let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(3000, "k")).await;
+    config.render()
+}
+
+/// Publishes 3,000 leads with ids `<prefix>-<n>`, applies `fault` once 2,000 requests
+/// arrived, and checks that every endpoint got every id; returns the requests before
+/// the fault and the duplicates (same ids) after it.
+async fn every_copy_through<F: std::future::Future<Output = ()>>(
+    js: &jetstream::Context,
+    rx: &Receiver,
+    prefix: &str,
+    fault: F,
+) -> (usize, usize) {
+    publish_all(js, leads(3000, prefix)).await;
     rx.wait_for(Duration::from_secs(60), "some delivered", |r| {
         r.count() >= 2000
     })
     .await;
-    natshook.sigkill();
     let before = rx.count();
-    natshook.spawn_ready_within(Duration::from_secs(30)).await;
+    fault.await;
     rx.wait_for(
         Duration::from_secs(120),
-        "every copy after the restart",
+        "every copy after the fault",
         |r| per_path(r).values().map(|v| v.0.len()).sum::<usize>() >= 5 * 3000,
     )
     .await;
-    let want: BTreeSet<String> = (0..3000).map(|i| format!("k-{i}")).collect();
-    let got = per_path(&rx);
+    let want: BTreeSet<String> = (0..3000).map(|i| format!("{prefix}-{i}")).collect();
+    let got = per_path(rx);
     let mut duplicates = 0;
     for i in 0..5 {
         let (ids, requests) = &got[&format!("/e/{i}")];
         assert_eq!(ids, &want, "e{i}");
         duplicates += requests - ids.len();
     }
+    (before, duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_mid_fan_out_loses_nothing() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let mut natshook = Natshook::start(&five_endpoints(&nats, &rx)).await;
+    let js = jetstream::new(nats.client().await);
+    let (before, duplicates) = every_copy_through(&js, &rx, "k", async {
+        natshook.sigkill();
+        natshook.spawn_ready_within(Duration::from_secs(30)).await;
+    })
+    .await;
     println!("killed after {before} requests; {duplicates} duplicates (same ids)");
 }
 
@@ -307,38 +328,9 @@ async fn a_sigkill_mid_fan_out_loses_nothing() {
 async fn a_nats_server_restart_mid_fan_out_loses_nothing() {
     let mut nats = NatsServer::start();
     let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
-    let mut config = fan_out(TestConfig::new(nats.url()));
-    for i in 0..5 {
-        config = config.endpoint(
-            &format!("e{i}"),
-            &rx.url(&format!("/e/{i}")),
-            &["lead.created"],
-            "concurrency = 16",
-        );
-    }
-    let natshook = Natshook::start(&config.render()).await;
+    let natshook = Natshook::start(&five_endpoints(&nats, &rx)).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(3000, "r")).await;
-    rx.wait_for(Duration::from_secs(60), "some delivered", |r| {
-        r.count() >= 2000
-    })
-    .await;
-    nats.restart();
-    let before = rx.count();
-    rx.wait_for(
-        Duration::from_secs(120),
-        "every copy after the server restart",
-        |r| per_path(r).values().map(|v| v.0.len()).sum::<usize>() >= 5 * 3000,
-    )
-    .await;
-    let want: BTreeSet<String> = (0..3000).map(|i| format!("r-{i}")).collect();
-    let got = per_path(&rx);
-    let mut duplicates = 0;
-    for i in 0..5 {
-        let (ids, requests) = &got[&format!("/e/{i}")];
-        assert_eq!(ids, &want, "e{i}");
-        duplicates += requests - ids.len();
-    }
+    let (before, duplicates) = every_copy_through(&js, &rx, "r", async { nats.restart() }).await;
     assert!(
         natshook.dead_letters("e0").is_empty(),
         "the restart caused dead letters"
