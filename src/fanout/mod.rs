@@ -260,8 +260,13 @@ pub async fn scan(
     stop: CancellationToken,
 ) {
     loop {
-        if let Err(e) = scan_once(&js, &work, &targets).await {
-            tracing::debug!(error = %e, "work stream scan failed");
+        let current = targets.borrow().clone();
+        for (i, name) in work.names().iter().enumerate() {
+            // One shard's failure (a stream being created again) leaves the others'
+            // endpoints to be woken.
+            if let Err(e) = scan_shard(&js, &work, i, &current).await {
+                tracing::debug!(stream = %name, error = %e, "work stream scan failed");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -270,29 +275,28 @@ pub async fn scan(
     }
 }
 
-async fn scan_once(
+/// Wakes the endpoints with copies on shard `i`'s stream.
+async fn scan_shard(
     js: &jetstream::Context,
     work: &WorkStream,
-    targets: &watch::Receiver<Arc<Targets>>,
+    i: usize,
+    targets: &Targets,
 ) -> Result<(), String> {
-    let targets = targets.borrow().clone();
-    for (i, name) in work.names().iter().enumerate() {
-        let stream = js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut subjects = stream
-            .info_with_subjects(work.subjects_of(i))
-            .await
-            .map_err(|e| e.to_string())?;
-        while let Some(next) = subjects.next().await {
-            let (subject, count) = next.map_err(|e| e.to_string())?;
-            if count == 0 {
-                continue;
-            }
-            if let Some(w) = work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
-                w.wake();
-            }
+    let stream = js
+        .get_stream_no_info(&work.names()[i])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut subjects = stream
+        .info_with_subjects(work.subjects_of(i))
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(next) = subjects.next().await {
+        let (subject, count) = next.map_err(|e| e.to_string())?;
+        if count == 0 {
+            continue;
+        }
+        if let Some(w) = work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
+            w.wake();
         }
     }
     Ok(())
