@@ -14,8 +14,10 @@ use common::*;
 const HEALTHY: usize = 20;
 const MAX_INFLIGHT: usize = 128;
 /// Messages per healthy endpoint: more than it can deliver in a run, so every one
-/// still has a backlog when the window closes.
-const BACKLOG: usize = 1500;
+/// still has a backlog when the window closes (a run checks that it had). A healthy
+/// endpoint without a backlog holds no permit, which leaves the bad ones a larger
+/// share, as it should.
+const BACKLOG: usize = 10_000;
 const WARM_UP: Duration = Duration::from_secs(3);
 const WINDOW: Duration = Duration::from_secs(8);
 
@@ -114,6 +116,13 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let delivered = count() - start;
+    assert!(
+        count() < HEALTHY * BACKLOG * 9 / 10,
+        "run {n}: the healthy endpoints came near the end of their backlog within the \
+         window ({} of {}), so the shares measured nothing: raise BACKLOG",
+        count(),
+        HEALTHY * BACKLOG
+    );
     if bad {
         assert!(hang.count() > 0, "the hanging endpoint was tried");
         assert!(fail.count() > 0, "the failing endpoint was tried");
