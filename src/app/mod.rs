@@ -285,13 +285,14 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
 async fn poll_pending(js: jetstream::Context, sup: Arc<Supervisor>, stop: CancellationToken) {
     loop {
         let workers = sup.workers();
-        let mut streams: Vec<&str> = workers.iter().map(|w| w.consumer_stream()).collect();
-        streams.sort_unstable();
-        streams.dedup();
-        for stream in streams {
+        let mut by_stream: HashMap<&str, Vec<&Arc<crate::worker::Worker>>> = HashMap::new();
+        for w in &workers {
+            by_stream.entry(w.consumer_stream()).or_default().push(w);
+        }
+        for (stream, on_it) in by_stream {
             match consumer_infos(&js, stream).await {
                 Ok(infos) => {
-                    for w in workers.iter().filter(|w| w.consumer_stream() == stream) {
+                    for w in on_it {
                         w.show_pending(infos.get(w.consumer_name()));
                     }
                 }

@@ -390,7 +390,8 @@ impl Worker {
     }
 
     /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
-    /// worker of a stream at once (`None`: the consumer does not exist).
+    /// worker of a stream at once (`None`: the consumer does not exist yet, and the
+    /// last value stays).
     pub fn show_pending(&self, info: Option<&consumer::Info>) {
         if self.is_parked() {
             if self.metrics.created() {
