@@ -841,3 +841,59 @@ async fn a_deeply_nested_config_is_refused_on_reload_without_stalling() {
         assert!(ids.contains_key(&id), "{id} lost: {ids:?}");
     }
 }
+
+/// Pauses endpoint `a`, publishes a backlog and reads `natshook_consumer_pending` as the
+/// poller reports it (every 5 s): it counts the backlog while paused and returns to 0
+/// once the resumed endpoint delivered it.
+async fn pending_follows_a_paused_backlog(top: &str) {
+    const BACKLOG: usize = 25;
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::ok()).await;
+    let mut config =
+        with_admin(TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], ""));
+    config.top = format!("{}\n{top}", config.top);
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(1, "first")).await;
+    rx.wait_for(Duration::from_secs(20), "the first message", |r| {
+        r.delivered_ids().len() == 1
+    })
+    .await;
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    publish_all(&js, leads(BACKLOG, "held")).await;
+    let series = "natshook_consumer_pending{endpoint=\"a\"}";
+    wait_until(Duration::from_secs(20), "pending = the backlog", || async {
+        natshook.metric(series).await == Some(BACKLOG as f64)
+    })
+    .await;
+    assert_eq!(
+        rx.delivered_ids().len(),
+        1,
+        "a paused endpoint received requests"
+    );
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    rx.wait_for(Duration::from_secs(20), "the backlog after resume", |r| {
+        r.delivered_ids().len() == BACKLOG + 1
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "pending back to 0", || async {
+        natshook.metric(series).await == Some(0.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_pending_counts_a_paused_endpoints_backlog() {
+    pending_follows_a_paused_backlog("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_pending_counts_a_paused_fan_out_endpoints_backlog() {
+    pending_follows_a_paused_backlog("[delivery]\nfan_out = true\n").await;
+}
