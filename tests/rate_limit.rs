@@ -257,3 +257,79 @@ async fn messages_that_become_no_request_take_no_token() {
         BTreeSet::from(["o-200", "o-201", "o-202"].map(String::from))
     );
 }
+
+/// Three replicas of one deployment split an endpoint's rate: together they stay
+/// within it. When one stops, the other two take its share; when one is killed, the
+/// last counts it out within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_split_the_rate_and_take_over_the_share_of_one_that_is_gone() {
+    const RATE: usize = 15;
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint(
+        "a",
+        &rx.url("/"),
+        &["*"],
+        &format!("rate_limit = \"{RATE}/s\""),
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Natshook::start(&config.render()).await);
+    }
+    for r in &replicas {
+        wait_logged(r, "replicas=3", Duration::from_secs(15)).await;
+    }
+    let js = jetstream::new(nats.client().await);
+    let started = Instant::now();
+    publish_all(&js, leads(120, "r3")).await;
+    rx.wait_for(Duration::from_secs(60), "120 through three replicas", |r| {
+        r.delivered_ids().len() >= 120
+    })
+    .await;
+    let took = started.elapsed();
+    let most = per_second(&rx.received()).into_values().max().unwrap_or(0);
+    assert!(
+        most <= RATE,
+        "{most} requests in one second from three replicas"
+    );
+    // Each alone would allow the whole rate: 120 at three times it take under 3 s.
+    assert!(
+        took >= Duration::from_secs(6),
+        "120 delivered in {took:?}: the replicas did not split the rate"
+    );
+
+    // A clean stop deletes the replica's key: the other two split the rate at once.
+    replicas.remove(2).terminate().await;
+    for r in &replicas {
+        wait_logged(r, "replicas=2", Duration::from_secs(5)).await;
+    }
+    // A SIGKILL leaves the key behind: it is counted out once stale.
+    replicas[1].sigkill();
+    wait_logged(&replicas[0], "replicas=1", Duration::from_secs(15)).await;
+    let before = rx.count();
+    let second = Instant::now();
+    publish_all(&js, leads(45, "r1")).await;
+    rx.wait_for(
+        Duration::from_secs(30),
+        "45 through the last replica",
+        |r| r.count() >= before + 45,
+    )
+    .await;
+    let received = rx.received();
+    let most = per_second(&received[before..])
+        .into_values()
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most <= RATE,
+        "{most} requests in one second from one replica"
+    );
+    assert!(
+        second.elapsed() < Duration::from_secs(6),
+        "45 at {RATE}/s took {:?}: the last replica kept a third of the rate",
+        second.elapsed()
+    );
+    let ids: BTreeSet<String> = received.iter().map(|r| r.id().to_string()).collect();
+    assert_eq!(ids.len(), 165, "every message delivered");
+    assert_first_attempts_only(&replicas[0], &rx, "a").await;
+}

@@ -117,6 +117,7 @@ pub async fn run(
     }
 
     shutdown.cancelled().await;
+    crate::store::replicas::leave(sup.pause_state(), &config.nats.consumer_prefix).await;
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
     sup.stop_all(config.shutdown_grace).await;
     background.abort();
@@ -232,10 +233,15 @@ impl Background {
         ));
         let poller = tokio::spawn(poll_pending(js.clone(), sup.clone(), shutdown.clone()));
         let pauses = tokio::spawn(follow_shared_pauses(sup.clone(), shutdown.clone()));
+        let replicas = tokio::spawn(split_rates(
+            sup.clone(),
+            config.nats.consumer_prefix.clone(),
+            shutdown.clone(),
+        ));
         let watcher = config_path
             .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
         Self {
-            tasks: [poller, unmapped, pauses]
+            tasks: [poller, unmapped, pauses, replicas]
                 .into_iter()
                 .chain(watcher)
                 .collect(),
@@ -275,6 +281,25 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(retry.next_delay()) => {}
+        }
+    }
+}
+
+/// Counts this deployment's live replicas (`store::replicas`) until `stop`, and has
+/// every worker take its share of its endpoint's rate limit as the count changes.
+async fn split_rates(sup: Arc<Supervisor>, consumer_prefix: String, stop: CancellationToken) {
+    let mut count =
+        crate::store::replicas::count(sup.pause_state().clone(), &consumer_prefix, stop.clone());
+    loop {
+        let n = *count.borrow_and_update();
+        sup.replicas().send_replace(n);
+        for w in sup.workers() {
+            w.split_rate(n);
+        }
+        tracing::info!(replicas = n, "live replicas counted");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = count.changed() => if changed.is_err() { return },
         }
     }
 }

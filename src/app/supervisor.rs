@@ -234,6 +234,10 @@ impl Supervisor {
         self.shared.pause_state()
     }
 
+    pub fn replicas(&self) -> &tokio::sync::watch::Sender<usize> {
+        self.shared.replicas()
+    }
+
     pub fn work_stream(&self) -> Option<&WorkStream> {
         self.shared.work_stream()
     }

@@ -6,6 +6,7 @@ pub mod dead_letters;
 pub mod delivery_log;
 pub mod pause_state;
 pub mod registry;
+pub mod replicas;
 pub mod work_stream;
 
 use std::time::Duration;

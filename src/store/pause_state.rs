@@ -94,7 +94,7 @@ pub struct PauseState {
 }
 
 /// Names this process among the replicas, for records and locks.
-fn replica_name() -> String {
+pub fn replica_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -128,7 +128,9 @@ impl PauseState {
         self.store().await.map(drop)
     }
 
-    async fn store(&self) -> Result<&kv::Store, StateError> {
+    /// The bucket, opened (or created) once; other shared state of the replicas
+    /// (`store::replicas`) lives in it too.
+    pub async fn store(&self) -> Result<&kv::Store, StateError> {
         self.store
             .get_or_try_init(|| async {
                 if let Ok(store) = self.js.get_key_value(STATE_BUCKET).await {

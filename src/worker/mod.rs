@@ -146,8 +146,9 @@ pub struct Worker {
     wake: tokio::sync::Notify,
 }
 
-fn endpoint_throttle(endpoint: &Endpoint) -> Option<Arc<Throttle>> {
-    endpoint.rate_limit.map(|r| Arc::new(Throttle::new(r)))
+fn throttle(rate: Option<Rate>, replicas: usize) -> Option<Arc<Throttle>> {
+    let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
+    rate.map(|r| Arc::new(Throttle::new(r, replicas)))
 }
 
 fn from_unix_ms(ms: u64) -> Option<String> {
@@ -192,7 +193,7 @@ impl Worker {
             last_error: Mutex::new(None),
             success_log: RateLimit::new(shared.log_successes_per_second),
             msg_id_warned: AtomicBool::new(false),
-            throttle: watch::Sender::new(endpoint_throttle(&endpoint)),
+            throttle: watch::Sender::new(throttle(endpoint.rate_limit, *shared.replicas.borrow())),
             endpoint,
         }
     }
@@ -213,7 +214,7 @@ impl Worker {
     /// already fetched stay, so none of them is redelivered or costs an attempt).
     pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>) {
         self.throttle
-            .send_replace(rate.map(|r| Arc::new(Throttle::new(r))));
+            .send_replace(throttle(rate, *self.shared.replicas.borrow()));
         let this = Arc::clone(self);
         tokio::spawn(async move {
             match this.bind().await {
@@ -224,6 +225,19 @@ impl Worker {
                     tracing::warn!(endpoint = %this.endpoint.name, error = %e, "rate limit changed; the consumer window follows at the next bind")
                 }
             }
+        });
+    }
+
+    /// Takes this replica's share of the rate limit among `replicas` live ones; the
+    /// next token comes at the new pace. The consumer's window stays: it is the
+    /// endpoint's, shared by all replicas.
+    pub fn split_rate(&self, replicas: usize) {
+        self.throttle.send_if_modified(|t| match t {
+            Some(current) if current.replicas() as usize != replicas.max(1) => {
+                *t = throttle(Some(current.rate()), replicas);
+                true
+            }
+            _ => false,
         });
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::inflight::InflightLimit;
 use crate::config::NatsConfig;
@@ -35,6 +35,9 @@ pub struct Shared {
     pub(super) work: Option<WorkStream>,
     /// Consumer creations under way, over all endpoints.
     pub(super) binds: Arc<Semaphore>,
+    /// Live replicas of this deployment (`store::replicas`), which split each
+    /// endpoint's `rate_limit`.
+    pub(super) replicas: watch::Sender<usize>,
 }
 
 /// Consumers created at once, over all endpoints.
@@ -70,6 +73,7 @@ impl Shared {
             inflight,
             work: None,
             binds: Arc::new(Semaphore::new(CONCURRENT_BINDS)),
+            replicas: watch::Sender::new(1),
         }
     }
 
@@ -93,6 +97,11 @@ impl Shared {
 
     pub fn pause_state(&self) -> &PauseState {
         &self.pause_state
+    }
+
+    /// The count of live replicas, which `store::replicas` keeps and workers read.
+    pub fn replicas(&self) -> &watch::Sender<usize> {
+        &self.replicas
     }
 
     pub fn metrics(&self) -> &Metrics {

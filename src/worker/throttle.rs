@@ -69,21 +69,26 @@ const LATENESS: Duration = Duration::from_millis(2);
 /// a tick of lateness costs them at most a fifth of what a larger burst would.
 const SPACED_FROM: Duration = Duration::from_millis(20);
 
-/// The GCRA period and burst for `rate`: at most `count` tokens in any window of
-/// `per`, the burst absorbing [`LATENESS`] where the tokens come faster than
-/// [`SPACED_FROM`].
-fn shape(rate: Rate) -> (Duration, u32) {
-    let interval = rate.interval();
+/// The GCRA period and burst for this replica's share of `rate` when `replicas`
+/// processes split it: at most `count / replicas` tokens in any window of `per` (so
+/// `count` over all of them, give or take the rounding of each share to whole
+/// tokens), the burst absorbing [`LATENESS`] where the tokens come faster than
+/// [`SPACED_FROM`]. With a burst `b`, a window holds `b - 1 + per / T` tokens, so the
+/// burst's extra tokens come out of the sustained pace.
+fn shape(rate: Rate, replicas: u32) -> (Duration, u32) {
+    let n = replicas.max(1);
     let count = rate.count.max(1);
+    let per = rate.per.saturating_mul(n);
+    let interval = Rate { count, per }.interval();
     let extra = if interval >= SPACED_FROM {
         0
     } else {
-        let n = LATENESS.as_nanos().div_ceil(interval.as_nanos().max(1));
-        u32::try_from(n).unwrap_or(u32::MAX).min(count - 1)
+        let e = LATENESS.as_nanos().div_ceil(interval.as_nanos().max(1));
+        u32::try_from(e).unwrap_or(u32::MAX).min((count - 1) / n)
     };
     let sustained = Rate {
-        count: count - extra,
-        per: rate.per,
+        count: count - n * extra,
+        per,
     };
     (sustained.interval(), extra + 1)
 }
@@ -92,12 +97,14 @@ fn shape(rate: Rate) -> (Duration, u32) {
 /// test event.
 pub struct Throttle {
     rate: Rate,
+    replicas: u32,
     limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tick>>,
 }
 
 impl Throttle {
-    pub fn new(rate: Rate) -> Self {
-        let (period, burst) = shape(rate);
+    /// This replica's share of `rate`, split between `replicas` processes.
+    pub fn new(rate: Rate, replicas: u32) -> Self {
+        let (period, burst) = shape(rate, replicas);
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         // `with_period` is `None` only for a zero period, which `interval` never is.
         let quota = Quota::with_period(period)
@@ -105,12 +112,19 @@ impl Throttle {
             .allow_burst(burst);
         Self {
             rate,
+            replicas: replicas.max(1),
             limiter: RateLimiter::direct_with_clock(quota, TokioClock),
         }
     }
 
+    /// The endpoint's rate, over all replicas.
     pub fn rate(&self) -> Rate {
         self.rate
+    }
+
+    /// How many replicas the rate is split between.
+    pub fn replicas(&self) -> u32 {
+        self.replicas
     }
 
     /// Takes a token if one is free now; otherwise says when the next one is.
@@ -162,13 +176,32 @@ mod tests {
     #[test]
     fn fast_rates_absorb_timer_lateness_with_a_small_burst() {
         let ms = Duration::from_millis;
-        assert_eq!(shape(rate(10, 1)), (ms(100), 1));
-        assert_eq!(shape(rate(50, 1)), (ms(20), 1));
-        assert_eq!(shape(rate(1, 3600)), (Duration::from_secs(3600), 1));
+        assert_eq!(shape(rate(10, 1), 1), (ms(100), 1));
+        assert_eq!(shape(rate(50, 1), 1), (ms(20), 1));
+        assert_eq!(shape(rate(1, 3600), 1), (Duration::from_secs(3600), 1));
         // 5 ms apart: one extra token, so 199 per second sustained.
-        assert_eq!(shape(rate(200, 1)), (Duration::from_nanos(5_025_126), 2));
-        assert_eq!(shape(rate(1000, 1)), (Duration::from_nanos(1_002_005), 3));
-        assert_eq!(shape(rate(1, 1)), (Duration::from_secs(1), 1));
+        assert_eq!(shape(rate(200, 1), 1), (Duration::from_nanos(5_025_126), 2));
+        assert_eq!(
+            shape(rate(1000, 1), 1),
+            (Duration::from_nanos(1_002_005), 3)
+        );
+        assert_eq!(shape(rate(1, 1), 1), (Duration::from_secs(1), 1));
+    }
+
+    #[test]
+    fn replicas_split_the_rate() {
+        let ms = Duration::from_millis;
+        // 10/s over 2: each 5/s, evenly spaced.
+        assert_eq!(shape(rate(10, 1), 2), (ms(200), 1));
+        // 200/s over 3: each 15 ms apart, one extra token each, out of the pace:
+        // 197 per 3 s each, so at most 1 + 65.67 in a second each, 200 in all.
+        assert_eq!(
+            shape(rate(200, 1), 3),
+            (Duration::from_nanos(15_228_427), 2)
+        );
+        // Fewer tokens than replicas: each waits its turn of the whole rate.
+        assert_eq!(shape(rate(2, 1), 3), (ms(1500), 1));
+        assert_eq!(shape(rate(200, 1), 0), shape(rate(200, 1), 1));
     }
 
     /// Every token instant `at` starts a window of `per`: none holds more than `count`.
@@ -182,7 +215,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_window_of_the_period_holds_more_than_count() {
         for (count, secs) in [(200, 1), (1000, 1), (3, 1), (7, 1), (50, 60), (1, 1)] {
-            let t = Throttle::new(rate(count, secs));
+            let t = Throttle::new(rate(count, secs), 1);
             let at = take(&t, 3 * count as usize + 1).await;
             let per = Duration::from_secs(secs);
             let most = most_in_a_window(&at, per);
@@ -202,7 +235,7 @@ mod tests {
     /// rate, slows the pace by more than the token the burst costs.
     #[tokio::test(start_paused = true)]
     async fn late_wake_ups_are_made_up_within_the_limit() {
-        let t = Throttle::new(rate(200, 1));
+        let t = Throttle::new(rate(200, 1), 1);
         let mut at = Vec::new();
         while at.len() < 1000 {
             match t.try_take() {
@@ -217,7 +250,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_throttle_gives_one_token_at_once_not_a_burst() {
-        let t = Throttle::new(rate(10, 1));
+        let t = Throttle::new(rate(10, 1), 1);
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(t.try_take().is_ok());
         let next = t.try_take().unwrap_err();
@@ -226,7 +259,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn take_within_waits_or_says_how_long() {
-        let t = Throttle::new(rate(1, 60));
+        let t = Throttle::new(rate(1, 60), 1);
         assert_eq!(t.take_within(Duration::ZERO).await, Ok(()));
         let wait = t.take_within(Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(wait, Duration::from_secs(60));
