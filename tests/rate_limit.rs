@@ -258,6 +258,28 @@ async fn messages_that_become_no_request_take_no_token() {
     );
 }
 
+/// Waits until the last count of replicas natshook logged is `n`.
+async fn wait_counted(natshook: &Natshook, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    let want = format!("replicas={n}");
+    loop {
+        let logs = natshook.logs();
+        let last = logs
+            .lines()
+            .filter(|l| l.contains("live replicas counted"))
+            .next_back()
+            .unwrap_or_default();
+        if last.contains(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas counted are not {n} after {within:?}; last count: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Three replicas of one deployment split an endpoint's rate: together they stay
 /// within it. When one stops, the other two take its share; when one is killed, the
 /// last counts it out within seconds.
@@ -277,7 +299,7 @@ async fn replicas_split_the_rate_and_take_over_the_share_of_one_that_is_gone() {
         replicas.push(Natshook::start(&config.render()).await);
     }
     for r in &replicas {
-        wait_logged(r, "replicas=3", Duration::from_secs(15)).await;
+        wait_counted(r, 3, Duration::from_secs(15)).await;
     }
     let js = jetstream::new(nats.client().await);
     let started = Instant::now();
@@ -287,9 +309,11 @@ async fn replicas_split_the_rate_and_take_over_the_share_of_one_that_is_gone() {
     })
     .await;
     let took = started.elapsed();
+    // Each replica starts at most 5 in any second; the network may move one request
+    // of each into the next wall-clock second.
     let most = per_second(&rx.received()).into_values().max().unwrap_or(0);
     assert!(
-        most <= RATE,
+        most <= RATE + 2,
         "{most} requests in one second from three replicas"
     );
     // Each alone would allow the whole rate: 120 at three times it take under 3 s.
@@ -301,11 +325,11 @@ async fn replicas_split_the_rate_and_take_over_the_share_of_one_that_is_gone() {
     // A clean stop deletes the replica's key: the other two split the rate at once.
     replicas.remove(2).terminate().await;
     for r in &replicas {
-        wait_logged(r, "replicas=2", Duration::from_secs(5)).await;
+        wait_counted(r, 2, Duration::from_secs(5)).await;
     }
     // A SIGKILL leaves the key behind: it is counted out once stale.
     replicas[1].sigkill();
-    wait_logged(&replicas[0], "replicas=1", Duration::from_secs(15)).await;
+    wait_counted(&replicas[0], 1, Duration::from_secs(15)).await;
     let before = rx.count();
     let second = Instant::now();
     publish_all(&js, leads(45, "r1")).await;
@@ -321,12 +345,13 @@ async fn replicas_split_the_rate_and_take_over_the_share_of_one_that_is_gone() {
         .max()
         .unwrap_or(0);
     assert!(
-        most <= RATE,
+        most <= RATE + 1,
         "{most} requests in one second from one replica"
     );
+    // At a third of the rate, 45 would take 9 s.
     assert!(
-        second.elapsed() < Duration::from_secs(6),
-        "45 at {RATE}/s took {:?}: the last replica kept a third of the rate",
+        second.elapsed() < Duration::from_secs(7),
+        "45 at {RATE}/s took {:?}: the last replica kept a share of the rate",
         second.elapsed()
     );
     let ids: BTreeSet<String> = received.iter().map(|r| r.id().to_string()).collect();

@@ -30,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::http::{self, Admin, AppView, ListenError};
 use crate::metrics::Metrics;
+use crate::store::replicas::Replicas;
 use supervisor::SECRET_POLL;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,18 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let replicas = Replicas::count(
+        sup.pause_state().clone(),
+        &config.nats.stream,
+        &config.nats.consumer_prefix,
+        shutdown.clone(),
+    );
     let mut background = Background::start(&js, &config, &sup, config_path, &shutdown);
+    background.tasks.push(tokio::spawn(split_rates(
+        sup.clone(),
+        replicas.receiver(),
+        shutdown.clone(),
+    )));
     if let Some((fan_out, scan)) = sup.fan_out(shutdown.clone()) {
         background
             .tasks
@@ -117,9 +129,10 @@ pub async fn run(
     }
 
     shutdown.cancelled().await;
-    crate::store::replicas::leave(sup.pause_state(), &config.nats.consumer_prefix).await;
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
-    sup.stop_all(config.shutdown_grace).await;
+    // The replica's key goes as fetching stops, so the others take its share of each
+    // rate limit while this one drains.
+    tokio::join!(sup.stop_all(config.shutdown_grace), replicas.left());
     background.abort();
     // Every attempt has ended: the spans still queued go out before the runtime does.
     if let Some(t) = traces {
@@ -233,15 +246,10 @@ impl Background {
         ));
         let poller = tokio::spawn(poll_pending(js.clone(), sup.clone(), shutdown.clone()));
         let pauses = tokio::spawn(follow_shared_pauses(sup.clone(), shutdown.clone()));
-        let replicas = tokio::spawn(split_rates(
-            sup.clone(),
-            config.nats.consumer_prefix.clone(),
-            shutdown.clone(),
-        ));
         let watcher = config_path
             .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
         Self {
-            tasks: [poller, unmapped, pauses, replicas]
+            tasks: [poller, unmapped, pauses]
                 .into_iter()
                 .chain(watcher)
                 .collect(),
@@ -285,11 +293,13 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
     }
 }
 
-/// Counts this deployment's live replicas (`store::replicas`) until `stop`, and has
-/// every worker take its share of its endpoint's rate limit as the count changes.
-async fn split_rates(sup: Arc<Supervisor>, consumer_prefix: String, stop: CancellationToken) {
-    let mut count =
-        crate::store::replicas::count(sup.pause_state().clone(), &consumer_prefix, stop.clone());
+/// Hands the count of live replicas (`store::replicas`) to the workers until `stop`:
+/// each takes its share of its endpoint's rate limit as the count changes.
+async fn split_rates(
+    sup: Arc<Supervisor>,
+    mut count: tokio::sync::watch::Receiver<usize>,
+    stop: CancellationToken,
+) {
     loop {
         let n = *count.borrow_and_update();
         sup.replicas().send_replace(n);

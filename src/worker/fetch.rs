@@ -175,6 +175,9 @@ impl Worker {
         let mut paused = self.breaker.watch();
         let mut waited_since = None;
         let leave = loop {
+            // At this replica's current share (a worker started while the count of
+            // replicas changed catches up here).
+            self.split_rate(*self.shared.replicas.borrow());
             let Some(throttle) = changed.borrow_and_update().clone() else {
                 break None;
             };
@@ -379,7 +382,7 @@ impl Worker {
 
     /// A token now, or when the next one is free (always one without a rate limit).
     fn try_take_token(&self) -> Result<(), Instant> {
-        match self.throttle.borrow().as_ref() {
+        match self.current_throttle().as_ref() {
             Some(t) => t.try_take(),
             None => Ok(()),
         }

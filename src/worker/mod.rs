@@ -146,9 +146,20 @@ pub struct Worker {
     wake: tokio::sync::Notify,
 }
 
-fn throttle(rate: Option<Rate>, replicas: usize) -> Option<Arc<Throttle>> {
+/// The endpoint's throttle at `rate`, split between `replicas`, continuing from
+/// `previous` when it replaces one.
+fn throttle(
+    rate: Option<Rate>,
+    replicas: usize,
+    previous: Option<&Throttle>,
+) -> Option<Arc<Throttle>> {
     let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
-    rate.map(|r| Arc::new(Throttle::new(r, replicas)))
+    rate.map(|r| {
+        Arc::new(match previous {
+            Some(p) => Throttle::following(r, replicas, p),
+            None => Throttle::new(r, replicas),
+        })
+    })
 }
 
 fn from_unix_ms(ms: u64) -> Option<String> {
@@ -193,7 +204,11 @@ impl Worker {
             last_error: Mutex::new(None),
             success_log: RateLimit::new(shared.log_successes_per_second),
             msg_id_warned: AtomicBool::new(false),
-            throttle: watch::Sender::new(throttle(endpoint.rate_limit, *shared.replicas.borrow())),
+            throttle: watch::Sender::new(throttle(
+                endpoint.rate_limit,
+                *shared.replicas.borrow(),
+                None,
+            )),
             endpoint,
         }
     }
@@ -213,8 +228,11 @@ impl Worker {
     /// rate, and the consumer's window follows (the pull stream and the messages
     /// already fetched stay, so none of them is redelivered or costs an attempt).
     pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>) {
-        self.throttle
-            .send_replace(throttle(rate, *self.shared.replicas.borrow()));
+        let replicas = *self.shared.replicas.borrow();
+        self.throttle.send_modify(|t| {
+            let next = throttle(rate, replicas, t.as_deref());
+            *t = next;
+        });
         let this = Arc::clone(self);
         tokio::spawn(async move {
             match this.bind().await {
@@ -229,24 +247,39 @@ impl Worker {
     }
 
     /// Takes this replica's share of the rate limit among `replicas` live ones; the
-    /// next token comes at the new pace. The consumer's window stays: it is the
-    /// endpoint's, shared by all replicas.
+    /// next token comes a period of the new pace after the last. The consumer's
+    /// window stays: it is the endpoint's, shared by all replicas.
     pub fn split_rate(&self, replicas: usize) {
-        self.throttle.send_if_modified(|t| match t {
-            Some(current) if current.replicas() as usize != replicas.max(1) => {
-                *t = throttle(Some(current.rate()), replicas);
-                true
+        let n = replicas.max(1);
+        let differs = |t: &Option<Arc<Throttle>>| {
+            t.as_ref()
+                .is_some_and(|current| current.replicas() as usize != n)
+        };
+        if !differs(&self.throttle.borrow()) {
+            return;
+        }
+        self.throttle.send_if_modified(|t| {
+            if !differs(t) {
+                return false;
             }
-            _ => false,
+            let next = throttle(t.as_ref().map(|c| c.rate()), n, t.as_deref());
+            *t = next;
+            true
         });
+    }
+
+    /// The throttle at this replica's current share: a worker started while the
+    /// count changed catches up before its next token.
+    pub(super) fn current_throttle(&self) -> Option<Arc<Throttle>> {
+        self.split_rate(*self.shared.replicas.borrow());
+        self.throttle.borrow().clone()
     }
 
     /// Waits (at most `max_wait`) for a token of the endpoint's rate limit, for a
     /// request outside the fetch loop (the admin API's test event); `Err` is how long
     /// until one is free.
     pub async fn take_token_within(&self, max_wait: Duration) -> Result<(), Duration> {
-        let throttle = self.throttle.borrow().clone();
-        match throttle {
+        match self.current_throttle() {
             Some(t) => t.take_within(max_wait).await,
             None => Ok(()),
         }

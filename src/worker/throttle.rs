@@ -16,6 +16,7 @@
 
 use std::num::NonZeroU32;
 use std::ops::Add;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
@@ -98,7 +99,14 @@ fn shape(rate: Rate, replicas: u32) -> (Duration, u32) {
 pub struct Throttle {
     rate: Rate,
     replicas: u32,
+    /// The gap between tokens at the sustained pace.
+    period: Duration,
     limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tick>>,
+    /// No token before this: a throttle that replaces another starts where that one
+    /// left off, not with a full bucket.
+    not_before: Option<Instant>,
+    /// When the last token was taken.
+    last: Mutex<Option<Instant>>,
 }
 
 impl Throttle {
@@ -113,8 +121,24 @@ impl Throttle {
         Self {
             rate,
             replicas: replicas.max(1),
+            period,
             limiter: RateLimiter::direct_with_clock(quota, TokioClock),
+            not_before: None,
+            last: Mutex::new(None),
         }
+    }
+
+    /// Like [`Throttle::new`], for a throttle that replaces `previous` (a new rate or a
+    /// new replica count): its first token comes one period after `previous`'s last,
+    /// so a change never adds a burst.
+    pub fn following(rate: Rate, replicas: u32, previous: &Throttle) -> Self {
+        let mut next = Self::new(rate, replicas);
+        next.not_before = previous.last_taken().map(|at| at + next.period);
+        next
+    }
+
+    fn last_taken(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The endpoint's rate, over all replicas.
@@ -129,8 +153,15 @@ impl Throttle {
 
     /// Takes a token if one is free now; otherwise says when the next one is.
     pub fn try_take(&self) -> Result<(), Instant> {
+        let now = Instant::now();
+        if let Some(at) = self.not_before.filter(|at| *at > now) {
+            return Err(at);
+        }
         match self.limiter.check() {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+                Ok(())
+            }
             Err(not_until) => Err(not_until.earliest_possible().0),
         }
     }
@@ -255,6 +286,22 @@ mod tests {
         assert!(t.try_take().is_ok());
         let next = t.try_take().unwrap_err();
         assert_eq!(next - Instant::now(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replacement_starts_where_the_last_left_off() {
+        let old = Throttle::new(rate(10, 1), 1);
+        assert!(old.try_take().is_ok());
+        // Now split over two replicas: the next token is 200 ms after the last, not
+        // at once from a full bucket.
+        let next = Throttle::following(rate(10, 1), 2, &old);
+        let at = next.try_take().unwrap_err();
+        assert_eq!(at - Instant::now(), Duration::from_millis(200));
+        tokio::time::sleep_until(at).await;
+        assert!(next.try_take().is_ok());
+        // One that never gave a token hands nothing on.
+        let fresh = Throttle::following(rate(10, 1), 3, &Throttle::new(rate(10, 1), 1));
+        assert!(fresh.try_take().is_ok());
     }
 
     #[tokio::test(start_paused = true)]
