@@ -266,8 +266,7 @@ async fn wait_counted(natshook: &Natshook, n: usize, within: Duration) {
         let logs = natshook.logs();
         let last = logs
             .lines()
-            .filter(|l| l.contains("live replicas counted"))
-            .next_back()
+            .rfind(|l| l.contains("live replicas counted"))
             .unwrap_or_default();
         if last.contains(&want) {
             return;
