@@ -113,14 +113,13 @@ pub async fn run(
         sup.pause_state().clone(),
         &config.nats.stream,
         &config.nats.consumer_prefix,
+        sup.replicas().clone(),
         shutdown.clone(),
     );
     let mut background = Background::start(&js, &config, &sup, config_path, &shutdown);
-    background.tasks.push(tokio::spawn(split_rates(
-        sup.clone(),
-        replicas.receiver(),
-        shutdown.clone(),
-    )));
+    background
+        .tasks
+        .push(tokio::spawn(split_rates(sup.clone(), shutdown.clone())));
     if let Some((fan_out, scan)) = sup.fan_out(shutdown.clone()) {
         background
             .tasks
@@ -293,16 +292,12 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
     }
 }
 
-/// Hands the count of live replicas (`store::replicas`) to the workers until `stop`:
-/// each takes its share of its endpoint's rate limit as the count changes.
-async fn split_rates(
-    sup: Arc<Supervisor>,
-    mut count: tokio::sync::watch::Receiver<usize>,
-    stop: CancellationToken,
-) {
+/// Hands each new count of live replicas (`store::replicas`) to the workers until
+/// `stop`: each takes its share of its endpoint's rate limit at once.
+async fn split_rates(sup: Arc<Supervisor>, stop: CancellationToken) {
+    let mut count = sup.replicas().subscribe();
     loop {
         let n = *count.borrow_and_update();
-        sup.replicas().send_replace(n);
         for w in sup.workers() {
             w.split_rate(n);
         }

@@ -122,25 +122,24 @@ fn own_id() -> String {
     format!("{}_{}", key_part(&replica_name()), hex::encode(nonce))
 }
 
-/// The count of live replicas, kept until `stop` by a task that then deletes this
+/// The task that keeps the count of live replicas until `stop` and then deletes this
 /// replica's key.
 pub struct Replicas {
-    count: watch::Receiver<usize>,
     task: JoinHandle<()>,
 }
 
 impl Replicas {
     /// Starts counting the replicas of the deployment reading `stream` with
-    /// `consumer_prefix`, at 1 (this process alone) until the bucket answers. The
-    /// count never drops below 1; while the bucket cannot be reached the last count
-    /// stays.
+    /// `consumer_prefix` into `tx`, which stays at 1 (this process alone) until the
+    /// bucket answers. The count never drops below 1; while the bucket cannot be
+    /// reached the last count stays.
     pub fn count(
         state: PauseState,
         stream: &str,
         consumer_prefix: &str,
+        tx: watch::Sender<usize>,
         stop: CancellationToken,
     ) -> Self {
-        let (tx, count) = watch::channel(1);
         let prefix = format!(
             "replicas.{}.{}.",
             key_part(stream),
@@ -173,11 +172,7 @@ impl Replicas {
             })
             .await;
         });
-        Self { count, task }
-    }
-
-    pub fn receiver(&self) -> watch::Receiver<usize> {
-        self.count.clone()
+        Self { task }
     }
 
     /// Waits for the key to be deleted after `stop` (bounded).
