@@ -158,6 +158,8 @@ pub struct Families {
     ingress_duration: HistogramVec,
     /// Registered only when `[tracing]` is on (see [`Metrics::tracing_spans_dropped`]).
     tracing_dropped: std::sync::Arc<std::sync::OnceLock<IntCounterVec>>,
+    /// Registered only with `[delivery] fan_out` (see [`Metrics::fanout_pending`]).
+    fanout_pending: std::sync::OnceLock<IntGauge>,
 }
 
 /// One ingress route's pre-resolved children.
@@ -442,7 +444,24 @@ impl Metrics {
             ingress_requests,
             ingress_duration,
             tracing_dropped: Default::default(),
+            fanout_pending: Default::default(),
         }))
+    }
+
+    /// `natshook_fanout_pending`: source messages the fan-out consumer has not yet
+    /// copied to every endpoint that delivers them. Each endpoint's
+    /// `natshook_consumer_pending` counts only the copies it holds, so a fan-out that
+    /// falls behind shows here and nowhere else. Registered on first use, so a natshook
+    /// without `fan_out` does not show it.
+    pub fn fanout_pending(&self) -> &IntGauge {
+        self.fanout_pending.get_or_init(|| {
+            let g = IntGauge::new(
+                "natshook_fanout_pending",
+                "Source messages not yet copied to every endpoint ([delivery] fan_out).",
+            )
+            .expect("static metric definition");
+            register(&self.registry, g)
+        })
     }
 
     /// `natshook_tracing_spans_dropped_total{reason}`: trace spans lost because the

@@ -337,3 +337,86 @@ async fn a_nats_server_restart_mid_fan_out_loses_nothing() {
     );
     println!("server restarted after {before} requests; {duplicates} duplicates (same ids)");
 }
+
+/// Sets `max_msgs` (with discard-new) on every work stream: at 1, a stream that holds
+/// one copy refuses the next.
+async fn limit_work_streams(js: &jetstream::Context, max_msgs: i64) {
+    for i in 0..16 {
+        let name = format!("EVENTS_natshook_WORK_{i}");
+        let mut stream = js.get_stream(&name).await.expect("work stream");
+        let mut config = stream
+            .info()
+            .await
+            .expect("work stream info")
+            .config
+            .clone();
+        config.max_messages = max_msgs;
+        config.discard = jetstream::stream::DiscardPolicy::New;
+        js.update_stream(config).await.expect("update work stream");
+    }
+}
+
+/// A work stream that refuses copies holds the fan-out back: the source messages wait
+/// on the fan-out consumer and `natshook_fanout_pending` counts them, while the
+/// endpoint's own `natshook_consumer_pending` counts only the copy it holds. Once the
+/// stream takes copies again every message arrives, with no dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
+    const HELD: usize = 10;
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::ok()).await;
+    let config = with_admin(fan_out(TestConfig::new(nats.url()).endpoint(
+        "a",
+        &rx.url("/"),
+        &["*"],
+        "",
+    )));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 1, "first").await;
+    wait_until(Duration::from_secs(20), "fanout_pending at 0", || async {
+        natshook.metric("natshook_fanout_pending").await == Some(0.0)
+    })
+    .await;
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    limit_work_streams(&js, 1).await;
+    publish_all(&js, leads(HELD, "held")).await;
+    // One copy is stored; the other source messages cannot be copied.
+    wait_until(
+        Duration::from_secs(20),
+        "fanout_pending = the rest",
+        || async { natshook.metric("natshook_fanout_pending").await == Some((HELD - 1) as f64) },
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "consumer_pending = 1", || async {
+        natshook
+            .metric("natshook_consumer_pending{endpoint=\"a\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(
+        natshook.logs().contains("did not store a copy"),
+        "refused copies not logged:\n{}",
+        natshook.logs()
+    );
+    limit_work_streams(&js, -1).await;
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    rx.wait_for(Duration::from_secs(30), "every held message", |r| {
+        r.delivered_ids().len() == HELD + 1
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "fanout_pending back to 0",
+        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
+    )
+    .await;
+    assert!(natshook.dead_letters("a").is_empty());
+}

@@ -243,7 +243,16 @@ impl Background {
             sup.metrics().unmapped.clone(),
             shutdown.clone(),
         ));
-        let poller = tokio::spawn(poll_pending(js.clone(), sup.clone(), shutdown.clone()));
+        let fan_out = config.fan_out.then(|| FanOutConsumer {
+            stream: config.nats.stream.clone(),
+            name: crate::fanout::consumer_name(&config.nats.consumer_prefix),
+        });
+        let poller = tokio::spawn(poll_pending(
+            js.clone(),
+            sup.clone(),
+            fan_out,
+            shutdown.clone(),
+        ));
         let pauses = tokio::spawn(follow_shared_pauses(sup.clone(), shutdown.clone()));
         let watcher = config_path
             .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
@@ -309,11 +318,31 @@ async fn split_rates(sup: Arc<Supervisor>, stop: CancellationToken) {
     }
 }
 
-/// Refreshes every worker's pending count until `stop`. One consumer listing per
-/// stream (a page per 256 consumers) rather than one request per endpoint: with
-/// thousands of endpoints, per-consumer polling is most of what an idle nats-server does.
-async fn poll_pending(js: jetstream::Context, sup: Arc<Supervisor>, stop: CancellationToken) {
+/// The fan-out consumer whose lag `natshook_fanout_pending` shows.
+struct FanOutConsumer {
+    stream: String,
+    name: String,
+}
+
+/// Refreshes every worker's pending count, and the fan-out consumer's, until `stop`.
+/// One consumer listing per stream (a page per 256 consumers) rather than one request
+/// per endpoint: with thousands of endpoints, per-consumer polling is most of what an
+/// idle nats-server does.
+async fn poll_pending(
+    js: jetstream::Context,
+    sup: Arc<Supervisor>,
+    fan_out: Option<FanOutConsumer>,
+    stop: CancellationToken,
+) {
     loop {
+        if let Some(f) = &fan_out {
+            match consumer_pending(&js, &f.stream, &f.name).await {
+                Ok(n) => sup.metrics().fanout_pending().set(n),
+                Err(e) => {
+                    tracing::debug!(consumer = %f.name, error = %e, "cannot read the fan-out consumer")
+                }
+            }
+        }
         let workers = sup.workers();
         let mut by_stream: HashMap<&str, Vec<&Arc<crate::worker::Worker>>> = HashMap::new();
         for w in &workers {
@@ -334,6 +363,24 @@ async fn poll_pending(js: jetstream::Context, sup: Arc<Supervisor>, stop: Cancel
             _ = tokio::time::sleep(PENDING_POLL) => {}
         }
     }
+}
+
+/// What `consumer` of `stream` has not settled: waiting plus unacked, as
+/// `natshook_consumer_pending` counts it.
+async fn consumer_pending(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Result<i64, String> {
+    let stream = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = stream
+        .consumer_info(consumer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(i64::try_from(info.num_pending + info.num_ack_pending as u64).unwrap_or(i64::MAX))
 }
 
 /// Every consumer of `stream` by name.

@@ -44,6 +44,11 @@ const SCAN_EVERY: Duration = Duration::from_secs(3);
 /// How long a failed copy waits before its source message comes back.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// The name of the fan-out consumer on the source stream.
+pub fn consumer_name(consumer_prefix: &str) -> String {
+    format!("{consumer_prefix}-fanout")
+}
+
 /// The fan-out consumer of one natshook deployment (shared by its replicas).
 pub struct FanOut {
     js: jetstream::Context,
@@ -65,7 +70,7 @@ impl FanOut {
         Self {
             js,
             stream,
-            consumer: format!("{consumer_prefix}-fanout"),
+            consumer: consumer_name(consumer_prefix),
             work,
             targets,
             bound: Arc::new(AtomicBool::new(false)),
