@@ -81,7 +81,7 @@ async fn ceiling_nats(
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    let cpu = CpuSample::start(&[], nats);
+    let cpu = CpuSample::start(&[], &[nats]);
     let start = Instant::now();
     let mut got = 0;
     while got < n {
@@ -105,7 +105,7 @@ async fn ceiling_http(port: u16, nats: &NatsServer, n: usize) -> (f64, CpuPerDel
         .build_http::<Full<Bytes>>();
     let uri: http::Uri = format!("http://127.0.0.1:{port}/b").parse().unwrap();
     let next = Arc::new(AtomicU64::new(0));
-    let cpu = CpuSample::start(&[], nats);
+    let cpu = CpuSample::start(&[], &[nats]);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -162,7 +162,7 @@ async fn measure_drain(
     deliveries: usize,
     what: &str,
 ) -> Drain {
-    let cpu = CpuSample::start(&[natshook], nats);
+    let cpu = CpuSample::start(&[natshook], &[nats]);
     wait_count(seen, deliveries as u64, drain_timeout(deliveries), what).await;
     let rate = seen.rate();
     let cpu = cpu.per_delivery(deliveries);

@@ -19,10 +19,12 @@
 //!       same config starts on it: ready time, time to drain, CPU (start-up included)
 //!   R   10 endpoints, the same backlog drained by 1, 2 and 3 natshook processes with
 //!       the same config (the same durable consumers)
+//!   C   R on a 3-node nats-server cluster (routes on loopback, every node on the same
+//!       two cores): the stream and natshook's own streams with 3 replicas
 //!
 //! BENCH_SCALE_MESSAGES (default 100000) is the backlog of every phase, published once
 //! natshook is ready (see `deliver`).
-//! BENCH_SCALE_PHASES picks phases (`0`, `1`, `R`; all by default).
+//! BENCH_SCALE_PHASES picks phases (`0`, `1`, `R`, `C`; all by default).
 //! BENCH_SCALE_READY_TIMEOUT (seconds, default 300) bounds the wait for `/readyz`.
 //! BENCH_SCALE_DESIGNS (default `direct,fanout`) names the delivery designs to measure, each
 //! a text appended to natshook's config: `direct` none, `fanout` BENCH_FANOUT_CONFIG
@@ -43,11 +45,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use common::NatsServer;
+use common::{NatsCluster, NatsServer};
 use support::{
     attempts, create_stream_for, drain_timeout, failed_attempts, loadavg, many_endpoints,
     natshook_bin, natshook_config, publish, spawn_natshook, start_receiver, status_kib,
-    wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NotReady, Process, Seen,
+    wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NatsAt, NotReady, Process, Seen,
     RECEIVER_THREADS,
 };
 
@@ -57,9 +59,10 @@ struct Opts {
     endpoints: Vec<usize>,
     active: usize,
     messages: usize,
-    /// R's endpoints and replica counts.
+    /// R's endpoints and replica counts; C's replica counts.
     replica_endpoints: usize,
     replicas: Vec<usize>,
+    cluster_replicas: Vec<usize>,
     settle: Duration,
     idle_window: Duration,
     ready_within: Duration,
@@ -122,7 +125,7 @@ fn designs() -> Vec<Design> {
 
 impl Opts {
     fn from_env(full: bool) -> Self {
-        let phases = std::env::var("BENCH_SCALE_PHASES").unwrap_or_else(|_| "01R".into());
+        let phases = std::env::var("BENCH_SCALE_PHASES").unwrap_or_else(|_| "01RC".into());
         if full {
             let endpoints = std::env::var("BENCH_SCALE_ENDPOINTS")
                 .ok()
@@ -140,6 +143,7 @@ impl Opts {
                 messages: env_or("BENCH_SCALE_MESSAGES", 100_000),
                 replica_endpoints: 10,
                 replicas: vec![1, 2, 3],
+                cluster_replicas: vec![1, 2, 3],
                 settle: Duration::from_secs(10),
                 idle_window: Duration::from_secs(20),
                 ready_within: Duration::from_secs(env_or("BENCH_SCALE_READY_TIMEOUT", 300)),
@@ -154,6 +158,7 @@ impl Opts {
                 messages: 300,
                 replica_endpoints: 10,
                 replicas: vec![1, 2, 3],
+                cluster_replicas: vec![2],
                 settle: Duration::from_millis(200),
                 idle_window: Duration::from_secs(1),
                 ready_within: Duration::from_secs(120),
@@ -251,8 +256,21 @@ struct Restart {
 struct Replicas {
     replicas: usize,
     endpoints: usize,
+    /// nats-server nodes: 1, or a cluster (C) whose streams have as many replicas.
+    nodes: usize,
     drain: Drain,
 }
+
+impl Replicas {
+    /// `R2`, or `C2` on a cluster.
+    fn label(&self) -> String {
+        let phase = if self.nodes == 1 { 'R' } else { 'C' };
+        format!("{phase}{}", self.replicas)
+    }
+}
+
+/// The nats-server nodes of phase C.
+const CLUSTER_NODES: usize = 3;
 
 #[derive(Default, Clone, serde::Serialize)]
 struct DesignResults {
@@ -284,7 +302,7 @@ fn check_design(design: &Design) -> Result<(), String> {
     let endpoints = many_endpoints(1, 9, "check", |_| "*".into(), "");
     let events = "[[events]]\nsubject = \"bench.check.>\"\nevent = \"check\"\n";
     let config = natshook_config(
-        "nats://127.0.0.1:4222",
+        &NatsAt::server("nats://127.0.0.1:4222".into()),
         9,
         "CHECK",
         events,
@@ -334,7 +352,7 @@ fn subject(phase: &str, i: usize) -> String {
 /// Spawns `k` natshook processes with the same config and waits until all are ready:
 /// the processes and the seconds from spawning to the last `/readyz` 200.
 async fn start(
-    nats: &NatsServer,
+    nats: &NatsAt,
     stream: &str,
     events: &str,
     endpoints: &str,
@@ -344,7 +362,7 @@ async fn start(
 ) -> Result<(Vec<Process>, f64), NotReady> {
     let spawned = Instant::now();
     let mut procs: Vec<Process> = (0..k)
-        .map(|_| spawn_natshook(&nats.url(), stream, events, endpoints, &design.config))
+        .map(|_| spawn_natshook(nats, stream, events, endpoints, &design.config))
         .collect();
     for p in procs.iter_mut() {
         wait_ready(p, ready_within.saturating_sub(spawned.elapsed())).await?;
@@ -359,7 +377,7 @@ async fn start(
 /// endpoints, start-up and delivery would overlap for most of the backlog.
 async fn deliver(
     seen: &Seen,
-    nats: &NatsServer,
+    nats: &[&NatsServer],
     js: &jetstream::Context,
     procs: &[Process],
     subjects: &[String],
@@ -418,7 +436,7 @@ async fn one_endpoint(
     let js = jetstream::new(nats.client().await);
     create_stream_for(&js, "SCALE_S0", "bench.s0.*", None).await;
     let (procs, ready_s) = start(
-        &nats,
+        &NatsAt::server(nats.url()),
         "SCALE_S0",
         &events("s0"),
         &endpoints("s0", 1, port),
@@ -428,7 +446,7 @@ async fn one_endpoint(
     )
     .await
     .map_err(|e| format!("S0: not ready: {}", e.reasons))?;
-    let mut d = deliver(seen, &nats, &js, &procs, &[subject("s0", 0)], n, "S0").await;
+    let mut d = deliver(seen, &[&nats], &js, &procs, &[subject("s0", 0)], n, "S0").await;
     d.ready_s = ready_s;
     Ok(d)
 }
@@ -454,7 +472,7 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     let (events, endpoints) = (events("s1"), endpoints("s1", e, port));
     seen.reset();
     let procs = match start(
-        &nats,
+        &NatsAt::server(nats.url()),
         "SCALE_S1",
         &events,
         &endpoints,
@@ -487,7 +505,7 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     s.idle_rss_natshook_mib = natshook.rss_mib("VmRSS:");
     s.idle_rss_natshook_anon_mib = natshook.rss_mib("RssAnon:");
     s.idle_rss_nats_server_mib = status_kib(nats.pid().unwrap_or(0), "VmRSS:") as f64 / 1024.0;
-    let cpu = CpuSample::start(&[natshook], &nats);
+    let cpu = CpuSample::start(&[natshook], &[&nats]);
     tokio::time::sleep(opts.idle_window).await;
     (s.idle_cpu_natshook_pct, s.idle_cpu_nats_server_pct) = cpu.percent_of_core();
     s.startup_peak_rss_mib = natshook.rss_mib("VmHWM:");
@@ -500,7 +518,7 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
         design.name
     );
     let active: Vec<String> = (0..a).map(|j| subject("s1", j * e / a)).collect();
-    s.drain = Some(deliver(seen, &nats, &js, &procs, &active, n, "S1").await);
+    s.drain = Some(deliver(seen, &[&nats], &js, &procs, &active, n, "S1").await);
     drop(procs);
 
     eprintln!(
@@ -512,8 +530,9 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     seen.track_ids(n);
     let load_before = loadavg();
     let spawned = Instant::now();
-    let mut p = spawn_natshook(&nats.url(), "SCALE_S1", &events, &endpoints, &design.config);
-    let cpu = CpuSample::start(&[&p], &nats);
+    let at = NatsAt::server(nats.url());
+    let mut p = spawn_natshook(&at, "SCALE_S1", &events, &endpoints, &design.config);
+    let cpu = CpuSample::start(&[&p], &[&nats]);
     let fds = FdWatch::start(p.pid());
     let ready = wait_ready(&mut p, opts.ready_within).await;
     let ready_s = spawned.elapsed().as_secs_f64();
@@ -551,25 +570,74 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     s
 }
 
-/// R: the same backlog over `opts.replica_endpoints` endpoints, drained by `k`
-/// natshook processes sharing the consumers.
+/// The nats-server of R (one server) or C (a cluster).
+enum Servers {
+    One(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Servers {
+    async fn start(nodes: usize) -> Self {
+        match nodes {
+            1 => Servers::One(NatsServer::start()),
+            n => Servers::Cluster(NatsCluster::start(n).await),
+        }
+    }
+
+    fn nodes(&self) -> Vec<&NatsServer> {
+        match self {
+            Servers::One(s) => vec![s],
+            Servers::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    async fn client(&self) -> async_nats::Client {
+        match self {
+            Servers::One(s) => s.client().await,
+            Servers::Cluster(c) => c.client().await,
+        }
+    }
+
+    /// natshook's view: every node, and its own streams with a replica on each.
+    fn at(&self) -> NatsAt {
+        match self {
+            Servers::One(s) => NatsAt::server(s.url()),
+            Servers::Cluster(c) => NatsAt {
+                urls: c.urls(),
+                replicas: c.nodes.len(),
+            },
+        }
+    }
+}
+
+/// R (`nodes` 1) and C (a cluster of `nodes`, the stream replicated on each): the same
+/// backlog over `opts.replica_endpoints` endpoints, drained by `k` natshook processes
+/// sharing the consumers.
 async fn replicas(
     opts: &Opts,
     design: &Design,
     seen: &Seen,
     port: u16,
-    k: usize,
+    (k, nodes): (usize, usize),
 ) -> Result<Replicas, String> {
     let (n, e) = (opts.messages, opts.replica_endpoints);
+    let phase = if nodes == 1 { "R" } else { "C" };
     eprintln!(
-        "[{}] R: {n} messages over {e} endpoints, {k} natshook process(es)",
+        "[{}] {phase}: {n} messages over {e} endpoints, {k} natshook process(es), {nodes} nats-server node(s)",
         design.name
     );
-    let nats = NatsServer::start();
+    let nats = Servers::start(nodes).await;
     let js = jetstream::new(nats.client().await);
-    create_stream_for(&js, "SCALE_R", "bench.r.*", None).await;
+    js.create_stream(jetstream::stream::Config {
+        name: "SCALE_R".into(),
+        subjects: vec!["bench.r.*".into()],
+        num_replicas: nodes,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("{phase}: cannot create the stream: {e}"))?;
     let (procs, ready_s) = start(
-        &nats,
+        &nats.at(),
         "SCALE_R",
         &events("r"),
         &endpoints("r", e, port),
@@ -578,13 +646,14 @@ async fn replicas(
         opts.ready_within,
     )
     .await
-    .map_err(|e| format!("R: not ready: {}", e.reasons))?;
+    .map_err(|e| format!("{phase}: not ready: {}", e.reasons))?;
     let subjects: Vec<String> = (0..e).map(|i| subject("r", i)).collect();
-    let mut d = deliver(seen, &nats, &js, &procs, &subjects, n, "R").await;
+    let mut d = deliver(seen, &nats.nodes(), &js, &procs, &subjects, n, phase).await;
     d.ready_s = ready_s;
     Ok(Replicas {
         replicas: k,
         endpoints: e,
+        nodes,
         drain: d,
     })
 }
@@ -624,12 +693,15 @@ async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
                 d.s1.push(many(opts, design, &seen, port, e).await);
             }
         }
-        if opts.runs('R') {
-            for &k in &opts.replicas {
-                match replicas(opts, design, &seen, port, k).await {
-                    Ok(rep) => d.r.push(rep),
-                    Err(why) => eprintln!("[{}] {why}", design.name),
-                }
+        let single = opts.replicas.iter().filter(|_| opts.runs('R'));
+        let cluster = opts.cluster_replicas.iter().filter(|_| opts.runs('C'));
+        let rounds = single
+            .map(|&k| (k, 1))
+            .chain(cluster.map(|&k| (k, CLUSTER_NODES)));
+        for round in rounds {
+            match replicas(opts, design, &seen, port, round).await {
+                Ok(rep) => d.r.push(rep),
+                Err(why) => eprintln!("[{}] {why}", design.name),
             }
         }
         r.designs.push(d);
@@ -813,31 +885,37 @@ fn rows(r: &Results) -> Vec<Row> {
             fmt(done(d).map(|x| x.peak_rss_mib), 1)
         });
     }
-    let counts: Vec<(usize, usize)> = designs
+    let counts: Vec<(usize, usize, usize)> = designs
         .iter()
-        .flat_map(|d| d.r.iter().map(|x| (x.replicas, x.endpoints)))
+        .flat_map(|d| d.r.iter().map(|x| (x.replicas, x.endpoints, x.nodes)))
         .fold(Vec::new(), |mut v, s| {
             if !v.contains(&s) {
                 v.push(s);
             }
             v
         });
-    for (k, e) in counts {
+    for (k, e, nodes) in counts {
         let rep = move |d: &DesignResults| {
             d.r.iter()
-                .find(|x| x.replicas == k)
+                .find(|x| x.replicas == k && x.nodes == nodes)
                 .map(|x| x.drain.clone())
         };
-        let p = format!("R   {k} replica(s), {e} endpoints");
+        let p = match nodes {
+            1 => format!("R   {k} replica(s), {e} endpoints"),
+            n => format!("C   {k} replica(s), {e} endpoints, {n} nodes R{n}"),
+        };
         add(format!("{p}: rate (deliveries/s)"), "", &|d| {
             fmt(rep(d).map(|x| x.rate_per_s), 0)
         });
         add(format!("{p}: CPU/delivery natshook, sum (us)"), "", &|d| {
             fmt(rep(d).map(|x| x.cpu_us.natshook), 1)
         });
-        add(format!("{p}: CPU/delivery nats-server (us)"), "", &|d| {
-            fmt(rep(d).map(|x| x.cpu_us.nats_server), 1)
-        });
+        let servers = if nodes == 1 { "" } else { ", sum" };
+        add(
+            format!("{p}: CPU/delivery nats-server{servers} (us)"),
+            "",
+            &|d| fmt(rep(d).map(|x| x.cpu_us.nats_server), 1),
+        );
         add(format!("{p}: deliveries per process"), "", &|d| {
             rep(d).map_or("n/a".into(), |x| {
                 x.deliveries_per_process
@@ -884,7 +962,7 @@ fn errors(d: &DesignResults) -> Vec<String> {
     }
     for r in &d.r {
         if let Some(e) = &r.drain.error {
-            out.push(format!("R{}: {e}", r.replicas));
+            out.push(format!("{}: {e}", r.label()));
         }
     }
     out
@@ -948,8 +1026,10 @@ fn report(r: &Results) {
                 )
                 .chain(d.r.iter().map(|x| {
                     format!(
-                        "R{} {} -> {}",
-                        x.replicas, x.drain.load_before, x.drain.load_after
+                        "{} {} -> {}",
+                        x.label(),
+                        x.drain.load_before,
+                        x.drain.load_after
                     )
                 }))
                 .collect();
@@ -995,13 +1075,16 @@ fn main() {
                 "[{}] S1 did not drain",
                 d.design
             );
-            assert_eq!(
-                d.r.len(),
-                if opts.runs('R') {
-                    opts.replicas.len()
+            let rounds = |phase: char, counts: &[usize]| {
+                if opts.runs(phase) {
+                    counts.len()
                 } else {
                     0
-                },
+                }
+            };
+            assert_eq!(
+                d.r.len(),
+                rounds('R', &opts.replicas) + rounds('C', &opts.cluster_replicas),
                 "[{}] a replica round did not drain",
                 d.design
             );

@@ -387,19 +387,23 @@ pub struct CpuPerDelivery {
 /// receiver's threads at the start of a measurement.
 pub struct CpuSample {
     natshook: Vec<(u32, f64)>,
-    nats: (u32, f64),
+    nats: Vec<(u32, f64)>,
     bench: (u32, f64),
     receiver_before: f64,
     at: Instant,
 }
 
 impl CpuSample {
-    /// `natshook` is empty for the ceilings, where this process is the client.
-    pub fn start(natshook: &[&Process], nats: &NatsServer) -> Self {
+    /// `natshook` is empty for the ceilings, where this process is the client; `nats`
+    /// holds every node of a cluster, whose CPU is summed.
+    pub fn start(natshook: &[&Process], nats: &[&NatsServer]) -> Self {
         let with_cpu = |pid: u32| (pid, cpu_seconds(pid));
         Self {
             natshook: natshook.iter().map(|p| with_cpu(p.pid())).collect(),
-            nats: with_cpu(nats.pid().unwrap_or(0)),
+            nats: nats
+                .iter()
+                .map(|n| with_cpu(n.pid().unwrap_or(0)))
+                .collect(),
             bench: with_cpu(std::process::id()),
             receiver_before: receiver_cpu_seconds(),
             at: Instant::now(),
@@ -413,10 +417,12 @@ impl CpuSample {
         }
     }
 
-    /// CPU seconds natshook (all processes) and nats-server used since the start.
+    /// CPU seconds natshook (all processes) and nats-server (all nodes) used since the
+    /// start.
     pub fn seconds(&self) -> (f64, f64) {
         let natshook = self.natshook.iter().copied().map(Self::used).sum();
-        (natshook, Self::used(self.nats))
+        let nats = self.nats.iter().copied().map(Self::used).sum();
+        (natshook, nats)
     }
 
     /// Percent of one core natshook (all processes) and nats-server used since the
@@ -447,24 +453,42 @@ pub fn natshook_bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").to_string())
 }
 
+/// Where natshook finds NATS: every node's URL (comma-separated) and the replicas of
+/// natshook's own streams and buckets (`nats.replicas`, one node's worth on one server).
+#[derive(Clone)]
+pub struct NatsAt {
+    pub urls: String,
+    pub replicas: usize,
+}
+
+impl NatsAt {
+    pub fn server(url: String) -> Self {
+        Self {
+            urls: url,
+            replicas: 1,
+        }
+    }
+}
+
 /// natshook's config for the bench: receivers on loopback over plain http, `extra`
 /// appended last (e.g. a `[delivery]` table of the design under test).
 pub fn natshook_config(
-    nats_url: &str,
+    nats: &NatsAt,
     http_port: u16,
     stream: &str,
     events: &str,
     endpoints: &str,
     extra: &str,
 ) -> String {
+    let (urls, replicas) = (&nats.urls, nats.replicas);
     format!(
-        "[nats]\nurl = \"{nats_url}\"\nstream = \"{stream}\"\nconsumer_prefix = \"bench\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[defaults]\nallow_http = true\nallow_private = true\n{events}\n{endpoints}\n{extra}"
+        "[nats]\nurl = \"{urls}\"\nstream = \"{stream}\"\nconsumer_prefix = \"bench\"\nreplicas = {replicas}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[defaults]\nallow_http = true\nallow_private = true\n{events}\n{endpoints}\n{extra}"
     )
 }
 
 /// Starts natshook on a config from [`natshook_config`] without waiting for it.
 pub fn spawn_natshook(
-    nats_url: &str,
+    nats: &NatsAt,
     stream: &str,
     events: &str,
     endpoints: &str,
@@ -472,7 +496,7 @@ pub fn spawn_natshook(
 ) -> Process {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
-    let config = natshook_config(nats_url, http_port, stream, events, endpoints, extra);
+    let config = natshook_config(nats, http_port, stream, events, endpoints, extra);
     let path = dir.path().join("natshook.toml");
     std::fs::write(&path, config).unwrap();
     let child = Command::new(natshook_bin())
@@ -538,7 +562,8 @@ pub async fn start_natshook(
     events: &str,
     endpoints: &str,
 ) -> Process {
-    let mut p = spawn_natshook(nats_url, stream, events, endpoints, "");
+    let nats = NatsAt::server(nats_url.to_string());
+    let mut p = spawn_natshook(&nats, stream, events, endpoints, "");
     if let Err(e) = wait_ready(&mut p, Duration::from_secs(60)).await {
         panic!("natshook not ready: {}", e.reasons);
     }
