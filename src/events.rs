@@ -54,19 +54,45 @@ impl EndpointChange {
 /// The subject of [`DeadLetterEvent`]s.
 pub const DEAD_LETTER_SUBJECT: &str = "natshook.events.dead_letter";
 
-/// The body of a `natshook.events.endpoint.*` event.
+/// What every event opens with: the endpoint (and its tenant), why, and when.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EndpointEvent {
+pub struct EventFacts {
     pub endpoint: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
-    /// A stable code: `consecutive_failures`, `gone`, `delivery_succeeded`,
-    /// `admin_api`, `cli`.
+    /// A stable code, listed with each event.
     pub reason: &'static str,
     /// The same in words, for people reading a log of events.
     pub detail: String,
     /// When it happened (RFC 3339, UTC, milliseconds).
     pub at: String,
+}
+
+impl EventFacts {
+    /// Facts of an event happening now.
+    pub fn now(
+        endpoint: &str,
+        tenant: Option<&str>,
+        reason: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            tenant: tenant.map(str::to_string),
+            reason,
+            detail: detail.into(),
+            at: rfc3339_millis(SystemTime::now()),
+        }
+    }
+}
+
+/// The body of a `natshook.events.endpoint.*` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointEvent {
+    /// `reason`: `consecutive_failures`, `gone`, `delivery_succeeded`, `admin_api`,
+    /// `cli`.
+    #[serde(flatten)]
+    pub facts: EventFacts,
     pub consecutive_failures: u32,
     /// The HTTP status that caused a pause (`410`), when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,11 +111,7 @@ impl EndpointEvent {
         detail: impl Into<String>,
     ) -> Self {
         Self {
-            endpoint: endpoint.to_string(),
-            tenant: tenant.map(str::to_string),
-            reason,
-            detail: detail.into(),
-            at: rfc3339_millis(SystemTime::now()),
+            facts: EventFacts::now(endpoint, tenant, reason, detail),
             consecutive_failures: 0,
             last_status: None,
             paused_at: None,
@@ -101,14 +123,10 @@ impl EndpointEvent {
 /// enough to find it with `natshook dlq list`, nothing of the message's content.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetterEvent {
-    pub endpoint: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// A stable code: `max_attempts`, `max_body`, `undeliverable`.
-    pub reason: &'static str,
-    /// The dead-letter record's `reason`.
-    pub detail: String,
-    pub at: String,
+    /// `reason`: `max_attempts`, `max_body`, `undeliverable`; `detail`: the
+    /// dead-letter record's `reason`.
+    #[serde(flatten)]
+    pub facts: EventFacts,
     /// The message id (`X-Webhook-Id`), which the record is listed under.
     pub id: String,
     pub event: String,
@@ -187,7 +205,8 @@ impl OperatorEvents {
     /// it (the breaker, the admin API's pause and resume, the registrar's enable and
     /// disable).
     pub fn endpoint(&self, change: EndpointChange, event: &EndpointEvent) {
-        tracing::debug!(endpoint = %event.endpoint, subject = change.subject(), reason = event.reason, "operator event");
+        let facts = &event.facts;
+        tracing::debug!(endpoint = %facts.endpoint, subject = change.subject(), reason = facts.reason, "operator event");
         self.send(change.subject(), event);
     }
 

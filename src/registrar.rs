@@ -357,7 +357,7 @@ impl Registrar {
         let tenant = record.value.get("tenant").and_then(Value::as_str);
         let mut event = EndpointEvent::new(&record.name, tenant, self.by.reason(), detail);
         event.paused_at = paused_at;
-        tracing::info!(endpoint = %record.name, reason = event.reason, "{}", event.detail);
+        tracing::info!(endpoint = %record.name, reason = event.facts.reason, "{}", event.facts.detail);
         self.events.endpoint(change, &event);
     }
 

@@ -16,7 +16,7 @@ use super::{ack_wait, Worker};
 use crate::backoff::jitter;
 use crate::delivery::{AttemptResult, RESPONSE_BODY_LIMIT};
 use crate::envelope::{self, MessageFacts};
-use crate::events::DeadLetterEvent;
+use crate::events::{DeadLetterEvent, EventFacts};
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
 use crate::store::dead_letters::DeadLetter;
@@ -344,11 +344,7 @@ impl Worker {
                 self.metrics.dead_letters.inc();
                 self.metrics.delivery(event, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {
-                    endpoint: self.endpoint.name.clone(),
-                    tenant: m.tenant.clone(),
-                    reason: code,
-                    detail: reason.to_string(),
-                    at: time::rfc3339_millis(SystemTime::now()),
+                    facts: EventFacts::now(&self.endpoint.name, m.tenant.as_deref(), code, reason),
                     id: m.id.clone(),
                     event: m.event.clone(),
                     subject: m.meta.subject.clone(),
