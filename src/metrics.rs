@@ -210,6 +210,10 @@ pub struct EndpointChildren {
     pub rate_limit_wait: Counter,
     /// Messages the endpoint's payload filter did not let through.
     pub filtered: IntCounter,
+    /// The `success` child of `natshook_deliveries_total` for the event delivered last:
+    /// an endpoint delivers runs of the same event, and the lookup by three label
+    /// values is then a comparison of one.
+    last_success: arc_swap::ArcSwapOption<(String, IntCounter)>,
 }
 
 impl std::ops::Deref for EndpointMetrics {
@@ -230,6 +234,7 @@ impl std::ops::Deref for EndpointMetrics {
                 dead_letters: m.dead_letters.with_label_values(&e),
                 rate_limit_wait: m.rate_limit_wait.with_label_values(&e),
                 filtered: m.filtered.with_label_values(&e),
+                last_success: Default::default(),
             }
         })
     }
@@ -248,6 +253,22 @@ impl EndpointMetrics {
     }
 
     pub fn delivery(&self, event: &str, outcome: Outcome) {
+        if outcome == Outcome::Success {
+            let cached = self.last_success.load();
+            if let Some((_, counter)) = cached.as_deref().filter(|(e, _)| e == event) {
+                counter.inc();
+                return;
+            }
+            let counter = self.families.deliveries.with_label_values(&[
+                self.name.as_str(),
+                event,
+                outcome.as_str(),
+            ]);
+            counter.inc();
+            let entry = (event.to_string(), counter);
+            self.last_success.store(Some(std::sync::Arc::new(entry)));
+            return;
+        }
         self.families
             .deliveries
             .with_label_values(&[self.name.as_str(), event, outcome.as_str()])
@@ -549,6 +570,24 @@ mod tests {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }
         assert!(!text.contains("outcome=\"too_large\""));
+    }
+
+    #[test]
+    fn deliveries_count_per_event_when_events_alternate() {
+        let m = Metrics::new();
+        let e = m.endpoint("crm");
+        for event in ["a", "a", "b", "a", "b", "b", "b"] {
+            e.delivery(event, Outcome::Success);
+        }
+        e.delivery("a", Outcome::Retry);
+        let text = String::from_utf8(m.render()).unwrap();
+        for needle in [
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"a\",outcome=\"success\"} 3",
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"b\",outcome=\"success\"} 4",
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"a\",outcome=\"retry\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in:\n{text}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::PauseReason;
 use super::outcome::{decide, Decision};
-use super::{ack_wait, Worker};
+use super::{progress_every, Worker};
 use crate::backoff::jitter;
 use crate::delivery::{AttemptResult, RESPONSE_BODY_LIMIT};
 use crate::envelope::{self, MessageFacts};
@@ -235,7 +235,12 @@ impl Worker {
         // boxed: inline they would make every spawned delivery task several times
         // larger, and the task is copied (moved) per message.
         let mut send = Box::pin(send);
-        let every = ack_wait(&self.endpoint) / 3;
+        let Some(every) = progress_every(&self.endpoint) else {
+            return tokio::select! {
+                r = &mut send => Some(r),
+                _ = abort.cancelled() => None,
+            };
+        };
         let progress = tokio::time::sleep(every);
         tokio::pin!(progress);
         loop {
@@ -278,14 +283,15 @@ impl Worker {
         let (msg, id, event, attempt) = (&m.msg, m.id.as_str(), m.event.as_str(), m.meta.attempt);
         self.metrics.attempt(result.status);
         self.metrics.duration.observe(result.duration.as_secs_f64());
-        let now = time::unix_millis(SystemTime::now());
+        let settled = SystemTime::now();
+        let now = time::unix_millis(settled);
         let decision = decide(&result, attempt, &self.endpoint, jitter);
         if decision == Decision::Ack {
             self.ack(msg, AckKind::Ack).await;
             self.last_success_ms.store(now, Ordering::Relaxed);
             self.breaker.record_success();
             self.metrics.delivery(event, Outcome::Success);
-            if let Ok(age) = SystemTime::now().duration_since(m.meta.published) {
+            if let Ok(age) = settled.duration_since(m.meta.published) {
                 self.metrics.end_to_end.observe(age.as_secs_f64());
             }
             tracing::debug!(endpoint = %self.endpoint.name, id, attempt, "delivered");

@@ -83,6 +83,14 @@ pub fn ack_wait(endpoint: &Endpoint) -> Duration {
     (endpoint.timeout + Duration::from_secs(20)).max(Duration::from_secs(30))
 }
 
+/// How often a delivery in progress extends its message's ack timer: three times per
+/// `ack_wait`. `None` when the attempt's own timeout ends it first (every `timeout` up
+/// to 10 s), so the delivery registers no timer for it.
+pub fn progress_every(endpoint: &Endpoint) -> Option<Duration> {
+    let every = ack_wait(endpoint) / 3;
+    (every < endpoint.timeout).then_some(every)
+}
+
 /// The consumer's window: at most this many messages unacked. Twice the concurrency
 /// (one for `ordered`), and with a rate limit no more than the rate delivers in a third
 /// of `ack_wait`, so a fetched message is started well within its ack timer.
@@ -613,6 +621,16 @@ mod tests {
             Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn only_an_attempt_that_can_outlast_a_third_of_ack_wait_extends_it() {
+        assert_eq!(progress_every(&endpoint("timeout = \"10s\"")), None);
+        assert_eq!(progress_every(&endpoint("timeout = \"2s\"")), None);
+        assert_eq!(
+            progress_every(&endpoint("timeout = \"40s\"")),
+            Some(Duration::from_secs(20))
+        );
     }
 
     #[test]
