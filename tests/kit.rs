@@ -319,6 +319,47 @@ fn kubernetes_manifests_carry_valid_configs_and_fitting_grace_periods() {
     }
 }
 
+/// Both ways to scale target standalone.yaml's Deployment, and the KEDA query takes
+/// the max per endpoint (every replica reports the same consumers) of a contract metric.
+#[test]
+fn autoscaling_targets_the_shared_deployment_on_its_backlog() {
+    let standalone: Vec<serde_json::Value> = read("examples/kubernetes/standalone.yaml")
+        .split("\n---\n")
+        .map(yaml)
+        .collect();
+    let deployment = standalone
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let name = &deployment["metadata"]["name"];
+    let docs: Vec<serde_json::Value> = read("examples/kubernetes/autoscaling.yaml")
+        .split("\n---\n")
+        .map(yaml)
+        .collect();
+    let keda = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
+    assert_eq!(&keda["spec"]["scaleTargetRef"]["name"], name);
+    let trigger = &keda["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    let query = trigger["metadata"]["query"].as_str().unwrap();
+    assert_only_contract_metrics(query);
+    assert!(
+        query.contains("max by (endpoint) (natshook_consumer_pending"),
+        "{query}"
+    );
+    let hpa = docs
+        .iter()
+        .find(|d| d["kind"] == "HorizontalPodAutoscaler")
+        .unwrap();
+    assert_eq!(&hpa["spec"]["scaleTargetRef"]["name"], name);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    let metric = &hpa["spec"]["metrics"][0]["external"];
+    assert_eq!(metric["target"]["type"], "AverageValue");
+    assert_eq!(
+        keda["spec"]["minReplicaCount"], hpa["spec"]["minReplicas"],
+        "the two ways differ"
+    );
+}
+
 #[test]
 fn compose_file_and_its_config() {
     let compose = yaml(&read("examples/compose.yaml"));
