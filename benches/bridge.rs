@@ -41,7 +41,7 @@ use common::{tool, NatsServer};
 use support::{
     cpu_seconds, create_stream, drain_timeout, failed_attempts, natshook_bin, payload, publish,
     start_natshook, start_receiver, unix_micros, wait_count, CpuPerDelivery, CpuSample, Process,
-    Seen, RECEIVER_THREADS,
+    Seen,
 };
 
 #[derive(Clone)]
@@ -616,17 +616,7 @@ fn main() {
     } else {
         1
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let receiver = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(RECEIVER_THREADS)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, receiver) = support::runtimes();
     let mut all = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut o = opts.clone();

@@ -50,7 +50,6 @@ use support::{
     attempts, create_stream_for, drain_timeout, failed_attempts, loadavg, many_endpoints,
     natshook_bin, natshook_config, publish, spawn_natshook, start_receiver, status_kib,
     wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NatsAt, NotReady, Process, Seen,
-    RECEIVER_THREADS,
 };
 
 struct Opts {
@@ -1040,17 +1039,7 @@ fn report(r: &Results) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let opts = Opts::from_env(full);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let receiver = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(RECEIVER_THREADS)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, receiver) = support::runtimes();
     let r = rt.block_on(run(&opts, receiver.handle().clone()));
     report(&r);
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/scale-results.json");

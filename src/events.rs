@@ -103,15 +103,10 @@ pub struct EndpointEvent {
 }
 
 impl EndpointEvent {
-    /// An event at the current time; the optional facts start empty.
-    pub fn new(
-        endpoint: &str,
-        tenant: Option<&str>,
-        reason: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    /// An event with `facts`; the optional ones start empty.
+    pub fn new(facts: EventFacts) -> Self {
         Self {
-            facts: EventFacts::now(endpoint, tenant, reason, detail),
+            facts,
             consecutive_failures: 0,
             last_status: None,
             paused_at: None,
@@ -254,7 +249,12 @@ mod tests {
 
     #[test]
     fn tenant_and_empty_facts_are_left_out() {
-        let mut e = EndpointEvent::new("crm", None, "gone", "receiver answered 410 Gone");
+        let mut e = EndpointEvent::new(EventFacts::now(
+            "crm",
+            None,
+            "gone",
+            "receiver answered 410 Gone",
+        ));
         e.last_status = Some(410);
         let v = serde_json::to_value(&e).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
@@ -270,7 +270,7 @@ mod tests {
             ]
         );
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
-        let e = EndpointEvent::new("crm", Some("acme"), "admin_api", "x");
+        let e = EndpointEvent::new(EventFacts::now("crm", Some("acme"), "admin_api", "x"));
         assert_eq!(serde_json::to_value(&e).unwrap()["tenant"], "acme");
     }
 

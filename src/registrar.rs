@@ -20,7 +20,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use crate::config::{api, Config, Endpoint, EndpointDefaults, Problem};
-use crate::events::{EndpointChange, EndpointEvent, OperatorEvents};
+use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::routing::Router;
 use crate::signing::Scheme;
 use crate::store::pause_state::{PauseCause, PauseState};
@@ -355,7 +355,12 @@ impl Registrar {
         paused_at: Option<String>,
     ) {
         let tenant = record.value.get("tenant").and_then(Value::as_str);
-        let mut event = EndpointEvent::new(&record.name, tenant, self.by.reason(), detail);
+        let mut event = EndpointEvent::new(EventFacts::now(
+            &record.name,
+            tenant,
+            self.by.reason(),
+            detail,
+        ));
         event.paused_at = paused_at;
         tracing::info!(endpoint = %record.name, reason = event.facts.reason, "{}", event.facts.detail);
         self.events.endpoint(change, &event);

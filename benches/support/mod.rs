@@ -101,6 +101,24 @@ fn number_after(body: &[u8], key: &[u8]) -> Option<u64> {
 /// receiver's share of the bench process can be told apart from the raw client's.
 pub const RECEIVER_THREADS: &str = "bench-receiver";
 
+/// The bench's runtime (the raw consumer and client, the publisher) and the
+/// receiver's, two worker threads each, the receiver's named [`RECEIVER_THREADS`] so
+/// that their CPU is read apart.
+pub fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+    let bench = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("bench runtime");
+    let receiver = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(RECEIVER_THREADS)
+        .enable_all()
+        .build()
+        .expect("receiver runtime");
+    (bench, receiver)
+}
+
 /// A minimal hyper receiver answering `200` with an empty body on every path, on its
 /// own runtime (`receiver`), whose threads are named [`RECEIVER_THREADS`].
 pub fn start_receiver(receiver: &tokio::runtime::Handle, seen: Arc<Seen>) -> u16 {

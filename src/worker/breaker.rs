@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::events::{EndpointChange, EndpointEvent, OperatorEvents};
+use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::metrics::EndpointMetrics;
 use crate::store::pause_state::PauseCause;
 
@@ -195,12 +195,12 @@ impl Breaker {
             announce(Some(&reason));
         }
         self.set_paused(Some(reason.clone()));
-        let mut event = EndpointEvent::new(
+        let mut event = EndpointEvent::new(EventFacts::now(
             &self.endpoint,
             self.tenant.as_deref(),
             reason.code(),
             reason.to_string(),
-        );
+        ));
         event.consecutive_failures = self.consecutive_failures();
         let change = match reason {
             PauseReason::Manual => EndpointChange::Disabled,
@@ -224,12 +224,12 @@ impl Breaker {
         }
         let since = self.since.lock().ok().and_then(|s| *s);
         self.set_paused(None);
-        let mut event = EndpointEvent::new(
+        let mut event = EndpointEvent::new(EventFacts::now(
             &self.endpoint,
             self.tenant.as_deref(),
             cause.code(),
             cause.detail(),
-        );
+        ));
         event.consecutive_failures = self.consecutive_failures();
         event.paused_at = since.map(crate::time::rfc3339_millis);
         let change = match cause {
