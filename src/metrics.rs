@@ -210,10 +210,10 @@ pub struct EndpointChildren {
     pub rate_limit_wait: Counter,
     /// Messages the endpoint's payload filter did not let through.
     pub filtered: IntCounter,
-    /// The `success` child of `natshook_deliveries_total` for the event delivered last:
-    /// an endpoint delivers runs of the same event, and the lookup by three label
-    /// values is then a comparison of one.
-    last_success: arc_swap::ArcSwapOption<(String, IntCounter)>,
+    /// The `success` children of `natshook_deliveries_total` by event: a delivery
+    /// finds its counter by the event alone instead of by three label values (the
+    /// events are the mapping's, a bounded set).
+    successes: std::sync::RwLock<std::collections::HashMap<String, IntCounter>>,
 }
 
 impl std::ops::Deref for EndpointMetrics {
@@ -234,7 +234,7 @@ impl std::ops::Deref for EndpointMetrics {
                 dead_letters: m.dead_letters.with_label_values(&e),
                 rate_limit_wait: m.rate_limit_wait.with_label_values(&e),
                 filtered: m.filtered.with_label_values(&e),
-                last_success: Default::default(),
+                successes: Default::default(),
             }
         })
     }
@@ -254,10 +254,11 @@ impl EndpointMetrics {
 
     pub fn delivery(&self, event: &str, outcome: Outcome) {
         if outcome == Outcome::Success {
-            let cached = self.last_success.load();
-            if let Some((_, counter)) = cached.as_deref().filter(|(e, _)| e == event) {
-                counter.inc();
-                return;
+            if let Ok(successes) = self.successes.read() {
+                if let Some(counter) = successes.get(event) {
+                    counter.inc();
+                    return;
+                }
             }
             let counter = self.families.deliveries.with_label_values(&[
                 self.name.as_str(),
@@ -265,8 +266,9 @@ impl EndpointMetrics {
                 outcome.as_str(),
             ]);
             counter.inc();
-            let entry = (event.to_string(), counter);
-            self.last_success.store(Some(std::sync::Arc::new(entry)));
+            if let Ok(mut successes) = self.successes.write() {
+                successes.insert(event.to_string(), counter);
+            }
             return;
         }
         self.families

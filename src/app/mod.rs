@@ -365,8 +365,7 @@ async fn poll_pending(
     }
 }
 
-/// What `consumer` of `stream` has not settled: waiting plus unacked, as
-/// `natshook_consumer_pending` counts it.
+/// What `consumer` of `stream` has not settled (see [`crate::worker::unsettled`]).
 async fn consumer_pending(
     js: &jetstream::Context,
     stream: &str,
@@ -380,7 +379,7 @@ async fn consumer_pending(
         .consumer_info(consumer)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(i64::try_from(info.num_pending + info.num_ack_pending as u64).unwrap_or(i64::MAX))
+    Ok(crate::worker::unsettled(&info))
 }
 
 /// Every consumer of `stream` by name.

@@ -83,6 +83,13 @@ pub fn ack_wait(endpoint: &Endpoint) -> Duration {
     (endpoint.timeout + Duration::from_secs(20)).max(Duration::from_secs(30))
 }
 
+/// What a consumer has not settled, as `natshook_consumer_pending` and
+/// `natshook_fanout_pending` count it: messages waiting plus delivered and unacked.
+pub fn unsettled(info: &consumer::Info) -> i64 {
+    let n = info.num_pending + info.num_ack_pending as u64;
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// How often a delivery in progress extends its message's ack timer: three times per
 /// `ack_wait`. `None` when the attempt's own timeout ends it first (every `timeout` up
 /// to 10 s), so the delivery registers no timer for it.
@@ -455,8 +462,7 @@ impl Worker {
             return;
         }
         if let Some(info) = info {
-            let pending = info.num_pending + info.num_ack_pending as u64;
-            self.metrics.pending.set(pending as i64);
+            self.metrics.pending.set(unsettled(info));
         }
     }
 
