@@ -253,28 +253,26 @@ impl EndpointMetrics {
     }
 
     pub fn delivery(&self, event: &str, outcome: Outcome) {
-        if outcome == Outcome::Success {
+        let success = outcome == Outcome::Success;
+        if success {
             if let Ok(successes) = self.successes.read() {
                 if let Some(counter) = successes.get(event) {
                     counter.inc();
                     return;
                 }
             }
-            let counter = self.families.deliveries.with_label_values(&[
-                self.name.as_str(),
-                event,
-                outcome.as_str(),
-            ]);
-            counter.inc();
+        }
+        let counter = self.families.deliveries.with_label_values(&[
+            self.name.as_str(),
+            event,
+            outcome.as_str(),
+        ]);
+        counter.inc();
+        if success {
             if let Ok(mut successes) = self.successes.write() {
                 successes.insert(event.to_string(), counter);
             }
-            return;
         }
-        self.families
-            .deliveries
-            .with_label_values(&[self.name.as_str(), event, outcome.as_str()])
-            .inc();
     }
 
     pub fn attempt(&self, status: AttemptStatus) {

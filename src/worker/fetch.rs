@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::breaker::PauseReason;
 use super::inflight::Share;
-use super::{ack_wait, Stop, Worker};
+use super::{keep_alive_every, Stop, Worker};
 use crate::backoff::Backoff;
 use crate::store::pause_state::ProbeGuard;
 
@@ -75,7 +75,7 @@ impl Worker {
         let mut paused = self.breaker.watch();
         // Held messages waiting for a token or a permit: their ack timers are extended on this
         // schedule (kept across messages, since one message may wait through many).
-        let every = ack_wait(&self.endpoint) / 3;
+        let every = keep_alive_every(&self.endpoint);
         let mut keep_alive = tokio::time::interval_at(Instant::now() + every, every);
         keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -284,7 +284,7 @@ impl Worker {
         );
         let probe_due = tokio::time::sleep(wait.next_delay());
         tokio::pin!(probe_due);
-        let every = ack_wait(&self.endpoint) / 3;
+        let every = keep_alive_every(&self.endpoint);
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         let mut probe_lock = None;

@@ -90,11 +90,17 @@ pub fn unsettled(info: &consumer::Info) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// How often a delivery in progress extends its message's ack timer: three times per
-/// `ack_wait`. `None` when the attempt's own timeout ends it first (every `timeout` up
-/// to 10 s), so the delivery registers no timer for it.
+/// How often the ack timer of a message natshook holds is extended: three times per
+/// `ack_wait`, so a message starts its attempt with at least two thirds of it left.
+pub fn keep_alive_every(endpoint: &Endpoint) -> Duration {
+    ack_wait(endpoint) / 3
+}
+
+/// How often a delivery in progress extends its message's ack timer
+/// ([`keep_alive_every`]). `None` when the attempt's own timeout ends it first (every
+/// `timeout` up to 10 s), so the delivery registers no timer for it.
 pub fn progress_every(endpoint: &Endpoint) -> Option<Duration> {
-    let every = ack_wait(endpoint) / 3;
+    let every = keep_alive_every(endpoint);
     (every < endpoint.timeout).then_some(every)
 }
 
