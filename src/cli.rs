@@ -259,7 +259,7 @@ fn signer_for(key: &KeyArgs, verify_only: bool) -> Result<Signer, Failure> {
             .ok_or_else(|| Failure::Usage(anyhow!("--endpoint needs --config")))?;
         let config = Config::load(path)?;
         let ep = find_endpoint(&config, name)?;
-        return Ok(ep.signer.clone());
+        return Ok(Signer::clone(&ep.signer));
     }
     if key.secret.is_empty() {
         return Err(Failure::Usage(anyhow!(

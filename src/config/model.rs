@@ -81,7 +81,9 @@ pub struct Endpoint {
     pub events: EventFilter,
     /// Messages whose payload does not match are acked without a request.
     pub filter: PayloadFilter,
-    pub signer: Signer,
+    /// Shared with the endpoint's deliverer, which starts from it: the keys are held
+    /// once per endpoint, not once per holder.
+    pub signer: std::sync::Arc<Signer>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub allow_http: bool,
     /// Which resolved addresses this endpoint may reach (SSRF guard).

@@ -116,7 +116,7 @@ impl Deliverer {
     /// the connection pool an endpoint shares with others of the same receiver host.
     pub fn new(endpoint: Arc<Endpoint>, max_inflight: usize) -> Result<Self, ClientError> {
         let client = client::shared(&endpoint, max_inflight)?;
-        let signer = Arc::new(ArcSwap::from_pointee(endpoint.signer.clone()));
+        let signer = Arc::new(ArcSwap::new(Arc::clone(&endpoint.signer)));
         Ok(Self {
             client,
             host: host_header(&endpoint.url),

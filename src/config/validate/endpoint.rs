@@ -183,7 +183,7 @@ fn validate_endpoint(
         url: url?,
         events: events?,
         filter: filter?,
-        signer: signer?,
+        signer: std::sync::Arc::new(signer?),
         headers,
         allow_http,
         target,
