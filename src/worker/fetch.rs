@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::AckKind};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
@@ -72,7 +72,6 @@ impl Worker {
         stop: &Stop,
         tracker: &TaskTracker,
     ) -> Leave {
-        let mut paused = self.breaker.watch();
         // Held messages waiting for a token or a permit: their ack timers are extended on this
         // schedule (kept across messages, since one message may wait through many).
         let every = keep_alive_every(&self.endpoint);
@@ -98,7 +97,7 @@ impl Worker {
             if held.is_empty() {
                 let next = tokio::select! {
                     _ = stop.drain.cancelled() => return Leave::Drain,
-                    _ = paused.wait_for(|p| *p) => continue,
+                    () = self.breaker.until_paused(true) => continue,
                     m = messages.next() => m,
                     () = tokio::time::sleep(IDLE_AFTER), if self.lazy => {
                         // Idle only with nothing in flight (this permit aside).
@@ -168,17 +167,17 @@ impl Worker {
         stop: &Stop,
         keep_alive: &mut Interval,
     ) -> Result<jetstream::Message, NoToken> {
-        if self.throttle.borrow().is_none() || !self.becomes_request(&msg) {
+        if self.throttle.load().is_none() || !self.becomes_request(&msg) {
             return Ok(msg);
         }
-        let mut changed = self.throttle.subscribe();
-        let mut paused = self.breaker.watch();
+        let mut changed = self.shared.throttles.subscribe();
         let mut waited_since = None;
         let leave = loop {
+            // Seen before reading the throttle: a change from here on wakes the wait.
+            changed.borrow_and_update();
             // At this replica's current share (a worker started while the count of
             // replicas changed catches up here).
-            self.split_rate(*self.shared.replicas.borrow());
-            let Some(throttle) = changed.borrow_and_update().clone() else {
+            let Some(throttle) = self.current_throttle() else {
                 break None;
             };
             let next = match throttle.try_take() {
@@ -188,7 +187,7 @@ impl Worker {
             waited_since.get_or_insert_with(Instant::now);
             tokio::select! {
                 _ = stop.drain.cancelled() => break Some(NoToken::Leave(Leave::Drain)),
-                () = paused.wait_for(|p| *p).map(drop) => break Some(NoToken::Paused),
+                () = self.breaker.until_paused(true) => break Some(NoToken::Paused),
                 () = tokio::time::sleep_until(next) => {}
                 // A new rate (or none) applies to this message too.
                 _ = changed.changed() => {}
@@ -228,13 +227,12 @@ impl Worker {
         keep_alive: &mut Interval,
         stop: &Stop,
     ) -> Waited<F::Output> {
-        let mut paused = self.breaker.watch();
         loop {
             tokio::select! {
                 biased;
                 _ = stop.drain.cancelled() => return Waited::Leave(Leave::Drain),
                 p = permit.as_mut() => return Waited::Done(p),
-                () = paused.wait_for(|p| *p).map(drop) => return Waited::Paused,
+                () = self.breaker.until_paused(true) => return Waited::Paused,
                 next = messages.next() => match next {
                     Some(Ok(msg)) => held.push_back(msg),
                     Some(Err(e)) => return Waited::Leave(self.fetch_failed(&e)),
@@ -277,7 +275,6 @@ impl Worker {
         held: &mut Held,
         stop: &Stop,
     ) -> Option<Leave> {
-        let mut paused = self.breaker.watch();
         let mut wait = Backoff::new(
             self.endpoint.probe_interval,
             self.endpoint.probe_max_interval,
@@ -291,8 +288,7 @@ impl Worker {
         let leave = loop {
             tokio::select! {
                 _ = stop.drain.cancelled() => break Some(Leave::Drain),
-                // Mapped to (): the watch guard must not live across the awaits below.
-                () = paused.wait_for(|p| !*p).map(drop), if probe.is_none() => break None,
+                () = self.breaker.until_paused(false), if probe.is_none() => break None,
                 next = messages.next() => match next {
                     Some(Ok(msg)) => held.push_back(msg),
                     Some(Err(e)) => break Some(self.fetch_failed(&e)),

@@ -42,9 +42,11 @@ use async_nats::jetstream::{
     message::AckKind,
 };
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use arc_swap::ArcSwapOption;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
 use self::fetch::{Held, Leave};
@@ -157,8 +159,9 @@ pub struct Worker {
     /// unusable id usually does so for every message, so it is said once, not per message.
     msg_id_warned: AtomicBool,
     /// The `rate_limit` in force: it follows reloads without a restart, so a waiting
-    /// message is never NAKed (which would cost it an attempt) for a new rate.
-    throttle: watch::Sender<Option<Arc<Throttle>>>,
+    /// message is never NAKed (which would cost it an attempt) for a new rate. A
+    /// change is announced on `shared.throttles`.
+    throttle: ArcSwapOption<Throttle>,
     /// With fan-out: the endpoint's copies are on the work stream, and its consumer
     /// exists only while it has work.
     lazy: bool,
@@ -225,7 +228,7 @@ impl Worker {
             last_error: Mutex::new(None),
             success_log: RateLimit::new(shared.log_successes_per_second),
             msg_id_warned: AtomicBool::new(false),
-            throttle: watch::Sender::new(throttle(
+            throttle: ArcSwapOption::new(throttle(
                 endpoint.rate_limit,
                 *shared.replicas.borrow(),
                 None,
@@ -242,7 +245,7 @@ impl Worker {
 
     /// The `rate_limit` in force.
     pub fn rate_limit(&self) -> Option<Rate> {
-        self.throttle.borrow().as_ref().map(|t| t.rate())
+        self.throttle.load().as_ref().map(|t| t.rate())
     }
 
     /// Applies a new `rate_limit` without a restart: the next token comes at the new
@@ -250,10 +253,9 @@ impl Worker {
     /// already fetched stay, so none of them is redelivered or costs an attempt).
     pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>) {
         let replicas = *self.shared.replicas.borrow();
-        self.throttle.send_modify(|t| {
-            let next = throttle(rate, replicas, t.as_deref());
-            *t = next;
-        });
+        self.throttle
+            .rcu(|t| throttle(rate, replicas, t.as_deref()));
+        self.shared.throttles.send_modify(|()| {});
         let this = Arc::clone(self);
         tokio::spawn(async move {
             match this.bind().await {
@@ -276,24 +278,27 @@ impl Worker {
             t.as_ref()
                 .is_some_and(|current| current.replicas() as usize != n)
         };
-        if !differs(&self.throttle.borrow()) {
+        if !differs(&self.throttle.load()) {
             return;
         }
-        self.throttle.send_if_modified(|t| {
-            if !differs(t) {
-                return false;
+        let mut changed = false;
+        self.throttle.rcu(|t| {
+            changed = differs(t);
+            match changed {
+                true => throttle(t.as_ref().map(|c| c.rate()), n, t.as_deref()),
+                false => t.clone(),
             }
-            let next = throttle(t.as_ref().map(|c| c.rate()), n, t.as_deref());
-            *t = next;
-            true
         });
+        if changed {
+            self.shared.throttles.send_modify(|()| {});
+        }
     }
 
     /// The throttle at this replica's current share: a worker started while the
     /// count changed catches up before its next token.
     pub(super) fn current_throttle(&self) -> Option<Arc<Throttle>> {
         self.split_rate(*self.shared.replicas.borrow());
-        self.throttle.borrow().clone()
+        self.throttle.load_full()
     }
 
     /// Waits (at most `max_wait`) for a token of the endpoint's rate limit, for a

@@ -38,6 +38,11 @@ pub struct Shared {
     /// Live replicas of this deployment (`store::replicas`), which split each
     /// endpoint's `rate_limit`.
     pub(super) replicas: watch::Sender<usize>,
+    /// Bumped whenever an endpoint's throttle changes (a reload, a new count of
+    /// replicas): a message waiting for a token looks again. One channel for every
+    /// endpoint rather than one each, which with thousands of endpoints is ~350 bytes
+    /// of memory apiece; a waiter woken for another endpoint's change just waits on.
+    pub(super) throttles: watch::Sender<()>,
 }
 
 /// Consumers created at once, over all endpoints.
@@ -74,6 +79,7 @@ impl Shared {
             work: None,
             binds: Arc::new(Semaphore::new(CONCURRENT_BINDS)),
             replicas: watch::Sender::new(1),
+            throttles: watch::Sender::new(()),
         }
     }
 
