@@ -394,6 +394,15 @@ async fn deliver(
     let publish_s = published.elapsed().as_secs_f64();
     let done = wait_distinct(seen, n as u64, drain_timeout(n), what).await;
     let count = seen.count.load(Ordering::SeqCst);
+    let progress: Vec<String> = seen
+        .progress_s()
+        .iter()
+        .map(|t| format!("{t:.2}"))
+        .collect();
+    eprintln!(
+        "{what}: each twentieth of the messages in by (s after the first): {}",
+        progress.join(" ")
+    );
     let mut d = Drain {
         error: done.err(),
         delivered: seen.distinct.load(Ordering::SeqCst),

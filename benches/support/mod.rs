@@ -30,6 +30,10 @@ pub struct Seen {
     /// Set while `ids` is kept, so the bridge bench's receiver takes no extra lock.
     tracking: AtomicBool,
     pub distinct: AtomicU64,
+    /// When each twentieth of the tracked messages had arrived: shows whether a drain
+    /// ran evenly or left a tail.
+    progress: Mutex<Vec<Instant>>,
+    tracked: AtomicU64,
 }
 
 impl Seen {
@@ -40,12 +44,15 @@ impl Seen {
         self.latencies_us.lock().unwrap().clear();
         self.tracking.store(false, Ordering::SeqCst);
         *self.ids.lock().unwrap() = None;
+        self.progress.lock().unwrap().clear();
+        self.tracked.store(0, Ordering::SeqCst);
     }
 
     /// Counts distinct messages `0..n` from here on (after a reset), so duplicates
     /// (redeliveries, replicas) show as `count - distinct`.
     pub fn track_ids(&self, n: usize) {
         *self.ids.lock().unwrap() = Some(vec![0; n.div_ceil(64)]);
+        self.tracked.store(n as u64, Ordering::SeqCst);
         self.tracking.store(true, Ordering::SeqCst);
     }
 
@@ -56,6 +63,15 @@ impl Seen {
             Some((a, b)) if b > a => (n - 1.0) / (b - a).as_secs_f64(),
             _ => 0.0,
         }
+    }
+
+    /// Seconds from the first arrival to each twentieth of the tracked messages.
+    pub fn progress_s(&self) -> Vec<f64> {
+        let Some((first, _)) = *self.window.lock().unwrap() else {
+            return Vec::new();
+        };
+        let p = self.progress.lock().unwrap();
+        p.iter().map(|t| (*t - first).as_secs_f64()).collect()
     }
 
     fn record_id(&self, body: &[u8]) {
@@ -73,7 +89,11 @@ impl Seen {
         if let Some(w) = bits.get_mut(word) {
             if *w & bit == 0 {
                 *w |= bit;
-                self.distinct.fetch_add(1, Ordering::SeqCst);
+                let k = self.distinct.fetch_add(1, Ordering::SeqCst) + 1;
+                let n = self.tracked.load(Ordering::Relaxed);
+                if n >= 20 && k % (n / 20) == 0 {
+                    self.progress.lock().unwrap().push(Instant::now());
+                }
             }
         }
     }
