@@ -142,10 +142,13 @@ impl Signer {
         if secrets.is_empty() {
             return Err(SignError::NoSecret);
         }
-        let keys = secrets
+        let mut keys: Vec<Key> = secrets
             .iter()
             .map(|s| parse_key(scheme, s, verify_only))
             .collect::<Result<_, _>>()?;
+        // Collecting through a Result leaves room for four keys where most endpoints
+        // have one, and the signer lives as long as the endpoint.
+        keys.shrink_to_fit();
         Ok(Self {
             scheme,
             header,
