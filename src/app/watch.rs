@@ -1,9 +1,10 @@
 //! The config watcher: SIGHUP or a change of the config file reloads it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::supervisor::Supervisor;
@@ -11,10 +12,17 @@ use super::supervisor::Supervisor;
 /// How often the config file is checked for changes (besides SIGHUP).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
+/// What tells a changed config file: its digest, not its text, which with thousands
+/// of endpoints is megabytes kept for the life of the process.
+fn fingerprint(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path)
+        .ok()
+        .map(|text| Sha256::digest(text).into())
+}
+
 /// Watches for SIGHUP and config file changes and reloads.
 pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: CancellationToken) {
-    let read = |p: &PathBuf| std::fs::read(p).ok();
-    let mut last = read(&path);
+    let mut last = fingerprint(&path);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -34,7 +42,7 @@ pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: Canc
             _ = hup_recv => true,
             _ = tokio::time::sleep(CONFIG_POLL) => false,
         };
-        let now = read(&path);
+        let now = fingerprint(&path);
         if by_signal || now != last {
             tracing::info!(path = %path.display(), trigger = if by_signal { "SIGHUP" } else { "file changed" }, "reloading config");
             last = now;
