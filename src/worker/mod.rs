@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use async_nats::jetstream::{
     self,
     consumer::{self, pull, AckPolicy, DeliverPolicy},
@@ -45,8 +46,6 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use arc_swap::ArcSwapOption;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
 use self::fetch::{Held, Leave};
@@ -284,9 +283,10 @@ impl Worker {
         let mut changed = false;
         self.throttle.rcu(|t| {
             changed = differs(t);
-            match changed {
-                true => throttle(t.as_ref().map(|c| c.rate()), n, t.as_deref()),
-                false => t.clone(),
+            if changed {
+                throttle(t.as_ref().map(|c| c.rate()), n, t.as_deref())
+            } else {
+                t.clone()
             }
         });
         if changed {
