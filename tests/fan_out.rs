@@ -52,6 +52,22 @@ async fn work_consumers(js: &jetstream::Context) -> BTreeSet<String> {
     all
 }
 
+/// The copies on every work stream, acked or not.
+async fn work_copies(js: &jetstream::Context) -> u64 {
+    let mut all = 0;
+    for i in 0..16 {
+        let name = format!("EVENTS_natshook_WORK_{i}");
+        let mut stream = js.get_stream(&name).await.expect("work stream");
+        all += stream
+            .info()
+            .await
+            .expect("work stream info")
+            .state
+            .messages;
+    }
+    all
+}
+
 /// Requests per path, as distinct ids and the number of requests.
 fn per_path(rx: &Receiver) -> BTreeMap<String, (BTreeSet<String>, usize)> {
     let mut out: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
@@ -67,7 +83,8 @@ fn per_path(rx: &Receiver) -> BTreeMap<String, (BTreeSet<String>, usize)> {
 /// `ticket.*`. 200 leads and 100 tickets: each endpoint gets exactly what it wants,
 /// with the source message's id and a valid signature; the source stream has one
 /// delivery consumer (the fan-out), not one per endpoint; once the work is done, the
-/// endpoints let their consumers on the work stream go.
+/// endpoints let their consumers on the work stream go, and their acked copies with
+/// them, so new work after that delivers only the new messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
     let nats = NatsServer::start();
@@ -177,8 +194,14 @@ async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
     .await;
     let ready = natshook.get("/readyz").await.unwrap();
     assert_eq!(ready.0, 200, "ready with every endpoint idle: {}", ready.1);
+    assert_eq!(
+        work_copies(&js).await,
+        0,
+        "acked copies left on the work streams"
+    );
 
     // Work after idling wakes the endpoint again.
+    let before = per_path(&rx)["/lead/7"].1;
     publish_all(&js, leads(10, "again")).await;
     rx.wait_for(Duration::from_secs(30), "new work after idling", |r| {
         per_path(r)["/lead/7"]
@@ -189,6 +212,40 @@ async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
             == 10
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        per_path(&rx)["/lead/7"].1,
+        before + 10,
+        "the new consumer delivered only the new copies"
+    );
+}
+
+/// A busy endpoint keeps its consumer, and the copies it acked are removed every few
+/// seconds all the same: a trickle that never lets it idle leaves the work stream
+/// holding less than what was delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_endpoint_s_acked_copies_are_removed() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config =
+        fan_out(TestConfig::new(nats.url())).endpoint("busy", &rx.url("/"), &["lead.created"], "");
+    let _natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    // 8 s of one lead every 200 ms: never 10 s without work, so the consumer stays.
+    for i in 0..40 {
+        publish_all(&js, leads(1, &format!("t{i}"))).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rx.wait_for(Duration::from_secs(10), "every lead delivered", |r| {
+        r.delivered_ids().len() >= 40
+    })
+    .await;
+    assert!(
+        !work_consumers(&js).await.is_empty(),
+        "the busy endpoint's consumer is bound"
+    );
+    let left = work_copies(&js).await;
+    assert!(left < 40, "{left} of 40 copies still stored");
 }
 
 /// Retries happen on the copies: attempts count 1, 2, 3 per endpoint, and a message

@@ -12,10 +12,14 @@
 //!
 //! An endpoint learns that it has work from the copy this process stored, or from a
 //! scan of the work stream's subjects, every few seconds and at start: that scan finds
-//! work stored by another replica, or left by a process that died.
+//! work stored by another replica, or left by a process that died. Before it looks,
+//! the scan removes the copies each endpoint's consumer has acked
+//! ([`WorkStream::release`]), so a busy endpoint's subject holds a few seconds of
+//! done work at most.
 
 pub mod targets;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -256,19 +260,24 @@ async fn copy(
     }
 }
 
-/// Wakes every endpoint that has copies waiting, every `SCAN_EVERY` until `stop`: the
-/// copies another replica stored, or a stopped process left behind.
+/// Removes the copies every endpoint's consumer has acked and wakes every endpoint
+/// that has copies waiting, every `SCAN_EVERY` until `stop`: the copies another
+/// replica stored, or a stopped process left behind.
 pub async fn scan(
     js: jetstream::Context,
     work: WorkStream,
     targets: watch::Receiver<Arc<Targets>>,
     stop: CancellationToken,
 ) {
+    let mut released: Released = Vec::new();
     loop {
         let current = targets.borrow().clone();
         for (i, name) in work.names().iter().enumerate() {
             // One shard's failure (a stream being created again) leaves the others'
             // endpoints to be woken.
+            if let Err(e) = release_acked(&js, &work, i, &mut released).await {
+                tracing::debug!(stream = %name, error = %e, "work stream purge failed");
+            }
             if let Err(e) = scan_shard(&js, &work, i, &current).await {
                 tracing::debug!(stream = %name, error = %e, "work stream scan failed");
             }
@@ -278,6 +287,48 @@ pub async fn scan(
             _ = tokio::time::sleep(SCAN_EVERY) => {}
         }
     }
+}
+
+/// The ack floor each endpoint's copies were last released to, by shard and consumer
+/// name: a consumer whose floor has not moved costs no purge request.
+type Released = Vec<HashMap<String, u64>>;
+
+/// Releases the acked copies of every consumer on shard `i`'s stream (any replica's:
+/// the consumers are shared). Only the consumers listed now are remembered.
+async fn release_acked(
+    js: &jetstream::Context,
+    work: &WorkStream,
+    i: usize,
+    released: &mut Released,
+) -> Result<(), String> {
+    let stream = js
+        .get_stream_no_info(&work.names()[i])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut floors = Vec::new();
+    let mut consumers = stream.consumers();
+    while let Some(next) = consumers.next().await {
+        let info = next.map_err(|e| e.to_string())?;
+        if let Some(endpoint) = work.endpoint_of(&info.config.filter_subject) {
+            let endpoint = endpoint.to_string();
+            floors.push((info.name, endpoint, info.ack_floor.stream_sequence));
+        }
+    }
+    if released.len() <= i {
+        released.resize_with(i + 1, HashMap::new);
+    }
+    let before = std::mem::take(&mut released[i]);
+    for (name, endpoint, floor) in floors {
+        let done = before.get(&name).copied().unwrap_or(0);
+        if floor > done {
+            if let Err(e) = work.release(&stream, &endpoint, floor).await {
+                released[i].insert(name, done);
+                return Err(e.to_string());
+            }
+        }
+        released[i].insert(name, floor.max(done));
+    }
+    Ok(())
 }
 
 /// Wakes the endpoints with copies on shard `i`'s stream.

@@ -10,6 +10,14 @@
 //! carries the same id as the source message would. Its own `Nats-Msg-Id` names the
 //! source message and the endpoint, so copying the same message again (a redelivered
 //! source message) stores nothing new within the duplicate window.
+//!
+//! The streams keep their copies under limits retention, with no limit: an acked copy
+//! stays until natshook purges the endpoint's subject below its consumer's ack floor
+//! ([`WorkStream::release`]), every few seconds while the endpoint is busy and before
+//! its consumer is deleted. A work-queue stream would remove each copy on its ack,
+//! but only after asking every other consumer of the stream whether it still needs
+//! it, and with a thousand busy endpoints that check was a sixth of nats-server's CPU
+//! per delivery.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,11 +46,11 @@ pub struct WorkStreamError {
     message: String,
 }
 
-/// How many work streams the copies are spread over, by endpoint. On every ack,
-/// JetStream asks each consumer of a work-queue stream whether it still needs the
-/// message: with a thousand busy endpoints on one stream, that is a thousand checks
-/// per delivery and the largest part of nats-server's CPU; spread over 16 streams,
-/// about 60.
+/// How many work streams the copies are spread over, by endpoint: each stream stores
+/// its copies through its own lock and file blocks, and lists its consumers for the
+/// purge in one short page. A work stream that already exists keeps its retention:
+/// with work-queue retention it removes each copy on its ack, and the purge finds
+/// nothing to remove.
 pub const SHARDS: usize = 16;
 
 /// Where the copies live: the streams and their subjects.
@@ -109,8 +117,8 @@ impl WorkStream {
         Some(endpoint).filter(|e| !e.is_empty() && !e.contains('.') && shard(e) == i)
     }
 
-    /// Creates the streams that are missing. Work-queue retention: a copy is removed
-    /// once its endpoint acked it, so the streams hold exactly the work not done yet.
+    /// Creates the streams that are missing, with limits retention and no limit: a copy
+    /// leaves only through [`WorkStream::release`], after its endpoint acked it.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), WorkStreamError> {
         for (i, name) in self.names.iter().enumerate() {
             js.get_or_create_stream(stream::Config {
@@ -119,7 +127,7 @@ impl WorkStream {
                     "natshook: each message copied once per endpoint that delivers it".into(),
                 ),
                 subjects: vec![self.subjects_of(i)],
-                retention: stream::RetentionPolicy::WorkQueue,
+                retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 num_replicas: self.replicas,
                 duplicate_window: DUPLICATE_WINDOW,
@@ -135,6 +143,30 @@ impl WorkStream {
             })?;
         }
         Ok(())
+    }
+
+    /// Removes `endpoint`'s copies up to stream sequence `acked_to`, its consumer's ack
+    /// floor: every copy at or below it is acked, so none of them is work. Returns how
+    /// many were removed. On a work-queue stream there is nothing acked left to remove.
+    pub async fn release<I>(
+        &self,
+        stream: &stream::Stream<I>,
+        endpoint: &str,
+        acked_to: u64,
+    ) -> Result<u64, WorkStreamError> {
+        if acked_to == 0 {
+            return Ok(0);
+        }
+        stream
+            .purge()
+            .filter(self.subject(endpoint))
+            .sequence(acked_to + 1)
+            .await
+            .map(|r| r.purged)
+            .map_err(|e| WorkStreamError {
+                stream: self.name_of(endpoint).to_string(),
+                message: format!("purging {endpoint}'s acked copies: {e}"),
+            })
     }
 
     /// The headers of `endpoint`'s copy of a source message: its own headers (less any

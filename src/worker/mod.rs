@@ -432,12 +432,11 @@ impl Worker {
             filter_subject,
             filter_subjects,
             max_ack_pending: window(&self.endpoint, self.rate_limit()),
-            // A fan-out endpoint's consumer keeps its state in memory: on the work
-            // stream an acked copy is gone, so the state holds only what is in flight,
-            // and a file per consumer rewritten ten times a second is most of what
-            // nats-server spends while a thousand endpoints drain. A server restart
-            // forgets the consumer; the worker creates it again and everything not
-            // acked comes back.
+            // A fan-out endpoint's consumer keeps its state in memory: a file per
+            // consumer rewritten ten times a second is most of what nats-server spends
+            // while a thousand endpoints drain. A server restart forgets the consumer;
+            // the worker creates it again and every copy still on the subject comes
+            // back: those not acked, and those acked since the last purge.
             memory_storage: self.lazy,
             ..Default::default()
         }
@@ -570,12 +569,16 @@ impl Worker {
 
     /// Deletes a fan-out endpoint's consumer when it holds nothing: no copy waiting, none
     /// delivered and unacked (a retry waiting out its delay counts as unacked), none in
-    /// flight here. A copy stored meanwhile stays on the work stream, and its wake
-    /// starts a new consumer, which reads the subject from its start.
+    /// flight here. Its acked copies are removed first, since the next consumer reads
+    /// the subject from its start: a copy stored meanwhile stays, and its wake starts
+    /// that consumer.
     async fn let_consumer_go(&self, permits: &Semaphore) -> bool {
         if permits.available_permits() < self.endpoint.concurrency {
             return false;
         }
+        let Some(work) = &self.shared.work else {
+            return false;
+        };
         let Ok(stream) = self
             .shared
             .js
@@ -584,9 +587,17 @@ impl Worker {
         else {
             return false;
         };
-        match stream.consumer_info(&self.consumer_name).await {
-            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+        let acked_to = match stream.consumer_info(&self.consumer_name).await {
+            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                info.ack_floor.stream_sequence
+            }
             _ => return false,
+        };
+        // Kept while its acked copies are: deleted without them, the next consumer would
+        // deliver them again.
+        if let Err(e) = work.release(&stream, &self.endpoint.name, acked_to).await {
+            tracing::debug!(endpoint = %self.endpoint.name, error = %e, "idle consumer kept");
+            return false;
         }
         match stream.delete_consumer(&self.consumer_name).await {
             Ok(_) => {
