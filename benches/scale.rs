@@ -48,8 +48,9 @@ use async_nats::jetstream;
 use common::{NatsCluster, NatsServer};
 use support::{
     attempts, create_stream_for, drain_timeout, failed_attempts, loadavg, many_endpoints,
-    natshook_bin, natshook_config, publish, spawn_natshook, start_receiver, status_kib,
-    wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NatsAt, NotReady, Process, Seen,
+    natshook_bin, natshook_config, publish, quiet_machine, spawn_natshook, start_receiver,
+    status_kib, wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NatsAt, NotReady,
+    Process, Seen,
 };
 
 struct Opts {
@@ -439,6 +440,7 @@ async fn one_endpoint(
     port: u16,
 ) -> Result<Drain, String> {
     let n = opts.messages;
+    quiet_before(opts, design, "S0").await;
     eprintln!("[{}] S0: 1 endpoint drains {n} messages", design.name);
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
@@ -468,6 +470,7 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
         active: a,
         ..Default::default()
     };
+    quiet_before(opts, design, "S1").await;
     eprintln!("[{}] S1: {e} endpoints, start and idle", design.name);
     let nats = match std::env::var("BENCH_NATS_PROFILE") {
         Ok(port) => NatsServer::start_with(&["--profile", &port]),
@@ -630,6 +633,7 @@ async fn replicas(
 ) -> Result<Replicas, String> {
     let (n, e) = (opts.messages, opts.replica_endpoints);
     let phase = if nodes == 1 { "R" } else { "C" };
+    quiet_before(opts, design, phase).await;
     eprintln!(
         "[{}] {phase}: {n} messages over {e} endpoints, {k} natshook process(es), {nodes} nats-server node(s)",
         design.name
@@ -716,6 +720,22 @@ async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
     }
     r.load_end = loadavg();
     r
+}
+
+/// Lets the machine quiet down before a phase is measured (not in smoke mode, where
+/// speed is not judged), and says so when it did not within a minute.
+async fn quiet_before(opts: &Opts, design: &Design, phase: &str) {
+    if opts.smoke {
+        return;
+    }
+    let busy = quiet_machine(Duration::from_secs(60)).await;
+    if busy >= 0.10 {
+        eprintln!(
+            "[{}] {phase}: the machine was still {:.0} % busy after a minute; measuring anyway",
+            design.name,
+            busy * 100.0
+        );
+    }
 }
 
 fn fmt(v: Option<f64>, precision: usize) -> String {

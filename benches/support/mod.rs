@@ -644,6 +644,41 @@ pub async fn failed_attempts(natshook: &Process) -> u64 {
     attempts(natshook, |l| !l.contains("\"2xx\"")).await
 }
 
+/// Waits (up to `within`) until the whole machine is nearly idle: under 10 % of its
+/// CPU busy over one second. What an earlier phase leaves behind (a nats-server
+/// cluster shutting down, store directories being deleted, dirty pages being
+/// written) would otherwise slow the next phase's processes and inflate its CPU per
+/// delivery. Returns the share of the machine that was busy in the last second.
+pub async fn quiet_machine(within: Duration) -> f64 {
+    fn busy_and_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu = stat.lines().next()?;
+        let fields: Vec<u64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let idle = fields.get(3)? + fields.get(4)?;
+        let total: u64 = fields.iter().take(8).sum();
+        Some((total - idle, total))
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        let Some((b0, t0)) = busy_and_total() else {
+            return 0.0;
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some((b1, t1)) = busy_and_total() else {
+            return 0.0;
+        };
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        if busy < 0.10 || Instant::now() >= deadline {
+            return busy;
+        }
+    }
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
