@@ -349,7 +349,7 @@ async fn poll_pending(
             by_stream.entry(w.consumer_stream()).or_default().push(w);
         }
         for (stream, on_it) in by_stream {
-            match consumer_infos(&js, stream).await {
+            match crate::store::consumer_infos(&js, stream).await {
                 Ok(infos) => {
                     for w in on_it {
                         w.show_pending(infos.get(w.consumer_name()));
@@ -380,24 +380,6 @@ async fn consumer_pending(
         .await
         .map_err(|e| e.to_string())?;
     Ok(crate::worker::unsettled(&info))
-}
-
-/// Every consumer of `stream` by name.
-async fn consumer_infos(
-    js: &jetstream::Context,
-    stream: &str,
-) -> Result<HashMap<String, jetstream::consumer::Info>, String> {
-    let stream = js
-        .get_stream_no_info(stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut infos = HashMap::new();
-    let mut list = stream.consumers();
-    while let Some(info) = list.next().await {
-        let info = info.map_err(|e| e.to_string())?;
-        infos.insert(info.name.clone(), info);
-    }
-    Ok(infos)
 }
 
 /// Opens the registry bucket (creating it, retrying while JetStream refuses) and

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::targets::Targets;
 use crate::backoff::Backoff;
+use crate::store;
 use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
 
 /// Source messages being copied at once: enough to keep the work stream's publish
@@ -301,27 +302,26 @@ async fn release_acked(
     i: usize,
     released: &mut Released,
 ) -> Result<(), String> {
-    let stream = js
-        .get_stream_no_info(&work.names()[i])
+    let name = &work.names()[i];
+    let infos = store::consumer_infos(js, name)
         .await
         .map_err(|e| e.to_string())?;
-    let mut floors = Vec::new();
-    let mut consumers = stream.consumers();
-    while let Some(next) = consumers.next().await {
-        let info = next.map_err(|e| e.to_string())?;
-        if let Some(endpoint) = work.endpoint_of(&info.config.filter_subject) {
-            let endpoint = endpoint.to_string();
-            floors.push((info.name, endpoint, info.ack_floor.stream_sequence));
-        }
-    }
+    let stream = js
+        .get_stream_no_info(name)
+        .await
+        .map_err(|e| e.to_string())?;
     if released.len() <= i {
         released.resize_with(i + 1, HashMap::new);
     }
     let before = std::mem::take(&mut released[i]);
-    for (name, endpoint, floor) in floors {
+    for (name, info) in infos {
+        let Some(endpoint) = work.endpoint_of(&info.config.filter_subject) else {
+            continue;
+        };
+        let floor = info.ack_floor.stream_sequence;
         let done = before.get(&name).copied().unwrap_or(0);
         if floor > done {
-            if let Err(e) = work.release(&stream, &endpoint, floor).await {
+            if let Err(e) = work.release(&stream, endpoint, floor).await {
                 released[i].insert(name, done);
                 return Err(e.to_string());
             }

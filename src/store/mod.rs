@@ -9,6 +9,7 @@ pub mod registry;
 pub mod replicas;
 pub mod work_stream;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -22,6 +23,21 @@ pub struct ReadError(String);
 
 fn read_error(e: impl std::fmt::Display) -> ReadError {
     ReadError(e.to_string())
+}
+
+/// Every consumer of `stream` by name, listed in pages of full consumer info.
+pub async fn consumer_infos(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<HashMap<String, consumer::Info>, ReadError> {
+    let stream = js.get_stream_no_info(stream).await.map_err(read_error)?;
+    let mut infos = HashMap::new();
+    let mut list = stream.consumers();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(read_error)?;
+        infos.insert(info.name.clone(), info);
+    }
+    Ok(infos)
 }
 
 /// One message read from a stream.
