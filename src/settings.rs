@@ -26,4 +26,7 @@ pub struct LogSettings {
     /// are always recorded. Storing every success at thousands per second would cost
     /// nats-server as much as the deliveries themselves.
     pub max_successes_per_second: u32,
+    /// The same over all endpoints of the process: with a thousand busy endpoints the
+    /// per-endpoint cap alone would still log every success.
+    pub max_successes_per_second_total: u32,
 }

@@ -307,6 +307,65 @@ async fn admin_state_deliveries_and_test_ping() {
     assert!(after.as_array().unwrap().len() >= 6, "{after}");
 }
 
+/// `max_successes_per_second_total` bounds the successes kept over all endpoints (at 0,
+/// none), while every failed attempt is still kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_keeps_every_failure_and_successes_within_the_total() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|r| {
+        if r.path == "/a" && r.id() == "cap-2" {
+            Reply::status(503).body("busy")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let mut config = with_admin(
+        TestConfig::new(nats.url())
+            .endpoint(
+                "a",
+                &rx.url("/a"),
+                &["*"],
+                "retry_schedule = [\"100ms\"]\nmax_attempts = 2",
+            )
+            .endpoint("b", &rx.url("/b"), &["*"], ""),
+    );
+    config.top += "\n[delivery_log]\nmax_successes_per_second_total = 0\n";
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(4, "cap")).await;
+    // 4 messages to each endpoint; one fails twice at `a`, then is dead-lettered.
+    rx.wait_for(Duration::from_secs(20), "9 requests", |r| r.count() >= 9)
+        .await;
+    let log = |endpoint: &'static str| {
+        let natshook = &natshook;
+        async move {
+            let path = format!("/api/endpoints/{endpoint}/deliveries");
+            let (status, body) = natshook.api("GET", &path, Some(ADMIN_TOKEN), None).await;
+            assert_eq!(status, 200, "{body}");
+            body.as_array().cloned().unwrap_or_default()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if log("a").await.len() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failed attempt is logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Records are written before the message is acked; give the last ones time to land
+    // before asserting that they are not there.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = log("a").await;
+    assert_eq!(a.len(), 2, "only the failures: {a:?}");
+    for record in &a {
+        assert_eq!(record["id"], "cap-2");
+        assert_eq!(record["http_status"], 503);
+    }
+    assert_eq!(log("b").await.len(), 0, "no success is logged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_pause_resume_and_dead_letter_replay() {
     let nats = NatsServer::start();

@@ -52,6 +52,7 @@ pub const DELIVERY_LOG_ENABLED: bool = true;
 pub const DELIVERY_LOG_MAX_PER_ENDPOINT: i64 = 1000;
 pub const DELIVERY_LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND: i64 = 100;
+pub const DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND_TOTAL: i64 = 200;
 
 // [admin]
 pub const ADMIN_ENABLED: bool = false;

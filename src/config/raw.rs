@@ -68,6 +68,7 @@ pub(super) struct RawDeliveryLog {
     pub max_per_endpoint: Option<i64>,
     pub max_age: Option<String>,
     pub max_successes_per_second: Option<i64>,
+    pub max_successes_per_second_total: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

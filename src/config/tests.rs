@@ -90,6 +90,29 @@ fn the_inflight_bound_defaults_to_256_and_must_be_positive() {
 }
 
 #[test]
+fn logged_successes_are_capped_per_endpoint_and_in_total() {
+    let log = |text: &str| {
+        Config::from_str(text, "toml")
+            .unwrap()
+            .delivery_log
+            .unwrap()
+    };
+    let d = log(GOOD);
+    assert_eq!(
+        (d.max_successes_per_second, d.max_successes_per_second_total),
+        (100, 200)
+    );
+    let set = format!("[delivery_log]\nmax_successes_per_second_total = 0\n{GOOD}");
+    assert_eq!(log(&set).max_successes_per_second_total, 0);
+    assert_eq!(
+        problems(&format!(
+            "[delivery_log]\nmax_successes_per_second_total = -1\n{GOOD}"
+        )),
+        vec!["delivery_log.max_successes_per_second_total: must be at least 0 (got -1)"]
+    );
+}
+
+#[test]
 fn fan_out_is_off_unless_switched_on() {
     assert!(!Config::from_str(GOOD, "toml").unwrap().fan_out);
     let on = format!("[delivery]\nfan_out = true\n{GOOD}");

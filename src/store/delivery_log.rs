@@ -6,6 +6,7 @@
 //! debugging receivers, so it must never slow or block a delivery. A record lost
 //! while NATS is unreachable is acceptable; a delivery delayed by logging is not.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, stream};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{read_to_end, ReadError};
 use crate::delivery::AttemptResult;
+use crate::rate_limit::RateLimit;
 use crate::settings::LogSettings;
 
 pub const LOG_STREAM: &str = "NATSHOOK_LOG";
@@ -44,6 +46,43 @@ pub struct LogRecord {
     pub response_body: String,
     /// Request headers; signatures and configured header values redacted.
     pub request_headers: Vec<(String, String)>,
+}
+
+/// Which successful attempts the log keeps: at most `max_successes_per_second` a
+/// second for each endpoint and `max_successes_per_second_total` over all of them.
+/// Failed attempts are always kept and bypass both. Without the total, a thousand
+/// endpoints at a few deliveries a second each would log every success, and storing
+/// them costs nats-server about what the deliveries do.
+#[derive(Clone)]
+pub struct Successes {
+    per_endpoint: u32,
+    total: Arc<RateLimit>,
+}
+
+impl Successes {
+    pub fn new(per_endpoint: u32, total: u32) -> Self {
+        Self {
+            per_endpoint,
+            total: Arc::new(RateLimit::new(total)),
+        }
+    }
+
+    /// The cap one endpoint keeps next to the shared total.
+    pub fn endpoint_cap(&self) -> RateLimit {
+        RateLimit::new(self.per_endpoint)
+    }
+
+    /// True when a success of the endpoint behind `own` would be kept now.
+    pub fn has_room(&self, own: &RateLimit) -> bool {
+        own.has_room() && self.total.has_room()
+    }
+
+    /// Counts a success of the endpoint behind `own`; true when it is to be kept. The
+    /// endpoint's own cap is asked first, so an endpoint at its cap leaves the total
+    /// to the others.
+    pub fn take(&self, own: &RateLimit) -> bool {
+        own.take() && self.total.take()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,5 +178,27 @@ impl DeliveryLog {
             }
         }
         Ok(out.into_iter().rev().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Successes;
+
+    #[test]
+    fn successes_are_capped_per_endpoint_and_over_all() {
+        let successes = Successes::new(2, 3);
+        let (a, b) = (successes.endpoint_cap(), successes.endpoint_cap());
+        // Within one second (a boundary in between only adds room): `a` stops at its
+        // own cap without using up the total, so `b` still gets the rest of it.
+        let kept_a = (0..10).filter(|_| successes.take(&a)).count();
+        let kept_b = (0..10).filter(|_| successes.take(&b)).count();
+        assert!((2..=4).contains(&kept_a), "{kept_a}");
+        assert!(kept_a + kept_b <= 6, "{kept_a} + {kept_b}");
+        assert!(kept_b >= 1, "{kept_b}");
+        let none = Successes::new(100, 0);
+        let c = none.endpoint_cap();
+        assert!(!none.has_room(&c));
+        assert!(!none.take(&c));
     }
 }

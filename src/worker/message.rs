@@ -191,7 +191,8 @@ impl Worker {
             tenant: m.tenant.as_deref(),
         };
         let message_headers = header_pairs(&m.msg, m.meta.copy);
-        let capture_headers = self.shared.delivery_log.is_some() && self.success_log.has_room();
+        let capture_headers =
+            self.shared.delivery_log.is_some() && self.shared.successes.has_room(&self.success_log);
         let send = match self
             .deliverer
             .deliver(&facts, message_headers, capture_headers)
@@ -213,7 +214,7 @@ impl Worker {
         };
         let log = self.shared.delivery_log.as_ref().filter(|_| {
             // Every failed attempt is kept; successes are sampled under heavy load.
-            !result.is_success() || self.success_log.take()
+            !result.is_success() || self.shared.successes.take(&self.success_log)
         });
         if let Some(log) = log {
             let headers = std::mem::take(&mut result.request_headers);

@@ -225,7 +225,7 @@ impl Worker {
             last_success_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            success_log: RateLimit::new(shared.log_successes_per_second),
+            success_log: shared.successes.endpoint_cap(),
             msg_id_warned: AtomicBool::new(false),
             throttle: ArcSwapOption::new(throttle(
                 endpoint.rate_limit,

@@ -12,7 +12,7 @@ use crate::config::NatsConfig;
 use crate::events::OperatorEvents;
 use crate::metrics::Metrics;
 use crate::store::dead_letters::DeadLetters;
-use crate::store::delivery_log::DeliveryLog;
+use crate::store::delivery_log::{DeliveryLog, Successes};
 use crate::store::pause_state::PauseState;
 use crate::store::work_stream::WorkStream;
 
@@ -25,8 +25,8 @@ pub struct Shared {
     pub(super) metrics: Metrics,
     pub(super) dead_letters: DeadLetters,
     pub(super) delivery_log: Option<DeliveryLog>,
-    /// Successful attempts logged per endpoint and second at most.
-    pub(super) log_successes_per_second: u32,
+    /// Which successful attempts `delivery_log` keeps.
+    pub(super) successes: Successes,
     pub(super) pause_state: PauseState,
     pub(super) events: OperatorEvents,
     /// `[delivery] max_inflight`, shared fairly by the endpoints.
@@ -49,9 +49,9 @@ pub struct Shared {
 const CONCURRENT_BINDS: usize = 16;
 
 impl Shared {
-    /// `log_successes_per_second` caps the successful attempts each endpoint writes to
-    /// `delivery_log` (failed ones are always written); `max_inflight` bounds the
-    /// deliveries in flight over all endpoints.
+    /// `successes` caps the successful attempts written to `delivery_log` (failed
+    /// ones are always written); `max_inflight` bounds the deliveries in flight over
+    /// all endpoints.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         js: jetstream::Context,
@@ -59,7 +59,7 @@ impl Shared {
         metrics: Metrics,
         dead_letters: DeadLetters,
         delivery_log: Option<DeliveryLog>,
-        log_successes_per_second: u32,
+        successes: Successes,
         pause_state: PauseState,
         max_inflight: usize,
     ) -> Self {
@@ -72,7 +72,7 @@ impl Shared {
             metrics,
             dead_letters,
             delivery_log,
-            log_successes_per_second,
+            successes,
             pause_state,
             events: OperatorEvents::off(),
             inflight,

@@ -60,10 +60,17 @@ pub(super) fn delivery_log(
             .unwrap_or(defaults::DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND),
         0,
     );
+    let total = p.positive(
+        "delivery_log.max_successes_per_second_total",
+        raw.max_successes_per_second_total
+            .unwrap_or(defaults::DELIVERY_LOG_MAX_SUCCESSES_PER_SECOND_TOTAL),
+        0,
+    );
     Some(Some(crate::settings::LogSettings {
         max_per_endpoint: i64::from(max?),
         max_age: age?,
         max_successes_per_second: per_second?,
+        max_successes_per_second_total: total?,
     }))
 }
 
