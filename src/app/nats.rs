@@ -169,11 +169,9 @@ pub(super) async fn ensure_own_streams(
             None => Ok(()),
         };
         let dlq = dead_letters.ensure_stream().await;
-        let log = match (delivery_log, &config.delivery_log) {
-            (Some(log), Some(settings)) => {
-                log.ensure_stream(settings).await.map_err(|e| e.to_string())
-            }
-            _ => Ok(()),
+        let log = match delivery_log {
+            Some(log) => log.ensure_stream().await.map_err(|e| e.to_string()),
+            None => Ok(()),
         };
         let pauses = pause_state.ensure_bucket().await.map_err(|e| e.to_string());
         let counter = crate::worker::bind_unmapped_counter(

@@ -27,7 +27,7 @@ use crate::otel::AttemptTracer;
 use crate::registrar::{Actor, FileRules, Registrar};
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
-use crate::store::delivery_log::{DeliveryLog, Successes};
+use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
 use crate::store::registry::{Record, Registry};
 use crate::store::work_stream::WorkStream;
@@ -155,13 +155,7 @@ impl Supervisor {
             config
                 .delivery_log
                 .as_ref()
-                .map(|_| DeliveryLog::new(client.clone(), config.nats.replicas)),
-            config
-                .delivery_log
-                .as_ref()
-                .map_or(Successes::new(0, 0), |l| {
-                    Successes::new(l.max_successes_per_second, l.max_successes_per_second_total)
-                }),
+                .map(|l| DeliveryLog::new(client.clone(), config.nats.replicas, l)),
             PauseState::new(js.clone(), config.nats.replicas),
             config.max_inflight,
         )

@@ -53,34 +53,30 @@ pub struct LogRecord {
 /// Failed attempts are always kept and bypass both. Without the total, a thousand
 /// endpoints at a few deliveries a second each would log every success, and storing
 /// them costs nats-server about what the deliveries do.
-#[derive(Clone)]
-pub struct Successes {
+struct Successes {
     per_endpoint: u32,
-    total: Arc<RateLimit>,
+    total: RateLimit,
 }
 
 impl Successes {
-    pub fn new(per_endpoint: u32, total: u32) -> Self {
+    fn new(per_endpoint: u32, total: u32) -> Self {
         Self {
             per_endpoint,
-            total: Arc::new(RateLimit::new(total)),
+            total: RateLimit::new(total),
         }
     }
 
-    /// The cap one endpoint keeps next to the shared total.
-    pub fn endpoint_cap(&self) -> RateLimit {
+    fn endpoint_cap(&self) -> RateLimit {
         RateLimit::new(self.per_endpoint)
     }
 
-    /// True when a success of the endpoint behind `own` would be kept now.
-    pub fn has_room(&self, own: &RateLimit) -> bool {
+    fn has_room(&self, own: &RateLimit) -> bool {
         own.has_room() && self.total.has_room()
     }
 
-    /// Counts a success of the endpoint behind `own`; true when it is to be kept. The
-    /// endpoint's own cap is asked first, so an endpoint at its cap leaves the total
-    /// to the others.
-    pub fn take(&self, own: &RateLimit) -> bool {
+    /// The endpoint's own cap is asked first, so an endpoint at its cap leaves the
+    /// total to the others.
+    fn take(&self, own: &RateLimit) -> bool {
         own.take() && self.total.take()
     }
 }
@@ -93,26 +89,50 @@ pub enum LogError {
     Read(String),
 }
 
-/// Writes and reads the delivery log.
+/// Writes and reads the delivery log, and decides which successes it keeps.
 #[derive(Clone)]
 pub struct DeliveryLog {
     js: jetstream::Context,
     client: async_nats::Client,
     /// Replicas of the stream when natshook creates it.
     replicas: usize,
+    settings: LogSettings,
+    successes: Arc<Successes>,
 }
 
 impl DeliveryLog {
-    pub fn new(client: async_nats::Client, replicas: usize) -> Self {
+    pub fn new(client: async_nats::Client, replicas: usize, settings: &LogSettings) -> Self {
         Self {
             js: jetstream::new(client.clone()),
             client,
             replicas,
+            settings: settings.clone(),
+            successes: Arc::new(Successes::new(
+                settings.max_successes_per_second,
+                settings.max_successes_per_second_total,
+            )),
         }
     }
 
+    /// The cap one endpoint keeps on its logged successes, next to the shared total.
+    pub fn endpoint_cap(&self) -> RateLimit {
+        self.successes.endpoint_cap()
+    }
+
+    /// True when a success of the endpoint behind `own` would be kept now: only then
+    /// is it worth capturing the request's headers for the record.
+    pub fn has_room_for_success(&self, own: &RateLimit) -> bool {
+        self.successes.has_room(own)
+    }
+
+    /// Counts a success of the endpoint behind `own`; true when it is to be kept.
+    pub fn keeps_success(&self, own: &RateLimit) -> bool {
+        self.successes.take(own)
+    }
+
     /// Creates the stream if missing; limits keep it at the last N attempts per endpoint.
-    pub async fn ensure_stream(&self, settings: &LogSettings) -> Result<(), LogError> {
+    pub async fn ensure_stream(&self) -> Result<(), LogError> {
+        let settings = &self.settings;
         self.js
             .get_or_create_stream(stream::Config {
                 name: LOG_STREAM.to_string(),

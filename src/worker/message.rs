@@ -191,8 +191,8 @@ impl Worker {
             tenant: m.tenant.as_deref(),
         };
         let message_headers = header_pairs(&m.msg, m.meta.copy);
-        let capture_headers =
-            self.shared.delivery_log.is_some() && self.shared.successes.has_room(&self.success_log);
+        let capture_headers = (self.shared.delivery_log.as_ref())
+            .is_some_and(|log| log.has_room_for_success(&self.success_log));
         let send = match self
             .deliverer
             .deliver(&facts, message_headers, capture_headers)
@@ -212,9 +212,9 @@ impl Worker {
             self.ack(&m.msg, AckKind::Nak(None)).await;
             return;
         };
-        let log = self.shared.delivery_log.as_ref().filter(|_| {
+        let log = self.shared.delivery_log.as_ref().filter(|log| {
             // Every failed attempt is kept; successes are sampled under heavy load.
-            !result.is_success() || self.shared.successes.take(&self.success_log)
+            !result.is_success() || log.keeps_success(&self.success_log)
         });
         if let Some(log) = log {
             let headers = std::mem::take(&mut result.request_headers);

@@ -58,6 +58,7 @@ use crate::delivery::Deliverer;
 use crate::metrics::EndpointMetrics;
 use crate::rate_limit::RateLimit;
 use crate::routing::Router;
+use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseRecord;
 use crate::time;
 
@@ -153,6 +154,7 @@ pub struct Worker {
     last_success_ms: AtomicU64,
     last_failure_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// This endpoint's cap on logged successes; nothing is logged without a delivery log.
     success_log: RateLimit,
     /// Set once a `Nats-Msg-Id` was replaced by another id: a publisher that sets an
     /// unusable id usually does so for every message, so it is said once, not per message.
@@ -225,7 +227,8 @@ impl Worker {
             last_success_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            success_log: shared.successes.endpoint_cap(),
+            success_log: (shared.delivery_log.as_ref())
+                .map_or(RateLimit::new(0), DeliveryLog::endpoint_cap),
             msg_id_warned: AtomicBool::new(false),
             throttle: ArcSwapOption::new(throttle(
                 endpoint.rate_limit,

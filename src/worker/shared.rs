@@ -12,7 +12,7 @@ use crate::config::NatsConfig;
 use crate::events::OperatorEvents;
 use crate::metrics::Metrics;
 use crate::store::dead_letters::DeadLetters;
-use crate::store::delivery_log::{DeliveryLog, Successes};
+use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
 use crate::store::work_stream::WorkStream;
 
@@ -25,8 +25,6 @@ pub struct Shared {
     pub(super) metrics: Metrics,
     pub(super) dead_letters: DeadLetters,
     pub(super) delivery_log: Option<DeliveryLog>,
-    /// Which successful attempts `delivery_log` keeps.
-    pub(super) successes: Successes,
     pub(super) pause_state: PauseState,
     pub(super) events: OperatorEvents,
     /// `[delivery] max_inflight`, shared fairly by the endpoints.
@@ -49,9 +47,7 @@ pub struct Shared {
 const CONCURRENT_BINDS: usize = 16;
 
 impl Shared {
-    /// `successes` caps the successful attempts written to `delivery_log` (failed
-    /// ones are always written); `max_inflight` bounds the deliveries in flight over
-    /// all endpoints.
+    /// `max_inflight` bounds the deliveries in flight over all endpoints.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         js: jetstream::Context,
@@ -59,7 +55,6 @@ impl Shared {
         metrics: Metrics,
         dead_letters: DeadLetters,
         delivery_log: Option<DeliveryLog>,
-        successes: Successes,
         pause_state: PauseState,
         max_inflight: usize,
     ) -> Self {
@@ -72,7 +67,6 @@ impl Shared {
             metrics,
             dead_letters,
             delivery_log,
-            successes,
             pause_state,
             events: OperatorEvents::off(),
             inflight,
