@@ -10,7 +10,9 @@
 //! next), natshook runs as its own process, and one minimal hyper receiver in this
 //! process answers `200` on a path per endpoint; messages are 1 KiB of JSON, each
 //! endpoint has its own event, so a message goes to exactly one endpoint.
-//!   S0  one endpoint drains the backlog: the baseline of rate and CPU per delivery
+//!   S0  one endpoint drains the backlog: the baseline of rate and CPU per delivery.
+//!       A full run with S1 runs S0 again after S1 and compares S1 with the mean of
+//!       the two, so that the machine's drift over S1's minutes cancels out
 //!   S1  E endpoints (BENCH_SCALE_ENDPOINTS, default 10000; a list such as
 //!       `1000,2000,5000` runs each size), A of them active (BENCH_SCALE_ACTIVE, 1000):
 //!       time to `/readyz`, idle RSS after 10 s, idle CPU over 20 s; then the backlog
@@ -279,6 +281,9 @@ struct DesignResults {
     /// Why the design was not measured.
     skipped: Option<String>,
     s0: Option<Drain>,
+    /// S0 again after S1 (full runs with both): the machine's speed drifts over the
+    /// minutes S1 takes, so S1 is compared with the mean of S0 before and after.
+    s0_after: Option<Drain>,
     s1: Vec<Scale>,
     r: Vec<Replicas>,
 }
@@ -432,16 +437,17 @@ async fn deliver(
     d
 }
 
-/// S0: one endpoint drains the backlog.
+/// S0: one endpoint drains the backlog. `label` tells a repeat from the first.
 async fn one_endpoint(
     opts: &Opts,
     design: &Design,
     seen: &Seen,
     port: u16,
+    label: &str,
 ) -> Result<Drain, String> {
     let n = opts.messages;
-    quiet_before(opts, design, "S0").await;
-    eprintln!("[{}] S0: 1 endpoint drains {n} messages", design.name);
+    quiet_before(opts, design, label).await;
+    eprintln!("[{}] {label}: 1 endpoint drains {n} messages", design.name);
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
     create_stream_for(&js, "SCALE_S0", "bench.s0.*", None).await;
@@ -455,8 +461,8 @@ async fn one_endpoint(
         opts.ready_within,
     )
     .await
-    .map_err(|e| format!("S0: not ready: {}", e.reasons))?;
-    let mut d = deliver(seen, &[&nats], &js, &procs, &[subject("s0", 0)], n, "S0").await;
+    .map_err(|e| format!("{label}: not ready: {}", e.reasons))?;
+    let mut d = deliver(seen, &[&nats], &js, &procs, &[subject("s0", 0)], n, label).await;
     d.ready_s = ready_s;
     Ok(d)
 }
@@ -695,7 +701,7 @@ async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
             continue;
         }
         if opts.runs('0') {
-            match one_endpoint(opts, design, &seen, port).await {
+            match one_endpoint(opts, design, &seen, port, "S0").await {
                 Ok(s0) => d.s0 = Some(s0),
                 Err(why) => eprintln!("[{}] {why}", design.name),
             }
@@ -703,6 +709,12 @@ async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
         if opts.runs('1') {
             for &e in &opts.endpoints {
                 d.s1.push(many(opts, design, &seen, port, e).await);
+            }
+            if d.s0.is_some() && !opts.smoke {
+                match one_endpoint(opts, design, &seen, port, "S0 after S1").await {
+                    Ok(s0) => d.s0_after = Some(s0),
+                    Err(why) => eprintln!("[{}] {why}", design.name),
+                }
             }
         }
         let single = opts.replicas.iter().filter(|_| opts.runs('R'));
@@ -745,6 +757,16 @@ fn fmt(v: Option<f64>, precision: usize) -> String {
     }
 }
 
+/// What S1 is compared with: S0's figures, averaged with S0 after S1 when it ran.
+fn baseline(d: &DesignResults, figure: impl Fn(&Drain) -> f64) -> Option<f64> {
+    let before = d.s0.as_ref().map(&figure)?;
+    Some(
+        d.s0_after
+            .as_ref()
+            .map_or(before, |after| (before + figure(after)) / 2.0),
+    )
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
@@ -785,6 +807,22 @@ fn rows(r: &Results) -> Vec<Row> {
     add("S0  peak RSS natshook (MiB)".into(), "", &|d| {
         fmt(s0(d).and_then(|x| x.peak_rss_mib.first().copied()), 1)
     });
+    if designs.iter().any(|d| d.s0_after.is_some()) {
+        let again = |d: &DesignResults| d.s0_after.clone();
+        add("S0 again after S1: rate (deliveries/s)".into(), "", &|d| {
+            fmt(again(d).map(|x| x.rate_per_s), 0)
+        });
+        add(
+            "S0 again after S1: CPU/delivery natshook (us)".into(),
+            "",
+            &|d| fmt(again(d).map(|x| x.cpu_us.natshook), 1),
+        );
+        add(
+            "S0 again after S1: CPU/delivery nats-server (us)".into(),
+            "",
+            &|d| fmt(again(d).map(|x| x.cpu_us.nats_server), 1),
+        );
+    }
     let sizes: Vec<(usize, usize)> = designs
         .iter()
         .flat_map(|d| d.s1.iter().map(|s| (s.endpoints, s.active)))
@@ -850,7 +888,7 @@ fn rows(r: &Results) -> Vec<Row> {
         });
         add(format!("{p}: rate / S0 rate"), ">= 0.7", &|d| {
             fmt(
-                ratio(dr(d).map(|x| x.rate_per_s), s0(d).map(|x| x.rate_per_s)),
+                ratio(dr(d).map(|x| x.rate_per_s), baseline(d, |x| x.rate_per_s)),
                 2,
             )
         });
@@ -861,7 +899,7 @@ fn rows(r: &Results) -> Vec<Row> {
             fmt(
                 ratio(
                     dr(d).map(|x| x.cpu_us.natshook),
-                    s0(d).map(|x| x.cpu_us.natshook),
+                    baseline(d, |x| x.cpu_us.natshook),
                 ),
                 2,
             )
@@ -870,8 +908,8 @@ fn rows(r: &Results) -> Vec<Row> {
             fmt(dr(d).map(|x| x.cpu_us.nats_server), 1)
         });
         add(format!("{p}: CPU/delivery both / S0"), "", &|d| {
-            let both = |x: Drain| x.cpu_us.natshook + x.cpu_us.nats_server;
-            fmt(ratio(dr(d).map(both), s0(d).map(both)), 2)
+            let both = |x: &Drain| x.cpu_us.natshook + x.cpu_us.nats_server;
+            fmt(ratio(dr(d).as_ref().map(both), baseline(d, both)), 2)
         });
         add(format!("{p}: peak RSS natshook (MiB)"), "< 160", &|d| {
             fmt(dr(d).and_then(|x| x.peak_rss_mib.first().copied()), 1)
@@ -958,7 +996,7 @@ fn rows(r: &Results) -> Vec<Row> {
         });
     }
     add("attempts without 2xx (all phases)".into(), "0", &|d| {
-        let s0 = d.s0.iter().map(|x| x.failed_attempts);
+        let s0 = d.s0.iter().chain(&d.s0_after).map(|x| x.failed_attempts);
         let s1 = d.s1.iter().flat_map(|s| {
             let live = s.drain.as_ref().map(|x| x.failed_attempts);
             live.into_iter()
@@ -973,7 +1011,11 @@ fn rows(r: &Results) -> Vec<Row> {
 /// What did not finish in a design: phases not ready, drains that timed out.
 fn errors(d: &DesignResults) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(e) = d.s0.as_ref().and_then(|x| x.error.clone()) {
+    for e in
+        d.s0.iter()
+            .chain(&d.s0_after)
+            .filter_map(|x| x.error.clone())
+    {
         out.push(e);
     }
     for s in &d.s1 {
@@ -1041,6 +1083,11 @@ fn report(r: &Results) {
         let loads: Vec<String> =
             d.s0.iter()
                 .map(|x| format!("S0 {} -> {}", x.load_before, x.load_after))
+                .chain(
+                    d.s0_after
+                        .iter()
+                        .map(|x| format!("S0 after S1 {} -> {}", x.load_before, x.load_after)),
+                )
                 .chain(d.s1.iter().map(|s| format!("S1 idle {}", s.load_idle)))
                 .chain(
                     d.s1.iter()
