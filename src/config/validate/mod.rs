@@ -8,6 +8,7 @@ mod ingress;
 mod nats;
 mod otlp;
 mod proxy;
+mod rate;
 mod sections;
 mod tls;
 
