@@ -86,6 +86,17 @@ fn wait_port(port: u16, up: bool, within: Duration) {
     }
 }
 
+/// True when a NATS server answers on `port`: it greets every new connection with
+/// `INFO`, which another test's HTTP listener on a reused port does not.
+fn nats_greets(port: u16) -> bool {
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut greeting = [0u8; 4];
+    std::io::Read::read_exact(&mut conn, &mut greeting).is_ok() && &greeting == b"INFO"
+}
+
 /// A nats-server with JetStream on a free port and a temp store dir.
 pub struct NatsServer {
     child: Option<Child>,
@@ -108,12 +119,29 @@ impl NatsServer {
             store,
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
-        s.spawn();
-        s
+        // A port free when picked may be taken by a parallel test's listener before
+        // the server binds it; the server then exits, and a fresh port is tried.
+        for _ in 0..5 {
+            if s.try_spawn() {
+                return s;
+            }
+            s.port = free_port();
+        }
+        panic!("nats-server did not start on five free ports in a row");
     }
 
     /// Starts the (killed) server again on the same port with the same store.
     pub fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "nats-server could not start again on port {} (taken meanwhile?)",
+            self.port
+        );
+    }
+
+    /// Spawns the server and waits until it greets on its port; false when it exited
+    /// first (its port was taken).
+    fn try_spawn(&mut self) -> bool {
         let bin = tool("nats-server");
         let port = self.port.to_string();
         let child = Command::new(&bin)
@@ -129,8 +157,23 @@ impl NatsServer {
                     bin.display()
                 )
             });
-        self.child = Some(child);
-        wait_port(self.port, true, Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut child = child;
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if nats_greets(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server never answered on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     pub fn url(&self) -> String {
