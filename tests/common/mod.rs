@@ -70,18 +70,11 @@ pub fn python() -> PathBuf {
     tool("python3")
 }
 
-fn wait_port(port: u16, up: bool, within: Duration) {
+/// Waits until nothing accepts connections on `port` any more.
+fn wait_port_closed(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
-    loop {
-        let open = TcpStream::connect(("127.0.0.1", port)).is_ok();
-        if open == up {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port {port} never became {}",
-            if up { "open" } else { "closed" }
-        );
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "port {port} never closed");
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -157,14 +150,16 @@ impl NatsServer {
                     bin.display()
                 )
             });
+        // Held in `self` while waiting, so a failed wait's panic still kills it on drop.
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut child = child;
         loop {
-            if child.try_wait().ok().flatten().is_some() {
+            let exited = (self.child.as_mut()).is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
                 return false;
             }
             if nats_greets(self.port) {
-                self.child = Some(child);
                 return true;
             }
             assert!(
@@ -190,7 +185,7 @@ impl NatsServer {
             let _ = c.kill();
             let _ = c.wait();
         }
-        wait_port(self.port, false, Duration::from_secs(10));
+        wait_port_closed(self.port, Duration::from_secs(10));
     }
 
     /// Starts it again on the same port with the same store.
