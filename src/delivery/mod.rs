@@ -16,6 +16,7 @@ mod headers;
 mod proxy;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,6 +47,11 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 const RESPONSE_DRAIN_LIMIT: usize = 64 * 1024;
 /// Longest delay a receiver may ask for with `Retry-After`.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
+/// One attempt in progress, as [`Deliverer::deliver`] returns it: boxed where it is
+/// made, so the caller moves a pointer instead of the request's whole state (nearly
+/// 2 KiB) into its own future and from there into the heap.
+pub type Attempt<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
 
 /// The result of one HTTP attempt.
 #[derive(Debug, Clone)]
@@ -194,7 +200,7 @@ impl Deliverer {
         facts: &MessageFacts<'a>,
         message_headers: impl IntoIterator<Item = (&'h str, &'h str)>,
         capture_headers: bool,
-    ) -> Result<impl Future<Output = AttemptResult> + 'a, EnvelopeError> {
+    ) -> Result<Attempt<'a>, EnvelopeError> {
         let body = envelope::build(
             self.endpoint.envelope,
             &self.endpoint.envelope_fields,
@@ -202,14 +208,14 @@ impl Deliverer {
             facts,
         )?;
         let forwarded = forwarded_headers(&self.endpoint, message_headers);
-        Ok(self.send(Request {
+        Ok(Box::pin(self.send(Request {
             id: facts.id,
             event: facts.event,
             attempt: facts.attempt,
             body,
             forwarded,
             capture_headers,
-        }))
+        })))
     }
 
     /// One attempt, bounded by the endpoint's timeout (connect, send and response).

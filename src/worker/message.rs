@@ -3,7 +3,6 @@
 //! message without an ack, NAK or dead letter (except when NATS itself is unreachable,
 //! where JetStream redelivers after ack_wait).
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -14,7 +13,7 @@ use super::breaker::PauseReason;
 use super::outcome::{decide, Decision};
 use super::{progress_every, Worker};
 use crate::backoff::jitter;
-use crate::delivery::{AttemptResult, RESPONSE_BODY_LIMIT};
+use crate::delivery::{Attempt, AttemptResult, RESPONSE_BODY_LIMIT};
 use crate::envelope::{self, MessageFacts};
 use crate::events::{DeadLetterEvent, EventFacts};
 use crate::metrics::Outcome;
@@ -229,13 +228,12 @@ impl Worker {
     async fn attempt(
         &self,
         msg: &jetstream::Message,
-        send: impl Future<Output = AttemptResult>,
+        mut send: Attempt<'_>,
         abort: &CancellationToken,
     ) -> Option<AttemptResult> {
-        // The request future, the dead-letter and log paths and the progress ack are
-        // boxed: inline they would make every spawned delivery task several times
-        // larger, and the task is copied (moved) per message.
-        let mut send = Box::pin(send);
+        // The request future (boxed by `deliver`), the dead-letter and log paths and the
+        // progress ack are boxed: inline they would make every spawned delivery task
+        // several times larger, and the task is copied (moved) per message.
         let Some(every) = progress_every(&self.endpoint) else {
             return tokio::select! {
                 r = &mut send => Some(r),
