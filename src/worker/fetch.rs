@@ -47,8 +47,9 @@ pub(super) enum Leave {
     Idle,
 }
 
-/// How long a fan-out endpoint's consumer waits for work before the worker checks
-/// whether it can let it go.
+/// How often a fan-out endpoint's worker checks whether its consumer can go: when no
+/// message started since the last check and none is in flight, after 10 to 20 s of
+/// quiet.
 const IDLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Why a message did not get its token.
@@ -77,6 +78,12 @@ impl Worker {
         let every = keep_alive_every(&self.endpoint);
         let mut keep_alive = tokio::time::interval_at(Instant::now() + every, every);
         keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One idle check for the whole stream, not a timer per wait: when each message
+        // arrives alone (traffic spread over many endpoints), a timer per wait is set
+        // and cancelled once per message.
+        let idle = tokio::time::sleep(IDLE_AFTER);
+        tokio::pin!(idle);
+        let mut started = false;
         loop {
             if self.breaker.is_paused() {
                 match self.hold_while_paused(messages, held, stop).await {
@@ -99,11 +106,13 @@ impl Worker {
                     _ = stop.drain.cancelled() => return Leave::Drain,
                     () = self.breaker.until_paused(true) => continue,
                     m = messages.next() => m,
-                    () = tokio::time::sleep(IDLE_AFTER), if self.lazy => {
+                    () = &mut idle, if self.lazy => {
                         // Idle only with nothing in flight (this permit aside).
-                        if permits.available_permits() + 1 >= self.endpoint.concurrency {
+                        let quiet = !std::mem::take(&mut started);
+                        if quiet && permits.available_permits() + 1 >= self.endpoint.concurrency {
                             return Leave::Idle;
                         }
+                        idle.as_mut().reset(Instant::now() + IDLE_AFTER);
                         continue;
                     }
                 };
@@ -142,6 +151,7 @@ impl Worker {
             let Some(msg) = held.pop_front() else {
                 continue;
             };
+            started = true;
             let this = Arc::clone(self);
             let abort = stop.abort.clone();
             // Boxed, so the delivery future is copied once into the heap and the task
