@@ -171,22 +171,31 @@ impl FanOut {
     /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
     /// finish (or NAK) before it returns, so none is left to wait out its ack timer.
     async fn copy_all(&mut self, mut messages: pull::Stream, stop: &CancellationToken) -> bool {
+        // Copies borrow the context and the work stream's names: cloning them would
+        // cost every source message a string allocation per shard.
+        let Self {
+            js,
+            work,
+            targets,
+            consumer,
+            ..
+        } = self;
         let mut copying = FuturesUnordered::new();
         let failed = loop {
             tokio::select! {
                 _ = stop.cancelled() => break false,
-                Ok(()) = self.targets.changed() => {
+                Ok(()) = targets.changed() => {
                     // New endpoints or mappings: the consumer's filters follow.
                     break false;
                 }
                 Some(()) = copying.next(), if !copying.is_empty() => {}
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
-                        let targets = self.targets.borrow().clone();
-                        copying.push(copy(self.js.clone(), self.work.clone(), targets, msg));
+                        let current = targets.borrow().clone();
+                        copying.push(copy(js, work, current, msg));
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(consumer = %self.consumer, error = %e, "fan-out fetch ended; pulling again");
+                        tracing::debug!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");
                         break !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
                     }
                     None => break false,
@@ -201,63 +210,69 @@ impl FanOut {
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
 /// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
 /// (`watch_unmapped` counts the unmapped ones).
-async fn copy(
-    js: jetstream::Context,
-    work: WorkStream,
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice
+/// in its state, and this state is copied into the heap once per source message.
+#[allow(clippy::manual_async_fn)]
+fn copy<'a>(
+    js: &'a jetstream::Context,
+    work: &'a WorkStream,
     targets: Arc<Targets>,
     msg: jetstream::Message,
-) {
-    let Ok(info) = msg.info() else {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
-        return;
-    };
-    let facts = SourceFacts {
-        subject: msg.subject.to_string(),
-        stream: info.stream.to_string(),
-        sequence: info.stream_sequence,
-        published: SystemTime::from(info.published),
-    };
-    let headers = header_pairs(&msg, false);
-    let Some(mapped) = targets.router().route(&facts.subject, headers) else {
-        let _ = msg.ack().await;
-        return;
-    };
-    let mut acks = Vec::new();
-    let mut woken = Vec::new();
-    for worker in targets.of(&mapped) {
-        let name = &worker.endpoint().name;
-        let h = work.copy_headers(msg.headers.as_ref(), &facts, name);
-        match js
-            .publish_with_headers(work.subject(name), h, msg.payload.clone())
-            .await
-        {
-            Ok(ack) => {
-                acks.push(ack);
-                woken.push(worker.clone());
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        let Ok(info) = msg.info() else {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return;
+        };
+        let facts = SourceFacts {
+            subject: msg.subject.to_string(),
+            stream: info.stream.to_string(),
+            sequence: info.stream_sequence,
+            published: SystemTime::from(info.published),
+        };
+        let headers = header_pairs(&msg, false);
+        let Some(mapped) = targets.router().route(&facts.subject, headers) else {
+            let _ = msg.ack().await;
+            return;
+        };
+        let mut acks = Vec::new();
+        let mut woken = Vec::new();
+        for worker in targets.of(&mapped) {
+            let name = &worker.endpoint().name;
+            let h = work.copy_headers(msg.headers.as_ref(), &facts, name);
+            match js
+                .publish_with_headers(work.subject(name), h, msg.payload.clone())
+                .await
+            {
+                Ok(ack) => {
+                    acks.push(ack);
+                    woken.push(worker.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
+                    let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
+        }
+        for ack in acks {
+            if let Err(e) = ack.await {
+                tracing::warn!(error = %e, subject = %facts.subject, "the work stream did not store a copy; the message comes back");
                 let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
                 return;
             }
         }
-    }
-    for ack in acks {
-        if let Err(e) = ack.await {
-            tracing::warn!(error = %e, subject = %facts.subject, "the work stream did not store a copy; the message comes back");
-            let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-            return;
+        // A plain ack, not one JetStream confirms: a lost ack brings the message back
+        // after ack_wait (30 s), well within the duplicate window (2 min) in which the work
+        // stream drops its copies, so a confirmation would cost a reply per message for
+        // nothing.
+        if let Err(e) = msg.ack().await {
+            tracing::debug!(error = %e, "fan-out ack not sent");
         }
-    }
-    // A plain ack, not one JetStream confirms: a lost ack brings the message back
-    // after ack_wait (30 s), well within the duplicate window (2 min) in which the work
-    // stream drops its copies, so a confirmation would cost a reply per message for
-    // nothing.
-    if let Err(e) = msg.ack().await {
-        tracing::debug!(error = %e, "fan-out ack not sent");
-    }
-    for w in woken {
-        w.wake();
+        for w in woken {
+            w.wake();
+        }
     }
 }
 
