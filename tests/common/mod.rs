@@ -94,6 +94,10 @@ fn nats_greets(port: u16) -> bool {
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// The route listener's port, for a node of a [`NatsCluster`].
+    cluster_port: Option<u16>,
+    /// The route ports of the nodes started before this one.
+    peers: Vec<u16>,
     store: tempfile::TempDir,
     extra: Vec<String>,
 }
@@ -105,20 +109,30 @@ impl NatsServer {
 
     /// Starts with extra nats-server arguments (e.g. `--auth TOKEN`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_listening(extra, None)
+    }
+
+    /// Starts a server that, given `peers`, also listens for routes and routes to
+    /// those ports (other nodes' route listeners).
+    fn start_listening(extra: &[&str], peers: Option<Vec<u16>>) -> Self {
+        let routes = peers.is_some();
         let store = tempfile::tempdir().expect("tempdir");
         let mut s = Self {
             child: None,
             port: free_port(),
+            cluster_port: routes.then(free_port),
+            peers: peers.unwrap_or_default(),
             store,
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         // A port free when picked may be taken by a parallel test's listener before
-        // the server binds it; the server then exits, and a fresh port is tried.
+        // the server binds it; the server then exits, and fresh ports are tried.
         for _ in 0..5 {
             if s.try_spawn() {
                 return s;
             }
             s.port = free_port();
+            s.cluster_port = routes.then(free_port);
         }
         panic!("nats-server did not start on five free ports in a row");
     }
@@ -137,9 +151,23 @@ impl NatsServer {
     fn try_spawn(&mut self) -> bool {
         let bin = tool("nats-server");
         let port = self.port.to_string();
+        // A JetStream node needs routes to start, so the first one routes to itself,
+        // which nats-server recognises and skips.
+        let cluster = self
+            .cluster_port
+            .map(|own| {
+                let routes = (self.peers.iter().chain([&own]))
+                    .map(|p| format!("nats://127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let listen = format!("nats://127.0.0.1:{own}");
+                vec!["--cluster".into(), listen, "--routes".into(), routes]
+            })
+            .unwrap_or_default();
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(self.store.path())
+            .args(&cluster)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -159,7 +187,9 @@ impl NatsServer {
                 self.child = None;
                 return false;
             }
-            if nats_greets(self.port) {
+            // The route listener opens after the client one, and a taken route port
+            // makes the server exit then; so both must greet.
+            if nats_greets(self.port) && self.cluster_port.is_none_or(nats_greets) {
                 return true;
             }
             assert!(
@@ -1212,31 +1242,18 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `n` nodes and waits until JetStream can place a stream with `n` replicas.
+    ///
+    /// Each node routes to the nodes started before it, whose route ports are known to
+    /// be theirs by then; the servers' gossip completes the mesh. So a node that has
+    /// to retry on other ports leaves no route pointing at a port it never held.
     pub async fn start(n: usize) -> Self {
-        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let nodes = (0..n)
-            .map(|i| {
-                let routes = cluster_ports
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let listen = format!("nats://127.0.0.1:{}", cluster_ports[i]);
-                let name = format!("node-{i}");
-                NatsServer::start_with(&[
-                    "--cluster_name",
-                    "natshook-test",
-                    "--cluster",
-                    &listen,
-                    "--routes",
-                    &routes,
-                    "-n",
-                    &name,
-                ])
-            })
-            .collect();
+        let mut nodes: Vec<NatsServer> = Vec::with_capacity(n);
+        for i in 0..n {
+            let peers = nodes.iter().filter_map(|node| node.cluster_port).collect();
+            let name = format!("node-{i}");
+            let args = ["--cluster_name", "natshook-test", "-n", &name];
+            nodes.push(NatsServer::start_listening(&args, Some(peers)));
+        }
         let cluster = Self { nodes };
         cluster.wait_for_jetstream(n).await;
         cluster
