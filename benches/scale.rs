@@ -32,7 +32,8 @@
 //! a text appended to natshook's config: `direct` none, `fanout` BENCH_FANOUT_CONFIG
 //! (default `[delivery]\nfan_out = true\n`), any other name BENCH_SCALE_CONFIG_<NAME>.
 //! A design whose config `natshook check` refuses is skipped with its reason.
-//! BENCH_NATSHOOK_BIN=path measures another natshook build.
+//! BENCH_NATSHOOK_BIN=path measures another natshook build; BENCH_NATSHOOK_LOG sets its
+//! `RUST_LOG` (default `warn`), whose lines go to stderr.
 //! BENCH_NATS_PROFILE=port serves nats-server's Go profiler during S1
 //! (`go tool pprof http://127.0.0.1:port/debug/pprof/profile`), to see where its CPU goes.
 

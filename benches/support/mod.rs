@@ -540,7 +540,7 @@ pub fn spawn_natshook(
     let child = Command::new(natshook_bin())
         .args(["run", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", natshook_log())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -550,6 +550,12 @@ pub fn spawn_natshook(
         http_port,
         _dir: dir,
     }
+}
+
+/// natshook's `RUST_LOG` in the benches: `warn`, or BENCH_NATSHOOK_LOG to see more of
+/// what a run did (its lines go to the bench's stderr).
+pub fn natshook_log() -> String {
+    std::env::var("BENCH_NATSHOOK_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// What `/readyz` said when natshook was not ready in time, or how it exited.

@@ -95,6 +95,12 @@ fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool) 
             metrics.nats_connected.set(0);
             connected.store(false, Ordering::Relaxed);
         }
+        // A slow consumer's dropped messages come back only after their ack timers, and
+        // an error may be a permission refused: either explains a stall, so both show
+        // at the default level.
+        Event::SlowConsumer(_) | Event::ServerError(_) | Event::ClientError(_) => {
+            tracing::warn!(event = %event, "NATS event");
+        }
         other => tracing::info!(event = %other, "NATS event"),
     }
 }
