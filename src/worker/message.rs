@@ -60,9 +60,10 @@ impl MessageMeta {
     }
 }
 
-/// A message this endpoint delivers: its metadata, its event, tenant and id.
-struct Routed {
-    msg: jetstream::Message,
+/// A message this endpoint delivers: its metadata, its event, tenant and id. It
+/// borrows the message, which `handle`'s future holds once for the whole delivery.
+struct Routed<'m> {
+    msg: &'m jetstream::Message,
     meta: MessageMeta,
     event: String,
     tenant: Option<String>,
@@ -71,40 +72,52 @@ struct Routed {
 
 impl Worker {
     /// Delivers one message and settles it with JetStream.
-    pub(super) async fn handle(&self, msg: jetstream::Message, abort: &CancellationToken) {
-        let Some(m) = self.route(msg).await else {
-            return;
-        };
-        if m.msg.payload.len() > self.endpoint.max_body {
-            let reason = format!(
-                "payload of {} bytes exceeds max_body ({} bytes)",
-                m.msg.payload.len(),
-                self.endpoint.max_body
-            );
-            Box::pin(self.dead_letter(&m, 0, None, ("max_body", &reason))).await;
-            return;
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` keeps its arguments
+    /// twice in its state, and this state is built for every message.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn handle<'a>(
+        &'a self,
+        msg: jetstream::Message,
+        abort: &'a CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        async move {
+            let m = match self.route(&msg) {
+                Ok(m) => m,
+                Err(settle) => {
+                    self.ack(&msg, settle).await;
+                    return;
+                }
+            };
+            if m.msg.payload.len() > self.endpoint.max_body {
+                let reason = format!(
+                    "payload of {} bytes exceeds max_body ({} bytes)",
+                    m.msg.payload.len(),
+                    self.endpoint.max_body
+                );
+                Box::pin(self.dead_letter(&m, 0, None, ("max_body", &reason))).await;
+                return;
+            }
+            self.deliver(&m, abort).await;
         }
-        self.deliver(&m, abort).await;
     }
 
     /// The message with its event, tenant and id when this endpoint delivers it
-    /// (`routing` decides, whatever the consumer filter let through); otherwise it is
-    /// settled here: NAK without JetStream metadata, ack when unmapped, another
-    /// event or another tenant's.
-    async fn route(&self, msg: jetstream::Message) -> Option<Routed> {
-        let Some(meta) = MessageMeta::of(&msg, self.shared.work.as_ref()) else {
+    /// (`routing` decides, whatever the consumer filter let through); otherwise how to
+    /// settle it without a request: NAK without JetStream metadata, ack when unmapped,
+    /// another event or another tenant's.
+    fn route<'m>(&self, msg: &'m jetstream::Message) -> Result<Routed<'m>, AckKind> {
+        let Some(meta) = MessageMeta::of(msg, self.shared.work.as_ref()) else {
             tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
-            self.ack(&msg, AckKind::Nak(None)).await;
-            return None;
+            return Err(AckKind::Nak(None));
         };
         if self.skips(meta.published) {
             tracing::debug!(endpoint = %self.endpoint.name, sequence = meta.sequence, "stored before the endpoint was re-enabled with skip_backlog; acked");
-            self.ack(&msg, AckKind::Ack).await;
-            return None;
+            return Err(AckKind::Ack);
         }
         let verdict = self.router.decide(
             &meta.subject,
-            header_pairs(&msg, meta.copy),
+            header_pairs(msg, meta.copy),
             &self.endpoint.events,
             self.endpoint.tenant.as_deref(),
         );
@@ -113,28 +126,23 @@ impl Worker {
             Verdict::Unmapped => {
                 // Counted once per message by `watch_unmapped`, not once per endpoint.
                 tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, "unmapped subject; acked");
-                self.ack(&msg, AckKind::Ack).await;
-                return None;
+                return Err(AckKind::Ack);
             }
-            Verdict::Unwanted => {
-                self.ack(&msg, AckKind::Ack).await;
-                return None;
-            }
+            Verdict::Unwanted => return Err(AckKind::Ack),
         };
         if !self.endpoint.filter.matches(&msg.payload) {
             self.metrics.filtered.inc();
             tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, event = %mapped.event, "payload filter did not match; acked");
-            self.ack(&msg, AckKind::Ack).await;
-            return None;
+            return Err(AckKind::Ack);
         }
-        let msg_id = header_pairs(&msg, meta.copy)
+        let msg_id = header_pairs(msg, meta.copy)
             .find(|(name, _)| *name == NATS_MSG_ID)
             .map(|(_, v)| v);
         let id = envelope::message_id(msg_id, &meta.stream, meta.sequence);
         if let Some(header) = msg_id.filter(|h| *h != id) {
             self.warn_replaced_msg_id(header, &id);
         }
-        Some(Routed {
+        Ok(Routed {
             msg,
             meta,
             event: mapped.event,
@@ -178,7 +186,7 @@ impl Worker {
     }
 
     /// One attempt, logged, then settled.
-    async fn deliver(&self, m: &Routed, abort: &CancellationToken) {
+    async fn deliver(&self, m: &Routed<'_>, abort: &CancellationToken) {
         let facts = MessageFacts {
             id: &m.id,
             event: &m.event,
@@ -189,7 +197,7 @@ impl Worker {
             payload: &m.msg.payload,
             tenant: m.tenant.as_deref(),
         };
-        let message_headers = header_pairs(&m.msg, m.meta.copy);
+        let message_headers = header_pairs(m.msg, m.meta.copy);
         let capture_headers = (self.shared.delivery_log.as_ref())
             .is_some_and(|log| log.has_room_for_success(&self.success_log));
         let send = match self
@@ -204,11 +212,11 @@ impl Worker {
             }
         };
         self.metrics.inflight.inc();
-        let result = self.attempt(&m.msg, send, abort).await;
+        let result = self.attempt(m.msg, send, abort).await;
         self.metrics.inflight.dec();
         let Some(mut result) = result else {
             tracing::info!(endpoint = %self.endpoint.name, id = %m.id, "shutdown grace over; NAK for immediate redelivery");
-            self.ack(&m.msg, AckKind::Nak(None)).await;
+            self.ack(m.msg, AckKind::Nak(None)).await;
             return;
         };
         let log = self.shared.delivery_log.as_ref().filter(|log| {
@@ -278,8 +286,8 @@ impl Worker {
         );
     }
 
-    async fn settle(&self, m: &Routed, result: AttemptResult) {
-        let (msg, id, event, attempt) = (&m.msg, m.id.as_str(), m.event.as_str(), m.meta.attempt);
+    async fn settle(&self, m: &Routed<'_>, result: AttemptResult) {
+        let (msg, id, event, attempt) = (m.msg, m.id.as_str(), m.event.as_str(), m.meta.attempt);
         self.metrics.attempt(result.status);
         self.metrics.duration.observe(result.duration.as_secs_f64());
         let settled = SystemTime::now();
@@ -330,7 +338,7 @@ impl Worker {
     /// then. `(code, reason)`: the event's reason code and the record's reason.
     async fn dead_letter(
         &self,
-        m: &Routed,
+        m: &Routed<'_>,
         attempts: u32,
         last: Option<&AttemptResult>,
         (code, reason): (&'static str, &str),
@@ -345,7 +353,7 @@ impl Worker {
         {
             Ok(()) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
-                self.ack(&m.msg, AckKind::Ack).await;
+                self.ack(m.msg, AckKind::Ack).await;
                 self.metrics.dead_letters.inc();
                 self.metrics.delivery(event, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {
@@ -362,7 +370,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
                 self.metrics.delivery(event, Outcome::Retry);
-                self.ack(&m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
+                self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
                     .await;
             }
         }
@@ -370,13 +378,13 @@ impl Worker {
 
     fn dead_letter_record(
         &self,
-        m: &Routed,
+        m: &Routed<'_>,
         attempts: u32,
         last: Option<&AttemptResult>,
         reason: &str,
     ) -> DeadLetter {
         let mut headers = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for (name, value) in header_pairs(&m.msg, m.meta.copy) {
+        for (name, value) in header_pairs(m.msg, m.meta.copy) {
             headers
                 .entry(name.to_string())
                 .or_default()
