@@ -15,10 +15,12 @@
 //!
 //! BENCH_INGRESS_REQUESTS=N per throughput phase (default 20000), BENCH_INGRESS_INFLIGHT=C
 //! (default 64), BENCH_INGRESS_RATE=R requests/s of phase L (default 1000) for
-//! BENCH_INGRESS_SECONDS=S (default 10).
+//! BENCH_INGRESS_SECONDS=S (default 10), BENCH_NATSHOOK_LOG for natshook's `RUST_LOG`
+//! (default `warn`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -143,12 +145,10 @@ verify = {{ scheme = "standard", secret = {{ value = "whsec_{SECRET_B64}" }} }}
     );
     let path = dir.path().join("natshook.toml");
     std::fs::write(&path, config).unwrap();
-    let bin = std::env::var("BENCH_NATSHOOK_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natshook").to_string());
-    let child = Command::new(bin)
+    let child = Command::new(support::natshook_bin())
         .args(["run", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", support::natshook_log())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -7,8 +7,8 @@
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs in smoke mode: tiny
 //! sizes, and it checks only that every message is acked under every layout.
 //!
-//! The streams are the fan-out's: SHARDS file streams under limits retention, subject
-//! `work.<shard>.<endpoint>`, the endpoint's shard by its number. Messages are 1 KiB,
+//! The streams are the fan-out's: 16 file streams (BENCH_LAYOUT_SHARDS) under limits
+//! retention, subject `work.<shard>.<endpoint>`, the endpoint's shard by its number. Messages are 1 KiB,
 //! published round-robin over the endpoints with 512 publish acks outstanding while
 //! the consumers pull, so each busy endpoint's messages arrive one at a time, as the
 //! fan-out's copies do. Every consumer is durable, keeps its state in memory (as the
@@ -22,7 +22,7 @@
 //! the report gives medians. CPU is nats-server's and this process's (the publisher
 //! and the consumers), in microseconds per message.
 //! BENCH_LAYOUT_ENDPOINTS (default 1000), BENCH_LAYOUT_MESSAGES (default 100000),
-//! BENCH_LAYOUT_ROUNDS (default 3).
+//! BENCH_LAYOUT_ROUNDS (default 3), BENCH_LAYOUT_SHARDS (work streams, default 16).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -38,8 +38,11 @@ use futures_util::StreamExt;
 use common::NatsServer;
 use support::{cpu_seconds, create_stream_for, publish};
 
-/// As many work streams as the fan-out keeps.
-const SHARDS: usize = 16;
+/// How many work streams (BENCH_LAYOUT_SHARDS, default as many as the fan-out keeps).
+fn shards() -> usize {
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SHARDS.get_or_init(|| env_or("BENCH_LAYOUT_SHARDS", 16).max(1))
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Layout {
@@ -63,14 +66,14 @@ impl Layout {
     fn filters(self, endpoints: usize) -> Vec<(usize, String)> {
         match self {
             Layout::One => vec![(0, subject(0))],
-            Layout::Endpoint => (0..endpoints).map(|e| (e % SHARDS, subject(e))).collect(),
-            Layout::Shard => (0..SHARDS).map(|s| (s, format!("work.{s}.>"))).collect(),
+            Layout::Endpoint => (0..endpoints).map(|e| (e % shards(), subject(e))).collect(),
+            Layout::Shard => (0..shards()).map(|s| (s, format!("work.{s}.>"))).collect(),
         }
     }
 }
 
 fn subject(endpoint: usize) -> String {
-    format!("work.{}.e{endpoint}", endpoint % SHARDS)
+    format!("work.{}.e{endpoint}", endpoint % shards())
 }
 
 struct Run {
@@ -89,7 +92,7 @@ fn env_or(name: &str, default: usize) -> usize {
 async fn run(layout: Layout, endpoints: usize, messages: usize) -> Run {
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
-    for s in 0..SHARDS {
+    for s in 0..shards() {
         let name = format!("WORK_{s}");
         create_stream_for(&js, &name, &format!("work.{s}.>"), Some(endpoints + 1)).await;
     }
@@ -203,7 +206,8 @@ fn main() {
         .collect();
     let (_, one_nats, one_client) = medians[0];
     println!(
-        "\n{endpoints} endpoints, {messages} messages, {SHARDS} streams, medians of {rounds} round(s)"
+        "\n{endpoints} endpoints, {messages} messages, {} streams, medians of {rounds} round(s)",
+        shards()
     );
     println!("layout     msg/s   nats-server µs  (× one)   client µs  (× one)");
     for (layout, (rate, nats, client)) in Layout::ALL.iter().zip(&medians) {
