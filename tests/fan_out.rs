@@ -68,6 +68,22 @@ async fn work_copies(js: &jetstream::Context) -> u64 {
     all
 }
 
+/// The `X-Webhook-Attempt` of every request on `path` (every path: `None`), by id.
+fn attempts_by_id(rx: &Receiver, path: Option<&str>) -> BTreeMap<String, Vec<u32>> {
+    let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in rx
+        .received()
+        .iter()
+        .filter(|r| path.is_none_or(|p| r.path == p))
+    {
+        attempts
+            .entry(r.id().to_string())
+            .or_default()
+            .push(r.header("x-webhook-attempt").parse().unwrap());
+    }
+    attempts
+}
+
 /// Requests per path, as distinct ids and the number of requests.
 fn per_path(rx: &Receiver) -> BTreeMap<String, (BTreeSet<String>, usize)> {
     let mut out: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
@@ -220,18 +236,17 @@ async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
     );
 }
 
-/// A busy endpoint keeps its consumer, and the copies it acked are removed every few
-/// seconds all the same: a trickle that never lets it idle leaves the work stream
-/// holding less than what was delivered.
+/// An endpoint that keeps up reads its copies through the lane, without a consumer of
+/// its own, and the copies the lane acked are removed every few seconds: a trickle
+/// leaves the lane holding less than what was delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_endpoint_s_acked_copies_are_removed() {
+async fn a_busy_endpoint_reads_through_the_lane_and_its_acked_copies_are_removed() {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
     let config =
         fan_out(TestConfig::new(nats.url())).endpoint("busy", &rx.url("/"), &["lead.created"], "");
     let _natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    // 8 s of one lead every 200 ms: never 10 s without work, so the consumer stays.
     for i in 0..40 {
         publish_all(&js, leads(1, &format!("t{i}"))).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -241,11 +256,164 @@ async fn a_busy_endpoint_s_acked_copies_are_removed() {
     })
     .await;
     assert!(
-        !work_consumers(&js).await.is_empty(),
-        "the busy endpoint's consumer is bound"
+        work_consumers(&js).await.is_empty(),
+        "an endpoint that keeps up needs no consumer of its own"
     );
-    let left = work_copies(&js).await;
-    assert!(left < 40, "{left} of 40 copies still stored");
+    assert_eq!(work_copies(&js).await, 0, "no copy on its own subject");
+    let mut lane = js.get_stream("EVENTS_natshook_LANE").await.expect("lane");
+    let state = lane.info().await.expect("lane info").state.clone();
+    assert_eq!(state.last_sequence, 40, "every copy went through the lane");
+    assert!(
+        state.messages < 40,
+        "{} of 40 copies still stored",
+        state.messages
+    );
+}
+
+/// A copy its endpoint cannot start at once (here: at its `concurrency` of 1) moves to
+/// the endpoint's own subject, and one that failed on the lane keeps its attempt count
+/// there: every id is delivered, its attempts numbered 1, 2, 3 without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_that_must_wait_moves_off_the_lane_and_keeps_counting_attempts() {
+    let nats = NatsServer::start();
+    let tries = std::sync::Mutex::new(BTreeMap::<String, usize>::new());
+    let rx = Receiver::with(move |r| {
+        let mut tries = tries.lock().unwrap();
+        let n = tries.entry(r.id().to_string()).or_default();
+        *n += 1;
+        match *n {
+            1 | 2 => Reply::status(500),
+            _ => Reply::ok().delay(Duration::from_millis(5)),
+        }
+    })
+    .await;
+    let settings =
+        "concurrency = 1\nretry_schedule = [\"100ms\"]\nmax_attempts = 5\ndisable_after_failures = 0";
+    let config = fan_out(TestConfig::new(nats.url())).endpoint(
+        "narrow",
+        &rx.url("/narrow"),
+        &["lead.created"],
+        settings,
+    );
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(60, "w")).await;
+    rx.wait_for(Duration::from_secs(60), "every lead delivered", |r| {
+        r.delivered_ids().len() >= 60
+    })
+    .await;
+    let attempts = attempts_by_id(&rx, None);
+    assert_eq!(attempts.len(), 60);
+    for (id, mut a) in attempts {
+        a.sort_unstable();
+        assert_eq!(a, [1, 2, 3], "{id}");
+    }
+    let mut moved = 0;
+    for i in 0..16 {
+        let name = format!("EVENTS_natshook_WORK_{i}");
+        let mut stream = js.get_stream(&name).await.expect("work stream");
+        moved += stream.info().await.expect("info").state.last_sequence;
+    }
+    assert!(moved > 0, "no copy moved off the lane");
+    assert!(natshook.dead_letters("narrow").is_empty());
+}
+
+/// A retry delay longer than a few seconds is waited out on the endpoint's own subject,
+/// not on the lane (where it would keep every later copy stored): the next attempt
+/// comes after the delay, numbered 2, and the lane keeps nothing behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_retry_delay_is_waited_out_off_the_lane() {
+    let nats = NatsServer::start();
+    let tries = std::sync::Mutex::new(BTreeMap::<String, usize>::new());
+    let rx = Receiver::with(move |r| {
+        let mut tries = tries.lock().unwrap();
+        let n = tries.entry(r.id().to_string()).or_default();
+        *n += 1;
+        if *n == 1 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let settings = "retry_schedule = [\"6s\"]\nmax_attempts = 3\ndisable_after_failures = 0";
+    let config = fan_out(TestConfig::new(nats.url())).endpoint(
+        "later",
+        &rx.url("/later"),
+        &["lead.created"],
+        settings,
+    );
+    let _natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let started = std::time::Instant::now();
+    publish_all(&js, leads(5, "l")).await;
+    rx.wait_for(Duration::from_secs(5), "every first attempt", |r| {
+        r.count() >= 5
+    })
+    .await;
+    let early = started.elapsed();
+    rx.wait_for(Duration::from_secs(30), "every retry", |r| {
+        r.delivered_ids().len() >= 5
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(5500),
+        "retried after {:?}",
+        started.elapsed()
+    );
+    let attempts = attempts_by_id(&rx, None);
+    for (id, a) in attempts {
+        assert_eq!(a, [1, 2], "{id} (first attempts done after {early:?})");
+    }
+    // Once the scan ran, the lane holds none of the copies that waited elsewhere.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut lane = js.get_stream("EVENTS_natshook_LANE").await.expect("lane");
+    let state = lane.info().await.expect("lane info").state.clone();
+    assert_eq!(state.messages, 0, "copies still on the lane");
+}
+
+/// An endpoint paused by its breaker takes no copy from the lane: they move to its own
+/// subject, where its probe finds one, and once it answers again every id arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_endpoint_s_lane_copies_wait_on_its_own_subject() {
+    let nats = NatsServer::start();
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_up = up.clone();
+    let rx = Receiver::with(move |_| {
+        if is_up.load(std::sync::atomic::Ordering::Relaxed) {
+            Reply::ok()
+        } else {
+            Reply::status(503)
+        }
+    })
+    .await;
+    let settings =
+        "retry_schedule = [\"200ms\"]\nmax_attempts = 1000\ndisable_after_failures = 3\n\
+                    probe_interval = \"300ms\"\nprobe_max_interval = \"300ms\"";
+    let config = fan_out(TestConfig::new(nats.url())).endpoint(
+        "down",
+        &rx.url("/down"),
+        &["lead.created"],
+        settings,
+    );
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(30, "p")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rx.count();
+    publish_all(&js, leads(30, "q")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Paused: only probes reach the receiver, one at a time.
+    let while_paused = rx.count() - before;
+    assert!(while_paused < 10, "{while_paused} requests while paused");
+    up.store(true, std::sync::atomic::Ordering::Relaxed);
+    rx.wait_for(
+        Duration::from_secs(60),
+        "every lead after the resume",
+        |r| r.delivered_ids().len() >= 60,
+    )
+    .await;
+    assert!(natshook.dead_letters("down").is_empty());
 }
 
 /// Retries happen on the copies: attempts count 1, 2, 3 per endpoint, and a message
@@ -286,13 +454,7 @@ async fn retries_count_attempts_and_dead_letters_name_the_source() {
         r.received().iter().filter(|x| x.path == "/flaky").count() >= 300
     })
     .await;
-    let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for r in rx.received().iter().filter(|r| r.path == "/flaky") {
-        attempts
-            .entry(r.id().to_string())
-            .or_default()
-            .push(r.header("x-webhook-attempt").parse().unwrap());
-    }
+    let attempts = attempts_by_id(&rx, Some("/flaky"));
     assert_eq!(attempts.len(), 100);
     for (id, mut a) in attempts {
         a.sort_unstable();

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::http::{self, Admin, AppView, ListenError};
 use crate::metrics::Metrics;
 use crate::store::replicas::Replicas;
+use crate::store::work_stream::WorkStream;
 use supervisor::SECRET_POLL;
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +247,8 @@ impl Background {
         let fan_out = config.fan_out.then(|| FanOutConsumer {
             stream: config.nats.stream.clone(),
             name: crate::fanout::consumer_name(&config.nats.consumer_prefix),
+            lane_stream: WorkStream::new(&config.nats).lane_name().to_string(),
+            lane: crate::fanout::lane::consumer_name(&config.nats.consumer_prefix),
         });
         let poller = tokio::spawn(poll_pending(
             js.clone(),
@@ -318,10 +321,13 @@ async fn split_rates(sup: Arc<Supervisor>, stop: CancellationToken) {
     }
 }
 
-/// The fan-out consumer whose lag `natshook_fanout_pending` shows.
+/// The consumers whose lag `natshook_fanout_pending` shows: the fan-out's (source
+/// messages not copied yet) and the lane's (copies not delivered yet).
 struct FanOutConsumer {
     stream: String,
     name: String,
+    lane_stream: String,
+    lane: String,
 }
 
 /// Refreshes every worker's pending count, and the fan-out consumer's, until `stop`.
@@ -336,10 +342,17 @@ async fn poll_pending(
 ) {
     loop {
         if let Some(f) = &fan_out {
-            match consumer_pending(&js, &f.stream, &f.name).await {
-                Ok(n) => sup.metrics().fanout_pending().set(n),
-                Err(e) => {
-                    tracing::debug!(consumer = %f.name, error = %e, "cannot read the fan-out consumer")
+            let pending = (
+                consumer_pending(&js, &f.stream, &f.name).await,
+                consumer_pending(&js, &f.lane_stream, &f.lane).await,
+            );
+            match pending {
+                (Ok(copying), Ok(on_lane)) => sup
+                    .metrics()
+                    .fanout_pending()
+                    .set(copying.saturating_add(on_lane)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(consumer = %f.name, error = %e, "cannot read the fan-out or lane consumer")
                 }
             }
         }

@@ -19,6 +19,7 @@ use super::registry::Runtime;
 use crate::config::{Config, Endpoint};
 use crate::delivery::{ClientError, Deliverer};
 use crate::events::OperatorEvents;
+use crate::fanout::lane::Lane;
 use crate::fanout::{FanOut, Targets};
 use crate::http::AppView;
 use crate::ingress::Ingress;
@@ -114,6 +115,8 @@ pub struct Supervisor {
     targets: tokio::sync::watch::Sender<Arc<Targets>>,
     /// With `[delivery] fan_out`: whether the fan-out consumer is bound (readiness).
     fan_out_bound: OnceLock<Arc<AtomicBool>>,
+    /// With `[delivery] fan_out`: whether the lane's consumer is bound (readiness).
+    lane_bound: OnceLock<Arc<AtomicBool>>,
 }
 
 /// What a reload changed.
@@ -167,6 +170,7 @@ impl Supervisor {
         Supervisor {
             targets: tokio::sync::watch::Sender::new(Arc::new(Targets::default())),
             fan_out_bound: OnceLock::new(),
+            lane_bound: OnceLock::new(),
             shared,
             connected,
             shutdown,
@@ -266,6 +270,11 @@ impl Supervisor {
         if let Some(bound) = self.fan_out_bound.get() {
             if !bound.load(Ordering::Relaxed) {
                 reasons.push("the fan-out consumer is not bound".to_string());
+            }
+        }
+        if let Some(bound) = self.lane_bound.get() {
+            if !bound.load(Ordering::Relaxed) {
+                reasons.push("the lane consumer is not bound".to_string());
             }
         }
         // A fan-out endpoint binds whenever it has work and lets go when it has none:
@@ -531,8 +540,26 @@ impl Supervisor {
             self.targets.subscribe(),
         );
         let _ = self.fan_out_bound.set(fan_out.bound());
-        let scan = crate::fanout::scan(js, work, self.targets.subscribe(), stop);
-        Some((fan_out, Box::pin(scan)))
+        let lane = Lane::new(
+            js.clone(),
+            work.clone(),
+            &config.consumer_prefix,
+            self.targets.subscribe(),
+            self.shared.inflight_share(),
+            (self.abort.child_token(), self.draining.clone()),
+        );
+        let _ = self.lane_bound.set(lane.bound());
+        let scan = crate::fanout::scan(
+            js,
+            work,
+            config.consumer_prefix.clone(),
+            self.targets.subscribe(),
+            stop.clone(),
+        );
+        let background = async move {
+            tokio::join!(scan, lane.run(stop));
+        };
+        Some((fan_out, Box::pin(background)))
     }
 
     /// Incoming webhooks (the route table in force).

@@ -17,6 +17,7 @@
 //! ([`WorkStream::release`]), so a busy endpoint's subject holds a few seconds of
 //! done work at most.
 
+pub mod lane;
 pub mod targets;
 
 use std::collections::HashMap;
@@ -241,13 +242,21 @@ fn copy<'a>(
         for worker in targets.of(&mapped) {
             let name = &worker.endpoint().name;
             let h = work.copy_headers(msg.headers.as_ref(), &facts, name);
+            let on_lane = worker.takes_lane();
+            let subject = if on_lane {
+                work.lane_subject(name)
+            } else {
+                work.subject(name)
+            };
             match js
-                .publish_with_headers(work.subject(name), h, msg.payload.clone())
+                .publish_with_headers(subject, h, msg.payload.clone())
                 .await
             {
                 Ok(ack) => {
                     acks.push(ack);
-                    woken.push(worker.clone());
+                    if !on_lane {
+                        woken.push(worker.clone());
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
@@ -282,11 +291,16 @@ fn copy<'a>(
 pub async fn scan(
     js: jetstream::Context,
     work: WorkStream,
+    consumer_prefix: String,
     targets: watch::Receiver<Arc<Targets>>,
     stop: CancellationToken,
 ) {
     let mut released: Released = Vec::new();
+    let lane = lane::consumer_name(&consumer_prefix);
     loop {
+        if let Err(e) = lane::Lane::release(&js, &work, &lane).await {
+            tracing::debug!(consumer = %lane, error = %e, "lane purge failed");
+        }
         let current = targets.borrow().clone();
         for (i, name) in work.names().iter().enumerate() {
             // One shard's failure (a stream being created again) leaves the others'

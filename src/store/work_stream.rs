@@ -32,6 +32,10 @@ const SOURCE_SEQUENCE: &str = "Natshook-Source-Sequence";
 /// Unix nanoseconds.
 const SOURCE_PUBLISHED: &str = "Natshook-Source-Published";
 const SOURCE_MSG_ID: &str = "Natshook-Source-Msg-Id";
+/// Attempts made on a copy before it moved from the lane to its endpoint's subject.
+const SOURCE_ATTEMPTS: &str = "Natshook-Source-Attempts";
+/// Milliseconds a moved copy waits before its next attempt (its retry delay).
+const SOURCE_WAIT: &str = "Natshook-Source-Wait";
 const INTERNAL_PREFIX: &str = "Natshook-Source-";
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
@@ -60,6 +64,10 @@ pub struct WorkStream {
     names: Vec<String>,
     /// `<prefix>.work.<stream>.`
     subject_prefix: String,
+    /// `<stream>_<prefix>_LANE`: the copies read through one shared consumer.
+    lane: String,
+    /// `<prefix>.lane.<stream>.`
+    lane_prefix: String,
     replicas: usize,
 }
 
@@ -84,6 +92,8 @@ impl WorkStream {
                 .map(|i| format!("{stream}_{prefix}_WORK_{i}"))
                 .collect(),
             subject_prefix: format!("{prefix}.work.{stream}."),
+            lane: format!("{stream}_{prefix}_LANE"),
+            lane_prefix: format!("{prefix}.lane.{stream}."),
             replicas,
         }
     }
@@ -117,16 +127,40 @@ impl WorkStream {
         Some(endpoint).filter(|e| !e.is_empty() && !e.contains('.') && shard(e) == i)
     }
 
+    /// The lane: the stream whose copies one consumer reads for every endpoint.
+    pub fn lane_name(&self) -> &str {
+        &self.lane
+    }
+
+    /// The subject of `endpoint`'s copies on the lane: `<prefix>.lane.<stream>.<endpoint>`.
+    pub fn lane_subject(&self, endpoint: &str) -> String {
+        format!("{}{endpoint}", self.lane_prefix)
+    }
+
+    /// The endpoint whose copy on the lane has `subject`.
+    pub fn lane_endpoint_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.lane_prefix.as_str())
+            .filter(|e| !e.is_empty() && !e.contains('.'))
+    }
+
     /// Creates the streams that are missing, with limits retention and no limit: a copy
-    /// leaves only through [`WorkStream::release`], after its endpoint acked it.
+    /// leaves only through [`WorkStream::release`] or [`WorkStream::release_lane`],
+    /// after it was acked.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), WorkStreamError> {
-        for (i, name) in self.names.iter().enumerate() {
+        let lane = (self.lane.clone(), format!("{}>", self.lane_prefix));
+        let shards = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), self.subjects_of(i)));
+        for (name, subject) in shards.chain(std::iter::once(lane)) {
             js.get_or_create_stream(stream::Config {
                 name: name.clone(),
                 description: Some(
                     "natshook: each message copied once per endpoint that delivers it".into(),
                 ),
-                subjects: vec![self.subjects_of(i)],
+                subjects: vec![subject],
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 num_replicas: self.replicas,
@@ -167,6 +201,77 @@ impl WorkStream {
                 stream: self.name_of(endpoint).to_string(),
                 message: format!("purging {endpoint}'s acked copies: {e}"),
             })
+    }
+
+    /// Removes the lane's copies up to stream sequence `acked_to`, its consumer's ack
+    /// floor. Returns how many were removed.
+    pub async fn release_lane<I>(
+        &self,
+        lane: &stream::Stream<I>,
+        acked_to: u64,
+    ) -> Result<u64, WorkStreamError> {
+        if acked_to == 0 {
+            return Ok(0);
+        }
+        lane.purge()
+            .sequence(acked_to + 1)
+            .await
+            .map(|r| r.purged)
+            .map_err(|e| WorkStreamError {
+                stream: self.lane.clone(),
+                message: format!("purging acked copies: {e}"),
+            })
+    }
+
+    /// Stores a copy from the lane on `endpoint`'s own subject, after `attempts`
+    /// attempts and to wait `wait` before the next: its headers stay the lane copy's, so
+    /// it keeps its source and its `Nats-Msg-Id` (moving it twice stores it once).
+    /// Returns once JetStream stored it; the caller then acks it on the lane.
+    pub async fn move_off_lane(
+        &self,
+        js: &jetstream::Context,
+        msg: &jetstream::Message,
+        endpoint: &str,
+        attempts: u32,
+        wait: Option<Duration>,
+    ) -> Result<(), WorkStreamError> {
+        let mut headers = msg.headers.clone().unwrap_or_default();
+        headers.insert(SOURCE_ATTEMPTS, attempts.to_string().as_str());
+        if let Some(wait) = wait {
+            headers.insert(SOURCE_WAIT, wait.as_millis().to_string().as_str());
+        }
+        let failed = |e: String| WorkStreamError {
+            stream: self.name_of(endpoint).to_string(),
+            message: format!("moving a copy off the lane: {e}"),
+        };
+        js.publish_with_headers(self.subject(endpoint), headers, msg.payload.clone())
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    }
+
+    /// How a copy moved off the lane continues: the attempts it had there, and the
+    /// retry delay its first delivery on its own subject waits out (without an attempt).
+    pub fn moved(msg: &jetstream::Message) -> (u32, Option<Duration>) {
+        let Some(h) = msg.headers.as_ref() else {
+            return (0, None);
+        };
+        let attempts = h
+            .get(SOURCE_ATTEMPTS)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
+        let wait = h
+            .get(SOURCE_WAIT)
+            .and_then(|v| v.as_str().parse().ok())
+            .map(Duration::from_millis);
+        (attempts, wait)
+    }
+
+    /// Whether `stream` is the lane.
+    pub fn is_lane(&self, stream: &str) -> bool {
+        stream == self.lane
     }
 
     /// The headers of `endpoint`'s copy of a source message: its own headers (less any
@@ -214,7 +319,7 @@ impl WorkStream {
     /// A copy's source facts, or `None` when `msg` is not from this work stream (a
     /// message on the source stream is read as it is, whatever headers it has).
     pub fn source_of(&self, msg: &jetstream::Message, stream: &str) -> Option<SourceFacts> {
-        if !self.names.iter().any(|n| n == stream) {
+        if stream != self.lane && !self.names.iter().any(|n| n == stream) {
             return None;
         }
         let h = msg.headers.as_ref()?;

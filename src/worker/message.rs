@@ -4,7 +4,7 @@
 //! where JetStream redelivers after ack_wait).
 
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, message::AckKind};
 use tokio_util::sync::CancellationToken;
@@ -22,24 +22,44 @@ use crate::store::dead_letters::DeadLetter;
 use crate::store::work_stream::{header_pairs, WorkStream, NATS_MSG_ID};
 use crate::time;
 
+/// The longest retry delay a copy waits out on the lane.
+const LANE_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// The JetStream metadata of a fetched message, read once: for a copy on the work
 /// stream (`[delivery] fan_out`), the source message's.
 struct MessageMeta {
     subject: String,
-    /// The delivery count, which is the attempt number.
+    /// The delivery count, which is the attempt number; for a copy moved off the lane,
+    /// plus the attempts it had there.
     attempt: u32,
     stream: String,
     sequence: u64,
     published: SystemTime,
     /// A copy on the work stream: its headers are read through `work_stream::header_pairs`.
     copy: bool,
+    /// A copy on the lane: a long retry delay moves it off (see `settle`).
+    on_lane: bool,
+    /// A copy moved off the lane to wait out its retry delay: its first delivery only
+    /// waits (a NAK with that delay), and is no attempt.
+    wait_first: Option<Duration>,
 }
 
 impl MessageMeta {
     fn of(msg: &jetstream::Message, work: Option<&WorkStream>) -> Option<Self> {
         let info = msg.info().ok()?;
-        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1);
-        if let Some(source) = work.and_then(|w| w.source_of(msg, info.stream)) {
+        let delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1);
+        if let Some((work, source)) = work.and_then(|w| Some((w, w.source_of(msg, info.stream)?))) {
+            let on_lane = work.is_lane(info.stream);
+            let (before, wait) = if on_lane {
+                (0, None)
+            } else {
+                WorkStream::moved(msg)
+            };
+            // The delivery that waited out the delay is no attempt.
+            let attempt = before
+                .saturating_add(delivered)
+                .saturating_sub(u32::from(wait.is_some()))
+                .max(1);
             return Some(Self {
                 subject: source.subject,
                 attempt,
@@ -47,15 +67,19 @@ impl MessageMeta {
                 sequence: source.sequence,
                 published: source.published,
                 copy: true,
+                on_lane,
+                wait_first: wait.filter(|_| delivered == 1),
             });
         }
         Some(Self {
             subject: msg.subject.as_str().to_owned(),
-            attempt,
+            attempt: delivered,
             stream: info.stream.to_string(),
             sequence: info.stream_sequence,
             published: SystemTime::from(info.published),
             copy: false,
+            on_lane: false,
+            wait_first: None,
         })
     }
 }
@@ -114,6 +138,9 @@ impl Worker {
         if self.skips(meta.published) {
             tracing::debug!(endpoint = %self.endpoint.name, sequence = meta.sequence, "stored before the endpoint was re-enabled with skip_backlog; acked");
             return Err(AckKind::Ack);
+        }
+        if let Some(wait) = meta.wait_first {
+            return Err(AckKind::Nak(Some(wait)));
         }
         let verdict = self.router.decide(
             &meta.subject,
@@ -319,7 +346,7 @@ impl Worker {
             Decision::Pause(delay) => {
                 self.breaker.pause(PauseReason::Gone);
                 self.metrics.delivery(event, Outcome::Retry);
-                self.ack(msg, AckKind::Nak(Some(delay))).await;
+                self.retry_later(m, delay).await;
             }
             Decision::DeadLetter => {
                 let reason = format!("failed after {attempt} attempts");
@@ -328,9 +355,40 @@ impl Worker {
             }
             Decision::Retry(delay) => {
                 self.metrics.delivery(event, Outcome::Retry);
-                self.ack(msg, AckKind::Nak(Some(delay))).await;
+                self.retry_later(m, delay).await;
             }
         }
+    }
+
+    /// NAKs a failed attempt with its retry delay; a copy on the lane whose delay is
+    /// longer than [`LANE_WAIT_MAX`] moves to the endpoint's own subject to wait there
+    /// instead. A copy waiting on the lane holds the lane's ack floor, and below it every
+    /// endpoint's later copies stay stored: for hours, with the default schedule.
+    async fn retry_later(&self, m: &Routed<'_>, delay: Duration) {
+        if let Some(work) = self.shared.work.as_ref().filter(|_| m.meta.on_lane) {
+            if delay > LANE_WAIT_MAX {
+                let moved = work
+                    .move_off_lane(
+                        &self.shared.js,
+                        m.msg,
+                        &self.endpoint.name,
+                        m.meta.attempt,
+                        Some(delay),
+                    )
+                    .await;
+                match moved {
+                    Ok(()) => {
+                        self.ack(m.msg, AckKind::Ack).await;
+                        self.wake();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(endpoint = %self.endpoint.name, error = %e, "the retry waits on the lane");
+                    }
+                }
+            }
+        }
+        self.ack(m.msg, AckKind::Nak(Some(delay))).await;
     }
 
     /// Writes the dead letter, then acks and raises the operator event; if the write

@@ -43,7 +43,7 @@ use async_nats::jetstream::{
     message::AckKind,
 };
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -169,6 +169,9 @@ pub struct Worker {
     /// A lazy worker without a consumer, waiting for [`Worker::wake`].
     parked: AtomicBool,
     wake: tokio::sync::Notify,
+    /// The endpoint's `concurrency`, shared by its own consumer's deliveries and the
+    /// lane's.
+    permits: Arc<Semaphore>,
 }
 
 /// The endpoint's throttle at `rate`, split between `replicas`, continuing from
@@ -216,6 +219,7 @@ impl Worker {
         Self {
             lazy,
             parked: AtomicBool::new(lazy),
+            permits: Arc::new(Semaphore::new(endpoint.concurrency)),
             wake: tokio::sync::Notify::new(),
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
             deliverer,
@@ -398,6 +402,43 @@ impl Worker {
         self.lazy
     }
 
+    /// Whether the fan-out puts the endpoint's next copy on the lane: the endpoint has
+    /// no consumer of its own (so no copy of its own waits), it is not paused, it has
+    /// no rate limit to wait for, and an attempt ends within its `timeout` of at most
+    /// a third of the lane's `ack_wait` (its attempts need no progress acks).
+    pub fn takes_lane(&self) -> bool {
+        self.lazy
+            && self.is_parked()
+            && progress_every(&self.endpoint).is_none()
+            && self.throttle.load().is_none()
+            && !self.breaker.is_paused()
+    }
+
+    /// A permit of the endpoint's `concurrency` for a copy from the lane, when the
+    /// endpoint can start it now; `None` sends the copy to the endpoint's own subject.
+    pub fn lane_permit(&self) -> Option<OwnedSemaphorePermit> {
+        if !self.lazy || self.breaker.is_paused() || self.throttle.load().is_some() {
+            return None;
+        }
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
+    /// Delivers a copy from the lane and settles it on the lane: a retry is the lane
+    /// redelivering it after the attempt's delay.
+    pub fn start_from_lane(
+        self: &Arc<Self>,
+        msg: jetstream::Message,
+        permits: (OwnedSemaphorePermit, inflight::Permit),
+        abort: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let this = Arc::clone(self);
+        tracker.spawn(Box::pin(async move {
+            this.handle(msg, &abort).await;
+            drop(permits);
+        }));
+    }
+
     /// The stream the endpoint's consumer is on.
     pub fn consumer_stream(&self) -> &str {
         match &self.shared.work {
@@ -494,7 +535,7 @@ impl Worker {
 
     async fn serve(self: Arc<Self>, stop: Stop, tracker: TaskTracker) {
         self.metrics.create();
-        let permits = Arc::new(Semaphore::new(self.endpoint.concurrency));
+        let permits = Arc::clone(&self.permits);
         let share = self.shared.inflight.share();
         let mut held = Held::new();
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use tokio::sync::{watch, Semaphore};
 
-use super::inflight::InflightLimit;
+use super::inflight::{InflightLimit, Share};
 use crate::config::NatsConfig;
 use crate::events::OperatorEvents;
 use crate::metrics::Metrics;
@@ -122,5 +122,15 @@ impl Shared {
 
     pub fn events(&self) -> &OperatorEvents {
         &self.events
+    }
+
+    /// A claim on `max_inflight` for a feeder of many endpoints (the lane), which the
+    /// fair sharing counts as one endpoint.
+    pub fn inflight_share(&self) -> Share {
+        self.inflight.share()
+    }
+
+    pub fn consumer_prefix(&self) -> &str {
+        &self.consumer_prefix
     }
 }
