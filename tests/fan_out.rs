@@ -372,6 +372,57 @@ async fn a_long_retry_delay_is_waited_out_off_the_lane() {
     assert_eq!(state.messages, 0, "copies still on the lane");
 }
 
+/// A receiver that answers slowly (but answers) holds no more than its fair share of a
+/// contended `max_inflight` on the lane; its other copies move to its own subject, and
+/// the endpoints that keep up get theirs within about one slow answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_endpoint_does_not_hold_the_lane_up() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|r| {
+        if r.path == "/slow" {
+            Reply::ok().delay(Duration::from_secs(2))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let mut config = TestConfig::new(nats.url());
+    config.top = format!(
+        "{}\n[delivery]\nfan_out = true\nmax_inflight = 8\n",
+        config.top
+    );
+    config = config.endpoint("slow", &rx.url("/slow"), &["lead.created"], "");
+    for i in 0..4 {
+        config = config.endpoint(
+            &format!("quick-{i}"),
+            &rx.url(&format!("/quick/{i}")),
+            &["lead.created"],
+            "",
+        );
+    }
+    let _natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(100, "s")).await;
+    rx.wait_for(
+        Duration::from_secs(15),
+        "every quick endpoint's copies",
+        |r| {
+            let got = per_path(r);
+            (0..4).all(|i| {
+                got.get(&format!("/quick/{i}"))
+                    .is_some_and(|v| v.0.len() >= 100)
+            })
+        },
+    )
+    .await;
+    let slow = per_path(&rx).get("/slow").map_or(0, |v| v.0.len());
+    assert!(slow < 100, "the slow endpoint was not slow: {slow}");
+    rx.wait_for(Duration::from_secs(120), "every slow copy", |r| {
+        per_path(r).get("/slow").is_some_and(|v| v.0.len() >= 100)
+    })
+    .await;
+}
+
 /// An endpoint paused by its breaker takes no copy from the lane: they move to its own
 /// subject, where its probe finds one, and once it answers again every id arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

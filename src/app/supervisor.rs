@@ -425,7 +425,13 @@ impl Supervisor {
                 .shared
                 .work_stream()
                 .filter(|_| old.worker.fans_out())
-                .map(|w| w.subject(&name));
+                .map(|w| {
+                    (
+                        w.subject(&name),
+                        w.lane_name().to_string(),
+                        w.lane_subject(&name),
+                    )
+                });
             let drained = old.drain();
             if forget.contains(&name) && !running.contains_key(&name) {
                 let js = self.shared.js().clone();
@@ -435,13 +441,15 @@ impl Supervisor {
                         Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
                         Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
                     }
-                    if let Some(subject) = copies {
-                        let purged = match js.get_stream(&stream).await {
-                            Ok(s) => s.purge().filter(subject.as_str()).await.map(drop).map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        if let Err(e) = purged {
-                            tracing::warn!(%subject, error = %e, "deleted endpoint's copies not purged");
+                    if let Some((subject, lane, on_lane)) = copies {
+                        for (stream, subject) in [(stream.as_str(), subject), (lane.as_str(), on_lane)] {
+                            let purged = match js.get_stream(stream).await {
+                                Ok(s) => s.purge().filter(subject.as_str()).await.map(drop).map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            if let Err(e) = purged {
+                                tracing::warn!(%subject, error = %e, "deleted endpoint's copies not purged");
+                            }
                         }
                     }
                 });

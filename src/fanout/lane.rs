@@ -10,18 +10,22 @@
 //! otherwise.
 //!
 //! The lane never waits for one endpoint. A copy whose endpoint cannot start it now
-//! (paused, at its `concurrency`, rate-limited, or removed) moves to the endpoint's
-//! own subject: published there, then acked on the lane, with the attempts it had on
-//! the lane, so its attempt numbers go on 1, 2, 3 ([`WorkStream::move_off_lane`]).
+//! (paused, at its `concurrency` or, while `max_inflight` is contended, at its fair
+//! share of it, rate-limited, or unknown to this replica) moves to the endpoint's own subject:
+//! published there, then acked on the lane, with the attempts it had on the lane, so
+//! its attempt numbers go on 1, 2, 3 ([`WorkStream::move_off_lane`]).
 //! A failed attempt NAKs the copy on the lane with a short retry delay, as on an
 //! endpoint's own consumer: the lane brings it back, and the attempt number is the
 //! delivery count. A longer delay moves the copy to wait on its endpoint's subject
 //! (`worker::message`), since a copy waiting on the lane keeps every later copy on the
-//! lane stored. Only the process-wide bound (`max_inflight`) makes the lane wait:
-//! it counts as one endpoint in the fair sharing of that bound.
+//! lane stored. Only the process-wide bound (`max_inflight`) makes the lane wait, and
+//! meanwhile it extends the ack timers of the copies it holds; in the fair sharing
+//! of that bound the lane counts as one endpoint per endpoint it has deliveries under
+//! way for.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -31,13 +35,14 @@ use async_nats::jetstream::{
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Targets, RETRY_DELAY};
 use crate::backoff::Backoff;
 use crate::store::work_stream::WorkStream;
-use crate::worker::inflight::Share;
+use crate::worker::inflight::{Permit, Share};
 use crate::worker::Worker;
 
 /// How long the lane waits for an ack: an endpoint on the lane has a `timeout` of at
@@ -58,7 +63,7 @@ pub struct Lane {
     work: WorkStream,
     consumer: String,
     targets: watch::Receiver<Arc<Targets>>,
-    share: Share,
+    inflight: Arc<InFlight>,
     /// Cancelled when the shutdown grace is over: deliveries in flight NAK.
     abort: CancellationToken,
     /// Deliveries in flight, which shutdown waits for.
@@ -80,7 +85,15 @@ impl Lane {
             work,
             consumer: consumer_name(consumer_prefix),
             targets,
-            share,
+            inflight: Arc::new(InFlight {
+                share: {
+                    // Active between two copies too: a permit freed while the lane moves
+                    // a copy must not go to an endpoint above its share.
+                    share.pin();
+                    share
+                },
+                endpoints: Mutex::new(HashMap::new()),
+            }),
             abort,
             tracker,
             bound: Arc::new(AtomicBool::new(false)),
@@ -134,6 +147,9 @@ impl Lane {
     /// Feeds the lane's copies to their endpoints until `stop`; re-binds after errors.
     pub async fn run(self, stop: CancellationToken) {
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        // Received and not started yet: kept through a re-bind (their acks go by reply
+        // subject), so a new pull stream costs them no delivery and no attempt.
+        let mut held = VecDeque::new();
         while !stop.is_cancelled() {
             let mut messages = match self.bind().await {
                 Ok(m) => m,
@@ -148,10 +164,9 @@ impl Lane {
             };
             self.bound.store(true, Ordering::Relaxed);
             retry.reset();
-            let failed = self.feed(&mut messages, &stop).await;
-            // Received and not started: back to the lane at once, not after ack_wait.
+            let failed = self.feed(&mut messages, &mut held, &stop).await;
             while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                held.push_back(msg);
             }
             if failed {
                 tokio::select! {
@@ -160,29 +175,59 @@ impl Lane {
                 }
             }
         }
+        // Shutting down: back to the lane at once (for another replica, or this one
+        // restarted), not after ack_wait.
+        for msg in held {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
         self.bound.store(false, Ordering::Relaxed);
     }
 
-    /// Hands each copy to its endpoint; `true` when the pull stream ended on an error.
-    async fn feed(&self, messages: &mut pull::Stream, stop: &CancellationToken) -> bool {
+    /// Hands each copy to its endpoint, held ones first; `true` when the pull stream
+    /// ended on an error.
+    async fn feed(
+        &self,
+        messages: &mut pull::Stream,
+        held: &mut Held,
+        stop: &CancellationToken,
+    ) -> bool {
+        let every = ACK_WAIT / 3;
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return false,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(msg)) => self.dispatch(msg, stop).await,
-                Some(Err(e)) => {
-                    tracing::debug!(consumer = %self.consumer, error = %e, "lane fetch ended; pulling again");
-                    return !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
-                }
-                None => return false,
+            if stop.is_cancelled() {
+                return false;
             }
+            let msg = match held.pop_front() {
+                Some(msg) => msg,
+                None => {
+                    let next = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return false,
+                        next = messages.next() => next,
+                    };
+                    match next {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => {
+                            tracing::debug!(consumer = %self.consumer, error = %e, "lane fetch ended; pulling again");
+                            return !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
+                        }
+                        None => return false,
+                    }
+                }
+            };
+            let mut waiting = Waiting {
+                messages: &mut *messages,
+                held: &mut *held,
+                keep_alive: &mut keep_alive,
+                stop,
+            };
+            self.dispatch(msg, &mut waiting).await;
         }
     }
 
     /// Starts a copy's delivery, or moves it to its endpoint's own subject.
-    async fn dispatch(&self, msg: jetstream::Message, stop: &CancellationToken) {
+    async fn dispatch(&self, msg: jetstream::Message, waiting: &mut Waiting<'_>) {
         let Some(endpoint) = self.work.lane_endpoint_of(&msg.subject).map(str::to_owned) else {
             // Only the fan-out publishes here: a copy it did not name cannot be delivered.
             tracing::warn!(subject = %msg.subject, "a message on the lane names no endpoint; acked");
@@ -191,21 +236,36 @@ impl Lane {
         };
         let worker = self.targets.borrow().get(&endpoint).cloned();
         let Some(worker) = worker else {
+            // Another replica may know an endpoint this one does not yet: its own
+            // subject keeps the copy for whichever replica runs it.
             self.move_off(msg, &endpoint, None).await;
             return;
         };
-        let Some(permit) = worker.lane_permit() else {
+        // While the bound is contended, an endpoint on the lane holds no more than its
+        // fair share, as it would with a consumer of its own: one whose receiver is slow
+        // cannot keep the lane waiting for places it holds beyond that.
+        let cap = self.inflight.share.contended_share().unwrap_or(usize::MAX);
+        let Some(permit) = worker.lane_permit(cap) else {
             self.move_off(msg, &endpoint, Some(&worker)).await;
             return;
         };
-        let global = tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return;
-            }
-            global = self.share.acquire() => global,
+        let busy = self.inflight.start(&endpoint);
+        let Some(global) = waiting.acquire(&self.inflight.share, &msg).await else {
+            waiting.held.push_front(msg);
+            return;
         };
-        worker.start_from_lane(msg, (permit, global), self.abort.clone(), &self.tracker);
+        // Paused, or given a rate limit, while the copy waited.
+        if !worker.takes_lane_copies() {
+            drop((permit, global, busy));
+            self.move_off(msg, &endpoint, Some(&worker)).await;
+            return;
+        }
+        worker.start_from_lane(
+            msg,
+            (permit, global, busy),
+            self.abort.clone(),
+            &self.tracker,
+        );
     }
 
     /// Stores the copy on its endpoint's own subject with the attempts it had here, then
@@ -227,6 +287,7 @@ impl Lane {
             .await
         {
             Ok(()) => {
+                tracing::debug!(endpoint, attempts, "copy moved off the lane");
                 if let Err(e) = msg.ack().await {
                     tracing::debug!(endpoint, error = %e, "lane ack not sent; the copy comes back and moves again as a duplicate, which is dropped");
                 }
@@ -258,5 +319,83 @@ impl Lane {
         work.release_lane(&stream, floor)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Copies received from the lane and not started yet.
+type Held = VecDeque<jetstream::Message>;
+
+/// The lane's claim on `max_inflight`, weighted by the endpoints it has deliveries under
+/// way for: each of them counts as one endpoint in the fair sharing, as it would with a
+/// consumer of its own.
+struct InFlight {
+    share: Share,
+    /// Deliveries under way, by endpoint.
+    endpoints: Mutex<HashMap<String, usize>>,
+}
+
+impl InFlight {
+    /// Counts a delivery to `endpoint` until the returned guard drops.
+    fn start(self: &Arc<Self>, endpoint: &str) -> Busy {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let n = endpoints.entry(endpoint.to_owned()).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.share.set_weight(endpoints.len());
+        }
+        Busy {
+            inflight: Arc::clone(self),
+            endpoint: endpoint.to_owned(),
+        }
+    }
+}
+
+/// One delivery from the lane, counted in its weight while it runs.
+struct Busy {
+    inflight: Arc<InFlight>,
+    endpoint: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut endpoints = (self.inflight.endpoints.lock()).unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = endpoints.get_mut(&self.endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                endpoints.remove(&self.endpoint);
+                self.inflight.share.set_weight(endpoints.len());
+            }
+        }
+    }
+}
+
+/// What a copy waiting for a place in `max_inflight` keeps going meanwhile: the ack
+/// timers of what the lane already sent, read from the pull stream as it arrives.
+struct Waiting<'a> {
+    messages: &'a mut pull::Stream,
+    held: &'a mut Held,
+    keep_alive: &'a mut Interval,
+    stop: &'a CancellationToken,
+}
+
+impl Waiting<'_> {
+    /// A permit of `share`, or `None` on `stop`.
+    async fn acquire(&mut self, share: &Share, msg: &jetstream::Message) -> Option<Permit> {
+        let mut permit = std::pin::pin!(share.acquire());
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                p = permit.as_mut() => return Some(p),
+                _ = self.keep_alive.tick() => {
+                    while let Some(Some(Ok(m))) = self.messages.next().now_or_never() {
+                        self.held.push_back(m);
+                    }
+                    for m in std::iter::once(msg).chain(self.held.iter()) {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        }
     }
 }

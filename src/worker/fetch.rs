@@ -21,6 +21,7 @@ use super::inflight::Share;
 use super::{keep_alive_every, Stop, Worker};
 use crate::backoff::Backoff;
 use crate::store::pause_state::ProbeGuard;
+use crate::store::work_stream::WorkStream;
 
 /// Messages fetched but not started. They survive pauses and re-binds, so a message
 /// the endpoint never tried costs no attempt and never waits out its ack timer.
@@ -125,6 +126,10 @@ impl Worker {
             let Some(msg) = held.pop_front() else {
                 continue;
             };
+            if let Some(wait) = self.waits_first(&msg) {
+                self.ack(&msg, AckKind::Nak(Some(wait))).await;
+                continue;
+            }
             // The token first: a message waiting for its rate holds no place in the
             // shared bound.
             let msg = match self
@@ -306,6 +311,8 @@ impl Worker {
                 },
                 _ = keep_alive.tick() => self.extend_ack_wait(held).await,
                 () = &mut probe_due, if probe.is_none() => {
+                    // A copy that only waits out its retry delay proves nothing.
+                    self.release_waiting(held).await;
                     // Paused by an operator (here or on another replica, maybe since
                     // this pause began): no probes, only an explicit resume.
                     let manual = self.breaker.pause_reason() == Some(PauseReason::Manual);
@@ -391,6 +398,32 @@ impl Worker {
         match self.current_throttle().as_ref() {
             Some(t) => t.try_take(),
             None => Ok(()),
+        }
+    }
+
+    /// A copy moved off the lane to wait out its retry delay, on its first delivery:
+    /// the delay to NAK it with, which is no attempt (see `message`).
+    fn waits_first(&self, msg: &jetstream::Message) -> Option<Duration> {
+        let work = self.shared.work.as_ref()?;
+        let info = msg.info().ok()?;
+        if info.delivered != 1 || work.is_lane(info.stream) {
+            return None;
+        }
+        WorkStream::moved(msg).1
+    }
+
+    /// NAKs the held copies that only wait out a retry delay, with that delay.
+    async fn release_waiting(&self, held: &mut Held) {
+        let mut i = 0;
+        while i < held.len() {
+            match self.waits_first(&held[i]) {
+                Some(wait) => {
+                    if let Some(msg) = held.remove(i) {
+                        self.ack(&msg, AckKind::Nak(Some(wait))).await;
+                    }
+                }
+                None => i += 1,
+            }
         }
     }
 

@@ -11,6 +11,10 @@
 //! holds none and counts for nothing. A released permit goes to the first waiting
 //! endpoint in arrival order that is below its share, so with more active endpoints
 //! than permits they take turns.
+//!
+//! A claim that feeds many endpoints (the fan-out's lane) counts as as many endpoints
+//! as it has deliveries under way for ([`Share::set_weight`]), and may hold that many
+//! shares.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,7 +38,7 @@ struct Inner {
 #[derive(Default)]
 struct State {
     used: usize,
-    /// Endpoints that hold or wait for permits.
+    /// Endpoints that hold or wait for permits, each counted by its weight.
     active: usize,
     next_id: u64,
     shares: HashMap<u64, ShareState>,
@@ -51,11 +55,16 @@ struct ShareState {
     notify: Arc<Notify>,
     /// The worker is gone; the entry goes once its last delivery ends.
     closed: bool,
+    /// How many endpoints this claim counts as (1 but for the lane).
+    weight: usize,
+    /// Counts as active even while it neither holds nor waits (the lane: between two
+    /// copies it is neither, and a permit freed then would go to the others).
+    pinned: bool,
 }
 
 impl ShareState {
     fn active(&self) -> bool {
-        self.held > 0 || self.waiting
+        self.held > 0 || self.waiting || self.pinned
     }
 }
 
@@ -69,13 +78,10 @@ impl State {
         let Some(s) = self.shares.get_mut(&id) else {
             return;
         };
-        let before = s.active();
+        let before = s.active().then_some(s.weight);
         change(s);
-        match (before, s.active()) {
-            (false, true) => self.active += 1,
-            (true, false) => self.active -= 1,
-            _ => {}
-        }
+        let after = s.active().then_some(s.weight);
+        self.active = self.active - before.unwrap_or(0) + after.unwrap_or(0);
     }
 
     fn eligible(&self, id: u64, max: usize) -> bool {
@@ -83,7 +89,7 @@ impl State {
             && self
                 .shares
                 .get(&id)
-                .is_some_and(|s| s.held < self.share(max))
+                .is_some_and(|s| s.held < self.share(max) * s.weight)
     }
 
     /// Hands free permits to waiting endpoints below their share, first come first.
@@ -136,6 +142,8 @@ impl InflightLimit {
                 granted: 0,
                 notify: Arc::clone(&notify),
                 closed: false,
+                weight: 1,
+                pinned: false,
             },
         );
         Share {
@@ -196,6 +204,30 @@ impl Share {
         }
     }
 
+    /// One endpoint's share while the bound is contended (every permit in use, or an
+    /// endpoint waiting for one); `None` while there is room for anyone who asks.
+    pub fn contended_share(&self) -> Option<usize> {
+        let state = self.inner.lock();
+        (state.used >= self.inner.max || !state.waiters.is_empty())
+            .then(|| state.share(self.inner.max))
+    }
+
+    /// Counts this claim as active for as long as it lives, whether it holds permits
+    /// or not.
+    pub fn pin(&self) {
+        let mut state = self.inner.lock();
+        state.update(self.id, |s| s.pinned = true);
+        state.dispatch(self.inner.max);
+    }
+
+    /// Counts this claim as `weight` endpoints (at least 1) from now on.
+    pub fn set_weight(&self, weight: usize) {
+        let mut state = self.inner.lock();
+        state.update(self.id, |s| s.weight = weight.max(1));
+        state.dispatch(self.inner.max);
+        self.inner.gauge.set(state.used as i64);
+    }
+
     fn permit(&self) -> Permit {
         Permit {
             inner: Arc::clone(&self.inner),
@@ -224,6 +256,7 @@ impl Drop for Share {
     fn drop(&mut self) {
         self.leave_queue();
         let mut state = self.inner.lock();
+        state.update(self.id, |s| s.pinned = false);
         if state.shares.get(&self.id).is_some_and(|s| s.held == 0) {
             state.shares.remove(&self.id);
         } else {
@@ -334,6 +367,30 @@ mod tests {
         let (_b, _p1, _p2) = waiter.await.expect("b got two");
         assert_eq!(l.in_use(), 4);
         assert!(try_acquire(&a).await.is_none(), "a holds its share of 2");
+    }
+
+    #[tokio::test]
+    async fn a_claim_of_weight_three_holds_three_shares() {
+        let l = limit(8);
+        let (lane, b) = (l.share(), l.share());
+        lane.set_weight(3);
+        let _b1 = try_acquire(&b).await.expect("b is below its share");
+        // 4 endpoints' worth are active: 2 permits each, 6 for the lane.
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(try_acquire(&lane).await.expect("within the lane's shares"));
+        }
+        assert!(
+            try_acquire(&lane).await.is_none(),
+            "the lane holds its 3 shares"
+        );
+        let _b2 = try_acquire(&b).await.expect("b gets its second");
+        lane.set_weight(1);
+        held.truncate(1);
+        assert!(
+            try_acquire(&lane).await.is_some(),
+            "weight 1: 4 each of 2 claims"
+        );
     }
 
     #[tokio::test]

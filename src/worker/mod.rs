@@ -407,35 +407,41 @@ impl Worker {
     /// no rate limit to wait for, and an attempt ends within its `timeout` of at most
     /// a third of the lane's `ack_wait` (its attempts need no progress acks).
     pub fn takes_lane(&self) -> bool {
-        self.lazy
-            && self.is_parked()
-            && progress_every(&self.endpoint).is_none()
-            && self.throttle.load().is_none()
-            && !self.breaker.is_paused()
+        self.is_parked() && progress_every(&self.endpoint).is_none() && self.takes_lane_copies()
+    }
+
+    /// Whether the endpoint can start a copy from the lane: a fan-out endpoint that is
+    /// not paused and has no rate limit to wait for.
+    pub fn takes_lane_copies(&self) -> bool {
+        self.lazy && !self.breaker.is_paused() && self.throttle.load().is_none()
     }
 
     /// A permit of the endpoint's `concurrency` for a copy from the lane, when the
-    /// endpoint can start it now; `None` sends the copy to the endpoint's own subject.
-    pub fn lane_permit(&self) -> Option<OwnedSemaphorePermit> {
-        if !self.lazy || self.breaker.is_paused() || self.throttle.load().is_some() {
+    /// endpoint can start it now and has fewer than `cap` deliveries under way; `None`
+    /// sends the copy to the endpoint's own subject.
+    pub fn lane_permit(&self, cap: usize) -> Option<OwnedSemaphorePermit> {
+        let under_way =
+            (self.endpoint.concurrency).saturating_sub(self.permits.available_permits());
+        if !self.takes_lane_copies() || under_way >= cap {
             return None;
         }
         Arc::clone(&self.permits).try_acquire_owned().ok()
     }
 
-    /// Delivers a copy from the lane and settles it on the lane: a retry is the lane
-    /// redelivering it after the attempt's delay.
+    /// Delivers a copy from the lane and settles it on the lane (a short retry is the
+    /// lane redelivering it after the attempt's delay); `hold` (its permits) is
+    /// released when the delivery ends.
     pub fn start_from_lane(
         self: &Arc<Self>,
         msg: jetstream::Message,
-        permits: (OwnedSemaphorePermit, inflight::Permit),
+        hold: impl Send + 'static,
         abort: CancellationToken,
         tracker: &TaskTracker,
     ) {
         let this = Arc::clone(self);
         tracker.spawn(Box::pin(async move {
             this.handle(msg, &abort).await;
-            drop(permits);
+            drop(hold);
         }));
     }
 
