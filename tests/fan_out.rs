@@ -372,8 +372,8 @@ async fn a_long_retry_delay_is_waited_out_off_the_lane() {
     assert_eq!(state.messages, 0, "copies still on the lane");
 }
 
-/// A receiver that answers slowly (but answers) holds no more than its fair share of a
-/// contended `max_inflight` on the lane; its other copies move to its own subject, and
+/// A receiver that answers slowly (but answers) holds no more than its fair share of
+/// `max_inflight` on the lane; its other copies move to its own subject, and
 /// the endpoints that keep up get theirs within about one slow answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_endpoint_does_not_hold_the_lane_up() {

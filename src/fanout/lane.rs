@@ -10,8 +10,8 @@
 //! otherwise.
 //!
 //! The lane never waits for one endpoint. A copy whose endpoint cannot start it now
-//! (paused, at its `concurrency` or, while `max_inflight` is contended, at its fair
-//! share of it, rate-limited, or unknown to this replica) moves to the endpoint's own subject:
+//! (paused, at its `concurrency` or at its fair share of `max_inflight`,
+//! rate-limited, or unknown to this replica) moves to the endpoint's own subject:
 //! published there, then acked on the lane, with the attempts it had on the lane, so
 //! its attempt numbers go on 1, 2, 3 ([`WorkStream::move_off_lane`]).
 //! A failed attempt NAKs the copy on the lane with a short retry delay, as on an
@@ -241,10 +241,10 @@ impl Lane {
             self.move_off(msg, &endpoint, None).await;
             return;
         };
-        // While the bound is contended, an endpoint on the lane holds no more than its
-        // fair share, as it would with a consumer of its own: one whose receiver is slow
-        // cannot keep the lane waiting for places it holds beyond that.
-        let cap = self.inflight.share.contended_share().unwrap_or(usize::MAX);
+        // An endpoint on the lane holds no more than its fair share of the bound, as it
+        // would with a consumer of its own: one whose receiver is slow cannot take the
+        // places the others' copies need, even while they happen to be free.
+        let cap = self.inflight.share.fair_share();
         let Some(permit) = worker.lane_permit(cap) else {
             self.move_off(msg, &endpoint, Some(&worker)).await;
             return;

@@ -204,12 +204,9 @@ impl Share {
         }
     }
 
-    /// One endpoint's share while the bound is contended (every permit in use, or an
-    /// endpoint waiting for one); `None` while there is room for anyone who asks.
-    pub fn contended_share(&self) -> Option<usize> {
-        let state = self.inner.lock();
-        (state.used >= self.inner.max || !state.waiters.is_empty())
-            .then(|| state.share(self.inner.max))
+    /// One endpoint's share of the bound now: `max(1, bound / active endpoints)`.
+    pub fn fair_share(&self) -> usize {
+        self.inner.lock().share(self.inner.max)
     }
 
     /// Counts this claim as active for as long as it lives, whether it holds permits
