@@ -81,6 +81,16 @@ pub struct SourceFacts {
     pub published: SystemTime,
 }
 
+/// Where a delivery of a copy stands in its attempts (`WorkStream::attempt_of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyAttempt {
+    /// The attempt this delivery is, from 1.
+    pub number: u32,
+    /// The retry delay this delivery only waits out, with a NAK, when it is the first
+    /// of a copy moved off the lane to wait.
+    pub wait_first: Option<Duration>,
+}
+
 impl WorkStream {
     pub fn new(nats: &NatsConfig) -> Self {
         Self::named(&nats.stream, &nats.consumer_prefix, nats.replicas)
@@ -252,21 +262,35 @@ impl WorkStream {
         Ok(())
     }
 
-    /// How a copy moved off the lane continues: the attempts it had there, and the
-    /// retry delay its first delivery on its own subject waits out (without an attempt).
-    pub fn moved(msg: &jetstream::Message) -> (u32, Option<Duration>) {
-        let Some(h) = msg.headers.as_ref() else {
-            return (0, None);
+    /// Which attempt a delivery of a copy from `stream` is, the `delivered`-th there.
+    /// A copy moved off the lane counts on from the attempts it had there, and its
+    /// first delivery on its own subject only waits out the retry delay it was moved
+    /// with: that delivery is no attempt.
+    pub fn attempt_of(
+        &self,
+        msg: &jetstream::Message,
+        stream: &str,
+        delivered: i64,
+    ) -> CopyAttempt {
+        let delivered = u32::try_from(delivered).unwrap_or(u32::MAX).max(1);
+        let (before, wait): (u32, _) = match msg.headers.as_ref() {
+            Some(h) if !self.is_lane(stream) => (
+                h.get(SOURCE_ATTEMPTS)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0),
+                h.get(SOURCE_WAIT)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .map(Duration::from_millis),
+            ),
+            _ => (0, None),
         };
-        let attempts = h
-            .get(SOURCE_ATTEMPTS)
-            .and_then(|v| v.as_str().parse().ok())
-            .unwrap_or(0);
-        let wait = h
-            .get(SOURCE_WAIT)
-            .and_then(|v| v.as_str().parse().ok())
-            .map(Duration::from_millis);
-        (attempts, wait)
+        CopyAttempt {
+            number: before
+                .saturating_add(delivered)
+                .saturating_sub(u32::from(wait.is_some()))
+                .max(1),
+            wait_first: wait.filter(|_| delivered == 1),
+        }
     }
 
     /// Whether `stream` is the lane.

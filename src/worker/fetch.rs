@@ -21,7 +21,6 @@ use super::inflight::Share;
 use super::{keep_alive_every, Stop, Worker};
 use crate::backoff::Backoff;
 use crate::store::pause_state::ProbeGuard;
-use crate::store::work_stream::WorkStream;
 
 /// Messages fetched but not started. They survive pauses and re-binds, so a message
 /// the endpoint never tried costs no attempt and never waits out its ack timer.
@@ -406,10 +405,7 @@ impl Worker {
     fn waits_first(&self, msg: &jetstream::Message) -> Option<Duration> {
         let work = self.shared.work.as_ref()?;
         let info = msg.info().ok()?;
-        if info.delivered != 1 || work.is_lane(info.stream) {
-            return None;
-        }
-        WorkStream::moved(msg).1
+        work.attempt_of(msg, info.stream, info.delivered).wait_first
     }
 
     /// NAKs the held copies that only wait out a retry delay, with that delay.

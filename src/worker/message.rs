@@ -47,33 +47,22 @@ struct MessageMeta {
 impl MessageMeta {
     fn of(msg: &jetstream::Message, work: Option<&WorkStream>) -> Option<Self> {
         let info = msg.info().ok()?;
-        let delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1);
         if let Some((work, source)) = work.and_then(|w| Some((w, w.source_of(msg, info.stream)?))) {
-            let on_lane = work.is_lane(info.stream);
-            let (before, wait) = if on_lane {
-                (0, None)
-            } else {
-                WorkStream::moved(msg)
-            };
-            // The delivery that waited out the delay is no attempt.
-            let attempt = before
-                .saturating_add(delivered)
-                .saturating_sub(u32::from(wait.is_some()))
-                .max(1);
+            let attempt = work.attempt_of(msg, info.stream, info.delivered);
             return Some(Self {
                 subject: source.subject,
-                attempt,
+                attempt: attempt.number,
                 stream: source.stream,
                 sequence: source.sequence,
                 published: source.published,
                 copy: true,
-                on_lane,
-                wait_first: wait.filter(|_| delivered == 1),
+                on_lane: work.is_lane(info.stream),
+                wait_first: attempt.wait_first,
             });
         }
         Some(Self {
             subject: msg.subject.as_str().to_owned(),
-            attempt: delivered,
+            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
             stream: info.stream.to_string(),
             sequence: info.stream_sequence,
             published: SystemTime::from(info.published),
