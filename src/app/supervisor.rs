@@ -1,7 +1,9 @@
-//! The `Supervisor`: one worker per endpoint, kept in step with the config (apply,
-//! reload), started and stopped without losing in-flight deliveries.
+//! The `Supervisor`: one worker per endpoint, kept in step with the config (`reload`
+//! applies a new one), started and stopped without losing in-flight deliveries.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod reload;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -15,8 +17,9 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::reload::ReloadSummary;
 use super::registry::Runtime;
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
 use crate::delivery::{ClientError, Deliverer};
 use crate::events::OperatorEvents;
 use crate::fanout::lane::Lane;
@@ -117,26 +120,6 @@ pub struct Supervisor {
     fan_out_bound: OnceLock<Arc<AtomicBool>>,
     /// With `[delivery] fan_out`: whether the lane's consumer is bound (readiness).
     lane_bound: OnceLock<Arc<AtomicBool>>,
-}
-
-/// What a reload changed.
-#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReloadSummary {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub restarted: Vec<String>,
-    /// Changed in place, without a restart (only `rate_limit` differed).
-    pub updated: Vec<String>,
-}
-
-/// Whether `new` differs from the running `old` in more than what a worker applies in
-/// place (`rate_limit`), so that the endpoint must restart.
-fn needs_restart(old: &Endpoint, new: &Endpoint) -> bool {
-    let in_place = |e: &Endpoint| Endpoint {
-        rate_limit: None,
-        ..e.clone()
-    };
-    in_place(old) != in_place(new)
 }
 
 impl Supervisor {
@@ -327,181 +310,6 @@ impl Supervisor {
         }
     }
 
-    /// Applies a new config: added endpoints start, removed ones drain and stop,
-    /// changed ones (or all, when the mappings changed) restart. Draining happens in
-    /// the background, so in-flight deliveries finish and nothing is dropped.
-    /// Settings that need a restart (NATS, listen address, stores) are reported.
-    ///
-    /// All or nothing: what can fail (each new endpoint's HTTP client, with its TLS
-    /// files) is built before any running endpoint is touched. On an error the running
-    /// set stays exactly as it was, and no worker is left running outside it.
-    pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ApplyError> {
-        let mut runtime = self.runtime.lock().await;
-        let mut file = self.file.lock().await;
-        runtime.revalidate(&new);
-        let summary = self.apply_merged(runtime.merged(&new), &[]).await?;
-        if let Ok(mut r) = self.rules.write() {
-            *r = Arc::new(FileRules::of(&new));
-        }
-        *file = new;
-        Ok(summary)
-    }
-
-    /// Applies the file's endpoints and the runtime ones together (`new`); the
-    /// consumers of `forget` (runtime endpoints deleted) are deleted once their
-    /// workers have drained.
-    pub(super) async fn apply_merged(
-        &self,
-        new: Config,
-        forget: &[String],
-    ) -> Result<ReloadSummary, ApplyError> {
-        let mut current = self.config.lock().await;
-        let router_changed = current.router != new.router;
-        let mut running = self.running.lock().await;
-
-        let mut summary = ReloadSummary::default();
-        let mut built = Vec::new();
-        let mut failed = Vec::new();
-        let mut in_place = Vec::new();
-        let mut wanted: Vec<(usize, &Arc<Endpoint>)> = new.endpoints.iter().enumerate().collect();
-        wanted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-        for (index, e) in wanted {
-            let changes = match running.get(&e.name) {
-                None => &mut summary.added,
-                Some(r) if router_changed || needs_restart(r.worker.endpoint(), e) => {
-                    &mut summary.restarted
-                }
-                Some(r) => {
-                    if r.worker.rate_limit() != e.rate_limit {
-                        in_place.push((r.worker.clone(), e.rate_limit));
-                    }
-                    continue;
-                }
-            };
-            changes.push(e.name.clone());
-            match Deliverer::new(Arc::clone(e), new.max_inflight) {
-                Ok(d) => built.push(d.with_tracer(self.tracer.clone())),
-                Err(error) => failed.push(EndpointError {
-                    index,
-                    name: e.name.clone(),
-                    error,
-                }),
-            }
-        }
-        if !failed.is_empty() {
-            failed.sort_by_key(|e| e.index);
-            return Err(ApplyError(failed));
-        }
-        let names: BTreeSet<&str> = new.endpoints.iter().map(|e| e.name.as_str()).collect();
-        summary.removed = running
-            .keys()
-            .filter(|name| !names.contains(name.as_str()))
-            .cloned()
-            .collect();
-
-        // From here on nothing fails.
-        warn_restart_needed(&current, &new);
-        for (worker, rate) in in_place {
-            summary.updated.push(worker.endpoint().name.clone());
-            worker.set_rate_limit(rate);
-        }
-        let router = Arc::new(new.router.clone());
-        let mut to_drain = Vec::new();
-        for name in &summary.removed {
-            to_drain.extend(running.remove(name));
-        }
-        for deliverer in built {
-            let name = deliverer.endpoint().name.clone();
-            let fresh = self.start(deliverer, router.clone());
-            to_drain.extend(running.insert(name, fresh));
-        }
-        self.publish_snapshot(&running);
-        for old in to_drain {
-            let name = old.worker.endpoint().name.clone();
-            let consumer = old.worker.consumer_name().to_string();
-            let stream = old.worker.consumer_stream().to_string();
-            // A deleted endpoint's copies on the work stream go with it.
-            let copies = self
-                .shared
-                .work_stream()
-                .filter(|_| old.worker.fans_out())
-                .map(|w| {
-                    (
-                        w.subject(&name),
-                        w.lane_name().to_string(),
-                        w.lane_subject(&name),
-                    )
-                });
-            let drained = old.drain();
-            if forget.contains(&name) && !running.contains_key(&name) {
-                let js = self.shared.js().clone();
-                self.draining.spawn(async move {
-                    drained.await;
-                    match js.delete_consumer_from_stream(&consumer, &stream).await {
-                        Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
-                        Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
-                    }
-                    if let Some((subject, lane, on_lane)) = copies {
-                        for (stream, subject) in [(stream.as_str(), subject), (lane.as_str(), on_lane)] {
-                            let purged = match js.get_stream(stream).await {
-                                Ok(s) => s.purge().filter(subject.as_str()).await.map(drop).map_err(|e| e.to_string()),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            if let Err(e) = purged {
-                                tracing::warn!(%subject, error = %e, "deleted endpoint's copies not purged");
-                            }
-                        }
-                    }
-                });
-            } else {
-                self.draining.spawn(drained);
-            }
-        }
-        if let Ok(mut r) = self.router.write() {
-            *r = router;
-        }
-        if self.shared.work_stream().is_some() {
-            let workers = running.values().map(|r| r.worker.clone()).collect();
-            self.targets
-                .send_replace(Arc::new(Targets::new(new.router.clone(), workers)));
-        }
-        // The workers hold the endpoints: no second copy of thousands here.
-        current.router = new.router;
-        Ok(summary)
-    }
-
-    /// Re-reads the config file; an invalid one is logged and the running one stays.
-    /// Reading and validating run on a blocking thread: they read files and parse,
-    /// and the async workers serve `/healthz` and deliveries meanwhile.
-    pub async fn reload(&self, path: &std::path::Path) {
-        let owned = path.to_path_buf();
-        let loaded = match tokio::task::spawn_blocking(move || Config::load(&owned)).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the running config");
-                return;
-            }
-        };
-        match loaded {
-            Err(e) => {
-                for p in &e.problems {
-                    tracing::error!(problem = %p, "config reload rejected; keeping the running config");
-                }
-            }
-            Ok(config) => match self.apply(config.clone()).await {
-                Ok(s) => {
-                    self.ingress.apply(&config.ingress);
-                    tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, updated = ?s.updated, "config reloaded")
-                }
-                Err(e) => {
-                    for problem in &e.0 {
-                        tracing::error!(%problem, "config reload failed; keeping the running config");
-                    }
-                }
-            },
-        }
-    }
-
     /// Stops every worker, including ones still draining after a reload: drain within
     /// `grace`, then NAK what is still in flight.
     pub(super) async fn stop_all(&self, grace: Duration) {
@@ -584,33 +392,6 @@ impl Supervisor {
     }
 }
 
-/// Logs the settings a reload changed that take effect only after a restart.
-fn warn_restart_needed(current: &Config, new: &Config) {
-    for (what, changed) in [
-        ("nats", current.nats != new.nats),
-        ("http.listen", current.listen != new.listen),
-        ("admin", current.admin != new.admin),
-        ("delivery_log", current.delivery_log != new.delivery_log),
-        ("dead_letter", current.dead_letter != new.dead_letter),
-        ("tracing", current.tracing != new.tracing),
-        (
-            "delivery.max_inflight",
-            current.max_inflight != new.max_inflight,
-        ),
-        (
-            "shutdown_grace",
-            current.shutdown_grace != new.shutdown_grace,
-        ),
-    ] {
-        if changed {
-            tracing::warn!(
-                section = what,
-                "config change needs a restart to take effect"
-            );
-        }
-    }
-}
-
 impl AppView for Supervisor {
     fn metrics(&self) -> &Metrics {
         Supervisor::metrics(self)
@@ -664,70 +445,5 @@ impl AppView for Supervisor {
 
     fn router(&self) -> Arc<Router> {
         self.current_router()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn endpoint(settings: &str) -> Endpoint {
-        let text = format!(
-            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n{settings}\n"
-        );
-        match Config::from_str(&text, "toml") {
-            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    #[test]
-    fn reload_sees_changes_that_debug_output_hides() {
-        let base = endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }");
-        assert!(base == endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }"));
-        assert_eq!(
-            format!("{base:?}"),
-            format!(
-                "{:?}",
-                endpoint("secret = \"two\"\nheaders = { \"X-Key\" = \"k2\" }")
-            ),
-            "Debug output hides secrets and header values"
-        );
-        assert!(base != endpoint("secret = \"two\"\nheaders = { \"X-Key\" = \"k1\" }"));
-        assert!(base != endpoint("secret = \"one\"\nheaders = { \"X-Key\" = \"k2\" }"));
-        assert!(base != endpoint("secret = [\"one\", \"two\"]\nheaders = { \"X-Key\" = \"k1\" }"));
-        assert!(
-            base != endpoint(
-                "secret = \"one\"\nheaders = { \"X-Key\" = \"k1\" }\nsignature = { scheme = \"sha256\" }"
-            )
-        );
-    }
-
-    #[test]
-    fn a_changed_rate_limit_alone_needs_no_restart() {
-        let base = endpoint("secret = \"one\"\nrate_limit = \"50/s\"");
-        let slower = endpoint("secret = \"one\"\nrate_limit = \"5/s\"");
-        assert!(base != slower);
-        assert!(!needs_restart(&base, &slower));
-        assert!(!needs_restart(&base, &endpoint("secret = \"one\"")));
-        assert!(needs_restart(
-            &base,
-            &endpoint("secret = \"one\"\nrate_limit = \"5/s\"\nconcurrency = 2")
-        ));
-    }
-
-    #[test]
-    fn a_file_secret_compares_by_its_reference() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        let settings = format!("secret = {{ file = \"{}\" }}", path.display());
-        std::fs::write(&path, "one").unwrap();
-        let before = endpoint(&settings);
-        // The running endpoint re-reads the file itself: new content needs no restart.
-        std::fs::write(&path, "two").unwrap();
-        assert!(before == endpoint(&settings));
-        let other = dir.path().join("other");
-        std::fs::write(&other, "one").unwrap();
-        assert!(before != endpoint(&format!("secret = {{ file = \"{}\" }}", other.display())));
     }
 }

@@ -1,8 +1,9 @@
 //! One endpoint's JetStream consumer: fetch, deliver, then ack, NAK or dead-letter.
-//! This module binds the consumer and keeps it (or, with fan-out, lets it go when idle);
-//! `fetch` feeds its pull stream to delivery tasks, holding messages while the endpoint
-//! is paused or waits for a permit or a token; `message` delivers and settles one
-//! message, as `outcome` decides; `shared` is what every worker shares.
+//! This module runs the loop that binds the consumer and keeps it (or, with fan-out,
+//! lets it go when idle); `consumer` holds the consumer's settings and its life;
+//! `fetch` feeds its pull stream to delivery tasks, holding messages while the
+//! endpoint is paused or waits for a permit or a token; `message` delivers and settles
+//! one message, as `outcome` decides; `shared` is what every worker shares.
 //!
 //! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
 //! receiver only ever holds its own messages. `max_ack_pending` is twice the endpoint's
@@ -24,6 +25,7 @@
 //! third of `ack_wait`, so few messages are fetched ahead of their token.
 
 pub mod breaker;
+mod consumer;
 mod fetch;
 pub mod inflight;
 mod message;
@@ -37,17 +39,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use async_nats::jetstream::{
-    self,
-    consumer::{self, pull, AckPolicy, DeliverPolicy},
-    message::AckKind,
-};
+use async_nats::jetstream::{self, consumer::pull, message::AckKind};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
+pub use self::consumer::{
+    ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
+};
 use self::fetch::{Held, Leave};
 pub use self::shared::Shared;
 use self::throttle::Throttle;
@@ -71,54 +72,6 @@ pub struct Stop {
     pub drain: CancellationToken,
     /// Grace period over: NAK whatever is still in flight.
     pub abort: CancellationToken,
-}
-
-/// The durable consumer name for an endpoint.
-pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
-    format!("{prefix}-{endpoint}")
-}
-
-/// How long JetStream waits for an ack before redelivering. Longer than one attempt
-/// so a delivery in progress is not handed out twice; progress acks extend it further
-/// for anything that still runs long (e.g. waiting on a dead-letter publish).
-pub fn ack_wait(endpoint: &Endpoint) -> Duration {
-    (endpoint.timeout + Duration::from_secs(20)).max(Duration::from_secs(30))
-}
-
-/// What a consumer has not settled, as `natshook_consumer_pending` and
-/// `natshook_fanout_pending` count it: messages waiting plus delivered and unacked.
-pub fn unsettled(info: &consumer::Info) -> i64 {
-    let n = info.num_pending + info.num_ack_pending as u64;
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// How often the ack timer of a message natshook holds is extended: three times per
-/// `ack_wait`, so a message starts its attempt with at least two thirds of it left.
-pub fn keep_alive_every(endpoint: &Endpoint) -> Duration {
-    ack_wait(endpoint) / 3
-}
-
-/// How often a delivery in progress extends its message's ack timer
-/// ([`keep_alive_every`]). `None` when the attempt's own timeout ends it first (every
-/// `timeout` up to 10 s), so the delivery registers no timer for it.
-pub fn progress_every(endpoint: &Endpoint) -> Option<Duration> {
-    let every = keep_alive_every(endpoint);
-    (every < endpoint.timeout).then_some(every)
-}
-
-/// The consumer's window: at most this many messages unacked. Twice the concurrency
-/// (one for `ordered`), and with a rate limit no more than the rate delivers in a third
-/// of `ack_wait`, so a fetched message is started well within its ack timer.
-pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
-    if endpoint.ordered {
-        return 1;
-    }
-    let window = endpoint.concurrency as u64 * 2;
-    let window = match rate {
-        Some(rate) => window.min(rate.within(ack_wait(endpoint) / 3)),
-        None => window,
-    };
-    i64::try_from(window).unwrap_or(i64::MAX)
 }
 
 /// An endpoint's state for the admin API.
@@ -445,87 +398,6 @@ impl Worker {
         }));
     }
 
-    /// The stream the endpoint's consumer is on.
-    pub fn consumer_stream(&self) -> &str {
-        match &self.shared.work {
-            Some(work) if self.lazy => work.name_of(&self.endpoint.name),
-            _ => &self.shared.stream_name,
-        }
-    }
-
-    pub fn consumer_name(&self) -> &str {
-        &self.consumer_name
-    }
-
-    fn consumer_config(&self) -> pull::Config {
-        let subjects = match &self.shared.work {
-            Some(work) if self.lazy => vec![work.subject(&self.endpoint.name)],
-            _ => self
-                .router
-                .filter_subjects(&self.endpoint.events, self.endpoint.tenant.as_deref())
-                .unwrap_or_default(),
-        };
-        let (filter_subject, filter_subjects) = match subjects.len() {
-            1 => (subjects[0].clone(), Vec::new()),
-            _ => (String::new(), subjects),
-        };
-        pull::Config {
-            durable_name: Some(self.consumer_name.clone()),
-            description: Some(format!(
-                "natshook deliveries to endpoint {}",
-                self.endpoint.name
-            )),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: ack_wait(&self.endpoint),
-            max_deliver: -1,
-            filter_subject,
-            filter_subjects,
-            max_ack_pending: window(&self.endpoint, self.rate_limit()),
-            // A fan-out endpoint's consumer keeps its state in memory: a file per
-            // consumer rewritten ten times a second is most of what nats-server spends
-            // while a thousand endpoints drain. A server restart forgets the consumer;
-            // the worker creates it again and every copy still on the subject comes
-            // back: those not acked, and those acked since the last purge.
-            memory_storage: self.lazy,
-            ..Default::default()
-        }
-    }
-
-    /// Creates or updates the durable consumer so its filters follow the config.
-    async fn bind(&self) -> Result<PullConsumer, String> {
-        // A few at a time: JetStream creates consumers one after another, and a
-        // thousand requests at once (every endpoint at start, or woken by one burst)
-        // time out and come back after a back-off.
-        let _turn = self.shared.binds.acquire().await;
-        let name = self.consumer_stream();
-        let stream = self
-            .shared
-            .js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
-        stream
-            .create_consumer(self.consumer_config())
-            .await
-            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
-    }
-
-    /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
-    /// worker of a stream at once (`None`: the consumer does not exist yet, and the
-    /// last value stays).
-    pub fn show_pending(&self, info: Option<&consumer::Info>) {
-        if self.is_parked() {
-            if self.metrics.created() {
-                self.metrics.pending.set(0);
-            }
-            return;
-        }
-        if let Some(info) = info {
-            self.metrics.pending.set(unsettled(info));
-        }
-    }
-
     /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`. A fan-out
     /// endpoint waits for its first work before anything else: until then its task
     /// holds only this wait, not the fetch loop's state, and it reads nothing from NATS.
@@ -617,115 +489,11 @@ impl Worker {
         self.bound.store(false, Ordering::Relaxed);
     }
 
-    /// Deletes a fan-out endpoint's consumer when it holds nothing: no copy waiting, none
-    /// delivered and unacked (a retry waiting out its delay counts as unacked), none in
-    /// flight here. Its acked copies are removed first, since the next consumer reads
-    /// the subject from its start: a copy stored meanwhile stays, and its wake starts
-    /// that consumer.
-    async fn let_consumer_go(&self, permits: &Semaphore) -> bool {
-        if permits.available_permits() < self.endpoint.concurrency {
-            return false;
-        }
-        let Some(work) = &self.shared.work else {
-            return false;
-        };
-        let Ok(stream) = self
-            .shared
-            .js
-            .get_stream_no_info(self.consumer_stream())
-            .await
-        else {
-            return false;
-        };
-        let acked_to = match stream.consumer_info(&self.consumer_name).await {
-            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
-                info.ack_floor.stream_sequence
-            }
-            _ => return false,
-        };
-        // Kept while its acked copies are: deleted without them, the next consumer would
-        // deliver them again.
-        if let Err(e) = work.release(&stream, &self.endpoint.name, acked_to).await {
-            tracing::debug!(endpoint = %self.endpoint.name, error = %e, "idle consumer kept");
-            return false;
-        }
-        match stream.delete_consumer(&self.consumer_name).await {
-            Ok(_) => {
-                self.metrics.pending.set(0);
-                tracing::debug!(endpoint = %self.endpoint.name, "no work; consumer let go");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "idle consumer not deleted");
-                false
-            }
-        }
-    }
-
-    /// A pull stream on the bound consumer. The server never sends more than
-    /// max_ack_pending unacked messages, so a larger batch only saves pull round trips
-    /// (ordered endpoints included).
-    async fn pull(&self, consumer: &PullConsumer) -> Result<pull::Stream, String> {
-        let batch = self.endpoint.concurrency.clamp(16, 256);
-        consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())
-    }
-
     async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {
         if let Err(e) = msg.ack_with(kind).await {
             // The message comes back after ack_wait: a duplicate with the same id,
             // never a loss.
             tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ack failed; message will be redelivered");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn endpoint(settings: &str) -> Endpoint {
-        let text = format!(
-            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n{settings}\n"
-        );
-        match Config::from_str(&text, "toml") {
-            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    #[test]
-    fn only_an_attempt_that_can_outlast_a_third_of_ack_wait_extends_it() {
-        assert_eq!(progress_every(&endpoint("timeout = \"10s\"")), None);
-        assert_eq!(progress_every(&endpoint("timeout = \"2s\"")), None);
-        assert_eq!(
-            progress_every(&endpoint("timeout = \"40s\"")),
-            Some(Duration::from_secs(20))
-        );
-    }
-
-    #[test]
-    fn the_window_is_what_the_rate_delivers_in_a_third_of_ack_wait() {
-        let e = endpoint("");
-        assert_eq!(window(&e, None), 128);
-        // ack_wait is 30 s: 10 s at 200/s is more than twice the concurrency.
-        let e = endpoint("rate_limit = \"200/s\"");
-        assert_eq!(window(&e, e.rate_limit), 128);
-        let e = endpoint("rate_limit = \"2/s\"");
-        assert_eq!(window(&e, e.rate_limit), 20);
-        // Slower than one per ten seconds: one message at a time.
-        let e = endpoint("rate_limit = \"1/m\"");
-        assert_eq!(window(&e, e.rate_limit), 1);
-        let e = endpoint("rate_limit = \"2/s\"\ntimeout = \"40s\"");
-        assert_eq!(window(&e, e.rate_limit), 40);
-        let e = endpoint("rate_limit = \"2/s\"\nordered = true");
-        assert_eq!(window(&e, e.rate_limit), 1);
     }
 }
