@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Targets, RETRY_DELAY};
 use crate::backoff::Backoff;
+use crate::store::pull_stream::{self, Liveness};
 use crate::store::work_stream::WorkStream;
 use crate::worker::inflight::{Permit, Share};
 use crate::worker::Worker;
@@ -134,14 +135,7 @@ impl Lane {
             .create_consumer(self.consumer_config())
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
-        consumer
-            .stream()
-            .max_messages_per_batch(BATCH)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())
+        pull_stream::messages(&consumer, BATCH, Liveness::Busy).await
     }
 
     /// Feeds the lane's copies to their endpoints until `stop`; re-binds after errors.
@@ -209,7 +203,7 @@ impl Lane {
                     match next {
                         Some(Ok(msg)) => msg,
                         Some(Err(e)) => {
-                            tracing::debug!(consumer = %self.consumer, error = %e, "lane fetch ended; pulling again");
+                            tracing::info!(consumer = %self.consumer, error = %e, "lane fetch ended; pulling again");
                             return !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
                         }
                         None => return false,

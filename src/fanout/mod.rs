@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::targets::Targets;
 use crate::backoff::Backoff;
 use crate::store;
+use crate::store::pull_stream::{self, Liveness};
 use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
 
 /// Source messages being copied at once: enough to keep the work stream's publish
@@ -159,14 +160,7 @@ impl FanOut {
             .create_consumer(self.consumer_config())
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
-        consumer
-            .stream()
-            .max_messages_per_batch(IN_FLIGHT)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())
+        pull_stream::messages(&consumer, IN_FLIGHT, Liveness::Busy).await
     }
 
     /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
@@ -196,7 +190,7 @@ impl FanOut {
                         copying.push(copy(js, work, current, msg));
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");
+                        tracing::info!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");
                         break !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
                     }
                     None => break false,

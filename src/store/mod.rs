@@ -5,6 +5,7 @@
 pub mod dead_letters;
 pub mod delivery_log;
 pub mod pause_state;
+pub mod pull_stream;
 pub mod registry;
 pub mod replicas;
 pub mod work_stream;

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
 use crate::config::{Endpoint, Rate};
+use crate::store::pull_stream::{self, Liveness};
 
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
@@ -190,14 +191,13 @@ impl Worker {
     /// (ordered endpoints included).
     pub(super) async fn pull(&self, consumer: &PullConsumer) -> Result<pull::Stream, String> {
         let batch = self.endpoint.concurrency.clamp(16, 256);
-        consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())
+        // A fan-out endpoint's consumer exists only while it has work.
+        let liveness = if self.lazy {
+            Liveness::Busy
+        } else {
+            Liveness::OneOf(self.shared.endpoints())
+        };
+        pull_stream::messages(consumer, batch, liveness).await
     }
 }
 

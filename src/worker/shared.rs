@@ -2,6 +2,7 @@
 //! allocation behind an `Arc`, so ten thousand workers hold a pointer each, not a copy
 //! of its names.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -41,6 +42,8 @@ pub struct Shared {
     /// endpoint rather than one each, which with thousands of endpoints is ~350 bytes
     /// of memory apiece; a waiter woken for another endpoint's change just waits on.
     pub(super) throttles: watch::Sender<()>,
+    /// The endpoints running: their consumers' heartbeats are spaced by it.
+    endpoints: Arc<AtomicUsize>,
 }
 
 /// Consumers created at once, over all endpoints.
@@ -74,6 +77,7 @@ impl Shared {
             binds: Arc::new(Semaphore::new(CONCURRENT_BINDS)),
             replicas: watch::Sender::new(1),
             throttles: watch::Sender::new(()),
+            endpoints: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -132,5 +136,15 @@ impl Shared {
 
     pub fn consumer_prefix(&self) -> &str {
         &self.consumer_prefix
+    }
+
+    /// Sets how many endpoints run, before they start: a consumer bound after it sees
+    /// the whole set.
+    pub fn set_endpoints(&self, count: usize) {
+        self.endpoints.store(count, Ordering::Relaxed);
+    }
+
+    pub(super) fn endpoints(&self) -> usize {
+        self.endpoints.load(Ordering::Relaxed)
     }
 }

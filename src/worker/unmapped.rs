@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::PullConsumer;
 use crate::backoff::Backoff;
 use crate::routing::Router;
+use crate::store::pull_stream::{self, Liveness};
 
 /// Counts messages on subjects no mapping matches. Endpoint consumers are filtered to
 /// mapped subjects, so they never see these; this headers-only, ack-less durable
@@ -56,15 +57,8 @@ pub async fn watch_unmapped(
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         let bound = async {
-            bind_unmapped_counter(&js, &stream_name, &prefix)
-                .await?
-                .stream()
-                .max_messages_per_batch(512)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
+            let consumer = bind_unmapped_counter(&js, &stream_name, &prefix).await?;
+            pull_stream::messages(&consumer, 512, Liveness::OneOf(1)).await
         };
         let mut messages = tokio::select! {
             _ = stop.cancelled() => return,

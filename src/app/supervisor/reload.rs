@@ -105,6 +105,7 @@ impl Supervisor {
 
         // From here on nothing fails.
         warn_restart_needed(&current, &new);
+        self.shared.set_endpoints(new.endpoints.len());
         for (worker, rate) in in_place {
             summary.updated.push(worker.endpoint().name.clone());
             worker.set_rate_limit(rate);
