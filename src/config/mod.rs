@@ -62,3 +62,16 @@ impl Config {
         load::from_figment(&figment, problems)
     }
 }
+
+/// One endpoint `x` of a minimal config (stream `E`, every event), with `settings`
+/// added to it as TOML lines: what unit tests elsewhere build their endpoint from.
+#[cfg(test)]
+pub fn test_endpoint(settings: &str) -> Endpoint {
+    let text = format!(
+        "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n{settings}\n"
+    );
+    match Config::from_str(&text, "toml") {
+        Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
+        Err(e) => panic!("{e}"),
+    }
+}

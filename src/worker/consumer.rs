@@ -204,16 +204,10 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_endpoint;
 
     fn endpoint(settings: &str) -> Endpoint {
-        let text = format!(
-            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n{settings}\n"
-        );
-        match Config::from_str(&text, "toml") {
-            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
-            Err(e) => panic!("{e}"),
-        }
+        test_endpoint(&format!("secret = \"s\"\n{settings}"))
     }
 
     #[test]

@@ -48,17 +48,13 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_endpoint;
     use crate::metrics::AttemptStatus;
 
     fn endpoint() -> Endpoint {
-        let text = "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n\
-                    [[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n\
-                    secret = \"s\"\nmax_attempts = 3\nretry_schedule = [\"1s\", \"5s\"]\nprobe_interval = \"30s\"\n";
-        match Config::from_str(text, "toml") {
-            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
-            Err(e) => panic!("{e}"),
-        }
+        test_endpoint(
+            "secret = \"s\"\nmax_attempts = 3\nretry_schedule = [\"1s\", \"5s\"]\nprobe_interval = \"30s\"",
+        )
     }
 
     fn answered(status: Option<u16>, retry_after: Option<Duration>) -> AttemptResult {

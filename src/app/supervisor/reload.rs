@@ -238,16 +238,7 @@ fn warn_restart_needed(current: &Config, new: &Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn endpoint(settings: &str) -> Endpoint {
-        let text = format!(
-            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\n{settings}\n"
-        );
-        match Config::from_str(&text, "toml") {
-            Ok(mut c) => std::sync::Arc::unwrap_or_clone(c.endpoints.remove(0)),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    use crate::config::test_endpoint as endpoint;
 
     #[test]
     fn reload_sees_changes_that_debug_output_hides() {
