@@ -608,6 +608,56 @@ async fn a_nats_server_restart_mid_fan_out_loses_nothing() {
     println!("server restarted after {before} requests; {duplicates} duplicates (same ids)");
 }
 
+/// A server that stops answering for a few seconds (a frozen node; a stalled pull
+/// request looks the same to the client) is noticed from the missing heartbeats within
+/// two seconds, not ten, and the pull requests are renewed. What the server still hands
+/// the old requests once it answers again is delivered at once: nothing waits out its
+/// ack timer (30 s), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_nats_server_is_noticed_within_seconds_and_loses_nothing() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
+    let natshook = Natshook::start(&five_endpoints(&nats, &rx)).await;
+    let js = jetstream::new(nats.client().await);
+    let pid = nats.pid().expect("nats-server runs").to_string();
+    let resumed = std::sync::Mutex::new(None);
+    let (before, duplicates) = every_copy_through(&js, &rx, "f", async {
+        let signal = |sig: &str| {
+            let status = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {sig}");
+        };
+        signal("-STOP");
+        tokio::time::sleep(Duration::from_millis(5000)).await;
+        signal("-CONT");
+        *resumed.lock().expect("lock") = Some(std::time::Instant::now());
+    })
+    .await;
+    let after = resumed
+        .lock()
+        .expect("lock")
+        .map(|t| t.elapsed())
+        .unwrap_or_default();
+    let logs = natshook.logs();
+    assert!(
+        logs.contains("two heartbeats missed; pulled again"),
+        "a 5 s freeze is past two 1 s heartbeats and must be noticed:\n{logs}"
+    );
+    assert!(
+        after < Duration::from_secs(30),
+        "the rest took {after:?} after the freeze: some waited out their ack timer"
+    );
+    assert!(
+        natshook.dead_letters("e0").is_empty(),
+        "the freeze caused dead letters"
+    );
+    println!(
+        "server frozen after {before} requests; the rest {after:?} after it; {duplicates} duplicates (same ids)"
+    );
+}
+
 /// Sets `max_msgs` (with discard-new) on every work stream: at 1, a stream that holds
 /// one copy refuses the next.
 async fn limit_work_streams(js: &jetstream::Context, max_msgs: i64) {

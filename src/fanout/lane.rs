@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Targets, RETRY_DELAY};
 use crate::backoff::Backoff;
-use crate::store::pull_stream::{self, Liveness};
+use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::WorkStream;
 use crate::worker::inflight::{Permit, Share};
 use crate::worker::Worker;
@@ -124,7 +124,7 @@ impl Lane {
         }
     }
 
-    async fn bind(&self) -> Result<pull::Stream, String> {
+    async fn bind(&self) -> Result<PullStream, String> {
         let name = self.work.lane_name();
         let stream = self
             .js
@@ -181,7 +181,7 @@ impl Lane {
     /// ended on an error.
     async fn feed(
         &self,
-        messages: &mut pull::Stream,
+        messages: &mut PullStream,
         held: &mut Held,
         stop: &CancellationToken,
     ) -> bool {
@@ -366,7 +366,7 @@ impl Drop for Busy {
 /// What a copy waiting for a place in `max_inflight` keeps going meanwhile: the ack
 /// timers of what the lane already sent, read from the pull stream as it arrives.
 struct Waiting<'a> {
-    messages: &'a mut pull::Stream,
+    messages: &'a mut PullStream,
     held: &'a mut Held,
     keep_alive: &'a mut Interval,
     stop: &'a CancellationToken,

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::targets::Targets;
 use crate::backoff::Backoff;
 use crate::store;
-use crate::store::pull_stream::{self, Liveness};
+use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
 
 /// Source messages being copied at once: enough to keep the work stream's publish
@@ -150,7 +150,7 @@ impl FanOut {
         self.bound.store(false, Ordering::Relaxed);
     }
 
-    async fn bind(&self) -> Result<pull::Stream, String> {
+    async fn bind(&self) -> Result<PullStream, String> {
         let stream = self
             .js
             .get_stream_no_info(&self.stream)
@@ -165,7 +165,7 @@ impl FanOut {
 
     /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
     /// finish (or NAK) before it returns, so none is left to wait out its ack timer.
-    async fn copy_all(&mut self, mut messages: pull::Stream, stop: &CancellationToken) -> bool {
+    async fn copy_all(&mut self, mut messages: PullStream, stop: &CancellationToken) -> bool {
         // Copies borrow the context and the work stream's names: cloning them would
         // cost every source message a string allocation per shard.
         let Self {

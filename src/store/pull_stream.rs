@@ -1,18 +1,39 @@
 //! Pull streams on natshook's consumers, with one rule for how soon a stalled pull
-//! request is noticed.
+//! request is noticed, and one way of recovering from it that loses nothing.
 //!
 //! A pull request can stall: the server stops serving it while messages are pending
 //! and sends nothing, neither messages nor heartbeats. The client notices only when
-//! two heartbeats are missed, then pulls again; until then the consumer delivers
-//! nothing. The heartbeat interval therefore bounds how long a stall lasts, and costs
-//! one small message per interval on a consumer with nothing to send.
+//! two heartbeats are missed; until then the consumer delivers nothing. The heartbeat
+//! interval therefore bounds how long a stall lasts, and costs one small message per
+//! interval on a consumer with nothing to send.
+//!
+//! Two missed heartbeats also happen when the server is only slow for a moment (a
+//! frozen node, a busy disk). Its answer to the old request may still come, so a
+//! [`PullStream`] sends a new request on a new subscription and keeps reading the old
+//! one until that too falls silent: a message the server hands to the old request is
+//! still delivered now, not after its ack timer.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, Consumer};
+use async_nats::jetstream::{
+    self,
+    consumer::{
+        pull::{self, MessagesError, MessagesErrorKind},
+        Consumer,
+    },
+};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::{FutureExt, Stream, StreamExt};
 
 /// How long a pull request waits on the server before the client renews it.
 const EXPIRES: Duration = Duration::from_secs(30);
+
+/// How long an earlier subscription is read after its last message: past `EXPIRES`,
+/// so no request of it is left on the server when it goes.
+const RETIRED_FOR: Duration = Duration::from_secs(32);
 
 /// The heartbeat of a consumer whose stall must end within two seconds.
 const QUICKEST: Duration = Duration::from_secs(1);
@@ -57,6 +78,22 @@ pub async fn messages(
     consumer: &Consumer<pull::Config>,
     batch: usize,
     liveness: Liveness,
+) -> Result<PullStream, String> {
+    let current = open(consumer.clone(), batch, liveness).await?;
+    Ok(PullStream {
+        consumer: consumer.clone(),
+        batch,
+        liveness,
+        current,
+        retiring: SelectAll::new(),
+        renewing: None,
+    })
+}
+
+async fn open(
+    consumer: Consumer<pull::Config>,
+    batch: usize,
+    liveness: Liveness,
 ) -> Result<pull::Stream, String> {
     consumer
         .stream()
@@ -66,6 +103,96 @@ pub async fn messages(
         .messages()
         .await
         .map_err(|e| e.to_string())
+}
+
+type Item = Result<jetstream::Message, MessagesError>;
+
+/// The messages of a consumer's pull requests. Two missed heartbeats renew the request
+/// on a new subscription; the old one is read until it falls silent too, so whatever
+/// the server still hands it is delivered. `MissingHeartbeat` reaches the caller only
+/// when the renewal itself fails.
+pub struct PullStream {
+    consumer: Consumer<pull::Config>,
+    batch: usize,
+    liveness: Liveness,
+    current: pull::Stream,
+    /// Earlier subscriptions, each read until it has been silent for longer than a
+    /// request lives on the server ([`retire`]).
+    retiring: SelectAll<BoxStream<'static, Item>>,
+    /// A new subscription being opened, with the error that asked for it.
+    renewing: Option<(
+        BoxFuture<'static, Result<pull::Stream, String>>,
+        MessagesError,
+    )>,
+}
+
+impl Stream for PullStream {
+    type Item = Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some((renewing, _)) = &mut this.renewing {
+                let opened = match renewing.poll_unpin(cx) {
+                    Poll::Ready(opened) => opened,
+                    Poll::Pending => return this.poll_retiring(cx),
+                };
+                let Some((_, missed)) = this.renewing.take() else {
+                    continue;
+                };
+                match opened {
+                    Ok(fresh) => {
+                        let old = std::mem::replace(&mut this.current, fresh);
+                        this.retiring.push(retire(old));
+                        tracing::debug!(consumer = %this.consumer.cached_info().name, "two heartbeats missed; pulled again, still reading the old request");
+                    }
+                    Err(e) => {
+                        tracing::debug!(consumer = %this.consumer.cached_info().name, error = %e, "two heartbeats missed and no new pull request");
+                        return Poll::Ready(Some(Err(missed)));
+                    }
+                }
+            }
+            if let Poll::Ready(Some(msg)) = this.poll_retiring(cx) {
+                return Poll::Ready(Some(msg));
+            }
+            match this.current.poll_next_unpin(cx) {
+                Poll::Ready(Some(Err(e))) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
+                    let renew = open(this.consumer.clone(), this.batch, this.liveness).boxed();
+                    this.renewing = Some((renew, e));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The messages an earlier subscription still receives, until it has had none for
+/// longer than its last request can live on the server (it asks for more only as
+/// messages come, and after `EXPIRES` plus 5 s of silence, which this ends before).
+/// Its missed heartbeats are expected meanwhile and dropped.
+fn retire(old: pull::Stream) -> BoxStream<'static, Item> {
+    futures_util::stream::unfold(old, |mut old| async move {
+        let until = tokio::time::Instant::now() + RETIRED_FOR;
+        loop {
+            match tokio::time::timeout_at(until, old.next()).await {
+                Ok(Some(Ok(msg))) => return Some((Ok(msg), old)),
+                Ok(Some(Err(_))) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+impl PullStream {
+    /// A message an earlier subscription still received; `Pending` otherwise (an
+    /// empty set is not the end of the stream).
+    fn poll_retiring(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        match self.retiring.poll_next_unpin(cx) {
+            Poll::Ready(Some(msg)) => Poll::Ready(Some(msg)),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 #[cfg(test)]

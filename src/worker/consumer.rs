@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
 use crate::config::{Endpoint, Rate};
-use crate::store::pull_stream::{self, Liveness};
+use crate::store::pull_stream::{self, Liveness, PullStream};
 
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
@@ -189,7 +189,7 @@ impl Worker {
     /// A pull stream on the bound consumer. The server never sends more than
     /// max_ack_pending unacked messages, so a larger batch only saves pull round trips
     /// (ordered endpoints included).
-    pub(super) async fn pull(&self, consumer: &PullConsumer) -> Result<pull::Stream, String> {
+    pub(super) async fn pull(&self, consumer: &PullConsumer) -> Result<PullStream, String> {
         let batch = self.endpoint.concurrency.clamp(16, 256);
         // A fan-out endpoint's consumer exists only while it has work.
         let liveness = if self.lazy {

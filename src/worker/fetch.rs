@@ -21,6 +21,7 @@ use super::inflight::Share;
 use super::{keep_alive_every, Stop, Worker};
 use crate::backoff::Backoff;
 use crate::store::pause_state::ProbeGuard;
+use crate::store::pull_stream::PullStream;
 
 /// Messages fetched but not started. They survive pauses and re-binds, so a message
 /// the endpoint never tried costs no attempt and never waits out its ack timer.
@@ -66,7 +67,7 @@ impl Worker {
     /// process-wide bound (an idle endpoint holds none).
     pub(super) async fn fetch(
         self: &Arc<Self>,
-        messages: &mut pull::Stream,
+        messages: &mut PullStream,
         held: &mut Held,
         permits: &Arc<Semaphore>,
         share: &Share,
@@ -176,7 +177,7 @@ impl Worker {
     async fn wait_for_token(
         &self,
         msg: jetstream::Message,
-        messages: &mut pull::Stream,
+        messages: &mut PullStream,
         held: &mut Held,
         stop: &Stop,
         keep_alive: &mut Interval,
@@ -236,7 +237,7 @@ impl Worker {
     async fn wait<F: Future>(
         &self,
         mut permit: Pin<&mut F>,
-        messages: &mut pull::Stream,
+        messages: &mut PullStream,
         held: &mut Held,
         keep_alive: &mut Interval,
         stop: &Stop,
@@ -285,7 +286,7 @@ impl Worker {
     /// fetched messages an attempt and an ack_wait of delay.
     async fn hold_while_paused(
         &self,
-        messages: &mut pull::Stream,
+        messages: &mut PullStream,
         held: &mut Held,
         stop: &Stop,
     ) -> Option<Leave> {
