@@ -132,13 +132,13 @@ impl Stream for PullStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let this = self.get_mut();
         loop {
-            if let Some((renewing, _)) = &mut this.renewing {
+            if let Some((mut renewing, missed)) = this.renewing.take() {
                 let opened = match renewing.poll_unpin(cx) {
                     Poll::Ready(opened) => opened,
-                    Poll::Pending => return this.poll_retiring(cx),
-                };
-                let Some((_, missed)) = this.renewing.take() else {
-                    continue;
+                    Poll::Pending => {
+                        this.renewing = Some((renewing, missed));
+                        return this.poll_retiring(cx);
+                    }
                 };
                 match opened {
                     Ok(fresh) => {
@@ -188,6 +188,9 @@ impl PullStream {
     /// A message an earlier subscription still received; `Pending` otherwise (an
     /// empty set is not the end of the stream).
     fn poll_retiring(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if self.retiring.is_empty() {
+            return Poll::Pending;
+        }
         match self.retiring.poll_next_unpin(cx) {
             Poll::Ready(Some(msg)) => Poll::Ready(Some(msg)),
             _ => Poll::Pending,
