@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::AckKind};
@@ -103,19 +104,30 @@ impl Worker {
                 Waited::Leave(leave) => return leave,
             };
             if held.is_empty() {
-                let next = tokio::select! {
-                    _ = stop.drain.cancelled() => return Leave::Drain,
-                    () = self.breaker.until_paused(true) => continue,
-                    m = messages.next() => m,
-                    () = &mut idle, if self.lazy => {
-                        // Idle only with nothing in flight (this permit aside).
-                        let quiet = !std::mem::take(&mut started);
-                        if quiet && permits.available_permits() + 1 >= self.endpoint.concurrency {
-                            return Leave::Idle;
+                // Under load the next message is already there: taken without setting up
+                // the select below, whose drain and pause futures each register on a
+                // waiter list (a lock) and unregister again, for every message.
+                let ready = if stop.drain.is_cancelled() {
+                    None
+                } else {
+                    ready_now(std::pin::pin!(messages.next())).await
+                };
+                let next = match ready {
+                    Some(next) => next,
+                    None => tokio::select! {
+                        _ = stop.drain.cancelled() => return Leave::Drain,
+                        () = self.breaker.until_paused(true) => continue,
+                        m = messages.next() => m,
+                        () = &mut idle, if self.lazy => {
+                            // Idle only with nothing in flight (this permit aside).
+                            let quiet = !std::mem::take(&mut started);
+                            if quiet && permits.available_permits() + 1 >= self.endpoint.concurrency {
+                                return Leave::Idle;
+                            }
+                            idle.as_mut().reset(Instant::now() + IDLE_AFTER);
+                            continue;
                         }
-                        idle.as_mut().reset(Instant::now() + IDLE_AFTER);
-                        continue;
-                    }
+                    },
                 };
                 match next {
                     Some(Ok(msg)) => held.push_back(msg),
@@ -242,6 +254,13 @@ impl Worker {
         keep_alive: &mut Interval,
         stop: &Stop,
     ) -> Waited<F::Output> {
+        // A free permit is taken without registering for the drain and the pause, as the
+        // select below does on every pass (see `fetch`); a drain still comes first.
+        if !stop.drain.is_cancelled() {
+            if let Some(p) = ready_now(permit.as_mut()).await {
+                return Waited::Done(p);
+            }
+        }
         loop {
             tokio::select! {
                 biased;
@@ -429,5 +448,32 @@ impl Worker {
         for msg in held {
             self.ack(msg, AckKind::Progress).await;
         }
+    }
+}
+
+/// `fut`'s output if it is ready at its first poll. A pending `fut` has registered its
+/// waker and stays valid to be polled again (the callers await it next).
+async fn ready_now<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
+    let mut fut = fut;
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ready_now;
+
+    #[tokio::test]
+    async fn ready_now_takes_what_is_ready_and_leaves_the_rest_awaitable() {
+        assert_eq!(ready_now(std::pin::pin!(async { 7 })).await, Some(7));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut rx = std::pin::pin!(rx);
+        assert!(ready_now(rx.as_mut()).await.is_none());
+        tx.send(3).expect("receiver alive");
+        assert_eq!(rx.await.ok(), Some(3));
     }
 }
