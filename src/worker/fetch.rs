@@ -8,11 +8,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::AckKind};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
@@ -110,7 +109,7 @@ impl Worker {
                 let ready = if stop.drain.is_cancelled() {
                     None
                 } else {
-                    ready_now(std::pin::pin!(messages.next())).await
+                    messages.next().now_or_never()
                 };
                 let next = match ready {
                     Some(next) => next,
@@ -257,7 +256,7 @@ impl Worker {
         // A free permit is taken without registering for the drain and the pause, as the
         // select below does on every pass (see `fetch`); a drain still comes first.
         if !stop.drain.is_cancelled() {
-            if let Some(p) = ready_now(permit.as_mut()).await {
+            if let Some(p) = permit.as_mut().now_or_never() {
                 return Waited::Done(p);
             }
         }
@@ -448,32 +447,5 @@ impl Worker {
         for msg in held {
             self.ack(msg, AckKind::Progress).await;
         }
-    }
-}
-
-/// `fut`'s output if it is ready at its first poll. A pending `fut` has registered its
-/// waker and stays valid to be polled again (the callers await it next).
-async fn ready_now<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
-    let mut fut = fut;
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        Poll::Ready(out) => Poll::Ready(Some(out)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ready_now;
-
-    #[tokio::test]
-    async fn ready_now_takes_what_is_ready_and_leaves_the_rest_awaitable() {
-        assert_eq!(ready_now(std::pin::pin!(async { 7 })).await, Some(7));
-
-        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
-        let mut rx = std::pin::pin!(rx);
-        assert!(ready_now(rx.as_mut()).await.is_none());
-        tx.send(3).expect("receiver alive");
-        assert_eq!(rx.await.ok(), Some(3));
     }
 }
