@@ -619,19 +619,11 @@ async fn a_frozen_nats_server_is_noticed_within_seconds_and_loses_nothing() {
     let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
     let natshook = Natshook::start(&five_endpoints(&nats, &rx)).await;
     let js = jetstream::new(nats.client().await);
-    let pid = nats.pid().expect("nats-server runs").to_string();
     let resumed = std::sync::Mutex::new(None);
     let (before, duplicates) = every_copy_through(&js, &rx, "f", async {
-        let signal = |sig: &str| {
-            let status = std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .expect("kill");
-            assert!(status.success(), "kill {sig}");
-        };
-        signal("-STOP");
+        nats.signal("STOP");
         tokio::time::sleep(Duration::from_millis(5000)).await;
-        signal("-CONT");
+        nats.signal("CONT");
         *resumed.lock().expect("lock") = Some(std::time::Instant::now());
     })
     .await;

@@ -622,7 +622,7 @@ impl Drop for Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stderr_does_not_stop_deliveries() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
     let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
@@ -662,11 +662,7 @@ async fn a_closed_stderr_does_not_stop_deliveries() {
         natshook.0.try_wait().unwrap().is_none(),
         "natshook exited while delivering"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &natshook.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    common::signal(natshook.0.id(), "TERM");
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
         if let Some(s) = natshook.0.try_wait().unwrap() {

@@ -48,6 +48,15 @@ pub fn natshook_command() -> Command {
     cmd
 }
 
+/// Sends `sig` (a name such as `TERM` or `STOP`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -207,6 +216,11 @@ impl NatsServer {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to the running server, e.g. `STOP` to freeze it.
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid().expect("nats-server runs"), sig);
     }
 
     /// Kills the server hard (SIGKILL), keeping the store.
@@ -738,11 +752,7 @@ impl Natshook {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        signal(self.pid(), sig);
     }
 
     /// SIGTERM and wait for exit.
