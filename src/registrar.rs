@@ -181,6 +181,10 @@ impl Registrar {
     }
 
     pub async fn get(&self, name: &str) -> Result<Record, RegistrarError> {
+        // Not a key to ask the bucket for (`*`, `>`, spaces): no such endpoint.
+        if !crate::config::is_endpoint_name(name) {
+            return Err(RegistrarError::NotFound(name.to_string()));
+        }
         self.registry
             .get(name)
             .await?
@@ -425,10 +429,19 @@ impl Registrar {
 }
 
 /// A runtime endpoint as callers show it: its keys, never its secret, with `source`,
-/// `enabled` and `revision`.
+/// `enabled` and `revision`. Extra headers show by name only, since their values are
+/// credentials for the receiver as often as not (an API key, a bearer token); a proxy
+/// (in a record another tool wrote) shows without its password.
 pub fn view(record: &Record) -> Map<String, Value> {
     let mut view = record.value.clone();
     view.remove("secret");
+    if let Some(Value::Object(headers)) = view.get("headers") {
+        let names: Vec<Value> = headers.keys().cloned().map(Value::String).collect();
+        view.insert("headers".into(), Value::Array(names));
+    }
+    if let Some(Value::Object(proxy)) = view.get_mut("proxy") {
+        proxy.remove("password");
+    }
     view.insert("source".into(), "api".into());
     view.insert("enabled".into(), record.enabled().into());
     view.insert("revision".into(), record.revision.into());

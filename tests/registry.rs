@@ -116,7 +116,8 @@ async fn listed(n: &Natshook, query: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
-    let s = Setup::start().await;
+    // The file endpoint has a tenant too, so the tenant filter lists file endpoints.
+    let s = Setup::start_with("tenant = \"org_1\"").await;
     let (n, rx, js, file_rx) = (&s.n, &s.rx, &s.js, &s.file_rx);
 
     // Create: 201 with the secret, shown this once.
@@ -145,8 +146,32 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
     let (_, all) = api(n, "GET", "/api/endpoints", None).await;
     assert!(!all.to_string().contains(&secret), "{all}");
     assert!(!one.to_string().contains(&secret), "{one}");
-    assert_eq!(listed(n, "?tenant=org_1").await, ["acme"]);
+    let mut of_org_1 = listed(n, "?tenant=org_1").await;
+    of_org_1.sort();
+    assert_eq!(of_org_1, ["acme", "file"]);
     assert!(listed(n, "?tenant=org_2").await.is_empty());
+    let (_, file) = api(n, "GET", "/api/endpoints/file", None).await;
+    assert_eq!(file["tenant"], "org_1", "{file}");
+
+    // Extra headers show by name only: their values are the receiver's credentials.
+    let (status, changed) = api(
+        n,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some("{\"headers\": {\"X-Api-Key\": \"customer-receiver-token\"}}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(one["headers"], json!(["X-Api-Key"]), "{one}");
+    let (_, all) = api(n, "GET", "/api/endpoints", None).await;
+    for shown in [&changed, &one, &all] {
+        assert!(
+            !shown.to_string().contains("customer-receiver-token"),
+            "{shown}"
+        );
+    }
+    let revision = one["revision"].as_u64().expect("a revision");
     let mut names = listed(n, "").await;
     names.sort();
     assert_eq!(names, ["acme", "file"]);
@@ -169,7 +194,8 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
 
     // Invalid: every problem by field, in `natshook check`'s words.
     let bad = json!({"name": "Bad!", "url": "http://10.1.2.3/x", "events": ["nothing.maps"],
-        "timeout": "soon", "secret": {"env": "HOME"}, "bogus": true});
+        "timeout": "soon", "secret": {"env": "HOME"}, "bogus": true,
+        "proxy": {"url": "http://127.0.0.1:3128", "password": {"file": "/proc/self/environ"}}});
     let (status, err) = api(n, "POST", "/api/endpoints", Some(&bad.to_string())).await;
     assert_eq!(status, 422, "{err}");
     let problems: Vec<(String, String)> = err["problems"]
@@ -183,7 +209,9 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
             )
         })
         .collect();
-    for field in ["name", "url", "events", "timeout", "secret", "bogus"] {
+    for field in [
+        "name", "url", "events", "timeout", "secret", "bogus", "proxy",
+    ] {
         assert!(problems.iter().any(|(f, _)| f == field), "{field}: {err}");
     }
     assert!(

@@ -44,9 +44,20 @@ pub fn grace_until(
     (until > now).then_some(until)
 }
 
+/// The longest `description`: every list of endpoints carries it, for every endpoint.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+
 /// Keys that name natshook's own files: a caller of the API must not make natshook
 /// read them.
 const FILE_KEYS: &[&str] = &["ca_file", "cert_file", "key_file"];
+
+/// The proxy is the operator's: natshook trusts its address (the SSRF guard never
+/// sees it), may send it credentials, and a proxy the operator mandates for egress
+/// must not be left out by a caller. Through the API it comes from `[defaults]` or
+/// the environment only.
+const OPERATOR_KEYS: &[&str] = &["proxy"];
+
+const OPERATOR_KEY: &str = "not allowed here: the outbound proxy is the operator's choice ([defaults] proxy or the environment's HTTPS_PROXY)";
 
 const OWN_REFERENCE: &str = "{ env } and { file } are not allowed here: they would read natshook's own environment and files; send the value itself";
 
@@ -116,7 +127,8 @@ fn refers_to_own(v: &Value) -> bool {
 }
 
 /// Takes out, as problems, whatever would make natshook read its own environment or
-/// files. A secret taken out leaves a placeholder so that it is not also "required".
+/// files, or choose where it connects besides the endpoint's URL. A secret taken out
+/// leaves a placeholder so that it is not also "required".
 fn take_own_references(entry: &mut Map<String, Value>, p: &mut Problems) {
     if entry.get("secret").is_some_and(refers_to_own) {
         p.add("secret", OWN_REFERENCE);
@@ -136,6 +148,11 @@ fn take_own_references(entry: &mut Map<String, Value>, p: &mut Problems) {
             p.add(*key, "not allowed here: it would read natshook's own files");
         }
     }
+    for key in OPERATOR_KEYS {
+        if entry.remove(*key).is_some() {
+            p.add(*key, OPERATOR_KEY);
+        }
+    }
 }
 
 fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
@@ -152,7 +169,15 @@ fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
         }
     }
     match entry.get("description") {
-        None | Some(Value::Null | Value::String(_)) => {}
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) if d.chars().count() > MAX_DESCRIPTION_LEN => p.add(
+            "description",
+            format_args!(
+                "{} characters, at most {MAX_DESCRIPTION_LEN} allowed",
+                d.chars().count()
+            ),
+        ),
+        Some(Value::String(_)) => {}
         Some(_) => p.add("description", "must be a string"),
     }
 }
@@ -227,7 +252,8 @@ mod tests {
         let problems = check(serde_json::json!({
             "name": "Bad Name", "url": "http://10.0.0.1/", "events": ["nothing.maps.this"],
             "secret": {"env": "HOME"}, "headers": {"X-Key": {"file": "/etc/passwd"}},
-            "timeout": 5, "bogus": 1, "ca_file": "/etc/ssl/x.pem"
+            "timeout": 5, "bogus": 1, "ca_file": "/etc/ssl/x.pem",
+            "proxy": {"url": "http://127.0.0.1:3128", "username": "x", "password": {"file": "/proc/self/environ"}}
         }))
         .unwrap_err();
         let text = problems.join("\n");
@@ -237,6 +263,7 @@ mod tests {
             "secret: { env } and { file } are not allowed here",
             "headers.X-Key: { env } and { file } are not allowed here",
             "ca_file: not allowed here",
+            "proxy: not allowed here: the outbound proxy is the operator's choice",
             "bogus: unknown key",
             "timeout:",
             "events: no [[events]] mapping produces any of these event names",

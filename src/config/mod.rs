@@ -42,6 +42,7 @@ pub use model::{
 };
 pub use problems::{ConfigError, Problem, Problems};
 pub use raw::field_names;
+pub use validate::is_endpoint_name;
 
 /// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
 pub const ENV_PREFIX: &str = "NATSHOOK__";

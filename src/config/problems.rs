@@ -55,11 +55,16 @@ impl ConfigError {
 pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
+    /// Adds a problem once: a `[defaults]` key is checked for every endpoint that
+    /// takes it, but is one problem to fix.
     pub fn add(&mut self, path: impl Into<String>, message: impl fmt::Display) {
-        self.0.push(Problem {
+        let problem = Problem {
             path: path.into(),
             message: message.to_string(),
-        });
+        };
+        if !self.0.contains(&problem) {
+            self.0.push(problem);
+        }
     }
 
     /// How many problems so far: a section compares before and after its checks.

@@ -191,6 +191,67 @@ fn every_problem_is_listed_with_its_key_path() {
     }
 }
 
+/// A `[defaults]` key that every endpoint takes is one problem, named where it is
+/// written; an endpoint's own table of the same key is named as the endpoint's.
+#[test]
+fn a_bad_default_is_named_once_by_its_defaults_path() {
+    let text = r#"
+            [nats]
+            stream = "EVENTS"
+            [defaults]
+            timeout = "soon"
+            signature = { scheme = "md5", header = "bad header" }
+            [[events]]
+            subject = "a"
+            event = "a"
+            [[endpoints]]
+            name = "one"
+            url = "https://example.com/"
+            events = ["a"]
+            secret = "s"
+            [[endpoints]]
+            name = "two"
+            url = "https://example.com/"
+            events = ["a"]
+            secret = "s"
+            signature = { header = "also bad" }
+        "#;
+    let got = problems(text);
+    let expect = [
+        "defaults.timeout: 'soon' is not a duration",
+        "defaults.signature.scheme: 'md5' is not one of hex, sha256, standard",
+        "defaults.signature.header: 'bad header' is not a valid header name",
+        "endpoints[1].signature.header: 'also bad' is not a valid header name",
+    ];
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+    for e in expect {
+        assert!(got.iter().any(|g| g.starts_with(e)), "{e:?} in {got:#?}");
+    }
+}
+
+#[test]
+fn endpoint_names_are_bounded_and_natshook_s_own_consumer_names_reserved() {
+    let entry = |name: &str| {
+        format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"{name}\"\nurl = \"https://example.com/\"\nevents = [\"a\"]\nsecret = \"s\"\n"
+        )
+    };
+    assert!(problems(&entry(&"a".repeat(128))).is_empty());
+    assert_eq!(
+        problems(&entry(&"a".repeat(129))),
+        ["endpoints[0].name: 129 characters, at most 128 allowed"]
+    );
+    for reserved in ["fanout", "lane"] {
+        assert_eq!(
+            problems(&entry(reserved)),
+            [format!(
+                "endpoints[0].name: '{reserved}' is reserved: natshook names a consumer of its own so"
+            )]
+        );
+    }
+    assert!(problems(&entry("fanout-crm")).is_empty());
+}
+
 #[test]
 fn unknown_top_level_and_nested_keys_are_errors() {
     let got = problems(&format!(

@@ -17,7 +17,7 @@ use super::super::Problems;
 use super::proxy;
 use super::rate::parse_rate;
 use super::tls::{tls_files, FileCheck, TlsPaths};
-use super::valid_name;
+use super::{valid_name, MAX_NAME_LEN, RESERVED_NAMES};
 use crate::payload_filter::{PayloadFilter, Scalar};
 use crate::routing::{tenant_id_problem, EventFilter, Router, TENANT_ID_RULE};
 use crate::secret::{Secret, SecretList};
@@ -130,6 +130,23 @@ fn validate_endpoint(
     p: &mut Problems,
 ) -> Option<Endpoint> {
     let name = match &ep.name {
+        Some(n) if n.chars().count() > MAX_NAME_LEN => {
+            p.add(
+                s.at("name"),
+                format_args!(
+                    "{} characters, at most {MAX_NAME_LEN} allowed",
+                    n.chars().count()
+                ),
+            );
+            None
+        }
+        Some(n) if RESERVED_NAMES.contains(&n.as_str()) => {
+            p.add(
+                s.at("name"),
+                format_args!("'{n}' is reserved: natshook names a consumer of its own so"),
+            );
+            None
+        }
         Some(n) if valid_name(n) => Some(n.clone()),
         Some(n) => {
             p.add(s.at("name"), format_args!("'{n}' must match [a-z0-9_-]+"));
@@ -385,28 +402,41 @@ fn signer(list: Option<&SecretList>, s: &Settings, p: &mut Problems) -> Option<S
 
 /// `signature.scheme` and `signature.header`.
 fn signature(s: &Settings, p: &mut Problems) -> (Option<Scheme>, Option<HeaderName>) {
-    let (sig, _) = pick!(s, signature);
+    // `sig_path` is `defaults.signature` when the endpoint has no table of its own.
+    let (sig, sig_path) = pick!(s, signature);
     let sig = sig.unwrap_or_default();
     let dsig = s.defaults.signature.clone().unwrap_or_default();
-    let scheme_text = sig
-        .scheme
-        .or(dsig.scheme)
-        .unwrap_or_else(|| defaults::SIGNATURE_SCHEME.to_string());
+    // Each key is named where its value came from: the endpoint, or `[defaults]`.
+    let from = |own: Option<String>, default: Option<String>, key: &str, fallback: &str| match (
+        own, default,
+    ) {
+        (Some(v), _) => (v, format!("{sig_path}.{key}")),
+        (None, Some(v)) => (v, format!("defaults.signature.{key}")),
+        (None, None) => (fallback.to_string(), format!("{sig_path}.{key}")),
+    };
+    let (scheme_text, scheme_path) = from(
+        sig.scheme,
+        dsig.scheme,
+        "scheme",
+        defaults::SIGNATURE_SCHEME,
+    );
     let scheme = match scheme_text.parse::<Scheme>() {
         Ok(scheme) => Some(scheme),
         Err(()) => {
             p.add(
-                s.at("signature.scheme"),
+                scheme_path,
                 format_args!("'{scheme_text}' is not one of hex, sha256, standard"),
             );
             None
         }
     };
-    let header_text = sig
-        .header
-        .or(dsig.header)
-        .unwrap_or_else(|| defaults::SIGNATURE_HEADER.to_string());
-    let header = p.header_name(s.at("signature.header"), &header_text);
+    let (header_text, header_path) = from(
+        sig.header,
+        dsig.header,
+        "header",
+        defaults::SIGNATURE_HEADER,
+    );
+    let header = p.header_name(header_path, &header_text);
     (scheme, header)
 }
 

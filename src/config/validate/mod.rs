@@ -24,6 +24,22 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-' || b.is_ascii_digit())
 }
 
+/// Whether `s` can name an endpoint at all: a name that cannot is none the registry
+/// holds, whatever it is asked for.
+pub fn is_endpoint_name(s: &str) -> bool {
+    valid_name(s) && s.chars().count() <= MAX_NAME_LEN && !RESERVED_NAMES.contains(&s)
+}
+
+/// The longest endpoint name: the consumer's name (`<prefix>-<name>`) must stay within
+/// JetStream's 255 characters whatever the prefix, and a name is a metric label value
+/// on every series of its endpoint.
+pub(super) const MAX_NAME_LEN: usize = 128;
+
+/// Names natshook gives consumers of its own (`<prefix>-fanout` on the source stream,
+/// `<prefix>-lane` on the lane): an endpoint with one of them would bind the same
+/// consumer.
+pub(super) const RESERVED_NAMES: &[&str] = &["fanout", "lane"];
+
 /// The endpoints of `raw` alone (one created at runtime), over its `[defaults]` and
 /// the mappings in force.
 pub(super) fn one_endpoint(

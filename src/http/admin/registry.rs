@@ -96,6 +96,9 @@ fn file_view(worker: Arc<Worker>) -> Value {
     let mut extra = Map::new();
     extra.insert("source".into(), "file".into());
     extra.insert("enabled".into(), true.into());
+    if let Some(tenant) = &worker.endpoint().tenant {
+        extra.insert("tenant".into(), tenant.as_str().into());
+    }
     with_state(Some(worker), extra)
 }
 
