@@ -80,6 +80,21 @@ impl AttemptResult {
         self.http_status == Some(410)
     }
 
+    /// The response body as text for records and the API: invalid UTF-8 replaced, and
+    /// cut at a character boundary so the text stays within [`RESPONSE_BODY_LIMIT`]
+    /// bytes (each replaced byte takes three).
+    pub fn response_text(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.response_body).into_owned();
+        if text.len() > RESPONSE_BODY_LIMIT {
+            let mut end = RESPONSE_BODY_LIMIT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+
     /// A one-line description for logs and dead-letter records.
     pub fn describe(&self) -> String {
         match (self.http_status, &self.error) {
@@ -389,5 +404,32 @@ mod tests {
             parse_retry_after(&HeaderValue::from_static("soon"), now),
             None
         );
+    }
+
+    fn with_body(body: Vec<u8>) -> AttemptResult {
+        AttemptResult {
+            status: AttemptStatus::Class(500),
+            http_status: Some(500),
+            retry_after: None,
+            error: None,
+            response_body: Bytes::from(body),
+            duration: Duration::ZERO,
+            request_headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn response_text_stays_within_the_limit_after_replacing_invalid_bytes() {
+        assert_eq!(
+            with_body(b"nope \xff".to_vec()).response_text(),
+            "nope \u{fffd}"
+        );
+        // Every invalid byte becomes a three-byte U+FFFD: cut on a character boundary.
+        let text = with_body(vec![0xff; RESPONSE_BODY_LIMIT]).response_text();
+        assert!(text.len() <= RESPONSE_BODY_LIMIT, "{}", text.len());
+        assert_eq!(text.len(), RESPONSE_BODY_LIMIT / 3 * 3);
+        assert!(text.chars().all(|c| c == '\u{fffd}'));
+        let ascii = with_body(vec![b'a'; RESPONSE_BODY_LIMIT]).response_text();
+        assert_eq!(ascii.len(), RESPONSE_BODY_LIMIT);
     }
 }

@@ -172,7 +172,7 @@ impl DeliveryLog {
             http_status: result.http_status,
             error: result.error.clone(),
             duration_ms: result.duration.as_secs_f64() * 1000.0,
-            response_body: String::from_utf8_lossy(&result.response_body).into_owned(),
+            response_body: result.response_text(),
             request_headers,
         };
         if let Ok(body) = serde_json::to_vec(&record) {

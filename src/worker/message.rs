@@ -13,7 +13,7 @@ use super::breaker::PauseReason;
 use super::outcome::{decide, Decision};
 use super::{progress_every, Worker};
 use crate::backoff::jitter;
-use crate::delivery::{Attempt, AttemptResult, RESPONSE_BODY_LIMIT};
+use crate::delivery::{Attempt, AttemptResult};
 use crate::envelope::{self, MessageFacts};
 use crate::events::{DeadLetterEvent, EventFacts};
 use crate::metrics::Outcome;
@@ -449,12 +449,7 @@ impl Worker {
             attempts,
             last_status: last.and_then(|r| r.http_status),
             last_error: last.map(|r| r.describe()),
-            response_body: last
-                .map(|r| {
-                    let b = &r.response_body[..r.response_body.len().min(RESPONSE_BODY_LIMIT)];
-                    String::from_utf8_lossy(b).into_owned()
-                })
-                .unwrap_or_default(),
+            response_body: last.map(AttemptResult::response_text).unwrap_or_default(),
             reason: reason.to_string(),
             // Filled by `publish`: inline, or a reference when the record would not fit.
             payload: String::new(),

@@ -124,7 +124,7 @@ pub(super) async fn test(
         "http_status": result.http_status,
         "error": result.error,
         "duration_ms": result.duration.as_secs_f64() * 1000.0,
-        "response_body": String::from_utf8_lossy(&result.response_body),
+        "response_body": result.response_text(),
     })))
 }
 
