@@ -376,10 +376,10 @@ impl Registrar {
         Ok(())
     }
 
-    /// A new secret, first in the list; the one it replaces signs too until `grace`
-    /// (a duration such as `"24h"`, [`DEFAULT_GRACE`] when `None`) ends (with
-    /// `standard`, which signs with every secret; `hex` and `sha256` sign with the
-    /// newest only).
+    /// A new secret, first in the list; the one it replaces goes on signing until
+    /// `grace` (a duration such as `"24h"`, [`DEFAULT_GRACE`] when `None`) ends: beside
+    /// the new one with `standard`, which signs with every secret; alone with `hex` and
+    /// `sha256`, which send one signature (`Signer::during_rotation_grace`).
     pub async fn rotate(
         &self,
         name: &str,

@@ -428,6 +428,64 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     assert_eq!(verify_received(&old, &after).0, 0);
 }
 
+/// `hex` sends one signature: the old secret goes on signing alone until the grace
+/// ends, so a receiver that holds it verifies every request while it switches over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_hex_secret_lets_the_old_one_sign_alone_until_the_grace_ends() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let mut hex = serde_json::from_str::<Value>(&body("acme", rx)).unwrap();
+    hex["signature"] = json!({"scheme": "hex"});
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&hex.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    let old = created["secret"].as_str().unwrap().to_string();
+    wait_bound(n, "acme").await;
+    let (status, rotated) = api(
+        n,
+        "POST",
+        "/api/endpoints/acme/secret/rotate",
+        Some("{\"grace\": \"6s\"}"),
+    )
+    .await;
+    let rotated_at = Instant::now();
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    let signer = |secret: &str| {
+        natshook::signing::Signer::new(
+            natshook::signing::Scheme::Hex,
+            http::HeaderName::from_static("x-webhook-signature"),
+            vec![natshook::secret::Secret::new(secret.as_bytes())],
+        )
+        .unwrap()
+    };
+    let (old_signer, new_signer) = (signer(&old), signer(&new));
+    let signed_by = |prefix: &str| {
+        let got: Vec<Received> = rx
+            .received()
+            .into_iter()
+            .filter(|r| r.id().starts_with(prefix))
+            .collect();
+        let count = |s: &natshook::signing::Signer| {
+            got.iter()
+                .filter(|r| s.verify(&r.body, &r.headers).is_ok())
+                .count()
+        };
+        (got.len(), count(&old_signer), count(&new_signer))
+    };
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deliver_org_1(js, rx, 5, "during", 5).await;
+    assert!(
+        rotated_at.elapsed() < Duration::from_secs(6),
+        "too slow to test the grace"
+    );
+    assert_eq!(signed_by("during"), (5, 5, 0), "(requests, old, new)");
+
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(rotated_at.elapsed())).await;
+    deliver_org_1(js, rx, 5, "after", 10).await;
+    assert_eq!(signed_by("after"), (5, 0, 5), "(requests, old, new)");
+}
+
 /// A runtime endpoint without a tenant that takes every lead, standard signatures,
 /// on its own path of `rx`.
 fn plain_body(name: &str, rx: &Receiver) -> String {

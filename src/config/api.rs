@@ -77,7 +77,8 @@ pub fn endpoint_from_json(
     // Taken out before validation, which would read them.
     take_own_references(&mut file_entry, &mut p);
     // Once the grace is over, only the newest secret signs.
-    if entry.contains_key(GRACE_KEY) && grace_until(entry, std::time::SystemTime::now()).is_none() {
+    let in_grace = grace_until(entry, std::time::SystemTime::now()).is_some();
+    if entry.contains_key(GRACE_KEY) && !in_grace {
         if let Some(Value::Array(secrets)) = file_entry.get_mut("secret") {
             secrets.truncate(1);
         }
@@ -88,6 +89,11 @@ pub fn endpoint_from_json(
     let endpoint = match load::endpoint_entry(value, defaults, router) {
         Ok(e) => Some(Endpoint {
             skip_before: skip_before(entry),
+            signer: if in_grace {
+                std::sync::Arc::new((*e.signer).clone().during_rotation_grace())
+            } else {
+                e.signer
+            },
             ..e
         }),
         Err(found) => {

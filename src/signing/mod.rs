@@ -94,7 +94,8 @@ pub enum SignError {
 pub struct Signer {
     scheme: Scheme,
     header: HeaderName,
-    /// Newest first. `hex`/`sha256` sign with the first only.
+    /// Newest first (but see [`Signer::during_rotation_grace`]). `hex`/`sha256` sign
+    /// with the first only.
     keys: Vec<Key>,
 }
 
@@ -154,6 +155,17 @@ impl Signer {
             header,
             keys,
         })
+    }
+
+    /// The signer for a rotation's grace: `hex` and `sha256` send one signature, so
+    /// they go on signing with the oldest secret (the one receivers hold) until the
+    /// grace ends, and receivers switch to the new one meanwhile; `standard` signs with
+    /// every secret anyway.
+    pub fn during_rotation_grace(mut self) -> Self {
+        if matches!(self.scheme, Scheme::Hex | Scheme::Sha256) {
+            self.keys.rotate_right(1);
+        }
+        self
     }
 
     /// True when both sign with the same keys (HMAC keys compared by a test MAC, so key

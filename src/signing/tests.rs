@@ -302,3 +302,24 @@ fn bad_whsec_is_refused() {
     );
     assert!(matches!(r, Err(SignError::BadWhsec)));
 }
+
+#[test]
+fn during_a_rotation_grace_one_signature_schemes_sign_with_the_old_secret() {
+    let body = b"{}";
+    for scheme in [Scheme::Hex, Scheme::Sha256] {
+        let mut h = HeaderMap::new();
+        signer(scheme, &["new", "old"])
+            .during_rotation_grace()
+            .sign_into("id", 0, body, &mut h);
+        assert!(signer(scheme, &["old"]).verify(body, &h).is_ok());
+        assert!(signer(scheme, &["new"]).verify(body, &h).is_err());
+    }
+    // `standard` carries both signatures, newest first, grace or not.
+    let s = signer(Scheme::Standard, &["whsec_bmV3", "whsec_b2xk"]);
+    let (mut plain, mut grace) = (HeaderMap::new(), HeaderMap::new());
+    s.sign_into("id", 7, body, &mut plain);
+    s.clone()
+        .during_rotation_grace()
+        .sign_into("id", 7, body, &mut grace);
+    assert_eq!(plain["webhook-signature"], grace["webhook-signature"]);
+}
