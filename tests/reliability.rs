@@ -363,7 +363,7 @@ async fn paused_with_backlog(
 async fn gone_410_pauses_at_once_and_loses_nothing() {
     let (rx, _nats, natshook, published) = paused_with_backlog(
         410,
-        "concurrency = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\ndisable_after_failures = 1000\nmax_attempts = 3\nretry_schedule = [\"100ms\"]",
+        "concurrency = 4\nprobe_interval = \"1s\"\nprobe_max_interval = \"1s\"\ndisable_after_failures = 1000\nmax_attempts = 50\nretry_schedule = [\"100ms\"]",
         100,
         "g",
     )
@@ -390,6 +390,47 @@ async fn gone_410_pauses_at_once_and_loses_nothing() {
     assert_nothing_lost(&rx, &published, &[]);
     assert_attempts_count_up(&rx);
     assert!(natshook.dead_letters("e").is_empty());
+}
+
+/// A probe is an attempt of its message: a `410` on the message's last attempt
+/// dead-letters it, as any failure on the last attempt does, and the endpoint stays
+/// paused; the held messages go out once the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_on_the_last_attempt_dead_letters_and_pauses() {
+    let (rx, _nats, natshook, published) = paused_with_backlog(
+        410,
+        "concurrency = 4\nprobe_interval = \"500ms\"\nprobe_max_interval = \"500ms\"\ndisable_after_failures = 1000\nmax_attempts = 2\nretry_schedule = [\"100ms\"]",
+        40,
+        "l",
+    )
+    .await;
+    wait_until(Duration::from_secs(15), "a probe dead-lettered", || async {
+        !natshook.dead_letters("e").is_empty()
+    })
+    .await;
+    assert_eq!(natshook.metric(PAUSED).await, Some(1.0), "still paused");
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(30), "the rest delivered", |r| {
+        r.delivered_ids().len() + natshook.dead_letters("e").len() >= published.len()
+    })
+    .await;
+    let dead = natshook.dead_letters("e");
+    for d in &dead {
+        assert_eq!(d["attempts"], 2, "{d}");
+        assert_eq!(d["last_status"], 410, "{d}");
+        assert!(
+            d["reason"].as_str().unwrap_or_default().contains("410 Gone"),
+            "{d}"
+        );
+    }
+    assert_nothing_lost(&rx, &published, &dead);
+    let over: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|r| r.header("x-webhook-attempt").parse::<u32>().unwrap_or(0) > 2)
+        .map(|r| r.id().to_string())
+        .collect();
+    assert!(over.is_empty(), "attempts past max_attempts: {over:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,6 +342,12 @@ impl Worker {
                 let reason = ("max_attempts", reason.as_str());
                 Box::pin(self.dead_letter(m, attempt, Some(&result), reason)).await;
             }
+            Decision::PauseAndDeadLetter => {
+                self.breaker.pause(PauseReason::Gone);
+                let reason = format!("failed after {attempt} attempts, the last answered 410 Gone");
+                let reason = ("max_attempts", reason.as_str());
+                Box::pin(self.dead_letter(m, attempt, Some(&result), reason)).await;
+            }
             Decision::Retry(delay) => {
                 self.metrics.delivery(event, Outcome::Retry);
                 self.retry_later(m, delay).await;

@@ -13,11 +13,14 @@ pub enum Decision {
     Ack,
     /// NAK with this delay; JetStream redelivers it as the next attempt.
     Retry(Duration),
-    /// The receiver answered `410 Gone`: pause the endpoint and NAK with this delay (the
-    /// probe interval), whatever the attempt, since the pause is not the message's fault.
+    /// The receiver answered `410 Gone` with attempts left: pause the endpoint and NAK
+    /// with this delay (the probe interval).
     Pause(Duration),
     /// `max_attempts` used up: dead-letter, then ack.
     DeadLetter,
+    /// `410 Gone` on the last attempt: pause the endpoint and dead-letter the message,
+    /// so that its probes never take it past `max_attempts`.
+    PauseAndDeadLetter,
 }
 
 /// The decision for attempt `attempt` (1-based) of a message to `endpoint`. A
@@ -33,7 +36,11 @@ pub fn decide(
     if result.is_success() {
         Decision::Ack
     } else if result.is_gone() {
-        Decision::Pause(endpoint.probe_interval)
+        if attempt >= endpoint.max_attempts {
+            Decision::PauseAndDeadLetter
+        } else {
+            Decision::Pause(endpoint.probe_interval)
+        }
     } else if attempt >= endpoint.max_attempts {
         Decision::DeadLetter
     } else {
@@ -112,18 +119,21 @@ mod tests {
     }
 
     #[test]
-    fn the_last_attempt_dead_letters_and_gone_pauses_first() {
+    fn the_last_attempt_dead_letters_and_gone_pauses_too() {
         assert_eq!(
             decide_exact(&answered(Some(500), None), 3),
             Decision::DeadLetter
         );
         assert_eq!(decide_exact(&answered(None, None), 4), Decision::DeadLetter);
         let gone = answered(Some(410), None);
-        for attempt in [1, 3] {
+        for attempt in [1, 2] {
             assert_eq!(
                 decide_exact(&gone, attempt),
                 Decision::Pause(Duration::from_secs(30))
             );
+        }
+        for attempt in [3, 9] {
+            assert_eq!(decide_exact(&gone, attempt), Decision::PauseAndDeadLetter);
         }
     }
 }
