@@ -193,10 +193,29 @@ impl Registrar {
 
     /// Stores a new endpoint, enabled unless the body says otherwise; without a
     /// `secret` one is generated in the form its signature scheme takes.
+    ///
+    /// A new endpoint starts from now, as a customer who registers a webhook expects:
+    /// the messages the stream already holds are acked without a request
+    /// (`skip_before`, the creation time), unless the body says `"skip_backlog": false`.
     pub async fn create(&self, mut body: Map<String, Value>) -> Result<Created, RegistrarError> {
         let name = body.get("name").and_then(Value::as_str).map(str::to_string);
         if let Some(name) = &name {
             self.not_file(name)?;
+        }
+        match body.remove("skip_backlog") {
+            None | Some(Value::Bool(true)) => {
+                body.insert(
+                    api::SKIP_KEY.into(),
+                    crate::time::rfc3339_millis(SystemTime::now()).into(),
+                );
+            }
+            Some(Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(invalid(
+                    "endpoint",
+                    vec![problem("skip_backlog", "must be true or false")],
+                ))
+            }
         }
         if !body.contains_key("secret") {
             // The scheme decides the secret's form: check with a stand-in first.

@@ -428,6 +428,98 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     assert_eq!(verify_received(&old, &after).0, 0);
 }
 
+/// A new runtime endpoint starts from its creation, as a registered webhook does
+/// elsewhere: what the stream held before is acked without a request, unless the body
+/// asks for it with `"skip_backlog": false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_backlog() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    publish_all(js, tenant_leads("org_1", 5, "before")).await;
+    // The cut compares JetStream's stored time with natshook's clock, in milliseconds.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    assert!(created["skip_before"].is_string(), "{created}");
+    let mut history = serde_json::from_str::<Value>(&body("history", rx)).unwrap();
+    history["skip_backlog"] = false.into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&history.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    assert!(created.get("skip_before").is_none(), "{created}");
+    assert!(created.get("skip_backlog").is_none(), "{created}");
+    let mut bad = serde_json::from_str::<Value>(&body("bad", rx)).unwrap();
+    bad["skip_backlog"] = "yes".into();
+    let (status, err) = api(n, "POST", "/api/endpoints", Some(&bad.to_string())).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["problems"][0]["field"], "skip_backlog", "{err}");
+    wait_bound(n, "acme").await;
+    wait_bound(n, "history").await;
+
+    publish_all(js, tenant_leads("org_1", 3, "after")).await;
+    let ids_at = |path: &str| -> BTreeSet<String> {
+        rx.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.id().to_string())
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "both endpoints' deliveries",
+        || async { ids_at("/history").len() >= 8 && ids_at("/acme").len() >= 3 },
+    )
+    .await;
+    // The backlog was there to deliver: the endpoint that asked for it got it.
+    let acme = ids_at("/acme");
+    assert!(acme.iter().all(|id| id.starts_with("after")), "{acme:?}");
+    assert_eq!(
+        ids_at("/history")
+            .iter()
+            .filter(|id| id.starts_with("before"))
+            .count(),
+        5
+    );
+}
+
+/// A deleted endpoint's delivery log goes with it: an endpoint created later under
+/// the same name, by another tenant say, starts with an empty log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let log = || async {
+        let (status, body) = api(n, "GET", "/api/endpoints/reuse/deliveries", None).await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array().map_or(0, Vec::len)
+    };
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("reuse", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "reuse").await;
+    deliver_org_1(js, rx, 2, "first", 2).await;
+    wait_until(Duration::from_secs(10), "the log's records", || async {
+        log().await >= 2
+    })
+    .await;
+
+    let (status, _) = api(n, "DELETE", "/api/endpoints/reuse", None).await;
+    assert_eq!(status, 204);
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    wait_until(Duration::from_secs(20), "the consumer removed", || {
+        let stream = stream.clone();
+        async move { stream.consumer_info("natshook-reuse").await.is_err() }
+    })
+    .await;
+    let mut again = serde_json::from_str::<Value>(&body("reuse", rx)).unwrap();
+    again["tenant"] = "org_2".into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&again.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "reuse").await;
+    wait_until(Duration::from_secs(10), "an empty log", || async {
+        log().await == 0
+    })
+    .await;
+}
+
 /// `hex` sends one signature: the old secret goes on signing alone until the grace
 /// ends, so a receiver that holds it verifies every request while it switches over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,8 +578,8 @@ async fn a_rotated_hex_secret_lets_the_old_one_sign_alone_until_the_grace_ends()
     assert_eq!(signed_by("after"), (5, 0, 5), "(requests, old, new)");
 }
 
-/// A runtime endpoint without a tenant that takes every lead, standard signatures,
-/// on its own path of `rx`.
+/// A runtime endpoint without a tenant that takes every lead (the stream's backlog
+/// too), standard signatures, on its own path of `rx`.
 fn plain_body(name: &str, rx: &Receiver) -> String {
     json!({
         "name": name,
@@ -497,6 +589,8 @@ fn plain_body(name: &str, rx: &Receiver) -> String {
         "allow_http": true,
         "allow_private": true,
         "retry_schedule": ["100ms"],
+        // What the stream already holds is delivered too: these tests count every id.
+        "skip_backlog": false,
     })
     .to_string()
 }
@@ -660,7 +754,7 @@ async fn changes_during_traffic_reach_both_processes_within_a_second_and_lose_no
     .await;
     let first_change = progress("first change");
 
-    // Create during traffic: it starts from the stream's first message.
+    // Create during traffic, with the backlog: it starts from the stream's first message.
     let (status, created) = api(a, "POST", "/api/endpoints", Some(&plain_body("late", rx))).await;
     let at = Instant::now();
     assert_eq!(status, 201, "{created}");

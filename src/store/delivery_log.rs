@@ -87,6 +87,8 @@ pub enum LogError {
     Stream(String),
     #[error("cannot read the delivery log: {0}")]
     Read(String),
+    #[error("cannot purge the delivery log of {endpoint}: {error}")]
+    Purge { endpoint: String, error: String },
 }
 
 /// Writes and reads the delivery log, and decides which successes it keeps.
@@ -180,6 +182,26 @@ impl DeliveryLog {
                 tracing::debug!(error = %e, "delivery log record not written");
             }
         }
+    }
+
+    /// Removes a deleted endpoint's records: an endpoint created later under the same
+    /// name (by another tenant, say) must not show them.
+    pub async fn forget(&self, endpoint: &str) -> Result<(), LogError> {
+        let failed = |error: String| LogError::Purge {
+            endpoint: endpoint.to_string(),
+            error,
+        };
+        let stream = self
+            .js
+            .get_stream(LOG_STREAM)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        stream
+            .purge()
+            .filter(subject(endpoint))
+            .await
+            .map(drop)
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// The newest `limit` records of `endpoint`, newest first.

@@ -140,11 +140,18 @@ impl Supervisor {
             let drained = old.drain();
             if forget.contains(&name) && !running.contains_key(&name) {
                 let js = self.shared.js().clone();
+                let log = self.shared.delivery_log().cloned();
                 self.draining.spawn(async move {
                     drained.await;
                     match js.delete_consumer_from_stream(&consumer, &stream).await {
                         Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
                         Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
+                    }
+                    // After the drain: the last deliveries' records go too.
+                    if let Some(log) = log {
+                        if let Err(e) = log.forget(&name).await {
+                            tracing::warn!(error = %e, "deleted endpoint's delivery log kept");
+                        }
                     }
                     if let Some((subject, lane, on_lane)) = copies {
                         for (stream, subject) in [(stream.as_str(), subject), (lane.as_str(), on_lane)] {
