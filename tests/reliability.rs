@@ -419,7 +419,10 @@ async fn gone_410_on_the_last_attempt_dead_letters_and_pauses() {
         assert_eq!(d["attempts"], 2, "{d}");
         assert_eq!(d["last_status"], 410, "{d}");
         assert!(
-            d["reason"].as_str().unwrap_or_default().contains("410 Gone"),
+            d["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("410 Gone"),
             "{d}"
         );
     }

@@ -1,5 +1,5 @@
 //! The process-wide count of messages on subjects no mapping matches
-//! (`natshook_unmapped_total`): one consumer for the whole stream, since endpoint
+//! (`natshook_unmapped_messages_total`): one consumer for the whole stream, since endpoint
 //! consumers never see these messages.
 
 use std::sync::Arc;

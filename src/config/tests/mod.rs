@@ -545,3 +545,19 @@ fn payload_filter_problems_name_the_key() {
         "{got:?}"
     );
 }
+
+#[test]
+fn the_admin_token_must_be_long_and_presentable() {
+    let with_token = |token: &str| {
+        format!("[admin]\nenabled = true\ntoken = \"{token}\"\n{GOOD}")
+    };
+    assert!(problems(&with_token("0123456789abcdef")).is_empty());
+    assert_eq!(
+        problems(&with_token("short")),
+        ["admin.token: must be at least 16 characters"]
+    );
+    assert_eq!(
+        problems(&with_token("                ")),
+        ["admin.token: must not start or end with white space (no request could present it)"]
+    );
+}

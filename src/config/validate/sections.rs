@@ -87,6 +87,15 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> Option<Option<AdminConf
         return None;
     };
     match t.resolve() {
+        // A request's token is read without surrounding white space, so a token with
+        // some could never be presented.
+        Ok(token) if token.expose().trim_ascii() != token.expose() => {
+            p.add(
+                "admin.token",
+                "must not start or end with white space (no request could present it)",
+            );
+            None
+        }
         Ok(token) if token.expose().len() >= 16 => Some(Some(AdminConfig { token })),
         Ok(_) => {
             p.add("admin.token", "must be at least 16 characters");

@@ -50,6 +50,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme's name is
+/// case-insensitive (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Refuses a request without the token before it is routed, so an unknown path tells
 /// a caller without the token nothing either.
 async fn require_token(State(token): State<Arc<Secret>>, req: Request, next: Next) -> AxumResponse {
@@ -57,8 +66,8 @@ async fn require_token(State(token): State<Arc<Secret>>, req: Request, next: Nex
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.expose()));
+        .and_then(bearer_token)
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.expose()));
     if !authorized {
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
             .into_response();
@@ -174,12 +183,22 @@ fn trim_trailing_slash<B>(mut req: http::Request<B>) -> http::Request<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
 
     #[test]
     fn token_comparison() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_is_a_token() {
+        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", " Bearer t0k"] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+        for value in ["Basic t0k", "Bearer", "Bearert0k", "t0k"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }
