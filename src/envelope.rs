@@ -119,10 +119,12 @@ pub fn build(
     out.extend_from_slice(b",\"timestamp\":\"");
     out.extend_from_slice(rfc3339_millis(m.published).as_bytes());
     out.extend_from_slice(b"\",\"data\":");
-    if !m.payload.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(m.payload).is_ok() {
+    // JSON is UTF-8, but skipping a string's contents (`IgnoredAny`) does not check
+    // them: a payload with invalid UTF-8 inside a string is binary, not JSON.
+    let text = std::str::from_utf8(m.payload).map_err(|_| EnvelopeError::NotUtf8)?;
+    if !text.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
         out.extend_from_slice(m.payload.trim_ascii());
     } else {
-        let text = std::str::from_utf8(m.payload).map_err(|_| EnvelopeError::NotUtf8)?;
         json_str(&mut out, text);
     }
     out.extend_from_slice(b",\"metadata\":{\"subject\":");
@@ -235,6 +237,17 @@ mod tests {
         let bin = Bytes::from_static(&[0xff, 0xfe, 0x00]);
         assert_eq!(
             build(Envelope::Standard, &Default::default(), None, &facts(&bin)),
+            Err(EnvelopeError::NotUtf8)
+        );
+        // JSON in shape, but a string holds bytes that are not UTF-8.
+        let in_string = Bytes::from_static(b"{\"a\":\"\xff\xfe\"}");
+        assert_eq!(
+            build(
+                Envelope::Standard,
+                &Default::default(),
+                None,
+                &facts(&in_string)
+            ),
             Err(EnvelopeError::NotUtf8)
         );
         assert_eq!(

@@ -48,6 +48,10 @@ const RESPONSE_DRAIN_LIMIT: usize = 64 * 1024;
 /// Longest delay a receiver may ask for with `Retry-After`.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
+/// The shortest `Retry-After` taken: `0`, or a date in the past (a receiver's clock
+/// behind), would otherwise spend every attempt of a backlog within milliseconds.
+pub const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
+
 /// One attempt in progress, as [`Deliverer::deliver`] returns it: boxed where it is
 /// made, so the caller moves a pointer instead of the request's whole state (nearly
 /// 2 KiB) into its own future and from there into the heap.
@@ -368,16 +372,18 @@ fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
     msg
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date, capped at [`RETRY_AFTER_CAP`].
+/// `Retry-After` as delta-seconds or an HTTP date, within [`RETRY_AFTER_MIN`] and
+/// [`RETRY_AFTER_CAP`]. Delta-seconds too large for a number are the cap.
 pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
-    let delay = if let Ok(secs) = text.parse::<u64>() {
-        Duration::from_secs(secs)
+    let delay = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u64>()
+            .map_or(RETRY_AFTER_CAP, Duration::from_secs)
     } else {
         let at = httpdate::parse_http_date(text).ok()?;
         at.duration_since(now).unwrap_or(Duration::ZERO)
     };
-    Some(delay.min(RETRY_AFTER_CAP))
+    Some(delay.clamp(RETRY_AFTER_MIN, RETRY_AFTER_CAP))
 }
 
 #[cfg(test)]
@@ -404,6 +410,28 @@ mod tests {
             parse_retry_after(&HeaderValue::from_static("soon"), now),
             None
         );
+        // "Now" and the past wait the minimum; a number past u64 is the cap.
+        for now_or_past in [
+            "0".to_string(),
+            httpdate::fmt_http_date(now - Duration::from_secs(60)),
+        ] {
+            assert_eq!(
+                parse_retry_after(&HeaderValue::from_str(&now_or_past).unwrap(), now),
+                Some(RETRY_AFTER_MIN),
+                "{now_or_past}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("99999999999999999999"), now),
+            Some(RETRY_AFTER_CAP)
+        );
+        for ignored in ["-5", "1.5", ""] {
+            assert_eq!(
+                parse_retry_after(&HeaderValue::from_static(ignored), now),
+                None,
+                "{ignored}"
+            );
+        }
     }
 
     fn with_body(body: Vec<u8>) -> AttemptResult {

@@ -3,7 +3,9 @@
 //! Whoever reaches the port (all interfaces by default) must not be able to hold the
 //! listener: connections are capped, one without a request in progress is closed
 //! after `IDLE_TIMEOUT`, and when every slot is taken a new connection replaces the
-//! longest idle one, so `/healthz` keeps answering under a flood of stalled clients.
+//! longest idle one, or else the one whose request has run longest, once that is past
+//! `BUSY_EVICT` (a client trickling a request body), so `/healthz` keeps answering under
+//! a flood of stalled clients.
 //!
 //! The `[http]` listener and a dedicated `[ingress] listen` one both run it, each
 //! with its own handler.
@@ -39,6 +41,14 @@ const MAX_CONNECTIONS: usize = 128;
 /// after this long. Probes and scrapes send their request at once; a stalled or
 /// trickling client cannot hold a slot.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// With every slot taken and no connection idle, a request in progress for this long
+/// is closed to make room. natshook answers its own routes in well under this (an
+/// ingress request waits at most `publish_timeout` for JetStream); a client that holds
+/// a request open longer is trickling its body, and under a full listener the newcomer
+/// (a probe, a provider's next webhook) is worth more. A provider whose request was cut
+/// off retries it, since natshook answers `2xx` only once the message is stored.
+const BUSY_EVICT: Duration = Duration::from_secs(5);
 
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS: u32 = 32;
@@ -186,7 +196,7 @@ fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>, Opti
             tracing::warn!(
                 limit = MAX_CONNECTIONS,
                 suppressed = skipped,
-                "HTTP connection refused: every connection has a request in progress"
+                "HTTP connection refused: every connection has a request in progress, none for long"
             );
         }
         return None;
@@ -196,7 +206,8 @@ fn admit(slots: &Slots, warnings: &mut Warnings) -> Option<(u64, Arc<Conn>, Opti
             tracing::warn!(
                 limit = MAX_CONNECTIONS,
                 suppressed = skipped,
-                "HTTP connection limit reached; closed the longest idle connection"
+                "HTTP connection limit reached; closed the longest idle connection, or one whose request ran past {}s",
+                BUSY_EVICT.as_secs()
             );
         }
     }
@@ -230,8 +241,8 @@ async fn serve_connection<H, F>(
         })
     };
     let serving = builder.serve_connection(TokioIo::new(tcp), svc);
-    // Dropping the connection future closes the socket; it only happens
-    // between requests, so no response is cut off.
+    // Dropping the connection future closes the socket: between requests, or to make
+    // room for a newcomer when a request has run past `BUSY_EVICT`.
     tokio::select! {
         _ = serving => {}
         _ = conn.close.cancelled() => {}
@@ -279,6 +290,22 @@ impl SlotsInner {
             .filter_map(|(id, c)| c.idle_since().map(|since| (since, *id)))
             .min();
         let (_, id) = idlest?;
+        self.close(id)
+    }
+
+    /// The connection whose request has been in progress longest, if that is past
+    /// [`BUSY_EVICT`].
+    fn close_stuck(&mut self) -> Option<Arc<Conn>> {
+        let longest = self
+            .open
+            .iter()
+            .filter_map(|(id, c)| c.busy_since().map(|since| (since, *id)))
+            .min();
+        let (since, id) = longest?;
+        (since.elapsed() >= BUSY_EVICT).then(|| self.close(id))?
+    }
+
+    fn close(&mut self, id: u64) -> Option<Arc<Conn>> {
         let conn = self.open.remove(&id)?;
         conn.close.cancel();
         Some(conn)
@@ -287,13 +314,14 @@ impl SlotsInner {
 
 impl Slots {
     /// A slot for a new connection, closing the longest idle connection when all are
-    /// taken (returned, so the caller can wait for its socket to go); `None` when every
-    /// connection has a request in progress.
+    /// taken, or else the one stuck longest in a request (returned, so the caller can
+    /// wait for its socket to go); `None` when every connection has a request in
+    /// progress, none of them for long.
     fn admit(&self) -> Option<(u64, Arc<Conn>, Option<Arc<Conn>>)> {
         let mut s = lock(&self.inner);
         let mut closed = None;
         if s.open.len() >= MAX_CONNECTIONS {
-            closed = Some(s.close_idlest()?);
+            closed = Some(s.close_idlest().or_else(|| s.close_stuck())?);
         }
         s.next_id += 1;
         let id = s.next_id;
@@ -328,7 +356,8 @@ struct Conn {
 struct Activity {
     /// Requests whose response is not ready yet (HTTP/2 runs several at once).
     in_progress: usize,
-    /// When the connection was opened or its last request was answered.
+    /// When the connection was opened or its last request was answered, while none is
+    /// in progress; since when one has been, while one is.
     since: Instant,
 }
 
@@ -340,13 +369,19 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let mut a = lock(&self.0.activity);
         a.in_progress = a.in_progress.saturating_sub(1);
-        a.since = Instant::now();
+        if a.in_progress == 0 {
+            a.since = Instant::now();
+        }
     }
 }
 
 impl Conn {
     fn begin(self: &Arc<Self>) -> Busy {
-        lock(&self.activity).in_progress += 1;
+        let mut a = lock(&self.activity);
+        if a.in_progress == 0 {
+            a.since = Instant::now();
+        }
+        a.in_progress += 1;
         Busy(self.clone())
     }
 
@@ -354,6 +389,12 @@ impl Conn {
     fn idle_since(&self) -> Option<Instant> {
         let a = lock(&self.activity);
         (a.in_progress == 0).then_some(a.since)
+    }
+
+    /// Since when requests have been in progress without a pause; `None` while none is.
+    fn busy_since(&self) -> Option<Instant> {
+        let a = lock(&self.activity);
+        (a.in_progress > 0).then_some(a.since)
     }
 
     /// Resolves once the connection has been without a request for `IDLE_TIMEOUT`.
@@ -428,6 +469,27 @@ mod tests {
         assert!(conns[0].1.idle_since().is_some());
         assert!(slots.admit().is_some());
         assert!(conns[0].1.close.is_cancelled());
+    }
+
+    #[test]
+    fn a_full_busy_listener_closes_the_request_stuck_past_the_limit() {
+        let slots = Slots::default();
+        let conns: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| slots.admit().expect("a free slot").1)
+            .collect();
+        let _busy: Vec<_> = conns.iter().map(Conn::begin).collect();
+        assert!(slots.admit().is_none(), "no request has run long");
+        // One request has been trickling its body for longer than the limit.
+        let stuck = &conns[7];
+        lock(&stuck.activity).since = Instant::now() - BUSY_EVICT - Duration::from_secs(1);
+        let (_, _, closed) = slots.admit().expect("room made");
+        assert!(closed.is_some_and(|c| Arc::ptr_eq(&c, stuck)));
+        assert!(stuck.close.is_cancelled());
+        assert_eq!(
+            conns.iter().filter(|c| c.close.is_cancelled()).count(),
+            1,
+            "only the stuck one closed"
+        );
     }
 
     #[test]

@@ -548,9 +548,7 @@ fn payload_filter_problems_name_the_key() {
 
 #[test]
 fn the_admin_token_must_be_long_and_presentable() {
-    let with_token = |token: &str| {
-        format!("[admin]\nenabled = true\ntoken = \"{token}\"\n{GOOD}")
-    };
+    let with_token = |token: &str| format!("[admin]\nenabled = true\ntoken = \"{token}\"\n{GOOD}");
     assert!(problems(&with_token("0123456789abcdef")).is_empty());
     assert_eq!(
         problems(&with_token("short")),

@@ -19,7 +19,9 @@ mod replay;
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
+use async_nats::jetstream::stream::DeleteMessageErrorKind;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
@@ -333,10 +335,16 @@ impl DeadLetters {
             .get_stream(DLQ_STREAM)
             .await
             .map_err(|e| DeadLetterError::Read(e.to_string()))?;
-        stream
-            .delete_message(stored.sequence)
-            .await
-            .map_err(|e| DeadLetterError::Read(e.to_string()))?;
+        match stream.delete_message(stored.sequence).await {
+            Ok(_) => {}
+            // Another replay (or `max_age`) removed it first: removed all the same.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    DeleteMessageErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                ) => {}
+            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
+        }
         if let Some((bucket, name)) = stored
             .record
             .payload_object
