@@ -634,6 +634,42 @@ async fn stalled_request_heads_are_closed_and_healthz_keeps_answering() {
     assert!(!logs.contains("Too many open files"), "{logs}");
 }
 
+/// Opens `n` connections that each send a request head and 2 of 100 declared body
+/// bytes to `path`, then hold still; they stay open as long as the returned streams.
+async fn trickle_bodies(port: u16, path: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            continue;
+        };
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab");
+        if tcp.write_all(head.as_bytes()).await.is_ok() {
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+/// Requests trickling their bodies on every connection slot hold the listener only
+/// until a newcomer needs a slot: once one has run past 5 s it is closed, so
+/// `/healthz`, on the same listener as the ingress, answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_bodies_give_way_and_healthz_keeps_answering() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let mut config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    config.top = "[ingress]\n[[ingress.routes]]\npath = \"/in/open\"\nsubject = \"inbound.open\"\nverify = { scheme = \"none\" }\n".into();
+    let natshook = Natshook::start(&config.render()).await;
+    let held = trickle_bodies(natshook.http_port, "/in/open", 140).await;
+    assert!(held.len() >= 128, "{} connections held", held.len());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_healthz_answers(&natshook, "with every slot trickling a body").await;
+    let logs = natshook.logs();
+    assert!(logs.contains("HTTP connection limit reached"), "{logs}");
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_listener_backs_off_and_healthz_still_answers() {
     let nats = NatsServer::start();

@@ -19,9 +19,9 @@ mod replay;
 
 use std::time::Duration;
 
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
 use async_nats::jetstream::stream::DeleteMessageErrorKind;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
