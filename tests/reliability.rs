@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -1066,4 +1068,80 @@ async fn an_unusable_nats_msg_id_is_replaced_and_said_once() {
         "names the id used instead: {}",
         warnings[0]
     );
+}
+
+/// A receiver that answered `2xx` within the timeout has the message, however slowly
+/// the rest of its response follows: the attempt succeeds, nothing is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_in_time_with_a_body_that_never_ends_is_a_success() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers each request with a 200 head and 2 of 10 body bytes, then holds still.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then the body it declares.
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let nats = NatsServer::start();
+    let config = TestConfig::new(nats.url()).endpoint(
+        "e",
+        &format!("http://127.0.0.1:{port}/hook"),
+        &["*"],
+        "timeout = \"1s\"\nmax_attempts = 2\nretry_schedule = [\"100ms\"]\ndisable_after_failures = 0",
+    );
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_leads(&js, 3, "slow-body").await;
+    natshook
+        .wait_metric(
+            "natshook_deliveries_total{endpoint=\"e\",event=\"lead.created\",outcome=\"success\"}",
+            3.0,
+            Duration::from_secs(20),
+            "3 successes",
+        )
+        .await;
+    // Past another timeout and retry delay: nothing was retried.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert!(natshook.dead_letters("e").is_empty());
+    server.abort();
 }

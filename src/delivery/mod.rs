@@ -266,17 +266,7 @@ impl Deliverer {
         }
         let start = Instant::now();
         let outcome = match builder.body(Full::new(req.body)) {
-            Ok(request) => tokio::time::timeout(self.endpoint.timeout, self.exchange(request))
-                .await
-                .unwrap_or_else(|_| {
-                    Err((
-                        AttemptStatus::Timeout,
-                        format!(
-                            "timed out after {}",
-                            humantime::format_duration(self.endpoint.timeout)
-                        ),
-                    ))
-                }),
+            Ok(request) => self.exchange(request, start + self.endpoint.timeout).await,
             Err(e) => Err((
                 AttemptStatus::ConnectError,
                 format!("cannot build request: {e}"),
@@ -318,14 +308,26 @@ impl Deliverer {
         result
     }
 
+    /// The request and the response head by `deadline`, which the status decides; then
+    /// as much of the body as arrives by the deadline. A receiver that answered `2xx`
+    /// in time has the message, however slowly its body follows: the body is cut off,
+    /// the status stands.
     async fn exchange(
         &self,
         request: http::Request<Full<Bytes>>,
+        deadline: Instant,
     ) -> Result<(u16, Option<Duration>, Bytes), (AttemptStatus, String)> {
-        let response = self
-            .client
-            .request(request)
+        let response = tokio::time::timeout_at(deadline.into(), self.client.request(request))
             .await
+            .map_err(|_| {
+                (
+                    AttemptStatus::Timeout,
+                    format!(
+                        "timed out after {}",
+                        humantime::format_duration(self.endpoint.timeout)
+                    ),
+                )
+            })?
             .map_err(|e| (AttemptStatus::ConnectError, describe_client_error(&e)))?;
         let status = response.status().as_u16();
         let retry_after = if status == 429 || status == 503 {
@@ -336,23 +338,29 @@ impl Deliverer {
         } else {
             None
         };
-        let mut body = response.into_body();
         let mut kept = BytesMut::new();
-        let mut read = 0usize;
-        while read < RESPONSE_DRAIN_LIMIT {
-            match body.frame().await {
-                None => break,
-                Some(Err(_)) => break,
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        read += data.len();
-                        let room = RESPONSE_BODY_LIMIT.saturating_sub(kept.len());
-                        kept.extend_from_slice(&data[..data.len().min(room)]);
-                    }
+        // Past the deadline the body is dropped, and its connection with it.
+        let _ =
+            tokio::time::timeout_at(deadline.into(), drain(response.into_body(), &mut kept)).await;
+        Ok((status, retry_after, kept.freeze()))
+    }
+}
+
+/// Reads up to [`RESPONSE_DRAIN_LIMIT`] of a response body (so a short one leaves its
+/// connection reusable), keeping the first [`RESPONSE_BODY_LIMIT`] bytes in `kept`.
+async fn drain(mut body: hyper::body::Incoming, kept: &mut BytesMut) {
+    let mut read = 0usize;
+    while read < RESPONSE_DRAIN_LIMIT {
+        match body.frame().await {
+            None | Some(Err(_)) => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read += data.len();
+                    let room = RESPONSE_BODY_LIMIT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
         }
-        Ok((status, retry_after, kept.freeze()))
     }
 }
 
