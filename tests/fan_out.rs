@@ -732,3 +732,85 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
     .await;
     assert!(natshook.dead_letters("a").is_empty());
 }
+
+/// An endpoint switched from `ordered` (a consumer of its own on the source stream) to
+/// reading copies: what its old consumer still held is moved to the work stream with
+/// the attempts it had, and the old consumer goes, so nothing it held is stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held() {
+    let nats = NatsServer::start();
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_up = up.clone();
+    let rx = Receiver::with(move |_| {
+        if is_up.load(std::sync::atomic::Ordering::Relaxed) {
+            Reply::ok()
+        } else {
+            Reply::status(503)
+        }
+    })
+    .await;
+    let settings = "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0";
+    let config = |ordered: bool| {
+        let extra = if ordered {
+            format!("{settings}\nordered = true")
+        } else {
+            settings.to_string()
+        };
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(true)).await;
+    let js = jetstream::new(nats.client().await);
+    let ids = |m: &[(String, Bytes, Option<String>)]| -> Vec<String> {
+        m.iter().filter_map(|(_, _, id)| id.clone()).collect()
+    };
+    let before = leads(40, "held");
+    let before_ids = ids(&before);
+    publish_all(&js, before).await;
+    rx.wait_for(Duration::from_secs(10), "the first retries", |r| {
+        r.count() >= 3
+    })
+    .await;
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+
+    reload(
+        &natshook,
+        &config(false),
+        "config reloaded",
+        "the switch applied",
+    )
+    .await;
+    up.store(true, std::sync::atomic::Ordering::Relaxed);
+    let after = leads(10, "after");
+    let after_ids = ids(&after);
+    publish_all(&js, after).await;
+    rx.wait_for(Duration::from_secs(30), "every lead", |r| {
+        let got = r.delivered_ids();
+        before_ids
+            .iter()
+            .chain(&after_ids)
+            .all(|id| got.contains_key(id))
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the old consumer deleted",
+        || async { !consumers(&js, "EVENTS").await.contains("natshook-a") },
+    )
+    .await;
+    // The first lead's attempts count on from those on the old consumer.
+    let first = &before_ids[0];
+    let attempts: Vec<u32> = rx
+        .received()
+        .iter()
+        .filter(|r| r.id() == first)
+        .map(|r| r.header("x-webhook-attempt").parse().unwrap_or(0))
+        .collect();
+    assert!(
+        attempts.windows(2).all(|w| w[1] > w[0]),
+        "attempts {attempts:?}"
+    );
+    assert!(natshook.dead_letters("a").is_empty());
+    assert!(natshook.logs().contains("former consumer's messages moved"));
+}

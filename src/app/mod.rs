@@ -340,6 +340,7 @@ async fn poll_pending(
     fan_out: Option<FanOutConsumer>,
     stop: CancellationToken,
 ) {
+    let mut leftovers = HashMap::new();
     loop {
         if let Some(f) = &fan_out {
             let pending = (
@@ -361,11 +362,19 @@ async fn poll_pending(
         for w in &workers {
             by_stream.entry(w.consumer_stream()).or_default().push(w);
         }
+        // The source stream is listed with fan-out even when no endpoint reads it:
+        // an endpoint that reads copies may have left a consumer there.
+        if let Some(f) = &fan_out {
+            by_stream.entry(f.stream.as_str()).or_default();
+        }
         for (stream, on_it) in by_stream {
             match crate::store::consumer_infos(&js, stream).await {
                 Ok(infos) => {
                     for w in on_it {
                         w.show_pending(infos.get(w.consumer_name()));
+                    }
+                    if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
+                        drain_leftovers(&js, &sup, f, &workers, &infos, &mut leftovers);
                     }
                 }
                 Err(e) => tracing::debug!(stream, error = %e, "cannot list consumers"),
@@ -375,6 +384,54 @@ async fn poll_pending(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PENDING_POLL) => {}
         }
+    }
+}
+
+/// Starts moving the messages of every fan-out endpoint's leftover consumer on the
+/// source stream (listed in `infos`) to the work stream (`fanout::leftover`), one task
+/// per consumer at a time, kept in `running`.
+fn drain_leftovers(
+    js: &jetstream::Context,
+    sup: &Arc<Supervisor>,
+    f: &FanOutConsumer,
+    workers: &[Arc<crate::worker::Worker>],
+    infos: &HashMap<String, jetstream::consumer::Info>,
+    running: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+) {
+    running.retain(|_, task| !task.is_finished());
+    for w in workers.iter().filter(|w| w.fans_out()) {
+        let consumer = w.consumer_name();
+        if !infos.contains_key(consumer) || running.contains_key(consumer) {
+            continue;
+        }
+        let Some(work) = sup.work_stream().cloned() else {
+            return;
+        };
+        let (js, stream, fan_out) = (js.clone(), f.stream.clone(), f.name.clone());
+        let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
+        let task = tokio::spawn({
+            let consumer = consumer.clone();
+            async move {
+                let leftover = crate::fanout::leftover::Leftover {
+                    js: &js,
+                    work: &work,
+                    stream: &stream,
+                    fan_out: &fan_out,
+                    consumer: &consumer,
+                    endpoint: &endpoint,
+                };
+                match leftover.drain().await {
+                    Ok(moved) => tracing::info!(
+                        %endpoint, %consumer, moved,
+                        "the endpoint reads copies now: its former consumer's messages moved to the work stream, and the consumer deleted"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(%endpoint, error = %e, "former consumer not drained yet; trying again")
+                    }
+                }
+            }
+        });
+        running.insert(consumer, task);
     }
 }
 

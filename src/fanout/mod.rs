@@ -18,6 +18,7 @@
 //! done work at most.
 
 pub mod lane;
+pub mod leftover;
 pub mod targets;
 
 use std::collections::HashMap;

@@ -340,6 +340,23 @@ impl WorkStream {
         headers
     }
 
+    /// The headers of `endpoint`'s copy of a message its former consumer on the source
+    /// stream still held (`fanout::leftover`): a copy as the fan-out makes it, whose
+    /// attempts count on from the `attempts` it had there.
+    pub fn leftover_copy_headers(
+        &self,
+        source: Option<&HeaderMap>,
+        facts: &SourceFacts,
+        endpoint: &str,
+        attempts: u32,
+    ) -> HeaderMap {
+        let mut headers = self.copy_headers(source, facts, endpoint);
+        if attempts > 0 {
+            headers.insert(SOURCE_ATTEMPTS, attempts.to_string().as_str());
+        }
+        headers
+    }
+
     /// A copy's source facts, or `None` when `msg` is not from this work stream (a
     /// message on the source stream is read as it is, whatever headers it has).
     pub fn source_of(&self, msg: &jetstream::Message, stream: &str) -> Option<SourceFacts> {
