@@ -206,6 +206,31 @@ secret = "s"
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
 /// took half a minute over it, and toml_edit's limits multiply to a depth that
 /// overflowed the stack; figment's parse of an env value overflowed it too.
+/// `NATSHOOK__INGRESS__ROUTES__<index>__KEY` reaches one ingress route; the section's
+/// own keys stay plain overrides.
+#[test]
+fn env_overrides_address_ingress_routes_by_index() {
+    let text = "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"one\"\nurl = \"https://example.com/\"\nevents = [\"a\"]\nsecret = \"s\"\n[ingress]\n[[ingress.routes]]\npath = \"/in/a\"\nsubject = \"inbound.a\"\nverify = { scheme = \"none\" }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, text).unwrap();
+    let check =
+        |env: &[(&str, &str)]| run(&["check", "--config", path.to_str().unwrap()], b"", env);
+    let (code, out, err) = check(&[
+        ("NATSHOOK__INGRESS__ROUTES__0__PATH", "/in/b"),
+        ("NATSHOOK__INGRESS__LISTEN", "127.0.0.1:9999"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("POST /in/b -> inbound.a"), "{out}");
+    assert!(out.contains("ingress on 127.0.0.1:9999"), "{out}");
+    let (code, _, err) = check(&[("NATSHOOK__INGRESS__ROUTES__3__PATH", "/in/b")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("NATSHOOK__INGRESS__ROUTES__3: no entry 3: the config has 1 ingress.routes"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_refuses_deep_nesting_at_once() {
     let n = 100_000;

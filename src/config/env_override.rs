@@ -1,23 +1,38 @@
-//! `NATSHOOK__…` environment overrides, entries of `[[endpoints]]` and `[[events]]`
-//! included. figment's `Env` provider nests keys at `__`, but a nested map cannot index
-//! into an array (it would replace the whole array), so this module picks the entry,
-//! by endpoint name or by index, and lets figment merge the entry's keys as usual.
+//! `NATSHOOK__…` environment overrides, entries of `[[endpoints]]`, `[[events]]` and
+//! `[[ingress.routes]]` included. figment's `Env` provider nests keys at `__`, but a
+//! nested map cannot index into an array (it would replace the whole array), so this
+//! module picks the entry, by endpoint name or by index, and lets figment merge the
+//! entry's keys as usual.
 
 use figment::providers::{Env, Serialized};
 use figment::value::{Dict, Value};
 use figment::Figment;
 
 use super::load::figment_problems;
-use super::{Problem, ENV_PREFIX, TABLE_ARRAYS};
+use super::{Problem, ENV_PREFIX};
+
+/// The arrays of tables whose entries an override addresses, as key paths.
+const ARRAYS: &[&str] = &["endpoints", "events", "ingress.routes"];
 
 /// Whether `key` lies in one of the arrays whose entries an override addresses:
-/// `NATSHOOK__ENDPOINTS__CRM__URL` (by name) or `NATSHOOK__EVENTS__0__SUBJECT` (by index).
+/// `NATSHOOK__ENDPOINTS__CRM__URL` (by name), `NATSHOOK__EVENTS__0__SUBJECT` or
+/// `NATSHOOK__INGRESS__ROUTES__0__PATH` (by index).
 fn in_array(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    TABLE_ARRAYS.iter().any(|a| {
+    ARRAYS.iter().any(|a| {
         key.strip_prefix(a)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     })
+}
+
+/// The value at the dotted key path `path` of `dict`.
+fn find(dict: &Dict, path: &str) -> Option<Value> {
+    let mut parts = path.split('.');
+    let mut value = dict.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_dict()?.get(part)?;
+    }
+    Some(value.clone())
 }
 
 /// How an endpoint name is written in a variable name: shells allow only letters,
@@ -36,9 +51,12 @@ pub fn apply(file: Figment) -> (Figment, Vec<Problem>) {
         Err(e) => return (figment, figment_problems(e).problems),
     };
     let mut problems = Vec::new();
-    for (array, by_entry) in overrides {
-        if let Some(entries) = patch_array(&figment, &array, by_entry, &mut problems) {
-            figment = figment.merge(Serialized::default(&array, entries));
+    for array in ARRAYS {
+        let Some(by_entry) = find(&overrides, array) else {
+            continue;
+        };
+        if let Some(entries) = patch_array(&figment, array, by_entry, &mut problems) {
+            figment = figment.merge(Serialized::default(array, entries));
         }
     }
     (figment, problems)
@@ -53,14 +71,21 @@ fn patch_array(
     problems: &mut Vec<Problem>,
 ) -> Option<Vec<Value>> {
     let var = |entry: &str| {
-        let mut v = format!("{ENV_PREFIX}{}", array.to_ascii_uppercase());
+        let mut v = format!(
+            "{ENV_PREFIX}{}",
+            array.to_ascii_uppercase().replace('.', "__")
+        );
         if !entry.is_empty() {
             v.push_str("__");
             v.push_str(&entry.to_ascii_uppercase());
         }
         v
     };
-    let example = format!("{}__<name or index>__URL", var(""));
+    let example = if array == "endpoints" {
+        format!("{}__<name or index>__URL", var(""))
+    } else {
+        format!("{}__<index>__<KEY>", var(""))
+    };
     let Value::Dict(_, by_entry) = by_entry else {
         problems.push(Problem {
             path: var(""),
@@ -153,6 +178,8 @@ mod tests {
         assert!(in_array("endpoints.crm.url"));
         assert!(in_array("EVENTS.0.subject"));
         assert!(in_array("endpoints"));
+        assert!(in_array("ingress.routes.0.path"));
+        assert!(!in_array("ingress.listen"));
         assert!(!in_array("endpoints_extra.x"));
         assert!(!in_array("defaults.timeout"));
     }
