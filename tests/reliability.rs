@@ -1145,3 +1145,54 @@ async fn a_2xx_in_time_with_a_body_that_never_ends_is_a_success() {
     assert!(natshook.dead_letters("e").is_empty());
     server.abort();
 }
+
+/// A reload that restarts a paused endpoint's worker hands the messages it holds to
+/// the new worker as they are: none is NAKed, so none loses an attempt. Each id's first
+/// request is its attempt 1, and nothing is dead-lettered, however many reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_during_a_pause_cost_the_held_messages_no_attempt() {
+    let settings = "concurrency = 4\ndisable_after_failures = 3\nprobe_interval = \"2s\"\nprobe_max_interval = \"2s\"\nmax_attempts = 4\nretry_schedule = [\"100ms\"]";
+    let (rx, nats, natshook, published) = paused_with_backlog(503, settings, 30, "rl").await;
+    for i in 0..3 {
+        let config = TestConfig::new(nats.url()).endpoint(
+            "e",
+            &rx.url("/hook"),
+            &["*"],
+            &format!("{settings}\nheaders = {{ \"X-Reload\" = \"{i}\" }}"),
+        );
+        natshook.rewrite_config(&config.render());
+        natshook.signal("HUP");
+        let done = format!("config reloaded");
+        wait_until(Duration::from_secs(10), "the reload", || {
+            let logs = natshook.logs();
+            let done = done.clone();
+            async move { logs.matches(&done).count() > i }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        natshook
+            .logs()
+            .contains("messages held by the replaced worker handed over"),
+        "{}",
+        natshook.logs()
+    );
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(60), "30 delivered", |r| {
+        r.delivered_ids().len() >= 30
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert!(natshook.dead_letters("e").is_empty(), "dead letters");
+    let late_first: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|r| r.nth_for_id == 1 && r.header("x-webhook-attempt") != "1")
+        .map(|r| format!("{} (attempt {})", r.id(), r.header("x-webhook-attempt")))
+        .collect();
+    assert!(
+        late_first.is_empty(),
+        "first requests after NAKs: {late_first:?}"
+    );
+}

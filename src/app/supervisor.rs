@@ -61,7 +61,8 @@ struct Running {
     worker: Arc<Worker>,
     stop: Stop,
     tracker: TaskTracker,
-    handle: tokio::task::JoinHandle<()>,
+    /// The worker's task; `None` once [`Running::stop_fetching`] saw it end.
+    handle: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -69,9 +70,25 @@ impl Running {
     /// or NAKed as usual). Used for removed and changed endpoints on reload.
     async fn drain(self) {
         self.stop.drain.cancel();
-        let _ = self.handle.await;
+        if let Some(handle) = self.handle {
+            let _ = handle.await;
+        }
         self.tracker.close();
         self.tracker.wait().await;
+    }
+
+    /// For a worker a reload replaces: stops its fetching and waits up to `within` for
+    /// it to leave what it holds for its successor (`Worker::hand_over_to`); its
+    /// deliveries in flight go on. A worker that takes longer leaves its messages to
+    /// come back after their ack timers, as a duplicate would: nothing is lost.
+    async fn stop_fetching(&mut self, within: Duration) {
+        self.worker.will_hand_over();
+        self.stop.drain.cancel();
+        if let Some(handle) = self.handle.as_mut() {
+            if tokio::time::timeout(within, handle).await.is_ok() {
+                self.handle = None;
+            }
+        }
     }
 }
 
@@ -276,7 +293,14 @@ impl Supervisor {
 
     /// Starts a worker for a deliverer built beforehand: this part cannot fail, so a
     /// reload builds every deliverer first and starts workers only when all were built.
-    fn start(&self, deliverer: Deliverer, router: Arc<Router>) -> Running {
+    /// Starts a worker for `deliverer`'s endpoint, with what `replaced` (the worker a
+    /// reload replaces, stopped) held.
+    fn start(
+        &self,
+        deliverer: Deliverer,
+        router: Arc<Router>,
+        replaced: Option<&Worker>,
+    ) -> Running {
         let endpoint = deliverer.endpoint().clone();
         let stop = Stop {
             drain: self.shutdown.child_token(),
@@ -288,6 +312,12 @@ impl Supervisor {
                 .watch_secrets(SECRET_POLL, stop.drain.clone()),
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
+        if let Some(old) = replaced {
+            let held = old.hand_over_to(&worker);
+            if held > 0 {
+                tracing::info!(endpoint = %worker.endpoint().name, held, "messages held by the replaced worker handed over");
+            }
+        }
         let tracker = TaskTracker::new();
         let proxy = match &worker.endpoint().proxy {
             None => "none".to_string(),
@@ -300,7 +330,7 @@ impl Supervisor {
             worker,
             stop,
             tracker,
-            handle,
+            handle: Some(handle),
         }
     }
 
@@ -322,7 +352,9 @@ impl Supervisor {
         }
         let mut trackers = vec![self.draining.clone()];
         for r in all {
-            let _ = r.handle.await;
+            if let Some(handle) = r.handle {
+                let _ = handle.await;
+            }
             r.tracker.close();
             trackers.push(r.tracker);
         }

@@ -125,6 +125,13 @@ pub struct Worker {
     /// The endpoint's `concurrency`, shared by its own consumer's deliveries and the
     /// lane's.
     permits: Arc<Semaphore>,
+    /// Messages fetched but not started: on a worker a reload replaces, what it held
+    /// when it stopped, for its successor; on that successor, what it starts with.
+    handover: Mutex<Held>,
+    /// Set on a worker a reload replaces: it leaves what it holds in `handover` rather
+    /// than NAK it, which would cost each message an attempt (and, through a long pause
+    /// with reloads, could take a message past `max_attempts` without a request).
+    hands_over: AtomicBool,
 }
 
 /// The endpoint's throttle at `rate`, split between `replicas`, continuing from
@@ -141,6 +148,12 @@ fn throttle(
             None => Throttle::new(r, replicas),
         })
     })
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (each
+/// critical section here moves a queue of messages).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn from_unix_ms(ms: u64) -> Option<String> {
@@ -172,6 +185,8 @@ impl Worker {
         Self {
             lazy,
             parked: AtomicBool::new(lazy),
+            handover: Mutex::new(Held::new()),
+            hands_over: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(endpoint.concurrency)),
             wake: tokio::sync::Notify::new(),
             consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
@@ -398,6 +413,26 @@ impl Worker {
         }));
     }
 
+    /// Marks this worker as replaced by a reload: once it stops fetching, what it holds
+    /// waits in it for [`Worker::hand_over_to`] instead of being NAKed.
+    pub fn will_hand_over(&self) {
+        self.hands_over.store(true, Ordering::Relaxed);
+    }
+
+    /// Moves what this stopped worker held to `next`, its successor, before `next`
+    /// runs; returns how many messages. They keep their attempt counts: none was
+    /// NAKed or tried.
+    pub fn hand_over_to(&self, next: &Worker) -> usize {
+        let left = std::mem::take(&mut *lock(&self.handover));
+        let n = left.len();
+        if n > 0 {
+            lock(&next.handover).extend(left);
+            // A fan-out successor has work at once.
+            next.parked.store(false, Ordering::Relaxed);
+        }
+        n
+    }
+
     /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`. A fan-out
     /// endpoint waits for its first work before anything else: until then its task
     /// holds only this wait, not the fetch loop's state, and it reads nothing from NATS.
@@ -415,7 +450,8 @@ impl Worker {
         self.metrics.create();
         let permits = Arc::clone(&self.permits);
         let share = self.shared.inflight.share();
-        let mut held = Held::new();
+        // What the worker this one replaced held, oldest first.
+        let mut held = std::mem::take(&mut *lock(&self.handover));
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         self.follow_current().await;
         while !stop.drain.is_cancelled() {
@@ -481,8 +517,12 @@ impl Worker {
                 }
             }
         }
-        // Fetched but never started: NAK for immediate redelivery (to the restarted or
-        // reloaded worker, or another replica) instead of after ack_wait.
+        if self.hands_over.load(Ordering::Relaxed) {
+            // Replaced by a reload: the successor takes them as they are.
+            lock(&self.handover).extend(held.drain(..));
+        }
+        // Fetched but never started: NAK for immediate redelivery (to the restarted
+        // process, or another replica) instead of after ack_wait.
         for msg in held.drain(..) {
             self.ack(&msg, AckKind::Nak(None)).await;
         }

@@ -1,10 +1,11 @@
 //! Applying a config to the running set: which endpoints start, stop, restart or
 //! change in place, all or nothing; and re-reading the config file for a reload.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{ApplyError, EndpointError, Supervisor};
+use super::{ApplyError, EndpointError, Running, Supervisor};
 use crate::config::{Config, Endpoint};
 use crate::delivery::Deliverer;
 use crate::fanout::Targets;
@@ -22,6 +23,10 @@ pub struct ReloadSummary {
 
 /// Whether `new` differs from the running `old` in more than what a worker applies in
 /// place (`rate_limit`), so that the endpoint must restart.
+/// How long a reload waits for a replaced worker to stop fetching and leave what it
+/// holds to its successor; it stops at once unless JetStream is slow to answer.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+
 fn needs_restart(old: &Endpoint, new: &Endpoint) -> bool {
     let in_place = |e: &Endpoint| Endpoint {
         rate_limit: None,
@@ -115,10 +120,28 @@ impl Supervisor {
         for name in &summary.removed {
             to_drain.extend(running.remove(name));
         }
+        // Workers being replaced stop fetching first and leave what they hold (fetched
+        // but not started, such as what a pause holds) to their successors, so a
+        // reload costs those messages no attempt.
+        let mut replaced: BTreeMap<String, Running> = built
+            .iter()
+            .filter_map(|d| {
+                let name = &d.endpoint().name;
+                running.remove(name).map(|r| (name.clone(), r))
+            })
+            .collect();
+        futures_util::future::join_all(
+            replaced
+                .values_mut()
+                .map(|r| r.stop_fetching(HANDOVER_WAIT)),
+        )
+        .await;
         for deliverer in built {
             let name = deliverer.endpoint().name.clone();
-            let fresh = self.start(deliverer, router.clone());
-            to_drain.extend(running.insert(name, fresh));
+            let old = replaced.remove(&name);
+            let fresh = self.start(deliverer, router.clone(), old.as_ref().map(|o| &*o.worker));
+            running.insert(name, fresh);
+            to_drain.extend(old);
         }
         self.publish_snapshot(&running);
         for old in to_drain {
