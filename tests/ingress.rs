@@ -955,3 +955,38 @@ async fn ed25519_signed_requests_verify_with_the_senders_public_key() {
     assert_eq!(post(&other_whsk, "ed-2"), 401);
     assert_eq!(stored(&nats, "EVENTS").await.len(), 1);
 }
+
+/// Request bodies held at once are bounded over every route (64 MiB): requests that
+/// declare a megabyte each and trickle it take the room, a newcomer gets `503` with
+/// `Retry-After` at once instead of memory growing, and once they are gone it is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_at_once_are_bounded_and_the_rest_answered_503() {
+    use tokio::io::AsyncWriteExt;
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("2s")).render()).await;
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", n.http_port))
+            .await
+            .unwrap();
+        tcp.write_all(b"POST /in/x/open HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\nab")
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = curl("POST", &url(&n, "/in/x/open"), &[], b"{\"a\":1}");
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert_eq!(busy.header("retry-after"), Some("5"));
+    assert!(
+        busy.body.contains("too many request bodies"),
+        "{}",
+        busy.body
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = curl("POST", &url(&n, "/in/x/open"), &[], b"{\"a\":1}");
+    assert_eq!(stored.status, 200, "{}", stored.body);
+}

@@ -1162,11 +1162,9 @@ async fn reloads_during_a_pause_cost_the_held_messages_no_attempt() {
         );
         natshook.rewrite_config(&config.render());
         natshook.signal("HUP");
-        let done = format!("config reloaded");
         wait_until(Duration::from_secs(10), "the reload", || {
             let logs = natshook.logs();
-            let done = done.clone();
-            async move { logs.matches(&done).count() > i }
+            async move { logs.matches("config reloaded").count() > i }
         })
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{IngressConfig, Route, Verify};
@@ -45,6 +46,13 @@ const RETRY_AFTER_SECS: &str = "5";
 /// Longest wait for a request body: a sender trickling bytes holds a connection and
 /// up to `max_body` of memory, so it gets `408` instead of unbounded patience.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes of request bodies held at once, over every route: what each request may
+/// hold (its declared `Content-Length`, else its route's `max_body`) is set aside
+/// before its body is read, and a request that finds no room gets `503` at once. The
+/// connection cap alone would let one client hold 128 connections × 32 HTTP/2
+/// streams × `max_body` (4 GiB at the default 1 MiB).
+const BODY_BUDGET: u32 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -121,6 +129,8 @@ pub struct Ingress {
     /// change needs a restart.
     listen: Option<SocketAddr>,
     nats: NatsConfig,
+    /// [`BODY_BUDGET`], one permit per byte.
+    bodies: Arc<Semaphore>,
 }
 
 /// An outcome for the metrics and the response that says it.
@@ -211,6 +221,7 @@ impl Ingress {
             metrics,
             listen: config.listen,
             nats: nats.clone(),
+            bodies: Arc::new(Semaphore::new(BODY_BUDGET as usize)),
         }
     }
 
@@ -353,10 +364,32 @@ impl Ingress {
         publish_timeout: Duration,
         req: http::Request<Incoming>,
     ) -> Answer {
+        if let Err(refused) = check_head(route, &req) {
+            return refused.answer();
+        }
+        // Held until the answer: the body stays in memory until JetStream has it.
+        let Some(_room) = self.room_for(route, &req) else {
+            return unavailable("too many request bodies at once");
+        };
         match accept(route, req).await {
             Ok(message) => self.publish(route, publish_timeout, message).await,
             Err(refused) => refused.answer(),
         }
+    }
+
+    /// Sets aside what `req` may hold of [`BODY_BUDGET`]: its declared length (at most
+    /// `max_body`, as `check_head` saw to), else `max_body`.
+    fn room_for(
+        &self,
+        route: &Route,
+        req: &http::Request<Incoming>,
+    ) -> Option<OwnedSemaphorePermit> {
+        let max = route.max_body as u64;
+        let bytes = declared_length(req).map_or(max, |n| n.min(max));
+        let bytes = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, BODY_BUDGET);
+        Arc::clone(&self.bodies).try_acquire_many_owned(bytes).ok()
     }
 
     /// Stores a verified message; `2xx` only once JetStream acked it.
@@ -412,10 +445,9 @@ struct Message {
     body: Bytes,
 }
 
-/// Runs the checks that need no NATS, cheapest first, and verifies before anything is
-/// derived from the request.
+/// Runs the checks that need no NATS after [`check_head`], cheapest first, and
+/// verifies before anything is derived from the request.
 async fn accept(route: &Route, req: http::Request<Incoming>) -> Result<Message, Refusal> {
-    check_head(route, &req)?;
     let (parts, body) = req.into_parts();
     let body = read_body(route, body).await?;
     verify(route, &parts.headers, &body)?;
@@ -432,12 +464,7 @@ fn check_head(route: &Route, req: &http::Request<Incoming>) -> Result<(), Refusa
     if req.method() != Method::POST {
         return Err(Refusal::NotPost);
     }
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > route.max_body as u64) {
+    if declared_length(req).is_some_and(|n| n > route.max_body as u64) {
         return Err(Refusal::TooLarge(route.max_body));
     }
     // Without its signature headers a request cannot verify: refuse it before
@@ -452,6 +479,14 @@ fn check_head(route: &Route, req: &http::Request<Incoming>) -> Result<(), Refusa
         }
     }
     Ok(())
+}
+
+/// The request's `Content-Length`, when it has a usable one.
+fn declared_length(req: &http::Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// The body, within `max_body` and [`BODY_TIMEOUT`].
