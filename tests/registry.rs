@@ -281,6 +281,19 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
             .is_none()
     })
     .await;
+    // Switched off, it keeps its delivery log; what needs a worker says it is off.
+    let (status, log) = api(n, "GET", "/api/endpoints/acme/deliveries", None).await;
+    assert_eq!(status, 200, "{log}");
+    assert!(log.as_array().is_some_and(|l| !l.is_empty()), "{log}");
+    let (status, err) = api(n, "POST", "/api/endpoints/acme/test", None).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disabled"),
+        "{err}"
+    );
     publish_all(js, tenant_leads("org_1", 3, "held")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(

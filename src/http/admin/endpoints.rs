@@ -19,12 +19,28 @@ use crate::worker::{EndpointState, Worker};
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 impl AdminState {
+    /// The endpoint's worker in this process. A runtime endpoint that is switched off
+    /// has none: `409`, saying so, rather than a `404` for an endpoint that exists.
     fn worker(&self, name: &str) -> Result<Arc<Worker>, ApiError> {
         self.app
             .workers()
             .into_iter()
             .find(|w| w.endpoint().name == name)
-            .ok_or_else(|| ApiError::not_found(name))
+            .ok_or_else(|| {
+                if self.is_record(name) {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("endpoint '{name}' is disabled (or not served: see the log); enable it with PATCH {{\"enabled\": true}}"),
+                    )
+                } else {
+                    ApiError::not_found(name)
+                }
+            })
+    }
+
+    /// Whether the registry holds an endpoint named `name`, served or not.
+    fn is_record(&self, name: &str) -> bool {
+        self.app.records().iter().any(|r| r.name == name)
     }
 }
 
@@ -56,7 +72,10 @@ pub(super) async fn deliveries(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> ApiResult<Vec<LogRecord>> {
-    s.worker(&name)?;
+    // A disabled runtime endpoint's log is still worth reading.
+    if !s.is_record(&name) {
+        s.worker(&name)?;
+    }
     let Some(log) = s.app.delivery_log() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
