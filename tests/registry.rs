@@ -494,6 +494,40 @@ async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_
     );
 }
 
+/// A runtime endpoint that cannot bind (its stream at its consumer limit) is one
+/// customer's webhook: it shows as not bound, and the process stays ready, so its
+/// admin API and ingress stay in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_endpoint_that_cannot_bind_leaves_the_process_ready() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    // Room for the unmapped counter and the file endpoint's consumer, no more.
+    js.create_stream(jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec![
+            "crm.lead.created".into(),
+            "helpdesk.ticket.*".into(),
+            "events.*.lead.created".into(),
+        ],
+        max_consumers: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (file_rx, rx) = (Receiver::start().await, Receiver::start().await);
+    let n = Natshook::start(&config(&nats, &file_rx, "")).await;
+    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&body("acme", &rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_until(Duration::from_secs(20), "the refused bind logged", || {
+        let logs = n.logs();
+        async move { logs.contains("cannot bind consumer") }
+    })
+    .await;
+    let (_, acme) = api(&n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(acme["bound"], false, "{acme}");
+    assert_eq!(n.get("/readyz").await.map(|(s, _)| s), Ok(200));
+}
+
 /// A deleted endpoint's delivery log goes with it: an endpoint created later under
 /// the same name, by another tenant say, starts with an empty log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -194,7 +194,7 @@ impl Supervisor {
             file: tokio::sync::Mutex::new(config.clone()),
             runtime: tokio::sync::Mutex::new(Runtime::default()),
             records: RwLock::new(Vec::new()),
-            rules: RwLock::new(Arc::default()),
+            rules: RwLock::new(Arc::new(FileRules::of(&config))),
             registry: OnceLock::new(),
             registry_pending: AtomicBool::new(config.registry.is_some()),
         }
@@ -255,7 +255,7 @@ impl Supervisor {
             .find(|w| w.endpoint().name == name)
     }
 
-    /// `Ok` when NATS is connected and every consumer is bound.
+    /// `Ok` when NATS is connected and every config-file endpoint's consumer is bound.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
         if !self.started.load(Ordering::Relaxed) {
@@ -278,8 +278,18 @@ impl Supervisor {
             }
         }
         // A fan-out endpoint binds whenever it has work and lets go when it has none:
-        // readiness follows the fan-out consumer, not these comings and goings.
-        for w in self.workers().iter().filter(|w| !w.fans_out()) {
+        // readiness follows the fan-out consumer, not these comings and goings. A
+        // runtime endpoint that cannot bind (its stream at its consumer limit, say) is
+        // one customer's webhook: it shows as not bound in the API and the log, and
+        // does not take every replica, with its admin API and ingress, out of service.
+        let rules = self.rules.read().map(|r| Arc::clone(&r)).ok();
+        let gates = |w: &&Arc<Worker>| {
+            !w.fans_out()
+                && rules
+                    .as_ref()
+                    .is_none_or(|r| r.is_file_endpoint(&w.endpoint().name))
+        };
+        for w in self.workers().iter().filter(gates) {
             if !w.is_bound() {
                 reasons.push(format!("consumer {} is not bound", w.consumer_name()));
             }
@@ -291,10 +301,9 @@ impl Supervisor {
         }
     }
 
-    /// Starts a worker for a deliverer built beforehand: this part cannot fail, so a
-    /// reload builds every deliverer first and starts workers only when all were built.
-    /// Starts a worker for `deliverer`'s endpoint, with what `replaced` (the worker a
-    /// reload replaces, stopped) held.
+    /// Starts a worker for a deliverer built beforehand, with what `replaced` (the
+    /// worker a reload replaces, stopped) held: this part cannot fail, so a reload
+    /// builds every deliverer first and starts workers only when all were built.
     fn start(
         &self,
         deliverer: Deliverer,
