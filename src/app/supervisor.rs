@@ -194,7 +194,7 @@ impl Supervisor {
             file: tokio::sync::Mutex::new(config.clone()),
             runtime: tokio::sync::Mutex::new(Runtime::default()),
             records: RwLock::new(Vec::new()),
-            rules: RwLock::new(Arc::new(FileRules::of(&config))),
+            rules: RwLock::new(Arc::new(FileRules::of(config))),
             registry: OnceLock::new(),
             registry_pending: AtomicBool::new(config.registry.is_some()),
         }
