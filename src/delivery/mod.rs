@@ -317,18 +317,23 @@ impl Deliverer {
         request: http::Request<Full<Bytes>>,
         deadline: Instant,
     ) -> Result<(u16, Option<Duration>, Bytes), (AttemptStatus, String)> {
-        let response = tokio::time::timeout_at(deadline.into(), self.client.request(request))
-            .await
-            .map_err(|_| {
-                (
+        // One timer for both parts, as one `timeout` around them was.
+        let expired = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(expired);
+        let response = tokio::select! {
+            biased;
+            r = self.client.request(request) => r
+                .map_err(|e| (AttemptStatus::ConnectError, describe_client_error(&e)))?,
+            () = &mut expired => {
+                return Err((
                     AttemptStatus::Timeout,
                     format!(
                         "timed out after {}",
                         humantime::format_duration(self.endpoint.timeout)
                     ),
-                )
-            })?
-            .map_err(|e| (AttemptStatus::ConnectError, describe_client_error(&e)))?;
+                ))
+            }
+        };
         let status = response.status().as_u16();
         let retry_after = if status == 429 || status == 503 {
             response
@@ -340,8 +345,11 @@ impl Deliverer {
         };
         let mut kept = BytesMut::new();
         // Past the deadline the body is dropped, and its connection with it.
-        let _ =
-            tokio::time::timeout_at(deadline.into(), drain(response.into_body(), &mut kept)).await;
+        tokio::select! {
+            biased;
+            () = drain(response.into_body(), &mut kept) => {}
+            () = &mut expired => {}
+        }
         Ok((status, retry_after, kept.freeze()))
     }
 }
