@@ -739,16 +739,7 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held() {
     let nats = NatsServer::start();
-    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let is_up = up.clone();
-    let rx = Receiver::with(move |_| {
-        if is_up.load(std::sync::atomic::Ordering::Relaxed) {
-            Reply::ok()
-        } else {
-            Reply::status(503)
-        }
-    })
-    .await;
+    let rx = Receiver::with(|_| Reply::status(503)).await;
     let settings = "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0";
     let config = |ordered: bool| {
         let extra = if ordered {
@@ -781,7 +772,7 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
         "the switch applied",
     )
     .await;
-    up.store(true, std::sync::atomic::Ordering::Relaxed);
+    rx.set(|_| Reply::ok());
     let after = leads(10, "after");
     let after_ids = ids(&after);
     publish_all(&js, after).await;

@@ -102,6 +102,24 @@ async fn deliver_org_1(
     .await;
 }
 
+/// Deletes runtime endpoint `name` through `n` (`204`) and waits until its consumer is
+/// gone, which happens once its worker has drained.
+async fn delete_until_gone(n: &Natshook, js: &jetstream::Context, name: &str) {
+    let (status, body) = api(n, "DELETE", &format!("/api/endpoints/{name}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    let consumer = format!("natshook-{name}");
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{consumer} removed"),
+        || {
+            let (stream, consumer) = (stream.clone(), consumer.clone());
+            async move { stream.consumer_info(&consumer).await.is_err() }
+        },
+    )
+    .await;
+}
+
 /// The names `GET /api/endpoints` lists on `n`.
 async fn listed(n: &Natshook, query: &str) -> Vec<String> {
     let (status, body) = api(n, "GET", &format!("/api/endpoints{query}"), None).await;
@@ -315,14 +333,7 @@ async fn create_read_change_and_delete_runtime_endpoints_through_the_api() {
     .await;
 
     // Delete: 204, the worker stops and its consumer goes.
-    let (status, _) = api(n, "DELETE", "/api/endpoints/acme", None).await;
-    assert_eq!(status, 204);
-    let stream = js.get_stream("EVENTS").await.unwrap();
-    wait_until(Duration::from_secs(20), "acme's consumer removed", || {
-        let stream = stream.clone();
-        async move { stream.consumer_info("natshook-acme").await.is_err() }
-    })
-    .await;
+    delete_until_gone(n, js, "acme").await;
     assert_eq!(api(n, "GET", "/api/endpoints/acme", None).await.0, 404);
     assert_eq!(listed(n, "").await, ["file"]);
     // The file endpoint delivered all along.
@@ -548,14 +559,7 @@ async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
     })
     .await;
 
-    let (status, _) = api(n, "DELETE", "/api/endpoints/reuse", None).await;
-    assert_eq!(status, 204);
-    let stream = js.get_stream("EVENTS").await.unwrap();
-    wait_until(Duration::from_secs(20), "the consumer removed", || {
-        let stream = stream.clone();
-        async move { stream.consumer_info("natshook-reuse").await.is_err() }
-    })
-    .await;
+    delete_until_gone(n, js, "reuse").await;
     let mut again = serde_json::from_str::<Value>(&body("reuse", rx)).unwrap();
     again["tenant"] = "org_2".into();
     let (status, created) = api(n, "POST", "/api/endpoints", Some(&again.to_string())).await;
@@ -589,15 +593,7 @@ async fn a_rotated_hex_secret_lets_the_old_one_sign_alone_until_the_grace_ends()
     let rotated_at = Instant::now();
     assert_eq!(status, 200, "{rotated}");
     let new = rotated["secret"].as_str().unwrap().to_string();
-    let signer = |secret: &str| {
-        natshook::signing::Signer::new(
-            natshook::signing::Scheme::Hex,
-            http::HeaderName::from_static("x-webhook-signature"),
-            vec![natshook::secret::Secret::new(secret.as_bytes())],
-        )
-        .unwrap()
-    };
-    let (old_signer, new_signer) = (signer(&old), signer(&new));
+    let (old_signer, new_signer) = (hex_signer(&old), hex_signer(&new));
     let signed_by = |prefix: &str| {
         let got: Vec<Received> = rx
             .received()

@@ -279,15 +279,7 @@ async fn a_secret_file_rotated_mid_traffic_signs_with_the_new_secret() {
     })
     .await;
 
-    let key = |s: &str| {
-        natshook::signing::Signer::new(
-            natshook::signing::Scheme::Hex,
-            http::HeaderName::from_static("x-webhook-signature"),
-            vec![natshook::secret::Secret::new(s.as_bytes())],
-        )
-        .unwrap()
-    };
-    let (old, new) = (key("old-secret"), key("new-secret"));
+    let (old, new) = (hex_signer("old-secret"), hex_signer("new-secret"));
     for r in rx.received() {
         let (want, other) = if r.id().starts_with("before") {
             (&old, &new)

@@ -1324,6 +1324,16 @@ impl NatsCluster {
 }
 
 /// Verifies each request with the official `standardwebhooks` package (PyPI).
+/// A `hex` signer on `X-Webhook-Signature` with `secret`, to verify what a receiver got.
+pub fn hex_signer(secret: &str) -> natshook::signing::Signer {
+    natshook::signing::Signer::new(
+        natshook::signing::Scheme::Hex,
+        http::HeaderName::from_static("x-webhook-signature"),
+        vec![natshook::secret::Secret::new(secret.as_bytes())],
+    )
+    .expect("a hex signer")
+}
+
 pub fn verify_received(secret: &str, requests: &[Received]) -> (usize, usize) {
     let items: Vec<(&[u8], BTreeMap<String, String>)> = requests
         .iter()
