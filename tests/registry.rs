@@ -389,34 +389,35 @@ async fn two_processes_share_the_registry_and_a_restart_keeps_it() {
     deliver_org_1(js, rx, 10, "r", 10).await;
 }
 
+/// Creates runtime endpoint `acme` signing with `scheme`, then rotates its secret
+/// with a grace of 6 s (after a grace that is no duration is refused): the old secret,
+/// the new one, and when the rotation was answered.
+async fn create_and_rotate(n: &Natshook, rx: &Receiver, scheme: &str) -> (String, String, Instant) {
+    let mut endpoint = serde_json::from_str::<Value>(&body("acme", rx)).unwrap();
+    endpoint["signature"] = json!({ "scheme": scheme });
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&endpoint.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    let old = created["secret"].as_str().unwrap().to_string();
+    wait_bound(n, "acme").await;
+    let rotate = |grace: &'static str| {
+        let body = json!({ "grace": grace }).to_string();
+        async move { api(n, "POST", "/api/endpoints/acme/secret/rotate", Some(&body)).await }
+    };
+    let (status, err) = rotate("soon").await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["problems"][0]["field"], "grace");
+    let (status, rotated) = rotate("6s").await;
+    let rotated_at = Instant::now();
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    (old, new, rotated_at)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     let s = Setup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
-    assert_eq!(status, 201, "{created}");
-    let old = created["secret"].as_str().unwrap().to_string();
-    wait_bound(n, "acme").await;
-
-    let (status, err) = api(
-        n,
-        "POST",
-        "/api/endpoints/acme/secret/rotate",
-        Some("{\"grace\": \"soon\"}"),
-    )
-    .await;
-    assert_eq!(status, 422, "{err}");
-    assert_eq!(err["problems"][0]["field"], "grace");
-    let (status, rotated) = api(
-        n,
-        "POST",
-        "/api/endpoints/acme/secret/rotate",
-        Some("{\"grace\": \"6s\"}"),
-    )
-    .await;
-    let rotated_at = Instant::now();
-    assert_eq!(status, 200, "{rotated}");
-    let new = rotated["secret"].as_str().unwrap().to_string();
+    let (old, new, rotated_at) = create_and_rotate(n, rx, "standard").await;
     assert!(new.starts_with("whsec_") && new != old);
     let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
     assert!(!one.to_string().contains(&new) && !one.to_string().contains(&old));
@@ -577,22 +578,7 @@ async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
 async fn a_rotated_hex_secret_lets_the_old_one_sign_alone_until_the_grace_ends() {
     let s = Setup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
-    let mut hex = serde_json::from_str::<Value>(&body("acme", rx)).unwrap();
-    hex["signature"] = json!({"scheme": "hex"});
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&hex.to_string())).await;
-    assert_eq!(status, 201, "{created}");
-    let old = created["secret"].as_str().unwrap().to_string();
-    wait_bound(n, "acme").await;
-    let (status, rotated) = api(
-        n,
-        "POST",
-        "/api/endpoints/acme/secret/rotate",
-        Some("{\"grace\": \"6s\"}"),
-    )
-    .await;
-    let rotated_at = Instant::now();
-    assert_eq!(status, 200, "{rotated}");
-    let new = rotated["secret"].as_str().unwrap().to_string();
+    let (old, new, rotated_at) = create_and_rotate(n, rx, "hex").await;
     let (old_signer, new_signer) = (hex_signer(&old), hex_signer(&new));
     let signed_by = |prefix: &str| {
         let got: Vec<Received> = rx

@@ -284,25 +284,23 @@ struct SlotsInner {
 
 impl SlotsInner {
     fn close_idlest(&mut self) -> Option<Arc<Conn>> {
-        let idlest = self
-            .open
-            .iter()
-            .filter_map(|(id, c)| c.idle_since().map(|since| (since, *id)))
-            .min();
-        let (_, id) = idlest?;
+        let (_, id) = self.earliest(Conn::idle_since)?;
         self.close(id)
     }
 
     /// The connection whose request has been in progress longest, if that is past
     /// [`BUSY_EVICT`].
     fn close_stuck(&mut self) -> Option<Arc<Conn>> {
-        let longest = self
-            .open
-            .iter()
-            .filter_map(|(id, c)| c.busy_since().map(|since| (since, *id)))
-            .min();
-        let (since, id) = longest?;
+        let (since, id) = self.earliest(Conn::busy_since)?;
         (since.elapsed() >= BUSY_EVICT).then(|| self.close(id))?
+    }
+
+    /// The connection with the earliest `since` (idle since, busy since), and that time.
+    fn earliest(&self, since: fn(&Conn) -> Option<Instant>) -> Option<(Instant, u64)> {
+        self.open
+            .iter()
+            .filter_map(|(id, c)| since(c).map(|t| (t, *id)))
+            .min()
     }
 
     fn close(&mut self, id: u64) -> Option<Arc<Conn>> {
