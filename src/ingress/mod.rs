@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -490,15 +490,31 @@ fn declared_length(req: &http::Request<Incoming>) -> Option<u64> {
 }
 
 /// The body, within `max_body` and [`BODY_TIMEOUT`].
+///
+/// Each piece is copied out as it arrives: hyper hands a piece out as a slice of its
+/// read buffer, so keeping the pieces of a body sent a byte per packet would keep a
+/// whole buffer (8 KiB) per byte, far beyond what the request set aside.
 async fn read_body(route: &Route, body: Incoming) -> Result<Bytes, Refusal> {
-    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, route.max_body).collect());
-    match read.await {
+    // The declared length, which the request set aside, in one allocation.
+    let declared = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+    let read = async {
+        let mut body = Limited::new(body, route.max_body);
+        let capacity = usize::try_from(declared).unwrap_or(0).min(route.max_body);
+        let mut kept = BytesMut::with_capacity(capacity);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                kept.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(kept.freeze())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Err(_) => Err(Refusal::BodyTimeout),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(Refusal::TooLarge(route.max_body))
         }
         Ok(Err(_)) => Err(Refusal::BodyUnreadable),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(body)) => Ok(body),
     }
 }
 

@@ -16,6 +16,9 @@ use crate::secret::SecretRef;
 use crate::signing::{Scheme, Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::subject_template::SubjectTemplate;
 
+/// The largest `max_body` of a route: NATS's largest `max_payload` (64 MiB).
+const MAX_BODY_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Validates `[ingress]`; `http_listen` is the `[http]` listener (when valid), which
 /// a separate ingress listener may not share.
 pub(super) fn validate(
@@ -124,6 +127,15 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Problems) -> Option<Route> {
     let id_header = p.header_name(key("id_header"), id_text);
     let max_body = match r.max_body {
         None => Some(defaults::INGRESS_MAX_BODY),
+        // NATS carries at most 64 MiB in a message (its largest `max_payload`), and
+        // the ingress holds at most that much of request bodies at once.
+        Some(n) if n > MAX_BODY_LIMIT => {
+            p.add(
+                key("max_body"),
+                format_args!("{n} is more than NATS can carry in a message (at most {MAX_BODY_LIMIT}, 64 MiB)"),
+            );
+            None
+        }
         Some(n) => p.positive(&key("max_body"), n, 1).map(|n| n as usize),
     };
     let signature_headers = verify
@@ -379,6 +391,7 @@ mod tests {
             path = "/in/c"
             subject = "in.c"
             id_header = "bad id"
+            max_body = 67108865
             "#,
         );
         let expect = [
@@ -386,6 +399,7 @@ mod tests {
             "ingress.publish_timeout: 'soon' is not a duration",
             "ingress.lisen: unknown key",
             "ingress.routes[0].path: '/metrics' collides with natshook's own",
+            "ingress.routes[3].max_body: 67108865 is more than NATS can carry in a message",
             "ingress.routes[2].subject: {path:3} is out of range: the route's path has 2 segment(s)",
             "ingress.routes[0].verify.scheme: 'md5' is not one of hex, sha256, standard, none",
             "ingress.routes[1].verify.secrte: unknown key",
