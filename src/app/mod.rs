@@ -374,7 +374,7 @@ async fn poll_pending(
                         w.show_pending(infos.get(w.consumer_name()));
                     }
                     if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
-                        drain_leftovers(&js, &sup, f, &workers, &infos, &mut leftovers);
+                        drain_leftovers(&js, &sup, f, &workers, &infos, &mut leftovers, &stop);
                     }
                 }
                 Err(e) => tracing::debug!(stream, error = %e, "cannot list consumers"),
@@ -397,6 +397,7 @@ fn drain_leftovers(
     workers: &[Arc<crate::worker::Worker>],
     infos: &HashMap<String, jetstream::consumer::Info>,
     running: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+    stop: &CancellationToken,
 ) {
     running.retain(|_, task| !task.is_finished());
     for w in workers.iter().filter(|w| w.fans_out()) {
@@ -407,8 +408,17 @@ fn drain_leftovers(
         let Some(work) = sup.work_stream().cloned() else {
             return;
         };
-        let (js, stream, fan_out) = (js.clone(), f.stream.clone(), f.name.clone());
+        let (js, stream, stop) = (js.clone(), f.stream.clone(), stop.clone());
         let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
+        // Still a fan-out endpoint of this process: checked before every fetch.
+        let wanted = {
+            let (sup, endpoint) = (Arc::clone(sup), endpoint.clone());
+            move || {
+                sup.workers()
+                    .iter()
+                    .any(|w| w.endpoint().name == endpoint && w.fans_out())
+            }
+        };
         let task = tokio::spawn({
             let consumer = consumer.clone();
             async move {
@@ -416,15 +426,17 @@ fn drain_leftovers(
                     js: &js,
                     work: &work,
                     stream: &stream,
-                    fan_out: &fan_out,
                     consumer: &consumer,
                     endpoint: &endpoint,
+                    wanted: &wanted,
+                    stop: &stop,
                 };
                 match leftover.drain().await {
-                    Ok(moved) => tracing::info!(
+                    Ok(Some(moved)) => tracing::info!(
                         %endpoint, %consumer, moved,
                         "the endpoint reads copies now: its former consumer's messages moved to the work stream, and the consumer deleted"
                     ),
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(%endpoint, error = %e, "former consumer not drained yet; trying again")
                     }

@@ -79,8 +79,8 @@ impl Running {
 
     /// For a worker a reload replaces: stops its fetching and waits up to `within` for
     /// it to leave what it holds for its successor (`Worker::hand_over_to`); its
-    /// deliveries in flight go on. A worker that takes longer leaves its messages to
-    /// come back after their ack timers, as a duplicate would: nothing is lost.
+    /// deliveries in flight go on. A worker that takes longer (a probe of a hanging
+    /// receiver still running) NAKs what it holds when it stops, as before handovers.
     async fn stop_fetching(&mut self, within: Duration) {
         self.worker.will_hand_over();
         self.stop.drain.cancel();

@@ -7,14 +7,24 @@
 //! still holds (waiting, or waiting out a retry) would be read by nobody, so every
 //! replica that sees such a consumer moves its messages to the endpoint's subject of
 //! the work stream, as the fan-out copies a message, with the attempts they had, and
-//! deletes the consumer once it holds nothing. A message the fan-out copies anyway (it
-//! came after the switch) is acked without a copy; one copied twice within the work
-//! stream's duplicate window is stored once.
+//! deletes the consumer once it holds nothing.
+//!
+//! Every message is copied, none acked without a copy: one the fan-out also copies (it
+//! came after the switch, or a replica applied the switch later) is stored once within
+//! the work stream's duplicate window and delivered twice after it, never lost. The
+//! drain first widens the consumer's window (an ordered endpoint's is one message, so
+//! a retry waiting out its delay would hold every other message behind it), and stops
+//! without deleting anything as soon as the endpoint reads its own consumer again.
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer::PullConsumer, message::AckKind};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, FromConsumer, PullConsumer},
+    message::AckKind,
+};
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::work_stream::{SourceFacts, WorkStream};
 
@@ -38,12 +48,16 @@ pub struct LeftoverError {
 pub struct Leftover<'a> {
     pub js: &'a jetstream::Context,
     pub work: &'a WorkStream,
-    /// The source stream and the fan-out's consumer on it.
+    /// The source stream.
     pub stream: &'a str,
-    pub fan_out: &'a str,
     /// The leftover consumer and its endpoint.
     pub consumer: &'a str,
     pub endpoint: &'a str,
+    /// False once the endpoint reads a consumer of its own again (made `ordered`,
+    /// `fan_out` off) or is gone: the drain stops and deletes nothing.
+    pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
+    /// Shutdown: the drain stops; what it fetched and did not move comes back.
+    pub stop: &'a CancellationToken,
 }
 
 impl Leftover<'_> {
@@ -56,28 +70,20 @@ impl Leftover<'_> {
     }
 
     /// Moves every message the consumer holds and deletes it; returns how many were
-    /// moved. An error leaves the rest for the next call: nothing is acked before its
-    /// copy is stored.
-    pub async fn drain(&self) -> Result<u64, LeftoverError> {
+    /// moved, or `None` when it stopped first (no longer wanted, shutdown). An error
+    /// leaves the rest for the next call: nothing is acked before its copy is stored.
+    pub async fn drain(&self) -> Result<Option<u64>, LeftoverError> {
         let stream = self
             .js
             .get_stream_no_info(self.stream)
             .await
             .map_err(|e| self.failed(e))?;
-        // Messages after what the fan-out has been handed are copied by the fan-out now
-        // that the endpoint reads copies (the switch came before this was called).
-        let cut = stream
-            .consumer_info(self.fan_out)
-            .await
-            .map_err(|e| self.failed(e))?
-            .delivered
-            .stream_sequence;
-        let consumer: PullConsumer = stream
-            .get_consumer(self.consumer)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let consumer = self.widened(&stream).await?;
         let mut moved = 0;
         loop {
+            if !(self.wanted)() || self.stop.is_cancelled() {
+                return Ok(None);
+            }
             let mut batch = consumer
                 .fetch()
                 .max_messages(BATCH)
@@ -89,9 +95,8 @@ impl Leftover<'_> {
             while let Some(msg) = batch.next().await {
                 let msg = msg.map_err(|e| self.failed(e))?;
                 fetched += 1;
-                if self.move_one(&msg, cut).await? {
-                    moved += 1;
-                }
+                self.move_one(&msg).await?;
+                moved += 1;
             }
             if fetched > 0 {
                 continue;
@@ -101,49 +106,65 @@ impl Leftover<'_> {
                 .await
                 .map_err(|e| self.failed(e))?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {
+                if !(self.wanted)() {
+                    return Ok(None);
+                }
                 stream
                     .delete_consumer(self.consumer)
                     .await
                     .map_err(|e| self.failed(e))?;
-                return Ok(moved);
+                return Ok(Some(moved));
             }
         }
     }
 
-    /// Stores `msg`'s copy for the endpoint (unless the fan-out copies it), then acks it;
-    /// `true` when a copy was stored.
-    async fn move_one(&self, msg: &jetstream::Message, cut: u64) -> Result<bool, LeftoverError> {
-        let info = msg.info().map_err(|e| self.failed(e))?;
-        let copy = info.stream_sequence <= cut;
-        if copy {
-            let facts = SourceFacts {
-                subject: msg.subject.to_string(),
-                stream: info.stream.to_string(),
-                sequence: info.stream_sequence,
-                published: SystemTime::from(info.published),
-            };
-            // This delivery to the drain is no attempt.
-            let attempts = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
-            let headers = self.work.leftover_copy_headers(
-                msg.headers.as_ref(),
-                &facts,
-                self.endpoint,
-                attempts,
-            );
-            self.js
-                .publish_with_headers(
-                    self.work.subject(self.endpoint),
-                    headers,
-                    msg.payload.clone(),
-                )
-                .await
-                .map_err(|e| self.failed(e))?
-                .await
-                .map_err(|e| self.failed(e))?;
-        }
-        msg.ack_with(AckKind::Ack)
+    /// The leftover consumer with a window of [`BATCH`] messages: an ordered
+    /// endpoint's window of one would let a retry waiting out its delay hold the rest.
+    async fn widened(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+    ) -> Result<PullConsumer, LeftoverError> {
+        let consumer: PullConsumer = stream
+            .get_consumer(self.consumer)
             .await
             .map_err(|e| self.failed(e))?;
-        Ok(copy)
+        let current = consumer.cached_info().config.clone();
+        if current.max_ack_pending >= BATCH as i64 {
+            return Ok(consumer);
+        }
+        let mut config =
+            pull::Config::try_from_consumer_config(current).map_err(|e| self.failed(e))?;
+        config.max_ack_pending = BATCH as i64;
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Stores `msg`'s copy for the endpoint, then acks it.
+    async fn move_one(&self, msg: &jetstream::Message) -> Result<(), LeftoverError> {
+        let info = msg.info().map_err(|e| self.failed(e))?;
+        let facts = SourceFacts {
+            subject: msg.subject.to_string(),
+            stream: info.stream.to_string(),
+            sequence: info.stream_sequence,
+            published: SystemTime::from(info.published),
+        };
+        // This delivery to the drain is no attempt.
+        let attempts = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+        let headers =
+            self.work
+                .leftover_copy_headers(msg.headers.as_ref(), &facts, self.endpoint, attempts);
+        self.js
+            .publish_with_headers(
+                self.work.subject(self.endpoint),
+                headers,
+                msg.payload.clone(),
+            )
+            .await
+            .map_err(|e| self.failed(e))?
+            .await
+            .map_err(|e| self.failed(e))?;
+        msg.ack_with(AckKind::Ack).await.map_err(|e| self.failed(e))
     }
 }

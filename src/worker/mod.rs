@@ -422,8 +422,17 @@ impl Worker {
     /// Moves what this stopped worker held to `next`, its successor, before `next`
     /// runs; returns how many messages. They keep their attempt counts: none was
     /// NAKed or tried.
+    ///
+    /// From here on this worker hands nothing over: if it has not stopped yet (its
+    /// fetch loop was slow to leave), it NAKs what it holds when it does, as a
+    /// shutdown would, rather than leave it where no one takes it. The flag and the
+    /// messages change under one lock, so each message goes one way or the other.
     pub fn hand_over_to(&self, next: &Worker) -> usize {
-        let left = std::mem::take(&mut *lock(&self.handover));
+        let left = {
+            let mut slot = lock(&self.handover);
+            self.hands_over.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *slot)
+        };
         let n = left.len();
         if n > 0 {
             lock(&next.handover).extend(left);
@@ -517,9 +526,12 @@ impl Worker {
                 }
             }
         }
-        if self.hands_over.load(Ordering::Relaxed) {
-            // Replaced by a reload: the successor takes them as they are.
-            lock(&self.handover).extend(held.drain(..));
+        {
+            let mut slot = lock(&self.handover);
+            if self.hands_over.load(Ordering::Relaxed) {
+                // Replaced by a reload: the successor takes them as they are.
+                slot.extend(held.drain(..));
+            }
         }
         // Fetched but never started: NAK for immediate redelivery (to the restarted
         // process, or another replica) instead of after ack_wait.
