@@ -420,17 +420,27 @@ impl Registrar {
         };
         let scheme = self.check(&record.value)?.signer.scheme();
         let secret = new_secret(scheme)?;
-        let previous = match record.value.get("secret") {
-            Some(Value::String(old)) => Some(old.clone()),
-            Some(Value::Array(list)) => list.first().and_then(Value::as_str).map(str::to_string),
-            _ => None,
+        // The secrets that sign now: during an earlier rotation's grace, all of them
+        // (a `hex` receiver may still hold only the oldest, which still signs).
+        let now = SystemTime::now();
+        let in_grace = api::grace_until(&record.value, now).is_some();
+        let mut previous: Vec<Value> = match record.value.get("secret") {
+            Some(Value::String(old)) => vec![old.clone().into()],
+            Some(Value::Array(list)) if in_grace => list.clone(),
+            Some(Value::Array(list)) => list.first().cloned().into_iter().collect(),
+            _ => Vec::new(),
         };
-        let until = SystemTime::now() + grace;
-        match previous {
-            Some(old) if !grace.is_zero() => {
-                record
-                    .value
-                    .insert("secret".into(), serde_json::json!([secret, old]));
+        // Many rotations within one grace keep the new secret and the oldest ones
+        // (the oldest signs for `hex`).
+        while previous.len() > MAX_PREVIOUS_SECRETS {
+            previous.remove(0);
+        }
+        let until = now + grace;
+        match previous.is_empty() {
+            false if !grace.is_zero() => {
+                let mut secrets = vec![Value::from(secret.clone())];
+                secrets.extend(previous);
+                record.value.insert("secret".into(), Value::Array(secrets));
                 record.value.insert(
                     api::GRACE_KEY.into(),
                     crate::time::rfc3339_millis(until).into(),
@@ -446,6 +456,9 @@ impl Registrar {
         Ok(Rotated { record, secret })
     }
 }
+
+/// Secrets kept beside a new one during a rotation's grace, at most.
+const MAX_PREVIOUS_SECRETS: usize = 3;
 
 /// A runtime endpoint as callers show it: its keys, never its secret, with `source`,
 /// `enabled` and `revision`. Extra headers show by name only, since their values are

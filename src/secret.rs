@@ -19,11 +19,44 @@ pub enum SecretRef {
 }
 
 /// The `{ env = … }` / `{ file = … }` / `{ value = … }` table.
-#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct SecretRefTable {
     pub env: Option<String>,
     pub file: Option<PathBuf>,
     pub value: Option<String>,
+}
+
+/// A table only: serde's derive would also read a struct from a sequence (its fields
+/// in order), so a list of three secrets would pass for `{ env, file, value }` and
+/// never be read as the list it is.
+impl<'de> Deserialize<'de> for SecretRefTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            env: Option<String>,
+            file: Option<PathBuf>,
+            value: Option<String>,
+        }
+        struct TableOnly;
+        impl<'de> serde::de::Visitor<'de> for TableOnly {
+            type Value = SecretRefTable;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table { env = … }, { file = … } or { value = … }")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let t = Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SecretRefTable {
+                    env: t.env,
+                    file: t.file,
+                    value: t.value,
+                })
+            }
+        }
+        d.deserialize_struct("SecretRefTable", &["env", "file", "value"], TableOnly)
+    }
 }
 
 impl fmt::Debug for SecretRef {
@@ -133,6 +166,20 @@ impl SecretList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_three_secrets_is_a_list_not_a_table() {
+        let list: SecretList = serde_json::from_str(r#"["a", "b", "c"]"#).unwrap();
+        let plain = |v: &str| SecretRef::Plain(v.into());
+        assert_eq!(
+            list,
+            SecretList::Many(vec![plain("a"), plain("b"), plain("c")])
+        );
+        let table: SecretList = serde_json::from_str(r#"{"env": "X"}"#).unwrap();
+        assert!(
+            matches!(table, SecretList::One(SecretRef::Ref(t)) if t.env.as_deref() == Some("X"))
+        );
+    }
 
     #[test]
     fn debug_never_shows_secret_bytes() {

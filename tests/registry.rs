@@ -607,6 +607,26 @@ async fn a_rotated_hex_secret_lets_the_old_one_sign_alone_until_the_grace_ends()
     assert_eq!(signed_by("after"), (5, 0, 5), "(requests, old, new)");
 }
 
+/// A second rotation within the first one's grace keeps the first secret signing for
+/// `hex`, as the first rotation promised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotation_within_the_grace_keeps_the_first_secret_signing() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (first, _, _) = create_and_rotate(n, rx, "hex").await;
+    let body = json!({ "grace": "1h" }).to_string();
+    let (status, rotated) = api(n, "POST", "/api/endpoints/acme/secret/rotate", Some(&body)).await;
+    assert_eq!(status, 200, "{rotated}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deliver_org_1(js, rx, 3, "twice", 3).await;
+    let signer = hex_signer(&first);
+    let got = rx.received();
+    assert!(!got.is_empty());
+    for r in got {
+        assert!(signer.verify(&r.body, &r.headers).is_ok(), "{}", r.id());
+    }
+}
+
 /// A runtime endpoint without a tenant that takes every lead (the stream's backlog
 /// too), standard signatures, on its own path of `rx`.
 fn plain_body(name: &str, rx: &Receiver) -> String {
