@@ -325,7 +325,8 @@ impl Slots {
         let id = s.next_id;
         let conn = Arc::new(Conn {
             activity: Mutex::new(Activity {
-                in_progress: 0,
+                in_progress: Vec::new(),
+                next: 0,
                 since: Instant::now(),
             }),
             close: CancellationToken::new(),
@@ -352,22 +353,23 @@ struct Conn {
 }
 
 struct Activity {
-    /// Requests whose response is not ready yet (HTTP/2 runs several at once).
-    in_progress: usize,
-    /// When the connection was opened or its last request was answered, while none is
-    /// in progress; since when one has been, while one is.
+    /// Requests whose response is not ready yet, each with when it started (HTTP/2
+    /// runs up to `MAX_STREAMS` at once), by a number of the connection's own.
+    in_progress: Vec<(u64, Instant)>,
+    next: u64,
+    /// When the connection was opened or its last request was answered.
     since: Instant,
 }
 
 /// Marks a request in progress until dropped (also when the connection is dropped
 /// mid-request).
-struct Busy(Arc<Conn>);
+struct Busy(Arc<Conn>, u64);
 
 impl Drop for Busy {
     fn drop(&mut self) {
         let mut a = lock(&self.0.activity);
-        a.in_progress = a.in_progress.saturating_sub(1);
-        if a.in_progress == 0 {
+        a.in_progress.retain(|(n, _)| *n != self.1);
+        if a.in_progress.is_empty() {
             a.since = Instant::now();
         }
     }
@@ -376,23 +378,24 @@ impl Drop for Busy {
 impl Conn {
     fn begin(self: &Arc<Self>) -> Busy {
         let mut a = lock(&self.activity);
-        if a.in_progress == 0 {
-            a.since = Instant::now();
-        }
-        a.in_progress += 1;
-        Busy(self.clone())
+        let n = a.next;
+        a.next += 1;
+        a.in_progress.push((n, Instant::now()));
+        Busy(self.clone(), n)
     }
 
     /// `None` while a request is in progress.
     fn idle_since(&self) -> Option<Instant> {
         let a = lock(&self.activity);
-        (a.in_progress == 0).then_some(a.since)
+        a.in_progress.is_empty().then_some(a.since)
     }
 
-    /// Since when requests have been in progress without a pause; `None` while none is.
+    /// When the oldest request in progress started; `None` while none is. An HTTP/2
+    /// client whose streams overlap without end is never "busy" longer than its
+    /// slowest request.
     fn busy_since(&self) -> Option<Instant> {
         let a = lock(&self.activity);
-        (a.in_progress > 0).then_some(a.since)
+        a.in_progress.iter().map(|(_, t)| *t).min()
     }
 
     /// Resolves once the connection has been without a request for `IDLE_TIMEOUT`.
@@ -479,7 +482,8 @@ mod tests {
         assert!(slots.admit().is_none(), "no request has run long");
         // One request has been trickling its body for longer than the limit.
         let stuck = &conns[7];
-        lock(&stuck.activity).since = Instant::now() - BUSY_EVICT - Duration::from_secs(1);
+        lock(&stuck.activity).in_progress[0].1 =
+            Instant::now() - BUSY_EVICT - Duration::from_secs(1);
         let (_, _, closed) = slots.admit().expect("room made");
         assert!(closed.is_some_and(|c| Arc::ptr_eq(&c, stuck)));
         assert!(stuck.close.is_cancelled());
@@ -488,6 +492,28 @@ mod tests {
             1,
             "only the stuck one closed"
         );
+    }
+
+    #[test]
+    fn overlapping_requests_are_busy_since_the_oldest_still_running() {
+        let slots = Slots::default();
+        let (_, conn, _) = slots.admit().expect("a slot");
+        let first = conn.begin();
+        lock(&conn.activity).in_progress[0].1 = Instant::now() - Duration::from_secs(60);
+        let second = conn.begin();
+        assert!(conn
+            .busy_since()
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(60)));
+        // The old stream ends while a new one runs: busy only since the new one.
+        drop(first);
+        let third = conn.begin();
+        assert!(conn
+            .busy_since()
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1)));
+        assert!(conn.idle_since().is_none());
+        drop((second, third));
+        assert!(conn.busy_since().is_none());
+        assert!(conn.idle_since().is_some());
     }
 
     #[test]
