@@ -102,7 +102,7 @@ pub struct Supervisor {
     config: tokio::sync::Mutex<Config>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     /// Snapshot for readiness and the admin API.
-    snapshot: RwLock<Vec<Arc<Worker>>>,
+    snapshot: Arc<RwLock<Vec<Arc<Worker>>>>,
     /// The mapping in force, for the unmapped-subject counter.
     router: RwLock<Arc<Router>>,
     /// Streams set up and endpoints started: until then /readyz says no, even
@@ -179,7 +179,7 @@ impl Supervisor {
                 ..config.clone()
             }),
             running: tokio::sync::Mutex::new(BTreeMap::new()),
-            snapshot: RwLock::new(Vec::new()),
+            snapshot: Arc::new(RwLock::new(Vec::new())),
             router: RwLock::new(Arc::new(config.router.clone())),
             started: AtomicBool::new(false),
             abort: CancellationToken::new(),

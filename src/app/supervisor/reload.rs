@@ -164,8 +164,19 @@ impl Supervisor {
             if forget.contains(&name) && !running.contains_key(&name) {
                 let js = self.shared.js().clone();
                 let log = self.shared.delivery_log().cloned();
+                let serving = Arc::clone(&self.snapshot);
                 self.draining.spawn(async move {
                     drained.await;
+                    // Created again under the name while the old one drained: what
+                    // follows would delete the new endpoint's consumer, copies and log.
+                    let again = serving
+                        .read()
+                        .map(|w| w.iter().any(|w| w.endpoint().name == name))
+                        .unwrap_or(false);
+                    if again {
+                        tracing::info!(endpoint = %name, "created again while the deleted one drained; its consumer, copies and log stay");
+                        return;
+                    }
                     match js.delete_consumer_from_stream(&consumer, &stream).await {
                         Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
                         Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
