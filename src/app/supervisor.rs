@@ -279,18 +279,18 @@ impl Supervisor {
         }
         // A fan-out endpoint binds whenever it has work and lets go when it has none:
         // readiness follows the fan-out consumer, not these comings and goings. A
-        // runtime endpoint that cannot bind (its stream at its consumer limit, say) is
-        // one customer's webhook: it shows as not bound in the API and the log, and
-        // does not take every replica, with its admin API and ingress, out of service.
+        // runtime endpoint whose consumer JetStream refuses (its stream at its
+        // consumer limit, say) is one customer's webhook: it shows as not bound in the
+        // API and the log, and does not take every replica, with its admin API and
+        // ingress, out of service. One still binding (at start) is waited for.
         let rules = self.rules.read().map(|r| Arc::clone(&r)).ok();
-        let gates = |w: &&Arc<Worker>| {
-            !w.fans_out()
-                && rules
-                    .as_ref()
-                    .is_none_or(|r| r.is_file_endpoint(&w.endpoint().name))
+        let is_file = |w: &Worker| {
+            rules
+                .as_ref()
+                .is_none_or(|r| r.is_file_endpoint(&w.endpoint().name))
         };
-        for w in self.workers().iter().filter(gates) {
-            if !w.is_bound() {
+        for w in self.workers().iter().filter(|w| !w.fans_out()) {
+            if !w.is_bound() && (is_file(w) || !w.bind_refused()) {
                 reasons.push(format!("consumer {} is not bound", w.consumer_name()));
             }
         }

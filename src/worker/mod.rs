@@ -103,6 +103,8 @@ pub struct Worker {
     metrics: EndpointMetrics,
     breaker: Arc<Breaker>,
     bound: AtomicBool,
+    /// The last attempt to bind the consumer failed (it is retried).
+    bind_refused: AtomicBool,
     /// Unix milliseconds; 0 = never.
     last_success_ms: AtomicU64,
     last_failure_ms: AtomicU64,
@@ -196,6 +198,7 @@ impl Worker {
             metrics: em,
             breaker,
             bound: AtomicBool::new(false),
+            bind_refused: AtomicBool::new(false),
             last_success_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -352,6 +355,12 @@ impl Worker {
         self.bound.load(Ordering::Relaxed) || self.is_parked()
     }
 
+    /// Whether the last attempt to bind the consumer failed (JetStream refused it, or
+    /// could not be reached); cleared once it binds.
+    pub fn bind_refused(&self) -> bool {
+        self.bind_refused.load(Ordering::Relaxed)
+    }
+
     /// A fan-out endpoint without work: no consumer, no fetching.
     pub fn is_parked(&self) -> bool {
         self.parked.load(Ordering::Relaxed)
@@ -474,6 +483,7 @@ impl Worker {
                 Ok(c) => c,
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
+                    self.bind_refused.store(true, Ordering::Relaxed);
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot bind consumer; retrying");
                     tokio::select! {
                         _ = stop.drain.cancelled() => break,
@@ -483,6 +493,7 @@ impl Worker {
                 }
             };
             self.bound.store(true, Ordering::Relaxed);
+            self.bind_refused.store(false, Ordering::Relaxed);
             retry.reset();
             // Held messages may have waited through a re-bind: restart their ack timer
             // before they queue for a permit.
