@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream;
 use base64::Engine;
 use serde_json::{Map, Value};
 
@@ -60,12 +61,14 @@ fn problem(field: &str, message: impl Into<String>) -> Problem {
 }
 
 /// What a runtime endpoint is checked against: the config file's `[defaults]` and
-/// mappings, and the names its endpoints hold.
+/// mappings, and the names its endpoints hold; and the stream it reads.
 #[derive(Clone, Default)]
 pub struct FileRules {
     pub defaults: EndpointDefaults,
     pub router: Router,
     pub file_names: BTreeSet<String>,
+    /// The source stream, whose last sequence bounds a skipped backlog.
+    pub stream: String,
 }
 
 impl FileRules {
@@ -74,6 +77,7 @@ impl FileRules {
             defaults: config.endpoint_defaults.clone(),
             router: config.router.clone(),
             file_names: config.endpoints.iter().map(|e| e.name.clone()).collect(),
+            stream: config.nats.stream.clone(),
         }
     }
 
@@ -133,6 +137,9 @@ pub struct Registrar {
     events: OperatorEvents,
     /// Where a pause is ended when an endpoint is enabled; `None`: not reachable here.
     pauses: Option<PauseState>,
+    /// Where the source stream's last sequence is read when a backlog is skipped;
+    /// `None`: the skip is bounded by time alone.
+    js: Option<jetstream::Context>,
 }
 
 impl Registrar {
@@ -145,6 +152,7 @@ impl Registrar {
             by,
             events: OperatorEvents::off(),
             pauses: None,
+            js: None,
         }
     }
 
@@ -158,6 +166,36 @@ impl Registrar {
     pub fn resuming(mut self, pauses: PauseState) -> Self {
         self.pauses = Some(pauses);
         self
+    }
+
+    /// Bounds a skipped backlog by the source stream's last sequence, read through `js`.
+    pub fn reading_backlog(mut self, js: jetstream::Context) -> Self {
+        self.js = Some(js);
+        self
+    }
+
+    /// Marks the backlog as skipped in `record`: the stream's last sequence first, then
+    /// the time, so that whatever is stored after the sequence was read is delivered.
+    /// Without the sequence (the stream cannot be read), the time alone bounds it.
+    async fn mark_backlog(&self, record: &mut Map<String, Value>) {
+        let through = match &self.js {
+            Some(js) => match js.get_stream(&self.rules.stream).await {
+                Ok(stream) => Some(stream.cached_info().state.last_sequence),
+                Err(e) => {
+                    tracing::warn!(stream = %self.rules.stream, error = %e, "cannot read the stream's last sequence; the skipped backlog is bounded by time alone");
+                    None
+                }
+            },
+            None => None,
+        };
+        match through {
+            Some(last) => record.insert(api::SKIP_THROUGH_KEY.into(), last.into()),
+            None => record.remove(api::SKIP_THROUGH_KEY),
+        };
+        record.insert(
+            api::SKIP_KEY.into(),
+            crate::time::rfc3339_millis(SystemTime::now()).into(),
+        );
     }
 
     pub fn rules(&self) -> &FileRules {
@@ -196,19 +234,15 @@ impl Registrar {
     ///
     /// A new endpoint starts from now, as a customer who registers a webhook expects:
     /// the messages the stream already holds are acked without a request
-    /// (`skip_before`, the creation time), unless the body says `"skip_backlog": false`.
+    /// (`skip_before` and `skip_through`, see [`crate::config::Backlog`]), unless the body
+    /// says `"skip_backlog": false`.
     pub async fn create(&self, mut body: Map<String, Value>) -> Result<Created, RegistrarError> {
         let name = body.get("name").and_then(Value::as_str).map(str::to_string);
         if let Some(name) = &name {
             self.not_file(name)?;
         }
         match body.remove("skip_backlog") {
-            None | Some(Value::Bool(true)) => {
-                body.insert(
-                    api::SKIP_KEY.into(),
-                    crate::time::rfc3339_millis(SystemTime::now()).into(),
-                );
-            }
+            None | Some(Value::Bool(true)) => self.mark_backlog(&mut body).await,
             Some(Value::Bool(false)) => {}
             Some(_) => {
                 return Err(invalid(
@@ -307,10 +341,7 @@ impl Registrar {
         if skip_backlog {
             // Stored, not acted on here: every replica's worker, and every later
             // start, acks what was stored before this time without a request.
-            record.value.insert(
-                api::SKIP_KEY.into(),
-                crate::time::rfc3339_millis(SystemTime::now()).into(),
-            );
+            self.mark_backlog(&mut record.value).await;
         }
         // Every problem at once: the change's own beside the endpoint's.
         if let Err(found) = self.rules.check(&record.value) {

@@ -506,6 +506,45 @@ async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_
     );
 }
 
+/// The skipped backlog is what the stream held at the creation (its last sequence),
+/// not what a clock says: natshook's clock and nats-server's differ, and a replica whose
+/// clock runs ahead would otherwise skip the first messages after the creation. The
+/// record's time is moved an hour ahead here, as such a clock would have written it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_backlog_ends_at_the_stream_s_last_message_whatever_the_clock() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    publish_all(js, tenant_leads("org_1", 5, "before")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let last = js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .last_sequence;
+    assert_eq!(created["skip_through"], last, "{created}");
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let patch =
+        serde_json::json!({ "skip_before": humantime::format_rfc3339_millis(ahead).to_string() });
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(&patch.to_string())).await;
+    assert_eq!(status, 200, "{changed}");
+    wait_bound(n, "acme").await;
+    publish_all(js, tenant_leads("org_1", 3, "after")).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the deliveries after the creation",
+        || async { rx.received().len() >= 3 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = rx.received().iter().map(|r| r.id().to_string()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(ids.iter().all(|id| id.starts_with("after")), "{ids:?}");
+}
+
 /// A runtime endpoint that cannot bind (its stream at its consumer limit) is one
 /// customer's webhook: it shows as not bound, and the process stays ready, so its
 /// admin API and ingress stay in service.

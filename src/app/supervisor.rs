@@ -468,6 +468,7 @@ impl AppView for Supervisor {
         let registry = self.registry.get()?.clone();
         Some(
             Registrar::new(registry, rules, Actor::AdminApi)
+                .reading_backlog(self.shared.js().clone())
                 .raising(self.shared.events().clone())
                 .resuming(self.pause_state().clone()),
         )

@@ -181,6 +181,7 @@ pub async fn run(cmd: EndpointsCommand) -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(e.into()))?;
     let events = OperatorEvents::new(client.clone());
     let registrar = Registrar::new(registry, Arc::new(FileRules::of(&config)), Actor::Cli)
+        .reading_backlog(js.clone())
         .raising(events.clone())
         .resuming(PauseState::new(js, config.nats.replicas));
     let result = match (cmd, body) {

@@ -13,25 +13,38 @@ use figment::providers::Serialized;
 use figment::Figment;
 use serde_json::{Map, Value};
 
-use super::model::{Endpoint, EndpointDefaults};
+use super::model::{Backlog, Endpoint, EndpointDefaults};
 use super::{load, Problem, Problems};
 use crate::routing::Router;
 
 /// Keys of a runtime endpoint that a file entry does not have.
-pub const RUNTIME_KEYS: &[&str] = &["enabled", "description", GRACE_KEY, SKIP_KEY];
+pub const RUNTIME_KEYS: &[&str] = &[
+    "enabled",
+    "description",
+    GRACE_KEY,
+    SKIP_KEY,
+    SKIP_THROUGH_KEY,
+];
 
 /// When a rotated secret's older secrets stop signing (RFC 3339): until then `secret`
 /// lists the new one first and the older ones after it.
 pub const GRACE_KEY: &str = "previous_secrets_until";
 
-/// An endpoint re-enabled with `skip_backlog` acks the messages stored before this
-/// time (RFC 3339, the time of the request) without a request; it stays in the
-/// record, so every replica and every restart skips the same messages.
+/// A new endpoint, or one re-enabled with `skip_backlog`, acks the messages stored
+/// before this time (RFC 3339, the time of the request) without a request; it stays
+/// in the record, so every replica and every restart skips the same messages.
 pub const SKIP_KEY: &str = "skip_before";
 
-/// The time `entry` skips its backlog before, if it has one.
-pub fn skip_before(entry: &Map<String, Value>) -> Option<std::time::SystemTime> {
-    humantime::parse_rfc3339_weak(entry.get(SKIP_KEY)?.as_str()?).ok()
+/// With [`SKIP_KEY`]: the source stream's last sequence at that time, the last
+/// message skipped (see [`Backlog`]).
+pub const SKIP_THROUGH_KEY: &str = "skip_through";
+
+/// The backlog `entry` skips, if it has one.
+pub fn skip(entry: &Map<String, Value>) -> Option<Backlog> {
+    Some(Backlog {
+        before: humantime::parse_rfc3339_weak(entry.get(SKIP_KEY)?.as_str()?).ok()?,
+        through: entry.get(SKIP_THROUGH_KEY).and_then(Value::as_u64),
+    })
 }
 
 /// When the older secrets of `entry` stop signing, if they still do at `now`.
@@ -88,7 +101,7 @@ pub fn endpoint_from_json(
         .map_err(|e| vec![problem("body", e.to_string())])?;
     let endpoint = match load::endpoint_entry(value, defaults, router) {
         Ok(e) => Some(Endpoint {
-            skip_before: skip_before(entry),
+            skip: skip(entry),
             signer: if in_grace {
                 std::sync::Arc::new((*e.signer).clone().during_rotation_grace())
             } else {
@@ -174,6 +187,15 @@ fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
             p.add(key, "must be an RFC 3339 time");
         }
     }
+    if entry
+        .get(SKIP_THROUGH_KEY)
+        .is_some_and(|v| v.as_u64().is_none())
+    {
+        p.add(
+            SKIP_THROUGH_KEY,
+            "must be a stream sequence (a whole number)",
+        );
+    }
     match entry.get("description") {
         None | Some(Value::Null) => {}
         Some(Value::String(d)) if d.chars().count() > MAX_DESCRIPTION_LEN => p.add(
@@ -242,15 +264,32 @@ mod tests {
             "name": "acme", "url": "https://acme.example.com/hook", "events": ["lead.created"],
             "secret": "s",
         });
-        assert_eq!(check(base.clone()).unwrap().skip_before, None);
+        assert_eq!(check(base.clone()).unwrap().skip, None);
         let mut with = base.clone();
         with["skip_before"] = "2026-12-02T10:00:00.250Z".into();
-        let at = humantime::parse_rfc3339("2026-12-02T10:00:00.250Z").unwrap();
-        assert_eq!(check(with).unwrap().skip_before, Some(at));
+        let before = humantime::parse_rfc3339("2026-12-02T10:00:00.250Z").unwrap();
+        let skip = Backlog {
+            before,
+            through: None,
+        };
+        assert_eq!(check(with.clone()).unwrap().skip, Some(skip));
+        with["skip_through"] = 41.into();
+        let skip = Backlog {
+            through: Some(41),
+            ..skip
+        };
+        assert_eq!(check(with).unwrap().skip, Some(skip));
         let mut bad = base;
         bad["skip_before"] = "yesterday".into();
+        bad["skip_through"] = (-1).into();
         let problems = check(bad).unwrap_err();
-        assert_eq!(problems, ["skip_before: must be an RFC 3339 time"]);
+        assert_eq!(
+            problems,
+            [
+                "skip_before: must be an RFC 3339 time",
+                "skip_through: must be a stream sequence (a whole number)"
+            ]
+        );
     }
 
     #[test]

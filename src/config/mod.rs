@@ -37,8 +37,9 @@ use std::path::Path;
 
 pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
-    AdminConfig, Config, CopiedHeader, DeadLetterConfig, Endpoint, EndpointDefaults, Envelope,
-    IngressConfig, NatsAuth, NatsConfig, Proxy, Rate, RegistryConfig, Route, TlsFiles, Verify,
+    AdminConfig, Backlog, Config, CopiedHeader, DeadLetterConfig, Endpoint, EndpointDefaults,
+    Envelope, IngressConfig, NatsAuth, NatsConfig, Proxy, Rate, RegistryConfig, Route, TlsFiles,
+    Verify,
 };
 pub use problems::{ConfigError, Problem, Problems};
 pub use raw::field_names;

@@ -113,9 +113,30 @@ pub struct Endpoint {
     pub probe_max_interval: Duration,
     /// Deliveries started per period at most, evenly spaced; `None` = unlimited.
     pub rate_limit: Option<Rate>,
-    /// A runtime endpoint re-enabled with `skip_backlog`: messages stored before this
-    /// time are acked without a request. Never set by a config file.
-    pub skip_before: Option<std::time::SystemTime>,
+    /// The backlog a runtime endpoint skips (created, or re-enabled with
+    /// `skip_backlog`): acked without a request. Never set by a config file.
+    pub skip: Option<Backlog>,
+}
+
+/// The messages a stream held when a runtime endpoint was created or re-enabled with
+/// `skip_backlog`: the time it happened and, when the stream could be read then, its
+/// last sequence.
+///
+/// The time is natshook's clock and a message's time is nats-server's, so the time
+/// alone would skip the messages of the first moments after it on a replica whose
+/// clock runs ahead. The sequence bounds the skip to what was stored already; the time
+/// keeps a stream created again (its sequences start over) from being skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub before: std::time::SystemTime,
+    pub through: Option<u64>,
+}
+
+impl Backlog {
+    /// Whether the message stored at `published` as `sequence` is part of the backlog.
+    pub fn covers(&self, published: std::time::SystemTime, sequence: u64) -> bool {
+        published < self.before && self.through.is_none_or(|last| sequence <= last)
+    }
 }
 
 /// `rate_limit = "50/s"`: at most `count` deliveries started in any window of `per`.
@@ -208,7 +229,7 @@ impl PartialEq for Endpoint {
             probe_interval,
             probe_max_interval,
             rate_limit,
-            skip_before,
+            skip,
         } = self;
         *name == other.name
             && *url == other.url
@@ -237,7 +258,7 @@ impl PartialEq for Endpoint {
             && *probe_interval == other.probe_interval
             && *probe_max_interval == other.probe_max_interval
             && *rate_limit == other.rate_limit
-            && *skip_before == other.skip_before
+            && *skip == other.skip
     }
 }
 
@@ -335,4 +356,32 @@ pub struct IngressConfig {
     pub listen: Option<SocketAddr>,
     pub publish_timeout: Duration,
     pub routes: Vec<Route>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_backlog_is_what_was_stored_before_its_time_up_to_its_last_sequence() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let early = at - Duration::from_millis(1);
+        let late = at + Duration::from_millis(1);
+        let by_time = Backlog {
+            before: at,
+            through: None,
+        };
+        assert!(by_time.covers(early, 1_000_000));
+        assert!(!by_time.covers(late, 1));
+        let bounded = Backlog {
+            through: Some(41),
+            ..by_time
+        };
+        assert!(bounded.covers(early, 41));
+        // Stored after the sequence was read, though a clock ahead dates it before.
+        assert!(!bounded.covers(early, 42));
+        // A stream created again after the skip starts its sequences over.
+        assert!(!bounded.covers(late, 3));
+    }
 }

@@ -124,7 +124,7 @@ impl Worker {
             tracing::warn!(endpoint = %self.endpoint.name, subject = %msg.subject, "message without JetStream metadata; NAK");
             return Err(AckKind::Nak(None));
         };
-        if self.skips(meta.published) {
+        if self.skips(meta.published, meta.sequence) {
             tracing::debug!(endpoint = %self.endpoint.name, sequence = meta.sequence, "stored before the endpoint was re-enabled with skip_backlog; acked");
             return Err(AckKind::Ack);
         }
@@ -184,21 +184,20 @@ impl Worker {
         );
         matches!(verdict, Verdict::Deliver(_))
             && msg.payload.len() <= self.endpoint.max_body
-            && !msg
-                .info()
-                .is_ok_and(|i| self.skips(SystemTime::from(i.published)))
+            && !self.skips(meta.published, meta.sequence)
     }
 
-    /// Whether a message stored at `published` is part of the backlog the endpoint
-    /// skipped when it was re-enabled (`skip_before`): acked without a request.
+    /// Whether a message stored at `published` as `sequence` is part of the backlog
+    /// the endpoint skips (created, or re-enabled with `skip_backlog`): acked without a
+    /// request.
     ///
     /// Skipping happens here, message by message, rather than by creating the
     /// consumer again from that time: the acks cost little, and every replica and
     /// restart reaches the same verdict with nothing to coordinate, whereas deleting
     /// and creating a consumer under the same name while another replica does the same
     /// can leave nats-server with a consumer it cannot update.
-    fn skips(&self, published: SystemTime) -> bool {
-        self.endpoint.skip_before.is_some_and(|t| published < t)
+    fn skips(&self, published: SystemTime, sequence: u64) -> bool {
+        (self.endpoint.skip).is_some_and(|b| b.covers(published, sequence))
     }
 
     /// One attempt, logged, then settled.

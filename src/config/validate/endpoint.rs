@@ -227,7 +227,7 @@ fn validate_endpoint(
         probe_interval: probe_interval?,
         probe_max_interval: probe_max_interval?,
         rate_limit: rate_limit?,
-        skip_before: None,
+        skip: None,
     })
 }
 
