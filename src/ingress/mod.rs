@@ -238,14 +238,9 @@ impl Ingress {
     }
 
     /// Swaps in the routes of a reloaded config and checks (in the background) that
-    /// streams capture their subjects. A changed `listen` needs a restart.
+    /// streams capture their subjects. A changed `listen` or `publish_timeout` needs a
+    /// restart (the supervisor's reload reports it).
     pub fn apply(self: &Arc<Self>, config: &IngressConfig) {
-        if config.listen != self.listen {
-            tracing::warn!(
-                section = "ingress.listen",
-                "config change needs a restart to take effect"
-            );
-        }
         let old: Vec<String> = self
             .table
             .load()

@@ -251,10 +251,21 @@ impl Supervisor {
 
 /// Logs the settings a reload changed that take effect only after a restart.
 fn warn_restart_needed(current: &Config, new: &Config) {
-    for (what, changed) in [
+    for section in restart_needed(current, new) {
+        tracing::warn!(section, "config change needs a restart to take effect");
+    }
+}
+
+/// The settings `new` changes that natshook reads only at start-up: the connection
+/// and the stores it sets up, its listeners, the process-wide delivery set-up (the
+/// bound, and with `fan_out` the consumers and streams it runs on), the registry it
+/// watches, tracing and the shutdown grace. Everything else a reload applies.
+fn restart_needed(current: &Config, new: &Config) -> Vec<&'static str> {
+    [
         ("nats", current.nats != new.nats),
         ("http.listen", current.listen != new.listen),
         ("admin", current.admin != new.admin),
+        ("registry", current.registry != new.registry),
         ("delivery_log", current.delivery_log != new.delivery_log),
         ("dead_letter", current.dead_letter != new.dead_letter),
         ("tracing", current.tracing != new.tracing),
@@ -262,18 +273,25 @@ fn warn_restart_needed(current: &Config, new: &Config) {
             "delivery.max_inflight",
             current.max_inflight != new.max_inflight,
         ),
+        ("delivery.fan_out", current.fan_out != new.fan_out),
+        (
+            "ingress.listen",
+            current.ingress.listen != new.ingress.listen,
+        ),
+        // The ingress publishes on a JetStream context whose ack timeout is set at
+        // start-up: a longer timeout would not wait longer.
+        (
+            "ingress.publish_timeout",
+            current.ingress.publish_timeout != new.ingress.publish_timeout,
+        ),
         (
             "shutdown_grace",
             current.shutdown_grace != new.shutdown_grace,
         ),
-    ] {
-        if changed {
-            tracing::warn!(
-                section = what,
-                "config change needs a restart to take effect"
-            );
-        }
-    }
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect()
 }
 
 #[cfg(test)]
@@ -314,6 +332,72 @@ mod tests {
             &base,
             &endpoint("secret = \"one\"\nrate_limit = \"5/s\"\nconcurrency = 2")
         ));
+    }
+
+    #[test]
+    fn settings_read_at_start_up_only_are_reported() {
+        let config = |text: &str| {
+            let text = format!(
+                "{text}\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n"
+            );
+            Config::from_str(&text, "toml").unwrap_or_else(|e| panic!("{e}"))
+        };
+        let nats = "[nats]\nstream = \"E\"";
+        let base = config(nats);
+        assert_eq!(restart_needed(&base, &config(nats)), Vec::<&str>::new());
+        for (changed, section) in [
+            (format!("{nats}\nconsumer_prefix = \"other\""), "nats"),
+            (
+                format!("{nats}\n[http]\nlisten = \"127.0.0.1:9000\""),
+                "http.listen",
+            ),
+            (
+                format!("{nats}\n[admin]\nenabled = true\ntoken = \"0123456789abcdef\""),
+                "admin",
+            ),
+            (format!("{nats}\n[registry]\nenabled = true"), "registry"),
+            (
+                format!("{nats}\n[delivery_log]\nenabled = false"),
+                "delivery_log",
+            ),
+            (
+                format!("{nats}\n[dead_letter]\nmax_age = \"1d\""),
+                "dead_letter",
+            ),
+            (
+                format!("{nats}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\""),
+                "tracing",
+            ),
+            (
+                format!("{nats}\n[delivery]\nmax_inflight = 8"),
+                "delivery.max_inflight",
+            ),
+            (
+                format!("{nats}\n[delivery]\nfan_out = true"),
+                "delivery.fan_out",
+            ),
+            (
+                format!("{nats}\n[ingress]\nlisten = \"127.0.0.1:9465\""),
+                "ingress.listen",
+            ),
+            (
+                format!("{nats}\n[ingress]\npublish_timeout = \"9s\""),
+                "ingress.publish_timeout",
+            ),
+            (format!("shutdown_grace = \"5s\"\n{nats}"), "shutdown_grace"),
+        ] {
+            assert_eq!(
+                restart_needed(&base, &config(&changed)),
+                [section],
+                "{changed}"
+            );
+        }
+        // What a reload applies: endpoints, mappings, defaults, ingress routes.
+        let applied = "[defaults]\ntimeout = \"3s\"\n[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x\"\nverify = { scheme = \"none\" }";
+        assert_eq!(
+            restart_needed(&base, &config(&format!("{nats}\n{applied}"))),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
