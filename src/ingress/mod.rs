@@ -11,64 +11,33 @@
 //! timestamp (`401`), subject (`400`), NATS connected (`503`), publish ack (`503`).
 //! The route table is swapped whole on reload, so a request sees one table.
 
+mod answer;
+mod body;
+mod request;
+mod streams;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub use self::streams::{ensure_streams, ensure_streams_at_start, IngressError};
 pub use crate::config::{IngressConfig, Route, Verify};
 
-use crate::backoff::Backoff;
+use self::answer::{answer, unavailable, Answer, Refusal};
+use self::body::{read_body, Bodies};
+use self::request::{check_head, nats_headers, subject, verify};
 use crate::config::NatsConfig;
-use crate::http::text;
 use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics, INGRESS_UNMATCHED_ROUTE};
-use crate::routing::Pattern;
-use crate::signing::{
-    Scheme, TIMESTAMP_TOLERANCE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
-};
-use crate::subject_template::Values;
-
-/// What a `503` asks the sender to wait before retrying (most providers retry on
-/// their own schedule anyway).
-const RETRY_AFTER_SECS: &str = "5";
-
-/// Longest wait for a request body: a sender trickling bytes holds a connection and
-/// up to `max_body` of memory, so it gets `408` instead of unbounded patience.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Bytes of request bodies held at once, over every route: what each request may
-/// hold (its declared `Content-Length`, else its route's `max_body`) is set aside
-/// before its body is read, and a request that finds no room gets `503` at once. The
-/// connection cap alone would let one client hold 128 connections × 32 HTTP/2
-/// streams × `max_body` (4 GiB at the default 1 MiB).
-const BODY_BUDGET: u32 = 64 * 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum IngressError {
-    #[error("no JetStream stream captures {0} (create one over these subjects, or set nats.create_stream = true to add them to nats.stream)")]
-    NoStream(String),
-    #[error("cannot add ingress subjects {subjects} to stream {stream}: {error}")]
-    ExtendStream {
-        stream: String,
-        subjects: String,
-        error: String,
-    },
-    #[error("stream(s) {streams} capture only part of ingress subject {subject}; widen one stream's subjects to {subject}")]
-    Partial { subject: String, streams: String },
-    #[error("cannot list the JetStream streams to check the ingress subjects: {0}")]
-    Lookup(String),
-}
 
 /// A route and its metric children.
 struct Live {
@@ -129,77 +98,8 @@ pub struct Ingress {
     /// change needs a restart.
     listen: Option<SocketAddr>,
     nats: NatsConfig,
-    /// [`BODY_BUDGET`], one permit per byte.
-    bodies: Arc<Semaphore>,
-}
-
-/// An outcome for the metrics and the response that says it.
-type Answer = (IngressOutcome, Response<Full<Bytes>>);
-
-fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    text(status, body)
-}
-
-fn unavailable(why: &str) -> Answer {
-    let mut r = answer(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("not stored ({why}); retry later\n"),
-    );
-    r.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        HeaderValue::from_static(RETRY_AFTER_SECS),
-    );
-    (IngressOutcome::Unavailable, r)
-}
-
-/// Why a request is refused before it is published: the rows of the answer table
-/// that need no NATS.
-enum Refusal {
-    NotPost,
-    TooLarge(usize),
-    Unverified(String),
-    BodyTimeout,
-    BodyUnreadable,
-    NoSubject(String),
-}
-
-impl Refusal {
-    fn answer(self) -> Answer {
-        match self {
-            Refusal::NotPost => {
-                let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
-                r.headers_mut()
-                    .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
-                (IngressOutcome::MethodNotAllowed, r)
-            }
-            Refusal::TooLarge(max) => (
-                IngressOutcome::TooLarge,
-                answer(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than this route's max_body ({max} bytes)\n"),
-                ),
-            ),
-            Refusal::Unverified(why) => (
-                IngressOutcome::Unauthorized,
-                answer(StatusCode::UNAUTHORIZED, format!("not verified: {why}\n")),
-            ),
-            Refusal::BodyTimeout => (
-                IngressOutcome::BadRequest,
-                answer(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"),
-            ),
-            Refusal::BodyUnreadable => (
-                IngressOutcome::BadRequest,
-                answer(StatusCode::BAD_REQUEST, "body could not be read\n"),
-            ),
-            Refusal::NoSubject(why) => (
-                IngressOutcome::BadRequest,
-                answer(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot make the subject: {why}\n"),
-                ),
-            ),
-        }
-    }
+    /// The memory budget request bodies are read within.
+    bodies: Bodies,
 }
 
 impl Ingress {
@@ -221,7 +121,7 @@ impl Ingress {
             metrics,
             listen: config.listen,
             nats: nats.clone(),
-            bodies: Arc::new(Semaphore::new(BODY_BUDGET as usize)),
+            bodies: Bodies::new(),
         }
     }
 
@@ -363,28 +263,13 @@ impl Ingress {
             return refused.answer();
         }
         // Held until the answer: the body stays in memory until JetStream has it.
-        let Some(_room) = self.room_for(route, &req) else {
+        let Some(_room) = self.bodies.room_for(route, &req) else {
             return unavailable("too many request bodies at once");
         };
         match accept(route, req).await {
             Ok(message) => self.publish(route, publish_timeout, message).await,
             Err(refused) => refused.answer(),
         }
-    }
-
-    /// Sets aside what `req` may hold of [`BODY_BUDGET`]: its declared length (at most
-    /// `max_body`, as `check_head` saw to), else `max_body`.
-    fn room_for(
-        &self,
-        route: &Route,
-        req: &http::Request<Incoming>,
-    ) -> Option<OwnedSemaphorePermit> {
-        let max = route.max_body as u64;
-        let bytes = declared_length(req).map_or(max, |n| n.min(max));
-        let bytes = u32::try_from(bytes)
-            .unwrap_or(u32::MAX)
-            .clamp(1, BODY_BUDGET);
-        Arc::clone(&self.bodies).try_acquire_many_owned(bytes).ok()
     }
 
     /// Stores a verified message; `2xx` only once JetStream acked it.
@@ -452,263 +337,4 @@ async fn accept(route: &Route, req: http::Request<Incoming>) -> Result<Message, 
         headers: nats_headers(route, &parts.headers),
         body,
     })
-}
-
-/// Method, declared size and signature headers: all refused before the body is read.
-fn check_head(route: &Route, req: &http::Request<Incoming>) -> Result<(), Refusal> {
-    if req.method() != Method::POST {
-        return Err(Refusal::NotPost);
-    }
-    if declared_length(req).is_some_and(|n| n > route.max_body as u64) {
-        return Err(Refusal::TooLarge(route.max_body));
-    }
-    // Without its signature headers a request cannot verify: refuse it before
-    // reading (and holding) its body.
-    if let Verify::Signed(signer) = &route.verify {
-        let needed: &[&http::HeaderName] = match signer.scheme() {
-            Scheme::Standard => &[&WEBHOOK_ID, &WEBHOOK_TIMESTAMP, &WEBHOOK_SIGNATURE],
-            Scheme::Hex | Scheme::Sha256 => &[signer.header()],
-        };
-        if let Some(h) = needed.iter().find(|h| !req.headers().contains_key(**h)) {
-            return Err(Refusal::Unverified(format!("missing header {h}")));
-        }
-    }
-    Ok(())
-}
-
-/// The request's `Content-Length`, when it has a usable one.
-fn declared_length(req: &http::Request<Incoming>) -> Option<u64> {
-    req.headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// The body, within `max_body` and [`BODY_TIMEOUT`].
-///
-/// Each piece is copied out as it arrives: hyper hands a piece out as a slice of its
-/// read buffer, so keeping the pieces of a body sent a byte per packet would keep a
-/// whole buffer (8 KiB) per byte, far beyond what the request set aside.
-async fn read_body(route: &Route, body: Incoming) -> Result<Bytes, Refusal> {
-    // The declared length, which the request set aside, in one allocation.
-    let declared = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
-    let read = async {
-        let mut body = Limited::new(body, route.max_body);
-        let capacity = usize::try_from(declared).unwrap_or(0).min(route.max_body);
-        let mut kept = BytesMut::with_capacity(capacity);
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                kept.extend_from_slice(&data);
-            }
-        }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(kept.freeze())
-    };
-    match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Err(_) => Err(Refusal::BodyTimeout),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Refusal::TooLarge(route.max_body))
-        }
-        Ok(Err(_)) => Err(Refusal::BodyUnreadable),
-        Ok(Ok(body)) => Ok(body),
-    }
-}
-
-/// Signature and timestamp, for routes that are not `scheme = "none"`.
-fn verify(route: &Route, headers: &http::HeaderMap, body: &Bytes) -> Result<(), Refusal> {
-    if let Verify::Signed(signer) = &route.verify {
-        if let Err(e) = signer.verify_fresh(
-            body,
-            headers,
-            crate::time::unix_secs(SystemTime::now()),
-            TIMESTAMP_TOLERANCE,
-        ) {
-            tracing::debug!(route = %route.path, error = %e, "incoming webhook refused");
-            return Err(Refusal::Unverified(e.to_string()));
-        }
-    }
-    Ok(())
-}
-
-/// The route's subject template filled in from the verified request.
-fn subject(route: &Route, parts: &http::request::Parts, body: &Bytes) -> Result<String, Refusal> {
-    route
-        .subject
-        .render(&Values {
-            headers: &parts.headers,
-            path: parts.uri.path(),
-            body,
-        })
-        .map_err(|e| {
-            tracing::debug!(route = %route.path, error = %e, "incoming webhook has no usable subject");
-            Refusal::NoSubject(e.to_string())
-        })
-}
-
-/// The forwarded request headers, and the sender's id as `Nats-Msg-Id` so JetStream
-/// drops a second copy.
-fn nats_headers(route: &Route, request: &http::HeaderMap) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    for h in &route.copy_headers {
-        for v in request.get_all(&h.name) {
-            if let Ok(v) = v.to_str() {
-                headers.append(h.written.as_str(), v);
-            }
-        }
-    }
-    let id = request
-        .get(&route.id_header)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    if let Some(id) = id {
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-    }
-    headers
-}
-
-/// Checks that a stream captures all of every route's subjects (the template's
-/// pattern must lie within one stream subject: JetStream's own lookup by subject also
-/// names streams that hold only part of it). Subjects no stream holds are added to
-/// `nats.stream` when `create_stream = true` (the development convenience); otherwise
-/// that is an error, since every request on them would be answered 503.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    nats: &NatsConfig,
-    routes: &[Route],
-) -> Result<(), IngressError> {
-    if routes.is_empty() {
-        return Ok(());
-    }
-    let streams = stream_subjects(js).await?;
-    let missing = uncaptured(&streams, nats, routes)?;
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !nats.create_stream {
-        return Err(IngressError::NoStream(joined(&missing)));
-    }
-    extend_stream(js, nats, &missing).await
-}
-
-/// Every stream's name and subjects.
-async fn stream_subjects(
-    js: &jetstream::Context,
-) -> Result<Vec<(String, Vec<Pattern>)>, IngressError> {
-    let mut streams = Vec::new();
-    let mut list = js.streams();
-    while let Some(info) = list.next().await {
-        let info = info.map_err(|e| IngressError::Lookup(e.to_string()))?;
-        let subjects = info
-            .config
-            .subjects
-            .iter()
-            .filter_map(|s| Pattern::parse(s).ok())
-            .collect();
-        streams.push((info.config.name, subjects));
-    }
-    Ok(streams)
-}
-
-/// The route subjects no stream holds; one that streams hold only part of is an error
-/// (unless that part is `nats.stream` itself under `create_stream`, which is widened).
-fn uncaptured(
-    streams: &[(String, Vec<Pattern>)],
-    nats: &NatsConfig,
-    routes: &[Route],
-) -> Result<Vec<Pattern>, IngressError> {
-    let mut missing: Vec<Pattern> = Vec::new();
-    for r in routes {
-        let p = r.subject.pattern();
-        if missing.contains(p)
-            || streams
-                .iter()
-                .any(|(_, s)| s.iter().any(|s| p.is_subset_of(s)))
-        {
-            continue;
-        }
-        let partial: Vec<&str> = streams
-            .iter()
-            .filter(|(_, s)| s.iter().any(|s| s.overlaps(p)))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        match partial.as_slice() {
-            [] if nats.create_stream => missing.push(p.clone()),
-            [own] if nats.create_stream && *own == nats.stream => missing.push(p.clone()),
-            [] => missing.push(p.clone()),
-            _ => {
-                return Err(IngressError::Partial {
-                    subject: p.to_string(),
-                    streams: partial.join(", "),
-                })
-            }
-        }
-    }
-    Ok(missing)
-}
-
-fn joined(subjects: &[Pattern]) -> String {
-    subjects
-        .iter()
-        .map(Pattern::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Adds `missing` to `nats.stream` (`create_stream = true`).
-async fn extend_stream(
-    js: &jetstream::Context,
-    nats: &NatsConfig,
-    missing: &[Pattern],
-) -> Result<(), IngressError> {
-    let extend_error = |error: String| IngressError::ExtendStream {
-        stream: nats.stream.clone(),
-        subjects: joined(missing),
-        error,
-    };
-    let mut stream = js
-        .get_stream(&nats.stream)
-        .await
-        .map_err(|e| extend_error(e.to_string()))?;
-    let mut cfg = stream
-        .info()
-        .await
-        .map_err(|e| extend_error(e.to_string()))?
-        .config
-        .clone();
-    for p in missing {
-        // A subject the new one covers would overlap it, which JetStream refuses.
-        cfg.subjects
-            .retain(|s| !Pattern::parse(s).is_ok_and(|s| s.is_subset_of(p)));
-        if !missing.iter().any(|q| q != p && p.is_subset_of(q)) {
-            cfg.subjects.push(p.to_string());
-        }
-    }
-    tracing::info!(stream = %nats.stream, subjects = %joined(missing), "adding ingress subjects to the stream (create_stream = true)");
-    js.update_stream(cfg)
-        .await
-        .map(|_| ())
-        .map_err(|e| extend_error(e.to_string()))
-}
-
-/// [`ensure_streams`] at start-up: a stream that cannot be looked up yet is waited
-/// for (as the bridge's own stream is); a missing one stops start-up.
-pub async fn ensure_streams_at_start(
-    js: &jetstream::Context,
-    nats: &NatsConfig,
-    routes: &[Route],
-    stop: &CancellationToken,
-) -> Result<(), IngressError> {
-    let mut wait = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-    loop {
-        match ensure_streams(js, nats, routes).await {
-            Err(IngressError::Lookup(error)) => {
-                tracing::warn!(%error, "cannot check the ingress streams yet; retrying");
-            }
-            other => return other,
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait.next_delay()) => {}
-        }
-    }
 }
