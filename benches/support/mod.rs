@@ -379,13 +379,21 @@ impl Drop for Process {
 }
 
 /// CPU seconds (user + system) from a `/proc/.../stat` file: a process's or a thread's.
+/// `BENCH_CPU=user` or `BENCH_CPU=system` counts only that part, to tell the work in
+/// a process from the work in the kernel for it (system calls, loopback TCP).
 fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are 14th and 15th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    let (user, system) = (ticks(11), ticks(12));
+    let counted = match std::env::var("BENCH_CPU").as_deref() {
+        Ok("user") => user,
+        Ok("system") => system,
+        _ => user + system,
+    };
+    counted / 100.0
 }
 
 /// CPU seconds a process has used so far.
