@@ -255,7 +255,9 @@ impl Supervisor {
             .find(|w| w.endpoint().name == name)
     }
 
-    /// `Ok` when NATS is connected and every config-file endpoint's consumer is bound.
+    /// `Ok` when the start-up and the registry's first read are done, NATS is
+    /// connected, the fan-out and lane consumers (with `fan_out`) are bound, and so is
+    /// every endpoint's own consumer but a runtime endpoint's that JetStream refused.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
         if !self.started.load(Ordering::Relaxed) {

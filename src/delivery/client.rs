@@ -1,4 +1,4 @@
-//! The HTTP client of one endpoint: a pooled hyper-util client whose connector
+//! The HTTP client of endpoints of one shape: a pooled hyper-util client whose connector
 //! resolves names through the SSRF guard, or tunnels through the endpoint's proxy
 //! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 

@@ -3,10 +3,12 @@
 //! `client` builds the endpoint's HTTP client (TLS, SSRF guard), `headers` the
 //! request's headers and their redacted copy for the delivery log.
 //!
-//! Each endpoint gets its own pooled hyper client (keep-alive, HTTP/1.1 and HTTP/2 by
-//! ALPN), so one endpoint's slow or dead receiver never holds connections another
-//! needs. Redirects are never followed: a 3xx is a failed attempt, since following it
-//! could send signed events somewhere the operator did not configure.
+//! Endpoints of one connection shape share a pooled hyper client (keep-alive,
+//! HTTP/1.1 and HTTP/2 by ALPN) whose pool keeps connections per receiver host, so one
+//! endpoint's slow or dead receiver only ever holds connections to itself; each
+//! endpoint's `concurrency` bounds its own requests. Redirects are never followed: a
+//! 3xx is a failed attempt, since following it could send signed events somewhere the
+//! operator did not configure.
 //!
 //! Name resolution goes through [`GuardedResolver`](crate::ssrf::GuardedResolver),
 //! which applies the SSRF rules to every resolved address at connect time.

@@ -3,7 +3,8 @@
 //!
 //! `/healthz` answers as long as the process serves requests (liveness must not fail
 //! because NATS is down, or Kubernetes would restart a healthy sidecar in a loop);
-//! `/readyz` is ready only when NATS is connected and every consumer is bound.
+//! `/readyz` is ready only when the app says so (for `natshook run`: NATS connected,
+//! the registry read, the consumers bound; see `Supervisor::readiness`).
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
