@@ -453,6 +453,17 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     assert_eq!(verify_received(&old, &after).0, 0);
 }
 
+/// Publishes five `before` messages, then creates the runtime endpoint `name`; its
+/// record as created.
+async fn create_after_a_backlog(s: &Setup, name: &str) -> Value {
+    publish_all(&s.js, tenant_leads("org_1", 5, "before")).await;
+    // The cut compares JetStream's stored time with natshook's clock, in milliseconds.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body(name, &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
 /// A new runtime endpoint starts from its creation, as a registered webhook does
 /// elsewhere: what the stream held before is acked without a request, unless the body
 /// asks for it with `"skip_backlog": false`.
@@ -460,11 +471,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
 async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_backlog() {
     let s = Setup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
-    publish_all(js, tenant_leads("org_1", 5, "before")).await;
-    // The cut compares JetStream's stored time with natshook's clock, in milliseconds.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
-    assert_eq!(status, 201, "{created}");
+    let created = create_after_a_backlog(&s, "acme").await;
     assert!(created["skip_before"].is_string(), "{created}");
     let mut history = serde_json::from_str::<Value>(&body("history", rx)).unwrap();
     history["skip_backlog"] = false.into();
@@ -514,10 +521,7 @@ async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_
 async fn a_skipped_backlog_ends_at_the_stream_s_last_message_whatever_the_clock() {
     let s = Setup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
-    publish_all(js, tenant_leads("org_1", 5, "before")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
-    assert_eq!(status, 201, "{created}");
+    let created = create_after_a_backlog(&s, "acme").await;
     let last = js
         .get_stream("EVENTS")
         .await
