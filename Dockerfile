@@ -4,6 +4,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# async-nats, patched (vendor/async-nats/README.natshook.md).
+COPY vendor ./vendor
 COPY examples ./examples
 # Declared in Cargo.toml, so the manifest needs it even for --bin builds.
 COPY benches ./benches

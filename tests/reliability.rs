@@ -1194,3 +1194,86 @@ async fn reloads_during_a_pause_cost_the_held_messages_no_attempt() {
         "first requests after NAKs: {late_first:?}"
     );
 }
+
+/// Publishes `subject` with a header block as written, `NATS/1.0` line and all, over
+/// the raw protocol: no client library writes a malformed one, but nats-server stores
+/// and forwards what a publisher sent.
+fn publish_raw_headers(port: u16, subject: &str, header_lines: &[&[u8]], payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut block = b"NATS/1.0\r\n".to_vec();
+    for line in header_lines {
+        block.extend_from_slice(line);
+        block.extend_from_slice(b"\r\n");
+    }
+    block.extend_from_slice(b"\r\n");
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let mut w = stream;
+    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n")
+        .unwrap();
+    let total = block.len() + payload.len();
+    w.write_all(format!("HPUB {subject} {} {total}\r\n", block.len()).as_bytes())
+        .unwrap();
+    w.write_all(&block).unwrap();
+    w.write_all(payload).unwrap();
+    w.write_all(b"\r\nPING\r\n").unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+/// A message whose header block natshook's NATS client cannot read in full (a lone CR
+/// in a value, which panicked the connection's task; a line without a colon, an
+/// invalid name or bytes that are not UTF-8, which failed the connection every time
+/// the message came back) loses only the bad line: it is delivered, the messages
+/// around it arrive at their first attempt, and the connection stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_header_costs_only_its_own_line() {
+    let rx = Receiver::start().await;
+    let (nats, natshook, js) = setup(&rx, "").await;
+    let mut published = publish_leads(&js, 3, "before").await;
+    let bad: [&[u8]; 5] = [
+        b"X-Custom: a\rb",
+        b"X-No-Colon",
+        b"X Bad: v",
+        b"X-Custom: caf\xe9",
+        b"X-T\xc3\xa9st: v",
+    ];
+    for (i, line) in bad.iter().enumerate() {
+        let id = format!("bad-{i}");
+        let msg_id = format!("Nats-Msg-Id: {id}");
+        let payload = format!("{{\"lead\":\"{id}\"}}");
+        publish_raw_headers(
+            nats.port,
+            "crm.lead.created",
+            &[msg_id.as_bytes(), line, b"X-Good: yes"],
+            payload.as_bytes(),
+        );
+        published.push(id);
+    }
+    published.extend(publish_leads(&js, 3, "after").await);
+    rx.wait_for(Duration::from_secs(30), "every message delivered", |r| {
+        published
+            .iter()
+            .all(|id| r.delivered_ids().contains_key(id))
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert_attempts_count_up(&rx);
+    for r in rx.received() {
+        assert_eq!(r.header("x-webhook-attempt"), "1", "{}", r.id());
+    }
+    let metrics = natshook.metrics().await;
+    assert!(metrics.contains("natshook_nats_connected 1"), "{metrics}");
+}
