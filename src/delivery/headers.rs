@@ -36,8 +36,13 @@ pub(super) fn forwarded_headers<'a>(
             .iter()
             .chain(endpoint.forward_headers.iter())
             .find(|h| h.as_str().eq_ignore_ascii_case(name));
-        if let (Some(h), Ok(v)) = (wanted, HeaderValue::from_str(value)) {
-            out.push((h.clone(), v));
+        let Some(h) = wanted else { continue };
+        match HeaderValue::from_str(value) {
+            Ok(v) => out.push((h.clone(), v)),
+            // Control characters: no HTTP header can carry the value.
+            Err(_) => {
+                tracing::debug!(endpoint = %endpoint.name, header = %h, "message header value has control characters; not forwarded")
+            }
         }
     }
     out

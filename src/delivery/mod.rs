@@ -54,6 +54,20 @@ pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 /// behind), would otherwise spend every attempt of a backlog within milliseconds.
 pub const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 
+/// Why a message cannot become a request at all: dead-lettered with this reason, never
+/// retried (every attempt would fail the same way).
+#[derive(Debug, thiserror::Error)]
+pub enum Undeliverable {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The contract's `X-Webhook-Event` header cannot carry it: a `{n}` template took a
+    /// control character from the subject.
+    #[error(
+        "event name {0:?} has control characters, which no HTTP header can carry (X-Webhook-Event)"
+    )]
+    EventName(String),
+}
+
 /// One attempt in progress, as [`Deliverer::deliver`] returns it: boxed where it is
 /// made, so the caller moves a pointer instead of the request's whole state (nearly
 /// 2 KiB) into its own future and from there into the heap.
@@ -221,7 +235,10 @@ impl Deliverer {
         facts: &MessageFacts<'a>,
         message_headers: impl IntoIterator<Item = (&'h str, &'h str)>,
         capture_headers: bool,
-    ) -> Result<Attempt<'a>, EnvelopeError> {
+    ) -> Result<Attempt<'a>, Undeliverable> {
+        if HeaderValue::from_bytes(facts.event.as_bytes()).is_err() {
+            return Err(Undeliverable::EventName(facts.event.to_string()));
+        }
         let body = envelope::build(
             self.endpoint.envelope,
             &self.endpoint.envelope_fields,
@@ -407,6 +424,31 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_name_no_header_can_carry_is_undeliverable() {
+        let endpoint = std::sync::Arc::new(crate::config::test_endpoint("secret = \"s\""));
+        let deliverer = Deliverer::new(endpoint, 8).unwrap();
+        let payload = Bytes::from_static(b"{}");
+        let facts = |event| MessageFacts {
+            id: "E-1",
+            event,
+            subject: "orders.x",
+            stream_sequence: 1,
+            attempt: 1,
+            published: SystemTime::UNIX_EPOCH,
+            payload: &payload,
+            tenant: None,
+        };
+        match deliverer.deliver(&facts("order.x\u{1}y"), [], false) {
+            Err(e @ Undeliverable::EventName(_)) => {
+                assert!(e.to_string().contains("X-Webhook-Event"), "{e}")
+            }
+            _ => panic!("an event name with a control character became a request"),
+        }
+        // Non-ASCII is sent as its UTF-8 bytes.
+        assert!(deliverer.deliver(&facts("order.café"), [], false).is_ok());
+    }
 
     #[test]
     fn retry_after_seconds_dates_and_cap() {
