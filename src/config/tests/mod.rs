@@ -559,3 +559,77 @@ fn the_admin_token_must_be_long_and_presentable() {
         ["admin.token: must not start or end with white space (no request could present it)"]
     );
 }
+
+#[test]
+fn an_endpoint_url_that_would_not_reach_its_receiver_is_refused() {
+    let with_url = |url: &str| GOOD.replace("https://crm.example.com/hooks", url);
+    for (url, words) in [
+        (
+            "https://x.example.com:99999/h",
+            "endpoints[0].url: 'https://x.example.com:99999/h': '99999' is not a port",
+        ),
+        (
+            "https://x.example.com:0/h",
+            "endpoints[0].url: 'https://x.example.com:0/h': port 0",
+        ),
+        (
+            "https://:443/h",
+            "endpoints[0].url: 'https://:443/h' has no host",
+        ),
+        ("https://./h", "endpoints[0].url: 'https://./h' has no host"),
+        (
+            "https://alice:pw@x.example.com/h",
+            "endpoints[0].url: credentials do not belong in the URL",
+        ),
+    ] {
+        let got = problems(&with_url(url));
+        assert!(
+            got.iter().any(|g| g.starts_with(words)),
+            "{url:?}: missing {words:?} in {got:#?}"
+        );
+    }
+    for url in [
+        "https://x.example.com:8443/h",
+        "https://[2606:4700::1111]:8443/h",
+    ] {
+        let got = problems(&with_url(url));
+        assert!(!got.iter().any(|g| g.contains(".url")), "{url}: {got:#?}");
+    }
+}
+
+#[test]
+fn a_signature_header_natshook_sets_itself_or_standard_ignores_is_refused() {
+    let with_sig = |sig: &str| {
+        GOOD.replace(
+            "secret = { value = \"s3cret\" }",
+            &format!("secret = {{ value = \"s3cret\" }}\nsignature = {sig}"),
+        )
+    };
+    for (sig, words) in [
+        (
+            "{ scheme = \"hex\", header = \"Content-Type\" }",
+            "endpoints[0].signature.header: natshook sets this header itself",
+        ),
+        (
+            "{ scheme = \"sha256\", header = \"X-Webhook-Id\" }",
+            "endpoints[0].signature.header: natshook sets this header itself",
+        ),
+        (
+            "{ scheme = \"standard\", header = \"X-Sig\" }",
+            "endpoints[0].signature.header: standard uses the webhook-id",
+        ),
+    ] {
+        let got = problems(&with_sig(sig));
+        assert!(
+            got.iter().any(|g| g.starts_with(words)),
+            "{sig}: missing {words:?} in {got:#?}"
+        );
+    }
+    for sig in [
+        "{ scheme = \"hex\", header = \"X-Signature\" }",
+        "{ scheme = \"hex\", header = \"X-Webhook-Signature\" }",
+        "{ scheme = \"standard\" }",
+    ] {
+        assert_eq!(problems(&with_sig(sig)), Vec::<String>::new(), "{sig}");
+    }
+}

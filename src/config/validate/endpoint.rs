@@ -272,7 +272,28 @@ fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<h
         }
         _ => return Err(format!("'{text}' must be an absolute http(s) URL")),
     }
-    let host = uri.host().ok_or_else(|| format!("'{text}' has no host"))?;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        // hyper never sends userinfo, so the receiver would see no credentials.
+        return Err("credentials do not belong in the URL: send them as a header (headers = { Authorization = { env = \"…\" } })".into());
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.trim_matches('.').is_empty())
+        .ok_or_else(|| format!("'{text}' has no host"))?;
+    // A port past 65535 parses, reads as no port, and the default one would be used.
+    let after_host = &authority[authority.rfind(']').map_or(0, |i| i + 1)..];
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        match port.parse::<u16>() {
+            Ok(0) => {
+                return Err(format!(
+                    "'{text}': port 0 is not a port a server listens on"
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => return Err(format!("'{text}': '{port}' is not a port (1 to 65535)")),
+        }
+    }
     target
         .check_host(host)
         .map_err(|refusal| refusal.to_string())?;
@@ -430,13 +451,27 @@ fn signature(s: &Settings, p: &mut Problems) -> (Option<Scheme>, Option<HeaderNa
             None
         }
     };
+    let own_header = sig.header.is_some();
     let (header_text, header_path) = from(
         sig.header,
         dsig.header,
         "header",
         defaults::SIGNATURE_HEADER,
     );
-    let header = p.header_name(header_path, &header_text);
+    let header = p.header_name(header_path.clone(), &header_text);
+    if scheme == Some(Scheme::Standard) && own_header {
+        p.add(
+            header_path,
+            "standard uses the webhook-id, webhook-timestamp and webhook-signature headers; header applies to hex and sha256",
+        );
+    } else if header.as_ref().is_some_and(|h| {
+        reserved_header(h.as_str()) && !h.as_str().eq_ignore_ascii_case(defaults::SIGNATURE_HEADER)
+    }) {
+        p.add(
+            header_path,
+            "natshook sets this header itself; the signature cannot replace it",
+        );
+    }
     (scheme, header)
 }
 
