@@ -633,3 +633,17 @@ fn a_signature_header_natshook_sets_itself_or_standard_ignores_is_refused() {
         assert_eq!(problems(&with_sig(sig)), Vec::<String>::new(), "{sig}");
     }
 }
+
+#[test]
+fn a_nats_creds_file_that_cannot_be_read_is_named() {
+    let text = GOOD.replace(
+        "stream = \"EVENTS\"",
+        "stream = \"EVENTS\"\ncreds_file = \"/nonexistent/natshook.creds\"",
+    );
+    let got = problems(&text);
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("nats.creds_file: cannot read /nonexistent/natshook.creds")),
+        "{got:#?}"
+    );
+}

@@ -97,7 +97,17 @@ fn auth(
         |path: &str, r: &SecretRef| r.resolve().map_err(|e| p.add(path.to_string(), e)).ok();
     match (creds_file, token, user, password) {
         (None, None, None, None) => Some(NatsAuth::None),
-        (Some(f), None, None, None) => Some(NatsAuth::CredsFile(f)),
+        // Checked here like the TLS files: async-nats reads it only on connect.
+        (Some(f), None, None, None) => match std::fs::metadata(&f) {
+            Ok(_) => Some(NatsAuth::CredsFile(f)),
+            Err(e) => {
+                p.add(
+                    "nats.creds_file",
+                    format_args!("cannot read {}: {e}", f.display()),
+                );
+                None
+            }
+        },
         (None, Some(t), None, None) => resolve("nats.token", &t).map(NatsAuth::Token),
         (None, None, Some(u), Some(pw)) => {
             resolve("nats.password", &pw).map(|pw| NatsAuth::UserPassword(u, pw))
