@@ -19,6 +19,14 @@ use crate::subject_template::SubjectTemplate;
 /// The largest `max_body` of a route: NATS's largest `max_payload` (64 MiB).
 const MAX_BODY_LIMIT: i64 = 64 * 1024 * 1024;
 
+/// Whether listeners on `a` and `b` would take the same port: an unspecified address
+/// (`0.0.0.0`, `[::]`, which also takes IPv4) covers every address of its port.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Validates `[ingress]`; `http_listen` is the `[http]` listener (when valid), which
 /// a separate ingress listener may not share.
 pub(super) fn validate(
@@ -30,10 +38,17 @@ pub(super) fn validate(
     let listen = match raw.listen.as_deref() {
         None => None,
         Some(text) => match text.parse::<SocketAddr>() {
-            Ok(a) if Some(a) == http_listen => {
+            Ok(a) if http_listen.is_some_and(|h| h == a) => {
                 p.add(
                     "ingress.listen",
                     format_args!("'{text}' is the [http] listener; leave ingress.listen out to serve the routes there"),
+                );
+                None
+            }
+            Ok(a) if http_listen.is_some_and(|h| same_port(h, a)) => {
+                p.add(
+                    "ingress.listen",
+                    format_args!("'{text}' takes the port of the [http] listener ({}); one of the two could not listen", http_listen.map_or(String::new(), |h| h.to_string())),
                 );
                 None
             }
@@ -318,6 +333,34 @@ mod tests {
         match Config::from_str(&format!("{ingress}\n{BASE}"), "toml") {
             Ok(_) => vec![],
             Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_ingress_listener_on_the_http_listener_s_port_is_refused() {
+        let route = "[[ingress.routes]]\npath = \"/in/a\"\nsubject = \"in.a\"\nverify = { scheme = \"none\" }";
+        for (http, ingress) in [
+            ("0.0.0.0:19470", "127.0.0.1:19470"),
+            ("127.0.0.1:19470", "0.0.0.0:19470"),
+            ("[::]:19470", "127.0.0.1:19470"),
+        ] {
+            let got = problems(&format!(
+                "[http]\nlisten = \"{http}\"\n[ingress]\nlisten = \"{ingress}\"\n{route}"
+            ));
+            assert!(
+                got.iter()
+                    .any(|g| g.contains("takes the port of the [http] listener")),
+                "{http} {ingress}: {got:#?}"
+            );
+        }
+        for (http, ingress) in [
+            ("127.0.0.1:19470", "127.0.0.2:19470"),
+            ("0.0.0.0:19470", "0.0.0.0:19471"),
+        ] {
+            let got = problems(&format!(
+                "[http]\nlisten = \"{http}\"\n[ingress]\nlisten = \"{ingress}\"\n{route}"
+            ));
+            assert_eq!(got, Vec::<String>::new(), "{http} {ingress}");
         }
     }
 
