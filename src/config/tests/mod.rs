@@ -31,6 +31,16 @@ fn problems(text: &str) -> Vec<String> {
     }
 }
 
+/// Asserts that `text` has a problem starting with `words`.
+#[track_caller]
+fn assert_problem(text: &str, words: &str) {
+    let got = problems(text);
+    assert!(
+        got.iter().any(|g| g.starts_with(words)),
+        "missing {words:?} in {got:#?} of\n{text}"
+    );
+}
+
 const GOOD_YAML: &str = "nats:\n  stream: EVENTS\nevents:\n  - subject: a\n    event: a\nendpoints:\n  - name: x\n    url: https://example.com/\n    events: [\"*\"]\n    secret: s\n";
 
 fn problems_in(text: &str, format: &str) -> Vec<String> {
@@ -323,11 +333,7 @@ fn nats_urls_are_checked_one_by_one() {
             "nats.url: an entry is empty",
         ),
     ] {
-        let got = problems(&with_url(url));
-        assert!(
-            got.iter().any(|g| g.starts_with(words)),
-            "{url:?}: missing {words:?} in {got:#?}"
-        );
+        assert_problem(&with_url(url), words);
     }
     for url in [
         "nats://x",
@@ -582,11 +588,7 @@ fn an_endpoint_url_that_would_not_reach_its_receiver_is_refused() {
             "endpoints[0].url: credentials do not belong in the URL",
         ),
     ] {
-        let got = problems(&with_url(url));
-        assert!(
-            got.iter().any(|g| g.starts_with(words)),
-            "{url:?}: missing {words:?} in {got:#?}"
-        );
+        assert_problem(&with_url(url), words);
     }
     for url in [
         "https://x.example.com:8443/h",
@@ -619,11 +621,7 @@ fn a_signature_header_natshook_sets_itself_or_standard_ignores_is_refused() {
             "endpoints[0].signature.header: standard uses the webhook-id",
         ),
     ] {
-        let got = problems(&with_sig(sig));
-        assert!(
-            got.iter().any(|g| g.starts_with(words)),
-            "{sig}: missing {words:?} in {got:#?}"
-        );
+        assert_problem(&with_sig(sig), words);
     }
     for sig in [
         "{ scheme = \"hex\", header = \"X-Signature\" }",
