@@ -96,8 +96,12 @@ impl Problems {
 
     /// A count of at least `min` that fits a `u32`.
     pub fn positive(&mut self, path: &str, value: i64, min: i64) -> Option<u32> {
-        if value < min || value > i64::from(u32::MAX) {
+        if value < min {
             self.add(path, format_args!("must be at least {min} (got {value})"));
+            None
+        } else if value > i64::from(u32::MAX) {
+            let max = u32::MAX;
+            self.add(path, format_args!("must be at most {max} (got {value})"));
             None
         } else {
             Some(value as u32)

@@ -645,3 +645,15 @@ fn a_nats_creds_file_that_cannot_be_read_is_named() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn a_count_past_u32_says_its_upper_bound() {
+    let text = GOOD.replace(
+        "secret = { value = \"s3cret\" }",
+        "secret = { value = \"s3cret\" }\nconcurrency = 4294967296",
+    );
+    assert_problem(
+        &text,
+        "endpoints[0].concurrency: must be at most 4294967295 (got 4294967296)",
+    );
+}
