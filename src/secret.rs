@@ -11,7 +11,10 @@ use serde::Deserialize;
 
 /// Where a secret comes from, as written in the config.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "must be a string, { env = \"…\" }, { file = \"…\" } or { value = \"…\" } (a number must be quoted)"
+)]
 pub enum SecretRef {
     /// A plain string in the config: the value itself.
     Plain(String),
@@ -148,7 +151,10 @@ impl SecretRef {
 
 /// `secret = …` may be one reference or a list (newest first, for rotation).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "must be a string, { env = \"…\" }, { file = \"…\" }, { value = \"…\" }, or a list of them (a number must be quoted)"
+)]
 pub enum SecretList {
     One(SecretRef),
     Many(Vec<SecretRef>),

@@ -186,6 +186,7 @@ impl<'de> Deserialize<'de> for RawProxy {
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table { scheme = \"…\", header = \"…\" }")]
 pub(super) struct RawSignature {
     pub scheme: Option<String>,
     pub header: Option<String>,

@@ -657,3 +657,16 @@ fn a_count_past_u32_says_its_upper_bound() {
         "endpoints[0].concurrency: must be at most 4294967295 (got 4294967296)",
     );
 }
+
+#[test]
+fn a_secret_or_signature_of_the_wrong_shape_says_what_it_takes() {
+    let with = |extra: &str| GOOD.replace("secret = { value = \"s3cret\" }", extra);
+    assert_problem(
+        &with("secret = 12345"),
+        "endpoints[0].secret: must be a string, { env = \"…\" }",
+    );
+    assert_problem(
+        &with("secret = \"s\"\nsignature = [\"standard\"]"),
+        "endpoints[0].signature: invalid length 1, expected a table { scheme",
+    );
+}
