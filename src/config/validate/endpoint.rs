@@ -17,7 +17,7 @@ use super::super::Problems;
 use super::proxy;
 use super::rate::parse_rate;
 use super::tls::{tls_files, FileCheck, TlsPaths};
-use super::{valid_name, MAX_NAME_LEN, RESERVED_NAMES};
+use super::{port_problem, valid_name, MAX_NAME_LEN, RESERVED_NAMES};
 use crate::payload_filter::{PayloadFilter, Scalar};
 use crate::routing::{tenant_id_problem, EventFilter, Router, TENANT_ID_RULE};
 use crate::secret::{Secret, SecretList};
@@ -281,18 +281,8 @@ fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<h
         .host()
         .filter(|h| !h.trim_matches('.').is_empty())
         .ok_or_else(|| format!("'{text}' has no host"))?;
-    // A port past 65535 parses, reads as no port, and the default one would be used.
-    let after_host = &authority[authority.rfind(']').map_or(0, |i| i + 1)..];
-    if let Some((_, port)) = after_host.rsplit_once(':') {
-        match port.parse::<u16>() {
-            Ok(0) => {
-                return Err(format!(
-                    "'{text}': port 0 is not a port a server listens on"
-                ))
-            }
-            Ok(_) => {}
-            Err(_) => return Err(format!("'{text}': '{port}' is not a port (1 to 65535)")),
-        }
+    if let Some(problem) = port_problem(&uri) {
+        return Err(format!("'{text}': {problem}"));
     }
     target
         .check_host(host)

@@ -98,6 +98,10 @@ fn traces_url(text: &str, p: &mut Problems) -> Option<http::Uri> {
         );
         return None;
     }
+    if let Some(problem) = super::port_problem(&uri) {
+        p.add(KEY, format_args!("'{text}': {problem}"));
+        return None;
+    }
     let path = format!("{}{TRACES_PATH}", uri.path().trim_end_matches('/'));
     let mut parts = uri.into_parts();
     match path.parse() {
@@ -192,6 +196,7 @@ allow_private = true
         );
         for bad in [
             "http://c:4318/?a=1",
+            "http://c:99999",
             "http://u:secret@c:4318",
             "127.0.0.1:4318",
         ] {
