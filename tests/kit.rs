@@ -261,7 +261,7 @@ fn the_metric_check_catches_strangers() {
 }
 
 /// Runs `natshook check` on a config embedded in a manifest; only problems about
-/// secrets that exist in the cluster (files, env) are expected.
+/// secrets that exist in the cluster (files, env, the NATS credentials) are expected.
 fn check_embedded(config: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("natshook.toml");
@@ -274,7 +274,9 @@ fn check_embedded(config: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     for line in err.lines().skip(1) {
         assert!(
-            line.contains("cannot read secret file") || line.contains("is not set"),
+            line.contains("cannot read secret file")
+                || line.contains("is not set")
+                || line.contains("nats.creds_file: cannot read"),
             "unexpected problem in an example config: {line}"
         );
     }
