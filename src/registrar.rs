@@ -241,16 +241,16 @@ impl Registrar {
         if let Some(name) = &name {
             self.not_file(name)?;
         }
-        match body.remove("skip_backlog") {
-            None | Some(Value::Bool(true)) => self.mark_backlog(&mut body).await,
-            Some(Value::Bool(false)) => {}
+        let skip_backlog = match body.remove("skip_backlog") {
+            None | Some(Value::Bool(true)) => true,
+            Some(Value::Bool(false)) => false,
             Some(_) => {
                 return Err(invalid(
                     "endpoint",
                     vec![problem("skip_backlog", "must be true or false")],
                 ))
             }
-        }
+        };
         if !body.contains_key("secret") {
             // The scheme decides the secret's form: check with a stand-in first.
             let mut probe = body.clone();
@@ -259,6 +259,10 @@ impl Registrar {
             body.insert("secret".into(), new_secret(scheme)?.into());
         }
         self.check(&body)?;
+        if skip_backlog {
+            // Only for an endpoint about to be stored: it reads the stream.
+            self.mark_backlog(&mut body).await;
+        }
         let name = name.unwrap_or_default();
         body.entry("enabled").or_insert(true.into());
         let revision = self.registry.create(&name, &body).await?;
