@@ -17,7 +17,8 @@ use super::super::Problems;
 use super::proxy;
 use super::rate::parse_rate;
 use super::tls::{tls_files, FileCheck, TlsPaths};
-use super::{port_problem, valid_name, MAX_NAME_LEN, RESERVED_NAMES};
+use super::url::endpoint_url;
+use super::{valid_name, MAX_NAME_LEN, RESERVED_NAMES};
 use crate::payload_filter::{PayloadFilter, Scalar};
 use crate::routing::{tenant_id_problem, EventFilter, Router, TENANT_ID_RULE};
 use crate::secret::{Secret, SecretList};
@@ -163,7 +164,7 @@ fn validate_endpoint(
             p.add(s.at("url"), "required");
             None
         }
-        Some(u) => validate_url(u, allow_http, &target)
+        Some(u) => endpoint_url(u, allow_http, &target)
             .map_err(|m| p.add(s.at("url"), m))
             .ok(),
     };
@@ -254,40 +255,6 @@ fn target(s: &Settings, p: &mut Problems) -> (bool, TargetPolicy) {
         }
     }
     (allow_http.unwrap_or(defaults::ALLOW_HTTP), target)
-}
-
-/// Checks the URL text with the guard's own policy: an address, in any spelling the
-/// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
-/// would be refused at connect time; names are checked again on every resolved
-/// address at connect time.
-fn validate_url(text: &str, allow_http: bool, target: &TargetPolicy) -> Result<http::Uri, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|e| format!("'{text}' is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if allow_http => {}
-        Some("http") => {
-            return Err("scheme must be https (set allow_http = true to permit http)".into())
-        }
-        _ => return Err(format!("'{text}' must be an absolute http(s) URL")),
-    }
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    if authority.contains('@') {
-        // hyper never sends userinfo, so the receiver would see no credentials.
-        return Err("credentials do not belong in the URL: send them as a header (headers = { Authorization = { env = \"…\" } })".into());
-    }
-    let host = uri
-        .host()
-        .filter(|h| !h.trim_matches('.').is_empty())
-        .ok_or_else(|| format!("'{text}' has no host"))?;
-    if let Some(problem) = port_problem(&uri) {
-        return Err(format!("'{text}': {problem}"));
-    }
-    target
-        .check_host(host)
-        .map_err(|refusal| refusal.to_string())?;
-    Ok(uri)
 }
 
 /// The event names the endpoint takes; a list no `[[events]]` mapping can produce is

@@ -11,6 +11,7 @@ mod proxy;
 mod rate;
 mod sections;
 mod tls;
+mod url;
 
 use super::defaults;
 use super::model::{Config, DeadLetterConfig};
@@ -34,20 +35,6 @@ pub fn is_endpoint_name(s: &str) -> bool {
 /// JetStream's 255 characters whatever the prefix, and a name is a metric label value
 /// on every series of its endpoint.
 pub(super) const MAX_NAME_LEN: usize = 128;
-
-/// What is wrong with the port of `uri`, if anything: a port past 65535 parses, reads
-/// as no port, and the scheme's default port would be used; port 0 is no port a
-/// server listens on. Credentials in the authority are checked before this.
-fn port_problem(uri: &http::Uri) -> Option<String> {
-    let authority = uri.authority()?.as_str();
-    let after_host = &authority[authority.rfind(']').map_or(0, |i| i + 1)..];
-    let (_, port) = after_host.rsplit_once(':')?;
-    match port.parse::<u16>() {
-        Ok(0) => Some("port 0 is not a port a server listens on".into()),
-        Ok(_) => None,
-        Err(_) => Some(format!("'{port}' is not a port (1 to 65535)")),
-    }
-}
 
 /// Names natshook gives consumers of its own (`<prefix>-fanout` on the source stream,
 /// `<prefix>-lane` on the lane): an endpoint with one of them would bind the same

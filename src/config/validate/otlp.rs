@@ -98,7 +98,7 @@ fn traces_url(text: &str, p: &mut Problems) -> Option<http::Uri> {
         );
         return None;
     }
-    if let Some(problem) = super::port_problem(&uri) {
+    if let Some(problem) = super::url::port_problem(&uri) {
         p.add(KEY, format_args!("'{text}': {problem}"));
         return None;
     }

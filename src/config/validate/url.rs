@@ -1,0 +1,58 @@
+//! URL checks shared by the settings that name a server natshook sends to: an
+//! endpoint's `url` and `tracing.otlp_endpoint`. `http::Uri` parses more than a
+//! client can use (a port past 65535 reads as no port, userinfo is never sent), so
+//! what it lets through is refused here, by key, at start-up.
+
+use crate::ssrf::TargetPolicy;
+
+/// What is wrong with the port of `uri`, if anything: a port past 65535 parses, reads
+/// as no port, and the scheme's default port would be used; port 0 is no port a
+/// server listens on. Credentials in the authority are checked before this.
+pub(super) fn port_problem(uri: &http::Uri) -> Option<String> {
+    let authority = uri.authority()?.as_str();
+    let after_host = &authority[authority.rfind(']').map_or(0, |i| i + 1)..];
+    let (_, port) = after_host.rsplit_once(':')?;
+    match port.parse::<u16>() {
+        Ok(0) => Some("port 0 is not a port a server listens on".into()),
+        Ok(_) => None,
+        Err(_) => Some(format!("'{port}' is not a port (1 to 65535)")),
+    }
+}
+
+/// Checks the URL text with the guard's own policy: an address, in any spelling the
+/// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
+/// would be refused at connect time; names are checked again on every resolved
+/// address at connect time.
+pub(super) fn endpoint_url(
+    text: &str,
+    allow_http: bool,
+    target: &TargetPolicy,
+) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => {
+            return Err("scheme must be https (set allow_http = true to permit http)".into())
+        }
+        _ => return Err(format!("'{text}' must be an absolute http(s) URL")),
+    }
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        // hyper never sends userinfo, so the receiver would see no credentials.
+        return Err("credentials do not belong in the URL: send them as a header (headers = { Authorization = { env = \"…\" } })".into());
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.trim_matches('.').is_empty())
+        .ok_or_else(|| format!("'{text}' has no host"))?;
+    if let Some(problem) = port_problem(&uri) {
+        return Err(format!("'{text}': {problem}"));
+    }
+    target
+        .check_host(host)
+        .map_err(|refusal| refusal.to_string())?;
+    Ok(uri)
+}
