@@ -1,13 +1,13 @@
 //! `[nats]`: servers, stream, authentication and TLS.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::super::defaults;
 use super::super::model::{NatsAuth, NatsConfig, TlsFiles};
 use super::super::raw::{RawNats, RawTls};
 use super::super::Problems;
-use super::tls::{tls_files, FileCheck, TlsPaths};
+use super::tls::{tls_files, TlsPaths};
 use crate::secret::SecretRef;
 
 pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<NatsConfig> {
@@ -98,13 +98,10 @@ fn auth(
     match (creds_file, token, user, password) {
         (None, None, None, None) => Some(NatsAuth::None),
         // Checked here like the TLS files: async-nats reads it only on connect.
-        (Some(f), None, None, None) => match std::fs::metadata(&f) {
-            Ok(_) => Some(NatsAuth::CredsFile(f)),
+        (Some(f), None, None, None) => match readable("nats.creds_file", &f) {
+            Ok(()) => Some(NatsAuth::CredsFile(f)),
             Err(e) => {
-                p.add(
-                    "nats.creds_file",
-                    format_args!("cannot read {}: {e}", f.display()),
-                );
+                p.add("nats.creds_file", e);
                 None
             }
         },
@@ -138,12 +135,15 @@ fn tls(t: RawTls, p: &mut Problems) -> TlsFiles {
         key_file: "nats.tls.key_file".into(),
         pair: "nats.tls".into(),
     };
-    let readable: FileCheck = |_, f| {
-        std::fs::metadata(f)
-            .map(drop)
-            .map_err(|e| format!("cannot read {}: {e}", f.display()))
-    };
     tls_files(t, &at, readable, p)
+}
+
+/// A file async-nats reads only on connect (credentials, TLS files) exists and can be
+/// looked at: a typo in its path is then a problem at start-up, not on connect.
+fn readable(_key: &str, f: &Path) -> Result<(), String> {
+    std::fs::metadata(f)
+        .map(drop)
+        .map_err(|e| format!("cannot read {}: {e}", f.display()))
 }
 
 fn valid_stream_name(s: &str) -> bool {
