@@ -38,21 +38,23 @@ pub(super) fn validate(
     let listen = match raw.listen.as_deref() {
         None => None,
         Some(text) => match text.parse::<SocketAddr>() {
-            Ok(a) if http_listen.is_some_and(|h| h == a) => {
-                p.add(
-                    "ingress.listen",
-                    format_args!("'{text}' is the [http] listener; leave ingress.listen out to serve the routes there"),
-                );
-                None
-            }
-            Ok(a) if http_listen.is_some_and(|h| same_port(h, a)) => {
-                p.add(
-                    "ingress.listen",
-                    format_args!("'{text}' takes the port of the [http] listener ({}); one of the two could not listen", http_listen.map_or(String::new(), |h| h.to_string())),
-                );
-                None
-            }
-            Ok(a) => Some(a),
+            Ok(a) => match http_listen {
+                Some(h) if h == a => {
+                    p.add(
+                        "ingress.listen",
+                        format_args!("'{text}' is the [http] listener; leave ingress.listen out to serve the routes there"),
+                    );
+                    None
+                }
+                Some(h) if same_port(h, a) => {
+                    p.add(
+                        "ingress.listen",
+                        format_args!("'{text}' takes the port of the [http] listener ({h}); one of the two could not listen"),
+                    );
+                    None
+                }
+                _ => Some(a),
+            },
             Err(_) => {
                 p.add(
                     "ingress.listen",
