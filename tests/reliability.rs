@@ -1195,6 +1195,44 @@ async fn reloads_during_a_pause_cost_the_held_messages_no_attempt() {
     );
 }
 
+/// natshook exits (to be restarted) when its NATS client's connection task has ended,
+/// as a panic inside async-nats ends it: every fetch and ack would fail for good while
+/// no connection event says so. The check must not take a server outage for that:
+/// commands wait for the reconnect. The connection task is ended here by draining
+/// the client, the one way to end it on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nats_client_is_told_apart_from_a_disconnected_one() {
+    let mut nats = NatsServer::start();
+    let client = async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .connect(nats.url())
+        .await
+        .expect("connect");
+    let every = Duration::from_millis(200);
+    let lost = |within| tokio::time::timeout(within, natshook::app::client_lost(&client, every));
+    assert!(
+        lost(Duration::from_secs(1)).await.is_err(),
+        "connected client taken for lost"
+    );
+
+    nats.kill();
+    assert!(
+        lost(Duration::from_secs(2)).await.is_err(),
+        "disconnected client taken for lost"
+    );
+    nats.spawn();
+    client.flush().await.expect("reconnected");
+    assert!(
+        lost(Duration::from_secs(1)).await.is_err(),
+        "reconnected client taken for lost"
+    );
+
+    client.drain().await.expect("drain");
+    lost(Duration::from_secs(5))
+        .await
+        .expect("a client whose connection task ended is noticed");
+}
+
 /// Publishes `subject` with a header block as written, `NATS/1.0` line and all, over
 /// the raw protocol: no client library writes a malformed one, but nats-server stores
 /// and forwards what a publisher sent.

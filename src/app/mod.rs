@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use nats::connect;
+pub use nats::{client_lost, connect};
 pub use supervisor::{ApplyError, EndpointError, ReloadSummary, Supervisor};
 
 use crate::backoff::Backoff;
@@ -52,6 +52,8 @@ pub enum AppError {
     Ingress(#[from] crate::ingress::IngressError),
     #[error(transparent)]
     Tracing(#[from] crate::otel::TracingError),
+    #[error("the NATS client stopped working (its connection task ended); exiting so that the process is restarted")]
+    ClientLost,
 }
 
 /// How often `natshook_consumer_pending` is refreshed.
@@ -128,6 +130,8 @@ pub async fn run(
         background.tasks.push(tokio::spawn(scan));
     }
 
+    let lost = watch_client(&client, &sup, &shutdown);
+
     shutdown.cancelled().await;
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
     // The replica's key goes as fetching stops, so the others take its share of each
@@ -145,7 +149,33 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), client.flush()).await;
     listeners.close().await;
     tracing::info!("stopped");
-    Ok(())
+    match lost.await {
+        Ok(true) => Err(AppError::ClientLost),
+        _ => Ok(()),
+    }
+}
+
+/// Stops the process when the NATS client is lost ([`nats::client_lost`]): nothing can
+/// be fetched or acked any more, and a restart (by Kubernetes, systemd) connects anew,
+/// the unacked messages redelivered. The task's result says whether it did.
+fn watch_client(
+    client: &async_nats::Client,
+    sup: &Arc<Supervisor>,
+    shutdown: &CancellationToken,
+) -> JoinHandle<bool> {
+    let client = client.clone();
+    let sup = sup.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = nats::client_lost(&client, nats::CLIENT_CHECK) => {}
+        }
+        tracing::error!("the NATS client stopped working (its connection task ended): shutting down to be restarted");
+        sup.client_lost();
+        shutdown.cancel();
+        true
+    })
 }
 
 /// The `[http]` listener and, with `[ingress] listen`, the dedicated ingress one.

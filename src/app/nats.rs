@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::client::FlushErrorKind;
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream, ErrorCode};
 use async_nats::{ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
@@ -102,6 +103,27 @@ fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool) 
             tracing::warn!(event = %event, "NATS event");
         }
         other => tracing::info!(event = %other, "NATS event"),
+    }
+}
+
+/// How often [`client_lost`] checks the client in `natshook run`.
+pub const CLIENT_CHECK: Duration = Duration::from_secs(5);
+
+/// Returns once `client` can no longer carry a command because its connection task
+/// has ended, checking every `every`. async-nats never ends that task on its own while
+/// it reconnects; it ends only by a panic inside the client. Then every publish, ack
+/// and fetch fails for good while the connection events (and with them
+/// `natshook_nats_connected`) stay silent, so without this check the process looks
+/// alive and delivers nothing. A disconnected client is not lost: its commands wait
+/// for the reconnect, and a check that waits longer than `every` is only repeated.
+pub async fn client_lost(client: &async_nats::Client, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Ok(Err(e)) = tokio::time::timeout(every, client.flush()).await {
+            if e.kind() == FlushErrorKind::SendError {
+                return;
+            }
+        }
     }
 }
 

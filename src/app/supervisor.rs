@@ -255,6 +255,13 @@ impl Supervisor {
             .find(|w| w.endpoint().name == name)
     }
 
+    /// Shows a lost NATS client ([`super::nats::client_lost`]) as a disconnection while
+    /// the process drains: no connection event comes for it.
+    pub(super) fn client_lost(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.metrics().nats_connected.set(0);
+    }
+
     /// `Ok` when the start-up and the registry's first read are done, NATS is
     /// connected, the fan-out and lane consumers (with `fan_out`) are bound, and so is
     /// every endpoint's own consumer but a runtime endpoint's that JetStream refused.
