@@ -805,3 +805,58 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
     assert!(natshook.dead_letters("a").is_empty());
     assert!(natshook.logs().contains("former consumer's messages moved"));
 }
+
+/// An endpoint made `ordered` gets a consumer of its own on the source stream; it
+/// starts where the fan-out stands, so what the endpoint already received from its
+/// copies is not delivered a second time, and the messages after the switch all come,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_ordered_does_not_receive_the_stream_again() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = |ordered: bool| {
+        let extra = if ordered { "ordered = true" } else { "" };
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(false)).await;
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 30, "copied").await;
+    wait_until(
+        Duration::from_secs(10),
+        "the fan-out's copies acked",
+        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
+    )
+    .await;
+
+    reload(&natshook, &config(true), "config reloaded", "the switch applied").await;
+    wait_until(
+        Duration::from_secs(10),
+        "the ordered consumer bound",
+        || async { consumers(&js, "EVENTS").await.contains("natshook-a") },
+    )
+    .await;
+    let after = leads(10, "ordered");
+    publish_all(&js, after.clone()).await;
+    rx.wait_for(Duration::from_secs(20), "the leads after the switch", |r| {
+        let got = r.delivered_ids();
+        (0..10).all(|i| got.contains_key(&format!("ordered-{i}")))
+    })
+    .await;
+    // Time for anything delivered again to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = rx.delivered_ids();
+    let again: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(again.is_empty(), "delivered again: {again:?}");
+    assert_eq!(got.len(), 40, "{got:?}");
+    let order: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.id().to_string())
+        .filter(|id| id.starts_with("ordered-"))
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("ordered-{i}")).collect();
+    assert_eq!(order, expected);
+    assert!(natshook.dead_letters("a").is_empty());
+}

@@ -52,10 +52,7 @@ const SCAN_EVERY: Duration = Duration::from_secs(3);
 /// How long a failed copy waits before its source message comes back.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// The name of the fan-out consumer on the source stream.
-pub fn consumer_name(consumer_prefix: &str) -> String {
-    format!("{consumer_prefix}-fanout")
-}
+pub use crate::store::work_stream::fan_out_consumer as consumer_name;
 
 /// The fan-out consumer of one natshook deployment (shared by its replicas).
 pub struct FanOut {

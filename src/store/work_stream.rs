@@ -57,6 +57,11 @@ pub struct WorkStreamError {
 /// nothing to remove.
 pub const SHARDS: usize = 16;
 
+/// The name of the fan-out consumer on the source stream: `<prefix>-fanout`.
+pub fn fan_out_consumer(consumer_prefix: &str) -> String {
+    format!("{consumer_prefix}-fanout")
+}
+
 /// Where the copies live: the streams and their subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkStream {

@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
 use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
+use crate::store::work_stream::fan_out_consumer;
 
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
@@ -72,7 +74,7 @@ impl Worker {
         &self.consumer_name
     }
 
-    fn consumer_config(&self) -> pull::Config {
+    fn consumer_config(&self, deliver_policy: DeliverPolicy) -> pull::Config {
         let subjects = match &self.shared.work {
             Some(work) if self.lazy => vec![work.subject(&self.endpoint.name)],
             _ => self
@@ -90,7 +92,7 @@ impl Worker {
                 "natshook deliveries to endpoint {}",
                 self.endpoint.name
             )),
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy,
             ack_policy: AckPolicy::Explicit,
             ack_wait: ack_wait(&self.endpoint),
             max_deliver: -1,
@@ -120,10 +122,41 @@ impl Worker {
             .get_stream_no_info(name)
             .await
             .map_err(|e| format!("stream {name}: {e}"))?;
+        let start = self.start(&stream).await?;
         stream
-            .create_consumer(self.consumer_config())
+            .create_consumer(self.consumer_config(start))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+    }
+
+    /// Where a new consumer starts: at the stream's first message, but for an
+    /// `ordered` endpoint's consumer on the source stream while fan-out is on. The
+    /// fan-out has handled the messages up to its ack floor for that endpoint already
+    /// (copied them, or they came before the endpoint did), so that consumer starts
+    /// right after it; from the first message it would deliver the whole stream again
+    /// whenever an endpoint is made `ordered`. A message the fan-out handled past its
+    /// ack floor may come twice, never not at all. A consumer that exists keeps where it
+    /// started (JetStream does not change that on an update).
+    async fn start(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream<()>,
+    ) -> Result<DeliverPolicy, String> {
+        if self.lazy || self.shared.work.is_none() {
+            return Ok(DeliverPolicy::All);
+        }
+        match stream.consumer_info(&self.consumer_name).await {
+            Ok(info) => return Ok(info.config.deliver_policy),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+            Err(e) => return Err(format!("consumer {}: {e}", self.consumer_name)),
+        }
+        let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
+        match stream.consumer_info(&fan_out).await {
+            Ok(info) => Ok(DeliverPolicy::ByStartSequence {
+                start_sequence: info.ack_floor.stream_sequence + 1,
+            }),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(DeliverPolicy::All),
+            Err(e) => Err(format!("consumer {fan_out}: {e}")),
+        }
     }
 
     /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
