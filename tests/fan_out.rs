@@ -808,19 +808,20 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
 
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it
 /// starts where the fan-out stands, so what the endpoint already received from its
-/// copies is not delivered a second time, and the messages after the switch all come,
-/// in order.
+/// copies is not delivered a second time, and nothing published around the switch is
+/// missed: neither while a reload applies it (publishing goes on throughout) nor when
+/// the process is restarted with it. The messages after a switch come in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_made_ordered_does_not_receive_the_stream_again() {
+async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream_again() {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
-    let config = |ordered: bool| {
+    let config = |endpoint: &str, ordered: bool| {
         let extra = if ordered { "ordered = true" } else { "" };
         fan_out(TestConfig::new(nats.url()))
-            .endpoint("a", &rx.url("/a"), &["lead.created"], extra)
+            .endpoint(endpoint, &rx.url("/a"), &["lead.created"], extra)
             .render()
     };
-    let natshook = Natshook::start(&config(false)).await;
+    let mut natshook = Natshook::start(&config("a", false)).await;
     let js = jetstream::new(nats.client().await);
     deliver_leads(&js, &rx, 30, "copied").await;
     wait_until(
@@ -830,7 +831,26 @@ async fn an_endpoint_made_ordered_does_not_receive_the_stream_again() {
     )
     .await;
 
-    reload(&natshook, &config(true), "config reloaded", "the switch applied").await;
+    // A reload while messages keep coming.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for (i, lead) in leads(100, "around").into_iter().enumerate() {
+                publish_all(&js, vec![lead]).await;
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    reload(
+        &natshook,
+        &config("a", true),
+        "config reloaded",
+        "the switch applied",
+    )
+    .await;
+    publisher.await.expect("publisher");
     wait_until(
         Duration::from_secs(10),
         "the ordered consumer bound",
@@ -838,18 +858,27 @@ async fn an_endpoint_made_ordered_does_not_receive_the_stream_again() {
     )
     .await;
     let after = leads(10, "ordered");
-    publish_all(&js, after.clone()).await;
-    rx.wait_for(Duration::from_secs(20), "the leads after the switch", |r| {
+    publish_all(&js, after).await;
+    let all = |r: &Receiver, prefixes: &[(&str, usize)]| {
         let got = r.delivered_ids();
-        (0..10).all(|i| got.contains_key(&format!("ordered-{i}")))
-    })
+        prefixes
+            .iter()
+            .all(|(p, n)| (0..*n).all(|i| got.contains_key(&format!("{p}-{i}"))))
+    };
+    rx.wait_for(
+        Duration::from_secs(20),
+        "every lead around and after the switch",
+        |r| all(r, &[("around", 100), ("ordered", 10)]),
+    )
     .await;
     // Time for anything delivered again to arrive.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let got = rx.delivered_ids();
-    let again: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    let again: Vec<_> = got
+        .iter()
+        .filter(|(id, n)| id.starts_with("copied-") && **n > 1)
+        .collect();
     assert!(again.is_empty(), "delivered again: {again:?}");
-    assert_eq!(got.len(), 40, "{got:?}");
     let order: Vec<String> = rx
         .received()
         .iter()
@@ -858,5 +887,68 @@ async fn an_endpoint_made_ordered_does_not_receive_the_stream_again() {
         .collect();
     let expected: Vec<String> = (0..10).map(|i| format!("ordered-{i}")).collect();
     assert_eq!(order, expected);
+
+    // The same switch made while natshook is down, for 40 other endpoints at once
+    // (their consumers are made a few at a time): what was published meanwhile reaches
+    // every one of them.
+    let many = |ordered: bool| {
+        let extra = if ordered { "ordered = true" } else { "" };
+        (0..40)
+            .fold(fan_out(TestConfig::new(nats.url())), |c, i| {
+                c.endpoint(
+                    &format!("b{i}"),
+                    &rx.url(&format!("/b{i}")),
+                    &["lead.created"],
+                    extra,
+                )
+            })
+            .render()
+    };
+    reload(
+        &natshook,
+        &many(false),
+        "b39\"",
+        "40 endpoints reading copies",
+    )
+    .await;
+    publish_all(&js, leads(10, "b-copied")).await;
+    let every_b = |r: &Receiver, prefix: &str| {
+        let paths = per_path(r);
+        (0..40).all(|i| {
+            paths
+                .get(&format!("/b{i}"))
+                .is_some_and(|(ids, _)| (0..10).all(|n| ids.contains(&format!("{prefix}-{n}"))))
+        })
+    };
+    rx.wait_for(Duration::from_secs(30), "the copies to every b", |r| {
+        every_b(r, "b-copied")
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the fan-out's copies acked",
+        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
+    )
+    .await;
+    assert!(natshook.terminate().await.success());
+    publish_all(&js, leads(10, "while-down")).await;
+    natshook.rewrite_config(&many(true));
+    natshook.spawn().await;
+    rx.wait_for(
+        Duration::from_secs(30),
+        "the leads published while down, to every b",
+        |r| every_b(r, "while-down"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again: Vec<_> = per_path(&rx)
+        .into_iter()
+        .filter(|(path, (ids, n))| path.starts_with("/b") && *n > ids.len())
+        .collect();
+    assert!(
+        again.is_empty(),
+        "delivered again after the restart: {again:?}"
+    );
     assert!(natshook.dead_letters("a").is_empty());
+    assert!(natshook.dead_letters("b0").is_empty());
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
+    context::ConsumerInfoErrorKind,
     message::AckKind,
 };
 use futures_util::stream::FuturesUnordered;
@@ -41,6 +42,7 @@ use crate::backoff::Backoff;
 use crate::store;
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
+use crate::worker::SourceConsumerError;
 
 /// Source messages being copied at once: enough to keep the work stream's publish
 /// acks pipelined, few enough that a stalled JetStream holds little.
@@ -87,8 +89,7 @@ impl FanOut {
         self.bound.clone()
     }
 
-    fn consumer_config(&self) -> pull::Config {
-        let targets = self.targets.borrow().clone();
+    fn consumer_config(&self, targets: &Targets) -> pull::Config {
         let rules = targets.router().rules();
         let subjects: Vec<String> = rules
             .iter()
@@ -124,7 +125,10 @@ impl FanOut {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         while !stop.is_cancelled() {
-            let messages = match self.bind().await {
+            // One set of targets per pull: a change ends it, and the next one starts
+            // only once the endpoints made `ordered` have their own consumers.
+            let current = self.targets.borrow_and_update().clone();
+            let messages = match self.bind(&current).await {
                 Ok(m) => m,
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
@@ -137,7 +141,7 @@ impl FanOut {
             };
             self.bound.store(true, Ordering::Relaxed);
             retry.reset();
-            let failed = self.copy_all(messages, &stop).await;
+            let failed = self.copy_all(messages, current, &stop).await;
             if failed {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -148,22 +152,61 @@ impl FanOut {
         self.bound.store(false, Ordering::Relaxed);
     }
 
-    async fn bind(&self) -> Result<PullStream, String> {
+    async fn bind(&self, targets: &Targets) -> Result<PullStream, String> {
         let stream = self
             .js
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| format!("stream {}: {e}", self.stream))?;
+        self.start_own_readers(&stream, targets).await?;
         let consumer = stream
-            .create_consumer(self.consumer_config())
+            .create_consumer(self.consumer_config(targets))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
         pull_stream::messages(&consumer, IN_FLIGHT, Liveness::Busy).await
     }
 
+    /// Makes sure every endpoint of `targets` that reads the source stream itself has
+    /// its consumer there before the fan-out leaves it out of a message: one that does
+    /// not yet (an endpoint just made `ordered`) starts right after the fan-out
+    /// consumer's ack floor, since the fan-out handled everything up to it under the
+    /// targets before, so nothing falls between the two.
+    async fn start_own_readers(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        targets: &Targets,
+    ) -> Result<(), String> {
+        if targets.own_readers().is_empty() {
+            return Ok(());
+        }
+        let handled = match stream.consumer_info(&self.consumer).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
+            Err(e) => return Err(format!("consumer {}: {e}", self.consumer)),
+        };
+        for worker in targets.own_readers() {
+            match worker.start_source_consumer(stream, handled).await {
+                Ok(()) => {}
+                // One endpoint's consumer JetStream will not take must not hold every
+                // other endpoint's copies up; its own bind goes on trying, and starts
+                // after the fan-out's ack floor of that time.
+                Err(e @ SourceConsumerError::Refused(_)) => {
+                    tracing::warn!(endpoint = %worker.endpoint().name, error = %e, "cannot create the ordered endpoint's consumer; the messages until its bind succeeds are not delivered to it");
+                }
+                Err(e @ SourceConsumerError::Unavailable(_)) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
     /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
     /// finish (or NAK) before it returns, so none is left to wait out its ack timer.
-    async fn copy_all(&mut self, mut messages: PullStream, stop: &CancellationToken) -> bool {
+    async fn copy_all(
+        &mut self,
+        mut messages: PullStream,
+        current: Arc<Targets>,
+        stop: &CancellationToken,
+    ) -> bool {
         // Copies borrow the context and the work stream's names: cloning them would
         // cost every source message a string allocation per shard.
         let Self {
@@ -184,8 +227,7 @@ impl FanOut {
                 Some(()) = copying.next(), if !copying.is_empty() => {}
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
-                        let current = targets.borrow().clone();
-                        copying.push(copy(js, work, current, msg));
+                        copying.push(copy(js, work, current.clone(), msg));
                     }
                     Some(Err(e)) => {
                         tracing::info!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");

@@ -14,6 +14,8 @@ use crate::worker::Worker;
 pub struct Targets {
     router: Router,
     workers: Vec<Arc<Worker>>,
+    /// Endpoints that read the source stream themselves (`ordered`).
+    own_readers: Vec<Arc<Worker>>,
     by_event: HashMap<String, Vec<usize>>,
     /// Endpoints with a pattern among their events.
     by_pattern: Vec<usize>,
@@ -21,10 +23,11 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// `workers` that do not fan out (ordered endpoints) are left out: they read the
-    /// source stream themselves.
+    /// `workers` that do not fan out (ordered endpoints) are not routed to: they read
+    /// the source stream themselves.
     pub fn new(router: Router, workers: Vec<Arc<Worker>>) -> Self {
-        let workers: Vec<Arc<Worker>> = workers.into_iter().filter(|w| w.fans_out()).collect();
+        let (workers, own_readers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) =
+            workers.into_iter().partition(|w| w.fans_out());
         let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_pattern = Vec::new();
         let mut by_name = HashMap::with_capacity(workers.len());
@@ -45,6 +48,7 @@ impl Targets {
         Self {
             router,
             workers,
+            own_readers,
             by_event,
             by_pattern,
             by_name,
@@ -75,6 +79,11 @@ impl Targets {
             .filter(move |w| {
                 tenant_admits(w.endpoint().tenant.as_deref(), mapped.tenant.as_deref())
             })
+    }
+
+    /// The endpoints that read the source stream themselves.
+    pub fn own_readers(&self) -> &[Arc<Worker>] {
+        &self.own_readers
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Worker>> {

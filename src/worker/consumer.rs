@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::Stream;
 use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
@@ -16,6 +17,25 @@ use crate::store::work_stream::fan_out_consumer;
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
     format!("{prefix}-{endpoint}")
+}
+
+/// Why an `ordered` endpoint's consumer on the source stream was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceConsumerError {
+    /// JetStream answered with a refusal (a limit on the stream's consumers, a
+    /// permission): asking again soon changes nothing.
+    #[error("{0}")]
+    Refused(String),
+    /// No answer, or JetStream could not be asked.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A consumer's start right after stream sequence `handled`.
+fn start_after(handled: u64) -> DeliverPolicy {
+    DeliverPolicy::ByStartSequence {
+        start_sequence: handled + 1,
+    }
 }
 
 /// How long JetStream waits for an ack before redelivering. Longer than one attempt
@@ -130,32 +150,68 @@ impl Worker {
     }
 
     /// Where a new consumer starts: at the stream's first message, but for an
-    /// `ordered` endpoint's consumer on the source stream while fan-out is on. The
-    /// fan-out has handled the messages up to its ack floor for that endpoint already
-    /// (copied them, or they came before the endpoint did), so that consumer starts
-    /// right after it; from the first message it would deliver the whole stream again
-    /// whenever an endpoint is made `ordered`. A message the fan-out handled past its
-    /// ack floor may come twice, never not at all. A consumer that exists keeps where it
-    /// started (JetStream does not change that on an update).
-    async fn start(
-        &self,
-        stream: &async_nats::jetstream::stream::Stream<()>,
-    ) -> Result<DeliverPolicy, String> {
+    /// `ordered` endpoint's consumer on the source stream while fan-out is on, which
+    /// starts right after the fan-out consumer's ack floor (see
+    /// [`Worker::start_source_consumer`]; the fan-out makes it before it leaves the
+    /// endpoint out of a message, this covers a bind that comes first). A consumer
+    /// that exists keeps where it started: JetStream does not change that on an update.
+    async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, String> {
         if self.lazy || self.shared.work.is_none() {
             return Ok(DeliverPolicy::All);
         }
-        match stream.consumer_info(&self.consumer_name).await {
-            Ok(info) => return Ok(info.config.deliver_policy),
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
-            Err(e) => return Err(format!("consumer {}: {e}", self.consumer_name)),
+        if let Some(info) = self.source_consumer(stream).await? {
+            return Ok(info.config.deliver_policy);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         match stream.consumer_info(&fan_out).await {
-            Ok(info) => Ok(DeliverPolicy::ByStartSequence {
-                start_sequence: info.ack_floor.stream_sequence + 1,
-            }),
+            Ok(info) => Ok(start_after(info.ack_floor.stream_sequence)),
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(DeliverPolicy::All),
             Err(e) => Err(format!("consumer {fan_out}: {e}")),
+        }
+    }
+
+    /// The endpoint's consumer on `stream`, `None` when there is none.
+    async fn source_consumer(&self, stream: &Stream<()>) -> Result<Option<consumer::Info>, String> {
+        match stream.consumer_info(&self.consumer_name).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("consumer {}: {e}", self.consumer_name)),
+        }
+    }
+
+    /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
+    /// has none, starting after `handled`: the fan-out calls this before it leaves the
+    /// endpoint out of any message, with its ack floor, so that an endpoint made
+    /// `ordered` neither receives the stream again from its start nor misses the
+    /// messages in between. A message the fan-out copied past its ack floor may come
+    /// twice. Nothing to do for an endpoint that reads copies.
+    pub async fn start_source_consumer(
+        &self,
+        stream: &Stream<()>,
+        handled: u64,
+    ) -> Result<(), SourceConsumerError> {
+        let existing = self
+            .source_consumer(stream)
+            .await
+            .map_err(SourceConsumerError::Unavailable)?;
+        if self.lazy || existing.is_some() {
+            return Ok(());
+        }
+        let _turn = self.shared.binds.acquire().await;
+        match stream
+            .create_consumer(self.consumer_config(start_after(handled)))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let message = format!("consumer {}: {e}", self.consumer_name);
+                Err(match e.kind() {
+                    async_nats::jetstream::stream::ConsumerErrorKind::JetStream(_) => {
+                        SourceConsumerError::Refused(message)
+                    }
+                    _ => SourceConsumerError::Unavailable(message),
+                })
+            }
         }
     }
 
