@@ -185,16 +185,7 @@ fn validate_endpoint(
     let proxy = proxy::proxy(raw_proxy, &proxy_path, url.as_ref(), env_proxy, p);
     let attempts = attempts(s, p);
     let shape = request_shape(s, router.has_tenants(), p);
-    let (probe, probe_path) = pick!(s, probe_interval);
-    let probe_interval = match probe {
-        Some(t) => p.duration(&probe_path, &t),
-        None => Some(defaults::PROBE_INTERVAL),
-    };
-    let (probe_max, probe_max_path) = pick!(s, probe_max_interval);
-    let probe_max_interval = match probe_max {
-        Some(t) => p.duration(&probe_max_path, &t),
-        None => Some(defaults::PROBE_MAX_INTERVAL),
-    };
+    let (probe_interval, probe_max_interval) = probe_intervals(s, p);
     let rate_limit = rate_limit(s, p);
     let (attempts, shape) = (attempts?, shape?);
     Some(Endpoint {
@@ -516,6 +507,59 @@ fn rate_limit(s: &Settings, p: &mut Problems) -> Option<Option<Rate>> {
             None
         }
     }
+}
+
+/// `probe_interval` and `probe_max_interval`: a paused endpoint's probes start at the
+/// one and double up to the other, so the first may not be longer than the second.
+/// The problem is named by the key set nearest the endpoint (its own, else
+/// `[defaults]`'), the other key by its path or its default.
+fn probe_intervals(s: &Settings, p: &mut Problems) -> (Option<Duration>, Option<Duration>) {
+    let (start_text, start_path) = pick!(s, probe_interval);
+    let (max_text, max_path) = pick!(s, probe_max_interval);
+    let start = match &start_text {
+        Some(t) => p.duration(&start_path, t),
+        None => Some(defaults::PROBE_INTERVAL),
+    };
+    let max = match &max_text {
+        Some(t) => p.duration(&max_path, t),
+        None => Some(defaults::PROBE_MAX_INTERVAL),
+    };
+    if let (Some(a), Some(b)) = (start, max) {
+        if a > b {
+            // 2: the endpoint's own key, 1: `[defaults]`', 0: left out.
+            let nearness = |text: &Option<String>, path: &str| match text {
+                None => 0,
+                Some(_) if path.starts_with("defaults.") => 1,
+                Some(_) => 2,
+            };
+            let other = |text: &Option<String>, path: &str, key: &str, d: Duration| match text {
+                Some(_) => format!("{path} ('{}')", humantime::format_duration(d)),
+                None => format!("{key} (default '{}')", humantime::format_duration(d)),
+            };
+            let why = "probes start at probe_interval and double up to probe_max_interval";
+            if nearness(&max_text, &max_path) > nearness(&start_text, &start_path) {
+                let start = other(&start_text, &start_path, "probe_interval", a);
+                p.add(
+                    max_path,
+                    format_args!(
+                        "'{}' is shorter than {start}: {why}",
+                        humantime::format_duration(b)
+                    ),
+                );
+            } else {
+                let max = other(&max_text, &max_path, "probe_max_interval", b);
+                p.add(
+                    start_path,
+                    format_args!(
+                        "'{}' is longer than {max}: {why}",
+                        humantime::format_duration(a)
+                    ),
+                );
+            }
+            return (None, None);
+        }
+    }
+    (start, max)
 }
 
 /// When attempts are made and given up on.
