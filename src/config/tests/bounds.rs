@@ -47,3 +47,16 @@ fn a_probe_interval_past_its_maximum_is_named_where_it_is_set() {
     ))
     .is_empty());
 }
+
+#[test]
+fn header_names_that_differ_only_in_case_are_one_header_set_twice() {
+    assert_eq!(
+        problems(&with("", "headers = { \"X-A\" = \"1\", \"x-a\" = \"2\" }")),
+        ["endpoints[0].headers.x-a: the same header as 'X-A' (header names ignore case); set it once"]
+    );
+    assert_eq!(
+        problems(&with("headers = { \"X-Api-Key\" = \"1\", \"X-API-KEY\" = \"2\" }", "")),
+        ["defaults.headers.X-Api-Key: the same header as 'X-API-KEY' (header names ignore case); set it once"]
+    );
+    assert!(problems(&with("", "headers = { \"X-A\" = \"1\", \"X-B\" = \"2\" }")).is_empty());
+}

@@ -3,7 +3,7 @@
 //! the value came from, so a bad `[defaults]` value is reported once per endpoint
 //! that uses it, under `defaults.…`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -423,10 +423,13 @@ fn signature(s: &Settings, p: &mut Problems) -> (Option<Scheme>, Option<HeaderNa
     (scheme, header)
 }
 
-/// `headers`: extra request headers, their values read like secrets.
+/// `headers`: extra request headers, their values read like secrets. Header names
+/// ignore case, so two keys that differ only in case are one header set twice.
 fn headers(s: &Settings, p: &mut Problems) -> Vec<(HeaderName, HeaderValue)> {
     let (headers_raw, headers_path) = pick!(s, headers);
     let mut headers = Vec::new();
+    // Each header's name as written, by the name it is sent as.
+    let mut written: HashMap<HeaderName, String> = HashMap::new();
     for (hname, value) in headers_raw.unwrap_or_default() {
         let hpath = format!("{headers_path}.{hname}");
         if reserved_header(&hname) {
@@ -440,6 +443,16 @@ fn headers(s: &Settings, p: &mut Problems) -> Vec<(HeaderName, HeaderValue)> {
             p.add(hpath, "is not a valid header name");
             continue;
         };
+        if let Some(first) = written.get(&n) {
+            p.add(
+                hpath,
+                format_args!(
+                    "the same header as '{first}' (header names ignore case); set it once"
+                ),
+            );
+            continue;
+        }
+        written.insert(n.clone(), hname.clone());
         match value.resolve() {
             Err(e) => p.add(hpath, e),
             Ok(secret) => match HeaderValue::from_bytes(secret.expose()) {
