@@ -89,3 +89,42 @@ fn a_duration_past_a_year_is_refused_by_every_duration_key() {
         assert!(c.delivery_log.unwrap().max_age <= problems::MAX_DURATION);
     }
 }
+
+/// nats-server refuses stream and consumer names past 255 bytes; natshook builds
+/// consumer names from the prefix and an endpoint's name (up to 128 characters), and
+/// with fan-out stream names from the source stream and the prefix.
+#[test]
+fn a_consumer_prefix_too_long_for_the_names_natshook_builds_is_refused() {
+    let nats = |stream: &str, prefix: &str| {
+        GOOD.replace(
+            "stream = \"EVENTS\"",
+            &format!("stream = \"{stream}\"\nconsumer_prefix = \"{prefix}\""),
+        )
+    };
+    assert!(problems(&nats("EVENTS", &"p".repeat(126))).is_empty());
+    assert_eq!(
+        problems(&nats("EVENTS", &"p".repeat(300))),
+        ["nats.consumer_prefix: 300 bytes, at most 126 allowed: a consumer is named <prefix>-<endpoint name>, endpoint names have up to 128 characters and JetStream names at most 255 bytes"]
+    );
+    assert_eq!(
+        problems(&nats(&"S".repeat(256), "natshook")),
+        ["nats.stream: 256 bytes, at most 255 allowed (JetStream's limit on names)"]
+    );
+    // With fan-out, <stream>_<prefix>_WORK_15 must fit too: 120 + 126 + 9 = 255.
+    let fan_out = |stream: usize, prefix: usize| {
+        format!(
+            "[delivery]\nfan_out = true\n{}",
+            nats(&"S".repeat(stream), &"p".repeat(prefix))
+        )
+    };
+    assert!(problems(&fan_out(120, 126)).is_empty());
+    assert_eq!(
+        problems(&fan_out(121, 126)),
+        [format!(
+            "nats.consumer_prefix: with delivery.fan_out natshook creates the stream {}_{}_WORK_15, 256 bytes, and JetStream names have at most 255: nats.stream and nats.consumer_prefix together may have at most 246",
+            "S".repeat(121),
+            "p".repeat(126)
+        )]
+    );
+    assert!(problems(&nats(&"S".repeat(121), &"p".repeat(126))).is_empty());
+}
