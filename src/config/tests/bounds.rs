@@ -128,3 +128,37 @@ fn a_consumer_prefix_too_long_for_the_names_natshook_builds_is_refused() {
     );
     assert!(problems(&nats(&"S".repeat(121), &"p".repeat(126))).is_empty());
 }
+
+/// A `[defaults]` certificate without its key is one problem on the defaults, however
+/// many endpoints take it; an endpoint's own half is the endpoint's.
+#[test]
+fn a_default_certificate_without_its_key_is_named_once_on_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["natshook".to_string()]).unwrap();
+    let cert_file = dir.path().join("client.pem");
+    let key_file = dir.path().join("client.key");
+    std::fs::write(&cert_file, key.cert.pem()).unwrap();
+    std::fs::write(&key_file, key.signing_key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (cert_file.display(), key_file.display());
+    let second = "[[endpoints]]\nname = \"two\"\nurl = \"https://two.example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n";
+    let cert = format!("cert_file = \"{cert_file}\"");
+    let key = format!("key_file = \"{key_file}\"");
+    assert_eq!(
+        problems(&format!("{}{second}", with(&cert, ""))),
+        ["defaults.cert_file: cert_file and key_file must be set together"]
+    );
+    assert_eq!(
+        problems(&format!("{}{second}", with(&key, ""))),
+        ["defaults.cert_file: cert_file and key_file must be set together"]
+    );
+    assert_eq!(
+        problems(&format!("{}{second}", with("", &cert))),
+        ["endpoints[0].cert_file: cert_file and key_file must be set together"]
+    );
+    // Each half from another table is a pair.
+    assert!(problems(&format!(
+        "{}{second}key_file = \"{key_file}\"\n",
+        with(&cert, &key)
+    ))
+    .is_empty());
+}

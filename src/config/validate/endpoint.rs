@@ -485,11 +485,24 @@ fn forward_headers(s: &Settings, p: &mut Problems) -> Vec<HeaderName> {
     forward_headers
 }
 
-/// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will.
+/// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will. A
+/// certificate without its key (or a key without its certificate) is named where the
+/// one that is set was written: a `[defaults]` half is one problem, not one per
+/// endpoint.
 fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
     let (ca_file, ca_path) = pick!(s, ca_file);
     let (cert_file, cert_path) = pick!(s, cert_file);
     let (key_file, key_path) = pick!(s, key_file);
+    let set = if cert_file.is_some() {
+        &cert_path
+    } else {
+        &key_path
+    };
+    let pair = if set.starts_with("defaults.") {
+        "defaults.cert_file".to_string()
+    } else {
+        s.at("cert_file")
+    };
     let raw = RawTls {
         ca_file,
         cert_file,
@@ -499,7 +512,7 @@ fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
         ca_file: ca_path,
         cert_file: cert_path,
         key_file: key_path,
-        pair: s.at("cert_file"),
+        pair,
     };
     let loadable: FileCheck =
         |key, f| crate::pem::check_tls_file(key, f).map_err(|e| e.to_string());
