@@ -162,3 +162,41 @@ fn a_default_certificate_without_its_key_is_named_once_on_the_defaults() {
     ))
     .is_empty());
 }
+
+/// The first mapping that matches a subject wins, so one whose every subject an
+/// earlier mapping matches never maps a message.
+#[test]
+fn a_mapping_an_earlier_one_shadows_entirely_is_refused() {
+    let mappings = |subjects: &[&str]| {
+        let events: String = subjects
+            .iter()
+            .map(|s| format!("[[events]]\nsubject = \"{s}\"\nevent = \"e\"\n"))
+            .collect();
+        format!("[nats]\nstream = \"E\"\n{events}[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n")
+    };
+    let never = |i: usize, s: &str, j: usize, wider: &str| {
+        format!("events[{i}].subject: '{s}' is never matched: events[{j}] ('{wider}') comes first and matches every subject it does (the first match wins; put the narrower mapping first)")
+    };
+    assert_eq!(
+        problems(&mappings(&["crm.>", "crm.lead.created"])),
+        [never(1, "crm.lead.created", 0, "crm.>")]
+    );
+    assert_eq!(
+        problems(&mappings(&["a.*", "b", "a.*"])),
+        [never(2, "a.*", 0, "a.*")]
+    );
+    assert_eq!(
+        problems(&mappings(&["a.*.c", "a.b.c", "a.>", "a.x.>"])),
+        [never(1, "a.b.c", 0, "a.*.c"), never(3, "a.x.>", 2, "a.>")]
+    );
+    // Narrower first, and patterns that only overlap, each map some subject.
+    for ok in [
+        &["crm.lead.created", "crm.>"][..],
+        &["a.*.c", "a.b.*"],
+        &["a.*", "a.>"],
+        &["a.>", "a"],
+        &["*.b", "a.*"],
+    ] {
+        assert!(problems(&mappings(ok)).is_empty(), "{ok:?}");
+    }
+}
