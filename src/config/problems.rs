@@ -10,6 +10,13 @@ use http::header::HeaderName;
 
 use crate::secret::{Secret, SecretList};
 
+/// The longest duration any key takes: a year (`"1y"`, as humantime reads it, 365.25
+/// days). Every duration is a timeout, a delay or a retention, for which more is a
+/// typo, not a plan; and each ends up in a timer or in JetStream, which counts
+/// nanoseconds in an i64 (292 years), or is doubled or added to (a probe interval, an
+/// ack wait), so an unbounded one would overflow far from the key that caused it.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
 /// One problem found in the config, named by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -76,11 +83,17 @@ impl Problems {
         self.0.is_empty()
     }
 
-    /// A duration greater than zero (`"500ms"`, `"5s"`, `"2m"`).
+    /// A duration greater than zero (`"500ms"`, `"5s"`, `"2m"`) and at most
+    /// [`MAX_DURATION`].
     pub fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() => {
                 self.add(path, "must be greater than zero");
+                None
+            }
+            Ok(d) if d > MAX_DURATION => {
+                let text = text.trim();
+                self.add(path, format_args!("must be at most 1y (got '{text}')"));
                 None
             }
             Ok(d) => Some(d),

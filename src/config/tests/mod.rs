@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::*;
 use crate::signing::Scheme;
 
+mod bounds;
 mod parsing;
 mod tenants;
 

@@ -3,19 +3,17 @@
 //! the value came from, so a bad `[defaults]` value is reported once per endpoint
 //! that uses it, under `defaults.…`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use hyper_util::client::proxy::matcher::Matcher;
 
 use super::super::defaults;
-use super::super::model::{Endpoint, Envelope, Rate, TlsFiles};
+use super::super::model::{Endpoint, Envelope, TlsFiles};
 use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
 use super::proxy;
-use super::rate::parse_rate;
 use super::tls::{tls_files, FileCheck, TlsPaths};
 use super::url::endpoint_url;
 use super::{valid_name, MAX_NAME_LEN, RESERVED_NAMES};
@@ -80,6 +78,9 @@ macro_rules! pick {
         $settings.pick(stringify!($field), |r| &r.$field)
     };
 }
+
+mod timing;
+use timing::{attempts, probe_intervals, rate_limit};
 
 /// Every `[[endpoints]]` entry that is valid; `settings` holds each entry's settings,
 /// read on their own.
@@ -185,16 +186,7 @@ fn validate_endpoint(
     let proxy = proxy::proxy(raw_proxy, &proxy_path, url.as_ref(), env_proxy, p);
     let attempts = attempts(s, p);
     let shape = request_shape(s, router.has_tenants(), p);
-    let (probe, probe_path) = pick!(s, probe_interval);
-    let probe_interval = match probe {
-        Some(t) => p.duration(&probe_path, &t),
-        None => Some(defaults::PROBE_INTERVAL),
-    };
-    let (probe_max, probe_max_path) = pick!(s, probe_max_interval);
-    let probe_max_interval = match probe_max {
-        Some(t) => p.duration(&probe_max_path, &t),
-        None => Some(defaults::PROBE_MAX_INTERVAL),
-    };
+    let (probe_interval, probe_max_interval) = probe_intervals(s, p);
     let rate_limit = rate_limit(s, p);
     let (attempts, shape) = (attempts?, shape?);
     Some(Endpoint {
@@ -432,10 +424,13 @@ fn signature(s: &Settings, p: &mut Problems) -> (Option<Scheme>, Option<HeaderNa
     (scheme, header)
 }
 
-/// `headers`: extra request headers, their values read like secrets.
+/// `headers`: extra request headers, their values read like secrets. Header names
+/// ignore case, so two keys that differ only in case are one header set twice.
 fn headers(s: &Settings, p: &mut Problems) -> Vec<(HeaderName, HeaderValue)> {
     let (headers_raw, headers_path) = pick!(s, headers);
     let mut headers = Vec::new();
+    // Each header's name as written, by the name it is sent as.
+    let mut written: HashMap<HeaderName, String> = HashMap::new();
     for (hname, value) in headers_raw.unwrap_or_default() {
         let hpath = format!("{headers_path}.{hname}");
         if reserved_header(&hname) {
@@ -449,6 +444,16 @@ fn headers(s: &Settings, p: &mut Problems) -> Vec<(HeaderName, HeaderValue)> {
             p.add(hpath, "is not a valid header name");
             continue;
         };
+        if let Some(first) = written.get(&n) {
+            p.add(
+                hpath,
+                format_args!(
+                    "the same header as '{first}' (header names ignore case); set it once"
+                ),
+            );
+            continue;
+        }
+        written.insert(n.clone(), hname.clone());
         match value.resolve() {
             Err(e) => p.add(hpath, e),
             Ok(secret) => match HeaderValue::from_bytes(secret.expose()) {
@@ -481,11 +486,24 @@ fn forward_headers(s: &Settings, p: &mut Problems) -> Vec<HeaderName> {
     forward_headers
 }
 
-/// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will.
+/// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will. A
+/// certificate without its key (or a key without its certificate) is named where the
+/// one that is set was written: a `[defaults]` half is one problem, not one per
+/// endpoint.
 fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
     let (ca_file, ca_path) = pick!(s, ca_file);
     let (cert_file, cert_path) = pick!(s, cert_file);
     let (key_file, key_path) = pick!(s, key_file);
+    let set = if cert_file.is_some() {
+        &cert_path
+    } else {
+        &key_path
+    };
+    let pair = if set.starts_with("defaults.") {
+        "defaults.cert_file".to_string()
+    } else {
+        s.at("cert_file")
+    };
     let raw = RawTls {
         ca_file,
         cert_file,
@@ -495,75 +513,11 @@ fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
         ca_file: ca_path,
         cert_file: cert_path,
         key_file: key_path,
-        pair: s.at("cert_file"),
+        pair,
     };
     let loadable: FileCheck =
         |key, f| crate::pem::check_tls_file(key, f).map_err(|e| e.to_string());
     tls_files(raw, &at, loadable, p)
-}
-
-/// `rate_limit`: `"N/s"`, `"N/m"` or `"N/h"`, or `"none"` (so an endpoint can lift a
-/// `[defaults]` limit). `Some(None)` is no limit.
-fn rate_limit(s: &Settings, p: &mut Problems) -> Option<Option<Rate>> {
-    let (text, path) = pick!(s, rate_limit);
-    let Some(text) = text else {
-        return Some(defaults::RATE_LIMIT);
-    };
-    match parse_rate(&text) {
-        Ok(rate) => Some(rate),
-        Err(e) => {
-            p.add(path, e);
-            None
-        }
-    }
-}
-
-/// When attempts are made and given up on.
-struct Attempts {
-    timeout: Duration,
-    retry_schedule: Vec<Duration>,
-    max_attempts: u32,
-    disable_after_failures: u32,
-}
-
-fn attempts(s: &Settings, p: &mut Problems) -> Option<Attempts> {
-    let (timeout, tpath) = pick!(s, timeout);
-    let timeout = match timeout {
-        Some(t) => p.duration(&tpath, &t),
-        None => Some(defaults::TIMEOUT),
-    };
-    let (schedule, spath) = pick!(s, retry_schedule);
-    let schedule_text = schedule.unwrap_or_else(|| {
-        defaults::RETRY_SCHEDULE
-            .iter()
-            .map(|t| t.to_string())
-            .collect()
-    });
-    let mut retry_schedule = Vec::new();
-    for (j, t) in schedule_text.iter().enumerate() {
-        if let Some(d) = p.duration(&format!("{spath}[{j}]"), t) {
-            retry_schedule.push(d);
-        }
-    }
-    let (max_attempts, mpath) = pick!(s, max_attempts);
-    let max_attempts = match max_attempts {
-        Some(n) => p.positive(&mpath, n, 1),
-        None => Some(schedule_text.len() as u32 + 1),
-    };
-    if max_attempts.is_some_and(|n| n > 1) && schedule_text.is_empty() {
-        p.add(&spath, "must not be empty when max_attempts > 1");
-    }
-    let (daf, dpath) = pick!(s, disable_after_failures);
-    let disable_after_failures = match daf {
-        Some(n) => p.positive(&dpath, n, 0),
-        None => Some(defaults::DISABLE_AFTER_FAILURES),
-    };
-    Some(Attempts {
-        timeout: timeout?,
-        retry_schedule,
-        max_attempts: max_attempts?,
-        disable_after_failures: disable_after_failures?,
-    })
 }
 
 /// How requests are made: in parallel or in order, and what their body holds.

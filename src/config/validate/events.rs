@@ -7,6 +7,8 @@ use crate::routing::{EventRule, EventTemplate, Pattern, Router, TenantSource};
 
 pub(super) fn router(events: &[RawEvent], p: &mut Problems) -> Router {
     let mut rules = Vec::new();
+    // Every subject pattern that parsed, by its entry's index.
+    let mut earlier: Vec<(usize, Pattern)> = Vec::new();
     if events.is_empty() {
         p.add(
             "events",
@@ -25,6 +27,8 @@ pub(super) fn router(events: &[RawEvent], p: &mut Problems) -> Router {
                 .ok(),
         };
         let Some(subject) = subject else { continue };
+        shadowed(&subject, &earlier, &path, p);
+        earlier.push((i, subject.clone()));
         let event = match ev.event.as_deref() {
             None => {
                 p.add(format!("{path}.event"), "required");
@@ -44,6 +48,23 @@ pub(super) fn router(events: &[RawEvent], p: &mut Problems) -> Router {
         }
     }
     Router::new(rules)
+}
+
+/// A mapping whose every subject an earlier mapping matches too never maps a message
+/// (the first match wins), so the endpoints that want its events would silently get
+/// none. Only one earlier pattern covering it is found: `a.b.c` after `a.*.c` and
+/// `a.b.*`, never matched either, is not.
+fn shadowed(subject: &Pattern, earlier: &[(usize, Pattern)], path: &str, p: &mut Problems) {
+    if let Some((j, wider)) = earlier.iter().find(|(_, e)| subject.is_subset_of(e)) {
+        p.add(
+            format!("{path}.subject"),
+            format_args!(
+                "'{subject}' is never matched: events[{j}] ('{wider}') comes first and \
+                 matches every subject it does (the first match wins; put the narrower \
+                 mapping first)"
+            ),
+        );
+    }
 }
 
 /// Where the rule's messages get their tenant: `tenant` (a subject token or a

@@ -32,9 +32,16 @@ pub fn is_endpoint_name(s: &str) -> bool {
 }
 
 /// The longest endpoint name: the consumer's name (`<prefix>-<name>`) must stay within
-/// JetStream's 255 characters whatever the prefix, and a name is a metric label value
-/// on every series of its endpoint.
+/// [`JS_MAX_NAME_LEN`] whatever the prefix, and a name is a metric label value on every
+/// series of its endpoint.
 pub(super) const MAX_NAME_LEN: usize = 128;
+
+/// The longest stream or consumer name nats-server takes, in bytes (its
+/// `JSMaxNameLen`).
+pub(super) const JS_MAX_NAME_LEN: usize = 255;
+
+/// The longest `nats.consumer_prefix`: room for `-` and the longest endpoint name.
+pub(super) const MAX_PREFIX_LEN: usize = JS_MAX_NAME_LEN - 1 - MAX_NAME_LEN;
 
 /// Names natshook gives consumers of its own (`<prefix>-fanout` on the source stream,
 /// `<prefix>-lane` on the lane): an endpoint with one of them would bind the same
@@ -59,6 +66,10 @@ pub(super) fn validate(
     p: &mut Problems,
 ) -> Option<Config> {
     let nats = nats::validate_nats(raw.nats, p);
+    let fan_out = raw.delivery.fan_out.unwrap_or(false);
+    if let (Some(nats), true) = (&nats, fan_out) {
+        nats::work_stream_names(nats, p);
+    }
     let listen = sections::listen(&raw.http, p);
     let router = events::router(&raw.events, p);
     let nats_replicas = nats.as_ref().map_or(1, |n| n.replicas);
@@ -105,7 +116,7 @@ pub(super) fn validate(
         router,
         endpoints,
         max_inflight: max_inflight? as usize,
-        fan_out: raw.delivery.fan_out.unwrap_or(false),
+        fan_out,
         dead_letter: DeadLetterConfig { max_age: max_age? },
         delivery_log: delivery_log?,
         admin: admin?,

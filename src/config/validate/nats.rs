@@ -8,7 +8,9 @@ use super::super::model::{NatsAuth, NatsConfig, TlsFiles};
 use super::super::raw::{RawNats, RawTls};
 use super::super::Problems;
 use super::tls::{tls_files, TlsPaths};
+use super::{JS_MAX_NAME_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN};
 use crate::secret::SecretRef;
+use crate::store::work_stream::WorkStream;
 
 pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<NatsConfig> {
     let Some(raw) = raw else {
@@ -20,6 +22,16 @@ pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<Na
     };
     let urls = urls(raw.url.as_deref().unwrap_or(defaults::NATS_URL), p);
     let stream = match raw.stream {
+        Some(s) if s.len() > JS_MAX_NAME_LEN => {
+            p.add(
+                "nats.stream",
+                format_args!(
+                    "{} bytes, at most {JS_MAX_NAME_LEN} allowed (JetStream's limit on names)",
+                    s.len()
+                ),
+            );
+            None
+        }
         Some(s) if valid_stream_name(&s) => Some(s),
         Some(s) => {
             p.add(
@@ -40,6 +52,16 @@ pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<Na
         p.add(
             "nats.consumer_prefix",
             format_args!("'{consumer_prefix}' is not a valid consumer name prefix"),
+        );
+    } else if consumer_prefix.len() > MAX_PREFIX_LEN {
+        p.add(
+            "nats.consumer_prefix",
+            format_args!(
+                "{} bytes, at most {MAX_PREFIX_LEN} allowed: a consumer is named \
+                 <prefix>-<endpoint name>, endpoint names have up to {MAX_NAME_LEN} \
+                 characters and JetStream names at most {JS_MAX_NAME_LEN} bytes",
+                consumer_prefix.len()
+            ),
         );
     }
     let replicas = match raw.replicas {
@@ -64,6 +86,33 @@ pub(super) fn validate_nats(raw: Option<RawNats>, p: &mut Problems) -> Option<Na
         replicas,
         consumer_prefix,
     })
+}
+
+/// With `delivery.fan_out`, natshook creates streams named after the source stream
+/// and the prefix (`<stream>_<prefix>_WORK_<n>`, `<stream>_<prefix>_LANE`): together
+/// they must leave those names within JetStream's limit.
+pub(super) fn work_stream_names(nats: &NatsConfig, p: &mut Problems) {
+    let work = WorkStream::new(nats);
+    let longest = work
+        .names()
+        .iter()
+        .map(String::as_str)
+        .chain([work.lane_name()])
+        .max_by_key(|name| name.len())
+        .unwrap_or_default();
+    if longest.len() > JS_MAX_NAME_LEN {
+        let room =
+            JS_MAX_NAME_LEN - (longest.len() - nats.stream.len() - nats.consumer_prefix.len());
+        p.add(
+            "nats.consumer_prefix",
+            format_args!(
+                "with delivery.fan_out natshook creates the stream {longest}, {} bytes, \
+                 and JetStream names have at most {JS_MAX_NAME_LEN}: nats.stream and \
+                 nats.consumer_prefix together may have at most {room}",
+                longest.len()
+            ),
+        );
+    }
 }
 
 /// `nats.url`: one server or a comma-separated list.
