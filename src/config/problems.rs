@@ -10,12 +10,12 @@ use http::header::HeaderName;
 
 use crate::secret::{Secret, SecretList};
 
-/// The longest duration any key takes: a year (`"1y"`, as humantime reads it, 365.25
-/// days). Every duration is a timeout, a delay or a retention, for which more is a
-/// typo, not a plan; and each ends up in a timer or in JetStream, which counts
+/// The longest duration any key takes: ten years (`"10y"`, as humantime reads a year,
+/// 365.25 days each). Every duration is a timeout, a delay or a retention, for which
+/// more is a typo, not a plan (a retention may well be several years); and each ends up in a timer or in JetStream, which counts
 /// nanoseconds in an i64 (292 years), or is doubled or added to (a probe interval, an
 /// ack wait), so an unbounded one would overflow far from the key that caused it.
-pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// One problem found in the config, named by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl Problems {
             }
             Ok(d) if d > MAX_DURATION => {
                 let text = text.trim();
-                self.add(path, format_args!("must be at most 1y (got '{text}')"));
+                self.add(path, format_args!("must be at most 10y (got '{text}')"));
                 None
             }
             Ok(d) => Some(d),
