@@ -20,7 +20,9 @@ use async_nats::jetstream;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::config::{api, Config, Endpoint, EndpointDefaults, Problem};
+use crate::config::{
+    api, past_max_duration, Config, Endpoint, EndpointDefaults, Problem, MAX_DURATION,
+};
 use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::routing::Router;
 use crate::signing::Scheme;
@@ -443,15 +445,21 @@ impl Registrar {
         let (mut record, expected) = self.current(name, if_match).await?;
         let grace = match grace {
             None => DEFAULT_GRACE,
-            Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                invalid(
-                    "rotation",
-                    vec![problem(
-                        "grace",
-                        format!("'{t}' is not a duration such as \"24h\": {e}"),
-                    )],
-                )
-            })?,
+            Some(t) => {
+                let refused =
+                    |message: String| invalid("rotation", vec![problem("grace", message)]);
+                match humantime::parse_duration(t.trim()) {
+                    // Past the cap every config duration has, the end of the grace
+                    // would overflow the clock.
+                    Ok(d) if d > MAX_DURATION => return Err(refused(past_max_duration(t))),
+                    Ok(d) => d,
+                    Err(e) => {
+                        return Err(refused(format!(
+                            "'{t}' is not a duration such as \"24h\": {e}"
+                        )))
+                    }
+                }
+            }
         };
         let scheme = self.check(&record.value)?.signer.scheme();
         let secret = new_secret(scheme)?;

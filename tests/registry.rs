@@ -1593,6 +1593,19 @@ async fn secrets_appear_only_in_the_answers_that_return_them() {
     let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
     assert_eq!(status, 201, "{created}");
     let first = created["secret"].as_str().unwrap().to_string();
+    // A grace past any clock is refused, and the secret stays.
+    let (status, refused) = api(
+        n,
+        "POST",
+        "/api/endpoints/acme/secret/rotate",
+        Some(r#"{"grace": "500000000000y"}"#),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("must be at most 10y"),
+        "{refused}"
+    );
     let (status, rotated) = api(
         n,
         "POST",

@@ -41,7 +41,7 @@ pub use model::{
     Envelope, IngressConfig, NatsAuth, NatsConfig, Proxy, Rate, RegistryConfig, Route, TlsFiles,
     Verify,
 };
-pub use problems::{ConfigError, Problem, Problems};
+pub use problems::{past_max_duration, ConfigError, Problem, Problems, MAX_DURATION};
 pub use raw::field_names;
 pub use validate::is_endpoint_name;
 

@@ -17,6 +17,11 @@ use crate::secret::{Secret, SecretList};
 /// ack wait), so an unbounded one would overflow far from the key that caused it.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
 
+/// What a duration past [`MAX_DURATION`] is told, in the config and the admin API.
+pub fn past_max_duration(text: &str) -> String {
+    format!("must be at most 10y (got '{text}')")
+}
+
 /// One problem found in the config, named by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -93,7 +98,7 @@ impl Problems {
             }
             Ok(d) if d > MAX_DURATION => {
                 let text = text.trim();
-                self.add(path, format_args!("must be at most 10y (got '{text}')"));
+                self.add(path, past_max_duration(text));
                 None
             }
             Ok(d) => Some(d),
