@@ -1,7 +1,7 @@
 //! `[[endpoints]]`: each key is the endpoint's own value, else `[defaults]`' (one key
 //! at a time), else the default in [`defaults`]. A problem is named by the key path
-//! the value came from, so a bad `[defaults]` value is reported once per endpoint
-//! that uses it, under `defaults.…`.
+//! the value came from, so a bad `[defaults]` value is reported once, under
+//! `defaults.…`, however many endpoints use it (`Problems` keeps one of each).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
