@@ -952,3 +952,72 @@ async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream
     assert!(natshook.dead_letters("a").is_empty());
     assert!(natshook.dead_letters("b0").is_empty());
 }
+
+/// An endpoint made `ordered` while copies of it still wait on the work stream (here
+/// each waiting out an hour's retry delay after a 503) would never read them again:
+/// its consumer on the source stream starts at the oldest of their source messages,
+/// every one of them is delivered, and the copies are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_ordered_delivers_the_copies_it_had_waiting() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = |ordered: bool| {
+        let extra = format!(
+            "retry_schedule = [\"1h\"]\ndisable_after_failures = 0{}",
+            if ordered { "\nordered = true" } else { "" }
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(false)).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(20, "waiting")).await;
+    let tried = |r: &Receiver| {
+        r.received()
+            .iter()
+            .map(|q| q.id().to_string())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    rx.wait_for(Duration::from_secs(20), "a first attempt of each", |r| {
+        tried(r) == 20
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the fan-out's copies acked",
+        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
+    )
+    .await;
+    assert!(
+        work_copies(&js).await >= 20,
+        "the copies wait on the work stream"
+    );
+
+    rx.set(|_| Reply::ok());
+    reload(
+        &natshook,
+        &config(true),
+        "config reloaded",
+        "the switch applied",
+    )
+    .await;
+    rx.wait_for(Duration::from_secs(20), "each delivered", |r| {
+        (0..20).all(|i| r.delivered_ids().contains_key(&format!("waiting-{i}")))
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the copies removed", || async {
+        work_copies(&js).await == 0
+    })
+    .await;
+    publish_all(&js, leads(5, "after")).await;
+    rx.wait_for(Duration::from_secs(10), "the leads after", |r| {
+        (0..5).all(|i| r.delivered_ids().contains_key(&format!("after-{i}")))
+    })
+    .await;
+    assert!(natshook
+        .logs()
+        .contains("reads the source stream from its oldest copy"));
+    assert!(natshook.dead_letters("a").is_empty());
+}

@@ -53,10 +53,7 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Copies fetched ahead: enough to keep the deliveries fed between pulls.
 const BATCH: usize = 256;
 
-/// The name of the lane's consumer.
-pub fn consumer_name(consumer_prefix: &str) -> String {
-    format!("{consumer_prefix}-lane")
-}
+pub use crate::store::work_stream::lane_consumer as consumer_name;
 
 /// The lane of one natshook deployment (its consumer is shared by the replicas).
 pub struct Lane {

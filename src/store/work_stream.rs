@@ -21,8 +21,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::{self, stream, ErrorCode};
 use async_nats::HeaderMap;
+use futures_util::StreamExt;
 
 use crate::config::NatsConfig;
 
@@ -62,6 +66,11 @@ pub fn fan_out_consumer(consumer_prefix: &str) -> String {
     format!("{consumer_prefix}-fanout")
 }
 
+/// The name of the lane's consumer (on the lane): `<prefix>-lane`.
+pub fn lane_consumer(consumer_prefix: &str) -> String {
+    format!("{consumer_prefix}-lane")
+}
+
 /// Where the copies live: the streams and their subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkStream {
@@ -73,6 +82,8 @@ pub struct WorkStream {
     lane: String,
     /// `<prefix>.lane.<stream>.`
     lane_prefix: String,
+    /// The lane's consumer, [`lane_consumer`].
+    lane_consumer: String,
     replicas: usize,
 }
 
@@ -109,6 +120,7 @@ impl WorkStream {
             subject_prefix: format!("{prefix}.work.{stream}."),
             lane: format!("{stream}_{prefix}_LANE"),
             lane_prefix: format!("{prefix}.lane.{stream}."),
+            lane_consumer: lane_consumer(prefix),
             replicas,
         }
     }
@@ -236,6 +248,84 @@ impl WorkStream {
                 stream: self.lane.clone(),
                 message: format!("purging acked copies: {e}"),
             })
+    }
+
+    /// The smallest source sequence among `endpoint`'s copies that may still be work:
+    /// those past the ack floor of its consumer on its own subject (`consumer`; every
+    /// copy when it has none) and of the lane's consumer on the lane. `None` when there
+    /// is none.
+    /// Read with a headers-only consumer of its own, so a backlog costs no payloads.
+    pub async fn oldest_waiting(
+        &self,
+        js: &jetstream::Context,
+        endpoint: &str,
+        consumer: &str,
+    ) -> Result<Option<u64>, WorkStreamError> {
+        let own = self.name_of(endpoint);
+        let failed = |stream: &str, e: String| WorkStreamError {
+            stream: stream.to_string(),
+            message: format!("reading {endpoint}'s copies: {e}"),
+        };
+        let work = js
+            .get_stream_no_info(own)
+            .await
+            .map_err(|e| failed(own, e.to_string()))?;
+        let acked = ack_floor(&work, consumer)
+            .await
+            .map_err(|e| failed(own, e))?;
+        let on_own = oldest_source(&work, self.subject(endpoint), acked + 1)
+            .await
+            .map_err(|e| failed(own, e))?;
+        let lane = js
+            .get_stream_no_info(&self.lane)
+            .await
+            .map_err(|e| failed(&self.lane, e.to_string()))?;
+        let lane_acked = ack_floor(&lane, &self.lane_consumer)
+            .await
+            .map_err(|e| failed(&self.lane, e))?;
+        let on_lane = oldest_source(&lane, self.lane_subject(endpoint), lane_acked + 1)
+            .await
+            .map_err(|e| failed(&self.lane, e))?;
+        Ok(on_own.into_iter().chain(on_lane).min())
+    }
+
+    /// Removes every copy of `endpoint` and its consumer on the work stream: once the
+    /// endpoint reads the source stream from before all of them (`ordered`), they
+    /// are no work of anyone's, and read again later they would come twice.
+    pub async fn forget(
+        &self,
+        js: &jetstream::Context,
+        endpoint: &str,
+        consumer: &str,
+    ) -> Result<(), WorkStreamError> {
+        let own = self.name_of(endpoint);
+        let failed = |stream: &str, e: String| WorkStreamError {
+            stream: stream.to_string(),
+            message: format!("removing {endpoint}'s copies: {e}"),
+        };
+        let work = js
+            .get_stream_no_info(own)
+            .await
+            .map_err(|e| failed(own, e.to_string()))?;
+        match work.delete_consumer(consumer).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+                {}
+            Err(e) => return Err(failed(own, e.to_string())),
+        }
+        work.purge()
+            .filter(self.subject(endpoint))
+            .await
+            .map_err(|e| failed(own, e.to_string()))?;
+        let lane = js
+            .get_stream_no_info(&self.lane)
+            .await
+            .map_err(|e| failed(&self.lane, e.to_string()))?;
+        lane.purge()
+            .filter(self.lane_subject(endpoint))
+            .await
+            .map_err(|e| failed(&self.lane, e.to_string()))?;
+        Ok(())
     }
 
     /// Stores a copy from the lane on `endpoint`'s own subject, after `attempts`
@@ -378,6 +468,81 @@ impl WorkStream {
             published: UNIX_EPOCH + Duration::from_nanos(nanos),
         })
     }
+}
+
+/// The stream sequence `consumer` on `stream` has acked everything up to; 0 when there
+/// is no such consumer.
+async fn ack_floor(stream: &stream::Stream<()>, consumer: &str) -> Result<u64, String> {
+    match stream.consumer_info(consumer).await {
+        Ok(info) => Ok(info.ack_floor.stream_sequence),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The smallest `Natshook-Source-Sequence` among the copies on `subject` from stream
+/// sequence `from` on, read in pages through an ephemeral headers-only consumer.
+async fn oldest_source(
+    stream: &stream::Stream<()>,
+    subject: String,
+    from: u64,
+) -> Result<Option<u64>, String> {
+    const PAGE: usize = 1_000;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ack_policy: AckPolicy::None,
+            headers_only: true,
+            memory_storage: true,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = consumer;
+    let name = consumer.cached_info().name.clone();
+    let mut left = consumer
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .num_pending;
+    let mut oldest: Option<u64> = None;
+    let result = async {
+        while left > 0 {
+            let page = usize::try_from(left).unwrap_or(PAGE).min(PAGE);
+            let mut batch = consumer
+                .fetch()
+                .max_messages(page)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut got = 0;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(|e| e.to_string())?;
+                got += 1;
+                let sequence = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(SOURCE_SEQUENCE))
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                if let Some(seq) = sequence {
+                    oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+                }
+            }
+            if got == 0 {
+                return Err("no copies came back while some were left to read".to_string());
+            }
+            left = left.saturating_sub(got);
+        }
+        Ok(oldest)
+    }
+    .await;
+    let _ = stream.delete_consumer(&name).await;
+    result
 }
 
 /// An endpoint's shard: FNV-1a of its name, the same in every replica and release.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{ConsumerErrorKind, Stream};
 use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
@@ -149,12 +149,12 @@ impl Worker {
             .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
 
-    /// Where a new consumer starts: at the stream's first message, but for an
-    /// `ordered` endpoint's consumer on the source stream while fan-out is on, which
-    /// starts right after the fan-out consumer's ack floor (see
-    /// [`Worker::start_source_consumer`]; the fan-out makes it before it leaves the
-    /// endpoint out of a message, this covers a bind that comes first). A consumer
-    /// that exists keeps where it started: JetStream does not change that on an update.
+    /// Where the consumer starts: at the stream's first message, but for an `ordered`
+    /// endpoint's consumer on the source stream while fan-out is on, which
+    /// [`Worker::start_source_consumer`] makes when there is none (the fan-out makes
+    /// it before it leaves the endpoint out of a message; this covers a bind that
+    /// comes first). A consumer that exists keeps where it started: JetStream does not
+    /// change that on an update.
     async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, String> {
         if self.lazy || self.shared.work.is_none() {
             return Ok(DeliverPolicy::All);
@@ -163,10 +163,20 @@ impl Worker {
             return Ok(info.config.deliver_policy);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
-        match stream.consumer_info(&fan_out).await {
-            Ok(info) => Ok(start_after(info.ack_floor.stream_sequence)),
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(DeliverPolicy::All),
-            Err(e) => Err(format!("consumer {fan_out}: {e}")),
+        let handled = match stream.consumer_info(&fan_out).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
+            Err(e) => return Err(format!("consumer {fan_out}: {e}")),
+        };
+        self.make_source_consumer(stream, handled)
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.source_consumer(stream).await? {
+            Some(info) => Ok(info.config.deliver_policy),
+            None => Err(format!(
+                "consumer {}: deleted as it was made",
+                self.consumer_name
+            )),
         }
     }
 
@@ -183,36 +193,62 @@ impl Worker {
     /// has none, starting after `handled`: the fan-out calls this before it leaves the
     /// endpoint out of any message, with its ack floor, so that an endpoint made
     /// `ordered` neither receives the stream again from its start nor misses the
-    /// messages in between. A message the fan-out copied past its ack floor may come
-    /// twice. Nothing to do for an endpoint that reads copies.
+    /// messages in between. Copies of it still waiting (a backlog, a retry, one on the
+    /// lane) would never be read again: the consumer starts at the oldest of their
+    /// source messages instead when that is earlier, and the copies go once it exists.
+    /// A message delivered from a copy after that point comes twice; none is missed.
+    /// Nothing to do for an endpoint that reads copies.
     pub async fn start_source_consumer(
         &self,
         stream: &Stream<()>,
         handled: u64,
     ) -> Result<(), SourceConsumerError> {
+        let _turn = self.shared.binds.acquire().await;
+        self.make_source_consumer(stream, handled).await
+    }
+
+    /// [`Worker::start_source_consumer`] within a turn of `binds` already taken.
+    async fn make_source_consumer(
+        &self,
+        stream: &Stream<()>,
+        handled: u64,
+    ) -> Result<(), SourceConsumerError> {
+        let Some(work) = self.shared.work.as_ref().filter(|_| !self.lazy) else {
+            return Ok(());
+        };
         let existing = self
             .source_consumer(stream)
             .await
             .map_err(SourceConsumerError::Unavailable)?;
-        if self.lazy || existing.is_some() {
+        if existing.is_some() {
             return Ok(());
         }
-        let _turn = self.shared.binds.acquire().await;
-        match stream
+        let waiting = work
+            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+            .map_err(|e| SourceConsumerError::Unavailable(e.to_string()))?;
+        let handled = waiting.map_or(handled, |oldest| handled.min(oldest.saturating_sub(1)));
+        if let Err(e) = stream
             .create_consumer(self.consumer_config(start_after(handled)))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let message = format!("consumer {}: {e}", self.consumer_name);
-                Err(match e.kind() {
-                    async_nats::jetstream::stream::ConsumerErrorKind::JetStream(_) => {
-                        SourceConsumerError::Refused(message)
-                    }
-                    _ => SourceConsumerError::Unavailable(message),
-                })
+            let message = format!("consumer {}: {e}", self.consumer_name);
+            return Err(match e.kind() {
+                ConsumerErrorKind::JetStream(_) => SourceConsumerError::Refused(message),
+                _ => SourceConsumerError::Unavailable(message),
+            });
+        }
+        if waiting.is_some() {
+            tracing::info!(endpoint = %self.endpoint.name, from = handled + 1, "ordered endpoint reads the source stream from its oldest copy still waiting");
+            if let Err(e) = work
+                .forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+                .await
+            {
+                // Left, they are delivered again if the endpoint reads copies again.
+                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
             }
         }
+        Ok(())
     }
 
     /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
