@@ -1194,6 +1194,41 @@ async fn five_hundred_runtime_endpoints_each_deliver_their_own_message_and_survi
     let ready = started.elapsed();
     eprintln!("{MANY} endpoints: created in {created:?}, all bound after {ready:?}");
 
+    // The list in pages, by name: every endpoint once, in order, as the whole list.
+    let whole = listed(n, "").await;
+    let mut paged: Vec<String> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = api(
+            n,
+            "GET",
+            &format!("/api/endpoints?limit=64&after={after}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let names = page["endpoints"].as_array().expect("a page");
+        assert!(names.len() <= 64);
+        paged.extend(
+            names
+                .iter()
+                .map(|e| e["name"].as_str().unwrap_or_default().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    let mut sorted = whole.clone();
+    sorted.sort();
+    assert_eq!(whole, sorted, "the whole list is by name");
+    assert_eq!(paged, whole);
+    assert!(paged.len() > MANY, "{} listed", paged.len());
+    for bad in ["0", "1001", "x"] {
+        let (status, body) = api(n, "GET", &format!("/api/endpoints?limit={bad}"), None).await;
+        assert!(matches!(status, 400 | 422), "limit={bad}: {status} {body}");
+    }
+
     let sent = Instant::now();
     publish_all(js, many_messages(1)).await;
     rx.wait_for(Duration::from_secs(120), "one delivery each", |r| {

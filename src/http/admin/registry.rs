@@ -6,6 +6,7 @@
 //! once, by the create that generated or received it (or the rotation that made it),
 //! and by no other answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -24,7 +25,15 @@ use crate::worker::Worker;
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct ListQuery {
     tenant: Option<String>,
+    /// At most this many endpoints, by name; the answer's `next` is the `after` of
+    /// the next page while more follow.
+    limit: Option<usize>,
+    /// Only endpoints whose name sorts after this one.
+    after: Option<String>,
 }
+
+/// The largest page `GET /api/endpoints?limit=` serves.
+const MAX_PAGE: usize = 1_000;
 
 impl AdminState {
     fn registrar(&self) -> Result<Registrar, ApiError> {
@@ -105,24 +114,55 @@ fn file_view(worker: Arc<Worker>) -> Value {
 pub(super) async fn list(
     State(s): State<AdminState>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Json<Value> {
-    let mut all: Vec<Value> = s
+) -> Result<Json<Value>, ApiError> {
+    if let Some(limit) = query.limit.filter(|n| !(1..=MAX_PAGE).contains(n)) {
+        return Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the query is invalid").with_problems(
+                vec![Problem {
+                    field: "limit".into(),
+                    message: format!("must be from 1 to {MAX_PAGE} (got {limit})"),
+                }],
+            ),
+        );
+    }
+    // One lookup table, not a scan of every worker per record: with thousands of
+    // endpoints a list would otherwise cost seconds.
+    let mut running: HashMap<String, Arc<Worker>> = s
         .app
         .workers()
         .into_iter()
-        .filter(|w| s.app.is_file_endpoint(&w.endpoint().name))
-        .map(file_view)
+        .map(|w| (w.endpoint().name.clone(), w))
         .collect();
+    let mut all: Vec<(String, Value)> = Vec::with_capacity(running.len());
+    for record in s.app.records() {
+        let worker = running.remove(&record.name);
+        all.push((record.name.clone(), api_view(&record, worker)));
+    }
     all.extend(
-        s.app
-            .records()
-            .iter()
-            .map(|r| api_view(r, s.running(&r.name))),
+        running
+            .into_values()
+            .filter(|w| s.app.is_file_endpoint(&w.endpoint().name))
+            .map(|w| (w.endpoint().name.clone(), file_view(w))),
     );
     if let Some(t) = &query.tenant {
-        all.retain(|e| e.get("tenant").and_then(Value::as_str) == Some(t));
+        all.retain(|(_, e)| e.get("tenant").and_then(Value::as_str) == Some(t));
     }
-    Json(serde_json::json!({ "endpoints": all }))
+    all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(after) = &query.after {
+        all.retain(|(name, _)| name > after);
+    }
+    let next = match query.limit {
+        Some(limit) if all.len() > limit => {
+            all.truncate(limit);
+            all.last().map(|(name, _)| name.clone())
+        }
+        _ => None,
+    };
+    let endpoints: Vec<Value> = all.into_iter().map(|(_, view)| view).collect();
+    Ok(Json(match next {
+        Some(next) => serde_json::json!({ "endpoints": endpoints, "next": next }),
+        None => serde_json::json!({ "endpoints": endpoints }),
+    }))
 }
 
 pub(super) async fn one(
