@@ -1021,3 +1021,87 @@ async fn an_endpoint_made_ordered_delivers_the_copies_it_had_waiting() {
         .contains("reads the source stream from its oldest copy"));
     assert!(natshook.dead_letters("a").is_empty());
 }
+
+/// An endpoint made `ordered` whose consumer on the source stream JetStream refuses
+/// (the stream at its consumer limit) neither holds the other endpoints up nor misses
+/// a message: the fan-out copies for it meanwhile, and the consumer, once it can be
+/// made, starts at the oldest of those copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_endpoint_whose_consumer_is_refused_gets_its_messages_once_it_is_made() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    js.create_stream(jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["crm.>".into()],
+        max_consumers: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let rx = Receiver::start().await;
+    let config = |ordered: bool| {
+        let extra = if ordered { "ordered = true" } else { "" };
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], extra)
+            .endpoint("b", &rx.url("/b"), &["lead.created"], "")
+            .render()
+    };
+    let natshook = Natshook::start(&config(false)).await;
+    deliver_leads(&js, &rx, 10, "before").await;
+    // The fan-out's and the unmapped counter's consumers, and one more: the limit.
+    let stream = js.get_stream("EVENTS").await.expect("stream");
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("blocker".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("the blocking consumer");
+
+    reload(
+        &natshook,
+        &config(true),
+        "config reloaded",
+        "the switch applied",
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "the refusal", || async {
+        natshook
+            .logs()
+            .contains("its messages wait as copies meanwhile")
+    })
+    .await;
+    publish_all(&js, leads(20, "refused")).await;
+    let on = |r: &Receiver, path: &str, prefix: &str, n: usize| {
+        per_path(r)
+            .get(path)
+            .is_some_and(|(ids, _)| (0..n).all(|i| ids.contains(&format!("{prefix}-{i}"))))
+    };
+    rx.wait_for(Duration::from_secs(10), "b unaffected", |r| {
+        on(r, "/b", "refused", 20)
+    })
+    .await;
+    assert!(!on(&rx, "/a", "refused", 1), "a has no consumer yet");
+
+    stream.delete_consumer("blocker").await.expect("unblock");
+    rx.wait_for(
+        Duration::from_secs(30),
+        "a's messages once its consumer exists",
+        |r| on(r, "/a", "refused", 20),
+    )
+    .await;
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+    let order: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|r| r.path == "/a" && r.id().starts_with("refused-"))
+        .map(|r| r.id().to_string())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("refused-{i}")).collect();
+    assert_eq!(order, expected, "in order");
+    wait_until(Duration::from_secs(10), "a's copies removed", || async {
+        work_copies(&js).await == 0
+    })
+    .await;
+    assert!(natshook.dead_letters("a").is_empty());
+}

@@ -21,7 +21,7 @@ pub mod lane;
 pub mod leftover;
 pub mod targets;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,7 +42,7 @@ use crate::backoff::Backoff;
 use crate::store;
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
-use crate::worker::SourceConsumerError;
+use crate::worker::Worker;
 
 /// Source messages being copied at once: enough to keep the work stream's publish
 /// acks pipelined, few enough that a stalled JetStream holds little.
@@ -54,6 +54,10 @@ const SCAN_EVERY: Duration = Duration::from_secs(3);
 /// How long a failed copy waits before its source message comes back.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// How often the fan-out tries again to make an ordered endpoint's consumer that could
+/// not be made.
+const OWN_CONSUMER_RETRY: Duration = Duration::from_secs(10);
+
 pub use crate::store::work_stream::fan_out_consumer as consumer_name;
 
 /// The fan-out consumer of one natshook deployment (shared by its replicas).
@@ -64,6 +68,11 @@ pub struct FanOut {
     work: WorkStream,
     targets: watch::Receiver<Arc<Targets>>,
     bound: Arc<AtomicBool>,
+    /// Endpoints reading the source stream themselves whose consumer there is known to
+    /// exist (made or found since they were last among the targets).
+    own_consumers: HashSet<String>,
+    /// Those whose consumer could not be made: copied for until it is.
+    copying_for: HashSet<String>,
 }
 
 impl FanOut {
@@ -81,6 +90,8 @@ impl FanOut {
             work,
             targets,
             bound: Arc::new(AtomicBool::new(false)),
+            own_consumers: HashSet::new(),
+            copying_for: HashSet::new(),
         }
     }
 
@@ -128,7 +139,7 @@ impl FanOut {
             // One set of targets per pull: a change ends it, and the next one starts
             // only once the endpoints made `ordered` have their own consumers.
             let current = self.targets.borrow_and_update().clone();
-            let messages = match self.bind(&current).await {
+            let (current, messages) = match self.bind(current).await {
                 Ok(m) => m,
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
@@ -152,51 +163,83 @@ impl FanOut {
         self.bound.store(false, Ordering::Relaxed);
     }
 
-    async fn bind(&self, targets: &Targets) -> Result<PullStream, String> {
+    /// Binds the fan-out consumer for `targets`, after [`FanOut::start_own_readers`];
+    /// returns the targets to copy for in this pull.
+    async fn bind(&mut self, targets: Arc<Targets>) -> Result<(Arc<Targets>, PullStream), String> {
         let stream = self
             .js
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| format!("stream {}: {e}", self.stream))?;
-        self.start_own_readers(&stream, targets).await?;
+        let targets = self.start_own_readers(&stream, targets).await?;
         let consumer = stream
-            .create_consumer(self.consumer_config(targets))
+            .create_consumer(self.consumer_config(&targets))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
-        pull_stream::messages(&consumer, IN_FLIGHT, Liveness::Busy).await
+        let messages = pull_stream::messages(&consumer, IN_FLIGHT, Liveness::Busy).await?;
+        Ok((targets, messages))
     }
 
     /// Makes sure every endpoint of `targets` that reads the source stream itself has
-    /// its consumer there before the fan-out leaves it out of a message: one that does
-    /// not yet (an endpoint just made `ordered`) starts right after the fan-out
-    /// consumer's ack floor, since the fan-out handled everything up to it under the
-    /// targets before, so nothing falls between the two.
+    /// its consumer there before the fan-out leaves it out of a message. One that has
+    /// none yet (an endpoint just made `ordered`) gets it starting right after the
+    /// fan-out consumer's ack floor, since the fan-out handled everything up to it
+    /// under the targets before, or at the oldest of its copies still waiting
+    /// ([`Worker::start_source_consumer`]). One whose consumer cannot be made is copied
+    /// for meanwhile, so nothing passes it by, and tried again every
+    /// [`OWN_CONSUMER_RETRY`]; no endpoint's failure holds the others up.
     async fn start_own_readers(
-        &self,
+        &mut self,
         stream: &jetstream::stream::Stream<()>,
-        targets: &Targets,
-    ) -> Result<(), String> {
-        if targets.own_readers().is_empty() {
-            return Ok(());
+        targets: Arc<Targets>,
+    ) -> Result<Arc<Targets>, String> {
+        let own: HashSet<&str> = targets
+            .own_readers()
+            .iter()
+            .map(|w| w.endpoint().name.as_str())
+            .collect();
+        self.own_consumers.retain(|n| own.contains(n.as_str()));
+        self.copying_for.retain(|n| own.contains(n.as_str()));
+        let unsettled: Vec<&Arc<Worker>> = targets
+            .own_readers()
+            .iter()
+            .filter(|w| !self.own_consumers.contains(&w.endpoint().name))
+            .collect();
+        if unsettled.is_empty() {
+            return Ok(targets);
         }
         let handled = match stream.consumer_info(&self.consumer).await {
             Ok(info) => info.ack_floor.stream_sequence,
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
             Err(e) => return Err(format!("consumer {}: {e}", self.consumer)),
         };
-        for worker in targets.own_readers() {
+        for worker in unsettled {
+            let name = &worker.endpoint().name;
             match worker.start_source_consumer(stream, handled).await {
-                Ok(()) => {}
-                // One endpoint's consumer JetStream will not take must not hold every
-                // other endpoint's copies up; its own bind goes on trying, and starts
-                // after the fan-out's ack floor of that time.
-                Err(e @ SourceConsumerError::Refused(_)) => {
-                    tracing::warn!(endpoint = %worker.endpoint().name, error = %e, "cannot create the ordered endpoint's consumer; the messages until its bind succeeds are not delivered to it");
+                Ok(made) => {
+                    // Copied for while its own bind made the consumer: those copies
+                    // are of messages that consumer delivers.
+                    if self.copying_for.remove(name) && !made {
+                        if let Err(e) = self
+                            .work
+                            .forget(&self.js, name, worker.consumer_name())
+                            .await
+                        {
+                            tracing::warn!(endpoint = %name, error = %e, "cannot remove the ordered endpoint's former copies");
+                        }
+                    }
+                    self.own_consumers.insert(name.clone());
                 }
-                Err(e @ SourceConsumerError::Unavailable(_)) => return Err(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(endpoint = %name, error = %e, "cannot create the ordered endpoint's consumer; its messages wait as copies meanwhile");
+                    self.copying_for.insert(name.clone());
+                }
             }
         }
-        Ok(())
+        Ok(match self.copying_for.is_empty() {
+            true => targets,
+            false => Arc::new(targets.copying_also(&self.copying_for)),
+        })
     }
 
     /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
@@ -214,6 +257,7 @@ impl FanOut {
             work,
             targets,
             consumer,
+            copying_for,
             ..
         } = self;
         let mut copying = FuturesUnordered::new();
@@ -222,6 +266,10 @@ impl FanOut {
                 _ = stop.cancelled() => break false,
                 Ok(()) = targets.changed() => {
                     // New endpoints or mappings: the consumer's filters follow.
+                    break false;
+                }
+                _ = tokio::time::sleep(OWN_CONSUMER_RETRY), if !copying_for.is_empty() => {
+                    // Another try at the ordered endpoints' consumers.
                     break false;
                 }
                 Some(()) = copying.next(), if !copying.is_empty() => {}
@@ -378,6 +426,12 @@ async fn release_acked(
     }
     let before = std::mem::take(&mut released[i]);
     for (name, info) in infos {
+        // Only an endpoint's own consumer acks what it delivered: a consumer that
+        // merely reads the copies (the ephemeral one that finds an ordered endpoint's
+        // oldest waiting copy acks nothing) says nothing about which are done.
+        if info.config.durable_name.is_none() || info.config.ack_policy != AckPolicy::Explicit {
+            continue;
+        }
         let Some(endpoint) = work.endpoint_of(&info.config.filter_subject) else {
             continue;
         };

@@ -3,7 +3,7 @@
 //! (patterns such as `lead.*` or `*`) are asked one by one. With thousands of
 //! endpoints that each want a few named events, a message costs a hash lookup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::routing::{tenant_admits, Mapped, Router};
@@ -28,6 +28,24 @@ impl Targets {
     pub fn new(router: Router, workers: Vec<Arc<Worker>>) -> Self {
         let (workers, own_readers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) =
             workers.into_iter().partition(|w| w.fans_out());
+        Self::indexed(router, workers, own_readers)
+    }
+
+    /// These targets, but copying for the endpoints of `names` among those that read
+    /// the source stream themselves: while such an endpoint's consumer there cannot be
+    /// made, its messages wait on the work stream, where the consumer, once made,
+    /// starts from the oldest of them.
+    pub fn copying_also(&self, names: &HashSet<String>) -> Self {
+        let (extra, own_readers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) = self
+            .own_readers
+            .iter()
+            .cloned()
+            .partition(|w| names.contains(&w.endpoint().name));
+        let workers = self.workers.iter().cloned().chain(extra).collect();
+        Self::indexed(self.router.clone(), workers, own_readers)
+    }
+
+    fn indexed(router: Router, workers: Vec<Arc<Worker>>, own_readers: Vec<Arc<Worker>>) -> Self {
         let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_pattern = Vec::new();
         let mut by_name = HashMap::with_capacity(workers.len());

@@ -266,16 +266,9 @@ impl WorkStream {
             stream: stream.to_string(),
             message: format!("reading {endpoint}'s copies: {e}"),
         };
-        let work = js
-            .get_stream_no_info(own)
-            .await
-            .map_err(|e| failed(own, e.to_string()))?;
-        let acked = ack_floor(&work, consumer)
-            .await
-            .map_err(|e| failed(own, e))?;
-        let on_own = oldest_source(&work, self.subject(endpoint), acked + 1)
-            .await
-            .map_err(|e| failed(own, e))?;
+        // The lane first: a copy moves from the lane to the endpoint's own subject (is
+        // stored there before it is acked on the lane), never back, so read in this
+        // order no copy is missed on its way.
         let lane = js
             .get_stream_no_info(&self.lane)
             .await
@@ -286,6 +279,16 @@ impl WorkStream {
         let on_lane = oldest_source(&lane, self.lane_subject(endpoint), lane_acked + 1)
             .await
             .map_err(|e| failed(&self.lane, e))?;
+        let work = js
+            .get_stream_no_info(own)
+            .await
+            .map_err(|e| failed(own, e.to_string()))?;
+        let acked = ack_floor(&work, consumer)
+            .await
+            .map_err(|e| failed(own, e))?;
+        let on_own = oldest_source(&work, self.subject(endpoint), acked + 1)
+            .await
+            .map_err(|e| failed(own, e))?;
         Ok(on_own.into_iter().chain(on_lane).min())
     }
 
@@ -481,7 +484,8 @@ async fn ack_floor(stream: &stream::Stream<()>, consumer: &str) -> Result<u64, S
 }
 
 /// The smallest `Natshook-Source-Sequence` among the copies on `subject` from stream
-/// sequence `from` on, read in pages through an ephemeral headers-only consumer.
+/// sequence `from` on, read in pages through an ephemeral headers-only consumer until
+/// none is left (copies removed meanwhile end it early: they were acked).
 async fn oldest_source(
     stream: &stream::Stream<()>,
     subject: String,
@@ -502,28 +506,23 @@ async fn oldest_source(
         })
         .await
         .map_err(|e| e.to_string())?;
-    let mut consumer = consumer;
     let name = consumer.cached_info().name.clone();
-    let mut left = consumer
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .num_pending;
-    let mut oldest: Option<u64> = None;
+    let mut left = consumer.cached_info().num_pending;
     let result = async {
+        let mut oldest: Option<u64> = None;
         while left > 0 {
-            let page = usize::try_from(left).unwrap_or(PAGE).min(PAGE);
-            let mut batch = consumer
+            let mut page = consumer
                 .fetch()
-                .max_messages(page)
-                .expires(Duration::from_secs(5))
+                .max_messages(PAGE)
+                .expires(Duration::from_secs(2))
                 .messages()
                 .await
                 .map_err(|e| e.to_string())?;
             let mut got = 0;
-            while let Some(msg) = batch.next().await {
+            while let Some(msg) = page.next().await {
                 let msg = msg.map_err(|e| e.to_string())?;
                 got += 1;
+                left = msg.info().map_or(left.saturating_sub(1), |i| i.pending);
                 let sequence = msg
                     .headers
                     .as_ref()
@@ -534,9 +533,8 @@ async fn oldest_source(
                 }
             }
             if got == 0 {
-                return Err("no copies came back while some were left to read".to_string());
+                break;
             }
-            left = left.saturating_sub(got);
         }
         Ok(oldest)
     }

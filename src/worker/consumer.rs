@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::{ConsumerErrorKind, Stream};
+use async_nats::jetstream::stream::Stream;
 use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
@@ -17,18 +17,6 @@ use crate::store::work_stream::fan_out_consumer;
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
     format!("{prefix}-{endpoint}")
-}
-
-/// Why an `ordered` endpoint's consumer on the source stream was not made.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceConsumerError {
-    /// JetStream answered with a refusal (a limit on the stream's consumers, a
-    /// permission): asking again soon changes nothing.
-    #[error("{0}")]
-    Refused(String),
-    /// No answer, or JetStream could not be asked.
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 /// A consumer's start right after stream sequence `handled`.
@@ -168,9 +156,7 @@ impl Worker {
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
             Err(e) => return Err(format!("consumer {fan_out}: {e}")),
         };
-        self.make_source_consumer(stream, handled)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.make_source_consumer(stream, handled).await?;
         match self.source_consumer(stream).await? {
             Some(info) => Ok(info.config.deliver_policy),
             None => Err(format!(
@@ -190,19 +176,20 @@ impl Worker {
     }
 
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
-    /// has none, starting after `handled`: the fan-out calls this before it leaves the
-    /// endpoint out of any message, with its ack floor, so that an endpoint made
-    /// `ordered` neither receives the stream again from its start nor misses the
-    /// messages in between. Copies of it still waiting (a backlog, a retry, one on the
-    /// lane) would never be read again: the consumer starts at the oldest of their
-    /// source messages instead when that is earlier, and the copies go once it exists.
-    /// A message delivered from a copy after that point comes twice; none is missed.
+    /// has none, starting after `handled`, and says whether it did. The fan-out calls
+    /// this before it leaves the endpoint out of any message, with its ack floor, so
+    /// that an endpoint made `ordered` neither receives the stream again from its start
+    /// nor misses the messages in between. Copies of it still waiting (a backlog, a
+    /// retry waiting out its delay, copies on the lane, copies made while this failed)
+    /// would never be read again: the consumer starts at the oldest of their source
+    /// messages instead when that is earlier, and the copies go once it exists. A
+    /// message delivered from a copy after that point comes twice; none is missed.
     /// Nothing to do for an endpoint that reads copies.
     pub async fn start_source_consumer(
         &self,
         stream: &Stream<()>,
         handled: u64,
-    ) -> Result<(), SourceConsumerError> {
+    ) -> Result<bool, String> {
         let _turn = self.shared.binds.acquire().await;
         self.make_source_consumer(stream, handled).await
     }
@@ -212,43 +199,34 @@ impl Worker {
         &self,
         stream: &Stream<()>,
         handled: u64,
-    ) -> Result<(), SourceConsumerError> {
+    ) -> Result<bool, String> {
         let Some(work) = self.shared.work.as_ref().filter(|_| !self.lazy) else {
-            return Ok(());
+            return Ok(false);
         };
-        let existing = self
-            .source_consumer(stream)
-            .await
-            .map_err(SourceConsumerError::Unavailable)?;
-        if existing.is_some() {
-            return Ok(());
+        if self.source_consumer(stream).await?.is_some() {
+            return Ok(false);
         }
         let waiting = work
             .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
             .await
-            .map_err(|e| SourceConsumerError::Unavailable(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let handled = waiting.map_or(handled, |oldest| handled.min(oldest.saturating_sub(1)));
-        if let Err(e) = stream
+        stream
             .create_consumer(self.consumer_config(start_after(handled)))
             .await
-        {
-            let message = format!("consumer {}: {e}", self.consumer_name);
-            return Err(match e.kind() {
-                ConsumerErrorKind::JetStream(_) => SourceConsumerError::Refused(message),
-                _ => SourceConsumerError::Unavailable(message),
-            });
-        }
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
         if waiting.is_some() {
             tracing::info!(endpoint = %self.endpoint.name, from = handled + 1, "ordered endpoint reads the source stream from its oldest copy still waiting");
-            if let Err(e) = work
-                .forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-                .await
-            {
-                // Left, they are delivered again if the endpoint reads copies again.
-                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
-            }
         }
-        Ok(())
+        // Every copy of it left is of a message the new consumer delivers: read again
+        // later (the endpoint reading copies again) it would come twice.
+        if let Err(e) = work
+            .forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+        {
+            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
+        }
+        Ok(true)
     }
 
     /// Sets `natshook_consumer_pending` from the consumer's info, listed for every

@@ -48,7 +48,6 @@ use tokio_util::task::TaskTracker;
 use self::breaker::{Breaker, PauseReason, ResumeCause};
 pub use self::consumer::{
     ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
-    SourceConsumerError,
 };
 use self::fetch::{Held, Leave};
 pub use self::shared::Shared;
