@@ -27,9 +27,10 @@ pub(super) fn rate_limit(s: &Settings, p: &mut Problems) -> Option<Option<Rate>>
 }
 
 /// `probe_interval` and `probe_max_interval`: a paused endpoint's probes start at the
-/// one and double up to the other, so the first may not be longer than the second.
-/// The problem is named by the key set nearest the endpoint (its own, else
-/// `[defaults]`'), the other key by its path or its default.
+/// one and double up to the other. A first interval longer than the maximum is taken
+/// (the first probe waits it, the later ones the maximum) rather than refused: a
+/// runtime endpoint is checked against the file's `[defaults]`, and a change there
+/// must not make a customer's endpoint invalid.
 pub(super) fn probe_intervals(
     s: &Settings,
     p: &mut Problems,
@@ -44,41 +45,6 @@ pub(super) fn probe_intervals(
         Some(t) => p.duration(&max_path, t),
         None => Some(defaults::PROBE_MAX_INTERVAL),
     };
-    if let (Some(a), Some(b)) = (start, max) {
-        if a > b {
-            // 2: the endpoint's own key, 1: `[defaults]`', 0: left out.
-            let nearness = |text: &Option<String>, path: &str| match text {
-                None => 0,
-                Some(_) if path.starts_with("defaults.") => 1,
-                Some(_) => 2,
-            };
-            let other = |text: &Option<String>, path: &str, key: &str, d: Duration| match text {
-                Some(_) => format!("{path} ('{}')", humantime::format_duration(d)),
-                None => format!("{key} (default '{}')", humantime::format_duration(d)),
-            };
-            let why = "probes start at probe_interval and double up to probe_max_interval";
-            if nearness(&max_text, &max_path) > nearness(&start_text, &start_path) {
-                let start = other(&start_text, &start_path, "probe_interval", a);
-                p.add(
-                    max_path,
-                    format_args!(
-                        "'{}' is shorter than {start}: {why}",
-                        humantime::format_duration(b)
-                    ),
-                );
-            } else {
-                let max = other(&max_text, &max_path, "probe_max_interval", b);
-                p.add(
-                    start_path,
-                    format_args!(
-                        "'{}' is longer than {max}: {why}",
-                        humantime::format_duration(a)
-                    ),
-                );
-            }
-            return (None, None);
-        }
-    }
     (start, max)
 }
 
