@@ -90,6 +90,8 @@ pub async fn run(
         shutdown.clone(),
         traces.as_ref().map(crate::otel::Tracing::tracer),
     ));
+    // From here on: a client lost while the streams are set up stops the process too.
+    let lost = watch_client(&client, &sup, &shutdown);
     tokio::spawn(
         sup.ingress()
             .clone()
@@ -129,8 +131,6 @@ pub async fn run(
             .push(tokio::spawn(fan_out.run(shutdown.clone())));
         background.tasks.push(tokio::spawn(scan));
     }
-
-    let lost = watch_client(&client, &sup, &shutdown);
 
     shutdown.cancelled().await;
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: fetching stopped, draining in-flight deliveries");
