@@ -26,6 +26,15 @@ fn fan_out(config: TestConfig) -> TestConfig {
     config
 }
 
+/// Waits until `natshook_fanout_pending` is back to 0: every source message copied
+/// to its endpoints and every lane copy delivered.
+async fn fan_out_settled(natshook: &Natshook, within: Duration, what: &str) {
+    wait_until(within, what, || async {
+        natshook.metric("natshook_fanout_pending").await == Some(0.0)
+    })
+    .await;
+}
+
 /// The consumers on `stream`, by name.
 async fn consumers(js: &jetstream::Context, stream: &str) -> BTreeSet<String> {
     let Ok(mut stream) = js.get_stream(stream).await else {
@@ -686,10 +695,7 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
     deliver_leads(&js, &rx, 1, "first").await;
-    wait_until(Duration::from_secs(20), "fanout_pending at 0", || async {
-        natshook.metric("natshook_fanout_pending").await == Some(0.0)
-    })
-    .await;
+    fan_out_settled(&natshook, Duration::from_secs(20), "fanout_pending at 0").await;
     let (status, _) = natshook
         .api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
         .await;
@@ -724,10 +730,10 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
         r.delivered_ids().len() == HELD + 1
     })
     .await;
-    wait_until(
+    fan_out_settled(
+        &natshook,
         Duration::from_secs(20),
         "fanout_pending back to 0",
-        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
     )
     .await;
     assert!(natshook.dead_letters("a").is_empty());
@@ -824,10 +830,10 @@ async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream
     let mut natshook = Natshook::start(&config("a", false)).await;
     let js = jetstream::new(nats.client().await);
     deliver_leads(&js, &rx, 30, "copied").await;
-    wait_until(
+    fan_out_settled(
+        &natshook,
         Duration::from_secs(10),
         "the fan-out's copies acked",
-        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
     )
     .await;
 
@@ -924,10 +930,10 @@ async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream
         every_b(r, "b-copied")
     })
     .await;
-    wait_until(
+    fan_out_settled(
+        &natshook,
         Duration::from_secs(10),
         "the fan-out's copies acked",
-        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
     )
     .await;
     assert!(natshook.terminate().await.success());
@@ -984,10 +990,10 @@ async fn an_endpoint_made_ordered_delivers_the_copies_it_had_waiting() {
         tried(r) == 20
     })
     .await;
-    wait_until(
+    fan_out_settled(
+        &natshook,
         Duration::from_secs(10),
         "the fan-out's copies acked",
-        || async { natshook.metric("natshook_fanout_pending").await == Some(0.0) },
     )
     .await;
     assert!(
