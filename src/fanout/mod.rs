@@ -261,6 +261,10 @@ impl FanOut {
             ..
         } = self;
         let mut copying = FuturesUnordered::new();
+        // Once for the whole pull: a timer made in the loop would start again with
+        // every message.
+        let retry_own = tokio::time::sleep(OWN_CONSUMER_RETRY);
+        tokio::pin!(retry_own);
         let failed = loop {
             tokio::select! {
                 _ = stop.cancelled() => break false,
@@ -268,7 +272,7 @@ impl FanOut {
                     // New endpoints or mappings: the consumer's filters follow.
                     break false;
                 }
-                _ = tokio::time::sleep(OWN_CONSUMER_RETRY), if !copying_for.is_empty() => {
+                () = &mut retry_own, if !copying_for.is_empty() => {
                     // Another try at the ordered endpoints' consumers.
                     break false;
                 }
