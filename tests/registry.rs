@@ -1672,3 +1672,54 @@ async fn secrets_appear_only_in_the_answers_that_return_them() {
     let attempts = log.as_array().map_or(0, Vec::len);
     assert!(attempts > 0, "the delivery log holds the attempts: {log}");
 }
+
+/// A stored endpoint this process cannot serve (written by hand, or stored before a
+/// check it now fails) is not silently left out: the API shows it with `problems` in
+/// the shape of a 422's, until a change makes it valid again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_endpoint_that_cannot_be_served_says_why() {
+    let s = Setup::start().await;
+    let n = &s.n;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let kv =
+        s.js.get_key_value("NATSHOOK_ENDPOINTS")
+            .await
+            .expect("bucket");
+    let stored = kv.get("acme").await.expect("get").expect("the record");
+    let mut value: Value = serde_json::from_slice(&stored).expect("json");
+    value["url"] = json!("ftp://127.0.0.1/in");
+    kv.put("acme", serde_json::to_vec(&value).unwrap().into())
+        .await
+        .expect("put");
+    wait_until(Duration::from_secs(5), "the problem shown", || async {
+        let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+        one["problems"][0]["field"] == "url"
+    })
+    .await;
+    let (_, all) = api(n, "GET", "/api/endpoints", None).await;
+    let listed = all["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "acme")
+        .cloned()
+        .expect("still listed");
+    assert!(
+        listed["problems"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("http"),
+        "{listed}"
+    );
+    assert!(n.logs().contains("invalid registry endpoint; not served"));
+
+    let fixed = json!({ "url": s.rx.url("/acme") }).to_string();
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(&fixed)).await;
+    assert_eq!(status, 200, "{changed}");
+    wait_until(Duration::from_secs(5), "served again", || async {
+        let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+        one.get("problems").is_none() && one["bound"] == true
+    })
+    .await;
+}

@@ -4,7 +4,7 @@
 //! file's endpoints and the valid, enabled records together, names unique across both:
 //! a record with a file endpoint's name is skipped, the file's endpoint is served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
 use crate::backoff::Backoff;
-use crate::config::{api, Config, Endpoint};
+use crate::config::{api, Config, Endpoint, Problem};
 use crate::store::registry::{Change, Record, Registry, GATHER};
 
 /// Longest sleep before a rotated secret's grace end is checked again.
@@ -25,8 +25,9 @@ const MAX_BATCH: usize = 1000;
 /// One record and what it serves.
 struct Entry {
     record: Record,
-    /// `None`: invalid, or shadowed by a file endpoint (logged when seen).
-    endpoint: Option<Arc<Endpoint>>,
+    /// `Err`: why it is not served (invalid, shadowed by a file endpoint, its HTTP
+    /// client not built), logged when seen and shown by the admin API.
+    endpoint: Result<Arc<Endpoint>, Vec<Problem>>,
 }
 
 /// The registry's records as last seen.
@@ -50,13 +51,24 @@ impl Runtime {
         }
     }
 
-    /// Takes out the records whose endpoint cannot be started (its HTTP client failed).
-    pub(super) fn disable_failed(&mut self, names: &[String]) {
-        for n in names {
-            if let Some(e) = self.entries.get_mut(n) {
-                e.endpoint = None;
+    /// Takes out the records whose endpoint cannot be started, with why.
+    pub(super) fn disable_failed(&mut self, failed: Vec<(String, String)>) {
+        for (name, error) in failed {
+            if let Some(e) = self.entries.get_mut(&name) {
+                e.endpoint = Err(vec![Problem {
+                    path: "url".into(),
+                    message: format!("cannot start: {error}"),
+                }]);
             }
         }
+    }
+
+    /// The records not served, each with why.
+    pub(super) fn unserved(&self) -> HashMap<String, Vec<Problem>> {
+        self.entries
+            .iter()
+            .filter_map(|(name, e)| e.endpoint.as_ref().err().map(|p| (name.clone(), p.clone())))
+            .collect()
     }
 
     /// The file's config with the valid, enabled records' endpoints after its own.
@@ -66,7 +78,7 @@ impl Runtime {
             self.entries
                 .values()
                 .filter(|e| e.record.enabled())
-                .filter_map(|e| e.endpoint.clone()),
+                .filter_map(|e| e.endpoint.clone().ok()),
         );
         merged
     }
@@ -104,23 +116,28 @@ impl Runtime {
     }
 }
 
-/// The record's endpoint, or `None` with the reasons logged.
-fn validate(record: &Record, file: &Config) -> Option<Arc<Endpoint>> {
+/// The record's endpoint, or why it is not served (logged).
+fn validate(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem>> {
+    let refused = |message: &str| {
+        tracing::error!(endpoint = %record.name, "registry endpoint not served: {message}");
+        Err(vec![Problem {
+            path: "name".into(),
+            message: message.into(),
+        }])
+    };
     if file.endpoints.iter().any(|e| e.name == record.name) {
-        tracing::warn!(endpoint = %record.name, "registry endpoint has the name of a config-file endpoint; serving the file's");
-        return None;
+        return refused("a config-file endpoint has this name; the file's is served");
     }
     if record.value.get("name").and_then(|v| v.as_str()) != Some(record.name.as_str()) {
-        tracing::warn!(endpoint = %record.name, "registry entry's name differs from its key; skipped");
-        return None;
+        return refused("the stored endpoint's name differs from its key");
     }
     match api::endpoint_from_json(&record.value, &file.endpoint_defaults, &file.router) {
-        Ok(e) => Some(e.into_shared()),
+        Ok(e) => Ok(e.into_shared()),
         Err(problems) => {
-            for problem in problems {
-                tracing::warn!(endpoint = %record.name, %problem, "invalid registry endpoint; skipped");
+            for problem in &problems {
+                tracing::error!(endpoint = %record.name, %problem, "invalid registry endpoint; not served");
             }
-            None
+            Err(problems)
         }
     }
 }
@@ -147,19 +164,23 @@ impl Supervisor {
                     return;
                 }
                 Err(e) => {
-                    let failed: Vec<String> = e.0.iter().map(|f| f.name.clone()).collect();
                     for problem in &e.0 {
                         tracing::error!(%problem, "registry endpoint cannot start; skipped");
                     }
                     // A file endpoint that fails was not changed by the registry:
                     // nothing more to take out.
-                    if failed
+                    if e.0
                         .iter()
-                        .all(|n| file.endpoints.iter().any(|f| f.name == *n))
+                        .all(|f| file.endpoints.iter().any(|fe| fe.name == f.name))
                     {
                         return;
                     }
-                    runtime.disable_failed(&failed);
+                    let failed =
+                        e.0.iter()
+                            .map(|f| (f.name.clone(), f.error.to_string()))
+                            .collect();
+                    runtime.disable_failed(failed);
+                    self.publish_records(&runtime);
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 mod reload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::reload::ReloadSummary;
 use super::registry::Runtime;
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::delivery::{ClientError, Deliverer};
 use crate::events::OperatorEvents;
 use crate::fanout::lane::Lane;
@@ -124,6 +124,8 @@ pub struct Supervisor {
     pub(super) runtime: tokio::sync::Mutex<Runtime>,
     /// Snapshots for the admin API: the records, and what a new one is checked against.
     records: RwLock<Vec<Record>>,
+    /// The records not served, each with why.
+    unserved: RwLock<HashMap<String, Vec<Problem>>>,
     rules: RwLock<Arc<FileRules>>,
     /// Set once the bucket is open (with `[registry] enabled = true`).
     registry: OnceLock<Registry>,
@@ -194,6 +196,7 @@ impl Supervisor {
             file: tokio::sync::Mutex::new(config.clone()),
             runtime: tokio::sync::Mutex::new(Runtime::default()),
             records: RwLock::new(Vec::new()),
+            unserved: RwLock::new(HashMap::new()),
             rules: RwLock::new(Arc::new(FileRules::of(config))),
             registry: OnceLock::new(),
             registry_pending: AtomicBool::new(config.registry.is_some()),
@@ -213,6 +216,9 @@ impl Supervisor {
     pub(super) fn publish_records(&self, runtime: &Runtime) {
         if let Ok(mut r) = self.records.write() {
             *r = runtime.records();
+        }
+        if let Ok(mut u) = self.unserved.write() {
+            *u = runtime.unserved();
         }
     }
 
@@ -485,6 +491,10 @@ impl AppView for Supervisor {
 
     fn records(&self) -> Vec<Record> {
         self.records.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn unserved(&self, name: &str) -> Option<Vec<Problem>> {
+        self.unserved.read().ok()?.get(name).cloned()
     }
 
     fn is_file_endpoint(&self, name: &str) -> bool {

@@ -55,6 +55,9 @@ pub trait AppView: Send + Sync + 'static {
     fn registrar(&self) -> Option<Registrar>;
     /// The registry's records as this process last saw them.
     fn records(&self) -> Vec<Record>;
+    /// Why the record `name` is not served (invalid, say); `None` when it is, or is
+    /// no record.
+    fn unserved(&self, name: &str) -> Option<Vec<crate::config::Problem>>;
     /// Whether the config file has an endpoint named `name`.
     fn is_file_endpoint(&self, name: &str) -> bool;
     /// The mappings in force.

@@ -96,9 +96,19 @@ fn with_state(worker: Option<Arc<Worker>>, extra: Map<String, Value>) -> Value {
     Value::Object(out)
 }
 
-/// A runtime endpoint as the API shows it: never its secret.
-fn api_view(record: &Record, worker: Option<Arc<Worker>>) -> Value {
-    with_state(worker, crate::registrar::view(record))
+/// A runtime endpoint as the API shows it: never its secret. One this process does
+/// not serve (stored before a check it now fails, or shadowed by a file endpoint)
+/// says why in `problems`, in the shape of a 422's.
+fn api_view(s: &AdminState, record: &Record, worker: Option<Arc<Worker>>) -> Value {
+    let mut extra = crate::registrar::view(record);
+    if let Some(problems) = s.app.unserved(&record.name) {
+        let problems: Vec<Value> = problems
+            .into_iter()
+            .map(|p| serde_json::json!({ "field": p.path, "message": p.message }))
+            .collect();
+        extra.insert("problems".into(), Value::Array(problems));
+    }
+    with_state(worker, extra)
 }
 
 fn file_view(worker: Arc<Worker>) -> Value {
@@ -135,8 +145,12 @@ pub(super) async fn list(
         .collect();
     let mut all: Vec<(String, Value)> = Vec::with_capacity(running.len());
     for record in s.app.records() {
-        let worker = running.remove(&record.name);
-        all.push((record.name.clone(), api_view(&record, worker)));
+        // A record with a file endpoint's name is not served: the worker is the file's.
+        let worker = match s.app.is_file_endpoint(&record.name) {
+            true => None,
+            false => running.remove(&record.name),
+        };
+        all.push((record.name.clone(), api_view(&s, &record, worker)));
     }
     all.extend(
         running
@@ -178,7 +192,7 @@ pub(super) async fn one(
         return Err(ApiError::not_found(&name));
     };
     let record = registrar.get(&name).await?;
-    Ok(Json(api_view(&record, s.running(&name))))
+    Ok(Json(api_view(&s, &record, s.running(&name))))
 }
 
 /// `view` with the secret the operation shows this once.
@@ -194,7 +208,7 @@ pub(super) async fn create(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let created = s.registrar()?.create(body).await?;
-    let view = with_secret(api_view(&created.record, None), created.secret);
+    let view = with_secret(api_view(&s, &created.record, None), created.secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -224,7 +238,7 @@ pub(super) async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     let registrar = s.registrar()?;
     let record = registrar.update(&name, body, if_match(&headers)?).await?;
-    Ok(Json(api_view(&record, s.running(&name))))
+    Ok(Json(api_view(&s, &record, s.running(&name))))
 }
 
 pub(super) async fn delete(
@@ -253,7 +267,7 @@ pub(super) async fn rotate(
     let rotated = registrar
         .rotate(&name, request.grace.as_deref(), if_match(&headers)?)
         .await?;
-    let view = api_view(&rotated.record, s.running(&name));
+    let view = api_view(&s, &rotated.record, s.running(&name));
     Ok(Json(with_secret(view, rotated.secret.into())))
 }
 
