@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
-    context::ConsumerInfoErrorKind,
     message::AckKind,
 };
 use futures_util::stream::FuturesUnordered;
@@ -208,11 +207,7 @@ impl FanOut {
         if unsettled.is_empty() {
             return Ok(targets);
         }
-        let handled = match stream.consumer_info(&self.consumer).await {
-            Ok(info) => info.ack_floor.stream_sequence,
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("consumer {}: {e}", self.consumer)),
-        };
+        let handled = store::ack_floor(stream, &self.consumer).await?;
         for worker in unsettled {
             let name = &worker.endpoint().name;
             match worker.start_source_consumer(stream, handled).await {

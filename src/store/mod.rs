@@ -26,6 +26,19 @@ fn read_error(e: impl std::fmt::Display) -> ReadError {
     ReadError(e.to_string())
 }
 
+/// The stream sequence `consumer` on `stream` has acked everything up to; 0 when there
+/// is no such consumer (nothing acked). The error text names the consumer.
+pub async fn ack_floor(
+    stream: &jetstream::stream::Stream<()>,
+    consumer: &str,
+) -> Result<u64, String> {
+    match stream.consumer_info(consumer).await {
+        Ok(info) => Ok(info.ack_floor.stream_sequence),
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(0),
+        Err(e) => Err(format!("consumer {consumer}: {e}")),
+    }
+}
+
 /// Every consumer of `stream` by name, listed in pages of full consumer info.
 pub async fn consumer_infos(
     js: &jetstream::Context,

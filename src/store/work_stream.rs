@@ -22,7 +22,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, stream, ErrorCode};
 use async_nats::HeaderMap;
@@ -273,7 +272,7 @@ impl WorkStream {
             .get_stream_no_info(&self.lane)
             .await
             .map_err(|e| failed(&self.lane, e.to_string()))?;
-        let lane_acked = ack_floor(&lane, &self.lane_consumer)
+        let lane_acked = super::ack_floor(&lane, &self.lane_consumer)
             .await
             .map_err(|e| failed(&self.lane, e))?;
         let on_lane = oldest_source(&lane, self.lane_subject(endpoint), lane_acked + 1)
@@ -283,7 +282,7 @@ impl WorkStream {
             .get_stream_no_info(own)
             .await
             .map_err(|e| failed(own, e.to_string()))?;
-        let acked = ack_floor(&work, consumer)
+        let acked = super::ack_floor(&work, consumer)
             .await
             .map_err(|e| failed(own, e))?;
         let on_own = oldest_source(&work, self.subject(endpoint), acked + 1)
@@ -470,16 +469,6 @@ impl WorkStream {
             sequence: get(SOURCE_SEQUENCE)?.parse().ok()?,
             published: UNIX_EPOCH + Duration::from_nanos(nanos),
         })
-    }
-}
-
-/// The stream sequence `consumer` on `stream` has acked everything up to; 0 when there
-/// is no such consumer.
-async fn ack_floor(stream: &stream::Stream<()>, consumer: &str) -> Result<u64, String> {
-    match stream.consumer_info(consumer).await {
-        Ok(info) => Ok(info.ack_floor.stream_sequence),
-        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e.to_string()),
     }
 }
 

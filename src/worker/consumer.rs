@@ -151,11 +151,7 @@ impl Worker {
             return Ok(info.config.deliver_policy);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
-        let handled = match stream.consumer_info(&fan_out).await {
-            Ok(info) => info.ack_floor.stream_sequence,
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("consumer {fan_out}: {e}")),
-        };
+        let handled = crate::store::ack_floor(stream, &fan_out).await?;
         self.make_source_consumer(stream, handled).await?;
         match self.source_consumer(stream).await? {
             Some(info) => Ok(info.config.deliver_policy),
