@@ -152,14 +152,7 @@ impl Worker {
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         let handled = crate::store::ack_floor(stream, &fan_out).await?;
-        self.make_source_consumer(stream, handled).await?;
-        match self.source_consumer(stream).await? {
-            Some(info) => Ok(info.config.deliver_policy),
-            None => Err(format!(
-                "consumer {}: deleted as it was made",
-                self.consumer_name
-            )),
-        }
+        self.make_source_consumer(stream, handled).await
     }
 
     /// The endpoint's consumer on `stream`, `None` when there is none.
@@ -186,29 +179,36 @@ impl Worker {
         stream: &Stream<()>,
         handled: u64,
     ) -> Result<bool, String> {
+        if self.lazy || self.shared.work.is_none() {
+            return Ok(false);
+        }
         let _turn = self.shared.binds.acquire().await;
-        self.make_source_consumer(stream, handled).await
+        if self.source_consumer(stream).await?.is_some() {
+            return Ok(false);
+        }
+        self.make_source_consumer(stream, handled)
+            .await
+            .map(|_| true)
     }
 
-    /// [`Worker::start_source_consumer`] within a turn of `binds` already taken.
+    /// Makes the consumer [`Worker::start_source_consumer`] describes, which does not
+    /// exist yet, within a turn of `binds` already taken; returns where it starts.
     async fn make_source_consumer(
         &self,
         stream: &Stream<()>,
         handled: u64,
-    ) -> Result<bool, String> {
-        let Some(work) = self.shared.work.as_ref().filter(|_| !self.lazy) else {
-            return Ok(false);
+    ) -> Result<DeliverPolicy, String> {
+        let Some(work) = self.shared.work.as_ref() else {
+            return Ok(DeliverPolicy::All);
         };
-        if self.source_consumer(stream).await?.is_some() {
-            return Ok(false);
-        }
         let waiting = work
             .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
             .await
             .map_err(|e| e.to_string())?;
         let handled = waiting.map_or(handled, |oldest| handled.min(oldest.saturating_sub(1)));
+        let start = start_after(handled);
         stream
-            .create_consumer(self.consumer_config(start_after(handled)))
+            .create_consumer(self.consumer_config(start))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
         if waiting.is_some() {
@@ -222,7 +222,7 @@ impl Worker {
         {
             tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
         }
-        Ok(true)
+        Ok(start)
     }
 
     /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
