@@ -299,6 +299,23 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     register(r, c)
 }
 
+/// Removes the series of `vec` labelled `endpoint`, whatever their other labels (the
+/// events an endpoint delivered are known only to the family).
+fn remove_endpoint_series(vec: &IntCounterVec, endpoint: &str) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("endpoint") == Some(&endpoint) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
     let g =
         IntGaugeVec::new(Opts::new(name, help), &["endpoint"]).expect("static metric definition");
@@ -532,6 +549,31 @@ impl Metrics {
         }
     }
 
+    /// Removes every series of `endpoint`, once it is gone (deleted, or removed from
+    /// the file) and drained. Without it a platform whose customers create and delete
+    /// endpoints grows its scrape for good, and an endpoint deleted while paused keeps
+    /// `natshook_endpoint_paused` at 1, and the alert on it firing.
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        for vec in [&self.deliveries, &self.attempts] {
+            remove_endpoint_series(vec, endpoint);
+        }
+        let one = [endpoint];
+        // An error means the series was never created: nothing to remove.
+        let _ = self.duration.remove_label_values(&one);
+        let _ = self.end_to_end.remove_label_values(&one);
+        for gauge in [
+            &self.paused,
+            &self.consecutive_failures,
+            &self.inflight,
+            &self.pending,
+        ] {
+            let _ = gauge.remove_label_values(&one);
+        }
+        let _ = self.dead_letters.remove_label_values(&one);
+        let _ = self.filtered.remove_label_values(&one);
+        let _ = self.rate_limit_wait.remove_label_values(&one);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
@@ -588,6 +630,37 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_forgotten_endpoint_leaves_no_series_and_the_others_keep_theirs() {
+        let m = Metrics::new();
+        for name in ["gone", "kept"] {
+            let e = m.endpoint(name);
+            e.create();
+            e.delivery("a", Outcome::Success);
+            e.delivery("b", Outcome::DeadLetter);
+            e.attempt(AttemptStatus::Class(500));
+            e.paused.set(1);
+        }
+        let kept = |text: &str| text.matches("endpoint=\"kept\"").count();
+        let before = String::from_utf8(m.render()).unwrap();
+        m.forget_endpoint("gone");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("endpoint=\"gone\""), "{text}");
+        assert_eq!(kept(&text), kept(&before), "{text}");
+        // Created again, it starts from nothing.
+        let again = m.endpoint("gone");
+        again.create();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("natshook_endpoint_paused{endpoint=\"gone\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("natshook_deliveries_total{endpoint=\"gone\""),
+            "{text}"
+        );
     }
 
     #[test]

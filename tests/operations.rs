@@ -534,6 +534,18 @@ async fn reload_adds_and_removes_endpoints_during_traffic_and_loses_nothing() {
         gone_count,
         "a removed endpoint kept receiving"
     );
+    // Its series left with it; the others' stay.
+    wait_until(Duration::from_secs(10), "no series of gone", || async {
+        !natshook.metrics().await.contains("endpoint=\"gone\"")
+    })
+    .await;
+    let metrics = natshook.metrics().await;
+    for name in ["keep", "new"] {
+        assert!(
+            metrics.contains(&format!("natshook_deliveries_total{{endpoint=\"{name}\"")),
+            "{name}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

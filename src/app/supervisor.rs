@@ -100,7 +100,8 @@ pub struct Supervisor {
     /// The config in force, but for its endpoints, which the workers hold (the
     /// mappings follow reloads).
     config: tokio::sync::Mutex<Config>,
-    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    /// Shared with the tasks that drain removed workers.
+    running: Arc<tokio::sync::Mutex<BTreeMap<String, Running>>>,
     /// Snapshot for readiness and the admin API.
     snapshot: Arc<RwLock<Vec<Arc<Worker>>>>,
     /// The mapping in force, for the unmapped-subject counter.
@@ -180,7 +181,7 @@ impl Supervisor {
                 endpoints: Vec::new(),
                 ..config.clone()
             }),
-            running: tokio::sync::Mutex::new(BTreeMap::new()),
+            running: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())),
             snapshot: Arc::new(RwLock::new(Vec::new())),
             router: RwLock::new(Arc::new(config.router.clone())),
             started: AtomicBool::new(false),

@@ -161,12 +161,31 @@ impl Supervisor {
                     )
                 });
             let drained = old.drain();
-            if forget.contains(&name) && !running.contains_key(&name) {
+            let gone = !running.contains_key(&name);
+            // Its series go once it has drained, unless it is served again by then.
+            let series = gone.then(|| {
+                let (running, metrics, name) = (
+                    Arc::clone(&self.running),
+                    self.metrics().clone(),
+                    name.clone(),
+                );
+                async move {
+                    // Under the lock, so no worker of the name starts in between and
+                    // has its series removed.
+                    if !running.lock().await.contains_key(&name) {
+                        metrics.forget_endpoint(&name);
+                    }
+                }
+            });
+            if forget.contains(&name) && gone {
                 let js = self.shared.js().clone();
                 let log = self.shared.delivery_log().cloned();
                 let serving = Arc::clone(&self.snapshot);
                 self.draining.spawn(async move {
                     drained.await;
+                    if let Some(series) = series {
+                        series.await;
+                    }
                     // Created again under the name while the old one drained: what
                     // follows would delete the new endpoint's consumer, copies and log.
                     let again = serving
@@ -200,7 +219,12 @@ impl Supervisor {
                     }
                 });
             } else {
-                self.draining.spawn(drained);
+                self.draining.spawn(async move {
+                    drained.await;
+                    if let Some(series) = series {
+                        series.await;
+                    }
+                });
             }
         }
         if let Ok(mut r) = self.router.write() {
