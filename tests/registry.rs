@@ -615,6 +615,54 @@ async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
     .await;
 }
 
+/// A deleted endpoint's series and pause go with it once it has drained: a deleted
+/// endpoint that was paused no longer reads `natshook_endpoint_paused 1` (an alert
+/// firing for good), and one created again under the name, another customer's say,
+/// starts from nothing, unpaused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_endpoint_s_series_and_pause_go_with_it() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("gone", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "gone").await;
+    deliver_org_1(js, rx, 2, "first", 2).await;
+    let (status, paused) = api(n, "POST", "/api/endpoints/gone/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+    // The receiver counts a request when it arrives, natshook once the answer is read.
+    wait_until(Duration::from_secs(10), "the series of gone", || async {
+        let metrics = n.metrics().await;
+        [
+            "natshook_endpoint_paused{endpoint=\"gone\"} 1",
+            "natshook_deliveries_total{endpoint=\"gone\",event=\"lead.created\",outcome=\"success\"} 2",
+        ]
+        .iter()
+        .all(|series| metrics.contains(series))
+    })
+    .await;
+
+    delete_until_gone(n, js, "gone").await;
+    wait_until(Duration::from_secs(10), "no series of gone", || async {
+        !n.metrics().await.contains("endpoint=\"gone\"")
+    })
+    .await;
+    assert!(n.metrics().await.contains("endpoint=\"file\""));
+
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("gone", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "gone").await;
+    let metrics = n.metrics().await;
+    assert!(
+        metrics.contains("natshook_endpoint_paused{endpoint=\"gone\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("natshook_deliveries_total{endpoint=\"gone\""),
+        "{metrics}"
+    );
+    deliver_org_1(js, rx, 1, "second", 3).await;
+}
+
 /// `hex` sends one signature: the old secret goes on signing alone until the grace
 /// ends, so a receiver that holds it verifies every request while it switches over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,7 @@ impl Supervisor {
             if forget.contains(&name) && gone {
                 let js = self.shared.js().clone();
                 let log = self.shared.delivery_log().cloned();
+                let pause_state = self.shared.pause_state().clone();
                 let serving = Arc::clone(&self.snapshot);
                 self.draining.spawn(async move {
                     drained.await;
@@ -205,6 +206,11 @@ impl Supervisor {
                         if let Err(e) = log.forget(&name).await {
                             tracing::warn!(error = %e, "deleted endpoint's delivery log kept");
                         }
+                    }
+                    // An endpoint created later under the name is another one: it
+                    // starts unpaused.
+                    if let Err(e) = pause_state.resume_now(&name).await {
+                        tracing::warn!(endpoint = %name, error = %e, "deleted endpoint's pause state kept");
                     }
                     if let Some((subject, lane, on_lane)) = copies {
                         for (stream, subject) in [(stream.as_str(), subject), (lane.as_str(), on_lane)] {
