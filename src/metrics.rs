@@ -1,9 +1,11 @@
 //! Prometheus metrics, named exactly as in the contract (dashboards and alert rules
 //! depend on the names and labels).
 //!
-//! Label sets stay bounded: `endpoint` comes from config, `event` from the mapping
-//! table's templates, `outcome`/`status` from fixed lists. Per-endpoint children are
-//! resolved once so the delivery path does not hash label values for them.
+//! Label sets stay bounded: `endpoint` comes from config or the registry (an
+//! endpoint's series go with it), `event` from the mapping table (names a `{n}` template
+//! makes of subject tokens up to a bound, see [`OTHER_EVENT`]), `outcome`/`status` from
+//! fixed lists. Per-endpoint children are resolved once so the delivery path does not
+//! hash label values for them.
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -121,6 +123,30 @@ impl AttemptStatus {
     }
 }
 
+/// The `event` label of deliveries whose event name, made from subject tokens by a
+/// `{n}` template, is past the bound on such names: they are as many as publishers
+/// make, and each would be a series of its own for good.
+pub const OTHER_EVENT: &str = "(other)";
+
+/// Event names made from subject tokens with a series of their own, per endpoint and
+/// over all endpoints.
+const SUBJECT_EVENTS_PER_ENDPOINT: usize = 100;
+const SUBJECT_EVENTS_TOTAL: usize = 10_000;
+
+/// The event names made from subject tokens that have series, by endpoint.
+#[derive(Default)]
+struct SubjectEvents {
+    by_endpoint: std::collections::HashMap<String, EndpointEvents>,
+    total: usize,
+}
+
+#[derive(Default)]
+struct EndpointEvents {
+    names: std::collections::HashSet<String>,
+    /// The bound was reported for this endpoint.
+    warned: bool,
+}
+
 /// All process metrics: a handle, cloned into every endpoint's metrics and worker, so
 /// a clone is one pointer, not one per family.
 #[derive(Clone)]
@@ -160,6 +186,47 @@ pub struct Families {
     tracing_dropped: std::sync::Arc<std::sync::OnceLock<IntCounterVec>>,
     /// Registered only with `[delivery] fan_out` (see [`Metrics::fanout_pending`]).
     fanout_pending: std::sync::OnceLock<IntGauge>,
+    subject_events: std::sync::Mutex<SubjectEvents>,
+}
+
+impl Families {
+    /// The `event` label for `event` of `endpoint`, a name made from subject tokens:
+    /// itself while the bounds leave room (a name once admitted stays), otherwise
+    /// [`OTHER_EVENT`]. Names from the mapping itself are few and always their own.
+    fn event_label<'e>(&self, endpoint: &str, event: &'e str) -> &'e str {
+        let Ok(mut seen) = self.subject_events.lock() else {
+            return OTHER_EVENT;
+        };
+        let seen = &mut *seen;
+        let mine = seen.by_endpoint.entry(endpoint.to_string()).or_default();
+        if mine.names.contains(event) {
+            return event;
+        }
+        if mine.names.len() < SUBJECT_EVENTS_PER_ENDPOINT && seen.total < SUBJECT_EVENTS_TOTAL {
+            mine.names.insert(event.to_string());
+            seen.total += 1;
+            return event;
+        }
+        if !std::mem::replace(&mut mine.warned, true) {
+            tracing::warn!(
+                endpoint,
+                per_endpoint = SUBJECT_EVENTS_PER_ENDPOINT,
+                total = SUBJECT_EVENTS_TOTAL,
+                "too many event names made from subject tokens: further ones are counted \
+                 under event=\"{OTHER_EVENT}\" in natshook_deliveries_total"
+            );
+        }
+        OTHER_EVENT
+    }
+
+    /// Gives back the room `endpoint`'s names took (its series are gone).
+    fn forget_subject_events(&self, endpoint: &str) {
+        if let Ok(mut seen) = self.subject_events.lock() {
+            if let Some(mine) = seen.by_endpoint.remove(endpoint) {
+                seen.total -= mine.names.len();
+            }
+        }
+    }
 }
 
 /// One ingress route's pre-resolved children.
@@ -252,7 +319,9 @@ impl EndpointMetrics {
         self.children.get().is_some()
     }
 
-    pub fn delivery(&self, event: &str, outcome: Outcome) {
+    /// Counts a delivery of `event`; `from_subject`: the name holds subject tokens
+    /// (see [`Families::event_label`]).
+    pub fn delivery(&self, event: &str, from_subject: bool, outcome: Outcome) {
         let success = outcome == Outcome::Success;
         if success {
             if let Ok(successes) = self.successes.read() {
@@ -262,13 +331,18 @@ impl EndpointMetrics {
                 }
             }
         }
+        let label = match from_subject {
+            true => self.families.event_label(&self.name, event),
+            false => event,
+        };
         let counter = self.families.deliveries.with_label_values(&[
             self.name.as_str(),
-            event,
+            label,
             outcome.as_str(),
         ]);
         counter.inc();
-        if success {
+        // Only names with a series of their own: the cache stays as bounded as they.
+        if success && label == event {
             if let Ok(mut successes) = self.successes.write() {
                 successes.insert(event.to_string(), counter);
             }
@@ -483,6 +557,7 @@ impl Metrics {
             ingress_duration,
             tracing_dropped: Default::default(),
             fanout_pending: Default::default(),
+            subject_events: Default::default(),
         }))
     }
 
@@ -557,6 +632,7 @@ impl Metrics {
         for vec in [&self.deliveries, &self.attempts] {
             remove_endpoint_series(vec, endpoint);
         }
+        self.forget_subject_events(endpoint);
         let one = [endpoint];
         // An error means the series was never created: nothing to remove.
         let _ = self.duration.remove_label_values(&one);
@@ -619,9 +695,9 @@ mod tests {
         let m = Metrics::new();
         let e = m.endpoint("crm");
         for event in ["a", "a", "b", "a", "b", "b", "b"] {
-            e.delivery(event, Outcome::Success);
+            e.delivery(event, false, Outcome::Success);
         }
-        e.delivery("a", Outcome::Retry);
+        e.delivery("a", false, Outcome::Retry);
         let text = String::from_utf8(m.render()).unwrap();
         for needle in [
             "natshook_deliveries_total{endpoint=\"crm\",event=\"a\",outcome=\"success\"} 3",
@@ -638,8 +714,8 @@ mod tests {
         for name in ["gone", "kept"] {
             let e = m.endpoint(name);
             e.create();
-            e.delivery("a", Outcome::Success);
-            e.delivery("b", Outcome::DeadLetter);
+            e.delivery("a", false, Outcome::Success);
+            e.delivery("b", true, Outcome::DeadLetter);
             e.attempt(AttemptStatus::Class(500));
             e.paused.set(1);
         }
@@ -664,10 +740,47 @@ mod tests {
     }
 
     #[test]
+    fn event_names_made_from_subjects_are_bounded_and_the_mapping_s_own_are_not() {
+        let m = Metrics::new();
+        let e = m.endpoint("crm");
+        for i in 0..SUBJECT_EVENTS_PER_ENDPOINT + 50 {
+            e.delivery(&format!("ticket.t{i}"), true, Outcome::Success);
+        }
+        // Admitted before the bound was reached, a name keeps its series.
+        e.delivery("ticket.t0", true, Outcome::Retry);
+        e.delivery("lead.created", false, Outcome::Success);
+        let text = String::from_utf8(m.render()).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("natshook_deliveries_total{"))
+            .count();
+        assert_eq!(series, SUBJECT_EVENTS_PER_ENDPOINT + 3, "{text}");
+        for needle in [
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"(other)\",outcome=\"success\"} 50",
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"ticket.t0\",outcome=\"retry\"} 1",
+            "natshook_deliveries_total{endpoint=\"crm\",event=\"lead.created\",outcome=\"success\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle}\n{text}");
+        }
+        // Another endpoint has room of its own; a forgotten one gives its room back.
+        m.endpoint("other")
+            .delivery("ticket.x", true, Outcome::Success);
+        assert!(String::from_utf8(m.render())
+            .unwrap()
+            .contains("endpoint=\"other\",event=\"ticket.x\""));
+        m.forget_endpoint("crm");
+        let again = m.endpoint("crm");
+        again.delivery("ticket.new", true, Outcome::Success);
+        assert!(String::from_utf8(m.render())
+            .unwrap()
+            .contains("endpoint=\"crm\",event=\"ticket.new\""));
+    }
+
+    #[test]
     fn contract_names_are_exposed() {
         let m = Metrics::new();
         let e = m.endpoint("crm");
-        e.delivery("lead.created", Outcome::Success);
+        e.delivery("lead.created", false, Outcome::Success);
         e.attempt(AttemptStatus::Class(503));
         e.attempt(AttemptStatus::Timeout);
         let text = String::from_utf8(m.render()).unwrap();

@@ -964,3 +964,51 @@ async fn consumer_pending_counts_a_paused_endpoints_backlog() {
 async fn consumer_pending_counts_a_paused_fan_out_endpoints_backlog() {
     pending_follows_a_paused_backlog("[delivery]\nfan_out = true\n").await;
 }
+
+/// Event names a `{n}` template makes of subject tokens are as many as publishers
+/// make: past 100 per endpoint they share `event="(other)"`, so a publisher cannot
+/// grow the scrape (and natshook's memory) without end. Every message is still
+/// delivered under its own event name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_names_made_from_subjects_have_bounded_series() {
+    const KINDS: usize = 130;
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let tickets = (0..KINDS)
+        .map(|i| {
+            (
+                format!("helpdesk.ticket.kind{i}"),
+                Bytes::from_static(b"{}"),
+                Some(format!("t-{i}")),
+            )
+        })
+        .collect();
+    publish_all(&js, tickets).await;
+    rx.wait_for(Duration::from_secs(20), "every ticket", |r| {
+        r.delivered_ids().len() == KINDS
+    })
+    .await;
+    let events: BTreeSet<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.header("x-webhook-event").to_string())
+        .collect();
+    assert_eq!(events.len(), KINDS, "each request names its own event");
+    let other = "natshook_deliveries_total{endpoint=\"a\",event=\"(other)\",outcome=\"success\"}";
+    wait_until(Duration::from_secs(10), "all counted", || async {
+        natshook.metric(other).await == Some((KINDS - 100) as f64)
+    })
+    .await;
+    let metrics = natshook.metrics().await;
+    let series = metrics
+        .lines()
+        .filter(|l| l.starts_with("natshook_deliveries_total{endpoint=\"a\""))
+        .count();
+    assert_eq!(series, 101, "{metrics}");
+    assert!(natshook
+        .logs()
+        .contains("too many event names made from subject tokens"));
+}

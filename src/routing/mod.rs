@@ -251,6 +251,11 @@ impl EventTemplate {
         &self.text
     }
 
+    /// The same event name for every subject.
+    fn is_literal(&self) -> bool {
+        matches!(self.pieces.as_slice(), [Piece::Text(_)])
+    }
+
     /// Renders the event name for `subject`, which must match the rule's pattern.
     fn render(&self, subject: &str) -> String {
         if let [Piece::Text(only)] = self.pieces.as_slice() {
@@ -387,6 +392,9 @@ impl EventRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapped {
     pub event: String,
+    /// The event name holds subject tokens (a `{n}` template): its values are as many
+    /// as publishers make, so its metric label is bounded.
+    pub event_from_subject: bool,
     /// `None` when the rule has no tenant source, or the message lacks a usable one.
     pub tenant: Option<String>,
 }
@@ -427,6 +435,7 @@ impl Router {
         let rule = self.rules.iter().find(|r| r.subject.matches(subject))?;
         Some(Mapped {
             event: rule.event.render(subject),
+            event_from_subject: !rule.event.is_literal(),
             tenant: rule
                 .tenant
                 .as_ref()

@@ -305,8 +305,14 @@ fn messages_take_their_tenant_from_the_subject_a_literal_or_a_header() {
         r.route("events.org_1.ticket.created", []),
         Some(Mapped {
             event: "ticket.created".into(),
+            event_from_subject: false,
             tenant: Some("org_1".into())
         })
+    );
+    assert_eq!(
+        r.route("acme.lead.won", [])
+            .map(|m| (m.event, m.event_from_subject)),
+        Some(("lead.won".into(), true))
     );
     assert_eq!(tenant("acme.lead.won", &[]).as_deref(), Some("acme"));
     assert_eq!(

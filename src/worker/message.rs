@@ -79,6 +79,8 @@ struct Routed<'m> {
     msg: &'m jetstream::Message,
     meta: MessageMeta,
     event: String,
+    /// See [`crate::routing::Mapped::event_from_subject`].
+    event_from_subject: bool,
     tenant: Option<String>,
     id: String,
 }
@@ -162,6 +164,7 @@ impl Worker {
             msg,
             meta,
             event: mapped.event,
+            event_from_subject: mapped.event_from_subject,
             tenant: mapped.tenant,
             id,
         })
@@ -312,7 +315,8 @@ impl Worker {
             self.ack(msg, AckKind::Ack).await;
             self.last_success_ms.store(now, Ordering::Relaxed);
             self.breaker.record_success();
-            self.metrics.delivery(event, Outcome::Success);
+            self.metrics
+                .delivery(event, m.event_from_subject, Outcome::Success);
             if let Ok(age) = settled.duration_since(m.meta.published) {
                 self.metrics.end_to_end.observe(age.as_secs_f64());
             }
@@ -333,7 +337,8 @@ impl Worker {
             Decision::Ack => {}
             Decision::Pause(delay) => {
                 self.breaker.pause(PauseReason::Gone);
-                self.metrics.delivery(event, Outcome::Retry);
+                self.metrics
+                    .delivery(event, m.event_from_subject, Outcome::Retry);
                 self.retry_later(m, delay).await;
             }
             Decision::DeadLetter => {
@@ -348,7 +353,8 @@ impl Worker {
                 Box::pin(self.dead_letter(m, attempt, Some(&result), reason)).await;
             }
             Decision::Retry(delay) => {
-                self.metrics.delivery(event, Outcome::Retry);
+                self.metrics
+                    .delivery(event, m.event_from_subject, Outcome::Retry);
                 self.retry_later(m, delay).await;
             }
         }
@@ -407,7 +413,8 @@ impl Worker {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.ack(m.msg, AckKind::Ack).await;
                 self.metrics.dead_letters.inc();
-                self.metrics.delivery(event, Outcome::DeadLetter);
+                self.metrics
+                    .delivery(event, m.event_from_subject, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {
                     facts: EventFacts::now(&self.endpoint.name, m.tenant.as_deref(), code, reason),
                     id: m.id.clone(),
@@ -421,7 +428,8 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
-                self.metrics.delivery(event, Outcome::Retry);
+                self.metrics
+                    .delivery(event, m.event_from_subject, Outcome::Retry);
                 self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
                     .await;
             }
