@@ -187,6 +187,8 @@ pub struct Families {
     /// Registered only with `[delivery] fan_out` (see [`Metrics::fanout_pending`]).
     fanout_pending: std::sync::OnceLock<IntGauge>,
     subject_events: std::sync::Mutex<SubjectEvents>,
+    /// Registered only with `[registry]` (see [`Metrics::registry_unserved`]).
+    registry_unserved: std::sync::OnceLock<IntGauge>,
 }
 
 impl Families {
@@ -558,6 +560,7 @@ impl Metrics {
             tracing_dropped: Default::default(),
             fanout_pending: Default::default(),
             subject_events: Default::default(),
+            registry_unserved: Default::default(),
         }))
     }
 
@@ -571,6 +574,22 @@ impl Metrics {
             let g = IntGauge::new(
                 "natshook_fanout_pending",
                 "Source messages not yet copied to every endpoint ([delivery] fan_out).",
+            )
+            .expect("static metric definition");
+            register(&self.registry, g)
+        })
+    }
+
+    /// `natshook_registry_unserved_endpoints`: runtime endpoints stored in the registry
+    /// that this process does not serve, because the record no longer passes
+    /// validation against its config (a mapping or default changed since, say). The
+    /// admin API shows why for each; this is what an alert watches. Registered on first
+    /// use, so a natshook without `[registry]` does not show it.
+    pub fn registry_unserved(&self) -> &IntGauge {
+        self.registry_unserved.get_or_init(|| {
+            let g = IntGauge::new(
+                "natshook_registry_unserved_endpoints",
+                "Runtime endpoints in the registry this process does not serve (invalid against its config).",
             )
             .expect("static metric definition");
             register(&self.registry, g)

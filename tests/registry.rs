@@ -1761,6 +1761,8 @@ async fn a_stored_endpoint_that_cannot_be_served_says_why() {
         "{listed}"
     );
     assert!(n.logs().contains("invalid registry endpoint; not served"));
+    let gauge = "natshook_registry_unserved_endpoints";
+    assert_eq!(n.metric(gauge).await, Some(1.0));
 
     let fixed = json!({ "url": s.rx.url("/acme") }).to_string();
     let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(&fixed)).await;
@@ -1770,4 +1772,5 @@ async fn a_stored_endpoint_that_cannot_be_served_says_why() {
         one.get("problems").is_none() && one["bound"] == true
     })
     .await;
+    assert_eq!(n.metric(gauge).await, Some(0.0));
 }

@@ -218,8 +218,12 @@ impl Supervisor {
         if let Ok(mut r) = self.records.write() {
             *r = runtime.records();
         }
+        let unserved = runtime.unserved();
+        self.metrics()
+            .registry_unserved()
+            .set(i64::try_from(unserved.len()).unwrap_or(i64::MAX));
         if let Ok(mut u) = self.unserved.write() {
-            *u = runtime.unserved();
+            *u = unserved;
         }
     }
 
