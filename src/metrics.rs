@@ -570,14 +570,11 @@ impl Metrics {
     /// falls behind shows here and nowhere else. Registered on first use, so a natshook
     /// without `fan_out` does not show it.
     pub fn fanout_pending(&self) -> &IntGauge {
-        self.fanout_pending.get_or_init(|| {
-            let g = IntGauge::new(
-                "natshook_fanout_pending",
-                "Source messages not yet copied to every endpoint ([delivery] fan_out).",
-            )
-            .expect("static metric definition");
-            register(&self.registry, g)
-        })
+        self.gauge_on_first_use(
+            &self.fanout_pending,
+            "natshook_fanout_pending",
+            "Source messages not yet copied to every endpoint ([delivery] fan_out).",
+        )
     }
 
     /// `natshook_registry_unserved_endpoints`: runtime endpoints stored in the registry
@@ -586,12 +583,21 @@ impl Metrics {
     /// admin API shows why for each; this is what an alert watches. Registered on first
     /// use, so a natshook without `[registry]` does not show it.
     pub fn registry_unserved(&self) -> &IntGauge {
-        self.registry_unserved.get_or_init(|| {
-            let g = IntGauge::new(
-                "natshook_registry_unserved_endpoints",
-                "Runtime endpoints in the registry this process does not serve (invalid against its config).",
-            )
-            .expect("static metric definition");
+        self.gauge_on_first_use(
+            &self.registry_unserved,
+            "natshook_registry_unserved_endpoints",
+            "Runtime endpoints in the registry this process does not serve (invalid against its config).",
+        )
+    }
+
+    fn gauge_on_first_use<'a>(
+        &'a self,
+        slot: &'a std::sync::OnceLock<IntGauge>,
+        name: &str,
+        help: &str,
+    ) -> &'a IntGauge {
+        slot.get_or_init(|| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
             register(&self.registry, g)
         })
     }
