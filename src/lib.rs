@@ -72,6 +72,7 @@ pub mod payload_filter;
 pub mod pem;
 pub mod rate_limit;
 pub mod registrar;
+pub mod retirement;
 pub mod route_path;
 pub mod routing;
 pub mod secret;

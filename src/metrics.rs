@@ -8,6 +8,8 @@
 //! hash label values for them.
 
 use prometheus::core::Collector;
+
+use crate::retirement::Retirement;
 use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -262,6 +264,7 @@ pub struct EndpointMetrics {
     name: String,
     families: Metrics,
     children: std::sync::Arc<std::sync::OnceLock<EndpointChildren>>,
+    retirement: Retirement,
 }
 
 /// The series of one endpoint.
@@ -290,22 +293,35 @@ impl std::ops::Deref for EndpointMetrics {
 
     fn deref(&self) -> &EndpointChildren {
         self.children.get_or_init(|| {
-            let m = &self.families;
-            let e = [self.name.as_str()];
-            EndpointChildren {
-                attempt_children: Default::default(),
-                duration: m.duration.with_label_values(&e),
-                end_to_end: m.end_to_end.with_label_values(&e),
-                paused: m.paused.with_label_values(&e),
-                consecutive_failures: m.consecutive_failures.with_label_values(&e),
-                inflight: m.inflight.with_label_values(&e),
-                pending: m.pending.with_label_values(&e),
-                dead_letters: m.dead_letters.with_label_values(&e),
-                rate_limit_wait: m.rate_limit_wait.with_label_values(&e),
-                filtered: m.filtered.with_label_values(&e),
-                successes: Default::default(),
-            }
+            self.retirement
+                .unless_retired(|| children_in(&self.families, &self.name))
+                // Retired: counted apart from the registry natshook serves.
+                .unwrap_or_else(|| children_in(retired_families(), "retired"))
         })
+    }
+}
+
+/// Where a retired endpoint's late work counts: a registry nobody scrapes, one set of
+/// series for all of them.
+fn retired_families() -> &'static Families {
+    static RETIRED: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    RETIRED.get_or_init(Metrics::new)
+}
+
+fn children_in(m: &Families, name: &str) -> EndpointChildren {
+    let e = [name];
+    EndpointChildren {
+        attempt_children: Default::default(),
+        duration: m.duration.with_label_values(&e),
+        end_to_end: m.end_to_end.with_label_values(&e),
+        paused: m.paused.with_label_values(&e),
+        consecutive_failures: m.consecutive_failures.with_label_values(&e),
+        inflight: m.inflight.with_label_values(&e),
+        pending: m.pending.with_label_values(&e),
+        dead_letters: m.dead_letters.with_label_values(&e),
+        rate_limit_wait: m.rate_limit_wait.with_label_values(&e),
+        filtered: m.filtered.with_label_values(&e),
+        successes: Default::default(),
     }
 }
 
@@ -333,32 +349,54 @@ impl EndpointMetrics {
                 }
             }
         }
-        let label = match from_subject {
-            true => self.families.event_label(&self.name, event),
-            false => event,
-        };
-        let counter = self.families.deliveries.with_label_values(&[
-            self.name.as_str(),
-            label,
-            outcome.as_str(),
-        ]);
-        counter.inc();
-        // Only names with a series of their own: the cache stays as bounded as they.
-        if success && label == event {
-            if let Ok(mut successes) = self.successes.write() {
-                successes.insert(event.to_string(), counter);
+        self.retirement.unless_retired(|| {
+            let label = match from_subject {
+                true => self.families.event_label(&self.name, event),
+                false => event,
+            };
+            let counter = self.families.deliveries.with_label_values(&[
+                self.name.as_str(),
+                label,
+                outcome.as_str(),
+            ]);
+            counter.inc();
+            // Only names with a series of their own: the cache stays as bounded as they.
+            if success && label == event {
+                if let Ok(mut successes) = self.successes.write() {
+                    successes.insert(event.to_string(), counter);
+                }
             }
-        }
+        });
+    }
+
+    /// Removes the endpoint's series (it is gone and drained); what this handle would
+    /// count from now on counts nowhere, so nothing brings them back. An endpoint
+    /// created again under the name has handles of its own.
+    pub fn retire(&self) {
+        self.retirement
+            .retire(|| self.families.forget_endpoint(&self.name));
+    }
+
+    /// Shared with the other parts of the endpoint's worker.
+    pub fn retirement(&self) -> &Retirement {
+        &self.retirement
     }
 
     pub fn attempt(&self, status: AttemptStatus) {
-        self.attempt_children[status.index()]
-            .get_or_init(|| {
-                self.families
-                    .attempts
-                    .with_label_values(&[self.name.as_str(), status.label()])
-            })
-            .inc();
+        let child = &self.attempt_children[status.index()];
+        if let Some(counter) = child.get() {
+            counter.inc();
+            return;
+        }
+        self.retirement.unless_retired(|| {
+            child
+                .get_or_init(|| {
+                    self.families
+                        .attempts
+                        .with_label_values(&[self.name.as_str(), status.label()])
+                })
+                .inc()
+        });
     }
 }
 
@@ -646,6 +684,7 @@ impl Metrics {
             name: endpoint.to_string(),
             families: self.clone(),
             children: Default::default(),
+            retirement: Retirement::default(),
         }
     }
 
@@ -760,6 +799,39 @@ mod tests {
         );
         assert!(
             !text.contains("natshook_deliveries_total{endpoint=\"gone\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_retired_endpoint_s_late_work_brings_no_series_back() {
+        let m = Metrics::new();
+        let old = m.endpoint("x");
+        old.delivery("a", false, Outcome::Success);
+        old.retire();
+        let late = m.endpoint("x");
+        let late_in_old = old.clone();
+        late_in_old.delivery("b", true, Outcome::Retry);
+        late_in_old.attempt(AttemptStatus::Timeout);
+        late_in_old.paused.set(1);
+        // Retired before its series were made (an idle fan-out endpoint).
+        let idle = m.endpoint("y");
+        idle.retire();
+        idle.paused.set(1);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("endpoint=\"x\""), "{text}");
+        assert!(!text.contains("endpoint=\"y\""), "{text}");
+        // A handle made after the retirement (a worker created again) is not retired.
+        late.delivery("a", false, Outcome::Success);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                "natshook_deliveries_total{endpoint=\"x\",event=\"a\",outcome=\"success\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("natshook_endpoint_paused{endpoint=\"x\"} 0"),
             "{text}"
         );
     }

@@ -663,6 +663,40 @@ async fn a_deleted_endpoint_s_series_and_pause_go_with_it() {
     deliver_org_1(js, rx, 1, "second", 3).await;
 }
 
+/// An endpoint deleted while disabled has no worker to drain; its consumer, log and
+/// pause go all the same, so one created again under the name starts unpaused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("off", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "off").await;
+    deliver_org_1(js, rx, 1, "first", 1).await;
+    let (status, paused) = api(n, "POST", "/api/endpoints/off/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+    let off = r#"{"enabled": false}"#;
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/off", Some(off)).await;
+    assert_eq!(status, 200, "{changed}");
+    wait_until(Duration::from_secs(10), "the worker stopped", || async {
+        !n.metrics().await.contains("endpoint=\"off\"")
+    })
+    .await;
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    assert!(
+        stream.consumer_info("natshook-off").await.is_ok(),
+        "a disabled endpoint keeps its consumer"
+    );
+
+    delete_until_gone(n, js, "off").await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("off", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "off").await;
+    let (_, state) = api(n, "GET", "/api/endpoints/off", None).await;
+    assert_eq!(state["paused"], false, "{state}");
+    deliver_org_1(js, rx, 1, "second", 2).await;
+}
+
 /// `hex` sends one signature: the old secret goes on signing alone until the grace
 /// ends, so a receiver that holds it verifies every request while it switches over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,11 +172,14 @@ impl Worker {
         let em = shared.metrics.endpoint(&endpoint.name);
         let announcer = Arc::clone(shared);
         let name = endpoint.name.clone();
+        let retirement = em.retirement().clone();
         let breaker = Arc::new(
             Breaker::new(&endpoint.name, endpoint.disable_after_failures, em.clone())
                 .announcing(Box::new(move |reason| {
                     let state = &announcer.pause_state;
-                    state.announce(&name, reason.map(|r| state.record(r.into())));
+                    retirement.unless_retired(|| {
+                        state.announce(&name, reason.map(|r| state.record(r.into())))
+                    });
                 }))
                 .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
@@ -212,6 +215,13 @@ impl Worker {
             )),
             endpoint,
         }
+    }
+
+    /// Ends the effects of a removed endpoint's worker once it has drained: its series
+    /// leave `/metrics`, and a late delivery (one the fan-out's lane started) neither
+    /// brings them back nor pauses an endpoint created later under the name.
+    pub fn retire(&self) {
+        self.metrics.retire();
     }
 
     /// The endpoint as the worker was started. Its `rate_limit` follows reloads in

@@ -138,6 +138,11 @@ impl Shared {
         &self.consumer_prefix
     }
 
+    /// The source stream (`nats.stream`).
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+
     /// Sets how many endpoints run, before they start: a consumer bound after it sees
     /// the whole set.
     pub fn set_endpoints(&self, count: usize) {

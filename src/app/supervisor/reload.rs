@@ -146,92 +146,40 @@ impl Supervisor {
         self.publish_snapshot(&running);
         for old in to_drain {
             let name = old.worker.endpoint().name.clone();
-            let consumer = old.worker.consumer_name().to_string();
-            let stream = old.worker.consumer_stream().to_string();
-            // A deleted endpoint's copies on the work stream go with it.
-            let copies = self
-                .shared
-                .work_stream()
-                .filter(|_| old.worker.fans_out())
-                .map(|w| {
-                    (
-                        w.subject(&name),
-                        w.lane_name().to_string(),
-                        w.lane_subject(&name),
-                    )
-                });
+            let worker = Arc::clone(&old.worker);
             let drained = old.drain();
-            let gone = !running.contains_key(&name);
-            // Its series go once it has drained, unless it is served again by then.
-            let series = gone.then(|| {
-                let (running, metrics, name) = (
-                    Arc::clone(&self.running),
-                    self.metrics().clone(),
-                    name.clone(),
-                );
-                async move {
-                    // Under the lock, so no worker of the name starts in between and
-                    // has its series removed.
-                    if !running.lock().await.contains_key(&name) {
-                        metrics.forget_endpoint(&name);
-                    }
+            if running.contains_key(&name) {
+                // Replaced: its successor runs on.
+                self.draining.spawn(drained);
+                continue;
+            }
+            let gone = self.when_gone(name.clone(), move || worker.retire());
+            let leftovers = forget
+                .contains(&name)
+                .then(|| self.remove_leftovers(name.clone()));
+            self.draining.spawn(async move {
+                drained.await;
+                if !gone.await {
+                    tracing::info!(endpoint = %name, "created again while the removed one drained; its consumer, copies, log and series stay");
+                    return;
+                }
+                if let Some(leftovers) = leftovers {
+                    leftovers.await;
                 }
             });
-            if forget.contains(&name) && gone {
-                let js = self.shared.js().clone();
-                let log = self.shared.delivery_log().cloned();
-                let pause_state = self.shared.pause_state().clone();
-                let serving = Arc::clone(&self.snapshot);
-                self.draining.spawn(async move {
-                    drained.await;
-                    if let Some(series) = series {
-                        series.await;
-                    }
-                    // Created again under the name while the old one drained: what
-                    // follows would delete the new endpoint's consumer, copies and log.
-                    let again = serving
-                        .read()
-                        .map(|w| w.iter().any(|w| w.endpoint().name == name))
-                        .unwrap_or(false);
-                    if again {
-                        tracing::info!(endpoint = %name, "created again while the deleted one drained; its consumer, copies and log stay");
-                        return;
-                    }
-                    match js.delete_consumer_from_stream(&consumer, &stream).await {
-                        Ok(_) => tracing::info!(%consumer, "deleted endpoint's consumer removed"),
-                        Err(e) => tracing::debug!(%consumer, error = %e, "consumer not removed"),
-                    }
-                    // After the drain: the last deliveries' records go too.
-                    if let Some(log) = log {
-                        if let Err(e) = log.forget(&name).await {
-                            tracing::warn!(error = %e, "deleted endpoint's delivery log kept");
-                        }
-                    }
-                    // An endpoint created later under the name is another one: it
-                    // starts unpaused.
-                    if let Err(e) = pause_state.resume_now(&name).await {
-                        tracing::warn!(endpoint = %name, error = %e, "deleted endpoint's pause state kept");
-                    }
-                    if let Some((subject, lane, on_lane)) = copies {
-                        for (stream, subject) in [(stream.as_str(), subject), (lane.as_str(), on_lane)] {
-                            let purged = match js.get_stream(stream).await {
-                                Ok(s) => s.purge().filter(subject.as_str()).await.map(drop).map_err(|e| e.to_string()),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            if let Err(e) = purged {
-                                tracing::warn!(%subject, error = %e, "deleted endpoint's copies not purged");
-                            }
-                        }
-                    }
-                });
-            } else {
-                self.draining.spawn(async move {
-                    drained.await;
-                    if let Some(series) = series {
-                        series.await;
-                    }
-                });
+        }
+        // Deleted while disabled: no worker to drain, the rest goes the same way.
+        for name in forget {
+            if running.contains_key(name) || summary.removed.contains(name) {
+                continue;
             }
+            let gone = self.when_gone(name.clone(), || {});
+            let leftovers = self.remove_leftovers(name.clone());
+            self.draining.spawn(async move {
+                if gone.await {
+                    leftovers.await;
+                }
+            });
         }
         if let Ok(mut r) = self.router.write() {
             *r = router;
@@ -244,6 +192,88 @@ impl Supervisor {
         // The workers hold the endpoints: no second copy of thousands here.
         current.router = new.router;
         Ok(summary)
+    }
+
+    /// Resolves to whether no worker serves `name` once it is awaited, running `then`
+    /// if so, both under the lock of the running set: no worker of the name starts in
+    /// between and has its series or consumer taken away.
+    fn when_gone(
+        &self,
+        name: String,
+        then: impl FnOnce() + Send + 'static,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let running = Arc::clone(&self.running);
+        async move {
+            let running = running.lock().await;
+            let gone = !running.contains_key(&name);
+            if gone {
+                then();
+            }
+            gone
+        }
+    }
+
+    /// Removes what a deleted runtime endpoint leaves in JetStream once nothing
+    /// delivers for it: its consumer (on the source stream, or with `fan_out` on its
+    /// work stream: both are tried), its copies, its delivery log and its pause, so an
+    /// endpoint created later under the name (another customer's, say) starts from
+    /// nothing, unpaused.
+    fn remove_leftovers(
+        &self,
+        name: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let js = self.shared.js().clone();
+        let log = self.shared.delivery_log().cloned();
+        let pause_state = self.shared.pause_state().clone();
+        let serving = Arc::clone(&self.snapshot);
+        let consumer = crate::worker::consumer_name(self.shared.consumer_prefix(), &name);
+        let mut streams = vec![self.shared.stream_name().to_string()];
+        let mut copies = Vec::new();
+        if let Some(w) = self.shared.work_stream() {
+            streams.push(w.name_of(&name).to_string());
+            copies.push((w.name_of(&name).to_string(), w.subject(&name)));
+            copies.push((w.lane_name().to_string(), w.lane_subject(&name)));
+        }
+        async move {
+            for stream in &streams {
+                match js.delete_consumer_from_stream(&consumer, stream).await {
+                    Ok(_) => {
+                        tracing::info!(%consumer, %stream, "deleted endpoint's consumer removed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(%consumer, %stream, error = %e, "consumer not removed")
+                    }
+                }
+            }
+            if let Some(log) = log {
+                if let Err(e) = log.forget(&name).await {
+                    tracing::warn!(error = %e, "deleted endpoint's delivery log kept");
+                }
+            }
+            for (stream, subject) in copies {
+                let purged = match js.get_stream(&stream).await {
+                    Ok(s) => s
+                        .purge()
+                        .filter(subject.as_str())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = purged {
+                    tracing::warn!(%subject, error = %e, "deleted endpoint's copies not purged");
+                }
+            }
+            // Queued after every pause the retired worker announced, so none of them
+            // lands after it; not when created again meanwhile.
+            let again = serving
+                .read()
+                .map(|w| w.iter().any(|w| w.endpoint().name == name))
+                .unwrap_or(true);
+            if !again {
+                pause_state.announce(&name, None);
+            }
+        }
     }
 
     /// Re-reads the config file; an invalid one is logged and the running one stays.
