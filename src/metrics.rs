@@ -202,7 +202,13 @@ impl Families {
             return OTHER_EVENT;
         };
         let seen = &mut *seen;
-        let mine = seen.by_endpoint.entry(endpoint.to_string()).or_default();
+        if !seen.by_endpoint.contains_key(endpoint) {
+            seen.by_endpoint
+                .insert(endpoint.to_string(), EndpointEvents::default());
+        }
+        let Some(mine) = seen.by_endpoint.get_mut(endpoint) else {
+            return OTHER_EVENT;
+        };
         if mine.names.contains(event) {
             return event;
         }
