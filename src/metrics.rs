@@ -135,16 +135,20 @@ pub const OTHER_EVENT: &str = "(other)";
 const SUBJECT_EVENTS_PER_ENDPOINT: usize = 100;
 const SUBJECT_EVENTS_TOTAL: usize = 10_000;
 
-/// The event names made from subject tokens that have series, by endpoint.
+/// The `event` labels each endpoint has `natshook_deliveries_total` series under, so
+/// that they can be removed by name, and the bound on those made from subject tokens.
 #[derive(Default)]
-struct SubjectEvents {
+struct EventLabels {
     by_endpoint: std::collections::HashMap<String, EndpointEvents>,
-    total: usize,
+    /// Names made from subject tokens with series of their own, over all endpoints.
+    from_subject: usize,
 }
 
 #[derive(Default)]
 struct EndpointEvents {
-    names: std::collections::HashSet<String>,
+    labels: std::collections::HashSet<String>,
+    /// How many of `labels` are names made from subject tokens.
+    from_subject: usize,
     /// The bound was reported for this endpoint.
     warned: bool,
 }
@@ -188,17 +192,18 @@ pub struct Families {
     tracing_dropped: std::sync::Arc<std::sync::OnceLock<IntCounterVec>>,
     /// Registered only with `[delivery] fan_out` (see [`Metrics::fanout_pending`]).
     fanout_pending: std::sync::OnceLock<IntGauge>,
-    subject_events: std::sync::Mutex<SubjectEvents>,
+    event_labels: std::sync::Mutex<EventLabels>,
     /// Registered only with `[registry]` (see [`Metrics::registry_unserved`]).
     registry_unserved: std::sync::OnceLock<IntGauge>,
 }
 
 impl Families {
-    /// The `event` label for `event` of `endpoint`, a name made from subject tokens:
-    /// itself while the bounds leave room (a name once admitted stays), otherwise
-    /// [`OTHER_EVENT`]. Names from the mapping itself are few and always their own.
-    fn event_label<'e>(&self, endpoint: &str, event: &'e str) -> &'e str {
-        let Ok(mut seen) = self.subject_events.lock() else {
+    /// The `event` label for `event` of `endpoint`, noted so that the series can be
+    /// removed with the endpoint. A name the mapping states outright (not
+    /// `from_subject`) is its own label; one made from subject tokens is while the
+    /// bounds leave room (a name once admitted stays), otherwise [`OTHER_EVENT`].
+    fn event_label<'e>(&self, endpoint: &str, event: &'e str, from_subject: bool) -> &'e str {
+        let Ok(mut seen) = self.event_labels.lock() else {
             return OTHER_EVENT;
         };
         let seen = &mut *seen;
@@ -209,15 +214,23 @@ impl Families {
         let Some(mine) = seen.by_endpoint.get_mut(endpoint) else {
             return OTHER_EVENT;
         };
-        if mine.names.contains(event) {
+        if mine.labels.contains(event) {
             return event;
         }
-        if mine.names.len() < SUBJECT_EVENTS_PER_ENDPOINT && seen.total < SUBJECT_EVENTS_TOTAL {
-            mine.names.insert(event.to_string());
-            seen.total += 1;
+        if !from_subject {
+            mine.labels.insert(event.to_string());
+            return event;
+        }
+        if mine.from_subject < SUBJECT_EVENTS_PER_ENDPOINT
+            && seen.from_subject < SUBJECT_EVENTS_TOTAL
+        {
+            mine.labels.insert(event.to_string());
+            mine.from_subject += 1;
+            seen.from_subject += 1;
             return event;
         }
         if !std::mem::replace(&mut mine.warned, true) {
+            mine.labels.insert(OTHER_EVENT.to_string());
             tracing::warn!(
                 endpoint,
                 per_endpoint = SUBJECT_EVENTS_PER_ENDPOINT,
@@ -229,13 +242,17 @@ impl Families {
         OTHER_EVENT
     }
 
-    /// Gives back the room `endpoint`'s names took (its series are gone).
-    fn forget_subject_events(&self, endpoint: &str) {
-        if let Ok(mut seen) = self.subject_events.lock() {
-            if let Some(mine) = seen.by_endpoint.remove(endpoint) {
-                seen.total -= mine.names.len();
-            }
-        }
+    /// The `event` labels `endpoint` had series under, forgotten with them (and the
+    /// room its names made from subject tokens took given back).
+    fn take_event_labels(&self, endpoint: &str) -> Vec<String> {
+        let Ok(mut seen) = self.event_labels.lock() else {
+            return Vec::new();
+        };
+        let Some(mine) = seen.by_endpoint.remove(endpoint) else {
+            return Vec::new();
+        };
+        seen.from_subject -= mine.from_subject;
+        mine.labels.into_iter().collect()
     }
 }
 
@@ -356,10 +373,7 @@ impl EndpointMetrics {
             }
         }
         self.retirement.unless_retired(|| {
-            let label = match from_subject {
-                true => self.families.event_label(&self.name, event),
-                false => event,
-            };
+            let label = self.families.event_label(&self.name, event, from_subject);
             let counter = self.families.deliveries.with_label_values(&[
                 self.name.as_str(),
                 label,
@@ -417,23 +431,6 @@ fn register<M: Collector + Clone + 'static>(r: &Registry, m: M) -> M {
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
     register(r, c)
-}
-
-/// Removes the series of `vec` labelled `endpoint`, whatever their other labels (the
-/// events an endpoint delivered are known only to the family).
-fn remove_endpoint_series(vec: &IntCounterVec, endpoint: &str) {
-    for family in vec.collect() {
-        for metric in family.get_metric() {
-            let labels: std::collections::HashMap<&str, &str> = metric
-                .get_label()
-                .iter()
-                .map(|l| (l.name(), l.value()))
-                .collect();
-            if labels.get("endpoint") == Some(&endpoint) {
-                let _ = vec.remove(&labels);
-            }
-        }
-    }
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
@@ -603,7 +600,7 @@ impl Metrics {
             ingress_duration,
             tracing_dropped: Default::default(),
             fanout_pending: Default::default(),
-            subject_events: Default::default(),
+            event_labels: Default::default(),
             registry_unserved: Default::default(),
         }))
     }
@@ -699,12 +696,18 @@ impl Metrics {
     /// endpoints grows its scrape for good, and an endpoint deleted while paused keeps
     /// `natshook_endpoint_paused` at 1, and the alert on it firing.
     pub fn forget_endpoint(&self, endpoint: &str) {
-        for vec in [&self.deliveries, &self.attempts] {
-            remove_endpoint_series(vec, endpoint);
-        }
-        self.forget_subject_events(endpoint);
-        let one = [endpoint];
         // An error means the series was never created: nothing to remove.
+        for event in self.take_event_labels(endpoint) {
+            for outcome in [Outcome::Success, Outcome::Retry, Outcome::DeadLetter] {
+                let _ = self
+                    .deliveries
+                    .remove_label_values(&[endpoint, &event, outcome.as_str()]);
+            }
+        }
+        for status in ATTEMPT_LABELS {
+            let _ = self.attempts.remove_label_values(&[endpoint, status]);
+        }
+        let one = [endpoint];
         let _ = self.duration.remove_label_values(&one);
         let _ = self.end_to_end.remove_label_values(&one);
         for gauge in [
