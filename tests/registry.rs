@@ -697,6 +697,41 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
     deliver_org_1(js, rx, 1, "second", 2).await;
 }
 
+/// With `fan_out`, deliveries the lane started outlive the deleted endpoint's drain:
+/// their failures must not land in the log that goes with it, where an endpoint
+/// created again under the name (another customer's, say) would read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_deleted_endpoint_s_late_failures_stay_out_of_the_next_one_s_log() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let slow = Receiver::with(|_| Reply::status(500).delay(Duration::from_millis(400))).await;
+    let config = format!(
+        "{}\n[delivery]\nfan_out = true\n",
+        config(&nats, &file_rx, "")
+    );
+    let n = &Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("late", &slow))).await;
+    assert_eq!(status, 201, "{created}");
+    // Until the endpoint is served, a lead stored now would not be copied to it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(&js, tenant_leads("org_1", 5, "late")).await;
+    slow.wait_for(Duration::from_secs(20), "requests in flight", |r| {
+        r.count() >= 3
+    })
+    .await;
+    let (status, gone) = api(n, "DELETE", "/api/endpoints/late", None).await;
+    assert_eq!(status, 204, "{gone}");
+    // The requests in flight answer 400 ms later; the cleanup runs meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("late", &file_rx))).await;
+    assert_eq!(status, 201, "{created}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, log) = api(n, "GET", "/api/endpoints/late/deliveries", None).await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log.as_array().map_or(0, Vec::len), 0, "{log}");
+}
+
 /// `hex` sends one signature: the old secret goes on signing alone until the grace
 /// ends, so a receiver that holds it verifies every request while it switches over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,8 +238,12 @@ impl Worker {
             return;
         };
         let log = self.shared.delivery_log.as_ref().filter(|log| {
-            // Every failed attempt is kept; successes are sampled under heavy load.
-            !result.is_success() || log.keeps_success(&self.success_log)
+            // Every failed attempt is kept; successes are sampled under heavy load. Not
+            // once the endpoint is retired (a delivery the lane started outlives the
+            // drain): its log is being removed, and one created again under the name
+            // must not show these records.
+            (!result.is_success() || log.keeps_success(&self.success_log))
+                && self.metrics.retirement().unless_retired(|| ()).is_some()
         });
         if let Some(log) = log {
             let headers = std::mem::take(&mut result.request_headers);
