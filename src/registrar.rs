@@ -71,6 +71,9 @@ pub struct FileRules {
     pub file_names: BTreeSet<String>,
     /// The source stream, whose last sequence bounds a skipped backlog.
     pub stream: String,
+    /// `[delivery] fan_out`: an endpoint gets copies of what arrives once it is
+    /// served, never the stream's backlog.
+    pub fan_out: bool,
 }
 
 impl FileRules {
@@ -80,6 +83,7 @@ impl FileRules {
             router: config.router.clone(),
             file_names: config.endpoints.iter().map(|e| e.name.clone()).collect(),
             stream: config.nats.stream.clone(),
+            fan_out: config.fan_out,
         }
     }
 
@@ -253,6 +257,16 @@ impl Registrar {
                 ))
             }
         };
+        if !skip_backlog && self.rules.fan_out {
+            return Err(invalid(
+                "endpoint",
+                vec![problem(
+                    "skip_backlog",
+                    "false is not possible with [delivery] fan_out: a new endpoint gets \
+                     copies of what arrives from its creation on, never the stream's backlog",
+                )],
+            ));
+        }
         if !body.contains_key("secret") {
             // The scheme decides the secret's form: check with a stand-in first.
             let mut probe = body.clone();

@@ -701,7 +701,8 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
 /// their failures must not land in the log that goes with it, where an endpoint
 /// created again under the name (another customer's, say) would read them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_fan_out_a_deleted_endpoint_s_late_failures_stay_out_of_the_next_one_s_log() {
+async fn with_fan_out_no_backlog_is_promised_and_a_deleted_endpoint_s_late_failures_stay_out_of_the_next_one_s_log(
+) {
     let nats = NatsServer::start();
     let file_rx = Receiver::start().await;
     let slow = Receiver::with(|_| Reply::status(500).delay(Duration::from_millis(400))).await;
@@ -711,6 +712,15 @@ async fn with_fan_out_a_deleted_endpoint_s_late_failures_stay_out_of_the_next_on
     );
     let n = &Natshook::start(&config).await;
     let js = jetstream::new(nats.client().await);
+    // The fan-out copies what arrives once an endpoint is served, never the backlog.
+    let mut backlog: Value = serde_json::from_str(&body("late", &slow)).unwrap();
+    backlog["skip_backlog"] = false.into();
+    let (status, err) = api(n, "POST", "/api/endpoints", Some(&backlog.to_string())).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(
+        problem_fields(&err),
+        BTreeSet::from(["skip_backlog".to_string()])
+    );
     let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("late", &slow))).await;
     assert_eq!(status, 201, "{created}");
     // Until the endpoint is served, a lead stored now would not be copied to it.
