@@ -742,6 +742,80 @@ async fn with_fan_out_no_backlog_is_promised_and_a_deleted_endpoint_s_late_failu
     assert_eq!(log.as_array().map_or(0, Vec::len), 0, "{log}");
 }
 
+/// With `fan_out`, a new endpoint joins the fan-out's targets a moment after the
+/// `201`: what was stored in between is copied for it once it does, so under steady
+/// traffic it gets every message after its `skip_through`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "{}\n[delivery]\nfan_out = true\n",
+        config(&nats, &file_rx, "")
+    );
+    let n = &Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (js, stop) = (js.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("steady-{i}");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                let ack = js
+                    .publish_with_headers(
+                        "events.org_1.lead.created",
+                        headers,
+                        bytes::Bytes::from(format!("{{\"lead\":{i}}}")),
+                    )
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("stored");
+                sent.push((id, ack.sequence));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("steady", &rx))).await;
+    assert_eq!(status, 201, "{created}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    let through = created["skip_through"].as_u64().expect("skip_through");
+    let want: BTreeSet<String> = sent
+        .iter()
+        .filter(|(_, seq)| *seq > through)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        want.len() > 50,
+        "{} messages after the creation",
+        want.len()
+    );
+    rx.wait_for(
+        Duration::from_secs(20),
+        "every message after the creation",
+        |r| {
+            let got: BTreeSet<String> = r.delivered_ids().into_keys().collect();
+            want.is_subset(&got)
+        },
+    )
+    .await;
+    let early = sent
+        .iter()
+        .filter(|(_, seq)| *seq <= through)
+        .any(|(id, _)| rx.delivered_ids().contains_key(id));
+    assert!(!early, "a message stored before the creation was delivered");
+}
+
 /// `hex` sends one signature: the old secret goes on signing alone until the grace
 /// ends, so a receiver that holds it verifies every request while it switches over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@
 //! ([`WorkStream::release`]), so a busy endpoint's subject holds a few seconds of
 //! done work at most.
 
+mod catch_up;
 pub mod lane;
 pub mod leftover;
 pub mod targets;
@@ -72,6 +73,9 @@ pub struct FanOut {
     own_consumers: HashSet<String>,
     /// Those whose consumer could not be made: copied for until it is.
     copying_for: HashSet<String>,
+    /// The endpoints copied for since the last bind (`None` before the first): one
+    /// that joins later is caught up ([`catch_up`]).
+    served: Option<HashSet<String>>,
 }
 
 impl FanOut {
@@ -91,6 +95,7 @@ impl FanOut {
             bound: Arc::new(AtomicBool::new(false)),
             own_consumers: HashSet::new(),
             copying_for: HashSet::new(),
+            served: None,
         }
     }
 
@@ -175,8 +180,46 @@ impl FanOut {
             .create_consumer(self.consumer_config(&targets))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
+        self.catch_up(
+            &stream,
+            &targets,
+            consumer.cached_info().delivered.stream_sequence,
+        )
+        .await;
         let messages = pull_stream::messages(&consumer, IN_FLIGHT, Liveness::Busy).await?;
         Ok((targets, messages))
+    }
+
+    /// Copies for the endpoints that joined the targets since the last bind what the
+    /// fan-out handled without them after their start, up to `through`, where the
+    /// fan-out consumer had delivered when it bound with them ([`catch_up`]). One
+    /// whose catch-up failed is tried again at the next bind, with more to copy.
+    async fn catch_up(
+        &mut self,
+        stream: &jetstream::stream::Stream<()>,
+        targets: &Targets,
+        through: u64,
+    ) {
+        let joined = match &self.served {
+            Some(before) => catch_up::joined(before, targets),
+            None => Vec::new(),
+        };
+        let mut served: HashSet<String> = targets
+            .workers()
+            .iter()
+            .map(|w| w.endpoint().name.clone())
+            .collect();
+        if !joined.is_empty() {
+            if let Err(e) =
+                catch_up::catch_up(&self.js, &self.work, stream, targets, &joined, through).await
+            {
+                tracing::warn!(error = %e, "cannot copy what new endpoints missed yet; trying again at the next bind");
+                for (w, _) in &joined {
+                    served.remove(&w.endpoint().name);
+                }
+            }
+        }
+        self.served = Some(served);
     }
 
     /// Makes sure every endpoint of `targets` that reads the source stream itself has

@@ -100,6 +100,11 @@ impl Targets {
     }
 
     /// The endpoints that read the source stream themselves.
+    /// The endpoints copied for.
+    pub fn workers(&self) -> &[Arc<Worker>] {
+        &self.workers
+    }
+
     pub fn own_readers(&self) -> &[Arc<Worker>] {
         &self.own_readers
     }

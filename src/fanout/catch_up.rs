@@ -1,0 +1,147 @@
+//! A runtime endpoint joins the fan-out's targets a moment after its creation (or an
+//! enable that skips the backlog): the registry change reaches each replica within
+//! about a tenth of a second. The messages stored in between, after the record's
+//! `skip_through`, were handled without it. When a replica's targets gain such an
+//! endpoint, it copies those messages for it once, from the source stream, up to
+//! where the fan-out consumer had delivered when it bound again with the new targets;
+//! from there on the fan-out copies for it. A message copied both ways is stored once
+//! (the copy's `Nats-Msg-Id`), or delivered twice with the same id once the work
+//! stream's duplicate window has passed; none is missed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    stream::Stream,
+};
+use futures_util::StreamExt;
+
+use super::Targets;
+use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
+use crate::worker::Worker;
+
+/// How recent an endpoint's start must be for a catch-up. A join follows its creation
+/// within a second or so; an older start belongs to an endpoint the fan-out served
+/// before (this process restarted, a reload restarted the endpoint), whose messages
+/// were copied for it then.
+const RECENT: Duration = Duration::from_secs(60);
+
+/// Pages of the source stream read at once.
+const PAGE: usize = 500;
+
+/// The endpoints of `current` that are not among `before` and started within
+/// [`RECENT`] after the source sequence they name: each with the last sequence it
+/// skips.
+pub(super) fn joined(before: &HashSet<String>, current: &Targets) -> Vec<(Arc<Worker>, u64)> {
+    let now = SystemTime::now();
+    current
+        .workers()
+        .iter()
+        .filter(|w| !before.contains(&w.endpoint().name))
+        .filter_map(|w| {
+            let skip = w.endpoint().skip?;
+            let recent = now
+                .duration_since(skip.before)
+                .map_or(true, |age| age <= RECENT);
+            Some((Arc::clone(w), skip.through?)).filter(|_| recent)
+        })
+        .collect()
+}
+
+/// Copies for each of `joined` the messages of `stream` after the sequence it skips,
+/// up to `through`, that it delivers under `targets`; wakes those that got copies.
+pub(super) async fn catch_up(
+    js: &jetstream::Context,
+    work: &WorkStream,
+    stream: &Stream<()>,
+    targets: &Targets,
+    joined: &[(Arc<Worker>, u64)],
+    through: u64,
+) -> Result<(), String> {
+    let Some(from) = joined.iter().map(|(_, after)| after + 1).min() else {
+        return Ok(());
+    };
+    if from > through {
+        return Ok(());
+    }
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ack_policy: AckPolicy::None,
+            memory_storage: true,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("catch-up consumer: {e}"))?;
+    let name = consumer.cached_info().name.clone();
+    let mut copied = HashSet::new();
+    let result = async {
+        let mut next = from;
+        while next <= through {
+            let mut page = consumer
+                .fetch()
+                .max_messages(PAGE)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut got = 0;
+            while let Some(msg) = page.next().await {
+                let msg = msg.map_err(|e| e.to_string())?;
+                got += 1;
+                let info = msg.info().map_err(|e| e.to_string())?;
+                next = info.stream_sequence + 1;
+                if info.stream_sequence > through {
+                    break;
+                }
+                let facts = SourceFacts {
+                    subject: msg.subject.to_string(),
+                    stream: info.stream.to_string(),
+                    sequence: info.stream_sequence,
+                    published: SystemTime::from(info.published),
+                };
+                let Some(mapped) = targets
+                    .router()
+                    .route(&facts.subject, header_pairs(&msg, false))
+                else {
+                    continue;
+                };
+                for worker in targets.of(&mapped) {
+                    let wanted = joined
+                        .iter()
+                        .any(|(w, after)| Arc::ptr_eq(w, worker) && facts.sequence > *after);
+                    if !wanted {
+                        continue;
+                    }
+                    let endpoint = &worker.endpoint().name;
+                    let headers = work.copy_headers(msg.headers.as_ref(), &facts, endpoint);
+                    js.publish_with_headers(work.subject(endpoint), headers, msg.payload.clone())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    copied.insert(endpoint.clone());
+                }
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = stream.delete_consumer(&name).await;
+    for (worker, _) in joined {
+        if copied.contains(&worker.endpoint().name) {
+            tracing::info!(endpoint = %worker.endpoint().name, "copied what arrived between its creation and the fan-out serving it");
+            worker.wake();
+        }
+    }
+    result
+}
