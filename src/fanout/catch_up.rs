@@ -20,7 +20,7 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 
 use super::Targets;
-use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
+use crate::store::work_stream::{fetch_page, header_pairs, SourceFacts, WorkStream};
 use crate::worker::Worker;
 
 /// How recent an endpoint's start must be for a catch-up. A join follows its creation
@@ -84,13 +84,7 @@ pub(super) async fn catch_up(
     let result = async {
         let mut next = from;
         while next <= through {
-            let mut page = consumer
-                .fetch()
-                .max_messages(PAGE)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut page = fetch_page(&consumer, PAGE).await?;
             let mut got = 0;
             while let Some(msg) = page.next().await {
                 let msg = msg.map_err(|e| e.to_string())?;
@@ -100,12 +94,7 @@ pub(super) async fn catch_up(
                 if info.stream_sequence > through {
                     break;
                 }
-                let facts = SourceFacts {
-                    subject: msg.subject.to_string(),
-                    stream: info.stream.to_string(),
-                    sequence: info.stream_sequence,
-                    published: SystemTime::from(info.published),
-                };
+                let facts = SourceFacts::of_source(&msg, &info);
                 let Some(mapped) = targets
                     .router()
                     .route(&facts.subject, header_pairs(&msg, false))

@@ -16,7 +16,7 @@
 //! a retry waiting out its delay would hold every other message behind it), and stops
 //! without deleting anything as soon as the endpoint reads its own consumer again.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
@@ -144,12 +144,7 @@ impl Leftover<'_> {
     /// Stores `msg`'s copy for the endpoint, then acks it.
     async fn move_one(&self, msg: &jetstream::Message) -> Result<(), LeftoverError> {
         let info = msg.info().map_err(|e| self.failed(e))?;
-        let facts = SourceFacts {
-            subject: msg.subject.to_string(),
-            stream: info.stream.to_string(),
-            sequence: info.stream_sequence,
-            published: SystemTime::from(info.published),
-        };
+        let facts = SourceFacts::of_source(msg, &info);
         // This delivery to the drain is no attempt.
         let attempts = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
         let headers =

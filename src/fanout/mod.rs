@@ -25,7 +25,7 @@ pub mod targets;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
@@ -350,12 +350,7 @@ fn copy<'a>(
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return;
         };
-        let facts = SourceFacts {
-            subject: msg.subject.to_string(),
-            stream: info.stream.to_string(),
-            sequence: info.stream_sequence,
-            published: SystemTime::from(info.published),
-        };
+        let facts = SourceFacts::of_source(&msg, &info);
         let headers = header_pairs(&msg, false);
         let Some(mapped) = targets.router().route(&facts.subject, headers) else {
             let _ = msg.ack().await;

@@ -96,6 +96,33 @@ pub struct SourceFacts {
     pub published: SystemTime,
 }
 
+impl SourceFacts {
+    /// The facts of `msg`, a message of the source stream itself, as `info` gives them.
+    pub fn of_source(msg: &jetstream::Message, info: &jetstream::message::Info<'_>) -> Self {
+        Self {
+            subject: msg.subject.to_string(),
+            stream: info.stream.to_string(),
+            sequence: info.stream_sequence,
+            published: SystemTime::from(info.published),
+        }
+    }
+}
+
+/// One page of an ephemeral consumer's messages: at most `max`, waiting up to 2 s for
+/// them.
+pub async fn fetch_page(
+    consumer: &jetstream::consumer::PullConsumer,
+    max: usize,
+) -> Result<jetstream::consumer::pull::Batch, String> {
+    consumer
+        .fetch()
+        .max_messages(max)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Where a delivery of a copy stands in its attempts (`WorkStream::attempt_of`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CopyAttempt {
@@ -500,13 +527,7 @@ async fn oldest_source(
     let result = async {
         let mut oldest: Option<u64> = None;
         while left > 0 {
-            let mut page = consumer
-                .fetch()
-                .max_messages(PAGE)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut page = fetch_page(&consumer, PAGE).await?;
             let mut got = 0;
             while let Some(msg) = page.next().await {
                 let msg = msg.map_err(|e| e.to_string())?;
