@@ -814,6 +814,15 @@ async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
         .filter(|(_, seq)| *seq <= through)
         .any(|(id, _)| rx.delivered_ids().contains_key(id));
     assert!(!early, "a message stored before the creation was delivered");
+    // The catch-up's copies and the fan-out's go to the same stream: one each.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let twice: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|r| r.nth_for_id > 1)
+        .map(|r| r.id().to_string())
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
 }
 
 /// `hex` sends one signature: the old secret goes on signing alone until the grace

@@ -4,9 +4,13 @@
 //! `skip_through`, were handled without it. When a replica's targets gain such an
 //! endpoint, it copies those messages for it once, from the source stream, up to
 //! where the fan-out consumer had delivered when it bound again with the new targets;
-//! from there on the fan-out copies for it. A message copied both ways is stored once
-//! (the copy's `Nats-Msg-Id`), or delivered twice with the same id once the work
-//! stream's duplicate window has passed; none is missed.
+//! from there on the fan-out copies for it. A message copied both ways (another
+//! replica copied it after its own bind, or it comes back to the fan-out after its ack
+//! timer) is one message of the stream the fan-out chose for the endpoint (the copy's
+//! `Nats-Msg-Id`), unless the endpoint moved between the lane and its own subject in
+//! between, or the work stream's duplicate window has passed: then it comes twice,
+//! with the same id. None is missed. A process's first bind catches up every endpoint
+//! that started recently: the process may have copied without it before a restart.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,7 +38,8 @@ const PAGE: usize = 500;
 
 /// The endpoints of `current` that are not among `before` and started within
 /// [`RECENT`] after the source sequence they name: each with the last sequence it
-/// skips.
+/// skips. (An endpoint skipping by time alone, when the stream could not be read at
+/// its creation, is not caught up.)
 pub(super) fn joined(before: &HashSet<String>, current: &Targets) -> Vec<(Arc<Worker>, u64)> {
     let now = SystemTime::now();
     current
@@ -110,7 +115,13 @@ pub(super) async fn catch_up(
                     }
                     let endpoint = &worker.endpoint().name;
                     let headers = work.copy_headers(msg.headers.as_ref(), &facts, endpoint);
-                    js.publish_with_headers(work.subject(endpoint), headers, msg.payload.clone())
+                    // Where the fan-out puts its copies for it, so that a message
+                    // copied both ways is one message of one stream.
+                    let subject = match worker.takes_lane() {
+                        true => work.lane_subject(endpoint),
+                        false => work.subject(endpoint),
+                    };
+                    js.publish_with_headers(subject, headers, msg.payload.clone())
                         .await
                         .map_err(|e| e.to_string())?
                         .await

@@ -73,9 +73,12 @@ pub struct FanOut {
     own_consumers: HashSet<String>,
     /// Those whose consumer could not be made: copied for until it is.
     copying_for: HashSet<String>,
-    /// The endpoints copied for since the last bind (`None` before the first): one
-    /// that joins later is caught up ([`catch_up`]).
-    served: Option<HashSet<String>>,
+    /// The endpoints copied for since the last bind: one that joins later is caught
+    /// up ([`catch_up`]).
+    served: HashSet<String>,
+    /// Those whose catch-up failed: tried again at the next bind, however long ago
+    /// they started, and a bind comes within [`OWN_CONSUMER_RETRY`].
+    catching_up: Vec<(Arc<Worker>, u64)>,
 }
 
 impl FanOut {
@@ -95,7 +98,8 @@ impl FanOut {
             bound: Arc::new(AtomicBool::new(false)),
             own_consumers: HashSet::new(),
             copying_for: HashSet::new(),
-            served: None,
+            served: HashSet::new(),
+            catching_up: Vec::new(),
         }
     }
 
@@ -200,26 +204,28 @@ impl FanOut {
         targets: &Targets,
         through: u64,
     ) {
-        let joined = match &self.served {
-            Some(before) => catch_up::joined(before, targets),
-            None => Vec::new(),
-        };
-        let mut served: HashSet<String> = targets
+        let mut joined = catch_up::joined(&self.served, targets);
+        for (worker, after) in std::mem::take(&mut self.catching_up) {
+            let name = &worker.endpoint().name;
+            let still = targets.get(name).filter(|w| Arc::ptr_eq(w, &worker));
+            if still.is_some() && !joined.iter().any(|(w, _)| Arc::ptr_eq(w, &worker)) {
+                joined.push((worker, after));
+            }
+        }
+        self.served = targets
             .workers()
             .iter()
             .map(|w| w.endpoint().name.clone())
             .collect();
-        if !joined.is_empty() {
-            if let Err(e) =
-                catch_up::catch_up(&self.js, &self.work, stream, targets, &joined, through).await
-            {
-                tracing::warn!(error = %e, "cannot copy what new endpoints missed yet; trying again at the next bind");
-                for (w, _) in &joined {
-                    served.remove(&w.endpoint().name);
-                }
-            }
+        if joined.is_empty() {
+            return;
         }
-        self.served = Some(served);
+        if let Err(e) =
+            catch_up::catch_up(&self.js, &self.work, stream, targets, &joined, through).await
+        {
+            tracing::warn!(error = %e, "cannot copy what new endpoints missed yet; trying again shortly");
+            self.catching_up = joined;
+        }
     }
 
     /// Makes sure every endpoint of `targets` that reads the source stream itself has
@@ -296,6 +302,7 @@ impl FanOut {
             targets,
             consumer,
             copying_for,
+            catching_up,
             ..
         } = self;
         let mut copying = FuturesUnordered::new();
@@ -310,8 +317,9 @@ impl FanOut {
                     // New endpoints or mappings: the consumer's filters follow.
                     break false;
                 }
-                () = &mut retry_own, if !copying_for.is_empty() => {
-                    // Another try at the ordered endpoints' consumers.
+                () = &mut retry_own, if !copying_for.is_empty() || !catching_up.is_empty() => {
+                    // Another try at the ordered endpoints' consumers, or at a
+                    // catch-up that failed.
                     break false;
                 }
                 Some(()) = copying.next(), if !copying.is_empty() => {}

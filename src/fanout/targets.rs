@@ -99,12 +99,12 @@ impl Targets {
             })
     }
 
-    /// The endpoints that read the source stream themselves.
     /// The endpoints copied for.
     pub fn workers(&self) -> &[Arc<Worker>] {
         &self.workers
     }
 
+    /// The endpoints that read the source stream themselves.
     pub fn own_readers(&self) -> &[Arc<Worker>] {
         &self.own_readers
     }

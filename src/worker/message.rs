@@ -239,11 +239,11 @@ impl Worker {
         };
         let log = self.shared.delivery_log.as_ref().filter(|log| {
             // Every failed attempt is kept; successes are sampled under heavy load. Not
-            // once the endpoint is retired (a delivery the lane started outlives the
+            // once the endpoint is deleted (a delivery the lane started outlives the
             // drain): its log is being removed, and one created again under the name
             // must not show these records.
             (!result.is_success() || log.keeps_success(&self.success_log))
-                && self.metrics.retirement().unless_retired(|| ()).is_some()
+                && self.records_deliveries()
         });
         if let Some(log) = log {
             let headers = std::mem::take(&mut result.request_headers);

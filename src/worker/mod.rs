@@ -114,6 +114,8 @@ pub struct Worker {
     /// Set once a `Nats-Msg-Id` was replaced by another id: a publisher that sets an
     /// unusable id usually does so for every message, so it is said once, not per message.
     msg_id_warned: AtomicBool,
+    /// Deleted, its delivery log being removed: a late delivery records nothing.
+    deleted: AtomicBool,
     /// The `rate_limit` in force: it follows reloads without a restart, so a waiting
     /// message is never NAKed (which would cost it an attempt) for a new rate. A
     /// change is announced on `shared.throttles`.
@@ -208,6 +210,7 @@ impl Worker {
             success_log: (shared.delivery_log.as_ref())
                 .map_or(RateLimit::new(0), DeliveryLog::endpoint_cap),
             msg_id_warned: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             throttle: ArcSwapOption::new(throttle(
                 endpoint.rate_limit,
                 *shared.replicas.borrow(),
@@ -219,9 +222,17 @@ impl Worker {
 
     /// Ends the effects of a removed endpoint's worker once it has drained: its series
     /// leave `/metrics`, and a late delivery (one the fan-out's lane started) neither
-    /// brings them back nor pauses an endpoint created later under the name.
-    pub fn retire(&self) {
+    /// brings them back nor pauses an endpoint created later under the name; when it
+    /// was `deleted` (not disabled or taken out of the file), nor writes to the
+    /// delivery log that goes with it.
+    pub fn retire(&self, deleted: bool) {
+        self.deleted.store(deleted, Ordering::Relaxed);
         self.metrics.retire();
+    }
+
+    /// See [`Worker::retire`].
+    fn records_deliveries(&self) -> bool {
+        !self.deleted.load(Ordering::Relaxed)
     }
 
     /// The endpoint as the worker was started. Its `rate_limit` follows reloads in

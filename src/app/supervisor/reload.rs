@@ -153,10 +153,9 @@ impl Supervisor {
                 self.draining.spawn(drained);
                 continue;
             }
-            let gone = self.when_gone(name.clone(), move || worker.retire());
-            let leftovers = forget
-                .contains(&name)
-                .then(|| self.remove_leftovers(name.clone()));
+            let deleted = forget.contains(&name);
+            let gone = self.when_gone(name.clone(), move || worker.retire(deleted));
+            let leftovers = deleted.then(|| self.remove_leftovers(name.clone()));
             self.draining.spawn(async move {
                 drained.await;
                 if !gone.await {
