@@ -308,6 +308,12 @@ impl Worker {
         );
     }
 
+    /// Counts `m`'s delivery in `natshook_deliveries_total`.
+    fn count_delivery(&self, m: &Routed<'_>, outcome: Outcome) {
+        self.metrics
+            .delivery(&m.event, m.event_from_subject, outcome);
+    }
+
     async fn settle(&self, m: &Routed<'_>, result: AttemptResult) {
         let (msg, id, event, attempt) = (m.msg, m.id.as_str(), m.event.as_str(), m.meta.attempt);
         self.metrics.attempt(result.status);
@@ -319,8 +325,7 @@ impl Worker {
             self.ack(msg, AckKind::Ack).await;
             self.last_success_ms.store(now, Ordering::Relaxed);
             self.breaker.record_success();
-            self.metrics
-                .delivery(event, m.event_from_subject, Outcome::Success);
+            self.count_delivery(m, Outcome::Success);
             if let Ok(age) = settled.duration_since(m.meta.published) {
                 self.metrics.end_to_end.observe(age.as_secs_f64());
             }
@@ -341,8 +346,7 @@ impl Worker {
             Decision::Ack => {}
             Decision::Pause(delay) => {
                 self.breaker.pause(PauseReason::Gone);
-                self.metrics
-                    .delivery(event, m.event_from_subject, Outcome::Retry);
+                self.count_delivery(m, Outcome::Retry);
                 self.retry_later(m, delay).await;
             }
             Decision::DeadLetter => {
@@ -357,8 +361,7 @@ impl Worker {
                 Box::pin(self.dead_letter(m, attempt, Some(&result), reason)).await;
             }
             Decision::Retry(delay) => {
-                self.metrics
-                    .delivery(event, m.event_from_subject, Outcome::Retry);
+                self.count_delivery(m, Outcome::Retry);
                 self.retry_later(m, delay).await;
             }
         }
@@ -417,8 +420,7 @@ impl Worker {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.ack(m.msg, AckKind::Ack).await;
                 self.metrics.dead_letters.inc();
-                self.metrics
-                    .delivery(event, m.event_from_subject, Outcome::DeadLetter);
+                self.count_delivery(m, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {
                     facts: EventFacts::now(&self.endpoint.name, m.tenant.as_deref(), code, reason),
                     id: m.id.clone(),
@@ -432,8 +434,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
-                self.metrics
-                    .delivery(event, m.event_from_subject, Outcome::Retry);
+                self.count_delivery(m, Outcome::Retry);
                 self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
                     .await;
             }
