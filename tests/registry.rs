@@ -825,6 +825,133 @@ async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
 }
 
+/// With `fan_out`, a disabled endpoint's copies wait on the work stream as its
+/// messages wait in the source stream without it: enabling it delivers what arrived
+/// while it was off (one created disabled too), and enabling with `skip_backlog`
+/// skips them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "{}\n[delivery]\nfan_out = true\n",
+        config(&nats, &file_rx, "")
+    );
+    let n = &Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let patch = |name: &'static str, body: String| async move {
+        let (status, changed) =
+            api(n, "PATCH", &format!("/api/endpoints/{name}"), Some(&body)).await;
+        assert_eq!(status, 200, "{changed}");
+    };
+    let stopped = |name: &'static str| async move {
+        wait_until(Duration::from_secs(10), "the worker stopped", || async {
+            !n.metrics().await.contains(&format!("endpoint=\"{name}\""))
+        })
+        .await;
+        // The fan-out takes the change in a moment after the worker stops.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("toggled", &rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let mut born_off: Value = serde_json::from_str(&body("born-off", &rx)).unwrap();
+    born_off["enabled"] = false.into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&born_off.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    // Created long ago, as far as the fan-out can tell: a recent creation would have
+    // whatever it missed copied from the source stream when enabled.
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let old = json!({ "skip_before": humantime::format_rfc3339_millis(long_ago).to_string() })
+        .to_string();
+    patch("toggled", old.clone()).await;
+    patch("born-off", old).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(&js, tenant_leads("org_1", 3, "on")).await;
+    let on = ids("on", 3);
+    rx.wait_for(Duration::from_secs(20), "the first leads", |r| {
+        delivered_on(r, "/toggled", "on") == on
+    })
+    .await;
+
+    patch("toggled", r#"{"enabled": false}"#.into()).await;
+    stopped("toggled").await;
+    publish_all(&js, tenant_leads("org_1", 20, "off")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        delivered_on(&rx, "/toggled", "off").is_empty(),
+        "delivered while disabled"
+    );
+    patch("toggled", r#"{"enabled": true}"#.into()).await;
+    patch("born-off", r#"{"enabled": true}"#.into()).await;
+    let off = ids("off", 20);
+    rx.wait_for(Duration::from_secs(20), "what arrived while off", |r| {
+        delivered_on(r, "/toggled", "off") == off
+            && delivered_on(r, "/born-off", "on") == on
+            && delivered_on(r, "/born-off", "off") == off
+    })
+    .await;
+
+    patch("toggled", r#"{"enabled": false}"#.into()).await;
+    stopped("toggled").await;
+    publish_all(&js, tenant_leads("org_1", 5, "skipped")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    patch(
+        "toggled",
+        r#"{"enabled": true, "skip_backlog": true}"#.into(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(&js, tenant_leads("org_1", 3, "after")).await;
+    let after = ids("after", 3);
+    rx.wait_for(Duration::from_secs(20), "the leads after the enable", |r| {
+        delivered_on(r, "/toggled", "after") == after
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        delivered_on(&rx, "/toggled", "skipped").is_empty(),
+        "a skipped backlog was delivered"
+    );
+    assert_eq!(delivered_on(&rx, "/born-off", "skipped"), ids("skipped", 5));
+
+    // Deleted while disabled, it leaves no copies behind.
+    patch("born-off", r#"{"enabled": false}"#.into()).await;
+    stopped("born-off").await;
+    publish_all(&js, tenant_leads("org_1", 4, "orphan")).await;
+    let held = || copies_of(&js, "born-off");
+    wait_until(Duration::from_secs(10), "copies held", || async {
+        held().await >= 4
+    })
+    .await;
+    let (status, gone) = api(n, "DELETE", "/api/endpoints/born-off", None).await;
+    assert_eq!(status, 204, "{gone}");
+    wait_until(Duration::from_secs(10), "the copies removed", || async {
+        held().await == 0
+    })
+    .await;
+}
+
+/// The copies on the work streams for endpoint `name`, acked or not.
+async fn copies_of(js: &jetstream::Context, name: &str) -> u64 {
+    use futures_util::StreamExt;
+    let mut all = 0;
+    for i in 0..16 {
+        let stream = js
+            .get_stream(format!("EVENTS_natshook_WORK_{i}"))
+            .await
+            .expect("work stream");
+        let mut subjects = stream
+            .info_with_subjects(format!("natshook.work.EVENTS.*.{name}"))
+            .await
+            .expect("work stream info");
+        while let Some(next) = subjects.next().await {
+            all += next.expect("subject count").1 as u64;
+        }
+    }
+    all
+}
+
 /// `hex` sends one signature: the old secret goes on signing alone until the grace
 /// ends, so a receiver that holds it verifies every request while it switches over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,16 @@ impl Runtime {
         merged
     }
 
+    /// The valid, disabled records' endpoints: with `fan_out`, their copies wait for
+    /// them.
+    pub(super) fn held(&self) -> Vec<Arc<Endpoint>> {
+        self.entries
+            .values()
+            .filter(|e| !e.record.enabled())
+            .filter_map(|e| e.endpoint.clone().ok())
+            .collect()
+    }
+
     /// When the next rotated secret's grace ends.
     fn next_grace_end(&self) -> Option<SystemTime> {
         let now = SystemTime::now();
@@ -156,7 +166,7 @@ impl Supervisor {
         };
         self.publish_records(&runtime);
         loop {
-            match self.apply_merged(runtime.merged(&file), &deleted).await {
+            match (self.apply_merged(runtime.merged(&file), &deleted, runtime.held())).await {
                 Ok(s) => {
                     if s != Default::default() {
                         tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "registry change applied");

@@ -13,7 +13,6 @@
 //! that started recently: the process may have copied without it before a restart.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{
@@ -23,9 +22,8 @@ use async_nats::jetstream::{
 };
 use futures_util::StreamExt;
 
-use super::Targets;
+use super::targets::{Target, Targets};
 use crate::store::work_stream::{fetch_page, header_pairs, SourceFacts, WorkStream};
-use crate::worker::Worker;
 
 /// How recent an endpoint's start must be for a catch-up. A join follows its creation
 /// within a second or so; an older start belongs to an endpoint the fan-out served
@@ -40,10 +38,10 @@ const PAGE: usize = 500;
 /// [`RECENT`] after the source sequence they name: each with the last sequence it
 /// skips. (An endpoint skipping by time alone, when the stream could not be read at
 /// its creation, is not caught up.)
-pub(super) fn joined(before: &HashSet<String>, current: &Targets) -> Vec<(Arc<Worker>, u64)> {
+pub(super) fn joined(before: &HashSet<String>, current: &Targets) -> Vec<(Target, u64)> {
     let now = SystemTime::now();
     current
-        .workers()
+        .all()
         .iter()
         .filter(|w| !before.contains(&w.endpoint().name))
         .filter_map(|w| {
@@ -51,7 +49,7 @@ pub(super) fn joined(before: &HashSet<String>, current: &Targets) -> Vec<(Arc<Wo
             let recent = now
                 .duration_since(skip.before)
                 .map_or(true, |age| age <= RECENT);
-            Some((Arc::clone(w), skip.through?)).filter(|_| recent)
+            Some((w.clone(), skip.through?)).filter(|_| recent)
         })
         .collect()
 }
@@ -63,7 +61,7 @@ pub(super) async fn catch_up(
     work: &WorkStream,
     stream: &Stream<()>,
     targets: &Targets,
-    joined: &[(Arc<Worker>, u64)],
+    joined: &[(Target, u64)],
     through: u64,
 ) -> Result<(), String> {
     let Some(from) = joined.iter().map(|(_, after)| after + 1).min() else {
@@ -109,7 +107,7 @@ pub(super) async fn catch_up(
                 for worker in targets.of(&mapped) {
                     let wanted = joined
                         .iter()
-                        .any(|(w, after)| Arc::ptr_eq(w, worker) && facts.sequence > *after);
+                        .any(|(w, after)| w.same(worker) && facts.sequence > *after);
                     if !wanted {
                         continue;
                     }

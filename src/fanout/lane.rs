@@ -225,10 +225,10 @@ impl Lane {
             let _ = msg.ack().await;
             return;
         };
-        let worker = self.targets.borrow().get(&endpoint).cloned();
+        let worker = self.targets.borrow().worker(&endpoint).cloned();
         let Some(worker) = worker else {
-            // Another replica may know an endpoint this one does not yet: its own
-            // subject keeps the copy for whichever replica runs it.
+            // Disabled, or another replica knows an endpoint this one does not yet: its
+            // own subject keeps the copy for whichever replica runs it.
             self.move_off(msg, &endpoint, None).await;
             return;
         };

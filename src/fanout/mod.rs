@@ -37,7 +37,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use self::targets::Targets;
+pub use self::targets::{Target, Targets};
 use crate::backoff::Backoff;
 use crate::store;
 use crate::store::pull_stream::{self, Liveness, PullStream};
@@ -78,7 +78,7 @@ pub struct FanOut {
     served: HashSet<String>,
     /// Those whose catch-up failed: tried again at the next bind, however long ago
     /// they started, and a bind comes within [`OWN_CONSUMER_RETRY`].
-    catching_up: Vec<(Arc<Worker>, u64)>,
+    catching_up: Vec<(Target, u64)>,
 }
 
 impl FanOut {
@@ -207,13 +207,13 @@ impl FanOut {
         let mut joined = catch_up::joined(&self.served, targets);
         for (worker, after) in std::mem::take(&mut self.catching_up) {
             let name = &worker.endpoint().name;
-            let still = targets.get(name).filter(|w| Arc::ptr_eq(w, &worker));
-            if still.is_some() && !joined.iter().any(|(w, _)| Arc::ptr_eq(w, &worker)) {
+            let still = targets.get(name).filter(|w| w.same(&worker));
+            if still.is_some() && !joined.iter().any(|(w, _)| w.same(&worker)) {
                 joined.push((worker, after));
             }
         }
         self.served = targets
-            .workers()
+            .all()
             .iter()
             .map(|w| w.endpoint().name.clone())
             .collect();

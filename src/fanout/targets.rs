@@ -6,14 +6,65 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::config::Endpoint;
 use crate::routing::{tenant_admits, Mapped, Router};
 use crate::worker::Worker;
+
+/// An endpoint the fan-out copies for.
+#[derive(Clone)]
+pub enum Target {
+    /// Running: its worker delivers the copies.
+    Serving(Arc<Worker>),
+    /// Disabled: its copies wait on its own subject, as a disabled endpoint's messages
+    /// wait for its consumer on the source stream without fan-out, and enabling it
+    /// delivers them (or skips them, with `skip_backlog`).
+    Held(Arc<Endpoint>),
+}
+
+impl Target {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        match self {
+            Target::Serving(w) => w.endpoint(),
+            Target::Held(e) => e,
+        }
+    }
+
+    /// The worker delivering its copies, if it runs.
+    pub fn worker(&self) -> Option<&Arc<Worker>> {
+        match self {
+            Target::Serving(w) => Some(w),
+            Target::Held(_) => None,
+        }
+    }
+
+    /// Whether its next copy goes on the lane: only a running endpoint's can.
+    pub fn takes_lane(&self) -> bool {
+        self.worker().is_some_and(|w| w.takes_lane())
+    }
+
+    /// Tells a running endpoint it has copies waiting.
+    pub fn wake(&self) {
+        if let Some(w) = self.worker() {
+            w.wake();
+        }
+    }
+
+    /// Whether both are the same endpoint in the same state (one set of settings,
+    /// running or held).
+    pub fn same(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Serving(a), Target::Serving(b)) => Arc::ptr_eq(a, b),
+            (Target::Held(a), Target::Held(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
 
 /// The endpoints that read copies from the work stream, indexed for routing.
 #[derive(Default)]
 pub struct Targets {
     router: Router,
-    workers: Vec<Arc<Worker>>,
+    targets: Vec<Target>,
     /// Endpoints that read the source stream themselves (`ordered`).
     own_readers: Vec<Arc<Worker>>,
     by_event: HashMap<String, Vec<usize>>,
@@ -24,11 +75,17 @@ pub struct Targets {
 
 impl Targets {
     /// `workers` that do not fan out (ordered endpoints) are not routed to: they read
-    /// the source stream themselves.
-    pub fn new(router: Router, workers: Vec<Arc<Worker>>) -> Self {
+    /// the source stream themselves. Neither are `held` (disabled) ones that are
+    /// `ordered`: their consumer there keeps their place.
+    pub fn new(router: Router, workers: Vec<Arc<Worker>>, held: Vec<Arc<Endpoint>>) -> Self {
         let (workers, own_readers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) =
             workers.into_iter().partition(|w| w.fans_out());
-        Self::indexed(router, workers, own_readers)
+        let targets = workers
+            .into_iter()
+            .map(Target::Serving)
+            .chain(held.into_iter().filter(|e| !e.ordered).map(Target::Held))
+            .collect();
+        Self::indexed(router, targets, own_readers)
     }
 
     /// These targets, but copying for the endpoints of `names` among those that read
@@ -41,15 +98,17 @@ impl Targets {
             .iter()
             .cloned()
             .partition(|w| names.contains(&w.endpoint().name));
-        let workers = self.workers.iter().cloned().chain(extra).collect();
-        Self::indexed(self.router.clone(), workers, own_readers)
+        let targets = (self.targets.iter().cloned())
+            .chain(extra.into_iter().map(Target::Serving))
+            .collect();
+        Self::indexed(self.router.clone(), targets, own_readers)
     }
 
-    fn indexed(router: Router, workers: Vec<Arc<Worker>>, own_readers: Vec<Arc<Worker>>) -> Self {
+    fn indexed(router: Router, targets: Vec<Target>, own_readers: Vec<Arc<Worker>>) -> Self {
         let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_pattern = Vec::new();
-        let mut by_name = HashMap::with_capacity(workers.len());
-        for (i, w) in workers.iter().enumerate() {
+        let mut by_name = HashMap::with_capacity(targets.len());
+        for (i, w) in targets.iter().enumerate() {
             by_name.insert(w.endpoint().name.clone(), i);
             match w.endpoint().events.literals() {
                 Some(events) => {
@@ -65,7 +124,7 @@ impl Targets {
         }
         Self {
             router,
-            workers,
+            targets,
             own_readers,
             by_event,
             by_pattern,
@@ -78,7 +137,7 @@ impl Targets {
     }
 
     /// The endpoints that deliver a message mapped to `mapped`, each once.
-    pub fn of<'a>(&'a self, mapped: &'a Mapped) -> impl Iterator<Item = &'a Arc<Worker>> + 'a {
+    pub fn of<'a>(&'a self, mapped: &'a Mapped) -> impl Iterator<Item = &'a Target> + 'a {
         let named = self
             .by_event
             .get(&mapped.event)
@@ -91,17 +150,17 @@ impl Targets {
                 self.by_pattern
                     .iter()
                     .copied()
-                    .filter(move |&i| self.workers[i].endpoint().events.wants(&mapped.event)),
+                    .filter(move |&i| self.targets[i].endpoint().events.wants(&mapped.event)),
             )
-            .map(|i| &self.workers[i])
+            .map(|i| &self.targets[i])
             .filter(move |w| {
                 tenant_admits(w.endpoint().tenant.as_deref(), mapped.tenant.as_deref())
             })
     }
 
     /// The endpoints copied for.
-    pub fn workers(&self) -> &[Arc<Worker>] {
-        &self.workers
+    pub fn all(&self) -> &[Target] {
+        &self.targets
     }
 
     /// The endpoints that read the source stream themselves.
@@ -109,11 +168,16 @@ impl Targets {
         &self.own_readers
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Worker>> {
-        self.by_name.get(name).map(|&i| &self.workers[i])
+    pub fn get(&self, name: &str) -> Option<&Target> {
+        self.by_name.get(name).map(|&i| &self.targets[i])
+    }
+
+    /// The running worker of `name`, if the fan-out copies for it.
+    pub fn worker(&self, name: &str) -> Option<&Arc<Worker>> {
+        self.get(name).and_then(Target::worker)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
+        self.targets.is_empty()
     }
 }

@@ -21,12 +21,19 @@ pub struct ReloadSummary {
     pub updated: Vec<String>,
 }
 
-/// Whether `new` differs from the running `old` in more than what a worker applies in
-/// place (`rate_limit`), so that the endpoint must restart.
 /// How long a reload waits for a replaced worker to stop fetching and leave what it
 /// holds to its successor; it stops at once unless JetStream is slow to answer.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the copies of a disabled endpoint that is deleted may still be landing:
+/// every replica's fan-out copies for it until the change reaches it (a tenth of a
+/// second or so) and finishes the copies it has started. One landing later is of a
+/// message stored before the deletion, which an endpoint created again under the name
+/// skips.
+const COPIES_SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether `new` differs from the running `old` in more than what a worker applies in
+/// place (`rate_limit`), so that the endpoint must restart.
 fn needs_restart(old: &Endpoint, new: &Endpoint) -> bool {
     let in_place = |e: &Endpoint| Endpoint {
         rate_limit: None,
@@ -48,7 +55,7 @@ impl Supervisor {
         let mut runtime = self.runtime.lock().await;
         let mut file = self.file.lock().await;
         runtime.revalidate(&new);
-        let summary = self.apply_merged(runtime.merged(&new), &[]).await?;
+        let summary = (self.apply_merged(runtime.merged(&new), &[], runtime.held())).await?;
         if let Ok(mut r) = self.rules.write() {
             *r = Arc::new(FileRules::of(&new));
         }
@@ -58,11 +65,13 @@ impl Supervisor {
 
     /// Applies the file's endpoints and the runtime ones together (`new`); the
     /// consumers of `forget` (runtime endpoints deleted) are deleted once their
-    /// workers have drained.
+    /// workers have drained. With `fan_out`, the disabled runtime endpoints (`held`)
+    /// keep getting copies.
     pub(in crate::app) async fn apply_merged(
         &self,
         new: Config,
         forget: &[String],
+        held: Vec<Arc<Endpoint>>,
     ) -> Result<ReloadSummary, ApplyError> {
         let mut current = self.config.lock().await;
         let router_changed = current.router != new.router;
@@ -167,7 +176,12 @@ impl Supervisor {
                 }
             });
         }
-        // Deleted while disabled: no worker to drain, the rest goes the same way.
+        // Deleted while disabled: no worker to drain, the rest goes the same way. With
+        // `fan_out` it was copied for until now: the copies in flight land first.
+        let settle = match self.shared.work_stream() {
+            Some(_) => COPIES_SETTLE,
+            None => Duration::ZERO,
+        };
         for name in forget {
             if running.contains_key(name) || summary.removed.contains(name) {
                 continue;
@@ -175,6 +189,7 @@ impl Supervisor {
             let gone = self.when_gone(name.clone(), || {});
             let leftovers = self.remove_leftovers(name.clone());
             self.draining.spawn(async move {
+                tokio::time::sleep(settle).await;
                 if gone.await {
                     leftovers.await;
                 }
@@ -186,7 +201,7 @@ impl Supervisor {
         if self.shared.work_stream().is_some() {
             let workers = running.values().map(|r| r.worker.clone()).collect();
             self.targets
-                .send_replace(Arc::new(Targets::new(new.router.clone(), workers)));
+                .send_replace(Arc::new(Targets::new(new.router.clone(), workers, held)));
         }
         // The workers hold the endpoints: no second copy of thousands here.
         current.router = new.router;
