@@ -810,6 +810,14 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
     );
     assert!(natshook.dead_letters("a").is_empty());
     assert!(natshook.logs().contains("former consumer's messages moved"));
+    // What arrived while the old consumer was drained was copied both ways, into one
+    // stream: stored, and delivered, once.
+    let by_id = attempts_by_id(&rx, None);
+    let twice: Vec<&String> = after_ids
+        .iter()
+        .filter(|id| by_id.get(*id).map_or(0, Vec::len) > 1)
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
 }
 
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it

@@ -432,6 +432,7 @@ fn drain_leftovers(
     running.retain(|_, task| !task.is_finished());
     for w in workers.iter().filter(|w| w.fans_out()) {
         let consumer = w.consumer_name();
+        w.note_former_consumer(infos.contains_key(consumer));
         if !infos.contains_key(consumer) || running.contains_key(consumer) {
             continue;
         }

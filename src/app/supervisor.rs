@@ -342,6 +342,8 @@ impl Supervisor {
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
         if let Some(old) = replaced {
+            // Made unordered: its consumer on the source stream is drained next.
+            worker.note_former_consumer(!old.fans_out());
             let held = old.hand_over_to(&worker);
             if held > 0 {
                 tracing::info!(endpoint = %worker.endpoint().name, held, "messages held by the replaced worker handed over");

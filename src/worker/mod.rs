@@ -125,6 +125,10 @@ pub struct Worker {
     lazy: bool,
     /// A lazy worker without a consumer, waiting for [`Worker::wake`].
     parked: AtomicBool,
+    /// A lazy worker whose endpoint still has a consumer on the source stream (it was
+    /// `ordered`, or `fan_out` was off), being drained to its own subject: the
+    /// fan-out's copies go there too, where a message both make is stored once.
+    former_consumer: AtomicBool,
     wake: tokio::sync::Notify,
     /// The endpoint's `concurrency`, shared by its own consumer's deliveries and the
     /// lane's.
@@ -192,6 +196,7 @@ impl Worker {
         Self {
             lazy,
             parked: AtomicBool::new(lazy),
+            former_consumer: AtomicBool::new(false),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(endpoint.concurrency)),
@@ -405,7 +410,17 @@ impl Worker {
     /// no rate limit to wait for, and an attempt ends within its `timeout` of at most
     /// a third of the lane's `ack_wait` (its attempts need no progress acks).
     pub fn takes_lane(&self) -> bool {
-        self.is_parked() && progress_every(&self.endpoint).is_none() && self.takes_lane_copies()
+        self.is_parked()
+            && !self.former_consumer.load(Ordering::Relaxed)
+            && progress_every(&self.endpoint).is_none()
+            && self.takes_lane_copies()
+    }
+
+    /// Whether the endpoint's former consumer on the source stream still exists
+    /// (`fanout::leftover` drains it): its copies stay off the lane meanwhile.
+    pub fn note_former_consumer(&self, exists: bool) {
+        self.former_consumer
+            .store(self.lazy && exists, Ordering::Relaxed);
     }
 
     /// Whether the endpoint can start a copy from the lane: a fan-out endpoint that is
