@@ -932,6 +932,67 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     .await;
 }
 
+/// With `fan_out`, a disabled endpoint's copies wait only as long as the source
+/// stream keeps their messages (here `max_age`), as its messages would without
+/// fan-out: enabling it delivers the newer ones, not those the stream dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "{}\n[delivery]\nfan_out = true\n",
+        config(&nats, &file_rx, "")
+    );
+    let n = &Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let mut events = js.get_stream("EVENTS").await.unwrap();
+    let mut limited = events.info().await.unwrap().config.clone();
+    limited.max_age = Duration::from_secs(3);
+    limited.duplicate_window = Duration::from_secs(3);
+    js.update_stream(&limited).await.expect("max_age set");
+    let mut off: Value = serde_json::from_str(&body("off", &rx)).unwrap();
+    off["enabled"] = false.into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&off.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    publish_all(&js, tenant_leads("org_1", 5, "old")).await;
+    wait_until(Duration::from_secs(10), "the old copies held", || async {
+        copies_of(&js, "off").await == 5
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the old leads aged out", || {
+        let events = events.clone();
+        async move { events.clone().info().await.unwrap().state.messages == 0 }
+    })
+    .await;
+    publish_all(&js, tenant_leads("org_1", 2, "new")).await;
+    wait_until(
+        Duration::from_secs(15),
+        "the old copies expired",
+        || async { copies_of(&js, "off").await == 2 },
+    )
+    .await;
+    let (status, on) = api(
+        n,
+        "PATCH",
+        "/api/endpoints/off",
+        Some(r#"{"enabled": true}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{on}");
+    rx.wait_for(Duration::from_secs(20), "the new leads", |r| {
+        delivered_on(r, "/off", "new") == ids("new", 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(delivered_on(&rx, "/off", "old").is_empty());
+    assert!(n
+        .logs()
+        .contains("copies of messages the source stream no longer keeps"));
+}
+
 /// The copies on the work streams for endpoint `name`, acked or not.
 async fn copies_of(js: &jetstream::Context, name: &str) -> u64 {
     use futures_util::StreamExt;

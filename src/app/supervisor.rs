@@ -431,6 +431,7 @@ impl Supervisor {
         let scan = crate::fanout::scan(
             js,
             work,
+            config.stream.clone(),
             config.consumer_prefix.clone(),
             self.targets.subscribe(),
             stop.clone(),

@@ -414,30 +414,46 @@ fn copy<'a>(
 
 /// Removes the copies every endpoint's consumer has acked and wakes every endpoint
 /// that has copies waiting, every `SCAN_EVERY` until `stop`: the copies another
-/// replica stored, or a stopped process left behind.
+/// replica stored, or a stopped process left behind. Disabled endpoints' copies of
+/// messages the `source` stream no longer keeps are removed ([`expire_held`]).
 pub async fn scan(
     js: jetstream::Context,
     work: WorkStream,
+    source: String,
     consumer_prefix: String,
     targets: watch::Receiver<Arc<Targets>>,
     stop: CancellationToken,
 ) {
     let mut released: Released = Vec::new();
     let lane = lane::consumer_name(&consumer_prefix);
+    let mut expire_due = tokio::time::Instant::now();
     loop {
         if let Err(e) = lane::Lane::release(&js, &work, &lane).await {
             tracing::debug!(consumer = %lane, error = %e, "lane purge failed");
         }
         let current = targets.borrow().clone();
+        let mut held = Vec::new();
         for (i, name) in work.names().iter().enumerate() {
             // One shard's failure (a stream being created again) leaves the others'
             // endpoints to be woken.
             if let Err(e) = release_acked(&js, &work, i, &mut released).await {
                 tracing::debug!(stream = %name, error = %e, "work stream purge failed");
             }
-            if let Err(e) = scan_shard(&js, &work, i, &current).await {
-                tracing::debug!(stream = %name, error = %e, "work stream scan failed");
+            match scan_shard(&js, &work, i, &current).await {
+                Ok(names) if !names.is_empty() => held.push((i, names)),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(stream = %name, error = %e, "work stream scan failed"),
             }
+        }
+        if !held.is_empty() && tokio::time::Instant::now() >= expire_due {
+            let every = match expire_held(&js, &work, &source, &held).await {
+                Ok(every) => every,
+                Err(e) => {
+                    tracing::debug!(error = %e, "disabled endpoints' copies not expired");
+                    EXPIRE_EVERY_MAX
+                }
+            };
+            expire_due = tokio::time::Instant::now() + every;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -493,13 +509,14 @@ async fn release_acked(
     Ok(())
 }
 
-/// Wakes the endpoints with copies on shard `i`'s stream.
+/// Wakes the endpoints with copies on shard `i`'s stream; returns the disabled ones
+/// with copies there.
 async fn scan_shard(
     js: &jetstream::Context,
     work: &WorkStream,
     i: usize,
     targets: &Targets,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     let stream = js
         .get_stream_no_info(&work.names()[i])
         .await
@@ -508,14 +525,66 @@ async fn scan_shard(
         .info_with_subjects(work.subjects_of(i))
         .await
         .map_err(|e| e.to_string())?;
+    let mut held = Vec::new();
     while let Some(next) = subjects.next().await {
         let (subject, count) = next.map_err(|e| e.to_string())?;
         if count == 0 {
             continue;
         }
-        if let Some(w) = work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
-            w.wake();
+        match work.endpoint_of(&subject).and_then(|e| targets.get(e)) {
+            Some(Target::Serving(w)) => w.wake(),
+            Some(Target::Held(e)) => held.push(e.name.clone()),
+            None => {}
         }
     }
-    Ok(())
+    Ok(held)
+}
+
+/// Longest time between two expiries of disabled endpoints' copies.
+const EXPIRE_EVERY_MAX: Duration = Duration::from_secs(60);
+
+/// Removes the copies of disabled endpoints (`held`, by shard) whose source messages
+/// the `source` stream no longer keeps: a disabled endpoint's consumer on the source
+/// stream, without fan-out, would not find them either, and a platform's long-disabled
+/// webhooks would otherwise store a copy of their share of the traffic for good. The
+/// cut is the time the source's oldest message was stored: every copy stored before it
+/// is of a message it has dropped. Only under limits retention: interest and
+/// work-queue streams drop what the fan-out acked, which the endpoint has yet to get.
+/// Returns when to look again: a tenth of the source's `max_age` (between
+/// [`SCAN_EVERY`] and [`EXPIRE_EVERY_MAX`]), so a copy outlives its message by little.
+async fn expire_held(
+    js: &jetstream::Context,
+    work: &WorkStream,
+    source: &str,
+    held: &[(usize, Vec<String>)],
+) -> Result<Duration, String> {
+    let mut stream = js
+        .get_stream(source)
+        .await
+        .map_err(|e| format!("stream {source}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {source}: {e}"))?;
+    let every = match info.config.max_age {
+        age if age.is_zero() => EXPIRE_EVERY_MAX,
+        age => (age / 10).clamp(SCAN_EVERY, EXPIRE_EVERY_MAX),
+    };
+    if info.config.retention != jetstream::stream::RetentionPolicy::Limits
+        || info.state.messages == 0
+    {
+        return Ok(every);
+    }
+    let oldest = info.state.first_timestamp;
+    for (i, names) in held {
+        let first = (work.first_stored_since(js, *i, oldest).await).map_err(|e| e.to_string())?;
+        let shard = (js.get_stream_no_info(&work.names()[*i]).await).map_err(|e| e.to_string())?;
+        for name in names {
+            let removed = (work.expire(&shard, name, first).await).map_err(|e| e.to_string())?;
+            if removed > 0 {
+                tracing::info!(endpoint = %name, removed, "removed a disabled endpoint's copies of messages the source stream no longer keeps");
+            }
+        }
+    }
+    Ok(every)
 }

@@ -241,19 +241,74 @@ impl WorkStream {
         endpoint: &str,
         acked_to: u64,
     ) -> Result<u64, WorkStreamError> {
-        if acked_to == 0 {
+        self.purge_below(stream, endpoint, acked_to + 1, "acked copies")
+            .await
+    }
+
+    /// Removes `endpoint`'s copies stored before stream sequence `first`, a disabled
+    /// endpoint's copies of messages the source stream no longer keeps. Returns how
+    /// many were removed.
+    pub async fn expire<I>(
+        &self,
+        stream: &stream::Stream<I>,
+        endpoint: &str,
+        first: u64,
+    ) -> Result<u64, WorkStreamError> {
+        self.purge_below(stream, endpoint, first, "expired copies")
+            .await
+    }
+
+    async fn purge_below<I>(
+        &self,
+        stream: &stream::Stream<I>,
+        endpoint: &str,
+        first: u64,
+        what: &str,
+    ) -> Result<u64, WorkStreamError> {
+        if first <= 1 {
             return Ok(0);
         }
         stream
             .purge()
             .filter(self.subject(endpoint))
-            .sequence(acked_to + 1)
+            .sequence(first)
             .await
             .map(|r| r.purged)
             .map_err(|e| WorkStreamError {
                 stream: self.name_of(endpoint).to_string(),
-                message: format!("purging {endpoint}'s acked copies: {e}"),
+                message: format!("purging {endpoint}'s {what}: {e}"),
             })
+    }
+
+    /// The first sequence of shard `i`'s stream stored at or after `time`, by
+    /// nats-server's clock; the one after its last when none is. A consumer made to
+    /// start at that time reports where it starts, so nothing is read.
+    pub async fn first_stored_since(
+        &self,
+        js: &jetstream::Context,
+        i: usize,
+        time: time::OffsetDateTime,
+    ) -> Result<u64, WorkStreamError> {
+        let name = &self.names[i];
+        let failed = |e: String| WorkStreamError {
+            stream: name.clone(),
+            message: format!("finding the copies stored since {time}: {e}"),
+        };
+        let stream = (js.get_stream_no_info(name).await).map_err(|e| failed(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: time },
+                ack_policy: AckPolicy::None,
+                memory_storage: true,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let info = consumer.cached_info();
+        let first = info.delivered.stream_sequence + 1;
+        let _ = stream.delete_consumer(&info.name).await;
+        Ok(first)
     }
 
     /// Removes the lane's copies up to stream sequence `acked_to`, its consumer's ack
