@@ -14,6 +14,7 @@ use async_nats::jetstream;
 use base64::Engine;
 use bytes::Bytes;
 use common::*;
+use futures_util::StreamExt;
 
 /// Each published id was delivered (2xx) or dead-lettered, and no other id arrived.
 /// Every request carrying an id carried the same event and subject.
@@ -541,7 +542,7 @@ async fn sigterm_hands_fetched_but_unstarted_messages_back_at_once() {
     })
     .await;
     // The window (2 × concurrency) held 4 fetched messages nobody had started: NAKed
-    // at shutdown, they come back at once instead of after ack_wait (30 s).
+    // at shutdown, they come back within a second instead of after ack_wait (30 s).
     assert!(
         restarted.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -1192,6 +1193,60 @@ async fn reloads_during_a_pause_cost_the_held_messages_no_attempt() {
     assert!(
         late_first.is_empty(),
         "first requests after NAKs: {late_first:?}"
+    );
+}
+
+/// Restarts during a pause cost the held messages no attempt either: each is NAKed
+/// for the next process, and noted in `NATSHOOK_STATE` as a delivery that was no
+/// attempt. Every id's attempts count 1, 2, 3 without a gap, and the notes go once
+/// the messages are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_during_a_pause_cost_the_held_messages_no_attempt() {
+    let settings = "concurrency = 4\ndisable_after_failures = 3\nprobe_interval = \"2s\"\nprobe_max_interval = \"2s\"\nmax_attempts = 50\nretry_schedule = [\"100ms\"]";
+    let (rx, nats, mut natshook, published) = paused_with_backlog(503, settings, 30, "rs").await;
+    for _ in 0..3 {
+        // A probe (an attempt) comes between restarts.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let status = natshook.terminate().await;
+        assert!(status.success(), "exit {status}");
+        natshook.spawn().await;
+        natshook
+            .wait_metric(PAUSED, 1.0, Duration::from_secs(10), "still paused")
+            .await;
+    }
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(60), "30 delivered", |r| {
+        r.delivered_ids().len() >= 30
+    })
+    .await;
+    assert_nothing_lost(&rx, &published, &[]);
+    assert!(natshook.dead_letters("e").is_empty(), "dead letters");
+    let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in rx.received() {
+        let attempt = r.header("x-webhook-attempt").parse().unwrap_or(0);
+        attempts
+            .entry(r.id().to_string())
+            .or_default()
+            .push(attempt);
+    }
+    let gaps: Vec<String> = attempts
+        .iter()
+        .filter(|(_, a)| a.iter().enumerate().any(|(i, n)| *n != i as u32 + 1))
+        .map(|(id, a)| format!("{id}: {a:?}"))
+        .collect();
+    assert!(gaps.is_empty(), "attempts with gaps: {gaps:?}");
+    let js = jetstream::new(nats.client().await);
+    let state = js.get_key_value("NATSHOOK_STATE").await.expect("bucket");
+    let keys: Vec<String> = state
+        .keys()
+        .await
+        .expect("keys")
+        .filter_map(|k| async move { k.ok() })
+        .collect()
+        .await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with("unattempted.")),
+        "{keys:?}"
     );
 }
 

@@ -8,6 +8,7 @@ pub mod pause_state;
 pub mod pull_stream;
 pub mod registry;
 pub mod replicas;
+pub mod unattempted;
 pub mod work_stream;
 
 use std::collections::HashMap;

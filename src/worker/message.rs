@@ -42,6 +42,9 @@ struct MessageMeta {
     /// A copy moved off the lane to wait out its retry delay: its first delivery only
     /// waits (a NAK with that delay), and is no attempt.
     wait_first: Option<Duration>,
+    /// Deliveries that were no attempt (`store::unattempted`), taken off `attempt`;
+    /// their note goes once the message is settled for good.
+    unattempted: u32,
 }
 
 impl MessageMeta {
@@ -58,6 +61,7 @@ impl MessageMeta {
                 copy: true,
                 on_lane: work.is_lane(info.stream),
                 wait_first: attempt.wait_first,
+                unattempted: 0,
             });
         }
         Some(Self {
@@ -69,6 +73,7 @@ impl MessageMeta {
             copy: false,
             on_lane: false,
             wait_first: None,
+            unattempted: 0,
         })
     }
 }
@@ -97,13 +102,16 @@ impl Worker {
         abort: &'a CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
         async move {
-            let m = match self.route(&msg) {
+            let mut m = match self.route(&msg) {
                 Ok(m) => m,
                 Err(settle) => {
                     self.ack(&msg, settle).await;
                     return;
                 }
             };
+            if m.meta.attempt > 1 {
+                Box::pin(self.take_off_unattempted(&mut m)).await;
+            }
             if m.msg.payload.len() > self.endpoint.max_body {
                 let reason = format!(
                     "payload of {} bytes exceeds max_body ({} bytes)",
@@ -114,6 +122,34 @@ impl Worker {
                 return;
             }
             self.deliver(&m, abort).await;
+        }
+    }
+
+    /// Takes the deliveries of `m` that were no attempt (held when a process stopped)
+    /// off its attempt number. Without the ledger, the count stands.
+    async fn take_off_unattempted(&self, m: &mut Routed<'_>) {
+        let Some(delivered) = self.delivered(m.msg) else {
+            return;
+        };
+        match self.shared.unattempted.of(&delivered).await {
+            Ok(0) => {}
+            Ok(n) => {
+                m.meta.attempt = m.meta.attempt.saturating_sub(n).max(1);
+                m.meta.unattempted = n;
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "unattempted deliveries not read; the delivery count stands");
+            }
+        }
+    }
+
+    /// Forgets `m`'s unattempted deliveries once it is settled for good.
+    async fn settled_for_good(&self, m: &Routed<'_>) {
+        let Some(delivered) = self.delivered(m.msg) else {
+            return;
+        };
+        if let Err(e) = self.shared.unattempted.forget(&delivered).await {
+            tracing::debug!(endpoint = %self.endpoint.name, error = %e, "a settled message's unattempted deliveries not forgotten");
         }
     }
 
@@ -323,6 +359,9 @@ impl Worker {
         let decision = decide(&result, attempt, &self.endpoint, jitter);
         if decision == Decision::Ack {
             self.ack(msg, AckKind::Ack).await;
+            if m.meta.unattempted > 0 {
+                Box::pin(self.settled_for_good(m)).await;
+            }
             self.last_success_ms.store(now, Ordering::Relaxed);
             self.breaker.record_success();
             self.count_delivery(m, Outcome::Success);
@@ -419,6 +458,9 @@ impl Worker {
             Ok(()) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.ack(m.msg, AckKind::Ack).await;
+                if m.meta.unattempted > 0 {
+                    Box::pin(self.settled_for_good(m)).await;
+                }
                 self.metrics.dead_letters.inc();
                 self.count_delivery(m, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {

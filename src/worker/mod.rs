@@ -61,7 +61,12 @@ use crate::rate_limit::RateLimit;
 use crate::routing::Router;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseRecord;
+use crate::store::unattempted::Delivered;
 use crate::time;
+
+/// How long a message noted as unattempted waits before it comes back (see
+/// [`Worker::note_unattempted`]).
+const LEDGER_SETTLE: Duration = Duration::from_secs(1);
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
 
@@ -580,12 +585,54 @@ impl Worker {
                 slot.extend(held.drain(..));
             }
         }
-        // Fetched but never started: NAK for immediate redelivery (to the restarted
-        // process, or another replica) instead of after ack_wait.
+        // Fetched but never started: NAK for redelivery (to the restarted process, or
+        // another replica) instead of after ack_wait, once the ledger says this
+        // delivery was no attempt. The delay lets a KV replica that serves reads catch
+        // up with that write first.
+        let delay = match self.note_unattempted(&held).await {
+            true => Some(LEDGER_SETTLE),
+            false => None,
+        };
         for msg in held.drain(..) {
-            self.ack(&msg, AckKind::Nak(None)).await;
+            self.ack(&msg, AckKind::Nak(delay)).await;
         }
         self.bound.store(false, Ordering::Relaxed);
+    }
+
+    /// Counts one unattempted delivery of each of `held` (`store::unattempted`);
+    /// whether that was written. Without it, each counts one attempt more.
+    async fn note_unattempted(&self, held: &Held) -> bool {
+        let delivered: Vec<Delivered<'_>> =
+            held.iter().filter_map(|msg| self.delivered(msg)).collect();
+        if delivered.is_empty() {
+            return false;
+        }
+        match self.shared.unattempted.add(&delivered).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint.name, error = %e, held = delivered.len(), "cannot note the held messages as unattempted; each counts one attempt more");
+                false
+            }
+        }
+    }
+
+    /// `msg` as this endpoint's consumer sees it, for the ledger of unattempted
+    /// deliveries; `None` for a copy from the lane, which the lane's consumer delivered.
+    fn delivered<'m>(&'m self, msg: &'m jetstream::Message) -> Option<Delivered<'m>> {
+        let info = msg.info().ok()?;
+        if self
+            .shared
+            .work
+            .as_ref()
+            .is_some_and(|w| w.is_lane(info.stream))
+        {
+            return None;
+        }
+        Some(Delivered {
+            consumer: &self.consumer_name,
+            stream: info.stream,
+            sequence: info.stream_sequence,
+        })
     }
 
     async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
+use crate::store::unattempted::Unattempted;
 use crate::store::work_stream::WorkStream;
 
 /// What every worker shares: the NATS side and the process-wide stores.
@@ -27,6 +28,8 @@ pub struct Shared {
     pub(super) dead_letters: DeadLetters,
     pub(super) delivery_log: Option<DeliveryLog>,
     pub(super) pause_state: PauseState,
+    /// Deliveries that were no attempt, in the pause state's bucket.
+    pub(super) unattempted: Unattempted,
     pub(super) events: OperatorEvents,
     /// `[delivery] max_inflight`, shared fairly by the endpoints.
     pub(super) inflight: InflightLimit,
@@ -70,6 +73,7 @@ impl Shared {
             metrics,
             dead_letters,
             delivery_log,
+            unattempted: Unattempted::new(pause_state.clone()),
             pause_state,
             events: OperatorEvents::off(),
             inflight,
