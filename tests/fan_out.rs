@@ -820,6 +820,68 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
 }
 
+/// A second change that restarts the endpoint while its former consumer is still
+/// drained (here its `timeout`, after the poller has seen that consumer) keeps its
+/// copies off the lane too: what arrives meanwhile is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_restarted_again_while_its_former_consumer_drains_gets_each_message_once() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = |ordered: bool, timeout: &str| {
+        let ordered = if ordered { "\nordered = true" } else { "" };
+        let extra = format!(
+            "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0\ntimeout = \"{timeout}\"{ordered}"
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(true, "5s")).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(40, "held")).await;
+    rx.wait_for(Duration::from_secs(10), "the first retries", |r| {
+        r.count() >= 3
+    })
+    .await;
+    reload(
+        &natshook,
+        &config(false, "5s"),
+        "config reloaded",
+        "the switch",
+    )
+    .await;
+    // The poller (every 5 s) has seen the former consumer by now.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    natshook.rewrite_config(&config(false, "6s"));
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), "the second reload", || {
+        let logs = natshook.logs();
+        async move { logs.matches("config reloaded").count() >= 2 }
+    })
+    .await;
+    rx.set(|_| Reply::ok());
+    let after = leads(10, "after");
+    let after_ids: Vec<String> = after.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, after).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the old consumer deleted",
+        || async { !consumers(&js, "EVENTS").await.contains("natshook-a") },
+    )
+    .await;
+    rx.wait_for(Duration::from_secs(30), "every lead", |r| {
+        r.delivered_ids().len() >= 50
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_id = attempts_by_id(&rx, None);
+    let twice: Vec<&String> = after_ids
+        .iter()
+        .filter(|id| by_id.get(*id).map_or(0, Vec::len) > 1)
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+}
+
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it
 /// starts where the fan-out stands, so what the endpoint already received from its
 /// copies is not delivered a second time, and nothing published around the switch is

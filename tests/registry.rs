@@ -932,6 +932,80 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     .await;
 }
 
+/// With `fan_out`, `ordered` endpoints go through disabling too: one created
+/// disabled (it has no consumer on the source stream yet) gets what arrived before it
+/// was enabled, and one made unordered while disabled gets every message once,
+/// though its former consumer and the fan-out both hold what arrived while it was off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_ordered_endpoints_get_what_arrived_while_disabled_once() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "{}\n[delivery]\nfan_out = true\n",
+        config(&nats, &file_rx, "")
+    );
+    let n = &Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let patch = |name: &'static str, body: &'static str| async move {
+        let (status, changed) =
+            api(n, "PATCH", &format!("/api/endpoints/{name}"), Some(body)).await;
+        assert_eq!(status, 200, "{changed}");
+        // Each replica's fan-out takes the change in a moment.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    };
+    let create = |name: &'static str, enabled: bool| {
+        let mut b: Value = serde_json::from_str(&body(name, &rx)).unwrap();
+        b["ordered"] = true.into();
+        b["enabled"] = enabled.into();
+        async move {
+            let (status, created) = api(n, "POST", "/api/endpoints", Some(&b.to_string())).await;
+            assert_eq!(status, 201, "{created}");
+        }
+    };
+    create("born-off", false).await;
+    create("switched", true).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    publish_all(&js, tenant_leads("org_1", 3, "first")).await;
+    rx.wait_for(Duration::from_secs(20), "the first leads", |r| {
+        delivered_on(r, "/switched", "first") == ids("first", 3)
+    })
+    .await;
+    patch("switched", r#"{"enabled": false}"#).await;
+    patch("switched", r#"{"ordered": false}"#).await;
+    publish_all(&js, tenant_leads("org_1", 5, "off")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    patch("born-off", r#"{"enabled": true}"#).await;
+    patch("switched", r#"{"enabled": true}"#).await;
+    publish_all(&js, tenant_leads("org_1", 5, "after")).await;
+    rx.wait_for(Duration::from_secs(30), "every lead on both", |r| {
+        ["/born-off", "/switched"].iter().all(|path| {
+            ["first", "off", "after"]
+                .iter()
+                .all(|p| delivered_on(r, path, p).len() == if *p == "first" { 3 } else { 5 })
+        })
+    })
+    .await;
+    // The former consumer is drained and deleted within seconds; nothing comes twice.
+    wait_until(Duration::from_secs(20), "the former consumer gone", || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("EVENTS").await.unwrap();
+            stream.consumer_info("natshook-switched").await.is_err()
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut times: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in rx.received() {
+        *times
+            .entry((r.path.clone(), r.id().to_string()))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+}
+
 /// With `fan_out`, a disabled endpoint's copies wait only as long as the source
 /// stream keeps their messages (here `max_age`), as its messages would without
 /// fan-out: enabling it delivers the newer ones, not those the stream dropped.
@@ -948,8 +1022,8 @@ async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() 
     let js = jetstream::new(nats.client().await);
     let mut events = js.get_stream("EVENTS").await.unwrap();
     let mut limited = events.info().await.unwrap().config.clone();
-    limited.max_age = Duration::from_secs(3);
-    limited.duplicate_window = Duration::from_secs(3);
+    limited.max_age = Duration::from_secs(15);
+    limited.duplicate_window = Duration::from_secs(15);
     js.update_stream(&limited).await.expect("max_age set");
     let mut off: Value = serde_json::from_str(&body("off", &rx)).unwrap();
     off["enabled"] = false.into();
@@ -962,14 +1036,16 @@ async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() 
         copies_of(&js, "off").await == 5
     })
     .await;
+    // Newer by more than the cut's margin (10 s) for clocks that differ.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    publish_all(&js, tenant_leads("org_1", 2, "new")).await;
     wait_until(Duration::from_secs(10), "the old leads aged out", || {
         let events = events.clone();
-        async move { events.clone().info().await.unwrap().state.messages == 0 }
+        async move { events.clone().info().await.unwrap().state.messages == 2 }
     })
     .await;
-    publish_all(&js, tenant_leads("org_1", 2, "new")).await;
     wait_until(
-        Duration::from_secs(15),
+        Duration::from_secs(10),
         "the old copies expired",
         || async { copies_of(&js, "off").await == 2 },
     )

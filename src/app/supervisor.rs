@@ -342,8 +342,9 @@ impl Supervisor {
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
         if let Some(old) = replaced {
-            // Made unordered: its consumer on the source stream is drained next.
-            worker.note_former_consumer(!old.fans_out());
+            // Made unordered, or restarted while its former consumer on the source
+            // stream drains: that consumer is drained next.
+            worker.note_former_consumer(!old.fans_out() || old.has_former_consumer());
             let held = old.hand_over_to(&worker);
             if held > 0 {
                 tracing::info!(endpoint = %worker.endpoint().name, held, "messages held by the replaced worker handed over");

@@ -34,16 +34,17 @@ const RECENT: Duration = Duration::from_secs(60);
 /// Pages of the source stream read at once.
 const PAGE: usize = 500;
 
-/// The endpoints of `current` that are not among `before` and started within
-/// [`RECENT`] after the source sequence they name: each with the last sequence it
-/// skips. (An endpoint skipping by time alone, when the stream could not be read at
-/// its creation, is not caught up.)
-pub(super) fn joined(before: &HashSet<String>, current: &Targets) -> Vec<(Target, u64)> {
+/// The endpoints of `current` that `before` did not know (neither copied for nor
+/// reading the source stream themselves: an `ordered` endpoint's consumer there got
+/// every message) and started within [`RECENT`] after the source sequence they name:
+/// each with the last sequence it skips. (An endpoint skipping by time alone, when
+/// the stream could not be read at its creation, is not caught up.)
+pub(super) fn joined(before: &Targets, current: &Targets) -> Vec<(Target, u64)> {
     let now = SystemTime::now();
     current
         .all()
         .iter()
-        .filter(|w| !before.contains(&w.endpoint().name))
+        .filter(|w| !before.knows(&w.endpoint().name))
         .filter_map(|w| {
             let skip = w.endpoint().skip?;
             let recent = now

@@ -73,9 +73,10 @@ pub struct FanOut {
     own_consumers: HashSet<String>,
     /// Those whose consumer could not be made: copied for until it is.
     copying_for: HashSet<String>,
-    /// The endpoints copied for since the last bind: one that joins later is caught
-    /// up ([`catch_up`]).
-    served: HashSet<String>,
+    /// The targets of the last bind: an endpoint that joins later is caught up
+    /// ([`catch_up`]), and one that changed how it is served takes that over
+    /// ([`FanOut::carry_over`]).
+    previous: Arc<Targets>,
     /// Those whose catch-up failed: tried again at the next bind, however long ago
     /// they started, and a bind comes within [`OWN_CONSUMER_RETRY`].
     catching_up: Vec<(Target, u64)>,
@@ -98,7 +99,7 @@ impl FanOut {
             bound: Arc::new(AtomicBool::new(false)),
             own_consumers: HashSet::new(),
             copying_for: HashSet::new(),
-            served: HashSet::new(),
+            previous: Arc::default(),
             catching_up: Vec::new(),
         }
     }
@@ -180,6 +181,7 @@ impl FanOut {
             .await
             .map_err(|e| format!("stream {}: {e}", self.stream))?;
         let targets = self.start_own_readers(&stream, targets).await?;
+        self.carry_over(&targets);
         let consumer = stream
             .create_consumer(self.consumer_config(&targets))
             .await
@@ -201,22 +203,23 @@ impl FanOut {
     async fn catch_up(
         &mut self,
         stream: &jetstream::stream::Stream<()>,
-        targets: &Targets,
+        targets: &Arc<Targets>,
         through: u64,
     ) {
-        let mut joined = catch_up::joined(&self.served, targets);
-        for (worker, after) in std::mem::take(&mut self.catching_up) {
-            let name = &worker.endpoint().name;
-            let still = targets.get(name).filter(|w| w.same(&worker));
-            if still.is_some() && !joined.iter().any(|(w, _)| w.same(&worker)) {
-                joined.push((worker, after));
+        let mut joined = catch_up::joined(&self.previous, targets);
+        for (target, after) in std::mem::take(&mut self.catching_up) {
+            // Still to catch up as long as it skips the same backlog, whether it was
+            // enabled, disabled or changed otherwise meanwhile.
+            let through = |t: &Target| t.endpoint().skip.and_then(|s| s.through);
+            let still =
+                (targets.get(&target.endpoint().name)).filter(|t| through(t) == through(&target));
+            if let Some(t) = still {
+                if !joined.iter().any(|(w, _)| w.same(t)) {
+                    joined.push((t.clone(), after));
+                }
             }
         }
-        self.served = targets
-            .all()
-            .iter()
-            .map(|w| w.endpoint().name.clone())
-            .collect();
+        self.previous = Arc::clone(targets);
         if joined.is_empty() {
             return;
         }
@@ -225,6 +228,31 @@ impl FanOut {
         {
             tracing::warn!(error = %e, "cannot copy what new endpoints missed yet; trying again shortly");
             self.catching_up = joined;
+        }
+    }
+
+    /// Tells the running endpoints of `targets` what the last bind's targets knew of
+    /// them. One that read the source stream itself (it was `ordered`), or whose
+    /// worker was still draining such a consumer, has a former consumer there whose
+    /// messages move to its own subject (`leftover`): its copies go there too, off the
+    /// lane, so each message is stored once. So do those of one that was held
+    /// (disabled), which may have been `ordered` before that, until the poller finds
+    /// no such consumer (within 5 s); its copies wait on its own subject, and woken it
+    /// takes them, oldest first, before newer ones.
+    fn carry_over(&self, targets: &Targets) {
+        for w in targets.all().iter().filter_map(Target::worker) {
+            let name = &w.endpoint().name;
+            let former = match self.previous.get(name) {
+                Some(Target::Held(_)) => {
+                    w.wake();
+                    true
+                }
+                Some(Target::Serving(p)) => !Arc::ptr_eq(p, w) && p.has_former_consumer(),
+                None => self.previous.reads_source(name),
+            };
+            if former {
+                w.note_former_consumer(true);
+            }
         }
     }
 
@@ -261,9 +289,12 @@ impl FanOut {
             let name = &worker.endpoint().name;
             match worker.start_source_consumer(stream, handled).await {
                 Ok(made) => {
-                    // Copied for while its own bind made the consumer: those copies
-                    // are of messages that consumer delivers.
-                    if self.copying_for.remove(name) && !made {
+                    // Copied for while its consumer existed (its own bind made it, or
+                    // it was held while disabled): those copies are of messages that
+                    // consumer delivers. A consumer made now starts at the oldest copy.
+                    let was_copying = self.copying_for.remove(name);
+                    let was_held = matches!(self.previous.get(name), Some(Target::Held(_)));
+                    if (was_copying || was_held) && !made {
                         if let Err(e) = self
                             .work
                             .forget(&self.js, name, worker.consumer_name())
@@ -446,7 +477,7 @@ pub async fn scan(
             }
         }
         if !held.is_empty() && tokio::time::Instant::now() >= expire_due {
-            let every = match expire_held(&js, &work, &source, &held).await {
+            let every = match expire_held(&js, &work, &source, &held, &targets).await {
                 Ok(every) => every,
                 Err(e) => {
                     tracing::debug!(error = %e, "disabled endpoints' copies not expired");
@@ -543,21 +574,39 @@ async fn scan_shard(
 /// Longest time between two expiries of disabled endpoints' copies.
 const EXPIRE_EVERY_MAX: Duration = Duration::from_secs(60);
 
+/// How much older than the source stream's oldest message a copy must be stored to
+/// go: the source and a work stream may be kept by different servers of a cluster,
+/// whose clocks differ a little.
+const EXPIRE_MARGIN: Duration = Duration::from_secs(10);
+
 /// Removes the copies of disabled endpoints (`held`, by shard) whose source messages
 /// the `source` stream no longer keeps: a disabled endpoint's consumer on the source
 /// stream, without fan-out, would not find them either, and a platform's long-disabled
 /// webhooks would otherwise store a copy of their share of the traffic for good. The
-/// cut is the time the source's oldest message was stored: every copy stored before it
-/// is of a message it has dropped. Only under limits retention: interest and
-/// work-queue streams drop what the fan-out acked, which the endpoint has yet to get.
-/// Returns when to look again: a tenth of the source's `max_age` (between
+/// cut is the time the source's oldest message was stored, less [`EXPIRE_MARGIN`];
+/// with the source empty, every copy stored before it was read. Only under limits
+/// retention: interest and work-queue streams drop what the fan-out acked, which the
+/// endpoint has yet to get. An endpoint no longer held (enabled meanwhile) is left
+/// alone. Returns when to look again: a tenth of the source's `max_age` (between
 /// [`SCAN_EVERY`] and [`EXPIRE_EVERY_MAX`]), so a copy outlives its message by little.
 async fn expire_held(
     js: &jetstream::Context,
     work: &WorkStream,
     source: &str,
     held: &[(usize, Vec<String>)],
+    targets: &watch::Receiver<Arc<Targets>>,
 ) -> Result<Duration, String> {
+    // Each shard's end is read before the source: a copy at or below it was stored
+    // before the source was read, so its message was stored before that too.
+    let mut shards = Vec::with_capacity(held.len());
+    for (i, names) in held {
+        let mut shard = (js.get_stream(&work.names()[*i]).await).map_err(|e| e.to_string())?;
+        let last = (shard.info().await)
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
+        shards.push((*i, shard, last, names));
+    }
     let mut stream = js
         .get_stream(source)
         .await
@@ -570,16 +619,29 @@ async fn expire_held(
         age if age.is_zero() => EXPIRE_EVERY_MAX,
         age => (age / 10).clamp(SCAN_EVERY, EXPIRE_EVERY_MAX),
     };
-    if info.config.retention != jetstream::stream::RetentionPolicy::Limits
-        || info.state.messages == 0
-    {
+    if info.config.retention != jetstream::stream::RetentionPolicy::Limits {
         return Ok(every);
     }
-    let oldest = info.state.first_timestamp;
-    for (i, names) in held {
-        let first = (work.first_stored_since(js, *i, oldest).await).map_err(|e| e.to_string())?;
-        let shard = (js.get_stream_no_info(&work.names()[*i]).await).map_err(|e| e.to_string())?;
+    let margin = time::Duration::seconds(EXPIRE_MARGIN.as_secs() as i64);
+    let cut = match info.state.messages {
+        0 => None,
+        _ => Some(
+            info.state
+                .first_timestamp
+                .checked_sub(margin)
+                .ok_or("no cut")?,
+        ),
+    };
+    for (i, shard, last, names) in shards {
+        let first = match cut {
+            Some(cut) => (work.first_stored_since(js, i, cut).await).map_err(|e| e.to_string())?,
+            None => last + 1,
+        };
         for name in names {
+            let still_held = matches!(targets.borrow().get(name), Some(Target::Held(_)));
+            if !still_held {
+                continue;
+            }
             let removed = (work.expire(&shard, name, first).await).map_err(|e| e.to_string())?;
             if removed > 0 {
                 tracing::info!(endpoint = %name, removed, "removed a disabled endpoint's copies of messages the source stream no longer keeps");

@@ -75,15 +75,17 @@ pub struct Targets {
 
 impl Targets {
     /// `workers` that do not fan out (ordered endpoints) are not routed to: they read
-    /// the source stream themselves. Neither are `held` (disabled) ones that are
-    /// `ordered`: their consumer there keeps their place.
+    /// the source stream themselves. `held` (disabled) ones are, `ordered` or not: one
+    /// may have no consumer on the source stream yet (created disabled, or made
+    /// `ordered` while disabled), and the consumer it gets when enabled starts at the
+    /// oldest of its copies (those of one that had a consumer there are dropped).
     pub fn new(router: Router, workers: Vec<Arc<Worker>>, held: Vec<Arc<Endpoint>>) -> Self {
         let (workers, own_readers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) =
             workers.into_iter().partition(|w| w.fans_out());
         let targets = workers
             .into_iter()
             .map(Target::Serving)
-            .chain(held.into_iter().filter(|e| !e.ordered).map(Target::Held))
+            .chain(held.into_iter().map(Target::Held))
             .collect();
         Self::indexed(router, targets, own_readers)
     }
@@ -166,6 +168,16 @@ impl Targets {
     /// The endpoints that read the source stream themselves.
     pub fn own_readers(&self) -> &[Arc<Worker>] {
         &self.own_readers
+    }
+
+    /// Whether `name` is copied for or reads the source stream itself.
+    pub fn knows(&self, name: &str) -> bool {
+        self.by_name.contains_key(name) || self.reads_source(name)
+    }
+
+    /// Whether `name` reads the source stream itself.
+    pub fn reads_source(&self, name: &str) -> bool {
+        self.own_readers.iter().any(|w| w.endpoint().name == name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Target> {

@@ -428,6 +428,11 @@ impl Worker {
             .store(self.lazy && exists, Ordering::Relaxed);
     }
 
+    /// See [`Worker::note_former_consumer`].
+    pub fn has_former_consumer(&self) -> bool {
+        self.former_consumer.load(Ordering::Relaxed)
+    }
+
     /// Whether the endpoint can start a copy from the lane: a fan-out endpoint that is
     /// not paused and has no rate limit to wait for.
     pub fn takes_lane_copies(&self) -> bool {
