@@ -450,10 +450,12 @@ fn drain_leftovers(
                     .any(|w| w.endpoint().name == endpoint && w.fans_out())
             }
         };
+        let unattempted = sup.unattempted().clone();
         let task = tokio::spawn({
             let consumer = consumer.clone();
             async move {
                 let leftover = crate::fanout::leftover::Leftover {
+                    unattempted: &unattempted,
                     js: &js,
                     work: &work,
                     stream: &stream,

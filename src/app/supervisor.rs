@@ -252,6 +252,10 @@ impl Supervisor {
         self.shared.work_stream()
     }
 
+    pub fn unattempted(&self) -> &crate::store::unattempted::Unattempted {
+        self.shared.unattempted()
+    }
+
     pub fn delivery_log(&self) -> Option<&DeliveryLog> {
         self.shared.delivery_log()
     }
@@ -426,6 +430,7 @@ impl Supervisor {
             &config.consumer_prefix,
             self.targets.subscribe(),
             self.shared.inflight_share(),
+            self.shared.unattempted().clone(),
             (self.abort.child_token(), self.draining.clone()),
         );
         let _ = self.lane_bound.set(lane.bound());

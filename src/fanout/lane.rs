@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use super::{Targets, RETRY_DELAY};
 use crate::backoff::Backoff;
 use crate::store::pull_stream::{self, Liveness, PullStream};
+use crate::store::unattempted::{self, Delivered, Unattempted};
 use crate::store::work_stream::WorkStream;
 use crate::worker::inflight::{Permit, Share};
 use crate::worker::Worker;
@@ -62,6 +63,8 @@ pub struct Lane {
     consumer: String,
     targets: watch::Receiver<Arc<Targets>>,
     inflight: Arc<InFlight>,
+    /// Copies held at shutdown are noted there as no attempt.
+    unattempted: Unattempted,
     /// Cancelled when the shutdown grace is over: deliveries in flight NAK.
     abort: CancellationToken,
     /// Deliveries in flight, which shutdown waits for.
@@ -76,10 +79,12 @@ impl Lane {
         consumer_prefix: &str,
         targets: watch::Receiver<Arc<Targets>>,
         share: Share,
+        unattempted: Unattempted,
         (abort, tracker): (CancellationToken, TaskTracker),
     ) -> Self {
         Self {
             js,
+            unattempted,
             work,
             consumer: consumer_name(consumer_prefix),
             targets,
@@ -166,10 +171,21 @@ impl Lane {
                 }
             }
         }
-        // Shutting down: back to the lane at once (for another replica, or this one
-        // restarted), not after ack_wait.
+        // Shutting down: back to the lane (for another replica, or this one restarted)
+        // now rather than after ack_wait, noted as no attempt (`store::unattempted`;
+        // the NAK waits a second for a KV replica serving reads to have the note).
+        let delivered: Vec<Delivered<'_>> = held.iter().filter_map(Delivered::of).collect();
+        let delay = match self.unattempted.add(&delivered).await {
+            Ok(()) if !delivered.is_empty() => Some(unattempted::NAK_DELAY),
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(consumer = %self.consumer, error = %e, held = delivered.len(), "cannot note the held copies as unattempted; each counts one attempt more");
+                None
+            }
+        };
+        drop(delivered);
         for msg in held {
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            let _ = msg.ack_with(AckKind::Nak(delay)).await;
         }
         self.bound.store(false, Ordering::Relaxed);
     }
@@ -267,11 +283,17 @@ impl Lane {
         endpoint: &str,
         worker: Option<&Arc<Worker>>,
     ) {
-        // Every delivery on the lane but this one was an attempt.
-        let attempts = msg
+        // Every delivery on the lane but this one was an attempt, less those noted as
+        // none (held when a process stopped).
+        let delivered = msg
             .info()
             .map(|i| u32::try_from(i.delivered.saturating_sub(1)).unwrap_or(u32::MAX))
             .unwrap_or(0);
+        let noted = match Delivered::of(&msg) {
+            Some(d) if delivered > 0 => self.unattempted.of(&d).await.unwrap_or(0),
+            _ => 0,
+        };
+        let attempts = delivered.saturating_sub(noted);
         match self
             .work
             .move_off_lane(&self.js, &msg, endpoint, attempts, None)
@@ -281,6 +303,11 @@ impl Lane {
                 tracing::debug!(endpoint, attempts, "copy moved off the lane");
                 if let Err(e) = msg.ack().await {
                     tracing::debug!(endpoint, error = %e, "lane ack not sent; the copy comes back and moves again as a duplicate, which is dropped");
+                }
+                if let Some(d) = Delivered::of(&msg).filter(|_| noted > 0) {
+                    if let Err(e) = self.unattempted.forget(&d).await {
+                        tracing::debug!(endpoint, error = %e, "a moved copy's unattempted deliveries not forgotten");
+                    }
                 }
                 if let Some(w) = worker {
                     w.wake();

@@ -26,6 +26,7 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::unattempted::{Delivered, Unattempted};
 use crate::store::work_stream::{SourceFacts, WorkStream};
 
 /// How long one fetch waits for the leftover's messages; a retry waiting out its delay
@@ -58,6 +59,9 @@ pub struct Leftover<'a> {
     pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
     /// Shutdown: the drain stops; what it fetched and did not move comes back.
     pub stop: &'a CancellationToken,
+    /// Deliveries of the former consumer that were no attempt (held when a process
+    /// stopped): they do not count among the attempts a copy carries.
+    pub unattempted: &'a Unattempted,
 }
 
 impl Leftover<'_> {
@@ -145,8 +149,14 @@ impl Leftover<'_> {
     async fn move_one(&self, msg: &jetstream::Message) -> Result<(), LeftoverError> {
         let info = msg.info().map_err(|e| self.failed(e))?;
         let facts = SourceFacts::of_source(msg, &info);
-        // This delivery to the drain is no attempt.
-        let attempts = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+        // This delivery to the drain is no attempt, nor those noted as none.
+        let before = u32::try_from(info.delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+        let delivered = Delivered::of(msg);
+        let noted = match &delivered {
+            Some(d) if before > 0 => self.unattempted.of(d).await.unwrap_or(0),
+            _ => 0,
+        };
+        let attempts = before.saturating_sub(noted);
         let headers =
             self.work
                 .leftover_copy_headers(msg.headers.as_ref(), &facts, self.endpoint, attempts);
@@ -160,6 +170,14 @@ impl Leftover<'_> {
             .map_err(|e| self.failed(e))?
             .await
             .map_err(|e| self.failed(e))?;
-        msg.ack_with(AckKind::Ack).await.map_err(|e| self.failed(e))
+        msg.ack_with(AckKind::Ack)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if let Some(d) = delivered.filter(|_| noted > 0) {
+            if let Err(e) = self.unattempted.forget(&d).await {
+                tracing::debug!(endpoint = self.endpoint, error = %e, "a moved message's unattempted deliveries not forgotten");
+            }
+        }
+        Ok(())
     }
 }

@@ -151,6 +151,11 @@ impl WorkStream {
         }
     }
 
+    /// The lane's consumer.
+    pub fn lane_consumer(&self) -> &str {
+        &self.lane_consumer
+    }
+
     /// The work streams, by shard.
     pub fn names(&self) -> &[String] {
         &self.names

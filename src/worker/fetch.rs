@@ -428,7 +428,7 @@ impl Worker {
     }
 
     /// NAKs the held copies that only wait out a retry delay, with that delay.
-    async fn release_waiting(&self, held: &mut Held) {
+    pub(super) async fn release_waiting(&self, held: &mut Held) {
         let mut i = 0;
         while i < held.len() {
             match self.waits_first(&held[i]) {

@@ -19,6 +19,7 @@ use crate::events::{DeadLetterEvent, EventFacts};
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
 use crate::store::dead_letters::DeadLetter;
+use crate::store::unattempted::Delivered;
 use crate::store::work_stream::{header_pairs, WorkStream, NATS_MSG_ID};
 use crate::time;
 
@@ -106,6 +107,12 @@ impl Worker {
                 Ok(m) => m,
                 Err(settle) => {
                     self.ack(&msg, settle).await;
+                    // Acked without a request (skipped, unmapped, unwanted, filtered):
+                    // an earlier delivery may have been noted as no attempt.
+                    let redelivered = msg.info().is_ok_and(|i| i.delivered > 1);
+                    if matches!(settle, AckKind::Ack) && redelivered {
+                        Box::pin(self.forget_unattempted(&msg)).await;
+                    }
                     return;
                 }
             };
@@ -128,7 +135,7 @@ impl Worker {
     /// Takes the deliveries of `m` that were no attempt (held when a process stopped)
     /// off its attempt number. Without the ledger, the count stands.
     async fn take_off_unattempted(&self, m: &mut Routed<'_>) {
-        let Some(delivered) = self.delivered(m.msg) else {
+        let Some(delivered) = Delivered::of(m.msg) else {
             return;
         };
         match self.shared.unattempted.of(&delivered).await {
@@ -143,9 +150,15 @@ impl Worker {
         }
     }
 
-    /// Forgets `m`'s unattempted deliveries once it is settled for good.
+    /// Forgets `m`'s unattempted deliveries once it is settled for good (here, or as a
+    /// copy moved off the lane, which counts on from the attempts it carries).
     async fn settled_for_good(&self, m: &Routed<'_>) {
-        let Some(delivered) = self.delivered(m.msg) else {
+        self.forget_unattempted(m.msg).await;
+    }
+
+    /// Forgets the unattempted deliveries noted for `msg`, settled for good.
+    async fn forget_unattempted(&self, msg: &jetstream::Message) {
+        let Some(delivered) = Delivered::of(msg) else {
             return;
         };
         if let Err(e) = self.shared.unattempted.forget(&delivered).await {
@@ -425,6 +438,9 @@ impl Worker {
                 match moved {
                     Ok(()) => {
                         self.ack(m.msg, AckKind::Ack).await;
+                        if m.meta.unattempted > 0 {
+                            Box::pin(self.settled_for_good(m)).await;
+                        }
                         self.wake();
                         return;
                     }

@@ -61,12 +61,8 @@ use crate::rate_limit::RateLimit;
 use crate::routing::Router;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseRecord;
-use crate::store::unattempted::Delivered;
+use crate::store::unattempted::{self, Delivered};
 use crate::time;
-
-/// How long a message noted as unattempted waits before it comes back (see
-/// [`Worker::note_unattempted`]).
-const LEDGER_SETTLE: Duration = Duration::from_secs(1);
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
 
@@ -594,8 +590,11 @@ impl Worker {
         // another replica) instead of after ack_wait, once the ledger says this
         // delivery was no attempt. The delay lets a KV replica that serves reads catch
         // up with that write first.
+        // A copy that only waits out its retry delay goes back with that delay: its
+        // delivery is no attempt already.
+        self.release_waiting(&mut held).await;
         let delay = match self.note_unattempted(&held).await {
-            true => Some(LEDGER_SETTLE),
+            true => Some(unattempted::NAK_DELAY),
             false => None,
         };
         for msg in held.drain(..) {
@@ -607,8 +606,7 @@ impl Worker {
     /// Counts one unattempted delivery of each of `held` (`store::unattempted`);
     /// whether that was written. Without it, each counts one attempt more.
     async fn note_unattempted(&self, held: &Held) -> bool {
-        let delivered: Vec<Delivered<'_>> =
-            held.iter().filter_map(|msg| self.delivered(msg)).collect();
+        let delivered: Vec<Delivered<'_>> = held.iter().filter_map(Delivered::of).collect();
         if delivered.is_empty() {
             return false;
         }
@@ -619,25 +617,6 @@ impl Worker {
                 false
             }
         }
-    }
-
-    /// `msg` as this endpoint's consumer sees it, for the ledger of unattempted
-    /// deliveries; `None` for a copy from the lane, which the lane's consumer delivered.
-    fn delivered<'m>(&'m self, msg: &'m jetstream::Message) -> Option<Delivered<'m>> {
-        let info = msg.info().ok()?;
-        if self
-            .shared
-            .work
-            .as_ref()
-            .is_some_and(|w| w.is_lane(info.stream))
-        {
-            return None;
-        }
-        Some(Delivered {
-            consumer: &self.consumer_name,
-            stream: info.stream,
-            sequence: info.stream_sequence,
-        })
     }
 
     async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {

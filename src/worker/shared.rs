@@ -107,6 +107,10 @@ impl Shared {
         &self.pause_state
     }
 
+    pub fn unattempted(&self) -> &Unattempted {
+        &self.unattempted
+    }
+
     /// The count of live replicas, which `store::replicas` keeps and workers read.
     pub fn replicas(&self) -> &watch::Sender<usize> {
         &self.replicas
