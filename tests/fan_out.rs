@@ -739,6 +739,16 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
     assert!(natshook.dead_letters("a").is_empty());
 }
 
+/// Asserts that `rx` received each of `ids` at most once.
+fn assert_once(rx: &Receiver, ids: &[String]) {
+    let by_id = attempts_by_id(rx, None);
+    let twice: Vec<&String> = ids
+        .iter()
+        .filter(|id| by_id.get(*id).map_or(0, Vec::len) > 1)
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+}
+
 /// An endpoint switched from `ordered` (a consumer of its own on the source stream) to
 /// reading copies: what its old consumer still held is moved to the work stream with
 /// the attempts it had, and the old consumer goes, so nothing it held is stranded.
@@ -812,12 +822,7 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
     assert!(natshook.logs().contains("former consumer's messages moved"));
     // What arrived while the old consumer was drained was copied both ways, into one
     // stream: stored, and delivered, once.
-    let by_id = attempts_by_id(&rx, None);
-    let twice: Vec<&String> = after_ids
-        .iter()
-        .filter(|id| by_id.get(*id).map_or(0, Vec::len) > 1)
-        .collect();
-    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_once(&rx, &after_ids);
 }
 
 /// A second change that restarts the endpoint while its former consumer is still
@@ -874,12 +879,7 @@ async fn an_endpoint_restarted_again_while_its_former_consumer_drains_gets_each_
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let by_id = attempts_by_id(&rx, None);
-    let twice: Vec<&String> = after_ids
-        .iter()
-        .filter(|id| by_id.get(*id).map_or(0, Vec::len) > 1)
-        .collect();
-    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_once(&rx, &after_ids);
 }
 
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it

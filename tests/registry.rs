@@ -697,6 +697,41 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
     deliver_org_1(js, rx, 1, "second", 2).await;
 }
 
+/// Like [`Setup`], with `[delivery] fan_out` on.
+struct FanOutSetup {
+    _nats: NatsServer,
+    _file_rx: Receiver,
+    rx: Receiver,
+    n: Natshook,
+    js: jetstream::Context,
+}
+
+impl FanOutSetup {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let file_rx = Receiver::start().await;
+        let config = format!(
+            "{}\n[delivery]\nfan_out = true\n",
+            config(&nats, &file_rx, "")
+        );
+        let n = Natshook::start(&config).await;
+        let js = jetstream::new(nats.client().await);
+        Self {
+            _nats: nats,
+            _file_rx: file_rx,
+            rx: Receiver::start().await,
+            n,
+            js,
+        }
+    }
+}
+
+/// PATCHes runtime endpoint `name` through `n` with `body`, expecting `200`.
+async fn patch_ok(n: &Natshook, name: &str, body: &str) {
+    let (status, changed) = api(n, "PATCH", &format!("/api/endpoints/{name}"), Some(body)).await;
+    assert_eq!(status, 200, "{changed}");
+}
+
 /// With `fan_out`, deliveries the lane started outlive the deleted endpoint's drain:
 /// their failures must not land in the log that goes with it, where an endpoint
 /// created again under the name (another customer's, say) would read them.
@@ -747,15 +782,8 @@ async fn with_fan_out_no_backlog_is_promised_and_a_deleted_endpoint_s_late_failu
 /// traffic it gets every message after its `skip_through`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let config = format!(
-        "{}\n[delivery]\nfan_out = true\n",
-        config(&nats, &file_rx, "")
-    );
-    let n = &Natshook::start(&config).await;
-    let js = jetstream::new(nats.client().await);
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
         let (js, stop) = (js.clone(), Arc::clone(&stop));
@@ -784,7 +812,7 @@ async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("steady", &rx))).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("steady", rx))).await;
     assert_eq!(status, 201, "{created}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -831,20 +859,9 @@ async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
 /// skips them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let config = format!(
-        "{}\n[delivery]\nfan_out = true\n",
-        config(&nats, &file_rx, "")
-    );
-    let n = &Natshook::start(&config).await;
-    let js = jetstream::new(nats.client().await);
-    let patch = |name: &'static str, body: String| async move {
-        let (status, changed) =
-            api(n, "PATCH", &format!("/api/endpoints/{name}"), Some(&body)).await;
-        assert_eq!(status, 200, "{changed}");
-    };
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let patch = |name: &'static str, body: String| async move { patch_ok(n, name, &body).await };
     let stopped = |name: &'static str| async move {
         wait_until(Duration::from_secs(10), "the worker stopped", || async {
             !n.metrics().await.contains(&format!("endpoint=\"{name}\""))
@@ -853,9 +870,9 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
         // The fan-out takes the change in a moment after the worker stops.
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("toggled", &rx))).await;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("toggled", rx))).await;
     assert_eq!(status, 201, "{created}");
-    let mut born_off: Value = serde_json::from_str(&body("born-off", &rx)).unwrap();
+    let mut born_off: Value = serde_json::from_str(&body("born-off", rx)).unwrap();
     born_off["enabled"] = false.into();
     let (status, created) = api(n, "POST", "/api/endpoints", Some(&born_off.to_string())).await;
     assert_eq!(status, 201, "{created}");
@@ -867,7 +884,7 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     patch("toggled", old.clone()).await;
     patch("born-off", old).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_all(&js, tenant_leads("org_1", 3, "on")).await;
+    publish_all(js, tenant_leads("org_1", 3, "on")).await;
     let on = ids("on", 3);
     rx.wait_for(Duration::from_secs(20), "the first leads", |r| {
         delivered_on(r, "/toggled", "on") == on
@@ -876,10 +893,10 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
 
     patch("toggled", r#"{"enabled": false}"#.into()).await;
     stopped("toggled").await;
-    publish_all(&js, tenant_leads("org_1", 20, "off")).await;
+    publish_all(js, tenant_leads("org_1", 20, "off")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        delivered_on(&rx, "/toggled", "off").is_empty(),
+        delivered_on(rx, "/toggled", "off").is_empty(),
         "delivered while disabled"
     );
     patch("toggled", r#"{"enabled": true}"#.into()).await;
@@ -894,7 +911,7 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
 
     patch("toggled", r#"{"enabled": false}"#.into()).await;
     stopped("toggled").await;
-    publish_all(&js, tenant_leads("org_1", 5, "skipped")).await;
+    publish_all(js, tenant_leads("org_1", 5, "skipped")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     patch(
         "toggled",
@@ -902,7 +919,7 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_all(&js, tenant_leads("org_1", 3, "after")).await;
+    publish_all(js, tenant_leads("org_1", 3, "after")).await;
     let after = ids("after", 3);
     rx.wait_for(Duration::from_secs(20), "the leads after the enable", |r| {
         delivered_on(r, "/toggled", "after") == after
@@ -910,16 +927,16 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        delivered_on(&rx, "/toggled", "skipped").is_empty(),
+        delivered_on(rx, "/toggled", "skipped").is_empty(),
         "a skipped backlog was delivered"
     );
-    assert_eq!(delivered_on(&rx, "/born-off", "skipped"), ids("skipped", 5));
+    assert_eq!(delivered_on(rx, "/born-off", "skipped"), ids("skipped", 5));
 
     // Deleted while disabled, it leaves no copies behind.
     patch("born-off", r#"{"enabled": false}"#.into()).await;
     stopped("born-off").await;
-    publish_all(&js, tenant_leads("org_1", 4, "orphan")).await;
-    let held = || copies_of(&js, "born-off");
+    publish_all(js, tenant_leads("org_1", 4, "orphan")).await;
+    let held = || copies_of(js, "born-off");
     wait_until(Duration::from_secs(10), "copies held", || async {
         held().await >= 4
     })
@@ -938,24 +955,15 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
 /// though its former consumer and the fan-out both hold what arrived while it was off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fan_out_ordered_endpoints_get_what_arrived_while_disabled_once() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let config = format!(
-        "{}\n[delivery]\nfan_out = true\n",
-        config(&nats, &file_rx, "")
-    );
-    let n = &Natshook::start(&config).await;
-    let js = jetstream::new(nats.client().await);
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
     let patch = |name: &'static str, body: &'static str| async move {
-        let (status, changed) =
-            api(n, "PATCH", &format!("/api/endpoints/{name}"), Some(body)).await;
-        assert_eq!(status, 200, "{changed}");
+        patch_ok(n, name, body).await;
         // Each replica's fan-out takes the change in a moment.
         tokio::time::sleep(Duration::from_millis(700)).await;
     };
     let create = |name: &'static str, enabled: bool| {
-        let mut b: Value = serde_json::from_str(&body(name, &rx)).unwrap();
+        let mut b: Value = serde_json::from_str(&body(name, rx)).unwrap();
         b["ordered"] = true.into();
         b["enabled"] = enabled.into();
         async move {
@@ -966,18 +974,18 @@ async fn with_fan_out_ordered_endpoints_get_what_arrived_while_disabled_once() {
     create("born-off", false).await;
     create("switched", true).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    publish_all(&js, tenant_leads("org_1", 3, "first")).await;
+    publish_all(js, tenant_leads("org_1", 3, "first")).await;
     rx.wait_for(Duration::from_secs(20), "the first leads", |r| {
         delivered_on(r, "/switched", "first") == ids("first", 3)
     })
     .await;
     patch("switched", r#"{"enabled": false}"#).await;
     patch("switched", r#"{"ordered": false}"#).await;
-    publish_all(&js, tenant_leads("org_1", 5, "off")).await;
+    publish_all(js, tenant_leads("org_1", 5, "off")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     patch("born-off", r#"{"enabled": true}"#).await;
     patch("switched", r#"{"enabled": true}"#).await;
-    publish_all(&js, tenant_leads("org_1", 5, "after")).await;
+    publish_all(js, tenant_leads("org_1", 5, "after")).await;
     rx.wait_for(Duration::from_secs(30), "every lead on both", |r| {
         ["/born-off", "/switched"].iter().all(|path| {
             ["first", "off", "after"]
@@ -1011,34 +1019,27 @@ async fn with_fan_out_ordered_endpoints_get_what_arrived_while_disabled_once() {
 /// fan-out: enabling it delivers the newer ones, not those the stream dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() {
-    let nats = NatsServer::start();
-    let file_rx = Receiver::start().await;
-    let rx = Receiver::start().await;
-    let config = format!(
-        "{}\n[delivery]\nfan_out = true\n",
-        config(&nats, &file_rx, "")
-    );
-    let n = &Natshook::start(&config).await;
-    let js = jetstream::new(nats.client().await);
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
     let mut events = js.get_stream("EVENTS").await.unwrap();
     let mut limited = events.info().await.unwrap().config.clone();
     limited.max_age = Duration::from_secs(15);
     limited.duplicate_window = Duration::from_secs(15);
     js.update_stream(&limited).await.expect("max_age set");
-    let mut off: Value = serde_json::from_str(&body("off", &rx)).unwrap();
+    let mut off: Value = serde_json::from_str(&body("off", rx)).unwrap();
     off["enabled"] = false.into();
     let (status, created) = api(n, "POST", "/api/endpoints", Some(&off.to_string())).await;
     assert_eq!(status, 201, "{created}");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    publish_all(&js, tenant_leads("org_1", 5, "old")).await;
+    publish_all(js, tenant_leads("org_1", 5, "old")).await;
     wait_until(Duration::from_secs(10), "the old copies held", || async {
-        copies_of(&js, "off").await == 5
+        copies_of(js, "off").await == 5
     })
     .await;
     // Newer by more than the cut's margin (10 s) for clocks that differ.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    publish_all(&js, tenant_leads("org_1", 2, "new")).await;
+    publish_all(js, tenant_leads("org_1", 2, "new")).await;
     wait_until(Duration::from_secs(10), "the old leads aged out", || {
         let events = events.clone();
         async move { events.clone().info().await.unwrap().state.messages == 2 }
@@ -1047,7 +1048,7 @@ async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() 
     wait_until(
         Duration::from_secs(10),
         "the old copies expired",
-        || async { copies_of(&js, "off").await == 2 },
+        || async { copies_of(js, "off").await == 2 },
     )
     .await;
     let (status, on) = api(
@@ -1063,7 +1064,7 @@ async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() 
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(delivered_on(&rx, "/off", "old").is_empty());
+    assert!(delivered_on(rx, "/off", "old").is_empty());
     assert!(n
         .logs()
         .contains("copies of messages the source stream no longer keeps"));

@@ -1147,6 +1147,18 @@ async fn a_2xx_in_time_with_a_body_that_never_ends_is_a_success() {
     server.abort();
 }
 
+/// Lets `rx` answer 200 and waits until it has every one of `published`, none
+/// dead-lettered.
+async fn all_delivered_after_the_pause(rx: &Receiver, natshook: &Natshook, published: &[String]) {
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(60), "every message delivered", |r| {
+        r.delivered_ids().len() >= published.len()
+    })
+    .await;
+    assert_nothing_lost(rx, published, &[]);
+    assert!(natshook.dead_letters("e").is_empty(), "dead letters");
+}
+
 /// A reload that restarts a paused endpoint's worker hands the messages it holds to
 /// the new worker as they are: none is NAKed, so none loses an attempt. Each id's first
 /// request is its attempt 1, and nothing is dead-lettered, however many reloads.
@@ -1177,13 +1189,7 @@ async fn reloads_during_a_pause_cost_the_held_messages_no_attempt() {
         "{}",
         natshook.logs()
     );
-    rx.set(|_| Reply::ok());
-    rx.wait_for(Duration::from_secs(60), "30 delivered", |r| {
-        r.delivered_ids().len() >= 30
-    })
-    .await;
-    assert_nothing_lost(&rx, &published, &[]);
-    assert!(natshook.dead_letters("e").is_empty(), "dead letters");
+    all_delivered_after_the_pause(&rx, &natshook, &published).await;
     let late_first: Vec<String> = rx
         .received()
         .iter()
@@ -1214,13 +1220,7 @@ async fn restarts_during_a_pause_cost_the_held_messages_no_attempt() {
             .wait_metric(PAUSED, 1.0, Duration::from_secs(10), "still paused")
             .await;
     }
-    rx.set(|_| Reply::ok());
-    rx.wait_for(Duration::from_secs(60), "30 delivered", |r| {
-        r.delivered_ids().len() >= 30
-    })
-    .await;
-    assert_nothing_lost(&rx, &published, &[]);
-    assert!(natshook.dead_letters("e").is_empty(), "dead letters");
+    all_delivered_after_the_pause(&rx, &natshook, &published).await;
     let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for r in rx.received() {
         let attempt = r.header("x-webhook-attempt").parse().unwrap_or(0);
