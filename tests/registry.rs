@@ -777,42 +777,92 @@ async fn with_fan_out_no_backlog_is_promised_and_a_deleted_endpoint_s_late_failu
     assert_eq!(log.as_array().map_or(0, Vec::len), 0, "{log}");
 }
 
+/// Publishes `org_1` leads (ids `steady-<i>`) every 2 ms until `stop`; the task ends
+/// with each id and its stream sequence.
+fn publish_steadily(
+    js: &jetstream::Context,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
+    let (js, stop) = (js.clone(), Arc::clone(stop));
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let id = format!("steady-{i}");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let ack = js
+                .publish_with_headers(
+                    "events.org_1.lead.created",
+                    headers,
+                    bytes::Bytes::from(format!("{{\"lead\":{i}}}")),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+            sent.push((id, ack.sequence));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        sent
+    })
+}
+
+/// With `fan_out`, registry changes go on under steady traffic without holding any
+/// message of the other endpoints back: the fan-out's pull goes on under the new
+/// targets, so nothing it had brought waits out its ack timer (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_registry_changes_hold_no_message_back() {
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    for name in ["steady", "toggled"] {
+        let (status, created) = api(n, "POST", "/api/endpoints", Some(&body(name, rx))).await;
+        assert_eq!(status, 201, "{created}");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_steadily(js, &stop);
+    for i in 0..8 {
+        let description = json!({ "description": format!("change {i}") }).to_string();
+        patch_ok(n, "toggled", &description).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    let want: BTreeSet<String> = sent.into_iter().map(|(id, _)| id).collect();
+    rx.wait_for(
+        Duration::from_secs(10),
+        "every message within seconds",
+        |r| want.is_subset(&delivered_on(r, "/steady", "steady")),
+    )
+    .await;
+}
+
 /// With `fan_out`, a new endpoint joins the fan-out's targets a moment after the
 /// `201`: what was stored in between is copied for it once it does, so under steady
 /// traffic it gets every message after its `skip_through`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fan_out_a_new_endpoint_gets_every_message_from_its_creation_on() {
+    every_message_from_the_creation_on(false).await;
+}
+
+/// The same for a new `ordered` endpoint: its consumer on the source stream starts
+/// right after its `skip_through`, not where the fan-out stood when it heard of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_new_ordered_endpoint_gets_every_message_from_its_creation_on() {
+    every_message_from_the_creation_on(true).await;
+}
+
+async fn every_message_from_the_creation_on(ordered: bool) {
     let s = FanOutSetup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (js, stop) = (js.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut sent = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("steady-{i}");
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                let ack = js
-                    .publish_with_headers(
-                        "events.org_1.lead.created",
-                        headers,
-                        bytes::Bytes::from(format!("{{\"lead\":{i}}}")),
-                    )
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("stored");
-                sent.push((id, ack.sequence));
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            sent
-        })
-    };
+    let publisher = publish_steadily(js, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("steady", rx))).await;
+    let mut steady: Value = serde_json::from_str(&body("steady", rx)).unwrap();
+    steady["ordered"] = ordered.into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&steady.to_string())).await;
     assert_eq!(status, 201, "{created}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);

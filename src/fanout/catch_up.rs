@@ -10,7 +10,7 @@
 //! `Nats-Msg-Id`), unless the endpoint moved between the lane and its own subject in
 //! between, or the work stream's duplicate window has passed: then it comes twice,
 //! with the same id. None is missed. A process's first bind catches up every endpoint
-//! that started recently: the process may have copied without it before a restart.
+//! that started just before it: the process before it may have copied without it.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -23,35 +23,54 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 
 use super::targets::{Target, Targets};
+use crate::config::Endpoint;
 use crate::store::work_stream::{fetch_page, header_pairs, SourceFacts, WorkStream};
 
 /// How recent an endpoint's start must be for a catch-up. A join follows its creation
 /// within a second or so; an older start belongs to an endpoint the fan-out served
-/// before (this process restarted, a reload restarted the endpoint), whose messages
-/// were copied for it then.
+/// before (a reload restarted the endpoint), whose messages were copied for it then.
 const RECENT: Duration = Duration::from_secs(60);
+
+/// At a process's first bind, how recent: an endpoint created just before the process
+/// started may have been handled without by the process before it, stopped before it
+/// heard of it. One older was served by that process, and copying its messages again
+/// would deliver them twice wherever its copies went to another stream (the lane or
+/// not) or were already released.
+const RECENT_AT_START: Duration = Duration::from_secs(10);
 
 /// Pages of the source stream read at once.
 const PAGE: usize = 500;
 
+/// The last source sequence `endpoint` skips, when it started within `within`: the
+/// fan-out may have handled the messages after it without the endpoint. (An endpoint
+/// skipping by time alone, when the stream could not be read at its creation, has
+/// none.)
+pub(super) fn recent_start(endpoint: &Endpoint, within: Duration) -> Option<u64> {
+    let skip = endpoint.skip?;
+    let recent = SystemTime::now()
+        .duration_since(skip.before)
+        .map_or(true, |age| age <= within);
+    skip.through.filter(|_| recent)
+}
+
+/// How recent a start [`joined`] and an `ordered` endpoint's first consumer look for:
+/// [`RECENT_AT_START`] at a process's first bind, else [`RECENT`].
+pub(super) fn window(first_bind: bool) -> Duration {
+    match first_bind {
+        true => RECENT_AT_START,
+        false => RECENT,
+    }
+}
+
 /// The endpoints of `current` that `before` did not know (neither copied for nor
 /// reading the source stream themselves: an `ordered` endpoint's consumer there got
-/// every message) and started within [`RECENT`] after the source sequence they name:
-/// each with the last sequence it skips. (An endpoint skipping by time alone, when
-/// the stream could not be read at its creation, is not caught up.)
-pub(super) fn joined(before: &Targets, current: &Targets) -> Vec<(Target, u64)> {
-    let now = SystemTime::now();
+/// every message) and started within `within`: each with the last sequence it skips.
+pub(super) fn joined(before: &Targets, current: &Targets, within: Duration) -> Vec<(Target, u64)> {
     current
         .all()
         .iter()
         .filter(|w| !before.knows(&w.endpoint().name))
-        .filter_map(|w| {
-            let skip = w.endpoint().skip?;
-            let recent = now
-                .duration_since(skip.before)
-                .map_or(true, |age| age <= RECENT);
-            Some((w.clone(), skip.through?)).filter(|_| recent)
-        })
+        .filter_map(|w| Some((w.clone(), recent_start(w.endpoint(), within)?)))
         .collect()
 }
 

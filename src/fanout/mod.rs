@@ -33,7 +33,7 @@ use async_nats::jetstream::{
     message::AckKind,
 };
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +77,8 @@ pub struct FanOut {
     /// ([`catch_up`]), and one that changed how it is served takes that over
     /// ([`FanOut::carry_over`]).
     previous: Arc<Targets>,
+    /// Set at the end of this process's first bind.
+    bound_once: bool,
     /// Those whose catch-up failed: tried again at the next bind, however long ago
     /// they started, and a bind comes within [`OWN_CONSUMER_RETRY`].
     catching_up: Vec<(Target, u64)>,
@@ -100,8 +102,14 @@ impl FanOut {
             own_consumers: HashSet::new(),
             copying_for: HashSet::new(),
             previous: Arc::default(),
+            bound_once: false,
             catching_up: Vec::new(),
         }
+    }
+
+    /// How recent a start the catch-up looks for ([`catch_up::window`]).
+    fn window(&self) -> Duration {
+        catch_up::window(!self.bound_once)
     }
 
     /// True while the fan-out consumer is bound: readiness waits for it.
@@ -110,22 +118,7 @@ impl FanOut {
     }
 
     fn consumer_config(&self, targets: &Targets) -> pull::Config {
-        let rules = targets.router().rules();
-        let subjects: Vec<String> = rules
-            .iter()
-            .map(|r| r.subject.as_str().to_string())
-            .collect();
-        // Overlapping filters are refused by JetStream: read the whole stream then.
-        let overlapping = rules.iter().enumerate().any(|(i, a)| {
-            rules[i + 1..]
-                .iter()
-                .any(|b| a.subject.overlaps(&b.subject))
-        });
-        let (filter_subject, filter_subjects) = match subjects.len() {
-            _ if overlapping => (String::new(), Vec::new()),
-            1 => (subjects[0].clone(), Vec::new()),
-            _ => (String::new(), subjects),
-        };
+        let (filter_subject, filter_subjects) = filters(targets);
         pull::Config {
             durable_name: Some(self.consumer.clone()),
             description: Some("natshook: copies each message to its endpoints".into()),
@@ -145,10 +138,10 @@ impl FanOut {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         while !stop.is_cancelled() {
-            // One set of targets per pull: a change ends it, and the next one starts
-            // only once the endpoints made `ordered` have their own consumers.
+            // One set of targets at a time: a change applies once the endpoints made
+            // `ordered` have their own consumers.
             let current = self.targets.borrow_and_update().clone();
-            let (current, messages) = match self.bind(current).await {
+            let (mut current, mut messages) = match self.bind(current).await {
                 Ok(m) => m,
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
@@ -161,7 +154,32 @@ impl FanOut {
             };
             self.bound.store(true, Ordering::Relaxed);
             retry.reset();
-            let failed = self.copy_all(messages, current, &stop).await;
+            let failed = loop {
+                match self.copy_all(&mut messages, current.clone(), &stop).await {
+                    Pulled::Changed if !stop.is_cancelled() => {}
+                    Pulled::Changed | Pulled::Ended => break false,
+                    Pulled::Failed => break true,
+                }
+                // New endpoints, or endpoints changed: the pull goes on under the new
+                // targets as long as the consumer's filters stay (a change of the
+                // mappings makes the consumer again). Dropping the pull would leave
+                // what it had brought and not copied yet to wait out its ack timer.
+                let next = self.targets.borrow_and_update().clone();
+                if filters(&next) != filters(&current) {
+                    break false;
+                }
+                match self.apply(next).await {
+                    Ok(applied) => current = applied,
+                    Err(e) => {
+                        tracing::info!(consumer = %self.consumer, error = %e, "cannot apply new endpoints to the pull; binding again");
+                        break false;
+                    }
+                }
+            };
+            // What the pull brought and nothing copied goes back at once.
+            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
             if failed {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -172,16 +190,26 @@ impl FanOut {
         self.bound.store(false, Ordering::Relaxed);
     }
 
+    /// Applies new `targets` to the pull under way: the endpoints made `ordered` get
+    /// their consumers, and those that joined are caught up to where the fan-out
+    /// consumer has delivered now (what this pull brought and has yet to copy is
+    /// copied under the new targets).
+    async fn apply(&mut self, targets: Arc<Targets>) -> Result<Arc<Targets>, String> {
+        let (stream, targets) = self.prepare(targets).await?;
+        let delivered = stream
+            .consumer_info(&self.consumer)
+            .await
+            .map_err(|e| format!("consumer {}: {e}", self.consumer))?
+            .delivered
+            .stream_sequence;
+        self.catch_up(&stream, &targets, delivered).await;
+        Ok(targets)
+    }
+
     /// Binds the fan-out consumer for `targets`, after [`FanOut::start_own_readers`];
     /// returns the targets to copy for in this pull.
     async fn bind(&mut self, targets: Arc<Targets>) -> Result<(Arc<Targets>, PullStream), String> {
-        let stream = self
-            .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|e| format!("stream {}: {e}", self.stream))?;
-        let targets = self.start_own_readers(&stream, targets).await?;
-        self.carry_over(&targets);
+        let (stream, targets) = self.prepare(targets).await?;
         let consumer = stream
             .create_consumer(self.consumer_config(&targets))
             .await
@@ -196,6 +224,23 @@ impl FanOut {
         Ok((targets, messages))
     }
 
+    /// The source stream, and `targets` as the fan-out copies for them once the
+    /// endpoints made `ordered` have their consumers ([`FanOut::start_own_readers`]) and
+    /// the running ones know what changed for them ([`FanOut::carry_over`]).
+    async fn prepare(
+        &mut self,
+        targets: Arc<Targets>,
+    ) -> Result<(jetstream::stream::Stream<()>, Arc<Targets>), String> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| format!("stream {}: {e}", self.stream))?;
+        let targets = self.start_own_readers(&stream, targets).await?;
+        self.carry_over(&targets);
+        Ok((stream, targets))
+    }
+
     /// Copies for the endpoints that joined the targets since the last bind what the
     /// fan-out handled without them after their start, up to `through`, where the
     /// fan-out consumer had delivered when it bound with them ([`catch_up`]). One
@@ -206,7 +251,7 @@ impl FanOut {
         targets: &Arc<Targets>,
         through: u64,
     ) {
-        let mut joined = catch_up::joined(&self.previous, targets);
+        let mut joined = catch_up::joined(&self.previous, targets, self.window());
         for (target, after) in std::mem::take(&mut self.catching_up) {
             // Still to catch up as long as it skips the same backlog, whether it was
             // enabled, disabled or changed otherwise meanwhile.
@@ -220,6 +265,7 @@ impl FanOut {
             }
         }
         self.previous = Arc::clone(targets);
+        self.bound_once = true;
         if joined.is_empty() {
             return;
         }
@@ -287,6 +333,12 @@ impl FanOut {
         let handled = store::ack_floor(stream, &self.consumer).await?;
         for worker in unsettled {
             let name = &worker.endpoint().name;
+            // New and recent: the fan-out handled the messages after its skip_through
+            // without it, so its consumer starts right after that.
+            let recent = (!self.previous.knows(name))
+                .then(|| catch_up::recent_start(worker.endpoint(), self.window()))
+                .flatten();
+            let handled = recent.map_or(handled, |through| handled.min(through));
             match worker.start_source_consumer(stream, handled).await {
                 Ok(made) => {
                     // Copied for while its consumer existed (its own bind made it, or
@@ -317,14 +369,15 @@ impl FanOut {
         })
     }
 
-    /// Feeds one pull stream; `true` when it ended on an error. Copies in progress
-    /// finish (or NAK) before it returns, so none is left to wait out its ack timer.
+    /// Feeds the pull stream under `current` until something changes. Copies in
+    /// progress finish (or NAK) before it returns, so none is left to wait out its ack
+    /// timer.
     async fn copy_all(
         &mut self,
-        mut messages: PullStream,
+        messages: &mut PullStream,
         current: Arc<Targets>,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Pulled {
         // Copies borrow the context and the work stream's names: cloning them would
         // cost every source message a string allocation per shard.
         let Self {
@@ -341,17 +394,14 @@ impl FanOut {
         // every message.
         let retry_own = tokio::time::sleep(OWN_CONSUMER_RETRY);
         tokio::pin!(retry_own);
-        let failed = loop {
+        let pulled = loop {
             tokio::select! {
-                _ = stop.cancelled() => break false,
-                Ok(()) = targets.changed() => {
-                    // New endpoints or mappings: the consumer's filters follow.
-                    break false;
-                }
+                _ = stop.cancelled() => break Pulled::Ended,
+                Ok(()) = targets.changed() => break Pulled::Changed,
                 () = &mut retry_own, if !copying_for.is_empty() || !catching_up.is_empty() => {
                     // Another try at the ordered endpoints' consumers, or at a
                     // catch-up that failed.
-                    break false;
+                    break Pulled::Changed;
                 }
                 Some(()) = copying.next(), if !copying.is_empty() => {}
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
@@ -360,15 +410,49 @@ impl FanOut {
                     }
                     Some(Err(e)) => {
                         tracing::info!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");
-                        break !matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat);
+                        match e.kind() {
+                            pull::MessagesErrorKind::MissingHeartbeat => break Pulled::Ended,
+                            _ => break Pulled::Failed,
+                        }
                     }
-                    None => break false,
+                    None => break Pulled::Ended,
                 },
             }
         };
         while copying.next().await.is_some() {}
-        failed
+        pulled
     }
+}
+
+/// The fan-out consumer's filter subjects under `targets`: one per rule, or the whole
+/// stream when rules overlap, which JetStream refuses.
+fn filters(targets: &Targets) -> (String, Vec<String>) {
+    let rules = targets.router().rules();
+    let subjects: Vec<String> = rules
+        .iter()
+        .map(|r| r.subject.as_str().to_string())
+        .collect();
+    let overlapping = rules.iter().enumerate().any(|(i, a)| {
+        rules[i + 1..]
+            .iter()
+            .any(|b| a.subject.overlaps(&b.subject))
+    });
+    match subjects.len() {
+        _ if overlapping => (String::new(), Vec::new()),
+        1 => (subjects[0].clone(), Vec::new()),
+        _ => (String::new(), subjects),
+    }
+}
+
+/// How a pull ended.
+enum Pulled {
+    /// The targets changed, or a retry of an ordered endpoint's consumer or of a
+    /// catch-up is due: the pull can go on under the new targets.
+    Changed,
+    /// Stopped, or the pull stream ended: bind again.
+    Ended,
+    /// A fetch failed: bind again after a pause.
+    Failed,
 }
 
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
