@@ -31,9 +31,9 @@ use crate::store::work_stream::{fetch_page, header_pairs, SourceFacts, WorkStrea
 /// before (a reload restarted the endpoint), whose messages were copied for it then.
 const RECENT: Duration = Duration::from_secs(60);
 
-/// At a process's first bind, how recent: an endpoint created just before the process
-/// started may have been handled without by the process before it, stopped before it
-/// heard of it. One older was served by that process, and copying its messages again
+/// At a process's first bind, how long before the process started: an endpoint
+/// created just before may have been handled without by the process before it,
+/// stopped before it heard of it. One older was served by that process, and copying its messages again
 /// would deliver them twice wherever its copies went to another stream (the lane or
 /// not) or were already released.
 const RECENT_AT_START: Duration = Duration::from_secs(10);
@@ -41,36 +41,36 @@ const RECENT_AT_START: Duration = Duration::from_secs(10);
 /// Pages of the source stream read at once.
 const PAGE: usize = 500;
 
-/// The last source sequence `endpoint` skips, when it started within `within`: the
-/// fan-out may have handled the messages after it without the endpoint. (An endpoint
-/// skipping by time alone, when the stream could not be read at its creation, has
-/// none.)
-pub(super) fn recent_start(endpoint: &Endpoint, within: Duration) -> Option<u64> {
+/// The last source sequence `endpoint` skips, when it started at or after `since`:
+/// the fan-out may have handled the messages after it without the endpoint. (An
+/// endpoint skipping by time alone, when the stream could not be read at its
+/// creation, has none.)
+pub(super) fn recent_start(endpoint: &Endpoint, since: SystemTime) -> Option<u64> {
     let skip = endpoint.skip?;
-    let recent = SystemTime::now()
-        .duration_since(skip.before)
-        .map_or(true, |age| age <= within);
-    skip.through.filter(|_| recent)
+    skip.through.filter(|_| skip.before >= since)
 }
 
-/// How recent a start [`joined`] and an `ordered` endpoint's first consumer look for:
-/// [`RECENT_AT_START`] at a process's first bind, else [`RECENT`].
-pub(super) fn window(first_bind: bool) -> Duration {
-    match first_bind {
-        true => RECENT_AT_START,
-        false => RECENT,
-    }
+/// The earliest start [`joined`] and an `ordered` endpoint's first consumer look for:
+/// [`RECENT_AT_START`] before the process `started` until its first bind is done,
+/// else [`RECENT`] before now.
+pub(super) fn since(first_bind: bool, started: SystemTime) -> SystemTime {
+    let (from, back) = match first_bind {
+        true => (started, RECENT_AT_START),
+        false => (SystemTime::now(), RECENT),
+    };
+    from.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// The endpoints of `current` that `before` did not know (neither copied for nor
 /// reading the source stream themselves: an `ordered` endpoint's consumer there got
-/// every message) and started within `within`: each with the last sequence it skips.
-pub(super) fn joined(before: &Targets, current: &Targets, within: Duration) -> Vec<(Target, u64)> {
+/// every message) and started at or after `since`: each with the last sequence it
+/// skips.
+pub(super) fn joined(before: &Targets, current: &Targets, since: SystemTime) -> Vec<(Target, u64)> {
     current
         .all()
         .iter()
         .filter(|w| !before.knows(&w.endpoint().name))
-        .filter_map(|w| Some((w.clone(), recent_start(w.endpoint(), within)?)))
+        .filter_map(|w| Some((w.clone(), recent_start(w.endpoint(), since)?)))
         .collect()
 }
 

@@ -79,6 +79,8 @@ pub struct FanOut {
     previous: Arc<Targets>,
     /// Set at the end of this process's first bind.
     bound_once: bool,
+    /// When this process made the fan-out.
+    started: std::time::SystemTime,
     /// Those whose catch-up failed: tried again at the next bind, however long ago
     /// they started, and a bind comes within [`OWN_CONSUMER_RETRY`].
     catching_up: Vec<(Target, u64)>,
@@ -103,13 +105,14 @@ impl FanOut {
             copying_for: HashSet::new(),
             previous: Arc::default(),
             bound_once: false,
+            started: std::time::SystemTime::now(),
             catching_up: Vec::new(),
         }
     }
 
-    /// How recent a start the catch-up looks for ([`catch_up::window`]).
-    fn window(&self) -> Duration {
-        catch_up::window(!self.bound_once)
+    /// The earliest start the catch-up looks for ([`catch_up::since`]).
+    fn since(&self) -> std::time::SystemTime {
+        catch_up::since(!self.bound_once, self.started)
     }
 
     /// True while the fan-out consumer is bound: readiness waits for it.
@@ -177,8 +180,14 @@ impl FanOut {
                 }
             };
             // What the pull brought and nothing copied goes back at once.
-            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            loop {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(msg))) => {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                    Some(Some(Err(_))) => {}
+                    Some(None) | None => break,
+                }
             }
             if failed {
                 tokio::select! {
@@ -251,7 +260,7 @@ impl FanOut {
         targets: &Arc<Targets>,
         through: u64,
     ) {
-        let mut joined = catch_up::joined(&self.previous, targets, self.window());
+        let mut joined = catch_up::joined(&self.previous, targets, self.since());
         for (target, after) in std::mem::take(&mut self.catching_up) {
             // Still to catch up as long as it skips the same backlog, whether it was
             // enabled, disabled or changed otherwise meanwhile.
@@ -336,9 +345,9 @@ impl FanOut {
             // New and recent: the fan-out handled the messages after its skip_through
             // without it, so its consumer starts right after that.
             let recent = (!self.previous.knows(name))
-                .then(|| catch_up::recent_start(worker.endpoint(), self.window()))
+                .then(|| catch_up::recent_start(worker.endpoint(), self.since()))
                 .flatten();
-            let handled = recent.map_or(handled, |through| handled.min(through));
+            let handled = recent.unwrap_or(handled);
             match worker.start_source_consumer(stream, handled).await {
                 Ok(made) => {
                     // Copied for while its consumer existed (its own bind made it, or
