@@ -150,13 +150,8 @@ impl Worker {
         }
     }
 
-    /// Forgets `m`'s unattempted deliveries once it is settled for good (here, or as a
-    /// copy moved off the lane, which counts on from the attempts it carries).
-    async fn settled_for_good(&self, m: &Routed<'_>) {
-        self.forget_unattempted(m.msg).await;
-    }
-
-    /// Forgets the unattempted deliveries noted for `msg`, settled for good.
+    /// Forgets the unattempted deliveries noted for `msg`, settled for good (here, or
+    /// as a copy moved off the lane, which counts on from the attempts it carries).
     async fn forget_unattempted(&self, msg: &jetstream::Message) {
         let Some(delivered) = Delivered::of(msg) else {
             return;
@@ -373,7 +368,7 @@ impl Worker {
         if decision == Decision::Ack {
             self.ack(msg, AckKind::Ack).await;
             if m.meta.unattempted > 0 {
-                Box::pin(self.settled_for_good(m)).await;
+                Box::pin(self.forget_unattempted(m.msg)).await;
             }
             self.last_success_ms.store(now, Ordering::Relaxed);
             self.breaker.record_success();
@@ -439,7 +434,7 @@ impl Worker {
                     Ok(()) => {
                         self.ack(m.msg, AckKind::Ack).await;
                         if m.meta.unattempted > 0 {
-                            Box::pin(self.settled_for_good(m)).await;
+                            Box::pin(self.forget_unattempted(m.msg)).await;
                         }
                         self.wake();
                         return;
@@ -475,7 +470,7 @@ impl Worker {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.ack(m.msg, AckKind::Ack).await;
                 if m.meta.unattempted > 0 {
-                    Box::pin(self.settled_for_good(m)).await;
+                    Box::pin(self.forget_unattempted(m.msg)).await;
                 }
                 self.metrics.dead_letters.inc();
                 self.count_delivery(m, Outcome::DeadLetter);

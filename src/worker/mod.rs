@@ -588,10 +588,9 @@ impl Worker {
         }
         // Fetched but never started: NAK for redelivery (to the restarted process, or
         // another replica) instead of after ack_wait, once the ledger says this
-        // delivery was no attempt. The delay lets a KV replica that serves reads catch
-        // up with that write first.
-        // A copy that only waits out its retry delay goes back with that delay: its
-        // delivery is no attempt already.
+        // delivery was no attempt; the delay lets a KV replica that serves reads catch
+        // up with that write first. A copy that only waits out its retry delay goes
+        // back with that delay, its delivery being no attempt already.
         self.release_waiting(&mut held).await;
         let delay = match self.note_unattempted(&held).await {
             true => Some(unattempted::NAK_DELAY),
