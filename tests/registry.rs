@@ -700,7 +700,7 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
 /// Like [`Setup`], with `[delivery] fan_out` on.
 struct FanOutSetup {
     _nats: NatsServer,
-    _file_rx: Receiver,
+    file_rx: Receiver,
     rx: Receiver,
     n: Natshook,
     js: jetstream::Context,
@@ -718,7 +718,7 @@ impl FanOutSetup {
         let js = jetstream::new(nats.client().await);
         Self {
             _nats: nats,
-            _file_rx: file_rx,
+            file_rx,
             rx: Receiver::start().await,
             n,
             js,
@@ -1118,6 +1118,71 @@ async fn with_fan_out_a_disabled_endpoint_s_copies_expire_with_their_messages() 
     assert!(n
         .logs()
         .contains("copies of messages the source stream no longer keeps"));
+}
+
+/// With `fan_out`, a pause shared in `NATSHOOK_STATE` holds from a restarted
+/// process's first copy on: for a file endpoint and for a runtime one, what arrives
+/// while natshook is down and then up again waits, not one request reaches the
+/// paused receivers, and a resume delivers all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_restarted_process_keeps_shared_pauses_from_its_first_copy() {
+    let mut s = FanOutSetup::start().await;
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("r", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "r").await;
+    deliver_org_1(&s.js, &s.rx, 2, "before", 2).await;
+    for name in ["file", "r"] {
+        let (status, paused) =
+            api(&s.n, "POST", &format!("/api/endpoints/{name}/pause"), None).await;
+        assert_eq!(status, 200, "{paused}");
+    }
+    let (file_before, rx_before) = (s.file_rx.count(), s.rx.count());
+    for round in 0..3 {
+        s.n.terminate().await;
+        publish_all(&s.js, tenant_leads("org_1", 10, &format!("down{round}"))).await;
+        s.n.spawn().await;
+        publish_all(&s.js, tenant_leads("org_1", 10, &format!("up{round}"))).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(
+        (s.file_rx.count() - file_before, s.rx.count() - rx_before),
+        (0, 0),
+        "requests to paused endpoints after restarts"
+    );
+    for name in ["file", "r"] {
+        let (status, resumed) =
+            api(&s.n, "POST", &format!("/api/endpoints/{name}/resume"), None).await;
+        assert_eq!(status, 200, "{resumed}");
+    }
+    let want: BTreeSet<String> = (0..3)
+        .flat_map(|round| {
+            [
+                ids(&format!("down{round}"), 10),
+                ids(&format!("up{round}"), 10),
+            ]
+        })
+        .flatten()
+        .collect();
+    let arrived = |rx: &Receiver, path: &str| {
+        let all: BTreeSet<String> = ["down", "up"]
+            .iter()
+            .flat_map(|p| delivered_on(rx, path, p))
+            .collect();
+        all == want
+    };
+    s.rx.wait_for(
+        Duration::from_secs(30),
+        "the runtime endpoint's messages",
+        |r| arrived(r, "/r"),
+    )
+    .await;
+    s.file_rx
+        .wait_for(
+            Duration::from_secs(30),
+            "the file endpoint's messages",
+            |r| arrived(r, "/file"),
+        )
+        .await;
 }
 
 /// The copies on the work streams for endpoint `name`, acked or not.

@@ -30,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::http::{self, Admin, AppView, ListenError};
 use crate::metrics::Metrics;
+use crate::store::pause_state::PauseState;
 use crate::store::replicas::Replicas;
 use crate::store::work_stream::WorkStream;
 use supervisor::SECRET_POLL;
@@ -101,6 +102,7 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     set_up_streams(&js, &config, &sup, &shutdown).await?;
     crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
+    load_known_pauses(sup.pause_state()).await;
     let mut config = config;
     sup.apply(config.clone()).await?;
     // The supervisor keeps the endpoints; thousands of them are worth not copying.
@@ -304,6 +306,24 @@ impl Background {
     }
 }
 
+/// Reads the shared pauses before any worker exists, so that each starts paused if
+/// its endpoint is; a bucket that does not answer within [`PAUSES_AT_START`] leaves
+/// it to the watch and to each worker's own read when it starts fetching.
+async fn load_known_pauses(state: &PauseState) {
+    match tokio::time::timeout(PAUSES_AT_START, state.load_known()).await {
+        Ok(Ok(n)) => tracing::debug!(paused = n, "shared pause state read"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the shared pause state at start; following it as it comes")
+        }
+        Err(_) => tracing::warn!(
+            "the shared pause state did not answer at start; following it as it comes"
+        ),
+    }
+}
+
+/// How long the start waits for the shared pauses.
+const PAUSES_AT_START: Duration = Duration::from_secs(5);
+
 /// Applies pauses and resumes other replicas share (`store::pause_state`) to this
 /// process's workers until `stop`; a broken watch is opened again.
 async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
@@ -319,6 +339,7 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
                     };
                     let Some(change) = change else { break };
                     retry.reset();
+                    sup.pause_state().note(&change);
                     if let Some(w) = sup.worker(&change.endpoint) {
                         w.follow(change.record.as_ref());
                     }

@@ -10,6 +10,8 @@
 //! background task in the order they were made, so a pause quickly followed by a
 //! resume never lands as resume-then-pause.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv};
@@ -91,6 +93,10 @@ pub struct PauseState {
     store: std::sync::Arc<OnceCell<kv::Store>>,
     writes: mpsc::UnboundedSender<PauseChange>,
     replica: std::sync::Arc<str>,
+    /// The pauses in the bucket as this process last saw them: a worker starts from
+    /// them, so one created at start or by the registry holds its first copy already
+    /// (a fan-out endpoint is handed copies before it reads anything from NATS).
+    known: Arc<Mutex<HashMap<String, PauseRecord>>>,
 }
 
 /// Names this process among the replicas, for records and locks.
@@ -118,6 +124,7 @@ impl PauseState {
             store: std::sync::Arc::default(),
             writes,
             replica: replica_name().into(),
+            known: Arc::default(),
         };
         tokio::spawn(state.clone().write_in_order(rx));
         state
@@ -209,6 +216,60 @@ impl PauseState {
             record: None,
         })
         .await
+    }
+
+    /// Reads every pause in the bucket into [`PauseState::known`]; returns how many.
+    /// Runs once at start, before any worker exists; the watch keeps them current
+    /// from then on ([`PauseState::note`]).
+    pub async fn load_known(&self) -> Result<usize, StateError> {
+        let store = self.store().await?;
+        let prefix = format!("$KV.{STATE_BUCKET}.");
+        let mut subjects = store
+            .stream
+            .info_with_subjects(format!("{prefix}{PAUSED_PREFIX}>"))
+            .await
+            .map_err(access)?;
+        let mut keys = Vec::new();
+        while let Some(next) = subjects.next().await {
+            let (subject, count) = next.map_err(access)?;
+            if let Some(key) = subject.strip_prefix(&prefix).filter(|_| count > 0) {
+                keys.push(key.to_string());
+            }
+        }
+        let reads = futures_util::stream::iter(keys)
+            .map(|key| async move { (store.get(&key).await, key) })
+            .buffer_unordered(32);
+        let mut reads = std::pin::pin!(reads);
+        let mut loaded = 0;
+        while let Some((value, key)) = reads.next().await {
+            let record = value
+                .map_err(access)?
+                .and_then(|v| serde_json::from_slice(v.as_ref()).ok());
+            if let (Some(endpoint), Some(record)) = (key.strip_prefix(PAUSED_PREFIX), record) {
+                self.note(&PauseChange {
+                    endpoint: endpoint.to_string(),
+                    record: Some(record),
+                });
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Keeps [`PauseState::known`] up to date with a change the watch saw.
+    pub fn note(&self, change: &PauseChange) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        match &change.record {
+            Some(record) => known.insert(change.endpoint.clone(), record.clone()),
+            None => known.remove(&change.endpoint),
+        };
+    }
+
+    /// The endpoint's pause as this process last saw it, read when its worker is made.
+    pub fn known(&self, endpoint: &str) -> Option<PauseRecord> {
+        self.known.lock().ok()?.get(endpoint).cloned()
     }
 
     /// The endpoint's shared pause, if any (read when its worker starts).

@@ -194,7 +194,8 @@ impl Worker {
         if !lazy {
             em.create();
         }
-        Self {
+        let known_pause = shared.pause_state.known(&endpoint.name);
+        let worker = Self {
             lazy,
             parked: AtomicBool::new(lazy),
             former_consumer: AtomicBool::new(false),
@@ -223,7 +224,11 @@ impl Worker {
                 None,
             )),
             endpoint,
+        };
+        if known_pause.is_some() {
+            worker.follow(known_pause.as_ref());
         }
+        worker
     }
 
     /// Ends the effects of a removed endpoint's worker once it has drained: its series
