@@ -152,6 +152,12 @@ impl Worker {
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         let handled = crate::store::ack_floor(stream, &fan_out).await?;
+        // A runtime endpoint created a moment ago: the fan-out may have handled what
+        // came after its `skip_through` without it. What it skips is acked without a
+        // request, so starting early costs nothing.
+        let handled = (self.endpoint.skip)
+            .and_then(|s| s.recent_through())
+            .map_or(handled, |through| handled.min(through));
         self.make_source_consumer(stream, handled).await
     }
 
@@ -174,19 +180,47 @@ impl Worker {
     /// messages instead when that is earlier, and the copies go once it exists. A
     /// message delivered from a copy after that point comes twice; none is missed.
     /// Nothing to do for an endpoint that reads copies.
+    ///
+    /// An endpoint that `read_copies` until now (it was made unordered, then `ordered`
+    /// again) may still have its former consumer here, which the drain of
+    /// `fanout::leftover` was emptying into copies: what it moved is acked there and
+    /// waits as copies no one reads any more. That consumer is made again, starting
+    /// after its ack floor or at the oldest copy still waiting if earlier, so the
+    /// endpoint gets, in order, everything it has not had. The ack floor is read
+    /// before the copies: the drain stores a copy before it acks its message, so a
+    /// message acked after the first read has its copy seen by the second.
     pub async fn start_source_consumer(
         &self,
         stream: &Stream<()>,
         handled: u64,
+        read_copies: bool,
     ) -> Result<bool, String> {
-        if self.lazy || self.shared.work.is_none() {
+        let Some(work) = self.shared.work.as_ref().filter(|_| !self.lazy) else {
             return Ok(false);
-        }
+        };
         let _turn = self.shared.binds.acquire().await;
-        if self.source_consumer(stream).await?.is_some() {
+        let Some(former) = self.source_consumer(stream).await? else {
+            return self
+                .make_source_consumer(stream, handled)
+                .await
+                .map(|_| true);
+        };
+        if !read_copies {
             return Ok(false);
         }
-        self.make_source_consumer(stream, handled)
+        let waiting = work
+            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if waiting.is_none() {
+            return Ok(false);
+        }
+        stream
+            .delete_consumer(&self.consumer_name)
+            .await
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
+        tracing::info!(endpoint = %self.endpoint.name, consumer = %self.consumer_name, "ordered again while its former consumer was drained: the consumer is made again from before what the drain moved");
+        self.make_source_consumer(stream, former.ack_floor.stream_sequence)
             .await
             .map(|_| true)
     }
