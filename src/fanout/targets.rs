@@ -67,6 +67,8 @@ pub struct Targets {
     targets: Vec<Target>,
     /// Endpoints that read the source stream themselves (`ordered`).
     own_readers: Vec<Arc<Worker>>,
+    /// Their names, looked up once per endpoint of every registry change.
+    own_reader_names: HashSet<String>,
     by_event: HashMap<String, Vec<usize>>,
     /// Endpoints with a pattern among their events.
     by_pattern: Vec<usize>,
@@ -124,10 +126,15 @@ impl Targets {
                 None => by_pattern.push(i),
             }
         }
+        let own_reader_names = own_readers
+            .iter()
+            .map(|w| w.endpoint().name.clone())
+            .collect();
         Self {
             router,
             targets,
             own_readers,
+            own_reader_names,
             by_event,
             by_pattern,
             by_name,
@@ -177,7 +184,7 @@ impl Targets {
 
     /// Whether `name` reads the source stream itself.
     pub fn reads_source(&self, name: &str) -> bool {
-        self.own_readers.iter().any(|w| w.endpoint().name == name)
+        self.own_reader_names.contains(name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Target> {
