@@ -347,12 +347,7 @@ impl FanOut {
                 .then(|| catch_up::recent_start(worker.endpoint(), self.since()))
                 .flatten();
             let handled = recent.unwrap_or(handled);
-            let read_copies =
-                matches!(self.previous.get(name), Some(Target::Serving(p)) if p.fans_out());
-            match worker
-                .start_source_consumer(stream, handled, read_copies)
-                .await
-            {
+            match worker.start_source_consumer(stream, handled).await {
                 Ok(made) => {
                     // Copied for while its consumer existed (its own bind made it, or
                     // it was held while disabled): those copies are of messages that

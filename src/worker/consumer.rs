@@ -14,6 +14,17 @@ use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::fan_out_consumer;
 
+/// Why a bind did not give a consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// An `ordered` endpoint's consumer on the source stream, with fan-out on, which
+    /// the fan-out has not made yet; the bind is tried again in a moment.
+    #[error("waiting for the fan-out to make the ordered endpoint's consumer")]
+    NotMadeYet,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
     format!("{prefix}-{endpoint}")
@@ -118,7 +129,7 @@ impl Worker {
     }
 
     /// Creates or updates the durable consumer so its filters follow the config.
-    pub(super) async fn bind(&self) -> Result<PullConsumer, String> {
+    pub(super) async fn bind(&self) -> Result<PullConsumer, BindError> {
         // A few at a time: JetStream creates consumers one after another, and a
         // thousand requests at once (every endpoint at start, or woken by one burst)
         // time out and come back after a back-off.
@@ -129,36 +140,53 @@ impl Worker {
             .js
             .get_stream_no_info(name)
             .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
+            .map_err(|e| BindError::Failed(format!("stream {name}: {e}")))?;
         let start = self.start(&stream).await?;
         stream
             .create_consumer(self.consumer_config(start))
             .await
-            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+            .map_err(|e| BindError::Failed(format!("consumer {}: {e}", self.consumer_name)))
     }
 
     /// Where the consumer starts: at the stream's first message, but for an `ordered`
-    /// endpoint's consumer on the source stream while fan-out is on, which
-    /// [`Worker::start_source_consumer`] makes when there is none (the fan-out makes
-    /// it before it leaves the endpoint out of a message; this covers a bind that
-    /// comes first). A consumer that exists keeps where it started: JetStream does not
-    /// change that on an update.
-    async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, String> {
+    /// endpoint's consumer on the source stream while fan-out is on. That one only
+    /// the fan-out makes ([`Worker::start_source_consumer`], before it leaves the
+    /// endpoint out of a message): it alone knows where the endpoint's messages begin
+    /// (its ack floor, a new endpoint's `skip_through`, the oldest copy waiting), and a
+    /// bind that made it first, from less, started past messages the fan-out had
+    /// handled without the endpoint. Until it exists the bind waits
+    /// ([`BindError::NotMadeYet`]). A consumer that exists keeps where it started:
+    /// JetStream does not change that on an update.
+    async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, BindError> {
         if self.lazy || self.shared.work.is_none() {
             return Ok(DeliverPolicy::All);
         }
-        if let Some(info) = self.source_consumer(stream).await? {
-            return Ok(info.config.deliver_policy);
+        match self.source_consumer(stream).await {
+            Ok(Some(info)) => Ok(info.config.deliver_policy),
+            Ok(None) => Err(BindError::NotMadeYet),
+            Err(e) => Err(BindError::Failed(e)),
+        }
+    }
+
+    /// Makes an `ordered` endpoint's consumer on the source stream itself, starting
+    /// after the fan-out's ack floor (or at its oldest copy waiting), when the fan-out
+    /// has not made it for a long while: the consumer was deleted behind natshook's
+    /// back, say, after the fan-out had made it. A late consumer beats none.
+    pub(super) async fn make_missing_source_consumer(&self) -> Result<(), String> {
+        let _turn = self.shared.binds.acquire().await;
+        let name = self.consumer_stream();
+        let stream = self
+            .shared
+            .js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| format!("stream {name}: {e}"))?;
+        if self.source_consumer(&stream).await?.is_some() {
+            return Ok(());
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
-        let handled = crate::store::ack_floor(stream, &fan_out).await?;
-        // A runtime endpoint created a moment ago: the fan-out may have handled what
-        // came after its `skip_through` without it. What it skips is acked without a
-        // request, so starting early costs nothing.
-        let handled = (self.endpoint.skip)
-            .and_then(|s| s.recent_through())
-            .map_or(handled, |through| handled.min(through));
-        self.make_source_consumer(stream, handled).await
+        let handled = crate::store::ack_floor(&stream, &fan_out).await?;
+        self.make_source_consumer(&stream, handled).await.map(drop)
     }
 
     /// The endpoint's consumer on `stream`, `None` when there is none.
@@ -180,47 +208,19 @@ impl Worker {
     /// messages instead when that is earlier, and the copies go once it exists. A
     /// message delivered from a copy after that point comes twice; none is missed.
     /// Nothing to do for an endpoint that reads copies.
-    ///
-    /// An endpoint that `read_copies` until now (it was made unordered, then `ordered`
-    /// again) may still have its former consumer here, which the drain of
-    /// `fanout::leftover` was emptying into copies: what it moved is acked there and
-    /// waits as copies no one reads any more. That consumer is made again, starting
-    /// after its ack floor or at the oldest copy still waiting if earlier, so the
-    /// endpoint gets, in order, everything it has not had. The ack floor is read
-    /// before the copies: the drain stores a copy before it acks its message, so a
-    /// message acked after the first read has its copy seen by the second.
     pub async fn start_source_consumer(
         &self,
         stream: &Stream<()>,
         handled: u64,
-        read_copies: bool,
     ) -> Result<bool, String> {
-        let Some(work) = self.shared.work.as_ref().filter(|_| !self.lazy) else {
+        if self.lazy || self.shared.work.is_none() {
             return Ok(false);
-        };
+        }
         let _turn = self.shared.binds.acquire().await;
-        let Some(former) = self.source_consumer(stream).await? else {
-            return self
-                .make_source_consumer(stream, handled)
-                .await
-                .map(|_| true);
-        };
-        if !read_copies {
+        if self.source_consumer(stream).await?.is_some() {
             return Ok(false);
         }
-        let waiting = work
-            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-            .await
-            .map_err(|e| e.to_string())?;
-        if waiting.is_none() {
-            return Ok(false);
-        }
-        stream
-            .delete_consumer(&self.consumer_name)
-            .await
-            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
-        tracing::info!(endpoint = %self.endpoint.name, consumer = %self.consumer_name, "ordered again while its former consumer was drained: the consumer is made again from before what the drain moved");
-        self.make_source_consumer(stream, former.ack_floor.stream_sequence)
+        self.make_source_consumer(stream, handled)
             .await
             .map(|_| true)
     }

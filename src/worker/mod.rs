@@ -36,7 +36,7 @@ pub mod unmapped;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_nats::jetstream::{self, consumer::pull, message::AckKind};
@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
+use self::consumer::BindError;
 pub use self::consumer::{
     ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
 };
@@ -63,6 +64,15 @@ use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseRecord;
 use crate::store::unattempted::{self, Delivered};
 use crate::time;
+
+/// How often a bind looks again for the consumer the fan-out makes
+/// ([`BindError::NotMadeYet`]): it makes it within moments of taking the endpoint.
+const NOT_MADE_YET_WAIT: Duration = Duration::from_millis(200);
+
+/// How long a bind waits for that consumer before it makes it itself
+/// ([`Worker::make_missing_source_consumer`]): far longer than a fan-out's first
+/// bind takes with thousands of endpoints.
+const NOT_MADE_YET_LIMIT: Duration = Duration::from_secs(30);
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
 
@@ -194,7 +204,6 @@ impl Worker {
         if !lazy {
             em.create();
         }
-        let known_pause = shared.pause_state.known(&endpoint.name);
         let worker = Self {
             lazy,
             parked: AtomicBool::new(lazy),
@@ -225,9 +234,7 @@ impl Worker {
             )),
             endpoint,
         };
-        if known_pause.is_some() {
-            worker.follow(known_pause.as_ref());
-        }
+        worker.follow_known();
         worker
     }
 
@@ -339,6 +346,17 @@ impl Worker {
     pub fn follow(&self, record: Option<&PauseRecord>) {
         self.breaker
             .follow(record.map(|r| PauseReason::from(&r.cause)));
+    }
+
+    /// Follows the endpoint's pause as this process last saw it in the shared state
+    /// ([`PauseState::known`](crate::store::pause_state::PauseState::known)): when
+    /// the worker is made, and again once the supervisor lists it, since a change the
+    /// watch saw in between found no worker to apply to.
+    pub fn follow_known(&self) {
+        let known = self.shared.pause_state.known(&self.endpoint.name);
+        if known.is_some() || self.breaker.is_paused() {
+            self.follow(known.as_ref());
+        }
     }
 
     /// Starts from the shared pause state: a pause outlives restarts and reloads.
@@ -518,6 +536,7 @@ impl Worker {
         // What the worker this one replaced held, oldest first.
         let mut held = std::mem::take(&mut *lock(&self.handover));
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let mut not_made_since = None;
         self.follow_current().await;
         while !stop.drain.is_cancelled() {
             if self.is_parked() {
@@ -528,6 +547,21 @@ impl Worker {
             }
             let consumer = match self.bind().await {
                 Ok(c) => c,
+                Err(BindError::NotMadeYet) => {
+                    let since = *not_made_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= NOT_MADE_YET_LIMIT {
+                        tracing::warn!(endpoint = %self.endpoint.name, "the fan-out has not made the ordered endpoint's consumer; making it from the fan-out's ack floor");
+                        if let Err(e) = self.make_missing_source_consumer().await {
+                            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot make the ordered endpoint's consumer; retrying");
+                        }
+                        not_made_since = None;
+                    }
+                    tokio::select! {
+                        _ = stop.drain.cancelled() => break,
+                        _ = tokio::time::sleep(NOT_MADE_YET_WAIT) => {}
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
                     self.bind_refused.store(true, Ordering::Relaxed);
@@ -542,6 +576,7 @@ impl Worker {
             self.bound.store(true, Ordering::Relaxed);
             self.bind_refused.store(false, Ordering::Relaxed);
             retry.reset();
+            not_made_since = None;
             // Held messages may have waited through a re-bind: restart their ack timer
             // before they queue for a permit.
             self.extend_ack_wait(&held).await;

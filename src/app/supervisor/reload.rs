@@ -145,14 +145,19 @@ impl Supervisor {
                 .map(|r| r.stop_fetching(HANDOVER_WAIT)),
         )
         .await;
+        let mut started = Vec::with_capacity(built.len());
         for deliverer in built {
             let name = deliverer.endpoint().name.clone();
             let old = replaced.remove(&name);
             let fresh = self.start(deliverer, router.clone(), old.as_ref().map(|o| &*o.worker));
+            started.push(Arc::clone(&fresh.worker));
             running.insert(name, fresh);
             to_drain.extend(old);
         }
         self.publish_snapshot(&running);
+        for w in started {
+            w.follow_known();
+        }
         for old in to_drain {
             let name = old.worker.endpoint().name.clone();
             let worker = Arc::clone(&old.worker);
