@@ -134,13 +134,7 @@ impl Worker {
         // thousand requests at once (every endpoint at start, or woken by one burst)
         // time out and come back after a back-off.
         let _turn = self.shared.binds.acquire().await;
-        let name = self.consumer_stream();
-        let stream = self
-            .shared
-            .js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| BindError::Failed(format!("stream {name}: {e}")))?;
+        let stream = self.own_stream().await.map_err(BindError::Failed)?;
         let start = self.start(&stream).await?;
         stream
             .create_consumer(self.consumer_config(start))
@@ -174,19 +168,23 @@ impl Worker {
     /// back, say, after the fan-out had made it. A late consumer beats none.
     pub(super) async fn make_missing_source_consumer(&self) -> Result<(), String> {
         let _turn = self.shared.binds.acquire().await;
-        let name = self.consumer_stream();
-        let stream = self
-            .shared
-            .js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
+        let stream = self.own_stream().await?;
         if self.source_consumer(&stream).await?.is_some() {
             return Ok(());
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         let handled = crate::store::ack_floor(&stream, &fan_out).await?;
         self.make_source_consumer(&stream, handled).await.map(drop)
+    }
+
+    /// The stream the endpoint's consumer reads ([`Worker::consumer_stream`]).
+    async fn own_stream(&self) -> Result<Stream<()>, String> {
+        let name = self.consumer_stream();
+        self.shared
+            .js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| format!("stream {name}: {e}"))
     }
 
     /// The endpoint's consumer on `stream`, `None` when there is none.
@@ -286,12 +284,7 @@ impl Worker {
         let Some(work) = &self.shared.work else {
             return false;
         };
-        let Ok(stream) = self
-            .shared
-            .js
-            .get_stream_no_info(self.consumer_stream())
-            .await
-        else {
+        let Ok(stream) = self.own_stream().await else {
             return false;
         };
         let acked_to = match stream.consumer_info(&self.consumer_name).await {
