@@ -346,6 +346,7 @@ impl Supervisor {
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
         if let Some(old) = replaced {
+            worker.note_replaced_one();
             // Made unordered, or restarted while its former consumer on the source
             // stream drains: that consumer is drained next.
             worker.note_former_consumer(!old.fans_out() || old.has_former_consumer());

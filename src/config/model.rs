@@ -133,6 +133,23 @@ pub struct Backlog {
 }
 
 impl Backlog {
+    /// How recent a skip must be for the fan-out to have handled messages after it
+    /// without the endpoint: a runtime endpoint joins the fan-out's targets within a
+    /// second or so of its creation. An older skip belongs to an endpoint the fan-out
+    /// served since (a reload restarted it).
+    pub const RECENT: Duration = Duration::from_secs(60);
+
+    /// The last sequence skipped, when the skip began at or after `since`.
+    pub fn through_since(&self, since: std::time::SystemTime) -> Option<u64> {
+        self.through.filter(|_| self.before >= since)
+    }
+
+    /// The last sequence skipped, when the skip began within [`Backlog::RECENT`].
+    pub fn recent_through(&self) -> Option<u64> {
+        let since = std::time::SystemTime::now().checked_sub(Self::RECENT)?;
+        self.through_since(since)
+    }
+
     /// Whether the message stored at `published` as `sequence` is part of the backlog.
     pub fn covers(&self, published: std::time::SystemTime, sequence: u64) -> bool {
         published < self.before && self.through.is_none_or(|last| sequence <= last)

@@ -23,13 +23,8 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 
 use super::targets::{Target, Targets};
-use crate::config::Endpoint;
+use crate::config::{Backlog, Endpoint};
 use crate::store::work_stream::{fetch_page, header_pairs, SourceFacts, WorkStream};
-
-/// How recent an endpoint's start must be for a catch-up. A join follows its creation
-/// within a second or so; an older start belongs to an endpoint the fan-out served
-/// before (a reload restarted the endpoint), whose messages were copied for it then.
-const RECENT: Duration = Duration::from_secs(60);
 
 /// At a process's first bind, how long before the process started: an endpoint
 /// created just before may have been handled without by the process before it,
@@ -46,17 +41,16 @@ const PAGE: usize = 500;
 /// endpoint skipping by time alone, when the stream could not be read at its
 /// creation, has none.)
 pub(super) fn recent_start(endpoint: &Endpoint, since: SystemTime) -> Option<u64> {
-    let skip = endpoint.skip?;
-    skip.through.filter(|_| skip.before >= since)
+    endpoint.skip?.through_since(since)
 }
 
 /// The earliest start [`joined`] and an `ordered` endpoint's first consumer look for:
 /// [`RECENT_AT_START`] before the process `started` until its first bind is done,
-/// else [`RECENT`] before now.
+/// else [`Backlog::RECENT`] before now.
 pub(super) fn since(first_bind: bool, started: SystemTime) -> SystemTime {
     let (from, back) = match first_bind {
         true => (started, RECENT_AT_START),
-        false => (SystemTime::now(), RECENT),
+        false => (SystemTime::now(), Backlog::RECENT),
     };
     from.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
 }

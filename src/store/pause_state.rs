@@ -272,7 +272,7 @@ impl PauseState {
         self.known.lock().ok()?.get(endpoint).cloned()
     }
 
-    /// The endpoint's shared pause, if any (read when its worker starts).
+    /// The endpoint's shared pause, if any, read from the bucket now.
     pub async fn current(&self, endpoint: &str) -> Result<Option<PauseRecord>, StateError> {
         let store = self.store().await?;
         let value = store

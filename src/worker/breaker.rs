@@ -252,9 +252,16 @@ impl Breaker {
         self.events.endpoint(change, &event);
     }
 
-    /// Follows a pause or resume another replica decided (or one that outlived a
-    /// restart). A shared resume also clears this replica's failure count: the
-    /// receiver answered, so the next failure starts counting afresh.
+    /// Starts paused for `reason`, the endpoint's pause in the shared state: a pause
+    /// that outlived a restart or a reload, nothing new to warn about.
+    pub fn restore(&self, reason: PauseReason) {
+        tracing::debug!(endpoint = %self.endpoint, reason = %reason, "endpoint starts paused, as the shared pause state has it");
+        self.set_paused(Some(reason));
+    }
+
+    /// Follows a pause or resume another replica decided. A shared resume also clears
+    /// this replica's failure count: the receiver answered, so the next failure
+    /// starts counting afresh.
     pub fn follow(&self, reason: Option<PauseReason>) {
         match reason {
             Some(reason) => {

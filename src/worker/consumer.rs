@@ -14,17 +14,6 @@ use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::fan_out_consumer;
 
-/// Why a bind did not give a consumer.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    /// An `ordered` endpoint's consumer on the source stream, with fan-out on, which
-    /// the fan-out has not made yet; the bind is tried again in a moment.
-    #[error("waiting for the fan-out to make the ordered endpoint's consumer")]
-    NotMadeYet,
-    #[error("{0}")]
-    Failed(String),
-}
-
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
     format!("{prefix}-{endpoint}")
@@ -129,52 +118,43 @@ impl Worker {
     }
 
     /// Creates or updates the durable consumer so its filters follow the config.
-    pub(super) async fn bind(&self) -> Result<PullConsumer, BindError> {
+    pub(super) async fn bind(&self) -> Result<PullConsumer, String> {
         // A few at a time: JetStream creates consumers one after another, and a
         // thousand requests at once (every endpoint at start, or woken by one burst)
         // time out and come back after a back-off.
         let _turn = self.shared.binds.acquire().await;
-        let stream = self.own_stream().await.map_err(BindError::Failed)?;
+        let stream = self.own_stream().await?;
         let start = self.start(&stream).await?;
         stream
             .create_consumer(self.consumer_config(start))
             .await
-            .map_err(|e| BindError::Failed(format!("consumer {}: {e}", self.consumer_name)))
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
 
     /// Where the consumer starts: at the stream's first message, but for an `ordered`
-    /// endpoint's consumer on the source stream while fan-out is on. That one only
-    /// the fan-out makes ([`Worker::start_source_consumer`], before it leaves the
-    /// endpoint out of a message): it alone knows where the endpoint's messages begin
-    /// (its ack floor, a new endpoint's `skip_through`, the oldest copy waiting), and a
-    /// bind that made it first, from less, started past messages the fan-out had
-    /// handled without the endpoint. Until it exists the bind waits
-    /// ([`BindError::NotMadeYet`]). A consumer that exists keeps where it started:
-    /// JetStream does not change that on an update.
-    async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, BindError> {
+    /// endpoint's consumer on the source stream while fan-out is on, which
+    /// [`Worker::start_source_consumer`] makes when there is none (the fan-out makes
+    /// it before it leaves the endpoint out of a message; this covers a bind that
+    /// comes first). The fan-out may have handled messages after a new runtime
+    /// endpoint's recent `skip_through` without it: a worker that replaced none starts
+    /// there if that is earlier (what it skips is acked without a request). One that
+    /// replaced a worker (made `ordered` by a change) starts at the fan-out's ack
+    /// floor: what came before was copied for it. A consumer that exists keeps where
+    /// it started: JetStream does not change that on an update.
+    async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, String> {
         if self.lazy || self.shared.work.is_none() {
             return Ok(DeliverPolicy::All);
         }
-        match self.source_consumer(stream).await {
-            Ok(Some(info)) => Ok(info.config.deliver_policy),
-            Ok(None) => Err(BindError::NotMadeYet),
-            Err(e) => Err(BindError::Failed(e)),
-        }
-    }
-
-    /// Makes an `ordered` endpoint's consumer on the source stream itself, starting
-    /// after the fan-out's ack floor (or at its oldest copy waiting), when the fan-out
-    /// has not made it for a long while: the consumer was deleted behind natshook's
-    /// back, say, after the fan-out had made it. A late consumer beats none.
-    pub(super) async fn make_missing_source_consumer(&self) -> Result<(), String> {
-        let _turn = self.shared.binds.acquire().await;
-        let stream = self.own_stream().await?;
-        if self.source_consumer(&stream).await?.is_some() {
-            return Ok(());
+        if let Some(info) = self.source_consumer(stream).await? {
+            return Ok(info.config.deliver_policy);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
-        let handled = crate::store::ack_floor(&stream, &fan_out).await?;
-        self.make_source_consumer(&stream, handled).await.map(drop)
+        let handled = crate::store::ack_floor(stream, &fan_out).await?;
+        let recent = (self.endpoint.skip)
+            .filter(|_| !self.replaced_one.load(std::sync::atomic::Ordering::Relaxed))
+            .and_then(|s| s.recent_through());
+        let handled = recent.map_or(handled, |through| handled.min(through));
+        self.make_source_consumer(stream, handled).await
     }
 
     /// The stream the endpoint's consumer reads ([`Worker::consumer_stream`]).

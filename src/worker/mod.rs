@@ -36,7 +36,7 @@ pub mod unmapped;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_nats::jetstream::{self, consumer::pull, message::AckKind};
@@ -46,7 +46,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
-use self::consumer::BindError;
 pub use self::consumer::{
     ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
 };
@@ -64,15 +63,6 @@ use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseRecord;
 use crate::store::unattempted::{self, Delivered};
 use crate::time;
-
-/// How often a bind looks again for the consumer the fan-out makes
-/// ([`BindError::NotMadeYet`]): it makes it within moments of taking the endpoint.
-const NOT_MADE_YET_WAIT: Duration = Duration::from_millis(200);
-
-/// How long a bind waits for that consumer before it makes it itself
-/// ([`Worker::make_missing_source_consumer`]): far longer than a fan-out's first
-/// bind takes with thousands of endpoints.
-const NOT_MADE_YET_LIMIT: Duration = Duration::from_secs(30);
 
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
 
@@ -140,6 +130,12 @@ pub struct Worker {
     /// `ordered`, or `fan_out` was off), being drained to its own subject: the
     /// fan-out's copies go there too, where a message both make is stored once.
     former_consumer: AtomicBool,
+    /// Started in place of a worker of the same endpoint (a change, not a creation or
+    /// a process start): see where an `ordered` endpoint's consumer starts.
+    replaced_one: AtomicBool,
+    /// The endpoint's shared pause as this process last saw it when the worker was
+    /// made ([`PauseState::known`](crate::store::pause_state::PauseState::known)).
+    known_at_start: Option<PauseRecord>,
     wake: tokio::sync::Notify,
     /// The endpoint's `concurrency`, shared by its own consumer's deliveries and the
     /// lane's.
@@ -208,6 +204,8 @@ impl Worker {
             lazy,
             parked: AtomicBool::new(lazy),
             former_consumer: AtomicBool::new(false),
+            replaced_one: AtomicBool::new(false),
+            known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(endpoint.concurrency)),
@@ -234,7 +232,11 @@ impl Worker {
             )),
             endpoint,
         };
-        worker.follow_known();
+        // A pause outlives restarts and reloads: the worker starts from it, before it
+        // fetches anything or the lane hands it a copy.
+        if let Some(record) = &worker.known_at_start {
+            worker.breaker.restore(PauseReason::from(&record.cause));
+        }
         worker
     }
 
@@ -348,28 +350,15 @@ impl Worker {
             .follow(record.map(|r| PauseReason::from(&r.cause)));
     }
 
-    /// Follows the endpoint's pause as this process last saw it in the shared state
-    /// ([`PauseState::known`](crate::store::pause_state::PauseState::known)): when
-    /// the worker is made, and again once the supervisor lists it, since a change the
-    /// watch saw in between found no worker to apply to.
+    /// Follows a change of the endpoint's pause the watch saw between
+    /// [`Worker::new`] (which starts from the pause last seen) and the supervisor
+    /// listing the worker, when the change found no worker to apply to; called once
+    /// listed. A pause the breaker made meanwhile is not undone: only a change of
+    /// what was seen counts.
     pub fn follow_known(&self) {
         let known = self.shared.pause_state.known(&self.endpoint.name);
-        if known.is_some() || self.breaker.is_paused() {
+        if known != self.known_at_start {
             self.follow(known.as_ref());
-        }
-    }
-
-    /// Starts from the shared pause state: a pause outlives restarts and reloads.
-    async fn follow_current(&self) {
-        match self.shared.pause_state.current(&self.endpoint.name).await {
-            Ok(record) => {
-                if record.is_some() {
-                    self.follow(record.as_ref());
-                }
-            }
-            Err(e) => {
-                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "shared pause state not readable at start");
-            }
         }
     }
 
@@ -445,6 +434,11 @@ impl Worker {
     pub fn note_former_consumer(&self, exists: bool) {
         self.former_consumer
             .store(self.lazy && exists, Ordering::Relaxed);
+    }
+
+    /// Marks the worker as started in place of another of its endpoint.
+    pub fn note_replaced_one(&self) {
+        self.replaced_one.store(true, Ordering::Relaxed);
     }
 
     /// See [`Worker::note_former_consumer`].
@@ -536,8 +530,6 @@ impl Worker {
         // What the worker this one replaced held, oldest first.
         let mut held = std::mem::take(&mut *lock(&self.handover));
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        let mut not_made_since = None;
-        self.follow_current().await;
         while !stop.drain.is_cancelled() {
             if self.is_parked() {
                 tokio::select! {
@@ -547,21 +539,6 @@ impl Worker {
             }
             let consumer = match self.bind().await {
                 Ok(c) => c,
-                Err(BindError::NotMadeYet) => {
-                    let since = *not_made_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= NOT_MADE_YET_LIMIT {
-                        tracing::warn!(endpoint = %self.endpoint.name, "the fan-out has not made the ordered endpoint's consumer; making it from the fan-out's ack floor");
-                        if let Err(e) = self.make_missing_source_consumer().await {
-                            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot make the ordered endpoint's consumer; retrying");
-                        }
-                        not_made_since = None;
-                    }
-                    tokio::select! {
-                        _ = stop.drain.cancelled() => break,
-                        _ = tokio::time::sleep(NOT_MADE_YET_WAIT) => {}
-                    }
-                    continue;
-                }
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
                     self.bind_refused.store(true, Ordering::Relaxed);
@@ -576,7 +553,6 @@ impl Worker {
             self.bound.store(true, Ordering::Relaxed);
             self.bind_refused.store(false, Ordering::Relaxed);
             retry.reset();
-            not_made_since = None;
             // Held messages may have waited through a re-bind: restart their ack timer
             // before they queue for a permit.
             self.extend_ack_wait(&held).await;
