@@ -426,16 +426,6 @@ async fn poll_pending(
                     }
                     if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
                         drain_leftovers(&js, &sup, f, &workers, &infos, &mut leftovers, &stop);
-                        if workers.iter().any(|w| w.awaits_restart()) {
-                            match sup.reapply().await {
-                                Ok(s) => {
-                                    tracing::info!(endpoints = ?s.restarted, "former consumers drained: the endpoints made ordered meanwhile read the source stream now")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot restart the endpoints made ordered while their former consumers drained; trying again")
-                                }
-                            }
-                        }
                     }
                 }
                 Err(e) => tracing::debug!(stream, error = %e, "cannot list consumers"),

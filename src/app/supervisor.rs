@@ -344,16 +344,7 @@ impl Supervisor {
                 .clone()
                 .watch_secrets(SECRET_POLL, stop.drain.clone()),
         );
-        // Made `ordered` again while its former consumer drains: copies until it is gone.
-        let copies_first = endpoint.ordered
-            && replaced.is_some_and(|old| old.fans_out() && old.has_former_consumer());
-        let worker = Arc::new(Worker::new(
-            endpoint,
-            deliverer,
-            router,
-            &self.shared,
-            copies_first,
-        ));
+        let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
         if let Some(old) = replaced {
             worker.note_replaced_one();
             // Made unordered, or restarted while its former consumer on the source

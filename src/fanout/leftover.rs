@@ -14,10 +14,7 @@
 //! the work stream's duplicate window and delivered twice after it, never lost. The
 //! drain first widens the consumer's window (an ordered endpoint's is one message, so
 //! a retry waiting out its delay would hold every other message behind it), and stops
-//! without deleting anything as soon as the endpoint reads its own consumer again
-//! (`fan_out` off, or the endpoint gone). An endpoint made `ordered` again meanwhile
-//! does not: it reads copies until the drain is done (`Worker::awaits_ordered`), since
-//! what was moved is acked here and waits only as copies.
+//! without deleting anything as soon as the endpoint reads its own consumer again.
 
 use std::time::Duration;
 
@@ -57,8 +54,8 @@ pub struct Leftover<'a> {
     /// The leftover consumer and its endpoint.
     pub consumer: &'a str,
     pub endpoint: &'a str,
-    /// False once the endpoint reads a consumer of its own again (`fan_out` off) or
-    /// is gone: the drain stops and deletes nothing.
+    /// False once the endpoint reads a consumer of its own again (made `ordered`,
+    /// `fan_out` off) or is gone: the drain stops and deletes nothing.
     pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
     /// Shutdown: the drain stops; what it fetched and did not move comes back.
     pub stop: &'a CancellationToken,

@@ -181,7 +181,6 @@ impl Worker {
         deliverer: Deliverer,
         router: Arc<Router>,
         shared: &Arc<Shared>,
-        copies_first: bool,
     ) -> Self {
         let em = shared.metrics.endpoint(&endpoint.name);
         let announcer = Arc::clone(shared);
@@ -197,7 +196,7 @@ impl Worker {
                 }))
                 .raising(shared.events.clone(), endpoint.tenant.clone()),
         );
-        let lazy = shared.work.is_some() && (!endpoint.ordered || copies_first);
+        let lazy = shared.work.is_some() && !endpoint.ordered;
         if !lazy {
             em.create();
         }
@@ -435,21 +434,6 @@ impl Worker {
     pub fn note_former_consumer(&self, exists: bool) {
         self.former_consumer
             .store(self.lazy && exists, Ordering::Relaxed);
-    }
-
-    /// An `ordered` endpoint that reads copies for now: it was made `ordered` again
-    /// while its former consumer on the source stream was being drained into copies
-    /// (`fanout::leftover`). Reading that consumer again would leave what the drain
-    /// had moved where no one reads it, so the endpoint reads copies until the drain
-    /// is done and the consumer gone; then the supervisor starts it anew, ordered
-    /// ([`Worker::awaits_restart`]).
-    pub fn awaits_ordered(&self) -> bool {
-        self.lazy && self.endpoint.ordered
-    }
-
-    /// Whether [`Worker::awaits_ordered`] is over: the former consumer is gone.
-    pub fn awaits_restart(&self) -> bool {
-        self.awaits_ordered() && !self.has_former_consumer()
     }
 
     /// Marks the worker as started in place of another of its endpoint.

@@ -63,16 +63,6 @@ impl Supervisor {
         Ok(summary)
     }
 
-    /// Applies the config in force again: restarts the `ordered` endpoints that read
-    /// copies while their former consumer drained, once it is gone
-    /// ([`crate::worker::Worker::awaits_ordered`]); nothing else changes.
-    pub(in crate::app) async fn reapply(&self) -> Result<ReloadSummary, ApplyError> {
-        let runtime = self.runtime.lock().await;
-        let file = self.file.lock().await;
-        self.apply_merged(runtime.merged(&file), &[], runtime.held())
-            .await
-    }
-
     /// Applies the file's endpoints and the runtime ones together (`new`); the
     /// consumers of `forget` (runtime endpoints deleted) are deleted once their
     /// workers have drained. With `fan_out`, the disabled runtime endpoints (`held`)
@@ -96,11 +86,7 @@ impl Supervisor {
         for (index, e) in wanted {
             let changes = match running.get(&e.name) {
                 None => &mut summary.added,
-                Some(r)
-                    if router_changed
-                        || needs_restart(r.worker.endpoint(), e)
-                        || r.worker.awaits_restart() =>
-                {
+                Some(r) if router_changed || needs_restart(r.worker.endpoint(), e) => {
                     &mut summary.restarted
                 }
                 Some(r) => {
