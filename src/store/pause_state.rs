@@ -97,6 +97,9 @@ pub struct PauseState {
     /// them, so one created at start or by the registry holds its first copy already
     /// (a fan-out endpoint is handed copies before it reads anything from NATS).
     known: Arc<Mutex<HashMap<String, PauseRecord>>>,
+    /// Whether [`PauseState::load_known`] read every pause: until then a worker reads
+    /// its own when it starts fetching.
+    loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Names this process among the replicas, for records and locks.
@@ -125,6 +128,7 @@ impl PauseState {
             writes,
             replica: replica_name().into(),
             known: Arc::default(),
+            loaded: Arc::default(),
         };
         tokio::spawn(state.clone().write_in_order(rx));
         state
@@ -253,7 +257,14 @@ impl PauseState {
                 loaded += 1;
             }
         }
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(loaded)
+    }
+
+    /// Whether every pause was read at start ([`PauseState::load_known`]).
+    pub fn known_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keeps [`PauseState::known`] up to date with a change the watch saw.
@@ -272,7 +283,8 @@ impl PauseState {
         self.known.lock().ok()?.get(endpoint).cloned()
     }
 
-    /// The endpoint's shared pause, if any, read from the bucket now.
+    /// The endpoint's shared pause, if any, read from the bucket now (when its worker
+    /// starts fetching, if the pauses could not all be read at start).
     pub async fn current(&self, endpoint: &str) -> Result<Option<PauseRecord>, StateError> {
         let store = self.store().await?;
         let value = store

@@ -362,6 +362,22 @@ impl Worker {
         }
     }
 
+    /// Reads the endpoint's shared pause from the bucket when the process could not
+    /// read them all at start ([`PauseState::known_loaded`](crate::store::pause_state::PauseState::known_loaded)):
+    /// the watch's replay may not have reached this worker yet.
+    async fn follow_current(&self) {
+        if self.shared.pause_state.known_loaded() {
+            return;
+        }
+        match self.shared.pause_state.current(&self.endpoint.name).await {
+            Ok(Some(record)) => self.follow(Some(&record)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint.name, error = %e, "shared pause state not readable at start");
+            }
+        }
+    }
+
     pub fn state(&self) -> EndpointState {
         EndpointState {
             name: self.endpoint.name.clone(),
@@ -530,6 +546,7 @@ impl Worker {
         // What the worker this one replaced held, oldest first.
         let mut held = std::mem::take(&mut *lock(&self.handover));
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        self.follow_current().await;
         while !stop.drain.is_cancelled() {
             if self.is_parked() {
                 tokio::select! {
