@@ -882,6 +882,73 @@ async fn an_endpoint_restarted_again_while_its_former_consumer_drains_gets_each_
     assert_once(&rx, &after_ids);
 }
 
+/// An endpoint made `ordered` again while its former consumer is drained (here the
+/// drain waits for a retry on that consumer) does not read that consumer, whose
+/// moved messages wait only as copies: it waits for the drain to end, then reads the
+/// source stream from the oldest copy, so every message arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_nothing() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = |ordered: bool| {
+        let ordered = if ordered { "\nordered = true" } else { "" };
+        let extra = format!(
+            "retry_schedule = [\"8s\"]\nmax_attempts = 50\ndisable_after_failures = 0{ordered}"
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(true)).await;
+    let js = jetstream::new(nats.client().await);
+    let held = leads(20, "held");
+    let held_ids: Vec<String> = held.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, held).await;
+    // The first lead fails and waits out its 8 s on the ordered consumer, the others
+    // behind it.
+    rx.wait_for(Duration::from_secs(10), "the first attempt", |r| {
+        r.count() >= 1
+    })
+    .await;
+    reload(&natshook, &config(false), "config reloaded", "unordered").await;
+    // The poller (every 5 s) starts the drain, which moves the 19 others and waits
+    // for the first one's retry; the copies fail once and wait 8 s too.
+    wait_until(Duration::from_secs(15), "the others moved", || async {
+        rx.count() >= 2
+    })
+    .await;
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+    natshook.rewrite_config(&config(true));
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), "ordered again", || {
+        let logs = natshook.logs();
+        async move { logs.matches("config reloaded").count() >= 2 }
+    })
+    .await;
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(40), "every lead", |r| {
+        let got = r.delivered_ids();
+        held_ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    // In order: each lead's first success comes after the one before it.
+    let first_success: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|r| (200..300).contains(&r.replied))
+        .map(|r| r.id().to_string())
+        .fold(Vec::new(), |mut seen, id| {
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+            seen
+        });
+    assert_eq!(first_success, held_ids);
+    assert!(natshook.dead_letters("a").is_empty());
+    assert!(natshook.logs().contains("former consumer's messages moved"));
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+}
+
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it
 /// starts where the fan-out stands, so what the endpoint already received from its
 /// copies is not delivered a second time, and nothing published around the switch is
