@@ -440,9 +440,7 @@ async fn poll_pending(
 
 /// Starts moving the messages of every fan-out endpoint's leftover consumer on the
 /// source stream (listed in `infos`) to the work stream (`fanout::leftover`), one task
-/// per consumer at a time, kept in `running`; and of every `ordered` endpoint's
-/// consumer a drain has begun on (made `ordered` again meanwhile, or enabled so): its
-/// worker waits for the drain to end.
+/// per consumer at a time, kept in `running`.
 fn drain_leftovers(
     js: &jetstream::Context,
     sup: &Arc<Supervisor>,
@@ -453,15 +451,10 @@ fn drain_leftovers(
     stop: &CancellationToken,
 ) {
     running.retain(|_, task| !task.is_finished());
-    for w in workers {
+    for w in workers.iter().filter(|w| w.fans_out()) {
         let consumer = w.consumer_name();
-        let info = infos.get(consumer);
-        w.note_former_consumer(info.is_some());
-        let former = match w.fans_out() {
-            true => info.is_some(),
-            false => info.is_some_and(crate::store::work_stream::is_drained),
-        };
-        if !former || running.contains_key(consumer) {
+        w.note_former_consumer(infos.contains_key(consumer));
+        if !infos.contains_key(consumer) || running.contains_key(consumer) {
             continue;
         }
         let Some(work) = sup.work_stream().cloned() else {
@@ -469,11 +462,14 @@ fn drain_leftovers(
         };
         let (js, stream, stop) = (js.clone(), f.stream.clone(), stop.clone());
         let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
-        // Still an endpoint of this process: checked before every fetch. One made
-        // `ordered` again waits for the drain rather than stop it.
+        // Still a fan-out endpoint of this process: checked before every fetch.
         let wanted = {
             let (sup, endpoint) = (Arc::clone(sup), endpoint.clone());
-            move || sup.workers().iter().any(|w| w.endpoint().name == endpoint)
+            move || {
+                sup.workers()
+                    .iter()
+                    .any(|w| w.endpoint().name == endpoint && w.fans_out())
+            }
         };
         let unattempted = sup.unattempted().clone();
         let task = tokio::spawn({

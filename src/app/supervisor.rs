@@ -314,7 +314,7 @@ impl Supervisor {
                 .is_none_or(|r| r.is_file_endpoint(&w.endpoint().name))
         };
         for w in self.workers().iter().filter(|w| !w.fans_out()) {
-            if !w.is_bound() && !w.waits_for_drain() && (is_file(w) || !w.bind_refused()) {
+            if !w.is_bound() && (is_file(w) || !w.bind_refused()) {
                 reasons.push(format!("consumer {} is not bound", w.consumer_name()));
             }
         }

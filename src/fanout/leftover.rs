@@ -13,12 +13,8 @@
 //! came after the switch, or a replica applied the switch later) is stored once within
 //! the work stream's duplicate window and delivered twice after it, never lost. The
 //! drain first widens the consumer's window (an ordered endpoint's is one message, so
-//! a retry waiting out its delay would hold every other message behind it) and marks
-//! it as drained, and it stops without deleting anything when the endpoint is gone
-//! from the process (deleted, disabled). Once marked, a consumer is drained to its end
-//! whatever the endpoint becomes: one made `ordered` again does not read it, since
-//! what was moved waits only as copies, and reads the source stream from the oldest
-//! of them once the drain has deleted it.
+//! a retry waiting out its delay would hold every other message behind it), and stops
+//! without deleting anything as soon as the endpoint reads its own consumer again.
 
 use std::time::Duration;
 
@@ -31,7 +27,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::unattempted::{Delivered, Unattempted};
-use crate::store::work_stream::{is_drained, SourceFacts, WorkStream, DRAINED_MARK};
+use crate::store::work_stream::{SourceFacts, WorkStream};
 
 /// How long one fetch waits for the leftover's messages; a retry waiting out its delay
 /// is looked for again after this.
@@ -58,8 +54,8 @@ pub struct Leftover<'a> {
     /// The leftover consumer and its endpoint.
     pub consumer: &'a str,
     pub endpoint: &'a str,
-    /// False once the endpoint is gone from this process (deleted, disabled): the
-    /// drain stops and deletes nothing.
+    /// False once the endpoint reads a consumer of its own again (made `ordered`,
+    /// `fan_out` off) or is gone: the drain stops and deletes nothing.
     pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
     /// Shutdown: the drain stops; what it fetched and did not move comes back.
     pub stop: &'a CancellationToken,
@@ -126,9 +122,8 @@ impl Leftover<'_> {
         }
     }
 
-    /// The leftover consumer with a window of at least [`BATCH`] messages (an ordered
-    /// endpoint's window of one would let a retry waiting out its delay hold the rest)
-    /// and marked as drained ([`DRAINED_MARK`]) before anything moves.
+    /// The leftover consumer with a window of [`BATCH`] messages: an ordered
+    /// endpoint's window of one would let a retry waiting out its delay hold the rest.
     async fn widened(
         &self,
         stream: &jetstream::stream::Stream<()>,
@@ -137,18 +132,13 @@ impl Leftover<'_> {
             .get_consumer(self.consumer)
             .await
             .map_err(|e| self.failed(e))?;
-        if consumer.cached_info().config.max_ack_pending >= BATCH as i64
-            && is_drained(consumer.cached_info())
-        {
+        let current = consumer.cached_info().config.clone();
+        if current.max_ack_pending >= BATCH as i64 {
             return Ok(consumer);
         }
-        let current = consumer.cached_info().config.clone();
         let mut config =
             pull::Config::try_from_consumer_config(current).map_err(|e| self.failed(e))?;
-        config.max_ack_pending = config.max_ack_pending.max(BATCH as i64);
-        config
-            .metadata
-            .insert(DRAINED_MARK.to_string(), "true".to_string());
+        config.max_ack_pending = BATCH as i64;
         stream
             .create_consumer(config)
             .await

@@ -65,20 +65,6 @@ pub fn fan_out_consumer(consumer_prefix: &str) -> String {
     format!("{consumer_prefix}-fanout")
 }
 
-/// The metadata key the drain of a former consumer (`fanout::leftover`) sets on it
-/// before it moves the first message: from then on what it moved is acked there and
-/// waits only as copies, so an endpoint made `ordered` again must not read that
-/// consumer as its own. It waits until the drain has deleted it, then reads the
-/// source stream from the oldest copy still waiting (`Worker::start_source_consumer`).
-/// A name alone cannot tell the two apart: an ordered endpoint's consumer has the
-/// name its former one had.
-pub const DRAINED_MARK: &str = "natshook_drained";
-
-/// Whether a drain has begun on this consumer ([`DRAINED_MARK`]).
-pub fn is_drained(info: &jetstream::consumer::Info) -> bool {
-    info.config.metadata.contains_key(DRAINED_MARK)
-}
-
 /// The name of the lane's consumer (on the lane): `<prefix>-lane`.
 pub fn lane_consumer(consumer_prefix: &str) -> String {
     format!("{consumer_prefix}-lane")

@@ -2,7 +2,6 @@
 //! its filters follow the config, the pull stream on it, and letting it go when a
 //! fan-out endpoint has no work left.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
@@ -13,12 +12,7 @@ use tokio::sync::Semaphore;
 use super::{PullConsumer, Worker};
 use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
-use crate::store::work_stream::{fan_out_consumer, is_drained};
-
-/// The bind's error while the endpoint's consumer on the source stream is a former
-/// one being drained.
-const DRAIN_UNDER_WAY: &str =
-    "its former consumer on the source stream is still being drained into copies; it is read once the drain has deleted it";
+use crate::store::work_stream::fan_out_consumer;
 
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
@@ -152,10 +146,8 @@ impl Worker {
             return Ok(DeliverPolicy::All);
         }
         if let Some(info) = self.source_consumer(stream).await? {
-            self.note_drain_wait(is_drained(&info))?;
             return Ok(info.config.deliver_policy);
         }
-        self.note_drain_wait(false)?;
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         let handled = crate::store::ack_floor(stream, &fan_out).await?;
         let recent = (self.endpoint.skip)
@@ -163,24 +155,6 @@ impl Worker {
             .and_then(|s| s.recent_through());
         let handled = recent.map_or(handled, |through| handled.min(through));
         self.make_source_consumer(stream, handled).await
-    }
-
-    /// Notes whether the endpoint's consumer on the source stream is a former one a
-    /// drain has begun on ([`is_drained`]): an error while it is, so the bind waits
-    /// for the drain to delete it.
-    fn note_drain_wait(&self, drained: bool) -> Result<(), String> {
-        self.waits_for_drain.store(drained, Ordering::Relaxed);
-        match drained {
-            true => Err(DRAIN_UNDER_WAY.to_string()),
-            false => Ok(()),
-        }
-    }
-
-    /// Whether the bind waits for its former consumer's drain to end: no consumer of
-    /// its own to be bound to meanwhile, and no reason to take the replica out of
-    /// service.
-    pub fn waits_for_drain(&self) -> bool {
-        self.waits_for_drain.load(Ordering::Relaxed)
     }
 
     /// The stream the endpoint's consumer reads ([`Worker::consumer_stream`]).
@@ -221,10 +195,7 @@ impl Worker {
             return Ok(false);
         }
         let _turn = self.shared.binds.acquire().await;
-        if let Some(info) = self.source_consumer(stream).await? {
-            if is_drained(&info) {
-                return Err(DRAIN_UNDER_WAY.to_string());
-            }
+        if self.source_consumer(stream).await?.is_some() {
             return Ok(false);
         }
         self.make_source_consumer(stream, handled)

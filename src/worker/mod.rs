@@ -64,10 +64,6 @@ use crate::store::pause_state::PauseRecord;
 use crate::store::unattempted::{self, Delivered};
 use crate::time;
 
-/// How often an `ordered` endpoint whose former consumer is being drained looks
-/// whether the drain has deleted it ([`Worker::waits_for_drain`]).
-const DRAIN_POLL: Duration = Duration::from_secs(1);
-
 type PullConsumer = jetstream::consumer::Consumer<pull::Config>;
 
 /// Shutdown signals for a worker.
@@ -134,8 +130,6 @@ pub struct Worker {
     /// `ordered`, or `fan_out` was off), being drained to its own subject: the
     /// fan-out's copies go there too, where a message both make is stored once.
     former_consumer: AtomicBool,
-    /// See [`Worker::waits_for_drain`].
-    waits_for_drain: AtomicBool,
     /// Started in place of a worker of the same endpoint (a change, not a creation or
     /// a process start): see where an `ordered` endpoint's consumer starts.
     replaced_one: AtomicBool,
@@ -211,7 +205,6 @@ impl Worker {
             parked: AtomicBool::new(lazy),
             former_consumer: AtomicBool::new(false),
             replaced_one: AtomicBool::new(false),
-            waits_for_drain: AtomicBool::new(false),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
@@ -563,15 +556,6 @@ impl Worker {
             }
             let consumer = match self.bind().await {
                 Ok(c) => c,
-                Err(e) if self.waits_for_drain() => {
-                    self.bound.store(false, Ordering::Relaxed);
-                    tracing::debug!(endpoint = %self.endpoint.name, error = %e, "not bound yet");
-                    tokio::select! {
-                        _ = stop.drain.cancelled() => break,
-                        _ = tokio::time::sleep(DRAIN_POLL) => {}
-                    }
-                    continue;
-                }
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);
                     self.bind_refused.store(true, Ordering::Relaxed);
