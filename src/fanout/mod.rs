@@ -83,6 +83,11 @@ pub struct FanOut {
     /// Those whose catch-up failed: tried again at the next bind, however long ago
     /// they started, and a bind comes within [`OWN_CONSUMER_RETRY`].
     catching_up: Vec<(Target, u64)>,
+    /// The last source sequence copied under the targets in force (from the pull's
+    /// start: where the consumer had delivered): a change of targets catches joined
+    /// endpoints up to here, since what the pull brought after it is copied under the
+    /// new targets, and copied both ways it could come twice.
+    handled: u64,
 }
 
 impl FanOut {
@@ -106,6 +111,7 @@ impl FanOut {
             bound_once: false,
             started: std::time::SystemTime::now(),
             catching_up: Vec::new(),
+            handled: 0,
         }
     }
 
@@ -199,18 +205,12 @@ impl FanOut {
     }
 
     /// Applies new `targets` to the pull under way: the endpoints made `ordered` get
-    /// their consumers, and those that joined are caught up to where the fan-out
-    /// consumer has delivered now (what this pull brought and has yet to copy is
-    /// copied under the new targets).
+    /// their consumers, and those that joined are caught up to the last message
+    /// copied under the targets before ([`FanOut::handled`]); what this pull brought
+    /// and has yet to copy is copied under the new targets.
     async fn apply(&mut self, targets: Arc<Targets>) -> Result<Arc<Targets>, String> {
         let (stream, targets) = self.prepare(targets).await?;
-        let delivered = stream
-            .consumer_info(&self.consumer)
-            .await
-            .map_err(|e| format!("consumer {}: {e}", self.consumer))?
-            .delivered
-            .stream_sequence;
-        self.catch_up(&stream, &targets, delivered).await;
+        self.catch_up(&stream, &targets, self.handled).await;
         Ok(targets)
     }
 
@@ -222,12 +222,8 @@ impl FanOut {
             .create_consumer(self.consumer_config(&targets))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
-        self.catch_up(
-            &stream,
-            &targets,
-            consumer.cached_info().delivered.stream_sequence,
-        )
-        .await;
+        self.handled = consumer.cached_info().delivered.stream_sequence;
+        self.catch_up(&stream, &targets, self.handled).await;
         let messages = pull_stream::messages(&consumer, IN_FLIGHT, Liveness::Busy).await?;
         Ok((targets, messages))
     }
@@ -395,6 +391,7 @@ impl FanOut {
             consumer,
             copying_for,
             catching_up,
+            handled,
             ..
         } = self;
         let mut copying = FuturesUnordered::new();
@@ -414,6 +411,9 @@ impl FanOut {
                 Some(()) = copying.next(), if !copying.is_empty() => {}
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
+                        if let Ok(info) = msg.info() {
+                            *handled = (*handled).max(info.stream_sequence);
+                        }
                         copying.push(copy(js, work, current.clone(), msg));
                     }
                     Some(Err(e)) => {
