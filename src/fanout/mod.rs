@@ -408,12 +408,11 @@ impl FanOut {
                     // catch-up that failed.
                     break Pulled::Changed;
                 }
-                Some(()) = copying.next(), if !copying.is_empty() => {}
+                Some(sequence) = copying.next(), if !copying.is_empty() => {
+                    *handled = (*handled).max(sequence);
+                }
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
-                        if let Ok(info) = msg.info() {
-                            *handled = (*handled).max(info.stream_sequence);
-                        }
                         copying.push(copy(js, work, current.clone(), msg));
                     }
                     Some(Err(e)) => {
@@ -427,7 +426,9 @@ impl FanOut {
                 },
             }
         };
-        while copying.next().await.is_some() {}
+        while let Some(sequence) = copying.next().await {
+            *handled = (*handled).max(sequence);
+        }
         pulled
     }
 }
@@ -465,7 +466,8 @@ enum Pulled {
 
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
 /// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
-/// (`watch_unmapped` counts the unmapped ones).
+/// (`watch_unmapped` counts the unmapped ones). Resolves to the message's source
+/// sequence ([`FanOut::handled`]; 0 for one whose metadata does not parse).
 ///
 /// An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice
 /// in its state, and this state is copied into the heap once per source message.
@@ -475,17 +477,18 @@ fn copy<'a>(
     work: &'a WorkStream,
     targets: Arc<Targets>,
     msg: jetstream::Message,
-) -> impl std::future::Future<Output = ()> + 'a {
+) -> impl std::future::Future<Output = u64> + 'a {
     async move {
         let Ok(info) = msg.info() else {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
-            return;
+            return 0;
         };
+        let sequence = info.stream_sequence;
         let facts = SourceFacts::of_source(&msg, &info);
         let headers = header_pairs(&msg, false);
         let Some(mapped) = targets.router().route(&facts.subject, headers) else {
             let _ = msg.ack().await;
-            return;
+            return sequence;
         };
         let mut acks = Vec::new();
         let mut woken = Vec::new();
@@ -511,7 +514,7 @@ fn copy<'a>(
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
                     let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                    return;
+                    return sequence;
                 }
             }
         }
@@ -519,7 +522,7 @@ fn copy<'a>(
             if let Err(e) = ack.await {
                 tracing::warn!(error = %e, subject = %facts.subject, "the work stream did not store a copy; the message comes back");
                 let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                return;
+                return sequence;
             }
         }
         // A plain ack, not one JetStream confirms: a lost ack brings the message back
@@ -532,5 +535,6 @@ fn copy<'a>(
         for w in woken {
             w.wake();
         }
+        sequence
     }
 }
