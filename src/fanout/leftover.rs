@@ -124,6 +124,9 @@ impl Leftover<'_> {
 
     /// The leftover consumer with a window of [`BATCH`] messages: an ordered
     /// endpoint's window of one would let a retry waiting out its delay hold the rest.
+    /// An update, never a create: a consumer deleted since it was read (its drain
+    /// finished on another replica, or its endpoint was deleted) stays deleted instead
+    /// of coming back from its first message with a backlog nobody asked for.
     async fn widened(
         &self,
         stream: &jetstream::stream::Stream<()>,
@@ -140,7 +143,7 @@ impl Leftover<'_> {
             pull::Config::try_from_consumer_config(current).map_err(|e| self.failed(e))?;
         config.max_ack_pending = BATCH as i64;
         stream
-            .create_consumer(config)
+            .update_consumer(config)
             .await
             .map_err(|e| self.failed(e))
     }
