@@ -127,7 +127,7 @@ pub async fn run(
     background
         .tasks
         .push(tokio::spawn(split_rates(sup.clone(), shutdown.clone())));
-    if let Some((fan_out, scan)) = sup.fan_out(shutdown.clone()) {
+    if let Some((fan_out, scan)) = sup.fan_out(&config.nats, shutdown.clone()) {
         background
             .tasks
             .push(tokio::spawn(fan_out.run(shutdown.clone())));

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::reload::ReloadSummary;
 use super::registry::Runtime;
-use crate::config::{Config, Problem};
+use crate::config::{Config, NatsConfig, Problem};
 use crate::delivery::{ClientError, Deliverer};
 use crate::events::OperatorEvents;
 use crate::fanout::lane::Lane;
@@ -409,13 +409,14 @@ impl Supervisor {
     }
 
     /// With `[delivery] fan_out`: the fan-out consumer and the scan that wakes endpoints
-    /// with work, to run until shutdown; `None` without fan-out.
+    /// with work, to run until shutdown; `None` without fan-out. `config` is the start-up
+    /// config's: a reload cannot change the stream or the consumer prefix.
     pub(super) fn fan_out(
         &self,
+        config: &NatsConfig,
         stop: CancellationToken,
     ) -> Option<(FanOut, BoxFuture<'static, ()>)> {
         let work = self.shared.work_stream()?.clone();
-        let config = self.file.try_lock().ok()?.nats.clone();
         let js = self.shared.js().clone();
         let fan_out = FanOut::new(
             js.clone(),
