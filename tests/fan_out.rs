@@ -882,6 +882,62 @@ async fn an_endpoint_restarted_again_while_its_former_consumer_drains_gets_each_
     assert_once(&rx, &after_ids);
 }
 
+/// An endpoint made unordered while no natshook process ran still has its former
+/// consumer when the process starts: the fan-out's first copies for it (of what was
+/// published meanwhile) go where the drain's copies go, so each message comes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_unordered_while_natshook_was_down_gets_each_message_once() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = |ordered: bool| {
+        let ordered = if ordered { "\nordered = true" } else { "" };
+        let extra = format!(
+            "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0{ordered}"
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let mut natshook = Natshook::start(&config(true)).await;
+    let js = jetstream::new(nats.client().await);
+    let ids = |m: &[(String, Bytes, Option<String>)]| -> Vec<String> {
+        m.iter().filter_map(|(_, _, id)| id.clone()).collect()
+    };
+    let held = leads(20, "held");
+    let mut all = ids(&held);
+    publish_all(&js, held).await;
+    rx.wait_for(Duration::from_secs(10), "the first retries", |r| {
+        r.count() >= 3
+    })
+    .await;
+    assert!(natshook.terminate().await.success());
+    natshook.rewrite_config(&config(false));
+    rx.set(|_| Reply::ok());
+    let down = leads(30, "down");
+    let down_ids = ids(&down);
+    publish_all(&js, down).await;
+    natshook.spawn().await;
+    let after = leads(10, "after");
+    let after_ids = ids(&after);
+    publish_all(&js, after).await;
+    all.extend(down_ids.iter().chain(&after_ids).cloned());
+    rx.wait_for(Duration::from_secs(30), "every lead", |r| {
+        let got = r.delivered_ids();
+        all.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the old consumer deleted",
+        || async { !consumers(&js, "EVENTS").await.contains("natshook-a") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(natshook.dead_letters("a").is_empty());
+    let later: Vec<String> = down_ids.into_iter().chain(after_ids).collect();
+    assert_once(&rx, &later);
+}
+
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it
 /// starts where the fan-out stands, so what the endpoint already received from its
 /// copies is not delivered a second time, and nothing published around the switch is

@@ -103,6 +103,9 @@ pub async fn run(
     set_up_streams(&js, &config, &sup, &shutdown).await?;
     crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
     load_known_pauses(sup.pause_state()).await;
+    if sup.work_stream().is_some() {
+        list_source_consumers(&js, &sup, &config.nats.stream).await;
+    }
     let mut config = config;
     sup.apply(config.clone()).await?;
     // The supervisor keeps the endpoints; thousands of them are worth not copying.
@@ -324,6 +327,26 @@ async fn load_known_pauses(state: &PauseState) {
 /// How long the start waits for the shared pauses.
 const PAUSES_AT_START: Duration = Duration::from_secs(5);
 
+/// With fan-out, lists the source stream's consumers before any worker exists, so an
+/// endpoint that still has a former one (made unordered, or `fan_out` switched on,
+/// while no process ran) keeps its first copies off the lane, where the drain's
+/// copies would not meet them. Without an answer within [`PAUSES_AT_START`], the
+/// pending poll finds them within [`PENDING_POLL`].
+async fn list_source_consumers(js: &jetstream::Context, sup: &Supervisor, stream: &str) {
+    match tokio::time::timeout(PAUSES_AT_START, crate::store::consumer_infos(js, stream)).await {
+        Ok(Ok(infos)) => sup.note_source_consumers(infos.into_keys().collect()),
+        Ok(Err(e)) => {
+            tracing::warn!(stream, error = %e, "cannot list the source stream's consumers at start")
+        }
+        Err(_) => {
+            tracing::warn!(
+                stream,
+                "the source stream's consumers not listed at start in time"
+            )
+        }
+    }
+}
+
 /// Applies pauses and resumes other replicas share (`store::pause_state`) to this
 /// process's workers until `stop`; a broken watch is opened again.
 async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
@@ -425,6 +448,7 @@ async fn poll_pending(
                         w.show_pending(infos.get(w.consumer_name()));
                     }
                     if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
+                        sup.note_source_consumers(infos.keys().cloned().collect());
                         drain_leftovers(&js, &sup, f, &workers, &infos, &mut leftovers, &stop);
                     }
                 }

@@ -252,6 +252,11 @@ impl Supervisor {
         self.shared.work_stream()
     }
 
+    /// See [`Shared::note_source_consumers`].
+    pub fn note_source_consumers(&self, names: std::collections::HashSet<String>) {
+        self.shared.note_source_consumers(names);
+    }
+
     pub fn unattempted(&self) -> &crate::store::unattempted::Unattempted {
         self.shared.unattempted()
     }

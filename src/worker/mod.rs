@@ -200,17 +200,19 @@ impl Worker {
         if !lazy {
             em.create();
         }
+        let consumer_name = consumer_name(&shared.consumer_prefix, &endpoint.name);
+        let former_consumer = lazy && shared.source_had_consumer(&consumer_name);
         let worker = Self {
             lazy,
             parked: AtomicBool::new(lazy),
-            former_consumer: AtomicBool::new(false),
+            former_consumer: AtomicBool::new(former_consumer),
             replaced_one: AtomicBool::new(false),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(endpoint.concurrency)),
             wake: tokio::sync::Notify::new(),
-            consumer_name: consumer_name(&shared.consumer_prefix, &endpoint.name),
+            consumer_name,
             deliverer,
             router,
             shared: Arc::clone(shared),

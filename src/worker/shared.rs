@@ -2,8 +2,9 @@
 //! allocation behind an `Arc`, so ten thousand workers hold a pointer each, not a copy
 //! of its names.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream;
 use tokio::sync::{watch, Semaphore};
@@ -47,6 +48,11 @@ pub struct Shared {
     pub(super) throttles: watch::Sender<()>,
     /// The endpoints running: their consumers' heartbeats are spaced by it.
     endpoints: Arc<AtomicUsize>,
+    /// With fan-out: the source stream's consumers as last listed (at start, then by
+    /// the pending poll). A fan-out endpoint's consumer among them is a former one
+    /// (the endpoint was `ordered`, or `fan_out` was off, when the process started),
+    /// and a worker made for it keeps its copies off the lane from its first copy on.
+    source_consumers: Arc<RwLock<HashSet<String>>>,
 }
 
 /// Consumers created at once, over all endpoints.
@@ -82,6 +88,7 @@ impl Shared {
             replicas: watch::Sender::new(1),
             throttles: watch::Sender::new(()),
             endpoints: Arc::new(AtomicUsize::new(0)),
+            source_consumers: Arc::default(),
         }
     }
 
@@ -155,6 +162,22 @@ impl Shared {
     /// the whole set.
     pub fn set_endpoints(&self, count: usize) {
         self.endpoints.store(count, Ordering::Relaxed);
+    }
+
+    /// Records the source stream's consumers as just listed.
+    pub fn note_source_consumers(&self, names: HashSet<String>) {
+        *self
+            .source_consumers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = names;
+    }
+
+    /// Whether the source stream had consumer `name` when last listed.
+    pub(super) fn source_had_consumer(&self, name: &str) -> bool {
+        self.source_consumers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(name)
     }
 
     pub(super) fn endpoints(&self) -> usize {
