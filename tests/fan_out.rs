@@ -1085,6 +1085,58 @@ async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream
     assert!(natshook.dead_letters("b0").is_empty());
 }
 
+/// An endpoint made `ordered` while its worker holds copies it fetched and has not
+/// started (here waiting for its `rate_limit`'s tokens) reads the source stream from
+/// before them: the held copies are not delivered on top, so each message comes once,
+/// in the source's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = |ordered: bool| {
+        let extra = format!(
+            "rate_limit = \"5/s\"\nconcurrency = 16{}",
+            if ordered { "\nordered = true" } else { "" }
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(false)).await;
+    let js = jetstream::new(nats.client().await);
+    let leads = leads(40, "held");
+    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, leads).await;
+    rx.wait_for(Duration::from_secs(10), "the first deliveries", |r| {
+        r.count() >= 3
+    })
+    .await;
+    reload(
+        &natshook,
+        &config(true),
+        "config reloaded",
+        "the switch applied",
+    )
+    .await;
+    rx.wait_for(Duration::from_secs(30), "every lead", |r| {
+        let got = r.delivered_ids();
+        ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_once(&rx, &ids);
+    let order: Vec<usize> = rx
+        .received()
+        .iter()
+        .filter_map(|r| ids.iter().position(|id| id == r.id()))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "delivered out of order: {order:?}"
+    );
+    assert!(natshook.dead_letters("a").is_empty());
+}
+
 /// An endpoint made `ordered` while copies of it still wait on the work stream (here
 /// each waiting out an hour's retry delay after a 503) would never read them again:
 /// its consumer on the source stream starts at the oldest of their source messages,

@@ -355,9 +355,19 @@ impl Supervisor {
             // Made unordered, or restarted while its former consumer on the source
             // stream drains: that consumer is drained next.
             worker.note_former_consumer(!old.fans_out() || old.has_former_consumer());
-            let held = old.hand_over_to(&worker);
-            if held > 0 {
-                tracing::info!(endpoint = %worker.endpoint().name, held, "messages held by the replaced worker handed over");
+            if old.fans_out() && !worker.fans_out() && !old.has_former_consumer() {
+                // Made `ordered`: its consumer on the source stream starts before every
+                // copy not acked, those held included, which delivered here first
+                // would come twice and out of order.
+                let left = old.let_held_go();
+                if left > 0 {
+                    tracing::debug!(endpoint = %worker.endpoint().name, left, "copies held by the replaced worker left to the ordered consumer");
+                }
+            } else {
+                let held = old.hand_over_to(&worker);
+                if held > 0 {
+                    tracing::info!(endpoint = %worker.endpoint().name, held, "messages held by the replaced worker handed over");
+                }
             }
         }
         let tracker = TaskTracker::new();

@@ -528,6 +528,15 @@ impl Worker {
         n
     }
 
+    /// Drops the copies this replaced worker held, unacked and un-NAKed, for a successor
+    /// that reads them again from the source stream (an endpoint made `ordered`, whose
+    /// consumer starts before every copy not acked). Anything it leaves later stays
+    /// unacked too: no attempt is counted and no ledger note written for it.
+    pub fn let_held_go(&self) -> usize {
+        let left = std::mem::take(&mut *lock(&self.handover));
+        left.len()
+    }
+
     /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`. A fan-out
     /// endpoint waits for its first work before anything else: until then its task
     /// holds only this wait, not the fetch loop's state, and it reads nothing from NATS.
