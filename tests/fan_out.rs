@@ -938,6 +938,77 @@ async fn an_endpoint_made_unordered_while_natshook_was_down_gets_each_message_on
     assert_once(&rx, &later);
 }
 
+/// An endpoint made `ordered` again while its former consumer is drained (here the
+/// drain waits for a retry on that consumer) takes that consumer over: the drain
+/// stops, and the consumer is reset to the oldest message it had moved out as a
+/// copy, so every message arrives, in order, and the copies go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_nothing() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let config = |ordered: bool| {
+        let ordered = if ordered { "\nordered = true" } else { "" };
+        let extra = format!(
+            "retry_schedule = [\"8s\"]\nmax_attempts = 50\ndisable_after_failures = 0{ordered}"
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(true)).await;
+    let js = jetstream::new(nats.client().await);
+    let held = leads(20, "held");
+    let held_ids: Vec<String> = held.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, held).await;
+    // The first lead fails and waits out its 8 s on the ordered consumer, the others
+    // behind it.
+    rx.wait_for(Duration::from_secs(10), "the first attempt", |r| {
+        r.count() >= 1
+    })
+    .await;
+    reload(&natshook, &config(false), "config reloaded", "unordered").await;
+    // The poller (every 5 s) starts the drain, which moves the 19 others and waits
+    // for the first one's retry; the copies fail once and wait 8 s too.
+    wait_until(Duration::from_secs(15), "the others moved", || async {
+        rx.count() >= 2
+    })
+    .await;
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+    natshook.rewrite_config(&config(true));
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), "ordered again", || {
+        let logs = natshook.logs();
+        async move { logs.matches("config reloaded").count() >= 2 }
+    })
+    .await;
+    rx.set(|_| Reply::ok());
+    rx.wait_for(Duration::from_secs(40), "every lead", |r| {
+        let got = r.delivered_ids();
+        held_ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    // In order: each lead's first success comes after the one before it.
+    let first_success: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|r| (200..300).contains(&r.replied))
+        .map(|r| r.id().to_string())
+        .fold(Vec::new(), |mut seen, id| {
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+            seen
+        });
+    assert_eq!(first_success, held_ids);
+    assert!(natshook.dead_letters("a").is_empty());
+    assert!(natshook.logs().contains("reset to the oldest message"));
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+    wait_until(Duration::from_secs(10), "the copies removed", || async {
+        work_copies(&js).await == 0
+    })
+    .await;
+}
+
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it
 /// starts where the fan-out stands, so what the endpoint already received from its
 /// copies is not delivered a second time, and nothing published around the switch is

@@ -1185,6 +1185,60 @@ async fn with_fan_out_a_restarted_process_keeps_shared_pauses_from_its_first_cop
         .await;
 }
 
+/// With `fan_out`, an `ordered` endpoint made unordered, disabled while its former
+/// consumer is drained into copies (the drain waits for a retry there), then enabled
+/// `ordered` again: it neither reads that consumer as its own nor drops the copies
+/// the drain made; once the drain has ended it reads the source stream from the
+/// oldest of them, and every lead arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_an_endpoint_disabled_mid_drain_and_enabled_ordered_loses_nothing() {
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    rx.set(|_| Reply::status(503));
+    let mut ordered: Value = serde_json::from_str(&body("o", rx)).unwrap();
+    ordered["ordered"] = true.into();
+    ordered["retry_schedule"] = json!(["8s"]);
+    ordered["max_attempts"] = 50.into();
+    ordered["disable_after_failures"] = 0.into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&ordered.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "o").await;
+    publish_all(js, tenant_leads("org_1", 20, "held")).await;
+    // The first lead fails and waits out its 8 s on the ordered consumer.
+    rx.wait_for(Duration::from_secs(10), "the first attempt", |r| {
+        r.count() >= 1
+    })
+    .await;
+    patch_ok(n, "o", r#"{"ordered": false}"#).await;
+    // The poller (every 5 s) starts the drain, which moves the 19 others; their
+    // copies fail once.
+    wait_until(Duration::from_secs(15), "the others moved", || async {
+        rx.count() >= 2
+    })
+    .await;
+    patch_ok(n, "o", r#"{"enabled": false}"#).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rx.set(|_| Reply::ok());
+    patch_ok(n, "o", r#"{"enabled": true, "ordered": true}"#).await;
+    let want: Vec<String> = (0..20).map(|i| format!("held-{i}")).collect();
+    rx.wait_for(Duration::from_secs(40), "every lead", |r| {
+        let got = r.delivered_ids();
+        want.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    let first_success: Vec<String> = on_path(rx, "/o")
+        .iter()
+        .filter(|r| (200..300).contains(&r.replied))
+        .map(|r| r.id().to_string())
+        .fold(Vec::new(), |mut seen, id| {
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+            seen
+        });
+    assert_eq!(first_success, want);
+}
+
 /// The copies on the work streams for endpoint `name`, acked or not.
 async fn copies_of(js: &jetstream::Context, name: &str) -> u64 {
     use futures_util::StreamExt;

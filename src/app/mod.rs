@@ -414,7 +414,6 @@ async fn poll_pending(
     fan_out: Option<FanOutConsumer>,
     stop: CancellationToken,
 ) {
-    let mut leftovers = HashMap::new();
     loop {
         if let Some(f) = &fan_out {
             let pending = (
@@ -449,7 +448,7 @@ async fn poll_pending(
                     }
                     if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
                         sup.note_source_consumers(infos.keys().cloned().collect());
-                        drain_leftovers(&js, &sup, f, &workers, &infos, &mut leftovers, &stop);
+                        drain_leftovers(&js, &sup, f, &workers, &infos, &stop);
                     }
                 }
                 Err(e) => tracing::debug!(stream, error = %e, "cannot list consumers"),
@@ -464,29 +463,30 @@ async fn poll_pending(
 
 /// Starts moving the messages of every fan-out endpoint's leftover consumer on the
 /// source stream (listed in `infos`) to the work stream (`fanout::leftover`), one task
-/// per consumer at a time, kept in `running`.
+/// per consumer at a time, claimed in the supervisor's [`Drains`](crate::worker::drains::Drains).
 fn drain_leftovers(
     js: &jetstream::Context,
     sup: &Arc<Supervisor>,
     f: &FanOutConsumer,
     workers: &[Arc<crate::worker::Worker>],
     infos: &HashMap<String, jetstream::consumer::Info>,
-    running: &mut HashMap<String, tokio::task::JoinHandle<()>>,
     stop: &CancellationToken,
 ) {
-    running.retain(|_, task| !task.is_finished());
     for w in workers.iter().filter(|w| w.fans_out()) {
         let consumer = w.consumer_name();
         w.note_former_consumer(infos.contains_key(consumer));
-        if !infos.contains_key(consumer) || running.contains_key(consumer) {
+        if !infos.contains_key(consumer) {
             continue;
         }
         let Some(work) = sup.work_stream().cloned() else {
             return;
         };
-        let (js, stream, stop) = (js.clone(), f.stream.clone(), stop.clone());
+        let Some(turn) = sup.drains().begin(consumer, stop) else {
+            continue;
+        };
+        let (js, stream) = (js.clone(), f.stream.clone());
         let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
-        // Still a fan-out endpoint of this process: checked before every fetch.
+        // Still a fan-out endpoint of this process: checked before every message moved.
         let wanted = {
             let (sup, endpoint) = (Arc::clone(sup), endpoint.clone());
             move || {
@@ -496,32 +496,28 @@ fn drain_leftovers(
             }
         };
         let unattempted = sup.unattempted().clone();
-        let task = tokio::spawn({
-            let consumer = consumer.clone();
-            async move {
-                let leftover = crate::fanout::leftover::Leftover {
-                    unattempted: &unattempted,
-                    js: &js,
-                    work: &work,
-                    stream: &stream,
-                    consumer: &consumer,
-                    endpoint: &endpoint,
-                    wanted: &wanted,
-                    stop: &stop,
-                };
-                match leftover.drain().await {
-                    Ok(Some(moved)) => tracing::info!(
-                        %endpoint, %consumer, moved,
-                        "the endpoint reads copies now: its former consumer's messages moved to the work stream, and the consumer deleted"
-                    ),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(%endpoint, error = %e, "former consumer not drained yet; trying again")
-                    }
+        tokio::spawn(async move {
+            let leftover = crate::fanout::leftover::Leftover {
+                unattempted: &unattempted,
+                js: &js,
+                work: &work,
+                stream: &stream,
+                consumer: &consumer,
+                endpoint: &endpoint,
+                wanted: &wanted,
+                stop: &turn.stop,
+            };
+            match leftover.drain().await {
+                Ok(Some(moved)) => tracing::info!(
+                    %endpoint, %consumer, moved,
+                    "the endpoint reads copies now: its former consumer's messages moved to the work stream, and the consumer deleted"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "former consumer not drained yet; trying again")
                 }
             }
         });
-        running.insert(consumer, task);
     }
 }
 

@@ -252,6 +252,11 @@ impl Supervisor {
         self.shared.work_stream()
     }
 
+    /// See [`crate::worker::drains::Drains`].
+    pub fn drains(&self) -> &crate::worker::drains::Drains {
+        self.shared.drains()
+    }
+
     /// See [`Shared::note_source_consumers`].
     pub fn note_source_consumers(&self, names: std::collections::HashSet<String>) {
         self.shared.note_source_consumers(names);

@@ -57,7 +57,9 @@ pub struct Leftover<'a> {
     /// False once the endpoint reads a consumer of its own again (made `ordered`,
     /// `fan_out` off) or is gone: the drain stops and deletes nothing.
     pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
-    /// Shutdown: the drain stops; what it fetched and did not move comes back.
+    /// Shutdown, or the endpoint taking this consumer back
+    /// ([`Drains::stop`](crate::worker::drains::Drains::stop)): the drain stops; what it
+    /// fetched and did not move comes back.
     pub stop: &'a CancellationToken,
     /// Deliveries of the former consumer that were no attempt (held when a process
     /// stopped): they do not count among the attempts a copy carries.
@@ -95,12 +97,22 @@ impl Leftover<'_> {
                 .messages()
                 .await
                 .map_err(|e| self.failed(e))?;
-            let mut fetched = 0;
+            let (mut fetched, mut stopped) = (0, false);
             while let Some(msg) = batch.next().await {
                 let msg = msg.map_err(|e| self.failed(e))?;
                 fetched += 1;
+                // Told to stop (the endpoint reads this consumer again, which it may
+                // reset once this returns): what is left of the batch stays unacked,
+                // and the batch runs out, so no pull request of the drain outlives it.
+                stopped = stopped || !(self.wanted)() || self.stop.is_cancelled();
+                if stopped {
+                    continue;
+                }
                 self.move_one(&msg).await?;
                 moved += 1;
+            }
+            if stopped {
+                return Ok(None);
             }
             if fetched > 0 {
                 continue;

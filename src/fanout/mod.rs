@@ -44,7 +44,7 @@ use crate::backoff::Backoff;
 use crate::store;
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
-use crate::worker::Worker;
+use crate::worker::{SourceConsumer, Worker};
 
 /// Source messages being copied at once: enough to keep the work stream's publish
 /// acks pipelined, few enough that a stalled JetStream holds little.
@@ -344,13 +344,15 @@ impl FanOut {
                 .flatten();
             let handled = recent.unwrap_or(handled);
             match worker.start_source_consumer(stream, handled).await {
-                Ok(made) => {
+                Ok(found) => {
                     // Copied for while its consumer existed (its own bind made it, or
                     // it was held while disabled): those copies are of messages that
-                    // consumer delivers. A consumer made now starts at the oldest copy.
+                    // consumer delivers. A consumer made now starts at the oldest copy;
+                    // one a drain has moved messages out of is reset by the endpoint's
+                    // bind, which needs the copies to know where.
                     let was_copying = self.copying_for.remove(name);
                     let was_held = matches!(self.previous.get(name), Some(Target::Held(_)));
-                    if (was_copying || was_held) && !made {
+                    if (was_copying || was_held) && found == SourceConsumer::Own {
                         if let Err(e) = self
                             .work
                             .forget(&self.js, name, worker.consumer_name())

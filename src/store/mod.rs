@@ -40,6 +40,38 @@ pub async fn ack_floor(
     }
 }
 
+/// Resets `consumer` of `stream` (nats-server 2.14+): it forgets what it delivered and
+/// acked, and delivers again from stream sequence `from` on, keeping its name and
+/// config. Acks of deliveries made before are ignored afterwards, which is what makes
+/// it safe where deleting and making the consumer again would race those who make it.
+/// Returns the sequence the server reset it to.
+pub async fn reset_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    from: u64,
+) -> Result<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Reset {
+        reset_seq: u64,
+    }
+    let reply: jetstream::response::Response<Reset> = js
+        .request(
+            format!("CONSUMER.RESET.{stream}.{consumer}"),
+            &serde_json::json!({ "seq": from }),
+        )
+        .await
+        .map_err(|e| {
+            format!("resetting consumer {consumer}: {e} (needs nats-server 2.14 or later)")
+        })?;
+    match reply {
+        jetstream::response::Response::Ok(r) => Ok(r.reset_seq),
+        jetstream::response::Response::Err { error } => {
+            Err(format!("resetting consumer {consumer}: {error}"))
+        }
+    }
+}
+
 /// Every consumer of `stream` by name, listed in pages of full consumer info.
 pub async fn consumer_infos(
     js: &jetstream::Context,

@@ -14,6 +14,29 @@ use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::fan_out_consumer;
 
+/// How long an `ordered` endpoint's bind waits for this process's drain of its
+/// consumer to stop: the drain's last fetch runs out within 2 s.
+const DRAIN_STOP: Duration = Duration::from_secs(10);
+
+/// What [`Worker::start_source_consumer`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceConsumer {
+    /// None was there: it is made now, after the copies still waiting.
+    Made,
+    /// The endpoint's own, as its bind left it.
+    Own,
+    /// One a drain has widened to move its messages out (the endpoint read copies
+    /// meanwhile): the endpoint's bind takes it back ([`Worker::take_back`]), copies
+    /// and all.
+    Drained,
+}
+
+/// Whether a drain (`fanout::leftover`) has widened this `ordered` endpoint's consumer,
+/// whose own window is one message: it may have moved messages out as copies.
+fn drained(info: &consumer::Info) -> bool {
+    info.config.max_ack_pending > 1
+}
+
 /// The durable consumer name for an endpoint.
 pub fn consumer_name(prefix: &str, endpoint: &str) -> String {
     format!("{prefix}-{endpoint}")
@@ -146,6 +169,9 @@ impl Worker {
             return Ok(DeliverPolicy::All);
         }
         if let Some(info) = self.source_consumer(stream).await? {
+            if drained(&info) {
+                self.take_back(stream).await?;
+            }
             return Ok(info.config.deliver_policy);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
@@ -176,6 +202,70 @@ impl Worker {
         }
     }
 
+    /// Takes the endpoint's consumer on the source stream back from the drain that
+    /// moved its messages out as copies while the endpoint read copies
+    /// (`fanout::leftover`), now that it is `ordered` again and reads that consumer:
+    /// the drain here stops first; then, if copies are waiting of messages the
+    /// consumer has already handed out, the consumer is reset to the oldest of them
+    /// (or to its ack floor, when that is earlier), so they come again, in order, and
+    /// the copies go. A drain on another replica that has not seen the change yet
+    /// could still move a message after the reset: apply such a change to every
+    /// replica at about the same time. Without the reset (nats-server before 2.14)
+    /// the copies stay, and the messages they hold are not delivered to the endpoint
+    /// while it is `ordered`.
+    async fn take_back(&self, stream: &Stream<()>) -> Result<(), String> {
+        let Some(work) = self.shared.work.as_ref() else {
+            return Ok(());
+        };
+        if !self
+            .shared
+            .drains
+            .stop(&self.consumer_name, DRAIN_STOP)
+            .await
+        {
+            return Err(format!(
+                "consumer {}: its drain did not stop within {DRAIN_STOP:?}",
+                self.consumer_name
+            ));
+        }
+        let Some(info) = self.source_consumer(stream).await? else {
+            return Ok(());
+        };
+        let waiting = work
+            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(oldest) = waiting else {
+            return Ok(());
+        };
+        if oldest <= info.delivered.stream_sequence {
+            let from = oldest.min(info.ack_floor.stream_sequence + 1);
+            match crate::store::reset_consumer(
+                &self.shared.js,
+                &self.shared.stream_name,
+                &self.consumer_name,
+                from,
+            )
+            .await
+            {
+                Ok(at) => {
+                    tracing::info!(endpoint = %self.endpoint.name, from = at, "ordered endpoint's consumer reset to the oldest message its drain had moved out as a copy")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "the ordered endpoint's consumer cannot be reset: the messages its drain moved out as copies wait there, undelivered while it is ordered");
+                    return Ok(());
+                }
+            }
+        }
+        if let Err(e) = work
+            .forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+        {
+            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
+        }
+        Ok(())
+    }
+
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
     /// has none, starting after `handled`, and says whether it did. The fan-out calls
     /// this before it leaves the endpoint out of any message, with its ack floor, so
@@ -190,17 +280,19 @@ impl Worker {
         &self,
         stream: &Stream<()>,
         handled: u64,
-    ) -> Result<bool, String> {
+    ) -> Result<SourceConsumer, String> {
         if self.lazy || self.shared.work.is_none() {
-            return Ok(false);
+            return Ok(SourceConsumer::Own);
         }
         let _turn = self.shared.binds.acquire().await;
-        if self.source_consumer(stream).await?.is_some() {
-            return Ok(false);
+        match self.source_consumer(stream).await? {
+            Some(info) if drained(&info) => return Ok(SourceConsumer::Drained),
+            Some(_) => return Ok(SourceConsumer::Own),
+            None => {}
         }
         self.make_source_consumer(stream, handled)
             .await
-            .map(|_| true)
+            .map(|_| SourceConsumer::Made)
     }
 
     /// Makes the consumer [`Worker::start_source_consumer`] describes, which does not

@@ -26,6 +26,7 @@
 
 pub mod breaker;
 mod consumer;
+pub mod drains;
 mod fetch;
 pub mod inflight;
 mod message;
@@ -47,7 +48,7 @@ use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
 pub use self::consumer::{
-    ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
+    ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window, SourceConsumer,
 };
 use self::fetch::{Held, Leave};
 pub use self::shared::Shared;

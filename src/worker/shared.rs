@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use async_nats::jetstream;
 use tokio::sync::{watch, Semaphore};
 
+use super::drains::Drains;
 use super::inflight::{InflightLimit, Share};
 use crate::config::NatsConfig;
 use crate::events::OperatorEvents;
@@ -53,6 +54,8 @@ pub struct Shared {
     /// (the endpoint was `ordered`, or `fan_out` was off, when the process started),
     /// and a worker made for it keeps its copies off the lane from its first copy on.
     source_consumers: Arc<RwLock<HashSet<String>>>,
+    /// The drains of former consumers under way in this process.
+    pub(super) drains: Drains,
 }
 
 /// Consumers created at once, over all endpoints.
@@ -89,6 +92,7 @@ impl Shared {
             throttles: watch::Sender::new(()),
             endpoints: Arc::new(AtomicUsize::new(0)),
             source_consumers: Arc::default(),
+            drains: Drains::default(),
         }
     }
 
@@ -162,6 +166,11 @@ impl Shared {
     /// the whole set.
     pub fn set_endpoints(&self, count: usize) {
         self.endpoints.store(count, Ordering::Relaxed);
+    }
+
+    /// See [`Drains`].
+    pub fn drains(&self) -> &Drains {
+        &self.drains
     }
 
     /// Records the source stream's consumers as just listed.
