@@ -360,9 +360,10 @@ impl Supervisor {
             // Made unordered, or restarted while its former consumer on the source
             // stream drains: that consumer is drained next.
             worker.note_former_consumer(!old.fans_out() || old.has_former_consumer());
-            if old.fans_out() && !worker.fans_out() && !old.has_former_consumer() {
+            if old.fans_out() && !worker.fans_out() {
                 // Made `ordered`: its consumer on the source stream starts before every
-                // copy not acked, those held included, which delivered here first
+                // copy not acked, those held included (a new one at the oldest, one
+                // taken back from a drain reset to it), which delivered here first
                 // would come twice and out of order.
                 let left = old.let_held_go();
                 if left > 0 {

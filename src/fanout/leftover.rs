@@ -79,6 +79,12 @@ impl Leftover<'_> {
     /// moved, or `None` when it stopped first (no longer wanted, shutdown). An error
     /// leaves the rest for the next call: nothing is acked before its copy is stored.
     pub async fn drain(&self) -> Result<Option<u64>, LeftoverError> {
+        // Checked before the window is widened too: a poll that listed the endpoint as
+        // reading copies just before it was made `ordered` again must not widen the
+        // consumer its bind has just narrowed.
+        if self.stopped() {
+            return Ok(None);
+        }
         let stream = self
             .js
             .get_stream_no_info(self.stream)
@@ -87,7 +93,7 @@ impl Leftover<'_> {
         let consumer = self.widened(&stream).await?;
         let mut moved = 0;
         loop {
-            if !(self.wanted)() || self.stop.is_cancelled() {
+            if self.stopped() {
                 return Ok(None);
             }
             let mut batch = consumer
@@ -97,21 +103,32 @@ impl Leftover<'_> {
                 .messages()
                 .await
                 .map_err(|e| self.failed(e))?;
-            let (mut fetched, mut stopped) = (0, false);
+            // Once told to stop (the endpoint reads this consumer again and may reset
+            // it once this returns), or after an error, nothing more is moved: what is
+            // left of the batch stays unacked, and the batch runs out, so no pull
+            // request of the drain outlives it.
+            let (mut fetched, mut failed) = (0, None);
             while let Some(msg) = batch.next().await {
-                let msg = msg.map_err(|e| self.failed(e))?;
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        failed.get_or_insert(self.failed(e));
+                        continue;
+                    }
+                };
                 fetched += 1;
-                // Told to stop (the endpoint reads this consumer again, which it may
-                // reset once this returns): what is left of the batch stays unacked,
-                // and the batch runs out, so no pull request of the drain outlives it.
-                stopped = stopped || !(self.wanted)() || self.stop.is_cancelled();
-                if stopped {
+                if failed.is_some() || self.stop.is_cancelled() {
                     continue;
                 }
-                self.move_one(&msg).await?;
-                moved += 1;
+                match self.move_one(&msg).await {
+                    Ok(()) => moved += 1,
+                    Err(e) => failed = Some(e),
+                }
             }
-            if stopped {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if self.stop.is_cancelled() {
                 return Ok(None);
             }
             if fetched > 0 {
@@ -122,7 +139,7 @@ impl Leftover<'_> {
                 .await
                 .map_err(|e| self.failed(e))?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {
-                if !(self.wanted)() {
+                if self.stopped() {
                     return Ok(None);
                 }
                 stream
@@ -132,6 +149,12 @@ impl Leftover<'_> {
                 return Ok(Some(moved));
             }
         }
+    }
+
+    /// Whether the drain must stop: told to, or the endpoint no longer wanting it
+    /// (looked up once per batch, not per message: it lists every endpoint).
+    fn stopped(&self) -> bool {
+        self.stop.is_cancelled() || !(self.wanted)()
     }
 
     /// The leftover consumer with a window of [`BATCH`] messages: an ordered

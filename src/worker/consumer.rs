@@ -31,6 +31,16 @@ pub enum SourceConsumer {
     Drained,
 }
 
+/// What became of a consumer [`Worker::take_back`] took back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakenBack {
+    /// It is the endpoint's to read.
+    Kept,
+    /// It was deleted meanwhile (its drain finished on a replica that still reads
+    /// copies for the endpoint): it is made again after the copies still waiting.
+    Gone,
+}
+
 /// Whether a drain (`fanout::leftover`) has widened this `ordered` endpoint's consumer,
 /// whose own window is one message: it may have moved messages out as copies.
 fn drained(info: &consumer::Info) -> bool {
@@ -145,13 +155,33 @@ impl Worker {
         // A few at a time: JetStream creates consumers one after another, and a
         // thousand requests at once (every endpoint at start, or woken by one burst)
         // time out and come back after a back-off.
+        if !self.lazy && self.shared.work.is_some() {
+            // A drain of this ordered endpoint's consumer (it read copies until now)
+            // is stopped before the turn is taken: its last fetch may take seconds to
+            // run out, and the fan-out waits for the same turns.
+            self.shared
+                .drains
+                .stop(&self.consumer_name, DRAIN_STOP)
+                .await;
+        }
         let _turn = self.shared.binds.acquire().await;
         let stream = self.own_stream().await?;
-        let start = self.start(&stream).await?;
-        stream
-            .create_consumer(self.consumer_config(start))
-            .await
-            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+        let (start, existing) = self.start(&stream).await?;
+        let config = self.consumer_config(start);
+        // An update when the consumer exists: one deleted since (its drain finished
+        // on a replica that still reads copies for the endpoint) fails the bind, which
+        // is tried again, rather than coming back from where it first started.
+        let bound = match existing {
+            true => stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| e.to_string()),
+            false => stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
 
     /// Where the consumer starts: at the stream's first message, but for an `ordered`
@@ -163,16 +193,17 @@ impl Worker {
     /// there if that is earlier (what it skips is acked without a request). One that
     /// replaced a worker (made `ordered` by a change) starts at the fan-out's ack
     /// floor: what came before was copied for it. A consumer that exists keeps where
-    /// it started: JetStream does not change that on an update.
-    async fn start(&self, stream: &Stream<()>) -> Result<DeliverPolicy, String> {
+    /// it started: JetStream does not change that on an update. Also says whether the
+    /// consumer exists already (one a drain had is taken back first,
+    /// [`Worker::take_back`]).
+    async fn start(&self, stream: &Stream<()>) -> Result<(DeliverPolicy, bool), String> {
         if self.lazy || self.shared.work.is_none() {
-            return Ok(DeliverPolicy::All);
+            return Ok((DeliverPolicy::All, false));
         }
         if let Some(info) = self.source_consumer(stream).await? {
-            if drained(&info) {
-                self.take_back(stream).await?;
+            if !drained(&info) || self.take_back(stream).await? == TakenBack::Kept {
+                return Ok((info.config.deliver_policy, true));
             }
-            return Ok(info.config.deliver_policy);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         let handled = crate::store::ack_floor(stream, &fan_out).await?;
@@ -180,7 +211,7 @@ impl Worker {
             .filter(|_| !self.replaced_one.load(std::sync::atomic::Ordering::Relaxed))
             .and_then(|s| s.recent_through());
         let handled = recent.map_or(handled, |through| handled.min(through));
-        self.make_source_consumer(stream, handled).await
+        Ok((self.make_source_consumer(stream, handled).await?, false))
     }
 
     /// The stream the endpoint's consumer reads ([`Worker::consumer_stream`]).
@@ -204,18 +235,19 @@ impl Worker {
 
     /// Takes the endpoint's consumer on the source stream back from the drain that
     /// moved its messages out as copies while the endpoint read copies
-    /// (`fanout::leftover`), now that it is `ordered` again and reads that consumer:
-    /// the drain here stops first; then, if copies are waiting of messages the
-    /// consumer has already handed out, the consumer is reset to the oldest of them
-    /// (or to its ack floor, when that is earlier), so they come again, in order, and
-    /// the copies go. A drain on another replica that has not seen the change yet
-    /// could still move a message after the reset: apply such a change to every
-    /// replica at about the same time. Without the reset (nats-server before 2.14)
-    /// the copies stay, and the messages they hold are not delivered to the endpoint
-    /// while it is `ordered`.
-    async fn take_back(&self, stream: &Stream<()>) -> Result<(), String> {
+    /// (`fanout::leftover`), now that it is `ordered` again and reads that consumer.
+    /// The drain here stops first. Then, if copies are waiting of messages the
+    /// consumer has already handed out, or it has deliveries not acked (the drain's
+    /// last batch, a retry waiting out its delay), the consumer is reset to the oldest
+    /// of those copies or to right after its ack floor, whichever is earlier, so
+    /// everything from there comes again, in order; and the copies go. A replica that
+    /// has not seen the change yet may go on draining the consumer: apply such a change
+    /// to every replica at about the same time. Without the reset (nats-server before
+    /// 2.14) the copies stay, and the messages they hold are not delivered to the
+    /// endpoint while it is `ordered`.
+    async fn take_back(&self, stream: &Stream<()>) -> Result<TakenBack, String> {
         let Some(work) = self.shared.work.as_ref() else {
-            return Ok(());
+            return Ok(TakenBack::Kept);
         };
         if !self
             .shared
@@ -229,17 +261,16 @@ impl Worker {
             ));
         }
         let Some(info) = self.source_consumer(stream).await? else {
-            return Ok(());
+            return Ok(TakenBack::Gone);
         };
-        let waiting = work
+        let oldest = work
             .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(oldest) = waiting else {
-            return Ok(());
-        };
-        if oldest <= info.delivered.stream_sequence {
-            let from = oldest.min(info.ack_floor.stream_sequence + 1);
+        let moved_out = oldest.filter(|o| *o <= info.delivered.stream_sequence);
+        if moved_out.is_some() || info.num_ack_pending > 0 {
+            let after_floor = info.ack_floor.stream_sequence + 1;
+            let from = moved_out.map_or(after_floor, |o| o.min(after_floor));
             match crate::store::reset_consumer(
                 &self.shared.js,
                 &self.shared.stream_name,
@@ -251,19 +282,25 @@ impl Worker {
                 Ok(at) => {
                     tracing::info!(endpoint = %self.endpoint.name, from = at, "ordered endpoint's consumer reset to the oldest message its drain had moved out as a copy")
                 }
-                Err(e) => {
+                Err(e) if moved_out.is_some() => {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "the ordered endpoint's consumer cannot be reset: the messages its drain moved out as copies wait there, undelivered while it is ordered");
-                    return Ok(());
+                    return Ok(TakenBack::Kept);
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.endpoint.name, error = %e, "the ordered endpoint's consumer not reset: its deliveries not acked come back after their ack_wait");
                 }
             }
         }
-        if let Err(e) = work
-            .forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-            .await
-        {
-            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
+        if oldest.is_some() {
+            // Copies of messages the consumer delivers (again): read later, by the
+            // endpoint reading copies again, they would come twice. Tried again with
+            // the bind when this fails; the reset is not repeated, since the consumer
+            // has handed none of them out since.
+            work.forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+                .await
+                .map_err(|e| format!("removing the ordered endpoint's former copies: {e}"))?;
         }
-        Ok(())
+        Ok(TakenBack::Kept)
     }
 
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
