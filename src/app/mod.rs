@@ -481,10 +481,10 @@ fn drain_leftovers(
         let Some(work) = sup.work_stream().cloned() else {
             return;
         };
-        let Some(turn) = sup.drains().begin(consumer, stop) else {
+        let Some(turn) = sup.drains().begin(consumer) else {
             continue;
         };
-        let (js, stream) = (js.clone(), f.stream.clone());
+        let (js, stream, stop) = (js.clone(), f.stream.clone(), stop.clone());
         let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
         // Still a fan-out endpoint of this process: checked before every message moved.
         let wanted = {
@@ -505,7 +505,8 @@ fn drain_leftovers(
                 consumer: &consumer,
                 endpoint: &endpoint,
                 wanted: &wanted,
-                stop: &turn.stop,
+                stop: &stop,
+                taken_back: &turn.taken_back,
             };
             match leftover.drain().await {
                 Ok(Some(moved)) => tracing::info!(

@@ -355,6 +355,12 @@ impl Supervisor {
                 .watch_secrets(SECRET_POLL, stop.drain.clone()),
         );
         let worker = Arc::new(Worker::new(endpoint, deliverer, router, &self.shared));
+        if self.shared.work_stream().is_some() {
+            // An `ordered` endpoint reads its consumer on the source stream: from here
+            // on no drain of this process touches it (a drain under way stops, and its
+            // bind waits for that).
+            (self.shared.drains()).hold(worker.consumer_name(), !worker.fans_out());
+        }
         if let Some(old) = replaced {
             worker.note_replaced_one();
             // Made unordered, or restarted while its former consumer on the source

@@ -57,10 +57,12 @@ pub struct Leftover<'a> {
     /// False once the endpoint reads a consumer of its own again (made `ordered`,
     /// `fan_out` off) or is gone: the drain stops and deletes nothing.
     pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
-    /// Shutdown, or the endpoint taking this consumer back
-    /// ([`Drains::stop`](crate::worker::drains::Drains::stop)): the drain stops; what it
-    /// fetched and did not move comes back.
+    /// Shutdown: the drain stops after the batch it moves; what it fetched and did not
+    /// move comes back.
     pub stop: &'a CancellationToken,
+    /// The endpoint taking this consumer back ([`crate::worker::drains::Drains`]): the
+    /// drain moves nothing more, and what it fetched stays unacked for the reset.
+    pub taken_back: &'a CancellationToken,
     /// Deliveries of the former consumer that were no attempt (held when a process
     /// stopped): they do not count among the attempts a copy carries.
     pub unattempted: &'a Unattempted,
@@ -103,8 +105,8 @@ impl Leftover<'_> {
                 .messages()
                 .await
                 .map_err(|e| self.failed(e))?;
-            // Once told to stop (the endpoint reads this consumer again and may reset
-            // it once this returns), or after an error, nothing more is moved: what is
+            // Once taken back (the endpoint reads this consumer again and may reset it
+            // once this returns), or after an error, nothing more is moved: what is
             // left of the batch stays unacked, and the batch runs out, so no pull
             // request of the drain outlives it.
             let (mut fetched, mut failed) = (0, None);
@@ -117,7 +119,7 @@ impl Leftover<'_> {
                     }
                 };
                 fetched += 1;
-                if failed.is_some() || self.stop.is_cancelled() {
+                if failed.is_some() || self.taken_back.is_cancelled() {
                     continue;
                 }
                 match self.move_one(&msg).await {
@@ -128,7 +130,7 @@ impl Leftover<'_> {
             if let Some(e) = failed {
                 return Err(e);
             }
-            if self.stop.is_cancelled() {
+            if self.stopped() {
                 return Ok(None);
             }
             if fetched > 0 {
@@ -151,10 +153,10 @@ impl Leftover<'_> {
         }
     }
 
-    /// Whether the drain must stop: told to, or the endpoint no longer wanting it
-    /// (looked up once per batch, not per message: it lists every endpoint).
+    /// Whether the drain must stop: shutdown, taken back, or the endpoint no longer
+    /// wanting it (looked up once per batch, not per message: it lists every endpoint).
     fn stopped(&self) -> bool {
-        self.stop.is_cancelled() || !(self.wanted)()
+        self.stop.is_cancelled() || self.taken_back.is_cancelled() || !(self.wanted)()
     }
 
     /// The leftover consumer with a window of [`BATCH`] messages: an ordered

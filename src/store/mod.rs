@@ -40,6 +40,15 @@ pub async fn ack_floor(
     }
 }
 
+/// Why a consumer was not reset.
+#[derive(Debug)]
+pub enum ResetError {
+    /// The server said no (an error reply): asking again gets the same answer.
+    Refused(String),
+    /// No answer (a timeout, no responders): it may work next time.
+    Failed(String),
+}
+
 /// Resets `consumer` of `stream` (nats-server 2.14+): it forgets what it delivered and
 /// acked, and delivers again from stream sequence `from` on, keeping its name and
 /// config. Acks of deliveries made before are ignored afterwards, which is what makes
@@ -50,7 +59,7 @@ pub async fn reset_consumer(
     stream: &str,
     consumer: &str,
     from: u64,
-) -> Result<u64, String> {
+) -> Result<u64, ResetError> {
     #[derive(serde::Deserialize)]
     struct Reset {
         reset_seq: u64,
@@ -61,14 +70,12 @@ pub async fn reset_consumer(
             &serde_json::json!({ "seq": from }),
         )
         .await
-        .map_err(|e| {
-            format!("resetting consumer {consumer}: {e} (needs nats-server 2.14 or later)")
-        })?;
+        .map_err(|e| ResetError::Failed(format!("resetting consumer {consumer}: {e}")))?;
     match reply {
         jetstream::response::Response::Ok(r) => Ok(r.reset_seq),
-        jetstream::response::Response::Err { error } => {
-            Err(format!("resetting consumer {consumer}: {error}"))
-        }
+        jetstream::response::Response::Err { error } => Err(ResetError::Refused(format!(
+            "resetting consumer {consumer}: {error}"
+        ))),
     }
 }
 

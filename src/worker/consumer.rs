@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{RetentionPolicy, Stream};
 use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
@@ -29,6 +29,23 @@ pub enum SourceConsumer {
     /// meanwhile): the endpoint's bind takes it back ([`Worker::take_back`]), copies
     /// and all.
     Drained,
+}
+
+/// Why [`Worker::reset_from`] did not reset the consumer.
+enum Reset {
+    /// For good: tried again, it would be refused again.
+    Refused(String),
+    /// For now (a timeout, a leader election): the bind is tried again.
+    Failed(String),
+}
+
+/// Whether a nats-server of `version` resets consumers (2.14 and later).
+fn resets_consumers(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 14)
 }
 
 /// What became of a consumer [`Worker::take_back`] took back.
@@ -159,10 +176,17 @@ impl Worker {
             // A drain of this ordered endpoint's consumer (it read copies until now)
             // is stopped before the turn is taken: its last fetch may take seconds to
             // run out, and the fan-out waits for the same turns.
-            self.shared
+            if !self
+                .shared
                 .drains
                 .stop(&self.consumer_name, DRAIN_STOP)
-                .await;
+                .await
+            {
+                return Err(format!(
+                    "consumer {}: its drain did not stop within {DRAIN_STOP:?}",
+                    self.consumer_name
+                ));
+            }
         }
         let _turn = self.shared.binds.acquire().await;
         let stream = self.own_stream().await?;
@@ -200,13 +224,18 @@ impl Worker {
         if self.lazy || self.shared.work.is_none() {
             return Ok((DeliverPolicy::All, false));
         }
+        // Taken back, but deleted meanwhile: it had handed out everything up to its
+        // last delivery before, what came after is made again.
+        let mut delivered_before = None;
         if let Some(info) = self.source_consumer(stream).await? {
             if !drained(&info) || self.take_back(stream).await? == TakenBack::Kept {
                 return Ok((info.config.deliver_policy, true));
             }
+            delivered_before = Some(info.delivered.stream_sequence);
         }
         let fan_out = fan_out_consumer(&self.shared.consumer_prefix);
         let handled = crate::store::ack_floor(stream, &fan_out).await?;
+        let handled = delivered_before.map_or(handled, |d| handled.min(d));
         let recent = (self.endpoint.skip)
             .filter(|_| !self.replaced_one.load(std::sync::atomic::Ordering::Relaxed))
             .and_then(|s| s.recent_through());
@@ -243,8 +272,9 @@ impl Worker {
     /// everything from there comes again, in order; and the copies go. A replica that
     /// has not seen the change yet may go on draining the consumer: apply such a change
     /// to every replica at about the same time. Without the reset (nats-server before
-    /// 2.14) the copies stay, and the messages they hold are not delivered to the
-    /// endpoint while it is `ordered`.
+    /// 2.14, or a source stream that no longer holds those messages) the copies stay,
+    /// and the messages they hold are not delivered to the endpoint while it is
+    /// `ordered`. A reset starts the attempts of what it delivers again at 1.
     async fn take_back(&self, stream: &Stream<()>) -> Result<TakenBack, String> {
         let Some(work) = self.shared.work.as_ref() else {
             return Ok(TakenBack::Kept);
@@ -271,22 +301,16 @@ impl Worker {
         if moved_out.is_some() || info.num_ack_pending > 0 {
             let after_floor = info.ack_floor.stream_sequence + 1;
             let from = moved_out.map_or(after_floor, |o| o.min(after_floor));
-            match crate::store::reset_consumer(
-                &self.shared.js,
-                &self.shared.stream_name,
-                &self.consumer_name,
-                from,
-            )
-            .await
-            {
+            match self.reset_from(from).await {
                 Ok(at) => {
                     tracing::info!(endpoint = %self.endpoint.name, from = at, "ordered endpoint's consumer reset to the oldest message its drain had moved out as a copy")
                 }
-                Err(e) if moved_out.is_some() => {
+                Err(Reset::Failed(e)) => return Err(e),
+                Err(Reset::Refused(e)) if moved_out.is_some() => {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "the ordered endpoint's consumer cannot be reset: the messages its drain moved out as copies wait there, undelivered while it is ordered");
                     return Ok(TakenBack::Kept);
                 }
-                Err(e) => {
+                Err(Reset::Refused(e)) => {
                     tracing::debug!(endpoint = %self.endpoint.name, error = %e, "the ordered endpoint's consumer not reset: its deliveries not acked come back after their ack_wait");
                 }
             }
@@ -301,6 +325,41 @@ impl Worker {
                 .map_err(|e| format!("removing the ordered endpoint's former copies: {e}"))?;
         }
         Ok(TakenBack::Kept)
+    }
+
+    /// Resets the endpoint's consumer on the source stream to deliver from `from` on
+    /// ([`crate::store::reset_consumer`]); where it was reset to. Refused for good
+    /// (tried again, it would fail again) when the server predates consumer resets,
+    /// when the stream no longer holds every message from `from` on (a reset would
+    /// skip the missing ones, whose copies are then the only ones left), or when the
+    /// server says no.
+    async fn reset_from(&self, from: u64) -> Result<u64, Reset> {
+        let js = &self.shared.js;
+        if !resets_consumers(&js.client().server_info().version) {
+            return Err(Reset::Refused(
+                "the server is older than nats-server 2.14, which resets consumers".into(),
+            ));
+        }
+        let name = &self.shared.stream_name;
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .map_err(|e| Reset::Failed(format!("stream {name}: {e}")))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Reset::Failed(format!("stream {name}: {e}")))?;
+        if info.config.retention != RetentionPolicy::Limits || info.state.first_sequence > from {
+            return Err(Reset::Refused(format!(
+                "stream {name} no longer holds every message from sequence {from} on"
+            )));
+        }
+        crate::store::reset_consumer(js, name, &self.consumer_name, from)
+            .await
+            .map_err(|e| match e {
+                crate::store::ResetError::Refused(e) => Reset::Refused(e),
+                crate::store::ResetError::Failed(e) => Reset::Failed(e),
+            })
     }
 
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
@@ -443,6 +502,22 @@ mod tests {
 
     fn endpoint(settings: &str) -> Endpoint {
         test_endpoint(&format!("secret = \"s\"\n{settings}"))
+    }
+
+    #[test]
+    fn consumer_resets_come_with_nats_server_2_14() {
+        for (version, resets) in [
+            ("2.14.0", true),
+            ("2.15.1", true),
+            ("3.0.0", true),
+            ("2.14.0-beta.1", true),
+            ("2.13.9", false),
+            ("2.10.24", false),
+            ("2.9.25", false),
+            ("", false),
+        ] {
+            assert_eq!(resets_consumers(version), resets, "{version}");
+        }
     }
 
     #[test]
