@@ -1208,6 +1208,65 @@ async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order(
     assert!(natshook.dead_letters("a").is_empty());
 }
 
+/// An `ordered` endpoint made unordered and, before any drain has touched its former
+/// consumer, `ordered` again, while its worker holds copies: that consumer delivers
+/// what the copies hold, in order (those already delivered from copies a second
+/// time), and the copies are removed rather than left to come again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_switched_back_to_ordered_at_once_leaves_no_copies_behind() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = |ordered: bool| {
+        let extra = format!(
+            "rate_limit = \"5/s\"\nconcurrency = 16{}",
+            if ordered { "\nordered = true" } else { "" }
+        );
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(true)).await;
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 3, "before").await;
+    reload(&natshook, &config(false), "config reloaded", "unordered").await;
+    let leads = leads(30, "held");
+    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, leads).await;
+    rx.wait_for(Duration::from_secs(10), "the first copies delivered", |r| {
+        r.delivered_ids().contains_key(&ids[1])
+    })
+    .await;
+    natshook.rewrite_config(&config(true));
+    natshook.signal("HUP");
+    wait_until(Duration::from_secs(10), "ordered again", || {
+        let logs = natshook.logs();
+        async move { logs.matches("config reloaded").count() >= 2 }
+    })
+    .await;
+    rx.wait_for(Duration::from_secs(30), "every lead", |r| {
+        let got = r.delivered_ids();
+        ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the copies removed", || async {
+        work_copies(&js).await == 0
+    })
+    .await;
+    // From the consumer's first delivery after the switch on, each comes once, in
+    // order.
+    let received = rx.received();
+    let last = |id: &str| received.iter().rposition(|r| r.id() == id);
+    let first_again = ids.iter().filter_map(|id| last(id)).min().unwrap_or(0);
+    let order: Vec<usize> = received[first_again..]
+        .iter()
+        .filter_map(|r| ids.iter().position(|id| id == r.id()))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "delivered out of order: {order:?}"
+    );
+}
+
 /// An endpoint made `ordered` while copies of it still wait on the work stream (here
 /// each waiting out an hour's retry delay after a 503) would never read them again:
 /// its consumer on the source stream starts at the oldest of their source messages,

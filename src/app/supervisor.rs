@@ -362,7 +362,7 @@ impl Supervisor {
             (self.shared.drains()).hold(worker.consumer_name(), !worker.fans_out());
         }
         if let Some(old) = replaced {
-            worker.note_replaced_one();
+            worker.note_replaced(old);
             // Made unordered, or restarted while its former consumer on the source
             // stream drains: that consumer is drained next.
             worker.note_former_consumer(!old.fans_out() || old.has_former_consumer());

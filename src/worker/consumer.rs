@@ -2,6 +2,7 @@
 //! its filters follow the config, the pull stream on it, and letting it go when a
 //! fan-out endpoint has no work left.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
@@ -228,7 +229,13 @@ impl Worker {
         // last delivery before, what came after is made again.
         let mut delivered_before = None;
         if let Some(info) = self.source_consumer(stream).await? {
-            if !drained(&info) || self.take_back(stream).await? == TakenBack::Kept {
+            if !drained(&info) {
+                if self.replaced_copy_reader.load(Ordering::Relaxed) {
+                    self.forget_copies_ahead(&info).await?;
+                }
+                return Ok((info.config.deliver_policy, true));
+            }
+            if self.take_back(stream).await? == TakenBack::Kept {
                 return Ok((info.config.deliver_policy, true));
             }
             delivered_before = Some(info.delivered.stream_sequence);
@@ -237,7 +244,7 @@ impl Worker {
         let handled = crate::store::ack_floor(stream, &fan_out).await?;
         let handled = delivered_before.map_or(handled, |d| handled.min(d));
         let recent = (self.endpoint.skip)
-            .filter(|_| !self.replaced_one.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|_| !self.replaced_one.load(Ordering::Relaxed))
             .and_then(|s| s.recent_through());
         let handled = recent.map_or(handled, |through| handled.min(through));
         Ok((self.make_source_consumer(stream, handled).await?, false))
@@ -325,6 +332,26 @@ impl Worker {
                 .map_err(|e| format!("removing the ordered endpoint's former copies: {e}"))?;
         }
         Ok(TakenBack::Kept)
+    }
+
+    /// Removes the copies of an endpoint made `ordered` whose consumer on the source
+    /// stream (`info`) no drain has touched, when they are all of messages it has not
+    /// handed out yet: it delivers those itself, and the copies (those its worker held
+    /// among them) would come again if the endpoint read copies again.
+    async fn forget_copies_ahead(&self, info: &consumer::Info) -> Result<(), String> {
+        let Some(work) = self.shared.work.as_ref() else {
+            return Ok(());
+        };
+        let oldest = work
+            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if oldest.is_some_and(|o| o > info.delivered.stream_sequence) {
+            work.forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+                .await
+                .map_err(|e| format!("removing the ordered endpoint's former copies: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Resets the endpoint's consumer on the source stream to deliver from `from` on

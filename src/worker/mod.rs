@@ -134,6 +134,9 @@ pub struct Worker {
     /// Started in place of a worker of the same endpoint (a change, not a creation or
     /// a process start): see where an `ordered` endpoint's consumer starts.
     replaced_one: AtomicBool,
+    /// Started in place of a worker that read copies (made `ordered`): copies of the
+    /// endpoint may still wait that its consumer on the source stream delivers.
+    replaced_copy_reader: AtomicBool,
     /// The endpoint's shared pause as this process last saw it when the worker was
     /// made ([`PauseState::known`](crate::store::pause_state::PauseState::known)).
     known_at_start: Option<PauseRecord>,
@@ -208,6 +211,7 @@ impl Worker {
             parked: AtomicBool::new(lazy),
             former_consumer: AtomicBool::new(former_consumer),
             replaced_one: AtomicBool::new(false),
+            replaced_copy_reader: AtomicBool::new(false),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
@@ -455,9 +459,11 @@ impl Worker {
             .store(self.lazy && exists, Ordering::Relaxed);
     }
 
-    /// Marks the worker as started in place of another of its endpoint.
-    pub fn note_replaced_one(&self) {
+    /// Marks the worker as started in place of `old`, a worker of its endpoint.
+    pub fn note_replaced(&self, old: &Worker) {
         self.replaced_one.store(true, Ordering::Relaxed);
+        self.replaced_copy_reader
+            .store(old.fans_out(), Ordering::Relaxed);
     }
 
     /// See [`Worker::note_former_consumer`].
