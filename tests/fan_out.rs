@@ -988,17 +988,7 @@ async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_
     })
     .await;
     // In order: each lead's first success comes after the one before it.
-    let first_success: Vec<String> = rx
-        .received()
-        .iter()
-        .filter(|r| (200..300).contains(&r.replied))
-        .map(|r| r.id().to_string())
-        .fold(Vec::new(), |mut seen, id| {
-            if !seen.contains(&id) {
-                seen.push(id);
-            }
-            seen
-        });
+    let first_success = first_successes(&rx.received());
     assert_eq!(first_success, held_ids);
     assert!(natshook.dead_letters("a").is_empty());
     assert!(natshook.logs().contains("reset to the oldest message"));
@@ -1007,6 +997,59 @@ async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_
         work_copies(&js).await == 0
     })
     .await;
+}
+
+/// An endpoint made `ordered` while copies of it wait on its own subject (the copies
+/// removed, its new consumer starting at the oldest), then unordered again within the
+/// work stream's 2-minute duplicate window: the drain of that consumer stores its
+/// messages as copies again, though copies with their ids were stored (and removed)
+/// on that stream moments before, which JetStream would drop as duplicates; every lead
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_ordered_and_unordered_again_within_the_duplicate_window_loses_nothing() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    // Unordered, a copy that fails waits out an hour off the lane, on the endpoint's
+    // own subject; ordered, the first lead is tried again 2 s after its 503.
+    let config = |ordered: bool| {
+        let extra = match ordered {
+            true => "retry_schedule = [\"2s\"]\ndisable_after_failures = 0\nordered = true",
+            false => "retry_schedule = [\"1h\"]\ndisable_after_failures = 0",
+        };
+        fan_out(TestConfig::new(nats.url()))
+            .endpoint("a", &rx.url("/a"), &["lead.created"], extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config(false)).await;
+    let js = jetstream::new(nats.client().await);
+    let leads = leads(10, "waiting");
+    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, leads).await;
+    rx.wait_for(Duration::from_secs(20), "a first attempt of each", |r| {
+        ids.iter()
+            .all(|id| r.received().iter().any(|q| q.id() == id))
+    })
+    .await;
+    reload(&natshook, &config(true), "config reloaded", "ordered").await;
+    wait_until(Duration::from_secs(10), "the copies removed", || async {
+        work_copies(&js).await == 0
+    })
+    .await;
+    // The ordered consumer tries the first lead (503, then 2 s to wait) and holds the
+    // others; made unordered, its messages are drained into copies again.
+    assert!(natshook
+        .logs()
+        .contains("reads the source stream from its oldest copy"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rx.set(|_| Reply::ok());
+    natshook.rewrite_config(&config(false));
+    natshook.signal("HUP");
+    rx.wait_for(Duration::from_secs(30), "every lead", |r| {
+        let got = r.delivered_ids();
+        ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    assert!(natshook.dead_letters("a").is_empty());
 }
 
 /// An endpoint made `ordered` gets a consumer of its own on the source stream; it

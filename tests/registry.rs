@@ -1226,16 +1226,7 @@ async fn with_fan_out_an_endpoint_disabled_mid_drain_and_enabled_ordered_loses_n
         want.iter().all(|id| got.contains_key(id))
     })
     .await;
-    let first_success: Vec<String> = on_path(rx, "/o")
-        .iter()
-        .filter(|r| (200..300).contains(&r.replied))
-        .map(|r| r.id().to_string())
-        .fold(Vec::new(), |mut seen, id| {
-            if !seen.contains(&id) {
-                seen.push(id);
-            }
-            seen
-        });
+    let first_success = first_successes(&on_path(rx, "/o"));
     assert_eq!(first_success, want);
 }
 

@@ -496,9 +496,11 @@ fn drain_leftovers(
             }
         };
         let unattempted = sup.unattempted().clone();
+        let forgotten = sup.forgotten().clone();
         tokio::spawn(async move {
             let leftover = crate::fanout::leftover::Leftover {
                 unattempted: &unattempted,
+                forgotten: &forgotten,
                 js: &js,
                 work: &work,
                 stream: &stream,

@@ -252,6 +252,10 @@ impl Supervisor {
         self.shared.work_stream()
     }
 
+    pub fn forgotten(&self) -> &crate::store::forgotten::Forgotten {
+        self.shared.forgotten()
+    }
+
     /// See [`crate::worker::drains::Drains`].
     pub fn drains(&self) -> &crate::worker::drains::Drains {
         self.shared.drains()

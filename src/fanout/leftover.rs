@@ -22,12 +22,15 @@ use async_nats::jetstream::{
     self,
     consumer::{pull, FromConsumer, PullConsumer},
     message::AckKind,
+    publish::PublishAck,
+    stream::LastRawMessageErrorKind,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::forgotten::Forgotten;
 use crate::store::unattempted::{Delivered, Unattempted};
-use crate::store::work_stream::{SourceFacts, WorkStream};
+use crate::store::work_stream::{SourceFacts, WorkStream, NATS_MSG_ID};
 
 /// How long one fetch waits for the leftover's messages; a retry waiting out its delay
 /// is looked for again after this.
@@ -35,6 +38,10 @@ const FETCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Messages moved per fetch.
 const BATCH: usize = 256;
+
+/// How many times a copy is stored again under a new id when its id is that of a
+/// removed copy (once per removal within the duplicate window).
+const RESTORE_TRIES: usize = 4;
 
 /// Why a leftover consumer is not drained yet; the caller tries again later.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +73,8 @@ pub struct Leftover<'a> {
     /// Deliveries of the former consumer that were no attempt (held when a process
     /// stopped): they do not count among the attempts a copy carries.
     pub unattempted: &'a Unattempted,
+    /// When the endpoint's copies were last removed: see [`Leftover::removed_since`].
+    pub forgotten: &'a Forgotten,
 }
 
 impl Leftover<'_> {
@@ -185,6 +194,46 @@ impl Leftover<'_> {
             .map_err(|e| self.failed(e))
     }
 
+    /// Publishes a copy of `msg` with `headers` to the endpoint's subject, once stored.
+    async fn store(
+        &self,
+        headers: async_nats::HeaderMap,
+        msg: &jetstream::Message,
+    ) -> Result<PublishAck, LeftoverError> {
+        self.js
+            .publish_with_headers(
+                self.work.subject(self.endpoint),
+                headers,
+                msg.payload.clone(),
+            )
+            .await
+            .map_err(|e| self.failed(e))?
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Whether the copy stored at `sequence` of the endpoint's work stream, which a
+    /// publish was taken as a duplicate of, is gone because the endpoint's copies were
+    /// removed (`store::forgotten`), rather than delivered and released, or still
+    /// there.
+    async fn removed_since(&self, sequence: u64) -> Result<bool, LeftoverError> {
+        let name = self.work.name_of(self.endpoint);
+        let stream = self
+            .js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| self.failed(e))?;
+        match stream.get_raw_message(sequence).await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(self.failed(e)),
+        }
+        self.forgotten
+            .recently(self.endpoint)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
     /// Stores `msg`'s copy for the endpoint, then acks it.
     async fn move_one(&self, msg: &jetstream::Message) -> Result<(), LeftoverError> {
         let info = msg.info().map_err(|e| self.failed(e))?;
@@ -197,19 +246,25 @@ impl Leftover<'_> {
             _ => 0,
         };
         let attempts = before.saturating_sub(noted);
-        let headers =
+        let mut headers =
             self.work
                 .leftover_copy_headers(msg.headers.as_ref(), &facts, self.endpoint, attempts);
-        self.js
-            .publish_with_headers(
-                self.work.subject(self.endpoint),
-                headers,
-                msg.payload.clone(),
-            )
-            .await
-            .map_err(|e| self.failed(e))?
-            .await
-            .map_err(|e| self.failed(e))?;
+        let id = headers
+            .get(NATS_MSG_ID)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let mut stored = self.store(headers.clone(), msg).await?;
+        // An id of a copy removed within the duplicate window (the endpoint was made
+        // `ordered` and unordered again) would have this one dropped as its duplicate:
+        // it is stored under an id naming the removed copy instead, the same on every
+        // try, so a retried move still stores it once.
+        for _ in 0..RESTORE_TRIES {
+            if !stored.duplicate || !self.removed_since(stored.sequence).await? {
+                break;
+            }
+            headers.insert(NATS_MSG_ID, format!("{id}.{}", stored.sequence).as_str());
+            stored = self.store(headers.clone(), msg).await?;
+        }
         msg.ack_with(AckKind::Ack)
             .await
             .map_err(|e| self.failed(e))?;

@@ -353,12 +353,8 @@ impl FanOut {
                     let was_copying = self.copying_for.remove(name);
                     let was_held = matches!(self.previous.get(name), Some(Target::Held(_)));
                     if (was_copying || was_held) && found == SourceConsumer::Own {
-                        if let Err(e) = self
-                            .work
-                            .forget(&self.js, name, worker.consumer_name())
-                            .await
-                        {
-                            tracing::warn!(endpoint = %name, error = %e, "cannot remove the ordered endpoint's former copies");
+                        if let Err(e) = worker.forget_copies(true).await {
+                            tracing::warn!(endpoint = %name, error = %e, "ordered endpoint's copies not removed");
                         }
                     }
                     self.own_consumers.insert(name.clone());

@@ -4,6 +4,7 @@
 
 pub mod dead_letters;
 pub mod delivery_log;
+pub mod forgotten;
 pub mod pause_state;
 pub mod pull_stream;
 pub mod registry;

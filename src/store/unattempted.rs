@@ -81,7 +81,7 @@ impl<'a> Delivered<'a> {
 
 /// `name` as one token of a KV key, which allows `[-/_=.A-Za-z0-9]`: any other byte,
 /// and `=` itself, is written `=XX` (hex), so two names never share a key.
-fn key_token(name: &str) -> String {
+pub(super) fn key_token(name: &str) -> String {
     let mut token = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {

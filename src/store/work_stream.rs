@@ -44,7 +44,7 @@ pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// How long a copy's id is remembered: a source message redelivered within it (the
 /// fan-out died between storing its copies and acking it) is not copied twice.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 #[error("work stream {stream}: {message}")]

@@ -15,6 +15,9 @@ use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::fan_out_consumer;
 
+/// Unanswered consumer resets after which a reset counts as refused.
+const RESET_TRIES: u32 = 3;
+
 /// How long an `ordered` endpoint's bind waits for this process's drain of its
 /// consumer to stop: the drain's last fetch runs out within 2 s.
 const DRAIN_STOP: Duration = Duration::from_secs(10);
@@ -177,17 +180,7 @@ impl Worker {
             // A drain of this ordered endpoint's consumer (it read copies until now)
             // is stopped before the turn is taken: its last fetch may take seconds to
             // run out, and the fan-out waits for the same turns.
-            if !self
-                .shared
-                .drains
-                .stop(&self.consumer_name, DRAIN_STOP)
-                .await
-            {
-                return Err(format!(
-                    "consumer {}: its drain did not stop within {DRAIN_STOP:?}",
-                    self.consumer_name
-                ));
-            }
+            self.stop_drain().await?;
         }
         let _turn = self.shared.binds.acquire().await;
         let stream = self.own_stream().await?;
@@ -269,6 +262,23 @@ impl Worker {
         }
     }
 
+    /// Stops this process's drain of the endpoint's consumer on the source stream, if
+    /// one runs (`worker::drains`), and waits for its end.
+    async fn stop_drain(&self) -> Result<(), String> {
+        match self
+            .shared
+            .drains
+            .stop(&self.consumer_name, DRAIN_STOP)
+            .await
+        {
+            true => Ok(()),
+            false => Err(format!(
+                "consumer {}: its drain did not stop within {DRAIN_STOP:?}",
+                self.consumer_name
+            )),
+        }
+    }
+
     /// Takes the endpoint's consumer on the source stream back from the drain that
     /// moved its messages out as copies while the endpoint read copies
     /// (`fanout::leftover`), now that it is `ordered` again and reads that consumer.
@@ -286,17 +296,7 @@ impl Worker {
         let Some(work) = self.shared.work.as_ref() else {
             return Ok(TakenBack::Kept);
         };
-        if !self
-            .shared
-            .drains
-            .stop(&self.consumer_name, DRAIN_STOP)
-            .await
-        {
-            return Err(format!(
-                "consumer {}: its drain did not stop within {DRAIN_STOP:?}",
-                self.consumer_name
-            ));
-        }
+        self.stop_drain().await?;
         let Some(info) = self.source_consumer(stream).await? else {
             return Ok(TakenBack::Gone);
         };
@@ -327,11 +327,30 @@ impl Worker {
             // endpoint reading copies again, they would come twice. Tried again with
             // the bind when this fails; the reset is not repeated, since the consumer
             // has handed none of them out since.
-            work.forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-                .await
-                .map_err(|e| format!("removing the ordered endpoint's former copies: {e}"))?;
+            self.forget_copies(true).await?;
         }
         Ok(TakenBack::Kept)
+    }
+
+    /// Removes the endpoint's copies and its consumer on the work stream
+    /// (`WorkStream::forget`), once it reads the source stream from before all of them.
+    /// With copies `waiting` (not acked), noted first (`store::forgotten`): a drain
+    /// that stores one of them again within the work stream's duplicate window then
+    /// gives it an id of its own, where the old id would have the copy dropped as a
+    /// duplicate of the one removed. (Copies all acked were delivered: dropped again,
+    /// nothing is lost, and a copy released after its delivery is not stored twice.)
+    pub async fn forget_copies(&self, waiting: bool) -> Result<(), String> {
+        let Some(work) = self.shared.work.as_ref() else {
+            return Ok(());
+        };
+        let failed = |e: String| format!("removing the ordered endpoint's former copies: {e}");
+        if waiting {
+            (self.shared.forgotten.note(&self.endpoint.name).await)
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        work.forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Removes the copies of an endpoint made `ordered` whose consumer on the source
@@ -346,10 +365,11 @@ impl Worker {
             .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
             .await
             .map_err(|e| e.to_string())?;
-        if oldest.is_some_and(|o| o > info.delivered.stream_sequence) {
-            work.forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-                .await
-                .map_err(|e| format!("removing the ordered endpoint's former copies: {e}"))?;
+        let Some(oldest) = oldest.filter(|o| *o > info.delivered.stream_sequence) else {
+            return Ok(());
+        };
+        if self.source_holds_from(oldest).await? {
+            self.forget_copies(true).await?;
         }
         Ok(())
     }
@@ -368,25 +388,40 @@ impl Worker {
             ));
         }
         let name = &self.shared.stream_name;
-        let mut stream = js
-            .get_stream(name)
-            .await
-            .map_err(|e| Reset::Failed(format!("stream {name}: {e}")))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| Reset::Failed(format!("stream {name}: {e}")))?;
-        if info.config.retention != RetentionPolicy::Limits || info.state.first_sequence > from {
+        if !self.source_holds_from(from).await.map_err(Reset::Failed)? {
             return Err(Reset::Refused(format!(
                 "stream {name} no longer holds every message from sequence {from} on"
             )));
         }
-        crate::store::reset_consumer(js, name, &self.consumer_name, from)
-            .await
-            .map_err(|e| match e {
-                crate::store::ResetError::Refused(e) => Reset::Refused(e),
-                crate::store::ResetError::Failed(e) => Reset::Failed(e),
-            })
+        let reset = crate::store::reset_consumer(js, name, &self.consumer_name, from).await;
+        match reset {
+            Ok(at) => {
+                self.resets_unanswered.store(0, Ordering::Relaxed);
+                Ok(at)
+            }
+            Err(crate::store::ResetError::Refused(e)) => Err(Reset::Refused(e)),
+            // A server that never answers (a consumer leader older than the server
+            // this process talks to, in a rolling upgrade) would keep the endpoint
+            // unbound: after a few tries it counts as a refusal.
+            Err(crate::store::ResetError::Failed(e)) => {
+                match self.resets_unanswered.fetch_add(1, Ordering::Relaxed) + 1 {
+                    n if n >= RESET_TRIES => Err(Reset::Refused(format!("{e} ({n} times)"))),
+                    _ => Err(Reset::Failed(e)),
+                }
+            }
+        }
+    }
+
+    /// Whether the source stream still holds every message from sequence `from` on:
+    /// limits retention (under interest or work-queue retention, what every consumer
+    /// acked is gone) and nothing before `from` dropped under its limits. Until then,
+    /// copies of those messages may be the only ones left, and are kept.
+    async fn source_holds_from(&self, from: u64) -> Result<bool, String> {
+        let name = &self.shared.stream_name;
+        let stream =
+            (self.shared.js.get_stream(name).await).map_err(|e| format!("stream {name}: {e}"))?;
+        let info = stream.cached_info();
+        Ok(info.config.retention == RetentionPolicy::Limits && info.state.first_sequence <= from)
     }
 
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
@@ -442,12 +477,24 @@ impl Worker {
             tracing::info!(endpoint = %self.endpoint.name, from = handled + 1, "ordered endpoint reads the source stream from its oldest copy still waiting");
         }
         // Every copy of it left is of a message the new consumer delivers: read again
-        // later (the endpoint reading copies again) it would come twice.
-        if let Err(e) = work
-            .forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-            .await
-        {
-            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
+        // later (the endpoint reading copies again) it would come twice. Unless the
+        // source stream no longer holds some of them: then the copies are kept.
+        let forget = match waiting {
+            Some(oldest) => self.source_holds_from(oldest).await,
+            None => Ok(true),
+        };
+        match forget {
+            Ok(true) => {
+                if let Err(e) = self.forget_copies(waiting.is_some()).await {
+                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
+                }
+            }
+            Ok(false) => {
+                tracing::warn!(endpoint = %self.endpoint.name, "the source stream no longer holds every message the ordered endpoint's copies are of: the copies stay, undelivered while it is ordered")
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ordered endpoint's former copies kept")
+            }
         }
         Ok(start)
     }

@@ -35,7 +35,7 @@ mod shared;
 pub mod throttle;
 pub mod unmapped;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -137,6 +137,8 @@ pub struct Worker {
     /// Started in place of a worker that read copies (made `ordered`): copies of the
     /// endpoint may still wait that its consumer on the source stream delivers.
     replaced_copy_reader: AtomicBool,
+    /// Consumer resets in a row that got no answer (see `Worker::take_back`).
+    resets_unanswered: AtomicU32,
     /// The endpoint's shared pause as this process last saw it when the worker was
     /// made ([`PauseState::known`](crate::store::pause_state::PauseState::known)).
     known_at_start: Option<PauseRecord>,
@@ -212,6 +214,7 @@ impl Worker {
             former_consumer: AtomicBool::new(former_consumer),
             replaced_one: AtomicBool::new(false),
             replaced_copy_reader: AtomicBool::new(false),
+            resets_unanswered: AtomicU32::new(0),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
@@ -572,7 +575,14 @@ impl Worker {
                     () = self.wake.notified() => self.parked.store(false, Ordering::Relaxed),
                 }
             }
-            let consumer = match self.bind().await {
+            // A bind may take seconds (an `ordered` endpoint taking its consumer back
+            // from a drain): a worker replaced meanwhile must not finish it under its
+            // successor.
+            let bound = tokio::select! {
+                _ = stop.drain.cancelled() => break,
+                bound = self.bind() => bound,
+            };
+            let consumer = match bound {
                 Ok(c) => c,
                 Err(e) => {
                     self.bound.store(false, Ordering::Relaxed);

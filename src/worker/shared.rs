@@ -16,6 +16,7 @@ use crate::events::OperatorEvents;
 use crate::metrics::Metrics;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
+use crate::store::forgotten::Forgotten;
 use crate::store::pause_state::PauseState;
 use crate::store::unattempted::Unattempted;
 use crate::store::work_stream::WorkStream;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub(super) pause_state: PauseState,
     /// Deliveries that were no attempt, in the pause state's bucket.
     pub(super) unattempted: Unattempted,
+    /// When each endpoint's copies were last removed.
+    pub(super) forgotten: Forgotten,
     pub(super) events: OperatorEvents,
     /// `[delivery] max_inflight`, shared fairly by the endpoints.
     pub(super) inflight: InflightLimit,
@@ -83,6 +86,7 @@ impl Shared {
             dead_letters,
             delivery_log,
             unattempted: Unattempted::new(pause_state.clone()),
+            forgotten: Forgotten::new(pause_state.clone()),
             pause_state,
             events: OperatorEvents::off(),
             inflight,
@@ -120,6 +124,10 @@ impl Shared {
 
     pub fn unattempted(&self) -> &Unattempted {
         &self.unattempted
+    }
+
+    pub fn forgotten(&self) -> &Forgotten {
+        &self.forgotten
     }
 
     /// The count of live replicas, which `store::replicas` keeps and workers read.

@@ -1057,6 +1057,21 @@ pub async fn reload(natshook: &Natshook, config: &str, logged: &str, what: &str)
     .await;
 }
 
+/// The ids of `received` in the order of each one's first 2xx: what an ordered
+/// endpoint must show in the source's order, whatever failed or came twice.
+pub fn first_successes(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .filter(|r| (200..300).contains(&r.replied))
+        .map(|r| r.id().to_string())
+        .fold(Vec::new(), |mut seen, id| {
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+            seen
+        })
+}
+
 /// The admin API token [`with_admin`] configures.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
