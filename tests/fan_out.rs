@@ -739,6 +739,20 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
     assert!(natshook.dead_letters("a").is_empty());
 }
 
+/// A fan-out config with one endpoint, `a` on `/a` for `lead.created`, with
+/// `settings`, `ordered` or not: the tests that switch an endpoint between the two.
+fn endpoint_a(nats: &NatsServer, rx: &Receiver, settings: &str, ordered: bool) -> String {
+    let ordered = if ordered { "\nordered = true" } else { "" };
+    fan_out(TestConfig::new(nats.url()))
+        .endpoint(
+            "a",
+            &rx.url("/a"),
+            &["lead.created"],
+            &format!("{settings}{ordered}"),
+        )
+        .render()
+}
+
 /// Asserts that `rx` received each of `ids` at most once.
 fn assert_once(rx: &Receiver, ids: &[String]) {
     let by_id = attempts_by_id(rx, None);
@@ -890,13 +904,12 @@ async fn an_endpoint_made_unordered_while_natshook_was_down_gets_each_message_on
     let nats = NatsServer::start();
     let rx = Receiver::with(|_| Reply::status(503)).await;
     let config = |ordered: bool| {
-        let ordered = if ordered { "\nordered = true" } else { "" };
-        let extra = format!(
-            "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0{ordered}"
-        );
-        fan_out(TestConfig::new(nats.url()))
-            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
-            .render()
+        endpoint_a(
+            &nats,
+            &rx,
+            "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0",
+            ordered,
+        )
     };
     let mut natshook = Natshook::start(&config(true)).await;
     let js = jetstream::new(nats.client().await);
@@ -947,13 +960,12 @@ async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_
     let nats = NatsServer::start();
     let rx = Receiver::with(|_| Reply::status(503)).await;
     let config = |ordered: bool| {
-        let ordered = if ordered { "\nordered = true" } else { "" };
-        let extra = format!(
-            "retry_schedule = [\"8s\"]\nmax_attempts = 50\ndisable_after_failures = 0{ordered}"
-        );
-        fan_out(TestConfig::new(nats.url()))
-            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
-            .render()
+        endpoint_a(
+            &nats,
+            &rx,
+            "retry_schedule = [\"8s\"]\nmax_attempts = 50\ndisable_after_failures = 0",
+            ordered,
+        )
     };
     let natshook = Natshook::start(&config(true)).await;
     let js = jetstream::new(nats.client().await);
@@ -1208,13 +1220,12 @@ async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order(
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
     let config = |ordered: bool| {
-        let extra = format!(
-            "rate_limit = \"5/s\"\nconcurrency = 16{}",
-            if ordered { "\nordered = true" } else { "" }
-        );
-        fan_out(TestConfig::new(nats.url()))
-            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
-            .render()
+        endpoint_a(
+            &nats,
+            &rx,
+            "rate_limit = \"5/s\"\nconcurrency = 16",
+            ordered,
+        )
     };
     let natshook = Natshook::start(&config(false)).await;
     let js = jetstream::new(nats.client().await);
@@ -1260,13 +1271,12 @@ async fn an_endpoint_switched_back_to_ordered_at_once_leaves_no_copies_behind() 
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
     let config = |ordered: bool| {
-        let extra = format!(
-            "rate_limit = \"5/s\"\nconcurrency = 16{}",
-            if ordered { "\nordered = true" } else { "" }
-        );
-        fan_out(TestConfig::new(nats.url()))
-            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
-            .render()
+        endpoint_a(
+            &nats,
+            &rx,
+            "rate_limit = \"5/s\"\nconcurrency = 16",
+            ordered,
+        )
     };
     let natshook = Natshook::start(&config(true)).await;
     let js = jetstream::new(nats.client().await);
@@ -1319,13 +1329,12 @@ async fn an_endpoint_made_ordered_delivers_the_copies_it_had_waiting() {
     let nats = NatsServer::start();
     let rx = Receiver::with(|_| Reply::status(503)).await;
     let config = |ordered: bool| {
-        let extra = format!(
-            "retry_schedule = [\"1h\"]\ndisable_after_failures = 0{}",
-            if ordered { "\nordered = true" } else { "" }
-        );
-        fan_out(TestConfig::new(nats.url()))
-            .endpoint("a", &rx.url("/a"), &["lead.created"], &extra)
-            .render()
+        endpoint_a(
+            &nats,
+            &rx,
+            "retry_schedule = [\"1h\"]\ndisable_after_failures = 0",
+            ordered,
+        )
     };
     let natshook = Natshook::start(&config(false)).await;
     let js = jetstream::new(nats.client().await);
