@@ -229,7 +229,7 @@ impl Leftover<'_> {
             Err(e) => return Err(self.failed(e)),
         }
         self.forgotten
-            .recently(self.endpoint)
+            .removed(self.endpoint, sequence)
             .await
             .map_err(|e| self.failed(e))
     }
@@ -258,9 +258,14 @@ impl Leftover<'_> {
         // `ordered` and unordered again) would have this one dropped as its duplicate:
         // it is stored under an id naming the removed copy instead, the same on every
         // try, so a retried move still stores it once.
-        for _ in 0..RESTORE_TRIES {
-            if !stored.duplicate || !self.removed_since(stored.sequence).await? {
-                break;
+        let mut tries = 0;
+        while stored.duplicate && self.removed_since(stored.sequence).await? {
+            tries += 1;
+            if tries > RESTORE_TRIES {
+                return Err(self.failed(format!(
+                    "copy of sequence {} not stored: its ids were all of removed copies",
+                    facts.sequence
+                )));
             }
             headers.insert(NATS_MSG_ID, format!("{id}.{}", stored.sequence).as_str());
             stored = self.store(headers.clone(), msg).await?;

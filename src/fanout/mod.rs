@@ -353,7 +353,7 @@ impl FanOut {
                     let was_copying = self.copying_for.remove(name);
                     let was_held = matches!(self.previous.get(name), Some(Target::Held(_)));
                     if (was_copying || was_held) && found == SourceConsumer::Own {
-                        if let Err(e) = worker.forget_copies(true).await {
+                        if let Err(e) = worker.forget_copies().await {
                             tracing::warn!(endpoint = %name, error = %e, "ordered endpoint's copies not removed");
                         }
                     }

@@ -32,33 +32,60 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A note: when, and which copies of the endpoint's own work stream went (sequences
+/// after `acked`, which its consumer had acked up to, through `through`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Note {
+    at: u64,
+    acked: u64,
+    through: u64,
+}
+
+impl Note {
+    /// Whether the work streams may still drop a copy as a duplicate of one it names.
+    fn counts(&self) -> bool {
+        now_ms().saturating_sub(self.at) < COUNTS_FOR.as_millis() as u64
+    }
+}
+
 impl Forgotten {
     pub fn new(state: PauseState) -> Self {
         Self { state }
     }
 
-    /// Notes that `endpoint`'s copies are about to be removed; written before they go.
-    pub async fn note(&self, endpoint: &str) -> Result<(), StateError> {
+    /// Notes that `endpoint`'s copies on its own work stream up to sequence `through`
+    /// are about to be removed, those up to `acked` having been delivered; written
+    /// before they go.
+    /// A note still counting widens to cover the copies it names too.
+    pub async fn note(&self, endpoint: &str, acked: u64, through: u64) -> Result<(), StateError> {
         let store = self.state.store().await?;
+        let key = format!("{PREFIX}{}", key_token(endpoint));
+        let before = (store.get(key.as_str()).await)
+            .map_err(|e| StateError::Access(e.to_string()))?
+            .and_then(|v| serde_json::from_slice::<Note>(&v).ok())
+            .filter(Note::counts);
+        let note = Note {
+            at: now_ms(),
+            acked: before.as_ref().map_or(acked, |b| b.acked.min(acked)),
+            through: before.as_ref().map_or(through, |b| b.through.max(through)),
+        };
+        let value = serde_json::to_vec(&note).map_err(|e| StateError::Access(e.to_string()))?;
         store
-            .put(
-                format!("{PREFIX}{}", key_token(endpoint)),
-                now_ms().to_string().into(),
-            )
+            .put(key, value.into())
             .await
             .map(drop)
             .map_err(|e| StateError::Access(e.to_string()))
     }
 
-    /// Whether `endpoint`'s copies were removed within the work streams' duplicate
-    /// window.
-    pub async fn recently(&self, endpoint: &str) -> Result<bool, StateError> {
+    /// Whether the copy of `endpoint` stored at `sequence` of its own work stream was
+    /// removed undelivered within the work streams' duplicate window.
+    pub async fn removed(&self, endpoint: &str, sequence: u64) -> Result<bool, StateError> {
         let store = self.state.store().await?;
         let entry = store
             .get(format!("{PREFIX}{}", key_token(endpoint)))
             .await
             .map_err(|e| StateError::Access(e.to_string()))?;
-        let at: Option<u64> = entry.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-        Ok(at.is_some_and(|at| now_ms().saturating_sub(at) < COUNTS_FOR.as_millis() as u64))
+        let note: Option<Note> = entry.and_then(|v| serde_json::from_slice(&v).ok());
+        Ok(note.is_some_and(|n| n.counts() && n.acked < sequence && sequence <= n.through))
     }
 }

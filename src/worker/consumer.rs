@@ -327,30 +327,64 @@ impl Worker {
             // endpoint reading copies again, they would come twice. Tried again with
             // the bind when this fails; the reset is not repeated, since the consumer
             // has handed none of them out since.
-            self.forget_copies(true).await?;
+            self.forget_copies().await?;
         }
         Ok(TakenBack::Kept)
     }
 
     /// Removes the endpoint's copies and its consumer on the work stream
-    /// (`WorkStream::forget`), once it reads the source stream from before all of them.
-    /// With copies `waiting` (not acked), noted first (`store::forgotten`): a drain
-    /// that stores one of them again within the work stream's duplicate window then
-    /// gives it an id of its own, where the old id would have the copy dropped as a
-    /// duplicate of the one removed. (Copies all acked were delivered: dropped again,
-    /// nothing is lost, and a copy released after its delivery is not stored twice.)
-    pub async fn forget_copies(&self, waiting: bool) -> Result<(), String> {
+    /// (`WorkStream::forget`), once it reads the source stream from before all of them;
+    /// whether it did. Copies of messages the source stream no longer holds are kept:
+    /// they are the only record left ([`Worker::source_holds_from`]). Noted first
+    /// (`store::forgotten`, with the copies' range and how far the endpoint's consumer
+    /// had acked): a drain that stores one of them again within the work stream's
+    /// duplicate window then gives it an id of its own, where the old id would have
+    /// the copy dropped as a duplicate of the one removed.
+    pub async fn forget_copies(&self) -> Result<bool, String> {
         let Some(work) = self.shared.work.as_ref() else {
-            return Ok(());
+            return Ok(false);
         };
         let failed = |e: String| format!("removing the ordered endpoint's former copies: {e}");
-        if waiting {
-            (self.shared.forgotten.note(&self.endpoint.name).await)
-                .map_err(|e| failed(e.to_string()))?;
+        let oldest = work
+            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(oldest) = oldest {
+            if !self.source_holds_from(oldest).await.map_err(failed)? {
+                tracing::warn!(endpoint = %self.endpoint.name, from = oldest, "the source stream no longer holds every message the ordered endpoint's copies are of: the copies stay, undelivered while it is ordered");
+                return Ok(false);
+            }
         }
+        let own = work.name_of(&self.endpoint.name);
+        let stream = (self.shared.js.get_stream(own).await)
+            .map_err(|e| failed(format!("stream {own}: {e}")))?;
+        let through = stream.cached_info().state.last_sequence;
+        let acked = match stream.consumer_info(&self.consumer_name).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        (self.shared.forgotten)
+            .note(&self.endpoint.name, acked, through)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         work.forget(&self.shared.js, &self.endpoint.name, &self.consumer_name)
             .await
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|e| failed(e.to_string()))?;
+        // A copy stored between the note and the purge (the fan-out finishing a copy
+        // under the targets before) went too: the note is widened to it.
+        let after = (self.shared.js.get_stream(own).await)
+            .map_err(|e| failed(format!("stream {own}: {e}")))?
+            .cached_info()
+            .state
+            .last_sequence;
+        if after > through {
+            (self.shared.forgotten)
+                .note(&self.endpoint.name, acked, after)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        Ok(true)
     }
 
     /// Removes the copies of an endpoint made `ordered` whose consumer on the source
@@ -365,11 +399,8 @@ impl Worker {
             .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(oldest) = oldest.filter(|o| *o > info.delivered.stream_sequence) else {
-            return Ok(());
-        };
-        if self.source_holds_from(oldest).await? {
-            self.forget_copies(true).await?;
+        if oldest.is_some_and(|o| o > info.delivered.stream_sequence) {
+            self.forget_copies().await?;
         }
         Ok(())
     }
@@ -399,7 +430,10 @@ impl Worker {
                 self.resets_unanswered.store(0, Ordering::Relaxed);
                 Ok(at)
             }
-            Err(crate::store::ResetError::Refused(e)) => Err(Reset::Refused(e)),
+            Err(crate::store::ResetError::Refused(e)) => {
+                self.resets_unanswered.store(0, Ordering::Relaxed);
+                Err(Reset::Refused(e))
+            }
             // A server that never answers (a consumer leader older than the server
             // this process talks to, in a rolling upgrade) would keep the endpoint
             // unbound: after a few tries it counts as a refusal.
@@ -477,24 +511,9 @@ impl Worker {
             tracing::info!(endpoint = %self.endpoint.name, from = handled + 1, "ordered endpoint reads the source stream from its oldest copy still waiting");
         }
         // Every copy of it left is of a message the new consumer delivers: read again
-        // later (the endpoint reading copies again) it would come twice. Unless the
-        // source stream no longer holds some of them: then the copies are kept.
-        let forget = match waiting {
-            Some(oldest) => self.source_holds_from(oldest).await,
-            None => Ok(true),
-        };
-        match forget {
-            Ok(true) => {
-                if let Err(e) = self.forget_copies(waiting.is_some()).await {
-                    tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot remove the ordered endpoint's former copies");
-                }
-            }
-            Ok(false) => {
-                tracing::warn!(endpoint = %self.endpoint.name, "the source stream no longer holds every message the ordered endpoint's copies are of: the copies stay, undelivered while it is ordered")
-            }
-            Err(e) => {
-                tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ordered endpoint's former copies kept")
-            }
+        // later (the endpoint reading copies again) it would come twice.
+        if let Err(e) = self.forget_copies().await {
+            tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ordered endpoint's former copies kept");
         }
         Ok(start)
     }
