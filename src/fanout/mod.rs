@@ -353,7 +353,15 @@ impl FanOut {
                     let was_copying = self.copying_for.remove(name);
                     let was_held = matches!(self.previous.get(name), Some(Target::Held(_)));
                     if (was_copying || was_held) && found == SourceConsumer::Own {
-                        if let Err(e) = worker.forget_copies().await {
+                        let oldest = (self.work)
+                            .oldest_waiting(&self.js, name, worker.consumer_name())
+                            .await
+                            .map_err(|e| e.to_string());
+                        let forgot = match oldest {
+                            Ok(oldest) => worker.forget_copies(oldest).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = forgot {
                             tracing::warn!(endpoint = %name, error = %e, "ordered endpoint's copies not removed");
                         }
                     }

@@ -327,7 +327,7 @@ impl Worker {
             // endpoint reading copies again, they would come twice. Tried again with
             // the bind when this fails; the reset is not repeated, since the consumer
             // has handed none of them out since.
-            self.forget_copies().await?;
+            self.forget_copies(oldest).await?;
         }
         Ok(TakenBack::Kept)
     }
@@ -339,16 +339,15 @@ impl Worker {
     /// (`store::forgotten`, with the copies' range and how far the endpoint's consumer
     /// had acked): a drain that stores one of them again within the work stream's
     /// duplicate window then gives it an id of its own, where the old id would have
-    /// the copy dropped as a duplicate of the one removed.
-    pub async fn forget_copies(&self) -> Result<bool, String> {
+    /// the copy dropped as a duplicate of the one removed. `oldest` is the source
+    /// sequence of the oldest copy waiting, as the caller read it
+    /// ([`WorkStream::oldest_waiting`](crate::store::work_stream::WorkStream::oldest_waiting)):
+    /// a copy stored since is of a newer message.
+    pub async fn forget_copies(&self, oldest: Option<u64>) -> Result<bool, String> {
         let Some(work) = self.shared.work.as_ref() else {
             return Ok(false);
         };
         let failed = |e: String| format!("removing the ordered endpoint's former copies: {e}");
-        let oldest = work
-            .oldest_waiting(&self.shared.js, &self.endpoint.name, &self.consumer_name)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
         if let Some(oldest) = oldest {
             if !self.source_holds_from(oldest).await.map_err(failed)? {
                 tracing::warn!(endpoint = %self.endpoint.name, from = oldest, "the source stream no longer holds every message the ordered endpoint's copies are of: the copies stay, undelivered while it is ordered");
@@ -400,7 +399,7 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())?;
         if oldest.is_some_and(|o| o > info.delivered.stream_sequence) {
-            self.forget_copies().await?;
+            self.forget_copies(oldest).await?;
         }
         Ok(())
     }
@@ -512,7 +511,7 @@ impl Worker {
         }
         // Every copy of it left is of a message the new consumer delivers: read again
         // later (the endpoint reading copies again) it would come twice.
-        if let Err(e) = self.forget_copies().await {
+        if let Err(e) = self.forget_copies(waiting).await {
             tracing::warn!(endpoint = %self.endpoint.name, error = %e, "ordered endpoint's former copies kept");
         }
         Ok(start)
