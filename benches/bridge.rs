@@ -19,7 +19,8 @@
 //! phases (for profiling), BENCH_NATSHOOK_BIN=path measures another natshook build,
 //! BENCH_ROUNDS=K repeats the throughput phases K times (default 3) and reports the
 //! median of each headline figure next to every round's value,
-//! BENCH_MANY_CONCURRENCY=C sets `concurrency` on the 50 endpoints of M and F.
+//! BENCH_MANY_CONCURRENCY=C sets `concurrency` on the 50 endpoints of M and F, and
+//! BENCH_MANY_ENDPOINTS=K runs M and F with K endpoints instead of 50.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -190,6 +191,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 struct Results {
     mode: &'static str,
     messages: usize,
+    /// Endpoints in M and F (the "50 endpoints" of the labels unless changed).
+    endpoints_many: usize,
     /// The natshook binary measured.
     natshook: String,
     ceiling_nats_per_s: f64,
@@ -250,6 +253,7 @@ async fn run(opts: Opts, receiver: tokio::runtime::Handle) -> Results {
     let mut r = Results {
         mode: if opts.smoke { "smoke" } else { "full" },
         messages: opts.n,
+        endpoints_many: opts.endpoints_many,
         natshook: natshook_bin(),
         ..Default::default()
     };
@@ -418,6 +422,12 @@ fn report(r: &Results) {
         r.mode, r.messages
     );
     println!("  natshook binary: {}", r.natshook);
+    if r.endpoints_many != 50 {
+        println!(
+            "  M and F run {} endpoints (BENCH_MANY_ENDPOINTS), not the 50 of the labels",
+            r.endpoints_many
+        );
+    }
     println!(
         "  A  raw JetStream consume+ack     {:>10.0} msg/s",
         r.ceiling_nats_per_s
@@ -594,7 +604,11 @@ fn main() {
                 .unwrap_or(50_000),
             latency_secs: 10,
             rate: 1000,
-            endpoints_many: 50,
+            endpoints_many: std::env::var("BENCH_MANY_ENDPOINTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&k| k > 0)
+                .unwrap_or(50),
             phases: std::env::var("BENCH_PHASES").unwrap_or_else(|_| "ABINLMFP".into()),
         }
     } else {

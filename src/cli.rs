@@ -500,10 +500,11 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs the parsed command; returns the process exit code.
-pub async fn execute(cli: Cli) -> ExitCode {
+/// Runs the parsed command; returns the process exit code. The commands that talk to
+/// NATS get a runtime of their own; `run` sizes its runtime from the config it loads.
+pub fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Run(a) => run(&a.config).await,
+        Command::Run(a) => run(&a.config),
         Command::Check(a) => check(&a.config),
         Command::Sign(a) => sign(a),
         Command::Verify(a) => match verify(a) {
@@ -511,8 +512,8 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Err(f) => Err(f),
         },
         Command::Keygen(a) => keygen(a),
-        Command::Dlq(cmd) => dlq(cmd).await,
-        Command::Endpoints(cmd) => endpoints::run(cmd).await,
+        Command::Dlq(cmd) => on_runtime(None, dlq(cmd)),
+        Command::Endpoints(cmd) => on_runtime(None, endpoints::run(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -520,17 +521,37 @@ pub async fn execute(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run(path: &Path) -> Result<(), Failure> {
+/// Runs `work` on a runtime with `worker_threads` (tokio's default for `None`).
+fn on_runtime(
+    worker_threads: Option<usize>,
+    work: impl std::future::Future<Output = Result<(), Failure>>,
+) -> Result<(), Failure> {
+    let runtime = crate::app::runtime::build(worker_threads)
+        .map_err(|e| Failure::Runtime(anyhow!("cannot start the runtime: {e}")))?;
+    runtime.block_on(work)
+}
+
+fn run(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path)?;
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        trigger.cancel();
-    });
-    crate::app::run(config, Some(path.to_path_buf()), shutdown)
-        .await
-        .map_err(|e| Failure::Runtime(e.into()))
+    let worker_threads = crate::app::runtime::worker_threads(&config);
+    on_runtime(worker_threads, async move {
+        if worker_threads.is_some() {
+            tracing::info!(
+                endpoints = config.endpoints.len(),
+                "one worker thread: a few endpoints from the file, no registry, no ingress \
+                 routes (TOKIO_WORKER_THREADS overrides)"
+            );
+        }
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            trigger.cancel();
+        });
+        crate::app::run(config, Some(path.to_path_buf()), shutdown)
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))
+    })
 }
 
 async fn wait_for_signal() {

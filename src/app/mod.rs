@@ -9,6 +9,7 @@
 
 mod nats;
 mod registry;
+pub mod runtime;
 mod supervisor;
 mod watch;
 
