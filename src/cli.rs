@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::runtime::{Scheduler, ONE_THREAD_UP_TO};
 use crate::config::{Config, ConfigError, Endpoint};
 use crate::delivery::Deliverer;
 use crate::secret::Secret;
@@ -512,8 +513,8 @@ pub fn execute(cli: Cli) -> ExitCode {
             Err(f) => Err(f),
         },
         Command::Keygen(a) => keygen(a),
-        Command::Dlq(cmd) => on_runtime(None, dlq(cmd)),
-        Command::Endpoints(cmd) => on_runtime(None, endpoints::run(cmd)),
+        Command::Dlq(cmd) => on_runtime(Scheduler::MultiThread, dlq(cmd)),
+        Command::Endpoints(cmd) => on_runtime(Scheduler::MultiThread, endpoints::run(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -521,25 +522,25 @@ pub fn execute(cli: Cli) -> ExitCode {
     }
 }
 
-/// Runs `work` on a runtime with `worker_threads` (tokio's default for `None`).
 fn on_runtime(
-    worker_threads: Option<usize>,
+    scheduler: Scheduler,
     work: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> Result<(), Failure> {
-    let runtime = crate::app::runtime::build(worker_threads)
+    let runtime = scheduler
+        .build()
         .map_err(|e| Failure::Runtime(anyhow!("cannot start the runtime: {e}")))?;
     runtime.block_on(work)
 }
 
 fn run(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path)?;
-    let worker_threads = crate::app::runtime::worker_threads(&config);
-    on_runtime(worker_threads, async move {
-        if worker_threads.is_some() {
+    let scheduler = Scheduler::for_config(&config);
+    on_runtime(scheduler, async move {
+        if scheduler == Scheduler::OneThread {
             tracing::info!(
                 endpoints = config.endpoints.len(),
-                "one worker thread: a few endpoints from the file, no registry, no ingress \
-                 routes (TOKIO_WORKER_THREADS overrides)"
+                "running on one thread: at most {ONE_THREAD_UP_TO} endpoints from the file, \
+                 no registry, no ingress routes (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
         }
         let shutdown = CancellationToken::new();

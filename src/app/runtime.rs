@@ -1,14 +1,15 @@
-//! The tokio runtime `natshook run` works on, sized from the config it serves.
+//! The tokio runtime `natshook run` works on, chosen from the config it serves.
 //!
 //! One endpoint's deliveries are a chain of hand-offs (the fetch loop, the delivery,
 //! hyper's connection task, the ack through the NATS client's task). On two worker
 //! threads most of those hand-offs cross threads: each wakes the other thread through
 //! the kernel and moves shared reference counts between caches. With a few endpoints
-//! that is more CPU than the second thread gives back, so a sidecar serving a few
-//! endpoints from its file runs one worker thread. A registry (endpoints by the
-//! thousand, added at run time) or ingress routes (a server's work) keep one thread
-//! per CPU the process may use, tokio's default. `TOKIO_WORKER_THREADS` overrides
-//! both, as it does for any tokio program.
+//! that costs more CPU than the second thread gives back, so a sidecar serving a few
+//! endpoints from its file runs on one thread, tokio's current-thread scheduler. A
+//! registry (endpoints by the thousand, added at run time) or ingress routes (a
+//! server's work) keep the multi-threaded scheduler with one worker thread per CPU
+//! the process may use. `TOKIO_WORKER_THREADS`, when set, chooses the multi-threaded
+//! scheduler with that many threads, as it does for any tokio program.
 
 use std::io;
 
@@ -16,39 +17,51 @@ use tokio::runtime::Runtime;
 
 use crate::config::Config;
 
-/// The most endpoints a config may have and still run on one worker thread. With one
-/// endpoint one thread delivers at the rate of two for ~18 % less CPU per delivery;
-/// with 50 it is ~18 % slower (docs/performance.md, Worker threads).
+/// The most endpoints a config may have and still run on one thread. With one
+/// endpoint one thread delivers at the rate of two for less CPU per delivery; with 50
+/// it is slower (docs/performance.md, Worker threads).
 pub const ONE_THREAD_UP_TO: usize = 4;
 
 /// The variable tokio reads for its worker threads; set, it decides.
 const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 
-/// Worker threads for serving `config`: `Some(1)` for a few file endpoints, `None` for
-/// tokio's default (the variable, else one per CPU the process may use, a cgroup CPU
-/// limit included).
-pub fn worker_threads(config: &Config) -> Option<usize> {
-    let env_decides = std::env::var_os(WORKER_THREADS_VAR).is_some();
-    (!env_decides && serves_few_endpoints(config)).then_some(1)
+/// Which tokio scheduler a command runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Every task on the thread that drives the runtime: no synchronised queues, no
+    /// wake-ups of another thread. natshook blocks no thread it runs on (the trace
+    /// SDK's blocking shutdown runs on the blocking pool).
+    OneThread,
+    /// tokio's multi-threaded scheduler: `TOKIO_WORKER_THREADS`, else one worker
+    /// thread per CPU the process may use (a cgroup CPU limit included).
+    MultiThread,
 }
 
-/// The config is sized once, at start: a reload that adds endpoints keeps the thread
-/// count until the next start.
+impl Scheduler {
+    /// The scheduler for serving `config`, chosen once at start: a reload that adds
+    /// endpoints keeps it until the next start.
+    pub fn for_config(config: &Config) -> Self {
+        let env_decides = std::env::var_os(WORKER_THREADS_VAR).is_some();
+        if !env_decides && serves_few_endpoints(config) {
+            Scheduler::OneThread
+        } else {
+            Scheduler::MultiThread
+        }
+    }
+
+    pub fn build(self) -> io::Result<Runtime> {
+        let mut builder = match self {
+            Scheduler::OneThread => tokio::runtime::Builder::new_current_thread(),
+            Scheduler::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
+}
+
 fn serves_few_endpoints(config: &Config) -> bool {
     config.registry.is_none()
         && config.ingress.routes.is_empty()
         && config.endpoints.len() <= ONE_THREAD_UP_TO
-}
-
-/// A multi-threaded runtime (also with one worker thread, so nothing natshook runs
-/// depends on the count) with `worker_threads`, or tokio's default for `None`.
-pub fn build(worker_threads: Option<usize>) -> io::Result<Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
-    builder.build()
 }
 
 #[cfg(test)]

@@ -102,40 +102,43 @@ impl Worker {
                 Waited::Paused => continue,
                 Waited::Leave(leave) => return leave,
             };
-            if held.is_empty() {
-                // Under load the next message is already there: taken without setting up
-                // the select below, whose drain and pause futures each register on a
-                // waiter list (a lock) and unregister again, for every message.
-                let ready = if stop.drain.is_cancelled() {
-                    None
-                } else {
-                    messages.next().now_or_never()
-                };
-                let next = match ready {
-                    Some(next) => next,
-                    None => tokio::select! {
-                        _ = stop.drain.cancelled() => return Leave::Drain,
-                        () = self.breaker.until_paused(true) => continue,
-                        m = messages.next() => m,
-                        () = &mut idle, if self.lazy => {
-                            // Idle only with nothing in flight (this permit aside).
-                            let quiet = !std::mem::take(&mut started);
-                            if quiet && permits.available_permits() + 1 >= self.endpoint.concurrency {
-                                return Leave::Idle;
+            // A message that meets no wait below goes from the stream to its delivery
+            // task without a pass through `held`: each pass moves it (hundreds of bytes
+            // with its JetStream context), for every message.
+            let msg = match held.pop_front() {
+                Some(msg) => msg,
+                None => {
+                    // Under load the next message is already there: taken without setting
+                    // up the select below, whose drain and pause futures each register on
+                    // a waiter list (a lock) and unregister again, for every message.
+                    let ready = if stop.drain.is_cancelled() {
+                        None
+                    } else {
+                        messages.next().now_or_never()
+                    };
+                    let next = match ready {
+                        Some(next) => next,
+                        None => tokio::select! {
+                            _ = stop.drain.cancelled() => return Leave::Drain,
+                            () = self.breaker.until_paused(true) => continue,
+                            m = messages.next() => m,
+                            () = &mut idle, if self.lazy => {
+                                // Idle only with nothing in flight (this permit aside).
+                                let quiet = !std::mem::take(&mut started);
+                                if quiet && permits.available_permits() + 1 >= self.endpoint.concurrency {
+                                    return Leave::Idle;
+                                }
+                                idle.as_mut().reset(Instant::now() + IDLE_AFTER);
+                                continue;
                             }
-                            idle.as_mut().reset(Instant::now() + IDLE_AFTER);
-                            continue;
-                        }
-                    },
-                };
-                match next {
-                    Some(Ok(msg)) => held.push_back(msg),
-                    Some(Err(e)) => return self.fetch_failed(&e),
-                    None => return Leave::Rebind,
+                        },
+                    };
+                    match next {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return self.fetch_failed(&e),
+                        None => return Leave::Rebind,
+                    }
                 }
-            }
-            let Some(msg) = held.pop_front() else {
-                continue;
             };
             if let Some(wait) = self.waits_first(&msg) {
                 self.ack(&msg, AckKind::Nak(Some(wait))).await;
@@ -151,22 +154,35 @@ impl Worker {
                 Err(NoToken::Leave(leave)) => return leave,
                 Err(NoToken::Paused) => continue,
             };
-            held.push_front(msg);
-            let global = std::pin::pin!(share.acquire());
-            let global = match self
-                .wait(global, messages, held, &mut keep_alive, stop)
-                .await
-            {
-                Waited::Done(p) => p,
-                Waited::Paused => continue,
-                Waited::Leave(leave) => return leave,
+            let mut global = std::pin::pin!(share.acquire());
+            let free = if stop.drain.is_cancelled() {
+                None
+            } else {
+                global.as_mut().now_or_never()
+            };
+            let (msg, global) = match free {
+                Some(global) => (msg, global),
+                None => {
+                    // Held while it waits, so that its ack timer is extended with the rest.
+                    held.push_front(msg);
+                    let global = match self
+                        .wait(global, messages, held, &mut keep_alive, stop)
+                        .await
+                    {
+                        Waited::Done(p) => p,
+                        Waited::Paused => continue,
+                        Waited::Leave(leave) => return leave,
+                    };
+                    let Some(msg) = held.pop_front() else {
+                        continue;
+                    };
+                    (msg, global)
+                }
             };
             if self.breaker.is_paused() {
+                held.push_front(msg);
                 continue;
             }
-            let Some(msg) = held.pop_front() else {
-                continue;
-            };
             started = true;
             let this = Arc::clone(self);
             let abort = stop.abort.clone();
