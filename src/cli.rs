@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::runtime::{Scheduler, ONE_THREAD_UP_TO};
+use crate::app::runtime::Scheduler;
 use crate::config::{Config, ConfigError, Endpoint};
 use crate::delivery::Deliverer;
 use crate::secret::Secret;
@@ -539,8 +539,8 @@ fn run(path: &Path) -> Result<(), Failure> {
         if scheduler == Scheduler::OneThread {
             tracing::info!(
                 endpoints = config.endpoints.len(),
-                "running on one thread: at most {ONE_THREAD_UP_TO} endpoints from the file, \
-                 no registry, no ingress routes (TOKIO_WORKER_THREADS=N for N worker threads)"
+                "running on one thread: one endpoint from the file, no registry, no ingress \
+                 routes (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
         }
         let shutdown = CancellationToken::new();

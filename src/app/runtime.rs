@@ -3,12 +3,13 @@
 //! One endpoint's deliveries are a chain of hand-offs (the fetch loop, the delivery,
 //! hyper's connection task, the ack through the NATS client's task). On two worker
 //! threads most of those hand-offs cross threads: each wakes the other thread through
-//! the kernel and moves shared reference counts between caches. With a few endpoints
-//! that costs more CPU than the second thread gives back, so a sidecar serving a few
-//! endpoints from its file runs on one thread, tokio's current-thread scheduler. A
-//! registry (endpoints by the thousand, added at run time) or ingress routes (a
-//! server's work) keep the multi-threaded scheduler with one worker thread per CPU
-//! the process may use. `TOKIO_WORKER_THREADS`, when set, chooses the multi-threaded
+//! the kernel and moves shared reference counts between caches. With one endpoint
+//! that costs more CPU than the second thread gives back, so a sidecar serving one
+//! endpoint from its file runs on one thread, tokio's current-thread scheduler.
+//! Several endpoints run in parallel on the threads, and a registry (endpoints by the
+//! thousand, added at run time) or ingress routes (a server's work) need them too:
+//! those keep the multi-threaded scheduler with one worker thread per CPU the process
+//! may use. `TOKIO_WORKER_THREADS`, when set, chooses the multi-threaded
 //! scheduler with that many threads, as it does for any tokio program.
 
 use std::io;
@@ -18,9 +19,9 @@ use tokio::runtime::Runtime;
 use crate::config::Config;
 
 /// The most endpoints a config may have and still run on one thread. With one
-/// endpoint one thread delivers at the rate of two for less CPU per delivery; with 50
-/// it is slower (docs/performance.md, Worker threads).
-pub const ONE_THREAD_UP_TO: usize = 4;
+/// endpoint one thread spends 7-10 % less CPU per delivery than two; with four it
+/// spends the same and drains 15 % slower (docs/performance.md, Worker threads).
+pub const ONE_THREAD_UP_TO: usize = 1;
 
 /// The variable tokio reads for its worker threads; set, it decides.
 const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
@@ -42,7 +43,7 @@ impl Scheduler {
     /// endpoints keeps it until the next start.
     pub fn for_config(config: &Config) -> Self {
         let env_decides = std::env::var_os(WORKER_THREADS_VAR).is_some();
-        if !env_decides && serves_few_endpoints(config) {
+        if !env_decides && serves_one_endpoint(config) {
             Scheduler::OneThread
         } else {
             Scheduler::MultiThread
@@ -58,7 +59,7 @@ impl Scheduler {
     }
 }
 
-fn serves_few_endpoints(config: &Config) -> bool {
+fn serves_one_endpoint(config: &Config) -> bool {
     config.registry.is_none()
         && config.ingress.routes.is_empty()
         && config.endpoints.len() <= ONE_THREAD_UP_TO
@@ -84,17 +85,16 @@ mod tests {
     }
 
     #[test]
-    fn a_few_file_endpoints_run_on_one_thread_and_more_on_the_default() {
-        assert!(serves_few_endpoints(&config(1, "")));
-        assert!(serves_few_endpoints(&config(ONE_THREAD_UP_TO, "")));
-        assert!(!serves_few_endpoints(&config(ONE_THREAD_UP_TO + 1, "")));
+    fn one_file_endpoint_runs_on_one_thread_and_more_on_the_default() {
+        assert!(serves_one_endpoint(&config(ONE_THREAD_UP_TO, "")));
+        assert!(!serves_one_endpoint(&config(ONE_THREAD_UP_TO + 1, "")));
     }
 
     #[test]
     fn a_registry_or_ingress_routes_keep_the_default_threads() {
         let registry = "[registry]\nenabled = true\n";
-        assert!(!serves_few_endpoints(&config(1, registry)));
+        assert!(!serves_one_endpoint(&config(1, registry)));
         let ingress = "[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x\"\nverify = { scheme = \"none\" }\n";
-        assert!(!serves_few_endpoints(&config(1, ingress)));
+        assert!(!serves_one_endpoint(&config(1, ingress)));
     }
 }
