@@ -143,13 +143,12 @@ async fn a_slow_rate_fetches_no_more_than_it_can_start_within_ack_wait() {
     const MESSAGES: usize = 80;
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
-    let config = TestConfig::new(nats.url()).endpoint(
-        "slow",
-        &rx.url("/"),
-        &["*"],
-        "rate_limit = \"2/s\"\nconcurrency = 64",
-    );
-    let natshook = Natshook::start(&config.render()).await;
+    let config = |extra: &str| {
+        TestConfig::new(nats.url())
+            .endpoint("slow", &rx.url("/"), &["*"], extra)
+            .render()
+    };
+    let natshook = Natshook::start(&config("rate_limit = \"2/s\"\nconcurrency = 64")).await;
     let js = jetstream::new(nats.client().await);
     publish_all(&js, leads(MESSAGES, "s")).await;
 
@@ -183,6 +182,19 @@ async fn a_slow_rate_fetches_no_more_than_it_can_start_within_ack_wait() {
     at.sort();
     let closest = at.windows(2).map(|w| w[1] - w[0]).min().unwrap();
     assert!(closest >= Duration::from_millis(400), "{closest:?}");
+
+    // The limit lifted by a reload (in place), the window follows: 2 × concurrency.
+    natshook.rewrite_config(&config("concurrency = 64"));
+    natshook.signal("HUP");
+    wait_logged(&natshook, "rate limit changed", Duration::from_secs(10)).await;
+    let info = js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .consumer_info("natshook-slow")
+        .await
+        .unwrap();
+    assert_eq!(info.config.max_ack_pending, 128);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

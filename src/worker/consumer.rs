@@ -202,6 +202,30 @@ impl Worker {
         bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
 
+    /// Brings the consumer's window in line with the rate limit in force, by an update
+    /// of a consumer that exists, and nothing else: a bind run beside the serve loop's
+    /// could make a consumer that was let go, or take back and reset one twice. An
+    /// `ordered` endpoint's window is one message whatever the rate (a wider one is a
+    /// drain's, which its bind must see).
+    pub(super) async fn follow_window(&self) -> Result<(), String> {
+        if self.endpoint.ordered {
+            return Ok(());
+        }
+        let stream = self.own_stream().await?;
+        let Some(info) = self.consumer_on(&stream).await? else {
+            return Ok(());
+        };
+        let config = self.consumer_config(info.config.deliver_policy);
+        if config.max_ack_pending == info.config.max_ack_pending {
+            return Ok(());
+        }
+        stream
+            .update_consumer(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+    }
+
     /// Where the consumer starts: at the stream's first message, but for an `ordered`
     /// endpoint's consumer on the source stream while fan-out is on, which
     /// [`Worker::start_source_consumer`] makes when there is none (the fan-out makes
@@ -221,7 +245,7 @@ impl Worker {
         // Taken back, but deleted meanwhile: it had handed out everything up to its
         // last delivery before, what came after is made again.
         let mut delivered_before = None;
-        if let Some(info) = self.source_consumer(stream).await? {
+        if let Some(info) = self.consumer_on(stream).await? {
             if !drained(&info) {
                 if self.replaced_copy_reader.load(Ordering::Relaxed) {
                     self.forget_copies_ahead(&info).await?;
@@ -254,7 +278,7 @@ impl Worker {
     }
 
     /// The endpoint's consumer on `stream`, `None` when there is none.
-    async fn source_consumer(&self, stream: &Stream<()>) -> Result<Option<consumer::Info>, String> {
+    async fn consumer_on(&self, stream: &Stream<()>) -> Result<Option<consumer::Info>, String> {
         match stream.consumer_info(&self.consumer_name).await {
             Ok(info) => Ok(Some(info)),
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
@@ -297,7 +321,7 @@ impl Worker {
             return Ok(TakenBack::Kept);
         };
         self.stop_drain().await?;
-        let Some(info) = self.source_consumer(stream).await? else {
+        let Some(info) = self.consumer_on(stream).await? else {
             return Ok(TakenBack::Gone);
         };
         let oldest = work
@@ -476,7 +500,7 @@ impl Worker {
             return Ok(SourceConsumer::Own);
         }
         let _turn = self.shared.binds.acquire().await;
-        match self.source_consumer(stream).await? {
+        match self.consumer_on(stream).await? {
             Some(info) if drained(&info) => return Ok(SourceConsumer::Drained),
             Some(_) => return Ok(SourceConsumer::Own),
             None => {}

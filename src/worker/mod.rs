@@ -278,20 +278,26 @@ impl Worker {
 
     /// Applies a new `rate_limit` without a restart: the next token comes at the new
     /// rate, and the consumer's window follows (the pull stream and the messages
-    /// already fetched stay, so none of them is redelivered or costs an attempt).
-    pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>) {
+    /// already fetched stay, so none of them is redelivered or costs an attempt). The
+    /// window's update ends when `stopped` fires: a successor may be binding by then.
+    pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>, stopped: CancellationToken) {
         let replicas = *self.shared.replicas.borrow();
         self.throttle
             .rcu(|t| throttle(rate, replicas, t.as_deref()));
         self.shared.throttles.send_modify(|()| {});
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            match this.bind().await {
-                Ok(_) => {
-                    tracing::info!(endpoint = %this.endpoint.name, rate_limit = ?rate.map(|r| r.to_string()), "rate limit changed")
+            let updated = tokio::select! {
+                _ = stopped.cancelled() => return,
+                updated = this.follow_window() => updated,
+            };
+            let rate_limit = rate.map(|r| r.to_string());
+            match updated {
+                Ok(()) => {
+                    tracing::info!(endpoint = %this.endpoint.name, ?rate_limit, "rate limit changed")
                 }
                 Err(e) => {
-                    tracing::warn!(endpoint = %this.endpoint.name, error = %e, "rate limit changed; the consumer window follows at the next bind")
+                    tracing::warn!(endpoint = %this.endpoint.name, ?rate_limit, error = %e, "rate limit changed; the consumer window follows at the next bind")
                 }
             }
         });

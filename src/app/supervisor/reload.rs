@@ -91,7 +91,7 @@ impl Supervisor {
                 }
                 Some(r) => {
                     if r.worker.rate_limit() != e.rate_limit {
-                        in_place.push((r.worker.clone(), e.rate_limit));
+                        in_place.push((r.worker.clone(), r.stop.drain.clone(), e.rate_limit));
                     }
                     continue;
                 }
@@ -120,9 +120,9 @@ impl Supervisor {
         // From here on nothing fails.
         warn_restart_needed(&current, &new);
         self.shared.set_endpoints(new.endpoints.len());
-        for (worker, rate) in in_place {
+        for (worker, stopped, rate) in in_place {
             summary.updated.push(worker.endpoint().name.clone());
-            worker.set_rate_limit(rate);
+            worker.set_rate_limit(rate, stopped);
         }
         let router = Arc::new(new.router.clone());
         let mut to_drain = Vec::new();
