@@ -206,11 +206,14 @@ impl Worker {
     /// of a consumer that exists, and nothing else: a bind run beside the serve loop's
     /// could make a consumer that was let go, or take back and reset one twice. An
     /// `ordered` endpoint's window is one message whatever the rate (a wider one is a
-    /// drain's, which its bind must see).
+    /// drain's, which its bind must see); a parked endpoint has no consumer, and its
+    /// next bind takes the rate in force. The update waits for a bind turn: a change
+    /// of `[defaults] rate_limit` reaches every endpoint at once.
     pub(super) async fn follow_window(&self) -> Result<(), String> {
-        if self.endpoint.ordered {
+        if self.endpoint.ordered || self.is_parked() {
             return Ok(());
         }
+        let _turn = self.shared.binds.acquire().await;
         let stream = self.own_stream().await?;
         let Some(info) = self.consumer_on(&stream).await? else {
             return Ok(());
