@@ -568,7 +568,11 @@ async fn oldest_source(
     from: u64,
 ) -> Result<Option<u64>, String> {
     const PAGE: usize = 1_000;
-    let consumer = stream
+    // Empty pages in a row with copies still counted: a server this slow to answer
+    // fails the read (and the bind, which is tried again) rather than giving an
+    // oldest copy that is not the oldest.
+    const EMPTY_PAGES: u32 = 3;
+    let mut consumer = stream
         .create_consumer(pull::Config {
             filter_subject: subject,
             deliver_policy: DeliverPolicy::ByStartSequence {
@@ -586,6 +590,7 @@ async fn oldest_source(
     let mut left = consumer.cached_info().num_pending;
     let result = async {
         let mut oldest: Option<u64> = None;
+        let mut empty = 0;
         while left > 0 {
             let mut page = fetch_page(&consumer, PAGE).await?;
             let mut got = 0;
@@ -602,8 +607,22 @@ async fn oldest_source(
                     oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
                 }
             }
-            if got == 0 {
-                break;
+            if got > 0 {
+                empty = 0;
+                continue;
+            }
+            // Nothing came: copies released since they were counted, or a slow
+            // server. The server's count tells which.
+            empty += 1;
+            left = consumer
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .num_pending;
+            if left > 0 && empty >= EMPTY_PAGES {
+                return Err(format!(
+                    "{left} copies still counted after {EMPTY_PAGES} empty pages"
+                ));
             }
         }
         Ok(oldest)
