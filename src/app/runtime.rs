@@ -20,7 +20,7 @@ use crate::config::Config;
 
 /// The most endpoints a config may have and still run on one thread. With one
 /// endpoint one thread spends 7-10 % less CPU per delivery than two; with four it
-/// spends the same and drains 15 % slower (docs/performance.md, Worker threads).
+/// spends the same and drains 11-24 % slower (docs/performance.md, Worker threads).
 pub const ONE_THREAD_UP_TO: usize = 1;
 
 /// The variable tokio reads for its worker threads; set, it decides.
@@ -30,8 +30,9 @@ const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheduler {
     /// Every task on the thread that drives the runtime: no synchronised queues, no
-    /// wake-ups of another thread. natshook blocks no thread it runs on (the trace
-    /// SDK's blocking shutdown runs on the blocking pool).
+    /// wake-ups of another thread. What natshook does there without yielding is short
+    /// (log lines, the config file and `{ file }` secrets read every 2 s); parsing a
+    /// reloaded config and the trace SDK's blocking shutdown run on the blocking pool.
     OneThread,
     /// tokio's multi-threaded scheduler: `TOKIO_WORKER_THREADS`, else one worker
     /// thread per CPU the process may use (a cgroup CPU limit included).
