@@ -51,6 +51,17 @@ async fn assert_first_attempts_only(natshook: &Natshook, rx: &Receiver, endpoint
 }
 
 /// Waits until natshook logs `logged`.
+/// The `max_ack_pending` of `consumer` on the stream EVENTS.
+async fn window(js: &jetstream::Context, consumer: &str) -> i64 {
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    stream
+        .consumer_info(consumer)
+        .await
+        .unwrap()
+        .config
+        .max_ack_pending
+}
+
 async fn wait_logged(natshook: &Natshook, logged: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while !natshook.logs().contains(logged) {
@@ -169,14 +180,7 @@ async fn a_slow_rate_fetches_no_more_than_it_can_start_within_ack_wait() {
     let counts = per_second(&received);
     assert!(counts.values().all(|n| *n <= 2), "{counts:?}");
     // The consumer's window is what 2/s delivers in a third of ack_wait.
-    let info = js
-        .get_stream("EVENTS")
-        .await
-        .unwrap()
-        .consumer_info("natshook-slow")
-        .await
-        .unwrap();
-    assert_eq!(info.config.max_ack_pending, 20);
+    assert_eq!(window(&js, "natshook-slow").await, 20);
     // Evenly spaced: half a second apart, give or take the timer and the machine.
     let mut at: Vec<Instant> = received.iter().map(|r| r.at).collect();
     at.sort();
@@ -187,14 +191,7 @@ async fn a_slow_rate_fetches_no_more_than_it_can_start_within_ack_wait() {
     natshook.rewrite_config(&config("concurrency = 64"));
     natshook.signal("HUP");
     wait_logged(&natshook, "rate limit changed", Duration::from_secs(10)).await;
-    let info = js
-        .get_stream("EVENTS")
-        .await
-        .unwrap()
-        .consumer_info("natshook-slow")
-        .await
-        .unwrap();
-    assert_eq!(info.config.max_ack_pending, 128);
+    assert_eq!(window(&js, "natshook-slow").await, 128);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
