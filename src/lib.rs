@@ -13,7 +13,8 @@
 //!   and exit codes.
 //! * `app`: `natshook run` wired together, with its start-up and shutdown order;
 //!   `supervisor` (the `Supervisor`: applies, reloads, starts and stops workers),
-//!   `nats` (connect, auth, TLS, stream checks), `watch` (SIGHUP and file changes).
+//!   `nats` (connect, auth, TLS, stream checks), `watch` (SIGHUP and file changes),
+//!   `runtime` (the tokio scheduler chosen from the config: one thread for one endpoint).
 //! * `ingress`: incoming webhooks: verified requests stored in JetStream before the 2xx.
 //! * `http`: natshook's own HTTP server, reading the app through `http::AppView`:
 //!   `listener` (accept loop, connection limits), `routes` (`/metrics`, `/healthz`,
