@@ -60,6 +60,17 @@ enum NoToken {
     Paused,
 }
 
+/// What `next` gives without waiting (the next message, a free permit), taken without
+/// the select that waits for it, whose drain and pause futures each register on a
+/// waiter list (a lock) and unregister again, for every message. Nothing once the
+/// worker drains: the drain comes first.
+fn ready_now<F: Future>(next: Pin<&mut F>, stop: &Stop) -> Option<F::Output> {
+    if stop.drain.is_cancelled() {
+        return None;
+    }
+    next.now_or_never()
+}
+
 impl Worker {
     /// Feeds one pull stream to delivery tasks, held messages first, until the worker
     /// drains or the stream must be replaced. A delivery starts with two permits: one of
@@ -108,15 +119,8 @@ impl Worker {
             let msg = match held.pop_front() {
                 Some(msg) => msg,
                 None => {
-                    // Under load the next message is already there: taken without setting
-                    // up the select below, whose drain and pause futures each register on
-                    // a waiter list (a lock) and unregister again, for every message.
-                    let ready = if stop.drain.is_cancelled() {
-                        None
-                    } else {
-                        messages.next().now_or_never()
-                    };
-                    let next = match ready {
+                    // Under load the next message is already there.
+                    let next = match ready_now(std::pin::pin!(messages.next()), stop) {
                         Some(next) => next,
                         None => tokio::select! {
                             _ = stop.drain.cancelled() => return Leave::Drain,
@@ -155,12 +159,7 @@ impl Worker {
                 Err(NoToken::Paused) => continue,
             };
             let mut global = std::pin::pin!(share.acquire());
-            let free = if stop.drain.is_cancelled() {
-                None
-            } else {
-                global.as_mut().now_or_never()
-            };
-            let (msg, global) = match free {
+            let (msg, global) = match ready_now(global.as_mut(), stop) {
                 Some(global) => (msg, global),
                 None => {
                     // Held while it waits, so that its ack timer is extended with the rest.
@@ -269,12 +268,8 @@ impl Worker {
         keep_alive: &mut Interval,
         stop: &Stop,
     ) -> Waited<F::Output> {
-        // A free permit is taken without registering for the drain and the pause, as the
-        // select below does on every pass (see `fetch`); a drain still comes first.
-        if !stop.drain.is_cancelled() {
-            if let Some(p) = permit.as_mut().now_or_never() {
-                return Waited::Done(p);
-            }
+        if let Some(p) = ready_now(permit.as_mut(), stop) {
+            return Waited::Done(p);
         }
         loop {
             tokio::select! {
