@@ -21,7 +21,7 @@ use crate::config::Config;
 /// The most endpoints a config may have and still run on one thread. With one
 /// endpoint one thread spends 7-10 % less CPU per delivery than two; with four it
 /// spends the same and drains 11-24 % slower (docs/performance.md, Worker threads).
-pub const ONE_THREAD_UP_TO: usize = 1;
+const ONE_THREAD_UP_TO: usize = 1;
 
 /// The variable tokio reads for its worker threads; set, it decides.
 const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
