@@ -44,7 +44,8 @@
 //! * `metrics`: the contract's Prometheus metrics.
 //! * Leaves: `backoff` (the one retry back-off), `rate_limit`, `time` (epoch and RFC 3339),
 //!   `pem` (endpoint TLS files), `settings` (settings the config owns, e.g. the delivery
-//!   log's), `allocator` (jemalloc as the global allocator, feature `jemalloc`).
+//!   log's), `file_read` (repeated file reads, kept off the one-thread scheduler's
+//!   thread), `allocator` (jemalloc as the global allocator, feature `jemalloc`).
 //!
 //! # The path of one message
 //!
@@ -65,6 +66,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod events;
 pub mod fanout;
+pub mod file_read;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

@@ -594,6 +594,34 @@ async fn sighup_reloads_a_changed_endpoint_and_an_invalid_config_is_rejected() {
     assert_eq!(rx2.received()[0].path, "/two");
 }
 
+/// One endpoint runs on one thread, whose file reads go to the blocking pool: a
+/// changed config file is still seen without a SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_changed_on_disk_reloads_without_a_signal() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let rx2 = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/one"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    assert!(natshook.logs().contains("running on one thread"));
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 3, "before").await;
+
+    let moved = TestConfig::new(nats.url()).endpoint("a", &rx2.url("/two"), &["*"], "");
+    natshook.rewrite_config(&moved.render());
+    wait_until(Duration::from_secs(10), "the reload", || {
+        let logs = natshook.logs();
+        async move { logs.contains("trigger=\"file changed\"") && logs.contains("restarted=[\"a\"]") }
+    })
+    .await;
+    publish_one(&js, "crm.lead.created", "moved").await;
+    rx2.wait_for(Duration::from_secs(20), "moved", |r| {
+        r.delivered_ids().contains_key("moved")
+    })
+    .await;
+    assert!(!rx.delivered_ids().contains_key("moved"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_new_mapping() {
     let nats = NatsServer::start();

@@ -20,9 +20,14 @@ fn fingerprint(path: &Path) -> Option<[u8; 32]> {
         .map(|text| Sha256::digest(text).into())
 }
 
+async fn read_fingerprint(path: &Path) -> Option<Option<[u8; 32]>> {
+    let path = path.to_path_buf();
+    crate::file_read::repeated_read(move || fingerprint(&path)).await
+}
+
 /// Watches for SIGHUP and config file changes and reloads.
 pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: CancellationToken) {
-    let mut last = fingerprint(&path);
+    let mut last = read_fingerprint(&path).await.flatten();
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -42,7 +47,12 @@ pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: Canc
             _ = hup_recv => true,
             _ = tokio::time::sleep(CONFIG_POLL) => false,
         };
-        let now = fingerprint(&path);
+        let now = match read_fingerprint(&path).await {
+            Some(now) => now,
+            // The read itself failed: no news about the file.
+            None if by_signal => last,
+            None => continue,
+        };
         if by_signal || now != last {
             tracing::info!(path = %path.display(), trigger = if by_signal { "SIGHUP" } else { "file changed" }, "reloading config");
             last = now;

@@ -205,7 +205,11 @@ impl Deliverer {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            match self.reload_secrets() {
+            let this = self.clone();
+            let read = crate::file_read::repeated_read(move || this.reload_secrets())
+                .await
+                .unwrap_or_else(|| Err("the secret read stopped".to_string()));
+            match read {
                 Ok(true) => {
                     failing = false;
                     tracing::info!(endpoint = %self.endpoint.name, "secret file changed; signing with the new secret");
