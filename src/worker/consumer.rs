@@ -186,6 +186,7 @@ impl Worker {
         let stream = self.own_stream().await?;
         let (start, existing) = self.start(&stream).await?;
         let config = self.consumer_config(start);
+        let written = config.max_ack_pending;
         // An update when the consumer exists: one deleted since (its drain finished
         // on a replica that still reads copies for the endpoint) fails the bind, which
         // is tried again, rather than coming back from where it first started.
@@ -199,7 +200,18 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+        let bound = bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
+        // A rate change while this bind ran may have looked for the consumer before it
+        // was made ([`Worker::follow_window`] found none) and left the window computed
+        // before the change: the rate in force now wins.
+        let config = self.consumer_config(start);
+        if config.max_ack_pending == written {
+            return Ok(bound);
+        }
+        stream
+            .update_consumer(config)
+            .await
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
 
     /// Brings the consumer's window in line with the rate limit in force, by an update
