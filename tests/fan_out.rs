@@ -1471,3 +1471,65 @@ async fn an_ordered_endpoint_whose_consumer_is_refused_gets_its_messages_once_it
     .await;
     assert!(natshook.dead_letters("a").is_empty());
 }
+
+/// The `max_ack_pending` of every consumer on the work streams.
+async fn work_windows(js: &jetstream::Context) -> Vec<i64> {
+    let mut windows = Vec::new();
+    for i in 0..16 {
+        let name = format!("EVENTS_natshook_WORK_{i}");
+        let stream = js.get_stream(&name).await.expect("work stream");
+        for consumer in consumers(js, &name).await {
+            if let Ok(info) = stream.consumer_info(&consumer).await {
+                windows.push(info.config.max_ack_pending);
+            }
+        }
+    }
+    windows
+}
+
+/// A `rate_limit` changed in place reaches the consumer a fan-out endpoint reads its
+/// copies through: the window follows the new rate (what it delivers in a third of
+/// `ack_wait`), and every copy is still delivered once, as a first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_change_in_place_resizes_the_window_of_a_fan_out_endpoints_consumer() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = |rate: &str| {
+        endpoint_a(
+            &nats,
+            &rx,
+            &format!("rate_limit = \"{rate}\"\nconcurrency = 32"),
+            false,
+        )
+    };
+    let natshook = Natshook::start(&config("2/s")).await;
+    let js = jetstream::new(nats.client().await);
+    let leads = leads(60, "resized");
+    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, leads).await;
+    // Behind at 2/s, the endpoint reads its copies through a consumer of its own.
+    wait_until(Duration::from_secs(10), "a window of 20 at 2/s", || {
+        let js = js.clone();
+        async move { work_windows(&js).await == [20] }
+    })
+    .await;
+
+    reload(&natshook, &config("4/s"), "rate limit changed", "4/s").await;
+    assert_eq!(work_windows(&js).await, [40]);
+
+    rx.wait_for(Duration::from_secs(40), "every lead", |r| {
+        let got = r.delivered_ids();
+        ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_once(&rx, &ids);
+    let later: Vec<_> = rx
+        .received()
+        .iter()
+        .filter(|r| r.header("x-webhook-attempt") != "1")
+        .map(|r| r.id().to_string())
+        .collect();
+    assert!(later.is_empty(), "attempts other than 1: {later:?}");
+    assert!(natshook.dead_letters("a").is_empty());
+}
