@@ -1533,3 +1533,64 @@ async fn a_rate_change_in_place_resizes_the_window_of_a_fan_out_endpoints_consum
     assert!(later.is_empty(), "attempts other than 1: {later:?}");
     assert!(natshook.dead_letters("a").is_empty());
 }
+
+/// An endpoint made `ordered` while copies of it wait, after the source stream lost
+/// one of their messages from its interior (as per-subject limits and message TTLs
+/// delete): the copies stay, one being the only record left of that message, and it
+/// is delivered once the endpoint reads copies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_message_deleted_from_the_source_stay_when_the_endpoint_is_made_ordered() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = |ordered: bool| {
+        endpoint_a(
+            &nats,
+            &rx,
+            "rate_limit = \"5/s\"\nconcurrency = 16",
+            ordered,
+        )
+    };
+    let natshook = Natshook::start(&config(false)).await;
+    let js = jetstream::new(nats.client().await);
+    let mut source = js.get_stream("EVENTS").await.unwrap();
+    let before = source.info().await.unwrap().state.last_sequence;
+    let leads = leads(40, "kept");
+    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, leads).await;
+    rx.wait_for(Duration::from_secs(10), "the first deliveries", |r| {
+        r.count() >= 3
+    })
+    .await;
+    let gone = &ids[30];
+    assert!(source.delete_message(before + 31).await.unwrap());
+
+    reload(
+        &natshook,
+        &config(true),
+        "no longer holds every message",
+        "the copies kept",
+    )
+    .await;
+    rx.wait_for(
+        Duration::from_secs(30),
+        "every lead the source holds",
+        |r| {
+            let got = r.delivered_ids();
+            ids.iter()
+                .filter(|id| *id != gone)
+                .all(|id| got.contains_key(id))
+        },
+    )
+    .await;
+    assert!(!rx.delivered_ids().contains_key(gone));
+
+    natshook.rewrite_config(&config(false));
+    natshook.signal("HUP");
+    rx.wait_for(
+        Duration::from_secs(30),
+        "the deleted lead, from its copy",
+        |r| r.delivered_ids().contains_key(gone),
+    )
+    .await;
+    assert!(natshook.dead_letters("a").is_empty());
+}

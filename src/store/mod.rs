@@ -80,6 +80,52 @@ pub async fn reset_consumer(
     }
 }
 
+/// Interior deletes listed to tell whether one is at or after a sequence; a stream
+/// with more counts as having a gap there (the list is one reply, and megabytes of
+/// sequences are not worth reading for this).
+const DELETES_LISTED: u64 = 10_000;
+
+/// Whether `stream` still holds every message from sequence `from` on: it has limits
+/// retention (under interest or work-queue retention, what every consumer acked is
+/// gone), nothing from `from` on dropped at its head, and nothing from `from` on
+/// deleted from its interior (per-subject limits, message TTLs, a deleted message).
+pub async fn holds_every_from(
+    js: &jetstream::Context,
+    stream: &str,
+    from: u64,
+) -> Result<bool, String> {
+    let info = |deleted_details: bool| async move {
+        let reply: jetstream::response::Response<jetstream::stream::Info> = js
+            .request(
+                format!("STREAM.INFO.{stream}"),
+                &serde_json::json!({ "deleted_details": deleted_details }),
+            )
+            .await
+            .map_err(|e| format!("stream {stream}: {e}"))?;
+        match reply {
+            jetstream::response::Response::Ok(info) => Ok(info),
+            jetstream::response::Response::Err { error } => {
+                Err(format!("stream {stream}: {error}"))
+            }
+        }
+    };
+    let brief = info(false).await?;
+    if brief.config.retention != jetstream::stream::RetentionPolicy::Limits
+        || brief.state.first_sequence > from
+    {
+        return Ok(false);
+    }
+    match brief.state.deleted_count.unwrap_or(0) {
+        0 => Ok(true),
+        n if n > DELETES_LISTED => Ok(false),
+        _ => {
+            let detailed = info(true).await?;
+            let deleted = detailed.state.deleted.unwrap_or_default();
+            Ok(detailed.state.first_sequence <= from && deleted.iter().all(|&d| d < from))
+        }
+    }
+}
+
 /// Every consumer of `stream` by name, listed in pages of full consumer info.
 pub async fn consumer_infos(
     js: &jetstream::Context,

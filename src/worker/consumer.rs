@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::{RetentionPolicy, Stream};
+use async_nats::jetstream::stream::Stream;
 use tokio::sync::Semaphore;
 
 use super::{PullConsumer, Worker};
@@ -484,16 +484,11 @@ impl Worker {
         }
     }
 
-    /// Whether the source stream still holds every message from sequence `from` on:
-    /// limits retention (under interest or work-queue retention, what every consumer
-    /// acked is gone) and nothing before `from` dropped under its limits. Until then,
-    /// copies of those messages may be the only ones left, and are kept.
+    /// Whether the source stream still holds every message from sequence `from` on
+    /// ([`crate::store::holds_every_from`]). Until then, copies of those messages may
+    /// be the only ones left, and are kept.
     async fn source_holds_from(&self, from: u64) -> Result<bool, String> {
-        let name = &self.shared.stream_name;
-        let stream =
-            (self.shared.js.get_stream(name).await).map_err(|e| format!("stream {name}: {e}"))?;
-        let info = stream.cached_info();
-        Ok(info.config.retention == RetentionPolicy::Limits && info.state.first_sequence <= from)
+        crate::store::holds_every_from(&self.shared.js, &self.shared.stream_name, from).await
     }
 
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
