@@ -204,12 +204,11 @@ impl Worker {
         // A rate change while this bind ran may have looked for the consumer before it
         // was made ([`Worker::follow_window`] found none) and left the window computed
         // before the change: the rate in force now wins.
-        let config = self.consumer_config(start);
-        if config.max_ack_pending == written {
+        if window(&self.endpoint, self.rate_limit()) == written {
             return Ok(bound);
         }
         stream
-            .update_consumer(config)
+            .update_consumer(self.consumer_config(start))
             .await
             .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
     }
