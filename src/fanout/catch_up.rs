@@ -24,7 +24,8 @@ use futures_util::StreamExt;
 
 use super::targets::{Target, Targets};
 use crate::config::{Backlog, Endpoint};
-use crate::store::work_stream::{fetch_page, header_pairs, SourceFacts, WorkStream};
+use crate::store::copy::{copy_headers, header_pairs, SourceFacts};
+use crate::store::work_stream::{fetch_page, WorkStream};
 
 /// At a process's first bind, how long before the process started: an endpoint
 /// created just before may have been handled without by the process before it,
@@ -126,7 +127,7 @@ pub(super) async fn catch_up(
                         continue;
                     }
                     let endpoint = &worker.endpoint().name;
-                    let headers = work.copy_headers(msg.headers.as_ref(), &facts, endpoint);
+                    let headers = copy_headers(msg.headers.as_ref(), &facts, endpoint);
                     // Where the fan-out puts its copies for it, so that a message
                     // copied both ways is one message of one stream.
                     let subject = match worker.takes_lane() {

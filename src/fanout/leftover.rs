@@ -28,9 +28,10 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::copy::{leftover_copy_headers, SourceFacts, NATS_MSG_ID};
 use crate::store::forgotten::Forgotten;
 use crate::store::unattempted::{Delivered, Unattempted};
-use crate::store::work_stream::{SourceFacts, WorkStream, NATS_MSG_ID};
+use crate::store::work_stream::WorkStream;
 
 /// How long one fetch waits for the leftover's messages; a retry waiting out its delay
 /// is looked for again after this.
@@ -247,8 +248,7 @@ impl Leftover<'_> {
         };
         let attempts = before.saturating_sub(noted);
         let mut headers =
-            self.work
-                .leftover_copy_headers(msg.headers.as_ref(), &facts, self.endpoint, attempts);
+            leftover_copy_headers(msg.headers.as_ref(), &facts, self.endpoint, attempts);
         let id = headers
             .get(NATS_MSG_ID)
             .map(|v| v.as_str().to_string())

@@ -42,8 +42,9 @@ pub use self::scan::scan;
 pub use self::targets::{Target, Targets};
 use crate::backoff::Backoff;
 use crate::store;
+use crate::store::copy::{copy_headers, header_pairs, SourceFacts};
 use crate::store::pull_stream::{self, Liveness, PullStream};
-use crate::store::work_stream::{header_pairs, SourceFacts, WorkStream};
+use crate::store::work_stream::WorkStream;
 use crate::worker::{SourceConsumer, Worker};
 
 /// Source messages being copied at once: enough to keep the work stream's publish
@@ -500,7 +501,7 @@ fn copy<'a>(
         let mut woken = Vec::new();
         for worker in targets.of(&mapped) {
             let name = &worker.endpoint().name;
-            let h = work.copy_headers(msg.headers.as_ref(), &facts, name);
+            let h = copy_headers(msg.headers.as_ref(), &facts, name);
             let on_lane = worker.takes_lane();
             let subject = if on_lane {
                 work.lane_subject(name)

@@ -4,12 +4,8 @@
 //! exists only while the endpoint has work, so an idle endpoint costs JetStream
 //! nothing and the source stream needs one consumer, not one per endpoint.
 //!
-//! A copy carries what delivery needs from the source message in `Natshook-Source-*`
-//! headers (subject, stream, sequence, publish time, `Nats-Msg-Id`), so its id, event,
-//! tenant and envelope are the ones the source message gives: a copy delivered twice
-//! carries the same id as the source message would. Its own `Nats-Msg-Id` names the
-//! source message and the endpoint, so copying the same message again (a redelivered
-//! source message) stores nothing new within the duplicate window.
+//! What a copy carries from its source message, in `Natshook-Source-*` headers, is
+//! [`super::copy`]'s.
 //!
 //! The streams keep their copies under limits retention, with no limit: an acked copy
 //! stays until natshook purges the endpoint's subject below its consumer's ack floor
@@ -19,28 +15,15 @@
 //! it, and with a thousand busy endpoints that check was a sixth of nats-server's CPU
 //! per delivery.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, stream, ErrorCode};
-use async_nats::HeaderMap;
 use futures_util::StreamExt;
 
+use super::copy::{self, CopyAttempt, SourceFacts};
 use crate::config::NatsConfig;
-
-const SOURCE_SUBJECT: &str = "Natshook-Source-Subject";
-const SOURCE_STREAM: &str = "Natshook-Source-Stream";
-const SOURCE_SEQUENCE: &str = "Natshook-Source-Sequence";
-/// Unix nanoseconds.
-const SOURCE_PUBLISHED: &str = "Natshook-Source-Published";
-const SOURCE_MSG_ID: &str = "Natshook-Source-Msg-Id";
-/// Attempts made on a copy before it moved from the lane to its endpoint's subject.
-const SOURCE_ATTEMPTS: &str = "Natshook-Source-Attempts";
-/// Milliseconds a moved copy waits before its next attempt (its retry delay).
-const SOURCE_WAIT: &str = "Natshook-Source-Wait";
-const INTERNAL_PREFIX: &str = "Natshook-Source-";
-pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// How long a copy's id is remembered: a source message redelivered within it (the
 /// fan-out died between storing its copies and acking it) is not copied twice.
@@ -86,28 +69,6 @@ pub struct WorkStream {
     replicas: usize,
 }
 
-/// What delivery reads from a message: the source message's facts, from the message
-/// itself or, for a copy, from its `Natshook-Source-*` headers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceFacts {
-    pub subject: String,
-    pub stream: String,
-    pub sequence: u64,
-    pub published: SystemTime,
-}
-
-impl SourceFacts {
-    /// The facts of `msg`, a message of the source stream itself, as `info` gives them.
-    pub fn of_source(msg: &jetstream::Message, info: &jetstream::message::Info<'_>) -> Self {
-        Self {
-            subject: msg.subject.to_string(),
-            stream: info.stream.to_string(),
-            sequence: info.stream_sequence,
-            published: SystemTime::from(info.published),
-        }
-    }
-}
-
 /// One page of an ephemeral consumer's messages: at most `max`, waiting up to 2 s for
 /// them.
 pub async fn fetch_page(
@@ -121,16 +82,6 @@ pub async fn fetch_page(
         .messages()
         .await
         .map_err(|e| e.to_string())
-}
-
-/// Where a delivery of a copy stands in its attempts (`WorkStream::attempt_of`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CopyAttempt {
-    /// The attempt this delivery is, from 1.
-    pub number: u32,
-    /// The retry delay this delivery only waits out, with a NAK, when it is the first
-    /// of a copy moved off the lane to wait.
-    pub wait_first: Option<Duration>,
 }
 
 impl WorkStream {
@@ -419,7 +370,8 @@ impl WorkStream {
 
     /// Stores a copy from the lane on `endpoint`'s own subject, after `attempts`
     /// attempts and to wait `wait` before the next: its headers stay the lane copy's, so
-    /// it keeps its source and its `Nats-Msg-Id` (moving it twice stores it once).
+    /// it keeps its source and its `Nats-Msg-Id` (moving it twice stores it once), with
+    /// the attempts and the wait added (`copy::moved_off_lane_headers`).
     /// Returns once JetStream stored it; the caller then acks it on the lane.
     pub async fn move_off_lane(
         &self,
@@ -429,11 +381,7 @@ impl WorkStream {
         attempts: u32,
         wait: Option<Duration>,
     ) -> Result<(), WorkStreamError> {
-        let mut headers = msg.headers.clone().unwrap_or_default();
-        headers.insert(SOURCE_ATTEMPTS, attempts.to_string().as_str());
-        if let Some(wait) = wait {
-            headers.insert(SOURCE_WAIT, wait.as_millis().to_string().as_str());
-        }
+        let headers = copy::moved_off_lane_headers(msg.headers.as_ref(), attempts, wait);
         let failed = |e: String| WorkStreamError {
             stream: self.name_of(endpoint).to_string(),
             message: format!("moving a copy off the lane: {e}"),
@@ -449,96 +397,19 @@ impl WorkStream {
     /// Which attempt a delivery of a copy from `stream` is, the `delivered`-th there.
     /// A copy moved off the lane counts on from the attempts it had there, and its
     /// first delivery on its own subject only waits out the retry delay it was moved
-    /// with: that delivery is no attempt.
+    /// with: that delivery is no attempt (`copy::attempt_of`).
     pub fn attempt_of(
         &self,
         msg: &jetstream::Message,
         stream: &str,
         delivered: i64,
     ) -> CopyAttempt {
-        let delivered = u32::try_from(delivered).unwrap_or(u32::MAX).max(1);
-        let (before, wait): (u32, _) = match msg.headers.as_ref() {
-            Some(h) if !self.is_lane(stream) => (
-                h.get(SOURCE_ATTEMPTS)
-                    .and_then(|v| v.as_str().parse().ok())
-                    .unwrap_or(0),
-                h.get(SOURCE_WAIT)
-                    .and_then(|v| v.as_str().parse().ok())
-                    .map(Duration::from_millis),
-            ),
-            _ => (0, None),
-        };
-        CopyAttempt {
-            number: before
-                .saturating_add(delivered)
-                .saturating_sub(u32::from(wait.is_some()))
-                .max(1),
-            wait_first: wait.filter(|_| delivered == 1),
-        }
+        copy::attempt_of(msg.headers.as_ref(), self.is_lane(stream), delivered)
     }
 
     /// Whether `stream` is the lane.
     pub fn is_lane(&self, stream: &str) -> bool {
         stream == self.lane
-    }
-
-    /// The headers of `endpoint`'s copy of a source message: its own headers (less any
-    /// `Natshook-Source-*` a publisher set, which must not pass for ours), the facts
-    /// delivery needs, and an id that makes a second copy a duplicate.
-    pub fn copy_headers(
-        &self,
-        source: Option<&HeaderMap>,
-        facts: &SourceFacts,
-        endpoint: &str,
-    ) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        if let Some(h) = source {
-            for (name, values) in h.iter() {
-                let name: &str = name.as_ref();
-                if is_internal(name) {
-                    continue;
-                }
-                let target = if name.eq_ignore_ascii_case(NATS_MSG_ID) {
-                    SOURCE_MSG_ID
-                } else {
-                    name
-                };
-                for v in values {
-                    headers.append(target, v.as_str());
-                }
-            }
-        }
-        let nanos = facts
-            .published
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        headers.insert(SOURCE_SUBJECT, facts.subject.as_str());
-        headers.insert(SOURCE_STREAM, facts.stream.as_str());
-        headers.insert(SOURCE_SEQUENCE, facts.sequence.to_string().as_str());
-        headers.insert(SOURCE_PUBLISHED, nanos.to_string().as_str());
-        headers.insert(
-            NATS_MSG_ID,
-            format!("{}.{}.{endpoint}", facts.stream, facts.sequence).as_str(),
-        );
-        headers
-    }
-
-    /// The headers of `endpoint`'s copy of a message its former consumer on the source
-    /// stream still held (`fanout::leftover`): a copy as the fan-out makes it, whose
-    /// attempts count on from the `attempts` it had there.
-    pub fn leftover_copy_headers(
-        &self,
-        source: Option<&HeaderMap>,
-        facts: &SourceFacts,
-        endpoint: &str,
-        attempts: u32,
-    ) -> HeaderMap {
-        let mut headers = self.copy_headers(source, facts, endpoint);
-        if attempts > 0 {
-            headers.insert(SOURCE_ATTEMPTS, attempts.to_string().as_str());
-        }
-        headers
     }
 
     /// A copy's source facts, or `None` when `msg` is not from this work stream (a
@@ -547,15 +418,7 @@ impl WorkStream {
         if stream != self.lane && !self.names.iter().any(|n| n == stream) {
             return None;
         }
-        let h = msg.headers.as_ref()?;
-        let get = |name: &str| h.get(name).map(|v| v.as_str());
-        let nanos: u64 = get(SOURCE_PUBLISHED)?.parse().ok()?;
-        Some(SourceFacts {
-            subject: get(SOURCE_SUBJECT)?.to_string(),
-            stream: get(SOURCE_STREAM)?.to_string(),
-            sequence: get(SOURCE_SEQUENCE)?.parse().ok()?,
-            published: UNIX_EPOCH + Duration::from_nanos(nanos),
-        })
+        SourceFacts::of_copy(msg.headers.as_ref()?)
     }
 }
 
@@ -598,11 +461,7 @@ async fn oldest_source(
                 let msg = msg.map_err(|e| e.to_string())?;
                 got += 1;
                 left = msg.info().map_or(left.saturating_sub(1), |i| i.pending);
-                let sequence = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(SOURCE_SEQUENCE))
-                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                let sequence = msg.headers.as_ref().and_then(copy::source_sequence);
                 if let Some(seq) = sequence {
                     oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
                 }
@@ -638,41 +497,6 @@ fn shard(endpoint: &str) -> usize {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     (hash % SHARDS as u64) as usize
-}
-
-/// A header natshook puts on a copy: never passed on to a receiver or a record.
-pub fn is_internal(name: &str) -> bool {
-    name.len() >= INTERNAL_PREFIX.len()
-        && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
-}
-
-/// A message's NATS headers as (name, value) pairs, each value of a repeated name; a
-/// copy's (`copy`) as its source message had them.
-pub fn header_pairs(msg: &jetstream::Message, copy: bool) -> impl Iterator<Item = (&str, &str)> {
-    msg.headers.iter().flat_map(move |h| {
-        h.iter()
-            .filter_map(move |(name, values)| {
-                let name = as_source_header(name.as_ref(), copy)?;
-                Some(values.iter().map(move |v| (name, v.as_str())))
-            })
-            .flatten()
-    })
-}
-
-/// A copy's header as the source message had it: `Natshook-Source-Msg-Id` is the
-/// source's `Nats-Msg-Id`, the copy's own `Nats-Msg-Id` and the other source facts
-/// are not message headers. `None`: leave the header out.
-pub fn as_source_header(name: &str, copy: bool) -> Option<&str> {
-    if !copy {
-        return Some(name);
-    }
-    if name.eq_ignore_ascii_case(SOURCE_MSG_ID) {
-        return Some(NATS_MSG_ID);
-    }
-    if is_internal(name) || name.eq_ignore_ascii_case(NATS_MSG_ID) {
-        return None;
-    }
-    Some(name)
 }
 
 #[cfg(test)]
@@ -715,35 +539,5 @@ mod tests {
             counts.iter().all(|&n| (30..=100).contains(&n)),
             "{counts:?}"
         );
-    }
-
-    #[test]
-    fn a_copy_keeps_the_source_headers_and_hides_forged_ones() {
-        let mut source = HeaderMap::new();
-        source.insert("Nats-Msg-Id", "order-1");
-        source.insert("X-Custom", "v");
-        source.insert("natshook-source-subject", "forged");
-        let facts = SourceFacts {
-            subject: "orders.created".into(),
-            stream: "EVENTS".into(),
-            sequence: 42,
-            published: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-        };
-        let h = work().copy_headers(Some(&source), &facts, "crm");
-        assert_eq!(
-            h.get("Nats-Msg-Id").map(|v| v.as_str()),
-            Some("EVENTS.42.crm")
-        );
-        assert_eq!(h.get(SOURCE_MSG_ID).map(|v| v.as_str()), Some("order-1"));
-        assert_eq!(h.get("X-Custom").map(|v| v.as_str()), Some("v"));
-        assert_eq!(
-            h.get(SOURCE_SUBJECT).map(|v| v.as_str()),
-            Some("orders.created")
-        );
-        assert_eq!(as_source_header(SOURCE_MSG_ID, true), Some("Nats-Msg-Id"));
-        assert_eq!(as_source_header("Nats-Msg-Id", true), None);
-        assert_eq!(as_source_header(SOURCE_SUBJECT, true), None);
-        assert_eq!(as_source_header("X-Custom", true), Some("X-Custom"));
-        assert_eq!(as_source_header("Nats-Msg-Id", false), Some("Nats-Msg-Id"));
     }
 }

@@ -18,9 +18,10 @@ use crate::envelope::{self, MessageFacts};
 use crate::events::{DeadLetterEvent, EventFacts};
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
+use crate::store::copy::{header_pairs, NATS_MSG_ID};
 use crate::store::dead_letters::DeadLetter;
 use crate::store::unattempted::Delivered;
-use crate::store::work_stream::{header_pairs, WorkStream, NATS_MSG_ID};
+use crate::store::work_stream::WorkStream;
 use crate::time;
 
 /// The longest retry delay a copy waits out on the lane.
@@ -36,7 +37,7 @@ struct MessageMeta {
     stream: String,
     sequence: u64,
     published: SystemTime,
-    /// A copy on the work stream: its headers are read through `work_stream::header_pairs`.
+    /// A copy on the work stream: its headers are read through `store::copy::header_pairs`.
     copy: bool,
     /// A copy on the lane: a long retry delay moves it off (see `settle`).
     on_lane: bool,
