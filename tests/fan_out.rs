@@ -1211,6 +1211,29 @@ async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream
     assert!(natshook.dead_letters("b0").is_empty());
 }
 
+/// Endpoint `a`'s settings that keep copies of it waiting: 5 deliveries a second.
+const SLOW: &str = "rate_limit = \"5/s\"\nconcurrency = 16";
+
+/// natshook with the [`SLOW`] endpoint `a` (unordered), 40 leads `<prefix>-<i>`
+/// published and the first 3 delivered: the rest wait as copies, some of them fetched
+/// by its worker. Returns the leads' ids.
+async fn copies_waiting(
+    nats: &NatsServer,
+    rx: &Receiver,
+    prefix: &str,
+) -> (Natshook, jetstream::Context, Vec<String>) {
+    let natshook = Natshook::start(&endpoint_a(nats, rx, SLOW, false)).await;
+    let js = jetstream::new(nats.client().await);
+    let leads = leads(40, prefix);
+    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, leads).await;
+    rx.wait_for(Duration::from_secs(10), "the first deliveries", |r| {
+        r.count() >= 3
+    })
+    .await;
+    (natshook, js, ids)
+}
+
 /// An endpoint made `ordered` while its worker holds copies it fetched and has not
 /// started (here waiting for its `rate_limit`'s tokens) reads the source stream from
 /// before them: the held copies are not delivered on top, so each message comes once,
@@ -1219,26 +1242,10 @@ async fn an_endpoint_made_ordered_misses_nothing_and_does_not_receive_the_stream
 async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order() {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
-    let config = |ordered: bool| {
-        endpoint_a(
-            &nats,
-            &rx,
-            "rate_limit = \"5/s\"\nconcurrency = 16",
-            ordered,
-        )
-    };
-    let natshook = Natshook::start(&config(false)).await;
-    let js = jetstream::new(nats.client().await);
-    let leads = leads(40, "held");
-    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
-    publish_all(&js, leads).await;
-    rx.wait_for(Duration::from_secs(10), "the first deliveries", |r| {
-        r.count() >= 3
-    })
-    .await;
+    let (natshook, _js, ids) = copies_waiting(&nats, &rx, "held").await;
     reload(
         &natshook,
-        &config(true),
+        &endpoint_a(&nats, &rx, SLOW, true),
         "config reloaded",
         "the switch applied",
     )
@@ -1542,31 +1549,17 @@ async fn a_rate_change_in_place_resizes_the_window_of_a_fan_out_endpoints_consum
 async fn copies_of_a_message_deleted_from_the_source_stay_when_the_endpoint_is_made_ordered() {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
-    let config = |ordered: bool| {
-        endpoint_a(
-            &nats,
-            &rx,
-            "rate_limit = \"5/s\"\nconcurrency = 16",
-            ordered,
-        )
-    };
-    let natshook = Natshook::start(&config(false)).await;
-    let js = jetstream::new(nats.client().await);
+    let (natshook, js, ids) = copies_waiting(&nats, &rx, "kept").await;
+    // The leads are the last 40 messages of the source stream: lead 30 is the 10th
+    // from its end.
     let mut source = js.get_stream("EVENTS").await.unwrap();
-    let before = source.info().await.unwrap().state.last_sequence;
-    let leads = leads(40, "kept");
-    let ids: Vec<String> = leads.iter().filter_map(|(_, _, id)| id.clone()).collect();
-    publish_all(&js, leads).await;
-    rx.wait_for(Duration::from_secs(10), "the first deliveries", |r| {
-        r.count() >= 3
-    })
-    .await;
+    let last = source.info().await.unwrap().state.last_sequence;
     let gone = &ids[30];
-    assert!(source.delete_message(before + 31).await.unwrap());
+    assert!(source.delete_message(last - 9).await.unwrap());
 
     reload(
         &natshook,
-        &config(true),
+        &endpoint_a(&nats, &rx, SLOW, true),
         "no longer holds every message",
         "the copies kept",
     )
@@ -1584,7 +1577,7 @@ async fn copies_of_a_message_deleted_from_the_source_stay_when_the_endpoint_is_m
     .await;
     assert!(!rx.delivered_ids().contains_key(gone));
 
-    natshook.rewrite_config(&config(false));
+    natshook.rewrite_config(&endpoint_a(&nats, &rx, SLOW, false));
     natshook.signal("HUP");
     rx.wait_for(
         Duration::from_secs(30),
