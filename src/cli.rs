@@ -529,8 +529,16 @@ fn on_runtime(
     let runtime = scheduler
         .build()
         .map_err(|e| Failure::Runtime(anyhow!("cannot start the runtime: {e}")))?;
-    runtime.block_on(work)
+    let result = runtime.block_on(work);
+    // Dropped, the runtime would wait for every blocking task: a file read hung on a
+    // stuck mount would keep the process from exiting after its drain.
+    runtime.shutdown_timeout(BLOCKING_AT_EXIT);
+    result
 }
+
+/// How long the exit waits for blocking tasks still running (file reads, a config
+/// parse) once the work is done.
+const BLOCKING_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn run(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path)?;

@@ -44,8 +44,8 @@
 //! * `metrics`: the contract's Prometheus metrics.
 //! * Leaves: `backoff` (the one retry back-off), `rate_limit`, `time` (epoch and RFC 3339),
 //!   `pem` (endpoint TLS files), `settings` (settings the config owns, e.g. the delivery
-//!   log's), `file_read` (repeated file reads, kept off the one-thread scheduler's
-//!   thread), `allocator` (jemalloc as the global allocator, feature `jemalloc`).
+//!   log's), `file_read` (repeated file reads, on the blocking pool, a few at a time),
+//!   `allocator` (jemalloc as the global allocator, feature `jemalloc`).
 //!
 //! # The path of one message
 //!

@@ -27,7 +27,10 @@ async fn read_fingerprint(path: &Path) -> Option<Option<[u8; 32]>> {
 
 /// Watches for SIGHUP and config file changes and reloads.
 pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: CancellationToken) {
-    let mut last = read_fingerprint(&path).await.flatten();
+    let mut last = tokio::select! {
+        _ = stop.cancelled() => return,
+        read = read_fingerprint(&path) => read.flatten(),
+    };
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -47,7 +50,11 @@ pub(super) async fn watch_config(sup: Arc<Supervisor>, path: PathBuf, stop: Canc
             _ = hup_recv => true,
             _ = tokio::time::sleep(CONFIG_POLL) => false,
         };
-        let now = match read_fingerprint(&path).await {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            read = read_fingerprint(&path) => read,
+        };
+        let now = match read {
             Some(now) => now,
             // The read itself failed: no news about the file.
             None if by_signal => last,

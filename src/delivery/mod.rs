@@ -39,7 +39,7 @@ use crate::config::Endpoint;
 use crate::envelope::{self, EnvelopeError, MessageFacts};
 use crate::metrics::AttemptStatus;
 use crate::otel::{AttemptEnd, AttemptFacts, AttemptTracer};
-use crate::secret::SecretRef;
+use crate::secret::{Secret, SecretRef};
 use crate::signing::Signer;
 
 /// Response bytes kept for logs and dead letters.
@@ -175,14 +175,9 @@ impl Deliverer {
         self
     }
 
-    /// Re-reads the endpoint's secrets and swaps the signer when they changed, so a
-    /// rotated Kubernetes Secret takes effect without a restart. A secret that cannot
-    /// be read right now (e.g. mid-update) keeps the current signer.
-    pub fn reload_secrets(&self) -> Result<bool, String> {
-        let mut secrets = Vec::with_capacity(self.endpoint.secret_refs.len());
-        for r in &self.endpoint.secret_refs {
-            secrets.push(r.resolve().map_err(|e| e.to_string())?);
-        }
+    /// Swaps the signer for one with `secrets` when they differ from its keys, so a
+    /// rotated Kubernetes Secret takes effect without a restart; whether it did.
+    fn use_secrets(&self, secrets: Vec<Secret>) -> Result<bool, String> {
         let current = self.signer.load();
         let next = Signer::new(current.scheme(), current.header().clone(), secrets)
             .map_err(|e| e.to_string())?;
@@ -205,11 +200,15 @@ impl Deliverer {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let this = self.clone();
-            let read = crate::file_read::repeated_read(move || this.reload_secrets())
-                .await
-                .unwrap_or_else(|| Err("the secret read stopped".to_string()));
-            match read {
+            // A secret that cannot be read right now (e.g. mid-update) keeps the
+            // current signer.
+            let endpoint = Arc::clone(&self.endpoint);
+            let read = crate::file_read::repeated_read(move || read_secrets(&endpoint));
+            let read = tokio::select! {
+                _ = stop.cancelled() => return,
+                read = read => read.unwrap_or_else(|| Err("the secret read stopped".to_string())),
+            };
+            match read.and_then(|secrets| self.use_secrets(secrets)) {
                 Ok(true) => {
                     failing = false;
                     tracing::info!(endpoint = %self.endpoint.name, "secret file changed; signing with the new secret");
@@ -393,6 +392,16 @@ async fn drain(mut body: hyper::body::Incoming, kept: &mut BytesMut) {
             }
         }
     }
+}
+
+/// Reads `endpoint`'s secrets now: file reads, run where a hang stops no delivery
+/// ([`crate::file_read`]).
+fn read_secrets(endpoint: &Endpoint) -> Result<Vec<Secret>, String> {
+    endpoint
+        .secret_refs
+        .iter()
+        .map(|r| r.resolve().map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
