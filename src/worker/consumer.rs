@@ -108,6 +108,9 @@ pub fn progress_every(endpoint: &Endpoint) -> Option<Duration> {
     (every < endpoint.timeout).then_some(every)
 }
 
+/// Updates a bind makes after its own write while the rate limit keeps changing.
+const WINDOW_ROUNDS: usize = 3;
+
 /// The consumer's window: at most this many messages unacked. Twice the concurrency
 /// (one for `ordered`), and with a rate limit no more than the rate delivers in a third
 /// of `ack_wait`, so a fetched message is started well within its ack timer.
@@ -200,17 +203,24 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        let bound = bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
+        let mut bound = bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
         // A rate change while this bind ran may have looked for the consumer before it
-        // was made ([`Worker::follow_window`] found none) and left the window computed
-        // before the change: the rate in force now wins.
-        if window(&self.endpoint, self.rate_limit()) == written {
-            return Ok(bound);
+        // was made ([`Worker::follow_window`] found none), or written its window before
+        // this bind's: the rate in force after the last write wins. A few rounds, as
+        // each write can race one more change; the next bind settles any beyond.
+        let mut written = written;
+        for _ in 0..WINDOW_ROUNDS {
+            let config = self.consumer_config(start);
+            if config.max_ack_pending == written {
+                break;
+            }
+            written = config.max_ack_pending;
+            bound = stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
         }
-        stream
-            .update_consumer(self.consumer_config(start))
-            .await
-            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+        Ok(bound)
     }
 
     /// Brings the consumer's window in line with the rate limit in force, by an update
