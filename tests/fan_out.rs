@@ -1550,12 +1550,13 @@ async fn copies_of_a_message_deleted_from_the_source_stay_when_the_endpoint_is_m
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
     let (natshook, js, ids) = copies_waiting(&nats, &rx, "kept").await;
-    // The leads are the last 40 messages of the source stream: lead 30 is the 10th
-    // from its end.
+    fan_out_settled(&natshook, Duration::from_secs(10), "every lead copied").await;
+    // The leads are the last 40 messages of the source stream: lead 36 is the 4th
+    // from its end, 6 s of deliveries away at 5/s.
     let mut source = js.get_stream("EVENTS").await.unwrap();
     let last = source.info().await.unwrap().state.last_sequence;
-    let gone = &ids[30];
-    assert!(source.delete_message(last - 9).await.unwrap());
+    let gone = &ids[36];
+    assert!(source.delete_message(last - 3).await.unwrap());
 
     reload(
         &natshook,
