@@ -1242,7 +1242,20 @@ async fn copies_waiting(
 async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order() {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
-    let (natshook, _js, ids) = copies_waiting(&nats, &rx, "held").await;
+    let (natshook, js, ids) = copies_waiting(&nats, &rx, "held").await;
+    // A message the endpoint does not take, deleted from the source stream after the
+    // leads: no copy is of it, so the copies still go.
+    let other = |id: &str| {
+        (
+            "helpdesk.ticket.opened".to_string(),
+            Bytes::from_static(b"{}"),
+            Some(id.to_string()),
+        )
+    };
+    publish_all(&js, vec![other("other-1"), other("other-2")]).await;
+    let mut source = js.get_stream("EVENTS").await.unwrap();
+    let last = source.info().await.unwrap().state.last_sequence;
+    assert!(source.delete_message(last - 1).await.unwrap());
     reload(
         &natshook,
         &endpoint_a(&nats, &rx, SLOW, true),
@@ -1257,6 +1270,11 @@ async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order(
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_once(&rx, &ids);
+    assert!(
+        !natshook.logs().contains("no longer holds every message"),
+        "copies kept for a deleted message none is of"
+    );
+    assert_eq!(work_copies(&js).await, 0, "the copies removed");
     let order: Vec<usize> = rx
         .received()
         .iter()

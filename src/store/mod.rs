@@ -13,7 +13,7 @@ pub mod replicas;
 pub mod unattempted;
 pub mod work_stream;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -81,20 +81,29 @@ pub async fn reset_consumer(
     }
 }
 
-/// Interior deletes listed to tell whether one is at or after a sequence; a stream
-/// with more counts as having a gap there (the list is one reply, and megabytes of
-/// sequences are not worth reading for this).
+/// Interior deletes listed by [`held_from`]; a stream with more has them counted only
+/// (the list is one reply, and megabytes of sequences are not worth reading for this).
 const DELETES_LISTED: u64 = 10_000;
 
-/// Whether `stream` still holds every message from sequence `from` on: it has limits
-/// retention (under interest or work-queue retention, what every consumer acked is
-/// gone), nothing from `from` on dropped at its head, and nothing from `from` on
-/// deleted from its interior (per-subject limits, message TTLs, a deleted message).
-pub async fn holds_every_from(
+/// What a stream still holds of its messages from a sequence on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeldFrom {
+    /// Every one.
+    All,
+    /// Every one but some deleted from its interior (by a per-subject limit, a message
+    /// TTL, a delete): these, or `None` when there are more than are listed.
+    AllBut(Option<BTreeSet<u64>>),
+    /// Not every one, and which are gone is unknown: some dropped at its head under
+    /// its limits, or acked away under interest or work-queue retention.
+    NotAll,
+}
+
+/// What `stream` still holds of its messages from sequence `from` on.
+pub async fn held_from(
     js: &jetstream::Context,
     stream: &str,
     from: u64,
-) -> Result<bool, String> {
+) -> Result<HeldFrom, String> {
     let info = |deleted_details: bool| async move {
         let reply: jetstream::response::Response<jetstream::stream::Info> = js
             .request(
@@ -114,15 +123,24 @@ pub async fn holds_every_from(
     if brief.config.retention != jetstream::stream::RetentionPolicy::Limits
         || brief.state.first_sequence > from
     {
-        return Ok(false);
+        return Ok(HeldFrom::NotAll);
     }
     match brief.state.deleted_count.unwrap_or(0) {
-        0 => Ok(true),
-        n if n > DELETES_LISTED => Ok(false),
+        0 => Ok(HeldFrom::All),
+        n if n > DELETES_LISTED => Ok(HeldFrom::AllBut(None)),
         _ => {
             let detailed = info(true).await?;
-            let deleted = detailed.state.deleted.unwrap_or_default();
-            Ok(detailed.state.first_sequence <= from && deleted.iter().all(|&d| d < from))
+            if detailed.state.first_sequence > from {
+                return Ok(HeldFrom::NotAll);
+            }
+            let deleted: BTreeSet<u64> = (detailed.state.deleted.unwrap_or_default())
+                .into_iter()
+                .filter(|&d| d >= from)
+                .collect();
+            Ok(match deleted.is_empty() {
+                true => HeldFrom::All,
+                false => HeldFrom::AllBut(Some(deleted)),
+            })
         }
     }
 }

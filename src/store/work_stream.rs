@@ -15,6 +15,7 @@
 //! it, and with a thousand busy endpoints that check was a sixth of nats-server's CPU
 //! per delivery.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -291,13 +292,47 @@ impl WorkStream {
     /// those past the ack floor of its consumer on its own subject (`consumer`; every
     /// copy when it has none) and of the lane's consumer on the lane. `None` when there
     /// is none.
-    /// Read with a headers-only consumer of its own, so a backlog costs no payloads.
     pub async fn oldest_waiting(
         &self,
         js: &jetstream::Context,
         endpoint: &str,
         consumer: &str,
     ) -> Result<Option<u64>, WorkStreamError> {
+        let mut oldest: Option<u64> = None;
+        self.scan_waiting(js, endpoint, consumer, |seq| {
+            oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+        })
+        .await?;
+        Ok(oldest)
+    }
+
+    /// Whether any of `endpoint`'s copies that may still be work (as
+    /// [`WorkStream::oldest_waiting`] reads them) is of a source message in `sequences`.
+    pub async fn waits_for_any(
+        &self,
+        js: &jetstream::Context,
+        endpoint: &str,
+        consumer: &str,
+        sequences: &BTreeSet<u64>,
+    ) -> Result<bool, WorkStreamError> {
+        let mut any = false;
+        self.scan_waiting(js, endpoint, consumer, |seq| {
+            any |= sequences.contains(&seq);
+        })
+        .await?;
+        Ok(any)
+    }
+
+    /// Hands `visit` the source sequence of each of `endpoint`'s copies that may still
+    /// be work. Read with headers-only consumers of its own, so a backlog costs no
+    /// payloads.
+    async fn scan_waiting(
+        &self,
+        js: &jetstream::Context,
+        endpoint: &str,
+        consumer: &str,
+        mut visit: impl FnMut(u64),
+    ) -> Result<(), WorkStreamError> {
         let own = self.name_of(endpoint);
         let failed = |stream: &str, e: String| WorkStreamError {
             stream: stream.to_string(),
@@ -313,9 +348,14 @@ impl WorkStream {
         let lane_acked = super::ack_floor(&lane, &self.lane_consumer)
             .await
             .map_err(|e| failed(&self.lane, e))?;
-        let on_lane = oldest_source(&lane, self.lane_subject(endpoint), lane_acked + 1)
-            .await
-            .map_err(|e| failed(&self.lane, e))?;
+        scan_sources(
+            &lane,
+            self.lane_subject(endpoint),
+            lane_acked + 1,
+            &mut visit,
+        )
+        .await
+        .map_err(|e| failed(&self.lane, e))?;
         let work = js
             .get_stream_no_info(own)
             .await
@@ -323,10 +363,9 @@ impl WorkStream {
         let acked = super::ack_floor(&work, consumer)
             .await
             .map_err(|e| failed(own, e))?;
-        let on_own = oldest_source(&work, self.subject(endpoint), acked + 1)
+        scan_sources(&work, self.subject(endpoint), acked + 1, &mut visit)
             .await
-            .map_err(|e| failed(own, e))?;
-        Ok(on_own.into_iter().chain(on_lane).min())
+            .map_err(|e| failed(own, e))
     }
 
     /// Removes every copy of `endpoint` and its consumer on the work stream: once the
@@ -422,18 +461,19 @@ impl WorkStream {
     }
 }
 
-/// The smallest `Natshook-Source-Sequence` among the copies on `subject` from stream
+/// Hands `visit` the `Natshook-Source-Sequence` of each copy on `subject` from stream
 /// sequence `from` on, read in pages through an ephemeral headers-only consumer until
 /// none is left (copies removed meanwhile end it early: they were acked).
-async fn oldest_source(
+async fn scan_sources(
     stream: &stream::Stream<()>,
     subject: String,
     from: u64,
-) -> Result<Option<u64>, String> {
+    visit: &mut impl FnMut(u64),
+) -> Result<(), String> {
     const PAGE: usize = 1_000;
     // Empty pages in a row with copies still counted: a server this slow to answer
-    // fails the read (and the bind, which is tried again) rather than giving an
-    // oldest copy that is not the oldest.
+    // fails the read (and the bind, which is tried again) rather than ending it with
+    // copies unread.
     const EMPTY_PAGES: u32 = 3;
     let mut consumer = stream
         .create_consumer(pull::Config {
@@ -452,7 +492,6 @@ async fn oldest_source(
     let name = consumer.cached_info().name.clone();
     let mut left = consumer.cached_info().num_pending;
     let result = async {
-        let mut oldest: Option<u64> = None;
         let mut empty = 0;
         while left > 0 {
             let mut page = fetch_page(&consumer, PAGE).await?;
@@ -463,7 +502,7 @@ async fn oldest_source(
                 left = msg.info().map_or(left.saturating_sub(1), |i| i.pending);
                 let sequence = msg.headers.as_ref().and_then(copy::source_sequence);
                 if let Some(seq) = sequence {
-                    oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+                    visit(seq);
                 }
             }
             if got > 0 {
@@ -484,7 +523,7 @@ async fn oldest_source(
                 ));
             }
         }
-        Ok(oldest)
+        Ok(())
     }
     .await;
     let _ = stream.delete_consumer(&name).await;

@@ -13,7 +13,8 @@ use tokio::sync::Semaphore;
 use super::{PullConsumer, Worker};
 use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
-use crate::store::work_stream::fan_out_consumer;
+use crate::store::work_stream::{fan_out_consumer, WorkStream};
+use crate::store::HeldFrom;
 
 /// Unanswered consumer resets after which a reset counts as refused.
 const RESET_TRIES: u32 = 3;
@@ -397,7 +398,11 @@ impl Worker {
         };
         let failed = |e: String| format!("removing the ordered endpoint's former copies: {e}");
         if let Some(oldest) = oldest {
-            if !self.source_holds_from(oldest).await.map_err(failed)? {
+            if !self
+                .source_holds_copies(work, oldest)
+                .await
+                .map_err(failed)?
+            {
                 tracing::warn!(endpoint = %self.endpoint.name, from = oldest, "the source stream no longer holds every message the ordered endpoint's copies are of: the copies stay, undelivered while it is ordered");
                 return Ok(false);
             }
@@ -466,7 +471,12 @@ impl Worker {
             ));
         }
         let name = &self.shared.stream_name;
-        if !self.source_holds_from(from).await.map_err(Reset::Failed)? {
+        // Messages deleted from the stream's interior are skipped by the reset too, but
+        // their copies are kept by the removal that follows it (`forget_copies`).
+        let held = crate::store::held_from(js, name, from)
+            .await
+            .map_err(Reset::Failed)?;
+        if held == HeldFrom::NotAll {
             return Err(Reset::Refused(format!(
                 "stream {name} no longer holds every message from sequence {from} on"
             )));
@@ -493,11 +503,23 @@ impl Worker {
         }
     }
 
-    /// Whether the source stream still holds every message from sequence `from` on
-    /// ([`crate::store::holds_every_from`]). Until then, copies of those messages may
-    /// be the only ones left, and are kept.
-    async fn source_holds_from(&self, from: u64) -> Result<bool, String> {
-        crate::store::holds_every_from(&self.shared.js, &self.shared.stream_name, from).await
+    /// Whether the source stream still holds the message of each of the endpoint's
+    /// copies waiting, the oldest of which is of sequence `oldest`. Until then, a copy
+    /// may be the only record left of its message, and the copies are kept. With
+    /// messages deleted from the stream's interior since, the copies are read to tell
+    /// whether one is of such a message; with more deletes than are listed, they are
+    /// kept.
+    async fn source_holds_copies(&self, work: &WorkStream, oldest: u64) -> Result<bool, String> {
+        let js = &self.shared.js;
+        match crate::store::held_from(js, &self.shared.stream_name, oldest).await? {
+            HeldFrom::All => Ok(true),
+            HeldFrom::NotAll | HeldFrom::AllBut(None) => Ok(false),
+            HeldFrom::AllBut(Some(deleted)) => work
+                .waits_for_any(js, &self.endpoint.name, &self.consumer_name, &deleted)
+                .await
+                .map(|any| !any)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     /// Creates an `ordered` endpoint's consumer on the source stream (`stream`) when it
