@@ -1236,8 +1236,8 @@ async fn copies_waiting(
 
 /// An endpoint made `ordered` while its worker holds copies it fetched and has not
 /// started (here waiting for its `rate_limit`'s tokens) reads the source stream from
-/// before them: the held copies are not delivered on top, so each message comes once,
-/// in the source's order.
+/// before them: the held copies are not delivered on top, so each message comes once
+/// (but one in flight at the switch, which may come again), in the source's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order() {
     let nats = NatsServer::start();
@@ -1263,22 +1263,34 @@ async fn an_endpoint_made_ordered_while_it_holds_copies_gets_each_once_in_order(
         "the switch applied",
     )
     .await;
+    let switched = std::time::Instant::now();
     rx.wait_for(Duration::from_secs(30), "every lead", |r| {
         let got = r.delivered_ids();
         ids.iter().all(|id| got.contains_key(id))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_once(&rx, &ids);
+    // Only a delivery in flight at the switch may come again (from the source stream,
+    // at least once): a held copy delivered on top would first come after it.
+    let received = rx.received();
+    let first = |id: &str| received.iter().find(|r| r.id() == id);
+    let again_after: Vec<&String> = ids
+        .iter()
+        .filter(|id| received.iter().filter(|r| r.id() == id.as_str()).count() > 1)
+        .filter(|id| first(id).is_some_and(|r| r.at > switched))
+        .collect();
+    assert!(
+        again_after.is_empty(),
+        "delivered twice, first after the switch: {again_after:?}"
+    );
     assert!(
         !natshook.logs().contains("no longer holds every message"),
         "copies kept for a deleted message none is of"
     );
     assert_eq!(work_copies(&js).await, 0, "the copies removed");
-    let order: Vec<usize> = rx
-        .received()
+    let order: Vec<usize> = first_successes(&received)
         .iter()
-        .filter_map(|r| ids.iter().position(|id| id == r.id()))
+        .filter_map(|id| ids.iter().position(|i| i == id))
         .collect();
     assert!(
         order.windows(2).all(|w| w[0] < w[1]),
