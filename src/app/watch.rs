@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::supervisor::Supervisor;
+use crate::file_read::Reading;
 
 /// How often the config file is checked for changes (besides SIGHUP).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -22,7 +23,7 @@ fn fingerprint(path: &Path) -> Option<[u8; 32]> {
 
 async fn read_fingerprint(path: &Path) -> Option<Option<[u8; 32]>> {
     let path = path.to_path_buf();
-    crate::file_read::repeated_read(move || fingerprint(&path)).await
+    crate::file_read::repeated_read(Reading::Config, move || fingerprint(&path)).await
 }
 
 /// Watches for SIGHUP and config file changes and reloads.

@@ -37,6 +37,7 @@ pub use self::headers::{
 };
 use crate::config::Endpoint;
 use crate::envelope::{self, EnvelopeError, MessageFacts};
+use crate::file_read::Reading;
 use crate::metrics::AttemptStatus;
 use crate::otel::{AttemptEnd, AttemptFacts, AttemptTracer};
 use crate::secret::{Secret, SecretRef};
@@ -203,7 +204,8 @@ impl Deliverer {
             // A secret that cannot be read right now (e.g. mid-update) keeps the
             // current signer.
             let endpoint = Arc::clone(&self.endpoint);
-            let read = crate::file_read::repeated_read(move || read_secrets(&endpoint));
+            let read =
+                crate::file_read::repeated_read(Reading::Secrets, move || read_secrets(&endpoint));
             let read = tokio::select! {
                 _ = stop.cancelled() => return,
                 read = read => read.unwrap_or_else(|| Err("the secret read stopped".to_string())),

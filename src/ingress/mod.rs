@@ -37,6 +37,7 @@ use self::answer::{answer, unavailable, Answer, Refusal};
 use self::body::{read_body, Bodies};
 use self::request::{check_head, nats_headers, subject, verify};
 use crate::config::NatsConfig;
+use crate::file_read::Reading;
 use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics, INGRESS_UNMATCHED_ROUTE};
 
 /// A route and its metric children.
@@ -176,31 +177,47 @@ impl Ingress {
                 _ = tokio::time::sleep(every) => {}
             }
             let current = self.table.load_full();
+            // The routes verified with `{ file }` secrets, read off the runtime's
+            // threads ([`crate::file_read`]).
+            let refs: Vec<(usize, Vec<crate::secret::SecretRef>)> = (current.routes.iter())
+                .enumerate()
+                .filter(|(_, live)| {
+                    matches!(live.route.verify, Verify::Signed(_))
+                        && (live.route.secret_refs.iter()).any(crate::secret::SecretRef::is_file)
+                })
+                .map(|(i, live)| (i, live.route.secret_refs.clone()))
+                .collect();
+            if refs.is_empty() {
+                continue;
+            }
+            let read = crate::file_read::repeated_read(Reading::Secrets, move || {
+                refs.into_iter()
+                    .map(|(i, refs)| {
+                        let secrets = (refs.iter())
+                            .map(|r| r.resolve().map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<_>, _>>();
+                        (i, secrets)
+                    })
+                    .collect::<HashMap<_, _>>()
+            });
+            let mut read = tokio::select! {
+                _ = stop.cancelled() => return,
+                read = read => read.unwrap_or_default(),
+            };
             let mut changed = Vec::new();
             let mut routes: Vec<Route> = Vec::with_capacity(current.routes.len());
             let mut error = None;
-            for live in &current.routes {
+            for (i, live) in current.routes.iter().enumerate() {
                 let mut route = live.route.clone();
-                if let (Verify::Signed(signer), true) = (
-                    &route.verify,
-                    route
-                        .secret_refs
-                        .iter()
-                        .any(crate::secret::SecretRef::is_file),
-                ) {
-                    let fresh = route
-                        .secret_refs
-                        .iter()
-                        .map(|r| r.resolve().map_err(|e| e.to_string()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .and_then(|secrets| {
-                            crate::signing::Signer::verifier(
-                                signer.scheme(),
-                                signer.header().clone(),
-                                secrets,
-                            )
-                            .map_err(|e| e.to_string())
-                        });
+                if let (Verify::Signed(signer), Some(secrets)) = (&route.verify, read.remove(&i)) {
+                    let fresh = secrets.and_then(|secrets| {
+                        crate::signing::Signer::verifier(
+                            signer.scheme(),
+                            signer.header().clone(),
+                            secrets,
+                        )
+                        .map_err(|e| e.to_string())
+                    });
                     match fresh {
                         Ok(fresh) if !fresh.same_keys(signer) => {
                             changed.push(route.path.to_string());
