@@ -338,9 +338,11 @@ impl Worker {
     /// everything from there comes again, in order; and the copies go. A replica that
     /// has not seen the change yet may go on draining the consumer: apply such a change
     /// to every replica at about the same time. Without the reset (nats-server before
-    /// 2.14, or a source stream that no longer holds those messages) the copies stay,
-    /// and the messages they hold are not delivered to the endpoint while it is
-    /// `ordered`. A reset starts the attempts of what it delivers again at 1.
+    /// 2.14, or a source stream that dropped messages at its head since) the copies
+    /// stay, and the messages they hold are not delivered to the endpoint while it is
+    /// `ordered`. A reset skips messages deleted from the stream's interior; if a copy
+    /// is of one, the copies stay too ([`Worker::forget_copies`]). A reset starts the
+    /// attempts of what it delivers again at 1.
     async fn take_back(&self, stream: &Stream<()>) -> Result<TakenBack, String> {
         let Some(work) = self.shared.work.as_ref() else {
             return Ok(TakenBack::Kept);
@@ -384,7 +386,7 @@ impl Worker {
     /// Removes the endpoint's copies and its consumer on the work stream
     /// (`WorkStream::forget`), once it reads the source stream from before all of them;
     /// whether it did. Copies of messages the source stream no longer holds are kept:
-    /// they are the only record left ([`Worker::source_holds_from`]). Noted first
+    /// they are the only record left ([`Worker::source_holds_copies`]). Noted first
     /// (`store::forgotten`, with the copies' range and how far the endpoint's consumer
     /// had acked): a drain that stores one of them again within the work stream's
     /// duplicate window then gives it an id of its own, where the old id would have
@@ -460,9 +462,9 @@ impl Worker {
     /// Resets the endpoint's consumer on the source stream to deliver from `from` on
     /// ([`crate::store::reset_consumer`]); where it was reset to. Refused for good
     /// (tried again, it would fail again) when the server predates consumer resets,
-    /// when the stream no longer holds every message from `from` on (a reset would
-    /// skip the missing ones, whose copies are then the only ones left), or when the
-    /// server says no.
+    /// when the stream dropped messages from `from` on at its head or holds them under
+    /// interest or work-queue retention (a reset would skip them, and which are gone is
+    /// unknown), or when the server says no.
     async fn reset_from(&self, from: u64) -> Result<u64, Reset> {
         let js = &self.shared.js;
         if !resets_consumers(&js.client().server_info().version) {
