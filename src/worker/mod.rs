@@ -32,6 +32,7 @@ pub mod inflight;
 mod message;
 pub mod outcome;
 mod shared;
+mod source_consumer;
 pub mod throttle;
 pub mod unmapped;
 
@@ -48,10 +49,11 @@ use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
 pub use self::consumer::{
-    ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window, SourceConsumer,
+    ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
 };
 use self::fetch::{Held, Leave};
 pub use self::shared::Shared;
+pub use self::source_consumer::SourceConsumer;
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
