@@ -111,6 +111,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Reads every one of `refs` now (a rotation list), in order; the first that cannot
+/// be read fails them all, so a half-read list never replaces the keys in use.
+pub fn resolve_all(refs: &[SecretRef]) -> Result<Vec<Secret>, SecretError> {
+    refs.iter().map(SecretRef::resolve).collect()
+}
+
 impl SecretRef {
     pub fn is_file(&self) -> bool {
         matches!(self, SecretRef::Ref(t) if t.file.is_some())

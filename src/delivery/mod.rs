@@ -204,8 +204,9 @@ impl Deliverer {
             // A secret that cannot be read right now (e.g. mid-update) keeps the
             // current signer.
             let endpoint = Arc::clone(&self.endpoint);
-            let read =
-                crate::file_read::repeated_read(Reading::Secrets, move || read_secrets(&endpoint));
+            let read = crate::file_read::repeated_read(Reading::Secrets, move || {
+                crate::secret::resolve_all(&endpoint.secret_refs).map_err(|e| e.to_string())
+            });
             let read = tokio::select! {
                 _ = stop.cancelled() => return,
                 read = read => read.unwrap_or_else(|| Err("the secret read stopped".to_string())),
@@ -394,16 +395,6 @@ async fn drain(mut body: hyper::body::Incoming, kept: &mut BytesMut) {
             }
         }
     }
-}
-
-/// Reads `endpoint`'s secrets now: file reads, run where a hang stops no delivery
-/// ([`crate::file_read`]).
-fn read_secrets(endpoint: &Endpoint) -> Result<Vec<Secret>, String> {
-    endpoint
-        .secret_refs
-        .iter()
-        .map(|r| r.resolve().map_err(|e| e.to_string()))
-        .collect()
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {

@@ -193,10 +193,10 @@ impl Ingress {
             let read = crate::file_read::repeated_read(Reading::Secrets, move || {
                 refs.into_iter()
                     .map(|(i, refs)| {
-                        let secrets = (refs.iter())
-                            .map(|r| r.resolve().map_err(|e| e.to_string()))
-                            .collect::<Result<Vec<_>, _>>();
-                        (i, secrets)
+                        (
+                            i,
+                            crate::secret::resolve_all(&refs).map_err(|e| e.to_string()),
+                        )
                     })
                     .collect::<HashMap<_, _>>()
             });
