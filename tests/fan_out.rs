@@ -951,6 +951,90 @@ async fn an_endpoint_made_unordered_while_natshook_was_down_gets_each_message_on
     assert_once(&rx, &later);
 }
 
+/// Waits until every lead of `ids` but `gone` (deleted from the source stream while
+/// its copy waited, the endpoint then made `ordered`) is delivered, and checks that
+/// `gone` is not: the ordered consumer skips it, and its copy is not read.
+async fn every_lead_but(rx: &Receiver, ids: &[String], gone: &str) {
+    rx.wait_for(
+        Duration::from_secs(40),
+        "every lead the source holds",
+        |r| {
+            let got = r.delivered_ids();
+            ids.iter()
+                .filter(|id| *id != gone)
+                .all(|id| got.contains_key(id))
+        },
+    )
+    .await;
+    assert!(!rx.delivered_ids().contains_key(gone));
+}
+
+/// Makes the endpoint read copies again (`unordered` config) and waits for `gone`,
+/// whose only record is its copy.
+async fn the_deleted_lead_comes_from_its_copy(
+    natshook: &Natshook,
+    unordered: &str,
+    rx: &Receiver,
+    gone: &str,
+) {
+    natshook.rewrite_config(unordered);
+    natshook.signal("HUP");
+    rx.wait_for(
+        Duration::from_secs(30),
+        "the deleted lead, from its copy",
+        |r| r.delivered_ids().contains_key(gone),
+    )
+    .await;
+    assert!(natshook.dead_letters("a").is_empty());
+}
+
+/// Endpoint `a` with a receiver answering 503 (the caller sets it to answer 2xx):
+/// a failed attempt waits 8 s, and the endpoint is never disabled.
+fn retrying_a(nats: &NatsServer, rx: &Receiver, ordered: bool) -> String {
+    endpoint_a(
+        nats,
+        rx,
+        "retry_schedule = [\"8s\"]\nmax_attempts = 50\ndisable_after_failures = 0",
+        ordered,
+    )
+}
+
+/// Endpoint `a`, `ordered`, with 20 leads published: the first fails and waits out
+/// its 8 s on the ordered consumer, the others behind it; then it is made unordered,
+/// and the drain of its former consumer has moved `moved` out as a copy (tried once
+/// from there). Returns the leads' ids in order.
+async fn draining(
+    nats: &NatsServer,
+    rx: &Receiver,
+    moved: usize,
+) -> (Natshook, jetstream::Context, Vec<String>) {
+    let natshook = Natshook::start(&retrying_a(nats, rx, true)).await;
+    let js = jetstream::new(nats.client().await);
+    let held = leads(20, "held");
+    let ids: Vec<String> = held.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    publish_all(&js, held).await;
+    rx.wait_for(Duration::from_secs(10), "the first attempt", |r| {
+        r.count() >= 1
+    })
+    .await;
+    reload(
+        &natshook,
+        &retrying_a(nats, rx, false),
+        "config reloaded",
+        "unordered",
+    )
+    .await;
+    // The poller (every 5 s) starts the drain, which moves the 19 others and waits
+    // for the first one's retry; the copies fail once and wait 8 s too.
+    let moved = &ids[moved];
+    rx.wait_for(Duration::from_secs(15), "a lead tried from its copy", |r| {
+        r.received().iter().any(|q| q.id() == moved)
+    })
+    .await;
+    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
+    (natshook, js, ids)
+}
+
 /// An endpoint made `ordered` again while its former consumer is drained (here the
 /// drain waits for a retry on that consumer) takes that consumer over: the drain
 /// stops, and the consumer is reset to the oldest message it had moved out as a
@@ -959,39 +1043,13 @@ async fn an_endpoint_made_unordered_while_natshook_was_down_gets_each_message_on
 async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_nothing() {
     let nats = NatsServer::start();
     let rx = Receiver::with(|_| Reply::status(503)).await;
-    let config = |ordered: bool| {
-        endpoint_a(
-            &nats,
-            &rx,
-            "retry_schedule = [\"8s\"]\nmax_attempts = 50\ndisable_after_failures = 0",
-            ordered,
-        )
-    };
-    let natshook = Natshook::start(&config(true)).await;
-    let js = jetstream::new(nats.client().await);
-    let held = leads(20, "held");
-    let held_ids: Vec<String> = held.iter().filter_map(|(_, _, id)| id.clone()).collect();
-    publish_all(&js, held).await;
-    // The first lead fails and waits out its 8 s on the ordered consumer, the others
-    // behind it.
-    rx.wait_for(Duration::from_secs(10), "the first attempt", |r| {
-        r.count() >= 1
-    })
-    .await;
-    reload(&natshook, &config(false), "config reloaded", "unordered").await;
-    // The poller (every 5 s) starts the drain, which moves the 19 others and waits
-    // for the first one's retry; the copies fail once and wait 8 s too.
-    wait_until(Duration::from_secs(15), "the others moved", || async {
-        rx.count() >= 2
-    })
-    .await;
-    assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
-    natshook.rewrite_config(&config(true));
-    natshook.signal("HUP");
-    wait_until(Duration::from_secs(10), "ordered again", || {
-        let logs = natshook.logs();
-        async move { logs.matches("config reloaded").count() >= 2 }
-    })
+    let (natshook, js, held_ids) = draining(&nats, &rx, 1).await;
+    reload(
+        &natshook,
+        &retrying_a(&nats, &rx, true),
+        "reset to the oldest message",
+        "ordered again",
+    )
     .await;
     rx.set(|_| Reply::ok());
     rx.wait_for(Duration::from_secs(40), "every lead", |r| {
@@ -1003,12 +1061,46 @@ async fn an_endpoint_made_ordered_again_while_its_former_consumer_drains_misses_
     let first_success = first_successes(&rx.received());
     assert_eq!(first_success, held_ids);
     assert!(natshook.dead_letters("a").is_empty());
-    assert!(natshook.logs().contains("reset to the oldest message"));
     assert!(consumers(&js, "EVENTS").await.contains("natshook-a"));
     wait_until(Duration::from_secs(10), "the copies removed", || async {
         work_copies(&js).await == 0
     })
     .await;
+}
+
+/// As above, but a message the drain moved out as a copy is then deleted from the
+/// source stream: the reset delivers the others again, in order, and the copies stay,
+/// since one is the only record of the deleted message; it comes once the endpoint
+/// reads copies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_back_keeps_the_copies_when_one_is_of_a_message_deleted_from_the_source() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(503)).await;
+    let (natshook, js, held_ids) = draining(&nats, &rx, 10).await;
+    // Lead 10 is the 10th message from the source stream's end.
+    let gone = &held_ids[10];
+    let mut source = js.get_stream("EVENTS").await.unwrap();
+    let last = source.info().await.unwrap().state.last_sequence;
+    assert!(source.delete_message(last - 9).await.unwrap());
+
+    reload(
+        &natshook,
+        &retrying_a(&nats, &rx, true),
+        "no longer holds every message",
+        "the copies kept",
+    )
+    .await;
+    assert!(natshook.logs().contains("reset to the oldest message"));
+    rx.set(|_| Reply::ok());
+    every_lead_but(&rx, &held_ids, gone).await;
+    let others: Vec<&String> = held_ids.iter().filter(|id| *id != gone).collect();
+    assert_eq!(
+        first_successes(&rx.received()).iter().collect::<Vec<_>>(),
+        others
+    );
+    assert!(work_copies(&js).await > 0);
+    the_deleted_lead_comes_from_its_copy(&natshook, &retrying_a(&nats, &rx, false), &rx, gone)
+        .await;
 }
 
 /// An endpoint made `ordered` while copies of it wait on its own subject (the copies
@@ -1595,26 +1687,12 @@ async fn copies_of_a_message_deleted_from_the_source_stay_when_the_endpoint_is_m
         "the copies kept",
     )
     .await;
-    rx.wait_for(
-        Duration::from_secs(30),
-        "every lead the source holds",
-        |r| {
-            let got = r.delivered_ids();
-            ids.iter()
-                .filter(|id| *id != gone)
-                .all(|id| got.contains_key(id))
-        },
+    every_lead_but(&rx, &ids, gone).await;
+    the_deleted_lead_comes_from_its_copy(
+        &natshook,
+        &endpoint_a(&nats, &rx, SLOW, false),
+        &rx,
+        gone,
     )
     .await;
-    assert!(!rx.delivered_ids().contains_key(gone));
-
-    natshook.rewrite_config(&endpoint_a(&nats, &rx, SLOW, false));
-    natshook.signal("HUP");
-    rx.wait_for(
-        Duration::from_secs(30),
-        "the deleted lead, from its copy",
-        |r| r.delivered_ids().contains_key(gone),
-    )
-    .await;
-    assert!(natshook.dead_letters("a").is_empty());
 }
