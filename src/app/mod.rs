@@ -101,11 +101,28 @@ pub async fn run(
     );
     let listeners = Listeners::start(&config, &sup).await?;
     let js = jetstream::new(client.clone());
-    set_up_streams(&js, &config, &sup, &shutdown).await?;
-    crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
-    load_known_pauses(sup.pause_state()).await;
-    if sup.work_stream().is_some() {
-        list_source_consumers(&js, &sup, &config.nats.stream).await;
+    // Every step before the first worker waits for NATS; a shutdown asked for
+    // meanwhile (a pod deleted while NATS is unreachable) ends the process now, not
+    // after each request's timeout.
+    let set_up = async {
+        set_up_streams(&js, &config, &sup, &shutdown).await?;
+        crate::store::dead_letters::log_size_limits(&client, &config.endpoints);
+        load_known_pauses(sup.pause_state()).await;
+        if sup.work_stream().is_some() {
+            list_source_consumers(&js, &sup, &config.nats.stream).await;
+        }
+        Ok::<_, AppError>(())
+    };
+    tokio::select! {
+        r = set_up => r?,
+        _ = shutdown.cancelled() => {
+            tracing::info!("shut down before start-up finished: nothing fetched, nothing to drain");
+            listeners.close().await;
+            if let Some(t) = traces {
+                t.shutdown().await;
+            }
+            return Ok(());
+        }
     }
     let mut config = config;
     sup.apply(config.clone()).await?;
