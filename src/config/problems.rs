@@ -145,6 +145,14 @@ impl Problems {
         if refs.is_empty() {
             self.add(path, "must list at least one secret");
         }
+        if refs.len() > crate::signing::MAX_SECRETS {
+            let max = crate::signing::MAX_SECRETS;
+            self.add(
+                path,
+                format_args!("lists {} secrets; at most {max}", refs.len()),
+            );
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for (j, r) in refs.iter().enumerate() {
             let at = match list {

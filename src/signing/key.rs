@@ -29,7 +29,12 @@ pub(super) enum Key {
 fn key_bytes(scheme: Scheme, secret: &Secret) -> Result<Vec<u8>, SignError> {
     let raw = secret.expose();
     match (scheme, raw.strip_prefix(b"whsec_")) {
-        (Scheme::Standard, Some(b64)) => BASE64.decode(b64).map_err(|_| SignError::BadWhsec),
+        (Scheme::Standard, Some(b64)) => match BASE64.decode(b64) {
+            // An empty key is one anyone can sign with.
+            Ok(key) if key.is_empty() => Err(SignError::EmptyWhsec),
+            Ok(key) => Ok(key),
+            Err(_) => Err(SignError::BadWhsec),
+        },
         _ => Ok(raw.to_vec()),
     }
 }

@@ -33,6 +33,17 @@ pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signa
 /// before the request counts as a replay (the specification's recommended window).
 pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
+/// Most secrets one rotation list holds. A rotation needs the new secret and the few
+/// still in their grace; each secret costs a signature per delivery (and a hash of the
+/// body per verified request), so a list of thousands would turn one endpoint or
+/// route into a CPU sink.
+pub const MAX_SECRETS: usize = 16;
+
+/// Most entries a `webhook-signature` header may carry for a request to be verified:
+/// a sender signs once per secret it holds, and each entry costs a check, so an
+/// unbounded list would let anyone without a secret burn CPU.
+pub const MAX_SIGNATURES: usize = MAX_SECRETS;
+
 /// The signature scheme of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -72,6 +83,10 @@ pub enum SignError {
     BadWhsec,
     #[error("at least one secret is required")]
     NoSecret,
+    #[error("a whsec_ secret must hold at least one key byte after the prefix")]
+    EmptyWhsec,
+    #[error("at most {MAX_SECRETS} secrets (got {0})")]
+    TooManySecrets(usize),
     #[error("whpk_ is a public key; sign with the whsk_ secret key")]
     PublicKey,
     #[error("a whsk_ secret key must be base64 of the 64-byte Ed25519 key pair (seed and public key) or of the 32-byte seed")]
@@ -142,6 +157,9 @@ impl Signer {
     ) -> Result<Self, SignError> {
         if secrets.is_empty() {
             return Err(SignError::NoSecret);
+        }
+        if secrets.len() > MAX_SECRETS {
+            return Err(SignError::TooManySecrets(secrets.len()));
         }
         let mut keys: Vec<Key> = secrets
             .iter()

@@ -304,6 +304,55 @@ fn bad_whsec_is_refused() {
 }
 
 #[test]
+fn a_whsec_secret_without_key_bytes_is_refused() {
+    let r = Signer::new(
+        Scheme::Standard,
+        HeaderName::from_static("x"),
+        vec![Secret::new("whsec_")],
+    );
+    assert!(matches!(r, Err(SignError::EmptyWhsec)));
+}
+
+#[test]
+fn a_rotation_list_longer_than_the_cap_is_refused() {
+    let many: Vec<Secret> = (0..=MAX_SECRETS)
+        .map(|i| Secret::new(format!("s{i}")))
+        .collect();
+    let r = Signer::new(Scheme::Standard, HeaderName::from_static("x"), many);
+    assert!(matches!(r, Err(SignError::TooManySecrets(n)) if n == MAX_SECRETS + 1));
+}
+
+/// A `webhook-signature` of more entries than any sender needs is refused before any
+/// of them is checked; up to the cap, the right one among wrong ones verifies.
+#[test]
+fn a_signature_header_with_too_many_entries_is_refused_unchecked() {
+    let s = signer(Scheme::Standard, &["k1", "k2"]);
+    let mut h = HeaderMap::new();
+    s.sign_into("id", 1, b"body", &mut h);
+    let good = h["webhook-signature"].to_str().unwrap().to_string();
+    let wrong = format!("v1,{}", BASE64.encode([7u8; 32]));
+    let mut entries = vec![wrong.as_str(); MAX_SIGNATURES - 2];
+    entries.push("v1,");
+    entries.push(good.split(' ').next().unwrap());
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&entries.join(" ")).unwrap(),
+    );
+    assert_eq!(s.verify(b"body", &h), Ok(()));
+
+    let mut flood = vec!["v1,"; MAX_SIGNATURES];
+    flood.push(good.split(' ').next().unwrap());
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&flood.join(" ")).unwrap(),
+    );
+    assert!(matches!(
+        s.verify(b"body", &h),
+        Err(VerifyError::Malformed(_, m)) if m.contains("more than")
+    ));
+}
+
+#[test]
 fn during_a_rotation_grace_one_signature_schemes_sign_with_the_old_secret() {
     let body = b"{}";
     for scheme in [Scheme::Hex, Scheme::Sha256] {

@@ -671,3 +671,15 @@ fn a_secret_or_signature_of_the_wrong_shape_says_what_it_takes() {
         "endpoints[0].signature: invalid length 1, expected a table { scheme",
     );
 }
+
+#[test]
+fn a_rotation_list_past_the_cap_is_named_by_its_key() {
+    let list: Vec<String> = (0..=crate::signing::MAX_SECRETS)
+        .map(|i| format!("\"s3cret-{i}\""))
+        .collect();
+    let text = GOOD.replace(
+        "secret = { value = \"s3cret\" }",
+        &format!("secret = [{}]", list.join(", ")),
+    );
+    assert_problem(&text, "endpoints[0].secret: lists 17 secrets; at most 16");
+}
