@@ -95,7 +95,9 @@ async fn admin_api_is_off_by_default_and_needs_the_token() {
 }
 
 /// Every admin API error, routing's and the extractors' included, is one JSON shape:
-/// `{"error": "..."}` (with `problems` only for an invalid endpoint).
+/// `{"error": "...", "problems": [...]}`, the problems empty unless the body was
+/// invalid. Without `[registry]`, a change to a file endpoint is a conflict (409), as
+/// with it; a new endpoint is not found (404), since runtime endpoints are off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_errors_share_one_json_shape() {
     let nats = NatsServer::start();
@@ -106,6 +108,17 @@ async fn admin_api_errors_share_one_json_shape() {
     .await;
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let big = format!("{{\"id\": \"{}\"}}", "x".repeat(70 * 1024));
+    let json = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let create = |name: &str| {
+        format!(
+            "{{\"name\": \"{name}\", \"url\": \"{}\", \"events\": [\"lead.created\"]}}",
+            rx.url("/")
+        )
+    };
+    let (create_a, create_b) = (create("a"), create("b"));
     type Case<'a> = (
         &'a str,
         &'a str,
@@ -178,6 +191,46 @@ async fn admin_api_errors_share_one_json_shape() {
             400,
             "limit",
         ),
+        (
+            "PATCH",
+            "/api/endpoints/a",
+            json.clone(),
+            Some("{\"enabled\": false}"),
+            409,
+            "managed by the config file",
+        ),
+        (
+            "DELETE",
+            "/api/endpoints/a",
+            vec![("authorization", &auth)],
+            None,
+            409,
+            "managed by the config file",
+        ),
+        (
+            "POST",
+            "/api/endpoints/a/secret/rotate",
+            json.clone(),
+            Some("{}"),
+            409,
+            "managed by the config file",
+        ),
+        (
+            "POST",
+            "/api/endpoints",
+            json.clone(),
+            Some(&create_a),
+            409,
+            "managed by the config file",
+        ),
+        (
+            "POST",
+            "/api/endpoints",
+            json.clone(),
+            Some(&create_b),
+            404,
+            "runtime endpoints are off",
+        ),
     ];
     for (method, path, headers, body, status, says) in cases {
         let ((got, body), response_headers) = natshook.api_with(method, path, &headers, body).await;
@@ -186,7 +239,8 @@ async fn admin_api_errors_share_one_json_shape() {
             .as_str()
             .unwrap_or_else(|| panic!("{method} {path}: {body}"));
         assert!(error.contains(says), "{method} {path}: {body}");
-        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+        assert_eq!(body["problems"], serde_json::json!([]), "{body}");
+        assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{body}");
         assert_eq!(
             response_headers
                 .get("content-type")

@@ -583,6 +583,45 @@ async fn a_runtime_endpoint_that_cannot_bind_leaves_the_process_ready() {
     assert_eq!(n.get("/readyz").await.map(|(s, _)| s), Ok(200));
 }
 
+/// Until the registry's bucket is open (here NATS is unreachable at start), the
+/// routes on runtime endpoints answer `503` with `Retry-After`, not `404`: the
+/// endpoint asked for may well exist. A change to a file endpoint is `409` all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_503_until_the_registry_is_open() {
+    let (file_rx, rx) = (Receiver::start().await, Receiver::start().await);
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let mut c = with_admin(TestConfig::new(nowhere).endpoint(
+        "file",
+        &file_rx.url("/file"),
+        &["lead.created"],
+        "",
+    ));
+    c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
+    let n = Natshook::start_listening(&c.render()).await;
+    let auth = format!("Bearer {TOKEN}");
+    let json = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let acme = body("acme", &rx);
+    for (method, path, body) in [
+        ("GET", "/api/endpoints/acme", None),
+        ("POST", "/api/endpoints", Some(acme.as_str())),
+        ("PATCH", "/api/endpoints/acme", Some("{\"enabled\": false}")),
+        ("DELETE", "/api/endpoints/acme", None),
+    ] {
+        let ((status, err), headers) = n.api_with(method, path, &json, body).await;
+        assert_eq!(status, 503, "{method} {path}: {err}");
+        assert_eq!(headers.get("retry-after").unwrap(), "1");
+        let error = err["error"].as_str().unwrap_or_default();
+        assert!(error.contains("not open yet"), "{err}");
+    }
+    let ((status, err), _) = n
+        .api_with("DELETE", "/api/endpoints/file", &json, None)
+        .await;
+    assert_eq!(status, 409, "{err}");
+}
+
 /// A deleted endpoint's delivery log goes with it: an endpoint created later under
 /// the same name, by another tenant say, starts with an empty log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -558,47 +558,14 @@ async fn sigterm_hands_fetched_but_unstarted_messages_back_at_once() {
 async fn sigterm_while_nats_is_unreachable_at_start_exits_at_once() {
     let rx = Receiver::start().await;
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let http_port = free_port();
-    let config = TestConfig::new(nowhere)
-        .endpoint("a", &rx.url("/"), &["*"], "")
-        .render()
-        .replace("{http_port}", &http_port.to_string());
-    let path = dir.path().join("natshook.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = dir.path().join("natshook.log");
-    let mut child = natshook_command()
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // The listener answers while the start waits for NATS.
-    let healthz = format!("http://127.0.0.1:{http_port}/healthz");
-    wait_until(Duration::from_secs(10), "the listener", || {
-        let healthz = healthz.clone();
-        async move { http_get(&healthz).await.is_ok() }
-    })
-    .await;
+    let config = TestConfig::new(nowhere).endpoint("a", &rx.url("/"), &["*"], "");
+    let mut natshook = Natshook::start_listening(&config.render()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    signal(child.id(), "TERM");
-    let asked = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if asked.elapsed() > Duration::from_secs(3) {
-            child.kill().unwrap();
-            panic!(
-                "still running 3 s after SIGTERM:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    natshook.signal("TERM");
+    let status = natshook.wait_exit(Duration::from_secs(3)).await;
     assert!(status.success(), "{status}");
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
+    assert!(natshook
+        .logs()
         .contains("shut down before start-up finished"));
 }
 

@@ -133,6 +133,8 @@ pub struct Supervisor {
     /// `[registry] enabled = true` and the registry's records not applied yet: not ready,
     /// or a restart would answer for a moment without its runtime endpoints.
     registry_pending: AtomicBool,
+    /// `[registry] enabled = true` (set at start: the section needs a restart).
+    registry_configured: bool,
     /// With `[delivery] fan_out`: the endpoints the fan-out copies to, kept in step
     /// with the running workers and the mapping.
     targets: tokio::sync::watch::Sender<Arc<Targets>>,
@@ -201,6 +203,7 @@ impl Supervisor {
             rules: RwLock::new(Arc::new(FileRules::of(config))),
             registry: OnceLock::new(),
             registry_pending: AtomicBool::new(config.registry.is_some()),
+            registry_configured: config.registry.is_some(),
         }
     }
 
@@ -534,6 +537,10 @@ impl AppView for Supervisor {
                 .raising(self.shared.events().clone())
                 .resuming(self.pause_state().clone()),
         )
+    }
+
+    fn registry_configured(&self) -> bool {
+        self.registry_configured
     }
 
     fn records(&self) -> Vec<Record> {

@@ -53,6 +53,9 @@ pub trait AppView: Send + Sync + 'static {
     /// The operations on runtime endpoints, when `[registry] enabled = true` and the
     /// registry's bucket is open; checked against the config file in force.
     fn registrar(&self) -> Option<Registrar>;
+    /// Whether the config has `[registry] enabled = true`: a registrar missing then
+    /// means its bucket is not open yet, not that runtime endpoints are off.
+    fn registry_configured(&self) -> bool;
     /// The registry's records as this process last saw them.
     fn records(&self) -> Vec<Record>;
     /// Why the record `name` is not served (invalid, say); `None` when it is, or is

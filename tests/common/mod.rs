@@ -650,12 +650,30 @@ impl Natshook {
         global_args: &[&str],
         within: Duration,
     ) -> Self {
+        let mut n = Self::unstarted(config, env, global_args);
+        n.spawn_ready_within(within).await;
+        n
+    }
+
+    /// Like `start`, waiting only until the listener answers `/healthz`, not for
+    /// readiness: for a start that cannot finish (NATS unreachable).
+    pub async fn start_listening(config: &str) -> Self {
+        let mut n = Self::unstarted(config, &[], &[]);
+        n.launch();
+        wait_until(Duration::from_secs(10), "the listener", || async {
+            matches!(n.get("/healthz").await, Ok((200, _)))
+        })
+        .await;
+        n
+    }
+
+    fn unstarted(config: &str, env: &[(&str, &str)], global_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let http_port = free_port();
         let path = dir.path().join("natshook.toml");
         std::fs::write(&path, config.replace("{http_port}", &http_port.to_string()))
             .expect("write config");
-        let mut n = Self {
+        Self {
             child: None,
             http_port,
             dir,
@@ -666,9 +684,7 @@ impl Natshook {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             global_args: global_args.iter().map(|a| a.to_string()).collect(),
-        };
-        n.spawn_ready_within(within).await;
-        n
+        }
     }
 
     pub fn config_path(&self) -> &Path {
@@ -692,6 +708,11 @@ impl Natshook {
     }
 
     pub async fn spawn_ready_within(&mut self, within: Duration) {
+        self.launch();
+        self.wait_ready(within).await;
+    }
+
+    fn launch(&mut self) {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
         let child = natshook_command()
@@ -705,7 +726,6 @@ impl Natshook {
             .spawn()
             .expect("spawn natshook");
         self.child = Some(child);
-        self.wait_ready(within).await;
     }
 
     pub async fn wait_ready(&mut self, within: Duration) {

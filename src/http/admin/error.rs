@@ -32,7 +32,8 @@ pub struct ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
-    #[serde(skip_serializing_if = "<[Problem]>::is_empty")]
+    /// Always present (empty when the failure concerns no field), so a client reads
+    /// it without checking for it first.
     problems: &'a [Problem],
 }
 

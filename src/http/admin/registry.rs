@@ -37,12 +37,29 @@ const MAX_PAGE: usize = 1_000;
 
 impl AdminState {
     fn registrar(&self) -> Result<Registrar, ApiError> {
-        self.app.registrar().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "the endpoint registry is not available ([registry] enabled = true; it opens once NATS is reached)",
+        if let Some(registrar) = self.app.registrar() {
+            return Ok(registrar);
+        }
+        Err(match self.app.registry_configured() {
+            true => ApiError::unavailable(
+                "the endpoint registry is not open yet: natshook opens it once NATS is reached",
             )
+            .retry_after(1),
+            false => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "runtime endpoints are off ([registry] enabled = true turns them on)",
+            ),
         })
+    }
+
+    /// The registrar for an operation on the endpoint `name`; a file endpoint's name
+    /// answers `409` whether or not the registry is open, since no answer of the
+    /// registry could change it.
+    fn registrar_for(&self, name: &str) -> Result<Registrar, ApiError> {
+        if self.app.is_file_endpoint(name) {
+            return Err(RegistrarError::FileEndpoint(name.to_string()).into());
+        }
+        self.registrar()
     }
 
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
@@ -188,8 +205,10 @@ pub(super) async fn one(
             return Ok(Json(file_view(w)));
         }
     }
-    let Ok(registrar) = s.registrar() else {
-        return Err(ApiError::not_found(&name));
+    let registrar = match s.registrar() {
+        Ok(r) => r,
+        Err(_) if !s.app.registry_configured() => return Err(ApiError::not_found(&name)),
+        Err(e) => return Err(e),
     };
     let record = registrar.get(&name).await?;
     Ok(Json(api_view(&s, &record, s.running(&name))))
@@ -207,7 +226,11 @@ pub(super) async fn create(
     State(s): State<AdminState>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let created = s.registrar()?.create(body).await?;
+    let registrar = match body.get("name").and_then(Value::as_str) {
+        Some(name) => s.registrar_for(name)?,
+        None => s.registrar()?,
+    };
+    let created = registrar.create(body).await?;
     let view = with_secret(api_view(&s, &created.record, None), created.secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -236,7 +259,7 @@ pub(super) async fn patch(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let registrar = s.registrar()?;
+    let registrar = s.registrar_for(&name)?;
     let record = registrar.update(&name, body, if_match(&headers)?).await?;
     Ok(Json(api_view(&s, &record, s.running(&name))))
 }
@@ -246,7 +269,7 @@ pub(super) async fn delete(
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let registrar = s.registrar()?;
+    let registrar = s.registrar_for(&name)?;
     registrar.delete(&name, if_match(&headers)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -263,7 +286,7 @@ pub(super) async fn rotate(
     headers: HeaderMap,
     JsonBody(request): JsonBody<RotateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let registrar = s.registrar()?;
+    let registrar = s.registrar_for(&name)?;
     let rotated = registrar
         .rotate(&name, request.grace.as_deref(), if_match(&headers)?)
         .await?;
