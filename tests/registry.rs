@@ -622,10 +622,11 @@ async fn the_api_answers_503_until_the_registry_is_open() {
     assert_eq!(status, 409, "{err}");
 }
 
-/// A deleted endpoint's delivery log goes with it: an endpoint created later under
-/// the same name, by another tenant say, starts with an empty log.
+/// A deleted endpoint's delivery log and dead letters go with it: an endpoint created
+/// later under the same name, by another tenant say, starts with an empty log and has
+/// nothing to replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
+async fn a_deleted_endpoint_s_delivery_log_and_dead_letters_go_with_it() {
     let s = Setup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
     let log = || async {
@@ -641,6 +642,15 @@ async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
         log().await >= 2
     })
     .await;
+    rx.set(|r| match r.id().starts_with("dead") {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    });
+    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
+    wait_until(Duration::from_secs(20), "a dead letter", || async {
+        n.dead_letters("reuse").len() == 1
+    })
+    .await;
 
     delete_until_gone(n, js, "reuse").await;
     let mut again = serde_json::from_str::<Value>(&body("reuse", rx)).unwrap();
@@ -652,6 +662,16 @@ async fn a_deleted_endpoint_s_delivery_log_goes_with_it() {
         log().await == 0
     })
     .await;
+    wait_until(Duration::from_secs(10), "no dead letters", || async {
+        n.dead_letters("reuse").is_empty()
+    })
+    .await;
+    let tried = |rx: &Receiver| rx.received().iter().filter(|r| r.id() == "dead-0").count();
+    let before = tried(rx);
+    let (status, replay) = api(n, "POST", "/api/endpoints/reuse/dlq/replay", Some("{}")).await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["replayed"], serde_json::json!([]), "{replay}");
+    assert_eq!(tried(rx), before);
 }
 
 /// A deleted endpoint's series and pause go with it once it has drained: a deleted

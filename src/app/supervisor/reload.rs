@@ -234,15 +234,16 @@ impl Supervisor {
 
     /// Removes what a deleted runtime endpoint leaves in JetStream once nothing
     /// delivers for it: its consumer (on the source stream, or with `fan_out` on its
-    /// work stream: both are tried), its copies, its delivery log and its pause, so an
-    /// endpoint created later under the name (another customer's, say) starts from
-    /// nothing, unpaused.
+    /// work stream: both are tried), its copies, its delivery log, its dead letters and
+    /// its pause, so an endpoint created later under the name (another customer's, say)
+    /// starts from nothing, unpaused, and cannot replay or read what was the other's.
     fn remove_leftovers(
         &self,
         name: String,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let js = self.shared.js().clone();
         let log = self.shared.delivery_log().cloned();
+        let dead_letters = self.shared.dead_letters().clone();
         let pause_state = self.shared.pause_state().clone();
         let serving = Arc::clone(&self.snapshot);
         let consumer = crate::worker::consumer_name(self.shared.consumer_prefix(), &name);
@@ -267,6 +268,15 @@ impl Supervisor {
             if let Some(log) = log {
                 if let Err(e) = log.forget(&name).await {
                     tracing::warn!(error = %e, "deleted endpoint's delivery log kept");
+                }
+            }
+            match dead_letters.forget(&name).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(endpoint = %name, records = n, "deleted endpoint's dead letters removed")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %name, error = %e, "deleted endpoint's dead letters kept")
                 }
             }
             for (stream, subject) in copies {

@@ -19,6 +19,7 @@ mod replay;
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
 use async_nats::jetstream::stream::DeleteMessageErrorKind;
 use async_nats::jetstream::ErrorCode;
@@ -325,6 +326,43 @@ impl DeadLetters {
             }
         }
         Ok(out)
+    }
+
+    /// Removes every record of `endpoint`, then their stored payloads: a runtime
+    /// endpoint deleted takes its dead letters along, so one created later under the
+    /// name (another customer's, say) cannot replay them to its own URL. Returns how
+    /// many records went.
+    pub async fn forget(&self, endpoint: &str) -> Result<u64, DeadLetterError> {
+        let read = |e: ReadError| DeadLetterError::Read(e.to_string());
+        let stream = match self.js.get_stream(DLQ_STREAM).await {
+            Ok(s) => s,
+            // Nothing was ever dead-lettered here.
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+                return Ok(0)
+            }
+            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
+        };
+        // Only the names of stored payloads are kept while reading, not the records.
+        let mut objects = Vec::new();
+        let mut messages = read_to_end(&self.js, DLQ_STREAM, dlq_subject(endpoint), LIST_IDLE)
+            .await
+            .map_err(read)?;
+        while let Some(Stored { payload, .. }) = messages.next().await.map_err(read)? {
+            if let Ok(record) = serde_json::from_slice::<DeadLetter>(&payload) {
+                objects.extend(record.payload_object);
+            }
+        }
+        let purged = stream
+            .purge()
+            .filter(dlq_subject(endpoint))
+            .await
+            .map_err(|e| DeadLetterError::Read(e.to_string()))?;
+        for location in &objects {
+            if let Some((bucket, name)) = location.split_once('/') {
+                self.delete_object(bucket, name).await;
+            }
+        }
+        Ok(purged.purged)
     }
 
     /// Removes a record after it was replayed successfully, then its stored payload (in
