@@ -26,14 +26,23 @@ pub fn is_private(ip: IpAddr) -> bool {
                 return is_private_v4(v4);
             }
             let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) and deprecated IPv4-compatible (::a.b.c.d).
+            let o = v6.octets();
+            // NAT64 (64:ff9b::/96), SIIT (::ffff:0:a.b.c.d) and deprecated
+            // IPv4-compatible (::a.b.c.d): the IPv4 address in the last 32 bits.
             if (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0; 4])
+                || (seg[0..4] == [0; 4] && seg[4] == 0xffff && seg[5] == 0)
                 || (seg[0..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
             {
-                let o = v6.octets();
                 return is_private_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
             }
+            // 6to4 (2002::/16): the IPv4 address in bits 16–47.
+            if seg[0] == 0x2002 {
+                return is_private_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+            }
             v6.is_loopback()
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64 64:ff9b:1::/48
+                || (seg[0] == 0x2001 && seg[1] == 0) // Teredo 2001::/32 (hides an IPv4 address)
+                || (seg[0] == 0x100 && seg[1..4] == [0; 3]) // discard-only 100::/64
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
@@ -329,6 +338,12 @@ mod tests {
             "::ffff:169.254.169.254",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::808:808",
+            "::ffff:0:a00:1",
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "2001:0:4136:e378::1",
+            "100::1",
             "ff02::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip} should be private");
@@ -339,6 +354,8 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "100.128.0.1",
+            "2002:808:808::1",
+            "2001:4860::8888",
         ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip} should be public");
         }
