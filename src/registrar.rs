@@ -247,34 +247,51 @@ impl Registrar {
         if let Some(name) = &name {
             self.not_file(name)?;
         }
+        // Every problem of the body in one answer: these two keys are not endpoint
+        // keys, so the check below does not see them.
+        let mut problems = Vec::new();
         let skip_backlog = match body.remove("skip_backlog") {
             None | Some(Value::Bool(true)) => true,
             Some(Value::Bool(false)) => false,
             Some(_) => {
-                return Err(invalid(
-                    "endpoint",
-                    vec![problem("skip_backlog", "must be true or false")],
-                ))
+                problems.push(problem("skip_backlog", "must be true or false"));
+                true
             }
         };
         if !skip_backlog && self.rules.fan_out {
-            return Err(invalid(
-                "endpoint",
-                vec![problem(
-                    "skip_backlog",
-                    "false is not possible with [delivery] fan_out: a new endpoint gets \
-                     copies of what arrives from its creation on, never the stream's backlog",
-                )],
+            problems.push(problem(
+                "skip_backlog",
+                "false is not possible with [delivery] fan_out: a new endpoint gets \
+                 copies of what arrives from its creation on, never the stream's backlog",
             ));
         }
-        if !body.contains_key("secret") {
-            // The scheme decides the secret's form: check with a stand-in first.
-            let mut probe = body.clone();
-            probe.insert("secret".into(), "stand-in".into());
-            let scheme = self.check(&probe)?.signer.scheme();
-            body.insert("secret".into(), new_secret(scheme)?.into());
+        // Without a secret, the scheme decides the secret's form: checked with a
+        // stand-in first.
+        let generate = !body.contains_key("secret");
+        let checked = match generate {
+            true => {
+                let mut probe = body.clone();
+                probe.insert("secret".into(), "stand-in".into());
+                self.check(&probe)
+            }
+            false => self.check(&body),
+        };
+        let checked = match checked {
+            Ok(checked) if problems.is_empty() => checked,
+            Ok(_) => return Err(invalid("endpoint", problems)),
+            Err(RegistrarError::Invalid {
+                what,
+                problems: more,
+            }) => {
+                problems.extend(more);
+                return Err(invalid(what, problems));
+            }
+            Err(e) => return Err(e),
+        };
+        if generate {
+            body.insert("secret".into(), new_secret(checked.signer.scheme())?.into());
+            self.check(&body)?;
         }
-        self.check(&body)?;
         if skip_backlog {
             // Only for an endpoint about to be stored: it reads the stream.
             self.mark_backlog(&mut body).await;

@@ -481,9 +481,12 @@ async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_
     assert!(created.get("skip_backlog").is_none(), "{created}");
     let mut bad = serde_json::from_str::<Value>(&body("bad", rx)).unwrap();
     bad["skip_backlog"] = "yes".into();
+    bad["events"] = json!([]);
     let (status, err) = api(n, "POST", "/api/endpoints", Some(&bad.to_string())).await;
     assert_eq!(status, 422, "{err}");
+    // Every problem of the body, the endpoint's keys' too.
     assert_eq!(err["problems"][0]["field"], "skip_backlog", "{err}");
+    assert_eq!(err["problems"][1]["field"], "events", "{err}");
     wait_bound(n, "acme").await;
     wait_bound(n, "history").await;
 

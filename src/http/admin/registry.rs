@@ -160,8 +160,20 @@ pub(super) async fn list(
         .into_iter()
         .map(|w| (w.endpoint().name.clone(), w))
         .collect();
-    let mut all: Vec<(String, Value)> = Vec::with_capacity(running.len());
+    // The tenant and the page's start are applied before any view is built: a
+    // settings page for one customer costs that customer's endpoints, not all.
+    let wanted = |name: &str, tenant: Option<&str>| {
+        query.tenant.as_deref().is_none_or(|t| tenant == Some(t))
+            && query.after.as_deref().is_none_or(|after| name > after)
+    };
+    let mut all: Vec<(String, Value)> = Vec::new();
     for record in s.app.records() {
+        if !wanted(
+            &record.name,
+            record.value.get("tenant").and_then(Value::as_str),
+        ) {
+            continue;
+        }
         // A record with a file endpoint's name is not served: the worker is the file's.
         let worker = match s.app.is_file_endpoint(&record.name) {
             true => None,
@@ -173,15 +185,13 @@ pub(super) async fn list(
         running
             .into_values()
             .filter(|w| s.app.is_file_endpoint(&w.endpoint().name))
+            .filter(|w| {
+                let e = w.endpoint();
+                wanted(&e.name, e.tenant.as_deref())
+            })
             .map(|w| (w.endpoint().name.clone(), file_view(w))),
     );
-    if let Some(t) = &query.tenant {
-        all.retain(|(_, e)| e.get("tenant").and_then(Value::as_str) == Some(t));
-    }
     all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    if let Some(after) = &query.after {
-        all.retain(|(name, _)| name > after);
-    }
     let next = match query.limit {
         Some(limit) if all.len() > limit => {
             all.truncate(limit);
