@@ -270,15 +270,6 @@ impl Supervisor {
                     tracing::warn!(error = %e, "deleted endpoint's delivery log kept");
                 }
             }
-            match dead_letters.forget(&name).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(endpoint = %name, records = n, "deleted endpoint's dead letters removed")
-                }
-                Err(e) => {
-                    tracing::warn!(endpoint = %name, error = %e, "deleted endpoint's dead letters kept")
-                }
-            }
             for (stream, subject) in copies {
                 let purged = match js.get_stream(&stream).await {
                     Ok(s) => s
@@ -301,6 +292,16 @@ impl Supervisor {
                 .unwrap_or(true);
             if !again {
                 pause_state.announce(&name, None);
+            }
+            // Last: it reads the records when there are any.
+            match dead_letters.forget(&name).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(endpoint = %name, records = n, "deleted endpoint's dead letters removed")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %name, error = %e, "deleted endpoint's dead letters kept")
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
-use async_nats::jetstream::stream::DeleteMessageErrorKind;
+use async_nats::jetstream::stream::{DeleteMessageErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
@@ -305,12 +305,22 @@ impl DeadLetters {
         endpoint: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>, DeadLetterError> {
+        self.list_from(endpoint, 0, limit).await
+    }
+
+    /// [`DeadLetters::list`] from stream sequence `from` on.
+    pub async fn list_from(
+        &self,
+        endpoint: Option<&str>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>, DeadLetterError> {
         let read = |e: ReadError| DeadLetterError::Read(e.to_string());
         let filter = match endpoint {
             Some(e) => dlq_subject(e),
             None => format!("{DLQ_SUBJECT_PREFIX}.>"),
         };
-        let mut messages = read_to_end(&self.js, DLQ_STREAM, filter, LIST_IDLE)
+        let mut messages = read_to_end(&self.js, DLQ_STREAM, filter, from, LIST_IDLE)
             .await
             .map_err(read)?;
         let mut out = Vec::new();
@@ -330,33 +340,46 @@ impl DeadLetters {
 
     /// Removes every record of `endpoint`, then their stored payloads: a runtime
     /// endpoint deleted takes its dead letters along, so one created later under the
-    /// name (another customer's, say) cannot replay them to its own URL. Returns how
-    /// many records went.
+    /// name (another customer's, say) cannot replay them to its own URL. Only the
+    /// records there when it starts: one created again under the name meanwhile keeps
+    /// its own. Returns how many records went.
     pub async fn forget(&self, endpoint: &str) -> Result<u64, DeadLetterError> {
-        let read = |e: ReadError| DeadLetterError::Read(e.to_string());
+        let failed = |e: String| DeadLetterError::Read(e);
         let stream = match self.js.get_stream(DLQ_STREAM).await {
             Ok(s) => s,
             // Nothing was ever dead-lettered here.
             Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
                 return Ok(0)
             }
-            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let subject = dlq_subject(endpoint);
+        // One lookup answers the common case (no dead letters) without a read.
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
+            Err(e) => return Err(failed(e.to_string())),
         };
         // Only the names of stored payloads are kept while reading, not the records.
+        let read = |e: ReadError| failed(e.to_string());
         let mut objects = Vec::new();
-        let mut messages = read_to_end(&self.js, DLQ_STREAM, dlq_subject(endpoint), LIST_IDLE)
+        let mut messages = read_to_end(&self.js, DLQ_STREAM, subject.clone(), 0, LIST_IDLE)
             .await
             .map_err(read)?;
-        while let Some(Stored { payload, .. }) = messages.next().await.map_err(read)? {
+        while let Some(Stored { sequence, payload }) = messages.next().await.map_err(read)? {
+            if sequence > last {
+                break;
+            }
             if let Ok(record) = serde_json::from_slice::<DeadLetter>(&payload) {
                 objects.extend(record.payload_object);
             }
         }
         let purged = stream
             .purge()
-            .filter(dlq_subject(endpoint))
+            .filter(subject)
+            .sequence(last + 1)
             .await
-            .map_err(|e| DeadLetterError::Read(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
         for location in &objects {
             if let Some((bucket, name)) = location.split_once('/') {
                 self.delete_object(bucket, name).await;
