@@ -432,12 +432,16 @@ async fn admin_pause_resume_and_dead_letter_replay() {
     ));
     let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(10, "dl")).await;
-    wait_until(Duration::from_secs(20), "10 dead letters", || async {
-        natshook.dead_letters("a").len() >= 10
+    // More than a replay's page (100): the replay goes through three.
+    publish_all(&js, leads(250, "dl")).await;
+    wait_until(Duration::from_secs(40), "250 dead letters", || async {
+        natshook.dead_letters("a").len() >= 250
     })
     .await;
-    rx.set(|_| Reply::ok());
+    rx.set(|r| match r.id() == "dl-150" {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    });
     let (status, summary) = natshook
         .api(
             "POST",
@@ -457,9 +461,16 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(summary["replayed"].as_array().unwrap().len(), 9);
-    assert!(natshook.dead_letters("a").is_empty());
-    assert_eq!(rx.delivered_ids().len(), 10);
+    assert_eq!(summary["replayed"].as_array().unwrap().len(), 248);
+    assert_eq!(
+        summary["failures"].as_array().unwrap().len(),
+        1,
+        "{summary}"
+    );
+    let left = natshook.dead_letters("a");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], "dl-150");
+    assert_eq!(rx.delivered_ids().len(), 249);
     let (status, _) = natshook
         .api(
             "POST",

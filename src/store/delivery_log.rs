@@ -207,7 +207,7 @@ impl DeliveryLog {
     /// The newest `limit` records of `endpoint`, newest first.
     pub async fn recent(&self, endpoint: &str, limit: usize) -> Result<Vec<LogRecord>, LogError> {
         let read = |e: ReadError| LogError::Read(e.to_string());
-        let mut messages = read_to_end(&self.js, LOG_STREAM, subject(endpoint), READ_IDLE)
+        let mut messages = read_to_end(&self.js, LOG_STREAM, subject(endpoint), 0, READ_IDLE)
             .await
             .map_err(read)?;
         let mut out = std::collections::VecDeque::new();

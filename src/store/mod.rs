@@ -174,19 +174,26 @@ pub struct ToEnd {
     done: bool,
 }
 
-/// Reads `stream` on `filter_subject` through an ordered (ephemeral) consumer until no
-/// message is pending, or none arrives for `idle`: an empty or vanished stream ends
-/// the read after `idle` instead of waiting forever. Nothing is acked or changed.
+/// Reads `stream` on `filter_subject`, from stream sequence `from` on (`0`: from the
+/// start), through an ordered (ephemeral) consumer until no message is pending, or
+/// none arrives for `idle`: an empty or vanished stream ends the read after `idle`
+/// instead of waiting forever. Nothing is acked or changed.
 pub async fn read_to_end(
     js: &jetstream::Context,
     stream: &str,
     filter_subject: String,
+    from: u64,
     idle: Duration,
 ) -> Result<ToEnd, ReadError> {
     let stream = js.get_stream(stream).await.map_err(read_error)?;
+    let deliver_policy = match from {
+        0 | 1 => consumer::DeliverPolicy::All,
+        start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+    };
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject,
+            deliver_policy,
             ..Default::default()
         })
         .await

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{DeadLetter, DeadLetterError, DeadLetters};
+use super::{DeadLetter, DeadLetterError, DeadLetters, StoredDeadLetter, DLQ_STREAM};
 use crate::delivery::Deliverer;
 use crate::envelope::MessageFacts;
 use crate::routing::tenant_admits;
@@ -36,9 +36,42 @@ impl DeadLetters {
         filter: &ReplayFilter,
     ) -> Result<ReplaySummary, DeadLetterError> {
         let endpoint = deliverer.endpoint().clone();
-        let records = self.list(Some(&endpoint.name), usize::MAX).await?;
         let mut summary = ReplaySummary::default();
-        for stored in records {
+        // A page at a time: records carry payloads of up to ~780 KB each, and a DLQ
+        // of thousands must not be held in memory at once. Only the records there
+        // when the replay starts: the worker may dead-letter more meanwhile.
+        let end = match self.js.get_stream(DLQ_STREAM).await {
+            Ok(stream) => stream.cached_info().state.last_sequence,
+            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
+        };
+        let mut from = 0;
+        loop {
+            let mut page = self
+                .list_from(Some(&endpoint.name), from, REPLAY_PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            from = last.sequence + 1;
+            let full = page.len() == REPLAY_PAGE && last.sequence < end;
+            page.retain(|stored| stored.sequence <= end);
+            self.replay_page(deliverer, filter, page, &mut summary)
+                .await?;
+            if !full {
+                break;
+            }
+        }
+        Ok(summary)
+    }
+
+    async fn replay_page(
+        &self,
+        deliverer: &Deliverer,
+        filter: &ReplayFilter,
+        page: Vec<StoredDeadLetter>,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), DeadLetterError> {
+        for stored in page {
             let r = &stored.record;
             if filter.id.as_deref().is_some_and(|want| want != r.id) {
                 continue;
@@ -62,9 +95,12 @@ impl DeadLetters {
                 Err(reason) => summary.failures.push((r.id.clone(), reason)),
             }
         }
-        Ok(summary)
+        Ok(())
     }
 }
+
+/// Records a replay reads and delivers at a time.
+const REPLAY_PAGE: usize = 100;
 
 async fn replay_one(deliverer: &Deliverer, r: &DeadLetter, payload: &Bytes) -> Result<(), String> {
     // The endpoint's tenant may have changed since the record was written: a record
