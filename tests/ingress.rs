@@ -320,6 +320,26 @@ async fn tampered_stale_and_unsigned_requests_are_401_and_nothing_is_stored() {
         answers[4].1.contains("missing header webhook-id"),
         "{answers:?}"
     );
+    // A signature header of more entries than any sender makes is refused before
+    // any is checked (each would cost a hash of the body).
+    let now = unix_now().to_string();
+    let flood = vec!["v1,"; 17].join(" ");
+    let many = curl(
+        "POST",
+        &u,
+        &[
+            ("webhook-id", "t7"),
+            ("webhook-timestamp", &now),
+            ("webhook-signature", &flood),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(many.status, 401, "{}", many.body);
+    assert!(
+        many.body.contains("more than 16 signatures"),
+        "{}",
+        many.body
+    );
     // A fresh, correctly signed request right after is stored: the 401s were the
     // signatures', not the route's.
     assert_eq!(python_send(&[Send::signed(u, "t6", body)])[0].0, 200);
@@ -329,7 +349,7 @@ async fn tampered_stale_and_unsigned_requests_are_401_and_nothing_is_stored() {
     assert_eq!(
         n.metric("natshook_ingress_requests_total{outcome=\"unauthorized\",route=\"/in/std\"}")
             .await,
-        Some(5.0)
+        Some(6.0)
     );
 }
 
