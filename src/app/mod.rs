@@ -121,7 +121,12 @@ pub async fn run(
             if let Some(t) = traces {
                 t.shutdown().await;
             }
-            return Ok(());
+            // A client lost (rather than a signal) still ends in a failure, so that a
+            // supervisor restarting on failure starts the process again.
+            return match lost.await {
+                Ok(true) => Err(AppError::ClientLost),
+                _ => Ok(()),
+            };
         }
     }
     let mut config = config;
