@@ -244,6 +244,8 @@ impl Supervisor {
         let js = self.shared.js().clone();
         let log = self.shared.delivery_log().cloned();
         let dead_letters = self.shared.dead_letters().clone();
+        // Dead letters from here on are an endpoint's created again under the name.
+        let deleted_at = std::time::SystemTime::now();
         let pause_state = self.shared.pause_state().clone();
         let serving = Arc::clone(&self.snapshot);
         let consumer = crate::worker::consumer_name(self.shared.consumer_prefix(), &name);
@@ -294,7 +296,7 @@ impl Supervisor {
                 pause_state.announce(&name, None);
             }
             // Last: it reads the records when there are any.
-            match dead_letters.forget(&name).await {
+            match dead_letters.forget(&name, deleted_at).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(endpoint = %name, records = n, "deleted endpoint's dead letters removed")

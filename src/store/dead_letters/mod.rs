@@ -17,7 +17,7 @@
 mod record;
 mod replay;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
@@ -99,6 +99,8 @@ pub enum DeadLetterError {
     Stream(String),
     #[error("cannot publish dead letter: {0}")]
     Publish(String),
+    #[error("cannot remove dead letters: {0}")]
+    Purge(String),
     #[error("cannot read dead letters: {0}")]
     Read(String),
     #[error("dead-letter record is corrupt: {0}")]
@@ -338,31 +340,32 @@ impl DeadLetters {
         Ok(out)
     }
 
-    /// Removes every record of `endpoint`, then their stored payloads: a runtime
-    /// endpoint deleted takes its dead letters along, so one created later under the
-    /// name (another customer's, say) cannot replay them to its own URL. Only the
-    /// records there when it starts: one created again under the name meanwhile keeps
-    /// its own. Returns how many records went.
-    pub async fn forget(&self, endpoint: &str) -> Result<u64, DeadLetterError> {
-        let failed = |e: String| DeadLetterError::Read(e);
+    /// Removes the records of `endpoint` dead-lettered before `before` (when it was
+    /// deleted), then their stored payloads: a runtime endpoint deleted takes its dead
+    /// letters along, so one created later under the name (another customer's, say)
+    /// cannot replay them to its own URL, and keeps its own. Only records read are
+    /// removed, so no stored payload loses the record that names it unseen. Returns how
+    /// many went.
+    pub async fn forget(&self, endpoint: &str, before: SystemTime) -> Result<u64, DeadLetterError> {
         let stream = match self.js.get_stream(DLQ_STREAM).await {
             Ok(s) => s,
             // Nothing was ever dead-lettered here.
             Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
                 return Ok(0)
             }
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
         };
         let subject = dlq_subject(endpoint);
         // One lookup answers the common case (no dead letters) without a read.
         let last = match stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => m.sequence,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
         };
         // Only the names of stored payloads are kept while reading, not the records.
-        let read = |e: ReadError| failed(e.to_string());
+        let read = |e: ReadError| DeadLetterError::Read(e.to_string());
         let mut objects = Vec::new();
+        let mut through = 0;
         let mut messages = read_to_end(&self.js, DLQ_STREAM, subject.clone(), 0, LIST_IDLE)
             .await
             .map_err(read)?;
@@ -370,16 +373,25 @@ impl DeadLetters {
             if sequence > last {
                 break;
             }
+            // A record that does not parse names no payload and can never be replayed.
             if let Ok(record) = serde_json::from_slice::<DeadLetter>(&payload) {
+                let at = humantime::parse_rfc3339_weak(&record.dead_lettered_at);
+                if at.is_ok_and(|at| at >= before) {
+                    break;
+                }
                 objects.extend(record.payload_object);
             }
+            through = sequence;
+        }
+        if through == 0 {
+            return Ok(0);
         }
         let purged = stream
             .purge()
             .filter(subject)
-            .sequence(last + 1)
+            .sequence(through + 1)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| DeadLetterError::Purge(e.to_string()))?;
         for location in &objects {
             if let Some((bucket, name)) = location.split_once('/') {
                 self.delete_object(bucket, name).await;
