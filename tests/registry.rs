@@ -608,7 +608,9 @@ async fn the_api_answers_503_until_the_registry_is_open() {
     ];
     let acme = body("acme", &rx);
     for (method, path, body) in [
+        ("GET", "/api/endpoints", None),
         ("GET", "/api/endpoints/acme", None),
+        ("POST", "/api/endpoints/acme/pause", None),
         ("POST", "/api/endpoints", Some(acme.as_str())),
         ("PATCH", "/api/endpoints/acme", Some("{\"enabled\": false}")),
         ("DELETE", "/api/endpoints/acme", None),

@@ -539,8 +539,15 @@ impl AppView for Supervisor {
         )
     }
 
-    fn registry_configured(&self) -> bool {
-        self.registry_configured
+    fn registry_state(&self) -> crate::http::RegistryState {
+        use crate::http::RegistryState;
+        if !self.registry_configured {
+            RegistryState::Off
+        } else if self.registry.get().is_none() || self.registry_pending.load(Ordering::Relaxed) {
+            RegistryState::Opening
+        } else {
+            RegistryState::Open
+        }
     }
 
     fn records(&self) -> Vec<Record> {

@@ -53,9 +53,9 @@ pub trait AppView: Send + Sync + 'static {
     /// The operations on runtime endpoints, when `[registry] enabled = true` and the
     /// registry's bucket is open; checked against the config file in force.
     fn registrar(&self) -> Option<Registrar>;
-    /// Whether the config has `[registry] enabled = true`: a registrar missing then
-    /// means its bucket is not open yet, not that runtime endpoints are off.
-    fn registry_configured(&self) -> bool;
+    /// Whether runtime endpoints are off, being opened (their bucket not open or not
+    /// read yet), or served.
+    fn registry_state(&self) -> RegistryState;
     /// The registry's records as this process last saw them.
     fn records(&self) -> Vec<Record>;
     /// Why the record `name` is not served (invalid, say); `None` when it is, or is
@@ -65,6 +65,17 @@ pub trait AppView: Send + Sync + 'static {
     fn is_file_endpoint(&self, name: &str) -> bool;
     /// The mappings in force.
     fn router(&self) -> Arc<Router>;
+}
+
+/// Where the registry of runtime endpoints stands in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryState {
+    /// No `[registry] enabled = true`.
+    Off,
+    /// On, but its bucket is not open yet (NATS not reached) or its records not read:
+    /// what the API would say of runtime endpoints could be wrong.
+    Opening,
+    Open,
 }
 
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::envelope::MessageFacts;
+use crate::http::RegistryState;
 use crate::store::dead_letters::{ReplayFilter, ReplaySummary};
 use crate::store::delivery_log::LogRecord;
 use crate::worker::{EndpointState, Worker};
@@ -27,7 +28,10 @@ impl AdminState {
             .into_iter()
             .find(|w| w.endpoint().name == name)
             .ok_or_else(|| {
-                if self.is_record(name) {
+                let opening = self.app.registry_state() == RegistryState::Opening;
+                if opening && !self.app.is_file_endpoint(name) {
+                    super::registry::registry_opening()
+                } else if self.is_record(name) {
                     ApiError::new(
                         StatusCode::CONFLICT,
                         format!("endpoint '{name}' is disabled (or not served: see the log); enable it with PATCH {{\"enabled\": true}}"),

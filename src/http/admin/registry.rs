@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::error::Problem;
 use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
+use crate::http::RegistryState;
 use crate::registrar::{Registrar, RegistrarError};
 use crate::store::registry::{Record, RegistryError};
 use crate::worker::Worker;
@@ -40,15 +41,12 @@ impl AdminState {
         if let Some(registrar) = self.app.registrar() {
             return Ok(registrar);
         }
-        Err(match self.app.registry_configured() {
-            true => ApiError::unavailable(
-                "the endpoint registry is not open yet: natshook opens it once NATS is reached",
-            )
-            .retry_after(1),
-            false => ApiError::new(
+        Err(match self.app.registry_state() {
+            RegistryState::Off => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "runtime endpoints are off ([registry] enabled = true turns them on)",
             ),
+            _ => registry_opening(),
         })
     }
 
@@ -68,6 +66,15 @@ impl AdminState {
             .into_iter()
             .find(|w| w.endpoint().name == name)
     }
+}
+
+/// The answer about runtime endpoints while the registry is not open or not read yet:
+/// they may well exist, so not `404`, and the list would lack them.
+pub(super) fn registry_opening() -> ApiError {
+    ApiError::unavailable(
+        "the endpoint registry is not open yet: natshook opens and reads it once NATS is reached",
+    )
+    .retry_after(1)
 }
 
 /// The status and JSON an operation's failure answers with.
@@ -142,6 +149,10 @@ pub(super) async fn list(
     State(s): State<AdminState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    // Without the records, the list would show a customer no webhooks at all.
+    if s.app.registry_state() == RegistryState::Opening {
+        return Err(registry_opening());
+    }
     if let Some(limit) = query.limit.filter(|n| !(1..=MAX_PAGE).contains(n)) {
         return Err(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the query is invalid").with_problems(
@@ -217,7 +228,9 @@ pub(super) async fn one(
     }
     let registrar = match s.registrar() {
         Ok(r) => r,
-        Err(_) if !s.app.registry_configured() => return Err(ApiError::not_found(&name)),
+        Err(_) if s.app.registry_state() == RegistryState::Off => {
+            return Err(ApiError::not_found(&name))
+        }
         Err(e) => return Err(e),
     };
     let record = registrar.get(&name).await?;
