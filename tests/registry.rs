@@ -586,9 +586,10 @@ async fn a_runtime_endpoint_that_cannot_bind_leaves_the_process_ready() {
     assert_eq!(n.get("/readyz").await.map(|(s, _)| s), Ok(200));
 }
 
-/// Until the registry's bucket is open (here NATS is unreachable at start), the
-/// routes on runtime endpoints answer `503` with `Retry-After`, not `404`: the
-/// endpoint asked for may well exist. A change to a file endpoint is `409` all along.
+/// Until natshook has started its endpoints and read the registry (here NATS is
+/// unreachable at start), the routes on endpoints answer `503` with `Retry-After`,
+/// not `404`: the endpoint asked for may well exist, and a list would lack it. A
+/// change to a file endpoint is `409` all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_503_until_the_registry_is_open() {
     let (file_rx, rx) = (Receiver::start().await, Receiver::start().await);
@@ -610,7 +611,9 @@ async fn the_api_answers_503_until_the_registry_is_open() {
     for (method, path, body) in [
         ("GET", "/api/endpoints", None),
         ("GET", "/api/endpoints/acme", None),
+        ("GET", "/api/endpoints/file", None),
         ("POST", "/api/endpoints/acme/pause", None),
+        ("POST", "/api/endpoints/file/pause", None),
         ("POST", "/api/endpoints", Some(acme.as_str())),
         ("PATCH", "/api/endpoints/acme", Some("{\"enabled\": false}")),
         ("DELETE", "/api/endpoints/acme", None),
@@ -619,7 +622,7 @@ async fn the_api_answers_503_until_the_registry_is_open() {
         assert_eq!(status, 503, "{method} {path}: {err}");
         assert_eq!(headers.get("retry-after").unwrap(), "1");
         let error = err["error"].as_str().unwrap_or_default();
-        assert!(error.contains("not open yet"), "{err}");
+        assert!(error.contains("natshook is starting"), "{err}");
     }
     let ((status, err), _) = n
         .api_with("DELETE", "/api/endpoints/file", &json, None)

@@ -539,6 +539,10 @@ impl AppView for Supervisor {
         )
     }
 
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
     fn registry_state(&self) -> crate::http::RegistryState {
         use crate::http::RegistryState;
         if !self.registry_configured {

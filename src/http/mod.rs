@@ -56,6 +56,9 @@ pub trait AppView: Send + Sync + 'static {
     /// Whether runtime endpoints are off, being opened (their bucket not open or not
     /// read yet), or served.
     fn registry_state(&self) -> RegistryState;
+    /// Whether the streams are set up and the config file's endpoints started: until
+    /// then (NATS not reached) no endpoint has a worker.
+    fn started(&self) -> bool;
     /// The registry's records as this process last saw them.
     fn records(&self) -> Vec<Record>;
     /// Why the record `name` is not served (invalid, say); `None` when it is, or is

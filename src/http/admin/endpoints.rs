@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::envelope::MessageFacts;
-use crate::http::RegistryState;
 use crate::store::dead_letters::{ReplayFilter, ReplaySummary};
 use crate::store::delivery_log::LogRecord;
 use crate::worker::{EndpointState, Worker};
@@ -28,9 +27,8 @@ impl AdminState {
             .into_iter()
             .find(|w| w.endpoint().name == name)
             .ok_or_else(|| {
-                let opening = self.app.registry_state() == RegistryState::Opening;
-                if opening && !self.app.is_file_endpoint(name) {
-                    super::registry::registry_opening()
+                if self.starting(Some(name)) {
+                    super::registry::starting()
                 } else if self.is_record(name) {
                     ApiError::new(
                         StatusCode::CONFLICT,

@@ -46,7 +46,7 @@ impl AdminState {
                 StatusCode::NOT_FOUND,
                 "runtime endpoints are off ([registry] enabled = true turns them on)",
             ),
-            _ => registry_opening(),
+            _ => starting(),
         })
     }
 
@@ -60,6 +60,15 @@ impl AdminState {
         self.registrar()
     }
 
+    /// Whether what the API would say of the endpoint `name` (of every endpoint with
+    /// `None`) may be incomplete: the process has not started its endpoints, or the
+    /// registry is not open and read (which file endpoints do not wait for).
+    pub(super) fn starting(&self, name: Option<&str>) -> bool {
+        !self.app.started()
+            || (self.app.registry_state() == RegistryState::Opening
+                && name.is_none_or(|n| !self.app.is_file_endpoint(n)))
+    }
+
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
         self.app
             .workers()
@@ -68,11 +77,12 @@ impl AdminState {
     }
 }
 
-/// The answer about runtime endpoints while the registry is not open or not read yet:
-/// they may well exist, so not `404`, and the list would lack them.
-pub(super) fn registry_opening() -> ApiError {
+/// The answer about endpoints while the process has not started them (NATS not
+/// reached) or has not read the registry: they may well exist, so not `404`, and the
+/// list would lack them.
+pub(super) fn starting() -> ApiError {
     ApiError::unavailable(
-        "the endpoint registry is not open yet: natshook opens and reads it once NATS is reached",
+        "natshook is starting: its endpoints and the endpoint registry are served once NATS is reached",
     )
     .retry_after(1)
 }
@@ -149,9 +159,10 @@ pub(super) async fn list(
     State(s): State<AdminState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    // Without the records, the list would show a customer no webhooks at all.
-    if s.app.registry_state() == RegistryState::Opening {
-        return Err(registry_opening());
+    // Before the start or the registry's records, the list would show a customer no
+    // webhooks at all.
+    if s.starting(None) {
+        return Err(starting());
     }
     if let Some(limit) = query.limit.filter(|n| !(1..=MAX_PAGE).contains(n)) {
         return Err(
@@ -224,6 +235,9 @@ pub(super) async fn one(
     if s.app.is_file_endpoint(&name) {
         if let Some(w) = s.running(&name) {
             return Ok(Json(file_view(w)));
+        }
+        if !s.app.started() {
+            return Err(starting());
         }
     }
     let registrar = match s.registrar() {
