@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::proxy::Route;
 use crate::config::{Endpoint, Proxy, TlsFiles};
@@ -87,6 +87,21 @@ pub(super) fn shared(
 /// `max_idle` idle connections per host, names resolved through the SSRF guard (or the
 /// proxy's tunnel), its TLS files loaded.
 pub(super) fn build(endpoint: &Endpoint, max_idle: usize) -> Result<HttpClient, ClientError> {
+    build_with_idle(endpoint, max_idle, POOL_IDLE_TIMEOUT)
+}
+
+/// How long a pooled connection may sit idle before it is closed. The pool's timer
+/// closes it: without one, hyper-util drops an idle connection only when a later
+/// request goes to the same host, so every host ever delivered to (a customer's URL
+/// changed again and again, many tenants' hosts) would keep its connections, and
+/// their descriptors, for good.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn build_with_idle(
+    endpoint: &Endpoint,
+    max_idle: usize,
+    idle: Duration,
+) -> Result<HttpClient, ClientError> {
     let route = match &endpoint.proxy {
         None => {
             let resolver = GuardedResolver::new(endpoint.target.clone());
@@ -108,7 +123,8 @@ pub(super) fn build(endpoint: &Endpoint, max_idle: usize) -> Result<HttpClient, 
     // to RESPONSE_HEAD_LIMIT: a fixed buffer would also cap the response head, and
     // a receiver behind a proxy can answer 200 with more than 8 KiB of headers.
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
         .pool_max_idle_per_host(max_idle.max(1))
         .http1_writev(true)
         .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
@@ -204,4 +220,53 @@ pub(crate) fn system_roots() -> Arc<rustls::RootCertStore> {
             Arc::new(roots)
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::build_with_idle;
+    use crate::config::Config;
+
+    /// A connection left idle in the pool is closed after the idle timeout, with no
+    /// further request to its host: the receiver sees its end.
+    #[tokio::test]
+    async fn an_idle_pooled_connection_is_closed_without_another_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text = format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n\
+             [[endpoints]]\nname = \"x\"\nurl = \"http://{addr}/\"\nevents = [\"*\"]\n\
+             secret = \"s\"\nallow_http = true\nallow_private = true\n"
+        );
+        let endpoint = Config::from_str(&text, "toml").unwrap().endpoints.remove(0);
+        let client = build_with_idle(&endpoint, 4, Duration::from_millis(200)).unwrap();
+        let served = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            // The client's end: 0 bytes read once it closes the connection.
+            tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await
+        });
+        let req = http::Request::post(format!("http://{addr}/"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        let closed = served.await.unwrap();
+        assert!(matches!(closed, Ok(Ok(0))), "still open: {closed:?}");
+        // The client itself lived on all along: the pool, not a drop, closed it.
+        drop(client);
+    }
 }

@@ -312,7 +312,7 @@ impl Deliverer {
                 status,
                 http_status: None,
                 retry_after: None,
-                error: Some(error),
+                error: Some(printable(error)),
                 response_body: Bytes::new(),
                 duration,
                 request_headers,
@@ -397,6 +397,33 @@ async fn drain(mut body: hyper::body::Incoming, kept: &mut BytesMut) {
     }
 }
 
+/// Most bytes of an attempt's error text that are kept.
+const ERROR_TEXT_LIMIT: usize = 512;
+
+/// An attempt's error as the log, the endpoint's state and the delivery log show it:
+/// parts of it come from the receiver (a TLS certificate's names, for one), so control
+/// characters are escaped, lest they forge log lines or terminal output, and it is
+/// cut to [`ERROR_TEXT_LIMIT`] bytes, lest a certificate of hundreds of names make
+/// every record tens of kilobytes.
+fn printable(error: String) -> String {
+    if error.len() <= ERROR_TEXT_LIMIT && !error.chars().any(char::is_control) {
+        return error;
+    }
+    let mut out = String::with_capacity(ERROR_TEXT_LIMIT + 4);
+    for c in error.chars() {
+        let escaped: String = match c.is_control() {
+            true => c.escape_default().collect(),
+            false => c.to_string(),
+        };
+        if out.len() + escaped.len() > ERROR_TEXT_LIMIT {
+            out.push('…');
+            break;
+        }
+        out.push_str(&escaped);
+    }
+    out
+}
+
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error;
     let mut msg = if e.is_connect() {
@@ -430,6 +457,29 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_from_the_receiver_is_escaped_and_cut() {
+        let forged =
+            "invalid peer certificate: evil\x1b[31m\nFAKE-LOG-LINE level=ERROR".to_string();
+        let shown = printable(forged);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\u{1b}[31m\\nFAKE-LOG-LINE"), "{shown}");
+
+        let names: String = (0..300)
+            .map(|i| format!("name-{i}.example.com, "))
+            .collect();
+        let shown = printable(format!("certificate is valid for {names}"));
+        assert!(
+            shown.len() <= ERROR_TEXT_LIMIT + '…'.len_utf8(),
+            "{}",
+            shown.len()
+        );
+        assert!(shown.ends_with('…'));
+
+        let plain = "connect error: Connection refused (os error 111)".to_string();
+        assert_eq!(printable(plain.clone()), plain);
+    }
 
     #[test]
     fn an_event_name_no_header_can_carry_is_undeliverable() {
