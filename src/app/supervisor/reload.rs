@@ -244,8 +244,6 @@ impl Supervisor {
         let js = self.shared.js().clone();
         let log = self.shared.delivery_log().cloned();
         let dead_letters = self.shared.dead_letters().clone();
-        // Dead letters from here on are an endpoint's created again under the name.
-        let deleted_at = std::time::SystemTime::now();
         let pause_state = self.shared.pause_state().clone();
         let serving = Arc::clone(&self.snapshot);
         let consumer = crate::worker::consumer_name(self.shared.consumer_prefix(), &name);
@@ -257,6 +255,10 @@ impl Supervisor {
             copies.push((w.lane_name().to_string(), w.lane_subject(&name)));
         }
         async move {
+            // Run once the deleted endpoint's deliveries have ended: its last dead
+            // letters are older than this, one created again under the name writes
+            // newer ones.
+            let deleted_at = std::time::SystemTime::now();
             for stream in &streams {
                 match js.delete_consumer_from_stream(&consumer, stream).await {
                     Ok(_) => {
