@@ -202,10 +202,27 @@ impl Supervisor {
 /// replay of every record changes nothing that is already served.
 pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    // An empty bucket sends nothing to wait for.
-    if registry.is_empty().await.unwrap_or(false) {
-        sup.mark_registry_synced();
+    // An empty bucket sends nothing to wait for: asked until it answers, or the
+    // process would never count the registry as read (not ready, and the admin API
+    // answering 503 for runtime endpoints) until someone created one.
+    loop {
+        match registry.is_empty().await {
+            Ok(empty) => {
+                if empty {
+                    sup.mark_registry_synced();
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the endpoint registry is empty; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
     }
+    backoff.reset();
     loop {
         let mut changes = match registry.watch().await {
             Ok(w) => {

@@ -214,7 +214,7 @@ impl Supervisor {
 
     /// The registry's records present at start-up are applied.
     pub(super) fn mark_registry_synced(&self) {
-        self.registry_pending.store(false, Ordering::Relaxed);
+        self.registry_pending.store(false, Ordering::Release);
     }
 
     pub(super) fn publish_records(&self, runtime: &Runtime) {
@@ -232,7 +232,7 @@ impl Supervisor {
 
     /// Streams are set up and the endpoints started: readiness now checks the workers.
     pub(super) fn mark_started(&self) {
-        self.started.store(true, Ordering::Relaxed);
+        self.started.store(true, Ordering::Release);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -299,10 +299,10 @@ impl Supervisor {
     /// every endpoint's own consumer but a runtime endpoint's that JetStream refused.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
-        if !self.started.load(Ordering::Relaxed) {
+        if !self.started.load(Ordering::Acquire) {
             reasons.push("starting: streams and consumers are being set up".to_string());
         }
-        if self.registry_pending.load(Ordering::Relaxed) {
+        if self.registry_pending.load(Ordering::Acquire) {
             reasons.push("the endpoint registry is being read".to_string());
         }
         if !self.connected.load(Ordering::Relaxed) {
@@ -540,14 +540,14 @@ impl AppView for Supervisor {
     }
 
     fn started(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
+        self.started.load(Ordering::Acquire)
     }
 
     fn registry_state(&self) -> crate::http::RegistryState {
         use crate::http::RegistryState;
         if !self.registry_configured {
             RegistryState::Off
-        } else if self.registry.get().is_none() || self.registry_pending.load(Ordering::Relaxed) {
+        } else if self.registry.get().is_none() || self.registry_pending.load(Ordering::Acquire) {
             RegistryState::Opening
         } else {
             RegistryState::Open
