@@ -406,22 +406,33 @@ const ERROR_TEXT_LIMIT: usize = 512;
 /// cut to [`ERROR_TEXT_LIMIT`] bytes, lest a certificate of hundreds of names make
 /// every record tens of kilobytes.
 fn printable(error: String) -> String {
-    if error.len() <= ERROR_TEXT_LIMIT && !error.chars().any(char::is_control) {
+    if error.len() <= ERROR_TEXT_LIMIT && !error.chars().any(needs_escape) {
         return error;
     }
-    let mut out = String::with_capacity(ERROR_TEXT_LIMIT + 4);
+    // Room for the `…` that marks a cut.
+    let room = ERROR_TEXT_LIMIT - '…'.len_utf8();
+    let mut out = String::with_capacity(ERROR_TEXT_LIMIT);
     for c in error.chars() {
-        let escaped: String = match c.is_control() {
+        let escaped: String = match needs_escape(c) {
             true => c.escape_default().collect(),
             false => c.to_string(),
         };
-        if out.len() + escaped.len() > ERROR_TEXT_LIMIT {
+        if out.len() + escaped.len() > room {
             out.push('…');
             break;
         }
         out.push_str(&escaped);
     }
     out
+}
+
+/// Control characters, the backslash (so that an escape cannot be forged), and the
+/// characters that reorder or break what a terminal shows (bidirectional overrides
+/// and isolates, line and paragraph separators).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
@@ -465,16 +476,16 @@ mod tests {
         let shown = printable(forged);
         assert!(!shown.chars().any(char::is_control), "{shown}");
         assert!(shown.contains("\\u{1b}[31m\\nFAKE-LOG-LINE"), "{shown}");
+        // A backslash the receiver wrote is escaped too, so it cannot pass for one
+        // of these escapes; a right-to-left override is shown, not obeyed.
+        let shown = printable("name \\n\u{202e}moc.live".to_string());
+        assert_eq!(shown, "name \\\\n\\u{202e}moc.live");
 
         let names: String = (0..300)
             .map(|i| format!("name-{i}.example.com, "))
             .collect();
         let shown = printable(format!("certificate is valid for {names}"));
-        assert!(
-            shown.len() <= ERROR_TEXT_LIMIT + '…'.len_utf8(),
-            "{}",
-            shown.len()
-        );
+        assert!(shown.len() <= ERROR_TEXT_LIMIT, "{}", shown.len());
         assert!(shown.ends_with('…'));
 
         let plain = "connect error: Connection refused (os error 111)".to_string();

@@ -28,7 +28,7 @@ impl AdminState {
             .find(|w| w.endpoint().name == name)
             .ok_or_else(|| {
                 if self.starting(Some(name)) {
-                    super::registry::starting()
+                    self.not_yet()
                 } else if self.is_record(name) {
                     ApiError::new(
                         StatusCode::CONFLICT,

@@ -46,7 +46,7 @@ impl AdminState {
                 StatusCode::NOT_FOUND,
                 "runtime endpoints are off ([registry] enabled = true turns them on)",
             ),
-            _ => starting(),
+            _ => self.not_yet(),
         })
     }
 
@@ -77,14 +77,17 @@ impl AdminState {
     }
 }
 
-/// The answer about endpoints while the process has not started them (NATS not
-/// reached) or has not read the registry: they may well exist, so not `404`, and the
-/// list would lack them.
-pub(super) fn starting() -> ApiError {
-    ApiError::unavailable(
-        "natshook is starting: its endpoints and the endpoint registry are served once NATS is reached",
-    )
-    .retry_after(1)
+impl AdminState {
+    /// The answer about endpoints while the process has not started them (NATS not
+    /// reached) or has not read the registry: they may well exist, so not `404`, and
+    /// the list would lack them.
+    pub(super) fn not_yet(&self) -> ApiError {
+        let error = match self.app.started() {
+            false => "natshook is starting: its endpoints run once NATS is reached",
+            true => "the endpoint registry is not open or not read yet",
+        };
+        ApiError::unavailable(error).retry_after(1)
+    }
 }
 
 /// The status and JSON an operation's failure answers with.
@@ -162,7 +165,7 @@ pub(super) async fn list(
     // Before the start or the registry's records, the list would show a customer no
     // webhooks at all.
     if s.starting(None) {
-        return Err(starting());
+        return Err(s.not_yet());
     }
     if let Some(limit) = query.limit.filter(|n| !(1..=MAX_PAGE).contains(n)) {
         return Err(
@@ -237,7 +240,7 @@ pub(super) async fn one(
             return Ok(Json(file_view(w)));
         }
         if !s.app.started() {
-            return Err(starting());
+            return Err(s.not_yet());
         }
     }
     let registrar = match s.registrar() {
