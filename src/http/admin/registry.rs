@@ -75,9 +75,7 @@ impl AdminState {
             .into_iter()
             .find(|w| w.endpoint().name == name)
     }
-}
 
-impl AdminState {
     /// The answer about endpoints while the process has not started them (NATS not
     /// reached) or has not read the registry: they may well exist, so not `404`, and
     /// the list would lack them.
