@@ -352,6 +352,45 @@ fn a_signature_header_with_too_many_entries_is_refused_unchecked() {
     ));
 }
 
+/// Each `v1a` entry is checked against each Ed25519 key, and each check hashes the
+/// body anew: past 16 such checks a request is refused before any of them.
+#[test]
+fn v1a_entries_times_ed25519_keys_past_the_cap_are_refused_unchecked() {
+    let keys: Vec<(String, String)> = (0..4).map(|_| generate_ed25519().unwrap()).collect();
+    let publics: Vec<&str> = keys.iter().map(|(_, p)| p.as_str()).collect();
+    let v = verifier(&publics);
+    let mut h = HeaderMap::new();
+    signer(Scheme::Standard, &[&keys[3].0]).sign_into("id", 1, b"body", &mut h);
+    let good = h["webhook-signature"].to_str().unwrap().to_string();
+    let wrong = format!("v1a,{}", BASE64.encode([7u8; 64]));
+    // 4 entries × 4 keys: 16 checks, the right one last.
+    let mut entries = vec![wrong.as_str(); 3];
+    entries.push(good.as_str());
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&entries.join(" ")).unwrap(),
+    );
+    assert_eq!(v.verify(b"body", &h), Ok(()));
+    // 5 × 4: refused, though the right one is there.
+    entries.insert(0, wrong.as_str());
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&entries.join(" ")).unwrap(),
+    );
+    assert!(matches!(
+        v.verify(b"body", &h),
+        Err(VerifyError::Malformed(_, m)) if m.contains("5 v1a signatures against 4 keys")
+    ));
+    // HMAC entries do not count: each HMAC key hashes the body once.
+    let mut mixed = vec!["v1,"; MAX_SIGNATURES - 4];
+    mixed.extend(entries[1..].iter().copied());
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&mixed.join(" ")).unwrap(),
+    );
+    assert_eq!(v.verify(b"body", &h), Ok(()));
+}
+
 #[test]
 fn during_a_rotation_grace_one_signature_schemes_sign_with_the_old_secret() {
     let body = b"{}";

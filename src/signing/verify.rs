@@ -67,6 +67,19 @@ impl Signer {
                         format!("more than {MAX_SIGNATURES} signatures"),
                     ));
                 }
+                // Ed25519 hashes the whole signed content once per (entry, key) pair, so
+                // that product is what costs, not the entry count alone.
+                let ed_entries = entries.iter().filter(|e| e.starts_with("v1a,")).count();
+                let ed_checks = ed_entries * self.ed25519_keys();
+                if ed_checks > MAX_SIGNATURES {
+                    return Err(VerifyError::Malformed(
+                        WEBHOOK_SIGNATURE.to_string(),
+                        format!(
+                            "{ed_entries} v1a signatures against {} keys make more than {MAX_SIGNATURES} checks",
+                            self.ed25519_keys()
+                        ),
+                    ));
+                }
                 let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", body];
                 // Each key hashes the body once, however many entries there are.
                 let mut macs = None;
@@ -90,6 +103,12 @@ impl Signer {
                 Err(VerifyError::Mismatch)
             }
         }
+    }
+
+    fn ed25519_keys(&self) -> usize {
+        (self.keys.iter())
+            .filter(|key| matches!(key, Key::Ed25519(_) | Key::Ed25519Public(_)))
+            .count()
     }
 
     /// Every HMAC key's output over `parts`, compared in constant time (`CtOutput`).
