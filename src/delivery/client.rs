@@ -87,20 +87,42 @@ pub(super) fn shared(
 /// `max_idle` idle connections per host, names resolved through the SSRF guard (or the
 /// proxy's tunnel), its TLS files loaded.
 pub(super) fn build(endpoint: &Endpoint, max_idle: usize) -> Result<HttpClient, ClientError> {
-    build_with_idle(endpoint, max_idle, POOL_IDLE_TIMEOUT)
+    build_with(endpoint, max_idle, Liveness::DEFAULT)
 }
 
-/// How long a pooled connection may sit idle before it is closed. The pool's timer
-/// closes it: without one, hyper-util drops an idle connection only when a later
-/// request goes to the same host, so every host ever delivered to (a customer's URL
-/// changed again and again, many tenants' hosts) would keep its connections, and
-/// their descriptors, for good.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How the pool tells a connection worth keeping from one to drop.
+#[derive(Clone, Copy)]
+struct Liveness {
+    /// How long a pooled connection may sit idle before it is closed. The pool's timer
+    /// closes it: without one, hyper-util drops an idle connection only when a later
+    /// request goes to the same host, so every host ever delivered to (a customer's
+    /// URL changed again and again, many tenants' hosts) would keep its connections,
+    /// and their descriptors, for good.
+    idle: Duration,
+    /// An HTTP/2 connection that has received nothing for this long is sent a PING,
+    /// idle or not. Every request to a host shares its one HTTP/2 connection, so one
+    /// that died without a word (a receiver's node gone, a NAT's state dropped) would
+    /// time out every attempt to the host until TCP gives up, many minutes later,
+    /// spending the messages' attempts; an HTTP/1 connection is dropped with the
+    /// first request that times out on it.
+    ping_after: Duration,
+    /// How long the PING's answer may take before the connection is closed, and the
+    /// next request opens a new one.
+    ping_timeout: Duration,
+}
 
-fn build_with_idle(
+impl Liveness {
+    const DEFAULT: Liveness = Liveness {
+        idle: Duration::from_secs(90),
+        ping_after: Duration::from_secs(20),
+        ping_timeout: Duration::from_secs(10),
+    };
+}
+
+fn build_with(
     endpoint: &Endpoint,
     max_idle: usize,
-    idle: Duration,
+    liveness: Liveness,
 ) -> Result<HttpClient, ClientError> {
     let route = match &endpoint.proxy {
         None => {
@@ -124,7 +146,11 @@ fn build_with_idle(
     // a receiver behind a proxy can answer 200 with more than 8 KiB of headers.
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle)
+        .pool_idle_timeout(liveness.idle)
+        .timer(TokioTimer::new())
+        .http2_keep_alive_interval(liveness.ping_after)
+        .http2_keep_alive_timeout(liveness.ping_timeout)
+        .http2_keep_alive_while_idle(true)
         .pool_max_idle_per_host(max_idle.max(1))
         .http1_writev(true)
         .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
@@ -231,7 +257,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    use super::build_with_idle;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::{build_with, Liveness};
     use crate::config::Config;
 
     /// A connection left idle in the pool is closed after the idle timeout, with no
@@ -246,7 +274,11 @@ mod tests {
              secret = \"s\"\nallow_http = true\nallow_private = true\n"
         );
         let endpoint = Config::from_str(&text, "toml").unwrap().endpoints.remove(0);
-        let client = build_with_idle(&endpoint, 4, Duration::from_millis(200)).unwrap();
+        let liveness = Liveness {
+            idle: Duration::from_millis(200),
+            ..Liveness::DEFAULT
+        };
+        let client = build_with(&endpoint, 4, liveness).unwrap();
         let served = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
             let mut buf = vec![0u8; 4096];
@@ -273,5 +305,138 @@ mod tests {
         assert!(matches!(closed, Ok(Ok(0))), "still open: {closed:?}");
         // The client itself lived on all along: the pool, not a drop, closed it.
         drop(client);
+    }
+
+    /// An HTTP/2 connection that goes silent (the network holds every byte, nothing
+    /// is closed) is found dead by an unanswered PING, and the next request to the
+    /// host opens a new connection instead of waiting on the dead one.
+    #[tokio::test]
+    async fn a_silent_http2_connection_is_dropped_after_an_unanswered_ping() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+        // The receiver: HTTP/2 over TLS, 200 to everything.
+        let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver_addr = receiver.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = receiver.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+
+        // Between them, a network path: the first connection's path goes silent on
+        // demand, in both directions, without closing.
+        let path = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = path.local_addr().unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        {
+            let (silent, connections) = (silent.clone(), connections.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (client_side, _) = path.accept().await.unwrap();
+                    let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+                    let server_side = tokio::net::TcpStream::connect(receiver_addr).await.unwrap();
+                    let (cr, cw) = client_side.into_split();
+                    let (sr, sw) = server_side.into_split();
+                    for (mut from, mut to) in [
+                        (
+                            Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                            Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                        ),
+                        (Box::new(sr), Box::new(cw)),
+                    ] {
+                        let silent = silent.clone();
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = match from.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if first && silent.load(Ordering::SeqCst) {
+                                    // Held for good, as a dead peer's network would.
+                                    std::future::pending::<()>().await;
+                                }
+                                if to.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                }
+            });
+        }
+
+        let text = format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n\
+             [[endpoints]]\nname = \"x\"\nurl = \"https://{addr}/\"\nevents = [\"*\"]\n\
+             secret = \"s\"\nallow_private = true\nca_file = {:?}\n",
+            ca_path.display().to_string()
+        );
+        let endpoint = Config::from_str(&text, "toml").unwrap().endpoints.remove(0);
+        let liveness = Liveness {
+            ping_after: Duration::from_millis(200),
+            ping_timeout: Duration::from_millis(200),
+            ..Liveness::DEFAULT
+        };
+        let client = build_with(&endpoint, 4, liveness).unwrap();
+        let post = || {
+            http::Request::post(format!("https://{addr}/"))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap()
+        };
+        let resp = client.request(post()).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+
+        silent.store(true, Ordering::SeqCst);
+        // Past the PING's interval and its timeout, with room to spare.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let resp = tokio::time::timeout(Duration::from_secs(5), client.request(post()))
+            .await
+            .expect("the request waited on the silent connection")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }
