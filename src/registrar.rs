@@ -423,12 +423,13 @@ impl Registrar {
         }
         let mut detail = format!("enabled {}", self.by.words());
         if let Some(p) = &pause {
-            let cause = match p.cause {
+            let cause = match &p.cause {
                 PauseCause::Failures { failures } => {
                     format!("after {failures} consecutive failures")
                 }
                 PauseCause::Gone => "on 410 Gone".to_string(),
                 PauseCause::Manual => "by an operator".to_string(),
+                PauseCause::Unrecognized { named } => format!("for {named}"),
             };
             detail.push_str(&format!("; its pause ({cause}) ended"));
         }

@@ -245,6 +245,75 @@ async fn an_operator_pause_on_one_replica_holds_every_replica_until_a_resume_on_
         .await;
 }
 
+/// A pause record this version cannot read (a cause a newer version writes, read after
+/// a rollback or by an older replica) pauses the endpoint when it arrives and at
+/// start, and holds like an operator's: no probe goes out, and a resume ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pause_this_version_cannot_read_holds_until_a_resume() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = replica_config(
+        &nats,
+        &rx,
+        "probe_interval = \"500ms\"\nprobe_max_interval = \"500ms\"",
+    );
+    let mut n = Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let state = js.get_key_value("NATSHOOK_STATE").await.expect("bucket");
+    state
+        .put(
+            "paused.a",
+            Bytes::from_static(
+                br#"{"cause":"quarantined","until":"2027-01-01T00:00:00Z","at":"2026-12-06T01:00:00Z","by":"pod-b/7"}"#,
+            ),
+        )
+        .await
+        .unwrap();
+    n.wait_metric(
+        PAUSED_A,
+        1.0,
+        Duration::from_secs(2),
+        "the pause was not followed",
+    )
+    .await;
+    let (_, view) = n
+        .api("GET", "/api/endpoints/a", Some(ADMIN_TOKEN), None)
+        .await;
+    assert!(
+        view["pause_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not know (quarantined)")),
+        "{view}"
+    );
+    publish_all(&js, leads(20, "uc")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.count(), 0, "a probe or a delivery went out");
+
+    n.terminate().await;
+    n.spawn().await;
+    n.wait_metric(
+        PAUSED_A,
+        1.0,
+        Duration::from_secs(2),
+        "a restarted process ignored the pause",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.count(), 0, "a request went out after the restart");
+
+    let (status, resumed) = n
+        .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{resumed}");
+    rx.wait_for(
+        Duration::from_secs(20),
+        "20 delivered after the resume",
+        |r| r.delivered_ids().len() >= 20,
+    )
+    .await;
+    assert!(state.get("paused.a").await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_receiver_pauses_every_replica_one_probes_at_a_time_and_a_success_resumes_all() {
     let nats = NatsServer::start();

@@ -49,6 +49,15 @@ pub enum PauseCause {
     Gone,
     /// An operator paused it (admin API); only a resume ends it, no probes.
     Manual,
+    /// A record this version cannot read: a cause a newer version writes (read after
+    /// a rollback, or by an older replica), or a value written by hand. It is followed
+    /// as a pause that only a resume ends, with no probes, since pausing loses nothing
+    /// and ignoring it would send to an endpoint another replica stopped.
+    Unrecognized {
+        /// The record's `cause` as found (letters, digits, `_` and `-` only, at most
+        /// 64), or `unreadable` when there is none.
+        named: String,
+    },
 }
 
 /// The value of `paused.<endpoint>`.
@@ -60,6 +69,37 @@ pub struct PauseRecord {
     pub at: String,
     /// The replica that paused it (host name and process id).
     pub by: String,
+}
+
+impl PauseRecord {
+    /// The record `paused.<endpoint>` holds; one this version cannot read is an
+    /// [`PauseCause::Unrecognized`] pause, with a warning, never no pause.
+    fn read(endpoint: &str, value: &[u8]) -> PauseRecord {
+        if let Ok(record) = serde_json::from_slice(value) {
+            return record;
+        }
+        let fields: Option<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_slice(value).ok();
+        let field = |name: &str| {
+            let text = fields.as_ref()?.get(name)?.as_str()?;
+            Some(
+                (text.chars().take(64))
+                    .map(|c| match c {
+                        'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | ':' | '.' | '/' => c,
+                        _ => '?',
+                    })
+                    .collect::<String>(),
+            )
+        };
+        let named = field("cause").unwrap_or_else(|| "unreadable".to_string());
+        tracing::warn!(endpoint, cause = %named,
+            "a pause this version cannot read is followed as a pause only a resume ends");
+        PauseRecord {
+            cause: PauseCause::Unrecognized { named },
+            at: field("at").unwrap_or_default(),
+            by: field("by").unwrap_or_default(),
+        }
+    }
 }
 
 /// A pause or resume seen in the bucket.
@@ -246,13 +286,11 @@ impl PauseState {
         let mut reads = std::pin::pin!(reads);
         let mut loaded = 0;
         while let Some((value, key)) = reads.next().await {
-            let record = value
-                .map_err(access)?
-                .and_then(|v| serde_json::from_slice(v.as_ref()).ok());
-            if let (Some(endpoint), Some(record)) = (key.strip_prefix(PAUSED_PREFIX), record) {
+            let value = value.map_err(access)?;
+            if let (Some(endpoint), Some(value)) = (key.strip_prefix(PAUSED_PREFIX), value) {
                 self.note(&PauseChange {
                     endpoint: endpoint.to_string(),
-                    record: Some(record),
+                    record: Some(PauseRecord::read(endpoint, &value)),
                 });
                 loaded += 1;
             }
@@ -291,7 +329,7 @@ impl PauseState {
             .get(format!("{PAUSED_PREFIX}{endpoint}"))
             .await
             .map_err(access)?;
-        Ok(value.and_then(|v| serde_json::from_slice(v.as_ref()).ok()))
+        Ok(value.map(|v| PauseRecord::read(endpoint, &v)))
     }
 
     /// Every pause and resume from now on (current pauses first).
@@ -307,7 +345,7 @@ impl PauseState {
             let entry = entry.ok()?;
             let endpoint = entry.key.strip_prefix(PAUSED_PREFIX)?.to_string();
             let record = match entry.operation {
-                kv::Operation::Put => Some(serde_json::from_slice(&entry.value).ok()?),
+                kv::Operation::Put => Some(PauseRecord::read(&endpoint, &entry.value)),
                 kv::Operation::Delete | kv::Operation::Purge => None,
             };
             Some(PauseChange { endpoint, record })
@@ -394,5 +432,49 @@ mod tests {
         let manual: PauseRecord =
             serde_json::from_str(r#"{"cause":"manual","at":"x","by":"y"}"#).unwrap();
         assert_eq!(manual.cause, PauseCause::Manual);
+    }
+
+    /// A record this version cannot read is still a pause: a cause a newer version
+    /// writes keeps its name, anything else is `unreadable`.
+    #[test]
+    fn a_record_this_version_cannot_read_is_an_unrecognized_pause() {
+        let newer = PauseRecord::read(
+            "x",
+            br#"{"cause":"quarantined","until":"later","at":"2026-12-06T01:00:00Z","by":"pod-b/7"}"#,
+        );
+        assert_eq!(
+            newer,
+            PauseRecord {
+                cause: PauseCause::Unrecognized {
+                    named: "quarantined".into()
+                },
+                at: "2026-12-06T01:00:00Z".into(),
+                by: "pod-b/7".into(),
+            }
+        );
+        let missing_field = PauseRecord::read("x", br#"{"cause":"failures","at":"t","by":"b"}"#);
+        assert_eq!(
+            missing_field.cause,
+            PauseCause::Unrecognized {
+                named: "failures".into()
+            }
+        );
+        for junk in [&b"not json"[..], b"", b"[1,2]", br#"{"cause":7}"#] {
+            assert_eq!(
+                PauseRecord::read("x", junk).cause,
+                PauseCause::Unrecognized {
+                    named: "unreadable".into()
+                }
+            );
+        }
+        let hostile = PauseRecord::read(
+            "x",
+            format!(r#"{{"cause":"a\nb\u202e{}"}}"#, "c".repeat(100)).as_bytes(),
+        );
+        let PauseCause::Unrecognized { named } = hostile.cause else {
+            panic!("{hostile:?}")
+        };
+        assert_eq!(named.len(), 64);
+        assert!(named.starts_with("a?b?c"), "{named}");
     }
 }

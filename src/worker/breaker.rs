@@ -21,15 +21,28 @@ pub enum PauseReason {
     ConsecutiveFailures(u32),
     Gone,
     Manual,
+    /// A shared pause whose cause this version does not know
+    /// ([`PauseCause::Unrecognized`]).
+    Unrecognized(String),
 }
 
 impl PauseReason {
+    /// Whether a successful attempt (a probe, or one in flight at the pause) ends it:
+    /// only a resume ends an operator's pause, or one whose cause is not known here.
+    pub fn ends_on_success(&self) -> bool {
+        matches!(
+            self,
+            PauseReason::ConsecutiveFailures(_) | PauseReason::Gone
+        )
+    }
+
     /// The operator event's `reason` code.
     fn code(&self) -> &'static str {
         match self {
             PauseReason::ConsecutiveFailures(_) => "consecutive_failures",
             PauseReason::Gone => "gone",
             PauseReason::Manual => "admin_api",
+            PauseReason::Unrecognized(_) => "unrecognized",
         }
     }
 }
@@ -65,6 +78,10 @@ impl std::fmt::Display for PauseReason {
             PauseReason::ConsecutiveFailures(n) => write!(f, "{n} consecutive failed attempts"),
             PauseReason::Gone => f.write_str("receiver answered 410 Gone"),
             PauseReason::Manual => f.write_str("paused by an operator"),
+            PauseReason::Unrecognized(named) => write!(
+                f,
+                "paused for a cause this version does not know ({named}); only a resume ends it"
+            ),
         }
     }
 }
@@ -77,6 +94,9 @@ impl From<&PauseReason> for PauseCause {
             },
             PauseReason::Gone => PauseCause::Gone,
             PauseReason::Manual => PauseCause::Manual,
+            PauseReason::Unrecognized(named) => PauseCause::Unrecognized {
+                named: named.clone(),
+            },
         }
     }
 }
@@ -87,6 +107,7 @@ impl From<&PauseCause> for PauseReason {
             PauseCause::Failures { failures } => PauseReason::ConsecutiveFailures(*failures),
             PauseCause::Gone => PauseReason::Gone,
             PauseCause::Manual => PauseReason::Manual,
+            PauseCause::Unrecognized { named } => PauseReason::Unrecognized(named.clone()),
         }
     }
 }
@@ -177,7 +198,7 @@ impl Breaker {
     pub fn record_success(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
         self.metrics.consecutive_failures.set(0);
-        if self.is_paused() && self.pause_reason() != Some(PauseReason::Manual) {
+        if self.is_paused() && self.pause_reason().is_some_and(|r| r.ends_on_success()) {
             self.resume(ResumeCause::Succeeded);
         }
     }
@@ -221,7 +242,9 @@ impl Breaker {
                 event.last_status = Some(410);
                 EndpointChange::Paused
             }
-            PauseReason::ConsecutiveFailures(_) => EndpointChange::Paused,
+            PauseReason::ConsecutiveFailures(_) | PauseReason::Unrecognized(_) => {
+                EndpointChange::Paused
+            }
         };
         self.events.endpoint(change, &event);
     }
@@ -357,6 +380,28 @@ mod tests {
         b.resume(ResumeCause::Manual);
         b.pause(PauseReason::Gone);
         b.record_success();
+        assert!(!b.is_paused());
+    }
+
+    /// A pause followed from a record this version cannot read holds like an
+    /// operator's: no success ends it, another replica's resume or an operator does.
+    #[test]
+    fn a_pause_of_an_unrecognized_cause_ends_only_on_a_resume() {
+        let m = Metrics::new();
+        let b = Breaker::new("e", 3, m.endpoint("e"));
+        b.follow(Some(PauseReason::Unrecognized("quarantined".into())));
+        b.record_success();
+        assert!(b.is_paused(), "a success ended a pause of an unknown cause");
+        b.follow(None);
+        assert!(!b.is_paused());
+        b.restore(PauseReason::Unrecognized("quarantined".into()));
+        b.record_success();
+        b.pause(PauseReason::Gone);
+        assert_eq!(
+            b.pause_reason(),
+            Some(PauseReason::Unrecognized("quarantined".into()))
+        );
+        b.resume(ResumeCause::Manual);
         assert!(!b.is_paused());
     }
 

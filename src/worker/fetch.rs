@@ -16,7 +16,6 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 
-use super::breaker::PauseReason;
 use super::inflight::Share;
 use super::{keep_alive_every, Stop, Worker};
 use crate::backoff::Backoff;
@@ -343,8 +342,9 @@ impl Worker {
                     // A copy that only waits out its retry delay proves nothing.
                     self.release_waiting(held).await;
                     // Paused by an operator (here or on another replica, maybe since
-                    // this pause began): no probes, only an explicit resume.
-                    let manual = self.breaker.pause_reason() == Some(PauseReason::Manual);
+                    // this pause began), or for a cause not known here: no probes,
+                    // only an explicit resume.
+                    let manual = !self.breaker.pause_reason().is_some_and(|r| r.ends_on_success());
                     let lock = if held.is_empty() || manual {
                         None
                     } else {
