@@ -436,7 +436,12 @@ impl Registrar {
         if skipped {
             detail.push_str("; what it held is skipped");
         }
-        self.raise(EndpointChange::Enabled, record, detail, pause.map(|p| p.at));
+        self.raise(
+            EndpointChange::Enabled,
+            record,
+            detail,
+            pause.map(|p| p.at).filter(|at| !at.is_empty()),
+        );
     }
 
     fn raise(

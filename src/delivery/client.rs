@@ -87,7 +87,22 @@ pub(super) fn shared(
 /// `max_idle` idle connections per host, names resolved through the SSRF guard (or the
 /// proxy's tunnel), its TLS files loaded.
 pub(super) fn build(endpoint: &Endpoint, max_idle: usize) -> Result<HttpClient, ClientError> {
-    build_with(endpoint, max_idle, Liveness::DEFAULT)
+    build_with(endpoint, max_idle, Liveness::of(endpoint))
+}
+
+/// Whether a request failed because the receiver went silent: an HTTP/2 PING left
+/// unanswered ([`Liveness::ping_timeout`]).
+pub(super) fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// How the pool tells a connection worth keeping from one to drop.
@@ -106,8 +121,10 @@ struct Liveness {
     /// spending the messages' attempts; an HTTP/1 connection is dropped with the
     /// first request that times out on it.
     ping_after: Duration,
-    /// How long the PING's answer may take before the connection is closed, and the
-    /// next request opens a new one.
+    /// How long the PING's answer may take before the connection is closed, failing
+    /// the requests on it, and the next request opens a new one: the endpoint's
+    /// `timeout`, and at least 10 s, so that a receiver whose HTTP/2 layer stalls
+    /// (a blocked event loop) fails no request sooner than its timeout would.
     ping_timeout: Duration,
 }
 
@@ -117,6 +134,13 @@ impl Liveness {
         ping_after: Duration::from_secs(20),
         ping_timeout: Duration::from_secs(10),
     };
+
+    fn of(endpoint: &Endpoint) -> Liveness {
+        Liveness {
+            ping_timeout: endpoint.timeout.max(Liveness::DEFAULT.ping_timeout),
+            ..Liveness::DEFAULT
+        }
+    }
 }
 
 fn build_with(
@@ -308,8 +332,9 @@ mod tests {
     }
 
     /// An HTTP/2 connection that goes silent (the network holds every byte, nothing
-    /// is closed) is found dead by an unanswered PING, and the next request to the
-    /// host opens a new connection instead of waiting on the dead one.
+    /// is closed) is found dead by an unanswered PING: the request waiting on it
+    /// fails as a timeout, and the next one to the host opens a new connection
+    /// instead of waiting on the dead one.
     #[tokio::test]
     async fn a_silent_http2_connection_is_dropped_after_an_unanswered_ping() {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -430,8 +455,12 @@ mod tests {
         drop(resp);
 
         silent.store(true, Ordering::SeqCst);
-        // Past the PING's interval and its timeout, with room to spare.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A request on the silent connection fails once the PING goes unanswered.
+        let stuck = tokio::time::timeout(Duration::from_secs(5), client.request(post()))
+            .await
+            .expect("the request waited on the silent connection past the PING's timeout");
+        let e = stuck.expect_err("an answer came through a silent connection");
+        assert!(super::timed_out(&e), "{e:?}");
         let resp = tokio::time::timeout(Duration::from_secs(5), client.request(post()))
             .await
             .expect("the request waited on the silent connection")

@@ -347,8 +347,14 @@ impl Deliverer {
         tokio::pin!(expired);
         let response = tokio::select! {
             biased;
-            r = self.client.request(request) => r
-                .map_err(|e| (AttemptStatus::ConnectError, describe_client_error(&e)))?,
+            r = self.client.request(request) => r.map_err(|e| {
+                // An unanswered HTTP/2 PING is the receiver's silence, as a timeout is.
+                let status = match client::timed_out(&e) {
+                    true => AttemptStatus::Timeout,
+                    false => AttemptStatus::ConnectError,
+                };
+                (status, describe_client_error(&e))
+            })?,
             () = &mut expired => {
                 return Err((
                     AttemptStatus::Timeout,

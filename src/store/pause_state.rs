@@ -52,10 +52,13 @@ pub enum PauseCause {
     /// A record this version cannot read: a cause a newer version writes (read after
     /// a rollback, or by an older replica), or a value written by hand. It is followed
     /// as a pause that only a resume ends, with no probes, since pausing loses nothing
-    /// and ignoring it would send to an endpoint another replica stopped.
+    /// and ignoring it would send to an endpoint another replica stopped. Only
+    /// [`PauseRecord::read`] makes one, so its name is always sanitised, and it is
+    /// never written back over the record it stands for.
+    #[serde(skip_deserializing)]
     Unrecognized {
-        /// The record's `cause` as found (letters, digits, `_` and `-` only, at most
-        /// 64), or `unreadable` when there is none.
+        /// The record's `cause` as found, at most 64 characters, each one outside
+        /// letters, digits and `_-:.+/` shown as `?`; `unreadable` when there is none.
         named: String,
     },
 }
@@ -85,7 +88,7 @@ impl PauseRecord {
             Some(
                 (text.chars().take(64))
                     .map(|c| match c {
-                        'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | ':' | '.' | '/' => c,
+                        'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | ':' | '.' | '+' | '/' => c,
                         _ => '?',
                     })
                     .collect::<String>(),
@@ -224,6 +227,16 @@ impl PauseState {
     /// (or a newer change for the same endpoint supersedes it).
     async fn write_in_order(self, mut rx: mpsc::UnboundedReceiver<PauseChange>) {
         while let Some(change) = rx.recv().await {
+            // It stands for a record this version could not read: written back, it
+            // would replace that record with one no version reads.
+            if let Some(PauseRecord {
+                cause: PauseCause::Unrecognized { .. },
+                ..
+            }) = &change.record
+            {
+                tracing::warn!(endpoint = %change.endpoint, "a pause of a cause this version does not know is not written back");
+                continue;
+            }
             let mut wait = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 match self.write(&change).await {
@@ -457,6 +470,17 @@ mod tests {
             missing_field.cause,
             PauseCause::Unrecognized {
                 named: "failures".into()
+            }
+        );
+        // Its own name cannot carry a name past the sanitiser.
+        let forged = PauseRecord::read(
+            "x",
+            br#"{"cause":"unrecognized","named":"a\nb","at":"t","by":"b"}"#,
+        );
+        assert_eq!(
+            forged.cause,
+            PauseCause::Unrecognized {
+                named: "unrecognized".into()
             }
         );
         for junk in [&b"not json"[..], b"", b"[1,2]", br#"{"cause":7}"#] {

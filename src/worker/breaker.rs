@@ -215,8 +215,10 @@ impl Breaker {
     }
 
     /// Pauses on this replica's own decision (failures, 410, an operator here). An
-    /// operator's pause also takes over an automatic one, so that no probe resumes
-    /// what the operator stopped.
+    /// operator's pause also takes over any other, so that nothing but a resume ends
+    /// what the operator stopped: an automatic one (a probe would end it), and one of
+    /// a cause this version does not know (a newer replica might end it), whose
+    /// record the operator's replaces.
     pub fn pause(&self, reason: PauseReason) {
         match self.pause_reason() {
             None => {}

@@ -344,8 +344,8 @@ impl Worker {
                     // Paused by an operator (here or on another replica, maybe since
                     // this pause began), or for a cause not known here: no probes,
                     // only an explicit resume.
-                    let manual = !self.breaker.pause_reason().is_some_and(|r| r.ends_on_success());
-                    let lock = if held.is_empty() || manual {
+                    let no_probes = !self.breaker.pause_reason().is_some_and(|r| r.ends_on_success());
+                    let lock = if held.is_empty() || no_probes {
                         None
                     } else {
                         // A probe is a request like any other: it takes a token, or
