@@ -94,9 +94,18 @@ async fn a_backlog_drains_at_the_rate_and_a_reload_lifts_it_without_costing_atte
 
     let observed = rx.received();
     let counts = per_second(&observed);
-    // The guarantee holds for every window, the first (partial) second included.
-    let over: Vec<_> = counts.iter().filter(|(_, n)| **n > 200).collect();
-    assert!(over.is_empty(), "seconds over 200: {over:?} of {counts:?}");
+    // The guarantee holds for every window, the first (partial) second included. It
+    // is on when natshook takes each token (199/s sustained, 5 ms apart); the
+    // receiver sees a request one latency later, and on a loaded machine latencies
+    // differ by milliseconds, so a wall-clock second here may also hold a few tokens
+    // of the neighbouring window (20 ms of spread: 4). A limiter that let a burst
+    // through would put hundreds more into one second.
+    const SPREAD: usize = 4;
+    let over: Vec<_> = counts.iter().filter(|(_, n)| **n > 200 + SPREAD).collect();
+    assert!(
+        over.is_empty(),
+        "seconds over 200 (+{SPREAD}): {over:?} of {counts:?}"
+    );
     // And the rate is used, not just respected. A loaded machine (tests run beside
     // builds) slows the fetch loop, so the bound is loose: 40 % of the rate.
     assert!(counts.len() >= 10, "{counts:?}");
