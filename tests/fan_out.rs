@@ -680,7 +680,8 @@ async fn limit_work_streams(js: &jetstream::Context, max_msgs: i64) {
 /// A work stream that refuses copies holds the fan-out back: the source messages wait
 /// on the fan-out consumer and `natshook_fanout_pending` counts them, while the
 /// endpoint's own `natshook_consumer_pending` counts only the copy it holds. Once the
-/// stream takes copies again every message arrives, with no dead letter.
+/// stream takes copies again every message arrives, with no dead letter, and both
+/// counts return to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
     const HELD: usize = 10;
@@ -734,6 +735,19 @@ async fn a_fan_out_held_back_shows_in_fanout_pending_and_loses_nothing() {
         &natshook,
         Duration::from_secs(20),
         "fanout_pending back to 0",
+    )
+    .await;
+    // With nothing left, the endpoint lets its consumer go, and the poll that no
+    // longer lists it shows no backlog.
+    wait_until(
+        Duration::from_secs(30),
+        "consumer_pending back to 0",
+        || async {
+            natshook
+                .metric("natshook_consumer_pending{endpoint=\"a\"}")
+                .await
+                == Some(0.0)
+        },
     )
     .await;
     assert!(natshook.dead_letters("a").is_empty());

@@ -8,12 +8,12 @@
 //! `shutdown_grace`, acks are flushed, and the listeners close last.
 
 mod nats;
+mod pending;
 mod registry;
 pub mod runtime;
 mod supervisor;
 mod watch;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -57,9 +57,6 @@ pub enum AppError {
     #[error("the NATS client stopped working (its connection task ended); exiting so that the process is restarted")]
     ClientLost,
 }
-
-/// How often `natshook_consumer_pending` is refreshed.
-const PENDING_POLL: Duration = Duration::from_secs(5);
 
 /// Runs natshook until `shutdown` is cancelled, then drains within `shutdown_grace`.
 /// With `config_path`, SIGHUP or a change of the file reloads it.
@@ -302,13 +299,13 @@ impl Background {
             sup.metrics().unmapped.clone(),
             shutdown.clone(),
         ));
-        let fan_out = config.fan_out.then(|| FanOutConsumer {
+        let fan_out = config.fan_out.then(|| pending::FanOutConsumer {
             stream: config.nats.stream.clone(),
             name: crate::fanout::consumer_name(&config.nats.consumer_prefix),
             lane_stream: WorkStream::new(&config.nats).lane_name().to_string(),
             lane: crate::fanout::lane::consumer_name(&config.nats.consumer_prefix),
         });
-        let poller = tokio::spawn(poll_pending(
+        let poller = tokio::spawn(pending::poll(
             js.clone(),
             sup.clone(),
             fan_out,
@@ -354,7 +351,7 @@ const PAUSES_AT_START: Duration = Duration::from_secs(5);
 /// endpoint that still has a former one (made unordered, or `fan_out` switched on,
 /// while no process ran) keeps its first copies off the lane, where the drain's
 /// copies would not meet them. Without an answer within [`PAUSES_AT_START`], the
-/// pending poll finds them within [`PENDING_POLL`].
+/// pending poll finds them within [`pending::PENDING_POLL`].
 async fn list_source_consumers(js: &jetstream::Context, sup: &Supervisor, stream: &str) {
     match tokio::time::timeout(PAUSES_AT_START, crate::store::consumer_infos(js, stream)).await {
         Ok(Ok(infos)) => sup.note_source_consumers(infos.into_keys().collect()),
@@ -407,7 +404,7 @@ async fn split_rates(sup: Arc<Supervisor>, stop: CancellationToken) {
     let mut count = sup.replicas().subscribe();
     loop {
         let n = *count.borrow_and_update();
-        for w in sup.workers() {
+        for w in sup.workers().iter() {
             w.split_rate(n);
         }
         tracing::info!(replicas = n, "live replicas counted");
@@ -416,152 +413,6 @@ async fn split_rates(sup: Arc<Supervisor>, stop: CancellationToken) {
             changed = count.changed() => if changed.is_err() { return },
         }
     }
-}
-
-/// The consumers whose lag `natshook_fanout_pending` shows: the fan-out's (source
-/// messages not copied yet) and the lane's (copies not delivered yet).
-struct FanOutConsumer {
-    stream: String,
-    name: String,
-    lane_stream: String,
-    lane: String,
-}
-
-/// Refreshes every worker's pending count, and the fan-out consumer's, until `stop`.
-/// One consumer listing per stream (a page per 256 consumers) rather than one request
-/// per endpoint: with thousands of endpoints, per-consumer polling is most of what an
-/// idle nats-server does.
-async fn poll_pending(
-    js: jetstream::Context,
-    sup: Arc<Supervisor>,
-    fan_out: Option<FanOutConsumer>,
-    stop: CancellationToken,
-) {
-    loop {
-        if let Some(f) = &fan_out {
-            let pending = (
-                consumer_pending(&js, &f.stream, &f.name).await,
-                consumer_pending(&js, &f.lane_stream, &f.lane).await,
-            );
-            match pending {
-                (Ok(copying), Ok(on_lane)) => sup
-                    .metrics()
-                    .fanout_pending()
-                    .set(copying.saturating_add(on_lane)),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(consumer = %f.name, error = %e, "cannot read the fan-out or lane consumer")
-                }
-            }
-        }
-        let workers = sup.workers();
-        let mut by_stream: HashMap<&str, Vec<&Arc<crate::worker::Worker>>> = HashMap::new();
-        for w in &workers {
-            by_stream.entry(w.consumer_stream()).or_default().push(w);
-        }
-        // The source stream is listed with fan-out even when no endpoint reads it:
-        // an endpoint that reads copies may have left a consumer there.
-        if let Some(f) = &fan_out {
-            by_stream.entry(f.stream.as_str()).or_default();
-        }
-        for (stream, on_it) in by_stream {
-            match crate::store::consumer_infos(&js, stream).await {
-                Ok(infos) => {
-                    for w in on_it {
-                        w.show_pending(infos.get(w.consumer_name()));
-                    }
-                    if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
-                        sup.note_source_consumers(infos.keys().cloned().collect());
-                        drain_leftovers(&js, &sup, f, &workers, &infos, &stop);
-                    }
-                }
-                Err(e) => tracing::debug!(stream, error = %e, "cannot list consumers"),
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PENDING_POLL) => {}
-        }
-    }
-}
-
-/// Starts moving the messages of every fan-out endpoint's leftover consumer on the
-/// source stream (listed in `infos`) to the work stream (`fanout::leftover`), one task
-/// per consumer at a time, claimed in the supervisor's [`Drains`](crate::worker::drains::Drains).
-fn drain_leftovers(
-    js: &jetstream::Context,
-    sup: &Arc<Supervisor>,
-    f: &FanOutConsumer,
-    workers: &[Arc<crate::worker::Worker>],
-    infos: &HashMap<String, jetstream::consumer::Info>,
-    stop: &CancellationToken,
-) {
-    for w in workers.iter().filter(|w| w.fans_out()) {
-        let consumer = w.consumer_name();
-        w.note_former_consumer(infos.contains_key(consumer));
-        if !infos.contains_key(consumer) {
-            continue;
-        }
-        let Some(work) = sup.work_stream().cloned() else {
-            return;
-        };
-        let Some(turn) = sup.drains().begin(consumer) else {
-            continue;
-        };
-        let (js, stream, stop) = (js.clone(), f.stream.clone(), stop.clone());
-        let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
-        // Still a fan-out endpoint of this process: checked before every message moved.
-        let wanted = {
-            let (sup, endpoint) = (Arc::clone(sup), endpoint.clone());
-            move || {
-                sup.workers()
-                    .iter()
-                    .any(|w| w.endpoint().name == endpoint && w.fans_out())
-            }
-        };
-        let unattempted = sup.unattempted().clone();
-        let forgotten = sup.forgotten().clone();
-        tokio::spawn(async move {
-            let leftover = crate::fanout::leftover::Leftover {
-                unattempted: &unattempted,
-                forgotten: &forgotten,
-                js: &js,
-                work: &work,
-                stream: &stream,
-                consumer: &consumer,
-                endpoint: &endpoint,
-                wanted: &wanted,
-                stop: &stop,
-                taken_back: &turn.taken_back,
-            };
-            match leftover.drain().await {
-                Ok(Some(moved)) => tracing::info!(
-                    %endpoint, %consumer, moved,
-                    "the endpoint reads copies now: its former consumer's messages moved to the work stream, and the consumer deleted"
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(%endpoint, error = %e, "former consumer not drained yet; trying again")
-                }
-            }
-        });
-    }
-}
-
-/// What `consumer` of `stream` has not settled (see [`crate::worker::unsettled`]).
-async fn consumer_pending(
-    js: &jetstream::Context,
-    stream: &str,
-    consumer: &str,
-) -> Result<i64, String> {
-    let stream = js
-        .get_stream_no_info(stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = stream
-        .consumer_info(consumer)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(crate::worker::unsettled(&info))
 }
 
 /// Opens the registry bucket (creating it, retrying while JetStream refuses) and

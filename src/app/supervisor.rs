@@ -35,7 +35,7 @@ use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
 use crate::store::registry::{Record, Registry};
 use crate::store::work_stream::WorkStream;
-use crate::worker::{Shared, Stop, Worker};
+use crate::worker::{Shared, Stop, Worker, WorkerSet};
 
 /// Why a config could not be applied: the endpoints whose HTTP client could not be
 /// built, each named by its place in the config. Nothing was changed.
@@ -102,8 +102,8 @@ pub struct Supervisor {
     config: tokio::sync::Mutex<Config>,
     /// Shared with the tasks that drain removed workers.
     running: Arc<tokio::sync::Mutex<BTreeMap<String, Running>>>,
-    /// Snapshot for readiness and the admin API.
-    snapshot: Arc<RwLock<Vec<Arc<Worker>>>>,
+    /// Snapshot for readiness, the pending poll and the admin API.
+    snapshot: Arc<RwLock<Arc<WorkerSet>>>,
     /// The mapping in force, for the unmapped-subject counter.
     router: RwLock<Arc<Router>>,
     /// Streams set up and endpoints started: until then /readyz says no, even
@@ -184,7 +184,7 @@ impl Supervisor {
                 ..config.clone()
             }),
             running: Arc::new(tokio::sync::Mutex::new(BTreeMap::new())),
-            snapshot: Arc::new(RwLock::new(Vec::new())),
+            snapshot: Arc::default(),
             router: RwLock::new(Arc::new(config.router.clone())),
             started: AtomicBool::new(false),
             abort: CancellationToken::new(),
@@ -277,14 +277,15 @@ impl Supervisor {
         self.shared.delivery_log()
     }
 
-    pub fn workers(&self) -> Vec<Arc<Worker>> {
-        self.snapshot.read().map(|w| w.clone()).unwrap_or_default()
+    pub fn workers(&self) -> Arc<WorkerSet> {
+        self.snapshot
+            .read()
+            .map(|w| Arc::clone(&w))
+            .unwrap_or_default()
     }
 
     pub fn worker(&self, name: &str) -> Option<Arc<Worker>> {
-        self.workers()
-            .into_iter()
-            .find(|w| w.endpoint().name == name)
+        self.workers().get(name).cloned()
     }
 
     /// Shows a lost NATS client ([`super::nats::client_lost`]) as a disconnection while
@@ -330,7 +331,7 @@ impl Supervisor {
                 .as_ref()
                 .is_none_or(|r| r.is_file_endpoint(&w.endpoint().name))
         };
-        for w in self.workers().iter().filter(|w| !w.fans_out()) {
+        for w in self.workers().own_readers() {
             if !w.is_bound() && (is_file(w) || !w.bind_refused()) {
                 reasons.push(format!("consumer {} is not bound", w.consumer_name()));
             }
@@ -406,8 +407,9 @@ impl Supervisor {
     }
 
     fn publish_snapshot(&self, running: &BTreeMap<String, Running>) {
+        let set = WorkerSet::new(running.values().map(|r| r.worker.clone()).collect());
         if let Ok(mut s) = self.snapshot.write() {
-            *s = running.values().map(|r| r.worker.clone()).collect();
+            *s = Arc::new(set);
         }
     }
 
@@ -507,7 +509,7 @@ impl AppView for Supervisor {
         Supervisor::readiness(self)
     }
 
-    fn workers(&self) -> Vec<Arc<Worker>> {
+    fn workers(&self) -> Arc<WorkerSet> {
         Supervisor::workers(self)
     }
 

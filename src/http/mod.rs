@@ -29,7 +29,7 @@ use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::registry::Record;
-use crate::worker::Worker;
+use crate::worker::WorkerSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -43,7 +43,7 @@ pub trait AppView: Send + Sync + 'static {
     /// `Ok` when NATS is connected and every consumer is bound; otherwise the reasons.
     fn readiness(&self) -> Result<(), Vec<String>>;
     /// The endpoints' workers in force.
-    fn workers(&self) -> Vec<Arc<Worker>>;
+    fn workers(&self) -> Arc<WorkerSet>;
     fn dead_letters(&self) -> &DeadLetters;
     fn delivery_log(&self) -> Option<&DeliveryLog>;
     /// Whether `path` belongs to a route the app adds to this listener.

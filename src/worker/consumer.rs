@@ -254,19 +254,30 @@ impl Worker {
         }
     }
 
-    /// Sets `natshook_consumer_pending` from the consumer's info, listed for every
-    /// worker of a stream at once (`None`: the consumer does not exist yet, and the
-    /// last value stays).
-    pub fn show_pending(&self, info: Option<&consumer::Info>) {
+    /// Sets `natshook_consumer_pending` from the consumer's info, as listed for every
+    /// consumer of a stream at once.
+    pub fn show_pending(&self, info: &consumer::Info) {
         if self.is_parked() {
-            if self.metrics.created() {
-                self.metrics.pending.set(0);
-            }
-            return;
-        }
-        if let Some(info) = info {
+            // Let go since it was listed: nothing pending.
+            self.show_no_consumer();
+        } else {
             self.metrics.pending.set(unsettled(info));
         }
+    }
+
+    /// Shows nothing pending on a parked worker whose consumer a listing no longer
+    /// holds (one that runs keeps its last value until its consumer is listed).
+    /// `false` while its series do not exist yet: a replaced worker's successor
+    /// shares them once they do, so the caller tries again.
+    pub fn show_no_consumer(&self) -> bool {
+        if !self.is_parked() {
+            return true;
+        }
+        if !self.metrics.created() {
+            return false;
+        }
+        self.metrics.pending.set(0);
+        true
     }
 
     /// Deletes a fan-out endpoint's consumer when it holds nothing: no copy waiting, none

@@ -31,6 +31,7 @@ mod fetch;
 pub mod inflight;
 mod message;
 pub mod outcome;
+mod set;
 mod shared;
 mod source_consumer;
 pub mod throttle;
@@ -52,6 +53,7 @@ pub use self::consumer::{
     ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
 };
 use self::fetch::{Held, Leave};
+pub use self::set::WorkerSet;
 pub use self::shared::Shared;
 pub use self::source_consumer::SourceConsumer;
 use self::throttle::Throttle;
@@ -95,6 +97,9 @@ pub struct EndpointState {
     pub last_error: Option<String>,
 }
 
+/// [`Worker`]'s `former_consumer` when the endpoint has none.
+const NO_FORMER_CONSUMER: u64 = u64::MAX;
+
 /// One endpoint's worker: binds its durable consumer, fetches, holds messages while
 /// the endpoint is paused and probes it, and hands each message to a delivery task.
 pub struct Worker {
@@ -131,8 +136,11 @@ pub struct Worker {
     parked: AtomicBool,
     /// A lazy worker whose endpoint still has a consumer on the source stream (it was
     /// `ordered`, or `fan_out` was off), being drained to its own subject: the
-    /// fan-out's copies go there too, where a message both make is stored once.
-    former_consumer: AtomicBool,
+    /// fan-out's copies go there too, where a message both make is stored once. Holds
+    /// the source listing ([`Shared::source_listing`]) current when it was noted, or
+    /// [`NO_FORMER_CONSUMER`]: a later listing decides, by whether it holds the
+    /// consumer, so no one has to visit every worker to clear it.
+    former_consumer: AtomicU64,
     /// Started in place of a worker of the same endpoint (a change, not a creation or
     /// a process start): see where an `ordered` endpoint's consumer starts.
     replaced_one: AtomicBool,
@@ -209,11 +217,14 @@ impl Worker {
             em.create();
         }
         let consumer_name = consumer_name(&shared.consumer_prefix, &endpoint.name);
-        let former_consumer = lazy && shared.source_had_consumer(&consumer_name);
+        let former_consumer = match lazy && shared.source_had_consumer(&consumer_name) {
+            true => shared.source_listing(),
+            false => NO_FORMER_CONSUMER,
+        };
         let worker = Self {
             lazy,
             parked: AtomicBool::new(lazy),
-            former_consumer: AtomicBool::new(former_consumer),
+            former_consumer: AtomicU64::new(former_consumer),
             replaced_one: AtomicBool::new(false),
             replaced_copy_reader: AtomicBool::new(false),
             resets_unanswered: AtomicU32::new(0),
@@ -458,7 +469,7 @@ impl Worker {
     /// a third of the lane's `ack_wait` (its attempts need no progress acks).
     pub fn takes_lane(&self) -> bool {
         self.is_parked()
-            && !self.former_consumer.load(Ordering::Relaxed)
+            && !self.has_former_consumer()
             && progress_every(&self.endpoint).is_none()
             && self.takes_lane_copies()
     }
@@ -466,8 +477,11 @@ impl Worker {
     /// Whether the endpoint's former consumer on the source stream still exists
     /// (`fanout::leftover` drains it): its copies stay off the lane meanwhile.
     pub fn note_former_consumer(&self, exists: bool) {
-        self.former_consumer
-            .store(self.lazy && exists, Ordering::Relaxed);
+        let noted = match self.lazy && exists {
+            true => self.shared.source_listing(),
+            false => NO_FORMER_CONSUMER,
+        };
+        self.former_consumer.store(noted, Ordering::Relaxed);
     }
 
     /// Marks the worker as started in place of `old`, a worker of its endpoint.
@@ -479,7 +493,21 @@ impl Worker {
 
     /// See [`Worker::note_former_consumer`].
     pub fn has_former_consumer(&self) -> bool {
-        self.former_consumer.load(Ordering::Relaxed)
+        let noted = self.former_consumer.load(Ordering::Relaxed);
+        if noted == NO_FORMER_CONSUMER
+            || noted == self.shared.source_listing()
+            || self.shared.source_had_consumer(&self.consumer_name)
+        {
+            return noted != NO_FORMER_CONSUMER;
+        }
+        // Listed since without it: gone. Cleared unless noted again meanwhile.
+        let _ = self.former_consumer.compare_exchange(
+            noted,
+            NO_FORMER_CONSUMER,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        false
     }
 
     /// Whether the endpoint can start a copy from the lane: a fan-out endpoint that is

@@ -56,7 +56,7 @@ pub struct Shared {
     /// the pending poll). A fan-out endpoint's consumer among them is a former one
     /// (the endpoint was `ordered`, or `fan_out` was off, when the process started),
     /// and a worker made for it keeps its copies off the lane from its first copy on.
-    source_consumers: Arc<RwLock<HashSet<String>>>,
+    source_consumers: Arc<RwLock<SourceListing>>,
     /// The drains of former consumers under way in this process.
     pub(super) drains: Drains,
 }
@@ -183,10 +183,9 @@ impl Shared {
 
     /// Records the source stream's consumers as just listed.
     pub fn note_source_consumers(&self, names: HashSet<String>) {
-        *self
-            .source_consumers
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = names;
+        let mut listing = (self.source_consumers.write()).unwrap_or_else(|p| p.into_inner());
+        listing.generation += 1;
+        listing.names = names;
     }
 
     /// Whether the source stream had consumer `name` when last listed.
@@ -194,10 +193,27 @@ impl Shared {
         self.source_consumers
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .names
             .contains(name)
+    }
+
+    /// Which listing of the source stream's consumers is the last: one made after a
+    /// worker was told it has a former consumer settles whether it still has.
+    pub(super) fn source_listing(&self) -> u64 {
+        self.source_consumers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .generation
     }
 
     pub(super) fn endpoints(&self) -> usize {
         self.endpoints.load(Ordering::Relaxed)
     }
+}
+
+/// The source stream's consumers as last listed, and how many listings there were.
+#[derive(Default)]
+struct SourceListing {
+    generation: u64,
+    names: HashSet<String>,
 }

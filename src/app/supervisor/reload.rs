@@ -292,7 +292,7 @@ impl Supervisor {
             // lands after it; not when created again meanwhile.
             let again = serving
                 .read()
-                .map(|w| w.iter().any(|w| w.endpoint().name == name))
+                .map(|w| w.get(&name).is_some())
                 .unwrap_or(true);
             if !again {
                 pause_state.announce(&name, None);

@@ -24,8 +24,8 @@ impl AdminState {
     fn worker(&self, name: &str) -> Result<Arc<Worker>, ApiError> {
         self.app
             .workers()
-            .into_iter()
-            .find(|w| w.endpoint().name == name)
+            .get(name)
+            .cloned()
             .ok_or_else(|| {
                 if self.starting(Some(name)) {
                     self.not_yet()

@@ -6,7 +6,6 @@
 //! once, by the create that generated or received it (or the rotation that made it),
 //! and by no other answer.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -70,10 +69,7 @@ impl AdminState {
     }
 
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
-        self.app
-            .workers()
-            .into_iter()
-            .find(|w| w.endpoint().name == name)
+        self.app.workers().get(name).cloned()
     }
 
     /// The answer about endpoints while the process has not started them (NATS not
@@ -175,14 +171,7 @@ pub(super) async fn list(
             ),
         );
     }
-    // One lookup table, not a scan of every worker per record: with thousands of
-    // endpoints a list would otherwise cost seconds.
-    let mut running: HashMap<String, Arc<Worker>> = s
-        .app
-        .workers()
-        .into_iter()
-        .map(|w| (w.endpoint().name.clone(), w))
-        .collect();
+    let running = s.app.workers();
     // The tenant and the page's start are applied before any view is built: a
     // settings page for one customer costs that customer's endpoints, not all.
     let wanted = |name: &str, tenant: Option<&str>| {
@@ -200,19 +189,19 @@ pub(super) async fn list(
         // A record with a file endpoint's name is not served: the worker is the file's.
         let worker = match s.app.is_file_endpoint(&record.name) {
             true => None,
-            false => running.remove(&record.name),
+            false => running.get(&record.name).cloned(),
         };
         all.push((record.name.clone(), api_view(&s, &record, worker)));
     }
     all.extend(
         running
-            .into_values()
+            .iter()
             .filter(|w| s.app.is_file_endpoint(&w.endpoint().name))
             .filter(|w| {
                 let e = w.endpoint();
                 wanted(&e.name, e.tenant.as_deref())
             })
-            .map(|w| (w.endpoint().name.clone(), file_view(w))),
+            .map(|w| (w.endpoint().name.clone(), file_view(Arc::clone(w)))),
     );
     all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let next = match query.limit {
