@@ -409,6 +409,16 @@ fn check(path: &Path) -> Result<(), Failure> {
                 r.id_header,
                 r.subject.pattern()
             ));
+            // A sender rotating its key signs with two; past 8 keys the route refuses that.
+            if let crate::ingress::Verify::Signed(s) = &r.verify {
+                if let Some(n) = s.v1a_entries_allowed().filter(|n| *n < 2) {
+                    to_stdout(format_args!(
+                        "  warning: {} has {} Ed25519 keys, so a request may carry {n} v1a signature(s); a request with more gets 401 unchecked (at most 16 signature checks each)",
+                        r.path,
+                        s.ed25519_keys()
+                    ));
+                }
+            }
         }
         if !config.nats.create_stream {
             to_stdout(format_args!(

@@ -203,9 +203,6 @@ secret = "s"
     }
 }
 
-/// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
-/// took half a minute over it, and toml_edit's limits multiply to a depth that
-/// overflowed the stack; figment's parse of an env value overflowed it too.
 /// `NATSHOOK__INGRESS__ROUTES__<index>__KEY` reaches one ingress route; the section's
 /// own keys stay plain overrides.
 #[test]
@@ -231,6 +228,48 @@ fn env_overrides_address_ingress_routes_by_index() {
     );
 }
 
+/// `check` warns about an ingress route with more than 8 Ed25519 keys: it takes one
+/// `v1a` signature per request, so a sender signing with its old and new key while
+/// rotating would get `401`.
+#[test]
+fn check_warns_when_ed25519_keys_leave_room_for_one_v1a_signature() {
+    let keygen = || {
+        let (code, out, err) = run(&["keygen"], b"", &[]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().nth(1).unwrap().to_string()
+    };
+    let keys: Vec<String> = (0..9).map(|_| keygen()).collect();
+    let config = |keys: &[String]| {
+        let list: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{{ value = \"{k}\" }}"))
+            .collect();
+        format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"one\"\nurl = \"https://example.com/\"\nevents = [\"a\"]\nsecret = \"s\"\n[ingress]\n[[ingress.routes]]\npath = \"/in/a\"\nsubject = \"inbound.a\"\nverify = {{ scheme = \"standard\", secret = [{}] }}\n",
+            list.join(", ")
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, config(&keys)).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "warning: /in/a has 9 Ed25519 keys, so a request may carry 1 v1a signature(s)"
+        ),
+        "{out}"
+    );
+    std::fs::write(&path, config(&keys[..8])).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("POST /in/a -> inbound.a"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+}
+
+/// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
+/// took half a minute over it, and toml_edit's limits multiply to a depth that
+/// overflowed the stack; figment's parse of an env value overflowed it too.
 #[test]
 fn check_refuses_deep_nesting_at_once() {
     let n = 100_000;

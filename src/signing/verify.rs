@@ -105,7 +105,14 @@ impl Signer {
         }
     }
 
-    fn ed25519_keys(&self) -> usize {
+    /// How many `v1a` entries a request may carry before [`Signer::verify`] refuses it
+    /// unchecked; `None` without Ed25519 keys, when `v1a` entries cost no check.
+    pub fn v1a_entries_allowed(&self) -> Option<usize> {
+        let keys = self.ed25519_keys();
+        (keys > 0).then(|| MAX_SIGNATURES / keys)
+    }
+
+    pub fn ed25519_keys(&self) -> usize {
         (self.keys.iter())
             .filter(|key| matches!(key, Key::Ed25519(_) | Key::Ed25519Public(_)))
             .count()
