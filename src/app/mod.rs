@@ -353,8 +353,9 @@ const PAUSES_AT_START: Duration = Duration::from_secs(5);
 /// copies would not meet them. Without an answer within [`PAUSES_AT_START`], the
 /// pending poll finds them within [`pending::PENDING_POLL`].
 async fn list_source_consumers(js: &jetstream::Context, sup: &Supervisor, stream: &str) {
+    let listing = sup.source_listings().begin();
     match tokio::time::timeout(PAUSES_AT_START, crate::store::consumer_infos(js, stream)).await {
-        Ok(Ok(infos)) => sup.note_source_consumers(infos.into_keys().collect()),
+        Ok(Ok(infos)) => (sup.source_listings()).record(listing, infos.into_keys().collect()),
         Ok(Err(e)) => {
             tracing::warn!(stream, error = %e, "cannot list the source stream's consumers at start")
         }

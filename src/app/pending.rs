@@ -154,6 +154,7 @@ pub(super) async fn poll(
         }
         let extra = source.filter(|s| !index.streams.iter().any(|x| x == s));
         for stream in index.streams.iter().map(String::as_str).chain(extra) {
+            let listing = (source == Some(stream)).then(|| sup.source_listings().begin());
             let infos = match crate::store::consumer_infos(&js, stream).await {
                 Ok(infos) => infos,
                 Err(e) => {
@@ -162,8 +163,8 @@ pub(super) async fn poll(
                 }
             };
             shown.list(&index, stream, &infos);
-            if let Some(f) = fan_out.as_ref().filter(|f| f.stream == stream) {
-                sup.note_source_consumers(infos.keys().cloned().collect());
+            if let (Some(f), Some(listing)) = (&fan_out, listing) {
+                (sup.source_listings()).record(listing, infos.keys().cloned().collect());
                 drain_leftovers(&js, &sup, f, &index, &infos, &stop);
             }
         }
@@ -179,7 +180,7 @@ pub(super) async fn poll(
 /// lists, and starts moving each one's messages to the work stream
 /// (`fanout::leftover`), one task per consumer at a time, claimed in the supervisor's
 /// [`Drains`](crate::worker::drains::Drains). A worker not marked again is cleared
-/// by the listing itself ([`Worker::has_former_consumer`]).
+/// by the listing ([`Worker::has_former_consumer`]).
 fn drain_leftovers(
     js: &jetstream::Context,
     sup: &Arc<Supervisor>,

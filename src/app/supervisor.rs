@@ -264,9 +264,8 @@ impl Supervisor {
         self.shared.drains()
     }
 
-    /// See [`Shared::note_source_consumers`].
-    pub fn note_source_consumers(&self, names: std::collections::HashSet<String>) {
-        self.shared.note_source_consumers(names);
+    pub fn source_listings(&self) -> &crate::worker::source_listings::SourceListings {
+        self.shared.source_listings()
     }
 
     pub fn unattempted(&self) -> &crate::store::unattempted::Unattempted {

@@ -34,6 +34,7 @@ pub mod outcome;
 mod set;
 mod shared;
 mod source_consumer;
+pub mod source_listings;
 pub mod throttle;
 pub mod unmapped;
 
@@ -56,6 +57,7 @@ use self::fetch::{Held, Leave};
 pub use self::set::WorkerSet;
 pub use self::shared::Shared;
 pub use self::source_consumer::SourceConsumer;
+use self::source_listings::Settled;
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
@@ -137,8 +139,8 @@ pub struct Worker {
     /// A lazy worker whose endpoint still has a consumer on the source stream (it was
     /// `ordered`, or `fan_out` was off), being drained to its own subject: the
     /// fan-out's copies go there too, where a message both make is stored once. Holds
-    /// the source listing ([`Shared::source_listing`]) current when it was noted, or
-    /// [`NO_FORMER_CONSUMER`]: a later listing decides, by whether it holds the
+    /// the number of the source listing it was noted under ([`source_listings`]), or
+    /// [`NO_FORMER_CONSUMER`]: a listing begun later decides, by whether it holds the
     /// consumer, so no one has to visit every worker to clear it.
     former_consumer: AtomicU64,
     /// Started in place of a worker of the same endpoint (a change, not a creation or
@@ -217,8 +219,9 @@ impl Worker {
             em.create();
         }
         let consumer_name = consumer_name(&shared.consumer_prefix, &endpoint.name);
-        let former_consumer = match lazy && shared.source_had_consumer(&consumer_name) {
-            true => shared.source_listing(),
+        let listings = shared.source_listings();
+        let former_consumer = match lazy && listings.holds(&consumer_name) {
+            true => listings.current(),
             false => NO_FORMER_CONSUMER,
         };
         let worker = Self {
@@ -478,7 +481,7 @@ impl Worker {
     /// (`fanout::leftover` drains it): its copies stay off the lane meanwhile.
     pub fn note_former_consumer(&self, exists: bool) {
         let noted = match self.lazy && exists {
-            true => self.shared.source_listing(),
+            true => self.shared.source_listings().current(),
             false => NO_FORMER_CONSUMER,
         };
         self.former_consumer.store(noted, Ordering::Relaxed);
@@ -494,20 +497,23 @@ impl Worker {
     /// See [`Worker::note_former_consumer`].
     pub fn has_former_consumer(&self) -> bool {
         let noted = self.former_consumer.load(Ordering::Relaxed);
-        if noted == NO_FORMER_CONSUMER
-            || noted == self.shared.source_listing()
-            || self.shared.source_had_consumer(&self.consumer_name)
-        {
-            return noted != NO_FORMER_CONSUMER;
+        if noted == NO_FORMER_CONSUMER {
+            return false;
         }
-        // Listed since without it: gone. Cleared unless noted again meanwhile.
-        let _ = self.former_consumer.compare_exchange(
+        let (now, holds) = match (self.shared.source_listings()).settle(noted, &self.consumer_name)
+        {
+            Settled::Open => return true,
+            Settled::Holds(listing) => (listing, true),
+            Settled::Gone => (NO_FORMER_CONSUMER, false),
+        };
+        // Unless noted again meanwhile: the next read is settled without the lock.
+        let _ = (self.former_consumer).compare_exchange(
             noted,
-            NO_FORMER_CONSUMER,
+            now,
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-        false
+        holds
     }
 
     /// Whether the endpoint can start a copy from the lane: a fan-out endpoint that is

@@ -2,15 +2,15 @@
 //! allocation behind an `Arc`, so ten thousand workers hold a pointer each, not a copy
 //! of its names.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_nats::jetstream;
 use tokio::sync::{watch, Semaphore};
 
 use super::drains::Drains;
 use super::inflight::{InflightLimit, Share};
+use super::source_listings::SourceListings;
 use crate::config::NatsConfig;
 use crate::events::OperatorEvents;
 use crate::metrics::Metrics;
@@ -56,7 +56,7 @@ pub struct Shared {
     /// the pending poll). A fan-out endpoint's consumer among them is a former one
     /// (the endpoint was `ordered`, or `fan_out` was off, when the process started),
     /// and a worker made for it keeps its copies off the lane from its first copy on.
-    source_consumers: Arc<RwLock<SourceListing>>,
+    source_listings: Arc<SourceListings>,
     /// The drains of former consumers under way in this process.
     pub(super) drains: Drains,
 }
@@ -95,7 +95,7 @@ impl Shared {
             replicas: watch::Sender::new(1),
             throttles: watch::Sender::new(()),
             endpoints: Arc::new(AtomicUsize::new(0)),
-            source_consumers: Arc::default(),
+            source_listings: Arc::default(),
             drains: Drains::default(),
         }
     }
@@ -181,39 +181,11 @@ impl Shared {
         &self.drains
     }
 
-    /// Records the source stream's consumers as just listed.
-    pub fn note_source_consumers(&self, names: HashSet<String>) {
-        let mut listing = (self.source_consumers.write()).unwrap_or_else(|p| p.into_inner());
-        listing.generation += 1;
-        listing.names = names;
-    }
-
-    /// Whether the source stream had consumer `name` when last listed.
-    pub(super) fn source_had_consumer(&self, name: &str) -> bool {
-        self.source_consumers
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .names
-            .contains(name)
-    }
-
-    /// Which listing of the source stream's consumers is the last: one made after a
-    /// worker was told it has a former consumer settles whether it still has.
-    pub(super) fn source_listing(&self) -> u64 {
-        self.source_consumers
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .generation
+    pub fn source_listings(&self) -> &SourceListings {
+        &self.source_listings
     }
 
     pub(super) fn endpoints(&self) -> usize {
         self.endpoints.load(Ordering::Relaxed)
     }
-}
-
-/// The source stream's consumers as last listed, and how many listings there were.
-#[derive(Default)]
-struct SourceListing {
-    generation: u64,
-    names: HashSet<String>,
 }
