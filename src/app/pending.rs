@@ -9,7 +9,7 @@
 //! change of the set in force, and a poll touches only those whose consumer it lists,
 //! or listed the time before. An idle fan-out endpoint has no consumer; with 10,000
 //! of them, a poll that visited every worker (a cold cache line or more each) took
-//! about 70 ms of CPU on a 2-core VM, more than half of the idle process's CPU.
+//! about 70 ms of CPU on a 2-core VM, about half of the idle process's CPU.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
