@@ -57,7 +57,7 @@ use self::fetch::{Held, Leave};
 pub use self::set::WorkerSet;
 pub use self::shared::Shared;
 pub use self::source_consumer::SourceConsumer;
-use self::source_listings::Settled;
+use self::source_listings::FormerNote;
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
@@ -99,9 +99,6 @@ pub struct EndpointState {
     pub last_error: Option<String>,
 }
 
-/// [`Worker`]'s `former_consumer` when the endpoint has none.
-const NO_FORMER_CONSUMER: u64 = u64::MAX;
-
 /// One endpoint's worker: binds its durable consumer, fetches, holds messages while
 /// the endpoint is paused and probes it, and hands each message to a delivery task.
 pub struct Worker {
@@ -138,11 +135,10 @@ pub struct Worker {
     parked: AtomicBool,
     /// A lazy worker whose endpoint still has a consumer on the source stream (it was
     /// `ordered`, or `fan_out` was off), being drained to its own subject: the
-    /// fan-out's copies go there too, where a message both make is stored once. Holds
-    /// the number of the source listing it was noted under ([`source_listings`]), or
-    /// [`NO_FORMER_CONSUMER`]: a listing begun later decides, by whether it holds the
-    /// consumer, so no one has to visit every worker to clear it.
-    former_consumer: AtomicU64,
+    /// fan-out's copies go there too, where a message both make is stored once. A
+    /// listing begun after the note settles it ([`source_listings`]), so no one has to
+    /// visit every worker to clear it.
+    former_consumer: FormerNote,
     /// Started in place of a worker of the same endpoint (a change, not a creation or
     /// a process start): see where an `ordered` endpoint's consumer starts.
     replaced_one: AtomicBool,
@@ -219,15 +215,11 @@ impl Worker {
             em.create();
         }
         let consumer_name = consumer_name(&shared.consumer_prefix, &endpoint.name);
-        let listings = shared.source_listings();
-        let former_consumer = match lazy && listings.holds(&consumer_name) {
-            true => listings.current(),
-            false => NO_FORMER_CONSUMER,
-        };
+        let former_consumer = FormerNote::new(shared.source_listings(), lazy, &consumer_name);
         let worker = Self {
             lazy,
             parked: AtomicBool::new(lazy),
-            former_consumer: AtomicU64::new(former_consumer),
+            former_consumer,
             replaced_one: AtomicBool::new(false),
             replaced_copy_reader: AtomicBool::new(false),
             resets_unanswered: AtomicU32::new(0),
@@ -480,11 +472,7 @@ impl Worker {
     /// Whether the endpoint's former consumer on the source stream still exists
     /// (`fanout::leftover` drains it): its copies stay off the lane meanwhile.
     pub fn note_former_consumer(&self, exists: bool) {
-        let noted = match self.lazy && exists {
-            true => self.shared.source_listings().current(),
-            false => NO_FORMER_CONSUMER,
-        };
-        self.former_consumer.store(noted, Ordering::Relaxed);
+        (self.former_consumer).set(self.shared.source_listings(), self.lazy && exists);
     }
 
     /// Marks the worker as started in place of `old`, a worker of its endpoint.
@@ -496,24 +484,7 @@ impl Worker {
 
     /// See [`Worker::note_former_consumer`].
     pub fn has_former_consumer(&self) -> bool {
-        let noted = self.former_consumer.load(Ordering::Relaxed);
-        if noted == NO_FORMER_CONSUMER {
-            return false;
-        }
-        let (now, holds) = match (self.shared.source_listings()).settle(noted, &self.consumer_name)
-        {
-            Settled::Open => return true,
-            Settled::Holds(listing) => (listing, true),
-            Settled::Gone => (NO_FORMER_CONSUMER, false),
-        };
-        // Unless noted again meanwhile: the next read is settled without the lock.
-        let _ = (self.former_consumer).compare_exchange(
-            noted,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        holds
+        (self.former_consumer).holds(self.shared.source_listings(), &self.consumer_name)
     }
 
     /// Whether the endpoint can start a copy from the lane: a fan-out endpoint that is

@@ -74,6 +74,47 @@ impl SourceListings {
     }
 }
 
+/// A fan-out endpoint's note that it still has a former consumer: the number of the
+/// listing it was noted under, or [`FormerNote::NONE`].
+pub struct FormerNote(AtomicU64);
+
+impl FormerNote {
+    const NONE: u64 = u64::MAX;
+
+    /// A note for a new worker: set when the last listing holds its consumer.
+    pub fn new(listings: &SourceListings, fans_out: bool, consumer: &str) -> Self {
+        let note = Self(AtomicU64::new(Self::NONE));
+        note.set(listings, fans_out && listings.holds(consumer));
+        note
+    }
+
+    /// Notes that the consumer exists (`true`) or not, as of the listing begun last.
+    pub fn set(&self, listings: &SourceListings, exists: bool) {
+        let noted = match exists {
+            true => listings.current(),
+            false => Self::NONE,
+        };
+        self.0.store(noted, Ordering::Relaxed);
+    }
+
+    /// Whether the former consumer is there still, as the note and any listing begun
+    /// after it say. A settled note is updated (unless noted again meanwhile), so the
+    /// next read takes no lock.
+    pub fn holds(&self, listings: &SourceListings, consumer: &str) -> bool {
+        let noted = self.0.load(Ordering::Relaxed);
+        if noted == Self::NONE {
+            return false;
+        }
+        let (now, holds) = match listings.settle(noted, consumer) {
+            Settled::Open => return true,
+            Settled::Holds(listing) => (listing, true),
+            Settled::Gone => (Self::NONE, false),
+        };
+        let _ = (self.0).compare_exchange(noted, now, Ordering::Relaxed, Ordering::Relaxed);
+        holds
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +152,30 @@ mod tests {
         listings.record(second, names(&["new"]));
         listings.record(first, names(&["old"]));
         assert!(listings.holds("new") && !listings.holds("old"));
+    }
+
+    /// A note holds until a listing begun after it lacks the consumer, then stays
+    /// cleared; a note made while that listing was under way survives it.
+    #[test]
+    fn a_former_note_clears_on_the_first_later_listing_without_the_consumer() {
+        let listings = SourceListings::default();
+        let first = listings.begin();
+        listings.record(first, names(&["c"]));
+        let note = FormerNote::new(&listings, true, "c");
+        assert!(note.holds(&listings, "c"));
+        assert!(!FormerNote::new(&listings, false, "c").holds(&listings, "c"));
+        let under_way = listings.begin();
+        note.set(&listings, true);
+        listings.record(under_way, names(&[]));
+        assert!(
+            note.holds(&listings, "c"),
+            "a listing begun before the note"
+        );
+        let later = listings.begin();
+        listings.record(later, names(&[]));
+        assert!(!note.holds(&listings, "c"));
+        let again = listings.begin();
+        listings.record(again, names(&["c"]));
+        assert!(!note.holds(&listings, "c"), "cleared until noted again");
     }
 }
