@@ -413,9 +413,10 @@ fn check(path: &Path) -> Result<(), Failure> {
             if let crate::ingress::Verify::Signed(s) = &r.verify {
                 if let Some(n) = s.v1a_entries_allowed().filter(|n| *n < 2) {
                     to_stdout(format_args!(
-                        "  warning: {} has {} Ed25519 keys, so a request may carry {n} v1a signature(s); a request with more gets 401 unchecked (at most 16 signature checks each)",
+                        "  warning: {} has {} Ed25519 keys, so a request may carry {n} v1a signature(s); a request with more gets 401 unchecked (at most {} signature checks each)",
                         r.path,
-                        s.ed25519_keys()
+                        s.ed25519_keys(),
+                        crate::signing::MAX_SIGNATURES
                     ));
                 }
             }
