@@ -21,7 +21,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use crate::config::{
-    api, past_max_duration, Config, Endpoint, EndpointDefaults, Problem, MAX_DURATION,
+    api, past_max_duration, Config, Endpoint, EndpointDefaults, NetworkKeys, Problem, MAX_DURATION,
 };
 use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::routing::Router;
@@ -74,6 +74,7 @@ pub struct FileRules {
     /// `[delivery] fan_out`: an endpoint gets copies of what arrives once it is
     /// served, never the stream's backlog.
     pub fan_out: bool,
+    pub network_keys: NetworkKeys,
 }
 
 impl FileRules {
@@ -84,6 +85,7 @@ impl FileRules {
             file_names: config.endpoints.iter().map(|e| e.name.clone()).collect(),
             stream: config.nats.stream.clone(),
             fan_out: config.fan_out,
+            network_keys: NetworkKeys::of(config),
         }
     }
 
@@ -93,7 +95,7 @@ impl FileRules {
 
     /// The endpoint `entry` describes, checked as a file entry would be.
     pub fn check(&self, entry: &Map<String, Value>) -> Result<Endpoint, Vec<Problem>> {
-        api::endpoint_from_json(entry, &self.defaults, &self.router)
+        api::endpoint_from_json(entry, &self.defaults, &self.router, self.network_keys)
     }
 }
 

@@ -2428,3 +2428,76 @@ async fn a_stored_endpoint_that_cannot_be_served_says_why() {
     .await;
     assert_eq!(n.metric(gauge).await, Some(0.0));
 }
+
+/// With `[registry] allow_network_keys = false` what a runtime endpoint reaches is the
+/// operator's `[defaults]` alone: a body that widens it is a `422` naming each key, a
+/// body without those keys delivers under the defaults, and a stored record that
+/// widens it (written by another tool) is not served, with the key in its problems.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_network_keys_leave_what_runtime_endpoints_reach_to_the_defaults() {
+    let nats = NatsServer::start();
+    let (file_rx, rx) = (Receiver::start().await, Receiver::start().await);
+    let mut c = with_admin(
+        TestConfig::new(nats.url())
+            .mapping("events.*.lead.created", "lead.created", "tenant = \"{2}\"")
+            .endpoint("file", &file_rx.url("/file"), &["lead.created"], ""),
+    );
+    c.top = format!(
+        "{}\n[registry]\nenabled = true\nallow_network_keys = false\n[defaults]\nallow_http = true\nallow_private = true\n",
+        c.top
+    );
+    let n = Natshook::start(&c.render()).await;
+    let js = jetstream::new(nats.client().await);
+
+    let plain = json!({
+        "name": "acme", "url": rx.url("/acme"), "events": ["lead.created"],
+        "tenant": "org_1", "retry_schedule": ["100ms"],
+    });
+    let mut wide = plain.clone();
+    wide["allow_private"] = json!(true);
+    wide["allow_http"] = json!(true);
+    let (status, err) = api(&n, "POST", "/api/endpoints", Some(&wide.to_string())).await;
+    assert_eq!(status, 422, "{err}");
+    let fields: Vec<&str> = err["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["allow_private", "allow_http"], "{err}");
+    assert!(
+        err["problems"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("[registry] allow_network_keys = false"),
+        "{err}"
+    );
+
+    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&plain.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    deliver_org_1(&js, &rx, 3, "plain", 3).await;
+
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    let stored = kv.get("acme").await.expect("get").expect("the record");
+    let mut value: Value = serde_json::from_slice(&stored).expect("json");
+    value["allow_cidrs"] = json!(["127.0.0.0/8"]);
+    kv.put("acme", serde_json::to_vec(&value).unwrap().into())
+        .await
+        .expect("put");
+    wait_until(
+        Duration::from_secs(5),
+        "the stored record refused",
+        || async {
+            let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+            one["problems"][0]["field"] == "allow_cidrs"
+        },
+    )
+    .await;
+    assert_eq!(
+        n.metric("natshook_registry_unserved_endpoints").await,
+        Some(1.0)
+    );
+}

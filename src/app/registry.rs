@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
 use crate::backoff::Backoff;
-use crate::config::{api, Config, Endpoint, Problem};
+use crate::config::{api, Config, Endpoint, NetworkKeys, Problem};
 use crate::store::registry::{Change, Record, Registry, GATHER};
 
 /// Longest sleep before a rotated secret's grace end is checked again.
@@ -141,7 +141,13 @@ fn validate(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem
     if record.value.get("name").and_then(|v| v.as_str()) != Some(record.name.as_str()) {
         return refused("the stored endpoint's name differs from its key");
     }
-    match api::endpoint_from_json(&record.value, &file.endpoint_defaults, &file.router) {
+    let network_keys = NetworkKeys::of(file);
+    match api::endpoint_from_json(
+        &record.value,
+        &file.endpoint_defaults,
+        &file.router,
+        network_keys,
+    ) {
         Ok(e) => Ok(e.into_shared()),
         Err(problems) => {
             for problem in &problems {

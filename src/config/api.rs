@@ -13,7 +13,7 @@ use figment::providers::Serialized;
 use figment::Figment;
 use serde_json::{Map, Value};
 
-use super::model::{Backlog, Endpoint, EndpointDefaults};
+use super::model::{Backlog, Endpoint, EndpointDefaults, NetworkKeys};
 use super::{load, Problem, Problems};
 use crate::routing::Router;
 
@@ -72,13 +72,21 @@ const OPERATOR_KEYS: &[&str] = &["proxy"];
 
 const OPERATOR_KEY: &str = "not allowed here: the outbound proxy is the operator's choice ([defaults] proxy or the environment's HTTPS_PROXY)";
 
+/// The keys that widen which addresses and schemes an endpoint reaches: refused in a
+/// runtime endpoint under [`NetworkKeys::Refused`].
+const NETWORK_KEYS: &[&str] = &["allow_private", "allow_cidrs", "allow_http"];
+
+const NETWORK_KEY: &str = "not allowed here: [registry] allow_network_keys = false keeps which addresses and schemes a runtime endpoint reaches to [defaults]";
+
 const OWN_REFERENCE: &str = "{ env } and { file } are not allowed here: they would read natshook's own environment and files; send the value itself";
 
-/// The endpoint `entry` describes, over the `[defaults]` and mappings in force.
+/// The endpoint `entry` describes, over the `[defaults]` and mappings in force and
+/// what `[registry]` lets a runtime endpoint set.
 pub fn endpoint_from_json(
     entry: &Map<String, Value>,
     defaults: &EndpointDefaults,
     router: &Router,
+    network_keys: NetworkKeys,
 ) -> Result<Endpoint, Vec<Problem>> {
     let mut p = Problems::default();
     runtime_keys(entry, &mut p);
@@ -89,6 +97,9 @@ pub fn endpoint_from_json(
         .collect();
     // Taken out before validation, which would read them.
     take_own_references(&mut file_entry, &mut p);
+    if network_keys == NetworkKeys::Refused {
+        take_network_keys(&mut file_entry, &mut p);
+    }
     // Once the grace is over, only the newest secret signs.
     let in_grace = grace_until(entry, std::time::SystemTime::now()).is_some();
     if entry.contains_key(GRACE_KEY) && !in_grace {
@@ -174,6 +185,23 @@ fn take_own_references(entry: &mut Map<String, Value>, p: &mut Problems) {
     }
 }
 
+/// Takes out, as problems, the keys that would widen what the endpoint reaches beyond
+/// `[defaults]`. A value that narrows it (`false`, no ranges) or removes the key
+/// (`null`) stays.
+fn take_network_keys(entry: &mut Map<String, Value>, p: &mut Problems) {
+    for key in NETWORK_KEYS {
+        let widens = match entry.get(*key) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Array(ranges)) => !ranges.is_empty(),
+            Some(_) => true,
+        };
+        if widens {
+            entry.remove(*key);
+            p.add(*key, NETWORK_KEY);
+        }
+    }
+}
+
 fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
     match entry.get("enabled") {
         None | Some(Value::Bool(_)) => {}
@@ -223,12 +251,49 @@ mod tests {
     }
 
     fn check(entry: Value) -> Result<Endpoint, Vec<String>> {
+        check_under(entry, NetworkKeys::Allowed)
+    }
+
+    fn check_under(entry: Value, network_keys: NetworkKeys) -> Result<Endpoint, Vec<String>> {
         let c = config();
         let Value::Object(entry) = entry else {
             panic!("not an object")
         };
-        endpoint_from_json(&entry, &c.endpoint_defaults, &c.router)
+        endpoint_from_json(&entry, &c.endpoint_defaults, &c.router, network_keys)
             .map_err(|ps| ps.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn refused_network_keys_may_narrow_but_not_widen() {
+        let base = serde_json::json!({
+            "name": "acme", "url": "https://acme.example.com/hook", "events": ["lead.created"],
+            "secret": "s",
+        });
+        let mut wide = base.clone();
+        wide["allow_private"] = true.into();
+        wide["allow_cidrs"] = serde_json::json!(["10.1.0.0/16"]);
+        wide["allow_http"] = true.into();
+        let e = check(wide.clone()).unwrap();
+        assert!(e.target.allow_private && e.allow_http);
+        let problems = check_under(wide, NetworkKeys::Refused).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        for (key, p) in ["allow_private", "allow_cidrs", "allow_http"]
+            .iter()
+            .zip(&problems)
+        {
+            assert!(
+                p.starts_with(&format!(
+                    "{key}: not allowed here: [registry] allow_network_keys = false"
+                )),
+                "{p}"
+            );
+        }
+        let mut narrow = base;
+        narrow["allow_private"] = false.into();
+        narrow["allow_cidrs"] = serde_json::json!([]);
+        narrow["allow_http"] = Value::Null;
+        let e = check_under(narrow, NetworkKeys::Refused).unwrap();
+        assert!(!e.target.allow_private && e.target.allow_cidrs.is_empty() && !e.allow_http);
     }
 
     #[test]
@@ -242,6 +307,27 @@ mod tests {
         let c = super::super::Config::from_str(&with, "toml").unwrap();
         assert!(c.endpoints.is_empty());
         assert_eq!(c.registry.map(|r| r.replicas), Some(3));
+    }
+
+    #[test]
+    fn allow_network_keys_is_read_from_the_registry_section() {
+        let base = "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n";
+        let read = |registry: &str| {
+            let text = format!("[registry]\nenabled = true\n{registry}{base}");
+            super::super::Config::from_str(&text, "toml").map(|c| NetworkKeys::of(&c))
+        };
+        assert_eq!(read("").unwrap(), NetworkKeys::Allowed);
+        assert_eq!(
+            read("allow_network_keys = false\n").unwrap(),
+            NetworkKeys::Refused
+        );
+        let wrong = read("allow_network_keys = \"no\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("registry.allow_network_keys: invalid type"),
+            "{wrong}"
+        );
     }
 
     #[test]

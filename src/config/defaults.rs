@@ -63,6 +63,9 @@ pub const REGISTRY_ENABLED: bool = false;
 pub const REGISTRY_BUCKET: &str = "NATSHOOK_ENDPOINTS";
 /// Revisions kept per endpoint (JetStream allows at most 64).
 pub const REGISTRY_HISTORY: i64 = 5;
+/// Runtime endpoints may set `allow_private`, `allow_cidrs` and `allow_http`, as the
+/// contract's create body lists them.
+pub const REGISTRY_ALLOW_NETWORK_KEYS: bool = true;
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 

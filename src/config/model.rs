@@ -296,6 +296,36 @@ pub struct RegistryConfig {
     pub bucket: String,
     pub replicas: usize,
     pub history: i64,
+    /// Whether runtime endpoints may widen what they reach (`allow_private`,
+    /// `allow_cidrs`, `allow_http`); a check of each record, so a reload applies it.
+    pub network_keys: NetworkKeys,
+}
+
+impl RegistryConfig {
+    /// What natshook sets up at start from the section: changing it needs a restart.
+    pub fn store(&self) -> (&str, usize, i64) {
+        (&self.bucket, self.replicas, self.history)
+    }
+}
+
+/// `[registry] allow_network_keys`: whether a runtime endpoint may set the keys that
+/// widen which addresses and schemes it reaches. Where customers give the URLs, the
+/// operator keeps that choice to `[defaults]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkKeys {
+    #[default]
+    Allowed,
+    Refused,
+}
+
+impl NetworkKeys {
+    /// The rule `config` sets for runtime endpoints.
+    pub fn of(config: &Config) -> Self {
+        config
+            .registry
+            .as_ref()
+            .map_or(NetworkKeys::Allowed, |r| r.network_keys)
+    }
 }
 
 /// The `[defaults]` section as written (mistyped keys taken out), kept so that an

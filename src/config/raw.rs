@@ -45,6 +45,7 @@ pub(super) struct RawRegistry {
     pub enabled: Option<bool>,
     pub replicas: Option<i64>,
     pub history: Option<i64>,
+    pub allow_network_keys: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ApplyError, EndpointError, Running, Supervisor};
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, RegistryConfig};
 use crate::delivery::Deliverer;
 use crate::fanout::Targets;
 use crate::registrar::FileRules;
@@ -359,7 +359,13 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<&'static str> {
         ("nats", current.nats != new.nats),
         ("http.listen", current.listen != new.listen),
         ("admin", current.admin != new.admin),
-        ("registry", current.registry != new.registry),
+        // Which keys a runtime endpoint may set is a check of its record, applied by
+        // the reload like `[defaults]`.
+        (
+            "registry",
+            current.registry.as_ref().map(RegistryConfig::store)
+                != new.registry.as_ref().map(RegistryConfig::store),
+        ),
         ("delivery_log", current.delivery_log != new.delivery_log),
         ("dead_letter", current.dead_letter != new.dead_letter),
         ("tracing", current.tracing != new.tracing),
@@ -490,6 +496,15 @@ mod tests {
         let applied = "[defaults]\ntimeout = \"3s\"\n[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x\"\nverify = { scheme = \"none\" }";
         assert_eq!(
             restart_needed(&base, &config(&format!("{nats}\n{applied}"))),
+            Vec::<&str>::new()
+        );
+        // So is which keys runtime endpoints may set: a check of each record.
+        let registry = format!("{nats}\n[registry]\nenabled = true");
+        assert_eq!(
+            restart_needed(
+                &config(&registry),
+                &config(&format!("{registry}\nallow_network_keys = false"))
+            ),
             Vec::<&str>::new()
         );
     }

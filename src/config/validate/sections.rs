@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::super::defaults;
-use super::super::model::{AdminConfig, RegistryConfig};
+use super::super::model::{AdminConfig, NetworkKeys, RegistryConfig};
 use super::super::raw::{RawAdmin, RawDeliveryLog, RawHttp, RawRegistry};
 use super::super::Problems;
 
@@ -140,9 +140,18 @@ pub(super) fn registry(
             None
         }
     };
+    let network_keys = if raw
+        .allow_network_keys
+        .unwrap_or(defaults::REGISTRY_ALLOW_NETWORK_KEYS)
+    {
+        NetworkKeys::Allowed
+    } else {
+        NetworkKeys::Refused
+    };
     Some(Some(RegistryConfig {
         bucket: defaults::REGISTRY_BUCKET.to_string(),
         replicas: replicas? as usize,
         history: history?,
+        network_keys,
     }))
 }
