@@ -76,8 +76,8 @@ pub struct PauseRecord {
 
 impl PauseRecord {
     /// The record `paused.<endpoint>` holds; one this version cannot read is an
-    /// [`PauseCause::Unrecognized`] pause, with a warning, never no pause.
-    fn read(endpoint: &str, value: &[u8]) -> PauseRecord {
+    /// [`PauseCause::Unrecognized`] pause, never no pause ([`Unreadable`] warns of it).
+    fn read(value: &[u8]) -> PauseRecord {
         if let Ok(record) = serde_json::from_slice(value) {
             return record;
         }
@@ -95,12 +95,53 @@ impl PauseRecord {
             )
         };
         let named = field("cause").unwrap_or_else(|| "unreadable".to_string());
-        tracing::warn!(endpoint, cause = %named,
-            "a pause this version cannot read is followed as a pause only a resume ends");
         PauseRecord {
             cause: PauseCause::Unrecognized { named },
             at: field("at").unwrap_or_default(),
             by: field("by").unwrap_or_default(),
+        }
+    }
+}
+
+/// The unreadable pause records this process has warned of, by endpoint: each record
+/// is read again on every replay of the watch and by every worker that starts, and
+/// one warning per record says what there is to say.
+#[derive(Clone, Default)]
+struct Unreadable(Arc<Mutex<HashMap<String, PauseRecord>>>);
+
+impl Unreadable {
+    /// Reads `value` as [`PauseRecord::read`] does, warning once of each unreadable
+    /// record of `endpoint`; `true` when it warned.
+    fn read(&self, endpoint: &str, value: &[u8]) -> (PauseRecord, bool) {
+        let record = PauseRecord::read(value);
+        let warns = self.note(endpoint, Some(&record));
+        if warns {
+            if let PauseCause::Unrecognized { named } = &record.cause {
+                tracing::warn!(endpoint, cause = %named,
+                    "a pause this version cannot read is followed as a pause only a resume ends");
+            }
+        }
+        (record, warns)
+    }
+
+    /// Notes `record` as the endpoint's (`None`: resumed); `true` when it is an
+    /// unreadable one not warned of yet.
+    fn note(&self, endpoint: &str, record: Option<&PauseRecord>) -> bool {
+        let Ok(mut warned) = self.0.lock() else {
+            return true;
+        };
+        match record {
+            Some(r) if matches!(r.cause, PauseCause::Unrecognized { .. }) => {
+                if warned.get(endpoint) == Some(r) {
+                    return false;
+                }
+                warned.insert(endpoint.to_string(), r.clone());
+                true
+            }
+            _ => {
+                warned.remove(endpoint);
+                false
+            }
         }
     }
 }
@@ -143,6 +184,7 @@ pub struct PauseState {
     /// Whether [`PauseState::load_known`] read every pause: until then a worker reads
     /// its own when it starts fetching.
     loaded: Arc<std::sync::atomic::AtomicBool>,
+    unreadable: Unreadable,
 }
 
 /// Names this process among the replicas, for records and locks.
@@ -172,6 +214,7 @@ impl PauseState {
             replica: replica_name().into(),
             known: Arc::default(),
             loaded: Arc::default(),
+            unreadable: Unreadable::default(),
         };
         tokio::spawn(state.clone().write_in_order(rx));
         state
@@ -303,7 +346,7 @@ impl PauseState {
             if let (Some(endpoint), Some(value)) = (key.strip_prefix(PAUSED_PREFIX), value) {
                 self.note(&PauseChange {
                     endpoint: endpoint.to_string(),
-                    record: Some(PauseRecord::read(endpoint, &value)),
+                    record: Some(self.unreadable.read(endpoint, &value).0),
                 });
                 loaded += 1;
             }
@@ -342,7 +385,7 @@ impl PauseState {
             .get(format!("{PAUSED_PREFIX}{endpoint}"))
             .await
             .map_err(access)?;
-        Ok(value.map(|v| PauseRecord::read(endpoint, &v)))
+        Ok(value.map(|v| self.unreadable.read(endpoint, &v).0))
     }
 
     /// Every pause and resume from now on (current pauses first).
@@ -354,14 +397,21 @@ impl PauseState {
             .watch_with_history(format!("{PAUSED_PREFIX}>"))
             .await
             .map_err(access)?;
-        Ok(watch.filter_map(|entry| async move {
-            let entry = entry.ok()?;
-            let endpoint = entry.key.strip_prefix(PAUSED_PREFIX)?.to_string();
-            let record = match entry.operation {
-                kv::Operation::Put => Some(PauseRecord::read(&endpoint, &entry.value)),
-                kv::Operation::Delete | kv::Operation::Purge => None,
-            };
-            Some(PauseChange { endpoint, record })
+        let unreadable = self.unreadable.clone();
+        Ok(watch.filter_map(move |entry| {
+            let unreadable = unreadable.clone();
+            async move {
+                let entry = entry.ok()?;
+                let endpoint = entry.key.strip_prefix(PAUSED_PREFIX)?.to_string();
+                let record = match entry.operation {
+                    kv::Operation::Put => Some(unreadable.read(&endpoint, &entry.value).0),
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        unreadable.note(&endpoint, None);
+                        None
+                    }
+                };
+                Some(PauseChange { endpoint, record })
+            }
         }))
     }
 
@@ -451,9 +501,7 @@ mod tests {
     /// writes keeps its name, anything else is `unreadable`.
     #[test]
     fn a_record_this_version_cannot_read_is_an_unrecognized_pause() {
-        let newer = PauseRecord::read(
-            "x",
-            br#"{"cause":"quarantined","until":"later","at":"2026-12-06T01:00:00Z","by":"pod-b/7"}"#,
+        let newer = PauseRecord::read(br#"{"cause":"quarantined","until":"later","at":"2026-12-06T01:00:00Z","by":"pod-b/7"}"#,
         );
         assert_eq!(
             newer,
@@ -465,7 +513,7 @@ mod tests {
                 by: "pod-b/7".into(),
             }
         );
-        let missing_field = PauseRecord::read("x", br#"{"cause":"failures","at":"t","by":"b"}"#);
+        let missing_field = PauseRecord::read(br#"{"cause":"failures","at":"t","by":"b"}"#);
         assert_eq!(
             missing_field.cause,
             PauseCause::Unrecognized {
@@ -473,10 +521,8 @@ mod tests {
             }
         );
         // Its own name cannot carry a name past the sanitiser.
-        let forged = PauseRecord::read(
-            "x",
-            br#"{"cause":"unrecognized","named":"a\nb","at":"t","by":"b"}"#,
-        );
+        let forged =
+            PauseRecord::read(br#"{"cause":"unrecognized","named":"a\nb","at":"t","by":"b"}"#);
         assert_eq!(
             forged.cause,
             PauseCause::Unrecognized {
@@ -485,20 +531,36 @@ mod tests {
         );
         for junk in [&b"not json"[..], b"", b"[1,2]", br#"{"cause":7}"#] {
             assert_eq!(
-                PauseRecord::read("x", junk).cause,
+                PauseRecord::read(junk).cause,
                 PauseCause::Unrecognized {
                     named: "unreadable".into()
                 }
             );
         }
-        let hostile = PauseRecord::read(
-            "x",
-            format!(r#"{{"cause":"a\nb\u202e{}"}}"#, "c".repeat(100)).as_bytes(),
-        );
+        let hostile =
+            PauseRecord::read(format!(r#"{{"cause":"a\nb\u202e{}"}}"#, "c".repeat(100)).as_bytes());
         let PauseCause::Unrecognized { named } = hostile.cause else {
             panic!("{hostile:?}")
         };
         assert_eq!(named.len(), 64);
         assert!(named.starts_with("a?b?c"), "{named}");
+    }
+
+    /// Each unreadable record is warned of once per endpoint, however often it is read
+    /// again; a different one, or the same after a resume, is warned of again.
+    #[test]
+    fn an_unreadable_record_is_warned_of_once() {
+        let u = Unreadable::default();
+        let (newer, bad) = (br#"{"cause":"quarantined"}"#, b"not json");
+        assert!(u.read("a", newer).1);
+        assert!(!u.read("a", newer).1);
+        assert!(u.read("b", newer).1);
+        assert!(u.read("a", bad).1);
+        assert!(!u.read("a", bad).1);
+        let readable = br#"{"cause":"manual","at":"t","by":"b"}"#;
+        assert!(!u.read("a", readable).1);
+        assert!(u.read("a", bad).1);
+        u.note("a", None);
+        assert!(u.read("a", bad).1);
     }
 }
