@@ -2487,17 +2487,47 @@ async fn refused_network_keys_leave_what_runtime_endpoints_reach_to_the_defaults
     kv.put("acme", serde_json::to_vec(&value).unwrap().into())
         .await
         .expect("put");
-    wait_until(
-        Duration::from_secs(5),
-        "the stored record refused",
-        || async {
-            let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
-            one["problems"][0]["field"] == "allow_cidrs"
-        },
-    )
+    let refused = || async {
+        let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+        one["problems"][0]["field"] == "allow_cidrs"
+    };
+    let served = || async {
+        let (_, one) = api(&n, "GET", "/api/endpoints/acme", None).await;
+        one.get("problems").is_none() && one["bound"] == true
+    };
+    wait_until(Duration::from_secs(5), "the stored record refused", refused).await;
+    let gauge = "natshook_registry_unserved_endpoints";
+    assert_eq!(n.metric(gauge).await, Some(1.0));
+    let widen = json!({ "allow_private": true }).to_string();
+    let (status, err) = api(&n, "PATCH", "/api/endpoints/acme", Some(&widen)).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err["problems"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["field"] == "allow_private")));
+
+    // A reload applies the switch either way.
+    let config = |allow: bool| {
+        c.render().replace(
+            "allow_network_keys = false",
+            &format!("allow_network_keys = {allow}"),
+        )
+    };
+    reload(&n, &config(true), "config reloaded", "the first reload").await;
+    wait_until(Duration::from_secs(5), "served once allowed", served).await;
+    assert_eq!(n.metric(gauge).await, Some(0.0));
+    n.rewrite_config(&config(false));
+    n.signal("HUP");
+    wait_until(Duration::from_secs(10), "the second reload", || {
+        let logs = n.logs();
+        async move { logs.matches("config reloaded").count() >= 2 }
+    })
     .await;
-    assert_eq!(
-        n.metric("natshook_registry_unserved_endpoints").await,
-        Some(1.0)
-    );
+    wait_until(Duration::from_secs(5), "refused again", refused).await;
+
+    // Taking the range out serves it under the defaults.
+    let narrow = json!({ "allow_cidrs": null }).to_string();
+    let (status, changed) = api(&n, "PATCH", "/api/endpoints/acme", Some(&narrow)).await;
+    assert_eq!(status, 200, "{changed}");
+    wait_until(Duration::from_secs(5), "served after the PATCH", served).await;
+    deliver_org_1(&js, &rx, 3, "narrowed", 6).await;
 }

@@ -255,7 +255,14 @@ mod tests {
     }
 
     fn check_under(entry: Value, network_keys: NetworkKeys) -> Result<Endpoint, Vec<String>> {
-        let c = config();
+        check_over(config(), entry, network_keys)
+    }
+
+    fn check_over(
+        c: super::super::Config,
+        entry: Value,
+        network_keys: NetworkKeys,
+    ) -> Result<Endpoint, Vec<String>> {
         let Value::Object(entry) = entry else {
             panic!("not an object")
         };
@@ -288,12 +295,20 @@ mod tests {
                 "{p}"
             );
         }
+        // Over defaults that widen it, an endpoint may still narrow it.
+        let wide_defaults = "[nats]\nstream = \"E\"\n[defaults]\nallow_private = true\nallow_http = true\nallow_cidrs = [\"10.1.0.0/16\"]\n[[events]]\nsubject = \"events.*.lead.created\"\nevent = \"lead.created\"\n[[endpoints]]\nname = \"file\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n";
+        let c = || super::super::Config::from_str(wide_defaults, "toml").unwrap();
+        let e = check_over(c(), base.clone(), NetworkKeys::Refused).unwrap();
+        assert!(e.target.allow_private && e.allow_http && e.target.allow_cidrs.len() == 1);
         let mut narrow = base;
         narrow["allow_private"] = false.into();
         narrow["allow_cidrs"] = serde_json::json!([]);
-        narrow["allow_http"] = Value::Null;
-        let e = check_under(narrow, NetworkKeys::Refused).unwrap();
+        narrow["allow_http"] = false.into();
+        let e = check_over(c(), narrow.clone(), NetworkKeys::Refused).unwrap();
         assert!(!e.target.allow_private && e.target.allow_cidrs.is_empty() && !e.allow_http);
+        narrow["allow_http"] = Value::Null;
+        let e = check_over(c(), narrow, NetworkKeys::Refused).unwrap();
+        assert!(e.allow_http, "null removes the key: the default applies");
     }
 
     #[test]

@@ -385,7 +385,13 @@ impl PauseState {
             .get(format!("{PAUSED_PREFIX}{endpoint}"))
             .await
             .map_err(access)?;
-        Ok(value.map(|v| self.unreadable.read(endpoint, &v).0))
+        Ok(match value {
+            Some(v) => Some(self.unreadable.read(endpoint, &v).0),
+            None => {
+                self.unreadable.note(endpoint, None);
+                None
+            }
+        })
     }
 
     /// Every pause and resume from now on (current pauses first).

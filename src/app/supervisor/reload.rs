@@ -51,11 +51,27 @@ impl Supervisor {
     /// All or nothing: what can fail (each new endpoint's HTTP client, with its TLS
     /// files) is built before any running endpoint is touched. On an error the running
     /// set stays exactly as it was, and no worker is left running outside it.
-    pub async fn apply(&self, new: Config) -> Result<ReloadSummary, ApplyError> {
+    pub async fn apply(&self, mut new: Config) -> Result<ReloadSummary, ApplyError> {
         let mut runtime = self.runtime.lock().await;
         let mut file = self.file.lock().await;
+        if new.registry.is_none() && self.registry_configured {
+            // The registry runs until a restart, and so do the rules of its section.
+            new.registry = file.registry.clone();
+        }
         runtime.revalidate(&new);
-        let summary = (self.apply_merged(runtime.merged(&new), &[], runtime.held())).await?;
+        let summary = match self
+            .apply_merged(runtime.merged(&new), &[], runtime.held())
+            .await
+        {
+            Ok(summary) => summary,
+            Err(e) => {
+                // The running config stays, and the records are judged by it.
+                runtime.revalidate(&file);
+                return Err(e);
+            }
+        };
+        // The records the new config serves or refuses, as the API shows them.
+        self.publish_records(&runtime);
         if let Ok(mut r) = self.rules.write() {
             *r = Arc::new(FileRules::of(&new));
         }
