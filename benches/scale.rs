@@ -13,6 +13,10 @@
 //!   S0  one endpoint drains the backlog: the baseline of rate and CPU per delivery.
 //!       A full run with S1 runs S0 again after S1 and compares S1 with the mean of
 //!       the two, so that the machine's drift over S1's minutes cancels out
+//!   M   S0 on tokio's multi-threaded scheduler (TOKIO_WORKER_THREADS = the CPUs),
+//!       before and after S1 as S0 is: one endpoint from the file runs on one thread,
+//!       many endpoints on the multi-threaded scheduler, so S1 against M is the cost
+//!       of spreading the work alone, and against S0 that plus the scheduler's
 //!   S1  E endpoints (BENCH_SCALE_ENDPOINTS, default 10000; a list such as
 //!       `1000,2000,5000` runs each size), A of them active (BENCH_SCALE_ACTIVE, 1000):
 //!       time to `/readyz`, idle RSS after 10 s, idle CPU over 20 s; then the backlog
@@ -26,7 +30,7 @@
 //!
 //! BENCH_SCALE_MESSAGES (default 100000) is the backlog of every phase, published once
 //! natshook is ready (see `deliver`).
-//! BENCH_SCALE_PHASES picks phases (`0`, `1`, `R`, `C`; all by default).
+//! BENCH_SCALE_PHASES picks phases (`0`, `M`, `1`, `R`, `C`; all by default).
 //! BENCH_SCALE_READY_TIMEOUT (seconds, default 300) bounds the wait for `/readyz`.
 //! BENCH_SCALE_DESIGNS (default `direct,fanout`) names the delivery designs to measure, each
 //! a text appended to natshook's config: `direct` none, `fanout` BENCH_FANOUT_CONFIG
@@ -78,6 +82,22 @@ struct Design {
     name: String,
     /// Appended to natshook's config.
     config: String,
+    /// Set for natshook besides the benchmark's own environment.
+    env: Vec<(String, String)>,
+}
+
+impl Design {
+    /// This design on tokio's multi-threaded scheduler with a thread per CPU, whatever
+    /// its endpoints (phase M).
+    fn multi_threaded(&self) -> Design {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut env = self.env.clone();
+        env.push(("TOKIO_WORKER_THREADS".into(), threads.to_string()));
+        Design {
+            env,
+            ..self.clone()
+        }
+    }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -121,6 +141,7 @@ fn designs() -> Vec<Design> {
             Design {
                 name: name.to_string(),
                 config,
+                env: Vec::new(),
             }
         })
         .collect()
@@ -128,7 +149,7 @@ fn designs() -> Vec<Design> {
 
 impl Opts {
     fn from_env(full: bool) -> Self {
-        let phases = std::env::var("BENCH_SCALE_PHASES").unwrap_or_else(|_| "01RC".into());
+        let phases = std::env::var("BENCH_SCALE_PHASES").unwrap_or_else(|_| "0M1RC".into());
         if full {
             let endpoints = std::env::var("BENCH_SCALE_ENDPOINTS")
                 .ok()
@@ -285,6 +306,9 @@ struct DesignResults {
     /// S0 again after S1 (full runs with both): the machine's speed drifts over the
     /// minutes S1 takes, so S1 is compared with the mean of S0 before and after.
     s0_after: Option<Drain>,
+    /// Phase M, before and after S1.
+    m: Option<Drain>,
+    m_after: Option<Drain>,
     s1: Vec<Scale>,
     r: Vec<Replicas>,
 }
@@ -368,7 +392,7 @@ async fn start(
 ) -> Result<(Vec<Process>, f64), NotReady> {
     let spawned = Instant::now();
     let mut procs: Vec<Process> = (0..k)
-        .map(|_| spawn_natshook(nats, stream, events, endpoints, &design.config))
+        .map(|_| spawn_natshook(nats, stream, events, endpoints, &design.config, &design.env))
         .collect();
     for p in procs.iter_mut() {
         wait_ready(p, ready_within.saturating_sub(spawned.elapsed())).await?;
@@ -549,7 +573,14 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     let load_before = loadavg();
     let spawned = Instant::now();
     let at = NatsAt::server(nats.url());
-    let mut p = spawn_natshook(&at, "SCALE_S1", &events, &endpoints, &design.config);
+    let mut p = spawn_natshook(
+        &at,
+        "SCALE_S1",
+        &events,
+        &endpoints,
+        &design.config,
+        &design.env,
+    );
     let cpu = CpuSample::start(&[&p], &[&nats]);
     let fds = FdWatch::start(p.pid());
     let ready = wait_ready(&mut p, opts.ready_within).await;
@@ -707,6 +738,13 @@ async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
                 Err(why) => eprintln!("[{}] {why}", design.name),
             }
         }
+        let threaded = design.multi_threaded();
+        if opts.runs('M') {
+            match one_endpoint(opts, &threaded, &seen, port, "M").await {
+                Ok(m) => d.m = Some(m),
+                Err(why) => eprintln!("[{}] {why}", design.name),
+            }
+        }
         if opts.runs('1') {
             for &e in &opts.endpoints {
                 d.s1.push(many(opts, design, &seen, port, e).await);
@@ -714,6 +752,12 @@ async fn run(opts: &Opts, receiver: tokio::runtime::Handle) -> Results {
             if d.s0.is_some() && !opts.smoke {
                 match one_endpoint(opts, design, &seen, port, "S0 after S1").await {
                     Ok(s0) => d.s0_after = Some(s0),
+                    Err(why) => eprintln!("[{}] {why}", design.name),
+                }
+            }
+            if d.m.is_some() && !opts.smoke {
+                match one_endpoint(opts, &threaded, &seen, port, "M after S1").await {
+                    Ok(m) => d.m_after = Some(m),
                     Err(why) => eprintln!("[{}] {why}", design.name),
                 }
             }
@@ -760,9 +804,18 @@ fn fmt(v: Option<f64>, precision: usize) -> String {
 
 /// What S1 is compared with: S0's figures, averaged with S0 after S1 when it ran.
 fn baseline(d: &DesignResults, figure: impl Fn(&Drain) -> f64) -> Option<f64> {
-    let before = d.s0.as_ref().map(&figure)?;
+    mean_of(&d.s0, &d.s0_after, figure)
+}
+
+/// A figure of a phase run before S1, averaged with its run after S1 when there is one.
+fn mean_of(
+    before: &Option<Drain>,
+    after: &Option<Drain>,
+    figure: impl Fn(&Drain) -> f64,
+) -> Option<f64> {
+    let before = before.as_ref().map(&figure)?;
     Some(
-        d.s0_after
+        after
             .as_ref()
             .map_or(before, |after| (before + figure(after)) / 2.0),
     )
@@ -822,6 +875,18 @@ fn rows(r: &Results) -> Vec<Row> {
             "S0 again after S1: CPU/delivery nats-server (us)".into(),
             "",
             &|d| fmt(again(d).map(|x| x.cpu_us.nats_server), 1),
+        );
+    }
+    if designs.iter().any(|d| d.m.is_some()) {
+        add(
+            "M   1 endpoint, multi-threaded: CPU/delivery natshook (us)".into(),
+            "",
+            &|d| fmt(d.m.as_ref().map(|x| x.cpu_us.natshook), 1),
+        );
+        add(
+            "M again after S1: CPU/delivery natshook (us)".into(),
+            "",
+            &|d| fmt(d.m_after.as_ref().map(|x| x.cpu_us.natshook), 1),
         );
     }
     let sizes: Vec<(usize, usize)> = designs
@@ -901,6 +966,15 @@ fn rows(r: &Results) -> Vec<Row> {
                 ratio(
                     dr(d).map(|x| x.cpu_us.natshook),
                     baseline(d, |x| x.cpu_us.natshook),
+                ),
+                2,
+            )
+        });
+        add(format!("{p}: CPU/delivery natshook / M"), "", &|d| {
+            fmt(
+                ratio(
+                    dr(d).map(|x| x.cpu_us.natshook),
+                    mean_of(&d.m, &d.m_after, |x| x.cpu_us.natshook),
                 ),
                 2,
             )
@@ -997,7 +1071,9 @@ fn rows(r: &Results) -> Vec<Row> {
         });
     }
     add("attempts without 2xx (all phases)".into(), "0", &|d| {
-        let s0 = d.s0.iter().chain(&d.s0_after).map(|x| x.failed_attempts);
+        let s0 = (d.s0.iter().chain(&d.s0_after))
+            .chain(d.m.iter().chain(&d.m_after))
+            .map(|x| x.failed_attempts);
         let s1 = d.s1.iter().flat_map(|s| {
             let live = s.drain.as_ref().map(|x| x.failed_attempts);
             live.into_iter()
@@ -1012,10 +1088,9 @@ fn rows(r: &Results) -> Vec<Row> {
 /// What did not finish in a design: phases not ready, drains that timed out.
 fn errors(d: &DesignResults) -> Vec<String> {
     let mut out = Vec::new();
-    for e in
-        d.s0.iter()
-            .chain(&d.s0_after)
-            .filter_map(|x| x.error.clone())
+    for e in (d.s0.iter().chain(&d.s0_after))
+        .chain(d.m.iter().chain(&d.m_after))
+        .filter_map(|x| x.error.clone())
     {
         out.push(e);
     }

@@ -533,12 +533,14 @@ pub fn natshook_config(
 }
 
 /// Starts natshook on a config from [`natshook_config`] without waiting for it.
+/// `env`: variables set for natshook besides the benchmark's own environment.
 pub fn spawn_natshook(
     nats: &NatsAt,
     stream: &str,
     events: &str,
     endpoints: &str,
     extra: &str,
+    env: &[(String, String)],
 ) -> Process {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
@@ -549,6 +551,7 @@ pub fn spawn_natshook(
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", natshook_log())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -615,7 +618,7 @@ pub async fn start_natshook(
     endpoints: &str,
 ) -> Process {
     let nats = NatsAt::server(nats_url.to_string());
-    let mut p = spawn_natshook(&nats, stream, events, endpoints, "");
+    let mut p = spawn_natshook(&nats, stream, events, endpoints, "", &[]);
     if let Err(e) = wait_ready(&mut p, Duration::from_secs(60)).await {
         panic!("natshook not ready: {}", e.reasons);
     }
