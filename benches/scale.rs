@@ -13,7 +13,8 @@
 //!   S0  one endpoint drains the backlog: the baseline of rate and CPU per delivery.
 //!       A full run with S1 runs S0 again after S1 and compares S1 with the mean of
 //!       the two, so that the machine's drift over S1's minutes cancels out
-//!   M   S0 on tokio's multi-threaded scheduler (TOKIO_WORKER_THREADS = the CPUs),
+//!   M   S0 on tokio's multi-threaded scheduler (TOKIO_WORKER_THREADS = the CPUs;
+//!       set for the whole benchmark, the variable puts every phase there),
 //!       before and after S1 as S0 is: one endpoint from the file runs on one thread,
 //!       many endpoints on the multi-threaded scheduler, so S1 against M is the cost
 //!       of spreading the work alone, and against S0 that plus the scheduler's
@@ -1209,6 +1210,11 @@ fn main() {
             assert!(
                 d.s0.is_some() || !opts.runs('0'),
                 "[{}] S0 did not drain",
+                d.design
+            );
+            assert!(
+                d.m.is_some() || !opts.runs('M'),
+                "[{}] M did not drain",
                 d.design
             );
             assert!(

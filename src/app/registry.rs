@@ -46,8 +46,25 @@ impl Runtime {
 
     /// Validates every record again against a new config file.
     pub(super) fn revalidate(&mut self, file: &Config) {
+        self.judge_all(file);
+        self.log_unserved();
+    }
+
+    /// Validates every record against `file` without logging: a reload judges them by
+    /// the new config before it knows whether that config runs
+    /// ([`Runtime::log_unserved`] once it does).
+    pub(super) fn judge_all(&mut self, file: &Config) {
         for e in self.entries.values_mut() {
-            e.endpoint = validate(&e.record, file);
+            e.endpoint = judge(&e.record, file);
+        }
+    }
+
+    /// Logs why each record not served is not.
+    pub(super) fn log_unserved(&self) {
+        for e in self.entries.values() {
+            if let Err(problems) = &e.endpoint {
+                log_refusal(&e.record.name, problems);
+            }
         }
     }
 
@@ -128,8 +145,16 @@ impl Runtime {
 
 /// The record's endpoint, or why it is not served (logged).
 fn validate(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem>> {
+    let verdict = judge(record, file);
+    if let Err(problems) = &verdict {
+        log_refusal(&record.name, problems);
+    }
+    verdict
+}
+
+/// The record's endpoint, or why it is not served.
+fn judge(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem>> {
     let refused = |message: &str| {
-        tracing::error!(endpoint = %record.name, "registry endpoint not served: {message}");
         Err(vec![Problem {
             path: "name".into(),
             message: message.into(),
@@ -142,19 +167,18 @@ fn validate(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem
         return refused("the stored endpoint's name differs from its key");
     }
     let network_keys = NetworkKeys::of(file);
-    match api::endpoint_from_json(
+    api::endpoint_from_json(
         &record.value,
         &file.endpoint_defaults,
         &file.router,
         network_keys,
-    ) {
-        Ok(e) => Ok(e.into_shared()),
-        Err(problems) => {
-            for problem in &problems {
-                tracing::error!(endpoint = %record.name, %problem, "invalid registry endpoint; not served");
-            }
-            Err(problems)
-        }
+    )
+    .map(Endpoint::into_shared)
+}
+
+fn log_refusal(endpoint: &str, problems: &[Problem]) {
+    for problem in problems {
+        tracing::error!(endpoint, %problem, "invalid registry endpoint; not served");
     }
 }
 

@@ -54,11 +54,12 @@ impl Supervisor {
     pub async fn apply(&self, mut new: Config) -> Result<ReloadSummary, ApplyError> {
         let mut runtime = self.runtime.lock().await;
         let mut file = self.file.lock().await;
-        if new.registry.is_none() && self.registry_configured {
+        let registry_dropped = new.registry.is_none() && self.registry_configured;
+        if registry_dropped {
             // The registry runs until a restart, and so do the rules of its section.
             new.registry = file.registry.clone();
         }
-        runtime.revalidate(&new);
+        runtime.judge_all(&new);
         let summary = match self
             .apply_merged(runtime.merged(&new), &[], runtime.held())
             .await
@@ -66,11 +67,15 @@ impl Supervisor {
             Ok(summary) => summary,
             Err(e) => {
                 // The running config stays, and the records are judged by it.
-                runtime.revalidate(&file);
+                runtime.judge_all(&file);
                 return Err(e);
             }
         };
-        // The records the new config serves or refuses, as the API shows them.
+        if registry_dropped {
+            warn_restart("registry");
+        }
+        // The records the new config refuses, in the log and as the API shows them.
+        runtime.log_unserved();
         self.publish_records(&runtime);
         if let Ok(mut r) = self.rules.write() {
             *r = Arc::new(FileRules::of(&new));
@@ -362,8 +367,12 @@ impl Supervisor {
 /// Logs the settings a reload changed that take effect only after a restart.
 fn warn_restart_needed(current: &Config, new: &Config) {
     for section in restart_needed(current, new) {
-        tracing::warn!(section, "config change needs a restart to take effect");
+        warn_restart(section);
     }
+}
+
+fn warn_restart(section: &str) {
+    tracing::warn!(section, "config change needs a restart to take effect");
 }
 
 /// The settings `new` changes that natshook reads only at start-up: the connection
