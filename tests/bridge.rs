@@ -417,6 +417,21 @@ async fn health_ready_and_metrics_endpoints() {
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
+    // Series of sections this config does not have are not shown, after a reload too
+    // (which publishes the registry's verdicts).
+    let strangers = ["natshook_ingress_", "natshook_registry_unserved_endpoints"];
+    for stranger in strangers {
+        assert!(
+            !m.contains(stranger),
+            "{stranger} without its section:\n{m}"
+        );
+    }
+    let config = config.endpoint("crm2", &rx.url("/2"), &["*"], "");
+    reload(&natshook, &config.render(), "added=[\"crm2\"]", "reload").await;
+    let m = natshook.metrics().await;
+    for stranger in strangers {
+        assert!(!m.contains(stranger), "{stranger} after a reload:\n{m}");
+    }
 }
 
 #[test]
@@ -733,4 +748,8 @@ async fn json_logs_carry_the_failed_attempt_fields() {
     assert_eq!(failed["fields"]["id"], "jl-0");
     assert_eq!(failed["fields"]["attempt"], 1);
     assert_eq!(failed["fields"]["error"], "HTTP 503");
+    assert_eq!(
+        failed["fields"]["status"], 503,
+        "the status is a number: {failed}"
+    );
 }

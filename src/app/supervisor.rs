@@ -222,9 +222,12 @@ impl Supervisor {
             *r = runtime.records();
         }
         let unserved = runtime.unserved();
-        self.metrics()
-            .registry_unserved()
-            .set(i64::try_from(unserved.len()).unwrap_or(i64::MAX));
+        // Without `[registry]` there are no records, and no series to show for them.
+        if self.registry_configured {
+            self.metrics()
+                .registry_unserved()
+                .set(i64::try_from(unserved.len()).unwrap_or(i64::MAX));
+        }
         if let Ok(mut u) = self.unserved.write() {
             *u = unserved;
         }

@@ -38,7 +38,7 @@ use self::body::{read_body, Bodies};
 use self::request::{check_head, nats_headers, subject, verify};
 use crate::config::NatsConfig;
 use crate::file_read::Reading;
-use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics, INGRESS_UNMATCHED_ROUTE};
+use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics};
 
 /// A route and its metric children.
 struct Live {
@@ -94,7 +94,9 @@ pub struct Ingress {
     js: jetstream::Context,
     client: async_nats::Client,
     metrics: Metrics,
-    unmatched: IngressRouteMetrics,
+    /// Made at the first unknown path: a process without a dedicated listener, or one
+    /// nobody probes, shows no `unmatched` series.
+    unmatched: std::sync::OnceLock<IngressRouteMetrics>,
     /// The dedicated listener natshook started with (`None`: the `[http]` one). A
     /// change needs a restart.
     listen: Option<SocketAddr>,
@@ -118,7 +120,7 @@ impl Ingress {
             table: ArcSwap::from_pointee(Table::new(config, &metrics)),
             js,
             client,
-            unmatched: metrics.ingress_route(INGRESS_UNMATCHED_ROUTE),
+            unmatched: std::sync::OnceLock::new(),
             metrics,
             listen: config.listen,
             nats: nats.clone(),
@@ -260,6 +262,7 @@ impl Ingress {
         let table = self.table.load_full();
         let Some(live) = table.find(req.uri().path()) else {
             self.unmatched
+                .get_or_init(|| self.metrics.ingress_unmatched())
                 .request(IngressOutcome::NotFound, started.elapsed());
             return answer(StatusCode::NOT_FOUND, "not found\n");
         };

@@ -441,8 +441,21 @@ impl Metrics {
     /// Children for the ingress route `route`; `stored` and `unauthorized` exist (at 0)
     /// from the start, so alert rules see a rise from the first failure on.
     pub fn ingress_route(&self, route: &str) -> IngressRouteMetrics {
+        self.ingress_children(
+            route,
+            &[IngressOutcome::Stored, IngressOutcome::Unauthorized],
+        )
+    }
+
+    /// Children for the paths no route has (`route="unmatched"`), which only ever
+    /// answer `not_found`: that outcome alone exists, from the first such request.
+    pub fn ingress_unmatched(&self) -> IngressRouteMetrics {
+        self.ingress_children(INGRESS_UNMATCHED_ROUTE, &[IngressOutcome::NotFound])
+    }
+
+    fn ingress_children(&self, route: &str, at_zero: &[IngressOutcome]) -> IngressRouteMetrics {
         let children: [std::sync::OnceLock<IntCounter>; 8] = Default::default();
-        for o in [IngressOutcome::Stored, IngressOutcome::Unauthorized] {
+        for &o in at_zero {
             let _ = children[o.index()].set(
                 self.ingress_requests
                     .with_label_values(&[route, o.as_str()]),

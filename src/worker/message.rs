@@ -382,7 +382,7 @@ impl Worker {
         }
         tracing::warn!(
             endpoint = %self.endpoint.name, id, event, attempt,
-            status = ?result.http_status, error = %result.describe(),
+            status = result.http_status, error = %result.describe(),
             "delivery attempt failed"
         );
         self.last_failure_ms.store(now, Ordering::Relaxed);

@@ -163,12 +163,12 @@ pub(super) async fn list(
     }
     if let Some(limit) = query.limit.filter(|n| !(1..=MAX_PAGE).contains(n)) {
         return Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the query is invalid").with_problems(
-                vec![Problem {
+            ApiError::new(StatusCode::BAD_REQUEST, "the query is invalid").with_problems(vec![
+                Problem {
                     field: "limit".into(),
                     message: format!("must be from 1 to {MAX_PAGE} (got {limit})"),
-                }],
-            ),
+                },
+            ]),
         );
     }
     let running = s.app.workers();
