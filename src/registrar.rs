@@ -55,6 +55,24 @@ fn invalid(what: &'static str, problems: Vec<Problem>) -> RegistrarError {
     RegistrarError::Invalid { what, problems }
 }
 
+/// Takes out, as problems, the keys natshook writes into a record itself: a request
+/// that set them could start an endpoint after messages it must deliver (a future
+/// `skip_before`), or keep a replaced secret signing for good.
+fn refuse_own_keys(body: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
+    for (key, how) in [
+        (api::SKIP_KEY, "\"skip_backlog\""),
+        (api::SKIP_THROUGH_KEY, "\"skip_backlog\""),
+        (api::GRACE_KEY, "POST /api/endpoints/{name}/secret/rotate"),
+    ] {
+        if body.remove(key).is_some() {
+            problems.push(problem(
+                key,
+                format!("is set by natshook itself (through {how}), not by a request"),
+            ));
+        }
+    }
+}
+
 fn problem(field: &str, message: impl Into<String>) -> Problem {
     Problem {
         path: field.to_string(),
@@ -252,6 +270,7 @@ impl Registrar {
         // Every problem of the body in one answer: these two keys are not endpoint
         // keys, so the check below does not see them.
         let mut problems = Vec::new();
+        refuse_own_keys(&mut body, &mut problems);
         let skip_backlog = match body.remove("skip_backlog") {
             None | Some(Value::Bool(true)) => true,
             Some(Value::Bool(false)) => false,
@@ -347,6 +366,8 @@ impl Registrar {
         let enabling = patch.get("enabled") == Some(&Value::Bool(true));
         let mut problems = Vec::new();
         let mut skip_backlog = false;
+        let mut patch = patch;
+        refuse_own_keys(&mut patch, &mut problems);
         for (key, value) in patch {
             match (key.as_str(), value) {
                 ("name", Value::String(n)) if n == name => {}
