@@ -101,6 +101,11 @@ impl TenantSource {
     /// The tenant of a message on `subject` (which matches the rule) with `headers`;
     /// `None` when the value is missing or is not a tenant id, so a malformed tenant
     /// never reaches a tenant's endpoint.
+    ///
+    /// A header given more than once (in one spelling or several) names a tenant only
+    /// when every value agrees: the message's headers come in no fixed order, so
+    /// picking one of two values would let each endpoint pick its own, and one message
+    /// reach two tenants.
     pub(super) fn tenant_of<'h>(
         &self,
         subject: &str,
@@ -110,10 +115,14 @@ impl TenantSource {
             Self::SubjectToken(n) => subject.split('.').nth(n - 1)?,
             Self::Literal(tenant) => return Some(tenant.clone()),
             Self::Header(name) => {
-                headers
-                    .into_iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))?
-                    .1
+                let mut values = (headers.into_iter())
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v);
+                let first = values.next()?;
+                if values.any(|v| v != first) {
+                    return None;
+                }
+                first
             }
         };
         tenant_id_problem(value)

@@ -325,9 +325,26 @@ fn messages_take_their_tenant_from_the_subject_a_literal_or_a_header() {
         "header names match case-insensitively"
     );
     assert_eq!(
-        tenant("orders.paid", &[("Nats-Tenant", "a"), ("Nats-Tenant", "b")]).as_deref(),
+        tenant("orders.paid", &[("Nats-Tenant", "a"), ("Nats-Tenant", "a")]).as_deref(),
         Some("a"),
-        "the first value of a repeated header"
+        "a repeated header whose values agree"
+    );
+    // Values that disagree, in one spelling or two, in either order: no tenant, so
+    // no endpoint can take the message for one tenant and another for the other.
+    for headers in [
+        [("Nats-Tenant", "a"), ("Nats-Tenant", "b")],
+        [("nats-tenant", "org_2"), ("Nats-Tenant", "org_1")],
+        [("Nats-Tenant", "org_1"), ("nats-tenant", "org_2")],
+    ] {
+        assert_eq!(tenant("orders.paid", &headers), None, "{headers:?}");
+    }
+    assert_eq!(
+        tenant(
+            "orders.paid",
+            &[("nats-tenant", "org_1"), ("NATS-TENANT", "org_1")]
+        )
+        .as_deref(),
+        Some("org_1")
     );
     // Missing, empty or malformed: no tenant.
     assert_eq!(tenant("orders.paid", &[]), None);
