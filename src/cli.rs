@@ -420,6 +420,9 @@ fn check(path: &Path) -> Result<(), Failure> {
                     ));
                 }
             }
+            for warning in crate::ingress::warnings(r) {
+                to_stdout(format_args!("  warning: {warning}"));
+            }
         }
         if !config.nats.create_stream {
             to_stdout(format_args!(

@@ -265,6 +265,16 @@ fn check_warns_when_ed25519_keys_leave_room_for_one_v1a_signature() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("POST /in/a -> inbound.a"), "{out}");
     assert!(!out.contains("warning"), "{out}");
+
+    // Under standard, an id_header other than webhook-id is not signed.
+    let unsigned_id = config(&keys[..1]).replace("verify = {", "id_header = \"X-Id\"\nverify = {");
+    std::fs::write(&path, unsigned_id).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("warning: /in/a: id_header x-id is not signed"),
+        "{out}"
+    );
 }
 
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml

@@ -977,9 +977,9 @@ async fn ed25519_signed_requests_verify_with_the_senders_public_key() {
 }
 
 /// Request bodies held at once are bounded over every route (64 MiB): requests that
-/// declare a megabyte each and trickle it take the room, a newcomer gets `503` with
-/// `Retry-After` at once instead of memory growing, and once they are gone it is
-/// stored.
+/// send all but the last bytes of a megabyte each take the room, a newcomer gets
+/// `503` with `Retry-After` at once instead of memory growing, and once they are gone
+/// it is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_held_at_once_are_bounded_and_the_rest_answered_503() {
     use tokio::io::AsyncWriteExt;
@@ -991,13 +991,17 @@ async fn request_bodies_held_at_once_are_bounded_and_the_rest_answered_503() {
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", n.http_port))
             .await
             .unwrap();
-        tcp.write_all(b"POST /in/x/open HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\nab")
+        tcp.write_all(b"POST /in/x/open HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
             .await
             .unwrap();
+        // All but 2 bytes: each holds (nearly) its megabyte, so at most 128 bytes of
+        // the budget are left.
+        tcp.write_all(&vec![b'x'; 1048576 - 2]).await.unwrap();
         held.push(tcp);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let busy = curl("POST", &url(&n, "/in/x/open"), &[], b"{\"a\":1}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let newcomer = format!("{{\"pad\":\"{}\"}}", "x".repeat(1024));
+    let busy = curl("POST", &url(&n, "/in/x/open"), &[], newcomer.as_bytes());
     assert_eq!(busy.status, 503, "{}", busy.body);
     assert_eq!(busy.header("retry-after"), Some("5"));
     assert!(
@@ -1007,6 +1011,146 @@ async fn request_bodies_held_at_once_are_bounded_and_the_rest_answered_503() {
     );
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored = curl("POST", &url(&n, "/in/x/open"), &[], b"{\"a\":1}");
+    let stored = curl("POST", &url(&n, "/in/x/open"), &[], newcomer.as_bytes());
     assert_eq!(stored.status, 200, "{}", stored.body);
+}
+
+/// A head that declares a large body and sends none of it takes no room in the budget
+/// of bodies held at once (room is taken as bytes arrive): 64 HTTP/1 requests and 64
+/// HTTP/2 streams (two connections of 32) declaring a megabyte each, with signature
+/// headers but no secret behind them, stall; a signed request to another route is
+/// still stored at once, not answered `503` for the 30 s the stalled ones may wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_heads_declaring_large_bodies_hold_no_room_and_a_signed_request_is_stored() {
+    use tokio::io::AsyncWriteExt;
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let ts = unix_now();
+    let mut held = Vec::new();
+    for i in 0..64 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", n.http_port))
+            .await
+            .unwrap();
+        let head = format!("POST /in/std HTTP/1.1\r\nHost: x\r\nwebhook-id: stall-{i}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: v1,AAAA\r\nContent-Length: 1048576\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        held.push(tcp);
+    }
+    let mut streams = Vec::new();
+    let mut connections = Vec::new();
+    for c in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", n.http_port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        for i in 0..32 {
+            send.ready().await.expect("stream room");
+            let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+                Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+            >());
+            let req = http::Request::post(url(&n, "/in/std"))
+                .header("webhook-id", format!("stall-h2-{c}-{i}"))
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", "v1,AAAA")
+                .header("content-length", "1048576")
+                .body(never)
+                .unwrap();
+            streams.push(tokio::spawn(send.send_request(req)));
+        }
+        connections.push(send);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = br#"{"event":"opened"}"#;
+    let started = Instant::now();
+    let r = curl(
+        "POST",
+        &url(&n, "/in/hex"),
+        &[
+            ("X-Signature", &hex_sig(HEX_NEW, body)),
+            ("X-Event-Type", "opened"),
+            ("X-Delivery-Id", "after-the-stall"),
+        ],
+        body,
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "stored\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stalled requests are still waiting for their bodies, not answered.
+    assert!(streams.iter().all(|s| !s.is_finished()));
+    let mut buf = [0u8; 64];
+    for tcp in &held {
+        assert!(
+            matches!(tcp.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a stalled HTTP/1 request was answered"
+        );
+    }
+    let kept = stored(&nats, "EVENTS").await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].subject, "inbound.hex.opened");
+    drop((held, connections, streams));
+}
+
+/// Start-up warns about what works but does not do what it seems to: a `standard`
+/// route deduplicating on an id header the scheme does not sign, and a `max_body`
+/// above the NATS server's `max_payload`. A body within `max_payload` whose stored
+/// headers take the message past it gets `413` saying so, with the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_warns_about_unsigned_ids_and_bodies_past_max_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let rx = Receiver::start().await;
+    let top = format!(
+        r#"{}
+[[ingress.routes]]
+path = "/in/own-id"
+subject = "inbound.own"
+verify = {{ scheme = "standard", secret = {{ value = "{STD_SECRET}" }} }}
+id_header = "X-Delivery-Id"
+[[ingress.routes]]
+path = "/in/big"
+subject = "inbound.big"
+verify = {{ scheme = "none" }}
+max_body = 131072
+"#,
+        routes("5s")
+    );
+    let n = Natshook::start(&config(&nats, &rx, &top).render()).await;
+    let logs = n.logs();
+    assert!(
+        logs.contains("/in/own-id: id_header x-delivery-id is not signed (scheme standard signs webhook-id only)"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("ingress max_body is above the NATS server's max_payload"),
+        "{logs}"
+    );
+    assert!(!logs.contains("/in/std: id_header"), "{logs}");
+    // Within max_payload by itself; its Nats-Msg-Id header takes it past.
+    let body = vec![b'x'; 65536 - 8];
+    let r = curl(
+        "POST",
+        &url(&n, "/in/big"),
+        &[("webhook-id", "an-id-long-enough-to-pass-the-limit")],
+        &body,
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            413,
+            "body and headers larger than the NATS server accepts (max_payload 65536 bytes)\n"
+        )
+    );
+    let r = curl("POST", &url(&n, "/in/big"), &[], &body[..60_000]);
+    assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -40,6 +40,8 @@ pub(super) enum Refusal {
     Unverified(String),
     BodyTimeout,
     BodyUnreadable,
+    /// The bodies held at once would pass the budget with this one's bytes.
+    NoRoom,
     NoSubject(String),
 }
 
@@ -71,6 +73,7 @@ impl Refusal {
                 IngressOutcome::BadRequest,
                 answer(StatusCode::BAD_REQUEST, "body could not be read\n"),
             ),
+            Refusal::NoRoom => unavailable("too many request bodies at once"),
             Refusal::NoSubject(why) => (
                 IngressOutcome::BadRequest,
                 answer(

@@ -7,8 +7,8 @@
 //!
 //! Order of checks, cheapest first and verification before anything is derived from
 //! the request: path (`404`), method (`405`), declared size (`413`), signature
-//! headers present (`401`), body read within `max_body` (`413`), signature and
-//! timestamp (`401`), subject (`400`), NATS connected (`503`), publish ack (`503`).
+//! headers present (`401`), body read within `max_body` (`413`) and the budget of
+//! bodies held at once (`503`), signature and timestamp (`401`), subject (`400`), NATS connected (`503`), publish ack (`503`).
 //! The route table is swapped whole on reload, so a request sees one table.
 
 mod answer;
@@ -34,11 +34,12 @@ pub use self::streams::{ensure_streams, ensure_streams_at_start, IngressError};
 pub use crate::config::{IngressConfig, Route, Verify};
 
 use self::answer::{answer, unavailable, Answer, Refusal};
-use self::body::{read_body, Bodies};
+use self::body::{read_body, Bodies, Room};
 use self::request::{check_head, nats_headers, subject, verify};
 use crate::config::NatsConfig;
 use crate::file_read::Reading;
 use crate::metrics::{IngressOutcome, IngressRouteMetrics, Metrics};
+use crate::signing::{Scheme, WEBHOOK_ID};
 
 /// A route and its metric children.
 struct Live {
@@ -116,6 +117,7 @@ impl Ingress {
     ) -> Self {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.publish_timeout);
+        log_warnings(&config.routes);
         Self {
             table: ArcSwap::from_pointee(Table::new(config, &metrics)),
             js,
@@ -153,6 +155,7 @@ impl Ingress {
             .collect();
         self.table
             .store(Arc::new(Table::new(config, &self.metrics)));
+        log_warnings(&config.routes);
         let new: Vec<String> = config.routes.iter().map(|r| r.path.to_string()).collect();
         let added: Vec<&String> = new.iter().filter(|p| !old.contains(p)).collect();
         let removed: Vec<&String> = old.iter().filter(|p| !new.contains(p)).collect();
@@ -162,6 +165,7 @@ impl Ingress {
         let me = self.clone();
         let routes = config.routes.clone();
         tokio::spawn(async move {
+            log_size_limits(me.client.max_payload(), &routes);
             if let Err(e) = ensure_streams(&me.js, &me.nats, &routes).await {
                 tracing::error!(error = %e, "ingress requests on these subjects are answered 503 until a stream captures them");
             }
@@ -282,11 +286,7 @@ impl Ingress {
         if let Err(refused) = check_head(route, &req) {
             return refused.answer();
         }
-        // Held until the answer: the body stays in memory until JetStream has it.
-        let Some(_room) = self.bodies.room_for(route, &req) else {
-            return unavailable("too many request bodies at once");
-        };
-        match accept(route, req).await {
+        match accept(route, req, &self.bodies).await {
             Ok(message) => self.publish(route, publish_timeout, message).await,
             Err(refused) => refused.answer(),
         }
@@ -299,10 +299,13 @@ impl Ingress {
         if self.client.connection_state() != State::Connected {
             return unavailable("NATS is not connected");
         }
+        // `_room` is held until the answer: the body stays in memory until JetStream
+        // has it.
         let Message {
             subject,
             headers,
             body,
+            room: _room,
         } = message;
         let publish = async {
             let ack = self.js.publish_with_headers(subject, headers, body).await?;
@@ -317,12 +320,15 @@ impl Ingress {
             ),
             Ok(Ok(_)) => (IngressOutcome::Stored, answer(StatusCode::OK, "stored\n")),
             Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                tracing::warn!(route = %route.path, error = %e, "incoming webhook larger than the NATS server's max_payload");
+                // The stored headers (signature, `Nats-Msg-Id`, forwarded ones) count
+                // toward `max_payload` too, so a body within `max_body` can pass it.
+                let max_payload = self.client.max_payload();
+                tracing::warn!(route = %route.path, error = %e, "incoming webhook's body and headers larger than the NATS server's max_payload");
                 (
                     IngressOutcome::TooLarge,
                     answer(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "body larger than the NATS server accepts\n",
+                        format!("body and headers larger than the NATS server accepts (max_payload {max_payload} bytes)\n"),
                     ),
                 )
             }
@@ -343,18 +349,71 @@ struct Message {
     subject: String,
     headers: async_nats::HeaderMap,
     body: Bytes,
+    /// The body's room in the budget of bodies held at once.
+    room: Room,
 }
 
 /// Runs the checks that need no NATS after [`check_head`], cheapest first, and
 /// verifies before anything is derived from the request.
-async fn accept(route: &Route, req: http::Request<Incoming>) -> Result<Message, Refusal> {
+async fn accept(
+    route: &Route,
+    req: http::Request<Incoming>,
+    bodies: &Bodies,
+) -> Result<Message, Refusal> {
     let (parts, body) = req.into_parts();
-    let body = read_body(route, body).await?;
+    let (body, room) = read_body(route, body, bodies).await?;
     verify(route, &parts.headers, &body)?;
     let subject = subject(route, &parts, &body)?;
     Ok(Message {
         subject,
         headers: nats_headers(route, &parts.headers),
         body,
+        room,
     })
+}
+
+/// What a valid route still deserves a warning for, one sentence each: settings that
+/// work but do not do what they seem to. `natshook check` prints them, and start-up
+/// and reload log them.
+pub fn warnings(route: &Route) -> Vec<String> {
+    let mut out = Vec::new();
+    // Standard Webhooks signs `webhook-id`, not any other header: an id from one is
+    // the sender's word alone, so a captured request is stored again under a new one
+    // (within the timestamp tolerance).
+    if matches!(&route.verify, Verify::Signed(s) if s.scheme() == Scheme::Standard)
+        && route.id_header != WEBHOOK_ID
+    {
+        out.push(format!(
+            "{}: id_header {} is not signed (scheme standard signs webhook-id only), so a captured request can be stored again under a new {} within the 5-minute timestamp tolerance; leave id_header out to dedupe on the signed webhook-id",
+            route.path, route.id_header, route.id_header
+        ));
+    }
+    out
+}
+
+/// Logs [`warnings`] (at start-up and on reload).
+fn log_warnings(routes: &[Route]) {
+    for route in routes {
+        for warning in warnings(route) {
+            tracing::warn!(route = %route.path, "{warning}");
+        }
+    }
+}
+
+/// Logs each route whose `max_body` is above the NATS server's `max_payload` (known
+/// once connected; `0`, and nothing said, before): a body and its stored headers must
+/// fit `max_payload`, so the larger bodies `max_body` lets in get `413` all the same.
+pub(super) fn log_size_limits(max_payload: usize, routes: &[Route]) {
+    if max_payload == 0 {
+        return;
+    }
+    for route in routes.iter().filter(|r| r.max_body > max_payload) {
+        tracing::warn!(
+            route = %route.path,
+            max_body = route.max_body,
+            max_payload,
+            "ingress max_body is above the NATS server's max_payload: a body and its \
+             stored headers must fit max_payload, so larger ones get 413"
+        );
+    }
 }

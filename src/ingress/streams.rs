@@ -161,6 +161,8 @@ pub async fn ensure_streams_at_start(
     routes: &[Route],
     stop: &CancellationToken,
 ) -> Result<(), IngressError> {
+    // Connected by now, so the server's `max_payload` is known.
+    super::log_size_limits(js.client().max_payload(), routes);
     let mut wait = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match ensure_streams(js, nats, routes).await {

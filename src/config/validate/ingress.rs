@@ -137,6 +137,9 @@ fn validate_route(r: RawRoute, at: &str, p: &mut Problems) -> Option<Route> {
         }
     };
     let verify = validate_verify(r.verify.as_ref(), at, p);
+    // Any header is allowed: `standard` signs only `webhook-id`, so another one is a
+    // warning ([`crate::ingress::warnings`]), not a problem, since a sender may well
+    // put its own delivery id elsewhere.
     let id_text = r
         .id_header
         .as_deref()
@@ -408,6 +411,42 @@ mod tests {
             .collect();
         assert_eq!(copied, ["X-Hub-Signature-256", "X-GitHub-Event"]);
         assert!(matches!(&github.verify, Verify::Signed(s) if s.scheme() == Scheme::Sha256));
+    }
+
+    /// An id header `standard` does not sign is warned about, not refused; the signed
+    /// `webhook-id` (the default, or written out) and the other schemes are not.
+    #[test]
+    fn a_standard_route_deduping_on_an_unsigned_id_header_is_warned_about() {
+        let route = |verify: &str, id: &str| {
+            format!("[[ingress.routes]]\npath = \"/in/a\"\nsubject = \"in.a\"\nverify = {verify}\n{id}\n{BASE}")
+        };
+        let std = "{ scheme = \"standard\", secret = { value = \"whsec_c2VjcmV0\" } }";
+        let hex = "{ scheme = \"hex\", secret = \"s\" }";
+        let warnings = |text: String| -> Vec<String> {
+            let c = Config::from_str(&text, "toml").unwrap();
+            c.ingress
+                .routes
+                .iter()
+                .flat_map(crate::ingress::warnings)
+                .collect()
+        };
+        let got = warnings(route(std, "id_header = \"X-Delivery-Id\""));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("/in/a: id_header x-delivery-id is not signed (scheme standard signs webhook-id only)"),
+            "{got:?}"
+        );
+        for (verify, id) in [
+            (std, ""),
+            (std, "id_header = \"Webhook-Id\""),
+            (hex, "id_header = \"X-Delivery-Id\""),
+        ] {
+            assert_eq!(
+                warnings(route(verify, id)),
+                Vec::<String>::new(),
+                "{verify} {id}"
+            );
+        }
     }
 
     #[test]
