@@ -255,6 +255,21 @@ impl Registrar {
             .ok_or_else(|| RegistrarError::NotFound(name.to_string()))
     }
 
+    /// Ends a pause left in the shared state under `name` by an endpoint deleted
+    /// before, so one created again under the name starts unpaused.
+    pub async fn end_former_pause(&self, name: &str) -> Result<(), RegistrarError> {
+        let Some(pauses) = &self.pauses else {
+            return Ok(());
+        };
+        let paused = (pauses.current(name).await)
+            .map_err(|e| RegistryError::Nats(e.to_string()))?
+            .is_some();
+        if paused {
+            (pauses.resume_now(name).await).map_err(|e| RegistryError::Nats(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Stores a new endpoint, enabled unless the body says otherwise; without a
     /// `secret` one is generated in the form its signature scheme takes.
     ///

@@ -706,8 +706,7 @@ async fn a_deleted_endpoint_s_delivery_log_and_dead_letters_go_with_it() {
     delete_until_gone(n, js, "reuse").await;
     let mut again = serde_json::from_str::<Value>(&body("reuse", rx)).unwrap();
     again["tenant"] = "org_2".into();
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&again.to_string())).await;
-    assert_eq!(status, 201, "{created}");
+    create_once_removed(n, &again.to_string()).await;
     wait_bound(n, "reuse").await;
     wait_until(Duration::from_secs(10), "an empty log", || async {
         log().await == 0
@@ -723,6 +722,88 @@ async fn a_deleted_endpoint_s_delivery_log_and_dead_letters_go_with_it() {
     assert_eq!(status, 200, "{replay}");
     assert_eq!(replay["replayed"], serde_json::json!([]), "{replay}");
     assert_eq!(tried(rx), before);
+}
+
+/// Creates the endpoint of `body` once a deleted one of its name is removed (`409`
+/// until then); returns how many times it was told to wait.
+async fn create_once_removed(n: &Natshook, body: &str) -> usize {
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let (status, created) = api(n, "POST", "/api/endpoints", Some(body)).await;
+        let removing =
+            (created["error"].as_str()).is_some_and(|e| e.contains("still being removed"));
+        match status {
+            201 => return refused,
+            409 if removing => refused += 1,
+            _ => panic!("{status} {created}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never created again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A name created again at once, while the deleted endpoint's last delivery is still
+/// in flight, starts with nothing of it (another customer's, say): the create answers
+/// `409` until the deleted one is removed, then removes its log, dead letters and
+/// pause before storing the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_created_again_at_once_starts_with_nothing_of_the_deleted_endpoint() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("reuse", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "reuse").await;
+    deliver_org_1(js, rx, 2, "first", 2).await;
+    rx.set(|r| match r.id() {
+        id if id.starts_with("dead") => Reply::status(500),
+        id if id.starts_with("slow") => Reply::status(500).delay(Duration::from_secs(3)),
+        _ => Reply::ok(),
+    });
+    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
+    wait_until(Duration::from_secs(20), "a dead letter", || async {
+        n.dead_letters("reuse").len() == 1
+    })
+    .await;
+    let (status, paused) = api(n, "POST", "/api/endpoints/reuse/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+    let (status, resumed) = api(n, "POST", "/api/endpoints/reuse/resume", None).await;
+    assert_eq!(status, 200, "{resumed}");
+    publish_all(js, tenant_leads("org_1", 1, "slow")).await;
+    wait_until(Duration::from_secs(10), "the slow attempt sent", || async {
+        rx.received().iter().any(|r| r.id() == "slow-0")
+    })
+    .await;
+    let (status, paused) = api(n, "POST", "/api/endpoints/reuse/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+
+    // Deleted while its last attempt is in flight (it fails: a dead letter and a log
+    // record written after the delete), and created again for another tenant at once.
+    let (status, deleted) = api(n, "DELETE", "/api/endpoints/reuse", None).await;
+    assert_eq!(status, 204, "{deleted}");
+    let mut again = serde_json::from_str::<Value>(&body("reuse", rx)).unwrap();
+    again["tenant"] = "org_2".into();
+    let refused = create_once_removed(n, &again.to_string()).await;
+    assert!(
+        refused > 0,
+        "created again before the deleted one was removed"
+    );
+    wait_bound(n, "reuse").await;
+    let (_, one) = api(n, "GET", "/api/endpoints/reuse", None).await;
+    assert_eq!(one["paused"], false, "{one}");
+    let (status, log) = api(n, "GET", "/api/endpoints/reuse/deliveries", None).await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log, json!([]), "the deleted endpoint's log");
+    assert!(
+        n.dead_letters("reuse").is_empty(),
+        "the deleted endpoint's dead letters"
+    );
+    let (status, replay) = api(n, "POST", "/api/endpoints/reuse/dlq/replay", Some("{}")).await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["replayed"], json!([]), "{replay}");
 }
 
 /// A deleted endpoint's series and pause go with it once it has drained: a deleted
@@ -758,8 +839,7 @@ async fn a_deleted_endpoint_s_series_and_pause_go_with_it() {
     .await;
     assert!(n.metrics().await.contains("endpoint=\"file\""));
 
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("gone", rx))).await;
-    assert_eq!(status, 201, "{created}");
+    create_once_removed(n, &body("gone", rx)).await;
     wait_bound(n, "gone").await;
     let metrics = n.metrics().await;
     assert!(
@@ -799,8 +879,7 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
     );
 
     delete_until_gone(n, js, "off").await;
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("off", rx))).await;
-    assert_eq!(status, 201, "{created}");
+    create_once_removed(n, &body("off", rx)).await;
     wait_bound(n, "off").await;
     let (_, state) = api(n, "GET", "/api/endpoints/off", None).await;
     assert_eq!(state["paused"], false, "{state}");

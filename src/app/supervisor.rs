@@ -114,6 +114,9 @@ pub struct Supervisor {
     /// Workers removed or replaced by a reload that are still finishing in-flight
     /// deliveries; shutdown waits for them within the same grace period.
     draining: TaskTracker,
+    /// Deleted endpoints whose deliveries or leftovers are still being finished here:
+    /// the admin API creates none of these names again until they are done.
+    removing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Incoming webhooks: the route table follows reloads.
     ingress: Arc<Ingress>,
     /// With `[tracing]`: traces every endpoint's attempts (read at start-up only).
@@ -189,6 +192,7 @@ impl Supervisor {
             started: AtomicBool::new(false),
             abort: CancellationToken::new(),
             draining: TaskTracker::new(),
+            removing: Arc::default(),
             ingress: Arc::new(Ingress::new(
                 client.clone(),
                 metrics,
@@ -564,6 +568,10 @@ impl AppView for Supervisor {
 
     fn unserved(&self, name: &str) -> Option<Vec<Problem>> {
         self.unserved.read().ok()?.get(name).cloned()
+    }
+
+    fn removing(&self, name: &str) -> bool {
+        self.removing.lock().map_or(true, |r| r.contains(name))
     }
 
     fn is_file_endpoint(&self, name: &str) -> bool {

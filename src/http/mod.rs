@@ -66,6 +66,9 @@ pub trait AppView: Send + Sync + 'static {
     fn unserved(&self, name: &str) -> Option<Vec<crate::config::Problem>>;
     /// Whether the config file has an endpoint named `name`.
     fn is_file_endpoint(&self, name: &str) -> bool;
+    /// Whether an endpoint named `name` was deleted and this process still finishes
+    /// its deliveries or removes what it left (log, dead letters, pause).
+    fn removing(&self, name: &str) -> bool;
     /// The mappings in force.
     fn router(&self) -> Arc<Router>;
 }

@@ -191,7 +191,9 @@ impl Supervisor {
             let deleted = forget.contains(&name);
             let gone = self.when_gone(name.clone(), move || worker.retire(deleted));
             let leftovers = deleted.then(|| self.remove_leftovers(name.clone()));
+            let removing = deleted.then(|| self.mark_removing(&name));
             self.draining.spawn(async move {
+                let _removing = removing;
                 drained.await;
                 if !gone.await {
                     tracing::info!(endpoint = %name, "created again while the removed one drained; its consumer, copies, log and series stay");
@@ -214,7 +216,9 @@ impl Supervisor {
             }
             let gone = self.when_gone(name.clone(), || {});
             let leftovers = self.remove_leftovers(name.clone());
+            let removing = self.mark_removing(name);
             self.draining.spawn(async move {
+                let _removing = removing;
                 tokio::time::sleep(settle).await;
                 if gone.await {
                     leftovers.await;
@@ -258,6 +262,17 @@ impl Supervisor {
     /// work stream: both are tried), its copies, its delivery log, its dead letters and
     /// its pause, so an endpoint created later under the name (another customer's, say)
     /// starts from nothing, unpaused, and cannot replay or read what was the other's.
+    /// Marks `name` as being removed until the guard drops.
+    fn mark_removing(&self, name: &str) -> Removing {
+        if let Ok(mut r) = self.removing.lock() {
+            r.insert(name.to_string());
+        }
+        Removing {
+            set: Arc::clone(&self.removing),
+            name: name.to_string(),
+        }
+    }
+
     fn remove_leftovers(
         &self,
         name: String,
@@ -417,6 +432,20 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
     .collect()
+}
+
+/// A deleted endpoint's name while its removal runs (see [`Supervisor::mark_removing`]).
+struct Removing {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for Removing {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.set.lock() {
+            r.remove(&self.name);
+        }
+    }
 }
 
 #[cfg(test)]

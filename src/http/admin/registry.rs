@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::error::Problem;
 use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
+use crate::config::is_endpoint_name;
 use crate::http::RegistryState;
 use crate::registrar::{Registrar, RegistrarError};
 use crate::store::registry::{Record, RegistryError};
@@ -66,6 +67,45 @@ impl AdminState {
         !self.app.started()
             || (self.app.registry_state() == RegistryState::Opening
                 && name.is_none_or(|n| !self.app.is_file_endpoint(n)))
+    }
+
+    /// Removes what an endpoint deleted under `name` left (its delivery log, dead
+    /// letters and pause) before `name` is created again, perhaps for another customer:
+    /// the new endpoint starts with none of it. A name this process still serves or
+    /// removes (its deliveries in flight may still write) answers `409` to try again;
+    /// a name in use is left to the create, which answers `409` too.
+    async fn clear_former(&self, registrar: &Registrar, name: &str) -> Result<(), ApiError> {
+        match registrar.get(name).await {
+            Err(RegistrarError::NotFound(_)) => {}
+            Ok(_) | Err(_) => return Ok(()),
+        }
+        if self.running(name).is_some() || self.app.removing(name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the endpoint '{name}' was deleted and is still being removed; create it again in a moment"),
+            )
+            .retry_after(2));
+        }
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            ApiError::unavailable(format!(
+                "the deleted endpoint's {what} could not be removed: {e}"
+            ))
+            .retry_after(1)
+        };
+        if let Some(log) = self.app.delivery_log() {
+            log.forget(name)
+                .await
+                .map_err(|e| unavailable("delivery log", &e))?;
+        }
+        (self.app.dead_letters())
+            .forget(name, std::time::SystemTime::now())
+            .await
+            .map_err(|e| unavailable("dead letters", &e))?;
+        registrar
+            .end_former_pause(name)
+            .await
+            .map_err(|e| unavailable("pause", &e))?;
+        Ok(())
     }
 
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
@@ -253,10 +293,14 @@ pub(super) async fn create(
     State(s): State<AdminState>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let registrar = match body.get("name").and_then(Value::as_str) {
+    let name = body.get("name").and_then(Value::as_str).map(str::to_string);
+    let registrar = match &name {
         Some(name) => s.registrar_for(name)?,
         None => s.registrar()?,
     };
+    if let Some(name) = name.as_deref().filter(|n| is_endpoint_name(n)) {
+        s.clear_former(&registrar, name).await?;
+    }
     let created = registrar.create(body).await?;
     let view = with_secret(api_view(&s, &created.record, None), created.secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
