@@ -256,7 +256,7 @@ fn endpoint_names_are_bounded_and_natshook_s_own_consumer_names_reserved() {
         assert_eq!(
             problems(&entry(reserved)),
             [format!(
-                "endpoints[0].name: '{reserved}' is reserved: natshook names a consumer of its own so"
+                "endpoints[0].name: '{reserved}' is reserved: one of natshook's own consumers has this name"
             )]
         );
     }

@@ -145,7 +145,7 @@ fn validate_endpoint(
         Some(n) if RESERVED_NAMES.contains(&n.as_str()) => {
             p.add(
                 s.at("name"),
-                format_args!("'{n}' is reserved: natshook names a consumer of its own so"),
+                format_args!("'{n}' is reserved: one of natshook's own consumers has this name"),
             );
             None
         }
