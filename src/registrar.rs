@@ -55,6 +55,32 @@ fn invalid(what: &'static str, problems: Vec<Problem>) -> RegistrarError {
     RegistrarError::Invalid { what, problems }
 }
 
+/// How many times a write without `If-Match` is tried again after another change
+/// landed between its read and its write.
+const STALE_RETRIES: usize = 8;
+
+/// Runs `write` again while the record changed between its read and its write, when
+/// the caller named no revision: a request without `If-Match` asks for the change
+/// whatever the record is now, so a concurrent change is no reason to refuse it
+/// (`412` is for a caller that named the revision it read).
+async fn retrying_stale<T, F, Fut>(if_match: Option<u64>, mut write: F) -> Result<T, RegistrarError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistrarError>>,
+{
+    let mut left = STALE_RETRIES;
+    loop {
+        match write().await {
+            Err(RegistrarError::Registry(RegistryError::Stale(_)))
+                if if_match.is_none() && left > 0 =>
+            {
+                left -= 1
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Takes out, as problems, the keys natshook writes into a record itself: a request
 /// that set them could start an endpoint after messages it must deliver (a future
 /// `skip_before`), or keep a replaced secret signing for good.
@@ -376,6 +402,15 @@ impl Registrar {
         patch: Map<String, Value>,
         if_match: Option<u64>,
     ) -> Result<Record, RegistrarError> {
+        retrying_stale(if_match, || self.update_once(name, patch.clone(), if_match)).await
+    }
+
+    async fn update_once(
+        &self,
+        name: &str,
+        patch: Map<String, Value>,
+        if_match: Option<u64>,
+    ) -> Result<Record, RegistrarError> {
         let (mut record, expected) = self.current(name, if_match).await?;
         let was_enabled = record.enabled();
         let enabling = patch.get("enabled") == Some(&Value::Bool(true));
@@ -502,9 +537,12 @@ impl Registrar {
     }
 
     pub async fn delete(&self, name: &str, if_match: Option<u64>) -> Result<(), RegistrarError> {
-        let (_, expected) = self.current(name, if_match).await?;
-        self.registry.delete(name, expected).await?;
-        Ok(())
+        retrying_stale(if_match, || async {
+            let (_, expected) = self.current(name, if_match).await?;
+            self.registry.delete(name, expected).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A new secret, first in the list; the one it replaces goes on signing until
@@ -512,6 +550,15 @@ impl Registrar {
     /// the new one with `standard`, which signs with every secret; alone with `hex` and
     /// `sha256`, which send one signature (`Signer::during_rotation_grace`).
     pub async fn rotate(
+        &self,
+        name: &str,
+        grace: Option<&str>,
+        if_match: Option<u64>,
+    ) -> Result<Rotated, RegistrarError> {
+        retrying_stale(if_match, || self.rotate_once(name, grace, if_match)).await
+    }
+
+    async fn rotate_once(
         &self,
         name: &str,
         grace: Option<&str>,

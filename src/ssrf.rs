@@ -17,7 +17,8 @@ use ipnet::IpNet;
 
 /// True for addresses a webhook must not reach without `allow_private`: loopback,
 /// RFC 1918, CGNAT, link-local (cloud metadata), ULA, unspecified, multicast,
-/// broadcast/reserved, documentation, and IPv4 addresses embedded in IPv6 forms of these.
+/// broadcast/reserved, documentation, benchmarking, IETF protocol assignments, ORCHID,
+/// and IPv4 addresses embedded in IPv6 forms of these.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
@@ -49,6 +50,10 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
                 || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+                || (seg[0] == 0x3fff && seg[1] & 0xf000 == 0) // documentation 3fff::/20
+                || (seg[0] == 0x2001 && seg[1] == 2 && seg[2] == 0) // benchmarking 2001:2::/48
+                || (seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x0020) // ORCHIDv2 2001:20::/28
+                || (seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
                 || v6 == Ipv6Addr::UNSPECIFIED
         }
     }
@@ -66,6 +71,7 @@ fn is_private_v4(ip: Ipv4Addr) -> bool {
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
         || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 6to4 relay anycast 192.88.99/24
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments 192.0.0/24
         || o[0] >= 240 // reserved
 }
 
@@ -348,6 +354,12 @@ mod tests {
             "2001:0:4136:e378::1",
             "100::1",
             "ff02::1",
+            "192.0.0.1",
+            "192.0.0.170",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:20::1",
+            "3fff::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip} should be private");
         }
@@ -359,6 +371,9 @@ mod tests {
             "100.128.0.1",
             "2002:808:808::1",
             "2001:4860::8888",
+            "192.0.1.1",
+            "2001:3::1",
+            "2001:30::1",
         ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip} should be public");
         }

@@ -2341,6 +2341,36 @@ fn problem_fields(err: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// Changes sent at once without `If-Match` all land, each read again and written
+/// when another landed between its read and its write: only a caller that names the
+/// revision it read gets `412`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_without_if_match_all_land() {
+    let s = Setup::start().await;
+    let n = &s.n;
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let first = created["revision"].as_u64().expect("a revision");
+    let patches = (0..8).map(|i| async move {
+        let patch = json!({ "description": format!("change {i}") }).to_string();
+        api(n, "PATCH", "/api/endpoints/acme", Some(&patch)).await
+    });
+    for (status, answer) in futures_util::future::join_all(patches).await {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (_, now) = api(n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(now["revision"].as_u64(), Some(first + 8), "{now}");
+    let (status, _) = with_if_match(
+        n,
+        "PATCH",
+        "/api/endpoints/acme",
+        first,
+        Some(r#"{"description": "stale"}"#),
+    )
+    .await;
+    assert_eq!(status, 412);
+}
+
 /// `method path` with `If-Match: <revision>`.
 async fn with_if_match(
     n: &Natshook,
