@@ -2371,6 +2371,38 @@ async fn concurrent_changes_without_if_match_all_land() {
     assert_eq!(status, 412);
 }
 
+/// The routes on one endpoint right after a change answer by the stored record, not
+/// by this process's view of it (which follows within a second): a test request is
+/// not sent to an endpoint disabled or deleted a moment ago, and one created a moment
+/// ago is `503` (try again), never `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_right_after_a_change_answer_by_the_stored_record() {
+    let s = Setup::start().await;
+    let (n, rx) = (&s.n, &s.rx);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("acme", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, answer) = api(n, "POST", "/api/endpoints/acme/pause", None).await;
+    assert!(matches!(status, 200 | 503), "{status} {answer}");
+    wait_bound(n, "acme").await;
+    let sent = || rx.received().iter().filter(|r| r.path == "/acme").count();
+
+    let off = r#"{"enabled": false}"#;
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(off)).await;
+    assert_eq!(status, 200, "{changed}");
+    let (status, answer) = api(n, "POST", "/api/endpoints/acme/test", None).await;
+    assert_eq!(status, 409, "{answer}");
+    let on = r#"{"enabled": true}"#;
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(on)).await;
+    assert_eq!(status, 200, "{changed}");
+    wait_bound(n, "acme").await;
+    let (status, answer) = api(n, "DELETE", "/api/endpoints/acme", None).await;
+    assert_eq!(status, 204, "{answer}");
+    let (status, answer) = api(n, "POST", "/api/endpoints/acme/test", None).await;
+    assert_eq!(status, 404, "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sent(), 0, "no test request went out");
+}
+
 /// `method path` with `If-Match: <revision>`.
 async fn with_if_match(
     n: &Natshook,

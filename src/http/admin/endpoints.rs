@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::envelope::MessageFacts;
+use crate::registrar::RegistrarError;
 use crate::store::dead_letters::{ReplayFilter, ReplaySummary};
 use crate::store::delivery_log::LogRecord;
 use crate::worker::{EndpointState, Worker};
@@ -21,23 +22,43 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 impl AdminState {
     /// The endpoint's worker in this process. A runtime endpoint that is switched off
     /// has none: `409`, saying so, rather than a `404` for an endpoint that exists.
-    fn worker(&self, name: &str) -> Result<Arc<Worker>, ApiError> {
-        self.app
-            .workers()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                if self.starting(Some(name)) {
-                    self.not_yet()
-                } else if self.is_record(name) {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!("endpoint '{name}' is disabled (or not served: see the log); enable it with PATCH {{\"enabled\": true}}"),
-                    )
-                } else {
-                    ApiError::not_found(name)
-                }
-            })
+    /// One this process has not heard of yet (created or enabled a moment ago through
+    /// another replica, or just now) is read from the registry: `503` with
+    /// `Retry-After`, as it is served within a second.
+    async fn worker(&self, name: &str) -> Result<Arc<Worker>, ApiError> {
+        if let Some(w) = self.app.workers().get(name).cloned() {
+            return Ok(w);
+        }
+        if self.starting(Some(name)) {
+            return Err(self.not_yet());
+        }
+        if self.is_record(name) {
+            return Err(disabled(name));
+        }
+        match self.stored_enabled(name).await? {
+            Some(true) => Err(ApiError::unavailable(format!(
+                "endpoint '{name}' was created or enabled a moment ago and is not served here yet"
+            ))
+            .retry_after(1)),
+            Some(false) => Err(disabled(name)),
+            None => Err(ApiError::not_found(name)),
+        }
+    }
+
+    /// Whether the registry's record of `name` is enabled, read now; `None` for a file
+    /// endpoint, without a registry, or with no record.
+    async fn stored_enabled(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        let Some(registrar) = self.app.registrar() else {
+            return Ok(None);
+        };
+        if self.app.is_file_endpoint(name) {
+            return Ok(None);
+        }
+        match registrar.get(name).await {
+            Ok(record) => Ok(Some(record.enabled())),
+            Err(RegistrarError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether the registry holds an endpoint named `name`, served or not.
@@ -46,11 +67,18 @@ impl AdminState {
     }
 }
 
+fn disabled(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("endpoint '{name}' is disabled (or not served: see the log); enable it with PATCH {{\"enabled\": true}}"),
+    )
+}
+
 pub(super) async fn pause(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<EndpointState> {
-    let w = s.worker(&name)?;
+    let w = s.worker(&name).await?;
     w.pause();
     Ok(Json(w.state()))
 }
@@ -59,7 +87,7 @@ pub(super) async fn resume(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<EndpointState> {
-    let w = s.worker(&name)?;
+    let w = s.worker(&name).await?;
     w.resume();
     Ok(Json(w.state()))
 }
@@ -76,7 +104,7 @@ pub(super) async fn deliveries(
 ) -> ApiResult<Vec<LogRecord>> {
     // A disabled runtime endpoint's log is still worth reading.
     if !s.is_record(&name) {
-        s.worker(&name)?;
+        s.worker(&name).await?;
     }
     let Some(log) = s.app.delivery_log() else {
         return Err(ApiError::new(
@@ -103,7 +131,16 @@ pub(super) async fn test(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let w = s.worker(&name)?;
+    let w = s.worker(&name).await?;
+    // The worker lags a change by a moment: an endpoint disabled or deleted just now
+    // gets no test request.
+    if !s.app.is_file_endpoint(&name) && s.app.registrar().is_some() {
+        match s.stored_enabled(&name).await? {
+            Some(true) => {}
+            Some(false) => return Err(disabled(&name)),
+            None => return Err(ApiError::not_found(&name)),
+        }
+    }
     if let Err(wait) = w.take_token_within(TEST_TOKEN_WAIT).await {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let rate = w.rate_limit().map(|r| r.to_string()).unwrap_or_default();
@@ -161,7 +198,7 @@ pub(super) async fn replay(
     ApiPath(name): ApiPath<String>,
     JsonBody(request): JsonBody<ReplayRequest>,
 ) -> ApiResult<ReplaySummary> {
-    let w = s.worker(&name)?;
+    let w = s.worker(&name).await?;
     let since = match request.since.as_deref().map(humantime::parse_rfc3339_weak) {
         None => None,
         Some(Ok(t)) => Some(t),
