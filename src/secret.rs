@@ -117,6 +117,35 @@ pub fn resolve_all(refs: &[SecretRef]) -> Result<Vec<Secret>, SecretError> {
     refs.iter().map(SecretRef::resolve).collect()
 }
 
+/// Reads `refs` again, as a running process re-reads its `{ file }` secrets: a file
+/// that no longer exists is a secret taken away (a key removed from a Kubernetes
+/// Secret, an old secret deleted after a rotation), so it is left out rather than
+/// kept. Any other failure fails them all, as in [`resolve_all`], and so does a list
+/// with none left: removing every secret is more likely a mount gone wrong than a
+/// wish to refuse every request.
+pub fn resolve_present(refs: &[SecretRef]) -> Result<Vec<Secret>, SecretError> {
+    let mut present = Vec::with_capacity(refs.len());
+    let mut gone = None;
+    for r in refs {
+        match r.resolve() {
+            Ok(secret) => present.push(secret),
+            Err(e @ SecretError::File { .. }) if e.is_not_found() => gone = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match (present.is_empty(), gone) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(present),
+    }
+}
+
+impl SecretError {
+    /// Whether this is a `{ file }` secret whose file does not exist.
+    fn is_not_found(&self) -> bool {
+        matches!(self, SecretError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 impl SecretRef {
     pub fn is_file(&self) -> bool {
         matches!(self, SecretRef::Ref(t) if t.file.is_some())
@@ -178,6 +207,37 @@ impl SecretList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_secret_file_is_left_out_of_a_re_read_unless_it_was_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            SecretRef::Ref(SecretRefTable {
+                env: None,
+                file: Some(dir.path().join(name)),
+                value: None,
+            })
+        };
+        std::fs::write(dir.path().join("current"), "new\n").unwrap();
+        std::fs::write(dir.path().join("previous"), "old\n").unwrap();
+        let refs = [file("current"), file("previous")];
+        let both = resolve_present(&refs).unwrap();
+        assert_eq!(both, [Secret::new("new"), Secret::new("old")]);
+        std::fs::remove_file(dir.path().join("previous")).unwrap();
+        assert_eq!(resolve_present(&refs).unwrap(), [Secret::new("new")]);
+        assert!(
+            resolve_all(&refs).is_err(),
+            "at start every secret must be there"
+        );
+        std::fs::remove_file(dir.path().join("current")).unwrap();
+        assert!(
+            resolve_present(&refs).is_err(),
+            "none left: the current keys stay"
+        );
+        // Anything but a missing file fails the whole read, as at start.
+        std::fs::write(dir.path().join("current"), "").unwrap();
+        assert!(matches!(resolve_present(&refs), Err(SecretError::Empty)));
+    }
 
     #[test]
     fn a_list_of_three_secrets_is_a_list_not_a_table() {

@@ -841,16 +841,22 @@ fn natshook_check_lists_ingress_problems_with_their_key_paths() {
     );
 }
 
+/// A `{ file }` secret re-read while running: a changed file verifies with its new
+/// content, a removed one (a revoked key) stops verifying, and removing the last one
+/// keeps the current keys rather than refusing every request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_file_is_picked_up_without_a_reload() {
     let nats = NatsServer::start();
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("ingress-secret");
+    let previous = dir.path().join("ingress-previous");
     std::fs::write(&secret, "first-secret\n").unwrap();
+    std::fs::write(&previous, "old-secret\n").unwrap();
     let top = format!(
-        "[[ingress.routes]]\npath = \"/in/f\"\nsubject = \"inbound.f\"\nverify = {{ scheme = \"sha256\", header = \"X-Hub-Signature-256\", secret = {{ file = \"{}\" }} }}\nid_header = \"X-Id\"\n",
-        secret.display()
+        "[[ingress.routes]]\npath = \"/in/f\"\nsubject = \"inbound.f\"\nverify = {{ scheme = \"sha256\", header = \"X-Hub-Signature-256\", secret = [{{ file = \"{}\" }}, {{ file = \"{}\" }}] }}\nid_header = \"X-Id\"\n",
+        secret.display(),
+        previous.display()
     );
     let n = Natshook::start(&config(&nats, &rx, &top).render()).await;
     let post = |key: &str, id: &str| {
@@ -868,16 +874,35 @@ async fn a_rotated_secret_file_is_picked_up_without_a_reload() {
         )
         .status
     };
-    assert_eq!(post("first-secret", "1"), 200);
-    std::fs::write(&secret, "second-secret\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while post("second-secret", "2") != 200 {
+    assert_eq!(post("first-secret", "1"), 200);
+    assert_eq!(post("old-secret", "2"), 200);
+    std::fs::write(&secret, "second-secret\n").unwrap();
+    while post("second-secret", "3") != 200 {
         assert!(Instant::now() < deadline, "the new secret never verified");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(post("first-secret", "3"), 401);
-    assert_eq!(stored(&nats, "EVENTS").await.len(), 2);
+    assert_eq!(post("first-secret", "4"), 401);
     assert!(n.logs().contains("ingress secret file changed"));
+
+    std::fs::remove_file(&previous).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while post("old-secret", "5") != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the removed secret still verified"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(post("second-secret", "6"), 200);
+    // The last one removed: the current key stays.
+    std::fs::remove_file(&secret).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(post("second-secret", "7"), 200);
+    // 1, 2, 3, 6 and 7, and 5 if it came before the removed file was noticed.
+    let kept = stored(&nats, "EVENTS").await.len();
+    assert!((5..=6).contains(&kept), "{kept} stored");
+    assert!(n.logs().contains("cannot re-read an ingress secret"));
 }
 
 /// The commented `[ingress]` examples in config/, uncommented, pass `natshook check`.
@@ -994,8 +1019,8 @@ async fn request_bodies_held_at_once_are_bounded_and_the_rest_answered_503() {
         tcp.write_all(b"POST /in/x/open HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
             .await
             .unwrap();
-        // All but 2 bytes: each holds (nearly) its megabyte, so at most 128 bytes of
-        // the budget are left.
+        // All but 2 bytes: each holds its whole declared megabyte (its buffer's room,
+        // capped at the declared length), so 64 of them leave none of the budget.
         tcp.write_all(&vec![b'x'; 1048576 - 2]).await.unwrap();
         held.push(tcp);
     }

@@ -174,7 +174,9 @@ impl Ingress {
 
     /// Re-reads `{ file }` secrets every `every` (as endpoints do, so a rotated
     /// Kubernetes Secret takes effect without a reload) and swaps in the routes whose
-    /// keys changed. A file that cannot be read keeps the current keys.
+    /// keys changed. A file that no longer exists stops verifying (a revoked key must
+    /// not keep opening the route) unless it was the route's last; a file that cannot
+    /// be read otherwise keeps the current keys.
     pub async fn watch_secrets(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let mut failing = false;
         loop {
@@ -201,7 +203,7 @@ impl Ingress {
                     .map(|(i, refs)| {
                         (
                             i,
-                            crate::secret::resolve_all(&refs).map_err(|e| e.to_string()),
+                            crate::secret::resolve_present(&refs).map_err(|e| e.to_string()),
                         )
                     })
                     .collect::<HashMap<_, _>>()
