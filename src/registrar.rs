@@ -281,16 +281,26 @@ impl Registrar {
             .ok_or_else(|| RegistrarError::NotFound(name.to_string()))
     }
 
+    /// Whether an endpoint named `name` was deleted (and none is stored now).
+    pub async fn was_deleted(&self, name: &str) -> Result<bool, RegistrarError> {
+        Ok(self.registry.was_deleted(name).await?)
+    }
+
     /// Ends a pause left in the shared state under `name` by an endpoint deleted
-    /// before, so one created again under the name starts unpaused.
-    pub async fn end_former_pause(&self, name: &str) -> Result<(), RegistrarError> {
+    /// before, so one created again under the name starts unpaused: one that began
+    /// before `cutoff` (a later one is the new endpoint's own).
+    pub async fn end_former_pause(
+        &self,
+        name: &str,
+        cutoff: SystemTime,
+    ) -> Result<(), RegistrarError> {
         let Some(pauses) = &self.pauses else {
             return Ok(());
         };
-        let paused = (pauses.current(name).await)
+        let former = (pauses.current(name).await)
             .map_err(|e| RegistryError::Nats(e.to_string()))?
-            .is_some();
-        if paused {
+            .is_some_and(|p| humantime::parse_rfc3339_weak(&p.at).map_or(true, |at| at < cutoff));
+        if former {
             (pauses.resume_now(name).await).map_err(|e| RegistryError::Nats(e.to_string()))?;
         }
         Ok(())
@@ -555,15 +565,9 @@ impl Registrar {
         grace: Option<&str>,
         if_match: Option<u64>,
     ) -> Result<Rotated, RegistrarError> {
-        retrying_stale(if_match, || self.rotate_once(name, grace, if_match)).await
-    }
-
-    async fn rotate_once(
-        &self,
-        name: &str,
-        grace: Option<&str>,
-        if_match: Option<u64>,
-    ) -> Result<Rotated, RegistrarError> {
+        // Not retried over a concurrent change, unlike a PATCH: two rotations at once
+        // would both answer with a new secret, and the first would only sign through
+        // the second's grace. One of them gets `412` and sees the other's secret.
         let (mut record, expected) = self.current(name, if_match).await?;
         let grace = match grace {
             None => DEFAULT_GRACE,

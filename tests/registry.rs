@@ -518,6 +518,16 @@ async fn a_new_runtime_endpoint_starts_from_its_creation_unless_it_asks_for_the_
         ["skip_before", "skip_through", "previous_secrets_until"],
         "{err}"
     );
+    // A key written twice: parsers keep one or the other, so neither is taken.
+    let twice = body("twice", rx).replacen('{', r#"{"tenant": "org_9", "#, 1);
+    let (status, err) = api(n, "POST", "/api/endpoints", Some(&twice)).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("'tenant' is written twice")),
+        "{err}"
+    );
     for key in ["skip_before", "skip_through", "previous_secrets_until"] {
         let patch = json!({ key: null }).to_string();
         let (status, err) = api(n, "PATCH", "/api/endpoints/acme", Some(&patch)).await;
@@ -804,6 +814,54 @@ async fn a_name_created_again_at_once_starts_with_nothing_of_the_deleted_endpoin
     let (status, replay) = api(n, "POST", "/api/endpoints/reuse/dlq/replay", Some("{}")).await;
     assert_eq!(status, 200, "{replay}");
     assert_eq!(replay["replayed"], json!([]), "{replay}");
+}
+
+/// What a deleted endpoint left where no process removed it (deleted by another tool
+/// while none ran) is removed when the name is created again through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_created_again_after_a_delete_nobody_served_starts_with_nothing() {
+    let mut s = Setup::start().await;
+    let (rx, js) = (&s.rx, &s.js);
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("left", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "left").await;
+    deliver_org_1(js, rx, 2, "first", 2).await;
+    rx.set(|r| match r.id().starts_with("dead") {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    });
+    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
+    wait_until(Duration::from_secs(20), "a dead letter", || async {
+        s.n.dead_letters("left").len() == 1
+    })
+    .await;
+    let (status, paused) = api(&s.n, "POST", "/api/endpoints/left/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+    s.n.sigkill();
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    kv.delete("left").await.expect("delete");
+
+    let n = s.another().await;
+    let (status, log) = api(&n, "GET", "/api/endpoints/left/deliveries", None).await;
+    assert_eq!(status, 404, "{log}");
+    assert_eq!(n.dead_letters("left").len(), 1, "left behind");
+    let mut again = serde_json::from_str::<Value>(&body("left", rx)).unwrap();
+    again["tenant"] = "org_2".into();
+    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&again.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&n, "left").await;
+    let (_, one) = api(&n, "GET", "/api/endpoints/left", None).await;
+    assert_eq!(one["paused"], false, "{one}");
+    let (status, log) = api(&n, "GET", "/api/endpoints/left/deliveries", None).await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log, json!([]), "the deleted endpoint's log");
+    assert!(
+        n.dead_letters("left").is_empty(),
+        "the deleted endpoint's dead letters"
+    );
 }
 
 /// A deleted endpoint's series and pause go with it once it has drained: a deleted
@@ -2385,6 +2443,27 @@ async fn routes_right_after_a_change_answer_by_the_stored_record() {
     assert!(matches!(status, 200 | 503), "{status} {answer}");
     wait_bound(n, "acme").await;
     let sent = || rx.received().iter().filter(|r| r.path == "/acme").count();
+
+    // A new URL: a test right after it goes there, or waits (503), never to the old.
+    let moved = json!({ "url": rx.url("/acme-moved") }).to_string();
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(&moved)).await;
+    assert_eq!(status, 200, "{changed}");
+    let (status, answer) = api(n, "POST", "/api/endpoints/acme/test", None).await;
+    assert!(matches!(status, 200 | 503), "{status} {answer}");
+    let back = json!({ "url": rx.url("/acme") }).to_string();
+    let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(&back)).await;
+    assert_eq!(status, 200, "{changed}");
+    wait_until(
+        Duration::from_secs(10),
+        "the old URL served again",
+        || async {
+            let (_, one) = api(n, "GET", "/api/endpoints/acme", None).await;
+            one["url"] == rx.url("/acme") && one["bound"] == true
+        },
+    )
+    .await;
+    assert_eq!(sent(), 0, "a test request went to the URL being replaced");
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let off = r#"{"enabled": false}"#;
     let (status, changed) = api(n, "PATCH", "/api/endpoints/acme", Some(off)).await;

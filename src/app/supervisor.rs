@@ -116,7 +116,7 @@ pub struct Supervisor {
     draining: TaskTracker,
     /// Deleted endpoints whose deliveries or leftovers are still being finished here:
     /// the admin API creates none of these names again until they are done.
-    removing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    removing: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Incoming webhooks: the route table follows reloads.
     ingress: Arc<Ingress>,
     /// With `[tracing]`: traces every endpoint's attempts (read at start-up only).
@@ -571,7 +571,7 @@ impl AppView for Supervisor {
     }
 
     fn removing(&self, name: &str) -> bool {
-        self.removing.lock().map_or(true, |r| r.contains(name))
+        self.removing.lock().map_or(true, |r| r.contains_key(name))
     }
 
     fn is_file_endpoint(&self, name: &str) -> bool {

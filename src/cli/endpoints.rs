@@ -280,6 +280,11 @@ fn add_body(a: &AddArgs) -> Result<Map<String, Value>, Failure> {
             } else {
                 text.as_bytes().to_vec()
             };
+            if let Some(key) = crate::config::api::repeated_key(&bytes) {
+                return Err(Failure::Usage(anyhow!(
+                    "--json: the key '{key}' is written twice in one object"
+                )));
+            }
             match serde_json::from_slice::<Value>(&bytes) {
                 Ok(Value::Object(o)) => o,
                 Ok(_) => return Err(Failure::Usage(anyhow!("--json: not a JSON object"))),

@@ -238,9 +238,111 @@ fn runtime_keys(entry: &Map<String, Value>, p: &mut Problems) {
     }
 }
 
+/// The first key written twice in one object of the JSON document `bytes` (with the
+/// keys of the objects around it, `headers.X-Key`), if any. A JSON parser keeps one
+/// of the two, and parsers disagree on which: a platform's backend that checks the
+/// first `tenant` while natshook stores the last would check one customer and store
+/// another, so a body with a repeated key is refused instead. Not a JSON document:
+/// `None`, for the parser's own error to name.
+pub fn repeated_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    RepeatedKey.deserialize(&mut de).ok().flatten()
+}
+
+/// Walks a JSON value for [`repeated_key`], keeping nothing but the keys of the
+/// object it is in.
+struct RepeatedKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for RepeatedKey {
+    type Value = Option<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RepeatedKey {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(inner) = seq.next_element_seed(RepeatedKey)? {
+            found = found.or(inner);
+        }
+        Ok(found)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let inner = map.next_value_seed(RepeatedKey)?;
+            if found.is_none() {
+                found = match keys.contains(&key) {
+                    true => Some(key.clone()),
+                    false => inner.map(|k| format!("{key}.{k}")),
+                };
+            }
+            keys.insert(key);
+        }
+        Ok(found)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_twice_in_one_object_is_found_with_its_path() {
+        let repeated = |text: &str| repeated_key(text.as_bytes());
+        assert_eq!(repeated(r#"{"name": "a", "tenant": "t"}"#), None);
+        assert_eq!(
+            repeated(r#"{"tenant": "org_1", "name": "a", "tenant": "org_2"}"#),
+            Some("tenant".into())
+        );
+        assert_eq!(
+            repeated(r#"{"headers": {"X-Key": "a", "X-Key": "b"}}"#),
+            Some("headers.X-Key".into())
+        );
+        assert_eq!(
+            repeated(r#"{"events": [{"a": 1}, {"b": 1, "b": 2}]}"#),
+            Some("events.b".into())
+        );
+        // Two objects may share keys; other letter case is another key.
+        assert_eq!(repeated(r#"[{"a": 1}, {"a": 1}]"#), None);
+        assert_eq!(repeated(r#"{"A": 1, "a": 1}"#), None);
+        assert_eq!(repeated("{not json"), None);
+    }
 
     fn config() -> super::super::Config {
         let text = "[nats]\nstream = \"E\"\n[defaults]\ntimeout = \"3s\"\n[[events]]\nsubject = \"events.*.lead.created\"\nevent = \"lead.created\"\ntenant = \"{2}\"\n[[endpoints]]\nname = \"file\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n";

@@ -204,6 +204,34 @@ impl DeliveryLog {
             .map_err(|e| failed(e.to_string()))
     }
 
+    /// The log stream's last sequence: records up to it are older than now.
+    pub async fn last_sequence(&self) -> Result<u64, LogError> {
+        let mut stream =
+            (self.js.get_stream(LOG_STREAM).await).map_err(|e| LogError::Read(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| LogError::Read(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Removes `endpoint`'s records up to sequence `through` of the log stream, and
+    /// none written after it.
+    pub async fn forget_through(&self, endpoint: &str, through: u64) -> Result<(), LogError> {
+        let failed = |error: String| LogError::Purge {
+            endpoint: endpoint.to_string(),
+            error,
+        };
+        let stream = (self.js.get_stream(LOG_STREAM).await).map_err(|e| failed(e.to_string()))?;
+        stream
+            .purge()
+            .filter(subject(endpoint))
+            .sequence(through.saturating_add(1))
+            .await
+            .map(drop)
+            .map_err(|e| failed(e.to_string()))
+    }
+
     /// The newest `limit` records of `endpoint`, newest first.
     pub async fn recent(&self, endpoint: &str, limit: usize) -> Result<Vec<LogRecord>, LogError> {
         let read = |e: ReadError| LogError::Read(e.to_string());

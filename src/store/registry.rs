@@ -99,6 +99,13 @@ impl Registry {
         }))
     }
 
+    /// Whether the bucket's latest entry for `name` is a delete: an endpoint of that
+    /// name existed and was deleted (`false` for one that exists or never did).
+    pub async fn was_deleted(&self, name: &str) -> Result<bool, RegistryError> {
+        let entry = self.kv.entry(name).await.map_err(nats)?;
+        Ok(entry.is_some_and(|e| matches!(change(e), Change::Delete(_))))
+    }
+
     /// Every endpoint in the bucket, by name (for `natshook endpoints list`; a running
     /// process follows [`Registry::watch`] instead).
     pub async fn all(&self) -> Result<Vec<Record>, RegistryError> {

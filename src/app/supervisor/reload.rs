@@ -257,15 +257,11 @@ impl Supervisor {
         }
     }
 
-    /// Removes what a deleted runtime endpoint leaves in JetStream once nothing
-    /// delivers for it: its consumer (on the source stream, or with `fan_out` on its
-    /// work stream: both are tried), its copies, its delivery log, its dead letters and
-    /// its pause, so an endpoint created later under the name (another customer's, say)
-    /// starts from nothing, unpaused, and cannot replay or read what was the other's.
-    /// Marks `name` as being removed until the guard drops.
+    /// Marks `name` as being removed until the guard drops (counted: a name deleted
+    /// again while its first removal runs stays marked until both end).
     fn mark_removing(&self, name: &str) -> Removing {
         if let Ok(mut r) = self.removing.lock() {
-            r.insert(name.to_string());
+            *r.entry(name.to_string()).or_default() += 1;
         }
         Removing {
             set: Arc::clone(&self.removing),
@@ -273,6 +269,11 @@ impl Supervisor {
         }
     }
 
+    /// Removes what a deleted runtime endpoint leaves in JetStream once nothing
+    /// delivers for it: its consumer (on the source stream, or with `fan_out` on its
+    /// work stream: both are tried), its copies, its delivery log, its dead letters and
+    /// its pause, so an endpoint created later under the name (another customer's, say)
+    /// starts from nothing, unpaused, and cannot replay or read what was the other's.
     fn remove_leftovers(
         &self,
         name: String,
@@ -436,14 +437,19 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<&'static str> {
 
 /// A deleted endpoint's name while its removal runs (see [`Supervisor::mark_removing`]).
 struct Removing {
-    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    set: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     name: String,
 }
 
 impl Drop for Removing {
     fn drop(&mut self) {
         if let Ok(mut r) = self.set.lock() {
-            r.remove(&self.name);
+            if let Some(n) = r.get_mut(&self.name) {
+                *n -= 1;
+                if *n == 0 {
+                    r.remove(&self.name);
+                }
+            }
         }
     }
 }

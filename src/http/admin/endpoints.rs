@@ -15,6 +15,7 @@ use crate::envelope::MessageFacts;
 use crate::registrar::RegistrarError;
 use crate::store::dead_letters::{ReplayFilter, ReplaySummary};
 use crate::store::delivery_log::LogRecord;
+use crate::store::registry::Record;
 use crate::worker::{EndpointState, Worker};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -48,6 +49,12 @@ impl AdminState {
     /// Whether the registry's record of `name` is enabled, read now; `None` for a file
     /// endpoint, without a registry, or with no record.
     async fn stored_enabled(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        Ok(self.stored(name).await?.map(|r| r.enabled()))
+    }
+
+    /// The registry's record of `name`, read now; `None` for a file endpoint, without
+    /// a registry, or with no record.
+    async fn stored(&self, name: &str) -> Result<Option<Record>, ApiError> {
         let Some(registrar) = self.app.registrar() else {
             return Ok(None);
         };
@@ -55,14 +62,37 @@ impl AdminState {
             return Ok(None);
         }
         match registrar.get(name).await {
-            Ok(record) => Ok(Some(record.enabled())),
+            Ok(record) => Ok(Some(record)),
             Err(RegistrarError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Whether the registry holds an endpoint named `name`, served or not.
-    fn is_record(&self, name: &str) -> bool {
+    /// For the routes that send with the worker (a test event, a replay): the worker
+    /// follows a change within a moment, so one disabled, deleted or changed (a new
+    /// URL, say) just now must not send as it was. A file endpoint's worker is the
+    /// file's.
+    async fn sends_as_stored(&self, name: &str) -> Result<(), ApiError> {
+        if self.app.is_file_endpoint(name) || self.app.registrar().is_none() {
+            return Ok(());
+        }
+        let seen = (self.app.records().into_iter())
+            .find(|r| r.name == name)
+            .map(|r| r.revision);
+        match self.stored(name).await? {
+            None => Err(ApiError::not_found(name)),
+            Some(r) if !r.enabled() => Err(disabled(name)),
+            Some(r) if seen != Some(r.revision) => Err(ApiError::unavailable(format!(
+                "endpoint '{name}' changed a moment ago and this process does not send with the change yet"
+            ))
+            .retry_after(1)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Whether the registry holds an endpoint named `name`, served or not, as this
+    /// process last saw it.
+    pub(super) fn is_record(&self, name: &str) -> bool {
         self.app.records().iter().any(|r| r.name == name)
     }
 }
@@ -132,15 +162,7 @@ pub(super) async fn test(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let w = s.worker(&name).await?;
-    // The worker lags a change by a moment: an endpoint disabled or deleted just now
-    // gets no test request.
-    if !s.app.is_file_endpoint(&name) && s.app.registrar().is_some() {
-        match s.stored_enabled(&name).await? {
-            Some(true) => {}
-            Some(false) => return Err(disabled(&name)),
-            None => return Err(ApiError::not_found(&name)),
-        }
-    }
+    s.sends_as_stored(&name).await?;
     if let Err(wait) = w.take_token_within(TEST_TOKEN_WAIT).await {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let rate = w.rate_limit().map(|r| r.to_string()).unwrap_or_default();
@@ -199,6 +221,7 @@ pub(super) async fn replay(
     JsonBody(request): JsonBody<ReplayRequest>,
 ) -> ApiResult<ReplaySummary> {
     let w = s.worker(&name).await?;
+    s.sends_as_stored(&name).await?;
     let since = match request.since.as_deref().map(humantime::parse_rfc3339_weak) {
         None => None,
         Some(Ok(t)) => Some(t),

@@ -169,6 +169,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         } else {
             bytes
         };
+        if let Some(key) = crate::config::api::repeated_key(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the key '{key}' is written twice in one JSON object"),
+            ));
+        }
         match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(e) => Err(json_rejection(e)),

@@ -36,6 +36,9 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 struct AdminState {
     app: Arc<dyn AppView>,
+    /// Names a create is under way for in this process: a second create of one waits
+    /// its turn (`409`) rather than clearing what the first one just made.
+    creating: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 pub struct Admin {
@@ -91,7 +94,10 @@ async fn wrong_method() -> ApiError {
 
 impl Admin {
     pub fn new(app: Arc<dyn AppView>, token: Secret) -> Self {
-        let state = AdminState { app };
+        let state = AdminState {
+            app,
+            creating: Arc::default(),
+        };
         let router = axum::Router::new()
             .route("/api/endpoints", get(registry::list).post(registry::create))
             .route(

@@ -71,15 +71,17 @@ impl AdminState {
 
     /// Removes what an endpoint deleted under `name` left (its delivery log, dead
     /// letters and pause) before `name` is created again, perhaps for another customer:
-    /// the new endpoint starts with none of it. A name this process still serves or
-    /// removes (its deliveries in flight may still write) answers `409` to try again;
-    /// a name in use is left to the create, which answers `409` too.
+    /// the new endpoint starts with none of it. Only a name whose latest registry entry
+    /// is a delete is cleared, and only of what is older than this call, so a create
+    /// racing another one elsewhere cannot take the other's new records away. A name
+    /// this process still serves, knows as stored or removes (its deliveries in
+    /// flight may still write) answers `409` to try again.
     async fn clear_former(&self, registrar: &Registrar, name: &str) -> Result<(), ApiError> {
-        match registrar.get(name).await {
-            Err(RegistrarError::NotFound(_)) => {}
-            Ok(_) | Err(_) => return Ok(()),
+        let cutoff = std::time::SystemTime::now();
+        if !registrar.was_deleted(name).await? {
+            return Ok(());
         }
-        if self.running(name).is_some() || self.app.removing(name) {
+        if self.running(name).is_some() || self.app.removing(name) || self.is_record(name) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("the endpoint '{name}' was deleted and is still being removed; create it again in a moment"),
@@ -93,19 +95,30 @@ impl AdminState {
             .retry_after(1)
         };
         if let Some(log) = self.app.delivery_log() {
-            log.forget(name)
-                .await
+            let through =
+                (log.last_sequence().await).map_err(|e| unavailable("delivery log", &e))?;
+            (log.forget_through(name, through).await)
                 .map_err(|e| unavailable("delivery log", &e))?;
         }
         (self.app.dead_letters())
-            .forget(name, std::time::SystemTime::now())
+            .forget(name, cutoff)
             .await
             .map_err(|e| unavailable("dead letters", &e))?;
         registrar
-            .end_former_pause(name)
+            .end_former_pause(name, cutoff)
             .await
             .map_err(|e| unavailable("pause", &e))?;
         Ok(())
+    }
+
+    /// Marks a create of `name` under way in this process until the guard drops;
+    /// `None` when one already is.
+    fn creating(&self, name: &str) -> Option<Creating> {
+        let mut set = self.creating.lock().ok()?;
+        set.insert(name.to_string()).then(|| Creating {
+            set: Arc::clone(&self.creating),
+            name: name.to_string(),
+        })
     }
 
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
@@ -298,7 +311,15 @@ pub(super) async fn create(
         Some(name) => s.registrar_for(name)?,
         None => s.registrar()?,
     };
+    let mut _creating = None;
     if let Some(name) = name.as_deref().filter(|n| is_endpoint_name(n)) {
+        _creating = Some(s.creating(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("an endpoint named '{name}' is being created"),
+            )
+            .retry_after(1)
+        })?);
         s.clear_former(&registrar, name).await?;
     }
     let created = registrar.create(body).await?;
@@ -382,4 +403,18 @@ pub(super) async fn events(State(s): State<AdminState>) -> Json<Value> {
         }
     }
     Json(serde_json::json!({ "events": names }))
+}
+
+/// A create of one name under way (see [`AdminState::creating`]).
+struct Creating {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.name);
+        }
+    }
 }
