@@ -734,6 +734,30 @@ async fn a_deleted_endpoint_s_delivery_log_and_dead_letters_go_with_it() {
     assert_eq!(tried(rx), before);
 }
 
+/// Creates runtime endpoint `name` on `n`, delivers two messages to it and has a
+/// third dead-lettered (the receiver answers 500 to `dead-*`): a log and a dead letter
+/// for a deleted endpoint to leave behind.
+async fn with_log_and_dead_letter(
+    n: &Natshook,
+    js: &jetstream::Context,
+    rx: &Receiver,
+    name: &str,
+) {
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body(name, rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, name).await;
+    deliver_org_1(js, rx, 2, "first", 2).await;
+    rx.set(|r| match r.id().starts_with("dead") {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    });
+    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
+    wait_until(Duration::from_secs(20), "a dead letter", || async {
+        n.dead_letters(name).len() == 1
+    })
+    .await;
+}
+
 /// Creates the endpoint of `body` once a deleted one of its name is removed (`409`
 /// until then); returns how many times it was told to wait.
 async fn create_once_removed(n: &Natshook, body: &str) -> usize {
@@ -764,20 +788,11 @@ async fn create_once_removed(n: &Natshook, body: &str) -> usize {
 async fn a_name_created_again_at_once_starts_with_nothing_of_the_deleted_endpoint() {
     let s = Setup::start().await;
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
-    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("reuse", rx))).await;
-    assert_eq!(status, 201, "{created}");
-    wait_bound(n, "reuse").await;
-    deliver_org_1(js, rx, 2, "first", 2).await;
+    with_log_and_dead_letter(n, js, rx, "reuse").await;
     rx.set(|r| match r.id() {
-        id if id.starts_with("dead") => Reply::status(500),
         id if id.starts_with("slow") => Reply::status(500).delay(Duration::from_secs(3)),
         _ => Reply::ok(),
     });
-    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
-    wait_until(Duration::from_secs(20), "a dead letter", || async {
-        n.dead_letters("reuse").len() == 1
-    })
-    .await;
     let (status, paused) = api(n, "POST", "/api/endpoints/reuse/pause", None).await;
     assert_eq!(status, 200, "{paused}");
     let (status, resumed) = api(n, "POST", "/api/endpoints/reuse/resume", None).await;
@@ -822,19 +837,7 @@ async fn a_name_created_again_at_once_starts_with_nothing_of_the_deleted_endpoin
 async fn a_name_created_again_after_a_delete_nobody_served_starts_with_nothing() {
     let mut s = Setup::start().await;
     let (rx, js) = (&s.rx, &s.js);
-    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("left", rx))).await;
-    assert_eq!(status, 201, "{created}");
-    wait_bound(&s.n, "left").await;
-    deliver_org_1(js, rx, 2, "first", 2).await;
-    rx.set(|r| match r.id().starts_with("dead") {
-        true => Reply::status(500),
-        false => Reply::ok(),
-    });
-    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
-    wait_until(Duration::from_secs(20), "a dead letter", || async {
-        s.n.dead_letters("left").len() == 1
-    })
-    .await;
+    with_log_and_dead_letter(&s.n, js, rx, "left").await;
     let (status, paused) = api(&s.n, "POST", "/api/endpoints/left/pause", None).await;
     assert_eq!(status, 200, "{paused}");
     s.n.sigkill();
