@@ -281,9 +281,9 @@ impl Registrar {
             .ok_or_else(|| RegistrarError::NotFound(name.to_string()))
     }
 
-    /// Whether an endpoint named `name` was deleted (and none is stored now).
-    pub async fn was_deleted(&self, name: &str) -> Result<bool, RegistrarError> {
-        Ok(self.registry.was_deleted(name).await?)
+    /// Whether the registry holds an entry named `name` now.
+    pub async fn holds(&self, name: &str) -> Result<bool, RegistrarError> {
+        Ok(self.registry.holds(name).await?)
     }
 
     /// Ends a pause left in the shared state under `name` by an endpoint deleted
@@ -567,7 +567,7 @@ impl Registrar {
     ) -> Result<Rotated, RegistrarError> {
         // Not retried over a concurrent change, unlike a PATCH: two rotations at once
         // would both answer with a new secret, and the first would only sign through
-        // the second's grace. One of them gets `412` and sees the other's secret.
+        // the second's grace. One of them gets `412` and can rotate again.
         let (mut record, expected) = self.current(name, if_match).await?;
         let grace = match grace {
             None => DEFAULT_GRACE,

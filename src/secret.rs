@@ -121,20 +121,21 @@ pub fn resolve_all(refs: &[SecretRef]) -> Result<Vec<Secret>, SecretError> {
 /// that no longer exists is a secret taken away (a key removed from a Kubernetes
 /// Secret, an old secret deleted after a rotation), so it is left out rather than
 /// kept. Any other failure fails them all, as in [`resolve_all`], and so does a list
-/// with none left: removing every secret is more likely a mount gone wrong than a
-/// wish to refuse every request.
+/// whose files are all gone: that is more likely a mount gone wrong than every file
+/// secret revoked at once.
 pub fn resolve_present(refs: &[SecretRef]) -> Result<Vec<Secret>, SecretError> {
     let mut present = Vec::with_capacity(refs.len());
-    let mut gone = None;
+    let (mut files, mut gone) = (0, Vec::new());
     for r in refs {
+        files += usize::from(r.is_file());
         match r.resolve() {
             Ok(secret) => present.push(secret),
-            Err(e @ SecretError::File { .. }) if e.is_not_found() => gone = Some(e),
+            Err(e @ SecretError::File { .. }) if e.is_not_found() => gone.push(e),
             Err(e) => return Err(e),
         }
     }
-    match (present.is_empty(), gone) {
-        (true, Some(e)) => Err(e),
+    match gone.pop() {
+        Some(e) if gone.len() + 1 == files => Err(e),
         _ => Ok(present),
     }
 }
@@ -233,6 +234,11 @@ mod tests {
         assert!(
             resolve_present(&refs).is_err(),
             "none left: the current keys stay"
+        );
+        let mixed = [file("current"), SecretRef::Plain("inline".into())];
+        assert!(
+            resolve_present(&mixed).is_err(),
+            "every file gone, even beside an inline secret: the current keys stay"
         );
         // Anything but a missing file fails the whole read, as at start.
         std::fs::write(dir.path().join("current"), "").unwrap();

@@ -867,6 +867,47 @@ async fn a_name_created_again_after_a_delete_nobody_served_starts_with_nothing()
     );
 }
 
+/// A file endpoint taken out of the file keeps its log and dead letters (they are the
+/// operator's to replay or export); a runtime endpoint created under its name,
+/// another customer's, starts with none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_endpoint_named_as_a_removed_file_endpoint_starts_with_nothing() {
+    let s = Setup::start_with("max_attempts = 1").await;
+    let (n, js) = (&s.n, &s.js);
+    s.file_rx.set(|_| Reply::status(500));
+    publish_all(js, tenant_leads("org_1", 1, "dead")).await;
+    wait_until(Duration::from_secs(20), "a dead letter", || async {
+        n.dead_letters("file").len() == 1
+    })
+    .await;
+    let mut without = with_admin(TestConfig::new(s._nats.url()).mapping(
+        "events.*.lead.created",
+        "lead.created",
+        "tenant = \"{2}\"",
+    ));
+    without.top = format!("{}\n[registry]\nenabled = true\n", without.top);
+    reload(
+        n,
+        &without.render(),
+        "removed=[\"file\"]",
+        "the file endpoint removed",
+    )
+    .await;
+    assert_eq!(n.dead_letters("file").len(), 1, "kept for the operator");
+
+    let mut again = serde_json::from_str::<Value>(&body("file", &s.rx)).unwrap();
+    again["tenant"] = "org_2".into();
+    create_once_removed(n, &again.to_string()).await;
+    wait_bound(n, "file").await;
+    assert!(
+        n.dead_letters("file").is_empty(),
+        "the file endpoint's dead letters"
+    );
+    let (status, log) = api(n, "GET", "/api/endpoints/file/deliveries", None).await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log, json!([]), "the file endpoint's log");
+}
+
 /// A deleted endpoint's series and pause go with it once it has drained: a deleted
 /// endpoint that was paused no longer reads `natshook_endpoint_paused 1` (an alert
 /// firing for good), and one created again under the name, another customer's say,

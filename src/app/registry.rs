@@ -198,6 +198,7 @@ impl Supervisor {
         loop {
             match (self.apply_merged(runtime.merged(&file), &deleted, runtime.held())).await {
                 Ok(s) => {
+                    self.publish_applied(&runtime);
                     if s != Default::default() {
                         tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, "registry change applied");
                     }

@@ -126,6 +126,9 @@ pub struct Supervisor {
     pub(super) file: tokio::sync::Mutex<Config>,
     /// The registry's records as this process saw them last.
     pub(super) runtime: tokio::sync::Mutex<Runtime>,
+    /// Each record's revision once its workers run as it says (see
+    /// [`AppView::applied_revision`]).
+    applied: RwLock<HashMap<String, u64>>,
     /// Snapshots for the admin API: the records, and what a new one is checked against.
     records: RwLock<Vec<Record>>,
     /// The records not served, each with why.
@@ -202,6 +205,7 @@ impl Supervisor {
             tracer,
             file: tokio::sync::Mutex::new(config.clone()),
             runtime: tokio::sync::Mutex::new(Runtime::default()),
+            applied: RwLock::new(HashMap::new()),
             records: RwLock::new(Vec::new()),
             unserved: RwLock::new(HashMap::new()),
             rules: RwLock::new(Arc::new(FileRules::of(config))),
@@ -234,6 +238,16 @@ impl Supervisor {
         }
         if let Ok(mut u) = self.unserved.write() {
             *u = unserved;
+        }
+    }
+
+    /// The records' revisions, once the workers run as they say.
+    pub(super) fn publish_applied(&self, runtime: &Runtime) {
+        let applied = (runtime.records().into_iter())
+            .map(|r| (r.name, r.revision))
+            .collect();
+        if let Ok(mut a) = self.applied.write() {
+            *a = applied;
         }
     }
 
@@ -568,6 +582,10 @@ impl AppView for Supervisor {
 
     fn unserved(&self, name: &str) -> Option<Vec<Problem>> {
         self.unserved.read().ok()?.get(name).cloned()
+    }
+
+    fn applied_revision(&self, name: &str) -> Option<u64> {
+        self.applied.read().ok()?.get(name).copied()
     }
 
     fn removing(&self, name: &str) -> bool {

@@ -66,6 +66,9 @@ pub trait AppView: Send + Sync + 'static {
     fn unserved(&self, name: &str) -> Option<Vec<crate::config::Problem>>;
     /// Whether the config file has an endpoint named `name`.
     fn is_file_endpoint(&self, name: &str) -> bool;
+    /// The revision of the registry's record `name` this process's workers run as: it
+    /// follows the record's, once a change is applied.
+    fn applied_revision(&self, name: &str) -> Option<u64>;
     /// Whether an endpoint named `name` was deleted and this process still finishes
     /// its deliveries or removes what it left (log, dead letters, pause).
     fn removing(&self, name: &str) -> bool;

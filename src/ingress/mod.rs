@@ -175,8 +175,8 @@ impl Ingress {
     /// Re-reads `{ file }` secrets every `every` (as endpoints do, so a rotated
     /// Kubernetes Secret takes effect without a reload) and swaps in the routes whose
     /// keys changed. A file that no longer exists stops verifying (a revoked key must
-    /// not keep opening the route) unless it was the route's last; a file that cannot
-    /// be read otherwise keeps the current keys.
+    /// not keep opening the route) unless every file of the route is gone; a file
+    /// that cannot be read otherwise keeps the current keys.
     pub async fn watch_secrets(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let mut failing = false;
         loop {

@@ -99,11 +99,11 @@ impl Registry {
         }))
     }
 
-    /// Whether the bucket's latest entry for `name` is a delete: an endpoint of that
-    /// name existed and was deleted (`false` for one that exists or never did).
-    pub async fn was_deleted(&self, name: &str) -> Result<bool, RegistryError> {
+    /// Whether the bucket holds a value under `name` (an endpoint, or an entry that is
+    /// not one): `false` after a delete, or when there never was one.
+    pub async fn holds(&self, name: &str) -> Result<bool, RegistryError> {
         let entry = self.kv.entry(name).await.map_err(nats)?;
-        Ok(entry.is_some_and(|e| matches!(change(e), Change::Delete(_))))
+        Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
     }
 
     /// Every endpoint in the bucket, by name (for `natshook endpoints list`; a running

@@ -175,6 +175,11 @@ impl Supervisor {
             running.insert(name, fresh);
             to_drain.extend(old);
         }
+        // Marked before the deleted ones leave the snapshot: the admin API creates a
+        // deleted name again only once it is neither served nor being removed here.
+        let mut marks: BTreeMap<String, Removing> = (forget.iter())
+            .map(|name| (name.clone(), self.mark_removing(name)))
+            .collect();
         self.publish_snapshot(&running);
         for w in started {
             w.follow_known();
@@ -191,7 +196,7 @@ impl Supervisor {
             let deleted = forget.contains(&name);
             let gone = self.when_gone(name.clone(), move || worker.retire(deleted));
             let leftovers = deleted.then(|| self.remove_leftovers(name.clone()));
-            let removing = deleted.then(|| self.mark_removing(&name));
+            let removing = marks.remove(&name);
             self.draining.spawn(async move {
                 let _removing = removing;
                 drained.await;
@@ -216,7 +221,7 @@ impl Supervisor {
             }
             let gone = self.when_gone(name.clone(), || {});
             let leftovers = self.remove_leftovers(name.clone());
-            let removing = self.mark_removing(name);
+            let removing = marks.remove(name);
             self.draining.spawn(async move {
                 let _removing = removing;
                 tokio::time::sleep(settle).await;

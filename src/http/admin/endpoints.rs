@@ -76,9 +76,7 @@ impl AdminState {
         if self.app.is_file_endpoint(name) || self.app.registrar().is_none() {
             return Ok(());
         }
-        let seen = (self.app.records().into_iter())
-            .find(|r| r.name == name)
-            .map(|r| r.revision);
+        let seen = self.app.applied_revision(name);
         match self.stored(name).await? {
             None => Err(ApiError::not_found(name)),
             Some(r) if !r.enabled() => Err(disabled(name)),
@@ -161,8 +159,9 @@ pub(super) async fn test(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let w = s.worker(&name).await?;
+    // Checked first: the worker taken after it runs as the stored record says.
     s.sends_as_stored(&name).await?;
+    let w = s.worker(&name).await?;
     if let Err(wait) = w.take_token_within(TEST_TOKEN_WAIT).await {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let rate = w.rate_limit().map(|r| r.to_string()).unwrap_or_default();
@@ -220,8 +219,9 @@ pub(super) async fn replay(
     ApiPath(name): ApiPath<String>,
     JsonBody(request): JsonBody<ReplayRequest>,
 ) -> ApiResult<ReplaySummary> {
-    let w = s.worker(&name).await?;
+    // Checked first: the worker taken after it runs as the stored record says.
     s.sends_as_stored(&name).await?;
+    let w = s.worker(&name).await?;
     let since = match request.since.as_deref().map(humantime::parse_rfc3339_weak) {
         None => None,
         Some(Ok(t)) => Some(t),

@@ -69,16 +69,30 @@ impl AdminState {
                 && name.is_none_or(|n| !self.app.is_file_endpoint(n)))
     }
 
-    /// Removes what an endpoint deleted under `name` left (its delivery log, dead
-    /// letters and pause) before `name` is created again, perhaps for another customer:
-    /// the new endpoint starts with none of it. Only a name whose latest registry entry
-    /// is a delete is cleared, and only of what is older than this call, so a create
-    /// racing another one elsewhere cannot take the other's new records away. A name
-    /// this process still serves, knows as stored or removes (its deliveries in
-    /// flight may still write) answers `409` to try again.
+    /// Removes what an endpoint of `name` left (its delivery log, dead letters and
+    /// pause: a runtime endpoint deleted, or a file endpoint taken out of the file)
+    /// before `name` is created, perhaps for another customer: the new endpoint starts
+    /// with none of it. Only what is older than this call goes (the log up to its
+    /// last record now, dead letters and a pause from before now), so a create racing
+    /// another one elsewhere cannot take the other's new records away. A name stored
+    /// now is left to the create (`409`); one this process still serves, knows as
+    /// stored or removes (its deliveries in flight may still write) answers `409` to
+    /// try again.
     async fn clear_former(&self, registrar: &Registrar, name: &str) -> Result<(), ApiError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            ApiError::unavailable(format!(
+                "the former endpoint's {what} could not be removed: {e}"
+            ))
+            .retry_after(1)
+        };
         let cutoff = std::time::SystemTime::now();
-        if !registrar.was_deleted(name).await? {
+        let log_end = match self.app.delivery_log() {
+            Some(log) => {
+                Some((log.last_sequence().await).map_err(|e| unavailable("delivery log", &e))?)
+            }
+            None => None,
+        };
+        if registrar.holds(name).await? {
             return Ok(());
         }
         if self.running(name).is_some() || self.app.removing(name) || self.is_record(name) {
@@ -88,15 +102,7 @@ impl AdminState {
             )
             .retry_after(2));
         }
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            ApiError::unavailable(format!(
-                "the deleted endpoint's {what} could not be removed: {e}"
-            ))
-            .retry_after(1)
-        };
-        if let Some(log) = self.app.delivery_log() {
-            let through =
-                (log.last_sequence().await).map_err(|e| unavailable("delivery log", &e))?;
+        if let (Some(log), Some(through)) = (self.app.delivery_log(), log_end) {
             (log.forget_through(name, through).await)
                 .map_err(|e| unavailable("delivery log", &e))?;
         }
@@ -114,7 +120,7 @@ impl AdminState {
     /// Marks a create of `name` under way in this process until the guard drops;
     /// `None` when one already is.
     fn creating(&self, name: &str) -> Option<Creating> {
-        let mut set = self.creating.lock().ok()?;
+        let mut set = (self.creating.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
         set.insert(name.to_string()).then(|| Creating {
             set: Arc::clone(&self.creating),
             name: name.to_string(),
