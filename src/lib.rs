@@ -45,6 +45,7 @@
 //! * Leaves: `backoff` (the one retry back-off), `rate_limit`, `time` (epoch and RFC 3339),
 //!   `pem` (endpoint TLS files), `settings` (settings the config owns, e.g. the delivery
 //!   log's), `file_read` (repeated file reads, on the blocking pool, a few at a time),
+//!   `name_marks` (names marked while work on them runs),
 //!   `allocator` (jemalloc as the global allocator, feature `jemalloc`).
 //!
 //! # The path of one message
@@ -70,6 +71,7 @@ pub mod file_read;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
+pub mod name_marks;
 pub mod otel;
 pub mod payload_filter;
 pub mod pem;

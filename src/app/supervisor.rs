@@ -27,6 +27,7 @@ use crate::fanout::{FanOut, Targets};
 use crate::http::AppView;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::name_marks::NameMarks;
 use crate::otel::AttemptTracer;
 use crate::registrar::{Actor, FileRules, Registrar};
 use crate::routing::Router;
@@ -116,7 +117,7 @@ pub struct Supervisor {
     draining: TaskTracker,
     /// Deleted endpoints whose deliveries or leftovers are still being finished here:
     /// the admin API creates none of these names again until they are done.
-    removing: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    removing: NameMarks,
     /// Incoming webhooks: the route table follows reloads.
     ingress: Arc<Ingress>,
     /// With `[tracing]`: traces every endpoint's attempts (read at start-up only).
@@ -195,7 +196,7 @@ impl Supervisor {
             started: AtomicBool::new(false),
             abort: CancellationToken::new(),
             draining: TaskTracker::new(),
-            removing: Arc::default(),
+            removing: NameMarks::default(),
             ingress: Arc::new(Ingress::new(
                 client.clone(),
                 metrics,
@@ -589,7 +590,7 @@ impl AppView for Supervisor {
     }
 
     fn removing(&self, name: &str) -> bool {
-        self.removing.lock().map_or(true, |r| r.contains_key(name))
+        self.removing.contains(name)
     }
 
     fn is_file_endpoint(&self, name: &str) -> bool {

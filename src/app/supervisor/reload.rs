@@ -9,6 +9,7 @@ use super::{ApplyError, EndpointError, Running, Supervisor};
 use crate::config::{Config, Endpoint, RegistryConfig};
 use crate::delivery::Deliverer;
 use crate::fanout::Targets;
+use crate::name_marks::NameMark;
 use crate::registrar::FileRules;
 
 /// What a reload changed.
@@ -177,8 +178,8 @@ impl Supervisor {
         }
         // Marked before the deleted ones leave the snapshot: the admin API creates a
         // deleted name again only once it is neither served nor being removed here.
-        let mut marks: BTreeMap<String, Removing> = (forget.iter())
-            .map(|name| (name.clone(), self.mark_removing(name)))
+        let mut marks: BTreeMap<String, NameMark> = (forget.iter())
+            .map(|name| (name.clone(), self.removing.mark(name)))
             .collect();
         self.publish_snapshot(&running);
         for w in started {
@@ -259,18 +260,6 @@ impl Supervisor {
                 then();
             }
             gone
-        }
-    }
-
-    /// Marks `name` as being removed until the guard drops (counted: a name deleted
-    /// again while its first removal runs stays marked until both end).
-    fn mark_removing(&self, name: &str) -> Removing {
-        if let Ok(mut r) = self.removing.lock() {
-            *r.entry(name.to_string()).or_default() += 1;
-        }
-        Removing {
-            set: Arc::clone(&self.removing),
-            name: name.to_string(),
         }
     }
 
@@ -438,25 +427,6 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
     .collect()
-}
-
-/// A deleted endpoint's name while its removal runs (see [`Supervisor::mark_removing`]).
-struct Removing {
-    set: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    name: String,
-}
-
-impl Drop for Removing {
-    fn drop(&mut self) {
-        if let Ok(mut r) = self.set.lock() {
-            if let Some(n) = r.get_mut(&self.name) {
-                *n -= 1;
-                if *n == 0 {
-                    r.remove(&self.name);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

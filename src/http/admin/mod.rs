@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::AppView;
+use crate::name_marks::NameMarks;
 use crate::secret::Secret;
 
 use error::{ApiError, ApiPath, ApiQuery, JsonBody};
@@ -38,7 +39,7 @@ struct AdminState {
     app: Arc<dyn AppView>,
     /// Names a create is under way for in this process: a second create of one waits
     /// its turn (`409`) rather than clearing what the first one just made.
-    creating: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    creating: NameMarks,
 }
 
 pub struct Admin {
@@ -96,7 +97,7 @@ impl Admin {
     pub fn new(app: Arc<dyn AppView>, token: Secret) -> Self {
         let state = AdminState {
             app,
-            creating: Arc::default(),
+            creating: NameMarks::default(),
         };
         let router = axum::Router::new()
             .route("/api/endpoints", get(registry::list).post(registry::create))

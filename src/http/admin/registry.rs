@@ -117,16 +117,6 @@ impl AdminState {
         Ok(())
     }
 
-    /// Marks a create of `name` under way in this process until the guard drops;
-    /// `None` when one already is.
-    fn creating(&self, name: &str) -> Option<Creating> {
-        let mut set = (self.creating.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
-        set.insert(name.to_string()).then(|| Creating {
-            set: Arc::clone(&self.creating),
-            name: name.to_string(),
-        })
-    }
-
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
         self.app.workers().get(name).cloned()
     }
@@ -319,7 +309,7 @@ pub(super) async fn create(
     };
     let mut _creating = None;
     if let Some(name) = name.as_deref().filter(|n| is_endpoint_name(n)) {
-        _creating = Some(s.creating(name).ok_or_else(|| {
+        _creating = Some(s.creating.mark_alone(name).ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 format!("an endpoint named '{name}' is being created"),
@@ -409,18 +399,4 @@ pub(super) async fn events(State(s): State<AdminState>) -> Json<Value> {
         }
     }
     Json(serde_json::json!({ "events": names }))
-}
-
-/// A create of one name under way (see [`AdminState::creating`]).
-struct Creating {
-    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-    name: String,
-}
-
-impl Drop for Creating {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.set.lock() {
-            set.remove(&self.name);
-        }
-    }
 }
