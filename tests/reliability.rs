@@ -337,6 +337,48 @@ async fn retry_after_on_429_sets_the_delay() {
     }
 }
 
+/// Messages a receiver keeps refusing wait out their retry delays without holding the
+/// endpoint's window: twice its size of them, each waiting 10 minutes after its second
+/// attempt, hold up neither each other nor the messages published after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_out_long_retries_hold_up_no_later_ones() {
+    let rx = Receiver::with(|r| match r.id().starts_with("poison") {
+        true => Reply::status(422),
+        false => Reply::ok(),
+    })
+    .await;
+    // A window of 4 unacked messages.
+    let (_nats, natshook, js) = setup(
+        &rx,
+        "concurrency = 2\nretry_schedule = [\"100ms\", \"10m\"]\nmax_attempts = 5\ndisable_after_failures = 0",
+    )
+    .await;
+    let poison = publish_leads(&js, 8, "poison").await;
+    rx.wait_for(
+        Duration::from_secs(40),
+        "every refused message tried twice",
+        |r| {
+            let tries = r.received();
+            (poison.iter()).all(|id| tries.iter().filter(|t| t.id() == id).count() >= 2)
+        },
+    )
+    .await;
+    let later = publish_leads(&js, 10, "later").await;
+    rx.wait_for(Duration::from_secs(30), "the later messages", |r| {
+        let delivered = r.delivered_ids();
+        later.iter().all(|id| delivered.contains_key(id))
+    })
+    .await;
+    assert!(
+        rx.received()
+            .iter()
+            .filter(|t| t.id().starts_with("poison"))
+            .all(|t| t.nth_for_id <= 2),
+        "a refused message tried a third time before its 10 minutes"
+    );
+    assert!(natshook.dead_letters("e").is_empty());
+}
+
 /// The paused-endpoint gauge of the one endpoint `setup` configures.
 const PAUSED: &str = "natshook_endpoint_paused{endpoint=\"e\"}";
 

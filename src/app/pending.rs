@@ -97,6 +97,7 @@ impl Shown {
             };
             if w.consumer_stream() == stream {
                 w.show_pending(info);
+                w.follow_retries(info);
                 now.insert(w.endpoint().name.clone());
             }
         }

@@ -3,6 +3,7 @@
 //! fan-out endpoint has no work left.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
@@ -67,6 +68,26 @@ pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
     i64::try_from(window).unwrap_or(i64::MAX)
 }
 
+/// Room in the window for messages waiting out a retry delay. JetStream counts a
+/// message NAKed with a delay as unacked until it comes back, so without this room
+/// twice `concurrency` messages a receiver keeps refusing (a payload it rejects with
+/// a 4xx, say) would fill the window and hold every later message of a healthy
+/// endpoint for their whole retry span (hours with the default `retry_schedule`).
+/// The consumer's count of redelivered unacked messages (those attempted twice or
+/// more, so waiting after their second failure or later) sizes it, in steps of the
+/// window so that a change of a few messages writes nothing. A message waiting after
+/// its first failure is not counted: it holds its place for the first delay only.
+/// What natshook holds in memory stays bounded by the base window: the room is taken
+/// by messages waiting in JetStream.
+pub fn retry_room(base: i64, redelivered: usize) -> i64 {
+    let step = base.max(16) as u64;
+    let redelivered = (redelivered as u64).min(MAX_RETRY_ROOM);
+    i64::try_from(redelivered.div_ceil(step) * step).unwrap_or(i64::MAX)
+}
+
+/// The most messages waiting out retry delays the window makes room for.
+const MAX_RETRY_ROOM: u64 = 1_000_000;
+
 impl Worker {
     /// The stream the endpoint's consumer is on.
     pub fn consumer_stream(&self) -> &str {
@@ -104,7 +125,7 @@ impl Worker {
             max_deliver: -1,
             filter_subject,
             filter_subjects,
-            max_ack_pending: window(&self.endpoint, self.rate_limit()),
+            max_ack_pending: self.window(),
             // A fan-out endpoint's consumer keeps its state in memory: a file per
             // consumer rewritten ten times a second is most of what nats-server spends
             // while a thousand endpoints drain. A server restart forgets the consumer;
@@ -112,6 +133,16 @@ impl Worker {
             // back: those not acked, and those acked since the last purge.
             memory_storage: self.lazy,
             ..Default::default()
+        }
+    }
+
+    /// The window in force: [`window`] with the [`retry_room`] last seen (none for an
+    /// `ordered` endpoint, which holds its later messages behind a retry by design).
+    fn window(&self) -> i64 {
+        let base = window(&self.endpoint, self.rate_limit());
+        match self.endpoint.ordered {
+            true => base,
+            false => base.saturating_add(self.retry_room.load(Ordering::Relaxed)),
         }
     }
 
@@ -265,6 +296,46 @@ impl Worker {
         }
     }
 
+    /// Brings the consumer's window in line with its messages waiting out retry
+    /// delays ([`retry_room`]), as `info` (its listing by the pending poll) shows them.
+    /// A failed update is tried again at the next poll.
+    pub fn follow_retries(self: &Arc<Self>, info: &consumer::Info) {
+        if !self.note_retries(info) {
+            return;
+        }
+        let (this, redelivered) = (Arc::clone(self), info.num_redelivered);
+        tokio::spawn(async move {
+            match this.follow_window().await {
+                Ok(()) => tracing::info!(
+                    endpoint = %this.endpoint.name,
+                    window = this.window(),
+                    redelivered,
+                    "the consumer's window follows the messages waiting out retry delays"
+                ),
+                Err(e) => {
+                    tracing::debug!(endpoint = %this.endpoint.name, error = %e, "consumer window not updated")
+                }
+            }
+        });
+    }
+
+    /// Follows the consumer's messages waiting out retry delays with the window's
+    /// [`retry_room`], from the consumer's info as listed; `true` when the consumer's
+    /// window differs from the one in force and involves retry room (one needed now,
+    /// or one a consumer still has), so the caller brings it in line
+    /// ([`Worker::follow_window`]). A window without room is left to binds and rate
+    /// changes.
+    fn note_retries(&self, info: &consumer::Info) -> bool {
+        if self.endpoint.ordered || self.is_parked() {
+            return false;
+        }
+        let base = window(&self.endpoint, self.rate_limit());
+        let room = retry_room(base, info.num_redelivered);
+        self.retry_room.store(room, Ordering::Relaxed);
+        let written = info.config.max_ack_pending;
+        written != base.saturating_add(room) && (room > 0 || written > base)
+    }
+
     /// Shows nothing pending on a parked worker whose consumer a listing no longer
     /// holds (one that runs keeps its last value until its consumer is listed).
     /// `false` while its series do not exist yet: a replaced worker's successor
@@ -342,6 +413,17 @@ mod tests {
 
     fn endpoint(settings: &str) -> Endpoint {
         test_endpoint(&format!("secret = \"s\"\n{settings}"))
+    }
+
+    #[test]
+    fn the_retry_room_grows_in_steps_of_the_window() {
+        assert_eq!(retry_room(128, 0), 0);
+        assert_eq!(retry_room(128, 1), 128);
+        assert_eq!(retry_room(128, 128), 128);
+        assert_eq!(retry_room(128, 129), 256);
+        // A small window grows by at least 16 at a time.
+        assert_eq!(retry_room(2, 3), 16);
+        assert_eq!(retry_room(128, usize::MAX), 1_000_064);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub mod source_listings;
 pub mod throttle;
 pub mod unmapped;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,6 +147,8 @@ pub struct Worker {
     replaced_copy_reader: AtomicBool,
     /// Consumer resets in a row that got no answer (see `Worker::take_back`).
     resets_unanswered: AtomicU32,
+    /// The window's room for messages waiting out retry delays ([`consumer::retry_room`]).
+    retry_room: AtomicI64,
     /// The endpoint's shared pause as this process last saw it when the worker was
     /// made ([`PauseState::known`](crate::store::pause_state::PauseState::known)).
     known_at_start: Option<PauseRecord>,
@@ -223,6 +225,7 @@ impl Worker {
             replaced_one: AtomicBool::new(false),
             replaced_copy_reader: AtomicBool::new(false),
             resets_unanswered: AtomicU32::new(0),
+            retry_room: AtomicI64::new(0),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
