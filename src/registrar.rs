@@ -26,6 +26,8 @@ use crate::config::{
 use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::routing::Router;
 use crate::signing::Scheme;
+use crate::store::dead_letters::DeadLetters;
+use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::{PauseCause, PauseState};
 use crate::store::registry::{Record, Registry, RegistryError};
 
@@ -49,6 +51,14 @@ pub enum RegistrarError {
     Registry(#[from] RegistryError),
     #[error("no randomness for a secret: {0}")]
     Randomness(String),
+    /// A deleted endpoint of the name may still be delivering here: what it writes
+    /// would land under the new endpoint.
+    #[error(
+        "the endpoint '{0}' was deleted and is still being removed; create it again in a moment"
+    )]
+    StillRemoving(String),
+    #[error("the former endpoint's {what} could not be removed: {error}")]
+    Leftovers { what: &'static str, error: String },
 }
 
 fn invalid(what: &'static str, problems: Vec<Problem>) -> RegistrarError {
@@ -192,6 +202,17 @@ pub struct Registrar {
     /// Where the source stream's last sequence is read when a backlog is skipped;
     /// `None`: the skip is bounded by time alone.
     js: Option<jetstream::Context>,
+    /// Where a deleted endpoint's records are removed before its name is created
+    /// again; `None`: not reachable here.
+    leftovers: Option<Leftovers>,
+}
+
+/// The stores whose records outlive an endpoint: its delivery log (when kept) and its
+/// dead letters. Its pause is ended through [`Registrar::resuming`]'s state.
+#[derive(Clone)]
+pub struct Leftovers {
+    pub log: Option<DeliveryLog>,
+    pub dead_letters: DeadLetters,
 }
 
 impl Registrar {
@@ -205,7 +226,15 @@ impl Registrar {
             events: OperatorEvents::off(),
             pauses: None,
             js: None,
+            leftovers: None,
         }
+    }
+
+    /// Removes what a deleted endpoint left under a name before it is created again
+    /// ([`Registrar::clear_former`]).
+    pub fn clearing(mut self, leftovers: Leftovers) -> Self {
+        self.leftovers = Some(leftovers);
+        self
     }
 
     /// Publishes `disabled` and `enabled` events through `events`.
@@ -286,14 +315,53 @@ impl Registrar {
         Ok(self.registry.holds(name).await?)
     }
 
+    /// Removes what an endpoint of `name` left (its delivery log, dead letters and
+    /// pause: a runtime endpoint deleted, or a file endpoint taken out of the file)
+    /// before `name` is created, perhaps for another customer: the new endpoint starts
+    /// with none of it. Only what is older than this call goes (the log up to its
+    /// last record now, dead letters and a pause from before now), so a create racing
+    /// another one elsewhere cannot take the other's new records away. A name stored
+    /// now is left to the create, which refuses it. `busy` says whether this process
+    /// still serves or removes the name (its deliveries in flight may still write):
+    /// then nothing is removed and the answer is [`RegistrarError::StillRemoving`].
+    pub async fn clear_former(
+        &self,
+        name: &str,
+        busy: impl FnOnce() -> bool,
+    ) -> Result<(), RegistrarError> {
+        let failed = |what: &'static str, e: &dyn std::fmt::Display| RegistrarError::Leftovers {
+            what,
+            error: e.to_string(),
+        };
+        let cutoff = SystemTime::now();
+        let leftovers = self.leftovers.as_ref();
+        let log = leftovers.and_then(|l| l.log.as_ref());
+        let log_end = match log {
+            Some(log) => Some((log.last_sequence().await).map_err(|e| failed("delivery log", &e))?),
+            None => None,
+        };
+        if self.holds(name).await? {
+            return Ok(());
+        }
+        if busy() {
+            return Err(RegistrarError::StillRemoving(name.to_string()));
+        }
+        if let (Some(log), Some(through)) = (log, log_end) {
+            (log.forget_through(name, through).await).map_err(|e| failed("delivery log", &e))?;
+        }
+        if let Some(leftovers) = leftovers {
+            (leftovers.dead_letters.forget(name, cutoff).await)
+                .map_err(|e| failed("dead letters", &e))?;
+        }
+        self.end_former_pause(name, cutoff)
+            .await
+            .map_err(|e| failed("pause", &e))
+    }
+
     /// Ends a pause left in the shared state under `name` by an endpoint deleted
     /// before, so one created again under the name starts unpaused: one that began
     /// before `cutoff` (a later one is the new endpoint's own).
-    pub async fn end_former_pause(
-        &self,
-        name: &str,
-        cutoff: SystemTime,
-    ) -> Result<(), RegistrarError> {
+    async fn end_former_pause(&self, name: &str, cutoff: SystemTime) -> Result<(), RegistrarError> {
         let Some(pauses) = &self.pauses else {
             return Ok(());
         };

@@ -835,26 +835,56 @@ async fn a_name_created_again_at_once_starts_with_nothing_of_the_deleted_endpoin
 /// while none ran) is removed when the name is created again through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_created_again_after_a_delete_nobody_served_starts_with_nothing() {
+    created_again_after_a_delete_nobody_served(CreatedBy::Api).await;
+}
+
+/// The same through `natshook endpoints rm` and `add` while no natshook runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_created_again_from_the_cli_starts_with_nothing() {
+    created_again_after_a_delete_nobody_served(CreatedBy::Cli).await;
+}
+
+enum CreatedBy {
+    Api,
+    Cli,
+}
+
+async fn created_again_after_a_delete_nobody_served(by: CreatedBy) {
     let mut s = Setup::start().await;
     let (rx, js) = (&s.rx, &s.js);
     with_log_and_dead_letter(&s.n, js, rx, "left").await;
     let (status, paused) = api(&s.n, "POST", "/api/endpoints/left/pause", None).await;
     assert_eq!(status, 200, "{paused}");
     s.n.sigkill();
-    let kv = js
-        .get_key_value("NATSHOOK_ENDPOINTS")
-        .await
-        .expect("bucket");
-    kv.delete("left").await.expect("delete");
-
-    let n = s.another().await;
-    let (status, log) = api(&n, "GET", "/api/endpoints/left/deliveries", None).await;
-    assert_eq!(status, 404, "{log}");
-    assert_eq!(n.dead_letters("left").len(), 1, "left behind");
     let mut again = serde_json::from_str::<Value>(&body("left", rx)).unwrap();
     again["tenant"] = "org_2".into();
-    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&again.to_string())).await;
-    assert_eq!(status, 201, "{created}");
+
+    let n = match by {
+        CreatedBy::Api => {
+            let kv = js
+                .get_key_value("NATSHOOK_ENDPOINTS")
+                .await
+                .expect("bucket");
+            kv.delete("left").await.expect("delete");
+            let n = s.another().await;
+            let (status, log) = api(&n, "GET", "/api/endpoints/left/deliveries", None).await;
+            assert_eq!(status, 404, "{log}");
+            assert_eq!(n.dead_letters("left").len(), 1, "left behind");
+            let (status, created) =
+                api(&n, "POST", "/api/endpoints", Some(&again.to_string())).await;
+            assert_eq!(status, 201, "{created}");
+            n
+        }
+        CreatedBy::Cli => {
+            let out = s.n.cli(&["endpoints", "rm", "left"]);
+            assert!(out.status.success(), "{out:?}");
+            let json = again.to_string();
+            let out =
+                s.n.cli_with_stdin(&["endpoints", "add", "--json", "-"], json.as_bytes());
+            assert!(out.status.success(), "{out:?}");
+            s.another().await
+        }
+    };
     wait_bound(&n, "left").await;
     let (_, one) = api(&n, "GET", "/api/endpoints/left", None).await;
     assert_eq!(one["paused"], false, "{one}");

@@ -29,7 +29,7 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::name_marks::NameMarks;
 use crate::otel::AttemptTracer;
-use crate::registrar::{Actor, FileRules, Registrar};
+use crate::registrar::{Actor, FileRules, Leftovers, Registrar};
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
@@ -558,7 +558,11 @@ impl AppView for Supervisor {
             Registrar::new(registry, rules, Actor::AdminApi)
                 .reading_backlog(self.shared.js().clone())
                 .raising(self.shared.events().clone())
-                .resuming(self.pause_state().clone()),
+                .resuming(self.pause_state().clone())
+                .clearing(Leftovers {
+                    log: self.delivery_log().cloned(),
+                    dead_letters: self.dead_letters().clone(),
+                }),
         )
     }
 

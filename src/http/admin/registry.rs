@@ -69,52 +69,13 @@ impl AdminState {
                 && name.is_none_or(|n| !self.app.is_file_endpoint(n)))
     }
 
-    /// Removes what an endpoint of `name` left (its delivery log, dead letters and
-    /// pause: a runtime endpoint deleted, or a file endpoint taken out of the file)
-    /// before `name` is created, perhaps for another customer: the new endpoint starts
-    /// with none of it. Only what is older than this call goes (the log up to its
-    /// last record now, dead letters and a pause from before now), so a create racing
-    /// another one elsewhere cannot take the other's new records away. A name stored
-    /// now is left to the create (`409`); one this process still serves, knows as
-    /// stored or removes (its deliveries in flight may still write) answers `409` to
-    /// try again.
+    /// Removes what a deleted endpoint of `name` left before `name` is created again
+    /// ([`Registrar::clear_former`]); a name this process still serves, knows as stored
+    /// or removes answers `409` to try again.
     async fn clear_former(&self, registrar: &Registrar, name: &str) -> Result<(), ApiError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            ApiError::unavailable(format!(
-                "the former endpoint's {what} could not be removed: {e}"
-            ))
-            .retry_after(1)
-        };
-        let cutoff = std::time::SystemTime::now();
-        let log_end = match self.app.delivery_log() {
-            Some(log) => {
-                Some((log.last_sequence().await).map_err(|e| unavailable("delivery log", &e))?)
-            }
-            None => None,
-        };
-        if registrar.holds(name).await? {
-            return Ok(());
-        }
-        if self.running(name).is_some() || self.app.removing(name) || self.is_record(name) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("the endpoint '{name}' was deleted and is still being removed; create it again in a moment"),
-            )
-            .retry_after(2));
-        }
-        if let (Some(log), Some(through)) = (self.app.delivery_log(), log_end) {
-            (log.forget_through(name, through).await)
-                .map_err(|e| unavailable("delivery log", &e))?;
-        }
-        (self.app.dead_letters())
-            .forget(name, cutoff)
-            .await
-            .map_err(|e| unavailable("dead letters", &e))?;
-        registrar
-            .end_former_pause(name, cutoff)
-            .await
-            .map_err(|e| unavailable("pause", &e))?;
-        Ok(())
+        let busy =
+            || self.running(name).is_some() || self.app.removing(name) || self.is_record(name);
+        Ok(registrar.clear_former(name, busy).await?)
     }
 
     fn running(&self, name: &str) -> Option<Arc<Worker>> {
@@ -159,6 +120,10 @@ impl From<RegistrarError> for ApiError {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, e.to_string())
             }
             RegistrarError::Registry(e @ RegistryError::Nats(_)) => ApiError::unavailable(e),
+            RegistrarError::StillRemoving(_) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string()).retry_after(2)
+            }
+            RegistrarError::Leftovers { .. } => ApiError::unavailable(e).retry_after(1),
             RegistrarError::Randomness(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
