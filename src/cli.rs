@@ -23,6 +23,7 @@ use crate::delivery::Deliverer;
 use crate::secret::Secret;
 use crate::signing::{Scheme, Signer};
 use crate::store::dead_letters::{DeadLetters, ReplayFilter};
+use crate::store::registry::Registry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -295,6 +296,48 @@ fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Fai
         .ok_or_else(|| Failure::Usage(anyhow!("no endpoint named '{name}' in the config")))
 }
 
+/// The endpoint `name` whose dead letters are replayed: the config file's, or with
+/// `[registry]` a runtime endpoint's record, served as natshook would serve it. A
+/// disabled one is refused, as the admin API's replay refuses it: its customer
+/// switched it off.
+async fn replay_target(
+    config: &Config,
+    client: &async_nats::Client,
+    name: &str,
+) -> Result<Arc<Endpoint>, Failure> {
+    if let Ok(ep) = find_endpoint(config, name) {
+        return Ok(Arc::new(ep.clone()));
+    }
+    let Some(registry) = &config.registry else {
+        return Err(Failure::Usage(anyhow!(
+            "no endpoint named '{name}' in the config"
+        )));
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let registry = Registry::open(&js, registry)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let record = (registry.get(name).await)
+        .map_err(|e| Failure::Runtime(e.into()))?
+        .ok_or_else(|| {
+            Failure::Usage(anyhow!(
+                "no endpoint named '{name}' in the config or the registry"
+            ))
+        })?;
+    if !record.enabled() {
+        return Err(Failure::Usage(anyhow!(
+            "endpoint '{name}' is disabled; enable it to replay its dead letters"
+        )));
+    }
+    crate::app::registry_endpoint(&record, config).map_err(|problems| {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Failure::Usage(anyhow!(
+            "endpoint '{name}' is not served: {}",
+            problems.join("; ")
+        ))
+    })
+}
+
 fn sign(args: SignArgs) -> Result<(), Failure> {
     let signer = signer_for(&args.key, false)?;
     let body = read_stdin()?;
@@ -481,7 +524,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
             since,
             ..
         } => {
-            let ep = Arc::new(find_endpoint(&config, &endpoint)?.clone());
+            let ep = replay_target(&config, &client, &endpoint).await?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let deliverer = Deliverer::new(ep.clone(), config.max_inflight)
                 .map_err(|e| Failure::Runtime(e.into()))?;

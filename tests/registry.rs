@@ -897,6 +897,45 @@ async fn created_again_after_a_delete_nobody_served(by: CreatedBy) {
     );
 }
 
+/// `natshook dlq replay` finds a runtime endpoint in the registry and delivers its
+/// dead letters as the record stands; a disabled one is refused and keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_replays_a_runtime_endpoints_dead_letters() {
+    let s = Setup::start().await;
+    let (n, rx) = (&s.n, &s.rx);
+    with_log_and_dead_letter(n, &s.js, rx, "kept").await;
+    let dead = n.dead_letters("kept");
+    let id = dead[0]["id"].as_str().expect("id").to_string();
+    rx.set(|_| Reply::ok());
+
+    let off = Some(r#"{"enabled": false}"#);
+    let (status, patched) = api(n, "PATCH", "/api/endpoints/kept", off).await;
+    assert_eq!(status, 200, "{patched}");
+    let out = n.cli(&["dlq", "replay", "--endpoint", "kept", "--all"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("endpoint 'kept' is disabled"),
+        "{out:?}"
+    );
+    assert_eq!(n.dead_letters("kept").len(), 1, "kept while disabled");
+
+    let on = Some(r#"{"enabled": true}"#);
+    let (status, patched) = api(n, "PATCH", "/api/endpoints/kept", on).await;
+    assert_eq!(status, 200, "{patched}");
+    let before = rx.delivered_ids().get(&id).copied().unwrap_or(0);
+    let out = n.cli(&["dlq", "replay", "--endpoint", "kept", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(rx.delivered_ids().get(&id).copied(), Some(before + 1));
+    assert!(n.dead_letters("kept").is_empty(), "removed after the 2xx");
+
+    let out = n.cli(&["dlq", "replay", "--endpoint", "nobody", "--all"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in the config or the registry"),
+        "{out:?}"
+    );
+}
+
 /// A file endpoint taken out of the file keeps its log and dead letters (they are the
 /// operator's to replay or export); a runtime endpoint created under its name,
 /// another customer's, starts with none of them.

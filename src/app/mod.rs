@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use nats::{client_lost, connect};
+pub use registry::judge as registry_endpoint;
 pub use supervisor::{ApplyError, EndpointError, ReloadSummary, Supervisor};
 
 use crate::backoff::Backoff;

@@ -152,8 +152,8 @@ fn validate(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem
     verdict
 }
 
-/// The record's endpoint, or why it is not served.
-fn judge(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem>> {
+/// The record's endpoint as `file` serves it, or why it is not served.
+pub fn judge(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Problem>> {
     let refused = |message: &str| {
         Err(vec![Problem {
             path: "name".into(),
