@@ -324,11 +324,15 @@ impl Registrar {
     /// now is left to the create, which refuses it. `busy` says whether this process
     /// still serves or removes the name (its deliveries in flight may still write):
     /// then nothing is removed and the answer is [`RegistrarError::StillRemoving`].
+    /// A name no endpoint may have is left to the create, which refuses it.
     pub async fn clear_former(
         &self,
         name: &str,
         busy: impl FnOnce() -> bool,
     ) -> Result<(), RegistrarError> {
+        if !crate::config::is_endpoint_name(name) {
+            return Ok(());
+        }
         let failed = |what: &'static str, e: &dyn std::fmt::Display| RegistrarError::Leftovers {
             what,
             error: e.to_string(),

@@ -381,6 +381,51 @@ async fn a_long_retry_delay_is_waited_out_off_the_lane() {
     assert_eq!(state.messages, 0, "copies still on the lane");
 }
 
+/// Copies a receiver refuses wait out a long retry delay on the endpoint's own subject
+/// without holding its consumer's window: twice its size of them hold up neither each
+/// other's first attempts nor the copies published after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_waiting_out_long_retries_hold_up_no_later_ones() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|r| match r.id().starts_with("poison") {
+        true => Reply::status(422),
+        false => Reply::ok(),
+    })
+    .await;
+    // A window of 4 unacked copies on the endpoint's own consumer.
+    let settings =
+        "concurrency = 2\nretry_schedule = [\"10m\"]\nmax_attempts = 3\ndisable_after_failures = 0";
+    let config = fan_out(TestConfig::new(nats.url())).endpoint(
+        "e",
+        &rx.url("/e"),
+        &["lead.created"],
+        settings,
+    );
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let id_of =
+        |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>();
+    let poison = id_of("poison", 8);
+    publish_all(&js, leads(8, "poison")).await;
+    rx.wait_for(Duration::from_secs(40), "every refused copy tried", |r| {
+        let tries = r.received();
+        (poison.iter()).all(|id| tries.iter().any(|t| t.id() == id))
+    })
+    .await;
+    let later = id_of("later", 10);
+    publish_all(&js, leads(10, "later")).await;
+    rx.wait_for(Duration::from_secs(30), "the later copies", |r| {
+        let delivered = r.delivered_ids();
+        later.iter().all(|id| delivered.contains_key(id))
+    })
+    .await;
+    let attempts = attempts_by_id(&rx, None);
+    for id in &poison {
+        assert_eq!(attempts[id], [1], "{id} tried again before its 10 minutes");
+    }
+    assert!(natshook.dead_letters("e").is_empty());
+}
+
 /// A receiver that answers slowly (but answers) holds no more than its fair share of
 /// `max_inflight` on the lane; its other copies move to its own subject, and
 /// the endpoints that keep up get theirs within about one slow answer.

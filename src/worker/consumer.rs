@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
@@ -73,12 +74,11 @@ pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
 /// twice `concurrency` messages a receiver keeps refusing (a payload it rejects with
 /// a 4xx, say) would fill the window and hold every later message of a healthy
 /// endpoint for their whole retry span (hours with the default `retry_schedule`).
-/// The consumer's count of redelivered unacked messages (those attempted twice or
-/// more, so waiting after their second failure or later) sizes it, in steps of the
-/// window so that a change of a few messages writes nothing. A message waiting after
-/// its first failure is not counted: it holds its place for the first delay only.
-/// What natshook holds in memory stays bounded by the base window: the room is taken
-/// by messages waiting in JetStream.
+/// The consumer's count of redelivered unacked messages (delivered twice or more, so
+/// waiting after their second delivery or later) and the messages this process NAKed
+/// with a delay at their first delivery size it, in steps of the window so that a
+/// change of a few messages writes nothing. What natshook holds in memory stays
+/// bounded by the base window: the room is taken by messages waiting in JetStream.
 pub fn retry_room(base: i64, redelivered: usize) -> i64 {
     let step = base.max(16) as u64;
     let redelivered = (redelivered as u64).min(MAX_RETRY_ROOM);
@@ -325,15 +325,43 @@ impl Worker {
     /// or one a consumer still has), so the caller brings it in line
     /// ([`Worker::follow_window`]). A window without room is left to binds and rate
     /// changes.
+    ///
+    /// The room grows as soon as more is needed and goes only once none is: replicas
+    /// each add the first waits they know of, so one needing less than another leaves
+    /// the other's room in place rather than writing its own back and forth.
     fn note_retries(&self, info: &consumer::Info) -> bool {
         if self.endpoint.ordered || self.is_parked() {
             return false;
         }
         let base = window(&self.endpoint, self.rate_limit());
-        let room = retry_room(base, info.num_redelivered);
+        let room = retry_room(base, info.num_redelivered + self.first_waits());
         self.retry_room.store(room, Ordering::Relaxed);
-        let written = info.config.max_ack_pending;
-        written != base.saturating_add(room) && (room > 0 || written > base)
+        let (written, wanted) = (info.config.max_ack_pending, base.saturating_add(room));
+        match room {
+            0 => written > base,
+            _ => written < wanted,
+        }
+    }
+
+    /// Notes a NAK of `msg` with `delay`: at its first delivery, JetStream does not
+    /// count it as redelivered until it comes back (a copy moved off the lane waits out
+    /// its whole delay that way).
+    pub(super) fn note_first_wait(&self, msg: &jetstream::Message, delay: Duration) {
+        if self.endpoint.ordered || !msg.info().is_ok_and(|i| i.delivered == 1) {
+            return;
+        }
+        let mut waits = self.first_waits.lock().unwrap_or_else(|e| e.into_inner());
+        if (waits.len() as u64) < MAX_RETRY_ROOM {
+            waits.push(std::time::Instant::now() + delay);
+        }
+    }
+
+    /// How many messages NAKed at their first delivery still wait out their delay.
+    fn first_waits(&self) -> usize {
+        let mut waits = self.first_waits.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        waits.retain(|due| *due > now);
+        waits.len()
     }
 
     /// Shows nothing pending on a parked worker whose consumer a listing no longer

@@ -149,6 +149,10 @@ pub struct Worker {
     resets_unanswered: AtomicU32,
     /// The window's room for messages waiting out retry delays ([`consumer::retry_room`]).
     retry_room: AtomicI64,
+    /// When the messages this process NAKed with a delay at their first delivery come
+    /// back: JetStream counts them as redelivered only from then, but they hold a
+    /// place in the window meanwhile ([`Worker::first_waits`]).
+    first_waits: Mutex<Vec<std::time::Instant>>,
     /// The endpoint's shared pause as this process last saw it when the worker was
     /// made ([`PauseState::known`](crate::store::pause_state::PauseState::known)).
     known_at_start: Option<PauseRecord>,
@@ -226,6 +230,7 @@ impl Worker {
             replaced_copy_reader: AtomicBool::new(false),
             resets_unanswered: AtomicU32::new(0),
             retry_room: AtomicI64::new(0),
+            first_waits: Mutex::new(Vec::new()),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
@@ -696,6 +701,9 @@ impl Worker {
     }
 
     async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {
+        if let AckKind::Nak(Some(delay)) = kind {
+            self.note_first_wait(msg, delay);
+        }
         if let Err(e) = msg.ack_with(kind).await {
             // The message comes back after ack_wait: a duplicate with the same id,
             // never a loss.
