@@ -13,7 +13,7 @@ use async_nats::jetstream::stream::Stream;
 use tokio::sync::Semaphore;
 
 use super::source_consumer::{drained, TakenBack};
-use super::{PullConsumer, Worker};
+use super::{lock, PullConsumer, Worker};
 use crate::config::{Endpoint, Rate};
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::fan_out_consumer;
@@ -74,19 +74,24 @@ pub fn window(endpoint: &Endpoint, rate: Option<Rate>) -> i64 {
 /// twice `concurrency` messages a receiver keeps refusing (a payload it rejects with
 /// a 4xx, say) would fill the window and hold every later message of a healthy
 /// endpoint for their whole retry span (hours with the default `retry_schedule`).
-/// The consumer's count of redelivered unacked messages (delivered twice or more, so
-/// waiting after their second delivery or later) and the messages this process NAKed
-/// with a delay at their first delivery size it, in steps of the window so that a
-/// change of a few messages writes nothing. What natshook holds in memory stays
-/// bounded by the base window: the room is taken by messages waiting in JetStream.
-pub fn retry_room(base: i64, redelivered: usize) -> i64 {
-    let step = base.max(16) as u64;
-    let redelivered = (redelivered as u64).min(MAX_RETRY_ROOM);
-    i64::try_from(redelivered.div_ceil(step) * step).unwrap_or(i64::MAX)
+/// `waiting` is the consumer's count of redelivered unacked messages (delivered twice
+/// or more) plus the messages this process NAKed with a delay at their first delivery.
+/// The room comes in steps of the window, so that a change of a few messages writes
+/// nothing, and is at most [`ROOM_WINDOWS`] windows: retries that come due together
+/// are all sent at once, whatever the window, and wait in natshook for a permit, so
+/// the room bounds what a receiver that refuses everything (with
+/// `disable_after_failures = 0`) can make natshook hold.
+pub fn retry_room(base: i64, waiting: usize) -> i64 {
+    let step = base.max(1) as u64;
+    let steps = (waiting as u64).div_ceil(step).min(ROOM_WINDOWS);
+    i64::try_from(steps * step).unwrap_or(i64::MAX)
 }
 
-/// The most messages waiting out retry delays the window makes room for.
-const MAX_RETRY_ROOM: u64 = 1_000_000;
+/// The most retry room, in windows.
+const ROOM_WINDOWS: u64 = 8;
+
+/// The most first waits a worker keeps track of.
+const MAX_FIRST_WAITS: usize = 65_536;
 
 impl Worker {
     /// The stream the endpoint's consumer is on.
@@ -298,67 +303,103 @@ impl Worker {
 
     /// Brings the consumer's window in line with its messages waiting out retry
     /// delays ([`retry_room`]), as `info` (its listing by the pending poll) shows them.
-    /// A failed update is tried again at the next poll.
+    /// Only the window is written, over the consumer's config as listed: a worker a
+    /// reload replaced meanwhile must not write its filters back. One update at a
+    /// time; a failed one is tried again at the next poll.
     pub fn follow_retries(self: &Arc<Self>, info: &consumer::Info) {
-        if !self.note_retries(info) {
+        let Some(wanted) = self.note_retries(info) else {
+            return;
+        };
+        if self.hands_over.load(Ordering::Relaxed)
+            || !self.records_deliveries()
+            || self.window_writing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        let (this, redelivered) = (Arc::clone(self), info.num_redelivered);
+        let (this, waiting) = (Arc::clone(self), info.num_redelivered);
         tokio::spawn(async move {
-            match this.follow_window().await {
+            match this.write_window(wanted).await {
                 Ok(()) => tracing::info!(
                     endpoint = %this.endpoint.name,
-                    window = this.window(),
-                    redelivered,
+                    window = wanted,
+                    redelivered = waiting,
                     "the consumer's window follows the messages waiting out retry delays"
                 ),
                 Err(e) => {
                     tracing::debug!(endpoint = %this.endpoint.name, error = %e, "consumer window not updated")
                 }
             }
+            this.window_writing.store(false, Ordering::Release);
         });
     }
 
-    /// Follows the consumer's messages waiting out retry delays with the window's
-    /// [`retry_room`], from the consumer's info as listed; `true` when the consumer's
-    /// window differs from the one in force and involves retry room (one needed now,
-    /// or one a consumer still has), so the caller brings it in line
-    /// ([`Worker::follow_window`]). A window without room is left to binds and rate
-    /// changes.
+    /// Sets the consumer's `max_ack_pending` to `wanted`, nothing else.
+    async fn write_window(&self, wanted: i64) -> Result<(), String> {
+        let _turn = self.shared.binds.acquire().await;
+        let stream = self.own_stream().await?;
+        let Some(info) = self.consumer_on(&stream).await? else {
+            return Ok(());
+        };
+        if info.config.max_ack_pending == wanted {
+            return Ok(());
+        }
+        let mut config = info.config;
+        config.max_ack_pending = wanted;
+        stream
+            .update_consumer(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+    }
+
+    /// Notes the retry room `info` calls for; the window to write when the consumer's
+    /// differs in a way that involves retry room. A window without room is left to
+    /// binds and rate changes.
     ///
-    /// The room grows as soon as more is needed and goes only once none is: replicas
-    /// each add the first waits they know of, so one needing less than another leaves
-    /// the other's room in place rather than writing its own back and forth.
-    fn note_retries(&self, info: &consumer::Info) -> bool {
+    /// The room grows as soon as more is needed, and goes only once none is and the
+    /// consumer has no more unacked messages than the base window over all replicas:
+    /// each replica knows only its own first waits, and one that needs less must not
+    /// write its value over another's, back and forth.
+    fn note_retries(&self, info: &consumer::Info) -> Option<i64> {
         if self.endpoint.ordered || self.is_parked() {
-            return false;
+            return None;
         }
         let base = window(&self.endpoint, self.rate_limit());
         let room = retry_room(base, info.num_redelivered + self.first_waits());
         self.retry_room.store(room, Ordering::Relaxed);
         let (written, wanted) = (info.config.max_ack_pending, base.saturating_add(room));
-        match room {
-            0 => written > base,
+        let unacked = i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX);
+        let write = match room {
+            0 => written > base && unacked <= base,
             _ => written < wanted,
-        }
+        };
+        write.then_some(wanted)
     }
 
-    /// Notes a NAK of `msg` with `delay`: at its first delivery, JetStream does not
-    /// count it as redelivered until it comes back (a copy moved off the lane waits out
-    /// its whole delay that way).
+    /// Notes a NAK of `msg` with `delay` on the endpoint's own consumer: at its first
+    /// delivery, JetStream does not count it as redelivered until it comes back (a
+    /// copy moved off the lane waits out its whole delay that way). A lane copy's NAK
+    /// is the lane's, not this consumer's.
     pub(super) fn note_first_wait(&self, msg: &jetstream::Message, delay: Duration) {
-        if self.endpoint.ordered || !msg.info().is_ok_and(|i| i.delivered == 1) {
+        let first_here = msg
+            .info()
+            .is_ok_and(|i| i.delivered == 1 && i.consumer == self.consumer_name);
+        if self.endpoint.ordered || !first_here {
             return;
         }
-        let mut waits = self.first_waits.lock().unwrap_or_else(|e| e.into_inner());
-        if (waits.len() as u64) < MAX_RETRY_ROOM {
-            waits.push(std::time::Instant::now() + delay);
+        let mut waits = lock(&self.first_waits);
+        let now = std::time::Instant::now();
+        if waits.len() >= 64 {
+            waits.retain(|due| *due > now);
+        }
+        if waits.len() < MAX_FIRST_WAITS {
+            waits.push(now + delay);
         }
     }
 
     /// How many messages NAKed at their first delivery still wait out their delay.
     fn first_waits(&self) -> usize {
-        let mut waits = self.first_waits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waits = lock(&self.first_waits);
         let now = std::time::Instant::now();
         waits.retain(|due| *due > now);
         waits.len()
@@ -444,14 +485,14 @@ mod tests {
     }
 
     #[test]
-    fn the_retry_room_grows_in_steps_of_the_window() {
+    fn the_retry_room_grows_in_steps_of_the_window_up_to_eight() {
         assert_eq!(retry_room(128, 0), 0);
         assert_eq!(retry_room(128, 1), 128);
         assert_eq!(retry_room(128, 128), 128);
         assert_eq!(retry_room(128, 129), 256);
-        // A small window grows by at least 16 at a time.
-        assert_eq!(retry_room(2, 3), 16);
-        assert_eq!(retry_room(128, usize::MAX), 1_000_064);
+        assert_eq!(retry_room(4, 9), 12);
+        assert_eq!(retry_room(128, 5_000), 1_024);
+        assert_eq!(retry_room(128, usize::MAX), 1_024);
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub struct Worker {
     /// back: JetStream counts them as redelivered only from then, but they hold a
     /// place in the window meanwhile ([`Worker::first_waits`]).
     first_waits: Mutex<Vec<std::time::Instant>>,
+    /// An update of the consumer's window for its retry room is under way.
+    window_writing: AtomicBool,
     /// The endpoint's shared pause as this process last saw it when the worker was
     /// made ([`PauseState::known`](crate::store::pause_state::PauseState::known)).
     known_at_start: Option<PauseRecord>,
@@ -231,6 +233,7 @@ impl Worker {
             resets_unanswered: AtomicU32::new(0),
             retry_room: AtomicI64::new(0),
             first_waits: Mutex::new(Vec::new()),
+            window_writing: AtomicBool::new(false),
             known_at_start: shared.pause_state.known(&endpoint.name),
             handover: Mutex::new(Held::new()),
             hands_over: AtomicBool::new(false),
@@ -277,7 +280,7 @@ impl Worker {
     }
 
     /// See [`Worker::retire`].
-    fn records_deliveries(&self) -> bool {
+    pub(super) fn records_deliveries(&self) -> bool {
         !self.deleted.load(Ordering::Relaxed)
     }
 
@@ -550,6 +553,9 @@ impl Worker {
             self.hands_over.store(false, Ordering::Relaxed);
             std::mem::take(&mut *slot)
         };
+        // Its messages waiting out a first delay still hold the endpoint's window.
+        let waits = std::mem::take(&mut *lock(&self.first_waits));
+        lock(&next.first_waits).extend(waits);
         let n = left.len();
         if n > 0 {
             lock(&next.handover).extend(left);
