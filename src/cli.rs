@@ -308,7 +308,9 @@ async fn replay_target(
     if let Ok(ep) = find_endpoint(config, name) {
         return Ok(Arc::new(ep.clone()));
     }
-    let Some(registry) = &config.registry else {
+    let Some(registry) =
+        (config.registry.as_ref()).filter(|_| crate::config::is_endpoint_name(name))
+    else {
         return Err(Failure::Usage(anyhow!(
             "no endpoint named '{name}' in the config"
         )));

@@ -333,6 +333,8 @@ impl Registrar {
         if !crate::config::is_endpoint_name(name) {
             return Ok(());
         }
+        // A config-file endpoint's records are its own: the create refuses the name.
+        self.not_file(name)?;
         let failed = |what: &'static str, e: &dyn std::fmt::Display| RegistrarError::Leftovers {
             what,
             error: e.to_string(),

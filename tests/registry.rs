@@ -949,6 +949,11 @@ async fn a_runtime_endpoint_named_as_a_removed_file_endpoint_starts_with_nothing
         n.dead_letters("file").len() == 1
     })
     .await;
+    // While the file has it, the name is refused and what it has stays.
+    let taken = body("file", &s.rx);
+    let out = n.cli_with_stdin(&["endpoints", "add", "--json", "-"], taken.as_bytes());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(n.dead_letters("file").len(), 1, "the file endpoint's own");
     let mut without = with_admin(TestConfig::new(s._nats.url()).mapping(
         "events.*.lead.created",
         "lead.created",

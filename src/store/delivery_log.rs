@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, stream, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use super::{read_to_end, ReadError};
@@ -204,11 +205,17 @@ impl DeliveryLog {
             .map_err(|e| failed(e.to_string()))
     }
 
-    /// The log stream's last sequence: records up to it are older than now.
+    /// The log stream's last sequence: records up to it are older than now. 0 when
+    /// there is no log stream yet (nothing was logged; `natshook endpoints` may run
+    /// before any natshook made it).
     pub async fn last_sequence(&self) -> Result<u64, LogError> {
-        let stream =
-            (self.js.get_stream(LOG_STREAM).await).map_err(|e| LogError::Read(e.to_string()))?;
-        Ok(stream.cached_info().state.last_sequence)
+        match self.js.get_stream(LOG_STREAM).await {
+            Ok(stream) => Ok(stream.cached_info().state.last_sequence),
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+                Ok(0)
+            }
+            Err(e) => Err(LogError::Read(e.to_string())),
+        }
     }
 
     /// Removes `endpoint`'s records up to sequence `through` of the log stream, and
