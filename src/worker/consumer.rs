@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy, IntoConsumerConfig};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
 use tokio::sync::Semaphore;
@@ -211,15 +211,28 @@ impl Worker {
         if self.endpoint.ordered || self.is_parked() {
             return Ok(());
         }
+        self.update_existing(|listed| {
+            let config = self.consumer_config(listed.deliver_policy);
+            (config.max_ack_pending != listed.max_ack_pending)
+                .then(|| config.into_consumer_config())
+        })
+        .await
+    }
+
+    /// Updates the consumer, if it exists, to what `change` makes of its config as
+    /// listed (`None`: nothing to write), under a bind turn.
+    async fn update_existing(
+        &self,
+        change: impl FnOnce(&consumer::Config) -> Option<consumer::Config>,
+    ) -> Result<(), String> {
         let _turn = self.shared.binds.acquire().await;
         let stream = self.own_stream().await?;
         let Some(info) = self.consumer_on(&stream).await? else {
             return Ok(());
         };
-        let config = self.consumer_config(info.config.deliver_policy);
-        if config.max_ack_pending == info.config.max_ack_pending {
+        let Some(config) = change(&info.config) else {
             return Ok(());
-        }
+        };
         stream
             .update_consumer(config)
             .await
@@ -335,21 +348,13 @@ impl Worker {
 
     /// Sets the consumer's `max_ack_pending` to `wanted`, nothing else.
     async fn write_window(&self, wanted: i64) -> Result<(), String> {
-        let _turn = self.shared.binds.acquire().await;
-        let stream = self.own_stream().await?;
-        let Some(info) = self.consumer_on(&stream).await? else {
-            return Ok(());
-        };
-        if info.config.max_ack_pending == wanted {
-            return Ok(());
-        }
-        let mut config = info.config;
-        config.max_ack_pending = wanted;
-        stream
-            .update_consumer(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("consumer {}: {e}", self.consumer_name))
+        self.update_existing(|listed| {
+            (listed.max_ack_pending != wanted).then(|| consumer::Config {
+                max_ack_pending: wanted,
+                ..listed.clone()
+            })
+        })
+        .await
     }
 
     /// Notes the retry room `info` calls for; the window to write when the consumer's
