@@ -500,11 +500,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
     let client = crate::app::connect(&config.nats, false, None)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let dlq = DeadLetters::new(
-        async_nats::jetstream::new(client.clone()),
-        config.dead_letter.max_age,
-        config.nats.replicas,
-    );
+    let dlq = DeadLetters::for_config(async_nats::jetstream::new(client.clone()), &config);
     match cmd {
         DlqCommand::List {
             endpoint, limit, ..

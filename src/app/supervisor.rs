@@ -166,11 +166,8 @@ impl Supervisor {
             js.clone(),
             &config.nats,
             metrics.clone(),
-            DeadLetters::new(js.clone(), config.dead_letter.max_age, config.nats.replicas),
-            config
-                .delivery_log
-                .as_ref()
-                .map(|l| DeliveryLog::new(client.clone(), config.nats.replicas, l)),
+            DeadLetters::for_config(js.clone(), config),
+            DeliveryLog::for_config(client, config),
             PauseState::new(js.clone(), config.nats.replicas),
             config.max_inflight,
         )

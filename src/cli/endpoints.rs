@@ -184,13 +184,8 @@ pub async fn run(cmd: EndpointsCommand) -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(e.into()))?;
     let events = OperatorEvents::new(client.clone());
     let leftovers = Leftovers {
-        log: (config.delivery_log.as_ref())
-            .map(|l| DeliveryLog::new(client.clone(), config.nats.replicas, l)),
-        dead_letters: DeadLetters::new(
-            js.clone(),
-            config.dead_letter.max_age,
-            config.nats.replicas,
-        ),
+        log: DeliveryLog::for_config(&client, &config),
+        dead_letters: DeadLetters::for_config(js.clone(), &config),
     };
     let registrar = Registrar::new(registry, Arc::new(FileRules::of(&config)), Actor::Cli)
         .reading_backlog(js.clone())

@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, stream, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use super::{read_to_end, ReadError};
+use crate::config::Config;
 use crate::delivery::AttemptResult;
 use crate::rate_limit::RateLimit;
 use crate::settings::LogSettings;
@@ -104,17 +105,20 @@ pub struct DeliveryLog {
 }
 
 impl DeliveryLog {
-    pub fn new(client: async_nats::Client, replicas: usize, settings: &LogSettings) -> Self {
-        Self {
+    /// The delivery log of the deployment `config` describes, if it keeps one
+    /// (`[delivery_log]`).
+    pub fn for_config(client: &async_nats::Client, config: &Config) -> Option<Self> {
+        let settings = config.delivery_log.as_ref()?;
+        Some(Self {
             js: jetstream::new(client.clone()),
-            client,
-            replicas,
+            client: client.clone(),
+            replicas: config.nats.replicas,
             settings: settings.clone(),
             successes: Arc::new(Successes::new(
                 settings.max_successes_per_second,
                 settings.max_successes_per_second_total,
             )),
-        }
+        })
     }
 
     /// The cap one endpoint keeps on its logged successes, next to the shared total.

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use super::{read_to_end, ReadError, Stored};
-use crate::config::Endpoint;
+use crate::config::{Config, Endpoint};
 
 pub use self::record::DeadLetter;
 use self::record::{base64_len, fit, to_json};
@@ -128,11 +128,13 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(js: jetstream::Context, max_age: Duration, replicas: usize) -> Self {
+    /// The dead letters of the deployment `config` describes: its `[dead_letter]`
+    /// retention, and its streams' replicas for what natshook creates.
+    pub fn for_config(js: jetstream::Context, config: &Config) -> Self {
         Self {
             js,
-            max_age,
-            replicas,
+            max_age: config.dead_letter.max_age,
+            replicas: config.nats.replicas,
         }
     }
 
