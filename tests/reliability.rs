@@ -805,7 +805,8 @@ async fn undeliverable_messages_go_straight_to_dead_letters_with_the_reason() {
 async fn redirects_are_failed_attempts_and_never_followed() {
     let target = Receiver::start().await;
     let location = target.url("/elsewhere");
-    let rx = Receiver::with(move |_| Reply::status(302).header("Location", &location)).await;
+    let answered = location.clone();
+    let rx = Receiver::with(move |_| Reply::status(302).header("Location", &answered)).await;
     let (_nats, natshook, js) = setup(
         &rx,
         "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0",
@@ -821,6 +822,12 @@ async fn redirects_are_failed_attempts_and_never_followed() {
         .await;
     assert_eq!(dead.len(), 10);
     assert!(dead.iter().all(|d| d["last_status"] == 302));
+    // Where the receiver points is what the operator needs to fix the URL.
+    let said = format!("HTTP 302, redirect to {location} not followed");
+    assert!(
+        dead.iter().all(|d| d["last_error"] == said.as_str()),
+        "{dead:?}"
+    );
     assert_eq!(target.count(), 0, "the redirect was followed");
     assert_eq!(
         natshook

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
 
 pub(crate) use self::client::system_roots;
@@ -299,12 +299,17 @@ impl Deliverer {
         };
         let duration = start.elapsed();
         let result = match outcome {
-            Ok((status, retry_after, body)) => AttemptResult {
-                status: AttemptStatus::Class(status),
-                http_status: Some(status),
-                retry_after,
-                error: None,
-                response_body: body,
+            Ok(answer) => AttemptResult {
+                status: AttemptStatus::Class(answer.status),
+                http_status: Some(answer.status),
+                retry_after: answer.retry_after,
+                error: answer.redirect.map(|to| {
+                    printable(format!(
+                        "HTTP {}, redirect to {to} not followed",
+                        answer.status
+                    ))
+                }),
+                response_body: answer.body,
                 duration,
                 request_headers,
             },
@@ -341,7 +346,7 @@ impl Deliverer {
         &self,
         request: http::Request<Full<Bytes>>,
         deadline: Instant,
-    ) -> Result<(u16, Option<Duration>, Bytes), (AttemptStatus, String)> {
+    ) -> Result<Answer, (AttemptStatus, String)> {
         // One timer for both parts, as one `timeout` around them was.
         let expired = tokio::time::sleep_until(deadline.into());
         tokio::pin!(expired);
@@ -374,6 +379,11 @@ impl Deliverer {
         } else {
             None
         };
+        let redirect = match (300..400).contains(&status) {
+            true => (response.headers().get(LOCATION))
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            false => None,
+        };
         let mut kept = BytesMut::new();
         // Past the deadline the body is dropped, and its connection with it.
         tokio::select! {
@@ -381,8 +391,24 @@ impl Deliverer {
             () = drain(response.into_body(), &mut kept) => {}
             () = &mut expired => {}
         }
-        Ok((status, retry_after, kept.freeze()))
+        Ok(Answer {
+            status,
+            retry_after,
+            redirect,
+            body: kept.freeze(),
+        })
     }
+}
+
+/// What a receiver answered to one attempt.
+struct Answer {
+    status: u16,
+    /// `Retry-After` of a 429/503, capped.
+    retry_after: Option<Duration>,
+    /// A 3xx's `Location`, which is never followed but which the operator needs to
+    /// see to fix the endpoint's URL.
+    redirect: Option<String>,
+    body: Bytes,
 }
 
 /// Reads up to [`RESPONSE_DRAIN_LIMIT`] of a response body (so a short one leaves its
