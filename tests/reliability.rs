@@ -756,6 +756,79 @@ async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
     assert_nothing_lost(&rx, &published, &[]);
 }
 
+/// A paused endpoint's probe of a hanging receiver lasts the endpoint's `timeout`; a
+/// SIGTERM meanwhile still ends every delivery, the other endpoints' too, within the
+/// grace, not after the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_under_way_does_not_stretch_the_shutdown_grace() {
+    let probed = Receiver::with(|_| Reply::status(503)).await;
+    let busy = Receiver::start().await;
+    let nats = NatsServer::start();
+    let mut config = TestConfig::new(nats.url())
+        .endpoint(
+            "probed",
+            &probed.url("/"),
+            &["*"],
+            "timeout = \"30s\"\ndisable_after_failures = 1\nmax_attempts = 1000\n\
+             retry_schedule = [\"50ms\"]\nprobe_interval = \"300ms\"\nprobe_max_interval = \"300ms\"",
+        )
+        .endpoint("busy", &busy.url("/"), &["*"], "timeout = \"30s\"");
+    config.top = "shutdown_grace = \"1s\"\n".into();
+    let mut natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let first = publish_leads(&js, 1, "first").await;
+    natshook
+        .wait_metric(
+            "natshook_endpoint_paused{endpoint=\"probed\"}",
+            1.0,
+            Duration::from_secs(10),
+            "the pause",
+        )
+        .await;
+    // From now on both receivers hang: a probe and two deliveries are under way.
+    probed.set(|_| Reply::ok().delay(Duration::from_secs(25)));
+    busy.set(|_| Reply::ok().delay(Duration::from_secs(25)));
+    let before = probed.count();
+    probed
+        .wait_for(Duration::from_secs(10), "a probe", |r| r.count() > before)
+        .await;
+    let later = publish_leads(&js, 2, "later").await;
+    busy.wait_for(Duration::from_secs(10), "2 more in flight", |r| {
+        r.count() >= 3
+    })
+    .await;
+
+    let start = Instant::now();
+    let status = natshook.terminate().await;
+    assert!(status.success(), "exit {status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "exited in {:?}, past the grace of 1 s",
+        start.elapsed()
+    );
+
+    probed.set(|_| Reply::ok());
+    busy.set(|_| Reply::ok());
+    let restarted = std::time::SystemTime::now();
+    natshook.spawn().await;
+    // What was under way comes back; the paused endpoint resumes on its first probe.
+    let everything: Vec<String> = first.iter().chain(&later).cloned().collect();
+    for (rx, ids) in [(&busy, &later), (&probed, &everything)] {
+        rx.wait_for(
+            Duration::from_secs(20),
+            "all delivered after the restart",
+            |r| {
+                let answered: BTreeSet<String> = (r.received().iter())
+                    .filter(|q| q.wall >= restarted)
+                    .map(|q| q.id().to_string())
+                    .collect();
+                ids.iter().all(|id| answered.contains(id))
+            },
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeliverable_messages_go_straight_to_dead_letters_with_the_reason() {
     let rx = Receiver::start().await;

@@ -433,6 +433,11 @@ impl Supervisor {
 
     /// Stops every worker, including ones still draining after a reload: drain within
     /// `grace`, then NAK what is still in flight.
+    ///
+    /// The grace runs from the signal, over the workers' own ends too: a paused
+    /// worker's task ends only when its probe does, and a probe of a hanging receiver
+    /// lasts the endpoint's `timeout`, which must not push the exit past the grace
+    /// (and past Kubernetes' `terminationGracePeriodSeconds`).
     pub(super) async fn stop_all(&self, grace: Duration) {
         let mut running = self.running.lock().await;
         let all: Vec<Running> = std::mem::take(&mut *running).into_values().collect();
@@ -441,24 +446,25 @@ impl Supervisor {
         for r in &all {
             r.stop.drain.cancel();
         }
-        let mut trackers = vec![self.draining.clone()];
-        for r in all {
-            if let Some(handle) = r.handle {
-                let _ = handle.await;
+        let drained = async {
+            let mut trackers = vec![self.draining.clone()];
+            for r in all {
+                if let Some(handle) = r.handle {
+                    let _ = handle.await;
+                }
+                r.tracker.close();
+                trackers.push(r.tracker);
             }
-            r.tracker.close();
-            trackers.push(r.tracker);
-        }
-        self.draining.close();
-        let wait_all = || async {
+            self.draining.close();
             for t in &trackers {
                 t.wait().await;
             }
         };
-        if tokio::time::timeout(grace, wait_all()).await.is_err() {
+        tokio::pin!(drained);
+        if tokio::time::timeout(grace, &mut drained).await.is_err() {
             tracing::warn!("grace period over; NAKing deliveries still in flight");
             self.abort.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(3), wait_all()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(3), drained).await;
         }
     }
 

@@ -385,10 +385,12 @@ impl Worker {
         if let Some(p) = probe {
             p.await;
         }
+        // Resumed, or leaving (a shutdown, a reload, a new pull): the turn goes back, so
+        // that another replica, this process started again or the worker a reload
+        // starts probes at its next interval rather than after the turn runs out (the
+        // probe interval plus the endpoint's timeout).
         if let Some(lock) = probe_lock.take() {
-            if !self.breaker.is_paused() {
-                self.shared.pause_state.release_probe(lock).await;
-            }
+            self.shared.pause_state.release_probe(lock).await;
         }
         if leave.is_none() {
             // Held messages now queue for permits behind the in-flight ones.
