@@ -596,6 +596,7 @@ fn on_runtime(
 const BLOCKING_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn run(path: &Path) -> Result<(), Failure> {
+    let watched = crate::app::WatchedConfig::before_load(path);
     let config = Config::load(path)?;
     let scheduler = Scheduler::for_config(&config);
     on_runtime(scheduler, async move {
@@ -612,7 +613,7 @@ fn run(path: &Path) -> Result<(), Failure> {
             wait_for_signal().await;
             trigger.cancel();
         });
-        crate::app::run(config, Some(path.to_path_buf()), shutdown)
+        crate::app::run(config, Some(watched), shutdown)
             .await
             .map_err(|e| Failure::Runtime(e.into()))
     })

@@ -687,6 +687,103 @@ async fn a_config_file_changed_on_disk_reloads_without_a_signal() {
     assert!(!rx.delivered_ids().contains_key("moved"));
 }
 
+/// While natshook starts (here: NATS unreachable) a SIGHUP does not end it, and an
+/// edit of the file is not taken for what it runs: it applies once it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_or_an_edit_while_starting_is_a_reload_asked_for() {
+    let mut nats = NatsServer::start();
+    let (rx, moved_rx, hup_rx) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let edited = TestConfig::new(nats.url()).endpoint("a", &rx.url("/one"), &["*"], "");
+    let signalled = TestConfig::new(nats.url()).endpoint("b", &hup_rx.url("/"), &["*"], "");
+    nats.kill();
+    let mut edited_run = Natshook::start_listening(&edited.render()).await;
+    let mut signalled_run = Natshook::start_listening(&signalled.render()).await;
+    signalled_run.signal("HUP");
+    let moved = TestConfig::new(nats.url()).endpoint("a", &moved_rx.url("/two"), &["*"], "");
+    edited_run.rewrite_config(&moved.render());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    nats.restart();
+    edited_run.wait_ready(Duration::from_secs(30)).await;
+    signalled_run.wait_ready(Duration::from_secs(30)).await;
+    wait_until(Duration::from_secs(10), "the edit applied", || {
+        let logs = edited_run.logs();
+        async move { logs.contains("restarted=[\"a\"]") }
+    })
+    .await;
+    let js = jetstream::new(nats.client().await);
+    publish_one(&js, "crm.lead.created", "after").await;
+    moved_rx
+        .wait_for(Duration::from_secs(20), "after, at the edited URL", |r| {
+            r.delivered_ids().contains_key("after")
+        })
+        .await;
+    hup_rx
+        .wait_for(
+            Duration::from_secs(20),
+            "after, by the signalled one",
+            |r| r.delivered_ids().contains_key("after"),
+        )
+        .await;
+    assert_eq!(rx.count(), 0, "the URL loaded before the edit was used");
+}
+
+/// A config refused for something outside the file (a secret file not there yet) is
+/// tried again until it applies, and the refusal is logged once, not on every try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_is_tried_again_until_what_it_needs_is_there() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let gauge = "natshook_config_last_reload_successful";
+    assert_eq!(natshook.metric(gauge).await, Some(1.0));
+    let secret_file = natshook.config_path().with_file_name("later.secret");
+    let needs_file = config.render().replace(
+        "secret = { value = \"secret-a\" }",
+        &format!("secret = {{ file = \"{}\" }}", secret_file.display()),
+    );
+    natshook.rewrite_config(&needs_file);
+    natshook
+        .wait_metric(gauge, 0.0, Duration::from_secs(10), "the refusal")
+        .await;
+    wait_until(Duration::from_secs(20), "a second try", || {
+        let logs = natshook.logs();
+        async move { logs.contains("trying the refused config again") }
+    })
+    .await;
+    let logs = natshook.logs();
+    assert_eq!(
+        logs.matches("config reload rejected").count(),
+        1,
+        "the same refusal logged again: {logs}"
+    );
+    assert!(logs.contains("later.secret"), "{logs}");
+
+    std::fs::write(&secret_file, "the-new-secret").expect("write the secret");
+    natshook
+        .wait_metric(gauge, 1.0, Duration::from_secs(20), "the config applied")
+        .await;
+    assert!(natshook
+        .logs()
+        .contains("the config refused before is now applied"));
+    let js = jetstream::new(nats.client().await);
+    publish_one(&js, "crm.lead.created", "signed-anew").await;
+    rx.wait_for(Duration::from_secs(20), "signed-anew", |r| {
+        r.delivered_ids().contains_key("signed-anew")
+    })
+    .await;
+    let got = rx.received().into_iter().find(|r| r.id() == "signed-anew");
+    let got = got.expect("received");
+    assert!(hex_signer("the-new-secret")
+        .verify(&got.body, &got.headers)
+        .is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_new_mapping() {
     let nats = NatsServer::start();

@@ -14,7 +14,6 @@ pub mod runtime;
 mod supervisor;
 mod watch;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use nats::{client_lost, connect};
 pub use registry::judge as registry_endpoint;
 pub use supervisor::{ApplyError, EndpointError, ReloadSummary, Supervisor};
+pub use watch::WatchedConfig;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -60,12 +60,13 @@ pub enum AppError {
 }
 
 /// Runs natshook until `shutdown` is cancelled, then drains within `shutdown_grace`.
-/// With `config_path`, SIGHUP or a change of the file reloads it.
+/// With `config_file`, SIGHUP or a change of the file reloads it.
 pub async fn run(
     config: Config,
-    config_path: Option<PathBuf>,
+    config_file: Option<WatchedConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    let config_file = config_file.map(WatchedConfig::catching_hangups);
     let metrics = Metrics::new();
     let traces = config
         .tracing
@@ -147,7 +148,7 @@ pub async fn run(
         sup.replicas().clone(),
         shutdown.clone(),
     );
-    let mut background = Background::start(&js, &config, &sup, config_path, &shutdown);
+    let mut background = Background::start(&js, &config, &sup, config_file, &shutdown);
     background
         .tasks
         .push(tokio::spawn(split_rates(sup.clone(), shutdown.clone())));
@@ -286,7 +287,7 @@ impl Background {
         js: &jetstream::Context,
         config: &Config,
         sup: &Arc<Supervisor>,
-        config_path: Option<PathBuf>,
+        config_file: Option<WatchedConfig>,
         shutdown: &CancellationToken,
     ) -> Self {
         let unmapped = tokio::spawn(crate::worker::watch_unmapped(
@@ -313,8 +314,8 @@ impl Background {
             shutdown.clone(),
         ));
         let pauses = tokio::spawn(follow_shared_pauses(sup.clone(), shutdown.clone()));
-        let watcher = config_path
-            .map(|p| tokio::spawn(watch::watch_config(sup.clone(), p, shutdown.clone())));
+        let watcher = config_file
+            .map(|f| tokio::spawn(watch::watch_config(sup.clone(), f, shutdown.clone())));
         Self {
             tasks: [poller, unmapped, pauses]
                 .into_iter()

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::reload::ReloadSummary;
+pub use self::reload::{ReloadRefused, ReloadSummary};
 use super::registry::Runtime;
 use crate::config::{Config, NatsConfig, Problem};
 use crate::delivery::{ClientError, Deliverer};

@@ -170,6 +170,9 @@ pub struct Families {
     event_labels: std::sync::Mutex<EventLabels>,
     /// Registered only with `[registry]` (see [`Metrics::registry_unserved`]).
     registry_unserved: std::sync::OnceLock<IntGauge>,
+    /// Registered only by `natshook run` with a config file (see
+    /// [`Metrics::config_reload_successful`]).
+    config_reload: std::sync::OnceLock<IntGauge>,
 }
 
 /// One ingress route's pre-resolved children.
@@ -377,6 +380,7 @@ impl Metrics {
             fanout_pending: Default::default(),
             event_labels: Default::default(),
             registry_unserved: Default::default(),
+            config_reload: Default::default(),
         }))
     }
 
@@ -403,6 +407,19 @@ impl Metrics {
             &self.registry_unserved,
             "natshook_registry_unserved_endpoints",
             "Runtime endpoints in the registry this process does not serve (invalid against its config).",
+        )
+    }
+
+    /// `natshook_config_last_reload_successful`: 0 while the config file on disk is
+    /// one the process refused (it keeps running the config it had), 1 once the file
+    /// it runs is the one on disk. A refused reload otherwise shows only in old log
+    /// lines, while `natshook check` of the file may already pass. Registered by the
+    /// config watcher, so a process without a config file does not show it.
+    pub fn config_reload_successful(&self) -> &IntGauge {
+        self.gauge_on_first_use(
+            &self.config_reload,
+            "natshook_config_last_reload_successful",
+            "0 while the config file on disk is refused and the one loaded before still runs, else 1.",
         )
     }
 

@@ -341,35 +341,57 @@ impl Supervisor {
         }
     }
 
-    /// Re-reads the config file; an invalid one is logged and the running one stays.
-    /// Reading and validating run on a blocking thread: they read files and parse,
-    /// and the async workers serve `/healthz` and deliveries meanwhile.
-    pub async fn reload(&self, path: &std::path::Path) {
+    /// Re-reads the config file and applies it; an invalid one leaves the running one
+    /// as it is, and the error says why for the caller to log. Reading and validating
+    /// run on a blocking thread: they read files and parse, and the async workers
+    /// serve `/healthz` and deliveries meanwhile.
+    pub async fn reload(&self, path: &std::path::Path) -> Result<(), ReloadRefused> {
         let owned = path.to_path_buf();
-        let loaded = match tokio::task::spawn_blocking(move || Config::load(&owned)).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the running config");
-                return;
+        let config = match tokio::task::spawn_blocking(move || Config::load(&owned)).await {
+            Ok(Ok(config)) => config,
+            Ok(Err(e)) => {
+                let problems = e.problems.iter().map(ToString::to_string).collect();
+                return Err(ReloadRefused::Invalid(problems));
             }
+            Err(e) => return Err(ReloadRefused::NotApplied(vec![e.to_string()])),
         };
-        match loaded {
-            Err(e) => {
-                for p in &e.problems {
-                    tracing::error!(problem = %p, "config reload rejected; keeping the running config");
+        match self.apply(config.clone()).await {
+            Ok(s) => {
+                self.ingress.apply(&config.ingress);
+                tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, updated = ?s.updated, "config reloaded");
+                Ok(())
+            }
+            Err(e) => Err(ReloadRefused::NotApplied(
+                e.0.iter().map(ToString::to_string).collect(),
+            )),
+        }
+    }
+}
+
+/// Why a reload left the running config as it was.
+#[derive(Debug, PartialEq)]
+pub enum ReloadRefused {
+    /// The file does not pass validation: each problem names its key.
+    Invalid(Vec<String>),
+    /// The file is valid but could not be applied (an endpoint's client or secret
+    /// could not be set up, or the read itself failed).
+    NotApplied(Vec<String>),
+}
+
+impl ReloadRefused {
+    /// One error line per problem.
+    pub fn log(&self) {
+        match self {
+            ReloadRefused::Invalid(problems) => {
+                for problem in problems {
+                    tracing::error!(%problem, "config reload rejected; keeping the running config");
                 }
             }
-            Ok(config) => match self.apply(config.clone()).await {
-                Ok(s) => {
-                    self.ingress.apply(&config.ingress);
-                    tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, updated = ?s.updated, "config reloaded")
+            ReloadRefused::NotApplied(problems) => {
+                for problem in problems {
+                    tracing::error!(%problem, "config reload failed; keeping the running config");
                 }
-                Err(e) => {
-                    for problem in &e.0 {
-                        tracing::error!(%problem, "config reload failed; keeping the running config");
-                    }
-                }
-            },
+            }
         }
     }
 }
