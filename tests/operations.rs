@@ -784,6 +784,47 @@ async fn a_refused_reload_is_tried_again_until_what_it_needs_is_there() {
         .is_ok());
 }
 
+/// A reload that restarts an endpoint lets its deliveries under way end in the
+/// background; they still count against its `concurrency`, so its receiver never
+/// has more requests at once than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_endpoint_stays_within_its_concurrency_while_old_deliveries_end() {
+    let nats = NatsServer::start();
+    let hold = Duration::from_millis(1500);
+    let rx = Receiver::with(move |_| Reply::ok().delay(hold)).await;
+    let settings = "concurrency = 2\ntimeout = \"10s\"";
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/one"), &["*"], settings);
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(8, "c")).await;
+    rx.wait_for(Duration::from_secs(10), "2 in flight", |r| r.count() >= 2)
+        .await;
+    let moved = TestConfig::new(nats.url()).endpoint("a", &rx.url("/two"), &["*"], settings);
+    reload(
+        &natshook,
+        &moved.render(),
+        "restarted=[\"a\"]",
+        "the restart",
+    )
+    .await;
+    rx.wait_for(Duration::from_secs(30), "all 8", |r| {
+        r.delivered_ids().len() >= 8
+    })
+    .await;
+    // Each request is answered `hold` after it arrives: count those under way as each
+    // one arrives (a little slack for the answer's way back).
+    let arrivals: Vec<Instant> = rx.received().iter().map(|r| r.at).collect();
+    let busiest = (arrivals.iter())
+        .map(|a| {
+            (arrivals.iter())
+                .filter(|b| *b <= a && **b + hold > *a + Duration::from_millis(200))
+                .count()
+        })
+        .max();
+    assert_eq!(busiest, Some(2), "more than concurrency 2 at once");
+    assert!(rx.received().iter().any(|r| r.path == "/two"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_new_mapping() {
     let nats = NatsServer::start();

@@ -487,10 +487,33 @@ impl Worker {
     }
 
     /// Marks the worker as started in place of `old`, a worker of its endpoint.
+    ///
+    /// `old`'s deliveries still under way go on, and they count against the
+    /// endpoint's `concurrency` (a receiver sized for it would otherwise see up to
+    /// twice as many requests while they end): this worker starts with as many
+    /// permits fewer, and gets them back once every one of `old`'s has ended (at
+    /// the latest after the endpoint's `timeout`).
     pub fn note_replaced(&self, old: &Worker) {
         self.replaced_one.store(true, Ordering::Relaxed);
         self.replaced_copy_reader
             .store(old.fans_out(), Ordering::Relaxed);
+        let old_all = old.endpoint.concurrency;
+        let under_way = old_all.saturating_sub(old.permits.available_permits());
+        let lent = u32::try_from(under_way.min(self.endpoint.concurrency)).unwrap_or(0);
+        if lent == 0 {
+            return;
+        }
+        let Ok(lent) = Arc::clone(&self.permits).try_acquire_many_owned(lent) else {
+            return;
+        };
+        let old_permits = Arc::clone(&old.permits);
+        let old_all = u32::try_from(old_all).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            // Every permit back (or the semaphore closed): none of `old`'s deliveries
+            // is under way any more.
+            let _ = old_permits.acquire_many(old_all).await;
+            drop(lent);
+        });
     }
 
     /// See [`Worker::note_former_consumer`].
