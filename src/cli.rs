@@ -612,6 +612,11 @@ fn run(path: &Path) -> Result<(), Failure> {
         tokio::spawn(async move {
             wait_for_signal().await;
             trigger.cancel();
+            // A second signal is someone who will not wait for the drain: what is
+            // unacked comes back after `ack_wait`, as after a crash.
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting now, without draining; unacked messages come back after ack_wait");
+            std::process::exit(1);
         });
         crate::app::run(config, Some(watched), shutdown)
             .await

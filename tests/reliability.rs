@@ -756,6 +756,55 @@ async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
     assert_nothing_lost(&rx, &published, &[]);
 }
 
+/// A second SIGTERM or SIGINT ends the drain at once (exit 1); nothing is lost, what
+/// was under way comes back after `ack_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_without_waiting_for_the_drain() {
+    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_secs(30))).await;
+    let nats = NatsServer::start();
+    let mut config = TestConfig::new(nats.url()).endpoint(
+        "e",
+        &rx.url("/"),
+        &["*"],
+        "concurrency = 3\ntimeout = \"10s\"",
+    );
+    config.top = "shutdown_grace = \"60s\"\n".into();
+    let mut natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let published = publish_leads(&js, 3, "x").await;
+    rx.wait_for(Duration::from_secs(10), "3 in flight", |r| r.count() >= 3)
+        .await;
+    natshook.signal("TERM");
+    wait_until(Duration::from_secs(10), "the drain", || {
+        let logs = natshook.logs();
+        async move { logs.contains("shutting down") }
+    })
+    .await;
+    let start = Instant::now();
+    natshook.signal("INT");
+    let status = natshook.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(1), "exit {status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(natshook.logs().contains("second signal"));
+
+    rx.set(|_| Reply::ok());
+    let restarted = Instant::now();
+    natshook.spawn().await;
+    // Back after ack_wait (30 s), as after a crash.
+    rx.wait_for(Duration::from_secs(50), "3 delivered again", |r| {
+        let again: BTreeSet<String> = (r.received().iter())
+            .filter(|q| q.at >= restarted && q.replied == 200)
+            .map(|q| q.id().to_string())
+            .collect();
+        published.iter().all(|id| again.contains(id))
+    })
+    .await;
+}
+
 /// A paused endpoint's probe of a hanging receiver lasts the endpoint's `timeout`; a
 /// SIGTERM meanwhile still ends every delivery, the other endpoints' too, within the
 /// grace, not after the probe.
