@@ -657,6 +657,64 @@ async fn nats_server_restarted_mid_stream_loses_nothing() {
     assert!(natshook.logs().contains("disconnected from NATS"));
 }
 
+/// A nats-server that hangs with its connections open (SIGSTOP) sends no close:
+/// natshook notices by its pings, says so (not ready, not connected) within about
+/// 15 s, and goes on once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_nats_server_is_noticed_by_pings() {
+    let rx = Receiver::start().await;
+    let nats = NatsServer::start();
+    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
+    let js = jetstream::new(nats.client().await);
+    let mut config = TestConfig::new(nats.url()).endpoint("e", &rx.url("/"), &["*"], "");
+    config.create_stream = false;
+    let natshook = Natshook::start(&config.render()).await;
+    let published = publish_leads(&js, 20, "before").await;
+    rx.wait_for(Duration::from_secs(20), "20 delivered", |r| {
+        r.delivered_ids().len() >= 20
+    })
+    .await;
+
+    nats.signal("STOP");
+    let stopped = Instant::now();
+    let noticed = async {
+        loop {
+            if natshook.metric("natshook_nats_connected").await == Some(0.0) {
+                return stopped.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let noticed = tokio::time::timeout(Duration::from_secs(30), noticed).await;
+    let readyz = natshook.get("/readyz").await;
+    nats.signal("CONT");
+    let noticed = noticed.expect("natshook_nats_connected stayed 1 for 30 s of a hung server");
+    assert!(
+        noticed < Duration::from_secs(25),
+        "noticed after {noticed:?}"
+    );
+    let (code, body) = readyz.expect("/readyz answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("NATS is not connected"), "{body}");
+
+    natshook
+        .wait_metric(
+            "natshook_nats_connected",
+            1.0,
+            Duration::from_secs(30),
+            "the reconnect",
+        )
+        .await;
+    let js = jetstream::new(nats.client().await);
+    let after = publish_leads(&js, 20, "after").await;
+    rx.wait_for(Duration::from_secs(30), "40 delivered", |r| {
+        r.delivered_ids().len() >= 40
+    })
+    .await;
+    let all: Vec<String> = published.into_iter().chain(after).collect();
+    assert_nothing_lost(&rx, &all, &[]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn natshook_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_millis(2))).await;
