@@ -540,6 +540,41 @@ async fn missing_stream_is_a_clear_startup_error() {
     assert!(err.contains("stream EVENTS does not exist"), "{err}");
 }
 
+/// A work-queue stream hands each message to one consumer; natshook's consumers
+/// each read every message, so start-up refuses it rather than wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_queue_stream_is_a_clear_startup_error() {
+    let nats = NatsServer::start();
+    jetstream::new(nats.client().await)
+        .create_stream(jetstream::stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["crm.>".into(), "helpdesk.>".into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let mut config = TestConfig::new(nats.url()).endpoint("crm", "http://127.0.0.1:1/", &["*"], "");
+    config.create_stream = false;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = config
+        .render()
+        .replace("{http_port}", &free_port().to_string());
+    std::fs::write(&path, text).unwrap();
+    let out = natshook_command()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stream EVENTS has work-queue retention"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_authentication_from_an_env_secret() {
     let nats = NatsServer::start_with(&["--auth", "s3cr3t-token"]);

@@ -49,6 +49,12 @@ pub enum AppError {
     StreamMissing(String),
     #[error("cannot create stream {0}: {1}")]
     CreateStream(String, String),
+    #[error(
+        "stream {0} has work-queue retention, which lets one consumer take each message: \
+         natshook reads every message with several consumers (one per endpoint, or the \
+         fan-out's, and the unmapped-subject counter); use limits or interest retention"
+    )]
+    WorkQueueStream(String),
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]

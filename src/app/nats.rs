@@ -157,6 +157,11 @@ pub(super) async fn ensure_stream(
     let mut wait = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match js.get_stream(name).await {
+            Ok(stream)
+                if stream.cached_info().config.retention == stream::RetentionPolicy::WorkQueue =>
+            {
+                return Err(AppError::WorkQueueStream(name.clone()))
+            }
             Ok(_) => return Ok(()),
             Err(e) => {
                 let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
