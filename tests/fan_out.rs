@@ -645,6 +645,42 @@ async fn a_sigkill_mid_fan_out_loses_nothing() {
     println!("killed after {before} requests; {duplicates} duplicates (same ids)");
 }
 
+/// Work streams deleted under a running natshook (by hand, or a server that lost its
+/// store) are made again by the first copy that finds none: what is published after
+/// reaches every endpoint without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_work_streams_are_made_again() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let natshook = Natshook::start(&five_endpoints(&nats, &rx)).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(20, "before")).await;
+    rx.wait_for(Duration::from_secs(30), "every copy before", |r| {
+        per_path(r).values().map(|v| v.0.len()).sum::<usize>() >= 5 * 20
+    })
+    .await;
+    fan_out_settled(&natshook, Duration::from_secs(20), "settled").await;
+    let streams = (0..16)
+        .map(|i| format!("EVENTS_natshook_WORK_{i}"))
+        .chain(["EVENTS_natshook_LANE".to_string()]);
+    for name in streams {
+        js.delete_stream(&name).await.expect("delete a work stream");
+    }
+
+    publish_all(&js, leads(20, "after")).await;
+    let want: BTreeSet<String> = (0..20).map(|i| format!("after-{i}")).collect();
+    rx.wait_for(Duration::from_secs(60), "every copy after", |r| {
+        let got = per_path(r);
+        (0..5).all(|i| {
+            got.get(&format!("/e/{i}"))
+                .is_some_and(|(ids, _)| want.is_subset(ids))
+        })
+    })
+    .await;
+    assert!(natshook.logs().contains("the work streams are made again"));
+    assert!(natshook.dead_letters("e0").is_empty());
+}
+
 /// The endpoints' consumers keep their state in nats-server's memory: a restarted
 /// server forgets them, natshook creates them again, and every copy not acked yet is
 /// delivered (again); the copies themselves are on disk.

@@ -89,6 +89,8 @@ pub struct FanOut {
     /// endpoints up to here, since what the pull brought after it is copied under the
     /// new targets, and copied both ways it could come twice.
     handled: u64,
+    /// When a missing work stream was last made again ([`restore_work`]).
+    work_restored: Option<tokio::time::Instant>,
 }
 
 impl FanOut {
@@ -113,6 +115,7 @@ impl FanOut {
             started: std::time::SystemTime::now(),
             catching_up: Vec::new(),
             handled: 0,
+            work_restored: None,
         }
     }
 
@@ -399,6 +402,7 @@ impl FanOut {
             copying_for,
             catching_up,
             handled,
+            work_restored,
             ..
         } = self;
         let mut copying = FuturesUnordered::new();
@@ -415,8 +419,11 @@ impl FanOut {
                     // catch-up that failed.
                     break Pulled::Changed;
                 }
-                Some(sequence) = copying.next(), if !copying.is_empty() => {
+                Some((sequence, missing)) = copying.next(), if !copying.is_empty() => {
                     *handled = (*handled).max(sequence);
+                    if missing {
+                        restore_work(js, work, work_restored).await;
+                    }
                 }
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
@@ -433,7 +440,7 @@ impl FanOut {
                 },
             }
         };
-        while let Some(sequence) = copying.next().await {
+        while let Some((sequence, _)) = copying.next().await {
             *handled = (*handled).max(sequence);
         }
         pulled
@@ -474,7 +481,8 @@ enum Pulled {
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
 /// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
 /// (`watch_unmapped` counts the unmapped ones). Resolves to the message's source
-/// sequence ([`FanOut::handled`]; 0 for one whose metadata does not parse).
+/// sequence ([`FanOut::handled`]; 0 for one whose metadata does not parse), and whether
+/// a copy found no stream to store it ([`restore_work`]).
 ///
 /// An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice
 /// in its state, and this state is copied into the heap once per source message.
@@ -484,18 +492,18 @@ fn copy<'a>(
     work: &'a WorkStream,
     targets: Arc<Targets>,
     msg: jetstream::Message,
-) -> impl std::future::Future<Output = u64> + 'a {
+) -> impl std::future::Future<Output = (u64, bool)> + 'a {
     async move {
         let Ok(info) = msg.info() else {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
-            return 0;
+            return (0, false);
         };
         let sequence = info.stream_sequence;
         let facts = SourceFacts::of_source(&msg, &info);
         let headers = header_pairs(&msg, false);
         let Some(mapped) = targets.router().route(&facts.subject, headers) else {
             let _ = msg.ack().await;
-            return sequence;
+            return (sequence, false);
         };
         let mut acks = Vec::new();
         let mut woken = Vec::new();
@@ -521,7 +529,7 @@ fn copy<'a>(
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
                     let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                    return sequence;
+                    return (sequence, no_stream(&e));
                 }
             }
         }
@@ -529,7 +537,7 @@ fn copy<'a>(
             if let Err(e) = ack.await {
                 tracing::warn!(error = %e, subject = %facts.subject, "the work stream did not store a copy; the message comes back");
                 let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                return sequence;
+                return (sequence, no_stream(&e));
             }
         }
         // A plain ack, not one JetStream confirms: a lost ack brings the message back
@@ -542,6 +550,34 @@ fn copy<'a>(
         for w in woken {
             w.wake();
         }
-        sequence
+        (sequence, false)
+    }
+}
+
+fn no_stream(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+}
+
+/// How often a missing work stream is made again at most, however many copies fail.
+const RESTORE_EVERY: Duration = Duration::from_secs(5);
+
+/// Makes the work streams again when a copy found none to store it: one was deleted,
+/// or the server lost its store. Without them nothing is delivered until a restart,
+/// since natshook makes them at start-up otherwise. The failed copies' messages come
+/// back and are copied then.
+async fn restore_work(
+    js: &jetstream::Context,
+    work: &WorkStream,
+    last: &mut Option<tokio::time::Instant>,
+) {
+    if last.is_some_and(|t| t.elapsed() < RESTORE_EVERY) {
+        return;
+    }
+    *last = Some(tokio::time::Instant::now());
+    match work.ensure(js).await {
+        Ok(()) => tracing::warn!("a work stream was missing: the work streams are made again"),
+        Err(e) => {
+            tracing::warn!(error = %e, "a work stream is missing and cannot be made yet")
+        }
     }
 }
