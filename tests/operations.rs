@@ -825,6 +825,56 @@ async fn a_restarted_endpoint_stays_within_its_concurrency_while_old_deliveries_
     assert!(rx.received().iter().any(|r| r.path == "/two"));
 }
 
+/// The pause-state bucket deleted under a running natshook (by hand, or a server
+/// that lost its store) is made again: a pause taken afterwards is shared and
+/// outlives a restart, and one taken before is written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pause_state_bucket_is_made_again_and_pauses_outlive_a_restart() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = with_admin(
+        TestConfig::new(nats.url())
+            .endpoint("a", &rx.url("/a"), &["*"], "")
+            .endpoint("b", &rx.url("/b"), &["*"], ""),
+    );
+    let mut natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/a/pause", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    js.delete_stream("KV_NATSHOOK_STATE")
+        .await
+        .expect("delete the bucket");
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/b/pause", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(20), "both pauses stored again", || {
+        let js = js.clone();
+        async move {
+            let Ok(kv) = js.get_key_value("NATSHOOK_STATE").await else {
+                return false;
+            };
+            let a = kv.get("paused.a").await.ok().flatten();
+            let b = kv.get("paused.b").await.ok().flatten();
+            a.is_some() && b.is_some()
+        }
+    })
+    .await;
+
+    natshook.terminate().await;
+    natshook.spawn().await;
+    for name in ["a", "b"] {
+        let series = format!("natshook_endpoint_paused{{endpoint=\"{name}\"}}");
+        assert_eq!(natshook.metric(&series).await, Some(1.0), "{name}");
+    }
+    publish_one(&js, "crm.lead.created", "held").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.count(), 0, "a paused endpoint delivered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_new_mapping() {
     let nats = NatsServer::start();

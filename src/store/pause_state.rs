@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, kv, ErrorCode};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -234,19 +235,54 @@ impl PauseState {
                     return Ok(store);
                 }
                 self.js
-                    .create_key_value(kv::Config {
-                        bucket: STATE_BUCKET.to_string(),
-                        description: "natshook: endpoint pause state shared by replicas"
-                            .to_string(),
-                        history: 1,
-                        num_replicas: self.replicas,
-                        storage: jetstream::stream::StorageType::File,
-                        ..Default::default()
-                    })
+                    .create_key_value(self.bucket_config())
                     .await
                     .map_err(|e| StateError::Bucket(e.to_string()))
             })
             .await
+    }
+
+    fn bucket_config(&self) -> kv::Config {
+        kv::Config {
+            bucket: STATE_BUCKET.to_string(),
+            description: "natshook: endpoint pause state shared by replicas".to_string(),
+            history: 1,
+            num_replicas: self.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    /// Makes the bucket again when a write failed because its stream is gone (deleted
+    /// by hand, or a server that lost its store), and writes back the pauses this
+    /// process knows: otherwise every pause would be retried until the process
+    /// exits, and lost with it. Called by the writers on a failure.
+    pub async fn restore_bucket(&self) {
+        let stream = format!("KV_{STATE_BUCKET}");
+        let gone = match self.js.get_stream(&stream).await {
+            Err(e) => {
+                matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+            }
+            Ok(_) => false,
+        };
+        if !gone {
+            return;
+        }
+        match self.js.create_key_value(self.bucket_config()).await {
+            Ok(_) => {
+                let known: Vec<(String, PauseRecord)> = match self.known.lock() {
+                    Ok(known) => known.iter().map(|(e, r)| (e.clone(), r.clone())).collect(),
+                    Err(_) => Vec::new(),
+                };
+                tracing::warn!(pauses = known.len(), "the pause-state bucket was gone: made again, with the pauses this process knows");
+                for (endpoint, record) in known {
+                    self.announce(&endpoint, Some(record));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the pause-state bucket is gone and cannot be made yet")
+            }
+        }
     }
 
     /// A record for a pause this replica decides now.
@@ -286,6 +322,7 @@ impl PauseState {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(endpoint = %change.endpoint, error = %e, "cannot share pause state yet; retrying");
+                        self.restore_bucket().await;
                         tokio::time::sleep(wait.next_delay()).await;
                     }
                 }
