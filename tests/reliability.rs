@@ -981,6 +981,57 @@ async fn undeliverable_messages_go_straight_to_dead_letters_with_the_reason() {
     assert_nothing_lost(&rx, &["big".into(), "binary".into(), "fine".into()], &dead);
 }
 
+/// A message out of attempts whose dead letter cannot be written comes back; it is
+/// then dead-lettered, not sent again, and the record is that of its last attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_written_late_costs_no_request_past_max_attempts() {
+    let rx = Receiver::with(|_| Reply::status(500).body("down")).await;
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    // A dead-letter stream that refuses every record, as one whose limits are hit.
+    let mut dlq = jetstream::stream::Config {
+        name: "NATSHOOK_DLQ".into(),
+        subjects: vec!["natshook.dlq.>".into()],
+        max_message_size: 100,
+        ..Default::default()
+    };
+    js.create_stream(dlq.clone()).await.expect("dlq stream");
+    let config = TestConfig::new(nats.url()).endpoint(
+        "e",
+        &rx.url("/hook"),
+        &["*"],
+        "retry_schedule = [\"100ms\"]\nmax_attempts = 2\ndisable_after_failures = 0",
+    );
+    let natshook = Natshook::start(&config.render()).await;
+    let published = publish_leads(&js, 1, "late").await;
+    wait_until(
+        Duration::from_secs(10),
+        "a failed dead-letter write",
+        || {
+            let logs = natshook.logs();
+            async move { logs.contains("dead-letter publish failed") }
+        },
+    )
+    .await;
+    // Several comebacks at the first retry delay (100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.count(), 2, "requests past max_attempts");
+
+    dlq.max_message_size = -1;
+    js.update_stream(&dlq)
+        .await
+        .expect("dlq stream takes records again");
+    let dead = natshook
+        .wait_dead_letters("e", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["attempts"], 2);
+    assert_eq!(dead[0]["last_status"], 500);
+    assert_eq!(dead[0]["response_body"], "down");
+    assert_eq!(rx.count(), 2, "requests past max_attempts");
+    assert_nothing_lost(&rx, &published, &dead);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_failed_attempts_and_never_followed() {
     let target = Receiver::start().await;

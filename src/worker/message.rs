@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::PauseReason;
 use super::outcome::{decide, Decision};
+use super::unwritten::Unwritten;
 use super::{progress_every, Worker};
 use crate::backoff::jitter;
 use crate::delivery::{Attempt, AttemptResult};
@@ -119,6 +120,11 @@ impl Worker {
             };
             if m.meta.attempt > 1 {
                 Box::pin(self.take_off_unattempted(&mut m)).await;
+            }
+            if m.meta.attempt > self.endpoint.max_attempts {
+                // Back after its dead letter could not be written: no more requests.
+                Box::pin(self.dead_letter_again(&m)).await;
+                return;
             }
             if m.msg.payload.len() > self.endpoint.max_body {
                 let reason = format!(
@@ -451,7 +457,8 @@ impl Worker {
 
     /// Writes the dead letter, then acks and raises the operator event; if the write
     /// fails, the message comes back after the first retry delay and is dead-lettered
-    /// then. `(code, reason)`: the event's reason code and the record's reason.
+    /// then ([`Worker::dead_letter_again`]). `(code, reason)`: the event's reason code
+    /// and the record's reason.
     async fn dead_letter(
         &self,
         m: &Routed<'_>,
@@ -460,11 +467,49 @@ impl Worker {
         (code, reason): (&'static str, &str),
     ) {
         let record = self.dead_letter_record(m, attempts, last, reason);
+        let unwritten = Unwritten {
+            record,
+            code,
+            last_result: last.map(|r| r.status.label()),
+        };
+        self.write_dead_letter(m, unwritten).await;
+    }
+
+    /// Dead-letters a message back after its dead letter could not be written (its
+    /// attempts are used up, so it is not sent again): with the record kept from
+    /// then, or, when this process did not keep one (it was restarted, another
+    /// replica tried, `max_attempts` was lowered since), one without the last
+    /// attempt's result.
+    async fn dead_letter_again(&self, m: &Routed<'_>) {
+        let kept =
+            (self.shared.unwritten).take(&self.endpoint.name, &m.meta.stream, m.meta.sequence);
+        let kept = kept.map(|mut k| {
+            k.record.dead_lettered_at = time::rfc3339_millis(SystemTime::now());
+            k
+        });
+        let unwritten = kept.unwrap_or_else(|| {
+            let attempts = self.endpoint.max_attempts;
+            let reason = format!("failed after {attempts} attempts");
+            Unwritten {
+                record: self.dead_letter_record(m, attempts, None, &reason),
+                code: "max_attempts",
+                last_result: None,
+            }
+        });
+        self.write_dead_letter(m, unwritten).await;
+    }
+
+    async fn write_dead_letter(&self, m: &Routed<'_>, unwritten: Unwritten) {
         let (id, event) = (m.id.as_str(), m.event.as_str());
+        let (attempts, last_status) = (unwritten.record.attempts, unwritten.record.last_status);
+        let reason = unwritten.record.reason.clone();
+        let reason = reason.as_str();
+        let code = unwritten.code;
+        let kept = unwritten.clone();
         match self
             .shared
             .dead_letters
-            .publish(record, &m.msg.payload)
+            .publish(unwritten.record, &m.msg.payload)
             .await
         {
             Ok(()) => {
@@ -482,12 +527,22 @@ impl Worker {
                     subject: m.meta.subject.clone(),
                     stream_sequence: m.meta.sequence,
                     attempts,
-                    last_status: last.and_then(|r| r.http_status),
-                    last_result: last.map(|r| r.status.label()),
+                    last_status,
+                    last_result: kept.last_result,
                 });
             }
             Err(e) => {
-                tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; message will be retried");
+                tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; the message comes back and is dead-lettered then");
+                // Only a message out of attempts comes back to `dead_letter_again`; the
+                // others are dead-lettered anew by the path that refused them.
+                if code == "max_attempts" {
+                    (self.shared.unwritten).keep(
+                        &self.endpoint.name,
+                        &m.meta.stream,
+                        m.meta.sequence,
+                        kept,
+                    );
+                }
                 self.count_delivery(m, Outcome::Retry);
                 self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
                     .await;

@@ -37,6 +37,7 @@ mod source_consumer;
 pub mod source_listings;
 pub mod throttle;
 pub mod unmapped;
+mod unwritten;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -59,6 +59,8 @@ pub struct Shared {
     source_listings: Arc<SourceListings>,
     /// The drains of former consumers under way in this process.
     pub(super) drains: Drains,
+    /// Dead letters whose write failed, until their message comes back.
+    pub(super) unwritten: super::unwritten::UnwrittenRecords,
 }
 
 /// Consumers created at once, over all endpoints.
@@ -97,6 +99,7 @@ impl Shared {
             endpoints: Arc::new(AtomicUsize::new(0)),
             source_listings: Arc::default(),
             drains: Drains::default(),
+            unwritten: Default::default(),
         }
     }
 
