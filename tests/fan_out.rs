@@ -645,6 +645,68 @@ async fn a_sigkill_mid_fan_out_loses_nothing() {
     println!("killed after {before} requests; {duplicates} duplicates (same ids)");
 }
 
+/// A message that fits the server's `max_payload` but whose copy for one endpoint,
+/// with natshook's headers naming it, does not: that endpoint gets a dead letter
+/// saying so, the others their copy, and the message is settled rather than copied
+/// again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_over_max_payload_is_dead_lettered_for_its_endpoint_alone() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let long = "l".repeat(121);
+    let config = fan_out(TestConfig::new(nats.url()))
+        .endpoint("a", &rx.url("/a"), &["*"], "")
+        .endpoint(&long, &rx.url("/long"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let client = nats.client().await;
+    let room = client.server_info().max_payload - 320;
+    let js = jetstream::new(client);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 12));
+    publish_all(
+        &js,
+        vec![
+            (
+                "crm.lead.created".into(),
+                Bytes::from(body),
+                Some("big".into()),
+            ),
+            (
+                "crm.lead.created".into(),
+                Bytes::from_static(b"{}"),
+                Some("small".into()),
+            ),
+        ],
+    )
+    .await;
+    let dead = natshook
+        .wait_dead_letters(&long, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], "big");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("max_payload"),
+        "{}",
+        dead[0]
+    );
+    rx.wait_for(Duration::from_secs(20), "the copies that fit", |r| {
+        let got = per_path(r);
+        let ids = |p: &str| got.get(p).map(|(ids, _)| ids.clone()).unwrap_or_default();
+        ids("/a").len() == 2 && ids("/long").contains("small")
+    })
+    .await;
+    fan_out_settled(
+        &natshook,
+        Duration::from_secs(20),
+        "the big message settled",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = per_path(&rx);
+    assert_eq!(got["/a"].1, 2, "a copied again");
+    assert!(!got["/long"].0.contains("big"));
+    assert_eq!(natshook.dead_letters(&long).len(), 1);
+}
+
 /// Work streams deleted under a running natshook (by hand, or a server that lost its
 /// store) are made again by the first copy that finds none: what is published after
 /// reaches every endpoint without a restart.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
+    context::PublishErrorKind,
     message::AckKind,
 };
 use futures_util::stream::FuturesUnordered;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::scan::scan;
 pub use self::targets::{Target, Targets};
+
 use crate::backoff::Backoff;
 use crate::store;
 use crate::store::copy::{copy_headers, header_pairs, SourceFacts};
@@ -526,6 +528,23 @@ fn copy<'a>(
                         woken.push(worker.clone());
                     }
                 }
+                Err(e)
+                    if e.kind() == PublishErrorKind::MaxPayloadExceeded
+                        && worker.worker().is_some() =>
+                {
+                    // It would never fit: dead-lettered for this endpoint, while the
+                    // others get their copies. (A disabled endpoint has no worker to
+                    // write it: the message comes back until it is enabled.)
+                    let reason = format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {e}");
+                    let written = match worker.worker() {
+                        Some(w) => w.dead_letter_uncopied(&msg, &reason).await,
+                        None => false,
+                    };
+                    if !written {
+                        let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                        return (sequence, false);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
                     let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
@@ -555,7 +574,7 @@ fn copy<'a>(
 }
 
 fn no_stream(e: &jetstream::context::PublishError) -> bool {
-    e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+    e.kind() == PublishErrorKind::StreamNotFound
 }
 
 /// How often a missing work stream is made again at most, however many copies fail.

@@ -500,12 +500,50 @@ impl Worker {
     }
 
     async fn write_dead_letter(&self, m: &Routed<'_>, unwritten: Unwritten) {
+        if self.publish_dead_letter(m, unwritten.clone()).await {
+            self.ack(m.msg, AckKind::Ack).await;
+            if m.meta.unattempted > 0 {
+                Box::pin(self.forget_unattempted(m.msg)).await;
+            }
+            return;
+        }
+        // Only a message out of attempts comes back to `dead_letter_again`; the others
+        // are dead-lettered anew by the path that refused them.
+        if unwritten.code == "max_attempts" {
+            let (stream, sequence) = (&m.meta.stream, m.meta.sequence);
+            (self.shared.unwritten).keep(&self.endpoint.name, stream, sequence, unwritten);
+        }
+        self.count_delivery(m, Outcome::Retry);
+        self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
+            .await;
+    }
+
+    /// Dead-letters a source message the fan-out could not copy for this endpoint
+    /// (the copy, with natshook's headers, would exceed the server's `max_payload`),
+    /// so that it neither comes back forever nor holds up the other endpoints' copies.
+    /// The fan-out settles the source message; `false` when the record could not be
+    /// written (the fan-out NAKs it then).
+    pub async fn dead_letter_uncopied(&self, msg: &jetstream::Message, reason: &str) -> bool {
+        let Ok(m) = self.route(msg) else {
+            // Not one this endpoint delivers after all: nothing to dead-letter.
+            return true;
+        };
+        let unwritten = Unwritten {
+            record: self.dead_letter_record(&m, 0, None, reason),
+            code: "undeliverable",
+            last_result: None,
+        };
+        self.publish_dead_letter(&m, unwritten).await
+    }
+
+    /// Writes the record and, once written, counts it and raises the operator event;
+    /// the caller settles the message.
+    async fn publish_dead_letter(&self, m: &Routed<'_>, unwritten: Unwritten) -> bool {
         let (id, event) = (m.id.as_str(), m.event.as_str());
         let (attempts, last_status) = (unwritten.record.attempts, unwritten.record.last_status);
         let reason = unwritten.record.reason.clone();
         let reason = reason.as_str();
-        let code = unwritten.code;
-        let kept = unwritten.clone();
+        let (code, unwritten_result) = (unwritten.code, unwritten.last_result);
         match self
             .shared
             .dead_letters
@@ -514,10 +552,6 @@ impl Worker {
         {
             Ok(()) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
-                self.ack(m.msg, AckKind::Ack).await;
-                if m.meta.unattempted > 0 {
-                    Box::pin(self.forget_unattempted(m.msg)).await;
-                }
                 self.metrics.dead_letters.inc();
                 self.count_delivery(m, Outcome::DeadLetter);
                 self.shared.events.dead_letter(&DeadLetterEvent {
@@ -528,24 +562,13 @@ impl Worker {
                     stream_sequence: m.meta.sequence,
                     attempts,
                     last_status,
-                    last_result: kept.last_result,
+                    last_result: unwritten_result,
                 });
+                true
             }
             Err(e) => {
                 tracing::error!(endpoint = %self.endpoint.name, id, error = %e, "dead-letter publish failed; the message comes back and is dead-lettered then");
-                // Only a message out of attempts comes back to `dead_letter_again`; the
-                // others are dead-lettered anew by the path that refused them.
-                if code == "max_attempts" {
-                    (self.shared.unwritten).keep(
-                        &self.endpoint.name,
-                        &m.meta.stream,
-                        m.meta.sequence,
-                        kept,
-                    );
-                }
-                self.count_delivery(m, Outcome::Retry);
-                self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
-                    .await;
+                false
             }
         }
     }
