@@ -519,25 +519,28 @@ concurrency = "many"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_stream_is_a_clear_startup_error() {
     let nats = NatsServer::start();
+    let err = start_failure(&nats);
+    assert!(err.contains("stream EVENTS does not exist"), "{err}");
+}
+
+/// `natshook run` on a config reading the stream `EVENTS` of `nats`, which must exit
+/// 1 at start-up: what it printed on stderr.
+fn start_failure(nats: &NatsServer) -> String {
     let mut config = TestConfig::new(nats.url()).endpoint("crm", "http://127.0.0.1:1/", &["*"], "");
     config.create_stream = false;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        config
-            .render()
-            .replace("{http_port}", &free_port().to_string()),
-    )
-    .unwrap();
+    let text = config
+        .render()
+        .replace("{http_port}", &free_port().to_string());
+    std::fs::write(&path, text).unwrap();
     let out = natshook_command()
         .args(["run", "--config"])
         .arg(&path)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stream EVENTS does not exist"), "{err}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A work-queue stream hands each message to one consumer; natshook's consumers
@@ -554,21 +557,7 @@ async fn a_work_queue_stream_is_a_clear_startup_error() {
         })
         .await
         .expect("stream");
-    let mut config = TestConfig::new(nats.url()).endpoint("crm", "http://127.0.0.1:1/", &["*"], "");
-    config.create_stream = false;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    let text = config
-        .render()
-        .replace("{http_port}", &free_port().to_string());
-    std::fs::write(&path, text).unwrap();
-    let out = natshook_command()
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_failure(&nats);
     assert!(
         err.contains("stream EVENTS has work-queue retention"),
         "{err}"

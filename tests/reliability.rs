@@ -777,22 +777,35 @@ async fn sigterm_lets_in_flight_deliveries_finish_then_exits_0() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
-    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_secs(20))).await;
+/// `n` deliveries hanging at a receiver (for `hang`) under `timeout` and
+/// `shutdown_grace`, all in flight: a shutdown then has a drain to wait for.
+async fn hanging_drain(
+    n: usize,
+    hang: Duration,
+    timeout: &str,
+    grace: &str,
+) -> (Receiver, NatsServer, Natshook, Vec<String>) {
+    let rx = Receiver::with(move |_| Reply::ok().delay(hang)).await;
     let nats = NatsServer::start();
     let mut config = TestConfig::new(nats.url()).endpoint(
         "e",
         &rx.url("/"),
         &["*"],
-        "concurrency = 5\ntimeout = \"30s\"",
+        &format!("concurrency = {n}\ntimeout = \"{timeout}\""),
     );
-    config.top = "shutdown_grace = \"1s\"\n".into();
-    let mut natshook = Natshook::start(&config.render()).await;
+    config.top = format!("shutdown_grace = \"{grace}\"\n");
+    let natshook = Natshook::start(&config.render()).await;
     let js = jetstream::new(nats.client().await);
-    let published = publish_leads(&js, 5, "x").await;
-    rx.wait_for(Duration::from_secs(10), "5 in flight", |r| r.count() >= 5)
+    let published = publish_leads(&js, n, "x").await;
+    rx.wait_for(Duration::from_secs(10), "all in flight", |r| r.count() >= n)
         .await;
+    (rx, nats, natshook, published)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
+    let (rx, _nats, mut natshook, published) =
+        hanging_drain(5, Duration::from_secs(20), "30s", "1s").await;
     let start = Instant::now();
     let status = natshook.terminate().await;
     assert!(status.success(), "exit {status}");
@@ -818,20 +831,8 @@ async fn sigterm_past_the_grace_period_naks_for_immediate_redelivery() {
 /// was under way comes back after `ack_wait`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_without_waiting_for_the_drain() {
-    let rx = Receiver::with(|_| Reply::ok().delay(Duration::from_secs(30))).await;
-    let nats = NatsServer::start();
-    let mut config = TestConfig::new(nats.url()).endpoint(
-        "e",
-        &rx.url("/"),
-        &["*"],
-        "concurrency = 3\ntimeout = \"10s\"",
-    );
-    config.top = "shutdown_grace = \"60s\"\n".into();
-    let mut natshook = Natshook::start(&config.render()).await;
-    let js = jetstream::new(nats.client().await);
-    let published = publish_leads(&js, 3, "x").await;
-    rx.wait_for(Duration::from_secs(10), "3 in flight", |r| r.count() >= 3)
-        .await;
+    let (rx, _nats, mut natshook, published) =
+        hanging_drain(3, Duration::from_secs(30), "10s", "60s").await;
     natshook.signal("TERM");
     wait_until(Duration::from_secs(10), "the drain", || {
         let logs = natshook.logs();
