@@ -873,6 +873,37 @@ async fn a_deleted_pause_state_bucket_is_made_again_and_pauses_outlive_a_restart
     publish_one(&js, "crm.lead.created", "held").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(rx.count(), 0, "a paused endpoint delivered");
+
+    // Gone again, and the first change after is a resume: the pauses written back
+    // with the bucket do not undo it.
+    js.delete_stream("KV_NATSHOOK_STATE")
+        .await
+        .expect("delete the bucket");
+    let (status, _) = natshook
+        .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(20), "b's pause stored again", || {
+        let js = js.clone();
+        async move {
+            let Ok(kv) = js.get_key_value("NATSHOOK_STATE").await else {
+                return false;
+            };
+            kv.get("paused.b").await.ok().flatten().is_some()
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kv = js.get_key_value("NATSHOOK_STATE").await.expect("bucket");
+    assert_eq!(
+        kv.get("paused.a").await.ok().flatten(),
+        None,
+        "the resume undone"
+    );
+    rx.wait_for(Duration::from_secs(10), "a delivers again", |r| {
+        r.received().iter().any(|q| q.path == "/a")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

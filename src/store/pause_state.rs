@@ -295,11 +295,16 @@ impl PauseState {
     }
 
     /// Queues a pause (`Some`) or resume (`None`) for every replica; never blocks.
+    /// [`PauseState::known`] follows at once, before the watch brings it back: the
+    /// pauses a made-again bucket is given ([`PauseState::restore_bucket`]) must not
+    /// undo a change still queued.
     pub fn announce(&self, endpoint: &str, record: Option<PauseRecord>) {
-        let _ = self.writes.send(PauseChange {
+        let change = PauseChange {
             endpoint: endpoint.to_string(),
             record,
-        });
+        };
+        self.note(&change);
+        let _ = self.writes.send(change);
     }
 
     /// Writes announced changes one after the other, retrying each until it lands
