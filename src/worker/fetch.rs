@@ -385,12 +385,21 @@ impl Worker {
         if let Some(p) = probe {
             p.await;
         }
-        // Resumed, or leaving (a shutdown, a reload, a new pull): the turn goes back, so
-        // that another replica, this process started again or the worker a reload
-        // starts probes at its next interval rather than after the turn runs out (the
-        // probe interval plus the endpoint's timeout).
+        // Resumed, or stopping (a shutdown, a reload): the turn goes back, so that
+        // another replica, this process started again or the worker a reload starts
+        // probes at its next interval rather than after the turn runs out (the probe
+        // interval plus the endpoint's timeout). A stopping worker's held messages are
+        // NAKed first, without waiting for that write. A new pull keeps the turn: it is
+        // this replica's when the loop starts again.
         if let Some(lock) = probe_lock.take() {
-            self.shared.pause_state.release_probe(lock).await;
+            match leave {
+                None => self.shared.pause_state.release_probe(lock).await,
+                Some(Leave::Drain) => {
+                    let state = self.shared.pause_state.clone();
+                    tokio::spawn(async move { state.release_probe(lock).await });
+                }
+                Some(_) => {}
+            }
         }
         if leave.is_none() {
             // Held messages now queue for permits behind the in-flight ones.
