@@ -509,6 +509,10 @@ fn copy<'a>(
         };
         let mut acks = Vec::new();
         let mut woken = Vec::new();
+        // Endpoints whose copy would never fit, dead-lettered once every other copy is
+        // stored: a copy that fails sends the message round again, which must not
+        // write their dead letters twice.
+        let mut oversize = Vec::new();
         for worker in targets.of(&mapped) {
             let name = &worker.endpoint().name;
             let h = copy_headers(msg.headers.as_ref(), &facts, name);
@@ -528,23 +532,17 @@ fn copy<'a>(
                         woken.push(worker.clone());
                     }
                 }
-                Err(e)
-                    if e.kind() == PublishErrorKind::MaxPayloadExceeded
-                        && worker.worker().is_some() =>
+                // A disabled endpoint has no worker to write its dead letter: the
+                // message comes back (the arm below) until it is enabled.
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => match worker.worker()
                 {
-                    // It would never fit: dead-lettered for this endpoint, while the
-                    // others get their copies. (A disabled endpoint has no worker to
-                    // write it: the message comes back until it is enabled.)
-                    let reason = format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {e}");
-                    let written = match worker.worker() {
-                        Some(w) => w.dead_letter_uncopied(&msg, &reason).await,
-                        None => false,
-                    };
-                    if !written {
+                    Some(w) => oversize.push((w.clone(), e.to_string())),
+                    None => {
+                        tracing::warn!(endpoint = %name, error = %e, "the copy for a disabled endpoint is larger than max_payload; the message comes back until it is enabled");
                         let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
                         return (sequence, false);
                     }
-                }
+                },
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
                     let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
@@ -557,6 +555,14 @@ fn copy<'a>(
                 tracing::warn!(error = %e, subject = %facts.subject, "the work stream did not store a copy; the message comes back");
                 let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
                 return (sequence, no_stream(&e));
+            }
+        }
+        for (w, error) in oversize {
+            let reason = format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {error}");
+            if !w.dead_letter_uncopied(&msg, &reason).await {
+                // The copies stored meanwhile are dropped as duplicates when it comes back.
+                let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                return (sequence, false);
             }
         }
         // A plain ack, not one JetStream confirms: a lost ack brings the message back

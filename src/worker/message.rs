@@ -122,9 +122,19 @@ impl Worker {
                 Box::pin(self.take_off_unattempted(&mut m)).await;
             }
             if m.meta.attempt > self.endpoint.max_attempts {
-                // Back after its dead letter could not be written: no more requests.
-                Box::pin(self.dead_letter_again(&m)).await;
-                return;
+                // Back after its dead letter could not be written here: no more
+                // requests. (A delivery count can also rise without a request, so
+                // past `max_attempts` alone is no proof its attempts were made.)
+                let kept = (self.shared.unwritten).take(
+                    &self.endpoint.name,
+                    &m.meta.stream,
+                    m.meta.sequence,
+                );
+                if let Some(mut kept) = kept {
+                    kept.record.dead_lettered_at = time::rfc3339_millis(SystemTime::now());
+                    Box::pin(self.write_dead_letter(&m, kept)).await;
+                    return;
+                }
             }
             if m.msg.payload.len() > self.endpoint.max_body {
                 let reason = format!(
@@ -457,8 +467,8 @@ impl Worker {
 
     /// Writes the dead letter, then acks and raises the operator event; if the write
     /// fails, the message comes back after the first retry delay and is dead-lettered
-    /// then ([`Worker::dead_letter_again`]). `(code, reason)`: the event's reason code
-    /// and the record's reason.
+    /// then with the record kept ([`super::unwritten`]). `(code, reason)`: the event's
+    /// reason code and the record's reason.
     async fn dead_letter(
         &self,
         m: &Routed<'_>,
@@ -472,30 +482,6 @@ impl Worker {
             code,
             last_result: last.map(|r| r.status.label()),
         };
-        self.write_dead_letter(m, unwritten).await;
-    }
-
-    /// Dead-letters a message back after its dead letter could not be written (its
-    /// attempts are used up, so it is not sent again): with the record kept from
-    /// then, or, when this process did not keep one (it was restarted, another
-    /// replica tried, `max_attempts` was lowered since), one without the last
-    /// attempt's result.
-    async fn dead_letter_again(&self, m: &Routed<'_>) {
-        let kept =
-            (self.shared.unwritten).take(&self.endpoint.name, &m.meta.stream, m.meta.sequence);
-        let kept = kept.map(|mut k| {
-            k.record.dead_lettered_at = time::rfc3339_millis(SystemTime::now());
-            k
-        });
-        let unwritten = kept.unwrap_or_else(|| {
-            let attempts = self.endpoint.max_attempts;
-            let reason = format!("failed after {attempts} attempts");
-            Unwritten {
-                record: self.dead_letter_record(m, attempts, None, &reason),
-                code: "max_attempts",
-                last_result: None,
-            }
-        });
         self.write_dead_letter(m, unwritten).await;
     }
 
