@@ -388,8 +388,8 @@ impl Worker {
         // Resumed, or stopping (a shutdown, a reload): the turn goes back, so that
         // another replica, this process started again or the worker a reload starts
         // probes at its next interval rather than after the turn runs out (the probe
-        // interval plus the endpoint's timeout). A stopping worker's held messages are
-        // NAKed first, without waiting for that write. A new pull keeps the turn: it is
+        // interval plus the endpoint's timeout). A stopping worker does not wait for
+        // that write before it NAKs what it holds. A new pull keeps the turn: it is
         // this replica's when the loop starts again.
         if let Some(lock) = probe_lock.take() {
             match leave {

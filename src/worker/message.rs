@@ -493,8 +493,8 @@ impl Worker {
             }
             return;
         }
-        // Only a message out of attempts comes back to `dead_letter_again`; the others
-        // are dead-lettered anew by the path that refused them.
+        // Only a message out of attempts comes back past `max_attempts` to the kept
+        // record; the others are dead-lettered anew by the path that refused them.
         if unwritten.code == "max_attempts" {
             let (stream, sequence) = (&m.meta.stream, m.meta.sequence);
             (self.shared.unwritten).keep(&self.endpoint.name, stream, sequence, unwritten);
