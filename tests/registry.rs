@@ -404,6 +404,54 @@ async fn two_processes_share_the_registry_and_a_restart_keeps_it() {
     deliver_org_1(js, rx, 10, "r", 10).await;
 }
 
+/// The stored record of runtime endpoint `name`, as the bucket holds it; `None` when
+/// the bucket or the key is missing.
+async fn stored_record(js: &jetstream::Context, name: &str) -> Option<Value> {
+    let kv = js.get_key_value("NATSHOOK_ENDPOINTS").await.ok()?;
+    let stored = kv.get(name).await.ok()??;
+    serde_json::from_slice(&stored).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_registry_bucket_is_made_again_with_the_endpoints_served() {
+    let mut s = Setup::start().await;
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("kept", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "kept").await;
+    let before = stored_record(&s.js, "kept").await.expect("stored");
+
+    s.js.delete_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("delete the bucket");
+    wait_until(
+        Duration::from_secs(20),
+        "the record written back",
+        || async { stored_record(&s.js, "kept").await.is_some() },
+    )
+    .await;
+    assert_eq!(
+        stored_record(&s.js, "kept").await,
+        Some(before),
+        "written back as it was, secret included"
+    );
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("new", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+
+    // Both outlive a restart, and deliver.
+    s.n.terminate().await;
+    s.n.spawn().await;
+    wait_bound(&s.n, "kept").await;
+    wait_bound(&s.n, "new").await;
+    publish_all(&s.js, tenant_leads("org_1", 5, "after")).await;
+    s.rx.wait_for(Duration::from_secs(20), "both deliver", |r| {
+        let got = r.received();
+        ["/kept", "/new"]
+            .iter()
+            .all(|p| got.iter().filter(|q| q.path == *p).count() >= 5)
+    })
+    .await;
+}
+
 /// Creates runtime endpoint `acme` signing with `scheme`, then rotates its secret
 /// with a grace of 6 s (after a grace that is no duration is refused): the old secret,
 /// the new one, and when the rotation was answered.

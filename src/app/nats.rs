@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::client::FlushErrorKind;
-use async_nats::jetstream::{self, context::GetStreamErrorKind, stream, ErrorCode};
+use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
 
@@ -164,7 +164,7 @@ pub(super) async fn ensure_stream(
             }
             Ok(_) => return Ok(()),
             Err(e) => {
-                let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                let missing = crate::store::stream_not_found(&e);
                 if missing && config.nats.create_stream {
                     let subjects = stream_subjects(&config.router);
                     tracing::info!(stream = %name, ?subjects, "creating stream (create_stream = true)");

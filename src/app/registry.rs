@@ -261,7 +261,23 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 w
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the endpoint registry; retrying");
+                let served = sup.runtime.lock().await.records();
+                match registry.restore(&served).await {
+                    Ok(Some(written)) => {
+                        tracing::warn!(
+                            endpoints = served.len(),
+                            written,
+                            "the endpoint registry bucket was gone: made again, with the endpoints this process knows"
+                        );
+                        continue;
+                    }
+                    Ok(None) => {
+                        tracing::warn!(error = %e, "cannot watch the endpoint registry; retrying")
+                    }
+                    Err(restore) => {
+                        tracing::warn!(error = %e, %restore, "cannot watch the endpoint registry; retrying")
+                    }
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, stream, ErrorCode};
+use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 
 use super::{read_to_end, ReadError};
@@ -215,9 +214,7 @@ impl DeliveryLog {
     pub async fn last_sequence(&self) -> Result<u64, LogError> {
         match self.js.get_stream(LOG_STREAM).await {
             Ok(stream) => Ok(stream.cached_info().state.last_sequence),
-            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
-                Ok(0)
-            }
+            Err(e) if super::stream_not_found(&e) => Ok(0),
             Err(e) => Err(LogError::Read(e.to_string())),
         }
     }

@@ -29,6 +29,13 @@ fn read_error(e: impl std::fmt::Display) -> ReadError {
     ReadError(e.to_string())
 }
 
+/// Whether a stream lookup failed because there is no such stream (as against NATS
+/// not answering): natshook makes its own streams and buckets again when they are
+/// gone, and reads a missing one as empty.
+pub fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// The stream sequence `consumer` on `stream` has acked everything up to; 0 when there
 /// is no such consumer (nothing acked). The error text names the consumer.
 pub async fn ack_floor(

@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, kv, ErrorCode};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -260,9 +259,7 @@ impl PauseState {
     pub async fn restore_bucket(&self) {
         let stream = format!("KV_{STATE_BUCKET}");
         let gone = match self.js.get_stream(&stream).await {
-            Err(e) => {
-                matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
-            }
+            Err(e) => super::stream_not_found(&e),
             Ok(_) => false,
         };
         if !gone {

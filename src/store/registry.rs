@@ -60,6 +60,8 @@ pub enum Change {
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
+    js: jetstream::Context,
+    bucket: kv::Config,
 }
 
 impl Registry {
@@ -68,22 +70,54 @@ impl Registry {
         js: &jetstream::Context,
         config: &RegistryConfig,
     ) -> Result<Self, RegistryError> {
+        let bucket = kv::Config {
+            bucket: config.bucket.clone(),
+            description: "natshook endpoints created at runtime (holds secrets)".into(),
+            history: config.history,
+            num_replicas: config.replicas,
+            max_value_size: MAX_VALUE,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
         let kv = match js.get_key_value(&config.bucket).await {
             Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: config.bucket.clone(),
-                    description: "natshook endpoints created at runtime (holds secrets)".into(),
-                    history: config.history,
-                    num_replicas: config.replicas,
-                    max_value_size: MAX_VALUE,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(nats)?,
+            Err(_) => js.create_key_value(bucket.clone()).await.map_err(nats)?,
         };
-        Ok(Self { kv })
+        Ok(Self {
+            kv,
+            js: js.clone(),
+            bucket,
+        })
+    }
+
+    /// Makes the bucket again when its stream is gone (deleted by hand, or a server
+    /// started again on an empty store), holding `served`: the endpoints a running
+    /// process serves are customers' webhooks, and they would be lost at its next
+    /// restart. A name another process wrote back first keeps that process's record.
+    /// Returns how many records this call wrote; `None` when the bucket is there.
+    pub async fn restore(&self, served: &[Record]) -> Result<Option<usize>, RegistryError> {
+        match self
+            .js
+            .get_stream(format!("KV_{}", self.bucket.bucket))
+            .await
+        {
+            Ok(_) => return Ok(None),
+            Err(e) if super::stream_not_found(&e) => {}
+            Err(e) => return Err(nats(e)),
+        }
+        self.js
+            .create_key_value(self.bucket.clone())
+            .await
+            .map_err(nats)?;
+        let mut written = 0;
+        for record in served {
+            match self.create(&record.name, &record.value).await {
+                Ok(_) => written += 1,
+                Err(RegistryError::Exists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(written))
     }
 
     /// Whether the bucket holds no entry at all (not even a delete marker).

@@ -19,7 +19,6 @@ mod replay;
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
 use async_nats::jetstream::stream::{DeleteMessageErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::ErrorCode;
@@ -352,9 +351,7 @@ impl DeadLetters {
         let stream = match self.js.get_stream(DLQ_STREAM).await {
             Ok(s) => s,
             // Nothing was ever dead-lettered here.
-            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
-                return Ok(0)
-            }
+            Err(e) if crate::store::stream_not_found(&e) => return Ok(0),
             Err(e) => return Err(DeadLetterError::Read(e.to_string())),
         };
         let subject = dlq_subject(endpoint);
