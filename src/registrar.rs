@@ -57,7 +57,10 @@ pub enum RegistrarError {
         "the endpoint '{0}' was deleted and is still being removed; create it again in a moment"
     )]
     StillRemoving(String),
-    #[error("the former endpoint's {what} could not be removed: {error}")]
+    /// Also when NATS is down: whether a former endpoint left anything is not known.
+    #[error(
+        "could not clear what an earlier endpoint of this name may have left ({what}): {error}"
+    )]
     Leftovers { what: &'static str, error: String },
 }
 

@@ -731,6 +731,27 @@ async fn the_api_answers_503_until_the_registry_is_open() {
     assert_eq!(status, 409, "{err}");
 }
 
+/// With NATS gone, a create answers `503` with `Retry-After`, and its error claims no
+/// earlier endpoint of the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_while_nats_is_down_is_503_and_blames_no_former_endpoint() {
+    let mut s = Setup::start().await;
+    s._nats.kill();
+    let auth = format!("Bearer {TOKEN}");
+    let json = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let ((status, err), headers) =
+        s.n.api_with("POST", "/api/endpoints", &json, Some(&body("acme", &s.rx)))
+            .await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    let error = err["error"].as_str().unwrap_or_default();
+    assert!(error.contains("may have left"), "{err}");
+    assert!(!error.contains("former endpoint's"), "{err}");
+}
+
 /// A deleted endpoint's delivery log and dead letters go with it: an endpoint created
 /// later under the same name, by another tenant say, starts with an empty log and has
 /// nothing to replay.
