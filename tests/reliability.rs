@@ -89,6 +89,47 @@ async fn setup(rx: &Receiver, extra: &str) -> (NatsServer, Natshook, jetstream::
     (nats, natshook, js)
 }
 
+/// A consumer deleted by hand (without fan-out) is made again after what it had
+/// acked, not at the stream's first message: what the stream retains is not all sent
+/// again. On a stream made again, which numbers from 1, it starts at the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_by_hand_starts_again_after_what_it_acked() {
+    let rx = Receiver::start().await;
+    let (_nats, _natshook, js) = setup(&rx, "").await;
+    let before = publish_leads(&js, 20, "before").await;
+    rx.wait_for(Duration::from_secs(20), "the first 20", |r| {
+        r.delivered_ids().len() >= 20
+    })
+    .await;
+    // Past the next pending poll (every 5 s), which reads the ack floor.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stream = js.get_stream("EVENTS").await.expect("stream");
+    stream
+        .delete_consumer("natshook-e")
+        .await
+        .expect("delete the consumer");
+    publish_leads(&js, 5, "after").await;
+    rx.wait_for(Duration::from_secs(30), "the 5 after", |r| {
+        r.delivered_ids().len() >= 25
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = rx.delivered_ids();
+    for id in &before {
+        assert_eq!(counts[id], 1, "{id} sent again");
+    }
+
+    let config = stream.cached_info().config.clone();
+    js.delete_stream("EVENTS").await.expect("delete the stream");
+    js.create_stream(config).await.expect("the stream again");
+    let again = publish_leads(&js, 5, "again").await;
+    rx.wait_for(Duration::from_secs(60), "the 5 on the new stream", |r| {
+        let got = r.delivered_ids();
+        again.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_failing_the_first_attempts_gets_every_message_with_counting_attempts() {
     let rx = Receiver::with(|r| match r.nth_for_id {

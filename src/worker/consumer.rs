@@ -90,6 +90,21 @@ pub fn retry_room(base: i64, waiting: usize) -> i64 {
 /// The most retry room, in windows.
 const ROOM_WINDOWS: u64 = 8;
 
+/// Where an endpoint's consumer on the source stream (without fan-out) starts when it
+/// is gone: deleted by hand, say, to clear a stuck state. Made again from the
+/// stream's first message, it would send everything the stream retains once more,
+/// millions of messages to a customer's endpoint; it starts after the last message
+/// it was seen to ack instead (at least once: what it acked since comes again). Only
+/// on the stream that ack was read on: a stream made again numbers from 1, and
+/// starting past its first messages would lose them.
+#[derive(Default)]
+pub(super) struct Resume {
+    /// When the stream the worker last bound on was made.
+    stream_created: Option<async_nats::datetime::DateTime>,
+    /// The consumer's ack floor as last read on that stream; 0 = nothing acked.
+    acked_through: u64,
+}
+
 /// The most first waits a worker keeps track of.
 const MAX_FIRST_WAITS: usize = 65_536;
 
@@ -181,6 +196,7 @@ impl Worker {
                 .map_err(|e| e.to_string()),
         };
         let mut bound = bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
+        self.note_acked(bound.cached_info());
         // A rate change while this bind ran may have looked for the consumer before it
         // was made ([`Worker::follow_window`] found none), or written its window before
         // this bind's: the rate in force after the last write wins. A few rounds, as
@@ -253,8 +269,11 @@ impl Worker {
     /// consumer exists already (one a drain had is taken back first,
     /// [`Worker::take_back`]).
     async fn start(&self, stream: &Stream<()>) -> Result<(DeliverPolicy, bool), String> {
-        if self.lazy || self.shared.work.is_none() {
+        if self.lazy {
             return Ok((DeliverPolicy::All, false));
+        }
+        if self.shared.work.is_none() {
+            return self.start_alone(stream).await;
         }
         // Taken back, but deleted meanwhile: it had handed out everything up to its
         // last delivery before, what came after is made again.
@@ -279,6 +298,55 @@ impl Worker {
             .and_then(|s| s.recent_through());
         let handled = recent.map_or(handled, |through| handled.min(through));
         Ok((self.make_source_consumer(stream, handled).await?, false))
+    }
+
+    /// Where a consumer without fan-out starts, and whether it exists ([`Resume`]).
+    async fn start_alone(&self, stream: &Stream<()>) -> Result<(DeliverPolicy, bool), String> {
+        let name = self.consumer_stream();
+        let created = (self.shared.js.get_stream(name).await)
+            .map_err(|e| format!("stream {name}: {e}"))?
+            .cached_info()
+            .created;
+        let acked = {
+            let mut resume = lock(&self.resume);
+            let same_stream = resume.stream_created == Some(created);
+            resume.stream_created = Some(created);
+            if !same_stream {
+                resume.acked_through = 0;
+            }
+            resume.acked_through
+        };
+        if let Some(info) = self.consumer_on(stream).await? {
+            // Kept: an update cannot change where it started.
+            return Ok((info.config.deliver_policy, true));
+        }
+        if acked == 0 {
+            return Ok((DeliverPolicy::All, false));
+        }
+        tracing::warn!(
+            endpoint = %self.endpoint.name,
+            consumer = %self.consumer_name,
+            after = acked,
+            "the endpoint's consumer is gone: made again after the last message it acked"
+        );
+        Ok((
+            DeliverPolicy::ByStartSequence {
+                start_sequence: acked + 1,
+            },
+            false,
+        ))
+    }
+
+    /// Notes where the consumer has acked up to, from its info read on the stream
+    /// the worker bound on ([`Resume`]).
+    fn note_acked(&self, info: &consumer::Info) {
+        if self.lazy || self.shared.work.is_some() {
+            return;
+        }
+        let mut resume = lock(&self.resume);
+        if resume.stream_created.is_some() {
+            resume.acked_through = info.ack_floor.stream_sequence;
+        }
     }
 
     /// The stream the endpoint's consumer reads ([`Worker::consumer_stream`]).
@@ -311,6 +379,7 @@ impl Worker {
             self.show_no_consumer();
         } else {
             self.metrics.pending.set(unsettled(info));
+            self.note_acked(info);
         }
     }
 

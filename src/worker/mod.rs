@@ -148,6 +148,9 @@ pub struct Worker {
     replaced_copy_reader: AtomicBool,
     /// Consumer resets in a row that got no answer (see `Worker::take_back`).
     resets_unanswered: AtomicU32,
+    /// Without fan-out, where a consumer deleted by hand starts again
+    /// ([`consumer::Resume`]).
+    resume: Mutex<consumer::Resume>,
     /// The window's room for messages waiting out retry delays ([`consumer::retry_room`]).
     retry_room: AtomicI64,
     /// When the messages this process NAKed with a delay at their first delivery come
@@ -232,6 +235,7 @@ impl Worker {
             replaced_one: AtomicBool::new(false),
             replaced_copy_reader: AtomicBool::new(false),
             resets_unanswered: AtomicU32::new(0),
+            resume: Mutex::default(),
             retry_room: AtomicI64::new(0),
             first_waits: Mutex::new(Vec::new()),
             window_writing: AtomicBool::new(false),
