@@ -93,15 +93,16 @@ const ROOM_WINDOWS: u64 = 8;
 /// Where an endpoint's consumer on the source stream (without fan-out) starts when it
 /// is gone: deleted by hand, say, to clear a stuck state. Made again from the
 /// stream's first message, it would send everything the stream retains once more,
-/// millions of messages to a customer's endpoint; it starts after the last message
-/// it was seen to ack instead (at least once: what it acked since comes again). Only
-/// on the stream that ack was read on: a stream made again numbers from 1, and
-/// starting past its first messages would lose them.
+/// millions of messages to a customer's endpoint; it starts after its ack floor as
+/// last read instead (at least once: everything after the oldest message it had not
+/// acked comes again). Only on a stream older than the consumer that floor was read
+/// from: a stream made again numbers from 1, and starting past its first messages
+/// would lose them.
 #[derive(Default)]
 pub(super) struct Resume {
-    /// When the stream the worker last bound on was made.
-    stream_created: Option<async_nats::datetime::DateTime>,
-    /// The consumer's ack floor as last read on that stream; 0 = nothing acked.
+    /// When the consumer the floor was read from was made (the server's clock).
+    consumer_created: Option<async_nats::datetime::DateTime>,
+    /// Its ack floor; 0 = nothing acked.
     acked_through: u64,
 }
 
@@ -179,7 +180,7 @@ impl Worker {
         }
         let _turn = self.shared.binds.acquire().await;
         let stream = self.own_stream().await?;
-        let (start, existing) = self.start(&stream).await?;
+        let (mut start, existing) = self.start(&stream).await?;
         let config = self.consumer_config(start);
         let written = config.max_ack_pending;
         // An update when the consumer exists: one deleted since (its drain finished
@@ -190,10 +191,20 @@ impl Worker {
                 .update_consumer(config)
                 .await
                 .map_err(|e| e.to_string()),
-            false => stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| e.to_string()),
+            false => match stream.create_consumer(config).await {
+                Ok(bound) => Ok(bound),
+                Err(e) if self.shared.work.is_some() => Err(e.to_string()),
+                // Without fan-out, made meanwhile by a replica that starts it after
+                // another ack floor ([`Resume`]): kept as it starts.
+                Err(e) => match self.consumer_on(&stream).await {
+                    Ok(Some(info)) => {
+                        start = info.config.deliver_policy;
+                        (stream.update_consumer(self.consumer_config(start)).await)
+                            .map_err(|e| e.to_string())
+                    }
+                    _ => Err(e.to_string()),
+                },
+            },
         };
         let mut bound = bound.map_err(|e| format!("consumer {}: {e}", self.consumer_name))?;
         self.note_acked(bound.cached_info());
@@ -302,32 +313,30 @@ impl Worker {
 
     /// Where a consumer without fan-out starts, and whether it exists ([`Resume`]).
     async fn start_alone(&self, stream: &Stream<()>) -> Result<(DeliverPolicy, bool), String> {
-        let name = self.consumer_stream();
-        let created = (self.shared.js.get_stream(name).await)
-            .map_err(|e| format!("stream {name}: {e}"))?
-            .cached_info()
-            .created;
-        let acked = {
-            let mut resume = lock(&self.resume);
-            let same_stream = resume.stream_created == Some(created);
-            resume.stream_created = Some(created);
-            if !same_stream {
-                resume.acked_through = 0;
-            }
-            resume.acked_through
-        };
         if let Some(info) = self.consumer_on(stream).await? {
             // Kept: an update cannot change where it started.
             return Ok((info.config.deliver_policy, true));
         }
-        if acked == 0 {
+        let (acked, consumer_created) = {
+            let resume = lock(&self.resume);
+            (resume.acked_through, resume.consumer_created)
+        };
+        let Some(consumer_created) = consumer_created.filter(|_| acked > 0) else {
+            return Ok((DeliverPolicy::All, false));
+        };
+        let name = self.consumer_stream();
+        let info = (self.shared.js.get_stream(name).await)
+            .map_err(|e| format!("stream {name}: {e}"))?
+            .cached_info()
+            .clone();
+        if info.created > consumer_created || acked > info.state.last_sequence {
             return Ok((DeliverPolicy::All, false));
         }
         tracing::warn!(
             endpoint = %self.endpoint.name,
             consumer = %self.consumer_name,
             after = acked,
-            "the endpoint's consumer is gone: made again after the last message it acked"
+            "the endpoint's consumer is gone: made again after its last ack floor"
         );
         Ok((
             DeliverPolicy::ByStartSequence {
@@ -337,16 +346,21 @@ impl Worker {
         ))
     }
 
-    /// Notes where the consumer has acked up to, from its info read on the stream
-    /// the worker bound on ([`Resume`]).
+    /// Notes the consumer's ack floor ([`Resume`]); a listing older than the last one
+    /// noted (read from a consumer made before it) changes nothing.
     fn note_acked(&self, info: &consumer::Info) {
         if self.lazy || self.shared.work.is_some() {
             return;
         }
         let mut resume = lock(&self.resume);
-        if resume.stream_created.is_some() {
-            resume.acked_through = info.ack_floor.stream_sequence;
+        if resume
+            .consumer_created
+            .is_some_and(|noted| info.created < noted)
+        {
+            return;
         }
+        resume.consumer_created = Some(info.created);
+        resume.acked_through = info.ack_floor.stream_sequence;
     }
 
     /// The stream the endpoint's consumer reads ([`Worker::consumer_stream`]).
