@@ -420,20 +420,36 @@ async fn a_deleted_registry_bucket_is_made_again_with_the_endpoints_served() {
     wait_bound(&s.n, "kept").await;
     let before = stored_record(&s.js, "kept").await.expect("stored");
 
-    s.js.delete_key_value("NATSHOOK_ENDPOINTS")
-        .await
-        .expect("delete the bucket");
-    wait_until(
-        Duration::from_secs(20),
-        "the record written back",
-        || async { stored_record(&s.js, "kept").await.is_some() },
-    )
-    .await;
-    assert_eq!(
-        stored_record(&s.js, "kept").await,
-        Some(before),
-        "written back as it was, secret included"
-    );
+    // Made again empty at once, as `natshook endpoints` or a replica starting would,
+    // then gone and left to natshook.
+    let config =
+        s.js.get_stream("KV_NATSHOOK_ENDPOINTS")
+            .await
+            .expect("bucket")
+            .cached_info()
+            .config
+            .clone();
+    for make_again in [true, false] {
+        s.js.delete_stream("KV_NATSHOOK_ENDPOINTS")
+            .await
+            .expect("delete the bucket");
+        if make_again {
+            s.js.create_stream(config.clone())
+                .await
+                .expect("made again");
+        }
+        wait_until(
+            Duration::from_secs(20),
+            "the record written back",
+            || async { stored_record(&s.js, "kept").await.is_some() },
+        )
+        .await;
+        assert_eq!(
+            stored_record(&s.js, "kept").await.as_ref(),
+            Some(&before),
+            "written back as it was, secret included"
+        );
+    }
     let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("new", &s.rx))).await;
     assert_eq!(status, 201, "{created}");
 

@@ -228,6 +228,38 @@ impl Supervisor {
     }
 }
 
+/// How often the watch checks that the bucket is still the one it follows.
+const BUCKET_CHECK: Duration = Duration::from_secs(5);
+
+/// Makes the registry bucket again when it is gone, and writes the records this
+/// process knows into one that replaced it ([`Registry::replaced`]); `true` then: the
+/// watch starts again on it.
+async fn keep_bucket(sup: &Supervisor, registry: &Registry) -> bool {
+    let bucket = match registry.replaced().await {
+        Ok(Some(bucket)) => bucket,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot check the endpoint registry bucket");
+            return false;
+        }
+    };
+    let known = sup.runtime.lock().await.records();
+    match registry.write_back(&known, bucket).await {
+        Ok(written) => {
+            tracing::warn!(
+                endpoints = known.len(),
+                written,
+                "the endpoint registry bucket was gone or made again: it holds the endpoints this process knows"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the endpoint registry bucket was gone or made again; writing back the endpoints this process knows failed, retrying");
+            false
+        }
+    }
+}
+
 /// Opens the registry (retrying while JetStream cannot create or find the bucket) and
 /// applies every change until `stop`; a watch that ends is started again, and its
 /// replay of every record changes nothing that is already served.
@@ -261,29 +293,19 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 w
             }
             Err(e) => {
-                let served = sup.runtime.lock().await.records();
-                match registry.restore(&served).await {
-                    Ok(Some(written)) => {
-                        tracing::warn!(
-                            endpoints = served.len(),
-                            written,
-                            "the endpoint registry bucket was gone: made again, with the endpoints this process knows"
-                        );
-                        continue;
-                    }
-                    Ok(None) => {
-                        tracing::warn!(error = %e, "cannot watch the endpoint registry; retrying")
-                    }
-                    Err(restore) => {
-                        tracing::warn!(error = %e, %restore, "cannot watch the endpoint registry; retrying")
-                    }
+                if keep_bucket(&sup, &registry).await {
+                    continue;
                 }
+                tracing::warn!(error = %e, "cannot watch the endpoint registry; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,
                 }
             }
         };
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + BUCKET_CHECK, BUCKET_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let grace_end = sup.runtime.lock().await.next_grace_end();
             let wake = grace_end
@@ -295,6 +317,14 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 c = changes.next() => c,
                 _ = tokio::time::sleep(wake), if grace_end.is_some() => {
                     sup.apply_registry(Vec::new()).await;
+                    continue;
+                }
+                // A watch on a bucket that is gone may neither end nor see the one
+                // made in its place.
+                _ = check.tick() => {
+                    if keep_bucket(&sup, &registry).await {
+                        break;
+                    }
                     continue;
                 }
             };

@@ -5,8 +5,10 @@
 //! one place a runtime endpoint lives; a write names the revision it replaces, so two
 //! writers cannot overwrite each other silently.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::datetime::DateTime;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -57,11 +59,18 @@ pub enum Change {
     Delete(String),
 }
 
+/// A bucket that replaced the one a process followed, by when it was made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket(DateTime);
+
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
     js: jetstream::Context,
     bucket: kv::Config,
+    /// When the bucket this process follows was made: one made again since is
+    /// another bucket, whatever it holds ([`Registry::replaced`]).
+    followed: Arc<Mutex<DateTime>>,
 }
 
 impl Registry {
@@ -83,41 +92,64 @@ impl Registry {
             Ok(kv) => kv,
             Err(_) => js.create_key_value(bucket.clone()).await.map_err(nats)?,
         };
+        let created = (js.get_stream(format!("KV_{}", config.bucket)).await)
+            .map_err(nats)?
+            .cached_info()
+            .created;
         Ok(Self {
             kv,
             js: js.clone(),
             bucket,
+            followed: Arc::new(Mutex::new(created)),
         })
     }
 
-    /// Makes the bucket again when its stream is gone (deleted by hand, or a server
-    /// started again on an empty store), holding `served`: the endpoints a running
-    /// process serves are customers' webhooks, and they would be lost at its next
-    /// restart. A name another process wrote back first keeps that process's record.
-    /// Returns how many records this call wrote; `None` when the bucket is there.
-    pub async fn restore(&self, served: &[Record]) -> Result<Option<usize>, RegistryError> {
-        match self
-            .js
-            .get_stream(format!("KV_{}", self.bucket.bucket))
-            .await
-        {
-            Ok(_) => return Ok(None),
-            Err(e) if super::stream_not_found(&e) => {}
+    /// Whether the bucket is another one than this process follows: its stream is
+    /// gone (deleted by hand, or a server started again on an empty store), and is made
+    /// again here, or was made again by someone else (a `natshook endpoints` command
+    /// or a replica starting, each of which makes a missing bucket empty). `Some`: the
+    /// bucket to give [`Registry::write_back`].
+    pub async fn replaced(&self) -> Result<Option<Bucket>, RegistryError> {
+        let stream = format!("KV_{}", self.bucket.bucket);
+        let created = match self.js.get_stream(&stream).await {
+            Ok(s) => s.cached_info().created,
+            Err(e) if super::stream_not_found(&e) => {
+                (self.js.create_key_value(self.bucket.clone()).await).map_err(nats)?;
+                (self.js.get_stream(&stream).await)
+                    .map_err(nats)?
+                    .cached_info()
+                    .created
+            }
             Err(e) => return Err(nats(e)),
-        }
-        self.js
-            .create_key_value(self.bucket.clone())
-            .await
-            .map_err(nats)?;
+        };
+        let followed = self.followed.lock().ok().map(|f| *f);
+        Ok((followed != Some(created)).then_some(Bucket(created)))
+    }
+
+    /// Writes `served` back into a bucket that replaced the one this process followed,
+    /// and follows it from then on: the endpoints a running process serves are
+    /// customers' webhooks, and would be lost at its next restart. Each is written
+    /// only under a name that holds nothing, not even a delete marker, so a record
+    /// another process wrote back or changed since, or an endpoint deleted since,
+    /// stays as it is. One that fails part way is done again whole. Returns how many
+    /// records this call wrote.
+    pub async fn write_back(
+        &self,
+        served: &[Record],
+        bucket: Bucket,
+    ) -> Result<usize, RegistryError> {
         let mut written = 0;
         for record in served {
-            match self.create(&record.name, &record.value).await {
+            match self.kv.update(&record.name, encode(&record.value), 0).await {
                 Ok(_) => written += 1,
-                Err(RegistryError::Exists(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(nats(e)),
             }
         }
-        Ok(Some(written))
+        if let Ok(mut followed) = self.followed.lock() {
+            *followed = bucket.0;
+        }
+        Ok(written)
     }
 
     /// Whether the bucket holds no entry at all (not even a delete marker).
