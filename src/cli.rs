@@ -528,7 +528,8 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
                 .map_err(|e| Failure::Runtime(e.into()))?;
             let summary = dlq
                 .replay(
-                    &deliverer,
+                    &ep.name,
+                    &|| Some(deliverer.clone()),
                     &ReplayFilter {
                         id: id.clone(),
                         since,

@@ -468,6 +468,62 @@ async fn a_deleted_registry_bucket_is_made_again_with_the_endpoints_served() {
     .await;
 }
 
+/// A replay under way sends each record as the endpoint is served then: after a
+/// change of its URL to the new one, and once it is disabled not at all, the rest
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_under_way_follows_the_endpoint_s_changes() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let mut moving: Value = serde_json::from_str(&body("moving", rx)).unwrap();
+    moving["disable_after_failures"] = 0.into();
+    let moving = moving.to_string();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&moving)).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "moving").await;
+    rx.set(|_| Reply::status(500));
+    publish_org_1(js, 20, "dl").await;
+    n.wait_dead_letters("moving", 20, Duration::from_secs(30))
+        .await;
+    rx.set(|r| match r.path.as_str() {
+        "/moving" => Reply::ok().delay(Duration::from_millis(200)),
+        _ => Reply::ok(),
+    });
+    let replay = api(n, "POST", "/api/endpoints/moving/dlq/replay", Some("{}"));
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let url = json!({"url": rx.url("/moved")}).to_string();
+        patch_ok(n, "moving", &url).await;
+    };
+    let ((status, summary), ()) = tokio::join!(replay, change);
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        summary["replayed"].as_array().map(Vec::len),
+        Some(20),
+        "{summary}"
+    );
+    let moved = delivered_on(rx, "/moved", "dl");
+    assert!(!moved.is_empty(), "every record went to the former URL");
+    assert_eq!(moved.len() + delivered_on(rx, "/moving", "dl").len(), 20);
+
+    // Disabled under way: the rest stay dead letters.
+    rx.set(|_| Reply::status(500));
+    publish_org_1(js, 20, "again").await;
+    n.wait_dead_letters("moving", 20, Duration::from_secs(30))
+        .await;
+    rx.set(|_| Reply::ok().delay(Duration::from_millis(200)));
+    let replay = api(n, "POST", "/api/endpoints/moving/dlq/replay", Some("{}"));
+    let disable = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        patch_ok(n, "moving", "{\"enabled\": false}").await;
+    };
+    let ((status, summary), ()) = tokio::join!(replay, disable);
+    assert_eq!(status, 200, "{summary}");
+    let replayed = summary["replayed"].as_array().map_or(0, Vec::len);
+    assert!(replayed < 20, "{summary}");
+    assert_eq!(n.dead_letters("moving").len(), 20 - replayed);
+}
+
 /// Creates runtime endpoint `acme` signing with `scheme`, then rotates its secret
 /// with a grace of 6 s (after a grace that is no duration is refused): the old secret,
 /// the new one, and when the rotation was answered.

@@ -221,7 +221,7 @@ pub(super) async fn replay(
 ) -> ApiResult<ReplaySummary> {
     // Checked first: the worker taken after it runs as the stored record says.
     s.sends_as_stored(&name).await?;
-    let w = s.worker(&name).await?;
+    s.worker(&name).await?;
     let since = match request.since.as_deref().map(humantime::parse_rfc3339_weak) {
         None => None,
         Some(Ok(t)) => Some(t),
@@ -236,9 +236,12 @@ pub(super) async fn replay(
         id: request.id,
         since,
     };
+    // The endpoint as served at each record: a reload or a change through the API
+    // may replace its worker while the replay runs.
+    let sender = || s.app.workers().get(&name).map(|w| w.deliverer().clone());
     s.app
         .dead_letters()
-        .replay(w.deliverer(), &filter)
+        .replay(&name, &sender, &filter)
         .await
         .map(Json)
         .map_err(ApiError::unavailable)

@@ -28,14 +28,17 @@ pub struct ReplaySummary {
 }
 
 impl DeadLetters {
-    /// Delivers the endpoint's matching records again, with the same id and the next
-    /// attempt number; each record is removed only after a 2xx.
+    /// Delivers `endpoint`'s matching records again, with the same id and the next
+    /// attempt number; each record is removed only after a 2xx. `sender` gives the
+    /// endpoint as served now, asked before each record: a replay of thousands of
+    /// records may outlast a change of its URL, secret or tenant, and must stop when
+    /// it is disabled or deleted (`None`: the rest are kept).
     pub async fn replay(
         &self,
-        deliverer: &Deliverer,
+        endpoint: &str,
+        sender: &(dyn Fn() -> Option<Deliverer> + Send + Sync),
         filter: &ReplayFilter,
     ) -> Result<ReplaySummary, DeadLetterError> {
-        let endpoint = deliverer.endpoint().clone();
         let mut summary = ReplaySummary::default();
         // A page at a time: records carry payloads of up to ~780 KB each, and a DLQ
         // of thousands must not be held in memory at once. Only the records there
@@ -46,31 +49,29 @@ impl DeadLetters {
         };
         let mut from = 0;
         loop {
-            let mut page = self
-                .list_from(Some(&endpoint.name), from, REPLAY_PAGE)
-                .await?;
+            let mut page = self.list_from(Some(endpoint), from, REPLAY_PAGE).await?;
             let Some(last) = page.last() else {
                 break;
             };
             from = last.sequence + 1;
             let full = page.len() == REPLAY_PAGE && last.sequence < end;
             page.retain(|stored| stored.sequence <= end);
-            self.replay_page(deliverer, filter, page, &mut summary)
-                .await?;
-            if !full {
+            let served = self.replay_page(sender, filter, page, &mut summary).await?;
+            if !full || !served {
                 break;
             }
         }
         Ok(summary)
     }
 
+    /// Replays one page; `false` once the endpoint is no longer served.
     async fn replay_page(
         &self,
-        deliverer: &Deliverer,
+        sender: &(dyn Fn() -> Option<Deliverer> + Send + Sync),
         filter: &ReplayFilter,
         page: Vec<StoredDeadLetter>,
         summary: &mut ReplaySummary,
-    ) -> Result<(), DeadLetterError> {
+    ) -> Result<bool, DeadLetterError> {
         for stored in page {
             let r = &stored.record;
             if filter.id.as_deref().is_some_and(|want| want != r.id) {
@@ -83,8 +84,17 @@ impl DeadLetters {
                     continue;
                 }
             }
+            let Some(deliverer) = sender() else {
+                summary.failures.push((
+                    r.id.clone(),
+                    "the endpoint is no longer served (disabled or deleted); this record and \
+                     the rest kept"
+                        .into(),
+                ));
+                return Ok(false);
+            };
             let delivered = match self.payload(r).await {
-                Ok(payload) => replay_one(deliverer, r, &payload).await,
+                Ok(payload) => replay_one(&deliverer, r, &payload).await,
                 Err(e) => Err(e.to_string()),
             };
             match delivered {
@@ -95,7 +105,7 @@ impl DeadLetters {
                 Err(reason) => summary.failures.push((r.id.clone(), reason)),
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
