@@ -1074,6 +1074,57 @@ async fn a_dead_letter_written_late_costs_no_request_past_max_attempts() {
     assert_nothing_lost(&rx, &published, &dead);
 }
 
+/// A dead-letter record written twice (its first publish stored and its ack lost, then
+/// the kept record written again) is stored once; a record made anew is stored too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_record_written_twice_is_stored_once() {
+    use natshook::store::dead_letters::{DeadLetter, DeadLetters};
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    let rendered = TestConfig::new(nats.url())
+        .endpoint("e", "http://127.0.0.1:9/hook", &["*"], "")
+        .render()
+        .replace("{http_port}", &free_port().to_string());
+    std::fs::write(&path, rendered).unwrap();
+    let config = natshook::config::Config::load(&path).expect("config");
+    let dead_letters = DeadLetters::for_config(js.clone(), &config);
+    let record = |at: &str| DeadLetter {
+        endpoint: "e".into(),
+        event: Some("lead.created".into()),
+        tenant: None,
+        id: "twice".into(),
+        subject: "crm.lead.created".into(),
+        stream: "EVENTS".into(),
+        stream_sequence: 7,
+        published: "2026-12-06T10:00:00.000Z".into(),
+        attempts: 3,
+        last_status: Some(500),
+        last_error: Some("HTTP 500".into()),
+        response_body: String::new(),
+        reason: "max_attempts reached".into(),
+        payload: String::new(),
+        payload_object: None,
+        headers: Default::default(),
+        headers_truncated: false,
+        dead_lettered_at: at.into(),
+    };
+    let first = record("2026-12-06T10:00:01.000Z");
+    for r in [&first, &first, &record("2026-12-06T10:00:02.000Z")] {
+        dead_letters
+            .publish(r.clone(), b"{}")
+            .await
+            .expect("written");
+    }
+    let stored = dead_letters.list(Some("e"), 100).await.expect("listed");
+    let at: Vec<&str> = stored
+        .iter()
+        .map(|s| s.record.dead_lettered_at.as_str())
+        .collect();
+    assert_eq!(at, ["2026-12-06T10:00:01.000Z", "2026-12-06T10:00:02.000Z"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_failed_attempts_and_never_followed() {
     let target = Receiver::start().await;

@@ -195,11 +195,15 @@ impl DeadLetters {
         // still have stored the record, which must not name a deleted payload. The
         // message comes back and is dead-lettered under a new name; an object no record
         // names expires with the bucket's max_age.
-        self.publish_record(&record.endpoint, body).await
+        self.publish_record(&record, body).await
     }
 
-    async fn publish_record(&self, endpoint: &str, body: Bytes) -> Result<(), DeadLetterError> {
-        match self.publish_once(endpoint, body.clone()).await {
+    async fn publish_record(
+        &self,
+        record: &DeadLetter,
+        body: Bytes,
+    ) -> Result<(), DeadLetterError> {
+        match self.publish_once(record, body.clone()).await {
             Ok(()) => Ok(()),
             Err(first) => {
                 if self.js.get_stream(DLQ_STREAM).await.is_ok() {
@@ -207,7 +211,7 @@ impl DeadLetters {
                 }
                 tracing::warn!("dead-letter stream {DLQ_STREAM} is missing; creating it again");
                 self.ensure_stream().await?;
-                self.publish_once(endpoint, body).await
+                self.publish_once(record, body).await
             }
         }
     }
@@ -292,9 +296,14 @@ impl DeadLetters {
         Ok(Bytes::from(out))
     }
 
-    async fn publish_once(&self, endpoint: &str, body: Bytes) -> Result<(), DeadLetterError> {
+    async fn publish_once(&self, record: &DeadLetter, body: Bytes) -> Result<(), DeadLetterError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            record.msg_id().as_str(),
+        );
         self.js
-            .publish(dlq_subject(endpoint), body)
+            .publish_with_headers(dlq_subject(&record.endpoint), headers, body)
             .await
             .map_err(|e| DeadLetterError::Publish(e.to_string()))?
             .await

@@ -54,6 +54,29 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The record's `Nats-Msg-Id`: a record written twice (its first publish stored,
+    /// its ack lost, and the kept record written again when the message came back) is
+    /// stored once within the dead-letter stream's duplicate window (2 minutes). A
+    /// record made anew is another record, even of the same message and attempt (an
+    /// endpoint deleted and made again under the name): it was made at another time.
+    /// A digest, so that an id of any length gives a header of one.
+    pub fn msg_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for part in [
+            self.endpoint.as_bytes(),
+            self.stream.as_bytes(),
+            &self.stream_sequence.to_be_bytes(),
+            &self.attempts.to_be_bytes(),
+            self.id.as_bytes(),
+            self.dead_lettered_at.as_bytes(),
+        ] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        format!("natshook-dlq-{}", hex::encode(digest.finalize()))
+    }
+
     pub fn encode_payload(payload: &[u8]) -> String {
         BASE64.encode(payload)
     }
