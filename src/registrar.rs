@@ -611,7 +611,7 @@ impl Registrar {
         detail: String,
         paused_at: Option<String>,
     ) {
-        let tenant = record.value.get("tenant").and_then(Value::as_str);
+        let tenant = record.tenant();
         let mut event = EndpointEvent::new(EventFacts::now(
             &record.name,
             tenant,

@@ -524,6 +524,54 @@ async fn a_replay_under_way_follows_the_endpoint_s_changes() {
     assert_eq!(n.dead_letters("moving").len(), 20 - replayed);
 }
 
+/// The ids `name`'s delivery log shows through the API.
+async fn logged_ids(n: &Natshook, name: &str) -> BTreeSet<String> {
+    let (status, log) = api(n, "GET", &format!("/api/endpoints/{name}/deliveries"), None).await;
+    assert_eq!(status, 200, "{log}");
+    (log.as_array().expect("a list").iter())
+        .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// An endpoint moved to another tenant shows its new tenant none of the former
+/// one's deliveries in its log; one deleted shows none at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_moved_to_another_tenant_shows_only_its_tenant_s_log() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("moved", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "moved").await;
+    publish_all(js, tenant_leads("org_1", 3, "one")).await;
+    wait_until(
+        Duration::from_secs(20),
+        "org_1's deliveries logged",
+        || async { logged_ids(n, "moved").await.len() == 3 },
+    )
+    .await;
+
+    patch_ok(n, "moved", "{\"tenant\": \"org_2\"}").await;
+    assert_eq!(logged_ids(n, "moved").await, BTreeSet::new());
+    wait_until(Duration::from_secs(10), "the change applied", || async {
+        api(n, "GET", "/api/endpoints/moved", None).await.1["tenant"] == "org_2"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish_all(js, tenant_leads("org_2", 2, "two")).await;
+    let two: BTreeSet<String> = ["two-0", "two-1"].map(String::from).into();
+    wait_until(
+        Duration::from_secs(20),
+        "org_2's deliveries logged",
+        || async { logged_ids(n, "moved").await == two },
+    )
+    .await;
+
+    let (status, _) = api(n, "DELETE", "/api/endpoints/moved", None).await;
+    assert_eq!(status, 204);
+    let (status, log) = api(n, "GET", "/api/endpoints/moved/deliveries", None).await;
+    assert_eq!(status, 404, "{log}");
+}
+
 /// Creates runtime endpoint `acme` signing with `scheme`, then rotates its secret
 /// with a grace of 6 s (after a grace that is no duration is refused): the old secret,
 /// the new one, and when the rotation was answered.

@@ -16,6 +16,7 @@ use super::{read_to_end, ReadError};
 use crate::config::Config;
 use crate::delivery::AttemptResult;
 use crate::rate_limit::RateLimit;
+use crate::routing::tenant_admits;
 use crate::settings::LogSettings;
 
 pub const LOG_STREAM: &str = "NATSHOOK_LOG";
@@ -29,12 +30,26 @@ fn subject(endpoint: &str) -> String {
     format!("{LOG_SUBJECT_PREFIX}.{endpoint}")
 }
 
+/// Which message an attempt was of.
+pub struct Attempted<'a> {
+    pub endpoint: &'a str,
+    pub event: &'a str,
+    pub id: &'a str,
+    pub tenant: Option<&'a str>,
+    pub attempt: u32,
+}
+
 /// One attempt, as stored and served by the admin API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
     pub endpoint: String,
     pub event: String,
     pub id: String,
+    /// The message's tenant: an endpoint moved to another tenant shows only the
+    /// records of its tenant now ([`DeliveryLog::recent`]), even those a delivery
+    /// still under way for the former one writes after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub attempt: u32,
     /// When the attempt started (RFC 3339).
     pub time: String,
@@ -159,20 +174,19 @@ impl DeliveryLog {
     /// Records one attempt; never waits for the server.
     pub async fn record(
         &self,
-        endpoint: &str,
-        event: &str,
-        id: &str,
-        attempt: u32,
+        attempt: Attempted<'_>,
         result: &AttemptResult,
         request_headers: Vec<(String, String)>,
     ) {
         let now = SystemTime::now();
         let started = now.checked_sub(result.duration).unwrap_or(now);
+        let endpoint = attempt.endpoint;
         let record = LogRecord {
             endpoint: endpoint.to_string(),
-            event: event.to_string(),
-            id: id.to_string(),
-            attempt,
+            event: attempt.event.to_string(),
+            id: attempt.id.to_string(),
+            tenant: attempt.tenant.map(str::to_string),
+            attempt: attempt.attempt,
             time: crate::time::rfc3339_millis(started),
             status: result.status.label().to_string(),
             http_status: result.http_status,
@@ -240,15 +254,22 @@ impl DeliveryLog {
             .map_err(|e| failed(e.to_string()))
     }
 
-    /// The newest `limit` records of `endpoint`, newest first.
-    pub async fn recent(&self, endpoint: &str, limit: usize) -> Result<Vec<LogRecord>, LogError> {
+    /// The newest `limit` records of `endpoint` that its tenant `tenant` (`None`:
+    /// every tenant) may read, newest first.
+    pub async fn recent(
+        &self,
+        endpoint: &str,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
         let read = |e: ReadError| LogError::Read(e.to_string());
         let mut messages = read_to_end(&self.js, LOG_STREAM, subject(endpoint), 0, READ_IDLE)
             .await
             .map_err(read)?;
         let mut out = std::collections::VecDeque::new();
         while let Some(stored) = messages.next().await.map_err(read)? {
-            if let Ok(r) = serde_json::from_slice::<LogRecord>(&stored.payload) {
+            let record = serde_json::from_slice::<LogRecord>(&stored.payload).ok();
+            if let Some(r) = record.filter(|r| tenant_admits(tenant, r.tenant.as_deref())) {
                 out.push_back(r);
                 if out.len() > limit {
                     out.pop_front();

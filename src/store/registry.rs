@@ -43,6 +43,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// The tenant whose messages the endpoint gets; `None`: every tenant's.
+    pub fn tenant(&self) -> Option<&str> {
+        self.value.get("tenant").and_then(Value::as_str)
+    }
+
     pub fn enabled(&self) -> bool {
         self.value
             .get("enabled")

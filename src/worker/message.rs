@@ -21,6 +21,7 @@ use crate::metrics::Outcome;
 use crate::routing::Verdict;
 use crate::store::copy::{header_pairs, NATS_MSG_ID};
 use crate::store::dead_letters::DeadLetter;
+use crate::store::delivery_log::Attempted;
 use crate::store::unattempted::Delivered;
 use crate::store::work_stream::WorkStream;
 use crate::time;
@@ -308,8 +309,14 @@ impl Worker {
         });
         if let Some(log) = log {
             let headers = std::mem::take(&mut result.request_headers);
-            let (endpoint, attempt) = (&self.endpoint.name, m.meta.attempt);
-            Box::pin(log.record(endpoint, &m.event, &m.id, attempt, &result, headers)).await;
+            let attempted = Attempted {
+                endpoint: &self.endpoint.name,
+                event: &m.event,
+                id: &m.id,
+                tenant: m.tenant.as_deref(),
+                attempt: m.meta.attempt,
+            };
+            Box::pin(log.record(attempted, &result, headers)).await;
         }
         self.settle(m, result).await;
     }

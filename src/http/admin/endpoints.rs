@@ -130,10 +130,14 @@ pub(super) async fn deliveries(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> ApiResult<Vec<LogRecord>> {
-    // A disabled runtime endpoint's log is still worth reading.
-    if !s.is_record(&name) {
-        s.worker(&name).await?;
-    }
+    // A disabled runtime endpoint's log is still worth reading. Only its tenant's
+    // records, as stored now: one moved from another tenant does not show the
+    // former tenant's messages.
+    let tenant = match s.stored(&name).await? {
+        Some(record) => record.tenant().map(str::to_string),
+        None if s.is_record(&name) => return Err(ApiError::not_found(&name)),
+        None => s.worker(&name).await?.endpoint().tenant.clone(),
+    };
     let Some(log) = s.app.delivery_log() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -141,7 +145,7 @@ pub(super) async fn deliveries(
         ));
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
-    log.recent(&name, limit)
+    log.recent(&name, tenant.as_deref(), limit)
         .await
         .map(Json)
         .map_err(ApiError::unavailable)

@@ -194,10 +194,7 @@ pub(super) async fn list(
     };
     let mut all: Vec<(String, Value)> = Vec::new();
     for record in s.app.records() {
-        if !wanted(
-            &record.name,
-            record.value.get("tenant").and_then(Value::as_str),
-        ) {
+        if !wanted(&record.name, record.tenant()) {
             continue;
         }
         // A record with a file endpoint's name is not served: the worker is the file's.
