@@ -112,6 +112,35 @@ fn refuse_own_keys(body: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Stores a `secret` given as `{"value": "…"}` (or a list of them) as the plain
+/// string it stands for: the create's answer shows the secret as a string, and a
+/// rotation keeps the secret it replaces during its grace only in that form.
+fn plain_secret(body: &mut Map<String, Value>) {
+    fn plain(v: &mut Value) {
+        let inner = match v {
+            Value::Object(o) if o.len() == 1 => o.get("value").and_then(Value::as_str),
+            _ => None,
+        };
+        if let Some(inner) = inner.map(str::to_string) {
+            *v = Value::String(inner);
+        }
+    }
+    match body.get_mut("secret") {
+        Some(Value::Array(list)) => list.iter_mut().for_each(plain),
+        Some(v) => plain(v),
+        None => {}
+    }
+}
+
+/// The secret that signs, as the create's answer shows it: the first of a list.
+fn signing_secret(stored: Option<&Value>) -> Value {
+    match stored {
+        Some(Value::Array(list)) => list.first().cloned().unwrap_or(Value::Null),
+        Some(v) => v.clone(),
+        None => Value::Null,
+    }
+}
+
 fn problem(field: &str, message: impl Into<String>) -> Problem {
     Problem {
         path: field.to_string(),
@@ -399,6 +428,7 @@ impl Registrar {
         // keys, so the check below does not see them.
         let mut problems = Vec::new();
         refuse_own_keys(&mut body, &mut problems);
+        plain_secret(&mut body);
         let skip_backlog = match body.remove("skip_backlog") {
             None | Some(Value::Bool(true)) => true,
             Some(Value::Bool(false)) => false,
@@ -448,7 +478,7 @@ impl Registrar {
         let name = name.unwrap_or_default();
         body.entry("enabled").or_insert(true.into());
         let revision = self.registry.create(&name, &body).await?;
-        let secret = body.get("secret").cloned().unwrap_or(Value::Null);
+        let secret = signing_secret(body.get("secret"));
         Ok(Created {
             record: Record {
                 name,
@@ -505,6 +535,8 @@ impl Registrar {
         let mut skip_backlog = false;
         let mut patch = patch;
         refuse_own_keys(&mut patch, &mut problems);
+        plain_secret(&mut patch);
+        let before = record.value.clone();
         for (key, value) in patch {
             match (key.as_str(), value) {
                 ("name", Value::String(n)) if n == name => {}
@@ -546,6 +578,11 @@ impl Registrar {
         }
         if !problems.is_empty() {
             return Err(invalid(what, problems));
+        }
+        // A change to what is stored already writes nothing: a new revision would
+        // refuse everyone else's `If-Match` for nothing.
+        if record.value == before {
+            return Ok(record);
         }
         record.revision = self.registry.update(name, &record.value, expected).await?;
         if enabling {

@@ -572,6 +572,70 @@ async fn an_endpoint_moved_to_another_tenant_shows_only_its_tenant_s_log() {
     assert_eq!(status, 404, "{log}");
 }
 
+/// What a settings page relies on: the secret answered as a string whatever form it
+/// was given in (and kept through a rotation's grace), a change that changes nothing
+/// keeping the revision, `If-Match: *` taking the endpoint as it is, and a test event
+/// sent right after a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_answer_as_strings_and_empty_changes_keep_the_revision() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let mut given: Value = serde_json::from_str(&body("shaped", rx)).unwrap();
+    given["secret"] = json!({"value": "abcdefgh12345678"});
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&given.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["secret"], "abcdefgh12345678");
+    let revision = created["revision"].clone();
+
+    let (status, same) = api(n, "PATCH", "/api/endpoints/shaped", Some("{}")).await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(same["revision"], revision);
+    let (status, same) = api(
+        n,
+        "PATCH",
+        "/api/endpoints/shaped",
+        Some("{\"description\": \"Acme's CRM\"}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(same["revision"], revision);
+
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("if-match", "*"),
+    ];
+    let ((status, changed), _) = n
+        .api_with(
+            "PATCH",
+            "/api/endpoints/shaped",
+            &headers,
+            Some("{\"description\": \"changed\"}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_ne!(changed["revision"], revision);
+    // A test event right after the change waits for it to apply rather than answer 503.
+    let (status, tested) = api(n, "POST", "/api/endpoints/shaped/test", None).await;
+    assert_eq!(status, 200, "{tested}");
+
+    let (status, rotated) = api(
+        n,
+        "POST",
+        "/api/endpoints/shaped/secret/rotate",
+        Some("{\"grace\": \"1h\"}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let stored = stored_record(js, "shaped").await.expect("stored");
+    assert_eq!(
+        stored["secret"],
+        json!([rotated["secret"], "abcdefgh12345678"]),
+        "the replaced secret signs through the grace"
+    );
+}
+
 /// Creates runtime endpoint `acme` signing with `scheme`, then rotates its secret
 /// with a grace of 6 s (after a grace that is no duration is refused): the old secret,
 /// the new one, and when the rotation was answered.

@@ -76,8 +76,18 @@ impl AdminState {
         if self.app.is_file_endpoint(name) || self.app.registrar().is_none() {
             return Ok(());
         }
-        let seen = self.app.applied_revision(name);
-        match self.stored(name).await? {
+        let stored = self.stored(name).await?;
+        // A change applies here within a moment (a watch event, a restart of the
+        // worker): waited for, so that a settings page's "send test" right after an
+        // edit works rather than answer 503.
+        let wanted = stored.as_ref().filter(|r| r.enabled()).map(|r| r.revision);
+        let mut seen = self.app.applied_revision(name);
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        while wanted.is_some() && seen != wanted && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            seen = self.app.applied_revision(name);
+        }
+        match stored {
             None => Err(ApiError::not_found(name)),
             Some(r) if !r.enabled() => Err(disabled(name)),
             Some(r) if seen != Some(r.revision) => Err(ApiError::unavailable(format!(
@@ -94,6 +104,9 @@ impl AdminState {
         self.app.records().iter().any(|r| r.name == name)
     }
 }
+
+/// How long a test event or a replay waits for a change just stored to apply here.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn disabled(name: &str) -> ApiError {
     ApiError::new(

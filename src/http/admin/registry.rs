@@ -285,11 +285,15 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// The revision an `If-Match` header names (`5`, `"5"` or `W/"5"`).
+/// The revision an `If-Match` header names (`5`, `"5"` or `W/"5"`); `*` names any
+/// (RFC 9110: the endpoint as it is), as no header does.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(http::header::IF_MATCH) else {
         return Ok(None);
     };
+    if v.to_str().is_ok_and(|t| t.trim() == "*") {
+        return Ok(None);
+    }
     v.to_str()
         .ok()
         .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
