@@ -2670,6 +2670,10 @@ async fn per_endpoint_routes(s: &Setup, name: &str, rx: &Receiver) -> Received {
     assert_eq!(paused["pause_reason"], "paused by an operator");
     let (_, state) = api(n, "GET", &format!("/api/endpoints/{name}"), None).await;
     assert_eq!(state["paused"], true);
+    // The answer is the endpoint as `GET` shows it.
+    for key in ["source", "enabled", "tenant", "revision", "events", "url"] {
+        assert_eq!(paused[key], state[key], "{key}: {paused}");
+    }
     let held = format!("{name}-held");
     publish_org_1(js, 3, &held).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

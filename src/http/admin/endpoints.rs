@@ -16,7 +16,7 @@ use crate::registrar::RegistrarError;
 use crate::store::dead_letters::{ReplayFilter, ReplaySummary};
 use crate::store::delivery_log::LogRecord;
 use crate::store::registry::Record;
-use crate::worker::{EndpointState, Worker};
+use crate::worker::Worker;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -115,22 +115,24 @@ fn disabled(name: &str) -> ApiError {
     )
 }
 
+/// Answers the endpoint as `GET` does, so a page can show it from the answer.
 pub(super) async fn pause(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,
-) -> ApiResult<EndpointState> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let w = s.worker(&name).await?;
     w.pause();
-    Ok(Json(w.state()))
+    Ok(Json(super::registry::served_view(&s, w)))
 }
 
+/// Answers as [`pause`] does.
 pub(super) async fn resume(
     State(s): State<AdminState>,
     ApiPath(name): ApiPath<String>,
-) -> ApiResult<EndpointState> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let w = s.worker(&name).await?;
     w.resume();
-    Ok(Json(w.state()))
+    Ok(Json(super::registry::served_view(&s, w)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -156,6 +156,20 @@ fn api_view(s: &AdminState, record: &Record, worker: Option<Arc<Worker>>) -> Val
     with_state(worker, extra)
 }
 
+/// A served endpoint as `GET` shows it, from what this process holds (no registry
+/// read): the answer of an action on its worker, which has taken effect whether or
+/// not NATS answers now.
+pub(super) fn served_view(s: &AdminState, worker: Arc<Worker>) -> Value {
+    let name = worker.endpoint().name.clone();
+    if s.app.is_file_endpoint(&name) {
+        return file_view(worker);
+    }
+    match s.app.records().into_iter().find(|r| r.name == name) {
+        Some(record) => api_view(s, &record, Some(worker)),
+        None => serde_json::to_value(worker.state()).unwrap_or_default(),
+    }
+}
+
 fn file_view(worker: Arc<Worker>) -> Value {
     let mut extra = Map::new();
     extra.insert("source".into(), "file".into());
