@@ -145,6 +145,19 @@ fn by_field(mut p: Problem) -> Problem {
     } else if p.path == "endpoints[0]" || p.path == "endpoints" {
         p.path = "body".to_string();
     }
+    // The keys a file endpoint takes are not the API's: it refuses some, and has
+    // keys of its own.
+    let listed = p
+        .message
+        .strip_prefix(super::keys::UNKNOWN_KEY)
+        .and_then(|rest| rest.strip_suffix(')'));
+    if let Some(listed) = listed.filter(|_| !p.path.contains('.')) {
+        let mut keys: Vec<&str> = (listed.split(", "))
+            .filter(|k| !FILE_KEYS.contains(k) && !OPERATOR_KEYS.contains(k))
+            .collect();
+        keys.extend(["description", "enabled", "skip_backlog"]);
+        p.message = format!("{}{})", super::keys::UNKNOWN_KEY, keys.join(", "));
+    }
     p
 }
 
@@ -505,6 +518,11 @@ mod tests {
         }))
         .unwrap_err();
         let text = problems.join("\n");
+        let bogus = problems.iter().find(|p| p.starts_with("bogus:")).unwrap();
+        assert!(
+            !bogus.contains("ca_file") && !bogus.contains("proxy"),
+            "{bogus}"
+        );
         for expected in [
             "name: 'Bad Name' must match [a-z0-9_-]+",
             "url: scheme must be https (set allow_http = true to permit http)",
@@ -514,6 +532,7 @@ mod tests {
             "proxy: not allowed here: the outbound proxy is the operator's choice",
             "bogus: unknown key",
             "timeout:",
+            ", description, enabled, skip_backlog)",
             "events: no [[events]] mapping produces any of these event names",
         ] {
             assert!(text.contains(expected), "{expected}\nin:\n{text}");

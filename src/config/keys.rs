@@ -12,6 +12,9 @@ use super::raw::{
 use super::Problems;
 use crate::secret::SecretRefTable;
 
+/// How the problem of an unknown key begins; the allowed keys and `)` follow.
+pub const UNKNOWN_KEY: &str = "unknown key (expected one of: ";
+
 /// Reports each key of the table `value` (at key path `path`) that none of `allowed`
 /// lists. Anything but a table is left to the type checks.
 pub fn unknown_keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], p: &mut Problems) {
@@ -26,10 +29,7 @@ pub fn unknown_keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], p: &
             } else {
                 format!("{path}.{key}")
             };
-            p.add(
-                at,
-                format_args!("unknown key (expected one of: {})", all.join(", ")),
-            );
+            p.add(at, format_args!("{UNKNOWN_KEY}{})", all.join(", ")));
         }
     }
 }
