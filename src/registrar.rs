@@ -57,6 +57,10 @@ pub enum RegistrarError {
         "the endpoint '{0}' was deleted and is still being removed; create it again in a moment"
     )]
     StillRemoving(String),
+    /// A write without `If-Match` that lost to another change every time it was tried
+    /// ([`STALE_RETRIES`]): no revision was named, so not a failed precondition.
+    #[error("the endpoint kept changing while this change was written; try again")]
+    Contended,
     /// Also when NATS is down: whether a former endpoint left anything is not known.
     #[error(
         "could not clear what an earlier endpoint of this name may have left ({what}): {error}"
@@ -84,9 +88,10 @@ where
     let mut left = STALE_RETRIES;
     loop {
         match write().await {
-            Err(RegistrarError::Registry(RegistryError::Stale(_)))
-                if if_match.is_none() && left > 0 =>
-            {
+            Err(RegistrarError::Registry(RegistryError::Stale(_))) if if_match.is_none() => {
+                if left == 0 {
+                    return Err(RegistrarError::Contended);
+                }
                 left -= 1
             }
             done => return done,
@@ -775,4 +780,30 @@ fn new_secret(scheme: Scheme) -> Result<String, RegistrarError> {
         ),
         _ => hex::encode(key),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_without_if_match_that_keeps_losing_is_contended_not_stale() {
+        let stale = || async { Err::<(), _>(RegistryError::Stale(1).into()) };
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let counted = || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stale()
+        };
+        let lost = retrying_stale(None, counted).await;
+        assert!(matches!(lost, Err(RegistrarError::Contended)), "{lost:?}");
+        assert_eq!(calls.into_inner(), STALE_RETRIES + 1);
+        let named = retrying_stale(Some(1), stale).await;
+        assert!(
+            matches!(
+                named,
+                Err(RegistrarError::Registry(RegistryError::Stale(1)))
+            ),
+            "{named:?}"
+        );
+    }
 }

@@ -157,6 +157,7 @@ impl From<RegistrarError> for Failure {
             RegistrarError::Registry(RegistryError::Nats(_))
             | RegistrarError::Randomness(_)
             | RegistrarError::StillRemoving(_)
+            | RegistrarError::Contended
             | RegistrarError::Leftovers { .. } => Failure::Runtime(e.into()),
         }
     }

@@ -120,6 +120,7 @@ impl From<RegistrarError> for ApiError {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, e.to_string())
             }
             RegistrarError::Registry(e @ RegistryError::Nats(_)) => ApiError::unavailable(e),
+            RegistrarError::Contended => ApiError::unavailable(e).retry_after(1),
             RegistrarError::StillRemoving(_) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string()).retry_after(2)
             }
