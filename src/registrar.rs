@@ -587,6 +587,10 @@ impl Registrar {
         // A change to what is stored already writes nothing: a new revision would
         // refuse everyone else's `If-Match` for nothing.
         if record.value == before {
+            if enabling {
+                // Enabling also ends a pause, stored or not.
+                self.enabled(&record, was_enabled, false).await;
+            }
             return Ok(record);
         }
         record.revision = self.registry.update(name, &record.value, expected).await?;
@@ -712,6 +716,9 @@ impl Registrar {
         // (a `hex` receiver may still hold only the oldest, which still signs).
         let now = SystemTime::now();
         let in_grace = api::grace_until(&record.value, now).is_some();
+        // Stored as `{"value": …}` by an older version or another tool: the grace
+        // keeps only strings.
+        plain_secret(&mut record.value);
         let mut previous: Vec<Value> = match record.value.get("secret") {
             Some(Value::String(old)) => vec![old.clone().into()],
             Some(Value::Array(list)) if in_grace => list.clone(),

@@ -470,7 +470,7 @@ async fn a_deleted_registry_bucket_is_made_again_with_the_endpoints_served() {
 
 /// A replay under way sends each record as the endpoint is served then: after a
 /// change of its URL to the new one, and once it is disabled not at all, the rest
-/// kept.
+/// kept; a record removed meanwhile (its endpoint deleted) is not sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_under_way_follows_the_endpoint_s_changes() {
     let s = Setup::start().await;
@@ -522,6 +522,26 @@ async fn a_replay_under_way_follows_the_endpoint_s_changes() {
     let replayed = summary["replayed"].as_array().map_or(0, Vec::len);
     assert!(replayed < 20, "{summary}");
     assert_eq!(n.dead_letters("moving").len(), 20 - replayed);
+
+    // Removed under way, as a delete of the endpoint removes them: not sent.
+    patch_ok(n, "moving", "{\"enabled\": true}").await;
+    wait_bound(n, "moving").await;
+    let left = 20 - replayed;
+    let before = rx.count();
+    let replay = api(n, "POST", "/api/endpoints/moving/dlq/replay", Some("{}"));
+    let purge = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let dlq = js.get_stream("NATSHOOK_DLQ").await.expect("dlq");
+        dlq.purge()
+            .filter("natshook.dlq.moving")
+            .await
+            .expect("purged");
+    };
+    let ((status, summary), ()) = tokio::join!(replay, purge);
+    assert_eq!(status, 200, "{summary}");
+    let sent = rx.count() - before;
+    assert!(sent < left, "{sent} of {left} sent after their removal");
+    assert_eq!(summary["replayed"].as_array().map(Vec::len), Some(sent));
 }
 
 /// The ids `name`'s delivery log shows through the API.
@@ -634,6 +654,29 @@ async fn secrets_answer_as_strings_and_empty_changes_keep_the_revision() {
         json!([rotated["secret"], "abcdefgh12345678"]),
         "the replaced secret signs through the grace"
     );
+}
+
+/// A file endpoint whose name a registry record also has (the record is not served)
+/// keeps its delivery log readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_endpoint_shadowing_a_record_shows_its_log() {
+    let s = Setup::start().await;
+    let (n, js) = (&s.n, &s.js);
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    let record: Value = serde_json::from_str(&body("file", &s.rx)).unwrap();
+    kv.put("file", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .expect("put");
+    deliver_org_1(js, &s.file_rx, 2, "f", 2).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the file endpoint's log",
+        || async { logged_ids(n, "file").await.len() == 2 },
+    )
+    .await;
 }
 
 /// Creates runtime endpoint `acme` signing with `scheme`, then rotates its secret

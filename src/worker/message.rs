@@ -131,8 +131,10 @@ impl Worker {
                     &m.meta.stream,
                     m.meta.sequence,
                 );
-                if let Some(mut kept) = kept {
-                    kept.record.dead_lettered_at = time::rfc3339_millis(SystemTime::now());
+                if let Some(kept) = kept {
+                    // Written as it was made, its time included: when the first write
+                    // was stored and only its ack lost, the stream takes this one as
+                    // its duplicate (`DeadLetter::msg_id`).
                     Box::pin(self.write_dead_letter(&m, kept)).await;
                     return;
                 }

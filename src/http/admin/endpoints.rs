@@ -150,7 +150,10 @@ pub(super) async fn deliveries(
     // former tenant's messages.
     let tenant = match s.stored(&name).await? {
         Some(record) => record.tenant().map(str::to_string),
-        None if s.is_record(&name) => return Err(ApiError::not_found(&name)),
+        // A file endpoint may share its name with a record it shadows.
+        None if s.is_record(&name) && !s.app.is_file_endpoint(&name) => {
+            return Err(ApiError::not_found(&name))
+        }
         None => s.worker(&name).await?.endpoint().tenant.clone(),
     };
     let Some(log) = s.app.delivery_log() else {

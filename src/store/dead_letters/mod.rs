@@ -418,11 +418,16 @@ impl DeadLetters {
             .map_err(|e| DeadLetterError::Read(e.to_string()))?;
         match stream.delete_message(stored.sequence).await {
             Ok(_) => {}
-            // Another replay (or `max_age`) removed it first: removed all the same.
+            // Another replay (or `max_age`, a purge, the endpoint's deletion) removed
+            // it first: removed all the same. The server answers a delete of a message
+            // gone with "no message found" under either code.
             Err(e)
                 if matches!(
                     e.kind(),
-                    DeleteMessageErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                    DeleteMessageErrorKind::JetStream(ref j)
+                        if j.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                            || (j.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                                && j.to_string().contains("no message found"))
                 ) => {}
             Err(e) => return Err(DeadLetterError::Read(e.to_string())),
         }

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -43,10 +44,9 @@ impl DeadLetters {
         // A page at a time: records carry payloads of up to ~780 KB each, and a DLQ
         // of thousands must not be held in memory at once. Only the records there
         // when the replay starts: the worker may dead-letter more meanwhile.
-        let end = match self.js.get_stream(DLQ_STREAM).await {
-            Ok(stream) => stream.cached_info().state.last_sequence,
-            Err(e) => return Err(DeadLetterError::Read(e.to_string())),
-        };
+        let stream = (self.js.get_stream(DLQ_STREAM).await)
+            .map_err(|e| DeadLetterError::Read(e.to_string()))?;
+        let end = stream.cached_info().state.last_sequence;
         let mut from = 0;
         loop {
             let mut page = self.list_from(Some(endpoint), from, REPLAY_PAGE).await?;
@@ -56,7 +56,7 @@ impl DeadLetters {
             from = last.sequence + 1;
             let full = page.len() == REPLAY_PAGE && last.sequence < end;
             page.retain(|stored| stored.sequence <= end);
-            let served = self.replay_page(sender, filter, page, &mut summary).await?;
+            let served = (self.replay_page(&stream, sender, filter, page, &mut summary)).await?;
             if !full || !served {
                 break;
             }
@@ -67,6 +67,7 @@ impl DeadLetters {
     /// Replays one page; `false` once the endpoint is no longer served.
     async fn replay_page(
         &self,
+        stream: &Stream,
         sender: &(dyn Fn() -> Option<Deliverer> + Send + Sync),
         filter: &ReplayFilter,
         page: Vec<StoredDeadLetter>,
@@ -83,6 +84,12 @@ impl DeadLetters {
                 if at < since {
                     continue;
                 }
+            }
+            // Read a page ago: gone since, it was replayed by someone else, or its
+            // endpoint deleted (with its dead letters), and one made again under the
+            // name, another customer's perhaps, must not get it.
+            if !still_stored(stream, stored.sequence).await? {
+                continue;
             }
             let Some(deliverer) = sender() else {
                 summary.failures.push((
@@ -106,6 +113,15 @@ impl DeadLetters {
             }
         }
         Ok(true)
+    }
+}
+
+/// Whether the record at `sequence` is still in the dead-letter stream.
+async fn still_stored(stream: &Stream, sequence: u64) -> Result<bool, DeadLetterError> {
+    match stream.get_raw_message(sequence).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(DeadLetterError::Read(e.to_string())),
     }
 }
 
