@@ -654,6 +654,31 @@ async fn secrets_answer_as_strings_and_empty_changes_keep_the_revision() {
         json!([rotated["secret"], "abcdefgh12345678"]),
         "the replaced secret signs through the grace"
     );
+
+    // One stored as `{"value": …}` (by another tool) is kept through a grace too.
+    edit_record(js, "shaped", |v| {
+        v["secret"] = json!({"value": "stored-as-an-object"});
+        v.as_object_mut().unwrap().remove("previous_secrets_until");
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the edit seen", || async {
+        let (status, _) = api(n, "POST", "/api/endpoints/shaped/test", None).await;
+        status == 200
+    })
+    .await;
+    let (status, rotated) = api(
+        n,
+        "POST",
+        "/api/endpoints/shaped/secret/rotate",
+        Some("{\"grace\": \"1h\"}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let stored = stored_record(js, "shaped").await.expect("stored");
+    assert_eq!(
+        stored["secret"],
+        json!([rotated["secret"], "stored-as-an-object"])
+    );
 }
 
 /// A file endpoint whose name a registry record also has (the record is not served)
