@@ -397,6 +397,24 @@ fn keygen(args: KeygenArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Secrets under `standard` that are not in Standard Webhooks' form: valid (the
+/// contract uses their bytes as the key), but official libraries decode any secret
+/// as base64, so their signatures and natshook's would never match.
+fn plain_standard_secrets(config: &Config) -> Vec<String> {
+    let why = "under the standard scheme a secret without the whsec_ prefix is used as \
+               written, while Standard Webhooks libraries read a secret as base64 (after \
+               whsec_): give whsec_<base64 of the key> so that";
+    let endpoints = (config.endpoints.iter())
+        .filter(|e| e.signer.reads_plain_standard_secret())
+        .map(|e| format!("endpoint {}: {why} receivers can verify", e.name));
+    let routes = (config.ingress.routes.iter())
+        .filter(|r| {
+            matches!(&r.verify, crate::ingress::Verify::Signed(s) if s.reads_plain_standard_secret())
+        })
+        .map(|r| format!("{}: {why} senders' signatures verify", r.path));
+    endpoints.chain(routes).collect()
+}
+
 fn check(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path)?;
     to_stdout(format_args!(
@@ -429,6 +447,9 @@ fn check(path: &Path) -> Result<(), Failure> {
             e.signer.scheme(),
             subjects
         ));
+    }
+    for warning in plain_standard_secrets(&config) {
+        to_stdout(format_args!("warning: {warning}"));
     }
     if let Some(t) = &config.tracing {
         to_stdout(format_args!(
@@ -607,6 +628,9 @@ fn run(path: &Path) -> Result<(), Failure> {
                 "running on one thread: one endpoint from the file, no registry, no ingress \
                  routes (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
+        }
+        for warning in plain_standard_secrets(&config) {
+            tracing::warn!("{warning}");
         }
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();

@@ -277,6 +277,32 @@ fn check_warns_when_ed25519_keys_leave_room_for_one_v1a_signature() {
     );
 }
 
+/// A `standard` secret not in Standard Webhooks' form is valid (its bytes are the key)
+/// but no official library would use the same key: `check` says so.
+#[test]
+fn check_warns_about_standard_secrets_without_the_whsec_prefix() {
+    let config = |secret: &str| {
+        format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"one\"\nurl = \"https://example.com/\"\nevents = [\"a\"]\nsecret = \"{secret}\"\nsignature = {{ scheme = \"standard\" }}\n[ingress]\n[[ingress.routes]]\npath = \"/in/a\"\nsubject = \"inbound.a\"\nverify = {{ scheme = \"standard\", secret = \"{secret}\" }}\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, config("plain-secret")).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "warning: endpoint one: under the standard scheme a secret without the whsec_ prefix",
+        "warning: /in/a: under the standard scheme a secret without the whsec_ prefix",
+    ] {
+        assert!(out.contains(line), "{line}\nin:\n{out}");
+    }
+    std::fs::write(&path, config("whsec_ZGVtbw==")).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("warning"), "{out}");
+}
+
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
 /// took half a minute over it, and toml_edit's limits multiply to a depth that
 /// overflowed the stack; figment's parse of an env value overflowed it too.

@@ -932,7 +932,7 @@ async fn a_runtime_endpoint_that_cannot_bind_leaves_the_process_ready() {
 async fn the_api_answers_503_until_the_registry_is_open() {
     let (file_rx, rx) = (Receiver::start().await, Receiver::start().await);
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let mut c = with_admin(TestConfig::new(nowhere).endpoint(
+    let mut c = with_admin(TestConfig::new(nowhere.clone()).endpoint(
         "file",
         &file_rx.url("/file"),
         &["lead.created"],
@@ -966,6 +966,14 @@ async fn the_api_answers_503_until_the_registry_is_open() {
         .api_with("DELETE", "/api/endpoints/file", &json, None)
         .await;
     assert_eq!(status, 409, "{err}");
+    // The log names the server it cannot reach.
+    let server = nowhere.trim_start_matches("nats://").to_string();
+    wait_until(Duration::from_secs(20), "the server named", || {
+        let logs = n.logs();
+        let server = server.clone();
+        async move { logs.contains("NATS event") && logs.contains(&server) }
+    })
+    .await;
 }
 
 /// With NATS gone, a create answers `503` with `Retry-After`, and its error claims no

@@ -60,10 +60,18 @@ pub async fn connect(
         }
     }
     if let Some((metrics, connected)) = on_event {
+        let servers: Arc<str> = nats
+            .urls
+            .iter()
+            .map(|u| shown(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into();
         opts = opts.event_callback(move |event| {
             let metrics = metrics.clone();
             let connected = connected.clone();
-            async move { on_connection_event(event, &metrics, &connected) }
+            let servers = servers.clone();
+            async move { on_connection_event(event, &metrics, &connected, &servers) }
         });
     }
     let addrs = nats
@@ -91,8 +99,19 @@ async fn with_auth(opts: ConnectOptions, nats: &NatsConfig) -> Result<ConnectOpt
     })
 }
 
-/// Keeps `natshook_nats_connected` and readiness in step with the connection.
-fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool) {
+/// A server URL as logs show it: credentials in it are replaced.
+fn shown(url: &str) -> String {
+    let start = url.find("://").map_or(0, |s| s + 3);
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Keeps `natshook_nats_connected` and readiness in step with the connection. An
+/// error names the servers tried: the client's own text ("IO error", "timed out")
+/// does not, and a wrong `nats.url` is the usual cause.
+fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool, servers: &str) {
     match event {
         Event::Connected => {
             tracing::info!("connected to NATS");
@@ -107,7 +126,10 @@ fn on_connection_event(event: Event, metrics: &Metrics, connected: &AtomicBool) 
         // A slow consumer's dropped messages come back only after their ack timers, and
         // an error may be a permission refused: either explains a stall, so both show
         // at the default level.
-        Event::SlowConsumer(_) | Event::ServerError(_) | Event::ClientError(_) => {
+        Event::ClientError(_) => {
+            tracing::warn!(event = %event, servers, "NATS event");
+        }
+        Event::SlowConsumer(_) | Event::ServerError(_) => {
             tracing::warn!(event = %event, "NATS event");
         }
         other => tracing::info!(event = %other, "NATS event"),
@@ -232,5 +254,20 @@ pub(super) async fn ensure_own_streams(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn credentials_in_a_server_url_are_not_shown() {
+        assert_eq!(
+            shown("nats://u:p@10.0.0.1:4222"),
+            "nats://***@10.0.0.1:4222"
+        );
+        assert_eq!(shown("tok@127.0.0.1:4222"), "***@127.0.0.1:4222");
+        assert_eq!(shown("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

@@ -112,6 +112,10 @@ pub struct Signer {
     /// Newest first (but see [`Signer::during_rotation_grace`]). `hex`/`sha256` sign
     /// with the first only.
     keys: Vec<Key>,
+    /// Under `standard`, a secret without a `whsec_`/`whsk_`/`whpk_` prefix: its bytes
+    /// are the key, as the contract says, while Standard Webhooks libraries read any
+    /// secret as base64 ([`Signer::reads_plain_standard_secret`]).
+    plain_standard: bool,
 }
 
 impl fmt::Debug for Signer {
@@ -168,10 +172,17 @@ impl Signer {
         // Collecting through a Result leaves room for four keys where most endpoints
         // have one, and the signer lives as long as the endpoint.
         keys.shrink_to_fit();
+        let prefixed = |s: &Secret| {
+            let raw = s.expose();
+            [&b"whsec_"[..], b"whsk_", b"whpk_"]
+                .iter()
+                .any(|p| raw.starts_with(p))
+        };
         Ok(Self {
             scheme,
             header,
             keys,
+            plain_standard: scheme == Scheme::Standard && !secrets.iter().all(prefixed),
         })
     }
 
@@ -208,6 +219,13 @@ impl Signer {
 
     pub fn scheme(&self) -> Scheme {
         self.scheme
+    }
+
+    /// Whether a `standard` secret is not in Standard Webhooks' form (`whsec_…`): a
+    /// receiver or sender on an official library would then use another key, and no
+    /// signature would verify. Said by `natshook check` and at start.
+    pub fn reads_plain_standard_secret(&self) -> bool {
+        self.plain_standard
     }
 
     pub fn header(&self) -> &HeaderName {
