@@ -397,6 +397,38 @@ fn keygen(args: KeygenArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What a valid config likely has wrong, said by `check` and at start: an endpoint's
+/// `events` pattern that no mapping's event can match (a typo: `tickt.*`; the endpoint
+/// still gets its other patterns' events, or start-up would refuse it), and a
+/// `standard` secret not in Standard Webhooks' form.
+fn config_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = unmatched_patterns(config);
+    warnings.extend(plain_standard_secrets(config));
+    warnings
+}
+
+fn unmatched_patterns(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.router.rules().is_empty() {
+        return warnings;
+    }
+    for e in &config.endpoints {
+        for item in e.events.items().into_iter().filter(|i| *i != "*") {
+            let Ok(one) = crate::routing::EventFilter::parse(&[item]) else {
+                continue;
+            };
+            let subjects = config.router.filter_subjects(&one, e.tenant.as_deref());
+            if subjects.is_some_and(|s| s.is_empty()) {
+                warnings.push(format!(
+                    "endpoint {}: events pattern '{item}' matches no event an [[events]] mapping produces",
+                    e.name
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 /// Secrets under `standard` that are not in Standard Webhooks' form: valid (the
 /// contract uses their bytes as the key), but official libraries decode any secret
 /// as base64, so their signatures and natshook's would never match.
@@ -448,7 +480,7 @@ fn check(path: &Path) -> Result<(), Failure> {
             subjects
         ));
     }
-    for warning in plain_standard_secrets(&config) {
+    for warning in config_warnings(&config) {
         to_stdout(format_args!("warning: {warning}"));
     }
     if let Some(t) = &config.tracing {
@@ -536,6 +568,17 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
                 let _ = writeln!(out, "{line}");
             }
             to_stderr(format_args!("{} record(s)", records.len()));
+            // Records outlive their endpoint, so any name is listed; an empty answer
+            // for a name the file lacks is more often a typo.
+            let unknown = endpoint
+                .as_deref()
+                .filter(|name| !config.endpoints.iter().any(|e| e.name == *name));
+            if let Some(name) = unknown.filter(|_| records.is_empty()) {
+                to_stderr(format_args!(
+                    "no endpoint in the config is named '{name}' (a runtime endpoint, or one \
+                     taken out of the file, keeps its records under its name)"
+                ));
+            }
         }
         DlqCommand::Replay {
             endpoint,
@@ -629,7 +672,7 @@ fn run(path: &Path) -> Result<(), Failure> {
                  routes (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
         }
-        for warning in plain_standard_secrets(&config) {
+        for warning in config_warnings(&config) {
             tracing::warn!("{warning}");
         }
         let shutdown = CancellationToken::new();

@@ -82,6 +82,8 @@ pub enum SecretError {
     Ambiguous,
     #[error("environment variable {0} is not set")]
     EnvMissing(String),
+    #[error("env must name an environment variable")]
+    EnvUnnamed,
     #[error("cannot read secret file {path}: {source}")]
     File {
         path: PathBuf,
@@ -158,6 +160,7 @@ impl SecretRef {
         let bytes = match self {
             SecretRef::Plain(v) => v.as_bytes().to_vec(),
             SecretRef::Ref(t) => match (&t.env, &t.file, &t.value) {
+                (Some(name), None, None) if name.is_empty() => return Err(SecretError::EnvUnnamed),
                 (Some(name), None, None) => std::env::var(name)
                     .map_err(|_| SecretError::EnvMissing(name.clone()))?
                     .into_bytes(),
@@ -292,6 +295,12 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(r.resolve(), Err(SecretError::EnvMissing(_))));
+        let unnamed = SecretRef::Ref(SecretRefTable {
+            env: Some(String::new()),
+            file: None,
+            value: None,
+        });
+        assert!(matches!(unnamed.resolve(), Err(SecretError::EnvUnnamed)));
         let both = SecretRef::Ref(SecretRefTable {
             env: Some("A".into()),
             value: Some("b".into()),

@@ -303,6 +303,31 @@ fn check_warns_about_standard_secrets_without_the_whsec_prefix() {
     assert!(!out.contains("warning"), "{out}");
 }
 
+/// An `events` pattern no mapping can match is most likely a typo: `check` names it,
+/// though the endpoint's other patterns make the config valid.
+#[test]
+fn check_warns_about_an_events_pattern_no_mapping_matches() {
+    let config = |events: &str| {
+        format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"crm.lead.*\"\nevent = \"lead.{{3}}\"\n[[events]]\nsubject = \"desk.ticket.*\"\nevent = \"ticket.{{3}}\"\n[[endpoints]]\nname = \"one\"\nurl = \"https://example.com/\"\nevents = {events}\nsecret = \"s\"\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, config(r#"["lead.created", "tickt.*"]"#)).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("warning: endpoint one: events pattern 'tickt.*' matches no event"),
+        "{out}"
+    );
+    assert!(!out.contains("'lead.created' matches no"), "{out}");
+    std::fs::write(&path, config(r#"["lead.created", "ticket.*"]"#)).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("warning"), "{out}");
+}
+
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
 /// took half a minute over it, and toml_edit's limits multiply to a depth that
 /// overflowed the stack; figment's parse of an env value overflowed it too.

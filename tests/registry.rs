@@ -1248,6 +1248,14 @@ async fn the_cli_replays_a_runtime_endpoints_dead_letters() {
         String::from_utf8_lossy(&out.stderr).contains("in the config or the registry"),
         "{out:?}"
     );
+    // Listing takes any name (records outlive endpoints), and says when it is none.
+    let out = n.cli(&["dlq", "list", "--endpoint", "nobody"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no endpoint in the config is named 'nobody'"),
+        "{err}"
+    );
 }
 
 /// A file endpoint taken out of the file keeps its log and dead letters (they are the

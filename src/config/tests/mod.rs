@@ -306,6 +306,10 @@ fn nats_urls_are_checked_one_by_one() {
             "x",
             "nats.url: 'x' is neither a URL nor host:port (e.g. nats://x:4222)",
         ),
+        (
+            "nats//127.0.0.1:4222",
+            "nats.url: 'nats//127.0.0.1:4222' is neither a URL nor host:port (e.g. nats://127.0.0.1:4222)",
+        ),
         ("nats://", "nats.url: 'nats://' has no host"),
         ("nats://:4222", "nats.url: 'nats://:4222' is not a NATS URL"),
         (

@@ -230,8 +230,14 @@ fn check_nats_url(u: &str) -> Result<(), String> {
         ));
     }
     if !u.contains("://") && url.port().is_none() {
+        // A bare host gets its own URL as the example; anything else (a scheme
+        // missing its colon, a path) would make a wrong one.
+        let example = match u.contains([':', '/']) {
+            false => format!("nats://{shown}:4222"),
+            true => "nats://127.0.0.1:4222".to_string(),
+        };
         return Err(format!(
-            "'{shown}' is neither a URL nor host:port (e.g. nats://{shown}:4222)"
+            "'{shown}' is neither a URL nor host:port (e.g. {example})"
         ));
     }
     let valid_name = host.len() <= 253
