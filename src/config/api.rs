@@ -127,7 +127,7 @@ pub fn endpoint_from_json(
     };
     match endpoint {
         Some(e) if p.is_empty() => Ok(e),
-        _ => Err(p.0.into_iter().map(by_field).collect()),
+        _ => Err(p.0.into_iter().map(|p| by_field(p, network_keys)).collect()),
     }
 }
 
@@ -139,7 +139,7 @@ fn problem(path: &str, message: impl Into<String>) -> Problem {
 }
 
 /// `endpoints[0].url` is the entry's `url`.
-fn by_field(mut p: Problem) -> Problem {
+fn by_field(mut p: Problem, network_keys: NetworkKeys) -> Problem {
     if let Some(rest) = p.path.strip_prefix("endpoints[0].") {
         p.path = rest.to_string();
     } else if p.path == "endpoints[0]" || p.path == "endpoints" {
@@ -154,6 +154,7 @@ fn by_field(mut p: Problem) -> Problem {
     if let Some(listed) = listed.filter(|_| !p.path.contains('.')) {
         let mut keys: Vec<&str> = (listed.split(", "))
             .filter(|k| !FILE_KEYS.contains(k) && !OPERATOR_KEYS.contains(k))
+            .filter(|k| network_keys != NetworkKeys::Refused || !NETWORK_KEYS.contains(k))
             .collect();
         keys.extend(["description", "enabled", "skip_backlog"]);
         p.message = format!("{}{})", super::keys::UNKNOWN_KEY, keys.join(", "));
@@ -519,6 +520,12 @@ mod tests {
         .unwrap_err();
         let text = problems.join("\n");
         let bogus = problems.iter().find(|p| p.starts_with("bogus:")).unwrap();
+        assert!(bogus.contains("allow_private"), "{bogus}");
+        let refused = check_under(serde_json::json!({"bogus": 1}), NetworkKeys::Refused)
+            .unwrap_err()
+            .join("\n");
+        assert!(refused.contains("bogus: unknown key"), "{refused}");
+        assert!(!refused.contains("allow_private"), "{refused}");
         assert!(
             !bogus.contains("ca_file") && !bogus.contains("proxy"),
             "{bogus}"
