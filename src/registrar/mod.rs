@@ -17,19 +17,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream;
-use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::config::{
-    api, past_max_duration, Config, Endpoint, EndpointDefaults, NetworkKeys, Problem, MAX_DURATION,
-};
+use crate::config::{api, Config, Endpoint, EndpointDefaults, NetworkKeys, Problem};
 use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::routing::Router;
-use crate::signing::Scheme;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::{PauseCause, PauseState};
 use crate::store::registry::{Record, Registry, RegistryError};
+
+mod secrets;
+mod stale;
+use self::secrets::{new_secret, plain_secret, signing_secret};
+use self::stale::retrying_stale;
 
 /// How long the old secret keeps signing after a rotation by default: receivers
 /// usually take a day to roll out a new secret.
@@ -72,33 +73,6 @@ fn invalid(what: &'static str, problems: Vec<Problem>) -> RegistrarError {
     RegistrarError::Invalid { what, problems }
 }
 
-/// How many times a write without `If-Match` is tried again after another change
-/// landed between its read and its write.
-const STALE_RETRIES: usize = 8;
-
-/// Runs `write` again while the record changed between its read and its write, when
-/// the caller named no revision: a request without `If-Match` asks for the change
-/// whatever the record is now, so a concurrent change is no reason to refuse it
-/// (`412` is for a caller that named the revision it read).
-async fn retrying_stale<T, F, Fut>(if_match: Option<u64>, mut write: F) -> Result<T, RegistrarError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, RegistrarError>>,
-{
-    let mut left = STALE_RETRIES;
-    loop {
-        match write().await {
-            Err(RegistrarError::Registry(RegistryError::Stale(_))) if if_match.is_none() => {
-                if left == 0 {
-                    return Err(RegistrarError::Contended);
-                }
-                left -= 1
-            }
-            done => return done,
-        }
-    }
-}
-
 /// Takes out, as problems, the keys natshook writes into a record itself: a request
 /// that set them could start an endpoint after messages it must deliver (a future
 /// `skip_before`), or keep a replaced secret signing for good.
@@ -114,35 +88,6 @@ fn refuse_own_keys(body: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
                 format!("is set by natshook itself (through {how}), not by a request"),
             ));
         }
-    }
-}
-
-/// Stores a `secret` given as `{"value": "…"}` (or a list of them) as the plain
-/// string it stands for: the create's answer shows the secret as a string, and a
-/// rotation keeps the secret it replaces during its grace only in that form.
-fn plain_secret(body: &mut Map<String, Value>) {
-    fn plain(v: &mut Value) {
-        let inner = match v {
-            Value::Object(o) if o.len() == 1 => o.get("value").and_then(Value::as_str),
-            _ => None,
-        };
-        if let Some(inner) = inner.map(str::to_string) {
-            *v = Value::String(inner);
-        }
-    }
-    match body.get_mut("secret") {
-        Some(Value::Array(list)) => list.iter_mut().for_each(plain),
-        Some(v) => plain(v),
-        None => {}
-    }
-}
-
-/// The secret that signs, as the create's answer shows it: the first of a list.
-fn signing_secret(stored: Option<&Value>) -> Value {
-    match stored {
-        Some(Value::Array(list)) => list.first().cloned().unwrap_or(Value::Null),
-        Some(v) => v.clone(),
-        None => Value::Null,
     }
 }
 
@@ -692,68 +637,15 @@ impl Registrar {
         // would both answer with a new secret, and the first would only sign through
         // the second's grace. One of them gets `412` and can rotate again.
         let (mut record, expected) = self.current(name, if_match).await?;
-        let grace = match grace {
-            None => DEFAULT_GRACE,
-            Some(t) => {
-                let refused =
-                    |message: String| invalid("rotation", vec![problem("grace", message)]);
-                match humantime::parse_duration(t.trim()) {
-                    // Past the cap every config duration has, the end of the grace
-                    // would overflow the clock.
-                    Ok(d) if d > MAX_DURATION => return Err(refused(past_max_duration(t))),
-                    Ok(d) => d,
-                    Err(e) => {
-                        return Err(refused(format!(
-                            "'{t}' is not a duration such as \"24h\": {e}"
-                        )))
-                    }
-                }
-            }
-        };
+        let grace = secrets::grace(grace)?;
         let scheme = self.check(&record.value)?.signer.scheme();
         let secret = new_secret(scheme)?;
-        // The secrets that sign now: during an earlier rotation's grace, all of them
-        // (a `hex` receiver may still hold only the oldest, which still signs).
-        let now = SystemTime::now();
-        let in_grace = api::grace_until(&record.value, now).is_some();
-        // Stored as `{"value": …}` by an older version or another tool: the grace
-        // keeps only strings.
-        plain_secret(&mut record.value);
-        let mut previous: Vec<Value> = match record.value.get("secret") {
-            Some(Value::String(old)) => vec![old.clone().into()],
-            Some(Value::Array(list)) if in_grace => list.clone(),
-            Some(Value::Array(list)) => list.first().cloned().into_iter().collect(),
-            _ => Vec::new(),
-        };
-        // Many rotations within one grace keep the new secret and the oldest ones
-        // (the oldest signs for `hex`).
-        while previous.len() > MAX_PREVIOUS_SECRETS {
-            previous.remove(0);
-        }
-        let until = now + grace;
-        match previous.is_empty() {
-            false if !grace.is_zero() => {
-                let mut secrets = vec![Value::from(secret.clone())];
-                secrets.extend(previous);
-                record.value.insert("secret".into(), Value::Array(secrets));
-                record.value.insert(
-                    api::GRACE_KEY.into(),
-                    crate::time::rfc3339_millis(until).into(),
-                );
-            }
-            _ => {
-                record.value.insert("secret".into(), secret.clone().into());
-                record.value.remove(api::GRACE_KEY);
-            }
-        }
+        secrets::rotate_into(&mut record.value, &secret, grace, SystemTime::now());
         self.check(&record.value)?;
         record.revision = self.registry.update(name, &record.value, expected).await?;
         Ok(Rotated { record, secret })
     }
 }
-
-/// Secrets kept beside a new one during a rotation's grace, at most.
-const MAX_PREVIOUS_SECRETS: usize = 3;
 
 /// A runtime endpoint as callers show it: its keys, never its secret, with `source`,
 /// `enabled` and `revision`. Extra headers show by name only, since their values are
@@ -773,44 +665,4 @@ pub fn view(record: &Record) -> Map<String, Value> {
     view.insert("enabled".into(), record.enabled().into());
     view.insert("revision".into(), record.revision.into());
     view
-}
-
-/// A new secret: `whsec_` and 32 random bytes in base64 for Standard Webhooks, else
-/// 32 random bytes as 64 hex characters.
-fn new_secret(scheme: Scheme) -> Result<String, RegistrarError> {
-    let mut key = [0u8; 32];
-    getrandom::getrandom(&mut key).map_err(|e| RegistrarError::Randomness(e.to_string()))?;
-    Ok(match scheme {
-        Scheme::Standard => format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        ),
-        _ => hex::encode(key),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_write_without_if_match_that_keeps_losing_is_contended_not_stale() {
-        let stale = || async { Err::<(), _>(RegistryError::Stale(1).into()) };
-        let calls = std::sync::atomic::AtomicUsize::new(0);
-        let counted = || {
-            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            stale()
-        };
-        let lost = retrying_stale(None, counted).await;
-        assert!(matches!(lost, Err(RegistrarError::Contended)), "{lost:?}");
-        assert_eq!(calls.into_inner(), STALE_RETRIES + 1);
-        let named = retrying_stale(Some(1), stale).await;
-        assert!(
-            matches!(
-                named,
-                Err(RegistrarError::Registry(RegistryError::Stale(1)))
-            ),
-            "{named:?}"
-        );
-    }
 }
