@@ -526,7 +526,12 @@ async fn a_replay_under_way_follows_the_endpoint_s_changes() {
     // Removed under way, as a delete of the endpoint removes them: not sent.
     patch_ok(n, "moving", "{\"enabled\": true}").await;
     wait_bound(n, "moving").await;
-    let left = 20 - replayed;
+    rx.set(|_| Reply::status(500));
+    publish_org_1(js, 10, "third").await;
+    let left = 30 - replayed;
+    n.wait_dead_letters("moving", left, Duration::from_secs(30))
+        .await;
+    rx.set(|_| Reply::ok().delay(Duration::from_millis(300)));
     let before = rx.count();
     let replay = api(n, "POST", "/api/endpoints/moving/dlq/replay", Some("{}"));
     let purge = async {

@@ -101,7 +101,19 @@ async fn a_consumer_deleted_by_hand_starts_again_after_what_it_acked() {
         r.delivered_ids().len() >= 20
     })
     .await;
-    // Past the next pending poll (every 5 s), which reads the ack floor.
+    // Every ack landed, then past the next pending poll (every 5 s), which reads the
+    // ack floor.
+    wait_until(Duration::from_secs(20), "every delivery acked", || {
+        let js = js.clone();
+        async move {
+            consumer_info(&js, "EVENTS", "natshook-e")
+                .await
+                .ack_floor
+                .stream_sequence
+                >= 20
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let stream = js.get_stream("EVENTS").await.expect("stream");
     stream
