@@ -4,6 +4,7 @@
 //! `endpoints` (runtime endpoints in the registry) has its own module.
 
 mod endpoints;
+mod warnings;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -397,56 +398,6 @@ fn keygen(args: KeygenArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What a valid config likely has wrong, said by `check` and at start: an endpoint's
-/// `events` pattern that no mapping's event can match (a typo: `tickt.*`; the endpoint
-/// still gets its other patterns' events, or start-up would refuse it), and a
-/// `standard` secret not in Standard Webhooks' form.
-fn config_warnings(config: &Config) -> Vec<String> {
-    let mut warnings = unmatched_patterns(config);
-    warnings.extend(plain_standard_secrets(config));
-    warnings
-}
-
-fn unmatched_patterns(config: &Config) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if config.router.rules().is_empty() {
-        return warnings;
-    }
-    for e in &config.endpoints {
-        for item in e.events.items().into_iter().filter(|i| *i != "*") {
-            let Ok(one) = crate::routing::EventFilter::parse(&[item]) else {
-                continue;
-            };
-            let subjects = config.router.filter_subjects(&one, e.tenant.as_deref());
-            if subjects.is_some_and(|s| s.is_empty()) {
-                warnings.push(format!(
-                    "endpoint {}: events pattern '{item}' matches no event an [[events]] mapping produces",
-                    e.name
-                ));
-            }
-        }
-    }
-    warnings
-}
-
-/// Secrets under `standard` that are not in Standard Webhooks' form: valid (the
-/// contract uses their bytes as the key), but official libraries decode any secret
-/// as base64, so their signatures and natshook's would never match.
-fn plain_standard_secrets(config: &Config) -> Vec<String> {
-    let why = "under the standard scheme a secret without the whsec_ prefix is used as \
-               written, while Standard Webhooks libraries read a secret as base64 (after \
-               whsec_): give whsec_<base64 of the key> so that";
-    let endpoints = (config.endpoints.iter())
-        .filter(|e| e.signer.reads_plain_standard_secret())
-        .map(|e| format!("endpoint {}: {why} receivers can verify", e.name));
-    let routes = (config.ingress.routes.iter())
-        .filter(|r| {
-            matches!(&r.verify, crate::ingress::Verify::Signed(s) if s.reads_plain_standard_secret())
-        })
-        .map(|r| format!("{}: {why} senders' signatures verify", r.path));
-    endpoints.chain(routes).collect()
-}
-
 fn check(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path)?;
     to_stdout(format_args!(
@@ -480,7 +431,7 @@ fn check(path: &Path) -> Result<(), Failure> {
             subjects
         ));
     }
-    for warning in config_warnings(&config) {
+    for warning in warnings::of(&config) {
         to_stdout(format_args!("warning: {warning}"));
     }
     if let Some(t) = &config.tracing {
@@ -672,7 +623,7 @@ fn run(path: &Path) -> Result<(), Failure> {
                  routes (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
         }
-        for warning in config_warnings(&config) {
+        for warning in warnings::of(&config) {
             tracing::warn!("{warning}");
         }
         let shutdown = CancellationToken::new();

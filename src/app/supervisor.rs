@@ -588,6 +588,15 @@ impl AppView for Supervisor {
         self.records.read().map(|r| r.clone()).unwrap_or_default()
     }
 
+    fn record(&self, name: &str) -> Option<Record> {
+        self.records
+            .read()
+            .ok()?
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+    }
+
     fn unserved(&self, name: &str) -> Option<Vec<Problem>> {
         self.unserved.read().ok()?.get(name).cloned()
     }

@@ -61,6 +61,9 @@ pub trait AppView: Send + Sync + 'static {
     fn started(&self) -> bool;
     /// The registry's records as this process last saw them.
     fn records(&self) -> Vec<Record>;
+    /// The record `name` as this process last saw it: one record copied, where
+    /// [`AppView::records`] copies thousands.
+    fn record(&self, name: &str) -> Option<Record>;
     /// Why the record `name` is not served (invalid, say); `None` when it is, or is
     /// no record.
     fn unserved(&self, name: &str) -> Option<Vec<crate::config::Problem>>;

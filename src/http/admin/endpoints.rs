@@ -101,7 +101,7 @@ impl AdminState {
     /// Whether the registry holds an endpoint named `name`, served or not, as this
     /// process last saw it.
     pub(super) fn is_record(&self, name: &str) -> bool {
-        self.app.records().iter().any(|r| r.name == name)
+        self.app.record(name).is_some()
     }
 }
 

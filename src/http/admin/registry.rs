@@ -165,7 +165,7 @@ pub(super) fn served_view(s: &AdminState, worker: Arc<Worker>) -> Value {
     if s.app.is_file_endpoint(&name) {
         return file_view(worker);
     }
-    match s.app.records().into_iter().find(|r| r.name == name) {
+    match s.app.record(&name) {
         Some(record) => api_view(s, &record, Some(worker)),
         None => serde_json::to_value(worker.state()).unwrap_or_default(),
     }
