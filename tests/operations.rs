@@ -836,7 +836,8 @@ async fn stored_pause(js: &jetstream::Context, endpoint: &str) -> bool {
 
 /// The pause-state bucket deleted under a running natshook (by hand, or a server
 /// that lost its store) is made again: a pause taken afterwards is shared and
-/// outlives a restart, and one taken before is written back.
+/// outlives a restart, and one taken before is written back, also into a bucket
+/// someone else made again first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_pause_state_bucket_is_made_again_and_pauses_outlive_a_restart() {
     let nats = NatsServer::start();
@@ -897,6 +898,25 @@ async fn a_deleted_pause_state_bucket_is_made_again_and_pauses_outlive_a_restart
         r.received().iter().any(|q| q.path == "/a")
     })
     .await;
+
+    // Gone, and made again empty by someone else (a replica starting) before this
+    // process writes anything: it is another bucket all the same.
+    js.delete_stream("KV_NATSHOOK_STATE")
+        .await
+        .expect("delete the bucket");
+    js.create_key_value(jetstream::kv::Config {
+        bucket: "NATSHOOK_STATE".into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("make the bucket again");
+    wait_until(Duration::from_secs(20), "b's pause written back", || {
+        let js = js.clone();
+        async move { stored_pause(&js, "b").await }
+    })
+    .await;
+    assert!(!stored_pause(&js, "a").await, "the resume undone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -384,10 +384,20 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
         match sup.pause_state().watch().await {
             Ok(changes) => {
                 let mut changes = std::pin::pin!(changes);
+                let every = crate::store::bucket::CHECK_EVERY;
+                let mut check =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let change = tokio::select! {
                         _ = stop.cancelled() => return,
                         c = changes.next() => c,
+                        _ = check.tick() => {
+                            if sup.pause_state().keep_bucket().await {
+                                break;
+                            }
+                            continue;
+                        }
                     };
                     let Some(change) = change else { break };
                     retry.reset();
@@ -398,7 +408,12 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
                 }
                 tracing::debug!("shared pause state watch ended; watching again");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the shared pause state; retrying"),
+            Err(e) => {
+                if sup.pause_state().keep_bucket().await {
+                    continue;
+                }
+                tracing::warn!(error = %e, "cannot watch the shared pause state; retrying")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -228,9 +228,6 @@ impl Supervisor {
     }
 }
 
-/// How often the watch checks that the bucket is still the one it follows.
-const BUCKET_CHECK: Duration = Duration::from_secs(5);
-
 /// Makes the registry bucket again when it is gone, and writes the records this
 /// process knows into one that replaced it ([`Registry::replaced`]); `true` then: the
 /// watch starts again on it.
@@ -303,8 +300,10 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 }
             }
         };
-        let mut check =
-            tokio::time::interval_at(tokio::time::Instant::now() + BUCKET_CHECK, BUCKET_CHECK);
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + crate::store::bucket::CHECK_EVERY,
+            crate::store::bucket::CHECK_EVERY,
+        );
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let grace_end = sup.runtime.lock().await.next_grace_end();

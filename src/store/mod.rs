@@ -2,6 +2,7 @@
 //! the pause state replicas share. JetStream is the only store natshook has, so
 //! everything kept beyond one delivery lives here.
 
+pub mod bucket;
 pub mod copy;
 pub mod dead_letters;
 pub mod delivery_log;

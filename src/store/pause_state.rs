@@ -20,6 +20,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, OnceCell};
 
+use super::bucket::{self, Followed};
 use crate::backoff::Backoff;
 use crate::time;
 
@@ -172,8 +173,7 @@ pub struct ProbeGuard {
 /// Access to the shared pause state. Cheap to clone.
 #[derive(Clone)]
 pub struct PauseState {
-    js: jetstream::Context,
-    replicas: usize,
+    bucket: Followed,
     store: std::sync::Arc<OnceCell<kv::Store>>,
     writes: mpsc::UnboundedSender<PauseChange>,
     replica: std::sync::Arc<str>,
@@ -206,9 +206,16 @@ impl PauseState {
     /// Starts the writer task; must be called within a tokio runtime.
     pub fn new(js: jetstream::Context, replicas: usize) -> Self {
         let (writes, rx) = mpsc::unbounded_channel();
+        let config = kv::Config {
+            bucket: STATE_BUCKET.to_string(),
+            description: "natshook: endpoint pause state shared by replicas".to_string(),
+            history: 1,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
         let state = Self {
-            js,
-            replicas,
+            bucket: Followed::new(js, config),
             store: std::sync::Arc::default(),
             writes,
             replica: replica_name().into(),
@@ -230,56 +237,61 @@ impl PauseState {
     pub async fn store(&self) -> Result<&kv::Store, StateError> {
         self.store
             .get_or_try_init(|| async {
-                if let Ok(store) = self.js.get_key_value(STATE_BUCKET).await {
-                    return Ok(store);
-                }
-                self.js
-                    .create_key_value(self.bucket_config())
-                    .await
-                    .map_err(|e| StateError::Bucket(e.to_string()))
+                (self.bucket.open().await).map_err(|e| StateError::Bucket(e.to_string()))
             })
             .await
     }
 
-    fn bucket_config(&self) -> kv::Config {
-        kv::Config {
-            bucket: STATE_BUCKET.to_string(),
-            description: "natshook: endpoint pause state shared by replicas".to_string(),
-            history: 1,
-            num_replicas: self.replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        }
-    }
-
-    /// Makes the bucket again when a write failed because its stream is gone (deleted
-    /// by hand, or a server that lost its store), and writes back the pauses this
-    /// process knows: otherwise every pause would be retried until the process
-    /// exits, and lost with it. Called by the writers on a failure.
-    pub async fn restore_bucket(&self) {
-        let stream = format!("KV_{STATE_BUCKET}");
-        let gone = match self.js.get_stream(&stream).await {
-            Err(e) => super::stream_not_found(&e),
-            Ok(_) => false,
+    /// Makes the bucket again when its stream is gone (deleted by hand, or a server
+    /// that lost its store), and writes the pauses this process knows into a bucket
+    /// made again by anyone (here, or a replica starting): otherwise every pause would
+    /// be lost at the next restart, or at once on the replicas that start. A pause
+    /// or resume written there since stays as it is. Called every few seconds by the
+    /// watch, and by the writers on a failure. `true`: the bucket was replaced, and a
+    /// watch on it must be opened again.
+    pub async fn keep_bucket(&self) -> bool {
+        let replacement = match self.bucket.replaced().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot check the pause-state bucket");
+                return false;
+            }
         };
-        if !gone {
-            return;
-        }
-        match self.js.create_key_value(self.bucket_config()).await {
-            Ok(_) => {
-                let known: Vec<(String, PauseRecord)> = match self.known.lock() {
-                    Ok(known) => known.iter().map(|(e, r)| (e.clone(), r.clone())).collect(),
-                    Err(_) => Vec::new(),
-                };
-                tracing::warn!(pauses = known.len(), "the pause-state bucket was gone: made again, with the pauses this process knows");
-                for (endpoint, record) in known {
-                    self.announce(&endpoint, Some(record));
+        let Ok(store) = self.store().await else {
+            return false;
+        };
+        let known: Vec<(String, PauseRecord)> = match self.known.lock() {
+            Ok(known) => known.iter().map(|(e, r)| (e.clone(), r.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut written = 0;
+        for (endpoint, record) in &known {
+            // A record this version could not read would be replaced by one no
+            // version reads.
+            if matches!(record.cause, PauseCause::Unrecognized { .. }) {
+                continue;
+            }
+            let Ok(value) = serde_json::to_vec(record) else {
+                continue;
+            };
+            let key = format!("{PAUSED_PREFIX}{endpoint}");
+            match bucket::write_if_absent(store, &key, Bytes::from(value)).await {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the pause-state bucket was gone or made again; writing back the pauses this process knows failed, retrying");
+                    return false;
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "the pause-state bucket is gone and cannot be made yet")
-            }
         }
+        self.bucket.follow(replacement);
+        tracing::warn!(
+            pauses = known.len(),
+            written,
+            "the pause-state bucket was gone or made again: it holds the pauses this process knows"
+        );
+        true
     }
 
     /// A record for a pause this replica decides now.
@@ -293,7 +305,7 @@ impl PauseState {
 
     /// Queues a pause (`Some`) or resume (`None`) for every replica; never blocks.
     /// [`PauseState::known`] follows at once, before the watch brings it back: the
-    /// pauses a made-again bucket is given ([`PauseState::restore_bucket`]) must not
+    /// pauses a made-again bucket is given ([`PauseState::keep_bucket`]) must not
     /// undo a change still queued.
     pub fn announce(&self, endpoint: &str, record: Option<PauseRecord>) {
         let change = PauseChange {
@@ -324,7 +336,7 @@ impl PauseState {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(endpoint = %change.endpoint, error = %e, "cannot share pause state yet; retrying");
-                        self.restore_bucket().await;
+                        self.keep_bucket().await;
                         tokio::time::sleep(wait.next_delay()).await;
                     }
                 }

@@ -5,15 +5,14 @@
 //! one place a runtime endpoint lives; a write names the revision it replaces, so two
 //! writers cannot overwrite each other silently.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::datetime::DateTime;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value};
 
+use super::bucket::{self, Followed, Replacement};
 use crate::config::RegistryConfig;
 
 /// Largest endpoint record: far more than any endpoint needs, far less than a NATS
@@ -64,18 +63,10 @@ pub enum Change {
     Delete(String),
 }
 
-/// A bucket that replaced the one a process followed, by when it was made.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bucket(DateTime);
-
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
-    js: jetstream::Context,
-    bucket: kv::Config,
-    /// When the bucket this process follows was made: one made again since is
-    /// another bucket, whatever it holds ([`Registry::replaced`]).
-    followed: Arc<Mutex<DateTime>>,
+    bucket: Followed,
 }
 
 impl Registry {
@@ -84,76 +75,50 @@ impl Registry {
         js: &jetstream::Context,
         config: &RegistryConfig,
     ) -> Result<Self, RegistryError> {
-        let bucket = kv::Config {
-            bucket: config.bucket.clone(),
-            description: "natshook endpoints created at runtime (holds secrets)".into(),
-            history: config.history,
-            num_replicas: config.replicas,
-            max_value_size: MAX_VALUE,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let kv = match js.get_key_value(&config.bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js.create_key_value(bucket.clone()).await.map_err(nats)?,
-        };
-        let created = (js.get_stream(format!("KV_{}", config.bucket)).await)
-            .map_err(nats)?
-            .cached_info()
-            .created;
-        Ok(Self {
-            kv,
-            js: js.clone(),
-            bucket,
-            followed: Arc::new(Mutex::new(created)),
-        })
+        let bucket = Followed::new(
+            js.clone(),
+            kv::Config {
+                bucket: config.bucket.clone(),
+                description: "natshook endpoints created at runtime (holds secrets)".into(),
+                history: config.history,
+                num_replicas: config.replicas,
+                max_value_size: MAX_VALUE,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        );
+        let kv = bucket.open().await.map_err(nats)?;
+        Ok(Self { kv, bucket })
     }
 
-    /// Whether the bucket is another one than this process follows: its stream is
-    /// gone (deleted by hand, or a server started again on an empty store), and is made
-    /// again here, or was made again by someone else (a `natshook endpoints` command
-    /// or a replica starting, each of which makes a missing bucket empty). `Some`: the
-    /// bucket to give [`Registry::write_back`].
-    pub async fn replaced(&self) -> Result<Option<Bucket>, RegistryError> {
-        let stream = format!("KV_{}", self.bucket.bucket);
-        let created = match self.js.get_stream(&stream).await {
-            Ok(s) => s.cached_info().created,
-            Err(e) if super::stream_not_found(&e) => {
-                (self.js.create_key_value(self.bucket.clone()).await).map_err(nats)?;
-                (self.js.get_stream(&stream).await)
-                    .map_err(nats)?
-                    .cached_info()
-                    .created
-            }
-            Err(e) => return Err(nats(e)),
-        };
-        let followed = self.followed.lock().ok().map(|f| *f);
-        Ok((followed != Some(created)).then_some(Bucket(created)))
+    /// Whether the bucket is another one than this process follows (gone and made
+    /// again here, or made again by a `natshook endpoints` command or a replica
+    /// starting): `Some` is the bucket to give [`Registry::write_back`].
+    pub async fn replaced(&self) -> Result<Option<Replacement>, RegistryError> {
+        self.bucket.replaced().await.map_err(nats)
     }
 
     /// Writes `served` back into a bucket that replaced the one this process followed,
     /// and follows it from then on: the endpoints a running process serves are
-    /// customers' webhooks, and would be lost at its next restart. Each is written
-    /// only under a name that holds nothing, not even a delete marker, so a record
-    /// another process wrote back or changed since, or an endpoint deleted since,
-    /// stays as it is. One that fails part way is done again whole. Returns how many
-    /// records this call wrote.
+    /// customers' webhooks, and would be lost at its next restart. A record another
+    /// process wrote back or changed since, or an endpoint deleted since, stays as it
+    /// is ([`bucket::write_if_absent`]). One that fails part way is done again whole.
+    /// Returns how many records this call wrote.
     pub async fn write_back(
         &self,
         served: &[Record],
-        bucket: Bucket,
+        bucket: Replacement,
     ) -> Result<usize, RegistryError> {
         let mut written = 0;
         for record in served {
-            match self.kv.update(&record.name, encode(&record.value), 0).await {
-                Ok(_) => written += 1,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => return Err(nats(e)),
+            if bucket::write_if_absent(&self.kv, &record.name, encode(&record.value))
+                .await
+                .map_err(nats)?
+            {
+                written += 1;
             }
         }
-        if let Ok(mut followed) = self.followed.lock() {
-            *followed = bucket.0;
-        }
+        self.bucket.follow(bucket);
         Ok(written)
     }
 

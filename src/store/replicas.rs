@@ -158,7 +158,7 @@ impl Replicas {
                 };
                 if let Err(e) = counting.follow(&mut census, &mut retry, &stop).await {
                     tracing::warn!(error = %e, "cannot count the replicas; each endpoint's rate_limit share stays as it was");
-                    state.restore_bucket().await;
+                    state.keep_bucket().await;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => break,
