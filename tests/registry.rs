@@ -1691,6 +1691,105 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     .await;
 }
 
+/// With `fan_out`, a message whose copy for a disabled endpoint would exceed the
+/// server's `max_payload` is settled at once: a stand-in without the payload waits
+/// for the endpoint, which dead-letters it, payload and all, once it is enabled.
+/// Before, the message came back every second until then, and the other endpoints
+/// got it again each time the work streams' duplicate window passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_disabled_endpoint_s_copy_over_max_payload_waits_as_a_stand_in() {
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    // Its name in the copy's Nats-Msg-Id takes the copy past max_payload; the file
+    // endpoint's copy fits.
+    let long = "l".repeat(121);
+    let mut off: Value = serde_json::from_str(&body(&long, rx)).unwrap();
+    off["enabled"] = false.into();
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&off.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let old = humantime::format_rfc3339_millis(long_ago).to_string();
+    edit_record(js, &long, |v| v["skip_before"] = json!(old)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let room = s._nats.client().await.server_info().max_payload - 300;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 10));
+    publish_all(
+        js,
+        vec![
+            (
+                "events.org_1.lead.created".into(),
+                bytes::Bytes::from(big.clone()),
+                Some("big".into()),
+            ),
+            (
+                "events.org_1.lead.created".into(),
+                bytes::Bytes::from_static(b"{}"),
+                Some("small".into()),
+            ),
+        ],
+    )
+    .await;
+    s.file_rx
+        .wait_for(Duration::from_secs(20), "both at the file endpoint", |r| {
+            delivered_on(r, "/file", "") == ["big", "small"].map(String::from).into()
+        })
+        .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the big message settled",
+        || async { n.metric("natshook_fanout_pending").await == Some(0.0) },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the stand-in and the copy held",
+        || async { copies_of(js, &long).await == 2 },
+    )
+    .await;
+    assert!(
+        n.dead_letters(&long).is_empty(),
+        "dead-lettered while disabled"
+    );
+
+    patch_ok(n, &long, r#"{"enabled": true}"#).await;
+    let dead = n.wait_dead_letters(&long, 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], "big");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("max_payload"), "{reason}");
+    assert!(!reason.contains("no longer"), "{reason}");
+    assert_eq!(
+        dead[0]["headers"]["Nats-Msg-Id"],
+        json!(["big"]),
+        "{}",
+        dead[0]
+    );
+    let path = format!("/{long}");
+    rx.wait_for(Duration::from_secs(20), "the copy that fits", |r| {
+        delivered_on(r, &path, "small").len() == 1
+    })
+    .await;
+
+    // The record holds the source message's payload: a replay sends it.
+    let route = format!("/api/endpoints/{long}/dlq/replay");
+    let (status, summary) = api(n, "POST", &route, Some("{}")).await;
+    assert_eq!(status, 200, "{summary}");
+    rx.wait_for(Duration::from_secs(20), "the replay", |r| {
+        delivered_on(r, &path, "big").len() == 1
+    })
+    .await;
+    let replayed = on_path(rx, &path)
+        .into_iter()
+        .find(|r| r.id() == "big")
+        .unwrap();
+    assert_eq!(
+        replayed.json()["data"]["pad"].as_str().map(str::len),
+        Some(room - 10)
+    );
+    assert_eq!(delivered_on(&s.file_rx, "/file", "big").len(), 1);
+}
+
 /// With `fan_out`, `ordered` endpoints go through disabling too: one created
 /// disabled (it has no consumer on the source stream yet) gets what arrived before it
 /// was enabled, and one made unordered while disabled gets every message once,

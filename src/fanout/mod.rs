@@ -44,7 +44,7 @@ pub use self::targets::{Target, Targets};
 
 use crate::backoff::Backoff;
 use crate::store;
-use crate::store::copy::{copy_headers, header_pairs, SourceFacts};
+use crate::store::copy::{self, copy_headers, header_pairs, SourceFacts};
 use crate::store::pull_stream::{self, Liveness, PullStream};
 use crate::store::work_stream::WorkStream;
 use crate::worker::{SourceConsumer, Worker};
@@ -532,17 +532,31 @@ fn copy<'a>(
                         woken.push(worker.clone());
                     }
                 }
-                // A disabled endpoint has no worker to write its dead letter: the
-                // message comes back (the arm below) until it is enabled.
-                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => match worker.worker()
-                {
-                    Some(w) => oversize.push((w.clone(), e.to_string())),
-                    None => {
-                        tracing::warn!(endpoint = %name, error = %e, "the copy for a disabled endpoint is larger than max_payload; the message comes back until it is enabled");
-                        let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                        return (sequence, false);
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    let reason = format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {e}");
+                    match worker.worker() {
+                        Some(w) => oversize.push((w.clone(), reason)),
+                        // Its copy would be acked unsent.
+                        None if !worker.endpoint().filter.matches(&msg.payload) => {}
+                        // A disabled endpoint has no worker to write its dead letter:
+                        // a stand-in waits for it ([`copy::uncopied_headers`]).
+                        None => {
+                            let h =
+                                copy::uncopied_headers(msg.headers.as_ref(), &facts, name, &reason);
+                            match js
+                                .publish_with_headers(work.subject(name), h, bytes::Bytes::new())
+                                .await
+                            {
+                                Ok(ack) => acks.push(ack),
+                                Err(e) => {
+                                    tracing::warn!(endpoint = %name, error = %e, "the copy for a disabled endpoint is larger than max_payload, and its stand-in cannot be stored; the message comes back");
+                                    let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                                    return (sequence, no_stream(&e));
+                                }
+                            }
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "cannot copy a message to the work stream; it comes back");
                     let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
@@ -557,8 +571,7 @@ fn copy<'a>(
                 return (sequence, no_stream(&e));
             }
         }
-        for (w, error) in oversize {
-            let reason = format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {error}");
+        for (w, reason) in oversize {
             if !w.dead_letter_uncopied(&msg, &reason).await {
                 // The copies stored meanwhile are dropped as duplicates when it comes back.
                 let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;

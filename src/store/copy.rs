@@ -29,6 +29,9 @@ const SOURCE_MSG_ID: &str = "Natshook-Source-Msg-Id";
 const SOURCE_ATTEMPTS: &str = "Natshook-Source-Attempts";
 /// Milliseconds a moved copy waits before its next attempt (its retry delay).
 const SOURCE_WAIT: &str = "Natshook-Source-Wait";
+/// Why a copy holds no payload: the source message's did not fit in it (see
+/// [`uncopied_headers`]).
+const SOURCE_UNCOPIED: &str = "Natshook-Source-Uncopied";
 const INTERNAL_PREFIX: &str = "Natshook-Source-";
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
@@ -128,6 +131,35 @@ pub fn leftover_copy_headers(
         headers.insert(SOURCE_ATTEMPTS, attempts.to_string().as_str());
     }
     headers
+}
+
+/// The headers of a stand-in for `endpoint`'s copy, which would exceed the server's
+/// `max_payload` (`reason`), for an endpoint that is disabled: stored without the
+/// payload, it waits where the copy would, and once the endpoint is enabled its
+/// worker dead-letters it with the source message's payload, read from the source
+/// stream ([`uncopied`]). Without it the source message would come back until the
+/// endpoint is enabled, and the other endpoints get their copies again each time the
+/// duplicate window passes.
+pub fn uncopied_headers(
+    source: Option<&HeaderMap>,
+    facts: &SourceFacts,
+    endpoint: &str,
+    reason: &str,
+) -> HeaderMap {
+    let mut headers = copy_headers(source, facts, endpoint);
+    headers.insert(SOURCE_UNCOPIED, reason);
+    headers
+}
+
+/// Why a copy is a stand-in without its payload ([`uncopied_headers`]), if it is one.
+pub fn uncopied(msg: &jetstream::Message) -> Option<&str> {
+    if !msg.payload.is_empty() {
+        return None;
+    }
+    msg.headers
+        .as_ref()?
+        .get(SOURCE_UNCOPIED)
+        .map(|v| v.as_str())
 }
 
 /// The headers of a copy from the lane (whose headers are `lane_copy`) moved to its

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, message::AckKind};
+use async_nats::jetstream::{self, message::AckKind, stream::RawMessageErrorKind};
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::PauseReason;
@@ -19,7 +19,7 @@ use crate::envelope::{self, MessageFacts};
 use crate::events::{DeadLetterEvent, EventFacts};
 use crate::metrics::Outcome;
 use crate::routing::Verdict;
-use crate::store::copy::{header_pairs, NATS_MSG_ID};
+use crate::store::copy::{self, header_pairs, NATS_MSG_ID};
 use crate::store::dead_letters::DeadLetter;
 use crate::store::delivery_log::Attempted;
 use crate::store::unattempted::Delivered;
@@ -139,6 +139,10 @@ impl Worker {
                     return;
                 }
             }
+            if let Some(reason) = m.meta.copy.then(|| copy::uncopied(m.msg)).flatten() {
+                Box::pin(self.dead_letter_stand_in(&m, reason)).await;
+                return;
+            }
             if m.msg.payload.len() > self.endpoint.max_body {
                 let reason = format!(
                     "payload of {} bytes exceeds max_body ({} bytes)",
@@ -212,7 +216,9 @@ impl Worker {
             }
             Verdict::Unwanted => return Err(AckKind::Ack),
         };
-        if !self.endpoint.filter.matches(&msg.payload) {
+        // A stand-in has no payload to filter: the fan-out stored it only for a
+        // payload the filter let through.
+        if !self.endpoint.filter.matches(&msg.payload) && copy::uncopied(msg).is_none() {
             self.metrics.filtered.inc();
             tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, event = %mapped.event, "payload filter did not match; acked");
             return Err(AckKind::Ack);
@@ -495,7 +501,16 @@ impl Worker {
     }
 
     async fn write_dead_letter(&self, m: &Routed<'_>, unwritten: Unwritten) {
-        if self.publish_dead_letter(m, unwritten.clone()).await {
+        self.write_dead_letter_of(m, unwritten, &m.msg.payload)
+            .await
+    }
+
+    /// [`Worker::write_dead_letter`] with the payload to keep in the record.
+    async fn write_dead_letter_of(&self, m: &Routed<'_>, unwritten: Unwritten, payload: &[u8]) {
+        if self
+            .publish_dead_letter(m, unwritten.clone(), payload)
+            .await
+        {
             self.ack(m.msg, AckKind::Ack).await;
             if m.meta.unattempted > 0 {
                 Box::pin(self.forget_unattempted(m.msg)).await;
@@ -528,12 +543,53 @@ impl Worker {
             code: "undeliverable",
             last_result: None,
         };
-        self.publish_dead_letter(&m, unwritten).await
+        self.publish_dead_letter(&m, unwritten, &msg.payload).await
+    }
+
+    /// Dead-letters the stand-in of a copy the fan-out could not store while this
+    /// endpoint was disabled ([`copy::uncopied_headers`]), with the source message's
+    /// payload read from the source stream: a replay sends what the copy would have.
+    /// One no longer stored there (the stream's limits removed it) is dead-lettered
+    /// without it, and the reason says so.
+    async fn dead_letter_stand_in(&self, m: &Routed<'_>, reason: &str) {
+        let stored = async {
+            let stream = (self.shared.js.get_stream_no_info(&m.meta.stream).await)
+                .map_err(|e| e.to_string())?;
+            match stream.get_raw_message(m.meta.sequence).await {
+                Ok(source) => Ok(Some(source.payload)),
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let (payload, reason) = match stored.await {
+            Ok(Some(payload)) => (payload, reason.to_string()),
+            Ok(None) => (
+                bytes::Bytes::new(),
+                format!("{reason}; the source message is no longer in its stream, so this record has no payload"),
+            ),
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint.name, id = %m.id, error = %e, "the source message of a copy that did not fit cannot be read yet; it comes back");
+                self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
+                    .await;
+                return;
+            }
+        };
+        let unwritten = Unwritten {
+            record: self.dead_letter_record(m, 0, None, &reason),
+            code: "undeliverable",
+            last_result: None,
+        };
+        self.write_dead_letter_of(m, unwritten, &payload).await;
     }
 
     /// Writes the record and, once written, counts it and raises the operator event;
     /// the caller settles the message.
-    async fn publish_dead_letter(&self, m: &Routed<'_>, unwritten: Unwritten) -> bool {
+    async fn publish_dead_letter(
+        &self,
+        m: &Routed<'_>,
+        unwritten: Unwritten,
+        payload: &[u8],
+    ) -> bool {
         let (id, event) = (m.id.as_str(), m.event.as_str());
         let (attempts, last_status) = (unwritten.record.attempts, unwritten.record.last_status);
         let reason = unwritten.record.reason.clone();
@@ -542,7 +598,7 @@ impl Worker {
         match self
             .shared
             .dead_letters
-            .publish(unwritten.record, &m.msg.payload)
+            .publish(unwritten.record, payload)
             .await
         {
             Ok(()) => {
