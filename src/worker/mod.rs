@@ -3,7 +3,8 @@
 //! lets it go when idle); `consumer` holds the consumer's settings and its life;
 //! `fetch` feeds its pull stream to delivery tasks, holding messages while the
 //! endpoint is paused or waits for a permit or a token; `message` delivers and settles
-//! one message, as `outcome` decides; `shared` is what every worker shares.
+//! one message, as `outcome` decides; `succession` hands a replaced worker's messages
+//! to its successor; `shared` is what every worker shares.
 //!
 //! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
 //! receiver only ever holds its own messages. `max_ack_pending` is twice the endpoint's
@@ -35,6 +36,7 @@ mod set;
 mod shared;
 mod source_consumer;
 pub mod source_listings;
+mod succession;
 pub mod throttle;
 pub mod unmapped;
 mod unwritten;
@@ -491,36 +493,6 @@ impl Worker {
         (self.former_consumer).set(self.shared.source_listings(), self.lazy && exists);
     }
 
-    /// Marks the worker as started in place of `old`, a worker of its endpoint.
-    ///
-    /// `old`'s deliveries still under way go on, and they count against the
-    /// endpoint's `concurrency` (a receiver sized for it would otherwise see up to
-    /// twice as many requests while they end): this worker starts with as many
-    /// permits fewer, and gets them back once every one of `old`'s has ended (at
-    /// the latest after the endpoint's `timeout`).
-    pub fn note_replaced(&self, old: &Worker) {
-        self.replaced_one.store(true, Ordering::Relaxed);
-        self.replaced_copy_reader
-            .store(old.fans_out(), Ordering::Relaxed);
-        let old_all = old.endpoint.concurrency;
-        let under_way = old_all.saturating_sub(old.permits.available_permits());
-        let lent = u32::try_from(under_way.min(self.endpoint.concurrency)).unwrap_or(0);
-        if lent == 0 {
-            return;
-        }
-        let Ok(lent) = Arc::clone(&self.permits).try_acquire_many_owned(lent) else {
-            return;
-        };
-        let old_permits = Arc::clone(&old.permits);
-        let old_all = u32::try_from(old_all).unwrap_or(u32::MAX);
-        tokio::spawn(async move {
-            // Every permit back (or the semaphore closed): none of `old`'s deliveries
-            // is under way any more.
-            let _ = old_permits.acquire_many(old_all).await;
-            drop(lent);
-        });
-    }
-
     /// See [`Worker::note_former_consumer`].
     pub fn has_former_consumer(&self) -> bool {
         (self.former_consumer).holds(self.shared.source_listings(), &self.consumer_name)
@@ -559,47 +531,6 @@ impl Worker {
             this.handle(msg, &abort).await;
             drop(hold);
         }));
-    }
-
-    /// Marks this worker as replaced by a reload: once it stops fetching, what it holds
-    /// waits in it for [`Worker::hand_over_to`] instead of being NAKed.
-    pub fn will_hand_over(&self) {
-        self.hands_over.store(true, Ordering::Relaxed);
-    }
-
-    /// Moves what this stopped worker held to `next`, its successor, before `next`
-    /// runs; returns how many messages. They keep their attempt counts: none was
-    /// NAKed or tried.
-    ///
-    /// From here on this worker hands nothing over: if it has not stopped yet (its
-    /// fetch loop was slow to leave), it NAKs what it holds when it does, as a
-    /// shutdown would, rather than leave it where no one takes it. The flag and the
-    /// messages change under one lock, so each message goes one way or the other.
-    pub fn hand_over_to(&self, next: &Worker) -> usize {
-        let left = {
-            let mut slot = lock(&self.handover);
-            self.hands_over.store(false, Ordering::Relaxed);
-            std::mem::take(&mut *slot)
-        };
-        // Its messages waiting out a first delay still hold the endpoint's window.
-        let waits = std::mem::take(&mut *lock(&self.first_waits));
-        lock(&next.first_waits).extend(waits);
-        let n = left.len();
-        if n > 0 {
-            lock(&next.handover).extend(left);
-            // A fan-out successor has work at once.
-            next.parked.store(false, Ordering::Relaxed);
-        }
-        n
-    }
-
-    /// Drops the copies this replaced worker held, unacked and un-NAKed, for a successor
-    /// that reads them again from the source stream (an endpoint made `ordered`, whose
-    /// consumer starts before every copy not acked). Anything it leaves later stays
-    /// unacked too: no attempt is counted and no ledger note written for it.
-    pub fn let_held_go(&self) -> usize {
-        let left = std::mem::take(&mut *lock(&self.handover));
-        left.len()
     }
 
     /// Runs until `stop.drain`; in-flight deliveries are tracked by `tracker`. A fan-out
