@@ -639,3 +639,64 @@ async fn enabling_a_paused_endpoint_resumes_it_on_every_replica() {
         "{last}"
     );
 }
+
+/// Points the pause-state bucket's stream at other subjects (`away`), or back: while
+/// away, every pause or resume a replica writes fails and is retried.
+async fn move_pause_state(js: &jetstream::Context, away: bool) {
+    let mut stream = js.get_stream("KV_NATSHOOK_STATE").await.expect("the bucket");
+    let mut config = stream.info().await.expect("its info").config.clone();
+    config.subjects = vec![if away {
+        "$KV.NATSHOOK_STATE_AWAY.>".to_string()
+    } else {
+        "$KV.NATSHOOK_STATE.>".to_string()
+    }];
+    js.update_stream(config).await.expect("the subjects changed");
+}
+
+/// An operator's resume on one replica ends a pause taken on another just before,
+/// however late that pause reaches the bucket: here both writes fail (the bucket
+/// cannot be written) and land once it can, the pause first, then (its retries
+/// further apart by then) the resume first. Before, the second replica, not paused
+/// yet, shared no resume, and the pause stood on both for good; and a pause that
+/// landed after the resume undid it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_one_replica_ends_a_pause_on_another_that_lands_after_it() {
+    let nats = NatsServer::start();
+    let file_rx = Receiver::start().await;
+    let text = config(&nats, &file_rx);
+    let a = Natshook::start(&text).await;
+    let b = Natshook::start(&text).await;
+    let js = jetstream::new(nats.client().await);
+    wait_bound(&a, "file").await;
+    wait_bound(&b, "file").await;
+
+    // The writers retry after 0.1, 0.2, 0.4 … 5 s: the pause's retries fall 0.1, 0.3,
+    // 0.7, 1.5, 3.1 and 6.3 s after it, the resume's 2.1, 2.3, 2.7, 3.5 and 5.1 s
+    // after the pause in the second round, so the resume lands first there.
+    for (round, resume_after, restore_after) in [(1, 300, 2_000), (2, 2_000, 2_100)] {
+        move_pause_state(&js, true).await;
+        let (status, body) = api(&a, "POST", "/api/endpoints/file/pause", None).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(resume_after)).await;
+        assert_eq!(paused(&b, "file").await, false, "the pause reached b");
+        let (status, body) = api(&b, "POST", "/api/endpoints/file/resume", None).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(restore_after)).await;
+        move_pause_state(&js, false).await;
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let state = js.get_key_value("NATSHOOK_STATE").await.expect("bucket");
+        let stored = state.get("paused.file").await.expect("read");
+        assert!(stored.is_none(), "round {round}: the pause stands: {stored:?}");
+        for n in [&a, &b] {
+            assert_eq!(paused(n, "file").await, false, "round {round}");
+        }
+        let prefix = format!("after{round}");
+        publish_all(&js, tenant_leads("org_1", 3, &prefix)).await;
+        file_rx
+            .wait_for(Duration::from_secs(20), "delivered after the resume", |r| {
+                r.delivered_ids().keys().filter(|id| id.starts_with(&prefix)).count() == 3
+            })
+            .await;
+    }
+}

@@ -49,8 +49,8 @@ impl Followed {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.config.bucket
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
     }
 
     /// Opens the bucket, making it when it is missing, and follows it from then on.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream::LastRawMessageErrorKind};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,10 @@ use crate::time;
 pub const STATE_BUCKET: &str = "NATSHOOK_STATE";
 const PAUSED_PREFIX: &str = "paused.";
 const PROBE_PREFIX: &str = "probe.";
+/// The header that makes a KV entry a delete marker.
+const KV_OPERATION: &str = "KV-Operation";
+/// On a resume's delete marker: when it was decided (unix milliseconds).
+const DECIDED: &str = "Natshook-Decided";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -175,7 +179,8 @@ pub struct ProbeGuard {
 pub struct PauseState {
     bucket: Followed,
     store: std::sync::Arc<OnceCell<kv::Store>>,
-    writes: mpsc::UnboundedSender<PauseChange>,
+    /// Each change with when it was decided.
+    writes: mpsc::UnboundedSender<(PauseChange, SystemTime)>,
     replica: std::sync::Arc<str>,
     /// The pauses in the bucket as this process last saw them: a worker starts from
     /// them, so one created at start or by the registry holds its first copy already
@@ -313,13 +318,17 @@ impl PauseState {
             record,
         };
         self.note(&change);
-        let _ = self.writes.send(change);
+        let _ = self.writes.send((change, SystemTime::now()));
     }
 
-    /// Writes announced changes one after the other, retrying each until it lands
-    /// (or a newer change for the same endpoint supersedes it).
-    async fn write_in_order(self, mut rx: mpsc::UnboundedReceiver<PauseChange>) {
-        while let Some(change) = rx.recv().await {
+    /// Writes announced changes one after the other, retrying each until it lands, or
+    /// until a change another replica decided later is in the bucket: a change that
+    /// lands late (the bucket could not be reached meanwhile) must not undo it, as a
+    /// pause taken here while NATS was failing would undo an operator's resume on
+    /// another replica after it, for good. A first attempt writes as it is: what the
+    /// bucket holds then was decided before it.
+    async fn write_in_order(self, mut rx: mpsc::UnboundedReceiver<(PauseChange, SystemTime)>) {
+        while let Some((change, decided)) = rx.recv().await {
             // It stands for a record this version could not read: written back, it
             // would replace that record with one no version reads.
             if let Some(PauseRecord {
@@ -331,20 +340,55 @@ impl PauseState {
                 continue;
             }
             let mut wait = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut retry = false;
             loop {
-                match self.write(&change).await {
+                let written = async {
+                    if retry && self.overtaken(&change.endpoint, decided).await? {
+                        tracing::info!(endpoint = %change.endpoint, paused = change.record.is_some(), "a pause or resume not shared in time is dropped: another replica changed the endpoint's pause since");
+                        return Ok(());
+                    }
+                    self.write(&change, decided).await
+                };
+                match written.await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(endpoint = %change.endpoint, error = %e, "cannot share pause state yet; retrying");
                         self.keep_bucket().await;
                         tokio::time::sleep(wait.next_delay()).await;
+                        retry = true;
                     }
                 }
             }
         }
     }
 
-    async fn write(&self, change: &PauseChange) -> Result<(), StateError> {
+    /// Whether the endpoint's entry in the bucket is a change decided after `decided`:
+    /// a pause by the time in its record, a resume by the time its delete marker
+    /// carries ([`DECIDED`]; one without it, written by another tool, by when it was
+    /// stored).
+    async fn overtaken(&self, endpoint: &str, decided: SystemTime) -> Result<bool, StateError> {
+        let store = self.store().await?;
+        let subject = format!("{}{PAUSED_PREFIX}{endpoint}", store.prefix);
+        let last = match store.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(last) => last,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+            Err(e) => return Err(access(e)),
+        };
+        let header = |name: &str| last.headers.get(name).map(|v| v.as_str());
+        let theirs = match header(KV_OPERATION) {
+            Some("DEL" | "PURGE") => header(DECIDED)
+                .and_then(|ms| ms.parse().ok())
+                .map(time::from_unix_millis),
+            _ => serde_json::from_slice::<PauseRecord>(&last.payload)
+                .ok()
+                .and_then(|r| humantime::parse_rfc3339_weak(&r.at).ok()),
+        };
+        Ok(theirs.unwrap_or_else(|| SystemTime::from(last.time)) > decided)
+    }
+
+    /// A pause as its record, a resume as a delete marker that says when it was
+    /// decided ([`PauseState::overtaken`]).
+    async fn write(&self, change: &PauseChange, decided: SystemTime) -> Result<(), StateError> {
         let store = self.store().await?;
         let key = format!("{PAUSED_PREFIX}{}", change.endpoint);
         match &change.record {
@@ -352,7 +396,18 @@ impl PauseState {
                 let value = serde_json::to_vec(record).map_err(access)?;
                 store.put(key, Bytes::from(value)).await.map_err(access)?;
             }
-            None => store.delete(key).await.map_err(access)?,
+            None => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(KV_OPERATION, "DEL");
+                headers.insert(DECIDED, time::unix_millis(decided).to_string().as_str());
+                let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
+                let subject = format!("{prefix}{key}");
+                (self.bucket.js().publish_with_headers(subject, headers, Bytes::new()))
+                    .await
+                    .map_err(access)?
+                    .await
+                    .map_err(access)?;
+            }
         }
         Ok(())
     }
@@ -362,11 +417,11 @@ impl PauseState {
     /// process that may exit right after). A pause the breaker queued meanwhile lands
     /// after it, which is the order the two happened in.
     pub async fn resume_now(&self, endpoint: &str) -> Result<(), StateError> {
-        self.write(&PauseChange {
+        let resume = PauseChange {
             endpoint: endpoint.to_string(),
             record: None,
-        })
-        .await
+        };
+        self.write(&resume, SystemTime::now()).await
     }
 
     /// Reads every pause in the bucket into [`PauseState::known`]; returns how many.

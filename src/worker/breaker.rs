@@ -254,6 +254,14 @@ impl Breaker {
     /// Resumes on this replica's own decision (a successful attempt, an operator here).
     pub fn resume(&self, cause: ResumeCause) {
         if !self.is_paused() {
+            // Another replica's pause may not have reached this one yet: an operator's
+            // resume is shared all the same, or that pause would stand once it did.
+            if cause == ResumeCause::Manual {
+                if let Some(announce) = &self.announce {
+                    tracing::info!(endpoint = %self.endpoint, "endpoint resumed by an operator; not paused here, the resume is shared");
+                    announce(None);
+                }
+            }
             return;
         }
         tracing::info!(endpoint = %self.endpoint, cause = cause.detail(), "endpoint resumed");
