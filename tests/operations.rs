@@ -917,6 +917,19 @@ async fn a_deleted_pause_state_bucket_is_made_again_and_pauses_outlive_a_restart
     })
     .await;
     assert!(!stored_pause(&js, "a").await, "the resume undone");
+    // The watch follows the new bucket, whichever task noticed it first (the replica
+    // census writes every 2 s): another replica's pause there is followed here.
+    let kv = js.get_key_value("NATSHOOK_STATE").await.expect("bucket");
+    let record = r#"{"cause":"manual","at":"2026-12-06T00:00:00.000Z","by":"other/1"}"#;
+    kv.put("paused.a", record.into()).await.expect("pause a");
+    natshook
+        .wait_metric(
+            "natshook_endpoint_paused{endpoint=\"a\"}",
+            1.0,
+            Duration::from_secs(15),
+            "another replica's pause followed",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,6 +381,7 @@ async fn list_source_consumers(js: &jetstream::Context, sup: &Supervisor, stream
 async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
     let mut retry = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     while !stop.is_cancelled() {
+        let generation = sup.pause_state().bucket_generation();
         match sup.pause_state().watch().await {
             Ok(changes) => {
                 let mut changes = std::pin::pin!(changes);
@@ -392,8 +393,11 @@ async fn follow_shared_pauses(sup: Arc<Supervisor>, stop: CancellationToken) {
                     let change = tokio::select! {
                         _ = stop.cancelled() => return,
                         c = changes.next() => c,
+                        // Replaced here, or by a writer or the replica census that
+                        // noticed first.
                         _ = check.tick() => {
-                            if sup.pause_state().keep_bucket().await {
+                            let replaced = sup.pause_state().keep_bucket().await;
+                            if replaced || sup.pause_state().bucket_generation() != generation {
                                 break;
                             }
                             continue;

@@ -5,6 +5,7 @@
 //! bucket's creation time tells a bucket made again from the one followed, whatever
 //! it holds.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct Followed {
     js: jetstream::Context,
     config: kv::Config,
     created: Arc<Mutex<Option<DateTime>>>,
+    /// How many buckets replaced the first one followed: whoever writes into one
+    /// ([`Followed::follow`]), a watch on the bucket learns from it that its own is
+    /// gone.
+    generation: Arc<AtomicU64>,
 }
 
 impl Followed {
@@ -46,6 +51,7 @@ impl Followed {
             js,
             config,
             created: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
@@ -88,6 +94,12 @@ impl Followed {
         if let Ok(mut followed) = self.created.lock() {
             *followed = Some(bucket.0);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes each time the bucket followed is replaced ([`Followed::follow`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

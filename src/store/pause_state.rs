@@ -29,6 +29,9 @@ const PAUSED_PREFIX: &str = "paused.";
 const PROBE_PREFIX: &str = "probe.";
 /// The header that makes a KV entry a delete marker.
 const KV_OPERATION: &str = "KV-Operation";
+/// A change written this long after it was decided (it waited behind another's
+/// retries) first checks that no later change overtook it, as a retry does.
+const QUEUED_LATE: Duration = Duration::from_secs(1);
 /// On a resume's delete marker: when it was decided (unix milliseconds).
 const DECIDED: &str = "Natshook-Decided";
 
@@ -253,7 +256,8 @@ impl PauseState {
     /// be lost at the next restart, or at once on the replicas that start. A pause
     /// or resume written there since stays as it is. Called every few seconds by the
     /// watch, and by the writers on a failure. `true`: the bucket was replaced, and a
-    /// watch on it must be opened again.
+    /// watch on it must be opened again (as [`PauseState::bucket_generation`] also
+    /// tells a watch whose own call did not notice).
     pub async fn keep_bucket(&self) -> bool {
         let replacement = match self.bucket.replaced().await {
             Ok(Some(r)) => r,
@@ -299,6 +303,12 @@ impl PauseState {
         true
     }
 
+    /// Changes each time the bucket is replaced by another ([`PauseState::keep_bucket`],
+    /// from whichever task noticed): a watch opened before is on a bucket that is gone.
+    pub fn bucket_generation(&self) -> u64 {
+        self.bucket.generation()
+    }
+
     /// A record for a pause this replica decides now.
     pub fn record(&self, cause: PauseCause) -> PauseRecord {
         PauseRecord {
@@ -325,8 +335,8 @@ impl PauseState {
     /// until a change another replica decided later is in the bucket: a change that
     /// lands late (the bucket could not be reached meanwhile) must not undo it, as a
     /// pause taken here while NATS was failing would undo an operator's resume on
-    /// another replica after it, for good. A first attempt writes as it is: what the
-    /// bucket holds then was decided before it.
+    /// another replica after it, for good. A first attempt made at once writes as it
+    /// is: what the bucket holds then was decided before it.
     async fn write_in_order(self, mut rx: mpsc::UnboundedReceiver<(PauseChange, SystemTime)>) {
         while let Some((change, decided)) = rx.recv().await {
             // It stands for a record this version could not read: written back, it
@@ -340,10 +350,11 @@ impl PauseState {
                 continue;
             }
             let mut wait = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-            let mut retry = false;
+            // Queued behind a change that was retried, it is as late as a retry.
+            let mut late = (decided.elapsed()).map_or(true, |waited| waited > QUEUED_LATE);
             loop {
                 let written = async {
-                    if retry && self.overtaken(&change.endpoint, decided).await? {
+                    if late && self.overtaken(&change.endpoint, decided).await? {
                         tracing::info!(endpoint = %change.endpoint, paused = change.record.is_some(), "a pause or resume not shared in time is dropped: another replica changed the endpoint's pause since");
                         return Ok(());
                     }
@@ -355,7 +366,7 @@ impl PauseState {
                         tracing::warn!(endpoint = %change.endpoint, error = %e, "cannot share pause state yet; retrying");
                         self.keep_bucket().await;
                         tokio::time::sleep(wait.next_delay()).await;
-                        retry = true;
+                        late = true;
                     }
                 }
             }
@@ -402,11 +413,14 @@ impl PauseState {
                 headers.insert(DECIDED, time::unix_millis(decided).to_string().as_str());
                 let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
                 let subject = format!("{prefix}{key}");
-                (self.bucket.js().publish_with_headers(subject, headers, Bytes::new()))
-                    .await
-                    .map_err(access)?
-                    .await
-                    .map_err(access)?;
+                (self
+                    .bucket
+                    .js()
+                    .publish_with_headers(subject, headers, Bytes::new()))
+                .await
+                .map_err(access)?
+                .await
+                .map_err(access)?;
             }
         }
         Ok(())
