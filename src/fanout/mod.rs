@@ -33,6 +33,7 @@ use async_nats::jetstream::{
     consumer::{pull, AckPolicy, DeliverPolicy},
     context::PublishErrorKind,
     message::AckKind,
+    stream::RetentionPolicy,
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -93,6 +94,11 @@ pub struct FanOut {
     handled: u64,
     /// When a missing work stream was last made again ([`restore_work`]).
     work_restored: Option<tokio::time::Instant>,
+    /// Whether the source stream keeps what the fan-out acked (limits retention), as
+    /// read at the last bind: only then can a disabled endpoint's copy that does not
+    /// fit wait as a stand-in ([`copy::uncopied_headers`]), whose payload is read
+    /// from the source once the endpoint is enabled.
+    source_keeps: bool,
 }
 
 impl FanOut {
@@ -118,6 +124,7 @@ impl FanOut {
             catching_up: Vec::new(),
             handled: 0,
             work_restored: None,
+            source_keeps: false,
         }
     }
 
@@ -248,6 +255,10 @@ impl FanOut {
             .map_err(|e| format!("stream {}: {e}", self.stream))?;
         let targets = self.start_own_readers(&stream, targets).await?;
         self.carry_over(&targets);
+        self.source_keeps = match self.js.get_stream(&self.stream).await {
+            Ok(s) => s.cached_info().config.retention == RetentionPolicy::Limits,
+            Err(e) => return Err(format!("stream {}: {e}", self.stream)),
+        };
         Ok((stream, targets))
     }
 
@@ -405,8 +416,10 @@ impl FanOut {
             catching_up,
             handled,
             work_restored,
+            source_keeps,
             ..
         } = self;
+        let stand_ins = *source_keeps;
         let mut copying = FuturesUnordered::new();
         // Once for the whole pull: a timer made in the loop would start again with
         // every message.
@@ -429,7 +442,7 @@ impl FanOut {
                 }
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
-                        copying.push(copy(js, work, current.clone(), msg));
+                        copying.push(copy(js, work, current.clone(), msg, stand_ins));
                     }
                     Some(Err(e)) => {
                         tracing::info!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");
@@ -481,7 +494,9 @@ enum Pulled {
 }
 
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
-/// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
+/// when a copy was not stored. `stand_ins`: the source keeps acked messages, so a
+/// disabled endpoint's copy that does not fit can wait as a stand-in; otherwise the
+/// message comes back until the endpoint is enabled. A message no rule maps, or no endpoint wants, is acked
 /// (`watch_unmapped` counts the unmapped ones). Resolves to the message's source
 /// sequence ([`FanOut::handled`]; 0 for one whose metadata does not parse), and whether
 /// a copy found no stream to store it ([`restore_work`]).
@@ -494,6 +509,7 @@ fn copy<'a>(
     work: &'a WorkStream,
     targets: Arc<Targets>,
     msg: jetstream::Message,
+    stand_ins: bool,
 ) -> impl std::future::Future<Output = (u64, bool)> + 'a {
     async move {
         let Ok(info) = msg.info() else {
@@ -538,6 +554,12 @@ fn copy<'a>(
                         Some(w) => oversize.push((w.clone(), reason)),
                         // Its copy would be acked unsent.
                         None if !worker.endpoint().filter.matches(&msg.payload) => {}
+                        // The source would drop the payload once this message is acked.
+                        None if !stand_ins => {
+                            tracing::warn!(endpoint = %name, "the copy for a disabled endpoint is larger than max_payload; the message comes back until it is enabled");
+                            let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                            return (sequence, false);
+                        }
                         // A disabled endpoint has no worker to write its dead letter:
                         // a stand-in waits for it ([`copy::uncopied_headers`]).
                         None => {

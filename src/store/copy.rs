@@ -32,6 +32,11 @@ const SOURCE_WAIT: &str = "Natshook-Source-Wait";
 /// Why a copy holds no payload: the source message's did not fit in it (see
 /// [`uncopied_headers`]).
 const SOURCE_UNCOPIED: &str = "Natshook-Source-Uncopied";
+/// A stand-in's source subject, under a name of its own: a natshook that does not
+/// know stand-ins finds no `Natshook-Source-Subject` on one, so it never takes one for
+/// a copy and delivers its empty payload (it reads it as a message of the work
+/// stream's own subject, which no mapping maps, and acks it).
+const UNCOPIED_SUBJECT: &str = "Natshook-Source-Uncopied-Subject";
 const INTERNAL_PREFIX: &str = "Natshook-Source-";
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
@@ -61,7 +66,9 @@ impl SourceFacts {
         let get = |name: &str| h.get(name).map(|v| v.as_str());
         let nanos: u64 = get(SOURCE_PUBLISHED)?.parse().ok()?;
         Some(Self {
-            subject: get(SOURCE_SUBJECT)?.to_string(),
+            subject: get(SOURCE_SUBJECT)
+                .or_else(|| get(UNCOPIED_SUBJECT))?
+                .to_string(),
             stream: get(SOURCE_STREAM)?.to_string(),
             sequence: get(SOURCE_SEQUENCE)?.parse().ok()?,
             published: UNIX_EPOCH + Duration::from_nanos(nanos),
@@ -84,6 +91,16 @@ pub struct CopyAttempt {
 /// `Natshook-Source-*` a publisher set, which must not pass for ours), the facts
 /// delivery needs, and an id that makes a second copy a duplicate.
 pub fn copy_headers(source: Option<&HeaderMap>, facts: &SourceFacts, endpoint: &str) -> HeaderMap {
+    headers_naming_subject(source, facts, endpoint, SOURCE_SUBJECT)
+}
+
+/// [`copy_headers`], with the source subject under `subject_header`.
+fn headers_naming_subject(
+    source: Option<&HeaderMap>,
+    facts: &SourceFacts,
+    endpoint: &str,
+    subject_header: &str,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(h) = source {
         for (name, values) in h.iter() {
@@ -106,7 +123,7 @@ pub fn copy_headers(source: Option<&HeaderMap>, facts: &SourceFacts, endpoint: &
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    headers.insert(SOURCE_SUBJECT, facts.subject.as_str());
+    headers.insert(subject_header, facts.subject.as_str());
     headers.insert(SOURCE_STREAM, facts.stream.as_str());
     headers.insert(SOURCE_SEQUENCE, facts.sequence.to_string().as_str());
     headers.insert(SOURCE_PUBLISHED, nanos.to_string().as_str());
@@ -146,7 +163,7 @@ pub fn uncopied_headers(
     endpoint: &str,
     reason: &str,
 ) -> HeaderMap {
-    let mut headers = copy_headers(source, facts, endpoint);
+    let mut headers = headers_naming_subject(source, facts, endpoint, UNCOPIED_SUBJECT);
     headers.insert(SOURCE_UNCOPIED, reason);
     headers
 }
@@ -282,5 +299,35 @@ mod tests {
         assert_eq!(as_source_header(SOURCE_SUBJECT, true), None);
         assert_eq!(as_source_header("X-Custom", true), Some("X-Custom"));
         assert_eq!(as_source_header("Nats-Msg-Id", false), Some("Nats-Msg-Id"));
+    }
+
+    /// A stand-in reads as a copy of its source message here, names it under a
+    /// subject header of its own (a natshook that does not know stand-ins takes it for
+    /// no copy), and a publisher cannot make a copy a stand-in.
+    #[test]
+    fn a_stand_in_names_its_source_where_only_this_version_looks() {
+        let mut source = HeaderMap::new();
+        source.insert("Nats-Msg-Id", "order-1");
+        source.insert("Natshook-Source-Uncopied", "forged");
+        let facts = SourceFacts {
+            subject: "orders.created".into(),
+            stream: "EVENTS".into(),
+            sequence: 42,
+            published: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+        };
+        let stand_in = uncopied_headers(Some(&source), &facts, "crm", "too large");
+        assert_eq!(SourceFacts::of_copy(&stand_in), Some(facts.clone()));
+        assert!(stand_in.get(SOURCE_SUBJECT).is_none());
+        assert_eq!(
+            stand_in.get(SOURCE_UNCOPIED).map(|v| v.as_str()),
+            Some("too large")
+        );
+        assert_eq!(
+            stand_in.get(NATS_MSG_ID).map(|v| v.as_str()),
+            Some("EVENTS.42.crm"),
+            "the id of the copy it stands for: storing both stores one"
+        );
+        let copy = copy_headers(Some(&source), &facts, "crm");
+        assert!(copy.get(SOURCE_UNCOPIED).is_none());
     }
 }

@@ -218,7 +218,8 @@ impl Worker {
         };
         // A stand-in has no payload to filter: the fan-out stored it only for a
         // payload the filter let through.
-        if !self.endpoint.filter.matches(&msg.payload) && copy::uncopied(msg).is_none() {
+        let stand_in = meta.copy && copy::uncopied(msg).is_some();
+        if !stand_in && !self.endpoint.filter.matches(&msg.payload) {
             self.metrics.filtered.inc();
             tracing::debug!(endpoint = %self.endpoint.name, subject = %meta.subject, event = %mapped.event, "payload filter did not match; acked");
             return Err(AckKind::Ack);
@@ -258,6 +259,7 @@ impl Worker {
         matches!(verdict, Verdict::Deliver(_))
             && msg.payload.len() <= self.endpoint.max_body
             && !self.skips(meta.published, meta.sequence)
+            && !(meta.copy && copy::uncopied(msg).is_some())
     }
 
     /// Whether a message stored at `published` as `sequence` is part of the backlog
@@ -549,24 +551,26 @@ impl Worker {
     /// Dead-letters the stand-in of a copy the fan-out could not store while this
     /// endpoint was disabled ([`copy::uncopied_headers`]), with the source message's
     /// payload read from the source stream: a replay sends what the copy would have.
-    /// One no longer stored there (the stream's limits removed it) is dead-lettered
-    /// without it, and the reason says so.
+    /// One the source stream no longer holds (its limits removed it, or it is another
+    /// stream now, numbering from 1 again) goes as the endpoint's other waiting copies
+    /// of such messages go: acked, with a warning, since a record without its payload
+    /// would replay as an empty request.
     async fn dead_letter_stand_in(&self, m: &Routed<'_>, reason: &str) {
         let stored = async {
             let stream = (self.shared.js.get_stream_no_info(&m.meta.stream).await)
                 .map_err(|e| e.to_string())?;
             match stream.get_raw_message(m.meta.sequence).await {
-                Ok(source) => Ok(Some(source.payload)),
+                Ok(source) => Ok(Some(source)),
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
                 Err(e) => Err(e.to_string()),
             }
         };
-        let (payload, reason) = match stored.await {
-            Ok(Some(payload)) => (payload, reason.to_string()),
-            Ok(None) => (
-                bytes::Bytes::new(),
-                format!("{reason}; the source message is no longer in its stream, so this record has no payload"),
-            ),
+        let source = match stored.await {
+            Ok(source) => source.filter(|s| {
+                s.subject.as_str() == m.meta.subject
+                    && time::unix_nanos(SystemTime::from(s.time))
+                        == time::unix_nanos(m.meta.published)
+            }),
             Err(e) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id = %m.id, error = %e, "the source message of a copy that did not fit cannot be read yet; it comes back");
                 self.ack(m.msg, AckKind::Nak(Some(self.endpoint.retry_delay(1))))
@@ -574,12 +578,18 @@ impl Worker {
                 return;
             }
         };
+        let Some(source) = source else {
+            tracing::warn!(endpoint = %self.endpoint.name, id = %m.id, sequence = m.meta.sequence, reason, "a message whose copy did not fit is no longer in the source stream: nothing to dead-letter");
+            self.ack(m.msg, AckKind::Ack).await;
+            return;
+        };
         let unwritten = Unwritten {
-            record: self.dead_letter_record(m, 0, None, &reason),
+            record: self.dead_letter_record(m, 0, None, reason),
             code: "undeliverable",
             last_result: None,
         };
-        self.write_dead_letter_of(m, unwritten, &payload).await;
+        self.write_dead_letter_of(m, unwritten, &source.payload)
+            .await;
     }
 
     /// Writes the record and, once written, counts it and raises the operator event;
