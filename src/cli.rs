@@ -495,20 +495,23 @@ fn parse_since(text: &str) -> Result<SystemTime, Failure> {
 }
 
 async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
-    let path = match &cmd {
-        DlqCommand::List { config, .. } | DlqCommand::Replay { config, .. } => {
-            config.config.clone()
-        }
+    let connect = |nats| async move {
+        let client = crate::app::connect(nats, false, None)
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        let js = async_nats::jetstream::new(client.clone());
+        Ok::<_, Failure>((client, js))
     };
-    let config = Config::load(&path)?;
-    let client = crate::app::connect(&config.nats, false, None)
-        .await
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let dlq = DeadLetters::for_config(async_nats::jetstream::new(client.clone()), &config);
     match cmd {
+        // Reads records only: the endpoints' secrets need not be at hand.
         DlqCommand::List {
-            endpoint, limit, ..
+            config,
+            endpoint,
+            limit,
         } => {
+            let access = Config::load_store_access(&config.config)?;
+            let (_client, js) = connect(&access.nats).await?;
+            let dlq = DeadLetters::new(js, &access.dead_letter, access.nats.replicas);
             let records = dlq
                 .list(endpoint.as_deref(), limit)
                 .await
@@ -523,7 +526,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
             // for a name the file lacks is more often a typo.
             let unknown = endpoint
                 .as_deref()
-                .filter(|name| !config.endpoints.iter().any(|e| e.name == *name));
+                .filter(|name| !access.endpoint_names.iter().any(|e| e == name));
             if let Some(name) = unknown.filter(|_| records.is_empty()) {
                 to_stderr(format_args!(
                     "no endpoint in the config is named '{name}' (a runtime endpoint, or one \
@@ -532,11 +535,15 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
             }
         }
         DlqCommand::Replay {
+            config,
             endpoint,
             id,
             since,
             ..
         } => {
+            let config = Config::load(&config.config)?;
+            let (client, js) = connect(&config.nats).await?;
+            let dlq = DeadLetters::for_config(js, &config);
             let ep = replay_target(&config, &client, &endpoint).await?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let deliverer = Deliverer::new(ep.clone(), config.max_inflight)

@@ -1350,3 +1350,46 @@ async fn event_names_made_from_subjects_have_bounded_series() {
         .logs()
         .contains("too many event names made from subject tokens"));
 }
+
+/// `dlq list` reads records only: an endpoint secret it cannot read (a file that is
+/// not mounted in the operator's shell, an env variable not set there) does not stop
+/// it. `dlq replay`, which signs, still needs the secret and names its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_needs_no_endpoint_secret_and_replay_names_the_one_it_needs() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = secrets.path().join("a.secret");
+    std::fs::write(&secret, "secret-a").expect("write the secret");
+    let config = TestConfig::new(nats.url())
+        .endpoint("a", &rx.url("/a"), &["*"], "max_body = 8")
+        .render()
+        .replace(
+            "secret = { value = \"secret-a\" }",
+            &format!("secret = {{ file = \"{}\" }}", secret.display()),
+        );
+    let natshook = Natshook::start(&config).await;
+    let js = jetstream::new(nats.client().await);
+    let big = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(64)));
+    publish_all(
+        &js,
+        vec![("crm.lead.created".into(), big, Some("too-big".into()))],
+    )
+    .await;
+    let dead = natshook
+        .wait_dead_letters("a", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+
+    std::fs::remove_file(&secret).expect("remove the secret");
+    let out = natshook.cli(&["dlq", "list", "--endpoint", "a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("\"id\":\"too-big\""), "{listed}");
+
+    let out = natshook.cli(&["dlq", "replay", "--endpoint", "a", "--all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("endpoints[0].secret"), "{stderr}");
+}

@@ -61,6 +61,37 @@ pub(super) fn from_figment(
     }
 }
 
+/// [`super::StoreAccess`] from `figment`: `nats`, `dead_letter` and the endpoints'
+/// names, each checked as [`from_figment`] checks it; problems elsewhere are not
+/// looked for.
+pub(super) fn store_access(
+    figment: &Figment,
+    problems: Vec<Problem>,
+) -> Result<super::StoreAccess, ConfigError> {
+    let needed = |path: &str| {
+        ["nats", "dead_letter"]
+            .iter()
+            .any(|s| path == *s || path.starts_with(&format!("{s}.")))
+    };
+    let mut problems = Problems(problems);
+    let mut value = figment.extract::<Value>().map_err(figment_problems)?;
+    shape::check_value(&value)?;
+    let raw = extract_taking_mistyped::<RawConfig>(&mut value, "", &mut problems);
+    let mut found = Problems::default();
+    let access = raw.and_then(|raw| validate::store_access(raw, &mut found));
+    problems.0.extend(found.0);
+    let all = problems.0.clone();
+    problems.0.retain(|p| needed(&p.path) || p.path.is_empty());
+    match access {
+        Some(access) if problems.is_empty() => Ok(access),
+        // The file's shape stopped the extraction somewhere else.
+        None if problems.is_empty() => Err(ConfigError { problems: all }),
+        _ => Err(ConfigError {
+            problems: problems.0,
+        }),
+    }
+}
+
 /// One `[[endpoints]]` entry given as a value (an endpoint created at runtime),
 /// checked exactly as the file's entries are: unknown keys, types, then validation
 /// over `defaults` and the mappings of `router`. Problems are named as in the file,

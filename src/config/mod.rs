@@ -51,11 +51,27 @@ pub const ENV_PREFIX: &str = "NATSHOOK__";
 /// The arrays of tables: their entries are addressed by index (`endpoints[1].url`).
 pub(crate) const TABLE_ARRAYS: &[&str] = &["endpoints", "events"];
 
+/// What a command that only reads natshook's own streams needs of a config (`natshook
+/// dlq list`): the connection, the dead-letter settings, the endpoints' names.
+pub struct StoreAccess {
+    pub nats: NatsConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub endpoint_names: Vec<String>,
+}
+
 impl Config {
     /// Loads `path` (TOML or YAML by extension) with env overrides and validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (figment, problems) = load::figment_for(path)?;
         load::from_figment(&figment, problems)
+    }
+
+    /// Loads of `path` only what [`StoreAccess`] holds, validating nothing else: the
+    /// endpoints' secrets, which such a command never uses, need not be at hand (an
+    /// operator's shell, a debug pod).
+    pub fn load_store_access(path: &Path) -> Result<StoreAccess, ConfigError> {
+        let (figment, problems) = load::figment_for(path)?;
+        load::store_access(&figment, problems)
     }
 
     /// Parses a config from text, for tests and tools. `format` is "toml" or "yaml".

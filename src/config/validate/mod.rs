@@ -60,6 +60,23 @@ pub(super) fn one_endpoint(
 }
 
 /// `settings`: each endpoint's settings, read from its table on their own.
+/// The sections of [`super::StoreAccess`], validated as [`validate`] does.
+pub(super) fn store_access(raw: RawConfig, p: &mut Problems) -> Option<super::StoreAccess> {
+    let nats = nats::validate_nats(raw.nats, p);
+    let max_age = sections::duration_or(
+        raw.dead_letter.max_age.as_deref(),
+        "dead_letter.max_age",
+        defaults::DEAD_LETTER_MAX_AGE,
+        p,
+    );
+    let endpoint_names = raw.endpoints.into_iter().filter_map(|e| e.name).collect();
+    Some(super::StoreAccess {
+        nats: nats?,
+        dead_letter: DeadLetterConfig { max_age: max_age? },
+        endpoint_names,
+    })
+}
+
 pub(super) fn validate(
     raw: RawConfig,
     settings: Vec<RawSettings>,

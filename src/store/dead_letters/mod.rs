@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use super::{read_to_end, ReadError, Stored};
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, DeadLetterConfig, Endpoint};
 
 pub use self::record::DeadLetter;
 use self::record::{base64_len, fit, to_json};
@@ -130,10 +130,16 @@ impl DeadLetters {
     /// The dead letters of the deployment `config` describes: its `[dead_letter]`
     /// retention, and its streams' replicas for what natshook creates.
     pub fn for_config(js: jetstream::Context, config: &Config) -> Self {
+        Self::new(js, &config.dead_letter, config.nats.replicas)
+    }
+
+    /// With the settings alone (`replicas`: `nats.replicas`), for a command that reads
+    /// the dead letters without a whole config.
+    pub fn new(js: jetstream::Context, settings: &DeadLetterConfig, replicas: usize) -> Self {
         Self {
             js,
-            max_age: config.dead_letter.max_age,
-            replicas: config.nats.replicas,
+            max_age: settings.max_age,
+            replicas,
         }
     }
 
