@@ -643,14 +643,19 @@ async fn enabling_a_paused_endpoint_resumes_it_on_every_replica() {
 /// Points the pause-state bucket's stream at other subjects (`away`), or back: while
 /// away, every pause or resume a replica writes fails and is retried.
 async fn move_pause_state(js: &jetstream::Context, away: bool) {
-    let mut stream = js.get_stream("KV_NATSHOOK_STATE").await.expect("the bucket");
+    let mut stream = js
+        .get_stream("KV_NATSHOOK_STATE")
+        .await
+        .expect("the bucket");
     let mut config = stream.info().await.expect("its info").config.clone();
     config.subjects = vec![if away {
         "$KV.NATSHOOK_STATE_AWAY.>".to_string()
     } else {
         "$KV.NATSHOOK_STATE.>".to_string()
     }];
-    js.update_stream(config).await.expect("the subjects changed");
+    js.update_stream(config)
+        .await
+        .expect("the subjects changed");
 }
 
 /// An operator's resume on one replica ends a pause taken on another just before,
@@ -687,7 +692,10 @@ async fn a_resume_on_one_replica_ends_a_pause_on_another_that_lands_after_it() {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let state = js.get_key_value("NATSHOOK_STATE").await.expect("bucket");
         let stored = state.get("paused.file").await.expect("read");
-        assert!(stored.is_none(), "round {round}: the pause stands: {stored:?}");
+        assert!(
+            stored.is_none(),
+            "round {round}: the pause stands: {stored:?}"
+        );
         for n in [&a, &b] {
             assert_eq!(paused(n, "file").await, false, "round {round}");
         }
@@ -695,7 +703,11 @@ async fn a_resume_on_one_replica_ends_a_pause_on_another_that_lands_after_it() {
         publish_all(&js, tenant_leads("org_1", 3, &prefix)).await;
         file_rx
             .wait_for(Duration::from_secs(20), "delivered after the resume", |r| {
-                r.delivered_ids().keys().filter(|id| id.starts_with(&prefix)).count() == 3
+                r.delivered_ids()
+                    .keys()
+                    .filter(|id| id.starts_with(&prefix))
+                    .count()
+                    == 3
             })
             .await;
     }

@@ -1790,6 +1790,76 @@ async fn with_fan_out_a_disabled_endpoint_s_copy_over_max_payload_waits_as_a_sta
     assert_eq!(delivered_on(&s.file_rx, "/file", "big").len(), 1);
 }
 
+/// With `fan_out`, a message the fan-out handled before a new endpoint joined is
+/// copied for it by the catch-up; one whose copy does not fit is dead-lettered for it
+/// there as the fan-out would, and the catch-up goes on to the messages after it.
+/// Before, the catch-up failed on it at every bind, and the endpoint never got them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_the_catch_up_dead_letters_a_copy_over_max_payload_and_goes_on() {
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("template", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    let room = s._nats.client().await.server_info().max_payload - 300;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 10));
+    publish_all(
+        js,
+        vec![
+            (
+                "events.org_1.lead.created".into(),
+                bytes::Bytes::from(big),
+                Some("big".into()),
+            ),
+            (
+                "events.org_1.lead.created".into(),
+                bytes::Bytes::from_static(b"{}"),
+                Some("small".into()),
+            ),
+        ],
+    )
+    .await;
+    s.file_rx
+        .wait_for(Duration::from_secs(20), "both at the file endpoint", |r| {
+            delivered_on(r, "/file", "") == ["big", "small"].map(String::from).into()
+        })
+        .await;
+    let stream = js.get_stream("EVENTS").await.expect("stream");
+    let last = stream.cached_info().state.last_sequence;
+
+    // A new endpoint whose record says it starts before both (as one created just
+    // before them, which the fan-out had not heard of yet, would).
+    let long = "l".repeat(121);
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    let stored = kv.get("template").await.expect("get").expect("the record");
+    let mut record: Value = serde_json::from_slice(&stored).expect("json");
+    record["name"] = json!(long);
+    record["url"] = json!(rx.url(&format!("/{long}")));
+    record["skip_through"] = json!(last - 2);
+    record["skip_before"] =
+        json!(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+    kv.put(&long, serde_json::to_vec(&record).unwrap().into())
+        .await
+        .expect("put");
+
+    let dead = n.wait_dead_letters(&long, 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], "big");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("max_payload"),
+        "{}",
+        dead[0]
+    );
+    let path = format!("/{long}");
+    rx.wait_for(Duration::from_secs(20), "the copy after it", |r| {
+        delivered_on(r, &path, "small").len() == 1
+    })
+    .await;
+    assert!(delivered_on(rx, &path, "big").is_empty());
+}
+
 /// With `fan_out`, `ordered` endpoints go through disabling too: one created
 /// disabled (it has no consumer on the source stream yet) gets what arrived before it
 /// was enabled, and one made unordered while disabled gets every message once,

@@ -18,13 +18,15 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
+    context::PublishErrorKind,
     stream::Stream,
 };
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::targets::{Target, Targets};
 use crate::config::{Backlog, Endpoint};
-use crate::store::copy::{copy_headers, header_pairs, SourceFacts};
+use crate::store::copy::{self, copy_headers, header_pairs, SourceFacts};
 use crate::store::work_stream::{fetch_page, WorkStream};
 
 /// At a process's first bind, how long before the process started: an endpoint
@@ -71,6 +73,8 @@ pub(super) fn joined(before: &Targets, current: &Targets, since: SystemTime) -> 
 
 /// Copies for each of `joined` the messages of `stream` after the sequence it skips,
 /// up to `through`, that it delivers under `targets`; wakes those that got copies.
+/// A copy that does not fit is dealt with as the fan-out deals with one (`stand_ins`
+/// as it has them).
 pub(super) async fn catch_up(
     js: &jetstream::Context,
     work: &WorkStream,
@@ -78,6 +82,7 @@ pub(super) async fn catch_up(
     targets: &Targets,
     joined: &[(Target, u64)],
     through: u64,
+    stand_ins: bool,
 ) -> Result<(), String> {
     let Some(from) = joined.iter().map(|(_, after)| after + 1).min() else {
         return Ok(());
@@ -134,8 +139,37 @@ pub(super) async fn catch_up(
                         true => work.lane_subject(endpoint),
                         false => work.subject(endpoint),
                     };
-                    js.publish_with_headers(subject, headers, msg.payload.clone())
-                        .await
+                    let published = js
+                        .publish_with_headers(subject, headers, msg.payload.clone())
+                        .await;
+                    let stored = match published {
+                        // As the fan-out does for one that does not fit: otherwise
+                        // every catch-up after this one would fail here.
+                        Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                            let reason = copy::too_large(&e);
+                            match worker.worker() {
+                                Some(w) => {
+                                    if !w.dead_letter_uncopied(&msg, &reason).await {
+                                        return Err(format!("{endpoint}: the dead letter of a message whose copy does not fit was not written"));
+                                    }
+                                    continue;
+                                }
+                                None if !stand_ins => Err(e),
+                                None => {
+                                    let h = copy::uncopied_headers(
+                                        msg.headers.as_ref(),
+                                        &facts,
+                                        endpoint,
+                                        &reason,
+                                    );
+                                    (js.publish_with_headers(work.subject(endpoint), h, Bytes::new()))
+                                        .await
+                                }
+                            }
+                        }
+                        published => published,
+                    };
+                    stored
                         .map_err(|e| e.to_string())?
                         .await
                         .map_err(|e| e.to_string())?;

@@ -290,8 +290,16 @@ impl FanOut {
         if joined.is_empty() {
             return;
         }
-        if let Err(e) =
-            catch_up::catch_up(&self.js, &self.work, stream, targets, &joined, through).await
+        if let Err(e) = catch_up::catch_up(
+            &self.js,
+            &self.work,
+            stream,
+            targets,
+            &joined,
+            through,
+            self.source_keeps,
+        )
+        .await
         {
             tracing::warn!(error = %e, "cannot copy what new endpoints missed yet; trying again shortly");
             self.catching_up = joined;
@@ -549,7 +557,7 @@ fn copy<'a>(
                     }
                 }
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    let reason = format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {e}");
+                    let reason = copy::too_large(&e);
                     match worker.worker() {
                         Some(w) => oversize.push((w.clone(), reason)),
                         // Its copy would be acked unsent.

@@ -168,6 +168,12 @@ pub fn uncopied_headers(
     headers
 }
 
+/// The dead letter's reason for a copy that `e` (the client's `max_payload` check)
+/// refused.
+pub fn too_large(e: &impl std::fmt::Display) -> String {
+    format!("the copy for this endpoint, with natshook's headers, is larger than the server's max_payload: {e}")
+}
+
 /// Why a copy is a stand-in without its payload ([`uncopied_headers`]), if it is one.
 pub fn uncopied(msg: &jetstream::Message) -> Option<&str> {
     if !msg.payload.is_empty() {
