@@ -1691,6 +1691,37 @@ async fn with_fan_out_a_disabled_endpoint_gets_what_arrived_while_it_was_off() {
     .await;
 }
 
+/// Publishes `big`, whose payload is 300 bytes under the server's `max_payload`
+/// (a copy for an endpoint with a 121-character name does not fit, the file
+/// endpoint's does), then `small`, and waits for both at the file endpoint. Returns
+/// the length of `big`'s payload.
+async fn publish_big_and_small(s: &FanOutSetup) -> usize {
+    let room = s._nats.client().await.server_info().max_payload - 300;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 10));
+    publish_all(
+        &s.js,
+        vec![
+            (
+                "events.org_1.lead.created".into(),
+                bytes::Bytes::from(big),
+                Some("big".into()),
+            ),
+            (
+                "events.org_1.lead.created".into(),
+                bytes::Bytes::from_static(b"{}"),
+                Some("small".into()),
+            ),
+        ],
+    )
+    .await;
+    s.file_rx
+        .wait_for(Duration::from_secs(20), "both at the file endpoint", |r| {
+            delivered_on(r, "/file", "") == ["big", "small"].map(String::from).into()
+        })
+        .await;
+    room
+}
+
 /// With `fan_out`, a message whose copy for a disabled endpoint would exceed the
 /// server's `max_payload` is settled at once: a stand-in without the payload waits
 /// for the endpoint, which dead-letters it, payload and all, once it is enabled.
@@ -1712,29 +1743,7 @@ async fn with_fan_out_a_disabled_endpoint_s_copy_over_max_payload_waits_as_a_sta
     edit_record(js, &long, |v| v["skip_before"] = json!(old)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let room = s._nats.client().await.server_info().max_payload - 300;
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 10));
-    publish_all(
-        js,
-        vec![
-            (
-                "events.org_1.lead.created".into(),
-                bytes::Bytes::from(big.clone()),
-                Some("big".into()),
-            ),
-            (
-                "events.org_1.lead.created".into(),
-                bytes::Bytes::from_static(b"{}"),
-                Some("small".into()),
-            ),
-        ],
-    )
-    .await;
-    s.file_rx
-        .wait_for(Duration::from_secs(20), "both at the file endpoint", |r| {
-            delivered_on(r, "/file", "") == ["big", "small"].map(String::from).into()
-        })
-        .await;
+    let room = publish_big_and_small(&s).await;
     wait_until(
         Duration::from_secs(10),
         "the big message settled",
@@ -1800,29 +1809,7 @@ async fn with_fan_out_the_catch_up_dead_letters_a_copy_over_max_payload_and_goes
     let (n, rx, js) = (&s.n, &s.rx, &s.js);
     let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("template", rx))).await;
     assert_eq!(status, 201, "{created}");
-    let room = s._nats.client().await.server_info().max_payload - 300;
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 10));
-    publish_all(
-        js,
-        vec![
-            (
-                "events.org_1.lead.created".into(),
-                bytes::Bytes::from(big),
-                Some("big".into()),
-            ),
-            (
-                "events.org_1.lead.created".into(),
-                bytes::Bytes::from_static(b"{}"),
-                Some("small".into()),
-            ),
-        ],
-    )
-    .await;
-    s.file_rx
-        .wait_for(Duration::from_secs(20), "both at the file endpoint", |r| {
-            delivered_on(r, "/file", "") == ["big", "small"].map(String::from).into()
-        })
-        .await;
+    publish_big_and_small(&s).await;
     let stream = js.get_stream("EVENTS").await.expect("stream");
     let last = stream.cached_info().state.last_sequence;
 

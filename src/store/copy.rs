@@ -277,19 +277,23 @@ pub fn as_source_header(name: &str, copy: bool) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// Message 42 of `EVENTS`, stored to the nanosecond.
+    fn order_42() -> SourceFacts {
+        SourceFacts {
+            subject: "orders.created".into(),
+            stream: "EVENTS".into(),
+            sequence: 42,
+            published: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+        }
+    }
+
     #[test]
     fn a_copy_keeps_the_source_headers_and_hides_forged_ones() {
         let mut source = HeaderMap::new();
         source.insert("Nats-Msg-Id", "order-1");
         source.insert("X-Custom", "v");
         source.insert("natshook-source-subject", "forged");
-        let facts = SourceFacts {
-            subject: "orders.created".into(),
-            stream: "EVENTS".into(),
-            sequence: 42,
-            published: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-        };
-        let h = copy_headers(Some(&source), &facts, "crm");
+        let h = copy_headers(Some(&source), &order_42(), "crm");
         assert_eq!(
             h.get("Nats-Msg-Id").map(|v| v.as_str()),
             Some("EVENTS.42.crm")
@@ -315,12 +319,7 @@ mod tests {
         let mut source = HeaderMap::new();
         source.insert("Nats-Msg-Id", "order-1");
         source.insert("Natshook-Source-Uncopied", "forged");
-        let facts = SourceFacts {
-            subject: "orders.created".into(),
-            stream: "EVENTS".into(),
-            sequence: 42,
-            published: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
-        };
+        let facts = order_42();
         let stand_in = uncopied_headers(Some(&source), &facts, "crm", "too large");
         assert_eq!(SourceFacts::of_copy(&stand_in), Some(facts.clone()));
         assert!(stand_in.get(SOURCE_SUBJECT).is_none());
