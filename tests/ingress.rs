@@ -548,6 +548,29 @@ async fn jetstream_unavailable_is_503_with_retry_after_and_the_senders_retry_is_
         .metric("natshook_ingress_requests_total{outcome=\"unavailable\",route=\"/in/hex\"}")
         .await
         .is_some_and(|v| v >= 2.0));
+
+    // Connected, but the server hangs: the publish is sent and not answered within
+    // publish_timeout. It may be stored all the same, and the answer says so; the
+    // retry with the same id is stored once.
+    nats.signal("STOP");
+    let r = send("hung-1");
+    nats.signal("CONT");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.starts_with("not confirmed as stored"), "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send("hung-1").status != 200 {
+        assert!(Instant::now() < deadline, "never stored after the hang");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let hung = stored(&nats, "INBOUND").await;
+    let ids: Vec<_> = hung.iter().map(|m| m.header("Nats-Msg-Id")).collect();
+    assert_eq!(
+        ids.iter()
+            .filter(|id| id.as_deref() == Some("hung-1"))
+            .count(),
+        1,
+        "{ids:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1161,6 +1184,14 @@ max_body = 131072
         "{logs}"
     );
     assert!(!logs.contains("/in/std: id_header"), "{logs}");
+    // /in/std shares nats.stream, with its 2-minute window, with the hex and the
+    // unsigned routes.
+    for warned in [
+        "a standard ingress route's stream keeps ids for less than 10 minutes",
+        "a standard ingress route shares its stream with a route whose ids are not signed",
+    ] {
+        assert!(logs.contains(warned), "{warned}:\n{logs}");
+    }
     // Within max_payload by itself; its Nats-Msg-Id header takes it past.
     let body = vec![b'x'; 65536 - 8];
     let r = curl(
@@ -1178,4 +1209,26 @@ max_body = 131072
     );
     let r = curl("POST", &url(&n, "/in/big"), &[], &body[..60_000]);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A `standard` route in a stream of its own, keeping ids for 10 minutes, is warned
+/// about neither way; the other routes' streams are theirs to size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_route_in_a_stream_of_its_own_is_not_warned_about() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let js = jetstream::new(nats.client().await);
+    js.create_stream(jetstream::stream::Config {
+        name: "INBOUND_STD".into(),
+        subjects: vec!["inbound.std.>".into()],
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .expect("the standard route's stream");
+    nats.create_stream("INBOUND", &["inbound.hex.>", "inbound.open.>"])
+        .await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let logs = n.logs();
+    assert!(!logs.contains("a standard ingress route"), "{logs}");
 }

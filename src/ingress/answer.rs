@@ -21,10 +21,20 @@ pub(super) fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Ful
 }
 
 pub(super) fn unavailable(why: &str) -> Answer {
-    let mut r = answer(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("not stored ({why}); retry later\n"),
-    );
+    unavailable_saying(format!("not stored ({why}); retry later\n"))
+}
+
+/// `503` for a publish JetStream did not answer in time: the message may be stored
+/// all the same, which a retry with the same id finds (`duplicate`); one without an
+/// id is stored again.
+pub(super) fn unconfirmed(why: &str) -> Answer {
+    unavailable_saying(format!(
+        "not confirmed as stored ({why}); retry later with the same id\n"
+    ))
+}
+
+fn unavailable_saying(text: String) -> Answer {
+    let mut r = answer(StatusCode::SERVICE_UNAVAILABLE, text);
     r.headers_mut().insert(
         http::header::RETRY_AFTER,
         HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::streams::{ensure_streams, ensure_streams_at_start, IngressError};
 pub use crate::config::{IngressConfig, Route, Verify};
 
-use self::answer::{answer, unavailable, Answer, Refusal};
+use self::answer::{answer, unavailable, unconfirmed, Answer, Refusal};
 use self::body::{read_body, Bodies, Room};
 use self::request::{check_head, nats_headers, subject, verify};
 use crate::config::NatsConfig;
@@ -334,13 +334,18 @@ impl Ingress {
                     ),
                 )
             }
+            // Sent, but not answered: it may be stored.
+            Ok(Err(e)) if e.kind() == PublishErrorKind::TimedOut => {
+                tracing::warn!(route = %route.path, error = %e, "incoming webhook: no publish ack in time; answered 503");
+                unconfirmed("JetStream did not answer in time")
+            }
             Ok(Err(e)) => {
                 tracing::warn!(route = %route.path, error = %e, "incoming webhook not stored; answered 503");
                 unavailable("JetStream did not store it")
             }
             Err(_) => {
                 tracing::warn!(route = %route.path, "incoming webhook: no publish ack in time; answered 503");
-                unavailable("JetStream did not ack in time")
+                unconfirmed("JetStream did not answer in time")
             }
         }
     }

@@ -10,8 +10,9 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{NatsConfig, Route};
+use crate::config::{NatsConfig, Route, Verify};
 use crate::routing::Pattern;
+use crate::signing::{Scheme, WEBHOOK_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -45,18 +46,26 @@ pub async fn ensure_streams(
     let streams = stream_subjects(js).await?;
     let missing = uncaptured(&streams, nats, routes)?;
     if missing.is_empty() {
+        warn_about_dedupe(&streams, nats, routes);
         return Ok(());
     }
     if !nats.create_stream {
         return Err(IngressError::NoStream(joined(&missing)));
     }
-    extend_stream(js, nats, &missing).await
+    extend_stream(js, nats, &missing).await?;
+    warn_about_dedupe(&streams, nats, routes);
+    Ok(())
 }
 
-/// Every stream's name and subjects.
-async fn stream_subjects(
-    js: &jetstream::Context,
-) -> Result<Vec<(String, Vec<Pattern>)>, IngressError> {
+/// One stream as the check reads it.
+struct Listed {
+    name: String,
+    subjects: Vec<Pattern>,
+    duplicate_window: Duration,
+}
+
+/// Every stream's name, subjects and duplicate window.
+async fn stream_subjects(js: &jetstream::Context) -> Result<Vec<Listed>, IngressError> {
     let mut streams = Vec::new();
     let mut list = js.streams();
     while let Some(info) = list.next().await {
@@ -67,15 +76,74 @@ async fn stream_subjects(
             .iter()
             .filter_map(|s| Pattern::parse(s).ok())
             .collect();
-        streams.push((info.config.name, subjects));
+        streams.push(Listed {
+            name: info.config.name,
+            subjects,
+            duplicate_window: info.config.duplicate_window,
+        });
     }
     Ok(streams)
+}
+
+/// The shortest duplicate window that keeps a captured `standard` request from being
+/// stored twice: its timestamp passes within 5 minutes either side of the clock.
+const STANDARD_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Whether the route's stored id is one its signature covers (`standard`'s
+/// `webhook-id`): anyone holding one request of another route can store any id.
+fn signs_its_id(r: &Route) -> bool {
+    matches!(&r.verify, Verify::Signed(s) if s.scheme() == Scheme::Standard)
+        && r.id_header == WEBHOOK_ID
+}
+
+/// Warns about what the stream holding a route leaves open to a captured request:
+/// a window too short for a `standard` route's tolerance, and ids another route
+/// stores unsigned (`hex`, `sha256`, `none`), which make the `standard` route's later
+/// message with that id a duplicate, answered `200` and never stored. Both are the
+/// operator's to decide (the README says how); neither stops start-up. A route's
+/// stream is the one that captures it, or `nats.stream` for one just added to it.
+fn warn_about_dedupe(streams: &[Listed], nats: &NatsConfig, routes: &[Route]) {
+    let stream_of = |r: &Route| {
+        let p = r.subject.pattern();
+        streams
+            .iter()
+            .find(|s| s.subjects.iter().any(|s| p.is_subset_of(s)))
+            .or_else(|| streams.iter().find(|s| s.name == nats.stream))
+    };
+    let mut warned = std::collections::HashSet::new();
+    for signed in routes.iter().filter(|r| signs_its_id(r)) {
+        let Some(stream) = stream_of(signed) else {
+            continue;
+        };
+        if stream.duplicate_window < STANDARD_WINDOW && warned.insert((stream.name.as_str(), "")) {
+            tracing::warn!(
+                stream = %stream.name,
+                duplicate_window = ?stream.duplicate_window,
+                route = %signed.path,
+                "a standard ingress route's stream keeps ids for less than 10 minutes: a captured request can be stored again within its timestamp's tolerance; set the stream's duplicate_window to at least 10m"
+            );
+        }
+        let unsigned = routes
+            .iter()
+            .filter(|r| !signs_its_id(r))
+            .find(|r| stream_of(r).is_some_and(|s| s.name == stream.name));
+        if let Some(unsigned) = unsigned {
+            if warned.insert((stream.name.as_str(), "shared")) {
+                tracing::warn!(
+                    stream = %stream.name,
+                    route = %signed.path,
+                    unsigned = %unsigned.path,
+                    "a standard ingress route shares its stream with a route whose ids are not signed: one captured request to that route can store any id and make the standard route's later message with it a duplicate, never stored; give standard routes a stream of their own"
+                );
+            }
+        }
+    }
 }
 
 /// The route subjects no stream holds; one that streams hold only part of is an error
 /// (unless that part is `nats.stream` itself under `create_stream`, which is widened).
 fn uncaptured(
-    streams: &[(String, Vec<Pattern>)],
+    streams: &[Listed],
     nats: &NatsConfig,
     routes: &[Route],
 ) -> Result<Vec<Pattern>, IngressError> {
@@ -85,14 +153,14 @@ fn uncaptured(
         if missing.contains(p)
             || streams
                 .iter()
-                .any(|(_, s)| s.iter().any(|s| p.is_subset_of(s)))
+                .any(|s| s.subjects.iter().any(|s| p.is_subset_of(s)))
         {
             continue;
         }
         let partial: Vec<&str> = streams
             .iter()
-            .filter(|(_, s)| s.iter().any(|s| s.overlaps(p)))
-            .map(|(name, _)| name.as_str())
+            .filter(|s| s.subjects.iter().any(|s| s.overlaps(p)))
+            .map(|s| s.name.as_str())
             .collect();
         match partial.as_slice() {
             [] if nats.create_stream => missing.push(p.clone()),
