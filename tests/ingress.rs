@@ -1232,3 +1232,40 @@ async fn a_standard_route_in_a_stream_of_its_own_is_not_warned_about() {
     let logs = n.logs();
     assert!(!logs.contains("a standard ingress route"), "{logs}");
 }
+
+/// A signature header sent twice is stored once, with the value that was verified
+/// (the first): a consumer that verifies the stored body again reads that one. The
+/// id header's first value is the message's `Nats-Msg-Id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_signature_header_is_stored_with_the_verified_value_only() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let n = Natshook::start(&config(&nats, &rx, &routes("5s")).render()).await;
+    let body = br#"{"n":1}"#;
+    let good = hex_sig(HEX_NEW, body);
+    let r = curl(
+        "POST",
+        &url(&n, "/in/hex"),
+        &[
+            ("X-Signature", &good),
+            ("X-Signature", "deadbeef"),
+            ("X-Event-Type", "opened"),
+            ("X-Delivery-Id", "first-id"),
+            ("X-Delivery-Id", "second-id"),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = stored(&nats, "EVENTS").await;
+    assert_eq!(got.len(), 1);
+    let values = |name: &str| -> Vec<String> {
+        got[0]
+            .headers
+            .iter()
+            .filter(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.iter().map(|v| v.as_str().to_string()))
+            .collect()
+    };
+    assert_eq!(values("X-Signature"), [good]);
+    assert_eq!(values("Nats-Msg-Id"), ["first-id"]);
+}

@@ -380,6 +380,9 @@ pub enum Verify {
 pub struct CopiedHeader {
     pub name: HeaderName,
     pub written: String,
+    /// A signature header: only its first value, the one verified, is stored, so a
+    /// consumer that verifies the stored body again reads that one.
+    pub first_only: bool,
 }
 
 #[derive(Debug, Clone)]

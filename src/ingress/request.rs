@@ -83,7 +83,8 @@ pub(super) fn subject(
 pub(super) fn nats_headers(route: &Route, request: &http::HeaderMap) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
     for h in &route.copy_headers {
-        for v in request.get_all(&h.name) {
+        let values = request.get_all(&h.name).into_iter();
+        for v in values.take(if h.first_only { 1 } else { usize::MAX }) {
             if let Ok(v) = v.to_str() {
                 headers.append(h.written.as_str(), v);
             }

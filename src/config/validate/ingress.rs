@@ -196,6 +196,7 @@ fn copy_headers(
             Some(h) if seen.insert(h.clone()) => copied.push(CopiedHeader {
                 name: h,
                 written: name.clone(),
+                first_only: false,
             }),
             Some(_) => {} // copied already
 
@@ -307,11 +308,13 @@ fn signature_headers(scheme: Scheme, header: HeaderName, written: &str) -> Vec<C
             .map(|h| CopiedHeader {
                 written: h.as_str().to_string(),
                 name: h,
+                first_only: true,
             })
             .collect(),
         Scheme::Hex | Scheme::Sha256 => vec![CopiedHeader {
             name: header,
             written: written.to_string(),
+            first_only: true,
         }],
     }
 }
