@@ -73,8 +73,7 @@ pub(super) fn joined(before: &Targets, current: &Targets, since: SystemTime) -> 
 
 /// Copies for each of `joined` the messages of `stream` after the sequence it skips,
 /// up to `through`, that it delivers under `targets`; wakes those that got copies.
-/// A copy that does not fit is dealt with as the fan-out deals with one (`stand_ins`
-/// as it has them).
+/// A copy that does not fit is dealt with as the fan-out deals with one.
 pub(super) async fn catch_up(
     js: &jetstream::Context,
     work: &WorkStream,
@@ -82,7 +81,6 @@ pub(super) async fn catch_up(
     targets: &Targets,
     joined: &[(Target, u64)],
     through: u64,
-    stand_ins: bool,
 ) -> Result<(), String> {
     let Some(from) = joined.iter().map(|(_, after)| after + 1).min() else {
         return Ok(());
@@ -154,7 +152,7 @@ pub(super) async fn catch_up(
                                     }
                                     continue;
                                 }
-                                None if !stand_ins => Err(e),
+                                None if !super::keeps_acked(js, &facts.stream).await => Err(e),
                                 None => {
                                     let h = copy::uncopied_headers(
                                         msg.headers.as_ref(),

@@ -94,11 +94,6 @@ pub struct FanOut {
     handled: u64,
     /// When a missing work stream was last made again ([`restore_work`]).
     work_restored: Option<tokio::time::Instant>,
-    /// Whether the source stream keeps what the fan-out acked (limits retention), as
-    /// read at the last bind: only then can a disabled endpoint's copy that does not
-    /// fit wait as a stand-in ([`copy::uncopied_headers`]), whose payload is read
-    /// from the source once the endpoint is enabled.
-    source_keeps: bool,
 }
 
 impl FanOut {
@@ -124,7 +119,6 @@ impl FanOut {
             catching_up: Vec::new(),
             handled: 0,
             work_restored: None,
-            source_keeps: false,
         }
     }
 
@@ -255,10 +249,6 @@ impl FanOut {
             .map_err(|e| format!("stream {}: {e}", self.stream))?;
         let targets = self.start_own_readers(&stream, targets).await?;
         self.carry_over(&targets);
-        self.source_keeps = match self.js.get_stream(&self.stream).await {
-            Ok(s) => s.cached_info().config.retention == RetentionPolicy::Limits,
-            Err(e) => return Err(format!("stream {}: {e}", self.stream)),
-        };
         Ok((stream, targets))
     }
 
@@ -290,16 +280,8 @@ impl FanOut {
         if joined.is_empty() {
             return;
         }
-        if let Err(e) = catch_up::catch_up(
-            &self.js,
-            &self.work,
-            stream,
-            targets,
-            &joined,
-            through,
-            self.source_keeps,
-        )
-        .await
+        if let Err(e) =
+            catch_up::catch_up(&self.js, &self.work, stream, targets, &joined, through).await
         {
             tracing::warn!(error = %e, "cannot copy what new endpoints missed yet; trying again shortly");
             self.catching_up = joined;
@@ -424,10 +406,8 @@ impl FanOut {
             catching_up,
             handled,
             work_restored,
-            source_keeps,
             ..
         } = self;
-        let stand_ins = *source_keeps;
         let mut copying = FuturesUnordered::new();
         // Once for the whole pull: a timer made in the loop would start again with
         // every message.
@@ -450,7 +430,7 @@ impl FanOut {
                 }
                 next = messages.next(), if copying.len() < IN_FLIGHT => match next {
                     Some(Ok(msg)) => {
-                        copying.push(copy(js, work, current.clone(), msg, stand_ins));
+                        copying.push(copy(js, work, current.clone(), msg));
                     }
                     Some(Err(e)) => {
                         tracing::info!(consumer = %consumer, error = %e, "fan-out fetch ended; pulling again");
@@ -502,9 +482,7 @@ enum Pulled {
 }
 
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
-/// when a copy was not stored. `stand_ins`: the source keeps acked messages, so a
-/// disabled endpoint's copy that does not fit can wait as a stand-in; otherwise the
-/// message comes back until the endpoint is enabled. A message no rule maps, or no endpoint wants, is acked
+/// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
 /// (`watch_unmapped` counts the unmapped ones). Resolves to the message's source
 /// sequence ([`FanOut::handled`]; 0 for one whose metadata does not parse), and whether
 /// a copy found no stream to store it ([`restore_work`]).
@@ -517,7 +495,6 @@ fn copy<'a>(
     work: &'a WorkStream,
     targets: Arc<Targets>,
     msg: jetstream::Message,
-    stand_ins: bool,
 ) -> impl std::future::Future<Output = (u64, bool)> + 'a {
     async move {
         let Ok(info) = msg.info() else {
@@ -562,15 +539,15 @@ fn copy<'a>(
                         Some(w) => oversize.push((w.clone(), reason)),
                         // Its copy would be acked unsent.
                         None if !worker.endpoint().filter.matches(&msg.payload) => {}
-                        // The source would drop the payload once this message is acked.
-                        None if !stand_ins => {
-                            tracing::warn!(endpoint = %name, "the copy for a disabled endpoint is larger than max_payload; the message comes back until it is enabled");
-                            let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                            return (sequence, false);
-                        }
                         // A disabled endpoint has no worker to write its dead letter:
-                        // a stand-in waits for it ([`copy::uncopied_headers`]).
+                        // a stand-in waits for it ([`copy::uncopied_headers`]), where
+                        // the source keeps the payload.
                         None => {
+                            if !keeps_acked(js, &facts.stream).await {
+                                tracing::warn!(endpoint = %name, "the copy for a disabled endpoint is larger than max_payload; the message comes back until it is enabled");
+                                let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+                                return (sequence, false);
+                            }
                             let h =
                                 copy::uncopied_headers(msg.headers.as_ref(), &facts, name, &reason);
                             match js
@@ -619,6 +596,21 @@ fn copy<'a>(
             w.wake();
         }
         (sequence, false)
+    }
+}
+
+/// Whether `stream` keeps what the fan-out acked (limits retention): only then can a
+/// disabled endpoint's copy that does not fit wait as a stand-in, whose payload is
+/// read from the source once the endpoint is enabled; interest and work-queue streams
+/// drop it. Asked only when such a copy comes up; `false` when the stream cannot be
+/// read (the message comes back and is asked about again).
+async fn keeps_acked(js: &jetstream::Context, stream: &str) -> bool {
+    match js.get_stream(stream).await {
+        Ok(s) => s.cached_info().config.retention == RetentionPolicy::Limits,
+        Err(e) => {
+            tracing::debug!(stream, error = %e, "cannot read the source stream's retention");
+            false
+        }
     }
 }
 
