@@ -381,6 +381,83 @@ async fn a_long_retry_delay_is_waited_out_off_the_lane() {
     assert_eq!(state.messages, 0, "copies still on the lane");
 }
 
+/// A copy within a few dozen bytes of the server's `max_payload` could not leave the
+/// lane (moving adds headers), so it never goes on it: its retry waits on the
+/// endpoint's own subject like any other, instead of on the lane, where it would keep
+/// every later copy of every endpoint stored until it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_too_large_to_leave_the_lane_waits_on_its_own_subject() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|r| match r.id().starts_with("big") {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    })
+    .await;
+    let settings = "retry_schedule = [\"1h\"]\nmax_attempts = 3\ndisable_after_failures = 0";
+    let config =
+        fan_out(TestConfig::new(nats.url())).endpoint("a", &rx.url("/a"), &["*"], settings);
+    let natshook = Natshook::start(&config.render()).await;
+    let client = nats.client().await;
+    let max_payload = client.server_info().max_payload;
+    let js = jetstream::new(client);
+    // A copy's headers take about 220 bytes: payloads from 400 to 150 bytes under
+    // max_payload pass the point where a copy fits the lane but not a move off it, and
+    // the point where it does not fit at all.
+    let big: Vec<_> = (0..26)
+        .map(|i| {
+            let pad = "x".repeat(max_payload - 400 + 10 * i - 10);
+            let body = format!("{{\"pad\":\"{pad}\"}}");
+            (
+                "crm.lead.created".to_string(),
+                Bytes::from(body),
+                Some(format!("big-{i:02}")),
+            )
+        })
+        .collect();
+    publish_all(&js, big).await;
+    // Each big message either tried once (and failed) or dead-lettered as too large.
+    wait_until(
+        Duration::from_secs(30),
+        "every big message tried or dead-lettered",
+        || {
+            let n = rx.count() + natshook.dead_letters("a").len();
+            async move { n >= 26 }
+        },
+    )
+    .await;
+    let dead = natshook.dead_letters("a");
+    assert!(
+        dead.iter()
+            .all(|d| d["reason"].as_str().unwrap_or("").contains("max_payload")),
+        "{dead:?}"
+    );
+    let fitted = 26 - dead.len();
+    assert!(
+        (5..26).contains(&fitted),
+        "{fitted} of the 26 copies fitted"
+    );
+    publish_all(&js, leads(10, "after")).await;
+    rx.wait_for(Duration::from_secs(20), "the leads after them", |r| {
+        r.delivered_ids().len() >= 10
+    })
+    .await;
+    // The lane releases what its consumer acked every 3 s: nothing holds its floor.
+    wait_until(Duration::from_secs(15), "every lane copy released", || {
+        let js = js.clone();
+        async move {
+            let mut lane = js.get_stream("EVENTS_natshook_LANE").await.expect("lane");
+            lane.info().await.map(|i| i.state.messages).unwrap_or(1) == 0
+        }
+    })
+    .await;
+    // Each retry waits on the endpoint's own subject (with the copies acked after
+    // them: the first waiting one holds that consumer's floor).
+    let waiting = work_copies(&js).await as usize;
+    assert!(waiting >= fitted, "{waiting} copies on its own subject");
+    assert_eq!(rx.count(), fitted + 10, "a copy tried again early");
+    assert!(!natshook.logs().contains("the retry waits on the lane"));
+}
+
 /// Copies a receiver refuses wait out a long retry delay on the endpoint's own subject
 /// without holding its consumer's window: twice its size of them hold up neither each
 /// other's first attempts nor the copies published after them.

@@ -133,10 +133,8 @@ pub(super) async fn catch_up(
                     let headers = copy_headers(msg.headers.as_ref(), &facts, endpoint);
                     // Where the fan-out puts its copies for it, so that a message
                     // copied both ways is one message of one stream.
-                    let subject = match worker.takes_lane() {
-                        true => work.lane_subject(endpoint),
-                        false => work.subject(endpoint),
-                    };
+                    let (subject, _) =
+                        super::copy_subject(js, work, worker, &headers, msg.payload.len());
                     let published = js
                         .publish_with_headers(subject, headers, msg.payload.clone())
                         .await;

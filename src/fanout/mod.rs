@@ -481,6 +481,26 @@ enum Pulled {
     Failed,
 }
 
+/// Where `target`'s copy with `headers` and a payload of `payload_len` bytes goes, and
+/// whether that is the lane: the lane while the endpoint takes lane copies and the copy
+/// could leave the lane again ([`copy::fits_off_lane`]), else the endpoint's own
+/// subject. The catch-up chooses as the fan-out does, so that a message copied both
+/// ways is one message of one stream.
+fn copy_subject(
+    js: &jetstream::Context,
+    work: &WorkStream,
+    target: &Target,
+    headers: &async_nats::HeaderMap,
+    payload_len: usize,
+) -> (String, bool) {
+    let name = &target.endpoint().name;
+    if target.takes_lane() && copy::fits_off_lane(headers, payload_len, js.client().max_payload()) {
+        (work.lane_subject(name), true)
+    } else {
+        (work.subject(name), false)
+    }
+}
+
 /// Copies one source message to each endpoint that delivers it, then acks it; NAKs it
 /// when a copy was not stored. A message no rule maps, or no endpoint wants, is acked
 /// (`watch_unmapped` counts the unmapped ones). Resolves to the message's source
@@ -517,12 +537,7 @@ fn copy<'a>(
         for worker in targets.of(&mapped) {
             let name = &worker.endpoint().name;
             let h = copy_headers(msg.headers.as_ref(), &facts, name);
-            let on_lane = worker.takes_lane();
-            let subject = if on_lane {
-                work.lane_subject(name)
-            } else {
-                work.subject(name)
-            };
+            let (subject, on_lane) = copy_subject(js, work, worker, &h, msg.payload.len());
             match js
                 .publish_with_headers(subject, h, msg.payload.clone())
                 .await

@@ -202,6 +202,34 @@ pub(super) fn moved_off_lane_headers(
     headers
 }
 
+/// The most bytes [`moved_off_lane_headers`] adds to a copy's header block: each of
+/// its two headers as `name: value\r\n`, with as many digits as a `u32` count and a
+/// `u128` of milliseconds can have.
+const MOVE_OFF_LANE_GROWTH: usize =
+    SOURCE_ATTEMPTS.len() + ": \r\n".len() + 10 + SOURCE_WAIT.len() + ": \r\n".len() + 39;
+
+/// Whether a copy with `headers` and a payload of `payload_len` bytes still fits in
+/// `max_payload` once moved off the lane. One that would not must not go on the lane:
+/// it could not leave it while its endpoint is paused, at its `concurrency` or
+/// waiting out a long retry delay, and would come back to the lane every second,
+/// holding the lane's ack floor (every endpoint's later copies stay stored).
+pub fn fits_off_lane(headers: &HeaderMap, payload_len: usize, max_payload: usize) -> bool {
+    wire_len(headers) + payload_len + MOVE_OFF_LANE_GROWTH <= max_payload
+}
+
+/// The bytes `headers` take on the wire, as the NATS client counts them against
+/// `max_payload`: `NATS/1.0\r\n`, a `name: value\r\n` per value, and `\r\n`.
+fn wire_len(headers: &HeaderMap) -> usize {
+    let mut len = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            len += name.len() + ": \r\n".len() + v.as_str().len();
+        }
+    }
+    len
+}
+
 /// Which attempt a delivery of a copy with `headers` is, the `delivered`-th on the
 /// stream it is read from (`on_lane`: the lane). A copy moved off the lane counts on
 /// from the attempts it had there, and its first delivery on its own subject only
@@ -309,6 +337,28 @@ mod tests {
         assert_eq!(as_source_header(SOURCE_SUBJECT, true), None);
         assert_eq!(as_source_header("X-Custom", true), Some("X-Custom"));
         assert_eq!(as_source_header("Nats-Msg-Id", false), Some("Nats-Msg-Id"));
+    }
+
+    /// A copy that fits the check fits once moved with the most attempts and the
+    /// longest wait, and one byte more of payload does not fit the check.
+    #[test]
+    fn a_copy_let_on_the_lane_still_fits_once_moved_off() {
+        let mut source = HeaderMap::new();
+        source.insert("Nats-Msg-Id", "order-1");
+        source.append("X-Many", "a");
+        source.append("X-Many", "bc");
+        let h = copy_headers(Some(&source), &order_42(), "crm");
+        let moved = moved_off_lane_headers(Some(&h), u32::MAX, Some(Duration::MAX));
+        let max_payload = 4096;
+        let payload = max_payload - wire_len(&h) - MOVE_OFF_LANE_GROWTH;
+        assert!(fits_off_lane(&h, payload, max_payload));
+        assert!(wire_len(&moved) + payload <= max_payload);
+        assert!(!fits_off_lane(&h, payload + 1, max_payload));
+        // Counted as the client counts: "NATS/1.0\r\n", "name: value\r\n" each, "\r\n".
+        let mut two = HeaderMap::new();
+        two.append("A", "1");
+        two.append("A", "22");
+        assert_eq!(wire_len(&two), 10 + 6 + 7 + 2);
     }
 
     /// A stand-in reads as a copy of its source message here, names it under a
