@@ -1073,6 +1073,73 @@ async fn an_endpoint_that_stops_being_ordered_keeps_what_its_old_consumer_held()
     assert_once(&rx, &after_ids);
 }
 
+/// A message its former consumer held whose copy would be larger than the server's
+/// `max_payload` is dead-lettered, with the attempts it had there, as the fan-out does
+/// for one: the rest is moved and the former consumer goes, rather than every drain
+/// failing on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_consumer_s_message_whose_copy_does_not_fit_is_dead_lettered() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|r| match r.id() == "big" {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    })
+    .await;
+    let settings = "retry_schedule = [\"200ms\"]\nmax_attempts = 50\ndisable_after_failures = 0";
+    let natshook = Natshook::start(&endpoint_a(&nats, &rx, settings, true)).await;
+    let client = nats.client().await;
+    let room = client.server_info().max_payload - 100;
+    let js = jetstream::new(client);
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(room - 10));
+    let mut messages = vec![(
+        "crm.lead.created".to_string(),
+        Bytes::from(big),
+        Some("big".to_string()),
+    )];
+    let held = leads(5, "held");
+    let held_ids: Vec<String> = held.iter().filter_map(|(_, _, id)| id.clone()).collect();
+    messages.extend(held);
+    publish_all(&js, messages).await;
+    // Ordered: the leads wait behind the big message's retries.
+    rx.wait_for(Duration::from_secs(10), "the big message's retries", |r| {
+        r.count() >= 2
+    })
+    .await;
+    assert!(rx.delivered_ids().is_empty());
+    reload(
+        &natshook,
+        &endpoint_a(&nats, &rx, settings, false),
+        "config reloaded",
+        "the switch applied",
+    )
+    .await;
+    let dead = natshook
+        .wait_dead_letters("a", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead[0]["id"], "big");
+    let reason = dead[0]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("max_payload"), "{reason}");
+    assert!(
+        dead[0]["attempts"].as_u64().unwrap_or(0) >= 2,
+        "{}",
+        dead[0]
+    );
+    rx.wait_for(Duration::from_secs(20), "the leads it held", |r| {
+        let got = r.delivered_ids();
+        held_ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the former consumer deleted",
+        || async { !consumers(&js, "EVENTS").await.contains("natshook-a") },
+    )
+    .await;
+    assert_once(&rx, &held_ids);
+    assert_eq!(natshook.dead_letters("a").len(), 1);
+    assert!(!natshook.logs().contains("former consumer not drained yet"));
+}
+
 /// A second change that restarts the endpoint while its former consumer is still
 /// drained (here its `timeout`, after the poller has seen that consumer) keeps its
 /// copies off the lane too: what arrives meanwhile is delivered once.

@@ -209,10 +209,10 @@ fn drain_leftovers(
         let work = work.clone();
         let (js, stream, stop) = (js.clone(), f.stream.clone(), stop.clone());
         let (consumer, endpoint) = (consumer.to_string(), w.endpoint().name.clone());
-        // Still a fan-out endpoint of this process: checked before every message moved.
-        let wanted = {
+        // Still a fan-out endpoint of this process: checked before every batch moved.
+        let worker = {
             let (sup, endpoint) = (Arc::clone(sup), endpoint.clone());
-            move || sup.worker(&endpoint).is_some_and(|w| w.fans_out())
+            move || sup.worker(&endpoint).filter(|w| w.fans_out())
         };
         let unattempted = sup.unattempted().clone();
         let forgotten = sup.forgotten().clone();
@@ -225,7 +225,7 @@ fn drain_leftovers(
                 stream: &stream,
                 consumer: &consumer,
                 endpoint: &endpoint,
-                wanted: &wanted,
+                worker: &worker,
                 stop: &stop,
                 taken_back: &turn.taken_back,
             };

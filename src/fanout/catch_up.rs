@@ -145,7 +145,7 @@ pub(super) async fn catch_up(
                             let reason = copy::too_large(&e);
                             match worker.worker() {
                                 Some(w) => {
-                                    if !w.dead_letter_uncopied(&msg, &reason).await {
+                                    if !w.dead_letter_uncopied(&msg, 0, &reason).await {
                                         return Err(format!("{endpoint}: the dead letter of a message whose copy does not fit was not written"));
                                     }
                                     continue;

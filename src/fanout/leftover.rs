@@ -16,11 +16,13 @@
 //! a retry waiting out its delay would hold every other message behind it), and stops
 //! without deleting anything as soon as the endpoint reads its own consumer again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
     consumer::{pull, FromConsumer, PullConsumer},
+    context::PublishErrorKind,
     message::AckKind,
     publish::PublishAck,
     stream::LastRawMessageErrorKind,
@@ -28,10 +30,11 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::copy::{leftover_copy_headers, SourceFacts, NATS_MSG_ID};
+use crate::store::copy::{self, leftover_copy_headers, SourceFacts, NATS_MSG_ID};
 use crate::store::forgotten::Forgotten;
 use crate::store::unattempted::{Delivered, Unattempted};
 use crate::store::work_stream::WorkStream;
+use crate::worker::Worker;
 
 /// How long one fetch waits for the leftover's messages; a retry waiting out its delay
 /// is looked for again after this.
@@ -62,9 +65,10 @@ pub struct Leftover<'a> {
     /// The leftover consumer and its endpoint.
     pub consumer: &'a str,
     pub endpoint: &'a str,
-    /// False once the endpoint reads a consumer of its own again (made `ordered`,
-    /// `fan_out` off) or is gone: the drain stops and deletes nothing.
-    pub wanted: &'a (dyn Fn() -> bool + Send + Sync),
+    /// The endpoint's worker while it reads copies; `None` once it reads a consumer of
+    /// its own again (made `ordered`, `fan_out` off) or is gone: the drain stops and
+    /// deletes nothing.
+    pub worker: &'a (dyn Fn() -> Option<Arc<Worker>> + Send + Sync),
     /// Shutdown: the drain stops after the batch it moves; what it fetched and did not
     /// move comes back.
     pub stop: &'a CancellationToken,
@@ -166,7 +170,7 @@ impl Leftover<'_> {
     /// Whether the drain must stop: shutdown, taken back, or the endpoint no longer
     /// wanting it (looked up once per batch, not per message: it lists every endpoint).
     fn stopped(&self) -> bool {
-        self.stop.is_cancelled() || self.taken_back.is_cancelled() || !(self.wanted)()
+        self.stop.is_cancelled() || self.taken_back.is_cancelled() || (self.worker)().is_none()
     }
 
     /// The leftover consumer with a window of [`BATCH`] messages: an ordered
@@ -195,22 +199,51 @@ impl Leftover<'_> {
             .map_err(|e| self.failed(e))
     }
 
-    /// Publishes a copy of `msg` with `headers` to the endpoint's subject, once stored.
+    /// Publishes a copy of `msg` with `headers` to the endpoint's subject, once stored;
+    /// `Ok(None)` when the copy is larger than the server's `max_payload` (it never
+    /// fits: `reason` says why).
     async fn store(
         &self,
         headers: async_nats::HeaderMap,
         msg: &jetstream::Message,
-    ) -> Result<PublishAck, LeftoverError> {
-        self.js
+        reason: &mut String,
+    ) -> Result<Option<PublishAck>, LeftoverError> {
+        let published = self
+            .js
             .publish_with_headers(
                 self.work.subject(self.endpoint),
                 headers,
                 msg.payload.clone(),
             )
-            .await
-            .map_err(|e| self.failed(e))?
-            .await
-            .map_err(|e| self.failed(e))
+            .await;
+        match published {
+            Ok(ack) => ack.await.map(Some).map_err(|e| self.failed(e)),
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                *reason = copy::too_large(&e);
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Dead-letters `msg`, whose copy does not fit in `max_payload`, as the fan-out
+    /// does for such a message, with the `attempts` it had: otherwise every drain would
+    /// fail on it, and the former consumer would never go.
+    async fn dead_letter_too_large(
+        &self,
+        msg: &jetstream::Message,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), LeftoverError> {
+        let Some(worker) = (self.worker)() else {
+            return Err(self.failed("the endpoint no longer reads copies"));
+        };
+        if !worker.dead_letter_uncopied(msg, attempts, reason).await {
+            return Err(self.failed(format!(
+                "the dead letter of a message whose copy does not fit was not written ({reason})"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the copy stored at `sequence` of the endpoint's work stream, which a
@@ -253,7 +286,11 @@ impl Leftover<'_> {
             .get(NATS_MSG_ID)
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
-        let mut stored = self.store(headers.clone(), msg).await?;
+        let mut reason = String::new();
+        let Some(mut stored) = self.store(headers.clone(), msg, &mut reason).await? else {
+            self.dead_letter_too_large(msg, attempts, &reason).await?;
+            return self.settle(msg, delivered.filter(|_| noted > 0)).await;
+        };
         // An id of a copy removed within the duplicate window (the endpoint was made
         // `ordered` and unordered again) would have this one dropped as its duplicate:
         // it is stored under an id naming the removed copy instead, the same on every
@@ -268,12 +305,26 @@ impl Leftover<'_> {
                 )));
             }
             headers.insert(NATS_MSG_ID, format!("{id}.{}", stored.sequence).as_str());
-            stored = self.store(headers.clone(), msg).await?;
+            // The same headers but another id: a copy that fitted still fits.
+            stored = self
+                .store(headers.clone(), msg, &mut reason)
+                .await?
+                .ok_or_else(|| self.failed(&reason))?;
         }
+        self.settle(msg, delivered.filter(|_| noted > 0)).await
+    }
+
+    /// Acks `msg`, moved or dead-lettered, and forgets its deliveries noted as no
+    /// attempt (`noted`).
+    async fn settle(
+        &self,
+        msg: &jetstream::Message,
+        noted: Option<Delivered<'_>>,
+    ) -> Result<(), LeftoverError> {
         msg.ack_with(AckKind::Ack)
             .await
             .map_err(|e| self.failed(e))?;
-        if let Some(d) = delivered.filter(|_| noted > 0) {
+        if let Some(d) = noted {
             if let Err(e) = self.unattempted.forget(&d).await {
                 tracing::debug!(endpoint = self.endpoint, error = %e, "a moved message's unattempted deliveries not forgotten");
             }

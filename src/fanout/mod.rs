@@ -594,7 +594,7 @@ fn copy<'a>(
             }
         }
         for (w, reason) in oversize {
-            if !w.dead_letter_uncopied(&msg, &reason).await {
+            if !w.dead_letter_uncopied(&msg, 0, &reason).await {
                 // The copies stored meanwhile are dropped as duplicates when it comes back.
                 let _ = msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
                 return (sequence, false);

@@ -533,15 +533,21 @@ impl Worker {
     /// Dead-letters a source message the fan-out could not copy for this endpoint
     /// (the copy, with natshook's headers, would exceed the server's `max_payload`),
     /// so that it neither comes back forever nor holds up the other endpoints' copies.
-    /// The fan-out settles the source message; `false` when the record could not be
+    /// `attempts`: those it had before (on a former consumer of the endpoint). The
+    /// fan-out settles the source message; `false` when the record could not be
     /// written (the fan-out NAKs it then).
-    pub async fn dead_letter_uncopied(&self, msg: &jetstream::Message, reason: &str) -> bool {
+    pub async fn dead_letter_uncopied(
+        &self,
+        msg: &jetstream::Message,
+        attempts: u32,
+        reason: &str,
+    ) -> bool {
         let Ok(m) = self.route(msg) else {
             // Not one this endpoint delivers after all: nothing to dead-letter.
             return true;
         };
         let unwritten = Unwritten {
-            record: self.dead_letter_record(&m, 0, None, reason),
+            record: self.dead_letter_record(&m, attempts, None, reason),
             code: "undeliverable",
             last_result: None,
         };
