@@ -54,6 +54,7 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || (seg[0] == 0x2001 && seg[1] == 2 && seg[2] == 0) // benchmarking 2001:2::/48
                 || (seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x0020) // ORCHIDv2 2001:20::/28
                 || (seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x0010) // ORCHID 2001:10::/28
+                || seg[0] == 0x5f00 // SRv6 SIDs 5f00::/16: segment routing, not hosts
                 || v6 == Ipv6Addr::UNSPECIFIED
         }
     }
@@ -159,6 +160,8 @@ pub enum Refusal {
     /// webhook receiver, and not something the resolver reads from a URL.
     #[error("{0} is an IPv6 address with a zone id, which a webhook URL cannot use")]
     ZoneId(String),
+    #[error("[{0}] is not an IPv6 address")]
+    NotAnAddress(String),
 }
 
 fn private_address(host: &str, ip: &IpAddr) -> String {
@@ -197,19 +200,25 @@ impl TargetPolicy {
     /// judged as the address it is (and returned, so no lookup is needed), a name by
     /// its suffix (`None`: its addresses are judged by [`Self::filter`]).
     pub fn check_host(&self, host: &str) -> Result<Option<IpAddr>, Refusal> {
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        let bare = bracketed.unwrap_or(host);
         if let Some((addr, _zone)) = bare.split_once('%') {
             if addr.parse::<Ipv6Addr>().is_ok() {
                 return Err(Refusal::ZoneId(bare.to_string()));
             }
         }
-        let literal = bare
+        // Brackets hold an IPv6 address or nothing a client can reach (`[v1.x]`, an
+        // IPvFuture literal).
+        if bracketed.is_some_and(|b| b.parse::<Ipv6Addr>().is_err()) {
+            return Err(Refusal::NotAnAddress(bare.to_string()));
+        }
+        // The resolver reads `127.0.0.1.` (a fully qualified name's dot) as the
+        // address, and so does the guard.
+        let unrooted = bare.strip_suffix('.').unwrap_or(bare);
+        let literal = unrooted
             .parse::<IpAddr>()
             .ok()
-            .or_else(|| parse_ipv4_like_resolver(bare).map(IpAddr::V4));
+            .or_else(|| parse_ipv4_like_resolver(unrooted).map(IpAddr::V4));
         match literal {
             Some(ip) if self.permits_ip(ip) => Ok(Some(ip)),
             Some(ip) => Err(Refusal::PrivateAddress {
@@ -453,6 +462,9 @@ mod tests {
                 "metadata.google.internal",
                 "metadata.google.internal is an internal host name",
             ),
+            ("127.0.0.1.", "127.0.0.1. is 127.0.0.1, a private"),
+            ("[5f00::1]", "5f00::1 is a private"),
+            ("[v1.x]", "[v1.x] is not an IPv6 address"),
         ];
         for &(host, words) in PRIVATE_SPELLINGS.iter().chain(&more) {
             let refusal = policy.check_host(host).unwrap_err().to_string();
