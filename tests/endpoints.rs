@@ -19,7 +19,10 @@ fn config(nats: &NatsServer, file_rx: &Receiver) -> String {
             .mapping("events.*.lead.created", "lead.created", "tenant = \"{2}\"")
             .endpoint("file", &file_rx.url("/file"), &["lead.created"], ""),
     );
-    c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
+    c.top = format!(
+        "{}\n[registry]\nenabled = true\nmin_retry_delay = \"10ms\"\n",
+        c.top
+    );
     c.render()
 }
 

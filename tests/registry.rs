@@ -24,7 +24,10 @@ fn config(nats: &NatsServer, file_rx: &Receiver, file_extra: &str) -> String {
             .mapping("events.*.lead.created", "lead.created", "tenant = \"{2}\"")
             .endpoint("file", &file_rx.url("/file"), &["lead.created"], file_extra),
     );
-    c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
+    c.top = format!(
+        "{}\n[registry]\nenabled = true\nmin_retry_delay = \"10ms\"\n",
+        c.top
+    );
     c.render()
 }
 
@@ -943,7 +946,10 @@ async fn the_api_answers_503_until_the_registry_is_open() {
         &["lead.created"],
         "",
     ));
-    c.top = format!("{}\n[registry]\nenabled = true\n", c.top);
+    c.top = format!(
+        "{}\n[registry]\nenabled = true\nmin_retry_delay = \"10ms\"\n",
+        c.top
+    );
     let n = Natshook::start_listening(&c.render()).await;
     let auth = format!("Bearer {TOKEN}");
     let json = [
@@ -1286,7 +1292,10 @@ async fn a_runtime_endpoint_named_as_a_removed_file_endpoint_starts_with_nothing
         "lead.created",
         "tenant = \"{2}\"",
     ));
-    without.top = format!("{}\n[registry]\nenabled = true\n", without.top);
+    without.top = format!(
+        "{}\n[registry]\nenabled = true\nmin_retry_delay = \"10ms\"\n",
+        without.top
+    );
     reload(
         n,
         &without.render(),
@@ -3306,7 +3315,7 @@ async fn refused_network_keys_leave_what_runtime_endpoints_reach_to_the_defaults
             .endpoint("file", &file_rx.url("/file"), &["lead.created"], ""),
     );
     c.top = format!(
-        "{}\n[registry]\nenabled = true\nallow_network_keys = false\n[defaults]\nallow_http = true\nallow_private = true\n",
+        "{}\n[registry]\nenabled = true\nmin_retry_delay = \"10ms\"\nallow_network_keys = false\n[defaults]\nallow_http = true\nallow_private = true\n",
         c.top
     );
     let n = Natshook::start(&c.render()).await;
@@ -3381,7 +3390,7 @@ async fn refused_network_keys_leave_what_runtime_endpoints_reach_to_the_defaults
     // A reload that drops [registry] needs a restart to stop it, and keeps its rules
     // until then.
     let without = config(false).replace(
-        "[registry]\nenabled = true\nallow_network_keys = false\n",
+        "[registry]\nenabled = true\nmin_retry_delay = \"10ms\"\nallow_network_keys = false\n",
         "",
     );
     assert!(!without.contains("[registry]"));
@@ -3409,4 +3418,75 @@ async fn refused_network_keys_leave_what_runtime_endpoints_reach_to_the_defaults
     assert_eq!(status, 200, "{changed}");
     wait_until(Duration::from_secs(15), "served after the PATCH", served).await;
     deliver_org_1(&js, &rx, 3, "narrowed", 6).await;
+}
+
+/// What a customer's write may set is bounded by `[registry]`'s limits (a receiver
+/// that hangs for years on a hundred thousand connections, or retries every
+/// millisecond, is refused with each key named); a change merges into the objects
+/// stored, as a JSON merge patch does, so adding one header keeps the others; and a
+/// list query with a key it does not know is refused rather than listing every
+/// tenant's endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_bounded_changes_merge_and_unknown_list_keys_are_refused() {
+    let s = Setup::start().await;
+    let mut over: Value = serde_json::from_str(&body("hog", &s.rx)).unwrap();
+    over["timeout"] = json!("10y");
+    over["concurrency"] = json!(100000);
+    over["retry_schedule"] = json!(["1ms"]);
+    let (status, answer) = api(&s.n, "POST", "/api/endpoints", Some(&over.to_string())).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        problem_fields(&answer),
+        BTreeSet::from(["timeout", "concurrency", "retry_schedule[0]"].map(String::from)),
+        "{answer}"
+    );
+    assert!(
+        answer.to_string().contains("[registry] max_timeout"),
+        "{answer}"
+    );
+
+    let mut acme: Value = serde_json::from_str(&body("acme", &s.rx)).unwrap();
+    acme["headers"] = json!({"X-Cust-Key": "k1", "X-Team": "t"});
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&acme.to_string())).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "acme").await;
+    let (status, answer) = api(
+        &s.n,
+        "PATCH",
+        "/api/endpoints/acme",
+        Some(r#"{"timeout": "2m"}"#),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        problem_fields(&answer),
+        BTreeSet::from(["timeout".to_string()]),
+        "{answer}"
+    );
+
+    // One header added, one removed: the third stays.
+    let change = r#"{"headers": {"X-New": "v", "X-Team": null}}"#;
+    let (status, answer) = api(&s.n, "PATCH", "/api/endpoints/acme", Some(change)).await;
+    assert_eq!(status, 200, "{answer}");
+    // A header for a scheme that has none is refused, not taken for another scheme.
+    let change = r#"{"signature": {"header": "X-Sig"}}"#;
+    let (status, answer) = api(&s.n, "PATCH", "/api/endpoints/acme", Some(change)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.to_string().contains("standard uses"), "{answer}");
+    let (_, shown) = api(&s.n, "GET", "/api/endpoints/acme", None).await;
+    assert_eq!(shown["signature"]["scheme"], "standard", "{shown}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deliver_org_1(&s.js, &s.rx, 1, "merged", 1).await;
+    let got = s.rx.received();
+    let last = got.last().unwrap();
+    assert_eq!(last.header("x-cust-key"), "k1");
+    assert_eq!(last.header("x-new"), "v");
+    assert_eq!(last.header("x-team"), "");
+    assert!(!last.header("webhook-signature").is_empty());
+
+    for query in ["?tenants=org_1", "?tenant%5B0%5D=org_1", "?TENANT=org_1"] {
+        let (status, answer) = api(&s.n, "GET", &format!("/api/endpoints{query}"), None).await;
+        assert_eq!(status, 400, "{query}: {answer}");
+    }
+    assert_eq!(listed(&s.n, "?tenant=org_1").await, ["acme"]);
 }

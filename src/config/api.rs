@@ -13,7 +13,7 @@ use figment::providers::Serialized;
 use figment::Figment;
 use serde_json::{Map, Value};
 
-use super::model::{Backlog, Endpoint, EndpointDefaults, NetworkKeys};
+use super::model::{Backlog, Endpoint, EndpointDefaults, NetworkKeys, RuntimeLimits};
 use super::{load, Problem, Problems};
 use crate::routing::Router;
 
@@ -129,6 +129,52 @@ pub fn endpoint_from_json(
         Some(e) if p.is_empty() => Ok(e),
         _ => Err(p.0.into_iter().map(|p| by_field(p, network_keys)).collect()),
     }
+}
+
+/// The keys of `entry` (a create body, or a change) past `[registry]`'s limits on
+/// what a write may set: `timeout`, `concurrency`, and each delay of `retry_schedule`,
+/// `probe_interval` and `probe_max_interval`. A value that does not parse is left to
+/// the endpoint's own check, which names it.
+pub fn limit_problems(entry: &Map<String, Value>, limits: &RuntimeLimits) -> Vec<Problem> {
+    let duration = |v: &Value| {
+        v.as_str()
+            .and_then(|t| humantime::parse_duration(t.trim()).ok())
+    };
+    let mut found = Vec::new();
+    if let Some(t) = entry.get("timeout").and_then(duration) {
+        if t > limits.max_timeout {
+            let max = humantime::format_duration(limits.max_timeout);
+            found.push(problem(
+                "timeout",
+                format!("must be at most {max} ([registry] max_timeout)"),
+            ));
+        }
+    }
+    if let Some(n) = entry.get("concurrency").and_then(Value::as_u64) {
+        if n > limits.max_concurrency as u64 {
+            let max = limits.max_concurrency;
+            found.push(problem(
+                "concurrency",
+                format!("must be at most {max} ([registry] max_concurrency)"),
+            ));
+        }
+    }
+    let min = humantime::format_duration(limits.min_retry_delay);
+    let short = |d: Option<std::time::Duration>| d.is_some_and(|d| d < limits.min_retry_delay);
+    let too_short = format!("must be at least {min} ([registry] min_retry_delay)");
+    if let Some(Value::Array(delays)) = entry.get("retry_schedule") {
+        for (j, d) in delays.iter().enumerate() {
+            if short(duration(d)) {
+                found.push(problem(&format!("retry_schedule[{j}]"), too_short.as_str()));
+            }
+        }
+    }
+    for key in ["probe_interval", "probe_max_interval"] {
+        if short(entry.get(key).and_then(duration)) {
+            found.push(problem(key, too_short.as_str()));
+        }
+    }
+    found
 }
 
 fn problem(path: &str, message: impl Into<String>) -> Problem {
@@ -544,5 +590,38 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected}\nin:\n{text}");
         }
+    }
+
+    /// Only what a write sets is held to the limits, each key named, and a value that
+    /// does not parse is left to the endpoint's own check.
+    #[test]
+    fn a_write_past_the_registry_limits_is_refused_key_by_key() {
+        let limits = RuntimeLimits::default();
+        let over = serde_json::json!({
+            "timeout": "10y",
+            "concurrency": 100000,
+            "retry_schedule": ["1ms", "5s", "500ms"],
+            "probe_interval": "10ms",
+            "probe_max_interval": "2s",
+        });
+        let found: Vec<String> = limit_problems(over.as_object().unwrap(), &limits)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "timeout: must be at most 1m ([registry] max_timeout)",
+                "concurrency: must be at most 64 ([registry] max_concurrency)",
+                "retry_schedule[0]: must be at least 1s ([registry] min_retry_delay)",
+                "retry_schedule[2]: must be at least 1s ([registry] min_retry_delay)",
+                "probe_interval: must be at least 1s ([registry] min_retry_delay)",
+            ]
+        );
+        let within = serde_json::json!({
+            "timeout": "60s", "concurrency": 64, "retry_schedule": ["1s"], "bogus": "1ms",
+            "probe_interval": "soon",
+        });
+        assert!(limit_problems(within.as_object().unwrap(), &limits).is_empty());
     }
 }

@@ -66,6 +66,14 @@ pub const REGISTRY_HISTORY: i64 = 5;
 /// Runtime endpoints may set `allow_private`, `allow_cidrs` and `allow_http`, as the
 /// contract's create body lists them.
 pub const REGISTRY_ALLOW_NETWORK_KEYS: bool = true;
+/// The longest `timeout` a write through the API or `natshook endpoints` may set: a
+/// receiver that never answers holds its places in `max_inflight` this long.
+pub const REGISTRY_MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest `concurrency` such a write may set: the default, a quarter of the
+/// default `max_inflight`, so no one customer's endpoint takes the process's bound.
+pub const REGISTRY_MAX_CONCURRENCY: i64 = CONCURRENCY as i64;
+/// The shortest retry delay and probe interval such a write may set.
+pub const REGISTRY_MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 

@@ -39,7 +39,7 @@ pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
     AdminConfig, Backlog, Config, CopiedHeader, DeadLetterConfig, Endpoint, EndpointDefaults,
     Envelope, IngressConfig, NatsAuth, NatsConfig, NetworkKeys, Proxy, Rate, RegistryConfig, Route,
-    TlsFiles, Verify,
+    RuntimeLimits, TlsFiles, Verify,
 };
 pub use problems::{past_max_duration, ConfigError, Problem, Problems, MAX_DURATION};
 pub use raw::field_names;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
+use super::defaults;
 use crate::payload_filter::PayloadFilter;
 use crate::route_path::RoutePath;
 use crate::routing::{EventFilter, Router};
@@ -299,6 +300,30 @@ pub struct RegistryConfig {
     /// Whether runtime endpoints may widen what they reach (`allow_private`,
     /// `allow_cidrs`, `allow_http`); a check of each record, so a reload applies it.
     pub network_keys: NetworkKeys,
+    pub limits: RuntimeLimits,
+}
+
+/// `[registry] max_timeout`, `max_concurrency` and `min_retry_delay`: how far a write
+/// through the API or `natshook endpoints` may take an endpoint's delivery settings.
+/// Where customers give the URLs, one customer's receiver that hangs, or fails fast
+/// with retries set to a millisecond, must not take what every other endpoint needs.
+/// Checked on the keys a write sets, not on stored records: raising a limit later
+/// makes no served endpoint invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeLimits {
+    pub max_timeout: Duration,
+    pub max_concurrency: usize,
+    pub min_retry_delay: Duration,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        Self {
+            max_timeout: defaults::REGISTRY_MAX_TIMEOUT,
+            max_concurrency: defaults::REGISTRY_MAX_CONCURRENCY as usize,
+            min_retry_delay: defaults::REGISTRY_MIN_RETRY_DELAY,
+        }
+    }
 }
 
 impl RegistryConfig {

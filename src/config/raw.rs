@@ -46,6 +46,9 @@ pub(super) struct RawRegistry {
     pub replicas: Option<i64>,
     pub history: Option<i64>,
     pub allow_network_keys: Option<bool>,
+    pub max_timeout: Option<String>,
+    pub max_concurrency: Option<i64>,
+    pub min_retry_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

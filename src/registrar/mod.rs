@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream;
 use serde_json::{Map, Value};
 
-use crate::config::{api, Config, Endpoint, EndpointDefaults, NetworkKeys, Problem};
+use crate::config::{api, Config, Endpoint, EndpointDefaults, NetworkKeys, Problem, RuntimeLimits};
 use crate::events::{EndpointChange, EndpointEvent, EventFacts, OperatorEvents};
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
@@ -91,6 +91,30 @@ fn refuse_own_keys(body: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Applies `patch` to `target` as a JSON merge patch (RFC 7396): an object merges into
+/// the object stored, key by key (`null` removes one), anything else replaces it. A
+/// change to one of an endpoint's `headers`, whose values `GET` never shows, or to the
+/// `header` of its `signature`, then keeps the rest as it was.
+fn merge_patch(target: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            match value {
+                Value::Null => {
+                    target.remove(&key);
+                }
+                value => merge_patch(target.entry(key).or_insert(Value::Null), value),
+            }
+        }
+    }
+}
+
 fn problem(field: &str, message: impl Into<String>) -> Problem {
     Problem {
         path: field.to_string(),
@@ -111,6 +135,8 @@ pub struct FileRules {
     /// served, never the stream's backlog.
     pub fan_out: bool,
     pub network_keys: NetworkKeys,
+    /// What a write may set ([`RuntimeLimits`]).
+    pub limits: RuntimeLimits,
 }
 
 impl FileRules {
@@ -122,6 +148,10 @@ impl FileRules {
             stream: config.nats.stream.clone(),
             fan_out: config.fan_out,
             network_keys: NetworkKeys::of(config),
+            limits: config
+                .registry
+                .as_ref()
+                .map_or_else(RuntimeLimits::default, |r| r.limits),
         }
     }
 
@@ -378,6 +408,7 @@ impl Registrar {
         // keys, so the check below does not see them.
         let mut problems = Vec::new();
         refuse_own_keys(&mut body, &mut problems);
+        problems.extend(api::limit_problems(&body, &self.rules.limits));
         plain_secret(&mut body);
         let skip_backlog = match body.remove("skip_backlog") {
             None | Some(Value::Bool(true)) => true,
@@ -485,6 +516,9 @@ impl Registrar {
         let mut skip_backlog = false;
         let mut patch = patch;
         refuse_own_keys(&mut patch, &mut problems);
+        // The keys the change sets, not the record's: a record stored under a higher
+        // limit can still be switched on and off.
+        problems.extend(api::limit_problems(&patch, &self.rules.limits));
         plain_secret(&mut patch);
         let before = record.value.clone();
         for (key, value) in patch {
@@ -501,9 +535,7 @@ impl Registrar {
                 (_, Value::Null) => {
                     record.value.remove(&key);
                 }
-                (_, v) => {
-                    record.value.insert(key, v);
-                }
+                (_, v) => merge_patch(record.value.entry(key).or_insert(Value::Null), v),
             }
         }
         if skip_backlog && !enabling {
@@ -665,4 +697,37 @@ pub fn view(record: &Record) -> Map<String, Value> {
     view.insert("enabled".into(), record.enabled().into());
     view.insert("revision".into(), record.revision.into());
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7396: objects merge key by key, `null` removes at any depth, anything
+    /// else (a list, a string) replaces.
+    #[test]
+    fn a_change_merges_into_objects_and_replaces_the_rest() {
+        let mut record = serde_json::json!({
+            "headers": {"X-Key": "k", "X-Team": "t"},
+            "signature": {"scheme": "standard"},
+            "events": ["a", "b"],
+            "secret": ["new", "old"],
+        });
+        let patch = serde_json::json!({
+            "headers": {"X-New": "v", "X-Team": null},
+            "signature": {"header": "X-Sig"},
+            "events": ["c"],
+            "secret": "only",
+        });
+        merge_patch(&mut record, patch);
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "headers": {"X-Key": "k", "X-New": "v"},
+                "signature": {"scheme": "standard", "header": "X-Sig"},
+                "events": ["c"],
+                "secret": "only",
+            })
+        );
+    }
 }

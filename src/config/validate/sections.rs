@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::super::defaults;
-use super::super::model::{AdminConfig, NetworkKeys, RegistryConfig};
+use super::super::model::{AdminConfig, NetworkKeys, RegistryConfig, RuntimeLimits};
 use super::super::raw::{RawAdmin, RawDeliveryLog, RawHttp, RawRegistry};
 use super::super::Problems;
 
@@ -148,10 +148,34 @@ pub(super) fn registry(
     } else {
         NetworkKeys::Refused
     };
+    let limits = runtime_limits(raw, p);
     Some(Some(RegistryConfig {
         bucket: defaults::REGISTRY_BUCKET.to_string(),
         replicas: replicas? as usize,
         history: history?,
         network_keys,
+        limits: limits?,
     }))
+}
+
+/// `[registry] max_timeout`, `max_concurrency` and `min_retry_delay`.
+fn runtime_limits(raw: &RawRegistry, p: &mut Problems) -> Option<RuntimeLimits> {
+    let built_in = RuntimeLimits::default();
+    let max_timeout = match &raw.max_timeout {
+        Some(t) => p.duration("registry.max_timeout", t),
+        None => Some(built_in.max_timeout),
+    };
+    let max_concurrency = match raw.max_concurrency {
+        Some(n) => p.positive("registry.max_concurrency", n, 1),
+        None => Some(built_in.max_concurrency as u32),
+    };
+    let min_retry_delay = match &raw.min_retry_delay {
+        Some(t) => p.duration("registry.min_retry_delay", t),
+        None => Some(built_in.min_retry_delay),
+    };
+    Some(RuntimeLimits {
+        max_timeout: max_timeout?,
+        max_concurrency: max_concurrency? as usize,
+        min_retry_delay: min_retry_delay?,
+    })
 }

@@ -136,6 +136,7 @@ pub(super) async fn resume(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct DeliveriesQuery {
     limit: Option<usize>,
 }

@@ -25,7 +25,7 @@ pub struct ApiError {
     status: StatusCode,
     error: String,
     problems: Vec<Problem>,
-    /// Seconds for a `Retry-After` header (429).
+    /// Seconds for a `Retry-After` header (429, 503).
     retry_after: Option<u64>,
 }
 
@@ -62,8 +62,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, format!("no endpoint named '{name}'"))
     }
 
+    /// A `503`, with a `Retry-After` (2 s unless the caller knows better): what is
+    /// unavailable is NATS or a store in it, which a retry finds back.
     pub fn unavailable(error: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).retry_after(2)
     }
 }
 

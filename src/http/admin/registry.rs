@@ -23,7 +23,11 @@ use crate::registrar::{Registrar, RegistrarError};
 use crate::store::registry::{Record, RegistryError};
 use crate::worker::Worker;
 
+/// Unknown keys are refused: a settings page that misspells `tenant` (`tenants`,
+/// `tenant[0]` as some encoders write it) would otherwise list every tenant's
+/// endpoints to one customer.
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     tenant: Option<String>,
     /// At most this many endpoints, by name; the answer's `next` is the `after` of
