@@ -1121,6 +1121,7 @@ async fn a_dead_letter_record_written_twice_is_stored_once() {
         headers: Default::default(),
         headers_truncated: false,
         dead_lettered_at: at.into(),
+        once_per_message: false,
     };
     let first = record("2026-12-06T10:00:01.000Z");
     for r in [&first, &first, &record("2026-12-06T10:00:02.000Z")] {

@@ -9,9 +9,12 @@
 //! the work stream, as the fan-out copies a message, with the attempts they had, and
 //! deletes the consumer once it holds nothing.
 //!
-//! Every message is copied, none acked without a copy: one the fan-out also copies (it
-//! came after the switch, or a replica applied the switch later) is stored once within
-//! the work stream's duplicate window and delivered twice after it, never lost. The
+//! Every message is copied, none acked without a copy, but one whose copy would exceed
+//! the server's `max_payload`, which is dead-lettered as the fan-out does (one record,
+//! whichever of the two comes upon it first: `DeadLetter::once_per_message`). One the
+//! fan-out also copies (it came after the switch, or a replica applied the switch
+//! later) is stored once within the work stream's duplicate window and delivered twice
+//! after it, never lost. The
 //! drain first widens the consumer's window (an ordered endpoint's is one message, so
 //! a retry waiting out its delay would hold every other message behind it), and stops
 //! without deleting anything as soon as the endpoint reads its own consumer again.
@@ -287,7 +290,15 @@ impl Leftover<'_> {
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
         let mut reason = String::new();
-        let Some(mut stored) = self.store(headers.clone(), msg, &mut reason).await? else {
+        let mut stored = self.store(headers.clone(), msg, &mut reason).await?;
+        // A copy that fits only without the attempts it carries goes without them: the
+        // fan-out's copy of the message carries none and fits, and whether a message is
+        // dead-lettered as too large must not depend on which of the two comes upon it.
+        if stored.is_none() && attempts > 0 {
+            headers = leftover_copy_headers(msg.headers.as_ref(), &facts, self.endpoint, 0);
+            stored = self.store(headers.clone(), msg, &mut reason).await?;
+        }
+        let Some(mut stored) = stored else {
             self.dead_letter_too_large(msg, attempts, &reason).await?;
             return self.settle(msg, delivered.filter(|_| noted > 0)).await;
         };
@@ -305,11 +316,15 @@ impl Leftover<'_> {
                 )));
             }
             headers.insert(NATS_MSG_ID, format!("{id}.{}", stored.sequence).as_str());
-            // The same headers but another id: a copy that fitted still fits.
-            stored = self
-                .store(headers.clone(), msg, &mut reason)
-                .await?
-                .ok_or_else(|| self.failed(&reason))?;
+            stored = match self.store(headers.clone(), msg, &mut reason).await? {
+                Some(stored) => stored,
+                // The longer id leaves no room: as for a copy that never fitted, or
+                // every drain would fail here until the duplicate window passed.
+                None => {
+                    self.dead_letter_too_large(msg, attempts, &reason).await?;
+                    return self.settle(msg, delivered.filter(|_| noted > 0)).await;
+                }
+            };
         }
         self.settle(msg, delivered.filter(|_| noted > 0)).await
     }

@@ -547,7 +547,10 @@ impl Worker {
             return true;
         };
         let unwritten = Unwritten {
-            record: self.dead_letter_record(&m, attempts, None, reason),
+            record: DeadLetter {
+                once_per_message: true,
+                ..self.dead_letter_record(&m, attempts, None, reason)
+            },
             code: "undeliverable",
             last_result: None,
         };
@@ -590,7 +593,10 @@ impl Worker {
             return;
         };
         let unwritten = Unwritten {
-            record: self.dead_letter_record(m, 0, None, reason),
+            record: DeadLetter {
+                once_per_message: true,
+                ..self.dead_letter_record(m, 0, None, reason)
+            },
             code: "undeliverable",
             last_result: None,
         };
@@ -611,13 +617,19 @@ impl Worker {
         let reason = unwritten.record.reason.clone();
         let reason = reason.as_str();
         let (code, unwritten_result) = (unwritten.code, unwritten.last_result);
+        let once_per_message = unwritten.record.once_per_message;
         match self
             .shared
             .dead_letters
             .publish(unwritten.record, payload)
             .await
         {
-            Ok(()) => {
+            // Written already by whoever came upon the message first, who counted it.
+            Ok(false) if once_per_message => {
+                tracing::debug!(endpoint = %self.endpoint.name, id, reason, "dead letter already written");
+                true
+            }
+            Ok(_) => {
                 tracing::warn!(endpoint = %self.endpoint.name, id, event, reason, "dead-lettered");
                 self.metrics.dead_letters.inc();
                 self.count_delivery(m, Outcome::DeadLetter);
@@ -674,6 +686,7 @@ impl Worker {
             headers,
             headers_truncated: false,
             dead_lettered_at: time::rfc3339_millis(SystemTime::now()),
+            once_per_message: false,
         }
     }
 }

@@ -171,12 +171,13 @@ impl DeadLetters {
     /// original be acked. `payload` goes into the record as base64 when the record then
     /// fits one NATS message; otherwise it is stored in the object store first and the
     /// record names it (`payload_object`). If the stream has gone (deleted by hand), it
-    /// is created again once.
+    /// is created again once. `Ok(false)`: the stream already held this record (its
+    /// first write's ack was lost, or it is [`DeadLetter::once_per_message`]).
     pub async fn publish(
         &self,
         mut record: DeadLetter,
         payload: &[u8],
-    ) -> Result<(), DeadLetterError> {
+    ) -> Result<bool, DeadLetterError> {
         let limit = self.record_limit();
         record.bound_text();
         record.payload = String::new();
@@ -208,9 +209,9 @@ impl DeadLetters {
         &self,
         record: &DeadLetter,
         body: Bytes,
-    ) -> Result<(), DeadLetterError> {
+    ) -> Result<bool, DeadLetterError> {
         match self.publish_once(record, body.clone()).await {
-            Ok(()) => Ok(()),
+            Ok(stored) => Ok(stored),
             Err(first) => {
                 if self.js.get_stream(DLQ_STREAM).await.is_ok() {
                     return Err(first);
@@ -302,19 +303,26 @@ impl DeadLetters {
         Ok(Bytes::from(out))
     }
 
-    async fn publish_once(&self, record: &DeadLetter, body: Bytes) -> Result<(), DeadLetterError> {
+    /// `Ok(false)`: the stream already held a record of this id (see
+    /// [`DeadLetter::msg_id`]).
+    async fn publish_once(
+        &self,
+        record: &DeadLetter,
+        body: Bytes,
+    ) -> Result<bool, DeadLetterError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             record.msg_id().as_str(),
         );
-        self.js
+        let ack = self
+            .js
             .publish_with_headers(dlq_subject(&record.endpoint), headers, body)
             .await
             .map_err(|e| DeadLetterError::Publish(e.to_string()))?
             .await
             .map_err(|e| DeadLetterError::Publish(e.to_string()))?;
-        Ok(())
+        Ok(!ack.duplicate)
     }
 
     /// Reads records (oldest first), optionally for one endpoint, at most `limit`.

@@ -51,6 +51,12 @@ pub struct DeadLetter {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub headers_truncated: bool,
     pub dead_lettered_at: String,
+    /// One record per message and endpoint, whoever writes it: a message whose copy
+    /// does not fit `max_payload` is dead-lettered by the fan-out, by the drain of the
+    /// endpoint's former consumer, or from a stand-in, and two of them may come upon
+    /// the same message. Not stored: it only decides [`DeadLetter::msg_id`].
+    #[serde(skip)]
+    pub once_per_message: bool,
 }
 
 impl DeadLetter {
@@ -59,17 +65,23 @@ impl DeadLetter {
     /// stored once within the dead-letter stream's duplicate window (2 minutes). A
     /// record made anew is another record, even of the same message and attempt (an
     /// endpoint deleted and made again under the name): it was made at another time.
-    /// A digest, so that an id of any length gives a header of one.
+    /// A digest, so that an id of any length gives a header of one. A record
+    /// [`once_per_message`](Self::once_per_message) leaves its attempts and time out.
     pub fn msg_id(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
+        let attempts = self.attempts.to_be_bytes();
+        let (attempts, at): (&[u8], &[u8]) = match self.once_per_message {
+            true => (b"uncopied", b""),
+            false => (&attempts, self.dead_lettered_at.as_bytes()),
+        };
         for part in [
             self.endpoint.as_bytes(),
             self.stream.as_bytes(),
             &self.stream_sequence.to_be_bytes(),
-            &self.attempts.to_be_bytes(),
+            attempts,
             self.id.as_bytes(),
-            self.dead_lettered_at.as_bytes(),
+            at,
         ] {
             digest.update((part.len() as u64).to_be_bytes());
             digest.update(part);
@@ -206,6 +218,7 @@ mod tests {
             headers: BTreeMap::new(),
             headers_truncated: false,
             dead_lettered_at: "2026-04-01T12:06:00.000Z".into(),
+            once_per_message: false,
         }
     }
 
@@ -287,5 +300,22 @@ mod tests {
             "crm/lead-1/EVENTS-42/2026-04-01T12:06:00.000Z"
         );
         assert_ne!(a.object_name(), b.object_name());
+    }
+
+    /// A record made anew has an id of its own; one of a message that cannot be
+    /// copied has one id per message and endpoint, whenever and by whom it is made.
+    #[test]
+    fn only_a_record_once_per_message_keeps_its_id_when_made_again() {
+        let a = record();
+        let mut later = record();
+        later.dead_lettered_at = "2026-04-01T12:07:00.000Z".into();
+        later.attempts += 1;
+        assert_ne!(a.msg_id(), later.msg_id());
+        let (mut a, mut later) = (a, later);
+        a.once_per_message = true;
+        later.once_per_message = true;
+        assert_eq!(a.msg_id(), later.msg_id());
+        later.stream_sequence += 1;
+        assert_ne!(a.msg_id(), later.msg_id());
     }
 }

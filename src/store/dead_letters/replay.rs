@@ -205,6 +205,7 @@ mod tests {
             headers: BTreeMap::new(),
             headers_truncated: false,
             dead_lettered_at: "2026-04-01T12:06:00.000Z".into(),
+            once_per_message: false,
         }
     }
 
