@@ -213,8 +213,8 @@ impl TargetPolicy {
             return Err(Refusal::NotAnAddress(bare.to_string()));
         }
         // The resolver reads `127.0.0.1.` (a fully qualified name's dot) as the
-        // address, and so does the guard.
-        let unrooted = bare.strip_suffix('.').unwrap_or(bare);
+        // address, and so does the guard, as it does for names (`is_internal_host`).
+        let unrooted = bare.trim_end_matches('.');
         let literal = unrooted
             .parse::<IpAddr>()
             .ok()
@@ -463,6 +463,7 @@ mod tests {
                 "metadata.google.internal is an internal host name",
             ),
             ("127.0.0.1.", "127.0.0.1. is 127.0.0.1, a private"),
+            ("127.0.0.1..", "127.0.0.1.. is 127.0.0.1, a private"),
             ("[5f00::1]", "5f00::1 is a private"),
             ("[v1.x]", "[v1.x] is not an IPv6 address"),
         ];
