@@ -3464,8 +3464,17 @@ async fn writes_are_bounded_changes_merge_and_unknown_list_keys_are_refused() {
         "{answer}"
     );
 
-    // One header added, one removed: the third stays.
-    let change = r#"{"headers": {"X-New": "v", "X-Team": null}}"#;
+    // A value stored past the limit (by another tool, or under a higher one), sent
+    // back as it is with another change, is not refused.
+    edit_record(&s.js, "acme", |v| v["timeout"] = json!("2m")).await;
+    let change = r#"{"timeout": "2m", "description": "sent back"}"#;
+    let (status, answer) = api(&s.n, "PATCH", "/api/endpoints/acme", Some(change)).await;
+    assert_eq!(status, 200, "{answer}");
+    let change = r#"{"timeout": null}"#;
+    let (status, answer) = api(&s.n, "PATCH", "/api/endpoints/acme", Some(change)).await;
+    assert_eq!(status, 200, "{answer}");
+    // One header added, one removed (its name in another case): the third stays.
+    let change = r#"{"headers": {"X-New": "v", "x-team": null}}"#;
     let (status, answer) = api(&s.n, "PATCH", "/api/endpoints/acme", Some(change)).await;
     assert_eq!(status, 200, "{answer}");
     // A header for a scheme that has none is refused, not taken for another scheme.

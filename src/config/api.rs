@@ -177,6 +177,57 @@ pub fn limit_problems(entry: &Map<String, Value>, limits: &RuntimeLimits) -> Vec
     found
 }
 
+/// The `[registry]` limits tighter than what a runtime endpoint gets for a key it does
+/// not set (`[defaults]`, else natshook's own default): such a limit would hold only
+/// for the customers who set the key, so the config is refused and names the
+/// `[defaults]` key to set as well. Nothing when no such endpoint can be made (the
+/// endpoint's own check then names the problem).
+pub fn limits_below_defaults(config: &super::Config, limits: &RuntimeLimits) -> Vec<Problem> {
+    let sample = serde_json::json!({
+        "name": "limits", "url": "https://example.com/", "events": ["*"], "secret": "limits",
+    });
+    let Some(sample) = sample.as_object() else {
+        return Vec::new();
+    };
+    let Ok(e) = endpoint_from_json(
+        sample,
+        &config.endpoint_defaults,
+        &config.router,
+        NetworkKeys::Allowed,
+    ) else {
+        return Vec::new();
+    };
+    let below = |limit: &str, key: &str, default: String| {
+        problem(
+            &format!("registry.{limit}"),
+            format!("is tighter than the {key} a runtime endpoint gets without setting it ({default}): set [defaults] {key} within it too"),
+        )
+    };
+    let shown = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let mut found = Vec::new();
+    if e.timeout > limits.max_timeout {
+        found.push(below("max_timeout", "timeout", shown(e.timeout)));
+    }
+    if e.concurrency > limits.max_concurrency {
+        found.push(below(
+            "max_concurrency",
+            "concurrency",
+            e.concurrency.to_string(),
+        ));
+    }
+    let delays = [
+        ("retry_schedule", e.retry_schedule.iter().min().copied()),
+        ("probe_interval", Some(e.probe_interval)),
+        ("probe_max_interval", Some(e.probe_max_interval)),
+    ];
+    for (key, shortest) in delays {
+        if let Some(d) = shortest.filter(|d| *d < limits.min_retry_delay) {
+            found.push(below("min_retry_delay", key, shown(d)));
+        }
+    }
+    found
+}
+
 fn problem(path: &str, message: impl Into<String>) -> Problem {
     Problem {
         path: path.to_string(),
@@ -623,5 +674,37 @@ mod tests {
             "probe_interval": "soon",
         });
         assert!(limit_problems(within.as_object().unwrap(), &limits).is_empty());
+    }
+
+    /// A limit tighter than the default a customer gets by leaving the key out is
+    /// refused at start, naming the `[defaults]` key to set with it.
+    #[test]
+    fn a_limit_below_the_defaults_is_refused() {
+        let text = |registry: &str, defaults: &str| {
+            format!("[nats]\nstream = \"E\"\n[admin]\nenabled = true\ntoken = {{ value = \"0123456789abcdef0123\" }}\n[registry]\nenabled = true\n{registry}\n[defaults]\n{defaults}\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n")
+        };
+        let refused = super::super::Config::from_str(
+            &text(
+                "max_concurrency = 8\nmax_timeout = \"5s\"\nmin_retry_delay = \"2s\"",
+                "",
+            ),
+            "toml",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "registry.max_concurrency: is tighter than the concurrency a runtime endpoint gets without setting it (64): set [defaults] concurrency within it too",
+            "registry.max_timeout: is tighter than the timeout a runtime endpoint gets without setting it (10s)",
+            "registry.min_retry_delay: is tighter than the retry_schedule a runtime endpoint gets without setting it (1s)",
+        ] {
+            assert!(refused.contains(expected), "{expected}\nin:\n{refused}");
+        }
+        let matched = text(
+            "max_concurrency = 8\nmax_timeout = \"5s\"\nmin_retry_delay = \"2s\"",
+            "concurrency = 8\ntimeout = \"5s\"\nretry_schedule = [\"2s\"]\nprobe_interval = \"2s\"",
+        );
+        if let Err(e) = super::super::Config::from_str(&matched, "toml") {
+            panic!("{e}");
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! Operations on runtime endpoints, the registry's records: create (with a generated
-//! secret), change (a JSON merge patch guarded by the revision), delete, and secret
-//! rotation with a grace period. The admin API and `natshook endpoints` both call
-//! these, so a record written by either is checked, stored and announced the same
-//! way; each caller only renders the outcome (JSON and status codes, or lines and exit
-//! codes).
+//! secret), change (keys replaced, `headers` and `signature` merged, guarded by the
+//! revision), delete, and secret rotation with a grace period. The admin API and
+//! `natshook endpoints` both call these, so a record written by either is checked,
+//! stored and announced the same way; each caller only renders the outcome (JSON and
+//! status codes, or lines and exit codes).
 //!
 //! A record is checked by the same code as a file `[[endpoints]]` entry, over the
 //! config file in force ([`FileRules`]), before anything is written; the registry's
@@ -91,27 +91,43 @@ fn refuse_own_keys(body: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Applies `patch` to `target` as a JSON merge patch (RFC 7396): an object merges into
-/// the object stored, key by key (`null` removes one), anything else replaces it. A
-/// change to one of an endpoint's `headers`, whose values `GET` never shows, or to the
-/// `header` of its `signature`, then keeps the rest as it was.
-fn merge_patch(target: &mut Value, patch: Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch;
+/// Applies a change's `key` to a stored record. `headers` and `signature` merge key by
+/// key, as a JSON merge patch merges objects (`null` removes one): `GET` never shows a
+/// header's value, so a change to one must keep the others. Header names match
+/// whatever their case. Any other key is replaced, objects included (a `filter` or
+/// `envelope_fields` is one setting, not a set of them).
+fn apply_change(record: &mut Map<String, Value>, key: String, value: Value) {
+    let merged = matches!(key.as_str(), "headers" | "signature");
+    let Value::Object(change) = value else {
+        record.insert(key, value);
         return;
     };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
+    if !merged || !record.get(&key).is_some_and(Value::is_object) {
+        let set = change.into_iter().filter(|(_, v)| !v.is_null()).collect();
+        record.insert(key, Value::Object(set));
+        return;
     }
-    if let Value::Object(target) = target {
-        for (key, value) in patch {
-            match value {
-                Value::Null => {
-                    target.remove(&key);
-                }
-                value => merge_patch(target.entry(key).or_insert(Value::Null), value),
+    let Some(Value::Object(stored)) = record.get_mut(&key) else {
+        return;
+    };
+    let to_standard = key == "signature"
+        && change.get("scheme").and_then(Value::as_str) == Some("standard")
+        && !change.contains_key("header");
+    for (name, v) in change {
+        match key.as_str() {
+            "headers" => stored.retain(|k, _| !k.eq_ignore_ascii_case(&name)),
+            _ => {
+                stored.remove(&name);
             }
         }
+        if !v.is_null() {
+            stored.insert(name, v);
+        }
+    }
+    // `standard` has headers of its own: the one a `hex` or `sha256` endpoint named
+    // goes with the scheme it belonged to.
+    if to_standard {
+        stored.remove("header");
     }
 }
 
@@ -486,8 +502,8 @@ impl Registrar {
         Ok((record, expected))
     }
 
-    /// Applies `patch` as a JSON merge patch (a `null` removes a key); `name` cannot
-    /// change. `"skip_backlog": true`, with `"enabled": true`, makes the endpoint start
+    /// Applies `patch` key by key ([`apply_change`]; a `null` removes a key); `name`
+    /// cannot change. `"skip_backlog": true`, with `"enabled": true`, makes the endpoint start
     /// from now: what it held while disabled (or paused) is not delivered.
     ///
     /// `"enabled": false` on an enabled endpoint raises `disabled`. `"enabled": true`
@@ -516,9 +532,14 @@ impl Registrar {
         let mut skip_backlog = false;
         let mut patch = patch;
         refuse_own_keys(&mut patch, &mut problems);
-        // The keys the change sets, not the record's: a record stored under a higher
-        // limit can still be switched on and off.
-        problems.extend(api::limit_problems(&patch, &self.rules.limits));
+        // The keys the change sets to something new, not the record's: a record stored
+        // under a higher limit can still be switched on and off, and a settings page
+        // that sends back what it was shown is not refused for it.
+        let changed: Map<String, Value> = (patch.iter())
+            .filter(|(k, v)| record.value.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        problems.extend(api::limit_problems(&changed, &self.rules.limits));
         plain_secret(&mut patch);
         let before = record.value.clone();
         for (key, value) in patch {
@@ -535,7 +556,7 @@ impl Registrar {
                 (_, Value::Null) => {
                     record.value.remove(&key);
                 }
-                (_, v) => merge_patch(record.value.entry(key).or_insert(Value::Null), v),
+                (_, v) => apply_change(&mut record.value, key, v),
             }
         }
         if skip_backlog && !enabling {
@@ -703,31 +724,49 @@ pub fn view(record: &Record) -> Map<String, Value> {
 mod tests {
     use super::*;
 
-    /// RFC 7396: objects merge key by key, `null` removes at any depth, anything
-    /// else (a list, a string) replaces.
+    fn changed(record: Value, change: Value) -> Value {
+        let (Value::Object(mut record), Value::Object(change)) = (record, change) else {
+            panic!("objects");
+        };
+        for (key, value) in change {
+            apply_change(&mut record, key, value);
+        }
+        Value::Object(record)
+    }
+
+    /// `headers` and `signature` merge key by key (header names in any case, `null`
+    /// removing one), everything else is replaced.
     #[test]
-    fn a_change_merges_into_objects_and_replaces_the_rest() {
-        let mut record = serde_json::json!({
+    fn a_change_merges_headers_and_signature_and_replaces_the_rest() {
+        let record = serde_json::json!({
             "headers": {"X-Key": "k", "X-Team": "t"},
-            "signature": {"scheme": "standard"},
+            "signature": {"scheme": "hex", "header": "X-Sig"},
+            "filter": {"status": "paid"},
             "events": ["a", "b"],
             "secret": ["new", "old"],
         });
-        let patch = serde_json::json!({
-            "headers": {"X-New": "v", "X-Team": null},
-            "signature": {"header": "X-Sig"},
+        let change = serde_json::json!({
+            "headers": {"X-New": "v", "x-team": null, "x-key": "k2"},
+            "signature": {"header": "X-Other"},
+            "filter": {"kind": "order"},
             "events": ["c"],
             "secret": "only",
         });
-        merge_patch(&mut record, patch);
         assert_eq!(
-            record,
+            changed(record.clone(), change),
             serde_json::json!({
-                "headers": {"X-Key": "k", "X-New": "v"},
-                "signature": {"scheme": "standard", "header": "X-Sig"},
+                "headers": {"x-key": "k2", "X-New": "v"},
+                "signature": {"scheme": "hex", "header": "X-Other"},
+                "filter": {"kind": "order"},
                 "events": ["c"],
                 "secret": "only",
             })
+        );
+        // Switching to `standard` drops the header of the scheme it leaves.
+        let to_standard = serde_json::json!({"signature": {"scheme": "standard"}});
+        assert_eq!(
+            changed(record, to_standard)["signature"],
+            serde_json::json!({"scheme": "standard"})
         );
     }
 }
