@@ -3499,3 +3499,45 @@ async fn writes_are_bounded_changes_merge_and_unknown_list_keys_are_refused() {
     }
     assert_eq!(listed(&s.n, "?tenant=org_1").await, ["acme"]);
 }
+
+/// The notes natshook keeps in `NATSHOOK_STATE` for `consumer`'s deliveries that were
+/// no attempt (`unattempted.<consumer>.<stream>.<sequence>`).
+async fn unattempted_notes(js: &jetstream::Context, consumer: &str) -> u64 {
+    use futures_util::StreamExt;
+    let Ok(stream) = js.get_stream("KV_NATSHOOK_STATE").await else {
+        return 0;
+    };
+    let mut subjects = stream
+        .info_with_subjects(format!("$KV.NATSHOOK_STATE.unattempted.{consumer}.>"))
+        .await
+        .expect("state bucket info");
+    let mut all = 0;
+    while let Some(next) = subjects.next().await {
+        all += next.expect("subject count").1 as u64;
+    }
+    all
+}
+
+/// A paused endpoint holds the messages it fetched, and as its worker retires on a
+/// delete it notes them as no attempt: those notes go with the endpoint, since no
+/// delivery will come to settle them, rather than stay in the bucket for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_paused_endpoint_leaves_no_notes_of_the_messages_it_held() {
+    let s = Setup::start().await;
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("held", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "held").await;
+    let (status, paused) = api(&s.n, "POST", "/api/endpoints/held/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+    publish_all(&s.js, tenant_leads("org_1", 5, "held")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.rx.count(), 0, "delivered while paused");
+    delete_until_gone(&s.n, &s.js, "held").await;
+    wait_until(
+        Duration::from_secs(15),
+        "the held messages' notes removed",
+        || async { unattempted_notes(&s.js, "natshook-held").await == 0 },
+    )
+    .await;
+    assert!(s.n.logs().contains("deleted endpoint's consumer removed"));
+}

@@ -181,6 +181,14 @@ impl Unattempted {
         let store = self.state.store().await?;
         forget_key(store, &d.key()).await
     }
+
+    /// Forgets the notes of every message of `consumer`, deleted with its endpoint: no
+    /// delivery of them will come to settle them, and the bucket keeps what it holds
+    /// for good.
+    pub async fn forget_consumer(&self, consumer: &str) -> Result<(), StateError> {
+        let store = self.state.store().await?;
+        forget_key(store, &format!("{PREFIX}{}.>", key_token(consumer))).await
+    }
 }
 
 /// One more unattempted delivery of `m`'s message, written only over the value read

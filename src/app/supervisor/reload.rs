@@ -265,8 +265,9 @@ impl Supervisor {
 
     /// Removes what a deleted runtime endpoint leaves in JetStream once nothing
     /// delivers for it: its consumer (on the source stream, or with `fan_out` on its
-    /// work stream: both are tried), its copies, its delivery log, its dead letters and
-    /// its pause, so an endpoint created later under the name (another customer's, say)
+    /// work stream: both are tried) and its notes of unattempted deliveries
+    /// (`store::unattempted`), its copies, its delivery log, its dead letters and its
+    /// pause, so an endpoint created later under the name (another customer's, say)
     /// starts from nothing, unpaused, and cannot replay or read what was the other's.
     fn remove_leftovers(
         &self,
@@ -276,6 +277,7 @@ impl Supervisor {
         let log = self.shared.delivery_log().cloned();
         let dead_letters = self.shared.dead_letters().clone();
         let pause_state = self.shared.pause_state().clone();
+        let unattempted = self.shared.unattempted().clone();
         let serving = Arc::clone(&self.snapshot);
         let consumer = crate::worker::consumer_name(self.shared.consumer_prefix(), &name);
         let mut streams = vec![self.shared.stream_name().to_string()];
@@ -299,6 +301,9 @@ impl Supervisor {
                         tracing::debug!(%consumer, %stream, error = %e, "consumer not removed")
                     }
                 }
+            }
+            if let Err(e) = unattempted.forget_consumer(&consumer).await {
+                tracing::warn!(%consumer, error = %e, "deleted endpoint's notes of unattempted deliveries kept");
             }
             if let Some(log) = log {
                 if let Err(e) = log.forget(&name).await {
