@@ -298,11 +298,19 @@ impl Breaker {
     pub fn follow(&self, reason: Option<PauseReason>) {
         match reason {
             Some(reason) => {
-                if self.pause_reason().as_ref() == Some(&reason) {
+                let before = self.pause_reason();
+                if before.as_ref() == Some(&reason) {
                     return;
                 }
-                tracing::warn!(endpoint = %self.endpoint, reason = %reason,
-                    "endpoint paused by another replica: deliveries stopped, messages wait in the stream");
+                // Paused already: another cause (an operator's pause over the
+                // breaker's), or this replica's own pause coming back through the
+                // watch with an earlier failure count. Nothing stops anew.
+                if before.is_some() {
+                    tracing::debug!(endpoint = %self.endpoint, reason = %reason, "shared pause reason followed");
+                } else {
+                    tracing::warn!(endpoint = %self.endpoint, reason = %reason,
+                        "endpoint paused by another replica: deliveries stopped, messages wait in the stream");
+                }
                 self.set_paused(Some(reason));
             }
             None => {
