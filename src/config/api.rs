@@ -235,8 +235,19 @@ fn problem(path: &str, message: impl Into<String>) -> Problem {
     }
 }
 
-/// `endpoints[0].url` is the entry's `url`.
+/// `endpoints[0].url` is the entry's `url`; a hint in a config file's words (`{ env =
+/// … }`, which the API refuses) is given in a JSON body's.
 fn by_field(mut p: Problem, network_keys: NetworkKeys) -> Problem {
+    p.message = p
+        .message
+        .replace(
+            super::validate::SECRET_FORMS,
+            "webhooks are always signed: give the secret as a string, or leave it out for one to be generated",
+        )
+        .replace(
+            super::validate::CREDENTIALS_AS_HEADER,
+            "send them as a header (\"headers\": {\"Authorization\": \"…\"})",
+        );
     if let Some(rest) = p.path.strip_prefix("endpoints[0].") {
         p.path = rest.to_string();
     } else if p.path == "endpoints[0]" || p.path == "endpoints" {
@@ -706,5 +717,25 @@ mod tests {
         if let Err(e) = super::super::Config::from_str(&matched, "toml") {
             panic!("{e}");
         }
+    }
+
+    /// The hints a 422 gives are in a JSON body's words, never the `{ env }` the API
+    /// refuses.
+    #[test]
+    fn hints_speak_of_a_json_body() {
+        let problems = check(serde_json::json!({
+            "name": "x", "url": "https://user:pw@example.com/", "events": ["*"],
+        }))
+        .unwrap_err()
+        .join("\n");
+        assert!(!problems.contains("{ env"), "{problems}");
+        assert!(
+            problems.contains("give the secret as a string"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("\"headers\": {\"Authorization\""),
+            "{problems}"
+        );
     }
 }

@@ -23,6 +23,11 @@ use crate::secret::{Secret, SecretList};
 use crate::signing::{check_signing_secret, Scheme, Signer};
 use crate::ssrf::TargetPolicy;
 
+/// The forms a secret takes in a config file (the admin API words it for a JSON body:
+/// `config::api`).
+pub const SECRET_FORMS: &str =
+    "webhooks are always signed ({ env = \"…\" }, { file = \"…\" } or { value = \"…\" })";
+
 /// Headers natshook sets itself; config `headers` may not replace them.
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
@@ -339,10 +344,7 @@ fn tenant(
 fn signer(list: Option<&SecretList>, s: &Settings, p: &mut Problems) -> Option<Signer> {
     let secrets = match list {
         None => {
-            p.add(
-                s.at("secret"),
-                "required: webhooks are always signed ({ env = \"…\" }, { file = \"…\" } or { value = \"…\" })",
-            );
+            p.add(s.at("secret"), format!("required: {SECRET_FORMS}"));
             None
         }
         Some(list) => Some(p.secrets(list, &s.at("secret"))),

@@ -13,6 +13,9 @@ mod sections;
 mod tls;
 mod url;
 
+pub(super) use endpoint::SECRET_FORMS;
+pub(super) use url::CREDENTIALS_AS_HEADER;
+
 use super::defaults;
 use super::model::{Config, DeadLetterConfig};
 use super::raw::{RawConfig, RawSettings};

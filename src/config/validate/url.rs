@@ -19,6 +19,11 @@ pub(super) fn port_problem(uri: &http::Uri) -> Option<String> {
     }
 }
 
+/// How to send a URL's credentials instead, as a config file says it (the admin API
+/// words it for a JSON body: `config::api`).
+pub const CREDENTIALS_AS_HEADER: &str =
+    "send them as a header (headers = { Authorization = { env = \"…\" } })";
+
 /// Checks the URL text with the guard's own policy: an address, in any spelling the
 /// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
 /// would be refused at connect time; names are checked again on every resolved
@@ -47,7 +52,9 @@ pub(super) fn endpoint_url(
     let authority = uri.authority().map_or("", |a| a.as_str());
     if authority.contains('@') {
         // hyper never sends userinfo, so the receiver would see no credentials.
-        return Err("credentials do not belong in the URL: send them as a header (headers = { Authorization = { env = \"…\" } })".into());
+        return Err(format!(
+            "credentials do not belong in the URL: {CREDENTIALS_AS_HEADER}"
+        ));
     }
     let host = uri
         .host()
