@@ -3541,3 +3541,57 @@ async fn a_deleted_paused_endpoint_leaves_no_notes_of_the_messages_it_held() {
     .await;
     assert!(s.n.logs().contains("deleted endpoint's consumer removed"));
 }
+
+/// `GET` of endpoint `off` shows what waits for it, once it is `n`.
+async fn wait_pending(n: &Natshook, pending: i64) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{pending} pending shown"),
+        || async {
+            let (_, view) = api(n, "GET", "/api/endpoints/off", None).await;
+            view["pending"] == pending
+        },
+    )
+    .await;
+}
+
+/// Switches `off` off, publishes 5 of its leads, checks that `GET` shows them as
+/// `pending`, and switches it on: they arrive.
+async fn pending_while_disabled(n: &Natshook, rx: &Receiver, js: &jetstream::Context) {
+    let change = r#"{"enabled": false}"#;
+    let (status, answer) = api(n, "PATCH", "/api/endpoints/off", Some(change)).await;
+    assert_eq!(status, 200, "{answer}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(js, tenant_leads("org_1", 5, "waiting")).await;
+    wait_pending(n, 5).await;
+    let (_, listed) = api(n, "GET", "/api/endpoints", None).await;
+    assert!(listed["endpoints"][1].get("pending").is_none(), "{listed}");
+    let change = r#"{"enabled": true}"#;
+    let (status, answer) = api(n, "PATCH", "/api/endpoints/off", Some(change)).await;
+    assert_eq!(status, 200, "{answer}");
+    rx.wait_for(Duration::from_secs(20), "what waited", |r| {
+        r.delivered_ids().len() >= 5
+    })
+    .await;
+}
+
+/// A disabled endpoint has no worker whose state `GET` could show: its `pending` is
+/// read from its consumer, which stays while it is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_endpoint_shows_what_waits_for_it() {
+    let s = Setup::start().await;
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("off", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "off").await;
+    pending_while_disabled(&s.n, &s.rx, &s.js).await;
+}
+
+/// With `fan_out`, from the copies waiting on its own subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_disabled_endpoint_shows_the_copies_waiting_for_it() {
+    let s = FanOutSetup::start().await;
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("off", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "off").await;
+    pending_while_disabled(&s.n, &s.rx, &s.js).await;
+}

@@ -620,6 +620,31 @@ impl AppView for Supervisor {
     fn router(&self) -> Arc<Router> {
         self.current_router()
     }
+
+    fn waiting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<i64>> {
+        Box::pin(waiting_for(&self.shared, name))
+    }
+}
+
+/// What waits for the endpoint `name` while no worker reads for it: with `fan_out`
+/// its copies on its own subject, where a disabled endpoint's copies wait; otherwise
+/// what its durable consumer on the source stream has not settled.
+async fn waiting_for(shared: &crate::worker::Shared, name: &str) -> Option<i64> {
+    use futures_util::StreamExt;
+    let js = shared.js();
+    let Some(work) = shared.work_stream() else {
+        let consumer = crate::worker::consumer_name(shared.consumer_prefix(), name);
+        let stream = js.get_stream_no_info(shared.stream_name()).await.ok()?;
+        let info = stream.consumer_info(&consumer).await.ok()?;
+        return Some(crate::worker::unsettled(&info));
+    };
+    let stream = js.get_stream_no_info(work.name_of(name)).await.ok()?;
+    let mut subjects = stream.info_with_subjects(work.subject(name)).await.ok()?;
+    let mut copies = 0usize;
+    while let Some(next) = subjects.next().await {
+        copies = copies.saturating_add(next.ok()?.1);
+    }
+    Some(i64::try_from(copies).unwrap_or(i64::MAX))
 }
 
 /// `url` as the logs show it: its query only as `?…`. Receivers often take a

@@ -75,6 +75,10 @@ pub trait AppView: Send + Sync + 'static {
     /// Whether an endpoint named `name` was deleted and this process still finishes
     /// its deliveries or removes what it left (log, dead letters, pause).
     fn removing(&self, name: &str) -> bool;
+    /// What waits for `name` while it runs nowhere (disabled): the unsettled
+    /// messages of its consumer on the source stream, or with `fan_out` its copies.
+    /// `None` when JetStream does not answer.
+    fn waiting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<i64>>;
     /// The mappings in force.
     fn router(&self) -> Arc<Router>;
 }

@@ -268,7 +268,17 @@ pub(super) async fn one(
         Err(e) => return Err(e),
     };
     let record = registrar.get(&name).await?;
-    Ok(Json(api_view(&s, &record, s.running(&name))))
+    let worker = s.running(&name);
+    let disabled = worker.is_none() && !record.enabled();
+    let mut view = api_view(&s, &record, worker);
+    // A customer who switched a webhook off sees what will come once it is on again
+    // (the list leaves it out: a JetStream request per disabled endpoint).
+    if disabled {
+        if let (Some(pending), Value::Object(view)) = (s.app.waiting(&name).await, &mut view) {
+            view.insert("pending".into(), pending.into());
+        }
+    }
+    Ok(Json(view))
 }
 
 /// `view` with the secret the operation shows this once.
