@@ -3500,15 +3500,15 @@ async fn writes_are_bounded_changes_merge_and_unknown_list_keys_are_refused() {
     assert_eq!(listed(&s.n, "?tenant=org_1").await, ["acme"]);
 }
 
-/// The notes natshook keeps in `NATSHOOK_STATE` for `consumer`'s deliveries that were
-/// no attempt (`unattempted.<consumer>.<stream>.<sequence>`).
-async fn unattempted_notes(js: &jetstream::Context, consumer: &str) -> u64 {
+/// The messages the `NATSHOOK_STATE` bucket holds under `keys` (a key or a pattern),
+/// delete markers included.
+async fn state_messages(js: &jetstream::Context, keys: &str) -> u64 {
     use futures_util::StreamExt;
     let Ok(stream) = js.get_stream("KV_NATSHOOK_STATE").await else {
         return 0;
     };
     let mut subjects = stream
-        .info_with_subjects(format!("$KV.NATSHOOK_STATE.unattempted.{consumer}.>"))
+        .info_with_subjects(format!("$KV.NATSHOOK_STATE.{keys}"))
         .await
         .expect("state bucket info");
     let mut all = 0;
@@ -3520,9 +3520,11 @@ async fn unattempted_notes(js: &jetstream::Context, consumer: &str) -> u64 {
 
 /// A paused endpoint holds the messages it fetched, and as its worker retires on a
 /// delete it notes them as no attempt: those notes go with the endpoint, since no
-/// delivery will come to settle them, rather than stay in the bucket for good.
+/// delivery will come to settle them, rather than stay in the bucket for good. And an
+/// endpoint that was never paused leaves no resume marker behind: customers delete
+/// endpoints by the thousand, and the bucket keeps what it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_paused_endpoint_leaves_no_notes_of_the_messages_it_held() {
+async fn a_deleted_endpoint_leaves_no_notes_of_held_messages_and_no_pause_it_never_had() {
     let s = Setup::start().await;
     let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("held", &s.rx))).await;
     assert_eq!(status, 201, "{created}");
@@ -3536,10 +3538,19 @@ async fn a_deleted_paused_endpoint_leaves_no_notes_of_the_messages_it_held() {
     wait_until(
         Duration::from_secs(15),
         "the held messages' notes removed",
-        || async { unattempted_notes(&s.js, "natshook-held").await == 0 },
+        || async { state_messages(&s.js, "unattempted.natshook-held.>").await == 0 },
     )
     .await;
     assert!(s.n.logs().contains("deleted endpoint's consumer removed"));
+    // Its pause ends with a resume the bucket keeps; an endpoint never paused leaves
+    // nothing there.
+    assert!(state_messages(&s.js, "paused.held").await > 0);
+    let (status, created) = api(&s.n, "POST", "/api/endpoints", Some(&body("calm", &s.rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(&s.n, "calm").await;
+    delete_until_gone(&s.n, &s.js, "calm").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(state_messages(&s.js, "paused.calm").await, 0);
 }
 
 /// `GET` of endpoint `off` shows what waits for it, once it is `n`.

@@ -325,12 +325,17 @@ impl Supervisor {
                 }
             }
             // Queued after every pause the retired worker announced, so none of them
-            // lands after it; not when created again meanwhile.
+            // lands after it; not when created again meanwhile. Only over a pause this
+            // process knows of (any replica's, through the watch, its own at once):
+            // the resume is a marker the bucket keeps for good, and customers delete
+            // endpoints by the thousand. A name created again starts unpaused anyway
+            // (the registrar ends a pause left under it).
             let again = serving
                 .read()
                 .map(|w| w.get(&name).is_some())
                 .unwrap_or(true);
-            if !again {
+            let paused = pause_state.known(&name).is_some() || !pause_state.known_loaded();
+            if !again && paused {
                 pause_state.announce(&name, None);
             }
             // Last: it reads the records when there are any.
