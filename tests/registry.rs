@@ -3433,11 +3433,12 @@ async fn writes_are_bounded_changes_merge_and_unknown_list_keys_are_refused() {
     over["timeout"] = json!("10y");
     over["concurrency"] = json!(100000);
     over["retry_schedule"] = json!(["1ms"]);
+    over["secret"] = json!({"value": "guessable"});
     let (status, answer) = api(&s.n, "POST", "/api/endpoints", Some(&over.to_string())).await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(
         problem_fields(&answer),
-        BTreeSet::from(["timeout", "concurrency", "retry_schedule[0]"].map(String::from)),
+        BTreeSet::from(["timeout", "concurrency", "retry_schedule[0]", "secret"].map(String::from)),
         "{answer}"
     );
     assert!(

@@ -131,10 +131,11 @@ pub fn endpoint_from_json(
     }
 }
 
-/// The keys of `entry` (a create body, or a change) past `[registry]`'s limits on
-/// what a write may set: `timeout`, `concurrency`, and each delay of `retry_schedule`,
-/// `probe_interval` and `probe_max_interval`. A value that does not parse is left to
-/// the endpoint's own check, which names it.
+/// The keys of `entry` (a create body, or a change) past what a write may set:
+/// `[registry]`'s limits on `timeout`, `concurrency`, and each delay of
+/// `retry_schedule`, `probe_interval` and `probe_max_interval`, and a `secret` too
+/// short to keep ([`short_secrets`]). A value that does not parse is left to the
+/// endpoint's own check, which names it.
 pub fn limit_problems(entry: &Map<String, Value>, limits: &RuntimeLimits) -> Vec<Problem> {
     let duration = |v: &Value| {
         v.as_str()
@@ -174,7 +175,42 @@ pub fn limit_problems(entry: &Map<String, Value>, limits: &RuntimeLimits) -> Vec
             found.push(problem(key, too_short.as_str()));
         }
     }
+    found.extend(short_secrets(entry));
     found
+}
+
+/// The fewest key bytes a secret a write gives may hold; a generated one holds 32.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// The secrets of `entry` (a string, or a rotation list) with fewer than
+/// [`MIN_SECRET_BYTES`] key bytes: a `whsec_` secret's once decoded, another's as
+/// written. Where customers choose secrets, one of a few bytes can be guessed from a
+/// single signed request. `whsk_`/`whpk_` keys have a size of their own, and a value
+/// that is no string is left to the endpoint's own check.
+fn short_secrets(entry: &Map<String, Value>) -> Vec<Problem> {
+    use base64::Engine;
+    let key_bytes = |s: &str| match s.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_or(usize::MAX, |k| k.len()),
+        None if s.starts_with("whsk_") || s.starts_with("whpk_") => usize::MAX,
+        None => s.len(),
+    };
+    let message = format!(
+        "must hold at least {MIN_SECRET_BYTES} bytes (a generated one holds 32): a shorter one can be guessed"
+    );
+    let given: Vec<(String, &str)> = match entry.get("secret") {
+        Some(Value::String(s)) => vec![("secret".to_string(), s.as_str())],
+        Some(Value::Array(list)) => (list.iter().enumerate())
+            .filter_map(|(i, v)| Some((format!("secret[{i}]"), v.as_str()?)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    given
+        .into_iter()
+        .filter(|(_, s)| key_bytes(s) < MIN_SECRET_BYTES)
+        .map(|(path, _)| problem(&path, message.as_str()))
+        .collect()
 }
 
 /// The `[registry]` limits tighter than what a runtime endpoint gets for a key it does
@@ -682,9 +718,15 @@ mod tests {
         );
         let within = serde_json::json!({
             "timeout": "60s", "concurrency": 64, "retry_schedule": ["1s"], "bogus": "1ms",
-            "probe_interval": "soon",
+            "probe_interval": "soon", "secret": ["0123456789abcdef", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
         });
         assert!(limit_problems(within.as_object().unwrap(), &limits).is_empty());
+        let short = serde_json::json!({"secret": ["long-enough-secret", "a", "whsec_YWJj"]});
+        let found: Vec<String> = limit_problems(short.as_object().unwrap(), &limits)
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(found, ["secret[1]", "secret[2]"]);
     }
 
     /// A limit tighter than the default a customer gets by leaving the key out is

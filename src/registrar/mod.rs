@@ -424,8 +424,8 @@ impl Registrar {
         // keys, so the check below does not see them.
         let mut problems = Vec::new();
         refuse_own_keys(&mut body, &mut problems);
-        problems.extend(api::limit_problems(&body, &self.rules.limits));
         plain_secret(&mut body);
+        problems.extend(api::limit_problems(&body, &self.rules.limits));
         let skip_backlog = match body.remove("skip_backlog") {
             None | Some(Value::Bool(true)) => true,
             Some(Value::Bool(false)) => false,
@@ -532,6 +532,7 @@ impl Registrar {
         let mut skip_backlog = false;
         let mut patch = patch;
         refuse_own_keys(&mut patch, &mut problems);
+        plain_secret(&mut patch);
         // The keys the change sets to something new, not the record's: a record stored
         // under a higher limit can still be switched on and off, and a settings page
         // that sends back what it was shown is not refused for it.
@@ -540,7 +541,6 @@ impl Registrar {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         problems.extend(api::limit_problems(&changed, &self.rules.limits));
-        plain_secret(&mut patch);
         let before = record.value.clone();
         for (key, value) in patch {
             match (key.as_str(), value) {
