@@ -135,6 +135,7 @@ pub async fn run(
         }
     }
     let mut config = config;
+    registry::warn_about_limits(&config);
     sup.apply(config.clone()).await?;
     // The supervisor keeps the endpoints; thousands of them are worth not copying.
     config.endpoints = Vec::new();

@@ -176,6 +176,18 @@ pub fn judge(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Proble
     .map(Endpoint::into_shared)
 }
 
+/// Warns of each `[registry]` limit that a runtime endpoint leaving its key out is not
+/// held to ([`crate::config::api::limits_below_defaults`]); at start and on each
+/// reload.
+pub fn warn_about_limits(config: &Config) {
+    let Some(registry) = &config.registry else {
+        return;
+    };
+    for p in crate::config::api::limits_below_defaults(config, &registry.limits) {
+        tracing::warn!(key = %p.path, "{}", p.message);
+    }
+}
+
 fn log_refusal(endpoint: &str, problems: &[Problem]) {
     for problem in problems {
         tracing::error!(endpoint, %problem, "invalid registry endpoint; not served");

@@ -622,23 +622,30 @@ impl AppView for Supervisor {
     }
 
     fn waiting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<i64>> {
-        Box::pin(waiting_for(&self.shared, name))
+        // An answer to show, not to wait for: a slow JetStream leaves it out.
+        let wait = tokio::time::timeout(Duration::from_secs(1), waiting_for(&self.shared, name));
+        Box::pin(async move { wait.await.ok().flatten() })
     }
 }
 
-/// What waits for the endpoint `name` while no worker reads for it: with `fan_out`
-/// its copies on its own subject, where a disabled endpoint's copies wait; otherwise
-/// what its durable consumer on the source stream has not settled.
+/// What waits for the endpoint `name` while no worker reads for it: what its durable
+/// consumer has not settled (on the source stream, or with `fan_out` on its work
+/// stream, as a running worker counts it); with `fan_out` and no such consumer, the
+/// copies on its own subject, where a disabled endpoint's copies wait (its acked ones
+/// are released before its consumer goes).
 async fn waiting_for(shared: &crate::worker::Shared, name: &str) -> Option<i64> {
     use futures_util::StreamExt;
     let js = shared.js();
+    let consumer = crate::worker::consumer_name(shared.consumer_prefix(), name);
     let Some(work) = shared.work_stream() else {
-        let consumer = crate::worker::consumer_name(shared.consumer_prefix(), name);
         let stream = js.get_stream_no_info(shared.stream_name()).await.ok()?;
         let info = stream.consumer_info(&consumer).await.ok()?;
         return Some(crate::worker::unsettled(&info));
     };
     let stream = js.get_stream_no_info(work.name_of(name)).await.ok()?;
+    if let Ok(info) = stream.consumer_info(&consumer).await {
+        return Some(crate::worker::unsettled(&info));
+    }
     let mut subjects = stream.info_with_subjects(work.subject(name)).await.ok()?;
     let mut copies = 0usize;
     while let Some(next) = subjects.next().await {

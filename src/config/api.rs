@@ -189,10 +189,13 @@ const MIN_SECRET_BYTES: usize = 16;
 /// that is no string is left to the endpoint's own check.
 fn short_secrets(entry: &Map<String, Value>) -> Vec<Problem> {
     use base64::Engine;
+    // Under `standard` a `whsec_` secret's key is its base64 decoded, under the other
+    // schemes the whole text: the text after the prefix is the most either keeps
+    // secret, and the decoded key when it decodes.
     let key_bytes = |s: &str| match s.strip_prefix("whsec_") {
         Some(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_or(usize::MAX, |k| k.len()),
+            .map_or(b64.len(), |k| k.len().min(b64.len())),
         None if s.starts_with("whsk_") || s.starts_with("whpk_") => usize::MAX,
         None => s.len(),
     };
@@ -214,13 +217,14 @@ fn short_secrets(entry: &Map<String, Value>) -> Vec<Problem> {
 }
 
 /// The `[registry]` limits tighter than what a runtime endpoint gets for a key it does
-/// not set (`[defaults]`, else natshook's own default): such a limit would hold only
-/// for the customers who set the key, so the config is refused and names the
-/// `[defaults]` key to set as well. Nothing when no such endpoint can be made (the
-/// endpoint's own check then names the problem).
+/// not set (`[defaults]`, else natshook's own default): such a limit holds only for
+/// the customers who set the key, which natshook warns of at start and on reload
+/// (not refused: `[defaults]` is the file endpoints' too, and a config valid before
+/// the limits existed stays valid). Nothing when no such endpoint can be made.
 pub fn limits_below_defaults(config: &super::Config, limits: &RuntimeLimits) -> Vec<Problem> {
     let sample = serde_json::json!({
         "name": "limits", "url": "https://example.com/", "events": ["*"], "secret": "limits",
+        "ordered": false,
     });
     let Some(sample) = sample.as_object() else {
         return Vec::new();
@@ -236,7 +240,7 @@ pub fn limits_below_defaults(config: &super::Config, limits: &RuntimeLimits) -> 
     let below = |limit: &str, key: &str, default: String| {
         problem(
             &format!("registry.{limit}"),
-            format!("is tighter than the {key} a runtime endpoint gets without setting it ({default}): set [defaults] {key} within it too"),
+            format!("is tighter than the {key} a runtime endpoint gets without setting it ({default}), which it keeps: set [defaults] {key} within the limit to hold every runtime endpoint to it"),
         )
     };
     let shown = |d: std::time::Duration| humantime::format_duration(d).to_string();
@@ -278,7 +282,7 @@ fn by_field(mut p: Problem, network_keys: NetworkKeys) -> Problem {
         .message
         .replace(
             super::validate::SECRET_FORMS,
-            "webhooks are always signed: give the secret as a string, or leave it out for one to be generated",
+            "webhooks are always signed: give the secret as a string, or rotate it (POST /api/endpoints/{name}/secret/rotate)",
         )
         .replace(
             super::validate::CREDENTIALS_AS_HEADER,
@@ -721,44 +725,49 @@ mod tests {
             "probe_interval": "soon", "secret": ["0123456789abcdef", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
         });
         assert!(limit_problems(within.as_object().unwrap(), &limits).is_empty());
-        let short = serde_json::json!({"secret": ["long-enough-secret", "a", "whsec_YWJj"]});
+        let short = serde_json::json!({
+            "secret": ["long-enough-secret", "a", "whsec_YWJj", "whsec_secret1"],
+        });
         let found: Vec<String> = limit_problems(short.as_object().unwrap(), &limits)
             .into_iter()
             .map(|p| p.path)
             .collect();
-        assert_eq!(found, ["secret[1]", "secret[2]"]);
+        assert_eq!(found, ["secret[1]", "secret[2]", "secret[3]"]);
     }
 
     /// A limit tighter than the default a customer gets by leaving the key out is
-    /// refused at start, naming the `[defaults]` key to set with it.
+    /// found (and warned of), naming the `[defaults]` key to set with it; the config
+    /// stays valid.
     #[test]
-    fn a_limit_below_the_defaults_is_refused() {
+    fn a_limit_below_the_defaults_is_found() {
         let text = |registry: &str, defaults: &str| {
             format!("[nats]\nstream = \"E\"\n[admin]\nenabled = true\ntoken = {{ value = \"0123456789abcdef0123\" }}\n[registry]\nenabled = true\n{registry}\n[defaults]\n{defaults}\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n")
         };
-        let refused = super::super::Config::from_str(
-            &text(
-                "max_concurrency = 8\nmax_timeout = \"5s\"\nmin_retry_delay = \"2s\"",
-                "",
-            ),
-            "toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let found = |registry: &str, defaults: &str| {
+            let c = match super::super::Config::from_str(&text(registry, defaults), "toml") {
+                Ok(c) => c,
+                Err(e) => panic!("{e}"),
+            };
+            let limits = c.registry.as_ref().map(|r| r.limits).unwrap_or_default();
+            limits_below_defaults(&c, &limits)
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let tight = "max_concurrency = 8\nmax_timeout = \"5s\"\nmin_retry_delay = \"2s\"";
+        // `ordered` defaults would hide the concurrency of an unordered endpoint.
+        let loose = found(tight, "ordered = true");
         for expected in [
-            "registry.max_concurrency: is tighter than the concurrency a runtime endpoint gets without setting it (64): set [defaults] concurrency within it too",
+            "registry.max_concurrency: is tighter than the concurrency a runtime endpoint gets without setting it (64), which it keeps: set [defaults] concurrency within the limit",
             "registry.max_timeout: is tighter than the timeout a runtime endpoint gets without setting it (10s)",
             "registry.min_retry_delay: is tighter than the retry_schedule a runtime endpoint gets without setting it (1s)",
         ] {
-            assert!(refused.contains(expected), "{expected}\nin:\n{refused}");
+            assert!(loose.contains(expected), "{expected}\nin:\n{loose}");
         }
-        let matched = text(
-            "max_concurrency = 8\nmax_timeout = \"5s\"\nmin_retry_delay = \"2s\"",
-            "concurrency = 8\ntimeout = \"5s\"\nretry_schedule = [\"2s\"]\nprobe_interval = \"2s\"",
-        );
-        if let Err(e) = super::super::Config::from_str(&matched, "toml") {
-            panic!("{e}");
-        }
+        let matched =
+            "concurrency = 8\ntimeout = \"5s\"\nretry_schedule = [\"2s\"]\nprobe_interval = \"2s\"";
+        assert_eq!(found(tight, matched), "");
     }
 
     /// The hints a 422 gives are in a JSON body's words, never the `{ env }` the API

@@ -53,14 +53,7 @@ pub(super) fn from_figment(
     match config {
         Some(mut c) if problems.is_empty() => {
             c.endpoint_defaults = endpoint_defaults;
-            let tight = match &c.registry {
-                Some(r) => super::api::limits_below_defaults(&c, &r.limits),
-                None => Vec::new(),
-            };
-            match tight.is_empty() {
-                true => Ok(c),
-                false => Err(ConfigError { problems: tight }),
-            }
+            Ok(c)
         }
         _ => Err(ConfigError {
             problems: problems.0,

@@ -102,7 +102,11 @@ fn apply_change(record: &mut Map<String, Value>, key: String, value: Value) {
         record.insert(key, value);
         return;
     };
-    if !merged || !record.get(&key).is_some_and(Value::is_object) {
+    if !merged {
+        record.insert(key, Value::Object(change));
+        return;
+    }
+    if !record.get(&key).is_some_and(Value::is_object) {
         let set = change.into_iter().filter(|(_, v)| !v.is_null()).collect();
         record.insert(key, Value::Object(set));
         return;
@@ -749,6 +753,7 @@ mod tests {
             "headers": {"X-New": "v", "x-team": null, "x-key": "k2"},
             "signature": {"header": "X-Other"},
             "filter": {"kind": "order"},
+            "envelope_fields": {"a": "x", "b": null},
             "events": ["c"],
             "secret": "only",
         });
@@ -758,6 +763,7 @@ mod tests {
                 "headers": {"x-key": "k2", "X-New": "v"},
                 "signature": {"scheme": "hex", "header": "X-Other"},
                 "filter": {"kind": "order"},
+                "envelope_fields": {"a": "x", "b": null},
                 "events": ["c"],
                 "secret": "only",
             })

@@ -302,8 +302,17 @@ impl Supervisor {
                     }
                 }
             }
-            if let Err(e) = unattempted.forget_consumer(&consumer).await {
-                tracing::warn!(%consumer, error = %e, "deleted endpoint's notes of unattempted deliveries kept");
+            // Not when created again meanwhile: the notes would be the new endpoint's.
+            let again = || {
+                serving
+                    .read()
+                    .map(|w| w.get(&name).is_some())
+                    .unwrap_or(true)
+            };
+            if !again() {
+                if let Err(e) = unattempted.forget_consumer(&consumer).await {
+                    tracing::warn!(%consumer, error = %e, "deleted endpoint's notes of unattempted deliveries kept");
+                }
             }
             if let Some(log) = log {
                 if let Err(e) = log.forget(&name).await {
@@ -330,12 +339,8 @@ impl Supervisor {
             // the resume is a marker the bucket keeps for good, and customers delete
             // endpoints by the thousand. A name created again starts unpaused anyway
             // (the registrar ends a pause left under it).
-            let again = serving
-                .read()
-                .map(|w| w.get(&name).is_some())
-                .unwrap_or(true);
             let paused = pause_state.known(&name).is_some() || !pause_state.known_loaded();
-            if !again && paused {
+            if !again() && paused {
                 pause_state.announce(&name, None);
             }
             // Last: it reads the records when there are any.
@@ -365,6 +370,7 @@ impl Supervisor {
             }
             Err(e) => return Err(ReloadRefused::NotApplied(vec![e.to_string()])),
         };
+        crate::app::registry::warn_about_limits(&config);
         match self.apply(config.clone()).await {
             Ok(s) => {
                 self.ingress.apply(&config.ingress);

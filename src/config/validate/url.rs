@@ -33,11 +33,19 @@ pub(super) fn endpoint_url(
     allow_http: bool,
     target: &TargetPolicy,
 ) -> Result<http::Uri, String> {
-    // Problems are logged (a stored record that fails its check): not its query.
-    let shown = match text.split_once('?') {
+    // Problems are logged (a stored record that fails its check): not its query, nor
+    // credentials before the host.
+    let mut shown = match text.split_once('?') {
         Some((before, _)) => format!("{before}?…"),
         None => text.to_string(),
     };
+    let host_from = shown.find("://").map_or(0, |i| i + 3);
+    let authority_end = shown[host_from..]
+        .find('/')
+        .map_or(shown.len(), |i| host_from + i);
+    if let Some(at) = shown[host_from..authority_end].rfind('@') {
+        shown.replace_range(host_from..host_from + at, "…");
+    }
     let uri: http::Uri = text
         .parse()
         .map_err(|e| format!("'{shown}' is not a URL: {e}"))?;
@@ -87,5 +95,12 @@ mod tests {
             assert!(!problem.contains("SECRET"), "{problem}");
             assert!(problem.contains("?…"), "{problem}");
         }
+        let problem =
+            endpoint_url("ftp://user:SECRET@hooks.example.com/in", false, &policy).unwrap_err();
+        assert!(!problem.contains("SECRET"), "{problem}");
+        assert!(
+            problem.contains("ftp://…@hooks.example.com/in"),
+            "{problem}"
+        );
     }
 }

@@ -51,10 +51,12 @@ pub struct DeadLetter {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub headers_truncated: bool,
     pub dead_lettered_at: String,
-    /// One record per message and endpoint, whoever writes it: a message whose copy
-    /// does not fit `max_payload` is dead-lettered by the fan-out, by the drain of the
-    /// endpoint's former consumer, or from a stand-in, and two of them may come upon
-    /// the same message. Not stored: it only decides [`DeadLetter::msg_id`].
+    /// One record per message and endpoint, whoever writes it within the dead-letter
+    /// stream's duplicate window (2 minutes): a message whose copy does not fit
+    /// `max_payload` is dead-lettered by the fan-out, by the drain of the endpoint's
+    /// former consumer, or from a stand-in, and two of them may come upon the same
+    /// message. Not stored: it decides [`DeadLetter::msg_id`] and the name of the
+    /// payload's object, so a second write stores nothing new.
     #[serde(skip)]
     pub once_per_message: bool,
 }
@@ -118,9 +120,13 @@ impl DeadLetter {
     /// `nats object ls`, and unique per record, so replaying (and deleting) one record
     /// never takes the payload of another record of the same message.
     pub(super) fn object_name(&self) -> String {
+        let made = match self.once_per_message {
+            true => "uncopied",
+            false => self.dead_lettered_at.as_str(),
+        };
         format!(
-            "{}/{}/{}-{}/{}",
-            self.endpoint, self.id, self.stream, self.stream_sequence, self.dead_lettered_at
+            "{}/{}/{}-{}/{made}",
+            self.endpoint, self.id, self.stream, self.stream_sequence
         )
     }
 }
@@ -300,6 +306,11 @@ mod tests {
             "crm/lead-1/EVENTS-42/2026-04-01T12:06:00.000Z"
         );
         assert_ne!(a.object_name(), b.object_name());
+        // One record per message: its payload's object is the same for every writer.
+        let (mut a, mut b) = (a, b);
+        a.once_per_message = true;
+        b.once_per_message = true;
+        assert_eq!(a.object_name(), b.object_name());
     }
 
     /// A record made anew has an id of its own; one of a message that cannot be
