@@ -419,7 +419,7 @@ async fn a_copy_too_large_to_leave_the_lane_waits_on_its_own_subject() {
                 published: std::time::SystemTime::now(),
             };
             let headers = natshook::store::copy::copy_headers(Some(&source), &facts, "a");
-            let len = max_payload - copy_wire_len(&headers) - room;
+            let len = max_payload - natshook::store::copy::wire_len(&headers) - room;
             let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(len - 10));
             assert_eq!(body.len(), len);
             ("crm.lead.created".to_string(), Bytes::from(body), Some(id))
@@ -454,20 +454,6 @@ async fn a_copy_too_large_to_leave_the_lane_waits_on_its_own_subject() {
     );
     assert_eq!(rx.count(), spare.len() + 10, "a copy tried again early");
     assert!(!natshook.logs().contains("the retry waits on the lane"));
-}
-
-/// The bytes `headers` take on the wire, as the NATS client counts them against
-/// `max_payload`: `NATS/1.0\r\n`, a `name: value\r\n` per value, and `\r\n`.
-fn copy_wire_len(headers: &async_nats::HeaderMap) -> usize {
-    let mut len = "NATS/1.0\r\n\r\n".len();
-    for (name, values) in headers.iter() {
-        let name: &str = name.as_ref();
-        len += values
-            .iter()
-            .map(|v| name.len() + ": \r\n".len() + v.as_str().len())
-            .sum::<usize>();
-    }
-    len
 }
 
 /// Copies a receiver refuses wait out a long retry delay on the endpoint's own subject

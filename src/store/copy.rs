@@ -219,7 +219,7 @@ pub fn fits_off_lane(headers: &HeaderMap, payload_len: usize, max_payload: usize
 
 /// The bytes `headers` take on the wire, as the NATS client counts them against
 /// `max_payload`: `NATS/1.0\r\n`, a `name: value\r\n` per value, and `\r\n`.
-fn wire_len(headers: &HeaderMap) -> usize {
+pub fn wire_len(headers: &HeaderMap) -> usize {
     let mut len = "NATS/1.0\r\n\r\n".len();
     for (name, values) in headers.iter() {
         let name: &str = name.as_ref();
