@@ -177,13 +177,13 @@ pub fn judge(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Proble
 }
 
 /// Warns of each `[registry]` limit that a runtime endpoint leaving its key out is not
-/// held to ([`crate::config::api::limits_below_defaults`]); at start and on each
+/// held to ([`crate::config::write_limits::below_defaults`]); at start and on each
 /// reload.
 pub fn warn_about_limits(config: &Config) {
     let Some(registry) = &config.registry else {
         return;
     };
-    for p in crate::config::api::limits_below_defaults(config, &registry.limits) {
+    for p in crate::config::write_limits::below_defaults(config, &registry.limits) {
         tracing::warn!(key = %p.path, "{}", p.message);
     }
 }

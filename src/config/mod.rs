@@ -32,6 +32,7 @@ mod shape;
 #[cfg(test)]
 mod tests;
 mod validate;
+pub mod write_limits;
 
 use std::path::Path;
 

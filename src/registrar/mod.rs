@@ -27,6 +27,7 @@ use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::{PauseCause, PauseState};
 use crate::store::registry::{Record, Registry, RegistryError};
 
+mod change;
 mod secrets;
 mod stale;
 use self::secrets::{new_secret, plain_secret, signing_secret};
@@ -88,50 +89,6 @@ fn refuse_own_keys(body: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
                 format!("is set by natshook itself (through {how}), not by a request"),
             ));
         }
-    }
-}
-
-/// Applies a change's `key` to a stored record. `headers` and `signature` merge key by
-/// key, as a JSON merge patch merges objects (`null` removes one): `GET` never shows a
-/// header's value, so a change to one must keep the others. Header names match
-/// whatever their case. Any other key is replaced, objects included (a `filter` or
-/// `envelope_fields` is one setting, not a set of them).
-fn apply_change(record: &mut Map<String, Value>, key: String, value: Value) {
-    let merged = matches!(key.as_str(), "headers" | "signature");
-    let Value::Object(change) = value else {
-        record.insert(key, value);
-        return;
-    };
-    if !merged {
-        record.insert(key, Value::Object(change));
-        return;
-    }
-    if !record.get(&key).is_some_and(Value::is_object) {
-        let set = change.into_iter().filter(|(_, v)| !v.is_null()).collect();
-        record.insert(key, Value::Object(set));
-        return;
-    }
-    let Some(Value::Object(stored)) = record.get_mut(&key) else {
-        return;
-    };
-    let to_standard = key == "signature"
-        && change.get("scheme").and_then(Value::as_str) == Some("standard")
-        && !change.contains_key("header");
-    for (name, v) in change {
-        match key.as_str() {
-            "headers" => stored.retain(|k, _| !k.eq_ignore_ascii_case(&name)),
-            _ => {
-                stored.remove(&name);
-            }
-        }
-        if !v.is_null() {
-            stored.insert(name, v);
-        }
-    }
-    // `standard` has headers of its own: the one a `hex` or `sha256` endpoint named
-    // goes with the scheme it belonged to.
-    if to_standard {
-        stored.remove("header");
     }
 }
 
@@ -429,7 +386,10 @@ impl Registrar {
         let mut problems = Vec::new();
         refuse_own_keys(&mut body, &mut problems);
         plain_secret(&mut body);
-        problems.extend(api::limit_problems(&body, &self.rules.limits));
+        problems.extend(crate::config::write_limits::problems(
+            &body,
+            &self.rules.limits,
+        ));
         let skip_backlog = match body.remove("skip_backlog") {
             None | Some(Value::Bool(true)) => true,
             Some(Value::Bool(false)) => false,
@@ -506,7 +466,7 @@ impl Registrar {
         Ok((record, expected))
     }
 
-    /// Applies `patch` key by key ([`apply_change`]; a `null` removes a key); `name`
+    /// Applies `patch` key by key ([`change::apply`]; a `null` removes a key); `name`
     /// cannot change. `"skip_backlog": true`, with `"enabled": true`, makes the endpoint start
     /// from now: what it held while disabled (or paused) is not delivered.
     ///
@@ -544,7 +504,10 @@ impl Registrar {
             .filter(|(k, v)| record.value.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        problems.extend(api::limit_problems(&changed, &self.rules.limits));
+        problems.extend(crate::config::write_limits::problems(
+            &changed,
+            &self.rules.limits,
+        ));
         let before = record.value.clone();
         for (key, value) in patch {
             match (key.as_str(), value) {
@@ -560,7 +523,7 @@ impl Registrar {
                 (_, Value::Null) => {
                     record.value.remove(&key);
                 }
-                (_, v) => apply_change(&mut record.value, key, v),
+                (_, v) => change::apply(&mut record.value, key, v),
             }
         }
         if skip_backlog && !enabling {
@@ -722,57 +685,4 @@ pub fn view(record: &Record) -> Map<String, Value> {
     view.insert("enabled".into(), record.enabled().into());
     view.insert("revision".into(), record.revision.into());
     view
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn changed(record: Value, change: Value) -> Value {
-        let (Value::Object(mut record), Value::Object(change)) = (record, change) else {
-            panic!("objects");
-        };
-        for (key, value) in change {
-            apply_change(&mut record, key, value);
-        }
-        Value::Object(record)
-    }
-
-    /// `headers` and `signature` merge key by key (header names in any case, `null`
-    /// removing one), everything else is replaced.
-    #[test]
-    fn a_change_merges_headers_and_signature_and_replaces_the_rest() {
-        let record = serde_json::json!({
-            "headers": {"X-Key": "k", "X-Team": "t"},
-            "signature": {"scheme": "hex", "header": "X-Sig"},
-            "filter": {"status": "paid"},
-            "events": ["a", "b"],
-            "secret": ["new", "old"],
-        });
-        let change = serde_json::json!({
-            "headers": {"X-New": "v", "x-team": null, "x-key": "k2"},
-            "signature": {"header": "X-Other"},
-            "filter": {"kind": "order"},
-            "envelope_fields": {"a": "x", "b": null},
-            "events": ["c"],
-            "secret": "only",
-        });
-        assert_eq!(
-            changed(record.clone(), change),
-            serde_json::json!({
-                "headers": {"x-key": "k2", "X-New": "v"},
-                "signature": {"scheme": "hex", "header": "X-Other"},
-                "filter": {"kind": "order"},
-                "envelope_fields": {"a": "x", "b": null},
-                "events": ["c"],
-                "secret": "only",
-            })
-        );
-        // Switching to `standard` drops the header of the scheme it leaves.
-        let to_standard = serde_json::json!({"signature": {"scheme": "standard"}});
-        assert_eq!(
-            changed(record, to_standard)["signature"],
-            serde_json::json!({"scheme": "standard"})
-        );
-    }
 }
