@@ -916,6 +916,18 @@ impl Natshook {
         }
     }
 
+    /// Waits for `endpoint`'s one dead letter and asserts it is message `id`'s, written
+    /// because the copy for the endpoint would exceed the server's `max_payload`.
+    pub async fn wait_uncopied_dead_letter(&self, endpoint: &str, id: &str) {
+        let dead = self
+            .wait_dead_letters(endpoint, 1, Duration::from_secs(20))
+            .await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["id"], id);
+        let reason = dead[0]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("max_payload"), "{}", dead[0]);
+    }
+
     /// Waits until a metric series has `want`, or panics with `what`.
     pub async fn wait_metric(&self, series: &str, want: f64, within: Duration, what: &str) {
         let deadline = Instant::now() + within;
