@@ -14,10 +14,10 @@
 //! whichever of the two comes upon it first: `DeadLetter::once_per_message`). One the
 //! fan-out also copies (it came after the switch, or a replica applied the switch
 //! later) is stored once within the work stream's duplicate window and delivered twice
-//! after it, never lost. The
-//! drain first widens the consumer's window (an ordered endpoint's is one message, so
-//! a retry waiting out its delay would hold every other message behind it), and stops
-//! without deleting anything as soon as the endpoint reads its own consumer again.
+//! after it, never lost. The drain first widens the consumer's window (an ordered
+//! endpoint's is one message, so a retry waiting out its delay would hold every other
+//! message behind it), and stops without deleting anything as soon as the endpoint
+//! reads its own consumer again.
 
 use std::sync::Arc;
 use std::time::Duration;
