@@ -414,7 +414,7 @@ impl Supervisor {
             Some(p) if p.from_env => format!("{} (from the environment)", p.uri),
             Some(p) => p.uri.to_string(),
         };
-        let url = url_for_logs(&worker.endpoint().url);
+        let url = crate::config::url_for_logs(&worker.endpoint().url.to_string());
         tracing::info!(endpoint = %worker.endpoint().name, consumer = %worker.consumer_name(), %url, %proxy, "starting endpoint");
         let handle = tokio::spawn(worker.clone().run(stop.clone(), tracker.clone()));
         Running {
@@ -652,32 +652,4 @@ async fn waiting_for(shared: &crate::worker::Shared, name: &str) -> Option<i64> 
         copies = copies.saturating_add(next.ok()?.1);
     }
     Some(i64::try_from(copies).unwrap_or(i64::MAX))
-}
-
-/// `url` as the logs show it: its query only as `?…`. Receivers often take a
-/// credential there (`?token=…`), and logs travel further than the endpoint's record.
-fn url_for_logs(url: &http::Uri) -> String {
-    let shown = match url.scheme_str().zip(url.authority()) {
-        Some((scheme, authority)) => format!("{scheme}://{authority}{}", url.path()),
-        None => url.path().to_string(),
-    };
-    match url.query() {
-        Some(_) => format!("{shown}?…"),
-        None => shown,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_logged_url_keeps_its_query_out() {
-        let with = "https://hooks.example.com:8443/in?token=QUERYTOKEN"
-            .parse()
-            .unwrap();
-        assert_eq!(url_for_logs(&with), "https://hooks.example.com:8443/in?…");
-        let without = "http://127.0.0.1:9000/hook".parse().unwrap();
-        assert_eq!(url_for_logs(&without), "http://127.0.0.1:9000/hook");
-    }
 }

@@ -44,7 +44,7 @@ pub use model::{
 };
 pub use problems::{past_max_duration, ConfigError, Problem, Problems, MAX_DURATION};
 pub use raw::field_names;
-pub use validate::is_endpoint_name;
+pub use validate::{is_endpoint_name, url_for_logs};
 
 /// Prefix of environment overrides: `NATSHOOK__DEFAULTS__TIMEOUT=5s`.
 pub const ENV_PREFIX: &str = "NATSHOOK__";

@@ -14,6 +14,7 @@ mod tls;
 mod url;
 
 pub(super) use endpoint::SECRET_FORMS;
+pub use url::for_logs as url_for_logs;
 pub(super) use url::CREDENTIALS_AS_HEADER;
 
 use super::defaults;

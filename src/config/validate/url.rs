@@ -24,17 +24,10 @@ pub(super) fn port_problem(uri: &http::Uri) -> Option<String> {
 pub const CREDENTIALS_AS_HEADER: &str =
     "send them as a header (headers = { Authorization = { env = \"…\" } })";
 
-/// Checks the URL text with the guard's own policy: an address, in any spelling the
-/// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
-/// would be refused at connect time; names are checked again on every resolved
-/// address at connect time.
-pub(super) fn endpoint_url(
-    text: &str,
-    allow_http: bool,
-    target: &TargetPolicy,
-) -> Result<http::Uri, String> {
-    // Problems are logged (a stored record that fails its check): not its query, nor
-    // credentials before the host.
+/// URL text as logs show it: its query only as `?…` and credentials before the host
+/// as `…@`. Receivers often take a token in the query (`?token=…`), and logs travel
+/// further than the endpoint's record. Works on text that does not parse as a URL too.
+pub fn for_logs(text: &str) -> String {
     let mut shown = match text.split_once('?') {
         Some((before, _)) => format!("{before}?…"),
         None => text.to_string(),
@@ -46,6 +39,20 @@ pub(super) fn endpoint_url(
     if let Some(at) = shown[host_from..authority_end].rfind('@') {
         shown.replace_range(host_from..host_from + at, "…");
     }
+    shown
+}
+
+/// Checks the URL text with the guard's own policy: an address, in any spelling the
+/// resolver reads as one (`127.1`, `0x7f000001`), is refused here for the reason it
+/// would be refused at connect time; names are checked again on every resolved
+/// address at connect time.
+pub(super) fn endpoint_url(
+    text: &str,
+    allow_http: bool,
+    target: &TargetPolicy,
+) -> Result<http::Uri, String> {
+    // Problems are logged (a stored record that fails its check).
+    let shown = for_logs(text);
     let uri: http::Uri = text
         .parse()
         .map_err(|e| format!("'{shown}' is not a URL: {e}"))?;
@@ -80,6 +87,21 @@ pub(super) fn endpoint_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An endpoint's URL as the logs show it when it starts: its query hidden, the
+    /// rest as written.
+    #[test]
+    fn a_logged_url_keeps_its_query_out() {
+        let with: http::Uri = "https://hooks.example.com:8443/in?token=QUERYTOKEN"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            for_logs(&with.to_string()),
+            "https://hooks.example.com:8443/in?…"
+        );
+        let without: http::Uri = "http://127.0.0.1:9000/hook".parse().unwrap();
+        assert_eq!(for_logs(&without.to_string()), "http://127.0.0.1:9000/hook");
+    }
 
     /// A refused URL's problem, which is logged for a stored record, names it without
     /// its query, where receivers take tokens.
