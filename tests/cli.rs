@@ -328,6 +328,32 @@ fn check_warns_about_an_events_pattern_no_mapping_matches() {
     assert!(!out.contains("warning"), "{out}");
 }
 
+/// A `[registry]` limit tighter than what a runtime endpoint gets for a key it leaves
+/// out holds only for customers who set the key: `check` says so, as the process does
+/// at start, naming the `[defaults]` key to set.
+#[test]
+fn check_warns_about_a_registry_limit_the_defaults_exceed() {
+    let config = |retries: &str| {
+        format!(
+            "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[defaults]\nretry_schedule = {retries}\n[registry]\nenabled = true\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(&path, config(r#"["500ms"]"#)).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("warning: registry.min_retry_delay: is tighter than the retry_schedule"),
+        "{out}"
+    );
+    assert!(out.contains("set [defaults] retry_schedule"), "{out}");
+    std::fs::write(&path, config(r#"["5s"]"#)).unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("warning"), "{out}");
+}
+
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
 /// took half a minute over it, and toml_edit's limits multiply to a depth that
 /// overflowed the stack; figment's parse of an env value overflowed it too.

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use nats::{client_lost, connect};
 pub use registry::judge as registry_endpoint;
+pub use registry::loose_limits as loose_registry_limits;
 pub use supervisor::{ApplyError, EndpointError, ReloadSummary, Supervisor};
 pub use watch::WatchedConfig;
 
@@ -135,7 +136,6 @@ pub async fn run(
         }
     }
     let mut config = config;
-    registry::warn_about_limits(&config);
     sup.apply(config.clone()).await?;
     // The supervisor keeps the endpoints; thousands of them are worth not copying.
     config.endpoints = Vec::new();

@@ -176,16 +176,17 @@ pub fn judge(record: &Record, file: &Config) -> Result<Arc<Endpoint>, Vec<Proble
     .map(Endpoint::into_shared)
 }
 
-/// Warns of each `[registry]` limit that a runtime endpoint leaving its key out is not
-/// held to ([`crate::config::write_limits::below_defaults`]); at start and on each
-/// reload.
-pub fn warn_about_limits(config: &Config) {
+/// Each `[registry]` limit that a runtime endpoint leaving its key out is not held to
+/// ([`crate::config::write_limits::below_defaults`]), as a line to warn of: at start,
+/// on each reload and by `natshook check`.
+pub fn loose_limits(config: &Config) -> Vec<String> {
     let Some(registry) = &config.registry else {
-        return;
+        return Vec::new();
     };
-    for p in crate::config::write_limits::below_defaults(config, &registry.limits) {
-        tracing::warn!(key = %p.path, "{}", p.message);
-    }
+    crate::config::write_limits::below_defaults(config, &registry.limits)
+        .into_iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect()
 }
 
 fn log_refusal(endpoint: &str, problems: &[Problem]) {

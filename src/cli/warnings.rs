@@ -6,10 +6,12 @@ use crate::config::Config;
 /// What a valid config likely has wrong, said by `check` and at start: an endpoint's
 /// `events` pattern that no mapping's event can match (a typo: `tickt.*`; the endpoint
 /// still gets its other patterns' events, or start-up would refuse it), and a
-/// `standard` secret not in Standard Webhooks' form.
+/// `standard` secret not in Standard Webhooks' form, and a `[registry]` limit that a
+/// runtime endpoint leaving its key out is not held to.
 pub(super) fn of(config: &Config) -> Vec<String> {
     let mut warnings = unmatched_patterns(config);
     warnings.extend(plain_standard_secrets(config));
+    warnings.extend(crate::app::loose_registry_limits(config));
     warnings
 }
 

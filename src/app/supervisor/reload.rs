@@ -370,7 +370,9 @@ impl Supervisor {
             }
             Err(e) => return Err(ReloadRefused::NotApplied(vec![e.to_string()])),
         };
-        crate::app::registry::warn_about_limits(&config);
+        for warning in crate::app::loose_registry_limits(&config) {
+            tracing::warn!("{warning}");
+        }
         match self.apply(config.clone()).await {
             Ok(s) => {
                 self.ingress.apply(&config.ingress);
