@@ -2082,20 +2082,27 @@ async fn with_fan_out_an_endpoint_disabled_mid_drain_and_enabled_ordered_loses_n
 
 /// The copies on the work streams for endpoint `name`, acked or not.
 async fn copies_of(js: &jetstream::Context, name: &str) -> u64 {
-    use futures_util::StreamExt;
     let mut all = 0;
     for i in 0..16 {
         let stream = js
             .get_stream(format!("EVENTS_natshook_WORK_{i}"))
             .await
             .expect("work stream");
-        let mut subjects = stream
-            .info_with_subjects(format!("natshook.work.EVENTS.*.{name}"))
-            .await
-            .expect("work stream info");
-        while let Some(next) = subjects.next().await {
-            all += next.expect("subject count").1 as u64;
-        }
+        all += messages_under(stream, &format!("natshook.work.EVENTS.*.{name}")).await;
+    }
+    all
+}
+
+/// How many messages `stream` holds under the subjects `filter` matches.
+async fn messages_under(stream: jetstream::stream::Stream, filter: &str) -> u64 {
+    use futures_util::StreamExt;
+    let mut subjects = stream
+        .info_with_subjects(filter)
+        .await
+        .expect("stream info with subjects");
+    let mut all = 0;
+    while let Some(next) = subjects.next().await {
+        all += next.expect("subject count").1 as u64;
     }
     all
 }
@@ -3497,19 +3504,10 @@ async fn writes_are_bounded_changes_merge_and_unknown_list_keys_are_refused() {
 /// The messages the `NATSHOOK_STATE` bucket holds under `keys` (a key or a pattern),
 /// delete markers included.
 async fn state_messages(js: &jetstream::Context, keys: &str) -> u64 {
-    use futures_util::StreamExt;
     let Ok(stream) = js.get_stream("KV_NATSHOOK_STATE").await else {
         return 0;
     };
-    let mut subjects = stream
-        .info_with_subjects(format!("$KV.NATSHOOK_STATE.{keys}"))
-        .await
-        .expect("state bucket info");
-    let mut all = 0;
-    while let Some(next) = subjects.next().await {
-        all += next.expect("subject count").1 as u64;
-    }
-    all
+    messages_under(stream, &format!("$KV.NATSHOOK_STATE.{keys}")).await
 }
 
 /// A paused endpoint holds the messages it fetched, and as its worker retires on a
