@@ -2347,11 +2347,20 @@ async fn changes_during_traffic_reach_both_processes_within_a_second_and_lose_no
     // Update: a new url and a header; each process restarts the worker with them.
     let new_url = rx.url("/edit-v2");
     let change = json!({"url": new_url, "headers": {"X-Version": "2"}}).to_string();
+    // The log shows where an endpoint sends without its path: a new start of the
+    // worker, after the change, is what tells it serves the new URL.
+    let starts = |n: &Natshook| {
+        n.logs()
+            .lines()
+            .filter(|l| l.contains("starting endpoint") && l.contains("endpoint=edit"))
+            .count()
+    };
+    let started_before: BTreeMap<u16, usize> =
+        both.iter().map(|n| (n.http_port, starts(n))).collect();
     let (status, changed) = api(a, "PATCH", "/api/endpoints/edit", Some(&change)).await;
     let at = Instant::now();
     assert_eq!(status, 200, "{changed}");
     let revision = changed["revision"].clone();
-    let started_line = format!("url={new_url}");
     note(
         lags(
             &both,
@@ -2360,9 +2369,7 @@ async fn changes_during_traffic_reach_both_processes_within_a_second_and_lose_no
             |n, e| {
                 e.is_some_and(|e| e["revision"] == revision)
                     && runs(e)
-                    && n.logs()
-                        .lines()
-                        .any(|l| l.contains("starting endpoint") && l.contains(&started_line))
+                    && starts(n) > started_before[&n.http_port]
             },
             "edit",
         )

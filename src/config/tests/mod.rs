@@ -577,17 +577,17 @@ fn an_endpoint_url_that_would_not_reach_its_receiver_is_refused() {
     for (url, words) in [
         (
             "https://x.example.com:99999/h",
-            "endpoints[0].url: 'https://x.example.com:99999/h': '99999' is not a port",
+            "endpoints[0].url: 'https://x.example.com:99999/…': '99999' is not a port",
         ),
         (
             "https://x.example.com:0/h",
-            "endpoints[0].url: 'https://x.example.com:0/h': port 0",
+            "endpoints[0].url: 'https://x.example.com:0/…': port 0",
         ),
         (
             "https://:443/h",
-            "endpoints[0].url: 'https://:443/h' has no host",
+            "endpoints[0].url: 'https://:443/…' has no host",
         ),
-        ("https://./h", "endpoints[0].url: 'https://./h' has no host"),
+        ("https://./h", "endpoints[0].url: 'https://./…' has no host"),
         (
             "https://alice:pw@x.example.com/h",
             "endpoints[0].url: credentials do not belong in the URL",

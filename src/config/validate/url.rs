@@ -24,21 +24,33 @@ pub(super) fn port_problem(uri: &http::Uri) -> Option<String> {
 pub const CREDENTIALS_AS_HEADER: &str =
     "send them as a header (headers = { Authorization = { env = \"…\" } })";
 
-/// URL text as logs show it: its query only as `?…` and credentials before the host
-/// as `…@`. Receivers often take a token in the query (`?token=…`), and logs travel
-/// further than the endpoint's record. Works on text that does not parse as a URL too.
+/// URL text as logs show it: scheme and host as written, a path other than `/` only
+/// as `/…`, a query only as `?…`, and credentials before the host as `…@`. Receivers
+/// take tokens in the query (`?token=…`) and in the path (Slack's
+/// `/services/T…/B…/<token>`, Discord's `/api/webhooks/<id>/<token>`, Make's
+/// `/<token>`), and logs travel further than the endpoint's record, which shows the
+/// whole URL. Works on text that does not parse as a URL too.
 pub fn for_logs(text: &str) -> String {
-    let mut shown = match text.split_once('?') {
-        Some((before, _)) => format!("{before}?…"),
-        None => text.to_string(),
-    };
-    let host_from = shown.find("://").map_or(0, |i| i + 3);
-    let authority_end = shown[host_from..]
-        .find('/')
-        .map_or(shown.len(), |i| host_from + i);
-    if let Some(at) = shown[host_from..authority_end].rfind('@') {
+    let host_from = text.find("://").map_or(0, |i| i + 3);
+    let authority_end = text[host_from..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| host_from + i);
+    let mut shown = text[..authority_end].to_string();
+    if let Some(at) = shown[host_from..].rfind('@') {
         shown.replace_range(host_from..host_from + at, "…");
     }
+    let rest = &text[authority_end..];
+    let (path, query) = match rest.split_once('?') {
+        Some((path, _)) => (path, "?…"),
+        None => (rest, ""),
+    };
+    let path = path.split('#').next().unwrap_or_default();
+    shown.push_str(match path {
+        "" => "",
+        "/" => "/",
+        _ => "/…",
+    });
+    shown.push_str(query);
     shown
 }
 
@@ -88,19 +100,30 @@ pub(super) fn endpoint_url(
 mod tests {
     use super::*;
 
-    /// An endpoint's URL as the logs show it when it starts: its query hidden, the
-    /// rest as written.
+    /// An endpoint's URL as the logs show it when it starts: where it goes (scheme,
+    /// host, port), not the path or query where receivers take tokens.
     #[test]
-    fn a_logged_url_keeps_its_query_out() {
-        let with: http::Uri = "https://hooks.example.com:8443/in?token=QUERYTOKEN"
-            .parse()
-            .unwrap();
+    fn a_logged_url_keeps_its_path_and_query_out() {
+        for (url, shown) in [
+            (
+                "https://hooks.example.com:8443/in?token=QUERYTOKEN",
+                "https://hooks.example.com:8443/…?…",
+            ),
+            (
+                "https://hooks.slack.com:443/services/T0001/B0001/PATHTOKEN",
+                "https://hooks.slack.com:443/…",
+            ),
+            ("http://127.0.0.1:9000/", "http://127.0.0.1:9000/"),
+            ("http://[::1]:9000/?a=b", "http://[::1]:9000/?…"),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(for_logs(&uri.to_string()), shown);
+        }
+        assert_eq!(for_logs("hooks.example.com/TOKEN"), "hooks.example.com/…");
         assert_eq!(
-            for_logs(&with.to_string()),
-            "https://hooks.example.com:8443/in?…"
+            for_logs("ftp://user:pw@hooks.example.com/in#TOKEN"),
+            "ftp://…@hooks.example.com/…"
         );
-        let without: http::Uri = "http://127.0.0.1:9000/hook".parse().unwrap();
-        assert_eq!(for_logs(&without.to_string()), "http://127.0.0.1:9000/hook");
     }
 
     /// A refused URL's problem, which is logged for a stored record, names it without
@@ -115,14 +138,11 @@ mod tests {
         ] {
             let problem = endpoint_url(text, false, &policy).unwrap_err();
             assert!(!problem.contains("SECRET"), "{problem}");
-            assert!(problem.contains("?…"), "{problem}");
+            assert!(problem.contains("/…?…"), "{problem}");
         }
         let problem =
             endpoint_url("ftp://user:SECRET@hooks.example.com/in", false, &policy).unwrap_err();
         assert!(!problem.contains("SECRET"), "{problem}");
-        assert!(
-            problem.contains("ftp://…@hooks.example.com/in"),
-            "{problem}"
-        );
+        assert!(problem.contains("ftp://…@hooks.example.com/…"), "{problem}");
     }
 }
