@@ -1391,6 +1391,16 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
     );
 
     delete_until_gone(n, js, "off").await;
+    // The delete takes the earlier revisions (URL, headers, secret) with it: the
+    // bucket keeps one marker without a value.
+    let registry = js.get_stream("KV_NATSHOOK_ENDPOINTS").await.unwrap();
+    let subject = "$KV.NATSHOOK_ENDPOINTS.off";
+    assert_eq!(messages_under(registry.clone(), subject).await, 1);
+    let marker = registry
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap();
+    assert!(marker.payload.is_empty(), "{marker:?}");
     create_once_removed(n, &body("off", rx)).await;
     wait_bound(n, "off").await;
     let (_, state) = api(n, "GET", "/api/endpoints/off", None).await;

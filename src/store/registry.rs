@@ -192,11 +192,13 @@ impl Registry {
         }
     }
 
-    /// Deletes `name` if it is still at `revision`.
+    /// Deletes `name` if it is still at `revision`, with every earlier revision the
+    /// bucket's `history` kept: a customer who deletes a webhook expects its URL,
+    /// headers and secret gone, not kept in the bucket under a delete marker.
     pub async fn delete(&self, name: &str, revision: u64) -> Result<(), RegistryError> {
-        match self.kv.delete_expect_revision(name, Some(revision)).await {
+        match self.kv.purge_expect_revision(name, Some(revision)).await {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 Err(RegistryError::Stale(revision))
             }
             Err(e) => Err(nats(e)),
