@@ -960,6 +960,61 @@ async fn reload_applies_a_new_mapping() {
     // not: nothing had matched its old filter), as with any JetStream filter change.
 }
 
+/// A mapping on subjects the stream does not hold can never match a message: natshook
+/// says so at start (naming the subjects), and under `create_stream` adds them to the
+/// stream, so that their messages are stored and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
+    let nats = NatsServer::start();
+    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
+    let rx = Receiver::start().await;
+    let mut config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    config.create_stream = false;
+    config
+        .events
+        .push(("billing.invoice.*".into(), "invoice.{3}".into()));
+    let natshook = Natshook::start(&config.render()).await;
+    let warned = |n: &Natshook| {
+        n.logs()
+            .lines()
+            .find(|l| l.contains("mappings on subjects the stream does not hold"))
+            .map(str::to_string)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(line) = warned(&natshook) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning:\n{}",
+            natshook.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("billing.invoice.*"), "{line}");
+    assert!(!line.contains("crm.lead"), "{line}");
+    drop(natshook);
+
+    config.create_stream = true;
+    let natshook = Natshook::start(&config.render()).await;
+    assert!(warned(&natshook).is_none(), "{}", natshook.logs());
+    let js = jetstream::new(nats.client().await);
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    let subjects = stream.info().await.unwrap().config.subjects.clone();
+    assert!(
+        subjects.contains(&"billing.invoice.*".to_string()),
+        "{subjects:?}"
+    );
+    publish_one(&js, "billing.invoice.paid", "paid").await;
+    rx.wait_for(
+        Duration::from_secs(20),
+        "the message on the added subject",
+        |r| r.delivered_ids().contains_key("paid"),
+    )
+    .await;
+}
+
 /// Kills the child when the test ends, passed or not.
 struct Running(std::process::Child);
 

@@ -268,6 +268,7 @@ async fn set_up_streams(
     shutdown: &CancellationToken,
 ) -> Result<(), AppError> {
     nats::ensure_stream(js, config, shutdown).await?;
+    nats::check_mapped_subjects(js, config).await;
     crate::ingress::ensure_streams_at_start(js, &config.nats, &config.ingress.routes, shutdown)
         .await?;
     nats::ensure_own_streams(

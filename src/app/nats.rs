@@ -14,10 +14,11 @@ use super::AppError;
 use crate::backoff::Backoff;
 use crate::config::{Config, NatsAuth, NatsConfig};
 use crate::metrics::Metrics;
-use crate::routing::{EventFilter, Router};
+use crate::routing::{EventFilter, Pattern, Router};
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
+use crate::store::stream_subjects;
 use crate::store::work_stream::WorkStream;
 
 /// How long the client waits, with the server silent, before it pings; three pings
@@ -211,6 +212,61 @@ pub(super) async fn ensure_stream(
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait.next_delay()) => {}
         }
+    }
+}
+
+/// Warns of each event mapping whose subject the configured stream holds no part of:
+/// it can never match a message (a mapping added for subjects the stream was never
+/// given), and its endpoints would wait in silence. Under `create_stream` such
+/// subjects, and those it holds only part of, are added to the stream instead, as the
+/// ingress routes' are. A stream that takes its messages from others (`sources`,
+/// `mirror`) holds them under subjects it does not list, and is not judged. At start
+/// and on each reload; a stream that cannot be read now is left for the next.
+pub(super) async fn check_mapped_subjects(js: &jetstream::Context, config: &Config) {
+    let name = &config.nats.stream;
+    let Ok(mut stream) = js.get_stream(name).await else {
+        return;
+    };
+    let Ok(info) = stream.info().await else {
+        return;
+    };
+    let listed = &info.config;
+    if listed.subjects.is_empty()
+        || listed.mirror.is_some()
+        || listed.sources.as_ref().is_some_and(|s| !s.is_empty())
+    {
+        return;
+    }
+    let held: Vec<Pattern> = (listed.subjects.iter())
+        .filter_map(|s| Pattern::parse(s).ok())
+        .collect();
+    let mapped = (stream_subjects(&config.router).iter())
+        .filter_map(|s| Pattern::parse(s).ok())
+        .collect::<Vec<_>>();
+    if config.nats.create_stream {
+        let missing: Vec<Pattern> = (mapped.into_iter())
+            .filter(|p| !held.iter().any(|h| p.is_subset_of(h)))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let subjects = stream_subjects::joined(&missing);
+        tracing::info!(stream = %name, %subjects, "adding mapped subjects to the stream (create_stream = true)");
+        if let Err(error) = stream_subjects::add(js, name, &missing).await {
+            tracing::warn!(stream = %name, %subjects, %error, "cannot add mapped subjects to the stream: messages published on them are not stored, and their endpoints get nothing");
+        }
+        return;
+    }
+    let unheld: Vec<Pattern> = (mapped.into_iter())
+        .filter(|p| !held.iter().any(|h| h.overlaps(p)))
+        .collect();
+    if !unheld.is_empty() {
+        tracing::warn!(
+            stream = %name,
+            subjects = %stream_subjects::joined(&unheld),
+            held = %listed.subjects.join(", "),
+            "[[events]] mappings on subjects the stream does not hold: no message will match them; add the subjects to the stream (or fix the mapping)"
+        );
     }
 }
 

@@ -13,6 +13,7 @@ use crate::backoff::Backoff;
 use crate::config::{NatsConfig, Route, Verify};
 use crate::routing::Pattern;
 use crate::signing::{Scheme, WEBHOOK_ID};
+use crate::store::stream_subjects::{self, joined};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -177,48 +178,20 @@ fn uncaptured(
     Ok(missing)
 }
 
-fn joined(subjects: &[Pattern]) -> String {
-    subjects
-        .iter()
-        .map(Pattern::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Adds `missing` to `nats.stream` (`create_stream = true`).
 async fn extend_stream(
     js: &jetstream::Context,
     nats: &NatsConfig,
     missing: &[Pattern],
 ) -> Result<(), IngressError> {
-    let extend_error = |error: String| IngressError::ExtendStream {
-        stream: nats.stream.clone(),
-        subjects: joined(missing),
-        error,
-    };
-    let mut stream = js
-        .get_stream(&nats.stream)
-        .await
-        .map_err(|e| extend_error(e.to_string()))?;
-    let mut cfg = stream
-        .info()
-        .await
-        .map_err(|e| extend_error(e.to_string()))?
-        .config
-        .clone();
-    for p in missing {
-        // A subject the new one covers would overlap it, which JetStream refuses.
-        cfg.subjects
-            .retain(|s| !Pattern::parse(s).is_ok_and(|s| s.is_subset_of(p)));
-        if !missing.iter().any(|q| q != p && p.is_subset_of(q)) {
-            cfg.subjects.push(p.to_string());
-        }
-    }
     tracing::info!(stream = %nats.stream, subjects = %joined(missing), "adding ingress subjects to the stream (create_stream = true)");
-    js.update_stream(cfg)
+    stream_subjects::add(js, &nats.stream, missing)
         .await
-        .map(|_| ())
-        .map_err(|e| extend_error(e.to_string()))
+        .map_err(|error| IngressError::ExtendStream {
+            stream: nats.stream.clone(),
+            subjects: joined(missing),
+            error,
+        })
 }
 
 /// [`ensure_streams`] at start-up: a stream that cannot be looked up yet is waited

@@ -11,6 +11,7 @@ pub mod pause_state;
 pub mod pull_stream;
 pub mod registry;
 pub mod replicas;
+pub mod stream_subjects;
 pub mod unattempted;
 pub mod work_stream;
 

@@ -376,6 +376,7 @@ impl Supervisor {
         match self.apply(config.clone()).await {
             Ok(s) => {
                 self.ingress.apply(&config.ingress);
+                crate::app::nats::check_mapped_subjects(self.shared.js(), &config).await;
                 tracing::info!(added = ?s.added, removed = ?s.removed, restarted = ?s.restarted, updated = ?s.updated, "config reloaded");
                 Ok(())
             }
