@@ -341,6 +341,28 @@ async fn replay_target(
     })
 }
 
+/// Refuses a replay to an endpoint paused until an operator resumes it, as the admin
+/// API's replay does: whoever paused it wants nothing sent to its receiver.
+async fn refuse_if_held(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    name: &str,
+) -> Result<(), Failure> {
+    let pauses = crate::store::pause_state::PauseState::new(js.clone(), config.nats.replicas);
+    let record = (pauses.current(name).await).map_err(|e| {
+        Failure::Runtime(anyhow!(
+            "cannot read whether endpoint '{name}' is paused: {e}"
+        ))
+    })?;
+    let reason = record.map(|r| crate::worker::breaker::PauseReason::from(&r.cause));
+    match reason.filter(|r| !r.ends_on_success()) {
+        Some(reason) => Err(Failure::Usage(anyhow!(
+            "endpoint '{name}' is paused ({reason}); resume it (POST /api/endpoints/{name}/resume) to replay its dead letters"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn sign(args: SignArgs) -> Result<(), Failure> {
     let signer = signer_for(&args.key, false)?;
     let body = read_stdin()?;
@@ -543,8 +565,9 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
         } => {
             let config = Config::load(&config.config)?;
             let (client, js) = connect(&config.nats).await?;
-            let dlq = DeadLetters::for_config(js, &config);
+            let dlq = DeadLetters::for_config(js.clone(), &config);
             let ep = replay_target(&config, &client, &endpoint).await?;
+            refuse_if_held(&js, &config, &ep.name).await?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let deliverer = Deliverer::new(ep.clone(), config.max_inflight)
                 .map_err(|e| Failure::Runtime(e.into()))?;

@@ -480,6 +480,17 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         )
         .await;
     assert_eq!(status, 400);
+    // A script's `{"id": $ID}` with ID unset is not "replay them all".
+    let (status, refused) = natshook
+        .api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(ADMIN_TOKEN),
+            Some("{\"id\": null}"),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(natshook.dead_letters("a").len(), 1);
 
     // Manual pause: nothing is fetched (no probes either) until resume.
     let (status, state) = natshook
@@ -496,12 +507,34 @@ async fn admin_pause_resume_and_dead_letter_replay() {
     );
     let before = rx.count();
     publish_all(&js, leads(20, "pz")).await;
+    // Nor does a replay send to it, through the API or the CLI.
+    let (status, refused) = natshook
+        .api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("resume it"),
+        "{refused}"
+    );
+    let out = natshook.cli(&["dlq", "replay", "--endpoint", "a", "--all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is paused (paused by an operator)"),
+        "{stderr}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         rx.count(),
         before,
         "a manually paused endpoint received requests"
     );
+    assert_eq!(natshook.dead_letters("a").len(), 1);
     let (_, state) = natshook
         .api("POST", "/api/endpoints/a/resume", Some(ADMIN_TOKEN), None)
         .await;
@@ -516,6 +549,61 @@ async fn admin_pause_resume_and_dead_letter_replay() {
             .await,
         Some(0.0)
     );
+}
+
+/// Two replays of one endpoint at once (two replicas, two terminals) each end with
+/// their summary: a record the other one removed first counts as removed, not as a
+/// failure of the whole replay. Together they deliver every record, and only the one
+/// whose receiver still fails stays. It stays first in the stream, so the others are
+/// deleted from its middle, where the server answers a second delete differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_at_once_each_finish_and_together_deliver_every_record() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(500)).await;
+    let config = with_admin(TestConfig::new(nats.url()).endpoint(
+        "a",
+        &rx.url("/"),
+        &["*"],
+        "max_attempts = 1\ndisable_after_failures = 0",
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(1, "first")).await;
+    natshook
+        .wait_dead_letters("a", 1, Duration::from_secs(20))
+        .await;
+    publish_all(&js, leads(200, "twice")).await;
+    natshook
+        .wait_dead_letters("a", 201, Duration::from_secs(40))
+        .await;
+    rx.set(|r| match r.id().starts_with("first") {
+        true => Reply::status(500),
+        false => Reply::ok(),
+    });
+    let replay = || {
+        natshook.api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+    };
+    let ((first, one), (second, other)) = tokio::join!(replay(), replay());
+    assert_eq!((first, second), (200, 200), "{one}\n{other}");
+    for summary in [&one, &other] {
+        let failures = summary["failures"].as_array().unwrap();
+        assert_eq!(failures.len(), 1, "{summary}");
+        assert_eq!(failures[0][0], "first-0", "{summary}");
+    }
+    let replayed: BTreeSet<&str> = (one["replayed"].as_array().unwrap().iter())
+        .chain(other["replayed"].as_array().unwrap())
+        .filter_map(|id| id.as_str())
+        .collect();
+    assert_eq!(replayed.len(), 200);
+    let left = natshook.dead_letters("a");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], "first-0");
+    assert_eq!(rx.delivered_ids().len(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,6 +381,13 @@ impl Worker {
         self.breaker.pause(PauseReason::Manual);
     }
 
+    /// Why the endpoint is paused, when only a resume ends it (an operator's pause,
+    /// or one whose cause this version does not know): what sends to it on an
+    /// operator's request (a dead-letter replay) waits for that resume too.
+    pub fn held_until_resumed(&self) -> Option<PauseReason> {
+        self.breaker.pause_reason().filter(|r| !r.ends_on_success())
+    }
+
     /// Resumed by an operator, whatever paused it.
     pub fn resume(&self) {
         self.breaker.resume(ResumeCause::Manual);

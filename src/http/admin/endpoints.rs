@@ -230,11 +230,19 @@ pub(super) async fn test(
     })))
 }
 
+/// A key left out means "every record"; `null` is refused rather than read as left
+/// out: a script's `{"id": $ID}` with `ID` unset would otherwise replay them all.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplayRequest {
+    #[serde(default, deserialize_with = "not_null")]
     id: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     since: Option<String>,
+}
+
+fn not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 pub(super) async fn replay(
@@ -244,14 +252,19 @@ pub(super) async fn replay(
 ) -> ApiResult<ReplaySummary> {
     // Checked first: the worker taken after it runs as the stored record says.
     s.sends_as_stored(&name).await?;
-    s.worker(&name).await?;
+    if let Some(reason) = s.worker(&name).await?.held_until_resumed() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("endpoint '{name}' is paused ({reason}); resume it (POST /api/endpoints/{name}/resume) to replay its dead letters"),
+        ));
+    }
     let since = match request.since.as_deref().map(humantime::parse_rfc3339_weak) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("since: {e}"),
+                format!("since: {e}: give a time in UTC, RFC 3339 (e.g. \"2026-01-31T09:00:00Z\"), from which on records are replayed"),
             ))
         }
     };
@@ -261,7 +274,11 @@ pub(super) async fn replay(
     };
     // The endpoint as served at each record: a reload or a change through the API
     // may replace its worker while the replay runs.
-    let sender = || s.app.workers().get(&name).map(|w| w.deliverer().clone());
+    let sender = || {
+        (s.app.workers().get(&name))
+            .filter(|w| w.held_until_resumed().is_none())
+            .map(|w| w.deliverer().clone())
+    };
     s.app
         .dead_letters()
         .replay(&name, &sender, &filter)

@@ -434,12 +434,14 @@ impl DeadLetters {
             Ok(_) => {}
             // Another replay (or `max_age`, a purge, the endpoint's deletion) removed
             // it first: removed all the same. The server answers a delete of a message
-            // gone with "no message found" under either code.
+            // gone with "no message found" under either code, or (2.15, a sequence
+            // deleted a moment ago) with "sequence N not found".
             Err(e)
                 if matches!(
                     e.kind(),
                     DeleteMessageErrorKind::JetStream(ref j)
                         if j.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                            || j.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
                             || (j.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
                                 && j.to_string().contains("no message found"))
                 ) => {}

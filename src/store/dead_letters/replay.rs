@@ -33,7 +33,7 @@ impl DeadLetters {
     /// attempt number; each record is removed only after a 2xx. `sender` gives the
     /// endpoint as served now, asked before each record: a replay of thousands of
     /// records may outlast a change of its URL, secret or tenant, and must stop when
-    /// it is disabled or deleted (`None`: the rest are kept).
+    /// it is disabled, deleted or paused until resumed (`None`: the rest are kept).
     pub async fn replay(
         &self,
         endpoint: &str,
@@ -94,8 +94,8 @@ impl DeadLetters {
             let Some(deliverer) = sender() else {
                 summary.failures.push((
                     r.id.clone(),
-                    "the endpoint is no longer served (disabled or deleted); this record and \
-                     the rest kept"
+                    "the endpoint is no longer served (disabled, deleted, or paused until \
+                     resumed); this record and the rest kept"
                         .into(),
                 ));
                 return Ok(false);
@@ -104,11 +104,16 @@ impl DeadLetters {
                 Ok(payload) => replay_one(&deliverer, r, &payload).await,
                 Err(e) => Err(e.to_string()),
             };
-            match delivered {
-                Ok(()) => {
-                    self.remove(&stored).await?;
-                    summary.replayed.push(r.id.clone());
-                }
+            // A record delivered but not removed stays in the summary as a failure:
+            // the replay goes on, and what it delivered is still reported.
+            let removed = match delivered {
+                Ok(()) => self.remove(&stored).await.map_err(|e| {
+                    format!("delivered, but the record was not removed ({e}): a later replay sends it again")
+                }),
+                Err(reason) => Err(reason),
+            };
+            match removed {
+                Ok(()) => summary.replayed.push(r.id.clone()),
                 Err(reason) => summary.failures.push((r.id.clone(), reason)),
             }
         }
