@@ -552,7 +552,8 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
             if let Some(name) = unknown.filter(|_| records.is_empty()) {
                 to_stderr(format_args!(
                     "no endpoint in the config is named '{name}' (a runtime endpoint, or one \
-                     taken out of the file, keeps its records under its name)"
+                     taken out of the file, keeps its records under its name until a runtime \
+                     endpoint is created under it)"
                 ));
             }
         }

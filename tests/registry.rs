@@ -1313,6 +1313,15 @@ async fn a_runtime_endpoint_named_as_a_removed_file_endpoint_starts_with_nothing
         n.dead_letters("file").is_empty(),
         "the file endpoint's dead letters"
     );
+    // Said where the operator looks, with the count.
+    assert!(
+        n.logs().lines().any(|l| l
+            .contains("dead letters of a former endpoint under this name removed")
+            && l.contains("endpoint=file")
+            && l.contains("records=1")),
+        "{}",
+        n.logs()
+    );
     let (status, log) = api(n, "GET", "/api/endpoints/file/deliveries", None).await;
     assert_eq!(status, 200, "{log}");
     assert_eq!(log, json!([]), "the file endpoint's log");

@@ -345,8 +345,13 @@ impl Registrar {
             (log.forget_through(name, through).await).map_err(|e| failed("delivery log", &e))?;
         }
         if let Some(leftovers) = leftovers {
-            (leftovers.dead_letters.forget(name, cutoff).await)
+            let removed = (leftovers.dead_letters.forget(name, cutoff).await)
                 .map_err(|e| failed("dead letters", &e))?;
+            // Most often a file endpoint taken out of the file, whose records the
+            // operator may still have meant to replay: said where they look.
+            if removed > 0 {
+                tracing::warn!(endpoint = %name, records = removed, "dead letters of a former endpoint under this name removed: a runtime endpoint created under it starts with none");
+            }
         }
         self.end_former_pause(name, cutoff)
             .await
