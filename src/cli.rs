@@ -129,25 +129,39 @@ pub struct KeygenArgs {
     pub public: bool,
 }
 
+/// An `--endpoint` whose records can be asked for: the name is a token of the
+/// records' subject, so one holding `.`, `*`, `>` or white space (or none at all)
+/// would ask for other endpoints' records, or for none with a JetStream error.
+fn record_endpoint(name: &str) -> Result<String, String> {
+    let unusable = |c: char| matches!(c, '.' | '*' | '>') || c.is_whitespace();
+    if name.is_empty() || name.contains(unusable) {
+        return Err(format!(
+            "'{name}' is not an endpoint name (no '.', '*', '>' or white space)"
+        ));
+    }
+    Ok(name.to_string())
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DlqCommand {
     /// Print dead-letter records, one JSON object per line (oldest first).
     List {
         #[command(flatten)]
         config: ConfigArg,
-        #[arg(long)]
+        #[arg(long, value_parser = record_endpoint)]
         endpoint: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
     /// Deliver dead letters again (same id); each record is removed only after a 2xx.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Replay {
         #[command(flatten)]
         config: ConfigArg,
-        #[arg(long)]
+        #[arg(long, value_parser = record_endpoint)]
         endpoint: String,
         /// Replay only the record with this id.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        #[arg(long)]
         id: Option<String>,
         /// Replay every record of the endpoint.
         #[arg(long)]
@@ -596,7 +610,11 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
                 return Err(Failure::Runtime(anyhow!("{failed} replay(s) failed")));
             }
             if ok == 0 && id.is_some() {
-                return Err(Failure::Runtime(anyhow!("no dead letter with that id")));
+                // Asked for a record that is not there (a typo, or replayed already):
+                // the request's fault, not a failure of the replay.
+                return Err(Failure::Usage(anyhow!(
+                    "no dead letter of endpoint '{endpoint}' has that id (replayed already, or another endpoint's?)"
+                )));
             }
         }
     }

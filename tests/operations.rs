@@ -1523,6 +1523,17 @@ async fn dlq_list_needs_no_endpoint_secret_and_replay_names_the_one_it_needs() {
         .wait_dead_letters("a", 1, Duration::from_secs(20))
         .await;
     assert_eq!(dead.len(), 1, "{dead:?}");
+    // An id that is not there is the request's fault (exit 2), as is a name that
+    // would ask for every endpoint's records.
+    let out = natshook.cli(&["dlq", "replay", "--endpoint", "a", "--id", "nosuch"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has that id"), "{stderr}");
+    let out = natshook.cli(&["dlq", "list", "--endpoint", ">"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not an endpoint name"), "{stderr}");
+    assert!(out.stdout.is_empty());
 
     std::fs::remove_file(&secret).expect("remove the secret");
     let out = natshook.cli(&["dlq", "list", "--endpoint", "a"]);
