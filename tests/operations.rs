@@ -1103,6 +1103,43 @@ async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     .await;
 }
 
+/// A consumer filter changed by someone else (another deployment with an endpoint of
+/// the same name, on the same stream and consumer prefix) is named in the log, with
+/// what to do; natshook does not write it back (see `app::pending`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_filter_changed_by_another_deployment_is_named() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    let config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    let mut theirs = stream
+        .consumer_info("natshook-a")
+        .await
+        .unwrap()
+        .config
+        .clone();
+    theirs.filter_subject = "crm.lead.deleted".into();
+    theirs.filter_subjects = Vec::new();
+    stream.update_consumer(theirs).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let logs = natshook.logs();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains("consumer filters other subjects than this config gives it"))
+        {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no warning:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(line.contains("consumer=natshook-a"), "{line}");
+    assert!(line.contains("crm.lead.deleted"), "{line}");
+    assert!(line.contains("nats.consumer_prefix"), "{line}");
+}
+
 /// Kills the child when the test ends, passed or not.
 struct Running(std::process::Child);
 

@@ -15,6 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::Info;
 use tokio_util::sync::CancellationToken;
@@ -71,13 +73,22 @@ struct Shown {
     /// Endpoints listed before and not since: once their worker is parked it shows
     /// nothing pending.
     unlisted: HashSet<String>,
+    /// Consumers whose filter the last listing found changed by someone else, and
+    /// when that was last logged.
+    foreign_filter: HashMap<String, Option<Instant>>,
 }
+
+/// How often one consumer's changed filter is logged while it keeps changing back
+/// (two deployments that each write their own).
+const FOREIGN_FILTER_LOG_EVERY: Duration = Duration::from_secs(300);
 
 impl Shown {
     /// Forgets the streams no worker of `index` reads (but `source`), whose listings
     /// stop.
     fn keep_streams(&mut self, index: &Index, source: Option<&str>) {
-        let Shown { listed, unlisted } = self;
+        let Shown {
+            listed, unlisted, ..
+        } = self;
         listed.retain(|stream, names| {
             let read = index.streams.contains(stream) || source == Some(stream.as_str());
             if !read {
@@ -98,6 +109,7 @@ impl Shown {
             if w.consumer_stream() == stream {
                 w.show_pending(info);
                 w.follow_retries(info);
+                self.judge_filter(w, info);
                 now.insert(w.endpoint().name.clone());
             }
         }
@@ -106,11 +118,41 @@ impl Shown {
         (self.unlisted).extend(before.into_iter().flatten().filter(|n| !now.contains(n)));
     }
 
+    /// Says when a consumer's filter is not the one this worker bound it with, once
+    /// two listings in a row show it (one listing may predate the worker's own
+    /// bind): another deployment on the same stream and `consumer_prefix` with an
+    /// endpoint of this name shares its consumer, so each gets part of the other's
+    /// messages, filtered as whichever bound last says. Not written back: replicas
+    /// of an old and a new config during a rolling update would take turns, and
+    /// each narrowing skips messages only the other's filter takes.
+    fn judge_filter(&mut self, w: &Arc<Worker>, info: &Info) {
+        let name = w.consumer_name();
+        if !w.filter_differs(info) {
+            self.foreign_filter.remove(name);
+            return;
+        }
+        let Some(logged) = self.foreign_filter.get_mut(name) else {
+            self.foreign_filter.insert(name.to_string(), None);
+            return;
+        };
+        if logged.is_none_or(|at| at.elapsed() >= FOREIGN_FILTER_LOG_EVERY) {
+            *logged = Some(Instant::now());
+            tracing::warn!(
+                endpoint = %w.endpoint().name,
+                consumer = %name,
+                found = ?crate::worker::listed_filters(info),
+                "the endpoint's consumer filters other subjects than this config gives it: another natshook with another config reads this stream with the same consumer_prefix and an endpoint of this name, and shares its consumer (each gets part of the other's messages); give each deployment its own nats.consumer_prefix (replicas of an old and a new config during a rolling update see this until the old ones stop)"
+            );
+        }
+    }
+
     /// After every listing of a poll: the workers in force of the endpoints no longer
     /// listed show nothing pending, when parked; one whose series do not exist yet is
     /// tried again at the next poll.
     fn clear_unlisted(&mut self, index: &Index) {
-        let Shown { listed, unlisted } = self;
+        let Shown {
+            listed, unlisted, ..
+        } = self;
         unlisted.retain(|name| match index.set.get(name) {
             Some(_) if listed.values().any(|now| now.contains(name)) => false,
             Some(w) => !w.show_no_consumer(),

@@ -106,6 +106,23 @@ pub(super) struct Resume {
     acked_through: u64,
 }
 
+/// The subjects a listed consumer filters, in the form [`Worker::filter_differs`]
+/// compares.
+pub fn listed_filters(info: &consumer::Info) -> Vec<String> {
+    filters(&info.config.filter_subject, &info.config.filter_subjects)
+}
+
+/// A consumer's filter subjects in one form: JetStream takes one subject in either
+/// field, and in any order.
+fn filters(one: &str, many: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = (many.iter().cloned())
+        .chain((!one.is_empty()).then(|| one.to_string()))
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// The most first waits a worker keeps track of.
 const MAX_FIRST_WAITS: usize = 65_536;
 
@@ -155,6 +172,20 @@ impl Worker {
             memory_storage: self.lazy,
             ..Default::default()
         }
+    }
+
+    /// Whether the consumer as `info` lists it filters other subjects than this
+    /// worker binds it with, while the worker is bound (a bind under way writes its
+    /// own). The cause is most often a second natshook deployment on the same stream
+    /// and `consumer_prefix` with an endpoint of the same name and another config:
+    /// the last to bind sets the filter for both, and the other's messages are never
+    /// delivered.
+    pub fn filter_differs(&self, info: &consumer::Info) -> bool {
+        if !self.bound.load(Ordering::Relaxed) {
+            return false;
+        }
+        let want = self.consumer_config(info.config.deliver_policy);
+        filters(&want.filter_subject, &want.filter_subjects) != listed_filters(info)
     }
 
     /// The window in force: [`window`] with the [`retry_room`] last seen (none for an

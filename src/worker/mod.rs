@@ -54,7 +54,7 @@ use tokio_util::task::TaskTracker;
 
 use self::breaker::{Breaker, PauseReason, ResumeCause};
 pub use self::consumer::{
-    ack_wait, consumer_name, keep_alive_every, progress_every, unsettled, window,
+    ack_wait, consumer_name, keep_alive_every, listed_filters, progress_every, unsettled, window,
 };
 use self::fetch::{Held, Leave};
 pub use self::set::WorkerSet;
