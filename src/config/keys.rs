@@ -15,6 +15,10 @@ use crate::secret::SecretRefTable;
 /// How the problem of an unknown key begins; the allowed keys and `)` follow.
 pub const UNKNOWN_KEY: &str = "unknown key (expected one of: ";
 
+/// The keys of the top level that are not sections: in TOML, one written below a
+/// `[section]` header lands in that section.
+const TOP_LEVEL_VALUES: &[&str] = &["shutdown_grace"];
+
 /// Reports each key of the table `value` (at key path `path`) that none of `allowed`
 /// lists. Anything but a table is left to the type checks.
 pub fn unknown_keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], p: &mut Problems) {
@@ -29,7 +33,13 @@ pub fn unknown_keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], p: &
             } else {
                 format!("{path}.{key}")
             };
-            p.add(at, format_args!("{UNKNOWN_KEY}{})", all.join(", ")));
+            // A section's own key path: `nats`, not `endpoints[0]` or `nats.tls`.
+            let in_section = !path.is_empty() && !path.contains(['.', '[']);
+            let hint = match in_section && TOP_LEVEL_VALUES.contains(&key.as_str()) {
+                true => format!("; {key} is a top-level key: in TOML write it above the first [section], since every key after a [section] header belongs to that section"),
+                false => String::new(),
+            };
+            p.add(at, format_args!("{UNKNOWN_KEY}{}){hint}", all.join(", ")));
         }
     }
 }

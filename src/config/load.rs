@@ -204,10 +204,33 @@ pub(super) fn figment_problems(e: figment::Error) -> ConfigError {
             } else {
                 render_path(&e.path)
             },
-            message: e.kind.to_string(),
+            message: with_hint(&e.kind),
         })
         .collect();
     ConfigError { problems }
+}
+
+/// A type error's text, with what to write instead where the fix is one most miss:
+/// a number where text is wanted (a duration without its unit, a tenant id that
+/// looks like a number), or a YAML value that starts with `{`, read as a map.
+fn with_hint(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    let text = kind.to_string();
+    let Kind::InvalidType(actual, expected) = kind else {
+        return text;
+    };
+    if expected != "a string" {
+        return text;
+    }
+    match actual {
+        Actual::Signed(_) | Actual::Unsigned(_) | Actual::Float(_) | Actual::Bool(_) => {
+            format!("{text}: put the value in quotes (a duration with its unit, e.g. \"5s\")")
+        }
+        Actual::Map => format!(
+            "{text}: in YAML, put a value that starts with {{ in quotes ('{{2}}'), or it is read as a map"
+        ),
+        _ => text,
+    }
 }
 
 fn render_path(segments: &[String]) -> String {
@@ -249,7 +272,7 @@ fn extract_taking_mistyped<T: serde::de::DeserializeOwned>(
                 (p, a) if a.starts_with('[') => format!("{p}{a}"),
                 (p, a) => format!("{p}.{a}"),
             };
-            problems.add(path, &e.kind);
+            problems.add(path, with_hint(&e.kind));
             taken |= take_key(value, &e.path);
         }
         if !taken {

@@ -67,6 +67,22 @@ fn every_mistyped_key_is_named_and_the_rest_still_validated() {
     ] {
         assert!(p.iter().any(|x| x.starts_with(needle)), "{needle} in {p:?}");
     }
+    // A number where text is wanted says to quote it; so does a YAML `{2}`.
+    assert!(
+        p.iter().any(|x| x
+            == "shutdown_grace: invalid type: found signed int `5`, expected a string: put the value in quotes (a duration with its unit, e.g. \"5s\")"),
+        "{p:?}"
+    );
+    let yaml = problems_in(&format!("{GOOD_YAML}    tenant: {{2}}\n"), "yaml");
+    assert!(
+        yaml.iter().any(
+            |x| x.starts_with("endpoints[0].tenant: invalid type: found map")
+                && x.ends_with(
+                    "put a value that starts with { in quotes ('{2}'), or it is read as a map"
+                )
+        ),
+        "{yaml:?}"
+    );
     // Taken out for its type, the name is not reported missing as well.
     assert!(
         !p.iter().any(|x| x == "endpoints[1].name: required"),
@@ -278,6 +294,19 @@ fn unknown_top_level_and_nested_keys_are_errors() {
         got.iter()
             .any(|g| g.starts_with("endpoints[0].secret.valeu: unknown key")),
         "{got:?}"
+    );
+    // A top-level key written below a section's header lands in it: said so.
+    let got = problems(&format!(
+        "{GOOD}
+[http]
+shutdown_grace = \"3s\"\n"
+    ));
+    let problem = (got.iter())
+        .find(|g| g.starts_with("http.shutdown_grace: unknown key"))
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert!(
+        problem.ends_with("shutdown_grace is a top-level key: in TOML write it above the first [section], since every key after a [section] header belongs to that section"),
+        "{problem}"
     );
 }
 
