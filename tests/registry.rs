@@ -1417,6 +1417,39 @@ async fn an_endpoint_deleted_while_disabled_leaves_nothing_behind() {
     deliver_org_1(js, rx, 1, "second", 2).await;
 }
 
+/// The endpoint's last success, failure and error are the endpoint's: a change that
+/// restarts its worker (a new URL, a rotated secret) keeps them in what `GET` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_s_last_success_outlives_a_restart_of_its_worker() {
+    let s = Setup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("kept", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    wait_bound(n, "kept").await;
+    publish_org_1(js, 1, "kept").await;
+    wait_until(Duration::from_secs(20), "last_success recorded", || async {
+        let (_, state) = api(n, "GET", "/api/endpoints/kept", None).await;
+        state["last_success"].is_string()
+    })
+    .await;
+    let (_, state) = api(n, "GET", "/api/endpoints/kept", None).await;
+    let last = state["last_success"].clone();
+    let starts = || {
+        n.logs()
+            .lines()
+            .filter(|l| l.contains("starting endpoint") && l.contains("endpoint=kept"))
+            .count()
+    };
+    let before = starts();
+    patch_ok(n, "kept", &json!({"url": rx.url("/kept-v2")}).to_string()).await;
+    wait_until(Duration::from_secs(10), "the worker restarted", || async {
+        starts() > before
+    })
+    .await;
+    let (_, state) = api(n, "GET", "/api/endpoints/kept", None).await;
+    assert_eq!(state["last_success"], last, "{state}");
+}
+
 /// Like [`Setup`], with `[delivery] fan_out` on.
 struct FanOutSetup {
     _nats: NatsServer,

@@ -16,8 +16,20 @@ impl Worker {
     /// twice as many requests while they end): this worker starts with as many
     /// permits fewer, and gets them back once every one of `old`'s has ended (at
     /// the latest after the endpoint's `timeout`).
+    ///
+    /// The endpoint's last success, failure and error go on to this worker: they are
+    /// the endpoint's (`GET /api/endpoints/{name}`), and a restart for a new secret or
+    /// URL does not make its last success unknown.
     pub fn note_replaced(&self, old: &Worker) {
         self.replaced_one.store(true, Ordering::Relaxed);
+        for (mine, theirs) in [
+            (&self.last_success_ms, &old.last_success_ms),
+            (&self.last_failure_ms, &old.last_failure_ms),
+        ] {
+            mine.store(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let last_error = lock(&old.last_error).clone();
+        *lock(&self.last_error) = last_error;
         self.replaced_copy_reader
             .store(old.fans_out(), Ordering::Relaxed);
         let old_all = old.endpoint.concurrency;
