@@ -33,7 +33,8 @@ use crate::store::registry::Registry;
     about = "NATS JetStream messages in, signed webhooks out"
 )]
 pub struct Cli {
-    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    /// Log format on stderr; the level comes from RUST_LOG (default info for run, warn
+    /// for the other commands).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     #[command(subcommand)]
@@ -204,9 +205,21 @@ impl Failure {
     }
 }
 
-pub fn init_logging(format: LogFormat) {
+impl Command {
+    /// The log level without `RUST_LOG`: the bridge reports what it does; a command
+    /// that prints its answer only what went wrong, so that the NATS client's
+    /// connection lines do not land among its output.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     // Colours only on a terminal: escape codes in Kubernetes logs or files get in
     // the way of grep and log shippers.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

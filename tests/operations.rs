@@ -1576,6 +1576,8 @@ async fn dlq_list_needs_no_endpoint_secret_and_replay_names_the_one_it_needs() {
     let out = natshook.cli(&["dlq", "list", "--endpoint", "a"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // A command's own lines only: no connection log among them (RUST_LOG unset).
+    assert_eq!(stderr.trim(), "1 record(s)", "{stderr}");
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("\"id\":\"too-big\""), "{listed}");
 

@@ -855,7 +855,11 @@ impl Natshook {
     /// Runs another natshook command against the same config file.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = natshook_command();
-        cmd.args(args).arg("--config").arg(&self.config);
+        // At the commands' own log level, as a user runs them.
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("RUST_LOG");
         cmd.output().expect("run natshook")
     }
 
