@@ -170,6 +170,10 @@ pub enum DlqCommand {
         /// Only records dead-lettered since this RFC 3339 time or this long ago ("2h").
         #[arg(long)]
         since: Option<String>,
+        /// Deliver them to this endpoint instead (--endpoint renamed in the config,
+        /// say); a record of another tenant than its own is kept.
+        #[arg(long, value_parser = record_endpoint)]
+        to: Option<String>,
     },
 }
 
@@ -589,19 +593,20 @@ async fn dlq(cmd: DlqCommand) -> Result<(), Failure> {
             endpoint,
             id,
             since,
+            to,
             ..
         } => {
             let config = Config::load(&config.config)?;
             let (client, js) = connect(&config.nats).await?;
             let dlq = DeadLetters::for_config(js.clone(), &config);
-            let ep = replay_target(&config, &client, &endpoint).await?;
+            let ep = replay_target(&config, &client, to.as_deref().unwrap_or(&endpoint)).await?;
             refuse_if_held(&js, &config, &ep.name).await?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let deliverer = Deliverer::new(ep.clone(), config.max_inflight)
                 .map_err(|e| Failure::Runtime(e.into()))?;
             let summary = dlq
                 .replay(
-                    &ep.name,
+                    &endpoint,
                     &|| Some(deliverer.clone()),
                     &ReplayFilter {
                         id: id.clone(),

@@ -551,6 +551,57 @@ async fn admin_pause_resume_and_dead_letter_replay() {
     );
 }
 
+/// An endpoint renamed in the config leaves its dead letters under the old name:
+/// `--to` replays them to the endpoint under its new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_a_renamed_endpoint_replay_to_its_new_name() {
+    let nats = NatsServer::start();
+    let rx = Receiver::with(|_| Reply::status(500)).await;
+    let config = TestConfig::new(nats.url()).endpoint(
+        "old",
+        &rx.url("/hook"),
+        &["*"],
+        "max_attempts = 1\ndisable_after_failures = 0",
+    );
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    publish_all(&js, leads(2, "renamed")).await;
+    natshook
+        .wait_dead_letters("old", 2, Duration::from_secs(20))
+        .await;
+    rx.set(|_| Reply::ok());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let renamed = dir.path().join("renamed.toml");
+    let text = (std::fs::read_to_string(natshook.config_path()).expect("the config"))
+        .replace("name = \"old\"", "name = \"new\"")
+        .replace("secret-old", "secret-new");
+    std::fs::write(&renamed, text).expect("write the config");
+    let replay = |args: &[&str]| {
+        natshook_command()
+            .args(["dlq", "replay", "--endpoint", "old", "--all"])
+            .args(args)
+            .arg("--config")
+            .arg(&renamed)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run natshook")
+    };
+    let out = replay(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no endpoint named 'old'"), "{stderr}");
+    let out = replay(&["--to", "new"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 replayed, 0 failed"), "{stderr}");
+    assert!(natshook.dead_letters("old").is_empty());
+    let delivered = rx.delivered_ids();
+    assert!(
+        delivered.contains_key("renamed-0") && delivered.contains_key("renamed-1"),
+        "{delivered:?}"
+    );
+}
+
 /// Two replays of one endpoint at once (two replicas, two terminals) each end with
 /// their summary: a record the other one removed first counts as removed, not as a
 /// failure of the whole replay. Together they deliver every record, and only the one
