@@ -46,7 +46,8 @@ pub enum EndpointsCommand {
     /// scheme, else 64 hex characters.
     Add(AddArgs),
     /// Delete a runtime endpoint; running natshook processes finish its in-flight
-    /// deliveries and delete its consumer.
+    /// deliveries and delete its consumer, delivery log and dead letters (export
+    /// those first with `natshook dlq list --endpoint NAME`).
     Rm {
         #[command(flatten)]
         config: ConfigArg,
@@ -214,7 +215,9 @@ pub async fn run(cmd: EndpointsCommand) -> Result<(), Failure> {
         (EndpointsCommand::Add(_), None) => Ok(()),
         (EndpointsCommand::Rm { name, .. }, _) => {
             registrar.delete(&name, None).await?;
-            to_stderr(format_args!("deleted endpoint '{name}'"));
+            to_stderr(format_args!(
+                "deleted endpoint '{name}': a running natshook removes its consumer, delivery log and dead letters once its deliveries in flight end"
+            ));
             Ok(())
         }
         (
