@@ -420,20 +420,43 @@ async fn the_delivery_log_keeps_every_failure_and_successes_within_the_total() {
     assert_eq!(log("b").await.len(), 0, "no success is logged");
 }
 
+/// A natshook (admin API on) whose one endpoint `name`, on every event, gets `500`
+/// from its receiver until the test says otherwise.
+struct Failing {
+    _nats: NatsServer,
+    rx: Receiver,
+    natshook: Natshook,
+    js: jetstream::Context,
+}
+
+impl Failing {
+    async fn start(name: &str, settings: &str) -> Self {
+        let nats = NatsServer::start();
+        let rx = Receiver::with(|_| Reply::status(500)).await;
+        let config =
+            with_admin(TestConfig::new(nats.url()).endpoint(name, &rx.url("/"), &["*"], settings));
+        let natshook = Natshook::start(&config.render()).await;
+        let js = jetstream::new(nats.client().await);
+        Self {
+            _nats: nats,
+            rx,
+            natshook,
+            js,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_pause_resume_and_dead_letter_replay() {
-    let nats = NatsServer::start();
-    let rx = Receiver::with(|_| Reply::status(500)).await;
-    let config = with_admin(TestConfig::new(nats.url()).endpoint(
+    let Failing {
+        rx, natshook, js, ..
+    } = &Failing::start(
         "a",
-        &rx.url("/"),
-        &["*"],
         "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\nprobe_interval = \"200ms\"",
-    ));
-    let natshook = Natshook::start(&config.render()).await;
-    let js = jetstream::new(nats.client().await);
+    )
+    .await;
     // More than a replay's page (100): the replay goes through three.
-    publish_all(&js, leads(250, "dl")).await;
+    publish_all(js, leads(250, "dl")).await;
     wait_until(Duration::from_secs(40), "250 dead letters", || async {
         natshook.dead_letters("a").len() >= 250
     })
@@ -506,7 +529,7 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         Some(1.0)
     );
     let before = rx.count();
-    publish_all(&js, leads(20, "pz")).await;
+    publish_all(js, leads(20, "pz")).await;
     // Nor does a replay send to it, through the API or the CLI.
     let (status, refused) = natshook
         .api(
@@ -555,17 +578,10 @@ async fn admin_pause_resume_and_dead_letter_replay() {
 /// `--to` replays them to the endpoint under its new name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_of_a_renamed_endpoint_replay_to_its_new_name() {
-    let nats = NatsServer::start();
-    let rx = Receiver::with(|_| Reply::status(500)).await;
-    let config = TestConfig::new(nats.url()).endpoint(
-        "old",
-        &rx.url("/hook"),
-        &["*"],
-        "max_attempts = 1\ndisable_after_failures = 0",
-    );
-    let natshook = Natshook::start(&config.render()).await;
-    let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(2, "renamed")).await;
+    let Failing {
+        rx, natshook, js, ..
+    } = &Failing::start("old", "max_attempts = 1\ndisable_after_failures = 0").await;
+    publish_all(js, leads(2, "renamed")).await;
     natshook
         .wait_dead_letters("old", 2, Duration::from_secs(20))
         .await;
@@ -609,21 +625,14 @@ async fn dead_letters_of_a_renamed_endpoint_replay_to_its_new_name() {
 /// deleted from its middle, where the server answers a second delete differently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_at_once_each_finish_and_together_deliver_every_record() {
-    let nats = NatsServer::start();
-    let rx = Receiver::with(|_| Reply::status(500)).await;
-    let config = with_admin(TestConfig::new(nats.url()).endpoint(
-        "a",
-        &rx.url("/"),
-        &["*"],
-        "max_attempts = 1\ndisable_after_failures = 0",
-    ));
-    let natshook = Natshook::start(&config.render()).await;
-    let js = jetstream::new(nats.client().await);
-    publish_all(&js, leads(1, "first")).await;
+    let Failing {
+        rx, natshook, js, ..
+    } = &Failing::start("a", "max_attempts = 1\ndisable_after_failures = 0").await;
+    publish_all(js, leads(1, "first")).await;
     natshook
         .wait_dead_letters("a", 1, Duration::from_secs(20))
         .await;
-    publish_all(&js, leads(200, "twice")).await;
+    publish_all(js, leads(200, "twice")).await;
     natshook
         .wait_dead_letters("a", 201, Duration::from_secs(40))
         .await;
