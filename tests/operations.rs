@@ -427,6 +427,7 @@ struct Failing {
     rx: Receiver,
     natshook: Natshook,
     js: jetstream::Context,
+    name: String,
 }
 
 impl Failing {
@@ -442,7 +443,17 @@ impl Failing {
             rx,
             natshook,
             js,
+            name: name.to_string(),
         }
+    }
+
+    /// Publishes `n` leads with ids `<prefix>-<i>` and waits until the endpoint holds
+    /// `total` dead letters.
+    async fn dead_letter(&self, n: usize, prefix: &str, total: usize) {
+        publish_all(&self.js, leads(n, prefix)).await;
+        self.natshook
+            .wait_dead_letters(&self.name, total, Duration::from_secs(40))
+            .await;
     }
 }
 
@@ -578,13 +589,9 @@ async fn admin_pause_resume_and_dead_letter_replay() {
 /// `--to` replays them to the endpoint under its new name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_of_a_renamed_endpoint_replay_to_its_new_name() {
-    let Failing {
-        rx, natshook, js, ..
-    } = &Failing::start("old", "max_attempts = 1\ndisable_after_failures = 0").await;
-    publish_all(js, leads(2, "renamed")).await;
-    natshook
-        .wait_dead_letters("old", 2, Duration::from_secs(20))
-        .await;
+    let failing = &Failing::start("old", "max_attempts = 1\ndisable_after_failures = 0").await;
+    failing.dead_letter(2, "renamed", 2).await;
+    let Failing { rx, natshook, .. } = failing;
     rx.set(|_| Reply::ok());
     let dir = tempfile::tempdir().expect("tempdir");
     let renamed = dir.path().join("renamed.toml");
@@ -625,17 +632,10 @@ async fn dead_letters_of_a_renamed_endpoint_replay_to_its_new_name() {
 /// deleted from its middle, where the server answers a second delete differently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_at_once_each_finish_and_together_deliver_every_record() {
-    let Failing {
-        rx, natshook, js, ..
-    } = &Failing::start("a", "max_attempts = 1\ndisable_after_failures = 0").await;
-    publish_all(js, leads(1, "first")).await;
-    natshook
-        .wait_dead_letters("a", 1, Duration::from_secs(20))
-        .await;
-    publish_all(js, leads(200, "twice")).await;
-    natshook
-        .wait_dead_letters("a", 201, Duration::from_secs(40))
-        .await;
+    let failing = &Failing::start("a", "max_attempts = 1\ndisable_after_failures = 0").await;
+    failing.dead_letter(1, "first", 1).await;
+    failing.dead_letter(200, "twice", 201).await;
+    let Failing { rx, natshook, .. } = failing;
     rx.set(|r| match r.id().starts_with("first") {
         true => Reply::status(500),
         false => Reply::ok(),
