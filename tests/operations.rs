@@ -466,6 +466,14 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         "retry_schedule = [\"50ms\"]\nmax_attempts = 2\ndisable_after_failures = 0\nprobe_interval = \"200ms\"",
     )
     .await;
+    let replay = |body| {
+        natshook.api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(ADMIN_TOKEN),
+            body,
+        )
+    };
     // More than a replay's page (100): the replay goes through three.
     publish_all(js, leads(250, "dl")).await;
     wait_until(Duration::from_secs(40), "250 dead letters", || async {
@@ -476,24 +484,10 @@ async fn admin_pause_resume_and_dead_letter_replay() {
         true => Reply::status(500),
         false => Reply::ok(),
     });
-    let (status, summary) = natshook
-        .api(
-            "POST",
-            "/api/endpoints/a/dlq/replay",
-            Some(ADMIN_TOKEN),
-            Some("{\"id\": \"dl-4\"}"),
-        )
-        .await;
+    let (status, summary) = replay(Some("{\"id\": \"dl-4\"}")).await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["replayed"], serde_json::json!(["dl-4"]));
-    let (status, summary) = natshook
-        .api(
-            "POST",
-            "/api/endpoints/a/dlq/replay",
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
+    let (status, summary) = replay(None).await;
     assert_eq!(status, 200);
     assert_eq!(summary["replayed"].as_array().unwrap().len(), 248);
     assert_eq!(
@@ -505,24 +499,10 @@ async fn admin_pause_resume_and_dead_letter_replay() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["id"], "dl-150");
     assert_eq!(rx.delivered_ids().len(), 249);
-    let (status, _) = natshook
-        .api(
-            "POST",
-            "/api/endpoints/a/dlq/replay",
-            Some(ADMIN_TOKEN),
-            Some("{\"bogus\": 1}"),
-        )
-        .await;
+    let (status, _) = replay(Some("{\"bogus\": 1}")).await;
     assert_eq!(status, 400);
     // A script's `{"id": $ID}` with ID unset is not "replay them all".
-    let (status, refused) = natshook
-        .api(
-            "POST",
-            "/api/endpoints/a/dlq/replay",
-            Some(ADMIN_TOKEN),
-            Some("{\"id\": null}"),
-        )
-        .await;
+    let (status, refused) = replay(Some("{\"id\": null}")).await;
     assert_eq!(status, 400, "{refused}");
     assert_eq!(natshook.dead_letters("a").len(), 1);
 
@@ -542,14 +522,7 @@ async fn admin_pause_resume_and_dead_letter_replay() {
     let before = rx.count();
     publish_all(js, leads(20, "pz")).await;
     // Nor does a replay send to it, through the API or the CLI.
-    let (status, refused) = natshook
-        .api(
-            "POST",
-            "/api/endpoints/a/dlq/replay",
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
+    let (status, refused) = replay(None).await;
     assert_eq!(status, 409, "{refused}");
     assert!(
         refused["error"].as_str().unwrap().contains("resume it"),
