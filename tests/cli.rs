@@ -354,6 +354,31 @@ fn check_warns_about_a_registry_limit_the_defaults_exceed() {
     assert!(!out.contains("warning"), "{out}");
 }
 
+/// A listen address another process holds stops start-up with the key that gave it,
+/// before natshook connects anywhere.
+#[test]
+fn a_taken_listen_address_is_named_by_its_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[nats]\nurl = \"nats://127.0.0.1:1\"\nstream = \"E\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["run", "--config", path.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "natshook: http.listen: cannot listen on 127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+}
+
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
 /// took half a minute over it, and toml_edit's limits multiply to a depth that
 /// overflowed the stack; figment's parse of an env value overflowed it too.

@@ -40,8 +40,9 @@ use supervisor::SECRET_POLL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error(transparent)]
-    Listen(#[from] ListenError),
+    /// The key whose address could not be listened on, and why.
+    #[error("{0}: {1}")]
+    Listen(&'static str, ListenError),
     #[error("cannot connect to NATS: {0}")]
     Connect(String),
     #[error(
@@ -227,7 +228,9 @@ impl Listeners {
             .admin
             .clone()
             .map(|a| Admin::new(view.clone(), a.token));
-        let (addr, http) = http::serve(config.listen, view, admin, stop.clone()).await?;
+        let (addr, http) = http::serve(config.listen, view, admin, stop.clone())
+            .await
+            .map_err(|e| AppError::Listen("http.listen", e))?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
         let ingress = match sup.ingress().listen() {
             Some(listen) => {
@@ -236,7 +239,8 @@ impl Listeners {
                     let ingress = ingress.clone();
                     async move { ingress.handle(req).await }
                 })
-                .await?;
+                .await
+                .map_err(|e| AppError::Listen("ingress.listen", e))?;
                 tracing::info!(%addr, "serving incoming webhooks");
                 Some(handle)
             }
