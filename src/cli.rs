@@ -291,8 +291,7 @@ fn signer_for(key: &KeyArgs, verify_only: bool) -> Result<Signer, Failure> {
             .config
             .as_deref()
             .ok_or_else(|| Failure::Usage(anyhow!("--endpoint needs --config")))?;
-        let config = Config::load(path)?;
-        let ep = find_endpoint(&config, name)?;
+        let ep = Config::load_endpoint(path, name)?;
         return Ok(Signer::clone(&ep.signer));
     }
     if key.secret.is_empty() {

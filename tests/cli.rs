@@ -354,6 +354,48 @@ fn check_warns_about_a_registry_limit_the_defaults_exceed() {
     assert!(!out.contains("warning"), "{out}");
 }
 
+/// `sign` and `verify` with `--endpoint` need that endpoint's secret only: the admin
+/// token and the other endpoints' secrets may be missing where a receiver's developer
+/// runs them. A problem of the endpoint itself names it by its place in the file.
+#[test]
+fn sign_and_verify_need_only_the_named_endpoint_s_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        "[nats]\nstream = \"E\"\ntoken = { env = \"NATSHOOK_TEST_UNSET_NATS_TOKEN\" }\n[admin]\nenabled = true\ntoken = { env = \"NATSHOOK_TEST_UNSET_ADMIN\" }\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"mine\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"my-secret-for-signing\"\n[[endpoints]]\nname = \"other\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = { env = \"NATSHOOK_TEST_UNSET_OTHER\" }\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let (code, headers, err) = run(
+        &["sign", "--config", config, "--endpoint", "mine"],
+        b"{}",
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut args = vec!["verify", "--config", config, "--endpoint", "mine"];
+    for h in headers.lines() {
+        args.extend(["-H", h]);
+    }
+    let (code, out, err) = run(&args, b"{}", &[]);
+    assert_eq!((code, out.trim()), (0, "valid"), "{err}");
+    let (code, _, err) = run(
+        &["sign", "--config", config, "--endpoint", "other"],
+        b"{}",
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("endpoints[1].secret"), "{err}");
+    assert!(!err.contains("admin.token"), "{err}");
+    let (code, _, err) = run(
+        &["sign", "--config", config, "--endpoint", "nosuch"],
+        b"{}",
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no endpoint named 'nosuch'"), "{err}");
+}
+
 /// A listen address another process holds stops start-up with the key that gave it,
 /// before natshook connects anywhere.
 #[test]

@@ -64,6 +64,57 @@ pub(super) fn from_figment(
 /// [`super::StoreAccess`] from `figment`: `nats`, `dead_letter` and the endpoints'
 /// names, each checked as [`from_figment`] checks it; problems elsewhere are not
 /// looked for.
+/// [`Config::load_endpoint`]: the config with only what makes endpoint `name` (the
+/// stream's name, the mappings, `[defaults]`, that one entry), validated as a whole
+/// config is; its problems name the entry by its index in the file.
+pub(super) fn one_endpoint(
+    figment: &Figment,
+    problems: Vec<Problem>,
+    name: &str,
+) -> Result<std::sync::Arc<Endpoint>, ConfigError> {
+    let value = figment.extract::<Value>().map_err(figment_problems)?;
+    let Value::Dict(tag, mut dict) = value else {
+        return Err(ConfigError::single("config", "is not a table"));
+    };
+    dict.retain(|k, _| matches!(k.as_str(), "nats" | "events" | "defaults" | "endpoints"));
+    if let Some(Value::Dict(_, nats)) = dict.get_mut("nats") {
+        nats.retain(|k, _| k == "stream");
+    }
+    let named = |e: &Value| e.find_ref("name").and_then(Value::as_str) == Some(name);
+    let index = match dict.get_mut("endpoints") {
+        Some(Value::Array(_, entries)) => {
+            let index = entries.iter().position(named);
+            entries.retain(named);
+            index
+        }
+        _ => None,
+    };
+    let Some(index) = index else {
+        return Err(ConfigError::single(
+            "--endpoint",
+            format!("no endpoint named '{name}' in the config"),
+        ));
+    };
+    let reduced = Figment::from(Serialized::defaults(Value::Dict(tag, dict)));
+    let in_file = |mut p: Problem| {
+        if let Some(rest) = p.path.strip_prefix("endpoints[0]") {
+            p.path = format!("endpoints[{index}]{rest}");
+        }
+        p
+    };
+    match from_figment(&reduced, problems) {
+        Ok(config) => (config.endpoints.into_iter().next()).ok_or_else(|| {
+            ConfigError::single(
+                "--endpoint",
+                format!("no endpoint named '{name}' in the config"),
+            )
+        }),
+        Err(e) => Err(ConfigError {
+            problems: e.problems.into_iter().map(in_file).collect(),
+        }),
+    }
+}
+
 pub(super) fn store_access(
     figment: &Figment,
     problems: Vec<Problem>,

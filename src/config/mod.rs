@@ -67,6 +67,15 @@ impl Config {
         load::from_figment(&figment, problems)
     }
 
+    /// Loads of `path` only the endpoint `name` (with `[defaults]` and the mappings it
+    /// is checked over), for `sign` and `verify`: the other endpoints' secrets, the
+    /// admin token or NATS credentials, which they never use, need not be at hand
+    /// where a receiver's developer runs them.
+    pub fn load_endpoint(path: &Path, name: &str) -> Result<std::sync::Arc<Endpoint>, ConfigError> {
+        let (figment, problems) = load::figment_for(path)?;
+        load::one_endpoint(&figment, problems, name)
+    }
+
     /// Loads of `path` only what [`StoreAccess`] holds, validating nothing else: the
     /// endpoints' secrets, which such a command never uses, need not be at hand (an
     /// operator's shell, a debug pod).
