@@ -151,6 +151,7 @@ fn by_field(mut p: Problem, network_keys: NetworkKeys) -> Problem {
             super::validate::CREDENTIALS_AS_HEADER,
             "send them as a header (\"headers\": {\"Authorization\": \"…\"})",
         );
+    p.message = p.message.replace(super::load::YAML_MAP_HINT, "");
     if let Some(rest) = p.path.strip_prefix("endpoints[0].") {
         p.path = rest.to_string();
     } else if p.path == "endpoints[0]" || p.path == "endpoints" {
@@ -575,5 +576,17 @@ mod tests {
             problems.contains("\"headers\": {\"Authorization\""),
             "{problems}"
         );
+        // An object where text is wanted is a JSON object here, not YAML's `{2}`.
+        let problems = check(serde_json::json!({
+            "name": "x", "url": "https://example.com/", "events": ["*"], "secret": "s",
+            "tenant": {"a": 1},
+        }))
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            problems.contains("tenant: invalid type: found map"),
+            "{problems}"
+        );
+        assert!(!problems.contains("YAML"), "{problems}");
     }
 }

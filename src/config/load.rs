@@ -275,14 +275,17 @@ fn with_hint(kind: &figment::error::Kind) -> String {
     }
     match actual {
         Actual::Signed(_) | Actual::Unsigned(_) | Actual::Float(_) | Actual::Bool(_) => {
-            format!("{text}: put the value in quotes (a duration with its unit, e.g. \"5s\")")
+            format!("{text}: write it in quotes (\"123\"; a duration also names its unit: \"5s\")")
         }
-        Actual::Map => format!(
-            "{text}: in YAML, put a value that starts with {{ in quotes ('{{2}}'), or it is read as a map"
-        ),
+        Actual::Map => format!("{text}{YAML_MAP_HINT}"),
         _ => text,
     }
 }
+
+/// What a map where text is wanted most often is in a file: YAML's flow mapping. A
+/// JSON body (the admin API) leaves it out.
+pub(super) const YAML_MAP_HINT: &str =
+    ": in YAML, put a value that starts with { in quotes ('{2}'), or it is read as a map";
 
 fn render_path(segments: &[String]) -> String {
     let mut out = String::new();

@@ -70,7 +70,7 @@ fn every_mistyped_key_is_named_and_the_rest_still_validated() {
     // A number where text is wanted says to quote it; so does a YAML `{2}`.
     assert!(
         p.iter().any(|x| x
-            == "shutdown_grace: invalid type: found signed int `5`, expected a string: put the value in quotes (a duration with its unit, e.g. \"5s\")"),
+            == "shutdown_grace: invalid type: found signed int `5`, expected a string: write it in quotes (\"123\"; a duration also names its unit: \"5s\")"),
         "{p:?}"
     );
     let yaml = problems_in(&format!("{GOOD_YAML}    tenant: {{2}}\n"), "yaml");
