@@ -1094,6 +1094,10 @@ async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     config
         .events
         .push(("billing.invoice.*".into(), "invoice.{3}".into()));
+    // Held in part (crm.lead.deleted): gets messages, and is neither named nor added.
+    config
+        .events
+        .push(("*.lead.deleted".into(), "lead.deleted".into()));
     let natshook = Natshook::start(&config.render()).await;
     let warned = |n: &Natshook| {
         n.logs()
@@ -1115,16 +1119,26 @@ async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     };
     assert!(line.contains("billing.invoice.*"), "{line}");
     assert!(!line.contains("crm.lead"), "{line}");
+    assert!(!line.contains("*.lead.deleted"), "{line}");
     drop(natshook);
 
     config.create_stream = true;
     let natshook = Natshook::start(&config.render()).await;
     assert!(warned(&natshook).is_none(), "{}", natshook.logs());
+    assert!(
+        !natshook.logs().contains("cannot add mapped subjects"),
+        "{}",
+        natshook.logs()
+    );
     let js = jetstream::new(nats.client().await);
     let mut stream = js.get_stream("EVENTS").await.unwrap();
     let subjects = stream.info().await.unwrap().config.subjects.clone();
     assert!(
         subjects.contains(&"billing.invoice.*".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        !subjects.contains(&"*.lead.deleted".to_string()),
         "{subjects:?}"
     );
     publish_one(&js, "billing.invoice.paid", "paid").await;

@@ -218,10 +218,11 @@ pub(super) async fn ensure_stream(
 /// Warns of each event mapping whose subject the configured stream holds no part of:
 /// it can never match a message (a mapping added for subjects the stream was never
 /// given), and its endpoints would wait in silence. Under `create_stream` such
-/// subjects, and those it holds only part of, are added to the stream instead, as the
-/// ingress routes' are. A stream that takes its messages from others (`sources`,
-/// `mirror`) holds them under subjects it does not list, and is not judged. At start
-/// and on each reload; a stream that cannot be read now is left for the next.
+/// subjects are added to the stream instead, as the ingress routes' are. A stream that
+/// takes its messages from others (`sources`, `mirror`) or stores them under other
+/// subjects (`subject_transform`) holds them under subjects it does not list, and is
+/// not judged. At start and on each reload; a stream that cannot be read now is left
+/// for the next.
 pub(super) async fn check_mapped_subjects(js: &jetstream::Context, config: &Config) {
     let name = &config.nats.stream;
     let Ok(mut stream) = js.get_stream(name).await else {
@@ -234,40 +235,36 @@ pub(super) async fn check_mapped_subjects(js: &jetstream::Context, config: &Conf
     if listed.subjects.is_empty()
         || listed.mirror.is_some()
         || listed.sources.as_ref().is_some_and(|s| !s.is_empty())
+        || listed.subject_transform.is_some()
     {
         return;
     }
     let held: Vec<Pattern> = (listed.subjects.iter())
         .filter_map(|s| Pattern::parse(s).ok())
         .collect();
-    let mapped = (stream_subjects(&config.router).iter())
+    // Only subjects the stream holds no part of: one it holds part of gets messages
+    // already, and JetStream refuses a subject that overlaps one it holds.
+    let unheld: Vec<Pattern> = (stream_subjects(&config.router).iter())
         .filter_map(|s| Pattern::parse(s).ok())
-        .collect::<Vec<_>>();
+        .filter(|p| !held.iter().any(|h| h.overlaps(p)))
+        .collect();
+    if unheld.is_empty() {
+        return;
+    }
+    let subjects = stream_subjects::joined(&unheld);
     if config.nats.create_stream {
-        let missing: Vec<Pattern> = (mapped.into_iter())
-            .filter(|p| !held.iter().any(|h| p.is_subset_of(h)))
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        let subjects = stream_subjects::joined(&missing);
         tracing::info!(stream = %name, %subjects, "adding mapped subjects to the stream (create_stream = true)");
-        if let Err(error) = stream_subjects::add(js, name, &missing).await {
+        if let Err(error) = stream_subjects::add(js, name, &unheld).await {
             tracing::warn!(stream = %name, %subjects, %error, "cannot add mapped subjects to the stream: messages published on them are not stored, and their endpoints get nothing");
         }
         return;
     }
-    let unheld: Vec<Pattern> = (mapped.into_iter())
-        .filter(|p| !held.iter().any(|h| h.overlaps(p)))
-        .collect();
-    if !unheld.is_empty() {
-        tracing::warn!(
-            stream = %name,
-            subjects = %stream_subjects::joined(&unheld),
-            held = %listed.subjects.join(", "),
-            "[[events]] mappings on subjects the stream does not hold: no message will match them; add the subjects to the stream (or fix the mapping)"
-        );
-    }
+    tracing::warn!(
+        stream = %name,
+        %subjects,
+        held = %listed.subjects.join(", "),
+        "[[events]] mappings on subjects the stream does not hold: no message will match them; add the subjects to the stream (or fix the mapping)"
+    );
 }
 
 /// Sets up natshook's own streams (dead letters, the delivery log when it is on) and
