@@ -73,14 +73,19 @@ struct Shown {
     /// Endpoints listed before and not since: once their worker is parked it shows
     /// nothing pending.
     unlisted: HashSet<String>,
-    /// Consumers whose filter the last listing found changed by someone else, and
-    /// when that was last logged.
-    foreign_filter: HashMap<String, Option<Instant>>,
+    /// Consumers whose filter the listings have found changed by someone else: since
+    /// when, and when that was last logged.
+    foreign_filter: HashMap<String, (Instant, Option<Instant>)>,
 }
 
-/// How often one consumer's changed filter is logged while it keeps changing back
-/// (two deployments that each write their own).
-const FOREIGN_FILTER_LOG_EVERY: Duration = Duration::from_secs(300);
+/// How long a consumer's filter must stay changed before it is logged: the replicas
+/// of one deployment reload a changed config file at different times (a Kubernetes
+/// ConfigMap reaches pods up to a minute or more apart), and the first to bind writes
+/// the new filter under the others.
+const FOREIGN_FILTER_AFTER: Duration = Duration::from_secs(120);
+
+/// How often one consumer's changed filter is logged while it stays changed.
+const FOREIGN_FILTER_LOG_EVERY: Duration = Duration::from_secs(600);
 
 impl Shown {
     /// Forgets the streams no worker of `index` reads (but `source`), whose listings
@@ -119,31 +124,34 @@ impl Shown {
     }
 
     /// Says when a consumer's filter is not the one this worker bound it with, once
-    /// two listings in a row show it (one listing may predate the worker's own
-    /// bind): another deployment on the same stream and `consumer_prefix` with an
-    /// endpoint of this name shares its consumer, so each gets part of the other's
-    /// messages, filtered as whichever bound last says. Not written back: replicas
-    /// of an old and a new config during a rolling update would take turns, and
-    /// each narrowing skips messages only the other's filter takes.
+    /// it has stayed so for [`FOREIGN_FILTER_AFTER`] (longer than the replicas of one
+    /// deployment take to reload a changed config): another deployment on the same
+    /// stream and `consumer_prefix` with an endpoint of this name shares its
+    /// consumer, so each gets part of the other's messages, filtered as whichever
+    /// bound last says. Not written back: replicas of an old and a new config during
+    /// a rolling update would take turns, and each narrowing skips messages only the
+    /// other's filter takes.
     fn judge_filter(&mut self, w: &Arc<Worker>, info: &Info) {
         let name = w.consumer_name();
         if !w.filter_differs(info) {
             self.foreign_filter.remove(name);
             return;
         }
-        let Some(logged) = self.foreign_filter.get_mut(name) else {
-            self.foreign_filter.insert(name.to_string(), None);
+        let now = Instant::now();
+        let (since, logged) = (self.foreign_filter)
+            .entry(name.to_string())
+            .or_insert((now, None));
+        let due = logged.is_none_or(|at| now - at >= FOREIGN_FILTER_LOG_EVERY);
+        if now - *since < FOREIGN_FILTER_AFTER || !due {
             return;
-        };
-        if logged.is_none_or(|at| at.elapsed() >= FOREIGN_FILTER_LOG_EVERY) {
-            *logged = Some(Instant::now());
-            tracing::warn!(
-                endpoint = %w.endpoint().name,
-                consumer = %name,
-                found = ?crate::worker::listed_filters(info),
-                "the endpoint's consumer filters other subjects than this config gives it: another natshook with another config reads this stream with the same consumer_prefix and an endpoint of this name, and shares its consumer (each gets part of the other's messages); give each deployment its own nats.consumer_prefix (replicas of an old and a new config during a rolling update see this until the old ones stop)"
-            );
         }
+        *logged = Some(now);
+        tracing::warn!(
+            endpoint = %w.endpoint().name,
+            consumer = %name,
+            found = ?crate::worker::listed_filters(info),
+            "the endpoint's consumer filters other subjects than this config gives it: another natshook with another config reads this stream with the same consumer_prefix and an endpoint of this name, and shares its consumer (each gets part of the other's messages); give each deployment its own nats.consumer_prefix (replicas of an old and a new config during a rolling update see this until the old ones stop)"
+        );
     }
 
     /// After every listing of a poll: the workers in force of the endpoints no longer
