@@ -598,6 +598,47 @@ async fn dead_letters_of_a_renamed_endpoint_replay_to_its_new_name() {
     );
 }
 
+/// A replay whose deliveries succeed but whose records cannot be removed (credentials
+/// that may not delete from the dead-letter stream; here the stream denies deletes)
+/// stops after three in a row, rather than send every record to be sent again by the
+/// next replay; every record stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_cannot_remove_its_records_stops_after_three() {
+    let failing = &Failing::start("a", "max_attempts = 1\ndisable_after_failures = 0").await;
+    failing.dead_letter(5, "stuck", 5).await;
+    let Failing {
+        rx, natshook, js, ..
+    } = failing;
+    rx.set(|_| Reply::ok());
+    let mut dlq = js.get_stream("NATSHOOK_DLQ").await.unwrap();
+    let mut denying = dlq.info().await.unwrap().config.clone();
+    denying.deny_delete = true;
+    js.update_stream(denying).await.unwrap();
+    let (status, summary) = natshook
+        .api(
+            "POST",
+            "/api/endpoints/a/dlq/replay",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["replayed"], serde_json::json!([]), "{summary}");
+    let failures = summary["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 3, "{summary}");
+    let last = failures[2][1].as_str().unwrap();
+    assert!(
+        last.contains("delivered, but the record was not removed"),
+        "{last}"
+    );
+    assert!(
+        last.ends_with("the replay stops here, and the rest are kept"),
+        "{last}"
+    );
+    assert_eq!(rx.delivered_ids().len(), 3);
+    assert_eq!(natshook.dead_letters("a").len(), 5);
+}
+
 /// Two replays of one endpoint at once (two replicas, two terminals) each end with
 /// their summary: a record the other one removed first counts as removed, not as a
 /// failure of the whole replay. Together they deliver every record, and only the one

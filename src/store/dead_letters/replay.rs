@@ -48,6 +48,7 @@ impl DeadLetters {
             .map_err(|e| DeadLetterError::Read(e.to_string()))?;
         let end = stream.cached_info().state.last_sequence;
         let mut from = 0;
+        let mut unremoved = 0;
         loop {
             let mut page = self.list_from(Some(endpoint), from, REPLAY_PAGE).await?;
             let Some(last) = page.last() else {
@@ -56,7 +57,13 @@ impl DeadLetters {
             from = last.sequence + 1;
             let full = page.len() == REPLAY_PAGE && last.sequence < end;
             page.retain(|stored| stored.sequence <= end);
-            let served = (self.replay_page(&stream, sender, filter, page, &mut summary)).await?;
+            let records = page;
+            let page = Page {
+                stream: &stream,
+                sender,
+                filter,
+            };
+            let served = (self.replay_page(page, records, &mut summary, &mut unremoved)).await?;
             if !full || !served {
                 break;
             }
@@ -64,16 +71,22 @@ impl DeadLetters {
         Ok(summary)
     }
 
-    /// Replays one page; `false` once the endpoint is no longer served.
+    /// Replays one page; `false` once the replay ends early: the endpoint is no longer
+    /// served, or [`UNREMOVED_IN_A_ROW`] records in a row were delivered but not
+    /// removed (`unremoved` counts them across pages).
     async fn replay_page(
         &self,
-        stream: &Stream,
-        sender: &(dyn Fn() -> Option<Deliverer> + Send + Sync),
-        filter: &ReplayFilter,
-        page: Vec<StoredDeadLetter>,
+        page: Page<'_>,
+        records: Vec<StoredDeadLetter>,
         summary: &mut ReplaySummary,
+        unremoved: &mut u32,
     ) -> Result<bool, DeadLetterError> {
-        for stored in page {
+        let Page {
+            stream,
+            sender,
+            filter,
+        } = page;
+        for stored in records {
             let r = &stored.record;
             if filter.id.as_deref().is_some_and(|want| want != r.id) {
                 continue;
@@ -100,26 +113,59 @@ impl DeadLetters {
                 ));
                 return Ok(false);
             };
-            let delivered = match self.payload(r).await {
-                Ok(payload) => replay_one(&deliverer, r, &payload).await,
-                Err(e) => Err(e.to_string()),
+            let payload = match self.payload(r).await {
+                Ok(payload) => payload,
+                // Another replay may have removed the record, and its stored payload
+                // with it, since the check above: then it is no failure.
+                Err(_) if !still_stored(stream, stored.sequence).await? => continue,
+                Err(e) => {
+                    summary.failures.push((r.id.clone(), e.to_string()));
+                    continue;
+                }
             };
-            // A record delivered but not removed stays in the summary as a failure:
-            // the replay goes on, and what it delivered is still reported.
-            let removed = match delivered {
-                Ok(()) => self.remove(&stored).await.map_err(|e| {
-                    format!("delivered, but the record was not removed ({e}): a later replay sends it again")
-                }),
-                Err(reason) => Err(reason),
-            };
-            match removed {
-                Ok(()) => summary.replayed.push(r.id.clone()),
-                Err(reason) => summary.failures.push((r.id.clone(), reason)),
+            if let Err(reason) = replay_one(&deliverer, r, &payload).await {
+                summary.failures.push((r.id.clone(), reason));
+                continue;
+            }
+            // A record delivered but not removed is a failure of its own, and the
+            // replay goes on; several in a row say removing does not work here (the
+            // credentials may not allow it), and every record sent on would stay to
+            // be sent again.
+            match self.remove(&stored).await {
+                Ok(()) => {
+                    *unremoved = 0;
+                    summary.replayed.push(r.id.clone());
+                }
+                Err(e) => {
+                    *unremoved += 1;
+                    let stop = *unremoved >= UNREMOVED_IN_A_ROW;
+                    let then = match stop {
+                        true => "; the replay stops here, and the rest are kept",
+                        false => "",
+                    };
+                    summary.failures.push((
+                        r.id.clone(),
+                        format!("delivered, but the record was not removed ({e}): a later replay sends it again{then}"),
+                    ));
+                    if stop {
+                        return Ok(false);
+                    }
+                }
             }
         }
         Ok(true)
     }
 }
+
+/// What a replay reads each page with.
+struct Page<'a> {
+    stream: &'a Stream,
+    sender: &'a (dyn Fn() -> Option<Deliverer> + Send + Sync),
+    filter: &'a ReplayFilter,
+}
+
+/// Records delivered but not removed in a row that end a replay.
+const UNREMOVED_IN_A_ROW: u32 = 3;
 
 /// Whether the record at `sequence` is still in the dead-letter stream.
 async fn still_stored(stream: &Stream, sequence: u64) -> Result<bool, DeadLetterError> {
