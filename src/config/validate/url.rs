@@ -31,14 +31,28 @@ pub const CREDENTIALS_AS_HEADER: &str =
 /// `/<token>`), and logs travel further than the endpoint's record, which shows the
 /// whole URL. Works on text that does not parse as a URL too.
 pub fn for_logs(text: &str) -> String {
-    let host_from = text.find("://").map_or(0, |i| i + 3);
+    // A scheme only before any path, query or fragment: `://` later is their text.
+    let scheme_end = text
+        .find("://")
+        .filter(|&i| !text[..i].contains(['/', '?', '#']))
+        .map(|i| i + 3);
+    let host_from = scheme_end.unwrap_or(0);
+    // Credentials end at the last `@` before the path, whatever they hold.
+    let path_from = text[host_from..]
+        .find('/')
+        .map_or(text.len(), |i| host_from + i);
+    let (userinfo, host_from) = match text[host_from..path_from].rfind('@') {
+        Some(at) => (true, host_from + at + 1),
+        None => (false, host_from),
+    };
     let authority_end = text[host_from..]
         .find(['/', '?', '#'])
         .map_or(text.len(), |i| host_from + i);
-    let mut shown = text[..authority_end].to_string();
-    if let Some(at) = shown[host_from..].rfind('@') {
-        shown.replace_range(host_from..host_from + at, "…");
-    }
+    let mut shown = match userinfo {
+        true => format!("{}…@", &text[..scheme_end.unwrap_or(0)]),
+        false => text[..host_from].to_string(),
+    };
+    shown.push_str(&text[host_from..authority_end]);
     let rest = &text[authority_end..];
     let (path, query) = match rest.split_once('?') {
         Some((path, _)) => (path, "?…"),
@@ -120,6 +134,14 @@ mod tests {
             assert_eq!(for_logs(&uri.to_string()), shown);
         }
         assert_eq!(for_logs("hooks.example.com/TOKEN"), "hooks.example.com/…");
+        assert_eq!(
+            for_logs("hooks.slack.com/services/T/B/TOKEN?next=https://x"),
+            "hooks.slack.com/…?…"
+        );
+        assert_eq!(
+            for_logs("https://user:pa?ss#w@hooks.example.com/in"),
+            "https://…@hooks.example.com/…"
+        );
         assert_eq!(
             for_logs("ftp://user:pw@hooks.example.com/in#TOKEN"),
             "ftp://…@hooks.example.com/…"
