@@ -483,7 +483,8 @@ fn check(path: &Path) -> Result<(), Failure> {
             subjects
         ));
     }
-    for warning in warnings::of(&config) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for warning in warnings::of(&config, &text) {
         to_stdout(format_args!("warning: {warning}"));
     }
     if let Some(t) = &config.tracing {
@@ -689,7 +690,8 @@ fn run(path: &Path) -> Result<(), Failure> {
                  routes (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
         }
-        for warning in warnings::of(&config) {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for warning in warnings::of(&config, &text) {
             tracing::warn!("{warning}");
         }
         let shutdown = CancellationToken::new();

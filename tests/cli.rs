@@ -421,6 +421,30 @@ fn a_taken_listen_address_is_named_by_its_key() {
     );
 }
 
+/// An override spelt with single underscores changes nothing: `check` names it with
+/// the spelling that works. A variable the config reads through `{ env }` is not one.
+#[test]
+fn check_names_an_override_spelt_with_single_underscores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natshook.toml");
+    std::fs::write(
+        &path,
+        "[nats]\nstream = \"E\"\n[admin]\nenabled = true\ntoken = { env = \"NATSHOOK_ADMIN_TOKEN\" }\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"x\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"s\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("NATSHOOK_NATS_URL", "nats://127.0.0.1:1"),
+        ("NATSHOOK_ADMIN_TOKEN", "a-token-of-twenty-chars"),
+    ];
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("warning: environment variable NATSHOOK_NATS_URL is not read: an override takes two underscores after NATSHOOK and between section and key (NATSHOOK__NATS__URL)"),
+        "{out}"
+    );
+    assert!(!out.contains("NATSHOOK_ADMIN_TOKEN"), "{out}");
+}
+
 /// A config nested 100,000 deep is refused at once, named, without a crash: libyaml
 /// took half a minute over it, and toml_edit's limits multiply to a depth that
 /// overflowed the stack; figment's parse of an env value overflowed it too.

@@ -44,6 +44,42 @@ pub fn unknown_keys(value: Option<&Value>, path: &str, allowed: &[&[&str]], p: &
     }
 }
 
+/// The tables at the top level, each with its keys.
+fn sections() -> [(&'static str, &'static [&'static str]); 10] {
+    [
+        ("nats", field_names::<RawNats>()),
+        ("http", field_names::<RawHttp>()),
+        ("defaults", field_names::<RawSettings>()),
+        ("delivery", field_names::<RawDelivery>()),
+        ("dead_letter", field_names::<RawDeadLetter>()),
+        ("delivery_log", field_names::<RawDeliveryLog>()),
+        ("admin", field_names::<RawAdmin>()),
+        ("ingress", field_names::<RawIngress>()),
+        ("tracing", field_names::<RawTracing>()),
+        ("registry", field_names::<RawRegistry>()),
+    ]
+}
+
+/// The override a variable spelt with single underscores most likely meant:
+/// `NATSHOOK_NATS_URL` → `NATSHOOK__NATS__URL`, when what follows `NATSHOOK_` is a
+/// section and one of its keys (or a top-level key). Names of anything else (a
+/// Kubernetes service's `NATSHOOK_SERVICE_HOST`, a variable of one's own) are none.
+pub fn override_meant(variable: &str) -> Option<String> {
+    let rest = variable.strip_prefix("NATSHOOK_")?;
+    if rest.starts_with('_') {
+        return None;
+    }
+    let lower = rest.to_ascii_lowercase();
+    let meant = |path: &[&str]| format!("NATSHOOK__{}", path.join("__").to_ascii_uppercase());
+    if TOP_LEVEL_VALUES.contains(&lower.as_str()) {
+        return Some(meant(&[&lower]));
+    }
+    sections().into_iter().find_map(|(section, keys)| {
+        let key = lower.strip_prefix(section)?.strip_prefix('_')?;
+        keys.contains(&key).then(|| meant(&[section, key]))
+    })
+}
+
 /// The keys of a secret table (`{ env }`, `{ file }`, `{ value }`).
 pub fn secret_keys() -> &'static [&'static str] {
     field_names::<SecretRefTable>()
@@ -153,5 +189,34 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
         let path = format!("endpoints[{i}]");
         settings(ep, &path, field_names::<RawEndpoint>(), p);
         unknown_secret_list_keys(ep.find_ref("secret"), &format!("{path}.secret"), p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_with_single_underscores_is_read_as_the_key_it_spells() {
+        for (variable, meant) in [
+            ("NATSHOOK_NATS_URL", Some("NATSHOOK__NATS__URL")),
+            (
+                "NATSHOOK_DELIVERY_MAX_INFLIGHT",
+                Some("NATSHOOK__DELIVERY__MAX_INFLIGHT"),
+            ),
+            (
+                "NATSHOOK_DELIVERY_LOG_ENABLED",
+                Some("NATSHOOK__DELIVERY_LOG__ENABLED"),
+            ),
+            ("NATSHOOK_SHUTDOWN_GRACE", Some("NATSHOOK__SHUTDOWN_GRACE")),
+            ("NATSHOOK__NATS__URL", None),
+            ("NATSHOOK_SERVICE_HOST", None),
+            ("NATSHOOK_PORT_9464_TCP", None),
+            ("NATSHOOK_BIN", None),
+            ("NATSHOOK_CONFIG", None),
+            ("OTHER_NATS_URL", None),
+        ] {
+            assert_eq!(override_meant(variable).as_deref(), meant, "{variable}");
+        }
     }
 }

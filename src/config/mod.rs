@@ -36,6 +36,7 @@ pub mod write_limits;
 
 use std::path::Path;
 
+pub use keys::override_meant;
 pub use keys::{secret_keys, unknown_keys, unknown_secret_list_keys};
 pub use model::{
     AdminConfig, Backlog, Config, CopiedHeader, DeadLetterConfig, Endpoint, EndpointDefaults,
