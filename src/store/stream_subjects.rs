@@ -10,6 +10,11 @@ use crate::routing::Pattern;
 /// (JetStream refuses overlapping subjects within a stream). The error says why, for
 /// the caller to name the subjects.
 pub async fn add(js: &jetstream::Context, stream: &str, missing: &[Pattern]) -> Result<(), String> {
+    // One read-change-write at a time: on a reload the ingress routes' subjects and
+    // the mappings' are added by two tasks, and the later write would drop what the
+    // earlier one added.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
     let mut cfg = stream
         .info()

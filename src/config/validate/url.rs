@@ -35,37 +35,45 @@ pub fn for_logs(text: &str) -> String {
     let scheme_end = text
         .find("://")
         .filter(|&i| !text[..i].contains(['/', '?', '#']))
-        .map(|i| i + 3);
-    let host_from = scheme_end.unwrap_or(0);
-    // Credentials end at the last `@` before the path, whatever they hold.
-    let path_from = text[host_from..]
-        .find('/')
-        .map_or(text.len(), |i| host_from + i);
-    let (userinfo, host_from) = match text[host_from..path_from].rfind('@') {
-        Some(at) => (true, host_from + at + 1),
-        None => (false, host_from),
+        .map_or(0, |i| i + 3);
+    let (scheme, after) = text.split_at(scheme_end);
+    let (authority, rest) = after.split_at(after.find(['/', '?', '#']).unwrap_or(after.len()));
+    let (path, tail) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
+    let host = match authority.rfind('@') {
+        Some(at) => format!("…@{}", &authority[at + 1..]),
+        // Credentials that hold `/`, `?` or `#` end the authority early, and their
+        // `@` comes later: what is left of them is no host and port.
+        None if rest.contains('@') && !looks_like_host(authority) => "…".to_string(),
+        None => authority.to_string(),
     };
-    let authority_end = text[host_from..]
-        .find(['/', '?', '#'])
-        .map_or(text.len(), |i| host_from + i);
-    let mut shown = match userinfo {
-        true => format!("{}…@", &text[..scheme_end.unwrap_or(0)]),
-        false => text[..host_from].to_string(),
-    };
-    shown.push_str(&text[host_from..authority_end]);
-    let rest = &text[authority_end..];
-    let (path, query) = match rest.split_once('?') {
-        Some((path, _)) => (path, "?…"),
-        None => (rest, ""),
-    };
-    let path = path.split('#').next().unwrap_or_default();
-    shown.push_str(match path {
-        "" => "",
-        "/" => "/",
+    let path = match path {
+        "" | "/" => path,
         _ => "/…",
-    });
-    shown.push_str(query);
-    shown
+    };
+    let tail = match tail.chars().next() {
+        Some('?') => "?…",
+        Some(_) => "#…",
+        None => "",
+    };
+    format!("{scheme}{host}{path}{tail}")
+}
+
+/// Whether `authority` reads as a host with an optional port: a name or address, or a
+/// bracketed IPv6 address, then `:` and digits only.
+fn looks_like_host(authority: &str) -> bool {
+    let port_from = match authority.strip_prefix('[') {
+        Some(v6) => v6.find(']').map(|i| i + 2),
+        None => Some(0),
+    };
+    let Some(port_from) = port_from else {
+        return false;
+    };
+    match authority[port_from.min(authority.len())..].rsplit_once(':') {
+        Some((host, port)) => {
+            port.bytes().all(|b| b.is_ascii_digit()) && (port_from > 0 || !host.contains(':'))
+        }
+        None => true,
+    }
 }
 
 /// Checks the URL text with the guard's own policy: an address, in any spelling the
@@ -140,11 +148,25 @@ mod tests {
         );
         assert_eq!(
             for_logs("https://user:pa?ss#w@hooks.example.com/in"),
-            "https://…@hooks.example.com/…"
+            "https://…?…"
         );
+        // An `@` in the query, no path: the host is the host.
+        assert_eq!(
+            for_logs("https://hooks.example.com:99999?to=ops@example.com&token=S3CRET"),
+            "https://hooks.example.com:99999?…"
+        );
+        assert_eq!(for_logs("https://h:0#x@tail"), "https://h:0#…");
+        // A password with `/` in it.
+        assert_eq!(
+            for_logs("https://user:ab/cd+ef@hooks.example.com/in"),
+            "https://…/…"
+        );
+        assert_eq!(for_logs("https://[::1]:8443/x@y"), "https://[::1]:8443/…");
+        assert_eq!(for_logs(""), "");
+        assert_eq!(for_logs("https://"), "https://");
         assert_eq!(
             for_logs("ftp://user:pw@hooks.example.com/in#TOKEN"),
-            "ftp://…@hooks.example.com/…"
+            "ftp://…@hooks.example.com/…#…"
         );
     }
 
