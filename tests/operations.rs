@@ -1128,7 +1128,8 @@ async fn reload_applies_a_new_mapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     let nats = NatsServer::start();
-    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>"]).await;
+    nats.create_stream("EVENTS", &["crm.>", "helpdesk.>", "shop.order.created"])
+        .await;
     let rx = Receiver::start().await;
     let mut config = TestConfig::new(nats.url()).endpoint("a", &rx.url("/"), &["*"], "");
     config.create_stream = false;
@@ -1139,6 +1140,10 @@ async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     config
         .events
         .push(("*.lead.deleted".into(), "lead.deleted".into()));
+    // Covers what the stream holds of it: widened under create_stream.
+    config
+        .events
+        .push(("shop.order.*".into(), "order.{3}".into()));
     let natshook = Natshook::start(&config.render()).await;
     let warned = |n: &Natshook| {
         n.logs()
@@ -1161,6 +1166,7 @@ async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     assert!(line.contains("billing.invoice.*"), "{line}");
     assert!(!line.contains("crm.lead"), "{line}");
     assert!(!line.contains("*.lead.deleted"), "{line}");
+    assert!(!line.contains("shop.order.*"), "{line}");
     drop(natshook);
 
     config.create_stream = true;
@@ -1180,6 +1186,14 @@ async fn a_mapping_the_stream_does_not_hold_is_named_or_added() {
     );
     assert!(
         !subjects.contains(&"*.lead.deleted".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains(&"shop.order.*".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        !subjects.contains(&"shop.order.created".to_string()),
         "{subjects:?}"
     );
     publish_one(&js, "billing.invoice.paid", "paid").await;

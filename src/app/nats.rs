@@ -218,7 +218,8 @@ pub(super) async fn ensure_stream(
 /// Warns of each event mapping whose subject the configured stream holds no part of:
 /// it can never match a message (a mapping added for subjects the stream was never
 /// given), and its endpoints would wait in silence. Under `create_stream` such
-/// subjects are added to the stream instead, as the ingress routes' are. A stream that
+/// subjects are added to the stream instead, as the ingress routes' are, and so is
+/// one that covers what the stream holds of it (which it replaces). A stream that
 /// takes its messages from others (`sources`, `mirror`) or stores them under other
 /// subjects (`subject_transform`) holds them under subjects it does not list, and is
 /// not judged. At start and on each reload; a stream that cannot be read now is left
@@ -242,23 +243,39 @@ pub(super) async fn check_mapped_subjects(js: &jetstream::Context, config: &Conf
     let held: Vec<Pattern> = (listed.subjects.iter())
         .filter_map(|s| Pattern::parse(s).ok())
         .collect();
-    // Only subjects the stream holds no part of: one it holds part of gets messages
-    // already, and JetStream refuses a subject that overlaps one it holds.
-    let unheld: Vec<Pattern> = (stream_subjects(&config.router).iter())
+    let mapped: Vec<Pattern> = (stream_subjects(&config.router).iter())
         .filter_map(|s| Pattern::parse(s).ok())
+        .collect();
+    if config.nats.create_stream {
+        // A subject the stream holds wholly needs nothing, and one it holds part of
+        // cannot be added (JetStream refuses a subject overlapping one it holds, unless
+        // the new one covers it, which `add` then replaces).
+        let missing: Vec<Pattern> = (mapped.into_iter())
+            .filter(|p| !held.iter().any(|h| p.is_subset_of(h)))
+            .filter(|p| {
+                (held.iter())
+                    .filter(|h| h.overlaps(p))
+                    .all(|h| h.is_subset_of(p))
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let subjects = stream_subjects::joined(&missing);
+        tracing::info!(stream = %name, %subjects, "adding mapped subjects to the stream (create_stream = true)");
+        if let Err(error) = stream_subjects::add(js, name, &missing).await {
+            tracing::warn!(stream = %name, %subjects, %error, "cannot add mapped subjects to the stream: messages published on them are not stored, and their endpoints get nothing");
+        }
+        return;
+    }
+    // Only subjects the stream holds no part of: one it holds part of gets messages.
+    let unheld: Vec<Pattern> = (mapped.into_iter())
         .filter(|p| !held.iter().any(|h| h.overlaps(p)))
         .collect();
     if unheld.is_empty() {
         return;
     }
     let subjects = stream_subjects::joined(&unheld);
-    if config.nats.create_stream {
-        tracing::info!(stream = %name, %subjects, "adding mapped subjects to the stream (create_stream = true)");
-        if let Err(error) = stream_subjects::add(js, name, &unheld).await {
-            tracing::warn!(stream = %name, %subjects, %error, "cannot add mapped subjects to the stream: messages published on them are not stored, and their endpoints get nothing");
-        }
-        return;
-    }
     tracing::warn!(
         stream = %name,
         %subjects,
