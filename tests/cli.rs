@@ -355,15 +355,16 @@ fn check_warns_about_a_registry_limit_the_defaults_exceed() {
 }
 
 /// `sign` and `verify` with `--endpoint` need that endpoint's secret only: the admin
-/// token and the other endpoints' secrets may be missing where a receiver's developer
-/// runs them. A problem of the endpoint itself names it by its place in the file.
+/// token, the other endpoints' secrets, its extra headers' secrets and TLS files may
+/// be missing where a receiver's developer runs them. A problem of the endpoint
+/// itself names it by its place in the file.
 #[test]
 fn sign_and_verify_need_only_the_named_endpoint_s_secret() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("natshook.toml");
     std::fs::write(
         &path,
-        "[nats]\nstream = \"E\"\ntoken = { env = \"NATSHOOK_TEST_UNSET_NATS_TOKEN\" }\n[admin]\nenabled = true\ntoken = { env = \"NATSHOOK_TEST_UNSET_ADMIN\" }\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[[endpoints]]\nname = \"mine\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"my-secret-for-signing\"\n[[endpoints]]\nname = \"other\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = { env = \"NATSHOOK_TEST_UNSET_OTHER\" }\n",
+        "[nats]\nstream = \"E\"\ntoken = { env = \"NATSHOOK_TEST_UNSET_NATS_TOKEN\" }\n[admin]\nenabled = true\ntoken = { env = \"NATSHOOK_TEST_UNSET_ADMIN\" }\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n[defaults]\nca_file = \"/nonexistent/ca.pem\"\n[[endpoints]]\nname = \"mine\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = \"my-secret-for-signing\"\nheaders = { Authorization = { env = \"NATSHOOK_TEST_UNSET_HEADER\" } }\n[[endpoints]]\nname = \"other\"\nurl = \"https://example.com/\"\nevents = [\"*\"]\nsecret = { env = \"NATSHOOK_TEST_UNSET_OTHER\" }\n",
     )
     .unwrap();
     let config = path.to_str().unwrap();

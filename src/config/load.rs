@@ -61,12 +61,12 @@ pub(super) fn from_figment(
     }
 }
 
-/// [`super::StoreAccess`] from `figment`: `nats`, `dead_letter` and the endpoints'
-/// names, each checked as [`from_figment`] checks it; problems elsewhere are not
-/// looked for.
-/// [`Config::load_endpoint`]: the config with only what makes endpoint `name` (the
-/// stream's name, the mappings, `[defaults]`, that one entry), validated as a whole
-/// config is; its problems name the entry by its index in the file.
+/// [`Config::load_endpoint`]: the config with only what makes endpoint `name` sign
+/// (the stream's name, the mappings, `[defaults]`, that one entry), without what
+/// signing never uses and another machine may lack (extra headers and their secrets,
+/// TLS files, a proxy, the environment's included), validated as a whole config is;
+/// its problems name the entry by its index in the file. Of the problems found in
+/// reading the file, only those of what is kept count.
 pub(super) fn one_endpoint(
     figment: &Figment,
     problems: Vec<Problem>,
@@ -80,11 +80,23 @@ pub(super) fn one_endpoint(
     if let Some(Value::Dict(_, nats)) = dict.get_mut("nats") {
         nats.retain(|k, _| k == "stream");
     }
+    let signing_only = |table: &mut Value| {
+        if let Value::Dict(_, keys) = table {
+            for unused in ["headers", "ca_file", "cert_file", "key_file"] {
+                keys.remove(unused);
+            }
+            keys.insert("proxy".into(), Value::from("none"));
+        }
+    };
+    if let Some(defaults) = dict.get_mut("defaults") {
+        signing_only(defaults);
+    }
     let named = |e: &Value| e.find_ref("name").and_then(Value::as_str) == Some(name);
     let index = match dict.get_mut("endpoints") {
         Some(Value::Array(_, entries)) => {
             let index = entries.iter().position(named);
             entries.retain(named);
+            entries.iter_mut().for_each(signing_only);
             index
         }
         _ => None,
@@ -95,26 +107,42 @@ pub(super) fn one_endpoint(
             format!("no endpoint named '{name}' in the config"),
         ));
     };
-    let reduced = Figment::from(Serialized::defaults(Value::Dict(tag, dict)));
-    let in_file = |mut p: Problem| {
-        if let Some(rest) = p.path.strip_prefix("endpoints[0]") {
-            p.path = format!("endpoints[{index}]{rest}");
-        }
-        p
+    let entry = format!("endpoints[{index}]");
+    let kept = |p: &Problem| {
+        let under = |key: &str| {
+            p.path == key
+                || p.path.starts_with(&format!("{key}."))
+                || p.path.starts_with(&format!("{key}["))
+        };
+        under("nats.stream") || under("events") || under("defaults") || under(&entry)
     };
-    match from_figment(&reduced, problems) {
-        Ok(config) => (config.endpoints.into_iter().next()).ok_or_else(|| {
-            ConfigError::single(
-                "--endpoint",
-                format!("no endpoint named '{name}' in the config"),
-            )
-        }),
-        Err(e) => Err(ConfigError {
-            problems: e.problems.into_iter().map(in_file).collect(),
-        }),
+    let mut found: Vec<Problem> = problems.into_iter().filter(kept).collect();
+    let reduced = Figment::from(Serialized::defaults(Value::Dict(tag, dict)));
+    let endpoint = match from_figment(&reduced, Vec::new()) {
+        Ok(config) => config.endpoints.into_iter().next(),
+        Err(e) => {
+            found.extend(e.problems.into_iter().map(|mut p| {
+                if let Some(rest) = p.path.strip_prefix("endpoints[0]") {
+                    p.path = format!("{entry}{rest}");
+                }
+                p
+            }));
+            None
+        }
+    };
+    match endpoint {
+        Some(endpoint) if found.is_empty() => Ok(endpoint),
+        _ if !found.is_empty() => Err(ConfigError { problems: found }),
+        _ => Err(ConfigError::single(
+            "--endpoint",
+            format!("no endpoint named '{name}' in the config"),
+        )),
     }
 }
 
+/// [`super::StoreAccess`] from `figment`: `nats`, `dead_letter` and the endpoints'
+/// names, each checked as [`from_figment`] checks it; problems elsewhere are not
+/// looked for.
 pub(super) fn store_access(
     figment: &Figment,
     problems: Vec<Problem>,
