@@ -76,6 +76,10 @@ struct Shown {
     /// Consumers whose filter the listings have found changed by someone else: since
     /// when, and when that was last logged.
     foreign_filter: HashMap<String, (Instant, Option<Instant>)>,
+    /// The consumers judged in the poll under way: an entry of `foreign_filter` not
+    /// judged in a poll (its endpoint removed, its consumer gone) is forgotten, so
+    /// that its time does not count for a later one of the name.
+    judged: HashSet<String>,
 }
 
 /// How long a consumer's filter must stay changed before it is logged: the replicas
@@ -133,6 +137,7 @@ impl Shown {
     /// other's filter takes.
     fn judge_filter(&mut self, w: &Arc<Worker>, info: &Info) {
         let name = w.consumer_name();
+        self.judged.insert(name.to_string());
         if !w.filter_differs(info) {
             self.foreign_filter.remove(name);
             return;
@@ -158,6 +163,8 @@ impl Shown {
     /// listed show nothing pending, when parked; one whose series do not exist yet is
     /// tried again at the next poll.
     fn clear_unlisted(&mut self, index: &Index) {
+        let judged = std::mem::take(&mut self.judged);
+        self.foreign_filter.retain(|name, _| judged.contains(name));
         let Shown {
             listed, unlisted, ..
         } = self;
