@@ -440,7 +440,7 @@ fn check_names_an_override_spelt_with_single_underscores() {
     let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], b"", &env);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("warning: environment variable NATSHOOK_NATS_URL is not read: an override takes two underscores after NATSHOOK and between section and key (NATSHOOK__NATS__URL)"),
+        out.contains("warning: environment variable NATSHOOK_NATS_URL is not read by natshook; if it is meant to override a key, its name is NATSHOOK__NATS__URL (two underscores after NATSHOOK and between section and key)"),
         "{out}"
     );
     assert!(!out.contains("NATSHOOK_ADMIN_TOKEN"), "{out}");

@@ -32,7 +32,7 @@ fn misspelt_overrides(variables: impl Iterator<Item = String>, text: &str) -> Ve
     found.sort();
     found
         .into_iter()
-        .map(|(v, meant)| format!("environment variable {v} is not read: an override takes two underscores after NATSHOOK and between section and key ({meant})"))
+        .map(|(v, meant)| format!("environment variable {v} is not read by natshook; if it is meant to override a key, its name is {meant} (two underscores after NATSHOOK and between section and key)"))
         .collect()
 }
 
@@ -95,7 +95,7 @@ mod tests {
         let warned = misspelt_overrides(variables(), text);
         assert_eq!(
             warned,
-            ["environment variable NATSHOOK_NATS_URL is not read: an override takes two underscores after NATSHOOK and between section and key (NATSHOOK__NATS__URL)"]
+            ["environment variable NATSHOOK_NATS_URL is not read by natshook; if it is meant to override a key, its name is NATSHOOK__NATS__URL (two underscores after NATSHOOK and between section and key)"]
         );
         assert_eq!(misspelt_overrides(variables(), "").len(), 2);
     }
