@@ -152,7 +152,12 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
     let section = |key: &str| value.find_ref(key);
     let secret = |key: &str, p: &mut Problems| unknown_keys(section(key), key, &[secret_keys()], p);
     unknown_keys(Some(value), "", &[field_names::<RawConfig>()], p);
-    unknown_keys(section("nats"), "nats", &[field_names::<RawNats>()], p);
+    // `[defaults]` and `[ingress]` hold tables of their own, checked below.
+    for (key, allowed) in sections() {
+        if !matches!(key, "defaults" | "ingress") {
+            unknown_keys(section(key), key, &[allowed], p);
+        }
+    }
     secret("nats.token", p);
     secret("nats.password", p);
     unknown_keys(
@@ -161,17 +166,6 @@ pub(super) fn check_unknown_keys(value: &Value, p: &mut Problems) {
         &[field_names::<RawTls>()],
         p,
     );
-    for (key, allowed) in [
-        ("http", field_names::<RawHttp>()),
-        ("delivery", field_names::<RawDelivery>()),
-        ("dead_letter", field_names::<RawDeadLetter>()),
-        ("delivery_log", field_names::<RawDeliveryLog>()),
-        ("admin", field_names::<RawAdmin>()),
-        ("tracing", field_names::<RawTracing>()),
-        ("registry", field_names::<RawRegistry>()),
-    ] {
-        unknown_keys(section(key), key, &[allowed], p);
-    }
     secret("admin.token", p);
     ingress(section("ingress"), p);
     if let Some(defaults) = section("defaults") {
