@@ -109,12 +109,9 @@ pub(super) fn one_endpoint(
     };
     let entry = format!("endpoints[{index}]");
     let kept = |p: &Problem| {
-        let under = |key: &str| {
-            p.path == key
-                || p.path.starts_with(&format!("{key}."))
-                || p.path.starts_with(&format!("{key}["))
-        };
-        under("nats.stream") || under("events") || under("defaults") || under(&entry)
+        ["nats.stream", "events", "defaults", entry.as_str()]
+            .iter()
+            .any(|key| is_under(&p.path, key))
     };
     let mut found: Vec<Problem> = problems.into_iter().filter(kept).collect();
     let reduced = Figment::from(Serialized::defaults(Value::Dict(tag, dict)));
@@ -140,6 +137,13 @@ pub(super) fn one_endpoint(
     }
 }
 
+/// Whether the problem at key path `path` is of `key` or within it (`key.x`,
+/// `key[0]`).
+fn is_under(path: &str, key: &str) -> bool {
+    path.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
 /// [`super::StoreAccess`] from `figment`: `nats`, `dead_letter` and the endpoints'
 /// names, each checked as [`from_figment`] checks it; problems elsewhere are not
 /// looked for.
@@ -147,11 +151,7 @@ pub(super) fn store_access(
     figment: &Figment,
     problems: Vec<Problem>,
 ) -> Result<super::StoreAccess, ConfigError> {
-    let needed = |path: &str| {
-        ["nats", "dead_letter"]
-            .iter()
-            .any(|s| path == *s || path.starts_with(&format!("{s}.")))
-    };
+    let needed = |path: &str| ["nats", "dead_letter"].iter().any(|s| is_under(path, s));
     let mut problems = Problems(problems);
     let mut value = figment.extract::<Value>().map_err(figment_problems)?;
     shape::check_value(&value)?;
