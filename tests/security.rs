@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,7 +83,7 @@ fn natshook_cli(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run natshook");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    common::feed_stdin(&mut child, stdin);
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -39,6 +39,19 @@ pub const PROXY_VARIABLES: &[&str] = &[
     "all_proxy",
 ];
 
+/// Writes `stdin` to the child's standard input and closes it. A command that fails
+/// before it reads its input (a usage error) may exit first: the pipe it closed is
+/// no failure of the test, whose assertions are on the command's answer.
+pub fn feed_stdin(child: &mut std::process::Child, stdin: &[u8]) {
+    use std::io::Write;
+    let Some(mut input) = child.stdin.take() else {
+        return;
+    };
+    if let Err(e) = input.write_all(stdin) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
+}
+
 /// A command running the natshook binary, without the environment's proxy variables.
 pub fn natshook_command() -> Command {
     let mut cmd = Command::new(bin());
@@ -865,7 +878,6 @@ impl Natshook {
 
     /// Like [`Natshook::cli`], with `stdin` written to the command's standard input.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
-        use std::io::Write;
         let mut child = natshook_command()
             .args(args)
             .arg("--config")
@@ -875,12 +887,7 @@ impl Natshook {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run natshook");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin)
-            .expect("write stdin");
+        feed_stdin(&mut child, stdin);
         child.wait_with_output().expect("natshook output")
     }
 
