@@ -649,19 +649,25 @@ async fn sigterm_hands_fetched_but_unstarted_messages_back_at_once() {
 /// A process stopped while it still waits for NATS at start (a pod deleted while
 /// NATS is unreachable) exits at once, with success: it has fetched nothing, so there
 /// is nothing to drain, and waiting out each request's timeout would end in a kill.
+/// Meanwhile each failed attempt says why it failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_nats_is_unreachable_at_start_exits_at_once() {
     let rx = Receiver::start().await;
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let config = TestConfig::new(nowhere).endpoint("a", &rx.url("/"), &["*"], "");
+    let config = TestConfig::new(nowhere.clone()).endpoint("a", &rx.url("/"), &["*"], "");
     let mut natshook = Natshook::start_listening(&config.render()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     natshook.signal("TERM");
     let status = natshook.wait_exit(Duration::from_secs(3)).await;
     assert!(status.success(), "{status}");
-    assert!(natshook
-        .logs()
-        .contains("shut down before start-up finished"));
+    let logs = natshook.logs();
+    assert!(logs.contains("shut down before start-up finished"));
+    // The attempt's cause and the server tried, not the error's kind alone ("IO
+    // error"): a wrong port reads as one.
+    assert!(
+        logs.contains("Connection refused") && logs.contains(&nowhere),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
