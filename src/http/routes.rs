@@ -20,7 +20,14 @@ pub(super) async fn route(
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, app.metrics().render());
+            // Thousands of endpoints' series take milliseconds to encode: on the
+            // blocking pool that holds up no delivery (on one thread, it would hold
+            // up every one).
+            let metrics = app.metrics().clone();
+            let Ok(body) = tokio::task::spawn_blocking(move || metrics.render()).await else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n");
+            };
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
