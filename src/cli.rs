@@ -456,10 +456,15 @@ fn run(path: &Path) -> Result<(), Failure> {
     let scheduler = Scheduler::for_config(&config);
     on_runtime(scheduler, async move {
         if scheduler == Scheduler::OneThread {
+            let why = if config.fan_out {
+                "fan_out delivers through one consumer and its lane"
+            } else {
+                "one endpoint from the file, no registry"
+            };
             tracing::info!(
                 endpoints = config.endpoints.len(),
-                "running on one thread: one endpoint from the file, no registry, no ingress \
-                 routes (TOKIO_WORKER_THREADS=N for N worker threads)"
+                "running on one thread: {why}, no ingress routes (TOKIO_WORKER_THREADS=N for \
+                 N worker threads)"
             );
         }
         let text = std::fs::read_to_string(path).unwrap_or_default();

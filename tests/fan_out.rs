@@ -109,7 +109,8 @@ fn per_path(rx: &Receiver) -> BTreeMap<String, (BTreeSet<String>, usize)> {
 /// with the source message's id and a valid signature; the source stream has one
 /// delivery consumer (the fan-out), not one per endpoint; once the work is done, the
 /// endpoints let their consumers on the work stream go, and their acked copies with
-/// them, so new work after that delivers only the new messages.
+/// them, so new work after that delivers only the new messages. natshook runs on one
+/// thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
     let nats = NatsServer::start();
@@ -146,6 +147,11 @@ async fn every_endpoint_gets_its_messages_through_one_source_consumer() {
         );
     }
     let natshook = Natshook::start(&config.render()).await;
+    // Every delivery passes through the fan-out and its lane: one thread, whatever
+    // the number of endpoints.
+    assert!(natshook
+        .logs()
+        .contains("running on one thread: fan_out delivers through one consumer"));
     let js = jetstream::new(nats.client().await);
 
     let mut messages = leads(200, "lead");

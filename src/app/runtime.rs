@@ -1,16 +1,18 @@
 //! The tokio runtime `natshook run` works on, chosen from the config it serves.
 //!
-//! One endpoint's deliveries are a chain of hand-offs (the fetch loop, the delivery,
-//! hyper's connection task, the ack through the NATS client's task). On two worker
-//! threads most of those hand-offs cross threads: each wakes the other thread through
-//! the kernel and moves shared reference counts between caches. With one endpoint
-//! that costs more CPU than the second thread gives back, so a sidecar serving one
-//! endpoint from its file runs on one thread, tokio's current-thread scheduler.
-//! Several endpoints run in parallel on the threads, and a registry (endpoints by the
-//! thousand, added at run time) or ingress routes (a server's work) need them too:
-//! those keep the multi-threaded scheduler with one worker thread per CPU the process
-//! may use. `TOKIO_WORKER_THREADS`, when set, chooses the multi-threaded
-//! scheduler with that many threads, as it does for any tokio program.
+//! A delivery is a chain of hand-offs (the fetch loop, the delivery, hyper's
+//! connection task, the ack through the NATS client's task). On two worker threads
+//! most of those hand-offs cross threads: each wakes the other thread through the
+//! kernel and moves shared reference counts between caches. Where every delivery
+//! passes through one such chain, that costs more CPU than the second thread gives
+//! back, so natshook runs on one thread, tokio's current-thread scheduler: one endpoint
+//! from the file, or any number with `[delivery] fan_out`, whose fan-out consumer and
+//! lane carry every endpoint that keeps up. Endpoints with consumers of their own
+//! (several in the file, or a registry, without `fan_out`) fetch side by side, and
+//! ingress routes serve requests side by side: those run the multi-threaded scheduler
+//! with one worker thread per CPU the process may use. `TOKIO_WORKER_THREADS`, when
+//! set, chooses the multi-threaded scheduler with that many threads, as it does for
+//! any tokio program.
 
 use std::io;
 
@@ -18,9 +20,11 @@ use tokio::runtime::Runtime;
 
 use crate::config::Config;
 
-/// The most endpoints a config may have and still run on one thread. With one
-/// endpoint one thread spends 7-10 % less CPU per delivery than two; with four it
-/// spends the same and drains 11-24 % slower (docs/performance.md, Worker threads).
+/// The most endpoints with consumers of their own a config may have and still run on
+/// one thread. With one endpoint one thread spends 7-10 % less CPU per delivery than
+/// two; with four it spends the same and drains 11-24 % slower. Through the fan-out's
+/// lane, 1,000 busy endpoints on one thread spend 10-13 % less at the same rate
+/// (docs/performance.md, Worker threads).
 const ONE_THREAD_UP_TO: usize = 1;
 
 /// The variable tokio reads for its worker threads; set, it decides.
@@ -41,10 +45,10 @@ pub enum Scheduler {
 
 impl Scheduler {
     /// The scheduler for serving `config`, chosen once at start: a reload that adds
-    /// endpoints keeps it until the next start.
+    /// endpoints, or switches `fan_out`, keeps it until the next start.
     pub fn for_config(config: &Config) -> Self {
         let env_decides = std::env::var_os(WORKER_THREADS_VAR).is_some();
-        if !env_decides && serves_one_endpoint(config) {
+        if !env_decides && delivers_through_one_chain(config) {
             Scheduler::OneThread
         } else {
             Scheduler::MultiThread
@@ -60,10 +64,10 @@ impl Scheduler {
     }
 }
 
-fn serves_one_endpoint(config: &Config) -> bool {
-    config.registry.is_none()
-        && config.ingress.routes.is_empty()
-        && config.endpoints.len() <= ONE_THREAD_UP_TO
+fn delivers_through_one_chain(config: &Config) -> bool {
+    config.ingress.routes.is_empty()
+        && (config.fan_out
+            || (config.registry.is_none() && config.endpoints.len() <= ONE_THREAD_UP_TO))
 }
 
 #[cfg(test)]
@@ -85,17 +89,33 @@ mod tests {
         }
     }
 
+    const REGISTRY: &str = "[registry]\nenabled = true\n";
+    const FAN_OUT: &str = "[delivery]\nfan_out = true\n";
+    const INGRESS: &str = "[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x\"\nverify = { scheme = \"none\" }\n";
+
     #[test]
     fn one_file_endpoint_runs_on_one_thread_and_more_on_the_default() {
-        assert!(serves_one_endpoint(&config(ONE_THREAD_UP_TO, "")));
-        assert!(!serves_one_endpoint(&config(ONE_THREAD_UP_TO + 1, "")));
+        assert!(delivers_through_one_chain(&config(ONE_THREAD_UP_TO, "")));
+        assert!(!delivers_through_one_chain(&config(
+            ONE_THREAD_UP_TO + 1,
+            ""
+        )));
     }
 
     #[test]
     fn a_registry_or_ingress_routes_keep_the_default_threads() {
-        let registry = "[registry]\nenabled = true\n";
-        assert!(!serves_one_endpoint(&config(1, registry)));
-        let ingress = "[[ingress.routes]]\npath = \"/in/x\"\nsubject = \"in.x\"\nverify = { scheme = \"none\" }\n";
-        assert!(!serves_one_endpoint(&config(1, ingress)));
+        assert!(!delivers_through_one_chain(&config(1, REGISTRY)));
+        assert!(!delivers_through_one_chain(&config(1, INGRESS)));
+    }
+
+    #[test]
+    fn fan_out_runs_on_one_thread_with_any_number_of_endpoints_unless_it_has_ingress_routes() {
+        assert!(delivers_through_one_chain(&config(50, FAN_OUT)));
+        let platform = format!("{FAN_OUT}{REGISTRY}");
+        assert!(delivers_through_one_chain(&config(3, &platform)));
+        assert!(!delivers_through_one_chain(&config(
+            3,
+            &format!("{FAN_OUT}{INGRESS}")
+        )));
     }
 }
