@@ -987,6 +987,50 @@ async fn the_api_answers_503_until_the_registry_is_open() {
     .await;
 }
 
+/// A bucket of more records than one batch applies (1,000) counts as read once every
+/// record is applied, not after the first batch: until then the list answers `503`
+/// ("starting") rather than a list that lacks the later batches' records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_of_several_batches_is_read_in_full_before_it_counts_as_read() {
+    let nats = NatsServer::start();
+    let (file_rx, rx) = (Receiver::start().await, Receiver::start().await);
+    let config = config(&nats, &file_rx, "");
+    // The first process makes the bucket.
+    let maker = Natshook::start(&config).await;
+    drop(maker);
+    let js = jetstream::new(nats.client().await);
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("r{i:05}"))
+        .chain(["zz-last".to_string()])
+        .collect();
+    for name in &names {
+        kv.put(name, body(name, &rx).into_bytes().into())
+            .await
+            .expect("put");
+    }
+
+    let n = Natshook::start_listening(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, got) = api(&n, "GET", "/api/endpoints?after=r09998", None).await;
+        if status == 200 {
+            let listed: Vec<&str> = got["endpoints"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e["name"].as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(listed, ["r09999", "zz-last"], "listed as read: {got}");
+            break;
+        }
+        assert_eq!(status, 503, "{got}");
+        assert!(Instant::now() < deadline, "the registry never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// With NATS gone, a create answers `503` with `Retry-After`, and its error claims no
 /// earlier endpoint of the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

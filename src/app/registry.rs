@@ -341,16 +341,24 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 }
             };
             let Some(first) = first else { break };
-            let mut batch = vec![first];
+            let mut caught_up = first.caught_up;
+            let mut batch = vec![first.change];
             // Gather what arrives together (a replay, a burst of writes).
             while batch.len() < MAX_BATCH {
                 match tokio::time::timeout(GATHER, changes.next()).await {
-                    Ok(Some(c)) => batch.push(c),
+                    Ok(Some(c)) => {
+                        caught_up = c.caught_up;
+                        batch.push(c.change);
+                    }
                     _ => break,
                 }
             }
             sup.apply_registry(batch).await;
-            sup.mark_registry_synced();
+            // The registry counts as read once the replay of every record is applied,
+            // not after its first batch: a bucket of thousands takes several.
+            if caught_up {
+                sup.mark_registry_synced();
+            }
         }
         tracing::warn!("endpoint registry watch ended; watching again");
     }

@@ -55,6 +55,14 @@ impl Record {
     }
 }
 
+/// A change as the watch reads it.
+pub struct Watched {
+    pub change: Change,
+    /// Nothing was stored after it when it was read: the first change so read ends
+    /// the watch's replay of what the bucket held.
+    pub caught_up: bool,
+}
+
 /// What the watch saw.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -206,11 +214,16 @@ impl Registry {
     }
 
     /// Every endpoint now in the bucket, then every change as it happens.
-    pub async fn watch(&self) -> Result<impl Stream<Item = Change> + Unpin, RegistryError> {
+    pub async fn watch(&self) -> Result<impl Stream<Item = Watched> + Unpin, RegistryError> {
         let watch = self.kv.watch_with_history(">").await.map_err(nats)?;
         Ok(watch
             .take_while(|r| std::future::ready(r.is_ok()))
-            .filter_map(|r| std::future::ready(r.ok().map(change))))
+            .filter_map(|r| {
+                std::future::ready(r.ok().map(|e| Watched {
+                    caught_up: e.delta == 0,
+                    change: change(e),
+                }))
+            }))
     }
 }
 
