@@ -459,12 +459,12 @@ fn run(path: &Path) -> Result<(), Failure> {
             let why = if config.fan_out {
                 "fan_out delivers through one consumer and its lane"
             } else {
-                "one endpoint from the file, no registry"
+                "one endpoint"
             };
             tracing::info!(
                 endpoints = config.endpoints.len(),
-                "running on one thread: {why}, no ingress routes (TOKIO_WORKER_THREADS=N for \
-                 N worker threads)"
+                "running on one thread: {why}, no registry, no ingress routes \
+                 (TOKIO_WORKER_THREADS=N for N worker threads)"
             );
         }
         let text = std::fs::read_to_string(path).unwrap_or_default();
