@@ -128,6 +128,24 @@ pub struct KeygenArgs {
     pub public: bool,
 }
 
+/// Parses the command line. A missing `--config` also names `NATSHOOK_CONFIG`, which
+/// clap's message leaves out.
+pub fn parse() -> Cli {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    Cli::try_parse().unwrap_or_else(|mut e| {
+        let config_missing = e.kind() == ErrorKind::MissingRequiredArgument
+            && matches!(e.get(ContextKind::InvalidArg),
+                Some(ContextValue::Strings(args)) if args.iter().any(|a| a.starts_with("--config")));
+        if config_missing {
+            e.insert(
+                ContextKind::Suggested,
+                ContextValue::StyledStrs(vec!["or set NATSHOOK_CONFIG=FILE".into()]),
+            );
+        }
+        e.exit()
+    })
+}
+
 /// Runtime failures (exit 1) versus config and usage problems (exit 2).
 pub enum Failure {
     Config(ConfigError),

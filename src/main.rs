@@ -1,10 +1,9 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use natshook::cli::{self, Cli};
+use natshook::cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     cli::init_logging(cli.log_format, cli.command.default_log_level());
     cli::execute(cli)
 }

@@ -640,3 +640,19 @@ fn check_names_a_bad_rate_limit_by_its_key_from_the_file_and_the_environment() {
         "{out}"
     );
 }
+
+/// A command without `--config` says the file can also come from `NATSHOOK_CONFIG`.
+#[test]
+fn a_missing_config_names_the_variable_too() {
+    for args in [&["run"][..], &["dlq", "list"]] {
+        let out = natshook_command()
+            .args(args)
+            .env_remove("NATSHOOK_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--config <CONFIG>"), "{stderr}");
+        assert!(stderr.contains("NATSHOOK_CONFIG=FILE"), "{stderr}");
+    }
+}
