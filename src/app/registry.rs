@@ -313,6 +313,11 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 }
             }
         };
+        // A bucket emptied since the check above (its stream purged, or deleted and
+        // made again) sends this watch nothing: it has nothing to replay.
+        if !sup.registry_read() && matches!(registry.is_empty().await, Ok(true)) {
+            sup.mark_registry_synced();
+        }
         let mut check = tokio::time::interval_at(
             tokio::time::Instant::now() + crate::store::bucket::CHECK_EVERY,
             crate::store::bucket::CHECK_EVERY,
@@ -347,7 +352,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
             while batch.len() < MAX_BATCH {
                 match tokio::time::timeout(GATHER, changes.next()).await {
                     Ok(Some(c)) => {
-                        caught_up = c.caught_up;
+                        caught_up |= c.caught_up;
                         batch.push(c.change);
                     }
                     _ => break,

@@ -223,6 +223,11 @@ impl Supervisor {
         self.registry_pending.store(false, Ordering::Release);
     }
 
+    /// Whether the registry's records have been read once ([`Self::mark_registry_synced`]).
+    pub(super) fn registry_read(&self) -> bool {
+        !self.registry_pending.load(Ordering::Acquire)
+    }
+
     pub(super) fn publish_records(&self, runtime: &Runtime) {
         if let Ok(mut r) = self.records.write() {
             *r = runtime.records();

@@ -58,8 +58,7 @@ impl Record {
 /// A change as the watch reads it.
 pub struct Watched {
     pub change: Change,
-    /// Nothing was stored after it when it was read: the first change so read ends
-    /// the watch's replay of what the bucket held.
+    /// The watch's replay of what the bucket held ended with this change or before.
     pub caught_up: bool,
 }
 
@@ -216,12 +215,21 @@ impl Registry {
     /// Every endpoint now in the bucket, then every change as it happens.
     pub async fn watch(&self) -> Result<impl Stream<Item = Watched> + Unpin, RegistryError> {
         let watch = self.kv.watch_with_history(">").await.map_err(nats)?;
+        // The replay is over at the first entry with nothing stored after it, or once
+        // as many entries came as were stored when the first one was read: under a
+        // steady stream of writes (other replicas, scripts) the first may never come.
+        let mut stored_at_start: Option<u64> = None;
+        let mut received = 0u64;
         Ok(watch
             .take_while(|r| std::future::ready(r.is_ok()))
-            .filter_map(|r| {
-                std::future::ready(r.ok().map(|e| Watched {
-                    caught_up: e.delta == 0,
-                    change: change(e),
+            .filter_map(move |r| {
+                std::future::ready(r.ok().map(|e| {
+                    received += 1;
+                    let stored = *stored_at_start.get_or_insert(e.delta + 1);
+                    Watched {
+                        caught_up: e.seen_current || received >= stored,
+                        change: change(e),
+                    }
                 }))
             }))
     }
