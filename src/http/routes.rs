@@ -29,10 +29,16 @@ pub(super) async fn route(
             // blocking pool that holds up no delivery (on one thread, it would hold
             // up every one).
             let metrics = app.metrics().clone();
-            let Ok(_one_at_a_time) = RENDERING.acquire().await else {
+            let Ok(one_at_a_time) = RENDERING.acquire().await else {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n");
             };
-            let Ok(body) = tokio::task::spawn_blocking(move || metrics.render()).await else {
+            // The encoding holds the permit, not this request: a scraper that hangs up
+            // leaves it running, and the next scrape waits for it.
+            let render = move || {
+                let _held = one_at_a_time;
+                metrics.render()
+            };
+            let Ok(body) = tokio::task::spawn_blocking(render).await else {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n");
             };
             let mut r = text(StatusCode::OK, body);
