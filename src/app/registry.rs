@@ -275,27 +275,6 @@ async fn keep_bucket(sup: &Supervisor, registry: &Registry) -> bool {
 /// replay of every record changes nothing that is already served.
 pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    // An empty bucket sends nothing to wait for: asked until it answers, or the
-    // process would never count the registry as read (not ready, and the admin API
-    // answering 503 for runtime endpoints) until someone created one.
-    loop {
-        match registry.is_empty().await {
-            Ok(empty) => {
-                if empty {
-                    sup.mark_registry_synced();
-                }
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot tell whether the endpoint registry is empty; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-        }
-    }
-    backoff.reset();
     loop {
         let mut changes = match registry.watch().await {
             Ok(w) => {
@@ -313,11 +292,29 @@ pub(super) async fn watch(sup: Arc<Supervisor>, registry: Registry, stop: Cancel
                 }
             }
         };
-        // A bucket emptied since the check above (its stream purged, or deleted and
-        // made again) sends this watch nothing: it has nothing to replay.
-        if !sup.registry_read() && matches!(registry.is_empty().await, Ok(true)) {
-            sup.mark_registry_synced();
+        // An empty bucket sends the watch nothing to replay, so the process would never
+        // count the registry as read (not ready, and the admin API answering 503 for
+        // runtime endpoints) until someone created one. Asked once the watch exists,
+        // so that a record written after the answer still reaches it; asked until it
+        // answers.
+        while !sup.registry_read() {
+            match registry.is_empty().await {
+                Ok(empty) => {
+                    if empty {
+                        sup.mark_registry_synced();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell whether the endpoint registry is empty; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
         }
+        backoff.reset();
         let mut check = tokio::time::interval_at(
             tokio::time::Instant::now() + crate::store::bucket::CHECK_EVERY,
             crate::store::bucket::CHECK_EVERY,
