@@ -77,7 +77,7 @@ fn find_endpoint<'a>(config: &'a Config, name: &str) -> Result<&'a Endpoint, Fai
 /// switched it off.
 async fn replay_target(
     config: &Config,
-    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
     name: &str,
 ) -> Result<Arc<Endpoint>, Failure> {
     if let Ok(ep) = find_endpoint(config, name) {
@@ -90,8 +90,7 @@ async fn replay_target(
             "no endpoint named '{name}' in the config"
         )));
     };
-    let js = async_nats::jetstream::new(client.clone());
-    let registry = Registry::open(&js, registry)
+    let registry = Registry::open(js, registry)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     let record = (registry.get(name).await)
@@ -201,7 +200,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<(), Failure> {
             let config = Config::load(&config.config)?;
             let (client, js) = connect(&config.nats).await?;
             let dlq = DeadLetters::for_config(js.clone(), &config);
-            let ep = replay_target(&config, &client, to.as_deref().unwrap_or(&endpoint)).await?;
+            let ep = replay_target(&config, &js, to.as_deref().unwrap_or(&endpoint)).await?;
             refuse_if_held(&js, &config, &ep.name).await?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let deliverer = Deliverer::new(ep.clone(), config.max_inflight)
