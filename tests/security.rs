@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::ToSocketAddrs;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,24 +74,6 @@ async fn official_standardwebhooks_library_verifies_requests_with_every_rotated_
     assert_eq!((ok, bad), (0, 101), "a wrong secret must not verify");
 }
 
-/// Runs the natshook binary with `stdin`: (exit code, stdout, stderr).
-fn natshook_cli(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    let mut child = natshook_command()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run natshook");
-    common::feed_stdin(&mut child, stdin);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Checks the `v1a` entries of each request with Python's `cryptography` (OpenSSL's
 /// Ed25519), independent of the crate natshook signs with: (verified, not verified).
 /// Also checks that the `whsk_` secret key's seed derives the `whpk_` public key there.
@@ -142,7 +124,7 @@ print(ok, bad)
 async fn ed25519_signatures_verify_with_the_public_key_in_python_cryptography() {
     // The key pair comes from `natshook keygen`, as an operator gets it.
     let keys = |stdin: &[u8], args: &[&str]| {
-        let (code, out, err) = natshook_cli(args, stdin);
+        let (code, out, err) = run_natshook(args, stdin, &[]);
         assert_eq!(code, 0, "{err}");
         out.lines().map(str::to_string).collect::<Vec<_>>()
     };
@@ -180,10 +162,10 @@ async fn ed25519_signatures_verify_with_the_public_key_in_python_cryptography() 
     for h in &headers {
         args.extend(["-H", h.as_str()]);
     }
-    assert_eq!(natshook_cli(&args, &r.body).1.trim(), "valid");
+    assert_eq!(run_natshook(&args, &r.body, &[]).1.trim(), "valid");
     let mut tampered = r.body.to_vec();
     tampered.push(b' ');
-    let (code, out, _) = natshook_cli(&args, &tampered);
+    let (code, out, _) = run_natshook(&args, &tampered, &[]);
     assert_eq!(
         (code, out.trim()),
         (1, "invalid: no signature matches any configured secret")
@@ -199,7 +181,7 @@ async fn ed25519_signatures_verify_with_the_public_key_in_python_cryptography() 
     for h in &headers {
         args.extend(["-H", h.as_str()]);
     }
-    assert_eq!(natshook_cli(&args, &r.body).1.trim(), "valid");
+    assert_eq!(run_natshook(&args, &r.body, &[]).1.trim(), "valid");
     assert!(
         !natshook.logs().contains(&whsk[5..]),
         "the secret key leaked"

@@ -52,6 +52,26 @@ pub fn feed_stdin(child: &mut std::process::Child, stdin: &[u8]) {
     }
 }
 
+/// Runs the natshook binary with `args`, `stdin` and the extra environment `env`:
+/// (exit code, stdout, stderr).
+pub fn run_natshook(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut child = natshook_command()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run natshook");
+    feed_stdin(&mut child, stdin);
+    let out = child.wait_with_output().expect("natshook output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A command running the natshook binary, without the environment's proxy variables.
 pub fn natshook_command() -> Command {
     let mut cmd = Command::new(bin());
