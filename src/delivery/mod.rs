@@ -26,6 +26,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::ResponseFuture;
 
 pub(crate) use self::client::system_roots;
 pub use self::client::ClientError;
@@ -70,8 +71,8 @@ pub enum Undeliverable {
 }
 
 /// One attempt in progress, as [`Deliverer::deliver`] returns it: boxed where it is
-/// made, so the caller moves a pointer instead of the request's whole state (nearly
-/// 2 KiB) into its own future and from there into the heap.
+/// made, so the caller moves a pointer instead of the attempt's whole state (over
+/// 600 bytes) into its own future and from there into the heap.
 pub type Attempt<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
 
 /// The result of one HTTP attempt.
@@ -125,6 +126,9 @@ impl AttemptResult {
         }
     }
 }
+
+/// A request as the client sends it.
+type HttpRequest = http::Request<Full<Bytes>>;
 
 /// What to send: body and the per-message headers.
 pub struct Request<'a> {
@@ -263,7 +267,13 @@ impl Deliverer {
     }
 
     /// One attempt, bounded by the endpoint's timeout (connect, send and response).
-    async fn send(&self, mut req: Request<'_>) -> AttemptResult {
+    ///
+    /// The request is made and handed to the client here, before the returned future
+    /// runs: what making it takes (the builder, the header map, the request itself)
+    /// would otherwise stay in the future's state across the exchange, and that state
+    /// is copied into the heap for every attempt. The span is boxed for the same
+    /// reason: without `[tracing]` it is `None`, eight bytes instead of three hundred.
+    fn send<'s>(&'s self, mut req: Request<'_>) -> impl Future<Output = AttemptResult> + Send + 's {
         let span = self.tracer.as_deref().map(|(tracer, endpoint)| {
             let facts = AttemptFacts {
                 endpoint,
@@ -271,8 +281,67 @@ impl Deliverer {
                 id: req.id,
                 attempt: req.attempt,
             };
-            tracer.start(&facts, &mut req.forwarded)
+            Box::new(tracer.start(&facts, &mut req.forwarded))
         });
+        let (request, request_headers) = self.request(req);
+        let response = request.map(|r| self.client.request(r));
+        async move {
+            let start = Instant::now();
+            let outcome = match response {
+                Ok(response) => self.exchange(response, start + self.endpoint.timeout).await,
+                Err(e) => Err((
+                    AttemptStatus::ConnectError,
+                    format!("cannot build request: {e}"),
+                )),
+            };
+            let duration = start.elapsed();
+            let result = match outcome {
+                Ok(answer) => AttemptResult {
+                    status: AttemptStatus::Class(answer.status),
+                    http_status: Some(answer.status),
+                    retry_after: answer.retry_after,
+                    error: answer.redirect.map(|to| {
+                        printable(format!(
+                            "HTTP {}, redirect to {to} not followed",
+                            answer.status
+                        ))
+                    }),
+                    response_body: answer.body,
+                    duration,
+                    request_headers,
+                },
+                Err((status, error)) => AttemptResult {
+                    status,
+                    http_status: None,
+                    retry_after: None,
+                    error: Some(printable(error)),
+                    response_body: Bytes::new(),
+                    duration,
+                    request_headers,
+                },
+            };
+            if let Some(span) = span {
+                span.end(AttemptEnd {
+                    status: match result.http_status {
+                        Some(s) => s.to_string().into(),
+                        None => result.status.label().into(),
+                    },
+                    http_status: result.http_status,
+                    success: result.is_success(),
+                    error: result.error.as_deref(),
+                    duration,
+                });
+            }
+            result
+        }
+    }
+
+    /// The signed request of one attempt, and its headers redacted when `req` asks to
+    /// capture them.
+    fn request(
+        &self,
+        req: Request<'_>,
+    ) -> (Result<HttpRequest, http::Error>, Vec<(String, String)>) {
         let headers = request_headers(
             &self.endpoint,
             self.host.as_ref(),
@@ -280,62 +349,15 @@ impl Deliverer {
             &req,
             SystemTime::now(),
         );
-        let request_headers = if req.capture_headers {
-            redact(&headers)
-        } else {
-            Vec::new()
+        let captured = match req.capture_headers {
+            true => redact(&headers),
+            false => Vec::new(),
         };
         let mut builder = http::Request::post(self.endpoint.url.clone());
         if let Some(h) = builder.headers_mut() {
             *h = headers;
         }
-        let start = Instant::now();
-        let outcome = match builder.body(Full::new(req.body)) {
-            Ok(request) => self.exchange(request, start + self.endpoint.timeout).await,
-            Err(e) => Err((
-                AttemptStatus::ConnectError,
-                format!("cannot build request: {e}"),
-            )),
-        };
-        let duration = start.elapsed();
-        let result = match outcome {
-            Ok(answer) => AttemptResult {
-                status: AttemptStatus::Class(answer.status),
-                http_status: Some(answer.status),
-                retry_after: answer.retry_after,
-                error: answer.redirect.map(|to| {
-                    printable(format!(
-                        "HTTP {}, redirect to {to} not followed",
-                        answer.status
-                    ))
-                }),
-                response_body: answer.body,
-                duration,
-                request_headers,
-            },
-            Err((status, error)) => AttemptResult {
-                status,
-                http_status: None,
-                retry_after: None,
-                error: Some(printable(error)),
-                response_body: Bytes::new(),
-                duration,
-                request_headers,
-            },
-        };
-        if let Some(span) = span {
-            span.end(AttemptEnd {
-                status: match result.http_status {
-                    Some(s) => s.to_string().into(),
-                    None => result.status.label().into(),
-                },
-                http_status: result.http_status,
-                success: result.is_success(),
-                error: result.error.as_deref(),
-                duration,
-            });
-        }
-        result
+        (builder.body(Full::new(req.body)), captured)
     }
 
     /// The request and the response head by `deadline`, which the status decides; then
@@ -344,7 +366,7 @@ impl Deliverer {
     /// the status stands.
     async fn exchange(
         &self,
-        request: http::Request<Full<Bytes>>,
+        response: ResponseFuture,
         deadline: Instant,
     ) -> Result<Answer, (AttemptStatus, String)> {
         // One timer for both parts, as one `timeout` around them was.
@@ -352,7 +374,7 @@ impl Deliverer {
         tokio::pin!(expired);
         let response = tokio::select! {
             biased;
-            r = self.client.request(request) => r.map_err(|e| {
+            r = response => r.map_err(|e| {
                 // An unanswered HTTP/2 PING is the receiver's silence, as a timeout is.
                 let status = match client::timed_out(&e) {
                     true => AttemptStatus::Timeout,

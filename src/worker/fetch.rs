@@ -187,7 +187,7 @@ impl Worker {
             // Boxed, so the delivery future is copied once into the heap and the task
             // moves a pointer, not the future, through spawn and its stage changes.
             tracker.spawn(Box::pin(async move {
-                this.handle(msg, &abort).await;
+                this.handle(&msg, &abort).await;
                 drop(global);
                 drop(permit);
             }));
@@ -364,7 +364,8 @@ impl Worker {
                             if let Some(msg) = msg {
                                 tracing::info!(endpoint = %self.endpoint.name, "probing paused endpoint with one message");
                                 probe_lock = lock;
-                                probe = Some(Box::pin(self.handle(msg, &stop.abort)));
+                                let abort = &stop.abort;
+                                probe = Some(Box::pin(async move { self.handle(&msg, abort).await }));
                             }
                         }
                         None => probe_due.as_mut().reset(tokio::time::Instant::now() + wait.next_delay()),

@@ -98,23 +98,25 @@ impl Worker {
     /// Delivers one message and settles it with JetStream.
     ///
     /// An `async` block rather than an `async fn`: an `async fn` keeps its arguments
-    /// twice in its state, and this state is built for every message.
+    /// twice in its state, and this state is built for every message. The message is
+    /// borrowed from the delivery task that owns it, so that it is not a second time
+    /// in this state (hundreds of bytes with its JetStream context).
     #[allow(clippy::manual_async_fn)]
     pub(super) fn handle<'a>(
         &'a self,
-        msg: jetstream::Message,
+        msg: &'a jetstream::Message,
         abort: &'a CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
         async move {
-            let mut m = match self.route(&msg) {
+            let mut m = match self.route(msg) {
                 Ok(m) => m,
                 Err(settle) => {
-                    self.ack(&msg, settle).await;
+                    self.ack(msg, settle).await;
                     // Acked without a request (skipped, unmapped, unwanted, filtered):
                     // an earlier delivery may have been noted as no attempt.
                     let redelivered = msg.info().is_ok_and(|i| i.delivered > 1);
                     if matches!(settle, AckKind::Ack) && redelivered {
-                        Box::pin(self.forget_unattempted(&msg)).await;
+                        Box::pin(self.forget_unattempted(msg)).await;
                     }
                     return;
                 }
@@ -277,23 +279,26 @@ impl Worker {
 
     /// One attempt, logged, then settled.
     async fn deliver(&self, m: &Routed<'_>, abort: &CancellationToken) {
-        let facts = MessageFacts {
-            id: &m.id,
-            event: &m.event,
-            subject: &m.meta.subject,
-            stream_sequence: m.meta.sequence,
-            attempt: m.meta.attempt,
-            published: m.meta.published,
-            payload: &m.msg.payload,
-            tenant: m.tenant.as_deref(),
-        };
-        let message_headers = header_pairs(m.msg, m.meta.copy);
         let capture_headers = (self.shared.delivery_log.as_ref())
             .is_some_and(|log| log.has_room_for_success(&self.success_log));
-        let send = match self
-            .deliverer
-            .deliver(&facts, message_headers, capture_headers)
-        {
+        // Made in a block of its own, so that the facts are not kept in this future's
+        // state while the attempt runs.
+        let send = {
+            let facts = MessageFacts {
+                id: &m.id,
+                event: &m.event,
+                subject: &m.meta.subject,
+                stream_sequence: m.meta.sequence,
+                attempt: m.meta.attempt,
+                published: m.meta.published,
+                payload: &m.msg.payload,
+                tenant: m.tenant.as_deref(),
+            };
+            let message_headers = header_pairs(m.msg, m.meta.copy);
+            self.deliverer
+                .deliver(&facts, message_headers, capture_headers)
+        };
+        let send = match send {
             Ok(send) => send,
             Err(e) => {
                 let reason = e.to_string();
@@ -392,6 +397,9 @@ impl Worker {
             .delivery(&m.event, m.event_from_subject, outcome);
     }
 
+    /// Acks a delivered message, or retries, pauses or dead-letters a failed one. The
+    /// failure paths are boxed: this future sits in every delivery's state, which is
+    /// copied into the heap per message, and a success needs none of theirs.
     async fn settle(&self, m: &Routed<'_>, result: AttemptResult) {
         let (msg, id, event, attempt) = (m.msg, m.id.as_str(), m.event.as_str(), m.meta.attempt);
         self.metrics.attempt(result.status);
@@ -428,7 +436,7 @@ impl Worker {
             Decision::Pause(delay) => {
                 self.breaker.pause(PauseReason::Gone);
                 self.count_delivery(m, Outcome::Retry);
-                self.retry_later(m, delay).await;
+                Box::pin(self.retry_later(m, delay)).await;
             }
             Decision::DeadLetter => {
                 let reason = format!("failed after {attempt} attempts");
@@ -443,7 +451,7 @@ impl Worker {
             }
             Decision::Retry(delay) => {
                 self.count_delivery(m, Outcome::Retry);
-                self.retry_later(m, delay).await;
+                Box::pin(self.retry_later(m, delay)).await;
             }
         }
     }

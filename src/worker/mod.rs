@@ -535,7 +535,7 @@ impl Worker {
     ) {
         let this = Arc::clone(self);
         tracker.spawn(Box::pin(async move {
-            this.handle(msg, &abort).await;
+            this.handle(&msg, &abort).await;
             drop(hold);
         }));
     }
