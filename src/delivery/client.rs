@@ -3,14 +3,17 @@
 //! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
 
 use super::proxy::Route;
 use crate::config::{Endpoint, Proxy, TlsFiles};
@@ -23,7 +26,39 @@ const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 
 type Connector = HttpsConnector<Route>;
 
-pub(super) type HttpClient = Client<Connector, Full<Bytes>>;
+pub(super) type HttpClient = Client<Shared, Full<Bytes>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connector behind one `Arc`. hyper-util's client clones its connector for
+/// every request, to connect in case no pooled connection is free, and drops the
+/// clone when one is: the TLS connector around the SSRF guard or proxy route is
+/// several reference counts to take and give back each time, which this makes one.
+/// It is cloned in full only to make a connection.
+#[derive(Clone)]
+pub(super) struct Shared(Arc<Connector>);
+
+impl Service<Uri> for Shared {
+    type Response = <Connector as Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = <Connector as Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness belongs to the clone that connects (see `call`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let mut connector = (*self.0).clone();
+        // hyper-util's connectors, direct and tunnel, are always ready; a connector
+        // that was not would fail this connection, not hang it.
+        match connector.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => connector.call(dst),
+            Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
+            Poll::Pending => Box::pin(std::future::ready(Err("connector not ready".into()))),
+        }
+    }
+}
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +213,7 @@ fn build_with(
         .pool_max_idle_per_host(max_idle.max(1))
         .http1_writev(true)
         .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
-        .build(connector))
+        .build(Shared(Arc::new(connector))))
 }
 
 fn tcp<R>(mut http: HttpConnector<R>, endpoint: &Endpoint) -> HttpConnector<R> {
