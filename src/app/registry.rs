@@ -24,7 +24,10 @@ const MAX_BATCH: usize = 1000;
 
 /// One record and what it serves.
 struct Entry {
-    record: Record,
+    /// Shared with what the admin API reads ([`Supervisor::publish_records`]): each
+    /// change publishes every record again, which with thousands of records must not
+    /// copy each one's JSON.
+    record: Arc<Record>,
     /// `Err`: why it is not served (invalid, shadowed by a file endpoint, its HTTP
     /// client not built), logged when seen and shown by the admin API.
     endpoint: Result<Arc<Endpoint>, Vec<Problem>>,
@@ -40,6 +43,7 @@ impl Runtime {
     /// Takes `record` in, validated against `file`.
     fn put(&mut self, record: Record, file: &Config) {
         let endpoint = validate(&record, file);
+        let record = Arc::new(record);
         self.entries
             .insert(record.name.clone(), Entry { record, endpoint });
     }
@@ -119,8 +123,19 @@ impl Runtime {
             .min()
     }
 
-    pub(super) fn records(&self) -> Vec<Record> {
-        self.entries.values().map(|e| e.record.clone()).collect()
+    /// Every record, in name order.
+    pub(super) fn records(&self) -> Vec<Arc<Record>> {
+        self.entries
+            .values()
+            .map(|e| Arc::clone(&e.record))
+            .collect()
+    }
+
+    /// Each record's name and revision.
+    pub(super) fn revisions(&self) -> HashMap<String, u64> {
+        (self.entries.iter())
+            .map(|(name, e)| (name.clone(), e.record.revision))
+            .collect()
     }
 
     /// Applies `changes`; returns the names deleted (their consumers go too).

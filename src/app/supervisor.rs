@@ -131,7 +131,7 @@ pub struct Supervisor {
     /// [`AppView::applied_revision`]).
     applied: RwLock<HashMap<String, u64>>,
     /// Snapshots for the admin API: the records, and what a new one is checked against.
-    records: RwLock<Vec<Record>>,
+    records: RwLock<Vec<Arc<Record>>>,
     /// The records not served, each with why.
     unserved: RwLock<HashMap<String, Vec<Problem>>>,
     rules: RwLock<Arc<FileRules>>,
@@ -246,9 +246,7 @@ impl Supervisor {
 
     /// The records' revisions, once the workers run as they say.
     pub(super) fn publish_applied(&self, runtime: &Runtime) {
-        let applied = (runtime.records().into_iter())
-            .map(|r| (r.name, r.revision))
-            .collect();
+        let applied = runtime.revisions();
         if let Ok(mut a) = self.applied.write() {
             *a = applied;
         }
@@ -590,17 +588,17 @@ impl AppView for Supervisor {
         }
     }
 
-    fn records(&self) -> Vec<Record> {
+    fn records(&self) -> Vec<Arc<Record>> {
         self.records.read().map(|r| r.clone()).unwrap_or_default()
     }
 
-    fn record(&self, name: &str) -> Option<Record> {
-        self.records
-            .read()
-            .ok()?
-            .iter()
-            .find(|r| r.name == name)
-            .cloned()
+    fn record(&self, name: &str) -> Option<Arc<Record>> {
+        let records = self.records.read().ok()?;
+        // In name order, as `Runtime::records` gives them.
+        let at = records
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()?;
+        records.get(at).cloned()
     }
 
     fn unserved(&self, name: &str) -> Option<Vec<Problem>> {

@@ -59,11 +59,11 @@ pub trait AppView: Send + Sync + 'static {
     /// Whether the streams are set up and the config file's endpoints started: until
     /// then (NATS not reached) no endpoint has a worker.
     fn started(&self) -> bool;
-    /// The registry's records as this process last saw them.
-    fn records(&self) -> Vec<Record>;
-    /// The record `name` as this process last saw it: one record copied, where
-    /// [`AppView::records`] copies thousands.
-    fn record(&self, name: &str) -> Option<Record>;
+    /// The registry's records as this process last saw them, in name order.
+    fn records(&self) -> Vec<Arc<Record>>;
+    /// The record `name` as this process last saw it, found without going through
+    /// thousands.
+    fn record(&self, name: &str) -> Option<Arc<Record>>;
     /// Why the record `name` is not served (invalid, say); `None` when it is, or is
     /// no record.
     fn unserved(&self, name: &str) -> Option<Vec<crate::config::Problem>>;

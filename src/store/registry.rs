@@ -5,6 +5,7 @@
 //! one place a runtime endpoint lives; a write names the revision it replaces, so two
 //! writers cannot overwrite each other silently.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -113,7 +114,7 @@ impl Registry {
     /// Returns how many records this call wrote.
     pub async fn write_back(
         &self,
-        served: &[Record],
+        served: &[Arc<Record>],
         bucket: Replacement,
     ) -> Result<usize, RegistryError> {
         let mut written = 0;

@@ -214,7 +214,7 @@ pub(super) async fn list(
     // Views are built for the page alone: a page of 100 out of 10,000 endpoints costs
     // 100 views, and paging through all of them costs each view once.
     enum Listed {
-        Record(Record, Option<Arc<Worker>>),
+        Record(Arc<Record>, Option<Arc<Worker>>),
         File(Arc<Worker>),
     }
     let mut all: Vec<(String, Listed)> = Vec::new();
