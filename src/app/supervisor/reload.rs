@@ -35,7 +35,15 @@ const COPIES_SETTLE: Duration = Duration::from_secs(1);
 
 /// Whether `new` differs from the running `old` in more than what a worker applies in
 /// place (`rate_limit`), so that the endpoint must restart.
+///
+/// The same endpoint, shared, is known unchanged without the comparison, which copies
+/// both: a registry put or delete passes every other record's endpoint as it was, and
+/// with thousands of records the copies were most of what the change cost. (A reload
+/// or a grace end judges every record again into new endpoints, which are compared.)
 fn needs_restart(old: &Endpoint, new: &Endpoint) -> bool {
+    if std::ptr::eq(old, new) {
+        return false;
+    }
     let in_place = |e: &Endpoint| Endpoint {
         rate_limit: None,
         ..e.clone()
@@ -508,6 +516,14 @@ mod tests {
             &base,
             &endpoint("secret = \"one\"\nrate_limit = \"5/s\"\nconcurrency = 2")
         ));
+    }
+
+    #[test]
+    fn the_same_endpoint_needs_no_restart_and_an_equal_copy_none_either() {
+        let e = endpoint("secret = \"one\"\nconcurrency = 2");
+        assert!(!needs_restart(&e, &e));
+        assert!(!needs_restart(&e, &e.clone()));
+        assert!(needs_restart(&e, &endpoint("secret = \"one\"")));
     }
 
     #[test]
