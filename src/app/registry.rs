@@ -131,7 +131,8 @@ impl Runtime {
             .collect()
     }
 
-    /// Each record's name and revision.
+    /// Each record's name and revision, read in place: the admin API needs only these
+    /// to tell whether a change has taken effect.
     pub(super) fn revisions(&self) -> HashMap<String, u64> {
         (self.entries.iter())
             .map(|(name, e)| (name.clone(), e.record.revision))

@@ -50,8 +50,9 @@ impl Service<Uri> for Shared {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let mut connector = (*self.0).clone();
-        // hyper-util's connectors, direct and tunnel, are always ready; a connector
-        // that was not would fail this connection, not hang it.
+        // The connectors under it (hyper-util's HTTP connector with natshook's
+        // `GuardedResolver`, or its tunnel) are always ready; one that was not would
+        // fail this connection, not hang it.
         match connector.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => connector.call(dst),
             Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),

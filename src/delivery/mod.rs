@@ -237,9 +237,10 @@ impl Deliverer {
     /// One delivery of a message: its body (the endpoint's envelope around `facts`),
     /// the headers carried over from `message_headers`, then the signed attempt. The
     /// worker, the admin API's test ping and dead-letter replay all deliver this way,
-    /// so a receiver cannot tell them apart. The body is built before the attempt
-    /// starts: a message that cannot be put in an envelope is an error at once, and the
-    /// attempt is the future returned.
+    /// so a receiver cannot tell them apart. The body is built, the request signed
+    /// (its timestamp taken) and handed to the client here: a message that cannot be
+    /// put in an envelope is an error at once, and the future returned only sends. So
+    /// it is awaited as soon as it is made, or the timestamp ages before it is sent.
     pub fn deliver<'a, 'h>(
         &'a self,
         facts: &MessageFacts<'a>,
@@ -337,7 +338,8 @@ impl Deliverer {
     }
 
     /// The signed request of one attempt, and its headers redacted when `req` asks to
-    /// capture them.
+    /// capture them: made apart from the attempt's future, so that nothing used to make
+    /// it stays in that future's state.
     fn request(
         &self,
         req: Request<'_>,

@@ -279,6 +279,12 @@ impl Worker {
 
     /// One attempt, logged, then settled.
     async fn deliver(&self, m: &Routed<'_>, abort: &CancellationToken) {
+        if abort.is_cancelled() {
+            // Not begun: making the attempt would sign it and start its trace span for
+            // a request that is never sent.
+            self.nak_at_shutdown(m).await;
+            return;
+        }
         let capture_headers = (self.shared.delivery_log.as_ref())
             .is_some_and(|log| log.has_room_for_success(&self.success_log));
         // Made in a block of its own, so that the facts are not kept in this future's
@@ -310,8 +316,7 @@ impl Worker {
         let result = self.attempt(m.msg, send, abort).await;
         self.metrics.inflight.dec();
         let Some(mut result) = result else {
-            tracing::info!(endpoint = %self.endpoint.name, id = %m.id, "shutdown grace over; NAK for immediate redelivery");
-            self.ack(m.msg, AckKind::Nak(None)).await;
+            self.nak_at_shutdown(m).await;
             return;
         };
         let log = self.shared.delivery_log.as_ref().filter(|log| {
@@ -334,6 +339,13 @@ impl Worker {
             Box::pin(log.record(attempted, &result, headers)).await;
         }
         self.settle(m, result).await;
+    }
+
+    /// Gives `m` back for another process (or this one, once restarted) to deliver at
+    /// once: the shutdown grace is over.
+    async fn nak_at_shutdown(&self, m: &Routed<'_>) {
+        tracing::info!(endpoint = %self.endpoint.name, id = %m.id, "shutdown grace over; NAK for immediate redelivery");
+        self.ack(m.msg, AckKind::Nak(None)).await;
     }
 
     /// Runs `send`, extending the message's ack timer while it runs; `None` when the
