@@ -39,32 +39,32 @@ pub const PROXY_VARIABLES: &[&str] = &[
     "all_proxy",
 ];
 
-/// Writes `stdin` to the child's standard input and closes it. A command that fails
-/// before it reads its input (a usage error) may exit first: the pipe it closed is
-/// no failure of the test, whose assertions are on the command's answer.
-pub fn feed_stdin(child: &mut std::process::Child, stdin: &[u8]) {
+/// Runs `command` with `stdin` written to its standard input, which is then closed,
+/// and its output captured. A command that fails before it reads its input (a usage
+/// error) may exit first: the pipe it closed is no failure of the test, whose
+/// assertions are on the command's answer.
+pub fn output_with_stdin(mut command: Command, stdin: &[u8]) -> std::process::Output {
     use std::io::Write;
-    let Some(mut input) = child.stdin.take() else {
-        return;
-    };
-    if let Err(e) = input.write_all(stdin) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-}
-
-/// Runs the natshook binary with `args`, `stdin` and the extra environment `env`:
-/// (exit code, stdout, stderr).
-pub fn run_natshook(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut child = natshook_command()
-        .args(args)
-        .envs(env.iter().copied())
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run natshook");
-    feed_stdin(&mut child, stdin);
-    let out = child.wait_with_output().expect("natshook output");
+    if let Some(mut input) = child.stdin.take() {
+        if let Err(e) = input.write_all(stdin) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
+    }
+    child.wait_with_output().expect("natshook output")
+}
+
+/// Runs the natshook binary with `args`, `stdin` and the extra environment `env`:
+/// (exit code, stdout, stderr).
+pub fn run_natshook(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = natshook_command();
+    command.args(args).envs(env.iter().copied());
+    let out = output_with_stdin(command, stdin);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -898,17 +898,9 @@ impl Natshook {
 
     /// Like [`Natshook::cli`], with `stdin` written to the command's standard input.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
-        let mut child = natshook_command()
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run natshook");
-        feed_stdin(&mut child, stdin);
-        child.wait_with_output().expect("natshook output")
+        let mut command = natshook_command();
+        command.args(args).arg("--config").arg(&self.config);
+        output_with_stdin(command, stdin)
     }
 
     /// The dead-letter records of `endpoint`, via `natshook dlq list`.
