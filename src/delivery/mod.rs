@@ -147,7 +147,7 @@ pub struct Request<'a> {
 pub struct Deliverer {
     client: Arc<HttpClient>,
     endpoint: Arc<Endpoint>,
-    /// Swapped when a `{ file }` secret changes (see [`Deliverer::reload_secrets`]).
+    /// Swapped when a `{ file }` secret changes (see [`Deliverer::watch_secrets`]).
     signer: Arc<ArcSwap<Signer>>,
     /// The `Host` header, built once: hyper-util would format it for every request.
     host: Option<HeaderValue>,

@@ -60,7 +60,7 @@ pub enum RegistrarError {
     )]
     StillRemoving(String),
     /// A write without `If-Match` that lost to another change every time it was tried
-    /// ([`STALE_RETRIES`]): no revision was named, so not a failed precondition.
+    /// (eight times, [`stale`]): no revision was named, so not a failed precondition.
     #[error("the endpoint kept changing while this change was written; try again")]
     Contended,
     /// Also when NATS is down: whether a former endpoint left anything is not known.

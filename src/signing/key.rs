@@ -20,7 +20,7 @@ pub(super) enum Key {
     Hmac(HmacSha256),
     /// A `whsk_` secret key: signs `v1a`, verifies with its own public key.
     Ed25519(SigningKey),
-    /// A `whpk_` public key (only from [`Signer::verifier`]): verifies `v1a`, never signs.
+    /// A `whpk_` public key (only from [`crate::signing::Signer::verifier`]): verifies `v1a`, never signs.
     Ed25519Public(VerifyingKey),
 }
 

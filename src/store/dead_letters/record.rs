@@ -95,7 +95,7 @@ impl DeadLetter {
         BASE64.encode(payload)
     }
 
-    /// The payload of a record that carries it inline; see [`DeadLetters::payload`].
+    /// The payload of a record that carries it inline; see [`super::DeadLetters::payload`].
     pub fn payload_bytes(&self) -> Result<Bytes, DeadLetterError> {
         BASE64
             .decode(&self.payload)

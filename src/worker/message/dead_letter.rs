@@ -93,7 +93,7 @@ impl Worker {
     }
 
     /// Dead-letters the stand-in of a copy the fan-out could not store while this
-    /// endpoint was disabled ([`copy::uncopied_headers`]), with the source message's
+    /// endpoint was disabled ([`crate::store::copy::uncopied_headers`]), with the source message's
     /// payload read from the source stream: a replay sends what the copy would have.
     /// One the source stream no longer holds (its limits removed it, or it is another
     /// stream now, numbering from 1 again) goes as the endpoint's other waiting copies
