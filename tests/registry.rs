@@ -1501,6 +1501,7 @@ struct FanOutSetup {
     rx: Receiver,
     n: Natshook,
     js: jetstream::Context,
+    config: String,
 }
 
 impl FanOutSetup {
@@ -1519,7 +1520,51 @@ impl FanOutSetup {
             rx: Receiver::start().await,
             n,
             js,
+            config,
         }
+    }
+}
+
+/// With `fan_out`, what is stored while no process runs reaches the runtime endpoints
+/// once one starts again. The fan-out acks a message once it is copied for the
+/// endpoints it knows, so it must not start before the registry's records are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_what_arrives_while_no_process_runs_reaches_runtime_endpoints() {
+    let FanOutSetup {
+        _nats,
+        file_rx,
+        rx,
+        n,
+        js,
+        config,
+    } = FanOutSetup::start().await;
+    let (status, created) = api(&n, "POST", "/api/endpoints", Some(&body("kept", &rx))).await;
+    assert_eq!(status, 201, "{created}");
+    deliver_org_1(&js, &rx, 1, "served", 1).await;
+    drop(n);
+    // Created an hour ago, as most of a platform's endpoints were: no catch-up of a
+    // new endpoint ([`Backlog::RECENT`]) stands in for the fan-out's waiting.
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    let stored = kv.get("kept").await.expect("get").expect("stored");
+    let mut record: Value = serde_json::from_slice(&stored).expect("json");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    record["skip_before"] = humantime::format_rfc3339(hour_ago).to_string().into();
+    kv.put("kept", record.to_string().into())
+        .await
+        .expect("put");
+    publish_all(&js, tenant_leads("org_1", 20, "stopped")).await;
+    let _n = Natshook::start(&config).await;
+    for (rx, path) in [(&rx, "/kept"), (&file_rx, "/file")] {
+        rx.wait_for(
+            Duration::from_secs(20),
+            "every lead after the restart",
+            |r| r.delivered_ids().len() == 21,
+        )
+        .await;
+        assert!(rx.received().iter().all(|r| r.path == path));
     }
 }
 

@@ -161,9 +161,19 @@ pub async fn run(
         .tasks
         .push(tokio::spawn(split_rates(sup.clone(), shutdown.clone())));
     if let Some((fan_out, scan)) = sup.fan_out(&config.nats, shutdown.clone()) {
-        background
-            .tasks
-            .push(tokio::spawn(fan_out.run(shutdown.clone())));
+        let (sup, stop) = (sup.clone(), shutdown.clone());
+        background.tasks.push(tokio::spawn(async move {
+            // The fan-out acks a message once it is copied for every endpoint that
+            // wants it, so one it copies before the registry's records are served
+            // passes every runtime endpoint by: those published while no process ran,
+            // and on a replica that starts beside running ones, a share of the
+            // traffic.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = sup.registry_read_once() => {}
+            }
+            fan_out.run(stop).await
+        }));
         background.tasks.push(tokio::spawn(scan));
     }
 

@@ -137,9 +137,10 @@ pub struct Supervisor {
     rules: RwLock<Arc<FileRules>>,
     /// Set once the bucket is open (with `[registry] enabled = true`).
     registry: OnceLock<Registry>,
-    /// `[registry] enabled = true` and the registry's records not applied yet: not ready,
-    /// or a restart would answer for a moment without its runtime endpoints.
-    registry_pending: AtomicBool,
+    /// `false` while `[registry] enabled = true` and the registry's records are not
+    /// applied yet: not ready, or a restart would answer for a moment without its
+    /// runtime endpoints, and the fan-out waits ([`Self::registry_read_once`]).
+    registry_read: tokio::sync::watch::Sender<bool>,
     /// `[registry] enabled = true` (set at start: the section needs a restart).
     registry_configured: bool,
     /// With `[delivery] fan_out`: the endpoints the fan-out copies to, kept in step
@@ -208,7 +209,7 @@ impl Supervisor {
             unserved: RwLock::new(HashMap::new()),
             rules: RwLock::new(Arc::new(FileRules::of(config))),
             registry: OnceLock::new(),
-            registry_pending: AtomicBool::new(config.registry.is_some()),
+            registry_read: tokio::sync::watch::Sender::new(config.registry.is_none()),
             registry_configured: config.registry.is_some(),
         }
     }
@@ -220,12 +221,21 @@ impl Supervisor {
 
     /// The registry's records present at start-up are applied.
     pub(super) fn mark_registry_synced(&self) {
-        self.registry_pending.store(false, Ordering::Release);
+        self.registry_read
+            .send_if_modified(|read| !std::mem::replace(read, true));
     }
 
     /// Whether the registry's records have been read once ([`Self::mark_registry_synced`]).
     pub(super) fn registry_read(&self) -> bool {
-        !self.registry_pending.load(Ordering::Acquire)
+        *self.registry_read.borrow()
+    }
+
+    /// Returns once the registry's records present at start-up are applied (at once
+    /// without a registry).
+    pub(super) async fn registry_read_once(&self) {
+        let mut read = self.registry_read.subscribe();
+        // The sender lives as long as `self`, so the wait ends only by the read.
+        let _ = read.wait_for(|read| *read).await;
     }
 
     pub(super) fn publish_records(&self, runtime: &Runtime) {
@@ -324,7 +334,7 @@ impl Supervisor {
         if !self.started.load(Ordering::Acquire) {
             reasons.push("starting: streams and consumers are being set up".to_string());
         }
-        if self.registry_pending.load(Ordering::Acquire) {
+        if !self.registry_read() {
             reasons.push("the endpoint registry is being read".to_string());
         }
         if !self.connected.load(Ordering::Relaxed) {
@@ -581,7 +591,7 @@ impl AppView for Supervisor {
         use crate::http::RegistryState;
         if !self.registry_configured {
             RegistryState::Off
-        } else if self.registry.get().is_none() || self.registry_pending.load(Ordering::Acquire) {
+        } else if self.registry.get().is_none() || !self.registry_read() {
             RegistryState::Opening
         } else {
             RegistryState::Open
