@@ -33,9 +33,12 @@
 //! natshook is ready (see `deliver`).
 //! BENCH_SCALE_PHASES picks phases (`0`, `M`, `1`, `R`, `C`; all by default).
 //! BENCH_SCALE_READY_TIMEOUT (seconds, default 300) bounds the wait for `/readyz`.
-//! BENCH_SCALE_DESIGNS (default `direct,fanout`) names the delivery designs to measure, each
-//! a text appended to natshook's config: `direct` none, `fanout` BENCH_FANOUT_CONFIG
-//! (default `[delivery]\nfan_out = true\n`), any other name BENCH_SCALE_CONFIG_<NAME>.
+//! BENCH_SCALE_DESIGNS (default `direct,fanout,registry`) names the delivery designs to
+//! measure, each a text appended to natshook's config: `direct` none, `fanout`
+//! BENCH_FANOUT_CONFIG (default `[delivery]\nfan_out = true\n`), `registry` the fan-out
+//! with `[registry]` on and every phase's endpoints written into the registry bucket
+//! before natshook starts instead of the file (a platform's customer endpoints), any
+//! other name BENCH_SCALE_CONFIG_<NAME>.
 //! A design whose config `natshook check` refuses is skipped with its reason.
 //! BENCH_NATSHOOK_BIN=path measures another natshook build; BENCH_NATSHOOK_LOG sets its
 //! `RUST_LOG` (default `warn`), whose lines go to stderr.
@@ -56,9 +59,9 @@ use async_nats::jetstream;
 use common::{NatsCluster, NatsServer};
 use support::{
     attempts, create_stream_for, drain_timeout, failed_attempts, loadavg, many_endpoints,
-    natshook_bin, natshook_config, publish, quiet_machine, spawn_natshook, start_receiver,
-    status_kib, wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch, NatsAt, NotReady,
-    Process, Seen,
+    natshook_bin, natshook_config, publish, quiet_machine, register_endpoints, spawn_natshook,
+    start_receiver, status_kib, wait_distinct, wait_ready, CpuPerDelivery, CpuSample, FdWatch,
+    NatsAt, NotReady, Process, Seen,
 };
 
 struct Opts {
@@ -85,6 +88,8 @@ struct Design {
     config: String,
     /// Set for natshook besides the benchmark's own environment.
     env: Vec<(String, String)>,
+    /// The endpoints are records in the registry bucket, not `[[endpoints]]` entries.
+    registry: bool,
 }
 
 impl Design {
@@ -118,17 +123,22 @@ fn config_text(value: String) -> String {
 }
 
 fn designs() -> Vec<Design> {
-    let names = std::env::var("BENCH_SCALE_DESIGNS").unwrap_or_else(|_| "direct,fanout".into());
+    let names =
+        std::env::var("BENCH_SCALE_DESIGNS").unwrap_or_else(|_| "direct,fanout,registry".into());
+    let fan_out = || {
+        config_text(
+            std::env::var("BENCH_FANOUT_CONFIG")
+                .unwrap_or_else(|_| "[delivery]\nfan_out = true\n".into()),
+        )
+    };
     names
         .split([',', ' '])
         .filter(|n| !n.is_empty())
         .map(|name| {
             let config = match name {
                 "direct" => String::new(),
-                "fanout" => config_text(
-                    std::env::var("BENCH_FANOUT_CONFIG")
-                        .unwrap_or_else(|_| "[delivery]\nfan_out = true\n".into()),
-                ),
+                "fanout" => fan_out(),
+                "registry" => format!("{}\n[registry]\nenabled = true\n", fan_out()),
                 other => {
                     let var = format!(
                         "BENCH_SCALE_CONFIG_{}",
@@ -143,6 +153,7 @@ fn designs() -> Vec<Design> {
                 name: name.to_string(),
                 config,
                 env: Vec::new(),
+                registry: name == "registry",
             }
         })
         .collect()
@@ -365,15 +376,22 @@ fn events(phase: &str) -> String {
 }
 
 /// Endpoint `i` of a phase: name `<phase>e<i>`, event `<phase>.e<i>`, subject
-/// `bench.<phase>.e<i>`, path `/<phase>e<i>`.
-fn endpoints(phase: &str, k: usize, port: u16) -> String {
-    many_endpoints(
-        k,
-        port,
-        &format!("{phase}e"),
-        |i| format!("{phase}.e{i}"),
-        "",
-    )
+/// `bench.<phase>.e<i>`, path `/<phase>e<i>`. Returns the config text of a design that
+/// has them in the file; writes them into the registry bucket (with `replicas`) for
+/// one that has them there, and returns no text.
+async fn endpoints(
+    design: &Design,
+    js: &jetstream::Context,
+    replicas: usize,
+    (phase, k, port): (&str, usize, u16),
+) -> String {
+    let (prefix, event) = (format!("{phase}e"), |i| format!("{phase}.e{i}"));
+    if design.registry {
+        register_endpoints(js, replicas, k, port, &prefix, event).await;
+        String::new()
+    } else {
+        many_endpoints(k, port, &prefix, event, "")
+    }
 }
 
 fn subject(phase: &str, i: usize) -> String {
@@ -481,7 +499,7 @@ async fn one_endpoint(
         &NatsAt::server(nats.url()),
         "SCALE_S0",
         &events("s0"),
-        &endpoints("s0", 1, port),
+        &endpoints(design, &js, 1, ("s0", 1, port)).await,
         design,
         1,
         opts.ready_within,
@@ -512,7 +530,8 @@ async fn many(opts: &Opts, design: &Design, seen: &Seen, port: u16, e: usize) ->
     // Room for a consumer per endpoint and natshook's own (unmapped subjects) above
     // nats-server 2.15's default of 1,000 per stream.
     create_stream_for(&js, "SCALE_S1", "bench.s1.*", Some(e + 16)).await;
-    let (events, endpoints) = (events("s1"), endpoints("s1", e, port));
+    let events = events("s1");
+    let endpoints = endpoints(design, &js, 1, ("s1", e, port)).await;
     seen.reset();
     let procs = match start(
         &NatsAt::server(nats.url()),
@@ -691,7 +710,7 @@ async fn replicas(
         &nats.at(),
         "SCALE_R",
         &events("r"),
-        &endpoints("r", e, port),
+        &endpoints(design, &js, nodes, ("r", e, port)).await,
         design,
         k,
         opts.ready_within,

@@ -644,6 +644,46 @@ pub fn many_endpoints(
         .collect()
 }
 
+/// Writes `k` endpoints into the registry bucket (made here with `replicas` when
+/// missing), as [`many_endpoints`] would put them in the file: the same names, URLs,
+/// events and secrets, so a phase is served alike from either place.
+pub async fn register_endpoints(
+    js: &jetstream::Context,
+    replicas: usize,
+    k: usize,
+    port: u16,
+    prefix: &str,
+    event: impl Fn(usize) -> String,
+) {
+    use futures_util::StreamExt;
+    let kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "NATSHOOK_ENDPOINTS".into(),
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .expect("registry bucket");
+    let puts = (0..k).map(|i| {
+        let name = format!("{prefix}{i}");
+        let record = serde_json::json!({
+            "name": name,
+            "url": format!("http://127.0.0.1:{port}/{name}"),
+            "events": [event(i)],
+            "secret": format!("bench-secret-{i}"),
+        });
+        let kv = kv.clone();
+        async move { kv.put(&name, record.to_string().into()).await }
+    });
+    let written: Vec<_> = futures_util::stream::iter(puts)
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for w in written {
+        w.expect("registry put");
+    }
+}
+
 /// Sum of `natshook_delivery_attempts_total` over the statuses `keep` accepts.
 pub async fn attempts(natshook: &Process, keep: impl Fn(&str) -> bool) -> u64 {
     let url = format!("http://127.0.0.1:{}/metrics", natshook.http_port);
