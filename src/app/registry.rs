@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::Supervisor;
 use crate::backoff::Backoff;
 use crate::config::{api, Config, Endpoint, NetworkKeys, Problem};
-use crate::store::registry::{Change, Record, Registry, GATHER};
+use crate::store::registry::{Change, KeptRecord, Record, Registry, GATHER};
 
 /// Longest sleep before a rotated secret's grace end is checked again.
 const IDLE_CHECK: Duration = Duration::from_secs(60);
@@ -27,7 +27,7 @@ struct Entry {
     /// Shared with what the admin API reads ([`Supervisor::publish_records`]): each
     /// change publishes every record again, which with thousands of records must not
     /// copy each one's JSON.
-    record: Arc<Record>,
+    record: Arc<KeptRecord>,
     /// `Err`: why it is not served (invalid, shadowed by a file endpoint, its HTTP
     /// client not built), logged when seen and shown by the admin API.
     endpoint: Result<Arc<Endpoint>, Vec<Problem>>,
@@ -43,7 +43,7 @@ impl Runtime {
     /// Takes `record` in, validated against `file`.
     fn put(&mut self, record: Record, file: &Config) {
         let endpoint = validate(&record, file);
-        let record = Arc::new(record);
+        let record = Arc::new(KeptRecord::keep(&record));
         self.entries
             .insert(record.name.clone(), Entry { record, endpoint });
     }
@@ -59,7 +59,7 @@ impl Runtime {
     /// ([`Runtime::log_unserved`] once it does).
     pub(super) fn judge_all(&mut self, file: &Config) {
         for e in self.entries.values_mut() {
-            e.endpoint = judge(&e.record, file);
+            e.endpoint = judge(&e.record.record(), file);
         }
     }
 
@@ -119,12 +119,12 @@ impl Runtime {
         let now = SystemTime::now();
         self.entries
             .values()
-            .filter_map(|e| api::grace_until(&e.record.value, now))
+            .filter_map(|e| e.record.grace_until(now))
             .min()
     }
 
     /// Every record, in name order.
-    pub(super) fn records(&self) -> Vec<Arc<Record>> {
+    pub(super) fn records(&self) -> Vec<Arc<KeptRecord>> {
         self.entries
             .values()
             .map(|e| Arc::clone(&e.record))

@@ -34,7 +34,7 @@ use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseState;
-use crate::store::registry::{Record, Registry};
+use crate::store::registry::{KeptRecord, Registry};
 use crate::store::work_stream::WorkStream;
 use crate::worker::{Shared, Stop, Worker, WorkerSet};
 
@@ -131,7 +131,7 @@ pub struct Supervisor {
     /// [`AppView::applied_revision`]).
     applied: RwLock<HashMap<String, u64>>,
     /// Snapshots for the admin API: the records, and what a new one is checked against.
-    records: RwLock<Vec<Arc<Record>>>,
+    records: RwLock<Vec<Arc<KeptRecord>>>,
     /// The records not served, each with why.
     unserved: RwLock<HashMap<String, Vec<Problem>>>,
     rules: RwLock<Arc<FileRules>>,
@@ -598,11 +598,11 @@ impl AppView for Supervisor {
         }
     }
 
-    fn records(&self) -> Vec<Arc<Record>> {
+    fn records(&self) -> Vec<Arc<KeptRecord>> {
         self.records.read().map(|r| r.clone()).unwrap_or_default()
     }
 
-    fn record(&self, name: &str) -> Option<Arc<Record>> {
+    fn record(&self, name: &str) -> Option<Arc<KeptRecord>> {
         let records = self.records.read().ok()?;
         // In name order, as `Runtime::records` gives them.
         let at = records

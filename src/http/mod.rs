@@ -28,7 +28,7 @@ use crate::registrar::Registrar;
 use crate::routing::Router;
 use crate::store::dead_letters::DeadLetters;
 use crate::store::delivery_log::DeliveryLog;
-use crate::store::registry::Record;
+use crate::store::registry::KeptRecord;
 use crate::worker::WorkerSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +60,10 @@ pub trait AppView: Send + Sync + 'static {
     /// then (NATS not reached) no endpoint has a worker.
     fn started(&self) -> bool;
     /// The registry's records as this process last saw them, in name order.
-    fn records(&self) -> Vec<Arc<Record>>;
+    fn records(&self) -> Vec<Arc<KeptRecord>>;
     /// The record `name` as this process last saw it, found without going through
     /// thousands.
-    fn record(&self, name: &str) -> Option<Arc<Record>>;
+    fn record(&self, name: &str) -> Option<Arc<KeptRecord>>;
     /// Why the record `name` is not served (invalid, say); `None` when it is, or is
     /// no record.
     fn unserved(&self, name: &str) -> Option<Vec<crate::config::Problem>>;

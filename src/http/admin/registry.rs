@@ -20,7 +20,7 @@ use super::{AdminState, ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::config::is_endpoint_name;
 use crate::http::RegistryState;
 use crate::registrar::{Registrar, RegistrarError};
-use crate::store::registry::{Record, RegistryError};
+use crate::store::registry::{KeptRecord, Record, RegistryError};
 use crate::worker::Worker;
 
 /// Unknown keys are refused: a settings page that misspells `tenant` (`tenants`,
@@ -170,7 +170,7 @@ pub(super) fn served_view(s: &AdminState, worker: Arc<Worker>) -> Value {
         return file_view(worker);
     }
     match s.app.record(&name) {
-        Some(record) => api_view(s, &record, Some(worker)),
+        Some(record) => api_view(s, &record.record(), Some(worker)),
         None => serde_json::to_value(worker.state()).unwrap_or_default(),
     }
 }
@@ -214,7 +214,7 @@ pub(super) async fn list(
     // Views are built for the page alone: a page of 100 out of 10,000 endpoints costs
     // 100 views, and paging through all of them costs each view once.
     enum Listed {
-        Record(Arc<Record>, Option<Arc<Worker>>),
+        Record(Arc<KeptRecord>, Option<Arc<Worker>>),
         File(Arc<Worker>),
     }
     let mut all: Vec<(String, Listed)> = Vec::new();
@@ -250,7 +250,7 @@ pub(super) async fn list(
     let endpoints: Vec<Value> = all
         .into_iter()
         .map(|(_, listed)| match listed {
-            Listed::Record(record, worker) => api_view(&s, &record, worker),
+            Listed::Record(record, worker) => api_view(&s, &record.record(), worker),
             Listed::File(worker) => file_view(worker),
         })
         .collect();
