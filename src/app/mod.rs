@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -160,21 +160,26 @@ pub async fn run(
     background
         .tasks
         .push(tokio::spawn(split_rates(sup.clone(), shutdown.clone())));
-    if let Some((fan_out, scan)) = sup.fan_out(&config.nats, shutdown.clone()) {
-        let (sup, stop) = (sup.clone(), shutdown.clone());
-        background.tasks.push(tokio::spawn(async move {
-            // The fan-out acks a message once it is copied for every endpoint that
-            // wants it, so one it copies before the registry's records are served
-            // passes every runtime endpoint by: those published while no process ran,
-            // and on a replica that starts beside running ones, a share of the
-            // traffic.
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                () = sup.registry_read_once() => {}
-            }
-            fan_out.run(stop).await
-        }));
-        background.tasks.push(tokio::spawn(scan));
+    if let Some((fan_out, lane_and_scan)) = sup.fan_out(&config.nats, shutdown.clone()) {
+        // The fan-out acks a message once it is copied for every endpoint that wants
+        // it, so one it copied before the registry's records are served would pass
+        // every runtime endpoint by: those stored while no process ran, and on a
+        // replica that starts beside running ones, a share of the traffic. The lane
+        // waits too: it would move the copies of endpoints it does not know yet off
+        // the lane, each to a consumer of its own.
+        if !sup.registry_read() {
+            tracing::info!("fan-out and lane wait for the endpoint registry's records; no endpoint gets a copy until then");
+        }
+        let fan_out = fan_out.run(shutdown.clone());
+        for task in [fan_out.boxed(), lane_and_scan] {
+            let (sup, stop) = (sup.clone(), shutdown.clone());
+            background.tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = sup.registry_read_once() => task.await,
+                }
+            }));
+        }
     }
 
     shutdown.cancelled().await;
