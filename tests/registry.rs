@@ -1542,19 +1542,7 @@ async fn with_fan_out_what_arrives_while_no_process_runs_reaches_runtime_endpoin
     assert_eq!(status, 201, "{created}");
     deliver_org_1(&js, &rx, 1, "served", 1).await;
     drop(n);
-    // Created an hour ago, as most of a platform's endpoints were: no catch-up of a
-    // new endpoint ([`Backlog::RECENT`]) stands in for the fan-out's waiting.
-    let kv = js
-        .get_key_value("NATSHOOK_ENDPOINTS")
-        .await
-        .expect("bucket");
-    let stored = kv.get("kept").await.expect("get").expect("stored");
-    let mut record: Value = serde_json::from_slice(&stored).expect("json");
-    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    record["skip_before"] = humantime::format_rfc3339(hour_ago).to_string().into();
-    kv.put("kept", record.to_string().into())
-        .await
-        .expect("put");
+    created_an_hour_ago(&js, "kept").await;
     publish_all(&js, tenant_leads("org_1", 20, "stopped")).await;
     let _n = Natshook::start(&config).await;
     for (rx, path) in [(&rx, "/kept"), (&file_rx, "/file")] {
@@ -1566,6 +1554,56 @@ async fn with_fan_out_what_arrives_while_no_process_runs_reaches_runtime_endpoin
         .await;
         assert!(rx.received().iter().all(|r| r.path == path));
     }
+}
+
+/// Moves the creation of runtime endpoint `name` an hour back in its record, as most of
+/// a platform's endpoints were created: no catch-up of a new endpoint
+/// ([`Backlog::RECENT`]) then stands in for what the fan-out must do itself.
+async fn created_an_hour_ago(js: &jetstream::Context, name: &str) {
+    let kv = js
+        .get_key_value("NATSHOOK_ENDPOINTS")
+        .await
+        .expect("bucket");
+    let stored = kv.get(name).await.expect("get").expect("stored");
+    let mut record: Value = serde_json::from_slice(&stored).expect("json");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    record["skip_before"] = humantime::format_rfc3339(hour_ago).to_string().into();
+    kv.put(name, record.to_string().into()).await.expect("put");
+}
+
+/// With `fan_out`, a replica that starts beside a running one under steady traffic
+/// takes its share of the fan-out's messages only once it serves the registry's
+/// endpoints: a runtime endpoint gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_a_replica_starting_under_traffic_takes_nothing_from_runtime_endpoints() {
+    let s = FanOutSetup::start().await;
+    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let (status, created) = api(n, "POST", "/api/endpoints", Some(&body("kept", rx))).await;
+    assert_eq!(status, 201, "{created}");
+    deliver_org_1(js, rx, 1, "served", 1).await;
+    // The change restarts the endpoint's worker: done before the traffic starts.
+    created_an_hour_ago(js, "kept").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deliver_org_1(js, rx, 1, "restarted", 2).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_steadily(js, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replica = Natshook::start(&s.config).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    let want: BTreeSet<String> = sent.into_iter().map(|(id, _)| id).collect();
+    rx.wait_for(Duration::from_secs(40), "every message at /kept", |r| {
+        want.is_subset(&delivered_on(r, "/kept", "steady"))
+    })
+    .await;
+    // The new replica took part, or the test showed nothing.
+    let m = replica.metrics().await;
+    let delivered: f64 = (m.lines())
+        .filter(|l| l.starts_with("natshook_deliveries_total{") && l.contains("success"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(delivered > 0.0, "the new replica delivered nothing: {m}");
 }
 
 /// PATCHes runtime endpoint `name` through `n` with `body`, expecting `200`.
