@@ -1560,15 +1560,11 @@ async fn with_fan_out_what_arrives_while_no_process_runs_reaches_runtime_endpoin
 /// a platform's endpoints were created: no catch-up of a new endpoint
 /// ([`Backlog::RECENT`]) then stands in for what the fan-out must do itself.
 async fn created_an_hour_ago(js: &jetstream::Context, name: &str) {
-    let kv = js
-        .get_key_value("NATSHOOK_ENDPOINTS")
-        .await
-        .expect("bucket");
-    let stored = kv.get(name).await.expect("get").expect("stored");
-    let mut record: Value = serde_json::from_slice(&stored).expect("json");
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    record["skip_before"] = humantime::format_rfc3339(hour_ago).to_string().into();
-    kv.put(name, record.to_string().into()).await.expect("put");
+    edit_record(js, name, |record| {
+        record["skip_before"] = humantime::format_rfc3339(hour_ago).to_string().into();
+    })
+    .await;
 }
 
 /// With `fan_out`, a replica that starts beside a running one under steady traffic
