@@ -59,13 +59,15 @@ impl Record {
 /// A record as a serving process keeps it between changes: its JSON as text, and what
 /// every change reads of it. A parsed record holds a map node and a string for each
 /// key and value; with 10,000 records that was 8.5 MiB of idle memory more than the
-/// text. The admin API's views and a reload's new check parse it again
-/// ([`KeptRecord::record`]), a few microseconds each.
+/// text. The admin API's views, and the new check of every record on a reload or at a
+/// rotated secret's grace end, parse it again ([`KeptRecord::record`]), a few
+/// microseconds each.
 #[derive(Debug)]
 pub struct KeptRecord {
     pub name: String,
     pub revision: u64,
-    json: Box<str>,
+    /// As the bucket holds it ([`encode`]): written back as it is.
+    json: Bytes,
     enabled: bool,
     tenant: Option<Box<str>>,
     /// When the older secrets stop signing, read once ([`api::grace_until`]).
@@ -77,9 +79,7 @@ impl KeptRecord {
         Self {
             name: record.name.clone(),
             revision: record.revision,
-            json: serde_json::to_string(&record.value)
-                .unwrap_or_default()
-                .into_boxed_str(),
+            json: encode(&record.value),
             enabled: record.enabled(),
             tenant: record.tenant().map(Box::from),
             grace_until: api::grace_until(&record.value, SystemTime::UNIX_EPOCH),
@@ -92,7 +92,7 @@ impl KeptRecord {
             name: self.name.clone(),
             revision: self.revision,
             // The text is a map's serialisation ([`KeptRecord::keep`]): it parses.
-            value: serde_json::from_str(&self.json).unwrap_or_default(),
+            value: serde_json::from_slice(&self.json).unwrap_or_default(),
         }
     }
 
@@ -174,8 +174,7 @@ impl Registry {
     ) -> Result<usize, RegistryError> {
         let mut written = 0;
         for record in served {
-            let value = Bytes::copy_from_slice(record.json.as_bytes());
-            if bucket::write_if_absent(&self.kv, &record.name, value)
+            if bucket::write_if_absent(&self.kv, &record.name, record.json.clone())
                 .await
                 .map_err(nats)?
             {
@@ -292,8 +291,12 @@ impl Registry {
     }
 }
 
+/// The record as the bucket holds it. Sized to its text: a [`KeptRecord`] keeps it
+/// for as long as the endpoint is served.
 fn encode(value: &Map<String, Value>) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+    let mut json = serde_json::to_vec(value).unwrap_or_default();
+    json.shrink_to_fit();
+    Bytes::from(json)
 }
 
 fn change(e: kv::Entry) -> Change {
