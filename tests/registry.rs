@@ -1691,7 +1691,43 @@ fn publish_steadily(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fan_out_registry_changes_hold_no_message_back() {
     let s = FanOutSetup::start().await;
-    let (n, rx, js) = (&s.n, &s.rx, &s.js);
+    let change = |i| json!({ "description": format!("change {i}") });
+    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &["steady"]).await;
+}
+
+/// With `fan_out`, an endpoint that changes under steady traffic (a new `timeout`
+/// starts a new worker for it) holds none of its own messages back either: the new
+/// worker reads on from the old one's pull, so nothing the server still sends to it
+/// waits out its ack timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fan_out_an_endpoint_restarted_under_traffic_holds_none_of_its_messages_back() {
+    let s = FanOutSetup::start().await;
+    let change = |i| json!({ "timeout": format!("{}s", 5 + i) });
+    let both = ["steady", "toggled"];
+    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &both).await;
+}
+
+/// The same without `fan_out`, where every endpoint reads a consumer of its own; here
+/// each change also sets another `concurrency`, so the new worker pulls other batches
+/// and reads the old pull beside its own until that falls silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_restarted_under_traffic_holds_none_of_its_messages_back() {
+    let s = Setup::start().await;
+    let change = |i| json!({ "timeout": format!("{}s", 5 + i), "concurrency": 16 + 4 * i });
+    let both = ["steady", "toggled"];
+    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &both).await;
+}
+
+/// Creates runtime endpoints `steady` and `toggled` on `rx`, PATCHes `toggled` with
+/// `change(0)` to `change(11)` under steady traffic, and expects every message on
+/// each of `checked` within ten seconds.
+async fn changes_under_traffic_hold_no_message_back(
+    n: &Natshook,
+    rx: &Receiver,
+    js: &jetstream::Context,
+    change: impl Fn(usize) -> Value,
+    checked: &[&str],
+) {
     for name in ["steady", "toggled"] {
         let (status, created) = api(n, "POST", "/api/endpoints", Some(&body(name, rx))).await;
         assert_eq!(status, 201, "{created}");
@@ -1699,20 +1735,21 @@ async fn with_fan_out_registry_changes_hold_no_message_back() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = publish_steadily(js, &stop);
-    for i in 0..8 {
-        let description = json!({ "description": format!("change {i}") }).to_string();
-        patch_ok(n, "toggled", &description).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..12 {
+        patch_ok(n, "toggled", &change(i).to_string()).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.await.unwrap();
     let want: BTreeSet<String> = sent.into_iter().map(|(id, _)| id).collect();
-    rx.wait_for(
-        Duration::from_secs(10),
-        "every message within seconds",
-        |r| want.is_subset(&delivered_on(r, "/steady", "steady")),
-    )
-    .await;
+    for name in checked {
+        rx.wait_for(
+            Duration::from_secs(10),
+            &format!("every message on {name} within seconds"),
+            |r| want.is_subset(&delivered_on(r, &format!("/{name}"), "steady")),
+        )
+        .await;
+    }
 }
 
 /// With `fan_out`, a new endpoint joins the fan-out's targets a moment after the

@@ -90,6 +90,26 @@ pub async fn messages(
     })
 }
 
+/// A pull stream on `consumer` that takes over from `earlier`, a stream on the same
+/// consumer with other settings (a new worker of the endpoint with another batch):
+/// `earlier`'s subscriptions are read until they fall silent, as after a stall, so a
+/// message the server sends to one of its requests is delivered now. On failure,
+/// `earlier` comes back with the error.
+pub async fn following(
+    consumer: &Consumer<pull::Config>,
+    batch: usize,
+    liveness: Liveness,
+    earlier: PullStream,
+) -> Result<PullStream, (String, PullStream)> {
+    let mut fresh = match messages(consumer, batch, liveness).await {
+        Ok(fresh) => fresh,
+        Err(e) => return Err((e, earlier)),
+    };
+    fresh.retiring.push(retire(earlier.current));
+    fresh.retiring.extend(earlier.retiring);
+    Ok(fresh)
+}
+
 async fn open(
     consumer: Consumer<pull::Config>,
     batch: usize,
@@ -185,6 +205,20 @@ fn retire(old: pull::Stream) -> BoxStream<'static, Item> {
 }
 
 impl PullStream {
+    /// Whether this stream pulls from `consumer` (the same stream and name): a worker
+    /// that replaces another of its endpoint reads on from the old one's stream then.
+    /// A request the server still serves cannot be withdrawn, and a message it sends
+    /// there after the stream is dropped would wait out its ack timer.
+    pub fn pulls_from(&self, consumer: &Consumer<pull::Config>) -> bool {
+        let (mine, theirs) = (self.consumer.cached_info(), consumer.cached_info());
+        mine.stream_name == theirs.stream_name && mine.name == theirs.name
+    }
+
+    /// Whether its requests ask for `batch` messages.
+    pub fn asks_for(&self, batch: usize) -> bool {
+        self.batch == batch
+    }
+
     /// A message an earlier subscription still received; `Pending` otherwise (an
     /// empty set is not the end of the stream).
     fn poll_retiring(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {

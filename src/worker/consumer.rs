@@ -582,7 +582,16 @@ impl Worker {
     /// A pull stream on the bound consumer. The server never sends more than
     /// max_ack_pending unacked messages, so a larger batch only saves pull round trips
     /// (ordered endpoints included).
-    pub(super) async fn pull(&self, consumer: &PullConsumer) -> Result<PullStream, String> {
+    /// A pull stream on `consumer`, going on from `earlier`, the stream of the worker
+    /// this one replaced, when that pulls from the same consumer: as it is when it asks
+    /// for the same batch, else read beside the new one until it falls silent. One on
+    /// another consumer (the endpoint made unordered) is dropped. When no stream can be
+    /// opened, `earlier` stays for the next try.
+    pub(super) async fn pull(
+        &self,
+        consumer: &PullConsumer,
+        earlier: &mut Option<PullStream>,
+    ) -> Result<PullStream, String> {
         let batch = self.endpoint.concurrency.clamp(16, 256);
         // A fan-out endpoint's consumer exists only while it has work.
         let liveness = if self.lazy {
@@ -590,7 +599,18 @@ impl Worker {
         } else {
             Liveness::OneOf(self.shared.endpoints())
         };
-        pull_stream::messages(consumer, batch, liveness).await
+        match earlier.take() {
+            Some(old) if old.pulls_from(consumer) && old.asks_for(batch) => Ok(old),
+            Some(old) if old.pulls_from(consumer) => {
+                pull_stream::following(consumer, batch, liveness, old)
+                    .await
+                    .map_err(|(e, old)| {
+                        *earlier = Some(old);
+                        e
+                    })
+            }
+            _ => pull_stream::messages(consumer, batch, liveness).await,
+        }
     }
 }
 

@@ -61,6 +61,7 @@ pub use self::set::WorkerSet;
 pub use self::shared::Shared;
 pub use self::source_consumer::SourceConsumer;
 use self::source_listings::FormerNote;
+use self::succession::Handover;
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
@@ -168,9 +169,10 @@ pub struct Worker {
     /// The endpoint's `concurrency`, shared by its own consumer's deliveries and the
     /// lane's.
     permits: Arc<Semaphore>,
-    /// Messages fetched but not started: on a worker a reload replaces, what it held
-    /// when it stopped, for its successor; on that successor, what it starts with.
-    handover: Mutex<Held>,
+    /// Messages fetched but not started and the pull stream: on a worker a reload
+    /// replaces, what it had when it stopped, for its successor; on that successor,
+    /// what it starts with.
+    handover: Mutex<Handover>,
     /// Set on a worker a reload replaces: it leaves what it holds in `handover` rather
     /// than NAK it, which would cost each message an attempt (and, through a long pause
     /// with reloads, could take a message past `max_attempts` without a request).
@@ -242,7 +244,7 @@ impl Worker {
             first_waits: Mutex::new(Vec::new()),
             window_writing: AtomicBool::new(false),
             known_at_start: shared.pause_state.known(&endpoint.name),
-            handover: Mutex::new(Held::new()),
+            handover: Mutex::default(),
             hands_over: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(endpoint.concurrency)),
             wake: tokio::sync::Notify::new(),
@@ -557,8 +559,11 @@ impl Worker {
         self.metrics.create();
         let permits = Arc::clone(&self.permits);
         let share = self.shared.inflight.share();
-        // What the worker this one replaced held, oldest first.
-        let mut held = std::mem::take(&mut *lock(&self.handover));
+        // What the worker this one replaced held, oldest first, and its pull stream.
+        let Handover {
+            mut held,
+            mut stream,
+        } = std::mem::take(&mut *lock(&self.handover));
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         self.follow_current().await;
         while !stop.drain.is_cancelled() {
@@ -595,7 +600,7 @@ impl Worker {
             // before they queue for a permit.
             self.extend_ack_wait(&held).await;
 
-            let mut messages = match self.pull(&consumer).await {
+            let mut messages = match self.pull(&consumer, &mut stream).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "cannot start fetching; retrying");
@@ -614,9 +619,12 @@ impl Worker {
             while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
                 held.push_back(msg);
             }
-            drop(messages);
             match leave {
-                Leave::Drain => break,
+                Leave::Drain => {
+                    // Kept for a successor: the server may still send to its request.
+                    stream = Some(messages);
+                    break;
+                }
                 Leave::Rebind => {}
                 Leave::Idle => {
                     if held.is_empty() && self.let_consumer_go(&permits).await {
@@ -636,8 +644,15 @@ impl Worker {
         {
             let mut slot = lock(&self.handover);
             if self.hands_over.load(Ordering::Relaxed) {
-                // Replaced by a reload: the successor takes them as they are.
-                slot.extend(held.drain(..));
+                // Replaced by a reload: the successor takes them as they are, and reads
+                // on from the stream.
+                slot.held.extend(held.drain(..));
+                slot.stream = stream.take();
+            }
+        }
+        if let Some(mut messages) = stream.take() {
+            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+                held.push_back(msg);
             }
         }
         // Fetched but never started: NAK for redelivery (to the restarted process, or

@@ -6,7 +6,17 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::fetch::Held;
 use super::{lock, Worker};
+use crate::store::pull_stream::PullStream;
+
+/// What a replaced worker leaves its successor: the messages it fetched and never
+/// started, and its pull stream, which the server may still send messages to.
+#[derive(Default)]
+pub(super) struct Handover {
+    pub(super) held: Held,
+    pub(super) stream: Option<PullStream>,
+}
 
 impl Worker {
     /// Marks the worker as started in place of `old`, a worker of its endpoint.
@@ -59,7 +69,8 @@ impl Worker {
 
     /// Moves what this stopped worker held to `next`, its successor, before `next`
     /// runs; returns how many messages. They keep their attempt counts: none was
-    /// NAKed or tried.
+    /// NAKed or tried. Its pull stream goes along: `next` reads on from it, so what the
+    /// server still sends to its request is delivered now, not after its ack timer.
     ///
     /// From here on this worker hands nothing over: if it has not stopped yet (its
     /// fetch loop was slow to leave), it NAKs what it holds when it does, as a
@@ -74,11 +85,11 @@ impl Worker {
         // Its messages waiting out a first delay still hold the endpoint's window.
         let waits = std::mem::take(&mut *lock(&self.first_waits));
         lock(&next.first_waits).extend(waits);
-        let n = left.len();
-        if n > 0 {
-            lock(&next.handover).extend(left);
-            // A fan-out successor has work at once.
+        let n = left.held.len();
+        if n > 0 || left.stream.is_some() {
+            // A fan-out successor has work at once, or may have.
             next.parked.store(false, Ordering::Relaxed);
+            *lock(&next.handover) = left;
         }
         n
     }
@@ -89,6 +100,6 @@ impl Worker {
     /// unacked too: no attempt is counted and no ledger note written for it.
     pub fn let_held_go(&self) -> usize {
         let left = std::mem::take(&mut *lock(&self.handover));
-        left.len()
+        left.held.len()
     }
 }
