@@ -560,10 +560,8 @@ impl Worker {
         let permits = Arc::clone(&self.permits);
         let share = self.shared.inflight.share();
         // What the worker this one replaced held, oldest first, and its pull stream.
-        let Handover {
-            mut held,
-            mut stream,
-        } = std::mem::take(&mut *lock(&self.handover));
+        let Handover { mut held, stream } = std::mem::take(&mut *lock(&self.handover));
+        let mut stream = stream.map(|s| *s);
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         self.follow_current().await;
         while !stop.drain.is_cancelled() {
@@ -647,7 +645,7 @@ impl Worker {
                 // Replaced by a reload: the successor takes them as they are, and reads
                 // on from the stream.
                 slot.held.extend(held.drain(..));
-                slot.stream = stream.take();
+                slot.stream = stream.take().map(Box::new);
             }
         }
         if let Some(mut messages) = stream.take() {

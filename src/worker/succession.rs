@@ -11,11 +11,12 @@ use super::{lock, Worker};
 use crate::store::pull_stream::PullStream;
 
 /// What a replaced worker leaves its successor: the messages it fetched and never
-/// started, and its pull stream, which the server may still send messages to.
+/// started, and its pull stream, which the server may still send messages to (boxed:
+/// every worker holds a `Handover`, most of them idle, and a stream is large).
 #[derive(Default)]
 pub(super) struct Handover {
     pub(super) held: Held,
-    pub(super) stream: Option<PullStream>,
+    pub(super) stream: Option<Box<PullStream>>,
 }
 
 impl Worker {
@@ -101,5 +102,17 @@ impl Worker {
     pub fn let_held_go(&self) -> usize {
         let left = std::mem::take(&mut *lock(&self.handover));
         left.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Handover;
+
+    /// Every worker holds a `Handover`, idle ones included: a pull stream kept inline
+    /// (2 KiB) held 19 MiB more at 10,000 endpoints.
+    #[test]
+    fn a_handover_without_a_stream_stays_small() {
+        assert!(std::mem::size_of::<Handover>() <= 64);
     }
 }
