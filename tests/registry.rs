@@ -1692,7 +1692,8 @@ fn publish_steadily(
 async fn with_fan_out_registry_changes_hold_no_message_back() {
     let s = FanOutSetup::start().await;
     let change = |i| json!({ "description": format!("change {i}") });
-    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &["steady"]).await;
+    let checked = ["steady"];
+    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &checked, None).await;
 }
 
 /// With `fan_out`, an endpoint that changes under steady traffic (a new `timeout`
@@ -1704,29 +1705,35 @@ async fn with_fan_out_an_endpoint_restarted_under_traffic_holds_none_of_its_mess
     let s = FanOutSetup::start().await;
     let change = |i| json!({ "timeout": format!("{}s", 5 + i) });
     let both = ["steady", "toggled"];
-    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &both).await;
+    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &both, None).await;
 }
 
 /// The same without `fan_out`, where every endpoint reads a consumer of its own; here
 /// each change also sets another `concurrency`, so the new worker pulls other batches
-/// and reads the old pull beside its own until that falls silent.
+/// and reads the old pull beside its own until that falls silent. The old pulls ask
+/// for nothing more meanwhile: under steady traffic they would never fall silent, and
+/// each change would add one for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_restarted_under_traffic_holds_none_of_its_messages_back() {
     let s = Setup::start().await;
     let change = |i| json!({ "timeout": format!("{}s", 5 + i), "concurrency": 16 + 4 * i });
     let both = ["steady", "toggled"];
-    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &both).await;
+    let pulls = Some("natshook-toggled");
+    changes_under_traffic_hold_no_message_back(&s.n, &s.rx, &s.js, change, &both, pulls).await;
 }
 
 /// Creates runtime endpoints `steady` and `toggled` on `rx`, PATCHes `toggled` with
 /// `change(0)` to `change(11)` under steady traffic, and expects every message on
-/// each of `checked` within ten seconds.
+/// each of `checked` within ten seconds. With `pulls`, a consumer on the source
+/// stream, expects it to hold at most two waiting pull requests (the current
+/// stream's) once the traffic has gone on for three seconds after the changes.
 async fn changes_under_traffic_hold_no_message_back(
     n: &Natshook,
     rx: &Receiver,
     js: &jetstream::Context,
     change: impl Fn(usize) -> Value,
     checked: &[&str],
+    pulls: Option<&str>,
 ) {
     for name in ["steady", "toggled"] {
         let (status, created) = api(n, "POST", "/api/endpoints", Some(&body(name, rx))).await;
@@ -1738,6 +1745,16 @@ async fn changes_under_traffic_hold_no_message_back(
     for i in 0..12 {
         patch_ok(n, "toggled", &change(i).to_string()).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some(consumer) = pulls {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let stream = js.get_stream("EVENTS").await.unwrap();
+        let info = stream.consumer_info(consumer).await.unwrap();
+        assert!(
+            info.num_waiting <= 2,
+            "{} pull requests waiting",
+            info.num_waiting
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.await.unwrap();

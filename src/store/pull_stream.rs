@@ -31,8 +31,9 @@ use futures_util::{FutureExt, Stream, StreamExt};
 /// How long a pull request waits on the server before the client renews it.
 const EXPIRES: Duration = Duration::from_secs(30);
 
-/// How long an earlier subscription is read after its last message: past `EXPIRES`,
-/// so no request of it is left on the server when it goes.
+/// How long an earlier subscription is read after its last message (or after it
+/// stopped requesting): past `EXPIRES`, so no request of it is left on the server
+/// when it goes.
 const RETIRED_FOR: Duration = Duration::from_secs(32);
 
 /// The heartbeat of a consumer whose stall must end within two seconds.
@@ -187,10 +188,12 @@ impl Stream for PullStream {
 }
 
 /// The messages an earlier subscription still receives, until it has had none for
-/// longer than its last request can live on the server (it asks for more only as
-/// messages come, and after `EXPIRES` plus 5 s of silence, which this ends before).
-/// Its missed heartbeats are expected meanwhile and dropped.
-fn retire(old: pull::Stream) -> BoxStream<'static, Item> {
+/// longer than its last request can live on the server. It sends no request from
+/// here on: read as it is, it would pull again whenever messages come, and under
+/// steady traffic never fall silent. Its missed heartbeats are expected meanwhile and
+/// dropped.
+fn retire(mut old: pull::Stream) -> BoxStream<'static, Item> {
+    old.stop_requesting();
     futures_util::stream::unfold(old, |mut old| async move {
         let until = tokio::time::Instant::now() + RETIRED_FOR;
         loop {

@@ -909,6 +909,8 @@ pub struct Stream {
     pending_request: bool,
     task_handle: JoinHandle<()>,
     terminated: bool,
+    /// Cleared by [Stream::stop_requesting] (natshook).
+    requesting: bool,
     heartbeat_timeout: Option<Pin<Box<tokio::time::Sleep>>>,
     started: Option<tokio::sync::oneshot::Sender<()>>,
     /// Set only for [PriorityPolicy::PinnedClient] consumers, so a `Nats-Pin-Id` header stored
@@ -928,6 +930,15 @@ impl Stream {
     /// Ends the iterator and stops the background task from sending further pull requests.
     fn terminate(&mut self) {
         self.terminated = true;
+        self.task_handle.abort();
+    }
+
+    /// Sends no further pull request (natshook): the requests already sent are served
+    /// until they end, and what the server sends to them is still yielded, so a stream
+    /// being replaced can be read until its last request has expired, without keeping
+    /// itself alive with new ones.
+    pub fn stop_requesting(&mut self) {
+        self.requesting = false;
         self.task_handle.abort();
     }
 
@@ -1044,6 +1055,7 @@ impl Stream {
             context: consumer.context.clone(),
             pending_request: false,
             terminated: false,
+            requesting: true,
             heartbeat_timeout: None,
             started: Some(started_tx),
             #[cfg(feature = "server_2_11")]
@@ -1164,7 +1176,8 @@ impl futures_util::Stream for Stream {
 
         loop {
             trace!("pending messages: {}", self.pending_messages);
-            if (self.pending_messages <= self.batch_config.batch / 2
+            if self.requesting
+                && (self.pending_messages <= self.batch_config.batch / 2
                 || (self.batch_config.max_bytes > 0
                     && self.pending_bytes <= self.batch_config.max_bytes / 2))
                 && !self.pending_request
@@ -1197,7 +1210,9 @@ impl futures_util::Stream for Stream {
                             ))))
                         }
                     },
-                    None => return Poll::Ready(None),
+                    None if self.requesting => return Poll::Ready(None),
+                    // The request task was stopped on purpose: read on.
+                    None => {}
                 },
                 Poll::Pending => {
                     trace!("pending result");
