@@ -72,6 +72,7 @@ use crate::rate_limit::RateLimit;
 use crate::routing::Router;
 use crate::store::delivery_log::DeliveryLog;
 use crate::store::pause_state::PauseRecord;
+use crate::store::pull_stream::PullStream;
 use crate::store::unattempted::{self, Delivered};
 use crate::time;
 
@@ -199,6 +200,13 @@ fn throttle(
 /// critical section here moves a queue of messages).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Moves what `messages` has already received to the end of `held`, without waiting.
+fn take_ready(messages: &mut PullStream, held: &mut Held) {
+    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+        held.push_back(msg);
+    }
 }
 
 fn from_unix_ms(ms: u64) -> Option<String> {
@@ -594,6 +602,11 @@ impl Worker {
             self.bound.store(true, Ordering::Relaxed);
             self.bind_refused.store(false, Ordering::Relaxed);
             retry.reset();
+            // What the kept stream received meanwhile (the server may still send to
+            // its request) waits with the held messages.
+            if let Some(kept) = stream.as_mut() {
+                take_ready(kept, &mut held);
+            }
             // Held messages may have waited through a re-bind: restart their ack timer
             // before they queue for a permit.
             self.extend_ack_wait(&held).await;
@@ -614,9 +627,7 @@ impl Worker {
                 .await;
             // What the stream already received is ours: dropping it would cost each
             // message an attempt and an ack_wait.
-            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-                held.push_back(msg);
-            }
+            take_ready(&mut messages, &mut held);
             match leave {
                 Leave::Drain => {
                     // Kept for a successor: the server may still send to its request.
@@ -628,6 +639,9 @@ impl Worker {
                     if held.is_empty() && self.let_consumer_go(&permits).await {
                         self.bound.store(false, Ordering::Relaxed);
                         self.parked.store(true, Ordering::Relaxed);
+                    } else {
+                        // The consumer stays: so does the pull on it.
+                        stream = Some(messages);
                     }
                 }
                 Leave::RebindAfterError => {
@@ -649,9 +663,7 @@ impl Worker {
             }
         }
         if let Some(mut messages) = stream.take() {
-            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-                held.push_back(msg);
-            }
+            take_ready(&mut messages, &mut held);
         }
         // Fetched but never started: NAK for redelivery (to the restarted process, or
         // another replica) instead of after ack_wait, once the ledger says this

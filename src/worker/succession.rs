@@ -95,10 +95,11 @@ impl Worker {
         n
     }
 
-    /// Drops the copies this replaced worker held, unacked and un-NAKed, for a successor
-    /// that reads them again from the source stream (an endpoint made `ordered`, whose
-    /// consumer starts before every copy not acked). Anything it leaves later stays
-    /// unacked too: no attempt is counted and no ledger note written for it.
+    /// Drops the copies this replaced worker held, unacked and un-NAKed, and its pull
+    /// stream, for a successor that reads them again from the source stream (an
+    /// endpoint made `ordered`, whose consumer starts before every copy not acked).
+    /// Anything it leaves later stays unacked too: no attempt is counted and no ledger
+    /// note written for it.
     pub fn let_held_go(&self) -> usize {
         let left = std::mem::take(&mut *lock(&self.handover));
         left.held.len()
