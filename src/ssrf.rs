@@ -174,7 +174,7 @@ fn private_address(host: &str, ip: &IpAddr) -> String {
 }
 
 /// Where one endpoint may connect.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TargetPolicy {
     /// Permit every private, loopback and link-local target.
     pub allow_private: bool,

@@ -29,7 +29,7 @@ pub enum NatsAuth {
 
 /// TLS to NATS or to one receiver: a private CA instead of the system roots, and a
 /// client certificate for a server that requires mutual TLS.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsFiles {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
@@ -39,7 +39,7 @@ pub struct TlsFiles {
 /// The HTTP proxy an endpoint's connections go through: configured, or taken from the
 /// environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) for this
 /// endpoint's URL when the config loads.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Proxy {
     /// `http://host:port/` or `https://host:port/`, without credentials.
     pub uri: http::Uri,

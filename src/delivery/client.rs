@@ -2,7 +2,8 @@
 //! resolves names through the SSRF guard, or tunnels through the endpoint's proxy
 //! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ pub enum ClientError {
 
 /// What makes two endpoints' clients interchangeable: the same scheme, connect
 /// timeout, SSRF policy and proxy, and the same TLS files as they are on disk.
-#[derive(PartialEq)]
+#[derive(PartialEq, Eq, Hash)]
 struct Shape {
     https: bool,
     timeout: Duration,
@@ -87,13 +88,14 @@ struct Shape {
 }
 
 /// A file's identity and last change (`None` when it cannot be read, which the
-/// client's set-up then reports).
-#[derive(PartialEq)]
+/// client's set-up then reports). The change time, which no one can set (unlike the
+/// modification time, which `cp -p` or `rsync -t` keep), moves with every write.
+#[derive(PartialEq, Eq, Hash)]
 struct Written {
     dev: u64,
     ino: u64,
     len: u64,
-    modified: Option<std::time::SystemTime>,
+    changed: (i64, i64),
 }
 
 impl Written {
@@ -104,7 +106,7 @@ impl Written {
             dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
-            modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
         })
     }
 }
@@ -125,7 +127,8 @@ pub(super) fn shared(
     endpoint: &Endpoint,
     max_inflight: usize,
 ) -> Result<Arc<HttpClient>, ClientError> {
-    static CLIENTS: Mutex<Vec<(Shape, Weak<HttpClient>)>> = Mutex::new(Vec::new());
+    static CLIENTS: LazyLock<Mutex<HashMap<Shape, Weak<HttpClient>>>> =
+        LazyLock::new(Mutex::default);
     let tls = &endpoint.tls;
     let shape = Shape {
         https: endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
@@ -137,16 +140,16 @@ pub(super) fn shared(
         written: [&tls.ca_file, &tls.cert_file, &tls.key_file].map(|f| Written::of(f.as_deref())),
     };
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
-    clients.retain(|(_, c)| c.strong_count() > 0);
-    if let Some(client) = clients
-        .iter()
-        .find(|(s, _)| *s == shape)
-        .and_then(|(_, c)| c.upgrade())
-    {
+    if let Some(client) = clients.get(&shape).and_then(Weak::upgrade) {
         return Ok(client);
     }
+    // The shapes of clients gone are swept when the table would grow: it stays within
+    // twice the clients alive, at a constant cost per client made.
+    if clients.len() == clients.capacity() {
+        clients.retain(|_, c| c.strong_count() > 0);
+    }
     let client = Arc::new(build(endpoint, shape.max_idle)?);
-    clients.push((shape, Arc::downgrade(&client)));
+    clients.insert(shape, Arc::downgrade(&client));
     Ok(client)
 }
 
@@ -564,7 +567,16 @@ mod tests {
         let plain = shared(&test_endpoint("secret = \"s\""), 64).unwrap();
         assert!(!Arc::ptr_eq(&first, &plain));
 
-        std::fs::write(&ca, pem() + "\n").unwrap();
+        // Another certificate of the same length, written in place, once the file
+        // system's clock (as coarse as a few milliseconds) has moved on.
+        std::thread::sleep(Duration::from_millis(20));
+        let same_length = loop {
+            let other = pem();
+            if other.len() == std::fs::metadata(&ca).unwrap().len() as usize {
+                break other;
+            }
+        };
+        std::fs::write(&ca, same_length).unwrap();
         let after = shared(&trusting(), 64).unwrap();
         assert!(!Arc::ptr_eq(&first, &after));
         assert!(Arc::ptr_eq(&after, &shared(&trusting(), 64).unwrap()));
