@@ -202,10 +202,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Moves what `messages` has already received to the end of `held`, without waiting.
-fn take_ready(messages: &mut PullStream, held: &mut Held) {
-    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-        held.push_back(msg);
+/// Moves what `messages` has already received to the end of `held`, without waiting;
+/// whether the stream is still sound (no error, not ended) and worth reading on.
+fn take_ready(messages: &mut PullStream, held: &mut Held) -> bool {
+    loop {
+        match messages.next().now_or_never() {
+            Some(Some(Ok(msg))) => held.push_back(msg),
+            None => return true,
+            Some(Some(Err(_)) | None) => return false,
+        }
     }
 }
 
@@ -605,7 +610,9 @@ impl Worker {
             // What the kept stream received meanwhile (the server may still send to
             // its request) waits with the held messages.
             if let Some(kept) = stream.as_mut() {
-                take_ready(kept, &mut held);
+                if !take_ready(kept, &mut held) {
+                    stream = None;
+                }
             }
             // Held messages may have waited through a re-bind: restart their ack timer
             // before they queue for a permit.
@@ -627,7 +634,7 @@ impl Worker {
                 .await;
             // What the stream already received is ours: dropping it would cost each
             // message an attempt and an ack_wait.
-            take_ready(&mut messages, &mut held);
+            let sound = take_ready(&mut messages, &mut held);
             match leave {
                 Leave::Drain => {
                     // Kept for a successor: the server may still send to its request.
@@ -639,7 +646,7 @@ impl Worker {
                     if held.is_empty() && self.let_consumer_go(&permits).await {
                         self.bound.store(false, Ordering::Relaxed);
                         self.parked.store(true, Ordering::Relaxed);
-                    } else {
+                    } else if sound {
                         // The consumer stays: so does the pull on it.
                         stream = Some(messages);
                     }
