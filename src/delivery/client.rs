@@ -127,8 +127,7 @@ pub(super) fn shared(
     endpoint: &Endpoint,
     max_inflight: usize,
 ) -> Result<Arc<HttpClient>, ClientError> {
-    static CLIENTS: LazyLock<Mutex<HashMap<Shape, Weak<HttpClient>>>> =
-        LazyLock::new(Mutex::default);
+    static CLIENTS: LazyLock<Mutex<Clients>> = LazyLock::new(Mutex::default);
     let tls = &endpoint.tls;
     let shape = Shape {
         https: endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
@@ -140,17 +139,34 @@ pub(super) fn shared(
         written: [&tls.ca_file, &tls.cert_file, &tls.key_file].map(|f| Written::of(f.as_deref())),
     };
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(client) = clients.get(&shape).and_then(Weak::upgrade) {
+    if let Some(client) = clients.by_shape.get(&shape).and_then(Weak::upgrade) {
         return Ok(client);
     }
-    // The shapes of clients gone are swept when the table would grow: it stays within
-    // twice the clients alive, at a constant cost per client made.
-    if clients.len() == clients.capacity() {
-        clients.retain(|_, c| c.strong_count() > 0);
-    }
+    clients.sweep();
     let client = Arc::new(build(endpoint, shape.max_idle)?);
-    clients.insert(shape, Arc::downgrade(&client));
+    clients.by_shape.insert(shape, Arc::downgrade(&client));
     Ok(client)
+}
+
+/// The clients alive, by shape.
+#[derive(Default)]
+struct Clients {
+    by_shape: HashMap<Shape, Weak<HttpClient>>,
+    /// How many shapes the next sweep waits for.
+    sweep_at: usize,
+}
+
+impl Clients {
+    /// Drops the shapes of clients gone once there are twice as many shapes as after
+    /// the last sweep: the table stays within twice the clients alive (and 16), at a
+    /// constant cost per client made.
+    fn sweep(&mut self) {
+        if self.by_shape.len() < self.sweep_at {
+            return;
+        }
+        self.by_shape.retain(|_, c| c.strong_count() > 0);
+        self.sweep_at = (2 * self.by_shape.len()).max(16);
+    }
 }
 
 /// A pooled client for `endpoint`: connect timeout from its settings, up to
@@ -558,6 +574,11 @@ mod tests {
                 .unwrap()
                 .pem()
         };
+        let changed = |path: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).unwrap();
+            (meta.ctime(), meta.ctime_nsec())
+        };
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, pem()).unwrap();
@@ -567,16 +588,22 @@ mod tests {
         let plain = shared(&test_endpoint("secret = \"s\""), 64).unwrap();
         assert!(!Arc::ptr_eq(&first, &plain));
 
-        // Another certificate of the same length, written in place, once the file
-        // system's clock (as coarse as a few milliseconds) has moved on.
-        std::thread::sleep(Duration::from_millis(20));
-        let same_length = loop {
-            let other = pem();
-            if other.len() == std::fs::metadata(&ca).unwrap().len() as usize {
-                break other;
+        // Another certificate of the same length, written in place until the file
+        // system's clock (a few milliseconds, or seconds on some) has moved on.
+        let len = std::fs::metadata(&ca).unwrap().len() as usize;
+        let same_length = (0..1_000)
+            .map(|_| pem())
+            .find(|other| other.len() == len)
+            .expect("a certificate of the same length");
+        let before = changed(&ca);
+        for _ in 0..300 {
+            std::fs::write(&ca, &same_length).unwrap();
+            if changed(&ca) != before {
+                break;
             }
-        };
-        std::fs::write(&ca, same_length).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_ne!(changed(&ca), before, "the change time did not move");
         let after = shared(&trusting(), 64).unwrap();
         assert!(!Arc::ptr_eq(&first, &after));
         assert!(Arc::ptr_eq(&after, &shared(&trusting(), 64).unwrap()));
