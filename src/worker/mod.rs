@@ -3,8 +3,9 @@
 //! lets it go when idle); `consumer` holds the consumer's settings and its life;
 //! `fetch` feeds its pull stream to delivery tasks, holding messages while the
 //! endpoint is paused or waits for a permit or a token; `message` delivers and settles
-//! one message, as `outcome` decides; `succession` hands a replaced worker's messages
-//! to its successor; `shared` is what every worker shares.
+//! one message, as `outcome` decides; `rate` applies the endpoint's `rate_limit`;
+//! `succession` hands a replaced worker's messages to its successor; `shared` is what
+//! every worker shares.
 //!
 //! Each endpoint has its own durable pull consumer and its own task, so a slow or dead
 //! receiver only ever holds its own messages. `max_ack_pending` is twice the endpoint's
@@ -32,6 +33,7 @@ mod fetch;
 pub mod inflight;
 mod message;
 pub mod outcome;
+mod rate;
 mod set;
 mod shared;
 mod source_consumer;
@@ -57,6 +59,7 @@ pub use self::consumer::{
     ack_wait, consumer_name, keep_alive_every, listed_filters, progress_every, unsettled, window,
 };
 use self::fetch::{Held, Leave};
+use self::rate::throttle;
 pub use self::set::WorkerSet;
 pub use self::shared::Shared;
 pub use self::source_consumer::SourceConsumer;
@@ -65,7 +68,7 @@ use self::succession::Handover;
 use self::throttle::Throttle;
 pub use self::unmapped::{bind_unmapped_counter, watch_unmapped};
 use crate::backoff::Backoff;
-use crate::config::{Endpoint, Rate};
+use crate::config::Endpoint;
 use crate::delivery::Deliverer;
 use crate::metrics::EndpointMetrics;
 use crate::rate_limit::RateLimit;
@@ -178,22 +181,6 @@ pub struct Worker {
     /// than NAK it, which would cost each message an attempt (and, through a long pause
     /// with reloads, could take a message past `max_attempts` without a request).
     hands_over: AtomicBool,
-}
-
-/// The endpoint's throttle at `rate`, split between `replicas`, continuing from
-/// `previous` when it replaces one.
-fn throttle(
-    rate: Option<Rate>,
-    replicas: usize,
-    previous: Option<&Throttle>,
-) -> Option<Arc<Throttle>> {
-    let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
-    rate.map(|r| {
-        Arc::new(match previous {
-            Some(p) => Throttle::following(r, replicas, p),
-            None => Throttle::new(r, replicas),
-        })
-    })
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (each
@@ -310,81 +297,6 @@ impl Worker {
     /// place: read that one through [`Worker::rate_limit`].
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
-    }
-
-    /// The `rate_limit` in force.
-    pub fn rate_limit(&self) -> Option<Rate> {
-        self.throttle.load().as_ref().map(|t| t.rate())
-    }
-
-    /// Applies a new `rate_limit` without a restart: the next token comes at the new
-    /// rate, and the consumer's window follows (the pull stream and the messages
-    /// already fetched stay, so none of them is redelivered or costs an attempt). The
-    /// window's update ends when `stopped` fires: a successor may be binding by then.
-    pub fn set_rate_limit(self: &Arc<Self>, rate: Option<Rate>, stopped: CancellationToken) {
-        let replicas = *self.shared.replicas.borrow();
-        self.throttle
-            .rcu(|t| throttle(rate, replicas, t.as_deref()));
-        self.shared.throttles.send_modify(|()| {});
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let updated = tokio::select! {
-                _ = stopped.cancelled() => return,
-                updated = this.follow_window() => updated,
-            };
-            let rate_limit = rate.map(|r| r.to_string());
-            match updated {
-                Ok(()) => {
-                    tracing::info!(endpoint = %this.endpoint.name, ?rate_limit, "rate limit changed")
-                }
-                Err(e) => {
-                    tracing::warn!(endpoint = %this.endpoint.name, ?rate_limit, error = %e, "rate limit changed; the consumer window follows at the next bind")
-                }
-            }
-        });
-    }
-
-    /// Takes this replica's share of the rate limit among `replicas` live ones; the
-    /// next token comes a period of the new pace after the last. The consumer's
-    /// window stays: it is the endpoint's, shared by all replicas.
-    pub fn split_rate(&self, replicas: usize) {
-        let n = replicas.max(1);
-        let differs = |t: &Option<Arc<Throttle>>| {
-            t.as_ref()
-                .is_some_and(|current| current.replicas() as usize != n)
-        };
-        if !differs(&self.throttle.load()) {
-            return;
-        }
-        let mut changed = false;
-        self.throttle.rcu(|t| {
-            changed = differs(t);
-            if changed {
-                throttle(t.as_ref().map(|c| c.rate()), n, t.as_deref())
-            } else {
-                t.clone()
-            }
-        });
-        if changed {
-            self.shared.throttles.send_modify(|()| {});
-        }
-    }
-
-    /// The throttle at this replica's current share: a worker started while the
-    /// count changed catches up before its next token.
-    pub(super) fn current_throttle(&self) -> Option<Arc<Throttle>> {
-        self.split_rate(*self.shared.replicas.borrow());
-        self.throttle.load_full()
-    }
-
-    /// Waits (at most `max_wait`) for a token of the endpoint's rate limit, for a
-    /// request outside the fetch loop (the admin API's test event); `Err` is how long
-    /// until one is free.
-    pub async fn take_token_within(&self, max_wait: Duration) -> Result<(), Duration> {
-        match self.current_throttle() {
-            Some(t) => t.take_within(max_wait).await,
-            None => Ok(()),
-        }
     }
 
     pub fn deliverer(&self) -> &Deliverer {
