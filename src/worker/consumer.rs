@@ -579,14 +579,15 @@ impl Worker {
         }
     }
 
-    /// A pull stream on the bound consumer. The server never sends more than
-    /// max_ack_pending unacked messages, so a larger batch only saves pull round trips
-    /// (ordered endpoints included).
-    /// A pull stream on `consumer`, going on from `earlier`, the stream of the worker
-    /// this one replaced, when that pulls from the same consumer: as it is when it asks
-    /// for the same batch, else read beside the new one until it falls silent. One on
-    /// another consumer (the endpoint made unordered) is dropped. When no stream can be
-    /// opened, `earlier` stays for the next try.
+    /// A pull stream on `consumer`, the bound consumer, going on from `earlier`, the
+    /// stream of the worker this one replaced, when that pulls from the same consumer:
+    /// as it is when it asks for the same batch, else read beside the new one until it
+    /// falls silent. One on another consumer (the endpoint switched between `ordered`
+    /// and fan-out) is dropped. When no stream can be opened, `earlier` stays for the
+    /// next try.
+    ///
+    /// The server never sends more than max_ack_pending unacked messages, so a larger
+    /// batch only saves pull round trips (ordered endpoints included).
     pub(super) async fn pull(
         &self,
         consumer: &PullConsumer,
