@@ -1,5 +1,5 @@
-//! Reads of files that natshook repeats while it runs: the config file's digest and
-//! `{ file }` secrets, every 2 s.
+//! Reads of files that natshook repeats while it runs: the config file's digest,
+//! `{ file }` secrets and endpoint TLS files, every 2 s.
 
 use tokio::sync::Semaphore;
 
@@ -9,7 +9,8 @@ use tokio::sync::Semaphore;
 pub enum Reading {
     /// The config file, by its one watcher.
     Config,
-    /// `{ file }` secrets, by every endpoint and ingress route that has one.
+    /// `{ file }` secrets, by every endpoint and ingress route that has one, and the
+    /// endpoints' TLS files.
     Secrets,
 }
 

@@ -415,6 +415,54 @@ async fn tls_receiver_with_a_private_ca_and_mutual_tls_over_http2() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
 
+/// A CA and a client certificate renewed in place (cert-manager writing a mounted
+/// Secret) reach a running endpoint without a restart: the receiver moves to another
+/// CA's certificates, the endpoint's files are rewritten, and every message, those
+/// sent in between included, arrives without a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_files_renewed_in_place_reach_a_running_endpoint() {
+    let (old, new) = (pki(), pki());
+    let files = tempfile::tempdir().unwrap();
+    let install = |pki: &Pki| {
+        for file in ["ca.pem", "client.pem", "client-key.pem"] {
+            let text = std::fs::read(pki.dir.path().join(file)).unwrap();
+            std::fs::write(files.path().join(file), text).unwrap();
+        }
+    };
+    install(&old);
+    let mut rx = Receiver::start_tls(old.server.clone()).await;
+    let nats = NatsServer::start();
+    let d = files.path().display();
+    let mut config = TestConfig::new(nats.url());
+    config.endpoints.push(format!(
+        "[[endpoints]]\nname = \"mtls\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = \"s\"\nallow_private = true\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client-key.pem\"\nretry_schedule = [\"200ms\"]\nmax_attempts = 200\ndisable_after_failures = 0\n",
+        rx.https_url("/secure")
+    ));
+    let natshook = Natshook::start(&config.render()).await;
+    let js = jetstream::new(nats.client().await);
+    deliver_leads(&js, &rx, 5, "before").await;
+
+    // The receiver comes back with the new CA's certificate, asking for a client
+    // certificate of the new CA, before natshook's files change: what is sent now
+    // fails until they do.
+    rx.stop().await;
+    rx.set_tls(new.server.clone());
+    rx.resume().await;
+    publish_all(&js, leads(5, "between")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    install(&new);
+    publish_all(&js, leads(5, "after")).await;
+    rx.wait_for(Duration::from_secs(30), "15 delivered", |r| {
+        r.delivered_ids().len() >= 15
+    })
+    .await;
+    assert!(natshook.dead_letters("mtls").is_empty());
+    assert!(
+        natshook.logs().contains("TLS file changed"),
+        "the renewal is logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_context_and_listed_nats_headers_are_forwarded_and_nothing_else() {
     let nats = NatsServer::start();

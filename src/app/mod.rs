@@ -106,6 +106,10 @@ pub async fn run(
             .clone()
             .watch_secrets(SECRET_POLL, shutdown.clone()),
     );
+    tokio::spawn(crate::delivery::renew_on_tls_file_changes(
+        SECRET_POLL,
+        shutdown.clone(),
+    ));
     let listeners = Listeners::start(&config, &sup).await?;
     let js = jetstream::new(client.clone());
     // Every step before the first worker waits for NATS; a shutdown asked for

@@ -52,8 +52,9 @@ pub struct EndpointError {
     pub error: ClientError,
 }
 
-/// How often `{ file }` secrets are re-read. Kubernetes updates mounted Secrets
-/// within about a minute; a few seconds more is not noticeable, a read is cheap.
+/// How often `{ file }` secrets and endpoint TLS files are re-read. Kubernetes updates
+/// mounted Secrets within about a minute; a few seconds more is not noticeable, a read
+/// is cheap.
 pub(super) const SECRET_POLL: Duration = Duration::from_secs(2);
 
 /// One running endpoint: its worker and the handles to stop it without losing

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -12,12 +14,14 @@ use http::Uri;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use super::proxy::Route;
 use crate::config::{Endpoint, Proxy, TlsFiles};
+use crate::file_read::{repeated_read, Reading};
 use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
 use crate::ssrf::GuardedResolver;
 
@@ -27,7 +31,7 @@ const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 
 type Connector = HttpsConnector<Route>;
 
-pub(super) type HttpClient = Client<Shared, Full<Bytes>>;
+type HttpClient = Client<Shared, Full<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,8 +76,9 @@ pub enum ClientError {
 }
 
 /// What makes two endpoints' clients interchangeable: the same scheme, connect
-/// timeout, SSRF policy and proxy, and the same TLS files as they are on disk.
-#[derive(PartialEq, Eq, Hash)]
+/// timeout, SSRF policy, proxy and TLS files. It holds everything a client is built
+/// from, so a client can be built again from its shape alone.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Shape {
     https: bool,
     timeout: Duration,
@@ -81,22 +86,44 @@ struct Shape {
     target: crate::ssrf::TargetPolicy,
     proxy: Option<Proxy>,
     tls: TlsFiles,
-    /// When each of `tls`'s files was last written, as far as the file system tells:
-    /// a file replaced in place (a certificate rotated) makes another shape, so an
-    /// endpoint set up after it loads the new file instead of sharing the old one.
-    written: [Option<Written>; 3],
+}
+
+impl Shape {
+    fn of(endpoint: &Endpoint, max_idle: usize) -> Shape {
+        Shape {
+            https: endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
+            timeout: endpoint.timeout,
+            max_idle: max_idle.max(1),
+            target: endpoint.target.clone(),
+            proxy: endpoint.proxy.clone(),
+            tls: endpoint.tls.clone(),
+        }
+    }
+
+    fn has_files(&self) -> bool {
+        self.tls != TlsFiles::default()
+    }
+
+    /// When each TLS file was last written, as the file system tells now.
+    fn written(&self) -> FilesWritten {
+        let tls = &self.tls;
+        [&tls.ca_file, &tls.cert_file, &tls.key_file].map(|f| Written::of(f.as_deref()))
+    }
 }
 
 /// A file's identity and last change (`None` when it cannot be read, which the
 /// client's set-up then reports). The change time, which no one can set (unlike the
 /// modification time, which `cp -p` or `rsync -t` keep), moves with every write.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq, Hash, Clone, Copy, Debug)]
 struct Written {
     dev: u64,
     ino: u64,
     len: u64,
     changed: (i64, i64),
 }
+
+/// The state of a shape's CA, certificate and key files, in that order.
+type FilesWritten = [Option<Written>; 3];
 
 impl Written {
     fn of(path: Option<&std::path::Path>) -> Option<Written> {
@@ -111,11 +138,65 @@ impl Written {
     }
 }
 
+/// The client of one shape, built again when one of its TLS files is written again:
+/// a certificate renewed in place (cert-manager, a rotated Kubernetes Secret) reaches
+/// every endpoint of the shape without a restart. Requests already sent finish on the
+/// client they started on; its pooled connections close when the last one ends, and
+/// new connections present and verify the new files.
+pub(super) struct ShapeClient {
+    shape: Shape,
+    current: ArcSwap<Built>,
+    /// The files' state when a build last failed, so that a broken file (or a key
+    /// written before its certificate) is reported once, not at every poll.
+    failed: Mutex<Option<FilesWritten>>,
+}
+
+/// A client and the state of the files it loaded.
+struct Built {
+    client: HttpClient,
+    written: FilesWritten,
+}
+
+impl ShapeClient {
+    /// Sends `request` through the current client.
+    pub(super) fn request(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {
+        self.current.load().client.request(request)
+    }
+
+    /// Builds the client again when its files changed since the current one was built;
+    /// whether it did. A failed build leaves the current client in place.
+    fn renew(&self) -> Result<bool, ClientError> {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let written = self.shape.written();
+        if written == self.current.load().written {
+            *failed = None;
+            return Ok(false);
+        }
+        if *failed == Some(written) {
+            return Ok(false);
+        }
+        match build_with(&self.shape, Liveness::of(&self.shape)) {
+            Ok(client) => {
+                self.current.store(Arc::new(Built { client, written }));
+                *failed = None;
+                Ok(true)
+            }
+            Err(e) => {
+                *failed = Some(written);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// The client for `endpoint`, shared with every endpoint of the same [`Shape`] (its
 /// pool keeps connections per receiver host, so sharing changes no connection): with
 /// thousands of endpoints, a client each would cost more than the rest of an idle
 /// endpoint. That holds for endpoints that all go through the environment's proxy or
-/// trust one `[defaults] ca_file` as much as for those with neither.
+/// trust one `[defaults] ca_file` as much as for those with neither. A TLS file
+/// written since the shape's client was built is loaded now, so an endpoint does not
+/// start with files older than those on disk; one that cannot be loaded leaves the
+/// endpoint on the client its kind runs with, as it leaves those running.
 ///
 /// A shared pool keeps up to `max_inflight` idle connections per host, the most that
 /// endpoints sharing it can use at once: many endpoints of one receiver host (a
@@ -126,32 +207,89 @@ impl Written {
 pub(super) fn shared(
     endpoint: &Endpoint,
     max_inflight: usize,
-) -> Result<Arc<HttpClient>, ClientError> {
-    static CLIENTS: LazyLock<Mutex<Clients>> = LazyLock::new(Mutex::default);
-    let tls = &endpoint.tls;
-    let shape = Shape {
-        https: endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
-        timeout: endpoint.timeout,
-        max_idle: max_inflight.max(1),
-        target: endpoint.target.clone(),
-        proxy: endpoint.proxy.clone(),
-        tls: tls.clone(),
-        written: [&tls.ca_file, &tls.cert_file, &tls.key_file].map(|f| Written::of(f.as_deref())),
-    };
-    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+) -> Result<Arc<ShapeClient>, ClientError> {
+    let shape = Shape::of(endpoint, max_inflight);
+    let mut clients = clients();
     if let Some(client) = clients.by_shape.get(&shape).and_then(Weak::upgrade) {
+        log_renewal(&shape.tls, client.renew());
         return Ok(client);
     }
     clients.sweep();
-    let client = Arc::new(build(endpoint, shape.max_idle)?);
-    clients.by_shape.insert(shape, Arc::downgrade(&client));
-    Ok(client)
+    let written = shape.written();
+    let client = build_with(&shape, Liveness::of(&shape))?;
+    let shape_client = Arc::new(ShapeClient {
+        current: ArcSwap::from_pointee(Built { client, written }),
+        failed: Mutex::new(None),
+        shape: shape.clone(),
+    });
+    clients
+        .by_shape
+        .insert(shape, Arc::downgrade(&shape_client));
+    Ok(shape_client)
+}
+
+fn clients() -> std::sync::MutexGuard<'static, Clients> {
+    static CLIENTS: LazyLock<Mutex<Clients>> = LazyLock::new(Mutex::default);
+    CLIENTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Checks the TLS files of every client alive every `every` until `stop`, and builds
+/// again the clients whose files were written: `{ file }` secrets are re-read the same
+/// way. The files are read on the blocking pool, with the secrets' permits, so a hung
+/// mount holds no runtime thread.
+pub async fn renew_on_tls_file_changes(every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let with_files: Vec<Arc<ShapeClient>> = clients()
+            .by_shape
+            .iter()
+            .filter(|(shape, _)| shape.has_files())
+            .filter_map(|(_, client)| client.upgrade())
+            .collect();
+        if with_files.is_empty() {
+            continue;
+        }
+        let renewed = repeated_read(Reading::Secrets, move || {
+            for client in &with_files {
+                log_renewal(&client.shape.tls, client.renew());
+            }
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = renewed => {}
+        }
+    }
+}
+
+fn log_renewal(tls: &TlsFiles, renewed: Result<bool, ClientError>) {
+    let file = |f: &Option<std::path::PathBuf>| {
+        f.as_deref()
+            .map_or_else(String::new, |p| p.display().to_string())
+    };
+    let (ca_file, cert_file) = (file(&tls.ca_file), file(&tls.cert_file));
+    match renewed {
+        Ok(false) => {}
+        Ok(true) => tracing::info!(
+            ca_file,
+            cert_file,
+            "TLS file changed; new connections use it"
+        ),
+        Err(e) => tracing::warn!(
+            ca_file,
+            cert_file,
+            error = %e,
+            "cannot load a changed TLS file; keeping the client that loaded the earlier one"
+        ),
+    }
 }
 
 /// The clients alive, by shape.
 #[derive(Default)]
 struct Clients {
-    by_shape: HashMap<Shape, Weak<HttpClient>>,
+    by_shape: HashMap<Shape, Weak<ShapeClient>>,
     /// How many shapes the next sweep waits for.
     sweep_at: usize,
 }
@@ -167,13 +305,6 @@ impl Clients {
         self.by_shape.retain(|_, c| c.strong_count() > 0);
         self.sweep_at = (2 * self.by_shape.len()).max(16);
     }
-}
-
-/// A pooled client for `endpoint`: connect timeout from its settings, up to
-/// `max_idle` idle connections per host, names resolved through the SSRF guard (or the
-/// proxy's tunnel), its TLS files loaded.
-pub(super) fn build(endpoint: &Endpoint, max_idle: usize) -> Result<HttpClient, ClientError> {
-    build_with(endpoint, max_idle, Liveness::of(endpoint))
 }
 
 /// Whether a request failed because the receiver went silent: an HTTP/2 PING left
@@ -221,31 +352,30 @@ impl Liveness {
         ping_timeout: Duration::from_secs(10),
     };
 
-    fn of(endpoint: &Endpoint) -> Liveness {
+    fn of(shape: &Shape) -> Liveness {
         Liveness {
-            ping_timeout: endpoint.timeout.max(Liveness::DEFAULT.ping_timeout),
+            ping_timeout: shape.timeout.max(Liveness::DEFAULT.ping_timeout),
             ..Liveness::DEFAULT
         }
     }
 }
 
-fn build_with(
-    endpoint: &Endpoint,
-    max_idle: usize,
-    liveness: Liveness,
-) -> Result<HttpClient, ClientError> {
-    let route = match &endpoint.proxy {
+/// A pooled client of `shape`: its connect timeout, up to `max_idle` idle connections
+/// per host, names resolved through the SSRF guard (or the proxy's tunnel), its TLS
+/// files loaded.
+fn build_with(shape: &Shape, liveness: Liveness) -> Result<HttpClient, ClientError> {
+    let route = match &shape.proxy {
         None => {
-            let resolver = GuardedResolver::new(endpoint.target.clone());
-            Route::direct(tcp(HttpConnector::new_with_resolver(resolver), endpoint))
+            let resolver = GuardedResolver::new(shape.target.clone());
+            Route::direct(tcp(
+                HttpConnector::new_with_resolver(resolver),
+                shape.timeout,
+            ))
         }
-        Some(proxy) => Route::tunnel(proxy, to_proxy(proxy, endpoint)?, endpoint.target.clone()),
+        Some(proxy) => Route::tunnel(proxy, to_proxy(proxy, shape.timeout)?, shape.target.clone()),
     };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(
-            &endpoint.tls,
-            endpoint.url.scheme() == Some(&http::uri::Scheme::HTTPS),
-        )?)
+        .with_tls_config(tls_config(&shape.tls, shape.https)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -261,16 +391,16 @@ fn build_with(
         .http2_keep_alive_interval(liveness.ping_after)
         .http2_keep_alive_timeout(liveness.ping_timeout)
         .http2_keep_alive_while_idle(true)
-        .pool_max_idle_per_host(max_idle.max(1))
+        .pool_max_idle_per_host(shape.max_idle)
         .http1_writev(true)
         .http1_max_buf_size(RESPONSE_HEAD_LIMIT)
         .build(Shared(Arc::new(connector))))
 }
 
-fn tcp<R>(mut http: HttpConnector<R>, endpoint: &Endpoint) -> HttpConnector<R> {
+fn tcp<R>(mut http: HttpConnector<R>, timeout: Duration) -> HttpConnector<R> {
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(endpoint.timeout));
+    http.set_connect_timeout(Some(timeout));
     http
 }
 
@@ -278,14 +408,14 @@ fn tcp<R>(mut http: HttpConnector<R>, endpoint: &Endpoint) -> HttpConnector<R> {
 /// (HTTP/1.1 only, as CONNECT needs), plain otherwise.
 fn to_proxy(
     proxy: &Proxy,
-    endpoint: &Endpoint,
+    timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientError> {
     let https = proxy.uri.scheme() == Some(&http::uri::Scheme::HTTPS);
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(&TlsFiles::default(), https)?)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(tcp(HttpConnector::new(), endpoint)))
+        .wrap_connector(tcp(HttpConnector::new(), timeout)))
 }
 
 /// System roots, or only the endpoint's `ca_file` when set (a private CA should not
@@ -369,7 +499,7 @@ mod tests {
 
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    use super::{build_with, Liveness};
+    use super::{build_with, Liveness, Shape};
     use crate::config::Config;
 
     /// A connection left idle in the pool is closed after the idle timeout, with no
@@ -388,7 +518,7 @@ mod tests {
             idle: Duration::from_millis(200),
             ..Liveness::DEFAULT
         };
-        let client = build_with(&endpoint, 4, liveness).unwrap();
+        let client = build_with(&Shape::of(&endpoint, 4), liveness).unwrap();
         let served = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
             let mut buf = vec![0u8; 4096];
@@ -529,7 +659,7 @@ mod tests {
             ping_timeout: Duration::from_millis(200),
             ..Liveness::DEFAULT
         };
-        let client = build_with(&endpoint, 4, liveness).unwrap();
+        let client = build_with(&Shape::of(&endpoint, 4), liveness).unwrap();
         let post = || {
             http::Request::post(format!("https://{addr}/"))
                 .body(Full::new(Bytes::from_static(b"{}")))
@@ -558,9 +688,10 @@ mod tests {
     /// Endpoints that trust one `[defaults] ca_file`, or go through one proxy, share a
     /// client as endpoints without either do: at 10,000 endpoints a client each held
     /// 84 MiB more for a CA file, 23 MiB more for a proxy. A CA file written again
-    /// (rotated) gives the endpoints set up after it a client that loads it.
+    /// (rotated) is loaded by the shared client, for every endpoint that holds it; one
+    /// that cannot be loaded leaves the earlier client, and is reported once.
     #[test]
-    fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_until_the_file_changes() {
+    fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file() {
         use rcgen::{CertificateParams, KeyPair};
         use std::sync::Arc;
 
@@ -579,34 +710,58 @@ mod tests {
             let meta = std::fs::metadata(path).unwrap();
             (meta.ctime(), meta.ctime_nsec())
         };
+        // Writes `text` in place until the file system's clock (a few milliseconds, or
+        // seconds on some) has moved on.
+        let rewrite = |path: &std::path::Path, text: &str| {
+            let before = changed(path);
+            for _ in 0..300 {
+                std::fs::write(path, text).unwrap();
+                if changed(path) != before {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("the change time did not move");
+        };
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, pem()).unwrap();
         let trusting = || test_endpoint(&format!("secret = \"s\"\nca_file = \"{}\"", ca.display()));
+        // Loaded while the file holds a certificate, as a config is checked.
+        let later = trusting();
         let first = shared(&trusting(), 64).unwrap();
         assert!(Arc::ptr_eq(&first, &shared(&trusting(), 64).unwrap()));
         let plain = shared(&test_endpoint("secret = \"s\""), 64).unwrap();
         assert!(!Arc::ptr_eq(&first, &plain));
+        let loaded = first.current.load_full();
+        assert!(!first.renew().unwrap(), "nothing was written");
 
-        // Another certificate of the same length, written in place until the file
-        // system's clock (a few milliseconds, or seconds on some) has moved on.
+        // Another certificate of the same length: an endpoint set up after it shares
+        // the client, which loaded it, with the first.
         let len = std::fs::metadata(&ca).unwrap().len() as usize;
         let same_length = (0..1_000)
             .map(|_| pem())
             .find(|other| other.len() == len)
             .expect("a certificate of the same length");
-        let before = changed(&ca);
-        for _ in 0..300 {
-            std::fs::write(&ca, &same_length).unwrap();
-            if changed(&ca) != before {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_ne!(changed(&ca), before, "the change time did not move");
-        let after = shared(&trusting(), 64).unwrap();
-        assert!(!Arc::ptr_eq(&first, &after));
-        assert!(Arc::ptr_eq(&after, &shared(&trusting(), 64).unwrap()));
+        rewrite(&ca, &same_length);
+        assert!(Arc::ptr_eq(&first, &shared(&trusting(), 64).unwrap()));
+        let reloaded = first.current.load_full();
+        assert!(!Arc::ptr_eq(&loaded, &reloaded));
+
+        // Not a certificate: the client stays, the error comes once.
+        rewrite(&ca, "not a certificate\n");
+        assert!(first.renew().is_err());
+        assert!(!first.renew().unwrap(), "reported once");
+        assert!(Arc::ptr_eq(&reloaded, &first.current.load_full()));
+        let starting = shared(&later, 64).unwrap();
+        assert!(
+            Arc::ptr_eq(&starting, &first),
+            "starts on the client of its kind"
+        );
+        assert!(Arc::ptr_eq(&reloaded, &first.current.load_full()));
+        rewrite(&ca, &pem());
+        assert!(first.renew().unwrap());
+        assert!(!Arc::ptr_eq(&reloaded, &first.current.load_full()));
 
         let through = |proxy: &str| {
             let e = test_endpoint(&format!("secret = \"s\"\nproxy = \"{proxy}\""));

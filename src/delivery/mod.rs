@@ -29,8 +29,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::ResponseFuture;
 
 pub(crate) use self::client::system_roots;
-pub use self::client::ClientError;
-use self::client::HttpClient;
+use self::client::ShapeClient;
+pub use self::client::{renew_on_tls_file_changes, ClientError};
 use self::headers::{forwarded_headers, host_header, request_headers};
 pub use self::headers::{
     redact, REDACTED, TRACE_HEADERS, X_WEBHOOK_ATTEMPT, X_WEBHOOK_EVENT, X_WEBHOOK_ID,
@@ -145,7 +145,7 @@ pub struct Request<'a> {
 /// Sends signed requests to one endpoint.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: Arc<HttpClient>,
+    client: Arc<ShapeClient>,
     endpoint: Arc<Endpoint>,
     /// Swapped when a `{ file }` secret changes (see [`Deliverer::watch_secrets`]).
     signer: Arc<ArcSwap<Signer>>,

@@ -591,6 +591,12 @@ impl Receiver {
         self.listen().await;
     }
 
+    /// Serves TLS with `config` from the next [`Receiver::resume`] on (a receiver whose
+    /// certificates were renewed).
+    pub fn set_tls(&mut self, config: rustls::ServerConfig) {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+    }
+
     pub fn set(&self, f: impl Fn(&Received) -> Reply + Send + Sync + 'static) {
         *self.behaviour.write().unwrap() = Arc::new(f);
     }
