@@ -146,9 +146,21 @@ impl Written {
 pub(super) struct ShapeClient {
     shape: Shape,
     current: ArcSwap<Built>,
-    /// The files' state when a build last failed, so that a broken file (or a key
-    /// written before its certificate) is reported once, not at every poll.
+    /// The files' state at the last failed build, whose error was logged: a broken
+    /// file (or a key written before its certificate) is tried again at every poll,
+    /// since a read can fail for a moment, and reported once.
     failed: Mutex<Option<FilesWritten>>,
+}
+
+/// What a check of a client's files did.
+enum Renewal {
+    Unchanged,
+    Renewed,
+    Failed {
+        error: ClientError,
+        /// Whether this state's error was logged already.
+        reported: bool,
+    },
 }
 
 /// A client and the state of the files it loaded.
@@ -163,28 +175,25 @@ impl ShapeClient {
         self.current.load().client.request(request)
     }
 
-    /// Builds the client again when its files changed since the current one was built;
-    /// whether it did. A failed build leaves the current client in place.
-    fn renew(&self) -> Result<bool, ClientError> {
+    /// Builds the client again when its files changed since the current one was built.
+    /// A failed build leaves the current client in place.
+    fn renew(&self) -> Renewal {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         let written = self.shape.written();
         if written == self.current.load().written {
             *failed = None;
-            return Ok(false);
-        }
-        if *failed == Some(written) {
-            return Ok(false);
+            return Renewal::Unchanged;
         }
         match build_with(&self.shape, Liveness::of(&self.shape)) {
             Ok(client) => {
                 self.current.store(Arc::new(Built { client, written }));
                 *failed = None;
-                Ok(true)
+                Renewal::Renewed
             }
-            Err(e) => {
-                *failed = Some(written);
-                Err(e)
-            }
+            Err(error) => Renewal::Failed {
+                error,
+                reported: failed.replace(written) == Some(written),
+            },
         }
     }
 }
@@ -193,10 +202,9 @@ impl ShapeClient {
 /// pool keeps connections per receiver host, so sharing changes no connection): with
 /// thousands of endpoints, a client each would cost more than the rest of an idle
 /// endpoint. That holds for endpoints that all go through the environment's proxy or
-/// trust one `[defaults] ca_file` as much as for those with neither. A TLS file
-/// written since the shape's client was built is loaded now, so an endpoint does not
-/// start with files older than those on disk; one that cannot be loaded leaves the
-/// endpoint on the client its kind runs with, as it leaves those running.
+/// trust one `[defaults] ca_file` as much as for those with neither. An endpoint that
+/// joins a shape takes its client as it is: TLS files written since are loaded by
+/// [`renew_on_tls_file_changes`] for all of them, off the runtime's threads.
 ///
 /// A shared pool keeps up to `max_inflight` idle connections per host, the most that
 /// endpoints sharing it can use at once: many endpoints of one receiver host (a
@@ -211,7 +219,6 @@ pub(super) fn shared(
     let shape = Shape::of(endpoint, max_inflight);
     let mut clients = clients();
     if let Some(client) = clients.by_shape.get(&shape).and_then(Weak::upgrade) {
-        log_renewal(&shape.tls, client.renew());
         return Ok(client);
     }
     clients.sweep();
@@ -264,23 +271,29 @@ pub async fn renew_on_tls_file_changes(every: Duration, stop: CancellationToken)
     }
 }
 
-fn log_renewal(tls: &TlsFiles, renewed: Result<bool, ClientError>) {
+fn log_renewal(tls: &TlsFiles, renewal: Renewal) {
     let file = |f: &Option<std::path::PathBuf>| {
         f.as_deref()
             .map_or_else(String::new, |p| p.display().to_string())
     };
-    let (ca_file, cert_file) = (file(&tls.ca_file), file(&tls.cert_file));
-    match renewed {
-        Ok(false) => {}
-        Ok(true) => tracing::info!(
+    let (ca_file, cert_file, key_file) = (
+        file(&tls.ca_file),
+        file(&tls.cert_file),
+        file(&tls.key_file),
+    );
+    match renewal {
+        Renewal::Unchanged | Renewal::Failed { reported: true, .. } => {}
+        Renewal::Renewed => tracing::info!(
             ca_file,
             cert_file,
+            key_file,
             "TLS file changed; new connections use it"
         ),
-        Err(e) => tracing::warn!(
+        Renewal::Failed { error, .. } => tracing::warn!(
             ca_file,
             cert_file,
-            error = %e,
+            key_file,
+            error = %error,
             "cannot load a changed TLS file; keeping the client that loaded the earlier one"
         ),
     }
@@ -695,7 +708,7 @@ mod tests {
         use rcgen::{CertificateParams, KeyPair};
         use std::sync::Arc;
 
-        use super::shared;
+        use super::{shared, Renewal};
         use crate::config::test_endpoint;
 
         let pem = || {
@@ -734,33 +747,43 @@ mod tests {
         let plain = shared(&test_endpoint("secret = \"s\""), 64).unwrap();
         assert!(!Arc::ptr_eq(&first, &plain));
         let loaded = first.current.load_full();
-        assert!(!first.renew().unwrap(), "nothing was written");
+        assert!(matches!(first.renew(), Renewal::Unchanged));
 
-        // Another certificate of the same length: an endpoint set up after it shares
-        // the client, which loaded it, with the first.
+        // Another certificate of the same length: the client loads it, for every
+        // endpoint that holds it and those that join it.
         let len = std::fs::metadata(&ca).unwrap().len() as usize;
         let same_length = (0..1_000)
             .map(|_| pem())
             .find(|other| other.len() == len)
             .expect("a certificate of the same length");
         rewrite(&ca, &same_length);
+        assert!(matches!(first.renew(), Renewal::Renewed));
         assert!(Arc::ptr_eq(&first, &shared(&trusting(), 64).unwrap()));
         let reloaded = first.current.load_full();
         assert!(!Arc::ptr_eq(&loaded, &reloaded));
 
-        // Not a certificate: the client stays, the error comes once.
+        // Not a certificate: the client stays, the build is tried at every check, the
+        // error is reported once.
         rewrite(&ca, "not a certificate\n");
-        assert!(first.renew().is_err());
-        assert!(!first.renew().unwrap(), "reported once");
+        assert!(matches!(
+            first.renew(),
+            Renewal::Failed {
+                reported: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            first.renew(),
+            Renewal::Failed { reported: true, .. }
+        ));
         assert!(Arc::ptr_eq(&reloaded, &first.current.load_full()));
-        let starting = shared(&later, 64).unwrap();
+        let joining = shared(&later, 64).unwrap();
         assert!(
-            Arc::ptr_eq(&starting, &first),
-            "starts on the client of its kind"
+            Arc::ptr_eq(&joining, &first),
+            "joins the client of its shape"
         );
-        assert!(Arc::ptr_eq(&reloaded, &first.current.load_full()));
         rewrite(&ca, &pem());
-        assert!(first.renew().unwrap());
+        assert!(matches!(first.renew(), Renewal::Renewed));
         assert!(!Arc::ptr_eq(&reloaded, &first.current.load_full()));
 
         let through = |proxy: &str| {
