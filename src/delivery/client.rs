@@ -250,17 +250,18 @@ pub async fn renew_on_tls_file_changes(every: Duration, stop: CancellationToken)
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let with_files: Vec<Arc<ShapeClient>> = clients()
+        // Weak: a shape whose endpoints all go while a read hangs is not kept alive.
+        let with_files: Vec<Weak<ShapeClient>> = clients()
             .by_shape
             .iter()
             .filter(|(shape, _)| shape.has_files())
-            .filter_map(|(_, client)| client.upgrade())
+            .map(|(_, client)| Weak::clone(client))
             .collect();
         if with_files.is_empty() {
             continue;
         }
         let renewed = repeated_read(Reading::Secrets, move || {
-            for client in &with_files {
+            for client in with_files.iter().filter_map(Weak::upgrade) {
                 log_renewal(&client.shape.tls, client.renew());
             }
         });
