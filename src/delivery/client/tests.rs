@@ -1,4 +1,5 @@
-//! The shared client: its pool and liveness against loopback servers, and the renewal of its TLS files.
+//! The shared client: its pool and liveness against loopback servers, and the renewal
+//! of its TLS files.
 
 use std::time::Duration;
 
