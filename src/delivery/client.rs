@@ -114,7 +114,7 @@ impl Shape {
 /// A file's identity and last change (`None` when it cannot be read, which the
 /// client's set-up then reports). The change time, which no one can set (unlike the
 /// modification time, which `cp -p` or `rsync -t` keep), moves with every write.
-#[derive(PartialEq, Eq, Hash, Clone, Copy, Debug)]
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
 struct Written {
     dev: u64,
     ino: u64,
@@ -169,6 +169,15 @@ struct Built {
     written: FilesWritten,
 }
 
+impl Built {
+    /// Builds `shape`'s client, its files read after `written` was taken: a write
+    /// during the build then shows as a change at the next check.
+    fn load(shape: &Shape, written: FilesWritten) -> Result<Built, ClientError> {
+        let client = build_with(shape, Liveness::of(shape))?;
+        Ok(Built { client, written })
+    }
+}
+
 impl ShapeClient {
     /// Sends `request` through the current client.
     pub(super) fn request(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {
@@ -184,9 +193,9 @@ impl ShapeClient {
             *failed = None;
             return Renewal::Unchanged;
         }
-        match build_with(&self.shape, Liveness::of(&self.shape)) {
-            Ok(client) => {
-                self.current.store(Arc::new(Built { client, written }));
+        match Built::load(&self.shape, written) {
+            Ok(built) => {
+                self.current.store(Arc::new(built));
                 *failed = None;
                 Renewal::Renewed
             }
@@ -222,10 +231,9 @@ pub(super) fn shared(
         return Ok(client);
     }
     clients.sweep();
-    let written = shape.written();
-    let client = build_with(&shape, Liveness::of(&shape))?;
+    let built = Built::load(&shape, shape.written())?;
     let shape_client = Arc::new(ShapeClient {
-        current: ArcSwap::from_pointee(Built { client, written }),
+        current: ArcSwap::from_pointee(built),
         failed: Mutex::new(None),
         shape: shape.clone(),
     });
