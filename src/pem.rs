@@ -2,7 +2,7 @@
 //! the client set-up and by `natshook check`, so that check refuses exactly the files
 //! the set-up would.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -22,36 +22,61 @@ fn load_error(path: &Path, e: impl std::fmt::Display) -> PemError {
     PemError::Load(path.display().to_string(), e.to_string())
 }
 
-/// The certificates of a PEM file. A file without any is an error: a key file given
-/// as `ca_file` would otherwise trust nothing, and as `cert_file` fail every handshake.
-pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| load_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| load_error(path, e))?;
-    if certs.is_empty() {
-        return Err(PemError::NoCertificate(path.display().to_string()));
-    }
-    Ok(certs)
+/// A TLS file's bytes as read once: the client parses the bytes it compared with the
+/// last ones it loaded, so a write between the comparison and the parse cannot slip by.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
 }
 
-/// A `ca_file` as trust roots: at least one certificate rustls can use.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, PemError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(load_certificates(path)?);
-    if added == 0 {
-        return Err(load_error(path, "no certificate usable as a trust root"));
+impl PemFile {
+    pub fn read(path: &Path) -> Result<PemFile, PemError> {
+        let bytes = std::fs::read(path).map_err(|e| load_error(path, e))?;
+        Ok(PemFile {
+            path: path.to_path_buf(),
+            bytes,
+        })
     }
-    Ok(roots)
-}
 
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            PemError::NoPrivateKey(path.display().to_string())
+    /// The certificates in the file. A file without any is an error: a key file given
+    /// as `ca_file` would otherwise trust nothing, and as `cert_file` fail every
+    /// handshake.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, PemError> {
+        let certs = CertificateDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| load_error(&self.path, e))?;
+        if certs.is_empty() {
+            return Err(PemError::NoCertificate(self.path.display().to_string()));
         }
-        e => load_error(path, e),
-    })
+        Ok(certs)
+    }
+
+    /// The file as trust roots: at least one certificate rustls can use.
+    pub fn roots(&self) -> Result<rustls::RootCertStore, PemError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(self.certificates()?);
+        if added == 0 {
+            return Err(load_error(
+                &self.path,
+                "no certificate usable as a trust root",
+            ));
+        }
+        Ok(roots)
+    }
+
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, PemError> {
+        PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                PemError::NoPrivateKey(self.path.display().to_string())
+            }
+            e => load_error(&self.path, e),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Loads one endpoint TLS file (`ca_file`, `cert_file` or `key_file`) as the client
@@ -59,9 +84,10 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError>
 /// key names instead of the endpoint failing to start. Whether a key belongs to its
 /// certificate is left to the set-up itself.
 pub fn check_tls_file(key: &str, path: &Path) -> Result<(), PemError> {
+    let file = PemFile::read(path)?;
     match key {
-        "ca_file" => load_roots(path).map(drop),
-        "key_file" => load_private_key(path).map(drop),
-        _ => load_certificates(path).map(drop),
+        "ca_file" => file.roots().map(drop),
+        "key_file" => file.private_key().map(drop),
+        _ => file.certificates().map(drop),
     }
 }

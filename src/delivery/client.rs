@@ -3,6 +3,7 @@
 //! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
@@ -22,7 +23,7 @@ use tower_service::Service;
 use super::proxy::Route;
 use crate::config::{Endpoint, Proxy, TlsFiles};
 use crate::file_read::{repeated_read, Reading};
-use crate::pem::{load_certificates, load_private_key, load_roots, PemError};
+use crate::pem::{PemError, PemFile};
 use crate::ssrf::GuardedResolver;
 
 /// Largest response head (status line and headers) accepted; a larger one fails the
@@ -104,52 +105,42 @@ impl Shape {
         self.tls != TlsFiles::default()
     }
 
-    /// When each TLS file was last written, as the file system tells now.
-    fn written(&self) -> FilesWritten {
+    /// The TLS files' bytes as they are now.
+    fn read(&self) -> Result<TlsContents, PemError> {
+        let read = |f: &Option<PathBuf>| f.as_deref().map(PemFile::read).transpose();
         let tls = &self.tls;
-        [&tls.ca_file, &tls.cert_file, &tls.key_file].map(|f| Written::of(f.as_deref()))
-    }
-}
-
-/// A file's identity and last change (`None` when it cannot be read, which the
-/// client's set-up then reports). The change time, which no one can set (unlike the
-/// modification time, which `cp -p` or `rsync -t` keep), moves with every write.
-#[derive(PartialEq, Eq, Hash, Clone, Copy)]
-struct Written {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    changed: (i64, i64),
-}
-
-/// The state of a shape's CA, certificate and key files, in that order.
-type FilesWritten = [Option<Written>; 3];
-
-impl Written {
-    fn of(path: Option<&std::path::Path>) -> Option<Written> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path?).ok()?;
-        Some(Written {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            changed: (meta.ctime(), meta.ctime_nsec()),
+        Ok(TlsContents {
+            ca: read(&tls.ca_file)?,
+            cert: read(&tls.cert_file)?,
+            key: read(&tls.key_file)?,
         })
     }
 }
 
-/// The client of one shape, built again when one of its TLS files is written again:
-/// a certificate renewed in place (cert-manager, a rotated Kubernetes Secret) reaches
-/// every endpoint of the shape without a restart. Requests already sent finish on the
-/// client they started on; its pooled connections close when the last one ends, and
-/// new connections present and verify the new files.
+/// The bytes of a shape's TLS files, each `None` when not set. A client is built
+/// again only when they differ from those it loaded: a file written again with the
+/// same bytes (a `touch`, a Secret synced unchanged) keeps the pool's connections, and
+/// what a file holds is compared, not when it was written, which a clock too coarse
+/// for two quick writes could hide.
+#[derive(Default, PartialEq, Eq)]
+struct TlsContents {
+    ca: Option<PemFile>,
+    cert: Option<PemFile>,
+    key: Option<PemFile>,
+}
+
+/// The client of one shape, built again when one of its TLS files holds something
+/// else: a certificate renewed in place (cert-manager, a rotated Kubernetes Secret)
+/// reaches every endpoint of the shape without a restart. Requests already sent
+/// finish on the client they started on; its pooled connections close when the last
+/// one ends, and new connections present and verify the new files.
 pub(super) struct ShapeClient {
     shape: Shape,
     current: ArcSwap<Built>,
-    /// The files' state at the last failed build, whose error was logged: a broken
-    /// file (or a key written before its certificate) is tried again at every poll,
-    /// since a read can fail for a moment, and reported once.
-    failed: Mutex<Option<FilesWritten>>,
+    /// The last failed build's error, which was logged: a broken file (or a key
+    /// written before its certificate) is tried again at every check, since a read
+    /// can fail for a moment, and each error is reported once.
+    failed: Mutex<Option<String>>,
 }
 
 /// What a check of a client's files did.
@@ -158,23 +149,21 @@ enum Renewal {
     Renewed,
     Failed {
         error: ClientError,
-        /// Whether this state's error was logged already.
+        /// Whether this error was logged already.
         reported: bool,
     },
 }
 
-/// A client and the state of the files it loaded.
+/// A client and the bytes of the files it loaded.
 struct Built {
     client: HttpClient,
-    written: FilesWritten,
+    files: TlsContents,
 }
 
 impl Built {
-    /// Builds `shape`'s client, its files read after `written` was taken: a write
-    /// during the build then shows as a change at the next check.
-    fn load(shape: &Shape, written: FilesWritten) -> Result<Built, ClientError> {
-        let client = build_with(shape, Liveness::of(shape))?;
-        Ok(Built { client, written })
+    fn load(shape: &Shape, files: TlsContents) -> Result<Built, ClientError> {
+        let client = build_with(shape, &files, Liveness::of(shape))?;
+        Ok(Built { client, files })
     }
 }
 
@@ -184,25 +173,30 @@ impl ShapeClient {
         self.current.load().client.request(request)
     }
 
-    /// Builds the client again when its files changed since the current one was built.
-    /// A failed build leaves the current client in place.
+    /// Builds the client again when its files hold something else than the current
+    /// one loaded. A failed read or build leaves the current client in place.
     fn renew(&self) -> Renewal {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        let written = self.shape.written();
-        if written == self.current.load().written {
-            *failed = None;
-            return Renewal::Unchanged;
-        }
-        match Built::load(&self.shape, written) {
+        let built = match self.shape.read() {
+            Ok(files) if files == self.current.load().files => {
+                *failed = None;
+                return Renewal::Unchanged;
+            }
+            Ok(files) => Built::load(&self.shape, files),
+            Err(e) => Err(e.into()),
+        };
+        match built {
             Ok(built) => {
                 self.current.store(Arc::new(built));
                 *failed = None;
                 Renewal::Renewed
             }
-            Err(error) => Renewal::Failed {
-                error,
-                reported: failed.replace(written) == Some(written),
-            },
+            Err(error) => {
+                let text = error.to_string();
+                let reported = failed.as_ref() == Some(&text);
+                *failed = Some(text);
+                Renewal::Failed { error, reported }
+            }
         }
     }
 }
@@ -212,7 +206,7 @@ impl ShapeClient {
 /// thousands of endpoints, a client each would cost more than the rest of an idle
 /// endpoint. That holds for endpoints that all go through the environment's proxy or
 /// trust one `[defaults] ca_file` as much as for those with neither. An endpoint that
-/// joins a shape takes its client as it is: TLS files written since are loaded by
+/// joins a shape takes its client as it is: TLS files changed since are loaded by
 /// [`renew_on_tls_file_changes`] for all of them, off the runtime's threads.
 ///
 /// A shared pool keeps up to `max_inflight` idle connections per host, the most that
@@ -225,22 +219,30 @@ pub(super) fn shared(
     endpoint: &Endpoint,
     max_inflight: usize,
 ) -> Result<Arc<ShapeClient>, ClientError> {
-    let shape = Shape::of(endpoint, max_inflight);
+    client_of(Shape::of(endpoint, max_inflight))
+}
+
+/// The client of `shape`, built when there is none. The files are read and parsed
+/// outside the table's lock, which the renewal task and other endpoints' starts take.
+fn client_of(shape: Shape) -> Result<Arc<ShapeClient>, ClientError> {
+    let alive = |clients: &Clients| clients.by_shape.get(&shape).and_then(Weak::upgrade);
+    if let Some(client) = alive(&clients()) {
+        return Ok(client);
+    }
+    let built = Built::load(&shape, shape.read()?)?;
     let mut clients = clients();
-    if let Some(client) = clients.by_shape.get(&shape).and_then(Weak::upgrade) {
+    // Another start may have built one meanwhile: every endpoint of a shape shares one.
+    if let Some(client) = alive(&clients) {
         return Ok(client);
     }
     clients.sweep();
-    let built = Built::load(&shape, shape.written())?;
-    let shape_client = Arc::new(ShapeClient {
+    let client = Arc::new(ShapeClient {
         current: ArcSwap::from_pointee(built),
         failed: Mutex::new(None),
         shape: shape.clone(),
     });
-    clients
-        .by_shape
-        .insert(shape, Arc::downgrade(&shape_client));
-    Ok(shape_client)
+    clients.by_shape.insert(shape, Arc::downgrade(&client));
+    Ok(client)
 }
 
 fn clients() -> std::sync::MutexGuard<'static, Clients> {
@@ -248,9 +250,9 @@ fn clients() -> std::sync::MutexGuard<'static, Clients> {
     CLIENTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Checks the TLS files of every client alive every `every` until `stop`, and builds
-/// again the clients whose files were written: `{ file }` secrets are re-read the same
-/// way. The files are read on the blocking pool, with the secrets' permits, so a hung
+/// Reads the TLS files of every client alive every `every` until `stop`, and builds
+/// again the clients whose files hold something else: `{ file }` secrets are re-read
+/// the same way. The files are read on the blocking pool, with the secrets' permits, so a hung
 /// mount holds no runtime thread.
 pub async fn renew_on_tls_file_changes(every: Duration, stop: CancellationToken) {
     loop {
@@ -385,7 +387,11 @@ impl Liveness {
 /// A pooled client of `shape`: its connect timeout, up to `max_idle` idle connections
 /// per host, names resolved through the SSRF guard (or the proxy's tunnel), its TLS
 /// files loaded.
-fn build_with(shape: &Shape, liveness: Liveness) -> Result<HttpClient, ClientError> {
+fn build_with(
+    shape: &Shape,
+    files: &TlsContents,
+    liveness: Liveness,
+) -> Result<HttpClient, ClientError> {
     let route = match &shape.proxy {
         None => {
             let resolver = GuardedResolver::new(shape.target.clone());
@@ -397,7 +403,7 @@ fn build_with(shape: &Shape, liveness: Liveness) -> Result<HttpClient, ClientErr
         Some(proxy) => Route::tunnel(proxy, to_proxy(proxy, shape.timeout)?, shape.target.clone()),
     };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(&shape.tls, shape.https)?)
+        .with_tls_config(tls_config(files, shape.https)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -434,7 +440,7 @@ fn to_proxy(
 ) -> Result<HttpsConnector<HttpConnector>, ClientError> {
     let https = proxy.uri.scheme() == Some(&http::uri::Scheme::HTTPS);
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(&TlsFiles::default(), https)?)
+        .with_tls_config(tls_config(&TlsContents::default(), https)?)
         .https_or_http()
         .enable_http1()
         .wrap_connector(tcp(HttpConnector::new(), timeout)))
@@ -445,11 +451,11 @@ fn to_proxy(
 /// `https` is false for a plain `http://` endpoint, whose TLS settings are never used:
 /// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
 /// certificate bundle, which costs start-up time and memory.
-fn tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
-    if *tls == TlsFiles::default() {
+fn tls_config(files: &TlsContents, https: bool) -> Result<rustls::ClientConfig, ClientError> {
+    if *files == TlsContents::default() {
         return shared_tls_config(https);
     }
-    new_tls_config(tls, https)
+    new_tls_config(files, https)
 }
 
 /// The configuration of every endpoint without TLS files of its own, built once and
@@ -461,29 +467,29 @@ fn shared_tls_config(https: bool) -> Result<rustls::ClientConfig, ClientError> {
     if let Some(c) = slot.get() {
         return Ok(c.clone());
     }
-    let built = new_tls_config(&TlsFiles::default(), https)?;
+    let built = new_tls_config(&TlsContents::default(), https)?;
     Ok(slot.get_or_init(|| built).clone())
 }
 
-fn new_tls_config(tls: &TlsFiles, https: bool) -> Result<rustls::ClientConfig, ClientError> {
-    let roots = match &tls.ca_file {
+fn new_tls_config(files: &TlsContents, https: bool) -> Result<rustls::ClientConfig, ClientError> {
+    let roots = match &files.ca {
         None if !https => Arc::new(rustls::RootCertStore::empty()),
         None => system_roots(),
-        Some(ca) => Arc::new(load_roots(ca)?),
+        Some(ca) => Arc::new(ca.roots()?),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    let config = match (&tls.cert_file, &tls.key_file) {
+    let config = match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(load_certificates(cert)?, load_private_key(key)?)
+            .with_client_auth_cert(cert.certificates()?, key.private_key()?)
             .map_err(|e| {
                 ClientError::Tls(format!(
                     "client certificate {} with key {}: {e}",
-                    cert.display(),
-                    key.display()
+                    cert.path().display(),
+                    key.path().display()
                 ))
             })?,
         _ => builder.with_no_client_auth(),
