@@ -2,7 +2,7 @@
 //! resolves names through the SSRF guard, or tunnels through the endpoint's proxy
 //! (`delivery::proxy`), and speaks TLS with the endpoint's settings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
@@ -243,6 +243,45 @@ fn client_of(shape: Shape) -> Result<Arc<ShapeClient>, ClientError> {
     });
     clients.by_shape.insert(shape, Arc::downgrade(&client));
     Ok(client)
+}
+
+/// The clients of a set of endpoints, built ahead of their deliverers and alive while
+/// this is held.
+pub struct ReadyClients {
+    _held: Vec<Arc<ShapeClient>>,
+}
+
+/// Builds on the blocking pool the clients of `endpoints` that have none yet, so that
+/// [`Deliverer::new`](super::Deliverer::new) finds them while the result is held
+/// instead of reading TLS files on a runtime thread. A client that cannot be built is
+/// left for `Deliverer::new` to report.
+pub async fn ready_clients<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    max_inflight: usize,
+) -> ReadyClients {
+    let missing: HashSet<Shape> = {
+        let clients = clients();
+        endpoints
+            .into_iter()
+            .map(|e| Shape::of(e, max_inflight))
+            .filter(|shape| {
+                let alive = clients.by_shape.get(shape).and_then(Weak::upgrade);
+                alive.is_none()
+            })
+            .collect()
+    };
+    if missing.is_empty() {
+        return ReadyClients { _held: Vec::new() };
+    }
+    let built = tokio::task::spawn_blocking(move || {
+        missing
+            .into_iter()
+            .filter_map(|shape| client_of(shape).ok())
+            .collect()
+    });
+    ReadyClients {
+        _held: built.await.unwrap_or_default(),
+    }
 }
 
 fn clients() -> std::sync::MutexGuard<'static, Clients> {

@@ -30,7 +30,7 @@ use hyper_util::client::legacy::ResponseFuture;
 
 pub(crate) use self::client::system_roots;
 use self::client::ShapeClient;
-pub use self::client::{renew_on_tls_file_changes, ClientError};
+pub use self::client::{ready_clients, renew_on_tls_file_changes, ClientError, ReadyClients};
 use self::headers::{forwarded_headers, host_header, request_headers};
 pub use self::headers::{
     redact, REDACTED, TRACE_HEADERS, X_WEBHOOK_ATTEMPT, X_WEBHOOK_EVENT, X_WEBHOOK_ID,

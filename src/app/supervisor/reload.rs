@@ -111,6 +111,7 @@ impl Supervisor {
         let mut built = Vec::new();
         let mut failed = Vec::new();
         let mut in_place = Vec::new();
+        let mut to_build = Vec::new();
         let mut wanted: Vec<(usize, &Arc<Endpoint>)> = new.endpoints.iter().enumerate().collect();
         wanted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         for (index, e) in wanted {
@@ -127,6 +128,14 @@ impl Supervisor {
                 }
             };
             changes.push(e.name.clone());
+            to_build.push((index, e));
+        }
+        // New client shapes read their TLS files on the blocking pool: a slow mount
+        // holds no runtime thread, and so neither deliveries nor `/healthz`.
+        let _clients =
+            crate::delivery::ready_clients(to_build.iter().map(|(_, e)| &***e), new.max_inflight)
+                .await;
+        for (index, e) in to_build {
             match Deliverer::new(Arc::clone(e), new.max_inflight) {
                 Ok(d) => built.push(d.with_tracer(self.tracer.clone())),
                 Err(error) => failed.push(EndpointError {

@@ -282,3 +282,43 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
     assert!(!Arc::ptr_eq(&proxied, &through("http://127.0.0.1:3129")));
     assert!(!Arc::ptr_eq(&proxied, &plain));
 }
+
+/// A reload builds the clients of new shapes on the blocking pool, ahead of the
+/// deliverers: an endpoint started while they are held reads no file (here, its CA
+/// file is gone by then), and one started after they are dropped reads them again.
+#[tokio::test]
+async fn clients_made_ready_are_taken_without_reading_the_files_again() {
+    use super::{ready_clients, shared};
+    use crate::config::test_endpoint;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let params = rcgen::CertificateParams::new(vec!["ca.test".to_string()]).unwrap();
+    let pem = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&ca, &pem).unwrap();
+    std::fs::write(&other, &pem).unwrap();
+    let with_ca = |file: &std::path::Path, timeout: &str| {
+        test_endpoint(&format!(
+            "secret = \"s\"\ntimeout = \"{timeout}\"\nca_file = \"{}\"",
+            file.display()
+        ))
+    };
+    let endpoint = with_ca(&ca, "7s");
+    // Valid when its config was checked, gone before its reload.
+    let broken = with_ca(&other, "8s");
+    std::fs::remove_file(&other).unwrap();
+
+    let ready = ready_clients([&endpoint, &endpoint, &broken], 64).await;
+    std::fs::remove_file(&ca).unwrap();
+    let first = shared(&endpoint, 64).expect("the client made ready");
+    let error = shared(&broken, 64).err().expect("left to the deliverer");
+    assert!(error.to_string().contains("other.pem"), "{error}");
+
+    drop((ready, first));
+    let error = shared(&endpoint, 64).err().expect("read again");
+    assert!(error.to_string().contains("ca.pem"), "{error}");
+}
