@@ -8,7 +8,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why a TLS file cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PemError {
     #[error("cannot load {0}: {1}")]
     Load(String, String),
@@ -22,21 +22,40 @@ fn load_error(path: &Path, e: impl std::fmt::Display) -> PemError {
     PemError::Load(path.display().to_string(), e.to_string())
 }
 
-/// A TLS file's bytes as read once: the client parses the bytes it compared with the
-/// last ones it loaded, so a write between the comparison and the parse cannot slip by.
-#[derive(Clone, PartialEq, Eq)]
+/// The largest TLS file read: a CA bundle is a few hundred KiB, and a path that names
+/// a device or a huge file by mistake should fail, not fill memory.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// A TLS file's bytes as read once, and their digest: the client parses the bytes
+/// whose digest it compared with the last ones it loaded, so a write between the
+/// comparison and the parse cannot slip by, and keeps only the digest.
 pub struct PemFile {
     path: PathBuf,
     bytes: Vec<u8>,
+    digest: [u8; 32],
 }
 
 impl PemFile {
     pub fn read(path: &Path) -> Result<PemFile, PemError> {
-        let bytes = std::fs::read(path).map_err(|e| load_error(path, e))?;
+        use sha2::Digest;
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
+            .map_err(|e| load_error(path, e))?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(load_error(path, "larger than 16 MiB"));
+        }
         Ok(PemFile {
             path: path.to_path_buf(),
+            digest: sha2::Sha256::digest(&bytes).into(),
             bytes,
         })
+    }
+
+    /// The SHA-256 of the bytes read.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// The certificates in the file. A file without any is an error: a key file given
@@ -89,5 +108,21 @@ pub fn check_tls_file(key: &str, path: &Path) -> Result<(), PemError> {
         "ca_file" => file.roots().map(drop),
         "key_file" => file.private_key().map(drop),
         _ => file.certificates().map(drop),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path that names a device, or a file far larger than any PEM bundle, is an
+    /// error naming the file instead of a read without end.
+    #[test]
+    fn a_file_past_the_size_limit_is_refused() {
+        let error = PemFile::read(Path::new("/dev/zero")).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "cannot load /dev/zero: larger than 16 MiB"
+        );
     }
 }

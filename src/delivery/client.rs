@@ -68,7 +68,7 @@ impl Service<Uri> for Shared {
 }
 
 /// Why a client could not be built.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -105,9 +105,9 @@ impl Shape {
         self.tls != TlsFiles::default()
     }
 
-    /// The TLS files' bytes as they are now.
-    fn read(&self) -> Result<TlsContents, PemError> {
-        let read = |f: &Option<PathBuf>| f.as_deref().map(PemFile::read).transpose();
+    /// The TLS files as they are now.
+    fn read(&self, reads: &mut Reads) -> Result<TlsContents, PemError> {
+        let mut read = |f: &Option<PathBuf>| f.as_deref().map(|p| reads.file(p)).transpose();
         let tls = &self.tls;
         Ok(TlsContents {
             ca: read(&tls.ca_file)?,
@@ -117,16 +117,43 @@ impl Shape {
     }
 }
 
-/// The bytes of a shape's TLS files, each `None` when not set. A client is built
-/// again only when they differ from those it loaded: a file written again with the
-/// same bytes (a `touch`, a Secret synced unchanged) keeps the pool's connections, and
-/// what a file holds is compared, not when it was written, which a clock too coarse
-/// for two quick writes could hide.
-#[derive(Default, PartialEq, Eq)]
+/// The TLS files read in one go, by path: shapes that share a file (a `[defaults]
+/// ca_file` under several `timeout`s) read it once.
+#[derive(Default)]
+struct Reads(HashMap<PathBuf, Result<Arc<PemFile>, PemError>>);
+
+impl Reads {
+    fn file(&mut self, path: &std::path::Path) -> Result<Arc<PemFile>, PemError> {
+        self.0
+            .entry(path.to_path_buf())
+            .or_insert_with(|| PemFile::read(path).map(Arc::new))
+            .clone()
+    }
+}
+
+/// A shape's TLS files as read, each `None` when not set.
+#[derive(Default)]
 struct TlsContents {
-    ca: Option<PemFile>,
-    cert: Option<PemFile>,
-    key: Option<PemFile>,
+    ca: Option<Arc<PemFile>>,
+    cert: Option<Arc<PemFile>>,
+    key: Option<Arc<PemFile>>,
+}
+
+/// The digests of a shape's TLS files. A client is built again only when they differ
+/// from those of the files it loaded: a file written again with the same bytes (a
+/// `touch`, a Secret synced unchanged) keeps the pool's connections, and what a file
+/// holds is compared, not when it was written, which a clock too coarse for two quick
+/// writes could hide.
+type FileDigests = [Option<[u8; 32]>; 3];
+
+impl TlsContents {
+    fn none(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    fn digests(&self) -> FileDigests {
+        [&self.ca, &self.cert, &self.key].map(|f| f.as_ref().map(|f| f.digest()))
+    }
 }
 
 /// The client of one shape, built again when one of its TLS files holds something
@@ -137,11 +164,15 @@ struct TlsContents {
 pub(super) struct ShapeClient {
     shape: Shape,
     current: ArcSwap<Built>,
-    /// The last failed build's error, which was logged: a broken file (or a key
-    /// written before its certificate) is tried again at every check, since a read
-    /// can fail for a moment, and each error is reported once.
-    failed: Mutex<Option<String>>,
+    /// The last failed build, which was logged: a broken file (or a key written
+    /// before its certificate) is tried again at every check, since a read can fail
+    /// for a moment, and reported once for each content and error.
+    failed: Mutex<Option<Failure>>,
 }
+
+/// The digests of the files a build failed on (`None` when one could not be read),
+/// and its error.
+type Failure = (Option<FileDigests>, String);
 
 /// What a check of a client's files did.
 enum Renewal {
@@ -149,21 +180,24 @@ enum Renewal {
     Renewed,
     Failed {
         error: ClientError,
-        /// Whether this error was logged already.
+        /// Whether this failure was logged already.
         reported: bool,
     },
 }
 
-/// A client and the bytes of the files it loaded.
+/// A client and the digests of the files it loaded.
 struct Built {
     client: HttpClient,
-    files: TlsContents,
+    files: FileDigests,
 }
 
 impl Built {
-    fn load(shape: &Shape, files: TlsContents) -> Result<Built, ClientError> {
-        let client = build_with(shape, &files, Liveness::of(shape))?;
-        Ok(Built { client, files })
+    fn load(shape: &Shape, files: &TlsContents) -> Result<Built, ClientError> {
+        let client = build_with(shape, files, Liveness::of(shape))?;
+        Ok(Built {
+            client,
+            files: files.digests(),
+        })
     }
 }
 
@@ -175,15 +209,18 @@ impl ShapeClient {
 
     /// Builds the client again when its files hold something else than the current
     /// one loaded. A failed read or build leaves the current client in place.
-    fn renew(&self) -> Renewal {
+    fn renew(&self, reads: &mut Reads) -> Renewal {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        let built = match self.shape.read() {
-            Ok(files) if files == self.current.load().files => {
-                *failed = None;
-                return Renewal::Unchanged;
+        let (read, built) = match self.shape.read(reads) {
+            Ok(files) => {
+                let digests = files.digests();
+                if digests == self.current.load().files {
+                    *failed = None;
+                    return Renewal::Unchanged;
+                }
+                (Some(digests), Built::load(&self.shape, &files))
             }
-            Ok(files) => Built::load(&self.shape, files),
-            Err(e) => Err(e.into()),
+            Err(e) => (None, Err(e.into())),
         };
         match built {
             Ok(built) => {
@@ -192,9 +229,9 @@ impl ShapeClient {
                 Renewal::Renewed
             }
             Err(error) => {
-                let text = error.to_string();
-                let reported = failed.as_ref() == Some(&text);
-                *failed = Some(text);
+                let failure = (read, error.to_string());
+                let reported = failed.as_ref() == Some(&failure);
+                *failed = Some(failure);
                 Renewal::Failed { error, reported }
             }
         }
@@ -219,20 +256,19 @@ pub(super) fn shared(
     endpoint: &Endpoint,
     max_inflight: usize,
 ) -> Result<Arc<ShapeClient>, ClientError> {
-    client_of(Shape::of(endpoint, max_inflight))
+    client_of(Shape::of(endpoint, max_inflight), &mut Reads::default())
 }
 
 /// The client of `shape`, built when there is none. The files are read and parsed
 /// outside the table's lock, which the renewal task and other endpoints' starts take.
-fn client_of(shape: Shape) -> Result<Arc<ShapeClient>, ClientError> {
-    let alive = |clients: &Clients| clients.by_shape.get(&shape).and_then(Weak::upgrade);
-    if let Some(client) = alive(&clients()) {
+fn client_of(shape: Shape, reads: &mut Reads) -> Result<Arc<ShapeClient>, ClientError> {
+    if let Some(client) = clients().alive(&shape) {
         return Ok(client);
     }
-    let built = Built::load(&shape, shape.read()?)?;
+    let built = Built::load(&shape, &shape.read(reads)?)?;
     let mut clients = clients();
     // Another start may have built one meanwhile: every endpoint of a shape shares one.
-    if let Some(client) = alive(&clients) {
+    if let Some(client) = clients.alive(&shape) {
         return Ok(client);
     }
     clients.sweep();
@@ -245,42 +281,81 @@ fn client_of(shape: Shape) -> Result<Arc<ShapeClient>, ClientError> {
     Ok(client)
 }
 
-/// The clients of a set of endpoints, built ahead of their deliverers and alive while
-/// this is held.
+/// How long building the clients of new shapes may take before their endpoints fail
+/// to start: a TLS file on a mount that hangs would otherwise hold a reload, and the
+/// shutdown waiting on it, for good.
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// The clients of a set of endpoints' new shapes, or why one could not be built,
+/// made ahead of their deliverers; alive while this is held.
 pub struct ReadyClients {
-    _held: Vec<Arc<ShapeClient>>,
+    max_inflight: usize,
+    by_shape: HashMap<Shape, Result<Arc<ShapeClient>, ClientError>>,
 }
 
-/// Builds on the blocking pool the clients of `endpoints` that have none yet, so that
-/// [`Deliverer::new`](super::Deliverer::new) finds them while the result is held
-/// instead of reading TLS files on a runtime thread. A client that cannot be built is
-/// left for `Deliverer::new` to report.
+impl ReadyClients {
+    /// `endpoint`'s client: the one made ready, or the shape's client alive.
+    pub(super) fn client(&self, endpoint: &Endpoint) -> Result<Arc<ShapeClient>, ClientError> {
+        match self.by_shape.get(&Shape::of(endpoint, self.max_inflight)) {
+            Some(made) => made.clone(),
+            None => shared(endpoint, self.max_inflight),
+        }
+    }
+}
+
+/// Builds on the blocking pool the clients of `endpoints` whose shapes have none yet,
+/// so that [`Deliverer::with_ready`](super::Deliverer::with_ready) reads no TLS file on
+/// a runtime thread. Shapes that share a file read it once.
 pub async fn ready_clients<'a>(
     endpoints: impl IntoIterator<Item = &'a Endpoint>,
     max_inflight: usize,
 ) -> ReadyClients {
-    let missing: HashSet<Shape> = {
+    ready_within(endpoints, max_inflight, READY_WAIT).await
+}
+
+async fn ready_within<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    max_inflight: usize,
+    wait: Duration,
+) -> ReadyClients {
+    let shapes: HashSet<Shape> = endpoints
+        .into_iter()
+        .map(|e| Shape::of(e, max_inflight))
+        .collect();
+    let missing: Vec<Shape> = {
         let clients = clients();
-        endpoints
+        shapes
             .into_iter()
-            .map(|e| Shape::of(e, max_inflight))
-            .filter(|shape| {
-                let alive = clients.by_shape.get(shape).and_then(Weak::upgrade);
-                alive.is_none()
-            })
+            .filter(|shape| clients.alive(shape).is_none())
             .collect()
     };
-    if missing.is_empty() {
-        return ReadyClients { _held: Vec::new() };
+    let mut by_shape = HashMap::new();
+    if !missing.is_empty() {
+        let wanted = missing.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let mut reads = Reads::default();
+            wanted
+                .into_iter()
+                .map(|shape| (shape.clone(), client_of(shape, &mut reads)))
+                .collect::<Vec<_>>()
+        });
+        match tokio::time::timeout(wait, made).await {
+            Ok(Ok(made)) => by_shape.extend(made),
+            Ok(Err(e)) => by_shape.extend(missing.into_iter().map(|shape| {
+                (
+                    shape,
+                    Err(ClientError::Tls(format!("building the client: {e}"))),
+                )
+            })),
+            Err(_) => by_shape.extend(missing.into_iter().map(|shape| {
+                let error = format!("reading the TLS files took over {wait:?}");
+                (shape, Err(ClientError::Tls(error)))
+            })),
+        }
     }
-    let built = tokio::task::spawn_blocking(move || {
-        missing
-            .into_iter()
-            .filter_map(|shape| client_of(shape).ok())
-            .collect()
-    });
     ReadyClients {
-        _held: built.await.unwrap_or_default(),
+        max_inflight,
+        by_shape,
     }
 }
 
@@ -310,8 +385,9 @@ pub async fn renew_on_tls_file_changes(every: Duration, stop: CancellationToken)
             continue;
         }
         let renewed = repeated_read(Reading::Secrets, move || {
+            let mut reads = Reads::default();
             for client in with_files.iter().filter_map(Weak::upgrade) {
-                log_renewal(&client.shape.tls, client.renew());
+                log_renewal(&client.shape.tls, client.renew(&mut reads));
             }
         });
         tokio::select! {
@@ -358,6 +434,10 @@ struct Clients {
 }
 
 impl Clients {
+    fn alive(&self, shape: &Shape) -> Option<Arc<ShapeClient>> {
+        self.by_shape.get(shape).and_then(Weak::upgrade)
+    }
+
     /// Drops the shapes of clients gone once there are twice as many shapes as after
     /// the last sweep: the table stays within twice the clients alive (and 16), at a
     /// constant cost per client made.
@@ -491,7 +571,7 @@ fn to_proxy(
 /// it gets no roots, so an HTTP-only sidecar never reads and keeps the system's
 /// certificate bundle, which costs start-up time and memory.
 fn tls_config(files: &TlsContents, https: bool) -> Result<rustls::ClientConfig, ClientError> {
-    if *files == TlsContents::default() {
+    if files.none() {
         return shared_tls_config(https);
     }
     new_tls_config(files, https)

@@ -162,14 +162,24 @@ impl Deliverer {
     /// the connection pool an endpoint shares with others of the same receiver host.
     pub fn new(endpoint: Arc<Endpoint>, max_inflight: usize) -> Result<Self, ClientError> {
         let client = client::shared(&endpoint, max_inflight)?;
+        Ok(Self::with_client(endpoint, client))
+    }
+
+    /// Like [`Deliverer::new`], with the client `ready` made for the endpoint's shape.
+    pub fn with_ready(endpoint: Arc<Endpoint>, ready: &ReadyClients) -> Result<Self, ClientError> {
+        let client = ready.client(&endpoint)?;
+        Ok(Self::with_client(endpoint, client))
+    }
+
+    fn with_client(endpoint: Arc<Endpoint>, client: Arc<client::ShapeClient>) -> Self {
         let signer = Arc::new(ArcSwap::new(Arc::clone(&endpoint.signer)));
-        Ok(Self {
+        Self {
             client,
             host: host_header(&endpoint.url),
             endpoint,
             signer,
             tracer: None,
-        })
+        }
     }
 
     /// Traces every attempt with `tracer` (see [`crate::otel`]); `None` leaves the

@@ -132,11 +132,11 @@ impl Supervisor {
         }
         // New client shapes read their TLS files on the blocking pool: a slow mount
         // holds no runtime thread, and so neither deliveries nor `/healthz`.
-        let _clients =
+        let clients =
             crate::delivery::ready_clients(to_build.iter().map(|(_, e)| &***e), new.max_inflight)
                 .await;
         for (index, e) in to_build {
-            match Deliverer::new(Arc::clone(e), new.max_inflight) {
+            match Deliverer::with_ready(Arc::clone(e), &clients) {
                 Ok(d) => built.push(d.with_tracer(self.tracer.clone())),
                 Err(error) => failed.push(EndpointError {
                     index,

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::{build_with, Liveness, Shape};
+use super::{build_with, Liveness, Reads, Shape};
 use crate::config::Config;
 
 /// A connection left idle in the pool is closed after the idle timeout, with no
@@ -30,7 +30,12 @@ async fn an_idle_pooled_connection_is_closed_without_another_request() {
         ..Liveness::DEFAULT
     };
     let shape = Shape::of(&endpoint, 4);
-    let client = build_with(&shape, &shape.read().unwrap(), liveness).unwrap();
+    let client = build_with(
+        &shape,
+        &shape.read(&mut Reads::default()).unwrap(),
+        liveness,
+    )
+    .unwrap();
     let served = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut buf = vec![0u8; 4096];
@@ -170,7 +175,12 @@ async fn a_silent_http2_connection_is_dropped_after_an_unanswered_ping() {
         ..Liveness::DEFAULT
     };
     let shape = Shape::of(&endpoint, 4);
-    let client = build_with(&shape, &shape.read().unwrap(), liveness).unwrap();
+    let client = build_with(
+        &shape,
+        &shape.read(&mut Reads::default()).unwrap(),
+        liveness,
+    )
+    .unwrap();
     let post = || {
         http::Request::post(format!("https://{addr}/"))
             .body(Full::new(Bytes::from_static(b"{}")))
@@ -207,7 +217,7 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
     use rcgen::{CertificateParams, KeyPair};
     use std::sync::Arc;
 
-    use super::{shared, Renewal};
+    use super::{shared, Renewal, ShapeClient};
     use crate::config::test_endpoint;
 
     let pem = || {
@@ -218,6 +228,8 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
             .pem()
     };
     let rewrite = |path: &std::path::Path, text: &str| std::fs::write(path, text).unwrap();
+    // As the watcher does at each check.
+    let renew = |client: &ShapeClient| client.renew(&mut Reads::default());
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pem()).unwrap();
@@ -229,10 +241,10 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
     let plain = shared(&test_endpoint("secret = \"s\""), 64).unwrap();
     assert!(!Arc::ptr_eq(&first, &plain));
     let loaded = first.current.load_full();
-    assert!(matches!(first.renew(), Renewal::Unchanged));
+    assert!(matches!(renew(&first), Renewal::Unchanged));
     // The same bytes written again: the client and its pool stay.
     rewrite(&ca, &std::fs::read_to_string(&ca).unwrap());
-    assert!(matches!(first.renew(), Renewal::Unchanged));
+    assert!(matches!(renew(&first), Renewal::Unchanged));
     assert!(Arc::ptr_eq(&loaded, &first.current.load_full()));
 
     // Another certificate of the same length, written at once (within one tick of
@@ -244,7 +256,7 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
         .find(|other| other.len() == len)
         .expect("a certificate of the same length");
     rewrite(&ca, &same_length);
-    assert!(matches!(first.renew(), Renewal::Renewed));
+    assert!(matches!(renew(&first), Renewal::Renewed));
     assert!(Arc::ptr_eq(&first, &shared(&trusting(), 64).unwrap()));
     let reloaded = first.current.load_full();
     assert!(!Arc::ptr_eq(&loaded, &reloaded));
@@ -253,15 +265,24 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
     // error is reported once.
     rewrite(&ca, "not a certificate\n");
     assert!(matches!(
-        first.renew(),
+        renew(&first),
         Renewal::Failed {
             reported: false,
             ..
         }
     ));
     assert!(matches!(
-        first.renew(),
+        renew(&first),
         Renewal::Failed { reported: true, .. }
+    ));
+    // Another content with the same error: reported too.
+    rewrite(&ca, "still not a certificate\n");
+    assert!(matches!(
+        renew(&first),
+        Renewal::Failed {
+            reported: false,
+            ..
+        }
     ));
     assert!(Arc::ptr_eq(&reloaded, &first.current.load_full()));
     let joining = shared(&later, 64).unwrap();
@@ -270,7 +291,7 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
         "joins the client of its shape"
     );
     rewrite(&ca, &pem());
-    assert!(matches!(first.renew(), Renewal::Renewed));
+    assert!(matches!(renew(&first), Renewal::Renewed));
     assert!(!Arc::ptr_eq(&reloaded, &first.current.load_full()));
 
     let through = |proxy: &str| {
@@ -285,11 +306,13 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
 
 /// A reload builds the clients of new shapes on the blocking pool, ahead of the
 /// deliverers: an endpoint started while they are held reads no file (here, its CA
-/// file is gone by then), and one started after they are dropped reads them again.
+/// file is gone by then), one whose file cannot be read gets the read's error, and
+/// one started after they are dropped reads the files again.
 #[tokio::test]
 async fn clients_made_ready_are_taken_without_reading_the_files_again() {
     use super::{ready_clients, shared};
     use crate::config::test_endpoint;
+    use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -314,11 +337,60 @@ async fn clients_made_ready_are_taken_without_reading_the_files_again() {
 
     let ready = ready_clients([&endpoint, &endpoint, &broken], 64).await;
     std::fs::remove_file(&ca).unwrap();
-    let first = shared(&endpoint, 64).expect("the client made ready");
-    let error = shared(&broken, 64).err().expect("left to the deliverer");
+    let first = ready.client(&endpoint).expect("the client made ready");
+    assert!(Arc::ptr_eq(&first, &shared(&endpoint, 64).unwrap()));
+    let error = ready.client(&broken).err().expect("its read failed");
     assert!(error.to_string().contains("other.pem"), "{error}");
 
     drop((ready, first));
     let error = shared(&endpoint, 64).err().expect("read again");
     assert!(error.to_string().contains("ca.pem"), "{error}");
+}
+
+/// A TLS file whose read does not return (here a FIFO nobody writes; in production a
+/// hung mount) fails its endpoints' start after the wait, with an error that says so,
+/// instead of holding the reload and the shutdown behind it.
+#[tokio::test]
+async fn a_tls_file_read_that_hangs_fails_the_start_after_the_wait() {
+    use super::ready_within;
+    use crate::config::test_endpoint;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let pem = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    std::fs::write(&ca, pem).unwrap();
+    let endpoint = test_endpoint(&format!(
+        "secret = \"s\"\ntimeout = \"9s\"\nca_file = \"{}\"",
+        ca.display()
+    ));
+    std::fs::remove_file(&ca).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&ca)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Opens the FIFO's other end when the test ends, pass or fail: the blocked read
+    // returns and the runtime can shut down.
+    struct Release<'a>(&'a std::path::Path);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            drop(std::fs::OpenOptions::new().write(true).open(self.0));
+        }
+    }
+    let _release = Release(&ca);
+
+    let started = std::time::Instant::now();
+    let ready = ready_within([&endpoint], 64, Duration::from_millis(300)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let error = ready.client(&endpoint).err().expect("the read hangs");
+    assert!(
+        error
+            .to_string()
+            .contains("reading the TLS files took over"),
+        "{error}"
+    );
 }
