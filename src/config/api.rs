@@ -452,6 +452,47 @@ mod tests {
         assert_eq!(c.registry.map(|r| r.replicas), Some(3));
     }
 
+    /// The `[defaults]` TLS files are loaded once, with the config, whether an
+    /// endpoint inherits them or not; a runtime endpoint inherits them without
+    /// loading them again (a CA bundle loaded for each of thousands of records would
+    /// cost seconds at start and at every reload), and the client set-up reads them
+    /// when it starts.
+    #[test]
+    fn the_defaults_tls_files_are_loaded_with_the_config_not_for_each_runtime_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let text = format!(
+            "[registry]\nenabled = true\n[nats]\nstream = \"E\"\n[defaults]\nca_file = \"{}\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n",
+            ca.display()
+        );
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let refused = super::super::Config::from_str(&text, "toml").unwrap_err();
+        assert!(
+            refused.to_string().contains(&format!(
+                "defaults.ca_file: no certificate in {}",
+                ca.display()
+            )),
+            "{refused}"
+        );
+
+        let pem = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        std::fs::write(&ca, pem).unwrap();
+        let c = super::super::Config::from_str(&text, "toml").unwrap();
+        std::fs::remove_file(&ca).unwrap();
+        let e = check_over(
+            c,
+            serde_json::json!({"name": "acme", "url": "https://acme.example.com/hook",
+                "events": ["a"], "secret": "whsec_c2VjcmV0"}),
+            NetworkKeys::Allowed,
+        )
+        .unwrap();
+        assert_eq!(e.tls.ca_file.as_deref(), Some(ca.as_path()));
+    }
+
     #[test]
     fn allow_network_keys_is_read_from_the_registry_section() {
         let base = "[nats]\nstream = \"E\"\n[[events]]\nsubject = \"a\"\nevent = \"a\"\n";

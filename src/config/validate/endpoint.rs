@@ -14,7 +14,7 @@ use super::super::model::{Endpoint, Envelope, TlsFiles};
 use super::super::raw::{RawEndpoint, RawSettings, RawTls};
 use super::super::Problems;
 use super::proxy;
-use super::tls::{tls_files, FileCheck, TlsPaths};
+use super::tls::{tls_files, FileCheck, TlsPaths, INHERITED};
 use super::url::endpoint_url;
 use super::{valid_name, MAX_NAME_LEN, RESERVED_NAMES};
 use crate::payload_filter::{PayloadFilter, Scalar};
@@ -501,8 +501,8 @@ fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
     } else {
         &key_path
     };
-    let pair = if set.starts_with("defaults.") {
-        "defaults.cert_file".to_string()
+    let pair = if set.starts_with(INHERITED) {
+        format!("{INHERITED}cert_file")
     } else {
         s.at("cert_file")
     };
@@ -517,9 +517,26 @@ fn tls(s: &Settings, p: &mut Problems) -> TlsFiles {
         key_file: key_path,
         pair,
     };
-    let loadable: FileCheck =
-        |key, f| crate::pem::check_tls_file(key, f).map_err(|e| e.to_string());
-    tls_files(raw, &at, loadable, p)
+    tls_files(raw, &at, LOADABLE, p)
+}
+
+/// Loads each endpoint TLS file as the client set-up will.
+const LOADABLE: FileCheck = |key, f| crate::pem::check_tls_file(key, f).map_err(|e| e.to_string());
+
+/// The `[defaults]` TLS files, loaded once for every endpoint that inherits them
+/// (see [`INHERITED`]), whether or not one does.
+pub(super) fn defaults_tls(defaults: &RawSettings, p: &mut Problems) {
+    for (key, file) in [
+        ("ca_file", &defaults.ca_file),
+        ("cert_file", &defaults.cert_file),
+        ("key_file", &defaults.key_file),
+    ] {
+        if let Some(f) = file {
+            if let Err(e) = LOADABLE(key, f) {
+                p.add(format!("{INHERITED}{key}"), e);
+            }
+        }
+    }
 }
 
 /// How requests are made: in parallel or in order, and what their body holds.

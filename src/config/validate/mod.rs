@@ -97,6 +97,7 @@ pub(super) fn validate(
     let registry = sections::registry(&raw.registry, nats_replicas, p);
     // With a registry, endpoints can all be created at runtime.
     let require_one = !matches!(registry, Some(Some(_)));
+    endpoint::defaults_tls(&raw.defaults, p);
     let endpoints = endpoint::endpoints(
         raw.endpoints,
         settings,

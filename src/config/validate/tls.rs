@@ -19,7 +19,14 @@ pub(super) struct TlsPaths {
 /// How one file is checked: `key` is the file's key (`ca_file`, …).
 pub(super) type FileCheck = fn(key: &str, path: &Path) -> Result<(), String>;
 
-/// Each file set is checked by `check`; a client certificate needs its key.
+/// Where a file that an endpoint inherits from `[defaults]` is named. Such a file is
+/// checked once with the section (`endpoint::defaults_tls`), not again for each
+/// endpoint: every runtime endpoint of a platform can inherit one CA bundle, and
+/// loading it for each would cost seconds at start and at every reload.
+pub(super) const INHERITED: &str = "defaults.";
+
+/// Each file set is checked by `check`, but those named under [`INHERITED`]; a client
+/// certificate needs its key.
 pub(super) fn tls_files(
     raw: RawTls,
     at: &TlsPaths,
@@ -31,7 +38,7 @@ pub(super) fn tls_files(
         ("cert_file", &raw.cert_file, &at.cert_file),
         ("key_file", &raw.key_file, &at.key_file),
     ] {
-        if let Some(f) = file {
+        if let Some(f) = file.as_ref().filter(|_| !path.starts_with(INHERITED)) {
             if let Err(e) = check(key, f) {
                 p.add(path.clone(), e);
             }
