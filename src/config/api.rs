@@ -475,10 +475,9 @@ mod tests {
             "{refused}"
         );
 
-        let pem = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+        let pem = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()])
             .unwrap()
-            .self_signed(&rcgen::KeyPair::generate().unwrap())
-            .unwrap()
+            .cert
             .pem();
         std::fs::write(&ca, pem).unwrap();
         let c = super::super::Config::from_str(&text, "toml").unwrap();

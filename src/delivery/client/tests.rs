@@ -29,13 +29,7 @@ async fn an_idle_pooled_connection_is_closed_without_another_request() {
         idle: Duration::from_millis(200),
         ..Liveness::DEFAULT
     };
-    let shape = Shape::of(&endpoint, 4);
-    let client = build_with(
-        &shape,
-        &shape.read(&mut Reads::default()).unwrap(),
-        liveness,
-    )
-    .unwrap();
+    let client = client_with(&endpoint, liveness);
     let served = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut buf = vec![0u8; 4096];
@@ -174,13 +168,7 @@ async fn a_silent_http2_connection_is_dropped_after_an_unanswered_ping() {
         ping_timeout: Duration::from_millis(200),
         ..Liveness::DEFAULT
     };
-    let shape = Shape::of(&endpoint, 4);
-    let client = build_with(
-        &shape,
-        &shape.read(&mut Reads::default()).unwrap(),
-        liveness,
-    )
-    .unwrap();
+    let client = client_with(&endpoint, liveness);
     let post = || {
         http::Request::post(format!("https://{addr}/"))
             .body(Full::new(Bytes::from_static(b"{}")))
@@ -214,25 +202,17 @@ async fn a_silent_http2_connection_is_dropped_after_an_unanswered_ping() {
 /// cannot be loaded leaves the earlier client, and is reported once.
 #[test]
 fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file() {
-    use rcgen::{CertificateParams, KeyPair};
     use std::sync::Arc;
 
     use super::{shared, Renewal, ShapeClient};
     use crate::config::test_endpoint;
 
-    let pem = || {
-        let params = CertificateParams::new(vec!["ca.test".to_string()]).unwrap();
-        params
-            .self_signed(&KeyPair::generate().unwrap())
-            .unwrap()
-            .pem()
-    };
     let rewrite = |path: &std::path::Path, text: &str| std::fs::write(path, text).unwrap();
     // As the watcher does at each check.
     let renew = |client: &ShapeClient| client.renew(&mut Reads::default());
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pem()).unwrap();
+    std::fs::write(&ca, self_signed()).unwrap();
     let trusting = || test_endpoint(&format!("secret = \"s\"\nca_file = \"{}\"", ca.display()));
     // Loaded while the file holds a certificate, as a config is checked.
     let later = trusting();
@@ -252,7 +232,7 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
     // it and those that join it.
     let len = std::fs::metadata(&ca).unwrap().len() as usize;
     let same_length = (0..1_000)
-        .map(|_| pem())
+        .map(|_| self_signed())
         .find(|other| other.len() == len)
         .expect("a certificate of the same length");
     rewrite(&ca, &same_length);
@@ -290,7 +270,7 @@ fn endpoints_with_the_same_ca_file_or_proxy_share_a_client_that_follows_the_file
         Arc::ptr_eq(&joining, &first),
         "joins the client of its shape"
     );
-    rewrite(&ca, &pem());
+    rewrite(&ca, &self_signed());
     assert!(matches!(renew(&first), Renewal::Renewed));
     assert!(!Arc::ptr_eq(&reloaded, &first.current.load_full()));
 
@@ -316,11 +296,7 @@ async fn clients_made_ready_are_taken_without_reading_the_files_again() {
 
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
-    let params = rcgen::CertificateParams::new(vec!["ca.test".to_string()]).unwrap();
-    let pem = params
-        .self_signed(&rcgen::KeyPair::generate().unwrap())
-        .unwrap()
-        .pem();
+    let pem = self_signed();
     let other = dir.path().join("other.pem");
     std::fs::write(&ca, &pem).unwrap();
     std::fs::write(&other, &pem).unwrap();
@@ -357,11 +333,7 @@ async fn a_tls_file_read_that_hangs_fails_the_start_after_the_wait() {
 
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
-    let pem = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
-        .unwrap()
-        .self_signed(&rcgen::KeyPair::generate().unwrap())
-        .unwrap()
-        .pem();
+    let pem = self_signed();
     std::fs::write(&ca, pem).unwrap();
     let endpoint = test_endpoint(&format!(
         "secret = \"s\"\ntimeout = \"9s\"\nca_file = \"{}\"",
@@ -393,4 +365,23 @@ async fn a_tls_file_read_that_hangs_fails_the_start_after_the_wait() {
             .contains("reading the TLS files took over"),
         "{error}"
     );
+}
+
+/// A self-signed certificate, PEM, with a new key each time.
+fn self_signed() -> String {
+    rcgen::generate_simple_self_signed(vec!["ca.test".to_string()])
+        .unwrap()
+        .cert
+        .pem()
+}
+
+/// `endpoint`'s client with `liveness` in place of the default one.
+fn client_with(endpoint: &crate::config::Endpoint, liveness: Liveness) -> super::HttpClient {
+    let shape = Shape::of(endpoint, 4);
+    build_with(
+        &shape,
+        &shape.read(&mut Reads::default()).unwrap(),
+        liveness,
+    )
+    .unwrap()
 }
