@@ -281,20 +281,21 @@ fn client_of(shape: Shape, reads: &mut Reads) -> Result<Arc<ShapeClient>, Client
     Ok(client)
 }
 
-/// How long building the clients of new shapes may take before their endpoints fail
-/// to start: a TLS file on a mount that hangs would otherwise hold a reload, and the
-/// shutdown waiting on it, for good.
+/// How long building the client of a new shape may take before its endpoints fail to
+/// start: a TLS file on a mount that hangs would otherwise hold a registry change or
+/// a reload (past its own reading of the config), and the shutdown waiting on it.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
-/// The clients of a set of endpoints' new shapes, or why one could not be built,
-/// made ahead of their deliverers; alive while this is held.
+/// The clients of a set of endpoints, or why one could not be built, made ahead of
+/// their deliverers; alive while this is held.
 pub struct ReadyClients {
     max_inflight: usize,
     by_shape: HashMap<Shape, Result<Arc<ShapeClient>, ClientError>>,
 }
 
 impl ReadyClients {
-    /// `endpoint`'s client: the one made ready, or the shape's client alive.
+    /// `endpoint`'s client as made ready (an endpoint not among those given is set
+    /// up as [`shared`] does).
     pub(super) fn client(&self, endpoint: &Endpoint) -> Result<Arc<ShapeClient>, ClientError> {
         match self.by_shape.get(&Shape::of(endpoint, self.max_inflight)) {
             Some(made) => made.clone(),
@@ -303,9 +304,11 @@ impl ReadyClients {
     }
 }
 
-/// Builds on the blocking pool the clients of `endpoints` whose shapes have none yet,
-/// so that [`Deliverer::with_ready`](super::Deliverer::with_ready) reads no TLS file on
-/// a runtime thread. Shapes that share a file read it once.
+/// The clients of `endpoints`: those of shapes alive, held, and those of new shapes
+/// built on the blocking pool, so that
+/// [`Deliverer::with_ready`](super::Deliverer::with_ready) reads no TLS file on a
+/// runtime thread. Reads of TLS files take the secrets' permits; a shape whose build
+/// has not ended after [`READY_WAIT`] fails alone.
 pub async fn ready_clients<'a>(
     endpoints: impl IntoIterator<Item = &'a Endpoint>,
     max_inflight: usize,
@@ -322,37 +325,39 @@ async fn ready_within<'a>(
         .into_iter()
         .map(|e| Shape::of(e, max_inflight))
         .collect();
-    let missing: Vec<Shape> = {
-        let clients = clients();
-        shapes
-            .into_iter()
-            .filter(|shape| clients.alive(shape).is_none())
-            .collect()
-    };
     let mut by_shape = HashMap::new();
-    if !missing.is_empty() {
-        let wanted = missing.clone();
-        let made = tokio::task::spawn_blocking(move || {
-            let mut reads = Reads::default();
-            wanted
-                .into_iter()
-                .map(|shape| (shape.clone(), client_of(shape, &mut reads)))
-                .collect::<Vec<_>>()
-        });
-        match tokio::time::timeout(wait, made).await {
-            Ok(Ok(made)) => by_shape.extend(made),
-            Ok(Err(e)) => by_shape.extend(missing.into_iter().map(|shape| {
-                (
-                    shape,
-                    Err(ClientError::Tls(format!("building the client: {e}"))),
-                )
-            })),
-            Err(_) => by_shape.extend(missing.into_iter().map(|shape| {
-                let error = format!("reading the TLS files took over {wait:?}");
-                (shape, Err(ClientError::Tls(error)))
-            })),
+    let mut missing = Vec::new();
+    {
+        let clients = clients();
+        for shape in shapes {
+            match clients.alive(&shape) {
+                Some(client) => {
+                    by_shape.insert(shape, Ok(client));
+                }
+                None => missing.push(shape),
+            }
         }
     }
+    let deadline = tokio::time::Instant::now() + wait;
+    let builds = missing.into_iter().map(|shape| async move {
+        let key = shape.clone();
+        let build = move || client_of(shape, &mut Reads::default());
+        let built = if key.has_files() {
+            tokio::time::timeout_at(deadline, repeated_read(Reading::Secrets, build)).await
+        } else {
+            let spawned = tokio::task::spawn_blocking(build);
+            tokio::time::timeout_at(deadline, async { spawned.await.ok() }).await
+        };
+        let made = match built {
+            Ok(Some(made)) => made,
+            Ok(None) => Err(ClientError::Tls("building the client failed".into())),
+            Err(_) => Err(ClientError::Tls(format!(
+                "reading the TLS files took over {wait:?}"
+            ))),
+        };
+        (key, made)
+    });
+    by_shape.extend(futures_util::future::join_all(builds).await);
     ReadyClients {
         max_inflight,
         by_shape,

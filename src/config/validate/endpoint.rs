@@ -488,7 +488,8 @@ fn forward_headers(s: &Settings, p: &mut Problems) -> Vec<HeaderName> {
     forward_headers
 }
 
-/// `ca_file`, `cert_file` and `key_file`, each loaded as the client set-up will. A
+/// `ca_file`, `cert_file` and `key_file`, the endpoint's own loaded as the client
+/// set-up will (those from `[defaults]` are loaded once, by [`defaults_tls`]). A
 /// certificate without its key (or a key without its certificate) is named where the
 /// one that is set was written: a `[defaults]` half is one problem, not one per
 /// endpoint.

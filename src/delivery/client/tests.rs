@@ -325,7 +325,8 @@ async fn clients_made_ready_are_taken_without_reading_the_files_again() {
 
 /// A TLS file whose read does not return (here a FIFO nobody writes; in production a
 /// hung mount) fails its endpoints' start after the wait, with an error that says so,
-/// instead of holding the reload and the shutdown behind it.
+/// instead of holding the reload and the shutdown behind it; the other shapes made
+/// ready with it start.
 #[tokio::test]
 async fn a_tls_file_read_that_hangs_fails_the_start_after_the_wait() {
     use super::ready_within;
@@ -356,7 +357,10 @@ async fn a_tls_file_read_that_hangs_fails_the_start_after_the_wait() {
     let _release = Release(&ca);
 
     let started = std::time::Instant::now();
-    let ready = ready_within([&endpoint], 64, Duration::from_millis(300)).await;
+    // A shape of its own, with no file: built while the other's read hangs.
+    let plain = test_endpoint("secret = \"s\"\ntimeout = \"11s\"");
+    let ready = ready_within([&endpoint, &plain], 64, Duration::from_millis(300)).await;
+    assert!(ready.client(&plain).is_ok());
     assert!(started.elapsed() < Duration::from_secs(5));
     let error = ready.client(&endpoint).err().expect("the read hangs");
     assert!(
