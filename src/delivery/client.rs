@@ -256,16 +256,16 @@ pub(super) fn shared(
     endpoint: &Endpoint,
     max_inflight: usize,
 ) -> Result<Arc<ShapeClient>, ClientError> {
-    client_of(Shape::of(endpoint, max_inflight), &mut Reads::default())
+    client_of(Shape::of(endpoint, max_inflight))
 }
 
 /// The client of `shape`, built when there is none. The files are read and parsed
 /// outside the table's lock, which the renewal task and other endpoints' starts take.
-fn client_of(shape: Shape, reads: &mut Reads) -> Result<Arc<ShapeClient>, ClientError> {
+fn client_of(shape: Shape) -> Result<Arc<ShapeClient>, ClientError> {
     if let Some(client) = clients().alive(&shape) {
         return Ok(client);
     }
-    let built = Built::load(&shape, &shape.read(reads)?)?;
+    let built = Built::load(&shape, &shape.read(&mut Reads::default())?)?;
     let mut clients = clients();
     // Another start may have built one meanwhile: every endpoint of a shape shares one.
     if let Some(client) = clients.alive(&shape) {
@@ -341,7 +341,7 @@ async fn ready_within<'a>(
     let deadline = tokio::time::Instant::now() + wait;
     let builds = missing.into_iter().map(|shape| async move {
         let key = shape.clone();
-        let build = move || client_of(shape, &mut Reads::default());
+        let build = move || client_of(shape);
         let built = if key.has_files() {
             tokio::time::timeout_at(deadline, repeated_read(Reading::Secrets, build)).await
         } else {
